@@ -1,0 +1,173 @@
+//! The plugin configuration: its compiled, immutable form (this file) and the compiler that
+//! builds it from JSON (or YAML in the CLI), reporting every error at once with its path.
+
+use crate::rate::Rate;
+use crate::strategy::Strategy;
+
+/// A compiled plugin configuration. Built once in `on_configure`; requests only read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Prefix of every counter key (default "sluice").
+    pub namespace: String,
+    pub rate_limit_headers: HeaderMode,
+    pub response: ResponseSpec,
+    pub client_ip: ClientIpSpec,
+    pub local: LocalSpec,
+    pub redis: Option<RedisSpec>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderMode {
+    Draft10,
+    Legacy,
+    Both,
+    None,
+}
+
+/// The limited response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseSpec {
+    /// Default 429.
+    pub status: u16,
+    /// Extra headers (lower-cased names) added to every limited response.
+    pub headers: Vec<(String, String)>,
+    /// Custom body; `None` = an RFC 9457 problem+json body naming the violated rules.
+    pub body: Option<String>,
+    /// Content type of a custom body (default "text/plain").
+    pub content_type: Option<String>,
+}
+
+/// How the client IP is derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientIpSpec {
+    /// 0 (default): Envoy's `source.address`. N > 0: the N-th address from the right of
+    /// `x-forwarded-for` (the left-most one added by a trusted proxy), falling back to
+    /// `source.address` when the header has fewer entries.
+    pub xff_trusted_hops: u32,
+}
+
+/// Sizing of the per-proxy (shared-data) store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalSpec {
+    /// Slots per rule, i.e. the most distinct identities one rule tracks at once (default 10000).
+    pub max_clients: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    RedisCallout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSpec {
+    /// Envoy cluster of the gateway (or of Redis on Higress).
+    pub cluster: String,
+    pub transport: Transport,
+    /// Bearer token for the HTTP endpoint.
+    pub token: Option<String>,
+    /// Authority header sent with HTTP callouts (default: the cluster name).
+    pub authority: Option<String>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: Match,
+    /// All must admit. Never empty. A rule whose only limit is `0/0` admits everything.
+    pub limits: Vec<Rate>,
+    pub strategy: Strategy,
+    pub identifier: Identifier,
+    pub cost: Cost,
+    pub exempt: Exempt,
+    pub backend: Backend,
+    pub on_error: OnError,
+    pub shadow: bool,
+}
+
+/// All conditions must hold; an empty list means "any".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Match {
+    pub paths: Vec<Glob>,
+    /// Upper-case method names.
+    pub methods: Vec<String>,
+    /// Lower-case header name and exact value.
+    pub headers: Vec<(String, String)>,
+    /// Envoy route names (`xds.route_name`).
+    pub routes: Vec<String>,
+}
+
+/// A path glob: `*` matches within one segment, `**` any number of segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob {
+    /// The text as written by the user.
+    pub source: String,
+    pub(crate) segments: Vec<GlobSegment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GlobSegment {
+    /// `**`: zero or more whole segments.
+    AnySegments,
+    /// A segment pattern; `*` inside matches any run of characters except `/`.
+    Pattern(String),
+}
+
+/// Where the identity comes from. Several parts form a composite identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identifier {
+    pub parts: Vec<IdentPart>,
+    /// What to do when a header/query/cookie part is absent.
+    pub fallback: IdentFallback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentPart {
+    ClientIp,
+    Global,
+    /// Lower-case header name.
+    Header(String),
+    Query(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentFallback {
+    /// Use the client IP in place of the missing part (default).
+    ClientIp,
+    /// Count all such requests together.
+    Global,
+    /// The rule does not apply to the request.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cost {
+    Fixed(u64),
+    /// Read from a header (lower-case name); `default` when absent or not a number;
+    /// values above `max` are clamped to `max`.
+    Header { name: String, default: u64, max: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Exempt {
+    pub cidrs: Vec<ipnet::IpNet>,
+    /// Lower-case header name and exact value.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OnError {
+    Allow,
+    Deny,
+    /// Decide locally with `share` (0 < share ≤ 1) of each limit.
+    Fallback { share: f64 },
+}
