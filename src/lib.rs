@@ -9,7 +9,11 @@
 //! assert_eq!((r.limit, r.period_ms), (100, 60_000));
 //! ```
 
+pub mod breaker;
 pub mod config;
+pub mod identity;
+pub mod response;
+pub mod store;
 pub mod rate;
 pub mod strategy;
 

@@ -1,0 +1,227 @@
+//! The Redis circuit breaker: one state per proxy, shared by all its workers through the
+//! shared-data store, so that when Redis fails every worker stops calling it at once and one
+//! probe at a time finds out when it is back.
+//!
+//! closed --(failure_threshold consecutive failures)--> open
+//! open --(open_ms elapsed)--> half-open: up to `half_open_probes` calls in flight
+//! half-open --(success_threshold successes)--> closed; --(any failure)--> open
+
+use crate::store::{SharedStore, StoreError, CREATE_TOKEN, MAX_ATTEMPTS};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSpec {
+    pub failure_threshold: u32,
+    pub open_ms: u64,
+    pub half_open_probes: u32,
+    pub success_threshold: u32,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        BreakerSpec { failure_threshold: 5, open_ms: 5_000, half_open_probes: 1, success_threshold: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    phase: Phase,
+    /// Consecutive failures (closed) or successes (half-open).
+    count: u32,
+    /// Probes in flight (half-open).
+    probes: u32,
+    /// When the phase began, epoch µs.
+    since_us: u64,
+}
+
+impl State {
+    const CLOSED: State = State { phase: Phase::Closed, count: 0, probes: 0, since_us: 0 };
+
+    fn encode(&self) -> [u8; 17] {
+        let mut out = [0u8; 17];
+        out[0] = match self.phase {
+            Phase::Closed => 0,
+            Phase::Open => 1,
+            Phase::HalfOpen => 2,
+        };
+        out[1..5].copy_from_slice(&self.count.to_le_bytes());
+        out[5..9].copy_from_slice(&self.probes.to_le_bytes());
+        out[9..17].copy_from_slice(&self.since_us.to_le_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> State {
+        let b: &[u8; 17] = match b.try_into() {
+            Ok(b) => b,
+            Err(_) => return State::CLOSED,
+        };
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut since = [0u8; 8];
+        since.copy_from_slice(&b[9..17]);
+        let phase = match b[0] {
+            1 => Phase::Open,
+            2 => Phase::HalfOpen,
+            _ => Phase::Closed,
+        };
+        State { phase, count: u32_at(1), probes: u32_at(5), since_us: u64::from_le_bytes(since) }
+    }
+}
+
+/// Whether a request may call Redis now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    Call,
+    /// A half-open probe: report its result with [`Breaker::record`] like any call.
+    Probe,
+    /// Open: decide with `on_error` without calling.
+    Skip,
+}
+
+pub struct Breaker<'a> {
+    pub key: &'a str,
+    pub spec: BreakerSpec,
+}
+
+impl Breaker<'_> {
+    /// Reads, transforms and writes the state with CAS; retries on contention.
+    fn modify<T>(&self, store: &impl SharedStore, mut f: impl FnMut(State) -> (State, T)) -> Result<T, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (state, cas) = match store.get(self.key)? {
+                Some((bytes, cas)) => (State::decode(&bytes), cas),
+                None => (State::CLOSED, CREATE_TOKEN),
+            };
+            let (next, out) = f(state);
+            if next == state {
+                return Ok(out);
+            }
+            match store.set(self.key, &next.encode(), cas) {
+                Ok(()) => return Ok(out),
+                // Another worker moved the breaker between our read and write: decide again on
+                // what it wrote.
+                Err(StoreError::CasMismatch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(format!("{} still contended", self.key)))
+    }
+
+    pub fn phase(&self, store: &impl SharedStore) -> Phase {
+        store.get(self.key).ok().flatten().map(|(b, _)| State::decode(&b).phase).unwrap_or(Phase::Closed)
+    }
+
+    /// Asks to call Redis at `now_us`. A store failure permits the call: the breaker protects
+    /// Redis, it must not add an outage of its own.
+    pub fn permit(&self, store: &impl SharedStore, now_us: u64) -> Permit {
+        let open_us = self.spec.open_ms.saturating_mul(1000);
+        let result = self.modify(store, |s| match s.phase {
+            Phase::Closed => (s, Permit::Call),
+            Phase::Open if now_us < s.since_us.saturating_add(open_us) => (s, Permit::Skip),
+            Phase::Open => (State { phase: Phase::HalfOpen, count: 0, probes: 1, since_us: now_us }, Permit::Probe),
+            Phase::HalfOpen => {
+                // Probes whose answer never came back (a worker restarted) must not wedge the
+                // breaker half-open: after another open period, start probing afresh.
+                let stale = now_us >= s.since_us.saturating_add(open_us);
+                let probes = if stale { 0 } else { s.probes };
+                if probes < self.spec.half_open_probes.max(1) {
+                    let since_us = if stale { now_us } else { s.since_us };
+                    (State { probes: probes + 1, since_us, ..s }, Permit::Probe)
+                } else {
+                    (s, Permit::Skip)
+                }
+            }
+        });
+        result.unwrap_or(Permit::Call)
+    }
+
+    /// Reports the result of a call made under `permit`.
+    pub fn record(&self, store: &impl SharedStore, permit: Permit, ok: bool, now_us: u64) {
+        let spec = self.spec;
+        let open = State { phase: Phase::Open, count: 0, probes: 0, since_us: now_us };
+        let _ = self.modify(store, |s| {
+            let next = match (s.phase, ok) {
+                (Phase::Closed, true) if s.count == 0 => s,
+                (Phase::Closed, true) => State { count: 0, ..s },
+                (Phase::Closed, false) if s.count + 1 >= spec.failure_threshold.max(1) => open,
+                (Phase::Closed, false) => State { count: s.count + 1, ..s },
+                // Only probes speak for a half-open breaker; a late answer to a call made while
+                // closed says nothing about now.
+                (Phase::HalfOpen, _) if permit != Permit::Probe => s,
+                (Phase::HalfOpen, false) => open,
+                (Phase::HalfOpen, true) if s.count + 1 >= spec.success_threshold.max(1) => State::CLOSED,
+                (Phase::HalfOpen, true) => State { count: s.count + 1, probes: s.probes.saturating_sub(1), ..s },
+                (Phase::Open, _) => s,
+            };
+            (next, ())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    const SPEC: BreakerSpec = BreakerSpec { failure_threshold: 3, open_ms: 1000, half_open_probes: 1, success_threshold: 2 };
+
+    #[test]
+    fn opens_after_consecutive_failures_and_closes_after_successful_probes() {
+        let store = MemStore::default();
+        let b = Breaker { key: "ns:breaker", spec: SPEC };
+        for t in 0..2 {
+            assert_eq!(b.permit(&store, t), Permit::Call);
+            b.record(&store, Permit::Call, false, t);
+        }
+        b.record(&store, Permit::Call, true, 2); // a success resets the streak
+        for t in 3..6 {
+            b.record(&store, Permit::Call, false, t);
+        }
+        assert_eq!(b.phase(&store), Phase::Open);
+        assert_eq!(b.permit(&store, 500_000), Permit::Skip);
+        // After open_ms: one probe at a time.
+        assert_eq!(b.permit(&store, 1_000_005), Permit::Probe);
+        assert_eq!(b.permit(&store, 1_000_006), Permit::Skip);
+        b.record(&store, Permit::Probe, true, 1_000_007);
+        assert_eq!(b.phase(&store), Phase::HalfOpen);
+        assert_eq!(b.permit(&store, 1_000_008), Permit::Probe);
+        b.record(&store, Permit::Probe, true, 1_000_009);
+        assert_eq!(b.phase(&store), Phase::Closed);
+        assert_eq!(b.permit(&store, 1_000_010), Permit::Call);
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_and_a_lost_probe_does_not_wedge_it() {
+        let store = MemStore::default();
+        let b = Breaker { key: "k", spec: SPEC };
+        for t in 0..3 {
+            b.record(&store, Permit::Call, false, t);
+        }
+        // Opened at t = 2 µs.
+        assert_eq!(b.permit(&store, 1_000_001), Permit::Skip);
+        assert_eq!(b.permit(&store, 1_000_002), Permit::Probe);
+        b.record(&store, Permit::Probe, false, 1_000_001);
+        assert_eq!(b.phase(&store), Phase::Open);
+        assert_eq!(b.permit(&store, 1_500_000), Permit::Skip);
+        // This probe's answer never arrives.
+        assert_eq!(b.permit(&store, 2_000_001), Permit::Probe);
+        assert_eq!(b.permit(&store, 2_500_000), Permit::Skip);
+        assert_eq!(b.permit(&store, 3_000_002), Permit::Probe, "a lost probe is replaced after open_ms");
+    }
+
+    #[test]
+    fn late_answers_to_closed_calls_do_not_close_a_half_open_breaker() {
+        let store = MemStore::default();
+        let b = Breaker { key: "k", spec: BreakerSpec { success_threshold: 1, ..SPEC } };
+        for t in 0..3 {
+            b.record(&store, Permit::Call, false, t);
+        }
+        assert_eq!(b.permit(&store, 1_000_002), Permit::Probe);
+        b.record(&store, Permit::Call, true, 1_000_003);
+        assert_eq!(b.phase(&store), Phase::HalfOpen);
+    }
+}

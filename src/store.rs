@@ -1,0 +1,439 @@
+//! The per-proxy counter store: a bounded table of slots kept in a compare-and-swap key-value
+//! map (Envoy shared data), exact under concurrency.
+//!
+//! Envoy's shared data has three traits that shape this module (ARCHITECTURE §2):
+//! keys are never deleted, there is no TTL, and a write to a key that does not exist succeeds
+//! whatever CAS token it carries. So:
+//! - every rule owns a fixed table of `max_clients` slots; an identity hashes to a home slot and
+//!   probes a few neighbours. Memory is bounded by the table, not by the number of clients.
+//! - each slot value carries its owner (identity hash), the rule's fingerprint and an expiry, so a
+//!   slot whose owner went quiet (or whose rule changed) is simply reused.
+//! - a slot that does not exist yet is created by a write carrying a token Envoy never hands out
+//!   for a fresh key ([`CREATE_TOKEN`]): if another worker created it in the meantime, our write
+//!   fails as a CAS mismatch instead of silently replacing theirs, and we retry.
+
+use crate::strategy::Outcome;
+
+/// A compare-and-swap key-value map with Envoy's shared-data semantics.
+pub trait SharedStore {
+    /// The value and its CAS token, or `None` when the key was never written.
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
+    /// Writes `value` if the key's token still equals `cas` (0 = unconditionally; a missing key
+    /// accepts any token).
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("compare-and-swap mismatch")]
+    CasMismatch,
+    #[error("shared data unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The token used to create a slot. Envoy's tokens count up from 1 across the whole process, so
+/// an existing key holds this exact token only at one write in 2^32; a create that races with
+/// another worker's create therefore fails with a mismatch (and is retried) instead of
+/// overwriting. A missing key accepts it like any other token.
+pub const CREATE_TOKEN: u32 = u32::MAX;
+
+/// Neighbouring slots an identity may live in. More probes mean fewer evictions when the table
+/// is nearly full, at one shared-data read each for new identities.
+pub const PROBES: u32 = 4;
+
+/// CAS retries before giving up. Contention comes from the other workers of one proxy (a few
+/// to a few dozen); each retry means another worker made progress, so this bound is only hit
+/// under pathological load.
+pub const MAX_ATTEMPTS: u32 = 64;
+
+const VERSION: u8 = 1;
+/// version (1) + fingerprint (4) + identity hash (8) + expiry in µs (8) + limit count (1).
+const HEADER_LEN: usize = 22;
+
+/// One rule's table: key prefix, size, and the fingerprint of its strategy and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// `<namespace>:<rule>:`; the slot number follows.
+    pub prefix: String,
+    pub slots: u32,
+    pub fingerprint: u32,
+}
+
+/// The decoded content of a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slot<'a> {
+    fingerprint: u32,
+    identity: u64,
+    expires_us: u64,
+    states: Vec<&'a [u8]>,
+}
+
+fn decode(bytes: &[u8]) -> Option<Slot<'_>> {
+    if bytes.len() < HEADER_LEN || bytes[0] != VERSION {
+        return None;
+    }
+    let u32_at = |i: usize| bytes.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let u64_at = |i: usize| bytes.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let fingerprint = u32_at(1)?;
+    let identity = u64_at(5)?;
+    let expires_us = u64_at(13)?;
+    let count = bytes[21] as usize;
+    let mut states = Vec::with_capacity(count);
+    let mut at = HEADER_LEN;
+    for _ in 0..count {
+        let len = bytes.get(at..at + 2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)? as usize;
+        at += 2;
+        states.push(bytes.get(at..at + len)?);
+        at += len;
+    }
+    Some(Slot { fingerprint, identity, expires_us, states })
+}
+
+fn encode(fingerprint: u32, identity: u64, expires_us: u64, states: &[&[u8]]) -> Vec<u8> {
+    let body: usize = states.iter().map(|s| 2 + s.len()).sum();
+    let mut out = Vec::with_capacity(HEADER_LEN + body);
+    out.push(VERSION);
+    out.extend_from_slice(&fingerprint.to_le_bytes());
+    out.extend_from_slice(&identity.to_le_bytes());
+    out.extend_from_slice(&expires_us.to_le_bytes());
+    out.push(states.len().min(u8::MAX as usize) as u8);
+    for s in states.iter().take(u8::MAX as usize) {
+        // Strategy states are tens of bytes (a sliding log is capped); clamp rather than trust.
+        let len = s.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        out.extend_from_slice(&s[..len]);
+    }
+    out
+}
+
+/// What a slot holds for the caller.
+enum Found {
+    /// The identity's own live slot.
+    Own { key: String, cas: u32, value: Vec<u8> },
+    /// A slot that may be taken: never written (`cas` None), expired, or evicted.
+    Free { key: String, cas: Option<u32> },
+}
+
+/// What [`Table::update`] returns: the outcome of every limit, in order.
+pub type Outcomes = Vec<Outcome>;
+
+impl Table {
+    fn key(&self, slot: u32) -> String {
+        format!("{}{}", self.prefix, slot)
+    }
+
+    fn locate(&self, store: &impl SharedStore, identity: u64, now_us: u64) -> Result<Found, StoreError> {
+        let slots = self.slots.max(1);
+        let home = (identity % u64::from(slots)) as u32;
+        // The slot to take if the identity has none: the first free one, else the one whose
+        // owner expires first (evicting it forgets that owner's count, which only the table's
+        // size can prevent; `max_clients` is that size).
+        // Rank 0 = free (expired, foreign or unreadable); otherwise the owner's expiry.
+        let mut take: Option<(u64, String, u32)> = None;
+        for probe in 0..PROBES.min(slots) {
+            let key = self.key((home + probe) % slots);
+            let Some((value, cas)) = store.get(&key)? else {
+                // Slots are taken first-free in probe order and never deleted, so the identity
+                // cannot live beyond a slot that was never written.
+                return Ok(match take {
+                    Some((0, key, cas)) => Found::Free { key, cas: Some(cas) },
+                    _ => Found::Free { key, cas: None },
+                });
+            };
+            let rank = match decode(&value) {
+                Some(s) if s.fingerprint == self.fingerprint && s.expires_us > now_us => {
+                    if s.identity == identity {
+                        return Ok(Found::Own { key, cas, value });
+                    }
+                    s.expires_us
+                }
+                _ => 0,
+            };
+            if take.as_ref().map_or(true, |(best, _, _)| rank < *best) {
+                take = Some((rank, key, cas));
+            }
+        }
+        match take {
+            Some((_, key, cas)) => Ok(Found::Free { key, cas: Some(cas) }),
+            None => Err(StoreError::Unavailable("empty slot table".into())),
+        }
+    }
+
+    /// Runs `decide` on the identity's states (one per limit) and stores the result, retrying on
+    /// contention. `decide` receives the current states (empty slices for a fresh identity) and
+    /// returns one outcome per limit plus whether to write at all; it may run several times.
+    pub fn update<F>(
+        &self,
+        store: &impl SharedStore,
+        identity: u64,
+        now_us: u64,
+        mut decide: F,
+    ) -> Result<Outcomes, StoreError>
+    where
+        F: FnMut(&[&[u8]]) -> (Outcomes, bool),
+    {
+        for _ in 0..MAX_ATTEMPTS {
+            let found = self.locate(store, identity, now_us)?;
+            let (key, cas, value) = match found {
+                Found::Own { key, cas, value } => (key, Some(cas), Some(value)),
+                Found::Free { key, cas } => (key, cas, None),
+            };
+            let current: Vec<&[u8]> = match value.as_deref().and_then(decode) {
+                Some(slot) => slot.states,
+                None => Vec::new(),
+            };
+            let (outcomes, write) = decide(&current);
+            if !write {
+                return Ok(outcomes);
+            }
+            let states: Vec<&[u8]> = outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, o)| match &o.state {
+                    Some(s) => s.as_slice(),
+                    None => current.get(i).copied().unwrap_or(&[]),
+                })
+                .collect();
+            let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
+            let bytes = encode(self.fingerprint, identity, now_us.saturating_add(ttl), &states);
+            match store.set(&key, &bytes, cas.unwrap_or(CREATE_TOKEN)) {
+                Ok(()) => return Ok(outcomes),
+                // Not a communication failure: another worker wrote this slot between our read
+                // and our write. Read again and decide on what it wrote.
+                Err(StoreError::CasMismatch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "{} still contended after {MAX_ATTEMPTS} attempts",
+            self.prefix
+        )))
+    }
+
+    /// Reads the identity's current states without writing (used to pre-check multi-rule
+    /// requests so that a request denied by one rule consumes nothing from the others).
+    pub fn peek<F, T>(&self, store: &impl SharedStore, identity: u64, now_us: u64, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&[&[u8]]) -> T,
+    {
+        match self.locate(store, identity, now_us)? {
+            Found::Own { value, .. } => {
+                let states = decode(&value).map(|s| s.states).unwrap_or_default();
+                Ok(f(&states))
+            }
+            Found::Free { .. } => Ok(f(&[])),
+        }
+    }
+}
+
+/// An in-memory [`SharedStore`] that behaves exactly like Envoy's shared data, for tests and
+/// for the CLI: one token counter for the whole map, starting at 1 and skipping 0; token 0
+/// writes unconditionally; a missing key accepts any token.
+#[derive(Debug)]
+pub struct MemStore {
+    inner: std::cell::RefCell<MemInner>,
+}
+
+#[derive(Debug)]
+struct MemInner {
+    map: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        MemStore { inner: std::cell::RefCell::new(MemInner { map: Default::default(), next_cas: 1 }) }
+    }
+}
+
+impl MemStore {
+    /// Number of keys and the bytes of keys plus values (what Envoy's map holds, less overhead).
+    pub fn size(&self) -> (usize, usize) {
+        let inner = self.inner.borrow();
+        let bytes = inner.map.iter().map(|(k, (v, _))| k.len() + v.len()).sum();
+        (inner.map.len(), bytes)
+    }
+
+    /// Sets the next token handed out (to test the wrap-around).
+    pub fn set_next_cas(&self, cas: u32) {
+        self.inner.borrow_mut().next_cas = cas.max(1);
+    }
+}
+
+impl SharedStore for MemStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        Ok(self.inner.borrow().map.get(key).cloned())
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let mut inner = self.inner.borrow_mut();
+        let token = inner.next_cas;
+        inner.next_cas = match token.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        match inner.map.get_mut(key) {
+            Some(entry) => {
+                if cas != 0 && cas != entry.1 {
+                    return Err(StoreError::CasMismatch);
+                }
+                *entry = (value.to_vec(), token);
+            }
+            None => {
+                inner.map.insert(key.to_string(), (value.to_vec(), token));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: SharedStore + ?Sized> SharedStore for &S {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        (**self).get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        (**self).set(key, value, cas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::Decision;
+
+    fn table(slots: u32) -> Table {
+        Table { prefix: "t:r:".into(), slots, fingerprint: 7 }
+    }
+
+    /// A counter "strategy": state is a u64 count, admits up to `limit`.
+    fn count_to(limit: u64) -> impl FnMut(&[&[u8]]) -> (Outcomes, bool) {
+        move |states: &[&[u8]]| {
+            let n = states
+                .first()
+                .and_then(|s| <[u8; 8]>::try_from(*s).ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            let allowed = n < limit;
+            let state = allowed.then(|| (n + 1).to_le_bytes().to_vec());
+            let decision = Decision { allowed, limit, remaining: limit - n.min(limit), ..Default::default() };
+            (vec![Outcome { decision, state, ttl_us: 1_000_000 }], allowed)
+        }
+    }
+
+    fn count(store: &MemStore, t: &Table, id: u64, now: u64) -> u64 {
+        t.peek(store, id, now, |s| {
+            s.first().and_then(|s| <[u8; 8]>::try_from(*s).ok()).map(u64::from_le_bytes).unwrap_or(0)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_per_identity_and_expires() {
+        let store = MemStore::default();
+        let t = table(16);
+        for _ in 0..3 {
+            t.update(&store, 1, 0, count_to(5)).unwrap();
+        }
+        t.update(&store, 2, 0, count_to(5)).unwrap();
+        assert_eq!(count(&store, &t, 1, 0), 3);
+        assert_eq!(count(&store, &t, 2, 0), 1);
+        // After the TTL the slot is reused as fresh.
+        assert_eq!(count(&store, &t, 1, 1_000_001), 0);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_the_table() {
+        let store = MemStore::default();
+        let t = table(100);
+        for id in 0..10_000u64 {
+            t.update(&store, id.wrapping_mul(0x9E37_79B9_7F4A_7C15), 0, count_to(5)).unwrap();
+        }
+        let (keys, _) = store.size();
+        assert!(keys <= 100, "{keys} keys for a 100-slot table");
+    }
+
+    #[test]
+    fn a_stale_create_does_not_clobber_a_slot_created_meanwhile() {
+        // Worker B read "absent", then worker A created the slot and counted once; B's create
+        // must fail as a mismatch rather than overwrite A's count.
+        let store = MemStore::default();
+        let t = table(8);
+        t.update(&store, 42, 0, count_to(5)).unwrap();
+        let key = t.key((42 % 8) as u32);
+        assert_eq!(store.set(&key, b"stale", CREATE_TOKEN), Err(StoreError::CasMismatch));
+        assert_eq!(count(&store, &t, 42, 0), 1);
+    }
+
+    /// A store whose first reads say "absent" while another writer slips in before our write:
+    /// the race the absent-key rule allows, forced deterministically.
+    struct Racing<'a> {
+        inner: &'a MemStore,
+        t: &'a Table,
+        remaining_races: std::cell::Cell<u32>,
+    }
+
+    impl SharedStore for Racing<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            let before = self.inner.get(key)?;
+            if self.remaining_races.get() > 0 {
+                self.remaining_races.set(self.remaining_races.get() - 1);
+                // Another worker updates the same identity right after our read.
+                self.t.update(self.inner, 9, 0, count_to(1000)).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            }
+            Ok(before)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn no_update_is_lost_when_creation_and_updates_race() {
+        let store = MemStore::default();
+        let t = table(8);
+        let racing = Racing { inner: &store, t: &t, remaining_races: std::cell::Cell::new(3) };
+        t.update(&racing, 9, 0, count_to(1000)).unwrap();
+        // 3 racing updates + ours, none lost.
+        assert_eq!(count(&store, &t, 9, 0), 4);
+    }
+
+    #[test]
+    fn corrupt_or_foreign_slots_are_reused() {
+        let store = MemStore::default();
+        let t = table(1);
+        store.set("t:r:0", b"\x01garbage", 0).unwrap();
+        t.update(&store, 5, 0, count_to(5)).unwrap();
+        assert_eq!(count(&store, &t, 5, 0), 1);
+        // A rule whose fingerprint changed does not read the old state.
+        let t2 = Table { fingerprint: 8, ..t.clone() };
+        assert_eq!(count(&store, &t2, 5, 0), 0);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_slot_that_expires_first() {
+        let store = MemStore::default();
+        let t = table(2);
+        t.update(&store, 0, 0, count_to(5)).unwrap(); // slot 0, expires at 1s
+        t.update(&store, 1, 500_000, count_to(5)).unwrap(); // slot 1, expires at 1.5s
+        t.update(&store, 2, 600_000, count_to(5)).unwrap(); // evicts identity 0
+        assert_eq!(count(&store, &t, 0, 600_000), 0);
+        assert_eq!(count(&store, &t, 1, 600_000), 1);
+        assert_eq!(count(&store, &t, 2, 600_000), 1);
+    }
+
+    #[test]
+    fn mem_store_follows_envoy_cas_rules() {
+        let s = MemStore::default();
+        s.set("k", b"a", 12345).unwrap(); // absent key: any token
+        let (_, cas) = s.get("k").unwrap().unwrap();
+        assert_eq!(s.set("k", b"b", cas + 1), Err(StoreError::CasMismatch));
+        s.set("k", b"b", cas).unwrap();
+        s.set("k", b"c", 0).unwrap(); // token 0: unconditional
+        s.set_next_cas(u32::MAX);
+        s.set("k", b"d", 0).unwrap();
+        let (_, cas) = s.get("k").unwrap().unwrap();
+        assert_eq!(cas, u32::MAX);
+        s.set("k", b"e", 0).unwrap();
+        assert_eq!(s.get("k").unwrap().unwrap().1, 1, "the token skips 0");
+    }
+}
