@@ -1,0 +1,296 @@
+//! Counters and latency histograms, exposed at `/metrics` in Prometheus' text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::command::CommandKind;
+
+/// The endpoints, as they appear in the `endpoint` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Endpoint {
+    Command,
+    Pipeline,
+    Healthz,
+    Metrics,
+    Other,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 5] = [
+        Endpoint::Command,
+        Endpoint::Pipeline,
+        Endpoint::Healthz,
+        Endpoint::Metrics,
+        Endpoint::Other,
+    ];
+
+    pub fn from_path(path: &str) -> Self {
+        match path {
+            "/" => Endpoint::Command,
+            "/pipeline" => Endpoint::Pipeline,
+            "/healthz" => Endpoint::Healthz,
+            "/metrics" => Endpoint::Metrics,
+            // Unknown paths share one label so scanners cannot grow the label set.
+            _ => Endpoint::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Command => "/",
+            Endpoint::Pipeline => "/pipeline",
+            Endpoint::Healthz => "/healthz",
+            Endpoint::Metrics => "/metrics",
+            Endpoint::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Kinds of Redis trouble, as they appear in the `kind` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisErrorKind {
+    /// Redis answered with an error reply (NOSCRIPT, a script's error, CLUSTERDOWN, …).
+    Reply,
+    /// No answer: connection refused or lost.
+    Transport,
+    /// No answer within `--timeout-ms`.
+    Timeout,
+    /// A reply with non-UTF-8 bytes that the client did not ask to receive as base64.
+    Encoding,
+}
+
+impl RedisErrorKind {
+    const ALL: [RedisErrorKind; 4] = [
+        RedisErrorKind::Reply,
+        RedisErrorKind::Transport,
+        RedisErrorKind::Timeout,
+        RedisErrorKind::Encoding,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RedisErrorKind::Reply => "reply",
+            RedisErrorKind::Transport => "transport",
+            RedisErrorKind::Timeout => "timeout",
+            RedisErrorKind::Encoding => "encoding",
+        }
+    }
+}
+
+/// Upper bounds in seconds: from a loopback round trip to the longest timeout worth setting.
+const BUCKETS: [f64; 14] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    /// Per bucket, not cumulative; the +Inf bucket is the last slot.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Status codes are open-ended, so a small map; one uncontended lock per request.
+    requests: Mutex<BTreeMap<(Endpoint, u16), u64>>,
+    commands: [AtomicU64; CommandKind::ALL.len()],
+    redis_errors: [AtomicU64; RedisErrorKind::ALL.len()],
+    in_flight: AtomicI64,
+    latency: [Histogram; Endpoint::ALL.len()],
+}
+
+/// Decrements the in-flight gauge when a request ends, also when its client goes away and
+/// the handler is dropped half-way.
+pub struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn start_request(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    pub fn finish_request(&self, endpoint: Endpoint, status: u16, elapsed: Duration) {
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            *requests.entry((endpoint, status)).or_insert(0) += 1;
+        }
+        self.latency[endpoint.index()].observe(elapsed);
+    }
+
+    pub fn command(&self, kind: CommandKind) {
+        self.commands[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn redis_error(&self, kind: RedisErrorKind) {
+        self.redis_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail; the results are ignored for that reason.
+        let _ = self.write_to(&mut out);
+        out
+    }
+
+    fn write_to(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "# HELP sluice_gateway_requests_total HTTP requests answered, by endpoint and status code.")?;
+        writeln!(out, "# TYPE sluice_gateway_requests_total counter")?;
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for ((endpoint, status), n) in requests {
+            writeln!(
+                out,
+                "sluice_gateway_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
+                endpoint.label()
+            )?;
+        }
+
+        writeln!(out, "# HELP sluice_gateway_commands_total Redis commands run, by command name.")?;
+        writeln!(out, "# TYPE sluice_gateway_commands_total counter")?;
+        for kind in CommandKind::ALL {
+            writeln!(
+                out,
+                "sluice_gateway_commands_total{{command=\"{}\"}} {}",
+                kind.name(),
+                self.commands[kind.index()].load(Ordering::Relaxed)
+            )?;
+        }
+
+        writeln!(out, "# HELP sluice_gateway_redis_errors_total Commands or requests that got no result from Redis, by kind.")?;
+        writeln!(out, "# TYPE sluice_gateway_redis_errors_total counter")?;
+        for kind in RedisErrorKind::ALL {
+            writeln!(
+                out,
+                "sluice_gateway_redis_errors_total{{kind=\"{}\"}} {}",
+                kind.label(),
+                self.redis_errors[kind as usize].load(Ordering::Relaxed)
+            )?;
+        }
+
+        writeln!(out, "# HELP sluice_gateway_requests_in_flight HTTP requests being handled now.")?;
+        writeln!(out, "# TYPE sluice_gateway_requests_in_flight gauge")?;
+        writeln!(
+            out,
+            "sluice_gateway_requests_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        )?;
+
+        writeln!(out, "# HELP sluice_gateway_request_duration_seconds Time from request to response, by endpoint.")?;
+        writeln!(out, "# TYPE sluice_gateway_request_duration_seconds histogram")?;
+        for endpoint in Endpoint::ALL {
+            let h = &self.latency[endpoint.index()];
+            let label = endpoint.label();
+            let mut cumulative = 0u64;
+            for (i, le) in BUCKETS.iter().enumerate() {
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
+                writeln!(
+                    out,
+                    "sluice_gateway_request_duration_seconds_bucket{{endpoint=\"{label}\",le=\"{le}\"}} {cumulative}"
+                )?;
+            }
+            cumulative += h.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+            writeln!(
+                out,
+                "sluice_gateway_request_duration_seconds_bucket{{endpoint=\"{label}\",le=\"+Inf\"}} {cumulative}"
+            )?;
+            let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            writeln!(
+                out,
+                "sluice_gateway_request_duration_seconds_sum{{endpoint=\"{label}\"}} {sum}"
+            )?;
+            writeln!(
+                out,
+                "sluice_gateway_request_duration_seconds_count{{endpoint=\"{label}\"}} {}",
+                h.count.load(Ordering::Relaxed)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(' '))
+            .and_then(|l| l[prefix.len()..].trim().parse().ok())
+    }
+
+    #[test]
+    fn renders_counts_and_cumulative_buckets() {
+        let m = Metrics::default();
+        {
+            let _g = m.start_request();
+            assert!(m.render().contains("sluice_gateway_requests_in_flight 1\n"));
+        }
+        m.finish_request(Endpoint::Pipeline, 200, Duration::from_micros(300));
+        m.finish_request(Endpoint::Pipeline, 200, Duration::from_millis(30));
+        m.finish_request(Endpoint::Pipeline, 504, Duration::from_secs(10));
+        m.command(CommandKind::EvalSha);
+        m.redis_error(RedisErrorKind::Timeout);
+        let text = m.render();
+        let get = |p: &str| line_value(&text, p);
+        assert_eq!(get("sluice_gateway_requests_in_flight"), Some(0.0));
+        assert_eq!(
+            get(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="200"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            get(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="504"}"#),
+            Some(1.0)
+        );
+        assert_eq!(get(r#"sluice_gateway_commands_total{command="EVALSHA"}"#), Some(1.0));
+        assert_eq!(get(r#"sluice_gateway_commands_total{command="EVAL"}"#), Some(0.0));
+        assert_eq!(get(r#"sluice_gateway_redis_errors_total{kind="timeout"}"#), Some(1.0));
+        let b = |le: &str| {
+            get(&format!(
+                r#"sluice_gateway_request_duration_seconds_bucket{{endpoint="/pipeline",le="{le}"}}"#
+            ))
+        };
+        assert_eq!(b("0.00025"), Some(0.0));
+        assert_eq!(b("0.0005"), Some(1.0));
+        assert_eq!(b("0.05"), Some(2.0));
+        assert_eq!(b("5"), Some(2.0));
+        assert_eq!(b("+Inf"), Some(3.0));
+        assert_eq!(
+            get(r#"sluice_gateway_request_duration_seconds_count{endpoint="/pipeline"}"#),
+            Some(3.0)
+        );
+        let sum = get(r#"sluice_gateway_request_duration_seconds_sum{endpoint="/pipeline"}"#)
+            .unwrap();
+        assert!((sum - 10.0303).abs() < 1e-9, "{sum}");
+    }
+}

@@ -1,0 +1,520 @@
+//! HTTP side: routes, bearer-token check, body limits, status codes, graceful shutdown.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::StreamExt as _;
+use serde_json::{json, Value as Json};
+use tokio::net::TcpListener;
+
+use crate::backend::{Backend, BackendError, Failure, Outcome};
+use crate::command::{parse_command, parse_pipeline, Command, RequestError};
+use crate::config::Config;
+use crate::metrics::{Endpoint, Metrics, RedisErrorKind};
+use crate::reply::{to_json, Encoding, ReplyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("--token is set but empty; unset it to run without authentication")]
+    EmptyToken,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Everything a request needs; shared by all requests, never changed after start.
+pub struct Gateway {
+    backend: Backend,
+    token: Option<Vec<u8>>,
+    timeout: Duration,
+    max_body: usize,
+    max_pipeline: usize,
+    metrics: Metrics,
+}
+
+impl Gateway {
+    /// Builds the gateway from its configuration. Redis is not contacted yet.
+    pub fn from_config(config: &Config) -> Result<Arc<Self>, GatewayError> {
+        let timeout = config.timeout();
+        let backend = if config.cluster_urls().is_empty() {
+            Backend::standalone(&config.redis_url, timeout)?
+        } else {
+            Backend::cluster(&config.cluster_urls(), timeout)?
+        };
+        let token = match &config.token {
+            Some(t) if t.is_empty() => return Err(GatewayError::EmptyToken),
+            Some(t) => Some(t.as_bytes().to_vec()),
+            None => None,
+        };
+        Ok(Arc::new(Gateway {
+            backend,
+            token,
+            timeout,
+            max_body: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+            max_pipeline: usize::try_from(config.max_pipeline).unwrap_or(usize::MAX),
+            metrics: Metrics::default(),
+        }))
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/", post(command_handler))
+            .route("/pipeline", post(pipeline_handler))
+            .route("/healthz", get(healthz_handler))
+            .route("/metrics", get(metrics_handler))
+            .fallback(not_found)
+            .layer(middleware::from_fn_with_state(self.clone(), observe))
+            .with_state(self.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish
+    /// and returns; if they take longer than `grace`, returns anyway.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        grace: Duration,
+    ) -> Result<(), GatewayError> {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+        let server = server.into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result.map_err(GatewayError::Serve),
+            () = shutdown => {
+                log::info!("shutting down: no new connections; waiting for requests in flight");
+                let _ = stop_tx.send(());
+                match tokio::time::timeout(grace, server).await {
+                    Ok(result) => result.map_err(GatewayError::Serve),
+                    Err(_) => {
+                        log::warn!("requests still in flight after {grace:?}; exiting anyway");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Binds `config.listen` and serves (see [`Gateway::serve`]).
+    pub async fn run(
+        config: &Config,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
+        let gateway = Gateway::from_config(config)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let target = if gateway.backend.is_cluster() {
+            format!("Redis Cluster {:?}", config.cluster_urls())
+        } else {
+            format!("Redis {}", redact(&config.redis_url))
+        };
+        log::info!(
+            "sluice-gateway listening on {} for {target} (auth {})",
+            config.listen,
+            if gateway.token.is_some() { "on" } else { "off" }
+        );
+        gateway.serve(listener, shutdown, config.shutdown_grace()).await
+    }
+
+    /// `Authorization: Bearer <token>`, compared in constant time. The scheme is
+    /// case-insensitive (RFC 9110); the token is not.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        headers
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            .and_then(|v| {
+                let (scheme, rest) = v.split_at_checked(7)?;
+                scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
+            })
+            .is_some_and(|token| constant_time_eq(token, expected))
+    }
+
+    /// The common front of both command endpoints: auth, then the bounded body.
+    async fn admit(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+        if !self.authorized(headers) {
+            return Err(Rejection::Unauthorized);
+        }
+        read_limited(body, headers, self.max_body)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => Rejection::TooLarge(self.max_body),
+                BodyError::Read(msg) => Rejection::Unreadable(msg),
+            })
+    }
+
+    fn count_commands(&self, cmds: &[Command]) {
+        for c in cmds {
+            self.metrics.command(c.kind());
+        }
+    }
+
+    fn timed_out(&self) -> Response {
+        self.metrics.redis_error(RedisErrorKind::Timeout);
+        error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!(
+                "ERR sluice-gateway: Redis did not answer within {} ms",
+                self.timeout.as_millis()
+            ),
+        )
+    }
+
+    /// One command's outcome as the client sees it, counted in the metrics.
+    fn settle(&self, outcome: Outcome, enc: Encoding) -> Result<Json, Settled> {
+        let error = match outcome {
+            Ok(value) => match to_json(value, enc) {
+                Ok(json) => return Ok(json),
+                Err(ReplyError::Redis(text)) => Settled::Reply(text),
+                Err(e) => Settled::Encoding(e.text()),
+            },
+            Err(Failure::Reply(text)) => Settled::Reply(text),
+            Err(Failure::Transport(text)) => Settled::Transport(text),
+        };
+        self.metrics.redis_error(match error {
+            Settled::Reply(_) => RedisErrorKind::Reply,
+            Settled::Transport(_) => RedisErrorKind::Transport,
+            Settled::Encoding(_) => RedisErrorKind::Encoding,
+        });
+        Err(error)
+    }
+}
+
+/// A request refused before its body was parsed.
+enum Rejection {
+    Unauthorized,
+    TooLarge(usize),
+    Unreadable(String),
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        match self {
+            Rejection::Unauthorized => {
+                let mut response = error_response(
+                    StatusCode::UNAUTHORIZED,
+                    "ERR sluice-gateway: missing or wrong bearer token",
+                );
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            Rejection::TooLarge(max) => error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("ERR sluice-gateway: request body exceeds {max} bytes"),
+            ),
+            Rejection::Unreadable(msg) => error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("ERR sluice-gateway: cannot read request body: {msg}"),
+            ),
+        }
+    }
+}
+
+/// A command that produced no `result`.
+enum Settled {
+    Reply(String),
+    Transport(String),
+    /// The reply has no faithful JSON form (non-UTF-8 bytes without base64 asked for).
+    Encoding(String),
+}
+
+impl Settled {
+    fn text(&self) -> String {
+        match self {
+            Settled::Reply(text) => text.clone(),
+            Settled::Transport(text) => format!("ERR sluice-gateway: Redis unavailable: {text}"),
+            Settled::Encoding(text) => text.clone(),
+        }
+    }
+}
+
+async fn command_handler(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match gw.admit(&headers, body).await {
+        Ok(b) => b,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let cmd = match parse_command(&bytes) {
+        Ok(c) => c,
+        Err(e) => return request_error(&e),
+    };
+    gw.count_commands(std::slice::from_ref(&cmd));
+    let enc = encoding(&headers);
+    let Ok(outcome) = tokio::time::timeout(gw.timeout, gw.backend.run(&cmd)).await else {
+        return gw.timed_out();
+    };
+    match gw.settle(outcome, enc) {
+        Ok(result) => json_response(StatusCode::OK, &json!({ "result": result })),
+        // Upstash answers a failed command with 400; a Redis that did not answer is the
+        // upstream's fault, hence 502.
+        Err(s @ (Settled::Reply(_) | Settled::Encoding(_))) => {
+            error_response(StatusCode::BAD_REQUEST, &s.text())
+        }
+        Err(s @ Settled::Transport(_)) => error_response(StatusCode::BAD_GATEWAY, &s.text()),
+    }
+}
+
+async fn pipeline_handler(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match gw.admit(&headers, body).await {
+        Ok(b) => b,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let cmds = match parse_pipeline(&bytes, gw.max_pipeline) {
+        Ok(c) => c,
+        Err(e) => return request_error(&e),
+    };
+    gw.count_commands(&cmds);
+    let enc = encoding(&headers);
+    let Ok(outcomes) = tokio::time::timeout(gw.timeout, gw.backend.run_pipeline(&cmds)).await
+    else {
+        return gw.timed_out();
+    };
+    let mut entries = Vec::with_capacity(outcomes.len());
+    let mut transport_failures = 0;
+    let mut first_transport = None;
+    for outcome in outcomes {
+        entries.push(match gw.settle(outcome, enc) {
+            Ok(result) => json!({ "result": result }),
+            Err(s) => {
+                if matches!(s, Settled::Transport(_)) {
+                    transport_failures += 1;
+                    first_transport.get_or_insert_with(|| s.text());
+                }
+                json!({ "error": s.text() })
+            }
+        });
+    }
+    // Nothing reached Redis: say so once, with the status a proxy expects, rather than as
+    // a 200 full of identical errors.
+    if transport_failures == entries.len() {
+        if let Some(text) = first_transport {
+            return error_response(StatusCode::BAD_GATEWAY, &text);
+        }
+    }
+    json_response(StatusCode::OK, &Json::Array(entries))
+}
+
+async fn healthz_handler(State(gw): State<Arc<Gateway>>) -> Response {
+    let started = Instant::now();
+    let probe = tokio::time::timeout(gw.timeout, gw.backend.ping()).await;
+    let (status, body) = match probe {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            json!({
+                "status": "ok",
+                "redis": if gw.backend.is_cluster() { "cluster" } else { "standalone" },
+                "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
+            }),
+        ),
+        Ok(Err(Failure::Reply(text) | Failure::Transport(text))) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "unavailable", "error": text }),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "status": "unavailable",
+                "error": format!("no answer to PING within {} ms", gw.timeout.as_millis()),
+            }),
+        ),
+    };
+    json_response(status, &body)
+}
+
+async fn metrics_handler(State(gw): State<Arc<Gateway>>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "ERR sluice-gateway: no such endpoint; use POST /, POST /pipeline, GET /healthz or GET /metrics",
+    )
+}
+
+/// Counts every response (including 401/404/405/413) with its latency.
+async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let endpoint = Endpoint::from_path(request.uri().path());
+    let started = Instant::now();
+    let _in_flight = gw.metrics.start_request();
+    let response = next.run(request).await;
+    gw.metrics
+        .finish_request(endpoint, response.status().as_u16(), started.elapsed());
+    response
+}
+
+fn encoding(headers: &HeaderMap) -> Encoding {
+    Encoding::from_header(headers.get("upstash-encoding").map(HeaderValue::as_bytes))
+}
+
+fn request_error(e: &RequestError) -> Response {
+    error_response(StatusCode::BAD_REQUEST, &format!("ERR sluice-gateway: {e}"))
+}
+
+fn error_response(status: StatusCode, text: &str) -> Response {
+    json_response(status, &json!({ "error": text }))
+}
+
+fn json_response(status: StatusCode, body: &Json) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+/// Reads at most `max` bytes. A declared Content-Length over the limit is refused before any
+/// byte is read; a chunked body is cut off as soon as it passes the limit.
+async fn read_limited(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::with_capacity(declared.map_or(0, |l| l as usize).min(max));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        if buf.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Compares in time that depends only on the expected token's length, never on where the
+/// first difference is.
+fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(presented.len() != expected.len());
+    for (i, &e) in expected.iter().enumerate() {
+        let p = presented.get(i).copied().unwrap_or(!e);
+        diff |= std::hint::black_box(p ^ e);
+    }
+    diff == 0
+}
+
+/// Hides a password in a Redis URL before it is logged.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret2", b"secret"));
+        assert!(!constant_time_eq(b"secre", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        // A presented byte that is missing must not compare equal to any expected byte.
+        assert!(!constant_time_eq(b"secre", b"secre\xff"));
+        assert!(!constant_time_eq(b"secre", b"secre\x00"));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://:pw@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redact("redis://u:p@w@h:1"), "redis://***@h:1");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[tokio::test]
+    async fn body_limits_declared_and_chunked() {
+        let ok = read_limited(Body::from("1234"), &HeaderMap::new(), 4).await;
+        assert_eq!(ok, Ok(Bytes::from_static(b"1234")));
+        let declared = read_limited(Body::empty(), &headers(&[("content-length", "5")]), 4).await;
+        assert_eq!(declared, Err(BodyError::TooLarge));
+        // No Content-Length: the stream itself is cut at the limit.
+        let chunks = futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"123")),
+            Ok(Bytes::from_static(b"45")),
+        ]);
+        let chunked = read_limited(Body::from_stream(chunks), &HeaderMap::new(), 4).await;
+        assert_eq!(chunked, Err(BodyError::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn bearer_scheme() {
+        let config = crate::config::Config {
+            token: Some("t0k".into()),
+            ..<crate::config::Config as clap::Parser>::parse_from(["sluice-gateway"])
+        };
+        let gw = Gateway::from_config(&config).unwrap();
+        assert!(gw.authorized(&headers(&[("authorization", "Bearer t0k")])));
+        assert!(gw.authorized(&headers(&[("authorization", "bearer  t0k ")])));
+        for bad in ["Bearer t0K", "Basic t0k", "Bearer", "t0k", "Bearer t0k2"] {
+            assert!(!gw.authorized(&headers(&[("authorization", bad)])), "{bad}");
+        }
+        assert!(!gw.authorized(&HeaderMap::new()));
+    }
+}
