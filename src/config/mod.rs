@@ -1,6 +1,19 @@
 //! The plugin configuration: its compiled, immutable form (this file) and the compiler that
 //! builds it from JSON (or YAML in the CLI), reporting every error at once with its path.
 
+mod compile;
+mod error;
+mod glob;
+mod serialize;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
+
+pub use compile::{compile, compile_json, STRATEGIES};
+pub use error::{ConfigError, ConfigErrors, Problem};
+pub use glob::{GlobError, GlobErrorKind};
+pub use serialize::strategy_name;
+
 use crate::rate::Rate;
 use crate::strategy::Strategy;
 

@@ -1,0 +1,315 @@
+//! Path globs (`/api/**`, `/users/*/orders`, `/static/*.json`): parsing and matching.
+//!
+//! Rules, all decided here:
+//! - A glob starts with `/`; segments are separated by `/`.
+//! - `**` as a whole segment matches zero or more segments; `**` anywhere else (`***`, `**x`,
+//!   `a**`) is rejected. Consecutive `**` segments are merged (they mean the same).
+//! - `*` inside a segment matches any run of characters other than `/`; a segment pattern never
+//!   matches an empty segment, so `/a/*` does not match `/a//b`-style empty parts.
+//! - One trailing `/` is insignificant on both sides: `/api/` is the glob `/api`, and the path
+//!   `/api/` is matched as `/api`. Empty segments elsewhere (`/a//b`, `//`) are rejected in globs.
+//! - `?` and `#` are rejected in globs: query strings are never matched. `matches` ignores
+//!   anything from the first `?` or `#` of the path as a safety net (callers strip it already).
+//! - Matching is case-sensitive and byte-exact (no percent-decoding); a path that does not start
+//!   with `/` (such as `*` in `OPTIONS *`) matches no glob.
+//!
+//! Matching never backtracks more than one `**` at a time (the classic "last star" method,
+//! applied once to segments and once to characters within a segment), so it is
+//! O(pattern × path) in the worst case and allocation-free.
+//!
+//! ```
+//! use sluice::config::Glob;
+//! let g = Glob::parse("/api/**/edit").unwrap();
+//! assert!(g.matches("/api/edit") && g.matches("/api/a/b/edit") && !g.matches("/api/a/b"));
+//! ```
+
+use super::{Glob, GlobSegment};
+use crate::rate::quote;
+
+/// A glob that does not parse: the text as given and what was wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {kind}", quote(text))]
+pub struct GlobError {
+    pub text: String,
+    pub kind: GlobErrorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobErrorKind {
+    #[error("empty path glob; expected a glob starting with \"/\" such as \"/api/**\"")]
+    Empty,
+    #[error("path glob must start with \"/\"; expected e.g. \"/{0}\"")]
+    NoLeadingSlash(String),
+    #[error("empty segment (\"//\") in path glob; expected segments separated by single \"/\"")]
+    EmptySegment,
+    #[error("{} in segment {}: \"**\" must be a whole segment (as in \"/a/**/b\"); use \"*\" within a segment", quote(.0), quote(.0))]
+    DoubleStarInSegment(String),
+    #[error("path globs never see the query string or fragment; remove everything from {0:?}")]
+    QueryOrFragment(char),
+    #[error("path glob has a control character; expected printable characters")]
+    ControlCharacter,
+}
+
+impl Glob {
+    /// Parses a path glob; see the module docs for the rules.
+    pub fn parse(text: &str) -> Result<Glob, GlobError> {
+        let err = |kind| GlobError { text: text.to_string(), kind };
+        if text.is_empty() {
+            return Err(err(GlobErrorKind::Empty));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(err(GlobErrorKind::ControlCharacter));
+        }
+        if let Some(c) = text.chars().find(|c| matches!(c, '?' | '#')) {
+            return Err(err(GlobErrorKind::QueryOrFragment(c)));
+        }
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(err(GlobErrorKind::NoLeadingSlash(text.to_string())));
+        };
+        let mut segments = Vec::new();
+        if !rest.is_empty() {
+            let rest = if rest.len() > 1 { rest.strip_suffix('/').unwrap_or(rest) } else { rest };
+            for seg in rest.split('/') {
+                if seg.is_empty() {
+                    return Err(err(GlobErrorKind::EmptySegment));
+                }
+                if seg == "**" {
+                    if segments.last() != Some(&GlobSegment::AnySegments) {
+                        segments.push(GlobSegment::AnySegments);
+                    }
+                } else if seg.contains("**") {
+                    return Err(err(GlobErrorKind::DoubleStarInSegment(seg.to_string())));
+                } else {
+                    segments.push(GlobSegment::Pattern(seg.to_string()));
+                }
+            }
+        }
+        Ok(Glob { source: text.to_string(), segments })
+    }
+
+    /// Whether `path` (the URL path; anything from `?` or `#` is ignored) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        match_segments(&self.segments, rest)
+    }
+}
+
+impl std::fmt::Display for Glob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// The segment starting at byte `pos` of `rest` and where the next one starts (`None` = none).
+fn segment_at(rest: &str, pos: usize) -> (&str, Option<usize>) {
+    let tail = rest.get(pos..).unwrap_or("");
+    match tail.find('/') {
+        Some(i) => (&tail[..i], Some(pos + i + 1)),
+        None => (tail, None),
+    }
+}
+
+/// Matches the segment patterns against `rest` (the path without its leading and trailing `/`).
+///
+/// Each `Pattern` consumes exactly one path segment, so remembering only the most recent `**`
+/// is enough: if a later mismatch can be fixed by any earlier `**` swallowing more, it can be
+/// fixed by the latest one swallowing more, as everything between them matched fixed-width.
+fn match_segments(pattern: &[GlobSegment], rest: &str) -> bool {
+    let start = if rest.is_empty() { None } else { Some(0) };
+    let mut pi = 0;
+    let mut cur = start;
+    // (pattern index after the `**`, path cursor where it resumes if it swallows one more)
+    let mut star: Option<(usize, Option<usize>)> = None;
+    loop {
+        match pattern.get(pi) {
+            Some(GlobSegment::AnySegments) => {
+                star = Some((pi + 1, cur));
+                pi += 1;
+                continue;
+            }
+            Some(GlobSegment::Pattern(p)) => {
+                if let Some(pos) = cur {
+                    let (seg, next) = segment_at(rest, pos);
+                    if match_segment(p.as_bytes(), seg.as_bytes()) {
+                        pi += 1;
+                        cur = next;
+                        continue;
+                    }
+                }
+            }
+            None if cur.is_none() => return true,
+            None => {}
+        }
+        match star {
+            Some((after_star, Some(resume))) => {
+                let (_, next) = segment_at(rest, resume);
+                star = Some((after_star, next));
+                pi = after_star;
+                cur = next;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Matches one segment against a pattern whose `*` matches any run of bytes (the segment has
+/// no `/`). A pattern never matches an empty segment.
+fn match_segment(p: &[u8], s: &[u8]) -> bool {
+    if s.is_empty() {
+        return false;
+    }
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi + 1, si));
+                pi += 1;
+            }
+            Some(&c) if c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((after, from)) => {
+                    star = Some((after, from + 1));
+                    pi = after;
+                    si = from + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi.min(p.len())..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn g(text: &str) -> Glob {
+        Glob::parse(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[rustfmt::skip]
+    const TABLE: &[(&str, &str, bool)] = &[
+        ("/",                 "/",                 true),
+        ("/",                 "/a",                false),
+        ("/api",              "/api",              true),
+        ("/api",              "/api/",             true),
+        ("/api/",             "/api",              true),
+        ("/api",              "/apix",             false),
+        ("/api",              "/api/x",            false),
+        ("/api/*",            "/api/x",            true),
+        ("/api/*",            "/api",              false),
+        ("/api/*",            "/api/",             false),
+        ("/api/*",            "/api/x/y",          false),
+        ("/api/**",           "/api",              true),
+        ("/api/**",           "/api/",             true),
+        ("/api/**",           "/api/x",            true),
+        ("/api/**",           "/api/x/y",          true),
+        ("/api/**",           "/apix",             false),
+        ("/api/**",           "/",                 false),
+        ("/**",               "/",                 true),
+        ("/**",               "/a/b/c",            true),
+        ("/**",               "",                  false),
+        ("/**",               "*",                 false),
+        ("/api/**/edit",      "/api/edit",         true),
+        ("/api/**/edit",      "/api/a/edit",       true),
+        ("/api/**/edit",      "/api/a/b/c/edit",   true),
+        ("/api/**/edit",      "/api/a/b/c/edit/x", false),
+        ("/api/**/edit",      "/api/a/b/c",        false),
+        ("/**/edit",          "/edit",             true),
+        ("/**/edit",          "/x/edit/edit",      true),
+        ("/**/a/**/b",        "/a/b",              true),
+        ("/**/a/**/b",        "/x/a/y/z/b",        true),
+        ("/**/a/**/b",        "/x/b/y/a",          false),
+        ("/users/*/orders",   "/users/42/orders",  true),
+        ("/users/*/orders",   "/users/orders",     false),
+        ("/users/*/orders",   "/users/4/2/orders", false),
+        ("/static/*.json",    "/static/a.json",    true),
+        ("/static/*.json",    "/static/.json",     true),
+        ("/static/*.json",    "/static/a.jsonx",   false),
+        ("/static/*.json",    "/static/a/b.json",  false),
+        ("/v*/items",         "/v1/items",         true),
+        ("/v*/items",         "/v/items",          true),
+        ("/v*/items",         "/x1/items",         false),
+        ("/a*b*c",            "/abc",              true),
+        ("/a*b*c",            "/aXXbYYc",          true),
+        ("/a*b*c",            "/aXXbYY",           false),
+        ("/a*b*c",            "/acb",              false),
+        ("/api/x",            "/api/x?y=1",        true),
+        ("/api/x",            "/api/x#frag",       true),
+        ("/api/*",            "/api/?q",           false),
+        ("/API",              "/api",              false),
+        ("/café/*",           "/café/x",           true),
+        ("/a/**/**/b",        "/a/b",              true),
+        ("/a/**",             "/a//",              true),
+        ("/a/*/b",            "/a//b",             false),
+        ("/a/**/b",           "/a//b",             true),
+        ("/a",                "a",                 false),
+    ];
+
+    #[test]
+    fn match_table() {
+        for &(glob, path, want) in TABLE {
+            assert_eq!(g(glob).matches(path), want, "{glob} vs {path}");
+        }
+    }
+
+    #[test]
+    fn consecutive_double_stars_are_merged() {
+        assert_eq!(g("/a/**/**/**").segments, g("/a/**").segments);
+        assert_eq!(g("/a/**/**/**").source, "/a/**/**/**");
+    }
+
+    #[test]
+    fn bad_globs() {
+        for (text, want) in [
+            ("", GlobErrorKind::Empty),
+            ("api/**", GlobErrorKind::NoLeadingSlash("api/**".into())),
+            ("*", GlobErrorKind::NoLeadingSlash("*".into())),
+            ("//", GlobErrorKind::EmptySegment),
+            ("/a//b", GlobErrorKind::EmptySegment),
+            ("/a//", GlobErrorKind::EmptySegment),
+            ("/***", GlobErrorKind::DoubleStarInSegment("***".into())),
+            ("/a/**x", GlobErrorKind::DoubleStarInSegment("**x".into())),
+            ("/a/x**", GlobErrorKind::DoubleStarInSegment("x**".into())),
+            ("/a?b=1", GlobErrorKind::QueryOrFragment('?')),
+            ("/a#b", GlobErrorKind::QueryOrFragment('#')),
+            ("/a\nb", GlobErrorKind::ControlCharacter),
+        ] {
+            let err = Glob::parse(text).expect_err(text);
+            assert_eq!(err.kind, want, "{text}");
+            assert!(err.to_string().starts_with(&quote(text)));
+        }
+    }
+
+    /// Patterns that make naive recursive matchers exponential. Each must finish instantly;
+    /// a regression would hang this test rather than pass.
+    #[test]
+    fn pathological_patterns_stay_polynomial() {
+        let deep = format!("/{}", vec!["a"; 2000].join("/"));
+        let many_stars = format!("/{}b", "**/a/".repeat(40));
+        assert!(!g(&many_stars).matches(&deep));
+        let many_stars_ok = format!("/{}a", "**/a/".repeat(40));
+        assert!(g(&many_stars_ok).matches(&deep));
+        assert!(!g("/**/**/**/**/**/**/**/**/z").matches(&deep));
+
+        let long_segment = format!("/{}", "a".repeat(5000));
+        let star_pattern = format!("/{}b", "*a".repeat(60));
+        assert!(!g(&star_pattern).matches(&long_segment));
+        let star_pattern_ok = format!("/{}", "*a".repeat(60));
+        assert!(g(&star_pattern_ok).matches(&long_segment));
+    }
+
+    #[test]
+    fn display_is_the_source() {
+        assert_eq!(g("/api/").to_string(), "/api/");
+    }
+}

@@ -1,0 +1,268 @@
+//! The normalized JSON view of a compiled config (what `sluice lint` prints): every default
+//! filled in, rates as `{"limit": 100, "period_ms": 60000}`, globs as written, strategies as
+//! `{"type": ..., params}`. It is a report, not an input format.
+//!
+//! Field names follow the input format. `null` means "not set": a `burst` of `null` is the
+//! limit of each rate; a `body` of `null` is the default problem+json body.
+
+use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+use serde::{Serialize, Serializer};
+
+use super::*;
+
+/// Header pairs as a JSON object, in compiled order.
+struct Headers<'a>(&'a [(String, String)]);
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// Any `Display` value as a JSON string (globs, CIDRs).
+struct Texts<'a, T>(&'a [T]);
+
+impl<T: std::fmt::Display> Serialize for Texts<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for x in self.0 {
+            seq.serialize_element(&x.to_string())?;
+        }
+        seq.end()
+    }
+}
+
+impl Serialize for Config {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Config", 7)?;
+        st.serialize_field("namespace", &self.namespace)?;
+        st.serialize_field("rate_limit_headers", &self.rate_limit_headers)?;
+        st.serialize_field("response", &self.response)?;
+        st.serialize_field("client_ip", &self.client_ip)?;
+        st.serialize_field("local", &self.local)?;
+        st.serialize_field("redis", &self.redis)?;
+        st.serialize_field("rules", &self.rules)?;
+        st.end()
+    }
+}
+
+impl Serialize for HeaderMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            HeaderMode::Draft10 => "draft10",
+            HeaderMode::Legacy => "legacy",
+            HeaderMode::Both => "both",
+            HeaderMode::None => "none",
+        })
+    }
+}
+
+impl Serialize for ResponseSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("ResponseSpec", 4)?;
+        st.serialize_field("status", &self.status)?;
+        st.serialize_field("headers", &Headers(&self.headers))?;
+        st.serialize_field("body", &self.body)?;
+        st.serialize_field("content_type", &self.content_type)?;
+        st.end()
+    }
+}
+
+impl Serialize for ClientIpSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("ClientIpSpec", 1)?;
+        st.serialize_field("xff_trusted_hops", &self.xff_trusted_hops)?;
+        st.end()
+    }
+}
+
+impl Serialize for LocalSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("LocalSpec", 1)?;
+        st.serialize_field("max_clients", &self.max_clients)?;
+        st.end()
+    }
+}
+
+impl Serialize for RedisSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("RedisSpec", 5)?;
+        st.serialize_field("cluster", &self.cluster)?;
+        st.serialize_field(
+            "transport",
+            match self.transport {
+                Transport::Http => "http",
+                Transport::RedisCallout => "redis_callout",
+            },
+        )?;
+        // The token is a secret: show that one is set, never its value.
+        st.serialize_field("token", &self.token.as_ref().map(|_| "<redacted>"))?;
+        st.serialize_field("authority", &self.authority)?;
+        st.serialize_field("timeout_ms", &self.timeout_ms)?;
+        st.end()
+    }
+}
+
+impl Serialize for Rule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Rule", 11)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("match", &self.matcher)?;
+        st.serialize_field("limits", &self.limits)?;
+        st.serialize_field("strategy", &StrategyView(&self.strategy))?;
+        st.serialize_field("identifier", &self.identifier)?;
+        st.serialize_field("cost", &self.cost)?;
+        st.serialize_field("exempt", &self.exempt)?;
+        st.serialize_field(
+            "backend",
+            match self.backend {
+                Backend::Local => "local",
+                Backend::Redis => "redis",
+            },
+        )?;
+        st.serialize_field("on_error", &self.on_error)?;
+        st.serialize_field("shadow", &self.shadow)?;
+        st.end()
+    }
+}
+
+impl Serialize for Match {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Match", 4)?;
+        st.serialize_field("path", &Texts(&self.paths))?;
+        st.serialize_field("methods", &self.methods)?;
+        st.serialize_field("headers", &Headers(&self.headers))?;
+        st.serialize_field("routes", &self.routes)?;
+        st.end()
+    }
+}
+
+impl Serialize for Glob {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+/// `Strategy` lives in the strategy module; its config spelling lives here.
+struct StrategyView<'a>(&'a Strategy);
+
+/// The config name of a strategy (`token_bucket`, ...).
+pub fn strategy_name(strategy: &Strategy) -> &'static str {
+    match strategy {
+        Strategy::FixedWindow => "fixed_window",
+        Strategy::SlidingWindowCounter => "sliding_window_counter",
+        Strategy::SlidingWindowLog { .. } => "sliding_window_log",
+        Strategy::TokenBucket { .. } => "token_bucket",
+        Strategy::TokenBucketDebt { .. } => "token_bucket_debt",
+        Strategy::LeakyBucket { .. } => "leaky_bucket",
+        Strategy::LeakyBucketQueue { .. } => "leaky_bucket_queue",
+        Strategy::Gcra { .. } => "gcra",
+    }
+}
+
+impl Serialize for StrategyView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", strategy_name(self.0))?;
+        match self.0 {
+            Strategy::FixedWindow | Strategy::SlidingWindowCounter => {}
+            Strategy::SlidingWindowLog { max_entries } => m.serialize_entry("max_entries", max_entries)?,
+            Strategy::TokenBucket { burst } | Strategy::LeakyBucket { burst } | Strategy::Gcra { burst } => {
+                m.serialize_entry("burst", burst)?
+            }
+            Strategy::TokenBucketDebt { burst, max_debt } => {
+                m.serialize_entry("burst", burst)?;
+                m.serialize_entry("max_debt", max_debt)?;
+            }
+            Strategy::LeakyBucketQueue { burst, max_delay_ms } => {
+                m.serialize_entry("burst", burst)?;
+                m.serialize_entry("max_delay_ms", max_delay_ms)?;
+            }
+        }
+        m.end()
+    }
+}
+
+impl Serialize for Identifier {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Identifier", 2)?;
+        st.serialize_field("parts", &self.parts)?;
+        st.serialize_field("fallback", &self.fallback)?;
+        st.end()
+    }
+}
+
+impl Serialize for IdentPart {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (key, name) = match self {
+            IdentPart::ClientIp => return s.serialize_str("client_ip"),
+            IdentPart::Global => return s.serialize_str("global"),
+            IdentPart::Header(n) => ("header", n),
+            IdentPart::Query(n) => ("query", n),
+            IdentPart::Cookie(n) => ("cookie", n),
+        };
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(key, name)?;
+        m.end()
+    }
+}
+
+impl Serialize for IdentFallback {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            IdentFallback::ClientIp => "client_ip",
+            IdentFallback::Global => "global",
+            IdentFallback::Skip => "skip",
+        })
+    }
+}
+
+impl Serialize for Cost {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cost::Fixed(n) => s.serialize_u64(*n),
+            Cost::Header { name, default, max } => {
+                let mut st = s.serialize_struct("Cost", 3)?;
+                st.serialize_field("header", name)?;
+                st.serialize_field("default", default)?;
+                st.serialize_field("max", max)?;
+                st.end()
+            }
+        }
+    }
+}
+
+impl Serialize for Exempt {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Exempt", 2)?;
+        st.serialize_field("cidrs", &Texts(&self.cidrs))?;
+        st.serialize_field("headers", &Headers(&self.headers))?;
+        st.end()
+    }
+}
+
+impl Serialize for OnError {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OnError::Allow => s.serialize_str("allow"),
+            OnError::Deny => s.serialize_str("deny"),
+            OnError::Fallback { share } => {
+                struct Share(f64);
+                impl Serialize for Share {
+                    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                        let mut st = s.serialize_struct("Fallback", 1)?;
+                        st.serialize_field("share", &self.0)?;
+                        st.end()
+                    }
+                }
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("fallback", &Share(*share))?;
+                m.end()
+            }
+        }
+    }
+}

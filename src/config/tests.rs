@@ -1,0 +1,501 @@
+//! Compiler tests: bad configs (path + message), several errors at once, good configs and the
+//! normalized output.
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::rate::Rate;
+use crate::strategy::Strategy;
+
+const MIN: u64 = 60_000;
+
+fn rule(extra: Value) -> Value {
+    let mut r = json!({"name": "api", "limit": "100/min"});
+    if let (Value::Object(r), Value::Object(extra)) = (&mut r, extra) {
+        for (k, v) in extra {
+            if v.is_null() {
+                r.remove(&k);
+            } else {
+                r.insert(k, v);
+            }
+        }
+    }
+    r
+}
+
+fn with_rules(rules: Vec<Value>) -> Value {
+    json!({ "rules": rules })
+}
+
+fn errors(v: &Value) -> Vec<(String, String)> {
+    match compile(v) {
+        Ok(c) => panic!("expected errors, compiled: {c:?}"),
+        Err(e) => e.iter().map(|e| (e.path.clone(), e.to_string())).collect(),
+    }
+}
+
+/// Exactly one error, at `path`, whose text contains `needle`.
+#[track_caller]
+fn assert_one(v: Value, path: &str, needle: &str) {
+    let errs = errors(&v);
+    assert_eq!(errs.len(), 1, "want one error at {path}, got {errs:#?}");
+    let (p, msg) = &errs[0];
+    assert_eq!(p, path, "{msg}");
+    assert!(msg.contains(needle), "error {msg:?} lacks {needle:?}");
+    if !path.is_empty() {
+        assert!(msg.starts_with(&format!("{path}: ")), "{msg}");
+    }
+}
+
+#[test]
+fn bad_unit_reads_exactly_as_documented() {
+    let v = with_rules(vec![rule(json!({})), rule(json!({"name": "b"})), rule(json!({"name": "c", "limit": "100/fortnight"}))]);
+    let e = compile(&v).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "rules[2].limit: \"100/fortnight\": unknown unit \"fortnight\"; expected one of ms, s, m, h, d (or their long forms)"
+    );
+}
+
+#[test]
+fn no_configuration() {
+    for bytes in [&b""[..], b"   \n\t", b"\xEF\xBB\xBF"] {
+        let e = compile_json(bytes).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e.errors[0].problem, Problem::NoConfiguration);
+        assert!(e.to_string().starts_with("no configuration"));
+    }
+    assert_one(Value::Null, "", "no configuration");
+}
+
+#[test]
+fn invalid_json_is_one_error_with_position() {
+    let e = compile_json(b"{\"rules\": [").unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert!(e.to_string().contains("not valid JSON"), "{e}");
+    assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn top_level_must_be_an_object() {
+    assert_one(json!([1, 2]), "", "expected an object at the top level, found a list");
+}
+
+#[test]
+fn rules_missing_empty_or_wrong_type() {
+    assert_one(json!({}), "rules", "missing required field");
+    assert_one(json!({"rules": []}), "rules", "empty rules");
+    assert_one(json!({"rules": {"name": "x"}}), "rules", "expected a list of rules, found an object");
+}
+
+#[test]
+fn unknown_fields_suggest_the_close_one() {
+    assert_one(
+        json!({"namespce": "x", "rules": [rule(json!({}))]}),
+        "namespce",
+        "unknown field (did you mean \"namespace\"?); expected one of namespace, rate_limit_headers",
+    );
+    assert_one(with_rules(vec![rule(json!({"stratgy": "gcra"}))]), "rules[0].stratgy", "did you mean \"strategy\"?");
+    let errs = errors(&with_rules(vec![rule(json!({"zzzzzzz": 1}))]));
+    assert!(!errs[0].1.contains("did you mean"), "{errs:?}");
+    assert_one(with_rules(vec![rule(json!({"x y": 1}))]), "rules[0][\"x y\"]", "unknown field");
+}
+
+#[test]
+fn rule_names() {
+    assert_one(with_rules(vec![rule(json!({"name": null}))]), "rules[0].name", "missing required field");
+    assert_one(with_rules(vec![rule(json!({"name": "my rule"}))]), "rules[0].name", "\"my rule\": invalid rule name");
+    assert_one(with_rules(vec![rule(json!({"name": "a".repeat(65)}))]), "rules[0].name", "1 to 64 characters");
+    assert_one(
+        with_rules(vec![rule(json!({})), rule(json!({"name": "b"})), rule(json!({}))]),
+        "rules[2].name",
+        "\"api\": duplicate rule name; rules[0] already uses it",
+    );
+}
+
+#[test]
+fn limit_fields() {
+    assert_one(with_rules(vec![rule(json!({"limits": ["1/s"]}))]), "rules[0].limits", "both set");
+    assert_one(with_rules(vec![rule(json!({"limit": null}))]), "rules[0]", "missing \"limit\" (or \"limits\")");
+    assert_one(with_rules(vec![rule(json!({"limit": 100}))]), "rules[0].limit", "100: expected a rate string such as \"100/min\", found a number");
+    assert_one(with_rules(vec![rule(json!({"limit": "0/m"}))]), "rules[0].limit", "use \"0/0\" for unlimited");
+    assert_one(
+        with_rules(vec![rule(json!({"limit": null, "limits": ["10/s", "0/0"]}))]),
+        "rules[0].limits[1]",
+        "\"0/0\": \"0/0\" (unlimited) cannot be combined",
+    );
+    let nine: Vec<&str> = vec!["1/s"; 9];
+    assert_one(with_rules(vec![rule(json!({"limit": null, "limits": nine}))]), "rules[0].limits", "too many entries (9); expected at most 8");
+    assert_one(with_rules(vec![rule(json!({"limit": null, "limits": []}))]), "rules[0].limits", "empty limits");
+    assert_one(with_rules(vec![rule(json!({"limit": null, "limits": "10/s"}))]), "rules[0].limits", "or use \"limit\" for one rate");
+    assert_one(with_rules(vec![rule(json!({"limit": null, "limits": ["10/s", "5/x"]}))]), "rules[0].limits[1]", "unknown unit \"x\"");
+}
+
+#[test]
+fn strategy_errors() {
+    let s = |v: Value| with_rules(vec![rule(json!({ "strategy": v }))]);
+    assert_one(s(json!("token_buckt")), "rules[0].strategy", "\"token_buckt\": unknown value (did you mean \"token_bucket\"?)");
+    assert_one(s(json!({"type": "gcra", "max_debt": 3})), "rules[0].strategy.max_debt", "\"max_debt\" is not a parameter of strategy gcra; expected one of burst");
+    assert_one(s(json!({"type": "fixed_window", "burst": 3})), "rules[0].strategy.burst", "this strategy takes no parameters");
+    assert_one(s(json!({"type": "token_bucket", "burst": 0})), "rules[0].strategy.burst", "0: expected an integer from 1 to");
+    assert_one(s(json!({"type": "token_bucket", "burst": 1.5})), "rules[0].strategy.burst", "found a fractional number");
+    assert_one(s(json!({"type": "token_bucket", "brust": 5})), "rules[0].strategy.brust", "did you mean \"burst\"?");
+    assert_one(s(json!({"burst": 5})), "rules[0].strategy.type", "missing required field");
+    assert_one(s(json!(7)), "rules[0].strategy", "expected a strategy name or an object with \"type\"");
+    assert_one(
+        s(json!({"type": "leaky_bucket_queue", "max_delay": "2 fortnights"})),
+        "rules[0].strategy.max_delay",
+        "\"2 fortnights\": unknown unit \"fortnights\"",
+    );
+    assert_one(s(json!({"type": "leaky_bucket_queue", "max_delay": "1s", "max_delay_ms": 5})), "rules[0].strategy.max_delay_ms", "both set");
+    assert_one(s(json!({"type": "leaky_bucket_queue", "max_delay": "5m"})), "rules[0].strategy.max_delay", "longer than 60000 ms");
+    assert_one(s(json!({"type": "sliding_window_log", "max_entries": 100_001})), "rules[0].strategy.max_entries", "from 1 to 100000");
+    assert_one(s(json!({"type": "token_bucket_debt", "max_debt": -1})), "rules[0].strategy.max_debt", "-1: expected an integer from 0 to");
+}
+
+#[test]
+fn identifier_errors() {
+    let id = |v: Value| with_rules(vec![rule(json!({ "identifier": v }))]);
+    assert_one(id(json!("ip")), "rules[0].identifier", "\"ip\": unknown value; expected one of client_ip, global");
+    assert_one(id(json!(["global", "client_ip"])), "rules[0].identifier[0]", "cannot be combined");
+    assert_one(id(json!([{"header": "x-a", "fallback": "skip"}])), "rules[0].identifier[0].fallback", "put it next to \"parts\"");
+    assert_one(id(json!({"header": "bad name"})), "rules[0].identifier.header", "\"bad name\": invalid header name");
+    assert_one(id(json!({"header": "a", "cookie": "b"})), "rules[0].identifier", "exactly one of header, query, cookie");
+    assert_one(id(json!({"fallback": "skip"})), "rules[0].identifier", "exactly one of header, query, cookie");
+    assert_one(id(json!({"parts": ["client_ip"], "fallback": "skip"})), "rules[0].identifier.fallback", "has no effect");
+    assert_one(id(json!({"header": "x-a", "fallback": "never"})), "rules[0].identifier.fallback", "expected one of client_ip, global, skip");
+    assert_one(id(json!([{"header": "x-a"}, {"header": "X-A"}])), "rules[0].identifier[1]", "duplicate identifier part");
+    assert_one(id(json!([])), "rules[0].identifier", "empty identifier");
+    assert_one(id(json!({"parts": [{"hedaer": "x"}]})), "rules[0].identifier.parts[0].hedaer", "did you mean \"header\"?");
+    assert_one(id(json!({"cookie": "a b"})), "rules[0].identifier.cookie", "invalid cookie name");
+    assert_one(id(json!({"query": ""})), "rules[0].identifier.query", "invalid query parameter name");
+    assert_one(id(json!(true)), "rules[0].identifier", "found a boolean");
+}
+
+#[test]
+fn cost_errors() {
+    let c = |v: Value| with_rules(vec![rule(json!({ "cost": v }))]);
+    assert_one(c(json!(0)), "rules[0].cost", "0: expected an integer from 1 to 1000000");
+    assert_one(c(json!(1_000_001)), "rules[0].cost", "from 1 to 1000000");
+    assert_one(c(json!({"header": "x-cost", "default": 50, "max": 10})), "rules[0].cost.default", "default 50 is greater than max 10");
+    assert_one(c(json!({"default": 2})), "rules[0].cost.header", "missing required field");
+    assert_one(c(json!("1")), "rules[0].cost", "expected a positive integer or an object");
+}
+
+#[test]
+fn exempt_errors() {
+    let e = |v: Value| with_rules(vec![rule(json!({ "exempt": v }))]);
+    assert_one(e(json!({"cidrs": ["10.0.0.1/8"]})), "rules[0].exempt.cidrs[0]", "host bits are set; did you mean \"10.0.0.0/8\"?");
+    assert_one(e(json!({"cidrs": ["10.0.0.0/8", "nope"]})), "rules[0].exempt.cidrs[1]", "\"nope\": invalid CIDR or IP address");
+    assert_one(e(json!({"cidrs": ["10.0.0.0/33"]})), "rules[0].exempt.cidrs[0]", "invalid CIDR");
+    assert_one(e(json!({"cidrs": []})), "rules[0].exempt.cidrs", "empty cidrs");
+    assert_one(e(json!({"headers": {"x-internal": true}})), "rules[0].exempt.headers.x-internal", "quote numbers and booleans");
+    assert_one(e(json!({"headers": {"x-internal": "a\nb"}})), "rules[0].exempt.headers.x-internal", "invalid header value");
+}
+
+#[test]
+fn backend_and_on_error() {
+    assert_one(
+        with_rules(vec![rule(json!({"backend": "redis"}))]),
+        "rules[0].backend",
+        "\"redis\": backend redis needs a top-level \"redis\" block",
+    );
+    assert_one(with_rules(vec![rule(json!({"backend": "remote"}))]), "rules[0].backend", "expected one of local, redis");
+    let redis = |r: Value| json!({"redis": {"cluster": "gw"}, "rules": [r]});
+    assert_one(
+        redis(rule(json!({"backend": "redis", "on_error": {"fallback": {"share": 1.5}}}))),
+        "rules[0].on_error.fallback.share",
+        "1.5: expected a number greater than 0 and at most 1",
+    );
+    assert_one(redis(rule(json!({"backend": "redis", "on_error": {"fallback": {"share": 0}}}))), "rules[0].on_error.fallback.share", "greater than 0");
+    assert_one(redis(rule(json!({"backend": "redis", "on_error": "retry"}))), "rules[0].on_error", "expected one of allow, deny, fallback");
+    assert_one(redis(rule(json!({"on_error": "deny"}))), "rules[0].on_error", "only applies to backend: redis");
+    assert_one(with_rules(vec![rule(json!({"shadow": "yes"}))]), "rules[0].shadow", "expected a boolean");
+}
+
+#[test]
+fn match_errors() {
+    let m = |v: Value| with_rules(vec![rule(json!({ "match": v }))]);
+    assert_one(m(json!({"path": "api/**"})), "rules[0].match.path", "\"api/**\": path glob must start with \"/\"");
+    assert_one(m(json!({"path": ["/a", "/b/***"]})), "rules[0].match.path[1]", "must be a whole segment");
+    assert_one(m(json!({"path": "/a//b"})), "rules[0].match.path", "empty segment");
+    assert_one(m(json!({"methods": ["GET", "GTE"]})), "rules[0].match.methods[1]", "\"GTE\": method looks misspelled; did you mean GET?");
+    assert_one(m(json!({"methods": []})), "rules[0].match.methods", "empty methods");
+    assert_one(m(json!({"methods": "GET"})), "rules[0].match.methods", "expected a list");
+    assert_one(m(json!({"methods": ["GET /"]})), "rules[0].match.methods[0]", "invalid HTTP method");
+    assert_one(m(json!({"headers": {"X-A": "1", "x-a": "2"}})), "rules[0].match.headers.x-a", "duplicate header name");
+    assert_one(m(json!({"routes": [""]})), "rules[0].match.routes[0]", "empty route name");
+    assert_one(m(json!({"paths": "/x"})), "rules[0].match.paths", "did you mean \"path\"?");
+    assert_one(m(json!("/api/**")), "rules[0].match", "expected an object, found a string");
+}
+
+#[test]
+fn top_level_field_errors() {
+    let r = vec![rule(json!({}))];
+    let top = |k: &str, v: Value| {
+        let mut t = json!({ "rules": r.clone() });
+        t[k] = v;
+        t
+    };
+    assert_one(top("namespace", json!("has space")), "namespace", "invalid namespace");
+    assert_one(top("rate_limit_headers", json!("draft9")), "rate_limit_headers", "(did you mean \"draft10\"?); expected one of draft10, legacy, both, none");
+    assert_one(top("response", json!({"status": 200})), "response.status", "200: expected an integer from 400 to 599");
+    assert_one(top("response", json!({"headers": {"Retry-After": "1"}})), "response.headers.Retry-After", "set by sluice itself");
+    assert_one(top("response", json!({"headers": {"content-type": "x"}})), "response.headers.content-type", "response.content_type");
+    assert_one(top("response", json!({"headers": {":status": "1"}})), "response.headers[\":status\"]", "invalid header name");
+    assert_one(top("response", json!({"headers": {}})), "response.headers", "empty header map");
+    assert_one(top("response", json!({"content_type": "text/html"})), "response.content_type", "without a body");
+    assert_one(top("response", json!({"body": 5})), "response.body", "expected a string");
+    assert_one(top("client_ip", json!({"xff_trusted_hops": 17})), "client_ip.xff_trusted_hops", "from 0 to 16");
+    assert_one(top("local", json!({"max_clients": 0})), "local.max_clients", "from 1 to 10000000");
+    assert_one(top("redis", json!({"transport": "http"})), "redis.cluster", "missing required field");
+    assert_one(top("redis", json!({"cluster": ""})), "redis.cluster", "empty cluster name");
+    assert_one(top("redis", json!({"cluster": "gw", "timeout_ms": 0})), "redis.timeout_ms", "from 1 to 60000");
+    assert_one(top("redis", json!({"cluster": "gw", "transport": "grpc"})), "redis.transport", "expected one of http, redis_callout");
+    assert_one(top("redis", json!({"cluster": "gw", "token": "a\nb"})), "redis.token", "invalid token");
+}
+
+/// A config with many independent mistakes reports every one of them, in one pass.
+#[test]
+fn all_errors_are_reported_at_once() {
+    let v = json!({
+        "namespace": "bad ns",
+        "rate_limit_headers": "draft9",
+        "response": {"status": 99},
+        "rules": [
+            {"name": "ok", "limit": "10/s"},
+            {"name": "a", "limit": "100/fortnight", "strategy": "gcra"},
+            {"name": "ok", "limit": "5/m", "identifier": "ip"},
+            {"limits": ["1/s", "0/0"], "cost": 0, "backend": "redis"},
+            {"name": "d", "limit": "1/s", "match": {"path": "nope", "methods": ["GTE"]}, "exempt": {"cidrs": ["10.0.0.1/8"]}, "extra": 1}
+        ]
+    });
+    let got: Vec<String> = errors(&v).into_iter().map(|(p, _)| p).collect();
+    let mut want = vec![
+        "namespace",
+        "rate_limit_headers",
+        "response.status",
+        "rules[1].limit",
+        "rules[2].name",
+        "rules[2].identifier",
+        "rules[3].name",
+        "rules[3].limits[1]",
+        "rules[3].cost",
+        "rules[3].backend",
+        "rules[4].extra",
+        "rules[4].match.path",
+        "rules[4].match.methods[0]",
+        "rules[4].exempt.cidrs[0]",
+    ];
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    want.sort();
+    assert_eq!(got_sorted, want);
+    let text = compile(&v).unwrap_err().to_string();
+    assert_eq!(text.lines().count(), want.len(), "one error per line:\n{text}");
+}
+
+#[test]
+fn good_config_compiles_to_the_expected_structure() {
+    let v = json!({
+        "namespace": "shop",
+        "rate_limit_headers": "both",
+        "response": {"status": 503, "headers": {"X-Reason": "throttled"}, "body": "slow down"},
+        "client_ip": {"xff_trusted_hops": 2},
+        "local": {"max_clients": 500},
+        "redis": {"cluster": "sluice_gateway", "token": "s3cret", "timeout_ms": 25},
+        "rules": [
+            {
+                "name": "api",
+                "match": {"path": ["/api/**", "/v*/items"], "methods": ["get", "POST", "GET", "PROPFIND"], "headers": {"X-Tenant": "acme"}, "routes": ["r1"]},
+                "limits": ["10/s", "1000/hour"],
+                "strategy": {"type": "token_bucket", "burst": 150},
+                "identifier": {"header": "X-Api-Key", "fallback": "skip"},
+                "cost": {"header": "x-cost", "max": 100},
+                "exempt": {"cidrs": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "10.0.0.0/8"], "headers": {"x-internal": "yes"}},
+                "backend": "redis",
+                "on_error": {"fallback": {"share": 0.5}},
+                "shadow": true
+            },
+            {
+                "name": "login",
+                "limit": "5 per 2 mins",
+                "strategy": "gcra",
+                "identifier": {"parts": [{"query": "user"}, "client_ip", {"cookie": "sid"}], "fallback": "global"}
+            },
+            {"name": "open", "limit": "0/0"}
+        ]
+    });
+    let c = compile(&v).unwrap();
+    assert_eq!(c.namespace, "shop");
+    assert_eq!(c.rate_limit_headers, HeaderMode::Both);
+    assert_eq!(
+        c.response,
+        ResponseSpec {
+            status: 503,
+            headers: vec![("x-reason".into(), "throttled".into())],
+            body: Some("slow down".into()),
+            content_type: Some("text/plain".into()),
+        }
+    );
+    assert_eq!(c.client_ip.xff_trusted_hops, 2);
+    assert_eq!(c.local.max_clients, 500);
+    assert_eq!(
+        c.redis,
+        Some(RedisSpec { cluster: "sluice_gateway".into(), transport: Transport::Http, token: Some("s3cret".into()), authority: None, timeout_ms: 25 })
+    );
+    let api = &c.rules[0];
+    assert_eq!(api.matcher.paths.iter().map(|g| g.source.as_str()).collect::<Vec<_>>(), ["/api/**", "/v*/items"]);
+    assert_eq!(api.matcher.methods, ["GET", "POST", "PROPFIND"]);
+    assert_eq!(api.matcher.headers, [("x-tenant".to_string(), "acme".to_string())]);
+    assert_eq!(api.matcher.routes, ["r1"]);
+    assert_eq!(api.limits, [Rate { limit: 10, period_ms: 1000 }, Rate { limit: 1000, period_ms: 60 * MIN }]);
+    assert_eq!(api.strategy, Strategy::TokenBucket { burst: Some(150) });
+    assert_eq!(api.identifier, Identifier { parts: vec![IdentPart::Header("x-api-key".into())], fallback: IdentFallback::Skip });
+    assert_eq!(api.cost, Cost::Header { name: "x-cost".into(), default: 1, max: 100 });
+    let cidrs: Vec<String> = api.exempt.cidrs.iter().map(|n| n.to_string()).collect();
+    assert_eq!(cidrs, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+    assert_eq!(api.exempt.headers, [("x-internal".to_string(), "yes".to_string())]);
+    assert_eq!(api.backend, Backend::Redis);
+    assert_eq!(api.on_error, OnError::Fallback { share: 0.5 });
+    assert!(api.shadow);
+
+    let login = &c.rules[1];
+    assert_eq!(login.limits, [Rate { limit: 5, period_ms: 2 * MIN }]);
+    assert_eq!(login.strategy, Strategy::Gcra { burst: None });
+    assert_eq!(
+        login.identifier,
+        Identifier {
+            parts: vec![IdentPart::Query("user".into()), IdentPart::ClientIp, IdentPart::Cookie("sid".into())],
+            fallback: IdentFallback::Global,
+        }
+    );
+    assert_eq!(c.rules[2].limits, [Rate::UNLIMITED]);
+}
+
+#[test]
+fn strategy_defaults_are_deterministic() {
+    let s = |strategy: Value, limits: Value| {
+        let c = compile(&with_rules(vec![rule(json!({"limit": null, "limits": limits, "strategy": strategy}))])).unwrap();
+        c.rules[0].strategy.clone()
+    };
+    assert_eq!(s(json!("sliding_window_log"), json!(["100/min"])), Strategy::SlidingWindowLog { max_entries: 100 });
+    assert_eq!(s(json!("sliding_window_log"), json!(["10/s", "5000/h"])), Strategy::SlidingWindowLog { max_entries: 1024 });
+    assert_eq!(s(json!("sliding_window_log"), json!(["0/0"])), Strategy::SlidingWindowLog { max_entries: 1 });
+    assert_eq!(s(json!("token_bucket_debt"), json!(["10/s", "5000/h"])), Strategy::TokenBucketDebt { burst: None, max_debt: 10 });
+    assert_eq!(
+        s(json!({"type": "token_bucket_debt", "burst": 20, "max_debt": 0}), json!(["10/s"])),
+        Strategy::TokenBucketDebt { burst: Some(20), max_debt: 0 }
+    );
+    assert_eq!(s(json!("leaky_bucket_queue"), json!(["10/s"])), Strategy::LeakyBucketQueue { burst: None, max_delay_ms: 1000 });
+    assert_eq!(
+        s(json!({"type": "leaky_bucket_queue", "max_delay": "250ms", "burst": 3}), json!(["10/s"])),
+        Strategy::LeakyBucketQueue { burst: Some(3), max_delay_ms: 250 }
+    );
+    assert_eq!(s(json!({"type": "leaky_bucket_queue", "max_delay_ms": 0}), json!(["10/s"])), Strategy::LeakyBucketQueue { burst: None, max_delay_ms: 0 });
+    assert_eq!(s(json!({"type": "fixed_window"}), json!(["10/s"])), Strategy::FixedWindow);
+    assert_eq!(s(json!("leaky_bucket"), json!(["10/s"])), Strategy::LeakyBucket { burst: None });
+    assert_eq!(s(Value::Null, json!(["10/s"])), Strategy::SlidingWindowCounter);
+}
+
+#[test]
+fn nulls_are_absent_and_explicit_defaults_equal_omitted_ones() {
+    let minimal = compile(&json!({"rules": [{"name": "api", "limit": "100/min"}]})).unwrap();
+    let explicit = compile(&json!({
+        "namespace": "sluice",
+        "rate_limit_headers": "draft10",
+        "response": {"status": 429},
+        "client_ip": {"xff_trusted_hops": 0},
+        "local": {"max_clients": 10000},
+        "redis": null,
+        "rules": [{
+            "name": "api", "limit": "100/min", "match": {}, "strategy": "sliding_window_counter",
+            "identifier": "client_ip", "cost": 1, "exempt": {}, "backend": "local", "shadow": false,
+            "on_error": null
+        }]
+    }))
+    .unwrap();
+    assert_eq!(minimal, explicit);
+}
+
+#[test]
+fn normalized_output_of_defaults() {
+    let c = compile(&json!({"rules": [{"name": "api", "limit": "100/min"}]})).unwrap();
+    let got = serde_json::to_value(&c).unwrap();
+    let want = json!({
+        "namespace": "sluice",
+        "rate_limit_headers": "draft10",
+        "response": {"status": 429, "headers": {}, "body": null, "content_type": null},
+        "client_ip": {"xff_trusted_hops": 0},
+        "local": {"max_clients": 10000},
+        "redis": null,
+        "rules": [{
+            "name": "api",
+            "match": {"path": [], "methods": [], "headers": {}, "routes": []},
+            "limits": [{"limit": 100, "period_ms": 60000}],
+            "strategy": {"type": "sliding_window_counter"},
+            "identifier": {"parts": ["client_ip"], "fallback": "client_ip"},
+            "cost": 1,
+            "exempt": {"cidrs": [], "headers": {}},
+            "backend": "local",
+            "on_error": "allow",
+            "shadow": false
+        }]
+    });
+    assert_eq!(got, want);
+}
+
+#[test]
+fn normalized_output_of_params_and_secrets() {
+    let c = compile(&json!({
+        "redis": {"cluster": "gw", "token": "s3cret", "transport": "redis_callout"},
+        "rules": [{
+            "name": "q", "limit": "2/5s", "backend": "redis", "on_error": "fallback",
+            "strategy": {"type": "leaky_bucket_queue", "max_delay": "2s"},
+            "identifier": [{"header": "X-User"}, {"query": "k"}],
+            "cost": {"header": "x-cost"},
+            "exempt": {"cidrs": ["::1"]},
+            "match": {"path": "/api/"}
+        }]
+    }))
+    .unwrap();
+    let got = serde_json::to_value(&c).unwrap();
+    assert_eq!(got["redis"], json!({"cluster": "gw", "transport": "redis_callout", "token": "<redacted>", "authority": null, "timeout_ms": 20}));
+    let r = &got["rules"][0];
+    assert_eq!(r["strategy"], json!({"type": "leaky_bucket_queue", "burst": null, "max_delay_ms": 2000}));
+    assert_eq!(r["limits"], json!([{"limit": 2, "period_ms": 5000}]));
+    assert_eq!(r["identifier"], json!({"parts": [{"header": "x-user"}, {"query": "k"}], "fallback": "client_ip"}));
+    assert_eq!(r["cost"], json!({"header": "x-cost", "default": 1, "max": 1000}));
+    assert_eq!(r["exempt"]["cidrs"], json!(["::1/128"]));
+    assert_eq!(r["match"]["path"], json!(["/api/"]));
+    assert_eq!(r["on_error"], json!({"fallback": {"share": 1.0}}));
+    assert!(!got.to_string().contains("s3cret"));
+}
+
+#[test]
+fn compiled_globs_match() {
+    let c = compile(&with_rules(vec![rule(json!({"match": {"path": "/api/**"}}))])).unwrap();
+    let g = &c.rules[0].matcher.paths[0];
+    assert!(g.matches("/api") && g.matches("/api/") && g.matches("/api/x/y") && !g.matches("/apix"));
+}
+
+#[test]
+fn compile_json_accepts_envoy_bytes() {
+    let c = compile_json(br#"  {"rules":[{"name":"a","limit":"5/m"}]}  "#).unwrap();
+    assert_eq!(c.rules[0].limits, [Rate { limit: 5, period_ms: MIN }]);
+}
+
+#[test]
+fn long_offending_text_is_truncated() {
+    let long = format!("{}/s", "9".repeat(300));
+    let errs = errors(&with_rules(vec![rule(json!({ "limit": long }))]));
+    assert!(errs[0].1.len() < 300, "{}", errs[0].1);
+    assert!(errs[0].1.contains('…'));
+}
+
+#[test]
+fn did_you_mean_distance() {
+    assert_eq!(compile::distance("limt", "limit"), 1);
+    assert_eq!(compile::distance("GTE", "GET"), 1);
+    assert_eq!(compile::distance("PUSH", "PUT"), 2);
+}
