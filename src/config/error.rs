@@ -123,7 +123,7 @@ pub enum Problem {
     NoLimit,
     #[error("\"0/0\" (unlimited) cannot be combined with other limits; remove it")]
     UnlimitedMixed,
-    #[error("\"global\" counts every request together and cannot be combined with other identifier parts")]
+    #[error("cannot be combined with other identifier parts (global counts every request together)")]
     GlobalMixed,
     #[error("an identifier object needs exactly one of header, query, cookie (or parts); found {found}")]
     IdentifierKind { found: usize },

@@ -1,0 +1,126 @@
+//! Runs the built `sluice` binary on fixture files and checks exit codes and output.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().unwrap()
+}
+
+fn lint(name: &str) -> Output {
+    sluice(&["lint", fixture(name).to_str().unwrap()])
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn good_yaml_prints_normalized_json_and_exits_0() {
+    let out = lint("good.yaml");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["namespace"], "shop");
+    assert_eq!(v["rate_limit_headers"], "draft10");
+    let api = &v["rules"][0];
+    assert_eq!(api["limits"], serde_json::json!([{"limit": 100, "period_ms": 60000}]));
+    assert_eq!(api["strategy"], serde_json::json!({"type": "token_bucket", "burst": 150}));
+    assert_eq!(api["match"]["methods"], serde_json::json!(["GET", "POST"]));
+    assert_eq!(api["identifier"]["parts"], serde_json::json!([{"header": "x-api-key"}]));
+    assert_eq!(api["exempt"]["cidrs"], serde_json::json!(["10.0.0.0/8"]));
+    let login = &v["rules"][1];
+    assert_eq!(login["limits"], serde_json::json!([{"limit": 5, "period_ms": 60000}, {"limit": 20, "period_ms": 3600000}]));
+    assert_eq!(login["strategy"], serde_json::json!({"type": "gcra", "burst": null}));
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn bad_yaml_prints_every_error_one_per_line_and_exits_1() {
+    let out = lint("bad.yaml");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    let want_prefixes = [
+        "rate_limit_headers: \"draft9\": unknown value (did you mean \"draft10\"?)",
+        "rules[0].limit: \"100/fortnight\": unknown unit \"fortnight\"; expected one of ms, s, m, h, d (or their long forms)",
+        "rules[0].strategy.burts: ",
+        "rules[1].name: \"api\": duplicate rule name; rules[0] already uses it",
+        "rules[1].identifier[0]: \"global\": cannot be combined",
+        "rules[1].exempt.cidrs[0]: \"10.0.0.1/8\": host bits are set; did you mean \"10.0.0.0/8\"?",
+        "rules[1].backend: \"redis\": backend redis needs a top-level \"redis\" block",
+    ];
+    for want in want_prefixes {
+        assert!(lines.iter().any(|l| l.starts_with(want)), "missing {want:?} in:\n{err}");
+    }
+    assert_eq!(lines.len(), want_prefixes.len() + 1, "{err}");
+    assert!(lines.last().unwrap().ends_with("bad.yaml: 7 errors"), "{err}");
+}
+
+#[test]
+fn json_file_uses_the_filter_json_path() {
+    let out = lint("good.json");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rules"][0]["limits"][0]["period_ms"], 5000);
+    assert_eq!(v["rules"][0]["cost"], serde_json::json!({"header": "x-cost", "default": 1, "max": 1000}));
+
+    let out = lint("broken.json");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("not valid JSON: "), "{}", text(&out.stderr));
+}
+
+#[test]
+fn empty_file_is_no_configuration() {
+    let out = lint("empty.yaml");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("no configuration"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn stdin_is_guessed_json_or_yaml() {
+    for input in ["{\"rules\": [{\"name\": \"a\", \"limit\": \"1/s\"}]}", "rules:\n  - {name: a, limit: 1/s}\n"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["lint", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{input}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["rules"][0]["limits"][0]["period_ms"], 1000);
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = sluice(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("Usage: sluice <COMMAND>"));
+    assert_eq!(sluice(&["lint"]).status.code(), Some(2));
+    assert_eq!(sluice(&["frobnicate"]).status.code(), Some(2));
+    let missing = sluice(&["lint", "/nonexistent/sluice.yaml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read /nonexistent/sluice.yaml"));
+}
+
+#[test]
+fn help_lists_lint_and_exits_0() {
+    let out = sluice(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(help.contains("lint") && help.contains("Usage: sluice"), "{help}");
+    let out = sluice(&["lint", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("\"-\" reads standard input"));
+}
