@@ -1,0 +1,107 @@
+//! The built `sluice-gateway` binary: its --help, its flags from the environment, and a clean
+//! exit on SIGTERM.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{free_ports, Http, RedisServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice-gateway");
+
+#[test]
+fn help_documents_every_flag() {
+    let out = Command::new(BIN).arg("--help").output().expect("run --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--redis-url",
+        "--cluster-nodes",
+        "--token",
+        "--timeout-ms",
+        "--max-body-bytes",
+        "--max-pipeline",
+        "--shutdown-grace-ms",
+        "SLUICE_GATEWAY_TOKEN",
+        "SLUICE_GATEWAY_REDIS_URL",
+        "[default: 127.0.0.1:7379]",
+        "[default: redis://127.0.0.1:6379]",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    // The token's value must never be echoed by --help.
+    let out = Command::new(BIN)
+        .arg("--help")
+        .env("SLUICE_GATEWAY_TOKEN", "do-not-print-me")
+        .output()
+        .expect("run --help");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("do-not-print-me"));
+}
+
+#[test]
+fn bad_flags_fail_fast() {
+    let out = Command::new(BIN)
+        .args(["--timeout-ms", "0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let out = Command::new(BIN)
+        .args(["--token", ""])
+        .env("SLUICE_GATEWAY_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_from_env_config_and_exits_cleanly_on_sigterm() {
+    let redis = RedisServer::start();
+    let port = free_ports(1)[0];
+    let mut child = Command::new(BIN)
+        .env("SLUICE_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE_GATEWAY_REDIS_URL", redis.url())
+        .env("SLUICE_GATEWAY_TOKEN", "env-token")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gateway");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = Http::new(&base, Some("env-token"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = http.client.get(format!("{base}/healthz")).send().await {
+            if resp.status() == 200 {
+                break;
+            }
+        }
+        assert!(child.try_wait().expect("poll").is_none(), "gateway exited early");
+        assert!(Instant::now() < deadline, "gateway did not become healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        http.post("/", serde_json::json!(["PING"])).await,
+        (200, serde_json::json!({"result": "PONG"}))
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gateway ignored SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}

@@ -1,0 +1,407 @@
+//! Test support: real `redis-server` processes on loopback ports (one standalone server, or a
+//! 6-node Redis Cluster of 3 primaries and 3 replicas), killed when dropped; and a gateway
+//! started in-process. Other crates may reuse the Redis part with
+//! `#[path = "../../gateway/tests/support/mod.rs"] mod support;`; it needs only std, and the
+//! `redis-server`/`redis-cli` binaries (override with REDIS_SERVER / REDIS_CLI).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest wait for a server to come up or a cluster to converge.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+fn redis_server_bin() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+fn redis_cli_bin() -> String {
+    std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `n` distinct loopback ports that were free a moment ago (all held open together while
+/// chosen, so they differ from each other).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// Sends one command in RESP and returns the raw reply (enough for readiness checks).
+fn raw_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut request = format!("*{}\r\n", args.len());
+    for a in args {
+        request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut buf = vec![0u8; 8192];
+    let n = stream.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Runs `redis-cli -p PORT ARGS…` and returns its standard output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new(redis_cli_bin())
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_DEADLINE;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// One `redis-server` process, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+    _dir: Option<TempDir>,
+}
+
+impl RedisServer {
+    /// A standalone server on a free loopback port, without persistence.
+    pub fn start() -> Self {
+        let port = free_ports(1)[0];
+        let dir = TempDir::new("redis");
+        let args = vec![
+            "--dir".to_string(),
+            dir.path().display().to_string(),
+        ];
+        let mut server = RedisServer {
+            port,
+            child: None,
+            args,
+            _dir: Some(dir),
+        };
+        server.restart();
+        server
+    }
+
+    fn start_with(port: u16, args: Vec<String>) -> Self {
+        let mut server = RedisServer {
+            port,
+            child: None,
+            args,
+            _dir: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts (again) on the same port with the same arguments, and waits for PONG.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(redis_server_bin())
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (is it installed?)");
+        self.child = Some(child);
+        let port = self.port;
+        let child = self.child.as_mut().expect("child just set");
+        wait_until(&format!("redis-server on port {port}"), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("redis-server on port {port} exited early: {status}");
+            }
+            raw_command(port, &["PING"]).is_ok_and(|r| r.starts_with("+PONG"))
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Redis Cluster of 6 nodes (3 primaries, 3 replicas) on loopback, stopped on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        // Data ports and cluster-bus ports are both chosen free, instead of Redis' default
+        // port+10000, which may be taken or out of range.
+        let ports = free_ports(12);
+        let dir = TempDir::new("cluster");
+        let mut nodes = Vec::with_capacity(6);
+        for i in 0..6 {
+            let (port, bus) = (ports[i], ports[i + 6]);
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let args = vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-port".into(),
+                bus.to_string(),
+                "--cluster-config-file".into(),
+                node_dir.join("nodes.conf").display().to_string(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+                "--dir".into(),
+                node_dir.display().to_string(),
+            ];
+            nodes.push(RedisServer::start_with(port, args));
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(redis_cli_bin())
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes, _dir: dir };
+        cluster.wait_converged();
+        cluster
+    }
+
+    /// Every node says `cluster_state:ok` and knows all 6 nodes.
+    fn wait_converged(&self) {
+        for node in &self.nodes {
+            let port = node.port;
+            wait_until(&format!("cluster_state:ok on port {port}"), || {
+                raw_command(port, &["CLUSTER", "INFO"]).is_ok_and(|info| {
+                    info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
+                })
+            });
+        }
+    }
+
+    /// Seed list for clients: `127.0.0.1:P1,127.0.0.1:P2,…`.
+    pub fn seed_nodes(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Ports of the nodes that are primaries now.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.port)
+            .filter(|&p| redis_cli(p, &["ROLE"]).starts_with("master"))
+            .collect()
+    }
+
+    pub fn stop_all(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+    }
+}
+
+/// A gateway served in-process on a free loopback port.
+pub struct TestGateway {
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), sluice_gateway::GatewayError>>>,
+}
+
+impl TestGateway {
+    /// `args` are the binary's flags (without `--listen`, which is chosen here).
+    pub async fn start(args: &[&str]) -> Self {
+        use clap::Parser as _;
+        let config = sluice_gateway::Config::try_parse_from(
+            std::iter::once("sluice-gateway").chain(args.iter().copied()),
+        )
+        .expect("gateway flags");
+        let gateway = sluice_gateway::Gateway::from_config(&config).expect("gateway config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.serve(
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_secs(10),
+        ));
+        TestGateway {
+            base,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Asks for a graceful shutdown (as SIGTERM would) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether the server task has returned (after shutdown: all connections are closed).
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Waits (bounded) for the server task to return after `begin_shutdown`.
+    pub async fn finished(&mut self) -> Result<(), sluice_gateway::GatewayError> {
+        let task = self.task.take().expect("gateway task");
+        tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("gateway did not stop in time")
+            .expect("gateway task panicked")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Minimal client helpers over reqwest.
+pub struct Http {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Http {
+    pub fn new(base: &str, token: Option<&str>) -> Self {
+        Http {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("http client"),
+            base: base.to_string(),
+            token: token.map(str::to_string),
+        }
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.client.post(format!("{}{path}", self.base)).body(body);
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("send request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("read body");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {status}: {text:?}"));
+        (status, json)
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.post_raw(path, body.to_string(), &[]).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("send request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("read body"))
+    }
+}
+
+/// Value of one sample line (`name{labels} value`) in a Prometheus exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
