@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Starts or stops a 6-node Redis Cluster (3 primaries + 3 replicas) natively on loopback, for
+# tests and demos where no Docker engine exists.
+#
+#   scripts/redis-cluster.sh start  DIR BASEPORT   # nodes on BASEPORT..BASEPORT+5
+#   scripts/redis-cluster.sh stop   DIR BASEPORT
+#   scripts/redis-cluster.sh status DIR BASEPORT
+#
+# Each node keeps its files in DIR/PORT (nodes.conf, log, pid); `start` wipes them first, so a
+# new cluster is created every time. Cluster-bus ports are PORT+10000 (BASEPORT <= 55529).
+# `start` returns when every node reports cluster_state:ok and prints the seed list
+# (127.0.0.1:P1,...,127.0.0.1:P6) on stdout; `stop` waits until every node has exited.
+# REDIS_SERVER and REDIS_CLI override the binaries.
+set -euo pipefail
+
+usage() { echo "usage: $0 start|stop|status DIR BASEPORT" >&2; exit 2; }
+[ $# -eq 3 ] || usage
+action=$1 dir=$2 base=$3
+[[ $base =~ ^[0-9]+$ ]] && [ "$base" -ge 1024 ] && [ "$base" -le 55529 ] \
+  || { echo "BASEPORT must be a number in 1024..55529" >&2; exit 2; }
+
+REDIS_SERVER=${REDIS_SERVER:-redis-server}
+REDIS_CLI=${REDIS_CLI:-redis-cli}
+ports=()
+for i in 0 1 2 3 4 5; do ports+=($((base + i))); done
+
+say() { printf '[redis-cluster] %s\n' "$*" >&2; }
+
+# wait_for SECONDS COMMAND...: retries COMMAND every 0.1 s until it succeeds or time is up.
+wait_for() {
+  local tries=$(($1 * 10)); shift
+  while [ "$tries" -gt 0 ]; do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+    tries=$((tries - 1))
+  done
+  return 1
+}
+
+pong() { [ "$("$REDIS_CLI" -h 127.0.0.1 -p "$1" PING 2>/dev/null)" = PONG ]; }
+cluster_ok() {
+  local info
+  info=$("$REDIS_CLI" -h 127.0.0.1 -p "$1" CLUSTER INFO 2>/dev/null) || return 1
+  grep -q '^cluster_state:ok' <<<"$info" && grep -q '^cluster_known_nodes:6' <<<"$info"
+}
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop_nodes() {
+  local p pidfile
+  for p in "${ports[@]}"; do
+    pidfile="$dir/$p/redis.pid"
+    if running "$pidfile"; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+  done
+  for p in "${ports[@]}"; do
+    pidfile="$dir/$p/redis.pid"
+    if ! wait_for 10 bash -c "! kill -0 \$(cat '$pidfile' 2>/dev/null) 2>/dev/null"; then
+      say "node $p did not exit on SIGTERM; killing it"
+      kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+  done
+}
+
+case $action in
+  start)
+    for p in "${ports[@]}"; do
+      if pong "$p"; then say "port $p already answers PING: stop that server first"; exit 1; fi
+    done
+    mkdir -p "$dir"
+    for p in "${ports[@]}"; do
+      rm -rf "${dir:?}/$p"
+      mkdir -p "$dir/$p"
+      "$REDIS_SERVER" --port "$p" --bind 127.0.0.1 --protected-mode yes \
+        --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" \
+        --cluster-node-timeout 2000 --dir "$dir/$p" --save '' --appendonly no \
+        --daemonize yes --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log"
+    done
+    for p in "${ports[@]}"; do
+      wait_for 15 pong "$p" || { say "node $p did not start; see $dir/$p/redis.log"; stop_nodes; exit 1; }
+    done
+    addrs=()
+    for p in "${ports[@]}"; do addrs+=("127.0.0.1:$p"); done
+    if ! timeout 60 "$REDIS_CLI" --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$dir/create.log" 2>&1; then
+      say "cluster create failed:"; cat "$dir/create.log" >&2; stop_nodes; exit 1
+    fi
+    for p in "${ports[@]}"; do
+      wait_for 30 cluster_ok "$p" || { say "node $p never reached cluster_state:ok"; stop_nodes; exit 1; }
+    done
+    say "cluster up on ports ${ports[0]}..${ports[5]} (files in $dir)"
+    (IFS=,; echo "${addrs[*]}")
+    ;;
+  stop)
+    stop_nodes
+    say "cluster on ports ${ports[0]}..${ports[5]} stopped"
+    ;;
+  status)
+    up=0
+    for p in "${ports[@]}"; do
+      if cluster_ok "$p"; then state=ok; up=$((up + 1));
+      elif pong "$p"; then state="up, cluster not ok";
+      else state=down; fi
+      printf '127.0.0.1:%s %s\n' "$p" "$state"
+    done
+    [ "$up" -eq 6 ]
+    ;;
+  *) usage ;;
+esac
