@@ -5,13 +5,30 @@ use std::time::Duration;
 
 use clap::Parser;
 
+const AFTER_HELP: &str = "\
+Requests and replies (Upstash REST dialect):
+  curl -H 'Authorization: Bearer TOKEN' -d '[\"EVALSHA\",\"<sha>\",\"1\",\"key\",\"arg\"]' http://127.0.0.1:7379/
+    -> {\"result\": ...}     integers -> numbers, strings -> strings, nil -> null, arrays -> arrays
+    -> {\"error\": \"NOSCRIPT No matching script. Please use EVAL.\"}   Redis' error text, verbatim
+  POST /pipeline with [[...],[...]] -> [{\"result\": ...}, {\"error\": ...}], one entry per command, in order
+  Header 'Upstash-Encoding: base64': strings in results come base64-encoded (except \"OK\");
+  without it a reply holding non-UTF-8 bytes is an error that asks for this header.
+
+Status codes: 200 done (pipelines: per-command errors inside), 400 refused request or a failed
+command on POST /, 401 missing or wrong token, 404/405 wrong path or method, 413 body too large,
+502 Redis unreachable, 504 no answer within --timeout-ms. Errors made by the gateway start
+with 'ERR sluice-gateway:'. Only EVAL, EVALSHA, SCRIPT LOAD, SCRIPT EXISTS and PING run; any
+other command refuses the whole request (400) and nothing runs. HTTP/1.1 only.
+
+Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level (default info).";
+
 /// Stateless HTTP bridge from the Upstash REST dialect to Redis or Redis Cluster, for the sluice
 /// rate-limiting filter. It runs EVAL, EVALSHA, SCRIPT LOAD, SCRIPT EXISTS and PING only.
 ///
 /// Endpoints: POST / (one command as a JSON array), POST /pipeline (an array of commands),
 /// GET /healthz (200 when Redis answers PING in time, else 503), GET /metrics (Prometheus).
 #[derive(Clone, Debug, Parser)]
-#[command(name = "sluice-gateway", version, about, long_about)]
+#[command(name = "sluice-gateway", version, about, long_about, after_long_help = AFTER_HELP)]
 pub struct Config {
     /// Address and port to listen on. Keep it on loopback or a private network: the gateway
     /// runs scripts on your Redis for whoever holds the token.

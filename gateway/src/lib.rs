@@ -56,6 +56,18 @@
 //! * **Auth**: with `--token`/`SLUICE_GATEWAY_TOKEN`, `POST /` and `POST /pipeline` need
 //!   `Authorization: Bearer <token>` (compared in constant time); `/healthz` and `/metrics`
 //!   stay open for probes and scrapers. Upstash's `_token` query parameter is not supported.
+//! * **Transport**: HTTP/1.1 with keep-alive (Envoy's default protocol for a cluster).
+//!
+//! # Limits
+//!
+//! `--max-body-bytes` (413, checked on Content-Length and while a chunked body streams),
+//! `--max-pipeline` (400), `--timeout-ms` (504; also bounds connecting to Redis), and on
+//! SIGTERM/SIGINT a drain of requests in flight bounded by `--shutdown-grace-ms`.
+//!
+//! # Load
+//!
+//! `gateway/bench/pipeline-evalsha.lua` drives `POST /pipeline` with one EVALSHA per request
+//! under `wrk` (usage in the file).
 //!
 //! # Embedding
 //!

@@ -3,7 +3,8 @@
 //! started in-process. Other crates may reuse the Redis part with
 //! `#[path = "../../gateway/tests/support/mod.rs"] mod support;`; it needs only std, and the
 //! `redis-server`/`redis-cli` binaries (override with REDIS_SERVER / REDIS_CLI).
-#![allow(dead_code)]
+// Test support may fail loudly: a broken fixture must stop the test.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
