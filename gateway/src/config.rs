@@ -35,7 +35,7 @@ pub struct Config {
     #[arg(long, env = "SLUICE_GATEWAY_LISTEN", default_value = "127.0.0.1:7379")]
     pub listen: SocketAddr,
 
-    /// Standalone Redis to use, as a redis:// URL (redis://[:PASSWORD@]HOST:PORT[/DB]).
+    /// Standalone Redis to use, as a URL: `redis://[:PASSWORD@]HOST:PORT[/DB]`.
     /// Ignored when --cluster-nodes is given.
     #[arg(
         long,
