@@ -11,10 +11,12 @@
 
 pub mod breaker;
 pub mod config;
+pub mod engine;
 pub mod identity;
 pub mod response;
 pub mod store;
 pub mod rate;
+pub mod redis;
 pub mod strategy;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,0 +1,256 @@
+//! Host glue: the only code that names `proxy_wasm`. It turns Envoy callbacks into calls on the
+//! pure core ([`crate::engine::Limiter`]) and the core's verdicts into host calls.
+//!
+//! Every host call here goes through `hostcalls` and its `Result`: the SDK's trait helpers
+//! panic on a host error, and a panic traps the VM.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+
+use crate::engine::{Limiter, Verdict};
+use crate::identity::RequestInfo;
+use crate::store::{SharedStore, StoreError};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// How often queued requests are looked at. Releases are at most this late.
+const TICK: Duration = Duration::from_millis(5);
+
+thread_local! {
+    /// Latest time seen on this worker: host time is wall-clock and may step backwards.
+    static LAST_US: Cell<u64> = const { Cell::new(0) };
+    /// Requests paused by `leaky_bucket_queue`, by release time, then arrival (FIFO among equals).
+    static QUEUE: RefCell<BinaryHeap<Reverse<(u64, u64, u32)>>> = const { RefCell::new(BinaryHeap::new()) };
+    static QUEUE_SEQ: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Host time in epoch microseconds, never earlier than a time already returned on this worker.
+fn now_us() -> u64 {
+    let host = hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    LAST_US.with(|last| {
+        let t = host.max(last.get());
+        last.set(t);
+        t
+    })
+}
+
+/// Envoy shared data of this VM.
+struct EnvoyShared;
+
+impl SharedStore for EnvoyShared {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Ok(Some((value, cas))),
+            Ok(_) | Err(Status::NotFound) => Ok(None),
+            Err(status) => Err(StoreError::Unavailable(format!("get_shared_data: {status:?}"))),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), Some(cas)) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(status) => Err(StoreError::Unavailable(format!("set_shared_data: {status:?}"))),
+        }
+    }
+}
+
+/// Counters per rule, visible in Envoy's stats as `wasmcustom.sluice.rule.<name>.<what>`.
+#[derive(Default)]
+struct Metrics {
+    /// (allowed, limited, shadow_limited, store_errors) per rule; `None` when the host has no
+    /// metrics.
+    per_rule: Vec<Option<[u32; 4]>>,
+}
+
+impl Metrics {
+    fn define(limiter: &Limiter) -> Self {
+        let per_rule = limiter
+            .config
+            .rules
+            .iter()
+            .map(|rule| {
+                let def = |what: &str| {
+                    hostcalls::define_metric(MetricType::Counter, &format!("sluice.rule.{}.{what}", rule.name)).ok()
+                };
+                Some([def("allowed")?, def("limited")?, def("shadow_limited")?, def("store_errors")?])
+            })
+            .collect();
+        Metrics { per_rule }
+    }
+
+    fn count(&self, limiter: &Limiter, verdict: &Verdict) {
+        for o in verdict.outcomes() {
+            let Some(Some(ids)) = self.per_rule.get(o.rule) else { continue };
+            let shadow = limiter.config.rules.get(o.rule).is_some_and(|r| r.shadow);
+            let id = match (o.allowed, shadow) {
+                (true, _) => ids[0],
+                (false, false) => ids[1],
+                (false, true) => ids[2],
+            };
+            let _ = hostcalls::increment_metric(id, 1);
+            if o.store_error {
+                let _ = hostcalls::increment_metric(ids[3], 1);
+            }
+        }
+    }
+}
+
+struct Shared {
+    limiter: Limiter,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
+            Ok(Some(b)) => b,
+            Ok(None) => Vec::new(),
+            Err(status) => {
+                log::error!("sluice: cannot read the plugin configuration: {status:?}");
+                return false;
+            }
+        };
+        match crate::config::compile_json(&bytes) {
+            Ok(config) => {
+                let limiter = Limiter::new(config);
+                if limiter.queues() && hostcalls::set_tick_period(TICK).is_err() {
+                    log::error!("sluice: cannot set the tick period that releases queued requests");
+                    return false;
+                }
+                let metrics = Metrics::define(&limiter);
+                log::info!("sluice: configured {} rule(s)", limiter.config.rules.len());
+                self.shared = Some(Rc::new(Shared { limiter, metrics }));
+                true
+            }
+            Err(errors) => {
+                // One log line per problem, then a summary Envoy shows when it rejects the config.
+                for e in errors.iter() {
+                    log::error!("sluice: invalid configuration: {e}");
+                }
+                log::error!("sluice: configuration rejected with {} error(s)", errors.len());
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_us();
+        loop {
+            let due = QUEUE.with(|q| {
+                let mut q = q.borrow_mut();
+                match q.peek() {
+                    Some(Reverse((at, _, _))) if *at <= now => q.pop().map(|Reverse((_, _, ctx))| ctx),
+                    _ => None,
+                }
+            });
+            let Some(ctx) = due else { break };
+            // The request may be gone (client hung up): then there is nothing to resume.
+            if hostcalls::set_effective_context(ctx).is_ok() {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http { shared: self.shared.clone(), context_id: _context_id, response_headers: Vec::new() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// The request as the core sees it: every value read from the host on demand.
+struct HostRequest;
+
+impl RequestInfo for HostRequest {
+    fn method(&self) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, ":method").ok().flatten()
+    }
+    fn path(&self) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path").ok().flatten()
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    }
+    fn source_address(&self) -> Option<String> {
+        property(&["source", "address"])
+    }
+    fn route_name(&self) -> Option<String> {
+        property(&["xds", "route_name"])
+    }
+}
+
+fn property(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
+struct Http {
+    shared: Option<Rc<Shared>>,
+    context_id: u32,
+    response_headers: Vec<(String, String)>,
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let verdict = shared.limiter.check(&HostRequest, &EnvoyShared, now_us());
+        shared.metrics.count(&shared.limiter, &verdict);
+        match verdict {
+            Verdict::Admit { headers, delay_ms, .. } => {
+                self.response_headers = headers;
+                if delay_ms == 0 {
+                    return Action::Continue;
+                }
+                let release = now_us().saturating_add(delay_ms.saturating_mul(1000));
+                let seq = QUEUE_SEQ.with(|s| {
+                    let n = s.get();
+                    s.set(n + 1);
+                    n
+                });
+                QUEUE.with(|q| q.borrow_mut().push(Reverse((release, seq, self.context_id))));
+                Action::Pause
+            }
+            Verdict::Deny { response, .. } => {
+                let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                if let Err(status) = hostcalls::send_http_response(u32::from(response.status), headers, Some(&response.body)) {
+                    log::warn!("sluice: cannot send the limited response: {status:?}");
+                    return Action::Continue;
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in self.response_headers.drain(..) {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &name, &value);
+        }
+        Action::Continue
+    }
+}

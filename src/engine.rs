@@ -1,0 +1,422 @@
+//! The request path: which rules apply, who the request is counted against, what it costs, and
+//! the verdict, decided against a [`SharedStore`]. Pure: the host hands in the request view,
+//! the store and the time.
+
+use std::net::IpAddr;
+
+use crate::config::{Backend, Config, Cost, OnError, Rule};
+use crate::identity::{self, Identity, RequestInfo};
+use crate::rate::Rate;
+use crate::response::{self, LocalResponse, Reported};
+use crate::store::{SharedStore, Table};
+use crate::strategy::{self, Decision, Outcome};
+
+/// A compiled config plus what requests need precomputed: the slot table of every rule.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    pub config: Config,
+    rules: Vec<Compiled>,
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    /// Limits other than `0/0`; empty = the rule admits everything.
+    limits: Vec<Rate>,
+    table: Table,
+}
+
+/// What happened to one rule for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOutcome {
+    pub rule: usize,
+    pub identity: Identity,
+    pub cost: u64,
+    /// One decision per active limit.
+    pub decisions: Vec<Decision>,
+    pub allowed: bool,
+    /// The store failed and `on_error` decided.
+    pub store_error: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward the request (after `delay_ms`, for queued requests), adding `headers` to the
+    /// response.
+    Admit { headers: Vec<(String, String)>, delay_ms: u64, outcomes: Vec<RuleOutcome> },
+    /// Answer with `response`.
+    Deny { response: LocalResponse, outcomes: Vec<RuleOutcome> },
+}
+
+impl Verdict {
+    pub fn outcomes(&self) -> &[RuleOutcome] {
+        match self {
+            Verdict::Admit { outcomes, .. } | Verdict::Deny { outcomes, .. } => outcomes,
+        }
+    }
+}
+
+/// A rule that applies to the request, before deciding.
+struct Applied {
+    rule: usize,
+    identity: Identity,
+    cost: u64,
+}
+
+fn fingerprint(rule: &Rule, limits: &[Rate]) -> u32 {
+    let text = format!("{:?}|{:?}", rule.strategy, limits);
+    identity::hash(&text) as u32
+}
+
+/// Strips the query string and fragment from a `:path`.
+pub fn path_only(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
+}
+
+impl Limiter {
+    pub fn new(config: Config) -> Self {
+        let rules = config
+            .rules
+            .iter()
+            .map(|rule| {
+                let limits: Vec<Rate> = rule.limits.iter().copied().filter(|r| !r.is_unlimited()).collect();
+                let table = Table {
+                    prefix: format!("{}:{}:", config.namespace, rule.name),
+                    slots: config.local.max_clients,
+                    fingerprint: fingerprint(rule, &limits),
+                };
+                Compiled { limits, table }
+            })
+            .collect();
+        Limiter { config, rules }
+    }
+
+    /// Whether any rule may delay requests (so the host must run a release tick).
+    pub fn queues(&self) -> bool {
+        self.config.rules.iter().any(|r| matches!(r.strategy, strategy::Strategy::LeakyBucketQueue { .. }))
+    }
+
+    fn matches(rule: &Rule, method: &str, path: &str, req: &impl RequestInfo) -> bool {
+        let m = &rule.matcher;
+        (m.methods.is_empty() || m.methods.iter().any(|x| x == method))
+            && (m.paths.is_empty() || m.paths.iter().any(|g| g.matches(path)))
+            && m.headers.iter().all(|(k, v)| req.header(k).as_deref() == Some(v.as_str()))
+            && (m.routes.is_empty() || req.route_name().is_some_and(|r| m.routes.contains(&r)))
+    }
+
+    fn exempt(rule: &Rule, ip: Option<IpAddr>, req: &impl RequestInfo) -> bool {
+        let e = &rule.exempt;
+        ip.is_some_and(|ip| e.cidrs.iter().any(|n| n.contains(&ip)))
+            || e.headers.iter().any(|(k, v)| req.header(k).as_deref() == Some(v.as_str()))
+    }
+
+    fn cost(rule: &Rule, req: &impl RequestInfo) -> u64 {
+        match &rule.cost {
+            Cost::Fixed(n) => *n,
+            Cost::Header { name, default, max } => req
+                .header(name)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(*default)
+                .min(*max),
+        }
+    }
+
+    /// The rules that apply to `req`, with identity and cost (rules with no active limit,
+    /// exempt requests and `fallback: skip` identities left out).
+    fn applicable(&self, req: &impl RequestInfo) -> Vec<Applied> {
+        let method = req.method().unwrap_or_default();
+        let full_path = req.path().unwrap_or_default();
+        let path = path_only(&full_path);
+        let mut ip: Option<Option<IpAddr>> = None;
+        let mut out = Vec::new();
+        for (i, rule) in self.config.rules.iter().enumerate() {
+            if self.rules[i].limits.is_empty() || !Self::matches(rule, &method, path, req) {
+                continue;
+            }
+            let ip = *ip.get_or_insert_with(|| identity::client_ip(&self.config.client_ip, req));
+            if Self::exempt(rule, ip, req) {
+                continue;
+            }
+            let Some(identity) = identity::resolve(&rule.identifier, ip, req) else { continue };
+            out.push(Applied { rule: i, identity, cost: Self::cost(rule, req) });
+        }
+        out
+    }
+
+    /// Limits in force for a rule right now: a Redis rule decided locally (`on_error:
+    /// fallback`) gets its configured share of each limit.
+    fn limits_for(&self, a: &Applied) -> Vec<Rate> {
+        let rule = &self.config.rules[a.rule];
+        let limits = &self.rules[a.rule].limits;
+        match (rule.backend, rule.on_error) {
+            (Backend::Redis, OnError::Fallback { share }) => limits
+                .iter()
+                .map(|r| Rate { limit: ((r.limit as f64 * share).floor() as u64).max(1), period_ms: r.period_ms })
+                .collect(),
+            _ => limits.clone(),
+        }
+    }
+
+    fn decide_all(rule: &Rule, limits: &[Rate], states: &[&[u8]], now_us: u64, cost: u64) -> (Vec<Outcome>, bool) {
+        let outcomes: Vec<Outcome> = limits
+            .iter()
+            .enumerate()
+            .map(|(i, rate)| strategy::decide(&rule.strategy, rate, states.get(i).copied().unwrap_or(&[]), now_us, cost))
+            .collect();
+        // All limits of a rule admit, or nothing is consumed from any of them.
+        let write = outcomes.iter().all(|o| o.decision.allowed) && outcomes.iter().any(|o| o.state.is_some());
+        (outcomes, write)
+    }
+
+    /// Decides one rule. With `write`, the decision is stored (CAS); without, it is a dry run
+    /// against the current state.
+    fn decide_rule(&self, a: &Applied, store: &impl SharedStore, now_us: u64, write: bool) -> RuleOutcome {
+        let rule = &self.config.rules[a.rule];
+        let limits = self.limits_for(a);
+        let table = &self.rules[a.rule].table;
+        let decide = |states: &[&[u8]]| Self::decide_all(rule, &limits, states, now_us, a.cost);
+        let result = if write {
+            table.update(store, a.identity.hash, now_us, decide)
+        } else {
+            table.peek(store, a.identity.hash, now_us, |states| decide(states).0)
+        };
+        let (decisions, store_error) = match result {
+            Ok(outcomes) => (outcomes.into_iter().map(|o| o.decision).collect::<Vec<_>>(), false),
+            Err(e) => {
+                log::warn!("sluice: rule {:?}: local store failed: {e}", rule.name);
+                (Vec::new(), true)
+            }
+        };
+        let allowed = if store_error {
+            matches!(rule.on_error, OnError::Allow | OnError::Fallback { .. })
+        } else {
+            decisions.iter().all(|d| d.allowed)
+        };
+        RuleOutcome { rule: a.rule, identity: a.identity.clone(), cost: a.cost, decisions, allowed, store_error }
+    }
+
+    /// Decides `req` at `now_us` (epoch microseconds).
+    ///
+    /// Every applying rule must admit. Enforced rules are decided before shadow rules, and
+    /// shadow rules only count requests that are admitted. When several enforced rules apply,
+    /// all are checked first without writing, so a request denied by one consumes nothing from
+    /// the others; a race between that check and the writes can only make the request denied
+    /// after an earlier rule counted it (never an admission past a limit).
+    pub fn check(&self, req: &impl RequestInfo, store: &impl SharedStore, now_us: u64) -> Verdict {
+        let applied = self.applicable(req);
+        let (enforced, shadow): (Vec<&Applied>, Vec<&Applied>) =
+            applied.iter().partition(|a| !self.config.rules[a.rule].shadow);
+        let mut outcomes = Vec::with_capacity(applied.len());
+        let mut denied = false;
+        if enforced.len() > 1 {
+            let dry: Vec<RuleOutcome> = enforced.iter().map(|a| self.decide_rule(a, store, now_us, false)).collect();
+            if dry.iter().any(|o| !o.allowed) {
+                denied = true;
+                outcomes = dry;
+            }
+        }
+        if !denied {
+            for a in &enforced {
+                let o = self.decide_rule(a, store, now_us, true);
+                denied = !o.allowed;
+                outcomes.push(o);
+                if denied {
+                    break;
+                }
+            }
+        }
+        if !denied {
+            for a in &shadow {
+                let o = self.decide_rule(a, store, now_us, true);
+                if !o.allowed {
+                    log::info!("sluice: shadow rule {:?} would limit {}", self.config.rules[a.rule].name, a.identity.text);
+                }
+                outcomes.push(o);
+            }
+        }
+        self.verdict(outcomes, denied)
+    }
+
+    fn verdict(&self, outcomes: Vec<RuleOutcome>, denied: bool) -> Verdict {
+        let mut reported = Vec::new();
+        for o in &outcomes {
+            let rule = &self.config.rules[o.rule];
+            let limits = &self.rules[o.rule].limits;
+            for (index, (rate, decision)) in limits.iter().zip(&o.decisions).enumerate() {
+                reported.push(Reported { rule: &rule.name, index, of: limits.len(), rate: *rate, decision: *decision });
+            }
+        }
+        if denied {
+            let violated: Vec<&str> = outcomes
+                .iter()
+                .filter(|o| !o.allowed && !self.config.rules[o.rule].shadow)
+                .map(|o| self.config.rules[o.rule].name.as_str())
+                .collect();
+            let response = response::limited(&self.config.response, self.config.rate_limit_headers, &reported, &violated);
+            return Verdict::Deny { response, outcomes };
+        }
+        let delay_ms = outcomes
+            .iter()
+            .filter(|o| !self.config.rules[o.rule].shadow)
+            .flat_map(|o| o.decisions.iter().map(|d| d.delay_ms))
+            .max()
+            .unwrap_or(0);
+        let headers = response::rate_limit_headers(self.config.rate_limit_headers, &reported);
+        Verdict::Admit { headers, delay_ms, outcomes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::tests::Req;
+    use crate::store::MemStore;
+
+    fn limiter(config: serde_json::Value) -> Limiter {
+        Limiter::new(crate::config::compile(&config).unwrap())
+    }
+
+    const T0: u64 = 1_700_000_040_000_000;
+
+    fn status(v: &Verdict) -> u16 {
+        match v {
+            Verdict::Admit { .. } => 200,
+            Verdict::Deny { response, .. } => response.status,
+        }
+    }
+
+    fn header<'a>(v: &'a Verdict, name: &str) -> Option<&'a str> {
+        let headers = match v {
+            Verdict::Admit { headers, .. } => headers,
+            Verdict::Deny { response, .. } => &response.headers,
+        };
+        headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn only_matching_rules_apply() {
+        let l = limiter(serde_json::json!({"rules": [
+            {"name": "get-api", "match": {"path": "/api/**", "methods": ["GET"]}, "limit": "1/min"},
+            {"name": "tenant", "match": {"headers": {"x-tenant": "acme"}}, "limit": "1/min"}
+        ]}));
+        let s = MemStore::default();
+        assert_eq!(status(&l.check(&Req::new("GET", "/api/a?x=1"), &s, T0)), 200);
+        assert_eq!(status(&l.check(&Req::new("GET", "/api/b"), &s, T0)), 429);
+        assert_eq!(status(&l.check(&Req::new("POST", "/api/b"), &s, T0)), 200, "method does not match");
+        assert_eq!(status(&l.check(&Req::new("GET", "/other"), &s, T0)), 200, "path does not match");
+        let acme = Req::new("POST", "/x").header("x-tenant", "acme");
+        assert_eq!(status(&l.check(&acme, &s, T0)), 200);
+        assert_eq!(status(&l.check(&acme, &s, T0)), 429);
+    }
+
+    #[test]
+    fn a_request_denied_by_one_rule_consumes_nothing_from_the_others() {
+        let l = limiter(serde_json::json!({"rules": [
+            {"name": "wide", "limit": "3/min", "strategy": "fixed_window"},
+            {"name": "narrow", "match": {"path": "/n"}, "limit": "1/min", "strategy": "fixed_window"}
+        ]}));
+        let s = MemStore::default();
+        assert_eq!(status(&l.check(&Req::new("GET", "/n"), &s, T0)), 200); // wide 1, narrow 1
+        for _ in 0..5 {
+            assert_eq!(status(&l.check(&Req::new("GET", "/n"), &s, T0)), 429); // narrow denies
+        }
+        // Wide has 2 left: the five denied requests took nothing from it.
+        assert_eq!(status(&l.check(&Req::new("GET", "/w"), &s, T0)), 200);
+        assert_eq!(status(&l.check(&Req::new("GET", "/w"), &s, T0)), 200);
+        let v = l.check(&Req::new("GET", "/w"), &s, T0);
+        assert_eq!(status(&v), 429);
+        let body: serde_json::Value = match &v {
+            Verdict::Deny { response, .. } => serde_json::from_slice(&response.body).unwrap(),
+            _ => unreachable!(),
+        };
+        assert_eq!(body["violated_rules"], serde_json::json!(["wide"]));
+    }
+
+    #[test]
+    fn every_limit_of_a_rule_must_admit_and_is_reported() {
+        let l = limiter(serde_json::json!({"rules": [{"name": "r", "limits": ["2/s", "3/min"], "strategy": "fixed_window"}]}));
+        let s = MemStore::default();
+        let req = Req::new("GET", "/");
+        let first = l.check(&req, &s, T0);
+        assert_eq!(header(&first, "ratelimit-policy"), Some("\"r.0\";q=2;w=1, \"r.1\";q=3;w=60"));
+        assert_eq!(status(&l.check(&req, &s, T0)), 200);
+        assert_eq!(status(&l.check(&req, &s, T0)), 429, "2/s reached");
+        assert_eq!(status(&l.check(&req, &s, T0 + 1_000_000)), 200);
+        assert_eq!(status(&l.check(&req, &s, T0 + 2_000_000)), 429, "3/min reached");
+    }
+
+    #[test]
+    fn shadow_rules_never_block_but_report() {
+        let l = limiter(serde_json::json!({"rules": [{"name": "s", "limit": "1/min", "shadow": true}]}));
+        let s = MemStore::default();
+        for _ in 0..3 {
+            let v = l.check(&Req::new("GET", "/"), &s, T0);
+            assert_eq!(status(&v), 200);
+        }
+        let v = l.check(&Req::new("GET", "/"), &s, T0);
+        assert!(v.outcomes().iter().any(|o| !o.allowed));
+        assert!(header(&v, "ratelimit").is_some_and(|h| h.contains("r=0")));
+    }
+
+    #[test]
+    fn costs_exemptions_and_skipped_identities() {
+        let l = limiter(serde_json::json!({"rules": [{
+            "name": "c", "limit": "10/min", "strategy": "fixed_window",
+            "cost": {"header": "x-cost", "default": 2, "max": 6},
+            "identifier": {"header": "x-user", "fallback": "skip"},
+            "exempt": {"cidrs": ["192.0.2.0/24"]}
+        }]}));
+        let s = MemStore::default();
+        let u = |cost: &str| Req::new("GET", "/").header("x-user", "u").header("x-cost", cost);
+        assert_eq!(status(&l.check(&u("100"), &s, T0)), 200); // clamped to 6
+        assert_eq!(status(&l.check(&u("junk"), &s, T0)), 200); // default 2 → 8
+        assert_eq!(status(&l.check(&u("3"), &s, T0)), 429); // 11 > 10
+        assert_eq!(status(&l.check(&u("2"), &s, T0)), 200); // 10
+        // No x-user: the rule does not apply.
+        assert!(l.check(&Req::new("GET", "/"), &s, T0).outcomes().is_empty());
+        let exempt = u("1").source("192.0.2.7:4000");
+        assert!(l.check(&exempt, &s, T0).outcomes().is_empty());
+    }
+
+    #[test]
+    fn unlimited_rules_and_queued_delays() {
+        let l = limiter(serde_json::json!({"rules": [
+            {"name": "free", "limit": "0/0"},
+            {"name": "q", "match": {"path": "/q"}, "limit": "2/s", "strategy": {"type": "leaky_bucket_queue", "max_delay": "1s"}}
+        ]}));
+        let s = MemStore::default();
+        assert!(l.queues());
+        assert!(l.check(&Req::new("GET", "/"), &s, T0).outcomes().is_empty());
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            match l.check(&Req::new("GET", "/q"), &s, T0) {
+                Verdict::Admit { delay_ms, .. } => delays.push(delay_ms),
+                Verdict::Deny { .. } => delays.push(u64::MAX),
+            }
+        }
+        assert_eq!(delays[0], 0);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "delays grow in arrival order: {delays:?}");
+        assert_eq!(*delays.last().unwrap(), u64::MAX, "beyond max_delay: rejected ({delays:?})");
+    }
+
+    #[test]
+    fn shared_data_per_client_is_small_and_capped() {
+        let l = limiter(serde_json::json!({"local": {"max_clients": 1000}, "rules": [{"name": "api", "limit": "100/min"}]}));
+        let s = MemStore::default();
+        for i in 0..200u32 {
+            let ip = format!("10.0.{}.{}:1", i / 256, i % 256);
+            l.check(&Req::new("GET", "/").source(&ip), &s, T0);
+        }
+        let (keys, bytes) = s.size();
+        assert_eq!(keys, 200);
+        let per_client = bytes / keys;
+        assert!(per_client < 96, "{per_client} bytes per client");
+        for i in 0..20_000u32 {
+            let ip = format!("10.{}.{}.{}:1", i / 65536, (i / 256) % 256, i % 256);
+            l.check(&Req::new("GET", "/").source(&ip), &s, T0);
+        }
+        let (keys, bytes) = s.size();
+        assert!(keys <= 1000, "{keys} keys for max_clients 1000");
+        eprintln!("shared data: {} bytes per client (key + value), {keys} keys / {bytes} bytes at the cap", bytes / keys);
+    }
+}

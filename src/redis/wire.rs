@@ -1,0 +1,202 @@
+//! The two wire forms of Redis commands the filter speaks: the Upstash REST dialect (JSON, over
+//! an HTTP callout to sluice-gateway or a compatible service) and RESP (over Higress' Redis
+//! callout). Both decode into one [`Reply`] type.
+
+/// A Redis reply, as far as the filter needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Nil,
+    Int(i64),
+    Str(String),
+    Array(Vec<Reply>),
+    /// An error reply for one command (e.g. `NOSCRIPT …`).
+    Error(String),
+}
+
+impl Reply {
+    pub fn is_noscript(&self) -> bool {
+        matches!(self, Reply::Error(e) if e.starts_with("NOSCRIPT"))
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Reply::Int(n) => Some(*n),
+            Reply::Str(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("reply is not valid JSON: {0}")]
+    Json(String),
+    #[error("unexpected reply shape: {0}")]
+    Shape(String),
+    #[error("service error: {0}")]
+    Service(String),
+    #[error("truncated or malformed RESP")]
+    Resp,
+}
+
+/// `POST /pipeline` body: a JSON array of command arrays.
+pub fn upstash_pipeline(commands: &[Vec<String>]) -> Vec<u8> {
+    serde_json::Value::Array(
+        commands
+            .iter()
+            .map(|c| serde_json::Value::Array(c.iter().map(|a| serde_json::Value::String(a.clone())).collect()))
+            .collect(),
+    )
+    .to_string()
+    .into_bytes()
+}
+
+fn from_json(v: &serde_json::Value) -> Reply {
+    match v {
+        serde_json::Value::Null => Reply::Nil,
+        serde_json::Value::Bool(b) => Reply::Int(i64::from(*b)),
+        serde_json::Value::Number(n) => n.as_i64().map(Reply::Int).unwrap_or_else(|| Reply::Str(n.to_string())),
+        serde_json::Value::String(s) => Reply::Str(s.clone()),
+        serde_json::Value::Array(items) => Reply::Array(items.iter().map(from_json).collect()),
+        serde_json::Value::Object(_) => Reply::Str(v.to_string()),
+    }
+}
+
+/// Parses a `/pipeline` reply: an array of `{"result": …}` / `{"error": "…"}`, one per command.
+/// A whole-request error (`{"error": "…"}`, e.g. a bad token) is a [`WireError::Service`].
+pub fn upstash_replies(body: &[u8], expected: usize) -> Result<Vec<Reply>, WireError> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| WireError::Json(e.to_string()))?;
+    let items = match v {
+        serde_json::Value::Array(items) => items,
+        serde_json::Value::Object(map) => {
+            let msg = map.get("error").and_then(|e| e.as_str()).unwrap_or("unexpected object").to_string();
+            return Err(WireError::Service(msg));
+        }
+        other => return Err(WireError::Shape(other.to_string().chars().take(80).collect())),
+    };
+    if items.len() != expected {
+        return Err(WireError::Shape(format!("{} replies for {expected} commands", items.len())));
+    }
+    items
+        .iter()
+        .map(|item| match (item.get("error"), item.get("result")) {
+            (Some(e), _) => Ok(Reply::Error(e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string()))),
+            (None, Some(r)) => Ok(from_json(r)),
+            (None, None) => Err(WireError::Shape("reply item has neither result nor error".into())),
+        })
+        .collect()
+}
+
+/// RESP encoding of several commands, sent as one buffer (a pipeline).
+pub fn resp_commands(commands: &[Vec<String>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in commands {
+        out.extend_from_slice(format!("*{}\r\n", c.len()).as_bytes());
+        for a in c {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+fn resp_line(buf: &[u8], at: usize) -> Result<(&[u8], usize), WireError> {
+    let rest = buf.get(at..).ok_or(WireError::Resp)?;
+    let end = rest.windows(2).position(|w| w == b"\r\n").ok_or(WireError::Resp)?;
+    Ok((&rest[..end], at + end + 2))
+}
+
+fn resp_int(b: &[u8]) -> Result<i64, WireError> {
+    std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).ok_or(WireError::Resp)
+}
+
+/// Nesting deeper than this is not something the filter's scripts return.
+const MAX_DEPTH: usize = 8;
+
+fn resp_one(buf: &[u8], at: usize, depth: usize) -> Result<(Reply, usize), WireError> {
+    if depth > MAX_DEPTH {
+        return Err(WireError::Resp);
+    }
+    let kind = *buf.get(at).ok_or(WireError::Resp)?;
+    let (line, next) = resp_line(buf, at + 1)?;
+    let text = || String::from_utf8_lossy(line).into_owned();
+    match kind {
+        b'+' => Ok((Reply::Str(text()), next)),
+        b'-' => Ok((Reply::Error(text()), next)),
+        b':' => Ok((Reply::Int(resp_int(line)?), next)),
+        b'$' => {
+            let len = resp_int(line)?;
+            if len < 0 {
+                return Ok((Reply::Nil, next));
+            }
+            let end = next.checked_add(len as usize).ok_or(WireError::Resp)?;
+            let data = buf.get(next..end).ok_or(WireError::Resp)?;
+            if buf.get(end..end + 2) != Some(b"\r\n") {
+                return Err(WireError::Resp);
+            }
+            Ok((Reply::Str(String::from_utf8_lossy(data).into_owned()), end + 2))
+        }
+        b'*' => {
+            let len = resp_int(line)?;
+            if len < 0 {
+                return Ok((Reply::Nil, next));
+            }
+            // Each element takes at least 3 bytes: refuse counts the buffer cannot hold.
+            if len as usize > buf.len() {
+                return Err(WireError::Resp);
+            }
+            let mut items = Vec::with_capacity(len as usize);
+            let mut at = next;
+            for _ in 0..len {
+                let (item, n) = resp_one(buf, at, depth + 1)?;
+                items.push(item);
+                at = n;
+            }
+            Ok((Reply::Array(items), at))
+        }
+        _ => Err(WireError::Resp),
+    }
+}
+
+/// Parses `expected` RESP replies from one buffer.
+pub fn resp_replies(buf: &[u8], expected: usize) -> Result<Vec<Reply>, WireError> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(expected);
+    for _ in 0..expected {
+        let (r, n) = resp_one(buf, at, 0)?;
+        out.push(r);
+        at = n;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstash_round_trip() {
+        let body = upstash_pipeline(&[vec!["EVALSHA".into(), "abc".into(), "1".into(), "k\"1".into()]]);
+        assert_eq!(String::from_utf8(body).unwrap(), r#"[["EVALSHA","abc","1","k\"1"]]"#);
+        let replies = upstash_replies(br#"[{"result":[1,"x",null]},{"error":"NOSCRIPT No matching script"}]"#, 2).unwrap();
+        assert_eq!(replies[0], Reply::Array(vec![Reply::Int(1), Reply::Str("x".into()), Reply::Nil]));
+        assert!(replies[1].is_noscript());
+        assert_eq!(upstash_replies(br#"{"error":"Unauthorized"}"#, 1), Err(WireError::Service("Unauthorized".into())));
+        assert!(matches!(upstash_replies(b"[]", 1), Err(WireError::Shape(_))));
+        assert!(matches!(upstash_replies(b"<html>", 1), Err(WireError::Json(_))));
+    }
+
+    #[test]
+    fn resp_round_trip_and_garbage() {
+        assert_eq!(resp_commands(&[vec!["PING".into()]]), b"*1\r\n$4\r\nPING\r\n");
+        let buf = b"*3\r\n:1\r\n$2\r\nok\r\n$-1\r\n-NOSCRIPT x\r\n+OK\r\n";
+        let r = resp_replies(buf, 3).unwrap();
+        assert_eq!(r[0], Reply::Array(vec![Reply::Int(1), Reply::Str("ok".into()), Reply::Nil]));
+        assert!(r[1].is_noscript());
+        assert_eq!(r[2], Reply::Str("OK".into()));
+        for bad in [&b"*2\r\n:1\r\n"[..], b"$5\r\nab\r\n", b"*99999999999\r\n", b"?x\r\n", b":x\r\n", b""] {
+            assert!(resp_replies(bad, 1).is_err(), "{bad:?}");
+        }
+    }
+}

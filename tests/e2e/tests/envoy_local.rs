@@ -1,0 +1,170 @@
+//! The real `sluice.wasm` in a real Envoy 1.40 (`--concurrency 2`), local backend: exact counts
+//! under concurrency for every strategy, identities, exemptions, shadow rules, the limited
+//! response, and config rejection.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use sluice_e2e::{adapt, bootstrap, burst, get, repo, Envoy, Started};
+
+const STRATEGIES: [&str; 7] = [
+    "fixed_window",
+    "sliding_window_counter",
+    "sliding_window_log",
+    "token_bucket",
+    "token_bucket_debt",
+    "leaky_bucket",
+    "gcra",
+];
+
+fn envoy_with(config: Value) -> Envoy {
+    let mut boot = bootstrap("demo.yaml");
+    adapt(&mut boot, Some(&config));
+    Envoy::running(&boot, 2)
+}
+
+fn strategy(name: &str) -> Value {
+    match name {
+        // No debt: the test is about the limit itself.
+        "token_bucket_debt" => json!({"type": name, "max_debt": 0}),
+        _ => json!(name),
+    }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[test]
+fn every_strategy_admits_exactly_the_limit_under_a_concurrent_burst() {
+    let rules: Vec<Value> = STRATEGIES
+        .iter()
+        .map(|s| json!({"name": s, "match": {"path": format!("/{s}/**")}, "limit": "50/min", "strategy": strategy(s)}))
+        .collect();
+    let envoy = envoy_with(json!({"namespace": "exact", "rules": rules}));
+    let mut report = Vec::new();
+    for s in STRATEGIES {
+        let start = now_s();
+        let responses = burst(200, &envoy.url(&format!("/{s}/x")), &[]);
+        let end = now_s();
+        let admitted = responses.iter().filter(|r| r.status == 200).count();
+        let limited = responses.iter().filter(|r| r.status == 429).count();
+        assert_eq!(admitted + limited, 200, "{s}: only 200 and 429 expected");
+        report.push(format!("{s}: {admitted}/50 admitted of 200"));
+        // A burst is well under a second; a refill (one unit per 1.2 s) or a window edge in
+        // between could legitimately add to the count, so say so instead of failing blindly.
+        let crossed_minute = start / 60 != end / 60;
+        let slack = if end - start >= 1 || crossed_minute { (end - start + 1) as usize + 50 * usize::from(crossed_minute) } else { 0 };
+        assert!(admitted >= 50 && admitted <= 50 + slack, "{s}: {admitted} admitted, limit 50 (slack {slack})");
+    }
+    // Exactness only means something if both workers decided requests.
+    let per_worker = envoy.connections_per_worker();
+    eprintln!("accuracy: {}; connections per worker: {per_worker:?}", report.join(", "));
+    assert!(per_worker.len() == 2 && per_worker.iter().all(|n| *n > 0), "connections per worker: {per_worker:?}");
+}
+
+#[test]
+fn header_identities_are_counted_apart_and_fall_back_to_the_client_ip() {
+    let envoy = envoy_with(json!({"rules": [{
+        "name": "per-key", "limit": "3/min", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}
+    }]}));
+    let url = envoy.url("/k");
+    let a = burst(10, &url, &[("x-api-key", "alice")]);
+    let b = burst(10, &url, &[("x-api-key", "bob")]);
+    let anon = burst(10, &url, &[]);
+    for (who, rs) in [("alice", a), ("bob", b), ("no key (client ip)", anon)] {
+        assert_eq!(rs.iter().filter(|r| r.status == 200).count(), 3, "{who}");
+    }
+}
+
+#[test]
+fn exempt_clients_are_never_limited() {
+    let envoy = envoy_with(json!({"rules": [{
+        "name": "api", "limit": "2/min",
+        "exempt": {"headers": {"x-internal": "yes"}, "cidrs": ["192.0.2.0/24"]}
+    }]}));
+    let url = envoy.url("/a");
+    let internal = burst(20, &url, &[("x-internal", "yes")]);
+    assert!(internal.iter().all(|r| r.status == 200));
+    let others = burst(20, &url, &[]);
+    assert_eq!(others.iter().filter(|r| r.status == 200).count(), 2);
+
+    // 127.0.0.1 inside an exempt range: the client IP comes from Envoy's source.address.
+    let envoy = envoy_with(json!({"rules": [{"name": "api", "limit": "2/min", "exempt": {"cidrs": ["127.0.0.0/8"]}}]}));
+    assert!(burst(20, &envoy.url("/a"), &[]).iter().all(|r| r.status == 200));
+}
+
+#[test]
+fn shadow_rules_count_and_report_but_never_block() {
+    let envoy = envoy_with(json!({"rules": [{"name": "trial", "limit": "5/min", "shadow": true}]}));
+    let rs = burst(30, &envoy.url("/s"), &[]);
+    assert!(rs.iter().all(|r| r.status == 200), "a shadow rule blocked a request");
+    let last = get(&envoy.url("/s"), &[]).unwrap();
+    assert_eq!(last.status, 200);
+    assert!(last.header("ratelimit").is_some_and(|v| v.contains("\"trial\";r=0")), "{:?}", last.headers);
+    assert!(envoy.stat("wasmcustom.sluice.rule.trial.shadow_limited") >= 25);
+}
+
+#[test]
+fn limited_response_carries_retry_after_rate_limit_fields_and_a_problem_body() {
+    let envoy = envoy_with(json!({"rules": [{"name": "api", "limit": "2/min", "strategy": "fixed_window"}],
+        "response": {"headers": {"x-reason": "throttled"}}}));
+    let url = envoy.url("/p");
+    let ok = get(&url, &[]).unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("ratelimit-policy"), Some("\"api\";q=2;w=60"));
+    assert!(ok.header("ratelimit").is_some_and(|v| v.starts_with("\"api\";r=1;t=")), "{:?}", ok.headers);
+    get(&url, &[]).unwrap();
+    let limited = get(&url, &[]).unwrap();
+    assert_eq!(limited.status, 429);
+    let retry: u64 = limited.header("retry-after").and_then(|v| v.parse().ok()).expect("retry-after");
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    assert_eq!(limited.header("ratelimit-policy"), Some("\"api\";q=2;w=60"));
+    assert_eq!(limited.header("ratelimit"), Some(format!("\"api\";r=0;t={retry}").as_str()));
+    assert_eq!(limited.header("x-reason"), Some("throttled"));
+    assert_eq!(limited.header("content-type"), Some("application/problem+json"));
+    let body: Value = serde_json::from_str(&limited.body).expect("problem+json body");
+    assert_eq!(body["status"], 429);
+    assert_eq!(body["title"], "Too Many Requests");
+    assert_eq!(body["violated_rules"], json!(["api"]));
+}
+
+#[test]
+fn a_bad_config_is_rejected_by_envoy_with_every_error_named() {
+    let mut boot = bootstrap("demo.yaml");
+    let bad = json!({"rules": [
+        {"name": "a", "limit": "100/fortnight"},
+        {"name": "b", "limit": "5/s", "strategy": "best_effort", "colour": "blue"}
+    ]});
+    adapt(&mut boot, Some(&bad));
+    match Envoy::start(&boot, 2) {
+        Started::Running(e) => panic!("envoy accepted a bad config:\n{}", e.log_text()),
+        Started::Exited { log, .. } => {
+            for needle in ["rules[0].limit", "fortnight", "rules[1].strategy", "best_effort", "rules[1].colour"] {
+                assert!(log.contains(needle), "envoy's log does not name {needle:?}:\n{log}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_shipped_envoy_file_validates() {
+    let dir = repo().join("envoy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("envoy/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        // Validate the file as shipped, from the repository root, as its header says to run it.
+        let out = std::process::Command::new("envoy")
+            .args(["--mode", "validate", "-c"])
+            .arg(&path)
+            .current_dir(repo())
+            .output()
+            .expect("run envoy");
+        assert!(out.status.success(), "{} does not validate:\n{}", path.display(), String::from_utf8_lossy(&out.stderr));
+        checked += 1;
+    }
+    assert!(checked >= 1, "no Envoy files found in {}", dir.display());
+}
