@@ -52,6 +52,7 @@ pub mod fixed_window;
 pub mod gcra;
 pub mod leaky_bucket;
 pub mod leaky_bucket_queue;
+pub mod lua;
 pub mod sliding_window_counter;
 pub mod sliding_window_log;
 pub mod token_bucket;
@@ -173,6 +174,11 @@ fn capacity(rate: &Rate, burst: Option<u64>) -> u64 {
         Some(b) if b > 0 => b,
         _ => rate.limit,
     }
+}
+
+/// `burst` as the Lua calling convention passes it: 0 = the default.
+fn capacity_param(burst: Option<u64>) -> u64 {
+    burst.unwrap_or(0)
 }
 
 /// An admission: `state` is what to store (`None` for a peek), `ttl_ms` its lifetime.

@@ -1,0 +1,73 @@
+-- sluice strategy sliding_window_log (mirror of src/strategy/sliding_window_log.rs); part of
+-- the script assembled by src/strategy/lua.rs, called by decide.lua.
+-- Rule arguments: p1 = max_entries (0 means 1), p2 unused.
+-- State: "swl <t1 ms> <cost1> <t2 ms> <cost2> ...", oldest first.
+-- An entry counts while t + period > now. Entries of the same ms are merged; when the log
+-- exceeds max_entries, its two oldest entries merge at the later time (under-admits only).
+S.sliding_window_log = function(raw, now, limit, period, cost, max_entries)
+  local flat = parse(raw, 'swl', nil)
+  if flat and #flat % 2 ~= 0 then
+    flat = nil
+  end
+  if flat then
+    for i = 3, #flat, 2 do
+      if flat[i] < flat[i - 2] then
+        flat = nil
+        break
+      end
+    end
+  end
+  flat = flat or {}
+  local eff = now
+  if #flat > 0 then
+    eff = math.max(now, flat[#flat - 1])
+  end
+  local log, used = {}, 0
+  for i = 1, #flat, 2 do
+    if flat[i] + period > eff then
+      log[#log + 1] = {flat[i], flat[i + 1]}
+      used = used + flat[i + 1]
+    end
+  end
+  local remaining = math.max(limit - used, 0)
+  local reset = 0
+  if #log > 0 then
+    reset = log[#log][1] + period - now
+  end
+  if cost == 0 then
+    return admit(remaining, reset, 0, nil, reset)
+  end
+  if cost > limit then
+    return deny(remaining, reset, period, reset)
+  end
+  if used + cost <= limit then
+    if #log > 0 and log[#log][1] == eff then
+      log[#log][2] = log[#log][2] + cost
+    else
+      log[#log + 1] = {eff, cost}
+    end
+    local cap = math.max(max_entries, 1)
+    while #log > cap do
+      local oldest = table.remove(log, 1)
+      log[1][2] = log[1][2] + oldest[2]
+    end
+    local parts = {'swl'}
+    for _, e in ipairs(log) do
+      parts[#parts + 1] = num(e[1])
+      parts[#parts + 1] = num(e[2])
+    end
+    local r = eff + period - now
+    return admit(limit - used - cost, r, 0, table.concat(parts, ' '), r)
+  end
+  -- Expire the oldest entries until the request fits; the last one to go sets the time.
+  local need = used + cost - limit
+  local at = eff
+  for _, e in ipairs(log) do
+    at = e[1] + period
+    need = need - e[2]
+    if need <= 0 then
+      break
+    end
+  end
+  return deny(remaining, reset, at - now, reset)
+end

@@ -1,0 +1,491 @@
+//! The Lua decision script in a real `redis-server`: the shared case table
+//! (`tests/cases/strategies.json`), randomized sequences compared step by step with the native
+//! strategies, the all-or-nothing multi-rule contract, expiry and argument errors.
+//!
+//! Needs `redis-server` on PATH (CI installs it); each test starts its own server on a free
+//! loopback port and kills it when done.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sluice::rate::Rate;
+use sluice::strategy::{cases, decide, lua, Decision, Strategy};
+
+const CASES: &str = include_str!("cases/strategies.json");
+
+// ------------------------------------------------------------------------------------------
+// A redis-server of our own, and a minimal RESP client.
+
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        for attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+            let dir = std::env::temp_dir().join(format!("sluice-lua-{}-{port}-{attempt}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--loglevel", "warning", "--dir"])
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("\n\n*** redis-server could not be started ({e}); install it (apt-get install redis-server) ***\n")
+                });
+            let mut server = Redis { child, port, dir };
+            // Bounded wait for the server to accept connections.
+            for _ in 0..300 {
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break; // exited: probably lost the port race; try another port
+                }
+                if let Ok(mut c) = server.try_connect() {
+                    if c.cmd(&["PING"]) == Reply::Simple("PONG".into()) {
+                        return server;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(server);
+        }
+        panic!("redis-server did not come up on a loopback port");
+    }
+
+    fn try_connect(&self) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+    }
+
+    fn connect(&self) -> Conn {
+        self.try_connect().expect("connect to redis-server")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    fn cmd<S: AsRef<[u8]>>(&mut self, args: &[S]) -> Reply {
+        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            let a = a.as_ref();
+            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            buf.extend_from_slice(a);
+            buf.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&buf).expect("write to redis");
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> Reply {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read from redis");
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line.split_at(1);
+        match kind {
+            "+" => Reply::Simple(rest.to_string()),
+            "-" => Reply::Error(rest.to_string()),
+            ":" => Reply::Int(rest.parse().expect("integer reply")),
+            "$" => {
+                let len: i64 = rest.parse().expect("bulk length");
+                if len < 0 {
+                    return Reply::Bulk(None);
+                }
+                let mut data = vec![0; len as usize + 2];
+                self.reader.read_exact(&mut data).expect("bulk body");
+                data.truncate(len as usize);
+                Reply::Bulk(Some(data))
+            }
+            "*" => {
+                let n: i64 = rest.parse().expect("array length");
+                if n < 0 {
+                    return Reply::Array(None);
+                }
+                Reply::Array(Some((0..n).map(|_| self.read_reply()).collect()))
+            }
+            other => panic!("unexpected RESP type {other:?} in {line:?}"),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Calling the script.
+
+struct Script {
+    sha: String,
+}
+
+/// One rule of a call: key, strategy, rate, cost.
+struct Rule<'a> {
+    key: &'a str,
+    strategy: &'a Strategy,
+    rate: Rate,
+    cost: u64,
+}
+
+impl Script {
+    fn load(conn: &mut Conn) -> Script {
+        match conn.cmd(&["SCRIPT", "LOAD", lua::SCRIPT]) {
+            Reply::Bulk(Some(sha)) => Script { sha: String::from_utf8(sha).expect("sha") },
+            other => panic!("SCRIPT LOAD failed: {other:?}"),
+        }
+    }
+
+    fn raw(&self, conn: &mut Conn, rules: &[Rule], now_us: Option<u64>) -> Reply {
+        let mut args: Vec<String> = vec!["EVALSHA".into(), self.sha.clone(), rules.len().to_string()];
+        args.extend(rules.iter().map(|r| r.key.to_string()));
+        for r in rules {
+            args.extend(lua::rule_args(r.strategy, &r.rate, r.cost));
+        }
+        if let Some(now) = now_us {
+            args.push(now.to_string());
+        }
+        conn.cmd(&args)
+    }
+
+    /// (all allowed, per rule (decision, ttl_ms)).
+    fn call(&self, conn: &mut Conn, rules: &[Rule], now_us: Option<u64>) -> (bool, Vec<(Decision, u64)>) {
+        let reply = self.raw(conn, rules, now_us);
+        let Reply::Array(Some(items)) = reply else { panic!("script reply: {reply:?}") };
+        assert_eq!(items.len(), rules.len() + 1, "reply {items:?}");
+        let all = items[0] == Reply::Int(1);
+        let per_rule = items[1..]
+            .iter()
+            .zip(rules)
+            .map(|(item, rule)| {
+                let Reply::Array(Some(fields)) = item else { panic!("rule reply: {item:?}") };
+                let ints: Vec<i64> = fields
+                    .iter()
+                    .map(|f| match f {
+                        Reply::Int(i) => *i,
+                        other => panic!("field {other:?}"),
+                    })
+                    .collect();
+                lua::decision_from_reply(rule.rate.limit, &ints).expect("six fields")
+            })
+            .collect();
+        (all, per_rule)
+    }
+
+    fn one(&self, conn: &mut Conn, key: &str, s: &Strategy, rate: Rate, cost: u64, now_us: u64) -> (Decision, u64) {
+        let (all, mut v) = self.call(conn, &[Rule { key, strategy: s, rate, cost }], Some(now_us));
+        let (d, ttl) = v.remove(0);
+        assert_eq!(all, d.allowed);
+        (d, ttl)
+    }
+}
+
+fn get(conn: &mut Conn, key: &str) -> Option<String> {
+    match conn.cmd(&["GET", key]) {
+        Reply::Bulk(b) => b.map(|b| String::from_utf8(b).expect("utf-8 state")),
+        other => panic!("GET: {other:?}"),
+    }
+}
+
+fn pttl(conn: &mut Conn, key: &str) -> i64 {
+    match conn.cmd(&["PTTL", key]) {
+        Reply::Int(i) => i,
+        other => panic!("PTTL: {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn case_table_through_lua() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let script = Script::load(&mut conn);
+    let table = cases::parse(CASES).expect("case table parses");
+    let mut failures = Vec::new();
+    let mut steps_run = 0;
+    for (ci, case) in table.cases.iter().enumerate() {
+        let strategy = case.strategy.strategy().expect("known strategy");
+        let rate = case.rate.rate();
+        'offsets: for &offset in &case.offsets_ms {
+            let key = format!("case:{ci}:{offset}");
+            let mut native_state: Vec<u8> = Vec::new();
+            for (i, step) in case.steps.iter().enumerate() {
+                if step.corrupt {
+                    assert_eq!(conn.cmd(&["SET", &key, "not a state"]), Reply::Simple("OK".into()));
+                    native_state = vec![0xff];
+                }
+                let now_us = step.now_us(table.base_ms, offset);
+                let (got, ttl_ms) = script.one(&mut conn, &key, &strategy, rate, step.cost, now_us);
+                steps_run += 1;
+                let native = decide(&strategy, &rate, &native_state, now_us, step.cost);
+                let want = step.expected(rate.limit);
+                let mut problems = Vec::new();
+                if got != want {
+                    problems.push(format!("   got {got:?}\n  want {want:?}"));
+                }
+                if ttl_ms * 1000 != native.ttl_us {
+                    problems.push(format!("  ttl {ttl_ms} ms, native {} µs", native.ttl_us));
+                }
+                if native.state.is_some() {
+                    let left = pttl(&mut conn, &key);
+                    // Written with the simulated ttl plus 60 s of real time (clock override).
+                    if left <= 0 || left > ttl_ms as i64 + 60_000 {
+                        problems.push(format!("  PTTL {left} after a write with ttl {ttl_ms}"));
+                    }
+                }
+                if !problems.is_empty() {
+                    failures.push(format!(
+                        "{} (offset {offset}) step {i} (t_ms {}, cost {}):\n{}",
+                        case.name,
+                        step.t_ms,
+                        step.cost,
+                        problems.join("\n")
+                    ));
+                    continue 'offsets;
+                }
+                if let Some(s) = native.state {
+                    native_state = s;
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} case(s) failed in Lua:\n{}", failures.len(), failures.join("\n"));
+    assert!(steps_run > 200, "only {steps_run} steps ran");
+}
+
+/// A small deterministic generator (xorshift64*), so a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+fn random_strategy(rng: &mut Rng, kind: usize) -> Strategy {
+    let burst = if rng.below(2) == 0 { None } else { Some(1 + rng.below(40)) };
+    match kind {
+        0 => Strategy::FixedWindow,
+        1 => Strategy::SlidingWindowCounter,
+        2 => Strategy::SlidingWindowLog { max_entries: 1 + rng.below(10) as u32 },
+        3 => Strategy::TokenBucket { burst },
+        4 => Strategy::TokenBucketDebt { burst, max_debt: rng.below(12) },
+        5 => Strategy::LeakyBucket { burst },
+        6 => Strategy::LeakyBucketQueue { burst, max_delay_ms: rng.pick(&[0, 1, 250, 3000]) },
+        _ => Strategy::Gcra { burst },
+    }
+}
+
+/// Random rules and request sequences (including clock steps back, sub-ms times, peeks and
+/// costs above the capacity), decided by Lua and natively: every field must agree.
+#[test]
+fn random_sequences_match_native() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let script = Script::load(&mut conn);
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let rates = [
+        (1, 1000),
+        (3, 1000),
+        (10, 7),
+        (7, 3000),
+        (1000, 500),
+        (100, 60_000),
+        (50, 3_600_000),
+        // A million a day: capacity × period = 8.64e13, the largest realistic scaled value.
+        (1_000_000, 86_400_000),
+    ];
+    let mut steps_run = 0;
+    for kind in 0..8 {
+        for seq in 0..30 {
+            let strategy = random_strategy(&mut rng, kind);
+            let (limit, period_ms) = rng.pick(&rates);
+            let rate = Rate { limit, period_ms };
+            let key = format!("rand:{kind}:{seq}");
+            let mut state: Vec<u8> = Vec::new();
+            let mut t_ms: u64 = 1_700_006_400_000 + rng.below(1_000_000);
+            for i in 0..40 {
+                let roll = rng.below(20);
+                t_ms = match roll {
+                    0 => t_ms.saturating_sub(rng.below(period_ms * 2)),
+                    1..=6 => t_ms,
+                    7..=14 => t_ms + rng.below((period_ms / limit.max(1)).max(2) * 3),
+                    _ => t_ms + rng.below(period_ms * 2),
+                };
+                let now_us = t_ms * 1000 + rng.below(1000);
+                let top = limit.max(1) + 45;
+                let cost = match rng.below(10) {
+                    0 => 0,
+                    1 => top + rng.below(3),
+                    _ => 1 + rng.below((top / 8).max(1)),
+                };
+                let native = decide(&strategy, &rate, &state, now_us, cost);
+                let (got, ttl_ms) = script.one(&mut conn, &key, &strategy, rate, cost, now_us);
+                steps_run += 1;
+                assert_eq!(
+                    (got, ttl_ms * 1000),
+                    (native.decision, native.ttl_us),
+                    "{strategy:?} {rate:?} key {key} step {i}: now_us {now_us} cost {cost} (lua, native)"
+                );
+                if let Some(s) = native.state {
+                    state = s;
+                }
+            }
+        }
+    }
+    assert_eq!(steps_run, 8 * 30 * 40);
+}
+
+#[test]
+fn rules_of_one_request_are_all_or_nothing() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let script = Script::load(&mut conn);
+    let now = 1_700_006_400_000_000u64;
+    let window = Strategy::FixedWindow;
+    let spaced = Strategy::Gcra { burst: Some(1) };
+    let per_min = Rate { limit: 5, period_ms: 60_000 };
+    let per_sec = Rate { limit: 1, period_ms: 1000 };
+    let rules = |cost| {
+        [
+            Rule { key: "{u}:a", strategy: &window, rate: per_min, cost },
+            Rule { key: "{u}:b", strategy: &spaced, rate: per_sec, cost },
+        ]
+    };
+
+    let (all, d) = script.call(&mut conn, &rules(1), Some(now));
+    assert!(all && d[0].0.allowed && d[1].0.allowed);
+    assert_eq!(d[0].0.remaining, 4);
+    let a_after_first = get(&mut conn, "{u}:a");
+    let b_after_first = get(&mut conn, "{u}:b");
+    assert!(a_after_first.is_some() && b_after_first.is_some());
+
+    // The GCRA rule denies 100 ms later: the window rule, which alone would admit, is not charged.
+    let (all, d) = script.call(&mut conn, &rules(1), Some(now + 100_000));
+    assert!(!all);
+    assert!(d[0].0.allowed && !d[1].0.allowed);
+    assert_eq!(d[1].0.retry_after_ms, 900);
+    assert_eq!(get(&mut conn, "{u}:a"), a_after_first, "a denied request consumed from another rule");
+    assert_eq!(get(&mut conn, "{u}:b"), b_after_first);
+
+    // Once the GCRA rule admits again, both are charged: the window has 3 left, not 2.
+    let (all, d) = script.call(&mut conn, &rules(1), Some(now + 1_000_000));
+    assert!(all);
+    assert_eq!(d[0].0.remaining, 3);
+
+    // The same key twice: the second rule sees the first one's update.
+    let twice = |cost| {
+        [
+            Rule { key: "{u}:c", strategy: &window, rate: Rate { limit: 3, period_ms: 60_000 }, cost },
+            Rule { key: "{u}:c", strategy: &window, rate: Rate { limit: 3, period_ms: 60_000 }, cost },
+        ]
+    };
+    let (all, d) = script.call(&mut conn, &twice(1), Some(now));
+    assert!(all);
+    assert_eq!((d[0].0.remaining, d[1].0.remaining), (2, 1));
+    let (all, d) = script.call(&mut conn, &twice(1), Some(now));
+    assert!(!all, "3 of 3 would need 4");
+    assert_eq!((d[0].0.remaining, d[1].0.remaining), (0, 0));
+    // Nothing was written: one unit is still there.
+    let (all, d) = script.call(&mut conn, &twice(1)[..1], Some(now));
+    assert!(all);
+    assert_eq!(d[0].0.remaining, 0);
+}
+
+#[test]
+fn redis_time_and_expiry() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let script = Script::load(&mut conn);
+    let hourly = Rate { limit: 5, period_ms: 3_600_000 };
+    let s = Strategy::FixedWindow;
+    let rules = [Rule { key: "{t}:w", strategy: &s, rate: hourly, cost: 2 }];
+    let (all, d) = script.call(&mut conn, &rules, None);
+    assert!(all);
+    let (decision, ttl_ms) = d[0];
+    assert_eq!(decision.remaining, 3);
+    assert!(decision.reset_ms > 0 && decision.reset_ms <= 3_600_000);
+    assert_eq!(ttl_ms, decision.reset_ms);
+    let left_w = pttl(&mut conn, "{t}:w");
+    assert!(left_w > 0 && left_w <= ttl_ms as i64, "PTTL {left_w}, ttl {ttl_ms}");
+    let state = get(&mut conn, "{t}:w").expect("state");
+    let start: u64 = state.split(' ').nth(1).expect("window start").parse().expect("integer");
+    assert_eq!(start % 3_600_000, 0, "window not aligned to the epoch: {state}");
+
+    // A token bucket refilling in 100 ms lives 100 ms.
+    let tb = Strategy::TokenBucket { burst: None };
+    let fast = Rate { limit: 10, period_ms: 1000 };
+    let (all, d) = script.call(&mut conn, &[Rule { key: "{t}:b", strategy: &tb, rate: fast, cost: 1 }], None);
+    assert!(all);
+    assert_eq!(d[0].1, 100);
+    let left = pttl(&mut conn, "{t}:b");
+    assert!(left > 0 && left <= 100, "PTTL {left}");
+
+    // Peeks and denials write nothing, so the key keeps its expiry.
+    for cost in [0, 4] {
+        let (all, _) = script.call(&mut conn, &[Rule { key: "{t}:w", strategy: &s, rate: hourly, cost }], None);
+        assert_eq!(all, cost == 0);
+        assert_eq!(get(&mut conn, "{t}:w").as_deref(), Some(state.as_str()));
+        assert!(pttl(&mut conn, "{t}:w") <= left_w);
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let script = Script::load(&mut conn);
+    let sha = script.sha.as_str();
+    let cases: &[&[&str]] = &[
+        // Five arguments for one key.
+        &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1", "0"],
+        &["EVALSHA", sha, "1", "k", "fortnightly", "5", "1000", "1", "0", "0"],
+        &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1.5", "0", "0"],
+        &["EVALSHA", sha, "1", "k", "fixed_window", "-5", "1000", "1", "0", "0"],
+        &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1", "0", "0", "yesterday"],
+    ];
+    for args in cases {
+        match conn.cmd(args) {
+            Reply::Error(e) => assert!(e.contains("sluice"), "{e}"),
+            other => panic!("{args:?}: expected an error, got {other:?}"),
+        }
+    }
+    assert_eq!(get(&mut conn, "k"), None);
+}
