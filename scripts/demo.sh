@@ -29,7 +29,7 @@ show() { # method path [curl args...]
   local status
   status=$(head -n 1 "$run_dir/headers" | tr -d '\r')
   printf '  %-6s %-14s -> %s' "$method" "$path" "${status#HTTP/1.1 }"
-  grep -iE '^(ratelimit|ratelimit-policy|retry-after):' "$run_dir/headers" | tr -d '\r' | tr '\n' ' ' | sed 's/^/  | /'
+  { grep -iE '^(ratelimit|ratelimit-policy|retry-after):' "$run_dir/headers" || true; } | tr -d '\r' | tr '\n' ' ' | sed 's/^/  | /'
   echo
 }
 
@@ -45,7 +45,7 @@ for who in alice alice alice alice bob; do printf '  [%s]' "$who"; show GET /key
 echo
 echo "== rule 'login': 2 per minute (gcra), POST only; x-internal: yes is exempt"
 for _ in 1 2 3; do show POST /login; done
-printf '  [internal]'; show POST /login -H "x-internal: yes"
+printf '  [internal, exempt: no rate limit fields]'; show POST /login -H "x-internal: yes"
 echo
 echo "== stats (admin :9901)"
 curl -s "http://127.0.0.1:9901/stats?filter=sluice" | sed 's/^/  /'
