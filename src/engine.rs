@@ -36,6 +36,8 @@ pub struct RuleOutcome {
     pub allowed: bool,
     /// The store failed and `on_error` decided.
     pub store_error: bool,
+    /// This request created the identity's slot in shared data.
+    pub created_slot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,11 +57,27 @@ impl Verdict {
     }
 }
 
-/// A rule that applies to the request, before deciding.
-struct Applied {
-    rule: usize,
-    identity: Identity,
-    cost: u64,
+/// A rule that applies to a request, before deciding: its index in `config.rules`, the
+/// identity the request is counted against, and its cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub rule: usize,
+    pub identity: Identity,
+    pub cost: u64,
+}
+
+/// Why a rule does or does not apply to a request (for `sluice explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applies {
+    Yes(Applied),
+    /// Its `match` does not hold.
+    NoMatch,
+    /// Every limit is `0/0`.
+    Unlimited,
+    /// The request is exempt (CIDR or header).
+    Exempt,
+    /// An identity part is missing and `fallback: skip`.
+    NoIdentity,
 }
 
 fn fingerprint(rule: &Rule, limits: &[Rate]) -> u32 {
@@ -121,26 +139,49 @@ impl Limiter {
         }
     }
 
-    /// The rules that apply to `req`, with identity and cost (rules with no active limit,
-    /// exempt requests and `fallback: skip` identities left out).
-    fn applicable(&self, req: &impl RequestInfo) -> Vec<Applied> {
+    /// For every rule in order, whether it applies to `req` and why not.
+    pub fn explain(&self, req: &impl RequestInfo) -> Vec<Applies> {
         let method = req.method().unwrap_or_default();
         let full_path = req.path().unwrap_or_default();
         let path = path_only(&full_path);
         let mut ip: Option<Option<IpAddr>> = None;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.config.rules.len());
         for (i, rule) in self.config.rules.iter().enumerate() {
-            if self.rules[i].limits.is_empty() || !Self::matches(rule, &method, path, req) {
+            if !Self::matches(rule, &method, path, req) {
+                out.push(Applies::NoMatch);
+                continue;
+            }
+            if self.rules[i].limits.is_empty() {
+                out.push(Applies::Unlimited);
                 continue;
             }
             let ip = *ip.get_or_insert_with(|| identity::client_ip(&self.config.client_ip, req));
             if Self::exempt(rule, ip, req) {
+                out.push(Applies::Exempt);
                 continue;
             }
-            let Some(identity) = identity::resolve(&rule.identifier, ip, req) else { continue };
-            out.push(Applied { rule: i, identity, cost: Self::cost(rule, req) });
+            out.push(match identity::resolve(&rule.identifier, ip, req) {
+                Some(identity) => Applies::Yes(Applied { rule: i, identity, cost: Self::cost(rule, req) }),
+                None => Applies::NoIdentity,
+            });
         }
         out
+    }
+
+    /// The rules that apply to `req`, with identity and cost.
+    fn applicable(&self, req: &impl RequestInfo) -> Vec<Applied> {
+        self.explain(req)
+            .into_iter()
+            .filter_map(|a| match a {
+                Applies::Yes(applied) => Some(applied),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The shared-data key prefix of a rule's slot table (`<namespace>:<rule>:`).
+    pub fn table_prefix(&self, rule: usize) -> Option<&str> {
+        self.rules.get(rule).map(|r| r.table.prefix.as_str())
     }
 
     /// Limits in force for a rule right now: a Redis rule decided locally (`on_error:
@@ -176,15 +217,15 @@ impl Limiter {
         let table = &self.rules[a.rule].table;
         let decide = |states: &[&[u8]]| Self::decide_all(rule, &limits, states, now_us, a.cost);
         let result = if write {
-            table.update(store, a.identity.hash, now_us, decide)
+            table.update(store, a.identity.hash, now_us, decide).map(|u| (u.outcomes, u.created))
         } else {
-            table.peek(store, a.identity.hash, now_us, |states| decide(states).0)
+            table.peek(store, a.identity.hash, now_us, |states| (decide(states).0, false))
         };
-        let (decisions, store_error) = match result {
-            Ok(outcomes) => (outcomes.into_iter().map(|o| o.decision).collect::<Vec<_>>(), false),
+        let (decisions, store_error, created_slot) = match result {
+            Ok((outcomes, created)) => (outcomes.into_iter().map(|o| o.decision).collect::<Vec<_>>(), false, created),
             Err(e) => {
                 log::warn!("sluice: rule {:?}: local store failed: {e}", rule.name);
-                (Vec::new(), true)
+                (Vec::new(), true, false)
             }
         };
         let allowed = if store_error {
@@ -192,7 +233,7 @@ impl Limiter {
         } else {
             decisions.iter().all(|d| d.allowed)
         };
-        RuleOutcome { rule: a.rule, identity: a.identity.clone(), cost: a.cost, decisions, allowed, store_error }
+        RuleOutcome { rule: a.rule, identity: a.identity.clone(), cost: a.cost, decisions, allowed, store_error, created_slot }
     }
 
     /// Decides `req` at `now_us` (epoch microseconds).

@@ -114,8 +114,16 @@ enum Found {
     Free { key: String, cas: Option<u32> },
 }
 
-/// What [`Table::update`] returns: the outcome of every limit, in order.
+/// The outcome of every limit of a rule, in order.
 pub type Outcomes = Vec<Outcome>;
+
+/// What [`Table::update`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Updated {
+    pub outcomes: Outcomes,
+    /// A slot that had never been written was created (the table grew by one key).
+    pub created: bool,
+}
 
 impl Table {
     fn key(&self, slot: u32) -> String {
@@ -168,7 +176,7 @@ impl Table {
         identity: u64,
         now_us: u64,
         mut decide: F,
-    ) -> Result<Outcomes, StoreError>
+    ) -> Result<Updated, StoreError>
     where
         F: FnMut(&[&[u8]]) -> (Outcomes, bool),
     {
@@ -184,7 +192,7 @@ impl Table {
             };
             let (outcomes, write) = decide(&current);
             if !write {
-                return Ok(outcomes);
+                return Ok(Updated { outcomes, created: false });
             }
             let states: Vec<&[u8]> = outcomes
                 .iter()
@@ -197,7 +205,7 @@ impl Table {
             let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
             let bytes = encode(self.fingerprint, identity, now_us.saturating_add(ttl), &states);
             match store.set(&key, &bytes, cas.unwrap_or(CREATE_TOKEN)) {
-                Ok(()) => return Ok(outcomes),
+                Ok(()) => return Ok(Updated { outcomes, created: cas.is_none() }),
                 // Not a communication failure: another worker wrote this slot between our read
                 // and our write. Read again and decide on what it wrote.
                 Err(StoreError::CasMismatch) => continue,
@@ -331,8 +339,9 @@ mod tests {
     fn counts_per_identity_and_expires() {
         let store = MemStore::default();
         let t = table(16);
-        for _ in 0..3 {
-            t.update(&store, 1, 0, count_to(5)).unwrap();
+        assert!(t.update(&store, 1, 0, count_to(5)).unwrap().created, "first write creates the slot");
+        for _ in 0..2 {
+            assert!(!t.update(&store, 1, 0, count_to(5)).unwrap().created);
         }
         t.update(&store, 2, 0, count_to(5)).unwrap();
         assert_eq!(count(&store, &t, 1, 0), 3);

@@ -75,6 +75,9 @@ struct Metrics {
     /// (allowed, limited, shadow_limited, store_errors) per rule; `None` when the host has no
     /// metrics.
     per_rule: Vec<Option<[u32; 4]>>,
+    /// Shared-data slots created, all rules: the store's key count (each key is a few dozen
+    /// bytes; the cap is rules × `local.max_clients`).
+    slots_created: Option<u32>,
 }
 
 impl Metrics {
@@ -90,7 +93,8 @@ impl Metrics {
                 Some([def("allowed")?, def("limited")?, def("shadow_limited")?, def("store_errors")?])
             })
             .collect();
-        Metrics { per_rule }
+        let slots_created = hostcalls::define_metric(MetricType::Counter, "sluice.local.slots_created").ok();
+        Metrics { per_rule, slots_created }
     }
 
     fn count(&self, limiter: &Limiter, verdict: &Verdict) {
@@ -105,6 +109,9 @@ impl Metrics {
             let _ = hostcalls::increment_metric(id, 1);
             if o.store_error {
                 let _ = hostcalls::increment_metric(ids[3], 1);
+            }
+            if let (true, Some(id)) = (o.created_slot, self.slots_created) {
+                let _ = hostcalls::increment_metric(id, 1);
             }
         }
     }
