@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 
 use super::error::{ConfigError, ConfigErrors, Problem};
 use super::*;
+use crate::breaker::BreakerSpec;
 use crate::rate::{parse_duration_ms, quote, Rate, MAX_LIMIT};
 
 /// Default key prefix.
@@ -55,7 +56,8 @@ const TOP_FIELDS: &[&str] = &["namespace", "rate_limit_headers", "response", "cl
 const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body", "content_type"];
 const CLIENT_IP_FIELDS: &[&str] = &["xff_trusted_hops"];
 const LOCAL_FIELDS: &[&str] = &["max_clients"];
-const REDIS_FIELDS: &[&str] = &["cluster", "transport", "token", "authority", "timeout_ms"];
+const REDIS_FIELDS: &[&str] = &["cluster", "transport", "token", "authority", "timeout_ms", "breaker"];
+const BREAKER_FIELDS: &[&str] = &["failure_threshold", "open_ms", "half_open_probes", "success_threshold"];
 const RULE_FIELDS: &[&str] =
     &["name", "match", "limit", "limits", "strategy", "identifier", "cost", "exempt", "backend", "on_error", "shadow"];
 const MATCH_FIELDS: &[&str] = &["path", "methods", "headers", "routes"];
@@ -551,7 +553,37 @@ impl Compiler {
             Some(v) => self.uint(&join(path, "timeout_ms"), v, 1, MAX_REDIS_TIMEOUT_MS),
             None => Some(DEFAULT_REDIS_TIMEOUT_MS),
         };
-        Some(RedisSpec { cluster: cluster?, transport: transport?, token: token?, authority: authority?, timeout_ms: timeout_ms? })
+        let breaker = match field(m, "breaker") {
+            Some(v) => self.breaker(&join(path, "breaker"), v),
+            None => Some(BreakerSpec::default()),
+        };
+        Some(RedisSpec {
+            cluster: cluster?,
+            transport: transport?,
+            token: token?,
+            authority: authority?,
+            timeout_ms: timeout_ms?,
+            breaker: breaker?,
+        })
+    }
+
+    fn breaker(&mut self, path: &str, v: &Value) -> Option<BreakerSpec> {
+        let m = self.object(path, v, BREAKER_FIELDS)?;
+        let d = BreakerSpec::default();
+        let mut num = |name: &str, max: u64, default: u64| match field(m, name) {
+            Some(v) => self.uint(&join(path, name), v, 1, max),
+            None => Some(default),
+        };
+        let failure_threshold = num("failure_threshold", 1000, u64::from(d.failure_threshold));
+        let open_ms = num("open_ms", 600_000, d.open_ms);
+        let half_open_probes = num("half_open_probes", 100, u64::from(d.half_open_probes));
+        let success_threshold = num("success_threshold", 100, u64::from(d.success_threshold));
+        Some(BreakerSpec {
+            failure_threshold: failure_threshold? as u32,
+            open_ms: open_ms?,
+            half_open_probes: half_open_probes? as u32,
+            success_threshold: success_threshold? as u32,
+        })
     }
 
     /// A non-empty string without control characters or spaces.

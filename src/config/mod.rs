@@ -83,6 +83,8 @@ pub struct RedisSpec {
     /// Authority header sent with HTTP callouts (default: the cluster name).
     pub authority: Option<String>,
     pub timeout_ms: u64,
+    /// When to stop calling Redis after failures, and how to come back.
+    pub breaker: crate::breaker::BreakerSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -90,7 +90,7 @@ impl Serialize for LocalSpec {
 
 impl Serialize for RedisSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("RedisSpec", 5)?;
+        let mut st = s.serialize_struct("RedisSpec", 6)?;
         st.serialize_field("cluster", &self.cluster)?;
         st.serialize_field(
             "transport",
@@ -103,6 +103,16 @@ impl Serialize for RedisSpec {
         st.serialize_field("token", &self.token.as_ref().map(|_| "<redacted>"))?;
         st.serialize_field("authority", &self.authority)?;
         st.serialize_field("timeout_ms", &self.timeout_ms)?;
+        let b = &self.breaker;
+        st.serialize_field(
+            "breaker",
+            &serde_json::json!({
+                "failure_threshold": b.failure_threshold,
+                "open_ms": b.open_ms,
+                "half_open_probes": b.half_open_probes,
+                "success_threshold": b.success_threshold,
+            }),
+        )?;
         st.end()
     }
 }

@@ -342,7 +342,7 @@ fn good_config_compiles_to_the_expected_structure() {
     assert_eq!(c.local.max_clients, 500);
     assert_eq!(
         c.redis,
-        Some(RedisSpec { cluster: "sluice_gateway".into(), transport: Transport::Http, token: Some("s3cret".into()), authority: None, timeout_ms: 25 })
+        Some(RedisSpec { cluster: "sluice_gateway".into(), transport: Transport::Http, token: Some("s3cret".into()), authority: None, timeout_ms: 25, breaker: Default::default() })
     );
     let api = &c.rules[0];
     assert_eq!(api.matcher.paths.iter().map(|g| g.source.as_str()).collect::<Vec<_>>(), ["/api/**", "/v*/items"]);
@@ -460,7 +460,8 @@ fn normalized_output_of_params_and_secrets() {
     }))
     .unwrap();
     let got = serde_json::to_value(&c).unwrap();
-    assert_eq!(got["redis"], json!({"cluster": "gw", "transport": "redis_callout", "token": "<redacted>", "authority": null, "timeout_ms": 20}));
+    assert_eq!(got["redis"], json!({"cluster": "gw", "transport": "redis_callout", "token": "<redacted>", "authority": null, "timeout_ms": 20,
+        "breaker": {"failure_threshold": 5, "open_ms": 5000, "half_open_probes": 1, "success_threshold": 2}}));
     let r = &got["rules"][0];
     assert_eq!(r["strategy"], json!({"type": "leaky_bucket_queue", "burst": null, "max_delay_ms": 2000}));
     assert_eq!(r["limits"], json!([{"limit": 2, "period_ms": 5000}]));
@@ -498,4 +499,16 @@ fn did_you_mean_distance() {
     assert_eq!(compile::distance("limt", "limit"), 1);
     assert_eq!(compile::distance("GTE", "GET"), 1);
     assert_eq!(compile::distance("PUSH", "PUT"), 2);
+}
+
+#[test]
+fn breaker_settings_are_bounded() {
+    let err = compile(&json!({"redis": {"cluster": "gw", "breaker": {"open_ms": 0, "probes": 2}}, "rules": [{"name": "a", "limit": "1/s"}]}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("redis.breaker.open_ms"), "{err}");
+    assert!(err.contains("redis.breaker.probes"), "{err}");
+    let c = compile(&json!({"redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 100}}, "rules": [{"name": "a", "limit": "1/s"}]})).unwrap();
+    let b = c.redis.unwrap().breaker;
+    assert_eq!((b.failure_threshold, b.open_ms, b.half_open_probes, b.success_threshold), (2, 100, 1, 2));
 }
