@@ -1,0 +1,1963 @@
+//! The host engine: workers (one VM each, sharing one process), the request lifecycle Envoy
+//! runs on every HTTP stream, timers on the harness clock, callouts, and the scheduler that
+//! decides which worker runs next.
+//!
+//! Every guest callback runs as a future on its worker's wasmtime fiber. A shared-data call
+//! suspends it once (see [`Point`]), so with several workers busy the scheduler can run another
+//! worker between one worker's `get` and its `set`, which is exactly where Envoy's workers race.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use wasmtime::{Engine, Instance, Linker, Module, Store, TypedFunc};
+
+use crate::abi::{self, LogLevel, MetricType, Pairs, Status};
+use crate::clock::Clock;
+use crate::http::{
+    Callout, CalloutOutcome, CalloutReply, HttpResponse, Origin, RedisCall, RedisOutcome, RedisReply, Request, RequestId,
+    RequestState, Response, UpstreamRequest,
+};
+use crate::shared::{CalloutFault, LogEntry, Process, Rng, WriteFault};
+use crate::vm::{self, find, get_park, lock, Callback, Effect, LocalReply, Plugin, Point, VmState};
+use crate::HarnessError;
+
+// ---------------------------------------------------------------------------------------------
+// Engine, module cache, linker: once per test binary.
+
+fn config() -> wasmtime::Config {
+    let mut c = wasmtime::Config::new();
+    c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    c
+}
+
+/// The process-wide wasmtime engine.
+pub fn engine() -> Result<&'static Engine, HarnessError> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::new(&config()).map_err(|e| e.to_string())).as_ref().map_err(|e| HarnessError::Engine(e.clone()))
+}
+
+type ModuleKey = (PathBuf, Option<SystemTime>, u64);
+
+/// Compiles a module once per test binary (keyed by path, modification time and size).
+pub fn load_module(path: &Path) -> Result<Module, HarnessError> {
+    static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Module>>> = OnceLock::new();
+    let meta = std::fs::metadata(path).map_err(|e| HarnessError::Io { path: path.to_path_buf(), message: e.to_string() })?;
+    let key = (path.to_path_buf(), meta.modified().ok(), meta.len());
+    let cache = MODULES.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut cache = match cache.lock() {
+        Ok(c) => c,
+        Err(p) => p.into_inner(),
+    };
+    if let Some(m) = cache.get(&key) {
+        return Ok(m.clone());
+    }
+    let bytes = std::fs::read(path).map_err(|e| HarnessError::Io { path: path.to_path_buf(), message: e.to_string() })?;
+    let module = Module::new(engine()?, &bytes).map_err(|e| HarnessError::Compile(format!("{}: {e:#}", path.display())))?;
+    cache.insert(key, module.clone());
+    Ok(module)
+}
+
+fn linker() -> Result<&'static Linker<VmState>, HarnessError> {
+    static LINKER: OnceLock<Result<Linker<VmState>, String>> = OnceLock::new();
+    let engine = engine()?;
+    LINKER
+        .get_or_init(|| {
+            let mut l = Linker::new(engine);
+            vm::add_env(&mut l).map_err(|e| e.to_string())?;
+            vm::add_wasi(&mut l).map_err(|e| e.to_string())?;
+            Ok(l)
+        })
+        .as_ref()
+        .map_err(|e| HarnessError::Engine(e.clone()))
+}
+
+/// Refuses a module whose imports the harness does not know, naming the first one. Known but
+/// unemulated imports (gRPC, which the Rust SDK always links) are accepted; calling one traps
+/// with its name, unless `strict` refuses them here already.
+pub fn check_imports(module: &Module, strict: bool) -> Result<(), HarnessError> {
+    for import in module.imports() {
+        let (m, n) = (import.module(), import.name());
+        let known = match m {
+            "env" => {
+                if vm::ENV_UNEMULATED.contains(&n) {
+                    if strict {
+                        return Err(HarnessError::UnemulatedImport { module: m.to_string(), name: n.to_string() });
+                    }
+                    true
+                } else {
+                    vm::ENV_FUNCTIONS.contains(&n)
+                }
+            }
+            "wasi_snapshot_preview1" | "wasi_unstable" => vm::WASI_FUNCTIONS.contains(&n),
+            _ => false,
+        };
+        if !known || !matches!(import.ty(), wasmtime::ExternType::Func(_)) {
+            return Err(HarnessError::UnknownImport { module: m.to_string(), name: n.to_string() });
+        }
+        if m == "wasi_unstable" {
+            return Err(HarnessError::UnknownImport { module: m.to_string(), name: n.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// Polls a future to completion on this thread. Harness futures are only ever pending at a
+/// yield point, so re-polling at once is all a waker would do.
+pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guest exports.
+
+#[derive(Clone)]
+struct Exports {
+    context_create: Option<TypedFunc<(i32, i32), ()>>,
+    vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    configure: Option<TypedFunc<(i32, i32), i32>>,
+    tick: Option<TypedFunc<i32, ()>>,
+    request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    redis_call_response: Option<TypedFunc<(i32, i32, i32, i32), ()>>,
+    queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    done: Option<TypedFunc<i32, i32>>,
+    log: Option<TypedFunc<i32, ()>>,
+    delete: Option<TypedFunc<i32, ()>>,
+}
+
+fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+    store: &mut Store<VmState>,
+    instance: &Instance,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, HarnessError> {
+    match instance.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(f) => f
+            .typed::<P, R>(&*store)
+            .map(Some)
+            .map_err(|e| HarnessError::BadExport { name: name.to_string(), message: e.to_string() }),
+    }
+}
+
+impl Exports {
+    fn resolve(store: &mut Store<VmState>, i: &Instance) -> Result<Self, HarnessError> {
+        Ok(Exports {
+            context_create: typed(store, i, "proxy_on_context_create")?,
+            vm_start: typed(store, i, "proxy_on_vm_start")?,
+            configure: typed(store, i, "proxy_on_configure")?,
+            tick: typed(store, i, "proxy_on_tick")?,
+            request_headers: typed(store, i, "proxy_on_request_headers")?,
+            request_body: typed(store, i, "proxy_on_request_body")?,
+            response_headers: typed(store, i, "proxy_on_response_headers")?,
+            response_body: typed(store, i, "proxy_on_response_body")?,
+            http_call_response: typed(store, i, "proxy_on_http_call_response")?,
+            redis_call_response: typed(store, i, "proxy_on_redis_call_response")?,
+            queue_ready: typed(store, i, "proxy_on_queue_ready")?,
+            done: typed(store, i, "proxy_on_done")?,
+            log: typed(store, i, "proxy_on_log")?,
+            delete: typed(store, i, "proxy_on_delete")?,
+        })
+    }
+}
+
+/// One callback into the guest.
+#[derive(Debug, Clone, Copy)]
+enum GuestCall {
+    ContextCreate { ctx: u32, parent: u32 },
+    VmStart { root: u32, size: u32 },
+    Configure { root: u32, size: u32 },
+    Tick { root: u32 },
+    RequestHeaders { ctx: u32, n: u32, eos: bool },
+    RequestBody { ctx: u32, size: u32, eos: bool },
+    ResponseHeaders { ctx: u32, n: u32, eos: bool },
+    ResponseBody { ctx: u32, size: u32, eos: bool },
+    HttpCallResponse { root: u32, token: u32, headers: u32, body: u32, trailers: u32 },
+    RedisCallResponse { root: u32, token: u32, status: i32, size: u32 },
+    QueueReady { root: u32, queue: u32 },
+    Done { ctx: u32 },
+    Log { ctx: u32 },
+    Delete { ctx: u32 },
+}
+
+impl GuestCall {
+    fn context(&self) -> u32 {
+        match *self {
+            GuestCall::ContextCreate { ctx, .. }
+            | GuestCall::RequestHeaders { ctx, .. }
+            | GuestCall::RequestBody { ctx, .. }
+            | GuestCall::ResponseHeaders { ctx, .. }
+            | GuestCall::ResponseBody { ctx, .. }
+            | GuestCall::Done { ctx }
+            | GuestCall::Log { ctx }
+            | GuestCall::Delete { ctx } => ctx,
+            GuestCall::VmStart { root, .. }
+            | GuestCall::Configure { root, .. }
+            | GuestCall::Tick { root }
+            | GuestCall::HttpCallResponse { root, .. }
+            | GuestCall::RedisCallResponse { root, .. }
+            | GuestCall::QueueReady { root, .. } => root,
+        }
+    }
+}
+
+/// Runs one callback; a missing export behaves as the SDKs' defaults (continue, done).
+async fn run_call(store: &mut Store<VmState>, ex: &Exports, call: GuestCall) -> wasmtime::Result<i32> {
+    {
+        let vm = store.data_mut();
+        vm.current = call.context();
+        vm.effective = 0;
+        vm.callback = match call {
+            GuestCall::VmStart { .. } => Callback::VmStart,
+            GuestCall::Configure { .. } => Callback::Configure,
+            _ => Callback::Other,
+        };
+    }
+    let b = |v: bool| v as i32;
+    let r = match call {
+        GuestCall::ContextCreate { ctx, parent } => match &ex.context_create {
+            Some(f) => f.call_async(&mut *store, (ctx as i32, parent as i32)).await.map(|_| 0),
+            None => Ok(0),
+        },
+        GuestCall::VmStart { root, size } => match &ex.vm_start {
+            Some(f) => f.call_async(&mut *store, (root as i32, size as i32)).await,
+            None => Ok(1),
+        },
+        GuestCall::Configure { root, size } => match &ex.configure {
+            Some(f) => f.call_async(&mut *store, (root as i32, size as i32)).await,
+            None => Ok(1),
+        },
+        GuestCall::Tick { root } => match &ex.tick {
+            Some(f) => f.call_async(&mut *store, root as i32).await.map(|_| 0),
+            None => Ok(0),
+        },
+        GuestCall::RequestHeaders { ctx, n, eos } => match &ex.request_headers {
+            Some(f) => f.call_async(&mut *store, (ctx as i32, n as i32, b(eos))).await,
+            None => Ok(0),
+        },
+        GuestCall::RequestBody { ctx, size, eos } => match &ex.request_body {
+            Some(f) => f.call_async(&mut *store, (ctx as i32, size as i32, b(eos))).await,
+            None => Ok(0),
+        },
+        GuestCall::ResponseHeaders { ctx, n, eos } => match &ex.response_headers {
+            Some(f) => f.call_async(&mut *store, (ctx as i32, n as i32, b(eos))).await,
+            None => Ok(0),
+        },
+        GuestCall::ResponseBody { ctx, size, eos } => match &ex.response_body {
+            Some(f) => f.call_async(&mut *store, (ctx as i32, size as i32, b(eos))).await,
+            None => Ok(0),
+        },
+        GuestCall::HttpCallResponse { root, token, headers, body, trailers } => match &ex.http_call_response {
+            Some(f) => f
+                .call_async(&mut *store, (root as i32, token as i32, headers as i32, body as i32, trailers as i32))
+                .await
+                .map(|_| 0),
+            None => Ok(0),
+        },
+        GuestCall::RedisCallResponse { root, token, status, size } => match &ex.redis_call_response {
+            Some(f) => f.call_async(&mut *store, (root as i32, token as i32, status, size as i32)).await.map(|_| 0),
+            None => Ok(0),
+        },
+        GuestCall::QueueReady { root, queue } => match &ex.queue_ready {
+            Some(f) => f.call_async(&mut *store, (root as i32, queue as i32)).await.map(|_| 0),
+            None => Ok(0),
+        },
+        GuestCall::Done { ctx } => match &ex.done {
+            Some(f) => f.call_async(&mut *store, ctx as i32).await,
+            None => Ok(1),
+        },
+        GuestCall::Log { ctx } => match &ex.log {
+            Some(f) => f.call_async(&mut *store, ctx as i32).await.map(|_| 0),
+            None => Ok(0),
+        },
+        GuestCall::Delete { ctx } => match &ex.delete {
+            Some(f) => f.call_async(&mut *store, ctx as i32).await.map(|_| 0),
+            None => Ok(0),
+        },
+    };
+    let vm = store.data_mut();
+    vm.current = 0;
+    vm.effective = 0;
+    vm.callback = Callback::None;
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduling.
+
+/// A worker the scheduler may run next, and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runnable {
+    pub worker: usize,
+    /// The request whose callback is running or about to run (none for ticks and root work).
+    pub request: Option<RequestId>,
+    pub at: Point,
+}
+
+/// Picks which worker runs next whenever more than one could.
+pub enum Schedule {
+    /// The lowest-numbered runnable worker; each worker's events in arrival order.
+    InOrder,
+    /// Switch worker at every opportunity (after each shared-data call), round-robin. With two
+    /// workers racing on one key this forces both `get`s before either `set`.
+    RoundRobin,
+    /// A seeded random choice of worker at every opportunity, and of the next event on a worker.
+    Seeded(u64),
+    /// Workers in this order, one choice per opportunity; then `InOrder`. A listed worker that
+    /// is not runnable is skipped.
+    Script(Vec<usize>),
+    /// The test decides: given the runnable workers, return an index into the slice.
+    Custom(Box<dyn FnMut(&[Runnable]) -> usize>),
+}
+
+impl std::fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::InOrder => write!(f, "InOrder"),
+            Schedule::RoundRobin => write!(f, "RoundRobin"),
+            Schedule::Seeded(s) => write!(f, "Seeded({s})"),
+            Schedule::Script(v) => write!(f, "Script({v:?})"),
+            Schedule::Custom(_) => write!(f, "Custom"),
+        }
+    }
+}
+
+enum Sched {
+    InOrder,
+    RoundRobin { last: usize },
+    Seeded(Rng),
+    Script(VecDeque<usize>),
+    Custom(Box<dyn FnMut(&[Runnable]) -> usize>),
+}
+
+impl From<Schedule> for Sched {
+    fn from(s: Schedule) -> Self {
+        match s {
+            Schedule::InOrder => Sched::InOrder,
+            Schedule::RoundRobin => Sched::RoundRobin { last: usize::MAX },
+            Schedule::Seeded(seed) => Sched::Seeded(Rng::new(seed)),
+            Schedule::Script(v) => Sched::Script(v.into()),
+            Schedule::Custom(f) => Sched::Custom(f),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers, steps, requests.
+
+#[derive(Debug, Clone)]
+enum Delivery {
+    Response(HttpResponse),
+    Failure,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Create(RequestId),
+    RequestHeaders(RequestId),
+    RequestBody(RequestId),
+    ResponseHeaders(RequestId),
+    ResponseBody(RequestId),
+    Done(RequestId),
+    Log(RequestId),
+    Delete(RequestId),
+    CallReply { token: u32, delivery: Delivery },
+    RedisReply { token: u32, status: i32, data: Vec<u8> },
+    Tick,
+    QueueReady(u32),
+}
+
+impl Step {
+    fn request(&self) -> Option<RequestId> {
+        match self {
+            Step::Create(r)
+            | Step::RequestHeaders(r)
+            | Step::RequestBody(r)
+            | Step::ResponseHeaders(r)
+            | Step::ResponseBody(r)
+            | Step::Done(r)
+            | Step::Log(r)
+            | Step::Delete(r) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
+type StepFuture = Pin<Box<dyn Future<Output = (Store<VmState>, wasmtime::Result<i32>)> + Send>>;
+
+struct Worker {
+    store: Option<Store<VmState>>,
+    ex: Exports,
+    root: u32,
+    queue: VecDeque<Step>,
+    inflight: Option<(Step, StepFuture)>,
+    failed: Option<String>,
+    tick_ms: u32,
+    tick_gen: u64,
+    tick_queued: bool,
+    park: Arc<Mutex<Option<Point>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    None,
+    /// Paused in the request path, after this step.
+    Request(Phase),
+    /// Paused in the response path, after this step.
+    Response(Phase),
+    /// `proxy_on_done` returned false; waiting for `proxy_done`.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Headers,
+    Body,
+}
+
+struct Req {
+    spec: Request,
+    worker: usize,
+    ctx: u32,
+    busy: bool,
+    wait: Wait,
+    continue_request: bool,
+    continue_response: bool,
+    local: Option<LocalReply>,
+    local_started: bool,
+    response_started: bool,
+    origin: Origin,
+    was_paused: bool,
+    released: bool,
+    response: Option<Response>,
+    complete: bool,
+}
+
+/// A trap: the VM of `worker` is dead from then on (Envoy fails its streams closed).
+#[derive(Debug, Clone)]
+pub struct Trap {
+    pub worker: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Tick { worker: usize, gen: u64 },
+    CallTimeout { worker: usize, token: u32 },
+    CallReplyDue { worker: usize, token: u32 },
+    RedisTimeout { worker: usize, token: u32 },
+}
+
+type UpstreamFn = Box<dyn FnMut(&UpstreamRequest) -> HttpResponse>;
+type CalloutFn = Box<dyn FnMut(&Callout) -> CalloutReply>;
+type RedisFn = Box<dyn FnMut(&RedisCall) -> RedisReply>;
+
+/// Builds a [`Host`]: the module, its plugin configuration, the number of workers, handlers.
+pub struct HostBuilder {
+    wasm: Option<PathBuf>,
+    plugin: Plugin,
+    workers: usize,
+    clock: Clock,
+    seed: u64,
+    strict: bool,
+    properties: Vec<(String, Vec<u8>)>,
+    upstream: Option<UpstreamFn>,
+    callouts: Option<CalloutFn>,
+    redis: Option<RedisFn>,
+    max_wait: Duration,
+}
+
+impl Default for HostBuilder {
+    fn default() -> Self {
+        HostBuilder {
+            wasm: None,
+            plugin: Plugin {
+                name: "sluice".to_string(),
+                root_id: "sluice".to_string(),
+                vm_id: "sluice".to_string(),
+                configuration: Vec::new(),
+                vm_configuration: Vec::new(),
+                clusters: Default::default(),
+                log_level: LogLevel::Info,
+                env: Vec::new(),
+            },
+            workers: 1,
+            clock: Clock::default(),
+            seed: 1,
+            strict: false,
+            properties: Vec::new(),
+            upstream: None,
+            callouts: None,
+            redis: None,
+            max_wait: Duration::from_secs(600),
+        }
+    }
+}
+
+impl HostBuilder {
+    /// The `.wasm` file to load.
+    pub fn wasm(mut self, path: impl AsRef<Path>) -> Self {
+        self.wasm = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// The plugin configuration (`proxy_on_configure`), e.g. the filter's JSON.
+    pub fn config(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.plugin.configuration = bytes.into();
+        self
+    }
+
+    /// The VM configuration (`proxy_on_vm_start`).
+    pub fn vm_config(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.plugin.vm_configuration = bytes.into();
+        self
+    }
+
+    /// Number of workers: one VM each, all sharing one shared-data store (default 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    pub fn vm_id(mut self, id: &str) -> Self {
+        self.plugin.vm_id = id.to_string();
+        self
+    }
+
+    pub fn root_id(mut self, id: &str) -> Self {
+        self.plugin.root_id = id.to_string();
+        self
+    }
+
+    pub fn plugin_name(mut self, name: &str) -> Self {
+        self.plugin.name = name.to_string();
+        self
+    }
+
+    /// Declares an upstream cluster. Once any is declared, callouts to others fail with
+    /// `BAD_ARGUMENT` as in Envoy; with none declared every cluster is accepted.
+    pub fn cluster(mut self, name: &str) -> Self {
+        self.plugin.clusters.insert(name.to_string());
+        self
+    }
+
+    /// Shares a clock (e.g. with another host); by default each host has its own.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Seeds WASI randomness.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The level `proxy_get_log_level` reports (default info, as Envoy's).
+    pub fn log_level(mut self, level: LogLevel) -> Self {
+        self.plugin.log_level = level;
+        self
+    }
+
+    /// An environment variable the VM sees (none by default).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.plugin.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// A property every request has unless it sets its own (dotted path).
+    pub fn property(mut self, path: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.properties.push((path.to_string(), value.into()));
+        self
+    }
+
+    /// Refuses modules that import gRPC calls (which the harness does not emulate) at build
+    /// time, instead of trapping when one is called.
+    pub fn strict_imports(mut self) -> Self {
+        self.strict = true;
+        self
+    }
+
+    /// What the upstream answers (default: 200 with body `upstream`).
+    pub fn upstream(mut self, f: impl FnMut(&UpstreamRequest) -> HttpResponse + 'static) -> Self {
+        self.upstream = Some(Box::new(f));
+        self
+    }
+
+    /// Answers HTTP callouts (default: every callout times out).
+    pub fn on_http_call(mut self, f: impl FnMut(&Callout) -> CalloutReply + 'static) -> Self {
+        self.callouts = Some(Box::new(f));
+        self
+    }
+
+    /// Answers Redis calls (default: every call times out).
+    pub fn on_redis_call(mut self, f: impl FnMut(&RedisCall) -> RedisReply + 'static) -> Self {
+        self.redis = Some(Box::new(f));
+        self
+    }
+
+    /// How much harness time `send` and `run` let pass while requests wait (default 10 min).
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = d;
+        self
+    }
+
+    /// Loads the module, starts every worker's VM and configures its root context, as Envoy
+    /// does on each worker thread. A rejected configuration is an error carrying the logs.
+    pub fn build(self) -> Result<Host, HarnessError> {
+        let path = self.wasm.clone().ok_or(HarnessError::NoModule)?;
+        let module = load_module(&path)?;
+        check_imports(&module, self.strict)?;
+        let abi = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"];
+        if !module.exports().any(|e| abi.contains(&e.name())) {
+            return Err(HarnessError::MissingExport("proxy_abi_version_0_2_1 (or _0_2_0)".to_string()));
+        }
+        if !module.exports().any(|e| e.name() == "proxy_on_memory_allocate" || e.name() == "malloc") {
+            return Err(HarnessError::MissingExport("proxy_on_memory_allocate (or malloc)".to_string()));
+        }
+        let process = Arc::new(Mutex::new(Process { random_state: self.seed, ..Process::default() }));
+        let plugin = Arc::new(self.plugin);
+        let linker = linker()?;
+        let engine = engine()?;
+        let mut workers = Vec::with_capacity(self.workers);
+        for w in 0..self.workers {
+            let mut store = Store::new(engine, VmState::new(w, plugin.clone(), process.clone(), self.clock.clone()));
+            let instance = block_on(linker.instantiate_async(&mut store, &module))
+                .map_err(|e| HarnessError::Instantiate(format!("{e:#}")))?;
+            let memory = instance.get_memory(&mut store, "memory");
+            let malloc = match typed::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate")? {
+                Some(f) => Some(f),
+                None => typed::<i32, i32>(&mut store, &instance, "malloc")?,
+            };
+            store.data_mut().memory = memory;
+            store.data_mut().malloc = malloc;
+            let ex = Exports::resolve(&mut store, &instance)?;
+            // WASI reactor: `_initialize` (then `main` if present); a command: `_start`.
+            let init = if let Some(f) = typed::<(), ()>(&mut store, &instance, "_initialize")? {
+                let r = block_on(f.call_async(&mut store, ()));
+                match (r, typed::<(i32, i32), i32>(&mut store, &instance, "main")?) {
+                    (Ok(()), Some(main)) => block_on(main.call_async(&mut store, (0, 0))).map(|_| ()),
+                    (r, _) => r,
+                }
+            } else if let Some(f) = typed::<(), ()>(&mut store, &instance, "_start")? {
+                block_on(f.call_async(&mut store, ()))
+            } else {
+                Ok(())
+            };
+            init.map_err(|e| HarnessError::Trap { worker: w, message: format!("during start: {e:?}") })?;
+            let root = store.data_mut().alloc_context(true);
+            store.data_mut().root_id = root;
+            let park = store.data().park.clone();
+            workers.push(Worker {
+                store: Some(store),
+                ex,
+                root,
+                queue: VecDeque::new(),
+                inflight: None,
+                failed: None,
+                tick_ms: 0,
+                tick_gen: 0,
+                tick_queued: false,
+                park,
+            });
+        }
+        let mut host = Host {
+            workers,
+            process,
+            clock: self.clock,
+            plugin,
+            properties: self.properties,
+            requests: Vec::new(),
+            by_ctx: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            callouts: Vec::new(),
+            pending_calls: HashMap::new(),
+            delayed: HashMap::new(),
+            redis_calls: Vec::new(),
+            pending_redis: HashMap::new(),
+            upstream: self.upstream.unwrap_or_else(|| Box::new(|_| HttpResponse::ok().body("upstream"))),
+            on_callout: self.callouts.unwrap_or_else(|| Box::new(|_| CalloutReply::Timeout)),
+            on_redis: self.redis.unwrap_or_else(|| Box::new(|_| RedisReply::Timeout)),
+            sched: Sched::InOrder,
+            next_worker: 0,
+            traps: Vec::new(),
+            max_wait: self.max_wait,
+        };
+        for w in 0..host.workers.len() {
+            host.start_root(w)?;
+        }
+        Ok(host)
+    }
+}
+
+/// A proxy-wasm host emulating Envoy: several workers each running the module, sharing one
+/// process (shared data, metrics, logs), driven by a settable clock.
+pub struct Host {
+    workers: Vec<Worker>,
+    process: Arc<Mutex<Process>>,
+    clock: Clock,
+    plugin: Arc<Plugin>,
+    properties: Vec<(String, Vec<u8>)>,
+    requests: Vec<Req>,
+    by_ctx: HashMap<(usize, u32), RequestId>,
+    timers: BinaryHeap<Reverse<(u64, u64, Timer)>>,
+    timer_seq: u64,
+    callouts: Vec<Callout>,
+    pending_calls: HashMap<(usize, u32), usize>,
+    delayed: HashMap<(usize, u32), HttpResponse>,
+    redis_calls: Vec<RedisCall>,
+    pending_redis: HashMap<(usize, u32), usize>,
+    upstream: UpstreamFn,
+    on_callout: CalloutFn,
+    on_redis: RedisFn,
+    sched: Sched,
+    next_worker: usize,
+    traps: Vec<Trap>,
+    max_wait: Duration,
+}
+
+/// A request being built by [`Host::request`]; `send` runs it.
+pub struct RequestBuilder<'h> {
+    host: &'h mut Host,
+    req: Request,
+}
+
+macro_rules! forward {
+    ($($name:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {
+        $(
+            #[doc = concat!("See [`Request::", stringify!($name), "`].")]
+            pub fn $name(mut self, $($arg: $ty),*) -> Self {
+                self.req = self.req.$name($($arg),*);
+                self
+            }
+        )*
+    };
+}
+
+impl RequestBuilder<'_> {
+    forward!(
+        header(name: &str, value: &str),
+        authority(authority: &str),
+        source(address: &str),
+        route(name: &str),
+        property_int(path: &str, value: i64),
+        on_worker(i: usize),
+        upstream(response: HttpResponse),
+    );
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.req = self.req.body(body);
+        self
+    }
+
+    pub fn property(mut self, path: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.req = self.req.property(path, value);
+        self
+    }
+
+    /// Sends the request and waits for its response, letting harness time pass while it waits
+    /// (ticks, callout timeouts), as a client would. Panics on a harness error.
+    pub fn send(self) -> Response {
+        match self.host.try_send(self.req) {
+            Ok(r) => r,
+            Err(e) => panic!("harness error: {e}"),
+        }
+    }
+
+    /// Starts the request and runs what can run now, without letting time pass.
+    pub fn start(self) -> RequestId {
+        match self.host.start(self.req) {
+            Ok(id) => id,
+            Err(e) => panic!("harness error: {e}"),
+        }
+    }
+}
+
+impl Host {
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// Starts building a request; finish with `.send()`.
+    pub fn request(&mut self, method: &str, path: &str) -> RequestBuilder<'_> {
+        RequestBuilder { host: self, req: Request::new(method, path) }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The `vm_id` whose shared data the workers use.
+    pub fn vm_id(&self) -> &str {
+        &self.plugin.vm_id
+    }
+
+    // -- lifecycle of the root context --------------------------------------------------------
+
+    fn start_root(&mut self, w: usize) -> Result<(), HarnessError> {
+        let root = self.workers[w].root;
+        let vm_size = self.plugin.vm_configuration.len() as u32;
+        let size = self.plugin.configuration.len() as u32;
+        self.call_now(w, GuestCall::ContextCreate { ctx: root, parent: 0 })?;
+        if self.call_now(w, GuestCall::VmStart { root, size: vm_size })? == 0 {
+            return Err(HarnessError::VmStartRejected { worker: w, logs: self.logs() });
+        }
+        if self.call_now(w, GuestCall::Configure { root, size })? == 0 {
+            return Err(HarnessError::ConfigRejected { worker: w, logs: self.logs() });
+        }
+        Ok(())
+    }
+
+    /// Runs a root callback to completion right away (used while starting).
+    fn call_now(&mut self, w: usize, call: GuestCall) -> Result<i32, HarnessError> {
+        let worker = &mut self.workers[w];
+        let store = worker.store.as_mut().ok_or_else(|| HarnessError::Internal("worker busy".into()))?;
+        let ex = worker.ex.clone();
+        let r = block_on(run_call(store, &ex, call));
+        match r {
+            Ok(v) => {
+                self.after_step(w, None, v);
+                Ok(v)
+            }
+            Err(e) => {
+                let message = format!("{e:?}");
+                self.fail_worker(w, message.clone());
+                Err(HarnessError::Trap { worker: w, message })
+            }
+        }
+    }
+
+    // -- requests ----------------------------------------------------------------------------
+
+    /// Sends a request and waits for its response (see [`RequestBuilder::send`]).
+    pub fn try_send(&mut self, req: Request) -> Result<Response, HarnessError> {
+        let id = self.start(req)?;
+        let max = self.max_wait;
+        self.drive(|h| h.requests[id.0].complete, max)?;
+        Ok(self.response_or_unfinished(id))
+    }
+
+    /// Starts a request (headers arrive) and runs what can run now, without letting time pass.
+    pub fn start(&mut self, req: Request) -> Result<RequestId, HarnessError> {
+        let id = self.enqueue_request(req);
+        self.drive(|_| false, Duration::ZERO)?;
+        Ok(id)
+    }
+
+    fn enqueue_request(&mut self, req: Request) -> RequestId {
+        let n = self.workers.len();
+        let worker = match req.worker {
+            Some(w) => w.min(n - 1),
+            None => {
+                let w = self.next_worker % n;
+                self.next_worker = self.next_worker.wrapping_add(1);
+                w
+            }
+        };
+        let id = RequestId(self.requests.len());
+        self.requests.push(Req {
+            spec: req,
+            worker,
+            ctx: 0,
+            busy: false,
+            wait: Wait::None,
+            continue_request: false,
+            continue_response: false,
+            local: None,
+            local_started: false,
+            response_started: false,
+            origin: Origin::Unfinished,
+            was_paused: false,
+            released: false,
+            response: None,
+            complete: false,
+        });
+        if let Some(msg) = self.workers[worker].failed.clone() {
+            // Fail closed: a dead VM answers every request with 503 and runs nothing.
+            let _ = msg;
+            self.fail_request(id, Origin::VmFailed);
+        } else {
+            self.push_step(worker, Step::Create(id));
+        }
+        id
+    }
+
+    /// Sends many requests at once and runs them to completion with `schedule` deciding which
+    /// worker goes next at every opportunity. Responses come back in the order given.
+    pub fn run(&mut self, requests: Vec<Request>, schedule: Schedule) -> Vec<Response> {
+        match self.try_run(requests, schedule) {
+            Ok(r) => r,
+            Err(e) => panic!("harness error: {e}"),
+        }
+    }
+
+    pub fn try_run(&mut self, requests: Vec<Request>, schedule: Schedule) -> Result<Vec<Response>, HarnessError> {
+        let previous = std::mem::replace(&mut self.sched, schedule.into());
+        let ids: Vec<RequestId> = requests.into_iter().map(|r| self.enqueue_request(r)).collect();
+        let max = self.max_wait;
+        let result = self.drive(|h| ids.iter().all(|id| h.requests[id.0].complete), max);
+        self.sched = previous;
+        result?;
+        Ok(ids.iter().map(|id| self.response_or_unfinished(*id)).collect())
+    }
+
+    /// Sets the schedule used from now on (default `InOrder`).
+    pub fn set_schedule(&mut self, schedule: Schedule) {
+        self.sched = schedule.into();
+    }
+
+    fn response_or_unfinished(&self, id: RequestId) -> Response {
+        let r = &self.requests[id.0];
+        match &r.response {
+            Some(resp) => resp.clone(),
+            None => Response {
+                id,
+                worker: r.worker,
+                status: 0,
+                headers: Vec::new(),
+                body: Vec::new(),
+                origin: Origin::Unfinished,
+                was_paused: r.was_paused,
+                details: None,
+            },
+        }
+    }
+
+    /// The response of a request, once it has one.
+    pub fn response(&self, id: RequestId) -> Option<&Response> {
+        self.requests.get(id.0).and_then(|r| r.response.as_ref())
+    }
+
+    /// Where a request stands.
+    pub fn state(&self, id: RequestId) -> RequestState {
+        let Some(r) = self.requests.get(id.0) else { return RequestState::Failed };
+        if let Some(resp) = &r.response {
+            return match resp.origin {
+                Origin::Local => RequestState::AnsweredLocally,
+                Origin::Upstream => {
+                    if r.released {
+                        RequestState::Released
+                    } else {
+                        RequestState::Completed
+                    }
+                }
+                Origin::VmFailed | Origin::Reset => RequestState::Failed,
+                Origin::Unfinished => RequestState::Running,
+            };
+        }
+        match r.wait {
+            Wait::Request(_) | Wait::Response(_) => RequestState::Paused,
+            _ if r.released => RequestState::Released,
+            _ => RequestState::Running,
+        }
+    }
+
+    // -- time --------------------------------------------------------------------------------
+
+    /// Lets `d` of harness time pass, firing every timer (ticks, callout timeouts and delayed
+    /// replies) at its due time and running what each one triggers.
+    pub fn advance(&mut self, d: Duration) {
+        let target = self.clock.monotonic_ns().saturating_add(d.as_nanos() as u64);
+        if let Err(e) = self.drive_to(target) {
+            panic!("harness error: {e}");
+        }
+    }
+
+    fn drive_to(&mut self, target: u64) -> Result<(), HarnessError> {
+        loop {
+            self.fire_due_timers();
+            self.run_ready()?;
+            match self.next_timer() {
+                Some(t) if t <= target => self.clock.advance_monotonic_to(t),
+                _ => break,
+            }
+        }
+        self.clock.advance_monotonic_to(target);
+        self.fire_due_timers();
+        self.run_ready()
+    }
+
+    /// Runs everything that can run now (including timers already due), without letting time
+    /// pass.
+    pub fn settle(&mut self) {
+        if let Err(e) = self.drive(|_| false, Duration::ZERO) {
+            panic!("harness error: {e}");
+        }
+    }
+
+    /// The tick period a worker's root context set.
+    pub fn tick_period(&self, worker: usize) -> Option<Duration> {
+        let ms = self.workers.get(worker)?.tick_ms;
+        (ms > 0).then(|| Duration::from_millis(ms as u64))
+    }
+
+    fn next_timer(&self) -> Option<u64> {
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    fn arm(&mut self, due_ns: u64, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((due_ns, self.timer_seq, timer)));
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = self.clock.monotonic_ns();
+        while let Some(Reverse((due, _, timer))) = self.timers.peek().cloned() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Tick { worker, gen } => {
+                    let wk = &mut self.workers[worker];
+                    if gen != wk.tick_gen || wk.tick_ms == 0 || wk.failed.is_some() {
+                        continue;
+                    }
+                    if !wk.tick_queued {
+                        wk.tick_queued = true;
+                        wk.queue.push_back(Step::Tick);
+                    }
+                    // Envoy re-arms the tick timer for one period after it fired; a late timer
+                    // therefore fires once, not once per missed period.
+                    let period = wk.tick_ms as u64 * 1_000_000;
+                    self.arm(now + period, Timer::Tick { worker, gen });
+                }
+                Timer::CallTimeout { worker, token } => {
+                    if let Some(idx) = self.pending_calls.remove(&(worker, token)) {
+                        self.callouts[idx].outcome = Some(CalloutOutcome::TimedOut);
+                        let resp = HttpResponse::new(504)
+                            .header("content-length", "24")
+                            .header("content-type", "text/plain")
+                            .body("upstream request timeout");
+                        self.workers[worker].queue.push_back(Step::CallReply { token, delivery: Delivery::Response(resp) });
+                    }
+                }
+                Timer::CallReplyDue { worker, token } => self.release_delayed(worker, token),
+                Timer::RedisTimeout { worker, token } => {
+                    if let Some(idx) = self.pending_redis.remove(&(worker, token)) {
+                        self.redis_calls[idx].outcome = Some(RedisOutcome::TimedOut);
+                        self.workers[worker].queue.push_back(Step::RedisReply { token, status: 1, data: Vec::new() });
+                    }
+                }
+            }
+        }
+    }
+
+    // -- the drive loop ----------------------------------------------------------------------
+
+    /// Runs until `done`, letting up to `max_wait` of harness time pass when nothing can run
+    /// but a timer is pending.
+    fn drive(&mut self, done: impl Fn(&Host) -> bool, max_wait: Duration) -> Result<(), HarnessError> {
+        let deadline = self.clock.monotonic_ns().saturating_add(max_wait.as_nanos() as u64);
+        loop {
+            self.fire_due_timers();
+            while !done(self) {
+                if !self.step_once()? {
+                    break;
+                }
+            }
+            if done(self) {
+                return Ok(());
+            }
+            match self.next_timer() {
+                Some(t) if t <= deadline => self.clock.advance_monotonic_to(t),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn run_ready(&mut self) -> Result<(), HarnessError> {
+        while self.step_once()? {}
+        Ok(())
+    }
+
+    fn runnable(&self) -> Vec<Runnable> {
+        let mut out = Vec::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            if w.failed.is_some() {
+                continue;
+            }
+            if let Some((step, _)) = &w.inflight {
+                out.push(Runnable { worker: i, request: step.request(), at: get_park(&w.park).unwrap_or(Point::Start) });
+            } else if let Some(step) = w.queue.front() {
+                out.push(Runnable { worker: i, request: step.request(), at: Point::Start });
+            }
+        }
+        out
+    }
+
+    /// Runs one worker one bit further (to its next yield point or the end of a callback).
+    /// Returns false when no worker can run.
+    fn step_once(&mut self) -> Result<bool, HarnessError> {
+        let runnable = self.runnable();
+        if runnable.is_empty() {
+            return Ok(false);
+        }
+        let pick = match &mut self.sched {
+            Sched::InOrder => 0,
+            Sched::RoundRobin { last } => {
+                let i = runnable.iter().position(|r| r.worker > *last).unwrap_or(0);
+                *last = runnable[i].worker;
+                i
+            }
+            Sched::Seeded(rng) => rng.below(runnable.len()),
+            Sched::Script(order) => {
+                let mut chosen = 0;
+                while let Some(w) = order.pop_front() {
+                    if let Some(i) = runnable.iter().position(|r| r.worker == w) {
+                        chosen = i;
+                        break;
+                    }
+                }
+                chosen
+            }
+            Sched::Custom(f) => f(&runnable).min(runnable.len() - 1),
+        };
+        let w = runnable[pick].worker;
+        if self.workers[w].inflight.is_none() {
+            let idx = match &mut self.sched {
+                Sched::Seeded(rng) => rng.below(self.workers[w].queue.len()),
+                _ => 0,
+            };
+            let Some(step) = self.workers[w].queue.remove(idx) else { return Ok(true) };
+            if !self.begin_step(w, step)? {
+                return Ok(true);
+            }
+        }
+        self.poll_worker(w)?;
+        Ok(true)
+    }
+
+    fn poll_worker(&mut self, w: usize) -> Result<(), HarnessError> {
+        let Some((_, fut)) = self.workers[w].inflight.as_mut() else { return Ok(()) };
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready((store, result)) = fut.as_mut().poll(&mut cx) {
+            let (step, _) = self.workers[w].inflight.take().ok_or_else(|| HarnessError::Internal("lost step".into()))?;
+            self.workers[w].store = Some(store);
+            vm::set_park(&self.workers[w].park, None);
+            match result {
+                Ok(v) => self.finish_step(w, step, v),
+                Err(e) => self.fail_worker(w, format!("{e:?}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares the guest-visible state for a step and starts its callback. Returns false if
+    /// the step needs no callback (it was handled on the spot).
+    fn begin_step(&mut self, w: usize, step: Step) -> Result<bool, HarnessError> {
+        let root = self.workers[w].root;
+        let mut store = self.workers[w].store.take().ok_or_else(|| HarnessError::Internal("worker store missing".into()))?;
+        let call = self.prepare(w, &mut store, &step, root);
+        let Some(call) = call else {
+            self.workers[w].store = Some(store);
+            return Ok(false);
+        };
+        let ex = self.workers[w].ex.clone();
+        let fut: StepFuture = Box::pin(async move {
+            let r = run_call(&mut store, &ex, call).await;
+            (store, r)
+        });
+        self.workers[w].inflight = Some((step, fut));
+        Ok(true)
+    }
+
+    fn prepare(&mut self, w: usize, store: &mut Store<VmState>, step: &Step, root: u32) -> Option<GuestCall> {
+        let vm = store.data_mut();
+        match step {
+            Step::Create(id) => {
+                let ctx = vm.alloc_context(false);
+                let (headers, body, props) = self.request_data(*id, w);
+                if let Some(c) = vm.contexts.get_mut(&ctx) {
+                    c.request_headers = headers;
+                    c.request_body = body;
+                    c.properties = props;
+                }
+                self.requests[id.0].ctx = ctx;
+                self.by_ctx.insert((w, ctx), *id);
+                Some(GuestCall::ContextCreate { ctx, parent: root })
+            }
+            Step::RequestHeaders(id) => {
+                let r = &self.requests[id.0];
+                let c = vm.contexts.get(&r.ctx)?;
+                let eos = c.request_body.is_empty() && c.request_trailers.is_empty();
+                Some(GuestCall::RequestHeaders { ctx: r.ctx, n: c.request_headers.len() as u32, eos })
+            }
+            Step::RequestBody(id) => {
+                let r = &self.requests[id.0];
+                let c = vm.contexts.get_mut(&r.ctx)?;
+                c.request_body_visible = true;
+                Some(GuestCall::RequestBody { ctx: r.ctx, size: c.request_body.len() as u32, eos: true })
+            }
+            Step::ResponseHeaders(id) => {
+                let r = &self.requests[id.0];
+                let c = vm.contexts.get(&r.ctx)?;
+                let eos = c.response_body.is_empty() && c.response_trailers.is_empty();
+                Some(GuestCall::ResponseHeaders { ctx: r.ctx, n: c.response_headers.len() as u32, eos })
+            }
+            Step::ResponseBody(id) => {
+                let r = &self.requests[id.0];
+                let c = vm.contexts.get_mut(&r.ctx)?;
+                c.response_body_visible = true;
+                Some(GuestCall::ResponseBody { ctx: r.ctx, size: c.response_body.len() as u32, eos: true })
+            }
+            Step::Done(id) => Some(GuestCall::Done { ctx: self.requests[id.0].ctx }),
+            Step::Log(id) => Some(GuestCall::Log { ctx: self.requests[id.0].ctx }),
+            Step::Delete(id) => Some(GuestCall::Delete { ctx: self.requests[id.0].ctx }),
+            Step::CallReply { token, delivery } => {
+                let (headers, body, trailers) = match delivery {
+                    Delivery::Response(resp) => {
+                        let mut headers = resp.headers.clone();
+                        if find(&headers, ":status").is_none() {
+                            headers.insert(0, (":status".to_string(), resp.status.to_string()));
+                        }
+                        let (h, b) = (headers.len() as u32, resp.body.len() as u32);
+                        vm.call_response = Some(vm::CallResponse { headers, body: resp.body.clone(), trailers: Vec::new() });
+                        vm.status = (0, String::new());
+                        (h, b, 0)
+                    }
+                    Delivery::Failure => {
+                        vm.call_response = None;
+                        vm.status = (Status::BrokenConnection as u32, "reset".to_string());
+                        (0, 0, 0)
+                    }
+                };
+                Some(GuestCall::HttpCallResponse { root, token: *token, headers, body, trailers })
+            }
+            Step::RedisReply { token, status, data } => {
+                vm.redis_response = (*status == 0).then(|| data.clone());
+                Some(GuestCall::RedisCallResponse { root, token: *token, status: *status, size: data.len() as u32 })
+            }
+            Step::Tick => {
+                self.workers[w].tick_queued = false;
+                Some(GuestCall::Tick { root })
+            }
+            Step::QueueReady(q) => Some(GuestCall::QueueReady { root, queue: *q }),
+        }
+    }
+
+    /// Request headers, body and properties as Envoy would present them to the filter.
+    fn request_data(&self, id: RequestId, w: usize) -> (Pairs, Vec<u8>, HashMap<String, Vec<u8>>) {
+        let spec = &self.requests[id.0].spec;
+        let mut headers: Pairs = vec![
+            (":authority".into(), spec.authority.clone()),
+            (":path".into(), spec.path.clone()),
+            (":method".into(), spec.method.clone()),
+            (":scheme".into(), "http".into()),
+        ];
+        headers.extend(spec.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+        if find(&headers, "x-request-id").is_none() {
+            headers.push(("x-request-id".into(), format!("req-{}", id.0)));
+        }
+        if !spec.body.is_empty() && find(&headers, "content-length").is_none() {
+            headers.push(("content-length".into(), spec.body.len().to_string()));
+        }
+        let source = spec.source.clone().unwrap_or_else(|| "127.0.0.1:40000".to_string());
+        let port = source.rsplit_once(':').and_then(|(_, p)| p.parse::<i64>().ok()).unwrap_or(0);
+        let (url_path, query) = match spec.path.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (spec.path.clone(), String::new()),
+        };
+        let mut p: HashMap<String, Vec<u8>> = HashMap::new();
+        let s = |v: &str| v.as_bytes().to_vec();
+        let i = |v: i64| v.to_le_bytes().to_vec();
+        p.insert("source.address".into(), s(&source));
+        p.insert("source.port".into(), i(port));
+        p.insert("destination.address".into(), s("127.0.0.1:10000"));
+        p.insert("destination.port".into(), i(10000));
+        p.insert("connection.id".into(), i(id.0 as i64 + 1));
+        p.insert("request.path".into(), s(&spec.path));
+        p.insert("request.url_path".into(), s(&url_path));
+        p.insert("request.query".into(), s(&query));
+        p.insert("request.host".into(), s(&spec.authority));
+        p.insert("request.method".into(), s(&spec.method));
+        p.insert("request.scheme".into(), s("http"));
+        p.insert("request.protocol".into(), s("HTTP/1.1"));
+        p.insert("request.time".into(), i(self.clock.now_ns() as i64));
+        p.insert("request.size".into(), i(spec.body.len() as i64));
+        if let Some(id) = find(&headers, "x-request-id") {
+            p.insert("request.id".into(), s(id));
+        }
+        if let Some(ua) = find(&headers, "user-agent") {
+            p.insert("request.useragent".into(), s(ua));
+        }
+        p.insert("xds.cluster_name".into(), s("upstream"));
+        p.insert("xds.route_name".into(), s("default"));
+        p.insert("worker".into(), i(w as i64));
+        for (k, v) in self.properties.iter().chain(spec.properties.iter()) {
+            p.insert(k.clone(), v.clone());
+        }
+        (headers, spec.body.clone(), p)
+    }
+
+    // -- after a callback ----------------------------------------------------------------------
+
+    fn push_step(&mut self, w: usize, step: Step) {
+        if let Some(id) = step.request() {
+            self.requests[id.0].busy = true;
+        }
+        self.workers[w].queue.push_back(step);
+    }
+
+    fn finish_step(&mut self, w: usize, step: Step, ret: i32) {
+        if let Some(store) = self.workers[w].store.as_mut() {
+            let vm = store.data_mut();
+            match &step {
+                Step::CallReply { .. } => {
+                    vm.call_response = None;
+                    vm.status = (0, String::new());
+                }
+                Step::RedisReply { .. } => vm.redis_response = None,
+                _ => {}
+            }
+        }
+        self.after_step(w, Some(step), ret);
+    }
+
+    /// Applies a finished callback: its return value to its own request, then the effects it
+    /// asked for, in order (Envoy runs them after the VM call returns).
+    fn after_step(&mut self, w: usize, step: Option<Step>, ret: i32) {
+        let effects = match self.workers[w].store.as_mut() {
+            Some(s) => std::mem::take(&mut s.data_mut().effects),
+            None => Vec::new(),
+        };
+        if let Some(step) = &step {
+            if let Some(id) = step.request() {
+                let ctx = self.requests[id.0].ctx;
+                let local_here = effects.iter().any(|e| matches!(e, Effect::LocalReply { ctx: c, .. } if *c == ctx));
+                // `send_local_response` stops iteration whatever the callback returns.
+                let action = if local_here { abi::action::PAUSE } else { ret };
+                self.requests[id.0].busy = false;
+                self.advance_request(w, id, step, action);
+            }
+        }
+        for effect in effects {
+            self.apply_effect(w, effect);
+        }
+        let ready: Vec<u32> = std::mem::take(&mut lock(&self.process).queues.ready);
+        for q in ready {
+            let owner = lock(&self.process).queues.queues.get(&q).map(|e| e.0);
+            if let Some(owner) = owner {
+                if self.workers[owner].failed.is_none() {
+                    self.workers[owner].queue.push_back(Step::QueueReady(q));
+                }
+            }
+        }
+    }
+
+    fn advance_request(&mut self, w: usize, id: RequestId, step: &Step, action: i32) {
+        let paused = action != abi::action::CONTINUE;
+        match step {
+            Step::Create(_) => self.push_step(w, Step::RequestHeaders(id)),
+            Step::RequestHeaders(_) => {
+                if paused {
+                    self.pause(id, Wait::Request(Phase::Headers));
+                } else {
+                    self.after_request_headers(w, id);
+                }
+            }
+            Step::RequestBody(_) => {
+                if paused {
+                    self.pause(id, Wait::Request(Phase::Body));
+                } else {
+                    self.to_upstream(w, id);
+                }
+            }
+            Step::ResponseHeaders(_) => {
+                if paused && !self.requests[id.0].local_started {
+                    self.pause(id, Wait::Response(Phase::Headers));
+                } else {
+                    self.after_response_headers(w, id);
+                }
+            }
+            Step::ResponseBody(_) => {
+                if paused && !self.requests[id.0].local_started {
+                    self.pause(id, Wait::Response(Phase::Body));
+                } else {
+                    self.finish_response(w, id);
+                }
+            }
+            Step::Done(_) => {
+                if action != 0 {
+                    self.push_step(w, Step::Log(id));
+                } else {
+                    self.requests[id.0].wait = Wait::Done;
+                    let ctx = self.requests[id.0].ctx;
+                    if let Some(s) = self.workers[w].store.as_mut() {
+                        s.data_mut().awaiting_done.insert(ctx);
+                    }
+                }
+            }
+            Step::Log(_) => self.push_step(w, Step::Delete(id)),
+            Step::Delete(_) => {
+                let ctx = self.requests[id.0].ctx;
+                if let Some(s) = self.workers[w].store.as_mut() {
+                    s.data_mut().contexts.remove(&ctx);
+                }
+                self.by_ctx.remove(&(w, ctx));
+                self.requests[id.0].complete = true;
+            }
+            _ => {}
+        }
+        self.kick(w, id);
+    }
+
+    fn pause(&mut self, id: RequestId, wait: Wait) {
+        let r = &mut self.requests[id.0];
+        r.wait = wait;
+        r.was_paused = true;
+    }
+
+    fn after_request_headers(&mut self, w: usize, id: RequestId) {
+        if self.requests[id.0].spec.body.is_empty() {
+            self.to_upstream(w, id);
+        } else {
+            self.push_step(w, Step::RequestBody(id));
+        }
+    }
+
+    fn after_response_headers(&mut self, w: usize, id: RequestId) {
+        let has_body = self.ctx(w, id).is_some_and(|c| !c.response_body.is_empty());
+        if has_body {
+            self.push_step(w, Step::ResponseBody(id));
+        } else {
+            self.finish_response(w, id);
+        }
+    }
+
+    fn ctx(&self, w: usize, id: RequestId) -> Option<&vm::Ctx> {
+        let ctx = self.requests[id.0].ctx;
+        self.workers[w].store.as_ref()?.data().contexts.get(&ctx)
+    }
+
+    fn ctx_mut(&mut self, w: usize, id: RequestId) -> Option<&mut vm::Ctx> {
+        let ctx = self.requests[id.0].ctx;
+        self.workers[w].store.as_mut()?.data_mut().contexts.get_mut(&ctx)
+    }
+
+    /// The filter let the request through: the harness plays the upstream.
+    fn to_upstream(&mut self, w: usize, id: RequestId) {
+        let (headers, body) = match self.ctx(w, id) {
+            Some(c) => (c.request_headers.clone(), c.request_body.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let up = UpstreamRequest {
+            id,
+            worker: w,
+            method: find(&headers, ":method").unwrap_or_default().to_string(),
+            path: find(&headers, ":path").unwrap_or_default().to_string(),
+            headers,
+            body,
+        };
+        let resp = match self.requests[id.0].spec.upstream.clone() {
+            Some(r) => r,
+            None => (self.upstream)(&up),
+        };
+        let mut headers: Pairs = vec![(":status".into(), resp.status.to_string())];
+        headers.extend(resp.headers.iter().filter(|(k, _)| k != ":status").cloned());
+        if find(&headers, "content-length").is_none() {
+            headers.push(("content-length".into(), resp.body.len().to_string()));
+        }
+        if let Some(c) = self.ctx_mut(w, id) {
+            c.response_headers = headers;
+            c.response_body = resp.body;
+        }
+        let r = &mut self.requests[id.0];
+        r.response_started = true;
+        r.origin = Origin::Upstream;
+        self.push_step(w, Step::ResponseHeaders(id));
+    }
+
+    /// Answers with the filter's local reply; like Envoy, the reply passes through the filter's
+    /// own response callbacks.
+    fn go_local(&mut self, w: usize, id: RequestId, reply: LocalReply) {
+        let mut headers: Pairs = vec![(":status".into(), reply.status.to_string())];
+        headers.extend(reply.headers.iter().filter(|(k, _)| k != ":status").cloned());
+        if !reply.body.is_empty() && find(&headers, "content-type").is_none() {
+            headers.push(("content-type".into(), "text/plain".into()));
+        }
+        if find(&headers, "content-length").is_none() {
+            headers.push(("content-length".into(), reply.body.len().to_string()));
+        }
+        if let Some(c) = self.ctx_mut(w, id) {
+            c.response_headers = headers;
+            c.response_body = reply.body.clone();
+        }
+        let r = &mut self.requests[id.0];
+        let mid_response = r.response_started;
+        r.local_started = true;
+        r.response_started = true;
+        r.origin = Origin::Local;
+        r.wait = Wait::None;
+        r.spec.properties.push(("__details".into(), reply.details.into_bytes()));
+        if mid_response {
+            self.finish_response(w, id);
+        } else {
+            self.push_step(w, Step::ResponseHeaders(id));
+        }
+    }
+
+    fn finish_response(&mut self, w: usize, id: RequestId) {
+        if self.requests[id.0].response.is_some() {
+            return;
+        }
+        let (headers, body) = match self.ctx(w, id) {
+            Some(c) => (c.response_headers.clone(), c.response_body.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let r = &mut self.requests[id.0];
+        r.wait = Wait::None;
+        let status = find(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let details = r.spec.properties.iter().rev().find(|(k, _)| k == "__details").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        r.response = Some(Response {
+            id,
+            worker: w,
+            status,
+            headers: headers.into_iter().filter(|(k, _)| k != ":status").collect(),
+            body,
+            origin: r.origin.clone(),
+            was_paused: r.was_paused,
+            details,
+        });
+        self.push_step(w, Step::Done(id));
+    }
+
+    fn fail_request(&mut self, id: RequestId, origin: Origin) {
+        let r = &mut self.requests[id.0];
+        let status = if origin == Origin::VmFailed { 503 } else { 0 };
+        r.origin = origin.clone();
+        r.wait = Wait::None;
+        r.response = Some(Response {
+            id,
+            worker: r.worker,
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            origin,
+            was_paused: r.was_paused,
+            details: None,
+        });
+        r.complete = true;
+    }
+
+    /// Acts on a request's pending local reply or resumption once no callback of it is queued.
+    fn kick(&mut self, w: usize, id: RequestId) {
+        let r = &self.requests[id.0];
+        if r.busy || r.complete || self.workers[w].failed.is_some() {
+            return;
+        }
+        if !r.local_started && r.local.is_some() && r.response.is_none() {
+            if let Some(reply) = self.requests[id.0].local.take() {
+                self.go_local(w, id, reply);
+            }
+            return;
+        }
+        let r = &mut self.requests[id.0];
+        match r.wait {
+            Wait::Request(phase) if r.continue_request => {
+                r.continue_request = false;
+                r.wait = Wait::None;
+                r.released = true;
+                match phase {
+                    Phase::Headers => self.after_request_headers(w, id),
+                    Phase::Body => self.to_upstream(w, id),
+                }
+            }
+            Wait::Response(phase) if r.continue_response => {
+                r.continue_response = false;
+                r.wait = Wait::None;
+                match phase {
+                    Phase::Headers => self.after_response_headers(w, id),
+                    Phase::Body => self.finish_response(w, id),
+                }
+            }
+            Wait::Request(_) | Wait::Response(_) | Wait::Done => {}
+            Wait::None => {
+                // Envoy ignores a continue for a stream that is not stopped.
+                r.continue_request = false;
+                r.continue_response = false;
+            }
+        }
+    }
+
+    fn apply_effect(&mut self, w: usize, effect: Effect) {
+        match effect {
+            Effect::Continue { ctx, stream } => {
+                if let Some(id) = self.by_ctx.get(&(w, ctx)).copied() {
+                    if stream == abi::stream::HTTP_REQUEST {
+                        self.requests[id.0].continue_request = true;
+                    } else {
+                        self.requests[id.0].continue_response = true;
+                    }
+                    self.kick(w, id);
+                }
+            }
+            Effect::Close { ctx, .. } => {
+                if let Some(id) = self.by_ctx.get(&(w, ctx)).copied() {
+                    if self.requests[id.0].response.is_none() {
+                        let r = &mut self.requests[id.0];
+                        r.origin = Origin::Reset;
+                        r.wait = Wait::None;
+                        r.response = Some(Response {
+                            id,
+                            worker: w,
+                            status: 0,
+                            headers: Vec::new(),
+                            body: Vec::new(),
+                            origin: Origin::Reset,
+                            was_paused: r.was_paused,
+                            details: None,
+                        });
+                        if !r.busy {
+                            self.push_step(w, Step::Done(id));
+                        }
+                    }
+                }
+            }
+            Effect::LocalReply { ctx, reply } => {
+                if let Some(id) = self.by_ctx.get(&(w, ctx)).copied() {
+                    if self.requests[id.0].response.is_none() {
+                        self.requests[id.0].local = Some(reply);
+                        self.kick(w, id);
+                    }
+                }
+            }
+            Effect::HttpCall { ctx, token, n, call } => self.dispatch_callout(w, ctx, token, n, call),
+            Effect::RedisCall { ctx, token, cluster, query } => self.dispatch_redis(w, ctx, token, cluster, query),
+            Effect::TickPeriod { ms } => {
+                let now = self.clock.monotonic_ns();
+                let wk = &mut self.workers[w];
+                wk.tick_ms = ms;
+                wk.tick_gen += 1;
+                let gen = wk.tick_gen;
+                if ms > 0 {
+                    self.arm(now + ms as u64 * 1_000_000, Timer::Tick { worker: w, gen });
+                }
+            }
+            Effect::Done { ctx } => {
+                if let Some(id) = self.by_ctx.get(&(w, ctx)).copied() {
+                    if self.requests[id.0].wait == Wait::Done {
+                        self.requests[id.0].wait = Wait::None;
+                        self.push_step(w, Step::Log(id));
+                    }
+                }
+            }
+        }
+    }
+
+    // -- callouts ----------------------------------------------------------------------------
+
+    fn dispatch_callout(&mut self, w: usize, ctx: u32, token: u32, n: u64, call: vm::CalloutRequest) {
+        let timeout_ms = call.timeout_ms;
+        let record = Callout {
+            n,
+            worker: w,
+            token,
+            context_id: ctx,
+            request_id: self.by_ctx.get(&(w, ctx)).copied(),
+            request: call,
+            outcome: None,
+        };
+        let fault = {
+            let mut p = lock(&self.process);
+            p.faults.nth_callout.remove(&n).or_else(|| p.faults.callout_faults.pop_front())
+        };
+        let reply = match fault {
+            Some(CalloutFault::Fail) => CalloutReply::Fail,
+            Some(CalloutFault::Timeout) => CalloutReply::Timeout,
+            // Rejections happened at dispatch time; anything else falls through.
+            Some(CalloutFault::Reject(_)) | None => (self.on_callout)(&record),
+        };
+        let idx = self.callouts.len();
+        self.callouts.push(record);
+        self.pending_calls.insert((w, token), idx);
+        let now = self.clock.monotonic_ns();
+        if timeout_ms > 0 {
+            self.arm(now + timeout_ms as u64 * 1_000_000, Timer::CallTimeout { worker: w, token });
+        }
+        self.deliver_callout(w, token, reply);
+    }
+
+    fn deliver_callout(&mut self, w: usize, token: u32, reply: CalloutReply) {
+        let Some(idx) = self.pending_calls.get(&(w, token)).copied() else { return };
+        match reply {
+            CalloutReply::Respond(resp) => {
+                self.pending_calls.remove(&(w, token));
+                self.callouts[idx].outcome = Some(CalloutOutcome::Responded(resp.status));
+                self.workers[w].queue.push_back(Step::CallReply { token, delivery: Delivery::Response(resp) });
+            }
+            CalloutReply::RespondAfter(d, resp) => {
+                let due = self.clock.monotonic_ns() + d.as_nanos() as u64;
+                self.delayed.insert((w, token), resp);
+                self.arm(due, Timer::CallReplyDue { worker: w, token });
+            }
+            CalloutReply::Fail => {
+                self.pending_calls.remove(&(w, token));
+                self.callouts[idx].outcome = Some(CalloutOutcome::Failed);
+                self.workers[w].queue.push_back(Step::CallReply { token, delivery: Delivery::Failure });
+            }
+            CalloutReply::Timeout | CalloutReply::Hold => {}
+        }
+    }
+
+    fn release_delayed(&mut self, w: usize, token: u32) {
+        if let Some(resp) = self.delayed.remove(&(w, token)) {
+            self.deliver_callout(w, token, CalloutReply::Respond(resp));
+        }
+    }
+
+    /// Every HTTP callout dispatched so far.
+    pub fn callouts(&self) -> &[Callout] {
+        &self.callouts
+    }
+
+    /// Answers a held callout (by its number `n`); returns false if it was already answered or
+    /// timed out.
+    pub fn answer_callout(&mut self, n: u64, reply: CalloutReply) -> bool {
+        let Some(c) = self.callouts.iter().find(|c| c.n == n) else { return false };
+        let key = (c.worker, c.token);
+        if !self.pending_calls.contains_key(&key) {
+            return false;
+        }
+        self.deliver_callout(key.0, key.1, reply);
+        self.settle();
+        true
+    }
+
+    fn dispatch_redis(&mut self, w: usize, ctx: u32, token: u32, cluster: String, query: Vec<u8>) {
+        let n = self.redis_calls.len() as u64 + 1;
+        let record = RedisCall {
+            n,
+            worker: w,
+            token,
+            context_id: ctx,
+            request_id: self.by_ctx.get(&(w, ctx)).copied(),
+            cluster: cluster.clone(),
+            query,
+            outcome: None,
+        };
+        let fault = lock(&self.process).faults.redis_faults.pop_front();
+        let reply = match fault {
+            Some(CalloutFault::Fail) => RedisReply::Fail(1),
+            Some(CalloutFault::Timeout) => RedisReply::Timeout,
+            Some(CalloutFault::Reject(_)) | None => (self.on_redis)(&record),
+        };
+        let timeout_ms = self
+            .workers[w]
+            .store
+            .as_ref()
+            .and_then(|s| s.data().redis_inits.iter().rev().find(|(c, ..)| *c == cluster).map(|i| i.3))
+            .unwrap_or(0);
+        let idx = self.redis_calls.len();
+        self.redis_calls.push(record);
+        self.pending_redis.insert((w, token), idx);
+        if timeout_ms > 0 {
+            let due = self.clock.monotonic_ns() + timeout_ms as u64 * 1_000_000;
+            self.arm(due, Timer::RedisTimeout { worker: w, token });
+        }
+        self.deliver_redis(w, token, reply);
+    }
+
+    fn deliver_redis(&mut self, w: usize, token: u32, reply: RedisReply) {
+        let Some(idx) = self.pending_redis.get(&(w, token)).copied() else { return };
+        let (status, data, outcome) = match reply {
+            RedisReply::Resp(data) => (0, data, RedisOutcome::Replied),
+            RedisReply::Fail(s) => (if s == 0 { 1 } else { s }, Vec::new(), RedisOutcome::Failed(s)),
+            RedisReply::Timeout | RedisReply::Hold => return,
+        };
+        self.pending_redis.remove(&(w, token));
+        self.redis_calls[idx].outcome = Some(outcome);
+        self.workers[w].queue.push_back(Step::RedisReply { token, status, data });
+    }
+
+    /// Every Redis call made so far.
+    pub fn redis_calls(&self) -> &[RedisCall] {
+        &self.redis_calls
+    }
+
+    /// Answers a held Redis call (by its number `n`).
+    pub fn answer_redis(&mut self, n: u64, reply: RedisReply) -> bool {
+        let Some(c) = self.redis_calls.iter().find(|c| c.n == n) else { return false };
+        let key = (c.worker, c.token);
+        if !self.pending_redis.contains_key(&key) {
+            return false;
+        }
+        self.deliver_redis(key.0, key.1, reply);
+        self.settle();
+        true
+    }
+
+    // -- failures ----------------------------------------------------------------------------
+
+    fn fail_worker(&mut self, w: usize, message: String) {
+        let stderr: Vec<String> = lock(&self.process)
+            .logs
+            .iter()
+            .filter(|l| l.worker == w && l.level >= LogLevel::Error)
+            .map(|l| l.message.clone())
+            .collect();
+        let message = match stderr.last() {
+            Some(last) => format!("{message}\nlast guest error log: {last}"),
+            None => message,
+        };
+        self.traps.push(Trap { worker: w, message: message.clone() });
+        let wk = &mut self.workers[w];
+        wk.failed = Some(message);
+        wk.queue.clear();
+        wk.inflight = None;
+        let ids: Vec<RequestId> = (0..self.requests.len())
+            .map(RequestId)
+            .filter(|id| self.requests[id.0].worker == w && !self.requests[id.0].complete)
+            .collect();
+        for id in ids {
+            if self.requests[id.0].response.is_some() {
+                self.requests[id.0].complete = true;
+            } else {
+                self.fail_request(id, Origin::VmFailed);
+            }
+        }
+        self.pending_calls.retain(|(cw, _), _| *cw != w);
+        self.pending_redis.retain(|(cw, _), _| *cw != w);
+    }
+
+    /// Traps so far (a trapped worker answers every request with 503).
+    pub fn traps(&self) -> &[Trap] {
+        &self.traps
+    }
+
+    // -- shared data, metrics, logs, faults --------------------------------------------------
+
+    /// The value and CAS token of a shared-data key of this host's `vm_id`.
+    pub fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        lock(&self.process).shared.get(&self.plugin.vm_id, key)
+    }
+
+    /// Writes shared data as a guest would (same CAS rules).
+    pub fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Status {
+        lock(&self.process).shared.set(&self.plugin.vm_id, key, value, cas)
+    }
+
+    /// Number of shared-data keys of this host's `vm_id`.
+    pub fn shared_len(&self) -> usize {
+        lock(&self.process).shared.len(&self.plugin.vm_id)
+    }
+
+    pub fn shared_keys(&self) -> Vec<String> {
+        lock(&self.process).shared.keys(&self.plugin.vm_id)
+    }
+
+    /// Bytes of keys and values in shared data.
+    pub fn shared_bytes(&self) -> usize {
+        lock(&self.process).shared.bytes(&self.plugin.vm_id)
+    }
+
+    /// The next CAS stamp the process hands out; settable to test wrap-around.
+    pub fn next_cas(&self) -> u32 {
+        lock(&self.process).shared.next_cas()
+    }
+
+    pub fn set_next_cas(&self, next: u32) {
+        lock(&self.process).shared.set_next_cas(next)
+    }
+
+    /// (reads, writes) of shared data by all guests so far.
+    pub fn shared_ops(&self) -> (u64, u64) {
+        let p = lock(&self.process);
+        (p.shared_reads, p.shared_writes)
+    }
+
+    /// Fault injection.
+    pub fn faults(&self) -> FaultInjector<'_> {
+        FaultInjector { process: &self.process }
+    }
+
+    /// A metric's value by name (counters and gauges).
+    pub fn metric(&self, name: &str) -> Option<i64> {
+        lock(&self.process).metrics.get(name).map(|m| m.value)
+    }
+
+    /// Every metric: name → (type, value).
+    pub fn metrics(&self) -> HashMap<String, (MetricType, i64)> {
+        lock(&self.process).metrics.iter().map(|(k, m)| (k.clone(), (m.kind, m.value))).collect()
+    }
+
+    /// Every log line captured so far (`proxy_log`, and stdout/stderr as info/error).
+    pub fn logs(&self) -> Vec<LogEntry> {
+        lock(&self.process).logs.clone()
+    }
+
+    /// Log lines at `level` or above.
+    pub fn logs_at_least(&self, level: LogLevel) -> Vec<LogEntry> {
+        lock(&self.process).logs.iter().filter(|l| l.level >= level).cloned().collect()
+    }
+
+    /// Whether any line at `level` or above contains `text`.
+    pub fn logged(&self, level: LogLevel, text: &str) -> bool {
+        lock(&self.process).logs.iter().any(|l| l.level >= level && l.message.contains(text))
+    }
+
+    pub fn clear_logs(&self) {
+        lock(&self.process).logs.clear();
+    }
+
+    /// `proxy_redis_init` calls of a worker: (cluster, username, password, timeout ms).
+    pub fn redis_inits(&self, worker: usize) -> Vec<(String, String, String, u32)> {
+        self.workers.get(worker).and_then(|w| w.store.as_ref()).map(|s| s.data().redis_inits.clone()).unwrap_or_default()
+    }
+}
+
+/// Makes the next shared-data operations or callouts fail.
+pub struct FaultInjector<'a> {
+    process: &'a Arc<Mutex<Process>>,
+}
+
+impl FaultInjector<'_> {
+    /// The next `k` shared-data writes (any worker) fail as given, changing nothing.
+    pub fn fail_next_writes(&self, k: usize, fault: WriteFault) -> &Self {
+        lock(self.process).faults.write_faults.extend(std::iter::repeat_n(fault, k));
+        self
+    }
+
+    /// The next `k` shared-data reads fail with `status`.
+    pub fn fail_next_reads(&self, k: usize, status: Status) -> &Self {
+        lock(self.process).faults.read_faults.extend(std::iter::repeat_n(status, k));
+        self
+    }
+
+    /// The next `k` callouts fail (reset), time out, or are rejected at dispatch.
+    pub fn next_callouts(&self, k: usize, fault: CalloutFault) -> &Self {
+        lock(self.process).faults.callout_faults.extend(std::iter::repeat_n(fault, k));
+        self
+    }
+
+    /// The `n`-th callout of this host (counting from 1) fails as given.
+    pub fn nth_callout(&self, n: u64, fault: CalloutFault) -> &Self {
+        lock(self.process).faults.nth_callout.insert(n, fault);
+        self
+    }
+
+    /// The next `k` Redis calls fail, time out, or are rejected.
+    pub fn next_redis_calls(&self, k: usize, fault: CalloutFault) -> &Self {
+        lock(self.process).faults.redis_faults.extend(std::iter::repeat_n(fault, k));
+        self
+    }
+}
