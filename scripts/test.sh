@@ -11,6 +11,9 @@ echo "== build: sluice.wasm (release, wasm32-wasip1)"
 cargo build --release --target wasm32-wasip1
 ls -l target/wasm32-wasip1/release/sluice.wasm
 
+echo "== build: sluice-gateway (release; the end-to-end tests run this binary)"
+cargo build --release -p sluice-gateway
+
 echo "== tests: workspace (native)"
 cargo test --workspace --no-fail-fast
 

@@ -8,14 +8,20 @@ use crate::config::{Backend, Config, Cost, OnError, Rule};
 use crate::identity::{self, Identity, RequestInfo};
 use crate::rate::Rate;
 use crate::response::{self, LocalResponse, Reported};
+use crate::breaker::{Breaker, Permit};
+use crate::redis::wire::Reply;
 use crate::store::{SharedStore, Table};
-use crate::strategy::{self, Decision, Outcome};
+use crate::strategy::{self, lua, Decision, Outcome};
 
 /// A compiled config plus what requests need precomputed: the slot table of every rule.
 #[derive(Debug, Clone)]
 pub struct Limiter {
     pub config: Config,
     rules: Vec<Compiled>,
+    /// Shared-data key of the Redis circuit breaker.
+    breaker_key: String,
+    /// SHA-1 of the Redis decision script.
+    sha: String,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +61,35 @@ impl Verdict {
             Verdict::Admit { outcomes, .. } | Verdict::Deny { outcomes, .. } => outcomes,
         }
     }
+}
+
+/// The first step of a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Done(Verdict),
+    /// Send `commands` (a pipeline) to Redis and call [`Limiter::resume`] with the replies.
+    Redis(Pending),
+}
+
+/// What happened after Redis answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumed {
+    Done(Verdict),
+    /// Send the (changed) commands once more: Redis did not have the script cached.
+    Retry(Pending),
+}
+
+/// A request waiting for Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    applied: Vec<Applied>,
+    /// Indexes into `applied` of the Redis rules, in command order.
+    redis: Vec<usize>,
+    /// One command per Redis rule.
+    pub commands: Vec<Vec<String>>,
+    permit: Permit,
+    /// The commands carry the script itself (after a NOSCRIPT).
+    eval: bool,
 }
 
 /// A rule that applies to a request, before deciding: its index in `config.rules`, the
@@ -106,7 +141,8 @@ impl Limiter {
                 Compiled { limits, table }
             })
             .collect();
-        Limiter { config, rules }
+        let breaker_key = format!("{}:breaker", config.namespace);
+        Limiter { config, rules, breaker_key, sha: crate::redis::script_sha() }
     }
 
     /// Whether any rule may delay requests (so the host must run a release tick).
@@ -236,44 +272,220 @@ impl Limiter {
         RuleOutcome { rule: a.rule, identity: a.identity.clone(), cost: a.cost, decisions, allowed, store_error, created_slot }
     }
 
-    /// Decides `req` at `now_us` (epoch microseconds).
-    ///
-    /// Every applying rule must admit. Enforced rules are decided before shadow rules, and
-    /// shadow rules only count requests that are admitted. When several enforced rules apply,
-    /// all are checked first without writing, so a request denied by one consumes nothing from
-    /// the others; a race between that check and the writes can only make the request denied
-    /// after an earlier rule counted it (never an admission past a limit).
+    fn is_redis(&self, a: &Applied) -> bool {
+        self.config.rules[a.rule].backend == Backend::Redis
+    }
+
+    fn is_shadow(&self, rule: usize) -> bool {
+        self.config.rules[rule].shadow
+    }
+
+    fn breaker(&self) -> Option<Breaker<'_>> {
+        self.config.redis.as_ref().map(|r| Breaker { key: &self.breaker_key, spec: r.breaker })
+    }
+
+    /// Decides `req` at `now_us` (epoch microseconds) with no Redis transport: Redis rules
+    /// take their `on_error` path. The host uses [`Limiter::start`] and [`Limiter::resume`].
     pub fn check(&self, req: &impl RequestInfo, store: &impl SharedStore, now_us: u64) -> Verdict {
+        match self.start(req, store, now_us) {
+            Step::Done(v) => v,
+            Step::Redis(p) => match self.resume(p, Err("no Redis transport".into()), store, now_us) {
+                Resumed::Done(v) => v,
+                Resumed::Retry(p) => self.redis_failed(&p.applied, store, now_us),
+            },
+        }
+    }
+
+    /// Begins deciding `req`: either the verdict, or the Redis commands whose replies
+    /// [`Limiter::resume`] needs.
+    ///
+    /// Every applying rule must admit. A request the local rules deny never costs a Redis round
+    /// trip (they are checked first without writing), and one Redis denies consumes nothing
+    /// locally (local rules are written after Redis admitted).
+    pub fn start(&self, req: &impl RequestInfo, store: &impl SharedStore, now_us: u64) -> Step {
         let applied = self.applicable(req);
+        let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.is_redis(&applied[i])).collect();
+        if redis.is_empty() {
+            return Step::Done(self.local_phase(&applied, Vec::new(), store, now_us));
+        }
+        let dry: Vec<RuleOutcome> = applied
+            .iter()
+            .filter(|a| !self.is_redis(a) && !self.is_shadow(a.rule))
+            .map(|a| self.decide_rule(a, store, now_us, false))
+            .collect();
+        if dry.iter().any(|o| !o.allowed) {
+            return Step::Done(self.verdict(dry, true));
+        }
+        let permit = self.breaker().map(|b| b.permit(store, now_us)).unwrap_or(Permit::Skip);
+        if permit == Permit::Skip {
+            return Step::Done(self.redis_failed(&applied, store, now_us));
+        }
+        let commands = redis.iter().map(|&i| self.redis_command(&applied[i], false)).collect();
+        Step::Redis(Pending { applied, redis, commands, permit, eval: false })
+    }
+
+    /// One `EVALSHA` (or, with `eval`, `EVAL` with the script) deciding every limit of a rule.
+    fn redis_command(&self, a: &Applied, eval: bool) -> Vec<String> {
+        let rule = &self.config.rules[a.rule];
+        let compiled = &self.rules[a.rule];
+        let n = compiled.limits.len();
+        let mut cmd = Vec::with_capacity(3 + n * (1 + lua::ARGS_PER_RULE));
+        if eval {
+            cmd.push("EVAL".to_string());
+            cmd.push(lua::SCRIPT.to_string());
+        } else {
+            cmd.push("EVALSHA".to_string());
+            cmd.push(self.sha.clone());
+        }
+        cmd.push(n.to_string());
+        for i in 0..n {
+            cmd.push(crate::redis::key(&self.config.namespace, &rule.name, a.identity.hash, i, compiled.table.fingerprint));
+        }
+        for rate in &compiled.limits {
+            cmd.extend(lua::rule_args(&rule.strategy, rate, a.cost));
+        }
+        cmd
+    }
+
+    fn parse_redis(&self, p: &Pending, replies: &[Reply]) -> Result<Vec<RuleOutcome>, String> {
+        if replies.len() != p.redis.len() {
+            return Err(format!("{} replies for {} commands", replies.len(), p.redis.len()));
+        }
+        p.redis
+            .iter()
+            .zip(replies)
+            .map(|(&i, reply)| {
+                let a = &p.applied[i];
+                let limits = &self.rules[a.rule].limits;
+                let items = match reply {
+                    Reply::Array(items) => items,
+                    Reply::Error(e) => return Err(format!("redis: {e}")),
+                    other => return Err(format!("unexpected reply {other:?}")),
+                };
+                let all = items.first().and_then(Reply::as_int).ok_or("reply without verdict")?;
+                if items.len() != limits.len() + 1 {
+                    return Err(format!("{} decisions for {} limits", items.len() - 1, limits.len()));
+                }
+                let decisions = limits
+                    .iter()
+                    .zip(&items[1..])
+                    .map(|(rate, item)| {
+                        let fields: Option<Vec<i64>> = match item {
+                            Reply::Array(f) => f.iter().map(Reply::as_int).collect(),
+                            _ => None,
+                        };
+                        fields
+                            .and_then(|f| lua::decision_from_reply(rate.limit, &f))
+                            .map(|(d, _ttl)| d)
+                            .ok_or_else(|| format!("malformed decision {item:?}"))
+                    })
+                    .collect::<Result<Vec<Decision>, String>>()?;
+                Ok(RuleOutcome {
+                    rule: a.rule,
+                    identity: a.identity.clone(),
+                    cost: a.cost,
+                    allowed: all == 1 && decisions.iter().all(|d| d.allowed),
+                    decisions,
+                    store_error: false,
+                    created_slot: false,
+                })
+            })
+            .collect()
+    }
+
+    /// Continues a request with Redis' replies (or the transport's failure).
+    pub fn resume(
+        &self,
+        mut p: Pending,
+        replies: Result<Vec<Reply>, String>,
+        store: &impl SharedStore,
+        now_us: u64,
+    ) -> Resumed {
+        let parsed = match replies {
+            Ok(r) if !p.eval && r.iter().any(Reply::is_noscript) => {
+                // The script is not cached on (some node of) Redis: send it whole once, which
+                // caches it for every later EVALSHA.
+                p.eval = true;
+                p.commands = p.redis.iter().map(|&i| self.redis_command(&p.applied[i], true)).collect();
+                return Resumed::Retry(p);
+            }
+            Ok(r) => self.parse_redis(&p, &r),
+            Err(e) => Err(e),
+        };
+        let breaker = self.breaker();
+        match parsed {
+            Ok(outcomes) => {
+                if let Some(b) = breaker {
+                    b.record(store, p.permit, true, now_us);
+                }
+                Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us))
+            }
+            Err(e) => {
+                log::warn!("sluice: redis call failed: {e}");
+                if let Some(b) = breaker {
+                    b.record(store, p.permit, false, now_us);
+                }
+                Resumed::Done(self.redis_failed(&p.applied, store, now_us))
+            }
+        }
+    }
+
+    /// Redis could not decide (failure, timeout, open breaker): each Redis rule follows its
+    /// `on_error`, then the local rules decide as usual.
+    fn redis_failed(&self, applied: &[Applied], store: &impl SharedStore, now_us: u64) -> Verdict {
+        let outcomes = applied
+            .iter()
+            .filter(|a| self.is_redis(a))
+            .map(|a| match self.config.rules[a.rule].on_error {
+                OnError::Fallback { .. } => RuleOutcome { store_error: true, ..self.decide_rule(a, store, now_us, true) },
+                on_error => RuleOutcome {
+                    rule: a.rule,
+                    identity: a.identity.clone(),
+                    cost: a.cost,
+                    decisions: Vec::new(),
+                    allowed: on_error == OnError::Allow || self.is_shadow(a.rule),
+                    store_error: true,
+                    created_slot: false,
+                },
+            })
+            .collect();
+        self.local_phase(applied, outcomes, store, now_us)
+    }
+
+    /// Decides the local rules of `applied`, after the Redis rules' `outcomes` (if any).
+    /// Enforced rules are decided before shadow rules, and shadow rules only count requests
+    /// that are admitted. When several enforced rules apply, all are checked first without
+    /// writing, so a request denied by one consumes nothing from the others; a race between
+    /// that check and the writes can only make the request denied after an earlier rule
+    /// counted it (never an admission past a limit).
+    fn local_phase(&self, applied: &[Applied], mut outcomes: Vec<RuleOutcome>, store: &impl SharedStore, now_us: u64) -> Verdict {
+        if outcomes.iter().any(|o| !o.allowed && !self.is_shadow(o.rule)) {
+            return self.verdict(outcomes, true);
+        }
         let (enforced, shadow): (Vec<&Applied>, Vec<&Applied>) =
-            applied.iter().partition(|a| !self.config.rules[a.rule].shadow);
-        let mut outcomes = Vec::with_capacity(applied.len());
+            applied.iter().filter(|a| !self.is_redis(a)).partition(|a| !self.is_shadow(a.rule));
         let mut denied = false;
         if enforced.len() > 1 {
             let dry: Vec<RuleOutcome> = enforced.iter().map(|a| self.decide_rule(a, store, now_us, false)).collect();
             if dry.iter().any(|o| !o.allowed) {
-                denied = true;
-                outcomes = dry;
+                outcomes.extend(dry);
+                return self.verdict(outcomes, true);
             }
         }
-        if !denied {
-            for a in &enforced {
-                let o = self.decide_rule(a, store, now_us, true);
-                denied = !o.allowed;
-                outcomes.push(o);
-                if denied {
-                    break;
-                }
+        for a in &enforced {
+            let o = self.decide_rule(a, store, now_us, true);
+            denied = !o.allowed;
+            outcomes.push(o);
+            if denied {
+                return self.verdict(outcomes, true);
             }
         }
-        if !denied {
-            for a in &shadow {
-                let o = self.decide_rule(a, store, now_us, true);
-                if !o.allowed {
-                    log::info!("sluice: shadow rule {:?} would limit {}", self.config.rules[a.rule].name, a.identity.text);
-                }
-                outcomes.push(o);
+        for a in &shadow {
+            let o = self.decide_rule(a, store, now_us, true);
+            if !o.allowed {
+                log::info!("sluice: shadow rule {:?} would limit {}", self.config.rules[a.rule].name, a.identity.text);
             }
+            outcomes.push(o);
         }
         self.verdict(outcomes, denied)
     }
@@ -459,5 +671,115 @@ mod tests {
         let (keys, bytes) = s.size();
         assert!(keys <= 1000, "{keys} keys for max_clients 1000");
         eprintln!("shared data: {} bytes per client (key + value), {keys} keys / {bytes} bytes at the cap", bytes / keys);
+    }
+
+    fn redis_limiter(rules: serde_json::Value) -> Limiter {
+        limiter(serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}}, "rules": rules}))
+    }
+
+    /// A Redis reply for one rule: `{all, {allowed, remaining, reset, retry, delay, ttl}...}`.
+    fn reply(allowed: bool, remaining: i64) -> Reply {
+        let d = Reply::Array([i64::from(allowed), remaining, 1000, if allowed { 0 } else { 500 }, 0, 1000].map(Reply::Int).to_vec());
+        Reply::Array(vec![Reply::Int(i64::from(allowed)), d])
+    }
+
+    fn pending(step: Step) -> Pending {
+        match step {
+            Step::Redis(p) => p,
+            Step::Done(v) => panic!("expected a Redis call, got {v:?}"),
+        }
+    }
+
+    fn done(r: Resumed) -> Verdict {
+        match r {
+            Resumed::Done(v) => v,
+            Resumed::Retry(p) => panic!("unexpected retry {p:?}"),
+        }
+    }
+
+    #[test]
+    fn redis_rules_send_one_evalsha_per_rule_with_hashed_keys() {
+        let l = redis_limiter(serde_json::json!([{"name": "api", "limits": ["5/s", "100/min"], "backend": "redis", "identifier": {"header": "x-k"}}]));
+        let s = MemStore::default();
+        let p = pending(l.start(&Req::new("GET", "/").header("x-k", "a b{c}"), &s, T0));
+        assert_eq!(p.commands.len(), 1);
+        let cmd = &p.commands[0];
+        assert_eq!(cmd[0], "EVALSHA");
+        assert_eq!(cmd[1], crate::redis::script_sha());
+        assert_eq!(cmd[2], "2");
+        for key in &cmd[3..5] {
+            assert!(key.starts_with("ns:{api:") && !key.contains(' ') && key.matches('{').count() == 1, "{key}");
+        }
+        assert_eq!(cmd.len(), 3 + 2 + 2 * lua::ARGS_PER_RULE);
+        // NOSCRIPT: once more with the script itself.
+        let retry = match l.resume(p, Ok(vec![Reply::Error("NOSCRIPT No matching script".into())]), &s, T0) {
+            Resumed::Retry(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(retry.commands[0][0], "EVAL");
+        assert_eq!(retry.commands[0][1], lua::SCRIPT);
+        // A second NOSCRIPT is a failure, not a loop.
+        let v = done(l.resume(retry, Ok(vec![Reply::Error("NOSCRIPT again".into())]), &s, T0));
+        assert!(v.outcomes()[0].store_error);
+    }
+
+    #[test]
+    fn redis_denial_consumes_nothing_locally_and_local_denial_skips_redis() {
+        let l = redis_limiter(serde_json::json!([
+            {"name": "remote", "limit": "10/min", "backend": "redis"},
+            {"name": "local", "limit": "1/min", "strategy": "fixed_window"}
+        ]));
+        let s = MemStore::default();
+        let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+        let v = done(l.resume(p, Ok(vec![reply(false, 0)]), &s, T0));
+        assert_eq!(status(&v), 429);
+        // The local rule still has its one request.
+        let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+        let v = done(l.resume(p, Ok(vec![reply(true, 9)]), &s, T0));
+        assert_eq!(status(&v), 200);
+        assert_eq!(header(&v, "ratelimit"), Some("\"remote\";r=9;t=1, \"local\";r=0;t=60"));
+        // Now the local rule denies before any Redis call.
+        assert!(matches!(l.start(&Req::new("GET", "/"), &s, T0), Step::Done(Verdict::Deny { .. })));
+    }
+
+    #[test]
+    fn redis_failures_follow_on_error_and_open_the_breaker() {
+        let l = redis_limiter(serde_json::json!([
+            {"name": "a", "match": {"path": "/allow"}, "limit": "10/min", "backend": "redis", "on_error": "allow"},
+            {"name": "d", "match": {"path": "/deny"}, "limit": "10/min", "backend": "redis", "on_error": "deny"},
+            {"name": "f", "match": {"path": "/fb"}, "limit": "4/min", "strategy": "fixed_window", "backend": "redis",
+             "on_error": {"fallback": {"share": 0.5}}}
+        ]));
+        let s = MemStore::default();
+        let fail = |path: &str, now: u64| done(l.resume(pending(l.start(&Req::new("GET", path), &s, now)), Err("down".into()), &s, now));
+        assert_eq!(status(&fail("/allow", T0)), 200);
+        let denied = fail("/deny", T0);
+        assert_eq!(status(&denied), 429);
+        assert!(header(&denied, "retry-after").is_some());
+        // Two failures: the breaker is open, so no Redis call is even attempted.
+        for (path, want) in [("/allow", 200), ("/deny", 429), ("/fb", 200), ("/fb", 200), ("/fb", 429)] {
+            match l.start(&Req::new("GET", path), &s, T0 + 1) {
+                Step::Done(v) => assert_eq!(status(&v), want, "{path}"),
+                Step::Redis(_) => panic!("called Redis with the breaker open"),
+            }
+        }
+        // After open_ms a probe goes out; its success (and a second) closes the breaker.
+        let later = T0 + 1_000_002;
+        for _ in 0..2 {
+            let p = pending(l.start(&Req::new("GET", "/allow"), &s, later));
+            assert_eq!(status(&done(l.resume(p, Ok(vec![reply(true, 5)]), &s, later))), 200);
+        }
+        assert!(matches!(l.start(&Req::new("GET", "/allow"), &s, later), Step::Redis(_)));
+    }
+
+    #[test]
+    fn malformed_redis_replies_are_failures() {
+        let l = redis_limiter(serde_json::json!([{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]));
+        for bad in [vec![], vec![Reply::Int(1)], vec![Reply::Array(vec![Reply::Int(1)])], vec![Reply::Array(vec![Reply::Int(1), Reply::Str("x".into())])]] {
+            let s = MemStore::default(); // a fresh breaker each time
+            let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+            let v = done(l.resume(p, Ok(bad.clone()), &s, T0));
+            assert_eq!(status(&v), 429, "{bad:?}");
+        }
     }
 }

@@ -14,7 +14,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::engine::{Limiter, Verdict};
+use crate::config::Transport;
+use crate::engine::{Limiter, Pending, Resumed, Step, Verdict};
+use crate::redis::wire;
 use crate::identity::RequestInfo;
 use crate::store::{SharedStore, StoreError};
 
@@ -141,6 +143,14 @@ impl RootContext for Root {
         };
         match crate::config::compile_json(&bytes) {
             Ok(config) => {
+                if config.redis.as_ref().is_some_and(|r| r.transport == Transport::RedisCallout) {
+                    log::error!(
+                        "sluice: invalid configuration: redis.transport: \"redis_callout\": this build reaches Redis \
+                         through HTTP callouts; expected \"http\" (Redis callouts need Higress and the \
+                         sluice-redis-callout.wasm build)"
+                    );
+                    return false;
+                }
                 let limiter = Limiter::new(config);
                 if limiter.queues() && hostcalls::set_tick_period(TICK).is_err() {
                     log::error!("sluice: cannot set the tick period that releases queued requests");
@@ -180,8 +190,8 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { shared: self.shared.clone(), context_id: _context_id, response_headers: Vec::new() }))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http { shared: self.shared.clone(), context_id, response_headers: Vec::new(), pending: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -219,20 +229,25 @@ struct Http {
     shared: Option<Rc<Shared>>,
     context_id: u32,
     response_headers: Vec<(String, String)>,
+    /// A request waiting for Redis, and the time (epoch µs) past which it must not wait.
+    pending: Option<(Pending, u64)>,
 }
 
-impl Context for Http {}
+/// What the stream does after a verdict.
+enum Flow {
+    Continue,
+    /// Answered locally, or queued for release by the tick.
+    Hold,
+}
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else { return Action::Continue };
-        let verdict = shared.limiter.check(&HostRequest, &EnvoyShared, now_us());
+impl Http {
+    fn apply(&mut self, shared: &Shared, verdict: Verdict) -> Flow {
         shared.metrics.count(&shared.limiter, &verdict);
         match verdict {
             Verdict::Admit { headers, delay_ms, .. } => {
                 self.response_headers = headers;
                 if delay_ms == 0 {
-                    return Action::Continue;
+                    return Flow::Continue;
                 }
                 let release = now_us().saturating_add(delay_ms.saturating_mul(1000));
                 let seq = QUEUE_SEQ.with(|s| {
@@ -241,16 +256,114 @@ impl HttpContext for Http {
                     n
                 });
                 QUEUE.with(|q| q.borrow_mut().push(Reverse((release, seq, self.context_id))));
-                Action::Pause
+                Flow::Hold
             }
             Verdict::Deny { response, .. } => {
                 let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 if let Err(status) = hostcalls::send_http_response(u32::from(response.status), headers, Some(&response.body)) {
                     log::warn!("sluice: cannot send the limited response: {status:?}");
-                    return Action::Continue;
+                    return Flow::Continue;
                 }
-                Action::Pause
+                Flow::Hold
             }
+        }
+    }
+
+    /// Sends `pending`'s commands to the Redis endpoint, giving it only the time left before
+    /// `deadline_us`. On failure the caller decides without Redis.
+    fn dispatch(&mut self, shared: &Shared, pending: Pending, deadline_us: u64) -> Result<(), (Pending, String)> {
+        let Some(spec) = shared.limiter.config.redis.as_ref() else {
+            return Err((pending, "no redis block".into()));
+        };
+        let now = now_us();
+        if now >= deadline_us {
+            return Err((pending, format!("no time left of redis.timeout_ms = {}", spec.timeout_ms)));
+        }
+        let body = wire::upstash_pipeline(&pending.commands);
+        let authority = spec.authority.as_deref().unwrap_or(&spec.cluster);
+        let bearer = spec.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", "/pipeline"),
+            (":authority", authority),
+            ("content-type", "application/json"),
+        ];
+        if let Some(b) = bearer.as_deref() {
+            headers.push(("authorization", b));
+        }
+        let timeout = Duration::from_micros(deadline_us - now);
+        match hostcalls::dispatch_http_call(&spec.cluster, headers, Some(&body), Vec::new(), timeout) {
+            Ok(_token) => {
+                self.pending = Some((pending, deadline_us));
+                Ok(())
+            }
+            Err(status) => Err((pending, format!("dispatch_http_call to cluster {:?}: {status:?}", spec.cluster))),
+        }
+    }
+
+    /// Continues after Redis answered (or failed): a verdict, or one more call.
+    fn resume(&mut self, shared: &Shared, pending: Pending, deadline_us: u64, replies: Result<Vec<wire::Reply>, String>) -> Flow {
+        let mut step = shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
+        loop {
+            match step {
+                Resumed::Done(verdict) => return self.apply(shared, verdict),
+                Resumed::Retry(p) => match self.dispatch(shared, p, deadline_us) {
+                    Ok(()) => return Flow::Hold,
+                    Err((p, why)) => step = shared.limiter.resume(p, Err(why), &EnvoyShared, now_us()),
+                },
+            }
+        }
+    }
+}
+
+/// Reads a callout's reply: the pipeline's replies, or why there are none.
+fn callout_replies(num_headers: usize, body_size: usize, expected: usize) -> Result<Vec<wire::Reply>, String> {
+    if num_headers == 0 {
+        // Envoy's way of saying the call failed: timeout, reset, or no healthy host.
+        return Err("no response from the Redis endpoint (timeout or connection failure)".into());
+    }
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten().unwrap_or_default();
+    // A body of size 0 must not be read: the SDK fails on that status.
+    let body = if body_size == 0 {
+        Vec::new()
+    } else {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+    };
+    if status != "200" {
+        let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+        return Err(format!("Redis endpoint answered HTTP {status}: {text}"));
+    }
+    wire::upstash_replies(&body, expected).map_err(|e| e.to_string())
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let (Some(shared), Some((pending, deadline))) = (self.shared.clone(), self.pending.take()) else { return };
+        let replies = callout_replies(num_headers, body_size, pending.commands.len());
+        if let Flow::Continue = self.resume(&shared, pending, deadline, replies) {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let now = now_us();
+        let flow = match shared.limiter.start(&HostRequest, &EnvoyShared, now) {
+            Step::Done(verdict) => self.apply(&shared, verdict),
+            Step::Redis(pending) => {
+                let timeout_us = shared.limiter.config.redis.as_ref().map_or(0, |r| r.timeout_ms.saturating_mul(1000));
+                let deadline = now.saturating_add(timeout_us);
+                match self.dispatch(&shared, pending, deadline) {
+                    Ok(()) => Flow::Hold,
+                    Err((pending, why)) => self.resume(&shared, pending, deadline, Err(why)),
+                }
+            }
+        };
+        match flow {
+            Flow::Continue => Action::Continue,
+            Flow::Hold => Action::Pause,
         }
     }
 

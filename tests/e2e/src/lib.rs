@@ -223,12 +223,208 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
 
 /// Sends `n` requests at once (one thread and connection each) and returns every response.
 pub fn burst(n: usize, url: &str, headers: &[(&str, &str)]) -> Vec<Response> {
+    burst_over(n, &[url.to_string()], headers)
+}
+
+/// A `redis-server` on a free loopback port, no persistence; killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = TempDir::new("redis");
+        let port = free_port();
+        let mut r = Redis { child: None, port, dir };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(10), || redis_cli(self.port, &["PING"]).trim() == "PONG")
+            .unwrap_or_else(|| panic!("redis on {} did not answer PING", self.port));
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (a Redis outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let sig = if frozen { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.freeze(false);
+        self.stop();
+    }
+}
+
+/// Runs `redis-cli -p PORT ARGS…` and returns its output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Polls `f` every 20 ms until it holds or `limit` has passed. For waiting on real processes,
+/// never for letting simulated time pass.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return Some(());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A 6-node Redis Cluster (3 primaries, 3 replicas) on loopback, via scripts/redis-cluster.sh.
+pub struct RedisCluster {
+    dir: TempDir,
+    base: u16,
+    pub seeds: String,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = TempDir::new("cluster");
+        // Six node ports and their bus ports (+10000) must be free: pick a base from a free port
+        // low enough for the bus ports.
+        let base = 20000 + (free_port() % 20000);
+        let out = Command::new(repo().join("scripts/redis-cluster.sh"))
+            .arg("start")
+            .arg(&dir.0)
+            .arg(base.to_string())
+            .output()
+            .expect("run scripts/redis-cluster.sh");
+        assert!(out.status.success(), "cluster start failed: {}", String::from_utf8_lossy(&out.stderr));
+        let seeds = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        RedisCluster { dir, base, seeds }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/redis-cluster.sh"))
+            .arg("stop")
+            .arg(&self.dir.0)
+            .arg(self.base.to_string())
+            .output();
+    }
+}
+
+/// sluice-gateway, the built binary (`cargo build --release -p sluice-gateway`, which
+/// scripts/test.sh runs first), on a free loopback port; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+}
+
+pub const GATEWAY_TOKEN: &str = "e2e-secret";
+
+impl Gateway {
+    /// `backend` is `--redis-url URL` or `--cluster-nodes SEEDS`.
+    pub fn start(backend: &[&str]) -> Gateway {
+        let bin = repo().join("target/release/sluice-gateway");
+        assert!(bin.exists(), "{} is missing: run `cargo build --release -p sluice-gateway` first", bin.display());
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--token", GATEWAY_TOKEN, "--timeout-ms", "1000"])
+            .args(backend)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sluice-gateway");
+        let gw = Gateway { child, port };
+        wait_until(Duration::from_secs(10), || get(&format!("http://127.0.0.1:{port}/metrics"), &[]).is_ok())
+            .expect("gateway did not start");
+        gw
+    }
+
+    /// The sum of the gateway's /metrics samples whose line starts with `selector` (a series
+    /// name, or a name with the first labels, e.g. `x_total{endpoint="/pipeline"`).
+    pub fn metric(&self, selector: &str) -> f64 {
+        let text = get(&format!("http://127.0.0.1:{}/metrics", self.port), &[]).map(|r| r.body).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(selector) && l[selector.len()..].starts_with(['{', ' ', ',', '}']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Adds (or replaces) a static cluster `name` → 127.0.0.1:`port` (HTTP/1.1) in a bootstrap.
+pub fn add_cluster(boot: &mut Value, name: &str, port: u16) {
+    let cluster = serde_json::json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
+    });
+    let clusters = &mut boot["static_resources"]["clusters"];
+    if !clusters.is_array() {
+        *clusters = Value::Array(Vec::new());
+    }
+    if let Value::Array(list) = clusters {
+        list.retain(|c| c["name"] != name);
+        list.push(cluster);
+    }
+}
+
+/// Sends `n` requests at once spread round-robin over `urls` (one thread and connection each).
+pub fn burst_over(n: usize, urls: &[String], headers: &[(&str, &str)]) -> Vec<Response> {
     let barrier = Arc::new(Barrier::new(n));
     let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let handles: Vec<_> = (0..n)
-        .map(|_| {
+        .map(|i| {
             let barrier = barrier.clone();
-            let url = url.to_string();
+            let url = urls[i % urls.len()].clone();
             let headers = headers.clone();
             std::thread::spawn(move || {
                 let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -1,0 +1,169 @@
+//! Limits across proxies: two real Envoys (`--concurrency 2` each) share Redis through
+//! sluice-gateway, on standalone Redis and on a 6-node Redis Cluster; Redis outages follow each
+//! rule's `on_error`, within the timeout, and the circuit breaker opens and closes.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use sluice_e2e::*;
+
+const STRATEGIES: [&str; 7] = [
+    "fixed_window",
+    "sliding_window_counter",
+    "sliding_window_log",
+    "token_bucket",
+    "token_bucket_debt",
+    "leaky_bucket",
+    "gcra",
+];
+
+/// Two proxies in front of one gateway.
+fn two_proxies(gateway: &Gateway, config: &Value) -> (Envoy, Envoy) {
+    let start = || {
+        let mut boot = bootstrap("demo.yaml");
+        adapt(&mut boot, Some(config));
+        add_cluster(&mut boot, "sluice_gateway", gateway.port);
+        Envoy::running(&boot, 2)
+    };
+    (start(), start())
+}
+
+fn redis_block(timeout_ms: u64, open_ms: u64) -> Value {
+    json!({"cluster": "sluice_gateway", "token": GATEWAY_TOKEN, "timeout_ms": timeout_ms,
+           "breaker": {"failure_threshold": 3, "open_ms": open_ms, "success_threshold": 2}})
+}
+
+fn strategy(name: &str) -> Value {
+    match name {
+        "token_bucket_debt" => json!({"type": name, "max_debt": 0}),
+        _ => json!(name),
+    }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// 400 concurrent requests for one client, split over both proxies, limit 100/min: exactly 100
+/// admitted for every strategy.
+fn exact_across_proxies(gateway: &Gateway, label: &str) {
+    let rules: Vec<Value> = STRATEGIES
+        .iter()
+        .map(|s| json!({"name": s, "match": {"path": format!("/{s}/**")}, "limit": "100/min",
+                        "strategy": strategy(s), "backend": "redis", "on_error": "deny"}))
+        .collect();
+    // A generous timeout: this test is about counting, and a timeout would deny (on_error).
+    let config = json!({"namespace": format!("exact-{label}"), "redis": redis_block(3000, 1000), "rules": rules});
+    let (a, b) = two_proxies(gateway, &config);
+    let mut report = Vec::new();
+    for s in STRATEGIES {
+        let urls = [a.url(&format!("/{s}/x")), b.url(&format!("/{s}/x"))];
+        let start = now_s();
+        let responses = burst_over(400, &urls, &[]);
+        let end = now_s();
+        let admitted = responses.iter().filter(|r| r.status == 200).count();
+        let limited = responses.iter().filter(|r| r.status == 429).count();
+        assert_eq!(admitted + limited, 400, "{label} {s}: only 200 and 429 expected");
+        let errors = a.stat(&format!("wasmcustom.sluice.rule.{s}.store_errors")) + b.stat(&format!("wasmcustom.sluice.rule.{s}.store_errors"));
+        assert_eq!(errors, 0, "{label} {s}: Redis calls failed during the burst");
+        report.push(format!("{s}: {admitted}/100"));
+        // Refill (one unit per 0.6 s) or a window edge during a slow burst may add; say so.
+        let crossed_minute = start / 60 != end / 60;
+        let slack = if end - start >= 1 || crossed_minute { (2 * (end - start + 1)) as usize + 100 * usize::from(crossed_minute) } else { 0 };
+        assert!(admitted >= 100 && admitted <= 100 + slack, "{label} {s}: {admitted} admitted, limit 100 (slack {slack})");
+    }
+    eprintln!("{label}: admitted of 400 over 2 proxies: {}", report.join(", "));
+}
+
+#[test]
+fn every_strategy_is_exact_across_two_proxies_on_standalone_redis() {
+    let redis = Redis::start();
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]);
+    exact_across_proxies(&gateway, "standalone");
+}
+
+#[test]
+fn every_strategy_is_exact_across_two_proxies_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let gateway = Gateway::start(&["--cluster-nodes", &cluster.seeds]);
+    exact_across_proxies(&gateway, "cluster");
+}
+
+/// Keys matching `pattern` (redis-cli prints an empty line for none).
+fn keys(redis: &Redis, pattern: &str) -> usize {
+    redis_cli(redis.port, &["KEYS", pattern]).lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+fn timed_get(url: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let r = get(url, &[]).unwrap_or_else(|e| panic!("{url}: {e}"));
+    (r.status, t.elapsed())
+}
+
+#[test]
+fn a_redis_outage_follows_on_error_within_the_timeout_and_the_breaker_recovers() {
+    let mut redis = Redis::start();
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]);
+    let timeout_ms = 100;
+    let config = json!({"namespace": "outage", "redis": redis_block(timeout_ms, 3000), "rules": [
+        {"name": "open", "match": {"path": "/allow"}, "limit": "1000/min", "backend": "redis", "on_error": "allow"},
+        {"name": "closed", "match": {"path": "/deny"}, "limit": "1000/min", "backend": "redis", "on_error": "deny"},
+        {"name": "fb", "match": {"path": "/fallback"}, "limit": "20/min", "strategy": "fixed_window",
+         "backend": "redis", "on_error": {"fallback": {"share": 0.5}}}
+    ]});
+    let (a, b) = two_proxies(&gateway, &config);
+    let margin = Duration::from_millis(timeout_ms + 400);
+
+    // Healthy: counted in Redis.
+    assert_eq!(timed_get(&a.url("/allow")).0, 200);
+    assert!(keys(&redis, "outage:{open:*") >= 1, "not counted in Redis");
+
+    // Redis hangs: every answer still comes within the timeout (+ margin), per on_error.
+    redis.freeze(true);
+    for (path, want) in [("/allow", 200), ("/deny", 429)] {
+        let (status, took) = timed_get(&b.url(path));
+        assert_eq!(status, want, "{path} while Redis hangs");
+        assert!(took <= margin, "{path} took {took:?} with redis.timeout_ms = {timeout_ms}");
+    }
+    redis.freeze(false);
+
+    // Redis is down: allow admits, deny limits, fallback limits at its share, per proxy.
+    redis.stop();
+    for _ in 0..10 {
+        let (status, took) = timed_get(&a.url("/allow"));
+        assert_eq!(status, 200);
+        assert!(took <= margin, "/allow took {took:?}");
+        let (status, took) = timed_get(&a.url("/deny"));
+        assert_eq!(status, 429);
+        assert!(took <= margin, "/deny took {took:?}");
+    }
+    let fallback = burst(30, &a.url("/fallback"), &[]);
+    assert_eq!(fallback.iter().filter(|r| r.status == 200).count(), 10, "fallback: half of 20 on this proxy");
+
+    // The breaker is open now (for 3 s): requests do not reach the gateway at all.
+    let calls = || gateway.metric("sluice_gateway_requests_total{endpoint=\"/pipeline\"");
+    // Calls made while Redis hung finish (and are counted) only at the gateway's own timeout;
+    // the /metrics request itself is the one left in flight.
+    wait_until(Duration::from_secs(5), || gateway.metric("sluice_gateway_requests_in_flight") <= 1.0)
+        .expect("gateway calls still in flight");
+    let before = calls();
+    for _ in 0..5 {
+        assert_eq!(get(&a.url("/allow"), &[]).unwrap().status, 200);
+    }
+    assert_eq!(calls(), before, "calls reached the gateway while the breaker was open");
+
+    // Redis is back: after open_ms, probes close the breaker and requests are counted in Redis
+    // again (polled on real time, bounded).
+    redis.restart();
+    let counted = wait_until(Duration::from_secs(15), || {
+        let _ = get(&a.url("/allow"), &[]);
+        keys(&redis, "outage:{open:*") >= 1
+    });
+    assert!(counted.is_some(), "requests were not counted in Redis again after it came back");
+    let before = calls();
+    for _ in 0..5 {
+        assert_eq!(get(&a.url("/allow"), &[]).unwrap().status, 200);
+    }
+    assert!(calls() >= before + 3.0, "breaker did not close: {} calls for 5 requests", calls() - before);
+    assert!(a.stat("wasmcustom.sluice.rule.closed.store_errors") >= 10);
+}
