@@ -75,7 +75,8 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resumed {
     Done(Verdict),
-    /// Send the (changed) commands once more: Redis did not have the script cached.
+    /// Send the (changed) commands: with the script itself after a NOSCRIPT, or for real after
+    /// a dry pass in which every rule admitted.
     Retry(Pending),
 }
 
@@ -90,6 +91,9 @@ pub struct Pending {
     permit: Permit,
     /// The commands carry the script itself (after a NOSCRIPT).
     eval: bool,
+    /// A first pass that decides without writing (several Redis rules: they live in different
+    /// cluster slots, so no one script call covers them all).
+    dry: bool,
 }
 
 /// A rule that applies to a request, before deciding: its index in `config.rules`, the
@@ -320,12 +324,22 @@ impl Limiter {
         if permit == Permit::Skip {
             return Step::Done(self.redis_failed(&applied, store, now_us));
         }
-        let commands = redis.iter().map(|&i| self.redis_command(&applied[i], false)).collect();
-        Step::Redis(Pending { applied, redis, commands, permit, eval: false })
+        // Several Redis rules: check them all without writing first, so a request one of them
+        // denies consumes nothing from the others. A race between the passes can only make a
+        // request denied after an earlier rule counted it, never admit one past a limit.
+        let dry = redis.len() > 1;
+        let mut p = Pending { applied, redis, commands: Vec::new(), permit, eval: false, dry };
+        self.set_commands(&mut p);
+        Step::Redis(p)
     }
 
-    /// One `EVALSHA` (or, with `eval`, `EVAL` with the script) deciding every limit of a rule.
-    fn redis_command(&self, a: &Applied, eval: bool) -> Vec<String> {
+    fn set_commands(&self, p: &mut Pending) {
+        p.commands = p.redis.iter().map(|&i| self.redis_command(&p.applied[i], p.eval, p.dry)).collect();
+    }
+
+    /// One `EVALSHA` (or, with `eval`, `EVAL` with the script) deciding every limit of a rule;
+    /// with `dry`, deciding without writing.
+    fn redis_command(&self, a: &Applied, eval: bool, dry: bool) -> Vec<String> {
         let rule = &self.config.rules[a.rule];
         let compiled = &self.rules[a.rule];
         let n = compiled.limits.len();
@@ -343,6 +357,9 @@ impl Limiter {
         }
         for rate in &compiled.limits {
             cmd.extend(lua::rule_args(&rule.strategy, rate, a.cost));
+        }
+        if dry {
+            cmd.push("dry".to_string());
         }
         cmd
     }
@@ -406,7 +423,7 @@ impl Limiter {
                 // The script is not cached on (some node of) Redis: send it whole once, which
                 // caches it for every later EVALSHA.
                 p.eval = true;
-                p.commands = p.redis.iter().map(|&i| self.redis_command(&p.applied[i], true)).collect();
+                self.set_commands(&mut p);
                 return Resumed::Retry(p);
             }
             Ok(r) => self.parse_redis(&p, &r),
@@ -417,6 +434,13 @@ impl Limiter {
             Ok(outcomes) => {
                 if let Some(b) = breaker {
                     b.record(store, p.permit, true, now_us);
+                }
+                let denied = outcomes.iter().any(|o| !o.allowed && !self.is_shadow(o.rule));
+                if p.dry && !denied {
+                    // Every rule admits: now decide for real.
+                    p.dry = false;
+                    self.set_commands(&mut p);
+                    return Resumed::Retry(p);
                 }
                 Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us))
             }
@@ -781,5 +805,30 @@ mod tests {
             let v = done(l.resume(p, Ok(bad.clone()), &s, T0));
             assert_eq!(status(&v), 429, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn several_redis_rules_are_checked_dry_first_so_a_denial_consumes_nothing() {
+        let l = redis_limiter(serde_json::json!([
+            {"name": "a", "limit": "10/min", "backend": "redis"},
+            {"name": "b", "limit": "10/min", "backend": "redis"}
+        ]));
+        let s = MemStore::default();
+        let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+        assert!(p.commands.iter().all(|c| c.last().map(String::as_str) == Some("dry")));
+        // One denies: answered without a second pass, so nothing was written anywhere.
+        let v = done(l.resume(p.clone(), Ok(vec![reply(true, 5), reply(false, 0)]), &s, T0));
+        assert_eq!(status(&v), 429);
+        // Both admit: the same commands for real, then the verdict.
+        let real = match l.resume(p, Ok(vec![reply(true, 5), reply(true, 5)]), &s, T0) {
+            Resumed::Retry(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert!(real.commands.iter().all(|c| c.last().map(String::as_str) != Some("dry")));
+        assert_eq!(status(&done(l.resume(real, Ok(vec![reply(true, 4), reply(true, 4)]), &s, T0))), 200);
+        // One rule: a single pass.
+        let one = redis_limiter(serde_json::json!([{"name": "a", "limit": "10/min", "backend": "redis"}]));
+        let p = pending(one.start(&Req::new("GET", "/"), &s, T0));
+        assert_ne!(p.commands[0].last().map(String::as_str), Some("dry"));
     }
 }

@@ -480,6 +480,9 @@ fn bad_arguments_are_errors() {
         &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1.5", "0", "0"],
         &["EVALSHA", sha, "1", "k", "fixed_window", "-5", "1000", "1", "0", "0"],
         &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1", "0", "0", "yesterday"],
+        &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1", "0", "0", "dry", "dry"],
+        &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1", "0", "0", "1", "2"],
+        &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1", "0", "0", "dry", "1", "2"],
     ];
     for args in cases {
         match conn.cmd(args) {
@@ -488,4 +491,36 @@ fn bad_arguments_are_errors() {
         }
     }
     assert_eq!(get(&mut conn, "k"), None);
+}
+
+#[test]
+fn dry_runs_decide_but_write_nothing() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let script = Script::load(&mut conn);
+    let sha = script.sha.as_str();
+    let call = |conn: &mut Conn, extra: &[&str]| {
+        let mut args = vec!["EVALSHA", sha, "1", "{d}:k", "fixed_window", "2", "60000", "1", "0", "0"];
+        args.extend_from_slice(extra);
+        match conn.cmd(&args) {
+            Reply::Array(items) => matches!(items.as_deref().and_then(|i| i.first()), Some(Reply::Int(1))),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Dry runs admit without counting, whatever their number.
+    for _ in 0..5 {
+        assert!(call(&mut conn, &["dry"]));
+    }
+    assert_eq!(get(&mut conn, "{d}:k"), None);
+    assert!(call(&mut conn, &[]));
+    assert!(call(&mut conn, &[]));
+    // Full now: a dry run sees it too.
+    assert!(!call(&mut conn, &["dry"]));
+    // Two minutes on (a clock override after "dry"), the window is fresh: admitted, yet the
+    // full window is what stays stored.
+    let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() + 120_000_000;
+    let stored = get(&mut conn, "{d}:k");
+    assert!(call(&mut conn, &["dry", &later.to_string()]));
+    assert_eq!(get(&mut conn, "{d}:k"), stored);
+    assert!(!call(&mut conn, &[]));
 }

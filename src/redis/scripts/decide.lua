@@ -11,28 +11,39 @@
 --             period_ms  the rate's period in ms
 --             cost       this request's cost (0 = peek: decide, store nothing)
 --             p1, p2     strategy parameters, see each strategy's file (0 when unused)
---           then, ONLY in tests, one more argument: now_us, a clock override in epoch
---           microseconds. Production passes none and the clock is redis TIME, so every proxy
---           shares one clock per key. With an override, keys are written with 60 s of real
---           time added to their expiry, since the simulated clock is not the one Redis
---           expires keys by.
+--           then optionally, in any order:
+--             "dry"      decide but write nothing (the filter's first pass over several
+--                        rules that live in different cluster slots: it writes only when
+--                        every rule admits, so a denied request consumes nothing)
+--             now_us     ONLY in tests, a clock override in epoch microseconds. Production
+--                        passes none and the clock is redis TIME, so every proxy shares one
+--                        clock per key. With an override, keys are written with 60 s of real
+--                        time added to their expiry, since the simulated clock is not the one
+--                        Redis expires keys by.
 -- Reply    {all_allowed, d1, d2, ...}, with di = {allowed, remaining, reset_ms,
 --           retry_after_ms, delay_ms, ttl_ms} for rule i as if it were alone (1/0 for
 --           allowed; ttl_ms = how long its state lives). When all_allowed is 0 nothing was
 --           written, so a rule whose di says allowed was not charged.
--- Writes   only when every rule admits: SET key state PX ttl_ms for each rule that changed.
+-- Writes   only when every rule admits (and not "dry"): SET key state PX ttl_ms for each rule
+--           that changed.
 --           A key given twice sees the first rule's update when the second is decided.
 -- Errors   a wrong argument count, a non-integer number or an unknown strategy.
 local n = #KEYS
 local override = nil
-if #ARGV == 6 * n + 1 then
-  override = tonumber(ARGV[#ARGV])
-  if override == nil then
-    return redis.error_reply('ERR sluice: now_us override is not a number: ' .. tostring(ARGV[#ARGV]))
-  end
-elseif #ARGV ~= 6 * n then
-  return redis.error_reply('ERR sluice: expected 6 arguments per key (plus an optional now_us), got '
+local dry = false
+if #ARGV < 6 * n or #ARGV > 6 * n + 2 then
+  return redis.error_reply('ERR sluice: expected 6 arguments per key (plus optional "dry" and now_us), got '
     .. #ARGV .. ' for ' .. n .. ' keys')
+end
+for i = 6 * n + 1, #ARGV do
+  if ARGV[i] == 'dry' and not dry then
+    dry = true
+  elseif override == nil and tonumber(ARGV[i]) ~= nil then
+    override = tonumber(ARGV[i])
+  else
+    return redis.error_reply('ERR sluice: unexpected option ' .. tostring(ARGV[i])
+      .. '; expected "dry" or a now_us override')
+  end
 end
 
 local now_us = override
@@ -83,7 +94,7 @@ for i = 1, n do
   results[i] = d
 end
 
-if all == 1 then
+if all == 1 and not dry then
   local pad = 0
   if override ~= nil then
     pad = 60000

@@ -325,19 +325,26 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let dir = TempDir::new("cluster");
-        // Six node ports and their bus ports (+10000) must be free: pick a base from a free port
-        // low enough for the bus ports.
-        let base = 20000 + (free_port() % 20000);
-        let out = Command::new(repo().join("scripts/redis-cluster.sh"))
-            .arg("start")
-            .arg(&dir.0)
-            .arg(base.to_string())
-            .output()
-            .expect("run scripts/redis-cluster.sh");
-        assert!(out.status.success(), "cluster start failed: {}", String::from_utf8_lossy(&out.stderr));
-        let seeds = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        RedisCluster { dir, base, seeds }
+        let mut last_error = String::new();
+        // Six node ports and their bus ports (+10000) must all be free; another process may hold
+        // one of a randomly chosen range, so try a few.
+        for _ in 0..5 {
+            let dir = TempDir::new("cluster");
+            let base = 20000 + (free_port() % 20000);
+            let out = Command::new(repo().join("scripts/redis-cluster.sh"))
+                .arg("start")
+                .arg(&dir.0)
+                .arg(base.to_string())
+                .output()
+                .expect("run scripts/redis-cluster.sh");
+            if out.status.success() {
+                let seeds = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                return RedisCluster { dir, base, seeds };
+            }
+            last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+            let _ = Command::new(repo().join("scripts/redis-cluster.sh")).arg("stop").arg(&dir.0).arg(base.to_string()).output();
+        }
+        panic!("cluster start failed 5 times; last: {last_error}");
     }
 }
 
@@ -437,4 +444,24 @@ pub fn burst_over(n: usize, urls: &[String], headers: &[(&str, &str)]) -> Vec<Re
         .into_iter()
         .map(|h| h.join().expect("request thread").unwrap_or_else(|e| panic!("request failed: {e}")))
         .collect()
+}
+
+/// The most a strategy may admit for one client in a burst of `elapsed_ms`, limit `limit` per
+/// `period_ms`, starting from a fresh state: buckets and GCRA refill one unit per
+/// period/limit while the burst runs; window strategies admit exactly `limit` unless the burst
+/// straddles a window edge (`crossed_edge`), when a new window may admit up to `limit` more.
+pub fn admission_bound(strategy: &str, limit: u64, period_ms: u64, elapsed_ms: u64, crossed_edge: bool) -> u64 {
+    match strategy {
+        "token_bucket" | "token_bucket_debt" | "leaky_bucket" | "leaky_bucket_queue" | "gcra" => {
+            limit + elapsed_ms * limit / period_ms
+        }
+        "sliding_window_log" => limit,
+        _ if crossed_edge => 2 * limit,
+        _ => limit,
+    }
+}
+
+/// Epoch milliseconds now.
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
