@@ -22,6 +22,10 @@ pub struct Limiter {
     breaker_key: String,
     /// SHA-1 of the Redis decision script.
     sha: String,
+    /// Whether any rule looks at the method / the path: each is a host call per request, so
+    /// a config that never asks does not pay for it.
+    needs_method: bool,
+    needs_path: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -146,7 +150,9 @@ impl Limiter {
             })
             .collect();
         let breaker_key = format!("{}:breaker", config.namespace);
-        Limiter { config, rules, breaker_key, sha: crate::redis::script_sha() }
+        let needs_method = config.rules.iter().any(|r| !r.matcher.methods.is_empty());
+        let needs_path = config.rules.iter().any(|r| !r.matcher.paths.is_empty());
+        Limiter { config, rules, breaker_key, sha: crate::redis::script_sha(), needs_method, needs_path }
     }
 
     /// Whether any rule may delay requests (so the host must run a release tick).
@@ -181,8 +187,8 @@ impl Limiter {
 
     /// For every rule in order, whether it applies to `req` and why not.
     pub fn explain(&self, req: &impl RequestInfo) -> Vec<Applies> {
-        let method = req.method().unwrap_or_default();
-        let full_path = req.path().unwrap_or_default();
+        let method = if self.needs_method { req.method().unwrap_or_default() } else { String::new() };
+        let full_path = if self.needs_path { req.path().unwrap_or_default() } else { String::new() };
         let path = path_only(&full_path);
         let mut ip: Option<Option<IpAddr>> = None;
         let mut out = Vec::with_capacity(self.config.rules.len());

@@ -25,8 +25,11 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-/// How often queued requests are looked at. Releases are at most this late.
-const TICK: Duration = Duration::from_millis(5);
+/// How often queued requests are looked at, when a rule queues. Releases are at most this late.
+const QUEUE_TICK: Duration = Duration::from_millis(5);
+/// How often counted metrics reach Envoy otherwise. Batching saves a host call per request;
+/// Envoy's stats lag by at most this much.
+const FLUSH_TICK: Duration = Duration::from_millis(100);
 
 thread_local! {
     /// Latest time seen on this worker: host time is wall-clock and may step backwards.
@@ -34,6 +37,28 @@ thread_local! {
     /// Requests paused by `leaky_bucket_queue`, by release time, then arrival (FIFO among equals).
     static QUEUE: RefCell<BinaryHeap<Reverse<(u64, u64, u32)>>> = const { RefCell::new(BinaryHeap::new()) };
     static QUEUE_SEQ: Cell<u64> = const { Cell::new(0) };
+    /// Metric increments not yet handed to Envoy: (metric id, count).
+    static UNFLUSHED: RefCell<Vec<(u32, i64)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn add_to_metric(id: u32) {
+    UNFLUSHED.with(|u| {
+        let mut u = u.borrow_mut();
+        match u.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, n)) => *n += 1,
+            None => u.push((id, 1)),
+        }
+    });
+}
+
+fn flush_metrics() {
+    UNFLUSHED.with(|u| {
+        for (id, n) in u.borrow_mut().iter_mut() {
+            if *n > 0 && hostcalls::increment_metric(*id, *n).is_ok() {
+                *n = 0;
+            }
+        }
+    });
 }
 
 /// Host time in epoch microseconds, never earlier than a time already returned on this worker.
@@ -108,12 +133,12 @@ impl Metrics {
                 (false, false) => ids[1],
                 (false, true) => ids[2],
             };
-            let _ = hostcalls::increment_metric(id, 1);
+            add_to_metric(id);
             if o.store_error {
-                let _ = hostcalls::increment_metric(ids[3], 1);
+                add_to_metric(ids[3]);
             }
             if let (true, Some(id)) = (o.created_slot, self.slots_created) {
-                let _ = hostcalls::increment_metric(id, 1);
+                add_to_metric(id);
             }
         }
     }
@@ -152,8 +177,9 @@ impl RootContext for Root {
                     return false;
                 }
                 let limiter = Limiter::new(config);
-                if limiter.queues() && hostcalls::set_tick_period(TICK).is_err() {
-                    log::error!("sluice: cannot set the tick period that releases queued requests");
+                let tick = if limiter.queues() { QUEUE_TICK } else { FLUSH_TICK };
+                if hostcalls::set_tick_period(tick).is_err() {
+                    log::error!("sluice: cannot set the tick period (queued requests, metrics)");
                     return false;
                 }
                 let metrics = Metrics::define(&limiter);
@@ -173,6 +199,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        flush_metrics();
         let now = now_us();
         loop {
             let due = QUEUE.with(|q| {
@@ -199,18 +226,27 @@ impl RootContext for Root {
     }
 }
 
-/// The request as the core sees it: every value read from the host on demand.
-struct HostRequest;
+/// The request as the core sees it: every value read from the host on demand, and each header
+/// at most once (several rules often ask for the same identity header).
+#[derive(Default)]
+struct HostRequest {
+    headers: RefCell<Vec<(String, Option<String>)>>,
+}
 
 impl RequestInfo for HostRequest {
     fn method(&self) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, ":method").ok().flatten()
+        self.header(":method")
     }
     fn path(&self) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path").ok().flatten()
+        self.header(":path")
     }
     fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+        if let Some((_, v)) = self.headers.borrow().iter().find(|(k, _)| k == name) {
+            return v.clone();
+        }
+        let v = hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten();
+        self.headers.borrow_mut().push((name.to_string(), v.clone()));
+        v
     }
     fn source_address(&self) -> Option<String> {
         property(&["source", "address"])
@@ -350,7 +386,7 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
         let now = now_us();
-        let flow = match shared.limiter.start(&HostRequest, &EnvoyShared, now) {
+        let flow = match shared.limiter.start(&HostRequest::default(), &EnvoyShared, now) {
             Step::Done(verdict) => self.apply(&shared, verdict),
             Step::Redis(pending) => {
                 let timeout_us = shared.limiter.config.redis.as_ref().map_or(0, |r| r.timeout_ms.saturating_mul(1000));

@@ -162,6 +162,21 @@ impl Envoy {
         body.lines().filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok()).collect()
     }
 
+    /// A stat once sluice's batched metrics have reached Envoy (they are flushed every 100 ms
+    /// from each worker's tick): the value read after it stayed the same over 300 ms.
+    pub fn settled_stat(&self, name: &str) -> u64 {
+        let mut last = self.stat(name);
+        let mut same = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while same < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.stat(name);
+            same = if now == last { same + 1 } else { 0 };
+            last = now;
+        }
+        last
+    }
+
     /// A counter or gauge from the admin stats, 0 when absent.
     pub fn stat(&self, name: &str) -> u64 {
         let Ok(r) = get(&format!("http://127.0.0.1:{}/stats?filter={name}", self.admin), &[]) else { return 0 };

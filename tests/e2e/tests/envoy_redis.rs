@@ -60,7 +60,7 @@ fn exact_across_proxies(gateway: &Gateway, label: &str) {
         let admitted = responses.iter().filter(|r| r.status == 200).count();
         let limited = responses.iter().filter(|r| r.status == 429).count();
         assert_eq!(admitted + limited, 400, "{label} {s}: only 200 and 429 expected");
-        let errors = a.stat(&format!("wasmcustom.sluice.rule.{s}.store_errors")) + b.stat(&format!("wasmcustom.sluice.rule.{s}.store_errors"));
+        let errors = a.settled_stat(&format!("wasmcustom.sluice.rule.{s}.store_errors")) + b.settled_stat(&format!("wasmcustom.sluice.rule.{s}.store_errors"));
         assert_eq!(errors, 0, "{label} {s}: Redis calls failed during the burst");
         let bound = admission_bound(s, 100, 60_000, end - start, start / 60_000 != end / 60_000) as usize;
         report.push(format!("{s}: {admitted}/100 (bound {bound} for a {} ms burst)", end - start));
@@ -177,5 +177,5 @@ fn a_redis_outage_follows_on_error_within_the_timeout_and_the_breaker_recovers()
         assert_eq!(get(&a.url("/allow"), &[]).unwrap().status, 200);
     }
     assert!(calls() >= before + 3.0, "breaker did not close: {} calls for 5 requests", calls() - before);
-    assert!(a.stat("wasmcustom.sluice.rule.closed.store_errors") >= 10);
+    assert!(a.settled_stat("wasmcustom.sluice.rule.closed.store_errors") >= 10);
 }
