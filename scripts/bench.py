@@ -1,194 +1,222 @@
 #!/usr/bin/env python3
-"""sluice benchmark: throughput and latency of Envoy configurations, same run, interleaved.
+"""sluice benchmark: overhead, accuracy and memory, side by side with Envoy's native limiter.
 
-Each configuration is an Envoy 1.40 process (--concurrency 1, pinned to one core) answering a
-direct_response route, so the proxy is the bottleneck; wrk runs pinned to another core. Every
-configuration is measured `--reps` times, round-robin, and the median is reported with ratios
-to (a) Envoy without a limiter and (b) Envoy's native local_ratelimit.
+Sections (all by default; pick with --sections):
+  profile     native run of the filter's core: time, allocations, host calls per request
+  throughput  req/s and p50/p90/p99 of configurations (a)-(g) plus diagnostics, wrk, interleaved
+  latency     latency at a fixed rate of 50% of (a)'s throughput, oha open loop
+  accuracy    overshoot / undershoot of every strategy, local and Redis backends
+  memory      RSS, allocated bytes and slots after 10^3 .. 10^6 distinct identities
+
+Writes bench/results.json, bench/results.md and bench/results.png; a full run (all sections,
+not --quick) also refreshes the README's benchmark block. Run through scripts/bench.sh, which
+installs and builds what this needs. Every load targets 127.0.0.1 and is bounded in time.
 """
-import argparse, copy, json, os, platform, re, socket, statistics, subprocess, sys, tempfile, time
-import urllib.request
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 
-import yaml
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench"))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/sluice.wasm")
+from common import ROOT, git_head, loadavg, log, machine, median, sha256, target_dir, tool_versions  # noqa: E402
+import accuracy  # noqa: E402
+import envoyctl  # noqa: E402
+import loadgen  # noqa: E402
+import memory  # noqa: E402
+import redisenv  # noqa: E402
+import report as rep  # noqa: E402
+import throughput  # noqa: E402
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def base_bootstrap():
-    with open(os.path.join(ROOT, "envoy/demo.yaml")) as f:
-        return yaml.safe_load(f)
-
-
-def hcm(boot):
-    return boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-
-
-def sluice_filter(boot, plugin_config):
-    wasm = copy.deepcopy(hcm(boot)["http_filters"][0])
-    wasm["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = WASM
-    wasm["typed_config"]["config"]["configuration"]["value"] = json.dumps(plugin_config)
-    return wasm
+SECTIONS = ["profile", "throughput", "latency", "accuracy", "memory"]
 
 
-def native_filter(max_tokens, fill_s):
-    pct = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
-    return {
-        "name": "envoy.filters.http.local_ratelimit",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-            "stat_prefix": "native",
-            "token_bucket": {"max_tokens": max_tokens, "tokens_per_fill": max_tokens, "fill_interval": f"{fill_s}s"},
-            "filter_enabled": dict(pct, runtime_key="rl_enabled"),
-            "filter_enforced": dict(pct, runtime_key="rl_enforced"),
-        },
-    }
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one repetition, shorter runs, smaller memory steps (~4 min)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
+    ap.add_argument("--configs", default="", help="throughput configurations to run (default all), e.g. a,b,c")
+    ap.add_argument("--reps", type=int, help="repetitions per configuration (default 3, quick 1)")
+    ap.add_argument("--seconds", type=int, help="length of one throughput run (default 5, quick 3)")
+    ap.add_argument("--connections", type=int, default=32, help="wrk connections for throughput (default 32)")
+    ap.add_argument("--max-others", type=float, default=0.25,
+                    help="repeat a run if other processes used more cores than this during it (default 0.25)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench"), help="output directory (default bench/)")
+    ap.add_argument("--no-readme", action="store_true", help="do not refresh the README block")
+    return ap.parse_args()
 
 
-def configurations():
-    """name -> (description, list of http filters before the router)"""
-    boot = base_bootstrap()
-    never = {"rules": [{"name": "api", "limit": "1000000000/s", "strategy": "sliding_window_counter"}]}
-    ten = {"rules": [
-        {"name": f"r{i}", "match": {"path": f"/{'**' if i % 2 else 'bench/**'}"}, "limit": "1000000000/s",
-         "strategy": ["sliding_window_counter", "token_bucket", "gcra", "fixed_window"][i % 4],
-         "identifier": {"header": f"x-key-{i % 3}"}}
-        for i in range(10)]}
-    always = {"rules": [{"name": "api", "limit": "1/hour", "strategy": "fixed_window", "identifier": "global"}]}
-    return {
-        "a": ("Envoy, no limiter", []),
-        "b": ("Envoy local_ratelimit, never reached", [native_filter(1_000_000_000, 1)]),
-        "c": ("sluice local, 1 rule, never reached", [sluice_filter(boot, never)]),
-        "d": ("sluice local, 10 rules, header identities", [sluice_filter(boot, ten)]),
-        "e": ("sluice local, every request limited (429)", [sluice_filter(boot, always)]),
-        "g": ("Envoy local_ratelimit, every request limited", [native_filter(1, 3600)]),
-    }
-
-
-class Envoy:
-    def __init__(self, name, filters, cpu, workdir):
-        boot = base_bootstrap()
-        self.port, self.admin = free_port(), free_port()
-        boot["admin"]["address"]["socket_address"]["port_value"] = self.admin
-        boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = self.port
-        router = hcm(boot)["http_filters"][-1]
-        hcm(boot)["http_filters"] = filters + [router]
-        path = os.path.join(workdir, f"{name}.json")
-        with open(path, "w") as f:
-            json.dump(boot, f)
-        self.log = os.path.join(workdir, f"{name}.log")
-        self.proc = subprocess.Popen(
-            ["taskset", "-c", str(cpu), "envoy", "-c", path, "--concurrency", "1", "--disable-hot-restart",
-             "--log-level", "warn", "--log-path", self.log],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"envoy {name} exited: {open(self.log).read()}")
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1).status == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"envoy {name} not ready")
-
-    def rss_kib(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            m = re.search(r"VmRSS:\s+(\d+)", f.read())
-        return int(m.group(1)) if m else 0
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def wrk(port, cpu, seconds, connections, path="/bench/x"):
-    out = subprocess.run(
-        ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-H", "x-key-0: k0", "-H", "x-key-1: k1", "-H", "x-key-2: k2", f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, timeout=seconds + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = {}
-    for p, v, u in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
-        lat[f"p{p}_ms"] = float(v) * UNITS[u]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    return {"rps": rps, **lat, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "requests": int(total.group(1)) if total else 0}
+def frozen(path, workdir, name):
+    """A private copy of a build output, so a rebuild by someone else mid-run changes nothing."""
+    if not os.path.exists(path):
+        return None
+    dst = os.path.join(workdir, name)
+    shutil.copy2(path, dst)
+    return dst
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=3, help="measurements per configuration (default 3)")
-    ap.add_argument("--seconds", type=int, default=5, help="length of one wrk run (default 5)")
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--only", default="", help="comma-separated configuration letters (default: all)")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench"), help="output directory")
-    args = ap.parse_args()
-    cpus = os.sched_getaffinity(0)
-    envoy_cpu, load_cpu = (0, 1) if len(cpus) >= 2 else (0, 0)
-    confs = configurations()
-    if args.only:
-        confs = {k: v for k, v in confs.items() if k in args.only.split(",")}
-    results = {k: [] for k in confs}
-    with tempfile.TemporaryDirectory() as work:
-        envoys = {k: Envoy(k, filters, envoy_cpu, work) for k, (_, filters) in confs.items()}
+    args = parse_args()
+    quick = args.quick
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"unknown sections: {', '.join(sorted(unknown))}")
+    reps = args.reps or (1 if quick else 3)
+    seconds = args.seconds or (3 if quick else 5)
+    cpus = sorted(os.sched_getaffinity(0))
+    envoy_cpus, load_cpus = ([cpus[0]], [cpus[1]]) if len(cpus) >= 2 else (None, None)
+    t_start = time.time()
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "scripts/bench.sh " + " ".join(sys.argv[1:]),
+        "commit": git_head(), "machine": machine(), "tools": tool_versions(), "load_before": loadavg(),
+        "settings": {"quick": quick, "max_others_cores": args.max_others,
+                     "envoy": f"1.40.0, --concurrency 1 pinned to cpu {envoy_cpus} for throughput/latency/memory, "
+                              "--concurrency 2 unpinned for accuracy",
+                     "load": f"wrk -t1 / oha pinned to cpu {load_cpus}"},
+    }
+    log(f"load average before: {report['load_before']}")
+    tgt = target_dir()
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as work:
+        wasm = frozen(os.path.join(tgt, "wasm32-wasip1/release/sluice.wasm"), work, "sluice.wasm")
+        noop = frozen(os.path.join(tgt, "bench-noop/wasm32-wasip1/release/sluice_bench_noop.wasm"), work, "noop.wasm")
+        corebench = os.path.join(tgt, "bench-corebench/release/sluice-corebench")
+        if not wasm:
+            sys.exit(f"{tgt}/wasm32-wasip1/release/sluice.wasm is missing: run scripts/bench.sh")
+        report["wasm_sha256"] = sha256(wasm)
+
+        # Redis stack (for (f) and Redis accuracy) and whether this build's backend: redis works.
+        stack, redis_reason = None, None
+        if {"throughput", "accuracy"} & set(sections):
+            try:
+                stack = redisenv.RedisStack(work, cpus=load_cpus)
+                ok, redis_reason = redisenv.probe(
+                    lambda plugin: envoyctl.Envoy("probe", envoyctl.bootstrap(
+                        [envoyctl.wasm_filter(wasm, plugin)],
+                        clusters=(envoyctl.gateway_cluster(redisenv.CLUSTER, stack.port),)), work), stack)
+                if not ok:
+                    stack.stop()
+                    stack = None
+            except RuntimeError as e:
+                redis_reason = str(e).splitlines()[0]
+                stack = None
+            log(f"redis backend: {'available' if stack else 'not measured: ' + redis_reason}")
+            report["redis_backend"] = "measured" if stack else f"not measured: {redis_reason}"
+
         try:
-            for k, e in envoys.items():  # warm-up: V8 tiers, connection pools
-                wrk(e.port, load_cpu, 1, args.connections)
-            for rep in range(args.reps):
-                for k, e in envoys.items():
-                    r = wrk(e.port, load_cpu, args.seconds, args.connections)
-                    results[k].append(r)
-                    print(f"rep {rep + 1} {k}: {r['rps']:.0f} req/s p50 {r.get('p50_ms', 0):.3f} ms "
-                          f"p99 {r.get('p99_ms', 0):.3f} ms non-2xx {r['non_2xx']}", file=sys.stderr)
-            rss = {k: e.rss_kib() for k, e in envoys.items()}
+            if "profile" in sections:
+                report["profile"] = run_profile(corebench, work)
+            if "throughput" in sections or "latency" in sections:
+                run_throughput(report, args, sections, reps, seconds, quick, wasm, noop, work, envoy_cpus, load_cpus,
+                               stack, redis_reason)
+            if "accuracy" in sections:
+                run_accuracy(report, quick, wasm, work, stack, redis_reason)
+            if "memory" in sections:
+                run_memory(report, quick, wasm, work, envoy_cpus, load_cpus, corebench)
         finally:
-            for e in envoys.values():
-                e.stop()
-    med = {k: {m: statistics.median(r[m] for r in runs if m in r) for m in runs[0]} for k, runs in results.items() if runs}
-    base_a = med.get("a", {}).get("rps")
-    base_b = med.get("b", {}).get("rps")
-    rows = []
-    for k, (desc, _) in confs.items():
-        m = med[k]
-        rows.append({"config": k, "description": desc, **m, "rss_kib": rss[k],
-                     "vs_a": m["rps"] / base_a if base_a else None, "vs_b": m["rps"] / base_b if base_b else None,
-                     "runs": results[k]})
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-               "model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")}
-    report = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "command": "scripts/bench.sh " + " ".join(sys.argv[1:]),
-              "settings": {"reps": args.reps, "seconds": args.seconds, "connections": args.connections,
-                           "envoy": "1.40.0 --concurrency 1, pinned to cpu %d" % envoy_cpu,
-                           "load": "wrk -t1 pinned to cpu %d" % load_cpu},
-              "throughput": rows}
+            if stack:
+                stack.stop()
+
+    report["load_after"] = loadavg()
+    report["elapsed_s"] = round(time.time() - t_start, 1)
+    report["targets"] = rep.targets(report)
+    write(report, args, sections, quick)
+
+
+def run_profile(corebench, work):
+    if not os.path.exists(corebench):
+        return {"not_measured": f"{corebench} missing"}
+    plugins = throughput.plugin_configs()
+    headers = {h.split(":")[0]: h.split(": ")[1] for h in throughput.HEADERS}
+    spec = {k: {"config": plugins[k], "headers": headers, "path": "/bench/x", "requests": 200_000}
+            for k in ("c", "d", "e", "x", "y")}
+    spec["memory"] = {"config": memory.plugin(100_000), "distinct_header": "x-client", "requests": 100_000,
+                      "path": "/mem", "headers": {}}
+    path = os.path.join(work, "corebench.json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    out = subprocess.run([corebench, path], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        return {"not_measured": out.stderr[-500:]}
+    core = json.loads(out.stdout)
+    log("profile: " + ", ".join(f"({k}) {v.get('ns_per_request', 0):.0f} ns {v.get('allocations_per_request', 0):.0f} "
+                                f"allocs {v.get('host_calls_total', 0):.1f} host calls" for k, v in core.items()))
+    return {"core": core}
+
+
+def run_throughput(report, args, sections, reps, seconds, quick, wasm, noop, work, envoy_cpus, load_cpus, stack,
+                   redis_reason):
+    keys = [k for k in throughput.CONFIGS if not args.configs or k in args.configs.split(",")]
+    if "throughput" not in sections:
+        keys = [k for k in keys if k in ("a", "b", "c", "w")]
+    if not noop:
+        keys = [k for k in keys if k != "w"]
+    envoys, skipped = throughput.start_envoys(keys, wasm, noop, work, envoy_cpus, stack)
+    if "f" in keys and "f" not in envoys and stack is None:
+        skipped["f"] = redis_reason or "Redis stack unavailable"
+    try:
+        if "throughput" in sections:
+            rows = throughput.throughput(envoys, reps, seconds, args.connections, load_cpus, args.max_others,
+                                         extra_pids=stack.pids if stack else ())
+            report["throughput"] = {"rows": rows, "skipped": skipped, "reps": reps, "seconds": seconds,
+                                    "connections": args.connections}
+            report.setdefault("profile", {})["breakdown"] = rep.breakdown(rows)
+        if "latency" in sections:
+            if not loadgen.oha_available():
+                report["fixed_rate"] = {"skipped": "oha is not installed (scripts/bench.sh installs it)"}
+                return
+            base = report.get("throughput", {}).get("rows", {}).get("a", {}).get("rps")
+            if base is None:  # latency alone: measure (a) quickly for the rate
+                base = median(throughput.loadgen.wrk(envoys["a"].url(), seconds, args.connections, cpus=load_cpus,
+                                                     headers=throughput.HEADERS)["rps"] for _ in range(reps))
+            rate = int(base * 0.5)
+            fseconds = 5 if quick else 10
+            conns = 64
+            rows = throughput.fixed_rate(envoys, ["a", "b", "c", "w"], rate, reps, fseconds, conns, load_cpus,
+                                         args.max_others)
+            report["fixed_rate"] = {"rows": rows, "rate": rate, "reps": reps, "seconds": fseconds, "connections": conns}
+    finally:
+        for e in envoys.values():
+            e.stop()
+
+
+def run_accuracy(report, quick, wasm, work, stack, redis_reason):
+    limit, period_s, windows, connections = 500, 1, (2 if quick else 4), 16
+    acc = {"settings": {"limit": limit, "period_s": period_s, "windows": windows, "connections": connections}}
+    acc["local"] = accuracy.run_backend("local", wasm, work, limit, period_s, windows, connections)
+    if stack:
+        acc["redis"] = accuracy.run_backend("redis", wasm, work, limit, period_s, windows, connections, redis_stack=stack)
+    else:
+        acc["redis"] = {"not_measured": redis_reason or "Redis stack unavailable"}
+    report["accuracy"] = acc
+
+
+def run_memory(report, quick, wasm, work, envoy_cpus, load_cpus, corebench):
+    cap, steps = (10_000, [1_000, 10_000, 30_000, 100_000]) if quick else (100_000, [1_000, 100_000, 300_000, 1_000_000])
+    points = memory.run(wasm, work, cap, steps, envoy_cpus, load_cpus)
+    kv = report.get("profile", {}).get("core", {}).get("memory", {}).get("shared_bytes_per_key")
+    report["memory"] = memory.summarize(points, cap, round(kv, 1) if kv else None)
+
+
+def write(report, args, sections, quick):
     os.makedirs(args.out, exist_ok=True)
+    chart_name = "results.png"
+    has_chart = rep.chart(report, os.path.join(args.out, chart_name))
+    md = rep.markdown(report, chart_name if has_chart else "")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    lines = [f"Measured {report['when']} on {machine['model']} ({machine['cpus']} cpus), `{report['command']}`; "
-             f"median of {args.reps} interleaved {args.seconds}s runs, {args.connections} connections.", "",
-             "| config | req/s | p50 ms | p90 ms | p99 ms | vs (a) | vs (b) | RSS MiB |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"
-        lines.append(f"| ({r['config']}) {r['description']} | {r['rps']:.0f} | {fmt(r.get('p50_ms'))} | "
-                     f"{fmt(r.get('p90_ms'))} | {fmt(r.get('p99_ms'))} | {fmt(r['vs_a'])} | {fmt(r['vs_b'])} | "
-                     f"{r['rss_kib'] / 1024:.1f} |")
+        json.dump(report, f, indent=1, default=str)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        f.write(md)
+    print(md)
+    full = not quick and set(sections) == set(SECTIONS) and not args.configs
+    if full and not args.no_readme and os.path.abspath(args.out) == os.path.join(ROOT, "bench"):
+        if rep.update_readme(os.path.join(ROOT, "README.md"), report, "bench/results.md", "bench/results.png"):
+            log("README benchmark block refreshed")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""Redis and sluice-gateway for the Redis-backend measurements, on loopback ports, and a probe
+that tells whether the filter's `backend: redis` works end to end in this build."""
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+
+from common import LOOPBACK, free_port, pin, port_open, target_dir, wait_until
+
+TOKEN = "bench-token"
+CLUSTER = "sluice_gateway"
+
+
+def gateway_binary():
+    return os.path.join(target_dir(), "release", "sluice-gateway")
+
+
+class RedisStack:
+    """redis-server (no persistence) and sluice-gateway in front of it."""
+
+    def __init__(self, workdir, cpus=None):
+        if not shutil.which("redis-server"):
+            raise RuntimeError("redis-server is not installed")
+        if not os.path.exists(gateway_binary()):
+            raise RuntimeError(f"{gateway_binary()} is missing (cargo build --release -p sluice-gateway)")
+        self.procs = []
+        self.redis_port, self.port = free_port(), free_port()
+        self.dir = tempfile.mkdtemp(dir=workdir, prefix="redis-")
+        self.procs.append(subprocess.Popen(
+            pin(cpus) + ["redis-server", "--bind", LOOPBACK, "--port", str(self.redis_port), "--save", "",
+                         "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_until(lambda: port_open(self.redis_port), 20, "redis-server")
+        self.gateway_log = open(os.path.join(self.dir, "gateway.log"), "w")
+        self.procs.append(subprocess.Popen(
+            pin(cpus) + [gateway_binary(), "--listen", f"{LOOPBACK}:{self.port}",
+                         "--redis-url", f"redis://{LOOPBACK}:{self.redis_port}", "--token", TOKEN],
+            stdout=self.gateway_log, stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="warn")))
+        try:
+            wait_until(lambda: port_open(self.port), 30, "sluice-gateway")
+        except RuntimeError:
+            self.stop()
+            raise
+
+    @property
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def flush(self):
+        subprocess.run(["redis-cli", "-h", LOOPBACK, "-p", str(self.redis_port), "FLUSHALL"],
+                       capture_output=True, timeout=10)
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        self.gateway_log.close()
+
+
+def redis_plugin(rules, timeout_ms=100):
+    return {"redis": {"cluster": CLUSTER, "token": TOKEN, "timeout_ms": timeout_ms}, "rules": rules}
+
+
+def probe(envoy_factory, stack):
+    """Whether a `backend: redis` rule decides through Redis here: 3 requests against a 2/min
+    rule must give 200, 200, 429, and Redis must hold the rule's keys. Returns (ok, reason)."""
+    rule = {"name": "probe", "limit": "2/min", "strategy": "fixed_window", "identifier": "global",
+            "backend": "redis", "on_error": "allow"}
+    try:
+        envoy = envoy_factory(redis_plugin([rule], timeout_ms=1000))
+    except RuntimeError as e:
+        return False, f"Envoy rejected a backend: redis config: {str(e).splitlines()[0]}"
+    try:
+        codes = []
+        for _ in range(3):
+            try:
+                with urllib.request.urlopen(envoy.url("/probe"), timeout=5) as r:
+                    codes.append(r.status)
+            except urllib.error.HTTPError as e:
+                codes.append(e.code)
+        keys = subprocess.run(["redis-cli", "-h", LOOPBACK, "-p", str(stack.redis_port), "DBSIZE"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        if codes == [200, 200, 429] and keys not in ("", "0"):
+            return True, "ok"
+        return False, f"backend: redis does not limit through Redis yet (responses {codes}, {keys or 0} Redis keys)"
+    finally:
+        envoy.stop()
+        stack.flush()
