@@ -33,3 +33,34 @@ pub fn probe_wasm() -> PathBuf {
 pub fn probe() -> HostBuilder {
     Host::builder().wasm(probe_wasm())
 }
+
+/// The real filter: `$SLUICE_WASM` if set, else `sluice.wasm` built now (release,
+/// wasm32-wasip1) into this build's target directory, so the tests never run a stale module.
+pub fn sluice_wasm() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("SLUICE_WASM") {
+            return PathBuf::from(p);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        // CARGO_TARGET_TMPDIR is <target>/tmp.
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let out = Command::new(cargo)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice", "--manifest-path"])
+            .arg(root.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .expect("run cargo to build sluice.wasm");
+        assert!(out.status.success(), "building sluice.wasm failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        target.join("wasm32-wasip1/release/sluice.wasm")
+    })
+    .clone()
+}
+
+pub fn sluice() -> HostBuilder {
+    Host::builder().wasm(sluice_wasm()).cluster("sluice_gateway")
+}
