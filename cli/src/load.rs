@@ -73,3 +73,93 @@ fn json_or_config(bytes: &[u8], errors: ConfigErrors) -> LintError {
         _ => LintError::Config(errors),
     }
 }
+
+/// What a file given to `sluice explain` turned out to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A plugin config itself.
+    PluginConfig,
+    /// An Envoy bootstrap whose Wasm filter carries the config as a `StringValue`.
+    EnvoyBootstrap,
+    /// An Istio `WasmPlugin` whose `spec.pluginConfig` is the config.
+    WasmPlugin,
+}
+
+const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// Every document of a YAML or JSON file.
+fn documents(bytes: &[u8], format: Format) -> Result<Vec<Value>, LintError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    match format {
+        Format::Json => {
+            let v = serde_json::from_slice::<Value>(bytes).map_err(|e| LintError::Syntax { format: "JSON", message: e.to_string() })?;
+            return Ok(vec![v]);
+        }
+        Format::Guess => {
+            if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+                return Ok(vec![v]);
+            }
+        }
+        Format::Yaml => {}
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let v = <Value as serde::Deserialize>::deserialize(doc)
+            .map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// The plugin configurations (as JSON text for bootstraps, as values otherwise) in `doc`.
+fn sluice_configs(doc: &Value) -> Vec<Result<Vec<u8>, Value>> {
+    let mut out = Vec::new();
+    crate::analysis::walk(doc, &mut |map| {
+        if map.get("@type").and_then(Value::as_str) != Some(WASM_FILTER) {
+            return;
+        }
+        let conf = &map["config"]["configuration"];
+        match (conf.get("@type").and_then(Value::as_str), conf.get("value")) {
+            (Some(STRING_VALUE), Some(Value::String(text))) => out.push(Ok(text.clone().into_bytes())),
+            _ => out.push(Err(conf.clone())),
+        }
+    });
+    out
+}
+
+/// Reads a plugin config, an Envoy bootstrap (the config of its one Wasm filter, plus its
+/// route names) or an Istio WasmPlugin (its `pluginConfig`), and compiles the config with the
+/// filter's own compiler, on the bytes Envoy would pass where there are such bytes.
+pub fn load_any(bytes: &[u8], format: Format) -> Result<(Config, Source, Option<Vec<String>>), LintError> {
+    let docs = documents(bytes, format)?;
+    let syntax = |message: String| LintError::Syntax { format: "sluice input", message };
+    if let Some(plugin) = docs.iter().find(|d| d["kind"] == "WasmPlugin") {
+        let cfg = &plugin["spec"]["pluginConfig"];
+        return compile(cfg).map(|c| (c, Source::WasmPlugin, None)).map_err(LintError::Config);
+    }
+    if let Some(boot) = docs.iter().find(|d| d.get("static_resources").is_some()) {
+        let mut found = sluice_configs(boot);
+        return match (found.len(), found.pop()) {
+            (1, Some(Ok(json))) => {
+                let routes = crate::analysis::bootstrap_routes(boot);
+                compile_json(&json).map(|c| (c, Source::EnvoyBootstrap, Some(routes))).map_err(LintError::Config)
+            }
+            (1, Some(Err(_))) => Err(syntax("the Wasm filter's configuration is not a google.protobuf.StringValue".into())),
+            (0, _) => Err(syntax("this Envoy bootstrap has no Wasm filter".into())),
+            (n, _) => Err(syntax(format!("this Envoy bootstrap has {n} Wasm filters; give the plugin config itself"))),
+        };
+    }
+    match docs.as_slice() {
+        [one] => compile(one).map(|c| (c, Source::PluginConfig, None)).map_err(LintError::Config),
+        // Nothing at all: the compiler's own "no configuration" error.
+        [] => compile(&Value::Null).map(|c| (c, Source::PluginConfig, None)).map_err(LintError::Config),
+        _ => Err(syntax(format!("{} YAML documents, none of them an Envoy bootstrap or a WasmPlugin", docs.len()))),
+    }
+}

@@ -1,17 +1,22 @@
-//! `sluice`: the filter's own config compiler on the command line.
+//! `sluice`: the filter's own config compiler on the command line: `lint` checks a config,
+//! `explain` shows which rules a request meets and what the config can never do.
 //!
 //! Exit codes: 0 the config is valid; 1 the config is invalid (every error printed to stderr,
 //! one per line); 2 bad usage or an unreadable file.
 
+mod analysis;
+mod explain;
 mod load;
 
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use load::{lint_bytes, Format};
+use explain::CliRequest;
+use load::{lint_bytes, load_any, Format};
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "Check sluice rate-limit plugin configs with the filter's own compiler")]
@@ -30,14 +35,109 @@ enum Command {
         /// if it parses, else YAML. "-" reads standard input.
         file: PathBuf,
     },
-    // `Explain { .. }` (which rules a request meets and why) is added here later.
+    /// Show which rules a request meets and why, who it is counted against (identity, hash,
+    /// shared-data slots, Redis key), and what static analysis finds in the config: rules that
+    /// can never match, never limit, or are shadowed by another rule. Without --path, only the
+    /// analysis is printed.
+    #[command(after_help = "Example:\n  sluice explain filter-config/api.yaml --method POST --path /v1/orders -H 'x-api-key: k1' --ip 203.0.113.7")]
+    Explain {
+        /// A plugin config (YAML or JSON), an Envoy bootstrap with the sluice filter (its route
+        /// names are then checked too), or an Istio WasmPlugin (its pluginConfig).
+        file: PathBuf,
+        /// Request method.
+        #[arg(short = 'X', long, requires = "path")]
+        method: Option<String>,
+        /// Request path, query string included (e.g. /login?user=alice).
+        #[arg(long)]
+        path: Option<String>,
+        /// A request header, as in curl: -H 'x-api-key: k1'. Repeatable.
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", requires = "path")]
+        headers: Vec<String>,
+        /// The client address as Envoy sees it (source.address).
+        #[arg(long, requires = "path")]
+        ip: Option<IpAddr>,
+        /// The Envoy route name the request would take (xds.route_name).
+        #[arg(long, requires = "path")]
+        route: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Lint { file } => lint(&file),
+        Command::Explain { file, method, path, headers, ip, route, json } => {
+            let request = match path {
+                Some(path) => {
+                    let mut parsed = Vec::with_capacity(headers.len());
+                    for h in &headers {
+                        match CliRequest::parse_header(h) {
+                            Ok(pair) => parsed.push(pair),
+                            Err(e) => {
+                                eprintln!("sluice: {e}");
+                                return ExitCode::from(2);
+                            }
+                        }
+                    }
+                    let method = method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+                    Some(CliRequest { method, path, headers: parsed, ip, route })
+                }
+                None => None,
+            };
+            explain_file(&file, request.as_ref(), json)
+        }
     }
+}
+
+fn shown(file: &Path) -> String {
+    if file.as_os_str() == "-" {
+        "<stdin>".to_string()
+    } else {
+        file.display().to_string()
+    }
+}
+
+fn print_errors(shown: &str, lines: &[String]) -> ExitCode {
+    let mut stderr = std::io::stderr().lock();
+    for line in lines {
+        let _ = writeln!(stderr, "{line}");
+    }
+    let n = lines.len();
+    let _ = writeln!(stderr, "sluice: {shown}: {n} error{}", if n == 1 { "" } else { "s" });
+    ExitCode::from(1)
+}
+
+fn explain_file(file: &Path, request: Option<&CliRequest>, json: bool) -> ExitCode {
+    let shown = shown(file);
+    let bytes = match read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("sluice: cannot read {shown}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = if file.as_os_str() == "-" { Format::Guess } else { Format::of(file) };
+    let (config, _source, routes) = match load_any(&bytes, format) {
+        Ok(loaded) => loaded,
+        Err(err) => return print_errors(&shown, &err.lines()),
+    };
+    let report = explain::explain(config, request, routes.as_deref());
+    let text = if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(j) => j + "\n",
+            Err(e) => {
+                eprintln!("sluice: cannot print the report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        explain::render(&report)
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    ExitCode::SUCCESS
 }
 
 fn read(file: &Path) -> std::io::Result<Vec<u8>> {
@@ -51,7 +151,7 @@ fn read(file: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 fn lint(file: &Path) -> ExitCode {
-    let shown = if file.as_os_str() == "-" { "<stdin>".to_string() } else { file.display().to_string() };
+    let shown = shown(file);
     let bytes = match read(file) {
         Ok(b) => b,
         Err(e) => {
@@ -73,15 +173,6 @@ fn lint(file: &Path) -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Err(err) => {
-            let lines = err.lines();
-            let mut stderr = std::io::stderr().lock();
-            for line in &lines {
-                let _ = writeln!(stderr, "{line}");
-            }
-            let n = lines.len();
-            let _ = writeln!(stderr, "sluice: {shown}: {n} error{}", if n == 1 { "" } else { "s" });
-            ExitCode::from(1)
-        }
+        Err(err) => print_errors(&shown, &err.lines()),
     }
 }

@@ -1,0 +1,319 @@
+//! `sluice explain`: which rules a request meets, who it is counted against (identity, hash,
+//! the shared-data slot table and the Redis key), and the static analysis of the config. The
+//! verdict per rule comes from the filter's own `Limiter::explain`; this module only adds the
+//! reasons and the presentation.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde::Serialize;
+use serde_json::Value;
+use sluice::config::{Backend, Config, IdentPart, Rule};
+use sluice::engine::{path_only, Applies, Limiter};
+use sluice::identity::{self, RequestInfo};
+
+use crate::analysis::{self, Finding};
+
+/// A request given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct CliRequest {
+    pub method: String,
+    pub path: String,
+    /// Lower-case names, in the order given.
+    pub headers: Vec<(String, String)>,
+    pub ip: Option<IpAddr>,
+    pub route: Option<String>,
+}
+
+impl CliRequest {
+    /// `name: value` as curl's `-H` takes it: the name is lower-cased, the value trimmed.
+    /// Pseudo-headers keep their colon (`:authority: example.com`).
+    pub fn parse_header(text: &str) -> Result<(String, String), String> {
+        let start = usize::from(text.starts_with(':'));
+        let colon = text[start..].find(':').map(|i| i + start).ok_or_else(|| format!("header {text:?} is not NAME: VALUE"))?;
+        let name = text[..colon].trim().to_ascii_lowercase();
+        if name.is_empty() || name == ":" || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("header {text:?} has no valid name; expected NAME: VALUE"));
+        }
+        Ok((name, text[colon + 1..].trim().to_string()))
+    }
+}
+
+impl RequestInfo for CliRequest {
+    fn method(&self) -> Option<String> {
+        Some(self.method.clone())
+    }
+    fn path(&self) -> Option<String> {
+        Some(self.path.clone())
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        match name {
+            ":method" => return Some(self.method.clone()),
+            ":path" => return Some(self.path.clone()),
+            _ => {}
+        }
+        // Envoy answers `host` and `:authority` alike.
+        let authority = matches!(name, ":authority" | "host");
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k == name || (authority && matches!(k.as_str(), ":authority" | "host")))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    }
+    fn source_address(&self) -> Option<String> {
+        self.ip.map(|ip| ip.to_string())
+    }
+    fn route_name(&self) -> Option<String> {
+        self.route.clone()
+    }
+}
+
+/// One rule's result for the request.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleReport {
+    pub rule: String,
+    /// applies | no_match | unlimited | exempt | no_identity
+    pub outcome: &'static str,
+    /// Why the rule does not apply (empty when it does).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted: Option<Counted>,
+}
+
+/// Who an applying rule counts the request against, and where.
+#[derive(Debug, Clone, Serialize)]
+pub struct Counted {
+    /// The identity as text (composite parts joined by " + ").
+    pub identity: String,
+    /// The fixed-length hash that stands for the identity in every key.
+    pub hash: String,
+    pub cost: u64,
+    pub limits: Vec<String>,
+    pub strategy: String,
+    pub backend: &'static str,
+    pub shadow: bool,
+    /// Shared-data keys of the rule's slot table: this prefix and a slot number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_data_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// The Redis key of this identity, up to the per-limit suffix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub namespace: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleReport>,
+    /// Names of the rules that apply, in config order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applies: Option<Vec<String>>,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestView {
+    pub method: String,
+    pub path: String,
+    pub route: Option<String>,
+    /// The client IP as the filter derives it (`client_ip` settings applied).
+    pub client_ip: Option<String>,
+}
+
+fn strategy_text(config: &Config, index: usize) -> String {
+    let json = serde_json::to_value(config).unwrap_or(Value::Null);
+    let s = &json["rules"][index]["strategy"];
+    let name = s["type"].as_str().unwrap_or("?").to_string();
+    let params: Vec<String> = s
+        .as_object()
+        .map(|m| m.iter().filter(|(k, v)| *k != "type" && !v.is_null()).map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    if params.is_empty() {
+        name
+    } else {
+        format!("{name} ({})", params.join(", "))
+    }
+}
+
+/// `<namespace>:{<rule>:<hash>}:` as the filter forms Redis keys, then the per-limit suffix.
+fn redis_key(config: &Config, rule: &Rule, hash: u64) -> String {
+    let full = sluice::redis::key(&config.namespace, &rule.name, hash, 0, 0);
+    match full.find("}:") {
+        Some(end) => format!("{}<limit index>.<fingerprint>", &full[..end + 2]),
+        None => full,
+    }
+}
+
+fn no_match_reasons(rule: &Rule, req: &CliRequest) -> Vec<String> {
+    let m = &rule.matcher;
+    let mut out = Vec::new();
+    let path = path_only(&req.path);
+    if !m.methods.is_empty() && !m.methods.contains(&req.method) {
+        out.push(format!("method {} is not one of {}", req.method, m.methods.join(", ")));
+    }
+    if !m.paths.is_empty() && !m.paths.iter().any(|g| g.matches(path)) {
+        let globs: Vec<String> = m.paths.iter().map(|g| format!("{:?}", g.source)).collect();
+        out.push(format!("path {path:?} matches none of {}", globs.join(", ")));
+    }
+    for (name, want) in &m.headers {
+        match req.header(name) {
+            Some(v) if v == *want => {}
+            Some(v) => out.push(format!("header {name} is {v:?}, not {want:?}")),
+            None => out.push(format!("header {name} is absent (needs {want:?})")),
+        }
+    }
+    if !m.routes.is_empty() {
+        match &req.route {
+            Some(r) if m.routes.contains(r) => {}
+            Some(r) => out.push(format!("route {r:?} is not one of {}", m.routes.join(", "))),
+            None => out.push(format!("no route name given (--route); needs one of {}", m.routes.join(", "))),
+        }
+    }
+    if out.is_empty() {
+        out.push("its match does not hold".into());
+    }
+    out
+}
+
+fn exempt_reasons(rule: &Rule, req: &CliRequest, ip: Option<IpAddr>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(ip) = ip {
+        for net in rule.exempt.cidrs.iter().filter(|n| n.contains(&ip)) {
+            out.push(format!("client ip {ip} is in exempt cidr {net}"));
+        }
+    }
+    for (name, value) in &rule.exempt.headers {
+        if req.header(name).as_deref() == Some(value.as_str()) {
+            out.push(format!("exempt header {name}: {value:?}"));
+        }
+    }
+    out
+}
+
+fn missing_parts(rule: &Rule, req: &CliRequest) -> Vec<String> {
+    rule.identifier
+        .parts
+        .iter()
+        .filter_map(|p| match p {
+            IdentPart::Header(h) if req.header(h).is_none() => Some(format!("header {h} is absent and the identifier says fallback: skip")),
+            IdentPart::Query(q) if identity::query_param(&req.path, q).is_none() => {
+                Some(format!("query parameter {q} is absent and the identifier says fallback: skip"))
+            }
+            IdentPart::Cookie(c) if req.header("cookie").and_then(|h| identity::cookie(&h, c)).is_none() => {
+                Some(format!("cookie {c} is absent and the identifier says fallback: skip"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Explains `req` (if given) under `config` and analyses the config.
+pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String]>) -> Report {
+    let findings = analysis::analyze(&config, routes);
+    let namespace = config.namespace.clone();
+    let Some(req) = req else {
+        return Report { namespace, request: None, rules: Vec::new(), applies: None, findings };
+    };
+    let limiter = Limiter::new(config);
+    let config = &limiter.config;
+    let ip = identity::client_ip(&config.client_ip, req);
+    let mut rules = Vec::with_capacity(config.rules.len());
+    let mut applies = Vec::new();
+    for (i, (rule, result)) in config.rules.iter().zip(limiter.explain(req)).enumerate() {
+        let (outcome, reasons, counted) = match result {
+            Applies::Yes(a) => {
+                applies.push(rule.name.clone());
+                let local = rule.backend == Backend::Local || matches!(rule.on_error, sluice::config::OnError::Fallback { .. });
+                let counted = Counted {
+                    identity: a.identity.text.replace('\u{1f}', " + "),
+                    hash: format!("{:016x}", a.identity.hash),
+                    cost: a.cost,
+                    limits: rule.limits.iter().map(ToString::to_string).collect(),
+                    strategy: strategy_text(config, i),
+                    backend: if rule.backend == Backend::Redis { "redis" } else { "local" },
+                    shadow: rule.shadow,
+                    shared_data_prefix: if local { limiter.table_prefix(i).map(str::to_string) } else { None },
+                    slots: local.then_some(config.local.max_clients),
+                    redis_key: (rule.backend == Backend::Redis).then(|| redis_key(config, rule, a.identity.hash)),
+                };
+                ("applies", Vec::new(), Some(counted))
+            }
+            Applies::NoMatch => ("no_match", no_match_reasons(rule, req), None),
+            Applies::Unlimited => ("unlimited", vec!["every limit is 0/0".to_string()], None),
+            Applies::Exempt => ("exempt", exempt_reasons(rule, req, ip), None),
+            Applies::NoIdentity => ("no_identity", missing_parts(rule, req), None),
+        };
+        rules.push(RuleReport { rule: rule.name.clone(), outcome, reasons, counted });
+    }
+    let request = RequestView {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        route: req.route.clone(),
+        client_ip: ip.map(|i| i.to_string()),
+    };
+    Report { namespace, request: Some(request), rules, applies: Some(applies), findings }
+}
+
+/// The report as people read it.
+pub fn render(report: &Report) -> String {
+    let mut s = String::new();
+    if let Some(req) = &report.request {
+        let route = req.route.as_deref().unwrap_or("-");
+        let ip = req.client_ip.as_deref().unwrap_or("unknown (give --ip)");
+        let _ = writeln!(s, "request: {} {}  route {route}  client ip {ip}", req.method, req.path);
+        let _ = writeln!(s);
+        let width = report.rules.iter().map(|r| r.rule.len()).max().unwrap_or(4).max(4);
+        for r in &report.rules {
+            let label = r.outcome.replace('_', " ");
+            match &r.counted {
+                Some(c) => {
+                    let pad = " ".repeat(width + 2 + 12);
+                    let _ = writeln!(s, "{:<width$}  {:<12}identity {} (hash {}), cost {}", r.rule, label, c.identity, c.hash, c.cost);
+                    let shadow = if c.shadow { ", shadow (counts, never denies)" } else { "" };
+                    let _ = writeln!(s, "{pad}{} {}, backend {}{shadow}", c.limits.join(" + "), c.strategy, c.backend);
+                    if let Some(key) = &c.redis_key {
+                        let _ = writeln!(s, "{pad}redis key {key}");
+                    }
+                    if let (Some(prefix), Some(slots)) = (&c.shared_data_prefix, c.slots) {
+                        let _ = writeln!(s, "{pad}shared data {prefix}<slot> ({slots} slots)");
+                    }
+                }
+                None => {
+                    let _ = writeln!(s, "{:<width$}  {:<12}{}", r.rule, label, r.reasons.join("; "));
+                }
+            }
+        }
+        let _ = writeln!(s);
+        match report.applies.as_deref() {
+            Some([]) | None => {
+                let _ = writeln!(s, "no rule applies: the request is not limited.");
+            }
+            Some(names) => {
+                let _ = writeln!(
+                    s,
+                    "{} of {} rules apply ({}); the request is admitted only if every one admits.",
+                    names.len(),
+                    report.rules.len(),
+                    names.join(", ")
+                );
+            }
+        }
+        let _ = writeln!(s);
+    }
+    if report.findings.is_empty() {
+        let _ = writeln!(s, "static analysis: no findings");
+    } else {
+        let _ = writeln!(s, "static analysis: {} finding{}", report.findings.len(), if report.findings.len() == 1 { "" } else { "s" });
+        for f in &report.findings {
+            let _ = writeln!(s, "  {} {:?}: {}", f.kind, f.rule, f.message);
+        }
+    }
+    s
+}
