@@ -7,9 +7,8 @@ cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
 
-echo "== build: sluice.wasm (release, wasm32-wasip1)"
-cargo build --release --target wasm32-wasip1
-ls -l target/wasm32-wasip1/release/sluice.wasm
+echo "== build: sluice.wasm and sluice-redis-callout.wasm (release, wasm32-wasip1)"
+./scripts/build-wasm.sh
 
 echo "== build: sluice-gateway (release; the end-to-end tests run this binary)"
 cargo build --release -p sluice-gateway

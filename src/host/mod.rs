@@ -168,7 +168,7 @@ impl RootContext for Root {
         };
         match crate::config::compile_json(&bytes) {
             Ok(config) => {
-                if config.redis.as_ref().is_some_and(|r| r.transport == Transport::RedisCallout) {
+                if !cfg!(feature = "redis-callout") && config.redis.as_ref().is_some_and(|r| r.transport == Transport::RedisCallout) {
                     log::error!(
                         "sluice: invalid configuration: redis.transport: \"redis_callout\": this build reaches Redis \
                          through HTTP callouts; expected \"http\" (Redis callouts need Higress and the \
@@ -182,9 +182,18 @@ impl RootContext for Root {
                     log::error!("sluice: cannot set the tick period (queued requests, metrics)");
                     return false;
                 }
+                #[cfg(feature = "redis-callout")]
+                if let Some(r) = limiter.config.redis.as_ref().filter(|r| r.transport == Transport::RedisCallout) {
+                    if let Err(e) = callout::init(&r.cluster, r.token.as_deref(), r.timeout_ms) {
+                        log::error!("sluice: invalid configuration: redis.cluster: {:?}: {e}", r.cluster);
+                        return false;
+                    }
+                }
                 let metrics = Metrics::define(&limiter);
                 log::info!("sluice: configured {} rule(s)", limiter.config.rules.len());
-                self.shared = Some(Rc::new(Shared { limiter, metrics }));
+                let shared = Rc::new(Shared { limiter, metrics });
+                SHARED.with(|s| *s.borrow_mut() = Some(shared.clone()));
+                self.shared = Some(shared);
                 true
             }
             Err(errors) => {
@@ -218,7 +227,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { shared: self.shared.clone(), context_id, response_headers: Vec::new(), pending: None }))
+        Some(Box::new(Http { shared: self.shared.clone(), context_id }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -261,98 +270,143 @@ fn property(path: &[&str]) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// A request's context id, and the config it started with.
 struct Http {
     shared: Option<Rc<Shared>>,
     context_id: u32,
-    response_headers: Vec<(String, String)>,
-    /// A request waiting for Redis, and the time (epoch µs) past which it must not wait.
-    pending: Option<(Pending, u64)>,
+}
+
+thread_local! {
+    /// The worker's current config, for callbacks that arrive at the root (Higress' Redis
+    /// callout answers there).
+    static SHARED: RefCell<Option<Rc<Shared>>> = const { RefCell::new(None) };
+    /// Per request context: rate limit fields to add to the response.
+    static RESPONSE_HEADERS: RefCell<Vec<(u32, Vec<(String, String)>)>> = const { RefCell::new(Vec::new()) };
+    /// Per request context: the decision waiting for Redis, and its deadline (epoch µs).
+    static PENDING: RefCell<Vec<(u32, Pending, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_pending(ctx: u32) -> Option<(Pending, u64)> {
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|(c, ..)| *c == ctx)?;
+        let (_, pending, deadline) = p.swap_remove(i);
+        Some((pending, deadline))
+    })
+}
+
+fn take_response_headers(ctx: u32) -> Vec<(String, String)> {
+    RESPONSE_HEADERS.with(|h| {
+        let mut h = h.borrow_mut();
+        match h.iter().position(|(c, _)| *c == ctx) {
+            Some(i) => h.swap_remove(i).1,
+            None => Vec::new(),
+        }
+    })
 }
 
 /// What the stream does after a verdict.
 enum Flow {
     Continue,
-    /// Answered locally, or queued for release by the tick.
+    /// Answered locally, waiting for Redis, or queued for release by the tick.
     Hold,
 }
 
-impl Http {
-    fn apply(&mut self, shared: &Shared, verdict: Verdict) -> Flow {
-        shared.metrics.count(&shared.limiter, &verdict);
-        match verdict {
-            Verdict::Admit { headers, delay_ms, .. } => {
-                self.response_headers = headers;
-                if delay_ms == 0 {
-                    return Flow::Continue;
-                }
-                let release = now_us().saturating_add(delay_ms.saturating_mul(1000));
-                let seq = QUEUE_SEQ.with(|s| {
-                    let n = s.get();
-                    s.set(n + 1);
-                    n
-                });
-                QUEUE.with(|q| q.borrow_mut().push(Reverse((release, seq, self.context_id))));
-                Flow::Hold
+/// Carries out a verdict for request `ctx`.
+fn apply(shared: &Shared, ctx: u32, verdict: Verdict) -> Flow {
+    shared.metrics.count(&shared.limiter, &verdict);
+    match verdict {
+        Verdict::Admit { headers, delay_ms, .. } => {
+            if !headers.is_empty() {
+                RESPONSE_HEADERS.with(|h| h.borrow_mut().push((ctx, headers)));
             }
-            Verdict::Deny { response, .. } => {
-                let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                if let Err(status) = hostcalls::send_http_response(u32::from(response.status), headers, Some(&response.body)) {
-                    log::warn!("sluice: cannot send the limited response: {status:?}");
-                    return Flow::Continue;
-                }
-                Flow::Hold
+            if delay_ms == 0 {
+                return Flow::Continue;
             }
+            let release = now_us().saturating_add(delay_ms.saturating_mul(1000));
+            let seq = QUEUE_SEQ.with(|s| {
+                let n = s.get();
+                s.set(n + 1);
+                n
+            });
+            QUEUE.with(|q| q.borrow_mut().push(Reverse((release, seq, ctx))));
+            Flow::Hold
         }
-    }
-
-    /// Sends `pending`'s commands to the Redis endpoint, giving it only the time left before
-    /// `deadline_us`. On failure the caller decides without Redis.
-    fn dispatch(&mut self, shared: &Shared, pending: Pending, deadline_us: u64) -> Result<(), (Pending, String)> {
-        let Some(spec) = shared.limiter.config.redis.as_ref() else {
-            return Err((pending, "no redis block".into()));
-        };
-        let now = now_us();
-        if now >= deadline_us {
-            return Err((pending, format!("no time left of redis.timeout_ms = {}", spec.timeout_ms)));
-        }
-        let body = wire::upstash_pipeline(&pending.commands);
-        let authority = spec.authority.as_deref().unwrap_or(&spec.cluster);
-        let bearer = spec.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = vec![
-            (":method", "POST"),
-            (":path", "/pipeline"),
-            (":authority", authority),
-            ("content-type", "application/json"),
-        ];
-        if let Some(b) = bearer.as_deref() {
-            headers.push(("authorization", b));
-        }
-        let timeout = Duration::from_micros(deadline_us - now);
-        match hostcalls::dispatch_http_call(&spec.cluster, headers, Some(&body), Vec::new(), timeout) {
-            Ok(_token) => {
-                self.pending = Some((pending, deadline_us));
-                Ok(())
+        Verdict::Deny { response, .. } => {
+            let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            if let Err(status) = hostcalls::send_http_response(u32::from(response.status), headers, Some(&response.body)) {
+                log::warn!("sluice: cannot send the limited response: {status:?}");
+                return Flow::Continue;
             }
-            Err(status) => Err((pending, format!("dispatch_http_call to cluster {:?}: {status:?}", spec.cluster))),
-        }
-    }
-
-    /// Continues after Redis answered (or failed): a verdict, or one more call.
-    fn resume(&mut self, shared: &Shared, pending: Pending, deadline_us: u64, replies: Result<Vec<wire::Reply>, String>) -> Flow {
-        let mut step = shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
-        loop {
-            match step {
-                Resumed::Done(verdict) => return self.apply(shared, verdict),
-                Resumed::Retry(p) => match self.dispatch(shared, p, deadline_us) {
-                    Ok(()) => return Flow::Hold,
-                    Err((p, why)) => step = shared.limiter.resume(p, Err(why), &EnvoyShared, now_us()),
-                },
-            }
+            Flow::Hold
         }
     }
 }
 
-/// Reads a callout's reply: the pipeline's replies, or why there are none.
+/// Sends `pending`'s commands to Redis for request `ctx`, giving them only the time left before
+/// `deadline_us`. On failure the caller decides without Redis.
+fn dispatch(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64) -> Result<(), (Pending, String)> {
+    let Some(spec) = shared.limiter.config.redis.as_ref() else {
+        return Err((pending, "no redis block".into()));
+    };
+    let now = now_us();
+    if now >= deadline_us {
+        return Err((pending, format!("no time left of redis.timeout_ms = {}", spec.timeout_ms)));
+    }
+    #[cfg(feature = "redis-callout")]
+    if spec.transport == Transport::RedisCallout {
+        return match callout::call(&spec.cluster, &wire::resp_commands(&pending.commands), ctx) {
+            Ok(()) => {
+                PENDING.with(|p| p.borrow_mut().push((ctx, pending, deadline_us)));
+                Ok(())
+            }
+            Err(why) => Err((pending, why)),
+        };
+    }
+    let body = wire::upstash_pipeline(&pending.commands);
+    let authority = spec.authority.as_deref().unwrap_or(&spec.cluster);
+    let bearer = spec.token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", "/pipeline"),
+        (":authority", authority),
+        ("content-type", "application/json"),
+    ];
+    if let Some(b) = bearer.as_deref() {
+        headers.push(("authorization", b));
+    }
+    let timeout = Duration::from_micros(deadline_us - now);
+    match hostcalls::dispatch_http_call(&spec.cluster, headers, Some(&body), Vec::new(), timeout) {
+        Ok(_token) => {
+            PENDING.with(|p| p.borrow_mut().push((ctx, pending, deadline_us)));
+            Ok(())
+        }
+        Err(status) => Err((pending, format!("dispatch_http_call to cluster {:?}: {status:?}", spec.cluster))),
+    }
+}
+
+/// Continues request `ctx` after Redis answered (or failed): a verdict, or one more call.
+fn resume(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64, replies: Result<Vec<wire::Reply>, String>) -> Flow {
+    let mut step = shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
+    loop {
+        match step {
+            Resumed::Done(verdict) => return apply(shared, ctx, verdict),
+            Resumed::Retry(p) => match dispatch(shared, ctx, p, deadline_us) {
+                Ok(()) => return Flow::Hold,
+                Err((p, why)) => step = shared.limiter.resume(p, Err(why), &EnvoyShared, now_us()),
+            },
+        }
+    }
+}
+
+/// Resumes a paused request after `resume` (from a callback, not a filter callback).
+fn continue_if(flow: Flow) {
+    if let Flow::Continue = flow {
+        let _ = hostcalls::resume_http_request();
+    }
+}
+
+/// Reads an HTTP callout's reply: the pipeline's replies, or why there are none.
 fn callout_replies(num_headers: usize, body_size: usize, expected: usize) -> Result<Vec<wire::Reply>, String> {
     if num_headers == 0 {
         // Envoy's way of saying the call failed: timeout, reset, or no healthy host.
@@ -374,11 +428,17 @@ fn callout_replies(num_headers: usize, body_size: usize, expected: usize) -> Res
 
 impl Context for Http {
     fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let (Some(shared), Some((pending, deadline))) = (self.shared.clone(), self.pending.take()) else { return };
+        let (Some(shared), Some((pending, deadline))) = (self.shared.clone(), take_pending(self.context_id)) else { return };
         let replies = callout_replies(num_headers, body_size, pending.commands.len());
-        if let Flow::Continue = self.resume(&shared, pending, deadline, replies) {
-            let _ = hostcalls::resume_http_request();
-        }
+        continue_if(resume(&shared, self.context_id, pending, deadline, replies));
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        // A request that ended early (client gone) leaves nothing behind.
+        let _ = take_pending(self.context_id);
+        let _ = take_response_headers(self.context_id);
     }
 }
 
@@ -386,14 +446,15 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
         let now = now_us();
+        let ctx = self.context_id;
         let flow = match shared.limiter.start(&HostRequest::default(), &EnvoyShared, now) {
-            Step::Done(verdict) => self.apply(&shared, verdict),
+            Step::Done(verdict) => apply(&shared, ctx, verdict),
             Step::Redis(pending) => {
                 let timeout_us = shared.limiter.config.redis.as_ref().map_or(0, |r| r.timeout_ms.saturating_mul(1000));
                 let deadline = now.saturating_add(timeout_us);
-                match self.dispatch(&shared, pending, deadline) {
+                match dispatch(&shared, ctx, pending, deadline) {
                     Ok(()) => Flow::Hold,
-                    Err((pending, why)) => self.resume(&shared, pending, deadline, Err(why)),
+                    Err((pending, why)) => resume(&shared, ctx, pending, deadline, Err(why)),
                 }
             }
         };
@@ -404,9 +465,112 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in self.response_headers.drain(..) {
+        for (name, value) in take_response_headers(self.context_id) {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &name, &value);
         }
         Action::Continue
+    }
+}
+
+/// Higress' Redis callout: answers arrive at the root context with the call's token.
+#[cfg(feature = "redis-callout")]
+mod callout {
+    use super::*;
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_redis_init(
+            cluster: *const u8,
+            cluster_size: usize,
+            username: *const u8,
+            username_size: usize,
+            password: *const u8,
+            password_size: usize,
+            timeout_ms: u32,
+        ) -> u32;
+        fn proxy_redis_call(cluster: *const u8, cluster_size: usize, query: *const u8, query_size: usize, token: *mut u32) -> u32;
+        fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+    }
+
+    /// Buffer type of a Redis call's response (Higress).
+    const REDIS_CALL_RESPONSE: u32 = 9;
+
+    thread_local! {
+        /// Call token → request context.
+        static TOKENS: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Connects the worker to the Redis cluster (`redis.token` is the password).
+    pub fn init(cluster: &str, password: Option<&str>, timeout_ms: u64) -> Result<(), String> {
+        let password = password.unwrap_or("");
+        // SAFETY: every pointer and length describes a live byte slice for the call's duration.
+        let status = unsafe {
+            proxy_redis_init(
+                cluster.as_ptr(),
+                cluster.len(),
+                "".as_ptr(),
+                0,
+                password.as_ptr(),
+                password.len(),
+                u32::try_from(timeout_ms).unwrap_or(u32::MAX),
+            )
+        };
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(format!("proxy_redis_init({cluster:?}) returned status {status}"))
+        }
+    }
+
+    pub fn call(cluster: &str, query: &[u8], ctx: u32) -> Result<(), String> {
+        let mut token = 0u32;
+        // SAFETY: as above; `token` outlives the call.
+        let status = unsafe { proxy_redis_call(cluster.as_ptr(), cluster.len(), query.as_ptr(), query.len(), &mut token) };
+        if status != 0 {
+            return Err(format!("proxy_redis_call({cluster:?}) returned status {status}"));
+        }
+        TOKENS.with(|t| t.borrow_mut().push((token, ctx)));
+        Ok(())
+    }
+
+    fn response(size: usize) -> Option<Vec<u8>> {
+        if size == 0 {
+            return None;
+        }
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut len: usize = 0;
+        // SAFETY: the host writes a buffer it allocated through the SDK's
+        // proxy_on_memory_allocate (Rust's global allocator, align 1), which we then own.
+        let status = unsafe { proxy_get_buffer_bytes(REDIS_CALL_RESPONSE, 0, size, &mut data, &mut len) };
+        if status != 0 || data.is_null() {
+            return None;
+        }
+        // SAFETY: see above: `data` holds `len` initialized bytes with capacity `len`.
+        Some(unsafe { Vec::from_raw_parts(data, len, len) })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, size: usize) {
+        let ctx = TOKENS.with(|t| {
+            let mut t = t.borrow_mut();
+            let i = t.iter().position(|(tok, _)| *tok == token)?;
+            Some(t.swap_remove(i).1)
+        });
+        let Some(ctx) = ctx else { return };
+        let Some(shared) = SHARED.with(|s| s.borrow().clone()) else { return };
+        if hostcalls::set_effective_context(ctx).is_err() {
+            let _ = take_pending(ctx);
+            return;
+        }
+        let Some((pending, deadline)) = take_pending(ctx) else { return };
+        let replies = if status != 0 {
+            Err(format!("Redis callout failed with status {status}"))
+        } else {
+            match response(size) {
+                Some(bytes) => wire::resp_replies(&bytes, pending.commands.len()).map_err(|e| e.to_string()),
+                None => Err("empty Redis callout response".into()),
+            }
+        };
+        continue_if(resume(&shared, ctx, pending, deadline, replies));
     }
 }
