@@ -82,14 +82,17 @@ pub type Routes<'a> = Option<&'a [String]>;
 
 pub fn analyze(config: &Config, routes: Routes<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
+    let mut live = Vec::with_capacity(config.rules.len());
     for rule in &config.rules {
         let never = never_matches(rule, routes, &mut out);
         if !never {
             never_limits(rule, &mut out);
         }
         redundant_limits(rule, &mut out);
+        live.push(!never);
     }
-    shadowed(config, &mut out);
+    // A rule that never matches is reported as such, not also as shadowed.
+    shadowed(config, &live, &mut out);
     out
 }
 
@@ -202,11 +205,11 @@ fn redundant_limits(rule: &Rule, out: &mut Vec<Finding>) {
 
 // ---- shadowing ----
 
-fn shadowed(config: &Config, out: &mut Vec<Finding>) {
+fn shadowed(config: &Config, live: &[bool], out: &mut Vec<Finding>) {
     let rules = &config.rules;
-    for (b, rb) in rules.iter().enumerate() {
+    for (b, rb) in rules.iter().enumerate().filter(|(b, _)| live[*b]) {
         let by = rules.iter().enumerate().find(|(a, ra)| {
-            *a != b && covers(ra, rb) && !(covers(rb, ra) && *a > b) // mutual: report the later only
+            *a != b && live[*a] && covers(ra, rb) && !(covers(rb, ra) && *a > b) // mutual: report the later only
         });
         if let Some((_, ra)) = by {
             let mut f = finding(
@@ -545,7 +548,7 @@ mod tests {
     fn routes_missing_from_the_bootstrap() {
         let c = config(json!([
             {"name": "known", "match": {"routes": ["a", "zzz"]}, "limit": "1/s"},
-            {"name": "unknown", "match": {"routes": ["zzz"]}, "limit": "1/s"}
+            {"name": "unknown", "match": {"routes": ["zzz"]}, "limit": "1/s", "identifier": "global"}
         ]));
         let routes = vec!["a".to_string(), "b".to_string()];
         let found = analyze(&c, Some(&routes));

@@ -1,0 +1,248 @@
+//! Runs the built `sluice explain` on shipped and made-up configs and checks what it reports:
+//! per-rule outcomes and reasons, identities and their hashes, the shared-data and Redis key
+//! forms, the inputs it accepts (plugin config, Envoy bootstrap, Istio WasmPlugin), the static
+//! analysis, and its exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).current_dir(root()).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `sluice explain ARGS --json`, which must succeed.
+fn explain(args: &[&str]) -> Value {
+    let mut all = vec!["explain"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = sluice(&all);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn rule<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["rules"].as_array().unwrap().iter().find(|r| r["rule"] == name).unwrap_or_else(|| panic!("no rule {name}"))
+}
+
+fn hash_hex(text: &str) -> String {
+    format!("{:016x}", sluice::identity::hash(text))
+}
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+#[test]
+fn rules_that_apply_show_identity_hash_cost_and_shared_data_slots() {
+    let r = explain(&["filter-config/local.yaml", "--path", "/api/x?page=2", "-H", "X-Api-Key: k1", "--ip", "192.0.2.1"]);
+    assert_eq!(r["request"]["client_ip"], "192.0.2.1");
+    assert_eq!(r["applies"], json!(["api", "site"]));
+    let api = rule(&r, "api");
+    assert_eq!(api["outcome"], "applies");
+    let c = &api["counted"];
+    assert_eq!(c["identity"], "header:x-api-key=k1", "header names are case-insensitive, values verbatim");
+    assert_eq!(c["hash"], hash_hex("header:x-api-key=k1"), "the hash the filter uses");
+    assert_eq!((c["cost"].as_u64(), c["backend"].as_str()), (Some(1), Some("local")));
+    assert_eq!(c["limits"], json!(["20/s", "10000/h"]));
+    assert_eq!(c["strategy"], "token_bucket (burst 40)");
+    assert_eq!((c["shared_data_prefix"].as_str(), c["slots"].as_u64()), (Some("shop:api:"), Some(20000)));
+    assert!(c.get("redis_key").is_none(), "a local rule has no Redis key");
+    assert_eq!(rule(&r, "site")["counted"]["identity"], "global");
+
+    let login = rule(&r, "login");
+    assert_eq!(login["outcome"], "no_match");
+    assert_eq!(login["reasons"], json!(["method GET is not one of POST", "path \"/api/x\" matches none of \"/login\""]));
+    let exports = rule(&r, "exports");
+    assert!(
+        exports["reasons"].as_array().unwrap().iter().any(|x| x == "header x-tenant-tier is absent (needs \"free\")"),
+        "{exports}"
+    );
+}
+
+#[test]
+fn cost_from_a_header_is_clamped_like_the_filter_does() {
+    let r = explain(&["filter-config/local.yaml", "--path", "/api/search", "-H", "x-search-cost: 500", "--ip", "192.0.2.1"]);
+    assert_eq!(rule(&r, "search")["counted"]["cost"], 50);
+    let r = explain(&["filter-config/local.yaml", "--path", "/api/search", "-H", "x-search-cost: nope", "--ip", "192.0.2.1"]);
+    assert_eq!(rule(&r, "search")["counted"]["cost"], 1);
+}
+
+#[test]
+fn exempt_unlimited_and_missing_identities_say_why() {
+    let r = explain(&["filter-config/local.yaml", "--path", "/api/x", "--ip", "10.9.8.7"]);
+    assert_eq!(rule(&r, "api")["outcome"], "exempt");
+    assert_eq!(rule(&r, "api")["reasons"], json!(["client ip 10.9.8.7 is in exempt cidr 10.0.0.0/8"]));
+    let r = explain(&["filter-config/local.yaml", "--path", "/api/x", "-H", "x-internal: yes", "--ip", "192.0.2.1"]);
+    assert_eq!(rule(&r, "api")["reasons"], json!(["exempt header x-internal: \"yes\""]));
+
+    let r = explain(&["filter-config/local.yaml", "-X", "put", "--path", "/upload/a", "--ip", "192.0.2.1"]);
+    assert_eq!(r["request"]["method"], "PUT");
+    assert_eq!(rule(&r, "uploads")["outcome"], "no_identity");
+    assert_eq!(rule(&r, "uploads")["reasons"], json!(["cookie session is absent and the identifier says fallback: skip"]));
+    let r = explain(&["filter-config/local.yaml", "-X", "PUT", "--path", "/upload/a", "-H", "cookie: a=1; session=s9"]);
+    assert_eq!(rule(&r, "uploads")["counted"]["identity"], "cookie:session=s9");
+
+    let r = explain(&["filter-config/tenants.yaml", "--path", "/x", "-H", "x-tenant-tier: enterprise", "-H", "x-tenant: t1"]);
+    assert_eq!(rule(&r, "enterprise")["outcome"], "unlimited");
+    assert_eq!(r["applies"], json!([]));
+}
+
+#[test]
+fn redis_rules_show_their_key_and_composite_identities_their_parts() {
+    let r = explain(&["filter-config/redis.yaml", "-X", "POST", "--path", "/api/payments/9", "-H", "x-account: a1", "--ip", "203.0.113.7"]);
+    let p = &rule(&r, "payments")["counted"];
+    assert_eq!(p["identity"], "header:x-account=a1 + ip=203.0.113.7");
+    // The hash covers the parts joined by the unit separator, as the filter joins them.
+    let hash = hash_hex("header:x-account=a1\u{1f}ip=203.0.113.7");
+    assert_eq!(p["hash"], hash);
+    assert_eq!(p["backend"], "redis");
+    assert_eq!(p["redis_key"], format!("shop:{{payments:{hash}}}:<limit index>.<fingerprint>"));
+    // The form is the filter's own: its key function with the same namespace, rule and hash.
+    let full = sluice::redis::key("shop", "payments", u64::from_str_radix(&hash, 16).unwrap(), 0, 7);
+    assert!(full.starts_with(&format!("shop:{{payments:{hash}}}:")), "{full}");
+    assert!(p.get("shared_data_prefix").is_none(), "on_error deny never counts locally");
+    // api falls back to local counting on Redis errors: it has a slot table too.
+    assert_eq!(rule(&r, "api")["counted"]["shared_data_prefix"], "shop:api:");
+}
+
+#[test]
+fn envoy_bootstraps_and_wasm_plugins_are_read_for_their_plugin_config() {
+    let r = explain(&["envoy/per-route.yaml", "-X", "POST", "--path", "/orders", "--route", "orders", "-H", "x-api-key: carol", "-H", "x-tenant: acme"]);
+    assert_eq!(r["applies"], json!(["order-writes", "orders-per-tenant"]));
+    assert_eq!(rule(&r, "catalog-reads")["reasons"], json!(["method POST is not one of GET, HEAD", "route \"orders\" is not one of catalog"]));
+    let r = explain(&["envoy/per-route.yaml", "--path", "/orders"]);
+    assert_eq!(rule(&r, "orders-per-tenant")["reasons"], json!(["no route name given (--route); needs one of orders"]));
+
+    let r = explain(&["examples/istio/wasmplugin.yaml", "--path", "/api/v1", "-H", "x-api-key: k1"]);
+    assert_eq!(r["namespace"], "shop");
+    assert_eq!(rule(&r, "api")["counted"]["backend"], "redis");
+
+    // A rule naming a route the bootstrap does not have can never match.
+    let boot = std::fs::read_to_string(root().join("envoy/per-route.yaml")).unwrap().replace("\"routes\": [\"search\"]", "\"routes\": [\"serach\"]");
+    let path = temp_file("typo-route.yaml", &boot);
+    let r = explain(&[path.to_str().unwrap()]);
+    assert_eq!(r["findings"][0]["kind"], "never_matches", "{r}");
+    assert_eq!(r["findings"][0]["rule"], "search");
+    assert!(r["findings"][0]["message"].as_str().unwrap().contains("serach"), "{r}");
+}
+
+#[test]
+fn static_analysis_reports_what_can_never_happen() {
+    let path = temp_file(
+        "findings.yaml",
+        r#"
+rules:
+  - name: api
+    match: {path: "/api/**"}
+    limit: 100/min
+    strategy: fixed_window
+  - name: api-orders
+    match: {path: "/api/orders/*", methods: [POST]}
+    limit: 200/min
+    strategy: fixed_window
+  - name: accents
+    match: {path: "/menu/crème"}
+    limit: 1/s
+  - name: proxy-header
+    match: {headers: {proxy-connection: keep-alive}}
+    limit: 1/s
+  - name: everyone-exempt
+    match: {path: /x}
+    limit: 1/s
+    exempt: {cidrs: [0.0.0.0/0, "::/0"]}
+  - name: two-limits
+    match: {path: /y}
+    limits: [10/s, 5/s]
+"#,
+    );
+    let r = explain(&[path.to_str().unwrap()]);
+    assert!(r.get("request").is_none() && r.get("rules").is_none(), "no request given: analysis only");
+    let found: Vec<(String, String, Option<String>)> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap().into(), f["rule"].as_str().unwrap().into(), f["by"].as_str().map(String::from)))
+        .collect();
+    let f = |k: &str, r: &str, by: Option<&str>| (k.to_string(), r.to_string(), by.map(String::from));
+    assert_eq!(
+        found,
+        vec![
+            f("never_matches", "accents", None),
+            f("never_matches", "proxy-header", None),
+            f("never_limits", "everyone-exempt", None),
+            f("redundant_limit", "two-limits", None),
+            f("shadowed", "api-orders", Some("api")),
+        ]
+    );
+    let out = sluice(&["explain", path.to_str().unwrap()]);
+    let t = text(&out.stdout);
+    assert!(t.starts_with("static analysis: 5 findings\n"), "{t}");
+    assert!(t.contains("  shadowed \"api-orders\": rule \"api\" applies to every request this rule does"), "{t}");
+}
+
+#[test]
+fn every_shipped_config_is_free_of_findings() {
+    let mut files = Vec::new();
+    for dir in ["filter-config", "envoy", "examples/per-route", "examples/istio"] {
+        for e in std::fs::read_dir(root().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            let yaml = name.ends_with(".yaml");
+            if yaml && !matches!(name.as_str(), "upstream.yaml" | "gateway.yaml") {
+                files.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    assert!(files.len() >= 14, "{files:?}");
+    for f in files {
+        let r = explain(&[&f]);
+        assert_eq!(r["findings"], json!([]), "{f}");
+    }
+}
+
+#[test]
+fn text_output_reads_per_rule() {
+    let out = sluice(&["explain", "filter-config/redis.yaml", "-X", "POST", "--path", "/api/payments/1", "-H", "x-account: a1", "--ip", "203.0.113.7"]);
+    assert_eq!(out.status.code(), Some(0));
+    let t = text(&out.stdout);
+    let hash = hash_hex("header:x-account=a1\u{1f}ip=203.0.113.7");
+    assert!(t.starts_with("request: POST /api/payments/1  route -  client ip 203.0.113.7\n"), "{t}");
+    assert!(t.contains(&format!("payments   applies     identity header:x-account=a1 + ip=203.0.113.7 (hash {hash}), cost 1\n")), "{t}");
+    assert!(t.contains(&format!("redis key shop:{{payments:{hash}}}:<limit index>.<fingerprint>\n")), "{t}");
+    assert!(t.contains("3 of 3 rules apply (api, payments, per-proxy); the request is admitted only if every one admits.\n"), "{t}");
+    assert!(t.ends_with("static analysis: no findings\n"), "{t}");
+}
+
+#[test]
+fn errors_and_usage() {
+    let bad = temp_file("bad.yaml", "rules:\n  - name: a\n    limit: 5/fortnight\n");
+    let out = sluice(&["explain", bad.to_str().unwrap(), "--path", "/"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("rules[0].limit: \"5/fortnight\""), "{}", text(&out.stderr));
+
+    let out = sluice(&["explain", "filter-config/local.yaml", "--path", "/", "-H", "no colon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = sluice(&["explain", "filter-config/local.yaml", "-H", "x-a: 1"]);
+    assert_eq!(out.status.code(), Some(2), "request options need --path: {}", text(&out.stderr));
+    let out = sluice(&["explain", "filter-config/missing.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = sluice(&["explain", "envoy/upstream.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("this Envoy bootstrap has no Wasm filter"), "{}", text(&out.stderr));
+}
