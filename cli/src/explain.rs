@@ -282,7 +282,8 @@ pub fn render(report: &Report) -> String {
                         let _ = writeln!(s, "{pad}redis key {key}");
                     }
                     if let (Some(prefix), Some(slots)) = (&c.shared_data_prefix, c.slots) {
-                        let _ = writeln!(s, "{pad}shared data {prefix}<slot> ({slots} slots)");
+                        let when = if c.backend == "redis" { " when Redis fails (on_error: fallback)" } else { "" };
+                        let _ = writeln!(s, "{pad}shared data {prefix}<slot> ({slots} slots){when}");
                     }
                 }
                 None => {

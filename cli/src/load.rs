@@ -134,6 +134,19 @@ fn sluice_configs(doc: &Value) -> Vec<Result<Vec<u8>, Value>> {
     out
 }
 
+/// What a file holds, if it parses: a bootstrap or WasmPlugin is read for its plugin config;
+/// anything else (including what does not parse) is linted as a plugin config itself.
+pub fn source_of(bytes: &[u8], format: Format) -> Source {
+    let docs = documents(bytes, format).unwrap_or_default();
+    if docs.iter().any(|d| d["kind"] == "WasmPlugin") {
+        Source::WasmPlugin
+    } else if docs.iter().any(|d| d.get("static_resources").is_some()) {
+        Source::EnvoyBootstrap
+    } else {
+        Source::PluginConfig
+    }
+}
+
 /// Reads a plugin config, an Envoy bootstrap (the config of its one Wasm filter, plus its
 /// route names) or an Istio WasmPlugin (its `pluginConfig`), and compiles the config with the
 /// filter's own compiler, on the bytes Envoy would pass where there are such bytes.

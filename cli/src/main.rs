@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use explain::CliRequest;
-use load::{lint_bytes, load_any, Format};
+use load::{lint_bytes, load_any, source_of, Format, Source};
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "Check sluice rate-limit plugin configs with the filter's own compiler")]
@@ -32,7 +32,8 @@ enum Command {
     /// in; on errors print every one of them (path: "text": what was expected) and exit 1.
     Lint {
         /// The config file: .yaml/.yml is read as YAML, .json as JSON, anything else as JSON
-        /// if it parses, else YAML. "-" reads standard input.
+        /// if it parses, else YAML. "-" reads standard input. An Envoy bootstrap or an Istio
+        /// WasmPlugin is checked for the plugin config it carries.
         file: PathBuf,
     },
     /// Show which rules a request meets and why, who it is counted against (identity, hash,
@@ -160,7 +161,12 @@ fn lint(file: &Path) -> ExitCode {
         }
     };
     let format = if file.as_os_str() == "-" { Format::Guess } else { Format::of(file) };
-    match lint_bytes(&bytes, format) {
+    // A bootstrap or WasmPlugin is linted for the plugin config it carries.
+    let result = match source_of(&bytes, format) {
+        Source::PluginConfig => lint_bytes(&bytes, format),
+        _ => load_any(&bytes, format).map(|(config, _, _)| config),
+    };
+    match result {
         Ok(config) => match serde_json::to_string_pretty(&config) {
             Ok(json) => {
                 let mut out = std::io::stdout().lock();

@@ -124,3 +124,20 @@ fn help_lists_lint_and_exits_0() {
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("\"-\" reads standard input"));
 }
+
+#[test]
+fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let at = |p: &str| root.join(p).display().to_string();
+    let out = sluice(&["lint", &at("examples/istio/wasmplugin.yaml")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["redis"]["cluster"], "outbound|7379||sluice-gateway.example.internal");
+    let out = sluice(&["lint", &at("envoy/per-route.yaml")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rules"][0]["name"], "catalog-reads");
+    let out = sluice(&["lint", &at("envoy/upstream.yaml")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no Wasm filter"), "{}", text(&out.stderr));
+}
