@@ -178,6 +178,20 @@ fn schema_and_compiler_agree() {
         (json!({"local": {"max_clients": 0}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
         (json!({"redis": {"transport": "http"}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
         (json!({"redis": {"cluster": "gw", "timeout_ms": 0}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+
+        // The deploy files' fields: the Redis circuit breaker, route names, the Higress transport.
+        (json!({"redis": {"cluster": "gw", "breaker": {"failure_threshold": 1, "open_ms": 600000, "half_open_probes": 100, "success_threshold": 100}}, "rules": [{"name": "a", "limit": "1/s"}]}), true),
+        (json!({"redis": {"cluster": "outbound|7379||gw.example.internal", "transport": "redis_callout", "authority": "gw.example.internal"}, "rules": [{"name": "a", "limit": "1/s"}]}), true),
+        (json!({"redis": {"cluster": "gw", "breaker": {"failure_threshold": 0}}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+        (json!({"redis": {"cluster": "gw", "breaker": {"open_ms": 600001}}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+        (json!({"redis": {"cluster": "gw", "breaker": {"half_open_probes": 101}}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+        (json!({"redis": {"cluster": "gw", "breaker": {"failures": 3}}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+        (json!({"redis": {"cluster": "gw", "breaker": 5}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+        (json!({"redis": {"cluster": "gw a"}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+        (with_rule(json!({"match": {"routes": []}})), false),
+        (with_rule(json!({"match": {"routes": "catalog"}})), false),
+        (with_rule(json!({"match": {"headers": {"upgrade": 1}}})), false),
+        (with_rule(json!({"match": {"headers": {}}})), false),
     ];
     let v = validator();
     for (doc, want) in cases {
