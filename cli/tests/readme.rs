@@ -1,4 +1,4 @@
-//! README.md, checked: its first lines are the two set-up commands; its configuration reference
+//! README.md (and examples/per-route/README.md's commands), checked: its first lines are the two set-up commands; its configuration reference
 //! names every field of filter-config/schema.json (and nothing else); its problem+json example
 //! has the filter's fields; and every shell line in it is accounted for: run here (the CLI,
 //! with shown output compared), exercised by a named test or script, or checked statically
@@ -206,6 +206,9 @@ fn coverage() -> Vec<(&'static str, Cover)> {
         ("./scripts/bench.sh            # full run (~12 min on 2 cores): bench/results.{md,json,png}", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
         ("./scripts/bench.sh --quick    # one repetition, shorter runs, smaller memory steps", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
         ("./scripts/bench.sh --sections throughput,latency --configs a,b,c   # a subset", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
+        // examples/per-route/README.md
+        ("envoy -c envoy/per-route.yaml --concurrency 2 --disable-hot-restart", Test("tests/e2e/tests/per_route.rs", "bootstrap(\"per-route.yaml\")")),
+        ("cargo run -q -p sluice-cli -- explain envoy/per-route.yaml -X POST --path /orders --route orders -H 'x-api-key: carol' -H 'x-tenant: acme' --ip 127.0.0.1", RunCli),
     ]
 }
 
@@ -243,10 +246,20 @@ fn words(line: &str) -> Vec<String> {
     out
 }
 
+/// Markdown files whose shell lines are accounted for.
+const DOCS: &[&str] = &["README.md", "examples/per-route/README.md"];
+
 /// Every shell line with the ```text block that directly follows its block, if any.
 fn shell_lines() -> Vec<(String, Option<String>)> {
-    let text = readme();
-    let blocks = code_blocks(&text);
+    let mut out = Vec::new();
+    for doc in DOCS {
+        out.extend(shell_lines_of(&read(doc)));
+    }
+    out
+}
+
+fn shell_lines_of(text: &str) -> Vec<(String, Option<String>)> {
+    let blocks = code_blocks(text);
     let mut out = Vec::new();
     for (i, (_, lang, body)) in blocks.iter().enumerate() {
         if !matches!(lang.as_str(), "sh" | "bash" | "console") {
@@ -265,6 +278,7 @@ fn every_shell_line_is_covered() {
     let lines = shell_lines();
     let table = coverage();
     let known: Vec<&str> = table.iter().map(|(l, _)| *l).collect();
+    assert!(lines.len() >= 25, "{} shell lines found", lines.len());
     let unknown: Vec<&String> = lines.iter().map(|(l, _)| l).filter(|l| !known.contains(&l.as_str())).collect();
     assert!(unknown.is_empty(), "README shell lines without coverage (add them to cli/tests/readme.rs): {unknown:#?}");
     let stale: Vec<&&str> = known.iter().filter(|k| !lines.iter().any(|(l, _)| l == **k)).collect();
