@@ -4,9 +4,10 @@
 # fixed loopback ports those files name (listener :10000, admin :9901, gateway :7379, upstream
 # :8080 and :9911, Redis :7000-7005 and :17000-17005).
 #
-#   scripts/integration.sh            # native: starts that topology from local binaries (what CI
-#                                     # runs), runs tests/e2e/tests/deployed.rs against it, then
-#                                     # every end-to-end test (each starts its own processes)
+#   scripts/integration.sh            # native: starts that topology from local binaries (no
+#                                     # Docker needed: the mode for CI), runs
+#                                     # tests/e2e/tests/deployed.rs against it, then every
+#                                     # end-to-end test (each starts its own processes)
 #   scripts/integration.sh --compose  # the same topology with docker compose
 #                                     # (examples/compose/docker-compose.yaml), when a Docker
 #                                     # engine exists, and deployed.rs against it

@@ -199,7 +199,7 @@ fn coverage() -> Vec<(&'static str, Cover)> {
          Static(&["examples/compose/docker-compose.yaml"], "cli/tests/compose.rs; scripts/integration.sh --compose")),
         ("curl -i -X POST localhost:10000/api/payments/1 -H 'x-account: a1'", Test("tests/e2e/tests/deployed.rs", "/api/payments/1")),
         ("docker compose -f examples/compose/docker-compose.yaml down", Static(&["examples/compose/docker-compose.yaml"], "cli/tests/compose.rs")),
-        ("scripts/integration.sh             # native: what CI runs",
+        ("scripts/integration.sh             # native, no Docker needed: the mode for CI",
          Static(&["scripts/integration.sh"], "long, fixed ports: run by CI; cli/tests/compose.rs checks it against compose")),
         ("scripts/integration.sh --compose   # with a Docker engine", Static(&["scripts/integration.sh"], "needs a Docker engine")),
         ("cargo run -q -p sluice-cli -- explain filter-config/redis.yaml -X POST --path /api/payments/1 -H 'x-account: a1' --ip 203.0.113.7", RunCli),
