@@ -7,6 +7,7 @@ Sections (all by default; pick with --sections):
   latency     latency at a fixed rate of 50% of (a)'s throughput, oha open loop
   accuracy    overshoot / undershoot of every strategy, local and Redis backends
   memory      RSS, allocated bytes and slots after 10^3 .. 10^6 distinct identities
+  hostcalls   (not in the default set) µs per proxy-wasm host call of each kind in this Envoy
 
 Writes bench/results.json, bench/results.md and bench/results.png; a full run (all sections,
 not --quick) also refreshes the README's benchmark block. Run through scripts/bench.sh, which
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ben
 from common import ROOT, git_head, loadavg, log, machine, median, sha256, target_dir, tool_versions  # noqa: E402
 import accuracy  # noqa: E402
 import envoyctl  # noqa: E402
+import hostcalls  # noqa: E402
 import loadgen  # noqa: E402
 import memory  # noqa: E402
 import redisenv  # noqa: E402
@@ -33,6 +35,7 @@ import report as rep  # noqa: E402
 import throughput  # noqa: E402
 
 SECTIONS = ["profile", "throughput", "latency", "accuracy", "memory"]
+OPTIONAL = ["hostcalls"]
 
 
 def parse_args():
@@ -47,6 +50,7 @@ def parse_args():
                     help="repeat a run if other processes used more cores than this during it (default 0.25)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench"), help="output directory (default bench/)")
     ap.add_argument("--no-readme", action="store_true", help="do not refresh the README block")
+    ap.add_argument("--keep", help="copy the accuracy runs' access logs to this directory")
     return ap.parse_args()
 
 
@@ -63,7 +67,7 @@ def main():
     args = parse_args()
     quick = args.quick
     sections = [s for s in args.sections.split(",") if s]
-    unknown = set(sections) - set(SECTIONS)
+    unknown = set(sections) - set(SECTIONS) - set(OPTIONAL)
     if unknown:
         sys.exit(f"unknown sections: {', '.join(sorted(unknown))}")
     reps = args.reps or (1 if quick else 3)
@@ -115,9 +119,12 @@ def main():
                 run_throughput(report, args, sections, reps, seconds, quick, wasm, noop, work, envoy_cpus, load_cpus,
                                stack, redis_reason)
             if "accuracy" in sections:
-                run_accuracy(report, quick, wasm, work, stack, redis_reason)
+                run_accuracy(report, quick, wasm, work, stack, redis_reason, args.keep)
             if "memory" in sections:
                 run_memory(report, quick, wasm, work, envoy_cpus, load_cpus, corebench)
+            if "hostcalls" in sections and noop:
+                report["hostcalls"] = hostcalls.run(noop, work, reps, seconds, args.connections, envoy_cpus, load_cpus,
+                                                    args.max_others)
         finally:
             if stack:
                 stack.stop()
@@ -185,12 +192,13 @@ def run_throughput(report, args, sections, reps, seconds, quick, wasm, noop, wor
             e.stop()
 
 
-def run_accuracy(report, quick, wasm, work, stack, redis_reason):
+def run_accuracy(report, quick, wasm, work, stack, redis_reason, keep=None):
     limit, period_s, windows, connections = 500, 1, (2 if quick else 4), 16
     acc = {"settings": {"limit": limit, "period_s": period_s, "windows": windows, "connections": connections}}
-    acc["local"] = accuracy.run_backend("local", wasm, work, limit, period_s, windows, connections)
+    acc["local"] = accuracy.run_backend("local", wasm, work, limit, period_s, windows, connections, keep=keep)
     if stack:
-        acc["redis"] = accuracy.run_backend("redis", wasm, work, limit, period_s, windows, connections, redis_stack=stack)
+        acc["redis"] = accuracy.run_backend("redis", wasm, work, limit, period_s, windows, connections, redis_stack=stack,
+                                            keep=keep)
     else:
         acc["redis"] = {"not_measured": redis_reason or "Redis stack unavailable"}
     report["accuracy"] = acc

@@ -11,7 +11,9 @@ contract allows, as defined per strategy below.
 What "admitted per window" means here, per strategy:
 - fixed_window, sliding_window_counter: admitted in each epoch-aligned window of `period`
   (both guarantee ≤ limit there). Undershoot: the emptiest full window vs the limit.
-- sliding_window_log: admitted in any interval of `period` (its guarantee). Undershoot: the
+- sliding_window_log: admitted in any interval of `period` − 1 ms (its guarantee is in whole
+  milliseconds: an entry admitted at 10.0009 s is stamped 10000 ms and expires at 11000 ms, so
+  two admissions 999.1 ms apart are a full period apart on the filter's clock). Undershoot: the
   emptiest full aligned window vs the limit (under saturation each aligned window refills fully).
 - token_bucket, leaky_bucket, gcra: over the run and over every sub-interval of length d,
   admitted ≤ burst + d × rate (their guarantee, burst = limit by default). Undershoot: admitted
@@ -131,8 +133,8 @@ def analyze(strategy, data, limit, period_s):
             res.update(overshoot=None, undershoot_pct=None, note="no full window")
             return res
         if strategy == "sliding_window_log":
-            worst = max_in_sliding(lo, hi, period_s)
-            res["check"] = f"admitted in any {period_s:g} s interval ≤ {limit}"
+            worst = max_in_sliding(lo, hi, period_s - 0.001)
+            res["check"] = f"admitted in any {period_s * 1000 - 1:g} ms interval ≤ {limit}"
             res["max_admitted_in_any_window"] = worst
         else:
             worst = max(d for d, _ in per_window)
@@ -161,6 +163,7 @@ def analyze(strategy, data, limit, period_s):
     t_lo, t_hi = t_lo[order], t_hi[order]
     span = float(t_hi.max() - t_lo.min())
     whole_bound = cap + rate * (span + slack)
+    res["run_bound"] = round(whole_bound, 1)
     excess = max(worst_fluid_excess(t_lo, t_hi, cap, rate, slack), len(ok) - whole_bound)
     res["overshoot"] = max(int(math.floor(excess + 1e-9)), 0)
     res["overshoot_pct"] = round(100.0 * res["overshoot"] / cap, 3)
@@ -170,7 +173,7 @@ def analyze(strategy, data, limit, period_s):
     return res
 
 
-def run_backend(backend, wasm, workdir, limit, period_s, windows, connections, redis_stack=None):
+def run_backend(backend, wasm, workdir, limit, period_s, windows, connections, redis_stack=None, keep=None):
     """Runs every strategy in turn against one backend; returns {strategy: analysis}."""
     proxies = 1 if backend == "local" else 2
     plugin = {"rules": rules(limit, period_s, backend)}
@@ -210,6 +213,11 @@ def run_backend(backend, wasm, workdir, limit, period_s, windows, connections, r
     finally:
         for e in envoys:
             e.stop()
+    if keep:
+        import shutil
+        os.makedirs(keep, exist_ok=True)
+        for path in logs:
+            shutil.copy2(path, keep)
     data = read_log(logs)
     out = {}
     for s in STRATEGIES:

@@ -84,9 +84,13 @@ class CpuWatch:
     def stop(self):
         elapsed = max(time.monotonic() - self.t0, 1e-6)
         busy = (_busy_jiffies() - self.busy0) / CLK_TCK
-        ours = sum(max(_proc_jiffies(p) - j, 0) for p, j in self.ours0.items()) / CLK_TCK
+        per_pid = {p: max(_proc_jiffies(p) - j, 0) / CLK_TCK for p, j in self.ours0.items()}
+        ours = sum(per_pid.values())
         return {"others_cores": round(max(busy - ours, 0.0) / elapsed, 3),
-                "ours_cores": round(ours / elapsed, 3)}
+                "ours_cores": round(ours / elapsed, 3),
+                # CPU of the first watched process (the proxy under test), in cores and seconds.
+                "target_cores": round(per_pid[self.pids[0]] / elapsed, 3) if self.pids else None,
+                "target_cpu_s": round(per_pid[self.pids[0]], 3) if self.pids else None}
 
 
 def run_measured(cmd, timeout, watch_pids=(), cwd=None):

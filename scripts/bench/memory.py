@@ -14,6 +14,7 @@ from envoyctl import Envoy, bootstrap, wasm_filter
 import loadgen
 
 SLOTS_STAT = "wasmcustom.sluice.local.slots_created"
+ALLOWED_STAT = "wasmcustom.sluice.rule.mem.allowed"
 
 
 def plugin(cap):
@@ -32,9 +33,11 @@ def run(wasm, workdir, cap, steps, envoy_cpus, load_cpus, connections=16):
         done = 0
         for k, total in enumerate(steps):
             n = total - done
-            budget = int(n / 3000) + 30  # seconds: wrk stops after n responses, this only bounds it
+            budget = int(n / 3000) + 30  # seconds: the step ends once n requests were answered
+            target = envoy.stat(ALLOWED_STAT) + n
             r = loadgen.wrk(envoy.url("/mem"), budget, connections, cpus=load_cpus, script="distinct.lua",
-                            script_args=(n, f"s{k}-"), watch=[envoy.pid])
+                            script_args=(n, f"s{k}-"), watch=[envoy.pid],
+                            until=lambda: envoy.stat(ALLOWED_STAT) >= target)
             done = total
             time.sleep(1)
             p = {"identities": total, "requests": r["requests"], "rps": round(r["rps"]),
