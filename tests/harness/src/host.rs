@@ -1931,7 +1931,8 @@ pub struct FaultInjector<'a> {
 }
 
 impl FaultInjector<'_> {
-    /// The next `k` shared-data writes (any worker) fail as given, changing nothing.
+    /// The next `k` shared-data writes (any worker) fail as given, changing nothing. Note that
+    /// the Rust SDK's `set_shared_data` panics on any status but `Ok` and `CasMismatch`.
     pub fn fail_next_writes(&self, k: usize, fault: WriteFault) -> &Self {
         lock(self.process).faults.write_faults.extend(std::iter::repeat_n(fault, k));
         self
