@@ -122,6 +122,8 @@ pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
 // ---------------------------------------------------------------------------------------------
 // Guest exports.
 
+type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 #[derive(Clone)]
 struct Exports {
     context_create: Option<TypedFunc<(i32, i32), ()>>,
@@ -132,7 +134,7 @@ struct Exports {
     request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
-    http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    http_call_response: Option<CallResponseFn>,
     redis_call_response: Option<TypedFunc<(i32, i32, i32, i32), ()>>,
     queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     done: Option<TypedFunc<i32, i32>>,
@@ -308,6 +310,9 @@ pub struct Runnable {
     pub at: Point,
 }
 
+/// A test's own scheduling decision: given the runnable workers, an index into the slice.
+pub type Picker = Box<dyn FnMut(&[Runnable]) -> usize>;
+
 /// Picks which worker runs next whenever more than one could.
 pub enum Schedule {
     /// The lowest-numbered runnable worker; each worker's events in arrival order.
@@ -321,7 +326,7 @@ pub enum Schedule {
     /// is not runnable is skipped.
     Script(Vec<usize>),
     /// The test decides: given the runnable workers, return an index into the slice.
-    Custom(Box<dyn FnMut(&[Runnable]) -> usize>),
+    Custom(Picker),
 }
 
 impl std::fmt::Debug for Schedule {
@@ -341,7 +346,7 @@ enum Sched {
     RoundRobin { last: usize },
     Seeded(Rng),
     Script(VecDeque<usize>),
-    Custom(Box<dyn FnMut(&[Runnable]) -> usize>),
+    Custom(Picker),
 }
 
 impl From<Schedule> for Sched {
@@ -1379,7 +1384,7 @@ impl Host {
                 if paused {
                     self.pause(id, Wait::Request(Phase::Body));
                 } else {
-                    self.to_upstream(w, id);
+                    self.send_upstream(w, id);
                 }
             }
             Step::ResponseHeaders(_) => {
@@ -1429,7 +1434,7 @@ impl Host {
 
     fn after_request_headers(&mut self, w: usize, id: RequestId) {
         if self.requests[id.0].spec.body.is_empty() {
-            self.to_upstream(w, id);
+            self.send_upstream(w, id);
         } else {
             self.push_step(w, Step::RequestBody(id));
         }
@@ -1455,7 +1460,7 @@ impl Host {
     }
 
     /// The filter let the request through: the harness plays the upstream.
-    fn to_upstream(&mut self, w: usize, id: RequestId) {
+    fn send_upstream(&mut self, w: usize, id: RequestId) {
         let (headers, body) = match self.ctx(w, id) {
             Some(c) => (c.request_headers.clone(), c.request_body.clone()),
             None => (Vec::new(), Vec::new()),
@@ -1579,7 +1584,7 @@ impl Host {
                 r.released = true;
                 match phase {
                     Phase::Headers => self.after_request_headers(w, id),
-                    Phase::Body => self.to_upstream(w, id),
+                    Phase::Body => self.send_upstream(w, id),
                 }
             }
             Wait::Response(phase) if r.continue_response => {

@@ -230,7 +230,6 @@ impl VmState {
             map::RESPONSE_HEADERS => Ok(&mut ctx.response_headers),
             map::RESPONSE_TRAILERS => Ok(&mut ctx.response_trailers),
             // Callout responses and gRPC metadata are read-only.
-            0..=7 => Err(Status::BadArgument),
             _ => Err(Status::BadArgument),
         }
     }
@@ -249,7 +248,7 @@ impl VmState {
                 Some(c) if c.response_body_visible => Ok(c.response_body.clone()),
                 _ => Err(Status::NotFound),
             },
-            0..=9 => Err(Status::NotFound),
+            buffer::DOWNSTREAM_DATA..=buffer::FOREIGN_FUNCTION_ARGUMENTS => Err(Status::NotFound),
             _ => Err(Status::BadArgument),
         }
     }
@@ -1190,7 +1189,7 @@ pub(crate) fn add_wasi(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         Ok(errno::NOTSUP)
     })?;
     linker.func_wrap(WASI, "random_get", |mut caller: Caller<'_, VmState>, ptr: i32, len: i32| {
-        if len < 0 || len > 1 << 20 {
+        if !(0..=1 << 20).contains(&len) {
             return Ok(errno::INVAL);
         }
         let bytes = {
