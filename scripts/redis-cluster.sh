@@ -43,6 +43,8 @@ cluster_ok() {
   info=$("$REDIS_CLI" -h 127.0.0.1 -p "$1" CLUSTER INFO 2>/dev/null) || return 1
   grep -q '^cluster_state:ok' <<<"$info" && grep -q '^cluster_known_nodes:6' <<<"$info"
 }
+# A node answers PING, or has given up (its log says why: a port taken, say); either ends the wait.
+up_or_aborted() { pong "$1" || grep -q 'aborting' "$dir/$1/redis.log" 2>/dev/null; }
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 stop_nodes() {
@@ -76,7 +78,10 @@ case $action in
         --daemonize yes --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log"
     done
     for p in "${ports[@]}"; do
-      wait_for 15 pong "$p" || { say "node $p did not start; see $dir/$p/redis.log"; stop_nodes; exit 1; }
+      if ! wait_for 15 up_or_aborted "$p" || ! pong "$p"; then
+        why=$(grep -m1 -E 'Could not create|Failed|aborting' "$dir/$p/redis.log" 2>/dev/null || true)
+        say "node $p did not start${why:+: $why}; see $dir/$p/redis.log"; stop_nodes; exit 1
+      fi
     done
     addrs=()
     for p in "${ports[@]}"; do addrs+=("127.0.0.1:$p"); done

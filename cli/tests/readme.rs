@@ -181,7 +181,7 @@ fn coverage() -> Vec<(&'static str, Cover)> {
         ("SLUICE_GATEWAY_TOKEN=sluice-dev-token target/release/sluice-gateway --redis-url redis://127.0.0.1:6379",
          Test("gateway/tests/binary.rs", "SLUICE_GATEWAY_TOKEN")),
         ("scripts/redis-cluster.sh start /tmp/sluice-cluster 7000    # or a local 6-node Redis Cluster",
-         Script(&[("scripts/integration.sh", "scripts/redis-cluster.sh start"), ("tests/e2e/tests/deployed.rs", "scripts/redis-cluster.sh")])),
+         Script(&[("scripts/integration.sh", "scripts/redis-cluster.sh start"), ("tests/e2e/src/lib.rs", "scripts/redis-cluster.sh")])),
         ("SLUICE_GATEWAY_TOKEN=sluice-dev-token target/release/sluice-gateway --cluster-nodes 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002",
          Test("tests/e2e/tests/deployed.rs", "--cluster-nodes")),
         ("envoy -c envoy/upstream.yaml --disable-hot-restart &    # a stand-in application on :8080",

@@ -331,6 +331,43 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
     }
 }
 
+/// The kernel's ephemeral port range (`ip_local_port_range`): where outgoing connections get
+/// their local ports.
+fn ephemeral_ports() -> (u16, u16) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
+    match (it.next(), it.next()) {
+        (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+        _ => (32768, 60999),
+    }
+}
+
+/// A base port for `scripts/redis-cluster.sh`, whose nodes take BASE..BASE+5 and whose cluster
+/// buses take BASE+10000..BASE+10005. All twelve are free now and lie outside the ephemeral
+/// range: tests running beside this one open thousands of client connections, and a client
+/// socket holding a node's port makes that node fail to bind (seen in CI, five attempts running).
+pub fn cluster_base_port() -> u16 {
+    let (lo, hi) = ephemeral_ports();
+    let outside = |p: u32| p < u32::from(lo) || p > u32::from(hi);
+    let candidates: Vec<u16> = (10000u16..=55529)
+        .filter(|b| (0..6).all(|i| outside(u32::from(*b) + i) && outside(u32::from(*b) + 10000 + i)))
+        .collect();
+    assert!(!candidates.is_empty(), "no room for a cluster outside the ephemeral ports {lo}-{hi}");
+    // Spread concurrent test processes over the candidates.
+    let mut pick = (std::process::id() as usize).wrapping_mul(7919) ^ usize::from(free_port());
+    for _ in 0..200 {
+        pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let base = candidates[(pick >> 16) % candidates.len()];
+        let free = (0..6u16).all(|i| {
+            TcpListener::bind(("127.0.0.1", base + i)).is_ok() && TcpListener::bind(("127.0.0.1", base + 10000 + i)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no free base port for a Redis Cluster outside {lo}-{hi}");
+}
+
 /// A 6-node Redis Cluster (3 primaries, 3 replicas) on loopback, via scripts/redis-cluster.sh.
 pub struct RedisCluster {
     dir: TempDir,
@@ -341,11 +378,10 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         let mut last_error = String::new();
-        // Six node ports and their bus ports (+10000) must all be free; another process may hold
-        // one of a randomly chosen range, so try a few.
+        // The ports were free when chosen; another process may take one before the nodes bind.
         for _ in 0..5 {
             let dir = TempDir::new("cluster");
-            let base = 20000 + (free_port() % 20000);
+            let base = cluster_base_port();
             let out = Command::new(repo().join("scripts/redis-cluster.sh"))
                 .arg("start")
                 .arg(&dir.0)
@@ -357,6 +393,7 @@ impl RedisCluster {
                 return RedisCluster { dir, base, seeds };
             }
             last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+            eprintln!("cluster on base port {base} did not start, trying another: {last_error}");
             let _ = Command::new(repo().join("scripts/redis-cluster.sh")).arg("stop").arg(&dir.0).arg(base.to_string()).output();
         }
         panic!("cluster start failed 5 times; last: {last_error}");

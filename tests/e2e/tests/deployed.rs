@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use sluice_e2e::{adapt, bootstrap, free_port, get, repo, request, Envoy, Response, TempDir};
+use sluice_e2e::{adapt, bootstrap, free_port, get, repo, request, Envoy, RedisCluster, Response};
 
 /// The plugin config inside envoy/redis.yaml.
 fn shipped_plugin_config() -> Value {
@@ -56,46 +56,13 @@ impl Drop for Process {
     }
 }
 
-/// A 6-node cluster from scripts/redis-cluster.sh, stopped on drop.
-struct Cluster {
-    dir: TempDir,
-    base: u16,
-    seeds: String,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let script = repo().join("scripts/redis-cluster.sh");
-        let mut last = String::new();
-        // A base port whose 6 node ports and 6 bus ports (+10000) are free; retried because
-        // another process may take one meanwhile.
-        for _ in 0..3 {
-            let dir = TempDir::new("deployed-redis");
-            let base = 20000 + free_port() % 20000;
-            let out = Command::new(&script).arg("start").arg(&dir.0).arg(base.to_string()).output().expect("redis-cluster.sh");
-            if out.status.success() {
-                let seeds = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                return Cluster { dir, base, seeds };
-            }
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-        }
-        panic!("could not start a Redis Cluster: {last}");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/redis-cluster.sh")).arg("stop").arg(&self.dir.0).arg(self.base.to_string()).output();
-    }
-}
-
 /// What the checks talk to; owns the processes when it started them.
 struct Topology {
     targets: Vec<String>,
     admins: Vec<String>,
     _envoys: Vec<Envoy>,
     _gateway: Option<Process>,
-    _cluster: Option<Cluster>,
+    _cluster: Option<RedisCluster>,
 }
 
 fn urls(var: &str) -> Option<Vec<String>> {
@@ -126,7 +93,7 @@ fn topology() -> Topology {
     let gateway_bin: PathBuf = repo().join("target/release/sluice-gateway");
     assert!(gateway_bin.exists(), "{} is missing: run `cargo build --release -p sluice-gateway` first", gateway_bin.display());
 
-    let cluster = Cluster::start();
+    let cluster = RedisCluster::start();
     let gw_port = free_port();
     let gateway = Process(
         Command::new(&gateway_bin)
