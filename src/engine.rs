@@ -10,7 +10,7 @@ use crate::rate::Rate;
 use crate::response::{self, LocalResponse, Reported};
 use crate::breaker::{Breaker, Permit};
 use crate::redis::wire::Reply;
-use crate::store::{SharedStore, Table};
+use crate::store::{ReadOnce, SharedStore, Table};
 use crate::strategy::{self, lua, Decision, Outcome};
 
 /// A compiled config plus what requests need precomputed: the slot table of every rule.
@@ -495,15 +495,17 @@ impl Limiter {
         let (enforced, shadow): (Vec<&Applied>, Vec<&Applied>) =
             applied.iter().filter(|a| !self.is_redis(a)).partition(|a| !self.is_shadow(a.rule));
         let mut denied = false;
+        let store = ReadOnce::new(store);
         if enforced.len() > 1 {
-            let dry: Vec<RuleOutcome> = enforced.iter().map(|a| self.decide_rule(a, store, now_us, false)).collect();
+            let dry: Vec<RuleOutcome> = enforced.iter().map(|a| self.decide_rule(a, &store, now_us, false)).collect();
             if dry.iter().any(|o| !o.allowed) {
                 outcomes.extend(dry);
                 return self.verdict(outcomes, true);
             }
         }
+        store.stop_recording();
         for a in &enforced {
-            let o = self.decide_rule(a, store, now_us, true);
+            let o = self.decide_rule(a, &store, now_us, true);
             denied = !o.allowed;
             outcomes.push(o);
             if denied {
@@ -511,7 +513,7 @@ impl Limiter {
             }
         }
         for a in &shadow {
-            let o = self.decide_rule(a, store, now_us, true);
+            let o = self.decide_rule(a, &store, now_us, true);
             if !o.allowed {
                 log::info!("sluice: shadow rule {:?} would limit {}", self.config.rules[a.rule].name, a.identity.text);
             }

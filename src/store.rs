@@ -295,6 +295,55 @@ impl SharedStore for MemStore {
     }
 }
 
+/// One request's view of a store across its dry pass and its write pass. A multi-rule request
+/// first reads every rule's slot without writing (so one rule's denial consumes nothing from
+/// the others), then writes each; the write pass would read the same slots again. While
+/// `recording`, reads are remembered; the next read of a remembered key is served from memory
+/// once, and a write to a key forgets it. Nothing is lost by this: the write carries the
+/// remembered CAS token, so if another worker changed the slot in between, the write fails as a
+/// mismatch and the retry reads the store itself. It saves one host call per rule (two
+/// boundary crossings in Envoy: the call and the guest allocation of the value).
+pub struct ReadOnce<'s, S: SharedStore + ?Sized> {
+    inner: &'s S,
+    recording: std::cell::Cell<bool>,
+    seen: std::cell::RefCell<Vec<(String, Option<(Vec<u8>, u32)>)>>,
+}
+
+impl<'s, S: SharedStore + ?Sized> ReadOnce<'s, S> {
+    pub fn new(inner: &'s S) -> Self {
+        ReadOnce { inner, recording: std::cell::Cell::new(true), seen: Default::default() }
+    }
+
+    /// Ends the dry pass: later reads are no longer remembered.
+    pub fn stop_recording(&self) {
+        self.recording.set(false);
+    }
+
+    fn forget(&self, key: &str) -> Option<Option<(Vec<u8>, u32)>> {
+        let mut seen = self.seen.borrow_mut();
+        let i = seen.iter().position(|(k, _)| k == key)?;
+        Some(seen.swap_remove(i).1)
+    }
+}
+
+impl<S: SharedStore + ?Sized> SharedStore for ReadOnce<'_, S> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        if let Some(remembered) = self.forget(key) {
+            return Ok(remembered);
+        }
+        let value = self.inner.get(key)?;
+        if self.recording.get() {
+            self.seen.borrow_mut().push((key.to_string(), value.clone()));
+        }
+        Ok(value)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let _ = self.forget(key);
+        self.inner.set(key, value, cas)
+    }
+}
+
 impl<S: SharedStore + ?Sized> SharedStore for &S {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         (**self).get(key)
@@ -328,7 +377,7 @@ mod tests {
         }
     }
 
-    fn count(store: &MemStore, t: &Table, id: u64, now: u64) -> u64 {
+    fn count(store: &impl SharedStore, t: &Table, id: u64, now: u64) -> u64 {
         t.peek(store, id, now, |s| {
             s.first().and_then(|s| <[u8; 8]>::try_from(*s).ok()).map(u64::from_le_bytes).unwrap_or(0)
         })
@@ -444,5 +493,63 @@ mod tests {
         assert_eq!(cas, u32::MAX);
         s.set("k", b"e", 0).unwrap();
         assert_eq!(s.get("k").unwrap().unwrap().1, 1, "the token skips 0");
+    }
+
+    /// Counts the reads that reach the store.
+    struct Reads<'a> {
+        inner: &'a MemStore,
+        n: std::cell::Cell<u32>,
+    }
+
+    impl SharedStore for Reads<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            self.n.set(self.n.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn read_once_serves_the_write_pass_what_the_dry_pass_read() {
+        let store = MemStore::default();
+        let (a, b) = (table(8), Table { prefix: "t:s:".into(), ..table(8) });
+        a.update(&store, 3, 0, count_to(5)).unwrap();
+        let reads = Reads { inner: &store, n: Default::default() };
+        let view = ReadOnce::new(&reads);
+        assert_eq!(count(&view, &a, 3, 0), 1);
+        assert_eq!(count(&view, &b, 3, 0), 0);
+        assert_eq!(reads.n.get(), 2, "one read per rule in the dry pass");
+        view.stop_recording();
+        a.update(&view, 3, 0, count_to(5)).unwrap();
+        b.update(&view, 3, 0, count_to(5)).unwrap();
+        assert_eq!(reads.n.get(), 2, "the write pass reads nothing again");
+        assert_eq!((count(&store, &a, 3, 0), count(&store, &b, 3, 0)), (2, 1));
+        // Once written, a key is read from the store again.
+        assert_eq!(count(&view, &a, 3, 0), 2);
+        assert_eq!(reads.n.get(), 3);
+    }
+
+    #[test]
+    fn read_once_loses_no_update_made_between_the_passes() {
+        let store = MemStore::default();
+        let t = table(8);
+        t.update(&store, 3, 0, count_to(5)).unwrap();
+        let view = ReadOnce::new(&store);
+        assert_eq!(count(&view, &t, 3, 0), 1);
+        view.stop_recording();
+        // Another worker counts the identity after our dry pass read it.
+        t.update(&store, 3, 0, count_to(5)).unwrap();
+        // Our write carries the remembered token, fails as a mismatch, re-reads and counts on top.
+        t.update(&view, 3, 0, count_to(5)).unwrap();
+        assert_eq!(count(&store, &t, 3, 0), 3);
+        // The same for a slot that did not exist when the dry pass looked.
+        let view = ReadOnce::new(&store);
+        assert_eq!(count(&view, &t, 4, 0), 0);
+        view.stop_recording();
+        t.update(&store, 4, 0, count_to(5)).unwrap();
+        t.update(&view, 4, 0, count_to(5)).unwrap();
+        assert_eq!(count(&store, &t, 4, 0), 2);
     }
 }
