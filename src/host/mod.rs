@@ -355,7 +355,7 @@ fn dispatch(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64) -> Re
     }
     #[cfg(feature = "redis-callout")]
     if spec.transport == Transport::RedisCallout {
-        return match callout::call(&spec.cluster, &wire::resp_commands(&pending.commands), ctx) {
+        return match callout::call_all(&spec.cluster, &pending.commands, ctx) {
             Ok(()) => {
                 PENDING.with(|p| p.borrow_mut().push((ctx, pending, deadline_us)));
                 Ok(())
@@ -439,6 +439,8 @@ impl Drop for Http {
         // A request that ended early (client gone) leaves nothing behind.
         let _ = take_pending(self.context_id);
         let _ = take_response_headers(self.context_id);
+        #[cfg(feature = "redis-callout")]
+        callout::forget(self.context_id);
     }
 }
 
@@ -495,9 +497,16 @@ mod callout {
     /// Buffer type of a Redis call's response (Higress).
     const REDIS_CALL_RESPONSE: u32 = 9;
 
+    /// One request's Redis calls in flight: a reply slot per command, filled as answers arrive.
+    struct InFlight {
+        ctx: u32,
+        /// Call token per command, in command order.
+        tokens: Vec<u32>,
+        replies: Vec<Option<wire::Reply>>,
+    }
+
     thread_local! {
-        /// Call token → request context.
-        static TOKENS: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
+        static IN_FLIGHT: RefCell<Vec<InFlight>> = const { RefCell::new(Vec::new()) };
     }
 
     /// Connects the worker to the Redis cluster (`redis.token` is the password).
@@ -522,15 +531,34 @@ mod callout {
         }
     }
 
-    pub fn call(cluster: &str, query: &[u8], ctx: u32) -> Result<(), String> {
+    fn call(cluster: &str, query: &[u8]) -> Result<u32, String> {
         let mut token = 0u32;
         // SAFETY: as above; `token` outlives the call.
         let status = unsafe { proxy_redis_call(cluster.as_ptr(), cluster.len(), query.as_ptr(), query.len(), &mut token) };
         if status != 0 {
             return Err(format!("proxy_redis_call({cluster:?}) returned status {status}"));
         }
-        TOKENS.with(|t| t.borrow_mut().push((token, ctx)));
+        Ok(token)
+    }
+
+    /// Sends each command as its own call: a Redis callout carries one command and is answered
+    /// with one reply, so a request's rules go out side by side and are resumed when the last
+    /// answer is in. Calls already sent when a later one cannot be are forgotten: their answers
+    /// find no request and are dropped.
+    pub fn call_all(cluster: &str, commands: &[Vec<String>], ctx: u32) -> Result<(), String> {
+        forget(ctx);
+        let mut tokens = Vec::with_capacity(commands.len());
+        for c in commands {
+            tokens.push(call(cluster, &wire::resp_commands(std::slice::from_ref(c)))?);
+        }
+        let replies = vec![None; tokens.len()];
+        IN_FLIGHT.with(|f| f.borrow_mut().push(InFlight { ctx, tokens, replies }));
         Ok(())
+    }
+
+    /// Drops what request `ctx` still waits for.
+    pub fn forget(ctx: u32) {
+        IN_FLIGHT.with(|f| f.borrow_mut().retain(|i| i.ctx != ctx));
     }
 
     fn response(size: usize) -> Option<Vec<u8>> {
@@ -549,28 +577,51 @@ mod callout {
         Some(unsafe { Vec::from_raw_parts(data, len, len) })
     }
 
+    /// Files one answer. Returns the request and its replies once all are in, or the failure.
+    fn file(token: u32, status: u32, size: usize) -> Option<(u32, Result<Vec<wire::Reply>, String>)> {
+        IN_FLIGHT.with(|f| {
+            let mut f = f.borrow_mut();
+            let i = f.iter().position(|i| i.tokens.contains(&token))?;
+            let reply = if status != 0 {
+                Err(format!("Redis callout failed with status {status}"))
+            } else {
+                match response(size) {
+                    Some(bytes) => match wire::resp_replies(&bytes, 1) {
+                        Ok(mut r) => r.pop().ok_or_else(|| "no reply".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => Err("empty Redis callout response".into()),
+                }
+            };
+            let entry = &mut f[i];
+            match reply {
+                Err(why) => {
+                    let ctx = entry.ctx;
+                    f.swap_remove(i);
+                    Some((ctx, Err(why)))
+                }
+                Ok(r) => {
+                    let k = entry.tokens.iter().position(|t| *t == token)?;
+                    entry.replies[k] = Some(r);
+                    if entry.replies.iter().any(Option::is_none) {
+                        return None;
+                    }
+                    let done = f.swap_remove(i);
+                    Some((done.ctx, Ok(done.replies.into_iter().flatten().collect())))
+                }
+            }
+        })
+    }
+
     #[no_mangle]
     pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, size: usize) {
-        let ctx = TOKENS.with(|t| {
-            let mut t = t.borrow_mut();
-            let i = t.iter().position(|(tok, _)| *tok == token)?;
-            Some(t.swap_remove(i).1)
-        });
-        let Some(ctx) = ctx else { return };
+        let Some((ctx, replies)) = file(token, status, size) else { return };
         let Some(shared) = SHARED.with(|s| s.borrow().clone()) else { return };
         if hostcalls::set_effective_context(ctx).is_err() {
             let _ = take_pending(ctx);
             return;
         }
         let Some((pending, deadline)) = take_pending(ctx) else { return };
-        let replies = if status != 0 {
-            Err(format!("Redis callout failed with status {status}"))
-        } else {
-            match response(size) {
-                Some(bytes) => wire::resp_replies(&bytes, pending.commands.len()).map_err(|e| e.to_string()),
-                None => Err("empty Redis callout response".into()),
-            }
-        };
         continue_if(resume(&shared, ctx, pending, deadline, replies));
     }
 }

@@ -1,0 +1,237 @@
+//! The Higress build (`sluice-redis-callout.wasm`, feature `redis-callout`) in the harness,
+//! talking RESP over `proxy_redis_call` to a real `redis-server` on loopback: every strategy
+//! exact across two proxies sharing one Redis, a multi-rule request (one call per rule) denied
+//! by one rule consuming nothing from the other, NOSCRIPT recovery, and `on_error` when Redis is
+//! gone. Stock Envoy cannot load this module (it lacks the Redis imports), so this is where the
+//! build's Redis path runs against a real server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use sluice_harness::{forward, Host, Origin, Request, Response, Schedule};
+
+/// A throwaway `redis-server` (scripts/setup.sh installs it) on a free loopback port.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup.sh installs it)");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let r = Redis { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.command("PING\r\n") != "+PONG\r\n" {
+            assert!(Instant::now() < deadline, "redis-server on {port} did not answer PING");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// Sends one inline command and returns the first reply line (empty when unreachable).
+    fn command(&self, inline: &str) -> String {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) else { return String::new() };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(inline.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Higress build, made now into its own target dir (as scripts/build-wasm.sh does), so the
+/// test never runs a stale module and never overwrites sluice.wasm.
+fn callout_wasm() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let target = root.join("target/redis-callout");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let out = Command::new(cargo)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice", "--features", "redis-callout"])
+            .arg("--manifest-path")
+            .arg(root.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .expect("run cargo to build sluice-redis-callout.wasm");
+        assert!(out.status.success(), "building the redis-callout build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        target.join("wasm32-wasip1/release/sluice.wasm")
+    })
+    .clone()
+}
+
+fn plugin(namespace: &str, rules: Value) -> Value {
+    json!({
+        "namespace": namespace,
+        "redis": {"cluster": "redis", "transport": "redis_callout", "timeout_ms": 200},
+        "rules": rules,
+    })
+}
+
+/// One proxy (`workers` Envoy workers) whose Redis calls go to `redis`.
+fn proxy(config: &Value, workers: usize, redis: &Redis) -> Host {
+    Host::builder()
+        .wasm(callout_wasm())
+        .cluster("redis")
+        .config(config.to_string())
+        .workers(workers)
+        .on_redis_call(forward::redis_to(redis.addr))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()))
+}
+
+fn strategy(name: &str) -> Value {
+    match name {
+        "token_bucket_debt" => json!({"type": name, "max_debt": 0}),
+        "leaky_bucket_queue" => json!({"type": name, "max_delay_ms": 1000}),
+        _ => json!(name),
+    }
+}
+
+const STRATEGIES: &[&str] = &[
+    "fixed_window",
+    "sliding_window_counter",
+    "sliding_window_log",
+    "token_bucket",
+    "token_bucket_debt",
+    "leaky_bucket",
+    "leaky_bucket_queue",
+    "gcra",
+];
+
+fn unix_hour() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 3600).unwrap_or(0)
+}
+
+/// `r` of a rule in the RateLimit field (`"name";r=R;t=T`, several rules comma-separated).
+fn remaining(resp: &Response, rule: &str) -> Option<u64> {
+    let field = resp.header("ratelimit")?;
+    let item = field.split(',').map(str::trim).find(|i| i.starts_with(&format!("\"{rule}\";")))?;
+    item.split(';').find_map(|p| p.strip_prefix("r="))?.parse().ok()
+}
+
+#[test]
+fn every_strategy_is_exact_across_two_proxies_sharing_one_redis() {
+    const LIMIT: usize = 100;
+    let redis = Redis::start();
+    for (n, name) in STRATEGIES.iter().enumerate() {
+        // Redis' clock decides (TIME). A limit per hour leaks or refills one request every 36 s,
+        // far longer than the run; a run that crosses an hour boundary (fixed windows start
+        // afresh there) is run again under a new namespace.
+        let mut attempt = 0;
+        let (admitted, queued, limited) = loop {
+            let config = plugin(&format!("s{n}a{attempt}"), json!([{
+                "name": "api", "limit": format!("{LIMIT}/hour"), "strategy": strategy(name),
+                "identifier": "global", "backend": "redis", "on_error": "deny",
+            }]));
+            let (mut a, mut b) = (proxy(&config, 2, &redis), proxy(&config, 2, &redis));
+            let hour = unix_hour();
+            let mut resps = Vec::new();
+            // 400 requests: 200 per proxy, 100 per worker, in seeded interleavings, the two
+            // proxies taking turns every 20 requests.
+            for round in 0..10u64 {
+                for (host, seed) in [(&mut a, round * 2 + 1), (&mut b, round * 2 + 2)] {
+                    let reqs: Vec<Request> = (0..20).map(|i| Request::get("/api/x").on_worker(i % 2)).collect();
+                    resps.extend(host.run(reqs, Schedule::Seeded(seed + n as u64 * 100)));
+                }
+            }
+            assert!(a.traps().is_empty() && b.traps().is_empty(), "{name}: {:?} {:?}", a.traps(), b.traps());
+            if unix_hour() != hour && attempt == 0 {
+                attempt += 1;
+                continue;
+            }
+            let count = |f: &dyn Fn(&Response) -> bool| resps.iter().filter(|r| f(r)).count();
+            break (count(&|r| r.admitted()), count(&|r| r.origin == Origin::Unfinished), count(&|r| r.status == 429));
+        };
+        assert_eq!(admitted + queued + limited, 400, "{name}: every request decided");
+        assert_eq!(admitted + queued, LIMIT, "{name}: admitted {admitted} + queued {queued} across both proxies");
+    }
+}
+
+#[test]
+fn a_request_one_rule_denies_consumes_nothing_from_the_other() {
+    let redis = Redis::start();
+    let config = plugin("multi", json!([
+        {"name": "site", "limit": "5/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
+        {"name": "user", "limit": "2/hour", "identifier": {"header": "x-user"}, "backend": "redis", "on_error": "deny"},
+    ]));
+    let mut host = proxy(&config, 2, &redis);
+    let send = |host: &mut Host, user: &str| host.request("GET", "/").header("x-user", user).send();
+    assert!(send(&mut host, "ann").admitted());
+    let r = send(&mut host, "ann");
+    assert!(r.admitted());
+    assert_eq!(remaining(&r, "site"), Some(3), "{r:?}");
+    let denied = send(&mut host, "ann");
+    assert_eq!(denied.status, 429, "{denied:?}");
+    // The denied request took nothing from "site": another user still finds 3 left, then 2.
+    let r = send(&mut host, "bob");
+    assert!(r.admitted(), "{r:?}");
+    assert_eq!(remaining(&r, "site"), Some(2), "{r:?}");
+    // Each rule went to Redis as its own call (one command per Redis callout).
+    let calls: Vec<Vec<String>> = host.redis_calls().iter().filter_map(|c| c.command()).collect();
+    assert!(calls.len() >= 8, "{calls:?}");
+    assert!(calls.iter().all(|w| w.len() > 3 && (w[0] == "EVALSHA" || w[0] == "EVAL") && w[2] == "1"), "{calls:?}");
+    assert!(host.traps().is_empty(), "{:?}", host.traps());
+}
+
+#[test]
+fn scripts_flushed_from_redis_are_loaded_again() {
+    let redis = Redis::start();
+    let config = plugin("noscript", json!([
+        {"name": "api", "limit": "3/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
+    ]));
+    let mut host = proxy(&config, 1, &redis);
+    assert!(host.request("GET", "/").send().admitted());
+    assert_eq!(redis.command("SCRIPT FLUSH\r\n"), "+OK\r\n");
+    let r = host.request("GET", "/").send();
+    assert!(r.admitted(), "{r:?}");
+    assert_eq!(remaining(&r, "api"), Some(1), "counted in Redis after the reload: {r:?}");
+    assert_eq!(host.request("GET", "/").send().status, 200);
+    assert_eq!(host.request("GET", "/").send().status, 429);
+}
+
+#[test]
+fn without_redis_each_rule_follows_its_on_error() {
+    let redis = Redis::start();
+    let config = plugin("down", json!([
+        {"name": "open", "match": {"path": "/open/**"}, "limit": "1/hour", "identifier": "global", "backend": "redis", "on_error": "allow"},
+        {"name": "closed", "match": {"path": "/closed/**"}, "limit": "1/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
+        {"name": "local", "match": {"path": "/fallback/**"}, "limit": "4/hour", "identifier": "global", "backend": "redis",
+         "on_error": {"fallback": {"share": 0.5}}},
+    ]));
+    let mut host = proxy(&config, 1, &redis);
+    assert!(host.request("GET", "/open/x").send().admitted());
+    drop(redis); // Redis is gone: every call now fails.
+    for _ in 0..3 {
+        assert!(host.request("GET", "/open/x").send().admitted(), "allow admits past the (unreachable) limit");
+        assert_eq!(host.request("GET", "/closed/x").send().status, 429, "deny limits");
+    }
+    let fallback: Vec<u16> = (0..4).map(|_| host.request("GET", "/fallback/x").send().status).collect();
+    assert_eq!(fallback, vec![200, 200, 429, 429], "fallback decides locally at half the limit");
+    assert!(host.traps().is_empty(), "{:?}", host.traps());
+}
