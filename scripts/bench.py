@@ -205,7 +205,9 @@ def run_accuracy(report, quick, wasm, work, stack, redis_reason, keep=None):
 
 
 def run_memory(report, quick, wasm, work, envoy_cpus, load_cpus, corebench):
-    cap, steps = (10_000, [1_000, 10_000, 30_000, 100_000]) if quick else (100_000, [1_000, 100_000, 300_000, 1_000_000])
+    # A cap of a quarter of the 10^5 step: the table is full from there on, so the plateau is
+    # measured from 10^5 to 10^6 identities as the target says.
+    cap, steps = (2_500, [1_000, 10_000, 30_000, 100_000]) if quick else (25_000, [1_000, 100_000, 300_000, 1_000_000])
     points = memory.run(wasm, work, cap, steps, envoy_cpus, load_cpus)
     kv = report.get("profile", {}).get("core", {}).get("memory", {}).get("shared_bytes_per_key")
     report["memory"] = memory.summarize(points, cap, round(kv, 1) if kv else None)

@@ -69,12 +69,13 @@ def targets(report):
         t.append({"target": "memory plateaus at the cap from 10^5 to 10^6 identities", "status": "not measured",
                   "detail": (mem or {}).get("not_measured", "not run")})
     else:
-        pts = mem["points"]
-        t.append({"target": f"memory plateaus at the cap ({mem['cap']} slots) up to {pts[-1]['identities']} identities",
+        flat = mem["points"][-3:]
+        t.append({"target": f"memory plateaus at the cap ({mem['cap']} slots) from {flat[0]['identities']} to "
+                            f"{flat[-1]['identities']} identities",
                   "status": "met" if mem["plateau"] else "missed",
-                  "detail": f"slots {pts[-2]['slots']} → {pts[-1]['slots']}; allocated "
-                            f"{pts[-2]['heap_allocated'] / 2**20:.1f} → {pts[-1]['heap_allocated'] / 2**20:.1f} MiB; "
-                            f"RSS {pts[-2]['rss_kib'] / 1024:.1f} → {pts[-1]['rss_kib'] / 1024:.1f} MiB"})
+                  "detail": "slots " + " → ".join(str(p["slots"]) for p in flat) + "; allocated "
+                            + " → ".join(f"{p['heap_allocated'] / 2**20:.1f}" for p in flat) + " MiB; RSS "
+                            + " → ".join(f"{p['rss_kib'] / 1024:.1f}" for p in flat) + " MiB"})
     return t
 
 
