@@ -128,14 +128,15 @@ fn four_workers_interleaved_never_admit_more_than_the_limit() {
         let mut host = host(&json!({"rules": [rule]}), 4);
         // Each request in its own random order and worker, switching worker at every
         // shared-data call; the clock stands still, so nothing refills.
-        let reqs: Vec<Request> = (0..1000).map(|_| Request::get("/api/x")).collect();
+        // 4 workers x 1,000 requests each.
+        let reqs: Vec<Request> = (0..4000).map(|i| Request::get("/api/x").on_worker(i % 4)).collect();
         let resps = host.run(reqs, Schedule::Seeded(seed as u64 + 1));
         let admitted = resps.iter().filter(|r| r.admitted()).count() as u64;
         let queued = resps.iter().filter(|r| r.origin == Origin::Unfinished).count() as u64;
         let limited = resps.iter().filter(|r| r.status == 429).count() as u64;
         assert!(host.traps().is_empty(), "{strategy}: {:?}", host.traps());
         assert!(admitted + queued <= LIMIT, "{strategy}: admitted {admitted} + queued {queued} > {LIMIT}");
-        assert_eq!(admitted + queued + limited, 1000, "{strategy}: every request decided");
+        assert_eq!(admitted + queued + limited, 4000, "{strategy}: every request decided");
         assert_eq!(admitted + queued, LIMIT, "{strategy}: the full limit is usable under contention");
         let (_, writes) = host.shared_ops();
         assert!(writes >= LIMIT, "{strategy}: {writes} writes");
@@ -193,23 +194,43 @@ fn time_stepping_back_admits_nothing_extra() {
 
 #[test]
 fn every_bad_configuration_is_rejected_with_its_errors_logged() {
-    let bad: &[(&str, &str)] = &[
-        ("{not json", ""),
-        (r#"{"rules":[{"name":"api","limit":"100/fortnight"}]}"#, "fortnight"),
-        (r#"{"rules":[{"name":"api","limit":"10/s","strategy":"bogus"}]}"#, "bogus"),
-        (r#"{"rules":[{"name":"api","limit":"10/s","colour":"red"}]}"#, "colour"),
-        (r#"{"rules":[{"name":"a","limit":"1/s"},{"name":"a","limit":"2/s"}]}"#, "rules[1]"),
-        (r#"{"rules":[{"limit":"1/s"}]}"#, "name"),
-        (r#"{"rules":[{"name":"r","limit":"1/s","backend":"redis"}]}"#, "redis"),
-        (r#"{"rules":[{"name":"api","limit":"10/s","strategy":{"type":"leaky_bucket_queue","max_delay":"2 fortnights"}}]}"#, "max_delay"),
+    // (config, what one error line must say: its path, the offending text, what was expected).
+    let bad: &[(&str, &[&str])] = &[
+        ("{not json", &["invalid configuration", "not valid JSON", "line 1 column 2"]),
+        (r#"{"rules":[{"name":"api","limit":"100/fortnight"}]}"#, &["rules[0].limit", "\"100/fortnight\"", "fortnight", "expected"]),
+        (r#"{"rules":[{"name":"api","limit":"-5/s"}]}"#, &["rules[0].limit", "\"-5/s\"", "negative", "expected"]),
+        (r#"{"rules":[{"name":"api","limit":"5/0s"}]}"#, &["rules[0].limit", "period is zero", "expected"]),
+        (r#"{"rules":[{"name":"api","limit":100}]}"#, &["rules[0].limit", "100", "expected a rate string", "found a number"]),
+        (r#"{"rules":[{"name":"api","limit":"10/s","strategy":"bogus"}]}"#, &["rules[0].strategy", "bogus", "expected"]),
+        (r#"{"rules":[{"name":"api","limit":"10/s","colour":"red"}]}"#, &["rules[0].colour", "unknown field", "expected one of"]),
+        (r#"{"colour":1,"rules":[{"name":"api","limit":"1/s"}]}"#, &["colour", "unknown field", "rules"]),
+        (r#"{"rules":[{"name":"a","limit":"1/s"},{"name":"a","limit":"2/s"}]}"#, &["rules[1].name", "\"a\""]),
+        (r#"{"rules":[{"limit":"1/s"}]}"#, &["rules[0]", "name"]),
+        (r#"{"rules":[{"name":"api","match":{"path":"/api/***"},"limit":"1/s"}]}"#, &["rules[0].match.path", "\"/api/***\"", "whole segment"]),
+        (r#"{"rules":[{"name":"api","limit":"1/s","exempt":{"cidrs":["10.0.0.0/33"]}}]}"#, &["rules[0].exempt.cidrs[0]", "\"10.0.0.0/33\"", "expected e.g."]),
+        (r#"{"rules":[{"name":"api","limit":"1/s","match":{"methods":["GE T"]}}]}"#, &["rules[0].match.methods[0]", "\"GE T\"", "expected a method"]),
+        (r#"{"rules":[{"name":"api","limit":"1/s","identifier":{"header":""}}]}"#, &["rules[0].identifier.header", "invalid header name", "expected"]),
+        (r#"{"rules":[{"name":"api","limit":"1/s","cost":{"header":"x-cost","default":5,"max":2}}]}"#, &["rules[0].cost.default", "greater than max 2"]),
+        (r#"{"rules":[{"name":"r","limit":"1/s","backend":"redis"}]}"#, &["rules[0].backend", "redis"]),
+        (r#"{"rules":[{"name":"api","limit":"10/s","strategy":{"type":"leaky_bucket_queue","max_delay":"2 fortnights"}}]}"#, &["rules[0].strategy.max_delay", "fortnights"]),
     ];
-    for (config, mention) in bad {
+    for (config, says) in bad {
         let err = common::sluice().config(*config).workers(2).build().err().unwrap_or_else(|| panic!("accepted: {config}"));
         assert!(matches!(err, sluice_harness::HarnessError::ConfigRejected { .. }), "{config}: {err}");
         let errors: Vec<&str> = err.logs().iter().filter(|l| l.level >= LogLevel::Error).map(|l| l.message.as_str()).collect();
-        assert!(!errors.is_empty(), "{config}: nothing logged at error level");
-        assert!(errors.iter().any(|m| m.contains(mention)), "{config}: no error mentions {mention:?}: {errors:#?}");
+        assert!(
+            errors.iter().any(|m| says.iter().all(|s| m.contains(s))),
+            "{config}: no error line says all of {says:?}: {errors:#?}"
+        );
     }
+    // Every problem of one config at once, each on its own line, then the count.
+    let three = r#"{"rules":[{"name":"a","limit":"1/fortnight"},{"name":"b","limit":"1/s","colour":1},{"name":"c","limit":"1/s","strategy":"bogus"}]}"#;
+    let err = common::sluice().config(three).build().err().expect("rejected");
+    let errors: Vec<&str> = err.logs().iter().filter(|l| l.level >= LogLevel::Error).map(|l| l.message.as_str()).collect();
+    for path in ["rules[0].limit", "rules[1].colour", "rules[2].strategy"] {
+        assert!(errors.iter().any(|m| m.contains(path)), "{path} not reported: {errors:#?}");
+    }
+    assert!(errors.iter().any(|m| m.contains("rejected with 3 error(s)")), "{errors:#?}");
 }
 
 #[test]
