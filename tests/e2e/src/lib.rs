@@ -209,12 +209,21 @@ impl Response {
 
 /// One GET on a new connection (so a burst spreads over Envoy's workers).
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
-    let config = ureq::Agent::config_builder()
+    request_with(&agent(), method, url, headers)
+}
+
+/// A client that keeps no connection between requests. Making one costs far more than a
+/// loopback request, so a burst makes its clients before it starts.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .max_idle_connections(0)
-        .build();
-    let agent: ureq::Agent = config.into();
+        .build()
+        .into()
+}
+
+fn request_with(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
     let sent = if method == "POST" {
         headers.iter().fold(agent.post(url), |b, (k, v)| b.header(*k, *v)).send_empty()
     } else {
@@ -478,24 +487,133 @@ pub fn add_cluster(boot: &mut Value, name: &str, port: u16) {
 
 /// Sends `n` requests at once spread round-robin over `urls` (one thread and connection each).
 pub fn burst_over(n: usize, urls: &[String], headers: &[(&str, &str)]) -> Vec<Response> {
+    timed_burst_over(n, urls, headers).0
+}
+
+/// An exactness check's burst: what came back, and how long it ran.
+pub struct Burst {
+    pub responses: Vec<Response>,
+    /// From the moment all requests were released to the last answer.
+    pub elapsed_ms: u64,
+    /// Most the strategy may admit over that time (see [`admission_bound`]).
+    pub bound: u64,
+    pub tries: usize,
+}
+
+impl Burst {
+    pub fn count(&self, status: u16) -> usize {
+        self.responses.iter().filter(|r| r.status == status).count()
+    }
+}
+
+/// Sends `n` requests at once over `urls` for one identity (header `x-burst`, new on every try)
+/// until a burst is short enough that `strategy` can neither refill nor start a new window
+/// while it runs, so that exactly `limit` must be admitted. A slow machine gets up to five
+/// tries; the last one is returned whatever its length, and its `bound` says what it allows.
+pub fn exact_burst(strategy: &str, limit: u64, period_ms: u64, n: usize, urls: &[String]) -> Burst {
+    let mut tries = 0;
+    // Warm-up under another identity: Envoy's connections to the gateway (one per concurrent
+    // callout) are opened here, not during the measured burst.
+    let _ = burst_over(n, urls, &[("x-burst", &format!("warm-{}-{}", std::process::id(), epoch_ms()))]);
+    loop {
+        tries += 1;
+        let id = format!("burst-{}-{}-{tries}", std::process::id(), epoch_ms());
+        let (responses, start, end) = timed_burst_over(n, urls, &[("x-burst", &id)]);
+        let elapsed_ms = end.saturating_sub(start);
+        let bound = admission_bound(strategy, limit, period_ms, elapsed_ms, start / period_ms != end / period_ms);
+        if bound == limit || tries == 5 {
+            return Burst { responses, elapsed_ms, bound, tries };
+        }
+        eprintln!("{strategy}: a {elapsed_ms} ms burst allows up to {bound}; trying again with a new identity");
+    }
+}
+
+/// A connection to `url`'s host and the bytes of a GET for it (closing the connection after).
+fn connect_get(url: &str, headers: &[(String, String)]) -> Result<(std::net::TcpStream, Vec<u8>), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let conn = std::net::TcpStream::connect(authority).map_err(|e| format!("{url}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    Ok((conn, head.into_bytes()))
+}
+
+/// Writes a request on `conn` and reads the whole response (the server closes after it).
+fn send_and_read(conn: &mut std::net::TcpStream, head: &[u8]) -> Result<Response, String> {
+    use std::io::Write;
+    conn.write_all(head).map_err(|e| e.to_string())?;
+    // Read until the response is complete, not until the server closes: Envoy may hold a
+    // closing connection open for its delayed-close timeout.
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !response_complete(&raw) {
+        let n = conn.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("malformed response: {text:?}"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("malformed status line: {head:?}"))?;
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    Ok(Response { status, headers, body: body.to_string() })
+}
+
+/// Whether `raw` holds a whole HTTP/1.1 response (by content-length, or a chunked body's end).
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    let field = |name: &str| head.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
+    if let Some(len) = field("content-length:").and_then(|v| v.parse::<usize>().ok()) {
+        return body.len() >= len;
+    }
+    if field("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
+}
+
+/// [`burst_over`], with the epoch ms at which the requests were released and at which the last
+/// answer came.
+fn timed_burst_over(n: usize, urls: &[String], headers: &[(&str, &str)]) -> (Vec<Response>, u64, u64) {
+    let released = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(n));
     let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let barrier = barrier.clone();
+            let released = released.clone();
             let url = urls[i % urls.len()].clone();
             let headers = headers.clone();
             std::thread::spawn(move || {
-                let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                barrier.wait();
-                get(&url, &h)
+                // Connected before the release: the burst measures the proxy, not connection set-up.
+                let (mut conn, head) = connect_get(&url, &headers)?;
+                if barrier.wait().is_leader() {
+                    released.store(epoch_ms(), std::sync::atomic::Ordering::SeqCst);
+                }
+                send_and_read(&mut conn, &head)
             })
         })
         .collect();
-    handles
+    let responses = handles
         .into_iter()
         .map(|h| h.join().expect("request thread").unwrap_or_else(|e| panic!("request failed: {e}")))
-        .collect()
+        .collect();
+    let end = epoch_ms();
+    (responses, released.load(std::sync::atomic::Ordering::SeqCst), end)
 }
 
 /// The most a strategy may admit for one client in a burst of `elapsed_ms`, limit `limit` per
