@@ -8,6 +8,7 @@
 #                                     # Docker needed: the mode for CI), runs
 #                                     # tests/e2e/tests/deployed.rs against it, then every
 #                                     # end-to-end test (each starts its own processes)
+#   scripts/integration.sh --deployed-only  # native, deployed.rs only (what scripts/test.sh runs)
 #   scripts/integration.sh --compose  # the same topology with docker compose
 #                                     # (examples/compose/docker-compose.yaml), when a Docker
 #                                     # engine exists, and deployed.rs against it
@@ -18,10 +19,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=native
+all=1
 case "${1:-}" in
   "") ;;
   --compose) mode=compose ;;
-  *) echo "usage: $0 [--compose]" >&2; exit 2 ;;
+  # What scripts/test.sh runs: it has already run every other end-to-end test.
+  --deployed-only) all=0 ;;
+  *) echo "usage: $0 [--compose | --deployed-only]" >&2; exit 2 ;;
 esac
 
 TOKEN=sluice-dev-token   # redis.token of envoy/redis.yaml (cli/tests/compose.rs checks they agree)
@@ -107,5 +111,7 @@ run_deployed_tests
 cleanup
 trap - EXIT
 
-say "every end-to-end test (each starts its own processes on free ports)"
-cargo test -p sluice-e2e
+if [ "$all" = 1 ]; then
+  say "every end-to-end test (each starts its own processes on free ports)"
+  cargo test -p sluice-e2e
+fi

@@ -22,6 +22,7 @@ fi
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v curl >/dev/null || missing+=(curl)   # scripts/integration.sh and demo.sh
 if [ "${SLUICE_SETUP_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null || missing+=(wrk)
 fi

@@ -21,3 +21,20 @@ if [ -f tests/harness/src/bin/sluice-wasm-runner.rs ]; then
   cargo build -p sluice-harness --bin sluice-wasm-runner
   cargo test --target wasm32-wasip1 -p sluice --lib
 fi
+
+echo "== the shipped Redis topology on its fixed ports: scripts/integration.sh --deployed-only"
+./scripts/integration.sh --deployed-only
+
+echo "== the README's first command: ./scripts/demo.sh"
+demo_log=$(mktemp)
+./scripts/demo.sh >"$demo_log" 2>&1 || { cat "$demo_log"; exit 1; }
+# The demo's bursts: 12 admitted and 5 limited answers, each limited one with its Retry-After.
+admitted=$(grep -c -- '-> 200 OK' "$demo_log" || true)
+limited=$(grep -c -- '-> 429 Too Many Requests  | retry-after: ' "$demo_log" || true)
+if [ "$admitted" != 12 ] || [ "$limited" != 5 ] || ! grep -q '"violated_rules":\["api"\]' "$demo_log"; then
+  cat "$demo_log"
+  echo "demo: expected 12 admitted and 5 limited answers and the problem body, got $admitted and $limited" >&2
+  exit 1
+fi
+echo "demo: $admitted admitted, $limited limited, as the README shows"
+rm -f "$demo_log"

@@ -166,7 +166,7 @@ fn coverage() -> Vec<(&'static str, Cover)> {
     use Cover::*;
     vec![
         ("./scripts/demo.sh   # installs what is missing, builds sluice.wasm, runs Envoy with it, shows 200s and 429s",
-         Static(&["scripts/demo.sh", "envoy/demo.yaml"], "run by hand; tests/e2e/tests/quick_start.rs runs its Envoy file")),
+         Script(&[("scripts/test.sh", "./scripts/demo.sh >"), ("scripts/demo.sh", "envoy/demo.yaml")])),
         ("./scripts/test.sh   # installs what is missing and runs every test (unit, property, harness, Redis, real Envoy)",
          Static(&["scripts/test.sh"], "the test runner itself")),
         ("cargo build --release --target wasm32-wasip1        # target/wasm32-wasip1/release/sluice.wasm", Script(&[BUILD_WASM])),
@@ -200,7 +200,7 @@ fn coverage() -> Vec<(&'static str, Cover)> {
         ("curl -i -X POST localhost:10000/api/payments/1 -H 'x-account: a1'", Test("tests/e2e/tests/deployed.rs", "/api/payments/1")),
         ("docker compose -f examples/compose/docker-compose.yaml down", Static(&["examples/compose/docker-compose.yaml"], "cli/tests/compose.rs")),
         ("scripts/integration.sh             # native, no Docker needed: the mode for CI",
-         Static(&["scripts/integration.sh"], "long, fixed ports: run by CI; cli/tests/compose.rs checks it against compose")),
+         Script(&[("scripts/test.sh", "./scripts/integration.sh --deployed-only"), ("scripts/integration.sh", "run_deployed_tests")])),
         ("scripts/integration.sh --compose   # with a Docker engine", Static(&["scripts/integration.sh"], "needs a Docker engine")),
         ("cargo run -q -p sluice-cli -- explain filter-config/redis.yaml -X POST --path /api/payments/1 -H 'x-account: a1' --ip 203.0.113.7", RunCli),
         ("./scripts/bench.sh            # full run (~12 min on 2 cores): bench/results.{md,json,png}", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
