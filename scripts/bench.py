@@ -7,6 +7,7 @@ Sections (all by default; pick with --sections):
   latency     latency at a fixed rate of 50% of (a)'s throughput, oha open loop
   accuracy    overshoot / undershoot of every strategy, local and Redis backends
   memory      RSS, allocated bytes and slots after 10^3 .. 10^6 distinct identities
+  gateway     req/s through one sluice-gateway alone (wrk, one EVALSHA per POST /pipeline)
   hostcalls   (not in the default set) µs per proxy-wasm host call of each kind in this Envoy
 
 Writes bench/results.json, bench/results.md and bench/results.png; a full run (all sections,
@@ -27,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ben
 from common import ROOT, git_head, loadavg, log, machine, median, sha256, target_dir, tool_versions  # noqa: E402
 import accuracy  # noqa: E402
 import envoyctl  # noqa: E402
+import gateway  # noqa: E402
 import hostcalls  # noqa: E402
 import loadgen  # noqa: E402
 import memory  # noqa: E402
@@ -34,7 +36,7 @@ import redisenv  # noqa: E402
 import report as rep  # noqa: E402
 import throughput  # noqa: E402
 
-SECTIONS = ["profile", "throughput", "latency", "accuracy", "memory"]
+SECTIONS = ["profile", "throughput", "latency", "accuracy", "memory", "gateway"]
 OPTIONAL = ["hostcalls"]
 
 
@@ -96,7 +98,7 @@ def main():
 
         # Redis stack (for (f) and Redis accuracy) and whether this build's backend: redis works.
         stack, redis_reason = None, None
-        if {"throughput", "accuracy"} & set(sections):
+        if {"throughput", "accuracy", "gateway"} & set(sections):
             try:
                 stack = redisenv.RedisStack(work, cpus=load_cpus)
                 ok, redis_reason = redisenv.probe(
@@ -122,6 +124,12 @@ def main():
                 run_accuracy(report, quick, wasm, work, stack, redis_reason, args.keep)
             if "memory" in sections:
                 run_memory(report, quick, wasm, work, envoy_cpus, load_cpus, corebench)
+            if "gateway" in sections:
+                if stack:
+                    # wrk on the core Envoy had; the gateway and Redis stay on theirs.
+                    report["gateway"] = gateway.run(stack, reps, seconds, 64, envoy_cpus)
+                else:
+                    report["gateway"] = {"not_measured": redis_reason or "Redis stack unavailable"}
             if "hostcalls" in sections and noop:
                 report["hostcalls"] = hostcalls.run(noop, work, reps, seconds, args.connections, envoy_cpus, load_cpus,
                                                     args.max_others)

@@ -208,6 +208,19 @@ def markdown(report, chart_name):
     if prof.get("breakdown"):
         lines += ["", "Per-request cost in Envoy, from the throughput runs (µs of Envoy CPU per request):", ""]
         lines += [f"- {b}" for b in prof["breakdown"]]
+    gw = report.get("gateway")
+    if gw:
+        lines += ["", "## 6. sluice-gateway alone", ""]
+        if "not_measured" in gw:
+            lines.append(f"not measured: {gw['not_measured']}")
+        else:
+            r = gw["row"]
+            lines += [f"wrk, {gw['connections']} connections, `POST /pipeline` with one `EVALSHA` (a counter script) per "
+                      f"request, median of {gw['reps']} {gw['seconds']} s runs; the gateway and redis-server share one core, "
+                      "wrk has the other.", "",
+                      "| req/s | p50 ms | p90 ms | p99 ms | gateway cores | errors |", "|---|---|---|---|---|---|",
+                      f"| {r['rps']:.0f} | {_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | {_f(r.get('p99_ms'))} | "
+                      f"{_f(r.get('target_cores'), '{:.2f}')} | {r['errors']} of {r['requests']} |"]
     return "\n".join(lines) + "\n"
 
 
