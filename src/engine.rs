@@ -451,7 +451,15 @@ impl Limiter {
                 Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us))
             }
             Err(e) => {
-                log::warn!("sluice: redis call failed: {e}");
+                let rules: Vec<String> = p
+                    .redis
+                    .iter()
+                    .map(|&i| {
+                        let rule = &self.config.rules[p.applied[i].rule];
+                        format!("{:?} (on_error: {})", rule.name, rule.on_error.name())
+                    })
+                    .collect();
+                log::warn!("sluice: redis call failed: {e}; decided by on_error for rule(s) {}", rules.join(", "));
                 if let Some(b) = breaker {
                     b.record(store, p.permit, false, now_us);
                 }

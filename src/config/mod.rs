@@ -186,3 +186,14 @@ pub enum OnError {
     /// Decide locally with `share` (0 < share ≤ 1) of each limit.
     Fallback { share: f64 },
 }
+
+impl OnError {
+    /// The config's word for it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+            OnError::Fallback { .. } => "fallback",
+        }
+    }
+}
