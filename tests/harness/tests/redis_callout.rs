@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use sluice::config::STRATEGIES;
 use sluice_harness::{forward, Host, Origin, Request, Response, Schedule};
 
 /// A throwaway `redis-server` (scripts/setup.sh installs it) on a free loopback port.
@@ -61,30 +62,6 @@ impl Drop for Redis {
     }
 }
 
-/// The Higress build, made now into its own target dir (as scripts/build-wasm.sh does), so the
-/// test never runs a stale module and never overwrites sluice.wasm.
-fn callout_wasm() -> std::path::PathBuf {
-    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let target = root.join("target/redis-callout");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let out = Command::new(cargo)
-            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice", "--features", "redis-callout"])
-            .arg("--manifest-path")
-            .arg(root.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .output()
-            .expect("run cargo to build sluice-redis-callout.wasm");
-        assert!(out.status.success(), "building the redis-callout build failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        target.join("wasm32-wasip1/release/sluice.wasm")
-    })
-    .clone()
-}
-
 fn plugin(namespace: &str, rules: Value) -> Value {
     json!({
         "namespace": namespace,
@@ -96,7 +73,7 @@ fn plugin(namespace: &str, rules: Value) -> Value {
 /// One proxy (`workers` Envoy workers) whose Redis calls go to `redis`.
 fn proxy(config: &Value, workers: usize, redis: &Redis) -> Host {
     Host::builder()
-        .wasm(callout_wasm())
+        .wasm(common::redis_callout_wasm())
         .cluster("redis")
         .config(config.to_string())
         .workers(workers)
@@ -113,16 +90,6 @@ fn strategy(name: &str) -> Value {
     }
 }
 
-const STRATEGIES: &[&str] = &[
-    "fixed_window",
-    "sliding_window_counter",
-    "sliding_window_log",
-    "token_bucket",
-    "token_bucket_debt",
-    "leaky_bucket",
-    "leaky_bucket_queue",
-    "gcra",
-];
 
 fn unix_hour() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 3600).unwrap_or(0)

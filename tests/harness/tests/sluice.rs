@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use sluice::config::STRATEGIES;
 use sluice::strategy::cases;
 use sluice_harness::{Host, LogLevel, Origin, Request, RequestState, Schedule};
 
@@ -109,16 +110,6 @@ fn strategy_config(name: &str) -> Value {
     }
 }
 
-const STRATEGIES: &[&str] = &[
-    "fixed_window",
-    "sliding_window_counter",
-    "sliding_window_log",
-    "token_bucket",
-    "token_bucket_debt",
-    "leaky_bucket",
-    "leaky_bucket_queue",
-    "gcra",
-];
 
 #[test]
 fn four_workers_interleaved_never_admit_more_than_the_limit() {

@@ -42,23 +42,40 @@ pub fn sluice_wasm() -> PathBuf {
         if let Some(p) = std::env::var_os("SLUICE_WASM") {
             return PathBuf::from(p);
         }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         // CARGO_TARGET_TMPDIR is <target>/tmp.
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let out = Command::new(cargo)
-            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice", "--manifest-path"])
-            .arg(root.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .output()
-            .expect("run cargo to build sluice.wasm");
-        assert!(out.status.success(), "building sluice.wasm failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        target.join("wasm32-wasip1/release/sluice.wasm")
+        build_filter(&[], &target)
     })
     .clone()
+}
+
+/// The Higress build (feature `redis-callout`), made now into its own target dir as
+/// scripts/build-wasm.sh does, so it never overwrites sluice.wasm.
+pub fn redis_callout_wasm() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| build_filter(&["--features", "redis-callout"], &repo().join("target/redis-callout"))).clone()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Builds the filter crate (release, wasm32-wasip1) with `args` into `target`; returns the module.
+fn build_filter(args: &[&str], target: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice"])
+        .args(args)
+        .arg("--manifest-path")
+        .arg(repo().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .expect("run cargo to build the filter");
+    assert!(out.status.success(), "building the filter {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    target.join("wasm32-wasip1/release/sluice.wasm")
 }
 
 pub fn sluice() -> HostBuilder {
