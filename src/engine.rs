@@ -232,7 +232,7 @@ impl Limiter {
 
     /// Limits in force for a rule right now: a Redis rule decided locally (`on_error:
     /// fallback`) gets its configured share of each limit.
-    fn limits_for(&self, a: &Applied) -> Vec<Rate> {
+    fn limits_for(&self, a: &Applied) -> std::borrow::Cow<'_, [Rate]> {
         let rule = &self.config.rules[a.rule];
         let limits = &self.rules[a.rule].limits;
         match (rule.backend, rule.on_error) {
@@ -240,7 +240,7 @@ impl Limiter {
                 .iter()
                 .map(|r| Rate { limit: ((r.limit as f64 * share).floor() as u64).max(1), period_ms: r.period_ms })
                 .collect(),
-            _ => limits.clone(),
+            _ => std::borrow::Cow::Borrowed(limits),
         }
     }
 

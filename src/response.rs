@@ -1,6 +1,8 @@
 //! What the client sees: `RateLimit`/`RateLimit-Policy` (IETF draft -10) or legacy
 //! `X-RateLimit-*` fields, `Retry-After`, and the RFC 9457 problem body of a limited response.
 
+use std::fmt::Write as _;
+
 use crate::config::{HeaderMode, ResponseSpec};
 use crate::rate::Rate;
 use crate::strategy::Decision;
@@ -17,12 +19,11 @@ pub struct Reported<'a> {
 }
 
 impl Reported<'_> {
-    /// Policy name: the rule's name, or `name.i` when a rule has several limits.
-    fn policy(&self) -> String {
+    /// Writes the policy name: the rule's name, or `name.i` when a rule has several limits.
+    fn write_policy(&self, out: &mut String) {
+        out.push_str(self.rule);
         if self.of > 1 {
-            format!("{}.{}", self.rule, self.index)
-        } else {
-            self.rule.to_string()
+            let _ = write!(out, ".{}", self.index);
         }
     }
 }
@@ -68,19 +69,24 @@ pub fn rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>]) -> Vec<(S
         return out;
     }
     if matches!(mode, HeaderMode::Draft10 | HeaderMode::Both) {
-        let policy: Vec<String> = reported
-            .iter()
-            .map(|r| {
-                let (q, w) = policy_quota(&r.rate);
-                format!("\"{}\";q={q};w={w}", r.policy())
-            })
-            .collect();
-        let current: Vec<String> = reported
-            .iter()
-            .map(|r| format!("\"{}\";r={};t={}", r.policy(), r.decision.remaining, reset_secs(&r.decision)))
-            .collect();
-        out.push(("ratelimit-policy".to_string(), policy.join(", ")));
-        out.push(("ratelimit".to_string(), current.join(", ")));
+        // Both fields are written straight into their strings: this runs on every request.
+        let mut policy = String::with_capacity(reported.len() * 32);
+        let mut current = String::with_capacity(reported.len() * 32);
+        for (i, r) in reported.iter().enumerate() {
+            if i > 0 {
+                policy.push_str(", ");
+                current.push_str(", ");
+            }
+            let (q, w) = policy_quota(&r.rate);
+            policy.push('"');
+            r.write_policy(&mut policy);
+            let _ = write!(policy, "\";q={q};w={w}");
+            current.push('"');
+            r.write_policy(&mut current);
+            let _ = write!(current, "\";r={};t={}", r.decision.remaining, reset_secs(&r.decision));
+        }
+        out.push(("ratelimit-policy".to_string(), policy));
+        out.push(("ratelimit".to_string(), current));
     }
     if matches!(mode, HeaderMode::Legacy | HeaderMode::Both) {
         // Legacy fields carry one limit: the one closest to running out (a denial first).
