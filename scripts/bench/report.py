@@ -116,17 +116,20 @@ def markdown(report, chart_name):
                   "\"Per CPU-s\" is requests per second of Envoy's own CPU time (its utime + stime during the run): "
                   "what it serves on a core of its own, much less sensitive to other work on the machine than req/s. "
                   "\"Envoy\" is the cores Envoy used; \"others\" the cores used by unrelated processes.", "",
-                  "| config | req/s | p50 ms | p90 ms | p99 ms | vs (a) | vs (b) | per CPU-s | vs (a) | vs (b) | non-2xx | Envoy | others | RSS MiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "\"Spread\" is how far the repetitions of a configuration disagree on per CPU-s ((max − min) / "
+                  "median): ratios closer to each other than that are within this run's noise.", "",
+                  "| config | req/s | p50 ms | p90 ms | p99 ms | vs (a) | vs (b) | per CPU-s | spread | vs (a) | vs (b) | non-2xx | Envoy | others | RSS MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for k, (desc, _) in CONFIGS.items():
             if k not in rows:
                 if k in tp.get("skipped", {}):
-                    lines.append(f"| ({k}) {desc} | not measured: {tp['skipped'][k]} | | | | | | | | | | | | |")
+                    lines.append(f"| ({k}) {desc} | not measured: {tp['skipped'][k]} | | | | | | | | | | | | | |")
                 continue
             r = rows[k]
             lines.append(f"| ({k}) {desc} | {r['rps']:.0f} | {_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | "
                          f"{_f(r.get('p99_ms'))} | {_f(_ratio(rows, k, 'a'))} | {_f(_ratio(rows, k, 'b'))} | "
-                         f"{_f(r.get('rps_per_cpu'), '{:.0f}')} | {_f(_ratio(rows, k, 'a', 'rps_per_cpu'))} | "
+                         f"{_f(r.get('rps_per_cpu'), '{:.0f}')} | {_f(r.get('rps_per_cpu_spread'), '{:.0%}')} | "
+                         f"{_f(_ratio(rows, k, 'a', 'rps_per_cpu'))} | "
                          f"{_f(_ratio(rows, k, 'b', 'rps_per_cpu'))} | "
                          f"{_f(r.get('non_2xx_share'), '{:.0%}')} | {_f(r.get('target_cores'), '{:.2f}')} | "
                          f"{_f(r.get('others_cores'), '{:.2f}')} | {r['rss_mib']} |")
