@@ -2,6 +2,7 @@
 //! `x-forwarded-for` hops), header / query / cookie values, and the fixed-length hash that
 //! stands for them in every key.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::config::{ClientIpSpec, IdentFallback, IdentPart, Identifier};
@@ -86,31 +87,55 @@ pub fn hash(text: &str) -> u64 {
 }
 
 pub fn resolve(id: &Identifier, ip: Option<IpAddr>, req: &impl RequestInfo) -> Option<Identity> {
-    let ip_text = || ip.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into());
-    let mut parts = Vec::with_capacity(id.parts.len());
-    for part in &id.parts {
-        let value = match part {
-            IdentPart::Global => Some("global".to_string()),
-            IdentPart::ClientIp => Some(format!("ip={}", ip_text())),
-            IdentPart::Header(name) => req.header(name).map(|v| format!("header:{name}={v}")),
-            IdentPart::Query(name) => {
-                req.path().and_then(|p| query_param(&p, name)).map(|v| format!("query:{name}={v}"))
+    // Parts are written straight into one string (this runs for every rule of every request),
+    // separated by the unit separator: it cannot be confused with anything a header value may
+    // contain legitimately.
+    let mut text = String::with_capacity(48);
+    let write_ip = |text: &mut String| match ip {
+        Some(ip) => {
+            let _ = write!(text, "ip={ip}");
+        }
+        None => text.push_str("ip=unknown"),
+    };
+    for (i, part) in id.parts.iter().enumerate() {
+        if i > 0 {
+            text.push('\u{1f}');
+        }
+        let found = match part {
+            IdentPart::Global => {
+                text.push_str("global");
+                true
             }
-            IdentPart::Cookie(name) => req
-                .header("cookie")
-                .and_then(|c| cookie(&c, name))
-                .map(|v| format!("cookie:{name}={v}")),
+            IdentPart::ClientIp => {
+                write_ip(&mut text);
+                true
+            }
+            IdentPart::Header(name) => req.header(name).map(|v| write_part(&mut text, "header", name, &v)).is_some(),
+            IdentPart::Query(name) => {
+                req.path().and_then(|p| query_param(&p, name)).map(|v| write_part(&mut text, "query", name, &v)).is_some()
+            }
+            IdentPart::Cookie(name) => {
+                req.header("cookie").and_then(|c| cookie(&c, name)).map(|v| write_part(&mut text, "cookie", name, &v)).is_some()
+            }
         };
-        match (value, id.fallback) {
-            (Some(v), _) => parts.push(v),
-            (None, IdentFallback::ClientIp) => parts.push(format!("ip={}", ip_text())),
-            (None, IdentFallback::Global) => parts.push("global".to_string()),
-            (None, IdentFallback::Skip) => return None,
+        if !found {
+            match id.fallback {
+                IdentFallback::ClientIp => write_ip(&mut text),
+                IdentFallback::Global => text.push_str("global"),
+                IdentFallback::Skip => return None,
+            }
         }
     }
-    // Unit separator: cannot be confused with anything a header value may contain legitimately.
-    let text = parts.join("\u{1f}");
     Some(Identity { hash: hash(&text), text })
+}
+
+/// `kind:name=value`, one part of an identity's text.
+fn write_part(text: &mut String, kind: &str, name: &str, value: &str) {
+    text.push_str(kind);
+    text.push(':');
+    text.push_str(name);
+    text.push('=');
+    text.push_str(value);
 }
 
 #[cfg(test)]
