@@ -32,7 +32,7 @@ fn ceil_div(a: u64, b: u64) -> u64 {
     if b == 0 {
         0
     } else {
-        a / b + u64::from(a % b != 0)
+        a.div_ceil(b)
     }
 }
 
@@ -45,7 +45,7 @@ pub fn ceil_secs(ms: u64) -> u64 {
 /// number of seconds is advertised over the next whole second with the quota scaled down
 /// (floor: never promise more than the rule allows). `1000/500ms` → `q=2000;w=1`.
 pub fn policy_quota(rate: &Rate) -> (u64, u64) {
-    if rate.period_ms % 1000 == 0 {
+    if rate.period_ms.is_multiple_of(1000) {
         return (rate.limit, rate.period_ms / 1000);
     }
     let w = ceil_secs(rate.period_ms).max(1);

@@ -157,7 +157,7 @@ impl Table {
                 }
                 _ => 0,
             };
-            if take.as_ref().map_or(true, |(best, _, _)| rank < *best) {
+            if take.as_ref().is_none_or(|(best, _, _)| rank < *best) {
                 take = Some((rank, key, cas));
             }
         }
@@ -306,8 +306,11 @@ impl SharedStore for MemStore {
 pub struct ReadOnce<'s, S: SharedStore + ?Sized> {
     inner: &'s S,
     recording: std::cell::Cell<bool>,
-    seen: std::cell::RefCell<Vec<(String, Option<(Vec<u8>, u32)>)>>,
+    seen: std::cell::RefCell<Vec<(String, Read)>>,
 }
+
+/// What a read returned: the value and its CAS token, or nothing for a key never written.
+type Read = Option<(Vec<u8>, u32)>;
 
 impl<'s, S: SharedStore + ?Sized> ReadOnce<'s, S> {
     pub fn new(inner: &'s S) -> Self {
@@ -319,7 +322,7 @@ impl<'s, S: SharedStore + ?Sized> ReadOnce<'s, S> {
         self.recording.set(false);
     }
 
-    fn forget(&self, key: &str) -> Option<Option<(Vec<u8>, u32)>> {
+    fn forget(&self, key: &str) -> Option<Read> {
         let mut seen = self.seen.borrow_mut();
         let i = seen.iter().position(|(k, _)| k == key)?;
         Some(seen.swap_remove(i).1)

@@ -276,12 +276,15 @@ struct Http {
     context_id: u32,
 }
 
+/// Header fields, in order.
+type Fields = Vec<(String, String)>;
+
 thread_local! {
     /// The worker's current config, for callbacks that arrive at the root (Higress' Redis
     /// callout answers there).
     static SHARED: RefCell<Option<Rc<Shared>>> = const { RefCell::new(None) };
     /// Per request context: rate limit fields to add to the response.
-    static RESPONSE_HEADERS: RefCell<Vec<(u32, Vec<(String, String)>)>> = const { RefCell::new(Vec::new()) };
+    static RESPONSE_HEADERS: RefCell<Vec<(u32, Fields)>> = const { RefCell::new(Vec::new()) };
     /// Per request context: the decision waiting for Redis, and its deadline (epoch µs).
     static PENDING: RefCell<Vec<(u32, Pending, u64)>> = const { RefCell::new(Vec::new()) };
 }
