@@ -13,6 +13,15 @@ echo "== build: sluice.wasm and sluice-redis-callout.wasm (release, wasm32-wasip
 echo "== build: sluice-gateway (release; the end-to-end tests run this binary)"
 cargo build --release -p sluice-gateway
 
+echo "== lints: clippy on the filter, native and both wasm builds (src/ must not unwrap, expect or panic)"
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy -q -p sluice -- -D warnings
+  cargo clippy -q -p sluice --target wasm32-wasip1 -- -D warnings
+  cargo clippy -q -p sluice --target wasm32-wasip1 --features redis-callout -- -D warnings
+else
+  echo "clippy is not installed with this toolchain (rustup component add clippy): lints skipped"
+fi
+
 echo "== tests: workspace (native)"
 cargo test --workspace --no-fail-fast
 
