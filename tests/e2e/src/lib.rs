@@ -209,21 +209,12 @@ impl Response {
 
 /// One GET on a new connection (so a burst spreads over Envoy's workers).
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
-    request_with(&agent(), method, url, headers)
-}
-
-/// A client that keeps no connection between requests. Making one costs far more than a
-/// loopback request, so a burst makes its clients before it starts.
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .max_idle_connections(0)
-        .build()
-        .into()
-}
-
-fn request_with(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+        .build();
+    let agent: ureq::Agent = config.into();
     let sent = if method == "POST" {
         headers.iter().fold(agent.post(url), |b, (k, v)| b.header(*k, *v)).send_empty()
     } else {
