@@ -584,7 +584,8 @@ mod callout {
     fn file(token: u32, status: u32, size: usize) -> Option<(u32, Result<Vec<wire::Reply>, String>)> {
         IN_FLIGHT.with(|f| {
             let mut f = f.borrow_mut();
-            let i = f.iter().position(|i| i.tokens.contains(&token))?;
+            // The request waiting for this token, and which of its commands it answers.
+            let (i, k) = f.iter().enumerate().find_map(|(i, e)| e.tokens.iter().position(|t| *t == token).map(|k| (i, k)))?;
             let reply = if status != 0 {
                 Err(format!("Redis callout failed with status {status}"))
             } else {
@@ -596,17 +597,11 @@ mod callout {
                     None => Err("empty Redis callout response".into()),
                 }
             };
-            let entry = &mut f[i];
             match reply {
-                Err(why) => {
-                    let ctx = entry.ctx;
-                    f.swap_remove(i);
-                    Some((ctx, Err(why)))
-                }
+                Err(why) => Some((f.swap_remove(i).ctx, Err(why))),
                 Ok(r) => {
-                    let k = entry.tokens.iter().position(|t| *t == token)?;
-                    entry.replies[k] = Some(r);
-                    if entry.replies.iter().any(Option::is_none) {
+                    f[i].replies[k] = Some(r);
+                    if f[i].replies.iter().any(Option::is_none) {
                         return None;
                     }
                     let done = f.swap_remove(i);
