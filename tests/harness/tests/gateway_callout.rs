@@ -11,58 +11,40 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Redis;
 use serde_json::json;
 use sluice_harness::{forward, CalloutFault, Host, Response};
 
 const TOKEN: &str = "harness-secret";
 
-struct Process(Child);
+/// The gateway process; killed on drop.
+struct Gateway(Child);
 
-impl Drop for Process {
+impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what} did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn answers(addr: SocketAddr, request: &[u8], expect: &[u8]) -> bool {
+/// Whether `GET /healthz` on `addr` answers 200 (the gateway is up and reaches Redis).
+fn healthy(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let mut buf = [0u8; 256];
-    s.write_all(request).is_ok() && s.read(&mut buf).map(|n| buf[..n].starts_with(expect)).unwrap_or(false)
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").is_ok()
+        && s.read(&mut buf).map(|n| buf[..n].starts_with(b"HTTP/1.1 200")).unwrap_or(false)
 }
 
-/// redis-server and sluice-gateway (the release binary) on free loopback ports.
-fn gateway_and_redis() -> (SocketAddr, Process, Process) {
-    let redis_port = free_port();
-    let redis = Process(
-        Command::new("redis-server")
-            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/setup.sh installs it)"),
-    );
-    wait_for("redis-server", || answers(([127, 0, 0, 1], redis_port).into(), b"PING\r\n", b"+PONG"));
+/// sluice-gateway (the release binary) on a free loopback port, in front of a redis-server.
+fn gateway_and_redis() -> (SocketAddr, Gateway, Redis) {
+    let redis = Redis::start();
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/sluice-gateway");
     assert!(bin.exists(), "{} is missing: run `cargo build --release -p sluice-gateway` first", bin.display());
-    let port = free_port();
-    let gateway = Process(
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+    let gateway = Gateway(
         Command::new(bin)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--redis-url", &format!("redis://127.0.0.1:{redis_port}")])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--redis-url", &format!("redis://{}", redis.addr)])
             .args(["--token", TOKEN])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -71,7 +53,11 @@ fn gateway_and_redis() -> (SocketAddr, Process, Process) {
             .expect("spawn sluice-gateway"),
     );
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for("sluice-gateway", || answers(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", b"HTTP/1.1 200"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !healthy(addr) {
+        assert!(Instant::now() < deadline, "sluice-gateway did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (addr, gateway, redis)
 }
 

@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 use std::sync::OnceLock;
 
 use sluice_harness::{Host, HostBuilder};
@@ -80,4 +83,50 @@ fn build_filter(args: &[&str], target: &Path) -> PathBuf {
 
 pub fn sluice() -> HostBuilder {
     Host::builder().wasm(sluice_wasm()).cluster("sluice_gateway")
+}
+
+/// A throwaway `redis-server` (scripts/setup.sh installs it) on a free loopback port.
+pub struct Redis {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup.sh installs it)");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let r = Redis { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.command("PING\r\n") != "+PONG\r\n" {
+            assert!(Instant::now() < deadline, "redis-server on {port} did not answer PING");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// Sends one inline command and returns the first reply line (empty when unreachable).
+    pub fn command(&self, inline: &str) -> String {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) else { return String::new() };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(inline.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
