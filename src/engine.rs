@@ -168,9 +168,9 @@ impl Limiter {
             && (m.routes.is_empty() || req.route_name().is_some_and(|r| m.routes.contains(&r)))
     }
 
-    fn exempt(rule: &Rule, ip: Option<IpAddr>, req: &impl RequestInfo) -> bool {
+    fn exempt(rule: &Rule, ip: impl Fn() -> Option<IpAddr>, req: &impl RequestInfo) -> bool {
         let e = &rule.exempt;
-        ip.is_some_and(|ip| e.cidrs.iter().any(|n| n.contains(&ip)))
+        (!e.cidrs.is_empty() && ip().is_some_and(|ip| e.cidrs.iter().any(|n| n.contains(&ip))))
             || e.headers.iter().any(|(k, v)| req.header(k).as_deref() == Some(v.as_str()))
     }
 
@@ -190,7 +190,17 @@ impl Limiter {
         let method = if self.needs_method { req.method().unwrap_or_default() } else { String::new() };
         let full_path = if self.needs_path { req.path().unwrap_or_default() } else { String::new() };
         let path = path_only(&full_path);
-        let mut ip: Option<Option<IpAddr>> = None;
+        // The client IP is a host call (Envoy's `source.address`): asked once, and only when a
+        // rule's exemptions or identity need it.
+        let ip_memo: std::cell::Cell<Option<Option<IpAddr>>> = std::cell::Cell::new(None);
+        let ip = || match ip_memo.get() {
+            Some(ip) => ip,
+            None => {
+                let ip = identity::client_ip(&self.config.client_ip, req);
+                ip_memo.set(Some(ip));
+                ip
+            }
+        };
         let mut out = Vec::with_capacity(self.config.rules.len());
         for (i, rule) in self.config.rules.iter().enumerate() {
             if !Self::matches(rule, &method, path, req) {
@@ -201,12 +211,11 @@ impl Limiter {
                 out.push(Applies::Unlimited);
                 continue;
             }
-            let ip = *ip.get_or_insert_with(|| identity::client_ip(&self.config.client_ip, req));
-            if Self::exempt(rule, ip, req) {
+            if Self::exempt(rule, &ip, req) {
                 out.push(Applies::Exempt);
                 continue;
             }
-            out.push(match identity::resolve(&rule.identifier, ip, req) {
+            out.push(match identity::resolve(&rule.identifier, &ip, req) {
                 Some(identity) => Applies::Yes(Applied { rule: i, identity, cost: Self::cost(rule, req) }),
                 None => Applies::NoIdentity,
             });
@@ -600,6 +609,49 @@ mod tests {
         let acme = Req::new("POST", "/x").header("x-tenant", "acme");
         assert_eq!(status(&l.check(&acme, &s, T0)), 200);
         assert_eq!(status(&l.check(&acme, &s, T0)), 429);
+    }
+
+    /// A request view that counts how often the client address is asked for.
+    struct CountingSource<'a>(&'a Req, std::cell::Cell<u32>);
+
+    impl RequestInfo for CountingSource<'_> {
+        fn method(&self) -> Option<String> {
+            self.0.method()
+        }
+        fn path(&self) -> Option<String> {
+            self.0.path()
+        }
+        fn header(&self, name: &str) -> Option<String> {
+            self.0.header(name)
+        }
+        fn source_address(&self) -> Option<String> {
+            self.1.set(self.1.get() + 1);
+            self.0.source_address()
+        }
+        fn route_name(&self) -> Option<String> {
+            self.0.route_name()
+        }
+    }
+
+    #[test]
+    fn the_client_address_is_read_only_when_a_rule_needs_it() {
+        let reads = |rules: serde_json::Value, req: &Req| {
+            let l = limiter(serde_json::json!({ "rules": rules }));
+            let counting = CountingSource(req, std::cell::Cell::new(0));
+            let v = l.check(&counting, &MemStore::default(), T0);
+            (status(&v), counting.1.get())
+        };
+        let keyed = Req::new("GET", "/").header("x-api-key", "k1");
+        let by_key = serde_json::json!([{"name": "k", "limit": "5/min", "identifier": {"header": "x-api-key"}},
+                                         {"name": "g", "limit": "5/min", "identifier": "global"}]);
+        assert_eq!(reads(by_key.clone(), &keyed), (200, 0), "header and global identities need no address");
+        // A missing header falls back to the client IP, which then is read (once).
+        assert_eq!(reads(by_key, &Req::new("GET", "/")), (200, 1));
+        let by_ip = serde_json::json!([{"name": "a", "limit": "5/min"}, {"name": "b", "limit": "5/min"}]);
+        assert_eq!(reads(by_ip, &keyed), (200, 1), "two IP rules read it once");
+        let exempt = serde_json::json!([{"name": "x", "limit": "5/min", "identifier": "global",
+                                         "exempt": {"cidrs": ["10.0.0.0/8"]}}]);
+        assert_eq!(reads(exempt, &keyed), (200, 1), "a CIDR exemption needs it");
     }
 
     #[test]

@@ -86,12 +86,14 @@ pub fn hash(text: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
-pub fn resolve(id: &Identifier, ip: Option<IpAddr>, req: &impl RequestInfo) -> Option<Identity> {
+/// `ip` gives the client IP when a part needs it (it costs a host call in Envoy, so identities
+/// without an IP part never ask).
+pub fn resolve(id: &Identifier, ip: impl Fn() -> Option<IpAddr>, req: &impl RequestInfo) -> Option<Identity> {
     // Parts are written straight into one string (this runs for every rule of every request),
     // separated by the unit separator: it cannot be confused with anything a header value may
     // contain legitimately.
     let mut text = String::with_capacity(48);
-    let write_ip = |text: &mut String| match ip {
+    let write_ip = |text: &mut String| match ip() {
         Some(ip) => {
             let _ = write!(text, "ip={ip}");
         }
@@ -218,7 +220,7 @@ pub(crate) mod tests {
     fn identities_and_fallbacks() {
         let id = |parts, fallback| Identifier { parts, fallback };
         let req = Req::new("GET", "/x?tenant=t1").header("x-api-key", "k1");
-        let ip = client_ip(&ClientIpSpec::default(), &req);
+        let ip = || client_ip(&ClientIpSpec::default(), &req);
         let composite = id(vec![IdentPart::Header("x-api-key".into()), IdentPart::Query("tenant".into())], IdentFallback::ClientIp);
         let got = resolve(&composite, ip, &req).unwrap();
         assert_eq!(got.text, "header:x-api-key=k1\u{1f}query:tenant=t1");

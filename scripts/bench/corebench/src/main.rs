@@ -222,7 +222,9 @@ fn main() {
         eprintln!("usage: sluice-corebench SPEC.json");
         std::process::exit(2);
     };
-    let text = match std::fs::read_to_string(&path) {
+    // Inline JSON is accepted too: compiled to wasm32-wasip1, this runs in a host with no files.
+    let read = if path.trim_start().starts_with('{') { Ok(path.clone()) } else { std::fs::read_to_string(&path) };
+    let text = match read {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{path}: {e}");
