@@ -211,11 +211,11 @@ impl Limiter {
                 out.push(Applies::Unlimited);
                 continue;
             }
-            if Self::exempt(rule, &ip, req) {
+            if Self::exempt(rule, ip, req) {
                 out.push(Applies::Exempt);
                 continue;
             }
-            out.push(match identity::resolve(&rule.identifier, &ip, req) {
+            out.push(match identity::resolve(&rule.identifier, ip, req) {
                 Some(identity) => Applies::Yes(Applied { rule: i, identity, cost: Self::cost(rule, req) }),
                 None => Applies::NoIdentity,
             });
