@@ -253,7 +253,7 @@ impl RequestInfo for HostRequest {
         if let Some((_, v)) = self.headers.borrow().iter().find(|(k, _)| k == name) {
             return v.clone();
         }
-        let v = hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten();
+        let v = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten().map(text);
         self.headers.borrow_mut().push((name.to_string(), v.clone()));
         v
     }
@@ -263,6 +263,13 @@ impl RequestInfo for HostRequest {
     fn route_name(&self) -> Option<String> {
         property(&["xds", "route_name"])
     }
+}
+
+/// A header value as text. HTTP lets a value carry any byte above 0x7f and Envoy passes them
+/// on; a value that is not UTF-8 is kept distinct by escaping those bytes (`\\xff`) instead of
+/// replacing them (which would merge different clients into one identity).
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| e.as_bytes().escape_ascii().to_string())
 }
 
 fn property(path: &[&str]) -> Option<String> {
@@ -415,7 +422,7 @@ fn callout_replies(num_headers: usize, body_size: usize, expected: usize) -> Res
         // Envoy's way of saying the call failed: timeout, reset, or no healthy host.
         return Err("no response from the Redis endpoint (timeout or connection failure)".into());
     }
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten().unwrap_or_default();
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten().map(text).unwrap_or_default();
     // A body of size 0 must not be read: the SDK fails on that status.
     let body = if body_size == 0 {
         Vec::new()

@@ -70,6 +70,42 @@ fn header_identities_are_counted_apart_and_fall_back_to_the_client_ip() {
     }
 }
 
+/// One HTTP/1.1 request written byte for byte (a header value need not be UTF-8 on the wire):
+/// the response's status code.
+fn raw_status(url: &str, path: &str, header: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).expect("connect to envoy");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: e2e\r\nconnection: close\r\n").into_bytes();
+    req.extend_from_slice(header);
+    req.extend_from_slice(b"\r\n\r\n");
+    conn.write_all(&req).expect("send");
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let line = String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_string();
+    line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status in {line:?}"))
+}
+
+#[test]
+fn header_values_that_are_not_utf8_are_identities_like_any_other() {
+    // HTTP allows any byte above 0x7f in a field value ("obs-text"), and Envoy passes it on.
+    let envoy = envoy_with(json!({"rules": [{
+        "name": "per-key", "limit": "2/min", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}
+    }]}));
+    let url = envoy.url("/");
+    let statuses = |value: &[u8]| -> Vec<u16> {
+        (0..3).map(|_| raw_status(&url, "/u", &[b"x-api-key: ".as_slice(), value].concat())).collect()
+    };
+    // Two values that are not UTF-8 (and would be one value after a lossy conversion), and a
+    // plain one: each is its own identity, limited at 2, and none breaks the filter.
+    assert_eq!(statuses(b"\xff\xfe"), [200, 200, 429]);
+    assert_eq!(statuses(b"\xfe\xff"), [200, 200, 429]);
+    assert_eq!(statuses(b"caf\xc3\xa9"), [200, 200, 429]);
+    let log = envoy.log_text();
+    assert!(!log.contains("panicked"), "the filter panicked:\n{log}");
+}
+
 #[test]
 fn exempt_clients_are_never_limited() {
     let envoy = envoy_with(json!({"rules": [{
