@@ -10,7 +10,7 @@ use crate::rate::Rate;
 use crate::response::{self, LocalResponse, Reported};
 use crate::breaker::{Breaker, Permit};
 use crate::redis::wire::Reply;
-use crate::store::{ReadOnce, SharedStore, Table};
+use crate::store::{Prepared, SharedStore, StoreError, Table};
 use crate::strategy::{self, lua, Decision, Outcome};
 
 /// A compiled config plus what requests need precomputed: the slot table of every rule.
@@ -129,6 +129,10 @@ fn fingerprint(rule: &Rule, limits: &[Rate]) -> u32 {
 }
 
 /// Strips the query string and fragment from a `:path`.
+fn decisions(outcomes: Vec<Outcome>) -> Vec<Decision> {
+    outcomes.into_iter().map(|o| o.decision).collect()
+}
+
 pub fn path_only(path: &str) -> &str {
     let end = path.find(['?', '#']).unwrap_or(path.len());
     &path[..end]
@@ -272,12 +276,34 @@ impl Limiter {
         let table = &self.rules[a.rule].table;
         let decide = |states: &[&[u8]]| Self::decide_all(rule, &limits, states, now_us, a.cost);
         let result = if write {
-            table.update(store, a.identity.hash, now_us, decide).map(|u| (u.outcomes, u.created))
+            table.update(store, a.identity.hash, now_us, decide).map(|u| (decisions(u.outcomes), u.created))
         } else {
-            table.peek(store, a.identity.hash, now_us, |states| (decide(states).0, false))
+            table.peek(store, a.identity.hash, now_us, |states| (decisions(decide(states).0), false))
         };
+        self.rule_outcome(a, result)
+    }
+
+    /// Decides one rule on the store's current state without writing, keeping what
+    /// [`Table::commit`] needs to store the decision (`None` after a store failure).
+    fn prepare_rule(&self, a: &Applied, store: &impl SharedStore, now_us: u64) -> (RuleOutcome, Option<Prepared>) {
+        let rule = &self.config.rules[a.rule];
+        let limits = self.limits_for(a);
+        let decide = |states: &[&[u8]]| Self::decide_all(rule, &limits, states, now_us, a.cost);
+        match self.rules[a.rule].table.prepare(store, a.identity.hash, now_us, decide) {
+            Ok(mut p) => {
+                let created = p.created();
+                // The outcomes become the decisions in place; committing needs only the write.
+                let decisions = decisions(std::mem::take(&mut p.outcomes));
+                (self.rule_outcome(a, Ok((decisions, created))), Some(p))
+            }
+            Err(e) => (self.rule_outcome(a, Err(e)), None),
+        }
+    }
+
+    fn rule_outcome(&self, a: &Applied, result: Result<(Vec<Decision>, bool), StoreError>) -> RuleOutcome {
+        let rule = &self.config.rules[a.rule];
         let (decisions, store_error, created_slot) = match result {
-            Ok((outcomes, created)) => (outcomes.into_iter().map(|o| o.decision).collect::<Vec<_>>(), false, created),
+            Ok((decisions, created)) => (decisions, false, created),
             Err(e) => {
                 log::warn!("sluice: rule {:?}: local store failed: {e}", rule.name);
                 (Vec::new(), true, false)
@@ -511,32 +537,36 @@ impl Limiter {
         }
         let (enforced, shadow): (Vec<&Applied>, Vec<&Applied>) =
             applied.iter().filter(|a| !self.is_redis(a)).partition(|a| !self.is_shadow(a.rule));
-        let mut denied = false;
-        let store = ReadOnce::new(store);
-        if enforced.len() > 1 {
-            let dry: Vec<RuleOutcome> = enforced.iter().map(|a| self.decide_rule(a, &store, now_us, false)).collect();
-            if dry.iter().any(|o| !o.allowed) {
-                outcomes.extend(dry);
-                return self.verdict(outcomes, true);
-            }
+        // Decide every enforced rule on what the store holds now before writing any, so a
+        // request one rule denies consumes nothing from the others; then store each decision.
+        // A slot another worker wrote in between is decided again on what it holds: that can
+        // only deny the request after an earlier rule counted it, never admit it past a limit.
+        let prepared: Vec<(RuleOutcome, Option<Prepared>)> =
+            enforced.iter().map(|a| self.prepare_rule(a, store, now_us)).collect();
+        if prepared.iter().any(|(o, _)| !o.allowed) {
+            outcomes.extend(prepared.into_iter().map(|(o, _)| o));
+            return self.verdict(outcomes, true);
         }
-        store.stop_recording();
-        for a in &enforced {
-            let o = self.decide_rule(a, &store, now_us, true);
-            denied = !o.allowed;
-            outcomes.push(o);
-            if denied {
+        for (a, (o, p)) in enforced.iter().zip(prepared) {
+            let o = match p.map(|p| self.rules[a.rule].table.commit(store, &p)) {
+                // Stored, or a store failure that `on_error` admitted.
+                Some(Ok(())) | None => o,
+                Some(Err(_)) => self.decide_rule(a, store, now_us, true),
+            };
+            if !o.allowed {
+                outcomes.push(o);
                 return self.verdict(outcomes, true);
             }
+            outcomes.push(o);
         }
         for a in &shadow {
-            let o = self.decide_rule(a, &store, now_us, true);
+            let o = self.decide_rule(a, store, now_us, true);
             if !o.allowed {
                 log::info!("sluice: shadow rule {:?} would limit {}", self.config.rules[a.rule].name, a.identity.text);
             }
             outcomes.push(o);
         }
-        self.verdict(outcomes, denied)
+        self.verdict(outcomes, false)
     }
 
     fn verdict(&self, outcomes: Vec<RuleOutcome>, denied: bool) -> Verdict {
@@ -652,6 +682,75 @@ mod tests {
         let exempt = serde_json::json!([{"name": "x", "limit": "5/min", "identifier": "global",
                                          "exempt": {"cidrs": ["10.0.0.0/8"]}}]);
         assert_eq!(reads(exempt, &keyed), (200, 1), "a CIDR exemption needs it");
+    }
+
+    /// A store that counts reads and writes, and can let "another worker" act just before the
+    /// first write to a key with a given prefix.
+    struct Racing<'a> {
+        inner: &'a MemStore,
+        reads: std::cell::Cell<u32>,
+        writes: std::cell::Cell<u32>,
+        before_write: std::cell::RefCell<Option<(String, Box<dyn FnOnce(&MemStore) + 'a>)>>,
+    }
+
+    impl<'a> Racing<'a> {
+        fn new(inner: &'a MemStore) -> Self {
+            Racing { inner, reads: Default::default(), writes: Default::default(), before_write: Default::default() }
+        }
+    }
+
+    impl SharedStore for Racing<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            let due = matches!(&*self.before_write.borrow(), Some((prefix, _)) if key.starts_with(prefix.as_str()));
+            if due {
+                if let Some((_, act)) = self.before_write.borrow_mut().take() {
+                    act(self.inner);
+                }
+            }
+            self.writes.set(self.writes.get() + 1);
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_multi_rule_request_reads_and_writes_each_slot_once() {
+        let l = limiter(serde_json::json!({"rules": [
+            {"name": "a", "limit": "5/min"}, {"name": "b", "limit": "5/min"}, {"name": "c", "limit": "5/min"}
+        ]}));
+        let mem = MemStore::default();
+        let store = Racing::new(&mem);
+        for _ in 0..2 {
+            assert_eq!(status(&l.check(&Req::new("GET", "/"), &store, T0)), 200);
+        }
+        // The first request finds every home slot unwritten; the second finds each identity there.
+        assert_eq!((store.reads.get(), store.writes.get()), (6, 6));
+    }
+
+    #[test]
+    fn a_slot_written_between_the_decision_and_its_write_is_decided_again() {
+        let l = limiter(serde_json::json!({"rules": [
+            {"name": "wide", "limit": "5/min", "strategy": "fixed_window"},
+            {"name": "narrow", "limit": "1/min", "strategy": "fixed_window"}
+        ]}));
+        let mem = MemStore::default();
+        let store = Racing::new(&mem);
+        let narrow = l.table_prefix(1).unwrap_or_default().to_string();
+        // Another worker's request takes narrow's only unit after ours read it.
+        let other = |m: &MemStore| assert_eq!(status(&l.check(&Req::new("GET", "/"), m, T0)), 200);
+        *store.before_write.borrow_mut() = Some((narrow, Box::new(other)));
+        let v = l.check(&Req::new("GET", "/"), &store, T0);
+        assert_eq!(status(&v), 429, "narrow is decided again on what the other worker wrote");
+        // Narrow admitted exactly its limit; wide counted the other request and, in this race,
+        // ours too (denied after wide had stored it: never an admission past a limit). A third
+        // request sees that: wide would leave 5 − 2 − 1 = 2, narrow has nothing left.
+        let v = l.check(&Req::new("GET", "/"), &mem, T0);
+        assert_eq!(status(&v), 429);
+        let remaining: Vec<u64> = v.outcomes().iter().map(|o| o.decisions.first().map_or(99, |d| d.remaining)).collect();
+        assert_eq!(remaining, vec![2, 0]);
     }
 
     #[test]

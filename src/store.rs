@@ -125,6 +125,29 @@ pub struct Updated {
     pub created: bool,
 }
 
+/// A decision taken on a slot's content as read, not yet stored (see [`Table::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    /// One outcome per limit.
+    pub outcomes: Outcomes,
+    write: Option<Write>,
+}
+
+#[derive(Debug)]
+struct Write {
+    key: String,
+    /// The token read; `None` for a slot never written.
+    cas: Option<u32>,
+    bytes: Vec<u8>,
+}
+
+impl Prepared {
+    /// Committing it creates a slot that had never been written (the table grows by one key).
+    pub fn created(&self) -> bool {
+        self.write.as_ref().is_some_and(|w| w.cas.is_none())
+    }
+}
+
 impl Table {
     fn key(&self, slot: u32) -> String {
         format!("{}{}", self.prefix, slot)
@@ -167,9 +190,51 @@ impl Table {
         }
     }
 
-    /// Runs `decide` on the identity's states (one per limit) and stores the result, retrying on
-    /// contention. `decide` receives the current states (empty slices for a fresh identity) and
-    /// returns one outcome per limit plus whether to write at all; it may run several times.
+    /// Runs `decide` on the identity's states (one per limit) as the store holds them now,
+    /// without writing: [`Table::commit`] stores the result if nobody wrote the slot meanwhile.
+    /// `decide` receives the current states (empty slices for a fresh identity) and returns one
+    /// outcome per limit plus whether to write at all.
+    pub fn prepare<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, decide: F) -> Result<Prepared, StoreError>
+    where
+        F: FnOnce(&[&[u8]]) -> (Outcomes, bool),
+    {
+        let (key, cas, value) = match self.locate(store, identity, now_us)? {
+            Found::Own { key, cas, value } => (key, Some(cas), Some(value)),
+            Found::Free { key, cas } => (key, cas, None),
+        };
+        let current: Vec<&[u8]> = match value.as_deref().and_then(decode) {
+            Some(slot) => slot.states,
+            None => Vec::new(),
+        };
+        let (outcomes, write) = decide(&current);
+        if !write {
+            return Ok(Prepared { outcomes, write: None });
+        }
+        let states: Vec<&[u8]> = outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match &o.state {
+                Some(s) => s.as_slice(),
+                None => current.get(i).copied().unwrap_or(&[]),
+            })
+            .collect();
+        let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
+        let bytes = encode(self.fingerprint, identity, now_us.saturating_add(ttl), &states);
+        Ok(Prepared { outcomes, write: Some(Write { key, cas, bytes }) })
+    }
+
+    /// Stores what [`Table::prepare`] decided. [`StoreError::CasMismatch`] means another worker
+    /// wrote the slot after it was read (the decision may no longer hold): nothing was written,
+    /// and the caller decides again on what is there now.
+    pub fn commit(&self, store: &impl SharedStore, prepared: &Prepared) -> Result<(), StoreError> {
+        match &prepared.write {
+            Some(w) => store.set(&w.key, &w.bytes, w.cas.unwrap_or(CREATE_TOKEN)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Table::prepare`] then [`Table::commit`], retrying on contention: `decide` may run
+    /// several times.
     pub fn update<F>(
         &self,
         store: &impl SharedStore,
@@ -181,31 +246,12 @@ impl Table {
         F: FnMut(&[&[u8]]) -> (Outcomes, bool),
     {
         for _ in 0..MAX_ATTEMPTS {
-            let found = self.locate(store, identity, now_us)?;
-            let (key, cas, value) = match found {
-                Found::Own { key, cas, value } => (key, Some(cas), Some(value)),
-                Found::Free { key, cas } => (key, cas, None),
-            };
-            let current: Vec<&[u8]> = match value.as_deref().and_then(decode) {
-                Some(slot) => slot.states,
-                None => Vec::new(),
-            };
-            let (outcomes, write) = decide(&current);
-            if !write {
-                return Ok(Updated { outcomes, created: false });
-            }
-            let states: Vec<&[u8]> = outcomes
-                .iter()
-                .enumerate()
-                .map(|(i, o)| match &o.state {
-                    Some(s) => s.as_slice(),
-                    None => current.get(i).copied().unwrap_or(&[]),
-                })
-                .collect();
-            let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
-            let bytes = encode(self.fingerprint, identity, now_us.saturating_add(ttl), &states);
-            match store.set(&key, &bytes, cas.unwrap_or(CREATE_TOKEN)) {
-                Ok(()) => return Ok(Updated { outcomes, created: cas.is_none() }),
+            let prepared = self.prepare(store, identity, now_us, &mut decide)?;
+            match self.commit(store, &prepared) {
+                Ok(()) => {
+                    let created = prepared.created();
+                    return Ok(Updated { outcomes: prepared.outcomes, created });
+                }
                 // Not a communication failure: another worker wrote this slot between our read
                 // and our write. Read again and decide on what it wrote.
                 Err(StoreError::CasMismatch) => continue,
@@ -292,58 +338,6 @@ impl SharedStore for MemStore {
             }
         }
         Ok(())
-    }
-}
-
-/// One request's view of a store across its dry pass and its write pass. A multi-rule request
-/// first reads every rule's slot without writing (so one rule's denial consumes nothing from
-/// the others), then writes each; the write pass would read the same slots again. While
-/// `recording`, reads are remembered; the next read of a remembered key is served from memory
-/// once, and a write to a key forgets it. Nothing is lost by this: the write carries the
-/// remembered CAS token, so if another worker changed the slot in between, the write fails as a
-/// mismatch and the retry reads the store itself. It saves one host call per rule (two
-/// boundary crossings in Envoy: the call and the guest allocation of the value).
-pub struct ReadOnce<'s, S: SharedStore + ?Sized> {
-    inner: &'s S,
-    recording: std::cell::Cell<bool>,
-    seen: std::cell::RefCell<Vec<(String, Read)>>,
-}
-
-/// What a read returned: the value and its CAS token, or nothing for a key never written.
-type Read = Option<(Vec<u8>, u32)>;
-
-impl<'s, S: SharedStore + ?Sized> ReadOnce<'s, S> {
-    pub fn new(inner: &'s S) -> Self {
-        ReadOnce { inner, recording: std::cell::Cell::new(true), seen: Default::default() }
-    }
-
-    /// Ends the dry pass: later reads are no longer remembered.
-    pub fn stop_recording(&self) {
-        self.recording.set(false);
-    }
-
-    fn forget(&self, key: &str) -> Option<Read> {
-        let mut seen = self.seen.borrow_mut();
-        let i = seen.iter().position(|(k, _)| k == key)?;
-        Some(seen.swap_remove(i).1)
-    }
-}
-
-impl<S: SharedStore + ?Sized> SharedStore for ReadOnce<'_, S> {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        if let Some(remembered) = self.forget(key) {
-            return Ok(remembered);
-        }
-        let value = self.inner.get(key)?;
-        if self.recording.get() {
-            self.seen.borrow_mut().push((key.to_string(), value.clone()));
-        }
-        Ok(value)
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        let _ = self.forget(key);
-        self.inner.set(key, value, cas)
     }
 }
 
@@ -498,61 +492,26 @@ mod tests {
         assert_eq!(s.get("k").unwrap().unwrap().1, 1, "the token skips 0");
     }
 
-    /// Counts the reads that reach the store.
-    struct Reads<'a> {
-        inner: &'a MemStore,
-        n: std::cell::Cell<u32>,
-    }
-
-    impl SharedStore for Reads<'_> {
-        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-            self.n.set(self.n.get() + 1);
-            self.inner.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-            self.inner.set(key, value, cas)
-        }
-    }
-
     #[test]
-    fn read_once_serves_the_write_pass_what_the_dry_pass_read() {
-        let store = MemStore::default();
-        let (a, b) = (table(8), Table { prefix: "t:s:".into(), ..table(8) });
-        a.update(&store, 3, 0, count_to(5)).unwrap();
-        let reads = Reads { inner: &store, n: Default::default() };
-        let view = ReadOnce::new(&reads);
-        assert_eq!(count(&view, &a, 3, 0), 1);
-        assert_eq!(count(&view, &b, 3, 0), 0);
-        assert_eq!(reads.n.get(), 2, "one read per rule in the dry pass");
-        view.stop_recording();
-        a.update(&view, 3, 0, count_to(5)).unwrap();
-        b.update(&view, 3, 0, count_to(5)).unwrap();
-        assert_eq!(reads.n.get(), 2, "the write pass reads nothing again");
-        assert_eq!((count(&store, &a, 3, 0), count(&store, &b, 3, 0)), (2, 1));
-        // Once written, a key is read from the store again.
-        assert_eq!(count(&view, &a, 3, 0), 2);
-        assert_eq!(reads.n.get(), 3);
-    }
-
-    #[test]
-    fn read_once_loses_no_update_made_between_the_passes() {
+    fn a_prepared_decision_is_not_stored_over_a_write_made_meanwhile() {
         let store = MemStore::default();
         let t = table(8);
         t.update(&store, 3, 0, count_to(5)).unwrap();
-        let view = ReadOnce::new(&store);
-        assert_eq!(count(&view, &t, 3, 0), 1);
-        view.stop_recording();
-        // Another worker counts the identity after our dry pass read it.
+        let prepared = t.prepare(&store, 3, 0, count_to(5)).unwrap();
+        // Another worker counts the identity after our read.
         t.update(&store, 3, 0, count_to(5)).unwrap();
-        // Our write carries the remembered token, fails as a mismatch, re-reads and counts on top.
-        t.update(&view, 3, 0, count_to(5)).unwrap();
-        assert_eq!(count(&store, &t, 3, 0), 3);
-        // The same for a slot that did not exist when the dry pass looked.
-        let view = ReadOnce::new(&store);
-        assert_eq!(count(&view, &t, 4, 0), 0);
-        view.stop_recording();
+        assert_eq!(t.commit(&store, &prepared), Err(StoreError::CasMismatch));
+        assert_eq!(count(&store, &t, 3, 0), 2, "the stale decision wrote nothing");
+        // The same for a slot that did not exist when we read it.
+        let prepared = t.prepare(&store, 4, 0, count_to(5)).unwrap();
+        assert!(prepared.created());
         t.update(&store, 4, 0, count_to(5)).unwrap();
-        t.update(&view, 4, 0, count_to(5)).unwrap();
+        assert_eq!(t.commit(&store, &prepared), Err(StoreError::CasMismatch));
+        assert_eq!(count(&store, &t, 4, 0), 1);
+        // Uncontended, it is stored as decided.
+        let prepared = t.prepare(&store, 4, 0, count_to(5)).unwrap();
+        assert!(!prepared.created());
+        t.commit(&store, &prepared).unwrap();
         assert_eq!(count(&store, &t, 4, 0), 2);
     }
 }
