@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::{Backend, Config, Cost, OnError, Rule};
+use crate::config::{Backend, Config, Cost, IdentPart, OnError, Rule};
 use crate::identity::{self, Identity, RequestInfo};
 use crate::rate::Rate;
 use crate::response::{self, LocalResponse, Reported};
@@ -26,6 +26,44 @@ pub struct Limiter {
     /// a config that never asks does not pay for it.
     needs_method: bool,
     needs_path: bool,
+    /// Distinct request headers (pseudo-headers included) the rules may read for one request.
+    header_names: usize,
+}
+
+/// From this many distinct header reads per request on, the host reads all headers at once.
+const MANY_HEADERS: usize = 3;
+
+/// The request headers `config` may read: pseudo-headers for method and path, match and
+/// exemption headers, cost headers, identity parts, and `x-forwarded-for` when trusted.
+fn header_names(config: &Config, needs_method: bool, needs_path: bool) -> usize {
+    let mut names: Vec<&str> = Vec::new();
+    let mut add = |n: &'static str| names.push(n);
+    if needs_method {
+        add(":method");
+    }
+    if needs_path {
+        add(":path");
+    }
+    if config.client_ip.xff_trusted_hops > 0 {
+        add("x-forwarded-for");
+    }
+    for rule in &config.rules {
+        names.extend(rule.matcher.headers.iter().chain(&rule.exempt.headers).map(|(k, _)| k.as_str()));
+        if let Cost::Header { name, .. } = &rule.cost {
+            names.push(name);
+        }
+        for part in &rule.identifier.parts {
+            match part {
+                IdentPart::Header(h) => names.push(h),
+                IdentPart::Query(_) => names.push(":path"),
+                IdentPart::Cookie(_) => names.push("cookie"),
+                IdentPart::ClientIp | IdentPart::Global => {}
+            }
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    names.len()
 }
 
 #[derive(Debug, Clone)]
@@ -156,7 +194,15 @@ impl Limiter {
         let breaker_key = format!("{}:breaker", config.namespace);
         let needs_method = config.rules.iter().any(|r| !r.matcher.methods.is_empty());
         let needs_path = config.rules.iter().any(|r| !r.matcher.paths.is_empty());
-        Limiter { config, rules, breaker_key, sha: crate::redis::script_sha(), needs_method, needs_path }
+        let header_names = header_names(&config, needs_method, needs_path);
+        Limiter { config, rules, breaker_key, sha: crate::redis::script_sha(), needs_method, needs_path, header_names }
+    }
+
+    /// Whether a request may need so many header values that reading them all in one host call
+    /// is cheaper than one call per value (each call also crosses back into the guest to
+    /// allocate the value).
+    pub fn reads_many_headers(&self) -> bool {
+        self.header_names >= MANY_HEADERS
     }
 
     /// Whether any rule may delay requests (so the host must run a release tick).
@@ -751,6 +797,20 @@ mod tests {
         assert_eq!(status(&v), 429);
         let remaining: Vec<u64> = v.outcomes().iter().map(|o| o.decisions.first().map_or(99, |d| d.remaining)).collect();
         assert_eq!(remaining, vec![2, 0]);
+    }
+
+    #[test]
+    fn configs_reading_several_headers_are_told_apart() {
+        let many = |rules: serde_json::Value| limiter(serde_json::json!({ "rules": rules })).reads_many_headers();
+        assert!(!many(serde_json::json!([{"name": "ip", "limit": "5/min"}])));
+        // :path and one identity header; the same header twice counts once.
+        assert!(!many(serde_json::json!([
+            {"name": "a", "match": {"path": "/a/**"}, "limit": "5/min", "identifier": {"header": "x-k"}},
+            {"name": "b", "limit": "5/min", "identifier": {"header": "x-k"}}
+        ])));
+        // :path (for the query part), a cookie and a cost header.
+        assert!(many(serde_json::json!([{"name": "q", "limit": "5/min", "cost": {"header": "x-cost"},
+            "identifier": {"parts": [{"query": "tenant"}, {"cookie": "session"}]}}])));
     }
 
     #[test]

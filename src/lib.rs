@@ -12,6 +12,7 @@
 pub mod breaker;
 pub mod config;
 pub mod engine;
+pub mod headers;
 pub mod identity;
 pub mod response;
 pub mod store;

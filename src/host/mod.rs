@@ -16,6 +16,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::config::Transport;
 use crate::engine::{Limiter, Pending, Resumed, Step, Verdict};
+use crate::headers;
 use crate::redis::wire;
 use crate::identity::RequestInfo;
 use crate::store::{SharedStore, StoreError};
@@ -237,9 +238,20 @@ impl RootContext for Root {
 
 /// The request as the core sees it: every value read from the host on demand, and each header
 /// at most once (several rules often ask for the same identity header).
-#[derive(Default)]
+/// The request as the core sees it: each value is read from Envoy when first asked for.
 struct HostRequest {
+    /// Values read so far (`None`: absent).
     headers: RefCell<Vec<(String, Option<String>)>>,
+    /// Read every header at the first ask (the config reads several per request).
+    all_at_once: bool,
+    /// `headers` holds every request header: a name not in it is absent.
+    complete: Cell<bool>,
+}
+
+impl HostRequest {
+    fn new(limiter: &Limiter) -> Self {
+        HostRequest { headers: RefCell::default(), all_at_once: limiter.reads_many_headers(), complete: Cell::new(false) }
+    }
 }
 
 impl RequestInfo for HostRequest {
@@ -253,7 +265,18 @@ impl RequestInfo for HostRequest {
         if let Some((_, v)) = self.headers.borrow().iter().find(|(k, _)| k == name) {
             return v.clone();
         }
-        let v = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten().map(text);
+        if self.complete.get() {
+            return None;
+        }
+        if self.all_at_once {
+            if let Some(all) = request_header_pairs() {
+                // In order, so a repeated name answers with its first value, as a single read does.
+                *self.headers.borrow_mut() = all.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                self.complete.set(true);
+                return self.headers.borrow().iter().find(|(k, _)| k == name).and_then(|(_, v)| v.clone());
+            }
+        }
+        let v = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten().map(headers::text);
         self.headers.borrow_mut().push((name.to_string(), v.clone()));
         v
     }
@@ -265,11 +288,28 @@ impl RequestInfo for HostRequest {
     }
 }
 
-/// A header value as text. HTTP lets a value carry any byte above 0x7f and Envoy passes them
-/// on; a value that is not UTF-8 is kept distinct by escaping those bytes (`\\xff`) instead of
-/// replacing them (which would merge different clients into one identity).
-fn text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| e.as_bytes().escape_ascii().to_string())
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+}
+
+/// Every request header in one host call. Not the SDK's `get_map`: that one panics on a value
+/// that is not UTF-8, which a client can send.
+fn request_header_pairs() -> Option<Vec<(String, String)>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut len: usize = 0;
+    // SAFETY: the host writes a buffer it allocated through the SDK's proxy_on_memory_allocate
+    // (Rust's global allocator, align 1), which we then own.
+    let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut len) };
+    if status != 0 {
+        return None;
+    }
+    if data.is_null() {
+        return Some(Vec::new());
+    }
+    // SAFETY: see above: `data` holds `len` initialized bytes with capacity `len`.
+    let bytes = unsafe { Vec::from_raw_parts(data, len, len) };
+    headers::parse_pairs(&bytes)
 }
 
 fn property(path: &[&str]) -> Option<String> {
@@ -422,7 +462,7 @@ fn callout_replies(num_headers: usize, body_size: usize, expected: usize) -> Res
         // Envoy's way of saying the call failed: timeout, reset, or no healthy host.
         return Err("no response from the Redis endpoint (timeout or connection failure)".into());
     }
-    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten().map(text).unwrap_or_default();
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten().map(headers::text).unwrap_or_default();
     // A body of size 0 must not be read: the SDK fails on that status.
     let body = if body_size == 0 {
         Vec::new()
@@ -459,7 +499,7 @@ impl HttpContext for Http {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
         let now = now_us();
         let ctx = self.context_id;
-        let flow = match shared.limiter.start(&HostRequest::default(), &EnvoyShared, now) {
+        let flow = match shared.limiter.start(&HostRequest::new(&shared.limiter), &EnvoyShared, now) {
             Step::Done(verdict) => apply(&shared, ctx, verdict),
             Step::Redis(pending) => {
                 let timeout_us = shared.limiter.config.redis.as_ref().map_or(0, |r| r.timeout_ms.saturating_mul(1000));
