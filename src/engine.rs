@@ -37,15 +37,14 @@ const MANY_HEADERS: usize = 3;
 /// exemption headers, cost headers, identity parts, and `x-forwarded-for` when trusted.
 fn header_names(config: &Config, needs_method: bool, needs_path: bool) -> usize {
     let mut names: Vec<&str> = Vec::new();
-    let mut add = |n: &'static str| names.push(n);
     if needs_method {
-        add(":method");
+        names.push(":method");
     }
     if needs_path {
-        add(":path");
+        names.push(":path");
     }
     if config.client_ip.xff_trusted_hops > 0 {
-        add("x-forwarded-for");
+        names.push("x-forwarded-for");
     }
     for rule in &config.rules {
         names.extend(rule.matcher.headers.iter().chain(&rule.exempt.headers).map(|(k, _)| k.as_str()));
@@ -166,11 +165,12 @@ fn fingerprint(rule: &Rule, limits: &[Rate]) -> u32 {
     identity::hash(&text) as u32
 }
 
-/// Strips the query string and fragment from a `:path`.
+/// The decisions of a rule's outcomes (what is reported; the states were stored).
 fn decisions(outcomes: Vec<Outcome>) -> Vec<Decision> {
     outcomes.into_iter().map(|o| o.decision).collect()
 }
 
+/// Strips the query string and fragment from a `:path`.
 pub fn path_only(path: &str) -> &str {
     let end = path.find(['?', '#']).unwrap_or(path.len());
     &path[..end]
@@ -220,7 +220,7 @@ impl Limiter {
 
     fn exempt(rule: &Rule, ip: impl Fn() -> Option<IpAddr>, req: &impl RequestInfo) -> bool {
         let e = &rule.exempt;
-        (!e.cidrs.is_empty() && ip().is_some_and(|ip| e.cidrs.iter().any(|n| n.contains(&ip))))
+        !e.cidrs.is_empty() && ip().is_some_and(|ip| e.cidrs.iter().any(|n| n.contains(&ip)))
             || e.headers.iter().any(|(k, v)| req.header(k).as_deref() == Some(v.as_str()))
     }
 
@@ -242,15 +242,8 @@ impl Limiter {
         let path = path_only(&full_path);
         // The client IP is a host call (Envoy's `source.address`): asked once, and only when a
         // rule's exemptions or identity need it.
-        let ip_memo: std::cell::Cell<Option<Option<IpAddr>>> = std::cell::Cell::new(None);
-        let ip = || match ip_memo.get() {
-            Some(ip) => ip,
-            None => {
-                let ip = identity::client_ip(&self.config.client_ip, req);
-                ip_memo.set(Some(ip));
-                ip
-            }
-        };
+        let ip_memo = std::cell::OnceCell::new();
+        let ip = || *ip_memo.get_or_init(|| identity::client_ip(&self.config.client_ip, req));
         let mut out = Vec::with_capacity(self.config.rules.len());
         for (i, rule) in self.config.rules.iter().enumerate() {
             if !Self::matches(rule, &method, path, req) {
@@ -314,13 +307,18 @@ impl Limiter {
         (outcomes, write)
     }
 
+    /// The strategy's decision for `a` on a slot's states: every limit in force, at `now_us`.
+    fn decider<'a>(&'a self, a: &'a Applied, now_us: u64) -> impl Fn(&[&[u8]]) -> (Vec<Outcome>, bool) + 'a {
+        let rule = &self.config.rules[a.rule];
+        let limits = self.limits_for(a);
+        move |states| Self::decide_all(rule, &limits, states, now_us, a.cost)
+    }
+
     /// Decides one rule. With `write`, the decision is stored (CAS); without, it is a dry run
     /// against the current state.
     fn decide_rule(&self, a: &Applied, store: &impl SharedStore, now_us: u64, write: bool) -> RuleOutcome {
-        let rule = &self.config.rules[a.rule];
-        let limits = self.limits_for(a);
         let table = &self.rules[a.rule].table;
-        let decide = |states: &[&[u8]]| Self::decide_all(rule, &limits, states, now_us, a.cost);
+        let decide = self.decider(a, now_us);
         let result = if write {
             table.update(store, a.identity.hash, now_us, decide).map(|u| (decisions(u.outcomes), u.created))
         } else {
@@ -332,10 +330,7 @@ impl Limiter {
     /// Decides one rule on the store's current state without writing, keeping what
     /// [`Table::commit`] needs to store the decision (`None` after a store failure).
     fn prepare_rule(&self, a: &Applied, store: &impl SharedStore, now_us: u64) -> (RuleOutcome, Option<Prepared>) {
-        let rule = &self.config.rules[a.rule];
-        let limits = self.limits_for(a);
-        let decide = |states: &[&[u8]]| Self::decide_all(rule, &limits, states, now_us, a.cost);
-        match self.rules[a.rule].table.prepare(store, a.identity.hash, now_us, decide) {
+        match self.rules[a.rule].table.prepare(store, a.identity.hash, now_us, self.decider(a, now_us)) {
             Ok(mut p) => {
                 let created = p.created();
                 // The outcomes become the decisions in place; committing needs only the write.
@@ -599,11 +594,11 @@ impl Limiter {
                 Some(Ok(())) | None => o,
                 Some(Err(_)) => self.decide_rule(a, store, now_us, true),
             };
-            if !o.allowed {
-                outcomes.push(o);
+            let denied = !o.allowed;
+            outcomes.push(o);
+            if denied {
                 return self.verdict(outcomes, true);
             }
-            outcomes.push(o);
         }
         for a in &shadow {
             let o = self.decide_rule(a, store, now_us, true);
