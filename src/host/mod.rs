@@ -238,19 +238,23 @@ impl RootContext for Root {
 
 /// The request as the core sees it: every value read from the host on demand, and each header
 /// at most once (several rules often ask for the same identity header).
-/// The request as the core sees it: each value is read from Envoy when first asked for.
 struct HostRequest {
     /// Values read so far (`None`: absent).
     headers: RefCell<Vec<(String, Option<String>)>>,
-    /// Read every header at the first ask (the config reads several per request).
-    all_at_once: bool,
+    /// Read every header at the next ask (the config reads several per request); cleared once
+    /// tried, so a failed read of them all is not repeated.
+    all_at_once: Cell<bool>,
     /// `headers` holds every request header: a name not in it is absent.
     complete: Cell<bool>,
 }
 
 impl HostRequest {
     fn new(limiter: &Limiter) -> Self {
-        HostRequest { headers: RefCell::default(), all_at_once: limiter.reads_many_headers(), complete: Cell::new(false) }
+        HostRequest { headers: RefCell::default(), all_at_once: Cell::new(limiter.reads_many_headers()), complete: Cell::new(false) }
+    }
+
+    fn cached(&self, name: &str) -> Option<Option<String>> {
+        self.headers.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 }
 
@@ -262,19 +266,18 @@ impl RequestInfo for HostRequest {
         self.header(":path")
     }
     fn header(&self, name: &str) -> Option<String> {
-        if let Some((_, v)) = self.headers.borrow().iter().find(|(k, _)| k == name) {
-            return v.clone();
-        }
-        if self.complete.get() {
-            return None;
-        }
-        if self.all_at_once {
+        if self.all_at_once.replace(false) {
             if let Some(all) = request_header_pairs() {
                 // In order, so a repeated name answers with its first value, as a single read does.
                 *self.headers.borrow_mut() = all.into_iter().map(|(k, v)| (k, Some(v))).collect();
                 self.complete.set(true);
-                return self.headers.borrow().iter().find(|(k, _)| k == name).and_then(|(_, v)| v.clone());
             }
+        }
+        if let Some(v) = self.cached(name) {
+            return v;
+        }
+        if self.complete.get() {
+            return None;
         }
         let v = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten().map(headers::text);
         self.headers.borrow_mut().push((name.to_string(), v.clone()));
