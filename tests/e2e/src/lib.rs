@@ -534,6 +534,16 @@ fn connect_get(url: &str, headers: &[(String, String)]) -> Result<(std::net::Tcp
     Ok((conn, head.into_bytes()))
 }
 
+/// A GET carrying one more header line given byte for byte (a field value need not be UTF-8 on
+/// the wire, and [`get`] only sends text).
+pub fn get_with_raw_header(url: &str, line: &[u8]) -> Result<Response, String> {
+    let (mut conn, mut head) = connect_get(url, &[])?;
+    // The head ends with its blank line: the field goes just before it.
+    let end = head.len() - 2;
+    head.splice(end..end, line.iter().copied().chain(*b"\r\n"));
+    send_and_read(&mut conn, &head)
+}
+
 /// Writes a request on `conn` and reads the whole response (the server closes after it).
 fn send_and_read(conn: &mut std::net::TcpStream, head: &[u8]) -> Result<Response, String> {
     use std::io::Write;
