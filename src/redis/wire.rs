@@ -114,6 +114,9 @@ fn resp_int(b: &[u8]) -> Result<i64, WireError> {
 /// Nesting deeper than this is not something the filter's scripts return.
 const MAX_DEPTH: usize = 8;
 
+/// The fewest bytes one RESP reply can take: a type byte and CRLF (`+\r\n`).
+const MIN_ELEMENT_BYTES: usize = 3;
+
 fn resp_one(buf: &[u8], at: usize, depth: usize) -> Result<(Reply, usize), WireError> {
     if depth > MAX_DEPTH {
         return Err(WireError::Resp);
@@ -130,7 +133,9 @@ fn resp_one(buf: &[u8], at: usize, depth: usize) -> Result<(Reply, usize), WireE
             if len < 0 {
                 return Ok((Reply::Nil, next));
             }
-            let end = next.checked_add(len as usize).ok_or(WireError::Resp)?;
+            // `try_from`, not `as`: on wasm32 a cast would wrap a declared 2^32 + 2 to 2.
+            let len = usize::try_from(len).map_err(|_| WireError::Resp)?;
+            let end = next.checked_add(len).ok_or(WireError::Resp)?;
             let data = buf.get(next..end).ok_or(WireError::Resp)?;
             if buf.get(end..end + 2) != Some(b"\r\n") {
                 return Err(WireError::Resp);
@@ -142,11 +147,16 @@ fn resp_one(buf: &[u8], at: usize, depth: usize) -> Result<(Reply, usize), WireE
             if len < 0 {
                 return Ok((Reply::Nil, next));
             }
-            // Each element takes at least 3 bytes: refuse counts the buffer cannot hold.
-            if len as usize > buf.len() {
+            // A declared count is only a claim: the smallest element (`+\r\n`) takes
+            // MIN_ELEMENT_BYTES, so a count the remaining bytes cannot hold is refused before
+            // anything is reserved, and the reservation (~32 bytes per element) stays within a
+            // fixed multiple of the bytes actually received.
+            let room = buf.len().saturating_sub(next) / MIN_ELEMENT_BYTES;
+            let len = usize::try_from(len).map_err(|_| WireError::Resp)?;
+            if len > room {
                 return Err(WireError::Resp);
             }
-            let mut items = Vec::with_capacity(len as usize);
+            let mut items = Vec::with_capacity(len);
             let mut at = next;
             for _ in 0..len {
                 let (item, n) = resp_one(buf, at, depth + 1)?;
@@ -198,5 +208,23 @@ mod tests {
         for bad in [&b"*2\r\n:1\r\n"[..], b"$5\r\nab\r\n", b"*99999999999\r\n", b"?x\r\n", b":x\r\n", b""] {
             assert!(resp_replies(bad, 1).is_err(), "{bad:?}");
         }
+    }
+
+    /// Counts past `u32::MAX` must not wrap on wasm32, where `usize` is 32 bits: 2^32 + 2 is
+    /// not 2, and 2^32 + 1 elements are not 1.
+    #[test]
+    fn resp_counts_do_not_wrap_on_32_bit_targets() {
+        assert!(resp_replies(b"$4294967298\r\nab\r\n", 1).is_err());
+        assert!(resp_replies(b"*4294967297\r\n:1\r\n", 1).is_err());
+    }
+
+    /// An array count the remaining bytes cannot hold is refused, even when the whole buffer
+    /// is longer than the count (each element takes at least three bytes).
+    #[test]
+    fn resp_array_count_is_checked_against_the_bytes_left() {
+        assert_eq!(resp_replies(b"*2\r\n+\r\n+\r\n", 1).unwrap(), vec![Reply::Array(vec![Reply::Str(String::new()); 2])]);
+        let mut buf = b"*20\r\n".to_vec();
+        buf.extend_from_slice(&[b'x'; 40]);
+        assert_eq!(resp_replies(&buf, 1), Err(WireError::Resp));
     }
 }
