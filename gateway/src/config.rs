@@ -15,10 +15,16 @@ Requests and replies (Upstash REST dialect):
   without it a reply holding non-UTF-8 bytes is an error that asks for this header.
 
 Status codes: 200 done (pipelines: per-command errors inside), 400 refused request or a failed
-command on POST /, 401 missing or wrong token, 404/405 wrong path or method, 413 body too large,
+command on POST /, 401 missing or wrong token, 404/405 wrong path or method, 408 body not in
+within --body-read-timeout-ms, 413 body too large, 431 headers over --max-header-bytes,
 502 Redis unreachable, 504 no answer within --timeout-ms. Errors made by the gateway start
 with 'ERR sluice-gateway:'. Only EVAL, EVALSHA, SCRIPT LOAD, SCRIPT EXISTS and PING run; any
 other command refuses the whole request (400) and nothing runs. HTTP/1.1 only.
+
+Slow or greedy clients: headers not in within --header-read-timeout-ms, or a connection idle
+for --idle-timeout-ms, are closed without an answer; connections past --max-connections are
+closed at once (503 when it can be sent). Each is counted in /metrics
+(sluice_gateway_client_timeouts_total, sluice_gateway_connections_refused_total).
 
 Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level (default info).";
 
@@ -31,7 +37,8 @@ Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level (
 #[command(name = "sluice-gateway", version, about, long_about, after_long_help = AFTER_HELP)]
 pub struct Config {
     /// Address and port to listen on. Keep it on loopback or a private network: the gateway
-    /// runs scripts on your Redis for whoever holds the token.
+    /// runs scripts on your Redis for whoever holds the token. Any address but loopback
+    /// needs --token: without one the gateway refuses to start.
     #[arg(long, env = "SLUICE_GATEWAY_LISTEN", default_value = "127.0.0.1:7379")]
     pub listen: SocketAddr,
 
@@ -74,6 +81,51 @@ pub struct Config {
     /// finish; after this many milliseconds it exits anyway.
     #[arg(long, env = "SLUICE_GATEWAY_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Most client connections open at once. A connection past it is closed as soon as it is
+    /// accepted (after a best-effort 503) and counted in
+    /// sluice_gateway_connections_refused_total. At start the gateway raises its open-file
+    /// limit to fit, and lowers this cap (with a warning) if the hard limit is too low.
+    #[arg(long, env = "SLUICE_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Time allowed for a request's line and headers, in milliseconds: from the connection's
+    /// opening for its first request, from the request's first byte for later ones. Past it
+    /// the connection is closed without an answer.
+    #[arg(long, env = "SLUICE_GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// Time allowed for a request's whole body once its headers are in, in milliseconds
+    /// (however the bytes trickle). Past it the answer is 408 and the connection is closed.
+    #[arg(long, env = "SLUICE_GATEWAY_BODY_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub body_read_timeout_ms: u64,
+
+    /// A connection is closed after this many milliseconds without a request (keep-alive), or
+    /// without a byte of its answer being taken by a client that stopped reading. Keep it
+    /// above the idle timeout of the client's connection pool (Envoy: the cluster's
+    /// common_http_protocol_options.idle_timeout) so that the client closes idle connections
+    /// first and never sends a request on one the gateway is closing.
+    #[arg(long, env = "SLUICE_GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 90_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub idle_timeout_ms: u64,
+
+    /// Largest request line plus headers accepted, in bytes; larger ones get 431 and the
+    /// connection is closed. Bounds what a client can make the gateway buffer before a
+    /// request starts.
+    #[arg(long, env = "SLUICE_GATEWAY_MAX_HEADER_BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024))]
+    pub max_header_bytes: u64,
+
+    /// How long one Redis probe answers GET /healthz, in milliseconds: a flood of probes costs
+    /// Redis at most one PING per period, and never more than one at a time. A request that
+    /// finds Redis unreachable or too slow ends the period early. 0 probes on every call
+    /// (still one at a time).
+    #[arg(long, env = "SLUICE_GATEWAY_HEALTH_CACHE_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub health_cache_ms: u64,
 }
 
 impl Config {
@@ -81,8 +133,36 @@ impl Config {
         Duration::from_millis(self.timeout_ms)
     }
 
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn health_cache(&self) -> Duration {
+        Duration::from_millis(self.health_cache_ms)
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// Whether `--listen` may be used as given: without a token, only a loopback address
+    /// (only local processes can reach it), so a gateway on a shared network always checks
+    /// who runs scripts on its Redis.
+    pub fn check_listen(&self) -> Result<(), ListenError> {
+        let token_set = self.token.as_deref().is_some_and(|t| !t.is_empty());
+        if token_set || self.listen.ip().to_canonical().is_loopback() {
+            Ok(())
+        } else {
+            Err(ListenError::OpenWithoutToken(self.listen))
+        }
     }
 
     /// Cluster seed nodes as URLs (bare HOST:PORT gets `redis://`), blanks dropped.
@@ -102,6 +182,16 @@ impl Config {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(
+        "refusing to listen on {0} without a token: anyone who can reach it could run scripts on \
+         your Redis. Set --token (or SLUICE_GATEWAY_TOKEN), or listen on a loopback address \
+         with --listen (or SLUICE_GATEWAY_LISTEN), e.g. 127.0.0.1:7379"
+    )]
+    OpenWithoutToken(SocketAddr),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +205,32 @@ mod tests {
         assert_eq!(c.timeout(), Duration::from_secs(1));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.max_pipeline, 128);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.header_read_timeout_ms, 5_000);
+        assert_eq!(c.body_read_timeout_ms, 10_000);
+        assert_eq!(c.idle_timeout_ms, 90_000);
+        assert_eq!(c.max_header_bytes, 16 * 1024);
+        assert_eq!(c.health_cache_ms, 1_000);
+    }
+
+    #[test]
+    fn only_loopback_without_token() {
+        let check = |args: &[&str]| {
+            let c = Config::try_parse_from(std::iter::once("sluice-gateway").chain(args.iter().copied()))
+                .unwrap();
+            c.check_listen()
+        };
+        assert!(check(&[]).is_ok());
+        assert!(check(&["--listen", "127.0.0.1:7379"]).is_ok());
+        assert!(check(&["--listen", "127.8.9.10:7379"]).is_ok());
+        assert!(check(&["--listen", "[::1]:7379"]).is_ok());
+        assert!(check(&["--listen", "[::ffff:127.0.0.1]:7379"]).is_ok());
+        for open in ["0.0.0.0:7379", "10.0.0.5:7379", "[::]:7379", "[::ffff:10.0.0.5]:7379"] {
+            let err = check(&["--listen", open]).unwrap_err().to_string();
+            assert!(err.contains("--token") && err.contains("SLUICE_GATEWAY_TOKEN"), "{err}");
+            assert!(err.contains(open.trim_start_matches('[').split(']').next().unwrap()), "{err}");
+            assert!(check(&["--listen", open, "--token", "t"]).is_ok());
+        }
     }
 
     #[test]
@@ -136,5 +252,8 @@ mod tests {
         assert!(Config::try_parse_from(["sluice-gateway", "--timeout-ms", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--listen", "nowhere"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--max-pipeline", "0"]).is_err());
+        assert!(Config::try_parse_from(["sluice-gateway", "--max-connections", "0"]).is_err());
+        assert!(Config::try_parse_from(["sluice-gateway", "--header-read-timeout-ms", "0"]).is_err());
+        assert!(Config::try_parse_from(["sluice-gateway", "--max-header-bytes", "100"]).is_err());
     }
 }

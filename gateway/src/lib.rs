@@ -12,8 +12,8 @@
 //! |---|---|
 //! | `POST /` body `["EVALSHA", sha, "1", "k", "a"]` | `{"result": …}` (200) or `{"error": "…"}` |
 //! | `POST /pipeline` body `[["SCRIPT","LOAD",src], ["EVALSHA",sha,"0"]]` | `[{"result": …}, {"error": "…"}]`, one per command, in order |
-//! | `GET /healthz` | 200 `{"status":"ok",…}` when Redis answers PING within `--timeout-ms`, else 503 `{"status":"unavailable","error":…}` |
-//! | `GET /metrics` | Prometheus text: requests by endpoint and status, commands by name, Redis errors by kind, in-flight gauge, latency histogram |
+//! | `GET /healthz` | 200 `{"status":"ok",…,"age_ms":…}` when Redis answered PING within `--timeout-ms`, else 503 `{"status":"unavailable","error":…}`; one probe answers for `--health-cache-ms` |
+//! | `GET /metrics` | Prometheus text: requests by endpoint and status, commands by name, Redis errors by kind, in-flight gauge, latency histogram, connections (open, refused at the cap), clients too slow by phase, health probes |
 //!
 //! ```text
 //! $ curl -s -H 'Authorization: Bearer s3cret' -d '["EVAL","return {1,KEYS[1]}","1","k"]' http://127.0.0.1:7379/
@@ -56,6 +56,8 @@
 //! * **Auth**: with `--token`/`SLUICE_GATEWAY_TOKEN`, `POST /` and `POST /pipeline` need
 //!   `Authorization: Bearer <token>` (compared in constant time); `/healthz` and `/metrics`
 //!   stay open for probes and scrapers. Upstash's `_token` query parameter is not supported.
+//!   Without a token the gateway listens on loopback only: any other `--listen` address makes
+//!   it refuse to start.
 //! * **Transport**: HTTP/1.1 with keep-alive (Envoy's default protocol for a cluster).
 //!
 //! # Limits
@@ -63,6 +65,16 @@
 //! `--max-body-bytes` (413, checked on Content-Length and while a chunked body streams),
 //! `--max-pipeline` (400), `--timeout-ms` (504; also bounds connecting to Redis), and on
 //! SIGTERM/SIGINT a drain of requests in flight bounded by `--shutdown-grace-ms`.
+//!
+//! Against slow or greedy clients (module [`conn`]): `--max-connections` (10,000; past it a
+//! connection is closed as soon as it is accepted, after a best-effort 503, and the open-file
+//! limit is raised to fit), `--header-read-timeout-ms` (5 s for the request line and headers,
+//! counted from the connection's opening, or from the first byte of a later request; closed
+//! without an answer), `--body-read-timeout-ms` (10 s for the whole body; 408 and closed),
+//! `--idle-timeout-ms` (90 s without a request, or without the client taking a byte of its
+//! answer; closed: keep it above the client pool's own idle timeout), `--max-header-bytes`
+//! (16 KiB; 431). A declared body length reserves at most 64 KiB before bytes arrive.
+//! `/healthz` costs Redis at most one PING per `--health-cache-ms` (module [`health`]).
 //!
 //! # Load
 //!
@@ -85,6 +97,8 @@
 pub mod backend;
 pub mod command;
 pub mod config;
+pub mod conn;
+pub mod health;
 pub mod metrics;
 pub mod reply;
 pub mod server;

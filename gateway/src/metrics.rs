@@ -84,6 +84,29 @@ impl RedisErrorKind {
     }
 }
 
+/// Which deadline a client missed, as it appears in the `phase` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientTimeout {
+    /// Request line and headers not in within `--header-read-timeout-ms`; connection closed.
+    Header,
+    /// Body not in within `--body-read-timeout-ms`; answered 408, connection closed.
+    Body,
+    /// No request, or an answer not taken, within `--idle-timeout-ms`; connection closed.
+    Idle,
+}
+
+impl ClientTimeout {
+    pub const ALL: [ClientTimeout; 3] = [ClientTimeout::Header, ClientTimeout::Body, ClientTimeout::Idle];
+
+    fn label(self) -> &'static str {
+        match self {
+            ClientTimeout::Header => "header",
+            ClientTimeout::Body => "body",
+            ClientTimeout::Idle => "idle",
+        }
+    }
+}
+
 /// Upper bounds in seconds: from a loopback round trip to the longest timeout worth setting.
 const BUCKETS: [f64; 14] = [
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -119,6 +142,22 @@ pub struct Metrics {
     redis_errors: [AtomicU64; RedisErrorKind::ALL.len()],
     in_flight: AtomicI64,
     latency: [Histogram; Endpoint::ALL.len()],
+    connections_open: AtomicI64,
+    connections_max: AtomicU64,
+    connections_accepted: AtomicU64,
+    connections_refused: AtomicU64,
+    client_timeouts: [AtomicU64; ClientTimeout::ALL.len()],
+    malformed: AtomicU64,
+    health_probes: AtomicU64,
+}
+
+/// Decrements the open-connections gauge when a connection's task ends, however it ends.
+pub struct OpenConnection<'a>(&'a Metrics);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Decrements the in-flight gauge when a request ends, also when its client goes away and
@@ -143,6 +182,32 @@ impl Metrics {
             *requests.entry((endpoint, status)).or_insert(0) += 1;
         }
         self.latency[endpoint.index()].observe(elapsed);
+    }
+
+    pub fn set_connections_max(&self, max: u64) {
+        self.connections_max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) -> OpenConnection<'_> {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self)
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn client_timeout(&self, phase: ClientTimeout) {
+        self.client_timeouts[phase as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn malformed_request(&self) {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn health_probe(&self) {
+        self.health_probes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn command(&self, kind: CommandKind) {
@@ -205,6 +270,58 @@ impl Metrics {
             "sluice_gateway_requests_in_flight {}",
             self.in_flight.load(Ordering::Relaxed)
         )?;
+
+        writeln!(out, "# HELP sluice_gateway_connections_open Client connections open now.")?;
+        writeln!(out, "# TYPE sluice_gateway_connections_open gauge")?;
+        writeln!(
+            out,
+            "sluice_gateway_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        )?;
+        writeln!(out, "# HELP sluice_gateway_connections_max Most client connections open at once (--max-connections, after the open-file limit).")?;
+        writeln!(out, "# TYPE sluice_gateway_connections_max gauge")?;
+        writeln!(
+            out,
+            "sluice_gateway_connections_max {}",
+            self.connections_max.load(Ordering::Relaxed)
+        )?;
+        for (name, help, value) in [
+            (
+                "sluice_gateway_connections_accepted_total",
+                "Client connections accepted and served.",
+                &self.connections_accepted,
+            ),
+            (
+                "sluice_gateway_connections_refused_total",
+                "Client connections closed at once because --max-connections were open.",
+                &self.connections_refused,
+            ),
+            (
+                "sluice_gateway_malformed_requests_total",
+                "Requests refused before routing: bad HTTP syntax, or headers over --max-header-bytes (431).",
+                &self.malformed,
+            ),
+            (
+                "sluice_gateway_health_probes_total",
+                "PINGs sent to Redis to answer GET /healthz.",
+                &self.health_probes,
+            ),
+        ] {
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} counter")?;
+            writeln!(out, "{name} {}", value.load(Ordering::Relaxed))?;
+        }
+
+        writeln!(out, "# HELP sluice_gateway_client_timeouts_total Connections closed because a client was too slow, by what it was slow at.")?;
+        writeln!(out, "# TYPE sluice_gateway_client_timeouts_total counter")?;
+        for phase in ClientTimeout::ALL {
+            writeln!(
+                out,
+                "sluice_gateway_client_timeouts_total{{phase=\"{}\"}} {}",
+                phase.label(),
+                self.client_timeouts[phase as usize].load(Ordering::Relaxed)
+            )?;
+        }
 
         writeln!(out, "# HELP sluice_gateway_request_duration_seconds Time from request to response, by endpoint.")?;
         writeln!(out, "# TYPE sluice_gateway_request_duration_seconds histogram")?;
@@ -292,5 +409,30 @@ mod tests {
         let sum = get(r#"sluice_gateway_request_duration_seconds_sum{endpoint="/pipeline"}"#)
             .unwrap();
         assert!((sum - 10.0303).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn connection_counters() {
+        let m = Metrics::default();
+        m.set_connections_max(3);
+        {
+            let _a = m.connection_opened();
+            let _b = m.connection_opened();
+            m.connection_refused();
+            assert_eq!(line_value(&m.render(), "sluice_gateway_connections_open"), Some(2.0));
+        }
+        m.client_timeout(ClientTimeout::Body);
+        m.malformed_request();
+        m.health_probe();
+        let text = m.render();
+        let get = |p: &str| line_value(&text, p);
+        assert_eq!(get("sluice_gateway_connections_open"), Some(0.0));
+        assert_eq!(get("sluice_gateway_connections_max"), Some(3.0));
+        assert_eq!(get("sluice_gateway_connections_accepted_total"), Some(2.0));
+        assert_eq!(get("sluice_gateway_connections_refused_total"), Some(1.0));
+        assert_eq!(get("sluice_gateway_malformed_requests_total"), Some(1.0));
+        assert_eq!(get("sluice_gateway_health_probes_total"), Some(1.0));
+        assert_eq!(get(r#"sluice_gateway_client_timeouts_total{phase="body"}"#), Some(1.0));
+        assert_eq!(get(r#"sluice_gateway_client_timeouts_total{phase="header"}"#), Some(0.0));
     }
 }

@@ -1,12 +1,13 @@
-//! HTTP side: routes, bearer-token check, body limits, status codes, graceful shutdown.
+//! HTTP side: routes, bearer-token check, body limits and deadline, status codes, graceful
+//! shutdown. Connections themselves (cap, header and idle deadlines) are in `conn`.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,11 +16,14 @@ use axum::Router;
 use futures_util::StreamExt as _;
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 
 use crate::backend::{Backend, BackendError, Failure, Outcome};
 use crate::command::{parse_command, parse_pipeline, Command, RequestError};
-use crate::config::Config;
-use crate::metrics::{Endpoint, Metrics, RedisErrorKind};
+use crate::config::{Config, ListenError};
+use crate::conn::{self, Limits, Stop};
+use crate::health::{Finding, Health};
+use crate::metrics::{ClientTimeout, Endpoint, Metrics, RedisErrorKind};
 use crate::reply::{to_json, Encoding, ReplyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +32,13 @@ pub enum GatewayError {
     Backend(#[from] BackendError),
     #[error("--token is set but empty; unset it to run without authentication")]
     EmptyToken,
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// Everything a request needs; shared by all requests, never changed after start.
@@ -44,6 +48,9 @@ pub struct Gateway {
     timeout: Duration,
     max_body: usize,
     max_pipeline: usize,
+    body_timeout: Duration,
+    limits: Limits,
+    health: Health,
     metrics: Metrics,
 }
 
@@ -67,12 +74,25 @@ impl Gateway {
             timeout,
             max_body: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
             max_pipeline: usize::try_from(config.max_pipeline).unwrap_or(usize::MAX),
+            body_timeout: config.body_read_timeout(),
+            limits: Limits {
+                max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+                header_read: config.header_read_timeout(),
+                idle: config.idle_timeout(),
+                max_header_bytes: usize::try_from(config.max_header_bytes)
+                    .unwrap_or(usize::MAX),
+            },
+            health: Health::new(config.health_cache()),
             metrics: Metrics::default(),
         }))
     }
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -87,33 +107,32 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish
-    /// and returns; if they take longer than `grace`, returns anyway.
+    /// and returns; if they take longer than `grace`, closes what is left and returns anyway.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
         grace: Duration,
     ) -> Result<(), GatewayError> {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
-        let server = server.into_future();
-        tokio::pin!(server);
+        let cap = self.limits.max_connections;
+        self.metrics.set_connections_max(cap as u64);
+        // One permit per open connection; getting all of them back means all are closed.
+        let slots = Arc::new(Semaphore::new(cap.min(Semaphore::MAX_PERMITS)));
+        let (stop_tx, stop_rx) = watch::channel(Stop::Serve);
+        let server = Arc::new(conn::Server::new(self.clone(), self.router(), self.limits));
         tokio::select! {
-            result = &mut server => result.map_err(GatewayError::Serve),
-            () = shutdown => {
-                log::info!("shutting down: no new connections; waiting for requests in flight");
-                let _ = stop_tx.send(());
-                match tokio::time::timeout(grace, server).await {
-                    Ok(result) => result.map_err(GatewayError::Serve),
-                    Err(_) => {
-                        log::warn!("requests still in flight after {grace:?}; exiting anyway");
-                        Ok(())
-                    }
-                }
-            }
+            () = server.accept(listener, slots.clone(), stop_rx) => {}
+            () = shutdown => {}
         }
+        // The accept loop, and with it the listener, is gone: new connections are refused.
+        log::info!("shutting down: no new connections; waiting for requests in flight");
+        let _ = stop_tx.send(Stop::Drain);
+        let all = u32::try_from(cap).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+            log::warn!("requests still in flight after {grace:?}; exiting anyway");
+            let _ = stop_tx.send(Stop::Abort);
+        }
+        Ok(())
     }
 
     /// Binds `config.listen` and serves (see [`Gateway::serve`]).
@@ -121,6 +140,10 @@ impl Gateway {
         config: &Config,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
+        config.check_listen()?;
+        let mut config = config.clone();
+        config.max_connections = conn::fit_open_files(config.max_connections);
+        let config = &config;
         let gateway = Gateway::from_config(config)?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -134,9 +157,10 @@ impl Gateway {
             format!("Redis {}", redact(&config.redis_url))
         };
         log::info!(
-            "sluice-gateway listening on {} for {target} (auth {})",
+            "sluice-gateway listening on {} for {target} (auth {}, at most {} connections)",
             config.listen,
-            if gateway.token.is_some() { "on" } else { "off" }
+            if gateway.token.is_some() { "on" } else { "off" },
+            config.max_connections,
         );
         gateway.serve(listener, shutdown, config.shutdown_grace()).await
     }
@@ -162,12 +186,18 @@ impl Gateway {
         if !self.authorized(headers) {
             return Err(Rejection::Unauthorized);
         }
-        read_limited(body, headers, self.max_body)
+        // One deadline for the whole body, so a client cannot hold a handler by trickling it.
+        match tokio::time::timeout(self.body_timeout, read_limited(body, headers, self.max_body))
             .await
-            .map_err(|e| match e {
-                BodyError::TooLarge => Rejection::TooLarge(self.max_body),
-                BodyError::Read(msg) => Rejection::Unreadable(msg),
-            })
+        {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(BodyError::TooLarge)) => Err(Rejection::TooLarge(self.max_body)),
+            Ok(Err(BodyError::Read(msg))) => Err(Rejection::Unreadable(msg)),
+            Err(_) => {
+                self.metrics.client_timeout(ClientTimeout::Body);
+                Err(Rejection::BodyTimeout(self.body_timeout))
+            }
+        }
     }
 
     fn count_commands(&self, cmds: &[Command]) {
@@ -178,6 +208,7 @@ impl Gateway {
 
     fn timed_out(&self) -> Response {
         self.metrics.redis_error(RedisErrorKind::Timeout);
+        self.health.invalidate();
         error_response(
             StatusCode::GATEWAY_TIMEOUT,
             &format!(
@@ -200,7 +231,10 @@ impl Gateway {
         };
         self.metrics.redis_error(match error {
             Settled::Reply(_) => RedisErrorKind::Reply,
-            Settled::Transport(_) => RedisErrorKind::Transport,
+            Settled::Transport(_) => {
+                self.health.invalidate();
+                RedisErrorKind::Transport
+            }
             Settled::Encoding(_) => RedisErrorKind::Encoding,
         });
         Err(error)
@@ -212,6 +246,7 @@ enum Rejection {
     Unauthorized,
     TooLarge(usize),
     Unreadable(String),
+    BodyTimeout(Duration),
 }
 
 impl IntoResponse for Rejection {
@@ -235,6 +270,20 @@ impl IntoResponse for Rejection {
                 StatusCode::BAD_REQUEST,
                 &format!("ERR sluice-gateway: cannot read request body: {msg}"),
             ),
+            Rejection::BodyTimeout(allowed) => {
+                let mut response = error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "ERR sluice-gateway: request body not received within {} ms",
+                        allowed.as_millis()
+                    ),
+                );
+                // The rest of the body may still come; the connection cannot be reused.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
         }
     }
 }
@@ -331,27 +380,21 @@ async fn pipeline_handler(
 }
 
 async fn healthz_handler(State(gw): State<Arc<Gateway>>) -> Response {
-    let started = Instant::now();
-    let probe = tokio::time::timeout(gw.timeout, gw.backend.ping()).await;
-    let (status, body) = match probe {
-        Ok(Ok(())) => (
+    let report = gw.health.check(&gw.backend, gw.timeout, &gw.metrics).await;
+    let age_ms = report.age.as_secs_f64() * 1000.0;
+    let (status, body) = match report.finding {
+        Finding::Up { latency_ms } => (
             StatusCode::OK,
             json!({
                 "status": "ok",
                 "redis": if gw.backend.is_cluster() { "cluster" } else { "standalone" },
-                "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
+                "latency_ms": latency_ms,
+                "age_ms": age_ms,
             }),
         ),
-        Ok(Err(Failure::Reply(text) | Failure::Transport(text))) => (
+        Finding::Down(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "unavailable", "error": text }),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({
-                "status": "unavailable",
-                "error": format!("no answer to PING within {} ms", gw.timeout.as_millis()),
-            }),
+            json!({ "status": "unavailable", "error": error, "age_ms": age_ms }),
         ),
     };
     json_response(status, &body)
@@ -408,6 +451,9 @@ fn json_response(status: StatusCode, body: &Json) -> Response {
         .into_response()
 }
 
+/// Most bytes reserved for a body before they arrive.
+const PREALLOCATE_MAX: usize = 64 * 1024;
+
 #[derive(Debug, PartialEq, Eq)]
 enum BodyError {
     TooLarge,
@@ -425,7 +471,10 @@ async fn read_limited(body: Body, headers: &HeaderMap, max: usize) -> Result<Byt
         return Err(BodyError::TooLarge);
     }
     let mut stream = body.into_data_stream();
-    let mut buf = Vec::with_capacity(declared.map_or(0, |l| l as usize).min(max));
+    // A declared length is a promise, not bytes: reserving all of it up front would let
+    // clients that never send their bodies make the gateway hold memory for them.
+    let reserve = declared.map_or(0, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let mut buf = Vec::with_capacity(reserve.min(max).min(PREALLOCATE_MAX));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
         if buf.len() + chunk.len() > max {
