@@ -24,10 +24,25 @@ fn help_documents_every_flag() {
         "--max-body-bytes",
         "--max-pipeline",
         "--shutdown-grace-ms",
+        "--max-connections",
+        "--header-read-timeout-ms",
+        "--body-read-timeout-ms",
+        "--idle-timeout-ms",
+        "--max-header-bytes",
+        "--health-cache-ms",
         "SLUICE_GATEWAY_TOKEN",
         "SLUICE_GATEWAY_REDIS_URL",
+        "SLUICE_GATEWAY_MAX_CONNECTIONS",
+        "SLUICE_GATEWAY_HEADER_READ_TIMEOUT_MS",
+        "SLUICE_GATEWAY_BODY_READ_TIMEOUT_MS",
+        "SLUICE_GATEWAY_IDLE_TIMEOUT_MS",
+        "SLUICE_GATEWAY_MAX_HEADER_BYTES",
+        "SLUICE_GATEWAY_HEALTH_CACHE_MS",
         "[default: 127.0.0.1:7379]",
         "[default: redis://127.0.0.1:6379]",
+        "[default: 10000]",
+        "[default: 5000]",
+        "[default: 90000]",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
@@ -54,6 +69,54 @@ fn bad_flags_fail_fast() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+}
+
+/// Without a token only loopback is allowed; the check comes before anything is bound, so the
+/// refused addresses are never listened on.
+#[test]
+fn non_loopback_listen_without_token_is_refused_at_start() {
+    for (how, addr) in [("flag", "0.0.0.0:0"), ("env", "[::]:0"), ("flag", "192.0.2.7:7379")] {
+        let mut cmd = Command::new(BIN);
+        cmd.env_remove("SLUICE_GATEWAY_TOKEN").env_remove("SLUICE_GATEWAY_LISTEN");
+        if how == "flag" {
+            cmd.args(["--listen", addr]);
+        } else {
+            cmd.env("SLUICE_GATEWAY_LISTEN", addr);
+        }
+        let out = cmd.stdin(Stdio::null()).output().expect("run");
+        assert!(!out.status.success(), "{addr}: started without a token");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needed in ["--token", "SLUICE_GATEWAY_TOKEN", "--listen", "without a token"] {
+            assert!(stderr.contains(needed), "{addr}: error lacks {needed:?}: {stderr}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_without_token_still_starts() {
+    let redis = RedisServer::start();
+    let port = free_ports(1)[0];
+    let mut child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--redis-url", &redis.url()])
+        .env_remove("SLUICE_GATEWAY_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gateway");
+    let http = Http::new(&format!("http://127.0.0.1:{port}"), None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = http.client.post(format!("{}/", http.base)).body(r#"["PING"]"#).send().await {
+            assert_eq!(resp.status(), 200);
+            break;
+        }
+        assert!(child.try_wait().expect("poll").is_none(), "gateway exited");
+        assert!(Instant::now() < deadline, "gateway never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

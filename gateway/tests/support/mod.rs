@@ -114,10 +114,7 @@ impl RedisServer {
     pub fn start() -> Self {
         let port = free_ports(1)[0];
         let dir = TempDir::new("redis");
-        let args = vec![
-            "--dir".to_string(),
-            dir.path().display().to_string(),
-        ];
+        let args = vec!["--dir".to_string(), dir.path().display().to_string()];
         let mut server = RedisServer {
             port,
             child: None,
@@ -218,7 +215,10 @@ impl RedisCluster {
             ];
             nodes.push(RedisServer::start_with(port, args));
         }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new("timeout")
             .arg("60")
             .arg(redis_cli_bin())
@@ -403,6 +403,159 @@ impl Http {
 
 /// Value of one sample line (`name{labels} value`) in a Prometheus exposition.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Like [`metric`], for a series that must be there.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    metric(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Raw HTTP/1.1 over a real socket, for clients that misbehave on purpose.
+pub mod raw {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Longest any raw read in a test may wait; only a broken gateway gets near it.
+    pub const BOUND: Duration = Duration::from_secs(30);
+
+    /// `host:port` of a gateway base URL.
+    pub fn addr(base: &str) -> String {
+        base.trim_start_matches("http://").to_string()
+    }
+
+    pub async fn connect(addr: &str) -> TcpStream {
+        TcpStream::connect(addr)
+            .await
+            .expect("connect to the gateway")
+    }
+
+    /// A request head; `extra` lines end with `\r\n`.
+    pub fn head(method: &str, path: &str, extra: &str) -> String {
+        format!("{method} {path} HTTP/1.1\r\nHost: gateway\r\n{extra}\r\n")
+    }
+
+    /// `POST path` with a JSON body, keep-alive.
+    pub fn post(path: &str, token: Option<&str>, body: &str) -> String {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "{}{body}",
+            head(
+                "POST",
+                path,
+                &format!("{auth}Content-Length: {}\r\n", body.len())
+            )
+        )
+    }
+
+    /// Reads one response (head and a Content-Length body) off a keep-alive connection.
+    pub async fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
+        tokio::time::timeout(BOUND, async {
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&buf).into_owned();
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .expect("status code");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; length];
+            stream.read_exact(&mut body).await?;
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+        .await
+        .expect("a response within the bound")
+    }
+
+    /// Sends a request and reads everything until the gateway closes the connection; a reset
+    /// counts as closed. Returns what was read.
+    pub async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(BOUND, async {
+            let mut buf = [0u8; 8192];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .expect("the gateway closed the connection within the bound");
+        got
+    }
+
+    /// One request on a fresh connection that asks to be closed after the answer; `None` when
+    /// the gateway closed or reset the connection without a full answer.
+    pub async fn once(addr: &str, request: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+        stream.write_all(request.as_bytes()).await.ok()?;
+        read_response(&mut stream).await.ok()
+    }
+
+    /// `/metrics`, on a connection of its own that does not stay open.
+    pub async fn scrape(addr: &str) -> String {
+        once(addr, &head("GET", "/metrics", ""))
+            .await
+            .map(|(_, body)| body)
+            .expect("metrics")
+    }
+}
+
+/// Raises this process's soft open-file limit to at least `n` (up to the hard limit), for tests
+/// that hold thousands of sockets; panics when the hard limit is lower.
+pub fn ensure_open_files(n: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none_or(|soft| soft >= n) {
+        return;
+    }
+    assert!(
+        limit.maximum.is_none_or(|hard| hard >= n),
+        "this test needs {n} open files; the hard limit is {:?} (raise it: ulimit -Hn)",
+        limit.maximum
+    );
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(n),
+            maximum: limit.maximum,
+        },
+    )
+    .expect("raise the soft open-file limit");
+}
+
+/// Resident memory of a process, in KiB, from /proc/<pid>/status.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
 }
