@@ -73,7 +73,7 @@
 //! without an answer), `--body-read-timeout-ms` (10 s for the whole body; 408 and closed),
 //! `--idle-timeout-ms` (90 s without a request, or without the client taking a byte of its
 //! answer; closed: keep it above the client pool's own idle timeout), `--max-header-bytes`
-//! (16 KiB; 431). A declared body length reserves at most 64 KiB before bytes arrive.
+//! (16 KiB; 431). A declared body length reserves at most 16 KiB before bytes arrive.
 //! `/healthz` costs Redis at most one PING per `--health-cache-ms` (module [`health`]).
 //!
 //! # Load

@@ -452,7 +452,7 @@ fn json_response(status: StatusCode, body: &Json) -> Response {
 }
 
 /// Most bytes reserved for a body before they arrive.
-const PREALLOCATE_MAX: usize = 64 * 1024;
+const PREALLOCATE_MAX: usize = 16 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 enum BodyError {
