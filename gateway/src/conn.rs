@@ -13,11 +13,16 @@
 //! | busy | headers parsed, until the handler returns | none: the handler bounds itself (body and Redis timeouts) |
 //! | idle | the handler returned; restarted by every byte of the answer written | `--idle-timeout-ms` |
 //!
+//! The socket wrapper only records bytes moving (a request's first byte starts its head phase;
+//! an answer's bytes restart the idle clock). The deadline itself is kept by the connection's
+//! task, which races the hyper connection against a timer: hyper polls the socket on no
+//! schedule a timer could rely on (after an answer it may wait for the socket to wake it
+//! without reading, so a timer armed in a read would never be).
+//!
 //! hyper's own `header_read_timeout` is not used: it also runs while a keep-alive connection
 //! waits for its next request, so it would close a client's idle pooled connections as soon as
 //! the (short) header deadline passed.
 
-use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -32,8 +37,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::metrics::{ClientTimeout, Metrics};
@@ -153,7 +158,10 @@ impl Server {
     ) {
         let _open = self.metrics().connection_opened();
         let clock = Arc::new(Clock::new());
-        let io = TokioIo::new(Guarded::new(stream, clock.clone(), self.limits));
+        let io = TokioIo::new(Guarded {
+            stream,
+            clock: clock.clone(),
+        });
         let router = self.router.clone();
         let service_clock = clock.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -167,8 +175,24 @@ impl Server {
         let conn = self.http.serve_connection(io, service);
         tokio::pin!(conn);
         let result = loop {
+            // Registered before the deadline is read, so that no phase change is missed.
+            let changed = clock.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let deadline = clock.deadline(&self.limits);
             tokio::select! {
-                result = conn.as_mut() => break result,
+                result = conn.as_mut() => break Some(result),
+                () = until(deadline.map(|(at, _)| at)) => {
+                    // The deadline may have moved while the timer ran (bytes of an answer
+                    // taken); only one still passed closes the connection.
+                    if let Some((at, phase)) = clock.deadline(&self.limits) {
+                        if Instant::now() >= at {
+                            clock.miss(phase);
+                            break None;
+                        }
+                    }
+                }
+                () = &mut changed => {}
                 changed = stop.changed() => {
                     let order = *stop.borrow_and_update();
                     match (changed, order) {
@@ -180,12 +204,15 @@ impl Server {
                 }
             }
         };
-        // Asked of the clock, not the result: hyper reports a failed read between requests (our
-        // deadline included) as a clean close.
+        self.classify(result.as_ref(), &clock);
+    }
+
+    /// Counts how a connection ended; `None` is closed by a deadline.
+    fn classify(&self, result: Option<&Result<(), hyper::Error>>, clock: &Clock) {
         if let Some(phase) = clock.missed() {
             self.metrics().client_timeout(phase);
             log::debug!("closed a connection: {phase:?} deadline passed");
-        } else if let Err(e) = result {
+        } else if let Some(Err(e)) = result {
             if e.is_parse() || e.is_parse_too_large() {
                 self.metrics().malformed_request();
                 log::debug!("refused a malformed request: {e}");
@@ -193,6 +220,14 @@ impl Server {
                 log::debug!("connection ended: {e}");
             }
         }
+    }
+}
+
+/// Resolves at `at`, or never.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -210,8 +245,8 @@ const HEAD: u8 = 0;
 const BUSY: u8 = 1;
 const IDLE: u8 = 2;
 
-/// A connection's phase and when it began; shared by the socket wrapper and the service,
-/// which run on the same task (atomics only because hyper needs both to be `Send`).
+/// A connection's phase and when it began; shared by the socket wrapper, the service and the
+/// connection's task, all on one task (atomics only because hyper needs them to be `Send`).
 struct Clock {
     opened: Instant,
     phase: AtomicU8,
@@ -219,6 +254,8 @@ struct Clock {
     since_ms: AtomicU64,
     /// The deadline that closed the connection: 0 none, else 1 + `ClientTimeout as u8`.
     missed: AtomicU8,
+    /// Told when the phase changes, so that the connection's task re-reads the deadline.
+    changed: Notify,
 }
 
 impl Clock {
@@ -228,6 +265,7 @@ impl Clock {
             phase: AtomicU8::new(HEAD),
             since_ms: AtomicU64::new(0),
             missed: AtomicU8::new(0),
+            changed: Notify::new(),
         }
     }
 
@@ -249,6 +287,7 @@ impl Clock {
     fn enter(&self, phase: u8) {
         self.since_ms.store(self.now_ms(), Ordering::Relaxed);
         self.phase.store(phase, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     /// A byte of a request arrived: on an idle connection, a new request has begun.
@@ -258,7 +297,8 @@ impl Clock {
         }
     }
 
-    /// A byte of an answer left: the client is taking it, so the idle deadline restarts.
+    /// A byte of an answer left: the client is taking it, so the idle deadline restarts. (Only
+    /// ever later: the task's timer finds it moved when it fires, and sleeps on.)
     fn bytes_written(&self) {
         if self.phase.load(Ordering::Relaxed) == IDLE {
             self.since_ms.store(self.now_ms(), Ordering::Relaxed);
@@ -293,58 +333,10 @@ impl Drop for Busy {
     }
 }
 
-/// The client socket, failing reads and writes once the phase's deadline has passed.
-///
-/// The deadline is checked only when the socket has nothing to give or take (`Pending`):
-/// that is exactly when a connection is waiting on its client. The timer is armed then, with
-/// the task's waker, so the connection is woken to fail when the deadline comes.
+/// The client socket, telling the clock when bytes move.
 struct Guarded {
     stream: TcpStream,
     clock: Arc<Clock>,
-    limits: Limits,
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: Option<Instant>,
-}
-
-impl Guarded {
-    fn new(stream: TcpStream, clock: Arc<Clock>, limits: Limits) -> Self {
-        Guarded {
-            stream,
-            clock,
-            limits,
-            timer: None,
-            armed: None,
-        }
-    }
-
-    /// `Ready(error)` once the deadline has passed, else `Pending` with the timer armed.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let Some((deadline, phase)) = self.clock.deadline(&self.limits) else {
-            return Poll::Pending;
-        };
-        let timer = match &mut self.timer {
-            Some(timer) => {
-                if self.armed != Some(deadline) {
-                    timer.as_mut().reset(deadline);
-                }
-                timer
-            }
-            None => self
-                .timer
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        self.armed = Some(deadline);
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.clock.miss(phase);
-                Poll::Ready(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("client too slow: {phase:?} deadline passed"),
-                ))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
 }
 
 impl AsyncRead for Guarded {
@@ -355,16 +347,11 @@ impl AsyncRead for Guarded {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.clock.bytes_read();
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.poll_deadline(cx).map(Err),
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.clock.bytes_read();
         }
+        polled
     }
 }
 
@@ -375,16 +362,11 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.clock.bytes_written();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.poll_deadline(cx).map(Err),
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.clock.bytes_written();
         }
+        polled
     }
 
     fn poll_write_vectored(
@@ -393,16 +375,11 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.clock.bytes_written();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.poll_deadline(cx).map(Err),
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.clock.bytes_written();
         }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
