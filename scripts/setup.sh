@@ -32,3 +32,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq >&2
   apt-get install -y -qq "${missing[@]}" >&2
 fi
+
+# --- fuzzing (scripts/fuzz.sh) ------------------------------------------------------------
+# cargo-fuzz, only when asked for (scripts/fuzz.sh asks when it is missing): building it takes
+# a few minutes that nothing else needs.
+if [ "${SLUICE_SETUP_FUZZ:-0}" = 1 ] && ! cargo fuzz --version 2>/dev/null | grep -q '^cargo-fuzz 0\.13\.'; then
+  say "installing cargo-fuzz 0.13.2 from crates.io"
+  cargo install --quiet --locked cargo-fuzz --version 0.13.2 >&2
+fi
