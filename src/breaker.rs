@@ -5,6 +5,12 @@
 //! closed --(failure_threshold consecutive failures)--> open
 //! open --(open_ms elapsed)--> half-open: up to `half_open_probes` calls in flight
 //! half-open --(success_threshold successes)--> closed; --(any failure)--> open
+//!
+//! A request is one call, whatever passes it takes (a dry pass then a write pass, a retry after
+//! NOSCRIPT): it is recorded once, when its last pass ends. A probe whose request went away
+//! before its answer (the client hung up) gives its place back without counting. A probe lost
+//! with its VM is replaced once it cannot still be in flight: `max(open_ms, timeout_ms)` plus
+//! [`LATE_ANSWER_MS`] after it started, so `half_open_probes` is never exceeded.
 
 use crate::store::{SharedStore, StoreError, CREATE_TOKEN, MAX_ATTEMPTS};
 
@@ -83,9 +89,15 @@ pub enum Permit {
     Skip,
 }
 
+/// Slack for an answer that arrives after its call's timeout (the host's timer fires late under
+/// load; every worker's clock may trail another's by a tick).
+pub const LATE_ANSWER_MS: u64 = 1_000;
+
 pub struct Breaker<'a> {
     pub key: &'a str,
     pub spec: BreakerSpec,
+    /// The longest a call can take (`redis.timeout_ms`: every pass of a request ends by then).
+    pub timeout_ms: u64,
 }
 
 impl Breaker<'_> {
@@ -119,14 +131,15 @@ impl Breaker<'_> {
     /// Redis, it must not add an outage of its own.
     pub fn permit(&self, store: &impl SharedStore, now_us: u64) -> Permit {
         let open_us = self.spec.open_ms.saturating_mul(1000);
+        let stale_us = self.spec.open_ms.max(self.timeout_ms).saturating_add(LATE_ANSWER_MS).saturating_mul(1000);
         let result = self.modify(store, |s| match s.phase {
             Phase::Closed => (s, Permit::Call),
             Phase::Open if now_us < s.since_us.saturating_add(open_us) => (s, Permit::Skip),
             Phase::Open => (State { phase: Phase::HalfOpen, count: 0, probes: 1, since_us: now_us }, Permit::Probe),
             Phase::HalfOpen => {
                 // Probes whose answer never came back (a worker restarted) must not wedge the
-                // breaker half-open: after another open period, start probing afresh.
-                let stale = now_us >= s.since_us.saturating_add(open_us);
+                // breaker half-open: once none of them can still be in flight, probe afresh.
+                let stale = now_us >= s.since_us.saturating_add(stale_us);
                 let probes = if stale { 0 } else { s.probes };
                 if probes < self.spec.half_open_probes.max(1) {
                     let since_us = if stale { now_us } else { s.since_us };
@@ -137,6 +150,18 @@ impl Breaker<'_> {
             }
         });
         result.unwrap_or(Permit::Call)
+    }
+
+    /// A call made under `permit` will never report (its request ended first): a probe frees its
+    /// place without counting as a success or a failure.
+    pub fn abandon(&self, store: &impl SharedStore, permit: Permit) {
+        if permit != Permit::Probe {
+            return;
+        }
+        let _ = self.modify(store, |s| match s.phase {
+            Phase::HalfOpen => (State { probes: s.probes.saturating_sub(1), ..s }, ()),
+            _ => (s, ()),
+        });
     }
 
     /// Reports the result of a call made under `permit`.
@@ -172,7 +197,7 @@ mod tests {
     #[test]
     fn opens_after_consecutive_failures_and_closes_after_successful_probes() {
         let store = MemStore::default();
-        let b = Breaker { key: "ns:breaker", spec: SPEC };
+        let b = Breaker { key: "ns:breaker", spec: SPEC, timeout_ms: 20 };
         for t in 0..2 {
             assert_eq!(b.permit(&store, t), Permit::Call);
             b.record(&store, Permit::Call, false, t);
@@ -197,7 +222,7 @@ mod tests {
     #[test]
     fn a_failed_probe_reopens_and_a_lost_probe_does_not_wedge_it() {
         let store = MemStore::default();
-        let b = Breaker { key: "k", spec: SPEC };
+        let b = Breaker { key: "k", spec: SPEC, timeout_ms: 20 };
         for t in 0..3 {
             b.record(&store, Permit::Call, false, t);
         }
@@ -210,13 +235,50 @@ mod tests {
         // This probe's answer never arrives.
         assert_eq!(b.permit(&store, 2_000_001), Permit::Probe);
         assert_eq!(b.permit(&store, 2_500_000), Permit::Skip);
-        assert_eq!(b.permit(&store, 3_000_002), Permit::Probe, "a lost probe is replaced after open_ms");
+        assert_eq!(b.permit(&store, 3_000_002), Permit::Skip, "it may still be in flight");
+        assert_eq!(b.permit(&store, 4_000_002), Permit::Probe, "a lost probe is replaced once it cannot be in flight");
+    }
+
+    #[test]
+    fn a_probe_is_never_doubled_while_it_can_still_answer() {
+        let store = MemStore::default();
+        // Calls may take 5 s, longer than the breaker stays open.
+        let b = Breaker { key: "k", spec: SPEC, timeout_ms: 5_000 };
+        for t in 0..3 {
+            b.record(&store, Permit::Call, false, t);
+        }
+        assert_eq!(b.permit(&store, 1_000_002), Permit::Probe);
+        for t in [2_000_002, 4_000_000, 7_000_001] {
+            assert_eq!(b.permit(&store, t), Permit::Skip, "at {t} µs the probe may still answer");
+        }
+        assert_eq!(b.permit(&store, 7_000_003), Permit::Probe);
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_its_place_without_counting() {
+        let store = MemStore::default();
+        let b = Breaker { key: "k", spec: SPEC, timeout_ms: 20 };
+        for t in 0..3 {
+            b.record(&store, Permit::Call, false, t);
+        }
+        assert_eq!(b.permit(&store, 1_000_002), Permit::Probe);
+        assert_eq!(b.permit(&store, 1_000_003), Permit::Skip);
+        b.abandon(&store, Permit::Probe);
+        assert_eq!(b.phase(&store), Phase::HalfOpen);
+        assert_eq!(b.permit(&store, 1_000_004), Permit::Probe, "the place is free again");
+        // Two successes are still needed: the abandoned one counted for nothing.
+        b.record(&store, Permit::Probe, true, 1_000_005);
+        assert_eq!(b.phase(&store), Phase::HalfOpen);
+        b.abandon(&store, Permit::Call);
+        assert_eq!(b.permit(&store, 1_000_006), Permit::Probe);
+        b.record(&store, Permit::Probe, true, 1_000_007);
+        assert_eq!(b.phase(&store), Phase::Closed);
     }
 
     #[test]
     fn late_answers_to_closed_calls_do_not_close_a_half_open_breaker() {
         let store = MemStore::default();
-        let b = Breaker { key: "k", spec: BreakerSpec { success_threshold: 1, ..SPEC } };
+        let b = Breaker { key: "k", spec: BreakerSpec { success_threshold: 1, ..SPEC }, timeout_ms: 20 };
         for t in 0..3 {
             b.record(&store, Permit::Call, false, t);
         }

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use crate::config::{Backend, Config, Cost, IdentPart, OnError, Rule};
-use crate::identity::{self, Identity, RequestInfo};
+use crate::identity::{self, Identity, IdentityHasher, RequestInfo};
 use crate::rate::Rate;
 use crate::response::{self, LocalResponse, Reported};
 use crate::breaker::{Breaker, Permit};
@@ -22,6 +22,8 @@ pub struct Limiter {
     breaker_key: String,
     /// SHA-1 of the Redis decision script.
     sha: String,
+    /// Turns identities into keyed hashes.
+    hasher: IdentityHasher,
     /// Whether any rule looks at the method / the path: each is a host call per request, so
     /// a config that never asks does not pay for it.
     needs_method: bool,
@@ -160,9 +162,11 @@ pub enum Applies {
     NoIdentity,
 }
 
+/// Names a rule's strategy and limits in its keys, so a changed rule starts from fresh state.
+/// Not keyed: it carries no request data, and proxies of one deployment must agree on it.
 fn fingerprint(rule: &Rule, limits: &[Rate]) -> u32 {
     let text = format!("{:?}|{:?}", rule.strategy, limits);
-    identity::hash(&text) as u32
+    IdentityHasher::new(None, &crate::config::ClientIpSpec::default()).hash(text.as_bytes()) as u32
 }
 
 /// The decisions of a rule's outcomes (what is reported; the states were stored).
@@ -171,8 +175,8 @@ fn decisions(outcomes: Vec<Outcome>) -> Vec<Decision> {
 }
 
 /// Strips the query string and fragment from a `:path`.
-pub fn path_only(path: &str) -> &str {
-    let end = path.find(['?', '#']).unwrap_or(path.len());
+pub fn path_only(path: &[u8]) -> &[u8] {
+    let end = path.iter().position(|b| matches!(b, b'?' | b'#')).unwrap_or(path.len());
     &path[..end]
 }
 
@@ -195,7 +199,8 @@ impl Limiter {
         let needs_method = config.rules.iter().any(|r| !r.matcher.methods.is_empty());
         let needs_path = config.rules.iter().any(|r| !r.matcher.paths.is_empty());
         let header_names = header_names(&config, needs_method, needs_path);
-        Limiter { config, rules, breaker_key, sha: crate::redis::script_sha(), needs_method, needs_path, header_names }
+        let hasher = IdentityHasher::new(config.identity_secret.as_deref(), &config.client_ip);
+        Limiter { config, rules, breaker_key, sha: crate::redis::script_sha(), hasher, needs_method, needs_path, header_names }
     }
 
     /// Whether a request may need so many header values that reading them all in one host call
@@ -210,43 +215,44 @@ impl Limiter {
         self.config.rules.iter().any(|r| matches!(r.strategy, strategy::Strategy::LeakyBucketQueue { .. }))
     }
 
-    fn matches(rule: &Rule, method: &str, path: &str, req: &impl RequestInfo) -> bool {
+    fn matches(rule: &Rule, method: &[u8], path: &str, req: &impl RequestInfo) -> bool {
         let m = &rule.matcher;
-        (m.methods.is_empty() || m.methods.iter().any(|x| x == method))
+        (m.methods.is_empty() || m.methods.iter().any(|x| x.as_bytes() == method))
             && (m.paths.is_empty() || m.paths.iter().any(|g| g.matches(path)))
-            && m.headers.iter().all(|(k, v)| req.header(k).as_deref() == Some(v.as_str()))
+            && m.headers.iter().all(|(k, v)| req.header(k).as_deref() == Some(v.as_bytes()))
             && (m.routes.is_empty() || req.route_name().is_some_and(|r| m.routes.contains(&r)))
     }
 
+    /// `ip` is canonical (an IPv4-mapped address is its IPv4 address), so one CIDR covers a
+    /// client however it reached the listener.
     fn exempt(rule: &Rule, ip: impl Fn() -> Option<IpAddr>, req: &impl RequestInfo) -> bool {
         let e = &rule.exempt;
         !e.cidrs.is_empty() && ip().is_some_and(|ip| e.cidrs.iter().any(|n| n.contains(&ip)))
-            || e.headers.iter().any(|(k, v)| req.header(k).as_deref() == Some(v.as_str()))
+            || e.headers.iter().any(|(k, v)| req.header(k).as_deref() == Some(v.as_bytes()))
     }
 
+    /// At least 1, whatever the request says: a cost of 0 is the strategies' peek.
     fn cost(rule: &Rule, req: &impl RequestInfo) -> u64 {
         match &rule.cost {
-            Cost::Fixed(n) => *n,
-            Cost::Header { name, default, max } => req
-                .header(name)
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(*default)
-                .min(*max),
+            Cost::Fixed(_) => rule.cost.of(None),
+            Cost::Header { name, .. } => rule.cost.of(req.header(name).as_deref()),
         }
     }
 
     /// For every rule in order, whether it applies to `req` and why not.
     pub fn explain(&self, req: &impl RequestInfo) -> Vec<Applies> {
-        let method = if self.needs_method { req.method().unwrap_or_default() } else { String::new() };
-        let full_path = if self.needs_path { req.path().unwrap_or_default() } else { String::new() };
-        let path = path_only(&full_path);
+        let method = if self.needs_method { req.method().unwrap_or_default() } else { Vec::new() };
+        let full_path = if self.needs_path { req.path().unwrap_or_default() } else { Vec::new() };
+        // Globs see the path as text; bytes that are not UTF-8 become U+FFFD, which no glob
+        // that can match a path contains.
+        let path = String::from_utf8_lossy(path_only(&full_path));
         // The client IP is a host call (Envoy's `source.address`): asked once, and only when a
         // rule's exemptions or identity need it.
         let ip_memo = std::cell::OnceCell::new();
         let ip = || *ip_memo.get_or_init(|| identity::client_ip(&self.config.client_ip, req));
         let mut out = Vec::with_capacity(self.config.rules.len());
         for (i, rule) in self.config.rules.iter().enumerate() {
-            if !Self::matches(rule, &method, path, req) {
+            if !Self::matches(rule, &method, &path, req) {
                 out.push(Applies::NoMatch);
                 continue;
             }
@@ -258,7 +264,7 @@ impl Limiter {
                 out.push(Applies::Exempt);
                 continue;
             }
-            out.push(match identity::resolve(&rule.identifier, ip, req) {
+            out.push(match self.hasher.resolve(&rule.identifier, ip, req) {
                 Some(identity) => Applies::Yes(Applied { rule: i, identity, cost: Self::cost(rule, req) }),
                 None => Applies::NoIdentity,
             });
@@ -343,17 +349,18 @@ impl Limiter {
 
     fn rule_outcome(&self, a: &Applied, result: Result<(Vec<Decision>, bool), StoreError>) -> RuleOutcome {
         let rule = &self.config.rules[a.rule];
-        let (decisions, store_error, created_slot) = match result {
-            Ok((decisions, created)) => (decisions, false, created),
+        let (decisions, store_error, created_slot) = match &result {
+            Ok((decisions, created)) => (decisions.clone(), false, *created),
             Err(e) => {
                 log::warn!("sluice: rule {:?}: local store failed: {e}", rule.name);
                 (Vec::new(), true, false)
             }
         };
-        let allowed = if store_error {
-            matches!(rule.on_error, OnError::Allow | OnError::Fallback { .. })
-        } else {
-            decisions.iter().all(|d| d.allowed)
+        let allowed = match &result {
+            Ok(_) => decisions.iter().all(|d| d.allowed),
+            // The decision could not be stored: admitting would let a request through uncounted.
+            Err(StoreError::Contended(_)) => false,
+            Err(_) => matches!(rule.on_error, OnError::Allow | OnError::Fallback { .. }),
         };
         RuleOutcome { rule: a.rule, identity: a.identity.clone(), cost: a.cost, decisions, allowed, store_error, created_slot }
     }
@@ -367,7 +374,7 @@ impl Limiter {
     }
 
     fn breaker(&self) -> Option<Breaker<'_>> {
-        self.config.redis.as_ref().map(|r| Breaker { key: &self.breaker_key, spec: r.breaker })
+        self.config.redis.as_ref().map(|r| Breaker { key: &self.breaker_key, spec: r.breaker, timeout_ms: r.timeout_ms })
     }
 
     /// Decides `req` at `now_us` (epoch microseconds) with no Redis transport: Redis rules
@@ -456,6 +463,12 @@ impl Limiter {
             .map(|(&i, reply)| {
                 let a = &p.applied[i];
                 let limits = &self.rules[a.rule].limits;
+                // The longest a reply may hold the request: what the rule allows, never what the
+                // reply says (a broken or hostile endpoint must not park requests for ever).
+                let max_delay_ms = match self.config.rules[a.rule].strategy {
+                    strategy::Strategy::LeakyBucketQueue { max_delay_ms, .. } => max_delay_ms,
+                    _ => 0,
+                };
                 let items = match reply {
                     Reply::Array(items) => items,
                     Reply::Error(e) => return Err(format!("redis: {e}")),
@@ -475,7 +488,7 @@ impl Limiter {
                         };
                         fields
                             .and_then(|f| lua::decision_from_reply(rate.limit, &f))
-                            .map(|(d, _ttl)| d)
+                            .map(|(d, _ttl)| Decision { delay_ms: d.delay_ms.min(max_delay_ms), ..d })
                             .ok_or_else(|| format!("malformed decision {item:?}"))
                     })
                     .collect::<Result<Vec<Decision>, String>>()?;
@@ -514,15 +527,16 @@ impl Limiter {
         let breaker = self.breaker();
         match parsed {
             Ok(outcomes) => {
-                if let Some(b) = breaker {
-                    b.record(store, p.permit, true, now_us);
-                }
                 let denied = outcomes.iter().any(|o| !o.allowed && !self.is_shadow(o.rule));
                 if p.dry && !denied {
-                    // Every rule admits: now decide for real.
+                    // Every rule admits: now decide for real. The breaker hears of this call
+                    // once, when that pass ends.
                     p.dry = false;
                     self.set_commands(&mut p);
                     return Resumed::Retry(p);
+                }
+                if let Some(b) = breaker {
+                    b.record(store, p.permit, true, now_us);
                 }
                 Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us))
             }
@@ -541,6 +555,14 @@ impl Limiter {
                 }
                 Resumed::Done(self.redis_failed(&p.applied, store, now_us))
             }
+        }
+    }
+
+    /// The request waiting on `p` ended before Redis answered (the client went away): a probe
+    /// gives its place back to the breaker, counting neither way.
+    pub fn abandon(&self, p: &Pending, store: &impl SharedStore) {
+        if let Some(b) = self.breaker() {
+            b.abandon(store, p.permit);
         }
     }
 
@@ -686,13 +708,7 @@ mod tests {
     struct CountingSource<'a>(&'a Req, std::cell::Cell<u32>);
 
     impl RequestInfo for CountingSource<'_> {
-        fn method(&self) -> Option<String> {
-            self.0.method()
-        }
-        fn path(&self) -> Option<String> {
-            self.0.path()
-        }
-        fn header(&self, name: &str) -> Option<String> {
+        fn header(&self, name: &str) -> Option<Vec<u8>> {
             self.0.header(name)
         }
         fn source_address(&self) -> Option<String> {
@@ -1052,5 +1068,99 @@ mod tests {
         let one = redis_limiter(serde_json::json!([{"name": "a", "limit": "10/min", "backend": "redis"}]));
         let p = pending(one.start(&Req::new("GET", "/"), &s, T0));
         assert_ne!(p.commands[0].last().map(String::as_str), Some("dry"));
+    }
+
+    /// A store on which every conditional write loses its race, as if another worker always
+    /// wrote the key between our read and our write.
+    struct AlwaysContended<'a>(&'a MemStore);
+
+    impl SharedStore for AlwaysContended<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            self.0.get(key)
+        }
+        fn set(&self, _key: &str, _value: &[u8], _cas: u32) -> Result<(), StoreError> {
+            Err(StoreError::CasMismatch)
+        }
+    }
+
+    #[test]
+    fn a_write_that_never_lands_denies_and_counts_as_a_store_error() {
+        let l = limiter(serde_json::json!({"rules": [{"name": "g", "limit": "100/min", "identifier": "global"}]}));
+        let mem = MemStore::default();
+        let v = l.check(&Req::new("GET", "/"), &AlwaysContended(&mem), T0);
+        assert_eq!(status(&v), 429, "an admission that cannot be counted is not made");
+        let o = &v.outcomes()[0];
+        assert!(o.store_error && !o.allowed);
+        assert_eq!(header(&v, "retry-after"), Some("1"));
+        // A Redis rule's local fallback follows the same policy.
+        let l = redis_limiter(serde_json::json!([{"name": "f", "limit": "100/min", "backend": "redis", "on_error": "fallback"}]));
+        let v = done(l.resume(pending(l.start(&Req::new("GET", "/"), &mem, T0)), Err("down".into()), &AlwaysContended(&mem), T0));
+        assert_eq!(status(&v), 429);
+    }
+
+    #[test]
+    fn no_request_reaches_a_peek() {
+        let l = limiter(serde_json::json!({"rules": [{"name": "c", "limit": "2/min", "strategy": "fixed_window",
+            "identifier": "global", "cost": {"header": "x-cost", "max": 10}}]}));
+        let s = MemStore::default();
+        let mut admitted = 0;
+        for v in ["0", "00", "+0", " 0", "-1", "0.5", "0x0"] {
+            if status(&l.check(&Req::new("GET", "/").header("x-cost", v), &s, T0)) == 200 {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 2, "each of these costs the default, 1: the limit holds");
+    }
+
+    #[test]
+    fn a_probe_is_one_success_however_many_passes_it_takes() {
+        // Two Redis rules: a dry pass, then the write pass. success_threshold 2 needs two probes.
+        let l = limiter(serde_json::json!({"namespace": "ns",
+            "redis": {"cluster": "gw", "breaker": {"failure_threshold": 1, "open_ms": 1000, "success_threshold": 2}},
+            "rules": [{"name": "a", "limit": "10/min", "backend": "redis"}, {"name": "b", "limit": "10/min", "backend": "redis"}]}));
+        let s = MemStore::default();
+        let b = l.breaker().unwrap();
+        done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("down".into()), &s, T0));
+        assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
+        let later = T0 + 1_000_001;
+        let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
+        let write = match l.resume(probe, Ok(vec![reply(true, 5), reply(true, 5)]), &s, later) {
+            Resumed::Retry(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen, "the dry pass is not a result yet");
+        assert!(matches!(l.start(&Req::new("GET", "/"), &s, later), Step::Done(_)), "one probe at a time, across its passes");
+        done(l.resume(write, Ok(vec![reply(true, 4), reply(true, 4)]), &s, later));
+        assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen, "one probe, one success: not closed by two passes");
+        let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
+        // Its client hangs up: the place is freed, nothing counted.
+        l.abandon(&probe, &s);
+        assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen);
+        let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
+        let write = match l.resume(probe, Ok(vec![reply(true, 3), reply(true, 3)]), &s, later) {
+            Resumed::Retry(p) => p,
+            other => panic!("{other:?}"),
+        };
+        done(l.resume(write, Ok(vec![reply(true, 2), reply(true, 2)]), &s, later));
+        assert_eq!(b.phase(&s), crate::breaker::Phase::Closed);
+    }
+
+    #[test]
+    fn a_delay_from_redis_never_exceeds_the_rules_max_delay() {
+        let l = redis_limiter(serde_json::json!([
+            {"name": "q", "limit": "10/s", "backend": "redis", "strategy": {"type": "leaky_bucket_queue", "max_delay": "200ms"}},
+        ]));
+        let s = MemStore::default();
+        let long = Reply::Array(vec![Reply::Int(1), Reply::Array([1, 5, 1000, 0, 86_400_000, 1000].map(Reply::Int).to_vec())]);
+        match done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![long.clone()]), &s, T0)) {
+            Verdict::Admit { delay_ms, .. } => assert_eq!(delay_ms, 200),
+            v => panic!("{v:?}"),
+        }
+        // A strategy that never queues is never held, whatever the reply says.
+        let l = redis_limiter(serde_json::json!([{"name": "t", "limit": "10/s", "backend": "redis", "strategy": "token_bucket"}]));
+        match done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![long]), &s, T0)) {
+            Verdict::Admit { delay_ms, .. } => assert_eq!(delay_ms, 0),
+            v => panic!("{v:?}"),
+        }
     }
 }

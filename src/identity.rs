@@ -1,36 +1,50 @@
 //! Who a request is counted against: the client IP (from Envoy's `source.address` or trusted
-//! `x-forwarded-for` hops), header / query / cookie values, and the fixed-length hash that
-//! stands for them in every key.
+//! `x-forwarded-for` hops, canonicalised), header / query / cookie values, and the keyed,
+//! fixed-length hash that stands for them in every key.
+//!
+//! One client, one identity: an IPv4-mapped IPv6 address is its IPv4 address, an IPv6 client is
+//! its network of `client_ip.ipv6_prefix` bits, and a query value is percent-decoded. Distinct
+//! values never merge: the hash is taken over the raw bytes, each part tagged and
+//! length-prefixed, so no spelling of one value (an escape, a separator) stands for another.
+//! When a header, parameter or cookie repeats, its first occurrence counts (Envoy's single
+//! header read answers the first value too).
 
 use std::fmt::Write as _;
+use std::hash::Hasher as _;
 use std::net::IpAddr;
+
+use siphasher::sip::SipHasher13;
 
 use crate::config::{ClientIpSpec, IdentFallback, IdentPart, Identifier};
 
 /// What the engine needs to know about a request. The host implements it lazily (one host call
 /// per value actually asked for); tests implement it over plain maps.
 pub trait RequestInfo {
-    fn method(&self) -> Option<String>;
-    /// The `:path` pseudo-header, query string included.
-    fn path(&self) -> Option<String>;
-    /// A request header by lower-case name.
-    fn header(&self, name: &str) -> Option<String>;
+    /// A request header by lower-case name (pseudo-headers included), as the bytes Envoy
+    /// holds: HTTP lets a value carry bytes that are not UTF-8. The first one when it repeats.
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
     /// Envoy's `source.address` property, e.g. `10.0.0.1:5555` or `[::1]:5555`.
     fn source_address(&self) -> Option<String>;
     /// Envoy's `xds.route_name` property.
     fn route_name(&self) -> Option<String>;
+    fn method(&self) -> Option<Vec<u8>> {
+        self.header(":method")
+    }
+    /// The `:path` pseudo-header, query string included.
+    fn path(&self) -> Option<Vec<u8>> {
+        self.header(":path")
+    }
 }
 
-/// Strips the port from an Envoy address (`1.2.3.4:80`, `[::1]:80`, or a bare IP).
+/// Strips the port from an Envoy address (`1.2.3.4:80`, `[::1]:80`, or a bare IP) and
+/// canonicalises it: `::ffff:1.2.3.4` is `1.2.3.4`.
 pub fn parse_address(addr: &str) -> Option<IpAddr> {
     let addr = addr.trim();
-    if let Ok(ip) = addr.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Ok(sock) = addr.parse::<std::net::SocketAddr>() {
-        return Some(sock.ip());
-    }
-    None
+    let ip = match addr.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => addr.parse::<std::net::SocketAddr>().ok()?.ip(),
+    };
+    Some(ip.to_canonical())
 }
 
 /// The client IP per `client_ip`: Envoy's view by default; with `xff_trusted_hops = N`, the
@@ -42,9 +56,10 @@ pub fn client_ip(spec: &ClientIpSpec, req: &impl RequestInfo) -> Option<IpAddr> 
     let hops = spec.xff_trusted_hops as usize;
     if hops > 0 {
         if let Some(xff) = req.header("x-forwarded-for") {
-            let entries: Vec<&str> = xff.split(',').map(str::trim).collect();
+            let entries: Vec<&[u8]> = xff.split(|b| *b == b',').collect();
             if entries.len() >= hops {
-                if let Some(ip) = entries.get(entries.len() - hops).and_then(|e| parse_address(e)) {
+                let entry = entries.get(entries.len() - hops).and_then(|e| std::str::from_utf8(e).ok());
+                if let Some(ip) = entry.and_then(parse_address) {
                     return Some(ip);
                 }
             }
@@ -53,22 +68,35 @@ pub fn client_ip(spec: &ClientIpSpec, req: &impl RequestInfo) -> Option<IpAddr> 
     req.source_address().as_deref().and_then(parse_address)
 }
 
-/// Value of query parameter `name` in a path (raw, not percent-decoded: both sides of a
-/// comparison see the same bytes, and the value is only hashed).
-pub fn query_param(path: &str, name: &str) -> Option<String> {
-    let query = path.split_once('?')?.1;
-    let query = query.split('#').next().unwrap_or(query);
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| v.to_string())
+/// The value of query parameter `name` in a path: its first occurrence, name and value
+/// percent-decoded as a form would be (`+` is a space), so `?user=%61lice` is `alice`, as the
+/// application behind the proxy reads it. A `%` not followed by two hex digits stays as it is.
+pub fn query_param(path: &[u8], name: &str) -> Option<Vec<u8>> {
+    let start = path.iter().position(|b| *b == b'?')? + 1;
+    let query = &path[start..];
+    let query = query.split(|b| *b == b'#').next().unwrap_or(query);
+    query.split(|b| *b == b'&').find_map(|pair| {
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        (form_decode(k) == name.as_bytes()).then(|| form_decode(v))
     })
 }
 
-/// Value of cookie `name` in a `cookie` header.
-pub fn cookie(header: &str, name: &str) -> Option<String> {
-    header.split(';').find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
+fn form_decode(bytes: &[u8]) -> Vec<u8> {
+    let spaced: Vec<u8> = bytes.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    percent_encoding::percent_decode(&spaced).collect()
+}
+
+/// Value of cookie `name` in a `cookie` header: its first occurrence, surrounding double
+/// quotes removed (RFC 6265 allows them around a value).
+pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
+    header.split(|b| *b == b';').find_map(|pair| {
+        let i = pair.iter().position(|b| *b == b'=')?;
+        let (k, v) = (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii());
+        let v = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v);
+        (k == name.as_bytes()).then(|| v.to_vec())
     })
 }
 
@@ -76,68 +104,142 @@ pub fn cookie(header: &str, name: &str) -> Option<String> {
 /// (a missing part with `fallback: skip`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// Human-readable form, e.g. `header:x-api-key=k1` (for `sluice explain` and logs).
+    /// Human-readable form, e.g. `header:x-api-key=k1` (for `sluice explain` and logs; bytes
+    /// that are not UTF-8 are shown escaped). Not what is hashed.
     pub text: String,
-    /// Fixed-length hash used in keys: request data never reaches key syntax.
+    /// Keyed fixed-length hash used in keys: request data never reaches key syntax.
     pub hash: u64,
 }
 
-pub fn hash(text: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+/// The public key of configs without `identity_secret`. Documented, so anyone can compute
+/// hashes under it: set a secret of your own where clients may aim at each other's buckets.
+pub const DEFAULT_SECRET: &str = "sluice identity hash, public default key v1";
+
+/// How identities become hashes: SipHash-1-3 (made to resist chosen inputs) keyed by a secret
+/// shared by every proxy of one deployment, and the IPv6 prefix a client is counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityHasher {
+    k0: u64,
+    k1: u64,
+    ipv6_prefix: u8,
 }
 
-/// `ip` gives the client IP when a part needs it (it costs a host call in Envoy, so identities
-/// without an IP part never ask).
-pub fn resolve(id: &Identifier, ip: impl Fn() -> Option<IpAddr>, req: &impl RequestInfo) -> Option<Identity> {
-    // Parts are written straight into one string (this runs for every rule of every request),
-    // separated by the unit separator: it cannot be confused with anything a header value may
-    // contain legitimately.
-    let mut text = String::with_capacity(48);
-    let write_ip = |text: &mut String| match ip() {
-        Some(ip) => {
-            let _ = write!(text, "ip={ip}");
+/// Tags of the parts in the hashed encoding: what a part is can never be mistaken for a value.
+mod tag {
+    pub const GLOBAL: u8 = 1;
+    pub const IPV4: u8 = 2;
+    pub const IPV6_NET: u8 = 3;
+    pub const IP_UNKNOWN: u8 = 4;
+    pub const HEADER: u8 = 5;
+    pub const QUERY: u8 = 6;
+    pub const COOKIE: u8 = 7;
+}
+
+impl IdentityHasher {
+    /// The hasher of `secret` (`None`: [`DEFAULT_SECRET`]). The key is the secret's SHA-1, cut to
+    /// SipHash's 128 bits, so any length of secret works.
+    pub fn new(secret: Option<&str>, client_ip: &ClientIpSpec) -> Self {
+        let mut sha = sha1_smol::Sha1::new();
+        sha.update(b"sluice identity key\0");
+        sha.update(secret.unwrap_or(DEFAULT_SECRET).as_bytes());
+        let d = sha.digest().bytes();
+        let word = |i: usize| u64::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3], d[i + 4], d[i + 5], d[i + 6], d[i + 7]]);
+        IdentityHasher { k0: word(0), k1: word(8), ipv6_prefix: client_ip.ipv6_prefix.clamp(1, 128) }
+    }
+
+    /// The identity of `req` under `id`. `ip` gives the canonical client IP when a part needs
+    /// it (it costs a host call in Envoy, so identities without an IP part never ask).
+    pub fn resolve(&self, id: &Identifier, ip: impl Fn() -> Option<IpAddr>, req: &impl RequestInfo) -> Option<Identity> {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        let mut text = String::with_capacity(48);
+        for (i, part) in id.parts.iter().enumerate() {
+            if i > 0 {
+                // Display only; the hashed encoding is self-delimiting.
+                text.push('\u{1f}');
+            }
+            let value = match part {
+                IdentPart::Global => {
+                    self.global(&mut h, &mut text);
+                    continue;
+                }
+                IdentPart::ClientIp => {
+                    self.ip(&mut h, &mut text, ip());
+                    continue;
+                }
+                IdentPart::Header(name) => req.header(name).map(|v| (tag::HEADER, "header", name, v)),
+                IdentPart::Query(name) => req.path().and_then(|p| query_param(&p, name)).map(|v| (tag::QUERY, "query", name, v)),
+                IdentPart::Cookie(name) => {
+                    req.header("cookie").and_then(|c| cookie(&c, name)).map(|v| (tag::COOKIE, "cookie", name, v))
+                }
+            };
+            match value {
+                Some((t, kind, name, v)) => {
+                    h.write_u8(t);
+                    write_len_prefixed(&mut h, name.as_bytes());
+                    write_len_prefixed(&mut h, &v);
+                    let _ = write!(text, "{kind}:{name}=");
+                    push_shown(&mut text, &v);
+                }
+                None => match id.fallback {
+                    IdentFallback::ClientIp => self.ip(&mut h, &mut text, ip()),
+                    IdentFallback::Global => self.global(&mut h, &mut text),
+                    IdentFallback::Skip => return None,
+                },
+            }
         }
-        None => text.push_str("ip=unknown"),
-    };
-    for (i, part) in id.parts.iter().enumerate() {
-        if i > 0 {
-            text.push('\u{1f}');
-        }
-        let found = match part {
-            IdentPart::Global => {
-                text.push_str("global");
-                true
+        Some(Identity { hash: h.finish(), text })
+    }
+
+    fn global(&self, h: &mut SipHasher13, text: &mut String) {
+        h.write_u8(tag::GLOBAL);
+        text.push_str("global");
+    }
+
+    /// An IPv4 client as its address; an IPv6 client as its network of `ipv6_prefix` bits.
+    fn ip(&self, h: &mut SipHasher13, text: &mut String, ip: Option<IpAddr>) {
+        match ip {
+            Some(IpAddr::V4(v4)) => {
+                h.write_u8(tag::IPV4);
+                h.write(&v4.octets());
+                let _ = write!(text, "ip={v4}");
             }
-            IdentPart::ClientIp => {
-                write_ip(&mut text);
-                true
+            Some(IpAddr::V6(v6)) => {
+                let bits = u128::from(v6);
+                let prefix = u32::from(self.ipv6_prefix);
+                let net = if prefix >= 128 { bits } else { bits & !(u128::MAX >> prefix) };
+                h.write_u8(tag::IPV6_NET);
+                h.write_u8(self.ipv6_prefix);
+                h.write(&net.to_be_bytes());
+                let _ = write!(text, "ip={}/{prefix}", std::net::Ipv6Addr::from(net));
             }
-            IdentPart::Header(name) => req.header(name).map(|v| write_part(&mut text, "header", name, &v)).is_some(),
-            IdentPart::Query(name) => {
-                req.path().and_then(|p| query_param(&p, name)).map(|v| write_part(&mut text, "query", name, &v)).is_some()
-            }
-            IdentPart::Cookie(name) => {
-                req.header("cookie").and_then(|c| cookie(&c, name)).map(|v| write_part(&mut text, "cookie", name, &v)).is_some()
-            }
-        };
-        if !found {
-            match id.fallback {
-                IdentFallback::ClientIp => write_ip(&mut text),
-                IdentFallback::Global => text.push_str("global"),
-                IdentFallback::Skip => return None,
+            None => {
+                h.write_u8(tag::IP_UNKNOWN);
+                text.push_str("ip=unknown");
             }
         }
     }
-    Some(Identity { hash: hash(&text), text })
+
+    /// A plain hash of `bytes` under this key (rule fingerprints).
+    pub fn hash(&self, bytes: &[u8]) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(bytes);
+        h.finish()
+    }
 }
 
-/// `kind:name=value`, one part of an identity's text.
-fn write_part(text: &mut String, kind: &str, name: &str, value: &str) {
-    text.push_str(kind);
-    text.push(':');
-    text.push_str(name);
-    text.push('=');
-    text.push_str(value);
+fn write_len_prefixed(h: &mut SipHasher13, bytes: &[u8]) {
+    h.write(&(bytes.len() as u64).to_le_bytes());
+    h.write(bytes);
+}
+
+/// Appends `bytes` for a reader: UTF-8 as it is, anything else escaped (`\xff`).
+fn push_shown(text: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => text.push_str(s),
+        Err(_) => {
+            let _ = write!(text, "{}", bytes.escape_ascii());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -145,12 +247,14 @@ pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    use proptest::prelude::*;
+
     /// A request made of plain values.
     #[derive(Default, Clone)]
     pub struct Req {
         pub method: String,
-        pub path: String,
-        pub headers: HashMap<String, String>,
+        pub path: Vec<u8>,
+        pub headers: HashMap<String, Vec<u8>>,
         pub source: Option<String>,
         pub route: Option<String>,
     }
@@ -159,8 +263,11 @@ pub(crate) mod tests {
         pub fn new(method: &str, path: &str) -> Self {
             Req { method: method.into(), path: path.into(), source: Some("10.0.0.1:1234".into()), ..Default::default() }
         }
-        pub fn header(mut self, k: &str, v: &str) -> Self {
-            self.headers.insert(k.to_ascii_lowercase(), v.into());
+        pub fn header(self, k: &str, v: &str) -> Self {
+            self.header_bytes(k, v.as_bytes())
+        }
+        pub fn header_bytes(mut self, k: &str, v: &[u8]) -> Self {
+            self.headers.insert(k.to_ascii_lowercase(), v.to_vec());
             self
         }
         pub fn source(mut self, s: &str) -> Self {
@@ -170,14 +277,12 @@ pub(crate) mod tests {
     }
 
     impl RequestInfo for Req {
-        fn method(&self) -> Option<String> {
-            Some(self.method.clone())
-        }
-        fn path(&self) -> Option<String> {
-            Some(self.path.clone())
-        }
-        fn header(&self, name: &str) -> Option<String> {
-            self.headers.get(name).cloned()
+        fn header(&self, name: &str) -> Option<Vec<u8>> {
+            match name {
+                ":method" => Some(self.method.clone().into_bytes()),
+                ":path" => Some(self.path.clone()),
+                _ => self.headers.get(name).cloned(),
+            }
         }
         fn source_address(&self) -> Option<String> {
             self.source.clone()
@@ -187,51 +292,132 @@ pub(crate) mod tests {
         }
     }
 
+    fn hasher() -> IdentityHasher {
+        IdentityHasher::new(None, &ClientIpSpec::default())
+    }
+
+    fn id(parts: Vec<IdentPart>, fallback: IdentFallback) -> Identifier {
+        Identifier { parts, fallback }
+    }
+
+    fn resolve(parts: Vec<IdentPart>, req: &Req) -> Option<Identity> {
+        let ip = || client_ip(&ClientIpSpec::default(), req);
+        hasher().resolve(&id(parts, IdentFallback::ClientIp), ip, req)
+    }
+
     #[test]
     fn addresses() {
         assert_eq!(parse_address("10.1.2.3:80"), Some("10.1.2.3".parse().unwrap()));
         assert_eq!(parse_address("[::1]:80"), Some("::1".parse().unwrap()));
         assert_eq!(parse_address("::1"), Some("::1".parse().unwrap()));
         assert_eq!(parse_address("nonsense"), None);
+        // An IPv4 client reaching a dual-stack listener is the same client.
+        assert_eq!(parse_address("[::ffff:192.0.2.7]:443"), Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(parse_address("::ffff:192.0.2.7"), Some("192.0.2.7".parse().unwrap()));
     }
 
     #[test]
     fn xff_is_trusted_only_as_far_as_configured() {
-        let req = Req::new("GET", "/").header("x-forwarded-for", "6.6.6.6, 1.1.1.1, 2.2.2.2");
-        let ip = |hops| client_ip(&ClientIpSpec { xff_trusted_hops: hops }, &req).map(|i| i.to_string());
+        let req = Req::new("GET", "/").header("x-forwarded-for", "6.6.6.6, 1.1.1.1, ::ffff:2.2.2.2");
+        let ip = |hops| client_ip(&ClientIpSpec { xff_trusted_hops: hops, ..Default::default() }, &req).map(|i| i.to_string());
         assert_eq!(ip(0).as_deref(), Some("10.0.0.1"));
         assert_eq!(ip(1).as_deref(), Some("2.2.2.2"));
         assert_eq!(ip(2).as_deref(), Some("1.1.1.1"));
         assert_eq!(ip(4).as_deref(), Some("10.0.0.1"), "too few entries: Envoy's view");
         let bad = Req::new("GET", "/").header("x-forwarded-for", "not-an-ip");
-        assert_eq!(client_ip(&ClientIpSpec { xff_trusted_hops: 1 }, &bad).map(|i| i.to_string()).as_deref(), Some("10.0.0.1"));
+        let spec = ClientIpSpec { xff_trusted_hops: 1, ..Default::default() };
+        assert_eq!(client_ip(&spec, &bad).map(|i| i.to_string()).as_deref(), Some("10.0.0.1"));
     }
 
     #[test]
-    fn query_and_cookie_values() {
-        assert_eq!(query_param("/a?x=1&key=abc#f", "key").as_deref(), Some("abc"));
-        assert_eq!(query_param("/a?flag&key=", "flag").as_deref(), Some(""));
-        assert_eq!(query_param("/a", "key"), None);
-        assert_eq!(cookie("a=1; session=\"s1\"; b=2", "session").as_deref(), Some("s1"));
-        assert_eq!(cookie("a=1", "session"), None);
+    fn query_values_are_decoded_and_the_first_occurrence_counts() {
+        let q = |path: &str, name: &str| query_param(path.as_bytes(), name);
+        assert_eq!(q("/a?x=1&key=abc#f", "key").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(q("/a?flag&key=", "flag").as_deref(), Some(&b""[..]));
+        assert_eq!(q("/a", "key"), None);
+        assert_eq!(q("/login?user=%61lice", "user"), q("/login?user=alice", "user"));
+        assert_eq!(q("/login?%75ser=alice", "user").as_deref(), Some(&b"alice"[..]));
+        assert_eq!(q("/s?q=a+b", "q"), q("/s?q=a%20b", "q"));
+        assert_eq!(q("/s?user=a&user=b", "user").as_deref(), Some(&b"a"[..]));
+        assert_eq!(q("/s?user=%zz", "user").as_deref(), Some(&b"%zz"[..]));
+        assert_eq!(q("/s?user=%FF", "user").as_deref(), Some(&[0xff][..]));
+    }
+
+    #[test]
+    fn cookie_values() {
+        assert_eq!(cookie(b"a=1; session=\"s1\"; b=2", "session").as_deref(), Some(&b"s1"[..]));
+        assert_eq!(cookie(b"a=1", "session"), None);
+        assert_eq!(cookie(b"session=x; session=y", "session").as_deref(), Some(&b"x"[..]));
     }
 
     #[test]
     fn identities_and_fallbacks() {
-        let id = |parts, fallback| Identifier { parts, fallback };
         let req = Req::new("GET", "/x?tenant=t1").header("x-api-key", "k1");
+        let composite = vec![IdentPart::Header("x-api-key".into()), IdentPart::Query("tenant".into())];
+        assert_eq!(resolve(composite, &req).unwrap().text, "header:x-api-key=k1\u{1f}query:tenant=t1");
+        assert_eq!(resolve(vec![IdentPart::Header("x-user".into())], &req).unwrap().text, "ip=10.0.0.1");
         let ip = || client_ip(&ClientIpSpec::default(), &req);
-        let composite = id(vec![IdentPart::Header("x-api-key".into()), IdentPart::Query("tenant".into())], IdentFallback::ClientIp);
-        let got = resolve(&composite, ip, &req).unwrap();
-        assert_eq!(got.text, "header:x-api-key=k1\u{1f}query:tenant=t1");
-        let missing = id(vec![IdentPart::Header("x-user".into())], IdentFallback::ClientIp);
-        assert_eq!(resolve(&missing, ip, &req).unwrap().text, "ip=10.0.0.1");
         let skip = id(vec![IdentPart::Header("x-user".into())], IdentFallback::Skip);
-        assert_eq!(resolve(&skip, ip, &req), None);
+        assert_eq!(hasher().resolve(&skip, ip, &req), None);
         // An IP and a header holding the same text do not collide.
-        let by_ip = resolve(&id(vec![IdentPart::ClientIp], IdentFallback::ClientIp), ip, &req).unwrap();
+        let by_ip = resolve(vec![IdentPart::ClientIp], &req).unwrap();
         let spoof = Req::new("GET", "/").header("x-api-key", "10.0.0.1");
-        let by_header = resolve(&id(vec![IdentPart::Header("x-api-key".into())], IdentFallback::ClientIp), ip, &spoof).unwrap();
+        let by_header = resolve(vec![IdentPart::Header("x-api-key".into())], &spoof).unwrap();
         assert_ne!(by_ip.hash, by_header.hash);
+    }
+
+    #[test]
+    fn a_raw_byte_and_its_escaped_spelling_are_different_clients() {
+        let part = || vec![IdentPart::Header("x-api-key".into())];
+        let raw = resolve(part(), &Req::new("GET", "/").header_bytes("x-api-key", b"\xff")).unwrap();
+        let escaped = resolve(part(), &Req::new("GET", "/").header("x-api-key", "\\xff")).unwrap();
+        assert_eq!(raw.text, escaped.text, "shown alike");
+        assert_ne!(raw.hash, escaped.hash, "counted apart");
+        let q = |path: &[u8]| resolve(vec![IdentPart::Query("u".into())], &Req { path: path.to_vec(), ..Req::new("GET", "") }).unwrap();
+        assert_ne!(q(b"/?u=%FF").hash, q(b"/?u=%5Cxff").hash);
+    }
+
+    #[test]
+    fn ipv4_mapped_and_ipv6_rotation_are_one_client() {
+        let by_ip = |src: &str| resolve(vec![IdentPart::ClientIp], &Req::new("GET", "/").source(src)).unwrap();
+        assert_eq!(by_ip("[::ffff:192.0.2.7]:1").hash, by_ip("192.0.2.7:2").hash);
+        let a = by_ip("[2001:db8:1:2:aaaa::1]:1");
+        assert_eq!(a.text, "ip=2001:db8:1:2::/64");
+        assert_eq!(a.hash, by_ip("[2001:db8:1:2:ffff:1:2:3]:9").hash, "same /64");
+        assert_ne!(a.hash, by_ip("[2001:db8:1:3::1]:1").hash, "next /64");
+        let per_host = IdentityHasher::new(None, &ClientIpSpec { ipv6_prefix: 128, ..Default::default() });
+        let req = |s: &str| Req::new("GET", "/").source(s);
+        let at = |s: &str| per_host.resolve(&id(vec![IdentPart::ClientIp], IdentFallback::ClientIp), || parse_address(s), &req(s)).unwrap().hash;
+        assert_ne!(at("2001:db8::1"), at("2001:db8::2"));
+    }
+
+    #[test]
+    fn the_hash_is_keyed() {
+        let req = Req::new("GET", "/").header("x-api-key", "k1");
+        let ident = id(vec![IdentPart::Header("x-api-key".into())], IdentFallback::ClientIp);
+        let with = |secret: Option<&str>| IdentityHasher::new(secret, &ClientIpSpec::default()).resolve(&ident, || None, &req).unwrap().hash;
+        assert_ne!(with(None), with(Some("a secret of this deployment")));
+        assert_eq!(with(Some("a secret of this deployment")), with(Some("a secret of this deployment")), "the same on every proxy");
+    }
+
+    /// A part's value as a request carries it, for the property below.
+    fn part_value() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop_oneof![Just(b'a'), Just(b'='), Just(b'\\'), Just(0x1f), Just(b'x'), any::<u8>()], 0..6)
+    }
+
+    proptest! {
+        /// Different header values (composites included) never share an identity encoding:
+        /// equal hashes only for equal inputs, over inputs built to look alike.
+        #[test]
+        fn identities_are_injective(a in prop::collection::vec(part_value(), 1..4), b in prop::collection::vec(part_value(), 1..4)) {
+            let names = ["x-a", "x-b", "x-c"];
+            let parts = |n: usize| (0..n).map(|i| IdentPart::Header(names[i].into())).collect::<Vec<_>>();
+            let req = |vals: &[Vec<u8>]| vals.iter().enumerate().fold(Req::new("GET", "/"), |r, (i, v)| r.header_bytes(names[i], v));
+            let ident = |vals: &[Vec<u8>]| {
+                let r = req(vals);
+                hasher().resolve(&id(parts(vals.len()), IdentFallback::Global), || None, &r).unwrap().hash
+            };
+            prop_assert_eq!(ident(&a) == ident(&b), a == b);
+        }
     }
 }

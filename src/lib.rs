@@ -10,8 +10,12 @@
 //! ```
 
 pub mod breaker;
+pub mod clock;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod identity;
 pub mod response;

@@ -27,6 +27,10 @@ pub trait SharedStore {
 pub enum StoreError {
     #[error("compare-and-swap mismatch")]
     CasMismatch,
+    /// Every attempt lost its race: the decision could not be stored. Callers deny (see
+    /// [`MAX_ATTEMPTS`]): an admission that is not counted would be one past the limit.
+    #[error("{0} still contended after {MAX_ATTEMPTS} attempts")]
+    Contended(String),
     #[error("shared data unavailable: {0}")]
     Unavailable(String),
 }
@@ -258,10 +262,7 @@ impl Table {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "{} still contended after {MAX_ATTEMPTS} attempts",
-            self.prefix
-        )))
+        Err(StoreError::Contended(self.prefix.clone()))
     }
 
     /// Reads the identity's current states without writing (used to pre-check multi-rule

@@ -243,6 +243,13 @@ fn case_table_through_lua() {
                     native_state = vec![0xff];
                 }
                 let now_us = step.now_us(table.base_ms, offset);
+                if step.cost == 0 {
+                    // A peek is the Rust side's own operation: the script refuses a cost below
+                    // 1, and a peek changes nothing, so the next step is unaffected.
+                    let refused = script.raw(&mut conn, &[Rule { key: &key, strategy: &strategy, rate, cost: 0 }], Some(now_us));
+                    assert!(matches!(&refused, Reply::Error(e) if e.contains("at least 1")), "{refused:?}");
+                    continue;
+                }
                 let (got, ttl_ms) = script.one(&mut conn, &key, &strategy, rate, step.cost, now_us);
                 steps_run += 1;
                 let native = decide(&strategy, &rate, &native_state, now_us, step.cost);
@@ -352,7 +359,7 @@ fn random_sequences_match_native() {
                 let now_us = t_ms * 1000 + rng.below(1000);
                 let top = limit.max(1) + 45;
                 let cost = match rng.below(10) {
-                    0 => 0,
+                    0 => 1,
                     1 => top + rng.below(3),
                     _ => 1 + rng.below((top / 8).max(1)),
                 };
@@ -458,13 +465,13 @@ fn redis_time_and_expiry() {
     let left = pttl(&mut conn, "{t}:b");
     assert!(left > 0 && left <= 100, "PTTL {left}");
 
-    // Peeks and denials write nothing, so the key keeps its expiry.
-    for cost in [0, 4] {
-        let (all, _) = script.call(&mut conn, &[Rule { key: "{t}:w", strategy: &s, rate: hourly, cost }], None);
-        assert_eq!(all, cost == 0);
-        assert_eq!(get(&mut conn, "{t}:w").as_deref(), Some(state.as_str()));
-        assert!(pttl(&mut conn, "{t}:w") <= left_w);
-    }
+    // Denials write nothing, so the key keeps its expiry; a cost of 0 is refused outright.
+    let (all, _) = script.call(&mut conn, &[Rule { key: "{t}:w", strategy: &s, rate: hourly, cost: 4 }], None);
+    assert!(!all);
+    let refused = script.raw(&mut conn, &[Rule { key: "{t}:w", strategy: &s, rate: hourly, cost: 0 }], None);
+    assert!(matches!(refused, Reply::Error(_)), "{refused:?}");
+    assert_eq!(get(&mut conn, "{t}:w").as_deref(), Some(state.as_str()));
+    assert!(pttl(&mut conn, "{t}:w") <= left_w);
 }
 
 #[test]
@@ -479,6 +486,9 @@ fn bad_arguments_are_errors() {
         &["EVALSHA", sha, "1", "k", "fortnightly", "5", "1000", "1", "0", "0"],
         &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1.5", "0", "0"],
         &["EVALSHA", sha, "1", "k", "fixed_window", "-5", "1000", "1", "0", "0"],
+        // A cost of 0 would be a peek: admitted, never counted.
+        &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "0", "0", "0"],
+        &["EVALSHA", sha, "1", "k", "gcra", "5", "1000", "0", "0", "0", "dry"],
         &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1", "0", "0", "yesterday"],
         &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1", "0", "0", "dry", "dry"],
         &["EVALSHA", sha, "1", "k", "fixed_window", "5", "1000", "1", "0", "0", "1", "2"],

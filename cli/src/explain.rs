@@ -39,28 +39,26 @@ impl CliRequest {
     }
 }
 
-impl RequestInfo for CliRequest {
-    fn method(&self) -> Option<String> {
-        Some(self.method.clone())
-    }
-    fn path(&self) -> Option<String> {
-        Some(self.path.clone())
-    }
-    fn header(&self, name: &str) -> Option<String> {
+impl CliRequest {
+    /// A header as the filter reads it in Envoy: its first occurrence.
+    fn first(&self, name: &str) -> Option<&str> {
         match name {
-            ":method" => return Some(self.method.clone()),
-            ":path" => return Some(self.path.clone()),
+            ":method" => return Some(&self.method),
+            ":path" => return Some(&self.path),
             _ => {}
         }
         // Envoy answers `host` and `:authority` alike.
         let authority = matches!(name, ":authority" | "host");
-        let values: Vec<&str> = self
-            .headers
+        self.headers
             .iter()
-            .filter(|(k, _)| k == name || (authority && matches!(k.as_str(), ":authority" | "host")))
+            .find(|(k, _)| k == name || (authority && matches!(k.as_str(), ":authority" | "host")))
             .map(|(_, v)| v.as_str())
-            .collect();
-        (!values.is_empty()).then(|| values.join(", "))
+    }
+}
+
+impl RequestInfo for CliRequest {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.first(name).map(|v| v.as_bytes().to_vec())
     }
     fn source_address(&self) -> Option<String> {
         self.ip.map(|ip| ip.to_string())
@@ -154,7 +152,8 @@ fn redis_key(config: &Config, rule: &Rule, hash: u64) -> String {
 fn no_match_reasons(rule: &Rule, req: &CliRequest) -> Vec<String> {
     let m = &rule.matcher;
     let mut out = Vec::new();
-    let path = path_only(&req.path);
+    let path = String::from_utf8_lossy(path_only(req.path.as_bytes()));
+    let path = path.as_ref();
     if !m.methods.is_empty() && !m.methods.contains(&req.method) {
         out.push(format!("method {} is not one of {}", req.method, m.methods.join(", ")));
     }
@@ -163,8 +162,8 @@ fn no_match_reasons(rule: &Rule, req: &CliRequest) -> Vec<String> {
         out.push(format!("path {path:?} matches none of {}", globs.join(", ")));
     }
     for (name, want) in &m.headers {
-        match req.header(name) {
-            Some(v) if v == *want => {}
+        match req.first(name) {
+            Some(v) if v == want => {}
             Some(v) => out.push(format!("header {name} is {v:?}, not {want:?}")),
             None => out.push(format!("header {name} is absent (needs {want:?})")),
         }
@@ -190,7 +189,7 @@ fn exempt_reasons(rule: &Rule, req: &CliRequest, ip: Option<IpAddr>) -> Vec<Stri
         }
     }
     for (name, value) in &rule.exempt.headers {
-        if req.header(name).as_deref() == Some(value.as_str()) {
+        if req.first(name) == Some(value.as_str()) {
             out.push(format!("exempt header {name}: {value:?}"));
         }
     }
@@ -202,11 +201,11 @@ fn missing_parts(rule: &Rule, req: &CliRequest) -> Vec<String> {
         .parts
         .iter()
         .filter_map(|p| match p {
-            IdentPart::Header(h) if req.header(h).is_none() => Some(format!("header {h} is absent and the identifier says fallback: skip")),
-            IdentPart::Query(q) if identity::query_param(&req.path, q).is_none() => {
+            IdentPart::Header(h) if req.first(h).is_none() => Some(format!("header {h} is absent and the identifier says fallback: skip")),
+            IdentPart::Query(q) if identity::query_param(req.path.as_bytes(), q).is_none() => {
                 Some(format!("query parameter {q} is absent and the identifier says fallback: skip"))
             }
-            IdentPart::Cookie(c) if req.header("cookie").and_then(|h| identity::cookie(&h, c)).is_none() => {
+            IdentPart::Cookie(c) if req.first("cookie").and_then(|h| identity::cookie(h.as_bytes(), c)).is_none() => {
                 Some(format!("cookie {c} is absent and the identifier says fallback: skip"))
             }
             _ => None,

@@ -7,6 +7,7 @@
 mod analysis;
 mod explain;
 mod load;
+mod trust;
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Compile a plugin config (YAML or JSON) and print it normalized as JSON, defaults filled
     /// in; on errors print every one of them (path: "text": what was expected) and exit 1.
+    /// Warnings (to stderr, exit 0) name every place the config trusts a value the client
+    /// sends: a header, query parameter or cookie that exempts, costs, opts out or identifies.
     Lint {
         /// The config file: .yaml/.yml is read as YAML, .json as JSON, anything else as JSON
         /// if it parses, else YAML. "-" reads standard input. An Envoy bootstrap or an Istio
@@ -169,6 +172,10 @@ fn lint(file: &Path) -> ExitCode {
     match result {
         Ok(config) => match serde_json::to_string_pretty(&config) {
             Ok(json) => {
+                let mut err = std::io::stderr().lock();
+                for w in trust::warnings(&config) {
+                    let _ = writeln!(err, "warning: {w}");
+                }
                 let mut out = std::io::stdout().lock();
                 // A closed pipe (`sluice lint f | head`) is not a lint failure.
                 let _ = writeln!(out, "{json}");

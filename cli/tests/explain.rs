@@ -36,8 +36,35 @@ fn rule<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["rules"].as_array().unwrap().iter().find(|r| r["rule"] == name).unwrap_or_else(|| panic!("no rule {name}"))
 }
 
-fn hash_hex(text: &str) -> String {
-    format!("{:016x}", sluice::identity::hash(text))
+/// A request of plain header values, as the filter's identity code reads one.
+struct Plain<'a>(&'a [(&'a str, &'a str)], Option<&'a str>);
+
+impl sluice::identity::RequestInfo for Plain<'_> {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes().to_vec())
+    }
+    fn source_address(&self) -> Option<String> {
+        self.1.map(str::to_string)
+    }
+    fn route_name(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The hash the filter computes for these identity parts of this request (shipped configs set
+/// no identity_secret: the public default key).
+fn hash_hex(parts: Vec<sluice::config::IdentPart>, headers: &[(&str, &str)], ip: Option<&str>) -> String {
+    use sluice::config::{ClientIpSpec, IdentFallback, Identifier};
+    let hasher = sluice::identity::IdentityHasher::new(None, &ClientIpSpec::default());
+    let id = Identifier { parts, fallback: IdentFallback::ClientIp };
+    let ip = || ip.and_then(sluice::identity::parse_address);
+    let identity = hasher.resolve(&id, ip, &Plain(headers, None)).unwrap();
+    format!("{:016x}", identity.hash)
+}
+
+fn account_and_ip_hash() -> String {
+    use sluice::config::IdentPart;
+    hash_hex(vec![IdentPart::Header("x-account".into()), IdentPart::ClientIp], &[("x-account", "a1")], Some("203.0.113.7"))
 }
 
 fn temp_file(name: &str, contents: &str) -> PathBuf {
@@ -57,7 +84,8 @@ fn rules_that_apply_show_identity_hash_cost_and_shared_data_slots() {
     assert_eq!(api["outcome"], "applies");
     let c = &api["counted"];
     assert_eq!(c["identity"], "header:x-api-key=k1", "header names are case-insensitive, values verbatim");
-    assert_eq!(c["hash"], hash_hex("header:x-api-key=k1"), "the hash the filter uses");
+    let want = hash_hex(vec![sluice::config::IdentPart::Header("x-api-key".into())], &[("x-api-key", "k1")], None);
+    assert_eq!(c["hash"], want, "the hash the filter uses");
     assert_eq!((c["cost"].as_u64(), c["backend"].as_str()), (Some(1), Some("local")));
     assert_eq!(c["limits"], json!(["20/s", "10000/h"]));
     assert_eq!(c["strategy"], "token_bucket (burst 40)");
@@ -108,8 +136,8 @@ fn redis_rules_show_their_key_and_composite_identities_their_parts() {
     let r = explain(&["filter-config/redis.yaml", "-X", "POST", "--path", "/api/payments/9", "-H", "x-account: a1", "--ip", "203.0.113.7"]);
     let p = &rule(&r, "payments")["counted"];
     assert_eq!(p["identity"], "header:x-account=a1 + ip=203.0.113.7");
-    // The hash covers the parts joined by the unit separator, as the filter joins them.
-    let hash = hash_hex("header:x-account=a1\u{1f}ip=203.0.113.7");
+    // The hash covers every part, as the filter forms it.
+    let hash = account_and_ip_hash();
     assert_eq!(p["hash"], hash);
     assert_eq!(p["backend"], "redis");
     assert_eq!(p["redis_key"], format!("shop:{{payments:{hash}}}:<limit index>.<fingerprint>"));
@@ -221,7 +249,7 @@ fn text_output_reads_per_rule() {
     let out = sluice(&["explain", "filter-config/redis.yaml", "-X", "POST", "--path", "/api/payments/1", "-H", "x-account: a1", "--ip", "203.0.113.7"]);
     assert_eq!(out.status.code(), Some(0));
     let t = text(&out.stdout);
-    let hash = hash_hex("header:x-account=a1\u{1f}ip=203.0.113.7");
+    let hash = account_and_ip_hash();
     assert!(t.starts_with("request: POST /api/payments/1  route -  client ip 203.0.113.7\n"), "{t}");
     assert!(t.contains(&format!("payments   applies     identity header:x-account=a1 + ip=203.0.113.7 (hash {hash}), cost 1\n")), "{t}");
     assert!(t.contains(&format!("redis key shop:{{payments:{hash}}}:<limit index>.<fingerprint>\n")), "{t}");

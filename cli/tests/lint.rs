@@ -38,7 +38,16 @@ fn good_yaml_prints_normalized_json_and_exits_0() {
     let login = &v["rules"][1];
     assert_eq!(login["limits"], serde_json::json!([{"limit": 5, "period_ms": 60000}, {"limit": 20, "period_ms": 3600000}]));
     assert_eq!(login["strategy"], serde_json::json!({"type": "gcra", "burst": null}));
-    assert!(out.stderr.is_empty());
+    // Valid, with a warning for every value the client controls that weakens a limit.
+    let warnings: Vec<String> = text(&out.stderr).lines().map(str::to_string).collect();
+    assert_eq!(
+        warnings.iter().map(|w| w.split(": ").next().unwrap_or_default()).collect::<Vec<_>>(),
+        ["warning", "warning", "warning"],
+        "{warnings:#?}"
+    );
+    for path in ["warning: identity_secret: ", "warning: rules[0].exempt.headers.x-internal: ", "warning: rules[0].identifier: "] {
+        assert!(warnings.iter().any(|w| w.starts_with(path)), "no {path:?} in {warnings:#?}");
+    }
 }
 
 #[test]
@@ -70,7 +79,7 @@ fn json_file_uses_the_filter_json_path() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rules"][0]["limits"][0]["period_ms"], 5000);
-    assert_eq!(v["rules"][0]["cost"], serde_json::json!({"header": "x-cost", "default": 1, "max": 1000}));
+    assert_eq!(v["rules"][0]["cost"], serde_json::json!({"header": "x-cost", "default": 1, "min": 1, "max": 1000}));
 
     let out = lint("broken.json");
     assert_eq!(out.status.code(), Some(1));

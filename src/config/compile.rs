@@ -49,12 +49,30 @@ pub const DEFAULT_HEADER_COST_MAX: u64 = 1_000;
 pub const MAX_DELAY_MS: u64 = 60_000;
 pub const DEFAULT_MAX_DELAY_MS: u64 = 1_000;
 pub const MAX_LOG_ENTRIES: u64 = 100_000;
+/// The most entries a `sliding_window_log` decided in shared data can keep: its state
+/// (1 + 16 bytes per entry) travels in a slot value with a 16-bit length per state.
+pub const MAX_LOCAL_LOG_ENTRIES: u64 = ((u16::MAX as u64) - 1) / 16;
+/// Lua numbers are doubles: integers above this lose their exactness.
+pub const LUA_EXACT: u128 = 1 << 53;
+/// Size caps of what a config may list (each rule is looked at for every request).
+pub const MAX_RULES: usize = 128;
+pub const MAX_PATHS: usize = 64;
+pub const MAX_METHODS: usize = 16;
+pub const MAX_CIDRS: usize = 256;
+pub const MAX_ROUTES: usize = 64;
+pub const MAX_HEADER_PAIRS: usize = 32;
+/// `identity_secret` length bounds: short secrets can be guessed offline from one known hash.
+pub const MIN_SECRET_LEN: usize = 16;
+pub const MAX_SECRET_LEN: usize = 256;
+pub const MIN_IPV6_PREFIX: u64 = 1;
+pub const MAX_IPV6_PREFIX: u64 = 128;
 /// Default `max_entries` of `sliding_window_log`: the largest limit, capped here.
 pub const DEFAULT_LOG_ENTRIES_CAP: u64 = 1_024;
 
-const TOP_FIELDS: &[&str] = &["namespace", "rate_limit_headers", "response", "client_ip", "local", "redis", "rules"];
+const TOP_FIELDS: &[&str] =
+    &["namespace", "rate_limit_headers", "response", "client_ip", "local", "redis", "identity_secret", "rules"];
 const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body", "content_type"];
-const CLIENT_IP_FIELDS: &[&str] = &["xff_trusted_hops"];
+const CLIENT_IP_FIELDS: &[&str] = &["xff_trusted_hops", "ipv6_prefix"];
 const LOCAL_FIELDS: &[&str] = &["max_clients"];
 const REDIS_FIELDS: &[&str] = &["cluster", "transport", "token", "authority", "timeout_ms", "breaker"];
 const BREAKER_FIELDS: &[&str] = &["failure_threshold", "open_ms", "half_open_probes", "success_threshold"];
@@ -62,7 +80,7 @@ const RULE_FIELDS: &[&str] =
     &["name", "match", "limit", "limits", "strategy", "identifier", "cost", "exempt", "backend", "on_error", "shadow"];
 const MATCH_FIELDS: &[&str] = &["path", "methods", "headers", "routes"];
 const EXEMPT_FIELDS: &[&str] = &["cidrs", "headers"];
-const COST_FIELDS: &[&str] = &["header", "default", "max"];
+const COST_FIELDS: &[&str] = &["header", "default", "min", "max"];
 const IDENT_FIELDS: &[&str] = &["header", "query", "cookie", "fallback", "parts"];
 const IDENT_PARTS_FIELDS: &[&str] = &["parts", "fallback"];
 const IDENT_PART_FIELDS: &[&str] = &["header", "query", "cookie"];
@@ -388,6 +406,10 @@ impl Compiler {
             self.report(path, Some(v), Problem::Empty { what: "header map", expected: "remove the field, or name at least one header" });
             return None;
         }
+        if map.len() > MAX_HEADER_PAIRS {
+            self.report(path, None, Problem::TooMany { found: map.len(), max: MAX_HEADER_PAIRS });
+            return None;
+        }
         let mut out: Vec<(String, String)> = Vec::with_capacity(map.len());
         let mut ok = true;
         for (name, value) in map {
@@ -439,11 +461,16 @@ impl Compiler {
         };
         let client_ip = match field(top, "client_ip") {
             Some(v) => self.object("client_ip", v, CLIENT_IP_FIELDS).and_then(|m| {
+                let d = ClientIpSpec::default();
                 let hops = match field(m, "xff_trusted_hops") {
-                    Some(v) => self.uint("client_ip.xff_trusted_hops", v, 0, MAX_XFF_TRUSTED_HOPS)?,
-                    None => 0,
+                    Some(v) => self.uint("client_ip.xff_trusted_hops", v, 0, MAX_XFF_TRUSTED_HOPS),
+                    None => Some(u64::from(d.xff_trusted_hops)),
                 };
-                Some(ClientIpSpec { xff_trusted_hops: u32::try_from(hops).ok()? })
+                let prefix = match field(m, "ipv6_prefix") {
+                    Some(v) => self.uint("client_ip.ipv6_prefix", v, MIN_IPV6_PREFIX, MAX_IPV6_PREFIX),
+                    None => Some(u64::from(d.ipv6_prefix)),
+                };
+                Some(ClientIpSpec { xff_trusted_hops: u32::try_from(hops?).ok()?, ipv6_prefix: u8::try_from(prefix?).ok()? })
             }),
             None => Some(ClientIpSpec::default()),
         };
@@ -462,6 +489,10 @@ impl Compiler {
             Some(v) => self.redis("redis", v).map(Some),
             None => Some(None),
         };
+        let identity_secret = match field(top, "identity_secret") {
+            Some(v) => self.secret("identity_secret", v).map(Some),
+            None => Some(None),
+        };
         let rules = match field(top, "rules") {
             Some(v) => self.rules("rules", v, redis_declared),
             None => {
@@ -476,6 +507,7 @@ impl Compiler {
             client_ip: client_ip?,
             local: local?,
             redis: redis?,
+            identity_secret: identity_secret?,
             rules: rules?,
         })
     }
@@ -600,6 +632,18 @@ impl Compiler {
         }
     }
 
+    /// A secret of printable ASCII, long enough not to be guessed.
+    fn secret(&mut self, path: &str, v: &Value) -> Option<String> {
+        let s = self.string(path, v)?;
+        let printable = s.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+        if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&s.len()) || !printable {
+            // The value is a secret: never echo it into logs.
+            self.report(path, None, Problem::BadSecret { min: MIN_SECRET_LEN, max: MAX_SECRET_LEN });
+            return None;
+        }
+        Some(s.to_string())
+    }
+
     fn opt_header_text(&mut self, path: &str, v: &Value, what: &'static str, expected: &'static str) -> Option<Option<String>> {
         self.non_empty_text(path, v, what, expected).map(Some)
     }
@@ -611,6 +655,10 @@ impl Compiler {
         };
         if items.is_empty() {
             self.report(path, Some(v), Problem::Empty { what: "rules", expected: "expected at least one rule" });
+            return None;
+        }
+        if items.len() > MAX_RULES {
+            self.report(path, None, Problem::TooMany { found: items.len(), max: MAX_RULES });
             return None;
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -693,7 +741,7 @@ impl Compiler {
             Some(v) => self.boolean(&join(path, "shadow"), v),
             None => Some(false),
         };
-        Some(Rule {
+        let rule = Rule {
             name: name?,
             matcher: matcher?,
             limits: limits?,
@@ -704,7 +752,41 @@ impl Compiler {
             backend: backend?,
             on_error: on_error?,
             shadow: shadow?,
-        })
+        };
+        self.bounds(path, m, &rule).then_some(rule)
+    }
+
+    /// What only the whole rule tells: state that must fit where it is kept, and numbers the
+    /// Lua mirror must hold exactly.
+    fn bounds(&mut self, path: &str, m: &Map<String, Value>, rule: &Rule) -> bool {
+        let mut ok = true;
+        let decided_locally = rule.backend == Backend::Local || matches!(rule.on_error, OnError::Fallback { .. });
+        if let Strategy::SlidingWindowLog { max_entries } = rule.strategy {
+            if decided_locally && u64::from(max_entries) > MAX_LOCAL_LOG_ENTRIES {
+                let p = join(&join(path, "strategy"), "max_entries");
+                let found = field(m, "strategy").and_then(|s| s.get("max_entries"));
+                self.report(p, found, Problem::LogTooLong { max: MAX_LOCAL_LOG_ENTRIES });
+                ok = false;
+            }
+        }
+        if rule.backend == Backend::Redis {
+            let max_cost = match rule.cost {
+                Cost::Fixed(n) => n,
+                Cost::Header { max, .. } => max,
+            };
+            for (i, rate) in rule.limits.iter().enumerate().filter(|(_, r)| !r.is_unlimited()) {
+                let largest = lua_largest(&rule.strategy, rate, max_cost);
+                if largest > LUA_EXACT {
+                    let (p, found) = match field(m, "limits") {
+                        Some(list) => (index(&join(path, "limits"), i), list.get(i)),
+                        None => (join(path, "limit"), field(m, "limit")),
+                    };
+                    self.report(p, found, Problem::NotExactInLua { largest });
+                    ok = false;
+                }
+            }
+        }
+        ok
     }
 
     fn rate(&mut self, path: &str, v: &Value) -> Option<Rate> {
@@ -1011,17 +1093,29 @@ impl Compiler {
                     Some(x) => self.uint(&join(path, "max"), x, 1, MAX_COST),
                     None => Some(DEFAULT_HEADER_COST_MAX),
                 };
-                let default = match field(m, "default") {
-                    Some(x) => self.uint(&join(path, "default"), x, 0, MAX_COST),
+                let min = match field(m, "min") {
+                    Some(x) => self.uint(&join(path, "min"), x, 1, MAX_COST),
                     None => Some(1),
                 };
-                if let (Some(d), Some(mx)) = (default, max) {
-                    if d > mx {
-                        self.report(join(path, "default"), field(m, "default"), Problem::DefaultAboveMax { default: d, max: mx });
-                        return None;
-                    }
+                // At least 1: a cost of 0 is the strategies' peek, which admits without counting.
+                let default = match field(m, "default") {
+                    Some(x) => self.uint(&join(path, "default"), x, 1, MAX_COST),
+                    None => Some(1),
+                };
+                let (name, default, min, max) = (name?, default?, min?, max?);
+                if min > max {
+                    self.report(join(path, "min"), field(m, "min"), Problem::MinAboveMax { min, max });
+                    return None;
                 }
-                Some(Cost::Header { name: name?, default: default?, max: max? })
+                if default > max {
+                    self.report(join(path, "default"), field(m, "default"), Problem::DefaultAboveMax { default, max });
+                    return None;
+                }
+                if default < min {
+                    self.report(join(path, "default"), field(m, "default"), Problem::DefaultBelowMin { default, min });
+                    return None;
+                }
+                Some(Cost::Header { name, default, min, max })
             }
             _ => {
                 self.wrong_type(path, v, "a positive integer or an object such as {header: x-cost}");
@@ -1035,7 +1129,7 @@ impl Compiler {
         let cidrs = match field(m, "cidrs") {
             Some(cv) => {
                 let p = join(path, "cidrs");
-                let items = self.list(&p, cv, "cidrs", usize::MAX)?;
+                let items = self.list(&p, cv, "cidrs", MAX_CIDRS)?;
                 let mut out: Vec<IpNet> = Vec::with_capacity(items.len());
                 let mut ok = true;
                 for (i, item) in items.iter().enumerate() {
@@ -1130,7 +1224,7 @@ impl Compiler {
         let routes = match field(m, "routes") {
             Some(rv) => {
                 let p = join(path, "routes");
-                let items = self.list(&p, rv, "routes", usize::MAX)?;
+                let items = self.list(&p, rv, "routes", MAX_ROUTES)?;
                 let mut out: Vec<String> = Vec::with_capacity(items.len());
                 let mut ok = true;
                 for (i, item) in items.iter().enumerate() {
@@ -1155,7 +1249,7 @@ impl Compiler {
         let items: Vec<(String, &Value)> = match v {
             Value::String(_) => vec![(path.to_string(), v)],
             Value::Array(_) => {
-                let items = self.list(path, v, "path list", usize::MAX)?;
+                let items = self.list(path, v, "path list", MAX_PATHS)?;
                 items.iter().enumerate().map(|(i, x)| (index(path, i), x)).collect()
             }
             _ => {
@@ -1185,7 +1279,7 @@ impl Compiler {
     /// HTTP methods, upper-cased. Any token is accepted (WebDAV and custom methods exist), but
     /// one a single typo away from a standard method is taken for a typo.
     fn methods(&mut self, path: &str, v: &Value) -> Option<Vec<String>> {
-        let items = self.list(path, v, "methods", usize::MAX)?;
+        let items = self.list(path, v, "methods", MAX_METHODS)?;
         let mut out: Vec<String> = Vec::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
@@ -1211,6 +1305,25 @@ impl Compiler {
             }
         }
         ok.then_some(out)
+    }
+}
+
+/// The largest number the decision script forms for `rate` under `strategy` with costs up to
+/// `max_cost` (see `src/redis/scripts/`): fluid levels are kept in cost × period_ms units
+/// (`(capacity + max_debt + cost) × period`, plus `max_delay × limit` for a queue), the sliding
+/// window counter weighs up to two windows in the same units, and the counters of the others
+/// stay below `limit + cost`. A conservative bound: each term is counted at its largest.
+pub fn lua_largest(strategy: &Strategy, rate: &Rate, max_cost: u64) -> u128 {
+    let (limit, period, cost) = (u128::from(rate.limit), u128::from(rate.period_ms), u128::from(max_cost));
+    let cap = |burst: Option<u64>| u128::from(burst.filter(|b| *b > 0).unwrap_or(rate.limit)).max(limit);
+    match strategy {
+        Strategy::FixedWindow | Strategy::SlidingWindowLog { .. } => limit + cost,
+        Strategy::SlidingWindowCounter => 2 * (limit + cost) * period,
+        Strategy::TokenBucket { burst } | Strategy::LeakyBucket { burst } | Strategy::Gcra { burst } => {
+            (cap(*burst) + cost) * period
+        }
+        Strategy::TokenBucketDebt { burst, max_debt } => (cap(*burst) + u128::from(*max_debt) + cost) * period,
+        Strategy::LeakyBucketQueue { burst, max_delay_ms } => (cap(*burst) + cost) * period + u128::from(*max_delay_ms) * limit,
     }
 }
 

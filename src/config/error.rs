@@ -148,6 +148,16 @@ pub enum Problem {
     DelayTooLong { max_ms: u64 },
     #[error("default {default} is greater than max {max}")]
     DefaultAboveMax { default: u64, max: u64 },
+    #[error("default {default} is below min {min}; a value below min takes the default, so it must be at least min")]
+    DefaultBelowMin { default: u64, min: u64 },
+    #[error("min {min} is greater than max {max}")]
+    MinAboveMax { min: u64, max: u64 },
+    #[error("invalid secret (value not shown); expected {min} to {max} printable ASCII characters, the same on every proxy")]
+    BadSecret { min: usize, max: usize },
+    #[error("a sliding_window_log decided in the proxy's shared data keeps at most {max} entries (its log travels in one shared-data value); expected at most {max}, or backend: redis without on_error: fallback")]
+    LogTooLong { max: u64 },
+    #[error("with backend: redis the decision script forms numbers up to {largest}, above 2^53 (9007199254740992), which Lua cannot hold exactly; expected a smaller limit, period, burst, max_debt or cost max")]
+    NotExactInLua { largest: u128 },
     #[error("content_type is set without a body; the default problem+json body has its own type")]
     ContentTypeWithoutBody,
     #[error("method looks misspelled; did you mean {0}?")]

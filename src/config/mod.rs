@@ -27,6 +27,10 @@ pub struct Config {
     pub client_ip: ClientIpSpec,
     pub local: LocalSpec,
     pub redis: Option<RedisSpec>,
+    /// Keys the identity hash (see [`crate::identity::IdentityHasher`]): the same on every proxy
+    /// that shares counters. `None` uses the documented public default, which lets a client who
+    /// knows it aim values at another client's bucket.
+    pub identity_secret: Option<String>,
     pub rules: Vec<Rule>,
 }
 
@@ -52,12 +56,21 @@ pub struct ResponseSpec {
 }
 
 /// How the client IP is derived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIpSpec {
     /// 0 (default): Envoy's `source.address`. N > 0: the N-th address from the right of
     /// `x-forwarded-for` (the left-most one added by a trusted proxy), falling back to
     /// `source.address` when the header has fewer entries.
     pub xff_trusted_hops: u32,
+    /// An IPv6 client is counted by its network of this many leading bits (default 64): one
+    /// host owns a whole /64 and can rotate addresses inside it at will.
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ClientIpSpec {
+    fn default() -> Self {
+        ClientIpSpec { xff_trusted_hops: 0, ipv6_prefix: 64 }
+    }
 }
 
 /// Sizing of the per-proxy (shared-data) store.
@@ -158,12 +171,38 @@ pub enum IdentFallback {
     Skip,
 }
 
+/// What one request takes from each limit: always at least 1 (a cost of 0 would be the
+/// strategies' peek, which admits without counting).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cost {
     Fixed(u64),
-    /// Read from a header (lower-case name); `default` when absent or not a number;
-    /// values above `max` are clamped to `max`.
-    Header { name: String, default: u64, max: u64 },
+    /// Read from a header (lower-case name): a value that is absent, not a plain decimal
+    /// integer or below `min` takes `default`; one above `max` is clamped to `max`.
+    /// `1 <= min <= default <= max`.
+    Header { name: String, default: u64, min: u64, max: u64 },
+}
+
+impl Cost {
+    /// The cost of a request whose cost header (if the rule reads one) holds `value`.
+    pub fn of(&self, value: Option<&[u8]>) -> u64 {
+        match self {
+            Cost::Fixed(n) => (*n).max(1),
+            Cost::Header { default, min, max, .. } => match value.and_then(plain_decimal) {
+                Some(n) if n >= *min => n.min(*max),
+                _ => *default,
+            }
+            .max(1),
+        }
+    }
+}
+
+/// A plain decimal integer: ASCII digits only (no sign, space or other spelling), saturating
+/// at `u64::MAX` (which any `max` then clamps).
+fn plain_decimal(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(bytes.iter().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -38,13 +38,15 @@ impl<T: std::fmt::Display> Serialize for Texts<'_, T> {
 
 impl Serialize for Config {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Config", 7)?;
+        let mut st = s.serialize_struct("Config", 8)?;
         st.serialize_field("namespace", &self.namespace)?;
         st.serialize_field("rate_limit_headers", &self.rate_limit_headers)?;
         st.serialize_field("response", &self.response)?;
         st.serialize_field("client_ip", &self.client_ip)?;
         st.serialize_field("local", &self.local)?;
         st.serialize_field("redis", &self.redis)?;
+        // A secret: show that one is set, never its value (`null`: the public default).
+        st.serialize_field("identity_secret", &self.identity_secret.as_ref().map(|_| "<redacted>"))?;
         st.serialize_field("rules", &self.rules)?;
         st.end()
     }
@@ -74,8 +76,9 @@ impl Serialize for ResponseSpec {
 
 impl Serialize for ClientIpSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("ClientIpSpec", 1)?;
+        let mut st = s.serialize_struct("ClientIpSpec", 2)?;
         st.serialize_field("xff_trusted_hops", &self.xff_trusted_hops)?;
+        st.serialize_field("ipv6_prefix", &self.ipv6_prefix)?;
         st.end()
     }
 }
@@ -235,10 +238,11 @@ impl Serialize for Cost {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Cost::Fixed(n) => s.serialize_u64(*n),
-            Cost::Header { name, default, max } => {
-                let mut st = s.serialize_struct("Cost", 3)?;
+            Cost::Header { name, default, min, max } => {
+                let mut st = s.serialize_struct("Cost", 4)?;
                 st.serialize_field("header", name)?;
                 st.serialize_field("default", default)?;
+                st.serialize_field("min", min)?;
                 st.serialize_field("max", max)?;
                 st.end()
             }

@@ -352,7 +352,7 @@ fn good_config_compiles_to_the_expected_structure() {
     assert_eq!(api.limits, [Rate { limit: 10, period_ms: 1000 }, Rate { limit: 1000, period_ms: 60 * MIN }]);
     assert_eq!(api.strategy, Strategy::TokenBucket { burst: Some(150) });
     assert_eq!(api.identifier, Identifier { parts: vec![IdentPart::Header("x-api-key".into())], fallback: IdentFallback::Skip });
-    assert_eq!(api.cost, Cost::Header { name: "x-cost".into(), default: 1, max: 100 });
+    assert_eq!(api.cost, Cost::Header { name: "x-cost".into(), default: 1, min: 1, max: 100 });
     let cidrs: Vec<String> = api.exempt.cidrs.iter().map(|n| n.to_string()).collect();
     assert_eq!(cidrs, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
     assert_eq!(api.exempt.headers, [("x-internal".to_string(), "yes".to_string())]);
@@ -405,9 +405,10 @@ fn nulls_are_absent_and_explicit_defaults_equal_omitted_ones() {
         "namespace": "sluice",
         "rate_limit_headers": "draft10",
         "response": {"status": 429},
-        "client_ip": {"xff_trusted_hops": 0},
+        "client_ip": {"xff_trusted_hops": 0, "ipv6_prefix": 64},
         "local": {"max_clients": 10000},
         "redis": null,
+        "identity_secret": null,
         "rules": [{
             "name": "api", "limit": "100/min", "match": {}, "strategy": "sliding_window_counter",
             "identifier": "client_ip", "cost": 1, "exempt": {}, "backend": "local", "shadow": false,
@@ -426,9 +427,10 @@ fn normalized_output_of_defaults() {
         "namespace": "sluice",
         "rate_limit_headers": "draft10",
         "response": {"status": 429, "headers": {}, "body": null, "content_type": null},
-        "client_ip": {"xff_trusted_hops": 0},
+        "client_ip": {"xff_trusted_hops": 0, "ipv6_prefix": 64},
         "local": {"max_clients": 10000},
         "redis": null,
+        "identity_secret": null,
         "rules": [{
             "name": "api",
             "match": {"path": [], "methods": [], "headers": {}, "routes": []},
@@ -449,6 +451,7 @@ fn normalized_output_of_defaults() {
 fn normalized_output_of_params_and_secrets() {
     let c = compile(&json!({
         "redis": {"cluster": "gw", "token": "s3cret", "transport": "redis_callout"},
+        "identity_secret": "a-long-identity-s3cret",
         "rules": [{
             "name": "q", "limit": "2/5s", "backend": "redis", "on_error": "fallback",
             "strategy": {"type": "leaky_bucket_queue", "max_delay": "2s"},
@@ -466,7 +469,8 @@ fn normalized_output_of_params_and_secrets() {
     assert_eq!(r["strategy"], json!({"type": "leaky_bucket_queue", "burst": null, "max_delay_ms": 2000}));
     assert_eq!(r["limits"], json!([{"limit": 2, "period_ms": 5000}]));
     assert_eq!(r["identifier"], json!({"parts": [{"header": "x-user"}, {"query": "k"}], "fallback": "client_ip"}));
-    assert_eq!(r["cost"], json!({"header": "x-cost", "default": 1, "max": 1000}));
+    assert_eq!(r["cost"], json!({"header": "x-cost", "default": 1, "min": 1, "max": 1000}));
+    assert_eq!(got["identity_secret"], "<redacted>");
     assert_eq!(r["exempt"]["cidrs"], json!(["::1/128"]));
     assert_eq!(r["match"]["path"], json!(["/api/"]));
     assert_eq!(r["on_error"], json!({"fallback": {"share": 1.0}}));
@@ -511,4 +515,86 @@ fn breaker_settings_are_bounded() {
     let c = compile(&json!({"redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 100}}, "rules": [{"name": "a", "limit": "1/s"}]})).unwrap();
     let b = c.redis.unwrap().breaker;
     assert_eq!((b.failure_threshold, b.open_ms, b.half_open_probes, b.success_threshold), (2, 100, 1, 2));
+}
+
+#[test]
+fn a_cost_can_never_be_zero() {
+    let cost = |c: Value| errors(&with_rules(vec![rule(json!({ "cost": c }))]));
+    assert_eq!(cost(json!(0))[0].0, "rules[0].cost");
+    assert!(cost(json!({"header": "x-cost", "default": 0}))[0].1.contains("rules[0].cost.default: 0: expected an integer from 1"));
+    assert!(cost(json!({"header": "x-cost", "min": 0}))[0].1.contains("rules[0].cost.min: 0: expected an integer from 1"));
+    assert_one(with_rules(vec![rule(json!({"cost": {"header": "x-cost", "min": 5, "max": 2}}))]), "rules[0].cost.min", "min 5 is greater than max 2");
+    assert_one(with_rules(vec![rule(json!({"cost": {"header": "x-cost", "min": 5, "default": 2}}))]), "rules[0].cost.default", "below min 5");
+    let c = compile(&with_rules(vec![rule(json!({"cost": {"header": "x-cost", "default": 3, "min": 2, "max": 10}}))])).unwrap();
+    let of = |v: &str| c.rules[0].cost.of(Some(v.as_bytes()));
+    // Absent, not a plain decimal integer, or below min: the default.
+    assert_eq!(c.rules[0].cost.of(None), 3);
+    for v in ["0", "00", "+0", " 0", "1", "-4", "0x5", "5.0", "", "٣"] {
+        assert_eq!(of(v), 3, "{v:?}");
+    }
+    assert_eq!(of("2"), 2);
+    assert_eq!(of("007"), 7);
+    assert_eq!(of("11"), 10, "clamped to max");
+    assert_eq!(of("99999999999999999999999999"), 10, "an overflow is above max");
+}
+
+#[test]
+fn sizes_are_bounded_where_they_are_accepted() {
+    let many = |n: usize, f: &dyn Fn(usize) -> Value| Value::Array((0..n).map(f).collect());
+    let rules = many(129, &|i| json!({"name": format!("r{i}"), "limit": "1/s"}));
+    assert_one(json!({ "rules": rules }), "rules", "too many entries (129); expected at most 128");
+    let paths = many(65, &|i| json!(format!("/p{i}")));
+    assert_one(with_rules(vec![rule(json!({"match": {"path": paths}}))]), "rules[0].match.path", "at most 64");
+    let cidrs = many(257, &|i| json!(format!("10.{}.{}.0/24", i / 256, i % 256)));
+    assert_one(with_rules(vec![rule(json!({"exempt": {"cidrs": cidrs}}))]), "rules[0].exempt.cidrs", "at most 256");
+    let routes = many(65, &|i| json!(format!("r{i}")));
+    assert_one(with_rules(vec![rule(json!({"match": {"routes": routes}}))]), "rules[0].match.routes", "at most 64");
+    let methods = many(17, &|i| json!(format!("M{i}X")));
+    assert_one(with_rules(vec![rule(json!({"match": {"methods": methods}}))]), "rules[0].match.methods", "at most 16");
+    let headers: serde_json::Map<String, Value> = (0..33).map(|i| (format!("x-h{i}"), json!("v"))).collect();
+    assert_one(with_rules(vec![rule(json!({"match": {"headers": headers}}))]), "rules[0].match.headers", "at most 32");
+}
+
+#[test]
+fn a_local_sliding_log_must_fit_one_shared_data_value() {
+    let log = |n: u64, extra: Value| {
+        let mut r = rule(json!({"limit": "10000/min", "strategy": {"type": "sliding_window_log", "max_entries": n}}));
+        if let (Value::Object(r), Value::Object(extra)) = (&mut r, extra) {
+            r.extend(extra);
+        }
+        json!({"redis": {"cluster": "gw"}, "rules": [r]})
+    };
+    assert_one(log(4096, json!({})), "rules[0].strategy.max_entries", "at most 4095 entries");
+    assert!(compile(&log(4095, json!({}))).is_ok());
+    // Decided in Redis it may be longer, unless it falls back to shared data.
+    assert!(compile(&log(50_000, json!({"backend": "redis"}))).is_ok());
+    assert_one(log(4096, json!({"backend": "redis", "on_error": "fallback"})), "rules[0].strategy.max_entries", "4095");
+}
+
+#[test]
+fn redis_rules_keep_their_numbers_exact_in_lua() {
+    let redis = |r: Value| json!({"redis": {"cluster": "gw"}, "rules": [r]});
+    // 10^12 a day with the default cost max: 2 x (10^12 + 1000) x 8.64e7 is far above 2^53.
+    let errs = errors(&redis(rule(json!({"limit": "1000000000000/day", "backend": "redis"}))));
+    assert_eq!(errs[0].0, "rules[0].limit");
+    assert!(errs[0].1.contains("\"1000000000000/day\"") && errs[0].1.contains("2^53"), "{}", errs[0].1);
+    let errs = errors(&redis(rule(json!({"limit": null, "limits": ["10/s", "100000000000/hour"], "strategy": "token_bucket", "backend": "redis"}))));
+    assert_eq!(errs.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["rules[0].limits[1]"]);
+    // The same rule decided locally is exact (the Rust side works in 128 bits).
+    assert!(compile(&with_rules(vec![rule(json!({"limit": "1000000000000/day"}))])).is_ok());
+    assert!(compile(&redis(rule(json!({"limit": "1000000/day", "backend": "redis"})))).is_ok());
+}
+
+#[test]
+fn client_ip_and_identity_secret() {
+    let c = compile(&json!({"client_ip": {"ipv6_prefix": 48}, "rules": [rule(json!({}))]})).unwrap();
+    assert_eq!(c.client_ip.ipv6_prefix, 48);
+    assert_one(json!({"client_ip": {"ipv6_prefix": 0}, "rules": [rule(json!({}))]}), "client_ip.ipv6_prefix", "from 1 to 128");
+    assert_one(json!({"client_ip": {"ipv6_prefix": 129}, "rules": [rule(json!({}))]}), "client_ip.ipv6_prefix", "from 1 to 128");
+    let short = errors(&json!({"identity_secret": "short", "rules": [rule(json!({}))]}));
+    assert_eq!(short[0].0, "identity_secret");
+    assert!(short[0].1.contains("16 to 256 printable"), "{}", short[0].1);
+    assert!(!short[0].1.contains("short"), "a secret is never echoed: {}", short[0].1);
+    let c = compile(&json!({"identity_secret": "0123456789abcdef", "rules": [rule(json!({}))]})).unwrap();
+    assert_eq!(c.identity_secret.as_deref(), Some("0123456789abcdef"));
 }

@@ -14,6 +14,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
+use crate::clock::{self, Clock};
 use crate::config::Transport;
 use crate::engine::{Limiter, Pending, Resumed, Step, Verdict};
 use crate::headers;
@@ -33,8 +34,8 @@ const QUEUE_TICK: Duration = Duration::from_millis(5);
 const FLUSH_TICK: Duration = Duration::from_millis(100);
 
 thread_local! {
-    /// Latest time seen on this worker: host time is wall-clock and may step backwards.
-    static LAST_US: Cell<u64> = const { Cell::new(0) };
+    /// This worker's clock: host time is wall-clock and may step backwards.
+    static CLOCK: Cell<Clock> = Cell::new(Clock::default());
     /// Requests paused by `leaky_bucket_queue`, by release time, then arrival (FIFO among equals).
     static QUEUE: RefCell<BinaryHeap<Reverse<(u64, u64, u32)>>> = const { RefCell::new(BinaryHeap::new()) };
     static QUEUE_SEQ: Cell<u64> = const { Cell::new(0) };
@@ -62,18 +63,44 @@ fn flush_metrics() {
     });
 }
 
-/// Host time in epoch microseconds, never earlier than a time already returned on this worker.
-fn now_us() -> u64 {
-    let host = hostcalls::get_current_time()
+fn host_us() -> u64 {
+    hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    LAST_US.with(|last| {
-        let t = host.max(last.get());
-        last.set(t);
+        .unwrap_or(0)
+}
+
+/// The time in epoch microseconds: never earlier than a time already returned on this worker,
+/// and running on after the host's clock steps back (see [`crate::clock`]).
+fn now_us() -> u64 {
+    let host = host_us();
+    CLOCK.with(|c| {
+        let mut clock = c.get();
+        let t = clock.now(host);
+        c.set(clock);
         t
     })
+}
+
+/// Brings this worker's clock up to the proxy's high-water mark in shared data, and raises the
+/// mark to it: workers then agree within one tick, and a new VM resumes where the last left.
+/// Best effort: a lost race only means another worker wrote a mark at least as late.
+fn sync_clock(key: &str) {
+    let (mark, cas) = match hostcalls::get_shared_data(key) {
+        Ok((Some(v), Some(cas))) => (clock::decode_mark(&v).unwrap_or(0), cas),
+        _ => (0, crate::store::CREATE_TOKEN),
+    };
+    let host = host_us();
+    let now = CLOCK.with(|c| {
+        let mut clock = c.get();
+        let t = clock.catch_up(host, mark);
+        c.set(clock);
+        t
+    });
+    if now > mark {
+        let _ = hostcalls::set_shared_data(key, Some(&clock::encode_mark(now)), Some(cas));
+    }
 }
 
 /// Envoy shared data of this VM.
@@ -148,6 +175,8 @@ impl Metrics {
 struct Shared {
     limiter: Limiter,
     metrics: Metrics,
+    /// Shared-data key of the clock's high-water mark.
+    clock_key: String,
 }
 
 #[derive(Default)]
@@ -192,7 +221,9 @@ impl RootContext for Root {
                 }
                 let metrics = Metrics::define(&limiter);
                 log::info!("sluice: configured {} rule(s)", limiter.config.rules.len());
-                let shared = Rc::new(Shared { limiter, metrics });
+                let clock_key = format!("{}:clock", limiter.config.namespace);
+                sync_clock(&clock_key);
+                let shared = Rc::new(Shared { limiter, metrics, clock_key });
                 SHARED.with(|s| *s.borrow_mut() = Some(shared.clone()));
                 self.shared = Some(shared);
                 true
@@ -210,6 +241,9 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         flush_metrics();
+        if let Some(shared) = &self.shared {
+            sync_clock(&shared.clock_key);
+        }
         let now = now_us();
         loop {
             let due = QUEUE.with(|q| {
@@ -240,7 +274,7 @@ impl RootContext for Root {
 /// at most once (several rules often ask for the same identity header).
 struct HostRequest {
     /// Values read so far (`None`: absent).
-    headers: RefCell<Vec<(String, Option<String>)>>,
+    headers: RefCell<Vec<(String, Option<Vec<u8>>)>>,
     /// Read every header at the next ask (the config reads several per request); cleared once
     /// tried, so a failed read of them all is not repeated.
     all_at_once: Cell<bool>,
@@ -253,19 +287,13 @@ impl HostRequest {
         HostRequest { headers: RefCell::default(), all_at_once: Cell::new(limiter.reads_many_headers()), complete: Cell::new(false) }
     }
 
-    fn cached(&self, name: &str) -> Option<Option<String>> {
+    fn cached(&self, name: &str) -> Option<Option<Vec<u8>>> {
         self.headers.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 }
 
 impl RequestInfo for HostRequest {
-    fn method(&self) -> Option<String> {
-        self.header(":method")
-    }
-    fn path(&self) -> Option<String> {
-        self.header(":path")
-    }
-    fn header(&self, name: &str) -> Option<String> {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
         if self.all_at_once.replace(false) {
             if let Some(all) = request_header_pairs() {
                 // In order, so a repeated name answers with its first value, as a single read does.
@@ -279,7 +307,7 @@ impl RequestInfo for HostRequest {
         if self.complete.get() {
             return None;
         }
-        let v = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten().map(headers::text);
+        let v = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten();
         self.headers.borrow_mut().push((name.to_string(), v.clone()));
         v
     }
@@ -298,7 +326,7 @@ extern "C" {
 
 /// Every request header in one host call. Not the SDK's `get_map`: that one panics on a value
 /// that is not UTF-8, which a client can send.
-fn request_header_pairs() -> Option<Vec<(String, String)>> {
+fn request_header_pairs() -> Option<Vec<(String, Vec<u8>)>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut len: usize = 0;
     // SAFETY: the host writes a buffer it allocated through the SDK's proxy_on_memory_allocate
@@ -402,10 +430,9 @@ fn dispatch(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64) -> Re
     let Some(spec) = shared.limiter.config.redis.as_ref() else {
         return Err((pending, "no redis block".into()));
     };
-    let now = now_us();
-    if now >= deadline_us {
-        return Err((pending, format!("no time left of redis.timeout_ms = {}", spec.timeout_ms)));
-    }
+    let Some(timeout_ms) = clock::call_timeout_ms(now_us(), deadline_us) else {
+        return Err((pending, format!("less than 1 ms left of redis.timeout_ms = {}", spec.timeout_ms)));
+    };
     #[cfg(feature = "redis-callout")]
     if spec.transport == Transport::RedisCallout {
         return match callout::call_all(&spec.cluster, &pending.commands, ctx) {
@@ -428,7 +455,7 @@ fn dispatch(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64) -> Re
     if let Some(b) = bearer.as_deref() {
         headers.push(("authorization", b));
     }
-    let timeout = Duration::from_micros(deadline_us - now);
+    let timeout = Duration::from_millis(timeout_ms);
     match hostcalls::dispatch_http_call(&spec.cluster, headers, Some(&body), Vec::new(), timeout) {
         Ok(_token) => {
             PENDING.with(|p| p.borrow_mut().push((ctx, pending, deadline_us)));
@@ -465,14 +492,15 @@ fn callout_replies(num_headers: usize, body_size: usize, expected: usize) -> Res
         // Envoy's way of saying the call failed: timeout, reset, or no healthy host.
         return Err("no response from the Redis endpoint (timeout or connection failure)".into());
     }
-    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten().map(headers::text).unwrap_or_default();
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten().unwrap_or_default();
     // A body of size 0 must not be read: the SDK fails on that status.
     let body = if body_size == 0 {
         Vec::new()
     } else {
         hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
     };
-    if status != "200" {
+    if status != b"200" {
+        let status = String::from_utf8_lossy(&status);
         let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
         return Err(format!("Redis endpoint answered HTTP {status}: {text}"));
     }
@@ -489,8 +517,11 @@ impl Context for Http {
 
 impl Drop for Http {
     fn drop(&mut self) {
-        // A request that ended early (client gone) leaves nothing behind.
-        let _ = take_pending(self.context_id);
+        // A request that ended early (client gone) leaves nothing behind, and a probe it was
+        // making frees its place in the breaker.
+        if let (Some(shared), Some((pending, _))) = (&self.shared, take_pending(self.context_id)) {
+            shared.limiter.abandon(&pending, &EnvoyShared);
+        }
         let _ = take_response_headers(self.context_id);
         #[cfg(feature = "redis-callout")]
         callout::forget(self.context_id);

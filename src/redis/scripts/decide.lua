@@ -9,7 +9,7 @@
 --                        leaky_bucket_queue | gcra
 --             limit      the rate's limit (integer)
 --             period_ms  the rate's period in ms
---             cost       this request's cost (0 = peek: decide, store nothing)
+--             cost       this request's cost, at least 1
 --             p1, p2     strategy parameters, see each strategy's file (0 when unused)
 --           then optionally, in any order:
 --             "dry"      decide but write nothing (the filter's first pass over several
@@ -73,6 +73,10 @@ for i = 1, n do
   local p1, p2 = int_arg(base + 5), int_arg(base + 6)
   if limit == nil or period == nil or cost == nil or p1 == nil or p2 == nil then
     return redis.error_reply('ERR sluice: arguments of key ' .. i .. ' must be non-negative integers')
+  end
+  if cost < 1 then
+    -- A cost of 0 is the strategies' peek (admit without counting): never a request's cost.
+    return redis.error_reply('ERR sluice: cost of key ' .. i .. ' must be at least 1')
   end
   local d
   if limit == 0 or period == 0 then

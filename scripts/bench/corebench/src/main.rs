@@ -93,17 +93,21 @@ impl Req<'_> {
 }
 
 impl RequestInfo for Req<'_> {
-    fn method(&self) -> Option<String> {
-        self.read(":method", &self.calls.method);
-        Some(self.method.clone())
-    }
-    fn path(&self) -> Option<String> {
-        self.read(":path", &self.calls.path);
-        Some(self.path.clone())
-    }
-    fn header(&self, name: &str) -> Option<String> {
-        self.read(name, &self.calls.header);
-        self.headers.borrow().get(name).cloned()
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        match name {
+            ":method" => {
+                self.read(":method", &self.calls.method);
+                Some(self.method.clone().into_bytes())
+            }
+            ":path" => {
+                self.read(":path", &self.calls.path);
+                Some(self.path.clone().into_bytes())
+            }
+            _ => {
+                self.read(name, &self.calls.header);
+                self.headers.borrow().get(name).map(|v| v.clone().into_bytes())
+            }
+        }
     }
     fn source_address(&self) -> Option<String> {
         bump(&self.calls.source_address);

@@ -1,0 +1,134 @@
+//! Trust boundaries: every place a config lets what a request carries weaken a limit. `sluice
+//! lint` prints each as a warning (the config stays valid): a client controls its own headers,
+//! query and cookies, so each of these holds only if that value is stripped at the edge or set
+//! by a trusted step (an authenticating filter, an internal listener) before sluice runs.
+
+use sluice::config::{Config, IdentFallback, IdentPart, Rule};
+
+/// One warning: where in the config, and what a client can do there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+const STRIP: &str = "strip it at the edge or set it only after authentication (README: Trust boundaries)";
+
+pub fn warnings(config: &Config) -> Vec<Warning> {
+    let mut out = Vec::new();
+    if config.identity_secret.is_none() {
+        out.push(Warning {
+            path: "identity_secret".into(),
+            message: "not set: identities are hashed with the public default key, so a client can compute values whose hash \
+                      lands on another client's counter; set a secret of your own, the same on every proxy"
+                .into(),
+        });
+    }
+    for (i, rule) in config.rules.iter().enumerate() {
+        rule_warnings(&format!("rules[{i}]"), rule, &mut out);
+    }
+    out
+}
+
+fn rule_warnings(path: &str, rule: &Rule, out: &mut Vec<Warning>) {
+    let mut warn = |p: String, message: String| out.push(Warning { path: p, message });
+    for (name, value) in &rule.matcher.headers {
+        warn(
+            format!("{path}.match.headers.{name}"),
+            format!("the rule applies only when the request says {name}: {value:?}, so a client opts out by dropping or changing it; {STRIP}"),
+        );
+    }
+    for (name, value) in &rule.exempt.headers {
+        warn(
+            format!("{path}.exempt.headers.{name}"),
+            format!("any client that sends {name}: {value:?} is never limited by this rule; {STRIP}"),
+        );
+    }
+    if let sluice::config::Cost::Header { name, min, .. } = &rule.cost {
+        warn(
+            format!("{path}.cost.header"),
+            format!("the client states its own cost in {name}: one that sends {min} always pays the least; {STRIP}"),
+        );
+    }
+    let request_parts: Vec<String> = rule
+        .identifier
+        .parts
+        .iter()
+        .filter_map(|p| match p {
+            IdentPart::Header(h) => Some(format!("header {h}")),
+            IdentPart::Query(q) => Some(format!("query parameter {q}")),
+            IdentPart::Cookie(c) => Some(format!("cookie {c}")),
+            IdentPart::ClientIp | IdentPart::Global => None,
+        })
+        .collect();
+    if request_parts.is_empty() {
+        return;
+    }
+    let parts = request_parts.join(", ");
+    if rule.identifier.fallback == IdentFallback::Skip {
+        warn(
+            format!("{path}.identifier.fallback"),
+            format!("skip: a request without {parts} is not limited by this rule at all; {STRIP}"),
+        );
+    }
+    if !rule.identifier.parts.contains(&IdentPart::ClientIp) {
+        warn(
+            format!("{path}.identifier"),
+            format!(
+                "counted per value of {parts}, which the client chooses: unless a trusted step verifies it (an API key, a \
+                 session), a client that changes it gets a fresh budget; add client_ip as a part or limit by address in another rule"
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config(json: serde_json::Value) -> Config {
+        sluice::config::compile(&json).unwrap()
+    }
+
+    fn paths(c: &Config) -> Vec<String> {
+        warnings(c).into_iter().map(|w| w.path).collect()
+    }
+
+    #[test]
+    fn every_request_controlled_decision_is_named() {
+        let c = config(serde_json::json!({"rules": [{
+            "name": "r", "limit": "5/min",
+            "match": {"headers": {"x-tier": "free"}},
+            "exempt": {"headers": {"x-internal": "yes"}, "cidrs": ["10.0.0.0/8"]},
+            "cost": {"header": "x-cost", "max": 10},
+            "identifier": {"header": "x-user", "fallback": "skip"}
+        }]}));
+        assert_eq!(
+            paths(&c),
+            [
+                "identity_secret",
+                "rules[0].match.headers.x-tier",
+                "rules[0].exempt.headers.x-internal",
+                "rules[0].cost.header",
+                "rules[0].identifier.fallback",
+                "rules[0].identifier",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_config_that_trusts_no_request_value_is_quiet() {
+        let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [
+            {"name": "ip", "limit": "5/min", "exempt": {"cidrs": ["10.0.0.0/8"]}},
+            {"name": "k", "limit": "5/min", "identifier": [{"header": "x-api-key"}, "client_ip"]}
+        ]}));
+        assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    }
+}
