@@ -861,6 +861,22 @@ impl Host {
         Ok(self.response_or_unfinished(id))
     }
 
+    /// The client of a request goes away (a downstream reset) before it has its response:
+    /// Envoy ends the stream at once (`proxy_on_done`, `proxy_on_log`, `proxy_on_delete`) and
+    /// cancels its callouts, whose answers then never reach the guest. Returns false if the
+    /// request already has its response.
+    pub fn reset(&mut self, id: RequestId) -> bool {
+        let Some(r) = self.requests.get(id.0) else { return false };
+        if r.response.is_some() {
+            return false;
+        }
+        let w = r.worker;
+        let ctx = r.ctx;
+        self.apply_effect(w, Effect::Close { ctx });
+        self.settle();
+        true
+    }
+
     /// Starts a request (headers arrive) and runs what can run now, without letting time pass.
     pub fn start(&mut self, req: Request) -> Result<RequestId, HarnessError> {
         let id = self.enqueue_request(req);
@@ -1418,6 +1434,11 @@ impl Host {
                 if let Some(s) = self.workers[w].store.as_mut() {
                     s.data_mut().contexts.remove(&ctx);
                 }
+                // Envoy cancels a deleted context's callouts: their answers never arrive.
+                let calls = &self.callouts;
+                self.pending_calls.retain(|(cw, _), idx| !(*cw == w && calls[*idx].context_id == ctx));
+                let redis = &self.redis_calls;
+                self.pending_redis.retain(|(cw, _), idx| !(*cw == w && redis[*idx].context_id == ctx));
                 self.by_ctx.remove(&(w, ctx));
                 self.requests[id.0].complete = true;
             }
