@@ -47,6 +47,9 @@ enum Other {
     Compose,
     /// An example limited response (problem+json): cli/tests/readme.rs.
     ProblemBody,
+    /// A fragment of an Envoy connection manager (the README's trust boundaries): below, it
+    /// must be what envoy/local.yaml runs.
+    ManagerFragment,
 }
 
 fn yaml_documents(text: &str, origin: &str) -> Vec<Value> {
@@ -108,6 +111,12 @@ fn classify(doc: &Value, origin: &str, configs: &mut Vec<Found>, others: &mut Ve
         others.push((Other::Compose, origin.to_string()));
     } else if doc.get("violated_rules").is_some() && doc.get("status").is_some() {
         others.push((Other::ProblemBody, origin.to_string()));
+    } else if doc.get("early_header_mutation_extensions").is_some() {
+        let boot = yaml_documents(&std::fs::read_to_string(root().join("envoy/local.yaml")).unwrap(), "envoy/local.yaml");
+        let mut found = false;
+        walk(&boot[0], &mut |m| found |= m.get("early_header_mutation_extensions") == doc.get("early_header_mutation_extensions"));
+        assert!(found, "{origin}: envoy/local.yaml does not carry this early_header_mutation_extensions");
+        others.push((Other::ManagerFragment, origin.to_string()));
     } else if doc.get("rules").is_some() {
         configs.push(Found { origin: origin.to_string(), doc: doc.clone(), bytes: None });
     } else {
@@ -239,7 +248,7 @@ fn every_shipped_config_passes_the_schema_and_the_filters_compiler() {
     let kinds: std::collections::BTreeSet<Other> = others.iter().map(|(k, _)| *k).collect();
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
-        vec![Other::BootstrapWithoutFilter, Other::IstioNetworking, Other::Compose, Other::ProblemBody],
+        vec![Other::BootstrapWithoutFilter, Other::IstioNetworking, Other::Compose, Other::ProblemBody, Other::ManagerFragment],
         "{others:?}"
     );
 }
