@@ -47,3 +47,7 @@ if [ "$admitted" != 12 ] || [ "$limited" != 5 ] || ! grep -q '"violated_rules":\
 fi
 echo "demo: $admitted admitted, $limited limited, as the README shows"
 rm -f "$demo_log"
+
+# Bounded: about 1 minute once built, 2.5 minutes cold (cargo-fuzz install and build included).
+echo "== fuzz: every target, a short bounded pass (scripts/fuzz.sh SECONDS for a longer one)"
+./scripts/fuzz.sh 5
