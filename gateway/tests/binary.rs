@@ -75,7 +75,7 @@ fn bad_flags_fail_fast() {
 /// refused addresses are never listened on.
 #[test]
 fn non_loopback_listen_without_token_is_refused_at_start() {
-    for (how, addr) in [("flag", "0.0.0.0:0"), ("env", "[::]:0"), ("flag", "192.0.2.7:7379")] {
+    for (how, addr) in [("flag", "192.0.2.7:7379"), ("env", "[::]:0"), ("flag", "0.0.0.0:0")] {
         let mut cmd = Command::new(BIN);
         cmd.env_remove("SLUICE_GATEWAY_TOKEN").env_remove("SLUICE_GATEWAY_LISTEN");
         if how == "flag" {
@@ -83,9 +83,29 @@ fn non_loopback_listen_without_token_is_refused_at_start() {
         } else {
             cmd.env("SLUICE_GATEWAY_LISTEN", addr);
         }
-        let out = cmd.stdin(Stdio::null()).output().expect("run");
-        assert!(!out.status.success(), "{addr}: started without a token");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run");
+        // Bounded, so that a regression fails here instead of serving until killed.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("poll") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{addr}: started without a token");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(!status.success(), "{addr}: exited cleanly without a token");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read stderr");
         for needed in ["--token", "SLUICE_GATEWAY_TOKEN", "--listen", "without a token"] {
             assert!(stderr.contains(needed), "{addr}: error lacks {needed:?}: {stderr}");
         }
