@@ -8,23 +8,13 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice::config::STRATEGIES;
 use sluice_harness::{CalloutReply, Host, HttpResponse, Point, Request, RequestState, Schedule};
 
 const HOUR_MS: u64 = 3_600_000;
 
-fn host(config: &Value, workers: usize) -> Host {
-    common::sluice().config(config.to_string()).workers(workers).build().unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()))
-}
-
-fn strategy_config(name: &str) -> Value {
-    if name == "token_bucket_debt" {
-        json!({"type": name, "max_debt": 0})
-    } else {
-        json!(name)
-    }
-}
+use common::{sluice_host as host, strategy_config};
 
 /// A rule's counter, once the filter has handed its metrics over (it does so from its tick).
 fn metric(host: &mut Host, rule: &str, what: &str) -> i64 {

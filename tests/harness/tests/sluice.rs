@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sluice::config::STRATEGIES;
 use sluice::strategy::cases;
-use sluice_harness::{Host, LogLevel, Origin, Request, RequestState, Schedule};
+use sluice_harness::{LogLevel, Origin, Request, RequestState, Schedule};
+
+use common::{sluice_host as host, strategy_config};
 
 const CASES: &str = include_str!("../../cases/strategies.json");
 
@@ -32,10 +34,6 @@ fn strategy_json(spec: &cases::StrategySpec) -> Value {
 
 fn rate(limit: u64, period_ms: u64) -> String {
     format!("{limit}/{period_ms}ms")
-}
-
-fn host(config: &Value, workers: usize) -> Host {
-    common::sluice().config(config.to_string()).workers(workers).build().unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()))
 }
 
 fn ceil_secs(ms: u64) -> u64 {
@@ -107,16 +105,6 @@ fn strategy_case_table_through_the_wasm_matches_native() {
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
     assert!(ran > 150, "only {ran} steps ran (skipped: {skipped:?})");
     eprintln!("case table: {ran} steps through the wasm; skipped {skipped:?}");
-}
-
-/// The strategy as configured here: token_bucket_debt without debt, so every strategy's bound
-/// is exactly the limit (debt is tested by the case table).
-fn strategy_config(name: &str) -> Value {
-    if name == "token_bucket_debt" {
-        json!({"type": name, "max_debt": 0})
-    } else {
-        json!(name)
-    }
 }
 
 

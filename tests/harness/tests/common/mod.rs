@@ -85,6 +85,22 @@ pub fn sluice() -> HostBuilder {
     Host::builder().wasm(sluice_wasm()).cluster("sluice_gateway")
 }
 
+/// The real filter with `config` on `workers` workers; panics with the filter's logs if the
+/// config is rejected.
+pub fn sluice_host(config: &serde_json::Value, workers: usize) -> Host {
+    sluice().config(config.to_string()).workers(workers).build().unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()))
+}
+
+/// A strategy as the tests about the limit itself configure it: token_bucket_debt without
+/// debt, so every strategy's bound is exactly the limit (debt is tested by the case table).
+pub fn strategy_config(name: &str) -> serde_json::Value {
+    if name == "token_bucket_debt" {
+        serde_json::json!({"type": name, "max_debt": 0})
+    } else {
+        serde_json::json!(name)
+    }
+}
+
 /// A throwaway `redis-server` (scripts/setup.sh installs it) on a free loopback port.
 pub struct Redis {
     child: Child,
