@@ -143,7 +143,7 @@ impl Breaker<'_> {
                 let probes = if stale { 0 } else { s.probes };
                 if probes < self.spec.half_open_probes.max(1) {
                     let since_us = if stale { now_us } else { s.since_us };
-                    (State { probes: probes + 1, since_us, ..s }, Permit::Probe)
+                    (State { probes: probes.saturating_add(1), since_us, ..s }, Permit::Probe)
                 } else {
                     (s, Permit::Skip)
                 }
@@ -172,14 +172,15 @@ impl Breaker<'_> {
             let next = match (s.phase, ok) {
                 (Phase::Closed, true) if s.count == 0 => s,
                 (Phase::Closed, true) => State { count: 0, ..s },
-                (Phase::Closed, false) if s.count + 1 >= spec.failure_threshold.max(1) => open,
-                (Phase::Closed, false) => State { count: s.count + 1, ..s },
+                // Counts saturate: the state is read back from shared data, where anything may lie.
+                (Phase::Closed, false) if s.count.saturating_add(1) >= spec.failure_threshold.max(1) => open,
+                (Phase::Closed, false) => State { count: s.count.saturating_add(1), ..s },
                 // Only probes speak for a half-open breaker; a late answer to a call made while
                 // closed says nothing about now.
                 (Phase::HalfOpen, _) if permit != Permit::Probe => s,
                 (Phase::HalfOpen, false) => open,
-                (Phase::HalfOpen, true) if s.count + 1 >= spec.success_threshold.max(1) => State::CLOSED,
-                (Phase::HalfOpen, true) => State { count: s.count + 1, probes: s.probes.saturating_sub(1), ..s },
+                (Phase::HalfOpen, true) if s.count.saturating_add(1) >= spec.success_threshold.max(1) => State::CLOSED,
+                (Phase::HalfOpen, true) => State { count: s.count.saturating_add(1), probes: s.probes.saturating_sub(1), ..s },
                 (Phase::Open, _) => s,
             };
             (next, ())
@@ -285,5 +286,23 @@ mod tests {
         assert_eq!(b.permit(&store, 1_000_002), Permit::Probe);
         b.record(&store, Permit::Call, true, 1_000_003);
         assert_eq!(b.phase(&store), Phase::HalfOpen);
+    }
+
+    /// Found by fuzzing (fuzz/ breaker_state): a stored state whose count is u32::MAX.
+    #[test]
+    fn a_stored_count_at_its_maximum_does_not_overflow() {
+        let store = MemStore::default();
+        let b = Breaker { key: "k", spec: SPEC, timeout_ms: 20 };
+        let mut value = [0xffu8; 17];
+        value[0] = 0;
+        assert!(store.set("k", &value, 0).is_ok());
+        b.record(&store, Permit::Call, false, 5);
+        assert_eq!(b.phase(&store), Phase::Open);
+        let mut half = [0xffu8; 17];
+        half[0] = 2;
+        half[9..17].copy_from_slice(&1_000u64.to_le_bytes());
+        assert!(store.set("k", &half, 0).is_ok());
+        b.record(&store, Permit::Probe, true, 2_000);
+        assert_eq!(b.phase(&store), Phase::Closed);
     }
 }

@@ -349,18 +349,18 @@ impl Limiter {
 
     fn rule_outcome(&self, a: &Applied, result: Result<(Vec<Decision>, bool), StoreError>) -> RuleOutcome {
         let rule = &self.config.rules[a.rule];
-        let (decisions, store_error, created_slot) = match &result {
-            Ok((decisions, created)) => (decisions.clone(), false, *created),
+        let (decisions, allowed, store_error, created_slot) = match result {
+            Ok((decisions, created)) => {
+                let allowed = decisions.iter().all(|d| d.allowed);
+                (decisions, allowed, false, created)
+            }
             Err(e) => {
                 log::warn!("sluice: rule {:?}: local store failed: {e}", rule.name);
-                (Vec::new(), true, false)
+                // A decision that could not be stored is not an admission: it would let a
+                // request through uncounted.
+                let allowed = !matches!(e, StoreError::Contended(_)) && matches!(rule.on_error, OnError::Allow | OnError::Fallback { .. });
+                (Vec::new(), allowed, true, false)
             }
-        };
-        let allowed = match &result {
-            Ok(_) => decisions.iter().all(|d| d.allowed),
-            // The decision could not be stored: admitting would let a request through uncounted.
-            Err(StoreError::Contended(_)) => false,
-            Err(_) => matches!(rule.on_error, OnError::Allow | OnError::Fallback { .. }),
         };
         RuleOutcome { rule: a.rule, identity: a.identity.clone(), cost: a.cost, decisions, allowed, store_error, created_slot }
     }

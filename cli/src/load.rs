@@ -125,7 +125,8 @@ fn sluice_configs(doc: &Value) -> Vec<Result<Vec<u8>, Value>> {
         if map.get("@type").and_then(Value::as_str) != Some(WASM_FILTER) {
             return;
         }
-        let conf = &map["config"]["configuration"];
+        // `get`, not `map["config"]`: a map indexed by a missing key panics.
+        let conf = map.get("config").map_or(&Value::Null, |c| &c["configuration"]);
         match (conf.get("@type").and_then(Value::as_str), conf.get("value")) {
             (Some(STRING_VALUE), Some(Value::String(text))) => out.push(Ok(text.clone().into_bytes())),
             _ => out.push(Err(conf.clone())),

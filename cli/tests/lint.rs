@@ -150,3 +150,15 @@ fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no Wasm filter"), "{}", text(&out.stderr));
 }
+
+/// Found by fuzzing (fuzz/ config_yaml): a Wasm filter object without `config` made both
+/// commands exit 101 (a panic); it is an invalid bootstrap like any other.
+#[test]
+fn a_wasm_filter_without_config_is_an_error_not_a_panic() {
+    let doc = "static_resources:\n  listeners:\n  - \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["lint", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(doc.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+}
