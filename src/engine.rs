@@ -239,8 +239,15 @@ impl Limiter {
         }
     }
 
-    /// For every rule in order, whether it applies to `req` and why not.
+    /// For every rule in order, whether it applies to `req` and why not, with each identity's
+    /// readable text.
     pub fn explain(&self, req: &impl RequestInfo) -> Vec<Applies> {
+        self.applies(req, true)
+    }
+
+    /// [`Limiter::explain`]; identities are described only when `describe` or for shadow rules
+    /// (whose would-be limits are logged): the hash never needs the text.
+    fn applies(&self, req: &impl RequestInfo, describe: bool) -> Vec<Applies> {
         let method = if self.needs_method { req.method().unwrap_or_default() } else { Vec::new() };
         let full_path = if self.needs_path { req.path().unwrap_or_default() } else { Vec::new() };
         // Globs see the path as text; bytes that are not UTF-8 become U+FFFD, which no glob
@@ -264,7 +271,7 @@ impl Limiter {
                 out.push(Applies::Exempt);
                 continue;
             }
-            out.push(match self.hasher.resolve(&rule.identifier, ip, req) {
+            out.push(match self.hasher.resolve(&rule.identifier, ip, req, describe || rule.shadow) {
                 Some(identity) => Applies::Yes(Applied { rule: i, identity, cost: Self::cost(rule, req) }),
                 None => Applies::NoIdentity,
             });
@@ -274,7 +281,7 @@ impl Limiter {
 
     /// The rules that apply to `req`, with identity and cost.
     fn applicable(&self, req: &impl RequestInfo) -> Vec<Applied> {
-        self.explain(req)
+        self.applies(req, false)
             .into_iter()
             .filter_map(|a| match a {
                 Applies::Yes(applied) => Some(applied),

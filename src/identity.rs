@@ -9,7 +9,7 @@
 //! When a header, parameter or cookie repeats, its first occurrence counts (Envoy's single
 //! header read answers the first value too).
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::hash::Hasher as _;
 use std::net::IpAddr;
 
@@ -105,7 +105,7 @@ pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// Human-readable form, e.g. `header:x-api-key=k1` (for `sluice explain` and logs; bytes
-    /// that are not UTF-8 are shown escaped). Not what is hashed.
+    /// that are not UTF-8 are shown escaped). Not what is hashed; empty unless asked for.
     pub text: String,
     /// Keyed fixed-length hash used in keys: request data never reaches key syntax.
     pub hash: u64,
@@ -147,15 +147,16 @@ impl IdentityHasher {
         IdentityHasher { k0: word(0), k1: word(8), ipv6_prefix: client_ip.ipv6_prefix.clamp(1, 128) }
     }
 
-    /// The identity of `req` under `id`. `ip` gives the canonical client IP when a part needs
-    /// it (it costs a host call in Envoy, so identities without an IP part never ask).
-    pub fn resolve(&self, id: &Identifier, ip: impl Fn() -> Option<IpAddr>, req: &impl RequestInfo) -> Option<Identity> {
+    /// The identity of `req` under `id`, with its readable text when `describe`. `ip` gives the
+    /// canonical client IP when a part needs it (it costs a host call in Envoy, so identities
+    /// without an IP part never ask).
+    pub fn resolve(&self, id: &Identifier, ip: impl Fn() -> Option<IpAddr>, req: &impl RequestInfo, describe: bool) -> Option<Identity> {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
-        let mut text = String::with_capacity(48);
+        let mut text = Shown(describe.then(|| String::with_capacity(48)));
         for (i, part) in id.parts.iter().enumerate() {
             if i > 0 {
                 // Display only; the hashed encoding is self-delimiting.
-                text.push('\u{1f}');
+                let _ = text.write_char('\u{1f}');
             }
             let value = match part {
                 IdentPart::Global => {
@@ -178,7 +179,7 @@ impl IdentityHasher {
                     write_len_prefixed(&mut h, name.as_bytes());
                     write_len_prefixed(&mut h, &v);
                     let _ = write!(text, "{kind}:{name}=");
-                    push_shown(&mut text, &v);
+                    text.bytes(&v);
                 }
                 None => match id.fallback {
                     IdentFallback::ClientIp => self.ip(&mut h, &mut text, ip()),
@@ -187,21 +188,23 @@ impl IdentityHasher {
                 },
             }
         }
-        Some(Identity { hash: h.finish(), text })
+        Some(Identity { hash: h.finish(), text: text.0.unwrap_or_default() })
     }
 
-    fn global(&self, h: &mut SipHasher13, text: &mut String) {
+    fn global(&self, h: &mut SipHasher13, text: &mut Shown) {
         h.write_u8(tag::GLOBAL);
-        text.push_str("global");
+        let _ = text.write_str("global");
     }
 
     /// An IPv4 client as its address; an IPv6 client as its network of `ipv6_prefix` bits.
-    fn ip(&self, h: &mut SipHasher13, text: &mut String, ip: Option<IpAddr>) {
+    fn ip(&self, h: &mut SipHasher13, text: &mut Shown, ip: Option<IpAddr>) {
         match ip {
             Some(IpAddr::V4(v4)) => {
                 h.write_u8(tag::IPV4);
                 h.write(&v4.octets());
-                let _ = write!(text, "ip={v4}");
+                if text.on() {
+                    let _ = write!(text, "ip={v4}");
+                }
             }
             Some(IpAddr::V6(v6)) => {
                 let bits = u128::from(v6);
@@ -210,11 +213,13 @@ impl IdentityHasher {
                 h.write_u8(tag::IPV6_NET);
                 h.write_u8(self.ipv6_prefix);
                 h.write(&net.to_be_bytes());
-                let _ = write!(text, "ip={}/{prefix}", std::net::Ipv6Addr::from(net));
+                if text.on() {
+                    let _ = write!(text, "ip={}/{prefix}", std::net::Ipv6Addr::from(net));
+                }
             }
             None => {
                 h.write_u8(tag::IP_UNKNOWN);
-                text.push_str("ip=unknown");
+                let _ = text.write_str("ip=unknown");
             }
         }
     }
@@ -232,13 +237,34 @@ fn write_len_prefixed(h: &mut SipHasher13, bytes: &[u8]) {
     h.write(bytes);
 }
 
-/// Appends `bytes` for a reader: UTF-8 as it is, anything else escaped (`\xff`).
-fn push_shown(text: &mut String, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => text.push_str(s),
-        Err(_) => {
-            let _ = write!(text, "{}", bytes.escape_ascii());
+/// The readable form of an identity, written only when asked for (`sluice explain`, shadow
+/// logs): the hash does not depend on it, and every request would pay for it.
+struct Shown(Option<String>);
+
+impl Shown {
+    fn on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Appends `bytes` for a reader: UTF-8 as it is, anything else escaped (`\xff`).
+    fn bytes(&mut self, bytes: &[u8]) {
+        if let Some(text) = &mut self.0 {
+            match std::str::from_utf8(bytes) {
+                Ok(s) => text.push_str(s),
+                Err(_) => {
+                    let _ = write!(text, "{}", bytes.escape_ascii());
+                }
+            }
         }
+    }
+}
+
+impl fmt::Write for Shown {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(text) = &mut self.0 {
+            text.push_str(s);
+        }
+        Ok(())
     }
 }
 
@@ -302,7 +328,7 @@ pub(crate) mod tests {
 
     fn resolve(parts: Vec<IdentPart>, req: &Req) -> Option<Identity> {
         let ip = || client_ip(&ClientIpSpec::default(), req);
-        hasher().resolve(&id(parts, IdentFallback::ClientIp), ip, req)
+        hasher().resolve(&id(parts, IdentFallback::ClientIp), ip, req, true)
     }
 
     #[test]
@@ -358,7 +384,7 @@ pub(crate) mod tests {
         assert_eq!(resolve(vec![IdentPart::Header("x-user".into())], &req).unwrap().text, "ip=10.0.0.1");
         let ip = || client_ip(&ClientIpSpec::default(), &req);
         let skip = id(vec![IdentPart::Header("x-user".into())], IdentFallback::Skip);
-        assert_eq!(hasher().resolve(&skip, ip, &req), None);
+        assert_eq!(hasher().resolve(&skip, ip, &req, true), None);
         // An IP and a header holding the same text do not collide.
         let by_ip = resolve(vec![IdentPart::ClientIp], &req).unwrap();
         let spoof = Req::new("GET", "/").header("x-api-key", "10.0.0.1");
@@ -387,7 +413,7 @@ pub(crate) mod tests {
         assert_ne!(a.hash, by_ip("[2001:db8:1:3::1]:1").hash, "next /64");
         let per_host = IdentityHasher::new(None, &ClientIpSpec { ipv6_prefix: 128, ..Default::default() });
         let req = |s: &str| Req::new("GET", "/").source(s);
-        let at = |s: &str| per_host.resolve(&id(vec![IdentPart::ClientIp], IdentFallback::ClientIp), || parse_address(s), &req(s)).unwrap().hash;
+        let at = |s: &str| per_host.resolve(&id(vec![IdentPart::ClientIp], IdentFallback::ClientIp), || parse_address(s), &req(s), false).unwrap().hash;
         assert_ne!(at("2001:db8::1"), at("2001:db8::2"));
     }
 
@@ -395,7 +421,7 @@ pub(crate) mod tests {
     fn the_hash_is_keyed() {
         let req = Req::new("GET", "/").header("x-api-key", "k1");
         let ident = id(vec![IdentPart::Header("x-api-key".into())], IdentFallback::ClientIp);
-        let with = |secret: Option<&str>| IdentityHasher::new(secret, &ClientIpSpec::default()).resolve(&ident, || None, &req).unwrap().hash;
+        let with = |secret: Option<&str>| IdentityHasher::new(secret, &ClientIpSpec::default()).resolve(&ident, || None, &req, false).unwrap().hash;
         assert_ne!(with(None), with(Some("a secret of this deployment")));
         assert_eq!(with(Some("a secret of this deployment")), with(Some("a secret of this deployment")), "the same on every proxy");
     }
@@ -415,7 +441,7 @@ pub(crate) mod tests {
             let req = |vals: &[Vec<u8>]| vals.iter().enumerate().fold(Req::new("GET", "/"), |r, (i, v)| r.header_bytes(names[i], v));
             let ident = |vals: &[Vec<u8>]| {
                 let r = req(vals);
-                hasher().resolve(&id(parts(vals.len()), IdentFallback::Global), || None, &r).unwrap().hash
+                hasher().resolve(&id(parts(vals.len()), IdentFallback::Global), || None, &r, false).unwrap().hash
             };
             prop_assert_eq!(ident(&a) == ident(&b), a == b);
         }

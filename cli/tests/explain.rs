@@ -58,7 +58,7 @@ fn hash_hex(parts: Vec<sluice::config::IdentPart>, headers: &[(&str, &str)], ip:
     let hasher = sluice::identity::IdentityHasher::new(None, &ClientIpSpec::default());
     let id = Identifier { parts, fallback: IdentFallback::ClientIp };
     let ip = || ip.and_then(sluice::identity::parse_address);
-    let identity = hasher.resolve(&id, ip, &Plain(headers, None)).unwrap();
+    let identity = hasher.resolve(&id, ip, &Plain(headers, None), false).unwrap();
     format!("{:016x}", identity.hash)
 }
 
