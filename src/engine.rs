@@ -4,12 +4,12 @@
 
 use std::net::IpAddr;
 
+use crate::breaker::{Breaker, Permit};
 use crate::config::{Backend, Config, Cost, IdentPart, OnError, Rule};
 use crate::identity::{self, Identity, IdentityHasher, RequestInfo};
 use crate::rate::Rate;
-use crate::response::{self, LocalResponse, Reported};
-use crate::breaker::{Breaker, Permit};
 use crate::redis::wire::Reply;
+use crate::response::{self, LocalResponse, Reported};
 use crate::store::{Prepared, SharedStore, StoreError, Table};
 use crate::strategy::{self, lua, Decision, Outcome};
 
@@ -365,7 +365,8 @@ impl Limiter {
                 log::warn!("sluice: rule {:?}: local store failed: {e}", rule.name);
                 // A decision that could not be stored is not an admission: it would let a
                 // request through uncounted.
-                let allowed = !matches!(e, StoreError::Contended(_)) && matches!(rule.on_error, OnError::Allow | OnError::Fallback { .. });
+                let allowed =
+                    !matches!(e, StoreError::Contended(_)) && matches!(rule.on_error, OnError::Allow | OnError::Fallback { .. });
                 (Vec::new(), allowed, true, false)
             }
         };
@@ -513,13 +514,7 @@ impl Limiter {
     }
 
     /// Continues a request with Redis' replies (or the transport's failure).
-    pub fn resume(
-        &self,
-        mut p: Pending,
-        replies: Result<Vec<Reply>, String>,
-        store: &impl SharedStore,
-        now_us: u64,
-    ) -> Resumed {
+    pub fn resume(&self, mut p: Pending, replies: Result<Vec<Reply>, String>, store: &impl SharedStore, now_us: u64) -> Resumed {
         let parsed = match replies {
             Ok(r) if !p.eval && r.iter().any(Reply::is_noscript) => {
                 // The script is not cached on (some node of) Redis: send it whole once, which
@@ -894,7 +889,7 @@ mod tests {
         assert_eq!(status(&l.check(&u("junk"), &s, T0)), 200); // default 2 → 8
         assert_eq!(status(&l.check(&u("3"), &s, T0)), 429); // 11 > 10
         assert_eq!(status(&l.check(&u("2"), &s, T0)), 200); // 10
-        // No x-user: the rule does not apply.
+                                                            // No x-user: the rule does not apply.
         assert!(l.check(&Req::new("GET", "/"), &s, T0).outcomes().is_empty());
         let exempt = u("1").source("192.0.2.7:4000");
         assert!(l.check(&exempt, &s, T0).outcomes().is_empty());
@@ -943,12 +938,15 @@ mod tests {
     }
 
     fn redis_limiter(rules: serde_json::Value) -> Limiter {
-        limiter(serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}}, "rules": rules}))
+        limiter(
+            serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}}, "rules": rules}),
+        )
     }
 
     /// A Redis reply for one rule: `{all, {allowed, remaining, reset, retry, delay, ttl}...}`.
     fn reply(allowed: bool, remaining: i64) -> Reply {
-        let d = Reply::Array([i64::from(allowed), remaining, 1000, if allowed { 0 } else { 500 }, 0, 1000].map(Reply::Int).to_vec());
+        let d =
+            Reply::Array([i64::from(allowed), remaining, 1000, if allowed { 0 } else { 500 }, 0, 1000].map(Reply::Int).to_vec());
         Reply::Array(vec![Reply::Int(i64::from(allowed)), d])
     }
 
@@ -968,7 +966,9 @@ mod tests {
 
     #[test]
     fn redis_rules_send_one_evalsha_per_rule_with_hashed_keys() {
-        let l = redis_limiter(serde_json::json!([{"name": "api", "limits": ["5/s", "100/min"], "backend": "redis", "identifier": {"header": "x-k"}}]));
+        let l = redis_limiter(
+            serde_json::json!([{"name": "api", "limits": ["5/s", "100/min"], "backend": "redis", "identifier": {"header": "x-k"}}]),
+        );
         let s = MemStore::default();
         let p = pending(l.start(&Req::new("GET", "/").header("x-k", "a b{c}"), &s, T0));
         assert_eq!(p.commands.len(), 1);
@@ -1020,7 +1020,8 @@ mod tests {
              "on_error": {"fallback": {"share": 0.5}}}
         ]));
         let s = MemStore::default();
-        let fail = |path: &str, now: u64| done(l.resume(pending(l.start(&Req::new("GET", path), &s, now)), Err("down".into()), &s, now));
+        let fail =
+            |path: &str, now: u64| done(l.resume(pending(l.start(&Req::new("GET", path), &s, now)), Err("down".into()), &s, now));
         assert_eq!(status(&fail("/allow", T0)), 200);
         let denied = fail("/deny", T0);
         assert_eq!(status(&denied), 429);
@@ -1044,7 +1045,12 @@ mod tests {
     #[test]
     fn malformed_redis_replies_are_failures() {
         let l = redis_limiter(serde_json::json!([{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]));
-        for bad in [vec![], vec![Reply::Int(1)], vec![Reply::Array(vec![Reply::Int(1)])], vec![Reply::Array(vec![Reply::Int(1), Reply::Str("x".into())])]] {
+        for bad in [
+            vec![],
+            vec![Reply::Int(1)],
+            vec![Reply::Array(vec![Reply::Int(1)])],
+            vec![Reply::Array(vec![Reply::Int(1), Reply::Str("x".into())])],
+        ] {
             let s = MemStore::default(); // a fresh breaker each time
             let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
             let v = done(l.resume(p, Ok(bad.clone()), &s, T0));
@@ -1164,7 +1170,8 @@ mod tests {
             v => panic!("{v:?}"),
         }
         // A strategy that never queues is never held, whatever the reply says.
-        let l = redis_limiter(serde_json::json!([{"name": "t", "limit": "10/s", "backend": "redis", "strategy": "token_bucket"}]));
+        let l =
+            redis_limiter(serde_json::json!([{"name": "t", "limit": "10/s", "backend": "redis", "strategy": "token_bucket"}]));
         match done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![long]), &s, T0)) {
             Verdict::Admit { delay_ms, .. } => assert_eq!(delay_ms, 0),
             v => panic!("{v:?}"),

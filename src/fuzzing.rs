@@ -110,7 +110,8 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     let updated = table
         .update(&store, identity, now_us, |states| {
             let limits = states.len().max(1);
-            decided = (0..limits).map(|i| decide(&strategy, &rate, states.get(i).copied().unwrap_or(&[]), now_us, cost)).collect();
+            decided =
+                (0..limits).map(|i| decide(&strategy, &rate, states.get(i).copied().unwrap_or(&[]), now_us, cost)).collect();
             (decided.clone(), true)
         })
         .map_err(|e| e.to_string())?;

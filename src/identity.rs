@@ -150,7 +150,13 @@ impl IdentityHasher {
     /// The identity of `req` under `id`, with its readable text when `describe`. `ip` gives the
     /// canonical client IP when a part needs it (it costs a host call in Envoy, so identities
     /// without an IP part never ask).
-    pub fn resolve(&self, id: &Identifier, ip: impl Fn() -> Option<IpAddr>, req: &impl RequestInfo, describe: bool) -> Option<Identity> {
+    pub fn resolve(
+        &self,
+        id: &Identifier,
+        ip: impl Fn() -> Option<IpAddr>,
+        req: &impl RequestInfo,
+        describe: bool,
+    ) -> Option<Identity> {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         let mut text = Shown(describe.then(|| String::with_capacity(48)));
         for (i, part) in id.parts.iter().enumerate() {
@@ -399,7 +405,9 @@ pub(crate) mod tests {
         let escaped = resolve(part(), &Req::new("GET", "/").header("x-api-key", "\\xff")).unwrap();
         assert_eq!(raw.text, escaped.text, "shown alike");
         assert_ne!(raw.hash, escaped.hash, "counted apart");
-        let q = |path: &[u8]| resolve(vec![IdentPart::Query("u".into())], &Req { path: path.to_vec(), ..Req::new("GET", "") }).unwrap();
+        let q = |path: &[u8]| {
+            resolve(vec![IdentPart::Query("u".into())], &Req { path: path.to_vec(), ..Req::new("GET", "") }).unwrap()
+        };
         assert_ne!(q(b"/?u=%FF").hash, q(b"/?u=%5Cxff").hash);
     }
 
@@ -413,7 +421,12 @@ pub(crate) mod tests {
         assert_ne!(a.hash, by_ip("[2001:db8:1:3::1]:1").hash, "next /64");
         let per_host = IdentityHasher::new(None, &ClientIpSpec { ipv6_prefix: 128, ..Default::default() });
         let req = |s: &str| Req::new("GET", "/").source(s);
-        let at = |s: &str| per_host.resolve(&id(vec![IdentPart::ClientIp], IdentFallback::ClientIp), || parse_address(s), &req(s), false).unwrap().hash;
+        let at = |s: &str| {
+            per_host
+                .resolve(&id(vec![IdentPart::ClientIp], IdentFallback::ClientIp), || parse_address(s), &req(s), false)
+                .unwrap()
+                .hash
+        };
         assert_ne!(at("2001:db8::1"), at("2001:db8::2"));
     }
 
@@ -421,9 +434,15 @@ pub(crate) mod tests {
     fn the_hash_is_keyed() {
         let req = Req::new("GET", "/").header("x-api-key", "k1");
         let ident = id(vec![IdentPart::Header("x-api-key".into())], IdentFallback::ClientIp);
-        let with = |secret: Option<&str>| IdentityHasher::new(secret, &ClientIpSpec::default()).resolve(&ident, || None, &req, false).unwrap().hash;
+        let with = |secret: Option<&str>| {
+            IdentityHasher::new(secret, &ClientIpSpec::default()).resolve(&ident, || None, &req, false).unwrap().hash
+        };
         assert_ne!(with(None), with(Some("a secret of this deployment")));
-        assert_eq!(with(Some("a secret of this deployment")), with(Some("a secret of this deployment")), "the same on every proxy");
+        assert_eq!(
+            with(Some("a secret of this deployment")),
+            with(Some("a secret of this deployment")),
+            "the same on every proxy"
+        );
     }
 
     /// A part's value as a request carries it, for the property below.

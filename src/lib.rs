@@ -18,10 +18,10 @@ pub mod engine;
 pub mod fuzzing;
 pub mod headers;
 pub mod identity;
-pub mod response;
-pub mod store;
 pub mod rate;
 pub mod redis;
+pub mod response;
+pub mod store;
 pub mod strategy;
 
 #[cfg(target_arch = "wasm32")]

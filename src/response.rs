@@ -180,7 +180,8 @@ mod tests {
 
     #[test]
     fn limited_response_has_retry_after_and_problem_body() {
-        let spec = ResponseSpec { status: 429, headers: vec![("x-reason".into(), "throttled".into())], body: None, content_type: None };
+        let spec =
+            ResponseSpec { status: 429, headers: vec![("x-reason".into(), "throttled".into())], body: None, content_type: None };
         let r = [rep("api", 50, 60_000, false, 0, 1_200)];
         let resp = limited(&spec, HeaderMode::Draft10, &r, &["api"]);
         assert_eq!(resp.status, 429);

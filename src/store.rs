@@ -239,13 +239,7 @@ impl Table {
 
     /// [`Table::prepare`] then [`Table::commit`], retrying on contention: `decide` may run
     /// several times.
-    pub fn update<F>(
-        &self,
-        store: &impl SharedStore,
-        identity: u64,
-        now_us: u64,
-        mut decide: F,
-    ) -> Result<Updated, StoreError>
+    pub fn update<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, mut decide: F) -> Result<Updated, StoreError>
     where
         F: FnMut(&[&[u8]]) -> (Outcomes, bool),
     {
@@ -363,11 +357,7 @@ mod tests {
     /// A counter "strategy": state is a u64 count, admits up to `limit`.
     fn count_to(limit: u64) -> impl FnMut(&[&[u8]]) -> (Outcomes, bool) {
         move |states: &[&[u8]]| {
-            let n = states
-                .first()
-                .and_then(|s| <[u8; 8]>::try_from(*s).ok())
-                .map(u64::from_le_bytes)
-                .unwrap_or(0);
+            let n = states.first().and_then(|s| <[u8; 8]>::try_from(*s).ok()).map(u64::from_le_bytes).unwrap_or(0);
             let allowed = n < limit;
             let state = allowed.then(|| (n + 1).to_le_bytes().to_vec());
             let decision = Decision { allowed, limit, remaining: limit - n.min(limit), ..Default::default() };
@@ -376,10 +366,8 @@ mod tests {
     }
 
     fn count(store: &impl SharedStore, t: &Table, id: u64, now: u64) -> u64 {
-        t.peek(store, id, now, |s| {
-            s.first().and_then(|s| <[u8; 8]>::try_from(*s).ok()).map(u64::from_le_bytes).unwrap_or(0)
-        })
-        .unwrap()
+        t.peek(store, id, now, |s| s.first().and_then(|s| <[u8; 8]>::try_from(*s).ok()).map(u64::from_le_bytes).unwrap_or(0))
+            .unwrap()
     }
 
     #[test]

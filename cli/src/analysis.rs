@@ -135,9 +135,7 @@ fn never_matches(rule: &Rule, routes: Routes<'_>, out: &mut Vec<Finding>) -> boo
             reasons.push(format!("header {name:?} is hop-by-hop: Envoy removes it before any filter runs"));
         }
         if value.trim() != value {
-            reasons.push(format!(
-                "header {name:?} must equal {value:?}, but HTTP strips whitespace around header values"
-            ));
+            reasons.push(format!("header {name:?} must equal {value:?}, but HTTP strips whitespace around header values"));
         }
         if name == ":method" && !m.methods.is_empty() && !m.methods.iter().any(|x| x == value) {
             reasons.push(format!("header :method must be {value:?} but methods are {}", m.methods.join(", ")));
@@ -190,9 +188,10 @@ fn redundant_limits(rule: &Rule, out: &mut Vec<Finding>) {
             continue;
         }
         // a is redundant if another limit of the same period is smaller, or equal and earlier.
-        let by = limits.iter().enumerate().find(|(j, b)| {
-            *j != i && b.period_ms == a.period_ms && (b.limit < a.limit || (b.limit == a.limit && *j < i))
-        });
+        let by = limits
+            .iter()
+            .enumerate()
+            .find(|(j, b)| *j != i && b.period_ms == a.period_ms && (b.limit < a.limit || (b.limit == a.limit && *j < i)));
         if let Some((j, b)) = by {
             out.push(finding(
                 Kind::RedundantLimit,
@@ -209,7 +208,8 @@ fn shadowed(config: &Config, live: &[bool], out: &mut Vec<Finding>) {
     let rules = &config.rules;
     for (b, rb) in rules.iter().enumerate().filter(|(b, _)| live[*b]) {
         let by = rules.iter().enumerate().find(|(a, ra)| {
-            *a != b && live[*a] && covers(ra, rb) && !(covers(rb, ra) && *a > b) // mutual: report the later only
+            *a != b && live[*a] && covers(ra, rb) && !(covers(rb, ra) && *a > b)
+            // mutual: report the later only
         });
         if let Some((_, ra)) = by {
             let mut f = finding(
@@ -244,7 +244,8 @@ pub fn covers(a: &Rule, b: &Rule) -> bool {
         && cost_at_least(&a.cost, &b.cost)
         && strategy_at_least(a, b)
         && b.limits.iter().all(|lb| {
-            !lb.is_unlimited() && a.limits.iter().any(|la| !la.is_unlimited() && la.period_ms == lb.period_ms && la.limit <= lb.limit)
+            !lb.is_unlimited()
+                && a.limits.iter().any(|la| !la.is_unlimited() && la.period_ms == lb.period_ms && la.limit <= lb.limit)
         })
 }
 
@@ -469,8 +470,22 @@ mod tests {
     #[test]
     fn claimed_inclusions_hold_for_the_filters_matcher() {
         let globs = [
-            "/", "/**", "/api", "/api/**", "/api/*", "/api/*/x", "/api/**/x", "/api/a*", "/api/*b", "/api/a*b",
-            "/a/*/*", "/a/**/b/**", "/*", "/*/x", "/x/**/y/*.json", "/api/v*/items",
+            "/",
+            "/**",
+            "/api",
+            "/api/**",
+            "/api/*",
+            "/api/*/x",
+            "/api/**/x",
+            "/api/a*",
+            "/api/*b",
+            "/api/a*b",
+            "/a/*/*",
+            "/a/**/b/**",
+            "/*",
+            "/*/x",
+            "/x/**/y/*.json",
+            "/api/v*/items",
         ];
         let fills = ["", "q", "a", "b", "ab", "x.json", "v1"];
         let paths_of = |g: &str| -> Vec<String> {
@@ -486,7 +501,8 @@ mod tests {
                         }
                         Seg::Pat(chars) => {
                             for fill in fills {
-                                let s: String = chars.iter().map(|c| if *c == '*' { fill.to_string() } else { c.to_string() }).collect();
+                                let s: String =
+                                    chars.iter().map(|c| if *c == '*' { fill.to_string() } else { c.to_string() }).collect();
                                 if !s.is_empty() {
                                     next.push(format!("{p}/{s}"));
                                 }
@@ -600,12 +616,22 @@ mod tests {
         assert!(!shadowed(narrow(json!({"cost": 2}))), "costs more than the wide rule counts");
         assert!(shadowed(narrow(json!({"exempt": {"cidrs": ["10.0.0.0/8"]}}))), "the narrow rule exempting more is fine");
         let wide_exempts = json!({"name": "wide", "match": {"path": "/api/**"}, "limit": "10/min", "strategy": "fixed_window", "exempt": {"headers": {"x-i": "1"}}});
-        assert!(!kinds(json!([wide_exempts, narrow(json!({}))])).iter().any(|k| k.0 == Kind::Shadowed), "wide exempts what narrow counts");
-        let wide_shadow = json!({"name": "wide", "match": {"path": "/api/**"}, "limit": "10/min", "strategy": "fixed_window", "shadow": true});
-        assert!(!kinds(json!([wide_shadow, narrow(json!({}))])).iter().any(|k| k.0 == Kind::Shadowed), "a shadow rule denies nothing");
+        assert!(
+            !kinds(json!([wide_exempts, narrow(json!({}))])).iter().any(|k| k.0 == Kind::Shadowed),
+            "wide exempts what narrow counts"
+        );
+        let wide_shadow =
+            json!({"name": "wide", "match": {"path": "/api/**"}, "limit": "10/min", "strategy": "fixed_window", "shadow": true});
+        assert!(
+            !kinds(json!([wide_shadow, narrow(json!({}))])).iter().any(|k| k.0 == Kind::Shadowed),
+            "a shadow rule denies nothing"
+        );
         // Order does not matter (every applying rule is checked), and equivalent rules are
         // reported once, as the later one.
-        let twins = kinds(json!([narrow(json!({"name": "first", "limit": "10/min"})), narrow(json!({"name": "second", "limit": "10/min"}))]));
+        let twins = kinds(json!([
+            narrow(json!({"name": "first", "limit": "10/min"})),
+            narrow(json!({"name": "second", "limit": "10/min"}))
+        ]));
         assert_eq!(twins, vec![(Kind::Shadowed, "second".into(), Some("first".into()))]);
         let reversed = kinds(json!([narrow(json!({})), base.clone()]));
         assert_eq!(reversed, vec![(Kind::Shadowed, "narrow".into(), Some("wide".into()))]);
@@ -616,9 +642,21 @@ mod tests {
         let rule = |name: &str, limit: &str, strategy: Value| json!({"name": name, "limit": limit, "strategy": strategy, "match": {"path": if name == "a" {"/**"} else {"/x"}}});
         let shadowed = |a: Value, b: Value| kinds(json!([a, b])).iter().any(|k| k.0 == Kind::Shadowed);
         assert!(shadowed(rule("a", "10/s", json!("token_bucket")), rule("b", "20/s", json!("token_bucket"))));
-        assert!(!shadowed(rule("a", "10/s", json!({"type": "token_bucket", "burst": 50})), rule("b", "20/s", json!("token_bucket"))), "a's burst 50 > b's 20");
-        assert!(!shadowed(rule("a", "10/s", json!({"type": "leaky_bucket_queue"})), rule("b", "20/s", json!({"type": "leaky_bucket_queue"}))), "queues delay");
-        assert!(shadowed(rule("a", "10/s", json!({"type": "gcra", "burst": 1})), rule("b", "10/s", json!({"type": "gcra", "burst": 2}))));
+        assert!(
+            !shadowed(rule("a", "10/s", json!({"type": "token_bucket", "burst": 50})), rule("b", "20/s", json!("token_bucket"))),
+            "a's burst 50 > b's 20"
+        );
+        assert!(
+            !shadowed(
+                rule("a", "10/s", json!({"type": "leaky_bucket_queue"})),
+                rule("b", "20/s", json!({"type": "leaky_bucket_queue"}))
+            ),
+            "queues delay"
+        );
+        assert!(shadowed(
+            rule("a", "10/s", json!({"type": "gcra", "burst": 1})),
+            rule("b", "10/s", json!({"type": "gcra", "burst": 2}))
+        ));
     }
 
     #[test]

@@ -201,7 +201,9 @@ fn missing_parts(rule: &Rule, req: &CliRequest) -> Vec<String> {
         .parts
         .iter()
         .filter_map(|p| match p {
-            IdentPart::Header(h) if req.first(h).is_none() => Some(format!("header {h} is absent and the identifier says fallback: skip")),
+            IdentPart::Header(h) if req.first(h).is_none() => {
+                Some(format!("header {h} is absent and the identifier says fallback: skip"))
+            }
             IdentPart::Query(q) if identity::query_param(req.path.as_bytes(), q).is_none() => {
                 Some(format!("query parameter {q} is absent and the identifier says fallback: skip"))
             }
@@ -274,7 +276,11 @@ pub fn render(report: &Report) -> String {
             match &r.counted {
                 Some(c) => {
                     let pad = " ".repeat(width + 2 + 12);
-                    let _ = writeln!(s, "{:<width$}  {:<12}identity {} (hash {}), cost {}", r.rule, label, c.identity, c.hash, c.cost);
+                    let _ = writeln!(
+                        s,
+                        "{:<width$}  {:<12}identity {} (hash {}), cost {}",
+                        r.rule, label, c.identity, c.hash, c.cost
+                    );
                     let shadow = if c.shadow { ", shadow (counts, never denies)" } else { "" };
                     let _ = writeln!(s, "{pad}{} {}, backend {}{shadow}", c.limits.join(" + "), c.strategy, c.backend);
                     if let Some(key) = &c.redis_key {
@@ -310,7 +316,12 @@ pub fn render(report: &Report) -> String {
     if report.findings.is_empty() {
         let _ = writeln!(s, "static analysis: no findings");
     } else {
-        let _ = writeln!(s, "static analysis: {} finding{}", report.findings.len(), if report.findings.len() == 1 { "" } else { "s" });
+        let _ = writeln!(
+            s,
+            "static analysis: {} finding{}",
+            report.findings.len(),
+            if report.findings.len() == 1 { "" } else { "s" }
+        );
         for f in &report.findings {
             let _ = writeln!(s, "  {} {:?}: {}", f.kind, f.rule, f.message);
         }

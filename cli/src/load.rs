@@ -96,7 +96,8 @@ fn documents(bytes: &[u8], format: Format) -> Result<Vec<Value>, LintError> {
     }
     match format {
         Format::Json => {
-            let v = serde_json::from_slice::<Value>(bytes).map_err(|e| LintError::Syntax { format: "JSON", message: e.to_string() })?;
+            let v = serde_json::from_slice::<Value>(bytes)
+                .map_err(|e| LintError::Syntax { format: "JSON", message: e.to_string() })?;
             return Ok(vec![v]);
         }
         Format::Guess => {

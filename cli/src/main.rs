@@ -43,7 +43,9 @@ enum Command {
     /// shared-data slots, Redis key), and what static analysis finds in the config: rules that
     /// can never match, never limit, or are shadowed by another rule. Without --path, only the
     /// analysis is printed.
-    #[command(after_help = "Example:\n  sluice explain filter-config/api.yaml --method POST --path /v1/orders -H 'x-api-key: k1' --ip 203.0.113.7")]
+    #[command(
+        after_help = "Example:\n  sluice explain filter-config/api.yaml --method POST --path /v1/orders -H 'x-api-key: k1' --ip 203.0.113.7"
+    )]
     Explain {
         /// A plugin config (YAML or JSON), an Envoy bootstrap with the sluice filter (its route
         /// names are then checked too), or an Istio WasmPlugin (its pluginConfig).

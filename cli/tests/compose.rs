@@ -69,7 +69,9 @@ fn config_arg(args: &[String]) -> String {
 
 fn endpoint_port(boot: &Value, cluster: &str) -> u64 {
     let c = boot["static_resources"]["clusters"].as_array().unwrap().iter().find(|c| c["name"] == cluster).unwrap();
-    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"].as_u64().unwrap()
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"]
+        .as_u64()
+        .unwrap()
 }
 
 fn plugin_config(boot: &Value) -> Value {
@@ -87,8 +89,16 @@ fn every_service_is_there_with_the_official_images() {
     let s = services(&c);
     let names: BTreeSet<&str> = s.keys().map(String::as_str).collect();
     let want: BTreeSet<&str> = [
-        "redis-7000", "redis-7001", "redis-7002", "redis-7003", "redis-7004", "redis-7005", "redis-cluster-create", "gateway",
-        "upstream", "envoy",
+        "redis-7000",
+        "redis-7001",
+        "redis-7002",
+        "redis-7003",
+        "redis-7004",
+        "redis-7005",
+        "redis-cluster-create",
+        "gateway",
+        "upstream",
+        "envoy",
     ]
     .into();
     assert_eq!(names, want);
@@ -139,7 +149,8 @@ fn compose_wires_the_same_ports_and_token_as_the_envoy_files() {
     assert_eq!(env["SLUICE_GATEWAY_LISTEN"], format!("127.0.0.1:{}", endpoint_port(&redis_boot, "sluice_gateway")));
     let token = plugin_config(&redis_boot)["redis"]["token"].as_str().unwrap().to_string();
     assert_eq!(env["SLUICE_GATEWAY_TOKEN"], token.as_str(), "gateway token = redis.token of envoy/redis.yaml");
-    let upstream_port = upstream_boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"].as_u64().unwrap();
+    let upstream_port =
+        upstream_boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"].as_u64().unwrap();
     assert_eq!(endpoint_port(&redis_boot, "upstream"), upstream_port);
     // integration.sh passes the same token in native mode.
     assert!(read("scripts/integration.sh").contains(&format!("TOKEN={token}")), "scripts/integration.sh TOKEN");
@@ -181,8 +192,12 @@ fn compose_mounts_existing_files_where_the_commands_look_for_them() {
 fn compose_and_the_native_topology_use_the_same_config_files() {
     let c = compose();
     let s = services(&c);
-    let compose_files: BTreeSet<String> =
-        s.values().flat_map(mounts).map(|(h, _)| h).filter(|h| h.starts_with("envoy/") || h.starts_with("filter-config/")).collect();
+    let compose_files: BTreeSet<String> = s
+        .values()
+        .flat_map(mounts)
+        .map(|(h, _)| h)
+        .filter(|h| h.starts_with("envoy/") || h.starts_with("filter-config/"))
+        .collect();
 
     let script = read("scripts/integration.sh");
     let native: BTreeSet<String> = script

@@ -133,7 +133,17 @@ fn exempt_unlimited_and_missing_identities_say_why() {
 
 #[test]
 fn redis_rules_show_their_key_and_composite_identities_their_parts() {
-    let r = explain(&["filter-config/redis.yaml", "-X", "POST", "--path", "/api/payments/9", "-H", "x-account: a1", "--ip", "203.0.113.7"]);
+    let r = explain(&[
+        "filter-config/redis.yaml",
+        "-X",
+        "POST",
+        "--path",
+        "/api/payments/9",
+        "-H",
+        "x-account: a1",
+        "--ip",
+        "203.0.113.7",
+    ]);
     let p = &rule(&r, "payments")["counted"];
     assert_eq!(p["identity"], "header:x-account=a1 + ip=203.0.113.7");
     // The hash covers every part, as the filter forms it.
@@ -151,9 +161,24 @@ fn redis_rules_show_their_key_and_composite_identities_their_parts() {
 
 #[test]
 fn envoy_bootstraps_and_wasm_plugins_are_read_for_their_plugin_config() {
-    let r = explain(&["envoy/per-route.yaml", "-X", "POST", "--path", "/orders", "--route", "orders", "-H", "x-api-key: carol", "-H", "x-tenant: acme"]);
+    let r = explain(&[
+        "envoy/per-route.yaml",
+        "-X",
+        "POST",
+        "--path",
+        "/orders",
+        "--route",
+        "orders",
+        "-H",
+        "x-api-key: carol",
+        "-H",
+        "x-tenant: acme",
+    ]);
     assert_eq!(r["applies"], json!(["order-writes", "orders-per-tenant"]));
-    assert_eq!(rule(&r, "catalog-reads")["reasons"], json!(["method POST is not one of GET, HEAD", "route \"orders\" is not one of catalog"]));
+    assert_eq!(
+        rule(&r, "catalog-reads")["reasons"],
+        json!(["method POST is not one of GET, HEAD", "route \"orders\" is not one of catalog"])
+    );
     let r = explain(&["envoy/per-route.yaml", "--path", "/orders"]);
     assert_eq!(rule(&r, "orders-per-tenant")["reasons"], json!(["no route name given (--route); needs one of orders"]));
 
@@ -162,7 +187,9 @@ fn envoy_bootstraps_and_wasm_plugins_are_read_for_their_plugin_config() {
     assert_eq!(rule(&r, "api")["counted"]["backend"], "redis");
 
     // A rule naming a route the bootstrap does not have can never match.
-    let boot = std::fs::read_to_string(root().join("envoy/per-route.yaml")).unwrap().replace("\"routes\": [\"search\"]", "\"routes\": [\"serach\"]");
+    let boot = std::fs::read_to_string(root().join("envoy/per-route.yaml"))
+        .unwrap()
+        .replace("\"routes\": [\"search\"]", "\"routes\": [\"serach\"]");
     let path = temp_file("typo-route.yaml", &boot);
     let r = explain(&[path.to_str().unwrap()]);
     assert_eq!(r["findings"][0]["kind"], "never_matches", "{r}");
@@ -246,14 +273,31 @@ fn every_shipped_config_is_free_of_findings() {
 
 #[test]
 fn text_output_reads_per_rule() {
-    let out = sluice(&["explain", "filter-config/redis.yaml", "-X", "POST", "--path", "/api/payments/1", "-H", "x-account: a1", "--ip", "203.0.113.7"]);
+    let out = sluice(&[
+        "explain",
+        "filter-config/redis.yaml",
+        "-X",
+        "POST",
+        "--path",
+        "/api/payments/1",
+        "-H",
+        "x-account: a1",
+        "--ip",
+        "203.0.113.7",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let t = text(&out.stdout);
     let hash = account_and_ip_hash();
     assert!(t.starts_with("request: POST /api/payments/1  route -  client ip 203.0.113.7\n"), "{t}");
-    assert!(t.contains(&format!("payments   applies     identity header:x-account=a1 + ip=203.0.113.7 (hash {hash}), cost 1\n")), "{t}");
+    assert!(
+        t.contains(&format!("payments   applies     identity header:x-account=a1 + ip=203.0.113.7 (hash {hash}), cost 1\n")),
+        "{t}"
+    );
     assert!(t.contains(&format!("redis key shop:{{payments:{hash}}}:<limit index>.<fingerprint>\n")), "{t}");
-    assert!(t.contains("3 of 3 rules apply (api, payments, per-proxy); the request is admitted only if every one admits.\n"), "{t}");
+    assert!(
+        t.contains("3 of 3 rules apply (api, payments, per-proxy); the request is admitted only if every one admits.\n"),
+        "{t}"
+    );
     assert!(t.ends_with("static analysis: no findings\n"), "{t}");
 }
 

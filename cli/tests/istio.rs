@@ -25,8 +25,22 @@ fn docs(name: &str) -> Vec<Value> {
 // WasmPlugin.spec, from wasm.proto (JSON names). targetRef and verificationKey are hidden from
 // Istio's docs but part of the API.
 const SPEC_FIELDS: &[&str] = &[
-    "selector", "targetRef", "targetRefs", "url", "sha256", "imagePullPolicy", "imagePullSecret", "verificationKey",
-    "pluginConfig", "pluginName", "phase", "priority", "failStrategy", "vmConfig", "match", "type",
+    "selector",
+    "targetRef",
+    "targetRefs",
+    "url",
+    "sha256",
+    "imagePullPolicy",
+    "imagePullSecret",
+    "verificationKey",
+    "pluginConfig",
+    "pluginName",
+    "phase",
+    "priority",
+    "failStrategy",
+    "vmConfig",
+    "match",
+    "type",
 ];
 const PHASES: &[&str] = &["UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"];
 const PULL_POLICIES: &[&str] = &["UNSPECIFIED_POLICY", "IfNotPresent", "Always"];
@@ -78,7 +92,10 @@ fn check_wasm_plugin(doc: &Value, file: &str) -> String {
     assert!(URL_SCHEMES.contains(&scheme.as_str()), "{file}: url scheme {scheme:?}");
     if let Some(sha) = spec.get("sha256") {
         let s = sha.as_str().unwrap_or_default();
-        assert!(s.is_empty() || (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())), "{file}: sha256");
+        assert!(
+            s.is_empty() || (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())),
+            "{file}: sha256"
+        );
     }
     if let Some(p) = spec.get("imagePullPolicy") {
         one_of(p, PULL_POLICIES, &format!("{file}: imagePullPolicy"));
@@ -157,13 +174,17 @@ fn the_shape_check_rejects_what_istio_would() {
     assert!(broken(&["sha256"], "abc".into()));
     assert!(broken(&["priority"], Value::from(1u64 << 40)));
     assert!(broken(&["pluginConfigs"], serde_json::json!({})));
-    assert!(broken(&["targetRefs"], serde_json::json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}])));
+    assert!(broken(
+        &["targetRefs"],
+        serde_json::json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}])
+    ));
     assert!(broken(&["match"], serde_json::json!([{"mode": "INBOUND"}])));
 }
 
 #[test]
 fn plugin_configs_pass_the_schema_and_the_compiler() {
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(root().join("filter-config/schema.json")).unwrap()).unwrap();
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("filter-config/schema.json")).unwrap()).unwrap();
     let v = jsonschema::validator_for(&schema).unwrap();
     for file in ["wasmplugin.yaml", "wasmplugin-file.yaml"] {
         let cfg = &docs(file)[0]["spec"]["pluginConfig"];
@@ -188,7 +209,21 @@ fn the_redis_cluster_is_the_one_the_service_entry_creates() {
         assert_eq!(d["apiVersion"], "networking.istio.io/v1", "{}", d["kind"]);
         assert_eq!(d["metadata"]["namespace"], plugin["metadata"]["namespace"], "same namespace as the WasmPlugin");
     }
-    only(&se["spec"], &["hosts", "addresses", "ports", "location", "resolution", "endpoints", "workloadSelector", "exportTo", "subjectAltNames"], "ServiceEntry");
+    only(
+        &se["spec"],
+        &[
+            "hosts",
+            "addresses",
+            "ports",
+            "location",
+            "resolution",
+            "endpoints",
+            "workloadSelector",
+            "exportTo",
+            "subjectAltNames",
+        ],
+        "ServiceEntry",
+    );
     one_of(&se["spec"]["location"], &["MESH_EXTERNAL", "MESH_INTERNAL"], "location");
     one_of(&se["spec"]["resolution"], &["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"], "resolution");
     let host = se["spec"]["hosts"][0].as_str().unwrap();
@@ -202,18 +237,53 @@ fn the_redis_cluster_is_the_one_the_service_entry_creates() {
     only(&dr["spec"], &["host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"], "DestinationRule");
     assert_eq!(dr["spec"]["host"], host);
     let tp = &dr["spec"]["trafficPolicy"];
-    only(tp, &["loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings", "tunnel", "proxyProtocol", "retryBudget"], "trafficPolicy");
+    only(
+        tp,
+        &[
+            "loadBalancer",
+            "connectionPool",
+            "outlierDetection",
+            "tls",
+            "portLevelSettings",
+            "tunnel",
+            "proxyProtocol",
+            "retryBudget",
+        ],
+        "trafficPolicy",
+    );
     only(&tp["connectionPool"], &["tcp", "http"], "connectionPool");
-    only(&tp["connectionPool"]["tcp"], &["maxConnections", "connectTimeout", "tcpKeepalive", "maxConnectionDuration", "idleTimeout"], "tcp");
+    only(
+        &tp["connectionPool"]["tcp"],
+        &["maxConnections", "connectTimeout", "tcpKeepalive", "maxConnectionDuration", "idleTimeout"],
+        "tcp",
+    );
     only(
         &tp["connectionPool"]["http"],
-        &["http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection", "maxRetries", "idleTimeout", "h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams"],
+        &[
+            "http1MaxPendingRequests",
+            "http2MaxRequests",
+            "maxRequestsPerConnection",
+            "maxRetries",
+            "idleTimeout",
+            "h2UpgradePolicy",
+            "useClientProtocol",
+            "maxConcurrentStreams",
+        ],
         "http",
     );
     one_of(&tp["connectionPool"]["http"]["h2UpgradePolicy"], &["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"], "h2UpgradePolicy");
     only(
         &tp["outlierDetection"],
-        &["splitExternalLocalOriginErrors", "consecutiveLocalOriginFailures", "consecutiveGatewayErrors", "consecutive5xxErrors", "interval", "baseEjectionTime", "maxEjectionPercent", "minHealthPercent"],
+        &[
+            "splitExternalLocalOriginErrors",
+            "consecutiveLocalOriginFailures",
+            "consecutiveGatewayErrors",
+            "consecutive5xxErrors",
+            "interval",
+            "baseEjectionTime",
+            "maxEjectionPercent",
+            "minHealthPercent",
+        ],
         "outlierDetection",
     );
 }

@@ -45,7 +45,8 @@ fn good_yaml_prints_normalized_json_and_exits_0() {
         ["warning", "warning", "warning"],
         "{warnings:#?}"
     );
-    for path in ["warning: identity_secret: ", "warning: rules[0].exempt.headers.x-internal: ", "warning: rules[0].identifier: "] {
+    for path in ["warning: identity_secret: ", "warning: rules[0].exempt.headers.x-internal: ", "warning: rules[0].identifier: "]
+    {
         assert!(warnings.iter().any(|w| w.starts_with(path)), "no {path:?} in {warnings:#?}");
     }
 }
@@ -156,7 +157,13 @@ fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
 #[test]
 fn a_wasm_filter_without_config_is_an_error_not_a_panic() {
     let doc = "static_resources:\n  listeners:\n  - \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["lint", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["lint", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(doc.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));

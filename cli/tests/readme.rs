@@ -109,11 +109,7 @@ fn schema_paths() -> BTreeSet<String> {
 fn reference_paths() -> BTreeSet<String> {
     let text = readme();
     let reference = section(&text, "### Reference");
-    reference
-        .lines()
-        .filter(|l| l.starts_with("| `"))
-        .map(|l| l.split('`').nth(1).unwrap().to_string())
-        .collect()
+    reference.lines().filter(|l| l.starts_with("| `")).map(|l| l.split('`').nth(1).unwrap().to_string()).collect()
 }
 
 #[test]
@@ -328,7 +324,14 @@ fn manual_scripts_accept_the_options_shown() {
         assert!(bench.contains(&format!("add_argument(\"{flag}\"")), "scripts/bench.py does not take {flag}");
     }
     assert!(read("scripts/integration.sh").contains("--compose"));
-    for script in ["scripts/demo.sh", "scripts/test.sh", "scripts/bench.sh", "scripts/integration.sh", "scripts/redis-cluster.sh", "scripts/build-wasm.sh"] {
+    for script in [
+        "scripts/demo.sh",
+        "scripts/test.sh",
+        "scripts/bench.sh",
+        "scripts/integration.sh",
+        "scripts/redis-cluster.sh",
+        "scripts/build-wasm.sh",
+    ] {
         let mode = std::fs::metadata(root().join(script)).unwrap();
         #[cfg(unix)]
         {

@@ -98,7 +98,11 @@ fn classify(doc: &Value, origin: &str, configs: &mut Vec<Found>, others: &mut Ve
     if kind == "WasmPlugin" {
         let cfg = doc["spec"]["pluginConfig"].clone();
         assert!(cfg.is_object(), "{origin}: WasmPlugin without pluginConfig");
-        configs.push(Found { origin: format!("{origin} (WasmPlugin {} pluginConfig)", doc["metadata"]["name"]), doc: cfg, bytes: None });
+        configs.push(Found {
+            origin: format!("{origin} (WasmPlugin {} pluginConfig)", doc["metadata"]["name"]),
+            doc: cfg,
+            bytes: None,
+        });
     } else if matches!(kind, "ServiceEntry" | "DestinationRule") {
         others.push((Other::IstioNetworking, format!("{origin} ({kind})")));
     } else if doc.get("static_resources").is_some() {
@@ -114,7 +118,9 @@ fn classify(doc: &Value, origin: &str, configs: &mut Vec<Found>, others: &mut Ve
     } else if doc.get("early_header_mutation_extensions").is_some() {
         let boot = yaml_documents(&std::fs::read_to_string(root().join("envoy/local.yaml")).unwrap(), "envoy/local.yaml");
         let mut found = false;
-        walk(&boot[0], &mut |m| found |= m.get("early_header_mutation_extensions") == doc.get("early_header_mutation_extensions"));
+        walk(&boot[0], &mut |m| {
+            found |= m.get("early_header_mutation_extensions") == doc.get("early_header_mutation_extensions")
+        });
         assert!(found, "{origin}: envoy/local.yaml does not carry this early_header_mutation_extensions");
         others.push((Other::ManagerFragment, origin.to_string()));
     } else if doc.get("rules").is_some() {

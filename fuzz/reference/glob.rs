@@ -45,9 +45,7 @@ fn segments(glob: &[&[u8]], path: &[&[u8]], g: usize, p: usize, memo: &mut HashM
         None => p == path.len(),
         // `**`: swallow nothing, or one more whole segment.
         Some(&b"**") => segments(glob, path, g + 1, p, memo) || (p < path.len() && segments(glob, path, g, p + 1, memo)),
-        Some(pattern) => {
-            p < path.len() && segment(pattern, path[p]) && segments(glob, path, g + 1, p + 1, memo)
-        }
+        Some(pattern) => p < path.len() && segment(pattern, path[p]) && segments(glob, path, g + 1, p + 1, memo),
     };
     memo.insert((g, p), result);
     result

@@ -69,41 +69,22 @@ async fn main() -> Result<(), Error> {
     );
 
     let mut rows = Vec::new();
-    rows.push((
-        "0".to_string(),
-        measure(&args, &request).await?,
-        rss_kib(args.pid)?,
-    ));
+    rows.push(("0".to_string(), measure(&args, &request).await?, rss_kib(args.pid)?));
 
     let holder = Holder::start(&args)?;
     wait_open(&args.addr, args.slow).await?;
-    rows.push((
-        format!("{} held", args.slow),
-        measure(&args, &request).await?,
-        rss_kib(args.pid)?,
-    ));
+    rows.push((format!("{} held", args.slow), measure(&args, &request).await?, rss_kib(args.pid)?));
     if args.trickle_ms > 0 {
         holder.start_trickling();
-        rows.push((
-            format!("{} trickling", args.slow),
-            measure(&args, &request).await?,
-            rss_kib(args.pid)?,
-        ));
+        rows.push((format!("{} trickling", args.slow), measure(&args, &request).await?, rss_kib(args.pid)?));
     }
     let metrics = get(&args.addr, "/metrics").await?;
     holder.stop();
     // The quiet case again: on a shared machine, how far it moved is the noise.
     wait_closed(&args.addr).await?;
-    rows.push((
-        "0 again (after)".to_string(),
-        measure(&args, &request).await?,
-        rss_kib(args.pid)?,
-    ));
+    rows.push(("0 again (after)".to_string(), measure(&args, &request).await?, rss_kib(args.pid)?));
 
-    println!(
-        "sluice-gateway at {} (pid {}), one request at a time",
-        args.addr, args.pid
-    );
+    println!("sluice-gateway at {} (pid {}), one request at a time", args.addr, args.pid);
     println!(
         "{:<24} {:>9} | {:>27} | {:>27}",
         "",
@@ -151,9 +132,7 @@ impl Latencies {
         let mut sorted = self.0.clone();
         sorted.sort();
         let rank = ((percentile / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted
-            .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
-            .map_or(0, |d| d.as_micros())
+        sorted.get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1))).map_or(0, |d| d.as_micros())
     }
 }
 
@@ -189,10 +168,7 @@ async fn measure(args: &Args, request: &str) -> Result<Phase, Error> {
         fresh.push(started.elapsed());
         expect_ok(answer)?;
     }
-    Ok(Phase {
-        keep_alive: Latencies(keep_alive),
-        fresh: Latencies(fresh),
-    })
+    Ok(Phase { keep_alive: Latencies(keep_alive), fresh: Latencies(fresh) })
 }
 
 /// The slow connections, on a thread of their own with blocking sockets, so that sending
@@ -244,11 +220,7 @@ impl Holder {
                 }
             }
         });
-        Ok(Holder {
-            trickle,
-            stop,
-            thread,
-        })
+        Ok(Holder { trickle, stop, thread })
     }
 
     fn start_trickling(&self) {
@@ -328,11 +300,7 @@ fn expect_ok((status, body): (u16, Vec<u8>)) -> Result<(), Error> {
     if status == 200 && body.starts_with(br#"[{"result""#) {
         Ok(())
     } else {
-        Err(format!(
-            "unexpected answer {status}: {}",
-            String::from_utf8_lossy(&body)
-        )
-        .into())
+        Err(format!("unexpected answer {status}: {}", String::from_utf8_lossy(&body)).into())
     }
 }
 
@@ -356,8 +324,7 @@ async fn read_response(conn: &mut TcpStream) -> Result<(u16, Vec<u8>), Error> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
         })
         .ok_or("no content-length")?;
     let mut body = buf.split_off(head_end);

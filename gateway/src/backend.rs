@@ -55,10 +55,7 @@ impl Backend {
     /// Builds the client without connecting: a Redis that is down at start is reported by
     /// requests and /healthz, not by a crash loop.
     pub fn standalone(url: &str, timeout: Duration) -> Result<Self, BackendError> {
-        let client = redis::Client::open(url).map_err(|source| BackendError::Url {
-            url: url.to_string(),
-            source,
-        })?;
+        let client = redis::Client::open(url).map_err(|source| BackendError::Url { url: url.to_string(), source })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -67,12 +64,8 @@ impl Backend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(timeout);
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|source| {
-            BackendError::Url {
-                url: url.to_string(),
-                source,
-            }
-        })?;
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|source| BackendError::Url { url: url.to_string(), source })?;
         Ok(Backend::Standalone(manager))
     }
 
@@ -88,10 +81,7 @@ impl Backend {
             .max_retry_wait(timeout.as_millis().try_into().unwrap_or(u64::MAX))
             .build()
             .map_err(BackendError::Cluster)?;
-        Ok(Backend::Cluster(std::sync::Arc::new(ClusterBackend {
-            client,
-            conn: OnceCell::new(),
-        })))
+        Ok(Backend::Cluster(std::sync::Arc::new(ClusterBackend { client, conn: OnceCell::new() })))
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -156,11 +146,7 @@ impl Backend {
                 out[j] = Some(outcome);
             }
         }
-        out.into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| Err(Failure::Transport("internal: command was not run".into())))
-            })
-            .collect()
+        out.into_iter().map(|o| o.unwrap_or_else(|| Err(Failure::Transport("internal: command was not run".into())))).collect()
     }
 }
 
@@ -184,15 +170,9 @@ async fn standalone_pipeline(manager: &ConnectionManager, cmds: &[Command]) -> V
     }
     let mut conn = manager.clone();
     match conn.req_packed_commands(&pipe, 0, cmds.len()).await {
-        Ok(values) if values.len() == cmds.len() => {
-            values.into_iter().map(|v| settle(Ok(v))).collect()
-        }
+        Ok(values) if values.len() == cmds.len() => values.into_iter().map(|v| settle(Ok(v))).collect(),
         Ok(values) => {
-            let msg = format!(
-                "redis answered {} replies to {} commands",
-                values.len(),
-                cmds.len()
-            );
+            let msg = format!("redis answered {} replies to {} commands", values.len(), cmds.len());
             cmds.iter().map(|_| Err(Failure::Transport(msg.clone()))).collect()
         }
         Err(e) => {

@@ -15,13 +15,8 @@ pub enum CommandKind {
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 5] = [
-        CommandKind::Eval,
-        CommandKind::EvalSha,
-        CommandKind::ScriptLoad,
-        CommandKind::ScriptExists,
-        CommandKind::Ping,
-    ];
+    pub const ALL: [CommandKind; 5] =
+        [CommandKind::Eval, CommandKind::EvalSha, CommandKind::ScriptLoad, CommandKind::ScriptExists, CommandKind::Ping];
 
     /// The command's name as Redis spells it (also the `command` label in metrics).
     pub fn name(self) -> &'static str {
@@ -67,10 +62,7 @@ pub enum RequestError {
     #[error("pipeline has {len} commands; this gateway accepts at most {max}")]
     PipelineTooLong { len: usize, max: usize },
     #[error("pipeline command {index}: {source}")]
-    InPipeline {
-        index: usize,
-        source: Box<RequestError>,
-    },
+    InPipeline { index: usize, source: Box<RequestError> },
 }
 
 /// One allowed command with its arguments as bytes, ready to be sent.
@@ -84,10 +76,7 @@ pub struct Command {
 impl Command {
     /// `PING` with no argument: the health probe.
     pub fn ping() -> Self {
-        Command {
-            kind: CommandKind::Ping,
-            args: Vec::new(),
-        }
+        Command { kind: CommandKind::Ping, args: Vec::new() }
     }
 
     pub fn kind(&self) -> CommandKind {
@@ -156,20 +145,12 @@ pub fn parse_pipeline(body: &[u8], max: usize) -> Result<Vec<Command>, RequestEr
         return Err(RequestError::EmptyPipeline);
     }
     if items.len() > max {
-        return Err(RequestError::PipelineTooLong {
-            len: items.len(),
-            max,
-        });
+        return Err(RequestError::PipelineTooLong { len: items.len(), max });
     }
     items
         .iter()
         .enumerate()
-        .map(|(index, item)| {
-            command_from_json(item).map_err(|e| RequestError::InPipeline {
-                index,
-                source: Box::new(e),
-            })
-        })
+        .map(|(index, item)| command_from_json(item).map_err(|e| RequestError::InPipeline { index, source: Box::new(e) }))
         .collect()
 }
 
@@ -205,16 +186,9 @@ fn command_from_json(json: &Json) -> Result<Command, RequestError> {
                 }
             }
         }
-        _ => {
-            return Err(RequestError::NotAllowed {
-                name: String::from_utf8_lossy(&upper).into_owned(),
-            })
-        }
+        _ => return Err(RequestError::NotAllowed { name: String::from_utf8_lossy(&upper).into_owned() }),
     };
-    Ok(Command {
-        kind,
-        args: words.collect(),
-    })
+    Ok(Command { kind, args: words.collect() })
 }
 
 /// JSON strings are sent as their UTF-8 bytes; numbers as their JSON text, which is what
@@ -223,10 +197,7 @@ fn argument(index: usize, json: &Json) -> Result<Vec<u8>, RequestError> {
     match json {
         Json::String(s) => Ok(s.as_bytes().to_vec()),
         Json::Number(n) => Ok(n.to_string().into_bytes()),
-        other => Err(RequestError::BadArgument {
-            index,
-            found: json_type(other),
-        }),
+        other => Err(RequestError::BadArgument { index, found: json_type(other) }),
     }
 }
 
@@ -264,11 +235,7 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     for &byte in data {
         crc ^= u16::from(byte) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
         }
     }
     crc
@@ -288,35 +255,17 @@ mod tests {
 
     #[test]
     fn script_subcommands_are_checked() {
-        assert_eq!(
-            parse_command(br#"["Script", "load", "return 1"]"#).unwrap().kind(),
-            CommandKind::ScriptLoad
-        );
-        assert_eq!(
-            parse_command(br#"["SCRIPT", "EXISTS", "a", "b"]"#).unwrap().kind(),
-            CommandKind::ScriptExists
-        );
-        assert_eq!(
-            parse_command(br#"["SCRIPT", "FLUSH"]"#),
-            Err(RequestError::NotAllowed {
-                name: "SCRIPT FLUSH".into()
-            })
-        );
-        assert_eq!(
-            parse_command(br#"["SCRIPT"]"#),
-            Err(RequestError::NotAllowed {
-                name: "SCRIPT".into()
-            })
-        );
+        assert_eq!(parse_command(br#"["Script", "load", "return 1"]"#).unwrap().kind(), CommandKind::ScriptLoad);
+        assert_eq!(parse_command(br#"["SCRIPT", "EXISTS", "a", "b"]"#).unwrap().kind(), CommandKind::ScriptExists);
+        assert_eq!(parse_command(br#"["SCRIPT", "FLUSH"]"#), Err(RequestError::NotAllowed { name: "SCRIPT FLUSH".into() }));
+        assert_eq!(parse_command(br#"["SCRIPT"]"#), Err(RequestError::NotAllowed { name: "SCRIPT".into() }));
     }
 
     #[test]
     fn other_commands_are_refused_by_name() {
-        for (body, name) in [
-            (&br#"["FLUSHALL"]"#[..], "FLUSHALL"),
-            (br#"["get", "k"]"#, "GET"),
-            (br#"["CONFIG", "SET", "x", "y"]"#, "CONFIG"),
-        ] {
+        for (body, name) in
+            [(&br#"["FLUSHALL"]"#[..], "FLUSHALL"), (br#"["get", "k"]"#, "GET"), (br#"["CONFIG", "SET", "x", "y"]"#, "CONFIG")]
+        {
             let err = parse_command(body).unwrap_err();
             assert_eq!(err, RequestError::NotAllowed { name: name.into() });
             assert!(err.to_string().contains(name), "{err}");
@@ -326,25 +275,10 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused() {
         assert!(matches!(parse_command(b"not json"), Err(RequestError::Json(_))));
-        assert_eq!(
-            parse_command(br#"{"a":1}"#),
-            Err(RequestError::NotArray("an object"))
-        );
+        assert_eq!(parse_command(br#"{"a":1}"#), Err(RequestError::NotArray("an object")));
         assert_eq!(parse_command(b"[]"), Err(RequestError::Empty));
-        assert_eq!(
-            parse_command(br#"["PING", null]"#),
-            Err(RequestError::BadArgument {
-                index: 1,
-                found: "null"
-            })
-        );
-        assert_eq!(
-            parse_command(br#"["EVAL", ["x"]]"#),
-            Err(RequestError::BadArgument {
-                index: 1,
-                found: "an array"
-            })
-        );
+        assert_eq!(parse_command(br#"["PING", null]"#), Err(RequestError::BadArgument { index: 1, found: "null" }));
+        assert_eq!(parse_command(br#"["EVAL", ["x"]]"#), Err(RequestError::BadArgument { index: 1, found: "an array" }));
     }
 
     #[test]
@@ -357,20 +291,11 @@ mod tests {
             Err(RequestError::PipelineTooLong { len: 3, max: 2 })
         );
         let err = parse_pipeline(br#"[["PING"], ["GET", "k"]]"#, 8).unwrap_err();
-        assert_eq!(
-            err,
-            RequestError::InPipeline {
-                index: 1,
-                source: Box::new(RequestError::NotAllowed { name: "GET".into() })
-            }
-        );
+        assert_eq!(err, RequestError::InPipeline { index: 1, source: Box::new(RequestError::NotAllowed { name: "GET".into() }) });
         assert!(err.to_string().starts_with("pipeline command 1: command \"GET\""), "{err}");
         assert_eq!(
             parse_pipeline(br#"["PING"]"#, 8),
-            Err(RequestError::InPipeline {
-                index: 0,
-                source: Box::new(RequestError::NotArray("a string"))
-            })
+            Err(RequestError::InPipeline { index: 0, source: Box::new(RequestError::NotArray("a string")) })
         );
     }
 

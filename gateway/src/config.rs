@@ -44,11 +44,7 @@ pub struct Config {
 
     /// Standalone Redis to use, as a URL: `redis://[:PASSWORD@]HOST:PORT[/DB]`.
     /// Ignored when --cluster-nodes is given.
-    #[arg(
-        long,
-        env = "SLUICE_GATEWAY_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
+    #[arg(long, env = "SLUICE_GATEWAY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
     /// Use Redis Cluster: comma-separated seed nodes, as HOST:PORT or redis:// URLs
@@ -171,13 +167,7 @@ impl Config {
             .iter()
             .map(|n| n.trim())
             .filter(|n| !n.is_empty())
-            .map(|n| {
-                if n.contains("://") {
-                    n.to_string()
-                } else {
-                    format!("redis://{n}")
-                }
-            })
+            .map(|n| if n.contains("://") { n.to_string() } else { format!("redis://{n}") })
             .collect()
     }
 }
@@ -216,8 +206,7 @@ mod tests {
     #[test]
     fn only_loopback_without_token() {
         let check = |args: &[&str]| {
-            let c = Config::try_parse_from(std::iter::once("sluice-gateway").chain(args.iter().copied()))
-                .unwrap();
+            let c = Config::try_parse_from(std::iter::once("sluice-gateway").chain(args.iter().copied())).unwrap();
             c.check_listen()
         };
         assert!(check(&[]).is_ok());
@@ -235,16 +224,9 @@ mod tests {
 
     #[test]
     fn cluster_nodes_are_normalised() {
-        let c = Config::try_parse_from([
-            "sluice-gateway",
-            "--cluster-nodes",
-            "127.0.0.1:7000, redis://127.0.0.1:7001,,",
-        ])
-        .unwrap();
-        assert_eq!(
-            c.cluster_urls(),
-            vec!["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
-        );
+        let c =
+            Config::try_parse_from(["sluice-gateway", "--cluster-nodes", "127.0.0.1:7000, redis://127.0.0.1:7001,,"]).unwrap();
+        assert_eq!(c.cluster_urls(), vec!["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]);
     }
 
     #[test]

@@ -86,15 +86,8 @@ pub struct Server {
 impl Server {
     pub fn new(gateway: Arc<crate::Gateway>, router: Router, limits: Limits) -> Self {
         let mut http = http1::Builder::new();
-        http.header_read_timeout(None)
-            .max_header_size(limits.max_header_bytes)
-            .keep_alive(true);
-        Server {
-            router,
-            http,
-            limits,
-            gateway,
-        }
+        http.header_read_timeout(None).max_header_size(limits.max_header_bytes).keep_alive(true);
+        Server { router, http, limits, gateway }
     }
 
     fn metrics(&self) -> &Metrics {
@@ -103,12 +96,7 @@ impl Server {
 
     /// Accepts connections until the future is dropped; each one that fits under the cap is
     /// served on its own task, holding one of `slots` until it closes.
-    pub async fn accept(
-        self: Arc<Self>,
-        listener: TcpListener,
-        slots: Arc<Semaphore>,
-        stop: watch::Receiver<Stop>,
-    ) {
+    pub async fn accept(self: Arc<Self>, listener: TcpListener, slots: Arc<Semaphore>, stop: watch::Receiver<Stop>) {
         // Refusals and accept errors come in bursts; one line per burst is enough.
         let mut last_refusal_log: Option<Instant> = None;
         let mut last_error_log: Option<Instant> = None;
@@ -139,10 +127,7 @@ impl Server {
                     let _ = stream.try_write(AT_CAPACITY);
                     drop(stream);
                     if last_refusal_log.is_none_or(|t| t.elapsed() >= quiet) {
-                        log::warn!(
-                            "{} connections open (--max-connections): refusing new ones",
-                            self.limits.max_connections
-                        );
+                        log::warn!("{} connections open (--max-connections): refusing new ones", self.limits.max_connections);
                         last_refusal_log = Some(Instant::now());
                     }
                 }
@@ -150,18 +135,10 @@ impl Server {
         }
     }
 
-    async fn serve(
-        self: Arc<Self>,
-        stream: TcpStream,
-        _slot: OwnedSemaphorePermit,
-        mut stop: watch::Receiver<Stop>,
-    ) {
+    async fn serve(self: Arc<Self>, stream: TcpStream, _slot: OwnedSemaphorePermit, mut stop: watch::Receiver<Stop>) {
         let _open = self.metrics().connection_opened();
         let clock = Arc::new(Clock::new());
-        let io = TokioIo::new(Guarded {
-            stream,
-            clock: clock.clone(),
-        });
+        let io = TokioIo::new(Guarded { stream, clock: clock.clone() });
         let router = self.router.clone();
         let service_clock = clock.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -233,12 +210,7 @@ async fn until(at: Option<Instant>) {
 
 /// Errors a single failed connection attempt can cause; the listener itself is fine.
 fn per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
+    matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
 }
 
 const HEAD: u8 = 0;
@@ -340,11 +312,7 @@ struct Guarded {
 }
 
 impl AsyncRead for Guarded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
@@ -356,11 +324,7 @@ impl AsyncRead for Guarded {
 }
 
 impl AsyncWrite for Guarded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
@@ -369,11 +333,7 @@ impl AsyncWrite for Guarded {
         polled
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
@@ -411,17 +371,9 @@ pub fn fit_open_files(max_connections: u64) -> u64 {
     }
     let target = limit.maximum.map_or(needed, |hard| hard.min(needed));
     let soft = if target > soft {
-        match setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(target),
-                maximum: limit.maximum,
-            },
-        ) {
+        match setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: limit.maximum }) {
             Ok(()) => {
-                log::info!(
-                    "open-file limit raised from {soft} to {target} to fit --max-connections"
-                );
+                log::info!("open-file limit raised from {soft} to {target} to fit --max-connections");
                 target
             }
             Err(e) => {
@@ -457,15 +409,9 @@ mod tests {
         let text = std::str::from_utf8(AT_CAPACITY).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 503 "));
-        assert!(
-            head.contains(&format!("content-length: {}\r\n", body.len())),
-            "{head}"
-        );
+        assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "{head}");
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert!(json["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("ERR sluice-gateway:"));
+        assert!(json["error"].as_str().unwrap().starts_with("ERR sluice-gateway:"));
     }
 
     #[test]
@@ -478,10 +424,7 @@ mod tests {
         };
         let clock = Arc::new(Clock::new());
         let (at, phase) = clock.deadline(&limits).unwrap();
-        assert_eq!(
-            (at, phase),
-            (clock.opened + limits.header_read, ClientTimeout::Header)
-        );
+        assert_eq!((at, phase), (clock.opened + limits.header_read, ClientTimeout::Header));
         {
             let _busy = Busy::enter(clock.clone());
             assert!(clock.deadline(&limits).is_none());

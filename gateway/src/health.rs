@@ -50,11 +50,7 @@ pub struct Health {
 
 impl Health {
     pub fn new(ttl: Duration) -> Self {
-        Health {
-            ttl,
-            cache: Mutex::new(Cache::default()),
-            flight: tokio::sync::Mutex::new(()),
-        }
+        Health { ttl, cache: Mutex::new(Cache::default()), flight: tokio::sync::Mutex::new(()) }
     }
 
     /// The current finding: the cached one while fresh, else one new probe's.
@@ -82,27 +78,16 @@ impl Health {
         metrics.health_probe();
         let started = Instant::now();
         let finding = match tokio::time::timeout(timeout, backend.ping()).await {
-            Ok(Ok(())) => Finding::Up {
-                latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            },
+            Ok(Ok(())) => Finding::Up { latency_ms: started.elapsed().as_secs_f64() * 1000.0 },
             Ok(Err(Failure::Reply(text) | Failure::Transport(text))) => Finding::Down(text),
-            Err(_) => Finding::Down(format!(
-                "no answer to PING within {} ms",
-                timeout.as_millis()
-            )),
+            Err(_) => Finding::Down(format!("no answer to PING within {} ms", timeout.as_millis())),
         };
         {
             let mut cache = self.cache();
             cache.generation += 1;
-            cache.last = Some(Probe {
-                finding: finding.clone(),
-                at: Instant::now(),
-            });
+            cache.last = Some(Probe { finding: finding.clone(), at: Instant::now() });
         }
-        Report {
-            finding,
-            age: Duration::ZERO,
-        }
+        Report { finding, age: Duration::ZERO }
     }
 
     /// A request saw Redis fail to answer: the cached finding may say "up" for a Redis that is
@@ -120,10 +105,7 @@ impl Health {
     }
 
     fn latest(&self) -> Option<Report> {
-        self.cache().last.as_ref().map(|p| Report {
-            finding: p.finding.clone(),
-            age: p.at.elapsed(),
-        })
+        self.cache().last.as_ref().map(|p| Report { finding: p.finding.clone(), age: p.at.elapsed() })
     }
 
     fn fresh(&self) -> Option<Report> {
@@ -141,20 +123,12 @@ mod tests {
     }
 
     fn probes(m: &Metrics) -> String {
-        m.render()
-            .lines()
-            .find(|l| l.starts_with("sluice_gateway_health_probes_total "))
-            .unwrap()
-            .to_string()
+        m.render().lines().find(|l| l.starts_with("sluice_gateway_health_probes_total ")).unwrap().to_string()
     }
 
     #[tokio::test]
     async fn reuses_a_fresh_finding_and_probes_again_when_invalidated() {
-        let (health, backend, m) = (
-            Health::new(Duration::from_secs(60)),
-            unreachable_backend(),
-            Metrics::default(),
-        );
+        let (health, backend, m) = (Health::new(Duration::from_secs(60)), unreachable_backend(), Metrics::default());
         let first = health.check(&backend, Duration::from_millis(500), &m).await;
         assert!(matches!(first.finding, Finding::Down(_)), "{first:?}");
         for _ in 0..20 {
@@ -169,24 +143,16 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_calls_share_one_probe() {
-        let (health, backend, m) = (
-            Health::new(Duration::ZERO),
-            unreachable_backend(),
-            Metrics::default(),
-        );
+        let (health, backend, m) = (Health::new(Duration::ZERO), unreachable_backend(), Metrics::default());
         // Hold the flight, as a running probe would, while 50 calls arrive.
         let flight = health.flight.lock().await;
-        let calls = futures_util::future::join_all(
-            (0..50).map(|_| health.check(&backend, Duration::from_millis(500), &m)),
-        );
+        let calls = futures_util::future::join_all((0..50).map(|_| health.check(&backend, Duration::from_millis(500), &m)));
         let release = async {
             tokio::task::yield_now().await;
             drop(flight);
         };
         let (reports, ()) = tokio::join!(calls, release);
-        assert!(reports
-            .iter()
-            .all(|r| matches!(r.finding, Finding::Down(_))));
+        assert!(reports.iter().all(|r| matches!(r.finding, Finding::Down(_))));
         // The first call to get the flight probes; the 49 that waited use its finding.
         assert_eq!(probes(&m), "sluice_gateway_health_probes_total 1");
     }

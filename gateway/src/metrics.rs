@@ -19,13 +19,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 5] = [
-        Endpoint::Command,
-        Endpoint::Pipeline,
-        Endpoint::Healthz,
-        Endpoint::Metrics,
-        Endpoint::Other,
-    ];
+    const ALL: [Endpoint; 5] = [Endpoint::Command, Endpoint::Pipeline, Endpoint::Healthz, Endpoint::Metrics, Endpoint::Other];
 
     pub fn from_path(path: &str) -> Self {
         match path {
@@ -67,12 +61,8 @@ pub enum RedisErrorKind {
 }
 
 impl RedisErrorKind {
-    const ALL: [RedisErrorKind; 4] = [
-        RedisErrorKind::Reply,
-        RedisErrorKind::Transport,
-        RedisErrorKind::Timeout,
-        RedisErrorKind::Encoding,
-    ];
+    const ALL: [RedisErrorKind; 4] =
+        [RedisErrorKind::Reply, RedisErrorKind::Transport, RedisErrorKind::Timeout, RedisErrorKind::Encoding];
 
     fn label(self) -> &'static str {
         match self {
@@ -108,9 +98,7 @@ impl ClientTimeout {
 }
 
 /// Upper bounds in seconds: from a loopback round trip to the longest timeout worth setting.
-const BUCKETS: [f64; 14] = [
-    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+const BUCKETS: [f64; 14] = [0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 #[derive(Default)]
 struct Histogram {
@@ -123,10 +111,7 @@ struct Histogram {
 impl Histogram {
     fn observe(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
-        let slot = BUCKETS
-            .iter()
-            .position(|&le| secs <= le)
-            .unwrap_or(BUCKETS.len());
+        let slot = BUCKETS.iter().position(|&le| secs <= le).unwrap_or(BUCKETS.len());
         self.buckets[slot].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
@@ -228,17 +213,9 @@ impl Metrics {
     fn write_to(&self, out: &mut String) -> std::fmt::Result {
         writeln!(out, "# HELP sluice_gateway_requests_total HTTP requests answered, by endpoint and status code.")?;
         writeln!(out, "# TYPE sluice_gateway_requests_total counter")?;
-        let requests = self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for ((endpoint, status), n) in requests {
-            writeln!(
-                out,
-                "sluice_gateway_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
-                endpoint.label()
-            )?;
+            writeln!(out, "sluice_gateway_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}", endpoint.label())?;
         }
 
         writeln!(out, "# HELP sluice_gateway_commands_total Redis commands run, by command name.")?;
@@ -265,32 +242,16 @@ impl Metrics {
 
         writeln!(out, "# HELP sluice_gateway_requests_in_flight HTTP requests being handled now.")?;
         writeln!(out, "# TYPE sluice_gateway_requests_in_flight gauge")?;
-        writeln!(
-            out,
-            "sluice_gateway_requests_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
-        )?;
+        writeln!(out, "sluice_gateway_requests_in_flight {}", self.in_flight.load(Ordering::Relaxed))?;
 
         writeln!(out, "# HELP sluice_gateway_connections_open Client connections open now.")?;
         writeln!(out, "# TYPE sluice_gateway_connections_open gauge")?;
-        writeln!(
-            out,
-            "sluice_gateway_connections_open {}",
-            self.connections_open.load(Ordering::Relaxed)
-        )?;
+        writeln!(out, "sluice_gateway_connections_open {}", self.connections_open.load(Ordering::Relaxed))?;
         writeln!(out, "# HELP sluice_gateway_connections_max Most client connections open at once (--max-connections, after the open-file limit).")?;
         writeln!(out, "# TYPE sluice_gateway_connections_max gauge")?;
-        writeln!(
-            out,
-            "sluice_gateway_connections_max {}",
-            self.connections_max.load(Ordering::Relaxed)
-        )?;
+        writeln!(out, "sluice_gateway_connections_max {}", self.connections_max.load(Ordering::Relaxed))?;
         for (name, help, value) in [
-            (
-                "sluice_gateway_connections_accepted_total",
-                "Client connections accepted and served.",
-                &self.connections_accepted,
-            ),
+            ("sluice_gateway_connections_accepted_total", "Client connections accepted and served.", &self.connections_accepted),
             (
                 "sluice_gateway_connections_refused_total",
                 "Client connections closed at once because --max-connections were open.",
@@ -301,11 +262,7 @@ impl Metrics {
                 "Requests refused before routing: bad HTTP syntax, or headers over --max-header-bytes (431).",
                 &self.malformed,
             ),
-            (
-                "sluice_gateway_health_probes_total",
-                "PINGs sent to Redis to answer GET /healthz.",
-                &self.health_probes,
-            ),
+            ("sluice_gateway_health_probes_total", "PINGs sent to Redis to answer GET /healthz.", &self.health_probes),
         ] {
             writeln!(out, "# HELP {name} {help}")?;
             writeln!(out, "# TYPE {name} counter")?;
@@ -331,21 +288,12 @@ impl Metrics {
             let mut cumulative = 0u64;
             for (i, le) in BUCKETS.iter().enumerate() {
                 cumulative += h.buckets[i].load(Ordering::Relaxed);
-                writeln!(
-                    out,
-                    "sluice_gateway_request_duration_seconds_bucket{{endpoint=\"{label}\",le=\"{le}\"}} {cumulative}"
-                )?;
+                writeln!(out, "sluice_gateway_request_duration_seconds_bucket{{endpoint=\"{label}\",le=\"{le}\"}} {cumulative}")?;
             }
             cumulative += h.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-            writeln!(
-                out,
-                "sluice_gateway_request_duration_seconds_bucket{{endpoint=\"{label}\",le=\"+Inf\"}} {cumulative}"
-            )?;
+            writeln!(out, "sluice_gateway_request_duration_seconds_bucket{{endpoint=\"{label}\",le=\"+Inf\"}} {cumulative}")?;
             let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-            writeln!(
-                out,
-                "sluice_gateway_request_duration_seconds_sum{{endpoint=\"{label}\"}} {sum}"
-            )?;
+            writeln!(out, "sluice_gateway_request_duration_seconds_sum{{endpoint=\"{label}\"}} {sum}")?;
             writeln!(
                 out,
                 "sluice_gateway_request_duration_seconds_count{{endpoint=\"{label}\"}} {}",
@@ -381,33 +329,19 @@ mod tests {
         let text = m.render();
         let get = |p: &str| line_value(&text, p);
         assert_eq!(get("sluice_gateway_requests_in_flight"), Some(0.0));
-        assert_eq!(
-            get(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="200"}"#),
-            Some(2.0)
-        );
-        assert_eq!(
-            get(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="504"}"#),
-            Some(1.0)
-        );
+        assert_eq!(get(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="200"}"#), Some(2.0));
+        assert_eq!(get(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="504"}"#), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_commands_total{command="EVALSHA"}"#), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_commands_total{command="EVAL"}"#), Some(0.0));
         assert_eq!(get(r#"sluice_gateway_redis_errors_total{kind="timeout"}"#), Some(1.0));
-        let b = |le: &str| {
-            get(&format!(
-                r#"sluice_gateway_request_duration_seconds_bucket{{endpoint="/pipeline",le="{le}"}}"#
-            ))
-        };
+        let b = |le: &str| get(&format!(r#"sluice_gateway_request_duration_seconds_bucket{{endpoint="/pipeline",le="{le}"}}"#));
         assert_eq!(b("0.00025"), Some(0.0));
         assert_eq!(b("0.0005"), Some(1.0));
         assert_eq!(b("0.05"), Some(2.0));
         assert_eq!(b("5"), Some(2.0));
         assert_eq!(b("+Inf"), Some(3.0));
-        assert_eq!(
-            get(r#"sluice_gateway_request_duration_seconds_count{endpoint="/pipeline"}"#),
-            Some(3.0)
-        );
-        let sum = get(r#"sluice_gateway_request_duration_seconds_sum{endpoint="/pipeline"}"#)
-            .unwrap();
+        assert_eq!(get(r#"sluice_gateway_request_duration_seconds_count{endpoint="/pipeline"}"#), Some(3.0));
+        let sum = get(r#"sluice_gateway_request_duration_seconds_sum{endpoint="/pipeline"}"#).unwrap();
         assert!((sum - 10.0303).abs() < 1e-9, "{sum}");
     }
 

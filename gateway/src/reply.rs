@@ -108,29 +108,19 @@ fn nested(value: Value, enc: Encoding) -> Result<Json, ReplyError> {
 }
 
 fn array(items: Vec<Value>, enc: Encoding) -> Result<Json, ReplyError> {
-    items
-        .into_iter()
-        .map(|v| nested(v, enc))
-        .collect::<Result<Vec<_>, _>>()
-        .map(Json::Array)
+    items.into_iter().map(|v| nested(v, enc)).collect::<Result<Vec<_>, _>>().map(Json::Array)
 }
 
 fn bytes_to_json(bytes: Vec<u8>, enc: Encoding) -> Result<Json, ReplyError> {
     match enc {
-        Encoding::Base64 => Ok(Json::String(
-            base64::engine::general_purpose::STANDARD.encode(bytes),
-        )),
-        Encoding::Utf8 => String::from_utf8(bytes)
-            .map(Json::String)
-            .map_err(|_| ReplyError::NotUtf8),
+        Encoding::Base64 => Ok(Json::String(base64::engine::general_purpose::STANDARD.encode(bytes))),
+        Encoding::Utf8 => String::from_utf8(bytes).map(Json::String).map_err(|_| ReplyError::NotUtf8),
     }
 }
 
 fn text_to_json(text: String, enc: Encoding) -> Json {
     match enc {
-        Encoding::Base64 if text != "OK" => {
-            Json::String(base64::engine::general_purpose::STANDARD.encode(text.as_bytes()))
-        }
+        Encoding::Base64 if text != "OK" => Json::String(base64::engine::general_purpose::STANDARD.encode(text.as_bytes())),
         _ => Json::String(text),
     }
 }
@@ -159,36 +149,19 @@ mod tests {
     fn scalars() {
         assert_eq!(to_json(Value::Int(-7), Encoding::Utf8), Ok(json!(-7)));
         assert_eq!(to_json(Value::Nil, Encoding::Utf8), Ok(Json::Null));
-        assert_eq!(
-            to_json(Value::BulkString(b"hi".to_vec()), Encoding::Utf8),
-            Ok(json!("hi"))
-        );
-        assert_eq!(
-            to_json(Value::SimpleString("PONG".into()), Encoding::Utf8),
-            Ok(json!("PONG"))
-        );
+        assert_eq!(to_json(Value::BulkString(b"hi".to_vec()), Encoding::Utf8), Ok(json!("hi")));
+        assert_eq!(to_json(Value::SimpleString("PONG".into()), Encoding::Utf8), Ok(json!("PONG")));
         assert_eq!(to_json(Value::Okay, Encoding::Utf8), Ok(json!("OK")));
         assert_eq!(to_json(Value::Double(1.5), Encoding::Utf8), Ok(json!(1.5)));
-        assert_eq!(
-            to_json(Value::Double(f64::INFINITY), Encoding::Utf8),
-            Ok(json!("inf"))
-        );
+        assert_eq!(to_json(Value::Double(f64::INFINITY), Encoding::Utf8), Ok(json!("inf")));
     }
 
     #[test]
     fn error_replies_keep_their_text() {
         let v = server_error("NOSCRIPT No matching script. Please use EVAL.");
-        assert_eq!(
-            to_json(v, Encoding::Utf8),
-            Err(ReplyError::Redis(
-                "NOSCRIPT No matching script. Please use EVAL.".into()
-            ))
-        );
+        assert_eq!(to_json(v, Encoding::Utf8), Err(ReplyError::Redis("NOSCRIPT No matching script. Please use EVAL.".into())));
         let v = server_error("MYERR custom text");
-        assert_eq!(
-            to_json(v, Encoding::Base64),
-            Err(ReplyError::Redis("MYERR custom text".into()))
-        );
+        assert_eq!(to_json(v, Encoding::Base64), Err(ReplyError::Redis("MYERR custom text".into())));
     }
 
     #[test]
@@ -199,10 +172,7 @@ mod tests {
             Value::Array(vec![Value::Nil]),
             server_error("ERR inner"),
         ]);
-        assert_eq!(
-            to_json(v, Encoding::Utf8),
-            Ok(json!([1, "two", [null], {"error": "ERR inner"}]))
-        );
+        assert_eq!(to_json(v, Encoding::Utf8), Ok(json!([1, "two", [null], {"error": "ERR inner"}])));
     }
 
     #[test]
@@ -215,14 +185,8 @@ mod tests {
     #[test]
     fn base64_spares_ok_only() {
         assert_eq!(to_json(Value::Okay, Encoding::Base64), Ok(json!("OK")));
-        assert_eq!(
-            to_json(Value::SimpleString("OK".into()), Encoding::Base64),
-            Ok(json!("OK"))
-        );
-        assert_eq!(
-            to_json(Value::SimpleString("PONG".into()), Encoding::Base64),
-            Ok(json!("UE9ORw=="))
-        );
+        assert_eq!(to_json(Value::SimpleString("OK".into()), Encoding::Base64), Ok(json!("OK")));
+        assert_eq!(to_json(Value::SimpleString("PONG".into()), Encoding::Base64), Ok(json!("UE9ORw==")));
         assert_eq!(to_json(Value::Int(3), Encoding::Base64), Ok(json!(3)));
     }
 

@@ -35,10 +35,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Everything a request needs; shared by all requests, never changed after start.
@@ -79,8 +76,7 @@ impl Gateway {
                 max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
                 header_read: config.header_read_timeout(),
                 idle: config.idle_timeout(),
-                max_header_bytes: usize::try_from(config.max_header_bytes)
-                    .unwrap_or(usize::MAX),
+                max_header_bytes: usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX),
             },
             health: Health::new(config.health_cache()),
             metrics: Metrics::default(),
@@ -136,21 +132,14 @@ impl Gateway {
     }
 
     /// Binds `config.listen` and serves (see [`Gateway::serve`]).
-    pub async fn run(
-        config: &Config,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), GatewayError> {
+    pub async fn run(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), GatewayError> {
         config.check_listen()?;
         let mut config = config.clone();
         config.max_connections = conn::fit_open_files(config.max_connections);
         let config = &config;
         let gateway = Gateway::from_config(config)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| GatewayError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let target = if gateway.backend.is_cluster() {
             format!("Redis Cluster {:?}", config.cluster_urls())
         } else {
@@ -187,9 +176,7 @@ impl Gateway {
             return Err(Rejection::Unauthorized);
         }
         // One deadline for the whole body, so a client cannot hold a handler by trickling it.
-        match tokio::time::timeout(self.body_timeout, read_limited(body, headers, self.max_body))
-            .await
-        {
+        match tokio::time::timeout(self.body_timeout, read_limited(body, headers, self.max_body)).await {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(BodyError::TooLarge)) => Err(Rejection::TooLarge(self.max_body)),
             Ok(Err(BodyError::Read(msg))) => Err(Rejection::Unreadable(msg)),
@@ -211,10 +198,7 @@ impl Gateway {
         self.health.invalidate();
         error_response(
             StatusCode::GATEWAY_TIMEOUT,
-            &format!(
-                "ERR sluice-gateway: Redis did not answer within {} ms",
-                self.timeout.as_millis()
-            ),
+            &format!("ERR sluice-gateway: Redis did not answer within {} ms", self.timeout.as_millis()),
         )
     }
 
@@ -253,35 +237,23 @@ impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         match self {
             Rejection::Unauthorized => {
-                let mut response = error_response(
-                    StatusCode::UNAUTHORIZED,
-                    "ERR sluice-gateway: missing or wrong bearer token",
-                );
-                response
-                    .headers_mut()
-                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                let mut response = error_response(StatusCode::UNAUTHORIZED, "ERR sluice-gateway: missing or wrong bearer token");
+                response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 response
             }
-            Rejection::TooLarge(max) => error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("ERR sluice-gateway: request body exceeds {max} bytes"),
-            ),
-            Rejection::Unreadable(msg) => error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("ERR sluice-gateway: cannot read request body: {msg}"),
-            ),
+            Rejection::TooLarge(max) => {
+                error_response(StatusCode::PAYLOAD_TOO_LARGE, &format!("ERR sluice-gateway: request body exceeds {max} bytes"))
+            }
+            Rejection::Unreadable(msg) => {
+                error_response(StatusCode::BAD_REQUEST, &format!("ERR sluice-gateway: cannot read request body: {msg}"))
+            }
             Rejection::BodyTimeout(allowed) => {
                 let mut response = error_response(
                     StatusCode::REQUEST_TIMEOUT,
-                    &format!(
-                        "ERR sluice-gateway: request body not received within {} ms",
-                        allowed.as_millis()
-                    ),
+                    &format!("ERR sluice-gateway: request body not received within {} ms", allowed.as_millis()),
                 );
                 // The rest of the body may still come; the connection cannot be reused.
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
                 response
             }
         }
@@ -306,11 +278,7 @@ impl Settled {
     }
 }
 
-async fn command_handler(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn command_handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
     let bytes = match gw.admit(&headers, body).await {
         Ok(b) => b,
         Err(rejection) => return rejection.into_response(),
@@ -328,18 +296,12 @@ async fn command_handler(
         Ok(result) => json_response(StatusCode::OK, &json!({ "result": result })),
         // Upstash answers a failed command with 400; a Redis that did not answer is the
         // upstream's fault, hence 502.
-        Err(s @ (Settled::Reply(_) | Settled::Encoding(_))) => {
-            error_response(StatusCode::BAD_REQUEST, &s.text())
-        }
+        Err(s @ (Settled::Reply(_) | Settled::Encoding(_))) => error_response(StatusCode::BAD_REQUEST, &s.text()),
         Err(s @ Settled::Transport(_)) => error_response(StatusCode::BAD_GATEWAY, &s.text()),
     }
 }
 
-async fn pipeline_handler(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn pipeline_handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
     let bytes = match gw.admit(&headers, body).await {
         Ok(b) => b,
         Err(rejection) => return rejection.into_response(),
@@ -350,8 +312,7 @@ async fn pipeline_handler(
     };
     gw.count_commands(&cmds);
     let enc = encoding(&headers);
-    let Ok(outcomes) = tokio::time::timeout(gw.timeout, gw.backend.run_pipeline(&cmds)).await
-    else {
+    let Ok(outcomes) = tokio::time::timeout(gw.timeout, gw.backend.run_pipeline(&cmds)).await else {
         return gw.timed_out();
     };
     let mut entries = Vec::with_capacity(outcomes.len());
@@ -392,23 +353,15 @@ async fn healthz_handler(State(gw): State<Arc<Gateway>>) -> Response {
                 "age_ms": age_ms,
             }),
         ),
-        Finding::Down(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "unavailable", "error": error, "age_ms": age_ms }),
-        ),
+        Finding::Down(error) => {
+            (StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "unavailable", "error": error, "age_ms": age_ms }))
+        }
     };
     json_response(status, &body)
 }
 
 async fn metrics_handler(State(gw): State<Arc<Gateway>>) -> Response {
-    (
-        StatusCode::OK,
-        [(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        gw.metrics.render(),
-    )
+    (StatusCode::OK, [(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], gw.metrics.render())
         .into_response()
 }
 
@@ -425,8 +378,7 @@ async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -
     let started = Instant::now();
     let _in_flight = gw.metrics.start_request();
     let response = next.run(request).await;
-    gw.metrics
-        .finish_request(endpoint, response.status().as_u16(), started.elapsed());
+    gw.metrics.finish_request(endpoint, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -443,12 +395,7 @@ fn error_response(status: StatusCode, text: &str) -> Response {
 }
 
 fn json_response(status: StatusCode, body: &Json) -> Response {
-    (
-        status,
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
 }
 
 /// Most bytes reserved for a body before they arrive.
@@ -463,10 +410,7 @@ enum BodyError {
 /// Reads at most `max` bytes. A declared Content-Length over the limit is refused before any
 /// byte is read; a chunked body is cut off as soon as it passes the limit.
 async fn read_limited(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, BodyError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max as u64) {
         return Err(BodyError::TooLarge);
     }
@@ -544,10 +488,8 @@ mod tests {
         let declared = read_limited(Body::empty(), &headers(&[("content-length", "5")]), 4).await;
         assert_eq!(declared, Err(BodyError::TooLarge));
         // No Content-Length: the stream itself is cut at the limit.
-        let chunks = futures_util::stream::iter(vec![
-            Ok::<_, std::io::Error>(Bytes::from_static(b"123")),
-            Ok(Bytes::from_static(b"45")),
-        ]);
+        let chunks =
+            futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"123")), Ok(Bytes::from_static(b"45"))]);
         let chunked = read_limited(Body::from_stream(chunks), &HeaderMap::new(), 4).await;
         assert_eq!(chunked, Err(BodyError::TooLarge));
     }

@@ -47,26 +47,15 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
     // The token's value must never be echoed by --help.
-    let out = Command::new(BIN)
-        .arg("--help")
-        .env("SLUICE_GATEWAY_TOKEN", "do-not-print-me")
-        .output()
-        .expect("run --help");
+    let out = Command::new(BIN).arg("--help").env("SLUICE_GATEWAY_TOKEN", "do-not-print-me").output().expect("run --help");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("do-not-print-me"));
 }
 
 #[test]
 fn bad_flags_fail_fast() {
-    let out = Command::new(BIN)
-        .args(["--timeout-ms", "0"])
-        .output()
-        .expect("run");
+    let out = Command::new(BIN).args(["--timeout-ms", "0"]).output().expect("run");
     assert!(!out.status.success());
-    let out = Command::new(BIN)
-        .args(["--token", ""])
-        .env("SLUICE_GATEWAY_LISTEN", "127.0.0.1:0")
-        .output()
-        .expect("run");
+    let out = Command::new(BIN).args(["--token", ""]).env("SLUICE_GATEWAY_LISTEN", "127.0.0.1:0").output().expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
 }
@@ -83,12 +72,7 @@ fn non_loopback_listen_without_token_is_refused_at_start() {
         } else {
             cmd.env("SLUICE_GATEWAY_LISTEN", addr);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run");
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run");
         // Bounded, so that a regression fails here instead of serving until killed.
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
@@ -104,8 +88,7 @@ fn non_loopback_listen_without_token_is_refused_at_start() {
         };
         assert!(!status.success(), "{addr}: exited cleanly without a token");
         let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-            .expect("read stderr");
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read stderr");
         for needed in ["--token", "SLUICE_GATEWAY_TOKEN", "--listen", "without a token"] {
             assert!(stderr.contains(needed), "{addr}: error lacks {needed:?}: {stderr}");
         }
@@ -165,15 +148,9 @@ async fn serves_from_env_config_and_exits_cleanly_on_sigterm() {
         assert!(Instant::now() < deadline, "gateway did not become healthy");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        http.post("/", serde_json::json!(["PING"])).await,
-        (200, serde_json::json!({"result": "PONG"}))
-    );
+    assert_eq!(http.post("/", serde_json::json!(["PING"])).await, (200, serde_json::json!({"result": "PONG"})));
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("send SIGTERM");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("send SIGTERM");
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {

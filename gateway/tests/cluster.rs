@@ -62,20 +62,12 @@ async fn cluster_scripts_pipelines_and_outage() {
     assert_eq!(status, 200, "{loaded}");
     let sha = loaded["result"].as_str().expect("sha").to_string();
     for tag in &tags {
-        assert_eq!(
-            http.post("/", json!(["EVALSHA", sha, "1", key(tag)])).await,
-            (200, json!({"result": [1, key(tag)]}))
-        );
+        assert_eq!(http.post("/", json!(["EVALSHA", sha, "1", key(tag)])).await, (200, json!({"result": [1, key(tag)]})));
     }
-    assert_eq!(
-        http.post("/", json!(["SCRIPT", "EXISTS", sha])).await,
-        (200, json!({"result": [1]}))
-    );
+    assert_eq!(http.post("/", json!(["SCRIPT", "EXISTS", sha])).await, (200, json!({"result": [1]})));
 
     // NOSCRIPT comes through with its text.
-    let (status, body) = http
-        .post("/", json!(["EVALSHA", "e".repeat(40), "1", key(&tags[0])]))
-        .await;
+    let (status, body) = http.post("/", json!(["EVALSHA", "e".repeat(40), "1", key(&tags[0])])).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().is_some_and(|e| e.starts_with("NOSCRIPT ")), "{body}");
 
@@ -113,11 +105,7 @@ async fn cluster_scripts_pipelines_and_outage() {
     assert_eq!(e[9], json!({"result": "late"}));
 
     // The keys really live on three different primaries.
-    let holders: BTreeSet<u16> = cluster
-        .primaries()
-        .into_iter()
-        .filter(|&p| redis_cli(p, &["DBSIZE"]).trim() != "0")
-        .collect();
+    let holders: BTreeSet<u16> = cluster.primaries().into_iter().filter(|&p| redis_cli(p, &["DBSIZE"]).trim() != "0").collect();
     assert_eq!(holders.len(), 3, "keys on primaries {holders:?}");
 
     // Disallowed commands are refused on Cluster too.
@@ -126,10 +114,9 @@ async fn cluster_scripts_pipelines_and_outage() {
     // Whole cluster down: errors within the timeout, never a hang; /healthz says 503.
     cluster.stop_all();
     let bound = Duration::from_millis(1000 + 2000);
-    for (path, body) in [
-        ("/", json!(["EVALSHA", sha, "1", a])),
-        ("/pipeline", json!([["EVALSHA", sha, "1", a], ["EVALSHA", sha, "1", b]])),
-    ] {
+    for (path, body) in
+        [("/", json!(["EVALSHA", sha, "1", a])), ("/pipeline", json!([["EVALSHA", sha, "1", a], ["EVALSHA", sha, "1", b]]))]
+    {
         let started = Instant::now();
         let (status, body) = http.post(path, body).await;
         assert!(started.elapsed() < bound, "{path} took {:?}", started.elapsed());

@@ -45,9 +45,7 @@ async fn slow_headers_are_dropped_on_time_and_idle_keep_alive_is_not() {
 
     // A well-behaved keep-alive connection, idle from here on.
     let mut keep = raw::connect(&addr).await;
-    keep.write_all(raw::post("/", Some(TOKEN), PING).as_bytes())
-        .await
-        .unwrap();
+    keep.write_all(raw::post("/", Some(TOKEN), PING).as_bytes()).await.unwrap();
     assert_eq!(raw::read_response(&mut keep).await.unwrap().0, 200);
 
     let started = Instant::now();
@@ -55,20 +53,14 @@ async fn slow_headers_are_dropped_on_time_and_idle_keep_alive_is_not() {
     let mut silent = raw::connect(&addr).await;
     // Sends half a request head and stops.
     let mut partial = raw::connect(&addr).await;
-    partial
-        .write_all(b"POST / HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
-        .await
-        .unwrap();
+    partial.write_all(b"POST / HTTP/1.1\r\nHost: gateway\r\nX-Slow: ").await.unwrap();
     // Sends a header byte every 50 ms, forever (bounded here to 600 bytes = 30 s).
     let trickle = tokio::spawn({
         let addr = addr.clone();
         async move {
             let started = Instant::now();
             let (mut read, mut write) = raw::connect(&addr).await.into_split();
-            write
-                .write_all(b"POST / HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
-                .await
-                .unwrap();
+            write.write_all(b"POST / HTTP/1.1\r\nHost: gateway\r\nX-Slow: ").await.unwrap();
             let closed = async {
                 let mut buf = [0u8; 64];
                 while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -90,10 +82,7 @@ async fn slow_headers_are_dropped_on_time_and_idle_keep_alive_is_not() {
     });
 
     let got = raw::until_closed(&mut silent).await;
-    assert!(
-        got.is_empty(),
-        "no answer is owed to a request that never came: {got:?}"
-    );
+    assert!(got.is_empty(), "no answer is owed to a request that never came: {got:?}");
     closed_by_deadline("silent connection", started.elapsed(), header_timeout);
     raw::until_closed(&mut partial).await;
     closed_by_deadline("half a head", started.elapsed(), header_timeout);
@@ -101,26 +90,12 @@ async fn slow_headers_are_dropped_on_time_and_idle_keep_alive_is_not() {
 
     // The keep-alive connection has now been idle longer than the header deadline; that
     // deadline is for requests in progress, so it is still open and usable.
-    keep.write_all(raw::post("/", Some(TOKEN), PING).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(
-        raw::read_response(&mut keep).await.unwrap(),
-        (200, r#"{"result":"PONG"}"#.to_string())
-    );
+    keep.write_all(raw::post("/", Some(TOKEN), PING).as_bytes()).await.unwrap();
+    assert_eq!(raw::read_response(&mut keep).await.unwrap(), (200, r#"{"result":"PONG"}"#.to_string()));
 
     let m = raw::scrape(&addr).await;
-    assert_eq!(
-        value(
-            &m,
-            r#"sluice_gateway_client_timeouts_total{phase="header"}"#
-        ),
-        3.0
-    );
-    assert_eq!(
-        value(&m, r#"sluice_gateway_client_timeouts_total{phase="idle"}"#),
-        0.0
-    );
+    assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="header"}"#), 3.0);
+    assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="idle"}"#), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,9 +105,7 @@ async fn idle_connections_and_answers_not_taken_are_closed_after_the_idle_timeou
     let (_gw, addr) = gateway(&redis, &["--idle-timeout-ms", "400"]).await;
 
     let mut conn = raw::connect(&addr).await;
-    conn.write_all(raw::post("/", Some(TOKEN), PING).as_bytes())
-        .await
-        .unwrap();
+    conn.write_all(raw::post("/", Some(TOKEN), PING).as_bytes()).await.unwrap();
     assert_eq!(raw::read_response(&mut conn).await.unwrap().0, 200);
     let started = Instant::now();
     assert!(raw::until_closed(&mut conn).await.is_empty());
@@ -144,29 +117,17 @@ async fn idle_connections_and_answers_not_taken_are_closed_after_the_idle_timeou
     drop(conn);
     let mut stalled = raw::connect(&addr).await;
     let body = json!(["EVAL", "return string.rep('x', 16000000)", "0"]).to_string();
-    stalled
-        .write_all(raw::post("/", Some(TOKEN), &body).as_bytes())
-        .await
-        .unwrap();
+    stalled.write_all(raw::post("/", Some(TOKEN), &body).as_bytes()).await.unwrap();
     let deadline = Instant::now() + BOUND;
     loop {
         let m = raw::scrape(&addr).await;
         let idle_closed = value(&m, r#"sluice_gateway_client_timeouts_total{phase="idle"}"#);
         // Open: only this scrape.
         if idle_closed == 2.0 && value(&m, "sluice_gateway_connections_open") == 1.0 {
-            assert_eq!(
-                value(
-                    &m,
-                    r#"sluice_gateway_requests_total{endpoint="/",status="200"}"#
-                ),
-                2.0
-            );
+            assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/",status="200"}"#), 2.0);
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the stalled answer was never given up:\n{m}"
-        );
+        assert!(Instant::now() < deadline, "the stalled answer was never given up:\n{m}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -181,27 +142,17 @@ async fn a_declared_body_that_never_arrives_is_dropped_on_time() {
     let started = Instant::now();
     let mut conn = raw::connect(&addr).await;
     let auth = format!("Authorization: Bearer {TOKEN}\r\nContent-Length: 1048576\r\n");
-    conn.write_all(raw::head("POST", "/pipeline", &auth).as_bytes())
-        .await
-        .unwrap();
+    conn.write_all(raw::head("POST", "/pipeline", &auth).as_bytes()).await.unwrap();
     let answer = String::from_utf8(raw::until_closed(&mut conn).await).unwrap();
     closed_by_deadline("body never sent", started.elapsed(), body_timeout);
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
-    assert!(
-        answer.ends_with(
-            r#"{"error":"ERR sluice-gateway: request body not received within 500 ms"}"#
-        ),
-        "{answer}"
-    );
+    assert!(answer.ends_with(r#"{"error":"ERR sluice-gateway: request body not received within 500 ms"}"#), "{answer}");
 
     // A body trickled a byte every 50 ms: the deadline is for the whole body, not per byte.
     let started = Instant::now();
     let (mut read, mut write) = raw::connect(&addr).await.into_split();
     let auth = format!("Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n");
-    write
-        .write_all(raw::head("POST", "/", &auth).as_bytes())
-        .await
-        .unwrap();
+    write.write_all(raw::head("POST", "/", &auth).as_bytes()).await.unwrap();
     let drip = async {
         for _ in 0..600 {
             if write.write_all(b" ").await.is_err() {
@@ -219,24 +170,9 @@ async fn a_declared_body_that_never_arrives_is_dropped_on_time() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408 "));
 
     let m = raw::scrape(&addr).await;
-    assert_eq!(
-        value(&m, r#"sluice_gateway_client_timeouts_total{phase="body"}"#),
-        2.0
-    );
-    assert_eq!(
-        value(
-            &m,
-            r#"sluice_gateway_requests_total{endpoint="/pipeline",status="408"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &m,
-            r#"sluice_gateway_requests_total{endpoint="/",status="408"}"#
-        ),
-        1.0
-    );
+    assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="body"}"#), 2.0);
+    assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/pipeline",status="408"}"#), 1.0);
+    assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/",status="408"}"#), 1.0);
     // Nothing is left waiting for the bodies (only this scrape is in flight).
     assert_eq!(value(&m, "sluice_gateway_requests_in_flight"), 1.0);
 }
@@ -250,9 +186,7 @@ async fn oversized_heads_are_refused() {
     // reset the connection and could lose the answer.
     let padding = format!("X-Pad: {}\r\n", "p".repeat(3000));
     // Sent without its end, so only the size can stop it.
-    conn.write_all(raw::head("GET", "/healthz", &padding).trim_end().as_bytes())
-        .await
-        .unwrap();
+    conn.write_all(raw::head("GET", "/healthz", &padding).trim_end().as_bytes()).await.unwrap();
     let answer = String::from_utf8_lossy(&raw::until_closed(&mut conn).await).into_owned();
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
     let m = raw::scrape(&addr).await;
@@ -262,16 +196,7 @@ async fn oversized_heads_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_are_refused_counted_and_the_gateway_recovers() {
     let redis = RedisServer::start();
-    let (_gw, addr) = gateway(
-        &redis,
-        &[
-            "--max-connections",
-            "4",
-            "--header-read-timeout-ms",
-            "600000",
-        ],
-    )
-    .await;
+    let (_gw, addr) = gateway(&redis, &["--max-connections", "4", "--header-read-timeout-ms", "600000"]).await;
 
     // Four connections that send nothing hold the four slots (nothing else connects before
     // them, so they are the first four accepted).
@@ -282,10 +207,7 @@ async fn connections_past_the_cap_are_refused_counted_and_the_gateway_recovers()
     // The fifth is closed at once, with a 503 when the client reads it before the close.
     let mut fifth = raw::connect(&addr).await;
     let answer = String::from_utf8_lossy(&raw::until_closed(&mut fifth).await).into_owned();
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 503 "),
-        "{answer}"
-    );
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 503 "), "{answer}");
     if !answer.is_empty() {
         assert!(answer.contains("too many connections"), "{answer}");
     }
@@ -306,21 +228,14 @@ async fn connections_past_the_cap_are_refused_counted_and_the_gateway_recovers()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let m = raw::scrape(&addr).await;
-    assert!(
-        value(&m, "sluice_gateway_connections_refused_total") >= 2.0,
-        "{m}"
-    );
+    assert!(value(&m, "sluice_gateway_connections_refused_total") >= 2.0, "{m}");
     assert_eq!(value(&m, "sluice_gateway_connections_max"), 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_floods_cost_redis_one_ping_and_failures_show_at_once() {
     let mut redis = RedisServer::start();
-    let (gw, addr) = gateway(
-        &redis,
-        &["--health-cache-ms", "60000", "--timeout-ms", "500"],
-    )
-    .await;
+    let (gw, addr) = gateway(&redis, &["--health-cache-ms", "60000", "--timeout-ms", "500"]).await;
     let http = Http::new(&gw.base, Some(TOKEN));
 
     // 16 clients × 100 probes, with decisions going on at the same time.
@@ -334,22 +249,13 @@ async fn healthz_floods_cost_redis_one_ping_and_failures_show_at_once() {
     });
     let decisions = async {
         for _ in 0..50 {
-            assert_eq!(
-                http.post("/", json!(["PING"])).await,
-                (200, json!({"result": "PONG"}))
-            );
+            assert_eq!(http.post("/", json!(["PING"])).await, (200, json!({"result": "PONG"})));
         }
     };
     tokio::join!(futures_util::future::join_all(flood), decisions);
     let m = raw::scrape(&addr).await;
     assert_eq!(value(&m, "sluice_gateway_health_probes_total"), 1.0);
-    assert_eq!(
-        value(
-            &m,
-            r#"sluice_gateway_requests_total{endpoint="/healthz",status="200"}"#
-        ),
-        1600.0
-    );
+    assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/healthz",status="200"}"#), 1600.0);
 
     // A request that finds Redis gone ends the cached "ok" at once.
     redis.stop();
@@ -381,12 +287,7 @@ async fn two_thousand_slow_connections_leave_normal_requests_served_and_memory_b
         .args(["--listen", &addr, "--redis-url", &redis.url()])
         // Long deadlines, so that all 2,000 stay open for the whole test: the case where the
         // gateway holds the most.
-        .args([
-            "--header-read-timeout-ms",
-            "600000",
-            "--body-read-timeout-ms",
-            "600000",
-        ])
+        .args(["--header-read-timeout-ms", "600000", "--body-read-timeout-ms", "600000"])
         .env("SLUICE_GATEWAY_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -401,11 +302,7 @@ async fn two_thousand_slow_connections_leave_normal_requests_served_and_memory_b
         assert!(started.elapsed() < BOUND, "gateway never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let request = raw::post(
-        "/",
-        Some(TOKEN),
-        r#"["EVAL","return redis.call('INCR', KEYS[1])","1","n"]"#,
-    );
+    let request = raw::post("/", Some(TOKEN), r#"["EVAL","return redis.call('INCR', KEYS[1])","1","n"]"#);
     assert_eq!(raw::once(&addr, &request).await.unwrap().0, 200);
     let rss_before = support::rss_kib(pid);
 
@@ -415,14 +312,8 @@ async fn two_thousand_slow_connections_leave_normal_requests_served_and_memory_b
         let mut conn = raw::connect(&addr).await;
         match i % 3 {
             0 => {}
-            1 => conn
-                .write_all(b"POST /pipeline HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
-                .await
-                .unwrap(),
-            _ => conn
-                .write_all(raw::head("POST", "/pipeline", &declared).as_bytes())
-                .await
-                .unwrap(),
+            1 => conn.write_all(b"POST /pipeline HTTP/1.1\r\nHost: gateway\r\nX-Slow: ").await.unwrap(),
+            _ => conn.write_all(raw::head("POST", "/pipeline", &declared).as_bytes()).await.unwrap(),
         }
         slow.push(conn);
     }
@@ -437,10 +328,7 @@ async fn two_thousand_slow_connections_leave_normal_requests_served_and_memory_b
             assert_eq!(value(&m, "sluice_gateway_connections_refused_total"), 0.0);
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "slow connections not all open:\n{m}"
-        );
+        assert!(Instant::now() < deadline, "slow connections not all open:\n{m}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -453,27 +341,13 @@ async fn two_thousand_slow_connections_leave_normal_requests_served_and_memory_b
     for _ in 0..20 {
         assert_eq!(raw::once(&addr, &request).await.unwrap().0, 200);
     }
-    assert_eq!(
-        raw::once(&addr, &raw::head("GET", "/healthz", ""))
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(raw::once(&addr, &raw::head("GET", "/healthz", "")).await.unwrap().0, 200);
     let rss_held = support::rss_kib(pid);
-    eprintln!(
-        "gateway RSS: {rss_before} KiB before, {rss_held} KiB with {SLOW} slow connections open"
-    );
-    assert!(
-        rss_held < RSS_BOUND_KIB,
-        "gateway RSS {rss_held} KiB with {SLOW} slow connections"
-    );
+    eprintln!("gateway RSS: {rss_before} KiB before, {rss_held} KiB with {SLOW} slow connections open");
+    assert!(rss_held < RSS_BOUND_KIB, "gateway RSS {rss_held} KiB with {SLOW} slow connections");
     let m = raw::scrape(&addr).await;
     // The slow ones, the keep-alive one, this scrape (and maybe a closing one-shot).
-    assert!(
-        value(&m, "sluice_gateway_connections_open") >= (SLOW + 2) as f64,
-        "{m}"
-    );
+    assert!(value(&m, "sluice_gateway_connections_open") >= (SLOW + 2) as f64, "{m}");
     assert_eq!(value(&m, "sluice_gateway_connections_refused_total"), 0.0);
 
     // They go; the gateway lets go of them.
@@ -485,10 +359,7 @@ async fn two_thousand_slow_connections_leave_normal_requests_served_and_memory_b
         if value(&m, "sluice_gateway_connections_open") <= 2.0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "slow connections never released:\n{m}"
-        );
+        assert!(Instant::now() < deadline, "slow connections never released:\n{m}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     keep.write_all(request.as_bytes()).await.unwrap();

@@ -24,41 +24,22 @@ async fn scripts_run_and_replies_map_to_json() {
     let redis = RedisServer::start();
     let (_gw, http) = gateway_for(&redis, &[]).await;
 
-    assert_eq!(
-        http.post("/", json!(["PING"])).await,
-        (200, json!({"result": "PONG"}))
-    );
-    assert_eq!(
-        http.post("/", json!(["ping", "hello"])).await,
-        (200, json!({"result": "hello"}))
-    );
+    assert_eq!(http.post("/", json!(["PING"])).await, (200, json!({"result": "PONG"})));
+    assert_eq!(http.post("/", json!(["ping", "hello"])).await, (200, json!({"result": "hello"})));
     // Integers, strings, nested arrays, nil (Lua false/nil), numbers as arguments.
     assert_eq!(
-        http.post(
-            "/",
-            json!(["EVAL", "return {tonumber(ARGV[1]) + 1, KEYS[1], {ARGV[2]}, false}", 1, "k", 41, "x"])
-        )
-        .await,
+        http.post("/", json!(["EVAL", "return {tonumber(ARGV[1]) + 1, KEYS[1], {ARGV[2]}, false}", 1, "k", 41, "x"])).await,
         (200, json!({"result": [42, "k", ["x"], null]}))
     );
-    assert_eq!(
-        http.post("/", json!(["EVAL", "return nil", "0"])).await,
-        (200, json!({"result": null}))
-    );
-    assert_eq!(
-        http.post("/", json!(["EVAL", "return redis.status_reply('FINE')", "0"]))
-            .await,
-        (200, json!({"result": "FINE"}))
-    );
+    assert_eq!(http.post("/", json!(["EVAL", "return nil", "0"])).await, (200, json!({"result": null})));
+    assert_eq!(http.post("/", json!(["EVAL", "return redis.status_reply('FINE')", "0"])).await, (200, json!({"result": "FINE"})));
     // An error nested in a reply stays in place; a top-level one is the answer (400).
     assert_eq!(
-        http.post("/", json!(["EVAL", "return {1, redis.error_reply('INNER bad')}", "0"]))
-            .await,
+        http.post("/", json!(["EVAL", "return {1, redis.error_reply('INNER bad')}", "0"])).await,
         (200, json!({"result": [1, {"error": "INNER bad"}]}))
     );
     assert_eq!(
-        http.post("/", json!(["EVAL", "return redis.error_reply('MYERR custom text')", "0"]))
-            .await,
+        http.post("/", json!(["EVAL", "return redis.error_reply('MYERR custom text')", "0"])).await,
         (400, json!({"error": "MYERR custom text"}))
     );
 
@@ -68,19 +49,10 @@ async fn scripts_run_and_replies_map_to_json() {
     assert_eq!(status, 200);
     let sha = loaded["result"].as_str().expect("sha").to_string();
     assert_eq!(sha.len(), 40);
-    assert_eq!(
-        http.post("/", json!(["EVALSHA", sha, "1", "counter", "5"])).await,
-        (200, json!({"result": 5}))
-    );
-    assert_eq!(
-        http.post("/", json!(["evalsha", sha, 1, "counter", 2])).await,
-        (200, json!({"result": 7}))
-    );
+    assert_eq!(http.post("/", json!(["EVALSHA", sha, "1", "counter", "5"])).await, (200, json!({"result": 5})));
+    assert_eq!(http.post("/", json!(["evalsha", sha, 1, "counter", 2])).await, (200, json!({"result": 7})));
     let missing = "0".repeat(40);
-    assert_eq!(
-        http.post("/", json!(["SCRIPT", "EXISTS", sha, missing])).await,
-        (200, json!({"result": [1, 0]}))
-    );
+    assert_eq!(http.post("/", json!(["SCRIPT", "EXISTS", sha, missing])).await, (200, json!({"result": [1, 0]})));
 
     // NOSCRIPT keeps Redis' text so the client can load and retry.
     let (status, body) = http.post("/", json!(["EVALSHA", missing, "0"])).await;
@@ -126,12 +98,7 @@ async fn pipelines_keep_order_and_per_command_errors() {
     assert_eq!(entries[6], json!({"result": 3}));
 
     // The retry pattern the filter uses: load and call in one pipeline.
-    let (status, body) = http
-        .post(
-            "/pipeline",
-            json!([["SCRIPT", "LOAD", "return 'v2'"], ["EVAL", "return 'v2'", 0]]),
-        )
-        .await;
+    let (status, body) = http.post("/pipeline", json!([["SCRIPT", "LOAD", "return 'v2'"], ["EVAL", "return 'v2'", 0]])).await;
     assert_eq!(status, 200);
     assert_eq!(body[1], json!({"result": "v2"}));
     assert_eq!(body[0]["result"].as_str().map(str::len), Some(40));
@@ -148,9 +115,7 @@ async fn bytes_that_are_not_utf8() {
     let text = body["error"].as_str().expect("error");
     assert!(text.contains("Upstash-Encoding: base64"), "{text}");
 
-    let (status, body) = http
-        .post_raw("/", raw.to_string(), &[("Upstash-Encoding", "base64")])
-        .await;
+    let (status, body) = http.post_raw("/", raw.to_string(), &[("Upstash-Encoding", "base64")]).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"result": ["/wAB", "b2s=", "OK"]}));
 
@@ -190,11 +155,7 @@ async fn bearer_token_is_required() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests() {
     let redis = RedisServer::start();
-    let (_gw, http) = gateway_for(
-        &redis,
-        &["--max-body-bytes", "1024", "--max-pipeline", "3"],
-    )
-    .await;
+    let (_gw, http) = gateway_for(&redis, &["--max-body-bytes", "1024", "--max-pipeline", "3"]).await;
 
     for (cmd, name) in [
         (json!(["FLUSHALL"]), "FLUSHALL"),
@@ -212,15 +173,12 @@ async fn refused_requests() {
 
     // One refused command refuses the whole pipeline: the allowed one did not run either.
     let incr = json!(["EVAL", "return redis.call('INCR', KEYS[1])", "1", "untouched"]);
-    let (status, body) = http
-        .post("/pipeline", json!([incr, ["SET", "untouched", "x"]]))
-        .await;
+    let (status, body) = http.post("/pipeline", json!([incr, ["SET", "untouched", "x"]])).await;
     assert_eq!(status, 400);
     let text = body["error"].as_str().expect("error");
     assert!(text.contains("pipeline command 1") && text.contains("\"SET\""), "{text}");
     assert_eq!(
-        http.post("/", json!(["EVAL", "return redis.call('EXISTS', KEYS[1])", "1", "untouched"]))
-            .await,
+        http.post("/", json!(["EVAL", "return redis.call('EXISTS', KEYS[1])", "1", "untouched"])).await,
         (200, json!({"result": 0}))
     );
 
@@ -230,9 +188,7 @@ async fn refused_requests() {
     assert_eq!(status, 413, "{body}");
     assert!(body["error"].as_str().is_some_and(|e| e.contains("1024 bytes")));
     assert_eq!(http.post_raw("/pipeline", big, &[]).await.0, 413);
-    let (status, body) = http
-        .post("/pipeline", json!([["PING"], ["PING"], ["PING"], ["PING"]]))
-        .await;
+    let (status, body) = http.post("/pipeline", json!([["PING"], ["PING"], ["PING"], ["PING"]])).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().is_some_and(|e| e.contains("at most 3")), "{body}");
     assert_eq!(http.post("/pipeline", json!([])).await.0, 400);
@@ -322,10 +278,7 @@ async fn redis_never_up_and_redis_that_never_answers() {
     let (_, metrics) = http.get("/metrics").await;
     let timeouts = metric(&metrics, r#"sluice_gateway_redis_errors_total{kind="timeout"}"#);
     let transport = metric(&metrics, r#"sluice_gateway_redis_errors_total{kind="transport"}"#);
-    assert!(
-        timeouts.unwrap_or(0.0) + transport.unwrap_or(0.0) >= 2.0,
-        "{metrics}"
-    );
+    assert!(timeouts.unwrap_or(0.0) + transport.unwrap_or(0.0) >= 2.0, "{metrics}");
     holder.abort();
 }
 
@@ -335,11 +288,7 @@ async fn metrics_count_requests_commands_and_errors() {
     let (gw, http) = gateway_for(&redis, &[]).await;
     http.post("/", json!(["PING"])).await;
     http.post("/", json!(["EVALSHA", "0".repeat(40), "0"])).await;
-    http.post(
-        "/pipeline",
-        json!([["EVAL", "return 1", "0"], ["EVAL", "return 2", "0"], ["SCRIPT", "EXISTS", "x"]]),
-    )
-    .await;
+    http.post("/pipeline", json!([["EVAL", "return 1", "0"], ["EVAL", "return 2", "0"], ["SCRIPT", "EXISTS", "x"]])).await;
     http.post("/", json!(["GET", "x"])).await;
     Http::new(&gw.base, None).post("/", json!(["PING"])).await;
 
@@ -349,23 +298,14 @@ async fn metrics_count_requests_commands_and_errors() {
     assert_eq!(m(r#"sluice_gateway_requests_total{endpoint="/",status="200"}"#), Some(1.0));
     assert_eq!(m(r#"sluice_gateway_requests_total{endpoint="/",status="400"}"#), Some(2.0));
     assert_eq!(m(r#"sluice_gateway_requests_total{endpoint="/",status="401"}"#), Some(1.0));
-    assert_eq!(
-        m(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="200"}"#),
-        Some(1.0)
-    );
+    assert_eq!(m(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="200"}"#), Some(1.0));
     assert_eq!(m(r#"sluice_gateway_commands_total{command="PING"}"#), Some(1.0));
     assert_eq!(m(r#"sluice_gateway_commands_total{command="EVAL"}"#), Some(2.0));
     assert_eq!(m(r#"sluice_gateway_commands_total{command="EVALSHA"}"#), Some(1.0));
     assert_eq!(m(r#"sluice_gateway_commands_total{command="SCRIPT EXISTS"}"#), Some(1.0));
     assert_eq!(m(r#"sluice_gateway_redis_errors_total{kind="reply"}"#), Some(1.0));
-    assert_eq!(
-        m(r#"sluice_gateway_request_duration_seconds_count{endpoint="/"}"#),
-        Some(4.0)
-    );
-    assert_eq!(
-        m(r#"sluice_gateway_request_duration_seconds_bucket{endpoint="/",le="+Inf"}"#),
-        Some(4.0)
-    );
+    assert_eq!(m(r#"sluice_gateway_request_duration_seconds_count{endpoint="/"}"#), Some(4.0));
+    assert_eq!(m(r#"sluice_gateway_request_duration_seconds_bucket{endpoint="/",le="+Inf"}"#), Some(4.0));
     assert!(text.contains("# TYPE sluice_gateway_request_duration_seconds histogram"));
 }
 
@@ -380,10 +320,8 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     let body = br#"["EVAL", "return 'finished'", "0"]"#;
     let (head, tail) = body.split_at(10);
     let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let request =
+        format!("POST / HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n", body.len());
     conn.write_all(request.as_bytes()).await.expect("write head");
     conn.write_all(head).await.expect("write half body");
 

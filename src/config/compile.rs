@@ -223,12 +223,7 @@ fn did_you_mean(word: &str, options: &'static [&'static str]) -> Option<&'static
         return None;
     }
     let limit = if word.chars().count() <= 4 { 1 } else { 2 };
-    options
-        .iter()
-        .map(|o| (distance(word, o), *o))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, o)| o)
+    options.iter().map(|o| (distance(word, o), *o)).filter(|(d, _)| *d <= limit).min_by_key(|(d, _)| *d).map(|(_, o)| o)
 }
 
 fn valid_name(s: &str) -> bool {
@@ -403,7 +398,11 @@ impl Compiler {
             return None;
         };
         if map.is_empty() {
-            self.report(path, Some(v), Problem::Empty { what: "header map", expected: "remove the field, or name at least one header" });
+            self.report(
+                path,
+                Some(v),
+                Problem::Empty { what: "header map", expected: "remove the field, or name at least one header" },
+            );
             return None;
         }
         if map.len() > MAX_HEADER_PAIRS {
@@ -531,7 +530,11 @@ impl Compiler {
                 let p = join(path, "content_type");
                 match self.string(&p, v) {
                     Some(s) if s.trim().is_empty() => {
-                        self.report(&p, Some(v), Problem::Empty { what: "content type", expected: "expected e.g. \"text/plain\"" });
+                        self.report(
+                            &p,
+                            Some(v),
+                            Problem::Empty { what: "content type", expected: "expected e.g. \"text/plain\"" },
+                        );
                         None
                     }
                     Some(s) if !valid_header_value(s) => {
@@ -578,7 +581,9 @@ impl Compiler {
             None => Some(None),
         };
         let authority = match field(m, "authority") {
-            Some(v) => self.opt_header_text(&join(path, "authority"), v, "authority", "expected a host name such as \"gateway.local\""),
+            Some(v) => {
+                self.opt_header_text(&join(path, "authority"), v, "authority", "expected a host name such as \"gateway.local\"")
+            }
             None => Some(None),
         };
         let timeout_ms = match field(m, "timeout_ms") {
@@ -880,7 +885,11 @@ impl Compiler {
         for key in params.keys().filter(|k| *k != "type") {
             if !allowed.contains(&key.as_str()) {
                 let did_you_mean = did_you_mean(key, allowed);
-                self.report(join(path, key), None, Problem::UnknownParam { strategy: name, did_you_mean, allowed, param: key.clone() });
+                self.report(
+                    join(path, key),
+                    None,
+                    Problem::UnknownParam { strategy: name, did_you_mean, allowed, param: key.clone() },
+                );
                 ok = false;
             }
         }
@@ -1010,7 +1019,8 @@ impl Compiler {
                     "skip" => IdentFallback::Skip,
                     _ => IdentFallback::ClientIp,
                 });
-                let has_request_part = parts.iter().any(|p| matches!(p, IdentPart::Header(_) | IdentPart::Query(_) | IdentPart::Cookie(_)));
+                let has_request_part =
+                    parts.iter().any(|p| matches!(p, IdentPart::Header(_) | IdentPart::Query(_) | IdentPart::Cookie(_)));
                 if ok && !has_request_part {
                     self.report(&fallback_path, Some(fv), Problem::FallbackUnused);
                     None
@@ -1057,14 +1067,28 @@ impl Compiler {
                     "header" => self.header_name(&p, name, HeaderUse::Request).map(IdentPart::Header),
                     "cookie" if is_token(name) => Some(IdentPart::Cookie(name.to_string())),
                     "cookie" => {
-                        self.report(&p, Some(raw), Problem::BadText { what: "cookie name", expected: "a token such as \"session\" (no spaces, = or ;)" });
+                        self.report(
+                            &p,
+                            Some(raw),
+                            Problem::BadText { what: "cookie name", expected: "a token such as \"session\" (no spaces, = or ;)" },
+                        );
                         None
                     }
-                    _ if !name.is_empty() && name.len() <= 256 && !name.chars().any(|c| c.is_control() || matches!(c, '&' | '=' | '#' | '?')) => {
+                    _ if !name.is_empty()
+                        && name.len() <= 256
+                        && !name.chars().any(|c| c.is_control() || matches!(c, '&' | '=' | '#' | '?')) =>
+                    {
                         Some(IdentPart::Query(name.to_string()))
                     }
                     _ => {
-                        self.report(&p, Some(raw), Problem::BadText { what: "query parameter name", expected: "1 to 256 characters without & = # ? or control characters" });
+                        self.report(
+                            &p,
+                            Some(raw),
+                            Problem::BadText {
+                                what: "query parameter name",
+                                expected: "1 to 256 characters without & = # ? or control characters",
+                            },
+                        );
                         None
                     }
                 }
@@ -1230,7 +1254,11 @@ impl Compiler {
                 for (i, item) in items.iter().enumerate() {
                     match self.string(&index(&p, i), item) {
                         Some("") => {
-                            self.report(index(&p, i), Some(item), Problem::Empty { what: "route name", expected: "expected an Envoy route name" });
+                            self.report(
+                                index(&p, i),
+                                Some(item),
+                                Problem::Empty { what: "route name", expected: "expected an Envoy route name" },
+                            );
                             ok = false;
                         }
                         Some(s) if !out.iter().any(|r| r == s) => out.push(s.to_string()),

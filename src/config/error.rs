@@ -136,12 +136,7 @@ pub enum Problem {
     #[error("on_error only applies to backend: redis (this rule is local); remove it or set backend: redis")]
     OnErrorLocal,
     #[error("{param:?} is not a parameter of strategy {strategy}{}; expected one of {}", suggestion(.did_you_mean), list_or_none(.allowed))]
-    UnknownParam {
-        strategy: &'static str,
-        did_you_mean: Option<&'static str>,
-        allowed: &'static [&'static str],
-        param: String,
-    },
+    UnknownParam { strategy: &'static str, did_you_mean: Option<&'static str>, allowed: &'static [&'static str], param: String },
     #[error("\"max_delay\" and \"max_delay_ms\" are both set; expected at most one")]
     DelayTwice,
     #[error("max_delay is longer than {max_ms} ms; requests would be held past typical proxy timeouts")]

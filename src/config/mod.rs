@@ -179,7 +179,12 @@ pub enum Cost {
     /// Read from a header (lower-case name): a value that is absent, not a plain decimal
     /// integer or below `min` takes `default`; one above `max` is clamped to `max`.
     /// `1 <= min <= default <= max`.
-    Header { name: String, default: u64, min: u64, max: u64 },
+    Header {
+        name: String,
+        default: u64,
+        min: u64,
+        max: u64,
+    },
 }
 
 impl Cost {
@@ -223,7 +228,9 @@ pub enum OnError {
     Allow,
     Deny,
     /// Decide locally with `share` (0 < share ≤ 1) of each limit.
-    Fallback { share: f64 },
+    Fallback {
+        share: f64,
+    },
 }
 
 impl OnError {

@@ -117,7 +117,11 @@ fn rule_names() {
 fn limit_fields() {
     assert_one(with_rules(vec![rule(json!({"limits": ["1/s"]}))]), "rules[0].limits", "both set");
     assert_one(with_rules(vec![rule(json!({"limit": null}))]), "rules[0]", "missing \"limit\" (or \"limits\")");
-    assert_one(with_rules(vec![rule(json!({"limit": 100}))]), "rules[0].limit", "100: expected a rate string such as \"100/min\", found a number");
+    assert_one(
+        with_rules(vec![rule(json!({"limit": 100}))]),
+        "rules[0].limit",
+        "100: expected a rate string such as \"100/min\", found a number",
+    );
     assert_one(with_rules(vec![rule(json!({"limit": "0/m"}))]), "rules[0].limit", "use \"0/0\" for unlimited");
     assert_one(
         with_rules(vec![rule(json!({"limit": null, "limits": ["10/s", "0/0"]}))]),
@@ -125,17 +129,33 @@ fn limit_fields() {
         "\"0/0\": \"0/0\" (unlimited) cannot be combined",
     );
     let nine: Vec<&str> = vec!["1/s"; 9];
-    assert_one(with_rules(vec![rule(json!({"limit": null, "limits": nine}))]), "rules[0].limits", "too many entries (9); expected at most 8");
+    assert_one(
+        with_rules(vec![rule(json!({"limit": null, "limits": nine}))]),
+        "rules[0].limits",
+        "too many entries (9); expected at most 8",
+    );
     assert_one(with_rules(vec![rule(json!({"limit": null, "limits": []}))]), "rules[0].limits", "empty limits");
-    assert_one(with_rules(vec![rule(json!({"limit": null, "limits": "10/s"}))]), "rules[0].limits", "or use \"limit\" for one rate");
-    assert_one(with_rules(vec![rule(json!({"limit": null, "limits": ["10/s", "5/x"]}))]), "rules[0].limits[1]", "unknown unit \"x\"");
+    assert_one(
+        with_rules(vec![rule(json!({"limit": null, "limits": "10/s"}))]),
+        "rules[0].limits",
+        "or use \"limit\" for one rate",
+    );
+    assert_one(
+        with_rules(vec![rule(json!({"limit": null, "limits": ["10/s", "5/x"]}))]),
+        "rules[0].limits[1]",
+        "unknown unit \"x\"",
+    );
 }
 
 #[test]
 fn strategy_errors() {
     let s = |v: Value| with_rules(vec![rule(json!({ "strategy": v }))]);
     assert_one(s(json!("token_buckt")), "rules[0].strategy", "\"token_buckt\": unknown value (did you mean \"token_bucket\"?)");
-    assert_one(s(json!({"type": "gcra", "max_debt": 3})), "rules[0].strategy.max_debt", "\"max_debt\" is not a parameter of strategy gcra; expected one of burst");
+    assert_one(
+        s(json!({"type": "gcra", "max_debt": 3})),
+        "rules[0].strategy.max_debt",
+        "\"max_debt\" is not a parameter of strategy gcra; expected one of burst",
+    );
     assert_one(s(json!({"type": "fixed_window", "burst": 3})), "rules[0].strategy.burst", "this strategy takes no parameters");
     assert_one(s(json!({"type": "token_bucket", "burst": 0})), "rules[0].strategy.burst", "0: expected an integer from 1 to");
     assert_one(s(json!({"type": "token_bucket", "burst": 1.5})), "rules[0].strategy.burst", "found a fractional number");
@@ -147,10 +167,26 @@ fn strategy_errors() {
         "rules[0].strategy.max_delay",
         "\"2 fortnights\": unknown unit \"fortnights\"",
     );
-    assert_one(s(json!({"type": "leaky_bucket_queue", "max_delay": "1s", "max_delay_ms": 5})), "rules[0].strategy.max_delay_ms", "both set");
-    assert_one(s(json!({"type": "leaky_bucket_queue", "max_delay": "5m"})), "rules[0].strategy.max_delay", "longer than 60000 ms");
-    assert_one(s(json!({"type": "sliding_window_log", "max_entries": 100_001})), "rules[0].strategy.max_entries", "from 1 to 100000");
-    assert_one(s(json!({"type": "token_bucket_debt", "max_debt": -1})), "rules[0].strategy.max_debt", "-1: expected an integer from 0 to");
+    assert_one(
+        s(json!({"type": "leaky_bucket_queue", "max_delay": "1s", "max_delay_ms": 5})),
+        "rules[0].strategy.max_delay_ms",
+        "both set",
+    );
+    assert_one(
+        s(json!({"type": "leaky_bucket_queue", "max_delay": "5m"})),
+        "rules[0].strategy.max_delay",
+        "longer than 60000 ms",
+    );
+    assert_one(
+        s(json!({"type": "sliding_window_log", "max_entries": 100_001})),
+        "rules[0].strategy.max_entries",
+        "from 1 to 100000",
+    );
+    assert_one(
+        s(json!({"type": "token_bucket_debt", "max_debt": -1})),
+        "rules[0].strategy.max_debt",
+        "-1: expected an integer from 0 to",
+    );
 }
 
 #[test]
@@ -163,7 +199,11 @@ fn identifier_errors() {
     assert_one(id(json!({"header": "a", "cookie": "b"})), "rules[0].identifier", "exactly one of header, query, cookie");
     assert_one(id(json!({"fallback": "skip"})), "rules[0].identifier", "exactly one of header, query, cookie");
     assert_one(id(json!({"parts": ["client_ip"], "fallback": "skip"})), "rules[0].identifier.fallback", "has no effect");
-    assert_one(id(json!({"header": "x-a", "fallback": "never"})), "rules[0].identifier.fallback", "expected one of client_ip, global, skip");
+    assert_one(
+        id(json!({"header": "x-a", "fallback": "never"})),
+        "rules[0].identifier.fallback",
+        "expected one of client_ip, global, skip",
+    );
     assert_one(id(json!([{"header": "x-a"}, {"header": "X-A"}])), "rules[0].identifier[1]", "duplicate identifier part");
     assert_one(id(json!([])), "rules[0].identifier", "empty identifier");
     assert_one(id(json!({"parts": [{"hedaer": "x"}]})), "rules[0].identifier.parts[0].hedaer", "did you mean \"header\"?");
@@ -177,7 +217,11 @@ fn cost_errors() {
     let c = |v: Value| with_rules(vec![rule(json!({ "cost": v }))]);
     assert_one(c(json!(0)), "rules[0].cost", "0: expected an integer from 1 to 1000000");
     assert_one(c(json!(1_000_001)), "rules[0].cost", "from 1 to 1000000");
-    assert_one(c(json!({"header": "x-cost", "default": 50, "max": 10})), "rules[0].cost.default", "default 50 is greater than max 10");
+    assert_one(
+        c(json!({"header": "x-cost", "default": 50, "max": 10})),
+        "rules[0].cost.default",
+        "default 50 is greater than max 10",
+    );
     assert_one(c(json!({"default": 2})), "rules[0].cost.header", "missing required field");
     assert_one(c(json!("1")), "rules[0].cost", "expected a positive integer or an object");
 }
@@ -185,7 +229,11 @@ fn cost_errors() {
 #[test]
 fn exempt_errors() {
     let e = |v: Value| with_rules(vec![rule(json!({ "exempt": v }))]);
-    assert_one(e(json!({"cidrs": ["10.0.0.1/8"]})), "rules[0].exempt.cidrs[0]", "host bits are set; did you mean \"10.0.0.0/8\"?");
+    assert_one(
+        e(json!({"cidrs": ["10.0.0.1/8"]})),
+        "rules[0].exempt.cidrs[0]",
+        "host bits are set; did you mean \"10.0.0.0/8\"?",
+    );
     assert_one(e(json!({"cidrs": ["10.0.0.0/8", "nope"]})), "rules[0].exempt.cidrs[1]", "\"nope\": invalid CIDR or IP address");
     assert_one(e(json!({"cidrs": ["10.0.0.0/33"]})), "rules[0].exempt.cidrs[0]", "invalid CIDR");
     assert_one(e(json!({"cidrs": []})), "rules[0].exempt.cidrs", "empty cidrs");
@@ -207,8 +255,16 @@ fn backend_and_on_error() {
         "rules[0].on_error.fallback.share",
         "1.5: expected a number greater than 0 and at most 1",
     );
-    assert_one(redis(rule(json!({"backend": "redis", "on_error": {"fallback": {"share": 0}}}))), "rules[0].on_error.fallback.share", "greater than 0");
-    assert_one(redis(rule(json!({"backend": "redis", "on_error": "retry"}))), "rules[0].on_error", "expected one of allow, deny, fallback");
+    assert_one(
+        redis(rule(json!({"backend": "redis", "on_error": {"fallback": {"share": 0}}}))),
+        "rules[0].on_error.fallback.share",
+        "greater than 0",
+    );
+    assert_one(
+        redis(rule(json!({"backend": "redis", "on_error": "retry"}))),
+        "rules[0].on_error",
+        "expected one of allow, deny, fallback",
+    );
     assert_one(redis(rule(json!({"on_error": "deny"}))), "rules[0].on_error", "only applies to backend: redis");
     assert_one(with_rules(vec![rule(json!({"shadow": "yes"}))]), "rules[0].shadow", "expected a boolean");
 }
@@ -219,7 +275,11 @@ fn match_errors() {
     assert_one(m(json!({"path": "api/**"})), "rules[0].match.path", "\"api/**\": path glob must start with \"/\"");
     assert_one(m(json!({"path": ["/a", "/b/***"]})), "rules[0].match.path[1]", "must be a whole segment");
     assert_one(m(json!({"path": "/a//b"})), "rules[0].match.path", "empty segment");
-    assert_one(m(json!({"methods": ["GET", "GTE"]})), "rules[0].match.methods[1]", "\"GTE\": method looks misspelled; did you mean GET?");
+    assert_one(
+        m(json!({"methods": ["GET", "GTE"]})),
+        "rules[0].match.methods[1]",
+        "\"GTE\": method looks misspelled; did you mean GET?",
+    );
     assert_one(m(json!({"methods": []})), "rules[0].match.methods", "empty methods");
     assert_one(m(json!({"methods": "GET"})), "rules[0].match.methods", "expected a list");
     assert_one(m(json!({"methods": ["GET /"]})), "rules[0].match.methods[0]", "invalid HTTP method");
@@ -238,10 +298,18 @@ fn top_level_field_errors() {
         t
     };
     assert_one(top("namespace", json!("has space")), "namespace", "invalid namespace");
-    assert_one(top("rate_limit_headers", json!("draft9")), "rate_limit_headers", "(did you mean \"draft10\"?); expected one of draft10, legacy, both, none");
+    assert_one(
+        top("rate_limit_headers", json!("draft9")),
+        "rate_limit_headers",
+        "(did you mean \"draft10\"?); expected one of draft10, legacy, both, none",
+    );
     assert_one(top("response", json!({"status": 200})), "response.status", "200: expected an integer from 400 to 599");
     assert_one(top("response", json!({"headers": {"Retry-After": "1"}})), "response.headers.Retry-After", "set by sluice itself");
-    assert_one(top("response", json!({"headers": {"content-type": "x"}})), "response.headers.content-type", "response.content_type");
+    assert_one(
+        top("response", json!({"headers": {"content-type": "x"}})),
+        "response.headers.content-type",
+        "response.content_type",
+    );
     assert_one(top("response", json!({"headers": {":status": "1"}})), "response.headers[\":status\"]", "invalid header name");
     assert_one(top("response", json!({"headers": {}})), "response.headers", "empty header map");
     assert_one(top("response", json!({"content_type": "text/html"})), "response.content_type", "without a body");
@@ -251,7 +319,11 @@ fn top_level_field_errors() {
     assert_one(top("redis", json!({"transport": "http"})), "redis.cluster", "missing required field");
     assert_one(top("redis", json!({"cluster": ""})), "redis.cluster", "empty cluster name");
     assert_one(top("redis", json!({"cluster": "gw", "timeout_ms": 0})), "redis.timeout_ms", "from 1 to 60000");
-    assert_one(top("redis", json!({"cluster": "gw", "transport": "grpc"})), "redis.transport", "expected one of http, redis_callout");
+    assert_one(
+        top("redis", json!({"cluster": "gw", "transport": "grpc"})),
+        "redis.transport",
+        "expected one of http, redis_callout",
+    );
     assert_one(top("redis", json!({"cluster": "gw", "token": "a\nb"})), "redis.token", "invalid token");
 }
 
@@ -342,7 +414,14 @@ fn good_config_compiles_to_the_expected_structure() {
     assert_eq!(c.local.max_clients, 500);
     assert_eq!(
         c.redis,
-        Some(RedisSpec { cluster: "sluice_gateway".into(), transport: Transport::Http, token: Some("s3cret".into()), authority: None, timeout_ms: 25, breaker: Default::default() })
+        Some(RedisSpec {
+            cluster: "sluice_gateway".into(),
+            transport: Transport::Http,
+            token: Some("s3cret".into()),
+            authority: None,
+            timeout_ms: 25,
+            breaker: Default::default()
+        })
     );
     let api = &c.rules[0];
     assert_eq!(api.matcher.paths.iter().map(|g| g.source.as_str()).collect::<Vec<_>>(), ["/api/**", "/v*/items"]);
@@ -392,7 +471,10 @@ fn strategy_defaults_are_deterministic() {
         s(json!({"type": "leaky_bucket_queue", "max_delay": "250ms", "burst": 3}), json!(["10/s"])),
         Strategy::LeakyBucketQueue { burst: Some(3), max_delay_ms: 250 }
     );
-    assert_eq!(s(json!({"type": "leaky_bucket_queue", "max_delay_ms": 0}), json!(["10/s"])), Strategy::LeakyBucketQueue { burst: None, max_delay_ms: 0 });
+    assert_eq!(
+        s(json!({"type": "leaky_bucket_queue", "max_delay_ms": 0}), json!(["10/s"])),
+        Strategy::LeakyBucketQueue { burst: None, max_delay_ms: 0 }
+    );
     assert_eq!(s(json!({"type": "fixed_window"}), json!(["10/s"])), Strategy::FixedWindow);
     assert_eq!(s(json!("leaky_bucket"), json!(["10/s"])), Strategy::LeakyBucket { burst: None });
     assert_eq!(s(Value::Null, json!(["10/s"])), Strategy::SlidingWindowCounter);
@@ -463,8 +545,11 @@ fn normalized_output_of_params_and_secrets() {
     }))
     .unwrap();
     let got = serde_json::to_value(&c).unwrap();
-    assert_eq!(got["redis"], json!({"cluster": "gw", "transport": "redis_callout", "token": "<redacted>", "authority": null, "timeout_ms": 20,
-        "breaker": {"failure_threshold": 5, "open_ms": 5000, "half_open_probes": 1, "success_threshold": 2}}));
+    assert_eq!(
+        got["redis"],
+        json!({"cluster": "gw", "transport": "redis_callout", "token": "<redacted>", "authority": null, "timeout_ms": 20,
+        "breaker": {"failure_threshold": 5, "open_ms": 5000, "half_open_probes": 1, "success_threshold": 2}})
+    );
     let r = &got["rules"][0];
     assert_eq!(r["strategy"], json!({"type": "leaky_bucket_queue", "burst": null, "max_delay_ms": 2000}));
     assert_eq!(r["limits"], json!([{"limit": 2, "period_ms": 5000}]));
@@ -507,9 +592,11 @@ fn did_you_mean_distance() {
 
 #[test]
 fn breaker_settings_are_bounded() {
-    let err = compile(&json!({"redis": {"cluster": "gw", "breaker": {"open_ms": 0, "probes": 2}}, "rules": [{"name": "a", "limit": "1/s"}]}))
-        .unwrap_err()
-        .to_string();
+    let err = compile(
+        &json!({"redis": {"cluster": "gw", "breaker": {"open_ms": 0, "probes": 2}}, "rules": [{"name": "a", "limit": "1/s"}]}),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("redis.breaker.open_ms"), "{err}");
     assert!(err.contains("redis.breaker.probes"), "{err}");
     let c = compile(&json!({"redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 100}}, "rules": [{"name": "a", "limit": "1/s"}]})).unwrap();
@@ -521,10 +608,20 @@ fn breaker_settings_are_bounded() {
 fn a_cost_can_never_be_zero() {
     let cost = |c: Value| errors(&with_rules(vec![rule(json!({ "cost": c }))]));
     assert_eq!(cost(json!(0))[0].0, "rules[0].cost");
-    assert!(cost(json!({"header": "x-cost", "default": 0}))[0].1.contains("rules[0].cost.default: 0: expected an integer from 1"));
+    assert!(cost(json!({"header": "x-cost", "default": 0}))[0]
+        .1
+        .contains("rules[0].cost.default: 0: expected an integer from 1"));
     assert!(cost(json!({"header": "x-cost", "min": 0}))[0].1.contains("rules[0].cost.min: 0: expected an integer from 1"));
-    assert_one(with_rules(vec![rule(json!({"cost": {"header": "x-cost", "min": 5, "max": 2}}))]), "rules[0].cost.min", "min 5 is greater than max 2");
-    assert_one(with_rules(vec![rule(json!({"cost": {"header": "x-cost", "min": 5, "default": 2}}))]), "rules[0].cost.default", "below min 5");
+    assert_one(
+        with_rules(vec![rule(json!({"cost": {"header": "x-cost", "min": 5, "max": 2}}))]),
+        "rules[0].cost.min",
+        "min 5 is greater than max 2",
+    );
+    assert_one(
+        with_rules(vec![rule(json!({"cost": {"header": "x-cost", "min": 5, "default": 2}}))]),
+        "rules[0].cost.default",
+        "below min 5",
+    );
     let c = compile(&with_rules(vec![rule(json!({"cost": {"header": "x-cost", "default": 3, "min": 2, "max": 10}}))])).unwrap();
     let of = |v: &str| c.rules[0].cost.of(Some(v.as_bytes()));
     // Absent, not a plain decimal integer, or below min: the default.
@@ -578,7 +675,9 @@ fn redis_rules_keep_their_numbers_exact_in_lua() {
     let errs = errors(&redis(rule(json!({"limit": "1000000000000/day", "backend": "redis"}))));
     assert_eq!(errs[0].0, "rules[0].limit");
     assert!(errs[0].1.contains("\"1000000000000/day\"") && errs[0].1.contains("2^53"), "{}", errs[0].1);
-    let errs = errors(&redis(rule(json!({"limit": null, "limits": ["10/s", "100000000000/hour"], "strategy": "token_bucket", "backend": "redis"}))));
+    let errs = errors(&redis(rule(
+        json!({"limit": null, "limits": ["10/s", "100000000000/hour"], "strategy": "token_bucket", "backend": "redis"}),
+    )));
     assert_eq!(errs.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["rules[0].limits[1]"]);
     // The same rule decided locally is exact (the Rust side works in 128 bits).
     assert!(compile(&with_rules(vec![rule(json!({"limit": "1000000000000/day"}))])).is_ok());

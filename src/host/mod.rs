@@ -18,8 +18,8 @@ use crate::clock::{self, Clock};
 use crate::config::Transport;
 use crate::engine::{Limiter, Pending, Resumed, Step, Verdict};
 use crate::headers;
-use crate::redis::wire;
 use crate::identity::RequestInfo;
+use crate::redis::wire;
 use crate::store::{SharedStore, StoreError};
 
 proxy_wasm::main! {{
@@ -64,11 +64,7 @@ fn flush_metrics() {
 }
 
 fn host_us() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// The time in epoch microseconds: never earlier than a time already returned on this worker,
@@ -142,9 +138,8 @@ impl Metrics {
             .rules
             .iter()
             .map(|rule| {
-                let def = |what: &str| {
-                    hostcalls::define_metric(MetricType::Counter, &format!("sluice.rule.{}.{what}", rule.name)).ok()
-                };
+                let def =
+                    |what: &str| hostcalls::define_metric(MetricType::Counter, &format!("sluice.rule.{}.{what}", rule.name)).ok();
                 Some([def("allowed")?, def("limited")?, def("shadow_limited")?, def("store_errors")?])
             })
             .collect();
@@ -198,7 +193,9 @@ impl RootContext for Root {
         };
         match crate::config::compile_json(&bytes) {
             Ok(config) => {
-                if !cfg!(feature = "redis-callout") && config.redis.as_ref().is_some_and(|r| r.transport == Transport::RedisCallout) {
+                if !cfg!(feature = "redis-callout")
+                    && config.redis.as_ref().is_some_and(|r| r.transport == Transport::RedisCallout)
+                {
                     log::error!(
                         "sluice: invalid configuration: redis.transport: \"redis_callout\": this build reaches Redis \
                          through HTTP callouts; expected \"http\" (Redis callouts need Higress and the \
@@ -284,7 +281,11 @@ struct HostRequest {
 
 impl HostRequest {
     fn new(limiter: &Limiter) -> Self {
-        HostRequest { headers: RefCell::default(), all_at_once: Cell::new(limiter.reads_many_headers()), complete: Cell::new(false) }
+        HostRequest {
+            headers: RefCell::default(),
+            all_at_once: Cell::new(limiter.reads_many_headers()),
+            complete: Cell::new(false),
+        }
     }
 
     fn cached(&self, name: &str) -> Option<Option<Vec<u8>>> {
@@ -446,12 +447,8 @@ fn dispatch(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64) -> Re
     let body = wire::upstash_pipeline(&pending.commands);
     let authority = spec.authority.as_deref().unwrap_or(&spec.cluster);
     let bearer = spec.token.as_ref().map(|t| format!("Bearer {t}"));
-    let mut headers = vec![
-        (":method", "POST"),
-        (":path", "/pipeline"),
-        (":authority", authority),
-        ("content-type", "application/json"),
-    ];
+    let mut headers =
+        vec![(":method", "POST"), (":path", "/pipeline"), (":authority", authority), ("content-type", "application/json")];
     if let Some(b) = bearer.as_deref() {
         headers.push(("authorization", b));
     }
@@ -574,7 +571,8 @@ mod callout {
             password_size: usize,
             timeout_ms: u32,
         ) -> u32;
-        fn proxy_redis_call(cluster: *const u8, cluster_size: usize, query: *const u8, query_size: usize, token: *mut u32) -> u32;
+        fn proxy_redis_call(cluster: *const u8, cluster_size: usize, query: *const u8, query_size: usize, token: *mut u32)
+            -> u32;
         fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
     }
 

@@ -83,9 +83,7 @@ impl StrategySpec {
             "sliding_window_counter" => Strategy::SlidingWindowCounter,
             "sliding_window_log" => Strategy::SlidingWindowLog { max_entries: self.max_entries.unwrap_or(0) },
             "token_bucket" => Strategy::TokenBucket { burst: self.burst },
-            "token_bucket_debt" => {
-                Strategy::TokenBucketDebt { burst: self.burst, max_debt: self.max_debt.unwrap_or(0) }
-            }
+            "token_bucket_debt" => Strategy::TokenBucketDebt { burst: self.burst, max_debt: self.max_debt.unwrap_or(0) },
             "leaky_bucket" => Strategy::LeakyBucket { burst: self.burst },
             "leaky_bucket_queue" => {
                 Strategy::LeakyBucketQueue { burst: self.burst, max_delay_ms: self.max_delay_ms.unwrap_or(0) }

@@ -73,8 +73,7 @@ impl Fluid {
         let need = level.saturating_add(need_units);
         let bound = self.cap.saturating_add(self.queue);
         if need <= bound {
-            let delay_ms =
-                if need > self.cap { sat(ceil_div(need - self.cap, self.limit).saturating_add(lag)) } else { 0 };
+            let delay_ms = if need > self.cap { sat(ceil_div(need - self.cap, self.limit).saturating_add(lag)) } else { 0 };
             return Step {
                 allowed: true,
                 level: need,

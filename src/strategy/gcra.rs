@@ -24,9 +24,8 @@ pub(crate) fn decide(rate: &Rate, burst: u64, state: &[u8], now_ms: u64, cost: u
     let f = Fluid { period, limit, cap: u128::from(burst) * period, queue: 0 };
     let level = match codec::decode::<2>(GCRA, state) {
         Some([tat_ms, frac]) => {
-            let ahead = (i128::from(tat_ms) - i128::from(now_ms))
-                .saturating_mul(i128::from(rate.limit))
-                .saturating_add(i128::from(frac));
+            let ahead =
+                (i128::from(tat_ms) - i128::from(now_ms)).saturating_mul(i128::from(rate.limit)).saturating_add(i128::from(frac));
             u128::try_from(ahead).unwrap_or(0)
         }
         None => 0,

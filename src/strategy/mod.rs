@@ -153,9 +153,7 @@ pub fn decide(strategy: &Strategy, rate: &Rate, state: &[u8], now_us: u64, cost:
     match strategy {
         Strategy::FixedWindow => fixed_window::decide(rate, state, now_ms, cost),
         Strategy::SlidingWindowCounter => sliding_window_counter::decide(rate, state, now_ms, cost),
-        Strategy::SlidingWindowLog { max_entries } => {
-            sliding_window_log::decide(rate, *max_entries, state, now_ms, cost)
-        }
+        Strategy::SlidingWindowLog { max_entries } => sliding_window_log::decide(rate, *max_entries, state, now_ms, cost),
         Strategy::TokenBucket { burst } => token_bucket::decide(rate, capacity(rate, *burst), state, now_ms, cost),
         Strategy::TokenBucketDebt { burst, max_debt } => {
             token_bucket_debt::decide(rate, capacity(rate, *burst), *max_debt, state, now_ms, cost)

@@ -164,10 +164,9 @@ fn all_strategies() -> Vec<St> {
 fn capacity_of(s: &St, rate: &Rate) -> u64 {
     match s {
         St::FixedWindow | St::SlidingWindowCounter | St::SlidingWindowLog { .. } => rate.limit,
-        St::TokenBucket { burst }
-        | St::LeakyBucket { burst }
-        | St::LeakyBucketQueue { burst, .. }
-        | St::Gcra { burst } => super::capacity(rate, *burst),
+        St::TokenBucket { burst } | St::LeakyBucket { burst } | St::LeakyBucketQueue { burst, .. } | St::Gcra { burst } => {
+            super::capacity(rate, *burst)
+        }
         St::TokenBucketDebt { burst, max_debt } => super::capacity(rate, *burst) + max_debt,
     }
 }

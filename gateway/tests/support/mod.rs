@@ -31,10 +31,7 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let dir = std::env::temp_dir().join(format!(
             "sluice-{tag}-{}-{}-{nanos}",
             std::process::id(),
@@ -58,13 +55,9 @@ impl Drop for TempDir {
 /// `n` distinct loopback ports that were free a moment ago (all held open together while
 /// chosen, so they differ from each other).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
 }
 
 /// Sends one command in RESP and returns the raw reply (enough for readiness checks).
@@ -115,23 +108,13 @@ impl RedisServer {
         let port = free_ports(1)[0];
         let dir = TempDir::new("redis");
         let args = vec!["--dir".to_string(), dir.path().display().to_string()];
-        let mut server = RedisServer {
-            port,
-            child: None,
-            args,
-            _dir: Some(dir),
-        };
+        let mut server = RedisServer { port, child: None, args, _dir: Some(dir) };
         server.restart();
         server
     }
 
     fn start_with(port: u16, args: Vec<String>) -> Self {
-        let mut server = RedisServer {
-            port,
-            child: None,
-            args,
-            _dir: None,
-        };
+        let mut server = RedisServer { port, child: None, args, _dir: None };
         server.restart();
         server
     }
@@ -215,10 +198,7 @@ impl RedisCluster {
             ];
             nodes.push(RedisServer::start_with(port, args));
         }
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("timeout")
             .arg("60")
             .arg(redis_cli_bin())
@@ -245,20 +225,15 @@ impl RedisCluster {
         for node in &self.nodes {
             let port = node.port;
             wait_until(&format!("cluster_state:ok on port {port}"), || {
-                raw_command(port, &["CLUSTER", "INFO"]).is_ok_and(|info| {
-                    info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
-                })
+                raw_command(port, &["CLUSTER", "INFO"])
+                    .is_ok_and(|info| info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6"))
             });
         }
     }
 
     /// Seed list for clients: `127.0.0.1:P1,127.0.0.1:P2,…`.
     pub fn seed_nodes(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
     }
 
     /// Ports of the nodes that are primaries now.
@@ -289,14 +264,10 @@ impl TestGateway {
     /// `args` are the binary's flags (without `--listen`, which is chosen here).
     pub async fn start(args: &[&str]) -> Self {
         use clap::Parser as _;
-        let config = sluice_gateway::Config::try_parse_from(
-            std::iter::once("sluice-gateway").chain(args.iter().copied()),
-        )
-        .expect("gateway flags");
+        let config = sluice_gateway::Config::try_parse_from(std::iter::once("sluice-gateway").chain(args.iter().copied()))
+            .expect("gateway flags");
         let gateway = sluice_gateway::Gateway::from_config(&config).expect("gateway config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind gateway");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gateway.serve(
@@ -306,11 +277,7 @@ impl TestGateway {
             },
             Duration::from_secs(10),
         ));
-        TestGateway {
-            base,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        TestGateway { base, stop: Some(tx), task: Some(task) }
     }
 
     /// Asks for a graceful shutdown (as SIGTERM would) without waiting for it.
@@ -354,11 +321,7 @@ pub struct Http {
 impl Http {
     pub fn new(base: &str, token: Option<&str>) -> Self {
         Http {
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .expect("http client"),
+            client: reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().expect("http client"),
             base: base.to_string(),
             token: token.map(str::to_string),
         }
@@ -380,8 +343,7 @@ impl Http {
         let resp = req.send().await.expect("send request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("read body");
-        let json = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}), status {status}: {text:?}"));
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}), status {status}: {text:?}"));
         (status, json)
     }
 
@@ -390,12 +352,7 @@ impl Http {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("send request");
+        let resp = self.client.get(format!("{}{path}", self.base)).send().await.expect("send request");
         let status = resp.status().as_u16();
         (status, resp.text().await.expect("read body"))
     }
@@ -403,13 +360,7 @@ impl Http {
 
 /// Value of one sample line (`name{labels} value`) in a Prometheus exposition.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Like [`metric`], for a series that must be there.
@@ -433,9 +384,7 @@ pub mod raw {
     }
 
     pub async fn connect(addr: &str) -> TcpStream {
-        TcpStream::connect(addr)
-            .await
-            .expect("connect to the gateway")
+        TcpStream::connect(addr).await.expect("connect to the gateway")
     }
 
     /// A request head; `extra` lines end with `\r\n`.
@@ -445,17 +394,8 @@ pub mod raw {
 
     /// `POST path` with a JSON body, keep-alive.
     pub fn post(path: &str, token: Option<&str>, body: &str) -> String {
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        format!(
-            "{}{body}",
-            head(
-                "POST",
-                path,
-                &format!("{auth}Content-Length: {}\r\n", body.len())
-            )
-        )
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        format!("{}{body}", head("POST", path, &format!("{auth}Content-Length: {}\r\n", body.len())))
     }
 
     /// Reads one response (head and a Content-Length body) off a keep-alive connection.
@@ -470,17 +410,12 @@ pub mod raw {
                 buf.push(byte[0]);
             }
             let head = String::from_utf8_lossy(&buf).into_owned();
-            let status = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .expect("status code");
+            let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
             let length: usize = head
                 .lines()
                 .find_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
+                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
                 })
                 .unwrap_or(0);
             let mut body = vec![0u8; length];
@@ -520,10 +455,7 @@ pub mod raw {
 
     /// `/metrics`, on a connection of its own that does not stay open.
     pub async fn scrape(addr: &str) -> String {
-        once(addr, &head("GET", "/metrics", ""))
-            .await
-            .map(|(_, body)| body)
-            .expect("metrics")
+        once(addr, &head("GET", "/metrics", "")).await.map(|(_, body)| body).expect("metrics")
     }
 }
 
@@ -540,14 +472,7 @@ pub fn ensure_open_files(n: u64) {
         "this test needs {n} open files; the hard limit is {:?} (raise it: ulimit -Hn)",
         limit.maximum
     );
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(n),
-            maximum: limit.maximum,
-        },
-    )
-    .expect("raise the soft open-file limit");
+    setrlimit(Resource::Nofile, Rlimit { current: Some(n), maximum: limit.maximum }).expect("raise the soft open-file limit");
 }
 
 /// Resident memory of a process, in KiB, from /proc/<pid>/status.

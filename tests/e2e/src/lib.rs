@@ -110,7 +110,8 @@ impl Envoy {
         let config = dir.0.join("bootstrap.json");
         std::fs::write(&config, boot.to_string()).expect("write bootstrap");
         let log = dir.0.join("envoy.log");
-        let port = boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"].as_u64().unwrap_or(0) as u16;
+        let port =
+            boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"].as_u64().unwrap_or(0) as u16;
         let admin = boot["admin"]["address"]["socket_address"]["port_value"].as_u64().unwrap_or(0) as u16;
         let child = Command::new("envoy")
             .arg("-c")
@@ -180,10 +181,7 @@ impl Envoy {
     /// A counter or gauge from the admin stats, 0 when absent.
     pub fn stat(&self, name: &str) -> u64 {
         let Ok(r) = get(&format!("http://127.0.0.1:{}/stats?filter={name}", self.admin), &[]) else { return 0 };
-        r.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0)
+        r.body.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
     }
 }
 
@@ -222,11 +220,7 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Resp
     };
     let mut resp = sent.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
+    let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let mut body = String::new();
     resp.body_mut().as_reader().read_to_string(&mut body).map_err(|e| e.to_string())?;
     Ok(Response { status, headers, body })
@@ -349,9 +343,8 @@ fn ephemeral_ports() -> (u16, u16) {
 pub fn cluster_base_port() -> u16 {
     let (lo, hi) = ephemeral_ports();
     let outside = |p: u32| p < u32::from(lo) || p > u32::from(hi);
-    let candidates: Vec<u16> = (10000u16..=55529)
-        .filter(|b| (0..6).all(|i| outside(u32::from(*b) + i) && outside(u32::from(*b) + 10000 + i)))
-        .collect();
+    let candidates: Vec<u16> =
+        (10000u16..=55529).filter(|b| (0..6).all(|i| outside(u32::from(*b) + i) && outside(u32::from(*b) + 10000 + i))).collect();
     assert!(!candidates.is_empty(), "no room for a cluster outside the ephemeral ports {lo}-{hi}");
     // Spread concurrent test processes over the candidates.
     let mut pick = (std::process::id() as usize).wrapping_mul(7919) ^ usize::from(free_port());

@@ -179,7 +179,8 @@ fn the_shipped_redis_topology_limits_across_proxies() {
     for target in &t.targets {
         let warm = unique("warm");
         let ok = wait(Duration::from_secs(20), || {
-            request("POST", &format!("{target}/api/payments/warm"), &[("x-account", warm.as_str())]).is_ok_and(|r| r.status == 200)
+            request("POST", &format!("{target}/api/payments/warm"), &[("x-account", warm.as_str())])
+                .is_ok_and(|r| r.status == 200)
         });
         assert!(ok, "{target}: payments never admitted a request (is Redis reachable through the gateway?)");
     }
@@ -189,7 +190,8 @@ fn the_shipped_redis_topology_limits_across_proxies() {
         let _ = post_burst(16, &t.targets, "/api/payments/warm", &[("x-account".into(), unique("warm"))]);
     }
 
-    let stats = |what: &str| -> u64 { t.admins.iter().map(|a| stat(a, &format!("wasmcustom.sluice.rule.payments.{what}"))).sum() };
+    let stats =
+        |what: &str| -> u64 { t.admins.iter().map(|a| stat(a, &format!("wasmcustom.sluice.rule.payments.{what}"))).sum() };
     // Stats reach the admin endpoint a moment after the responses: let the warm-up's settle.
     let mut last = (u64::MAX, u64::MAX);
     wait(Duration::from_secs(5), || {
@@ -208,7 +210,12 @@ fn the_shipped_redis_topology_limits_across_proxies() {
     let elapsed = start.elapsed();
     let admitted = responses.iter().filter(|r| r.status == 200).count();
     let limited: Vec<&Response> = responses.iter().filter(|r| r.status == 429).collect();
-    assert_eq!(admitted + limited.len(), 16, "only 200 and 429 expected: {:?}", responses.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(
+        admitted + limited.len(),
+        16,
+        "only 200 and 429 expected: {:?}",
+        responses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     for r in &limited {
         let body: Value = serde_json::from_str(&r.body).expect("problem+json body");
         assert_eq!(body["violated_rules"], serde_json::json!(["payments"]), "{body}");
@@ -239,7 +246,8 @@ fn the_shipped_redis_topology_limits_across_proxies() {
     if store_errors > 0 {
         let healthy = wait(Duration::from_secs(10), || {
             let probe = unique("probe");
-            request("POST", &format!("{}/api/payments/1", t.targets[0]), &[("x-account", probe.as_str())]).is_ok_and(|r| r.status == 200)
+            request("POST", &format!("{}/api/payments/1", t.targets[0]), &[("x-account", probe.as_str())])
+                .is_ok_and(|r| r.status == 200)
         });
         assert!(healthy, "payments never recovered after {store_errors} store errors");
     }

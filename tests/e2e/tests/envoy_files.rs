@@ -184,7 +184,9 @@ fn higress_variant_validates_with_the_stock_filter_and_stock_envoy_refuses_its_i
             transport.push(cfg["redis"]["transport"].clone());
             let cluster = cfg["redis"]["cluster"].as_str().unwrap_or_default().to_string();
             assert!(
-                shipped["static_resources"]["clusters"].as_array().is_some_and(|cs| cs.iter().any(|c| c["name"] == cluster.as_str())),
+                shipped["static_resources"]["clusters"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["name"] == cluster.as_str())),
                 "redis.cluster {cluster:?} is a cluster of the bootstrap"
             );
         }

@@ -38,8 +38,10 @@ fn strategy(name: &str) -> Value {
 fn every_strategy_admits_exactly_the_limit_under_a_concurrent_burst() {
     let rules: Vec<Value> = STRATEGIES
         .iter()
-        .map(|s| json!({"name": s, "match": {"path": format!("/{s}/**")}, "limit": "50/min", "strategy": strategy(s),
-                        "identifier": {"header": "x-burst"}}))
+        .map(|s| {
+            json!({"name": s, "match": {"path": format!("/{s}/**")}, "limit": "50/min", "strategy": strategy(s),
+                        "identifier": {"header": "x-burst"}})
+        })
         .collect();
     let envoy = envoy_with(json!({"namespace": "exact", "rules": rules}));
     let mut report = Vec::new();
@@ -73,7 +75,8 @@ fn header_identities_are_counted_apart_and_fall_back_to_the_client_ip() {
 #[test]
 fn header_values_that_are_not_utf8_are_identities_like_any_other() {
     // HTTP allows any byte above 0x7f in a field value ("obs-text"), and Envoy passes it on.
-    let per_key = json!({"name": "per-key", "limit": "2/hour", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}});
+    let per_key =
+        json!({"name": "per-key", "limit": "2/hour", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}});
     // A config that reads three headers makes the filter read all of them in one host call.
     let three = json!({"name": "other", "match": {"headers": {"x-tenant": "t"}}, "limit": "9/min",
                        "cost": {"header": "x-cost"}});

@@ -50,8 +50,10 @@ fn strategy(name: &str) -> Value {
 fn exact_across_proxies(gateway: &Gateway, label: &str) {
     let rules: Vec<Value> = STRATEGIES
         .iter()
-        .map(|s| json!({"name": s, "match": {"path": format!("/{s}/**")}, "limit": "100/min",
-                        "strategy": strategy(s), "identifier": {"header": "x-burst"}, "backend": "redis", "on_error": "deny"}))
+        .map(|s| {
+            json!({"name": s, "match": {"path": format!("/{s}/**")}, "limit": "100/min",
+                        "strategy": strategy(s), "identifier": {"header": "x-burst"}, "backend": "redis", "on_error": "deny"})
+        })
         .collect();
     // A generous timeout: this test is about counting, and a timeout would deny (on_error).
     let config = json!({"namespace": format!("exact-{label}"), "redis": redis_block(3000, 1000), "rules": rules});
@@ -61,10 +63,15 @@ fn exact_across_proxies(gateway: &Gateway, label: &str) {
         let run = exact_burst(s, 100, 60_000, 400, &[a.url(&format!("/{s}/x")), b.url(&format!("/{s}/x"))]);
         let (admitted, limited) = (run.count(200), run.count(429));
         assert_eq!(admitted + limited, 400, "{label} {s}: only 200 and 429 expected");
-        let errors = a.settled_stat(&format!("wasmcustom.sluice.rule.{s}.store_errors")) + b.settled_stat(&format!("wasmcustom.sluice.rule.{s}.store_errors"));
+        let errors = a.settled_stat(&format!("wasmcustom.sluice.rule.{s}.store_errors"))
+            + b.settled_stat(&format!("wasmcustom.sluice.rule.{s}.store_errors"));
         assert_eq!(errors, 0, "{label} {s}: Redis calls failed during the burst");
         report.push(format!("{s}: {admitted}/100 in a {} ms burst (try {})", run.elapsed_ms, run.tries));
-        assert_eq!(admitted, 100, "{label} {s}: {admitted} admitted of 400, limit 100 ({} ms burst, bound {})", run.elapsed_ms, run.bound);
+        assert_eq!(
+            admitted, 100,
+            "{label} {s}: {admitted} admitted of 400, limit 100 ({} ms burst, bound {})",
+            run.elapsed_ms, run.bound
+        );
     }
     eprintln!("{label}: admitted of 400 over 2 proxies: {}", report.join(", "));
 }

@@ -21,7 +21,8 @@ fn a_cost_header_of_zero_costs_the_default() {
         "cost": {"header": "x-cost", "max": 100}}]}));
     let url = envoy.url("/c");
     // Each of these used to be a free request (a peek); now each costs the default, 1.
-    let zeros: Vec<&[(&str, &str)]> = vec![&[("x-cost", "0")], &[("x-cost", "00")], &[("x-cost", "+0")], &[("x-cost", "0")], &[("x-cost", "-0")]];
+    let zeros: Vec<&[(&str, &str)]> =
+        vec![&[("x-cost", "0")], &[("x-cost", "00")], &[("x-cost", "+0")], &[("x-cost", "0")], &[("x-cost", "-0")]];
     assert_eq!(statuses(&url, &zeros), [200, 200, 200, 429, 429]);
     let log = envoy.log_text();
     assert!(!log.contains("panicked"), "{log}");
@@ -47,7 +48,8 @@ fn one_client_has_one_identity_however_it_is_spelled() {
     assert_eq!(statuses(&ip, &[&xff("2001:db8:1:3::1")]), [200]);
     // A query value and its percent-encoded spelling are one user (as the application reads it).
     let login = |q: &str| envoy.url(&format!("/login?{q}"));
-    let got: Vec<u16> = ["user=alice", "user=%61lice", "user=ali%63e"].iter().map(|q| get(&login(q), &[]).map_or(0, |r| r.status)).collect();
+    let got: Vec<u16> =
+        ["user=alice", "user=%61lice", "user=ali%63e"].iter().map(|q| get(&login(q), &[]).map_or(0, |r| r.status)).collect();
     assert_eq!(got, [200, 200, 429]);
     // The first occurrence counts: a second user= does not pick a fresh budget.
     assert_eq!(get(&login("user=alice&user=bob"), &[]).map_or(0, |r| r.status), 429);
@@ -58,7 +60,9 @@ fn one_client_has_one_identity_however_it_is_spelled() {
 
 #[test]
 fn a_raw_byte_and_its_escaped_spelling_are_two_clients() {
-    let envoy = envoy_with(json!({"rules": [{"name": "k", "limit": "1/hour", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}}]}));
+    let envoy = envoy_with(
+        json!({"rules": [{"name": "k", "limit": "1/hour", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}}]}),
+    );
     let url = envoy.url("/k");
     let raw = get_with_raw_header(&url, b"x-api-key: \xff").map_or(0, |r| r.status);
     let escaped = get(&url, &[("x-api-key", "\\xff")]).map_or(0, |r| r.status);

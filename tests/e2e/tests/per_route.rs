@@ -104,7 +104,9 @@ fn parse_rows(readme: &str) -> Vec<Row> {
             })
             .collect();
         let (status, violated) = match cells[4].split_once(' ') {
-            Some((code, rest)) => (code, rest.trim_matches(|c| c == '(' || c == ')').split(',').map(|s| s.trim().to_string()).collect()),
+            Some((code, rest)) => {
+                (code, rest.trim_matches(|c| c == '(' || c == ')').split(',').map(|s| s.trim().to_string()).collect())
+            }
             None => (cells[4], Vec::new()),
         };
         rows.push(Row {
@@ -191,7 +193,11 @@ fn hop_by_hop_headers_never_reach_the_filter() {
         for _ in 0..3 {
             let headers = vec![(k.to_string(), v.to_string()), ("x-visible".to_string(), "yes".to_string())];
             // A chunked request needs a body; an empty chunked body is "0\r\n\r\n".
-            let r = if k == "transfer-encoding" { send_chunked(envoy.port, &format!("/{k}")) } else { send(envoy.port, "GET", &format!("/{k}"), &headers) };
+            let r = if k == "transfer-encoding" {
+                send_chunked(envoy.port, &format!("/{k}"))
+            } else {
+                send(envoy.port, "GET", &format!("/{k}"), &headers)
+            };
             assert_eq!(r.status, 200, "{k} reached the filter: {r:?}");
             assert!(r.header("ratelimit-policy").is_none(), "{k}: {r:?}");
         }
@@ -204,7 +210,9 @@ fn hop_by_hop_headers_never_reach_the_filter() {
 fn send_chunked(port: u16, path: &str) -> Raw {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let req = format!("POST {path} HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n1\r\na\r\n0\r\n\r\n");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n1\r\na\r\n0\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).expect("write");
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);

@@ -54,7 +54,12 @@ fn the_quick_start_answers_as_the_readme_says() {
     let retry = limited.header("retry-after").and_then(|v| v.parse::<u64>().ok());
     assert!(retry.is_some_and(|s| (1..=12).contains(&s)), "{:?}", limited.headers);
     // The same wait in the RateLimit field.
-    assert_eq!(limited.header("ratelimit"), Some(format!("\"api\";r=0;t={}", retry.unwrap_or(0)).as_str()), "{:?}", limited.headers);
+    assert_eq!(
+        limited.header("ratelimit"),
+        Some(format!("\"api\";r=0;t={}", retry.unwrap_or(0)).as_str()),
+        "{:?}",
+        limited.headers
+    );
     assert_eq!(limited.header("content-type"), Some("application/problem+json"));
     let body: Value = serde_json::from_str(&limited.body).expect("problem+json");
     assert_eq!(body["violated_rules"], serde_json::json!(["api"]));

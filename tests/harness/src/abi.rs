@@ -176,8 +176,7 @@ pub fn deserialize_pairs(bytes: &[u8]) -> Option<Pairs> {
 
 /// Splits a `proxy_get_property` path: NUL-separated segments (a trailing NUL is tolerated).
 pub fn property_path(bytes: &[u8]) -> Vec<String> {
-    let mut parts: Vec<String> =
-        bytes.split(|b| *b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+    let mut parts: Vec<String> = bytes.split(|b| *b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
     if parts.last().is_some_and(|p| p.is_empty()) {
         parts.pop();
     }

@@ -142,7 +142,8 @@ mod tests {
         assert_eq!(r.status, 201);
         assert_eq!(r.body, b"hi");
         assert!(r.headers.contains(&("x-a".to_string(), "1".to_string())));
-        let r = parse_http_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let r = parse_http_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            .unwrap();
         assert_eq!(r.body, b"abcde");
     }
 }

@@ -1553,7 +1553,8 @@ impl Host {
         let r = &mut self.requests[id.0];
         r.wait = Wait::None;
         let status = find(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let details = r.spec.properties.iter().rev().find(|(k, _)| k == "__details").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let details =
+            r.spec.properties.iter().rev().find(|(k, _)| k == "__details").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         r.response = Some(Response {
             id,
             worker: w,
@@ -1787,8 +1788,7 @@ impl Host {
             Some(CalloutFault::Timeout) => RedisReply::Timeout,
             Some(CalloutFault::Reject(_)) | None => (self.on_redis)(&record),
         };
-        let timeout_ms = self
-            .workers[w]
+        let timeout_ms = self.workers[w]
             .store
             .as_ref()
             .and_then(|s| s.data().redis_inits.iter().rev().find(|(c, ..)| *c == cluster).map(|i| i.3))

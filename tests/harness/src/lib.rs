@@ -27,7 +27,9 @@ mod vm;
 
 pub use abi::{LogLevel, MetricType, Status};
 pub use clock::Clock;
-pub use host::{check_imports, engine, load_module, FaultInjector, Host, HostBuilder, Picker, RequestBuilder, Runnable, Schedule, Trap};
+pub use host::{
+    check_imports, engine, load_module, FaultInjector, Host, HostBuilder, Picker, RequestBuilder, Runnable, Schedule, Trap,
+};
 pub use http::{
     Callout, CalloutOutcome, CalloutReply, HttpResponse, Origin, RedisCall, RedisOutcome, RedisReply, Request, RequestId,
     RequestState, Response, UpstreamRequest,

@@ -269,16 +269,12 @@ impl VmState {
         let ctx = self.ctx().filter(|c| !c.root)?;
         match path {
             [a, b] if a == "request" && b == "headers" => Some(abi::serialize_pairs(&ctx.request_headers)),
-            [a, b, name] if a == "request" && b == "headers" => {
-                find(&ctx.request_headers, name).map(|v| v.as_bytes().to_vec())
-            }
+            [a, b, name] if a == "request" && b == "headers" => find(&ctx.request_headers, name).map(|v| v.as_bytes().to_vec()),
             [a, b] if a == "response" && b == "headers" => Some(abi::serialize_pairs(&ctx.response_headers)),
-            [a, b, name] if a == "response" && b == "headers" => {
-                find(&ctx.response_headers, name).map(|v| v.as_bytes().to_vec())
+            [a, b, name] if a == "response" && b == "headers" => find(&ctx.response_headers, name).map(|v| v.as_bytes().to_vec()),
+            [a, b] if a == "response" && b == "code" => {
+                find(&ctx.response_headers, ":status").and_then(|s| s.parse::<i64>().ok()).map(|c| c.to_le_bytes().to_vec())
             }
-            [a, b] if a == "response" && b == "code" => find(&ctx.response_headers, ":status")
-                .and_then(|s| s.parse::<i64>().ok())
-                .map(|c| c.to_le_bytes().to_vec()),
             _ => None,
         }
     }
@@ -466,11 +462,19 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
     linker.func_wrap("env", "proxy_get_log_level", |mut caller: Caller<'_, VmState>, ptr: i32| {
         let level = caller.data().plugin.log_level as u32;
-        if write_u32(&mut caller, ptr, level) { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+        if write_u32(&mut caller, ptr, level) {
+            st(Status::Ok)
+        } else {
+            st(Status::InvalidMemoryAccess)
+        }
     })?;
     linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut caller: Caller<'_, VmState>, ptr: i32| {
         let now = caller.data().clock.now_ns();
-        if write_u64(&mut caller, ptr, now) { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+        if write_u64(&mut caller, ptr, now) {
+            st(Status::Ok)
+        } else {
+            st(Status::InvalidMemoryAccess)
+        }
     })?;
     linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut caller: Caller<'_, VmState>, ms: i32| {
         caller.data_mut().effects.push(Effect::TickPeriod { ms: ms as u32 });
@@ -494,21 +498,29 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let from = start.min(data.len());
                 let to = start.saturating_add(max).min(data.len());
                 let slice = data.get(from..to).unwrap_or(&[]).to_vec();
-                if copy_out(&mut caller, &slice, ptr_ptr, size_ptr).await? { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+                if copy_out(&mut caller, &slice, ptr_ptr, size_ptr).await? {
+                    st(Status::Ok)
+                } else {
+                    st(Status::InvalidMemoryAccess)
+                }
             })
         },
     )?;
-    linker.func_wrap("env", "proxy_get_buffer_status", |mut caller: Caller<'_, VmState>, kind: i32, len_ptr: i32, flags_ptr: i32| {
-        let data = match caller.data().buffer(kind) {
-            Ok(d) => d,
-            Err(s) => return st(s),
-        };
-        if write_u32(&mut caller, len_ptr, data.len() as u32) && write_u32(&mut caller, flags_ptr, 0) {
-            st(Status::Ok)
-        } else {
-            st(Status::InvalidMemoryAccess)
-        }
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_status",
+        |mut caller: Caller<'_, VmState>, kind: i32, len_ptr: i32, flags_ptr: i32| {
+            let data = match caller.data().buffer(kind) {
+                Ok(d) => d,
+                Err(s) => return st(s),
+            };
+            if write_u32(&mut caller, len_ptr, data.len() as u32) && write_u32(&mut caller, flags_ptr, 0) {
+                st(Status::Ok)
+            } else {
+                st(Status::InvalidMemoryAccess)
+            }
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
@@ -540,21 +552,29 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     Ok(p) => abi::serialize_pairs(p),
                     Err(s) => return st(s),
                 };
-                if copy_out(&mut caller, &bytes, ptr_ptr, size_ptr).await? { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+                if copy_out(&mut caller, &bytes, ptr_ptr, size_ptr).await? {
+                    st(Status::Ok)
+                } else {
+                    st(Status::InvalidMemoryAccess)
+                }
             })
         },
     )?;
-    linker.func_wrap("env", "proxy_set_header_map_pairs", |mut caller: Caller<'_, VmState>, kind: i32, ptr: i32, size: i32| {
-        let Some(bytes) = read(&caller, ptr, size) else { return st(Status::InvalidMemoryAccess) };
-        let Some(pairs) = abi::deserialize_pairs(&bytes) else { return st(Status::ParseFailure) };
-        match caller.data_mut().header_map_mut(kind) {
-            Ok(m) => {
-                *m = pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-                st(Status::Ok)
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut caller: Caller<'_, VmState>, kind: i32, ptr: i32, size: i32| {
+            let Some(bytes) = read(&caller, ptr, size) else { return st(Status::InvalidMemoryAccess) };
+            let Some(pairs) = abi::deserialize_pairs(&bytes) else { return st(Status::ParseFailure) };
+            match caller.data_mut().header_map_mut(kind) {
+                Ok(m) => {
+                    *m = pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+                    st(Status::Ok)
+                }
+                Err(s) => st(s),
             }
-            Err(s) => st(s),
-        }
-    })?;
+        },
+    )?;
     linker.func_wrap_async(
         "env",
         "proxy_get_header_map_value",
@@ -568,7 +588,11 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     },
                     Err(s) => return st(s),
                 };
-                if copy_out(&mut caller, &value, ptr_ptr, size_ptr).await? { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+                if copy_out(&mut caller, &value, ptr_ptr, size_ptr).await? {
+                    st(Status::Ok)
+                } else {
+                    st(Status::InvalidMemoryAccess)
+                }
             })
         },
     )?;
@@ -619,22 +643,30 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    linker.func_wrap("env", "proxy_remove_header_map_value", |mut caller: Caller<'_, VmState>, kind: i32, kptr: i32, klen: i32| {
-        let Some(k) = read_str(&caller, kptr, klen) else { return st(Status::InvalidMemoryAccess) };
-        match caller.data_mut().header_map_mut(kind) {
-            Ok(m) => {
-                m.retain(|(name, _)| !name.eq_ignore_ascii_case(&k));
-                st(Status::Ok)
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut caller: Caller<'_, VmState>, kind: i32, kptr: i32, klen: i32| {
+            let Some(k) = read_str(&caller, kptr, klen) else { return st(Status::InvalidMemoryAccess) };
+            match caller.data_mut().header_map_mut(kind) {
+                Ok(m) => {
+                    m.retain(|(name, _)| !name.eq_ignore_ascii_case(&k));
+                    st(Status::Ok)
+                }
+                Err(s) => st(s),
             }
-            Err(s) => st(s),
-        }
-    })?;
+        },
+    )?;
     linker.func_wrap("env", "proxy_get_header_map_size", |mut caller: Caller<'_, VmState>, kind: i32, ptr: i32| {
         let size = match caller.data().header_map(kind) {
             Ok(p) => abi::serialize_pairs(p).len() as u32,
             Err(s) => return st(s),
         };
-        if write_u32(&mut caller, ptr, size) { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+        if write_u32(&mut caller, ptr, size) {
+            st(Status::Ok)
+        } else {
+            st(Status::InvalidMemoryAccess)
+        }
     })?;
 
     // Properties.
@@ -646,29 +678,39 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let Some(path) = read(&caller, pptr, plen) else { return st(Status::InvalidMemoryAccess) };
                 let path = abi::property_path(&path);
                 let Some(value) = caller.data().property(&path) else { return st(Status::NotFound) };
-                if copy_out(&mut caller, &value, ptr_ptr, size_ptr).await? { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+                if copy_out(&mut caller, &value, ptr_ptr, size_ptr).await? {
+                    st(Status::Ok)
+                } else {
+                    st(Status::InvalidMemoryAccess)
+                }
             })
         },
     )?;
-    linker.func_wrap("env", "proxy_set_property", |mut caller: Caller<'_, VmState>, pptr: i32, plen: i32, vptr: i32, vlen: i32| {
-        let (Some(path), Some(value)) = (read(&caller, pptr, plen), read(&caller, vptr, vlen)) else {
-            return st(Status::InvalidMemoryAccess);
-        };
-        let path = abi::property_path(&path).join(".");
-        match caller.data_mut().ctx_mut() {
-            Some(ctx) => {
-                ctx.properties.insert(path, value);
-                st(Status::Ok)
+    linker.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut caller: Caller<'_, VmState>, pptr: i32, plen: i32, vptr: i32, vlen: i32| {
+            let (Some(path), Some(value)) = (read(&caller, pptr, plen), read(&caller, vptr, vlen)) else {
+                return st(Status::InvalidMemoryAccess);
+            };
+            let path = abi::property_path(&path).join(".");
+            match caller.data_mut().ctx_mut() {
+                Some(ctx) => {
+                    ctx.properties.insert(path, value);
+                    st(Status::Ok)
+                }
+                None => st(Status::NotFound),
             }
-            None => st(Status::NotFound),
-        }
-    })?;
+        },
+    )?;
 
     // Shared data: both calls are scheduling points (see `Point`).
     linker.func_wrap_async(
         "env",
         "proxy_get_shared_data",
-        |mut caller: Caller<'_, VmState>, (kptr, klen, ptr_ptr, size_ptr, cas_ptr): (i32, i32, i32, i32, i32)| -> BoxFut<'_, i32> {
+        |mut caller: Caller<'_, VmState>,
+         (kptr, klen, ptr_ptr, size_ptr, cas_ptr): (i32, i32, i32, i32, i32)|
+         -> BoxFut<'_, i32> {
             Box::new(async move {
                 let Some(key) = read_str(&caller, kptr, klen) else { return st(Status::InvalidMemoryAccess) };
                 park(&caller, Point::SharedGet { key: key.clone() }).await;
@@ -712,37 +754,45 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     )?;
 
     // Shared queues.
-    linker.func_wrap("env", "proxy_register_shared_queue", |mut caller: Caller<'_, VmState>, nptr: i32, nlen: i32, id_ptr: i32| {
-        let Some(name) = read_str(&caller, nptr, nlen) else { return st(Status::InvalidMemoryAccess) };
-        let (vm_id, worker, root) = {
-            let vm = caller.data();
-            (vm.plugin.vm_id.clone(), vm.worker, vm.root_id)
-        };
-        let id = {
-            let process = caller.data().process.clone();
-            let mut p = lock(&process);
-            let q = &mut p.queues;
-            match q.by_name.get(&(vm_id.clone(), name.clone())) {
-                Some(id) => {
-                    let id = *id;
-                    // Re-registering moves the "queue ready" callbacks to this worker, as in Envoy.
-                    if let Some(entry) = q.queues.get_mut(&id) {
-                        entry.0 = worker;
-                        entry.1 = root;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut caller: Caller<'_, VmState>, nptr: i32, nlen: i32, id_ptr: i32| {
+            let Some(name) = read_str(&caller, nptr, nlen) else { return st(Status::InvalidMemoryAccess) };
+            let (vm_id, worker, root) = {
+                let vm = caller.data();
+                (vm.plugin.vm_id.clone(), vm.worker, vm.root_id)
+            };
+            let id = {
+                let process = caller.data().process.clone();
+                let mut p = lock(&process);
+                let q = &mut p.queues;
+                match q.by_name.get(&(vm_id.clone(), name.clone())) {
+                    Some(id) => {
+                        let id = *id;
+                        // Re-registering moves the "queue ready" callbacks to this worker, as in Envoy.
+                        if let Some(entry) = q.queues.get_mut(&id) {
+                            entry.0 = worker;
+                            entry.1 = root;
+                        }
+                        id
                     }
-                    id
+                    None => {
+                        q.next_id += 1;
+                        let id = q.next_id;
+                        q.by_name.insert((vm_id, name), id);
+                        q.queues.insert(id, (worker, root, Default::default()));
+                        id
+                    }
                 }
-                None => {
-                    q.next_id += 1;
-                    let id = q.next_id;
-                    q.by_name.insert((vm_id, name), id);
-                    q.queues.insert(id, (worker, root, Default::default()));
-                    id
-                }
+            };
+            if write_u32(&mut caller, id_ptr, id) {
+                st(Status::Ok)
+            } else {
+                st(Status::InvalidMemoryAccess)
             }
-        };
-        if write_u32(&mut caller, id_ptr, id) { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
-    })?;
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_resolve_shared_queue",
@@ -785,7 +835,11 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     }
                 };
                 let Some(item) = item else { return st(Status::Empty) };
-                if copy_out(&mut caller, &item, ptr_ptr, size_ptr).await? { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+                if copy_out(&mut caller, &item, ptr_ptr, size_ptr).await? {
+                    st(Status::Ok)
+                } else {
+                    st(Status::InvalidMemoryAccess)
+                }
             })
         },
     )?;
@@ -807,7 +861,9 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         vm.effects.push(Effect::Continue { ctx, stream: kind });
         st(Status::Ok)
     }
-    linker.func_wrap("env", "proxy_continue_stream", |mut caller: Caller<'_, VmState>, kind: i32| continue_stream(&mut caller, kind))?;
+    linker.func_wrap("env", "proxy_continue_stream", |mut caller: Caller<'_, VmState>, kind: i32| {
+        continue_stream(&mut caller, kind)
+    })?;
     linker.func_wrap("env", "proxy_continue_request", |mut caller: Caller<'_, VmState>| {
         continue_stream(&mut caller, stream::HTTP_REQUEST)
     })?;
@@ -830,14 +886,26 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, VmState>, (ptr_ptr, size_ptr): (i32, i32)| -> BoxFut<'_, i32> {
             Box::new(async move {
                 let config = caller.data().plugin.configuration.clone();
-                if copy_out(&mut caller, &config, ptr_ptr, size_ptr).await? { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+                if copy_out(&mut caller, &config, ptr_ptr, size_ptr).await? {
+                    st(Status::Ok)
+                } else {
+                    st(Status::InvalidMemoryAccess)
+                }
             })
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_send_local_response",
-        |mut caller: Caller<'_, VmState>, code: i32, dptr: i32, dlen: i32, bptr: i32, blen: i32, hptr: i32, hlen: i32, grpc: i32| {
+        |mut caller: Caller<'_, VmState>,
+         code: i32,
+         dptr: i32,
+         dlen: i32,
+         bptr: i32,
+         blen: i32,
+         hptr: i32,
+         hlen: i32,
+         grpc: i32| {
             let (Some(details), Some(body), Some(headers)) =
                 (read_str(&caller, dptr, dlen), read(&caller, bptr, blen), read(&caller, hptr, hlen))
             else {
@@ -915,7 +983,11 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let ctx = vm.ctx_id();
             let call = CalloutRequest { cluster, headers, body, trailers, timeout_ms: timeout as u32 };
             vm.effects.push(Effect::HttpCall { ctx, token, n, call });
-            if write_u32(&mut caller, token_ptr, token) { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+            if write_u32(&mut caller, token_ptr, token) {
+                st(Status::Ok)
+            } else {
+                st(Status::InvalidMemoryAccess)
+            }
         },
     )?;
     linker.func_wrap_async(
@@ -962,23 +1034,31 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     )?;
 
     // Metrics: one value per name for the whole process (Envoy's stats are process-wide).
-    linker.func_wrap("env", "proxy_define_metric", |mut caller: Caller<'_, VmState>, kind: i32, nptr: i32, nlen: i32, id_ptr: i32| {
-        let Some(kind) = MetricType::from_code(kind) else { return st(Status::BadArgument) };
-        let Some(name) = read_str(&caller, nptr, nlen) else { return st(Status::InvalidMemoryAccess) };
-        let vm = caller.data_mut();
-        let key = (name.clone(), kind as u8);
-        let id = match vm.metric_names.get(&key) {
-            Some(id) => *id,
-            None => {
-                let id = ((vm.metric_ids.len() as u32 + 1) << 2) | kind as u32;
-                vm.metric_ids.insert(id, name.clone());
-                vm.metric_names.insert(key, id);
-                lock(&vm.process).metrics.entry(name).or_insert(Metric { kind, value: 0, samples: Vec::new() });
-                id
+    linker.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut caller: Caller<'_, VmState>, kind: i32, nptr: i32, nlen: i32, id_ptr: i32| {
+            let Some(kind) = MetricType::from_code(kind) else { return st(Status::BadArgument) };
+            let Some(name) = read_str(&caller, nptr, nlen) else { return st(Status::InvalidMemoryAccess) };
+            let vm = caller.data_mut();
+            let key = (name.clone(), kind as u8);
+            let id = match vm.metric_names.get(&key) {
+                Some(id) => *id,
+                None => {
+                    let id = ((vm.metric_ids.len() as u32 + 1) << 2) | kind as u32;
+                    vm.metric_ids.insert(id, name.clone());
+                    vm.metric_names.insert(key, id);
+                    lock(&vm.process).metrics.entry(name).or_insert(Metric { kind, value: 0, samples: Vec::new() });
+                    id
+                }
+            };
+            if write_u32(&mut caller, id_ptr, id) {
+                st(Status::Ok)
+            } else {
+                st(Status::InvalidMemoryAccess)
             }
-        };
-        if write_u32(&mut caller, id_ptr, id) { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
-    })?;
+        },
+    )?;
     linker.func_wrap("env", "proxy_increment_metric", |caller: Caller<'_, VmState>, id: i32, delta: i64| {
         let vm = caller.data();
         let Some(name) = vm.metric_ids.get(&(id as u32)) else { return st(Status::NotFound) };
@@ -1015,7 +1095,11 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 None => return st(Status::NotFound),
             }
         };
-        if write_u64(&mut caller, ptr, value) { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
+        if write_u64(&mut caller, ptr, value) {
+            st(Status::Ok)
+        } else {
+            st(Status::InvalidMemoryAccess)
+        }
     })?;
 
     // Higress' Redis callout.
@@ -1036,29 +1120,37 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             st(Status::Ok)
         },
     )?;
-    linker.func_wrap("env", "proxy_redis_call", |mut caller: Caller<'_, VmState>, cptr: i32, clen: i32, qptr: i32, qlen: i32, token_ptr: i32| {
-        let (Some(cluster), Some(query)) = (read_str(&caller, cptr, clen), read(&caller, qptr, qlen)) else {
-            return st(Status::InvalidMemoryAccess);
-        };
-        let vm = caller.data_mut();
-        if !vm.redis_inits.iter().any(|(c, ..)| *c == cluster) {
-            return st(Status::BadArgument);
-        }
-        if let Some(CalloutFault::Reject(s)) = {
-            let mut p = lock(&vm.process);
-            match p.faults.redis_faults.front() {
-                Some(CalloutFault::Reject(_)) => p.faults.redis_faults.pop_front(),
-                _ => None,
+    linker.func_wrap(
+        "env",
+        "proxy_redis_call",
+        |mut caller: Caller<'_, VmState>, cptr: i32, clen: i32, qptr: i32, qlen: i32, token_ptr: i32| {
+            let (Some(cluster), Some(query)) = (read_str(&caller, cptr, clen), read(&caller, qptr, qlen)) else {
+                return st(Status::InvalidMemoryAccess);
+            };
+            let vm = caller.data_mut();
+            if !vm.redis_inits.iter().any(|(c, ..)| *c == cluster) {
+                return st(Status::BadArgument);
             }
-        } {
-            return st(s);
-        }
-        let token = vm.next_token;
-        vm.next_token += 1;
-        let ctx = vm.ctx_id();
-        vm.effects.push(Effect::RedisCall { ctx, token, cluster, query });
-        if write_u32(&mut caller, token_ptr, token) { st(Status::Ok) } else { st(Status::InvalidMemoryAccess) }
-    })?;
+            if let Some(CalloutFault::Reject(s)) = {
+                let mut p = lock(&vm.process);
+                match p.faults.redis_faults.front() {
+                    Some(CalloutFault::Reject(_)) => p.faults.redis_faults.pop_front(),
+                    _ => None,
+                }
+            } {
+                return st(s);
+            }
+            let token = vm.next_token;
+            vm.next_token += 1;
+            let ctx = vm.ctx_id();
+            vm.effects.push(Effect::RedisCall { ctx, token, cluster, query });
+            if write_u32(&mut caller, token_ptr, token) {
+                st(Status::Ok)
+            } else {
+                st(Status::InvalidMemoryAccess)
+            }
+        },
+    )?;
 
     for name in ENV_UNEMULATED {
         let ty = unemulated_type(linker.engine(), name);
@@ -1163,7 +1255,8 @@ pub(crate) fn add_wasi(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
     linker.func_wrap(WASI, "fd_read", |_c: Caller<'_, VmState>, _fd: i32, _iovs: i32, _n: i32, _read: i32| Ok(errno::NOSYS))?;
     linker.func_wrap(WASI, "fd_close", |_c: Caller<'_, VmState>, _fd: i32| Ok(errno::BADF))?;
-    linker.func_wrap(WASI, "fd_seek", |_c: Caller<'_, VmState>, _fd: i32, _off: i64, _whence: i32, _ptr: i32| Ok(errno::SPIPE))?;
+    linker
+        .func_wrap(WASI, "fd_seek", |_c: Caller<'_, VmState>, _fd: i32, _off: i64, _whence: i32, _ptr: i32| Ok(errno::SPIPE))?;
     linker.func_wrap(WASI, "fd_fdstat_get", |mut caller: Caller<'_, VmState>, fd: i32, ptr: i32| {
         if fd != 1 && fd != 2 {
             return Ok(errno::BADF);

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use sluice_harness::{
-    CalloutFault, CalloutOutcome, CalloutReply, HarnessError, HttpResponse, LogLevel, Origin, RedisReply, Request,
-    RequestState, Schedule, Status, WriteFault,
+    CalloutFault, CalloutOutcome, CalloutReply, HarnessError, HttpResponse, LogLevel, Origin, RedisReply, Request, RequestState,
+    Schedule, Status, WriteFault,
 };
 
 fn count(n: &str) -> u64 {
@@ -16,7 +16,8 @@ fn count(n: &str) -> u64 {
 
 #[test]
 fn a_request_goes_upstream_and_through_the_response_callbacks() {
-    let mut host = common::probe().upstream(|req| HttpResponse::new(201).header("x-up", &req.path).body("from upstream")).build().unwrap();
+    let mut host =
+        common::probe().upstream(|req| HttpResponse::new(201).header("x-up", &req.path).body("from upstream")).build().unwrap();
     let resp = host.request("GET", "/x").header("X-Op", "echo").send();
     assert_eq!((resp.status, resp.origin.clone()), (201, Origin::Upstream), "{resp:?}");
     assert_eq!(resp.body_str(), "from upstream");
@@ -161,7 +162,11 @@ fn a_custom_schedule_sees_where_each_worker_stands() {
             }
         })),
     );
-    assert!(seen.borrow().iter().flatten().any(|(_, p)| matches!(p, sluice_harness::Point::SharedGet { key } if key == "counter")));
+    assert!(seen
+        .borrow()
+        .iter()
+        .flatten()
+        .any(|(_, p)| matches!(p, sluice_harness::Point::SharedGet { key } if key == "counter")));
     // Worker 1 wrote 1 between worker 0's get (absent) and set (token 0): the final value is 1.
     assert_eq!(host.shared_get("counter").unwrap().0, 1u64.to_le_bytes());
 }
@@ -320,8 +325,16 @@ fn callout_timeout_fires_on_the_harness_clock_as_a_504() {
 
 #[test]
 fn delayed_and_held_callouts() {
-    let mut host =
-        common::probe().on_http_call(|c| if c.n == 1 { CalloutReply::RespondAfter(Duration::from_millis(5), HttpResponse::new(200)) } else { CalloutReply::Hold }).build().unwrap();
+    let mut host = common::probe()
+        .on_http_call(|c| {
+            if c.n == 1 {
+                CalloutReply::RespondAfter(Duration::from_millis(5), HttpResponse::new(200))
+            } else {
+                CalloutReply::Hold
+            }
+        })
+        .build()
+        .unwrap();
     let a = host.request("GET", "/c").header("x-op", "callout").start();
     let b = host.request("GET", "/c").header("x-op", "callout").start();
     host.advance(Duration::from_millis(5));
@@ -335,7 +348,8 @@ fn delayed_and_held_callouts() {
 fn callout_faults_by_count_and_by_number() {
     let mut host = common::probe().on_http_call(|_| CalloutReply::Respond(HttpResponse::ok())).build().unwrap();
     host.faults().nth_callout(2, CalloutFault::Fail).next_callouts(1, CalloutFault::Reject(Status::InternalFailure));
-    let send = |host: &mut sluice_harness::Host| host.request("GET", "/c").header("x-op", "callout").header("x-timeout-ms", "50").send();
+    let send =
+        |host: &mut sluice_harness::Host| host.request("GET", "/c").header("x-op", "callout").header("x-timeout-ms", "50").send();
     assert_eq!(send(&mut host).body_str(), "dispatch: InternalFailure");
     assert_eq!(send(&mut host).body_str(), "failed:11:reset");
     assert!(send(&mut host).admitted());
@@ -433,7 +447,10 @@ fn unknown_imports_are_refused_by_name() {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("unknown-import.wasm");
     std::fs::write(&path, wasm).unwrap();
     let err = sluice_harness::Host::builder().wasm(&path).build().err().unwrap();
-    assert!(matches!(&err, HarnessError::UnknownImport { module, name } if module == "env" && name == "proxy_frobnicate"), "{err}");
+    assert!(
+        matches!(&err, HarnessError::UnknownImport { module, name } if module == "env" && name == "proxy_frobnicate"),
+        "{err}"
+    );
     assert!(err.to_string().contains("env.proxy_frobnicate"));
 }
 

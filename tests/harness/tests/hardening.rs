@@ -130,7 +130,8 @@ fn a_write_that_keeps_losing_its_race_is_denied_and_counted() {
     // another worker writes that slot first, then worker 0's write goes (and fails).
     let mut armed = false;
     let schedule = Schedule::Custom(Box::new(move |ready: &[sluice_harness::Runnable]| {
-        let writing = |r: &sluice_harness::Runnable| matches!(&r.at, Point::SharedSet { key, .. } if key.starts_with("sluice:g:"));
+        let writing =
+            |r: &sluice_harness::Runnable| matches!(&r.at, Point::SharedSet { key, .. } if key.starts_with("sluice:g:"));
         let victim = ready.iter().position(|r| r.worker == 0);
         let Some(v) = victim.filter(|&v| writing(&ready[v])) else { return victim.unwrap_or(0) };
         if armed {

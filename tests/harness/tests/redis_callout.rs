@@ -9,9 +9,9 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use common::Redis;
 use serde_json::{json, Value};
 use sluice::config::STRATEGIES;
-use common::Redis;
 use sluice_harness::{forward, Host, Origin, Request, Response, Schedule};
 
 fn plugin(namespace: &str, rules: Value) -> Value {
@@ -42,7 +42,6 @@ fn strategy(name: &str) -> Value {
     }
 }
 
-
 fn unix_hour() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 3600).unwrap_or(0)
 }
@@ -64,10 +63,13 @@ fn every_strategy_is_exact_across_two_proxies_sharing_one_redis() {
         // afresh there) is run again under a new namespace.
         let mut attempt = 0;
         let (admitted, queued, limited) = loop {
-            let config = plugin(&format!("s{n}a{attempt}"), json!([{
-                "name": "api", "limit": format!("{LIMIT}/hour"), "strategy": strategy(name),
-                "identifier": "global", "backend": "redis", "on_error": "deny",
-            }]));
+            let config = plugin(
+                &format!("s{n}a{attempt}"),
+                json!([{
+                    "name": "api", "limit": format!("{LIMIT}/hour"), "strategy": strategy(name),
+                    "identifier": "global", "backend": "redis", "on_error": "deny",
+                }]),
+            );
             let (mut a, mut b) = (proxy(&config, 2, &redis), proxy(&config, 2, &redis));
             let hour = unix_hour();
             let mut resps = Vec::new();
@@ -95,10 +97,13 @@ fn every_strategy_is_exact_across_two_proxies_sharing_one_redis() {
 #[test]
 fn a_request_one_rule_denies_consumes_nothing_from_the_other() {
     let redis = Redis::start();
-    let config = plugin("multi", json!([
-        {"name": "site", "limit": "5/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
-        {"name": "user", "limit": "2/hour", "identifier": {"header": "x-user"}, "backend": "redis", "on_error": "deny"},
-    ]));
+    let config = plugin(
+        "multi",
+        json!([
+            {"name": "site", "limit": "5/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
+            {"name": "user", "limit": "2/hour", "identifier": {"header": "x-user"}, "backend": "redis", "on_error": "deny"},
+        ]),
+    );
     let mut host = proxy(&config, 2, &redis);
     let send = |host: &mut Host, user: &str| host.request("GET", "/").header("x-user", user).send();
     assert!(send(&mut host, "ann").admitted());
@@ -121,9 +126,12 @@ fn a_request_one_rule_denies_consumes_nothing_from_the_other() {
 #[test]
 fn scripts_flushed_from_redis_are_loaded_again() {
     let redis = Redis::start();
-    let config = plugin("noscript", json!([
-        {"name": "api", "limit": "3/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
-    ]));
+    let config = plugin(
+        "noscript",
+        json!([
+            {"name": "api", "limit": "3/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
+        ]),
+    );
     let mut host = proxy(&config, 1, &redis);
     assert!(host.request("GET", "/").send().admitted());
     assert_eq!(redis.command("SCRIPT FLUSH\r\n"), "+OK\r\n");
@@ -137,12 +145,15 @@ fn scripts_flushed_from_redis_are_loaded_again() {
 #[test]
 fn without_redis_each_rule_follows_its_on_error() {
     let redis = Redis::start();
-    let config = plugin("down", json!([
-        {"name": "open", "match": {"path": "/open/**"}, "limit": "1/hour", "identifier": "global", "backend": "redis", "on_error": "allow"},
-        {"name": "closed", "match": {"path": "/closed/**"}, "limit": "1/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
-        {"name": "local", "match": {"path": "/fallback/**"}, "limit": "4/hour", "identifier": "global", "backend": "redis",
-         "on_error": {"fallback": {"share": 0.5}}},
-    ]));
+    let config = plugin(
+        "down",
+        json!([
+            {"name": "open", "match": {"path": "/open/**"}, "limit": "1/hour", "identifier": "global", "backend": "redis", "on_error": "allow"},
+            {"name": "closed", "match": {"path": "/closed/**"}, "limit": "1/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
+            {"name": "local", "match": {"path": "/fallback/**"}, "limit": "4/hour", "identifier": "global", "backend": "redis",
+             "on_error": {"fallback": {"share": 0.5}}},
+        ]),
+    );
     let mut host = proxy(&config, 1, &redis);
     assert!(host.request("GET", "/open/x").send().admitted());
     drop(redis); // Redis is gone: every call now fails.

@@ -88,7 +88,11 @@ fn strategy_case_table_through_the_wasm_matches_native() {
                     break;
                 };
                 let want_reset = if step.allowed { ceil_secs(step.reset_ms) } else { ceil_secs(step.retry_after_ms).max(1) };
-                let got = (resp.admitted(), resp.header("x-ratelimit-remaining").map(str::to_string), resp.header("x-ratelimit-reset").map(str::to_string));
+                let got = (
+                    resp.admitted(),
+                    resp.header("x-ratelimit-remaining").map(str::to_string),
+                    resp.header("x-ratelimit-reset").map(str::to_string),
+                );
                 let want = (step.allowed, Some(step.remaining.to_string()), Some(want_reset.to_string()));
                 if got != want {
                     fail(format!("got {got:?} want {want:?} ({} {:?})", resp.status, resp.headers));
@@ -106,7 +110,6 @@ fn strategy_case_table_through_the_wasm_matches_native() {
     assert!(ran > 150, "only {ran} steps ran (skipped: {skipped:?})");
     eprintln!("case table: {ran} steps through the wasm; skipped {skipped:?}");
 }
-
 
 #[test]
 fn four_workers_interleaved_never_admit_more_than_the_limit() {
@@ -185,7 +188,10 @@ fn every_bad_configuration_is_rejected_with_its_errors_logged() {
     // (config, what one error line must say: its path, the offending text, what was expected).
     let bad: &[(&str, &[&str])] = &[
         ("{not json", &["invalid configuration", "not valid JSON", "line 1 column 2"]),
-        (r#"{"rules":[{"name":"api","limit":"100/fortnight"}]}"#, &["rules[0].limit", "\"100/fortnight\"", "fortnight", "expected"]),
+        (
+            r#"{"rules":[{"name":"api","limit":"100/fortnight"}]}"#,
+            &["rules[0].limit", "\"100/fortnight\"", "fortnight", "expected"],
+        ),
         (r#"{"rules":[{"name":"api","limit":"-5/s"}]}"#, &["rules[0].limit", "\"-5/s\"", "negative", "expected"]),
         (r#"{"rules":[{"name":"api","limit":"5/0s"}]}"#, &["rules[0].limit", "period is zero", "expected"]),
         (r#"{"rules":[{"name":"api","limit":100}]}"#, &["rules[0].limit", "100", "expected a rate string", "found a number"]),
@@ -194,13 +200,31 @@ fn every_bad_configuration_is_rejected_with_its_errors_logged() {
         (r#"{"colour":1,"rules":[{"name":"api","limit":"1/s"}]}"#, &["colour", "unknown field", "rules"]),
         (r#"{"rules":[{"name":"a","limit":"1/s"},{"name":"a","limit":"2/s"}]}"#, &["rules[1].name", "\"a\""]),
         (r#"{"rules":[{"limit":"1/s"}]}"#, &["rules[0]", "name"]),
-        (r#"{"rules":[{"name":"api","match":{"path":"/api/***"},"limit":"1/s"}]}"#, &["rules[0].match.path", "\"/api/***\"", "whole segment"]),
-        (r#"{"rules":[{"name":"api","limit":"1/s","exempt":{"cidrs":["10.0.0.0/33"]}}]}"#, &["rules[0].exempt.cidrs[0]", "\"10.0.0.0/33\"", "expected e.g."]),
-        (r#"{"rules":[{"name":"api","limit":"1/s","match":{"methods":["GE T"]}}]}"#, &["rules[0].match.methods[0]", "\"GE T\"", "expected a method"]),
-        (r#"{"rules":[{"name":"api","limit":"1/s","identifier":{"header":""}}]}"#, &["rules[0].identifier.header", "invalid header name", "expected"]),
-        (r#"{"rules":[{"name":"api","limit":"1/s","cost":{"header":"x-cost","default":5,"max":2}}]}"#, &["rules[0].cost.default", "greater than max 2"]),
+        (
+            r#"{"rules":[{"name":"api","match":{"path":"/api/***"},"limit":"1/s"}]}"#,
+            &["rules[0].match.path", "\"/api/***\"", "whole segment"],
+        ),
+        (
+            r#"{"rules":[{"name":"api","limit":"1/s","exempt":{"cidrs":["10.0.0.0/33"]}}]}"#,
+            &["rules[0].exempt.cidrs[0]", "\"10.0.0.0/33\"", "expected e.g."],
+        ),
+        (
+            r#"{"rules":[{"name":"api","limit":"1/s","match":{"methods":["GE T"]}}]}"#,
+            &["rules[0].match.methods[0]", "\"GE T\"", "expected a method"],
+        ),
+        (
+            r#"{"rules":[{"name":"api","limit":"1/s","identifier":{"header":""}}]}"#,
+            &["rules[0].identifier.header", "invalid header name", "expected"],
+        ),
+        (
+            r#"{"rules":[{"name":"api","limit":"1/s","cost":{"header":"x-cost","default":5,"max":2}}]}"#,
+            &["rules[0].cost.default", "greater than max 2"],
+        ),
         (r#"{"rules":[{"name":"r","limit":"1/s","backend":"redis"}]}"#, &["rules[0].backend", "redis"]),
-        (r#"{"rules":[{"name":"api","limit":"10/s","strategy":{"type":"leaky_bucket_queue","max_delay":"2 fortnights"}}]}"#, &["rules[0].strategy.max_delay", "fortnights"]),
+        (
+            r#"{"rules":[{"name":"api","limit":"10/s","strategy":{"type":"leaky_bucket_queue","max_delay":"2 fortnights"}}]}"#,
+            &["rules[0].strategy.max_delay", "fortnights"],
+        ),
     ];
     for (config, says) in bad {
         let err = common::sluice().config(*config).workers(2).build().err().unwrap_or_else(|| panic!("accepted: {config}"));

@@ -173,8 +173,16 @@ fn run(spec: &Value) -> Result<Value, String> {
         now += 10;
         std::hint::black_box(step(i, now));
     }
-    let before = [&calls.method, &calls.path, &calls.header, &calls.source_address, &calls.route_name, &calls.shared_get, &calls.shared_set]
-        .map(Cell::get);
+    let before = [
+        &calls.method,
+        &calls.path,
+        &calls.header,
+        &calls.source_address,
+        &calls.route_name,
+        &calls.shared_get,
+        &calls.shared_set,
+    ]
+    .map(Cell::get);
     let (a0, b0) = (ALLOCS.load(Relaxed), ALLOC_BYTES.load(Relaxed));
     let (mut admitted, mut denied, mut headers_out, mut outcomes, mut created) = (0u64, 0u64, 0u64, 0u64, 0u64);
     // (outcomes and created slots are reported for context: metrics cost no host call per request)
@@ -195,8 +203,16 @@ fn run(spec: &Value) -> Result<Value, String> {
     }
     let elapsed = start.elapsed();
     let (a1, b1) = (ALLOCS.load(Relaxed), ALLOC_BYTES.load(Relaxed));
-    let after = [&calls.method, &calls.path, &calls.header, &calls.source_address, &calls.route_name, &calls.shared_get, &calls.shared_set]
-        .map(Cell::get);
+    let after = [
+        &calls.method,
+        &calls.path,
+        &calls.header,
+        &calls.source_address,
+        &calls.route_name,
+        &calls.shared_get,
+        &calls.shared_set,
+    ]
+    .map(Cell::get);
     let per = |x: u64| x as f64 / n as f64;
     let names = ["method", "path", "header", "source_address", "route_name", "shared_get", "shared_set"];
     let mut core_calls = serde_json::Map::new();

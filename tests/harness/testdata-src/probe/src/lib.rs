@@ -251,7 +251,11 @@ impl HttpContext for Http {
                 Action::Pause
             }
             "callout" | "callout-bad" => {
-                let cluster = if self.op == "callout-bad" { "nowhere".to_string() } else { self.h("x-cluster").unwrap_or_else(|| "backend".into()) };
+                let cluster = if self.op == "callout-bad" {
+                    "nowhere".to_string()
+                } else {
+                    self.h("x-cluster").unwrap_or_else(|| "backend".into())
+                };
                 let timeout: u64 = self.h("x-timeout-ms").and_then(|d| d.parse().ok()).unwrap_or(1000);
                 let body = self.h("x-body").unwrap_or_default();
                 let r = self.dispatch_http_call(
