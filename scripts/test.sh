@@ -13,6 +13,9 @@ echo "== build: sluice.wasm and sluice-redis-callout.wasm (release, wasm32-wasip
 echo "== build: sluice-gateway (release; the end-to-end tests run this binary)"
 cargo build --release -p sluice-gateway
 
+echo "== format: cargo fmt --all -- --check (rustfmt.toml)"
+cargo fmt --all -- --check || { echo "run cargo fmt --all" >&2; exit 1; }
+
 echo "== lints: clippy on the filter, native and both wasm builds (src/ must not unwrap, expect or panic)"
 if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy -q -p sluice -- -D warnings
