@@ -6,16 +6,21 @@
 //! suspends it once (see [`Point`]), so with several workers busy the scheduler can run another
 //! worker between one worker's `get` and its `set`, which is exactly where Envoy's workers race.
 
+mod engine;
+mod guest;
+
+pub use engine::{check_imports, engine, load_module};
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use wasmtime::{Engine, Instance, Linker, Module, Store, TypedFunc};
+use wasmtime::Store;
 
 use crate::abi::{self, LogLevel, MetricType, Pairs, Status};
 use crate::clock::Clock;
@@ -24,279 +29,11 @@ use crate::http::{
     RequestState, Response, UpstreamRequest,
 };
 use crate::shared::{CalloutFault, LogEntry, Process, Rng, WriteFault};
-use crate::vm::{self, find, get_park, lock, Callback, Effect, LocalReply, Plugin, Point, VmState};
+use crate::vm::{self, find, get_park, lock, Effect, LocalReply, Plugin, Point, VmState};
 use crate::HarnessError;
 
-// ---------------------------------------------------------------------------------------------
-// Engine, module cache, linker: once per test binary.
-
-fn config() -> wasmtime::Config {
-    let mut c = wasmtime::Config::new();
-    c.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    c
-}
-
-/// The process-wide wasmtime engine.
-pub fn engine() -> Result<&'static Engine, HarnessError> {
-    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::new(&config()).map_err(|e| e.to_string())).as_ref().map_err(|e| HarnessError::Engine(e.clone()))
-}
-
-type ModuleKey = (PathBuf, Option<SystemTime>, u64);
-
-/// Compiles a module once per test binary (keyed by path, modification time and size).
-pub fn load_module(path: &Path) -> Result<Module, HarnessError> {
-    static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Module>>> = OnceLock::new();
-    let meta = std::fs::metadata(path).map_err(|e| HarnessError::Io { path: path.to_path_buf(), message: e.to_string() })?;
-    let key = (path.to_path_buf(), meta.modified().ok(), meta.len());
-    let cache = MODULES.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut cache = match cache.lock() {
-        Ok(c) => c,
-        Err(p) => p.into_inner(),
-    };
-    if let Some(m) = cache.get(&key) {
-        return Ok(m.clone());
-    }
-    let bytes = std::fs::read(path).map_err(|e| HarnessError::Io { path: path.to_path_buf(), message: e.to_string() })?;
-    let module = Module::new(engine()?, &bytes).map_err(|e| HarnessError::Compile(format!("{}: {e:#}", path.display())))?;
-    cache.insert(key, module.clone());
-    Ok(module)
-}
-
-fn linker() -> Result<&'static Linker<VmState>, HarnessError> {
-    static LINKER: OnceLock<Result<Linker<VmState>, String>> = OnceLock::new();
-    let engine = engine()?;
-    LINKER
-        .get_or_init(|| {
-            let mut l = Linker::new(engine);
-            vm::add_env(&mut l).map_err(|e| e.to_string())?;
-            vm::add_wasi(&mut l).map_err(|e| e.to_string())?;
-            Ok(l)
-        })
-        .as_ref()
-        .map_err(|e| HarnessError::Engine(e.clone()))
-}
-
-/// Refuses a module whose imports the harness does not know, naming the first one. Known but
-/// unemulated imports (gRPC, which the Rust SDK always links) are accepted; calling one traps
-/// with its name, unless `strict` refuses them here already.
-pub fn check_imports(module: &Module, strict: bool) -> Result<(), HarnessError> {
-    for import in module.imports() {
-        let (m, n) = (import.module(), import.name());
-        let known = match m {
-            "env" => {
-                if vm::ENV_UNEMULATED.contains(&n) {
-                    if strict {
-                        return Err(HarnessError::UnemulatedImport { module: m.to_string(), name: n.to_string() });
-                    }
-                    true
-                } else {
-                    vm::ENV_FUNCTIONS.contains(&n)
-                }
-            }
-            "wasi_snapshot_preview1" | "wasi_unstable" => vm::WASI_FUNCTIONS.contains(&n),
-            _ => false,
-        };
-        if !known || !matches!(import.ty(), wasmtime::ExternType::Func(_)) {
-            return Err(HarnessError::UnknownImport { module: m.to_string(), name: n.to_string() });
-        }
-        if m == "wasi_unstable" {
-            return Err(HarnessError::UnknownImport { module: m.to_string(), name: n.to_string() });
-        }
-    }
-    Ok(())
-}
-
-/// Polls a future to completion on this thread. Harness futures are only ever pending at a
-/// yield point, so re-polling at once is all a waker would do.
-pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Guest exports.
-
-type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
-
-#[derive(Clone)]
-struct Exports {
-    context_create: Option<TypedFunc<(i32, i32), ()>>,
-    vm_start: Option<TypedFunc<(i32, i32), i32>>,
-    configure: Option<TypedFunc<(i32, i32), i32>>,
-    tick: Option<TypedFunc<i32, ()>>,
-    request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
-    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
-    response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
-    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
-    http_call_response: Option<CallResponseFn>,
-    redis_call_response: Option<TypedFunc<(i32, i32, i32, i32), ()>>,
-    queue_ready: Option<TypedFunc<(i32, i32), ()>>,
-    done: Option<TypedFunc<i32, i32>>,
-    log: Option<TypedFunc<i32, ()>>,
-    delete: Option<TypedFunc<i32, ()>>,
-}
-
-fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
-    store: &mut Store<VmState>,
-    instance: &Instance,
-    name: &str,
-) -> Result<Option<TypedFunc<P, R>>, HarnessError> {
-    match instance.get_func(&mut *store, name) {
-        None => Ok(None),
-        Some(f) => f
-            .typed::<P, R>(&*store)
-            .map(Some)
-            .map_err(|e| HarnessError::BadExport { name: name.to_string(), message: e.to_string() }),
-    }
-}
-
-impl Exports {
-    fn resolve(store: &mut Store<VmState>, i: &Instance) -> Result<Self, HarnessError> {
-        Ok(Exports {
-            context_create: typed(store, i, "proxy_on_context_create")?,
-            vm_start: typed(store, i, "proxy_on_vm_start")?,
-            configure: typed(store, i, "proxy_on_configure")?,
-            tick: typed(store, i, "proxy_on_tick")?,
-            request_headers: typed(store, i, "proxy_on_request_headers")?,
-            request_body: typed(store, i, "proxy_on_request_body")?,
-            response_headers: typed(store, i, "proxy_on_response_headers")?,
-            response_body: typed(store, i, "proxy_on_response_body")?,
-            http_call_response: typed(store, i, "proxy_on_http_call_response")?,
-            redis_call_response: typed(store, i, "proxy_on_redis_call_response")?,
-            queue_ready: typed(store, i, "proxy_on_queue_ready")?,
-            done: typed(store, i, "proxy_on_done")?,
-            log: typed(store, i, "proxy_on_log")?,
-            delete: typed(store, i, "proxy_on_delete")?,
-        })
-    }
-}
-
-/// One callback into the guest.
-#[derive(Debug, Clone, Copy)]
-enum GuestCall {
-    ContextCreate { ctx: u32, parent: u32 },
-    VmStart { root: u32, size: u32 },
-    Configure { root: u32, size: u32 },
-    Tick { root: u32 },
-    RequestHeaders { ctx: u32, n: u32, eos: bool },
-    RequestBody { ctx: u32, size: u32, eos: bool },
-    ResponseHeaders { ctx: u32, n: u32, eos: bool },
-    ResponseBody { ctx: u32, size: u32, eos: bool },
-    HttpCallResponse { root: u32, token: u32, headers: u32, body: u32, trailers: u32 },
-    RedisCallResponse { root: u32, token: u32, status: i32, size: u32 },
-    QueueReady { root: u32, queue: u32 },
-    Done { ctx: u32 },
-    Log { ctx: u32 },
-    Delete { ctx: u32 },
-}
-
-impl GuestCall {
-    fn context(&self) -> u32 {
-        match *self {
-            GuestCall::ContextCreate { ctx, .. }
-            | GuestCall::RequestHeaders { ctx, .. }
-            | GuestCall::RequestBody { ctx, .. }
-            | GuestCall::ResponseHeaders { ctx, .. }
-            | GuestCall::ResponseBody { ctx, .. }
-            | GuestCall::Done { ctx }
-            | GuestCall::Log { ctx }
-            | GuestCall::Delete { ctx } => ctx,
-            GuestCall::VmStart { root, .. }
-            | GuestCall::Configure { root, .. }
-            | GuestCall::Tick { root }
-            | GuestCall::HttpCallResponse { root, .. }
-            | GuestCall::RedisCallResponse { root, .. }
-            | GuestCall::QueueReady { root, .. } => root,
-        }
-    }
-}
-
-/// Runs one callback; a missing export behaves as the SDKs' defaults (continue, done).
-async fn run_call(store: &mut Store<VmState>, ex: &Exports, call: GuestCall) -> wasmtime::Result<i32> {
-    {
-        let vm = store.data_mut();
-        vm.current = call.context();
-        vm.effective = 0;
-        vm.callback = match call {
-            GuestCall::VmStart { .. } => Callback::VmStart,
-            GuestCall::Configure { .. } => Callback::Configure,
-            _ => Callback::Other,
-        };
-    }
-    let b = |v: bool| v as i32;
-    let r = match call {
-        GuestCall::ContextCreate { ctx, parent } => match &ex.context_create {
-            Some(f) => f.call_async(&mut *store, (ctx as i32, parent as i32)).await.map(|_| 0),
-            None => Ok(0),
-        },
-        GuestCall::VmStart { root, size } => match &ex.vm_start {
-            Some(f) => f.call_async(&mut *store, (root as i32, size as i32)).await,
-            None => Ok(1),
-        },
-        GuestCall::Configure { root, size } => match &ex.configure {
-            Some(f) => f.call_async(&mut *store, (root as i32, size as i32)).await,
-            None => Ok(1),
-        },
-        GuestCall::Tick { root } => match &ex.tick {
-            Some(f) => f.call_async(&mut *store, root as i32).await.map(|_| 0),
-            None => Ok(0),
-        },
-        GuestCall::RequestHeaders { ctx, n, eos } => match &ex.request_headers {
-            Some(f) => f.call_async(&mut *store, (ctx as i32, n as i32, b(eos))).await,
-            None => Ok(0),
-        },
-        GuestCall::RequestBody { ctx, size, eos } => match &ex.request_body {
-            Some(f) => f.call_async(&mut *store, (ctx as i32, size as i32, b(eos))).await,
-            None => Ok(0),
-        },
-        GuestCall::ResponseHeaders { ctx, n, eos } => match &ex.response_headers {
-            Some(f) => f.call_async(&mut *store, (ctx as i32, n as i32, b(eos))).await,
-            None => Ok(0),
-        },
-        GuestCall::ResponseBody { ctx, size, eos } => match &ex.response_body {
-            Some(f) => f.call_async(&mut *store, (ctx as i32, size as i32, b(eos))).await,
-            None => Ok(0),
-        },
-        GuestCall::HttpCallResponse { root, token, headers, body, trailers } => match &ex.http_call_response {
-            Some(f) => f
-                .call_async(&mut *store, (root as i32, token as i32, headers as i32, body as i32, trailers as i32))
-                .await
-                .map(|_| 0),
-            None => Ok(0),
-        },
-        GuestCall::RedisCallResponse { root, token, status, size } => match &ex.redis_call_response {
-            Some(f) => f.call_async(&mut *store, (root as i32, token as i32, status, size as i32)).await.map(|_| 0),
-            None => Ok(0),
-        },
-        GuestCall::QueueReady { root, queue } => match &ex.queue_ready {
-            Some(f) => f.call_async(&mut *store, (root as i32, queue as i32)).await.map(|_| 0),
-            None => Ok(0),
-        },
-        GuestCall::Done { ctx } => match &ex.done {
-            Some(f) => f.call_async(&mut *store, ctx as i32).await,
-            None => Ok(1),
-        },
-        GuestCall::Log { ctx } => match &ex.log {
-            Some(f) => f.call_async(&mut *store, ctx as i32).await.map(|_| 0),
-            None => Ok(0),
-        },
-        GuestCall::Delete { ctx } => match &ex.delete {
-            Some(f) => f.call_async(&mut *store, ctx as i32).await.map(|_| 0),
-            None => Ok(0),
-        },
-    };
-    let vm = store.data_mut();
-    vm.current = 0;
-    vm.effective = 0;
-    vm.callback = Callback::None;
-    r
-}
+use engine::{block_on, linker};
+use guest::{run_call, typed, Exports, GuestCall};
 
 // ---------------------------------------------------------------------------------------------
 // Scheduling.
@@ -1831,6 +1568,8 @@ impl Host {
         self.settle();
         true
     }
+
+    // -- failures ----------------------------------------------------------------------------
 
     // -- failures ----------------------------------------------------------------------------
 
