@@ -9,16 +9,18 @@
 mod builder;
 mod engine;
 mod guest;
+mod schedule;
+mod time;
 
 pub use builder::HostBuilder;
 pub use engine::{check_imports, engine, load_module};
+pub use schedule::{Picker, Runnable, Schedule};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use wasmtime::Store;
@@ -29,74 +31,13 @@ use crate::http::{
     Callout, CalloutOutcome, CalloutReply, HttpResponse, Origin, RedisCall, RedisOutcome, RedisReply, Request, RequestId,
     RequestState, Response, UpstreamRequest,
 };
-use crate::shared::{CalloutFault, LogEntry, Process, Rng, WriteFault};
-use crate::vm::{self, find, get_park, lock, Effect, LocalReply, Plugin, Point, VmState};
+use crate::shared::{CalloutFault, LogEntry, Process, WriteFault};
+use crate::vm::{self, find, lock, Effect, LocalReply, Plugin, Point, VmState};
 use crate::HarnessError;
 
-use guest::{run_call, Exports, GuestCall};
-
-// ---------------------------------------------------------------------------------------------
-// Scheduling.
-
-/// A worker the scheduler may run next, and where it stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Runnable {
-    pub worker: usize,
-    /// The request whose callback is running or about to run (none for ticks and root work).
-    pub request: Option<RequestId>,
-    pub at: Point,
-}
-
-/// A test's own scheduling decision: given the runnable workers, an index into the slice.
-pub type Picker = Box<dyn FnMut(&[Runnable]) -> usize>;
-
-/// Picks which worker runs next whenever more than one could.
-pub enum Schedule {
-    /// The lowest-numbered runnable worker; each worker's events in arrival order.
-    InOrder,
-    /// Switch worker at every opportunity (after each shared-data call), round-robin. With two
-    /// workers racing on one key this forces both `get`s before either `set`.
-    RoundRobin,
-    /// A seeded random choice of worker at every opportunity, and of the next event on a worker.
-    Seeded(u64),
-    /// Workers in this order, one choice per opportunity; then `InOrder`. A listed worker that
-    /// is not runnable is skipped.
-    Script(Vec<usize>),
-    /// The test decides: given the runnable workers, return an index into the slice.
-    Custom(Picker),
-}
-
-impl std::fmt::Debug for Schedule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Schedule::InOrder => write!(f, "InOrder"),
-            Schedule::RoundRobin => write!(f, "RoundRobin"),
-            Schedule::Seeded(s) => write!(f, "Seeded({s})"),
-            Schedule::Script(v) => write!(f, "Script({v:?})"),
-            Schedule::Custom(_) => write!(f, "Custom"),
-        }
-    }
-}
-
-enum Sched {
-    InOrder,
-    RoundRobin { last: usize },
-    Seeded(Rng),
-    Script(VecDeque<usize>),
-    Custom(Picker),
-}
-
-impl From<Schedule> for Sched {
-    fn from(s: Schedule) -> Self {
-        match s {
-            Schedule::InOrder => Sched::InOrder,
-            Schedule::RoundRobin => Sched::RoundRobin { last: usize::MAX },
-            Schedule::Seeded(seed) => Sched::Seeded(Rng::new(seed)),
-            Schedule::Script(v) => Sched::Script(v.into()),
-            Schedule::Custom(f) => Sched::Custom(f),
-        }
-    }
-}
+use guest::{Exports, GuestCall};
+use schedule::Sched;
+use time::Timer;
 
 // ---------------------------------------------------------------------------------------------
 // Workers, steps, requests.
@@ -194,14 +135,6 @@ struct Req {
 pub struct Trap {
     pub worker: usize,
     pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    Tick { worker: usize, gen: u64 },
-    CallTimeout { worker: usize, token: u32 },
-    CallReplyDue { worker: usize, token: u32 },
-    RedisTimeout { worker: usize, token: u32 },
 }
 
 type UpstreamFn = Box<dyn FnMut(&UpstreamRequest) -> HttpResponse>;
@@ -453,216 +386,6 @@ impl Host {
             _ if r.released => RequestState::Released,
             _ => RequestState::Running,
         }
-    }
-
-    // -- time --------------------------------------------------------------------------------
-
-    /// Lets `d` of harness time pass, firing every timer (ticks, callout timeouts and delayed
-    /// replies) at its due time and running what each one triggers.
-    pub fn advance(&mut self, d: Duration) {
-        let target = self.clock.monotonic_ns().saturating_add(d.as_nanos() as u64);
-        if let Err(e) = self.drive_to(target) {
-            panic!("harness error: {e}");
-        }
-    }
-
-    fn drive_to(&mut self, target: u64) -> Result<(), HarnessError> {
-        loop {
-            self.fire_due_timers();
-            self.run_ready()?;
-            match self.next_timer() {
-                Some(t) if t <= target => self.clock.advance_monotonic_to(t),
-                _ => break,
-            }
-        }
-        self.clock.advance_monotonic_to(target);
-        self.fire_due_timers();
-        self.run_ready()
-    }
-
-    /// Runs everything that can run now (including timers already due), without letting time
-    /// pass.
-    pub fn settle(&mut self) {
-        if let Err(e) = self.drive(|_| false, Duration::ZERO) {
-            panic!("harness error: {e}");
-        }
-    }
-
-    /// The tick period a worker's root context set.
-    pub fn tick_period(&self, worker: usize) -> Option<Duration> {
-        let ms = self.workers.get(worker)?.tick_ms;
-        (ms > 0).then(|| Duration::from_millis(ms as u64))
-    }
-
-    fn next_timer(&self) -> Option<u64> {
-        self.timers.peek().map(|Reverse((t, _, _))| *t)
-    }
-
-    fn arm(&mut self, due_ns: u64, timer: Timer) {
-        self.timer_seq += 1;
-        self.timers.push(Reverse((due_ns, self.timer_seq, timer)));
-    }
-
-    fn fire_due_timers(&mut self) {
-        let now = self.clock.monotonic_ns();
-        while let Some(Reverse((due, _, timer))) = self.timers.peek().cloned() {
-            if due > now {
-                break;
-            }
-            self.timers.pop();
-            match timer {
-                Timer::Tick { worker, gen } => {
-                    let wk = &mut self.workers[worker];
-                    if gen != wk.tick_gen || wk.tick_ms == 0 || wk.failed.is_some() {
-                        continue;
-                    }
-                    if !wk.tick_queued {
-                        wk.tick_queued = true;
-                        wk.queue.push_back(Step::Tick);
-                    }
-                    // Envoy re-arms the tick timer for one period after it fired; a late timer
-                    // therefore fires once, not once per missed period.
-                    let period = wk.tick_ms as u64 * 1_000_000;
-                    self.arm(now + period, Timer::Tick { worker, gen });
-                }
-                Timer::CallTimeout { worker, token } => {
-                    if let Some(idx) = self.pending_calls.remove(&(worker, token)) {
-                        self.callouts[idx].outcome = Some(CalloutOutcome::TimedOut);
-                        let resp = HttpResponse::new(504)
-                            .header("content-length", "24")
-                            .header("content-type", "text/plain")
-                            .body("upstream request timeout");
-                        self.workers[worker].queue.push_back(Step::CallReply { token, delivery: Delivery::Response(resp) });
-                    }
-                }
-                Timer::CallReplyDue { worker, token } => self.release_delayed(worker, token),
-                Timer::RedisTimeout { worker, token } => {
-                    if let Some(idx) = self.pending_redis.remove(&(worker, token)) {
-                        self.redis_calls[idx].outcome = Some(RedisOutcome::TimedOut);
-                        self.workers[worker].queue.push_back(Step::RedisReply { token, status: 1, data: Vec::new() });
-                    }
-                }
-            }
-        }
-    }
-
-    // -- the drive loop ----------------------------------------------------------------------
-
-    /// Runs until `done`, letting up to `max_wait` of harness time pass when nothing can run
-    /// but a timer is pending.
-    fn drive(&mut self, done: impl Fn(&Host) -> bool, max_wait: Duration) -> Result<(), HarnessError> {
-        let deadline = self.clock.monotonic_ns().saturating_add(max_wait.as_nanos() as u64);
-        loop {
-            self.fire_due_timers();
-            while !done(self) {
-                if !self.step_once()? {
-                    break;
-                }
-            }
-            if done(self) {
-                return Ok(());
-            }
-            match self.next_timer() {
-                Some(t) if t <= deadline => self.clock.advance_monotonic_to(t),
-                _ => return Ok(()),
-            }
-        }
-    }
-
-    fn run_ready(&mut self) -> Result<(), HarnessError> {
-        while self.step_once()? {}
-        Ok(())
-    }
-
-    fn runnable(&self) -> Vec<Runnable> {
-        let mut out = Vec::new();
-        for (i, w) in self.workers.iter().enumerate() {
-            if w.failed.is_some() {
-                continue;
-            }
-            if let Some((step, _)) = &w.inflight {
-                out.push(Runnable { worker: i, request: step.request(), at: get_park(&w.park).unwrap_or(Point::Start) });
-            } else if let Some(step) = w.queue.front() {
-                out.push(Runnable { worker: i, request: step.request(), at: Point::Start });
-            }
-        }
-        out
-    }
-
-    /// Runs one worker one bit further (to its next yield point or the end of a callback).
-    /// Returns false when no worker can run.
-    fn step_once(&mut self) -> Result<bool, HarnessError> {
-        let runnable = self.runnable();
-        if runnable.is_empty() {
-            return Ok(false);
-        }
-        let pick = match &mut self.sched {
-            Sched::InOrder => 0,
-            Sched::RoundRobin { last } => {
-                let i = runnable.iter().position(|r| r.worker > *last).unwrap_or(0);
-                *last = runnable[i].worker;
-                i
-            }
-            Sched::Seeded(rng) => rng.below(runnable.len()),
-            Sched::Script(order) => {
-                let mut chosen = 0;
-                while let Some(w) = order.pop_front() {
-                    if let Some(i) = runnable.iter().position(|r| r.worker == w) {
-                        chosen = i;
-                        break;
-                    }
-                }
-                chosen
-            }
-            Sched::Custom(f) => f(&runnable).min(runnable.len() - 1),
-        };
-        let w = runnable[pick].worker;
-        if self.workers[w].inflight.is_none() {
-            let idx = match &mut self.sched {
-                Sched::Seeded(rng) => rng.below(self.workers[w].queue.len()),
-                _ => 0,
-            };
-            let Some(step) = self.workers[w].queue.remove(idx) else { return Ok(true) };
-            if !self.begin_step(w, step)? {
-                return Ok(true);
-            }
-        }
-        self.poll_worker(w)?;
-        Ok(true)
-    }
-
-    fn poll_worker(&mut self, w: usize) -> Result<(), HarnessError> {
-        let Some((_, fut)) = self.workers[w].inflight.as_mut() else { return Ok(()) };
-        let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready((store, result)) = fut.as_mut().poll(&mut cx) {
-            let (step, _) = self.workers[w].inflight.take().ok_or_else(|| HarnessError::Internal("lost step".into()))?;
-            self.workers[w].store = Some(store);
-            vm::set_park(&self.workers[w].park, None);
-            match result {
-                Ok(v) => self.finish_step(w, step, v),
-                Err(e) => self.fail_worker(w, format!("{e:?}")),
-            }
-        }
-        Ok(())
-    }
-
-    /// Prepares the guest-visible state for a step and starts its callback. Returns false if
-    /// the step needs no callback (it was handled on the spot).
-    fn begin_step(&mut self, w: usize, step: Step) -> Result<bool, HarnessError> {
-        let root = self.workers[w].root;
-        let mut store = self.workers[w].store.take().ok_or_else(|| HarnessError::Internal("worker store missing".into()))?;
-        let call = self.prepare(w, &mut store, &step, root);
-        let Some(call) = call else {
-            self.workers[w].store = Some(store);
-            return Ok(false);
-        };
-        let ex = self.workers[w].ex.clone();
-        let fut: StepFuture = Box::pin(async move {
-            let r = run_call(&mut store, &ex, call).await;
-            (store, r)
-        });
-        self.workers[w].inflight = Some((step, fut));
-        Ok(true)
     }
 
     fn prepare(&mut self, w: usize, store: &mut Store<VmState>, step: &Step, root: u32) -> Option<GuestCall> {
