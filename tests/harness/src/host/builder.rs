@@ -10,7 +10,8 @@ use wasmtime::Store;
 
 use super::engine::{block_on, check_imports, engine, linker, load_module};
 use super::guest::{run_call, typed, Exports, GuestCall};
-use super::{CalloutFn, Host, RedisFn, Sched, UpstreamFn, Worker};
+use super::schedule::Sched;
+use super::{CalloutFn, Host, RedisFn, UpstreamFn, Worker};
 use crate::abi::LogLevel;
 use crate::clock::Clock;
 use crate::http::{Callout, CalloutReply, HttpResponse, RedisCall, RedisReply, UpstreamRequest};

@@ -5,7 +5,8 @@ use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 
 use super::guest::run_call;
-use super::{Host, Step, StepFuture};
+use super::steps::Step;
+use super::{Host, StepFuture};
 use crate::http::RequestId;
 use crate::shared::Rng;
 use crate::vm::{self, get_park, Point};

@@ -4,7 +4,8 @@
 use std::cmp::Reverse;
 use std::time::Duration;
 
-use super::{Delivery, Host, Step};
+use super::steps::{Delivery, Step};
+use super::Host;
 use crate::http::{CalloutOutcome, HttpResponse, RedisOutcome};
 use crate::HarnessError;
 
@@ -105,6 +106,8 @@ impl Host {
             }
         }
     }
+
+    // -- the drive loop ----------------------------------------------------------------------
 
     /// Runs until `done`, letting up to `max_wait` of harness time pass when nothing can run
     /// but a timer is pending.
