@@ -1,14 +1,19 @@
-//! The host engine: workers (one VM each, sharing one process), the request lifecycle Envoy
-//! runs on every HTTP stream, timers on the harness clock, callouts, and the scheduler that
-//! decides which worker runs next.
+//! The [`Host`]: its state, the request API a test drives (`send`, `start`, `run`, `reset`,
+//! `state`), and what a trap does to a worker's requests.
+//!
+//! The host is the engine of the harness: workers (one VM each, sharing one process), the
+//! request lifecycle Envoy runs on every HTTP stream, timers on the harness clock, callouts,
+//! and the scheduler that decides which worker runs next, each in a submodule of its own.
 //!
 //! Every guest callback runs as a future on its worker's wasmtime fiber. A shared-data call
 //! suspends it once (see [`Point`]), so with several workers busy the scheduler can run another
 //! worker between one worker's `get` and its `set`, which is exactly where Envoy's workers race.
 
 mod builder;
+mod calls;
 mod engine;
 mod guest;
+mod inspect;
 mod schedule;
 mod steps;
 mod stream;
@@ -16,6 +21,7 @@ mod time;
 
 pub use builder::HostBuilder;
 pub use engine::{check_imports, engine, load_module};
+pub use inspect::FaultInjector;
 pub use schedule::{Picker, Runnable, Schedule};
 
 use std::cmp::Reverse;
@@ -27,19 +33,19 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
-use crate::abi::{LogLevel, MetricType, Status};
+use crate::abi::LogLevel;
 use crate::clock::Clock;
 use crate::http::{
-    Callout, CalloutOutcome, CalloutReply, HttpResponse, Origin, RedisCall, RedisOutcome, RedisReply, Request, RequestId,
-    RequestState, Response, UpstreamRequest,
+    Callout, CalloutReply, HttpResponse, Origin, RedisCall, RedisReply, Request, RequestId, RequestState, Response,
+    UpstreamRequest,
 };
-use crate::shared::{CalloutFault, LogEntry, Process, WriteFault};
-use crate::vm::{self, lock, Effect, LocalReply, Plugin, Point, VmState};
+use crate::shared::Process;
+use crate::vm::{lock, Effect, LocalReply, Plugin, Point, VmState};
 use crate::HarnessError;
 
 use guest::Exports;
 use schedule::Sched;
-use steps::{Delivery, Step};
+use steps::Step;
 use stream::Wait;
 use time::Timer;
 
@@ -334,147 +340,6 @@ impl Host {
         }
     }
 
-    // -- callouts ----------------------------------------------------------------------------
-
-    fn dispatch_callout(&mut self, w: usize, ctx: u32, token: u32, n: u64, call: vm::CalloutRequest) {
-        let timeout_ms = call.timeout_ms;
-        let record = Callout {
-            n,
-            worker: w,
-            token,
-            context_id: ctx,
-            request_id: self.by_ctx.get(&(w, ctx)).copied(),
-            request: call,
-            outcome: None,
-        };
-        let fault = {
-            let mut p = lock(&self.process);
-            p.faults.nth_callout.remove(&n).or_else(|| p.faults.callout_faults.pop_front())
-        };
-        let reply = match fault {
-            Some(CalloutFault::Fail) => CalloutReply::Fail,
-            Some(CalloutFault::Timeout) => CalloutReply::Timeout,
-            // Rejections happened at dispatch time; anything else falls through.
-            Some(CalloutFault::Reject(_)) | None => (self.on_callout)(&record),
-        };
-        let idx = self.callouts.len();
-        self.callouts.push(record);
-        self.pending_calls.insert((w, token), idx);
-        let now = self.clock.monotonic_ns();
-        if timeout_ms > 0 {
-            self.arm(now + timeout_ms as u64 * 1_000_000, Timer::CallTimeout { worker: w, token });
-        }
-        self.deliver_callout(w, token, reply);
-    }
-
-    fn deliver_callout(&mut self, w: usize, token: u32, reply: CalloutReply) {
-        let Some(idx) = self.pending_calls.get(&(w, token)).copied() else { return };
-        match reply {
-            CalloutReply::Respond(resp) => {
-                self.pending_calls.remove(&(w, token));
-                self.callouts[idx].outcome = Some(CalloutOutcome::Responded(resp.status));
-                self.workers[w].queue.push_back(Step::CallReply { token, delivery: Delivery::Response(resp) });
-            }
-            CalloutReply::RespondAfter(d, resp) => {
-                let due = self.clock.monotonic_ns() + d.as_nanos() as u64;
-                self.delayed.insert((w, token), resp);
-                self.arm(due, Timer::CallReplyDue { worker: w, token });
-            }
-            CalloutReply::Fail => {
-                self.pending_calls.remove(&(w, token));
-                self.callouts[idx].outcome = Some(CalloutOutcome::Failed);
-                self.workers[w].queue.push_back(Step::CallReply { token, delivery: Delivery::Failure });
-            }
-            CalloutReply::Timeout | CalloutReply::Hold => {}
-        }
-    }
-
-    fn release_delayed(&mut self, w: usize, token: u32) {
-        if let Some(resp) = self.delayed.remove(&(w, token)) {
-            self.deliver_callout(w, token, CalloutReply::Respond(resp));
-        }
-    }
-
-    /// Every HTTP callout dispatched so far.
-    pub fn callouts(&self) -> &[Callout] {
-        &self.callouts
-    }
-
-    /// Answers a held callout (by its number `n`); returns false if it was already answered or
-    /// timed out.
-    pub fn answer_callout(&mut self, n: u64, reply: CalloutReply) -> bool {
-        let Some(c) = self.callouts.iter().find(|c| c.n == n) else { return false };
-        let key = (c.worker, c.token);
-        if !self.pending_calls.contains_key(&key) {
-            return false;
-        }
-        self.deliver_callout(key.0, key.1, reply);
-        self.settle();
-        true
-    }
-
-    fn dispatch_redis(&mut self, w: usize, ctx: u32, token: u32, cluster: String, query: Vec<u8>) {
-        let n = self.redis_calls.len() as u64 + 1;
-        let record = RedisCall {
-            n,
-            worker: w,
-            token,
-            context_id: ctx,
-            request_id: self.by_ctx.get(&(w, ctx)).copied(),
-            cluster: cluster.clone(),
-            query,
-            outcome: None,
-        };
-        let fault = lock(&self.process).faults.redis_faults.pop_front();
-        let reply = match fault {
-            Some(CalloutFault::Fail) => RedisReply::Fail(1),
-            Some(CalloutFault::Timeout) => RedisReply::Timeout,
-            Some(CalloutFault::Reject(_)) | None => (self.on_redis)(&record),
-        };
-        let timeout_ms = self.workers[w]
-            .store
-            .as_ref()
-            .and_then(|s| s.data().redis_inits.iter().rev().find(|(c, ..)| *c == cluster).map(|i| i.3))
-            .unwrap_or(0);
-        let idx = self.redis_calls.len();
-        self.redis_calls.push(record);
-        self.pending_redis.insert((w, token), idx);
-        if timeout_ms > 0 {
-            let due = self.clock.monotonic_ns() + timeout_ms as u64 * 1_000_000;
-            self.arm(due, Timer::RedisTimeout { worker: w, token });
-        }
-        self.deliver_redis(w, token, reply);
-    }
-
-    fn deliver_redis(&mut self, w: usize, token: u32, reply: RedisReply) {
-        let Some(idx) = self.pending_redis.get(&(w, token)).copied() else { return };
-        let (status, data, outcome) = match reply {
-            RedisReply::Resp(data) => (0, data, RedisOutcome::Replied),
-            RedisReply::Fail(s) => (if s == 0 { 1 } else { s }, Vec::new(), RedisOutcome::Failed(s)),
-            RedisReply::Timeout | RedisReply::Hold => return,
-        };
-        self.pending_redis.remove(&(w, token));
-        self.redis_calls[idx].outcome = Some(outcome);
-        self.workers[w].queue.push_back(Step::RedisReply { token, status, data });
-    }
-
-    /// Every Redis call made so far.
-    pub fn redis_calls(&self) -> &[RedisCall] {
-        &self.redis_calls
-    }
-
-    /// Answers a held Redis call (by its number `n`).
-    pub fn answer_redis(&mut self, n: u64, reply: RedisReply) -> bool {
-        let Some(c) = self.redis_calls.iter().find(|c| c.n == n) else { return false };
-        let key = (c.worker, c.token);
-        if !self.pending_redis.contains_key(&key) {
-            return false;
-        }
-        self.deliver_redis(key.0, key.1, reply);
-        self.settle();
-        true
-    }
-
     // -- failures ----------------------------------------------------------------------------
 
     fn fail_worker(&mut self, w: usize, message: String) {
@@ -511,123 +376,5 @@ impl Host {
     /// Traps so far (a trapped worker answers every request with 503).
     pub fn traps(&self) -> &[Trap] {
         &self.traps
-    }
-
-    // -- shared data, metrics, logs, faults --------------------------------------------------
-
-    /// The value and CAS token of a shared-data key of this host's `vm_id`.
-    pub fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        lock(&self.process).shared.get(&self.plugin.vm_id, key)
-    }
-
-    /// Writes shared data as a guest would (same CAS rules).
-    pub fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Status {
-        lock(&self.process).shared.set(&self.plugin.vm_id, key, value, cas)
-    }
-
-    /// Number of shared-data keys of this host's `vm_id`.
-    pub fn shared_len(&self) -> usize {
-        lock(&self.process).shared.len(&self.plugin.vm_id)
-    }
-
-    pub fn shared_keys(&self) -> Vec<String> {
-        lock(&self.process).shared.keys(&self.plugin.vm_id)
-    }
-
-    /// Bytes of keys and values in shared data.
-    pub fn shared_bytes(&self) -> usize {
-        lock(&self.process).shared.bytes(&self.plugin.vm_id)
-    }
-
-    /// The next CAS stamp the process hands out; settable to test wrap-around.
-    pub fn next_cas(&self) -> u32 {
-        lock(&self.process).shared.next_cas()
-    }
-
-    pub fn set_next_cas(&self, next: u32) {
-        lock(&self.process).shared.set_next_cas(next)
-    }
-
-    /// (reads, writes) of shared data by all guests so far.
-    pub fn shared_ops(&self) -> (u64, u64) {
-        let p = lock(&self.process);
-        (p.shared_reads, p.shared_writes)
-    }
-
-    /// Fault injection.
-    pub fn faults(&self) -> FaultInjector<'_> {
-        FaultInjector { process: &self.process }
-    }
-
-    /// A metric's value by name (counters and gauges).
-    pub fn metric(&self, name: &str) -> Option<i64> {
-        lock(&self.process).metrics.get(name).map(|m| m.value)
-    }
-
-    /// Every metric: name → (type, value).
-    pub fn metrics(&self) -> HashMap<String, (MetricType, i64)> {
-        lock(&self.process).metrics.iter().map(|(k, m)| (k.clone(), (m.kind, m.value))).collect()
-    }
-
-    /// Every log line captured so far (`proxy_log`, and stdout/stderr as info/error).
-    pub fn logs(&self) -> Vec<LogEntry> {
-        lock(&self.process).logs.clone()
-    }
-
-    /// Log lines at `level` or above.
-    pub fn logs_at_least(&self, level: LogLevel) -> Vec<LogEntry> {
-        lock(&self.process).logs.iter().filter(|l| l.level >= level).cloned().collect()
-    }
-
-    /// Whether any line at `level` or above contains `text`.
-    pub fn logged(&self, level: LogLevel, text: &str) -> bool {
-        lock(&self.process).logs.iter().any(|l| l.level >= level && l.message.contains(text))
-    }
-
-    pub fn clear_logs(&self) {
-        lock(&self.process).logs.clear();
-    }
-
-    /// `proxy_redis_init` calls of a worker: (cluster, username, password, timeout ms).
-    pub fn redis_inits(&self, worker: usize) -> Vec<(String, String, String, u32)> {
-        self.workers.get(worker).and_then(|w| w.store.as_ref()).map(|s| s.data().redis_inits.clone()).unwrap_or_default()
-    }
-}
-
-/// Makes the next shared-data operations or callouts fail.
-pub struct FaultInjector<'a> {
-    process: &'a Arc<Mutex<Process>>,
-}
-
-impl FaultInjector<'_> {
-    /// The next `k` shared-data writes (any worker) fail as given, changing nothing. Note that
-    /// the Rust SDK's `set_shared_data` panics on any status but `Ok` and `CasMismatch`.
-    pub fn fail_next_writes(&self, k: usize, fault: WriteFault) -> &Self {
-        lock(self.process).faults.write_faults.extend(std::iter::repeat_n(fault, k));
-        self
-    }
-
-    /// The next `k` shared-data reads fail with `status`.
-    pub fn fail_next_reads(&self, k: usize, status: Status) -> &Self {
-        lock(self.process).faults.read_faults.extend(std::iter::repeat_n(status, k));
-        self
-    }
-
-    /// The next `k` callouts fail (reset), time out, or are rejected at dispatch.
-    pub fn next_callouts(&self, k: usize, fault: CalloutFault) -> &Self {
-        lock(self.process).faults.callout_faults.extend(std::iter::repeat_n(fault, k));
-        self
-    }
-
-    /// The `n`-th callout of this host (counting from 1) fails as given.
-    pub fn nth_callout(&self, n: u64, fault: CalloutFault) -> &Self {
-        lock(self.process).faults.nth_callout.insert(n, fault);
-        self
-    }
-
-    /// The next `k` Redis calls fail, time out, or are rejected.
-    pub fn next_redis_calls(&self, k: usize, fault: CalloutFault) -> &Self {
-        lock(self.process).faults.redis_faults.extend(std::iter::repeat_n(fault, k));
-        self
     }
 }
