@@ -12,7 +12,7 @@
 //! with its VM is replaced once it cannot still be in flight: `max(open_ms, timeout_ms)` plus
 //! [`LATE_ANSWER_MS`] after it started, so `half_open_probes` is never exceeded.
 
-use crate::store::{SharedStore, StoreError, CREATE_TOKEN, MAX_ATTEMPTS};
+use crate::store::{with_retries, SharedStore, StoreError, CREATE_TOKEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSpec {
@@ -101,26 +101,20 @@ pub struct Breaker<'a> {
 }
 
 impl Breaker<'_> {
-    /// Reads, transforms and writes the state with CAS; retries on contention.
+    /// Reads, transforms and writes the state with CAS, deciding again when another worker
+    /// moved the breaker in between.
     fn modify<T>(&self, store: &impl SharedStore, mut f: impl FnMut(State) -> (State, T)) -> Result<T, StoreError> {
-        for _ in 0..MAX_ATTEMPTS {
+        with_retries(self.key, || {
             let (state, cas) = match store.get(self.key)? {
                 Some((bytes, cas)) => (State::decode(&bytes), cas),
                 None => (State::CLOSED, CREATE_TOKEN),
             };
             let (next, out) = f(state);
-            if next == state {
-                return Ok(out);
+            if next != state {
+                store.set(self.key, &next.encode(), cas)?;
             }
-            match store.set(self.key, &next.encode(), cas) {
-                Ok(()) => return Ok(out),
-                // Another worker moved the breaker between our read and write: decide again on
-                // what it wrote.
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(StoreError::Unavailable(format!("{} still contended", self.key)))
+            Ok(out)
+        })
     }
 
     pub fn phase(&self, store: &impl SharedStore) -> Phase {

@@ -1,9 +1,10 @@
 //! sluice's time: a clock that never runs backwards yet never stops, built from the host's wall
 //! clock, and the deadlines of Redis calls measured on it.
 //!
-//! Envoy's clock is wall time and may step back (NTP, a VM resumed). Clamping to the latest
-//! reading would stop time until the host caught up, an hour after a one-hour step: windows
-//! would not roll, queued requests would not be released, the breaker would not probe. Instead,
+//! Envoy's clock is wall time and may step back (docs/architecture.md, "Host facts: time").
+//! Clamping to the latest reading would stop time until the host caught up, an hour after a
+//! one-hour step: windows would not roll, queued requests would not be released, the breaker
+//! would not probe. Instead,
 //! after a step back the clock carries on from the latest time it returned, at the host's pace
 //! (an offset absorbs the step). Workers of one proxy share a high-water mark in shared data at
 //! every tick (see [`Clock::catch_up`]), so they agree within one tick period and a restarted

@@ -64,6 +64,47 @@ impl Rate {
     }
 }
 
+/// A rule's limits: all of them must admit; or none at all (`0/0`, alone), which admits every
+/// request and counts nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limits {
+    Unlimited,
+    /// Never empty; no `0/0` among them.
+    Rates(Vec<Rate>),
+}
+
+impl Limits {
+    /// The rates in force (none when unlimited).
+    pub fn rates(&self) -> &[Rate] {
+        match self {
+            Limits::Unlimited => &[],
+            Limits::Rates(rates) => rates,
+        }
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        matches!(self, Limits::Unlimited)
+    }
+
+    /// As the config spells them (`0/0` when unlimited).
+    pub fn written(&self) -> Vec<String> {
+        match self {
+            Limits::Unlimited => vec![Rate::UNLIMITED.to_string()],
+            Limits::Rates(rates) => rates.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// The normalized config shows `0/0` as the rate it is written as.
+impl serde::Serialize for Limits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Limits::Unlimited => [Rate::UNLIMITED].serialize(s),
+            Limits::Rates(rates) => rates.serialize(s),
+        }
+    }
+}
+
 impl FromStr for Rate {
     type Err = RateError;
 

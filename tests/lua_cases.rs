@@ -7,14 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sluice::rate::Rate;
-use sluice::strategy::{cases, decide, lua, Decision, Strategy};
+use sluice::redis::script as lua;
+use sluice::redis::wire::{self, Reply};
+use sluice::strategy::{cases, decide, Decision, Strategy};
 
 const CASES: &str = include_str!("cases/strategies.json");
 
@@ -50,7 +52,7 @@ impl Redis {
                     break; // exited: probably lost the port race; try another port
                 }
                 if let Ok(mut c) = server.try_connect() {
-                    if c.cmd(&["PING"]) == Reply::Simple("PONG".into()) {
+                    if c.cmd(&["PING"]) == Reply::Str("PONG".into()) {
                         return server;
                     }
                 }
@@ -65,7 +67,7 @@ impl Redis {
         let stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
-        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+        Ok(Conn { stream })
     }
 
     fn connect(&self) -> Conn {
@@ -81,61 +83,23 @@ impl Drop for Redis {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Reply>>),
-}
-
+/// A connection speaking RESP through the filter's own encoder and reader.
 struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    stream: TcpStream,
 }
 
 impl Conn {
-    fn cmd<S: AsRef<[u8]>>(&mut self, args: &[S]) -> Reply {
-        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            let a = a.as_ref();
-            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            buf.extend_from_slice(a);
-            buf.extend_from_slice(b"\r\n");
+    fn cmd<S: AsRef<str>>(&mut self, args: &[S]) -> Reply {
+        let words: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+        self.stream.write_all(&wire::resp_commands(&[words])).expect("write to redis");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while wire::resp_len(&buf).is_none() {
+            let n = self.stream.read(&mut chunk).expect("read from redis");
+            assert!(n > 0, "redis closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
         }
-        self.writer.write_all(&buf).expect("write to redis");
-        self.read_reply()
-    }
-
-    fn read_reply(&mut self) -> Reply {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read from redis");
-        let line = line.trim_end_matches("\r\n");
-        let (kind, rest) = line.split_at(1);
-        match kind {
-            "+" => Reply::Simple(rest.to_string()),
-            "-" => Reply::Error(rest.to_string()),
-            ":" => Reply::Int(rest.parse().expect("integer reply")),
-            "$" => {
-                let len: i64 = rest.parse().expect("bulk length");
-                if len < 0 {
-                    return Reply::Bulk(None);
-                }
-                let mut data = vec![0; len as usize + 2];
-                self.reader.read_exact(&mut data).expect("bulk body");
-                data.truncate(len as usize);
-                Reply::Bulk(Some(data))
-            }
-            "*" => {
-                let n: i64 = rest.parse().expect("array length");
-                if n < 0 {
-                    return Reply::Array(None);
-                }
-                Reply::Array(Some((0..n).map(|_| self.read_reply()).collect()))
-            }
-            other => panic!("unexpected RESP type {other:?} in {line:?}"),
-        }
+        wire::resp_replies(&buf, 1).expect("one reply").remove(0)
     }
 }
 
@@ -157,7 +121,7 @@ struct Rule<'a> {
 impl Script {
     fn load(conn: &mut Conn) -> Script {
         match conn.cmd(&["SCRIPT", "LOAD", lua::SCRIPT]) {
-            Reply::Bulk(Some(sha)) => Script { sha: String::from_utf8(sha).expect("sha") },
+            Reply::Str(sha) => Script { sha },
             other => panic!("SCRIPT LOAD failed: {other:?}"),
         }
     }
@@ -177,14 +141,14 @@ impl Script {
     /// (all allowed, per rule (decision, ttl_ms)).
     fn call(&self, conn: &mut Conn, rules: &[Rule], now_us: Option<u64>) -> (bool, Vec<(Decision, u64)>) {
         let reply = self.raw(conn, rules, now_us);
-        let Reply::Array(Some(items)) = reply else { panic!("script reply: {reply:?}") };
+        let Reply::Array(items) = reply else { panic!("script reply: {reply:?}") };
         assert_eq!(items.len(), rules.len() + 1, "reply {items:?}");
         let all = items[0] == Reply::Int(1);
         let per_rule = items[1..]
             .iter()
             .zip(rules)
             .map(|(item, rule)| {
-                let Reply::Array(Some(fields)) = item else { panic!("rule reply: {item:?}") };
+                let Reply::Array(fields) = item else { panic!("rule reply: {item:?}") };
                 let ints: Vec<i64> = fields
                     .iter()
                     .map(|f| match f {
@@ -208,7 +172,8 @@ impl Script {
 
 fn get(conn: &mut Conn, key: &str) -> Option<String> {
     match conn.cmd(&["GET", key]) {
-        Reply::Bulk(b) => b.map(|b| String::from_utf8(b).expect("utf-8 state")),
+        Reply::Str(b) => Some(b),
+        Reply::Nil => None,
         other => panic!("GET: {other:?}"),
     }
 }
@@ -239,7 +204,7 @@ fn case_table_through_lua() {
             let mut native_state: Vec<u8> = Vec::new();
             for (i, step) in case.steps.iter().enumerate() {
                 if step.corrupt {
-                    assert_eq!(conn.cmd(&["SET", &key, "not a state"]), Reply::Simple("OK".into()));
+                    assert_eq!(conn.cmd(&["SET", key.as_str(), "not a state"]), Reply::Str("OK".into()));
                     native_state = vec![0xff];
                 }
                 let now_us = step.now_us(table.base_ms, offset);
@@ -513,7 +478,7 @@ fn dry_runs_decide_but_write_nothing() {
         let mut args = vec!["EVALSHA", sha, "1", "{d}:k", "fixed_window", "2", "60000", "1", "0", "0"];
         args.extend_from_slice(extra);
         match conn.cmd(&args) {
-            Reply::Array(items) => matches!(items.as_deref().and_then(|i| i.first()), Some(Reply::Int(1))),
+            Reply::Array(items) => matches!(items.first(), Some(Reply::Int(1))),
             other => panic!("{other:?}"),
         }
     };

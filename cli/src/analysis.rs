@@ -182,11 +182,8 @@ fn never_limits(rule: &Rule, out: &mut Vec<Finding>) {
 }
 
 fn redundant_limits(rule: &Rule, out: &mut Vec<Finding>) {
-    let limits = &rule.limits;
+    let limits = rule.limits.rates();
     for (i, a) in limits.iter().enumerate() {
-        if a.is_unlimited() {
-            continue;
-        }
         // a is redundant if another limit of the same period is smaller, or equal and earlier.
         let by = limits
             .iter()
@@ -230,7 +227,7 @@ fn shadowed(config: &Config, live: &[bool], out: &mut Vec<Finding>) {
 }
 
 fn rates(rule: &Rule) -> String {
-    rule.limits.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    rule.limits.written().join(", ")
 }
 
 /// Whether rule `a` makes rule `b` redundant (see the module docs for the conditions).
@@ -243,10 +240,11 @@ pub fn covers(a: &Rule, b: &Rule) -> bool {
         && same_on_error(a.on_error, b.on_error)
         && cost_at_least(&a.cost, &b.cost)
         && strategy_at_least(a, b)
-        && b.limits.iter().all(|lb| {
-            !lb.is_unlimited()
-                && a.limits.iter().any(|la| !la.is_unlimited() && la.period_ms == lb.period_ms && la.limit <= lb.limit)
-        })
+        && !b.limits.is_unlimited()
+        && b.limits
+            .rates()
+            .iter()
+            .all(|lb| a.limits.rates().iter().any(|la| la.period_ms == lb.period_ms && la.limit <= lb.limit))
 }
 
 fn same_on_error(a: OnError, b: OnError) -> bool {
@@ -275,7 +273,7 @@ fn cost_at_least(a: &Cost, b: &Cost) -> bool {
 /// limit's own count, which for the limit pairs compared (same period, `a`'s count no larger)
 /// is already ordered; an explicit burst against a default one compares only for one limit.
 fn strategy_at_least(a: &Rule, b: &Rule) -> bool {
-    let single = |rule: &Rule| match rule.limits.as_slice() {
+    let single = |rule: &Rule| match rule.limits.rates() {
         [only] => Some(only.limit),
         _ => None,
     };
@@ -286,7 +284,7 @@ fn strategy_at_least(a: &Rule, b: &Rule) -> bool {
         (None, Some(q)) => single(a).is_some_and(|p| p <= q),
     };
     // A log that holds at least as many entries as every limit is exact, whatever its size.
-    let exact = |rule: &Rule, n: u32| rule.limits.iter().all(|r| r.limit <= u64::from(n));
+    let exact = |rule: &Rule, n: u32| rule.limits.rates().iter().all(|r| r.limit <= u64::from(n));
     match (&a.strategy, &b.strategy) {
         (Strategy::FixedWindow, Strategy::FixedWindow) | (Strategy::SlidingWindowCounter, Strategy::SlidingWindowCounter) => true,
         (Strategy::SlidingWindowLog { max_entries: x }, Strategy::SlidingWindowLog { max_entries: y }) => {

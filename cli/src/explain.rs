@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use serde_json::Value;
-use sluice::config::{Backend, Config, IdentPart, Rule};
-use sluice::engine::{path_only, Applies, Limiter};
+use sluice::config::{Backend, Config, Rule};
+use sluice::engine::{Applies, Exemption, Limiter, Mismatch, Missing};
 use sluice::identity::{self, RequestInfo};
 
 use crate::analysis::{self, Finding};
@@ -140,77 +140,44 @@ fn strategy_text(config: &Config, index: usize) -> String {
     }
 }
 
-/// `<namespace>:{<rule>:<hash>}:` as the filter forms Redis keys, then the per-limit suffix.
-fn redis_key(config: &Config, rule: &Rule, hash: u64) -> String {
-    let full = sluice::redis::key(&config.namespace, &rule.name, hash, 0, 0);
-    match full.find("}:") {
-        Some(end) => format!("{}<limit index>.<fingerprint>", &full[..end + 2]),
-        None => full,
-    }
-}
-
-fn no_match_reasons(rule: &Rule, req: &CliRequest) -> Vec<String> {
+/// Why the rule's match does not hold, as the engine found it.
+fn no_match_reasons(rule: &Rule, why: &[Mismatch]) -> Vec<String> {
     let m = &rule.matcher;
-    let mut out = Vec::new();
-    let path = String::from_utf8_lossy(path_only(req.path.as_bytes()));
-    let path = path.as_ref();
-    if !m.methods.is_empty() && !m.methods.contains(&req.method) {
-        out.push(format!("method {} is not one of {}", req.method, m.methods.join(", ")));
-    }
-    if !m.paths.is_empty() && !m.paths.iter().any(|g| g.matches(path)) {
-        let globs: Vec<String> = m.paths.iter().map(|g| format!("{:?}", g.source)).collect();
-        out.push(format!("path {path:?} matches none of {}", globs.join(", ")));
-    }
-    for (name, want) in &m.headers {
-        match req.first(name) {
-            Some(v) if v == want => {}
-            Some(v) => out.push(format!("header {name} is {v:?}, not {want:?}")),
-            None => out.push(format!("header {name} is absent (needs {want:?})")),
-        }
-    }
-    if !m.routes.is_empty() {
-        match &req.route {
-            Some(r) if m.routes.contains(r) => {}
-            Some(r) => out.push(format!("route {r:?} is not one of {}", m.routes.join(", "))),
-            None => out.push(format!("no route name given (--route); needs one of {}", m.routes.join(", "))),
-        }
-    }
+    let mut out: Vec<String> = why
+        .iter()
+        .map(|w| match w {
+            Mismatch::Method { got } => format!("method {got} is not one of {}", m.methods.join(", ")),
+            Mismatch::Path { got } => {
+                let globs: Vec<String> = m.paths.iter().map(|g| format!("{:?}", g.source)).collect();
+                format!("path {got:?} matches none of {}", globs.join(", "))
+            }
+            Mismatch::Header { name, want, got: Some(got) } => format!("header {name} is {got:?}, not {want:?}"),
+            Mismatch::Header { name, want, got: None } => format!("header {name} is absent (needs {want:?})"),
+            Mismatch::Route { got: Some(r) } => format!("route {r:?} is not one of {}", m.routes.join(", ")),
+            Mismatch::Route { got: None } => format!("no route name given (--route); needs one of {}", m.routes.join(", ")),
+        })
+        .collect();
     if out.is_empty() {
         out.push("its match does not hold".into());
     }
     out
 }
 
-fn exempt_reasons(rule: &Rule, req: &CliRequest, ip: Option<IpAddr>) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(ip) = ip {
-        for net in rule.exempt.cidrs.iter().filter(|n| n.contains(&ip)) {
-            out.push(format!("client ip {ip} is in exempt cidr {net}"));
-        }
-    }
-    for (name, value) in &rule.exempt.headers {
-        if req.first(name) == Some(value.as_str()) {
-            out.push(format!("exempt header {name}: {value:?}"));
-        }
-    }
-    out
+fn exempt_reasons(why: &[Exemption]) -> Vec<String> {
+    why.iter()
+        .map(|e| match e {
+            Exemption::Cidr { ip, net } => format!("client ip {ip} is in exempt cidr {net}"),
+            Exemption::Header { name, value } => format!("exempt header {name}: {value:?}"),
+        })
+        .collect()
 }
 
-fn missing_parts(rule: &Rule, req: &CliRequest) -> Vec<String> {
-    rule.identifier
-        .parts
-        .iter()
-        .filter_map(|p| match p {
-            IdentPart::Header(h) if req.first(h).is_none() => {
-                Some(format!("header {h} is absent and the identifier says fallback: skip"))
-            }
-            IdentPart::Query(q) if identity::query_param(req.path.as_bytes(), q).is_none() => {
-                Some(format!("query parameter {q} is absent and the identifier says fallback: skip"))
-            }
-            IdentPart::Cookie(c) if req.first("cookie").and_then(|h| identity::cookie(h.as_bytes(), c)).is_none() => {
-                Some(format!("cookie {c} is absent and the identifier says fallback: skip"))
-            }
-            _ => None,
+fn missing_parts(why: &[Missing]) -> Vec<String> {
+    why.iter()
+        .map(|m| match m {
+            Missing::Header(h) => format!("header {h} is absent and the identifier says fallback: skip"),
+            Missing::Query(q) => format!("query parameter {q} is absent and the identifier says fallback: skip"),
+            Missing::Cookie(c) => format!("cookie {c} is absent and the identifier says fallback: skip"),
         })
         .collect()
 }
@@ -222,8 +189,8 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
     let Some(req) = req else {
         return Report { namespace, request: None, rules: Vec::new(), applies: None, findings };
     };
-    let limiter = Limiter::new(config);
-    let config = &limiter.config;
+    let limiter = Limiter::new(config.clone());
+    let config = &config;
     let ip = identity::client_ip(&config.client_ip, req);
     let mut rules = Vec::with_capacity(config.rules.len());
     let mut applies = Vec::new();
@@ -236,20 +203,23 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
                     identity: a.identity.text.replace('\u{1f}', " + "),
                     hash: format!("{:016x}", a.identity.hash),
                     cost: a.cost,
-                    limits: rule.limits.iter().map(ToString::to_string).collect(),
+                    limits: rule.limits.written(),
                     strategy: strategy_text(config, i),
                     backend: if rule.backend == Backend::Redis { "redis" } else { "local" },
                     shadow: rule.shadow,
                     shared_data_prefix: if local { limiter.table_prefix(i).map(str::to_string) } else { None },
                     slots: local.then_some(config.local.max_clients),
-                    redis_key: (rule.backend == Backend::Redis).then(|| redis_key(config, rule, a.identity.hash)),
+                    redis_key: (rule.backend == Backend::Redis)
+                        .then(|| limiter.redis_key_prefix(i, a.identity.hash))
+                        .flatten()
+                        .map(|prefix| format!("{prefix}<limit index>.<fingerprint>")),
                 };
                 ("applies", Vec::new(), Some(counted))
             }
-            Applies::NoMatch => ("no_match", no_match_reasons(rule, req), None),
+            Applies::NoMatch(why) => ("no_match", no_match_reasons(rule, &why), None),
             Applies::Unlimited => ("unlimited", vec!["every limit is 0/0".to_string()], None),
-            Applies::Exempt => ("exempt", exempt_reasons(rule, req, ip), None),
-            Applies::NoIdentity => ("no_identity", missing_parts(rule, req), None),
+            Applies::Exempt(why) => ("exempt", exempt_reasons(&why), None),
+            Applies::NoIdentity(why) => ("no_identity", missing_parts(&why), None),
         };
         rules.push(RuleReport { rule: rule.name.clone(), outcome, reasons, counted });
     }

@@ -9,12 +9,11 @@ mod serialize;
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
 
-pub use compile::{compile, compile_json, STRATEGIES};
+pub use compile::{compile, compile_json};
 pub use error::{ConfigError, ConfigErrors, Problem};
 pub use glob::{GlobError, GlobErrorKind};
-pub use serialize::strategy_name;
 
-use crate::rate::Rate;
+use crate::rate::Limits;
 use crate::strategy::Strategy;
 
 /// A compiled plugin configuration. Built once in `on_configure`; requests only read it.
@@ -104,8 +103,8 @@ pub struct RedisSpec {
 pub struct Rule {
     pub name: String,
     pub matcher: Match,
-    /// All must admit. Never empty. A rule whose only limit is `0/0` admits everything.
-    pub limits: Vec<Rate>,
+    /// All must admit; `0/0` admits everything.
+    pub limits: Limits,
     pub strategy: Strategy,
     pub identifier: Identifier,
     pub cost: Cost,

@@ -160,41 +160,17 @@ impl Serialize for Glob {
     }
 }
 
-/// `Strategy` lives in the strategy module; its config spelling lives here.
+/// A strategy as `{"type": name, params...}`, in the catalogue's order (a default burst is
+/// `null`).
 struct StrategyView<'a>(&'a Strategy);
-
-/// The config name of a strategy (`token_bucket`, ...).
-pub fn strategy_name(strategy: &Strategy) -> &'static str {
-    match strategy {
-        Strategy::FixedWindow => "fixed_window",
-        Strategy::SlidingWindowCounter => "sliding_window_counter",
-        Strategy::SlidingWindowLog { .. } => "sliding_window_log",
-        Strategy::TokenBucket { .. } => "token_bucket",
-        Strategy::TokenBucketDebt { .. } => "token_bucket_debt",
-        Strategy::LeakyBucket { .. } => "leaky_bucket",
-        Strategy::LeakyBucketQueue { .. } => "leaky_bucket_queue",
-        Strategy::Gcra { .. } => "gcra",
-    }
-}
 
 impl Serialize for StrategyView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("type", strategy_name(self.0))?;
-        match self.0 {
-            Strategy::FixedWindow | Strategy::SlidingWindowCounter => {}
-            Strategy::SlidingWindowLog { max_entries } => m.serialize_entry("max_entries", max_entries)?,
-            Strategy::TokenBucket { burst } | Strategy::LeakyBucket { burst } | Strategy::Gcra { burst } => {
-                m.serialize_entry("burst", burst)?
-            }
-            Strategy::TokenBucketDebt { burst, max_debt } => {
-                m.serialize_entry("burst", burst)?;
-                m.serialize_entry("max_debt", max_debt)?;
-            }
-            Strategy::LeakyBucketQueue { burst, max_delay_ms } => {
-                m.serialize_entry("burst", burst)?;
-                m.serialize_entry("max_delay_ms", max_delay_ms)?;
-            }
+        let entry = self.0.entry();
+        let mut m = s.serialize_map(Some(1 + entry.params.len()))?;
+        m.serialize_entry("type", entry.name)?;
+        for &p in entry.params {
+            m.serialize_entry(p.key(), &self.0.param(p))?;
         }
         m.end()
     }

@@ -428,7 +428,7 @@ fn good_config_compiles_to_the_expected_structure() {
     assert_eq!(api.matcher.methods, ["GET", "POST", "PROPFIND"]);
     assert_eq!(api.matcher.headers, [("x-tenant".to_string(), "acme".to_string())]);
     assert_eq!(api.matcher.routes, ["r1"]);
-    assert_eq!(api.limits, [Rate { limit: 10, period_ms: 1000 }, Rate { limit: 1000, period_ms: 60 * MIN }]);
+    assert_eq!(api.limits.rates(), [Rate { limit: 10, period_ms: 1000 }, Rate { limit: 1000, period_ms: 60 * MIN }]);
     assert_eq!(api.strategy, Strategy::TokenBucket { burst: Some(150) });
     assert_eq!(api.identifier, Identifier { parts: vec![IdentPart::Header("x-api-key".into())], fallback: IdentFallback::Skip });
     assert_eq!(api.cost, Cost::Header { name: "x-cost".into(), default: 1, min: 1, max: 100 });
@@ -440,7 +440,7 @@ fn good_config_compiles_to_the_expected_structure() {
     assert!(api.shadow);
 
     let login = &c.rules[1];
-    assert_eq!(login.limits, [Rate { limit: 5, period_ms: 2 * MIN }]);
+    assert_eq!(login.limits.rates(), [Rate { limit: 5, period_ms: 2 * MIN }]);
     assert_eq!(login.strategy, Strategy::Gcra { burst: None });
     assert_eq!(
         login.identifier,
@@ -449,7 +449,7 @@ fn good_config_compiles_to_the_expected_structure() {
             fallback: IdentFallback::Global,
         }
     );
-    assert_eq!(c.rules[2].limits, [Rate::UNLIMITED]);
+    assert_eq!(c.rules[2].limits, crate::rate::Limits::Unlimited);
 }
 
 #[test]
@@ -572,7 +572,7 @@ fn compiled_globs_match() {
 #[test]
 fn compile_json_accepts_envoy_bytes() {
     let c = compile_json(br#"  {"rules":[{"name":"a","limit":"5/m"}]}  "#).unwrap();
-    assert_eq!(c.rules[0].limits, [Rate { limit: 5, period_ms: MIN }]);
+    assert_eq!(c.rules[0].limits.rates(), [Rate { limit: 5, period_ms: MIN }]);
 }
 
 #[test]

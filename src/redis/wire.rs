@@ -39,6 +39,29 @@ pub enum WireError {
     Resp,
 }
 
+/// An HTTP request in the Upstash dialect, as the host dispatches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// Pseudo-headers first, then `content-type` and (with a token) `authorization`.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// `POST /pipeline` of `commands` to `authority`, with `Authorization: Bearer <token>` when one
+/// is given.
+pub fn upstash_request(commands: &[Vec<String>], authority: &str, token: Option<&str>) -> HttpRequest {
+    let mut headers = vec![
+        (":method", "POST".to_string()),
+        (":path", "/pipeline".to_string()),
+        (":authority", authority.to_string()),
+        ("content-type", "application/json".to_string()),
+    ];
+    if let Some(t) = token {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    HttpRequest { headers, body: upstash_pipeline(commands) }
+}
+
 /// `POST /pipeline` body: a JSON array of command arrays.
 pub fn upstash_pipeline(commands: &[Vec<String>]) -> Vec<u8> {
     serde_json::Value::Array(
@@ -167,6 +190,37 @@ fn resp_one(buf: &[u8], at: usize, depth: usize) -> Result<(Reply, usize), WireE
         }
         _ => Err(WireError::Resp),
     }
+}
+
+/// A reply as RESP, as a server sends it. Text goes as a bulk string, which holds any bytes (a
+/// status line could not hold CRLF); an error is one line.
+pub fn resp_reply(reply: &Reply) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_reply(reply, &mut out);
+    out
+}
+
+fn write_reply(reply: &Reply, out: &mut Vec<u8>) {
+    match reply {
+        Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+        Reply::Int(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
+        Reply::Str(s) => {
+            out.extend_from_slice(format!("${}\r\n", s.len()).as_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Reply::Error(e) => out.extend_from_slice(format!("-{e}\r\n").as_bytes()),
+        Reply::Array(items) => {
+            out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+            items.iter().for_each(|i| write_reply(i, out));
+        }
+    }
+}
+
+/// The length of the first whole RESP value in `buf`, or `None` while it is incomplete (or is
+/// not RESP): how a reader of a stream knows a reply has arrived.
+pub fn resp_len(buf: &[u8]) -> Option<usize> {
+    resp_one(buf, 0, 0).ok().map(|(_, end)| end)
 }
 
 /// Parses `expected` RESP replies from one buffer.

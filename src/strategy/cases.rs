@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{Decision, Strategy};
+use super::{Decision, Param, Strategy};
 use crate::rate::Rate;
 
 /// The whole table.
@@ -78,18 +78,11 @@ pub fn parse(json: &str) -> Result<Table, serde_json::Error> {
 impl StrategySpec {
     /// The [`Strategy`] this spells, or `None` for an unknown type.
     pub fn strategy(&self) -> Option<Strategy> {
-        Some(match self.kind.as_str() {
-            "fixed_window" => Strategy::FixedWindow,
-            "sliding_window_counter" => Strategy::SlidingWindowCounter,
-            "sliding_window_log" => Strategy::SlidingWindowLog { max_entries: self.max_entries.unwrap_or(0) },
-            "token_bucket" => Strategy::TokenBucket { burst: self.burst },
-            "token_bucket_debt" => Strategy::TokenBucketDebt { burst: self.burst, max_debt: self.max_debt.unwrap_or(0) },
-            "leaky_bucket" => Strategy::LeakyBucket { burst: self.burst },
-            "leaky_bucket_queue" => {
-                Strategy::LeakyBucketQueue { burst: self.burst, max_delay_ms: self.max_delay_ms.unwrap_or(0) }
-            }
-            "gcra" => Strategy::Gcra { burst: self.burst },
-            _ => return None,
+        Strategy::build(&self.kind, |p| match p {
+            Param::Burst => self.burst,
+            Param::MaxDebt => self.max_debt,
+            Param::MaxDelayMs => self.max_delay_ms,
+            Param::MaxEntries => self.max_entries.map(u64::from),
         })
     }
 }

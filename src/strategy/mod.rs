@@ -44,15 +44,16 @@
 
 use crate::rate::Rate;
 
+mod catalogue;
 mod codec;
 mod fluid;
 
+#[cfg(any(test, feature = "testing"))]
 pub mod cases;
 pub mod fixed_window;
 pub mod gcra;
 pub mod leaky_bucket;
 pub mod leaky_bucket_queue;
-pub mod lua;
 pub mod sliding_window_counter;
 pub mod sliding_window_log;
 pub mod token_bucket;
@@ -61,39 +62,7 @@ pub mod token_bucket_debt;
 #[cfg(test)]
 mod tests;
 
-/// Which algorithm a rule uses, with its parameters (already validated by the config compiler).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Strategy {
-    FixedWindow,
-    SlidingWindowCounter,
-    /// Exact log of admitted (time, cost) entries; memory O(limit), capped at `max_entries`.
-    SlidingWindowLog {
-        max_entries: u32,
-    },
-    /// Capacity `burst` (default = limit), refilled at limit/period.
-    TokenBucket {
-        burst: Option<u64>,
-    },
-    /// Like a token bucket, but a request is admitted while tokens stay ≥ -max_debt.
-    TokenBucketDebt {
-        burst: Option<u64>,
-        max_debt: u64,
-    },
-    /// Capacity `burst` (default = limit), drains at limit/period; full = reject.
-    LeakyBucket {
-        burst: Option<u64>,
-    },
-    /// Excess waits (admitted with a delay) up to `max_delay_ms`, else rejected.
-    LeakyBucketQueue {
-        burst: Option<u64>,
-        max_delay_ms: u64,
-    },
-    /// Generic cell rate algorithm; `burst` (default = limit) requests may arrive at once,
-    /// 1 = strict spacing.
-    Gcra {
-        burst: Option<u64>,
-    },
-}
+pub use catalogue::{Entry, Param, Strategy, CATALOGUE, NAMES};
 
 /// The answer for one rule and one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,22 +90,6 @@ pub struct Outcome {
     /// when `state` is `None`) is equivalent to "never seen" (so its slot may be reused).
     /// Always > 0 when `state` is `Some`; 0 when the state is already equivalent to fresh.
     pub ttl_us: u64,
-}
-
-impl Strategy {
-    /// The strategy's name in the configuration (and in the Lua calling convention).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Strategy::FixedWindow => "fixed_window",
-            Strategy::SlidingWindowCounter => "sliding_window_counter",
-            Strategy::SlidingWindowLog { .. } => "sliding_window_log",
-            Strategy::TokenBucket { .. } => "token_bucket",
-            Strategy::TokenBucketDebt { .. } => "token_bucket_debt",
-            Strategy::LeakyBucket { .. } => "leaky_bucket",
-            Strategy::LeakyBucketQueue { .. } => "leaky_bucket_queue",
-            Strategy::Gcra { .. } => "gcra",
-        }
-    }
 }
 
 /// Decides one request of `cost` units at `now_us` (epoch microseconds) against `state`
@@ -172,11 +125,6 @@ fn capacity(rate: &Rate, burst: Option<u64>) -> u64 {
         Some(b) if b > 0 => b,
         _ => rate.limit,
     }
-}
-
-/// `burst` as the Lua calling convention passes it: 0 = the default.
-fn capacity_param(burst: Option<u64>) -> u64 {
-    burst.unwrap_or(0)
 }
 
 /// An admission: `state` is what to store (`None` for a peek), `ttl_ms` its lifetime.

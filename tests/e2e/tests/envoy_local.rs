@@ -5,16 +5,7 @@
 use serde_json::{json, Value};
 use sluice_e2e::{adapt, bootstrap, burst, exact_burst, get, get_with_raw_header, Envoy, Started};
 
-const STRATEGIES: [&str; 8] = [
-    "fixed_window",
-    "sliding_window_counter",
-    "sliding_window_log",
-    "token_bucket",
-    "token_bucket_debt",
-    "leaky_bucket",
-    "leaky_bucket_queue",
-    "gcra",
-];
+use sluice::strategy::NAMES as STRATEGIES;
 
 fn envoy_with(config: Value) -> Envoy {
     let mut boot = bootstrap("demo.yaml");

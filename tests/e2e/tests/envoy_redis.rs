@@ -7,16 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sluice_e2e::*;
 
-const STRATEGIES: [&str; 8] = [
-    "fixed_window",
-    "sliding_window_counter",
-    "sliding_window_log",
-    "token_bucket",
-    "token_bucket_debt",
-    "leaky_bucket",
-    "leaky_bucket_queue",
-    "gcra",
-];
+use sluice::strategy::NAMES as STRATEGIES;
 
 /// Two proxies in front of one gateway.
 fn two_proxies(gateway: &Gateway, config: &Value) -> (Envoy, Envoy) {

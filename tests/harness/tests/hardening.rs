@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::json;
-use sluice::config::STRATEGIES;
+use sluice::strategy::NAMES as STRATEGIES;
 use sluice_harness::{CalloutReply, Host, HttpResponse, Point, Request, RequestState, Schedule};
 
 const HOUR_MS: u64 = 3_600_000;

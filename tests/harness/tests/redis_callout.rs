@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::Redis;
 use serde_json::{json, Value};
-use sluice::config::STRATEGIES;
+use sluice::strategy::NAMES as STRATEGIES;
 use sluice_harness::{forward, Host, Origin, Request, Response, Schedule};
 
 fn plugin(namespace: &str, rules: Value) -> Value {

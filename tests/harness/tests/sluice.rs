@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice::config::STRATEGIES;
 use sluice::strategy::cases;
+use sluice::strategy::NAMES as STRATEGIES;
 use sluice_harness::{LogLevel, Origin, Request, RequestState, Schedule};
 
 use common::{sluice_host as host, strategy_config};

@@ -1,54 +1,21 @@
-//! The per-proxy counter store: a bounded table of slots kept in a compare-and-swap key-value
-//! map (Envoy shared data), exact under concurrency.
+//! One rule's slot table: a fixed number of shared-data keys, each holding one identity's
+//! strategy states, so memory is bounded whatever the number of clients, and exact under
+//! concurrency.
 //!
-//! Envoy's shared data has three traits that shape this module (ARCHITECTURE §2):
-//! keys are never deleted, there is no TTL, and a write to a key that does not exist succeeds
-//! whatever CAS token it carries. So:
-//! - every rule owns a fixed table of `max_clients` slots; an identity hashes to a home slot and
-//!   probes a few neighbours. Memory is bounded by the table, not by the number of clients.
-//! - each slot value carries its owner (identity hash), the rule's fingerprint and an expiry, so a
-//!   slot whose owner went quiet (or whose rule changed) is simply reused.
-//! - a slot that does not exist yet is created by a write carrying a token Envoy never hands out
-//!   for a fresh key ([`CREATE_TOKEN`]): if another worker created it in the meantime, our write
-//!   fails as a CAS mismatch instead of silently replacing theirs, and we retry.
+//! - Every rule owns `max_clients` slots; an identity hashes to a home slot and probes a few
+//!   neighbours.
+//! - Each slot value carries its owner (identity hash), the rule's fingerprint and an expiry, so
+//!   a slot whose owner went quiet (or whose rule changed) is simply reused.
+//! - A slot that does not exist yet is created by a write carrying [`CREATE_TOKEN`], a token
+//!   Envoy never hands out for a fresh key: if another worker created it meanwhile, our write
+//!   fails as a CAS mismatch instead of silently replacing theirs, and we decide again.
 
+use super::{with_retries, SharedStore, StoreError, CREATE_TOKEN};
 use crate::strategy::Outcome;
-
-/// A compare-and-swap key-value map with Envoy's shared-data semantics.
-pub trait SharedStore {
-    /// The value and its CAS token, or `None` when the key was never written.
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
-    /// Writes `value` if the key's token still equals `cas` (0 = unconditionally; a missing key
-    /// accepts any token).
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    #[error("compare-and-swap mismatch")]
-    CasMismatch,
-    /// Every attempt lost its race: the decision could not be stored. Callers deny (see
-    /// [`MAX_ATTEMPTS`]): an admission that is not counted would be one past the limit.
-    #[error("{0} still contended after {MAX_ATTEMPTS} attempts")]
-    Contended(String),
-    #[error("shared data unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// The token used to create a slot. Envoy's tokens count up from 1 across the whole process, so
-/// an existing key holds this exact token only at one write in 2^32; a create that races with
-/// another worker's create therefore fails with a mismatch (and is retried) instead of
-/// overwriting. A missing key accepts it like any other token.
-pub const CREATE_TOKEN: u32 = u32::MAX;
 
 /// Neighbouring slots an identity may live in. More probes mean fewer evictions when the table
 /// is nearly full, at one shared-data read each for new identities.
 pub const PROBES: u32 = 4;
-
-/// CAS retries before giving up. Contention comes from the other workers of one proxy (a few
-/// to a few dozen); each retry means another worker made progress, so this bound is only hit
-/// under pathological load.
-pub const MAX_ATTEMPTS: u32 = 64;
 
 const VERSION: u8 = 1;
 /// version (1) + fingerprint (4) + identity hash (8) + expiry in µs (8) + limit count (1).
@@ -237,26 +204,18 @@ impl Table {
         }
     }
 
-    /// [`Table::prepare`] then [`Table::commit`], retrying on contention: `decide` may run
-    /// several times.
+    /// [`Table::prepare`] then [`Table::commit`], deciding again after a lost race: `decide`
+    /// may run several times.
     pub fn update<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, mut decide: F) -> Result<Updated, StoreError>
     where
         F: FnMut(&[&[u8]]) -> (Outcomes, bool),
     {
-        for _ in 0..MAX_ATTEMPTS {
+        with_retries(&self.prefix, || {
             let prepared = self.prepare(store, identity, now_us, &mut decide)?;
-            match self.commit(store, &prepared) {
-                Ok(()) => {
-                    let created = prepared.created();
-                    return Ok(Updated { outcomes: prepared.outcomes, created });
-                }
-                // Not a communication failure: another worker wrote this slot between our read
-                // and our write. Read again and decide on what it wrote.
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(StoreError::Contended(self.prefix.clone()))
+            self.commit(store, &prepared)?;
+            let created = prepared.created();
+            Ok(Updated { outcomes: prepared.outcomes, created })
+        })
     }
 
     /// Reads the identity's current states without writing (used to pre-check multi-rule
@@ -275,79 +234,10 @@ impl Table {
     }
 }
 
-/// An in-memory [`SharedStore`] that behaves exactly like Envoy's shared data, for tests and
-/// for the CLI: one token counter for the whole map, starting at 1 and skipping 0; token 0
-/// writes unconditionally; a missing key accepts any token.
-#[derive(Debug)]
-pub struct MemStore {
-    inner: std::cell::RefCell<MemInner>,
-}
-
-#[derive(Debug)]
-struct MemInner {
-    map: std::collections::HashMap<String, (Vec<u8>, u32)>,
-    next_cas: u32,
-}
-
-impl Default for MemStore {
-    fn default() -> Self {
-        MemStore { inner: std::cell::RefCell::new(MemInner { map: Default::default(), next_cas: 1 }) }
-    }
-}
-
-impl MemStore {
-    /// Number of keys and the bytes of keys plus values (what Envoy's map holds, less overhead).
-    pub fn size(&self) -> (usize, usize) {
-        let inner = self.inner.borrow();
-        let bytes = inner.map.iter().map(|(k, (v, _))| k.len() + v.len()).sum();
-        (inner.map.len(), bytes)
-    }
-
-    /// Sets the next token handed out (to test the wrap-around).
-    pub fn set_next_cas(&self, cas: u32) {
-        self.inner.borrow_mut().next_cas = cas.max(1);
-    }
-}
-
-impl SharedStore for MemStore {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        Ok(self.inner.borrow().map.get(key).cloned())
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        let mut inner = self.inner.borrow_mut();
-        let token = inner.next_cas;
-        inner.next_cas = match token.wrapping_add(1) {
-            0 => 1,
-            n => n,
-        };
-        match inner.map.get_mut(key) {
-            Some(entry) => {
-                if cas != 0 && cas != entry.1 {
-                    return Err(StoreError::CasMismatch);
-                }
-                *entry = (value.to_vec(), token);
-            }
-            None => {
-                inner.map.insert(key.to_string(), (value.to_vec(), token));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<S: SharedStore + ?Sized> SharedStore for &S {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        (**self).get(key)
-    }
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        (**self).set(key, value, cas)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemStore;
     use crate::strategy::Decision;
 
     fn table(slots: u32) -> Table {
@@ -463,22 +353,6 @@ mod tests {
         assert_eq!(count(&store, &t, 0, 600_000), 0);
         assert_eq!(count(&store, &t, 1, 600_000), 1);
         assert_eq!(count(&store, &t, 2, 600_000), 1);
-    }
-
-    #[test]
-    fn mem_store_follows_envoy_cas_rules() {
-        let s = MemStore::default();
-        s.set("k", b"a", 12345).unwrap(); // absent key: any token
-        let (_, cas) = s.get("k").unwrap().unwrap();
-        assert_eq!(s.set("k", b"b", cas + 1), Err(StoreError::CasMismatch));
-        s.set("k", b"b", cas).unwrap();
-        s.set("k", b"c", 0).unwrap(); // token 0: unconditional
-        s.set_next_cas(u32::MAX);
-        s.set("k", b"d", 0).unwrap();
-        let (_, cas) = s.get("k").unwrap().unwrap();
-        assert_eq!(cas, u32::MAX);
-        s.set("k", b"e", 0).unwrap();
-        assert_eq!(s.get("k").unwrap().unwrap().1, 1, "the token skips 0");
     }
 
     #[test]

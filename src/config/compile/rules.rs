@@ -1,0 +1,236 @@
+//! One rule as a whole: its fields, its limits, and the bounds only the whole rule tells (state
+//! that must fit where it is kept, numbers the Lua mirror must hold exactly).
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::*;
+use crate::rate::{Limits, Rate};
+
+impl Compiler {
+    pub(super) fn rules(&mut self, path: &str, v: &Value, redis_declared: bool) -> Option<Vec<Rule>> {
+        let Value::Array(items) = v else {
+            self.wrong_type(path, v, "a list of rules");
+            return None;
+        };
+        if items.is_empty() {
+            self.report(path, Some(v), Problem::Empty { what: "rules", expected: "expected at least one rule" });
+            return None;
+        }
+        if items.len() > MAX_RULES {
+            self.report(path, None, Problem::TooMany { found: items.len(), max: MAX_RULES });
+            return None;
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut rules = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = index(path, i);
+            if let Some(Value::String(name)) = item.get("name") {
+                if let Some(first) = seen.get(name.as_str()) {
+                    self.report(join(&p, "name"), item.get("name"), Problem::DuplicateRule { first: *first });
+                    ok = false;
+                } else {
+                    seen.insert(name, i);
+                }
+            }
+            match self.rule(&p, item, redis_declared) {
+                Some(rule) => rules.push(rule),
+                None => ok = false,
+            }
+        }
+        ok.then_some(rules)
+    }
+
+    pub(super) fn rule(&mut self, path: &str, v: &Value, redis_declared: bool) -> Option<Rule> {
+        let m = self.object(path, v, RULE_FIELDS)?;
+        let name = match field(m, "name") {
+            Some(v) => self.name(&join(path, "name"), v, "rule name"),
+            None => {
+                self.report(join(path, "name"), None, Problem::Missing);
+                None
+            }
+        };
+        let matcher = match field(m, "match") {
+            Some(v) => self.matcher(&join(path, "match"), v),
+            None => Some(Match::default()),
+        };
+        let limits = self.limits(path, m);
+        let strategy =
+            self.strategy(&join(path, "strategy"), field(m, "strategy"), limits.as_ref().unwrap_or(&Limits::Unlimited));
+        let identifier = match field(m, "identifier") {
+            Some(v) => self.identifier(&join(path, "identifier"), v),
+            None => Some(Identifier { parts: vec![IdentPart::ClientIp], fallback: IdentFallback::ClientIp }),
+        };
+        let cost = match field(m, "cost") {
+            Some(v) => self.cost(&join(path, "cost"), v),
+            None => Some(Cost::Fixed(1)),
+        };
+        let exempt = match field(m, "exempt") {
+            Some(v) => self.exempt(&join(path, "exempt"), v),
+            None => Some(Exempt::default()),
+        };
+        let backend = match field(m, "backend") {
+            Some(v) => {
+                let p = join(path, "backend");
+                match self.keyword(&p, v, BACKENDS) {
+                    Some("redis") if !redis_declared => {
+                        self.report(&p, Some(v), Problem::RedisNotConfigured);
+                        None
+                    }
+                    Some("redis") => Some(Backend::Redis),
+                    Some(_) => Some(Backend::Local),
+                    None => None,
+                }
+            }
+            None => Some(Backend::Local),
+        };
+        let on_error = match field(m, "on_error") {
+            Some(v) => {
+                let p = join(path, "on_error");
+                let parsed = self.on_error(&p, v);
+                if backend == Some(Backend::Local) {
+                    self.report(&p, Some(v), Problem::OnErrorLocal);
+                    None
+                } else {
+                    parsed
+                }
+            }
+            None => Some(OnError::Allow),
+        };
+        let shadow = match field(m, "shadow") {
+            Some(v) => self.boolean(&join(path, "shadow"), v),
+            None => Some(false),
+        };
+        let rule = Rule {
+            name: name?,
+            matcher: matcher?,
+            limits: limits?,
+            strategy: strategy?,
+            identifier: identifier?,
+            cost: cost?,
+            exempt: exempt?,
+            backend: backend?,
+            on_error: on_error?,
+            shadow: shadow?,
+        };
+        self.bounds(path, m, &rule).then_some(rule)
+    }
+
+    /// What only the whole rule tells: state that must fit where it is kept, and numbers the
+    /// Lua mirror must hold exactly.
+    pub(super) fn bounds(&mut self, path: &str, m: &Map<String, Value>, rule: &Rule) -> bool {
+        let mut ok = true;
+        let decided_locally = rule.backend == Backend::Local || matches!(rule.on_error, OnError::Fallback { .. });
+        if let Strategy::SlidingWindowLog { max_entries } = rule.strategy {
+            if decided_locally && u64::from(max_entries) > MAX_LOCAL_LOG_ENTRIES {
+                let p = join(&join(path, "strategy"), "max_entries");
+                let found = field(m, "strategy").and_then(|s| s.get("max_entries"));
+                self.report(p, found, Problem::LogTooLong { max: MAX_LOCAL_LOG_ENTRIES });
+                ok = false;
+            }
+        }
+        if rule.backend == Backend::Redis {
+            let max_cost = match rule.cost {
+                Cost::Fixed(n) => n,
+                Cost::Header { max, .. } => max,
+            };
+            for (i, rate) in rule.limits.rates().iter().enumerate() {
+                let largest = lua_largest(&rule.strategy, rate, max_cost);
+                if largest > LUA_EXACT {
+                    let (p, found) = match field(m, "limits") {
+                        Some(list) => (index(&join(path, "limits"), i), list.get(i)),
+                        None => (join(path, "limit"), field(m, "limit")),
+                    };
+                    self.report(p, found, Problem::NotExactInLua { largest });
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
+    pub(super) fn rate(&mut self, path: &str, v: &Value) -> Option<Rate> {
+        let Value::String(s) = v else {
+            self.wrong_type(path, v, "a rate string such as \"100/min\"");
+            return None;
+        };
+        match Rate::parse(s) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.report(path, Some(v), Problem::Rate(e.kind));
+                None
+            }
+        }
+    }
+
+    pub(super) fn limits(&mut self, path: &str, m: &Map<String, Value>) -> Option<Limits> {
+        match (field(m, "limit"), field(m, "limits")) {
+            (Some(_), Some(_)) => {
+                self.report(join(path, "limits"), None, Problem::LimitAndLimits);
+                None
+            }
+            (None, None) => {
+                self.report(path, None, Problem::NoLimit);
+                None
+            }
+            (Some(v), None) => self.rate(&join(path, "limit"), v).map(|r| limits_of(vec![r])),
+            (None, Some(v)) => {
+                let p = join(path, "limits");
+                if let Value::String(_) = v {
+                    // `limits: 10/s` is an easy slip for `limit: 10/s`; a one-item list is meant.
+                    self.wrong_type(&p, v, "a list of rate strings (or use \"limit\" for one rate)");
+                    return None;
+                }
+                let items = self.list(&p, v, "limits", MAX_LIMITS)?;
+                let mut out = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    match self.rate(&index(&p, i), item) {
+                        Some(r) => out.push(r),
+                        None => ok = false,
+                    }
+                }
+                if !ok {
+                    return None;
+                }
+                let unlimited = out.iter().filter(|r| r.is_unlimited()).count();
+                if unlimited > 0 && unlimited < out.len() {
+                    for (i, _) in out.iter().enumerate().filter(|(_, r)| r.is_unlimited()) {
+                        self.report(index(&p, i), items.get(i), Problem::UnlimitedMixed);
+                    }
+                    return None;
+                }
+                Some(limits_of(out))
+            }
+        }
+    }
+}
+
+/// The largest number the decision script forms for `rate` under `strategy` with costs up to
+/// `max_cost` (see `src/redis/scripts/`): fluid levels are kept in cost × period_ms units
+/// (`(capacity + max_debt + cost) × period`, plus `max_delay × limit` for a queue), the sliding
+/// window counter weighs up to two windows in the same units, and the counters of the others
+/// stay below `limit + cost`. A conservative bound: each term is counted at its largest.
+fn lua_largest(strategy: &Strategy, rate: &Rate, max_cost: u64) -> u128 {
+    let (limit, period, cost) = (u128::from(rate.limit), u128::from(rate.period_ms), u128::from(max_cost));
+    let cap = |burst: Option<u64>| u128::from(burst.filter(|b| *b > 0).unwrap_or(rate.limit)).max(limit);
+    match strategy {
+        Strategy::FixedWindow | Strategy::SlidingWindowLog { .. } => limit + cost,
+        Strategy::SlidingWindowCounter => 2 * (limit + cost) * period,
+        Strategy::TokenBucket { burst } | Strategy::LeakyBucket { burst } | Strategy::Gcra { burst } => {
+            (cap(*burst) + cost) * period
+        }
+        Strategy::TokenBucketDebt { burst, max_debt } => (cap(*burst) + u128::from(*max_debt) + cost) * period,
+        Strategy::LeakyBucketQueue { burst, max_delay_ms } => (cap(*burst) + cost) * period + u128::from(*max_delay_ms) * limit,
+    }
+}
+
+/// Rates that passed the checks: `0/0` alone (or only `0/0`s) is no limit at all.
+fn limits_of(rates: Vec<Rate>) -> Limits {
+    if rates.iter().all(Rate::is_unlimited) {
+        Limits::Unlimited
+    } else {
+        Limits::Rates(rates)
+    }
+}

@@ -1,0 +1,237 @@
+//! The top level of a config: namespace, headers mode, the limited response, client_ip,
+//! local sizing, the identity secret, the Redis block and its breaker.
+use serde_json::Value;
+
+use super::*;
+use crate::breaker::BreakerSpec;
+
+impl Compiler {
+    pub(super) fn config(&mut self, v: &Value) -> Option<Config> {
+        if v.is_null() {
+            self.report("", None, Problem::NoConfiguration);
+            return None;
+        }
+        let Value::Object(_) = v else {
+            self.report("", Some(v), Problem::WrongType { expected: "an object at the top level", found: kind(v) });
+            return None;
+        };
+        let top = self.object("", v, TOP_FIELDS)?;
+
+        let namespace = match field(top, "namespace") {
+            Some(v) => self.name("namespace", v, "namespace"),
+            None => Some(DEFAULT_NAMESPACE.to_string()),
+        };
+        let rate_limit_headers = match field(top, "rate_limit_headers") {
+            Some(v) => self.keyword("rate_limit_headers", v, HEADER_MODES).map(|k| match k {
+                "legacy" => HeaderMode::Legacy,
+                "both" => HeaderMode::Both,
+                "none" => HeaderMode::None,
+                _ => HeaderMode::Draft10,
+            }),
+            None => Some(HeaderMode::Draft10),
+        };
+        let response = match field(top, "response") {
+            Some(v) => self.response("response", v),
+            None => Some(default_response()),
+        };
+        let client_ip = match field(top, "client_ip") {
+            Some(v) => self.object("client_ip", v, CLIENT_IP_FIELDS).and_then(|m| {
+                let d = ClientIpSpec::default();
+                let hops = match field(m, "xff_trusted_hops") {
+                    Some(v) => self.uint("client_ip.xff_trusted_hops", v, 0, MAX_XFF_TRUSTED_HOPS),
+                    None => Some(u64::from(d.xff_trusted_hops)),
+                };
+                let prefix = match field(m, "ipv6_prefix") {
+                    Some(v) => self.uint("client_ip.ipv6_prefix", v, MIN_IPV6_PREFIX, MAX_IPV6_PREFIX),
+                    None => Some(u64::from(d.ipv6_prefix)),
+                };
+                Some(ClientIpSpec { xff_trusted_hops: u32::try_from(hops?).ok()?, ipv6_prefix: u8::try_from(prefix?).ok()? })
+            }),
+            None => Some(ClientIpSpec::default()),
+        };
+        let local = match field(top, "local") {
+            Some(v) => self.object("local", v, LOCAL_FIELDS).and_then(|m| {
+                let n = match field(m, "max_clients") {
+                    Some(v) => self.uint("local.max_clients", v, 1, MAX_MAX_CLIENTS)?,
+                    None => u64::from(DEFAULT_MAX_CLIENTS),
+                };
+                Some(LocalSpec { max_clients: u32::try_from(n).ok()? })
+            }),
+            None => Some(LocalSpec { max_clients: DEFAULT_MAX_CLIENTS }),
+        };
+        let redis_declared = field(top, "redis").is_some();
+        let redis = match field(top, "redis") {
+            Some(v) => self.redis("redis", v).map(Some),
+            None => Some(None),
+        };
+        let identity_secret = match field(top, "identity_secret") {
+            Some(v) => self.secret("identity_secret", v).map(Some),
+            None => Some(None),
+        };
+        let rules = match field(top, "rules") {
+            Some(v) => self.rules("rules", v, redis_declared),
+            None => {
+                self.report("rules", None, Problem::Missing);
+                None
+            }
+        };
+        Some(Config {
+            namespace: namespace?,
+            rate_limit_headers: rate_limit_headers?,
+            response: response?,
+            client_ip: client_ip?,
+            local: local?,
+            redis: redis?,
+            identity_secret: identity_secret?,
+            rules: rules?,
+        })
+    }
+
+    pub(super) fn response(&mut self, path: &str, v: &Value) -> Option<ResponseSpec> {
+        let m = self.object(path, v, RESPONSE_FIELDS)?;
+        let status = match field(m, "status") {
+            Some(v) => self.uint(&join(path, "status"), v, 400, 599).and_then(|s| u16::try_from(s).ok()),
+            None => Some(DEFAULT_STATUS),
+        };
+        let headers = match field(m, "headers") {
+            Some(v) => self.header_map(&join(path, "headers"), v, HeaderUse::Response),
+            None => Some(Vec::new()),
+        };
+        let body = match field(m, "body") {
+            Some(v) => self.string(&join(path, "body"), v).map(|s| Some(s.to_string())),
+            None => Some(None),
+        };
+        let content_type = match field(m, "content_type") {
+            Some(v) => {
+                let p = join(path, "content_type");
+                match self.string(&p, v) {
+                    Some(s) if s.trim().is_empty() => {
+                        self.report(
+                            &p,
+                            Some(v),
+                            Problem::Empty { what: "content type", expected: "expected e.g. \"text/plain\"" },
+                        );
+                        None
+                    }
+                    Some(s) if !valid_header_value(s) => {
+                        self.report(&p, Some(v), Problem::BadHeaderValue);
+                        None
+                    }
+                    Some(_) if field(m, "body").is_none() => {
+                        self.report(&p, Some(v), Problem::ContentTypeWithoutBody);
+                        None
+                    }
+                    Some(s) => Some(Some(s.to_string())),
+                    None => None,
+                }
+            }
+            None => Some(None),
+        };
+        let body = body?;
+        // A custom body always carries its type explicitly, so the engine never guesses.
+        let content_type = match content_type? {
+            None if body.is_some() => Some(DEFAULT_CONTENT_TYPE.to_string()),
+            ct => ct,
+        };
+        Some(ResponseSpec { status: status?, headers: headers?, body, content_type })
+    }
+
+    pub(super) fn redis(&mut self, path: &str, v: &Value) -> Option<RedisSpec> {
+        let m = self.object(path, v, REDIS_FIELDS)?;
+        let cluster = match field(m, "cluster") {
+            Some(v) => self.non_empty_text(&join(path, "cluster"), v, "cluster name", "expected the name of an Envoy cluster"),
+            None => {
+                self.report(join(path, "cluster"), None, Problem::Missing);
+                None
+            }
+        };
+        let transport = match field(m, "transport") {
+            Some(v) => self.keyword(&join(path, "transport"), v, TRANSPORTS).map(|t| match t {
+                "redis_callout" => Transport::RedisCallout,
+                _ => Transport::Http,
+            }),
+            None => Some(Transport::Http),
+        };
+        let token = match field(m, "token") {
+            Some(v) => self.opt_header_text(&join(path, "token"), v, "token", "expected the bearer token for the endpoint"),
+            None => Some(None),
+        };
+        let authority = match field(m, "authority") {
+            Some(v) => {
+                self.opt_header_text(&join(path, "authority"), v, "authority", "expected a host name such as \"gateway.local\"")
+            }
+            None => Some(None),
+        };
+        let timeout_ms = match field(m, "timeout_ms") {
+            Some(v) => self.uint(&join(path, "timeout_ms"), v, 1, MAX_REDIS_TIMEOUT_MS),
+            None => Some(DEFAULT_REDIS_TIMEOUT_MS),
+        };
+        let breaker = match field(m, "breaker") {
+            Some(v) => self.breaker(&join(path, "breaker"), v),
+            None => Some(BreakerSpec::default()),
+        };
+        Some(RedisSpec {
+            cluster: cluster?,
+            transport: transport?,
+            token: token?,
+            authority: authority?,
+            timeout_ms: timeout_ms?,
+            breaker: breaker?,
+        })
+    }
+
+    pub(super) fn breaker(&mut self, path: &str, v: &Value) -> Option<BreakerSpec> {
+        let m = self.object(path, v, BREAKER_FIELDS)?;
+        let d = BreakerSpec::default();
+        let mut num = |name: &str, max: u64, default: u64| match field(m, name) {
+            Some(v) => self.uint(&join(path, name), v, 1, max),
+            None => Some(default),
+        };
+        let failure_threshold = num("failure_threshold", 1000, u64::from(d.failure_threshold));
+        let open_ms = num("open_ms", 600_000, d.open_ms);
+        let half_open_probes = num("half_open_probes", 100, u64::from(d.half_open_probes));
+        let success_threshold = num("success_threshold", 100, u64::from(d.success_threshold));
+        Some(BreakerSpec {
+            failure_threshold: failure_threshold? as u32,
+            open_ms: open_ms?,
+            half_open_probes: half_open_probes? as u32,
+            success_threshold: success_threshold? as u32,
+        })
+    }
+
+    /// A non-empty string without control characters or spaces.
+    pub(super) fn non_empty_text(&mut self, path: &str, v: &Value, what: &'static str, expected: &'static str) -> Option<String> {
+        let s = self.string(path, v)?;
+        if s.is_empty() {
+            self.report(path, Some(v), Problem::Empty { what, expected });
+            None
+        } else if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            self.report(path, Some(v), Problem::BadText { what, expected: "no spaces or control characters" });
+            None
+        } else {
+            Some(s.to_string())
+        }
+    }
+
+    /// A secret of printable ASCII, long enough not to be guessed.
+    pub(super) fn secret(&mut self, path: &str, v: &Value) -> Option<String> {
+        let s = self.string(path, v)?;
+        let printable = s.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+        if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&s.len()) || !printable {
+            // The value is a secret: never echo it into logs.
+            self.report(path, None, Problem::BadSecret { min: MIN_SECRET_LEN, max: MAX_SECRET_LEN });
+            return None;
+        }
+        Some(s.to_string())
+    }
+
+    pub(super) fn opt_header_text(
+        &mut self,
+        path: &str,
+        v: &Value,
+        what: &'static str,
+        expected: &'static str,
+    ) -> Option<Option<String>> {
+        self.non_empty_text(path, v, what, expected).map(Some)
+    }
+}

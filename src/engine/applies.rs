@@ -1,0 +1,309 @@
+//! Which rules apply to a request, and why the others do not: the match, the `0/0` limits, the
+//! exemptions and the identity, then the cost. The reasons are what `sluice explain` shows;
+//! the request path asks without them and stops at the first condition that fails.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::Limiter;
+use crate::config::{ClientIpSpec, Config, Cost, IdentPart, Rule};
+use crate::identity::{self, Identity, RequestInfo};
+
+/// A rule that applies to a request, before deciding: its index among the rules, the identity
+/// the request is counted against, and its cost (at least 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub rule: usize,
+    pub identity: Identity,
+    pub cost: u64,
+}
+
+/// Whether a rule applies to a request, and why not. The reasons are filled only when asked
+/// for ([`Limiter::explain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applies {
+    Yes(Applied),
+    /// Its `match` does not hold: every condition that fails.
+    NoMatch(Vec<Mismatch>),
+    /// Its limit is `0/0`.
+    Unlimited,
+    /// The request is exempt: every exemption that holds.
+    Exempt(Vec<Exemption>),
+    /// Identity parts are absent and the identifier says `fallback: skip`.
+    NoIdentity(Vec<Missing>),
+}
+
+/// A `match` condition that fails, with what the request had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    Method {
+        got: String,
+    },
+    /// The path without its query (all globs fail on it).
+    Path {
+        got: String,
+    },
+    /// A header that is absent (`None`) or holds another value.
+    Header {
+        name: String,
+        want: String,
+        got: Option<String>,
+    },
+    /// The route Envoy chose, if any.
+    Route {
+        got: Option<String>,
+    },
+}
+
+/// An exemption that holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exemption {
+    Cidr { ip: IpAddr, net: IpNet },
+    Header { name: String, value: String },
+}
+
+/// An identity part the request does not carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    Header(String),
+    Query(String),
+    Cookie(String),
+}
+
+/// From this many distinct header reads per request on, the host reads all headers at once.
+const MANY_HEADERS: usize = 3;
+
+/// What a request of this config may need read from the host, so that a config that never
+/// asks for the method, the path or many headers does not pay a host call for them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadPlan {
+    pub method: bool,
+    pub path: bool,
+    /// Distinct request headers (pseudo-headers included) the rules may read for one request.
+    pub headers: usize,
+}
+
+impl ReadPlan {
+    pub fn of(config: &Config) -> Self {
+        let method = config.rules.iter().any(|r| !r.matcher.methods.is_empty());
+        let path = config.rules.iter().any(|r| !r.matcher.paths.is_empty());
+        ReadPlan { method, path, headers: header_names(config, method, path) }
+    }
+
+    pub fn reads_many_headers(&self) -> bool {
+        self.headers >= MANY_HEADERS
+    }
+}
+
+/// The request headers `config` may read: pseudo-headers for method and path, match and
+/// exemption headers, cost headers, identity parts, and `x-forwarded-for` when trusted.
+fn header_names(config: &Config, needs_method: bool, needs_path: bool) -> usize {
+    let mut names: Vec<&str> = Vec::new();
+    if needs_method {
+        names.push(":method");
+    }
+    if needs_path {
+        names.push(":path");
+    }
+    if config.client_ip.xff_trusted_hops > 0 {
+        names.push("x-forwarded-for");
+    }
+    for rule in &config.rules {
+        names.extend(rule.matcher.headers.iter().chain(&rule.exempt.headers).map(|(k, _)| k.as_str()));
+        if let Cost::Header { name, .. } = &rule.cost {
+            names.push(name);
+        }
+        for part in &rule.identifier.parts {
+            match part {
+                IdentPart::Header(h) => names.push(h),
+                IdentPart::Query(_) => names.push(":path"),
+                IdentPart::Cookie(_) => names.push("cookie"),
+                IdentPart::ClientIp | IdentPart::Global => {}
+            }
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    names.len()
+}
+
+/// Strips the query string and fragment from a `:path`.
+pub fn path_only(path: &[u8]) -> &[u8] {
+    let end = path.iter().position(|b| matches!(b, b'?' | b'#')).unwrap_or(path.len());
+    &path[..end]
+}
+
+fn text(bytes: Option<Vec<u8>>) -> Option<String> {
+    bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The request as the rules see it, each value read from the host at most once.
+struct View<'r, R: RequestInfo> {
+    req: &'r R,
+    method: &'r [u8],
+    path: &'r str,
+    /// The client IP is a host call (Envoy's `source.address`): asked once, and only when a
+    /// rule's exemptions or identity need it.
+    ip: std::cell::OnceCell<Option<IpAddr>>,
+    client_ip: &'r ClientIpSpec,
+}
+
+impl<R: RequestInfo> View<'_, R> {
+    fn ip(&self) -> Option<IpAddr> {
+        *self.ip.get_or_init(|| identity::client_ip(self.client_ip, self.req))
+    }
+
+    /// Whether `rule`'s match holds. With `why`, every condition that fails is added to it;
+    /// without, the first failure ends the look (and nothing is allocated).
+    fn matches(&self, rule: &Rule, mut why: Option<&mut Vec<Mismatch>>) -> bool {
+        let m = &rule.matcher;
+        let mut ok = true;
+        let mut fail = |mismatch: &dyn Fn() -> Mismatch| {
+            ok = false;
+            match why.as_deref_mut() {
+                Some(why) => {
+                    why.push(mismatch());
+                    true
+                }
+                None => false,
+            }
+        };
+        if !m.methods.is_empty()
+            && !m.methods.iter().any(|x| x.as_bytes() == self.method)
+            && !fail(&|| Mismatch::Method { got: String::from_utf8_lossy(self.method).into_owned() })
+        {
+            return false;
+        }
+        if !m.paths.is_empty()
+            && !m.paths.iter().any(|g| g.matches(self.path))
+            && !fail(&|| Mismatch::Path { got: self.path.to_string() })
+        {
+            return false;
+        }
+        for (name, want) in &m.headers {
+            let got = self.req.header(name);
+            if got.as_deref() != Some(want.as_bytes())
+                && !fail(&|| Mismatch::Header { name: name.clone(), want: want.clone(), got: text(got.clone()) })
+            {
+                return false;
+            }
+        }
+        if !m.routes.is_empty() {
+            let route = self.req.route_name();
+            if !route.as_ref().is_some_and(|r| m.routes.contains(r)) && !fail(&|| Mismatch::Route { got: route.clone() }) {
+                return false;
+            }
+        }
+        ok
+    }
+
+    /// Whether the request is exempt from `rule`. With `why`, every exemption that holds is
+    /// added to it. The IP is canonical (an IPv4-mapped address is its IPv4 address), so one
+    /// CIDR covers a client however it reached the listener.
+    fn exempt(&self, rule: &Rule, mut why: Option<&mut Vec<Exemption>>) -> bool {
+        let e = &rule.exempt;
+        let mut exempt = false;
+        if !e.cidrs.is_empty() {
+            if let Some(ip) = self.ip() {
+                for net in e.cidrs.iter().filter(|n| n.contains(&ip)) {
+                    exempt = true;
+                    match why.as_deref_mut() {
+                        Some(why) => why.push(Exemption::Cidr { ip, net: *net }),
+                        None => return true,
+                    }
+                }
+            }
+        }
+        for (name, value) in &e.headers {
+            if self.req.header(name).as_deref() == Some(value.as_bytes()) {
+                exempt = true;
+                match why.as_deref_mut() {
+                    Some(why) => why.push(Exemption::Header { name: name.clone(), value: value.clone() }),
+                    None => return true,
+                }
+            }
+        }
+        exempt
+    }
+
+    /// At least 1, whatever the request says: a cost of 0 is the strategies' peek.
+    fn cost(&self, rule: &Rule) -> u64 {
+        match &rule.cost {
+            Cost::Fixed(_) => rule.cost.of(None),
+            Cost::Header { name, .. } => rule.cost.of(self.req.header(name).as_deref()),
+        }
+    }
+
+    /// The identity parts of `rule` the request lacks (the reason `fallback: skip` gives).
+    fn missing(&self, rule: &Rule) -> Vec<Missing> {
+        let path = || self.req.path().unwrap_or_default();
+        rule.identifier
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                IdentPart::Header(h) if self.req.header(h).is_none() => Some(Missing::Header(h.clone())),
+                IdentPart::Query(q) if identity::query_param(&path(), q).is_none() => Some(Missing::Query(q.clone())),
+                IdentPart::Cookie(c) if self.req.header("cookie").and_then(|h| identity::cookie(&h, c)).is_none() => {
+                    Some(Missing::Cookie(c.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Limiter {
+    /// For every rule in order, whether it applies to `req` and why not, with each identity's
+    /// readable text.
+    pub fn explain(&self, req: &impl RequestInfo) -> Vec<Applies> {
+        self.applies(req, true)
+    }
+
+    /// The rules that apply to `req`, with identity and cost.
+    pub(super) fn applicable(&self, req: &impl RequestInfo) -> Vec<Applied> {
+        self.applies(req, false)
+            .into_iter()
+            .filter_map(|a| match a {
+                Applies::Yes(applied) => Some(applied),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// [`Limiter::explain`], with reasons and identity text only when `describe` (identities
+    /// of shadow rules always carry their text: their would-be limits are logged).
+    fn applies(&self, req: &impl RequestInfo, describe: bool) -> Vec<Applies> {
+        let method = if self.plan.method { req.method().unwrap_or_default() } else { Vec::new() };
+        let full_path = if self.plan.path { req.path().unwrap_or_default() } else { Vec::new() };
+        // Globs see the path as text; bytes that are not UTF-8 become U+FFFD, which no glob
+        // that can match a path contains.
+        let path = String::from_utf8_lossy(path_only(&full_path));
+        let view = View { req, method: &method, path: &path, ip: std::cell::OnceCell::new(), client_ip: &self.client_ip };
+        let mut out = Vec::with_capacity(self.rules.len());
+        for (i, compiled) in self.rules.iter().enumerate() {
+            let rule = &compiled.rule;
+            let mut mismatches = Vec::new();
+            if !view.matches(rule, describe.then_some(&mut mismatches)) {
+                out.push(Applies::NoMatch(mismatches));
+                continue;
+            }
+            if rule.limits.is_unlimited() {
+                out.push(Applies::Unlimited);
+                continue;
+            }
+            let mut exemptions = Vec::new();
+            if view.exempt(rule, describe.then_some(&mut exemptions)) {
+                out.push(Applies::Exempt(exemptions));
+                continue;
+            }
+            let ip = || view.ip();
+            out.push(match self.hasher.resolve(&rule.identifier, ip, req, describe || rule.shadow) {
+                Some(identity) => Applies::Yes(Applied { rule: i, identity, cost: view.cost(rule) }),
+                None if describe => Applies::NoIdentity(view.missing(rule)),
+                None => Applies::NoIdentity(Vec::new()),
+            });
+        }
+        out
+    }
+}

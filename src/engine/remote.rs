@@ -1,0 +1,189 @@
+//! Remote decisions: the Redis rules of a request, asked of Redis through the circuit breaker,
+//! with a dry pass first when several rules live in different cluster slots, and the script
+//! sent whole after a NOSCRIPT. The commands and replies themselves are [`crate::redis`]'s.
+
+use super::{Applied, Limiter, Resumed, RuleOutcome, Step, Verdict};
+use crate::breaker::{Breaker, Permit};
+use crate::config::OnError;
+use crate::identity::RequestInfo;
+use crate::redis::script::{self, Form, RuleCall};
+use crate::redis::wire::Reply;
+use crate::store::SharedStore;
+
+/// A request waiting for Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    applied: Vec<Applied>,
+    /// Indexes into `applied` of the Redis rules, in command order.
+    redis: Vec<usize>,
+    /// One command per Redis rule.
+    pub commands: Vec<Vec<String>>,
+    permit: Permit,
+    /// The commands carry the script itself (after a NOSCRIPT).
+    eval: bool,
+    /// A first pass that decides without writing (several Redis rules: they live in different
+    /// cluster slots, so no one script call covers them all).
+    dry: bool,
+}
+
+impl Limiter {
+    pub(super) fn breaker(&self) -> Option<Breaker<'_>> {
+        self.redis.as_ref().map(|r| Breaker { key: &self.breaker_key, spec: r.breaker, timeout_ms: r.timeout_ms })
+    }
+
+    /// Begins deciding `req`: either the verdict, or the Redis commands whose replies
+    /// [`Limiter::resume`] needs.
+    ///
+    /// Every applying rule must admit. A request the local rules deny never costs a Redis round
+    /// trip (they are checked first without writing), and one Redis denies consumes nothing
+    /// locally (local rules are written after Redis admitted).
+    pub fn start(&self, req: &impl RequestInfo, store: &impl SharedStore, now_us: u64) -> Step {
+        let applied = self.applicable(req);
+        let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();
+        if redis.is_empty() {
+            return Step::Done(self.local_phase(&applied, Vec::new(), store, now_us));
+        }
+        let dry: Vec<RuleOutcome> = applied
+            .iter()
+            .filter(|a| !self.rules[a.rule].is_redis() && !self.rules[a.rule].is_shadow())
+            .map(|a| self.decide_local(a, store, now_us, false))
+            .collect();
+        if dry.iter().any(|o| !o.allowed) {
+            return Step::Done(self.verdict(dry, true));
+        }
+        let permit = self.breaker().map(|b| b.permit(store, now_us)).unwrap_or(Permit::Skip);
+        if permit == Permit::Skip {
+            return Step::Done(self.redis_failed(&applied, store, now_us));
+        }
+        // Several Redis rules: check them all without writing first, so a request one of them
+        // denies consumes nothing from the others. A race between the passes can only make a
+        // request denied after an earlier rule counted it, never admit one past a limit.
+        let dry = redis.len() > 1;
+        let mut p = Pending { applied, redis, commands: Vec::new(), permit, eval: false, dry };
+        self.set_commands(&mut p);
+        Step::Redis(p)
+    }
+
+    fn set_commands(&self, p: &mut Pending) {
+        let form = if p.eval { Form::Eval } else { Form::Sha(&self.sha) };
+        p.commands = p
+            .redis
+            .iter()
+            .map(|&i| {
+                let a = &p.applied[i];
+                let c = &self.rules[a.rule];
+                let call = RuleCall {
+                    namespace: &self.namespace,
+                    rule: &c.rule.name,
+                    identity: a.identity.hash,
+                    fingerprint: c.table.fingerprint,
+                    strategy: &c.rule.strategy,
+                    rates: c.rates(),
+                    cost: a.cost,
+                };
+                script::command(&call, form, p.dry)
+            })
+            .collect();
+    }
+
+    fn read_replies(&self, p: &Pending, replies: &[Reply]) -> Result<Vec<RuleOutcome>, String> {
+        if replies.len() != p.redis.len() {
+            return Err(format!("{} replies for {} commands", replies.len(), p.redis.len()));
+        }
+        p.redis
+            .iter()
+            .zip(replies)
+            .map(|(&i, reply)| {
+                let a = &p.applied[i];
+                let c = &self.rules[a.rule];
+                let r = script::read(reply, c.rates(), c.rule.strategy.max_delay_ms())?;
+                Ok(RuleOutcome::new(a, r.decisions, r.allowed))
+            })
+            .collect()
+    }
+
+    /// Continues a request with Redis' replies (or the transport's failure).
+    pub fn resume(&self, mut p: Pending, replies: Result<Vec<Reply>, String>, store: &impl SharedStore, now_us: u64) -> Resumed {
+        let parsed = match replies {
+            Ok(r) if !p.eval && r.iter().any(Reply::is_noscript) => {
+                // The script is not cached on (some node of) Redis: send it whole once, which
+                // caches it for every later EVALSHA.
+                p.eval = true;
+                self.set_commands(&mut p);
+                return Resumed::Retry(p);
+            }
+            Ok(r) => self.read_replies(&p, &r),
+            Err(e) => Err(e),
+        };
+        let breaker = self.breaker();
+        match parsed {
+            Ok(outcomes) => {
+                let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
+                if p.dry && !denied {
+                    // Every rule admits: now decide for real. The breaker hears of this call
+                    // once, when that pass ends.
+                    p.dry = false;
+                    self.set_commands(&mut p);
+                    return Resumed::Retry(p);
+                }
+                if let Some(b) = breaker {
+                    b.record(store, p.permit, true, now_us);
+                }
+                Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us))
+            }
+            Err(e) => {
+                let rules: Vec<String> = p
+                    .redis
+                    .iter()
+                    .map(|&i| {
+                        let rule = &self.rules[p.applied[i].rule].rule;
+                        format!("{:?} (on_error: {})", rule.name, rule.on_error.name())
+                    })
+                    .collect();
+                log::warn!("sluice: redis call failed: {e}; decided by on_error for rule(s) {}", rules.join(", "));
+                if let Some(b) = breaker {
+                    b.record(store, p.permit, false, now_us);
+                }
+                Resumed::Done(self.redis_failed(&p.applied, store, now_us))
+            }
+        }
+    }
+
+    /// Decides `req` at `now_us` (epoch microseconds) with no Redis transport: Redis rules
+    /// take their `on_error` path. The host uses [`Limiter::start`] and [`Limiter::resume`].
+    pub fn check(&self, req: &impl RequestInfo, store: &impl SharedStore, now_us: u64) -> Verdict {
+        match self.start(req, store, now_us) {
+            Step::Done(v) => v,
+            Step::Redis(p) => match self.resume(p, Err("no Redis transport".into()), store, now_us) {
+                Resumed::Done(v) => v,
+                Resumed::Retry(p) => self.redis_failed(&p.applied, store, now_us),
+            },
+        }
+    }
+
+    /// The request waiting on `p` ended before Redis answered (the client went away): a probe
+    /// gives its place back to the breaker, counting neither way.
+    pub fn abandon(&self, p: &Pending, store: &impl SharedStore) {
+        if let Some(b) = self.breaker() {
+            b.abandon(store, p.permit);
+        }
+    }
+
+    /// Redis could not decide (failure, timeout, open breaker): each Redis rule follows its
+    /// `on_error`, then the local rules decide as usual.
+    fn redis_failed(&self, applied: &[Applied], store: &impl SharedStore, now_us: u64) -> Verdict {
+        let outcomes = applied
+            .iter()
+            .filter(|a| self.rules[a.rule].is_redis())
+            .map(|a| {
+                let c = &self.rules[a.rule];
+                let outcome = match c.rule.on_error {
+                    OnError::Fallback { .. } => self.decide_local(a, store, now_us, true),
+                    on_error => RuleOutcome::new(a, Vec::new(), on_error == OnError::Allow || c.is_shadow()),
+                };
+                RuleOutcome { store_error: true, ..outcome }
+            })
+            .collect();
+        self.local_phase(applied, outcomes, store, now_us)
+    }
+}

@@ -1,0 +1,515 @@
+//! The engine's unit tests: matching, local and remote decisions, the breaker's view of a
+//! request, and the verdict.
+
+use super::*;
+use crate::identity::tests::Req;
+use crate::identity::RequestInfo;
+use crate::redis::wire::Reply;
+use crate::store::{MemStore, SharedStore, StoreError};
+
+fn limiter(config: serde_json::Value) -> Limiter {
+    Limiter::new(crate::config::compile(&config).unwrap())
+}
+
+const T0: u64 = 1_700_000_040_000_000;
+
+fn status(v: &Verdict) -> u16 {
+    match v {
+        Verdict::Admit { .. } => 200,
+        Verdict::Deny { response, .. } => response.status,
+    }
+}
+
+fn header<'a>(v: &'a Verdict, name: &str) -> Option<&'a str> {
+    let headers = match v {
+        Verdict::Admit { headers, .. } => headers,
+        Verdict::Deny { response, .. } => &response.headers,
+    };
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn only_matching_rules_apply() {
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "get-api", "match": {"path": "/api/**", "methods": ["GET"]}, "limit": "1/min"},
+        {"name": "tenant", "match": {"headers": {"x-tenant": "acme"}}, "limit": "1/min"}
+    ]}));
+    let s = MemStore::default();
+    assert_eq!(status(&l.check(&Req::new("GET", "/api/a?x=1"), &s, T0)), 200);
+    assert_eq!(status(&l.check(&Req::new("GET", "/api/b"), &s, T0)), 429);
+    assert_eq!(status(&l.check(&Req::new("POST", "/api/b"), &s, T0)), 200, "method does not match");
+    assert_eq!(status(&l.check(&Req::new("GET", "/other"), &s, T0)), 200, "path does not match");
+    let acme = Req::new("POST", "/x").header("x-tenant", "acme");
+    assert_eq!(status(&l.check(&acme, &s, T0)), 200);
+    assert_eq!(status(&l.check(&acme, &s, T0)), 429);
+}
+
+/// A request view that counts how often the client address is asked for.
+struct CountingSource<'a>(&'a Req, std::cell::Cell<u32>);
+
+impl RequestInfo for CountingSource<'_> {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.header(name)
+    }
+    fn source_address(&self) -> Option<String> {
+        self.1.set(self.1.get() + 1);
+        self.0.source_address()
+    }
+    fn route_name(&self) -> Option<String> {
+        self.0.route_name()
+    }
+}
+
+#[test]
+fn the_client_address_is_read_only_when_a_rule_needs_it() {
+    let reads = |rules: serde_json::Value, req: &Req| {
+        let l = limiter(serde_json::json!({ "rules": rules }));
+        let counting = CountingSource(req, std::cell::Cell::new(0));
+        let v = l.check(&counting, &MemStore::default(), T0);
+        (status(&v), counting.1.get())
+    };
+    let keyed = Req::new("GET", "/").header("x-api-key", "k1");
+    let by_key = serde_json::json!([{"name": "k", "limit": "5/min", "identifier": {"header": "x-api-key"}},
+                                     {"name": "g", "limit": "5/min", "identifier": "global"}]);
+    assert_eq!(reads(by_key.clone(), &keyed), (200, 0), "header and global identities need no address");
+    // A missing header falls back to the client IP, which then is read (once).
+    assert_eq!(reads(by_key, &Req::new("GET", "/")), (200, 1));
+    let by_ip = serde_json::json!([{"name": "a", "limit": "5/min"}, {"name": "b", "limit": "5/min"}]);
+    assert_eq!(reads(by_ip, &keyed), (200, 1), "two IP rules read it once");
+    let exempt = serde_json::json!([{"name": "x", "limit": "5/min", "identifier": "global",
+                                     "exempt": {"cidrs": ["10.0.0.0/8"]}}]);
+    assert_eq!(reads(exempt, &keyed), (200, 1), "a CIDR exemption needs it");
+}
+
+/// A store that counts reads and writes, and can let "another worker" act just before the
+/// first write to a key with a given prefix.
+struct Racing<'a> {
+    inner: &'a MemStore,
+    reads: std::cell::Cell<u32>,
+    writes: std::cell::Cell<u32>,
+    before_write: std::cell::RefCell<Option<(String, Box<dyn FnOnce(&MemStore) + 'a>)>>,
+}
+
+impl<'a> Racing<'a> {
+    fn new(inner: &'a MemStore) -> Self {
+        Racing { inner, reads: Default::default(), writes: Default::default(), before_write: Default::default() }
+    }
+}
+
+impl SharedStore for Racing<'_> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.reads.set(self.reads.get() + 1);
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let due = matches!(&*self.before_write.borrow(), Some((prefix, _)) if key.starts_with(prefix.as_str()));
+        if due {
+            if let Some((_, act)) = self.before_write.borrow_mut().take() {
+                act(self.inner);
+            }
+        }
+        self.writes.set(self.writes.get() + 1);
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn a_multi_rule_request_reads_and_writes_each_slot_once() {
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "a", "limit": "5/min"}, {"name": "b", "limit": "5/min"}, {"name": "c", "limit": "5/min"}
+    ]}));
+    let mem = MemStore::default();
+    let store = Racing::new(&mem);
+    for _ in 0..2 {
+        assert_eq!(status(&l.check(&Req::new("GET", "/"), &store, T0)), 200);
+    }
+    // The first request finds every home slot unwritten; the second finds each identity there.
+    assert_eq!((store.reads.get(), store.writes.get()), (6, 6));
+}
+
+#[test]
+fn a_slot_written_between_the_decision_and_its_write_is_decided_again() {
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "wide", "limit": "5/min", "strategy": "fixed_window"},
+        {"name": "narrow", "limit": "1/min", "strategy": "fixed_window"}
+    ]}));
+    let mem = MemStore::default();
+    let store = Racing::new(&mem);
+    let narrow = l.table_prefix(1).unwrap_or_default().to_string();
+    // Another worker's request takes narrow's only unit after ours read it.
+    let other = |m: &MemStore| assert_eq!(status(&l.check(&Req::new("GET", "/"), m, T0)), 200);
+    *store.before_write.borrow_mut() = Some((narrow, Box::new(other)));
+    let v = l.check(&Req::new("GET", "/"), &store, T0);
+    assert_eq!(status(&v), 429, "narrow is decided again on what the other worker wrote");
+    // Narrow admitted exactly its limit; wide counted the other request and, in this race,
+    // ours too (denied after wide had stored it: never an admission past a limit). A third
+    // request sees that: wide would leave 5 − 2 − 1 = 2, narrow has nothing left.
+    let v = l.check(&Req::new("GET", "/"), &mem, T0);
+    assert_eq!(status(&v), 429);
+    let remaining: Vec<u64> = v.outcomes().iter().map(|o| o.decisions.first().map_or(99, |d| d.remaining)).collect();
+    assert_eq!(remaining, vec![2, 0]);
+}
+
+#[test]
+fn configs_reading_several_headers_are_told_apart() {
+    let many = |rules: serde_json::Value| limiter(serde_json::json!({ "rules": rules })).reads_many_headers();
+    assert!(!many(serde_json::json!([{"name": "ip", "limit": "5/min"}])));
+    // :path and one identity header; the same header twice counts once.
+    assert!(!many(serde_json::json!([
+        {"name": "a", "match": {"path": "/a/**"}, "limit": "5/min", "identifier": {"header": "x-k"}},
+        {"name": "b", "limit": "5/min", "identifier": {"header": "x-k"}}
+    ])));
+    // :path (for the query part), a cookie and a cost header.
+    assert!(many(serde_json::json!([{"name": "q", "limit": "5/min", "cost": {"header": "x-cost"},
+        "identifier": {"parts": [{"query": "tenant"}, {"cookie": "session"}]}}])));
+}
+
+#[test]
+fn a_request_denied_by_one_rule_consumes_nothing_from_the_others() {
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "wide", "limit": "3/min", "strategy": "fixed_window"},
+        {"name": "narrow", "match": {"path": "/n"}, "limit": "1/min", "strategy": "fixed_window"}
+    ]}));
+    let s = MemStore::default();
+    assert_eq!(status(&l.check(&Req::new("GET", "/n"), &s, T0)), 200); // wide 1, narrow 1
+    for _ in 0..5 {
+        assert_eq!(status(&l.check(&Req::new("GET", "/n"), &s, T0)), 429); // narrow denies
+    }
+    // Wide has 2 left: the five denied requests took nothing from it.
+    assert_eq!(status(&l.check(&Req::new("GET", "/w"), &s, T0)), 200);
+    assert_eq!(status(&l.check(&Req::new("GET", "/w"), &s, T0)), 200);
+    let v = l.check(&Req::new("GET", "/w"), &s, T0);
+    assert_eq!(status(&v), 429);
+    let body: serde_json::Value = match &v {
+        Verdict::Deny { response, .. } => serde_json::from_slice(&response.body).unwrap(),
+        _ => unreachable!(),
+    };
+    assert_eq!(body["violated_rules"], serde_json::json!(["wide"]));
+}
+
+#[test]
+fn every_limit_of_a_rule_must_admit_and_is_reported() {
+    let l = limiter(serde_json::json!({"rules": [{"name": "r", "limits": ["2/s", "3/min"], "strategy": "fixed_window"}]}));
+    let s = MemStore::default();
+    let req = Req::new("GET", "/");
+    let first = l.check(&req, &s, T0);
+    assert_eq!(header(&first, "ratelimit-policy"), Some("\"r.0\";q=2;w=1, \"r.1\";q=3;w=60"));
+    assert_eq!(status(&l.check(&req, &s, T0)), 200);
+    assert_eq!(status(&l.check(&req, &s, T0)), 429, "2/s reached");
+    assert_eq!(status(&l.check(&req, &s, T0 + 1_000_000)), 200);
+    assert_eq!(status(&l.check(&req, &s, T0 + 2_000_000)), 429, "3/min reached");
+}
+
+#[test]
+fn shadow_rules_never_block_but_report() {
+    let l = limiter(serde_json::json!({"rules": [{"name": "s", "limit": "1/min", "shadow": true}]}));
+    let s = MemStore::default();
+    for _ in 0..3 {
+        let v = l.check(&Req::new("GET", "/"), &s, T0);
+        assert_eq!(status(&v), 200);
+    }
+    let v = l.check(&Req::new("GET", "/"), &s, T0);
+    assert!(v.outcomes().iter().any(|o| !o.allowed));
+    assert!(header(&v, "ratelimit").is_some_and(|h| h.contains("r=0")));
+}
+
+#[test]
+fn costs_exemptions_and_skipped_identities() {
+    let l = limiter(serde_json::json!({"rules": [{
+        "name": "c", "limit": "10/min", "strategy": "fixed_window",
+        "cost": {"header": "x-cost", "default": 2, "max": 6},
+        "identifier": {"header": "x-user", "fallback": "skip"},
+        "exempt": {"cidrs": ["192.0.2.0/24"]}
+    }]}));
+    let s = MemStore::default();
+    let u = |cost: &str| Req::new("GET", "/").header("x-user", "u").header("x-cost", cost);
+    assert_eq!(status(&l.check(&u("100"), &s, T0)), 200); // clamped to 6
+    assert_eq!(status(&l.check(&u("junk"), &s, T0)), 200); // default 2 → 8
+    assert_eq!(status(&l.check(&u("3"), &s, T0)), 429); // 11 > 10
+    assert_eq!(status(&l.check(&u("2"), &s, T0)), 200); // 10
+                                                        // No x-user: the rule does not apply.
+    assert!(l.check(&Req::new("GET", "/"), &s, T0).outcomes().is_empty());
+    let exempt = u("1").source("192.0.2.7:4000");
+    assert!(l.check(&exempt, &s, T0).outcomes().is_empty());
+}
+
+#[test]
+fn unlimited_rules_and_queued_delays() {
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "free", "limit": "0/0"},
+        {"name": "q", "match": {"path": "/q"}, "limit": "2/s", "strategy": {"type": "leaky_bucket_queue", "max_delay": "1s"}}
+    ]}));
+    let s = MemStore::default();
+    assert!(l.queues());
+    assert!(l.check(&Req::new("GET", "/"), &s, T0).outcomes().is_empty());
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        match l.check(&Req::new("GET", "/q"), &s, T0) {
+            Verdict::Admit { delay_ms, .. } => delays.push(delay_ms),
+            Verdict::Deny { .. } => delays.push(u64::MAX),
+        }
+    }
+    assert_eq!(delays[0], 0);
+    assert!(delays.windows(2).all(|w| w[0] <= w[1]), "delays grow in arrival order: {delays:?}");
+    assert_eq!(*delays.last().unwrap(), u64::MAX, "beyond max_delay: rejected ({delays:?})");
+}
+
+#[test]
+fn shared_data_per_client_is_small_and_capped() {
+    let l = limiter(serde_json::json!({"local": {"max_clients": 1000}, "rules": [{"name": "api", "limit": "100/min"}]}));
+    let s = MemStore::default();
+    for i in 0..200u32 {
+        let ip = format!("10.0.{}.{}:1", i / 256, i % 256);
+        l.check(&Req::new("GET", "/").source(&ip), &s, T0);
+    }
+    let (keys, bytes) = s.size();
+    assert_eq!(keys, 200);
+    let per_client = bytes / keys;
+    assert!(per_client < 96, "{per_client} bytes per client");
+    for i in 0..20_000u32 {
+        let ip = format!("10.{}.{}.{}:1", i / 65536, (i / 256) % 256, i % 256);
+        l.check(&Req::new("GET", "/").source(&ip), &s, T0);
+    }
+    let (keys, bytes) = s.size();
+    assert!(keys <= 1000, "{keys} keys for max_clients 1000");
+    eprintln!("shared data: {} bytes per client (key + value), {keys} keys / {bytes} bytes at the cap", bytes / keys);
+}
+
+fn redis_limiter(rules: serde_json::Value) -> Limiter {
+    limiter(
+        serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}}, "rules": rules}),
+    )
+}
+
+/// A Redis reply for one rule: `{all, {allowed, remaining, reset, retry, delay, ttl}...}`.
+fn reply(allowed: bool, remaining: i64) -> Reply {
+    let d = Reply::Array([i64::from(allowed), remaining, 1000, if allowed { 0 } else { 500 }, 0, 1000].map(Reply::Int).to_vec());
+    Reply::Array(vec![Reply::Int(i64::from(allowed)), d])
+}
+
+fn pending(step: Step) -> Pending {
+    match step {
+        Step::Redis(p) => p,
+        Step::Done(v) => panic!("expected a Redis call, got {v:?}"),
+    }
+}
+
+fn done(r: Resumed) -> Verdict {
+    match r {
+        Resumed::Done(v) => v,
+        Resumed::Retry(p) => panic!("unexpected retry {p:?}"),
+    }
+}
+
+#[test]
+fn redis_rules_send_one_evalsha_per_rule_with_hashed_keys() {
+    let l = redis_limiter(
+        serde_json::json!([{"name": "api", "limits": ["5/s", "100/min"], "backend": "redis", "identifier": {"header": "x-k"}}]),
+    );
+    let s = MemStore::default();
+    let p = pending(l.start(&Req::new("GET", "/").header("x-k", "a b{c}"), &s, T0));
+    assert_eq!(p.commands.len(), 1);
+    let cmd = &p.commands[0];
+    assert_eq!(cmd[0], "EVALSHA");
+    assert_eq!(cmd[1], crate::redis::script::sha());
+    assert_eq!(cmd[2], "2");
+    for key in &cmd[3..5] {
+        assert!(key.starts_with("ns:{api:") && !key.contains(' ') && key.matches('{').count() == 1, "{key}");
+    }
+    assert_eq!(cmd.len(), 3 + 2 + 2 * crate::redis::script::ARGS_PER_RULE);
+    // NOSCRIPT: once more with the script itself.
+    let retry = match l.resume(p, Ok(vec![Reply::Error("NOSCRIPT No matching script".into())]), &s, T0) {
+        Resumed::Retry(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(retry.commands[0][0], "EVAL");
+    assert_eq!(retry.commands[0][1], crate::redis::script::SCRIPT);
+    // A second NOSCRIPT is a failure, not a loop.
+    let v = done(l.resume(retry, Ok(vec![Reply::Error("NOSCRIPT again".into())]), &s, T0));
+    assert!(v.outcomes()[0].store_error);
+}
+
+#[test]
+fn redis_denial_consumes_nothing_locally_and_local_denial_skips_redis() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "remote", "limit": "10/min", "backend": "redis"},
+        {"name": "local", "limit": "1/min", "strategy": "fixed_window"}
+    ]));
+    let s = MemStore::default();
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    let v = done(l.resume(p, Ok(vec![reply(false, 0)]), &s, T0));
+    assert_eq!(status(&v), 429);
+    // The local rule still has its one request.
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    let v = done(l.resume(p, Ok(vec![reply(true, 9)]), &s, T0));
+    assert_eq!(status(&v), 200);
+    assert_eq!(header(&v, "ratelimit"), Some("\"remote\";r=9;t=1, \"local\";r=0;t=60"));
+    // Now the local rule denies before any Redis call.
+    assert!(matches!(l.start(&Req::new("GET", "/"), &s, T0), Step::Done(Verdict::Deny { .. })));
+}
+
+#[test]
+fn redis_failures_follow_on_error_and_open_the_breaker() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "a", "match": {"path": "/allow"}, "limit": "10/min", "backend": "redis", "on_error": "allow"},
+        {"name": "d", "match": {"path": "/deny"}, "limit": "10/min", "backend": "redis", "on_error": "deny"},
+        {"name": "f", "match": {"path": "/fb"}, "limit": "4/min", "strategy": "fixed_window", "backend": "redis",
+         "on_error": {"fallback": {"share": 0.5}}}
+    ]));
+    let s = MemStore::default();
+    let fail =
+        |path: &str, now: u64| done(l.resume(pending(l.start(&Req::new("GET", path), &s, now)), Err("down".into()), &s, now));
+    assert_eq!(status(&fail("/allow", T0)), 200);
+    let denied = fail("/deny", T0);
+    assert_eq!(status(&denied), 429);
+    assert!(header(&denied, "retry-after").is_some());
+    // Two failures: the breaker is open, so no Redis call is even attempted.
+    for (path, want) in [("/allow", 200), ("/deny", 429), ("/fb", 200), ("/fb", 200), ("/fb", 429)] {
+        match l.start(&Req::new("GET", path), &s, T0 + 1) {
+            Step::Done(v) => assert_eq!(status(&v), want, "{path}"),
+            Step::Redis(_) => panic!("called Redis with the breaker open"),
+        }
+    }
+    // After open_ms a probe goes out; its success (and a second) closes the breaker.
+    let later = T0 + 1_000_002;
+    for _ in 0..2 {
+        let p = pending(l.start(&Req::new("GET", "/allow"), &s, later));
+        assert_eq!(status(&done(l.resume(p, Ok(vec![reply(true, 5)]), &s, later))), 200);
+    }
+    assert!(matches!(l.start(&Req::new("GET", "/allow"), &s, later), Step::Redis(_)));
+}
+
+#[test]
+fn malformed_redis_replies_are_failures() {
+    let l = redis_limiter(serde_json::json!([{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]));
+    for bad in [
+        vec![],
+        vec![Reply::Int(1)],
+        vec![Reply::Array(vec![Reply::Int(1)])],
+        vec![Reply::Array(vec![Reply::Int(1), Reply::Str("x".into())])],
+    ] {
+        let s = MemStore::default(); // a fresh breaker each time
+        let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+        let v = done(l.resume(p, Ok(bad.clone()), &s, T0));
+        assert_eq!(status(&v), 429, "{bad:?}");
+    }
+}
+
+#[test]
+fn several_redis_rules_are_checked_dry_first_so_a_denial_consumes_nothing() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "a", "limit": "10/min", "backend": "redis"},
+        {"name": "b", "limit": "10/min", "backend": "redis"}
+    ]));
+    let s = MemStore::default();
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    assert!(p.commands.iter().all(|c| c.last().map(String::as_str) == Some("dry")));
+    // One denies: answered without a second pass, so nothing was written anywhere.
+    let v = done(l.resume(p.clone(), Ok(vec![reply(true, 5), reply(false, 0)]), &s, T0));
+    assert_eq!(status(&v), 429);
+    // Both admit: the same commands for real, then the verdict.
+    let real = match l.resume(p, Ok(vec![reply(true, 5), reply(true, 5)]), &s, T0) {
+        Resumed::Retry(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert!(real.commands.iter().all(|c| c.last().map(String::as_str) != Some("dry")));
+    assert_eq!(status(&done(l.resume(real, Ok(vec![reply(true, 4), reply(true, 4)]), &s, T0))), 200);
+    // One rule: a single pass.
+    let one = redis_limiter(serde_json::json!([{"name": "a", "limit": "10/min", "backend": "redis"}]));
+    let p = pending(one.start(&Req::new("GET", "/"), &s, T0));
+    assert_ne!(p.commands[0].last().map(String::as_str), Some("dry"));
+}
+
+/// A store on which every conditional write loses its race, as if another worker always
+/// wrote the key between our read and our write.
+struct AlwaysContended<'a>(&'a MemStore);
+
+impl SharedStore for AlwaysContended<'_> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.0.get(key)
+    }
+    fn set(&self, _key: &str, _value: &[u8], _cas: u32) -> Result<(), StoreError> {
+        Err(StoreError::CasMismatch)
+    }
+}
+
+#[test]
+fn a_write_that_never_lands_denies_and_counts_as_a_store_error() {
+    let l = limiter(serde_json::json!({"rules": [{"name": "g", "limit": "100/min", "identifier": "global"}]}));
+    let mem = MemStore::default();
+    let v = l.check(&Req::new("GET", "/"), &AlwaysContended(&mem), T0);
+    assert_eq!(status(&v), 429, "an admission that cannot be counted is not made");
+    let o = &v.outcomes()[0];
+    assert!(o.store_error && !o.allowed);
+    assert_eq!(header(&v, "retry-after"), Some("1"));
+    // A Redis rule's local fallback follows the same policy.
+    let l = redis_limiter(serde_json::json!([{"name": "f", "limit": "100/min", "backend": "redis", "on_error": "fallback"}]));
+    let v = done(l.resume(pending(l.start(&Req::new("GET", "/"), &mem, T0)), Err("down".into()), &AlwaysContended(&mem), T0));
+    assert_eq!(status(&v), 429);
+}
+
+#[test]
+fn no_request_reaches_a_peek() {
+    let l = limiter(serde_json::json!({"rules": [{"name": "c", "limit": "2/min", "strategy": "fixed_window",
+        "identifier": "global", "cost": {"header": "x-cost", "max": 10}}]}));
+    let s = MemStore::default();
+    let mut admitted = 0;
+    for v in ["0", "00", "+0", " 0", "-1", "0.5", "0x0"] {
+        if status(&l.check(&Req::new("GET", "/").header("x-cost", v), &s, T0)) == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 2, "each of these costs the default, 1: the limit holds");
+}
+
+#[test]
+fn a_probe_is_one_success_however_many_passes_it_takes() {
+    // Two Redis rules: a dry pass, then the write pass. success_threshold 2 needs two probes.
+    let l = limiter(serde_json::json!({"namespace": "ns",
+        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 1, "open_ms": 1000, "success_threshold": 2}},
+        "rules": [{"name": "a", "limit": "10/min", "backend": "redis"}, {"name": "b", "limit": "10/min", "backend": "redis"}]}));
+    let s = MemStore::default();
+    let b = l.breaker().unwrap();
+    done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("down".into()), &s, T0));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
+    let later = T0 + 1_000_001;
+    let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
+    let write = match l.resume(probe, Ok(vec![reply(true, 5), reply(true, 5)]), &s, later) {
+        Resumed::Retry(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen, "the dry pass is not a result yet");
+    assert!(matches!(l.start(&Req::new("GET", "/"), &s, later), Step::Done(_)), "one probe at a time, across its passes");
+    done(l.resume(write, Ok(vec![reply(true, 4), reply(true, 4)]), &s, later));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen, "one probe, one success: not closed by two passes");
+    let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
+    // Its client hangs up: the place is freed, nothing counted.
+    l.abandon(&probe, &s);
+    assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen);
+    let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
+    let write = match l.resume(probe, Ok(vec![reply(true, 3), reply(true, 3)]), &s, later) {
+        Resumed::Retry(p) => p,
+        other => panic!("{other:?}"),
+    };
+    done(l.resume(write, Ok(vec![reply(true, 2), reply(true, 2)]), &s, later));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Closed);
+}
+
+#[test]
+fn a_delay_from_redis_never_exceeds_the_rules_max_delay() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "q", "limit": "10/s", "backend": "redis", "strategy": {"type": "leaky_bucket_queue", "max_delay": "200ms"}},
+    ]));
+    let s = MemStore::default();
+    let long = Reply::Array(vec![Reply::Int(1), Reply::Array([1, 5, 1000, 0, 86_400_000, 1000].map(Reply::Int).to_vec())]);
+    match done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![long.clone()]), &s, T0)) {
+        Verdict::Admit { delay_ms, .. } => assert_eq!(delay_ms, 200),
+        v => panic!("{v:?}"),
+    }
+    // A strategy that never queues is never held, whatever the reply says.
+    let l = redis_limiter(serde_json::json!([{"name": "t", "limit": "10/s", "backend": "redis", "strategy": "token_bucket"}]));
+    match done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![long]), &s, T0)) {
+        Verdict::Admit { delay_ms, .. } => assert_eq!(delay_ms, 0),
+        v => panic!("{v:?}"),
+    }
+}

@@ -1,0 +1,83 @@
+//! The verdict: every applying rule's outcome turned into the limited response, or into the
+//! rate limit fields and the queueing delay of an admitted request.
+
+use super::{Applied, Limiter};
+use crate::identity::Identity;
+use crate::response::{self, LocalResponse, Reported};
+use crate::strategy::Decision;
+
+/// What happened to one rule for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOutcome {
+    pub rule: usize,
+    pub identity: Identity,
+    pub cost: u64,
+    /// One decision per active limit.
+    pub decisions: Vec<Decision>,
+    pub allowed: bool,
+    /// The store failed and `on_error` decided.
+    pub store_error: bool,
+    /// This request created the identity's slot in shared data.
+    pub created_slot: bool,
+}
+
+impl RuleOutcome {
+    pub(super) fn new(a: &Applied, decisions: Vec<Decision>, allowed: bool) -> Self {
+        RuleOutcome {
+            rule: a.rule,
+            identity: a.identity.clone(),
+            cost: a.cost,
+            decisions,
+            allowed,
+            store_error: false,
+            created_slot: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward the request (after `delay_ms`, for queued requests), adding `headers` to the
+    /// response.
+    Admit { headers: Vec<(String, String)>, delay_ms: u64, outcomes: Vec<RuleOutcome> },
+    /// Answer with `response`.
+    Deny { response: LocalResponse, outcomes: Vec<RuleOutcome> },
+}
+
+impl Verdict {
+    pub fn outcomes(&self) -> &[RuleOutcome] {
+        match self {
+            Verdict::Admit { outcomes, .. } | Verdict::Deny { outcomes, .. } => outcomes,
+        }
+    }
+}
+
+impl Limiter {
+    pub(super) fn verdict(&self, outcomes: Vec<RuleOutcome>, denied: bool) -> Verdict {
+        let mut reported = Vec::new();
+        for o in &outcomes {
+            let c = &self.rules[o.rule];
+            let rates = c.rates();
+            for (index, (rate, decision)) in rates.iter().zip(&o.decisions).enumerate() {
+                reported.push(Reported { rule: &c.rule.name, index, of: rates.len(), rate: *rate, decision: *decision });
+            }
+        }
+        if denied {
+            let violated: Vec<&str> = outcomes
+                .iter()
+                .filter(|o| !o.allowed && !self.rules[o.rule].is_shadow())
+                .map(|o| self.rules[o.rule].rule.name.as_str())
+                .collect();
+            let response = response::limited(&self.response, self.headers_mode, &reported, &violated);
+            return Verdict::Deny { response, outcomes };
+        }
+        let delay_ms = outcomes
+            .iter()
+            .filter(|o| !self.rules[o.rule].is_shadow())
+            .flat_map(|o| o.decisions.iter().map(|d| d.delay_ms))
+            .max()
+            .unwrap_or(0);
+        let headers = response::rate_limit_headers(self.headers_mode, &reported);
+        Verdict::Admit { headers, delay_ms, outcomes }
+    }
+}

@@ -1,0 +1,177 @@
+//! One request's context: it starts the decision, waits for Redis when a rule needs it, carries
+//! out the verdict, and adds the rate limit fields to the response. What a request waits for
+//! lives on the context itself; only a Higress Redis callout answers at the root.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+
+use crate::engine::{Pending, Resumed, Step, Verdict};
+
+use super::queue;
+use super::request::HostRequest;
+use super::shared::EnvoyShared;
+use super::time::now_us;
+use super::transport::{self, Sent};
+use super::Shared;
+
+/// Header fields, in order.
+pub(super) type Fields = Vec<(String, String)>;
+
+/// What the stream does after a verdict.
+pub(super) enum Flow {
+    Continue,
+    /// Answered locally, waiting for Redis, or queued for release by the tick.
+    Hold,
+}
+
+/// Where a request stands after Redis answered.
+pub(super) enum Settled {
+    /// A verdict, carried out: what the stream does, and the fields for the response.
+    Done(Flow, Fields),
+    /// Another call went out.
+    Waiting(Sent),
+}
+
+/// Carries out a verdict for request `ctx`: counts it, answers a denial, queues a delayed
+/// admission; returns the rate limit fields an admission adds to the response.
+pub(super) fn apply(shared: &Shared, ctx: u32, verdict: Verdict) -> (Flow, Fields) {
+    shared.metrics.count(&verdict);
+    match verdict {
+        Verdict::Admit { headers, delay_ms, .. } => {
+            if delay_ms == 0 {
+                return (Flow::Continue, headers);
+            }
+            queue::hold(ctx, now_us().saturating_add(delay_ms.saturating_mul(1000)));
+            (Flow::Hold, headers)
+        }
+        Verdict::Deny { response, .. } => {
+            let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            if let Err(status) = hostcalls::send_http_response(u32::from(response.status), headers, Some(&response.body)) {
+                log::warn!("sluice: cannot send the limited response: {status:?}");
+                return (Flow::Continue, Vec::new());
+            }
+            (Flow::Hold, Vec::new())
+        }
+    }
+}
+
+/// Continues request `ctx` after Redis answered (or failed): a retry goes out through the same
+/// transport until there is a verdict, which is carried out.
+pub(super) fn settle(shared: &Shared, ctx: u32, mut step: Resumed, deadline_us: u64) -> Settled {
+    loop {
+        match step {
+            Resumed::Done(verdict) => {
+                let (flow, fields) = apply(shared, ctx, verdict);
+                return Settled::Done(flow, fields);
+            }
+            Resumed::Retry(p) => match transport::send(shared, ctx, p, deadline_us) {
+                Ok(sent) => return Settled::Waiting(sent),
+                Err((p, why)) => step = shared.limiter.resume(p, Err(why), &EnvoyShared, now_us()),
+            },
+        }
+    }
+}
+
+/// Resumes a paused request after a callback that is not a filter callback.
+pub(super) fn continue_if(flow: Flow) {
+    if let Flow::Continue = flow {
+        let _ = hostcalls::resume_http_request();
+    }
+}
+
+pub(super) struct Http {
+    shared: Option<Rc<Shared>>,
+    id: u32,
+    /// The decision waiting for an HTTP callout's answer, and its deadline (epoch µs).
+    waiting: Option<(Pending, u64)>,
+    /// Rate limit fields to add to the response.
+    fields: Fields,
+}
+
+impl Http {
+    pub fn new(shared: Option<Rc<Shared>>, id: u32) -> Self {
+        Http { shared, id, waiting: None, fields: Vec::new() }
+    }
+
+    fn after(&mut self, settled: Settled) -> Flow {
+        match settled {
+            Settled::Done(flow, fields) => {
+                self.fields = fields;
+                flow
+            }
+            Settled::Waiting(Sent::Here(p, deadline)) => {
+                self.waiting = Some((p, deadline));
+                Flow::Hold
+            }
+            Settled::Waiting(Sent::Root) => Flow::Hold,
+        }
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let (Some(shared), Some((pending, deadline))) = (self.shared.clone(), self.waiting.take()) else { return };
+        let replies = transport::replies(num_headers, body_size, pending.commands.len());
+        let step = shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
+        let flow = self.after(settle(&shared, self.id, step, deadline));
+        continue_if(flow);
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        // A request that ended early (client gone) leaves nothing behind, and a probe it was
+        // making frees its place in the breaker.
+        #[cfg(feature = "redis-callout")]
+        let at_root = super::callout::forget(self.id);
+        #[cfg(not(feature = "redis-callout"))]
+        let at_root = None;
+        if let Some(shared) = &self.shared {
+            for pending in self.waiting.take().map(|(p, _)| p).into_iter().chain(at_root) {
+                shared.limiter.abandon(&pending, &EnvoyShared);
+            }
+        }
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let now = now_us();
+        let flow = match shared.limiter.start(&HostRequest::new(&shared.limiter), &EnvoyShared, now) {
+            Step::Done(verdict) => {
+                let (flow, fields) = apply(&shared, self.id, verdict);
+                self.fields = fields;
+                flow
+            }
+            Step::Redis(pending) => {
+                let timeout_us = shared.limiter.redis().map_or(0, |r| r.timeout_ms.saturating_mul(1000));
+                let deadline = now.saturating_add(timeout_us);
+                let settled = match transport::send(&shared, self.id, pending, deadline) {
+                    Ok(sent) => Settled::Waiting(sent),
+                    Err((pending, why)) => {
+                        let step = shared.limiter.resume(pending, Err(why), &EnvoyShared, now_us());
+                        settle(&shared, self.id, step, deadline)
+                    }
+                };
+                self.after(settled)
+            }
+        };
+        match flow {
+            Flow::Continue => Action::Continue,
+            Flow::Hold => Action::Pause,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "redis-callout")]
+        self.fields.extend(super::callout::take_fields(self.id));
+        for (name, value) in std::mem::take(&mut self.fields) {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &name, &value);
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,80 @@
+//! The filter's counters in Envoy's stats (`wasmcustom.sluice.rule.<name>.<what>` and
+//! `wasmcustom.sluice.local.slots_created`), batched per worker and handed over at each tick:
+//! a host call per request saved, stats at most one flush period late.
+
+use std::cell::RefCell;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::engine::{Limiter, Verdict};
+
+thread_local! {
+    /// Increments not yet handed to Envoy: (metric id, count).
+    static UNFLUSHED: RefCell<Vec<(u32, i64)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn add(id: u32) {
+    UNFLUSHED.with(|u| {
+        let mut u = u.borrow_mut();
+        match u.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, n)) => *n += 1,
+            None => u.push((id, 1)),
+        }
+    });
+}
+
+/// Hands this worker's counts to Envoy (from the tick).
+pub(super) fn flush() {
+    UNFLUSHED.with(|u| {
+        for (id, n) in u.borrow_mut().iter_mut() {
+            if *n > 0 && hostcalls::increment_metric(*id, *n).is_ok() {
+                *n = 0;
+            }
+        }
+    });
+}
+
+/// Counters per rule.
+#[derive(Default)]
+pub(super) struct Metrics {
+    /// (allowed, limited, shadow_limited, store_errors) per rule, with the rule's shadow flag;
+    /// `None` when the host has no metrics.
+    per_rule: Vec<Option<([u32; 4], bool)>>,
+    /// Shared-data slots created, all rules: the store's key count (each key is a few dozen
+    /// bytes; the cap is rules × `local.max_clients`).
+    slots_created: Option<u32>,
+}
+
+impl Metrics {
+    pub fn define(limiter: &Limiter) -> Self {
+        let per_rule = limiter
+            .rules()
+            .map(|rule| {
+                let def =
+                    |what: &str| hostcalls::define_metric(MetricType::Counter, &format!("sluice.rule.{}.{what}", rule.name)).ok();
+                Some(([def("allowed")?, def("limited")?, def("shadow_limited")?, def("store_errors")?], rule.shadow))
+            })
+            .collect();
+        let slots_created = hostcalls::define_metric(MetricType::Counter, "sluice.local.slots_created").ok();
+        Metrics { per_rule, slots_created }
+    }
+
+    pub fn count(&self, verdict: &Verdict) {
+        for o in verdict.outcomes() {
+            let Some(Some((ids, shadow))) = self.per_rule.get(o.rule) else { continue };
+            let id = match (o.allowed, shadow) {
+                (true, _) => ids[0],
+                (false, false) => ids[1],
+                (false, true) => ids[2],
+            };
+            add(id);
+            if o.store_error {
+                add(ids[3]);
+            }
+            if let (true, Some(id)) = (o.created_slot, self.slots_created) {
+                add(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The filter's clock on this worker: host readings turned monotonic and never stopping (see
+//! [`crate::clock`]), and the high-water mark the workers of one proxy meet at.
+
+use std::cell::Cell;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+
+use crate::clock::{self, Clock};
+use crate::store::CREATE_TOKEN;
+
+thread_local! {
+    /// This worker's clock: host time is wall-clock and may step backwards.
+    static CLOCK: Cell<Clock> = Cell::new(Clock::default());
+}
+
+fn host_us() -> u64 {
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// The time in epoch microseconds: never earlier than a time already returned on this worker,
+/// and running on after the host's clock steps back.
+pub(super) fn now_us() -> u64 {
+    let host = host_us();
+    CLOCK.with(|c| {
+        let mut clock = c.get();
+        let t = clock.now(host);
+        c.set(clock);
+        t
+    })
+}
+
+/// Brings this worker's clock up to the proxy's high-water mark in shared data, and raises the
+/// mark to it: workers then agree within one tick, and a new VM resumes where the last left.
+/// Best effort: a lost race only means another worker wrote a mark at least as late.
+pub(super) fn sync(key: &str) {
+    let (mark, cas) = match hostcalls::get_shared_data(key) {
+        Ok((Some(v), Some(cas))) => (clock::decode_mark(&v).unwrap_or(0), cas),
+        _ => (0, CREATE_TOKEN),
+    };
+    let host = host_us();
+    let now = CLOCK.with(|c| {
+        let mut clock = c.get();
+        let t = clock.catch_up(host, mark);
+        c.set(clock);
+        t
+    });
+    if now > mark {
+        let _ = hostcalls::set_shared_data(key, Some(&clock::encode_mark(now)), Some(cas));
+    }
+}

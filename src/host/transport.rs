@@ -1,0 +1,72 @@
+//! Moving a request's Redis commands: an HTTP callout to sluice-gateway (or Upstash) in the
+//! Upstash dialect, or, in the Higress build, Redis callouts ([`super::callout`]). The bytes
+//! come from [`crate::redis::wire`]; this module only hands them to the host within the time
+//! the request has left (docs/architecture.md, "Host facts: callouts").
+
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+
+use crate::clock;
+#[cfg(feature = "redis-callout")]
+use crate::config::Transport;
+use crate::engine::Pending;
+use crate::redis::wire::{self, Reply};
+
+use super::time::now_us;
+use super::Shared;
+
+/// Where a request's decision waits for its answer.
+pub(super) enum Sent {
+    /// On the request's own context: an HTTP callout answers there.
+    Here(Pending, u64),
+    /// At the root: a Redis callout answers there ([`super::callout`] keeps it).
+    #[cfg_attr(not(feature = "redis-callout"), allow(dead_code))]
+    Root,
+}
+
+/// Sends `pending`'s commands for request `ctx`, giving them only the time left before
+/// `deadline_us`. On failure the caller decides without Redis.
+pub(super) fn send(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64) -> Result<Sent, (Pending, String)> {
+    let Some(spec) = shared.limiter.redis() else {
+        return Err((pending, "no redis block".into()));
+    };
+    let Some(timeout_ms) = clock::call_timeout_ms(now_us(), deadline_us) else {
+        return Err((pending, format!("less than 1 ms left of redis.timeout_ms = {}", spec.timeout_ms)));
+    };
+    #[cfg(feature = "redis-callout")]
+    if spec.transport == Transport::RedisCallout {
+        return super::callout::call_all(&spec.cluster, pending, deadline_us, ctx).map(|()| Sent::Root);
+    }
+    let _ = ctx;
+    let request =
+        wire::upstash_request(&pending.commands, spec.authority.as_deref().unwrap_or(&spec.cluster), spec.token.as_deref());
+    let headers: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let timeout = Duration::from_millis(timeout_ms);
+    match hostcalls::dispatch_http_call(&spec.cluster, headers, Some(&request.body), Vec::new(), timeout) {
+        Ok(_token) => Ok(Sent::Here(pending, deadline_us)),
+        Err(status) => Err((pending, format!("dispatch_http_call to cluster {:?}: {status:?}", spec.cluster))),
+    }
+}
+
+/// Reads an HTTP callout's reply: the pipeline's replies, or why there are none.
+pub(super) fn replies(num_headers: usize, body_size: usize, expected: usize) -> Result<Vec<Reply>, String> {
+    if num_headers == 0 {
+        // Envoy's way of saying the call failed: timeout, reset, or no healthy host.
+        return Err("no response from the Redis endpoint (timeout or connection failure)".into());
+    }
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten().unwrap_or_default();
+    // A body of size 0 must not be read: the SDK fails on that status.
+    let body = if body_size == 0 {
+        Vec::new()
+    } else {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+    };
+    if status != b"200" {
+        let status = String::from_utf8_lossy(&status);
+        let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+        return Err(format!("Redis endpoint answered HTTP {status}: {text}"));
+    }
+    wire::upstash_replies(&body, expected).map_err(|e| e.to_string())
+}
