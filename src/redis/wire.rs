@@ -281,4 +281,33 @@ mod tests {
         buf.extend_from_slice(&[b'x'; 40]);
         assert_eq!(resp_replies(&buf, 1), Err(WireError::Resp));
     }
+
+    #[test]
+    fn commands_and_replies_round_trip_and_are_measured() {
+        let q = resp_commands(&[vec!["EVALSHA".into(), "abc".into(), "1".into(), "k".into()]]);
+        let words = ["EVALSHA", "abc", "1", "k"].map(|w| Reply::Str(w.into())).to_vec();
+        assert_eq!(resp_replies(&q, 1), Ok(vec![Reply::Array(words)]));
+        assert_eq!(resp_len(&q), Some(q.len()));
+        assert_eq!(resp_len(&q[..q.len() - 1]), None, "incomplete");
+        let r = resp_reply(&Reply::Array(vec![
+            Reply::Int(1),
+            Reply::Str("x".into()),
+            Reply::Nil,
+            Reply::Array(vec![Reply::Str("OK".into())]),
+        ]));
+        let mut two = r.clone();
+        two.extend_from_slice(&resp_reply(&Reply::Error("ERR x".into())));
+        assert_eq!(resp_len(&two), Some(r.len()), "the first of two");
+        assert_eq!(resp_replies(&two, 2).map(|v| v.len()), Ok(2));
+    }
+
+    #[test]
+    fn an_upstash_request_is_a_pipeline_post_with_the_token() {
+        let req = upstash_request(&[vec!["PING".into()]], "gw", Some("t0k"));
+        let get = |k: &str| req.headers.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!((get(":method"), get(":path"), get(":authority")), (Some("POST"), Some("/pipeline"), Some("gw")));
+        assert_eq!(get("authorization"), Some("Bearer t0k"));
+        assert_eq!(req.body, br#"[["PING"]]"#);
+        assert_eq!(upstash_request(&[], "gw", None).headers.iter().filter(|(n, _)| *n == "authorization").count(), 0);
+    }
 }

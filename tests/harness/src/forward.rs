@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::http::{Callout, CalloutReply, HttpResponse, RedisCall, RedisReply};
-use crate::resp;
+use sluice::redis::wire;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -120,7 +120,7 @@ fn redis_round_trip(stream: &mut TcpStream, query: &[u8]) -> std::io::Result<Vec
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(n) = resp::complete_len(&buf) {
+        if let Some(n) = wire::resp_len(&buf) {
             buf.truncate(n);
             return Ok(buf);
         }

@@ -269,9 +269,14 @@ pub struct RedisCall {
 }
 
 impl RedisCall {
-    /// The command's words if the query is a RESP array of bulk strings.
+    /// The command's words if the query is a RESP array of bulk strings (read by the filter's
+    /// own RESP reader).
     pub fn command(&self) -> Option<Vec<String>> {
-        crate::resp::parse_command(&self.query)
+        use sluice::redis::wire::{resp_replies, Reply};
+        match resp_replies(&self.query, 1).ok()?.pop()? {
+            Reply::Array(items) => items.into_iter().map(|w| if let Reply::Str(s) = w { Some(s) } else { None }).collect(),
+            _ => None,
+        }
     }
 }
 

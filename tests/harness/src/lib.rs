@@ -20,7 +20,6 @@ pub mod clock;
 pub mod forward;
 mod host;
 pub mod http;
-pub mod resp;
 pub mod runner;
 mod shared;
 mod vm;

@@ -366,7 +366,7 @@ fn redis_callout_round_trip_and_failure() {
         .on_redis_call(|call| {
             let words = call.command().unwrap();
             if words[0] == "GET" {
-                RedisReply::Resp(sluice_harness::resp::bulk(words[1].as_bytes()))
+                RedisReply::Resp(sluice::redis::wire::resp_reply(&sluice::redis::wire::Reply::Str(words[1].clone())))
             } else {
                 RedisReply::Fail(3)
             }
