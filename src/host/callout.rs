@@ -1,17 +1,14 @@
 //! Higress' Redis callout (the `redis-callout` build): each Redis command of a request goes out
 //! as its own `proxy_redis_call`, and the answers arrive at the root context with the call's
-//! token, so what a request waits for is kept here, by context id.
+//! token, so what a request waits for is kept here, by context id. The root's callback, which
+//! carries the request on, is in [`super`].
 
 use std::cell::RefCell;
-
-use proxy_wasm::hostcalls;
 
 use crate::engine::Pending;
 use crate::redis::wire::{self, Reply};
 
-use super::http::{continue_if, settle, Fields, Settled};
-use super::shared::EnvoyShared;
-use super::time::now_us;
+use super::state::Fields;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -137,10 +134,10 @@ fn response(size: usize) -> Option<Vec<u8>> {
 
 /// A request whose answers are all in (or one failed): its context, the decision that waited,
 /// its deadline, and the replies or the failure.
-type Answered = (u32, Pending, u64, Result<Vec<Reply>, String>);
+pub(super) type Answered = (u32, Pending, u64, Result<Vec<Reply>, String>);
 
 /// Files one answer. Returns the request once all its answers are in, or at its failure.
-fn file(token: u32, status: u32, size: usize) -> Option<Answered> {
+pub(super) fn file(token: u32, status: u32, size: usize) -> Option<Answered> {
     IN_FLIGHT.with(|f| {
         let mut f = f.borrow_mut();
         // The request waiting for this token, and which of its commands it answers.
@@ -173,19 +170,10 @@ fn file(token: u32, status: u32, size: usize) -> Option<Answered> {
     })
 }
 
-#[no_mangle]
-pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, size: usize) {
-    let Some((ctx, pending, deadline, replies)) = file(token, status, size) else { return };
-    let Some(shared) = super::current() else { return };
-    // The request may be gone (client hung up): its context's drop has already let go.
-    if hostcalls::set_effective_context(ctx).is_err() {
-        return;
-    }
-    let step = shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
-    if let Settled::Done(flow, fields) = settle(&shared, ctx, step, deadline) {
-        if !fields.is_empty() {
-            FIELDS.with(|h| h.borrow_mut().push((ctx, fields)));
-        }
-        continue_if(flow);
+/// Keeps the rate limit fields of request `ctx`'s verdict, reached at the root, until its
+/// response.
+pub(super) fn keep_fields(ctx: u32, fields: Fields) {
+    if !fields.is_empty() {
+        FIELDS.with(|h| h.borrow_mut().push((ctx, fields)));
     }
 }

@@ -13,12 +13,9 @@ use crate::engine::{Pending, Resumed, Step, Verdict};
 use super::queue;
 use super::request::HostRequest;
 use super::shared::EnvoyShared;
+use super::state::{Fields, Shared};
 use super::time::now_us;
 use super::transport::{self, Sent};
-use super::Shared;
-
-/// Header fields, in order.
-pub(super) type Fields = Vec<(String, String)>;
 
 /// What the stream does after a verdict.
 pub(super) enum Flow {

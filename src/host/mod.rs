@@ -15,10 +15,10 @@ mod metrics;
 mod queue;
 mod request;
 mod shared;
+mod state;
 mod time;
 mod transport;
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use crate::config::Transport;
 use crate::engine::Limiter;
 use metrics::Metrics;
+#[cfg(feature = "redis-callout")]
+use state::current;
+use state::{Shared, SHARED};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -40,26 +43,6 @@ const QUEUE_TICK: Duration = Duration::from_millis(5);
 /// How often counted metrics reach Envoy otherwise. Batching saves a host call per request;
 /// Envoy's stats lag by at most this much.
 const FLUSH_TICK: Duration = Duration::from_millis(100);
-
-/// One configuration of the filter, shared by the worker's contexts.
-struct Shared {
-    limiter: Limiter,
-    metrics: Metrics,
-    /// Shared-data key of the clock's high-water mark.
-    clock_key: String,
-}
-
-thread_local! {
-    /// The worker's current config, for callbacks that arrive at the root (Higress' Redis
-    /// callout answers there).
-    static SHARED: RefCell<Option<Rc<Shared>>> = const { RefCell::new(None) };
-}
-
-/// The worker's current config.
-#[cfg_attr(not(feature = "redis-callout"), allow(dead_code))]
-fn current() -> Option<Rc<Shared>> {
-    SHARED.with(|s| s.borrow().clone())
-}
 
 #[derive(Default)]
 struct Root {
@@ -134,5 +117,23 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Higress' Redis callout answers at the root: the request it completes is carried on here, as
+/// its own context would after an HTTP callout.
+#[cfg(feature = "redis-callout")]
+#[no_mangle]
+pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, size: usize) {
+    let Some((ctx, pending, deadline, replies)) = callout::file(token, status, size) else { return };
+    let Some(shared) = current() else { return };
+    // The request may be gone (client hung up): its context's drop has already let go.
+    if hostcalls::set_effective_context(ctx).is_err() {
+        return;
+    }
+    let step = shared.limiter.resume(pending, replies, &shared::EnvoyShared, time::now_us());
+    if let http::Settled::Done(flow, fields) = http::settle(&shared, ctx, step, deadline) {
+        callout::keep_fields(ctx, fields);
+        http::continue_if(flow);
     }
 }

@@ -14,8 +14,8 @@ use crate::config::Transport;
 use crate::engine::Pending;
 use crate::redis::wire::{self, Reply};
 
+use super::state::Shared;
 use super::time::now_us;
-use super::Shared;
 
 /// Where a request's decision waits for its answer.
 pub(super) enum Sent {
