@@ -1,7 +1,10 @@
-//! examples/compose/docker-compose.yaml against the native topology: no Docker engine runs
-//! here, so this checks, by reading the files, that compose and `scripts/integration.sh`
-//! (native mode) and tests/e2e/tests/deployed.rs use the same Envoy files, the same ports, the
-//! same token and the same Redis Cluster layout, and that what compose mounts exists.
+//! examples/compose/docker-compose.yaml against the native topology, by reading the files (the
+//! compose run itself is `scripts/integration.sh --compose`, in CI after the native one): that
+//! compose and `scripts/integration.sh` (native mode) and tests/e2e/tests/deployed.rs use the
+//! same Envoy files, the same ports, the same token and the same Redis Cluster layout, that what
+//! compose mounts exists, that its start order makes `up` return with Envoy serving, that both
+//! Compose v1.29 and v2 accept it, and that every image it names can be replaced by a local one
+//! (scripts/images.sh builds them all).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,10 +21,46 @@ fn read(p: &str) -> String {
     std::fs::read_to_string(root().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
+const COMPOSE: &str = "examples/compose/docker-compose.yaml";
+
+/// The image variables the compose file reads, as its header lists them.
+const IMAGE_VARS: [&str; 3] = ["SLUICE_REDIS_IMAGE", "SLUICE_ENVOY_IMAGE", "SLUICE_GATEWAY_IMAGE"];
+
+/// The compose file as Compose reads it with no variable set: anchors merged, `${VAR:-default}`
+/// replaced by its default and `$$` by `$`.
 fn compose() -> Value {
-    let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read("examples/compose/docker-compose.yaml")).unwrap();
+    let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(COMPOSE)).unwrap();
     v.apply_merge().unwrap();
-    serde_yaml_ng::from_value(v).unwrap()
+    let mut v: Value = serde_yaml_ng::from_value(v).unwrap();
+    interpolate(&mut v);
+    v
+}
+
+/// Every `${NAME:-default}` of the compose file: (NAME, default).
+fn variables(text: &str) -> Vec<(String, String)> {
+    text.match_indices("${")
+        .map(|(i, _)| {
+            let rest = &text[i + 2..];
+            let body = &rest[..rest.find('}').unwrap()];
+            let (name, default) = body.split_once(":-").unwrap_or_else(|| panic!("${{{body}}} has no default"));
+            (name.to_string(), default.to_string())
+        })
+        .collect()
+}
+
+fn interpolate(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            let mut out = s.replace("$$", "\u{0}");
+            for (name, default) in variables(&out.clone()) {
+                out = out.replace(&format!("${{{name}:-{default}}}"), &default);
+            }
+            *s = out.replace('\u{0}', "$");
+        }
+        Value::Array(a) => a.iter_mut().for_each(interpolate),
+        Value::Object(m) => m.values_mut().for_each(interpolate),
+        _ => {}
+    }
 }
 
 fn services(c: &Value) -> &serde_json::Map<String, Value> {
@@ -99,6 +138,7 @@ fn every_service_is_there_with_the_official_images() {
         "gateway",
         "upstream",
         "envoy",
+        "ready",
     ]
     .into();
     assert_eq!(names, want);
@@ -109,6 +149,11 @@ fn every_service_is_there_with_the_official_images() {
     }
     assert_eq!(s["envoy"]["image"], "envoyproxy/envoy:v1.40.0");
     assert_eq!(s["upstream"]["image"], "envoyproxy/envoy:v1.40.0");
+    for name in ["redis-7000", "redis-7005", "redis-cluster-create", "ready"] {
+        assert_eq!(s[name]["image"], "redis:7", "{name}");
+    }
+    // `--build` tags gateway/Dockerfile's image with this name, the same with v1 and v2.
+    assert_eq!(s["gateway"]["image"], "sluice-gateway");
     assert_eq!(s["gateway"]["build"]["dockerfile"], "gateway/Dockerfile");
     assert_eq!(s["gateway"]["build"]["context"], "../..");
     assert!(root().join("gateway/Dockerfile").exists());
@@ -129,8 +174,7 @@ fn the_redis_cluster_has_six_nodes_and_a_one_shot_create() {
     }
     let create = &s["redis-cluster-create"];
     assert_eq!(create["restart"], "no");
-    let deps: BTreeSet<&str> = create["depends_on"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
-    assert_eq!(deps.len(), 6);
+    assert_eq!(depends(create).len(), 6);
     let script = command(create).join(" ");
     assert!(script.contains(&format!("--cluster create {}", ports.join(" "))), "{script}");
     assert!(script.contains("--cluster-replicas 1"), "{script}");
@@ -225,6 +269,133 @@ fn compose_and_the_native_topology_use_the_same_config_files() {
     // Both modes of integration.sh run the same test file against the running topology.
     assert_eq!(script.matches("run_deployed_tests\n").count() + script.matches("run_deployed_tests\r\n").count(), 2, "{script}");
     assert!(script.contains("--test deployed"));
-    assert!(script.contains("docker compose -f examples/compose/docker-compose.yaml"));
+    assert!(script.contains("docker compose -f examples/compose/docker-compose.yaml"), "Compose v2");
+    assert!(script.contains("docker-compose -f examples/compose/docker-compose.yaml"), "Compose v1");
     assert!(script.contains("scripts/redis-cluster.sh start \"$run_dir/redis\" 7000"), "native cluster on the compose ports");
+}
+
+/// Each image can be replaced through a variable with the public image as its default, the
+/// header names every variable, and scripts/images.sh hands integration.sh a local image for
+/// each: the compose run reaches no registry.
+#[test]
+fn every_image_is_a_variable_and_the_local_run_sets_each() {
+    let text = read(COMPOSE);
+    let vars = variables(&text);
+    let names: BTreeSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, IMAGE_VARS.into(), "variables of {COMPOSE}");
+    for line in text.lines().filter(|l| l.contains("${")) {
+        assert!(line.trim_start().starts_with("image: ${"), "only images are variables: {line}");
+    }
+    let images = read("scripts/images.sh");
+    for var in IMAGE_VARS {
+        assert!(text.lines().any(|l| l.starts_with(&format!("#   {var} "))), "the header documents {var}");
+        assert!(images.contains(&format!("echo \"{var}=$")), "scripts/images.sh prints {var}");
+    }
+    let script = read("scripts/integration.sh");
+    assert!(
+        script.contains("images=$(./scripts/images.sh)") && script.contains("SLUICE_*_IMAGE) export"),
+        "integration.sh exports them"
+    );
+    // The local images are built from files that exist, and the run takes none from a build.
+    for file in ["redis", "envoy", "gateway"] {
+        let path = format!("examples/compose/local-images/{file}.Dockerfile");
+        assert!(root().join(&path).exists() && images.contains(&path), "{path}");
+    }
+    assert!(script.contains("up -d --no-build"), "the local gateway image is not rebuilt from gateway/Dockerfile");
+}
+
+/// The gateway image made from the host's binary is gateway/Dockerfile's runtime stage: the
+/// same user, listen default, port, stop signal and entrypoint.
+#[test]
+fn the_local_gateway_image_runs_like_gateway_dockerfile() {
+    fn runtime(text: &str) -> Vec<String> {
+        let lines: Vec<&str> = text.lines().collect();
+        let last_from = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
+        lines[last_from + 1..]
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("COPY "))
+            .map(String::from)
+            .collect()
+    }
+    let shipped = runtime(&read("gateway/Dockerfile"));
+    let local = runtime(&read("examples/compose/local-images/gateway.Dockerfile"));
+    assert_eq!(local, shipped);
+    assert!(shipped.iter().any(|l| l.starts_with("ENTRYPOINT")) && shipped.iter().any(|l| l.starts_with("USER")), "{shipped:?}");
+}
+
+fn depends(service: &Value) -> Vec<(String, String)> {
+    service["depends_on"]
+        .as_object()
+        .unwrap_or_else(|| panic!("depends_on must give a condition for each dependency: {service}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v["condition"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// The port a health check's `test` dials (bash's /dev/tcp/127.0.0.1/N).
+fn probe_port(service: &Value) -> u64 {
+    let test = &service["healthcheck"]["test"];
+    let cmd = test.as_array().unwrap().last().unwrap().as_str().unwrap();
+    let at = cmd.find("/dev/tcp/127.0.0.1/").unwrap_or_else(|| panic!("{cmd}")) + "/dev/tcp/127.0.0.1/".len();
+    cmd[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+}
+
+/// `up -d` returns only when Envoy is healthy: each service waits for the health (or
+/// completion) of what it needs, each such health check probes the service's own port, the
+/// Redis nodes are waited for by the one-shot create, and the one-shot `ready` waits for Envoy.
+/// Every wait is bounded.
+#[test]
+fn the_start_order_makes_up_return_with_envoy_serving() {
+    let c = compose();
+    let s = services(&c);
+    let redis_boot = yaml("envoy/redis.yaml");
+    let upstream_boot = yaml("envoy/upstream.yaml");
+    let admin = |b: &Value| b["admin"]["address"]["socket_address"]["port_value"].as_u64().unwrap();
+    let healthy = |names: &[&str]| -> Vec<(String, String)> {
+        names.iter().map(|n| (n.to_string(), "service_healthy".to_string())).collect()
+    };
+    let started: Vec<(String, String)> = (7000..=7005).map(|p| (format!("redis-{p}"), "service_started".to_string())).collect();
+    assert_eq!(depends(&s["redis-cluster-create"]), started);
+    assert_eq!(depends(&s["gateway"]), vec![("redis-cluster-create".to_string(), "service_completed_successfully".to_string())]);
+    assert_eq!(depends(&s["envoy"]), healthy(&["gateway", "upstream"]));
+    assert_eq!(depends(&s["ready"]), healthy(&["envoy"]));
+
+    let waited_for: BTreeSet<&str> = ["gateway", "upstream", "envoy"].into();
+    for (name, svc) in s {
+        assert_eq!(
+            svc["healthcheck"].is_object(),
+            waited_for.contains(name.as_str()),
+            "{name}: a health check where one is waited for"
+        );
+        let one_shot = ["redis-cluster-create", "ready"].contains(&name.as_str());
+        assert_eq!(svc["restart"], if one_shot { "no" } else { "unless-stopped" }, "{name}");
+    }
+    for name in &waited_for {
+        let h = &s[*name]["healthcheck"];
+        assert_eq!(h["test"][0], "CMD", "{name}: exec form");
+        let secs = |k: &str| h[k].as_str().unwrap().trim_end_matches('s').parse::<u64>().unwrap();
+        let bound = secs("interval") * h["retries"].as_u64().unwrap();
+        assert!((10..=120).contains(&bound), "{name}: unhealthy after {bound} s");
+    }
+    assert_eq!(probe_port(&s["gateway"]), endpoint_port(&redis_boot, "sluice_gateway"));
+    assert_eq!(probe_port(&s["envoy"]), admin(&redis_boot));
+    assert_eq!(probe_port(&s["upstream"]), admin(&upstream_boot));
+
+    // The create's waits: every node, then the cluster, each bounded.
+    let create = command(&s["redis-cluster-create"]).join(" ");
+    assert!(create.contains("for i in $(seq 300)") && !create.contains("until "), "{create}");
+    assert!(create.contains("for p in 7000 7001 7002 7003 7004 7005") && create.contains("redis-cli -p $p ping"), "{create}");
+}
+
+/// Compose v1.29 rejects a top-level `name:` (v2 accepts it): the project name comes from
+/// .env, which both read from the compose file's directory, and integration.sh cleans up by it.
+#[test]
+fn both_compose_versions_accept_the_file_and_name_the_project() {
+    let c = compose();
+    let top: BTreeSet<&str> = c.as_object().unwrap().keys().map(String::as_str).filter(|k| !k.starts_with("x-")).collect();
+    assert_eq!(top, ["services"].into(), "top-level keys Compose v1.29 accepts without a version");
+    let env = read("examples/compose/.env");
+    assert!(env.lines().any(|l| l == "COMPOSE_PROJECT_NAME=sluice"), "{env}");
+    assert!(read("scripts/integration.sh").contains("PROJECT=sluice"));
 }
