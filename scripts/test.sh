@@ -37,6 +37,10 @@ fi
 echo "== the shipped Redis topology on its fixed ports: scripts/integration.sh --deployed-only"
 ./scripts/integration.sh --deployed-only
 
+# Starts a Docker engine if none runs, and fails if none can be started.
+echo "== the same topology in containers, Compose v2 then v1: scripts/integration.sh --compose"
+./scripts/integration.sh --compose
+
 echo "== the README's first command: ./scripts/demo.sh"
 demo_log=$(mktemp)
 ./scripts/demo.sh >"$demo_log" 2>&1 || { cat "$demo_log"; exit 1; }
