@@ -119,8 +119,10 @@ struct Rule<'a> {
 }
 
 impl Script {
+    /// Loads the test build of the script: the one with a clock override, so that cases can
+    /// run at the times they name.
     fn load(conn: &mut Conn) -> Script {
-        match conn.cmd(&["SCRIPT", "LOAD", lua::SCRIPT]) {
+        match conn.cmd(&["SCRIPT", "LOAD", lua::script_with_clock_override().as_str()]) {
             Reply::Str(sha) => Script { sha },
             other => panic!("SCRIPT LOAD failed: {other:?}"),
         }
@@ -498,4 +500,23 @@ fn dry_runs_decide_but_write_nothing() {
     assert!(call(&mut conn, &["dry", &later.to_string()]));
     assert_eq!(get(&mut conn, "{d}:k"), stored);
     assert!(!call(&mut conn, &[]));
+}
+
+#[test]
+fn the_production_script_refuses_a_clock_override() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let Reply::Str(sha) = conn.cmd(&["SCRIPT", "LOAD", lua::SCRIPT]) else { panic!("SCRIPT LOAD") };
+    let call = |conn: &mut Conn, extra: &[&str]| {
+        let mut args = vec!["EVALSHA", sha.as_str(), "1", "{p}:k", "fixed_window", "2", "60000", "1", "0", "0"];
+        args.extend_from_slice(extra);
+        conn.cmd(&args)
+    };
+    assert!(matches!(call(&mut conn, &[]), Reply::Array(_)));
+    let future = "4102444800000000"; // 2100-01-01
+    match call(&mut conn, &[future]) {
+        Reply::Error(e) => assert!(e.contains("unexpected option"), "{e}"),
+        other => panic!("a clock override was accepted: {other:?}"),
+    }
+    assert!(matches!(call(&mut conn, &["dry"]), Reply::Array(_)));
 }

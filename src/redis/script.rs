@@ -32,6 +32,142 @@ pub fn sha() -> String {
     sha1_smol::Sha1::from(SCRIPT).digest().to_string()
 }
 
+/// The script with a clock override (a trailing epoch-µs argument), for tests that simulate
+/// time in a real Redis. Production Redis never runs it: the gateway loads and accepts only
+/// [`SCRIPT`], which refuses the override.
+#[cfg(any(test, feature = "testing"))]
+pub fn script_with_clock_override() -> String {
+    SCRIPT.replacen("local clock_override_allowed = false", "local clock_override_allowed = true", 1)
+}
+
+/// Why a command is not a call of the decision script as the filter makes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("only EVALSHA (or EVAL) of sluice's decision script runs here; found {0}")]
+    Command(String),
+    #[error("not sluice's decision script (expected SHA {expected})")]
+    Script { expected: String },
+    #[error("keys: {0}")]
+    Keys(String),
+    #[error("arguments: {0}")]
+    Arguments(String),
+}
+
+impl Refusal {
+    /// A short name for counting refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Command(_) => "command",
+            Refusal::Script { .. } => "script",
+            Refusal::Keys(_) => "keys",
+            Refusal::Arguments(_) => "arguments",
+        }
+    }
+}
+
+/// A command that calls the decision script the way the filter does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation<'a> {
+    /// The state keys, one per limit, all of one rule and identity.
+    pub keys: Vec<&'a [u8]>,
+    /// Six per key, then `dry` when asked.
+    pub args: Vec<&'a [u8]>,
+}
+
+/// Checks that `words` (the command name, then its arguments) call [`SCRIPT`] by its SHA
+/// `sha` (or as `EVAL` with its exact text) with sluice's key shape and argument layout, and
+/// nothing else: no other script, command or key, no clock override, numbers Lua holds exactly.
+/// What a service that runs sluice's script for others (sluice-gateway) may accept.
+pub fn check<'a>(words: &[&'a [u8]], sha: &str) -> Result<Invocation<'a>, Refusal> {
+    let name = words.first().map(|w| w.to_ascii_uppercase()).unwrap_or_default();
+    let script = words.get(1).copied().unwrap_or_default();
+    match name.as_slice() {
+        b"EVALSHA" if script.eq_ignore_ascii_case(sha.as_bytes()) => {}
+        b"EVAL" if script == SCRIPT.as_bytes() => {}
+        b"EVALSHA" | b"EVAL" => return Err(Refusal::Script { expected: sha.to_string() }),
+        _ => return Err(Refusal::Command(String::from_utf8_lossy(&name).chars().take(40).collect())),
+    }
+    let n = words.get(2).and_then(|w| number(w)).ok_or_else(|| Refusal::Keys("numkeys is not a number".into()))?;
+    let n = usize::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_KEYS).contains(n))
+        .ok_or_else(|| Refusal::Keys(format!("{n} keys; expected 1 to {MAX_KEYS} (one per limit of one rule)")))?;
+    let keys: Vec<&[u8]> = words.get(3..3 + n).ok_or_else(|| Refusal::Keys(format!("fewer than {n} keys")))?.to_vec();
+    check_keys(&keys)?;
+    let args: Vec<&[u8]> = words[3 + n..].to_vec();
+    check_args(&args, n)?;
+    Ok(Invocation { keys, args })
+}
+
+/// The most limits one rule has (`rules[].limits`), hence keys per call.
+const MAX_KEYS: usize = 8;
+
+/// A plain decimal integer that a Lua number holds exactly.
+fn number(w: &[u8]) -> Option<u64> {
+    if w.is_empty() || w.len() > 16 || !w.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = std::str::from_utf8(w).ok()?.parse::<u64>().ok()?;
+    (v <= 1 << 53).then_some(v)
+}
+
+/// Keys as [`super::keys::key`] forms them: one rule and identity (one hash tag), the limits in
+/// order, one fingerprint.
+fn check_keys(keys: &[&[u8]]) -> Result<(), Refusal> {
+    let name_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    let hex = |w: &[u8], len: usize| w.len() == len && w.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let mut first: Option<(&[u8], &[u8])> = None;
+    for (i, key) in keys.iter().enumerate() {
+        let bad = || Refusal::Keys(format!("key {i} is not <namespace>:{{<rule>:<hash>}}:<index>.<fingerprint>"));
+        let open = key.windows(2).position(|w| w == b":{").ok_or_else(bad)?;
+        let close = key.windows(2).position(|w| w == b"}:").ok_or_else(bad)?;
+        let (ns, tag, tail) = (&key[..open], key.get(open + 2..close).ok_or_else(bad)?, &key[close + 2..]);
+        let colon = tag.iter().rposition(|b| *b == b':').ok_or_else(bad)?;
+        let (rule, hash) = (&tag[..colon], &tag[colon + 1..]);
+        let dot = tail.iter().position(|b| *b == b'.').ok_or_else(bad)?;
+        let (index, fingerprint) = (&tail[..dot], &tail[dot + 1..]);
+        let names_ok = (1..=64).contains(&ns.len())
+            && ns.iter().all(name_char)
+            && (1..=64).contains(&rule.len())
+            && rule.iter().all(name_char);
+        if !names_ok || !hex(hash, 16) || !hex(fingerprint, 8) || index != i.to_string().as_bytes() {
+            return Err(bad());
+        }
+        let this = (&key[..close + 2], fingerprint);
+        match first {
+            None => first = Some(this),
+            Some(f) if f == this => {}
+            Some(_) => return Err(Refusal::Keys("the keys are not one rule's, identity's and fingerprint's".into())),
+        }
+    }
+    Ok(())
+}
+
+/// Six arguments per key as [`rule_args`] forms them, then at most `dry`.
+fn check_args(args: &[&[u8]], n: usize) -> Result<(), Refusal> {
+    let bad = |what: String| Err(Refusal::Arguments(what));
+    let dry = args.len() == ARGS_PER_RULE * n + 1 && args.last() == Some(&&b"dry"[..]);
+    if args.len() != ARGS_PER_RULE * n && !dry {
+        return bad(format!("{} arguments for {n} keys; expected {} (and optionally \"dry\")", args.len(), ARGS_PER_RULE * n));
+    }
+    for (k, group) in args.chunks(ARGS_PER_RULE).take(n).enumerate() {
+        let [strategy, limit, period, cost, p1, p2] = group else { return bad(format!("limit {k}: too few")) };
+        if !crate::strategy::NAMES.iter().any(|s| s.as_bytes() == *strategy) {
+            return bad(format!("limit {k}: unknown strategy"));
+        }
+        let values = [limit, period, cost, p1, p2].map(|w| number(w));
+        match values {
+            [Some(l), Some(p), Some(c), Some(_), Some(_)] if l >= 1 && p >= 1 && c >= 1 => {}
+            _ => {
+                return bad(format!(
+                    "limit {k}: limit, period and cost must be integers from 1, p1 and p2 from 0, each at most 2^53"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `ARGV` entries per key.
 pub const ARGS_PER_RULE: usize = 6;
 
@@ -196,5 +332,68 @@ mod tests {
         let s = sha();
         assert_eq!(s.len(), 40);
         assert!(s.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    fn words(cmd: &[String]) -> Vec<&[u8]> {
+        cmd.iter().map(|w| w.as_bytes()).collect()
+    }
+
+    #[test]
+    fn what_the_filter_sends_is_accepted() {
+        let s = Strategy::LeakyBucketQueue { burst: Some(3), max_delay_ms: 250 };
+        let rates = [Rate { limit: 5, period_ms: 1000 }, Rate { limit: 100, period_ms: 60_000 }];
+        let sha = sha();
+        for (form, dry) in [(Form::Sha(&sha), false), (Form::Sha(&sha), true), (Form::Eval, false)] {
+            let cmd = command(&call(&s, &rates), form, dry);
+            let inv = check(&words(&cmd), &sha).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(inv.keys.len(), 2);
+            assert_eq!(inv.args.len(), 12 + usize::from(dry));
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        let sha = sha();
+        let good = command(&call(&Strategy::FixedWindow, &[Rate { limit: 5, period_ms: 1000 }]), Form::Sha(&sha), false);
+        let with = |i: usize, v: &str| {
+            let mut c = good.clone();
+            c[i] = v.to_string();
+            c
+        };
+        let plus = |extra: &str| {
+            let mut c = good.clone();
+            c.push(extra.to_string());
+            c
+        };
+        let cases: Vec<(Vec<String>, &str)> = vec![
+            (vec!["FLUSHALL".into()], "command"),
+            (vec!["SCRIPT".into(), "LOAD".into(), "return 1".into()], "command"),
+            (vec!["EVAL".into(), "redis.call('SET','pwned','1')".into(), "0".into()], "script"),
+            (with(1, &"0".repeat(40)), "script"),
+            (with(2, "0"), "keys"),
+            (with(2, "9"), "keys"),
+            (with(3, "ns:{api:00000000000000ab}:0.0000dead:x"), "keys"),
+            (with(3, "other-key"), "keys"),
+            (with(3, "ns:{api:00000000000000AB}:0.0000dead"), "keys"),
+            (with(3, "ns:{api:00000000000000ab}:1.0000dead"), "keys"),
+            (with(4, "no_such_strategy"), "arguments"),
+            (with(7, "0"), "arguments"),
+            (with(5, "-5"), "arguments"),
+            (with(6, "99999999999999999999"), "arguments"),
+            (plus("1700000000000000"), "arguments"),
+            (plus("dry").into_iter().chain(["dry".to_string()]).collect(), "arguments"),
+        ];
+        for (cmd, kind) in cases {
+            match check(&words(&cmd), &sha) {
+                Err(e) => assert_eq!(e.kind(), kind, "{cmd:?}: {e}"),
+                Ok(_) => panic!("accepted {cmd:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_test_build_has_a_clock_override() {
+        assert!(SCRIPT.contains("local clock_override_allowed = false"));
+        assert!(script_with_clock_override().contains("local clock_override_allowed = true"));
     }
 }

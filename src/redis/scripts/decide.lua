@@ -15,11 +15,12 @@
 --             "dry"      decide but write nothing (the filter's first pass over several
 --                        rules that live in different cluster slots: it writes only when
 --                        every rule admits, so a denied request consumes nothing)
---             now_us     ONLY in tests, a clock override in epoch microseconds. Production
---                        passes none and the clock is redis TIME, so every proxy shares one
---                        clock per key. With an override, keys are written with 60 s of real
---                        time added to their expiry, since the simulated clock is not the one
---                        Redis expires keys by.
+--             now_us     ONLY in the test build of this script (src/redis/script.rs,
+--                        feature `testing`), a clock override in epoch microseconds. The
+--                        script Redis runs in production refuses it: its clock is Redis TIME,
+--                        so every proxy shares one clock per key. With an override, keys are
+--                        written with 60 s of real time added to their expiry, since the
+--                        simulated clock is not the one Redis expires keys by.
 -- Reply    {all_allowed, d1, d2, ...}, with di = {allowed, remaining, reset_ms,
 --           retry_after_ms, delay_ms, ttl_ms} for rule i as if it were alone (1/0 for
 --           allowed; ttl_ms = how long its state lives). When all_allowed is 0 nothing was
@@ -28,6 +29,7 @@
 --           that changed.
 --           A key given twice sees the first rule's update when the second is decided.
 -- Errors   a wrong argument count, a non-integer number or an unknown strategy.
+local clock_override_allowed = false
 local n = #KEYS
 local override = nil
 local dry = false
@@ -38,11 +40,11 @@ end
 for i = 6 * n + 1, #ARGV do
   if ARGV[i] == 'dry' and not dry then
     dry = true
-  elseif override == nil and tonumber(ARGV[i]) ~= nil then
+  elseif clock_override_allowed and override == nil and tonumber(ARGV[i]) ~= nil then
     override = tonumber(ARGV[i])
   else
     return redis.error_reply('ERR sluice: unexpected option ' .. tostring(ARGV[i])
-      .. '; expected "dry" or a now_us override')
+      .. '; expected "dry"')
   end
 end
 
