@@ -4,6 +4,7 @@
 //! store and the time.
 
 mod applies;
+mod deny;
 mod local;
 mod remote;
 mod rule;

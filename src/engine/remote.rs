@@ -24,6 +24,8 @@ pub struct Pending {
     /// A first pass that decides without writing (several Redis rules: they live in different
     /// cluster slots, so no one script call covers them all).
     dry: bool,
+    /// When the current pass was sent (epoch µs): a denial's retry-after counts from here.
+    sent_us: u64,
 }
 
 impl Limiter {
@@ -51,6 +53,19 @@ impl Limiter {
         if dry.iter().any(|o| !o.allowed) {
             return Step::Done(self.verdict(dry, true));
         }
+        // Denied by Redis a moment ago and still denied: answered here, without a call, and
+        // consuming nothing anywhere.
+        let cached: Vec<RuleOutcome> = redis
+            .iter()
+            .map(|&i| &applied[i])
+            .filter(|a| !self.rules[a.rule].is_shadow())
+            .filter_map(|a| self.rules[a.rule].cached_denial(a, store, now_us))
+            .collect();
+        if !cached.is_empty() {
+            let mut outcomes = dry;
+            outcomes.extend(cached);
+            return Step::Done(self.verdict(outcomes, true));
+        }
         let permit = self.breaker().map(|b| b.permit(store, now_us)).unwrap_or(Permit::Skip);
         if permit == Permit::Skip {
             return Step::Done(self.redis_failed(&applied, store, now_us));
@@ -59,7 +74,7 @@ impl Limiter {
         // denies consumes nothing from the others. A race between the passes can only make a
         // request denied after an earlier rule counted it, never admit one past a limit.
         let dry = redis.len() > 1;
-        let mut p = Pending { applied, redis, commands: Vec::new(), permit, eval: false, dry };
+        let mut p = Pending { applied, redis, commands: Vec::new(), permit, eval: false, dry, sent_us: now_us };
         self.set_commands(&mut p);
         Step::Redis(p)
     }
@@ -109,6 +124,7 @@ impl Limiter {
                 // The script is not cached on (some node of) Redis: send it whole once, which
                 // caches it for every later EVALSHA.
                 p.eval = true;
+                p.sent_us = now_us;
                 self.set_commands(&mut p);
                 return Resumed::Retry(p);
             }
@@ -118,11 +134,15 @@ impl Limiter {
         let breaker = self.breaker();
         match parsed {
             Ok(outcomes) => {
+                for o in outcomes.iter().filter(|o| !o.allowed) {
+                    self.rules[o.rule].remember_denial(o, store, p.sent_us, now_us);
+                }
                 let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
                 if p.dry && !denied {
                     // Every rule admits: now decide for real. The breaker hears of this call
                     // once, when that pass ends.
                     p.dry = false;
+                    p.sent_us = now_us;
                     self.set_commands(&mut p);
                     return Resumed::Retry(p);
                 }

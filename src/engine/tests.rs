@@ -339,13 +339,14 @@ fn redis_denial_consumes_nothing_locally_and_local_denial_skips_redis() {
     let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
     let v = done(l.resume(p, Ok(vec![reply(false, 0)]), &s, T0));
     assert_eq!(status(&v), 429);
-    // The local rule still has its one request.
-    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
-    let v = done(l.resume(p, Ok(vec![reply(true, 9)]), &s, T0));
+    // The local rule still has its one request (asked once the denial's 500 ms are over).
+    let later = T0 + 500_000;
+    let p = pending(l.start(&Req::new("GET", "/"), &s, later));
+    let v = done(l.resume(p, Ok(vec![reply(true, 9)]), &s, later));
     assert_eq!(status(&v), 200);
     assert_eq!(header(&v, "ratelimit"), Some("\"remote\";r=9;t=1, \"local\";r=0;t=60"));
     // Now the local rule denies before any Redis call.
-    assert!(matches!(l.start(&Req::new("GET", "/"), &s, T0), Step::Done(Verdict::Deny { .. })));
+    assert!(matches!(l.start(&Req::new("GET", "/"), &s, later), Step::Done(Verdict::Deny { .. })));
 }
 
 #[test]
@@ -512,4 +513,43 @@ fn a_delay_from_redis_never_exceeds_the_rules_max_delay() {
         Verdict::Admit { delay_ms, .. } => assert_eq!(delay_ms, 0),
         v => panic!("{v:?}"),
     }
+}
+
+#[test]
+fn a_redis_denial_answers_the_same_identity_until_its_retry_after_without_a_call() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "remote", "limits": ["10/min", "100/hour"], "backend": "redis", "identifier": {"header": "x-k"},
+         "cost": {"header": "x-cost", "max": 10}},
+        {"name": "local", "limit": "100/min", "strategy": "fixed_window"}
+    ]));
+    let s = MemStore::default();
+    let req = |k: &str, cost: &str| Req::new("GET", "/").header("x-k", k).header("x-cost", cost);
+    let d = |allowed: bool, retry: i64| Reply::Array([i64::from(allowed), 0, 1000, retry, 0, 1000].map(Reply::Int).to_vec());
+    // Redis denies k1 at cost 2: the first limit for 800 ms, the second admits.
+    let p = pending(l.start(&req("k1", "2"), &s, T0));
+    let denied = Reply::Array(vec![Reply::Int(0), d(false, 800), d(true, 0)]);
+    let v = done(l.resume(p, Ok(vec![denied]), &s, T0 + 3_000));
+    assert_eq!(status(&v), 429);
+    let local_before = l.check(&Req::new("GET", "/x"), &s, T0).outcomes().last().map(|o| o.decisions[0].remaining);
+    // Within the 800 ms (counted from when the call was sent), cost 2 or more: no call.
+    for (cost, at) in [("2", T0 + 100_000), ("5", T0 + 799_000)] {
+        match l.start(&req("k1", cost), &s, at) {
+            Step::Done(v) => {
+                assert_eq!(status(&v), 429);
+                let o = v.outcomes().iter().find(|o| o.rule == 0).unwrap();
+                assert!(o.from_cache && !o.allowed);
+                let wait = o.decisions[0].retry_after_ms;
+                assert!(wait >= 1 && wait <= 800 - (at - T0) / 1000, "retry-after counts down: {wait}");
+                assert_eq!(header(&v, "retry-after"), Some("1"));
+            }
+            Step::Redis(_) => panic!("cost {cost} at {at}: asked Redis although it denied"),
+        }
+    }
+    // A cheaper request, another identity, or the denial over: Redis decides.
+    assert!(matches!(l.start(&req("k1", "1"), &s, T0 + 100_000), Step::Redis(_)));
+    assert!(matches!(l.start(&req("k2", "2"), &s, T0 + 100_000), Step::Redis(_)));
+    assert!(matches!(l.start(&req("k1", "2"), &s, T0 + 800_000), Step::Redis(_)));
+    // Cached denials consumed nothing locally.
+    let local_after = l.check(&Req::new("GET", "/x"), &s, T0).outcomes().last().map(|o| o.decisions[0].remaining);
+    assert_eq!(local_after, local_before.map(|r| r - 1), "only the two probes of the local rule counted");
 }

@@ -19,6 +19,8 @@ pub struct RuleOutcome {
     pub store_error: bool,
     /// This request created the identity's slot in shared data.
     pub created_slot: bool,
+    /// Denied by the deny cache: Redis denied the identity earlier and the denial still holds.
+    pub from_cache: bool,
 }
 
 impl RuleOutcome {
@@ -31,6 +33,7 @@ impl RuleOutcome {
             allowed,
             store_error: false,
             created_slot: false,
+            from_cache: false,
         }
     }
 }

@@ -38,9 +38,9 @@ pub(super) fn flush() {
 /// Counters per rule.
 #[derive(Default)]
 pub(super) struct Metrics {
-    /// (allowed, limited, shadow_limited, store_errors) per rule, with the rule's shadow flag;
-    /// `None` when the host has no metrics.
-    per_rule: Vec<Option<([u32; 4], bool)>>,
+    /// (allowed, limited, shadow_limited, store_errors, cached_denials) per rule, with the
+    /// rule's shadow flag; `None` when the host has no metrics.
+    per_rule: Vec<Option<([u32; 5], bool)>>,
     /// Shared-data slots created, all rules: the store's key count (each key is a few dozen
     /// bytes; the cap is rules × `local.max_clients`).
     slots_created: Option<u32>,
@@ -53,7 +53,9 @@ impl Metrics {
             .map(|rule| {
                 let def =
                     |what: &str| hostcalls::define_metric(MetricType::Counter, &format!("sluice.rule.{}.{what}", rule.name)).ok();
-                Some(([def("allowed")?, def("limited")?, def("shadow_limited")?, def("store_errors")?], rule.shadow))
+                let ids =
+                    [def("allowed")?, def("limited")?, def("shadow_limited")?, def("store_errors")?, def("cached_denials")?];
+                Some((ids, rule.shadow))
             })
             .collect();
         let slots_created = hostcalls::define_metric(MetricType::Counter, "sluice.local.slots_created").ok();
@@ -71,6 +73,9 @@ impl Metrics {
             add(id);
             if o.store_error {
                 add(ids[3]);
+            }
+            if o.from_cache {
+                add(ids[4]);
             }
             if let (true, Some(id)) = (o.created_slot, self.slots_created) {
                 add(id);

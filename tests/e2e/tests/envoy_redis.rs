@@ -54,10 +54,18 @@ fn exact_across_proxies(gateway: &Gateway, label: &str) {
         let run = exact_burst(s, 100, 60_000, 400, &[a.url(&format!("/{s}/x")), b.url(&format!("/{s}/x"))]);
         let (admitted, limited) = (run.count(200), run.count(429));
         assert_eq!(admitted + limited, 400, "{label} {s}: only 200 and 429 expected");
-        let errors = a.settled_stat(&format!("wasmcustom.sluice.rule.{s}.store_errors"))
-            + b.settled_stat(&format!("wasmcustom.sluice.rule.{s}.store_errors"));
-        assert_eq!(errors, 0, "{label} {s}: Redis calls failed during the burst");
-        report.push(format!("{s}: {admitted}/100 in a {} ms burst (try {})", run.elapsed_ms, run.tries));
+        let stat = |what: &str| {
+            a.settled_stat(&format!("wasmcustom.sluice.rule.{s}.{what}"))
+                + b.settled_stat(&format!("wasmcustom.sluice.rule.{s}.{what}"))
+        };
+        assert_eq!(stat("store_errors"), 0, "{label} {s}: Redis calls failed during the burst");
+        // Exact with the deny cache answering part of the denials: it only ever denies.
+        report.push(format!(
+            "{s}: {admitted}/100 in a {} ms burst (try {}), {} denials from the cache (warm-up and burst)",
+            run.elapsed_ms,
+            run.tries,
+            stat("cached_denials")
+        ));
         assert_eq!(
             admitted, 100,
             "{label} {s}: {admitted} admitted of 400, limit 100 ({} ms burst, bound {})",
@@ -176,4 +184,39 @@ fn a_redis_outage_follows_on_error_within_the_timeout_and_the_breaker_recovers()
     }
     assert!(calls() >= before + 3.0, "breaker did not close: {} calls for 5 requests", calls() - before);
     assert!(a.settled_stat("wasmcustom.sluice.rule.closed.store_errors") >= 10);
+}
+
+/// A client over its limit costs Redis one call per denial period, not one per request: the
+/// denials after the first come from the deny cache, counted in the proxy's stats, and the
+/// gateway sees no command for them.
+#[test]
+fn cached_denials_make_no_redis_call() {
+    let redis = Redis::start();
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]);
+    let config = json!({"namespace": "deny-cache", "redis": redis_block(3000, 1000), "rules": [
+        {"name": "api", "limit": "3/min", "strategy": "fixed_window", "identifier": {"header": "x-client"}, "backend": "redis"}
+    ]});
+    let mut boot = bootstrap("demo.yaml");
+    adapt(&mut boot, Some(&config));
+    add_cluster(&mut boot, "sluice_gateway", gateway.port);
+    let proxy = Envoy::running(&boot, 2);
+    let url = proxy.url("/api");
+    let commands = || gateway.metric("sluice_gateway_commands_total");
+    // A first call for another client, so that the script is loaded before counting.
+    assert_eq!(get(&url, &[("x-client", "warm-up")]).map_or(0, |r| r.status), 200);
+    let before = commands();
+    let statuses: Vec<u16> = (0..13).map(|_| get(&url, &[("x-client", "c1")]).map_or(0, |r| r.status)).collect();
+    assert_eq!(statuses, [[200; 3].as_slice(), [429; 10].as_slice()].concat());
+    let called = commands() - before;
+    assert_eq!(called, 4.0, "3 admissions and 1 denial reached Redis; the other 9 denials did not");
+    assert_eq!(proxy.settled_stat("wasmcustom.sluice.rule.api.cached_denials"), 9);
+    // A cached denial is a full 429: Retry-After and the rate limit fields.
+    let limited = get(&url, &[("x-client", "c1")]).unwrap();
+    assert_eq!(limited.status, 429);
+    let retry: u64 = limited.header("retry-after").and_then(|v| v.parse().ok()).expect("retry-after");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(limited.header("ratelimit-policy"), Some("\"api\";q=3;w=60"));
+    assert!(limited.header("ratelimit").is_some_and(|v| v.starts_with("\"api\";r=0;t=")), "{:?}", limited.headers);
+    // Another client is unaffected.
+    assert_eq!(get(&url, &[("x-client", "c2")]).map_or(0, |r| r.status), 200);
 }
