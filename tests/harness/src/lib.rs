@@ -34,7 +34,7 @@ pub use http::{
     RequestState, Response, UpstreamRequest,
 };
 pub use shared::{CalloutFault, LogEntry, SharedData, WriteFault};
-pub use vm::{CalloutRequest, LocalReply, Point, ENV_FUNCTIONS, ENV_UNEMULATED, WASI_FUNCTIONS};
+pub use vm::{CalloutRequest, Crossings, LocalReply, Point, ENV_FUNCTIONS, ENV_UNEMULATED, WASI_FUNCTIONS};
 
 use std::path::PathBuf;
 

@@ -114,6 +114,14 @@ pub(crate) struct Plugin {
     pub env: Vec<(String, String)>,
 }
 
+/// How often a VM was entered (the host calling one of its exports) and how often it called the
+/// host (one of its imports): deterministic costs of a request, unlike its time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Crossings {
+    pub vm_entries: u64,
+    pub host_calls: u64,
+}
+
 /// The data of one worker's wasmtime store.
 pub(crate) struct VmState {
     pub worker: usize,
@@ -138,6 +146,9 @@ pub(crate) struct VmState {
     pub awaiting_done: HashSet<u32>,
     pub park: Arc<Mutex<Option<Point>>>,
     pub redis_inits: Vec<(String, String, String, u32)>,
+    /// Calls into the guest (every export: callbacks and the allocations the host asks of it)
+    /// and calls out of it (every import), counted as wasmtime crosses the boundary.
+    pub crossings: Crossings,
 }
 
 pub(crate) fn lock(p: &Mutex<Process>) -> MutexGuard<'_, Process> {
@@ -173,6 +184,7 @@ impl VmState {
             awaiting_done: HashSet::new(),
             park: Arc::new(Mutex::new(None)),
             redis_inits: Vec::new(),
+            crossings: Crossings::default(),
         }
     }
 

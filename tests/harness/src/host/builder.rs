@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::Store;
+use wasmtime::{CallHook, Store};
 
 use super::engine::{block_on, check_imports, engine, linker, load_module};
 use super::guest::{run_call, typed, Exports, GuestCall};
@@ -189,6 +189,15 @@ impl HostBuilder {
         let mut workers = Vec::with_capacity(self.workers);
         for w in 0..self.workers {
             let mut store = Store::new(engine, VmState::new(w, plugin.clone(), process.clone(), self.clock.clone()));
+            store.call_hook(|mut s, hook| {
+                let c = &mut s.data_mut().crossings;
+                match hook {
+                    CallHook::CallingWasm => c.vm_entries += 1,
+                    CallHook::CallingHost => c.host_calls += 1,
+                    CallHook::ReturningFromWasm | CallHook::ReturningFromHost => {}
+                }
+                Ok(())
+            });
             let instance = block_on(linker.instantiate_async(&mut store, &module))
                 .map_err(|e| HarnessError::Instantiate(format!("{e:#}")))?;
             let memory = instance.get_memory(&mut store, "memory");

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::Host;
 use crate::abi::{LogLevel, MetricType, Status};
 use crate::shared::{CalloutFault, LogEntry, Process, WriteFault};
-use crate::vm::lock;
+use crate::vm::{lock, Crossings};
 
 impl Host {
     /// The value and CAS token of a shared-data key of this host's `vm_id`.
@@ -81,6 +81,13 @@ impl Host {
 
     pub fn clear_logs(&self) {
         lock(&self.process).logs.clear();
+    }
+
+    /// Every worker's boundary crossings so far, summed: calls into the guest and out of it.
+    pub fn crossings(&self) -> Crossings {
+        self.workers.iter().filter_map(|w| w.store.as_ref()).map(|s| s.data().crossings).fold(Crossings::default(), |a, c| {
+            Crossings { vm_entries: a.vm_entries + c.vm_entries, host_calls: a.host_calls + c.host_calls }
+        })
     }
 
     /// `proxy_redis_init` calls of a worker: (cluster, username, password, timeout ms).

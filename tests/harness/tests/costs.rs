@@ -1,0 +1,79 @@
+//! The filter's deterministic costs per request, held at or below the figures reached: how often
+//! the host enters the VM (callbacks, and the allocations it asks of the guest to hand it
+//! values) and how often the VM calls the host. Time is measured by the benchmark
+//! (`scripts/bench.sh`); these counts do not depend on the machine, so a regression fails here.
+//!
+//! The configurations are the benchmark's (`scripts/bench/throughput.py`): (c) one local rule
+//! never reached, (d) ten rules with header identities, (e) every request limited, (x) one
+//! rule that matches nothing.
+
+mod common;
+
+use serde_json::{json, Value};
+use sluice_harness::{Crossings, Host, Request};
+
+const NEVER: &str = "1000000000/s";
+const MEASURED: u64 = 50;
+
+fn configs() -> Vec<(&'static str, Value)> {
+    let cycle = ["sliding_window_counter", "token_bucket", "gcra", "fixed_window"];
+    let ten: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({"name": format!("r{i}"), "match": {"path": if i % 2 == 1 { "/**" } else { "/bench/**" }}, "limit": NEVER,
+                   "strategy": cycle[i % 4], "identifier": {"header": format!("x-key-{}", i % 3)}})
+        })
+        .collect();
+    vec![
+        ("c", json!({"rules": [{"name": "api", "limit": NEVER, "strategy": "sliding_window_counter"}]})),
+        ("d", json!({ "rules": ten })),
+        ("e", json!({"rules": [{"name": "api", "limit": "1/hour", "strategy": "fixed_window", "identifier": "global"}]})),
+        ("x", json!({"rules": [{"name": "api", "match": {"path": "/elsewhere/**"}, "limit": NEVER}]})),
+    ]
+}
+
+fn request() -> Request {
+    Request::get("/bench/x").header("x-key-0", "k0").header("x-key-1", "k1").header("x-key-2", "k2")
+}
+
+/// Crossings per request over `MEASURED` requests, after a few that warm the VM up.
+fn per_request(host: &mut Host, expect: u16) -> (f64, f64) {
+    for _ in 0..3 {
+        host.try_send(request()).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let before = host.crossings();
+    for _ in 0..MEASURED {
+        let r = host.try_send(request()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, expect);
+    }
+    let after = host.crossings();
+    let per = |a: u64, b: u64| (a - b) as f64 / MEASURED as f64;
+    (per(after.vm_entries, before.vm_entries), per(after.host_calls, before.host_calls))
+}
+
+#[test]
+fn vm_entries_and_host_calls_per_request_do_not_grow() {
+    // (config, expected status, most VM entries per request, most host calls per request)
+    let ceilings: &[(&str, u16, f64, f64)] =
+        &[("c", 200, 9.0, 6.0), ("d", 200, 18.0, 24.0), ("e", 429, 8.0, 3.0), ("x", 200, 8.0, 2.0)];
+    let mut report = Vec::new();
+    for (name, config) in configs() {
+        let (_, status, max_entries, max_calls) = ceilings.iter().find(|c| c.0 == name).copied().unwrap_or_default();
+        let mut host = common::sluice_host(&config, 1);
+        let (entries, calls) = per_request(&mut host, status);
+        report.push(format!("({name}) {entries} VM entries, {calls} host calls"));
+        assert!(entries <= max_entries, "({name}) {entries} VM entries per request, at most {max_entries} reached before");
+        assert!(calls <= max_calls, "({name}) {calls} host calls per request, at most {max_calls} reached before");
+        assert!(host.traps().is_empty());
+    }
+    eprintln!("per request: {}", report.join("; "));
+}
+
+#[test]
+fn crossings_are_counted_both_ways() {
+    let mut host = common::sluice_host(&configs()[0].1, 1);
+    let before = host.crossings();
+    host.try_send(request()).unwrap_or_else(|e| panic!("{e}"));
+    let after = host.crossings();
+    assert!(after.vm_entries > before.vm_entries && after.host_calls > before.host_calls, "{before:?} -> {after:?}");
+    assert_ne!(after, Crossings::default());
+}
