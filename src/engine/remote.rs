@@ -40,7 +40,17 @@ impl Limiter {
     /// trip (they are checked first without writing), and one Redis denies consumes nothing
     /// locally (local rules are written after Redis admitted).
     pub fn start(&self, req: &impl RequestInfo, store: &impl SharedStore, now_us: u64) -> Step {
+        self.start_at(req, store, || now_us)
+    }
+
+    /// [`Limiter::start`], asking `now` for the time only when a rule applies: reading the
+    /// clock is a host call, and most requests of a config may meet no rule.
+    pub fn start_at(&self, req: &impl RequestInfo, store: &impl SharedStore, now: impl Fn() -> u64) -> Step {
         let applied = self.applicable(req);
+        if applied.is_empty() {
+            return Step::Done(self.verdict(Vec::new(), false));
+        }
+        let now_us = now();
         let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();
         if redis.is_empty() {
             return Step::Done(self.local_phase(&applied, Vec::new(), store, now_us));

@@ -137,8 +137,9 @@ impl Drop for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
-        let now = now_us();
-        let flow = match shared.limiter.start(&HostRequest::new(&shared.limiter), &EnvoyShared, now) {
+        let clock = std::cell::OnceCell::new();
+        let now = || *clock.get_or_init(now_us);
+        let flow = match shared.limiter.start_at(&HostRequest::new(&shared.limiter), &EnvoyShared, now) {
             Step::Done(verdict) => {
                 let (flow, fields) = apply(&shared, self.id, verdict);
                 self.fields = fields;
@@ -146,7 +147,7 @@ impl HttpContext for Http {
             }
             Step::Redis(pending) => {
                 let timeout_us = shared.limiter.redis().map_or(0, |r| r.timeout_ms.saturating_mul(1000));
-                let deadline = now.saturating_add(timeout_us);
+                let deadline = now().saturating_add(timeout_us);
                 let settled = match transport::send(&shared, self.id, pending, deadline) {
                     Ok(sent) => Settled::Waiting(sent),
                     Err((pending, why)) => {
