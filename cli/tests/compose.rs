@@ -138,6 +138,7 @@ fn every_service_is_there_with_the_official_images() {
         "gateway",
         "upstream",
         "envoy",
+        "warm-up",
         "ready",
     ]
     .into();
@@ -149,7 +150,7 @@ fn every_service_is_there_with_the_official_images() {
     }
     assert_eq!(s["envoy"]["image"], "envoyproxy/envoy:v1.40.0");
     assert_eq!(s["upstream"]["image"], "envoyproxy/envoy:v1.40.0");
-    for name in ["redis-7000", "redis-7005", "redis-cluster-create", "ready"] {
+    for name in ["redis-7000", "redis-7005", "redis-cluster-create", "warm-up", "ready"] {
         assert_eq!(s[name]["image"], "redis:7", "{name}");
     }
     // `--build` tags gateway/Dockerfile's image with this name, the same with v1 and v2.
@@ -341,10 +342,10 @@ fn probe_port(service: &Value) -> u64 {
     cmd[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
 }
 
-/// `up -d` returns only when Envoy is healthy: each service waits for the health (or
-/// completion) of what it needs, each such health check probes the service's own port, the
-/// Redis nodes are waited for by the one-shot create, and the one-shot `ready` waits for Envoy.
-/// Every wait is bounded.
+/// `up -d` returns only when Envoy serves: each service waits for the health (or completion)
+/// of what it needs, each such health check probes the service's own port, the Redis nodes are
+/// waited for by the one-shot create, the one-shot warm-up sends requests through Envoy once it
+/// is healthy, and the one-shot `ready` waits for the warm-up. Every wait is bounded.
 #[test]
 fn the_start_order_makes_up_return_with_envoy_serving() {
     let c = compose();
@@ -359,7 +360,8 @@ fn the_start_order_makes_up_return_with_envoy_serving() {
     assert_eq!(depends(&s["redis-cluster-create"]), started);
     assert_eq!(depends(&s["gateway"]), vec![("redis-cluster-create".to_string(), "service_completed_successfully".to_string())]);
     assert_eq!(depends(&s["envoy"]), healthy(&["gateway", "upstream"]));
-    assert_eq!(depends(&s["ready"]), healthy(&["envoy"]));
+    assert_eq!(depends(&s["warm-up"]), healthy(&["envoy"]));
+    assert_eq!(depends(&s["ready"]), vec![("warm-up".to_string(), "service_completed_successfully".to_string())]);
 
     let waited_for: BTreeSet<&str> = ["gateway", "upstream", "envoy"].into();
     for (name, svc) in s {
@@ -368,7 +370,7 @@ fn the_start_order_makes_up_return_with_envoy_serving() {
             waited_for.contains(name.as_str()),
             "{name}: a health check where one is waited for"
         );
-        let one_shot = ["redis-cluster-create", "ready"].contains(&name.as_str());
+        let one_shot = ["redis-cluster-create", "warm-up", "ready"].contains(&name.as_str());
         assert_eq!(svc["restart"], if one_shot { "no" } else { "unless-stopped" }, "{name}");
     }
     for name in &waited_for {
@@ -386,6 +388,16 @@ fn the_start_order_makes_up_return_with_envoy_serving() {
     let create = command(&s["redis-cluster-create"]).join(" ");
     assert!(create.contains("for i in $(seq 300)") && !create.contains("until "), "{create}");
     assert!(create.contains("for p in 7000 7001 7002 7003 7004 7005") && create.contains("redis-cli -p $p ping"), "{create}");
+    // The warm-up goes through Envoy's listener, to a path of a Redis-backed rule, under one
+    // deadline.
+    let warm = command(&s["warm-up"]).join(" ");
+    let listener = redis_boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"].as_u64().unwrap();
+    assert!(warm.contains(&format!("/dev/tcp/127.0.0.1/{listener}")), "{warm}");
+    assert!(warm.contains("GET /api/") && warm.contains("x-api-key: warm-up-%s"), "{warm}");
+    assert!(warm.contains("deadline=$((SECONDS + 60))") && warm.contains("(( SECONDS < deadline ))"), "{warm}");
+    let api = plugin_config(&redis_boot)["rules"].as_array().unwrap().iter().find(|r| r["name"] == "api").cloned().unwrap();
+    assert_eq!((api["match"]["path"].as_str(), api["backend"].as_str()), (Some("/api/**"), Some("redis")));
+    assert_eq!(api["identifier"]["header"], "x-api-key", "one counter per warm-up request");
 }
 
 /// Compose v1.29 rejects a top-level `name:` (v2 accepts it): the project name comes from
