@@ -97,6 +97,9 @@ pub struct RedisSpec {
     pub timeout_ms: u64,
     /// When to stop calling Redis after failures, and how to come back.
     pub breaker: crate::breaker::BreakerSpec,
+    /// Whether a denial Redis gave is remembered until its retry-after (on by default; off only
+    /// to measure what it saves).
+    pub deny_cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

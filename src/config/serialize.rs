@@ -93,7 +93,7 @@ impl Serialize for LocalSpec {
 
 impl Serialize for RedisSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("RedisSpec", 6)?;
+        let mut st = s.serialize_struct("RedisSpec", 7)?;
         st.serialize_field("cluster", &self.cluster)?;
         st.serialize_field(
             "transport",
@@ -116,6 +116,7 @@ impl Serialize for RedisSpec {
                 "success_threshold": b.success_threshold,
             }),
         )?;
+        st.serialize_field("deny_cache", &self.deny_cache)?;
         st.end()
     }
 }

@@ -420,7 +420,8 @@ fn good_config_compiles_to_the_expected_structure() {
             token: Some("s3cret".into()),
             authority: None,
             timeout_ms: 25,
-            breaker: Default::default()
+            breaker: Default::default(),
+            deny_cache: true
         })
     );
     let api = &c.rules[0];
@@ -548,7 +549,8 @@ fn normalized_output_of_params_and_secrets() {
     assert_eq!(
         got["redis"],
         json!({"cluster": "gw", "transport": "redis_callout", "token": "<redacted>", "authority": null, "timeout_ms": 20,
-        "breaker": {"failure_threshold": 5, "open_ms": 5000, "half_open_probes": 1, "success_threshold": 2}})
+        "breaker": {"failure_threshold": 5, "open_ms": 5000, "half_open_probes": 1, "success_threshold": 2},
+        "deny_cache": true})
     );
     let r = &got["rules"][0];
     assert_eq!(r["strategy"], json!({"type": "leaky_bucket_queue", "burst": null, "max_delay_ms": 2000}));

@@ -65,10 +65,11 @@ impl Limiter {
         }
         // Denied by Redis a moment ago and still denied: answered here, without a call, and
         // consuming nothing anywhere.
+        let deny_cache = self.redis().is_some_and(|r| r.deny_cache);
         let cached: Vec<RuleOutcome> = redis
             .iter()
             .map(|&i| &applied[i])
-            .filter(|a| !self.rules[a.rule].is_shadow())
+            .filter(|a| deny_cache && !self.rules[a.rule].is_shadow())
             .filter_map(|a| self.rules[a.rule].cached_denial(a, store, now_us))
             .collect();
         if !cached.is_empty() {
@@ -144,7 +145,8 @@ impl Limiter {
         let breaker = self.breaker();
         match parsed {
             Ok(outcomes) => {
-                for o in outcomes.iter().filter(|o| !o.allowed) {
+                let deny_cache = self.redis().is_some_and(|r| r.deny_cache);
+                for o in outcomes.iter().filter(|o| deny_cache && !o.allowed) {
                     self.rules[o.rule].remember_denial(o, store, p.sent_us, now_us);
                 }
                 let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());

@@ -553,3 +553,13 @@ fn a_redis_denial_answers_the_same_identity_until_its_retry_after_without_a_call
     let local_after = l.check(&Req::new("GET", "/x"), &s, T0).outcomes().last().map(|o| o.decisions[0].remaining);
     assert_eq!(local_after, local_before.map(|r| r - 1), "only the two probes of the local rule counted");
 }
+
+#[test]
+fn with_the_deny_cache_off_every_request_asks_redis() {
+    let l = limiter(serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw", "deny_cache": false},
+        "rules": [{"name": "remote", "limit": "10/min", "backend": "redis"}]}));
+    let s = MemStore::default();
+    let v = done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![reply(false, 0)]), &s, T0));
+    assert_eq!(status(&v), 429);
+    assert!(matches!(l.start(&Req::new("GET", "/"), &s, T0 + 1_000), Step::Redis(_)), "denial not remembered");
+}

@@ -73,7 +73,7 @@ const TOP_FIELDS: &[&str] =
 const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body", "content_type"];
 const CLIENT_IP_FIELDS: &[&str] = &["xff_trusted_hops", "ipv6_prefix"];
 const LOCAL_FIELDS: &[&str] = &["max_clients"];
-const REDIS_FIELDS: &[&str] = &["cluster", "transport", "token", "authority", "timeout_ms", "breaker"];
+const REDIS_FIELDS: &[&str] = &["cluster", "transport", "token", "authority", "timeout_ms", "breaker", "deny_cache"];
 const BREAKER_FIELDS: &[&str] = &["failure_threshold", "open_ms", "half_open_probes", "success_threshold"];
 const RULE_FIELDS: &[&str] =
     &["name", "match", "limit", "limits", "strategy", "identifier", "cost", "exempt", "backend", "on_error", "shadow"];

@@ -170,6 +170,10 @@ impl Compiler {
             Some(v) => self.breaker(&join(path, "breaker"), v),
             None => Some(BreakerSpec::default()),
         };
+        let deny_cache = match field(m, "deny_cache") {
+            Some(v) => self.boolean(&join(path, "deny_cache"), v),
+            None => Some(true),
+        };
         Some(RedisSpec {
             cluster: cluster?,
             transport: transport?,
@@ -177,6 +181,7 @@ impl Compiler {
             authority: authority?,
             timeout_ms: timeout_ms?,
             breaker: breaker?,
+            deny_cache: deny_cache?,
         })
     }
 
