@@ -8,6 +8,9 @@ Sections (all by default; pick with --sections):
   accuracy    overshoot / undershoot of every strategy, local and Redis backends
   memory      RSS, allocated bytes and slots after 10^3 .. 10^6 distinct identities
   gateway     req/s through one sluice-gateway alone (wrk, one EVALSHA per POST /pipeline)
+  distributed the routed distributed path: Envoy alone, sluice local, sluice redis (HTTP/1.1 and
+              h2c to the gateway, within and over the limit, deny cache on and off): whole-system
+              CPU per request split over Envoy, gateway and Redis, and added latency at 30% load
   hostcalls   (not in the default set) µs per proxy-wasm host call of each kind in this Envoy
 
 Writes bench/results.json, bench/results.md and bench/results.png; a full run (all sections,
@@ -27,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ben
 
 from common import ROOT, git_head, loadavg, log, machine, median, sha256, target_dir, tool_versions  # noqa: E402
 import accuracy  # noqa: E402
+import distributed  # noqa: E402
 import envoyctl  # noqa: E402
 import gateway  # noqa: E402
 import hostcalls  # noqa: E402
@@ -36,7 +40,7 @@ import redisenv  # noqa: E402
 import report as rep  # noqa: E402
 import throughput  # noqa: E402
 
-SECTIONS = ["profile", "throughput", "latency", "accuracy", "memory", "gateway"]
+SECTIONS = ["profile", "throughput", "latency", "accuracy", "memory", "gateway", "distributed"]
 OPTIONAL = ["hostcalls"]
 
 
@@ -98,7 +102,7 @@ def main():
 
         # Redis stack (for (f) and Redis accuracy) and whether this build's backend: redis works.
         stack, redis_reason = None, None
-        if {"throughput", "accuracy", "gateway"} & set(sections):
+        if {"throughput", "accuracy", "gateway", "distributed"} & set(sections):
             try:
                 stack = redisenv.RedisStack(work, cpus=load_cpus)
                 ok, redis_reason = redisenv.probe(
@@ -130,6 +134,12 @@ def main():
                     report["gateway"] = gateway.run(stack, reps, seconds, 64, envoy_cpus)
                 else:
                     report["gateway"] = {"not_measured": redis_reason or "Redis stack unavailable"}
+            if "distributed" in sections:
+                if stack:
+                    report["distributed"] = distributed.run(wasm, work, stack, reps, seconds, args.connections,
+                                                            envoy_cpus, load_cpus, args.max_others, quick)
+                else:
+                    report["distributed"] = {"not_measured": redis_reason or "Redis stack unavailable"}
             if "hostcalls" in sections and noop:
                 report["hostcalls"] = hostcalls.run(noop, work, reps, seconds, args.connections, envoy_cpus, load_cpus,
                                                     args.max_others)

@@ -90,7 +90,9 @@ class CpuWatch:
                 "ours_cores": round(ours / elapsed, 3),
                 # CPU of the first watched process (the proxy under test), in cores and seconds.
                 "target_cores": round(per_pid[self.pids[0]] / elapsed, 3) if self.pids else None,
-                "target_cpu_s": round(per_pid[self.pids[0]], 3) if self.pids else None}
+                "target_cpu_s": round(per_pid[self.pids[0]], 3) if self.pids else None,
+                # Every watched process's CPU seconds, in the order watched (the load generator last).
+                "cpu_s": [round(per_pid[p], 3) for p in self.pids]}
 
 
 def run_measured(cmd, timeout, watch_pids=(), cwd=None):

@@ -51,14 +51,34 @@ def native_filter(max_tokens, fill_s):
     }
 
 
-def gateway_cluster(name, port):
-    return {
+def gateway_cluster(name, port, h2=False):
+    """A static loopback cluster; `h2` speaks HTTP/2 to it without TLS (h2c, prior knowledge), as
+    the shipped bootstraps do towards sluice-gateway."""
+    c = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": LOOPBACK, "port_value": port}}}}]}]},
     }
+    if h2:
+        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return c
+
+
+UPSTREAM = "upstream"
+
+
+def routed(boot, upstream_port):
+    """`boot` with its route sent to an upstream on `upstream_port` instead of answering itself."""
+    boot = copy.deepcopy(boot)
+    route = _hcm(boot)["route_config"]["virtual_hosts"][0]["routes"][0]
+    route.pop("direct_response", None)
+    route["route"] = {"cluster": UPSTREAM, "timeout": "15s"}
+    boot["static_resources"].setdefault("clusters", []).append(gateway_cluster(UPSTREAM, upstream_port))
+    return boot
 
 
 def bootstrap(filters, access_log=None, clusters=()):

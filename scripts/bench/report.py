@@ -3,6 +3,7 @@ README's benchmark block."""
 import os
 import re
 
+import distributed
 from throughput import CONFIGS
 
 README_BEGIN = "<!-- bench:begin (written by scripts/bench.sh) -->"
@@ -69,6 +70,9 @@ def targets(report):
                   "value": max((v for v in under.values() if v is not None), default=None),
                   "detail": ("over 1%: " + ", ".join(f"{k} {v}%" for k, v in bad_u.items())) if bad_u
                   else "worst " + ", ".join(f"{k} {v}%" for k, v in sorted(under.items(), key=lambda kv: -kv[1])[:2])})
+    dist = report.get("distributed")
+    if dist and "rows" in dist:
+        t += distributed.targets(dist)
     mem = report.get("memory")
     if not mem or "plateau" not in mem:
         t.append({"target": "memory plateaus at the cap from 10^5 to 10^6 identities", "status": "not measured",
@@ -235,6 +239,8 @@ def markdown(report, chart_name):
                       "| req/s | p50 ms | p90 ms | p99 ms | gateway cores | errors |", "|---|---|---|---|---|---|",
                       f"| {r['rps']:.0f} | {_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | {_f(r.get('p99_ms'))} | "
                       f"{_f(r.get('target_cores'), '{:.2f}')} | {r['errors']} of {r['requests']} |"]
+    if report.get("distributed"):
+        lines += distributed.markdown(report["distributed"])
     return "\n".join(lines) + "\n"
 
 

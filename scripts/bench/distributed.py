@@ -1,0 +1,252 @@
+"""Section 7: the distributed path as users run it. Every configuration routes to an upstream (a
+second Envoy answering direct_response); a Redis rule goes through sluice-gateway to one
+redis-server. Reported per configuration: req/s and latency at full load (wrk, closed loop), CPU
+per request of the whole system (Envoy under test + gateway + Redis) and its split, Redis calls
+per request, and the latency added over the local path at 30% of the routed baseline's rate (oha,
+open loop).
+
+Placement: the Envoy under test has one core; wrk, the upstream Envoy, the gateway and Redis
+share the other. req/s is therefore what this machine gives, not a limit of the proxy; CPU per
+request is what to compare. Runs are interleaved round-robin, so a noisy neighbour hurts every
+configuration alike."""
+import subprocess
+
+from common import LOOPBACK, log, median
+from envoyctl import Envoy, bootstrap, gateway_cluster, routed, wasm_filter
+import loadgen
+import redisenv
+import throughput
+
+NEVER = "1000000000/s"
+OVER = "1/s"
+H1, H2 = redisenv.CLUSTER, redisenv.CLUSTER + "_h2"
+
+# key -> (description, plugin config or None for no filter, gateway cluster it calls or None).
+CONFIGS = {
+    "A": ("Envoy alone, routed", None, None),
+    "L": ("sluice local, never reached", {"rules": [{"name": "api", "limit": NEVER}]}, None),
+    "LD": ("sluice local, client over the limit (429)",
+           {"rules": [{"name": "api", "limit": OVER, "strategy": "fixed_window", "identifier": "global"}]}, None),
+    "R1": ("sluice redis, never reached, HTTP/1.1 to the gateway", "never", H1),
+    "R2": ("sluice redis, never reached, h2c to the gateway", "never", H2),
+    "O": ("sluice redis, client over the limit, deny cache on", "over", H1),
+    "ON": ("sluice redis, client over the limit, deny cache off", "over-nocache", H1),
+}
+LOCAL_BASE, LOCAL_429 = "L", "LD"
+
+
+def _plugin(kind, cluster):
+    if kind == "never":
+        rules = [{"name": "api", "limit": NEVER, "backend": "redis", "on_error": "allow"}]
+    else:
+        rules = [{"name": "api", "limit": OVER, "strategy": "fixed_window", "identifier": "global", "backend": "redis",
+                  "on_error": "allow"}]
+    p = redisenv.redis_plugin(rules)
+    p["redis"]["cluster"] = cluster
+    if kind == "over-nocache":
+        p["redis"]["deny_cache"] = False
+    return p
+
+
+def redis_calls(port):
+    """Script calls Redis has served so far (EVALSHA, EVAL and FCALL)."""
+    out = subprocess.run(["redis-cli", "-h", LOOPBACK, "-p", str(port), "INFO", "commandstats"], capture_output=True,
+                         text=True, timeout=10).stdout
+    calls = 0
+    for line in out.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall", "cmdstat_fcall_ro"):
+            calls += int(rest.split(",")[0].split("=")[1])
+    return calls
+
+
+def start(wasm, work, envoy_cpus, load_cpus, stack, keys):
+    upstream = Envoy("upstream", bootstrap([]), work, concurrency=1, cpus=load_cpus)
+    envoys, skipped = {}, {}
+    for k in keys:
+        _, plugin, cluster = CONFIGS[k]
+        filters, clusters = [], []
+        if cluster:
+            if stack is None:
+                skipped[k] = "Redis stack unavailable"
+                continue
+            plugin = _plugin(plugin, cluster)
+            clusters = [gateway_cluster(H1, stack.port), gateway_cluster(H2, stack.port, h2=True)]
+        if plugin:
+            filters = [wasm_filter(wasm, plugin)]
+        try:
+            envoys[k] = Envoy(f"dist-{k}", routed(bootstrap(filters, clusters=clusters), upstream.port), work,
+                              concurrency=1, cpus=envoy_cpus)
+        except RuntimeError as e:
+            skipped[k] = str(e).splitlines()[0]
+            log(f"distributed ({k}) not started: {skipped[k]}")
+    return upstream, envoys, skipped
+
+
+def _row(runs, reps):
+    kept = [throughput.runs_last(runs, rep + 1) for rep in range(reps)]
+    row = {m: median(r.get(m) for r in kept) for m in ("rps", "p50_ms", "p99_ms", "others_cores")}
+    for m in ("envoy_us", "gateway_us", "redis_us", "total_us", "redis_calls_per_request", "redis_us_per_call"):
+        row[m] = median(r.get(m) for r in kept)
+    totals = [r["total_us"] for r in kept if r.get("total_us")]
+    row["total_us_spread"] = (max(totals) - min(totals)) / median(totals) if len(totals) > 1 else None
+    row["non_2xx_share"] = median(r["non_2xx"] / r["requests"] if r["requests"] else None for r in kept)
+    row["runs"] = runs
+    return row
+
+
+def full_load(envoys, stack, reps, seconds, connections, load_cpus, max_others):
+    extra = [stack.pids[1], stack.pids[0]] if stack else []  # gateway, then Redis
+    for k, e in envoys.items():  # warm-up: V8 tiers up, pools fill, the gateway connects
+        loadgen.wrk(e.url(), 2, connections, cpus=load_cpus, watch=[e.pid])
+    results = {k: [] for k in envoys}
+    for rep in range(reps):
+        for k, e in envoys.items():
+            calls0 = redis_calls(stack.redis_port) if stack else 0
+
+            def run():
+                r = loadgen.wrk(e.url(), seconds, connections, cpus=load_cpus, watch=[e.pid] + extra)
+                n = max(r["requests"], 1)
+                cpu = r["cpu_s"]
+                r["envoy_us"] = cpu[0] / n * 1e6
+                if CONFIGS[k][2]:
+                    r["gateway_us"], r["redis_us"] = cpu[1] / n * 1e6, cpu[2] / n * 1e6
+                    calls = redis_calls(stack.redis_port) - calls0
+                    r["redis_calls_per_request"] = calls / n
+                    r["redis_us_per_call"] = cpu[2] / calls * 1e6 if calls else None
+                r["total_us"] = r["envoy_us"] + r.get("gateway_us", 0) + r.get("redis_us", 0)
+                return r
+
+            runs = throughput.measure(run, max_others, f"distributed ({k}) rep {rep + 1}")
+            for r in runs:
+                r["rep"] = rep + 1
+            results[k] += runs
+            r = runs[-1]
+            log(f"distributed rep {rep + 1} ({k}): {r['rps']:.0f} req/s, {r['total_us']:.1f} µs CPU/request "
+                f"(Envoy {r['envoy_us']:.1f}, gateway {r.get('gateway_us', 0):.1f}, Redis {r.get('redis_us', 0):.1f}), "
+                f"Redis calls/request {r.get('redis_calls_per_request', 0):.3f}, non-2xx {r['non_2xx']}, "
+                f"others {r['others_cores']:.2f} cores")
+    return {k: _row(runs, reps) for k, runs in results.items()}
+
+
+def open_loop(envoys, rate, reps, seconds, load_cpus, max_others):
+    keys = [k for k in ("A", LOCAL_BASE, "R1", "R2") if k in envoys]
+    results = {k: [] for k in keys}
+    for k in keys:
+        loadgen.oha(envoys[k].url(), rate, 2, 16, cpus=load_cpus, watch=[envoys[k].pid])
+    for rep in range(reps):
+        for k in keys:
+            e = envoys[k]
+            runs = throughput.measure(lambda: loadgen.oha(e.url(), rate, seconds, 16, cpus=load_cpus, watch=[e.pid]),
+                                      max_others, f"distributed open loop ({k}) rep {rep + 1}")
+            for r in runs:
+                r["rep"] = rep + 1
+            results[k] += runs
+            r = runs[-1]
+            log(f"distributed {rate}/s rep {rep + 1} ({k}): achieved {r['rps']:.0f}/s p50 {r['p50_ms'] * 1e3:.0f} µs "
+                f"p99 {r['p99_ms'] * 1e3:.0f} µs")
+    rows = {}
+    for k, runs in results.items():
+        kept = [throughput.runs_last(runs, rep + 1) for rep in range(reps)]
+        rows[k] = {m: median(r.get(m) for r in kept) for m in ("rps", "p50_ms", "p99_ms", "others_cores")}
+        rows[k]["runs"] = runs
+    base = rows.get(LOCAL_BASE)
+    for k, row in rows.items():
+        if base and k not in ("A", LOCAL_BASE):
+            row["added_p50_ms"] = row["p50_ms"] - base["p50_ms"]
+            row["added_p99_ms"] = row["p99_ms"] - base["p99_ms"]
+    return rows
+
+
+def run(wasm, work, stack, reps, seconds, connections, envoy_cpus, load_cpus, max_others, quick):
+    keys = list(CONFIGS)
+    upstream, envoys, skipped = start(wasm, work, envoy_cpus, load_cpus, stack, keys)
+    try:
+        rows = full_load(envoys, stack, reps, seconds, connections, load_cpus, max_others)
+        for k in ("R1", "R2", "ON"):
+            calls = rows.get(k, {}).get("redis_calls_per_request")
+            if calls is not None and calls < 0.9:
+                # The filter fell back to on_error: this row does not measure the distributed path.
+                skipped[k] = f"only {calls:.2f} Redis calls per request: the gateway did not decide"
+        out = {"rows": rows, "skipped": skipped, "reps": reps, "seconds": seconds, "connections": connections,
+               "descriptions": {k: v[0] for k, v in CONFIGS.items()}}
+        base = rows.get("A", {}).get("rps")
+        if base and loadgen.oha_available():
+            rate = int(base * 0.3)
+            out["open_loop"] = {"rate": rate, "seconds": 5 if quick else 10,
+                                "rows": open_loop(envoys, rate, reps, 5 if quick else 10, load_cpus, max_others)}
+        return out
+    finally:
+        for e in envoys.values():
+            e.stop()
+        upstream.stop()
+
+
+def targets(dist):
+    """The distributed path's targets, from one run."""
+    rows, t = dist.get("rows", {}), []
+
+    def cpu(k):
+        return rows.get(k, {}).get("total_us") if k not in dist.get("skipped", {}) else None
+
+    def target(name, value, need, detail):
+        if value is None:
+            t.append({"target": name, "status": "not measured", "detail": detail})
+        else:
+            t.append({"target": name, "status": "met" if value <= need else "missed", "value": round(value, 3),
+                      "detail": detail})
+
+    a = cpu("A")
+    for k in ("R1", "R2"):
+        v = cpu(k) / a if cpu(k) and a else None
+        target(f"({k}) whole-system CPU per request ≤ 2.2 × (A)", v, 2.2,
+               f"({k}) {cpu(k) or 0:.1f} µs / (A) {a or 0:.1f} µs")
+        redis_us = rows.get(k, {}).get("redis_us_per_call")
+        v = redis_us / a if redis_us and a else None
+        target(f"({k}) Redis CPU per decision ≤ 12% of (A)'s CPU per request", v, 0.12,
+               f"Redis {redis_us or 0:.1f} µs per call / (A) {a or 0:.1f} µs")
+    ld = cpu(LOCAL_429)
+    v = cpu("O") / ld if cpu("O") and ld else None
+    target("(O) whole-system CPU per request ≤ 1.2 × (LD)", v, 1.2, f"(O) {cpu('O') or 0:.1f} µs / (LD) {ld or 0:.1f} µs")
+    ol = dist.get("open_loop", {}).get("rows", {})
+    for k in ("R1", "R2"):
+        p50, p99 = ol.get(k, {}).get("added_p50_ms"), ol.get(k, {}).get("added_p99_ms")
+        target(f"({k}) added p50 over (L) at 30% load ≤ 0.5 ms", p50, 0.5, f"{(p50 or 0) * 1e3:.0f} µs")
+        target(f"({k}) added p99 over (L) at 30% load ≤ 2 ms", p99, 2.0, f"{(p99 or 0) * 1e3:.0f} µs")
+    return t
+
+
+def markdown(dist):
+    if "not_measured" in dist:
+        return ["", "## 7. The distributed path", "", f"not measured: {dist['not_measured']}"]
+    rows, desc = dist["rows"], dist["descriptions"]
+    a = rows.get("A", {}).get("total_us")
+    lines = ["", "## 7. The distributed path (routed)", "",
+             f"Every configuration routes to an upstream Envoy; wrk, {dist['connections']} connections, median of "
+             f"{dist['reps']} interleaved {dist['seconds']} s runs. CPU per request sums the Envoy under test, "
+             "sluice-gateway and redis-server (the upstream and wrk are not counted); spread = (max − min) / median "
+             "of the total over the repetitions.", "",
+             "| config | req/s | p50 ms | p99 ms | CPU µs/request | × (A) | Envoy / gateway / Redis µs | Redis calls "
+             "per request | Redis µs per call | spread |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    def num(v, fmt):
+        return fmt.format(v) if v is not None else "–"
+
+    for k, r in rows.items():
+        note = f" (skipped: {dist['skipped'][k]})" if k in dist.get("skipped", {}) else ""
+        split = f"{r['envoy_us']:.1f} / {num(r.get('gateway_us'), '{:.1f}')} / {num(r.get('redis_us'), '{:.1f}')}"
+        lines.append(f"| ({k}) {desc[k]}{note} | {r['rps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+                     f"{r['total_us']:.1f} | {num(r['total_us'] / a if a else None, '{:.2f}')} | {split} | "
+                     f"{num(r.get('redis_calls_per_request'), '{:.4f}')} | {num(r.get('redis_us_per_call'), '{:.1f}')} | "
+                     f"{num(r.get('total_us_spread'), '{:.0%}')} |")
+    ol = dist.get("open_loop")
+    if ol:
+        lines += ["", f"Open loop at {ol['rate']} req/s (30% of (A)'s closed-loop rate), oha, {ol['seconds']} s, "
+                      "latency from each request's scheduled time:", "",
+                  "| config | achieved req/s | p50 µs | p99 µs | added p50 over (L) µs | added p99 over (L) µs |",
+                  "|---|---|---|---|---|---|"]
+        for k, r in ol["rows"].items():
+            lines.append(f"| ({k}) | {r['rps']:.0f} | {r['p50_ms'] * 1e3:.0f} | {r['p99_ms'] * 1e3:.0f} | "
+                         f"{(r['added_p50_ms'] * 1e3) if 'added_p50_ms' in r else 0:.0f} | "
+                         f"{(r['added_p99_ms'] * 1e3) if 'added_p99_ms' in r else 0:.0f} |")
+    return lines
