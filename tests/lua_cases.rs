@@ -106,8 +106,12 @@ impl Conn {
 // ------------------------------------------------------------------------------------------
 // Calling the script.
 
+/// The decision script as Redis runs it: a script called by SHA, or the same text loaded as a
+/// function library and called with FCALL (what sluice-gateway does on Redis 7).
 struct Script {
     sha: String,
+    /// The command and its first argument: `EVALSHA <sha>` or `FCALL <function>`.
+    call: [String; 2],
 }
 
 /// One rule of a call: key, strategy, rate, cost.
@@ -123,13 +127,24 @@ impl Script {
     /// run at the times they name.
     fn load(conn: &mut Conn) -> Script {
         match conn.cmd(&["SCRIPT", "LOAD", lua::script_with_clock_override().as_str()]) {
-            Reply::Str(sha) => Script { sha },
+            Reply::Str(sha) => Script { call: ["EVALSHA".into(), sha.clone()], sha },
             other => panic!("SCRIPT LOAD failed: {other:?}"),
         }
     }
 
+    /// Both forms of the test build: the script, then the function library.
+    fn both(conn: &mut Conn) -> [Script; 2] {
+        let script = Script::load(conn);
+        match conn.cmd(&["FUNCTION", "LOAD", "REPLACE", lua::library_with_clock_override().as_str()]) {
+            Reply::Str(_) => {}
+            other => panic!("FUNCTION LOAD failed: {other:?}"),
+        }
+        let library = Script { sha: script.sha.clone(), call: ["FCALL".into(), lua::function_name()] };
+        [script, library]
+    }
+
     fn raw(&self, conn: &mut Conn, rules: &[Rule], now_us: Option<u64>) -> Reply {
-        let mut args: Vec<String> = vec!["EVALSHA".into(), self.sha.clone(), rules.len().to_string()];
+        let mut args: Vec<String> = vec![self.call[0].clone(), self.call[1].clone(), rules.len().to_string()];
         args.extend(rules.iter().map(|r| r.key.to_string()));
         for r in rules {
             args.extend(lua::rule_args(r.strategy, &r.rate, r.cost));
@@ -194,65 +209,67 @@ fn pttl(conn: &mut Conn, key: &str) -> i64 {
 fn case_table_through_lua() {
     let redis = Redis::start();
     let mut conn = redis.connect();
-    let script = Script::load(&mut conn);
     let table = cases::parse(CASES).expect("case table parses");
     let mut failures = Vec::new();
     let mut steps_run = 0;
-    for (ci, case) in table.cases.iter().enumerate() {
-        let strategy = case.strategy.strategy().expect("known strategy");
-        let rate = case.rate.rate();
-        'offsets: for &offset in &case.offsets_ms {
-            let key = format!("case:{ci}:{offset}");
-            let mut native_state: Vec<u8> = Vec::new();
-            for (i, step) in case.steps.iter().enumerate() {
-                if step.corrupt {
-                    assert_eq!(conn.cmd(&["SET", key.as_str(), "not a state"]), Reply::Str("OK".into()));
-                    native_state = vec![0xff];
-                }
-                let now_us = step.now_us(table.base_ms, offset);
-                if step.cost == 0 {
-                    // A peek is the Rust side's own operation: the script refuses a cost below
-                    // 1, and a peek changes nothing, so the next step is unaffected.
-                    let refused = script.raw(&mut conn, &[Rule { key: &key, strategy: &strategy, rate, cost: 0 }], Some(now_us));
-                    assert!(matches!(&refused, Reply::Error(e) if e.contains("at least 1")), "{refused:?}");
-                    continue;
-                }
-                let (got, ttl_ms) = script.one(&mut conn, &key, &strategy, rate, step.cost, now_us);
-                steps_run += 1;
-                let native = decide(&strategy, &rate, &native_state, now_us, step.cost);
-                let want = step.expected(rate.limit);
-                let mut problems = Vec::new();
-                if got != want {
-                    problems.push(format!("   got {got:?}\n  want {want:?}"));
-                }
-                if ttl_ms * 1000 != native.ttl_us {
-                    problems.push(format!("  ttl {ttl_ms} ms, native {} µs", native.ttl_us));
-                }
-                if native.state.is_some() {
-                    let left = pttl(&mut conn, &key);
-                    // Written with the simulated ttl plus 60 s of real time (clock override).
-                    if left <= 0 || left > ttl_ms as i64 + 60_000 {
-                        problems.push(format!("  PTTL {left} after a write with ttl {ttl_ms}"));
+    for script in Script::both(&mut conn) {
+        for (ci, case) in table.cases.iter().enumerate() {
+            let strategy = case.strategy.strategy().expect("known strategy");
+            let rate = case.rate.rate();
+            'offsets: for &offset in &case.offsets_ms {
+                let key = format!("case:{}:{ci}:{offset}", script.call[0]);
+                let mut native_state: Vec<u8> = Vec::new();
+                for (i, step) in case.steps.iter().enumerate() {
+                    if step.corrupt {
+                        assert_eq!(conn.cmd(&["SET", key.as_str(), "not a state"]), Reply::Str("OK".into()));
+                        native_state = vec![0xff];
                     }
-                }
-                if !problems.is_empty() {
-                    failures.push(format!(
-                        "{} (offset {offset}) step {i} (t_ms {}, cost {}):\n{}",
-                        case.name,
-                        step.t_ms,
-                        step.cost,
-                        problems.join("\n")
-                    ));
-                    continue 'offsets;
-                }
-                if let Some(s) = native.state {
-                    native_state = s;
+                    let now_us = step.now_us(table.base_ms, offset);
+                    if step.cost == 0 {
+                        // A peek is the Rust side's own operation: the script refuses a cost below
+                        // 1, and a peek changes nothing, so the next step is unaffected.
+                        let refused =
+                            script.raw(&mut conn, &[Rule { key: &key, strategy: &strategy, rate, cost: 0 }], Some(now_us));
+                        assert!(matches!(&refused, Reply::Error(e) if e.contains("at least 1")), "{refused:?}");
+                        continue;
+                    }
+                    let (got, ttl_ms) = script.one(&mut conn, &key, &strategy, rate, step.cost, now_us);
+                    steps_run += 1;
+                    let native = decide(&strategy, &rate, &native_state, now_us, step.cost);
+                    let want = step.expected(rate.limit);
+                    let mut problems = Vec::new();
+                    if got != want {
+                        problems.push(format!("   got {got:?}\n  want {want:?}"));
+                    }
+                    if ttl_ms * 1000 != native.ttl_us {
+                        problems.push(format!("  ttl {ttl_ms} ms, native {} µs", native.ttl_us));
+                    }
+                    if native.state.is_some() {
+                        let left = pttl(&mut conn, &key);
+                        // Written with the simulated ttl plus 60 s of real time (clock override).
+                        if left <= 0 || left > ttl_ms as i64 + 60_000 {
+                            problems.push(format!("  PTTL {left} after a write with ttl {ttl_ms}"));
+                        }
+                    }
+                    if !problems.is_empty() {
+                        failures.push(format!(
+                            "{} (offset {offset}) step {i} (t_ms {}, cost {}):\n{}",
+                            case.name,
+                            step.t_ms,
+                            step.cost,
+                            problems.join("\n")
+                        ));
+                        continue 'offsets;
+                    }
+                    if let Some(s) = native.state {
+                        native_state = s;
+                    }
                 }
             }
         }
     }
     assert!(failures.is_empty(), "{} case(s) failed in Lua:\n{}", failures.len(), failures.join("\n"));
-    assert!(steps_run > 200, "only {steps_run} steps ran");
+    assert!(steps_run > 400, "only {steps_run} steps ran");
 }
 
 /// A small deterministic generator (xorshift64*), so a failure reproduces.
@@ -293,58 +310,59 @@ fn random_strategy(rng: &mut Rng, kind: usize) -> Strategy {
 fn random_sequences_match_native() {
     let redis = Redis::start();
     let mut conn = redis.connect();
-    let script = Script::load(&mut conn);
-    let mut rng = Rng(0x5EED_1234_ABCD_0001);
-    let rates = [
-        (1, 1000),
-        (3, 1000),
-        (10, 7),
-        (7, 3000),
-        (1000, 500),
-        (100, 60_000),
-        (50, 3_600_000),
-        // A million a day: capacity × period = 8.64e13, the largest realistic scaled value.
-        (1_000_000, 86_400_000),
-    ];
     let mut steps_run = 0;
-    for kind in 0..8 {
-        for seq in 0..30 {
-            let strategy = random_strategy(&mut rng, kind);
-            let (limit, period_ms) = rng.pick(&rates);
-            let rate = Rate { limit, period_ms };
-            let key = format!("rand:{kind}:{seq}");
-            let mut state: Vec<u8> = Vec::new();
-            let mut t_ms: u64 = 1_700_006_400_000 + rng.below(1_000_000);
-            for i in 0..40 {
-                let roll = rng.below(20);
-                t_ms = match roll {
-                    0 => t_ms.saturating_sub(rng.below(period_ms * 2)),
-                    1..=6 => t_ms,
-                    7..=14 => t_ms + rng.below((period_ms / limit.max(1)).max(2) * 3),
-                    _ => t_ms + rng.below(period_ms * 2),
-                };
-                let now_us = t_ms * 1000 + rng.below(1000);
-                let top = limit.max(1) + 45;
-                let cost = match rng.below(10) {
-                    0 => 1,
-                    1 => top + rng.below(3),
-                    _ => 1 + rng.below((top / 8).max(1)),
-                };
-                let native = decide(&strategy, &rate, &state, now_us, cost);
-                let (got, ttl_ms) = script.one(&mut conn, &key, &strategy, rate, cost, now_us);
-                steps_run += 1;
-                assert_eq!(
-                    (got, ttl_ms * 1000),
-                    (native.decision, native.ttl_us),
-                    "{strategy:?} {rate:?} key {key} step {i}: now_us {now_us} cost {cost} (lua, native)"
-                );
-                if let Some(s) = native.state {
-                    state = s;
+    for script in Script::both(&mut conn) {
+        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        let rates = [
+            (1, 1000),
+            (3, 1000),
+            (10, 7),
+            (7, 3000),
+            (1000, 500),
+            (100, 60_000),
+            (50, 3_600_000),
+            // A million a day: capacity × period = 8.64e13, the largest realistic scaled value.
+            (1_000_000, 86_400_000),
+        ];
+        for kind in 0..8 {
+            for seq in 0..30 {
+                let strategy = random_strategy(&mut rng, kind);
+                let (limit, period_ms) = rng.pick(&rates);
+                let rate = Rate { limit, period_ms };
+                let key = format!("rand:{}:{kind}:{seq}", script.call[0]);
+                let mut state: Vec<u8> = Vec::new();
+                let mut t_ms: u64 = 1_700_006_400_000 + rng.below(1_000_000);
+                for i in 0..40 {
+                    let roll = rng.below(20);
+                    t_ms = match roll {
+                        0 => t_ms.saturating_sub(rng.below(period_ms * 2)),
+                        1..=6 => t_ms,
+                        7..=14 => t_ms + rng.below((period_ms / limit.max(1)).max(2) * 3),
+                        _ => t_ms + rng.below(period_ms * 2),
+                    };
+                    let now_us = t_ms * 1000 + rng.below(1000);
+                    let top = limit.max(1) + 45;
+                    let cost = match rng.below(10) {
+                        0 => 1,
+                        1 => top + rng.below(3),
+                        _ => 1 + rng.below((top / 8).max(1)),
+                    };
+                    let native = decide(&strategy, &rate, &state, now_us, cost);
+                    let (got, ttl_ms) = script.one(&mut conn, &key, &strategy, rate, cost, now_us);
+                    steps_run += 1;
+                    assert_eq!(
+                        (got, ttl_ms * 1000),
+                        (native.decision, native.ttl_us),
+                        "{strategy:?} {rate:?} key {key} step {i}: now_us {now_us} cost {cost} (lua, native)"
+                    );
+                    if let Some(s) = native.state {
+                        state = s;
+                    }
                 }
             }
         }
     }
-    assert_eq!(steps_run, 8 * 30 * 40);
+    assert_eq!(steps_run, 2 * 8 * 30 * 40);
 }
 
 #[test]
@@ -507,16 +525,71 @@ fn the_production_script_refuses_a_clock_override() {
     let redis = Redis::start();
     let mut conn = redis.connect();
     let Reply::Str(sha) = conn.cmd(&["SCRIPT", "LOAD", lua::SCRIPT]) else { panic!("SCRIPT LOAD") };
-    let call = |conn: &mut Conn, extra: &[&str]| {
-        let mut args = vec!["EVALSHA", sha.as_str(), "1", "{p}:k", "fixed_window", "2", "60000", "1", "0", "0"];
-        args.extend_from_slice(extra);
-        conn.cmd(&args)
-    };
-    assert!(matches!(call(&mut conn, &[]), Reply::Array(_)));
-    let future = "4102444800000000"; // 2100-01-01
-    match call(&mut conn, &[future]) {
-        Reply::Error(e) => assert!(e.contains("unexpected option"), "{e}"),
-        other => panic!("a clock override was accepted: {other:?}"),
+    assert!(matches!(conn.cmd(&["FUNCTION", "LOAD", "REPLACE", lua::library().as_str()]), Reply::Str(_)));
+    let function = lua::function_name();
+    for head in [["EVALSHA", sha.as_str()], ["FCALL", function.as_str()]] {
+        let call = |conn: &mut Conn, extra: &[&str]| {
+            let mut args = vec![head[0], head[1], "1", "{p}:k", "fixed_window", "2", "60000", "1", "0", "0"];
+            args.extend_from_slice(extra);
+            conn.cmd(&args)
+        };
+        assert!(matches!(call(&mut conn, &[]), Reply::Array(_)), "{head:?}");
+        let future = "4102444800000000"; // 2100-01-01
+        match call(&mut conn, &[future]) {
+            Reply::Error(e) => assert!(e.contains("unexpected option"), "{e}"),
+            other => panic!("{head:?}: a clock override was accepted: {other:?}"),
+        }
+        assert!(matches!(call(&mut conn, &["dry"]), Reply::Array(_)), "{head:?}");
     }
-    assert!(matches!(call(&mut conn, &["dry"]), Reply::Array(_)));
+}
+
+/// A stored state the script did not write (another strategy's, truncated, negative, not
+/// decimal, beyond 2^53) is a state never seen: the decision equals a fresh key's.
+#[test]
+fn a_state_that_does_not_decode_is_never_seen() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let now = 1_700_006_400_123_000u64;
+    let rate = Rate { limit: 5, period_ms: 10_000 };
+    let strategies = [
+        (Strategy::FixedWindow, "fw"),
+        (Strategy::SlidingWindowCounter, "swc"),
+        (Strategy::SlidingWindowLog { max_entries: 4 }, "swl"),
+        (Strategy::TokenBucket { burst: None }, "tb"),
+        (Strategy::TokenBucketDebt { burst: None, max_debt: 2 }, "tbd"),
+        (Strategy::LeakyBucket { burst: None }, "lb"),
+        (Strategy::LeakyBucketQueue { burst: None, max_delay_ms: 500 }, "lbq"),
+        (Strategy::Gcra { burst: None }, "gcra"),
+    ];
+    for script in Script::both(&mut conn) {
+        for (strategy, tag) in &strategies {
+            // A state that decodes, written a moment ago, must change the decision (or the
+            // comparison below would prove nothing).
+            let fresh_key = format!("{}:{tag}:fresh", script.call[0]);
+            let fresh = script.one(&mut conn, &fresh_key, strategy, rate, 3, now);
+            let used = script.one(&mut conn, &fresh_key, strategy, rate, 3, now);
+            assert_ne!(fresh, used, "{strategy:?}");
+            let t = (now / 1000).to_string();
+            let bad = [
+                format!("{tag} {t}"),
+                format!("{tag} {t} 1 2 3 4 5"),
+                format!("{tag}  {t} 1"),
+                format!("{tag} -{t} 1"),
+                format!("{tag} 1e12 1"),
+                format!("{tag} {t} 0x10"),
+                format!("{tag} {t} 9007199254740993"),
+                format!("{tag} 99999999999999999999999999999999 1"),
+                format!("{} {t} 1", if *tag == "fw" { "tb" } else { "fw" }),
+                format!("{tag} {t} 1 "),
+                "nonsense".to_string(),
+                String::new(),
+            ];
+            for (i, state) in bad.iter().enumerate() {
+                let key = format!("{}:{tag}:bad{i}", script.call[0]);
+                assert_eq!(conn.cmd(&["SET", key.as_str(), state.as_str()]), Reply::Str("OK".into()));
+                let got = script.one(&mut conn, &key, strategy, rate, 3, now);
+                assert_eq!(got, fresh, "{} {strategy:?} with state {state:?}", script.call[0]);
+            }
+        }
+    }
 }

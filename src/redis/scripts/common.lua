@@ -1,26 +1,38 @@
--- sluice decision script, shared part. Not a script on its own: src/strategy/lua.rs joins
+-- sluice decision script, shared part. Not a script on its own: src/redis/script.rs joins
 -- common.lua, the eight strategy files and decide.lua (in that order) into ONE script, so that
 -- a single EVALSHA decides every rule of a request, all-or-nothing. decide.lua documents the
 -- KEYS/ARGV contract and the reply.
 --
--- Every name is local: Redis forbids scripts to create globals.
+-- Every name is local: Redis forbids scripts to create globals. The same text is also loaded
+-- once as a Redis 7 function library (src/redis/script.rs, `library()`): then everything here is
+-- defined once, and only decide.lua's body runs per call. As a script, Redis runs the whole text
+-- on every call, so no closure is made per decision (each one is an allocation to collect).
 --
 -- Arithmetic: the strategies mirror src/strategy/*.rs exactly. Lua numbers are doubles, which
 -- hold every integer below 2^53 exactly; the Rust side was written so that realistic rules
 -- (epoch ms ~1.7e12, limits up to 1e6, periods up to days: capacity x period <= ~1e14) keep
--- every intermediate value below that, and math.floor(a / b) is then the exact quotient.
+-- every intermediate value below that, and floor(a / b) is then the exact quotient.
+-- Library functions in locals, bound by decide.lua on each call: a function library's loading
+-- code may not read Redis' globals (math, string, ...), only the functions it registers may.
+local floor, max, min, format, match, gmatch, find, tonumber, type
+local function bind()
+  floor, max, min, format = math.floor, math.max, math.min, string.format
+  match, gmatch, find, tonumber, type = string.match, string.gmatch, string.find, _G.tonumber, _G.type
+end
+-- 2^53: integers from here on are no longer exact doubles; no state holds one.
+local EXACT = 9007199254740992
 
 -- Strategy name -> function(raw_state, now_ms, limit, period_ms, cost, p1, p2) returning a
 -- decision: {allowed (1/0), remaining, reset_ms, retry_after_ms, delay_ms, ttl_ms, new_state}.
 local S = {}
 
 local function idiv(a, b)
-  return math.floor(a / b)
+  return floor(a / b)
 end
 
 -- ceil(a / b) for a >= 0, b > 0, without forming a + b - 1.
 local function cdiv(a, b)
-  local q = math.floor(a / b)
+  local q = floor(a / b)
   if q * b < a then
     q = q + 1
   end
@@ -29,35 +41,41 @@ end
 
 -- Integer to decimal text. tostring() would switch to exponent notation above 1e14.
 local function num(x)
-  return string.format('%.0f', x)
+  return format('%.0f', x)
 end
 
--- The numbers stored after `tag` in a state string ("tag n1 n2 ..."), or nil when the state is
--- missing or does not decode (another strategy's tag, wrong count, not an integer, negative
+-- The two numbers of a state "tag n1 n2" as written by num(), or nil when the state is missing
+-- or is not exactly that (another strategy's tag, another count, not decimal digits, negative
 -- unless `signed`): such a state is treated as never seen, like the Rust side does.
-local function parse(raw, tag, count, signed)
+local function parse2(raw, tag, signed)
   if type(raw) ~= 'string' then
     return nil
   end
-  local out, seen_tag = {}, false
-  for tok in string.gmatch(raw, '%S+') do
-    if not seen_tag then
-      if tok ~= tag then
-        return nil
-      end
-      seen_tag = true
-    else
-      local v = tonumber(tok)
-      if v == nil or v ~= v or v == math.huge or v == -math.huge or v ~= math.floor(v) then
-        return nil
-      end
-      if v < 0 and not signed then
-        return nil
-      end
-      out[#out + 1] = v
-    end
+  local t, a, b = match(raw, '^(%l+) (%-?%d+) (%-?%d+)$')
+  if t ~= tag then
+    return nil
   end
-  if not seen_tag or (count ~= nil and #out ~= count) then
+  a, b = tonumber(a), tonumber(b)
+  if a >= EXACT or b >= EXACT or b <= -EXACT or (not signed and (a < 0 or b < 0)) then
+    return nil
+  end
+  return a, b
+end
+
+-- The numbers of a state "tag n1 n2 ..." of any length (`count` when given), or nil, as parse2.
+local function parse(raw, tag, count)
+  if type(raw) ~= 'string' or match(raw, '^(%l+) [ %d]*%d$') ~= tag or find(raw, '  ', 1, true) then
+    return nil
+  end
+  local out = {}
+  for tok in gmatch(raw, '%d+') do
+    local v = tonumber(tok)
+    if v >= EXACT then
+      return nil
+    end
+    out[#out + 1] = v
+  end
+  if count ~= nil and #out ~= count then
     return nil
   end
   return out
@@ -89,27 +107,32 @@ local function drain(level, elapsed, limit)
   return level - elapsed * limit
 end
 
--- Decides `cost` on `level` (drained to the effective time, `lag` ms after the real now);
--- `encode(new_level)` gives the state to store.
-local function fluid_step(level, cost, lag, period, limit, cap, queue, encode)
-  local function reset(l)
-    if l == 0 then
-      return 0
-    end
-    return cdiv(l, limit) + lag
-  end
-  local function remaining(l)
-    if cap > l then
-      return idiv(cap - l, period)
-    end
+-- When a fluid level is empty again, `lag` ms after the real now.
+local function fluid_reset(l, limit, lag)
+  if l == 0 then
     return 0
   end
+  return cdiv(l, limit) + lag
+end
+
+local function fluid_remaining(l, cap, period)
+  if cap > l then
+    return idiv(cap - l, period)
+  end
+  return 0
+end
+
+-- Decides `cost` on `level` (drained to the effective time, `lag` ms after the real now). An
+-- admission carries the new level in place of the state; the strategy encodes it.
+local function fluid_step(level, cost, lag, period, limit, cap, queue)
   if cost == 0 then
-    return admit(remaining(level), reset(level), 0, nil, reset(level))
+    local r = fluid_reset(level, limit, lag)
+    return admit(fluid_remaining(level, cap, period), r, 0, nil, r)
   end
   local need_units = cost * period
   if need_units > cap then
-    return deny(remaining(level), reset(level), period, reset(level))
+    local r = fluid_reset(level, limit, lag)
+    return deny(fluid_remaining(level, cap, period), r, period, r)
   end
   local need = level + need_units
   local bound = cap + queue
@@ -118,8 +141,9 @@ local function fluid_step(level, cost, lag, period, limit, cap, queue, encode)
     if need > cap then
       delay = cdiv(need - cap, limit) + lag
     end
-    local r = reset(need)
-    return admit(remaining(need), r, delay, encode(need), r)
+    local r = fluid_reset(need, limit, lag)
+    return admit(fluid_remaining(need, cap, period), r, delay, need, r)
   end
-  return deny(remaining(level), reset(level), cdiv(need - bound, limit) + lag, reset(level))
+  local r = fluid_reset(level, limit, lag)
+  return deny(fluid_remaining(level, cap, period), r, cdiv(need - bound, limit) + lag, r)
 end

@@ -1,5 +1,5 @@
 -- sluice: decide every Redis rule of one request, all-or-nothing, in one script call.
--- (The end of the script assembled by src/strategy/lua.rs: common.lua and the eight strategy
+-- (The end of the script assembled by src/redis/script.rs: common.lua and the eight strategy
 -- files come first.)
 --
 -- KEYS[i]   state key of rule i (one key per rule and limit; all in one cluster slot).
@@ -29,6 +29,7 @@
 --           that changed.
 --           A key given twice sees the first rule's update when the second is decided.
 -- Errors   a wrong argument count, a non-integer number or an unknown strategy.
+bind()
 local clock_override_allowed = false
 local n = #KEYS
 local override = nil
@@ -53,11 +54,11 @@ if now_us == nil then
   local t = redis.call('TIME')
   now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local now = math.floor(now_us / 1000)
+local now = floor(now_us / 1000)
 
 local function int_arg(i)
   local v = tonumber(ARGV[i])
-  if v == nil or v < 0 or v ~= math.floor(v) or v == math.huge then
+  if v == nil or v < 0 or v >= EXACT or v ~= floor(v) then
     return nil
   end
   return v
@@ -108,14 +109,16 @@ if all == 1 and not dry then
   for i = 1, n do
     local d = results[i]
     if d[7] ~= nil then
-      redis.call('SET', KEYS[i], d[7], 'PX', num(math.max(d[6], 1) + pad))
+      redis.call('SET', KEYS[i], d[7], 'PX', num(max(d[6], 1) + pad))
     end
   end
 end
 
+-- Each decision is its own reply once its state is dropped (a Lua table ends at its first nil).
 local reply = {all}
 for i = 1, n do
   local d = results[i]
-  reply[i + 1] = {d[1], d[2], d[3], d[4], d[5], d[6]}
+  d[7] = nil
+  reply[i + 1] = d
 end
 return reply

@@ -1,5 +1,5 @@
 -- sluice strategy fixed_window (mirror of src/strategy/fixed_window.rs); part of the script
--- assembled by src/strategy/lua.rs, called by decide.lua.
+-- assembled by src/redis/script.rs, called by decide.lua.
 -- Rule arguments: p1, p2 unused (pass 0).
 -- State: "fw <window start ms> <admitted cost in that window>".
 -- Windows are aligned to the epoch; a stored window later than now's (the clock stepped back)
@@ -7,12 +7,12 @@
 S.fixed_window = function(raw, now, limit, period, cost)
   local now_window = now - now % period
   local start, count = now_window, 0
-  local f = parse(raw, 'fw', 2)
-  if f and f[1] >= now_window then
-    start, count = f[1], f[2]
+  local w, c = parse2(raw, 'fw')
+  if w and w >= now_window then
+    start, count = w, c
   end
   local reset = start + period - now
-  local remaining = math.max(limit - count, 0)
+  local remaining = max(limit - count, 0)
   local lived = 0
   if count > 0 then
     lived = reset

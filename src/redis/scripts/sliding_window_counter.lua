@@ -1,5 +1,5 @@
 -- sluice strategy sliding_window_counter (mirror of src/strategy/sliding_window_counter.rs);
--- part of the script assembled by src/strategy/lua.rs, called by decide.lua.
+-- part of the script assembled by src/redis/script.rs, called by decide.lua.
 -- Rule arguments: p1, p2 unused (pass 0).
 -- State: "swc <current window start ms> <current count> <previous count>".
 -- Admits if prev x (period - elapsed) + (cur + cost) x period <= limit x period.
@@ -17,13 +17,38 @@ local function swc_first_fit(period, limit, prev, cur, cost)
   return period - k
 end
 
+-- Whole requests still admissible with `c` in the current window and `weighted` (previous
+-- count x its remaining weight) from the last.
+local function swc_remaining(limit, period, weighted, c)
+  local room = limit * period - weighted - c * period
+  if room <= 0 then
+    return 0
+  end
+  return idiv(room, period)
+end
+
+-- How long until a window holding `c` (and `prev` before it) has emptied, from `now`.
+local function swc_until_empty(start, period, now, prev, c)
+  if c > 0 then
+    return start + 2 * period - now
+  elseif prev > 0 then
+    return start + period - now
+  end
+  return 0
+end
+
+local swc_state = '^swc (%d+) (%d+) (%d+)$'
+
 S.sliding_window_counter = function(raw, now, limit, period, cost)
   local stored, cur, prev = now - now % period, 0, 0
-  local f = parse(raw, 'swc', 3)
-  if f then
-    stored, cur, prev = f[1], f[2], f[3]
+  if type(raw) == 'string' then
+    local a, b, c = match(raw, swc_state)
+    a, b, c = tonumber(a), tonumber(b), tonumber(c)
+    if a and a < EXACT and b < EXACT and c < EXACT then
+      stored, cur, prev = a, b, c
+    end
   end
-  local eff = math.max(now, stored)
+  local eff = max(now, stored)
   local start = eff - eff % period
   if start == stored then
     -- same window
@@ -32,42 +57,25 @@ S.sliding_window_counter = function(raw, now, limit, period, cost)
   else
     cur, prev = 0, 0
   end
-  local weight = period - (eff - start)
-  local function used(c)
-    return prev * weight + c * period
-  end
-  local function remaining(c)
-    local room = limit * period - used(c)
-    if room <= 0 then
-      return 0
-    end
-    return idiv(room, period)
-  end
-  local function until_empty(c)
-    if c > 0 then
-      return start + 2 * period - now
-    elseif prev > 0 then
-      return start + period - now
-    end
-    return 0
-  end
-  local reset = until_empty(cur)
+  local weighted = prev * (period - (eff - start))
+  local reset = swc_until_empty(start, period, now, prev, cur)
   if cost == 0 then
-    return admit(remaining(cur), reset, 0, nil, reset)
+    return admit(swc_remaining(limit, period, weighted, cur), reset, 0, nil, reset)
   end
   if cost > limit then
-    return deny(remaining(cur), reset, period, reset)
+    return deny(swc_remaining(limit, period, weighted, cur), reset, period, reset)
   end
   local at
   if cur + cost <= limit then
     local after = cur + cost
-    if used(after) <= limit * period then
-      local r = until_empty(after)
-      return admit(remaining(after), r, 0, 'swc ' .. num(start) .. ' ' .. num(after) .. ' ' .. num(prev), r)
+    if weighted + after * period <= limit * period then
+      local r = swc_until_empty(start, period, now, prev, after)
+      return admit(swc_remaining(limit, period, weighted, after), r, 0,
+        'swc ' .. num(start) .. ' ' .. num(after) .. ' ' .. num(prev), r)
     end
     at = start + swc_first_fit(period, limit, prev, cur, cost)
   else
     at = start + period + swc_first_fit(period, limit, cur, 0, cost)
   end
-  return deny(remaining(cur), reset, at - now, reset)
+  return deny(swc_remaining(limit, period, weighted, cur), reset, at - now, reset)
 end

@@ -1,5 +1,5 @@
 -- sluice strategy sliding_window_log (mirror of src/strategy/sliding_window_log.rs); part of
--- the script assembled by src/strategy/lua.rs, called by decide.lua.
+-- the script assembled by src/redis/script.rs, called by decide.lua.
 -- Rule arguments: p1 = max_entries (0 means 1), p2 unused.
 -- State: "swl <t1 ms> <cost1> <t2 ms> <cost2> ...", oldest first.
 -- An entry counts while t + period > now. Entries of the same ms are merged; when the log
@@ -20,7 +20,7 @@ S.sliding_window_log = function(raw, now, limit, period, cost, max_entries)
   flat = flat or {}
   local eff = now
   if #flat > 0 then
-    eff = math.max(now, flat[#flat - 1])
+    eff = max(now, flat[#flat - 1])
   end
   local log, used = {}, 0
   for i = 1, #flat, 2 do
@@ -29,7 +29,7 @@ S.sliding_window_log = function(raw, now, limit, period, cost, max_entries)
       used = used + flat[i + 1]
     end
   end
-  local remaining = math.max(limit - used, 0)
+  local remaining = max(limit - used, 0)
   local reset = 0
   if #log > 0 then
     reset = log[#log][1] + period - now
@@ -46,7 +46,7 @@ S.sliding_window_log = function(raw, now, limit, period, cost, max_entries)
     else
       log[#log + 1] = {eff, cost}
     end
-    local cap = math.max(max_entries, 1)
+    local cap = max(max_entries, 1)
     while #log > cap do
       local oldest = table.remove(log, 1)
       log[1][2] = log[1][2] + oldest[2]
