@@ -1,17 +1,28 @@
-//! Redis side: one shared connection to a standalone server or a Redis Cluster, and how
-//! single commands and pipelines are run on it.
+//! Redis side: one shared connection to a standalone server or a Redis Cluster, how calls and
+//! pipelines are run on it, and how the decision script gets into Redis.
+//!
+//! The gateway loads the script itself, so a client never has to send its text: at start
+//! (best effort, Redis may be down; on a Cluster on every primary), and whenever a call meets
+//! `NOSCRIPT` (a restarted Redis, a `SCRIPT FLUSH`, a failover to a node that never had it).
+//! Then it loads the script where that call went and runs the call once more; a call that got
+//! `NOSCRIPT` did not run, so running it again cannot count a request twice. NOSCRIPT itself
+//! never reaches the client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{RedisError, Value};
 use tokio::sync::OnceCell;
 
-use crate::command::Command;
+use crate::command::{sha, Command};
+use crate::metrics::{LoadTrigger, Metrics};
 use crate::reply::server_error_text;
 
 /// Why a command has no reply value.
@@ -35,20 +46,42 @@ pub enum BackendError {
     Cluster(RedisError),
 }
 
-/// Where commands go. Cloning is cheap: both variants share one multiplexed connection.
+/// Where commands go. Cloning is cheap: clones share one multiplexed connection and one
+/// record of script loads.
 #[derive(Clone)]
-pub enum Backend {
+pub struct Backend {
+    conn: Conn,
+    loads: Arc<Loads>,
+}
+
+#[derive(Clone)]
+enum Conn {
     /// `ConnectionManager` multiplexes every request over one connection and reconnects
     /// by itself after Redis restarts.
     Standalone(ConnectionManager),
     /// The cluster connection routes by slot and follows MOVED/ASK; it is created on first use
     /// so the gateway can start (and answer /healthz with 503) while the cluster is down.
-    Cluster(std::sync::Arc<ClusterBackend>),
+    Cluster(Arc<ClusterBackend>),
 }
 
 pub struct ClusterBackend {
     client: ClusterClient,
     conn: OnceCell<ClusterConnection>,
+}
+
+/// Where a reload after NOSCRIPT goes: the standalone server (`None`), or the primary serving
+/// a Cluster slot.
+type Target = Option<u16>;
+
+/// Reloads after NOSCRIPT, one at a time: when Redis loses the script, every call in flight
+/// meets NOSCRIPT at once, and one `SCRIPT LOAD` (some 19 KB) serves them all.
+#[derive(Default)]
+struct Loads {
+    /// Counts loads that succeeded; a call notes it before it is sent.
+    generation: AtomicU64,
+    /// Per target, the generation its last successful reload made. A call whose target was
+    /// reloaded after the call was sent only needs to run again.
+    last: tokio::sync::Mutex<HashMap<Target, u64>>,
 }
 
 impl Backend {
@@ -66,7 +99,7 @@ impl Backend {
             .set_max_delay(timeout);
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|source| BackendError::Url { url: url.to_string(), source })?;
-        Ok(Backend::Standalone(manager))
+        Ok(Backend { conn: Conn::Standalone(manager), loads: Arc::default() })
     }
 
     pub fn cluster(nodes: &[String], timeout: Duration) -> Result<Self, BackendError> {
@@ -81,70 +114,156 @@ impl Backend {
             .max_retry_wait(timeout.as_millis().try_into().unwrap_or(u64::MAX))
             .build()
             .map_err(BackendError::Cluster)?;
-        Ok(Backend::Cluster(std::sync::Arc::new(ClusterBackend { client, conn: OnceCell::new() })))
+        let cluster = Arc::new(ClusterBackend { client, conn: OnceCell::new() });
+        Ok(Backend { conn: Conn::Cluster(cluster), loads: Arc::default() })
     }
 
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Backend::Cluster(_))
+        matches!(self.conn, Conn::Cluster(_))
     }
 
-    /// Runs one command. Callers bound the wait with their own timeout.
-    pub async fn run(&self, cmd: &Command) -> Outcome {
+    /// Loads the script into Redis, on a Cluster into every primary. (Redis does not pass a
+    /// loaded script on to replicas, and the client holds no connection to them: a replica
+    /// gets the script when, promoted, it first answers NOSCRIPT.) Callers bound the wait and
+    /// treat a failure as a warning.
+    pub async fn load_script(&self) -> Result<(), Failure> {
+        self.load(every_primary()).await
+    }
+
+    /// Runs one call, reloading the script once if Redis lost it. Callers bound the wait with
+    /// their own timeout.
+    pub async fn run(&self, cmd: &Command, metrics: &Metrics) -> Outcome {
+        let seen = self.loads.generation.load(Ordering::Acquire);
         let packed = cmd.to_redis();
-        match self {
-            Backend::Standalone(manager) => {
-                let mut conn = manager.clone();
-                settle(conn.req_packed_command(&packed).await)
-            }
-            Backend::Cluster(cluster) => {
-                let mut conn = cluster.connection().await?;
-                settle(conn.req_packed_command(&packed).await)
-            }
+        let first = self.send(&packed).await;
+        if !is_noscript(&first) {
+            return first;
         }
+        let target = if self.is_cluster() { cmd.slot() } else { None };
+        self.reload(target, seen, metrics).await?;
+        after_reload(self.send(&packed).await)
     }
 
     /// Runs a pipeline; the result has one outcome per command, in request order.
-    pub async fn run_pipeline(&self, cmds: &[Command]) -> Vec<Outcome> {
-        match self {
-            Backend::Standalone(manager) => standalone_pipeline(manager, cmds).await,
-            Backend::Cluster(_) => self.cluster_pipeline(cmds).await,
+    pub async fn run_pipeline(&self, cmds: &[Command], metrics: &Metrics) -> Vec<Outcome> {
+        match &self.conn {
+            Conn::Standalone(manager) => self.standalone_pipeline(manager, cmds, metrics).await,
+            Conn::Cluster(_) => self.cluster_pipeline(cmds, metrics).await,
         }
     }
 
-    /// Liveness: PING (on Cluster, every primary must answer).
+    /// Liveness: PING (on Cluster, every primary must answer). The gateway's own command,
+    /// never a client's.
     pub async fn ping(&self) -> Result<(), Failure> {
-        self.run(&Command::ping()).await.map(|_| ())
+        self.send(&redis::cmd("PING")).await.map(|_| ())
     }
 
-    /// Pipelines on a cluster cannot go as one batch: commands may live on different nodes.
-    /// Order still matters (a SCRIPT LOAD before the EVALSHA that needs it; two calls on one
-    /// key), so: a command without keys waits for everything before it and holds back
-    /// everything after it; between such commands, calls on the same slot run one after the
-    /// other and calls on different slots run at the same time.
-    async fn cluster_pipeline(&self, cmds: &[Command]) -> Vec<Outcome> {
-        let mut out: Vec<Option<Outcome>> = (0..cmds.len()).map(|_| None).collect();
-        let mut i = 0;
-        while i < cmds.len() {
-            if cmds[i].slot().is_none() {
-                out[i] = Some(self.run(&cmds[i]).await);
-                i += 1;
-                continue;
+    async fn send(&self, cmd: &redis::Cmd) -> Outcome {
+        match &self.conn {
+            Conn::Standalone(manager) => {
+                let mut conn = manager.clone();
+                settle(conn.req_packed_command(cmd).await)
             }
-            let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-            while let Some(slot) = cmds.get(i).and_then(Command::slot) {
-                by_slot.entry(slot).or_default().push(i);
-                i += 1;
+            Conn::Cluster(cluster) => {
+                let mut conn = cluster.connection().await?;
+                settle(conn.req_packed_command(cmd).await)
             }
-            let groups = by_slot.into_values().map(|indices| async move {
-                let mut done = Vec::with_capacity(indices.len());
-                for j in indices {
-                    done.push((j, self.run(&cmds[j]).await));
+        }
+    }
+
+    /// `SCRIPT LOAD`, where `routing` says on a Cluster; checks that Redis names the script by
+    /// the SHA the gateway calls it by.
+    async fn load(&self, routing: RoutingInfo) -> Result<(), Failure> {
+        let mut cmd = redis::cmd("SCRIPT");
+        cmd.arg("LOAD").arg(sluice::redis::script::SCRIPT);
+        let value = match &self.conn {
+            Conn::Standalone(manager) => {
+                let mut conn = manager.clone();
+                settle(conn.req_packed_command(&cmd).await)?
+            }
+            Conn::Cluster(cluster) => {
+                let mut conn = cluster.connection().await?;
+                settle(conn.route_command(cmd, routing).await)?
+            }
+        };
+        match value {
+            Value::BulkString(b) if b.eq_ignore_ascii_case(sha().as_bytes()) => Ok(()),
+            Value::SimpleString(s) if s.eq_ignore_ascii_case(sha()) => Ok(()),
+            other => {
+                Err(Failure::Reply(format!("ERR sluice-gateway: SCRIPT LOAD answered {other:?}, not the script's SHA {}", sha())))
+            }
+        }
+    }
+
+    /// After a NOSCRIPT on `target`: loads the script there, unless another call did so after
+    /// this one was sent (`seen`), which is then simply run again.
+    async fn reload(&self, target: Target, seen: u64, metrics: &Metrics) -> Result<(), Failure> {
+        let mut last = self.loads.last.lock().await;
+        if last.get(&target).is_some_and(|&done| done > seen) {
+            return Ok(());
+        }
+        let routing = match target {
+            // The node serving the slot is the one that answered NOSCRIPT.
+            Some(slot) => RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master))),
+            None => every_primary(),
+        };
+        let loaded = self.load(routing).await;
+        metrics.script_load(LoadTrigger::NoScript, loaded.is_ok());
+        match loaded {
+            Ok(()) => {
+                let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                last.insert(target, generation);
+                Ok(())
+            }
+            Err(Failure::Transport(text)) => Err(Failure::Transport(text)),
+            Err(Failure::Reply(text)) => {
+                log::warn!("cannot load sluice's script after NOSCRIPT: {text}");
+                Err(Failure::Reply(format!("ERR sluice-gateway: cannot load sluice's script: {text}")))
+            }
+        }
+    }
+
+    /// One batch, one round trip: Redis runs the calls in order on one connection and answers
+    /// each in place, errors included. Calls that met NOSCRIPT did not run; they go again,
+    /// in their order, in a second batch after the reload (so after the calls that followed
+    /// them in the first; a script lost half-way through one batch is that rare).
+    async fn standalone_pipeline(&self, manager: &ConnectionManager, cmds: &[Command], metrics: &Metrics) -> Vec<Outcome> {
+        let seen = self.loads.generation.load(Ordering::Acquire);
+        let mut out = batch(manager, cmds.iter()).await;
+        let lost: Vec<usize> = (0..out.len()).filter(|&i| is_noscript(&out[i])).collect();
+        if lost.is_empty() {
+            return out;
+        }
+        let again = match self.reload(None, seen, metrics).await {
+            Ok(()) => batch(manager, lost.iter().filter_map(|&i| cmds.get(i))).await.into_iter().map(after_reload).collect(),
+            Err(failure) => vec![Err(failure); lost.len()],
+        };
+        for (i, outcome) in lost.into_iter().zip(again) {
+            out[i] = outcome;
+        }
+        out
+    }
+
+    /// Pipelines on a cluster cannot go as one batch: calls may live on different nodes. Calls
+    /// on one slot (for the filter: one rule and identity) run one after the other, in order;
+    /// calls on different slots touch different keys, so they run at the same time.
+    async fn cluster_pipeline(&self, cmds: &[Command], metrics: &Metrics) -> Vec<Outcome> {
+        let mut by_slot: BTreeMap<Option<u16>, Vec<usize>> = BTreeMap::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            by_slot.entry(cmd.slot()).or_default().push(i);
+        }
+        let groups = by_slot.into_values().map(|indices| async move {
+            let mut done = Vec::with_capacity(indices.len());
+            for j in indices {
+                if let Some(cmd) = cmds.get(j) {
+                    done.push((j, self.run(cmd, metrics).await));
                 }
-                done
-            });
-            for (j, outcome) in join_all(groups).await.into_iter().flatten() {
-                out[j] = Some(outcome);
             }
+            done
+        });
+        let mut out: Vec<Option<Outcome>> = (0..cmds.len()).map(|_| None).collect();
+        for (j, outcome) in join_all(groups).await.into_iter().flatten() {
+            out[j] = Some(outcome);
         }
         out.into_iter().map(|o| o.unwrap_or_else(|| Err(Failure::Transport("internal: command was not run".into())))).collect()
     }
@@ -161,25 +280,41 @@ impl ClusterBackend {
     }
 }
 
-/// One batch, one round trip: Redis runs the commands in order on one connection and
-/// answers each in place, errors included.
-async fn standalone_pipeline(manager: &ConnectionManager, cmds: &[Command]) -> Vec<Outcome> {
+async fn batch<'a>(manager: &ConnectionManager, cmds: impl Iterator<Item = &'a Command>) -> Vec<Outcome> {
     let mut pipe = redis::pipe();
+    let mut n = 0;
     for c in cmds {
         pipe.add_command(c.to_redis());
+        n += 1;
     }
     let mut conn = manager.clone();
-    match conn.req_packed_commands(&pipe, 0, cmds.len()).await {
-        Ok(values) if values.len() == cmds.len() => values.into_iter().map(|v| settle(Ok(v))).collect(),
+    match conn.req_packed_commands(&pipe, 0, n).await {
+        Ok(values) if values.len() == n => values.into_iter().map(|v| settle(Ok(v))).collect(),
         Ok(values) => {
-            let msg = format!("redis answered {} replies to {} commands", values.len(), cmds.len());
-            cmds.iter().map(|_| Err(Failure::Transport(msg.clone()))).collect()
+            let msg = format!("redis answered {} replies to {n} commands", values.len());
+            vec![Err(Failure::Transport(msg)); n]
         }
-        Err(e) => {
-            let failure = failure(e);
-            cmds.iter().map(|_| Err(failure.clone())).collect()
-        }
+        Err(e) => vec![Err(failure(e)); n],
     }
+}
+
+/// Every primary, each of which must succeed. A primary that fails does not keep the others
+/// from getting the command: all are sent before any answer is awaited.
+fn every_primary() -> RoutingInfo {
+    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)))
+}
+
+fn is_noscript(outcome: &Outcome) -> bool {
+    matches!(outcome, Err(Failure::Reply(text)) if text.starts_with("NOSCRIPT"))
+}
+
+/// The second try's outcome. NOSCRIPT again means Redis dropped the script between the load
+/// and the call; the client must not read that as its cue to send the script's text.
+fn after_reload(outcome: Outcome) -> Outcome {
+    if is_noscript(&outcome) {
+        return Err(Failure::Reply("ERR sluice-gateway: Redis lost sluice's script again right after it was loaded".into()));
+    }
+    outcome
 }
 
 fn settle(result: Result<Value, RedisError>) -> Outcome {

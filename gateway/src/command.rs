@@ -1,60 +1,70 @@
-//! Request side of the dialect: turns a JSON command (or a pipeline of them) into validated
-//! Redis commands, and enforces the allow-list of commands the filter needs.
+//! Request side of the dialect: turns a JSON command (or a pipeline of them) into calls of
+//! sluice's decision script, and refuses anything else before a byte reaches Redis.
+//!
+//! The gateway runs one script, [`sluice::redis::script::SCRIPT`], taken from the source the
+//! filter is built from. A command is accepted only when [`sluice::redis::script::check`] finds
+//! it to be that script's call exactly as the filter makes it: `EVALSHA <its SHA>` (or `EVAL
+//! <its exact text>`), one rule's keys, six arguments per key, optionally `dry`. Whichever form
+//! came in, it runs as `EVALSHA` of the gateway's own SHA, so no script text a client sends is
+//! ever handed to Redis.
+//!
+//! This module needs nothing else from the gateway: `fuzz/` compiles it in by path.
+
+use std::sync::LazyLock;
 
 use serde_json::Value as Json;
+use sluice::redis::script::{self, Refusal};
 
-/// The only commands the gateway runs. The filter needs scripts and a liveness probe; anything
-/// else (GET, FLUSHALL, CONFIG, …) would turn the gateway into an open Redis proxy.
+static SHA: LazyLock<String> = LazyLock::new(script::sha);
+
+/// SHA-1 of the decision script: what the gateway loads and calls, and what an `EVALSHA` must
+/// name to be accepted.
+pub fn sha() -> &'static str {
+    &SHA
+}
+
+/// How the client named the script. Both run as `EVALSHA`; the difference is only counted
+/// (`sluice_gateway_commands_total{command}`), since a filter sends `EVAL` only after it saw a
+/// NOSCRIPT, which this gateway never lets through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommandKind {
-    Eval,
     EvalSha,
-    ScriptLoad,
-    ScriptExists,
-    Ping,
+    Eval,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 5] =
-        [CommandKind::Eval, CommandKind::EvalSha, CommandKind::ScriptLoad, CommandKind::ScriptExists, CommandKind::Ping];
+    pub const ALL: [CommandKind; 2] = [CommandKind::EvalSha, CommandKind::Eval];
 
     /// The command's name as Redis spells it (also the `command` label in metrics).
     pub fn name(self) -> &'static str {
         match self {
-            CommandKind::Eval => "EVAL",
             CommandKind::EvalSha => "EVALSHA",
-            CommandKind::ScriptLoad => "SCRIPT LOAD",
-            CommandKind::ScriptExists => "SCRIPT EXISTS",
-            CommandKind::Ping => "PING",
+            CommandKind::Eval => "EVAL",
         }
     }
 
     pub fn index(self) -> usize {
-        match self {
-            CommandKind::Eval => 0,
-            CommandKind::EvalSha => 1,
-            CommandKind::ScriptLoad => 2,
-            CommandKind::ScriptExists => 3,
-            CommandKind::Ping => 4,
-        }
+        self as usize
     }
 }
 
-pub const ALLOWED_LIST: &str = "EVAL, EVALSHA, SCRIPT LOAD, SCRIPT EXISTS, PING";
+/// Every `reason` a refused request is counted under (`sluice_gateway_refused_total`): the
+/// body's own faults, then [`Refusal::kind`]'s.
+pub const REASONS: [&str; 7] = ["json", "shape", "pipeline", "command", "script", "keys", "arguments"];
 
 /// Why a request body was refused before anything reached Redis (HTTP 400).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
     #[error("request body is not valid JSON: {0}")]
     Json(String),
-    #[error("a command must be a JSON array such as [\"PING\"]; found {0}")]
+    #[error("a command must be a JSON array such as [\"EVALSHA\", sha, numkeys, key..., arg...]; found {0}")]
     NotArray(&'static str),
     #[error("empty command: the array needs at least the command name")]
     Empty,
     #[error("argument {index} must be a string or a number; found {found}")]
     BadArgument { index: usize, found: &'static str },
-    #[error("command {name:?} is not allowed by sluice-gateway (allowed: {ALLOWED_LIST})")]
-    NotAllowed { name: String },
+    #[error("{0}")]
+    Refused(Refusal),
     #[error("a pipeline must be a JSON array of commands; found {0}")]
     NotPipeline(&'static str),
     #[error("empty pipeline: send at least one command")]
@@ -65,20 +75,31 @@ pub enum RequestError {
     InPipeline { index: usize, source: Box<RequestError> },
 }
 
-/// One allowed command with its arguments as bytes, ready to be sent.
+impl RequestError {
+    /// One of [`REASONS`], for counting.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RequestError::Json(_) => "json",
+            RequestError::NotArray(_) | RequestError::Empty | RequestError::BadArgument { .. } | RequestError::NotPipeline(_) => {
+                "shape"
+            }
+            RequestError::EmptyPipeline | RequestError::PipelineTooLong { .. } => "pipeline",
+            RequestError::Refused(r) => r.kind(),
+            RequestError::InPipeline { source, .. } => source.reason(),
+        }
+    }
+}
+
+/// One accepted call of the decision script.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command {
     kind: CommandKind,
-    /// Arguments after the command name (after the subcommand for SCRIPT …).
+    /// The words after the command name, as the client sent them: the script's SHA or text,
+    /// numkeys, the keys, the arguments. Kept whole so that the call can be written back.
     args: Vec<Vec<u8>>,
 }
 
 impl Command {
-    /// `PING` with no argument: the health probe.
-    pub fn ping() -> Self {
-        Command { kind: CommandKind::Ping, args: Vec::new() }
-    }
-
     pub fn kind(&self) -> CommandKind {
         self.kind
     }
@@ -87,44 +108,22 @@ impl Command {
         &self.args
     }
 
-    /// The command as the `redis` crate sends it. The name is spelled in capitals so the
-    /// cluster client recognises it for routing (it matches names byte for byte).
+    /// The call as Redis runs it: `EVALSHA` of the gateway's SHA, then the client's numkeys,
+    /// keys and arguments (checked to be sluice's). The name is in capitals so that the cluster
+    /// client recognises it for routing by key.
     pub fn to_redis(&self) -> redis::Cmd {
-        let mut cmd = match self.kind {
-            CommandKind::Eval => redis::cmd("EVAL"),
-            CommandKind::EvalSha => redis::cmd("EVALSHA"),
-            CommandKind::ScriptLoad => {
-                let mut c = redis::cmd("SCRIPT");
-                c.arg("LOAD");
-                c
-            }
-            CommandKind::ScriptExists => {
-                let mut c = redis::cmd("SCRIPT");
-                c.arg("EXISTS");
-                c
-            }
-            CommandKind::Ping => redis::cmd("PING"),
-        };
-        for a in &self.args {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha());
+        for a in self.args.iter().skip(1) {
             cmd.arg(a.as_slice());
         }
         cmd
     }
 
-    /// The cluster slot of a script call's first key, or `None` for a command without keys
-    /// (those go to any node or to all of them, so they cannot be grouped by slot).
-    /// Redis refuses a script whose keys span slots, so the first key stands for all of them.
+    /// The cluster slot of the call's keys: they share one hash tag, hence one slot. Always
+    /// `Some` for a parsed command, which has at least one key.
     pub fn slot(&self) -> Option<u16> {
-        match self.kind {
-            CommandKind::Eval | CommandKind::EvalSha => {
-                let numkeys: u64 = std::str::from_utf8(self.args.get(1)?).ok()?.parse().ok()?;
-                if numkeys == 0 {
-                    return None;
-                }
-                self.args.get(2).map(|k| key_slot(k))
-            }
-            _ => None,
-        }
+        self.args.get(2).map(|k| key_slot(k))
     }
 }
 
@@ -158,41 +157,18 @@ fn command_from_json(json: &Json) -> Result<Command, RequestError> {
     let Json::Array(items) = json else {
         return Err(RequestError::NotArray(json_type(json)));
     };
-    let mut words = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
-        words.push(argument(index, item)?);
-    }
-    let mut words = words.into_iter();
-    let Some(name) = words.next() else {
+    let words = items.iter().enumerate().map(|(index, item)| argument(index, item)).collect::<Result<Vec<_>, _>>()?;
+    let Some(name) = words.first() else {
         return Err(RequestError::Empty);
     };
-    let upper = name.to_ascii_uppercase();
-    let kind = match upper.as_slice() {
-        b"EVAL" => CommandKind::Eval,
-        b"EVALSHA" => CommandKind::EvalSha,
-        b"PING" => CommandKind::Ping,
-        b"SCRIPT" => {
-            let sub = words.next().map(|s| s.to_ascii_uppercase());
-            match sub.as_deref() {
-                Some(b"LOAD") => CommandKind::ScriptLoad,
-                Some(b"EXISTS") => CommandKind::ScriptExists,
-                other => {
-                    let mut name = "SCRIPT".to_string();
-                    if let Some(s) = other {
-                        name.push(' ');
-                        name.push_str(&String::from_utf8_lossy(s));
-                    }
-                    return Err(RequestError::NotAllowed { name });
-                }
-            }
-        }
-        _ => return Err(RequestError::NotAllowed { name: String::from_utf8_lossy(&upper).into_owned() }),
-    };
-    Ok(Command { kind, args: words.collect() })
+    let kind = if name.eq_ignore_ascii_case(b"EVAL") { CommandKind::Eval } else { CommandKind::EvalSha };
+    let refs: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+    script::check(&refs, sha()).map_err(RequestError::Refused)?;
+    Ok(Command { kind, args: words.into_iter().skip(1).collect() })
 }
 
 /// JSON strings are sent as their UTF-8 bytes; numbers as their JSON text, which is what
-/// Upstash clients expect when they post `["EVALSHA", sha, 1, key, 10]`.
+/// Upstash clients expect when they post `["EVALSHA", sha, 1, key, "fixed_window", 10, ...]`.
 fn argument(index: usize, json: &Json) -> Result<Vec<u8>, RequestError> {
     match json {
         Json::String(s) => Ok(s.as_bytes().to_vec()),
@@ -244,31 +220,90 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use sluice::rate::Rate;
+    use sluice::redis::script::{command, Form, RuleCall, SCRIPT};
+    use sluice::strategy::Strategy;
 
-    #[test]
-    fn parses_evalsha_with_number_arguments() {
-        let c = parse_command(br#"["evalsha", "abc", 2, "k1", "k2", 1.5, "x"]"#).unwrap();
-        assert_eq!(c.kind(), CommandKind::EvalSha);
-        let args: Vec<&[u8]> = c.args().iter().map(|a| a.as_slice()).collect();
-        assert_eq!(args, vec![&b"abc"[..], b"2", b"k1", b"k2", b"1.5", b"x"]);
+    const RATES: [Rate; 2] = [Rate { limit: 5, period_ms: 1000 }, Rate { limit: 100, period_ms: 60_000 }];
+
+    /// What the filter sends for one rule with two limits.
+    fn call(form: Form<'_>, dry: bool) -> Vec<String> {
+        let strategy = Strategy::Gcra { burst: Some(3) };
+        let call = RuleCall {
+            namespace: "shop",
+            rule: "api",
+            identity: 0xab,
+            fingerprint: 0xdead,
+            strategy: &strategy,
+            rates: &RATES,
+            cost: 1,
+        };
+        command(&call, form, dry)
+    }
+
+    fn body(words: &[String]) -> Vec<u8> {
+        json!(words).to_string().into_bytes()
     }
 
     #[test]
-    fn script_subcommands_are_checked() {
-        assert_eq!(parse_command(br#"["Script", "load", "return 1"]"#).unwrap().kind(), CommandKind::ScriptLoad);
-        assert_eq!(parse_command(br#"["SCRIPT", "EXISTS", "a", "b"]"#).unwrap().kind(), CommandKind::ScriptExists);
-        assert_eq!(parse_command(br#"["SCRIPT", "FLUSH"]"#), Err(RequestError::NotAllowed { name: "SCRIPT FLUSH".into() }));
-        assert_eq!(parse_command(br#"["SCRIPT"]"#), Err(RequestError::NotAllowed { name: "SCRIPT".into() }));
+    fn the_filters_calls_are_accepted_and_run_as_evalsha() {
+        for (form, dry, kind) in [
+            (Form::Sha(sha()), false, CommandKind::EvalSha),
+            (Form::Sha(sha()), true, CommandKind::EvalSha),
+            (Form::Eval, false, CommandKind::Eval),
+        ] {
+            let words = call(form, dry);
+            let c = parse_command(&body(&words)).unwrap();
+            assert_eq!(c.kind(), kind);
+            assert_eq!(c.args().len(), words.len() - 1);
+            let packed = c.to_redis().get_packed_command();
+            let text = String::from_utf8_lossy(&packed);
+            assert!(text.contains(&format!("$7\r\nEVALSHA\r\n$40\r\n{}\r\n$1\r\n2\r\n", sha())), "{text}");
+            assert!(!text.contains(SCRIPT), "the script text is never passed on");
+            assert!(text.ends_with(if dry { "$3\r\ndry\r\n" } else { "$1\r\n0\r\n" }), "{text}");
+            assert_eq!(c.slot(), Some(key_slot(b"api:00000000000000ab")));
+        }
     }
 
     #[test]
-    fn other_commands_are_refused_by_name() {
-        for (body, name) in
-            [(&br#"["FLUSHALL"]"#[..], "FLUSHALL"), (br#"["get", "k"]"#, "GET"), (br#"["CONFIG", "SET", "x", "y"]"#, "CONFIG")]
-        {
-            let err = parse_command(body).unwrap_err();
-            assert_eq!(err, RequestError::NotAllowed { name: name.into() });
-            assert!(err.to_string().contains(name), "{err}");
+    fn numbers_may_come_as_json_numbers() {
+        let words = call(Form::Sha(sha()), false);
+        let mut json: Vec<Json> = words.iter().map(|w| json!(w)).collect();
+        json[2] = json!(2);
+        json[6] = json!(5);
+        let c = parse_command(json!(json).to_string().as_bytes()).unwrap();
+        assert_eq!(c.args()[1], b"2");
+        assert_eq!(c.args()[5], b"5");
+        json[6] = json!(5.0);
+        let err = parse_command(json!(json).to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.reason(), "arguments", "{err}");
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_its_reason() {
+        let good = call(Form::Sha(sha()), false);
+        let with = |i: usize, v: &str| {
+            let mut c = good.clone();
+            c[i] = v.to_string();
+            c
+        };
+        let s = |v: &[&str]| v.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        for (words, reason) in [
+            (s(&["FLUSHALL"]), "command"),
+            (s(&["PING"]), "command"),
+            (s(&["SCRIPT", "LOAD", SCRIPT]), "command"),
+            (s(&["EVAL", "redis.call('SET','pwned','1')", "0"]), "script"),
+            (with(1, &"0".repeat(40)), "script"),
+            (with(3, "shop:{api:00000000000000ab}:0.0000dead:x"), "keys"),
+            (with(4, "shop:{api:00000000000000cd}:1.0000dead"), "keys"),
+            (with(5, "no_such_strategy"), "arguments"),
+            (with(8, "0"), "arguments"),
+            (good.iter().cloned().chain(["1700000000000000".to_string()]).collect(), "arguments"),
+        ] {
+            let err = parse_command(&body(&words)).unwrap_err();
+            assert_eq!(err.reason(), reason, "{words:?}: {err}");
+            assert!(matches!(err, RequestError::Refused(_)), "{err:?}");
         }
     }
 
@@ -277,26 +312,47 @@ mod tests {
         assert!(matches!(parse_command(b"not json"), Err(RequestError::Json(_))));
         assert_eq!(parse_command(br#"{"a":1}"#), Err(RequestError::NotArray("an object")));
         assert_eq!(parse_command(b"[]"), Err(RequestError::Empty));
-        assert_eq!(parse_command(br#"["PING", null]"#), Err(RequestError::BadArgument { index: 1, found: "null" }));
+        assert_eq!(parse_command(br#"["EVALSHA", null]"#), Err(RequestError::BadArgument { index: 1, found: "null" }));
         assert_eq!(parse_command(br#"["EVAL", ["x"]]"#), Err(RequestError::BadArgument { index: 1, found: "an array" }));
+        for (body, reason) in [(&b"not json"[..], "json"), (b"{}", "shape"), (b"[]", "shape"), (br#"["EVAL", true]"#, "shape")] {
+            assert_eq!(parse_command(body).unwrap_err().reason(), reason);
+        }
     }
 
     #[test]
     fn pipeline_rules() {
-        let p = parse_pipeline(br#"[["PING"], ["EVAL", "return 1", "0"]]"#, 2).unwrap();
-        assert_eq!(p.len(), 2);
+        let good = call(Form::Sha(sha()), false);
+        let two = json!([good, call(Form::Sha(sha()), true)]).to_string();
+        assert_eq!(parse_pipeline(two.as_bytes(), 2).unwrap().len(), 2);
         assert_eq!(parse_pipeline(b"[]", 2), Err(RequestError::EmptyPipeline));
+        let three = json!([good, good, good]).to_string();
+        assert_eq!(parse_pipeline(three.as_bytes(), 2), Err(RequestError::PipelineTooLong { len: 3, max: 2 }));
+        let err = parse_pipeline(json!([good, ["GET", "k"]]).to_string().as_bytes(), 8).unwrap_err();
+        assert!(matches!(&err, RequestError::InPipeline { index: 1, source } if matches!(**source, RequestError::Refused(_))));
+        assert_eq!(err.reason(), "command");
+        assert!(err.to_string().starts_with("pipeline command 1: only EVALSHA"), "{err}");
         assert_eq!(
-            parse_pipeline(br#"[["PING"], ["PING"], ["PING"]]"#, 2),
-            Err(RequestError::PipelineTooLong { len: 3, max: 2 })
-        );
-        let err = parse_pipeline(br#"[["PING"], ["GET", "k"]]"#, 8).unwrap_err();
-        assert_eq!(err, RequestError::InPipeline { index: 1, source: Box::new(RequestError::NotAllowed { name: "GET".into() }) });
-        assert!(err.to_string().starts_with("pipeline command 1: command \"GET\""), "{err}");
-        assert_eq!(
-            parse_pipeline(br#"["PING"]"#, 8),
+            parse_pipeline(br#"["EVALSHA"]"#, 8),
             Err(RequestError::InPipeline { index: 0, source: Box::new(RequestError::NotArray("a string")) })
         );
+        for (body, reason) in [(&b"[]"[..], "pipeline"), (b"{}", "shape"), (b"[1", "json")] {
+            assert_eq!(parse_pipeline(body, 2).unwrap_err().reason(), reason);
+        }
+    }
+
+    #[test]
+    fn every_reason_is_listed() {
+        for r in [
+            RequestError::Refused(Refusal::Command(String::new())),
+            RequestError::Refused(Refusal::Script { expected: String::new() }),
+            RequestError::Refused(Refusal::Keys(String::new())),
+            RequestError::Refused(Refusal::Arguments(String::new())),
+            RequestError::Json(String::new()),
+            RequestError::Empty,
+            RequestError::EmptyPipeline,
+        ] {
+            assert!(REASONS.contains(&r.reason()), "{r:?}");
+        }
     }
 
     #[test]
@@ -308,16 +364,5 @@ mod tests {
         assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
         assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
         assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
-    }
-
-    #[test]
-    fn slot_of_script_calls() {
-        let with_keys = parse_command(br#"["EVALSHA", "s", "2", "{t}:a", "{t}:b"]"#).unwrap();
-        assert_eq!(with_keys.slot(), Some(key_slot(b"t")));
-        let no_keys = parse_command(br#"["EVAL", "return 1", 0]"#).unwrap();
-        assert_eq!(no_keys.slot(), None);
-        let bad_numkeys = parse_command(br#"["EVAL", "return 1", "x", "k"]"#).unwrap();
-        assert_eq!(bad_numkeys.slot(), None);
-        assert_eq!(parse_command(br#"["PING"]"#).unwrap().slot(), None);
     }
 }

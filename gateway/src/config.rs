@@ -6,20 +6,32 @@ use std::time::Duration;
 use clap::Parser;
 
 const AFTER_HELP: &str = "\
-Requests and replies (Upstash REST dialect):
-  curl -H 'Authorization: Bearer TOKEN' -d '[\"EVALSHA\",\"<sha>\",\"1\",\"key\",\"arg\"]' http://127.0.0.1:7379/
-    -> {\"result\": ...}     integers -> numbers, strings -> strings, nil -> null, arrays -> arrays
-    -> {\"error\": \"NOSCRIPT No matching script. Please use EVAL.\"}   Redis' error text, verbatim
-  POST /pipeline with [[...],[...]] -> [{\"result\": ...}, {\"error\": ...}], one entry per command, in order
-  Header 'Upstash-Encoding: base64': strings in results come base64-encoded (except \"OK\");
-  without it a reply holding non-UTF-8 bytes is an error that asks for this header.
+What runs: sluice's decision script and nothing else. A command is accepted only as that
+script's call exactly as the filter makes it: EVALSHA <its SHA> (or EVAL with its exact text),
+1 to 8 keys <namespace>:{<rule>:<16 hex>}:<i>.<8 hex> of one rule and identity, 6 arguments per
+key (strategy, limit, period_ms, cost >= 1, p1, p2), optionally \"dry\". Any other script, SHA,
+command (PING, SCRIPT, FLUSHALL, ...), key, argument count or clock override refuses the whole
+request with 400 and nothing runs; refusals are counted in sluice_gateway_refused_total{reason}.
+Accepted calls always run as EVALSHA of the gateway's own SHA (shown in /healthz).
 
-Status codes: 200 done (pipelines: per-command errors inside), 400 refused request or a failed
-command on POST /, 401 missing or wrong token, 404/405 wrong path or method, 408 body not in
+The gateway loads the script itself (SCRIPT LOAD): at start (on a Cluster, on every primary;
+best effort, Redis may be down), and when a call meets NOSCRIPT (Redis restarted or flushed, a
+failover), on that node, then runs the call once more. Clients never see NOSCRIPT. Loads are
+counted in sluice_gateway_script_loads_total{trigger,outcome}.
+
+Requests and replies (Upstash REST dialect):
+  curl -H 'Authorization: Bearer TOKEN' -d '[[\"EVALSHA\",\"<sha>\",\"1\",\"<key>\",\"fixed_window\",\"5\",\"60000\",\"1\",\"0\",\"0\"]]' \\
+       http://127.0.0.1:7379/pipeline
+    -> [{\"result\": [1, [1, 4, ...]]}]   one entry per call, in order; integers -> numbers
+    -> [{\"error\": \"WRONGTYPE ...\"}]     a call Redis failed: its error text, verbatim
+  POST / takes one call and answers {\"result\": ...} or {\"error\": ...}.
+  Header 'Upstash-Encoding: base64': strings in results come base64-encoded (except \"OK\").
+
+Status codes: 200 done (pipelines: per-call errors inside), 400 refused request or a failed
+call on POST /, 401 missing or wrong token, 404/405 wrong path or method, 408 body not in
 within --body-read-timeout-ms, 413 body too large, 431 headers over --max-header-bytes,
 502 Redis unreachable, 504 no answer within --timeout-ms. Errors made by the gateway start
-with 'ERR sluice-gateway:'. Only EVAL, EVALSHA, SCRIPT LOAD, SCRIPT EXISTS and PING run; any
-other command refuses the whole request (400) and nothing runs. HTTP/1.1 only.
+with 'ERR sluice-gateway:'. HTTP/1.1 only.
 
 Slow or greedy clients: headers not in within --header-read-timeout-ms, or a connection idle
 for --idle-timeout-ms, are closed without an answer; connections past --max-connections are
@@ -28,17 +40,18 @@ closed at once (503 when it can be sent). Each is counted in /metrics
 
 Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level (default info).";
 
-/// Stateless HTTP bridge from the Upstash REST dialect to Redis or Redis Cluster, for the sluice
-/// rate-limiting filter. It runs EVAL, EVALSHA, SCRIPT LOAD, SCRIPT EXISTS and PING only.
+/// HTTP service that runs sluice's decision script, and nothing else, on Redis or Redis Cluster
+/// for the sluice rate-limiting filter (Upstash REST dialect). It loads the script itself.
 ///
-/// Endpoints: POST / (one command as a JSON array), POST /pipeline (an array of commands),
+/// Endpoints: POST / (one call as a JSON array), POST /pipeline (an array of calls),
 /// GET /healthz (200 when Redis answers PING in time, else 503), GET /metrics (Prometheus).
 #[derive(Clone, Debug, Parser)]
 #[command(name = "sluice-gateway", version, about, long_about, after_long_help = AFTER_HELP)]
 pub struct Config {
-    /// Address and port to listen on. Keep it on loopback or a private network: the gateway
-    /// runs scripts on your Redis for whoever holds the token. Any address but loopback
-    /// needs --token: without one the gateway refuses to start.
+    /// Address and port to listen on. Keep it on loopback or a private network: whoever holds
+    /// the token can spend or reset any identity's limits (it runs nothing but sluice's
+    /// script). Any address but loopback needs --token: without one the gateway refuses to
+    /// start.
     #[arg(long, env = "SLUICE_GATEWAY_LISTEN", default_value = "127.0.0.1:7379")]
     pub listen: SocketAddr,
 

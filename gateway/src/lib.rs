@@ -1,43 +1,81 @@
-//! sluice-gateway: a stateless HTTP bridge that runs Redis commands sent as JSON in the
-//! Upstash REST dialect, on a standalone Redis or a Redis Cluster.
+//! sluice-gateway: a stateless HTTP service that runs sluice's decision script, and nothing
+//! else, on a standalone Redis or a Redis Cluster, for requests in the Upstash REST dialect.
 //!
 //! Stock Envoy lets a Wasm filter make HTTP callouts but not Redis calls, so the sluice filter
 //! posts its script calls here. The gateway holds no limiter state and makes no decisions: it
-//! translates HTTP+JSON to RESP and back. Because it speaks the Upstash dialect, the filter can
-//! as well be pointed at Upstash or any compatible service.
+//! checks each call, runs it on Redis and maps the reply to JSON. It knows the script from the
+//! source the filter is built from (the `sluice` crate), loads it into Redis itself and accepts
+//! only that script's calls, exactly as the filter makes them.
 //!
 //! # Endpoints
 //!
 //! | request | answer |
 //! |---|---|
-//! | `POST /` body `["EVALSHA", sha, "1", "k", "a"]` | `{"result": …}` (200) or `{"error": "…"}` |
-//! | `POST /pipeline` body `[["SCRIPT","LOAD",src], ["EVALSHA",sha,"0"]]` | `[{"result": …}, {"error": "…"}]`, one per command, in order |
-//! | `GET /healthz` | 200 `{"status":"ok",…,"age_ms":…}` when Redis answered PING within `--timeout-ms`, else 503 `{"status":"unavailable","error":…}`; one probe answers for `--health-cache-ms` |
-//! | `GET /metrics` | Prometheus text: requests by endpoint and status, commands by name, Redis errors by kind, in-flight gauge, latency histogram, connections (open, refused at the cap), clients too slow by phase, health probes |
+//! | `POST /` body `["EVALSHA", sha, "1", key, strategy, limit, period_ms, cost, p1, p2]` | `{"result": …}` (200) or `{"error": "…"}` |
+//! | `POST /pipeline` body `[[…], […]]`, one call each | `[{"result": …}, {"error": "…"}]`, one per call, in order |
+//! | `GET /healthz` | 200 `{"status":"ok",…,"script":sha,"age_ms":…}` when Redis answered PING within `--timeout-ms`, else 503 `{"status":"unavailable","error":…}`; one probe answers for `--health-cache-ms` |
+//! | `GET /metrics` | Prometheus text: requests by endpoint and status, calls by command, refusals by reason, script loads by trigger and outcome, Redis errors by kind, in-flight gauge, latency histogram, connections (open, refused at the cap), clients too slow by phase, health probes |
 //!
 //! ```text
-//! $ curl -s -H 'Authorization: Bearer s3cret' -d '["EVAL","return {1,KEYS[1]}","1","k"]' http://127.0.0.1:7379/
-//! {"result":[1,"k"]}
-//! $ curl -s -H 'Authorization: Bearer s3cret' -d '[["PING"],["EVALSHA","0000","0"]]' http://127.0.0.1:7379/pipeline
-//! [{"result":"PONG"},{"error":"NOSCRIPT No matching script. Please use EVAL."}]
+//! $ curl -s -H 'Authorization: Bearer s3cret' http://127.0.0.1:7379/pipeline -d \
+//!     '[["EVALSHA","<sha>","1","shop:{api:00000000000000ab}:0.0000dead","fixed_window","5","60000","1","0","0"]]'
+//! [{"result":[1,[1,4,41520,0,0,41520]]}]
+//! $ curl -s -H 'Authorization: Bearer s3cret' http://127.0.0.1:7379/ -d '["EVAL","redis.call(\"FLUSHALL\")","0"]'
+//! {"error":"ERR sluice-gateway: not sluice's decision script (expected SHA <sha>)"}
 //! ```
+//!
+//! # What runs
+//!
+//! * **Only sluice's decision script** ([`sluice::redis::script::SCRIPT`], SHA in `/healthz`,
+//!   `/metrics` and the start-up log). A command is accepted when
+//!   [`sluice::redis::script::check`] finds it to be that script's call as the filter makes it:
+//!   `EVALSHA <sha>` (or `EVAL` with the script's exact text), 1 to 8 keys of the shape
+//!   `<namespace>:{<rule>:<16 hex>}:<i>.<8 hex>`, all of one rule, identity and fingerprint,
+//!   six arguments per key (a strategy of the catalogue, limit, period, cost ≥ 1, two
+//!   parameters; decimal integers a Lua number holds exactly), optionally `dry`. Every other
+//!   script text or SHA, command (`PING`, `SCRIPT …`, `FLUSHALL`, …), key or argument layout,
+//!   and the trailing clock override only the test build of the script knows, is refused with
+//!   400 naming what is wrong; in a pipeline the whole request is refused (naming the command's
+//!   index) and nothing runs. Refusals are counted in `sluice_gateway_refused_total{reason}`
+//!   (`command`, `script`, `keys`, `arguments`, and `json`, `shape`, `pipeline` for bodies
+//!   that are not a command or pipeline at all).
+//! * **Always by SHA**: an accepted call runs as `EVALSHA` of the gateway's own SHA, whichever
+//!   form it came in, so no script text a client sends reaches Redis.
+//! * **The gateway loads the script** (`SCRIPT LOAD`): at start, best effort (Redis may be
+//!   down), on a Cluster on every primary; and when a call meets `NOSCRIPT` (a restarted Redis,
+//!   a `SCRIPT FLUSH`, a failover to a replica, which Redis never gives the script), on the
+//!   node that answered, then runs that call once more, within the request's `--timeout-ms`.
+//!   A call that got NOSCRIPT did not run, so it is never counted twice; in a standalone
+//!   pipeline only those calls run again, after the others. Concurrent NOSCRIPTs for one target
+//!   (the server, or a Cluster slot) share one load. NOSCRIPT never reaches the client, so a filter never has to send the script's text.
+//!   Loads are counted in `sluice_gateway_script_loads_total{trigger,outcome}`.
+//! * **What the token still allows**: a token holder can run the script on any key of
+//!   sluice's shape with any strategy and rate, that is, spend any identity's limits in any
+//!   namespace (push an identity into 429s), start its counts over (a call with another
+//!   strategy or period overwrites the state the rule's own calls then read as fresh), read
+//!   them (a `dry` call), and make Redis hold such keys for as long as the periods it names.
+//!   It cannot touch a key of any other shape, run other code, or change the script. Keep the
+//!   token as secret as the limits matter. Reset and introspection, when they come, will be
+//!   narrow operations of their own, never a general `EVAL`.
+//! * **Pointing the filter at Upstash instead** (the dialect is Upstash's, so the filter can
+//!   use Upstash or a compatible service directly): that service holds the token and runs
+//!   whatever its holder sends; the protection is only that the filter sends nothing but its
+//!   own script (`EVALSHA`, and the script's text after a NOSCRIPT).
 //!
 //! # Dialect decisions
 //!
-//! * **Commands**: only `EVAL`, `EVALSHA`, `SCRIPT LOAD`, `SCRIPT EXISTS` and `PING`, names in
-//!   any case. Anything else is refused with 400 naming the command; in a pipeline the whole
-//!   request is refused (naming the command's index) and nothing runs.
 //! * **Arguments**: JSON strings are sent as their UTF-8 bytes, JSON numbers as their JSON text;
 //!   any other JSON type is a 400.
 //! * **Replies**: integer → number; bulk string → string; nil → `null`; array → array; status
-//!   → string (`"OK"`, `"PONG"`); RESP3 types (not used: the gateway speaks RESP2) map to the
-//!   nearest JSON. An error reply keeps Redis' text exactly, code first
-//!   (`"NOSCRIPT No matching script. Please use EVAL."`), so a client can `SCRIPT LOAD` and
-//!   retry; an error nested in an array becomes `{"error": "…"}` in place.
+//!   → string; RESP3 types (not used: the gateway speaks RESP2) map to the nearest JSON. An
+//!   error reply (the script refusing its arguments, `WRONGTYPE` on a key holding something
+//!   else) keeps Redis' text exactly, code first; an error nested in an array becomes
+//!   `{"error": "…"}` in place.
 //! * **Bytes that are not UTF-8**: never lossy. With the request header
 //!   `Upstash-Encoding: base64` (as Upstash has it) every string in the result is standard
 //!   base64, except the status `"OK"`; error texts stay plain. Without that header, a reply
-//!   holding non-UTF-8 bytes becomes an error telling the client to send it.
+//!   holding non-UTF-8 bytes becomes an error telling the client to send it. (The script
+//!   answers integers only; the header is kept for clients written against Upstash.)
 //! * **Errors the gateway makes** start with `ERR sluice-gateway:`, so they cannot be mistaken
 //!   for Redis' own. Status codes on `POST /`: 400 for a refused request or a command that
 //!   failed in Redis (as Upstash), 401 without the right token, 413 for a body over
@@ -46,13 +84,11 @@
 //!   command reached Redis; 504 when the pipeline did not finish within the timeout (some
 //!   commands may have run).
 //! * **Pipelines on a standalone Redis** go as one batch on the shared multiplexed connection:
-//!   one round trip, run in order. **On a Cluster** commands may live on different nodes, so
-//!   they are run per command through the cluster client, keeping order where it can matter:
-//!   a command without keys (`SCRIPT LOAD`, `PING`, a script with no keys) runs after all
-//!   earlier commands and before all later ones; between such commands, script calls on the
-//!   same slot run one after another and calls on different slots run concurrently. Replies
-//!   are always returned in request order. `SCRIPT LOAD` reaches every node and `PING` every
-//!   primary (so /healthz is 200 only when the whole cluster answers).
+//!   one round trip, run in order. **On a Cluster** calls may live on different nodes, so they
+//!   are run per call through the cluster client: calls on the same slot one after another, in
+//!   order, calls on different slots concurrently. Replies are always returned in request
+//!   order. The gateway's own `PING` (for `/healthz`) reaches every primary, so /healthz is 200
+//!   only when the whole cluster answers.
 //! * **Auth**: with `--token`/`SLUICE_GATEWAY_TOKEN`, `POST /` and `POST /pipeline` need
 //!   `Authorization: Bearer <token>` (compared in constant time); `/healthz` and `/metrics`
 //!   stay open for probes and scrapers. Upstash's `_token` query parameter is not supported.
@@ -78,8 +114,8 @@
 //!
 //! # Load
 //!
-//! `gateway/bench/pipeline-evalsha.lua` drives `POST /pipeline` with one EVALSHA per request
-//! under `wrk` (usage in the file).
+//! `gateway/bench/pipeline-evalsha.lua` drives `POST /pipeline` with one sluice call per
+//! request under `wrk` (usage in the file).
 //!
 //! # Embedding
 //!

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::command::CommandKind;
+use crate::command::{CommandKind, REASONS};
 
 /// The endpoints, as they appear in the `endpoint` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,6 +74,26 @@ impl RedisErrorKind {
     }
 }
 
+/// What made the gateway load the decision script, as it appears in the `trigger` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadTrigger {
+    /// The gateway started.
+    Start,
+    /// A call met NOSCRIPT: Redis restarted, was flushed, or failed over to a node without it.
+    NoScript,
+}
+
+impl LoadTrigger {
+    const ALL: [LoadTrigger; 2] = [LoadTrigger::Start, LoadTrigger::NoScript];
+
+    fn label(self) -> &'static str {
+        match self {
+            LoadTrigger::Start => "start",
+            LoadTrigger::NoScript => "noscript",
+        }
+    }
+}
+
 /// Which deadline a client missed, as it appears in the `phase` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientTimeout {
@@ -134,6 +154,10 @@ pub struct Metrics {
     client_timeouts: [AtomicU64; ClientTimeout::ALL.len()],
     malformed: AtomicU64,
     health_probes: AtomicU64,
+    /// By reason; the reasons are the gateway's own words, so the set stays small.
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// By trigger, then failed (0) or loaded (1).
+    script_loads: [[AtomicU64; 2]; LoadTrigger::ALL.len()],
 }
 
 /// Decrements the open-connections gauge when a connection's task ends, however it ends.
@@ -203,6 +227,16 @@ impl Metrics {
         self.redis_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request refused before anything reached Redis (400), for `reason`.
+    pub fn refused(&self, reason: &'static str) {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        *refused.entry(reason).or_insert(0) += 1;
+    }
+
+    pub fn script_load(&self, trigger: LoadTrigger, loaded: bool) {
+        self.script_loads[trigger as usize][usize::from(loaded)].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail; the results are ignored for that reason.
@@ -218,7 +252,10 @@ impl Metrics {
             writeln!(out, "sluice_gateway_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}", endpoint.label())?;
         }
 
-        writeln!(out, "# HELP sluice_gateway_commands_total Redis commands run, by command name.")?;
+        writeln!(
+            out,
+            "# HELP sluice_gateway_commands_total Calls of sluice's script accepted, by the command the client sent (all run as EVALSHA)."
+        )?;
         writeln!(out, "# TYPE sluice_gateway_commands_total counter")?;
         for kind in CommandKind::ALL {
             writeln!(
@@ -227,6 +264,32 @@ impl Metrics {
                 kind.name(),
                 self.commands[kind.index()].load(Ordering::Relaxed)
             )?;
+        }
+
+        writeln!(out, "# HELP sluice_gateway_refused_total Requests refused with 400 before anything reached Redis, by reason.")?;
+        writeln!(out, "# TYPE sluice_gateway_refused_total counter")?;
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for reason in REASONS {
+            refused.entry(reason).or_insert(0);
+        }
+        for (reason, n) in refused {
+            writeln!(out, "sluice_gateway_refused_total{{reason=\"{reason}\"}} {n}")?;
+        }
+
+        writeln!(
+            out,
+            "# HELP sluice_gateway_script_loads_total SCRIPT LOADs of sluice's script by the gateway, by trigger and outcome."
+        )?;
+        writeln!(out, "# TYPE sluice_gateway_script_loads_total counter")?;
+        for trigger in LoadTrigger::ALL {
+            for (outcome, i) in [("loaded", 1), ("failed", 0)] {
+                writeln!(
+                    out,
+                    "sluice_gateway_script_loads_total{{trigger=\"{}\",outcome=\"{outcome}\"}} {}",
+                    trigger.label(),
+                    self.script_loads[trigger as usize][i].load(Ordering::Relaxed)
+                )?;
+            }
         }
 
         writeln!(out, "# HELP sluice_gateway_redis_errors_total Commands or requests that got no result from Redis, by kind.")?;
@@ -326,6 +389,10 @@ mod tests {
         m.finish_request(Endpoint::Pipeline, 504, Duration::from_secs(10));
         m.command(CommandKind::EvalSha);
         m.redis_error(RedisErrorKind::Timeout);
+        m.refused("script");
+        m.refused("script");
+        m.script_load(LoadTrigger::NoScript, true);
+        m.script_load(LoadTrigger::Start, false);
         let text = m.render();
         let get = |p: &str| line_value(&text, p);
         assert_eq!(get("sluice_gateway_requests_in_flight"), Some(0.0));
@@ -334,6 +401,11 @@ mod tests {
         assert_eq!(get(r#"sluice_gateway_commands_total{command="EVALSHA"}"#), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_commands_total{command="EVAL"}"#), Some(0.0));
         assert_eq!(get(r#"sluice_gateway_redis_errors_total{kind="timeout"}"#), Some(1.0));
+        assert_eq!(get(r#"sluice_gateway_refused_total{reason="script"}"#), Some(2.0));
+        assert_eq!(get(r#"sluice_gateway_refused_total{reason="command"}"#), Some(0.0), "every reason is shown from the start");
+        assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="loaded"}"#), Some(1.0));
+        assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="start",outcome="failed"}"#), Some(1.0));
+        assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="start",outcome="loaded"}"#), Some(0.0));
         let b = |le: &str| get(&format!(r#"sluice_gateway_request_duration_seconds_bucket{{endpoint="/pipeline",le="{le}"}}"#));
         assert_eq!(b("0.00025"), Some(0.0));
         assert_eq!(b("0.0005"), Some(1.0));

@@ -19,11 +19,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::backend::{Backend, BackendError, Failure, Outcome};
-use crate::command::{parse_command, parse_pipeline, Command, RequestError};
+use crate::command::{self, parse_command, parse_pipeline, Command, RequestError};
 use crate::config::{Config, ListenError};
 use crate::conn::{self, Limits, Stop};
 use crate::health::{Finding, Health};
-use crate::metrics::{ClientTimeout, Endpoint, Metrics, RedisErrorKind};
+use crate::metrics::{ClientTimeout, Endpoint, LoadTrigger, Metrics, RedisErrorKind};
 use crate::reply::{to_json, Encoding, ReplyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +115,7 @@ impl Gateway {
         // One permit per open connection; getting all of them back means all are closed.
         let slots = Arc::new(Semaphore::new(cap.min(Semaphore::MAX_PERMITS)));
         let (stop_tx, stop_rx) = watch::channel(Stop::Serve);
+        tokio::spawn(self.clone().load_script_at_start());
         let server = Arc::new(conn::Server::new(self.clone(), self.router(), self.limits));
         tokio::select! {
             () = server.accept(listener, slots.clone(), stop_rx) => {}
@@ -129,6 +130,21 @@ impl Gateway {
             let _ = stop_tx.send(Stop::Abort);
         }
         Ok(())
+    }
+
+    /// Loads the script so that the first calls find it; best effort, bounded by `--timeout-ms`.
+    /// A Redis that is down now gets the script when a call first meets NOSCRIPT.
+    async fn load_script_at_start(self: Arc<Self>) {
+        let outcome = match tokio::time::timeout(self.timeout, self.backend.load_script()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Failure::Reply(text) | Failure::Transport(text))) => Err(text),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        };
+        self.metrics.script_load(LoadTrigger::Start, outcome.is_ok());
+        match outcome {
+            Ok(()) => log::info!("loaded sluice's decision script (SHA {}) into Redis", command::sha()),
+            Err(e) => log::warn!("cannot load sluice's decision script at start ({e}); it is loaded when a call needs it"),
+        }
     }
 
     /// Binds `config.listen` and serves (see [`Gateway::serve`]).
@@ -146,10 +162,11 @@ impl Gateway {
             format!("Redis {}", redact(&config.redis_url))
         };
         log::info!(
-            "sluice-gateway listening on {} for {target} (auth {}, at most {} connections)",
+            "sluice-gateway listening on {} for {target} (auth {}, at most {} connections), running sluice's script {} only",
             config.listen,
             if gateway.token.is_some() { "on" } else { "off" },
             config.max_connections,
+            command::sha(),
         );
         gateway.serve(listener, shutdown, config.shutdown_grace()).await
     }
@@ -191,6 +208,12 @@ impl Gateway {
         for c in cmds {
             self.metrics.command(c.kind());
         }
+    }
+
+    /// A body that is not calls of sluice's script: 400, nothing sent to Redis, counted.
+    fn refuse(&self, e: &RequestError) -> Response {
+        self.metrics.refused(e.reason());
+        error_response(StatusCode::BAD_REQUEST, &format!("ERR sluice-gateway: {e}"))
     }
 
     fn timed_out(&self) -> Response {
@@ -285,11 +308,11 @@ async fn command_handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, bod
     };
     let cmd = match parse_command(&bytes) {
         Ok(c) => c,
-        Err(e) => return request_error(&e),
+        Err(e) => return gw.refuse(&e),
     };
     gw.count_commands(std::slice::from_ref(&cmd));
     let enc = encoding(&headers);
-    let Ok(outcome) = tokio::time::timeout(gw.timeout, gw.backend.run(&cmd)).await else {
+    let Ok(outcome) = tokio::time::timeout(gw.timeout, gw.backend.run(&cmd, &gw.metrics)).await else {
         return gw.timed_out();
     };
     match gw.settle(outcome, enc) {
@@ -308,11 +331,11 @@ async fn pipeline_handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, bo
     };
     let cmds = match parse_pipeline(&bytes, gw.max_pipeline) {
         Ok(c) => c,
-        Err(e) => return request_error(&e),
+        Err(e) => return gw.refuse(&e),
     };
     gw.count_commands(&cmds);
     let enc = encoding(&headers);
-    let Ok(outcomes) = tokio::time::timeout(gw.timeout, gw.backend.run_pipeline(&cmds)).await else {
+    let Ok(outcomes) = tokio::time::timeout(gw.timeout, gw.backend.run_pipeline(&cmds, &gw.metrics)).await else {
         return gw.timed_out();
     };
     let mut entries = Vec::with_capacity(outcomes.len());
@@ -349,6 +372,7 @@ async fn healthz_handler(State(gw): State<Arc<Gateway>>) -> Response {
             json!({
                 "status": "ok",
                 "redis": if gw.backend.is_cluster() { "cluster" } else { "standalone" },
+                "script": command::sha(),
                 "latency_ms": latency_ms,
                 "age_ms": age_ms,
             }),
@@ -384,10 +408,6 @@ async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -
 
 fn encoding(headers: &HeaderMap) -> Encoding {
     Encoding::from_header(headers.get("upstash-encoding").map(HeaderValue::as_bytes))
-}
-
-fn request_error(e: &RequestError) -> Response {
-    error_response(StatusCode::BAD_REQUEST, &format!("ERR sluice-gateway: {e}"))
 }
 
 fn error_response(status: StatusCode, text: &str) -> Response {

@@ -6,7 +6,8 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{free_ports, Http, RedisServer};
+use support::calls::{call, verdict};
+use support::{free_ports, Http, Reaped, RedisServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-gateway");
 
@@ -43,6 +44,10 @@ fn help_documents_every_flag() {
         "[default: 10000]",
         "[default: 5000]",
         "[default: 90000]",
+        "sluice's decision script and nothing else",
+        "sluice_gateway_refused_total",
+        "sluice_gateway_script_loads_total",
+        "NOSCRIPT",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
@@ -99,18 +104,20 @@ fn non_loopback_listen_without_token_is_refused_at_start() {
 async fn loopback_without_token_still_starts() {
     let redis = RedisServer::start();
     let port = free_ports(1)[0];
-    let mut child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--redis-url", &redis.url()])
-        .env_remove("SLUICE_GATEWAY_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start gateway");
+    let mut child = Reaped(
+        Command::new(BIN)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--redis-url", &redis.url()])
+            .env_remove("SLUICE_GATEWAY_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start gateway"),
+    );
     let http = Http::new(&format!("http://127.0.0.1:{port}"), None);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(resp) = http.client.post(format!("{}/", http.base)).body(r#"["PING"]"#).send().await {
+        if let Ok(resp) = http.client.post(format!("{}/", http.base)).body(call(1).to_string()).send().await {
             assert_eq!(resp.status(), 200);
             break;
         }
@@ -126,15 +133,17 @@ async fn loopback_without_token_still_starts() {
 async fn serves_from_env_config_and_exits_cleanly_on_sigterm() {
     let redis = RedisServer::start();
     let port = free_ports(1)[0];
-    let mut child = Command::new(BIN)
-        .env("SLUICE_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SLUICE_GATEWAY_REDIS_URL", redis.url())
-        .env("SLUICE_GATEWAY_TOKEN", "env-token")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start gateway");
+    let mut child = Reaped(
+        Command::new(BIN)
+            .env("SLUICE_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SLUICE_GATEWAY_REDIS_URL", redis.url())
+            .env("SLUICE_GATEWAY_TOKEN", "env-token")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start gateway"),
+    );
     let base = format!("http://127.0.0.1:{port}");
     let http = Http::new(&base, Some("env-token"));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -148,7 +157,11 @@ async fn serves_from_env_config_and_exits_cleanly_on_sigterm() {
         assert!(Instant::now() < deadline, "gateway did not become healthy");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(http.post("/", serde_json::json!(["PING"])).await, (200, serde_json::json!({"result": "PONG"})));
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (true, support::calls::LIMIT - 1));
+    // Anything but sluice's call is refused by the binary too.
+    assert_eq!(http.post("/", serde_json::json!(["PING"])).await.0, 400);
 
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("send SIGTERM");
     assert!(killed.success());

@@ -1,4 +1,5 @@
-//! The gateway against a real 6-node Redis Cluster (3 primaries, 3 replicas) on loopback.
+//! The gateway against a real 6-node Redis Cluster (3 primaries, 3 replicas) on loopback, with
+//! calls of sluice's script built by the filter's own code.
 
 mod support;
 
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_gateway::command::key_slot;
+use support::calls::{call, entry_verdict, eval_call, hash_tag, key, sha, verdict, LIMIT};
 use support::{redis_cli, Http, RedisCluster, TestGateway};
 
 /// Slot ranges `redis-cli --cluster create` gives 3 primaries.
@@ -18,14 +20,13 @@ fn third(slot: u16) -> usize {
     }
 }
 
-/// Hash tags whose slots fall in different thirds, so their keys live on different primaries.
-fn tags_on_three_primaries() -> Vec<String> {
-    let mut chosen: Vec<Option<String>> = vec![None, None, None];
-    for i in 0.. {
-        let tag = format!("t{i}");
-        let t = third(key_slot(tag.as_bytes()));
+/// Identities whose keys' slots fall in different thirds, so they live on different primaries.
+fn identities_on_three_primaries() -> Vec<u64> {
+    let mut chosen: Vec<Option<u64>> = vec![None, None, None];
+    for identity in 1u64.. {
+        let t = third(key_slot(hash_tag(identity).as_bytes()));
         if chosen[t].is_none() {
-            chosen[t] = Some(tag);
+            chosen[t] = Some(identity);
         }
         if chosen.iter().all(Option::is_some) {
             break;
@@ -34,8 +35,34 @@ fn tags_on_three_primaries() -> Vec<String> {
     chosen.into_iter().flatten().collect()
 }
 
+/// Promotes `replica` in place of `primary` (a manual failover), waiting for both to agree.
+/// A manual failover gives up silently when the replica is not in step in time, so it is asked
+/// again until it happens.
+async fn failover(replica: u16, primary: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let swapped = || redis_cli(replica, &["ROLE"]).starts_with("master") && redis_cli(primary, &["ROLE"]).starts_with("slave");
+    'ask: loop {
+        if redis_cli(replica, &["INFO", "replication"]).contains("master_link_status:up") {
+            assert_eq!(redis_cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(10) {
+                if swapped() {
+                    break 'ask;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert!(Instant::now() < deadline, "the failover did not happen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn script_exists(port: u16) -> String {
+    redis_cli(port, &["SCRIPT", "EXISTS", &sha()]).trim().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_scripts_pipelines_and_outage() {
+async fn cluster_loads_the_script_everywhere_runs_calls_and_refuses_the_rest() {
     let mut cluster = RedisCluster::start();
     let seeds = cluster.seed_nodes();
     let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000"]).await;
@@ -45,78 +72,88 @@ async fn cluster_scripts_pipelines_and_outage() {
     assert_eq!(status, 200, "{health}");
     assert!(health.contains("\"cluster\""), "{health}");
 
-    let tags = tags_on_three_primaries();
-    assert_eq!(tags.len(), 3);
+    // Loaded at start on every primary.
+    http.wait_metric(r#"sluice_gateway_script_loads_total{trigger="start",outcome="loaded"}"#, 1.0).await;
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    for &p in &primaries {
+        assert_eq!(script_exists(p), "1", "primary {p}");
+    }
+
+    let ids = identities_on_three_primaries();
+    assert_eq!(ids.len(), 3);
     // Our slot function agrees with the cluster's own.
     let port = cluster.nodes[0].port;
-    for tag in &tags {
-        let key = format!("sluice:{{{tag}}}:c");
-        let theirs = redis_cli(port, &["CLUSTER", "KEYSLOT", &key]);
-        assert_eq!(theirs.trim(), key_slot(key.as_bytes()).to_string(), "{key}");
+    for &id in &ids {
+        let theirs = redis_cli(port, &["CLUSTER", "KEYSLOT", &key(id)]);
+        assert_eq!(theirs.trim(), key_slot(key(id).as_bytes()).to_string(), "{}", key(id));
     }
-    let key = |tag: &str| format!("sluice:{{{tag}}}:c");
 
-    // SCRIPT LOAD reaches every node, so EVALSHA works on every slot.
-    let script = "return {redis.call('INCR', KEYS[1]), KEYS[1]}";
-    let (status, loaded) = http.post("/", json!(["SCRIPT", "LOAD", script])).await;
-    assert_eq!(status, 200, "{loaded}");
-    let sha = loaded["result"].as_str().expect("sha").to_string();
-    for tag in &tags {
-        assert_eq!(http.post("/", json!(["EVALSHA", sha, "1", key(tag)])).await, (200, json!({"result": [1, key(tag)]})));
+    // Calls on three slots, one by one.
+    for &id in &ids {
+        let (status, body) = http.post("/", call(id)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(verdict(&body["result"]), (true, LIMIT - 1));
     }
-    assert_eq!(http.post("/", json!(["SCRIPT", "EXISTS", sha])).await, (200, json!({"result": [1]})));
-
-    // NOSCRIPT comes through with its text.
-    let (status, body) = http.post("/", json!(["EVALSHA", "e".repeat(40), "1", key(&tags[0])])).await;
-    assert_eq!(status, 400);
-    assert!(body["error"].as_str().is_some_and(|e| e.starts_with("NOSCRIPT ")), "{body}");
-
-    // A pipeline across three slots: replies in request order, calls on one key in order.
-    let (a, b, c) = (key(&tags[0]), key(&tags[1]), key(&tags[2]));
-    let (status, body) = http
-        .post(
-            "/pipeline",
-            json!([
-                ["EVALSHA", sha, "1", a],
-                ["EVALSHA", sha, "1", b],
-                ["EVALSHA", sha, "1", a],
-                ["EVALSHA", "e".repeat(40), "1", c],
-                ["EVALSHA", sha, "1", c],
-                ["PING"],
-                ["EVALSHA", sha, "1", a],
-                ["EVAL", "return KEYS[1] .. ARGV[1]", "1", b, "!"],
-                ["SCRIPT", "LOAD", "return 'late'"],
-                ["EVAL", "return 'late'", "1", c],
-            ]),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let e = body.as_array().expect("array");
-    assert_eq!(e.len(), 10);
-    assert_eq!(e[0], json!({"result": [2, a]}));
-    assert_eq!(e[1], json!({"result": [2, b]}));
-    assert_eq!(e[2], json!({"result": [3, a]}));
-    assert!(e[3]["error"].as_str().is_some_and(|t| t.starts_with("NOSCRIPT ")), "{}", e[3]);
-    assert_eq!(e[4], json!({"result": [2, c]}));
-    assert_eq!(e[5], json!({"result": "PONG"}));
-    assert_eq!(e[6], json!({"result": [4, a]}));
-    assert_eq!(e[7], json!({"result": format!("{b}!")}));
-    assert_eq!(e[8]["result"].as_str().map(str::len), Some(40));
-    assert_eq!(e[9], json!({"result": "late"}));
-
     // The keys really live on three different primaries.
     let holders: BTreeSet<u16> = cluster.primaries().into_iter().filter(|&p| redis_cli(p, &["DBSIZE"]).trim() != "0").collect();
     assert_eq!(holders.len(), 3, "keys on primaries {holders:?}");
 
-    // Disallowed commands are refused on Cluster too.
-    assert_eq!(http.post("/", json!(["FLUSHALL"])).await.0, 400);
+    // A pipeline across three slots: answers in request order, calls on one key in order.
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    redis_cli(port, &["-c", "LPUSH", &key(99), "x"]);
+    let (status, body) =
+        http.post("/pipeline", json!([call(a), call(b), call(a), call(c), call(99), eval_call(a), call(c), call(b)])).await;
+    assert_eq!(status, 200, "{body}");
+    let e = body.as_array().expect("array");
+    assert_eq!(e.len(), 8);
+    assert_eq!(entry_verdict(&e[0]), (true, 3));
+    assert_eq!(entry_verdict(&e[1]), (true, 3));
+    assert_eq!(entry_verdict(&e[2]), (true, 2));
+    assert_eq!(entry_verdict(&e[3]), (true, 3));
+    assert!(e[4]["error"].as_str().is_some_and(|t| t.contains("WRONGTYPE")), "{}", e[4]);
+    assert_eq!(entry_verdict(&e[5]), (true, 1));
+    assert_eq!(entry_verdict(&e[6]), (true, 2));
+    assert_eq!(entry_verdict(&e[7]), (true, 2));
+
+    // One primary lost the script (as after a restart or a failover): the gateway loads it
+    // there and the call goes through.
+    let flushed = cluster.primary_for(key_slot(key(a).as_bytes()));
+    redis_cli(flushed, &["SCRIPT", "FLUSH"]);
+    let (status, body) = http.post("/pipeline", json!([call(a), call(b)])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!([entry_verdict(&body[0]), entry_verdict(&body[1])], [(true, 0), (true, 1)]);
+    assert_eq!(redis_cli(flushed, &["SCRIPT", "EXISTS", &sha()]).trim(), "1");
+    http.wait_metric(r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="loaded"}"#, 1.0).await;
+
+    // A failover to a replica, which never had the script (Redis does not pass it on): the
+    // first call there meets NOSCRIPT, and the gateway loads it on the new primary.
+    let old = cluster.primary_for(key_slot(key(b).as_bytes()));
+    let replica = cluster.replica_of(old);
+    assert_eq!(script_exists(replica), "0");
+    failover(replica, old).await;
+    let (status, body) = http.post("/", call(b)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (true, 0));
+    assert_eq!(script_exists(replica), "1");
+    http.wait_metric(r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="loaded"}"#, 2.0).await;
+
+    // Anything else is refused on a Cluster too, and nothing runs.
+    let sizes = |c: &RedisCluster| c.primaries().into_iter().map(|p| redis_cli(p, &["DBSIZE"])).collect::<Vec<_>>();
+    let before = sizes(&cluster);
+    for cmd in [json!(["FLUSHALL"]), json!(["EVAL", "redis.call('SET','pwned','1')", "0"]), json!(["SCRIPT", "FLUSH"])] {
+        assert_eq!(http.post("/", cmd.clone()).await.0, 400, "{cmd}");
+        assert_eq!(http.post("/pipeline", json!([call(c), cmd])).await.0, 400, "{cmd}");
+    }
+    assert_eq!(sizes(&cluster), before);
+    for p in cluster.primaries() {
+        assert_eq!(script_exists(p), "1", "primary {p}");
+    }
 
     // Whole cluster down: errors within the timeout, never a hang; /healthz says 503.
     cluster.stop_all();
     let bound = Duration::from_millis(1000 + 2000);
-    for (path, body) in
-        [("/", json!(["EVALSHA", sha, "1", a])), ("/pipeline", json!([["EVALSHA", sha, "1", a], ["EVALSHA", sha, "1", b]]))]
-    {
+    for (path, body) in [("/", call(a)), ("/pipeline", json!([call(a), call(b)]))] {
         let started = Instant::now();
         let (status, body) = http.post(path, body).await;
         assert!(started.elapsed() < bound, "{path} took {:?}", started.elapsed());

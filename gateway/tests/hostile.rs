@@ -11,12 +11,30 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sluice::rate::Rate;
+use sluice::redis::script::Form;
+use sluice::strategy::Strategy;
+use support::calls::{call, sha, verdict, Call};
 use support::raw::{self, BOUND};
-use support::{free_ports, metric_value as value, Http, RedisServer, TestGateway};
+use support::{free_ports, metric_value as value, Http, Reaped, RedisServer, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "h0stile-t0ken";
-const PING: &str = r#"["PING"]"#;
+
+/// A decision as the filter asks for one: the normal request.
+fn decision() -> String {
+    call(1).to_string()
+}
+
+/// A pipeline of `n` dry calls (nothing is written) with the most limits a rule has and the
+/// longest numbers the script takes: an answer of some 470 bytes per call.
+fn big_answer(n: usize) -> String {
+    let rates = [Rate { limit: (1 << 53) - 1, period_ms: (1 << 53) - 1 }; 8];
+    let sha = sha();
+    let one =
+        Call { identity: 7, strategy: Strategy::FixedWindow, rates: &rates, cost: 1, form: Form::Sha(&sha), dry: true }.words();
+    json!(vec![one; n]).to_string()
+}
 
 async fn gateway(redis: &RedisServer, extra: &[&str]) -> (TestGateway, String) {
     let url = redis.url();
@@ -45,7 +63,7 @@ async fn slow_headers_are_dropped_on_time_and_idle_keep_alive_is_not() {
 
     // A well-behaved keep-alive connection, idle from here on.
     let mut keep = raw::connect(&addr).await;
-    keep.write_all(raw::post("/", Some(TOKEN), PING).as_bytes()).await.unwrap();
+    keep.write_all(raw::post("/", Some(TOKEN), &decision()).as_bytes()).await.unwrap();
     assert_eq!(raw::read_response(&mut keep).await.unwrap().0, 200);
 
     let started = Instant::now();
@@ -90,8 +108,11 @@ async fn slow_headers_are_dropped_on_time_and_idle_keep_alive_is_not() {
 
     // The keep-alive connection has now been idle longer than the header deadline; that
     // deadline is for requests in progress, so it is still open and usable.
-    keep.write_all(raw::post("/", Some(TOKEN), PING).as_bytes()).await.unwrap();
-    assert_eq!(raw::read_response(&mut keep).await.unwrap(), (200, r#"{"result":"PONG"}"#.to_string()));
+    keep.write_all(raw::post("/", Some(TOKEN), &decision()).as_bytes()).await.unwrap();
+    let (status, body) = raw::read_response(&mut keep).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(verdict(&answer["result"]), (true, 3));
 
     let m = raw::scrape(&addr).await;
     assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="header"}"#), 3.0);
@@ -102,34 +123,47 @@ async fn slow_headers_are_dropped_on_time_and_idle_keep_alive_is_not() {
 async fn idle_connections_and_answers_not_taken_are_closed_after_the_idle_timeout() {
     let redis = RedisServer::start();
     let idle = Duration::from_millis(400);
-    let (_gw, addr) = gateway(&redis, &["--idle-timeout-ms", "400"]).await;
+    // Room for the big answer below, and time for Redis to make it.
+    let big = ["--max-pipeline", "100000", "--max-body-bytes", "67108864", "--timeout-ms", "60000"];
+    let (_gw, addr) = gateway(&redis, &[&["--idle-timeout-ms", "400"][..], &big].concat()).await;
 
     let mut conn = raw::connect(&addr).await;
-    conn.write_all(raw::post("/", Some(TOKEN), PING).as_bytes()).await.unwrap();
+    conn.write_all(raw::post("/", Some(TOKEN), &decision()).as_bytes()).await.unwrap();
     assert_eq!(raw::read_response(&mut conn).await.unwrap().0, 200);
     let started = Instant::now();
     assert!(raw::until_closed(&mut conn).await.is_empty());
     closed_by_deadline("idle keep-alive connection", started.elapsed(), idle);
 
-    // A client that asks for a 16 MB answer and never reads it: once the socket buffers are
-    // full the answer stops moving, and the gateway gives the connection up rather than hold
-    // it. (What the kernel still delivers afterwards is its business; the gateway has let go.)
+    // A client that asks for a 6 MB answer and never reads it: once the socket buffers are
+    // full (4 MiB at most on the sending side, by default) the answer stops moving, and the
+    // gateway gives the connection up rather than hold it.
     drop(conn);
     let mut stalled = raw::connect(&addr).await;
-    let body = json!(["EVAL", "return string.rep('x', 16000000)", "0"]).to_string();
-    stalled.write_all(raw::post("/", Some(TOKEN), &body).as_bytes()).await.unwrap();
+    let body = big_answer(13_000);
+    stalled.write_all(raw::post("/pipeline", Some(TOKEN), &body).as_bytes()).await.unwrap();
     let deadline = Instant::now() + BOUND;
     loop {
         let m = raw::scrape(&addr).await;
         let idle_closed = value(&m, r#"sluice_gateway_client_timeouts_total{phase="idle"}"#);
         // Open: only this scrape.
         if idle_closed == 2.0 && value(&m, "sluice_gateway_connections_open") == 1.0 {
-            assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/",status="200"}"#), 2.0);
+            assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/",status="200"}"#), 1.0);
+            assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/pipeline",status="200"}"#), 1.0);
             break;
         }
         assert!(Instant::now() < deadline, "the stalled answer was never given up:\n{m}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // What the buffers held is all the client gets: the answer was cut, not merely idle after.
+    let got = raw::until_closed(&mut stalled).await;
+    let text = String::from_utf8_lossy(&got);
+    let (head, answer) = text.split_once("\r\n\r\n").expect("an answer's head");
+    let declared: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .expect("content-length");
+    assert!(declared > 6_000_000, "{declared}: {}", &text[..text.len().min(600)]);
+    assert!(answer.len() < declared, "the whole answer was delivered: the buffers were never full");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +246,7 @@ async fn connections_past_the_cap_are_refused_counted_and_the_gateway_recovers()
         assert!(answer.contains("too many connections"), "{answer}");
     }
     // A real request meets the same fate.
-    let request = raw::post("/", Some(TOKEN), PING);
+    let request = raw::post("/", Some(TOKEN), &decision());
     if let Some((status, body)) = raw::once(&addr, &request).await {
         assert_eq!(status, 503, "{body}");
     }
@@ -249,7 +283,7 @@ async fn healthz_floods_cost_redis_one_ping_and_failures_show_at_once() {
     });
     let decisions = async {
         for _ in 0..50 {
-            assert_eq!(http.post("/", json!(["PING"])).await, (200, json!({"result": "PONG"})));
+            assert_eq!(http.post("/", call(1)).await.0, 200);
         }
     };
     tokio::join!(futures_util::future::join_all(flood), decisions);
@@ -259,7 +293,7 @@ async fn healthz_floods_cost_redis_one_ping_and_failures_show_at_once() {
 
     // A request that finds Redis gone ends the cached "ok" at once.
     redis.stop();
-    let (status, _) = http.post("/", json!(["PING"])).await;
+    let (status, _) = http.post("/", call(1)).await;
     assert!(status == 502 || status == 504, "{status}");
     let (status, body) = http.get("/healthz").await;
     assert_eq!(status, 503, "{body}");
@@ -283,18 +317,20 @@ async fn two_thousand_slow_connections_leave_normal_requests_served_and_memory_b
     let redis = RedisServer::start();
     let port = free_ports(1)[0];
     let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
-        .args(["--listen", &addr, "--redis-url", &redis.url()])
-        // Long deadlines, so that all 2,000 stay open for the whole test: the case where the
-        // gateway holds the most.
-        .args(["--header-read-timeout-ms", "600000", "--body-read-timeout-ms", "600000"])
-        .env("SLUICE_GATEWAY_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the gateway binary");
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+            .args(["--listen", &addr, "--redis-url", &redis.url()])
+            // Long deadlines, so that all 2,000 stay open for the whole test: the case where the
+            // gateway holds the most.
+            .args(["--header-read-timeout-ms", "600000", "--body-read-timeout-ms", "600000"])
+            .env("SLUICE_GATEWAY_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the gateway binary"),
+    );
     let pid = child.id();
     let started = Instant::now();
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
@@ -302,7 +338,7 @@ async fn two_thousand_slow_connections_leave_normal_requests_served_and_memory_b
         assert!(started.elapsed() < BOUND, "gateway never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let request = raw::post("/", Some(TOKEN), r#"["EVAL","return redis.call('INCR', KEYS[1])","1","n"]"#);
+    let request = raw::post("/", Some(TOKEN), &decision());
     assert_eq!(raw::once(&addr, &request).await.unwrap().0, 200);
     let rss_before = support::rss_kib(pid);
 

@@ -1,14 +1,21 @@
-//! The gateway against a real standalone `redis-server`, through a real HTTP client.
+//! The gateway against a real standalone `redis-server`, through a real HTTP client, with calls
+//! of sluice's script built by the filter's own code.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use support::{metric, Http, RedisServer, TestGateway};
+use serde_json::{json, Value};
+use sluice::rate::Rate;
+use sluice::redis::script::{script_with_clock_override, Form, SCRIPT};
+use sluice::strategy::Strategy;
+use support::calls::{self, call, dry_call, entry_verdict, eval_call, key, sha, verdict, Call, LIMIT};
+use support::{metric, metric_value, redis_cli, Http, RedisServer, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "s3cret-t0ken";
+const START_LOADED: &str = r#"sluice_gateway_script_loads_total{trigger="start",outcome="loaded"}"#;
+const NOSCRIPT_LOADED: &str = r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="loaded"}"#;
 
 async fn gateway_for(redis: &RedisServer, extra: &[&str]) -> (TestGateway, Http) {
     let url = redis.url();
@@ -19,111 +26,251 @@ async fn gateway_for(redis: &RedisServer, extra: &[&str]) -> (TestGateway, Http)
     (gw, http)
 }
 
+/// How many times Redis ran `command` (INFO commandstats), 0 when never.
+fn redis_calls(port: u16, command: &str) -> u64 {
+    let stats = redis_cli(port, &["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn dbsize(port: u16) -> String {
+    redis_cli(port, &["DBSIZE"]).trim().to_string()
+}
+
+fn script_exists(port: u16) -> String {
+    redis_cli(port, &["SCRIPT", "EXISTS", &sha()]).trim().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_run_and_replies_map_to_json() {
+async fn the_filters_calls_run_and_replies_map_to_json() {
     let redis = RedisServer::start();
     let (_gw, http) = gateway_for(&redis, &[]).await;
 
-    assert_eq!(http.post("/", json!(["PING"])).await, (200, json!({"result": "PONG"})));
-    assert_eq!(http.post("/", json!(["ping", "hello"])).await, (200, json!({"result": "hello"})));
-    // Integers, strings, nested arrays, nil (Lua false/nil), numbers as arguments.
-    assert_eq!(
-        http.post("/", json!(["EVAL", "return {tonumber(ARGV[1]) + 1, KEYS[1], {ARGV[2]}, false}", 1, "k", 41, "x"])).await,
-        (200, json!({"result": [42, "k", ["x"], null]}))
-    );
-    assert_eq!(http.post("/", json!(["EVAL", "return nil", "0"])).await, (200, json!({"result": null})));
-    assert_eq!(http.post("/", json!(["EVAL", "return redis.status_reply('FINE')", "0"])).await, (200, json!({"result": "FINE"})));
-    // An error nested in a reply stays in place; a top-level one is the answer (400).
-    assert_eq!(
-        http.post("/", json!(["EVAL", "return {1, redis.error_reply('INNER bad')}", "0"])).await,
-        (200, json!({"result": [1, {"error": "INNER bad"}]}))
-    );
-    assert_eq!(
-        http.post("/", json!(["EVAL", "return redis.error_reply('MYERR custom text')", "0"])).await,
-        (400, json!({"error": "MYERR custom text"}))
-    );
+    // Five requests of one identity are admitted, counting down; the sixth is denied.
+    for n in 1..=LIMIT {
+        let (status, body) = http.post("/", call(1)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(verdict(&body["result"]), (true, LIMIT - n));
+    }
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (false, 0));
+    assert_eq!(redis_cli(redis.port, &["EXISTS", &key(1)]).trim(), "1");
 
-    // SCRIPT LOAD → EVALSHA → SCRIPT EXISTS.
-    let script = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
-    let (status, loaded) = http.post("/", json!(["SCRIPT", "LOAD", script])).await;
-    assert_eq!(status, 200);
-    let sha = loaded["result"].as_str().expect("sha").to_string();
-    assert_eq!(sha.len(), 40);
-    assert_eq!(http.post("/", json!(["EVALSHA", sha, "1", "counter", "5"])).await, (200, json!({"result": 5})));
-    assert_eq!(http.post("/", json!(["evalsha", sha, 1, "counter", 2])).await, (200, json!({"result": 7})));
-    let missing = "0".repeat(40);
-    assert_eq!(http.post("/", json!(["SCRIPT", "EXISTS", sha, missing])).await, (200, json!({"result": [1, 0]})));
+    // A dry call decides without writing.
+    let (_, body) = http.post("/", dry_call(2)).await;
+    assert_eq!(verdict(&body["result"]), (true, LIMIT - 1));
+    assert_eq!(redis_cli(redis.port, &["EXISTS", &key(2)]).trim(), "0");
 
-    // NOSCRIPT keeps Redis' text so the client can load and retry.
-    let (status, body) = http.post("/", json!(["EVALSHA", missing, "0"])).await;
+    // The script's text (what a filter sends after a NOSCRIPT) is accepted, and run by SHA.
+    let (status, body) = http.post("/", eval_call(2)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (true, LIMIT - 1));
+    assert_eq!(redis_calls(redis.port, "eval"), 0, "the gateway never sends script text");
+    assert_eq!(redis_calls(redis.port, "evalsha"), 8);
+
+    // Numbers may come as JSON numbers; base64 leaves integers alone.
+    let mut words = call(3);
+    words[2] = json!(1);
+    words[5] = json!(LIMIT);
+    let (status, body) = http.post_raw("/", words.to_string(), &[("Upstash-Encoding", "base64")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (true, LIMIT - 1));
+
+    // A call Redis fails (the key holds another type): Redis' own text, 400, as Upstash answers.
+    redis_cli(redis.port, &["LPUSH", &key(4), "x"]);
+    let (status, body) = http.post("/", call(4)).await;
     assert_eq!(status, 400);
     let text = body["error"].as_str().expect("error text");
-    assert!(text.starts_with("NOSCRIPT "), "{text}");
-    assert!(text.contains("No matching script"), "{text}");
+    assert!(text.contains("WRONGTYPE"), "{text}");
+}
+
+/// Every shape but sluice's own call is refused before Redis sees it: 400 naming what is wrong,
+/// nothing written, counted by reason. Each refusal is tried alone and in a pipeline after a
+/// good call, which then does not run either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_other_shape_is_refused_nothing_runs_and_it_is_counted() {
+    let redis = RedisServer::start();
+    let (_gw, http) = gateway_for(&redis, &[]).await;
+    http.wait_metric(START_LOADED, 1.0).await;
+    let watched = ["evalsha", "eval", "flushall", "set", "ping", "script|load", "script|exists"];
+    let before: Vec<u64> = watched.iter().map(|c| redis_calls(redis.port, c)).collect();
+
+    let sha = sha();
+    let good = calls::words(1, &sha);
+    let with = |i: usize, v: &str| {
+        let mut w = good.clone();
+        w[i] = v.to_string();
+        json!(w)
+    };
+    let plus = |extra: &[&str]| json!(good.iter().map(String::as_str).chain(extra.iter().copied()).collect::<Vec<_>>());
+    let two_limits = [Rate { limit: 5, period_ms: 1000 }, Rate { limit: 100, period_ms: 60_000 }];
+    let mut two_identities =
+        Call { identity: 1, strategy: Strategy::FixedWindow, rates: &two_limits, cost: 1, form: Form::Sha(&sha), dry: false }
+            .words();
+    two_identities[4] = sluice::redis::key(calls::NAMESPACE, calls::RULE, 2, 1, calls::FINGERPRINT);
+    let clock = script_with_clock_override();
+    let mut test_script = good.clone();
+    test_script[0] = "EVAL".into();
+    test_script[1] = clock.clone();
+
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        ("other script text", json!(["EVAL", "redis.call('SET','pwned','1')", "0"]), "script", "not sluice's decision script"),
+        ("a script that spins", json!(["EVAL", "while true do end", "0"]), "script", "not sluice's decision script"),
+        ("the script with a byte more", json!(["EVAL", format!("{SCRIPT} "), "1", key(1)]), "script", "decision script"),
+        ("the test build's script (clock override)", json!(test_script), "script", "decision script"),
+        ("an unknown SHA", with(1, &"e".repeat(40)), "script", &sha),
+        ("SCRIPT LOAD", json!(["SCRIPT", "LOAD", "return 1"]), "command", "found SCRIPT"),
+        ("SCRIPT EXISTS", json!(["SCRIPT", "EXISTS", sha]), "command", "found SCRIPT"),
+        ("FLUSHALL", json!(["FLUSHALL"]), "command", "found FLUSHALL"),
+        ("PING", json!(["PING"]), "command", "found PING"),
+        ("SET", json!(["set", "pwned", "1"]), "command", "found SET"),
+        ("a key of another shape", with(3, "pwned"), "keys", "key 0 is not"),
+        ("a key with a hash tag of its own", with(3, "x:{pwned}:0.00000000"), "keys", "key 0 is not"),
+        ("keys of two identities", json!(two_identities), "keys", "not one rule's"),
+        ("no key", with(2, "0"), "keys", "0 keys"),
+        ("an argument short", json!(good[..good.len() - 1]), "arguments", "5 arguments for 1 keys"),
+        ("an unknown strategy", with(4, "delete_everything"), "arguments", "unknown strategy"),
+        ("cost 0", with(7, "0"), "arguments", "cost"),
+        ("a negative limit", with(5, "-5"), "arguments", "limit"),
+        ("a clock override", plus(&["1700000000000000"]), "arguments", "(and optionally \"dry\")"),
+        ("dry and a clock override", plus(&["dry", "1700000000000000"]), "arguments", "(and optionally \"dry\")"),
+    ];
+    let mut expected = std::collections::BTreeMap::<&str, f64>::new();
+    for (what, cmd, reason, says) in &cases {
+        let (status, body) = http.post("/", cmd.clone()).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        let text = body["error"].as_str().unwrap_or_default();
+        assert!(text.starts_with("ERR sluice-gateway: "), "{what}: {text}");
+        assert!(text.contains(says), "{what}: {text:?} lacks {says:?}");
+
+        let (status, body) = http.post("/pipeline", json!([call(1), cmd])).await;
+        assert_eq!(status, 400, "{what} in a pipeline: {body}");
+        let text = body["error"].as_str().unwrap_or_default();
+        assert!(text.starts_with("ERR sluice-gateway: pipeline command 1: "), "{what}: {text}");
+        *expected.entry(reason).or_default() += 2.0;
+    }
+    assert_eq!(dbsize(redis.port), "0", "a refused request wrote something");
+    assert_eq!(redis_cli(redis.port, &["EXISTS", "pwned"]).trim(), "0");
+    for (command, before) in watched.iter().zip(before) {
+        assert_eq!(redis_calls(redis.port, command), before, "{command} reached Redis");
+    }
+
+    // The body's own faults are refused and counted too.
+    for (body, reason) in [
+        (r#"{not json"#.to_string(), "json"),
+        (json!({"cmd": "EVALSHA"}).to_string(), "shape"),
+        (json!([]).to_string(), "shape"),
+        (json!(["EVALSHA", true]).to_string(), "shape"),
+    ] {
+        assert_eq!(http.post_raw("/", body, &[]).await.0, 400);
+        *expected.entry(reason).or_default() += 1.0;
+    }
+    assert_eq!(http.post("/pipeline", json!([])).await.0, 400);
+    assert_eq!(http.post("/pipeline", json!(call(1))).await.0, 400, "a command is not a pipeline");
+    *expected.entry("pipeline").or_default() += 1.0;
+    *expected.entry("shape").or_default() += 1.0;
+
+    let (_, text) = http.get("/metrics").await;
+    for (reason, n) in expected {
+        assert_eq!(metric_value(&text, &format!("sluice_gateway_refused_total{{reason=\"{reason}\"}}")), n, "{reason}");
+    }
+    assert_eq!(metric(&text, r#"sluice_gateway_requests_total{endpoint="/",status="200"}"#), None);
+    assert_eq!(dbsize(redis.port), "0");
+}
+
+/// The gateway loads the script itself: at start, and again whenever Redis lost it. A client
+/// sending only EVALSHA never sees NOSCRIPT, so the filter never has to send the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_redis_gets_the_script_from_the_gateway() {
+    let mut redis = RedisServer::start();
+    assert_eq!(script_exists(redis.port), "0");
+    let (_gw, http) = gateway_for(&redis, &["--health-cache-ms", "0"]).await;
+    http.wait_metric(START_LOADED, 1.0).await;
+    assert_eq!(script_exists(redis.port), "1", "loaded at start");
+
+    // Flushed: the pipeline's calls meet NOSCRIPT, the gateway loads the script once and runs
+    // them again, in order.
+    redis_cli(redis.port, &["SCRIPT", "FLUSH"]);
+    assert_eq!(script_exists(redis.port), "0");
+    let (status, body) = http.post("/pipeline", json!([call(1), call(2), call(1)])).await;
+    assert_eq!(status, 200, "{body}");
+    let e = body.as_array().expect("array");
+    assert_eq!(
+        [entry_verdict(&e[0]), entry_verdict(&e[1]), entry_verdict(&e[2])],
+        [(true, LIMIT - 1), (true, LIMIT - 1), (true, LIMIT - 2)]
+    );
+    assert_eq!(script_exists(redis.port), "1");
+    http.wait_metric(NOSCRIPT_LOADED, 1.0).await;
+
+    // Flushed again, one call on `POST /`.
+    redis_cli(redis.port, &["SCRIPT", "FLUSH"]);
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (true, LIMIT - 3));
+    http.wait_metric(NOSCRIPT_LOADED, 2.0).await;
+
+    // A restarted Redis has neither the script nor the counts.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get("/healthz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the gateway did not reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(script_exists(redis.port), "0");
+    let (status, body) = http.post("/pipeline", json!([call(1)])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(entry_verdict(&body[0]), (true, LIMIT - 1));
+    assert_eq!(script_exists(redis.port), "1");
+    let text = http.wait_metric(NOSCRIPT_LOADED, 3.0).await;
+    assert_eq!(redis_calls(redis.port, "eval"), 0);
+    assert_eq!(metric_value(&text, r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="failed"}"#), 0.0);
+}
+
+/// Redis down when the gateway starts: the load at start fails (and says so), and the script
+/// is loaded by the first call that finds Redis up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_gets_the_script_when_it_comes_up() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let (_gw, http) = gateway_for(&redis, &["--timeout-ms", "500", "--health-cache-ms", "0"]).await;
+    http.wait_metric(r#"sluice_gateway_script_loads_total{trigger="start",outcome="failed"}"#, 1.0).await;
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get("/healthz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the gateway never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = http.post("/pipeline", json!([call(1)])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(entry_verdict(&body[0]), (true, LIMIT - 1));
+    http.wait_metric(NOSCRIPT_LOADED, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_keep_order_and_per_command_errors() {
     let redis = RedisServer::start();
     let (_gw, http) = gateway_for(&redis, &[]).await;
-    let script = "return redis.call('INCR', KEYS[1])";
-    let (_, loaded) = http.post("/", json!(["SCRIPT", "LOAD", script])).await;
-    let sha = loaded["result"].as_str().expect("sha").to_string();
-    let missing = "f".repeat(40);
+    redis_cli(redis.port, &["LPUSH", &key(3), "x"]);
 
-    let (status, body) = http
-        .post(
-            "/pipeline",
-            json!([
-                ["EVALSHA", sha, "1", "a"],
-                ["EVALSHA", missing, "1", "a"],
-                ["EVALSHA", sha, "1", "a"],
-                ["EVALSHA", sha, "1", "b"],
-                ["PING"],
-                ["EVAL", "return redis.error_reply('E2 second')", "0"],
-                ["EVALSHA", sha, "1", "a"],
-            ]),
-        )
-        .await;
+    let (status, body) =
+        http.post("/pipeline", json!([call(1), call(1), call(2), call(3), call(1), dry_call(1), eval_call(2), call(1)])).await;
     assert_eq!(status, 200, "{body}");
-    let entries = body.as_array().expect("array");
-    assert_eq!(entries.len(), 7);
-    assert_eq!(entries[0], json!({"result": 1}));
-    let noscript = entries[1]["error"].as_str().expect("error entry");
-    assert!(noscript.starts_with("NOSCRIPT "), "{noscript}");
-    assert_eq!(entries[2], json!({"result": 2}));
-    assert_eq!(entries[3], json!({"result": 1}));
-    assert_eq!(entries[4], json!({"result": "PONG"}));
-    assert_eq!(entries[5], json!({"error": "E2 second"}));
-    assert_eq!(entries[6], json!({"result": 3}));
-
-    // The retry pattern the filter uses: load and call in one pipeline.
-    let (status, body) = http.post("/pipeline", json!([["SCRIPT", "LOAD", "return 'v2'"], ["EVAL", "return 'v2'", 0]])).await;
-    assert_eq!(status, 200);
-    assert_eq!(body[1], json!({"result": "v2"}));
-    assert_eq!(body[0]["result"].as_str().map(str::len), Some(40));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bytes_that_are_not_utf8() {
-    let redis = RedisServer::start();
-    let (_gw, http) = gateway_for(&redis, &[]).await;
-    let raw = json!(["EVAL", "return {string.char(255, 0, 1), 'ok', redis.status_reply('OK')}", "0"]);
-
-    let (status, body) = http.post("/", raw.clone()).await;
-    assert_eq!(status, 400);
-    let text = body["error"].as_str().expect("error");
-    assert!(text.contains("Upstash-Encoding: base64"), "{text}");
-
-    let (status, body) = http.post_raw("/", raw.to_string(), &[("Upstash-Encoding", "base64")]).await;
-    assert_eq!(status, 200);
-    assert_eq!(body, json!({"result": ["/wAB", "b2s=", "OK"]}));
-
-    // In a pipeline only the command concerned fails.
-    let (status, body) = http.post("/pipeline", json!([raw, ["PING"]])).await;
-    assert_eq!(status, 200);
-    assert!(body[0]["error"].as_str().is_some(), "{body}");
-    assert_eq!(body[1], json!({"result": "PONG"}));
+    let e = body.as_array().expect("array");
+    assert_eq!(e.len(), 8);
+    assert_eq!(entry_verdict(&e[0]), (true, 4));
+    assert_eq!(entry_verdict(&e[1]), (true, 3));
+    assert_eq!(entry_verdict(&e[2]), (true, 4));
+    let wrongtype = e[3]["error"].as_str().expect("an error in place");
+    assert!(wrongtype.contains("WRONGTYPE"), "{wrongtype}");
+    assert_eq!(entry_verdict(&e[4]), (true, 2));
+    assert_eq!(entry_verdict(&e[5]), (true, 1), "dry: decided, not written");
+    assert_eq!(entry_verdict(&e[6]), (true, 3));
+    assert_eq!(entry_verdict(&e[7]), (true, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,14 +280,15 @@ async fn bearer_token_is_required() {
     for token in [None, Some("wrong"), Some("s3cret-t0ke"), Some("s3cret-t0ken2")] {
         let http = Http::new(&gw.base, token);
         for path in ["/", "/pipeline"] {
-            let body = if path == "/" { json!(["PING"]) } else { json!([["PING"]]) };
+            let body = if path == "/" { call(1) } else { json!([call(1)]) };
             let (status, body) = http.post(path, body).await;
             assert_eq!(status, 401, "{token:?} {path}");
             assert!(body["error"].as_str().is_some_and(|e| e.contains("bearer token")));
         }
     }
+    assert_eq!(dbsize(redis.port), "0");
     let ok = Http::new(&gw.base, Some(TOKEN));
-    assert_eq!(ok.post("/", json!(["PING"])).await.0, 200);
+    assert_eq!(ok.post("/", call(1)).await.0, 200);
     // Probes and scrapers need no token.
     let anonymous = Http::new(&gw.base, None);
     assert_eq!(anonymous.get("/healthz").await.0, 200);
@@ -149,57 +297,27 @@ async fn bearer_token_is_required() {
     // Without a configured token, no header is needed.
     let open = TestGateway::start(&["--redis-url", &redis.url()]).await;
     let http = Http::new(&open.base, None);
-    assert_eq!(http.post("/", json!(["PING"])).await, (200, json!({"result": "PONG"})));
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (true, LIMIT - 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_requests() {
+async fn size_limits_and_wrong_paths() {
     let redis = RedisServer::start();
     let (_gw, http) = gateway_for(&redis, &["--max-body-bytes", "1024", "--max-pipeline", "3"]).await;
 
-    for (cmd, name) in [
-        (json!(["FLUSHALL"]), "FLUSHALL"),
-        (json!(["GET", "k"]), "GET"),
-        (json!(["set", "k", "v"]), "SET"),
-        (json!(["SCRIPT", "FLUSH"]), "SCRIPT FLUSH"),
-        (json!(["CONFIG", "GET", "*"]), "CONFIG"),
-    ] {
-        let (status, body) = http.post("/", cmd).await;
-        assert_eq!(status, 400);
-        let text = body["error"].as_str().expect("error");
-        assert!(text.contains(&format!("\"{name}\"")), "{text}");
-        assert!(text.contains("not allowed"), "{text}");
-    }
-
-    // One refused command refuses the whole pipeline: the allowed one did not run either.
-    let incr = json!(["EVAL", "return redis.call('INCR', KEYS[1])", "1", "untouched"]);
-    let (status, body) = http.post("/pipeline", json!([incr, ["SET", "untouched", "x"]])).await;
-    assert_eq!(status, 400);
-    let text = body["error"].as_str().expect("error");
-    assert!(text.contains("pipeline command 1") && text.contains("\"SET\""), "{text}");
-    assert_eq!(
-        http.post("/", json!(["EVAL", "return redis.call('EXISTS', KEYS[1])", "1", "untouched"])).await,
-        (200, json!({"result": 0}))
-    );
-
-    // Size and shape limits.
-    let big = format!("[\"EVAL\", \"return 1\", \"0\", \"{}\"]", "x".repeat(2000));
-    let (status, body) = http.post_raw("/", big.clone(), &[]).await;
+    let big = json!((1..=10).map(call).collect::<Vec<_>>()).to_string();
+    assert!(big.len() > 1024);
+    let (status, body) = http.post_raw("/pipeline", big, &[]).await;
     assert_eq!(status, 413, "{body}");
     assert!(body["error"].as_str().is_some_and(|e| e.contains("1024 bytes")));
-    assert_eq!(http.post_raw("/pipeline", big, &[]).await.0, 413);
-    let (status, body) = http.post("/pipeline", json!([["PING"], ["PING"], ["PING"], ["PING"]])).await;
+    let (status, body) = http.post("/pipeline", json!([call(1), call(2), call(3), call(4)])).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().is_some_and(|e| e.contains("at most 3")), "{body}");
-    assert_eq!(http.post("/pipeline", json!([])).await.0, 400);
-    assert_eq!(http.post_raw("/", "{not json", &[]).await.0, 400);
-    assert_eq!(http.post("/", json!({"cmd": "PING"})).await.0, 400);
-    assert_eq!(http.post("/", json!([])).await.0, 400);
-    assert_eq!(http.post("/", json!(["PING", true])).await.0, 400);
-    assert_eq!(http.post("/pipeline", json!(["PING"])).await.0, 400);
+    assert_eq!(dbsize(redis.port), "0");
 
-    // Unknown path and wrong method.
-    assert_eq!(http.post("/nowhere", json!(["PING"])).await.0, 404);
+    assert_eq!(http.post("/nowhere", call(1)).await.0, 404);
     assert_eq!(http.get("/").await.0, 405);
 }
 
@@ -207,12 +325,12 @@ async fn refused_requests() {
 async fn redis_down_answers_in_time_and_recovers() {
     let mut redis = RedisServer::start();
     let (_gw, http) = gateway_for(&redis, &["--timeout-ms", "300"]).await;
-    assert_eq!(http.post("/", json!(["PING"])).await.0, 200);
+    assert_eq!(http.post("/", call(1)).await.0, 200);
     assert_eq!(http.get("/healthz").await.0, 200);
 
     redis.stop();
     let bound = Duration::from_millis(300 + 1500);
-    for (path, body) in [("/", json!(["PING"])), ("/pipeline", json!([["PING"]]))] {
+    for (path, body) in [("/", call(1)), ("/pipeline", json!([call(1)]))] {
         let started = Instant::now();
         let (status, body) = http.post(path, body).await;
         assert!(started.elapsed() < bound, "{path} took {:?}", started.elapsed());
@@ -223,10 +341,10 @@ async fn redis_down_answers_in_time_and_recovers() {
     let (status, body) = http.get("/healthz").await;
     assert!(started.elapsed() < bound);
     assert_eq!(status, 503, "{body}");
-    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let body: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(body["status"], "unavailable");
 
-    // Same port again: the connection manager reconnects on its own.
+    // Same port again: the connection manager reconnects on its own, and the script comes back.
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -236,7 +354,9 @@ async fn redis_down_answers_in_time_and_recovers() {
         assert!(Instant::now() < deadline, "gateway did not reconnect");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(http.post("/", json!(["PING"])).await.0, 200);
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (true, LIMIT - 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +368,7 @@ async fn redis_never_up_and_redis_that_never_answers() {
     let http = Http::new(&gw.base, None);
     let (status, _) = http.get("/healthz").await;
     assert_eq!(status, 503);
-    let (status, body) = http.post("/", json!(["PING"])).await;
+    let (status, body) = http.post("/", call(1)).await;
     assert!(status == 502 || status == 504, "{status} {body}");
 
     // Something accepts connections and never answers: only the timeout can end the wait.
@@ -264,7 +384,7 @@ async fn redis_never_up_and_redis_that_never_answers() {
     let gw = TestGateway::start(&["--redis-url", &url, "--timeout-ms", "300"]).await;
     let http = Http::new(&gw.base, None);
     let bound = Duration::from_millis(300 + 1500);
-    for (path, body) in [("/", json!(["PING"])), ("/pipeline", json!([["PING"], ["PING"]]))] {
+    for (path, body) in [("/", call(1)), ("/pipeline", json!([call(1), call(2)]))] {
         let started = Instant::now();
         let (status, body) = http.post(path, body).await;
         let took = started.elapsed();
@@ -275,7 +395,7 @@ async fn redis_never_up_and_redis_that_never_answers() {
     assert_eq!(http.get("/healthz").await.0, 503);
     assert!(started.elapsed() < bound);
 
-    let (_, metrics) = http.get("/metrics").await;
+    let metrics = http.wait_metric(r#"sluice_gateway_script_loads_total{trigger="start",outcome="failed"}"#, 1.0).await;
     let timeouts = metric(&metrics, r#"sluice_gateway_redis_errors_total{kind="timeout"}"#);
     let transport = metric(&metrics, r#"sluice_gateway_redis_errors_total{kind="transport"}"#);
     assert!(timeouts.unwrap_or(0.0) + transport.unwrap_or(0.0) >= 2.0, "{metrics}");
@@ -286,11 +406,13 @@ async fn redis_never_up_and_redis_that_never_answers() {
 async fn metrics_count_requests_commands_and_errors() {
     let redis = RedisServer::start();
     let (gw, http) = gateway_for(&redis, &[]).await;
-    http.post("/", json!(["PING"])).await;
-    http.post("/", json!(["EVALSHA", "0".repeat(40), "0"])).await;
-    http.post("/pipeline", json!([["EVAL", "return 1", "0"], ["EVAL", "return 2", "0"], ["SCRIPT", "EXISTS", "x"]])).await;
+    http.wait_metric(START_LOADED, 1.0).await;
+    redis_cli(redis.port, &["LPUSH", &key(9), "x"]);
+    http.post("/", call(1)).await;
+    http.post("/", call(9)).await;
+    http.post("/pipeline", json!([eval_call(1), call(2), dry_call(3)])).await;
     http.post("/", json!(["GET", "x"])).await;
-    Http::new(&gw.base, None).post("/", json!(["PING"])).await;
+    Http::new(&gw.base, None).post("/", call(1)).await;
 
     let (status, text) = http.get("/metrics").await;
     assert_eq!(status, 200);
@@ -299,14 +421,19 @@ async fn metrics_count_requests_commands_and_errors() {
     assert_eq!(m(r#"sluice_gateway_requests_total{endpoint="/",status="400"}"#), Some(2.0));
     assert_eq!(m(r#"sluice_gateway_requests_total{endpoint="/",status="401"}"#), Some(1.0));
     assert_eq!(m(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="200"}"#), Some(1.0));
-    assert_eq!(m(r#"sluice_gateway_commands_total{command="PING"}"#), Some(1.0));
-    assert_eq!(m(r#"sluice_gateway_commands_total{command="EVAL"}"#), Some(2.0));
-    assert_eq!(m(r#"sluice_gateway_commands_total{command="EVALSHA"}"#), Some(1.0));
-    assert_eq!(m(r#"sluice_gateway_commands_total{command="SCRIPT EXISTS"}"#), Some(1.0));
+    assert_eq!(m(r#"sluice_gateway_commands_total{command="EVALSHA"}"#), Some(4.0));
+    assert_eq!(m(r#"sluice_gateway_commands_total{command="EVAL"}"#), Some(1.0));
+    assert_eq!(m(r#"sluice_gateway_refused_total{reason="command"}"#), Some(1.0));
     assert_eq!(m(r#"sluice_gateway_redis_errors_total{kind="reply"}"#), Some(1.0));
+    assert_eq!(m(START_LOADED), Some(1.0));
+    assert_eq!(m(NOSCRIPT_LOADED), Some(0.0));
     assert_eq!(m(r#"sluice_gateway_request_duration_seconds_count{endpoint="/"}"#), Some(4.0));
     assert_eq!(m(r#"sluice_gateway_request_duration_seconds_bucket{endpoint="/",le="+Inf"}"#), Some(4.0));
     assert!(text.contains("# TYPE sluice_gateway_request_duration_seconds histogram"));
+    assert!(text.contains("# TYPE sluice_gateway_refused_total counter"));
+    assert!(text.contains("# TYPE sluice_gateway_script_loads_total counter"));
+    let (_, health) = http.get("/healthz").await;
+    assert!(health.contains(&format!("\"script\":\"{}\"", sha())), "{health}");
 }
 
 /// A request in flight when shutdown begins is answered; new connections are refused after.
@@ -317,8 +444,8 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     let addr = gw.base.trim_start_matches("http://").to_string();
 
     // Send the headers and half the body, so the handler is running and waiting for the rest.
-    let body = br#"["EVAL", "return 'finished'", "0"]"#;
-    let (head, tail) = body.split_at(10);
+    let body = call(1).to_string();
+    let (head, tail) = body.as_bytes().split_at(10);
     let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
     let request =
         format!("POST / HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n", body.len());
@@ -362,6 +489,7 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         .expect("read response");
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.ends_with(r#"{"result":"finished"}"#), "{response}");
+    let answer: Value = serde_json::from_str(response.rsplit("\r\n\r\n").next().unwrap_or_default()).expect("a JSON answer");
+    assert_eq!(verdict(&answer["result"]), (true, LIMIT - 1));
     gw.finished().await.expect("clean shutdown");
 }

@@ -1,10 +1,12 @@
 //! Test support: real `redis-server` processes on loopback ports (one standalone server, or a
-//! 6-node Redis Cluster of 3 primaries and 3 replicas), killed when dropped; and a gateway
-//! started in-process. Other crates may reuse the Redis part with
-//! `#[path = "../../gateway/tests/support/mod.rs"] mod support;`; it needs only std, and the
-//! `redis-server`/`redis-cli` binaries (override with REDIS_SERVER / REDIS_CLI).
+//! 6-node Redis Cluster of 3 primaries and 3 replicas), killed when dropped; a gateway
+//! started in-process; and calls of sluice's script as the filter makes them ([`calls`]).
+//! The Redis part needs only std, and the `redis-server`/`redis-cli` binaries (override with
+//! REDIS_SERVER / REDIS_CLI).
 // Test support may fail loudly: a broken fixture must stop the test.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod calls;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -91,6 +93,29 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(POLL);
+    }
+}
+
+/// A child process, killed and reaped on drop: a test that fails half-way leaves none behind.
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -246,6 +271,29 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The primary serving `slot` now (its own line of CLUSTER NODES lists its slot ranges).
+    pub fn primary_for(&self, slot: u16) -> u16 {
+        let serves = |port: u16| {
+            let nodes = redis_cli(port, &["CLUSTER", "NODES"]);
+            let me = nodes.lines().find(|l| l.contains("myself")).expect("a CLUSTER NODES line for the node itself");
+            me.split_whitespace().skip(8).any(|range| match range.split_once('-') {
+                Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
+                None => range.parse::<u16>().is_ok_and(|s| s == slot),
+            })
+        };
+        self.primaries().into_iter().find(|&p| serves(p)).unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+    }
+
+    /// The replica of primary `port` now.
+    pub fn replica_of(&self, port: u16) -> u16 {
+        let of_port = |r: u16| {
+            let role = redis_cli(r, &["ROLE"]);
+            let lines: Vec<&str> = role.lines().collect();
+            lines.first() == Some(&"slave") && lines.get(2) == Some(&port.to_string().as_str())
+        };
+        self.nodes.iter().filter(|n| n.is_running()).map(|n| n.port).find(|&r| of_port(r)).expect("a replica")
+    }
+
     pub fn stop_all(&mut self) {
         for node in &mut self.nodes {
             node.stop();
@@ -355,6 +403,19 @@ impl Http {
         let resp = self.client.get(format!("{}{path}", self.base)).send().await.expect("send request");
         let status = resp.status().as_u16();
         (status, resp.text().await.expect("read body"))
+    }
+
+    /// Waits (bounded) until `/metrics` shows `series` at `value`; returns that scrape.
+    pub async fn wait_metric(&self, series: &str, value: f64) -> String {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            let (_, text) = self.get("/metrics").await;
+            if metric(&text, series) == Some(value) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{series} never reached {value}:\n{text}");
+            tokio::time::sleep(POLL).await;
+        }
     }
 }
 
