@@ -1,15 +1,19 @@
--- wrk script: POST /pipeline with one EVALSHA per request.
+-- wrk script: POST /pipeline with one call of sluice's decision script per request, as the
+-- filter sends it (one rule, one limit, fixed_window, cost 1; the rule's limit is far out of
+-- reach, so every request is admitted and written).
 -- usage: wrk -t2 -c32 -d10s -s gateway/bench/pipeline-evalsha.lua http://127.0.0.1:7379/pipeline -- SHA [TOKEN]
--- SHA is the sha1 of a script loaded beforehand (SCRIPT LOAD); every response is checked
--- for a result, and errors are counted and printed at the end.
+-- SHA is the gateway's script SHA: "script" in GET /healthz. The gateway accepts nothing else
+-- (any other script's SHA is refused with 400) and loads the script itself.
+-- Every response is checked for a result; errors are counted and printed at the end.
 local errors = 0
 
 function init(args)
-  local sha = args[1] or error("pass the script's sha after --")
+  local sha = args[1] or error("pass the gateway's script SHA (GET /healthz) after --")
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   if args[2] then wrk.headers["Authorization"] = "Bearer " .. args[2] end
-  wrk.body = '[["EVALSHA","' .. sha .. '","1","bench:{k}:c"]]'
+  wrk.body = '[["EVALSHA","' .. sha .. '","1","bench:{api:0000000000000001}:0.00000000",'
+    .. '"fixed_window","1000000000000","60000","1","0","0"]]'
 end
 
 function response(status, headers, body)

@@ -16,9 +16,10 @@
 //! sets them so), which is the case where the gateway holds the most. The slow connections
 //! live on a thread of their own, so that writing their bytes does not delay the timing.
 //!
-//! A normal request is what the filter sends: `POST /pipeline` with one EVALSHA, timed from
-//! its first byte written to its answer's last byte read, one at a time, over one keep-alive
-//! connection (as Envoy pools them) and over a new connection each (which also times accept).
+//! A normal request is what the filter sends: `POST /pipeline` with one EVALSHA of sluice's
+//! script, built by the filter's own code, timed from its first byte written to its answer's
+//! last byte read, one at a time, over one keep-alive connection (as Envoy pools them) and over
+//! a new connection each (which also times accept).
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,8 +60,7 @@ type Error = Box<dyn std::error::Error>;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let sha = load_script(&args).await?;
-    let body = format!(r#"[["EVALSHA","{sha}","1","bench:slow:counter"]]"#);
+    let body = decision();
     let request = format!(
         "POST /pipeline HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -270,22 +270,16 @@ async fn wait_open(addr: &str, slow: usize) -> Result<(), Error> {
     }
 }
 
-async fn load_script(args: &Args) -> Result<String, Error> {
-    let body = r#"["SCRIPT","LOAD","return redis.call('INCR', KEYS[1])"]"#;
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        args.token,
-        body.len()
-    );
-    let mut conn = TcpStream::connect(&args.addr).await?;
-    conn.write_all(request.as_bytes()).await?;
-    let (status, answer) = read_response(&mut conn).await?;
-    let json: serde_json::Value = serde_json::from_slice(&answer)?;
-    match (status, json["result"].as_str()) {
-        (200, Some(sha)) => Ok(sha.to_string()),
-        _ => Err(format!("SCRIPT LOAD answered {status}: {json}").into()),
-    }
+/// One decision as the filter asks for it: one rule, one limit far out of reach, so every
+/// request is admitted and written.
+fn decision() -> String {
+    use sluice::rate::Rate;
+    use sluice::redis::script::{command, sha, Form, RuleCall};
+    let rates = [Rate { limit: 1_000_000_000_000, period_ms: 60_000 }];
+    let strategy = sluice::strategy::Strategy::FixedWindow;
+    let call =
+        RuleCall { namespace: "bench", rule: "slow", identity: 1, fingerprint: 0, strategy: &strategy, rates: &rates, cost: 1 };
+    serde_json::json!([command(&call, Form::Sha(&sha()), false)]).to_string()
 }
 
 async fn get(addr: &str, path: &str) -> Result<String, Error> {
