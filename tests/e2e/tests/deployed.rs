@@ -173,8 +173,8 @@ fn the_shipped_redis_topology_limits_across_proxies() {
     // is spread over every proxy, so exactly 10 admitted means one shared count.
     let payments = config["rules"].as_array().and_then(|r| r.iter().find(|r| r["name"] == "payments")).expect("payments rule");
     assert_eq!((payments["limit"].as_str(), payments["backend"].as_str()), (Some("10/min"), Some("redis")));
-    // Warm up: each proxy's first Redis calls load the script (NOSCRIPT, then SCRIPT LOAD) and
-    // open connections to the gateway; a cold call can outlast redis.timeout_ms (25 ms), and
+    // Warm up: each proxy's first Redis calls open connections to the gateway, and the
+    // gateway's to each Redis node; a cold call can outlast redis.timeout_ms (25 ms), and
     // payments fails closed (on_error: deny). The count below is about warm proxies.
     for target in &t.targets {
         let warm = unique("warm");
