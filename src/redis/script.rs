@@ -10,8 +10,9 @@
 
 use super::keys::key;
 use super::wire::Reply;
-use crate::rate::Rate;
-use crate::strategy::{Decision, Strategy};
+use crate::config::{MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
+use crate::rate::{Rate, MAX_LIMIT, MAX_PERIOD_MS};
+use crate::strategy::{Decision, Param, Strategy, CATALOGUE};
 
 /// The definitions the decision needs: the shared helpers and every strategy. A new strategy's
 /// Lua file joins this list.
@@ -146,11 +147,20 @@ const MAX_KEYS: usize = 8;
 
 /// A plain decimal integer that a Lua number holds exactly.
 fn number(w: &[u8]) -> Option<u64> {
-    if w.is_empty() || w.len() > 16 || !w.iter().all(u8::is_ascii_digit) {
+    // Decimal as `to_string` writes it: no sign, no leading zero, at most 13 digits (1e12).
+    if w.is_empty() || w.len() > 13 || (w.len() > 1 && w[0] == b'0') || !w.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let v = std::str::from_utf8(w).ok()?.parse::<u64>().ok()?;
-    (v <= 1 << 53).then_some(v)
+    std::str::from_utf8(w).ok()?.parse::<u64>().ok()
+}
+
+/// The largest value the config compiler lets reach a strategy parameter.
+fn param_max(p: Param) -> u64 {
+    match p {
+        Param::Burst | Param::MaxDebt => MAX_LIMIT,
+        Param::MaxDelayMs => MAX_DELAY_MS,
+        Param::MaxEntries => MAX_LOG_ENTRIES,
+    }
 }
 
 /// Keys as [`super::keys::key`] forms them: one rule and identity (one hash tag), the limits in
@@ -194,16 +204,25 @@ fn check_args(args: &[&[u8]], n: usize) -> Result<(), Refusal> {
     }
     for (k, group) in args.chunks(ARGS_PER_RULE).take(n).enumerate() {
         let [strategy, limit, period, cost, p1, p2] = group else { return bad(format!("limit {k}: too few")) };
-        if !crate::strategy::NAMES.iter().any(|s| s.as_bytes() == *strategy) {
+        let Some(entry) = CATALOGUE.iter().find(|e| e.name.as_bytes() == *strategy) else {
             return bad(format!("limit {k}: unknown strategy"));
+        };
+        // The bounds the config compiler enforces: a call outside them is not one the filter
+        // makes, and could write state that lives for centuries or grows without end.
+        let within = |w: &[u8], lo: u64, hi: u64| number(w).is_some_and(|v| (lo..=hi).contains(&v));
+        if !(within(limit, 1, MAX_LIMIT) && within(period, 1, MAX_PERIOD_MS) && within(cost, 1, MAX_COST)) {
+            return bad(format!(
+                "limit {k}: limit must be 1..={MAX_LIMIT}, period 1..={MAX_PERIOD_MS} ms and cost 1..={MAX_COST}"
+            ));
         }
-        let values = [limit, period, cost, p1, p2].map(|w| number(w));
-        match values {
-            [Some(l), Some(p), Some(c), Some(_), Some(_)] if l >= 1 && p >= 1 && c >= 1 => {}
-            _ => {
-                return bad(format!(
-                    "limit {k}: limit, period and cost must be integers from 1, p1 and p2 from 0, each at most 2^53"
-                ))
+        for (i, (w, param)) in [p1, p2].into_iter().zip(entry.lua).enumerate() {
+            let ok = match param {
+                None => *w == b"0",
+                Some(p) => within(w, 0, param_max(p)),
+            };
+            if !ok {
+                let expected = param.map_or("0".to_string(), |p| format!("{} in 0..={}", p.key(), param_max(p)));
+                return bad(format!("limit {k}: p{} of {} must be {expected}", i + 1, entry.name));
             }
         }
     }
@@ -391,6 +410,23 @@ mod tests {
             assert_eq!(inv.keys.len(), 2);
             assert_eq!(inv.args.len(), 12 + usize::from(dry));
         }
+        // Every strategy, at the largest values the config compiler lets through.
+        let at_max = [
+            Strategy::FixedWindow,
+            Strategy::SlidingWindowCounter,
+            Strategy::SlidingWindowLog { max_entries: MAX_LOG_ENTRIES as u32 },
+            Strategy::TokenBucket { burst: Some(MAX_LIMIT) },
+            Strategy::TokenBucketDebt { burst: Some(MAX_LIMIT), max_debt: MAX_LIMIT },
+            Strategy::LeakyBucket { burst: None },
+            Strategy::LeakyBucketQueue { burst: Some(MAX_LIMIT), max_delay_ms: MAX_DELAY_MS },
+            Strategy::Gcra { burst: Some(1) },
+        ];
+        assert_eq!(at_max.len(), CATALOGUE.len());
+        let rate = [Rate { limit: MAX_LIMIT, period_ms: MAX_PERIOD_MS }];
+        for s in &at_max {
+            let call = RuleCall { cost: MAX_COST, ..call(s, &rate) };
+            check(&words(&command(&call, Form::Sha(&sha), false)), &sha).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+        }
     }
 
     #[test]
@@ -422,6 +458,13 @@ mod tests {
             (with(7, "0"), "arguments"),
             (with(5, "-5"), "arguments"),
             (with(6, "99999999999999999999"), "arguments"),
+            (with(5, "05"), "arguments"),
+            (with(5, "1000000000001"), "arguments"),
+            (with(6, &(366 * 86_400_000u64 + 1).to_string()), "arguments"),
+            (with(7, "1000001"), "arguments"),
+            // fixed_window takes no parameters: p1 and p2 are 0.
+            (with(8, "1"), "arguments"),
+            (with(9, "7"), "arguments"),
             (plus("1700000000000000"), "arguments"),
             (plus("dry").into_iter().chain(["dry".to_string()]).collect(), "arguments"),
         ];
