@@ -23,6 +23,7 @@ pub mod redis;
 pub mod response;
 pub mod store;
 pub mod strategy;
+pub mod websocket;
 
 #[cfg(target_arch = "wasm32")]
 pub mod host;
