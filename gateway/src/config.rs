@@ -31,7 +31,12 @@ Status codes: 200 done (pipelines: per-call errors inside), 400 refused request 
 call on POST /, 401 missing or wrong token, 404/405 wrong path or method, 408 body not in
 within --body-read-timeout-ms, 413 body too large, 431 headers over --max-header-bytes,
 502 Redis unreachable, 504 no answer within --timeout-ms. Errors made by the gateway start
-with 'ERR sluice-gateway:'. HTTP/1.1 only.
+with 'ERR sluice-gateway:'.
+
+Protocols: HTTP/1.1 and h2c (HTTP/2 with prior knowledge, no TLS, as Envoy speaks to a cluster
+with http2_protocol_options) on the same port, told apart by the first bytes. On h2c every
+stream is one request under the same limits, at most --max-concurrent-streams at once per
+connection; a header block over --max-header-bytes is answered 431 on its stream.
 
 Slow or greedy clients: headers not in within --header-read-timeout-ms, or a connection idle
 for --idle-timeout-ms, are closed without an answer; connections past --max-connections are
@@ -128,6 +133,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024))]
     pub max_header_bytes: u64,
 
+    /// Most requests in progress at once on one h2c (HTTP/2) connection: the
+    /// SETTINGS_MAX_CONCURRENT_STREAMS the gateway announces; streams past it are refused with
+    /// REFUSED_STREAM (a client such as Envoy then opens another connection, under
+    /// --max-connections). Each stream may hold a body of up to --max-body-bytes.
+    #[arg(long, env = "SLUICE_GATEWAY_MAX_CONCURRENT_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_concurrent_streams: u32,
+
     /// How long one Redis probe answers GET /healthz, in milliseconds: a flood of probes costs
     /// Redis at most one PING per period, and never more than one at a time. A request that
     /// finds Redis unreachable or too slow ends the period early. 0 probes on every call
@@ -214,6 +227,7 @@ mod tests {
         assert_eq!(c.idle_timeout_ms, 90_000);
         assert_eq!(c.max_header_bytes, 16 * 1024);
         assert_eq!(c.health_cache_ms, 1_000);
+        assert_eq!(c.max_concurrent_streams, 100);
     }
 
     #[test]
@@ -250,5 +264,6 @@ mod tests {
         assert!(Config::try_parse_from(["sluice-gateway", "--max-connections", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--header-read-timeout-ms", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--max-header-bytes", "100"]).is_err());
+        assert!(Config::try_parse_from(["sluice-gateway", "--max-concurrent-streams", "0"]).is_err());
     }
 }

@@ -1,31 +1,45 @@
-//! Client connections: the accept loop and its cap, the deadlines each connection lives under
-//! (headers, idle keep-alive, an answer the client does not take), the drain on shutdown, and
-//! the open-file limit the cap needs.
+//! Client connections: the accept loop and its cap, which protocol a connection speaks
+//! (HTTP/1.1 or h2c), the deadlines each connection lives under (headers, idle keep-alive, an
+//! answer the client does not take), the drain on shutdown, and the open-file limit the cap
+//! needs.
 //!
 //! `axum::serve` has none of these bounds, so connections are served here with hyper directly.
 //! The body deadline is not here: it belongs to the handlers, which read the body.
+//!
+//! **Protocol.** Both HTTP/1.1 and HTTP/2 with prior knowledge (h2c, what Envoy speaks to a
+//! cluster with `http2_protocol_options`) are served on the one port. The first bytes decide:
+//! the HTTP/2 connection preface (`PRI * HTTP/2.0…`, 24 bytes) means h2c, anything else that
+//! differs from it is HTTP/1.1 (a request line differs at its first or second byte). They are
+//! read under the head deadline and handed back to hyper. On h2c, each stream is one request
+//! and the same bounds hold per stream (body size and deadline, in the handlers); the
+//! connection adds `--max-concurrent-streams` (more are refused with `REFUSED_STREAM`) and a
+//! header list limit of `--max-header-bytes` (a larger block is answered 431 on its stream).
 //!
 //! A connection is always in one of three phases, and the phase decides its deadline:
 //!
 //! | phase | from | deadline |
 //! |---|---|---|
-//! | head | the connection's opening, or the first byte of a later request | `--header-read-timeout-ms` |
-//! | busy | headers parsed, until the handler returns | none: the handler bounds itself (body and Redis timeouts) |
-//! | idle | the handler returned; restarted by every byte of the answer written | `--idle-timeout-ms` |
+//! | head | the connection's opening, or the first byte of a later request (HTTP/1.1) | `--header-read-timeout-ms` |
+//! | busy | headers parsed, until the handler returns (h2c: while any stream's handler runs) | none: the handler bounds itself (body and Redis timeouts) |
+//! | idle | the last handler returned; restarted by every byte of the answer written | `--idle-timeout-ms` |
 //!
-//! The socket wrapper only records bytes moving (a request's first byte starts its head phase;
-//! an answer's bytes restart the idle clock). The deadline itself is kept by the connection's
-//! task, which races the hyper connection against a timer: hyper polls the socket on no
-//! schedule a timer could rely on (after an answer it may wait for the socket to wake it
-//! without reading, so a timer armed in a read would never be).
+//! The socket wrapper only records bytes moving (on HTTP/1.1 a request's first byte starts its
+//! head phase; an answer's bytes restart the idle clock). On h2c a byte read says nothing (it
+//! may be a `WINDOW_UPDATE` or a `PING`), so after the first request an h2c connection
+//! without a request in progress lives until the idle deadline, whatever else it sends. The
+//! deadline itself is kept by the connection's task, which races the hyper connection against
+//! a timer: hyper polls the socket on no schedule a timer could rely on (after an answer it may
+//! wait for the socket to wake it without reading, so a timer armed in a read would never be).
 //!
 //! hyper's own `header_read_timeout` is not used: it also runs while a keep-alive connection
 //! waits for its next request, so it would close a client's idle pooled connections as soon as
-//! the (short) header deadline passed.
+//! the (short) header deadline passed. HTTP/2 keep-alive `PING`s are not sent either: an idle
+//! pooled connection is the client's to keep until the idle deadline, and a `PING`'s bytes
+//! would restart that deadline for ever.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,15 +47,15 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-use crate::metrics::{ClientTimeout, Metrics};
+use crate::metrics::{ClientTimeout, Metrics, Protocol};
 
 /// The bounds connections are served under.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +64,8 @@ pub struct Limits {
     pub header_read: Duration,
     pub idle: Duration,
     pub max_header_bytes: usize,
+    /// Requests in progress at once on one h2c connection.
+    pub max_streams: u32,
 }
 
 /// What the connections are told to do, through one watch channel.
@@ -75,19 +91,39 @@ connection: close\r\n\
 /// Cluster node and then some), the listener, stdio, the runtime's own.
 const RESERVED_FDS: u64 = 128;
 
+/// What a client sends first on an h2c connection (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Everything a connection task needs, built once.
 pub struct Server {
     router: Router,
-    http: http1::Builder,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     limits: Limits,
     gateway: Arc<crate::Gateway>,
 }
 
+/// How a connection ended.
+enum Ended {
+    /// hyper finished it: the client closed, or it failed.
+    Served(Result<(), hyper::Error>),
+    /// A deadline passed (recorded in the clock).
+    Deadline,
+    /// The shutdown grace is over, or the server is gone.
+    Aborted,
+}
+
 impl Server {
     pub fn new(gateway: Arc<crate::Gateway>, router: Router, limits: Limits) -> Self {
-        let mut http = http1::Builder::new();
-        http.header_read_timeout(None).max_header_size(limits.max_header_bytes).keep_alive(true);
-        Server { router, http, limits, gateway }
+        let mut http1 = http1::Builder::new();
+        http1.header_read_timeout(None).max_header_size(limits.max_header_bytes).keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .max_concurrent_streams(limits.max_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            // See the module's notes: no PINGs of ours.
+            .keep_alive_interval(None);
+        Server { router, http1, http2, limits, gateway }
     }
 
     fn metrics(&self) -> &Metrics {
@@ -135,10 +171,25 @@ impl Server {
         }
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream, _slot: OwnedSemaphorePermit, mut stop: watch::Receiver<Stop>) {
+    async fn serve(self: Arc<Self>, mut stream: TcpStream, _slot: OwnedSemaphorePermit, mut stop: watch::Receiver<Stop>) {
         let _open = self.metrics().connection_opened();
         let clock = Arc::new(Clock::new());
-        let io = TokioIo::new(Guarded { stream, clock: clock.clone() });
+        // The first bytes say which protocol; they must come within the head deadline.
+        let first = tokio::select! {
+            first = First::read(&mut stream) => first,
+            () = until(clock.deadline(&self.limits).map(|(at, _)| at)) => {
+                clock.miss(ClientTimeout::Header);
+                self.classify(&Ended::Deadline, &clock);
+                return;
+            }
+            // Nothing was asked yet: nothing to finish before closing.
+            _ = stop.changed() => return,
+        };
+        // Closed (or failed) before a byte of a request: nothing to answer or count.
+        let Ok(Some(first)) = first else { return };
+        let protocol = first.protocol();
+        self.metrics().connection_protocol(protocol);
+        let io = TokioIo::new(Guarded { stream, clock: clock.clone(), first, protocol });
         let router = self.router.clone();
         let service_clock = clock.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -149,23 +200,61 @@ impl Server {
                 router.oneshot(request.map(Body::new)).await
             }
         });
-        let conn = self.http.serve_connection(io, service);
-        tokio::pin!(conn);
-        let result = loop {
+        match protocol {
+            Protocol::Http1 => {
+                let conn = self.http1.serve_connection(io, service);
+                tokio::pin!(conn);
+                self.drive(conn, |c| c.graceful_shutdown(), &clock, &mut stop).await;
+            }
+            Protocol::H2c => {
+                let conn = self.http2.serve_connection(io, service);
+                tokio::pin!(conn);
+                self.drive(conn, |c| c.graceful_shutdown(), &clock, &mut stop).await;
+            }
+        }
+    }
+
+    /// Runs a hyper connection until it ends, a deadline passes or the server stops it, and
+    /// counts how it ended while the socket is still open (a client that saw it close finds
+    /// it counted).
+    async fn drive<C>(
+        &self,
+        conn: Pin<&mut C>,
+        graceful_shutdown: fn(Pin<&mut C>),
+        clock: &Clock,
+        stop: &mut watch::Receiver<Stop>,
+    ) where
+        C: std::future::Future<Output = Result<(), hyper::Error>>,
+    {
+        let ended = self.run(conn, graceful_shutdown, clock, stop).await;
+        self.classify(&ended, clock);
+    }
+
+    async fn run<C>(
+        &self,
+        mut conn: Pin<&mut C>,
+        graceful_shutdown: fn(Pin<&mut C>),
+        clock: &Clock,
+        stop: &mut watch::Receiver<Stop>,
+    ) -> Ended
+    where
+        C: std::future::Future<Output = Result<(), hyper::Error>>,
+    {
+        loop {
             // Registered before the deadline is read, so that no phase change is missed.
             let changed = clock.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let deadline = clock.deadline(&self.limits);
             tokio::select! {
-                result = conn.as_mut() => break Some(result),
+                result = conn.as_mut() => return Ended::Served(result),
                 () = until(deadline.map(|(at, _)| at)) => {
                     // The deadline may have moved while the timer ran (bytes of an answer
                     // taken); only one still passed closes the connection.
                     if let Some((at, phase)) = clock.deadline(&self.limits) {
                         if Instant::now() >= at {
                             clock.miss(phase);
-                            break None;
+                            return Ended::Deadline;
                         }
                     }
                 }
@@ -174,22 +263,21 @@ impl Server {
                     let order = *stop.borrow_and_update();
                     match (changed, order) {
                         (Ok(()), Stop::Serve) => {}
-                        (Ok(()), Stop::Drain) => conn.as_mut().graceful_shutdown(),
+                        (Ok(()), Stop::Drain) => graceful_shutdown(conn.as_mut()),
                         // Aborted, or the server is gone: nothing will wait for this any more.
-                        _ => return,
+                        _ => return Ended::Aborted,
                     }
                 }
             }
-        };
-        self.classify(result.as_ref(), &clock);
+        }
     }
 
-    /// Counts how a connection ended; `None` is closed by a deadline.
-    fn classify(&self, result: Option<&Result<(), hyper::Error>>, clock: &Clock) {
+    /// Counts how a connection ended.
+    fn classify(&self, ended: &Ended, clock: &Clock) {
         if let Some(phase) = clock.missed() {
             self.metrics().client_timeout(phase);
             log::debug!("closed a connection: {phase:?} deadline passed");
-        } else if let Some(Err(e)) = result {
+        } else if let Ended::Served(Err(e)) = ended {
             if e.is_parse() || e.is_parse_too_large() {
                 self.metrics().malformed_request();
                 log::debug!("refused a malformed request: {e}");
@@ -213,15 +301,66 @@ fn per_connection(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
 }
 
+/// The bytes read to tell the protocol, handed back to hyper before the socket's.
+struct First {
+    bytes: [u8; H2_PREFACE.len()],
+    /// Read so far, and handed back so far.
+    len: usize,
+    given: usize,
+}
+
+impl First {
+    /// Reads until the bytes differ from the HTTP/2 preface (HTTP/1.1) or are all of it
+    /// (h2c); `None` when the client closes first. Never more than the preface's 24 bytes.
+    async fn read(stream: &mut TcpStream) -> io::Result<Option<First>> {
+        let mut first = First { bytes: [0; H2_PREFACE.len()], len: 0, given: 0 };
+        loop {
+            let n = stream.read(&mut first.bytes[first.len..]).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            first.len += n;
+            if first.bytes[..first.len] != H2_PREFACE[..first.len] || first.len == H2_PREFACE.len() {
+                return Ok(Some(first));
+            }
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        if self.bytes[..self.len] == H2_PREFACE[..] {
+            Protocol::H2c
+        } else {
+            Protocol::Http1
+        }
+    }
+
+    /// Copies what is left of them into `buf`; false when none was left.
+    fn give(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        let left = &self.bytes[self.given..self.len];
+        if left.is_empty() {
+            return false;
+        }
+        let n = left.len().min(buf.remaining());
+        buf.put_slice(&left[..n]);
+        self.given += n;
+        true
+    }
+}
+
 const HEAD: u8 = 0;
-const BUSY: u8 = 1;
-const IDLE: u8 = 2;
+const IDLE: u8 = 1;
 
 /// A connection's phase and when it began; shared by the socket wrapper, the service and the
-/// connection's task, all on one task (atomics only because hyper needs them to be `Send`).
+/// connection's task (and, on h2c, the tasks that run its streams' handlers).
+///
+/// Busy is not a stored phase but `active > 0`, so that streams starting and ending in any
+/// order on h2c cannot leave it wrong: the stored phase (head or idle) only counts while no
+/// handler runs.
 struct Clock {
     opened: Instant,
     phase: AtomicU8,
+    /// Handlers running now: at most one on HTTP/1.1, up to `--max-concurrent-streams` on h2c.
+    active: AtomicU32,
     /// Milliseconds from `opened` to the start of the current phase's deadline.
     since_ms: AtomicU64,
     /// The deadline that closed the connection: 0 none, else 1 + `ClientTimeout as u8`.
@@ -235,6 +374,7 @@ impl Clock {
         Clock {
             opened: Instant::now(),
             phase: AtomicU8::new(HEAD),
+            active: AtomicU32::new(0),
             since_ms: AtomicU64::new(0),
             missed: AtomicU8::new(0),
             changed: Notify::new(),
@@ -262,9 +402,13 @@ impl Clock {
         self.changed.notify_one();
     }
 
-    /// A byte of a request arrived: on an idle connection, a new request has begun.
+    fn idle(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == 0 && self.phase.load(Ordering::Relaxed) == IDLE
+    }
+
+    /// A byte of an HTTP/1.1 request arrived: on an idle connection, a new request has begun.
     fn bytes_read(&self) {
-        if self.phase.load(Ordering::Relaxed) == IDLE {
+        if self.idle() {
             self.enter(HEAD);
         }
     }
@@ -272,51 +416,64 @@ impl Clock {
     /// A byte of an answer left: the client is taking it, so the idle deadline restarts. (Only
     /// ever later: the task's timer finds it moved when it fires, and sleeps on.)
     fn bytes_written(&self) {
-        if self.phase.load(Ordering::Relaxed) == IDLE {
+        if self.idle() {
             self.since_ms.store(self.now_ms(), Ordering::Relaxed);
         }
     }
 
     fn deadline(&self, limits: &Limits) -> Option<(Instant, ClientTimeout)> {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
         let (allowed, phase) = match self.phase.load(Ordering::Relaxed) {
             HEAD => (limits.header_read, ClientTimeout::Header),
-            IDLE => (limits.idle, ClientTimeout::Idle),
-            _ => return None,
+            _ => (limits.idle, ClientTimeout::Idle),
         };
         let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
         Some((self.opened + since + allowed, phase))
     }
 }
 
-/// Marks a connection busy while its handler runs, and idle again when the handler's future
+/// Marks a connection busy while a handler runs, and idle again when the last handler's future
 /// ends, however it ends.
 struct Busy(Arc<Clock>);
 
 impl Busy {
     fn enter(clock: Arc<Clock>) -> Self {
-        clock.enter(BUSY);
+        clock.active.fetch_add(1, Ordering::Relaxed);
+        clock.changed.notify_one();
         Busy(clock)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.enter(IDLE);
+        // A stream that starts between these two steps keeps the connection busy whatever
+        // phase is stored.
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.enter(IDLE);
+        }
     }
 }
 
-/// The client socket, telling the clock when bytes move.
+/// The client socket, telling the clock when bytes move; it first hands back the bytes read to
+/// tell the protocol.
 struct Guarded {
     stream: TcpStream,
     clock: Arc<Clock>,
+    first: First,
+    protocol: Protocol,
 }
 
 impl AsyncRead for Guarded {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.first.give(buf) {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        if this.protocol == Protocol::Http1 && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.clock.bytes_read();
         }
         polled
@@ -421,6 +578,7 @@ mod tests {
             header_read: Duration::from_secs(5),
             idle: Duration::from_secs(90),
             max_header_bytes: 1024,
+            max_streams: 4,
         };
         let clock = Arc::new(Clock::new());
         let (at, phase) = clock.deadline(&limits).unwrap();
@@ -437,6 +595,63 @@ mod tests {
         assert_eq!(clock.deadline(&limits).unwrap().1, ClientTimeout::Idle);
         clock.bytes_read();
         assert_eq!(clock.deadline(&limits).unwrap().1, ClientTimeout::Header);
+    }
+
+    #[test]
+    fn overlapping_streams_keep_a_connection_busy() {
+        let limits = Limits {
+            max_connections: 1,
+            header_read: Duration::from_secs(5),
+            idle: Duration::from_secs(90),
+            max_header_bytes: 1024,
+            max_streams: 4,
+        };
+        let clock = Arc::new(Clock::new());
+        let a = Busy::enter(clock.clone());
+        let b = Busy::enter(clock.clone());
+        drop(a);
+        assert!(clock.deadline(&limits).is_none(), "one stream still runs");
+        let c = Busy::enter(clock.clone());
+        drop(b);
+        assert!(clock.deadline(&limits).is_none());
+        drop(c);
+        assert_eq!(clock.deadline(&limits).unwrap().1, ClientTimeout::Idle);
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_tell_the_protocol_and_are_handed_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (sent, protocol) in [
+            (&b"POST / HTTP/1.1\r\n"[..], Protocol::Http1),
+            (b"PUT", Protocol::Http1),
+            (b"PRI * HTTP/1.1\r\n", Protocol::Http1),
+            (&H2_PREFACE[..], Protocol::H2c),
+        ] {
+            let client = tokio::spawn(async move {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                // Byte by byte: the reader must wait for as many as it needs, no more.
+                for b in sent {
+                    tokio::io::AsyncWriteExt::write_all(&mut c, &[*b]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                c
+            });
+            let (mut server, _) = listener.accept().await.unwrap();
+            let mut first = First::read(&mut server).await.unwrap().unwrap();
+            assert_eq!(first.protocol(), protocol, "{:?}", String::from_utf8_lossy(sent));
+            let mut out = [0u8; 64];
+            let mut buf = ReadBuf::new(&mut out);
+            assert!(first.give(&mut buf));
+            assert!(sent.starts_with(buf.filled()) && !buf.filled().is_empty());
+            assert!(!first.give(&mut buf));
+            drop(client.await.unwrap());
+        }
+        // Closed before a byte: nothing to serve.
+        let client = tokio::spawn(async move { drop(TcpStream::connect(addr).await.unwrap()) });
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.await.unwrap();
+        assert!(First::read(&mut server).await.unwrap().is_none());
     }
 
     #[test]

@@ -94,7 +94,10 @@
 //!   stay open for probes and scrapers. Upstash's `_token` query parameter is not supported.
 //!   Without a token the gateway listens on loopback only: any other `--listen` address makes
 //!   it refuse to start.
-//! * **Transport**: HTTP/1.1 with keep-alive (Envoy's default protocol for a cluster).
+//! * **Transport**: HTTP/1.1 with keep-alive (Envoy's default protocol for a cluster) and h2c
+//!   (HTTP/2 with prior knowledge, no TLS: Envoy with `http2_protocol_options` on the
+//!   cluster) on the same port, told apart by the connection's first bytes. On h2c each
+//!   stream is one request with the same limits; many requests share a connection.
 //!
 //! # Limits
 //!
@@ -109,7 +112,11 @@
 //! without an answer), `--body-read-timeout-ms` (10 s for the whole body; 408 and closed),
 //! `--idle-timeout-ms` (90 s without a request, or without the client taking a byte of its
 //! answer; closed: keep it above the client pool's own idle timeout), `--max-header-bytes`
-//! (16 KiB; 431). A declared body length reserves at most 16 KiB before bytes arrive.
+//! (16 KiB; 431). A declared body length reserves at most 16 KiB before bytes arrive. On h2c:
+//! `--max-concurrent-streams` (100; more are refused with `REFUSED_STREAM`), a header list of
+//! at most `--max-header-bytes` (431 on the stream; far over it, h2 ends the connection), the
+//! body limit and deadline per stream (408 ends the stream, not the connection), the head
+//! deadline until the first request, the idle deadline while no stream is in progress.
 //! `/healthz` costs Redis at most one PING per `--health-cache-ms` (module [`health`]).
 //!
 //! # Load

@@ -117,6 +117,25 @@ impl ClientTimeout {
     }
 }
 
+/// What a client connection speaks, as it appears in the `protocol` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge, without TLS.
+    H2c,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Http1, Protocol::H2c];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+        }
+    }
+}
+
 /// Upper bounds in seconds: from a loopback round trip to the longest timeout worth setting.
 const BUCKETS: [f64; 14] = [0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
@@ -151,6 +170,7 @@ pub struct Metrics {
     connections_max: AtomicU64,
     connections_accepted: AtomicU64,
     connections_refused: AtomicU64,
+    connections_by_protocol: [AtomicU64; Protocol::ALL.len()],
     client_timeouts: [AtomicU64; ClientTimeout::ALL.len()],
     malformed: AtomicU64,
     health_probes: AtomicU64,
@@ -201,6 +221,11 @@ impl Metrics {
         self.connections_accepted.fetch_add(1, Ordering::Relaxed);
         self.connections_open.fetch_add(1, Ordering::Relaxed);
         OpenConnection(self)
+    }
+
+    /// A connection's first bytes said which protocol it speaks.
+    pub fn connection_protocol(&self, protocol: Protocol) {
+        self.connections_by_protocol[protocol as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_refused(&self) {
@@ -332,6 +357,17 @@ impl Metrics {
             writeln!(out, "{name} {}", value.load(Ordering::Relaxed))?;
         }
 
+        writeln!(out, "# HELP sluice_gateway_connections_protocol_total Client connections by the protocol their first bytes spoke (http1, or h2c: HTTP/2 with prior knowledge).")?;
+        writeln!(out, "# TYPE sluice_gateway_connections_protocol_total counter")?;
+        for protocol in Protocol::ALL {
+            writeln!(
+                out,
+                "sluice_gateway_connections_protocol_total{{protocol=\"{}\"}} {}",
+                protocol.label(),
+                self.connections_by_protocol[protocol as usize].load(Ordering::Relaxed)
+            )?;
+        }
+
         writeln!(out, "# HELP sluice_gateway_client_timeouts_total Connections closed because a client was too slow, by what it was slow at.")?;
         writeln!(out, "# TYPE sluice_gateway_client_timeouts_total counter")?;
         for phase in ClientTimeout::ALL {
@@ -428,6 +464,7 @@ mod tests {
             assert_eq!(line_value(&m.render(), "sluice_gateway_connections_open"), Some(2.0));
         }
         m.client_timeout(ClientTimeout::Body);
+        m.connection_protocol(Protocol::H2c);
         m.malformed_request();
         m.health_probe();
         let text = m.render();
@@ -440,5 +477,7 @@ mod tests {
         assert_eq!(get("sluice_gateway_health_probes_total"), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_client_timeouts_total{phase="body"}"#), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_client_timeouts_total{phase="header"}"#), Some(0.0));
+        assert_eq!(get(r#"sluice_gateway_connections_protocol_total{protocol="h2c"}"#), Some(1.0));
+        assert_eq!(get(r#"sluice_gateway_connections_protocol_total{protocol="http1"}"#), Some(0.0));
     }
 }

@@ -77,6 +77,7 @@ impl Gateway {
                 header_read: config.header_read_timeout(),
                 idle: config.idle_timeout(),
                 max_header_bytes: usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX),
+                max_streams: config.max_concurrent_streams,
             },
             health: Health::new(config.health_cache()),
             metrics: Metrics::default(),

@@ -1,6 +1,7 @@
 //! Clients that misbehave on purpose, over real sockets: slow headers, bodies that never come,
 //! connections left idle or not reading their answers, more connections than the cap, a flood
-//! of /healthz, and 2,000 slow connections at once against the built binary.
+//! of /healthz, and 2,000 slow connections at once against the built binary; on h2c, more
+//! streams than allowed, a huge header block, a stream that never sends its body.
 //!
 //! Deadlines are asserted with generous slack in one direction only (not before the configured
 //! time; well within a bound that only a broken gateway reaches); speed is never asserted.
@@ -11,12 +12,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice::rate::Rate;
+use sluice::rate::{Rate, MAX_LIMIT, MAX_PERIOD_MS};
 use sluice::redis::script::Form;
 use sluice::strategy::Strategy;
 use support::calls::{call, sha, verdict, Call};
 use support::raw::{self, BOUND};
-use support::{free_ports, metric_value as value, Http, Reaped, RedisServer, TestGateway};
+use support::{free_ports, h2, metric_value as value, Http, Reaped, RedisServer, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "h0stile-t0ken";
@@ -27,9 +28,9 @@ fn decision() -> String {
 }
 
 /// A pipeline of `n` dry calls (nothing is written) with the most limits a rule has and the
-/// longest numbers the script takes: an answer of some 470 bytes per call.
+/// largest numbers the filter sends: an answer of some 360 bytes per call.
 fn big_answer(n: usize) -> String {
-    let rates = [Rate { limit: (1 << 53) - 1, period_ms: (1 << 53) - 1 }; 8];
+    let rates = [Rate { limit: MAX_LIMIT, period_ms: MAX_PERIOD_MS }; 8];
     let sha = sha();
     let one =
         Call { identity: 7, strategy: Strategy::FixedWindow, rates: &rates, cost: 1, form: Form::Sha(&sha), dry: true }.words();
@@ -139,7 +140,7 @@ async fn idle_connections_and_answers_not_taken_are_closed_after_the_idle_timeou
     // gateway gives the connection up rather than hold it.
     drop(conn);
     let mut stalled = raw::connect(&addr).await;
-    let body = big_answer(13_000);
+    let body = big_answer(18_000);
     stalled.write_all(raw::post("/pipeline", Some(TOKEN), &body).as_bytes()).await.unwrap();
     let deadline = Instant::now() + BOUND;
     loop {
@@ -261,7 +262,14 @@ async fn connections_past_the_cap_are_refused_counted_and_the_gateway_recovers()
         assert!(Instant::now() < deadline, "the gateway never recovered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let m = raw::scrape(&addr).await;
+    // The connection that got the 200 may not have given its slot back yet.
+    let m = loop {
+        match raw::once(&addr, &raw::head("GET", "/metrics", "")).await {
+            Some((200, m)) => break m,
+            _ => assert!(Instant::now() < deadline, "no slot for a scrape"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(value(&m, "sluice_gateway_connections_refused_total") >= 2.0, "{m}");
     assert_eq!(value(&m, "sluice_gateway_connections_max"), 4.0);
 }
@@ -403,4 +411,119 @@ async fn two_thousand_slow_connections_leave_normal_requests_served_and_memory_b
 
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// h2c: more streams than `--max-concurrent-streams` are refused, streams whose bodies never
+/// come are answered 408 on time (each on its own, the connection stays), and the connection
+/// then serves a whole request and, left idle, is closed after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_streams_are_bounded_and_bodies_that_never_come_are_dropped_on_time() {
+    let redis = RedisServer::start();
+    let body_timeout = Duration::from_millis(500);
+    let flags = ["--max-concurrent-streams", "4", "--body-read-timeout-ms", "500", "--idle-timeout-ms", "1000"];
+    let (_gw, addr) = gateway(&redis, &flags).await;
+
+    let (mut conn, settings) = h2::connect(&addr).await;
+    assert_eq!(settings.setting(h2::SETTINGS_MAX_CONCURRENT_STREAMS), Some(4), "{settings:?}");
+    assert_eq!(settings.setting(h2::SETTINGS_MAX_HEADER_LIST_SIZE), Some(16 * 1024), "{settings:?}");
+
+    // Six requests that declare a body and never send it: four fit, two are refused.
+    let started = Instant::now();
+    let held: Vec<u32> = (0..6).map(|i| 1 + 2 * i).collect();
+    let fields = h2::post_fields("/pipeline", TOKEN, Some(100));
+    let mut opening = Vec::new();
+    for &id in &held {
+        opening.extend(h2::header_frames(id, &h2::block_of(&fields), false, true));
+    }
+    conn.write_all(&opening).await.unwrap();
+    let got = h2::outcomes(&mut conn, &held).await;
+    let refused: Vec<&h2::Outcome> = got.iter().filter(|o| o.reset == Some(h2::REFUSED_STREAM) && o.status.is_none()).collect();
+    let timed_out: Vec<&h2::Outcome> = got.iter().filter(|o| o.status == Some(408)).collect();
+    assert_eq!((refused.len(), timed_out.len()), (2, 4), "{got:#?}");
+    for o in timed_out {
+        assert!(o.body.contains("request body not received within 500 ms"), "{o:?}");
+    }
+    closed_by_deadline("h2c bodies never sent", started.elapsed(), body_timeout);
+
+    // The connection itself is fine: a whole request is served.
+    let body = decision();
+    let fields = h2::post_fields("/", TOKEN, Some(body.len()));
+    let whole =
+        [h2::header_frames(13, &h2::block_of(&fields), false, true), h2::frame(h2::DATA, h2::END_STREAM, 13, body.as_bytes())]
+            .concat();
+    conn.write_all(&whole).await.unwrap();
+    let got = h2::outcomes(&mut conn, &[13]).await;
+    assert_eq!(got[0].status, Some(200), "{got:?}");
+    let answer: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(verdict(&answer["result"]), (true, 4));
+
+    // Left idle, it is closed after the idle timeout, like an HTTP/1.1 one.
+    let idle = h2::until_closed(&mut conn).await;
+    closed_by_deadline("idle h2c connection", idle, Duration::from_millis(1000));
+
+    let m = raw::scrape(&addr).await;
+    assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="body"}"#), 4.0);
+    assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="idle"}"#), 1.0);
+    assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/pipeline",status="408"}"#), 4.0);
+    assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/",status="200"}"#), 1.0);
+    assert_eq!(value(&m, r#"sluice_gateway_connections_protocol_total{protocol="h2c"}"#), 1.0);
+    // Nothing is left waiting for the bodies (only this scrape is in flight).
+    assert_eq!(value(&m, "sluice_gateway_requests_in_flight"), 1.0);
+}
+
+/// h2c: a header block over `--max-header-bytes` is answered 431 on its stream and the
+/// connection serves on; one far over it (h2's abuse limit) ends the connection with
+/// ENHANCE_YOUR_CALM; a connection that never finishes its first header block (or sends only
+/// the preface) is closed at the head deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_huge_and_unfinished_header_blocks_are_refused() {
+    let redis = RedisServer::start();
+    let header_timeout = Duration::from_millis(400);
+    let (_gw, addr) = gateway(&redis, &["--max-header-bytes", "2048", "--header-read-timeout-ms", "400"]).await;
+    let body = decision();
+    let request = |id: u32, pad: usize| {
+        let mut fields = h2::post_fields("/", TOKEN, Some(body.len()));
+        if pad > 0 {
+            fields.push(("x-pad".to_string(), "p".repeat(pad)));
+        }
+        [h2::header_frames(id, &h2::block_of(&fields), false, true), h2::frame(h2::DATA, h2::END_STREAM, id, body.as_bytes())]
+            .concat()
+    };
+
+    let (mut conn, settings) = h2::connect(&addr).await;
+    assert_eq!(settings.setting(h2::SETTINGS_MAX_HEADER_LIST_SIZE), Some(2048), "{settings:?}");
+    conn.write_all(&request(1, 3000)).await.unwrap();
+    let got = h2::outcomes(&mut conn, &[1]).await;
+    assert_eq!(got[0].status, Some(431), "{got:?}");
+    conn.write_all(&request(3, 0)).await.unwrap();
+    let got = h2::outcomes(&mut conn, &[3]).await;
+    assert_eq!(got[0].status, Some(200), "{got:?}");
+
+    // 64 KiB of one header, in a HEADERS and three CONTINUATIONs: the connection goes.
+    conn.write_all(&request(5, 64 * 1024)).await.unwrap();
+    let goaway = loop {
+        let f = h2::read_frame(&mut conn).await.expect("a GOAWAY before the close");
+        assert!(!(f.kind == h2::HEADERS && f.stream == 5), "the huge block was answered: {f:?}");
+        if f.kind == h2::GOAWAY {
+            break f;
+        }
+    };
+    assert_eq!(goaway.error_code(), h2::ENHANCE_YOUR_CALM, "{goaway:?}");
+    h2::until_closed(&mut conn).await;
+
+    // The first request's header block begun and never finished; and a preface alone.
+    let started = Instant::now();
+    let (mut unfinished, _) = h2::connect(&addr).await;
+    let fields = h2::post_fields("/", TOKEN, None);
+    unfinished.write_all(&h2::header_frames(1, &h2::block_of(&fields), true, false)).await.unwrap();
+    let (mut silent, _) = h2::connect(&addr).await;
+    h2::until_closed(&mut unfinished).await;
+    closed_by_deadline("unfinished h2c header block", started.elapsed(), header_timeout);
+    h2::until_closed(&mut silent).await;
+    closed_by_deadline("h2c preface alone", started.elapsed(), header_timeout);
+
+    let m = raw::scrape(&addr).await;
+    assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="header"}"#), 2.0);
+    assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/",status="200"}"#), 1.0);
+    assert_eq!(value(&m, r#"sluice_gateway_connections_protocol_total{protocol="h2c"}"#), 3.0);
 }

@@ -10,7 +10,7 @@ use sluice::rate::Rate;
 use sluice::redis::script::{script_with_clock_override, Form, SCRIPT};
 use sluice::strategy::Strategy;
 use support::calls::{self, call, dry_call, entry_verdict, eval_call, key, sha, verdict, Call, LIMIT};
-use support::{metric, metric_value, redis_cli, Http, RedisServer, TestGateway};
+use support::{h2, metric, metric_value, redis_cli, Http, RedisServer, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "s3cret-t0ken";
@@ -271,6 +271,60 @@ async fn pipelines_keep_order_and_per_command_errors() {
     assert_eq!(entry_verdict(&e[5]), (true, 1), "dry: decided, not written");
     assert_eq!(entry_verdict(&e[6]), (true, 3));
     assert_eq!(entry_verdict(&e[7]), (true, 1));
+}
+
+/// h2c (HTTP/2 with prior knowledge, as Envoy speaks to an `http2_protocol_options`
+/// cluster) on the same port as HTTP/1.1: calls sent at once as streams of one connection get
+/// the same answers, each counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_is_served_on_the_same_port() {
+    let redis = RedisServer::start();
+    let (gw, http1) = gateway_for(&redis, &[]).await;
+    let (mut conn, _) = h2::connect(&raw_addr(&gw.base)).await;
+    let request = |id: u32, path: &str, token: &str, body: &Value| {
+        let body = body.to_string();
+        let fields = h2::post_fields(path, token, Some(body.len()));
+        [h2::header_frames(id, &h2::block_of(&fields), false, true), h2::frame(h2::DATA, h2::END_STREAM, id, body.as_bytes())]
+            .concat()
+    };
+
+    // As many calls per identity as its limit, all at once.
+    let streams: Vec<u32> = (0..2 * LIMIT as u32).map(|i| 1 + 2 * i).collect();
+    let all: Vec<u8> = streams
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &id)| request(id, "/pipeline", TOKEN, &json!([call(1 + i as u64 % 2), dry_call(1 + i as u64 % 2)])))
+        .collect();
+    conn.write_all(&all).await.unwrap();
+    for o in h2::outcomes(&mut conn, &streams).await {
+        assert_eq!(o.status, Some(200), "{o:?}");
+        let body: Value = serde_json::from_str(&o.body).unwrap();
+        assert!(entry_verdict(&body[0]).0, "{body}");
+    }
+    // Each admitted call counted once, whichever protocol asks next.
+    let (status, body) = http1.post("/", call(1)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (false, 0));
+    let next = streams.last().copied().unwrap_or(1) + 2;
+    conn.write_all(&request(next, "/", TOKEN, &dry_call(2))).await.unwrap();
+    let o = &h2::outcomes(&mut conn, &[next]).await[0];
+    assert_eq!(o.status, Some(200), "{o:?}");
+    let body: Value = serde_json::from_str(&o.body).unwrap();
+    assert_eq!(verdict(&body["result"]), (false, 0));
+    // Refusals and auth are the same on h2c.
+    conn.write_all(&[request(next + 2, "/", TOKEN, &json!(["FLUSHALL"])), request(next + 4, "/", "wrong", &call(3))].concat())
+        .await
+        .unwrap();
+    let got = h2::outcomes(&mut conn, &[next + 2, next + 4]).await;
+    assert_eq!([got[0].status, got[1].status], [Some(400), Some(401)], "{got:?}");
+
+    let (_, text) = http1.get("/metrics").await;
+    assert_eq!(metric_value(&text, r#"sluice_gateway_connections_protocol_total{protocol="h2c"}"#), 1.0, "{text}");
+    assert_eq!(metric_value(&text, r#"sluice_gateway_requests_total{endpoint="/pipeline",status="200"}"#), (2 * LIMIT) as f64);
+}
+
+fn raw_addr(base: &str) -> String {
+    base.trim_start_matches("http://").to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,14 @@
 //! Test support: real `redis-server` processes on loopback ports (one standalone server, or a
 //! 6-node Redis Cluster of 3 primaries and 3 replicas), killed when dropped; a gateway
-//! started in-process; and calls of sluice's script as the filter makes them ([`calls`]).
+//! started in-process; calls of sluice's script as the filter makes them ([`calls`]); and raw
+//! HTTP/1.1 ([`raw`]) and h2c ([`h2`]) for clients that misbehave on purpose.
 //! The Redis part needs only std, and the `redis-server`/`redis-cli` binaries (override with
 //! REDIS_SERVER / REDIS_CLI).
 // Test support may fail loudly: a broken fixture must stop the test.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod calls;
+pub mod h2;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
