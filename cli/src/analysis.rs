@@ -233,6 +233,7 @@ fn rates(rule: &Rule) -> String {
 /// Whether rule `a` makes rule `b` redundant (see the module docs for the conditions).
 pub fn covers(a: &Rule, b: &Rule) -> bool {
     !a.shadow
+        && same_kind(a, b)
         && matcher_includes(&a.matcher, &b.matcher)
         && a.identifier == b.identifier
         && exempt_within(a, b)
@@ -245,6 +246,14 @@ pub fn covers(a: &Rule, b: &Rule) -> bool {
             .rates()
             .iter()
             .all(|lb| a.limits.rates().iter().any(|la| la.period_ms == lb.period_ms && la.limit <= lb.limit))
+}
+
+/// Both count requests, or both count messages; a message rule also acts through `over_limit`
+/// when it denies alongside `a` (its notices, its count towards a close), so it is redundant
+/// only if that adds nothing: none of its own, or the same as `a`'s (it is over whenever `a`
+/// is, so its count never runs ahead).
+fn same_kind(a: &Rule, b: &Rule) -> bool {
+    a.per == b.per && (b.over_limit == sluice::config::OverLimit::default() || b.over_limit == a.over_limit)
 }
 
 fn same_on_error(a: OnError, b: OnError) -> bool {
@@ -265,6 +274,7 @@ fn cost_at_least(a: &Cost, b: &Cost) -> bool {
     match (a, b) {
         (Cost::Fixed(x), Cost::Fixed(y)) => x >= y,
         (x @ Cost::Header { .. }, y @ Cost::Header { .. }) => x == y,
+        (Cost::PayloadBytes, Cost::PayloadBytes) => true,
         _ => false,
     }
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use serde_json::Value;
-use sluice::config::{Backend, Config, Rule};
+use sluice::config::{Backend, Config, Cost, Per, Rule};
 use sluice::engine::{Applies, Exemption, Limiter, Mismatch, Missing};
 use sluice::identity::{self, RequestInfo};
 
@@ -72,7 +72,7 @@ impl RequestInfo for CliRequest {
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleReport {
     pub rule: String,
-    /// applies | no_match | unlimited | exempt | no_identity
+    /// applies | no_match | unlimited | exempt | no_identity | not_upgrade
     pub outcome: &'static str,
     /// Why the rule does not apply (empty when it does).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -89,6 +89,12 @@ pub struct Counted {
     /// The fixed-length hash that stands for the identity in every key.
     pub hash: String,
     pub cost: u64,
+    /// What is counted: `request`, or `message` (each client message of the upgraded
+    /// connection, against this identity).
+    pub per: &'static str,
+    /// A message rule's cost is its payload bytes (`cost` is then the least, 1).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub payload_bytes: bool,
     pub limits: Vec<String>,
     pub strategy: String,
     pub backend: &'static str,
@@ -113,6 +119,10 @@ pub struct Report {
     /// Names of the rules that apply, in config order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub applies: Option<Vec<String>>,
+    /// Names of the message rules that will count the connection's messages once the upgrade
+    /// is admitted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<String>,
     pub findings: Vec<Finding>,
 }
 
@@ -187,22 +197,29 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
     let findings = analysis::analyze(&config, routes);
     let namespace = config.namespace.clone();
     let Some(req) = req else {
-        return Report { namespace, request: None, rules: Vec::new(), applies: None, findings };
+        return Report { namespace, request: None, rules: Vec::new(), applies: None, messages: Vec::new(), findings };
     };
     let limiter = Limiter::new(config.clone());
     let config = &config;
     let ip = identity::client_ip(&config.client_ip, req);
     let mut rules = Vec::with_capacity(config.rules.len());
     let mut applies = Vec::new();
+    let mut messages = Vec::new();
     for (i, (rule, result)) in config.rules.iter().zip(limiter.explain(req)).enumerate() {
         let (outcome, reasons, counted) = match result {
             Applies::Yes(a) => {
-                applies.push(rule.name.clone());
+                if rule.per == Per::Message {
+                    messages.push(rule.name.clone());
+                } else {
+                    applies.push(rule.name.clone());
+                }
                 let local = rule.backend == Backend::Local || matches!(rule.on_error, sluice::config::OnError::Fallback { .. });
                 let counted = Counted {
                     identity: a.identity.text.replace('\u{1f}', " + "),
                     hash: format!("{:016x}", a.identity.hash),
                     cost: a.cost,
+                    per: if rule.per == Per::Message { "message" } else { "request" },
+                    payload_bytes: rule.cost == Cost::PayloadBytes,
                     limits: rule.limits.written(),
                     strategy: strategy_text(config, i),
                     backend: if rule.backend == Backend::Redis { "redis" } else { "local" },
@@ -220,6 +237,11 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
             Applies::Unlimited => ("unlimited", vec!["every limit is 0/0".to_string()], None),
             Applies::Exempt(why) => ("exempt", exempt_reasons(&why), None),
             Applies::NoIdentity(why) => ("no_identity", missing_parts(&why), None),
+            Applies::NotUpgrade => (
+                "not_upgrade",
+                vec!["a message rule counts the messages of WebSocket connections; the request has no upgrade: websocket".into()],
+                None,
+            ),
         };
         rules.push(RuleReport { rule: rule.name.clone(), outcome, reasons, counted });
     }
@@ -229,7 +251,7 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
         route: req.route.clone(),
         client_ip: ip.map(|i| i.to_string()),
     };
-    Report { namespace, request: Some(request), rules, applies: Some(applies), findings }
+    Report { namespace, request: Some(request), rules, applies: Some(applies), messages, findings }
 }
 
 /// The report as people read it.
@@ -246,11 +268,13 @@ pub fn render(report: &Report) -> String {
             match &r.counted {
                 Some(c) => {
                     let pad = " ".repeat(width + 2 + 12);
-                    let _ = writeln!(
-                        s,
-                        "{:<width$}  {:<12}identity {} (hash {}), cost {}",
-                        r.rule, label, c.identity, c.hash, c.cost
-                    );
+                    let cost = match (c.per, c.payload_bytes) {
+                        ("message", true) => "payload bytes per message".to_string(),
+                        ("message", false) => format!("{} per message", c.cost),
+                        _ => c.cost.to_string(),
+                    };
+                    let _ =
+                        writeln!(s, "{:<width$}  {:<12}identity {} (hash {}), cost {cost}", r.rule, label, c.identity, c.hash);
                     let shadow = if c.shadow { ", shadow (counts, never denies)" } else { "" };
                     let _ = writeln!(s, "{pad}{} {}, backend {}{shadow}", c.limits.join(" + "), c.strategy, c.backend);
                     if let Some(key) = &c.redis_key {
@@ -280,6 +304,13 @@ pub fn render(report: &Report) -> String {
                     names.join(", ")
                 );
             }
+        }
+        if !report.messages.is_empty() {
+            let _ = writeln!(
+                s,
+                "Once the upgrade is admitted, every message the client sends is counted by {} (identity as above).",
+                report.messages.join(", ")
+            );
         }
         let _ = writeln!(s);
     }

@@ -157,6 +157,14 @@ pub enum Problem {
     ContentTypeWithoutBody,
     #[error("method looks misspelled; did you mean {0}?")]
     MethodTypo(&'static str),
+    #[error("payload_bytes is what a WebSocket message costs; expected per: message on the rule, or a number or {{header: ...}} for requests")]
+    PayloadBytesPerRequest,
+    #[error("a message rule's cost is per message, read from no header (headers are read once, at the upgrade); expected a number or payload_bytes")]
+    HeaderCostPerMessage,
+    #[error("over_limit says what a message over the limit brings about; expected per: message on the rule, or remove it")]
+    OverLimitPerRequest,
+    #[error("a message rule decided in Redis needs redis.transport: http (Higress' Redis callout answers at the root context, which cannot reach a connection's frames)")]
+    MessageRedisCallout,
 }
 
 fn suggestion(s: &Option<&'static str>) -> String {

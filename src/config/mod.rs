@@ -115,6 +115,29 @@ pub struct Rule {
     pub backend: Backend,
     pub on_error: OnError,
     pub shadow: bool,
+    /// What the rule counts: requests, or the messages of upgraded WebSocket connections.
+    pub per: Per,
+    /// What a message over the limit brings about (message rules).
+    pub over_limit: OverLimit,
+}
+
+/// What a rule counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Per {
+    #[default]
+    Request,
+    /// Client-to-server data messages of WebSocket connections whose upgrade the rule matched,
+    /// each counted against the identity the upgrade request had (see [`crate::websocket`]).
+    Message,
+}
+
+/// A message over the limit is dropped; these add to that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OverLimit {
+    /// Tell the client with a text frame naming the rule and when to retry.
+    pub notify: bool,
+    /// At this many messages over the limit, close the connection with 1008.
+    pub close_after: Option<u32>,
 }
 
 /// All conditions must hold; an empty list means "any".
@@ -187,6 +210,9 @@ pub enum Cost {
         min: u64,
         max: u64,
     },
+    /// A message's payload bytes as they cross the wire (compressed size under
+    /// permessage-deflate), at least 1; message rules only.
+    PayloadBytes,
 }
 
 impl Cost {
@@ -194,12 +220,45 @@ impl Cost {
     pub fn of(&self, value: Option<&[u8]>) -> u64 {
         match self {
             Cost::Fixed(n) => (*n).max(1),
+            Cost::PayloadBytes => 1,
             Cost::Header { default, min, max, .. } => match value.and_then(plain_decimal) {
                 Some(n) if n >= *min => n.min(*max),
                 _ => *default,
             }
             .max(1),
         }
+    }
+}
+
+impl Rule {
+    /// The cost of one message with `payload` bytes. A payload-byte cost above what any limit of
+    /// the rule could ever admit is held at one more than that: denied just the same (a cost
+    /// above a strategy's capacity never passes), and the numbers stay small enough for the Lua
+    /// mirror to hold exactly.
+    pub fn message_cost(&self, payload: u64) -> u64 {
+        match self.cost {
+            Cost::PayloadBytes => payload.clamp(1, self.largest_admissible().saturating_add(1)),
+            ref other => other.of(None),
+        }
+    }
+
+    /// The largest cost one request or message can be admitted with under every limit.
+    pub fn largest_admissible(&self) -> u64 {
+        self.limits.rates().iter().map(|r| largest_admissible(&self.strategy, r)).max().unwrap_or(0)
+    }
+}
+
+/// The largest cost `strategy` can ever admit at once for `rate`: the window's limit, or the
+/// bucket's capacity (with its debt).
+pub fn largest_admissible(strategy: &Strategy, rate: &crate::rate::Rate) -> u64 {
+    let capacity = |burst: Option<u64>| burst.filter(|b| *b > 0).unwrap_or(rate.limit);
+    match strategy {
+        Strategy::FixedWindow | Strategy::SlidingWindowCounter | Strategy::SlidingWindowLog { .. } => rate.limit,
+        Strategy::TokenBucket { burst }
+        | Strategy::LeakyBucket { burst }
+        | Strategy::LeakyBucketQueue { burst, .. }
+        | Strategy::Gcra { burst } => capacity(*burst),
+        Strategy::TokenBucketDebt { burst, max_debt } => capacity(*burst).saturating_add(*max_debt),
     }
 }
 

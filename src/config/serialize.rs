@@ -123,7 +123,7 @@ impl Serialize for RedisSpec {
 
 impl Serialize for Rule {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Rule", 11)?;
+        let mut st = s.serialize_struct("Rule", 13)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("match", &self.matcher)?;
         st.serialize_field("limits", &self.limits)?;
@@ -140,6 +140,17 @@ impl Serialize for Rule {
         )?;
         st.serialize_field("on_error", &self.on_error)?;
         st.serialize_field("shadow", &self.shadow)?;
+        st.serialize_field(
+            "per",
+            match self.per {
+                Per::Request => "request",
+                Per::Message => "message",
+            },
+        )?;
+        // A request rule has no over_limit: its limited requests get the limited response.
+        let over_limit = (self.per == Per::Message)
+            .then(|| serde_json::json!({"notify": self.over_limit.notify, "close_after": self.over_limit.close_after}));
+        st.serialize_field("over_limit", &over_limit)?;
         st.end()
     }
 }
@@ -215,6 +226,7 @@ impl Serialize for Cost {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Cost::Fixed(n) => s.serialize_u64(*n),
+            Cost::PayloadBytes => s.serialize_str("payload_bytes"),
             Cost::Header { name, default, min, max } => {
                 let mut st = s.serialize_struct("Cost", 4)?;
                 st.serialize_field("header", name)?;

@@ -524,7 +524,9 @@ fn normalized_output_of_defaults() {
             "exempt": {"cidrs": [], "headers": {}},
             "backend": "local",
             "on_error": "allow",
-            "shadow": false
+            "shadow": false,
+            "per": "request",
+            "over_limit": null
         }]
     });
     assert_eq!(got, want);

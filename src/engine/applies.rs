@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::Limiter;
-use crate::config::{ClientIpSpec, Config, Cost, IdentPart, Rule};
+use crate::config::{ClientIpSpec, Config, Cost, IdentPart, Per, Rule};
 use crate::identity::{self, Identity, RequestInfo};
 
 /// A rule that applies to a request, before deciding: its index among the rules, the identity
@@ -32,6 +32,9 @@ pub enum Applies {
     Exempt(Vec<Exemption>),
     /// Identity parts are absent and the identifier says `fallback: skip`.
     NoIdentity(Vec<Missing>),
+    /// A message rule (`per: message`), and the request is not a WebSocket upgrade: the rule
+    /// counts the messages of upgraded connections, never requests.
+    NotUpgrade,
 }
 
 /// A `match` condition that fails, with what the request had.
@@ -230,7 +233,7 @@ impl<R: RequestInfo> View<'_, R> {
     /// At least 1, whatever the request says: a cost of 0 is the strategies' peek.
     fn cost(&self, rule: &Rule) -> u64 {
         match &rule.cost {
-            Cost::Fixed(_) => rule.cost.of(None),
+            Cost::Fixed(_) | Cost::PayloadBytes => rule.cost.of(None),
             Cost::Header { name, .. } => rule.cost.of(self.req.header(name).as_deref()),
         }
     }
@@ -256,13 +259,30 @@ impl<R: RequestInfo> View<'_, R> {
 impl Limiter {
     /// For every rule in order, whether it applies to `req` and why not, with each identity's
     /// readable text.
+    /// A message rule applies to an upgrade request's messages.
     pub fn explain(&self, req: &impl RequestInfo) -> Vec<Applies> {
-        self.applies(req, true)
+        let upgrade = req.header("upgrade").is_some_and(|v| crate::websocket::is_upgrade(&v));
+        self.applies(req, true, if upgrade { None } else { Some(Per::Request) })
+    }
+
+    /// The message rules that apply to the WebSocket upgrade `req`, each with the identity its
+    /// messages are counted against.
+    pub fn message_rules(&self, req: &impl RequestInfo) -> Vec<Applied> {
+        self.yes(self.applies(req, false, Some(Per::Message)))
+    }
+
+    /// Whether any rule counts WebSocket messages.
+    pub fn has_message_rules(&self) -> bool {
+        self.rules.iter().any(|c| c.rule.per == Per::Message)
     }
 
     /// The rules that apply to `req`, with identity and cost.
     pub(super) fn applicable(&self, req: &impl RequestInfo) -> Vec<Applied> {
-        self.applies(req, false)
+        self.yes(self.applies(req, false, Some(Per::Request)))
+    }
+
+    fn yes(&self, applies: Vec<Applies>) -> Vec<Applied> {
+        applies
             .into_iter()
             .filter_map(|a| match a {
                 Applies::Yes(applied) => Some(applied),
@@ -272,8 +292,10 @@ impl Limiter {
     }
 
     /// [`Limiter::explain`], with reasons and identity text only when `describe` (identities
-    /// of shadow rules always carry their text: their would-be limits are logged).
-    fn applies(&self, req: &impl RequestInfo, describe: bool) -> Vec<Applies> {
+    /// of shadow rules always carry their text: their would-be limits are logged). With `only`,
+    /// rules of the other kind are passed over ([`Applies::NotUpgrade`] stands in for a message
+    /// rule, [`Applies::NoMatch`] without reasons for a request rule).
+    fn applies(&self, req: &impl RequestInfo, describe: bool, only: Option<Per>) -> Vec<Applies> {
         let method = if self.plan.method { req.method().unwrap_or_default() } else { Vec::new() };
         let full_path = if self.plan.path { req.path().unwrap_or_default() } else { Vec::new() };
         // Globs see the path as text; bytes that are not UTF-8 become U+FFFD, which no glob
@@ -283,6 +305,10 @@ impl Limiter {
         let mut out = Vec::with_capacity(self.rules.len());
         for (i, compiled) in self.rules.iter().enumerate() {
             let rule = &compiled.rule;
+            if only.is_some_and(|per| per != rule.per) {
+                out.push(if rule.per == Per::Message { Applies::NotUpgrade } else { Applies::NoMatch(Vec::new()) });
+                continue;
+            }
             let mut mismatches = Vec::new();
             if !view.matches(rule, describe.then_some(&mut mismatches)) {
                 out.push(Applies::NoMatch(mismatches));

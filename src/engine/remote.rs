@@ -46,7 +46,19 @@ impl Limiter {
     /// [`Limiter::start`], asking `now` for the time only when a rule applies: reading the
     /// clock is a host call, and most requests of a config may meet no rule.
     pub fn start_at(&self, req: &impl RequestInfo, store: &impl SharedStore, now: impl Fn() -> u64) -> Step {
-        let applied = self.applicable(req);
+        self.decide_applied(self.applicable(req), store, now)
+    }
+
+    /// Begins deciding one WebSocket message of `payload` bytes against the message rules its
+    /// connection's upgrade met ([`Limiter::message_rules`]), as [`Limiter::start`] decides a
+    /// request: every rule must admit, and Redis rules may need [`Limiter::resume`].
+    pub fn start_message(&self, rules: &[Applied], payload: u64, store: &impl SharedStore, now_us: u64) -> Step {
+        let applied =
+            rules.iter().map(|a| Applied { cost: self.rules[a.rule].rule.message_cost(payload), ..a.clone() }).collect();
+        self.decide_applied(applied, store, || now_us)
+    }
+
+    fn decide_applied(&self, applied: Vec<Applied>, store: &impl SharedStore, now: impl Fn() -> u64) -> Step {
         if applied.is_empty() {
             return Step::Done(self.verdict(Vec::new(), false));
         }

@@ -48,6 +48,8 @@ pub const DEFAULT_HEADER_COST_MAX: u64 = 1_000;
 pub const MAX_DELAY_MS: u64 = 60_000;
 pub const DEFAULT_MAX_DELAY_MS: u64 = 1_000;
 pub const MAX_LOG_ENTRIES: u64 = 100_000;
+/// `over_limit.close_after`: at most this many messages over the limit before the close.
+pub const MAX_CLOSE_AFTER: u64 = 1_000_000;
 /// The most entries a `sliding_window_log` decided in shared data can keep: its state
 /// (1 + 16 bytes per entry) travels in a slot value with a 16-bit length per state.
 pub const MAX_LOCAL_LOG_ENTRIES: u64 = ((u16::MAX as u64) - 1) / 16;
@@ -75,8 +77,21 @@ const CLIENT_IP_FIELDS: &[&str] = &["xff_trusted_hops", "ipv6_prefix"];
 const LOCAL_FIELDS: &[&str] = &["max_clients"];
 const REDIS_FIELDS: &[&str] = &["cluster", "transport", "token", "authority", "timeout_ms", "breaker", "deny_cache"];
 const BREAKER_FIELDS: &[&str] = &["failure_threshold", "open_ms", "half_open_probes", "success_threshold"];
-const RULE_FIELDS: &[&str] =
-    &["name", "match", "limit", "limits", "strategy", "identifier", "cost", "exempt", "backend", "on_error", "shadow"];
+const RULE_FIELDS: &[&str] = &[
+    "name",
+    "match",
+    "limit",
+    "limits",
+    "strategy",
+    "identifier",
+    "cost",
+    "exempt",
+    "backend",
+    "on_error",
+    "shadow",
+    "per",
+    "over_limit",
+];
 const MATCH_FIELDS: &[&str] = &["path", "methods", "headers", "routes"];
 const EXEMPT_FIELDS: &[&str] = &["cidrs", "headers"];
 const COST_FIELDS: &[&str] = &["header", "default", "min", "max"];
@@ -85,12 +100,15 @@ const IDENT_PARTS_FIELDS: &[&str] = &["parts", "fallback"];
 const IDENT_PART_FIELDS: &[&str] = &["header", "query", "cookie"];
 const ON_ERROR_FIELDS: &[&str] = &["fallback"];
 const FALLBACK_FIELDS: &[&str] = &["share"];
+const OVER_LIMIT_FIELDS: &[&str] = &["notify", "close_after"];
 
 const HEADER_MODES: &[&str] = &["draft10", "legacy", "both", "none"];
 const TRANSPORTS: &[&str] = &["http", "redis_callout"];
 const BACKENDS: &[&str] = &["local", "redis"];
 const ON_ERRORS: &[&str] = &["allow", "deny", "fallback"];
 const FALLBACKS: &[&str] = &["client_ip", "global", "skip"];
+const PERS: &[&str] = &["request", "message"];
+const COST_WORDS: &[&str] = &["payload_bytes"];
 const IDENT_NAMES: &[&str] = &["client_ip", "global"];
 const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 

@@ -151,6 +151,10 @@ impl Compiler {
     pub(super) fn cost(&mut self, path: &str, v: &Value) -> Option<Cost> {
         match v {
             Value::Number(_) => self.uint(path, v, 1, MAX_COST).map(Cost::Fixed),
+            Value::String(word) if word == "payload_bytes" => Some(Cost::PayloadBytes),
+            Value::String(word) if did_you_mean(word, COST_WORDS).is_some() => {
+                self.keyword(path, v, COST_WORDS).map(|_| Cost::PayloadBytes)
+            }
             Value::Object(_) => {
                 let m = self.object(path, v, COST_FIELDS)?;
                 let hp = join(path, "header");
@@ -190,10 +194,28 @@ impl Compiler {
                 Some(Cost::Header { name, default, min, max })
             }
             _ => {
-                self.wrong_type(path, v, "a positive integer or an object such as {header: x-cost}");
+                self.wrong_type(
+                    path,
+                    v,
+                    "a positive integer or an object such as {header: x-cost} (or payload_bytes in a message rule)",
+                );
                 None
             }
         }
+    }
+
+    /// A message rule's `over_limit`: `{notify, close_after}`.
+    pub(super) fn over_limit(&mut self, path: &str, v: &Value) -> Option<OverLimit> {
+        let m = self.object(path, v, OVER_LIMIT_FIELDS)?;
+        let notify = match field(m, "notify") {
+            Some(v) => self.boolean(&join(path, "notify"), v),
+            None => Some(false),
+        };
+        let close_after = match field(m, "close_after") {
+            Some(v) => self.uint(&join(path, "close_after"), v, 1, MAX_CLOSE_AFTER).map(|n| Some(n as u32)),
+            None => Some(None),
+        };
+        Some(OverLimit { notify: notify?, close_after: close_after? })
     }
 
     pub(super) fn exempt(&mut self, path: &str, v: &Value) -> Option<Exempt> {

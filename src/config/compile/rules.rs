@@ -102,6 +102,7 @@ impl Compiler {
             Some(v) => self.boolean(&join(path, "shadow"), v),
             None => Some(false),
         };
+        let (per, over_limit) = self.per_message(path, m, cost.as_ref());
         let rule = Rule {
             name: name?,
             matcher: matcher?,
@@ -113,8 +114,46 @@ impl Compiler {
             backend: backend?,
             on_error: on_error?,
             shadow: shadow?,
+            per: per?,
+            over_limit: over_limit?,
         };
         self.bounds(path, m, &rule).then_some(rule)
+    }
+
+    /// `per` and `over_limit`, and the costs each kind of rule can take.
+    fn per_message(&mut self, path: &str, m: &Map<String, Value>, cost: Option<&Cost>) -> (Option<Per>, Option<OverLimit>) {
+        let per = match field(m, "per") {
+            Some(v) => {
+                self.keyword(&join(path, "per"), v, PERS).map(|k| if k == "message" { Per::Message } else { Per::Request })
+            }
+            None => Some(Per::Request),
+        };
+        let over_limit = match field(m, "over_limit") {
+            Some(v) => {
+                let p = join(path, "over_limit");
+                let parsed = self.over_limit(&p, v);
+                if per == Some(Per::Request) {
+                    self.report(&p, Some(v), Problem::OverLimitPerRequest);
+                    None
+                } else {
+                    parsed
+                }
+            }
+            None => Some(OverLimit::default()),
+        };
+        let cost_path = join(path, "cost");
+        match (per, cost) {
+            (Some(Per::Request), Some(Cost::PayloadBytes)) => {
+                self.report(&cost_path, field(m, "cost"), Problem::PayloadBytesPerRequest);
+                return (None, over_limit);
+            }
+            (Some(Per::Message), Some(Cost::Header { .. })) => {
+                self.report(&cost_path, None, Problem::HeaderCostPerMessage);
+                return (None, over_limit);
+            }
+            _ => {}
+        }
+        (per, over_limit)
     }
 
     /// What only the whole rule tells: state that must fit where it is kept, and numbers the
@@ -134,6 +173,7 @@ impl Compiler {
             let max_cost = match rule.cost {
                 Cost::Fixed(n) => n,
                 Cost::Header { max, .. } => max,
+                Cost::PayloadBytes => rule.message_cost(u64::MAX),
             };
             for (i, rate) in rule.limits.rates().iter().enumerate() {
                 let largest = lua_largest(&rule.strategy, rate, max_cost);

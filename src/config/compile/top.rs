@@ -75,6 +75,14 @@ impl Compiler {
                 None
             }
         };
+        if let (Some(Some(r)), Some(rules)) = (&redis, &rules) {
+            let in_redis = |rule: &&Rule| rule.per == Per::Message && rule.backend == Backend::Redis;
+            if r.transport == Transport::RedisCallout {
+                for (i, _) in rules.iter().enumerate().filter(|(_, rule)| in_redis(rule)) {
+                    self.report(join(&index("rules", i), "per"), None, Problem::MessageRedisCallout);
+                }
+            }
+        }
         Some(Config {
             namespace: namespace?,
             rate_limit_headers: rate_limit_headers?,
