@@ -16,6 +16,7 @@ use super::shared::EnvoyShared;
 use super::state::{Fields, Shared};
 use super::time::now_us;
 use super::transport::{self, Sent};
+use super::websocket::{self, WsRef};
 
 /// What the stream does after a verdict.
 pub(super) enum Flow {
@@ -86,11 +87,13 @@ pub(super) struct Http {
     waiting: Option<(Pending, u64)>,
     /// Rate limit fields to add to the response.
     fields: Fields,
+    /// A WebSocket upgrade that message rules apply to.
+    ws: Option<WsRef>,
 }
 
 impl Http {
     pub fn new(shared: Option<Rc<Shared>>, id: u32) -> Self {
-        Http { shared, id, waiting: None, fields: Vec::new() }
+        Http { shared, id, waiting: None, fields: Vec::new(), ws: None }
     }
 
     fn after(&mut self, settled: Settled) -> Flow {
@@ -110,6 +113,10 @@ impl Http {
 
 impl Context for Http {
     fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if let (Some(shared), Some(ws)) = (&self.shared, self.ws.as_ref().filter(|ws| websocket::is_waiting(ws))) {
+            websocket::on_call_response(shared, self.id, ws, num_headers, body_size);
+            return;
+        }
         let (Some(shared), Some((pending, deadline))) = (self.shared.clone(), self.waiting.take()) else { return };
         let replies = transport::replies(num_headers, body_size, pending.commands.len());
         let step = shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
@@ -126,6 +133,9 @@ impl Drop for Http {
         let at_root = super::callout::forget(self.id);
         #[cfg(not(feature = "redis-callout"))]
         let at_root = None;
+        if let (Some(shared), Some(ws)) = (&self.shared, &self.ws) {
+            websocket::abandon(shared, ws);
+        }
         if let Some(shared) = &self.shared {
             for pending in self.waiting.take().map(|(p, _)| p).into_iter().chain(at_root) {
                 shared.limiter.abandon(&pending, &EnvoyShared);
@@ -139,7 +149,9 @@ impl HttpContext for Http {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
         let clock = std::cell::OnceCell::new();
         let now = || *clock.get_or_init(now_us);
-        let flow = match shared.limiter.start_at(&HostRequest::new(&shared.limiter), &EnvoyShared, now) {
+        let req = HostRequest::new(&shared.limiter);
+        self.ws = websocket::at_upgrade(&shared, &req);
+        let flow = match shared.limiter.start_at(&req, &EnvoyShared, now) {
             Step::Done(verdict) => {
                 let (flow, fields) = apply(&shared, self.id, verdict);
                 self.fields = fields;
@@ -169,6 +181,24 @@ impl HttpContext for Http {
         self.fields.extend(super::callout::take_fields(self.id));
         for (name, value) in std::mem::take(&mut self.fields) {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &name, &value);
+        }
+        if let (Some(shared), Some(ws)) = (&self.shared, &self.ws) {
+            websocket::at_response(shared, self.id, ws);
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(shared), Some(ws)) = (&self.shared, &self.ws) else { return Action::Continue };
+        match websocket::on_request_body(shared, self.id, ws, end_of_stream) {
+            websocket::Flow::Continue => Action::Continue,
+            websocket::Flow::Hold => Action::Pause,
+        }
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(ws) = &self.ws {
+            websocket::on_response_body(ws, end_of_stream);
         }
         Action::Continue
     }

@@ -1,12 +1,15 @@
 //! The filter's counters in Envoy's stats (`wasmcustom.sluice.rule.<name>.<what>` and
 //! `wasmcustom.sluice.local.slots_created`), batched per worker and handed over at each tick:
-//! a host call per request saved, stats at most one flush period late.
+//! a host call per request saved, stats at most one flush period late. A message rule counts
+//! `messages_admitted`, `messages_dropped` and `messages_shadow_limited` where a request rule
+//! counts `allowed`, `limited` and `shadow_limited`, and `connections_closed` besides.
 
 use std::cell::RefCell;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+use crate::config::Per;
 use crate::engine::{Limiter, Verdict};
 
 thread_local! {
@@ -41,6 +44,8 @@ pub(super) struct Metrics {
     /// (allowed, limited, shadow_limited, store_errors, cached_denials) per rule, with the
     /// rule's shadow flag; `None` when the host has no metrics.
     per_rule: Vec<Option<([u32; 5], bool)>>,
+    /// connections_closed per message rule.
+    closed: Vec<Option<u32>>,
     /// Shared-data slots created, all rules: the store's key count (each key is a few dozen
     /// bytes; the cap is rules × `local.max_clients`).
     slots_created: Option<u32>,
@@ -53,17 +58,37 @@ impl Metrics {
             .map(|rule| {
                 let def =
                     |what: &str| hostcalls::define_metric(MetricType::Counter, &format!("sluice.rule.{}.{what}", rule.name)).ok();
-                let ids =
-                    [def("allowed")?, def("limited")?, def("shadow_limited")?, def("store_errors")?, def("cached_denials")?];
+                let [admitted, denied, shadow] = match rule.per {
+                    Per::Request => ["allowed", "limited", "shadow_limited"],
+                    Per::Message => ["messages_admitted", "messages_dropped", "messages_shadow_limited"],
+                };
+                let ids = [def(admitted)?, def(denied)?, def(shadow)?, def("store_errors")?, def("cached_denials")?];
                 Some((ids, rule.shadow))
             })
             .collect();
+        let closed = limiter
+            .rules()
+            .map(|rule| {
+                let name = format!("sluice.rule.{}.connections_closed", rule.name);
+                (rule.per == Per::Message).then(|| hostcalls::define_metric(MetricType::Counter, &name).ok()).flatten()
+            })
+            .collect();
         let slots_created = hostcalls::define_metric(MetricType::Counter, "sluice.local.slots_created").ok();
-        Metrics { per_rule, slots_created }
+        Metrics { per_rule, closed, slots_created }
     }
 
     pub fn count(&self, verdict: &Verdict) {
-        for o in verdict.outcomes() {
+        self.count_outcomes(verdict, true);
+    }
+
+    /// One WebSocket message's verdict. An undelivered message counts only against the rules
+    /// that denied it: the others' admission was a dry run that consumed nothing.
+    pub fn count_message(&self, verdict: &Verdict, delivered: bool) {
+        self.count_outcomes(verdict, delivered);
+    }
+
+    fn count_outcomes(&self, verdict: &Verdict, admitted_too: bool) {
+        for o in verdict.outcomes().iter().filter(|o| admitted_too || !o.allowed) {
             let Some(Some((ids, shadow))) = self.per_rule.get(o.rule) else { continue };
             let id = match (o.allowed, shadow) {
                 (true, _) => ids[0],
@@ -80,6 +105,13 @@ impl Metrics {
             if let (true, Some(id)) = (o.created_slot, self.slots_created) {
                 add(id);
             }
+        }
+    }
+
+    /// A connection closed for going over message rule `rule`.
+    pub fn count_closed(&self, rule: usize) {
+        if let Some(Some(id)) = self.closed.get(rule) {
+            add(*id);
         }
     }
 }

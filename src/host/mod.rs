@@ -2,8 +2,8 @@
 //! pure core ([`crate::engine::Limiter`]) and the core's verdicts into host calls, one duty per
 //! module: the root context (here), a request's context ([`http`]), the request view
 //! ([`request`]), shared data ([`shared`]), the clock ([`time`]), metrics ([`metrics`]),
-//! queued requests ([`queue`]), moving Redis commands ([`transport`]) and Higress' Redis
-//! callout ([`callout`]).
+//! queued requests ([`queue`]), moving Redis commands ([`transport`]), Higress' Redis
+//! callout ([`callout`]) and the frames of upgraded WebSocket connections ([`websocket`]).
 //!
 //! Every host call goes through `hostcalls` and its `Result`: the SDK's trait helpers panic on a
 //! host error, and a panic traps the VM.
@@ -18,6 +18,7 @@ mod shared;
 mod state;
 mod time;
 mod transport;
+mod websocket;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -108,7 +109,11 @@ impl RootContext for Root {
         if let Some(shared) = &self.shared {
             time::sync(&shared.clock_key);
         }
-        queue::release_due(time::now_us());
+        let now = time::now_us();
+        queue::release_due(now);
+        if let Some(shared) = &self.shared {
+            websocket::release_due(shared, now);
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

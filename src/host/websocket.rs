@@ -1,0 +1,408 @@
+//! A WebSocket connection's frames through the filter: the message rules its upgrade met, the
+//! [`Connection`] that follows both directions once the 101 is in, each client message judged by
+//! the limiter (in shared data at once, or held while Redis answers), and the counts.
+//!
+//! Envoy hands an upgraded stream's bytes to the body callbacks, and a body held with
+//! StopIterationAndBuffer grows with every later chunk until the filter lets it go; it can be
+//! read and rewritten from any callback of the stream's context meanwhile (docs/architecture.md,
+//! "Host facts: WebSocket frames"). A message waiting for Redis, or queued by
+//! `leaky_bucket_queue`, holds the client's direction; the server's is never held.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+
+use crate::config::{Cost, Rule};
+use crate::engine::{Applied, Pending, Resumed, Step, Verdict};
+use crate::websocket::extensions;
+use crate::websocket::{Advance, Ask, Body, Connection, Fate, Judgement, MayDrop, Policy};
+
+use super::shared::EnvoyShared;
+use super::state::Shared;
+use super::time::now_us;
+use super::transport::{self, Sent};
+
+/// One upgrade's message limiting, shared by its context and the tick that releases it.
+pub(super) struct Ws {
+    /// The message rules the upgrade met, with the identity each counts against.
+    rules: Vec<Applied>,
+    /// Follows the frames once the server accepted the upgrade.
+    conn: Option<Connection>,
+    /// A message waiting for Redis: the call, its deadline, and the frame asked about.
+    waiting: Option<(Pending, u64, Ask)>,
+    /// The client finished sending.
+    end_of_stream: bool,
+    /// The hold the tick knows about (epoch µs), so it is registered once.
+    registered_until: u64,
+    /// The host refused a buffer: the connection is passed through from then on.
+    broken: bool,
+}
+
+pub(super) type WsRef = Rc<RefCell<Ws>>;
+
+/// A client stream held for a queued message: release time (µs), context, connection.
+type Hold = (u64, u32, Weak<RefCell<Ws>>);
+
+thread_local! {
+    /// The held client streams; the tick arrives at the root, so this is the worker's table.
+    static HOLDS: RefCell<Vec<Hold>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether a stream is to go on or stay held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flow {
+    Continue,
+    Hold,
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_buffer_bytes(kind: u32, start: usize, max: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_set_buffer_bytes(kind: u32, start: usize, size: usize, data: *const u8, len: usize) -> u32;
+    fn proxy_get_buffer_status(kind: u32, len: *mut usize, flags: *mut u32) -> u32;
+    fn proxy_continue_stream(kind: u32) -> u32;
+    fn proxy_replace_header_map_value(map: u32, key: *const u8, key_len: usize, value: *const u8, value_len: usize) -> u32;
+}
+
+/// A body buffer of the current context, through the raw calls: the SDK's own trap on a status
+/// it does not expect.
+struct EnvoyBody {
+    kind: BufferType,
+    len: usize,
+}
+
+impl EnvoyBody {
+    fn new(kind: BufferType) -> Self {
+        let (mut len, mut flags) = (0usize, 0u32);
+        // SAFETY: both pointers are to locals that outlive the call.
+        let status = unsafe { proxy_get_buffer_status(kind as u32, &mut len, &mut flags) };
+        EnvoyBody { kind, len: if status == 0 { len } else { 0 } }
+    }
+}
+
+impl Body for EnvoyBody {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read(&self, start: usize, max: usize) -> Option<Vec<u8>> {
+        let max = max.min(self.len.saturating_sub(start));
+        if max == 0 {
+            return Some(Vec::new());
+        }
+        let (mut data, mut size): (*mut u8, usize) = (std::ptr::null_mut(), 0);
+        // SAFETY: the host writes a buffer it allocated through the SDK's allocator, which we
+        // then own, as in the SDK's own get_buffer.
+        let status = unsafe { proxy_get_buffer_bytes(self.kind as u32, start, max, &mut data, &mut size) };
+        if status != 0 {
+            return None;
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        // SAFETY: see above; `data` holds `size` initialized bytes with capacity `size`.
+        Some(unsafe { Vec::from_raw_parts(data, size, size) })
+    }
+
+    fn replace_prefix(&mut self, n: usize, with: &[u8]) -> bool {
+        let n = n.min(self.len);
+        // SAFETY: `with` is a live slice for the duration of the call.
+        let status = unsafe { proxy_set_buffer_bytes(self.kind as u32, 0, n, with.as_ptr(), with.len()) };
+        if status == 0 {
+            self.len = self.len - n + with.len();
+        }
+        status == 0
+    }
+}
+
+/// Resumes the client's direction of the current context.
+fn resume_request() {
+    // SAFETY: a plain call with a constant.
+    let _ = unsafe { proxy_continue_stream(0) };
+}
+
+/// The message rules upgrade request `req` meets, or none (not an upgrade, or no rule).
+pub(super) fn at_upgrade(shared: &Shared, req: &impl crate::identity::RequestInfo) -> Option<WsRef> {
+    if !shared.limiter.has_message_rules() || !req.header("upgrade").is_some_and(|v| crate::websocket::is_upgrade(&v)) {
+        return None;
+    }
+    let rules = shared.limiter.message_rules(req);
+    if rules.is_empty() {
+        return None;
+    }
+    let ws = Ws { rules, conn: None, waiting: None, end_of_stream: false, registered_until: 0, broken: false };
+    Some(Rc::new(RefCell::new(ws)))
+}
+
+fn rule(shared: &Shared, index: usize) -> Option<&Rule> {
+    shared.limiter.rules().nth(index)
+}
+
+/// Every response header value of `name`, joined as one list.
+fn response_header(name: &str) -> Option<String> {
+    // One value is all servers send; a second would be read by the client too, so it must be
+    // seen here: the SDK reads pairs only as UTF-8, and a single read gives the first value.
+    let first = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()?;
+    Some(String::from_utf8_lossy(&first).into_owned())
+}
+
+fn replace_response_header(name: &str, value: &str) -> bool {
+    // SAFETY: both slices are live for the duration of the call.
+    let status = unsafe {
+        proxy_replace_header_map_value(
+            MapType::HttpResponseHeaders as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    status == 0
+}
+
+/// The server answered the upgrade: with 101 the connection's frames are followed from here.
+/// When a message may be dropped, a client that would compress with context takeover is told
+/// not to (see [`crate::websocket::extensions`]).
+pub(super) fn at_response(shared: &Shared, ctx: u32, ws: &WsRef) {
+    let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok().flatten();
+    if status.as_deref() != Some(b"101") {
+        return;
+    }
+    let mut w = ws.borrow_mut();
+    let mut policies = Vec::with_capacity(w.rules.len());
+    let (mut bytes, mut enforced) = (false, false);
+    for a in &w.rules {
+        let Some(r) = rule(shared, a.rule) else { continue };
+        policies.push(Policy::new(a.rule, &r.name, r.over_limit.notify, r.over_limit.close_after));
+        bytes |= r.cost == Cost::PayloadBytes;
+        enforced |= !r.shadow;
+    }
+    let header = "sec-websocket-extensions";
+    let accepted = response_header(header).map(|v| (extensions::accepted(&v), v));
+    let may_drop = match &accepted {
+        None => MayDrop::All,
+        Some((a, _)) if a.other => MayDrop::Nothing,
+        Some((a, _)) if !a.deflate || a.client_no_context_takeover => MayDrop::All,
+        Some((_, value)) if enforced => match extensions::without_client_context_takeover(value) {
+            Some(v) if replace_response_header(header, &v) => MayDrop::All,
+            _ => MayDrop::Uncompressed,
+        },
+        Some(_) => MayDrop::Uncompressed,
+    };
+    let mut conn = Connection::new(policies, bytes, true, ctx);
+    conn.set_may_drop(may_drop);
+    w.conn = Some(conn);
+}
+
+/// What the limiter said, as a connection takes it.
+fn judgement(shared: &Shared, verdict: &Verdict) -> Judgement {
+    match verdict {
+        Verdict::Admit { delay_ms, .. } => Judgement::Admit { delay_ms: *delay_ms },
+        Verdict::Deny { outcomes, .. } => {
+            let violated: Vec<_> =
+                outcomes.iter().filter(|o| !o.allowed && !rule(shared, o.rule).is_some_and(|r| r.shadow)).collect();
+            // A denial without decisions (a store error and on_error: deny) says nothing of
+            // when: a second, as a limited response's Retry-After would.
+            let retry = violated.iter().flat_map(|o| o.decisions.iter().map(|d| d.retry_after_ms)).max().unwrap_or(1000);
+            Judgement::Deny { violated: violated.iter().map(|o| o.rule).collect(), retry_after_ms: retry.max(1) }
+        }
+    }
+}
+
+/// Carries out a verdict on the asked frame and counts it.
+fn judge(shared: &Shared, conn: &mut Connection, ask: Ask, verdict: Verdict, now: u64) {
+    let j = judgement(shared, &verdict);
+    let violated = match &j {
+        Judgement::Deny { violated, .. } => violated.clone(),
+        Judgement::Admit { .. } => Vec::new(),
+    };
+    let fate = conn.judge(ask, j, now);
+    // A continuation frame (payload-byte costs) is part of a message already counted.
+    if !ask.continuation || fate != Fate::Admitted {
+        shared.metrics.count_message(&verdict, fate == Fate::Admitted);
+    }
+    if fate == Fate::Closed {
+        for r in violated {
+            shared.metrics.count_closed(r);
+        }
+    }
+}
+
+/// Where a message's Redis decision stands.
+enum Decided {
+    Now(Verdict),
+    Waiting(Pending, u64),
+    /// The call went where its answer cannot come back here (see [`settle`]).
+    Lost,
+}
+
+/// Sends `pending` (and retries) until there is a verdict or a call is out.
+fn settle(shared: &Shared, ctx: u32, mut pending: Pending, deadline: u64) -> Decided {
+    loop {
+        let step = match transport::send(shared, ctx, pending, deadline) {
+            Ok(Sent::Here(p, d)) => return Decided::Waiting(p, d),
+            // Redis callouts answer at the root, out of this connection's reach; the config
+            // compiler refuses them for message rules, so only a bug gets here.
+            Ok(Sent::Root) => return Decided::Lost,
+            Err((p, why)) => shared.limiter.resume(p, Err(why), &EnvoyShared, now_us()),
+        };
+        match step {
+            Resumed::Done(v) => return Decided::Now(v),
+            Resumed::Retry(p) => pending = p,
+        }
+    }
+}
+
+/// A message whose decision was lost is not let through unjudged.
+fn lost(conn: &mut Connection, ask: Ask, now: u64) {
+    log::error!("sluice: a WebSocket message's Redis decision cannot come back to its connection; dropped");
+    conn.judge(ask, Judgement::Deny { violated: Vec::new(), retry_after_ms: 1000 }, now);
+}
+
+/// Walks the client's buffer, judging every message it holds, until it may go on, must wait
+/// for Redis, or is held for a queued message.
+pub(super) fn pump(shared: &Shared, ctx: u32, ws: &WsRef) -> Flow {
+    let mut guard = ws.borrow_mut();
+    let w = &mut *guard;
+    let Some(conn) = w.conn.as_mut() else { return Flow::Continue };
+    if w.broken || w.waiting.is_some() {
+        return if w.broken { Flow::Continue } else { Flow::Hold };
+    }
+    let mut body = EnvoyBody::new(BufferType::HttpRequestBody);
+    loop {
+        let ask = match conn.client_advance(&mut body) {
+            Ok(Advance::Ask(ask)) => ask,
+            Ok(Advance::End) => break,
+            Err(_) => {
+                log::warn!("sluice: cannot read or rewrite a WebSocket request body; passing the connection through");
+                w.broken = true;
+                return Flow::Continue;
+            }
+        };
+        let now = now_us();
+        match shared.limiter.start_message(&w.rules, ask.payload, &EnvoyShared, now) {
+            Step::Done(verdict) => judge(shared, conn, ask, verdict, now),
+            Step::Redis(pending) => {
+                let timeout_us = shared.limiter.redis().map_or(0, |r| r.timeout_ms.saturating_mul(1000));
+                match settle(shared, ctx, pending, now.saturating_add(timeout_us)) {
+                    Decided::Now(verdict) => judge(shared, conn, ask, verdict, now_us()),
+                    Decided::Waiting(p, deadline) => {
+                        w.waiting = Some((p, deadline, ask));
+                        break;
+                    }
+                    Decided::Lost => lost(conn, ask, now),
+                }
+            }
+        }
+    }
+    let now = now_us();
+    match conn.client_finish(&mut body, w.end_of_stream, now) {
+        Ok(false) => Flow::Continue,
+        Ok(true) => {
+            let until = conn.hold_until_us();
+            if w.waiting.is_none() && until > now && until != w.registered_until {
+                w.registered_until = until;
+                let weak = Rc::downgrade(ws);
+                HOLDS.with(|h| h.borrow_mut().push((until, ctx, weak)));
+            }
+            Flow::Hold
+        }
+        Err(_) => {
+            log::warn!("sluice: cannot rewrite a WebSocket request body; passing the connection through");
+            w.broken = true;
+            Flow::Continue
+        }
+    }
+}
+
+/// A client body chunk arrived.
+pub(super) fn on_request_body(shared: &Shared, ctx: u32, ws: &WsRef, end_of_stream: bool) -> Flow {
+    {
+        let mut w = ws.borrow_mut();
+        w.end_of_stream |= end_of_stream;
+        if w.conn.is_none() {
+            return Flow::Continue;
+        }
+    }
+    pump(shared, ctx, ws)
+}
+
+/// A server body chunk arrived: never held.
+pub(super) fn on_response_body(ws: &WsRef, end_of_stream: bool) {
+    let mut w = ws.borrow_mut();
+    if w.broken {
+        return;
+    }
+    let Some(conn) = w.conn.as_mut() else { return };
+    let mut body = EnvoyBody::new(BufferType::HttpResponseBody);
+    if conn.server_chunk(&mut body, end_of_stream).is_err() {
+        log::warn!("sluice: cannot read or rewrite a WebSocket response body; passing the connection through");
+        w.broken = true;
+    }
+}
+
+/// Whether a message of this connection waits for Redis.
+pub(super) fn is_waiting(ws: &WsRef) -> bool {
+    ws.borrow().waiting.is_some()
+}
+
+/// Redis answered (or failed) for the waiting message: it is judged, and the held buffer is
+/// walked on; the stream resumes when nothing more holds it.
+pub(super) fn on_call_response(shared: &Shared, ctx: u32, ws: &WsRef, num_headers: usize, body_size: usize) {
+    let Some((pending, deadline, ask)) = ws.borrow_mut().waiting.take() else { return };
+    let replies = transport::replies(num_headers, body_size, pending.commands.len());
+    let decided = match shared.limiter.resume(pending, replies, &EnvoyShared, now_us()) {
+        Resumed::Done(v) => Decided::Now(v),
+        Resumed::Retry(p) => settle(shared, ctx, p, deadline),
+    };
+    match decided {
+        Decided::Now(verdict) => {
+            let mut w = ws.borrow_mut();
+            if let Some(conn) = w.conn.as_mut() {
+                judge(shared, conn, ask, verdict, now_us());
+            }
+        }
+        Decided::Waiting(p, d) => {
+            ws.borrow_mut().waiting = Some((p, d, ask));
+            return;
+        }
+        Decided::Lost => {
+            if let Some(conn) = ws.borrow_mut().conn.as_mut() {
+                lost(conn, ask, now_us());
+            }
+        }
+    }
+    if pump(shared, ctx, ws) == Flow::Continue {
+        resume_request();
+    }
+}
+
+/// The request waiting on Redis went away: a breaker probe gives its place back.
+pub(super) fn abandon(shared: &Shared, ws: &WsRef) {
+    if let Some((p, _, _)) = ws.borrow_mut().waiting.take() {
+        shared.limiter.abandon(&p, &EnvoyShared);
+    }
+}
+
+/// Lets go of the client streams whose queued message is due (from the root's tick).
+pub(super) fn release_due(shared: &Shared, now: u64) {
+    let due: Vec<(u32, Weak<RefCell<Ws>>)> = HOLDS.with(|h| {
+        let mut h = h.borrow_mut();
+        let (due, later): (Vec<_>, Vec<_>) = h.drain(..).partition(|(at, _, _)| *at <= now);
+        *h = later;
+        due.into_iter().map(|(_, ctx, w)| (ctx, w)).collect()
+    });
+    for (ctx, weak) in due {
+        // The connection may be gone (client hung up): then there is nothing to release.
+        let Some(ws) = weak.upgrade() else { continue };
+        if hostcalls::set_effective_context(ctx).is_err() {
+            continue;
+        }
+        ws.borrow_mut().registered_until = 0;
+        if pump(shared, ctx, &ws) == Flow::Continue {
+            resume_request();
+        }
+    }
+}
