@@ -1,31 +1,40 @@
 //! What the client sees: `RateLimit`/`RateLimit-Policy` (IETF draft -10) or legacy
 //! `X-RateLimit-*` fields, `Retry-After`, and the RFC 9457 problem body of a limited response.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::config::{HeaderMode, ResponseSpec};
 use crate::rate::Rate;
 use crate::strategy::Decision;
 
+/// A response header field: its name (static for the fields sluice writes itself) and value.
+pub type Field = (Cow<'static, str>, String);
+
+/// What every response naming one limit of a rule repeats, written once when the config loads:
+/// the limit's quoted policy name (`"api"`, or `"api.1"` when a rule has several limits) and
+/// its `RateLimit-Policy` item. Rule names are `[A-Za-z0-9_.-]`, so quoting needs no escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitText {
+    pub label: String,
+    pub policy: String,
+}
+
+impl LimitText {
+    pub fn new(rule: &str, index: usize, of: usize, rate: &Rate) -> Self {
+        let label = if of > 1 { format!("\"{rule}.{index}\"") } else { format!("\"{rule}\"") };
+        let (q, w) = policy_quota(rate);
+        let policy = format!("{label};q={q};w={w}");
+        LimitText { label, policy }
+    }
+}
+
 /// One limit of one rule, as decided for this request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reported<'a> {
-    pub rule: &'a str,
-    /// Position of the limit within its rule, and how many limits the rule has.
-    pub index: usize,
-    pub of: usize,
+    pub text: &'a LimitText,
     pub rate: Rate,
     pub decision: Decision,
-}
-
-impl Reported<'_> {
-    /// Writes the policy name: the rule's name, or `name.i` when a rule has several limits.
-    fn write_policy(&self, out: &mut String) {
-        out.push_str(self.rule);
-        if self.of > 1 {
-            let _ = write!(out, ".{}", self.index);
-        }
-    }
 }
 
 fn ceil_div(a: u64, b: u64) -> u64 {
@@ -63,10 +72,15 @@ fn reset_secs(d: &Decision) -> u64 {
 }
 
 /// The rate limit header fields for the given limits.
-pub fn rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>]) -> Vec<(String, String)> {
+pub fn rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>]) -> Vec<Field> {
     let mut out = Vec::new();
+    write_rate_limit_headers(mode, reported, &mut out);
+    out
+}
+
+fn write_rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>], out: &mut Vec<Field>) {
     if reported.is_empty() {
-        return out;
+        return;
     }
     if matches!(mode, HeaderMode::Draft10 | HeaderMode::Both) {
         // Both fields are written straight into their strings: this runs on every request.
@@ -77,86 +91,106 @@ pub fn rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>]) -> Vec<(S
                 policy.push_str(", ");
                 current.push_str(", ");
             }
-            let (q, w) = policy_quota(&r.rate);
-            policy.push('"');
-            r.write_policy(&mut policy);
-            let _ = write!(policy, "\";q={q};w={w}");
-            current.push('"');
-            r.write_policy(&mut current);
-            let _ = write!(current, "\";r={};t={}", r.decision.remaining, reset_secs(&r.decision));
+            policy.push_str(&r.text.policy);
+            current.push_str(&r.text.label);
+            let _ = write!(current, ";r={};t={}", r.decision.remaining, reset_secs(&r.decision));
         }
-        out.push(("ratelimit-policy".to_string(), policy));
-        out.push(("ratelimit".to_string(), current));
+        out.push((Cow::Borrowed("ratelimit-policy"), policy));
+        out.push((Cow::Borrowed("ratelimit"), current));
     }
     if matches!(mode, HeaderMode::Legacy | HeaderMode::Both) {
         // Legacy fields carry one limit: the one closest to running out (a denial first).
         let tightest = reported.iter().min_by_key(|r| (r.decision.allowed, r.decision.remaining));
         if let Some(r) = tightest {
-            out.push(("x-ratelimit-limit".to_string(), r.rate.limit.to_string()));
-            out.push(("x-ratelimit-remaining".to_string(), r.decision.remaining.to_string()));
-            out.push(("x-ratelimit-reset".to_string(), reset_secs(&r.decision).to_string()));
+            out.push((Cow::Borrowed("x-ratelimit-limit"), r.rate.limit.to_string()));
+            out.push((Cow::Borrowed("x-ratelimit-remaining"), r.decision.remaining.to_string()));
+            out.push((Cow::Borrowed("x-ratelimit-reset"), reset_secs(&r.decision).to_string()));
         }
     }
-    out
 }
 
 /// A response the filter sends itself instead of forwarding the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalResponse {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<Field>,
     pub body: Vec<u8>,
 }
 
-fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
-}
-
 /// The limited response: `Retry-After` (whole seconds, ceil, ≥ 1), rate limit fields, the
-/// configured extra headers, and the configured body or an RFC 9457 problem document.
+/// configured extra headers, and the configured body or an RFC 9457 problem document naming
+/// the `violated` rules. A flood is made of these, so each is written in one pass into buffers
+/// sized up front.
 pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>], violated: &[&str]) -> LocalResponse {
     let retry_ms = reported.iter().filter(|r| !r.decision.allowed).map(|r| r.decision.retry_after_ms).max().unwrap_or(0);
     let retry_after = ceil_secs(retry_ms).max(1);
-    let mut headers = vec![("retry-after".to_string(), retry_after.to_string())];
-    headers.extend(rate_limit_headers(mode, reported));
+    let mut headers = Vec::with_capacity(4 + spec.headers.len());
+    headers.push((Cow::Borrowed("retry-after"), retry_after.to_string()));
+    write_rate_limit_headers(mode, reported, &mut headers);
     let body = match &spec.body {
         Some(body) => {
             let ct = spec.content_type.clone().unwrap_or_else(|| "text/plain".to_string());
-            headers.push(("content-type".to_string(), ct));
+            headers.push((Cow::Borrowed("content-type"), ct));
             body.clone().into_bytes()
         }
         None => {
-            headers.push(("content-type".to_string(), "application/problem+json".to_string()));
-            let names: Vec<String> = violated.iter().map(|n| json_string(n)).collect();
-            let detail = match violated {
-                [one] => format!("rate limit \"{one}\" exceeded; retry in {retry_after} s"),
-                _ => format!("rate limits {} exceeded; retry in {retry_after} s", violated.join(", ")),
-            };
-            format!(
-                "{{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":{},\"detail\":{},\"violated_rules\":[{}],\"retry_after\":{}}}",
-                spec.status,
-                json_string(&detail),
-                names.join(","),
-                retry_after
-            )
-            .into_bytes()
+            headers.push((Cow::Borrowed("content-type"), "application/problem+json".to_string()));
+            problem(spec.status, violated, retry_after).into_bytes()
         }
     };
-    headers.extend(spec.headers.iter().cloned());
+    headers.extend(spec.headers.iter().map(|(k, v)| (Cow::Owned(k.clone()), v.clone())));
     LocalResponse { status: spec.status, headers, body }
+}
+
+/// The RFC 9457 problem document. Rule names are `[A-Za-z0-9_.-]` (the config compiler's
+/// rule), so they are written between quotes as they are.
+fn problem(status: u16, violated: &[&str], retry_after: u64) -> String {
+    let names: usize = violated.iter().map(|n| n.len() + 8).sum();
+    let mut out = String::with_capacity(160 + 2 * names);
+    let _ = write!(out, "{{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":{status},\"detail\":\"");
+    match violated {
+        [one] => {
+            let _ = write!(out, "rate limit \\\"{one}\\\" exceeded");
+        }
+        _ => {
+            out.push_str("rate limits ");
+            for (i, n) in violated.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(n);
+            }
+            out.push_str(" exceeded");
+        }
+    }
+    let _ = write!(out, "; retry in {retry_after} s\",\"violated_rules\":[");
+    for (i, n) in violated.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(n);
+        out.push('"');
+    }
+    let _ = write!(out, "],\"retry_after\":{retry_after}}}");
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rep(rule: &str, limit: u64, period_ms: u64, allowed: bool, remaining: u64, ms: u64) -> Reported<'_> {
+    fn text(rule: &str, limit: u64, period_ms: u64) -> LimitText {
+        LimitText::new(rule, 0, 1, &Rate { limit, period_ms })
+    }
+
+    fn rep(text: &LimitText, limit: u64, period_ms: u64, allowed: bool, remaining: u64, ms: u64) -> Reported<'_> {
         let decision = if allowed {
             Decision { allowed, limit, remaining, reset_ms: ms, ..Default::default() }
         } else {
             Decision { allowed, limit, remaining, reset_ms: ms, retry_after_ms: ms, ..Default::default() }
         };
-        Reported { rule, index: 0, of: 1, rate: Rate { limit, period_ms }, decision }
+        Reported { text, rate: Rate { limit, period_ms }, decision }
     }
 
     #[test]
@@ -168,7 +202,8 @@ mod tests {
 
     #[test]
     fn draft10_and_legacy_fields() {
-        let r = [rep("api", 100, 60_000, true, 42, 29_001), rep("burst", 10, 1000, true, 3, 200)];
+        let (api, burst) = (text("api", 100, 60_000), text("burst", 10, 1000));
+        let r = [rep(&api, 100, 60_000, true, 42, 29_001), rep(&burst, 10, 1000, true, 3, 200)];
         let h = rate_limit_headers(HeaderMode::Both, &r);
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("ratelimit-policy"), Some("\"api\";q=100;w=60, \"burst\";q=10;w=1"));
@@ -182,7 +217,8 @@ mod tests {
     fn limited_response_has_retry_after_and_problem_body() {
         let spec =
             ResponseSpec { status: 429, headers: vec![("x-reason".into(), "throttled".into())], body: None, content_type: None };
-        let r = [rep("api", 50, 60_000, false, 0, 1_200)];
+        let api = text("api", 50, 60_000);
+        let r = [rep(&api, 50, 60_000, false, 0, 1_200)];
         let resp = limited(&spec, HeaderMode::Draft10, &r, &["api"]);
         assert_eq!(resp.status, 429);
         let get = |k: &str| resp.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -197,12 +233,27 @@ mod tests {
     }
 
     #[test]
+    fn the_problem_document_is_json_for_one_rule_and_several() {
+        for (violated, detail) in [
+            (&["api"][..], "rate limit \"api\" exceeded; retry in 7 s"),
+            (&["a.b", "c-d_9"][..], "rate limits a.b, c-d_9 exceeded; retry in 7 s"),
+        ] {
+            let body: serde_json::Value = serde_json::from_str(&problem(429, violated, 7)).unwrap();
+            assert_eq!(body["detail"], detail);
+            assert_eq!(body["violated_rules"], serde_json::json!(violated));
+            assert_eq!((body["status"].as_u64(), body["retry_after"].as_u64()), (Some(429), Some(7)));
+            assert_eq!(body["title"], "Too Many Requests");
+        }
+    }
+
+    #[test]
     fn retry_after_is_at_least_one_second() {
         let spec = ResponseSpec { status: 503, headers: vec![], body: Some("slow down".into()), content_type: None };
-        let resp = limited(&spec, HeaderMode::None, &[rep("a", 5, 1000, false, 0, 1)], &["a"]);
+        let a = text("a", 5, 1000);
+        let resp = limited(&spec, HeaderMode::None, &[rep(&a, 5, 1000, false, 0, 1)], &["a"]);
         assert_eq!(resp.status, 503);
         assert_eq!(resp.body, b"slow down");
-        assert!(resp.headers.contains(&("retry-after".to_string(), "1".to_string())));
-        assert!(resp.headers.contains(&("content-type".to_string(), "text/plain".to_string())));
+        assert!(resp.headers.contains(&("retry-after".into(), "1".to_string())));
+        assert!(resp.headers.contains(&("content-type".into(), "text/plain".to_string())));
     }
 }

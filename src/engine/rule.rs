@@ -7,18 +7,23 @@ use std::borrow::Cow;
 use crate::config::{Backend, OnError, Rule};
 use crate::identity::IdentityHasher;
 use crate::rate::Rate;
+use crate::response::LimitText;
 use crate::store::Table;
 
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledRule {
     pub rule: Rule,
     pub table: Table,
+    /// Each limit's text in responses, written once here rather than on every request.
+    pub texts: Vec<LimitText>,
 }
 
 impl CompiledRule {
     pub fn new(rule: Rule, namespace: &str, slots: u32) -> Self {
         let table = Table { prefix: format!("{namespace}:{}:", rule.name), slots, fingerprint: fingerprint(&rule) };
-        CompiledRule { rule, table }
+        let rates = rule.limits.rates();
+        let texts = rates.iter().enumerate().map(|(i, r)| LimitText::new(&rule.name, i, rates.len(), r)).collect();
+        CompiledRule { rule, table, texts }
     }
 
     /// The limits in force; none for `0/0`.

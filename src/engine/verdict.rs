@@ -3,7 +3,7 @@
 
 use super::{Applied, Limiter};
 use crate::identity::Identity;
-use crate::response::{self, LocalResponse, Reported};
+use crate::response::{self, Field, LocalResponse, Reported};
 use crate::strategy::Decision;
 
 /// What happened to one rule for one request.
@@ -42,7 +42,7 @@ impl RuleOutcome {
 pub enum Verdict {
     /// Forward the request (after `delay_ms`, for queued requests), adding `headers` to the
     /// response.
-    Admit { headers: Vec<(String, String)>, delay_ms: u64, outcomes: Vec<RuleOutcome> },
+    Admit { headers: Vec<Field>, delay_ms: u64, outcomes: Vec<RuleOutcome> },
     /// Answer with `response`.
     Deny { response: LocalResponse, outcomes: Vec<RuleOutcome> },
 }
@@ -61,8 +61,8 @@ impl Limiter {
         for o in &outcomes {
             let c = &self.rules[o.rule];
             let rates = c.rates();
-            for (index, (rate, decision)) in rates.iter().zip(&o.decisions).enumerate() {
-                reported.push(Reported { rule: &c.rule.name, index, of: rates.len(), rate: *rate, decision: *decision });
+            for ((rate, text), decision) in rates.iter().zip(&c.texts).zip(&o.decisions) {
+                reported.push(Reported { text, rate: *rate, decision: *decision });
             }
         }
         if denied {

@@ -46,7 +46,7 @@ pub(super) fn apply(shared: &Shared, ctx: u32, verdict: Verdict) -> (Flow, Field
             (Flow::Hold, headers)
         }
         Verdict::Deny { response, .. } => {
-            let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
             if let Err(status) = hostcalls::send_http_response(u32::from(response.status), headers, Some(&response.body)) {
                 log::warn!("sluice: cannot send the limited response: {status:?}");
                 return (Flow::Continue, Vec::new());

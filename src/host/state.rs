@@ -8,7 +8,7 @@ use super::metrics::Metrics;
 use crate::engine::Limiter;
 
 /// Header fields, in order.
-pub(super) type Fields = Vec<(String, String)>;
+pub(super) type Fields = Vec<crate::response::Field>;
 
 /// One configuration of the filter, shared by the worker's contexts.
 pub(super) struct Shared {
