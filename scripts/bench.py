@@ -49,7 +49,7 @@ def parse_args():
     ap.add_argument("--quick", action="store_true", help="one repetition, shorter runs, smaller memory steps (~4 min)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
     ap.add_argument("--configs", default="", help="throughput configurations to run (default all), e.g. a,b,c")
-    ap.add_argument("--reps", type=int, help="repetitions per configuration (default 3, quick 1)")
+    ap.add_argument("--reps", type=int, help="repetitions per configuration (default 5, quick 1)")
     ap.add_argument("--seconds", type=int, help="length of one throughput run (default 5, quick 3)")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections for throughput (default 32)")
     ap.add_argument("--max-others", type=float, default=0.25,
@@ -76,7 +76,7 @@ def main():
     unknown = set(sections) - set(SECTIONS) - set(OPTIONAL)
     if unknown:
         sys.exit(f"unknown sections: {', '.join(sorted(unknown))}")
-    reps = args.reps or (1 if quick else 3)
+    reps = args.reps or (1 if quick else 5)
     seconds = args.seconds or (3 if quick else 5)
     cpus = sorted(os.sched_getaffinity(0))
     envoy_cpus, load_cpus = ([cpus[0]], [cpus[1]]) if len(cpus) >= 2 else (None, None)
