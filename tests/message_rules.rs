@@ -125,7 +125,7 @@ fn an_upgrade_meets_message_rules_and_requests_never_do() {
 fn admitted(l: &Limiter, rules: &[sluice::engine::Applied], payloads: &[u64], store: &MemStore, now_us: u64) -> Vec<bool> {
     payloads
         .iter()
-        .map(|p| match l.start_message(rules, *p, store, now_us) {
+        .map(|p| match l.start_message(rules, *p, false, store, now_us) {
             Step::Done(v) => matches!(v, Verdict::Admit { .. }),
             Step::Redis(_) => panic!("local rules only"),
         })
@@ -162,6 +162,36 @@ fn payload_bytes_are_the_cost() {
     assert_eq!(admitted(&l, &a, &[60, 40, 1], &store, now), vec![true, true, false]);
     let fresh = MemStore::default();
     assert_eq!(admitted(&l, &a, &[u64::MAX, 0, 99], &fresh, now), vec![false, true, true]);
+}
+
+#[test]
+fn a_fragmented_message_counts_once_and_its_bytes_frame_by_frame() {
+    let l = limiter(json!([
+        {"name": "count", "per": "message", "limit": "2/min", "strategy": "fixed_window"},
+        {"name": "bytes", "per": "message", "limit": "100/min", "cost": "payload_bytes", "strategy": "fixed_window"}
+    ]));
+    let store = MemStore::default();
+    let rules = l.message_rules(&upgrade("10.0.0.1"));
+    let now = 1_700_000_000_000_000;
+    let decide = |payload: u64, continuation: bool| match l.start_message(&rules, payload, continuation, &store, now) {
+        Step::Done(v) => v,
+        Step::Redis(_) => panic!("local rules only"),
+    };
+    // A message of three frames: its first frame meets both rules, each continuation only the
+    // payload-byte rule, so the count rule has room for one more message afterwards.
+    let first = decide(10, false);
+    assert_eq!(first.outcomes().iter().map(|o| o.rule).collect::<Vec<_>>(), vec![0, 1]);
+    for _ in 0..2 {
+        let cont = decide(20, true);
+        assert!(matches!(cont, Verdict::Admit { .. }));
+        assert_eq!(cont.outcomes().iter().map(|o| o.rule).collect::<Vec<_>>(), vec![1]);
+    }
+    assert!(matches!(decide(10, false), Verdict::Admit { .. }), "the second message (60 bytes so far)");
+    assert!(matches!(decide(1, false), Verdict::Deny { .. }), "a third message: over the count");
+    // 60 bytes are in (the denied message took nothing from either rule); a continuation of
+    // 41 more is over the bytes, one of 40 is not.
+    assert!(matches!(decide(41, true), Verdict::Deny { .. }));
+    assert!(matches!(decide(40, true), Verdict::Admit { .. }));
 }
 
 fn strategy() -> impl Strategy<Value = Algo> {

@@ -4,7 +4,7 @@
 
 use super::{Applied, Limiter, Resumed, RuleOutcome, Step, Verdict};
 use crate::breaker::{Breaker, Permit};
-use crate::config::OnError;
+use crate::config::{Cost, OnError};
 use crate::identity::RequestInfo;
 use crate::redis::script::{self, Form, RuleCall};
 use crate::redis::wire::Reply;
@@ -49,12 +49,26 @@ impl Limiter {
         self.decide_applied(self.applicable(req), store, now)
     }
 
-    /// Begins deciding one WebSocket message of `payload` bytes against the message rules its
+    /// Begins deciding one WebSocket frame of `payload` bytes against the message rules its
     /// connection's upgrade met ([`Limiter::message_rules`]), as [`Limiter::start`] decides a
     /// request: every rule must admit, and Redis rules may need [`Limiter::resume`].
-    pub fn start_message(&self, rules: &[Applied], payload: u64, store: &impl SharedStore, now_us: u64) -> Step {
-        let applied =
-            rules.iter().map(|a| Applied { cost: self.rules[a.rule].rule.message_cost(payload), ..a.clone() }).collect();
+    ///
+    /// The first frame of a message is judged by every rule. A `continuation` (a later frame of
+    /// a message already admitted, asked about only when a rule costs payload bytes) is judged
+    /// by the payload-byte rules alone: the others counted the message once, at its first frame.
+    pub fn start_message(
+        &self,
+        rules: &[Applied],
+        payload: u64,
+        continuation: bool,
+        store: &impl SharedStore,
+        now_us: u64,
+    ) -> Step {
+        let applied = rules
+            .iter()
+            .filter(|a| !continuation || self.rules[a.rule].rule.cost == Cost::PayloadBytes)
+            .map(|a| Applied { cost: self.rules[a.rule].rule.message_cost(payload), ..a.clone() })
+            .collect();
         self.decide_applied(applied, store, || now_us)
     }
 

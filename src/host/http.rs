@@ -150,7 +150,7 @@ impl HttpContext for Http {
         let clock = std::cell::OnceCell::new();
         let now = || *clock.get_or_init(now_us);
         let req = HostRequest::new(&shared.limiter);
-        self.ws = websocket::at_upgrade(&shared, &req);
+        self.ws = websocket::at_upgrade(&shared, self.id, &req);
         let flow = match shared.limiter.start_at(&req, &EnvoyShared, now) {
             Step::Done(verdict) => {
                 let (flow, fields) = apply(&shared, self.id, verdict);
@@ -183,7 +183,7 @@ impl HttpContext for Http {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &name, &value);
         }
         if let (Some(shared), Some(ws)) = (&self.shared, &self.ws) {
-            websocket::at_response(shared, self.id, ws);
+            websocket::at_response(shared, ws);
         }
         Action::Continue
     }

@@ -1,6 +1,7 @@
 //! A WebSocket connection's frames through the filter: the message rules its upgrade met, the
-//! [`Connection`] that follows both directions once the 101 is in, each client message judged by
-//! the limiter (in shared data at once, or held while Redis answers), and the counts.
+//! [`Connection`] that follows the client's frames from the first byte and the server's once
+//! its 101 is in, each client message judged by the limiter (in shared data at once, or held
+//! while Redis answers), and the counts.
 //!
 //! Envoy hands an upgraded stream's bytes to the body callbacks, and a body held with
 //! StopIterationAndBuffer grows with every later chunk until the filter lets it go; it can be
@@ -28,8 +29,11 @@ use super::transport::{self, Sent};
 pub(super) struct Ws {
     /// The message rules the upgrade met, with the identity each counts against.
     rules: Vec<Applied>,
-    /// Follows the frames once the server accepted the upgrade.
+    /// Follows the frames: the client's from its first byte (a client may send frames before
+    /// the 101 has reached it, and they must not pass unjudged), the server's once its 101 is in.
     conn: Option<Connection>,
+    /// The server answered 101.
+    upgraded: bool,
     /// A message waiting for Redis: the call, its deadline, and the frame asked about.
     waiting: Option<(Pending, u64, Ask)>,
     /// The client finished sending.
@@ -124,7 +128,7 @@ fn resume_request() {
 }
 
 /// The message rules upgrade request `req` meets, or none (not an upgrade, or no rule).
-pub(super) fn at_upgrade(shared: &Shared, req: &impl crate::identity::RequestInfo) -> Option<WsRef> {
+pub(super) fn at_upgrade(shared: &Shared, ctx: u32, req: &impl crate::identity::RequestInfo) -> Option<WsRef> {
     if !shared.limiter.has_message_rules() || !req.header("upgrade").is_some_and(|v| crate::websocket::is_upgrade(&v)) {
         return None;
     }
@@ -132,7 +136,17 @@ pub(super) fn at_upgrade(shared: &Shared, req: &impl crate::identity::RequestInf
     if rules.is_empty() {
         return None;
     }
-    let ws = Ws { rules, conn: None, waiting: None, end_of_stream: false, registered_until: 0, broken: false };
+    let mut policies = Vec::with_capacity(rules.len());
+    let mut bytes = false;
+    for a in &rules {
+        let Some(r) = rule(shared, a.rule) else { continue };
+        policies.push(Policy::new(a.rule, &r.name, r.over_limit.notify, r.over_limit.close_after));
+        bytes |= r.cost == Cost::PayloadBytes;
+    }
+    // Until the 101 says which extensions hold, a compressed message is not dropped.
+    let conn = Connection::new(policies, bytes, false, ctx);
+    let ws =
+        Ws { rules, conn: Some(conn), upgraded: false, waiting: None, end_of_stream: false, registered_until: 0, broken: false };
     Some(Rc::new(RefCell::new(ws)))
 }
 
@@ -165,20 +179,14 @@ fn replace_response_header(name: &str, value: &str) -> bool {
 /// The server answered the upgrade: with 101 the connection's frames are followed from here.
 /// When a message may be dropped, a client that would compress with context takeover is told
 /// not to (see [`crate::websocket::extensions`]).
-pub(super) fn at_response(shared: &Shared, ctx: u32, ws: &WsRef) {
+pub(super) fn at_response(shared: &Shared, ws: &WsRef) {
     let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok().flatten();
     if status.as_deref() != Some(b"101") {
         return;
     }
     let mut w = ws.borrow_mut();
-    let mut policies = Vec::with_capacity(w.rules.len());
-    let (mut bytes, mut enforced) = (false, false);
-    for a in &w.rules {
-        let Some(r) = rule(shared, a.rule) else { continue };
-        policies.push(Policy::new(a.rule, &r.name, r.over_limit.notify, r.over_limit.close_after));
-        bytes |= r.cost == Cost::PayloadBytes;
-        enforced |= !r.shadow;
-    }
+    w.upgraded = true;
+    let enforced = w.rules.iter().any(|a| rule(shared, a.rule).is_some_and(|r| !r.shadow));
     let header = "sec-websocket-extensions";
     let accepted = response_header(header).map(|v| (extensions::accepted(&v), v));
     let may_drop = match &accepted {
@@ -191,9 +199,9 @@ pub(super) fn at_response(shared: &Shared, ctx: u32, ws: &WsRef) {
         },
         Some(_) => MayDrop::Uncompressed,
     };
-    let mut conn = Connection::new(policies, bytes, true, ctx);
-    conn.set_may_drop(may_drop);
-    w.conn = Some(conn);
+    if let Some(conn) = w.conn.as_mut() {
+        conn.set_may_drop(may_drop);
+    }
 }
 
 /// What the limiter said, as a connection takes it.
@@ -282,7 +290,7 @@ pub(super) fn pump(shared: &Shared, ctx: u32, ws: &WsRef) -> Flow {
             }
         };
         let now = now_us();
-        match shared.limiter.start_message(&w.rules, ask.payload, &EnvoyShared, now) {
+        match shared.limiter.start_message(&w.rules, ask.payload, ask.continuation, &EnvoyShared, now) {
             Step::Done(verdict) => judge(shared, conn, ask, verdict, now),
             Step::Redis(pending) => {
                 let timeout_us = shared.limiter.redis().map_or(0, |r| r.timeout_ms.saturating_mul(1000));
@@ -319,20 +327,14 @@ pub(super) fn pump(shared: &Shared, ctx: u32, ws: &WsRef) -> Flow {
 
 /// A client body chunk arrived.
 pub(super) fn on_request_body(shared: &Shared, ctx: u32, ws: &WsRef, end_of_stream: bool) -> Flow {
-    {
-        let mut w = ws.borrow_mut();
-        w.end_of_stream |= end_of_stream;
-        if w.conn.is_none() {
-            return Flow::Continue;
-        }
-    }
+    ws.borrow_mut().end_of_stream |= end_of_stream;
     pump(shared, ctx, ws)
 }
 
 /// A server body chunk arrived: never held.
 pub(super) fn on_response_body(ws: &WsRef, end_of_stream: bool) {
     let mut w = ws.borrow_mut();
-    if w.broken {
+    if w.broken || !w.upgraded {
         return;
     }
     let Some(conn) = w.conn.as_mut() else { return };

@@ -1,14 +1,15 @@
 //! The server-to-client direction: frame boundaries are tracked so that what sluice tells the
-//! client goes in between whole frames: the notice (a text frame, only between messages) and
-//! the close (a control frame, between any two frames, after which nothing of the server's
-//! reaches the client). The pong the server sends for sluice's own ping is taken out.
+//! client goes in between whole frames: the notice (a text frame, only between messages), and
+//! the close, which takes the place of the close the server sends back when sluice closed the
+//! connection on the client's behalf (what the server sent before it passes; nothing after it
+//! does). The pong the server sends for sluice's own ping is taken out.
 //!
 //! Never held: a chunk that ends inside a frame header, or inside a pong that may be sluice's,
 //! has that part carried to the next chunk (at most a header and a 125-byte control payload).
 
 use super::body::{Body, Edits, Reader};
 use super::client::HostError;
-use super::frame::{self, Header, Parsed, CONTINUATION, MAX_CONTROL_PAYLOAD, MAX_HEADER, PONG};
+use super::frame::{self, Header, Parsed, CLOSE, CONTINUATION, MAX_CONTROL_PAYLOAD, MAX_HEADER, PONG};
 use super::Carry;
 
 /// The longest piece carried between chunks: a control frame's header and payload.
@@ -24,7 +25,7 @@ pub struct ServerStream {
     closed: bool,
     /// The notice frame waiting for a message boundary.
     pub(super) notice: Option<Vec<u8>>,
-    /// The close frame waiting for a frame boundary.
+    /// The close frame that replaces the server's answer to sluice's close.
     pub(super) close: Option<Vec<u8>>,
     /// The payload of the pong sluice expects for its ping, if one is out.
     pub(super) pong: Option<Vec<u8>>,
@@ -67,13 +68,18 @@ impl ServerStream {
                 continue;
             }
             self.boundary(&mut edits, pos);
-            if self.closed {
-                continue;
-            }
             if pos >= len {
                 break;
             }
             let Parsed::Header(h) = Header::parse(reader.at(body, pos, MAX_HEADER).ok_or(HostError)?) else { break };
+            if h.opcode == CLOSE && self.close.is_some() {
+                if let Some(close) = self.close.take() {
+                    edits.insert(pos, close);
+                }
+                self.closed = true;
+                self.notice = None;
+                continue;
+            }
             if self.is_our_pong(&h) {
                 let whole = h.frame_len() as usize;
                 let Some(bytes) = reader.at(body, pos, whole).ok_or(HostError)?.get(..whole) else { break };
@@ -105,17 +111,12 @@ impl ServerStream {
         Ok(())
     }
 
-    /// At a frame boundary: the notice (between messages) and the close go in here.
+    /// At a frame boundary between messages, the notice goes in.
     fn boundary(&mut self, edits: &mut Edits, pos: usize) {
         if !self.in_message {
             if let Some(notice) = self.notice.take() {
                 edits.insert(pos, notice);
             }
-        }
-        if let Some(close) = self.close.take() {
-            edits.insert(pos, close);
-            self.closed = true;
-            self.notice = None;
         }
     }
 

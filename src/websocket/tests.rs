@@ -300,14 +300,16 @@ fn close_after_n_closes_both_ways_with_1008() {
     let last = to_server.last().unwrap();
     assert_eq!((last.2, &last.3[..2]), (8, &1008u16.to_be_bytes()[..]));
     assert_eq!(&last.3[2..], b"rate limit \"chat\" exceeded");
-    // The client gets the notice of the first drop, then sluice's close in place of the
-    // server's own (its answer), and nothing after.
-    let mut down = frame::close_frame(1008, "bye", None);
+    // The client gets the notice of the first drop, what the server sent before it heard of
+    // the close, then sluice's close in place of the server's own (its answer), and nothing after.
+    let mut down = frame::frame(frame::TEXT, b"echo", None);
+    down.extend(frame::close_frame(1008, "bye", None));
     down.extend(frame::frame(frame::TEXT, b"late", None));
     sim.conn.server_chunk(&mut down, false).unwrap();
     let frames = decode(&down).unwrap();
-    assert_eq!(frames.iter().map(|f| f.2).collect::<Vec<_>>(), vec![1, 8], "{frames:?}");
-    assert_eq!(&frames[1].3[2..], b"rate limit \"chat\" exceeded");
+    assert_eq!(frames.iter().map(|f| (f.2, f.3.len())).collect::<Vec<_>>()[1..], [(1, 4), (8, 28)], "{frames:?}");
+    assert_eq!(frames[0].2, 1, "the notice first");
+    assert_eq!(&frames[2].3[2..], b"rate limit \"chat\" exceeded");
     // Whatever the client sends afterwards goes nowhere.
     let before = sim.to_server.len();
     sim.chunk(&wire(&[msg("d")]), false, false);
