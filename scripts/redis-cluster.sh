@@ -5,17 +5,21 @@
 #   scripts/redis-cluster.sh start  DIR BASEPORT   # nodes on BASEPORT..BASEPORT+5
 #   scripts/redis-cluster.sh stop   DIR BASEPORT
 #   scripts/redis-cluster.sh status DIR BASEPORT
+#   scripts/redis-cluster.sh restart DIR BASEPORT PORT   # one node again (after a kill, a test's fault)
 #
 # Each node keeps its files in DIR/PORT (nodes.conf, log, pid); `start` wipes them first, so a
 # new cluster is created every time. Cluster-bus ports are PORT+10000 (BASEPORT <= 55529).
 # `start` returns when every node reports cluster_state:ok and prints the seed list
 # (127.0.0.1:P1,...,127.0.0.1:P6) on stdout; `stop` waits until every node has exited.
-# REDIS_SERVER and REDIS_CLI override the binaries.
+# `restart` starts node PORT again with the files `start` gave it: its nodes.conf keeps its
+# identity, so it rejoins the cluster (a primary that was failed over comes back as a replica of
+# the node that took its slots) without losing any; it returns when the node answers PING and
+# sees cluster_state:ok. REDIS_SERVER and REDIS_CLI override the binaries.
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|status DIR BASEPORT" >&2; exit 2; }
-[ $# -eq 3 ] || usage
-action=$1 dir=$2 base=$3
+usage() { echo "usage: $0 start|stop|status DIR BASEPORT, or $0 restart DIR BASEPORT PORT" >&2; exit 2; }
+[ $# -eq 3 ] || { [ $# -eq 4 ] && [ "$1" = restart ]; } || usage
+action=$1 dir=$2 base=$3 node=${4:-}
 [[ $base =~ ^[0-9]+$ ]] && [ "$base" -ge 1024 ] && [ "$base" -le 55529 ] \
   || { echo "BASEPORT must be a number in 1024..55529" >&2; exit 2; }
 
@@ -47,6 +51,14 @@ cluster_ok() {
 up_or_aborted() { pong "$1" || grep -q 'aborting' "$dir/$1/redis.log" 2>/dev/null; }
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# start_node PORT: one node, daemonized, its files in DIR/PORT (the cluster config kept there).
+start_node() {
+  "$REDIS_SERVER" --port "$1" --bind 127.0.0.1 --protected-mode yes \
+    --cluster-enabled yes --cluster-config-file "$dir/$1/nodes.conf" \
+    --cluster-node-timeout 2000 --dir "$dir/$1" --save '' --appendonly no \
+    --daemonize yes --pidfile "$dir/$1/redis.pid" --logfile "$dir/$1/redis.log"
+}
+
 stop_nodes() {
   local p pidfile
   for p in "${ports[@]}"; do
@@ -72,10 +84,7 @@ case $action in
     for p in "${ports[@]}"; do
       rm -rf "${dir:?}/$p"
       mkdir -p "$dir/$p"
-      "$REDIS_SERVER" --port "$p" --bind 127.0.0.1 --protected-mode yes \
-        --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" \
-        --cluster-node-timeout 2000 --dir "$dir/$p" --save '' --appendonly no \
-        --daemonize yes --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log"
+      start_node "$p"
     done
     for p in "${ports[@]}"; do
       if ! wait_for 15 up_or_aborted "$p" || ! pong "$p"; then
@@ -98,6 +107,18 @@ case $action in
   stop)
     stop_nodes
     say "cluster on ports ${ports[0]}..${ports[5]} stopped"
+    ;;
+  restart)
+    [[ " ${ports[*]} " == *" $node "* ]] || { echo "PORT must be one of ${ports[*]}" >&2; exit 2; }
+    [ -f "$dir/$node/nodes.conf" ] || { say "no node was started on $node in $dir"; exit 1; }
+    if running "$dir/$node/redis.pid"; then say "node $node is still running"; exit 1; fi
+    rm -f "$dir/$node/redis.pid"
+    start_node "$node"
+    if ! wait_for 15 up_or_aborted "$node" || ! pong "$node"; then
+      say "node $node did not start again; see $dir/$node/redis.log"; exit 1
+    fi
+    wait_for 30 cluster_ok "$node" || { say "node $node never saw cluster_state:ok after its restart"; exit 1; }
+    say "node $node is back"
     ;;
   status)
     up=0
