@@ -106,6 +106,11 @@ pub enum Started {
 impl Envoy {
     /// Starts `envoy` on a bootstrap and waits until it is ready (or exits).
     pub fn start(boot: &Value, concurrency: u32) -> Started {
+        Envoy::start_with(boot, concurrency, &[])
+    }
+
+    /// [`Envoy::start`] with more command-line options (e.g. `--file-flush-interval-msec`).
+    pub fn start_with(boot: &Value, concurrency: u32, options: &[&str]) -> Started {
         let dir = TempDir::new("envoy");
         let config = dir.0.join("bootstrap.json");
         std::fs::write(&config, boot.to_string()).expect("write bootstrap");
@@ -117,6 +122,7 @@ impl Envoy {
             .arg("-c")
             .arg(&config)
             .args(["--concurrency", &concurrency.to_string(), "--disable-hot-restart", "--log-level", "info"])
+            .args(options)
             .arg("--log-path")
             .arg(&log)
             .stdin(Stdio::null())
@@ -142,7 +148,12 @@ impl Envoy {
 
     /// Starts and insists that Envoy accepted the configuration.
     pub fn running(boot: &Value, concurrency: u32) -> Envoy {
-        match Envoy::start(boot, concurrency) {
+        Envoy::running_with(boot, concurrency, &[])
+    }
+
+    /// [`Envoy::running`] with more command-line options.
+    pub fn running_with(boot: &Value, concurrency: u32, options: &[&str]) -> Envoy {
+        match Envoy::start_with(boot, concurrency, options) {
             Started::Running(e) => e,
             Started::Exited { code, log } => panic!("envoy exited ({code:?}):\n{log}"),
         }
@@ -361,6 +372,24 @@ pub fn cluster_base_port() -> u16 {
     panic!("no free base port for a Redis Cluster outside {lo}-{hi}");
 }
 
+/// A port that is free now and outside the ephemeral range, for a server that is restarted on
+/// the same port: while it is down, no outgoing connection of another process can take it.
+pub fn stable_port() -> u16 {
+    let (lo, hi) = ephemeral_ports();
+    let mut pick = (std::process::id() as usize).wrapping_mul(104729) ^ usize::from(free_port());
+    for _ in 0..500 {
+        pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let port = 10000 + ((pick >> 16) % 55000) as u16;
+        if (lo..=hi).contains(&port) || (7000..=7005).contains(&port) || (17000..=17005).contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port outside the ephemeral ports {lo}-{hi}");
+}
+
 /// A 6-node Redis Cluster (3 primaries, 3 replicas) on loopback, via scripts/redis-cluster.sh.
 pub struct RedisCluster {
     dir: TempDir,
@@ -393,8 +422,216 @@ impl RedisCluster {
     }
 }
 
+/// One line of `CLUSTER NODES`: a node as the cluster sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    pub primary: bool,
+    /// Flagged `fail` or `fail?` (unreachable) by the node asked.
+    pub failing: bool,
+    /// The primary's id, for a replica.
+    pub primary_id: Option<String>,
+    /// Slot ranges served, inclusive.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
+}
+
+impl RedisCluster {
+    /// The nodes' ports, BASE..BASE+5.
+    pub fn ports(&self) -> Vec<u16> {
+        (self.base..self.base + 6).collect()
+    }
+
+    /// The pid of node `port` (from the pid file redis-server writes).
+    pub fn pid(&self, port: u16) -> Option<u32> {
+        std::fs::read_to_string(self.dir.0.join(port.to_string()).join("redis.pid")).ok()?.trim().parse().ok()
+    }
+
+    fn signal(&self, port: u16, sig: &str) {
+        let pid = self.pid(port).unwrap_or_else(|| panic!("no pid for node {port}"));
+        let ok = Command::new("kill").args([sig, &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "kill {sig} {pid} (node {port}) failed");
+    }
+
+    /// SIGKILL: the node dies at once, as on a crash (its pid file stays until a restart).
+    pub fn kill(&self, port: u16) {
+        self.signal(port, "-KILL");
+        let pid = self.pid(port);
+        wait_until(Duration::from_secs(10), || {
+            pid.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists() || process_state(p) == Some('Z'))
+        })
+        .unwrap_or_else(|| panic!("node {port} still runs after SIGKILL"));
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT: the node keeps its connections open and answers nothing.
+    pub fn pause(&self, port: u16, paused: bool) {
+        self.signal(port, if paused { "-STOP" } else { "-CONT" });
+    }
+
+    /// Starts a node that was killed again, with its cluster config: it rejoins (a failed-over
+    /// primary as a replica of the node that took its slots). Returns once it sees the cluster ok.
+    pub fn restart(&self, port: u16) {
+        let out = Command::new(repo().join("scripts/redis-cluster.sh"))
+            .arg("restart")
+            .arg(&self.dir.0)
+            .arg(self.base.to_string())
+            .arg(port.to_string())
+            .output()
+            .expect("run scripts/redis-cluster.sh restart");
+        assert!(out.status.success(), "restart of node {port} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The cluster as node `port` sees it (`CLUSTER NODES`), or `None` if it does not answer
+    /// within a second.
+    pub fn nodes_seen_by(&self, port: u16) -> Option<Vec<ClusterNode>> {
+        let text = match resp(port, &["CLUSTER", "NODES"], Duration::from_secs(1)).ok()? {
+            Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            _ => return None,
+        };
+        let nodes = text.lines().filter_map(parse_cluster_node).collect::<Vec<_>>();
+        (!nodes.is_empty()).then_some(nodes)
+    }
+
+    /// The cluster as the first of `asked` that answers sees it.
+    pub fn nodes(&self, asked: &[u16]) -> Vec<ClusterNode> {
+        asked
+            .iter()
+            .find_map(|&p| self.nodes_seen_by(p))
+            .unwrap_or_else(|| panic!("none of the nodes {asked:?} answered CLUSTER NODES"))
+    }
+}
+
+/// One line of `CLUSTER NODES` (`<id> <ip:port@bus> <flags> <primary> <ping> <pong> <epoch>
+/// <link> <slot ranges>...`); importing and migrating slots (`[...]`) are left out.
+fn parse_cluster_node(line: &str) -> Option<ClusterNode> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 8 {
+        return None;
+    }
+    let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
+    let flags: Vec<&str> = f[2].split(',').collect();
+    let slots = f[8..]
+        .iter()
+        .filter(|r| !r.starts_with('['))
+        .filter_map(|r| match r.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            None => r.parse().ok().map(|a| (a, a)),
+        })
+        .collect();
+    Some(ClusterNode {
+        id: f[0].to_string(),
+        port,
+        primary: flags.contains(&"master"),
+        failing: flags.iter().any(|x| *x == "fail" || *x == "fail?"),
+        primary_id: (f[3] != "-").then(|| f[3].to_string()),
+        slots,
+    })
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T` stopped, `Z` zombie...), from /proc.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The Redis Cluster slot of a key: CRC16 (XMODEM: polynomial 0x1021, initial value 0) of its
+/// hash tag (the part between the first `{` and the next `}`, when not empty) or of the whole
+/// key, modulo 16384, as the Redis Cluster specification defines it.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc & 16383
+}
+
+/// A RESP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+/// One command to the Redis server on 127.0.0.1:`port`, on a new connection, answered within
+/// `limit` (a paused server makes this an error, not a hang). No process is spawned, so a test
+/// can watch a cluster closely without loading the machine.
+pub fn resp(port: u16, args: &[&str], limit: Duration) -> Result<Resp, String> {
+    let command: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    resp_pipeline(port, &[command], limit)?.pop().ok_or_else(|| "no reply".to_string())
+}
+
+/// Several commands on one connection, sent at once; their replies in order, all within `limit`.
+pub fn resp_pipeline(port: u16, commands: &[Vec<String>], limit: Duration) -> Result<Vec<Resp>, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("{port}: {e}"))?;
+    conn.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for args in commands {
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    conn.write_all(&out).map_err(|e| format!("{port}: {e}"))?;
+    fn read(r: &mut impl BufRead) -> Result<Resp, String> {
+        let mut line = Vec::new();
+        r.read_until(b'\n', &mut line).map_err(|e| e.to_string())?;
+        if line.len() < 3 || !line.ends_with(b"\r\n") {
+            return Err(format!("truncated reply {:?}", String::from_utf8_lossy(&line)));
+        }
+        let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+        let n = || text.parse::<i64>().map_err(|e| format!("{text:?}: {e}"));
+        match line[0] {
+            b'+' => Ok(Resp::Simple(text)),
+            b'-' => Ok(Resp::Error(text)),
+            b':' => Ok(Resp::Int(n()?)),
+            b'$' if n()? < 0 => Ok(Resp::Bulk(None)),
+            b'$' => {
+                let mut body = vec![0; n()? as usize + 2];
+                r.read_exact(&mut body).map_err(|e| e.to_string())?;
+                body.truncate(body.len() - 2);
+                Ok(Resp::Bulk(Some(body)))
+            }
+            b'*' if n()? < 0 => Ok(Resp::Array(None)),
+            b'*' => (0..n()?).map(|_| read(r)).collect::<Result<Vec<_>, _>>().map(|v| Resp::Array(Some(v))),
+            other => Err(format!("unexpected reply type {:?}", other as char)),
+        }
+    }
+    let mut reader = BufReader::new(conn);
+    commands.iter().map(|_| read(&mut reader)).collect()
+}
+
 impl Drop for RedisCluster {
     fn drop(&mut self) {
+        // A paused node would ignore the SIGTERM `stop` sends until its 10 s wait ran out.
+        for port in self.ports() {
+            if let Some(pid) = self.pid(port) {
+                if process_state(pid) == Some('T') {
+                    let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+                }
+            }
+        }
         let _ = Command::new(repo().join("scripts/redis-cluster.sh"))
             .arg("stop")
             .arg(&self.dir.0)
@@ -408,6 +645,9 @@ impl Drop for RedisCluster {
 pub struct Gateway {
     child: Child,
     pub port: u16,
+    args: Vec<String>,
+    log: Option<PathBuf>,
+    _dir: Option<TempDir>,
 }
 
 pub const GATEWAY_TOKEN: &str = "e2e-secret";
@@ -415,21 +655,76 @@ pub const GATEWAY_TOKEN: &str = "e2e-secret";
 impl Gateway {
     /// `backend` is `--redis-url URL` or `--cluster-nodes SEEDS`.
     pub fn start(backend: &[&str]) -> Gateway {
+        Gateway::launch(free_port(), backend, None)
+    }
+
+    /// As [`Gateway::start`], on `port` (see [`stable_port`] for one that can be restarted on),
+    /// its log (stderr) kept in a file for [`Gateway::log_text`].
+    pub fn start_on(port: u16, backend: &[&str]) -> Gateway {
+        let dir = TempDir::new("gateway");
+        let log = dir.0.join("gateway.log");
+        let mut gw = Gateway::launch(port, backend, Some(log));
+        gw._dir = Some(dir);
+        gw
+    }
+
+    fn launch(port: u16, backend: &[&str], log: Option<PathBuf>) -> Gateway {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args: Vec<String> =
+            ["--listen", &listen, "--token", GATEWAY_TOKEN, "--timeout-ms", "1000"].map(String::from).into();
+        args.extend(backend.iter().map(|a| a.to_string()));
+        let child = Gateway::spawn(&args, log.as_deref());
+        let gw = Gateway { child, port, args, log, _dir: None };
+        gw.wait_ready();
+        gw
+    }
+
+    fn spawn(args: &[String], log: Option<&Path>) -> Child {
         let bin = repo().join("target/release/sluice-gateway");
         assert!(bin.exists(), "{} is missing: run `cargo build --release -p sluice-gateway` first", bin.display());
-        let port = free_port();
-        let child = Command::new(bin)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--token", GATEWAY_TOKEN, "--timeout-ms", "1000"])
-            .args(backend)
+        let stderr = match log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("gateway log");
+                Stdio::from(file)
+            }
+            None => Stdio::null(),
+        };
+        Command::new(bin)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
-            .expect("spawn sluice-gateway");
-        let gw = Gateway { child, port };
+            .expect("spawn sluice-gateway")
+    }
+
+    fn wait_ready(&self) {
+        let port = self.port;
         wait_until(Duration::from_secs(10), || get(&format!("http://127.0.0.1:{port}/metrics"), &[]).is_ok())
             .expect("gateway did not start");
-        gw
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as on a crash: connections in flight are cut.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again, with the same flags, on the same port (after [`Gateway::kill`], or
+    /// killing it first), and waits until it serves.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Gateway::spawn(&self.args, self.log.as_deref());
+        self.wait_ready();
+    }
+
+    /// What it logged, when started with [`Gateway::start_on`].
+    pub fn log_text(&self) -> String {
+        self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
     }
 
     /// The sum of the gateway's /metrics samples whose line starts with `selector` (a series
@@ -525,6 +820,44 @@ fn connect_get(url: &str, headers: &[(String, String)]) -> Result<(std::net::Tcp
     }
     head.push_str("\r\n");
     Ok((conn, head.into_bytes()))
+}
+
+/// A keep-alive HTTP/1.1 connection to 127.0.0.1:`port`, for load that should measure the
+/// proxy rather than connection set-up. A request that fails leaves it closed; the next one
+/// opens a new connection (a failed request is never sent again: it may have been counted).
+pub struct KeepAlive {
+    port: u16,
+    conn: Option<std::net::TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn new(port: u16) -> Self {
+        KeepAlive { port, conn: None }
+    }
+
+    /// One GET of `path` with `headers`, its response read whole within `limit`.
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)], limit: Duration) -> Result<Response, String> {
+        let mut head = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\n", self.port);
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let c = std::net::TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| format!("connect: {e}"))?;
+                c.set_nodelay(true).map_err(|e| e.to_string())?;
+                c
+            }
+        };
+        conn.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+        let response = send_and_read(&mut conn, head.as_bytes())?;
+        let closing = response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if !closing {
+            self.conn = Some(conn);
+        }
+        Ok(response)
+    }
 }
 
 /// A GET carrying one more header line given byte for byte (a field value need not be UTF-8 on
