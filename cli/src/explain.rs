@@ -95,6 +95,9 @@ pub struct Counted {
     /// A message rule's cost is its payload bytes (`cost` is then the least, 1).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub payload_bytes: bool,
+    /// What a message over a message rule's limit brings about, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub over_limit: Option<String>,
     pub limits: Vec<String>,
     pub strategy: String,
     pub backend: &'static str,
@@ -220,6 +223,7 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
                     cost: a.cost,
                     per: if rule.per == Per::Message { "message" } else { "request" },
                     payload_bytes: rule.cost == Cost::PayloadBytes,
+                    over_limit: (rule.per == Per::Message).then(|| over_limit_text(&rule.over_limit)),
                     limits: rule.limits.written(),
                     strategy: strategy_text(config, i),
                     backend: if rule.backend == Backend::Redis { "redis" } else { "local" },
@@ -254,6 +258,21 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
     Report { namespace, request: Some(request), rules, applies: Some(applies), messages, findings }
 }
 
+/// What a message over the limit brings about: it is always dropped (or, when it cannot be
+/// taken out whole, the connection is closed); `notify` and `close_after` add to that.
+fn over_limit_text(o: &sluice::config::OverLimit) -> String {
+    let mut s = "the message is dropped".to_string();
+    if o.notify {
+        s.push_str(", the client gets a rate_limited text frame");
+    }
+    match o.close_after {
+        Some(1) => s.push_str("; instead, the connection is closed with 1008"),
+        Some(n) => s.push_str(&format!("; a connection is closed with 1008 at its {n} messages over the limit")),
+        None => {}
+    }
+    s
+}
+
 /// The report as people read it.
 pub fn render(report: &Report) -> String {
     let mut s = String::new();
@@ -277,6 +296,9 @@ pub fn render(report: &Report) -> String {
                         writeln!(s, "{:<width$}  {:<12}identity {} (hash {}), cost {cost}", r.rule, label, c.identity, c.hash);
                     let shadow = if c.shadow { ", shadow (counts, never denies)" } else { "" };
                     let _ = writeln!(s, "{pad}{} {}, backend {}{shadow}", c.limits.join(" + "), c.strategy, c.backend);
+                    if let Some(over) = &c.over_limit {
+                        let _ = writeln!(s, "{pad}over the limit: {over}");
+                    }
                     if let Some(key) = &c.redis_key {
                         let _ = writeln!(s, "{pad}redis key {key}");
                     }

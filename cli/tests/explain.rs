@@ -132,6 +132,33 @@ fn exempt_unlimited_and_missing_identities_say_why() {
 }
 
 #[test]
+fn message_rules_show_what_they_count_and_what_over_the_limit_does() {
+    let up = ["filter-config/websocket.yaml", "--path", "/ws/chat", "-H", "upgrade: websocket", "-H", "cookie: session=s1"];
+    let r = explain(&[&up[..], &["--ip", "192.0.2.1"]].concat());
+    assert_eq!(r["applies"], json!(["ws-upgrades", "ws-upgrades-per-session", "ws-upgrades-total"]));
+    assert_eq!(r["messages"], json!(["ws-messages", "ws-bytes-per-session"]));
+    let m = &rule(&r, "ws-messages")["counted"];
+    assert_eq!((m["per"].as_str(), m["identity"].as_str()), (Some("message"), Some("ip=192.0.2.1")));
+    assert_eq!(
+        m["over_limit"],
+        "the message is dropped, the client gets a rate_limited text frame; a connection is closed with 1008 at its 10 messages over the limit"
+    );
+    let b = &rule(&r, "ws-bytes-per-session")["counted"];
+    assert_eq!((b["payload_bytes"].as_bool(), b["over_limit"].as_str()), (Some(true), Some("the message is dropped")));
+    // Without the upgrade header, a message rule says why it does not apply.
+    let r = explain(&["filter-config/websocket.yaml", "--path", "/ws/chat", "--ip", "192.0.2.1"]);
+    assert_eq!(rule(&r, "ws-messages")["outcome"], "not_upgrade");
+    let text = text(&sluice(&[&["explain"], &up[..]].concat()).stdout);
+    assert!(
+        text.contains(
+            "Once the upgrade is admitted, every message the client sends is counted by ws-messages, ws-bytes-per-session"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("over the limit: the message is dropped, the client gets"), "{text}");
+}
+
+#[test]
 fn redis_rules_show_their_key_and_composite_identities_their_parts() {
     let r = explain(&[
         "filter-config/redis.yaml",

@@ -266,6 +266,7 @@ fn bootstraps_carry_their_yaml_configs_unchanged() {
         ("envoy/local.yaml", "filter-config/local.yaml"),
         ("envoy/redis.yaml", "filter-config/redis.yaml"),
         ("envoy/per-route.yaml", "examples/per-route/rules.yaml"),
+        ("envoy/websocket.yaml", "filter-config/websocket.yaml"),
     ];
     for (boot, yaml) in pairs {
         let b = yaml_documents(&std::fs::read_to_string(root().join(boot)).unwrap(), boot);
