@@ -2,6 +2,7 @@
 //! rate limit fields and the queueing delay of an admitted request.
 
 use super::{Applied, Limiter};
+use crate::config::Per;
 use crate::identity::Identity;
 use crate::response::{self, Field, LocalResponse, Reported};
 use crate::strategy::Decision;
@@ -57,6 +58,13 @@ impl Verdict {
 
 impl Limiter {
     pub(super) fn verdict(&self, outcomes: Vec<RuleOutcome>, denied: bool) -> Verdict {
+        // Message rules never apply to a request, so these outcomes are a WebSocket message's:
+        // nothing of a response is sent for it, and writing the fields for every message of a
+        // busy connection would cost more than deciding it.
+        let message = !outcomes.is_empty() && outcomes.iter().all(|o| self.rules[o.rule].rule.per == Per::Message);
+        if message {
+            return self.message_verdict(outcomes, denied);
+        }
         let mut reported = Vec::new();
         for o in &outcomes {
             let c = &self.rules[o.rule];
@@ -74,13 +82,28 @@ impl Limiter {
             let response = response::limited(&self.response, self.headers_mode, &reported, &violated);
             return Verdict::Deny { response, outcomes };
         }
-        let delay_ms = outcomes
+        let delay_ms = self.delay_ms(&outcomes);
+        let headers = response::rate_limit_headers(self.headers_mode, &reported);
+        Verdict::Admit { headers, delay_ms, outcomes }
+    }
+
+    /// How long an admission waits: the longest delay an enforced rule queued it for.
+    fn delay_ms(&self, outcomes: &[RuleOutcome]) -> u64 {
+        outcomes
             .iter()
             .filter(|o| !self.rules[o.rule].is_shadow())
             .flat_map(|o| o.decisions.iter().map(|d| d.delay_ms))
             .max()
-            .unwrap_or(0);
-        let headers = response::rate_limit_headers(self.headers_mode, &reported);
-        Verdict::Admit { headers, delay_ms, outcomes }
+            .unwrap_or(0)
+    }
+
+    /// A message's verdict: the outcomes and the queueing delay, and no response.
+    fn message_verdict(&self, outcomes: Vec<RuleOutcome>, denied: bool) -> Verdict {
+        if denied {
+            let response = LocalResponse { status: self.response.status, headers: Vec::new(), body: Vec::new() };
+            return Verdict::Deny { response, outcomes };
+        }
+        let delay_ms = self.delay_ms(&outcomes);
+        Verdict::Admit { headers: Vec::new(), delay_ms, outcomes }
     }
 }
