@@ -204,6 +204,8 @@ fn coverage() -> Vec<(&'static str, Cover)> {
         ("./scripts/bench.sh            # full run (~12 min on 2 cores): bench/results.{md,json,png}", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
         ("./scripts/bench.sh --quick    # one repetition, shorter runs, smaller memory steps", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
         ("./scripts/bench.sh --sections throughput,latency --configs a,b,c   # a subset", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
+        ("python3 scripts/bench/websocket.py --rounds 7   # messages/s with and without message rules, one run",
+         Static(&["scripts/bench/websocket.py"], "benchmark, run by hand")),
         // examples/per-route/README.md
         ("envoy -c envoy/per-route.yaml --concurrency 2 --disable-hot-restart", Test("tests/e2e/tests/per_route.rs", "bootstrap(\"per-route.yaml\")")),
         ("cargo run -q -p sluice-cli -- explain envoy/per-route.yaml -X POST --path /orders --route orders -H 'x-api-key: carol' -H 'x-tenant: acme' --ip 127.0.0.1", RunCli),
