@@ -339,6 +339,27 @@ fn a_continuation_over_a_byte_limit_closes() {
 }
 
 #[test]
+fn a_queued_message_holds_the_stream_until_its_time() {
+    // leaky_bucket_queue admits after a delay: the client's stream is held (later chunks pile
+    // up behind it) and goes on whole, in order, once the time has come.
+    let mut c = conn(false, None, false);
+    let mut body = wire(&[msg("one")]);
+    let Advance::Ask(ask) = c.client_advance(&mut body).unwrap() else { panic!("an ask") };
+    assert_eq!(c.judge(ask, Judgement::Admit { delay_ms: 250 }, 1_000_000), Fate::Admitted);
+    assert_eq!(c.client_advance(&mut body).unwrap(), Advance::End);
+    assert!(c.client_finish(&mut body, false, 1_000_000).unwrap(), "held");
+    assert_eq!(c.hold_until_us(), 1_250_000);
+    body.extend(wire(&[msg("two")]));
+    let Advance::Ask(ask) = c.client_advance(&mut body).unwrap() else { panic!("the next message is judged") };
+    c.judge(ask, Judgement::Admit { delay_ms: 0 }, 1_100_000);
+    assert_eq!(c.client_advance(&mut body).unwrap(), Advance::End);
+    assert!(c.client_finish(&mut body, false, 1_249_999).unwrap(), "still held a microsecond before");
+    assert!(!c.client_finish(&mut body, false, 1_250_000).unwrap(), "let go at its time");
+    let (data, _) = messages(&decode(&body).unwrap());
+    assert_eq!(data, vec![b"one".to_vec(), b"two".to_vec()]);
+}
+
+#[test]
 fn protocol_breakers_are_judged_not_let_through() {
     // A continuation with no message open, an oversized "ping", a reserved opcode: each is
     // judged as a message, so denying them keeps them from the server.
