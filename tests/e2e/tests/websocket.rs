@@ -277,3 +277,57 @@ fn a_redis_message_rule_is_shared_by_two_proxies() {
     let r = client(&json!({"url": url(&a, "/ws/chat"), "headers": {"x-user": "shared"}, "messages": texts(1, "late")}));
     assert!(split_received(&r).0.is_empty());
 }
+
+/// A client frame with the zero masking key (a valid key: the payload reads as it is).
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81u8];
+    match payload.len() {
+        n @ 0..=125 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn a_client_flooding_while_its_message_waits_for_redis_is_cut_off_by_envoy() {
+    use std::io::{Read, Write};
+    let redis = Redis::start();
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]);
+    let echo = Echo::start(false);
+    let config = json!({"namespace": "ws-flood", "redis": {"cluster": "sluice_gateway", "token": GATEWAY_TOKEN, "timeout_ms": 10000},
+        "rules": [rule("flood", "1000/h", json!({"backend": "redis", "on_error": "allow"}))]});
+    let envoy = envoy_for(&config, echo.port, |boot| add_cluster(boot, "sluice_gateway", gateway.port));
+    // Redis answers nothing: the first message waits, and the client's direction is held.
+    redis.freeze(true);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    conn.set_write_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let upgrade = format!(
+        "GET /ws/flood HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+        envoy.port
+    );
+    conn.write_all(upgrade.as_bytes()).expect("upgrade");
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).expect("the 101");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // Then far more than Envoy buffers for a stream (per_connection_buffer_limit_bytes, 1 MiB by
+    // default): Envoy resets the stream instead of buffering without end. Bounded: 16 MiB at most.
+    let frame = masked_text(&[b'x'; 1000]);
+    let mut sent = 0usize;
+    let cut = (0..16 * 1024).find(|_| {
+        let failed = conn.write_all(&frame).is_err();
+        sent += frame.len();
+        failed
+    });
+    redis.freeze(false);
+    assert!(cut.is_some(), "{sent} bytes were taken while a message waited for Redis");
+    eprintln!("cut off after about {} KiB", sent / 1024);
+    assert!(envoy.stat("http.ingress.downstream_rq_too_large") >= 1);
+    assert!(echo.received("/ws/flood").is_empty(), "nothing reached the server unjudged");
+}
