@@ -77,3 +77,42 @@ fn crossings_are_counted_both_ways() {
     assert!(after.vm_entries > before.vm_entries && after.host_calls > before.host_calls, "{before:?} -> {after:?}");
     assert_ne!(after, Crossings::default());
 }
+
+/// Crossings of one request (after a few that warm the VM up), with a 512-byte body or none.
+fn one_request(config: &Value, body: bool) -> (u64, u64) {
+    let mut host = common::sluice_host(config, 1);
+    let req = || {
+        let r = Request::new("POST", "/bench/x").header("x-key-0", "k0");
+        if body {
+            r.body(vec![b'x'; 512])
+        } else {
+            r
+        }
+    };
+    for _ in 0..3 {
+        host.try_send(req()).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let before = host.crossings();
+    let r = host.try_send(req()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200);
+    assert!(host.traps().is_empty());
+    let after = host.crossings();
+    (after.vm_entries - before.vm_entries, after.host_calls - before.host_calls)
+}
+
+#[test]
+fn a_body_costs_requests_that_are_not_upgrades_its_callback_and_no_host_call() {
+    // The host enters the body callback of any request with a body (the SDK exports it whatever
+    // the filter does with it); sluice follows frames only after an upgrade that met a message
+    // rule, so otherwise the callback returns at once: one VM entry, no host call, with or
+    // without message rules in the config.
+    let plain = json!({"rules": [{"name": "api", "limit": NEVER}]});
+    let with_messages = json!({"rules": [{"name": "api", "limit": NEVER},
+        {"name": "chat", "per": "message", "match": {"path": "/ws/**"}, "limit": NEVER}]});
+    for (name, config) in [("plain", plain), ("with a message rule", with_messages)] {
+        let (entries, calls) = one_request(&config, false);
+        let (body_entries, body_calls) = one_request(&config, true);
+        eprintln!("{name}: {entries} VM entries, {calls} host calls; with a body: {body_entries}, {body_calls}");
+        assert_eq!((body_entries, body_calls), (entries + 1, calls), "{name}: the body callback only");
+    }
+}
