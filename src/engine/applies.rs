@@ -83,15 +83,27 @@ const MANY_HEADERS: usize = 3;
 pub(crate) struct ReadPlan {
     pub method: bool,
     pub path: bool,
+    /// Whether the request rules alone match on the method, and on the path: a request that is
+    /// no upgrade is judged by them only, and need not read what only message rules match on.
+    pub request_method: bool,
+    pub request_path: bool,
     /// Distinct request headers (pseudo-headers included) the rules may read for one request.
     pub headers: usize,
 }
 
 impl ReadPlan {
     pub fn of(config: &Config) -> Self {
-        let method = config.rules.iter().any(|r| !r.matcher.methods.is_empty());
-        let path = config.rules.iter().any(|r| !r.matcher.paths.is_empty());
-        ReadPlan { method, path, headers: header_names(config, method, path) }
+        let methods =
+            |per: Option<Per>| config.rules.iter().any(|r| per.is_none_or(|p| p == r.per) && !r.matcher.methods.is_empty());
+        let paths = |per: Option<Per>| config.rules.iter().any(|r| per.is_none_or(|p| p == r.per) && !r.matcher.paths.is_empty());
+        let (method, path) = (methods(None), paths(None));
+        ReadPlan {
+            method,
+            path,
+            request_method: methods(Some(Per::Request)),
+            request_path: paths(Some(Per::Request)),
+            headers: header_names(config, method, path),
+        }
     }
 
     pub fn reads_many_headers(&self) -> bool {
@@ -296,8 +308,12 @@ impl Limiter {
     /// rules of the other kind are passed over ([`Applies::NotUpgrade`] stands in for a message
     /// rule, [`Applies::NoMatch`] without reasons for a request rule).
     fn applies(&self, req: &impl RequestInfo, describe: bool, only: Option<Per>) -> Vec<Applies> {
-        let method = if self.plan.method { req.method().unwrap_or_default() } else { Vec::new() };
-        let full_path = if self.plan.path { req.path().unwrap_or_default() } else { Vec::new() };
+        let (needs_method, needs_path) = match only {
+            Some(Per::Request) => (self.plan.request_method, self.plan.request_path),
+            _ => (self.plan.method, self.plan.path),
+        };
+        let method = if needs_method { req.method().unwrap_or_default() } else { Vec::new() };
+        let full_path = if needs_path { req.path().unwrap_or_default() } else { Vec::new() };
         // Globs see the path as text; bytes that are not UTF-8 become U+FFFD, which no glob
         // that can match a path contains.
         let path = String::from_utf8_lossy(path_only(&full_path));
