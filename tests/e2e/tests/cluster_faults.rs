@@ -513,6 +513,19 @@ impl Run {
 }
 
 /// The primaries now (by `CLUSTER NODES` of a node that answers), in slot order.
+/// Waits until the replica on `port` has its replication link up. A manual failover holds the
+/// primary's writes until its replica has taken in the whole replication stream; a replica still
+/// waiting for its first sync (a new cluster's replicas get theirs some 5 s after they ask:
+/// `repl-diskless-sync-delay`) makes that seconds, which no gateway can bridge, so a coordinated
+/// failover is only asked of a replica in step, as an operator would.
+fn wait_in_step(port: u16) {
+    let in_step = || {
+        matches!(resp(port, &["INFO", "replication"], Duration::from_secs(2)),
+            Ok(Resp::Bulk(Some(info))) if String::from_utf8_lossy(&info).contains("master_link_status:up"))
+    };
+    wait_until(RECOVERY_LIMIT, in_step).expect("the replica in step with its primary");
+}
+
 fn primaries(cluster: &RedisCluster) -> Vec<ClusterNode> {
     let nodes = cluster.nodes(&cluster.ports());
     let mut primaries: Vec<ClusterNode> = nodes.into_iter().filter(|n| n.primary && !n.failing && !n.slots.is_empty()).collect();
@@ -747,6 +760,7 @@ fn cluster_faults_under_load_follow_on_error_within_the_timeout_and_admit_nothin
     run.phase("CLUSTER FAILOVER", Affected::Slots(a.slots.clone()), |run| {
         let nodes = run.cluster.nodes(&run.cluster.ports());
         let replica = nodes.iter().find(|n| n.primary_id.as_deref() == Some(&a.id)).expect("a replica of the first primary");
+        wait_in_step(replica.port);
         let reply = resp(replica.port, &["CLUSTER", "FAILOVER"], Duration::from_secs(2));
         assert_eq!(reply, Ok(Resp::Simple("OK".into())), "CLUSTER FAILOVER on {}", replica.port);
         let new = run.wait_new_primary(a.port, &a.slots, &run.cluster.ports());
@@ -1164,6 +1178,7 @@ fn a_coordinated_failover_costs_no_decision() {
         load_for(AROUND);
         let nodes = cluster.nodes(&cluster.ports());
         let replica = nodes.iter().find(|n| n.primary_id.as_deref() == Some(&primary.id)).expect("a replica");
+        wait_in_step(replica.port);
         assert_eq!(resp(replica.port, &["CLUSTER", "FAILOVER"], Duration::from_secs(2)), Ok(Resp::Simple("OK".into())));
         let new = wait_new_primary(&cluster, primary.port, &primary.slots, &cluster.ports());
         load_for(AROUND);
