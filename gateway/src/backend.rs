@@ -1,15 +1,24 @@
 //! Redis side: one shared connection to a standalone server or a Redis Cluster, how calls and
-//! pipelines are run on it, and how the decision script gets into Redis.
+//! pipelines are run on it, and how sluice's decision script gets into Redis.
 //!
-//! The gateway loads the script itself, so a client never has to send its text: at start
-//! (best effort, Redis may be down; on a Cluster on every primary), and whenever a call meets
-//! `NOSCRIPT` (a restarted Redis, a `SCRIPT FLUSH`, a failover to a node that never had it).
-//! Then it loads the script where that call went and runs the call once more; a call that got
-//! `NOSCRIPT` did not run, so running it again cannot count a request twice. NOSCRIPT itself
-//! never reaches the client.
+//! **How calls run** (`--redis-calls`): as `FCALL` of sluice's function library where Redis
+//! has functions (Redis 7 and later; on a Cluster, every primary), else as `EVALSHA` of its
+//! script. `auto` (the default) finds out with the first load that reaches Redis: `FUNCTION
+//! LOAD` answered means `FCALL` from then on; an error reply (an unknown command, before Redis
+//! 7) means `EVALSHA`. Until a load reaches Redis (it may be down at start), calls run as
+//! `EVALSHA`, which every Redis runs.
+//!
+//! **The gateway loads what it calls**, so a client never has to send the script's text: at
+//! start (best effort, Redis may be down; on a Cluster on every primary), and whenever a call
+//! finds it missing: `NOSCRIPT`, or `ERR Function not found` (a restarted Redis, a `SCRIPT
+//! FLUSH` or `FUNCTION FLUSH`, a failover to a node that never had it: Redis passes functions
+//! on to replicas, scripts not). Then it loads it where that call went and runs the call once
+//! more; a call that found its script or function missing did not run, so running it again
+//! cannot count a request twice. Neither error reaches the client. Concurrent calls that find
+//! it missing on one target share one load.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +30,8 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, Route, Rou
 use redis::{RedisError, Value};
 use tokio::sync::OnceCell;
 
-use crate::command::{sha, Command};
+use crate::command::{library, library_name, sha, Command, RunAs};
+use crate::config::RedisCalls;
 use crate::metrics::{LoadTrigger, Metrics};
 use crate::reply::server_error_text;
 
@@ -46,12 +56,60 @@ pub enum BackendError {
     Cluster(RedisError),
 }
 
-/// Where commands go. Cloning is cheap: clones share one multiplexed connection and one
-/// record of script loads.
+/// Where commands go. Cloning is cheap: clones share one multiplexed connection, one record
+/// of loads and one choice of how calls run.
 #[derive(Clone)]
 pub struct Backend {
     conn: Conn,
     loads: Arc<Loads>,
+    calls: Arc<Calls>,
+    /// Bounds each load, so that its outcome is always counted.
+    timeout: Duration,
+}
+
+/// How calls run: `--redis-calls`, and for `auto` what the first load that reached Redis
+/// found.
+struct Calls {
+    mode: RedisCalls,
+    found: AtomicU8,
+}
+
+const NOT_YET: u8 = 0;
+const FOUND_FUNCTIONS: u8 = 1;
+const FOUND_NO_FUNCTIONS: u8 = 2;
+
+impl Calls {
+    fn new(mode: RedisCalls) -> Self {
+        Calls { mode, found: AtomicU8::new(NOT_YET) }
+    }
+
+    fn run_as(&self) -> RunAs {
+        match self.mode {
+            RedisCalls::Evalsha => RunAs::EvalSha,
+            RedisCalls::Fcall => RunAs::Fcall,
+            RedisCalls::Auto if self.found.load(Ordering::Acquire) == FOUND_FUNCTIONS => RunAs::Fcall,
+            RedisCalls::Auto => RunAs::EvalSha,
+        }
+    }
+
+    /// `auto`, and no load has reached Redis yet.
+    fn undecided(&self) -> bool {
+        self.mode == RedisCalls::Auto && self.found.load(Ordering::Acquire) == NOT_YET
+    }
+
+    fn found(&self, functions: bool) {
+        self.found.store(if functions { FOUND_FUNCTIONS } else { FOUND_NO_FUNCTIONS }, Ordering::Release);
+    }
+}
+
+/// Why a call did not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lost {
+    /// Redis lacks what the call names: `NOSCRIPT` for `EVALSHA`, `Function not found` for
+    /// `FCALL`.
+    Missing(RunAs),
+    /// `FCALL` is an unknown command: the server has no functions (replaced by an older one).
+    NoFunctions,
 }
 
 #[derive(Clone)]
@@ -69,25 +127,24 @@ pub struct ClusterBackend {
     conn: OnceCell<ClusterConnection>,
 }
 
-/// Where a reload after NOSCRIPT goes: the standalone server (`None`), or the primary serving
-/// a Cluster slot.
+/// Where a reload goes: the standalone server (`None`), or the primary serving a Cluster slot.
 type Target = Option<u16>;
 
-/// Reloads after NOSCRIPT, one at a time: when Redis loses the script, every call in flight
-/// meets NOSCRIPT at once, and one `SCRIPT LOAD` (some 19 KB) serves them all.
+/// Reloads, one at a time: when Redis loses the script or library, every call in flight finds
+/// it missing at once, and one load (some 19 KB) serves them all.
 #[derive(Default)]
 struct Loads {
     /// Counts loads that succeeded; a call notes it before it is sent.
     generation: AtomicU64,
-    /// Per target, the generation its last successful reload made. A call whose target was
-    /// reloaded after the call was sent only needs to run again.
-    last: tokio::sync::Mutex<HashMap<Target, u64>>,
+    /// Per target and what was loaded, the generation its last successful reload made. A call
+    /// whose target was reloaded after the call was sent only needs to run again.
+    last: tokio::sync::Mutex<HashMap<(Target, RunAs), u64>>,
 }
 
 impl Backend {
     /// Builds the client without connecting: a Redis that is down at start is reported by
     /// requests and /healthz, not by a crash loop.
-    pub fn standalone(url: &str, timeout: Duration) -> Result<Self, BackendError> {
+    pub fn standalone(url: &str, timeout: Duration, calls: RedisCalls) -> Result<Self, BackendError> {
         let client = redis::Client::open(url).map_err(|source| BackendError::Url { url: url.to_string(), source })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -99,10 +156,10 @@ impl Backend {
             .set_max_delay(timeout);
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|source| BackendError::Url { url: url.to_string(), source })?;
-        Ok(Backend { conn: Conn::Standalone(manager), loads: Arc::default() })
+        Ok(Backend { conn: Conn::Standalone(manager), loads: Arc::default(), calls: Arc::new(Calls::new(calls)), timeout })
     }
 
-    pub fn cluster(nodes: &[String], timeout: Duration) -> Result<Self, BackendError> {
+    pub fn cluster(nodes: &[String], timeout: Duration, calls: RedisCalls) -> Result<Self, BackendError> {
         if nodes.is_empty() {
             return Err(BackendError::NoClusterNodes);
         }
@@ -115,33 +172,76 @@ impl Backend {
             .build()
             .map_err(BackendError::Cluster)?;
         let cluster = Arc::new(ClusterBackend { client, conn: OnceCell::new() });
-        Ok(Backend { conn: Conn::Cluster(cluster), loads: Arc::default() })
+        Ok(Backend { conn: Conn::Cluster(cluster), loads: Arc::default(), calls: Arc::new(Calls::new(calls)), timeout })
     }
 
     pub fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
     }
 
-    /// Loads the script into Redis, on a Cluster into every primary. (Redis does not pass a
-    /// loaded script on to replicas, and the client holds no connection to them: a replica
-    /// gets the script when, promoted, it first answers NOSCRIPT.) Callers bound the wait and
-    /// treat a failure as a warning.
-    pub async fn load_script(&self) -> Result<(), Failure> {
-        self.load(every_primary()).await
+    /// How calls run now.
+    pub fn runs_as(&self) -> RunAs {
+        self.calls.run_as()
     }
 
-    /// Runs one call, reloading the script once if Redis lost it. Callers bound the wait with
-    /// their own timeout.
+    /// Loads what calls run (with `auto`, finding out which) into Redis, on a Cluster into
+    /// every primary. (Redis does not pass a loaded script on to replicas, and the client holds
+    /// no connection to them: a replica gets the script when, promoted, it first answers
+    /// NOSCRIPT.) Counted in the metrics. Each load is bounded by the timeout (so this takes
+    /// at most twice that); callers treat a failure as a warning.
+    pub async fn load_at_start(&self, metrics: &Metrics) -> Result<RunAs, Failure> {
+        match self.calls.mode {
+            RedisCalls::Auto => self.detect(LoadTrigger::Start, metrics).await,
+            mode => {
+                let run_as = if mode == RedisCalls::Fcall { RunAs::Fcall } else { RunAs::EvalSha };
+                let loaded = self.load(run_as, every_primary()).await;
+                metrics.load(run_as, LoadTrigger::Start, loaded.is_ok());
+                loaded.map(|()| run_as)
+            }
+        }
+    }
+
+    /// `auto`: tries the library on every primary. Loaded: calls run as `FCALL`. Refused with
+    /// an error reply (no functions before Redis 7, or a server that will not take it): calls
+    /// run as `EVALSHA`, and the script is loaded instead. No answer: still undecided.
+    async fn detect(&self, trigger: LoadTrigger, metrics: &Metrics) -> Result<RunAs, Failure> {
+        match self.load(RunAs::Fcall, every_primary()).await {
+            Ok(()) => {
+                metrics.load(RunAs::Fcall, trigger, true);
+                self.calls.found(true);
+                Ok(RunAs::Fcall)
+            }
+            Err(Failure::Reply(text)) => {
+                if is_unknown_command(&text) {
+                    log::info!("Redis has no functions (before Redis 7): calls run as EVALSHA");
+                } else {
+                    metrics.load(RunAs::Fcall, trigger, false);
+                    log::warn!("Redis refused sluice's function library ({text}): calls run as EVALSHA");
+                }
+                self.calls.found(false);
+                let loaded = self.load(RunAs::EvalSha, every_primary()).await;
+                metrics.load(RunAs::EvalSha, trigger, loaded.is_ok());
+                loaded.map(|()| RunAs::EvalSha)
+            }
+            Err(transport) => {
+                metrics.load(RunAs::Fcall, trigger, false);
+                Err(transport)
+            }
+        }
+    }
+
+    /// Runs one call, reloading the script or library once if Redis lost it. Callers bound the
+    /// wait with their own timeout.
     pub async fn run(&self, cmd: &Command, metrics: &Metrics) -> Outcome {
         let seen = self.loads.generation.load(Ordering::Acquire);
-        let packed = cmd.to_redis();
-        let first = self.send(&packed).await;
-        if !is_noscript(&first) {
+        let run_as = self.calls.run_as();
+        let first = self.send(&cmd.to_redis(run_as), run_as, metrics).await;
+        let Some(lost) = lost(&first, run_as) else {
             return first;
-        }
+        };
         let target = if self.is_cluster() { cmd.slot() } else { None };
-        self.reload(target, seen, metrics).await?;
-        after_reload(self.send(&packed).await)
+        let run_as = self.recover(lost, target, seen, metrics).await?;
+        after_reload(self.send(&cmd.to_redis(run_as), run_as, metrics).await, run_as)
     }
 
     /// Runs a pipeline; the result has one outcome per command, in request order.
@@ -153,12 +253,23 @@ impl Backend {
     }
 
     /// Liveness: PING (on Cluster, every primary must answer). The gateway's own command,
-    /// never a client's.
-    pub async fn ping(&self) -> Result<(), Failure> {
-        self.send(&redis::cmd("PING")).await.map(|_| ())
+    /// never a client's. With `auto` still undecided (no load reached Redis yet), an answered
+    /// PING is the moment to find out how calls should run.
+    pub async fn ping(&self, metrics: &Metrics) -> Result<(), Failure> {
+        self.request(&redis::cmd("PING")).await?;
+        if self.calls.undecided() {
+            // Best effort: a failure is counted and logged, and the next probe tries again.
+            let _ = self.detect(LoadTrigger::Start, metrics).await;
+        }
+        Ok(())
     }
 
-    async fn send(&self, cmd: &redis::Cmd) -> Outcome {
+    async fn send(&self, cmd: &redis::Cmd, run_as: RunAs, metrics: &Metrics) -> Outcome {
+        metrics.redis_calls(run_as, 1);
+        self.request(cmd).await
+    }
+
+    async fn request(&self, cmd: &redis::Cmd) -> Outcome {
         match &self.conn {
             Conn::Standalone(manager) => {
                 let mut conn = manager.clone();
@@ -171,11 +282,20 @@ impl Backend {
         }
     }
 
-    /// `SCRIPT LOAD`, where `routing` says on a Cluster; checks that Redis names the script by
-    /// the SHA the gateway calls it by.
-    async fn load(&self, routing: RoutingInfo) -> Result<(), Failure> {
-        let mut cmd = redis::cmd("SCRIPT");
-        cmd.arg("LOAD").arg(sluice::redis::script::SCRIPT);
+    /// `SCRIPT LOAD` or `FUNCTION LOAD REPLACE`, where `routing` says on a Cluster; checks that
+    /// Redis names what it loaded as the gateway calls it. Bounded by the timeout.
+    async fn load(&self, what: RunAs, routing: RoutingInfo) -> Result<(), Failure> {
+        match tokio::time::timeout(self.timeout, self.load_unbounded(what, routing)).await {
+            Ok(loaded) => loaded,
+            Err(_) => Err(Failure::Transport(format!("no answer within {} ms", self.timeout.as_millis()))),
+        }
+    }
+
+    async fn load_unbounded(&self, what: RunAs, routing: RoutingInfo) -> Result<(), Failure> {
+        let (cmd, expected) = match what {
+            RunAs::EvalSha => (redis::cmd("SCRIPT").arg("LOAD").arg(sluice::redis::script::SCRIPT).clone(), sha()),
+            RunAs::Fcall => (redis::cmd("FUNCTION").arg("LOAD").arg("REPLACE").arg(library()).clone(), library_name()),
+        };
         let value = match &self.conn {
             Conn::Standalone(manager) => {
                 let mut conn = manager.clone();
@@ -186,56 +306,100 @@ impl Backend {
                 settle(conn.route_command(cmd, routing).await)?
             }
         };
-        match value {
-            Value::BulkString(b) if b.eq_ignore_ascii_case(sha().as_bytes()) => Ok(()),
-            Value::SimpleString(s) if s.eq_ignore_ascii_case(sha()) => Ok(()),
-            other => {
-                Err(Failure::Reply(format!("ERR sluice-gateway: SCRIPT LOAD answered {other:?}, not the script's SHA {}", sha())))
-            }
+        let named = match &value {
+            Value::BulkString(b) => b.eq_ignore_ascii_case(expected.as_bytes()),
+            Value::SimpleString(s) => s.eq_ignore_ascii_case(expected),
+            _ => false,
+        };
+        if named {
+            Ok(())
+        } else {
+            let what = if what == RunAs::Fcall { "FUNCTION LOAD" } else { "SCRIPT LOAD" };
+            Err(Failure::Reply(format!("ERR sluice-gateway: {what} answered {value:?}, not {expected}")))
         }
     }
 
-    /// After a NOSCRIPT on `target`: loads the script there, unless another call did so after
-    /// this one was sent (`seen`), which is then simply run again.
-    async fn reload(&self, target: Target, seen: u64, metrics: &Metrics) -> Result<(), Failure> {
+    /// After a call did not run (`lost`) on `target`: loads what it needs there, unless another
+    /// call did so after this one was sent (`seen`), and says how to run it again. With `auto`
+    /// still undecided, a NOSCRIPT is when Redis is first seen up: the library is tried first.
+    async fn recover(&self, lost: Lost, target: Target, seen: u64, metrics: &Metrics) -> Result<RunAs, Failure> {
         let mut last = self.loads.last.lock().await;
-        if last.get(&target).is_some_and(|&done| done > seen) {
-            return Ok(());
+        let (run_as, trigger) = match lost {
+            Lost::Missing(RunAs::EvalSha) if self.calls.undecided() => {
+                let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
+                let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                last.insert((target, run_as), generation);
+                return Ok(run_as);
+            }
+            // Another call found functions meanwhile, and loaded the library everywhere.
+            Lost::Missing(RunAs::EvalSha) if self.calls.run_as() == RunAs::Fcall => return Ok(RunAs::Fcall),
+            Lost::Missing(RunAs::EvalSha) => (RunAs::EvalSha, LoadTrigger::NoScript),
+            Lost::Missing(RunAs::Fcall) => (RunAs::Fcall, LoadTrigger::NotFound),
+            Lost::NoFunctions if self.calls.mode == RedisCalls::Auto => {
+                if self.calls.run_as() == RunAs::Fcall {
+                    log::warn!("Redis no longer knows FCALL (an older server?): calls run as EVALSHA");
+                    self.calls.found(false);
+                }
+                (RunAs::EvalSha, LoadTrigger::NoScript)
+            }
+            Lost::NoFunctions => return Err(Failure::Reply(
+                "ERR sluice-gateway: Redis has no functions (before Redis 7); run the gateway with --redis-calls auto or evalsha"
+                    .into(),
+            )),
+        };
+        if last.get(&(target, run_as)).is_some_and(|&done| done > seen) {
+            return Ok(run_as);
         }
         let routing = match target {
-            // The node serving the slot is the one that answered NOSCRIPT.
+            // The node serving the slot is the one that answered.
             Some(slot) => RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master))),
             None => every_primary(),
         };
-        let loaded = self.load(routing).await;
-        metrics.script_load(LoadTrigger::NoScript, loaded.is_ok());
+        let loaded = self.load(run_as, routing).await;
+        metrics.load(run_as, trigger, loaded.is_ok());
+        let what = if run_as == RunAs::Fcall { "function library" } else { "script" };
         match loaded {
             Ok(()) => {
                 let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                last.insert(target, generation);
-                Ok(())
+                last.insert((target, run_as), generation);
+                Ok(run_as)
             }
             Err(Failure::Transport(text)) => Err(Failure::Transport(text)),
             Err(Failure::Reply(text)) => {
-                log::warn!("cannot load sluice's script after NOSCRIPT: {text}");
-                Err(Failure::Reply(format!("ERR sluice-gateway: cannot load sluice's script: {text}")))
+                log::warn!("cannot load sluice's {what} after a call found it missing: {text}");
+                Err(Failure::Reply(format!("ERR sluice-gateway: cannot load sluice's {what}: {text}")))
             }
         }
     }
 
     /// One batch, one round trip: Redis runs the calls in order on one connection and answers
-    /// each in place, errors included. Calls that met NOSCRIPT did not run; they go again,
-    /// in their order, in a second batch after the reload (so after the calls that followed
-    /// them in the first; a script lost half-way through one batch is that rare).
+    /// each in place, errors included. Calls that found the script or library missing did not
+    /// run; they go again, in their order, in a second batch after the reload (so after the
+    /// calls that followed them in the first; a script lost half-way through one batch is that
+    /// rare).
     async fn standalone_pipeline(&self, manager: &ConnectionManager, cmds: &[Command], metrics: &Metrics) -> Vec<Outcome> {
         let seen = self.loads.generation.load(Ordering::Acquire);
-        let mut out = batch(manager, cmds.iter()).await;
-        let lost: Vec<usize> = (0..out.len()).filter(|&i| is_noscript(&out[i])).collect();
-        if lost.is_empty() {
+        let run_as = self.calls.run_as();
+        let mut out = batch(manager, cmds.iter(), run_as, metrics).await;
+        let mut lost_kind = None;
+        let lost: Vec<usize> = (0..out.len())
+            .filter(|&i| match lost(&out[i], run_as) {
+                Some(kind) => {
+                    lost_kind.get_or_insert(kind);
+                    true
+                }
+                None => false,
+            })
+            .collect();
+        let Some(kind) = lost_kind else {
             return out;
-        }
-        let again = match self.reload(None, seen, metrics).await {
-            Ok(()) => batch(manager, lost.iter().filter_map(|&i| cmds.get(i))).await.into_iter().map(after_reload).collect(),
+        };
+        let again = match self.recover(kind, None, seen, metrics).await {
+            Ok(run_as) => batch(manager, lost.iter().filter_map(|&i| cmds.get(i)), run_as, metrics)
+                .await
+                .into_iter()
+                .map(|o| after_reload(o, run_as))
+                .collect(),
             Err(failure) => vec![Err(failure); lost.len()],
         };
         for (i, outcome) in lost.into_iter().zip(again) {
@@ -280,13 +444,19 @@ impl ClusterBackend {
     }
 }
 
-async fn batch<'a>(manager: &ConnectionManager, cmds: impl Iterator<Item = &'a Command>) -> Vec<Outcome> {
+async fn batch<'a>(
+    manager: &ConnectionManager,
+    cmds: impl Iterator<Item = &'a Command>,
+    run_as: RunAs,
+    metrics: &Metrics,
+) -> Vec<Outcome> {
     let mut pipe = redis::pipe();
     let mut n = 0;
     for c in cmds {
-        pipe.add_command(c.to_redis());
+        pipe.add_command(c.to_redis(run_as));
         n += 1;
     }
+    metrics.redis_calls(run_as, n as u64);
     let mut conn = manager.clone();
     match conn.req_packed_commands(&pipe, 0, n).await {
         Ok(values) if values.len() == n => values.into_iter().map(|v| settle(Ok(v))).collect(),
@@ -304,15 +474,29 @@ fn every_primary() -> RoutingInfo {
     RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)))
 }
 
-fn is_noscript(outcome: &Outcome) -> bool {
-    matches!(outcome, Err(Failure::Reply(text)) if text.starts_with("NOSCRIPT"))
+/// Why a call that ran as `run_as` did not run, if it did not.
+fn lost(outcome: &Outcome, run_as: RunAs) -> Option<Lost> {
+    let Err(Failure::Reply(text)) = outcome else {
+        return None;
+    };
+    match run_as {
+        RunAs::EvalSha if text.starts_with("NOSCRIPT") => Some(Lost::Missing(RunAs::EvalSha)),
+        RunAs::Fcall if text.starts_with("ERR Function not found") => Some(Lost::Missing(RunAs::Fcall)),
+        RunAs::Fcall if is_unknown_command(text) => Some(Lost::NoFunctions),
+        _ => None,
+    }
 }
 
-/// The second try's outcome. NOSCRIPT again means Redis dropped the script between the load
-/// and the call; the client must not read that as its cue to send the script's text.
-fn after_reload(outcome: Outcome) -> Outcome {
-    if is_noscript(&outcome) {
-        return Err(Failure::Reply("ERR sluice-gateway: Redis lost sluice's script again right after it was loaded".into()));
+fn is_unknown_command(text: &str) -> bool {
+    text.starts_with("ERR unknown command")
+}
+
+/// The second try's outcome. Missing again means Redis dropped it between the load and the
+/// call; the client must not read a NOSCRIPT as its cue to send the script's text.
+fn after_reload(outcome: Outcome, run_as: RunAs) -> Outcome {
+    if lost(&outcome, run_as).is_some() {
+        let what = if run_as == RunAs::Fcall { "function library" } else { "script" };
+        return Err(Failure::Reply(format!("ERR sluice-gateway: Redis lost sluice's {what} again right after it was loaded")));
     }
     outcome
 }

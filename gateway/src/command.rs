@@ -5,8 +5,9 @@
 //! filter is built from. A command is accepted only when [`sluice::redis::script::check`] finds
 //! it to be that script's call exactly as the filter makes it: `EVALSHA <its SHA>` (or `EVAL
 //! <its exact text>`), one rule's keys, six arguments per key, optionally `dry`. Whichever form
-//! came in, it runs as `EVALSHA` of the gateway's own SHA, so no script text a client sends is
-//! ever handed to Redis.
+//! came in, it runs as `FCALL` of the gateway's own function library (Redis 7 and later) or
+//! `EVALSHA` of the gateway's own SHA, so no script text a client sends is ever handed to
+//! Redis.
 //!
 //! This module needs nothing else from the gateway: `fuzz/` compiles it in by path.
 
@@ -16,6 +17,8 @@ use serde_json::Value as Json;
 use sluice::redis::script::{self, Refusal};
 
 static SHA: LazyLock<String> = LazyLock::new(script::sha);
+static FUNCTION: LazyLock<String> = LazyLock::new(script::function_name);
+static LIBRARY: LazyLock<String> = LazyLock::new(script::library);
 
 /// SHA-1 of the decision script: what the gateway loads and calls, and what an `EVALSHA` must
 /// name to be accepted.
@@ -23,7 +26,44 @@ pub fn sha() -> &'static str {
     &SHA
 }
 
-/// How the client named the script. Both run as `EVALSHA`; the difference is only counted
+/// The decision script as a Redis 7 function library, for `FUNCTION LOAD`.
+pub fn library() -> &'static str {
+    &LIBRARY
+}
+
+/// The function [`library`] registers, for `FCALL`.
+pub fn function() -> &'static str {
+    &FUNCTION
+}
+
+/// The library's name, as `FUNCTION LOAD` answers it (its first line names it).
+pub fn library_name() -> &'static str {
+    library().lines().next().and_then(|l| l.strip_prefix("#!lua name=")).unwrap_or_default()
+}
+
+/// How an accepted call runs on Redis. Same keys, same arguments, same reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunAs {
+    /// `EVALSHA <sha>`: the script, cached by `SCRIPT LOAD`.
+    EvalSha,
+    /// `FCALL <function>`: the library, loaded by `FUNCTION LOAD` (Redis 7 and later). Redis
+    /// defines the strategies once, when it loads the library, not on every call.
+    Fcall,
+}
+
+impl RunAs {
+    pub const ALL: [RunAs; 2] = [RunAs::EvalSha, RunAs::Fcall];
+
+    /// The command's name as Redis spells it (also the `command` label in metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            RunAs::EvalSha => "EVALSHA",
+            RunAs::Fcall => "FCALL",
+        }
+    }
+}
+
+/// How the client named the script. Both run alike (see [`RunAs`]); the difference is only counted
 /// (`sluice_gateway_commands_total{command}`), since a filter sends `EVAL` only after it saw a
 /// NOSCRIPT, which this gateway never lets through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,12 +148,15 @@ impl Command {
         &self.args
     }
 
-    /// The call as Redis runs it: `EVALSHA` of the gateway's SHA, then the client's numkeys,
-    /// keys and arguments (checked to be sluice's). The name is in capitals so that the cluster
-    /// client recognises it for routing by key.
-    pub fn to_redis(&self) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(sha());
+    /// The call as Redis runs it: `EVALSHA` of the gateway's SHA or `FCALL` of its function,
+    /// then the client's numkeys, keys and arguments (checked to be sluice's). The name is in
+    /// capitals so that the cluster client recognises it for routing by key.
+    pub fn to_redis(&self, form: RunAs) -> redis::Cmd {
+        let mut cmd = redis::cmd(form.name());
+        cmd.arg(match form {
+            RunAs::EvalSha => sha(),
+            RunAs::Fcall => function(),
+        });
         for a in self.args.iter().skip(1) {
             cmd.arg(a.as_slice());
         }
@@ -257,13 +300,25 @@ mod tests {
             let c = parse_command(&body(&words)).unwrap();
             assert_eq!(c.kind(), kind);
             assert_eq!(c.args().len(), words.len() - 1);
-            let packed = c.to_redis().get_packed_command();
+            let packed = c.to_redis(RunAs::EvalSha).get_packed_command();
             let text = String::from_utf8_lossy(&packed);
             assert!(text.contains(&format!("$7\r\nEVALSHA\r\n$40\r\n{}\r\n$1\r\n2\r\n", sha())), "{text}");
             assert!(!text.contains(SCRIPT), "the script text is never passed on");
             assert!(text.ends_with(if dry { "$3\r\ndry\r\n" } else { "$1\r\n0\r\n" }), "{text}");
+            let fcall = c.to_redis(RunAs::Fcall).get_packed_command();
+            let fcall_text = String::from_utf8_lossy(&fcall);
+            let head = format!("$5\r\nFCALL\r\n${}\r\n{}\r\n", function().len(), function());
+            assert!(fcall_text.contains(&head), "{fcall_text}");
+            // Same numkeys, keys and arguments.
+            assert_eq!(fcall_text.split_once(&head).map(|(_, rest)| rest), text.split_once(sha()).map(|(_, rest)| &rest[2..]));
             assert_eq!(c.slot(), Some(key_slot(b"api:00000000000000ab")));
         }
+    }
+
+    #[test]
+    fn the_library_is_named_as_redis_will_answer() {
+        assert!(library_name().starts_with("sluice_") && library_name().len() > 7, "{}", library_name());
+        assert!(library().contains(&format!("'{}'", function())), "the library registers the function FCALL names");
     }
 
     #[test]

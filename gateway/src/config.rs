@@ -12,12 +12,14 @@ script's call exactly as the filter makes it: EVALSHA <its SHA> (or EVAL with it
 key (strategy, limit, period_ms, cost >= 1, p1, p2), optionally \"dry\". Any other script, SHA,
 command (PING, SCRIPT, FLUSHALL, ...), key, argument count or clock override refuses the whole
 request with 400 and nothing runs; refusals are counted in sluice_gateway_refused_total{reason}.
-Accepted calls always run as EVALSHA of the gateway's own SHA (shown in /healthz).
+Accepted calls run as FCALL of the gateway's own function library where Redis has functions
+(Redis 7 and later), else as EVALSHA of its own SHA (--redis-calls; /healthz shows which).
 
-The gateway loads the script itself (SCRIPT LOAD): at start (on a Cluster, on every primary;
-best effort, Redis may be down), and when a call meets NOSCRIPT (Redis restarted or flushed, a
-failover), on that node, then runs the call once more. Clients never see NOSCRIPT. Loads are
-counted in sluice_gateway_script_loads_total{trigger,outcome}.
+The gateway loads what it calls itself (FUNCTION LOAD or SCRIPT LOAD): at start (on a Cluster,
+on every primary; best effort, Redis may be down), and when a call finds it missing
+(ERR Function not found, NOSCRIPT: Redis restarted or flushed, a failover), on that node, then
+runs the call once more. Clients never see either error. Loads are counted in
+sluice_gateway_library_loads_total and sluice_gateway_script_loads_total{trigger,outcome}.
 
 Requests and replies (Upstash REST dialect):
   curl -H 'Authorization: Bearer TOKEN' -d '[[\"EVALSHA\",\"<sha>\",\"1\",\"<key>\",\"fixed_window\",\"5\",\"60000\",\"1\",\"0\",\"0\"]]' \\
@@ -141,6 +143,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_concurrent_streams: u32,
 
+    /// How calls run on Redis: `fcall` loads sluice's function library (FUNCTION LOAD, Redis 7
+    /// and later) and runs each call as FCALL, which spares Redis defining the strategies on
+    /// every call; `evalsha` loads the script (SCRIPT LOAD) and runs each call as EVALSHA;
+    /// `auto` uses FCALL where every primary has functions, else EVALSHA. Same keys, same
+    /// arguments, same decisions.
+    #[arg(long, env = "SLUICE_GATEWAY_REDIS_CALLS", value_enum, default_value_t = RedisCalls::Auto)]
+    pub redis_calls: RedisCalls,
+
     /// How long one Redis probe answers GET /healthz, in milliseconds: a flood of probes costs
     /// Redis at most one PING per period, and never more than one at a time. A request that
     /// finds Redis unreachable or too slow ends the period early. 0 probes on every call
@@ -148,6 +158,18 @@ pub struct Config {
     #[arg(long, env = "SLUICE_GATEWAY_HEALTH_CACHE_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub health_cache_ms: u64,
+}
+
+/// `--redis-calls`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisCalls {
+    /// FCALL where Redis has functions (every primary of a Cluster), else EVALSHA; decided by
+    /// the first load that reaches Redis.
+    Auto,
+    /// Always FCALL of the library (Redis 7 and later).
+    Fcall,
+    /// Always EVALSHA of the script.
+    Evalsha,
 }
 
 impl Config {
@@ -228,6 +250,9 @@ mod tests {
         assert_eq!(c.max_header_bytes, 16 * 1024);
         assert_eq!(c.health_cache_ms, 1_000);
         assert_eq!(c.max_concurrent_streams, 100);
+        assert_eq!(c.redis_calls, RedisCalls::Auto);
+        let c = Config::try_parse_from(["sluice-gateway", "--redis-calls", "evalsha"]).unwrap();
+        assert_eq!(c.redis_calls, RedisCalls::Evalsha);
     }
 
     #[test]
@@ -265,5 +290,6 @@ mod tests {
         assert!(Config::try_parse_from(["sluice-gateway", "--header-read-timeout-ms", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--max-header-bytes", "100"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--max-concurrent-streams", "0"]).is_err());
+        assert!(Config::try_parse_from(["sluice-gateway", "--redis-calls", "eval"]).is_err());
     }
 }

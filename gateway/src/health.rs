@@ -77,7 +77,7 @@ impl Health {
         }
         metrics.health_probe();
         let started = Instant::now();
-        let finding = match tokio::time::timeout(timeout, backend.ping()).await {
+        let finding = match tokio::time::timeout(timeout, backend.ping(metrics)).await {
             Ok(Ok(())) => Finding::Up { latency_ms: started.elapsed().as_secs_f64() * 1000.0 },
             Ok(Err(Failure::Reply(text) | Failure::Transport(text))) => Finding::Down(text),
             Err(_) => Finding::Down(format!("no answer to PING within {} ms", timeout.as_millis())),
@@ -119,7 +119,7 @@ mod tests {
 
     fn unreachable_backend() -> Backend {
         // Port 1 on loopback: nothing listens there, so every probe fails at once.
-        Backend::standalone("redis://127.0.0.1:1", Duration::from_millis(200)).unwrap()
+        Backend::standalone("redis://127.0.0.1:1", Duration::from_millis(200), crate::config::RedisCalls::Auto).unwrap()
     }
 
     fn probes(m: &Metrics) -> String {

@@ -13,8 +13,8 @@
 //! |---|---|
 //! | `POST /` body `["EVALSHA", sha, "1", key, strategy, limit, period_ms, cost, p1, p2]` | `{"result": …}` (200) or `{"error": "…"}` |
 //! | `POST /pipeline` body `[[…], […]]`, one call each | `[{"result": …}, {"error": "…"}]`, one per call, in order |
-//! | `GET /healthz` | 200 `{"status":"ok",…,"script":sha,"age_ms":…}` when Redis answered PING within `--timeout-ms`, else 503 `{"status":"unavailable","error":…}`; one probe answers for `--health-cache-ms` |
-//! | `GET /metrics` | Prometheus text: requests by endpoint and status, calls by command, refusals by reason, script loads by trigger and outcome, Redis errors by kind, in-flight gauge, latency histogram, connections (open, refused at the cap), clients too slow by phase, health probes |
+//! | `GET /healthz` | 200 `{"status":"ok",…,"script":sha,"function":name,"calls":"FCALL"\|"EVALSHA","age_ms":…}` when Redis answered PING within `--timeout-ms`, else 503 `{"status":"unavailable","error":…}`; one probe answers for `--health-cache-ms` |
+//! | `GET /metrics` | Prometheus text: requests by endpoint and status, calls by command (as sent, and as run on Redis), refusals by reason, script and library loads by trigger and outcome, Redis errors by kind, in-flight gauge, latency histogram, connections (open, refused at the cap, by protocol), clients too slow by phase, health probes |
 //!
 //! ```text
 //! $ curl -s -H 'Authorization: Bearer s3cret' http://127.0.0.1:7379/pipeline -d \
@@ -39,16 +39,26 @@
 //!   index) and nothing runs. Refusals are counted in `sluice_gateway_refused_total{reason}`
 //!   (`command`, `script`, `keys`, `arguments`, and `json`, `shape`, `pipeline` for bodies
 //!   that are not a command or pipeline at all).
-//! * **Always by SHA**: an accepted call runs as `EVALSHA` of the gateway's own SHA, whichever
-//!   form it came in, so no script text a client sends reaches Redis.
-//! * **The gateway loads the script** (`SCRIPT LOAD`): at start, best effort (Redis may be
-//!   down), on a Cluster on every primary; and when a call meets `NOSCRIPT` (a restarted Redis,
-//!   a `SCRIPT FLUSH`, a failover to a replica, which Redis never gives the script), on the
-//!   node that answered, then runs that call once more, within the request's `--timeout-ms`.
-//!   A call that got NOSCRIPT did not run, so it is never counted twice; in a standalone
-//!   pipeline only those calls run again, after the others. Concurrent NOSCRIPTs for one target
-//!   (the server, or a Cluster slot) share one load. NOSCRIPT never reaches the client, so a filter never has to send the script's text.
-//!   Loads are counted in `sluice_gateway_script_loads_total{trigger,outcome}`.
+//! * **Always the gateway's own code**: an accepted call runs as `FCALL` of the gateway's
+//!   function library ([`sluice::redis::script::library`], the same script registered as a
+//!   Redis 7 function, so Redis defines the strategies once instead of on every call) where
+//!   Redis has functions, else as `EVALSHA` of the gateway's own SHA, whichever form it came
+//!   in (`--redis-calls auto|fcall|evalsha`; `auto` tries the library with the first load that
+//!   reaches Redis, on a Cluster on every primary). No script text a client sends reaches
+//!   Redis. Counted in `sluice_gateway_redis_calls_total{command}`.
+//! * **The gateway loads what it calls** (`FUNCTION LOAD REPLACE`, or `SCRIPT LOAD`): at
+//!   start, best effort (Redis may be down; with `auto`, a health probe that finds Redis up, or
+//!   the first call that meets NOSCRIPT, then tries again), on a Cluster on every primary; and
+//!   when a call finds it missing (`ERR Function not found` or `NOSCRIPT`: a restarted Redis, a
+//!   `FUNCTION FLUSH` or `SCRIPT FLUSH`, a failover to a replica that never had the script;
+//!   Redis passes functions on to replicas, scripts not), on the node that answered, then runs
+//!   that call once more, within the request's `--timeout-ms`. A call that found it missing did
+//!   not run, so it is never counted twice; in a standalone pipeline only those calls run
+//!   again, after the others. Concurrent calls that find it missing on one target (the server,
+//!   or a Cluster slot) share one load. Neither error reaches the client, so a filter never
+//!   has to send the script's text. Loads are counted in
+//!   `sluice_gateway_library_loads_total` and `sluice_gateway_script_loads_total`
+//!   `{trigger,outcome}`.
 //! * **What the token still allows**: a token holder can run the script on any key of
 //!   sluice's shape with any strategy and rate, that is, spend any identity's limits in any
 //!   namespace (push an identity into 429s), start its counts over (a call with another

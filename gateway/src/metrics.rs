@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::command::{CommandKind, REASONS};
+use crate::command::{CommandKind, RunAs, REASONS};
 
 /// The endpoints, as they appear in the `endpoint` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,22 +74,27 @@ impl RedisErrorKind {
     }
 }
 
-/// What made the gateway load the decision script, as it appears in the `trigger` label.
+/// What made the gateway load the decision script or library, as it appears in the `trigger`
+/// label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadTrigger {
-    /// The gateway started.
+    /// The gateway started (or, with `--redis-calls auto`, a health probe first found Redis up).
     Start,
     /// A call met NOSCRIPT: Redis restarted, was flushed, or failed over to a node without it.
+    /// (With `auto` before any load reached Redis, the library is tried first.)
     NoScript,
+    /// A call met `ERR Function not found`: Redis restarted or its functions were flushed.
+    NotFound,
 }
 
 impl LoadTrigger {
-    const ALL: [LoadTrigger; 2] = [LoadTrigger::Start, LoadTrigger::NoScript];
+    const ALL: [LoadTrigger; 3] = [LoadTrigger::Start, LoadTrigger::NoScript, LoadTrigger::NotFound];
 
     fn label(self) -> &'static str {
         match self {
             LoadTrigger::Start => "start",
             LoadTrigger::NoScript => "noscript",
+            LoadTrigger::NotFound => "not_found",
         }
     }
 }
@@ -178,6 +183,9 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// By trigger, then failed (0) or loaded (1).
     script_loads: [[AtomicU64; 2]; LoadTrigger::ALL.len()],
+    library_loads: [[AtomicU64; 2]; LoadTrigger::ALL.len()],
+    /// Calls sent to Redis, by how they ran.
+    redis_calls: [AtomicU64; RunAs::ALL.len()],
 }
 
 /// Decrements the open-connections gauge when a connection's task ends, however it ends.
@@ -258,8 +266,14 @@ impl Metrics {
         *refused.entry(reason).or_insert(0) += 1;
     }
 
-    pub fn script_load(&self, trigger: LoadTrigger, loaded: bool) {
-        self.script_loads[trigger as usize][usize::from(loaded)].fetch_add(1, Ordering::Relaxed);
+    /// A `SCRIPT LOAD` (`EvalSha`) or `FUNCTION LOAD` (`Fcall`) of the gateway's.
+    pub fn load(&self, what: RunAs, trigger: LoadTrigger, loaded: bool) {
+        let loads = if what == RunAs::Fcall { &self.library_loads } else { &self.script_loads };
+        loads[trigger as usize][usize::from(loaded)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn redis_calls(&self, run_as: RunAs, n: u64) {
+        self.redis_calls[run_as as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -279,7 +293,7 @@ impl Metrics {
 
         writeln!(
             out,
-            "# HELP sluice_gateway_commands_total Calls of sluice's script accepted, by the command the client sent (all run as EVALSHA)."
+            "# HELP sluice_gateway_commands_total Calls of sluice's script accepted, by the command the client sent (all run alike: see sluice_gateway_redis_calls_total)."
         )?;
         writeln!(out, "# TYPE sluice_gateway_commands_total counter")?;
         for kind in CommandKind::ALL {
@@ -301,20 +315,43 @@ impl Metrics {
             writeln!(out, "sluice_gateway_refused_total{{reason=\"{reason}\"}} {n}")?;
         }
 
-        writeln!(
-            out,
-            "# HELP sluice_gateway_script_loads_total SCRIPT LOADs of sluice's script by the gateway, by trigger and outcome."
-        )?;
-        writeln!(out, "# TYPE sluice_gateway_script_loads_total counter")?;
-        for trigger in LoadTrigger::ALL {
-            for (outcome, i) in [("loaded", 1), ("failed", 0)] {
-                writeln!(
-                    out,
-                    "sluice_gateway_script_loads_total{{trigger=\"{}\",outcome=\"{outcome}\"}} {}",
-                    trigger.label(),
-                    self.script_loads[trigger as usize][i].load(Ordering::Relaxed)
-                )?;
+        for (name, help, loads, triggers) in [
+            (
+                "sluice_gateway_script_loads_total",
+                "SCRIPT LOADs of sluice's script by the gateway, by trigger and outcome.",
+                &self.script_loads,
+                &LoadTrigger::ALL[..2],
+            ),
+            (
+                "sluice_gateway_library_loads_total",
+                "FUNCTION LOADs of sluice's function library by the gateway, by trigger and outcome.",
+                &self.library_loads,
+                &LoadTrigger::ALL[..],
+            ),
+        ] {
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} counter")?;
+            for &trigger in triggers {
+                for (outcome, i) in [("loaded", 1), ("failed", 0)] {
+                    writeln!(
+                        out,
+                        "{name}{{trigger=\"{}\",outcome=\"{outcome}\"}} {}",
+                        trigger.label(),
+                        loads[trigger as usize][i].load(Ordering::Relaxed)
+                    )?;
+                }
             }
+        }
+
+        writeln!(out, "# HELP sluice_gateway_redis_calls_total Calls of sluice's script sent to Redis, by how they ran (reruns after a load included).")?;
+        writeln!(out, "# TYPE sluice_gateway_redis_calls_total counter")?;
+        for run_as in RunAs::ALL {
+            writeln!(
+                out,
+                "sluice_gateway_redis_calls_total{{command=\"{}\"}} {}",
+                run_as.name(),
+                self.redis_calls[run_as as usize].load(Ordering::Relaxed)
+            )?;
         }
 
         writeln!(out, "# HELP sluice_gateway_redis_errors_total Commands or requests that got no result from Redis, by kind.")?;
@@ -427,8 +464,10 @@ mod tests {
         m.redis_error(RedisErrorKind::Timeout);
         m.refused("script");
         m.refused("script");
-        m.script_load(LoadTrigger::NoScript, true);
-        m.script_load(LoadTrigger::Start, false);
+        m.load(RunAs::EvalSha, LoadTrigger::NoScript, true);
+        m.load(RunAs::EvalSha, LoadTrigger::Start, false);
+        m.load(RunAs::Fcall, LoadTrigger::NotFound, true);
+        m.redis_calls(RunAs::Fcall, 3);
         let text = m.render();
         let get = |p: &str| line_value(&text, p);
         assert_eq!(get("sluice_gateway_requests_in_flight"), Some(0.0));
@@ -442,6 +481,11 @@ mod tests {
         assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="loaded"}"#), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="start",outcome="failed"}"#), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="start",outcome="loaded"}"#), Some(0.0));
+        assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="not_found",outcome="loaded"}"#), None, "scripts are not");
+        assert_eq!(get(r#"sluice_gateway_library_loads_total{trigger="not_found",outcome="loaded"}"#), Some(1.0));
+        assert_eq!(get(r#"sluice_gateway_library_loads_total{trigger="noscript",outcome="loaded"}"#), Some(0.0));
+        assert_eq!(get(r#"sluice_gateway_redis_calls_total{command="FCALL"}"#), Some(3.0));
+        assert_eq!(get(r#"sluice_gateway_redis_calls_total{command="EVALSHA"}"#), Some(0.0));
         let b = |le: &str| get(&format!(r#"sluice_gateway_request_duration_seconds_bucket{{endpoint="/pipeline",le="{le}"}}"#));
         assert_eq!(b("0.00025"), Some(0.0));
         assert_eq!(b("0.0005"), Some(1.0));

@@ -19,11 +19,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::backend::{Backend, BackendError, Failure, Outcome};
-use crate::command::{self, parse_command, parse_pipeline, Command, RequestError};
+use crate::command::{self, parse_command, parse_pipeline, Command, RequestError, RunAs};
 use crate::config::{Config, ListenError};
 use crate::conn::{self, Limits, Stop};
 use crate::health::{Finding, Health};
-use crate::metrics::{ClientTimeout, Endpoint, LoadTrigger, Metrics, RedisErrorKind};
+use crate::metrics::{ClientTimeout, Endpoint, Metrics, RedisErrorKind};
 use crate::reply::{to_json, Encoding, ReplyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +56,9 @@ impl Gateway {
     pub fn from_config(config: &Config) -> Result<Arc<Self>, GatewayError> {
         let timeout = config.timeout();
         let backend = if config.cluster_urls().is_empty() {
-            Backend::standalone(&config.redis_url, timeout)?
+            Backend::standalone(&config.redis_url, timeout, config.redis_calls)?
         } else {
-            Backend::cluster(&config.cluster_urls(), timeout)?
+            Backend::cluster(&config.cluster_urls(), timeout, config.redis_calls)?
         };
         let token = match &config.token {
             Some(t) if t.is_empty() => return Err(GatewayError::EmptyToken),
@@ -133,18 +133,21 @@ impl Gateway {
         Ok(())
     }
 
-    /// Loads the script so that the first calls find it; best effort, bounded by `--timeout-ms`.
-    /// A Redis that is down now gets the script when a call first meets NOSCRIPT.
+    /// Loads the script or library so that the first calls find it (with `--redis-calls auto`,
+    /// finding out which); best effort, each load bounded by `--timeout-ms`. A Redis that is
+    /// down now gets it when a call first finds it missing (or, with `auto`, when a health probe
+    /// finds Redis up).
     async fn load_script_at_start(self: Arc<Self>) {
-        let outcome = match tokio::time::timeout(self.timeout, self.backend.load_script()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(Failure::Reply(text) | Failure::Transport(text))) => Err(text),
-            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-        };
-        self.metrics.script_load(LoadTrigger::Start, outcome.is_ok());
-        match outcome {
-            Ok(()) => log::info!("loaded sluice's decision script (SHA {}) into Redis", command::sha()),
-            Err(e) => log::warn!("cannot load sluice's decision script at start ({e}); it is loaded when a call needs it"),
+        match self.backend.load_at_start(&self.metrics).await {
+            Ok(RunAs::Fcall) => {
+                log::info!("loaded sluice's function library into Redis: calls run as FCALL {}", command::function())
+            }
+            Ok(RunAs::EvalSha) => {
+                log::info!("loaded sluice's decision script into Redis: calls run as EVALSHA {}", command::sha())
+            }
+            Err(Failure::Reply(e) | Failure::Transport(e)) => {
+                log::warn!("cannot load sluice's decision script at start ({e}); it is loaded when a call needs it")
+            }
         }
     }
 
@@ -374,6 +377,8 @@ async fn healthz_handler(State(gw): State<Arc<Gateway>>) -> Response {
                 "status": "ok",
                 "redis": if gw.backend.is_cluster() { "cluster" } else { "standalone" },
                 "script": command::sha(),
+                "function": command::function(),
+                "calls": gw.backend.runs_as().name(),
                 "latency_ms": latency_ms,
                 "age_ms": age_ms,
             }),

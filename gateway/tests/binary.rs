@@ -31,6 +31,8 @@ fn help_documents_every_flag() {
         "--idle-timeout-ms",
         "--max-header-bytes",
         "--health-cache-ms",
+        "--max-concurrent-streams",
+        "--redis-calls",
         "SLUICE_GATEWAY_TOKEN",
         "SLUICE_GATEWAY_REDIS_URL",
         "SLUICE_GATEWAY_MAX_CONNECTIONS",
@@ -39,6 +41,8 @@ fn help_documents_every_flag() {
         "SLUICE_GATEWAY_IDLE_TIMEOUT_MS",
         "SLUICE_GATEWAY_MAX_HEADER_BYTES",
         "SLUICE_GATEWAY_HEALTH_CACHE_MS",
+        "SLUICE_GATEWAY_MAX_CONCURRENT_STREAMS",
+        "SLUICE_GATEWAY_REDIS_CALLS",
         "[default: 127.0.0.1:7379]",
         "[default: redis://127.0.0.1:6379]",
         "[default: 10000]",
@@ -47,7 +51,10 @@ fn help_documents_every_flag() {
         "sluice's decision script and nothing else",
         "sluice_gateway_refused_total",
         "sluice_gateway_script_loads_total",
+        "sluice_gateway_library_loads_total",
         "NOSCRIPT",
+        "FCALL",
+        "h2c",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

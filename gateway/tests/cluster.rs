@@ -61,11 +61,18 @@ fn script_exists(port: u16) -> String {
     redis_cli(port, &["SCRIPT", "EXISTS", &sha()]).trim().to_string()
 }
 
+fn library_loaded(port: u16) -> bool {
+    redis_cli(port, &["FUNCTION", "LIST"]).contains(sluice_gateway::command::library_name())
+}
+
+/// EVALSHA (as on a cluster without functions): the script on every primary, loaded again
+/// where NOSCRIPT says, including a replica promoted by a failover (Redis does not pass
+/// scripts on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_loads_the_script_everywhere_runs_calls_and_refuses_the_rest() {
     let mut cluster = RedisCluster::start();
     let seeds = cluster.seed_nodes();
-    let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000"]).await;
+    let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000", "--redis-calls", "evalsha"]).await;
     let http = Http::new(&gw.base, None);
 
     let (status, health) = http.get("/healthz").await;
@@ -163,4 +170,60 @@ async fn cluster_loads_the_script_everywhere_runs_calls_and_refuses_the_rest() {
     let (status, body) = http.get("/healthz").await;
     assert!(started.elapsed() < bound);
     assert_eq!(status, 503, "{body}");
+}
+
+/// FCALL (Redis 7, the default `auto`): the library on every primary at start, every call run
+/// as FCALL; a primary whose functions were flushed gets it again from the call that found it
+/// gone (once, the call counted once); a failover needs no load, since Redis passes functions
+/// on to replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_runs_calls_as_fcall_of_the_library_on_every_primary() {
+    let cluster = RedisCluster::start();
+    let seeds = cluster.seed_nodes();
+    let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000"]).await;
+    let http = Http::new(&gw.base, None);
+    http.wait_metric(r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#, 1.0).await;
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    for &p in &primaries {
+        assert!(library_loaded(p), "primary {p}");
+    }
+
+    let ids = identities_on_three_primaries();
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let (status, body) = http.post("/pipeline", json!([call(a), call(b), call(c), call(a)])).await;
+    assert_eq!(status, 200, "{body}");
+    let e = body.as_array().expect("array");
+    assert_eq!(
+        [entry_verdict(&e[0]), entry_verdict(&e[1]), entry_verdict(&e[2]), entry_verdict(&e[3])],
+        [(true, LIMIT - 1), (true, LIMIT - 1), (true, LIMIT - 1), (true, LIMIT - 2)]
+    );
+
+    // One primary's functions flushed: its calls get the library back, each runs once.
+    let flushed = cluster.primary_for(key_slot(key(a).as_bytes()));
+    redis_cli(flushed, &["FUNCTION", "FLUSH"]);
+    let (status, body) = http.post("/pipeline", json!([call(a), call(b), call(a)])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!([entry_verdict(&body[0]), entry_verdict(&body[1]), entry_verdict(&body[2])], [(true, 2), (true, 3), (true, 1)]);
+    assert!(library_loaded(flushed));
+    http.wait_metric(r#"sluice_gateway_library_loads_total{trigger="not_found",outcome="loaded"}"#, 1.0).await;
+
+    // A failover: the promoted replica already has the library (once in step with its
+    // primary, which the failover waits for).
+    let old = cluster.primary_for(key_slot(key(b).as_bytes()));
+    let replica = cluster.replica_of(old);
+    failover(replica, old).await;
+    assert!(library_loaded(replica), "Redis passes functions on to replicas");
+    let (status, body) = http.post("/", call(b)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(verdict(&body["result"]), (true, 2));
+
+    let (_, text) = http.get("/metrics").await;
+    let value = |series: &str| support::metric_value(&text, series);
+    assert_eq!(value(r#"sluice_gateway_library_loads_total{trigger="not_found",outcome="loaded"}"#), 1.0, "{text}");
+    assert_eq!(value(r#"sluice_gateway_redis_calls_total{command="EVALSHA"}"#), 0.0);
+    assert_eq!(value(r#"sluice_gateway_script_loads_total{trigger="start",outcome="loaded"}"#), 0.0);
+    for p in cluster.primaries() {
+        assert_eq!(script_exists(p), "0", "primary {p} never needed the script");
+    }
 }

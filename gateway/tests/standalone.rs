@@ -16,6 +16,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const TOKEN: &str = "s3cret-t0ken";
 const START_LOADED: &str = r#"sluice_gateway_script_loads_total{trigger="start",outcome="loaded"}"#;
 const NOSCRIPT_LOADED: &str = r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="loaded"}"#;
+const LIBRARY_START_LOADED: &str = r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#;
+const LIBRARY_START_FAILED: &str = r#"sluice_gateway_library_loads_total{trigger="start",outcome="failed"}"#;
+const LIBRARY_NOSCRIPT_LOADED: &str = r#"sluice_gateway_library_loads_total{trigger="noscript",outcome="loaded"}"#;
+const NOT_FOUND_LOADED: &str = r#"sluice_gateway_library_loads_total{trigger="not_found",outcome="loaded"}"#;
+const FCALLS: &str = r#"sluice_gateway_redis_calls_total{command="FCALL"}"#;
+const EVALSHAS: &str = r#"sluice_gateway_redis_calls_total{command="EVALSHA"}"#;
 
 async fn gateway_for(redis: &RedisServer, extra: &[&str]) -> (TestGateway, Http) {
     let url = redis.url();
@@ -45,10 +51,16 @@ fn script_exists(port: u16) -> String {
     redis_cli(port, &["SCRIPT", "EXISTS", &sha()]).trim().to_string()
 }
 
+/// Whether Redis holds sluice's function library.
+fn library_loaded(port: u16) -> bool {
+    redis_cli(port, &["FUNCTION", "LIST"]).contains(sluice_gateway::command::library_name())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_filters_calls_run_and_replies_map_to_json() {
     let redis = RedisServer::start();
     let (_gw, http) = gateway_for(&redis, &[]).await;
+    http.wait_metric(LIBRARY_START_LOADED, 1.0).await;
 
     // Five requests of one identity are admitted, counting down; the sixth is denied.
     for n in 1..=LIMIT {
@@ -66,12 +78,14 @@ async fn the_filters_calls_run_and_replies_map_to_json() {
     assert_eq!(verdict(&body["result"]), (true, LIMIT - 1));
     assert_eq!(redis_cli(redis.port, &["EXISTS", &key(2)]).trim(), "0");
 
-    // The script's text (what a filter sends after a NOSCRIPT) is accepted, and run by SHA.
+    // The script's text (what a filter sends after a NOSCRIPT) is accepted, and run as the
+    // others: on Redis 7, FCALL of the library the gateway loaded.
     let (status, body) = http.post("/", eval_call(2)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(verdict(&body["result"]), (true, LIMIT - 1));
     assert_eq!(redis_calls(redis.port, "eval"), 0, "the gateway never sends script text");
-    assert_eq!(redis_calls(redis.port, "evalsha"), 8);
+    assert_eq!(redis_calls(redis.port, "evalsha"), 0);
+    assert_eq!(redis_calls(redis.port, "fcall"), 8);
 
     // Numbers may come as JSON numbers; base64 leaves integers alone.
     let mut words = call(3);
@@ -96,8 +110,8 @@ async fn the_filters_calls_run_and_replies_map_to_json() {
 async fn every_other_shape_is_refused_nothing_runs_and_it_is_counted() {
     let redis = RedisServer::start();
     let (_gw, http) = gateway_for(&redis, &[]).await;
-    http.wait_metric(START_LOADED, 1.0).await;
-    let watched = ["evalsha", "eval", "flushall", "set", "ping", "script|load", "script|exists"];
+    http.wait_metric(LIBRARY_START_LOADED, 1.0).await;
+    let watched = ["fcall", "evalsha", "eval", "flushall", "set", "ping", "script|load", "script|exists", "function|load"];
     let before: Vec<u64> = watched.iter().map(|c| redis_calls(redis.port, c)).collect();
 
     let sha = sha();
@@ -185,11 +199,12 @@ async fn every_other_shape_is_refused_nothing_runs_and_it_is_counted() {
 
 /// The gateway loads the script itself: at start, and again whenever Redis lost it. A client
 /// sending only EVALSHA never sees NOSCRIPT, so the filter never has to send the text.
+/// (`--redis-calls evalsha`, as on a Redis without functions.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_redis_gets_the_script_from_the_gateway() {
     let mut redis = RedisServer::start();
     assert_eq!(script_exists(redis.port), "0");
-    let (_gw, http) = gateway_for(&redis, &["--health-cache-ms", "0"]).await;
+    let (_gw, http) = gateway_for(&redis, &["--health-cache-ms", "0", "--redis-calls", "evalsha"]).await;
     http.wait_metric(START_LOADED, 1.0).await;
     assert_eq!(script_exists(redis.port), "1", "loaded at start");
 
@@ -228,27 +243,202 @@ async fn a_cold_redis_gets_the_script_from_the_gateway() {
     assert_eq!(script_exists(redis.port), "1");
     let text = http.wait_metric(NOSCRIPT_LOADED, 3.0).await;
     assert_eq!(redis_calls(redis.port, "eval"), 0);
+    assert_eq!(redis_calls(redis.port, "fcall"), 0);
+    assert!(!library_loaded(redis.port));
     assert_eq!(metric_value(&text, r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="failed"}"#), 0.0);
 }
 
-/// Redis down when the gateway starts: the load at start fails (and says so), and the script
-/// is loaded by the first call that finds Redis up.
+/// On Redis 7 the gateway loads sluice's function library and runs every call as FCALL: at
+/// start, and again when a call finds the function gone (FUNCTION FLUSH, a restart), once for
+/// all the calls that found it gone, which then run once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_down_at_start_gets_the_script_when_it_comes_up() {
+async fn a_cold_redis_gets_the_library_from_the_gateway() {
     let mut redis = RedisServer::start();
-    redis.stop();
-    let (_gw, http) = gateway_for(&redis, &["--timeout-ms", "500", "--health-cache-ms", "0"]).await;
-    http.wait_metric(r#"sluice_gateway_script_loads_total{trigger="start",outcome="failed"}"#, 1.0).await;
+    assert!(!library_loaded(redis.port));
+    let (_gw, http) = gateway_for(&redis, &["--health-cache-ms", "0"]).await;
+    http.wait_metric(LIBRARY_START_LOADED, 1.0).await;
+    assert!(library_loaded(redis.port), "loaded at start");
+    let (_, health) = http.get("/healthz").await;
+    assert!(health.contains(r#""calls":"FCALL""#), "{health}");
+    assert!(health.contains(&format!(r#""function":"{}""#, sluice_gateway::command::function())), "{health}");
+
+    // Flushed mid-run: the pipeline's calls find the function gone, one load serves them
+    // all, and each runs once, in order.
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+    redis_cli(redis.port, &["FUNCTION", "FLUSH"]);
+    assert!(!library_loaded(redis.port));
+    let (status, body) = http.post("/pipeline", json!([call(1), call(2), call(1)])).await;
+    assert_eq!(status, 200, "{body}");
+    let e = body.as_array().expect("array");
+    assert_eq!(
+        [entry_verdict(&e[0]), entry_verdict(&e[1]), entry_verdict(&e[2])],
+        [(true, LIMIT - 2), (true, LIMIT - 1), (true, LIMIT - 3)]
+    );
+    assert!(library_loaded(redis.port));
+    http.wait_metric(NOT_FOUND_LOADED, 1.0).await;
+
+    // Flushed again, and many calls at once find it gone: still one load.
+    redis_cli(redis.port, &["FUNCTION", "FLUSH"]);
+    let many = (10..30).map(|id| {
+        let http = &http;
+        async move { http.post("/", call(id)).await }
+    });
+    for (status, body) in futures_util::future::join_all(many).await {
+        assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+    }
+    let text = http.wait_metric(NOT_FOUND_LOADED, 2.0).await;
+    assert_eq!(metric_value(&text, NOT_FOUND_LOADED), 2.0, "one load for all of them");
+
+    // SCRIPT FLUSH drops scripts, not functions: calls go on as FCALL, nothing is loaded.
+    redis_cli(redis.port, &["SCRIPT", "FLUSH"]);
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 4)), "{body}");
+    let (_, text) = http.get("/metrics").await;
+    assert_eq!(metric_value(&text, NOT_FOUND_LOADED), 2.0);
+    assert_eq!(metric_value(&text, NOSCRIPT_LOADED), 0.0);
+
+    // A restarted Redis has neither the library nor the counts.
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     while http.get("/healthz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "the gateway never reached Redis");
+        assert!(Instant::now() < deadline, "the gateway did not reconnect");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (status, body) = http.post("/pipeline", json!([call(1)])).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(entry_verdict(&body[0]), (true, LIMIT - 1));
-    http.wait_metric(NOSCRIPT_LOADED, 1.0).await;
+    let text = http.wait_metric(NOT_FOUND_LOADED, 3.0).await;
+    assert_eq!(metric_value(&text, r#"sluice_gateway_library_loads_total{trigger="not_found",outcome="failed"}"#), 0.0);
+    // Neither the script nor EVALSHA was ever needed.
+    assert_eq!(script_exists(redis.port), "0");
+    assert_eq!(metric_value(&text, EVALSHAS), 0.0);
+    assert_eq!(metric_value(&text, START_LOADED), 0.0);
+}
+
+/// `redis-server` arguments that take functions away, as on a Redis before 7.
+const NO_FUNCTIONS: [&str; 6] = ["--rename-command", "FUNCTION", "", "--rename-command", "FCALL", ""];
+
+/// A Redis without functions (before Redis 7; here a Redis 7 with FUNCTION and FCALL renamed
+/// away): `auto` finds out with its load at start and runs every call as EVALSHA, the script
+/// loaded again after a SCRIPT FLUSH; `fcall` refuses to guess and says why its calls fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_functions_calls_fall_back_to_evalsha() {
+    let redis = RedisServer::start_with_args(&NO_FUNCTIONS);
+    let (_gw, http) = gateway_for(&redis, &[]).await;
+    let text = http.wait_metric(START_LOADED, 1.0).await;
+    assert_eq!(metric_value(&text, LIBRARY_START_FAILED), 0.0, "no functions is not a failure");
+    assert_eq!(script_exists(redis.port), "1");
+    let (status, health) = http.get("/healthz").await;
+    assert_eq!(status, 200, "{health}");
+    assert!(health.contains(r#""calls":"EVALSHA""#), "{health}");
+
+    let (status, body) = http.post("/pipeline", json!([call(1), call(1)])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!([entry_verdict(&body[0]), entry_verdict(&body[1])], [(true, LIMIT - 1), (true, LIMIT - 2)]);
+    redis_cli(redis.port, &["SCRIPT", "FLUSH"]);
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 3)), "{body}");
+    let text = http.wait_metric(NOSCRIPT_LOADED, 1.0).await;
+    assert_eq!((metric_value(&text, EVALSHAS), metric_value(&text, FCALLS)), (4.0, 0.0), "{text}");
+    assert_eq!(redis_calls(redis.port, "evalsha"), 4, "three calls, one of them twice (NOSCRIPT, then again)");
+    assert_eq!(redis_calls(redis.port, "eval"), 0);
+
+    // `--redis-calls fcall` on the same Redis: the load fails, and so does every call, saying why.
+    let (_strict, strict) = gateway_for(&redis, &["--redis-calls", "fcall"]).await;
+    strict.wait_metric(LIBRARY_START_FAILED, 1.0).await;
+    let (status, body) = strict.post("/", call(2)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("no functions")), "{body}");
+    assert_eq!(redis_cli(redis.port, &["EXISTS", &key(2)]).trim(), "0");
+}
+
+/// A gateway running FCALL whose Redis is replaced by one without functions: the first call
+/// that meets the unknown command loads the script and runs again as EVALSHA, once, and every
+/// call after it runs as EVALSHA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_loses_functions_gets_evalsha() {
+    let mut redis = RedisServer::start();
+    let (_gw, http) = gateway_for(&redis, &["--health-cache-ms", "0"]).await;
+    http.wait_metric(LIBRARY_START_LOADED, 1.0).await;
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+
+    redis.restart_with_args(&NO_FUNCTIONS);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get("/healthz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the gateway did not reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = http.post("/pipeline", json!([call(1), call(1)])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!([entry_verdict(&body[0]), entry_verdict(&body[1])], [(true, LIMIT - 1), (true, LIMIT - 2)]);
+    let (status, body) = http.post("/", call(1)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 3)), "{body}");
+    let (_, health) = http.get("/healthz").await;
+    assert!(health.contains(r#""calls":"EVALSHA""#), "{health}");
+    let text = http.wait_metric(NOSCRIPT_LOADED, 1.0).await;
+    // FCALL: the call before the restart, and the pipeline's two, which did not run.
+    assert_eq!((metric_value(&text, FCALLS), metric_value(&text, EVALSHAS)), (3.0, 3.0), "{text}");
+    assert_eq!(redis_calls(redis.port, "evalsha"), 3);
+}
+
+/// Redis down when the gateway starts: the load at start fails (and says so). With `auto`,
+/// calls run as EVALSHA until a load reaches Redis: the first call that meets NOSCRIPT tries
+/// the library first (and then runs as FCALL), and so does a health probe that finds Redis up.
+/// With `evalsha`, the script is loaded by the first call that finds Redis up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_gets_what_it_calls_when_it_comes_up() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let quick = ["--timeout-ms", "500", "--health-cache-ms", "0"];
+    let (_by_call, by_call) = gateway_for(&redis, &quick).await;
+    let (_by_probe, by_probe) = gateway_for(&redis, &quick).await;
+    let (_script, script) = gateway_for(&redis, &[&quick[..], &["--redis-calls", "evalsha"]].concat()).await;
+    by_call.wait_metric(LIBRARY_START_FAILED, 1.0).await;
+    by_probe.wait_metric(LIBRARY_START_FAILED, 1.0).await;
+    script.wait_metric(r#"sluice_gateway_script_loads_total{trigger="start",outcome="failed"}"#, 1.0).await;
+    redis.restart();
+
+    // No health probe: the first call that reaches Redis meets NOSCRIPT. (Calls that find the
+    // connection not yet back reach nothing.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = by_call.post("/pipeline", json!([call(1)])).await;
+        if status != 502 || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(entry_verdict(&body[0]), (true, LIMIT - 1));
+    let text = by_call.wait_metric(LIBRARY_NOSCRIPT_LOADED, 1.0).await;
+    assert_eq!(metric_value(&text, FCALLS), 1.0);
+    assert_eq!(metric_value(&text, NOSCRIPT_LOADED), 0.0, "the script was not needed");
+
+    // A health probe finds Redis up and loads the library.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while by_probe.get("/healthz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the gateway never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    by_probe.wait_metric(LIBRARY_START_LOADED, 1.0).await;
+    let (status, body) = by_probe.post("/", call(1)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 2)), "{body}");
+    let (_, text) = by_probe.get("/metrics").await;
+    assert_eq!((metric_value(&text, EVALSHAS), metric_value(&text, FCALLS)), (0.0, 1.0));
+
+    // evalsha: the script, loaded by the first call, never the library.
+    redis_cli(redis.port, &["FUNCTION", "FLUSH"]);
+    while script.get("/healthz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the gateway never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = script.post("/pipeline", json!([call(1)])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(entry_verdict(&body[0]), (true, LIMIT - 3));
+    script.wait_metric(NOSCRIPT_LOADED, 1.0).await;
+    assert!(!library_loaded(redis.port));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,7 +639,7 @@ async fn redis_never_up_and_redis_that_never_answers() {
     assert_eq!(http.get("/healthz").await.0, 503);
     assert!(started.elapsed() < bound);
 
-    let metrics = http.wait_metric(r#"sluice_gateway_script_loads_total{trigger="start",outcome="failed"}"#, 1.0).await;
+    let metrics = http.wait_metric(LIBRARY_START_FAILED, 1.0).await;
     let timeouts = metric(&metrics, r#"sluice_gateway_redis_errors_total{kind="timeout"}"#);
     let transport = metric(&metrics, r#"sluice_gateway_redis_errors_total{kind="transport"}"#);
     assert!(timeouts.unwrap_or(0.0) + transport.unwrap_or(0.0) >= 2.0, "{metrics}");
@@ -460,7 +650,7 @@ async fn redis_never_up_and_redis_that_never_answers() {
 async fn metrics_count_requests_commands_and_errors() {
     let redis = RedisServer::start();
     let (gw, http) = gateway_for(&redis, &[]).await;
-    http.wait_metric(START_LOADED, 1.0).await;
+    http.wait_metric(LIBRARY_START_LOADED, 1.0).await;
     redis_cli(redis.port, &["LPUSH", &key(9), "x"]);
     http.post("/", call(1)).await;
     http.post("/", call(9)).await;
@@ -479,13 +669,17 @@ async fn metrics_count_requests_commands_and_errors() {
     assert_eq!(m(r#"sluice_gateway_commands_total{command="EVAL"}"#), Some(1.0));
     assert_eq!(m(r#"sluice_gateway_refused_total{reason="command"}"#), Some(1.0));
     assert_eq!(m(r#"sluice_gateway_redis_errors_total{kind="reply"}"#), Some(1.0));
-    assert_eq!(m(START_LOADED), Some(1.0));
-    assert_eq!(m(NOSCRIPT_LOADED), Some(0.0));
+    assert_eq!(m(LIBRARY_START_LOADED), Some(1.0));
+    assert_eq!(m(NOT_FOUND_LOADED), Some(0.0));
+    assert_eq!(m(START_LOADED), Some(0.0), "Redis 7: the library, not the script");
+    assert_eq!(m(FCALLS), Some(5.0));
+    assert_eq!(m(EVALSHAS), Some(0.0));
     assert_eq!(m(r#"sluice_gateway_request_duration_seconds_count{endpoint="/"}"#), Some(4.0));
     assert_eq!(m(r#"sluice_gateway_request_duration_seconds_bucket{endpoint="/",le="+Inf"}"#), Some(4.0));
     assert!(text.contains("# TYPE sluice_gateway_request_duration_seconds histogram"));
     assert!(text.contains("# TYPE sluice_gateway_refused_total counter"));
     assert!(text.contains("# TYPE sluice_gateway_script_loads_total counter"));
+    assert!(text.contains("# TYPE sluice_gateway_library_loads_total counter"));
     let (_, health) = http.get("/healthz").await;
     assert!(health.contains(&format!("\"script\":\"{}\"", sha())), "{health}");
 }

@@ -140,6 +140,23 @@ impl RedisServer {
         server
     }
 
+    /// [`RedisServer::start`] with more `redis-server` arguments.
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        let port = free_ports(1)[0];
+        let dir = TempDir::new("redis");
+        let mut args = vec!["--dir".to_string(), dir.path().display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut server = RedisServer { port, child: None, args, _dir: Some(dir) };
+        server.restart();
+        server
+    }
+
+    /// Starts again on the same port, with `extra` added to its arguments from now on.
+    pub fn restart_with_args(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+        self.restart();
+    }
+
     fn start_with(port: u16, args: Vec<String>) -> Self {
         let mut server = RedisServer { port, child: None, args, _dir: None };
         server.restart();
