@@ -19,30 +19,37 @@ import throughput
 
 NEVER = "1000000000/s"
 OVER = "1/s"
-H1, H2 = redisenv.CLUSTER, redisenv.CLUSTER + "_h2"
+# How Envoy talks to sluice-gateway: HTTP/1.1 or h2c (HTTP/2 with prior knowledge). SHIPPED is
+# what the shipped bootstraps (envoy/redis.yaml, the Istio example) use.
+H1, H2 = "h1", "h2"
+SHIPPED = H1
+# Which gateway a configuration calls: None is the stack's default one (its default flags: on
+# Redis 7 calls run as FCALL); others are started on the same Redis with these flags.
+GATEWAYS = {"evalsha": ["--redis-calls", "evalsha"]}
 
-# key -> (description, plugin config or None for no filter, gateway cluster it calls or None).
+# key -> (description, plugin config or None for no filter, transport to the gateway or None,
+# gateway).
 CONFIGS = {
-    "A": ("Envoy alone, routed", None, None),
-    "L": ("sluice local, never reached", {"rules": [{"name": "api", "limit": NEVER}]}, None),
+    "A": ("Envoy alone, routed", None, None, None),
+    "L": ("sluice local, never reached", {"rules": [{"name": "api", "limit": NEVER}]}, None, None),
     "LD": ("sluice local, client over the limit (429)",
-           {"rules": [{"name": "api", "limit": OVER, "strategy": "fixed_window", "identifier": "global"}]}, None),
-    "R1": ("sluice redis, never reached, HTTP/1.1 to the gateway", "never", H1),
-    "R2": ("sluice redis, never reached, h2c to the gateway", "never", H2),
-    "O": ("sluice redis, client over the limit, deny cache on", "over", H1),
-    "ON": ("sluice redis, client over the limit, deny cache off", "over-nocache", H1),
+           {"rules": [{"name": "api", "limit": OVER, "strategy": "fixed_window", "identifier": "global"}]}, None, None),
+    "R1": ("sluice redis, never reached, HTTP/1.1 to the gateway", "never", H1, None),
+    "R2": ("sluice redis, never reached, h2c to the gateway", "never", H2, None),
+    "RE": (f"sluice redis, never reached, {SHIPPED} to a gateway running EVALSHA (not FCALL)", "never", SHIPPED, "evalsha"),
+    "O": ("sluice redis, client over the limit, deny cache on", "over", SHIPPED, None),
+    "ON": ("sluice redis, client over the limit, deny cache off", "over-nocache", SHIPPED, None),
 }
 LOCAL_BASE, LOCAL_429 = "L", "LD"
 
 
-def _plugin(kind, cluster):
+def _plugin(kind):
     if kind == "never":
         rules = [{"name": "api", "limit": NEVER, "backend": "redis", "on_error": "allow"}]
     else:
         rules = [{"name": "api", "limit": OVER, "strategy": "fixed_window", "identifier": "global", "backend": "redis",
                   "on_error": "allow"}]
     p = redisenv.redis_plugin(rules)
-    p["redis"]["cluster"] = cluster
     if kind == "over-nocache":
         p["redis"]["deny_cache"] = False
     return p
@@ -62,16 +69,19 @@ def redis_calls(port):
 
 def start(wasm, work, envoy_cpus, load_cpus, stack, keys):
     upstream = Envoy("upstream", bootstrap([]), work, concurrency=1, cpus=load_cpus)
-    envoys, skipped = {}, {}
+    envoys, skipped, gateways = {}, {}, {}
     for k in keys:
-        _, plugin, cluster = CONFIGS[k]
+        _, plugin, transport, gw = CONFIGS[k]
         filters, clusters = [], []
-        if cluster:
+        if transport:
             if stack is None:
                 skipped[k] = "Redis stack unavailable"
                 continue
-            plugin = _plugin(plugin, cluster)
-            clusters = [gateway_cluster(H1, stack.port), gateway_cluster(H2, stack.port, h2=True)]
+            if gw is not None and gw not in stack.extra:
+                stack.add_gateway(gw, GATEWAYS[gw])
+            port, gateways[k] = stack.gateway(gw)
+            plugin = _plugin(plugin)
+            clusters = [gateway_cluster(redisenv.CLUSTER, port, h2=transport == H2)]
         if plugin:
             filters = [wasm_filter(wasm, plugin)]
         try:
@@ -80,7 +90,7 @@ def start(wasm, work, envoy_cpus, load_cpus, stack, keys):
         except RuntimeError as e:
             skipped[k] = str(e).splitlines()[0]
             log(f"distributed ({k}) not started: {skipped[k]}")
-    return upstream, envoys, skipped
+    return upstream, envoys, skipped, gateways
 
 
 def _row(runs, reps):
@@ -95,16 +105,18 @@ def _row(runs, reps):
     return row
 
 
-def full_load(envoys, stack, reps, seconds, connections, load_cpus, max_others):
-    extra = [stack.pids[1], stack.pids[0]] if stack else []  # gateway, then Redis
+def full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, max_others):
     for k, e in envoys.items():  # warm-up: V8 tiers up, pools fill, the gateway connects
         loadgen.wrk(e.url(), 2, connections, cpus=load_cpus, watch=[e.pid])
     results = {k: [] for k in envoys}
     for rep in range(reps):
         for k, e in envoys.items():
-            calls0 = redis_calls(stack.redis_port) if stack else 0
+            # The gateway this configuration calls, then Redis.
+            extra = [gateways[k], stack.pids[0]] if k in gateways else ([stack.pids[1], stack.pids[0]] if stack else [])
 
             def run():
+                # Read before each attempt: a disturbed run is repeated, and only the last counts.
+                calls0 = redis_calls(stack.redis_port) if stack else 0
                 r = loadgen.wrk(e.url(), seconds, connections, cpus=load_cpus, watch=[e.pid] + extra)
                 n = max(r["requests"], 1)
                 cpu = r["cpu_s"]
@@ -130,7 +142,7 @@ def full_load(envoys, stack, reps, seconds, connections, load_cpus, max_others):
 
 
 def open_loop(envoys, rate, reps, seconds, load_cpus, max_others):
-    keys = [k for k in ("A", LOCAL_BASE, "R1", "R2") if k in envoys]
+    keys = [k for k in ("A", LOCAL_BASE, "R1", "R2", "RE") if k in envoys]
     results = {k: [] for k in keys}
     for k in keys:
         loadgen.oha(envoys[k].url(), rate, 2, 16, cpus=load_cpus, watch=[envoys[k].pid])
@@ -160,16 +172,16 @@ def open_loop(envoys, rate, reps, seconds, load_cpus, max_others):
 
 def run(wasm, work, stack, reps, seconds, connections, envoy_cpus, load_cpus, max_others, quick):
     keys = list(CONFIGS)
-    upstream, envoys, skipped = start(wasm, work, envoy_cpus, load_cpus, stack, keys)
+    upstream, envoys, skipped, gateways = start(wasm, work, envoy_cpus, load_cpus, stack, keys)
     try:
-        rows = full_load(envoys, stack, reps, seconds, connections, load_cpus, max_others)
-        for k in ("R1", "R2", "ON"):
+        rows = full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, max_others)
+        for k in ("R1", "R2", "RE", "ON"):
             calls = rows.get(k, {}).get("redis_calls_per_request")
             if calls is not None and calls < 0.9:
                 # The filter fell back to on_error: this row does not measure the distributed path.
                 skipped[k] = f"only {calls:.2f} Redis calls per request: the gateway did not decide"
         out = {"rows": rows, "skipped": skipped, "reps": reps, "seconds": seconds, "connections": connections,
-               "descriptions": {k: v[0] for k, v in CONFIGS.items()}}
+               "descriptions": {k: v[0] for k, v in CONFIGS.items()}, "shipped_transport": SHIPPED}
         base = rows.get("A", {}).get("rps")
         if base and loadgen.oha_available():
             rate = int(base * 0.3)

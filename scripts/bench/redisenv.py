@@ -18,7 +18,9 @@ def gateway_binary():
 
 
 class RedisStack:
-    """redis-server (no persistence) and sluice-gateway in front of it."""
+    """redis-server (no persistence) and sluice-gateway in front of it (with its default flags:
+    on Redis 7, calls run as FCALL); `add_gateway` starts more gateways on the same Redis with
+    other flags, for A/B comparisons."""
 
     def __init__(self, workdir, cpus=None):
         if not shutil.which("redis-server"):
@@ -26,6 +28,8 @@ class RedisStack:
         if not os.path.exists(gateway_binary()):
             raise RuntimeError(f"{gateway_binary()} is missing (cargo build --release -p sluice-gateway)")
         self.procs = []
+        self.cpus = cpus
+        self.extra = {}  # name -> (port, process)
         self.redis_port, self.port = free_port(), free_port()
         self.dir = tempfile.mkdtemp(dir=workdir, prefix="redis-")
         self.procs.append(subprocess.Popen(
@@ -34,18 +38,38 @@ class RedisStack:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_until(lambda: port_open(self.redis_port), 20, "redis-server")
         self.gateway_log = open(os.path.join(self.dir, "gateway.log"), "w")
-        self.procs.append(subprocess.Popen(
-            pin(cpus) + [gateway_binary(), "--listen", f"{LOOPBACK}:{self.port}",
-                         "--redis-url", f"redis://{LOOPBACK}:{self.redis_port}", "--token", TOKEN],
-            stdout=self.gateway_log, stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="warn")))
+        self.procs.append(self._gateway(self.port, []))
         try:
             wait_until(lambda: port_open(self.port), 30, "sluice-gateway")
         except RuntimeError:
             self.stop()
             raise
 
+    def _gateway(self, port, args):
+        return subprocess.Popen(
+            pin(self.cpus) + [gateway_binary(), "--listen", f"{LOOPBACK}:{port}",
+                              "--redis-url", f"redis://{LOOPBACK}:{self.redis_port}", "--token", TOKEN] + list(args),
+            stdout=self.gateway_log, stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="warn"))
+
+    def add_gateway(self, name, args):
+        """Another sluice-gateway on the same Redis, with `args` added to its flags (e.g.
+        `--redis-calls evalsha`); returns its port."""
+        port = free_port()
+        proc = self._gateway(port, args)
+        self.extra[name] = (port, proc)
+        wait_until(lambda: port_open(port), 30, f"sluice-gateway ({name})")
+        return port
+
+    def gateway(self, name=None):
+        """(port, pid) of the default gateway, or of the one `add_gateway` named `name`."""
+        if name is None:
+            return self.port, self.procs[1].pid
+        port, proc = self.extra[name]
+        return port, proc.pid
+
     @property
     def pids(self):
+        """Redis, then the default gateway."""
         return [p.pid for p in self.procs]
 
     def flush(self):
@@ -53,7 +77,7 @@ class RedisStack:
                        capture_output=True, timeout=10)
 
     def stop(self):
-        for p in reversed(self.procs):
+        for p in [proc for _, proc in self.extra.values()] + list(reversed(self.procs)):
             if p.poll() is None:
                 p.terminate()
                 try:
