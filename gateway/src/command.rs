@@ -11,9 +11,10 @@
 //!
 //! This module needs nothing else from the gateway: `fuzz/` compiles it in by path.
 
+use std::io::Write as _;
 use std::sync::LazyLock;
 
-use serde_json::Value as Json;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sluice::redis::script::{self, Refusal};
 
 static SHA: LazyLock<String> = LazyLock::new(script::sha);
@@ -134,9 +135,12 @@ impl RequestError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command {
     kind: CommandKind,
-    /// The words after the command name, as the client sent them: the script's SHA or text,
-    /// numkeys, the keys, the arguments. Kept whole so that the call can be written back.
-    args: Vec<Vec<u8>>,
+    /// The words as the client sent them, back to back: the command name, the script's SHA or
+    /// text, numkeys, the keys, the arguments. One buffer for all of them, written straight from
+    /// the JSON text, so a call costs the same few allocations however many words it has.
+    bytes: Vec<u8>,
+    /// Where each word ends in `bytes`.
+    ends: Vec<usize>,
 }
 
 impl Command {
@@ -144,21 +148,34 @@ impl Command {
         self.kind
     }
 
-    pub fn args(&self) -> &[Vec<u8>] {
-        &self.args
+    /// Word `i` (0 is the command name).
+    fn word(&self, i: usize) -> Option<&[u8]> {
+        let start = if i == 0 { 0 } else { *self.ends.get(i - 1)? };
+        self.bytes.get(start..*self.ends.get(i)?)
+    }
+
+    /// The words after the command name, as the client sent them: the script's SHA or text,
+    /// numkeys, the keys, the arguments.
+    pub fn args(&self) -> Vec<&[u8]> {
+        (1..self.ends.len()).filter_map(|i| self.word(i)).collect()
     }
 
     /// The call as Redis runs it: `EVALSHA` of the gateway's SHA or `FCALL` of its function,
-    /// then the client's numkeys, keys and arguments (checked to be sluice's). The name is in
-    /// capitals so that the cluster client recognises it for routing by key.
+    /// then the client's numkeys, keys and arguments (checked to be sluice's), written once
+    /// into a buffer of the right size. The name is in capitals so that the cluster client
+    /// recognises it for routing by key.
     pub fn to_redis(&self, form: RunAs) -> redis::Cmd {
-        let mut cmd = redis::cmd(form.name());
-        cmd.arg(match form {
+        let target = match form {
             RunAs::EvalSha => sha(),
             RunAs::Fcall => function(),
-        });
-        for a in self.args.iter().skip(1) {
-            cmd.arg(a.as_slice());
+        };
+        let rest = self.bytes.len().saturating_sub(self.ends.get(1).copied().unwrap_or_default());
+        let mut cmd = redis::Cmd::with_capacity(self.ends.len(), form.name().len() + target.len() + rest);
+        cmd.arg(form.name()).arg(target);
+        for i in 2..self.ends.len() {
+            if let Some(w) = self.word(i) {
+                cmd.arg(w);
+            }
         }
         cmd
     }
@@ -166,69 +183,285 @@ impl Command {
     /// The cluster slot of the call's keys: they share one hash tag, hence one slot. Always
     /// `Some` for a parsed command, which has at least one key.
     pub fn slot(&self) -> Option<u16> {
-        self.args.get(2).map(|k| key_slot(k))
+        self.word(3).map(key_slot)
     }
 }
 
 /// Parses `POST /` bodies: one JSON array.
 pub fn parse_command(body: &[u8]) -> Result<Command, RequestError> {
-    let json: Json = serde_json::from_slice(body).map_err(|e| RequestError::Json(e.to_string()))?;
-    command_from_json(&json)
+    match parse_whole(body, CommandSeed)? {
+        Parsed::Words(words) => command_from_words(words),
+        Parsed::Not(found) => Err(RequestError::NotArray(found)),
+    }
 }
 
 /// Parses `POST /pipeline` bodies: a JSON array of arrays, at most `max` of them.
 /// Any refused command rejects the whole pipeline, so nothing runs half-way.
 pub fn parse_pipeline(body: &[u8], max: usize) -> Result<Vec<Command>, RequestError> {
-    let json: Json = serde_json::from_slice(body).map_err(|e| RequestError::Json(e.to_string()))?;
-    let Json::Array(items) = json else {
-        return Err(RequestError::NotPipeline(json_type(&json)));
+    let (items, len) = match parse_whole(body, PipelineSeed { max })? {
+        Pipeline::Items { items, len } => (items, len),
+        Pipeline::Not(found) => return Err(RequestError::NotPipeline(found)),
     };
-    if items.is_empty() {
+    if len == 0 {
         return Err(RequestError::EmptyPipeline);
     }
-    if items.len() > max {
-        return Err(RequestError::PipelineTooLong { len: items.len(), max });
+    if len > max {
+        return Err(RequestError::PipelineTooLong { len, max });
     }
     items
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(index, item)| command_from_json(item).map_err(|e| RequestError::InPipeline { index, source: Box::new(e) }))
+        .map(|(index, item)| {
+            let parsed = match item {
+                Parsed::Words(words) => command_from_words(words),
+                Parsed::Not(found) => Err(RequestError::NotArray(found)),
+            };
+            parsed.map_err(|e| RequestError::InPipeline { index, source: Box::new(e) })
+        })
         .collect()
 }
 
-fn command_from_json(json: &Json) -> Result<Command, RequestError> {
-    let Json::Array(items) = json else {
-        return Err(RequestError::NotArray(json_type(json)));
-    };
-    let words = items.iter().enumerate().map(|(index, item)| argument(index, item)).collect::<Result<Vec<_>, _>>()?;
-    let Some(name) = words.first() else {
+/// The whole body as one JSON value, read by `seed` straight from the text (no tree of
+/// values): anything after it, or any syntax error, refuses the body as not JSON.
+fn parse_whole<'de, S: DeserializeSeed<'de>>(body: &'de [u8], seed: S) -> Result<S::Value, RequestError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = seed.deserialize(&mut de).map_err(|e| RequestError::Json(e.to_string()))?;
+    de.end().map_err(|e| RequestError::Json(e.to_string()))?;
+    Ok(value)
+}
+
+fn command_from_words(words: Words) -> Result<Command, RequestError> {
+    if let Some((index, found)) = words.bad {
+        return Err(RequestError::BadArgument { index, found });
+    }
+    if words.ends.is_empty() {
         return Err(RequestError::Empty);
+    }
+    let mut cmd = Command { kind: CommandKind::EvalSha, bytes: words.bytes, ends: words.ends };
+    let all: Vec<&[u8]> = (0..cmd.ends.len()).filter_map(|i| cmd.word(i)).collect();
+    script::check(&all, sha()).map_err(RequestError::Refused)?;
+    let eval = all.first().is_some_and(|name| name.eq_ignore_ascii_case(b"EVAL"));
+    if eval {
+        cmd.kind = CommandKind::Eval;
+    }
+    Ok(cmd)
+}
+
+/// A command's words as they are read, back to back (see [`Command`]).
+#[derive(Default)]
+struct Words {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    /// The first word that is neither a string nor a number: its index and JSON type.
+    bad: Option<(usize, &'static str)>,
+}
+
+impl Words {
+    fn end_word(&mut self) {
+        self.ends.push(self.bytes.len());
+    }
+
+    fn not_a_word(&mut self, found: &'static str) {
+        self.bad.get_or_insert((self.ends.len(), found));
+        self.end_word();
+    }
+}
+
+/// What stood where a command was expected.
+enum Parsed {
+    Words(Words),
+    /// Not an array: its JSON type.
+    Not(&'static str),
+}
+
+enum Pipeline {
+    /// The first `max` commands, and how many there were.
+    Items {
+        items: Vec<Parsed>,
+        len: usize,
+    },
+    Not(&'static str),
+}
+
+/// Reads past a JSON array or object without keeping it.
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Visits a JSON value that is not the array wanted: says what it is. (Its arrays and objects
+/// are read past, so that the rest of the body is still checked to be JSON.)
+macro_rules! not_wanted {
+    ($out:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($out("a boolean"))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($out("a number"))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($out("a number"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($out("a number"))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($out("a string"))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($out("null"))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            skip_map(map)?;
+            Ok($out("an object"))
+        }
     };
-    let kind = if name.eq_ignore_ascii_case(b"EVAL") { CommandKind::Eval } else { CommandKind::EvalSha };
-    let refs: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
-    script::check(&refs, sha()).map_err(RequestError::Refused)?;
-    Ok(Command { kind, args: words.into_iter().skip(1).collect() })
 }
 
-/// JSON strings are sent as their UTF-8 bytes; numbers as their JSON text, which is what
-/// Upstash clients expect when they post `["EVALSHA", sha, 1, key, "fixed_window", 10, ...]`.
-fn argument(index: usize, json: &Json) -> Result<Vec<u8>, RequestError> {
-    match json {
-        Json::String(s) => Ok(s.as_bytes().to_vec()),
-        Json::Number(n) => Ok(n.to_string().into_bytes()),
-        other => Err(RequestError::BadArgument { index, found: json_type(other) }),
+/// A command: an array of words.
+struct CommandSeed;
+
+impl<'de> DeserializeSeed<'de> for CommandSeed {
+    type Value = Parsed;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Parsed, D::Error> {
+        de.deserialize_any(self)
     }
 }
 
-fn json_type(json: &Json) -> &'static str {
-    match json {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
+impl<'de> Visitor<'de> for CommandSeed {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a command")
     }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+        let mut words = Words::default();
+        while seq.next_element_seed(WordSeed(&mut words))?.is_some() {}
+        Ok(Parsed::Words(words))
+    }
+
+    not_wanted!(Parsed::Not);
+}
+
+/// One word, appended to the command's buffer: a string as its UTF-8 bytes, a number as its
+/// JSON text, which is what Upstash clients expect when they post `["EVALSHA", sha, 1, key,
+/// "fixed_window", 10, ...]`.
+struct WordSeed<'w>(&'w mut Words);
+
+impl<'de> DeserializeSeed<'de> for WordSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for WordSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string or a number")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.bytes.extend_from_slice(v.as_bytes());
+        self.0.end_word();
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        let _ = write!(self.0.bytes, "{v}");
+        self.0.end_word();
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        let _ = write!(self.0.bytes, "{v}");
+        self.0.end_word();
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        // As serde_json writes the number (JSON has no inf or NaN to meet here).
+        match serde_json::Number::from_f64(v) {
+            Some(n) => {
+                let _ = write!(self.0.bytes, "{n}");
+            }
+            None => {
+                let _ = write!(self.0.bytes, "{v}");
+            }
+        }
+        self.0.end_word();
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.0.not_a_word("a boolean");
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.0.not_a_word("null");
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        skip_seq(seq)?;
+        self.0.not_a_word("an array");
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        skip_map(map)?;
+        self.0.not_a_word("an object");
+        Ok(())
+    }
+}
+
+/// A pipeline: an array of commands, of which the first `max` are kept (the rest only counted).
+struct PipelineSeed {
+    max: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for PipelineSeed {
+    type Value = Pipeline;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Pipeline, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PipelineSeed {
+    type Value = Pipeline;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a pipeline")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Pipeline, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(self.max));
+        let mut len = 0;
+        while len < self.max {
+            match seq.next_element_seed(CommandSeed)? {
+                Some(item) => items.push(item),
+                None => return Ok(Pipeline::Items { items, len }),
+            }
+            len += 1;
+        }
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            len += 1;
+        }
+        Ok(Pipeline::Items { items, len })
+    }
+
+    not_wanted!(Pipeline::Not);
 }
 
 /// Redis Cluster's key → slot map: CRC16 (XMODEM variant) of the key, or of its hash tag
@@ -263,7 +496,7 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value as Json};
     use sluice::rate::Rate;
     use sluice::redis::script::{command, Form, RuleCall, SCRIPT};
     use sluice::strategy::Strategy;
@@ -392,6 +625,84 @@ mod tests {
         );
         for (body, reason) in [(&b"[]"[..], "pipeline"), (b"{}", "shape"), (b"[1", "json")] {
             assert_eq!(parse_pipeline(body, 2).unwrap_err().reason(), reason);
+        }
+    }
+
+    /// How the gateway read bodies before it read them straight from the text: through a tree
+    /// of JSON values. The reader must agree with it on every body.
+    fn through_a_tree(body: &[u8]) -> Result<(CommandKind, Vec<Vec<u8>>), RequestError> {
+        let json: Json = serde_json::from_slice(body).map_err(|e| RequestError::Json(e.to_string()))?;
+        let Json::Array(items) = json else {
+            return Err(RequestError::NotArray(match json {
+                Json::Null => "null",
+                Json::Bool(_) => "a boolean",
+                Json::Number(_) => "a number",
+                Json::String(_) => "a string",
+                _ => "an object",
+            }));
+        };
+        let mut words = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            words.push(match item {
+                Json::String(s) => s.as_bytes().to_vec(),
+                Json::Number(n) => n.to_string().into_bytes(),
+                Json::Null => return Err(RequestError::BadArgument { index, found: "null" }),
+                Json::Bool(_) => return Err(RequestError::BadArgument { index, found: "a boolean" }),
+                Json::Array(_) => return Err(RequestError::BadArgument { index, found: "an array" }),
+                Json::Object(_) => return Err(RequestError::BadArgument { index, found: "an object" }),
+            });
+        }
+        let Some(name) = words.first() else {
+            return Err(RequestError::Empty);
+        };
+        let kind = if name.eq_ignore_ascii_case(b"EVAL") { CommandKind::Eval } else { CommandKind::EvalSha };
+        let refs: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+        script::check(&refs, sha()).map_err(RequestError::Refused)?;
+        Ok((kind, words.into_iter().skip(1).collect()))
+    }
+
+    #[test]
+    fn read_straight_from_the_text_as_through_a_tree() {
+        let good = body(&call(Form::Sha(sha()), false));
+        let good = String::from_utf8(good).unwrap();
+        let numbers = good.replacen("\"2\"", "2", 1).replacen("\"1\",\"0\",\"0\"]", "1,0,0]", 1);
+        let escaped = good.replacen("api:", "\\u0061pi:", 1).replacen("gcra", "gcr\\u0061", 1);
+        assert!(parse_command(numbers.as_bytes()).is_ok() && numbers != good, "{numbers}");
+        assert!(parse_command(escaped.as_bytes()).is_ok() && escaped != good, "{escaped}");
+        let mut bodies: Vec<String> =
+            vec![good.clone(), numbers, escaped, body(&call(Form::Eval, true)).into_iter().map(char::from).collect()];
+        for (from, to) in [
+            ("\"2\"", "2.0"),
+            ("\"2\"", "-2"),
+            ("\"2\"", "2e0"),
+            ("\"2\"", "18446744073709551616"),
+            ("\"2\"", "null"),
+            ("\"2\"", "true"),
+            ("\"2\"", "[\"2\"]"),
+            ("\"2\"", "{\"a\":[1,{}]}"),
+            ("\"2\"", "\"2\",null,true"),
+            ("\"gcra\"", "\"\\ud800\""),
+            ("[", "[[],"),
+            ("]", "] "),
+            ("]", "]x"),
+            ("]", "],"),
+            ("[", "{\"a\":"),
+            ("[", " ["),
+        ] {
+            bodies.push(good.replacen(from, to, 1));
+        }
+        for b in ["", "[]", "[\"EVAL\"]", "null", "true", "1", "\"x\"", "{}", "[[[[]]]]", "[\"PING\"]", "[1,2"] {
+            bodies.push(b.to_string());
+        }
+        for b in &bodies {
+            let read =
+                parse_command(b.as_bytes()).map(|c| (c.kind(), c.args().into_iter().map(<[u8]>::to_vec).collect::<Vec<_>>()));
+            let tree = through_a_tree(b.as_bytes());
+            match (&read, &tree) {
+                // Syntax errors name the same place, whichever way the text is read.
+                (Err(RequestError::Json(a)), Err(RequestError::Json(b))) => assert_eq!(a, b),
+                _ => assert_eq!(read, tree, "{b}"),
+            }
         }
     }
 

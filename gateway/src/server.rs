@@ -305,8 +305,11 @@ impl Settled {
     }
 }
 
-async fn command_handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match gw.admit(&headers, body).await {
+async fn command_handler(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+    // The request taken apart, not its headers extracted: that extractor copies them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let bytes = match gw.admit(headers, body).await {
         Ok(b) => b,
         Err(rejection) => return rejection.into_response(),
     };
@@ -315,7 +318,7 @@ async fn command_handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, bod
         Err(e) => return gw.refuse(&e),
     };
     gw.count_commands(std::slice::from_ref(&cmd));
-    let enc = encoding(&headers);
+    let enc = encoding(headers);
     let Ok(outcome) = tokio::time::timeout(gw.timeout, gw.backend.run(&cmd, &gw.metrics)).await else {
         return gw.timed_out();
     };
@@ -328,8 +331,11 @@ async fn command_handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, bod
     }
 }
 
-async fn pipeline_handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match gw.admit(&headers, body).await {
+async fn pipeline_handler(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+    // The request taken apart, not its headers extracted: that extractor copies them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let bytes = match gw.admit(headers, body).await {
         Ok(b) => b,
         Err(rejection) => return rejection.into_response(),
     };
@@ -338,7 +344,7 @@ async fn pipeline_handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, bo
         Err(e) => return gw.refuse(&e),
     };
     gw.count_commands(&cmds);
-    let enc = encoding(&headers);
+    let enc = encoding(headers);
     let Ok(outcomes) = tokio::time::timeout(gw.timeout, gw.backend.run_pipeline(&cmds, &gw.metrics)).await else {
         return gw.timed_out();
     };
@@ -441,18 +447,31 @@ async fn read_limited(body: Body, headers: &HeaderMap, max: usize) -> Result<Byt
         return Err(BodyError::TooLarge);
     }
     let mut stream = body.into_data_stream();
-    // A declared length is a promise, not bytes: reserving all of it up front would let
-    // clients that never send their bodies make the gateway hold memory for them.
-    let reserve = declared.map_or(0, |l| usize::try_from(l).unwrap_or(usize::MAX));
-    let mut buf = Vec::with_capacity(reserve.min(max).min(PREALLOCATE_MAX));
+    // A body that arrives in one piece (the usual case: a call is some 200 bytes) is kept as
+    // it came, without a copy; only a body in several pieces is gathered into one buffer.
+    let mut whole = Bytes::new();
+    let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
-        if buf.len() + chunk.len() > max {
+        let held = whole.len() + buf.len();
+        if held + chunk.len() > max {
             return Err(BodyError::TooLarge);
+        }
+        if held == 0 {
+            whole = chunk;
+            continue;
+        }
+        if buf.is_empty() {
+            // A declared length is a promise, not bytes: reserving all of it up front would let
+            // clients that never send their bodies make the gateway hold memory for them.
+            let reserve = declared.map_or(0, |l| usize::try_from(l).unwrap_or(usize::MAX));
+            buf.reserve(reserve.min(max).min(PREALLOCATE_MAX).max(held + chunk.len()));
+            buf.extend_from_slice(&whole);
+            whole = Bytes::new();
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(buf))
+    Ok(if buf.is_empty() { whole } else { Bytes::from(buf) })
 }
 
 /// Compares in time that depends only on the expected token's length, never on where the
@@ -518,6 +537,10 @@ mod tests {
             futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"123")), Ok(Bytes::from_static(b"45"))]);
         let chunked = read_limited(Body::from_stream(chunks), &HeaderMap::new(), 4).await;
         assert_eq!(chunked, Err(BodyError::TooLarge));
+        // Several pieces within the limit are gathered in order, empty ones included.
+        let pieces = ["", "12", "", "3", "45"].map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p.as_bytes())));
+        let gathered = read_limited(Body::from_stream(futures_util::stream::iter(pieces)), &HeaderMap::new(), 5).await;
+        assert_eq!(gathered, Ok(Bytes::from_static(b"12345")));
     }
 
     #[tokio::test]
