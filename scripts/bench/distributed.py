@@ -22,7 +22,8 @@ OVER = "1/s"
 # How Envoy talks to sluice-gateway: HTTP/1.1 or h2c (HTTP/2 with prior knowledge). SHIPPED is
 # what the shipped bootstraps (envoy/redis.yaml, the Istio example) use.
 H1, H2 = "h1", "h2"
-SHIPPED = H1
+SHIPPED = H2
+LABEL = {H1: "HTTP/1.1", H2: "h2c"}
 # Which gateway a configuration calls: None is the stack's default one (its default flags: on
 # Redis 7 calls run as FCALL); others are started on the same Redis with these flags.
 GATEWAYS = {"evalsha": ["--redis-calls", "evalsha"]}
@@ -36,9 +37,10 @@ CONFIGS = {
            {"rules": [{"name": "api", "limit": OVER, "strategy": "fixed_window", "identifier": "global"}]}, None, None),
     "R1": ("sluice redis, never reached, HTTP/1.1 to the gateway", "never", H1, None),
     "R2": ("sluice redis, never reached, h2c to the gateway", "never", H2, None),
-    "RE": (f"sluice redis, never reached, {SHIPPED} to a gateway running EVALSHA (not FCALL)", "never", SHIPPED, "evalsha"),
-    "O": ("sluice redis, client over the limit, deny cache on", "over", SHIPPED, None),
-    "ON": ("sluice redis, client over the limit, deny cache off", "over-nocache", SHIPPED, None),
+    "RE": (f"sluice redis, never reached, {LABEL[SHIPPED]} to a gateway running EVALSHA, not FCALL", "never", SHIPPED,
+           "evalsha"),
+    "O": (f"sluice redis, client over the limit, deny cache on, {LABEL[SHIPPED]}", "over", SHIPPED, None),
+    "ON": (f"sluice redis, client over the limit, deny cache off, {LABEL[SHIPPED]}", "over-nocache", SHIPPED, None),
 }
 LOCAL_BASE, LOCAL_429 = "L", "LD"
 
