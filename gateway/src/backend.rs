@@ -15,7 +15,10 @@
 //! on to replicas, scripts not). Then it loads it where that call went and runs the call once
 //! more; a call that found its script or function missing did not run, so running it again
 //! cannot count a request twice. Neither error reaches the client. Concurrent calls that find
-//! it missing on one target share one load.
+//! it missing on one target share one load. On a Cluster "where that call went" is the slot's
+//! primary in the client's slot map, which can lag behind the redirect the call followed (see
+//! [`Backend::run`]): a call that finds it missing again then runs as `EVAL` of the gateway's
+//! own script, which goes wherever Redis sends the call.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -232,16 +235,29 @@ impl Backend {
 
     /// Runs one call, reloading the script or library once if Redis lost it. Callers bound the
     /// wait with their own timeout.
+    ///
+    /// On a Cluster the load goes to the primary the client's slot map names for the call's
+    /// slot, which need not be the node that answered: right after a failover the client
+    /// follows MOVED to the new primary while its map, read from a node that has not heard
+    /// yet, still names the old one (and during a migration ASK sends the call on, leaving the
+    /// map as it is). The call, run again, then finds it missing again. It still did not run,
+    /// so it runs once more as `EVAL` of the gateway's own script: routed and redirected like
+    /// the call, it runs where Redis sends it, and leaves the script cached there.
     pub async fn run(&self, cmd: &Command, metrics: &Metrics) -> Outcome {
         let seen = self.loads.generation.load(Ordering::Acquire);
         let run_as = self.calls.run_as();
         let first = self.send(&cmd.to_redis(run_as), run_as, metrics).await;
-        let Some(lost) = lost(&first, run_as) else {
+        let Some(missing) = lost(&first, run_as) else {
             return first;
         };
         let target = if self.is_cluster() { cmd.slot() } else { None };
-        let run_as = self.recover(lost, target, seen, metrics).await?;
-        after_reload(self.send(&cmd.to_redis(run_as), run_as, metrics).await, run_as)
+        let run_as = self.recover(missing, target, seen, metrics).await?;
+        let again = self.send(&cmd.to_redis(run_as), run_as, metrics).await;
+        if target.is_none() || lost(&again, run_as).is_none() {
+            return after_reload(again, run_as);
+        }
+        metrics.eval_call();
+        self.request(&cmd.to_eval()).await
     }
 
     /// Runs a pipeline; the result has one outcome per command, in request order.

@@ -169,9 +169,21 @@ impl Command {
             RunAs::EvalSha => sha(),
             RunAs::Fcall => function(),
         };
+        self.written(form.name(), target)
+    }
+
+    /// The call as `EVAL` of the gateway's own script text ([`script::SCRIPT`], never a
+    /// client's), with the client's numkeys, keys and arguments: the same decision as
+    /// [`Command::to_redis`], for a node that lacks the script and the library. Routed by its
+    /// keys like the call, it runs wherever Redis sends it, and leaves the script cached there.
+    pub fn to_eval(&self) -> redis::Cmd {
+        self.written("EVAL", script::SCRIPT)
+    }
+
+    fn written(&self, name: &str, target: &str) -> redis::Cmd {
         let rest = self.bytes.len().saturating_sub(self.ends.get(1).copied().unwrap_or_default());
-        let mut cmd = redis::Cmd::with_capacity(self.ends.len(), form.name().len() + target.len() + rest);
-        cmd.arg(form.name()).arg(target);
+        let mut cmd = redis::Cmd::with_capacity(self.ends.len(), name.len() + target.len() + rest);
+        cmd.arg(name).arg(target);
         for i in 2..self.ends.len() {
             if let Some(w) = self.word(i) {
                 cmd.arg(w);
@@ -544,6 +556,15 @@ mod tests {
             assert!(fcall_text.contains(&head), "{fcall_text}");
             // Same numkeys, keys and arguments.
             assert_eq!(fcall_text.split_once(&head).map(|(_, rest)| rest), text.split_once(sha()).map(|(_, rest)| &rest[2..]));
+            // EVAL of the gateway's own script (whatever form came in), same numkeys, keys and arguments.
+            let eval = c.to_eval().get_packed_command();
+            let eval_text = String::from_utf8_lossy(&eval);
+            let eval_head = format!("$4\r\nEVAL\r\n${}\r\n{SCRIPT}\r\n", SCRIPT.len());
+            assert!(eval_text.contains(&eval_head), "EVAL of SCRIPT");
+            assert_eq!(
+                eval_text.split_once(&eval_head).map(|(_, rest)| rest),
+                fcall_text.split_once(&head).map(|(_, rest)| rest)
+            );
             assert_eq!(c.slot(), Some(key_slot(b"api:00000000000000ab")));
         }
     }

@@ -186,6 +186,8 @@ pub struct Metrics {
     library_loads: [[AtomicU64; 2]; LoadTrigger::ALL.len()],
     /// Calls sent to Redis, by how they ran.
     redis_calls: [AtomicU64; RunAs::ALL.len()],
+    /// Calls run as `EVAL` of the script: found it missing again right after it was loaded.
+    eval_calls: AtomicU64,
 }
 
 /// Decrements the open-connections gauge when a connection's task ends, however it ends.
@@ -276,6 +278,11 @@ impl Metrics {
         self.redis_calls[run_as as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// A call sent as `EVAL` of the gateway's own script (see `Backend::run`).
+    pub fn eval_call(&self) {
+        self.eval_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail; the results are ignored for that reason.
@@ -353,6 +360,7 @@ impl Metrics {
                 self.redis_calls[run_as as usize].load(Ordering::Relaxed)
             )?;
         }
+        writeln!(out, "sluice_gateway_redis_calls_total{{command=\"EVAL\"}} {}", self.eval_calls.load(Ordering::Relaxed))?;
 
         writeln!(out, "# HELP sluice_gateway_redis_errors_total Commands or requests that got no result from Redis, by kind.")?;
         writeln!(out, "# TYPE sluice_gateway_redis_errors_total counter")?;
@@ -486,6 +494,9 @@ mod tests {
         assert_eq!(get(r#"sluice_gateway_library_loads_total{trigger="noscript",outcome="loaded"}"#), Some(0.0));
         assert_eq!(get(r#"sluice_gateway_redis_calls_total{command="FCALL"}"#), Some(3.0));
         assert_eq!(get(r#"sluice_gateway_redis_calls_total{command="EVALSHA"}"#), Some(0.0));
+        assert_eq!(get(r#"sluice_gateway_redis_calls_total{command="EVAL"}"#), Some(0.0));
+        m.eval_call();
+        assert_eq!(line_value(&m.render(), r#"sluice_gateway_redis_calls_total{command="EVAL"}"#), Some(1.0));
         let b = |le: &str| get(&format!(r#"sluice_gateway_request_duration_seconds_bucket{{endpoint="/pipeline",le="{le}"}}"#));
         assert_eq!(b("0.00025"), Some(0.0));
         assert_eq!(b("0.0005"), Some(1.0));

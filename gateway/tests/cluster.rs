@@ -227,3 +227,118 @@ async fn cluster_runs_calls_as_fcall_of_the_library_on_every_primary() {
         assert_eq!(script_exists(p), "0", "primary {p} never needed the script");
     }
 }
+
+/// A call that Redis sends on to a node other than the one the gateway's slot map names, and
+/// that finds its script or library missing there, still runs, once. So it goes right after a
+/// failover, when the client follows MOVED to the new primary before its slot map names it
+/// (the map is read from a node that has not heard yet); here, deterministically, with ASK
+/// while the slot migrates to a node that lacks it. The load goes where the slot map says (the
+/// node that has it), so the call, run again, finds it missing again: the gateway then runs it
+/// as EVAL of its own script, redirected like the call, instead of answering "lost again".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_redirected_to_a_node_without_the_script_or_library_still_runs_once() {
+    let cluster = RedisCluster::start();
+    let seeds = cluster.seed_nodes();
+    for (mode, identity, flush) in [("evalsha", 7001u64, ["SCRIPT", "FLUSH"]), ("fcall", 7002, ["FUNCTION", "FLUSH"])] {
+        let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000", "--redis-calls", mode]).await;
+        let http = Http::new(&gw.base, None);
+        let start_loads = if mode == "fcall" { "library" } else { "script" };
+        http.wait_metric(&format!(r#"sluice_gateway_{start_loads}_loads_total{{trigger="start",outcome="loaded"}}"#), 1.0).await;
+
+        let slot = key_slot(key(identity).as_bytes());
+        let owner = cluster.primary_for(slot);
+        let importer = cluster.primaries().into_iter().find(|&p| p != owner).expect("another primary");
+        let id_of = |port: u16| redis_cli(port, &["CLUSTER", "MYID"]).trim().to_string();
+        assert_eq!(redis_cli(importer, &flush).trim(), "OK");
+        let slot_arg = slot.to_string();
+        assert_eq!(redis_cli(importer, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &id_of(owner)]).trim(), "OK");
+        assert_eq!(redis_cli(owner, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &id_of(importer)]).trim(), "OK");
+
+        // The identity's keys are new: the owner answers ASK, and the call runs on the importer.
+        for remaining in [LIMIT - 1, LIMIT - 2] {
+            let (status, body) = http.post("/", call(identity)).await;
+            assert_eq!(status, 200, "{mode}: {body}");
+            assert_eq!(verdict(&body["result"]), (true, remaining), "{mode}: each call counted once");
+        }
+        let keys_in = |port: u16| redis_cli(port, &["CLUSTER", "COUNTKEYSINSLOT", &slot_arg]).trim().to_string();
+        assert_eq!(keys_in(owner), "0", "{mode}");
+        assert_ne!(keys_in(importer), "0", "{mode}: the calls ran where Redis sent them");
+        let (_, text) = http.get("/metrics").await;
+        assert!(support::metric_value(&text, r#"sluice_gateway_redis_calls_total{command="EVAL"}"#) >= 1.0, "{mode}: {text}");
+    }
+}
+
+/// A coordinated failover (`CLUSTER FAILOVER` on a replica in step with its primary) costs no
+/// call an answer: the primary holds writes for the few milliseconds until the replica takes
+/// over, then answers MOVED; the client follows. Calls keep coming from several clients on the
+/// failing primary's slots, through a gateway running EVALSHA (the new primary never had the
+/// script: Redis does not pass scripts on) and one running FCALL (Redis passes functions on).
+/// Counted, not timed: every answer must be a decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinated_failover_answers_every_call_with_a_decision() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const CLIENTS: usize = 4;
+    const AROUND: usize = 150;
+    let cluster = RedisCluster::start();
+    let seeds = cluster.seed_nodes();
+    let evalsha = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000", "--redis-calls", "evalsha"]).await;
+    let fcall = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000", "--redis-calls", "fcall"]).await;
+    Http::new(&evalsha.base, None)
+        .wait_metric(r#"sluice_gateway_script_loads_total{trigger="start",outcome="loaded"}"#, 1.0)
+        .await;
+    Http::new(&fcall.base, None)
+        .wait_metric(r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#, 1.0)
+        .await;
+
+    let old = cluster.primary_for(0);
+    let replica = cluster.replica_of(old);
+    assert_eq!(script_exists(replica), "0", "the replica never had the script");
+    let ids: Vec<u64> = (1u64..).filter(|&i| third(key_slot(hash_tag(i).as_bytes())) == 0).take(CLIENTS * 2 * 40).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for (g, base) in [&evalsha.base, &fcall.base].into_iter().enumerate() {
+        for c in 0..CLIENTS {
+            let mine: Vec<u64> = ids.iter().copied().skip(g * CLIENTS + c).step_by(2 * CLIENTS).collect();
+            let (http, stop, answered) = (Http::new(base, None), stop.clone(), answered.clone());
+            clients.push(tokio::spawn(async move {
+                let mut failed = Vec::new();
+                for n in 0..20_000usize {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (status, body) = http.post("/", call(mine[n % mine.len()])).await;
+                    if status != 200 || body.get("result").is_none() {
+                        failed.push(format!("{status} {body}"));
+                    }
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                failed
+            }));
+        }
+    }
+    let wait_answers = |n: usize| {
+        let answered = answered.clone();
+        async move {
+            let from = answered.load(Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while answered.load(Ordering::Relaxed) < from + n {
+                assert!(Instant::now() < deadline, "the clients stopped answering");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_answers(AROUND).await;
+    failover(replica, old).await;
+    wait_answers(AROUND).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failed = Vec::new();
+    for c in clients {
+        failed.extend(c.await.expect("client"));
+    }
+    let total = answered.load(Ordering::Relaxed);
+    assert!(failed.is_empty(), "{} of {total} calls got no decision, e.g. {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert_eq!(cluster.primary_for(0), replica);
+}
