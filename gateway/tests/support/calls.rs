@@ -9,7 +9,7 @@ use sluice::strategy::Strategy;
 pub const NAMESPACE: &str = "test";
 pub const RULE: &str = "api";
 pub const FINGERPRINT: u32 = 0x5e1c_e001;
-/// The limit of [`call`]: 5 per minute.
+/// The limit of [`call`]: 5 per window of [`WINDOW_MS`].
 pub const LIMIT: u64 = 5;
 
 pub fn sha() -> String {
@@ -41,11 +41,15 @@ impl Call<'_> {
     }
 }
 
-const PER_MINUTE: [Rate; 1] = [Rate { limit: LIMIT, period_ms: 60_000 }];
+/// 30 days. Fixed windows are aligned to the epoch, so a test that counts down one identity's
+/// remaining requests must not cross a window's end while it runs: with a minute, a run that
+/// crossed a minute boundary saw its counts start again.
+pub const WINDOW_MS: u64 = 30 * 24 * 3600 * 1000;
+const WINDOW: [Rate; 1] = [Rate { limit: LIMIT, period_ms: WINDOW_MS }];
 
-/// `EVALSHA` deciding one request of `identity` against a fixed window of 5 per minute.
+/// `EVALSHA` deciding one request of `identity` against a fixed window of 5 per [`WINDOW_MS`].
 pub fn words(identity: u64, sha: &str) -> Vec<String> {
-    Call { identity, strategy: Strategy::FixedWindow, rates: &PER_MINUTE, cost: 1, form: Form::Sha(sha), dry: false }.words()
+    Call { identity, strategy: Strategy::FixedWindow, rates: &WINDOW, cost: 1, form: Form::Sha(sha), dry: false }.words()
 }
 
 /// [`words`] as a JSON command.
@@ -55,15 +59,13 @@ pub fn call(identity: u64) -> Value {
 
 /// The same decision, sent the way the filter does after a NOSCRIPT: `EVAL` with the text.
 pub fn eval_call(identity: u64) -> Value {
-    json!(Call { identity, strategy: Strategy::FixedWindow, rates: &PER_MINUTE, cost: 1, form: Form::Eval, dry: false }.words())
+    json!(Call { identity, strategy: Strategy::FixedWindow, rates: &WINDOW, cost: 1, form: Form::Eval, dry: false }.words())
 }
 
 /// The same decision, made without writing (the filter's first pass over several rules).
 pub fn dry_call(identity: u64) -> Value {
     let sha = sha();
-    json!(
-        Call { identity, strategy: Strategy::FixedWindow, rates: &PER_MINUTE, cost: 1, form: Form::Sha(&sha), dry: true }.words()
-    )
+    json!(Call { identity, strategy: Strategy::FixedWindow, rates: &WINDOW, cost: 1, form: Form::Sha(&sha), dry: true }.words())
 }
 
 /// The key [`call`] writes for `identity`.
