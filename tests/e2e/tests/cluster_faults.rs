@@ -1087,24 +1087,15 @@ fn report_and_check(run: &Run, samples: &[Sample], envoy: &Envoy, baseline: std:
 /// while eight clients keep calling for identities on its slots. `redis.timeout_ms` is 1 s here,
 /// so that no call gives up during the failover's own pause (tens of milliseconds, which the
 /// main test's 50 ms may not wait out; its figures show that): every `on_error` answer is then
-/// an error the gateway gave. The replica has never run the script (the gateway loads it into
+/// an error the gateway gave. With EVALSHA the replica has never run the script (the gateway loads it into
 /// primaries, and Redis does not pass scripts on to replicas), so the gateway must load it into
 /// the new primary when a call meets NOSCRIPT there.
 ///
-/// Ignored: the gateway does not do this yet (`cargo test -p sluice-e2e --test cluster_faults
-/// -- --ignored` runs it). Seen here, in two ways:
-/// - calls in flight when the old primary hands over get no answer within the gateway's own
-///   1 s timeout: the gateway answers "Redis unavailable: timed out" (or Envoy's callout times
-///   out, 504), five in a row open the breaker, and `on_error` answers the rest for `open_ms`
-///   (about 900 of 1600 requests in a round). The gateway that runs FCALL (whose library
-///   Redis passes on to replicas) does the same;
-/// - with EVALSHA, the gateway loads the script where its slot map says the slot lives rather
-///   than where the call went: the calls in flight follow the MOVED redirect to the new primary
-///   and meet NOSCRIPT there; the reload goes to the old primary, a replica by then, and each
-///   call, run again, meets NOSCRIPT again and is answered "Redis lost sluice's script again
-///   right after it was loaded" (see gateway/src/backend.rs, `Backend::reload`).
+/// What it caught before the gateway did this: a failover asked of a replica not yet in step
+/// held writes for seconds (the fixture now waits, see `wait_in_step`), and with EVALSHA the
+/// reload after NOSCRIPT went to the stale primary in the client's slot map, so calls failed
+/// with "lost again" (the gateway now runs such a call as EVAL of its own script).
 #[test]
-#[ignore = "the gateway loses decisions in a coordinated failover (see the comment)"]
 fn a_coordinated_failover_costs_no_decision() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = RedisCluster::start();
