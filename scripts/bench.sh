@@ -3,7 +3,7 @@
 # local_ratelimit, latency at a fixed rate, accuracy of every strategy (local and Redis), and
 # memory per client identity. Writes bench/results.{json,md,png}; see scripts/bench.py --help.
 #
-#   ./scripts/bench.sh            # full run, ~12 minutes on 2 cores
+#   ./scripts/bench.sh            # full run, ~30 minutes on 2 cores
 #   ./scripts/bench.sh --quick    # one repetition, shorter runs (~5 minutes)
 #
 # Installs what is missing (wrk from Debian, oha from crates.io, matplotlib from PyPI), builds

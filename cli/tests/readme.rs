@@ -201,7 +201,7 @@ fn coverage() -> Vec<(&'static str, Cover)> {
         ("scripts/integration.sh --compose   # in containers, with Compose v2 then v1 (CI runs both modes)",
          Script(&[("scripts/test.sh", "./scripts/integration.sh --compose"), ("scripts/integration.sh", "--compose) mode=compose")])),
         ("cargo run -q -p sluice-cli -- explain filter-config/redis.yaml -X POST --path /api/payments/1 -H 'x-account: a1' --ip 203.0.113.7", RunCli),
-        ("./scripts/bench.sh            # full run (~12 min on 2 cores): bench/results.{md,json,png}", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
+        ("./scripts/bench.sh            # full run (~30 min on 2 cores): bench/results.{md,json,png}", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
         ("./scripts/bench.sh --quick    # one repetition, shorter runs, smaller memory steps", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
         ("./scripts/bench.sh --sections throughput,latency --configs a,b,c   # a subset", Static(&["scripts/bench.sh"], "benchmark, run by hand")),
         ("python3 scripts/bench/websocket.py --rounds 7   # messages/s with and without message rules, one run",
