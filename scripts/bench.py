@@ -7,7 +7,7 @@ Sections (all by default; pick with --sections):
   latency     latency at a fixed rate of 50% of (a)'s throughput, oha open loop
   accuracy    overshoot / undershoot of every strategy, local and Redis backends
   memory      RSS, allocated bytes and slots after 10^3 .. 10^6 distinct identities
-  gateway     req/s through one sluice-gateway alone (wrk, one EVALSHA per POST /pipeline)
+  gateway     req/s through one sluice-gateway alone (wrk, one sluice decision per POST /pipeline)
   distributed the routed distributed path: Envoy alone, sluice local, sluice redis (HTTP/1.1 and
               h2c to the gateway, within and over the limit, deny cache on and off): whole-system
               CPU per request split over Envoy, gateway and Redis, and added latency at 30% load

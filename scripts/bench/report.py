@@ -238,7 +238,7 @@ def markdown(report, chart_name):
             lines.append(f"not measured: {gw['not_measured']}")
         else:
             r = gw["row"]
-            lines += [f"wrk, {gw['connections']} connections, `POST /pipeline` with one `EVALSHA` (a counter script) per "
+            lines += [f"wrk, {gw['connections']} connections, `POST /pipeline` with one call of sluice's decision script (as the filter sends it) per "
                       f"request, median of {gw['reps']} {gw['seconds']} s runs; the gateway and redis-server share one core, "
                       "wrk has the other.", "",
                       "| req/s | p50 ms | p90 ms | p99 ms | gateway cores | errors |", "|---|---|---|---|---|---|",
