@@ -273,7 +273,7 @@ impl Limiter {
     /// readable text.
     /// A message rule applies to an upgrade request's messages.
     pub fn explain(&self, req: &impl RequestInfo) -> Vec<Applies> {
-        let upgrade = req.header("upgrade").is_some_and(|v| crate::websocket::is_upgrade(&v));
+        let upgrade = crate::websocket::is_upgrade_request(req);
         self.applies(req, true, if upgrade { None } else { Some(Per::Request) })
     }
 

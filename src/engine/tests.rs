@@ -563,3 +563,21 @@ fn with_the_deny_cache_off_every_request_asks_redis() {
     assert_eq!(status(&v), 429);
     assert!(matches!(l.start(&Req::new("GET", "/"), &s, T0 + 1_000), Step::Redis(_)), "denial not remembered");
 }
+
+#[test]
+fn only_a_get_that_asks_for_a_websocket_opens_one_for_message_rules() {
+    let l = limiter(serde_json::json!({"rules": [{"name": "msgs", "per": "message", "limit": "5/min"}]}));
+    let opens = |req: &Req| {
+        let upgrade = crate::websocket::is_upgrade_request(req);
+        let applies = matches!(l.explain(req).as_slice(), [Applies::Yes(_)]);
+        assert_eq!(upgrade, applies, "explain agrees with the host's test");
+        upgrade
+    };
+    assert!(opens(&Req::new("GET", "/ws").header("upgrade", "websocket")));
+    assert!(opens(&Req::new("GET", "/ws").header("upgrade", "h2c, WebSocket")));
+    // Another method with the header is an ordinary request: its body is never read as frames.
+    assert!(!opens(&Req::new("POST", "/ws").header("upgrade", "websocket")));
+    assert!(!opens(&Req::new("CONNECT", "/ws").header("upgrade", "websocket")));
+    assert!(!opens(&Req::new("GET", "/ws").header("upgrade", "h2c")));
+    assert!(!opens(&Req::new("GET", "/ws")));
+}

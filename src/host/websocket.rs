@@ -129,7 +129,7 @@ fn resume_request() {
 
 /// The message rules upgrade request `req` meets, or none (not an upgrade, or no rule).
 pub(super) fn at_upgrade(shared: &Shared, ctx: u32, req: &impl crate::identity::RequestInfo) -> Option<WsRef> {
-    if !shared.limiter.has_message_rules() || !req.header("upgrade").is_some_and(|v| crate::websocket::is_upgrade(&v)) {
+    if !shared.limiter.has_message_rules() || !crate::websocket::is_upgrade_request(req) {
         return None;
     }
     let rules = shared.limiter.message_rules(req);

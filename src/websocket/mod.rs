@@ -150,6 +150,14 @@ pub fn is_upgrade(value: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
+/// Whether `req` opens a WebSocket: a GET (RFC 6455 §4.1; Envoy's codecs present an HTTP/2 or
+/// HTTP/3 extended CONNECT to filters as this same HTTP/1.1 form) whose `Upgrade` asks for one.
+/// Another method with the header is an ordinary request: its body is never read as frames.
+/// The method is read only when the header asks, so other requests pay no host call for it.
+pub fn is_upgrade_request(req: &impl crate::identity::RequestInfo) -> bool {
+    req.header("upgrade").is_some_and(|v| is_upgrade(&v)) && req.header(":method").is_some_and(|m| m == b"GET")
+}
+
 impl Connection {
     /// `ask_continuations`: a rule costs payload bytes, so every data frame is judged.
     pub fn new(policies: Vec<Policy>, ask_continuations: bool, drop_compressed: bool, mask_seed: u32) -> Self {
