@@ -149,6 +149,9 @@ impl Edits {
             return None;
         }
         self.list.clear();
+        // A frame can add a few edits past MAX_EDITS before they are applied, doubling the list;
+        // what a connection keeps between callbacks stays within the bound all the same.
+        self.list.shrink_to(MAX_EDITS);
         Some(out.len())
     }
 }
