@@ -571,15 +571,20 @@ mod tests {
         assert!(json["error"].as_str().unwrap().starts_with("ERR sluice-gateway:"));
     }
 
-    #[test]
-    fn phases_set_deadlines() {
-        let limits = Limits {
+    /// One connection's limits, with the header phase shorter than the idle one.
+    fn limits() -> Limits {
+        Limits {
             max_connections: 1,
             header_read: Duration::from_secs(5),
             idle: Duration::from_secs(90),
             max_header_bytes: 1024,
             max_streams: 4,
-        };
+        }
+    }
+
+    #[test]
+    fn phases_set_deadlines() {
+        let limits = limits();
         let clock = Arc::new(Clock::new());
         let (at, phase) = clock.deadline(&limits).unwrap();
         assert_eq!((at, phase), (clock.opened + limits.header_read, ClientTimeout::Header));
@@ -599,13 +604,7 @@ mod tests {
 
     #[test]
     fn overlapping_streams_keep_a_connection_busy() {
-        let limits = Limits {
-            max_connections: 1,
-            header_read: Duration::from_secs(5),
-            idle: Duration::from_secs(90),
-            max_header_bytes: 1024,
-            max_streams: 4,
-        };
+        let limits = limits();
         let clock = Arc::new(Clock::new());
         let a = Busy::enter(clock.clone());
         let b = Busy::enter(clock.clone());
