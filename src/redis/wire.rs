@@ -2,6 +2,8 @@
 //! an HTTP callout to sluice-gateway or a compatible service) and RESP (over Higress' Redis
 //! callout). Both decode into one [`Reply`] type.
 
+use serde::Serialize;
+
 /// A Redis reply, as far as the filter needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -47,9 +49,15 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
 }
 
+/// The most commands sluice puts in one `/pipeline` call: the requests a busy worker gathers
+/// into one callout are split at this size, and sluice-gateway refuses a `--max-pipeline` below
+/// it (a smaller one would answer a gathered call with 400, and every request in it would fall
+/// to `on_error`).
+pub const GATHERED_COMMANDS: usize = 64;
+
 /// `POST /pipeline` of `commands` to `authority`, with `Authorization: Bearer <token>` when one
-/// is given.
-pub fn upstash_request(commands: &[Vec<String>], authority: &str, token: Option<&str>) -> HttpRequest {
+/// is given. `commands` may be one request's or several gathered requests' in a row.
+pub fn upstash_request<C: Serialize>(commands: &[C], authority: &str, token: Option<&str>) -> HttpRequest {
     let mut headers = vec![
         (":method", "POST".to_string()),
         (":path", "/pipeline".to_string()),
@@ -62,16 +70,11 @@ pub fn upstash_request(commands: &[Vec<String>], authority: &str, token: Option<
     HttpRequest { headers, body: upstash_pipeline(commands) }
 }
 
-/// `POST /pipeline` body: a JSON array of command arrays.
-pub fn upstash_pipeline(commands: &[Vec<String>]) -> Vec<u8> {
-    serde_json::Value::Array(
-        commands
-            .iter()
-            .map(|c| serde_json::Value::Array(c.iter().map(|a| serde_json::Value::String(a.clone())).collect()))
-            .collect(),
-    )
-    .to_string()
-    .into_bytes()
+/// `POST /pipeline` body: a JSON array of command arrays, written straight from the commands
+/// (no tree of JSON values in between).
+pub fn upstash_pipeline<C: Serialize>(commands: &[C]) -> Vec<u8> {
+    // Writing strings and arrays into a Vec cannot fail.
+    serde_json::to_vec(commands).unwrap_or_default()
 }
 
 fn from_json(v: &serde_json::Value) -> Reply {
@@ -241,8 +244,13 @@ mod tests {
 
     #[test]
     fn upstash_round_trip() {
-        let body = upstash_pipeline(&[vec!["EVALSHA".into(), "abc".into(), "1".into(), "k\"1".into()]]);
-        assert_eq!(String::from_utf8(body).unwrap(), r#"[["EVALSHA","abc","1","k\"1"]]"#);
+        let one: Vec<String> = ["EVALSHA", "abc", "1", "k\"1\n"].map(String::from).to_vec();
+        let body = upstash_pipeline(&[&one]);
+        assert_eq!(String::from_utf8(body).unwrap(), r#"[["EVALSHA","abc","1","k\"1\n"]]"#);
+        // Gathered requests' commands in a row make one pipeline, each command as it would go alone.
+        let two: Vec<String> = ["FCALL", "f", "0"].map(String::from).to_vec();
+        let body: serde_json::Value = serde_json::from_slice(&upstash_pipeline(&[&one, &two])).unwrap();
+        assert_eq!(body, serde_json::json!([one, two]));
         let replies = upstash_replies(br#"[{"result":[1,"x",null]},{"error":"NOSCRIPT No matching script"}]"#, 2).unwrap();
         assert_eq!(replies[0], Reply::Array(vec![Reply::Int(1), Reply::Str("x".into()), Reply::Nil]));
         assert!(replies[1].is_noscript());
@@ -303,11 +311,14 @@ mod tests {
 
     #[test]
     fn an_upstash_request_is_a_pipeline_post_with_the_token() {
-        let req = upstash_request(&[vec!["PING".into()]], "gw", Some("t0k"));
+        let req = upstash_request(&[vec!["PING".to_string()]], "gw", Some("t0k"));
         let get = |k: &str| req.headers.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
         assert_eq!((get(":method"), get(":path"), get(":authority")), (Some("POST"), Some("/pipeline"), Some("gw")));
         assert_eq!(get("authorization"), Some("Bearer t0k"));
         assert_eq!(req.body, br#"[["PING"]]"#);
-        assert_eq!(upstash_request(&[], "gw", None).headers.iter().filter(|(n, _)| *n == "authorization").count(), 0);
+        assert_eq!(
+            upstash_request::<Vec<String>>(&[], "gw", None).headers.iter().filter(|(n, _)| *n == "authorization").count(),
+            0
+        );
     }
 }
