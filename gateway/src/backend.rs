@@ -20,7 +20,7 @@
 //! [`Backend::run`]): a call that finds it missing again then runs as `EVAL` of the gateway's
 //! own script, which goes wherever Redis sends the call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -424,28 +424,13 @@ impl Backend {
         out
     }
 
-    /// Pipelines on a cluster cannot go as one batch: calls may live on different nodes. Calls
-    /// on one slot (for the filter: one rule and identity) run one after the other, in order;
-    /// calls on different slots touch different keys, so they run at the same time.
+    /// Pipelines on a cluster cannot go as one batch: calls may live on different nodes. Every
+    /// call runs at once: each is one atomic script call, so calls on one slot need no order
+    /// among themselves, and waiting a round trip per call of a busy identity (a filter gathers
+    /// many into one pipeline) would make the last wait many. They are first polled in their
+    /// order, so calls to one node still reach its connection in request order.
     async fn cluster_pipeline(&self, cmds: &[Command], metrics: &Metrics) -> Vec<Outcome> {
-        let mut by_slot: BTreeMap<Option<u16>, Vec<usize>> = BTreeMap::new();
-        for (i, cmd) in cmds.iter().enumerate() {
-            by_slot.entry(cmd.slot()).or_default().push(i);
-        }
-        let groups = by_slot.into_values().map(|indices| async move {
-            let mut done = Vec::with_capacity(indices.len());
-            for j in indices {
-                if let Some(cmd) = cmds.get(j) {
-                    done.push((j, self.run(cmd, metrics).await));
-                }
-            }
-            done
-        });
-        let mut out: Vec<Option<Outcome>> = (0..cmds.len()).map(|_| None).collect();
-        for (j, outcome) in join_all(groups).await.into_iter().flatten() {
-            out[j] = Some(outcome);
-        }
-        out.into_iter().map(|o| o.unwrap_or_else(|| Err(Failure::Transport("internal: command was not run".into())))).collect()
+        join_all(cmds.iter().map(|cmd| self.run(cmd, metrics))).await
     }
 }
 

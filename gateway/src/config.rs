@@ -88,9 +88,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(2..=1024 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
-    /// Most commands accepted in one POST /pipeline; longer pipelines get 400.
+    /// Most commands accepted in one POST /pipeline; longer pipelines get 400. At least 64: a
+    /// busy filter gathers up to that many requests' commands into one call.
     #[arg(long, env = "SLUICE_GATEWAY_MAX_PIPELINE", default_value_t = 128,
-          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+          value_parser = clap::value_parser!(u64).range(sluice::redis::wire::GATHERED_COMMANDS as u64..=100_000))]
     pub max_pipeline: u64,
 
     /// On SIGTERM/SIGINT the gateway stops accepting connections and lets requests in flight
@@ -286,6 +287,10 @@ mod tests {
         assert!(Config::try_parse_from(["sluice-gateway", "--timeout-ms", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--listen", "nowhere"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--max-pipeline", "0"]).is_err());
+        // Below what the filter gathers into one call, a busy proxy's calls would get 400.
+        assert!(Config::try_parse_from(["sluice-gateway", "--max-pipeline", "63"]).is_err());
+        let at_least = Config::try_parse_from(["sluice-gateway", "--max-pipeline", "64"]);
+        assert_eq!(at_least.map(|c| c.max_pipeline).ok(), Some(64));
         assert!(Config::try_parse_from(["sluice-gateway", "--max-connections", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--header-read-timeout-ms", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--max-header-bytes", "100"]).is_err());

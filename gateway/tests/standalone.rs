@@ -549,16 +549,19 @@ async fn bearer_token_is_required() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_limits_and_wrong_paths() {
     let redis = RedisServer::start();
-    let (_gw, http) = gateway_for(&redis, &["--max-body-bytes", "1024", "--max-pipeline", "3"]).await;
+    // 64 is the least --max-pipeline allowed: what a busy filter gathers into one call.
+    let (_gw, http) = gateway_for(&redis, &["--max-body-bytes", "16384", "--max-pipeline", "64"]).await;
 
-    let big = json!((1..=10).map(call).collect::<Vec<_>>()).to_string();
-    assert!(big.len() > 1024);
+    let big = json!((1..=200).map(call).collect::<Vec<_>>()).to_string();
+    assert!(big.len() > 16384);
     let (status, body) = http.post_raw("/pipeline", big, &[]).await;
     assert_eq!(status, 413, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("1024 bytes")));
-    let (status, body) = http.post("/pipeline", json!([call(1), call(2), call(3), call(4)])).await;
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("16384 bytes")));
+    let long = json!((1..=65).map(call).collect::<Vec<_>>());
+    assert!(long.to_string().len() < 16384);
+    let (status, body) = http.post("/pipeline", long).await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("at most 3")), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("at most 64")), "{body}");
     assert_eq!(dbsize(redis.port), "0");
 
     assert_eq!(http.post("/nowhere", call(1)).await.0, 404);
