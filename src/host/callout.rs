@@ -8,8 +8,6 @@ use std::cell::RefCell;
 use crate::engine::Pending;
 use crate::redis::wire::{self, Reply};
 
-use super::state::Fields;
-
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_redis_init(
@@ -41,8 +39,6 @@ struct InFlight {
 
 thread_local! {
     static IN_FLIGHT: RefCell<Vec<InFlight>> = const { RefCell::new(Vec::new()) };
-    /// Rate limit fields of verdicts reached at the root, until their request's response.
-    static FIELDS: RefCell<Vec<(u32, Fields)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Connects the worker to the Redis cluster (`redis.token` is the password).
@@ -97,22 +93,10 @@ pub(super) fn call_all(cluster: &str, pending: Pending, deadline_us: u64, ctx: u
 
 /// Drops what request `ctx` still waits for; returns the decision that was waiting, if any.
 pub(super) fn forget(ctx: u32) -> Option<Pending> {
-    FIELDS.with(|h| h.borrow_mut().retain(|(c, _)| *c != ctx));
     IN_FLIGHT.with(|f| {
         let mut f = f.borrow_mut();
         let i = f.iter().position(|e| e.ctx == ctx)?;
         Some(f.swap_remove(i).pending)
-    })
-}
-
-/// The rate limit fields of request `ctx`'s verdict, when it was reached at the root.
-pub(super) fn take_fields(ctx: u32) -> Fields {
-    FIELDS.with(|h| {
-        let mut h = h.borrow_mut();
-        match h.iter().position(|(c, _)| *c == ctx) {
-            Some(i) => h.swap_remove(i).1,
-            None => Vec::new(),
-        }
     })
 }
 
@@ -168,12 +152,4 @@ pub(super) fn file(token: u32, status: u32, size: usize) -> Option<Answered> {
             }
         }
     })
-}
-
-/// Keeps the rate limit fields of request `ctx`'s verdict, reached at the root, until its
-/// response.
-pub(super) fn keep_fields(ctx: u32, fields: Fields) {
-    if !fields.is_empty() {
-        FIELDS.with(|h| h.borrow_mut().push((ctx, fields)));
-    }
 }

@@ -1,6 +1,7 @@
 //! One request's context: it starts the decision, waits for Redis when a rule needs it, carries
-//! out the verdict, and adds the rate limit fields to the response. What a request waits for
-//! lives on the context itself; only a Higress Redis callout answers at the root.
+//! out the verdict, and adds the rate limit fields to the response. A call the request sends
+//! alone waits on the context itself; a gathered call ([`super::batch`]) and a Higress Redis
+//! callout answer at the root.
 
 use std::rc::Rc;
 
@@ -10,10 +11,11 @@ use proxy_wasm::types::{Action, MapType};
 
 use crate::engine::{Pending, Resumed, Step, Verdict};
 
+use super::batch;
 use super::queue;
 use super::request::HostRequest;
 use super::shared::EnvoyShared;
-use super::state::{Fields, Shared};
+use super::state::{self, Fields, Shared};
 use super::time::now_us;
 use super::transport::{self, Sent};
 use super::websocket::{self, WsRef};
@@ -56,16 +58,34 @@ pub(super) fn apply(shared: &Shared, ctx: u32, verdict: Verdict) -> (Flow, Field
     }
 }
 
-/// Continues request `ctx` after Redis answered (or failed): a retry goes out through the same
-/// transport until there is a verdict, which is carried out.
-pub(super) fn settle(shared: &Shared, ctx: u32, mut step: Resumed, deadline_us: u64) -> Settled {
+/// Where a callback runs: on the request's own context, or at the root (a gathered call's or
+/// a Redis callout's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum At {
+    Request,
+    Root,
+}
+
+/// Sends request `ctx`'s Redis commands: gathered with other requests' when this worker is
+/// busy (or at the root), else alone. On failure the caller decides without Redis.
+fn send(shared: &Rc<Shared>, ctx: u32, pending: Pending, deadline_us: u64, at: At) -> Result<Sent, (Pending, String)> {
+    if batch::takes(shared, at) {
+        batch::add(shared, ctx, pending, deadline_us, at);
+        return Ok(Sent::Root);
+    }
+    transport::send(shared, ctx, pending, deadline_us)
+}
+
+/// Continues request `ctx` after Redis answered (or failed): a retry goes out the same way
+/// until there is a verdict, which is carried out.
+pub(super) fn settle(shared: &Rc<Shared>, ctx: u32, mut step: Resumed, deadline_us: u64, at: At) -> Settled {
     loop {
         match step {
             Resumed::Done(verdict) => {
                 let (flow, fields) = apply(shared, ctx, verdict);
                 return Settled::Done(flow, fields);
             }
-            Resumed::Retry(p) => match transport::send(shared, ctx, p, deadline_us) {
+            Resumed::Retry(p) => match send(shared, ctx, p, deadline_us, at) {
                 Ok(sent) => return Settled::Waiting(sent),
                 Err((p, why)) => step = shared.limiter.resume(p, Err(why), &EnvoyShared, now_us()),
             },
@@ -83,8 +103,12 @@ pub(super) fn continue_if(flow: Flow) {
 pub(super) struct Http {
     shared: Option<Rc<Shared>>,
     id: u32,
-    /// The decision waiting for an HTTP callout's answer, and its deadline (epoch µs).
+    /// The decision waiting for the answer of the callout it sent alone, and its deadline
+    /// (epoch µs).
     waiting: Option<(Pending, u64)>,
+    /// A decision of this request went to the root (gathered, or a Redis callout): what is
+    /// left of it, and its verdict's fields, are looked for there.
+    at_root: bool,
     /// Rate limit fields to add to the response.
     fields: Fields,
     /// A WebSocket upgrade that message rules apply to.
@@ -93,7 +117,7 @@ pub(super) struct Http {
 
 impl Http {
     pub fn new(shared: Option<Rc<Shared>>, id: u32) -> Self {
-        Http { shared, id, waiting: None, fields: Vec::new(), ws: None }
+        Http { shared, id, waiting: None, at_root: false, fields: Vec::new(), ws: None }
     }
 
     fn after(&mut self, settled: Settled) -> Flow {
@@ -103,10 +127,14 @@ impl Http {
                 flow
             }
             Settled::Waiting(Sent::Here(p, deadline)) => {
+                batch::alone_sent();
                 self.waiting = Some((p, deadline));
                 Flow::Hold
             }
-            Settled::Waiting(Sent::Root) => Flow::Hold,
+            Settled::Waiting(Sent::Root) => {
+                self.at_root = true;
+                Flow::Hold
+            }
         }
     }
 }
@@ -118,9 +146,10 @@ impl Context for Http {
             return;
         }
         let (Some(shared), Some((pending, deadline))) = (self.shared.clone(), self.waiting.take()) else { return };
+        batch::alone_ended();
         let replies = transport::replies(num_headers, body_size, pending.commands.len());
         let step = shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
-        let flow = self.after(settle(&shared, self.id, step, deadline));
+        let flow = self.after(settle(&shared, self.id, step, deadline, At::Request));
         continue_if(flow);
     }
 }
@@ -129,17 +158,26 @@ impl Drop for Http {
     fn drop(&mut self) {
         // A request that ended early (client gone) leaves nothing behind, and a probe it was
         // making frees its place in the breaker.
-        #[cfg(feature = "redis-callout")]
-        let at_root = super::callout::forget(self.id);
-        #[cfg(not(feature = "redis-callout"))]
-        let at_root = None;
+        if self.waiting.is_some() {
+            batch::alone_ended();
+        }
+        let mut gone: Vec<(Rc<Shared>, Pending)> = Vec::new();
+        if self.at_root {
+            let _ = state::take_fields(self.id);
+            gone = batch::forget(self.id);
+            #[cfg(feature = "redis-callout")]
+            if let (Some(shared), Some(p)) = (&self.shared, super::callout::forget(self.id)) {
+                gone.push((shared.clone(), p));
+            }
+        }
         if let (Some(shared), Some(ws)) = (&self.shared, &self.ws) {
             websocket::abandon(shared, ws);
         }
-        if let Some(shared) = &self.shared {
-            for pending in self.waiting.take().map(|(p, _)| p).into_iter().chain(at_root) {
-                shared.limiter.abandon(&pending, &EnvoyShared);
-            }
+        if let (Some(shared), Some((p, _))) = (&self.shared, self.waiting.take()) {
+            gone.push((shared.clone(), p));
+        }
+        for (shared, pending) in gone {
+            shared.limiter.abandon(&pending, &EnvoyShared);
         }
     }
 }
@@ -160,11 +198,11 @@ impl HttpContext for Http {
             Step::Redis(pending) => {
                 let timeout_us = shared.limiter.redis().map_or(0, |r| r.timeout_ms.saturating_mul(1000));
                 let deadline = now().saturating_add(timeout_us);
-                let settled = match transport::send(&shared, self.id, pending, deadline) {
+                let settled = match send(&shared, self.id, pending, deadline, At::Request) {
                     Ok(sent) => Settled::Waiting(sent),
                     Err((pending, why)) => {
                         let step = shared.limiter.resume(pending, Err(why), &EnvoyShared, now_us());
-                        settle(&shared, self.id, step, deadline)
+                        settle(&shared, self.id, step, deadline, At::Request)
                     }
                 };
                 self.after(settled)
@@ -177,8 +215,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        #[cfg(feature = "redis-callout")]
-        self.fields.extend(super::callout::take_fields(self.id));
+        if self.at_root {
+            self.fields.extend(state::take_fields(self.id).unwrap_or_default());
+        }
         for (name, value) in std::mem::take(&mut self.fields) {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &name, &value);
         }

@@ -2,12 +2,14 @@
 //! pure core ([`crate::engine::Limiter`]) and the core's verdicts into host calls, one duty per
 //! module: the root context (here), a request's context ([`http`]), the request view
 //! ([`request`]), shared data ([`shared`]), the clock ([`time`]), metrics ([`metrics`]),
-//! queued requests ([`queue`]), moving Redis commands ([`transport`]), Higress' Redis
-//! callout ([`callout`]) and the frames of upgraded WebSocket connections ([`websocket`]).
+//! queued requests ([`queue`]), moving Redis commands ([`transport`]), gathering several
+//! requests' commands into one call ([`batch`]), Higress' Redis callout ([`callout`]) and the
+//! frames of upgraded WebSocket connections ([`websocket`]).
 //!
 //! Every host call goes through `hostcalls` and its `Result`: the SDK's trait helpers panic on a
 //! host error, and a panic traps the VM.
 
+mod batch;
 #[cfg(feature = "redis-callout")]
 mod callout;
 mod http;
@@ -50,7 +52,12 @@ struct Root {
     shared: Option<Rc<Shared>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// Only gathered calls are sent from the root.
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        batch::answer(token_id, num_headers, body_size);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
@@ -94,6 +101,9 @@ impl RootContext for Root {
                 return false;
             }
         }
+        if limiter.redis().is_some_and(|r| r.transport == Transport::Http) {
+            batch::register();
+        }
         let metrics = Metrics::define(&limiter);
         log::info!("sluice: configured {} rule(s)", limiter.rules().len());
         let clock_key = format!("{}:clock", limiter.namespace());
@@ -104,7 +114,13 @@ impl RootContext for Root {
         true
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        batch::on_queue_ready(queue_id);
+    }
+
     fn on_tick(&mut self) {
+        // A gathered call whose wake-up the host lost goes now, at most one tick late.
+        batch::flush();
         metrics::flush();
         if let Some(shared) = &self.shared {
             time::sync(&shared.clock_key);
@@ -137,8 +153,8 @@ pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32
         return;
     }
     let step = shared.limiter.resume(pending, replies, &shared::EnvoyShared, time::now_us());
-    if let http::Settled::Done(flow, fields) = http::settle(&shared, ctx, step, deadline) {
-        callout::keep_fields(ctx, fields);
+    if let http::Settled::Done(flow, fields) = http::settle(&shared, ctx, step, deadline, http::At::Root) {
+        state::keep_fields(ctx, fields);
         http::continue_if(flow);
     }
 }

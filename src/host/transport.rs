@@ -1,5 +1,6 @@
 //! Moving a request's Redis commands: an HTTP callout to sluice-gateway (or Upstash) in the
-//! Upstash dialect, or, in the Higress build, Redis callouts ([`super::callout`]). The bytes
+//! Upstash dialect (alone, or gathered with other requests' by [`super::batch`]), or, in the
+//! Higress build, Redis callouts ([`super::callout`]). The bytes
 //! come from [`crate::redis::wire`]; this module only hands them to the host within the time
 //! the request has left (docs/architecture.md, "Host facts: callouts").
 
@@ -11,6 +12,9 @@ use proxy_wasm::types::{BufferType, MapType};
 use crate::clock;
 #[cfg(feature = "redis-callout")]
 use crate::config::Transport;
+use serde::Serialize;
+
+use crate::config::RedisSpec;
 use crate::engine::Pending;
 use crate::redis::wire::{self, Reply};
 
@@ -21,8 +25,8 @@ use super::time::now_us;
 pub(super) enum Sent {
     /// On the request's own context: an HTTP callout answers there.
     Here(Pending, u64),
-    /// At the root: a Redis callout answers there ([`super::callout`] keeps it).
-    #[cfg_attr(not(feature = "redis-callout"), allow(dead_code))]
+    /// At the root: a gathered call ([`super::batch`]) or a Redis callout
+    /// ([`super::callout`]) answers there.
     Root,
 }
 
@@ -40,14 +44,19 @@ pub(super) fn send(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64
         return super::callout::call_all(&spec.cluster, pending, deadline_us, ctx).map(|()| Sent::Root);
     }
     let _ = ctx;
-    let request =
-        wire::upstash_request(&pending.commands, spec.authority.as_deref().unwrap_or(&spec.cluster), spec.token.as_deref());
-    let headers: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let timeout = Duration::from_millis(timeout_ms);
-    match hostcalls::dispatch_http_call(&spec.cluster, headers, Some(&request.body), Vec::new(), timeout) {
+    match dispatch(spec, &pending.commands, Duration::from_millis(timeout_ms)) {
         Ok(_token) => Ok(Sent::Here(pending, deadline_us)),
-        Err(status) => Err((pending, format!("dispatch_http_call to cluster {:?}: {status:?}", spec.cluster))),
+        Err(why) => Err((pending, why)),
     }
+}
+
+/// Dispatches `commands` (one request's, or several gathered) as one `/pipeline` callout from
+/// the context running now, which is where the answer comes back; returns the call's token.
+pub(super) fn dispatch<C: Serialize>(spec: &RedisSpec, commands: &[C], timeout: Duration) -> Result<u32, String> {
+    let request = wire::upstash_request(commands, spec.authority.as_deref().unwrap_or(&spec.cluster), spec.token.as_deref());
+    let headers: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    hostcalls::dispatch_http_call(&spec.cluster, headers, Some(&request.body), Vec::new(), timeout)
+        .map_err(|status| format!("dispatch_http_call to cluster {:?}: {status:?}", spec.cluster))
 }
 
 /// Reads an HTTP callout's reply: the pipeline's replies, or why there are none.

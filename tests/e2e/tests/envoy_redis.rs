@@ -49,6 +49,8 @@ fn exact_across_proxies(gateway: &Gateway, label: &str) {
     // A generous timeout: this test is about counting, and a timeout would deny (on_error).
     let config = json!({"namespace": format!("exact-{label}"), "redis": redis_block(3000, 1000), "rules": rules});
     let (a, b) = two_proxies(gateway, &config);
+    let calls_before = gateway.metric("sluice_gateway_commands_total");
+    let posts_before = gateway.metric("sluice_gateway_requests_total{endpoint=\"/pipeline\"");
     let mut report = Vec::new();
     for s in STRATEGIES {
         let run = exact_burst(s, 100, 60_000, 400, &[a.url(&format!("/{s}/x")), b.url(&format!("/{s}/x"))]);
@@ -73,6 +75,11 @@ fn exact_across_proxies(gateway: &Gateway, label: &str) {
         );
     }
     eprintln!("{label}: admitted of 400 over 2 proxies: {}", report.join(", "));
+    // A busy worker gathers the requests that arrive while its call is out into one callout.
+    let calls = gateway.metric("sluice_gateway_commands_total") - calls_before;
+    let posts = gateway.metric("sluice_gateway_requests_total{endpoint=\"/pipeline\"") - posts_before;
+    eprintln!("{label}: {calls} script calls in {posts} callouts");
+    assert!(posts > 0.0 && calls > posts, "{label}: no callout carried several requests ({calls} calls in {posts} callouts)");
 }
 
 #[test]

@@ -113,6 +113,8 @@ pub(crate) struct Faults {
     pub callout_faults: VecDeque<CalloutFault>,
     pub nth_callout: HashMap<u64, CalloutFault>,
     pub redis_faults: VecDeque<CalloutFault>,
+    /// "Queue ready" callbacks still to drop, as a host that loses them would.
+    pub lost_queue_ready: usize,
 }
 
 /// One captured log line.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::Redis;
 use serde_json::json;
-use sluice_harness::{forward, CalloutFault, Host, Response};
+use sluice_harness::{forward, CalloutFault, CalloutReply, Host, Request, Response, Schedule};
 
 const TOKEN: &str = "harness-secret";
 
@@ -110,4 +110,147 @@ fn the_callout_the_harness_breaks_follows_on_error_and_the_others_count_in_redis
         5,
         "one callout per request on proxy a: the gateway loads the script, so no NOSCRIPT round trip"
     );
+}
+
+/// Commands in a callout's `/pipeline` body.
+fn commands(call: &sluice_harness::Callout) -> usize {
+    serde_json::from_slice::<Vec<serde_json::Value>>(&call.request.body).map_or(0, |v| v.len())
+}
+
+fn redis_rule(limit: &str) -> serde_json::Value {
+    json!({
+        "redis": {"cluster": "sluice_gateway", "token": TOKEN, "timeout_ms": 100},
+        "rules": [{"name": "api", "limit": limit, "identifier": "global", "backend": "redis", "on_error": "deny"}],
+    })
+}
+
+fn host_on(config: &serde_json::Value, on_call: impl FnMut(&sluice_harness::Callout) -> CalloutReply + 'static) -> Host {
+    common::sluice().config(config.to_string()).on_http_call(on_call).build().unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()))
+}
+
+#[test]
+fn requests_arriving_while_a_call_is_out_go_together_and_each_counts_once() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let mut host = host_on(&redis_rule("5/hour"), forward::http_to(addr));
+    // Eight requests at once on one worker: the first finds it idle and sends its own call;
+    // the seven that arrive while it is out go in one call.
+    let responses = host.run((0..8).map(|_| Request::get("/")).collect(), Schedule::InOrder);
+    let admitted = responses.iter().filter(|r| r.admitted()).count();
+    assert_eq!(admitted, 5, "{responses:?}");
+    assert!(responses.iter().filter(|r| !r.admitted()).all(|r| r.status == 429 && r.header("retry-after").is_some()));
+    let sizes: Vec<usize> = host.callouts().iter().map(commands).collect();
+    assert_eq!(sizes, vec![1, 7], "one call alone, then the seven gathered");
+    // Every admitted response carries its own count, reached at the root.
+    let mut left: Vec<u64> = responses.iter().filter(|r| r.admitted()).filter_map(remaining).collect();
+    left.sort_unstable();
+    assert_eq!(left, vec![0, 1, 2, 3, 4]);
+    // The count in Redis is exact: one more request is the sixth.
+    assert_eq!(host.request("GET", "/").send().status, 429);
+    assert!(host.traps().is_empty());
+}
+
+#[test]
+fn a_client_that_hangs_up_inside_a_gathered_call_costs_the_others_nothing() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    // Every call is held until the test answers it with the gateway's real reply.
+    let mut host = host_on(&redis_rule("5/hour"), |_| CalloutReply::Hold);
+    let answer = |host: &mut Host, call: &sluice_harness::Callout| {
+        let reply = forward::http_to(addr)(call);
+        assert!(host.answer_callout(call.n, reply));
+    };
+    let ids = host.start_many((0..4).map(|_| Request::get("/")).collect()).expect("start");
+    // The first went alone; the three that came while it was out wait in one call.
+    let calls = host.callouts().to_vec();
+    assert_eq!(calls.iter().map(commands).collect::<Vec<_>>(), vec![1, 3]);
+    answer(&mut host, &calls[0]);
+    assert!(host.response(ids[0]).is_some_and(|r| r.admitted()));
+    assert!(host.reset(ids[1]), "the second request's client hangs up");
+    answer(&mut host, &calls[1]);
+    for id in &ids[2..] {
+        let r = host.response(*id).cloned().expect("answered after the gathered call");
+        assert!(r.admitted(), "{r:?}");
+    }
+    // The hung-up request's call had gone to Redis: 4 counted of 5.
+    let id = host.start(Request::get("/")).expect("start");
+    let last = host.callouts().last().cloned().expect("a call");
+    answer(&mut host, &last);
+    let r = host.response(id).cloned().expect("answered");
+    assert_eq!((r.status, remaining(&r)), (200, Some(0)), "{r:?}");
+    assert!(host.traps().is_empty());
+}
+
+#[test]
+fn a_gathered_call_that_fails_makes_each_of_its_requests_follow_on_error() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let mut host = host_on(&redis_rule("100/hour"), forward::http_to(addr));
+    // The second callout (the gathered one) is reset.
+    host.faults().nth_callout(2, CalloutFault::Fail);
+    let responses = host.run((0..5).map(|_| Request::get("/")).collect(), Schedule::InOrder);
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 429, 429, 429, 429], "on_error deny for each request of the failed call");
+    assert_eq!(host.callouts().iter().map(commands).collect::<Vec<_>>(), vec![1, 4]);
+    // Nothing is left waiting: later requests are decided by Redis again (the breaker's
+    // default threshold is 5 failures in a row; 4 is below it).
+    let r = host.request("GET", "/").send();
+    assert!(r.admitted(), "{r:?}");
+    assert_eq!(remaining(&r), Some(98));
+    assert!(host.traps().is_empty());
+}
+
+#[test]
+fn gathered_calls_still_go_when_the_host_loses_the_wake_up() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let mut config = redis_rule("5/hour");
+    // Longer than the tick that sends what a lost wake-up left behind.
+    config["redis"]["timeout_ms"] = json!(500);
+    let mut host = host_on(&config, forward::http_to(addr));
+    host.faults().lose_queue_ready(1);
+    let responses = host.run((0..4).map(|_| Request::get("/")).collect(), Schedule::InOrder);
+    assert!(responses.iter().all(|r| r.admitted()), "{responses:?}");
+    assert_eq!(host.callouts().iter().map(commands).collect::<Vec<_>>(), vec![1, 3]);
+    assert!(host.traps().is_empty());
+}
+
+#[test]
+fn a_gathered_call_never_holds_more_than_the_gateway_takes() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let mut host = host_on(&redis_rule("1000/hour"), forward::http_to(addr));
+    let n = 1 + 64 + 10;
+    let responses = host.run((0..n).map(|_| Request::get("/")).collect(), Schedule::InOrder);
+    assert!(responses.iter().all(|r| r.admitted()), "{:?}", responses.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(host.callouts().iter().map(commands).collect::<Vec<_>>(), vec![1, 64, 10]);
+    assert!(host.traps().is_empty());
+}
+
+#[test]
+fn a_breaker_probe_that_hangs_up_inside_a_gathered_call_gives_its_place_back() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let mut config = redis_rule("100/hour");
+    config["redis"]["breaker"] = json!({"failure_threshold": 1, "open_ms": 1000, "half_open_probes": 2, "success_threshold": 2});
+    let mut host = host_on(&config, |_| CalloutReply::Hold);
+    let answer = |host: &mut Host, n: u64| {
+        let call = host.callouts().iter().find(|c| c.n == n).cloned().expect("the call");
+        let reply = forward::http_to(addr)(&call);
+        assert!(host.answer_callout(n, reply));
+    };
+    // One failure opens the breaker; after open_ms it lets two probes through.
+    host.faults().next_callouts(1, CalloutFault::Fail);
+    assert_eq!(host.request("GET", "/").send().status, 429);
+    host.clock().advance(Duration::from_millis(1001));
+    let probes = host.start_many(vec![Request::get("/"), Request::get("/")]).expect("start");
+    assert_eq!(host.callouts().iter().skip(1).map(commands).collect::<Vec<_>>(), vec![1, 1], "one alone, one gathered");
+    assert!(host.reset(probes[1]), "the gathered probe's client hangs up");
+    answer(&mut host, 2);
+    assert!(host.response(probes[0]).is_some_and(|r| r.admitted()));
+    // Both places are free again: two more probes go to Redis, neither falls to on_error.
+    let more = host.start_many(vec![Request::get("/"), Request::get("/")]).expect("start");
+    assert!(more.iter().all(|id| host.response(*id).is_none()), "both wait for Redis");
+    // The abandoned probe's call is still out, so both are gathered into one.
+    assert_eq!(host.callouts().iter().map(commands).collect::<Vec<_>>(), vec![1, 1, 1, 2]);
+    answer(&mut host, 4);
+    for id in more {
+        let r = host.response(id).cloned().expect("answered");
+        assert!(r.admitted(), "{r:?}");
+    }
+    assert!(host.traps().is_empty());
 }

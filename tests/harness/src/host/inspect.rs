@@ -127,6 +127,12 @@ impl FaultInjector<'_> {
         self
     }
 
+    /// The next `k` "queue ready" callbacks are never delivered (the items stay queued).
+    pub fn lose_queue_ready(&self, k: usize) -> &Self {
+        lock(self.process).faults.lost_queue_ready += k;
+        self
+    }
+
     /// The next `k` Redis calls fail, time out, or are rejected.
     pub fn next_redis_calls(&self, k: usize, fault: CalloutFault) -> &Self {
         lock(self.process).faults.redis_faults.extend(std::iter::repeat_n(fault, k));

@@ -232,6 +232,15 @@ impl Host {
         Ok(id)
     }
 
+    /// Starts several requests at once (all their headers arrive before any callback of theirs
+    /// runs, as in one turn of Envoy's event loop) and runs what can run now, without letting
+    /// time pass.
+    pub fn start_many(&mut self, reqs: Vec<Request>) -> Result<Vec<RequestId>, HarnessError> {
+        let ids = reqs.into_iter().map(|r| self.enqueue_request(r)).collect();
+        self.drive(|_| false, Duration::ZERO)?;
+        Ok(ids)
+    }
+
     fn enqueue_request(&mut self, req: Request) -> RequestId {
         let n = self.workers.len();
         let worker = match req.worker {

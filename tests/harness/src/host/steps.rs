@@ -226,6 +226,13 @@ impl Host {
         }
         let ready: Vec<u32> = std::mem::take(&mut lock(&self.process).queues.ready);
         for q in ready {
+            {
+                let mut p = lock(&self.process);
+                if p.faults.lost_queue_ready > 0 {
+                    p.faults.lost_queue_ready -= 1;
+                    continue;
+                }
+            }
             let owner = lock(&self.process).queues.queues.get(&q).map(|e| e.0);
             if let Some(owner) = owner {
                 if self.workers[owner].failed.is_none() {

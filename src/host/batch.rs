@@ -1,0 +1,256 @@
+//! Gathered calls: while this worker already has a Redis callout out, the requests that need
+//! Redis wait for the rest of the event loop's turn and go together, several requests' commands
+//! in one `/pipeline` callout, sent and answered at the root context. A request alone on an idle
+//! worker still sends its own call at once (docs/architecture.md, "Host facts: callouts").
+//!
+//! Every gathered decision ends exactly once: resumed with its replies or the call's failure, or
+//! abandoned when its request goes away first. A breaker probe that did neither would hold its
+//! place until the breaker gives up on it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+
+use crate::clock;
+use crate::config::Transport;
+use crate::engine::Pending;
+use crate::redis::wire::{Reply, GATHERED_COMMANDS};
+use crate::store::{SharedStore, CREATE_TOKEN};
+
+use super::http::{self, At, Settled};
+use super::shared::EnvoyShared;
+use super::state::{self, Shared};
+use super::time::now_us;
+use super::transport;
+
+/// Shared-data key of the count of gathering queues made in this VM: each worker's queue needs
+/// a name of its own, since the host wakes only the last worker to register a name.
+const QUEUE_COUNT_KEY: &str = "sluice:gather-queues";
+
+/// One request's decision in a gathered call.
+struct Entry {
+    shared: Rc<Shared>,
+    ctx: u32,
+    /// Its commands in the call, kept after the request goes away so the replies after its own
+    /// still find their requests.
+    commands: usize,
+    /// The decision and its deadline (epoch µs), until answered or abandoned.
+    job: Option<(Pending, u64)>,
+}
+
+struct Gather {
+    /// This worker's queue name's number, unique in the VM.
+    number: Option<u64>,
+    /// This worker's queue: a byte enqueued on it wakes the root later in this turn.
+    queue: Option<u32>,
+    /// A wake-up is enqueued and not yet seen.
+    woken: bool,
+    /// Decisions waiting to be sent.
+    waiting: Vec<Entry>,
+    /// Gathered callouts out, by token.
+    out: Vec<(u32, Vec<Entry>)>,
+    /// Callouts out from request contexts (a request alone sends its own).
+    alone: u32,
+}
+
+thread_local! {
+    static GATHER: RefCell<Gather> =
+        const { RefCell::new(Gather { number: None, queue: None, woken: false, waiting: Vec::new(), out: Vec::new(), alone: 0 }) };
+}
+
+/// Registers this worker's gathering queue, at every configure: registering a name again moves
+/// its wake-ups to the root configured last, so a config update's new root gets them. Without
+/// a queue, every request sends its own call.
+pub(super) fn register() {
+    let number = GATHER.with(|g| g.borrow().number).or_else(next_queue_number);
+    let Some(n) = number else {
+        log::warn!("sluice: cannot number this worker's gathering queue; each request sends its own Redis call");
+        return;
+    };
+    match hostcalls::register_shared_queue(&format!("sluice:gather:{n}")) {
+        Ok(id) => GATHER.with(|g| {
+            let mut g = g.borrow_mut();
+            g.number = Some(n);
+            g.queue = Some(id);
+        }),
+        Err(status) => {
+            log::warn!("sluice: cannot register a gathering queue ({status:?}); each request sends its own Redis call")
+        }
+    }
+}
+
+/// A number no other worker of this VM got: a counter in shared data, raised by CAS.
+fn next_queue_number() -> Option<u64> {
+    for _ in 0..64 {
+        let (n, cas) = match EnvoyShared.get(QUEUE_COUNT_KEY).ok()? {
+            Some((bytes, cas)) => (bytes.as_slice().try_into().ok().map(u64::from_le_bytes)?, cas),
+            None => (0, CREATE_TOKEN),
+        };
+        if EnvoyShared.set(QUEUE_COUNT_KEY, &(n + 1).to_le_bytes(), cas).is_ok() {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// Whether a decision sent from `at` goes in a gathered call: always at the root (the root
+/// sends what it gathered before its callback ends), and from a request while this worker has
+/// calls out or waiting. Only HTTP callouts gather; Higress' Redis callouts carry one command.
+pub(super) fn takes(shared: &Shared, at: At) -> bool {
+    if shared.limiter.redis().is_none_or(|r| r.transport != Transport::Http) {
+        return false;
+    }
+    GATHER.with(|g| {
+        let g = g.borrow();
+        g.queue.is_some() && (at == At::Root || g.alone > 0 || !g.out.is_empty() || !g.waiting.is_empty())
+    })
+}
+
+/// Adds request `ctx`'s decision to the next gathered call. From a request, the first one
+/// wakes the root; a lost wake-up is made good by the tick.
+pub(super) fn add(shared: &Rc<Shared>, ctx: u32, pending: Pending, deadline_us: u64, at: At) {
+    GATHER.with(|g| {
+        let mut g = g.borrow_mut();
+        let commands = pending.commands.len();
+        g.waiting.push(Entry { shared: shared.clone(), ctx, commands, job: Some((pending, deadline_us)) });
+        if at == At::Request && !g.woken {
+            if let Some(queue) = g.queue {
+                g.woken = hostcalls::enqueue_shared_queue(queue, Some(&[1])).is_ok();
+            }
+        }
+    });
+}
+
+/// A request sent its own call / that call ended (answered, or its request went away).
+pub(super) fn alone_sent() {
+    GATHER.with(|g| g.borrow_mut().alone += 1);
+}
+
+pub(super) fn alone_ended() {
+    GATHER.with(|g| {
+        let mut g = g.borrow_mut();
+        g.alone = g.alone.saturating_sub(1);
+    });
+}
+
+/// Takes back what request `ctx` (going away) has gathered, for the caller to abandon.
+pub(super) fn forget(ctx: u32) -> Vec<(Rc<Shared>, Pending)> {
+    GATHER.with(|g| {
+        let mut g = g.borrow_mut();
+        let mut gone = Vec::new();
+        let g = &mut *g;
+        for e in g.waiting.iter_mut().chain(g.out.iter_mut().flat_map(|(_, es)| es.iter_mut())) {
+            if e.ctx == ctx {
+                if let Some((p, _)) = e.job.take() {
+                    gone.push((e.shared.clone(), p));
+                }
+            }
+        }
+        g.waiting.retain(|e| e.job.is_some());
+        gone
+    })
+}
+
+/// The root's wake-up: the queue is drained and what was gathered is sent.
+pub(super) fn on_queue_ready(queue: u32) {
+    while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
+    GATHER.with(|g| g.borrow_mut().woken = false);
+    flush();
+}
+
+/// Sends what was gathered (at the root): at most [`GATHERED_COMMANDS`] commands per callout,
+/// each callout given the time its most hurried request has left. A decision that cannot go
+/// follows its rules' `on_error` at once.
+pub(super) fn flush() {
+    loop {
+        let waiting = GATHER.with(|g| std::mem::take(&mut g.borrow_mut().waiting));
+        if waiting.is_empty() {
+            return;
+        }
+        let now = now_us();
+        let mut calls: Vec<Vec<Entry>> = Vec::new();
+        let mut late = Vec::new();
+        for e in waiting {
+            let deadline = e.job.as_ref().map_or(0, |(_, d)| *d);
+            if clock::call_timeout_ms(now, deadline).is_none() {
+                late.push(e);
+                continue;
+            }
+            let fits =
+                calls.last().is_some_and(|c| c.iter().map(|e| e.commands).sum::<usize>() + e.commands <= GATHERED_COMMANDS);
+            match calls.last_mut() {
+                Some(c) if fits => c.push(e),
+                _ => calls.push(vec![e]),
+            }
+        }
+        for e in late {
+            finish(e, Err("less than 1 ms left of redis.timeout_ms".into()));
+        }
+        for call in calls {
+            match dispatch(&call, now) {
+                Ok(token) => GATHER.with(|g| g.borrow_mut().out.push((token, call))),
+                Err(why) => {
+                    for e in call {
+                        finish(e, Err(why.clone()));
+                    }
+                }
+            }
+        }
+        // Retries (a NOSCRIPT answered at once) may have gathered again: send them too.
+    }
+}
+
+fn dispatch(call: &[Entry], now: u64) -> Result<u32, String> {
+    let Some(first) = call.first() else { return Err("empty call".into()) };
+    let Some(spec) = first.shared.limiter.redis() else { return Err("no redis block".into()) };
+    let deadline = call.iter().filter_map(|e| e.job.as_ref().map(|(_, d)| *d)).min().unwrap_or(now);
+    let timeout_ms = clock::call_timeout_ms(now, deadline).unwrap_or(1);
+    let commands: Vec<&Vec<String>> = call.iter().filter_map(|e| e.job.as_ref()).flat_map(|(p, _)| p.commands.iter()).collect();
+    transport::dispatch(spec, &commands, Duration::from_millis(timeout_ms))
+}
+
+/// A gathered callout's answer (at the root): each request still there is carried on with its
+/// own replies, then whatever that gathered again is sent.
+pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) {
+    let Some(call) = GATHER.with(|g| {
+        let mut g = g.borrow_mut();
+        let i = g.out.iter().position(|(t, _)| *t == token)?;
+        Some(g.out.swap_remove(i).1)
+    }) else {
+        return;
+    };
+    let expected = call.iter().map(|e| e.commands).sum();
+    match transport::replies(num_headers, body_size, expected) {
+        Ok(replies) => {
+            let mut replies = replies.into_iter();
+            for e in call {
+                let own: Vec<Reply> = replies.by_ref().take(e.commands).collect();
+                finish(e, Ok(own));
+            }
+        }
+        Err(why) => {
+            for e in call {
+                finish(e, Err(why.clone()));
+            }
+        }
+    }
+    flush();
+}
+
+/// Carries request `e` on at the root, as its own context would after its own callout.
+fn finish(e: Entry, replies: Result<Vec<Reply>, String>) {
+    let Some((pending, deadline)) = e.job else { return };
+    // Its context's drop takes back what it waits for, so this is rare: the host ended the
+    // stream without a drop reaching us.
+    if hostcalls::set_effective_context(e.ctx).is_err() {
+        e.shared.limiter.abandon(&pending, &EnvoyShared);
+        return;
+    }
+    let step = e.shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
+    if let Settled::Done(flow, fields) = http::settle(&e.shared, e.ctx, step, deadline, At::Root) {
+        state::keep_fields(e.ctx, fields);
+        http::continue_if(flow);
+    }
+}
