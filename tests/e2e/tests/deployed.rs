@@ -241,15 +241,18 @@ fn the_shipped_redis_topology_limits_across_proxies() {
         assert!(admitted >= 10, "under the limit without store errors: {report}");
     }
 
-    // Another account has its own budget. If Redis calls failed above, the breaker may be open
-    // (payments then refuses, on_error: deny) until a probe succeeds: wait for that first.
+    // Another account has its own budget. If Redis calls failed above, a proxy's breaker may
+    // be open (payments then refuses, on_error: deny) until a probe succeeds there: wait for
+    // every proxy's (open_ms 5 s, then two successful probes).
     if store_errors > 0 {
-        let healthy = wait(Duration::from_secs(10), || {
-            let probe = unique("probe");
-            request("POST", &format!("{}/api/payments/1", t.targets[0]), &[("x-account", probe.as_str())])
-                .is_ok_and(|r| r.status == 200)
-        });
-        assert!(healthy, "payments never recovered after {store_errors} store errors");
+        for target in &t.targets {
+            let healthy = wait(Duration::from_secs(15), || {
+                let probe = unique("probe");
+                request("POST", &format!("{target}/api/payments/1"), &[("x-account", probe.as_str())])
+                    .is_ok_and(|r| r.status == 200)
+            });
+            assert!(healthy, "{target}: payments never recovered after {store_errors} store errors");
+        }
     }
     let other = post_burst(4, &t.targets, "/api/payments/1", &[("x-account".into(), unique("other"))]);
     assert!(other.iter().all(|r| r.status == 200), "{:?}", other.iter().map(|r| r.status).collect::<Vec<_>>());
