@@ -4,6 +4,13 @@ every Envoy pinned to one core and measured interleaved, so a noisy neighbour hu
 alike. Prints µs of Envoy CPU per request, the ratio to (w) and the spread of each row.
 
     python3 scripts/bench/ab.py A.wasm B.wasm --configs c,e,x --reps 5
+    python3 scripts/bench/ab.py A.wasm B.wasm --distributed --reps 5
+
+With --distributed it compares the two builds on the routed Redis path instead ((R2): a redis rule
+never reached, h2c to sluice-gateway, one redis-server), beside routed Envoy alone (A): CPU per
+request of the whole system and its split over Envoy, gateway and Redis, req/s, latency and
+requests per callout. Both builds must carry the gateway's decision script (the gateway runs only
+its own release's), or their rows measure on_error.
 
 (build the empty filter first: scripts/bench.sh does, or `cargo build --release --target
 wasm32-wasip1 --manifest-path scripts/bench/noop-filter/Cargo.toml --target-dir target/bench-noop`).
@@ -16,6 +23,8 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT  # noqa: E402
 from envoyctl import Envoy, bootstrap, wasm_filter  # noqa: E402
+import distributed  # noqa: E402
+import redisenv  # noqa: E402
 import throughput  # noqa: E402
 
 NOOP = os.path.join(ROOT, "target", "bench-noop", "wasm32-wasip1", "release", "sluice_bench_noop.wasm")
@@ -31,9 +40,13 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--noop", default=NOOP, help="the empty filter's .wasm, the floor (w)")
     ap.add_argument("--max-others", type=float, default=0.25, help="repeat a run when others used more cores")
+    ap.add_argument("--distributed", action="store_true", help="compare on the routed Redis path (R2), not --configs")
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     envoy_cpus, load_cpus = ([cpus[0]], [cpus[1]]) if len(cpus) >= 2 else (None, None)
+    if args.distributed:
+        distributed_ab(args, envoy_cpus, load_cpus)
+        return
     plugins = throughput.plugin_configs()
     keys = [k for k in args.configs.split(",") if k]
     unknown = [k for k in keys if k not in plugins]
@@ -61,6 +74,45 @@ def main():
     for k in keys:
         a, b = rows[f"{k}-A"]["rps_per_cpu"], rows[f"{k}-B"]["rps_per_cpu"]
         print(f"({k}) B / A in µs per request: {a / b:.3f}")
+
+
+def distributed_ab(args, envoy_cpus, load_cpus):
+    work = tempfile.mkdtemp(prefix="sluice-ab-")
+    stack = redisenv.RedisStack(work, cpus=load_cpus)
+    started = []
+    try:
+        for build, keys in ((args.a, ["A", "R2"]), (args.b, ["R2"])):
+            upstream, envoys, skipped, gateways = distributed.start(os.path.abspath(build), work, envoy_cpus, load_cpus,
+                                                                    stack, keys)
+            started.append((upstream, envoys, gateways))
+            if skipped:
+                sys.exit(f"{build}: not started: {skipped}")
+        (_, env_a, gw_a), (_, env_b, gw_b) = started
+        envoys = {"A": env_a["A"], "R2-A": env_a["R2"], "R2-B": env_b["R2"]}
+        gateways = {"R2-A": gw_a["R2"], "R2-B": gw_b["R2"]}
+        rows = distributed.full_load(envoys, stack, gateways, args.reps, args.seconds, args.connections, load_cpus,
+                                     args.max_others)
+    finally:
+        for upstream, envoys, _ in started:
+            for e in envoys.values():
+                e.stop()
+            upstream.stop()
+        stack.stop()
+    a = rows["A"]["total_us"]
+    print(f"{'config':6} {'µs/req':>8} {'× (A)':>6} {'Envoy':>7} {'gateway':>8} {'Redis':>6} {'req/s':>7} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'req/callout':>11} {'spread':>7}")
+    for name, r in rows.items():
+        def num(m, fmt):
+            width = int(fmt.split(".")[0]) if fmt[0].isdigit() else 0
+            return format(r[m], fmt) if r.get(m) is not None else "–".rjust(width)
+        print(f"{name:6} {r['total_us']:8.1f} {r['total_us'] / a:6.2f} {r['envoy_us']:7.1f} {num('gateway_us', '8.1f')} "
+              f"{num('redis_us', '6.1f')} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+              f"{num('requests_per_callout', '11.1f')} {num('total_us_spread', '7.0%')}")
+        calls = r.get("redis_calls_per_request")
+        if calls is not None and calls < 0.9:
+            print(f"  ({name}: only {calls:.2f} Redis calls per request: the gateway did not decide; does this build "
+                  "carry the gateway's decision script?)")
+    print(f"B / A, whole-system CPU per request: {rows['R2-B']['total_us'] / rows['R2-A']['total_us']:.3f}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ share the other. req/s is therefore what this machine gives, not a limit of the 
 request is what to compare. Runs are interleaved round-robin, so a noisy neighbour hurts every
 configuration alike."""
 import subprocess
+import urllib.request
 
 from common import LOOPBACK, log, median
 from envoyctl import Envoy, bootstrap, gateway_cluster, routed, wasm_filter
@@ -82,6 +83,25 @@ def redis_calls(port):
     return redis_stats(port)[0]
 
 
+def gateway_stats(port):
+    """Script calls the gateway has accepted, and the `POST /pipeline` callouts that carried
+    them (from its /metrics): their ratio is how many requests a busy filter gathered per call."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    calls = posts = 0.0
+    for line in text.splitlines():
+        if line.startswith("sluice_gateway_commands_total{"):
+            calls += float(line.rsplit(" ", 1)[1])
+        elif line.startswith('sluice_gateway_requests_total{endpoint="/pipeline"'):
+            posts += float(line.rsplit(" ", 1)[1])
+    return calls, posts
+
+
+def config_of(key):
+    """The CONFIGS entry of a row: `R2` and an A/B's `R2-A`, `R2-B` are all (R2)."""
+    return CONFIGS[key.split("-")[0]]
+
+
 def start(wasm, work, envoy_cpus, load_cpus, stack, keys):
     upstream = Envoy("upstream", bootstrap([]), work, concurrency=1, cpus=load_cpus)
     envoys, skipped, gateways = {}, {}, {}
@@ -94,7 +114,8 @@ def start(wasm, work, envoy_cpus, load_cpus, stack, keys):
                 continue
             if gw is not None and gw not in stack.extra:
                 stack.add_gateway(gw, GATEWAYS[gw])
-            port, gateways[k] = stack.gateway(gw)
+            port, pid = stack.gateway(gw)
+            gateways[k] = (port, pid)
             plugin = _plugin(plugin)
             clusters = [gateway_cluster(redisenv.CLUSTER, port, h2=transport == H2)]
         if plugin:
@@ -112,7 +133,7 @@ def _row(runs, reps):
     kept = [throughput.runs_last(runs, rep + 1) for rep in range(reps)]
     row = {m: median(r.get(m) for r in kept) for m in ("rps", "p50_ms", "p99_ms", "others_cores")}
     for m in ("envoy_us", "gateway_us", "redis_us", "total_us", "redis_calls_per_request", "redis_us_per_call",
-              "redis_exec_us_per_call"):
+              "redis_exec_us_per_call", "requests_per_callout"):
         row[m] = median(r.get(m) for r in kept)
     totals = [r["total_us"] for r in kept if r.get("total_us")]
     row["total_us_spread"] = (max(totals) - min(totals)) / median(totals) if len(totals) > 1 else None
@@ -128,16 +149,20 @@ def full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, ma
     for rep in range(reps):
         for k, e in envoys.items():
             # The gateway this configuration calls, then Redis.
-            extra = [gateways[k], stack.pids[0]] if k in gateways else ([stack.pids[1], stack.pids[0]] if stack else [])
+            extra = [gateways[k][1], stack.pids[0]] if k in gateways else ([stack.pids[1], stack.pids[0]] if stack else [])
 
             def run():
                 # Read before each attempt: a disturbed run is repeated, and only the last counts.
                 calls0, usec0 = redis_stats(stack.redis_port) if stack else (0, 0)
+                gw0 = gateway_stats(gateways[k][0]) if k in gateways else None
                 r = loadgen.wrk(e.url(), seconds, connections, cpus=load_cpus, watch=[e.pid] + extra)
                 n = max(r["requests"], 1)
                 cpu = r["cpu_s"]
                 r["envoy_us"] = cpu[0] / n * 1e6
-                if CONFIGS[k][2]:
+                if gw0 is not None:
+                    gw_calls, gw_posts = (b - a for a, b in zip(gw0, gateway_stats(gateways[k][0])))
+                    r["requests_per_callout"] = gw_calls / gw_posts if gw_posts else None
+                if config_of(k)[2]:
                     r["gateway_us"], r["redis_us"] = cpu[1] / n * 1e6, cpu[2] / n * 1e6
                     calls, usec = redis_stats(stack.redis_port)
                     calls, usec = calls - calls0, usec - usec0
@@ -154,7 +179,8 @@ def full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, ma
             r = runs[-1]
             log(f"distributed rep {rep + 1} ({k}): {r['rps']:.0f} req/s, {r['total_us']:.1f} µs CPU/request "
                 f"(Envoy {r['envoy_us']:.1f}, gateway {r.get('gateway_us', 0):.1f}, Redis {r.get('redis_us', 0):.1f}), "
-                f"Redis calls/request {r.get('redis_calls_per_request', 0):.3f}, non-2xx {r['non_2xx']}, "
+                f"Redis calls/request {r.get('redis_calls_per_request', 0):.3f}, "
+                f"requests/callout {r.get('requests_per_callout') or 0:.1f}, non-2xx {r['non_2xx']}, "
                 f"others {r['others_cores']:.2f} cores")
     return {k: _row(runs, reps) for k, runs in results.items()}
 
@@ -259,9 +285,11 @@ def markdown(dist):
              "of the total over the repetitions.", "",
              "Redis µs per call is redis-server's CPU divided by its script calls; run µs per call is Redis's own "
              "count of the time spent running them (INFO commandstats), the part FCALL and EVALSHA differ in.", "",
+             "Requests per callout is the gateway's script calls divided by the `/pipeline` callouts that carried "
+             "them: while a worker has a call out, the requests that arrive go together in its next one.", "",
              "| config | req/s | p50 ms | p99 ms | CPU µs/request | × (A) | Envoy / gateway / Redis µs | Redis calls "
-             "per request | Redis µs per call | run µs per call | spread |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "per request | requests per callout | Redis µs per call | run µs per call | spread |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def num(v, fmt):
         return fmt.format(v) if v is not None else "–"
 
@@ -270,7 +298,8 @@ def markdown(dist):
         split = f"{r['envoy_us']:.1f} / {num(r.get('gateway_us'), '{:.1f}')} / {num(r.get('redis_us'), '{:.1f}')}"
         lines.append(f"| ({k}) {desc[k]}{note} | {r['rps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
                      f"{r['total_us']:.1f} | {num(r['total_us'] / a if a else None, '{:.2f}')} | {split} | "
-                     f"{num(r.get('redis_calls_per_request'), '{:.4f}')} | {num(r.get('redis_us_per_call'), '{:.1f}')} | "
+                     f"{num(r.get('redis_calls_per_request'), '{:.4f}')} | {num(r.get('requests_per_callout'), '{:.1f}')} | "
+                     f"{num(r.get('redis_us_per_call'), '{:.1f}')} | "
                      f"{num(r.get('redis_exec_us_per_call'), '{:.1f}')} | "
                      f"{num(r.get('total_us_spread'), '{:.0%}')} |")
     ol = dist.get("open_loop")
