@@ -7,7 +7,8 @@
 //! half-open --(success_threshold successes)--> closed; --(any failure)--> open
 //!
 //! A request is one call, whatever passes it takes (a dry pass then a write pass, a retry after
-//! NOSCRIPT): it is recorded once, when its last pass ends. A probe whose request went away
+//! NOSCRIPT): it is recorded once, when its last pass ends. A gathered callout that fails is one
+//! failure, however many requests it carried. A probe whose request went away
 //! before its answer (the client hung up) gives its place back without counting. A probe lost
 //! with its VM is replaced once it cannot still be in flight: `max(open_ms, timeout_ms)` plus
 //! [`LATE_ANSWER_MS`] after it started, so `half_open_probes` is never exceeded.

@@ -219,6 +219,15 @@ impl Limiter {
         }
     }
 
+    /// Redis failed for a call that carried other requests' decisions too, and the breaker has
+    /// heard of that failure once already, through the first of them: this one follows its
+    /// rules' `on_error` without counting again, and a probe gives its place back. One failed
+    /// call is one failure, however many requests it carried.
+    pub fn resume_failed_together(&self, p: Pending, store: &impl SharedStore, now_us: u64) -> Verdict {
+        self.abandon(&p, store);
+        self.redis_failed(&p.applied, store, now_us)
+    }
+
     /// The request waiting on `p` ended before Redis answered (the client went away): a probe
     /// gives its place back to the breaker, counting neither way.
     pub fn abandon(&self, p: &Pending, store: &impl SharedStore) {

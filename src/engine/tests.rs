@@ -497,6 +497,25 @@ fn a_probe_is_one_success_however_many_passes_it_takes() {
 }
 
 #[test]
+fn a_call_that_failed_together_follows_on_error_and_counts_once() {
+    let l = limiter(serde_json::json!({"namespace": "ns",
+        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}},
+        "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]}));
+    let s = MemStore::default();
+    let b = l.breaker().unwrap();
+    // Four requests in one failed call: the first counts the failure, the others follow on_error.
+    let calls: Vec<Pending> = (0..4).map(|_| pending(l.start(&Req::new("GET", "/"), &s, T0))).collect();
+    let mut calls = calls.into_iter();
+    assert_eq!(status(&done(l.resume(calls.next().unwrap(), Err("reset".into()), &s, T0))), 429);
+    for p in calls {
+        assert_eq!(status(&l.resume_failed_together(p, &s, T0)), 429);
+    }
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Closed, "one failure of two");
+    done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("reset".into()), &s, T0));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
+}
+
+#[test]
 fn a_delay_from_redis_never_exceeds_the_rules_max_delay() {
     let l = redis_limiter(serde_json::json!([
         {"name": "q", "limit": "10/s", "backend": "redis", "strategy": {"type": "leaky_bucket_queue", "max_delay": "200ms"}},

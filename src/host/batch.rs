@@ -186,16 +186,12 @@ pub(super) fn flush() {
             }
         }
         for e in late {
-            finish(e, Err("less than 1 ms left of redis.timeout_ms".into()));
+            finish(e, Answer::Replies(Err("less than 1 ms left of redis.timeout_ms".into())));
         }
         for call in calls {
             match dispatch(&call, now) {
                 Ok(token) => GATHER.with(|g| g.borrow_mut().out.push((token, call))),
-                Err(why) => {
-                    for e in call {
-                        finish(e, Err(why.clone()));
-                    }
-                }
+                Err(why) => failed(call, why),
             }
         }
         // Retries (a NOSCRIPT answered at once) may have gathered again: send them too.
@@ -227,20 +223,35 @@ pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) {
             let mut replies = replies.into_iter();
             for e in call {
                 let own: Vec<Reply> = replies.by_ref().take(e.commands).collect();
-                finish(e, Ok(own));
+                finish(e, Answer::Replies(Ok(own)));
             }
         }
-        Err(why) => {
-            for e in call {
-                finish(e, Err(why.clone()));
-            }
-        }
+        Err(why) => failed(call, why),
     }
     flush();
 }
 
+/// A gathered call failed: its requests follow their rules' `on_error`, and the breaker hears
+/// of one failed call, not of one per request it carried.
+fn failed(call: Vec<Entry>, why: String) {
+    let mut told = false;
+    for e in call.into_iter().filter(|e| e.job.is_some()) {
+        let answer = if told { Answer::FailedTogether } else { Answer::Replies(Err(why.clone())) };
+        told = true;
+        finish(e, answer);
+    }
+}
+
+/// What a gathered request is carried on with.
+enum Answer {
+    /// Its own replies, or the call's failure (counted by the breaker).
+    Replies(Result<Vec<Reply>, String>),
+    /// The call's failure, already counted through another request of the call.
+    FailedTogether,
+}
+
 /// Carries request `e` on at the root, as its own context would after its own callout.
-fn finish(e: Entry, replies: Result<Vec<Reply>, String>) {
+fn finish(e: Entry, answer: Answer) {
     let Some((pending, deadline)) = e.job else { return };
     // Its context's drop takes back what it waits for, so this is rare: the host ended the
     // stream without a drop reaching us.
@@ -248,8 +259,18 @@ fn finish(e: Entry, replies: Result<Vec<Reply>, String>) {
         e.shared.limiter.abandon(&pending, &EnvoyShared);
         return;
     }
-    let step = e.shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
-    if let Settled::Done(flow, fields) = http::settle(&e.shared, e.ctx, step, deadline, At::Root) {
+    let settled = match answer {
+        Answer::Replies(replies) => {
+            let step = e.shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
+            http::settle(&e.shared, e.ctx, step, deadline, At::Root)
+        }
+        Answer::FailedTogether => {
+            let verdict = e.shared.limiter.resume_failed_together(pending, &EnvoyShared, now_us());
+            let (flow, fields) = http::apply(&e.shared, e.ctx, verdict);
+            Settled::Done(flow, fields)
+        }
+    };
+    if let Settled::Done(flow, fields) = settled {
         state::keep_fields(e.ctx, fields);
         http::continue_if(flow);
     }

@@ -180,20 +180,24 @@ fn a_client_that_hangs_up_inside_a_gathered_call_costs_the_others_nothing() {
 }
 
 #[test]
-fn a_gathered_call_that_fails_makes_each_of_its_requests_follow_on_error() {
+fn a_gathered_call_that_fails_makes_each_of_its_requests_follow_on_error_and_counts_once() {
     let (addr, _gateway, _redis) = gateway_and_redis();
-    let mut host = host_on(&redis_rule("100/hour"), forward::http_to(addr));
+    let mut config = redis_rule("100/hour");
+    // Two failed calls in a row open the breaker: the failed call below carries four requests.
+    config["redis"]["breaker"] = json!({"failure_threshold": 2, "open_ms": 60_000});
+    let mut host = host_on(&config, forward::http_to(addr));
     // The second callout (the gathered one) is reset.
     host.faults().nth_callout(2, CalloutFault::Fail);
     let responses = host.run((0..5).map(|_| Request::get("/")).collect(), Schedule::InOrder);
     let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![200, 429, 429, 429, 429], "on_error deny for each request of the failed call");
     assert_eq!(host.callouts().iter().map(commands).collect::<Vec<_>>(), vec![1, 4]);
-    // Nothing is left waiting: later requests are decided by Redis again (the breaker's
-    // default threshold is 5 failures in a row; 4 is below it).
+    assert!(host.logged(sluice_harness::LogLevel::Warn, "redis call failed"));
+    // One failed call is one failure: the breaker is still closed, and Redis decides the next.
     let r = host.request("GET", "/").send();
     assert!(r.admitted(), "{r:?}");
     assert_eq!(remaining(&r), Some(98));
+    assert_eq!(host.callouts().len(), 3);
     assert!(host.traps().is_empty());
 }
 
