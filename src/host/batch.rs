@@ -104,7 +104,9 @@ pub(super) fn takes(shared: &Shared, at: At) -> bool {
     }
     GATHER.with(|g| {
         let g = g.borrow();
-        g.queue.is_some() && (at == At::Root || g.alone > 0 || !g.out.is_empty() || !g.waiting.is_empty())
+        // The root sends what it gathered before its callback ends, queue or not; a call it
+        // sent on its own would be answered at the root, where only gathered calls are known.
+        at == At::Root || (g.queue.is_some() && (g.alone > 0 || !g.out.is_empty() || !g.waiting.is_empty()))
     })
 }
 
