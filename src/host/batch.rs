@@ -125,11 +125,12 @@ pub(super) fn add(shared: &Rc<Shared>, ctx: u32, pending: Pending, deadline_us: 
     });
 }
 
-/// A request sent its own call / that call ended (answered, or its request went away).
+/// A request sent its own call.
 pub(super) fn alone_sent() {
     GATHER.with(|g| g.borrow_mut().alone += 1);
 }
 
+/// A call a request sent on its own ended: answered, or its request went away.
 pub(super) fn alone_ended() {
     GATHER.with(|g| {
         let mut g = g.borrow_mut();
@@ -158,6 +159,13 @@ pub(super) fn forget(ctx: u32) -> Vec<(Rc<Shared>, Pending)> {
 /// The root's wake-up: the queue is drained and what was gathered is sent.
 pub(super) fn on_queue_ready(queue: u32) {
     while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
+    GATHER.with(|g| g.borrow_mut().woken = false);
+    flush();
+}
+
+/// The root's tick: sends what a lost wake-up left behind, and lets the next request wake the
+/// root again (one whose wake-up is merely late costs an extra, empty wake-up).
+pub(super) fn on_tick() {
     GATHER.with(|g| g.borrow_mut().woken = false);
     flush();
 }

@@ -120,7 +120,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         // A gathered call whose wake-up the host lost goes now, at most one tick late.
-        batch::flush();
+        batch::on_tick();
         metrics::flush();
         if let Some(shared) = &self.shared {
             time::sync(&shared.clock_key);
