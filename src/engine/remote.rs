@@ -28,6 +28,13 @@ pub struct Pending {
     sent_us: u64,
 }
 
+impl Pending {
+    /// This call is a half-open breaker's probe: its result is what the breaker waits for.
+    pub fn is_probe(&self) -> bool {
+        self.permit == Permit::Probe
+    }
+}
+
 impl Limiter {
     pub(super) fn breaker(&self) -> Option<Breaker<'_>> {
         self.redis.as_ref().map(|r| Breaker { key: &self.breaker_key, spec: r.breaker, timeout_ms: r.timeout_ms })

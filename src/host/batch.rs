@@ -25,6 +25,10 @@ use super::state::{self, Shared};
 use super::time::now_us;
 use super::transport;
 
+/// How long past its latest deadline a gathered call may still be answered before it counts as
+/// lost: the host answers every call by its timeout, so this is only for calls it dropped.
+const LOST_AFTER_US: u64 = 1_000_000;
+
 /// Shared-data key of the count of gathering queues made in this VM: each worker's queue needs
 /// a name of its own, since the host wakes only the last worker to register a name.
 const QUEUE_COUNT_KEY: &str = "sluice:gather-queues";
@@ -152,6 +156,9 @@ pub(super) fn forget(ctx: u32) -> Vec<(Rc<Shared>, Pending)> {
             }
         }
         g.waiting.retain(|e| e.job.is_some());
+        // A call none of whose requests is left is forgotten: its answer, if one comes, finds
+        // no token and is dropped.
+        g.out.retain(|(_, es)| es.iter().any(|e| e.job.is_some()));
         gone
     })
 }
@@ -167,12 +174,32 @@ pub(super) fn on_queue_ready(queue: u32) {
 /// root again (one whose wake-up is merely late costs an extra, empty wake-up).
 pub(super) fn on_tick() {
     GATHER.with(|g| g.borrow_mut().woken = false);
+    expire_lost(now_us());
     flush();
 }
 
-/// Sends what was gathered (at the root): at most [`GATHERED_COMMANDS`] commands per callout,
-/// each callout given the time its most hurried request has left. A decision that cannot go
-/// follows its rules' `on_error` at once.
+/// Calls still unanswered [`LOST_AFTER_US`] past their latest deadline: the host never answers
+/// a call whose root went away (a config update drained it). Their requests follow `on_error`
+/// instead of waiting for their streams to end.
+fn expire_lost(now: u64) {
+    let lost: Vec<(u32, Vec<Entry>)> = GATHER.with(|g| {
+        let mut g = g.borrow_mut();
+        let (lost, kept) = std::mem::take(&mut g.out)
+            .into_iter()
+            .partition(|(_, es)| es.iter().filter_map(deadline).max().is_none_or(|d| d.saturating_add(LOST_AFTER_US) < now));
+        g.out = kept;
+        lost
+    });
+    for (_, call) in lost {
+        failed(call, "no answer from the Redis endpoint".into());
+    }
+}
+
+/// Sends what was gathered (at the root): one call per configuration (each names its own
+/// cluster, token and breaker), at most [`GATHERED_COMMANDS`] commands each, latest deadlines
+/// first. A call is given the time its most hurried request has left, so a request with much
+/// less time left than the first of a call (a second pass of a request) starts a call of its
+/// own instead of cutting the others' short. A decision with no time left follows `on_error`.
 pub(super) fn flush() {
     loop {
         let waiting = GATHER.with(|g| std::mem::take(&mut g.borrow_mut().waiting));
@@ -180,23 +207,16 @@ pub(super) fn flush() {
             return;
         }
         let now = now_us();
+        let (late, mut ready): (Vec<Entry>, Vec<Entry>) =
+            waiting.into_iter().partition(|e| deadline(e).and_then(|d| clock::call_timeout_ms(now, d)).is_none());
+        failed(late, "less than 1 ms left of redis.timeout_ms".into());
+        ready.sort_by_key(|e| (Rc::as_ptr(&e.shared) as usize, std::cmp::Reverse(deadline(e))));
         let mut calls: Vec<Vec<Entry>> = Vec::new();
-        let mut late = Vec::new();
-        for e in waiting {
-            let deadline = e.job.as_ref().map_or(0, |(_, d)| *d);
-            if clock::call_timeout_ms(now, deadline).is_none() {
-                late.push(e);
-                continue;
-            }
-            let fits =
-                calls.last().is_some_and(|c| c.iter().map(|e| e.commands).sum::<usize>() + e.commands <= GATHERED_COMMANDS);
+        for e in ready {
             match calls.last_mut() {
-                Some(c) if fits => c.push(e),
+                Some(call) if joins(call, &e, now) => call.push(e),
                 _ => calls.push(vec![e]),
             }
-        }
-        for e in late {
-            finish(e, Answer::Replies(Err("less than 1 ms left of redis.timeout_ms".into())));
         }
         for call in calls {
             match dispatch(&call, now) {
@@ -208,11 +228,24 @@ pub(super) fn flush() {
     }
 }
 
+/// A decision's deadline (epoch µs), while it has one.
+fn deadline(e: &Entry) -> Option<u64> {
+    e.job.as_ref().map(|(_, d)| *d)
+}
+
+/// Whether `e` may go in `call` (sorted by configuration, then latest deadline first).
+fn joins(call: &[Entry], e: &Entry, now: u64) -> bool {
+    let Some(first) = call.first() else { return false };
+    let commands: usize = call.iter().map(|c| c.commands).sum();
+    let left = |x: &Entry| deadline(x).unwrap_or(0).saturating_sub(now);
+    Rc::ptr_eq(&first.shared, &e.shared) && commands + e.commands <= GATHERED_COMMANDS && left(e).saturating_mul(2) >= left(first)
+}
+
 fn dispatch(call: &[Entry], now: u64) -> Result<u32, String> {
     let Some(first) = call.first() else { return Err("empty call".into()) };
     let Some(spec) = first.shared.limiter.redis() else { return Err("no redis block".into()) };
-    let deadline = call.iter().filter_map(|e| e.job.as_ref().map(|(_, d)| *d)).min().unwrap_or(now);
-    let timeout_ms = clock::call_timeout_ms(now, deadline).unwrap_or(1);
+    let soonest = call.iter().filter_map(deadline).min().unwrap_or(now);
+    let timeout_ms = clock::call_timeout_ms(now, soonest).unwrap_or(1);
     let commands: Vec<&Vec<String>> = call.iter().filter_map(|e| e.job.as_ref()).flat_map(|(p, _)| p.commands.iter()).collect();
     transport::dispatch(spec, &commands, Duration::from_millis(timeout_ms))
 }
@@ -244,10 +277,11 @@ pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) {
 /// A gathered call failed: its requests follow their rules' `on_error`, and the breaker hears
 /// of one failed call, not of one per request it carried.
 fn failed(call: Vec<Entry>, why: String) {
-    let mut told = false;
-    for e in call.into_iter().filter(|e| e.job.is_some()) {
-        let answer = if told { Answer::FailedTogether } else { Answer::Replies(Err(why.clone())) };
-        told = true;
+    let live: Vec<Entry> = call.into_iter().filter(|e| e.job.is_some()).collect();
+    // Through a probe when the call carries one: a half-open breaker counts only its probes.
+    let teller = live.iter().position(|e| e.job.as_ref().is_some_and(|(p, _)| p.is_probe())).unwrap_or(0);
+    for (i, e) in live.into_iter().enumerate() {
+        let answer = if i == teller { Answer::Replies(Err(why.clone())) } else { Answer::FailedTogether };
         finish(e, answer);
     }
 }

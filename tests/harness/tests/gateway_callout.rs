@@ -256,12 +256,33 @@ fn a_breaker_probe_that_hangs_up_inside_a_gathered_call_gives_its_place_back() {
     // Both places are free again: two more probes go to Redis, neither falls to on_error.
     let more = host.start_many(vec![Request::get("/"), Request::get("/")]).expect("start");
     assert!(more.iter().all(|id| host.response(*id).is_none()), "both wait for Redis");
-    // The abandoned probe's call is still out, so both are gathered into one.
-    assert_eq!(host.callouts().iter().map(commands).collect::<Vec<_>>(), vec![1, 1, 1, 2]);
+    // The abandoned probe's call was forgotten with it: one goes alone, the other is gathered.
+    assert_eq!(host.callouts().iter().map(commands).collect::<Vec<_>>(), vec![1, 1, 1, 1, 1]);
     answer(&mut host, 4);
+    answer(&mut host, 5);
     for id in more {
         let r = host.response(id).cloned().expect("answered");
         assert!(r.admitted(), "{r:?}");
     }
+    assert!(host.traps().is_empty());
+}
+
+#[test]
+fn gathered_requests_that_ran_out_of_time_count_once_for_the_breaker() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let mut config = redis_rule("100/hour");
+    // Shorter than the tick (100 ms) that sends what a lost wake-up left: by then the three
+    // gathered requests have no time left, and follow on_error without a call.
+    config["redis"]["timeout_ms"] = json!(50);
+    config["redis"]["breaker"] = json!({"failure_threshold": 2, "open_ms": 60_000});
+    let mut host = host_on(&config, forward::http_to(addr));
+    host.faults().lose_queue_ready(1);
+    let responses = host.run((0..4).map(|_| Request::get("/")).collect(), Schedule::InOrder);
+    assert_eq!(responses.iter().map(|r| r.status).collect::<Vec<_>>(), vec![200, 429, 429, 429]);
+    assert_eq!(host.callouts().len(), 1, "the late ones were never sent");
+    // Three late requests are one failure: the breaker is still closed.
+    let r = host.request("GET", "/").send();
+    assert!(r.admitted(), "{r:?}");
+    assert_eq!(host.callouts().len(), 2);
     assert!(host.traps().is_empty());
 }
