@@ -251,14 +251,14 @@ fn dispatch(call: &[Entry], now: u64) -> Result<u32, String> {
 }
 
 /// A gathered callout's answer (at the root): each request still there is carried on with its
-/// own replies, then whatever that gathered again is sent.
-pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) {
+/// own replies, then whatever that gathered again is sent. False if the call is not one.
+pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) -> bool {
     let Some(call) = GATHER.with(|g| {
         let mut g = g.borrow_mut();
         let i = g.out.iter().position(|(t, _)| *t == token)?;
         Some(g.out.swap_remove(i).1)
     }) else {
-        return;
+        return false;
     };
     let expected = call.iter().map(|e| e.commands).sum();
     match transport::replies(num_headers, body_size, expected) {
@@ -272,6 +272,7 @@ pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) {
         Err(why) => failed(call, why),
     }
     flush();
+    true
 }
 
 /// A gathered call failed: its requests follow their rules' `on_error`, and the breaker hears

@@ -126,7 +126,7 @@ impl Http {
                 self.fields = fields;
                 flow
             }
-            Settled::Waiting(Sent::Here(p, deadline)) => {
+            Settled::Waiting(Sent::Here(p, deadline, _)) => {
                 batch::alone_sent();
                 self.waiting = Some((p, deadline));
                 Flow::Hold
@@ -140,9 +140,9 @@ impl Http {
 }
 
 impl Context for Http {
-    fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         if let (Some(shared), Some(ws)) = (&self.shared, self.ws.as_ref().filter(|ws| websocket::is_waiting(ws))) {
-            websocket::on_call_response(shared, self.id, ws, num_headers, body_size);
+            websocket::on_call_response(shared, self.id, ws, token_id, num_headers, body_size);
             return;
         }
         let (Some(shared), Some((pending, deadline))) = (self.shared.clone(), self.waiting.take()) else { return };

@@ -53,9 +53,14 @@ struct Root {
 }
 
 impl Context for Root {
-    /// Only gathered calls are sent from the root.
+    /// Calls sent from the root: gathered ones, and a WebSocket message's sent while the tick
+    /// released its stream.
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
-        batch::answer(token_id, num_headers, body_size);
+        if !batch::answer(token_id, num_headers, body_size) {
+            if let Some(shared) = &self.shared {
+                websocket::answer_at_root(shared, token_id, num_headers, body_size);
+            }
+        }
     }
 }
 

@@ -23,8 +23,9 @@ use super::time::now_us;
 
 /// Where a request's decision waits for its answer.
 pub(super) enum Sent {
-    /// On the request's own context: an HTTP callout answers there.
-    Here(Pending, u64),
+    /// Where it was dispatched (the request's own context, or the root's when a root callback
+    /// sent it): an HTTP callout answers there. The decision, its deadline, the call's token.
+    Here(Pending, u64, u32),
     /// At the root: a gathered call ([`super::batch`]) or a Redis callout
     /// ([`super::callout`]) answers there.
     Root,
@@ -45,7 +46,7 @@ pub(super) fn send(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64
     }
     let _ = ctx;
     match dispatch(spec, &pending.commands, Duration::from_millis(timeout_ms)) {
-        Ok(_token) => Ok(Sent::Here(pending, deadline_us)),
+        Ok(token) => Ok(Sent::Here(pending, deadline_us, token)),
         Err(why) => Err((pending, why)),
     }
 }

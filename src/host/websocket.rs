@@ -49,9 +49,30 @@ pub(super) type WsRef = Rc<RefCell<Ws>>;
 /// A client stream held for a queued message: release time (µs), context, connection.
 type Hold = (u64, u32, Weak<RefCell<Ws>>);
 
+/// A message's Redis call out: its token, the connection's context, the connection.
+type Call = (u32, u32, Weak<RefCell<Ws>>);
+
 thread_local! {
     /// The held client streams; the tick arrives at the root, so this is the worker's table.
     static HOLDS: RefCell<Vec<Hold>> = const { RefCell::new(Vec::new()) };
+    /// Every message call out, by token: one sent while the root's tick released a held stream
+    /// is answered at the root, which finds its connection here.
+    static CALLS: RefCell<Vec<Call>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Remembers where the answer to call `token` goes.
+fn call_out(token: u32, ctx: u32, ws: &WsRef) {
+    CALLS.with(|c| c.borrow_mut().push((token, ctx, Rc::downgrade(ws))));
+}
+
+/// Forgets call `token` (answered); returns its connection's context and the connection.
+fn call_in(token: u32) -> Option<(u32, Weak<RefCell<Ws>>)> {
+    CALLS.with(|c| {
+        let mut c = c.borrow_mut();
+        let i = c.iter().position(|(t, _, _)| *t == token)?;
+        let (_, ctx, ws) = c.swap_remove(i);
+        Some((ctx, ws))
+    })
 }
 
 /// Whether a stream is to go on or stay held.
@@ -241,7 +262,8 @@ fn judge(shared: &Shared, conn: &mut Connection, ask: Ask, verdict: Verdict, now
 /// Where a message's Redis decision stands.
 enum Decided {
     Now(Verdict),
-    Waiting(Pending, u64),
+    /// A call is out: the decision, its deadline, the call's token.
+    Waiting(Pending, u64, u32),
     /// The call went where its answer cannot come back here (see [`settle`]).
     Lost,
 }
@@ -250,7 +272,7 @@ enum Decided {
 fn settle(shared: &Shared, ctx: u32, mut pending: Pending, deadline: u64) -> Decided {
     loop {
         let step = match transport::send(shared, ctx, pending, deadline) {
-            Ok(Sent::Here(p, d)) => return Decided::Waiting(p, d),
+            Ok(Sent::Here(p, d, token)) => return Decided::Waiting(p, d, token),
             // Redis callouts answer at the root, out of this connection's reach; the config
             // compiler refuses them for message rules, so only a bug gets here.
             Ok(Sent::Root) => return Decided::Lost,
@@ -296,7 +318,8 @@ pub(super) fn pump(shared: &Shared, ctx: u32, ws: &WsRef) -> Flow {
                 let timeout_us = shared.limiter.redis().map_or(0, |r| r.timeout_ms.saturating_mul(1000));
                 match settle(shared, ctx, pending, now.saturating_add(timeout_us)) {
                     Decided::Now(verdict) => judge(shared, conn, ask, verdict, now_us()),
-                    Decided::Waiting(p, deadline) => {
+                    Decided::Waiting(p, deadline, token) => {
+                        call_out(token, ctx, ws);
                         w.waiting = Some((p, deadline, ask));
                         break;
                     }
@@ -352,7 +375,8 @@ pub(super) fn is_waiting(ws: &WsRef) -> bool {
 
 /// Redis answered (or failed) for the waiting message: it is judged, and the held buffer is
 /// walked on; the stream resumes when nothing more holds it.
-pub(super) fn on_call_response(shared: &Shared, ctx: u32, ws: &WsRef, num_headers: usize, body_size: usize) {
+pub(super) fn on_call_response(shared: &Shared, ctx: u32, ws: &WsRef, token: u32, num_headers: usize, body_size: usize) {
+    let _ = call_in(token);
     let Some((pending, deadline, ask)) = ws.borrow_mut().waiting.take() else { return };
     let replies = transport::replies(num_headers, body_size, pending.commands.len());
     let decided = match shared.limiter.resume(pending, replies, &EnvoyShared, now_us()) {
@@ -366,7 +390,8 @@ pub(super) fn on_call_response(shared: &Shared, ctx: u32, ws: &WsRef, num_header
                 judge(shared, conn, ask, verdict, now_us());
             }
         }
-        Decided::Waiting(p, d) => {
+        Decided::Waiting(p, d, token) => {
+            call_out(token, ctx, ws);
             ws.borrow_mut().waiting = Some((p, d, ask));
             return;
         }
@@ -381,8 +406,22 @@ pub(super) fn on_call_response(shared: &Shared, ctx: u32, ws: &WsRef, num_header
     }
 }
 
+/// The answer to a message's call that arrived at the root (sent while the root's tick released
+/// its stream): carried on as on the connection's own context. False if the call is not one.
+pub(super) fn answer_at_root(shared: &Shared, token: u32, num_headers: usize, body_size: usize) -> bool {
+    let Some((ctx, weak)) = call_in(token) else { return false };
+    // The connection may be gone (client hung up): its drop has let go of the decision.
+    if let Some(ws) = weak.upgrade() {
+        if hostcalls::set_effective_context(ctx).is_ok() {
+            on_call_response(shared, ctx, &ws, token, num_headers, body_size);
+        }
+    }
+    true
+}
+
 /// The request waiting on Redis went away: a breaker probe gives its place back.
 pub(super) fn abandon(shared: &Shared, ws: &WsRef) {
+    CALLS.with(|c| c.borrow_mut().retain(|(_, _, w)| w.upgrade().is_some_and(|w| !Rc::ptr_eq(&w, ws))));
     if let Some((p, _, _)) = ws.borrow_mut().waiting.take() {
         shared.limiter.abandon(&p, &EnvoyShared);
     }

@@ -331,3 +331,26 @@ fn a_client_flooding_while_its_message_waits_for_redis_is_cut_off_by_envoy() {
     assert!(envoy.stat("http.ingress.downstream_rq_too_large") >= 1);
     assert!(echo.received("/ws/flood").is_empty(), "nothing reached the server unjudged");
 }
+
+/// A message held by a queueing rule is released by the root's tick, and the messages after it
+/// are then decided in Redis from the root: their answers come back there, and must still
+/// reach the connection (they did not: the stream stalled, its close never passed).
+#[test]
+fn messages_released_by_the_tick_are_still_decided_in_redis() {
+    let redis = Redis::start();
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]);
+    let echo = Echo::start(false);
+    let config = json!({"namespace": "ws-paced", "redis": {"cluster": "sluice_gateway", "token": GATEWAY_TOKEN, "timeout_ms": 2000},
+    "rules": [
+        rule("paced", "100/h", json!({"backend": "redis", "on_error": "deny"})),
+        {"name": "pace", "per": "message", "match": {"path": "/ws/paced"}, "limit": "4/s",
+         "strategy": {"type": "leaky_bucket_queue", "burst": 1, "max_delay": "5s"}}
+    ]});
+    let with_gateway = |boot: &mut Value| add_cluster(boot, "sluice_gateway", gateway.port);
+    let envoy = envoy_for(&config, echo.port, with_gateway);
+    // Quiet for a second before the close: the queue spaces the messages 250 ms apart.
+    let r = client(&json!({"url": url(&envoy, "/ws/paced"), "messages": texts(4, "m"), "quiet_ms": 1000, "timeout": 10}));
+    assert_eq!(split_received(&r).0, vec!["m1", "m2", "m3", "m4"], "{r}");
+    assert_eq!(r["close"], json!({"code": 1000, "reason": "done"}), "the close passed: {r}");
+    assert_eq!(echo.received("/ws/paced"), vec!["m1", "m2", "m3", "m4"]);
+}
