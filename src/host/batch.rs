@@ -19,9 +19,9 @@ use crate::engine::Pending;
 use crate::redis::wire::{Reply, GATHERED_COMMANDS};
 use crate::store::{SharedStore, CREATE_TOKEN};
 
-use super::http::{self, At, Settled};
+use super::http::{self, Answer, At};
 use super::shared::EnvoyShared;
-use super::state::{self, Shared};
+use super::state::Shared;
 use super::time::now_us;
 use super::transport;
 
@@ -108,8 +108,7 @@ pub(super) fn takes(shared: &Shared, at: At) -> bool {
     }
     GATHER.with(|g| {
         let g = g.borrow();
-        // The root sends what it gathered before its callback ends, queue or not; a call it
-        // sent on its own would be answered at the root, where only gathered calls are known.
+        // At the root, queue or not: the root answers a request's call only if it gathered it.
         at == At::Root || (g.queue.is_some() && (g.alone > 0 || !g.out.is_empty() || !g.waiting.is_empty()))
     })
 }
@@ -287,36 +286,9 @@ fn failed(call: Vec<Entry>, why: String) {
     }
 }
 
-/// What a gathered request is carried on with.
-enum Answer {
-    /// Its own replies, or the call's failure (counted by the breaker).
-    Replies(Result<Vec<Reply>, String>),
-    /// The call's failure, already counted through another request of the call.
-    FailedTogether,
-}
-
-/// Carries request `e` on at the root, as its own context would after its own callout.
+/// Carries request `e` on at the root, unless it went away.
 fn finish(e: Entry, answer: Answer) {
-    let Some((pending, deadline)) = e.job else { return };
-    // Its context's drop takes back what it waits for, so this is rare: the host ended the
-    // stream without a drop reaching us.
-    if hostcalls::set_effective_context(e.ctx).is_err() {
-        e.shared.limiter.abandon(&pending, &EnvoyShared);
-        return;
-    }
-    let settled = match answer {
-        Answer::Replies(replies) => {
-            let step = e.shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
-            http::settle(&e.shared, e.ctx, step, deadline, At::Root)
-        }
-        Answer::FailedTogether => {
-            let verdict = e.shared.limiter.resume_failed_together(pending, &EnvoyShared, now_us());
-            let (flow, fields) = http::apply(&e.shared, e.ctx, verdict);
-            Settled::Done(flow, fields)
-        }
-    };
-    if let Settled::Done(flow, fields) = settled {
-        state::keep_fields(e.ctx, fields);
-        http::continue_if(flow);
+    if let Some((pending, deadline)) = e.job {
+        http::answered_at_root(&e.shared, e.ctx, pending, deadline, answer);
     }
 }

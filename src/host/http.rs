@@ -10,6 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use crate::engine::{Pending, Resumed, Step, Verdict};
+use crate::redis::wire::Reply;
 
 use super::batch;
 use super::queue;
@@ -90,6 +91,39 @@ pub(super) fn settle(shared: &Rc<Shared>, ctx: u32, mut step: Resumed, deadline_
                 Err((p, why)) => step = shared.limiter.resume(p, Err(why), &EnvoyShared, now_us()),
             },
         }
+    }
+}
+
+/// What a request's Redis call came back with, at the root.
+pub(super) enum Answer {
+    /// Its own replies, or the call's failure (counted by the breaker).
+    Replies(Result<Vec<Reply>, String>),
+    /// The failure of a gathered call, already counted through another request of that call.
+    FailedTogether,
+}
+
+/// Carries request `ctx` on at the root after its Redis call came back (a gathered call, or a
+/// Higress Redis callout), as its own context would: a retry is gathered again, the verdict is
+/// carried out, and its fields wait for the response. A context that is gone lets go of the
+/// decision (a probe gives its place back).
+pub(super) fn answered_at_root(shared: &Rc<Shared>, ctx: u32, pending: Pending, deadline_us: u64, answer: Answer) {
+    if hostcalls::set_effective_context(ctx).is_err() {
+        shared.limiter.abandon(&pending, &EnvoyShared);
+        return;
+    }
+    let settled = match answer {
+        Answer::Replies(replies) => {
+            let step = shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
+            settle(shared, ctx, step, deadline_us, At::Root)
+        }
+        Answer::FailedTogether => {
+            let (flow, fields) = apply(shared, ctx, shared.limiter.resume_failed_together(pending, &EnvoyShared, now_us()));
+            Settled::Done(flow, fields)
+        }
+    };
+    if let Settled::Done(flow, fields) = settled {
+        state::keep_fields(ctx, fields);
+        continue_if(flow);
     }
 }
 

@@ -153,13 +153,5 @@ impl RootContext for Root {
 pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, size: usize) {
     let Some((ctx, pending, deadline, replies)) = callout::file(token, status, size) else { return };
     let Some(shared) = current() else { return };
-    // The request may be gone (client hung up): its context's drop has already let go.
-    if hostcalls::set_effective_context(ctx).is_err() {
-        return;
-    }
-    let step = shared.limiter.resume(pending, replies, &shared::EnvoyShared, time::now_us());
-    if let http::Settled::Done(flow, fields) = http::settle(&shared, ctx, step, deadline, http::At::Root) {
-        state::keep_fields(ctx, fields);
-        http::continue_if(flow);
-    }
+    http::answered_at_root(&shared, ctx, pending, deadline, http::Answer::Replies(replies));
 }

@@ -9,12 +9,12 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
-use crate::clock;
-#[cfg(feature = "redis-callout")]
-use crate::config::Transport;
 use serde::Serialize;
 
+use crate::clock;
 use crate::config::RedisSpec;
+#[cfg(feature = "redis-callout")]
+use crate::config::Transport;
 use crate::engine::Pending;
 use crate::redis::wire::{self, Reply};
 
