@@ -14,13 +14,20 @@ use crate::strategy::{decide, Outcome, Strategy};
 const MAX_NOW_US: u64 = 1 << 56;
 const PLAIN_NOW_US: u64 = 1_700_000_000_000_000;
 
-/// A slot as the store's layout is documented: version 1, fingerprint (u32), identity hash
-/// (u64), expiry in µs (u64), state count (u8), then each state as a u16 length and its bytes,
-/// all little-endian. Bytes after the last state are ignored.
+/// A slot as the store's layout is documented: version 2, identity hash (u64), expiry in µs
+/// (u64), entry count (u8), then each entry: rule fingerprint (u32), its expiry in µs (u64),
+/// state count (u8) and each state as a u16 length and its bytes, all little-endian. Bytes
+/// after the last entry are ignored.
 #[derive(Debug, PartialEq, Eq)]
 struct SlotRef {
-    fingerprint: u32,
     identity: u64,
+    expires_us: u64,
+    entries: Vec<EntryRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EntryRef {
+    fingerprint: u32,
     expires_us: u64,
     states: Vec<Vec<u8>>,
 }
@@ -39,19 +46,25 @@ fn le<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
 }
 
 fn slot_ref(mut b: &[u8]) -> Option<SlotRef> {
-    if le::<1>(&mut b)? != [1] {
+    if le::<1>(&mut b)? != [2] {
         return None;
     }
-    let fingerprint = u32::from_le_bytes(le(&mut b)?);
     let identity = u64::from_le_bytes(le(&mut b)?);
     let expires_us = u64::from_le_bytes(le(&mut b)?);
     let [count] = le::<1>(&mut b)?;
-    let mut states = Vec::new();
+    let mut entries = Vec::new();
     for _ in 0..count {
-        let len = u16::from_le_bytes(le(&mut b)?);
-        states.push(take(&mut b, usize::from(len))?.to_vec());
+        let fingerprint = u32::from_le_bytes(le(&mut b)?);
+        let entry_expires = u64::from_le_bytes(le(&mut b)?);
+        let [states_count] = le::<1>(&mut b)?;
+        let mut states = Vec::new();
+        for _ in 0..states_count {
+            let len = u16::from_le_bytes(le(&mut b)?);
+            states.push(take(&mut b, usize::from(len))?.to_vec());
+        }
+        entries.push(EntryRef { fingerprint, expires_us: entry_expires, states });
     }
-    Some(SlotRef { fingerprint, identity, expires_us, states })
+    Some(SlotRef { identity, expires_us, entries })
 }
 
 fn strategy(pick: u8) -> Strategy {
@@ -85,7 +98,11 @@ fn owned(states: &[&[u8]]) -> Vec<Vec<u8>> {
 pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     let Some((&control, value)) = bytes.split_first() else { return Ok(()) };
     let reference = slot_ref(value);
-    let (fingerprint, identity, expires_us) = reference.as_ref().map_or((0, 0, 0), |s| (s.fingerprint, s.identity, s.expires_us));
+    let (identity, expires_us) = reference.as_ref().map_or((0, 0), |s| (s.identity, s.expires_us));
+    let entries: &[EntryRef] = reference.as_ref().map_or(&[], |s| s.entries.as_slice());
+    // The rule deciding is the first entry's; the second entry's rule shares the table.
+    let own = entries.first().map_or(0, |e| e.fingerprint);
+    let other = entries.get(1).map(|e| e.fingerprint).filter(|&f| f != own).unwrap_or(own.wrapping_add(1));
     let expired = control & 1 == 1;
     let now_us = match expires_us {
         1..=MAX_NOW_US if expired => expires_us,
@@ -93,13 +110,15 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
         _ => PLAIN_NOW_US,
     };
     // One slot: every identity's home is slot 0, the one holding the fuzzer's bytes.
-    let table = Table { prefix: "fuzz:rule:".into(), slots: 1, fingerprint };
+    let table = Table { prefix: "fuzz:rule:".into(), slots: 1, fingerprint: own, members: vec![own, other] };
     let key = "fuzz:rule:0";
     let store = MemStore::default();
     store.set(key, value, 0).map_err(|e| e.to_string())?;
 
-    let live = reference.as_ref().filter(|s| s.expires_us > now_us);
-    let want: Vec<Vec<u8>> = live.map(|s| s.states.clone()).unwrap_or_default();
+    let live_entry = |e: &&EntryRef| e.expires_us > now_us && (e.fingerprint == own || e.fingerprint == other);
+    let live = expires_us > now_us && entries.iter().any(|e| live_entry(&e));
+    let held: Vec<&EntryRef> = if live { entries.iter().filter(live_entry).collect() } else { Vec::new() };
+    let want: Vec<Vec<u8>> = held.iter().find(|e| e.fingerprint == own).map(|e| e.states.clone()).unwrap_or_default();
     let seen = table.peek(&store, identity, now_us, owned).map_err(|e| e.to_string())?;
     if seen != want {
         return Err(format!("peek at {now_us} read {seen:?}, the layout says {want:?} ({reference:?})"));
@@ -129,12 +148,16 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
         .map(|(i, o)| o.state.clone().unwrap_or_else(|| want.get(i).cloned().unwrap_or_default()))
         .collect();
     let ttl = decided.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
-    let expected = SlotRef { fingerprint, identity, expires_us: now_us.saturating_add(ttl), states };
+    let mine = EntryRef { fingerprint: own, expires_us: now_us.saturating_add(ttl), states };
+    // The other rule's live entries are kept as they were; anything else is dropped.
+    let kept: Vec<EntryRef> = held.iter().filter(|e| e.fingerprint != own).map(|e| (*e).clone()).collect();
+    let slot_expires = kept.iter().map(|e| e.expires_us).fold(mine.expires_us, u64::max);
+    let expected = SlotRef { identity, expires_us: slot_expires, entries: std::iter::once(mine).chain(kept).collect() };
     if slot != expected {
         return Err(format!("update wrote {slot:?}, expected {expected:?}"));
     }
     let again = table.peek(&store, identity, now_us, owned).map_err(|e| e.to_string())?;
-    let want_again = if expected.expires_us > now_us { expected.states } else { Vec::new() };
+    let want_again = expected.entries.first().filter(|e| e.expires_us > now_us).map(|e| e.states.clone()).unwrap_or_default();
     if again != want_again {
         return Err(format!("peek after update read {again:?}, wrote {want_again:?}"));
     }

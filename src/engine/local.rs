@@ -1,26 +1,21 @@
 //! Local decisions: each rule's limits decided against its slot table in the proxy's shared
 //! data, the enforced rules checked together before any is written, shadow rules counted after.
+//! Rules that share a table (they count the same identity) are decided on one read of the
+//! identity's slot and stored in one write.
 
 use super::{Applied, CompiledRule, Limiter, RuleOutcome, Verdict};
 use crate::config::OnError;
-use crate::rate::Rate;
-use crate::store::{Prepared, SharedStore, StoreError};
-use crate::strategy::{self, Decision, Outcome, Strategy};
+use crate::store::{Held, Outcomes, Prepared, SharedStore, StoreError, Updated};
+use crate::strategy::{self, Decision, Outcome};
 
 /// The decisions of a rule's outcomes (what is reported; the states were stored).
 fn decisions(outcomes: Vec<Outcome>) -> Vec<Decision> {
     outcomes.into_iter().map(|o| o.decision).collect()
 }
 
-/// Every limit of a rule decided on its states; written only if all admit (and one changed).
-fn decide_all(strategy: &Strategy, rates: &[Rate], states: &[&[u8]], now_us: u64, cost: u64) -> (Vec<Outcome>, bool) {
-    let outcomes: Vec<Outcome> = rates
-        .iter()
-        .enumerate()
-        .map(|(i, rate)| strategy::decide(strategy, rate, states.get(i).copied().unwrap_or(&[]), now_us, cost))
-        .collect();
-    let write = outcomes.iter().all(|o| o.decision.allowed) && outcomes.iter().any(|o| o.state.is_some());
-    (outcomes, write)
+/// A decision is stored only if every limit of every rule decided admits, and one changed.
+fn worth_writing<'a>(outcomes: impl Iterator<Item = &'a Outcome> + Clone) -> bool {
+    outcomes.clone().all(|o| o.decision.allowed) && outcomes.into_iter().any(|o| o.state.is_some())
 }
 
 impl Limiter {
@@ -28,35 +23,98 @@ impl Limiter {
         &self.rules[a.rule]
     }
 
+    /// Every limit of each rule in `group` decided on its states in the slot as read.
+    fn decide_group(&self, group: &[&Applied], held: &Held<'_>, now_us: u64) -> (Vec<(u32, Outcomes)>, bool) {
+        let decided: Vec<(u32, Outcomes)> = group
+            .iter()
+            .map(|a| {
+                let c = self.compiled(a);
+                let id = c.table.fingerprint;
+                let rates = c.local_rates();
+                let outcomes = rates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rate)| strategy::decide(&c.rule.strategy, rate, held.state(id, i), now_us, a.cost))
+                    .collect();
+                (id, outcomes)
+            })
+            .collect();
+        let write = worth_writing(decided.iter().flat_map(|(_, o)| o.iter()));
+        (decided, write)
+    }
+
+    /// Adds the outcomes of `group` to `into`, from what its table returned (the slot's
+    /// creation told once).
+    fn group_outcomes(
+        &self,
+        group: &[&Applied],
+        result: Result<Updated<Vec<(u32, Outcomes)>>, StoreError>,
+        into: &mut Vec<RuleOutcome>,
+    ) {
+        match result {
+            Ok(u) => {
+                for (i, (a, (_, o))) in group.iter().zip(u.outcomes).enumerate() {
+                    into.push(self.local_outcome(a, Ok((decisions(o), u.created && i == 0))));
+                }
+            }
+            Err(e) => into.extend(group.iter().map(|a| self.local_outcome(a, Err(e.clone())))),
+        }
+    }
+
+    /// Decides the rules of `group` (one table, one identity) and stores the decision (CAS,
+    /// deciding again after a lost race), adding their outcomes to `into`.
+    fn update_group(&self, group: &[&Applied], store: &impl SharedStore, now_us: u64, into: &mut Vec<RuleOutcome>) {
+        let Some(first) = group.first() else { return };
+        let table = &self.compiled(first).table;
+        let result = table.update_entries(store, first.identity.hash, now_us, |held| self.decide_group(group, held, now_us));
+        self.group_outcomes(group, result, into);
+    }
+
+    /// Decides the rules of `group` on the store's current state without writing, adding their
+    /// outcomes to `into` and returning what [`crate::store::Table::commit`] needs to store
+    /// it (`None` after a store failure).
+    fn prepare_group(
+        &self,
+        group: &[&Applied],
+        store: &impl SharedStore,
+        now_us: u64,
+        into: &mut Vec<RuleOutcome>,
+    ) -> Option<Prepared> {
+        let first = group.first()?;
+        let table = &self.compiled(first).table;
+        match table.prepare_entries(store, first.identity.hash, now_us, |held| self.decide_group(group, held, now_us)) {
+            Ok(mut p) => {
+                // The outcomes become the decisions in place; committing needs only the write.
+                let updated = Updated { outcomes: std::mem::take(&mut p.outcomes), created: p.created() };
+                self.group_outcomes(group, Ok(updated), into);
+                Some(p)
+            }
+            Err(e) => {
+                self.group_outcomes(group, Err(e), into);
+                None
+            }
+        }
+    }
+
     /// Decides one rule in shared data. With `write`, the decision is stored (CAS); without,
     /// it is a dry run against the current state.
     pub(super) fn decide_local(&self, a: &Applied, store: &impl SharedStore, now_us: u64, write: bool) -> RuleOutcome {
-        let c = self.compiled(a);
-        let rates = c.local_rates();
-        let decide = |states: &[&[u8]]| decide_all(&c.rule.strategy, &rates, states, now_us, a.cost);
-        let result = if write {
-            c.table.update(store, a.identity.hash, now_us, decide).map(|u| (decisions(u.outcomes), u.created))
-        } else {
-            c.table.peek(store, a.identity.hash, now_us, |states| (decisions(decide(states).0), false))
-        };
-        self.local_outcome(a, result)
-    }
-
-    /// Decides one rule on the store's current state without writing, keeping what
-    /// [`crate::store::Table::commit`] needs to store it (`None` after a store failure).
-    fn prepare_local(&self, a: &Applied, store: &impl SharedStore, now_us: u64) -> (RuleOutcome, Option<Prepared>) {
-        let c = self.compiled(a);
-        let rates = c.local_rates();
-        let decide = |states: &[&[u8]]| decide_all(&c.rule.strategy, &rates, states, now_us, a.cost);
-        match c.table.prepare(store, a.identity.hash, now_us, decide) {
-            Ok(mut p) => {
-                let created = p.created();
-                // The outcomes become the decisions in place; committing needs only the write.
-                let decisions = decisions(std::mem::take(&mut p.outcomes));
-                (self.local_outcome(a, Ok((decisions, created))), Some(p))
+        if write {
+            let mut into = Vec::with_capacity(1);
+            self.update_group(&[a], store, now_us, &mut into);
+            if let Some(o) = into.pop() {
+                return o;
             }
-            Err(e) => (self.local_outcome(a, Err(e)), None),
         }
+        let c = self.compiled(a);
+        let rates = c.local_rates();
+        let dry = |states: &[&[u8]]| {
+            let decided = rates.iter().enumerate().map(|(i, rate)| {
+                strategy::decide(&c.rule.strategy, rate, states.get(i).copied().unwrap_or(&[]), now_us, a.cost).decision
+            });
+            (decided.collect(), false)
+        };
+        self.local_outcome(a, c.table.peek(store, a.identity.hash, now_us, dry))
     }
 
     fn local_outcome(&self, a: &Applied, result: Result<(Vec<Decision>, bool), StoreError>) -> RuleOutcome {
@@ -77,12 +135,29 @@ impl Limiter {
         }
     }
 
+    /// `rules` in groups that count in one slot (one table, one identity), in order of their
+    /// first rule, each in rule order.
+    fn by_slot<'a>(&self, rules: &[&'a Applied]) -> Vec<Vec<&'a Applied>> {
+        let mut groups: Vec<Vec<&Applied>> = Vec::new();
+        for &a in rules {
+            let holder = self.compiled(a).holder;
+            let same = |g: &&mut Vec<&Applied>| {
+                g.first().is_some_and(|f| self.compiled(f).holder == holder && f.identity.hash == a.identity.hash)
+            };
+            match groups.iter_mut().find(same) {
+                Some(g) => g.push(a),
+                None => groups.push(vec![a]),
+            }
+        }
+        groups
+    }
+
     /// Decides the local rules of `applied`, after the Redis rules' `outcomes` (if any).
     /// Enforced rules are decided before shadow rules, and shadow rules only count requests
     /// that are admitted. Every enforced rule is decided on what the store holds now before any
     /// is written, so a request one rule denies consumes nothing from the others; a slot
     /// another worker wrote in between is decided again on what it holds, which can only deny
-    /// the request after an earlier rule counted it, never admit it past a limit.
+    /// the request after an earlier table counted it, never admit it past a limit.
     pub(super) fn local_phase(
         &self,
         applied: &[Applied],
@@ -95,24 +170,31 @@ impl Limiter {
         }
         let (enforced, shadow): (Vec<&Applied>, Vec<&Applied>) =
             applied.iter().filter(|a| !self.compiled(a).is_redis()).partition(|a| !self.compiled(a).is_shadow());
-        let prepared: Vec<(RuleOutcome, Option<Prepared>)> =
-            enforced.iter().map(|a| self.prepare_local(a, store, now_us)).collect();
-        if prepared.iter().any(|(o, _)| !o.allowed) {
-            outcomes.extend(prepared.into_iter().map(|(o, _)| o));
+        let groups = self.by_slot(&enforced);
+        let mut decided = Vec::with_capacity(enforced.len());
+        let prepared: Vec<Option<Prepared>> = groups.iter().map(|g| self.prepare_group(g, store, now_us, &mut decided)).collect();
+        if decided.iter().any(|o| !o.allowed) {
+            outcomes.extend(in_order(&enforced, decided));
             return self.verdict(outcomes, true);
         }
-        for (a, (o, p)) in enforced.iter().zip(prepared) {
-            let o = match p.map(|p| self.compiled(a).table.commit(store, &p)) {
+        let mut stored = Vec::with_capacity(enforced.len());
+        let mut prepared_outcomes = decided.into_iter();
+        for (group, p) in groups.iter().zip(prepared) {
+            let mine = prepared_outcomes.by_ref().take(group.len());
+            match p.zip(group.first()).map(|(p, first)| self.compiled(first).table.commit(store, &p)) {
                 // Stored, or a store failure that `on_error` admitted.
-                Some(Ok(())) | None => o,
-                Some(Err(_)) => self.decide_local(a, store, now_us, true),
-            };
-            let denied = !o.allowed;
-            outcomes.push(o);
-            if denied {
+                Some(Ok(())) | None => stored.extend(mine),
+                Some(Err(_)) => {
+                    mine.for_each(drop);
+                    self.update_group(group, store, now_us, &mut stored);
+                }
+            }
+            if stored.iter().any(|o| !o.allowed) {
+                outcomes.extend(in_order(&enforced, stored));
                 return self.verdict(outcomes, true);
             }
         }
+        outcomes.extend(in_order(&enforced, stored));
         for a in &shadow {
             let o = self.decide_local(a, store, now_us, true);
             if !o.allowed {
@@ -122,4 +204,20 @@ impl Limiter {
         }
         self.verdict(outcomes, false)
     }
+}
+
+/// `decided` (outcomes of some of `rules`, group by group) in the order of `rules`, as a
+/// request's outcomes are reported.
+fn in_order(rules: &[&Applied], decided: Vec<RuleOutcome>) -> Vec<RuleOutcome> {
+    // Rules apply in config order, so outcomes in rule order are in order already (one table).
+    if decided.windows(2).all(|w| w[0].rule < w[1].rule) {
+        return decided;
+    }
+    let mut placed: Vec<Option<RuleOutcome>> = rules.iter().map(|_| None).collect();
+    for o in decided {
+        if let Some(at) = rules.iter().position(|a| a.rule == o.rule).and_then(|i| placed.get_mut(i)) {
+            *at = Some(o);
+        }
+    }
+    placed.into_iter().flatten().collect()
 }

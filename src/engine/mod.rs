@@ -61,7 +61,7 @@ impl Limiter {
         let plan = ReadPlan::of(&config);
         let hasher = IdentityHasher::new(config.identity_secret.as_deref(), &config.client_ip);
         let Config { namespace, rate_limit_headers, response, client_ip, local, redis, rules, .. } = config;
-        let rules = rules.into_iter().map(|r| CompiledRule::new(r, &namespace, local.max_clients)).collect();
+        let rules = CompiledRule::all(rules, &namespace, local.max_clients);
         Limiter {
             rules,
             breaker_key: format!("{namespace}:breaker"),
@@ -103,7 +103,8 @@ impl Limiter {
         self.plan.reads_many_headers()
     }
 
-    /// The shared-data key prefix of a rule's slot table (`<namespace>:<rule>:`).
+    /// The shared-data key prefix of a rule's slot table (`<namespace>:<rule>:`, the rule that
+    /// holds the table it shares).
     pub fn table_prefix(&self, rule: usize) -> Option<&str> {
         self.rules.get(rule).map(|c| c.table.prefix.as_str())
     }

@@ -135,7 +135,7 @@ impl Limiter {
                     namespace: &self.namespace,
                     rule: &c.rule.name,
                     identity: a.identity.hash,
-                    fingerprint: c.table.fingerprint,
+                    fingerprint: c.fingerprint,
                     strategy: &c.rule.strategy,
                     rates: c.rates(),
                     cost: a.cost,

@@ -1,6 +1,6 @@
-//! One rule as requests use it: the rule as configured, its shared-data slot table and the
-//! fingerprint that names its strategy and limits in every key. Built once per config; the
-//! rest of the engine reads it by reference, never through a second list.
+//! One rule as requests use it: the rule as configured, the shared-data slot table it counts in
+//! and the fingerprint that names its strategy and limits in every key. Built once per config;
+//! the rest of the engine reads it by reference, never through a second list.
 
 use std::borrow::Cow;
 
@@ -13,17 +13,64 @@ use crate::store::Table;
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledRule {
     pub rule: Rule,
+    /// The table its local decisions are stored in, shared with the enforced local rules that
+    /// count the same identity; `table.fingerprint` names its entry in each slot.
     pub table: Table,
+    /// The rule whose table this one counts in (its own index when it holds one).
+    pub holder: usize,
+    /// Names the strategy and limits in Redis keys.
+    pub fingerprint: u32,
     /// Each limit's text in responses, written once here rather than on every request.
     pub texts: Vec<LimitText>,
 }
 
 impl CompiledRule {
-    pub fn new(rule: Rule, namespace: &str, slots: u32) -> Self {
-        let table = Table { prefix: format!("{namespace}:{}:", rule.name), slots, fingerprint: fingerprint(&rule) };
+    /// Every rule of a config, in order. Enforced local rules with the same identifier share one
+    /// table, named after the first of them: a request they all apply to then reads one slot and
+    /// writes it once, instead of once per rule (each shared-data call is a host call, and they
+    /// are most of a local rule's cost). Shadow rules are written after the verdict and Redis
+    /// rules only fall back locally, so each keeps a table of its own.
+    pub fn all(rules: Vec<Rule>, namespace: &str, slots: u32) -> Vec<Self> {
+        let mut compiled: Vec<CompiledRule> =
+            rules.into_iter().enumerate().map(|(i, r)| CompiledRule::new(r, i, namespace, slots)).collect();
+        let mut holders: Vec<usize> = Vec::new();
+        for i in 0..compiled.len() {
+            if !compiled[i].shares_tables() {
+                continue;
+            }
+            let id = compiled[i].table.fingerprint;
+            let holder = holders.iter().copied().find(|&h| {
+                compiled[h].rule.identifier == compiled[i].rule.identifier && !compiled[h].table.members.contains(&id)
+            });
+            match holder {
+                Some(h) => {
+                    compiled[h].table.members.push(id);
+                    compiled[i].table.prefix = compiled[h].table.prefix.clone();
+                    compiled[i].holder = h;
+                }
+                None => holders.push(i),
+            }
+        }
+        // Every member of a table keeps the whole member list: a write keeps their entries.
+        for i in 0..compiled.len() {
+            let h = compiled[i].holder;
+            if h != i {
+                compiled[i].table.members = compiled[h].table.members.clone();
+            }
+        }
+        compiled
+    }
+
+    fn new(rule: Rule, index: usize, namespace: &str, slots: u32) -> Self {
+        let table = Table::single(format!("{namespace}:{}:", rule.name), slots, entry_id(&rule));
         let rates = rule.limits.rates();
         let texts = rates.iter().enumerate().map(|(i, r)| LimitText::new(&rule.name, i, rates.len(), r)).collect();
-        CompiledRule { rule, table, texts }
+        CompiledRule { holder: index, fingerprint: fingerprint(&rule), rule, table, texts }
+    }
+
+    /// Whether the rule's table may be shared with other rules of its identity.
+    fn shares_tables(&self) -> bool {
+        !self.is_redis() && !self.is_shadow()
     }
 
     /// The limits in force; none for `0/0`.
@@ -53,9 +100,22 @@ impl CompiledRule {
     }
 }
 
-/// Names a rule's strategy and limits in its keys, so a changed rule starts from fresh state.
-/// Not keyed: it carries no request data, and proxies of one deployment must agree on it.
-fn fingerprint(rule: &Rule) -> u32 {
-    let text = format!("{:?}|{:?}", rule.strategy, rule.limits.rates());
+/// A public hash of `text` (not keyed: it carries no request data, and proxies of one
+/// deployment must agree on it).
+fn public_hash(text: &str) -> u32 {
     IdentityHasher::new(None, &crate::config::ClientIpSpec::default()).hash(text.as_bytes()) as u32
+}
+
+/// Names a rule's strategy and limits in its Redis keys, so a changed rule starts from fresh
+/// state.
+fn fingerprint(rule: &Rule) -> u32 {
+    public_hash(&format!("{:?}|{:?}", rule.strategy, rule.limits.rates()))
+}
+
+/// Names a rule's entry in a slot it may share with other rules: its name, strategy and limits,
+/// so two rules never read each other's states and a changed rule starts fresh. Two members of
+/// one table with the same id (one in 2^32) cannot happen: [`CompiledRule::all`] then gives the
+/// second a table of its own.
+fn entry_id(rule: &Rule) -> u32 {
+    public_hash(&format!("{}|{:?}|{:?}", rule.name, rule.strategy, rule.limits.rates()))
 }

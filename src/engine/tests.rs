@@ -115,22 +115,74 @@ impl SharedStore for Racing<'_> {
 
 #[test]
 fn a_multi_rule_request_reads_and_writes_each_slot_once() {
+    // Three identities: three tables, each read and written once per request.
     let l = limiter(serde_json::json!({"rules": [
-        {"name": "a", "limit": "5/min"}, {"name": "b", "limit": "5/min"}, {"name": "c", "limit": "5/min"}
+        {"name": "a", "limit": "5/min"}, {"name": "b", "limit": "5/min", "identifier": "global"},
+        {"name": "c", "limit": "5/min", "identifier": {"header": "x-key"}}
     ]}));
     let mem = MemStore::default();
     let store = Racing::new(&mem);
     for _ in 0..2 {
-        assert_eq!(status(&l.check(&Req::new("GET", "/"), &store, T0)), 200);
+        assert_eq!(status(&l.check(&Req::new("GET", "/").header("x-key", "k"), &store, T0)), 200);
     }
     // The first request finds every home slot unwritten; the second finds each identity there.
     assert_eq!((store.reads.get(), store.writes.get()), (6, 6));
 }
 
 #[test]
-fn a_slot_written_between_the_decision_and_its_write_is_decided_again() {
+fn rules_that_count_the_same_identity_share_one_slot() {
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "a", "limit": "5/min"}, {"name": "g", "limit": "3/min", "identifier": "global"},
+        {"name": "b", "limit": "2/min", "strategy": "token_bucket"}, {"name": "c", "limit": "100/hour", "strategy": "gcra"}
+    ]}));
+    let mem = MemStore::default();
+    let store = Racing::new(&mem);
+    for _ in 0..2 {
+        assert_eq!(status(&l.check(&Req::new("GET", "/"), &store, T0)), 200);
+    }
+    // a, b and c count the client's address in a's table; g counts in its own.
+    assert_eq!((store.reads.get(), store.writes.get()), (4, 4));
+    assert_eq!(l.table_prefix(2), l.table_prefix(0));
+    assert_eq!(l.table_prefix(3), l.table_prefix(0));
+    assert_ne!(l.table_prefix(1), l.table_prefix(0));
+    assert_eq!(mem.size().0, 2, "one key per identity and table");
+    // Each rule still counts on its own: b's two tokens are gone, and denying the request
+    // consumes nothing from the others.
+    let v = l.check(&Req::new("GET", "/"), &mem, T0);
+    assert_eq!(status(&v), 429);
+    let v = l.check(&Req::new("GET", "/"), &mem, T0 + 1);
+    let remaining: Vec<u64> = v.outcomes().iter().map(|o| o.decisions.first().map_or(99, |d| d.remaining)).collect();
+    // a and g counted only the two admitted requests: each would leave limit − 2 − 1.
+    assert_eq!(remaining[..2], [2, 0]);
+}
+
+#[test]
+fn a_shared_slot_written_between_the_decision_and_its_write_is_decided_again_for_all_its_rules() {
     let l = limiter(serde_json::json!({"rules": [
         {"name": "wide", "limit": "5/min", "strategy": "fixed_window"},
+        {"name": "narrow", "limit": "1/min", "strategy": "fixed_window"}
+    ]}));
+    let mem = MemStore::default();
+    let store = Racing::new(&mem);
+    let shared = l.table_prefix(0).unwrap_or_default().to_string();
+    assert_eq!(l.table_prefix(1), Some(shared.as_str()));
+    // Another worker's request takes narrow's only unit after ours read the slot.
+    let other = |m: &MemStore| assert_eq!(status(&l.check(&Req::new("GET", "/"), m, T0)), 200);
+    *store.before_write.borrow_mut() = Some((shared, Box::new(other)));
+    let v = l.check(&Req::new("GET", "/"), &store, T0);
+    assert_eq!(status(&v), 429, "both rules are decided again on what the other worker wrote");
+    // One write for both rules: the denied request counted in neither. Wide has counted only
+    // the other request: 5 − 1 − 1 = 3 left after a third request.
+    let v = l.check(&Req::new("GET", "/"), &mem, T0);
+    assert_eq!(status(&v), 429);
+    let remaining: Vec<u64> = v.outcomes().iter().map(|o| o.decisions.first().map_or(99, |d| d.remaining)).collect();
+    assert_eq!(remaining, vec![3, 0]);
+}
+
+#[test]
+fn a_slot_written_between_the_decision_and_its_write_is_decided_again() {
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "wide", "limit": "5/min", "strategy": "fixed_window", "identifier": "global"},
         {"name": "narrow", "limit": "1/min", "strategy": "fixed_window"}
     ]}));
     let mem = MemStore::default();

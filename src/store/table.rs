@@ -1,11 +1,15 @@
-//! One rule's slot table: a fixed number of shared-data keys, each holding one identity's
-//! strategy states, so memory is bounded whatever the number of clients, and exact under
-//! concurrency.
+//! One slot table: a fixed number of shared-data keys, each holding one identity's strategy
+//! states for every rule that shares the table, so memory is bounded whatever the number of
+//! clients, and exact under concurrency.
 //!
-//! - Every rule owns `max_clients` slots; an identity hashes to a home slot and probes a few
+//! - A table holds `max_clients` slots; an identity hashes to a home slot and probes a few
 //!   neighbours.
-//! - Each slot value carries its owner (identity hash), the rule's fingerprint and an expiry, so
-//!   a slot whose owner went quiet (or whose rule changed) is simply reused.
+//! - Local rules that count the same identity share one table (see `engine::rule`): a request
+//!   they all apply to reads one slot and writes it once, instead of once per rule.
+//! - Each slot value carries its owner (identity hash) and an expiry, then one entry per rule
+//!   (the rule's fingerprint, the entry's own expiry, its states), so a slot whose owner went
+//!   quiet is simply reused, and a rule that changed or left the table finds nothing of its
+//!   old state.
 //! - A slot that does not exist yet is created by a write carrying [`CREATE_TOKEN`], a token
 //!   Envoy never hands out for a fresh key: if another worker created it meanwhile, our write
 //!   fails as a CAS mismatch instead of silently replacing theirs, and we decide again.
@@ -17,65 +21,160 @@ use crate::strategy::Outcome;
 /// is nearly full, at one shared-data read each for new identities.
 pub const PROBES: u32 = 4;
 
-const VERSION: u8 = 1;
-/// version (1) + fingerprint (4) + identity hash (8) + expiry in µs (8) + limit count (1).
-const HEADER_LEN: usize = 22;
+const VERSION: u8 = 2;
+/// version (1) + identity hash (8) + expiry in µs (8) + entry count (1).
+const HEADER_LEN: usize = 18;
+/// An entry: rule fingerprint (4) + expiry in µs (8) + state count (1), then each state as a
+/// u16 length and its bytes.
+const ENTRY_HEADER_LEN: usize = 13;
 
-/// One rule's table: key prefix, size, and the fingerprint of its strategy and limits.
+/// A table: key prefix, size, the entry of the rule that holds it, and every rule's entry it
+/// keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
-    /// `<namespace>:<rule>:`; the slot number follows.
+    /// `<namespace>:<rule>:` (the first of the rules sharing it); the slot number follows.
     pub prefix: String,
     pub slots: u32,
+    /// The entry this rule's decisions read and write: its fingerprint.
     pub fingerprint: u32,
+    /// The entries a slot keeps (every rule sharing the table); a write drops any other (a rule
+    /// since changed or removed).
+    pub members: Vec<u32>,
 }
 
-/// The decoded content of a slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Table {
+    /// A table of one rule.
+    pub fn single(prefix: String, slots: u32, fingerprint: u32) -> Self {
+        Table { prefix, slots, fingerprint, members: vec![fingerprint] }
+    }
+}
+
+/// One rule's entry in a slot, read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry<'a> {
+    id: u32,
+    expires_us: u64,
+    /// How many states follow.
+    count: usize,
+    /// The states, each a u16 length and its bytes.
+    states: &'a [u8],
+    /// The whole entry as stored, copied as is when a write leaves it alone.
+    raw: &'a [u8],
+}
+
+impl<'a> Entry<'a> {
+    /// Reads the entry at the start of `bytes`: `None` if it runs past their end.
+    fn at(bytes: &'a [u8]) -> Option<Self> {
+        let id = bytes.get(0..4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)?;
+        let expires_us = u64_at(bytes, 4)?;
+        let count = *bytes.get(12)? as usize;
+        let mut at = ENTRY_HEADER_LEN;
+        for _ in 0..count {
+            let len = bytes.get(at..at + 2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)? as usize;
+            at += 2 + len;
+        }
+        Some(Entry { id, expires_us, count, states: bytes.get(ENTRY_HEADER_LEN..at)?, raw: bytes.get(..at)? })
+    }
+
+    /// State `i` (one per limit), empty past the last.
+    fn state(&self, i: usize) -> &'a [u8] {
+        let mut rest = self.states;
+        for n in 0..self.count.min(i + 1) {
+            let Some(len) = rest.get(0..2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes) else { break };
+            let end = 2 + len as usize;
+            if n == i {
+                return rest.get(2..end).unwrap_or(&[]);
+            }
+            rest = rest.get(end..).unwrap_or(&[]);
+        }
+        &[]
+    }
+
+    fn all_states(&self) -> Vec<&'a [u8]> {
+        (0..self.count).map(|i| self.state(i)).collect()
+    }
+}
+
+/// A slot's header and its entries, checked to lie within the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot<'a> {
-    fingerprint: u32,
     identity: u64,
     expires_us: u64,
-    states: Vec<&'a [u8]>,
+    count: usize,
+    entries: &'a [u8],
+}
+
+impl<'a> Slot<'a> {
+    fn entries(&self) -> impl Iterator<Item = Entry<'a>> {
+        let mut rest = self.entries;
+        (0..self.count).map_while(move |_| {
+            let e = Entry::at(rest)?;
+            rest = rest.get(e.raw.len()..).unwrap_or(&[]);
+            Some(e)
+        })
+    }
+}
+
+fn u64_at(bytes: &[u8], i: usize) -> Option<u64> {
+    bytes.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
 }
 
 fn decode(bytes: &[u8]) -> Option<Slot<'_>> {
     if bytes.len() < HEADER_LEN || bytes[0] != VERSION {
         return None;
     }
-    let u32_at = |i: usize| bytes.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
-    let u64_at = |i: usize| bytes.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-    let fingerprint = u32_at(1)?;
-    let identity = u64_at(5)?;
-    let expires_us = u64_at(13)?;
-    let count = bytes[21] as usize;
-    let mut states = Vec::with_capacity(count);
-    let mut at = HEADER_LEN;
-    for _ in 0..count {
-        let len = bytes.get(at..at + 2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)? as usize;
-        at += 2;
-        states.push(bytes.get(at..at + len)?);
-        at += len;
-    }
-    Some(Slot { fingerprint, identity, expires_us, states })
+    let slot = Slot {
+        identity: u64_at(bytes, 1)?,
+        expires_us: u64_at(bytes, 9)?,
+        count: bytes[17] as usize,
+        entries: &bytes[HEADER_LEN..],
+    };
+    // A slot whose entries run past its end is no slot: nothing of it is read.
+    (slot.entries().count() == slot.count).then_some(slot)
 }
 
-fn encode(fingerprint: u32, identity: u64, expires_us: u64, states: &[&[u8]]) -> Vec<u8> {
-    let body: usize = states.iter().map(|s| 2 + s.len()).sum();
-    let mut out = Vec::with_capacity(HEADER_LEN + body);
-    out.push(VERSION);
-    out.extend_from_slice(&fingerprint.to_le_bytes());
-    out.extend_from_slice(&identity.to_le_bytes());
+fn encode_entry<'s>(out: &mut Vec<u8>, id: u32, expires_us: u64, states: impl ExactSizeIterator<Item = &'s [u8]>) {
+    out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&expires_us.to_le_bytes());
     out.push(states.len().min(u8::MAX as usize) as u8);
-    for s in states.iter().take(u8::MAX as usize) {
+    for s in states.take(u8::MAX as usize) {
         // Strategy states are tens of bytes (a sliding log is capped); clamp rather than trust.
         let len = s.len().min(u16::MAX as usize);
         out.extend_from_slice(&(len as u16).to_le_bytes());
         out.extend_from_slice(&s[..len]);
     }
-    out
 }
+
+/// The live entries of the identity's slot, as a decision reads them.
+#[derive(Debug)]
+pub struct Held<'a> {
+    slot: Option<Slot<'a>>,
+    members: &'a [u32],
+    now_us: u64,
+}
+
+impl<'a> Held<'a> {
+    fn live(&self) -> impl Iterator<Item = Entry<'a>> + '_ {
+        self.slot.iter().flat_map(|s| s.entries()).filter(|e| e.expires_us > self.now_us && self.members.contains(&e.id))
+    }
+
+    fn entry(&self, id: u32) -> Option<Entry<'a>> {
+        self.live().find(|e| e.id == id)
+    }
+
+    /// State `limit` of rule `id`, empty for a rule (or a limit) the slot holds nothing of.
+    pub fn state(&self, id: u32, limit: usize) -> &'a [u8] {
+        self.entry(id).map_or(&[], |e| e.state(limit))
+    }
+
+    /// Every state of rule `id`, one per limit.
+    fn states(&self, id: u32) -> Vec<&'a [u8]> {
+        self.entry(id).map(|e| e.all_states()).unwrap_or_default()
+    }
+}
+
+/// A decision on a slot's entries (see [`Table::prepare_entries`]).
+type Decide<'d> = &'d mut dyn FnMut(&Held<'_>) -> (Vec<(u32, Outcomes)>, bool);
 
 /// What a slot holds for the caller.
 enum Found {
@@ -88,19 +187,19 @@ enum Found {
 /// The outcome of every limit of a rule, in order.
 pub type Outcomes = Vec<Outcome>;
 
-/// What [`Table::update`] did.
+/// What [`Table::update`] did: the outcomes (of one rule, or one list per rule decided).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Updated {
-    pub outcomes: Outcomes,
+pub struct Updated<T = Outcomes> {
+    pub outcomes: T,
     /// A slot that had never been written was created (the table grew by one key).
     pub created: bool,
 }
 
-/// A decision taken on a slot's content as read, not yet stored (see [`Table::prepare`]).
+/// A decision taken on a slot's content as read, not yet stored (see [`Table::prepare_entries`]).
 #[derive(Debug)]
 pub struct Prepared {
-    /// One outcome per limit.
-    pub outcomes: Outcomes,
+    /// Each rule decided (its fingerprint) and one outcome per limit, in the order decided.
+    pub outcomes: Vec<(u32, Outcomes)>,
     write: Option<Write>,
 }
 
@@ -121,10 +220,19 @@ impl Prepared {
 
 impl Table {
     fn key(&self, slot: u32) -> String {
-        format!("{}{}", self.prefix, slot)
+        let mut key = String::with_capacity(self.prefix.len() + 10);
+        key.push_str(&self.prefix);
+        key.push_str(itoa::Buffer::new().format(slot));
+        key
     }
 
-    fn locate(&self, store: &impl SharedStore, identity: u64, now_us: u64) -> Result<Found, StoreError> {
+    /// Whether a decoded slot is someone's live slot in this table: not expired, and holding a
+    /// live entry of one of the table's rules.
+    fn live(&self, s: &Slot<'_>, now_us: u64) -> bool {
+        s.expires_us > now_us && s.entries().any(|e| e.expires_us > now_us && self.members.contains(&e.id))
+    }
+
+    fn locate(&self, store: &dyn SharedStore, identity: u64, now_us: u64) -> Result<Found, StoreError> {
         let slots = self.slots.max(1);
         let home = (identity % u64::from(slots)) as u32;
         // The slot to take if the identity has none: the first free one, else the one whose
@@ -143,7 +251,7 @@ impl Table {
                 });
             };
             let rank = match decode(&value) {
-                Some(s) if s.fingerprint == self.fingerprint && s.expires_us > now_us => {
+                Some(s) if self.live(&s, now_us) => {
                     if s.identity == identity {
                         return Ok(Found::Own { key, cas, value });
                     }
@@ -161,42 +269,91 @@ impl Table {
         }
     }
 
-    /// Runs `decide` on the identity's states (one per limit) as the store holds them now,
-    /// without writing: [`Table::commit`] stores the result if nobody wrote the slot meanwhile.
-    /// `decide` receives the current states (empty slices for a fresh identity) and returns one
-    /// outcome per limit plus whether to write at all.
-    pub fn prepare<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, decide: F) -> Result<Prepared, StoreError>
+    /// The live entries of the table's rules in `value`.
+    fn held<'a>(&'a self, value: Option<&'a [u8]>, now_us: u64) -> Held<'a> {
+        Held { slot: value.and_then(decode), members: &self.members, now_us }
+    }
+
+    /// Runs `decide` on the identity's slot as the store holds it now, without writing:
+    /// [`Table::commit`] stores the result if nobody wrote the slot meanwhile. `decide` reads
+    /// each rule's states from the [`Held`] entries and returns, for each rule it decided (by
+    /// fingerprint), one outcome per limit, plus whether to write at all. The entries of rules
+    /// it did not decide are kept as they are.
+    pub fn prepare_entries<F>(
+        &self,
+        store: &impl SharedStore,
+        identity: u64,
+        now_us: u64,
+        mut decide: F,
+    ) -> Result<Prepared, StoreError>
     where
-        F: FnOnce(&[&[u8]]) -> (Outcomes, bool),
+        F: FnMut(&Held<'_>) -> (Vec<(u32, Outcomes)>, bool),
     {
+        self.prepare_dyn(store, identity, now_us, &mut decide)
+    }
+
+    /// [`Table::prepare_entries`], compiled once whatever the store and the decision.
+    fn prepare_dyn(
+        &self,
+        store: &dyn SharedStore,
+        identity: u64,
+        now_us: u64,
+        decide: Decide<'_>,
+    ) -> Result<Prepared, StoreError> {
         let (key, cas, value) = match self.locate(store, identity, now_us)? {
             Found::Own { key, cas, value } => (key, Some(cas), Some(value)),
             Found::Free { key, cas } => (key, cas, None),
         };
-        let current: Vec<&[u8]> = match value.as_deref().and_then(decode) {
-            Some(slot) => slot.states,
-            None => Vec::new(),
-        };
-        let (outcomes, write) = decide(&current);
+        let held = self.held(value.as_deref(), now_us);
+        let (decided, write) = decide(&held);
         if !write {
-            return Ok(Prepared { outcomes, write: None });
+            return Ok(Prepared { outcomes: decided, write: None });
         }
-        let states: Vec<&[u8]> = outcomes
-            .iter()
-            .enumerate()
-            .map(|(i, o)| match &o.state {
+        let mut bytes = Vec::with_capacity(value.as_ref().map_or(64, |v| v.len() + 16));
+        bytes.push(VERSION);
+        bytes.extend_from_slice(&identity.to_le_bytes());
+        // The slot's expiry and entry count are known once every entry is written.
+        bytes.extend_from_slice(&[0; 9]);
+        let mut expires_us = 0;
+        let mut count = 0usize;
+        for (id, outcomes) in &decided {
+            let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
+            let entry_expires = now_us.saturating_add(ttl);
+            let current = held.entry(*id);
+            let states = outcomes.iter().enumerate().map(|(i, o)| match &o.state {
                 Some(s) => s.as_slice(),
-                None => current.get(i).copied().unwrap_or(&[]),
-            })
-            .collect();
-        let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
-        let bytes = encode(self.fingerprint, identity, now_us.saturating_add(ttl), &states);
-        Ok(Prepared { outcomes, write: Some(Write { key, cas, bytes }) })
+                None => current.map_or(&[][..], |e| e.state(i)),
+            });
+            encode_entry(&mut bytes, *id, entry_expires, states);
+            expires_us = expires_us.max(entry_expires);
+            count += 1;
+        }
+        for e in held.live().filter(|e| !decided.iter().any(|(id, _)| *id == e.id)) {
+            bytes.extend_from_slice(e.raw);
+            expires_us = expires_us.max(e.expires_us);
+            count += 1;
+        }
+        bytes[9..17].copy_from_slice(&expires_us.to_le_bytes());
+        bytes[17] = count.min(u8::MAX as usize) as u8;
+        Ok(Prepared { outcomes: decided, write: Some(Write { key, cas, bytes }) })
     }
 
-    /// Stores what [`Table::prepare`] decided. [`StoreError::CasMismatch`] means another worker
-    /// wrote the slot after it was read (the decision may no longer hold): nothing was written,
-    /// and the caller decides again on what is there now.
+    /// [`Table::prepare_entries`] for this table's own rule: `decide` receives its current
+    /// states (empty slices for a fresh identity) and returns one outcome per limit plus whether
+    /// to write at all.
+    pub fn prepare<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, mut decide: F) -> Result<Prepared, StoreError>
+    where
+        F: FnMut(&[&[u8]]) -> (Outcomes, bool),
+    {
+        self.prepare_entries(store, identity, now_us, |held| {
+            let (outcomes, write) = decide(&held.states(self.fingerprint));
+            (vec![(self.fingerprint, outcomes)], write)
+        })
+    }
+
+    /// Stores what [`Table::prepare_entries`] decided. [`StoreError::CasMismatch`] means another
+    /// worker wrote the slot after it was read (the decision may no longer hold): nothing was
+    /// written, and the caller decides again on what is there now.
     pub fn commit(&self, store: &impl SharedStore, prepared: &Prepared) -> Result<(), StoreError> {
         match &prepared.write {
             Some(w) => store.set(&w.key, &w.bytes, w.cas.unwrap_or(CREATE_TOKEN)),
@@ -204,31 +361,48 @@ impl Table {
         }
     }
 
-    /// [`Table::prepare`] then [`Table::commit`], deciding again after a lost race: `decide`
-    /// may run several times.
-    pub fn update<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, mut decide: F) -> Result<Updated, StoreError>
+    /// [`Table::prepare_entries`] then [`Table::commit`], deciding again after a lost race:
+    /// `decide` may run several times.
+    pub fn update_entries<F>(
+        &self,
+        store: &impl SharedStore,
+        identity: u64,
+        now_us: u64,
+        mut decide: F,
+    ) -> Result<Updated<Vec<(u32, Outcomes)>>, StoreError>
     where
-        F: FnMut(&[&[u8]]) -> (Outcomes, bool),
+        F: FnMut(&Held<'_>) -> (Vec<(u32, Outcomes)>, bool),
     {
         with_retries(&self.prefix, || {
-            let prepared = self.prepare(store, identity, now_us, &mut decide)?;
+            let prepared = self.prepare_entries(store, identity, now_us, &mut decide)?;
             self.commit(store, &prepared)?;
             let created = prepared.created();
             Ok(Updated { outcomes: prepared.outcomes, created })
         })
     }
 
-    /// Reads the identity's current states without writing (used to pre-check multi-rule
-    /// requests so that a request denied by one rule consumes nothing from the others).
+    /// [`Table::update_entries`] for this table's own rule.
+    pub fn update<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, mut decide: F) -> Result<Updated, StoreError>
+    where
+        F: FnMut(&[&[u8]]) -> (Outcomes, bool),
+    {
+        let own = |held: &Held<'_>| {
+            let (outcomes, write) = decide(&held.states(self.fingerprint));
+            (vec![(self.fingerprint, outcomes)], write)
+        };
+        let u = self.update_entries(store, identity, now_us, own)?;
+        Ok(Updated { outcomes: u.outcomes.into_iter().next().map(|(_, o)| o).unwrap_or_default(), created: u.created })
+    }
+
+    /// Reads this rule's current states for the identity without writing (used to pre-check
+    /// multi-rule requests so that a request denied by one rule consumes nothing from the
+    /// others).
     pub fn peek<F, T>(&self, store: &impl SharedStore, identity: u64, now_us: u64, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(&[&[u8]]) -> T,
     {
         match self.locate(store, identity, now_us)? {
-            Found::Own { value, .. } => {
-                let states = decode(&value).map(|s| s.states).unwrap_or_default();
-                Ok(f(&states))
-            }
+            Found::Own { value, .. } => Ok(f(&self.held(Some(&value), now_us).states(self.fingerprint))),
             Found::Free { .. } => Ok(f(&[])),
         }
     }
@@ -241,7 +415,7 @@ mod tests {
     use crate::strategy::Decision;
 
     fn table(slots: u32) -> Table {
-        Table { prefix: "t:r:".into(), slots, fingerprint: 7 }
+        Table::single("t:r:".into(), slots, 7)
     }
 
     /// A counter "strategy": state is a u64 count, admits up to `limit`.
@@ -339,7 +513,7 @@ mod tests {
         t.update(&store, 5, 0, count_to(5)).unwrap();
         assert_eq!(count(&store, &t, 5, 0), 1);
         // A rule whose fingerprint changed does not read the old state.
-        let t2 = Table { fingerprint: 8, ..t.clone() };
+        let t2 = Table::single(t.prefix.clone(), t.slots, 8);
         assert_eq!(count(&store, &t2, 5, 0), 0);
     }
 
@@ -376,5 +550,85 @@ mod tests {
         assert!(!prepared.created());
         t.commit(&store, &prepared).unwrap();
         assert_eq!(count(&store, &t, 4, 0), 2);
+    }
+
+    /// Two rules sharing one table: rule 7 counts to 5, rule 9 to 2.
+    fn shared(slots: u32) -> (Table, Table) {
+        let members = vec![7, 9];
+        (
+            Table { prefix: "t:a:".into(), slots, fingerprint: 7, members: members.clone() },
+            Table { prefix: "t:a:".into(), slots, fingerprint: 9, members },
+        )
+    }
+
+    /// Both rules decided on one read: each counts, and the write is all or nothing.
+    fn both(held: &Held<'_>) -> (Vec<(u32, Outcomes)>, bool) {
+        let (a, wa) = count_to(5)(&held.states(7));
+        let (b, wb) = count_to(2)(&held.states(9));
+        (vec![(7, a), (9, b)], wa && wb)
+    }
+
+    #[test]
+    fn rules_sharing_a_table_are_decided_on_one_read_and_stored_in_one_write() {
+        let mem = MemStore::default();
+        let store = Counting { inner: &mem, reads: Default::default(), writes: Default::default() };
+        let (a, b) = shared(16);
+        let u = a.update_entries(&store, 1, 0, both).unwrap();
+        assert!(u.created);
+        assert_eq!(u.outcomes.len(), 2);
+        assert_eq!((store.reads.get(), store.writes.get()), (1, 1), "one slot, read once, written once");
+        a.update_entries(&store, 1, 0, both).unwrap();
+        assert_eq!((count(&mem, &a, 1, 0), count(&mem, &b, 1, 0)), (2, 2));
+        // Rule 9 is at its limit: the third request is denied and neither rule counts it.
+        let u = a.update_entries(&store, 1, 0, both).unwrap();
+        assert!(!u.outcomes[1].1[0].decision.allowed);
+        assert_eq!((count(&mem, &a, 1, 0), count(&mem, &b, 1, 0)), (2, 2));
+        assert_eq!(mem.size().0, 1, "one key for both rules");
+    }
+
+    #[test]
+    fn a_rule_decided_alone_keeps_the_others_entries() {
+        let store = MemStore::default();
+        let (a, b) = shared(16);
+        a.update_entries(&store, 1, 0, both).unwrap();
+        // Rule 9 alone, later: rule 7's count stays, and lives as long as its own entry.
+        b.update(&store, 1, 500_000, count_to(2)).unwrap();
+        assert_eq!((count(&store, &a, 1, 500_000), count(&store, &b, 1, 500_000)), (1, 2));
+        // Rule 7's entry expired at 1 s, rule 9's lives until 1.5 s.
+        assert_eq!((count(&store, &a, 1, 1_200_000), count(&store, &b, 1, 1_200_000)), (0, 2));
+        assert_eq!((count(&store, &a, 1, 1_500_001), count(&store, &b, 1, 1_500_001)), (0, 0));
+    }
+
+    #[test]
+    fn an_entry_of_a_rule_no_longer_in_the_table_is_dropped_on_the_next_write() {
+        let store = MemStore::default();
+        let (a, _) = shared(1);
+        a.update_entries(&store, 1, 0, both).unwrap();
+        // The config changed: rule 9 left the table.
+        let alone = Table::single("t:a:".into(), 1, 7);
+        assert_eq!(count(&store, &alone, 1, 0), 1);
+        alone.update(&store, 1, 0, count_to(5)).unwrap();
+        let (value, _) = store.get("t:a:0").unwrap().unwrap();
+        let slot = decode(&value).unwrap();
+        assert_eq!(slot.entries().map(|e| e.id).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(count(&store, &alone, 1, 0), 2);
+    }
+
+    /// Counts the store's reads and writes.
+    struct Counting<'a> {
+        inner: &'a MemStore,
+        reads: std::cell::Cell<u32>,
+        writes: std::cell::Cell<u32>,
+    }
+
+    impl SharedStore for Counting<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            self.writes.set(self.writes.get() + 1);
+            self.inner.set(key, value, cas)
+        }
     }
 }
