@@ -184,8 +184,11 @@ impl IdentityHasher {
                     h.write_u8(t);
                     write_len_prefixed(&mut h, name.as_bytes());
                     write_len_prefixed(&mut h, &v);
-                    let _ = write!(text, "{kind}:{name}=");
-                    text.bytes(&v);
+                    // Formatting costs even into a text nobody reads: only when asked for.
+                    if text.on() {
+                        let _ = write!(text, "{kind}:{name}=");
+                        text.bytes(&v);
+                    }
                 }
                 None => match id.fallback {
                     IdentFallback::ClientIp => self.ip(&mut h, &mut text, ip()),

@@ -2,7 +2,6 @@
 //! `X-RateLimit-*` fields, `Retry-After`, and the RFC 9457 problem body of a limited response.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use crate::config::{HeaderMode, ResponseSpec};
 use crate::rate::Rate;
@@ -93,7 +92,10 @@ fn write_rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>], out: &m
             }
             policy.push_str(&r.text.policy);
             current.push_str(&r.text.label);
-            let _ = write!(current, ";r={};t={}", r.decision.remaining, reset_secs(&r.decision));
+            current.push_str(";r=");
+            push_number(&mut current, r.decision.remaining);
+            current.push_str(";t=");
+            push_number(&mut current, reset_secs(&r.decision));
         }
         out.push((Cow::Borrowed("ratelimit-policy"), policy));
         out.push((Cow::Borrowed("ratelimit"), current));
@@ -102,9 +104,9 @@ fn write_rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>], out: &m
         // Legacy fields carry one limit: the one closest to running out (a denial first).
         let tightest = reported.iter().min_by_key(|r| (r.decision.allowed, r.decision.remaining));
         if let Some(r) = tightest {
-            out.push((Cow::Borrowed("x-ratelimit-limit"), r.rate.limit.to_string()));
-            out.push((Cow::Borrowed("x-ratelimit-remaining"), r.decision.remaining.to_string()));
-            out.push((Cow::Borrowed("x-ratelimit-reset"), reset_secs(&r.decision).to_string()));
+            out.push((Cow::Borrowed("x-ratelimit-limit"), number(r.rate.limit)));
+            out.push((Cow::Borrowed("x-ratelimit-remaining"), number(r.decision.remaining)));
+            out.push((Cow::Borrowed("x-ratelimit-reset"), number(reset_secs(&r.decision))));
         }
     }
 }
@@ -125,7 +127,7 @@ pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>],
     let retry_ms = reported.iter().filter(|r| !r.decision.allowed).map(|r| r.decision.retry_after_ms).max().unwrap_or(0);
     let retry_after = ceil_secs(retry_ms).max(1);
     let mut headers = Vec::with_capacity(4 + spec.headers.len());
-    headers.push((Cow::Borrowed("retry-after"), retry_after.to_string()));
+    headers.push((Cow::Borrowed("retry-after"), number(retry_after)));
     write_rate_limit_headers(mode, reported, &mut headers);
     let body = match &spec.body {
         Some(body) => {
@@ -147,10 +149,14 @@ pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>],
 fn problem(status: u16, violated: &[&str], retry_after: u64) -> String {
     let names: usize = violated.iter().map(|n| n.len() + 8).sum();
     let mut out = String::with_capacity(160 + 2 * names);
-    let _ = write!(out, "{{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":{status},\"detail\":\"");
+    out.push_str("{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":");
+    push_number(&mut out, u64::from(status));
+    out.push_str(",\"detail\":\"");
     match violated {
         [one] => {
-            let _ = write!(out, "rate limit \\\"{one}\\\" exceeded");
+            out.push_str("rate limit \\\"");
+            out.push_str(one);
+            out.push_str("\\\" exceeded");
         }
         _ => {
             out.push_str("rate limits ");
@@ -163,7 +169,9 @@ fn problem(status: u16, violated: &[&str], retry_after: u64) -> String {
             out.push_str(" exceeded");
         }
     }
-    let _ = write!(out, "; retry in {retry_after} s\",\"violated_rules\":[");
+    out.push_str("; retry in ");
+    push_number(&mut out, retry_after);
+    out.push_str(" s\",\"violated_rules\":[");
     for (i, n) in violated.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -172,8 +180,20 @@ fn problem(status: u16, violated: &[&str], retry_after: u64) -> String {
         out.push_str(n);
         out.push('"');
     }
-    let _ = write!(out, "],\"retry_after\":{retry_after}}}");
+    out.push_str("],\"retry_after\":");
+    push_number(&mut out, retry_after);
+    out.push('}');
     out
+}
+
+/// Writes `n` in decimal. Numbers go into every response; `itoa` writes them without the
+/// formatting machinery, which costs several times as much in the VM.
+fn push_number(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+fn number(n: u64) -> String {
+    itoa::Buffer::new().format(n).to_string()
 }
 
 #[cfg(test)]
