@@ -201,6 +201,7 @@ pub fn run_command(wasm: &std::path::Path, args: Vec<String>) -> Result<i32, Har
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7) ^ std::process::id() as u64;
     let ctx = Ctx { args, env: std::env::vars().collect(), start: Instant::now(), rng: crate::shared::Rng::new(seed) };
     let mut store = Store::new(engine, ctx);
+    store.set_fuel(u64::MAX).map_err(|e| HarnessError::Engine(e.to_string()))?;
     let instance = linker.instantiate(&mut store, &module).map_err(|e| HarnessError::Instantiate(format!("{e:#}")))?;
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")

@@ -120,6 +120,9 @@ pub(crate) struct Plugin {
 pub struct Crossings {
     pub vm_entries: u64,
     pub host_calls: u64,
+    /// Fuel the guest burned: about one unit per wasm instruction it ran (deterministic for one
+    /// build and one input).
+    pub guest_fuel: u64,
 }
 
 /// The data of one worker's wasmtime store.

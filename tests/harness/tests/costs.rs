@@ -14,6 +14,12 @@ use sluice_harness::{Crossings, Host, Request};
 
 const NEVER: &str = "1000000000/s";
 const MEASURED: u64 = 50;
+// Guest fuel per request reached, with about 3% to spare (fuel moves a little with the
+// compiler's code generation).
+const CEILING_C: f64 = 18_500.0;
+const CEILING_D: f64 = 125_500.0;
+const CEILING_E: f64 = 16_500.0;
+const CEILING_X: f64 = 5_800.0;
 
 fn configs() -> Vec<(&'static str, Value)> {
     let cycle = ["sliding_window_counter", "token_bucket", "gcra", "fixed_window"];
@@ -35,8 +41,9 @@ fn request() -> Request {
     Request::get("/bench/x").header("x-key-0", "k0").header("x-key-1", "k1").header("x-key-2", "k2")
 }
 
-/// Crossings per request over `MEASURED` requests, after a few that warm the VM up.
-fn per_request(host: &mut Host, expect: u16) -> (f64, f64) {
+/// Crossings per request over `MEASURED` requests, after a few that warm the VM up: VM entries,
+/// host calls and guest fuel.
+fn per_request(host: &mut Host, expect: u16) -> (f64, f64, f64) {
     for _ in 0..3 {
         host.try_send(request()).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -47,22 +54,29 @@ fn per_request(host: &mut Host, expect: u16) -> (f64, f64) {
     }
     let after = host.crossings();
     let per = |a: u64, b: u64| (a - b) as f64 / MEASURED as f64;
-    (per(after.vm_entries, before.vm_entries), per(after.host_calls, before.host_calls))
+    (per(after.vm_entries, before.vm_entries), per(after.host_calls, before.host_calls), per(after.guest_fuel, before.guest_fuel))
 }
 
 #[test]
-fn vm_entries_and_host_calls_per_request_do_not_grow() {
-    // (config, expected status, most VM entries per request, most host calls per request)
-    let ceilings: &[(&str, u16, f64, f64)] =
-        &[("c", 200, 9.0, 6.0), ("d", 200, 18.0, 24.0), ("e", 429, 8.0, 3.0), ("x", 200, 8.0, 1.0)];
+fn vm_entries_host_calls_and_guest_work_per_request_do_not_grow() {
+    // (config, expected status, most VM entries, most host calls, most guest fuel per request).
+    // Fuel is about one unit per wasm instruction the guest runs: its own work, measured the same
+    // on any machine (`SLUICE_WASM=other.wasm` measures another build).
+    let ceilings: &[(&str, u16, f64, f64, f64)] = &[
+        ("c", 200, 9.0, 6.0, CEILING_C),
+        ("d", 200, 11.0, 10.0, CEILING_D),
+        ("e", 429, 8.0, 3.0, CEILING_E),
+        ("x", 200, 8.0, 1.0, CEILING_X),
+    ];
     let mut report = Vec::new();
     for (name, config) in configs() {
-        let (_, status, max_entries, max_calls) = ceilings.iter().find(|c| c.0 == name).copied().unwrap_or_default();
+        let (_, status, max_entries, max_calls, max_fuel) = ceilings.iter().find(|c| c.0 == name).copied().unwrap_or_default();
         let mut host = common::sluice_host(&config, 1);
-        let (entries, calls) = per_request(&mut host, status);
-        report.push(format!("({name}) {entries} VM entries, {calls} host calls"));
+        let (entries, calls, fuel) = per_request(&mut host, status);
+        report.push(format!("({name}) {entries} VM entries, {calls} host calls, {fuel:.0} fuel"));
         assert!(entries <= max_entries, "({name}) {entries} VM entries per request, at most {max_entries} reached before");
         assert!(calls <= max_calls, "({name}) {calls} host calls per request, at most {max_calls} reached before");
+        assert!(fuel <= max_fuel, "({name}) {fuel} guest fuel per request, at most {max_fuel} reached before");
         assert!(host.traps().is_empty());
     }
     eprintln!("per request: {}", report.join("; "));
@@ -75,6 +89,7 @@ fn crossings_are_counted_both_ways() {
     host.try_send(request()).unwrap_or_else(|e| panic!("{e}"));
     let after = host.crossings();
     assert!(after.vm_entries > before.vm_entries && after.host_calls > before.host_calls, "{before:?} -> {after:?}");
+    assert!(after.guest_fuel > before.guest_fuel, "{before:?} -> {after:?}");
     assert_ne!(after, Crossings::default());
 }
 

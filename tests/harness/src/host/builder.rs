@@ -189,6 +189,7 @@ impl HostBuilder {
         let mut workers = Vec::with_capacity(self.workers);
         for w in 0..self.workers {
             let mut store = Store::new(engine, VmState::new(w, plugin.clone(), process.clone(), self.clock.clone()));
+            store.set_fuel(u64::MAX).map_err(|e| HarnessError::Engine(e.to_string()))?;
             store.call_hook(|mut s, hook| {
                 let c = &mut s.data_mut().crossings;
                 match hook {

@@ -16,6 +16,14 @@ use crate::HarnessError;
 fn config() -> wasmtime::Config {
     let mut c = wasmtime::Config::new();
     c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // Every store starts with all the fuel there is, so nothing runs out: fuel counts the guest's
+    // own work (about one unit per wasm instruction), the machine-independent measure of it
+    // (`Crossings::guest_fuel`).
+    c.consume_fuel(true);
+    // For `perf record` on a test: JIT-compiled functions named in /tmp/perf-<pid>.map.
+    if std::env::var_os("SLUICE_HARNESS_PERFMAP").is_some() {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     c
 }
 

@@ -85,8 +85,14 @@ impl Host {
 
     /// Every worker's boundary crossings so far, summed: calls into the guest and out of it.
     pub fn crossings(&self) -> Crossings {
-        self.workers.iter().filter_map(|w| w.store.as_ref()).map(|s| s.data().crossings).fold(Crossings::default(), |a, c| {
-            Crossings { vm_entries: a.vm_entries + c.vm_entries, host_calls: a.host_calls + c.host_calls }
+        let each = self.workers.iter().filter_map(|w| w.store.as_ref()).map(|s| {
+            let burned = u64::MAX - s.get_fuel().unwrap_or(u64::MAX);
+            Crossings { guest_fuel: burned, ..s.data().crossings }
+        });
+        each.fold(Crossings::default(), |a, c| Crossings {
+            vm_entries: a.vm_entries + c.vm_entries,
+            host_calls: a.host_calls + c.host_calls,
+            guest_fuel: a.guest_fuel + c.guest_fuel,
         })
     }
 
