@@ -339,6 +339,20 @@ impl Limiter {
                 out.push(Applies::Exempt(exemptions));
                 continue;
             }
+            // Resolved already under an earlier rule with the same identifier (when no text is
+            // wanted: that rule may have been resolved without it).
+            let earlier = compiled.same_identity_as.and_then(|j| out.get(j)).filter(|_| !describe && !rule.shadow);
+            match earlier {
+                Some(Applies::Yes(a)) => {
+                    out.push(Applies::Yes(Applied { rule: i, identity: a.identity.clone(), cost: view.cost(rule) }));
+                    continue;
+                }
+                Some(Applies::NoIdentity(_)) => {
+                    out.push(Applies::NoIdentity(Vec::new()));
+                    continue;
+                }
+                _ => {}
+            }
             let ip = || view.ip();
             out.push(match self.hasher.resolve(&rule.identifier, ip, req, describe || rule.shadow) {
                 Some(identity) => Applies::Yes(Applied { rule: i, identity, cost: view.cost(rule) }),

@@ -18,6 +18,9 @@ pub(crate) struct CompiledRule {
     pub table: Table,
     /// The rule whose table this one counts in (its own index when it holds one).
     pub holder: usize,
+    /// An earlier rule with the same identifier: a request's identity under it is this rule's
+    /// too, resolved once (header reads and the keyed hash are a rule's largest guest work).
+    pub same_identity_as: Option<usize>,
     /// Names the strategy and limits in Redis keys.
     pub fingerprint: u32,
     /// Each limit's text in responses, written once here rather than on every request.
@@ -33,6 +36,9 @@ impl CompiledRule {
     pub fn all(rules: Vec<Rule>, namespace: &str, slots: u32) -> Vec<Self> {
         let mut compiled: Vec<CompiledRule> =
             rules.into_iter().enumerate().map(|(i, r)| CompiledRule::new(r, i, namespace, slots)).collect();
+        for i in 0..compiled.len() {
+            compiled[i].same_identity_as = (0..i).find(|&j| compiled[j].rule.identifier == compiled[i].rule.identifier);
+        }
         let mut holders: Vec<usize> = Vec::new();
         for i in 0..compiled.len() {
             if !compiled[i].shares_tables() {
@@ -65,7 +71,7 @@ impl CompiledRule {
         let table = Table::single(format!("{namespace}:{}:", rule.name), slots, entry_id(&rule));
         let rates = rule.limits.rates();
         let texts = rates.iter().enumerate().map(|(i, r)| LimitText::new(&rule.name, i, rates.len(), r)).collect();
-        CompiledRule { holder: index, fingerprint: fingerprint(&rule), rule, table, texts }
+        CompiledRule { holder: index, same_identity_as: None, fingerprint: fingerprint(&rule), rule, table, texts }
     }
 
     /// Whether the rule's table may be shared with other rules of its identity.

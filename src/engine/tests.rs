@@ -60,6 +60,46 @@ impl RequestInfo for CountingSource<'_> {
     }
 }
 
+/// Counts header reads, by name.
+struct CountingHeaders<'a>(&'a Req, std::cell::RefCell<Vec<String>>);
+
+impl RequestInfo for CountingHeaders<'_> {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.1.borrow_mut().push(name.to_string());
+        self.0.header(name)
+    }
+    fn source_address(&self) -> Option<String> {
+        self.0.source_address()
+    }
+    fn route_name(&self) -> Option<String> {
+        self.0.route_name()
+    }
+}
+
+#[test]
+fn rules_with_the_same_identifier_resolve_the_identity_once() {
+    let by = |name: &str| serde_json::json!({"parts": [{"header": name}], "fallback": "skip"});
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "a", "limit": "5/min", "identifier": by("x-key")},
+        {"name": "b", "limit": "9/min", "identifier": by("x-key"), "match": {"path": "/**"}},
+        {"name": "c", "limit": "5/min", "identifier": by("x-key"), "shadow": true},
+        {"name": "d", "limit": "5/min", "identifier": by("x-other")},
+        {"name": "e", "limit": "5/min", "identifier": by("x-other")}
+    ]}));
+    let req = Req::new("GET", "/").header("x-key", "k1");
+    let counting = CountingHeaders(&req, Default::default());
+    let v = l.check(&counting, &MemStore::default(), T0);
+    assert_eq!(status(&v), 200);
+    // a resolves, b takes a's identity; the shadow rule c resolves its own (its text is
+    // logged); d finds x-other absent (skip), and e knows it is without reading it again.
+    assert_eq!(*counting.1.borrow(), [":path", "x-key", "x-key", "x-other"]);
+    let identities: Vec<(usize, u64, &str)> =
+        v.outcomes().iter().map(|o| (o.rule, o.identity.hash, o.identity.text.as_str())).collect();
+    assert_eq!(identities.len(), 3, "d and e do not apply: {identities:?}");
+    assert!(identities.iter().all(|(_, h, _)| *h == identities[0].1), "{identities:?}");
+    assert_eq!(identities[2], (2, identities[0].1, "header:x-key=k1"));
+}
+
 #[test]
 fn the_client_address_is_read_only_when_a_rule_needs_it() {
     let reads = |rules: serde_json::Value, req: &Req| {
