@@ -196,50 +196,39 @@ fn rules_that_count_the_same_identity_share_one_slot() {
     assert_eq!(remaining[..2], [2, 0]);
 }
 
-#[test]
-fn a_shared_slot_written_between_the_decision_and_its_write_is_decided_again_for_all_its_rules() {
+/// Wide (5/min, counting `wide_identifier`) and narrow (1/min, by client address); another
+/// worker's request takes narrow's only unit after ours read narrow's slot. Ours is decided again
+/// on what the other worker wrote and denied; then a third request is denied too, and what it
+/// reports each rule would leave is returned.
+fn raced_on_narrow(wide_identifier: serde_json::Value) -> Vec<u64> {
     let l = limiter(serde_json::json!({"rules": [
-        {"name": "wide", "limit": "5/min", "strategy": "fixed_window"},
-        {"name": "narrow", "limit": "1/min", "strategy": "fixed_window"}
-    ]}));
-    let mem = MemStore::default();
-    let store = Racing::new(&mem);
-    let shared = l.table_prefix(0).unwrap_or_default().to_string();
-    assert_eq!(l.table_prefix(1), Some(shared.as_str()));
-    // Another worker's request takes narrow's only unit after ours read the slot.
-    let other = |m: &MemStore| assert_eq!(status(&l.check(&Req::new("GET", "/"), m, T0)), 200);
-    *store.before_write.borrow_mut() = Some((shared, Box::new(other)));
-    let v = l.check(&Req::new("GET", "/"), &store, T0);
-    assert_eq!(status(&v), 429, "both rules are decided again on what the other worker wrote");
-    // One write for both rules: the denied request counted in neither. Wide has counted only
-    // the other request: 5 − 1 − 1 = 3 left after a third request.
-    let v = l.check(&Req::new("GET", "/"), &mem, T0);
-    assert_eq!(status(&v), 429);
-    let remaining: Vec<u64> = v.outcomes().iter().map(|o| o.decisions.first().map_or(99, |d| d.remaining)).collect();
-    assert_eq!(remaining, vec![3, 0]);
-}
-
-#[test]
-fn a_slot_written_between_the_decision_and_its_write_is_decided_again() {
-    let l = limiter(serde_json::json!({"rules": [
-        {"name": "wide", "limit": "5/min", "strategy": "fixed_window", "identifier": "global"},
+        {"name": "wide", "limit": "5/min", "strategy": "fixed_window", "identifier": wide_identifier},
         {"name": "narrow", "limit": "1/min", "strategy": "fixed_window"}
     ]}));
     let mem = MemStore::default();
     let store = Racing::new(&mem);
     let narrow = l.table_prefix(1).unwrap_or_default().to_string();
-    // Another worker's request takes narrow's only unit after ours read it.
     let other = |m: &MemStore| assert_eq!(status(&l.check(&Req::new("GET", "/"), m, T0)), 200);
     *store.before_write.borrow_mut() = Some((narrow, Box::new(other)));
-    let v = l.check(&Req::new("GET", "/"), &store, T0);
-    assert_eq!(status(&v), 429, "narrow is decided again on what the other worker wrote");
-    // Narrow admitted exactly its limit; wide counted the other request and, in this race,
-    // ours too (denied after wide had stored it: never an admission past a limit). A third
-    // request sees that: wide would leave 5 − 2 − 1 = 2, narrow has nothing left.
+    assert_eq!(status(&l.check(&Req::new("GET", "/"), &store, T0)), 429, "decided again on what the other worker wrote");
     let v = l.check(&Req::new("GET", "/"), &mem, T0);
     assert_eq!(status(&v), 429);
-    let remaining: Vec<u64> = v.outcomes().iter().map(|o| o.decisions.first().map_or(99, |d| d.remaining)).collect();
-    assert_eq!(remaining, vec![2, 0]);
+    v.outcomes().iter().map(|o| o.decisions.first().map_or(99, |d| d.remaining)).collect()
+}
+
+#[test]
+fn a_slot_written_between_the_decision_and_its_write_is_decided_again() {
+    // Separate tables (wide counts globally). Narrow admitted exactly its limit; wide counted the
+    // other request and, in this race, ours too (denied after wide had stored it: never an
+    // admission past a limit): wide would leave 5 − 2 − 1 = 2, narrow nothing.
+    assert_eq!(raced_on_narrow(serde_json::json!("global")), vec![2, 0]);
+}
+
+#[test]
+fn a_shared_slot_written_between_the_decision_and_its_write_is_decided_again_for_all_its_rules() {
+    // One table for both (both count the client address): one write for both rules, so the
+    // denied request counted in neither; wide counted only the other request: 5 − 1 − 1 = 3.
+    assert_eq!(raced_on_narrow(serde_json::json!("client_ip")), vec![3, 0]);
 }
 
 #[test]
