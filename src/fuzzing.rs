@@ -100,9 +100,8 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     let reference = slot_ref(value);
     let (identity, expires_us) = reference.as_ref().map_or((0, 0), |s| (s.identity, s.expires_us));
     let entries: &[EntryRef] = reference.as_ref().map_or(&[], |s| s.entries.as_slice());
-    // The rule deciding is the first entry's; the second entry's rule shares the table.
+    // The rule deciding is the first entry's; any other entry is another rule's.
     let own = entries.first().map_or(0, |e| e.fingerprint);
-    let other = entries.get(1).map(|e| e.fingerprint).filter(|&f| f != own).unwrap_or(own.wrapping_add(1));
     let expired = control & 1 == 1;
     let now_us = match expires_us {
         1..=MAX_NOW_US if expired => expires_us,
@@ -110,12 +109,12 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
         _ => PLAIN_NOW_US,
     };
     // One slot: every identity's home is slot 0, the one holding the fuzzer's bytes.
-    let table = Table { prefix: "fuzz:rule:".into(), slots: 1, fingerprint: own, members: vec![own, other] };
+    let table = Table { prefix: "fuzz:rule:".into(), slots: 1, fingerprint: own };
     let key = "fuzz:rule:0";
     let store = MemStore::default();
     store.set(key, value, 0).map_err(|e| e.to_string())?;
 
-    let live_entry = |e: &&EntryRef| e.expires_us > now_us && (e.fingerprint == own || e.fingerprint == other);
+    let live_entry = |e: &&EntryRef| e.expires_us > now_us;
     let live = expires_us > now_us && entries.iter().any(|e| live_entry(&e));
     let held: Vec<&EntryRef> = if live { entries.iter().filter(live_entry).collect() } else { Vec::new() };
     let want: Vec<Vec<u8>> = held.iter().find(|e| e.fingerprint == own).map(|e| e.states.clone()).unwrap_or_default();
@@ -149,8 +148,8 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
         .collect();
     let ttl = decided.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
     let mine = EntryRef { fingerprint: own, expires_us: now_us.saturating_add(ttl), states };
-    // The other rule's live entries are kept as they were; anything else is dropped.
-    let kept: Vec<EntryRef> = held.iter().filter(|e| e.fingerprint != own).map(|e| (*e).clone()).collect();
+    // Every other live entry is kept as it was (up to 255 entries in all); expired ones go.
+    let kept: Vec<EntryRef> = held.iter().filter(|e| e.fingerprint != own).take(254).map(|e| (*e).clone()).collect();
     let slot_expires = kept.iter().map(|e| e.expires_us).fold(mine.expires_us, u64::max);
     let expected = SlotRef { identity, expires_us: slot_expires, entries: std::iter::once(mine).chain(kept).collect() };
     if slot != expected {

@@ -89,7 +89,11 @@ fn rules_that_apply_show_identity_hash_cost_and_shared_data_slots() {
     assert_eq!((c["cost"].as_u64(), c["backend"].as_str()), (Some(1), Some("local")));
     assert_eq!(c["limits"], json!(["20/s", "10000/h"]));
     assert_eq!(c["strategy"], "token_bucket (burst 40)");
-    assert_eq!((c["shared_data_prefix"].as_str(), c["slots"].as_u64()), (Some("shop:api:"), Some(20000)));
+    // Local rules count in the table of their identifier, shared with any rule counting the same.
+    let prefix = c["shared_data_prefix"].as_str().unwrap_or_default();
+    assert!(prefix.starts_with("shop:identity#") && prefix.len() == "shop:identity#".len() + 9, "{prefix}");
+    assert_eq!(c["slots"].as_u64(), Some(20000));
+    assert_ne!(rule(&r, "site")["counted"]["shared_data_prefix"].as_str(), Some(prefix), "another identifier, another table");
     assert!(c.get("redis_key").is_none(), "a local rule has no Redis key");
     assert_eq!(rule(&r, "site")["counted"]["identity"], "global");
 

@@ -71,7 +71,7 @@ impl Denial {
 impl CompiledRule {
     /// The rule's deny cache table.
     pub(super) fn deny_table(&self) -> Table {
-        Table::single(format!("{}deny:", self.table.prefix), self.table.slots, self.table.fingerprint)
+        Table { prefix: format!("{}deny:", self.table.prefix), slots: self.table.slots, fingerprint: self.table.fingerprint }
     }
 
     fn limit_counts(&self) -> Vec<u64> {

@@ -29,46 +29,45 @@ pub(crate) struct CompiledRule {
 
 impl CompiledRule {
     /// Every rule of a config, in order. Enforced local rules with the same identifier share one
-    /// table, named after the first of them: a request they all apply to then reads one slot and
-    /// writes it once, instead of once per rule (each shared-data call is a host call, and they
-    /// are most of a local rule's cost). Shadow rules are written after the verdict and Redis
-    /// rules only fall back locally, so each keeps a table of its own.
+    /// table: a request they all apply to then reads one slot and writes it once, instead of once
+    /// per rule (each shared-data call is a host call, and they are most of a local rule's
+    /// cost). The table is named after the identifier, not after a rule, so adding, removing or
+    /// reordering rules leaves the others' counts where they are. Shadow rules are written after
+    /// the verdict and Redis rules only fall back locally, so each keeps a table of its own.
     pub fn all(rules: Vec<Rule>, namespace: &str, slots: u32) -> Vec<Self> {
         let mut compiled: Vec<CompiledRule> =
             rules.into_iter().enumerate().map(|(i, r)| CompiledRule::new(r, i, namespace, slots)).collect();
+        // Each shared table: the first rule counting in it, and the entries of its rules.
+        let mut tables: Vec<(usize, Vec<u32>)> = Vec::new();
         for i in 0..compiled.len() {
             compiled[i].same_identity_as = (0..i).find(|&j| compiled[j].rule.identifier == compiled[i].rule.identifier);
-        }
-        let mut holders: Vec<usize> = Vec::new();
-        for i in 0..compiled.len() {
             if !compiled[i].shares_tables() {
                 continue;
             }
             let id = compiled[i].table.fingerprint;
-            let holder = holders.iter().copied().find(|&h| {
-                compiled[h].rule.identifier == compiled[i].rule.identifier && !compiled[h].table.members.contains(&id)
-            });
-            match holder {
-                Some(h) => {
-                    compiled[h].table.members.push(id);
-                    compiled[i].table.prefix = compiled[h].table.prefix.clone();
+            let same = |h: usize| compiled[h].rule.identifier == compiled[i].rule.identifier;
+            let known = tables.iter().any(|(h, _)| same(*h));
+            match tables.iter_mut().find(|(h, ids)| same(*h) && !ids.contains(&id)) {
+                Some((h, ids)) => {
+                    ids.push(id);
+                    let h = *h;
                     compiled[i].holder = h;
+                    compiled[i].table.prefix = compiled[h].table.prefix.clone();
                 }
-                None => holders.push(i),
-            }
-        }
-        // Every member of a table keeps the whole member list: a write keeps their entries.
-        for i in 0..compiled.len() {
-            let h = compiled[i].holder;
-            if h != i {
-                compiled[i].table.members = compiled[h].table.members.clone();
+                // Two rules of one identifier with the same entry id (one in 2^32): the second
+                // keeps the table of its own name.
+                None if known => tables.push((i, vec![id])),
+                None => {
+                    compiled[i].table.prefix = identity_table(namespace, &compiled[i].rule);
+                    tables.push((i, vec![id]));
+                }
             }
         }
         compiled
     }
 
     fn new(rule: Rule, index: usize, namespace: &str, slots: u32) -> Self {
-        let table = Table::single(format!("{namespace}:{}:", rule.name), slots, entry_id(&rule));
+        let table = Table { prefix: format!("{namespace}:{}:", rule.name), slots, fingerprint: entry_id(&rule) };
         let rates = rule.limits.rates();
         let texts = rates.iter().enumerate().map(|(i, r)| LimitText::new(&rule.name, i, rates.len(), r)).collect();
         CompiledRule { holder: index, same_identity_as: None, fingerprint: fingerprint(&rule), rule, table, texts }
@@ -112,6 +111,14 @@ fn public_hash(text: &str) -> u32 {
     IdentityHasher::new(None, &crate::config::ClientIpSpec::default()).hash(text.as_bytes()) as u32
 }
 
+/// The prefix of the table shared by the rules counting `rule`'s identifier:
+/// `<namespace>:identity#<hash of the identifier as configured>:`. `#` is not allowed in a rule
+/// name, so it never meets a rule's own table.
+fn identity_table(namespace: &str, rule: &Rule) -> String {
+    let identifier = serde_json::to_string(&rule.identifier).unwrap_or_default();
+    format!("{namespace}:identity#{:08x}:", public_hash(&identifier))
+}
+
 /// Names a rule's strategy and limits in its Redis keys, so a changed rule starts from fresh
 /// state.
 fn fingerprint(rule: &Rule) -> u32 {
@@ -119,7 +126,7 @@ fn fingerprint(rule: &Rule) -> u32 {
 }
 
 /// Names a rule's entry in a slot it may share with other rules: its name, strategy and limits,
-/// so two rules never read each other's states and a changed rule starts fresh. Two members of
+/// so two rules never read each other's states and a changed rule starts fresh. Two rules of
 /// one table with the same id (one in 2^32) cannot happen: [`CompiledRule::all`] then gives the
 /// second a table of its own.
 fn entry_id(rule: &Rule) -> u32 {

@@ -77,6 +77,38 @@ impl RequestInfo for CountingHeaders<'_> {
 }
 
 #[test]
+fn a_config_without_a_rule_leaves_that_rules_count_in_a_shared_slot() {
+    // Two configs on one shared data (a connection keeps the config it was opened with; two
+    // filter configs may share a namespace): the one without login must not wipe login's count.
+    let with = limiter(serde_json::json!({"rules": [{"name": "api", "limit": "100/min"},
+        {"name": "login", "limit": "2/min", "match": {"path": "/login"}}]}));
+    let without = limiter(serde_json::json!({"rules": [{"name": "api", "limit": "100/min"}]}));
+    let mem = MemStore::default();
+    for _ in 0..2 {
+        assert_eq!(status(&with.check(&Req::new("POST", "/login"), &mem, T0)), 200);
+    }
+    assert_eq!(status(&without.check(&Req::new("GET", "/"), &mem, T0 + 1)), 200);
+    assert_eq!(status(&with.check(&Req::new("POST", "/login"), &mem, T0 + 2)), 429, "login's count survived");
+}
+
+#[test]
+fn adding_or_removing_a_rule_leaves_the_other_rules_counts() {
+    let config = |rules: serde_json::Value| limiter(serde_json::json!({ "rules": rules }));
+    let b = serde_json::json!({"name": "b", "limit": "2/min"});
+    let alone = config(serde_json::json!([b.clone()]));
+    let behind = config(serde_json::json!([{"name": "a", "limit": "100/min"}, b]));
+    let mem = MemStore::default();
+    for _ in 0..2 {
+        assert_eq!(status(&alone.check(&Req::new("GET", "/"), &mem, T0)), 200);
+    }
+    // a added in front of b: the table stays where it was, and so does b's count.
+    assert_eq!(behind.table_prefix(1), alone.table_prefix(0));
+    assert_eq!(status(&behind.check(&Req::new("GET", "/"), &mem, T0)), 429);
+    // And removed again.
+    assert_eq!(status(&alone.check(&Req::new("GET", "/"), &mem, T0)), 429);
+}
+
+#[test]
 fn rules_with_the_same_identifier_resolve_the_identity_once() {
     let by = |name: &str| serde_json::json!({"parts": [{"header": name}], "fallback": "skip"});
     let l = limiter(serde_json::json!({"rules": [

@@ -8,8 +8,11 @@
 //!   they all apply to reads one slot and writes it once, instead of once per rule.
 //! - Each slot value carries its owner (identity hash) and an expiry, then one entry per rule
 //!   (the rule's fingerprint, the entry's own expiry, its states), so a slot whose owner went
-//!   quiet is simply reused, and a rule that changed or left the table finds nothing of its
-//!   old state.
+//!   quiet is simply reused, and a rule that changed finds nothing of its old state.
+//! - A write keeps every live entry it did not decide, whichever rule wrote it: another config
+//!   may count in the same slot (a WebSocket connection keeps the config it was opened with
+//!   across updates; two filter configs may share a namespace), so an entry lives until its own
+//!   expiry, never shorter because a config without its rule wrote the slot.
 //! - A slot that does not exist yet is created by a write carrying [`CREATE_TOKEN`], a token
 //!   Envoy never hands out for a fresh key: if another worker created it meanwhile, our write
 //!   fails as a CAS mismatch instead of silently replacing theirs, and we decide again.
@@ -28,25 +31,15 @@ const HEADER_LEN: usize = 18;
 /// u16 length and its bytes.
 const ENTRY_HEADER_LEN: usize = 13;
 
-/// A table: key prefix, size, the entry of the rule that holds it, and every rule's entry it
-/// keeps.
+/// A rule's view of a table: key prefix, size, and the entry the rule reads and writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
-    /// `<namespace>:<rule>:` (the first of the rules sharing it); the slot number follows.
+    /// `<namespace>:identity#<hash>:` for a table rules share, `<namespace>:<rule>:` for a
+    /// rule's own; the slot number follows.
     pub prefix: String,
     pub slots: u32,
     /// The entry this rule's decisions read and write: its fingerprint.
     pub fingerprint: u32,
-    /// The entries a slot keeps (every rule sharing the table); a write drops any other (a rule
-    /// since changed or removed).
-    pub members: Vec<u32>,
-}
-
-impl Table {
-    /// A table of one rule.
-    pub fn single(prefix: String, slots: u32, fingerprint: u32) -> Self {
-        Table { prefix, slots, fingerprint, members: vec![fingerprint] }
-    }
 }
 
 /// One rule's entry in a slot, read in place.
@@ -149,13 +142,12 @@ fn encode_entry<'s>(out: &mut Vec<u8>, id: u32, expires_us: u64, states: impl Ex
 #[derive(Debug)]
 pub struct Held<'a> {
     slot: Option<Slot<'a>>,
-    members: &'a [u32],
     now_us: u64,
 }
 
 impl<'a> Held<'a> {
     fn live(&self) -> impl Iterator<Item = Entry<'a>> + '_ {
-        self.slot.iter().flat_map(|s| s.entries()).filter(|e| e.expires_us > self.now_us && self.members.contains(&e.id))
+        self.slot.iter().flat_map(|s| s.entries()).filter(|e| e.expires_us > self.now_us)
     }
 
     fn entry(&self, id: u32) -> Option<Entry<'a>> {
@@ -226,10 +218,9 @@ impl Table {
         key
     }
 
-    /// Whether a decoded slot is someone's live slot in this table: not expired, and holding a
-    /// live entry of one of the table's rules.
-    fn live(&self, s: &Slot<'_>, now_us: u64) -> bool {
-        s.expires_us > now_us && s.entries().any(|e| e.expires_us > now_us && self.members.contains(&e.id))
+    /// Whether a decoded slot is someone's live slot: not expired, and holding a live entry.
+    fn live(s: &Slot<'_>, now_us: u64) -> bool {
+        s.expires_us > now_us && s.entries().any(|e| e.expires_us > now_us)
     }
 
     fn locate(&self, store: &dyn SharedStore, identity: u64, now_us: u64) -> Result<Found, StoreError> {
@@ -251,7 +242,7 @@ impl Table {
                 });
             };
             let rank = match decode(&value) {
-                Some(s) if self.live(&s, now_us) => {
+                Some(s) if Self::live(&s, now_us) => {
                     if s.identity == identity {
                         return Ok(Found::Own { key, cas, value });
                     }
@@ -269,9 +260,9 @@ impl Table {
         }
     }
 
-    /// The live entries of the table's rules in `value`.
-    fn held<'a>(&'a self, value: Option<&'a [u8]>, now_us: u64) -> Held<'a> {
-        Held { slot: value.and_then(decode), members: &self.members, now_us }
+    /// The live entries in `value`.
+    fn held(value: Option<&[u8]>, now_us: u64) -> Held<'_> {
+        Held { slot: value.and_then(decode), now_us }
     }
 
     /// Runs `decide` on the identity's slot as the store holds it now, without writing:
@@ -304,7 +295,7 @@ impl Table {
             Found::Own { key, cas, value } => (key, Some(cas), Some(value)),
             Found::Free { key, cas } => (key, cas, None),
         };
-        let held = self.held(value.as_deref(), now_us);
+        let held = Self::held(value.as_deref(), now_us);
         let (decided, write) = decide(&held);
         if !write {
             return Ok(Prepared { outcomes: decided, write: None });
@@ -329,6 +320,9 @@ impl Table {
             count += 1;
         }
         for e in held.live().filter(|e| !decided.iter().any(|(id, _)| *id == e.id)) {
+            if count >= u8::MAX as usize {
+                break;
+            }
             bytes.extend_from_slice(e.raw);
             expires_us = expires_us.max(e.expires_us);
             count += 1;
@@ -402,7 +396,7 @@ impl Table {
         F: FnOnce(&[&[u8]]) -> T,
     {
         match self.locate(store, identity, now_us)? {
-            Found::Own { value, .. } => Ok(f(&self.held(Some(&value), now_us).states(self.fingerprint))),
+            Found::Own { value, .. } => Ok(f(&Self::held(Some(&value), now_us).states(self.fingerprint))),
             Found::Free { .. } => Ok(f(&[])),
         }
     }
@@ -415,7 +409,7 @@ mod tests {
     use crate::strategy::Decision;
 
     fn table(slots: u32) -> Table {
-        Table::single("t:r:".into(), slots, 7)
+        Table { prefix: "t:r:".into(), slots, fingerprint: 7 }
     }
 
     /// A counter "strategy": state is a u64 count, admits up to `limit`.
@@ -513,7 +507,7 @@ mod tests {
         t.update(&store, 5, 0, count_to(5)).unwrap();
         assert_eq!(count(&store, &t, 5, 0), 1);
         // A rule whose fingerprint changed does not read the old state.
-        let t2 = Table::single(t.prefix.clone(), t.slots, 8);
+        let t2 = Table { fingerprint: 8, ..t.clone() };
         assert_eq!(count(&store, &t2, 5, 0), 0);
     }
 
@@ -554,11 +548,7 @@ mod tests {
 
     /// Two rules sharing one table: rule 7 counts to 5, rule 9 to 2.
     fn shared(slots: u32) -> (Table, Table) {
-        let members = vec![7, 9];
-        (
-            Table { prefix: "t:a:".into(), slots, fingerprint: 7, members: members.clone() },
-            Table { prefix: "t:a:".into(), slots, fingerprint: 9, members },
-        )
+        (Table { prefix: "t:a:".into(), slots, fingerprint: 7 }, Table { prefix: "t:a:".into(), slots, fingerprint: 9 })
     }
 
     /// Both rules decided on one read: each counts, and the write is all or nothing.
@@ -600,18 +590,29 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_of_a_rule_no_longer_in_the_table_is_dropped_on_the_next_write() {
+    fn a_write_keeps_the_entries_of_rules_it_does_not_know_until_they_expire() {
         let store = MemStore::default();
-        let (a, _) = shared(1);
+        let (a, b) = shared(1);
         a.update_entries(&store, 1, 0, both).unwrap();
-        // The config changed: rule 9 left the table.
-        let alone = Table::single("t:a:".into(), 1, 7);
-        assert_eq!(count(&store, &alone, 1, 0), 1);
-        alone.update(&store, 1, 0, count_to(5)).unwrap();
+        // Another config, without rule 9, counts rule 7 later: rule 9's count stays.
+        a.update(&store, 1, 500_000, count_to(5)).unwrap();
+        assert_eq!((count(&store, &a, 1, 500_000), count(&store, &b, 1, 500_000)), (2, 1));
+        // Until rule 9's entry expires (1 s); the next write drops it.
+        a.update(&store, 1, 1_200_000, count_to(5)).unwrap();
         let (value, _) = store.get("t:a:0").unwrap().unwrap();
-        let slot = decode(&value).unwrap();
-        assert_eq!(slot.entries().map(|e| e.id).collect::<Vec<_>>(), vec![7]);
-        assert_eq!(count(&store, &alone, 1, 0), 2);
+        assert_eq!(decode(&value).unwrap().entries().map(|e| e.id).collect::<Vec<_>>(), vec![7]);
+    }
+
+    #[test]
+    fn a_slot_holding_only_another_rules_entry_is_not_taken_while_it_lives() {
+        let store = MemStore::default();
+        let (a, b) = shared(2);
+        // Identities 1 and 3 share home slot 1; only rule 9 (of another config) counts 1.
+        b.update(&store, 1, 0, count_to(2)).unwrap();
+        a.update(&store, 3, 0, count_to(5)).unwrap();
+        assert_eq!(count(&store, &b, 1, 0), 1, "identity 3 took the free slot 0, not identity 1's");
+        assert_eq!(count(&store, &a, 3, 0), 1);
+        assert_eq!(store.size().0, 2);
     }
 
     /// Counts the store's reads and writes.

@@ -126,12 +126,13 @@ fn sixteen_workers_on_one_global_key_never_admit_an_uncounted_request() {
 fn a_write_that_keeps_losing_its_race_is_denied_and_counted() {
     let rule = json!({"name": "g", "limit": "1000000/hour", "strategy": "fixed_window", "identifier": "global"});
     let mut host = host(&json!({"rules": [rule]}), 4);
-    // Worker 0's request loses every race: whenever it is about to write the rule's slot,
-    // another worker writes that slot first, then worker 0's write goes (and fails).
+    // Worker 0's request loses every race: whenever it is about to write the rule's slot (in the
+    // table of its identifier), another worker writes that slot first, then worker 0's write
+    // goes (and fails).
     let mut armed = false;
     let schedule = Schedule::Custom(Box::new(move |ready: &[sluice_harness::Runnable]| {
         let writing =
-            |r: &sluice_harness::Runnable| matches!(&r.at, Point::SharedSet { key, .. } if key.starts_with("sluice:g:"));
+            |r: &sluice_harness::Runnable| matches!(&r.at, Point::SharedSet { key, .. } if key.starts_with("sluice:identity#"));
         let victim = ready.iter().position(|r| r.worker == 0);
         let Some(v) = victim.filter(|&v| writing(&ready[v])) else { return victim.unwrap_or(0) };
         if armed {
