@@ -92,9 +92,12 @@ fn owned(states: &[&[u8]]) -> Vec<Vec<u8>> {
 }
 
 /// The first byte steers (bit 0: judge the slot as expired; bits 1-3: strategy; bits 4-5: rate;
-/// bits 6-7: cost), the rest is the stored slot. Reads the slot the way a request does (peek,
-/// then update with a real strategy deciding on the stored states, which decodes those too),
-/// then reads back what was written.
+/// bits 6-7: cost), the rest is the stored slot, whose length modulo 3 picks who decides: its
+/// owner for the first entry's rule; its owner for the first two entries' rules together (as
+/// rules sharing a table are); or another identity, which must not read or keep anything of
+/// the owner's. Reads the slot the way a request does (peek, then an update with a real
+/// strategy deciding on the stored states, which decodes those too), then reads back what was
+/// written.
 pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     let Some((&control, value)) = bytes.split_first() else { return Ok(()) };
     let reference = slot_ref(value);
@@ -102,6 +105,10 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     let entries: &[EntryRef] = reference.as_ref().map_or(&[], |s| s.entries.as_slice());
     // The rule deciding is the first entry's; any other entry is another rule's.
     let own = entries.first().map_or(0, |e| e.fingerprint);
+    let mode = value.len() % 3;
+    let requester = if mode == 2 { identity ^ 1 } else { identity };
+    let other = entries.get(1).map(|e| e.fingerprint).filter(|&f| mode == 1 && f != own);
+    let ids: Vec<u32> = std::iter::once(own).chain(other).collect();
     let expired = control & 1 == 1;
     let now_us = match expires_us {
         1..=MAX_NOW_US if expired => expires_us,
@@ -117,19 +124,27 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     let live_entry = |e: &&EntryRef| e.expires_us > now_us;
     let live = expires_us > now_us && entries.iter().any(|e| live_entry(&e));
     let held: Vec<&EntryRef> = if live { entries.iter().filter(live_entry).collect() } else { Vec::new() };
-    let want: Vec<Vec<u8>> = held.iter().find(|e| e.fingerprint == own).map(|e| e.states.clone()).unwrap_or_default();
+    let states_in =
+        |held: &[&EntryRef], id: u32| held.iter().find(|e| e.fingerprint == id).map(|e| e.states.clone()).unwrap_or_default();
+    let want = states_in(&held, own);
     let seen = table.peek(&store, identity, now_us, owned).map_err(|e| e.to_string())?;
     if seen != want {
         return Err(format!("peek at {now_us} read {seen:?}, the layout says {want:?} ({reference:?})"));
     }
 
+    // What the requester's decision reads: nothing of a slot another identity owns.
+    let ours: Vec<&EntryRef> = if requester == identity { held.clone() } else { Vec::new() };
     let (strategy, rate, cost) = (strategy(control >> 1), RATES[usize::from((control >> 4) & 3)], u64::from(control >> 6));
-    let mut decided: Vec<Outcome> = Vec::new();
+    let mut decided: Vec<(u32, Vec<Outcome>)> = Vec::new();
     let updated = table
-        .update(&store, identity, now_us, |states| {
-            let limits = states.len().max(1);
-            decided =
-                (0..limits).map(|i| decide(&strategy, &rate, states.get(i).copied().unwrap_or(&[]), now_us, cost)).collect();
+        .update_entries(&store, requester, now_us, |h| {
+            decided = ids
+                .iter()
+                .map(|&id| {
+                    let limits = states_in(&ours, id).len().max(1);
+                    (id, (0..limits).map(|i| decide(&strategy, &rate, h.state(id, i), now_us, cost)).collect())
+                })
+                .collect();
             (decided.clone(), true)
         })
         .map_err(|e| e.to_string())?;
@@ -141,24 +156,32 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     let Some(slot) = slot_ref(&written) else {
         return Err(format!("update wrote {written:?}, which the layout cannot read"));
     };
-    let states: Vec<Vec<u8>> = decided
-        .iter()
-        .enumerate()
-        .map(|(i, o)| o.state.clone().unwrap_or_else(|| want.get(i).cloned().unwrap_or_default()))
-        .collect();
-    let ttl = decided.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
-    let mine = EntryRef { fingerprint: own, expires_us: now_us.saturating_add(ttl), states };
-    // Every other live entry is kept as it was (up to 255 entries in all); expired ones go.
-    let kept: Vec<EntryRef> = held.iter().filter(|e| e.fingerprint != own).take(254).map(|e| (*e).clone()).collect();
-    let slot_expires = kept.iter().map(|e| e.expires_us).fold(mine.expires_us, u64::max);
-    let expected = SlotRef { identity, expires_us: slot_expires, entries: std::iter::once(mine).chain(kept).collect() };
+    let new_entries = decided.iter().map(|(id, outcomes)| {
+        let current = states_in(&ours, *id);
+        let states = outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| o.state.clone().unwrap_or_else(|| current.get(i).cloned().unwrap_or_default()))
+            .collect();
+        let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
+        EntryRef { fingerprint: *id, expires_us: now_us.saturating_add(ttl), states }
+    });
+    // Every other live entry of the requester's slot is kept as it was (up to 255 entries in
+    // all); expired ones go.
+    let kept = ours.iter().filter(|e| !ids.contains(&e.fingerprint)).take(255 - ids.len()).map(|e| (*e).clone());
+    let all: Vec<EntryRef> = new_entries.chain(kept).collect();
+    let slot_expires = all.iter().map(|e| e.expires_us).max().unwrap_or(0);
+    let expected = SlotRef { identity: requester, expires_us: slot_expires, entries: all };
     if slot != expected {
         return Err(format!("update wrote {slot:?}, expected {expected:?}"));
     }
-    let again = table.peek(&store, identity, now_us, owned).map_err(|e| e.to_string())?;
+    let again = table.peek(&store, requester, now_us, owned).map_err(|e| e.to_string())?;
     let want_again = expected.entries.first().filter(|e| e.expires_us > now_us).map(|e| e.states.clone()).unwrap_or_default();
     if again != want_again {
         return Err(format!("peek after update read {again:?}, wrote {want_again:?}"));
+    }
+    if requester != identity && !table.peek(&store, identity, now_us, owned).map_err(|e| e.to_string())?.is_empty() {
+        return Err("the evicted owner still reads its states".into());
     }
     Ok(())
 }
