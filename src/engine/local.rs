@@ -23,20 +23,20 @@ impl Limiter {
         &self.rules[a.rule]
     }
 
+    /// Every limit of `a`'s rule decided on its states (`state(i)`: limit i's).
+    fn decide_rule<'s>(&self, a: &Applied, state: impl Fn(usize) -> &'s [u8], now_us: u64) -> Outcomes {
+        let c = self.compiled(a);
+        let rates = c.local_rates();
+        rates.iter().enumerate().map(|(i, rate)| strategy::decide(&c.rule.strategy, rate, state(i), now_us, a.cost)).collect()
+    }
+
     /// Every limit of each rule in `group` decided on its states in the slot as read.
     fn decide_group(&self, group: &[&Applied], held: &Held<'_>, now_us: u64) -> (Vec<(u32, Outcomes)>, bool) {
         let decided: Vec<(u32, Outcomes)> = group
             .iter()
             .map(|a| {
-                let c = self.compiled(a);
-                let id = c.table.fingerprint;
-                let rates = c.local_rates();
-                let outcomes = rates
-                    .iter()
-                    .enumerate()
-                    .map(|(i, rate)| strategy::decide(&c.rule.strategy, rate, held.state(id, i), now_us, a.cost))
-                    .collect();
-                (id, outcomes)
+                let id = self.compiled(a).table.fingerprint;
+                (id, self.decide_rule(a, |i| held.state(id, i), now_us))
             })
             .collect();
         let write = worth_writing(decided.iter().flat_map(|(_, o)| o.iter()));
@@ -106,15 +106,8 @@ impl Limiter {
                 return o;
             }
         }
-        let c = self.compiled(a);
-        let rates = c.local_rates();
-        let dry = |states: &[&[u8]]| {
-            let decided = rates.iter().enumerate().map(|(i, rate)| {
-                strategy::decide(&c.rule.strategy, rate, states.get(i).copied().unwrap_or(&[]), now_us, a.cost).decision
-            });
-            (decided.collect(), false)
-        };
-        self.local_outcome(a, c.table.peek(store, a.identity.hash, now_us, dry))
+        let dry = |states: &[&[u8]]| (decisions(self.decide_rule(a, |i| states.get(i).copied().unwrap_or(&[]), now_us)), false);
+        self.local_outcome(a, self.compiled(a).table.peek(store, a.identity.hash, now_us, dry))
     }
 
     fn local_outcome(&self, a: &Applied, result: Result<(Vec<Decision>, bool), StoreError>) -> RuleOutcome {

@@ -58,13 +58,12 @@ struct Entry<'a> {
 impl<'a> Entry<'a> {
     /// Reads the entry at the start of `bytes`: `None` if it runs past their end.
     fn at(bytes: &'a [u8]) -> Option<Self> {
-        let id = bytes.get(0..4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)?;
+        let id = u32_at(bytes, 0)?;
         let expires_us = u64_at(bytes, 4)?;
         let count = *bytes.get(12)? as usize;
         let mut at = ENTRY_HEADER_LEN;
         for _ in 0..count {
-            let len = bytes.get(at..at + 2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)? as usize;
-            at += 2 + len;
+            at += 2 + usize::from(u16_at(bytes, at)?);
         }
         Some(Entry { id, expires_us, count, states: bytes.get(ENTRY_HEADER_LEN..at)?, raw: bytes.get(..at)? })
     }
@@ -73,8 +72,8 @@ impl<'a> Entry<'a> {
     fn state(&self, i: usize) -> &'a [u8] {
         let mut rest = self.states;
         for n in 0..self.count.min(i + 1) {
-            let Some(len) = rest.get(0..2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes) else { break };
-            let end = 2 + len as usize;
+            let Some(len) = u16_at(rest, 0) else { break };
+            let end = 2 + usize::from(len);
             if n == i {
                 return rest.get(2..end).unwrap_or(&[]);
             }
@@ -106,6 +105,14 @@ impl<'a> Slot<'a> {
             Some(e)
         })
     }
+}
+
+fn u16_at(bytes: &[u8], i: usize) -> Option<u16> {
+    bytes.get(i..i + 2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)
+}
+
+fn u32_at(bytes: &[u8], i: usize) -> Option<u32> {
+    bytes.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
 }
 
 fn u64_at(bytes: &[u8], i: usize) -> Option<u64> {
@@ -332,17 +339,17 @@ impl Table {
         Ok(Prepared { outcomes: decided, write: Some(Write { key, cas, bytes }) })
     }
 
-    /// [`Table::prepare_entries`] for this table's own rule: `decide` receives its current
-    /// states (empty slices for a fresh identity) and returns one outcome per limit plus whether
-    /// to write at all.
-    pub fn prepare<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, mut decide: F) -> Result<Prepared, StoreError>
+    /// A decision of this table's own rule as a decision on the slot's entries: `decide`
+    /// receives the rule's current states (empty slices for a fresh identity) and returns one
+    /// outcome per limit plus whether to write at all.
+    fn own<'t, F>(&'t self, mut decide: F) -> impl FnMut(&Held<'_>) -> (Vec<(u32, Outcomes)>, bool) + 't
     where
-        F: FnMut(&[&[u8]]) -> (Outcomes, bool),
+        F: FnMut(&[&[u8]]) -> (Outcomes, bool) + 't,
     {
-        self.prepare_entries(store, identity, now_us, |held| {
+        move |held| {
             let (outcomes, write) = decide(&held.states(self.fingerprint));
             (vec![(self.fingerprint, outcomes)], write)
-        })
+        }
     }
 
     /// Stores what [`Table::prepare_entries`] decided. [`StoreError::CasMismatch`] means another
@@ -376,15 +383,11 @@ impl Table {
     }
 
     /// [`Table::update_entries`] for this table's own rule.
-    pub fn update<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, mut decide: F) -> Result<Updated, StoreError>
+    pub fn update<F>(&self, store: &impl SharedStore, identity: u64, now_us: u64, decide: F) -> Result<Updated, StoreError>
     where
         F: FnMut(&[&[u8]]) -> (Outcomes, bool),
     {
-        let own = |held: &Held<'_>| {
-            let (outcomes, write) = decide(&held.states(self.fingerprint));
-            (vec![(self.fingerprint, outcomes)], write)
-        };
-        let u = self.update_entries(store, identity, now_us, own)?;
+        let u = self.update_entries(store, identity, now_us, self.own(decide))?;
         Ok(Updated { outcomes: u.outcomes.into_iter().next().map(|(_, o)| o).unwrap_or_default(), created: u.created })
     }
 
@@ -528,19 +531,19 @@ mod tests {
         let store = MemStore::default();
         let t = table(8);
         t.update(&store, 3, 0, count_to(5)).unwrap();
-        let prepared = t.prepare(&store, 3, 0, count_to(5)).unwrap();
+        let prepared = t.prepare_entries(&store, 3, 0, t.own(count_to(5))).unwrap();
         // Another worker counts the identity after our read.
         t.update(&store, 3, 0, count_to(5)).unwrap();
         assert_eq!(t.commit(&store, &prepared), Err(StoreError::CasMismatch));
         assert_eq!(count(&store, &t, 3, 0), 2, "the stale decision wrote nothing");
         // The same for a slot that did not exist when we read it.
-        let prepared = t.prepare(&store, 4, 0, count_to(5)).unwrap();
+        let prepared = t.prepare_entries(&store, 4, 0, t.own(count_to(5))).unwrap();
         assert!(prepared.created());
         t.update(&store, 4, 0, count_to(5)).unwrap();
         assert_eq!(t.commit(&store, &prepared), Err(StoreError::CasMismatch));
         assert_eq!(count(&store, &t, 4, 0), 1);
         // Uncontended, it is stored as decided.
-        let prepared = t.prepare(&store, 4, 0, count_to(5)).unwrap();
+        let prepared = t.prepare_entries(&store, 4, 0, t.own(count_to(5))).unwrap();
         assert!(!prepared.created());
         t.commit(&store, &prepared).unwrap();
         assert_eq!(count(&store, &t, 4, 0), 2);
