@@ -593,3 +593,123 @@ fn a_state_that_does_not_decode_is_never_seen() {
         }
     }
 }
+
+/// One call of a batch, as the words that follow `FCALL <function> <numkeys>` when it runs
+/// alone: its keys, then its arguments.
+struct BatchCall {
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+/// The batch function decides its calls exactly as the same calls sent one after another:
+/// the same replies and the same states left in Redis, whatever keys they share, "dry" and
+/// denied calls included; a call naming a key of another type fails alone. The calls run one
+/// by one in database 0 and as batches in database 1.
+#[test]
+fn a_batch_is_its_calls_one_after_another() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    Script::both(&mut conn);
+    let (one, batch) = (lua::function_name(), lua::batch_function_name());
+    let pool = ["{u}:a", "{u}:b", "{u}:c", "{u}:d", "{u}:list"];
+    for db in ["0", "1"] {
+        conn.cmd(&["SELECT", db]);
+        conn.cmd(&["LPUSH", "{u}:list", "x"]);
+    }
+    let mut rng = Rng(0xBA7C_4000_0000_0001);
+    let mut now_us = 1_700_006_400_000_000u64;
+    let (mut calls_run, mut errors, mut denials) = (0, 0, 0);
+    for round in 0..120 {
+        now_us += rng.below(400_000);
+        let calls: Vec<BatchCall> = (0..2 + rng.below(7))
+            .map(|_| {
+                let n = 1 + rng.below(2) as usize;
+                let keys: Vec<String> =
+                    (0..n).map(|_| if rng.below(30) == 0 { pool[4] } else { pool[rng.below(4) as usize] }.to_string()).collect();
+                let mut args = Vec::new();
+                for _ in 0..n {
+                    let kind = rng.below(8) as usize;
+                    let strategy = random_strategy(&mut rng, kind);
+                    let rate = Rate { limit: 1 + rng.below(4), period_ms: rng.pick(&[500, 1000, 5000]) };
+                    args.extend(lua::rule_args(&strategy, &rate, 1 + rng.below(2)));
+                }
+                if rng.below(5) == 0 {
+                    args.push("dry".into());
+                }
+                args.push((now_us + rng.below(3_000)).to_string());
+                BatchCall { keys, args }
+            })
+            .collect();
+
+        conn.cmd(&["SELECT", "0"]);
+        let alone: Vec<Reply> = calls
+            .iter()
+            .map(|c| {
+                let mut words = vec!["FCALL".to_string(), one.clone(), c.keys.len().to_string()];
+                words.extend(c.keys.iter().chain(&c.args).cloned());
+                conn.cmd(&words)
+            })
+            .collect();
+
+        conn.cmd(&["SELECT", "1"]);
+        let counts: Vec<(usize, usize)> = calls.iter().map(|c| (c.keys.len(), c.args.len())).collect();
+        let mut words = vec!["FCALL".to_string(), batch.clone(), counts.iter().map(|c| c.0).sum::<usize>().to_string()];
+        words.extend(calls.iter().flat_map(|c| c.keys.iter().cloned()));
+        words.extend(lua::batch_counts(&counts).map(|n| n.to_string()));
+        words.extend(calls.iter().flat_map(|c| c.args.iter().cloned()));
+        let Reply::Array(together) = conn.cmd(&words) else { panic!("round {round}: the batch failed") };
+
+        assert_eq!(together.len(), alone.len(), "round {round}");
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            match (a, b) {
+                (Reply::Error(a), Reply::Error(b)) => {
+                    assert!(a.contains("WRONGTYPE") && b.contains("WRONGTYPE"), "round {round} call {i}: {a} / {b}");
+                    errors += 1;
+                }
+                _ => assert_eq!(a, b, "round {round} call {i}: alone, then in the batch"),
+            }
+            if matches!(a, Reply::Array(items) if items.first() == Some(&Reply::Int(0))) {
+                denials += 1;
+            }
+            calls_run += 1;
+        }
+        for key in &pool[..4] {
+            conn.cmd(&["SELECT", "0"]);
+            let (state, ttl) = (get(&mut conn, key), pttl(&mut conn, key));
+            conn.cmd(&["SELECT", "1"]);
+            assert_eq!(get(&mut conn, key), state, "round {round}: state of {key}");
+            assert!(pttl(&mut conn, key).abs_diff(ttl) < 1_000, "round {round}: lifetime of {key}");
+        }
+    }
+    // The rounds did exercise what they are for.
+    assert!(calls_run > 500 && errors > 5 && denials > 50, "{calls_run} calls, {errors} errors, {denials} denials");
+}
+
+/// A batch whose counts do not add up to its keys and arguments is refused whole, and nothing
+/// in it runs.
+#[test]
+fn a_batch_that_does_not_add_up_runs_nothing() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    assert!(matches!(conn.cmd(&["FUNCTION", "LOAD", "REPLACE", lua::library().as_str()]), Reply::Str(_)));
+    let batch = lua::batch_function_name();
+    let rule = ["fixed_window", "5", "60000", "1", "0", "0"];
+    let mut cases: Vec<Vec<&str>> = vec![
+        vec!["1", "{p}:a", "2", "1", "6", "1", "6"],
+        vec!["1", "{p}:a", "1", "1", "7"],
+        vec!["2", "{p}:a", "{p}:b", "1", "1", "6"],
+        vec!["1", "{p}:a", "0"],
+        vec!["1", "{p}:a", "x", "1", "6"],
+        vec!["1", "{p}:a", "1", "0", "6"],
+    ];
+    for case in &mut cases {
+        case.extend(rule);
+        let mut words = vec!["FCALL", batch.as_str()];
+        words.extend(case.iter().copied());
+        match conn.cmd(&words) {
+            Reply::Error(e) => assert!(e.contains("sluice"), "{case:?}: {e}"),
+            other => panic!("{case:?}: accepted: {other:?}"),
+        }
+        assert_eq!(get(&mut conn, "{p}:a"), None, "{case:?}");
+    }
+}

@@ -8,6 +8,12 @@
 //! 7) means `EVALSHA`. Until a load reaches Redis (it may be down at start), calls run as
 //! `EVALSHA`, which every Redis runs.
 //!
+//! **A pipeline is one batch** where calls run as `FCALL` (`--batch-calls`, on by default): its
+//! calls, on a Cluster those of one slot, go as one `FCALL` of the library's batch function,
+//! decided in order as if one after another. A batch that finds the library missing is handled
+//! as one call: it did not run, so it runs again after the load; missing again, its calls run
+//! one by one as below.
+//!
 //! **The gateway loads what it calls**, so a client never has to send the script's text: at
 //! start (best effort, Redis may be down; on a Cluster on every primary), and whenever a call
 //! finds it missing: `NOSCRIPT`, or `ERR Function not found` (a restarted Redis, a `SCRIPT
@@ -33,7 +39,7 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, Route, Rou
 use redis::{RedisError, Value};
 use tokio::sync::OnceCell;
 
-use crate::command::{library, library_name, sha, Command, RunAs};
+use crate::command::{batch_call, library, library_name, sha, Command, RunAs};
 use crate::config::RedisCalls;
 use crate::metrics::{LoadTrigger, Metrics};
 use crate::reply::server_error_text;
@@ -68,6 +74,9 @@ pub struct Backend {
     calls: Arc<Calls>,
     /// Bounds each load, so that its outcome is always counted.
     timeout: Duration,
+    /// `--batch-calls`: with FCALL, a pipeline's calls (on a Cluster, one slot's) go as one
+    /// FCALL of the batch function.
+    batch: bool,
 }
 
 /// How calls run: `--redis-calls`, and for `auto` what the first load that reached Redis
@@ -159,7 +168,13 @@ impl Backend {
             .set_max_delay(timeout);
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|source| BackendError::Url { url: url.to_string(), source })?;
-        Ok(Backend { conn: Conn::Standalone(manager), loads: Arc::default(), calls: Arc::new(Calls::new(calls)), timeout })
+        Ok(Backend {
+            conn: Conn::Standalone(manager),
+            loads: Arc::default(),
+            calls: Arc::new(Calls::new(calls)),
+            timeout,
+            batch: true,
+        })
     }
 
     pub fn cluster(nodes: &[String], timeout: Duration, calls: RedisCalls) -> Result<Self, BackendError> {
@@ -175,7 +190,18 @@ impl Backend {
             .build()
             .map_err(BackendError::Cluster)?;
         let cluster = Arc::new(ClusterBackend { client, conn: OnceCell::new() });
-        Ok(Backend { conn: Conn::Cluster(cluster), loads: Arc::default(), calls: Arc::new(Calls::new(calls)), timeout })
+        Ok(Backend {
+            conn: Conn::Cluster(cluster),
+            loads: Arc::default(),
+            calls: Arc::new(Calls::new(calls)),
+            timeout,
+            batch: true,
+        })
+    }
+
+    /// `--batch-calls` (on unless told otherwise).
+    pub fn batching(self, batch: bool) -> Self {
+        Backend { batch, ..self }
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -263,9 +289,47 @@ impl Backend {
     /// Runs a pipeline; the result has one outcome per command, in request order.
     pub async fn run_pipeline(&self, cmds: &[Command], metrics: &Metrics) -> Vec<Outcome> {
         match &self.conn {
-            Conn::Standalone(manager) => self.standalone_pipeline(manager, cmds, metrics).await,
+            Conn::Standalone(manager) => {
+                if self.batches(cmds.len()) {
+                    if let Some(out) = self.try_batch(&cmds.iter().collect::<Vec<_>>(), None, metrics).await {
+                        return out;
+                    }
+                }
+                self.standalone_pipeline(manager, cmds, metrics).await
+            }
             Conn::Cluster(_) => self.cluster_pipeline(cmds, metrics).await,
         }
+    }
+
+    /// Whether `calls` calls (on a Cluster, of one slot) go as one batch: batching on, two or
+    /// more calls, and calls running as FCALL.
+    fn batches(&self, calls: usize) -> bool {
+        self.batch && calls >= 2 && self.calls.run_as() == RunAs::Fcall
+    }
+
+    /// Runs `cmds` (on a Cluster all of slot `target`) as one FCALL of the batch function.
+    /// `None` when the batch did not run and its calls must run one by one: the library was
+    /// found missing and, after a reload, missing again (so nothing is counted twice), or calls
+    /// now run as EVALSHA.
+    async fn try_batch(&self, cmds: &[&Command], target: Target, metrics: &Metrics) -> Option<Vec<Outcome>> {
+        let seen = self.loads.generation.load(Ordering::Acquire);
+        let call = batch_call(cmds);
+        metrics.batch(cmds.len() as u64);
+        let mut outcome = self.send(&call, RunAs::Fcall, metrics).await;
+        if let Some(missing) = lost(&outcome, RunAs::Fcall) {
+            match self.recover(missing, target, seen, metrics).await {
+                Ok(RunAs::Fcall) => {
+                    metrics.batch(cmds.len() as u64);
+                    outcome = self.send(&call, RunAs::Fcall, metrics).await;
+                    if lost(&outcome, RunAs::Fcall).is_some() {
+                        return None;
+                    }
+                }
+                Ok(RunAs::EvalSha) => return None,
+                Err(failure) => return Some(vec![Err(failure); cmds.len()]),
+            }
+        }
+        Some(split(outcome, cmds.len()))
     }
 
     /// Liveness: PING (on Cluster, every primary must answer). The gateway's own command,
@@ -424,13 +488,47 @@ impl Backend {
         out
     }
 
-    /// Pipelines on a cluster cannot go as one batch: calls may live on different nodes. Every
-    /// call runs at once: each is one atomic script call, so calls on one slot need no order
+    /// Pipelines on a cluster cannot go as one batch: calls may live on different nodes. The
+    /// calls of one slot go as one batch (or, when they cannot, one by one); every slot's at
+    /// once, since each call is atomic on its own, so calls on different slots need no order
     /// among themselves, and waiting a round trip per call of a busy identity (a filter gathers
     /// many into one pipeline) would make the last wait many. They are first polled in their
     /// order, so calls to one node still reach its connection in request order.
     async fn cluster_pipeline(&self, cmds: &[Command], metrics: &Metrics) -> Vec<Outcome> {
-        join_all(cmds.iter().map(|cmd| self.run(cmd, metrics))).await
+        let mut slots: Vec<(Option<u16>, Vec<usize>)> = Vec::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            let slot = cmd.slot();
+            match slots.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => slots.push((slot, vec![i])),
+            }
+        }
+        let groups = slots.iter().map(|(slot, members)| async move {
+            let group: Vec<&Command> = members.iter().filter_map(|&i| cmds.get(i)).collect();
+            if !self.batches(group.len()) {
+                return join_all(group.iter().map(|cmd| self.run(cmd, metrics))).await;
+            }
+            if let Some(out) = self.try_batch(&group, *slot, metrics).await {
+                return out;
+            }
+            // The slot's node lacked the library even after a load: it is being migrated or
+            // has just failed over. One at a time, in order: concurrent calls redirected with
+            // ASK on one connection were seen to lose their redirect (an ASK error came back).
+            let mut out = Vec::with_capacity(group.len());
+            for cmd in group {
+                out.push(self.run(cmd, metrics).await);
+            }
+            out
+        });
+        let mut out: Vec<Outcome> = vec![Err(Failure::Transport("not run".into())); cmds.len()];
+        for ((_, members), outcomes) in slots.iter().zip(join_all(groups).await) {
+            for (&i, outcome) in members.iter().zip(outcomes) {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = outcome;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -466,6 +564,19 @@ async fn batch<'a>(
             vec![Err(Failure::Transport(msg)); n]
         }
         Err(e) => vec![Err(failure(e)); n],
+    }
+}
+
+/// A batch's reply, one outcome per call: its array of replies, each an answer or an error of
+/// that call alone; anything else (the batch's own error, no answer) is every call's.
+fn split(outcome: Outcome, calls: usize) -> Vec<Outcome> {
+    match outcome {
+        Ok(Value::Array(replies)) if replies.len() == calls => replies.into_iter().map(|v| settle(Ok(v))).collect(),
+        Ok(other) => {
+            let msg = format!("ERR sluice-gateway: a batch of {calls} calls answered {other:?}");
+            vec![Err(Failure::Reply(msg.chars().take(200).collect())); calls]
+        }
+        Err(failure) => vec![Err(failure); calls],
     }
 }
 

@@ -19,6 +19,7 @@ use sluice::redis::script::{self, Refusal};
 
 static SHA: LazyLock<String> = LazyLock::new(script::sha);
 static FUNCTION: LazyLock<String> = LazyLock::new(script::function_name);
+static BATCH_FUNCTION: LazyLock<String> = LazyLock::new(script::batch_function_name);
 static LIBRARY: LazyLock<String> = LazyLock::new(script::library);
 
 /// SHA-1 of the decision script: what the gateway loads and calls, and what an `EVALSHA` must
@@ -135,6 +136,8 @@ impl RequestError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command {
     kind: CommandKind,
+    /// How many of the words after numkeys are keys; the rest are arguments.
+    keys: usize,
     /// The words as the client sent them, back to back: the command name, the script's SHA or
     /// text, numkeys, the keys, the arguments. One buffer for all of them, written straight from
     /// the JSON text, so a call costs the same few allocations however many words it has.
@@ -192,6 +195,18 @@ impl Command {
         cmd
     }
 
+    /// The call's keys, then its arguments.
+    fn keys_and_args(&self) -> (impl Iterator<Item = &[u8]>, impl Iterator<Item = &[u8]>) {
+        let first = 3;
+        let args = first + self.keys;
+        ((first..args).filter_map(|i| self.word(i)), (args..self.ends.len()).filter_map(|i| self.word(i)))
+    }
+
+    /// How many arguments follow the keys.
+    fn arg_count(&self) -> usize {
+        self.ends.len().saturating_sub(3 + self.keys)
+    }
+
     /// The cluster slot of the call's keys: they share one hash tag, hence one slot. Always
     /// `Some` for a parsed command, which has at least one key.
     pub fn slot(&self) -> Option<u16> {
@@ -200,6 +215,32 @@ impl Command {
 }
 
 /// Parses `POST /` bodies: one JSON array.
+/// One `FCALL` of the library's batch function that decides `cmds` in their order, each
+/// all-or-nothing on its own, exactly as if each ran as its own `FCALL` one after another, and
+/// answers an array of their replies. On a Cluster all their keys must be in one slot.
+pub fn batch_call(cmds: &[&Command]) -> redis::Cmd {
+    let counts: Vec<(usize, usize)> = cmds.iter().map(|c| (c.keys, c.arg_count())).collect();
+    let keys: usize = counts.iter().map(|(k, _)| k).sum();
+    let words = 3 + keys + 1 + 2 * cmds.len() + counts.iter().map(|(_, a)| a).sum::<usize>();
+    let bytes: usize = cmds.iter().map(|c| c.bytes.len()).sum();
+    let mut call = redis::Cmd::with_capacity(words, BATCH_FUNCTION.len() + bytes + 8 * words);
+    call.arg(RunAs::Fcall.name()).arg(BATCH_FUNCTION.as_str()).arg(keys);
+    for c in cmds {
+        for key in c.keys_and_args().0 {
+            call.arg(key);
+        }
+    }
+    for n in script::batch_counts(&counts) {
+        call.arg(n);
+    }
+    for c in cmds {
+        for arg in c.keys_and_args().1 {
+            call.arg(arg);
+        }
+    }
+    call
+}
+
 pub fn parse_command(body: &[u8]) -> Result<Command, RequestError> {
     match parse_whole(body, CommandSeed)? {
         Parsed::Words(words) => command_from_words(words),
@@ -249,10 +290,11 @@ fn command_from_words(words: Words) -> Result<Command, RequestError> {
     if words.ends.is_empty() {
         return Err(RequestError::Empty);
     }
-    let mut cmd = Command { kind: CommandKind::EvalSha, bytes: words.bytes, ends: words.ends };
+    let mut cmd = Command { kind: CommandKind::EvalSha, keys: 0, bytes: words.bytes, ends: words.ends };
     let all: Vec<&[u8]> = (0..cmd.ends.len()).filter_map(|i| cmd.word(i)).collect();
-    script::check(&all, sha()).map_err(RequestError::Refused)?;
+    let keys = script::check(&all, sha()).map_err(RequestError::Refused)?.keys.len();
     let eval = all.first().is_some_and(|name| name.eq_ignore_ascii_case(b"EVAL"));
+    cmd.keys = keys;
     if eval {
         cmd.kind = CommandKind::Eval;
     }

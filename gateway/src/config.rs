@@ -152,6 +152,13 @@ pub struct Config {
     #[arg(long, env = "SLUICE_GATEWAY_REDIS_CALLS", value_enum, default_value_t = RedisCalls::Auto)]
     pub redis_calls: RedisCalls,
 
+    /// With FCALL, run the calls of one pipeline (on a Cluster, those of one slot) as one FCALL
+    /// of the library's batch function, which decides them in order, each all-or-nothing, as if
+    /// each had been its own FCALL: Redis pays its per-call dispatch, Lua entry and clock once
+    /// per round trip. `false` sends each call as its own FCALL (for comparison).
+    #[arg(long, env = "SLUICE_GATEWAY_BATCH_CALLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub batch_calls: bool,
+
     /// How long one Redis probe answers GET /healthz, in milliseconds: a flood of probes costs
     /// Redis at most one PING per period, and never more than one at a time. A request that
     /// finds Redis unreachable or too slow ends the period early. 0 probes on every call
@@ -251,6 +258,8 @@ mod tests {
         assert_eq!(c.max_header_bytes, 16 * 1024);
         assert_eq!(c.health_cache_ms, 1_000);
         assert_eq!(c.max_concurrent_streams, 100);
+        assert!(c.batch_calls);
+        assert!(!Config::try_parse_from(["sluice-gateway", "--batch-calls", "false"]).unwrap().batch_calls);
         assert_eq!(c.redis_calls, RedisCalls::Auto);
         let c = Config::try_parse_from(["sluice-gateway", "--redis-calls", "evalsha"]).unwrap();
         assert_eq!(c.redis_calls, RedisCalls::Evalsha);

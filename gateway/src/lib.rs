@@ -46,6 +46,12 @@
 //!   in (`--redis-calls auto|fcall|evalsha`; `auto` tries the library with the first load that
 //!   reaches Redis, on a Cluster on every primary). No script text a client sends reaches
 //!   Redis. Counted in `sluice_gateway_redis_calls_total{command}`.
+//! * **One batch per round trip**: with `FCALL`, the calls of one pipeline (on a Cluster,
+//!   those of one slot) run as one `FCALL` of the library's batch function, which decides them
+//!   in order exactly as if each were its own call, and answers each in place (an error raised
+//!   in one is that call's alone). Redis pays dispatch, the Lua entry and `TIME` once per
+//!   batch (`--batch-calls false`: one `FCALL` per call). Counted in
+//!   `sluice_gateway_redis_batches_total` and `sluice_gateway_batched_calls_total`.
 //! * **The gateway loads what it calls** (`FUNCTION LOAD REPLACE`, or `SCRIPT LOAD`): at
 //!   start, best effort (Redis may be down; with `auto`, a health probe that finds Redis up, or
 //!   the first call that meets NOSCRIPT, then tries again), on a Cluster on every primary; and

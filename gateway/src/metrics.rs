@@ -188,6 +188,9 @@ pub struct Metrics {
     redis_calls: [AtomicU64; RunAs::ALL.len()],
     /// Calls run as `EVAL` of the script: found it missing again right after it was loaded.
     eval_calls: AtomicU64,
+    /// FCALLs of the batch function sent, and the calls they carried.
+    batches: AtomicU64,
+    batched_calls: AtomicU64,
 }
 
 /// Decrements the open-connections gauge when a connection's task ends, however it ends.
@@ -278,6 +281,12 @@ impl Metrics {
         self.redis_calls[run_as as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// One FCALL of the batch function about to be sent, carrying `calls` calls.
+    pub fn batch(&self, calls: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batched_calls.fetch_add(calls, Ordering::Relaxed);
+    }
+
     /// A call sent as `EVAL` of the gateway's own script (see `Backend::run`).
     pub fn eval_call(&self) {
         self.eval_calls.fetch_add(1, Ordering::Relaxed);
@@ -350,7 +359,7 @@ impl Metrics {
             }
         }
 
-        writeln!(out, "# HELP sluice_gateway_redis_calls_total Calls of sluice's script sent to Redis, by how they ran (reruns after a load included).")?;
+        writeln!(out, "# HELP sluice_gateway_redis_calls_total Commands running sluice's script sent to Redis, by how they ran (reruns after a load included; a batch is one FCALL).")?;
         writeln!(out, "# TYPE sluice_gateway_redis_calls_total counter")?;
         for run_as in RunAs::ALL {
             writeln!(
@@ -361,6 +370,12 @@ impl Metrics {
             )?;
         }
         writeln!(out, "sluice_gateway_redis_calls_total{{command=\"EVAL\"}} {}", self.eval_calls.load(Ordering::Relaxed))?;
+        writeln!(out, "# HELP sluice_gateway_redis_batches_total FCALLs of the batch function sent to Redis (reruns after a load included), each deciding several calls.")?;
+        writeln!(out, "# TYPE sluice_gateway_redis_batches_total counter")?;
+        writeln!(out, "sluice_gateway_redis_batches_total {}", self.batches.load(Ordering::Relaxed))?;
+        writeln!(out, "# HELP sluice_gateway_batched_calls_total Calls of sluice's script sent to Redis inside a batch.")?;
+        writeln!(out, "# TYPE sluice_gateway_batched_calls_total counter")?;
+        writeln!(out, "sluice_gateway_batched_calls_total {}", self.batched_calls.load(Ordering::Relaxed))?;
 
         writeln!(out, "# HELP sluice_gateway_redis_errors_total Commands or requests that got no result from Redis, by kind.")?;
         writeln!(out, "# TYPE sluice_gateway_redis_errors_total counter")?;

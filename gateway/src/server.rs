@@ -56,9 +56,9 @@ impl Gateway {
     pub fn from_config(config: &Config) -> Result<Arc<Self>, GatewayError> {
         let timeout = config.timeout();
         let backend = if config.cluster_urls().is_empty() {
-            Backend::standalone(&config.redis_url, timeout, config.redis_calls)?
+            Backend::standalone(&config.redis_url, timeout, config.redis_calls)?.batching(config.batch_calls)
         } else {
-            Backend::cluster(&config.cluster_urls(), timeout, config.redis_calls)?
+            Backend::cluster(&config.cluster_urls(), timeout, config.redis_calls)?.batching(config.batch_calls)
         };
         let token = match &config.token {
             Some(t) if t.is_empty() => return Err(GatewayError::EmptyToken),

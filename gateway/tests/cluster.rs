@@ -221,6 +221,10 @@ async fn cluster_runs_calls_as_fcall_of_the_library_on_every_primary() {
     let (_, text) = http.get("/metrics").await;
     let value = |series: &str| support::metric_value(&text, series);
     assert_eq!(value(r#"sluice_gateway_library_loads_total{trigger="not_found",outcome="loaded"}"#), 1.0, "{text}");
+    // One slot's calls go as one batch: a's two in each pipeline, the second batch sent twice
+    // (before and after the load).
+    assert_eq!(value("sluice_gateway_redis_batches_total"), 3.0, "{text}");
+    assert_eq!(value("sluice_gateway_batched_calls_total"), 6.0);
     assert_eq!(value(r#"sluice_gateway_redis_calls_total{command="EVALSHA"}"#), 0.0);
     assert_eq!(value(r#"sluice_gateway_script_loads_total{trigger="start",outcome="loaded"}"#), 0.0);
     for p in cluster.primaries() {
@@ -259,6 +263,13 @@ async fn a_call_redirected_to_a_node_without_the_script_or_library_still_runs_on
             let (status, body) = http.post("/", call(identity)).await;
             assert_eq!(status, 200, "{mode}: {body}");
             assert_eq!(verdict(&body["result"]), (true, remaining), "{mode}: each call counted once");
+        }
+        if mode == "fcall" {
+            // Two in one pipeline go as a batch, which finds the library missing on the
+            // importer again after the load; it did not run, so its calls run one by one.
+            let (status, body) = http.post("/pipeline", json!([call(identity), call(identity)])).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!([entry_verdict(&body[0]), entry_verdict(&body[1])], [(true, LIMIT - 3), (true, LIMIT - 4)]);
         }
         let keys_in = |port: u16| redis_cli(port, &["CLUSTER", "COUNTKEYSINSLOT", &slot_arg]).trim().to_string();
         assert_eq!(keys_in(owner), "0", "{mode}");

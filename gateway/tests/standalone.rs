@@ -378,8 +378,9 @@ async fn a_redis_that_loses_functions_gets_evalsha() {
     let (_, health) = http.get("/healthz").await;
     assert!(health.contains(r#""calls":"EVALSHA""#), "{health}");
     let text = http.wait_metric(NOSCRIPT_LOADED, 1.0).await;
-    // FCALL: the call before the restart, and the pipeline's two, which did not run.
-    assert_eq!((metric_value(&text, FCALLS), metric_value(&text, EVALSHAS)), (3.0, 3.0), "{text}");
+    // FCALL: the call before the restart, and the pipeline's batch, which did not run; its
+    // two calls then ran one by one as EVALSHA.
+    assert_eq!((metric_value(&text, FCALLS), metric_value(&text, EVALSHAS)), (2.0, 3.0), "{text}");
     assert_eq!(redis_calls(redis.port, "evalsha"), 3);
 }
 
@@ -441,26 +442,38 @@ async fn redis_down_at_start_gets_what_it_calls_when_it_comes_up() {
     assert!(!library_loaded(redis.port));
 }
 
+/// A pipeline's calls run in order with an answer each, errors in place, whether they go to
+/// Redis as one FCALL of the batch function (the default) or one FCALL each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_keep_order_and_per_command_errors() {
-    let redis = RedisServer::start();
-    let (_gw, http) = gateway_for(&redis, &[]).await;
-    redis_cli(redis.port, &["LPUSH", &key(3), "x"]);
+    for (batch, fcalls, batches) in [("true", 1.0, 1.0), ("false", 8.0, 0.0)] {
+        let redis = RedisServer::start();
+        let (_gw, http) = gateway_for(&redis, &["--batch-calls", batch]).await;
+        http.wait_metric(LIBRARY_START_LOADED, 1.0).await;
+        redis_cli(redis.port, &["LPUSH", &key(3), "x"]);
 
-    let (status, body) =
-        http.post("/pipeline", json!([call(1), call(1), call(2), call(3), call(1), dry_call(1), eval_call(2), call(1)])).await;
-    assert_eq!(status, 200, "{body}");
-    let e = body.as_array().expect("array");
-    assert_eq!(e.len(), 8);
-    assert_eq!(entry_verdict(&e[0]), (true, 4));
-    assert_eq!(entry_verdict(&e[1]), (true, 3));
-    assert_eq!(entry_verdict(&e[2]), (true, 4));
-    let wrongtype = e[3]["error"].as_str().expect("an error in place");
-    assert!(wrongtype.contains("WRONGTYPE"), "{wrongtype}");
-    assert_eq!(entry_verdict(&e[4]), (true, 2));
-    assert_eq!(entry_verdict(&e[5]), (true, 1), "dry: decided, not written");
-    assert_eq!(entry_verdict(&e[6]), (true, 3));
-    assert_eq!(entry_verdict(&e[7]), (true, 1));
+        let (status, body) = http
+            .post("/pipeline", json!([call(1), call(1), call(2), call(3), call(1), dry_call(1), eval_call(2), call(1)]))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let e = body.as_array().expect("array");
+        assert_eq!(e.len(), 8);
+        assert_eq!(entry_verdict(&e[0]), (true, 4));
+        assert_eq!(entry_verdict(&e[1]), (true, 3));
+        assert_eq!(entry_verdict(&e[2]), (true, 4));
+        let wrongtype = e[3]["error"].as_str().expect("an error in place");
+        assert!(wrongtype.contains("WRONGTYPE"), "{wrongtype}");
+        assert_eq!(entry_verdict(&e[4]), (true, 2));
+        assert_eq!(entry_verdict(&e[5]), (true, 1), "dry: decided, not written");
+        assert_eq!(entry_verdict(&e[6]), (true, 3));
+        assert_eq!(entry_verdict(&e[7]), (true, 1));
+
+        let (_, text) = http.get("/metrics").await;
+        assert_eq!(metric_value(&text, FCALLS), fcalls, "--batch-calls {batch}");
+        assert_eq!(metric_value(&text, "sluice_gateway_redis_batches_total"), batches);
+        assert_eq!(metric_value(&text, "sluice_gateway_batched_calls_total"), batches * 8.0);
+        assert_eq!(redis_calls(redis.port, "fcall") as f64, fcalls);
+    }
 }
 
 /// h2c (HTTP/2 with prior knowledge, as Envoy speaks to an `http2_protocol_options`
@@ -675,7 +688,10 @@ async fn metrics_count_requests_commands_and_errors() {
     assert_eq!(m(LIBRARY_START_LOADED), Some(1.0));
     assert_eq!(m(NOT_FOUND_LOADED), Some(0.0));
     assert_eq!(m(START_LOADED), Some(0.0), "Redis 7: the library, not the script");
-    assert_eq!(m(FCALLS), Some(5.0));
+    // Two calls alone, and the pipeline's three in one batch.
+    assert_eq!(m(FCALLS), Some(3.0));
+    assert_eq!(m("sluice_gateway_redis_batches_total"), Some(1.0));
+    assert_eq!(m("sluice_gateway_batched_calls_total"), Some(3.0));
     assert_eq!(m(EVALSHAS), Some(0.0));
     assert_eq!(m(r#"sluice_gateway_request_duration_seconds_count{endpoint="/"}"#), Some(4.0));
     assert_eq!(m(r#"sluice_gateway_request_duration_seconds_bucket{endpoint="/",le="+Inf"}"#), Some(4.0));

@@ -5,8 +5,10 @@
 //! One call decides every limit of one rule of one request, all-or-nothing: `KEYS[i]` is limit
 //! i's state key and [`rule_args`] gives its six `ARGV` entries; the reply is
 //! `{all_allowed, {allowed, remaining, reset_ms, retry_after_ms, delay_ms, ttl_ms}...}` (see the
-//! top of `decide.lua`). The scripts mirror the Rust strategies exactly, and the shared case
-//! table is run through both (`tests/lua_cases.rs`).
+//! top of `decide.lua`). The function library also has a batch function, several calls in one
+//! (what sluice-gateway sends Redis); [`batch_counts`] gives the counts it starts with. The scripts mirror
+//! the Rust strategies exactly, and the shared case table is run through both
+//! (`tests/lua_cases.rs`).
 
 use super::keys::key;
 use super::wire::Reply;
@@ -36,8 +38,8 @@ const DECIDE: &str = include_str!("scripts/decide.lua");
 #[cfg(any(test, feature = "testing"))]
 const CLOCK_OVERRIDE_OFF: &str = "local clock_override_allowed = false";
 
-/// The whole script, for `SCRIPT LOAD` / `EVAL`.
-pub const SCRIPT: &str = concat!(definitions!(), include_str!("scripts/decide.lua"));
+/// The whole script, for `SCRIPT LOAD` / `EVAL`: one call per run.
+pub const SCRIPT: &str = concat!(definitions!(), include_str!("scripts/decide.lua"), "return one(KEYS, ARGV)\n");
 
 /// SHA-1 of [`SCRIPT`], for `EVALSHA`.
 pub fn sha() -> String {
@@ -52,19 +54,28 @@ pub fn script_with_clock_override() -> String {
     SCRIPT.replacen(CLOCK_OVERRIDE_OFF, "local clock_override_allowed = true", 1)
 }
 
-/// The function [`library`] registers: named after [`SCRIPT`]'s SHA, so proxies of two sluice
-/// versions can share one Redis.
+/// The function [`library`] registers for one call: named after the library's own hash, so
+/// proxies of two sluice versions can share one Redis.
 pub fn function_name() -> String {
     format!("sluice_decide_{}", library_id())
 }
 
-fn library_id() -> String {
-    sha().chars().take(16).collect()
+/// The function [`library`] registers for a batch of calls (see [`batch_counts`]).
+pub fn batch_function_name() -> String {
+    format!("sluice_batch_{}", library_id())
 }
 
-/// [`SCRIPT`] as a Redis 7 function library, for `FUNCTION LOAD` and `FCALL` with the same keys
-/// and arguments as `EVALSHA`: the same text, but Redis defines the strategies once, when it
-/// loads the library, instead of on every call (about a quarter of a decision's Redis CPU).
+/// The first 16 hex digits of the SHA-1 of the production library's text (named with no id):
+/// it changes with any of that text.
+fn library_id() -> String {
+    let text = library_body(DECIDE, "");
+    sha1_smol::Sha1::from(&text).digest().to_string().chars().take(16).collect()
+}
+
+/// The decision script as a Redis 7 function library, for `FUNCTION LOAD`: the same text as
+/// [`SCRIPT`], but Redis defines the strategies once, when it loads the library, instead of on
+/// every call (about a quarter of a decision's Redis CPU). `FCALL` of [`function_name`] takes
+/// the same keys and arguments as `EVALSHA`; [`batch_function_name`] takes several calls.
 pub fn library() -> String {
     library_of(DECIDE)
 }
@@ -77,10 +88,21 @@ pub fn library_with_clock_override() -> String {
 
 fn library_of(decide: &str) -> String {
     let id = library_id();
+    format!("#!lua name=sluice_{id}\n{}", library_body(decide, &id))
+}
+
+fn library_body(decide: &str, id: &str) -> String {
     format!(
-        "#!lua name=sluice_{id}\n{}\nredis.register_function('sluice_decide_{id}', function(KEYS, ARGV)\n{decide}\nend)\n",
+        "{}\n{decide}\nredis.register_function('sluice_decide_{id}', one)\nredis.register_function('sluice_batch_{id}', batch)\n",
         definitions!()
     )
+}
+
+/// The `ARGV` a batch starts with, for calls with `(keys, arguments)` counts `calls`: the call
+/// count, then each call's two counts. Its `KEYS` are the calls' keys and the rest of its
+/// `ARGV` their arguments, call after call (see the top of `decide.lua`).
+pub fn batch_counts(calls: &[(usize, usize)]) -> impl Iterator<Item = usize> + '_ {
+    std::iter::once(calls.len()).chain(calls.iter().flat_map(|&(keys, args)| [keys, args]))
 }
 
 /// Why a command is not a call of the decision script as the filter makes it.
