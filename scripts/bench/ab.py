@@ -108,10 +108,10 @@ def distributed_ab(args, envoy_cpus, load_cpus):
         print(f"{name:6} {r['total_us']:8.1f} {r['total_us'] / a:6.2f} {r['envoy_us']:7.1f} {num('gateway_us', '8.1f')} "
               f"{num('redis_us', '6.1f')} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
               f"{num('requests_per_callout', '11.1f')} {num('total_us_spread', '7.0%')}")
-        calls = r.get("redis_calls_per_request")
+        calls = r.get("decisions_per_request")
         if calls is not None and calls < 0.9:
-            print(f"  ({name}: only {calls:.2f} Redis calls per request: the gateway did not decide; does this build "
-                  "carry the gateway's decision script?)")
+            print(f"  ({name}: only {calls:.2f} gateway calls per request: the gateway did not decide; does this "
+                  "build carry the gateway's decision script?)")
     print(f"B / A, whole-system CPU per request: {rows['R2-B']['total_us'] / rows['R2-A']['total_us']:.3f}")
 
 
