@@ -35,6 +35,9 @@ macro_rules! definitions {
 }
 
 const DECIDE: &str = include_str!("scripts/decide.lua");
+/// The library's batch function: only sluice-gateway sends batches, so the script (which the
+/// filter sends as `EVAL` after a NOSCRIPT) goes without it.
+const BATCH: &str = include_str!("scripts/batch.lua");
 #[cfg(any(test, feature = "testing"))]
 const CLOCK_OVERRIDE_OFF: &str = "local clock_override_allowed = false";
 
@@ -93,7 +96,7 @@ fn library_of(decide: &str) -> String {
 
 fn library_body(decide: &str, id: &str) -> String {
     format!(
-        "{}\n{decide}\nredis.register_function('sluice_decide_{id}', one)\nredis.register_function('sluice_batch_{id}', batch)\n",
+        "{}\n{decide}\n{BATCH}\nredis.register_function('sluice_decide_{id}', one)\nredis.register_function('sluice_batch_{id}', batch)\n",
         definitions!()
     )
 }

@@ -1,8 +1,8 @@
 -- sluice: decide Redis rules, all-or-nothing per call. The end of the script and the library
--- assembled by src/redis/script.rs (common.lua and the eight strategy files come first); the
--- entry points, `one` and `batch`, are called from there.
+-- assembled by src/redis/script.rs (common.lua and the eight strategy files come first; the
+-- library adds batch.lua): `one` is the entry point of a call.
 --
--- ONE CALL (EVALSHA of the script, or FCALL sluice_decide_<id>): one rule of one request.
+-- One call (EVALSHA of the script, or FCALL sluice_decide_<id>): one rule of one request.
 -- KEYS[i]   state key of limit i (one key per limit; all in one cluster slot).
 -- ARGV      6 arguments per key, in KEYS order:
 --             strategy   fixed_window | sliding_window_counter | sliding_window_log |
@@ -27,20 +27,12 @@
 --           allowed; ttl_ms = how long its state lives). When all_allowed is 0 nothing was
 --           written, so a limit whose di says allowed was not charged.
 -- Writes   only when every limit admits (and not "dry"): SET key state PX ttl_ms for each
---           limit that changed.
+--           limit that changed, when the script call ends (Redis runs it atomically, so no one
+--           sees the difference).
 --           A key given twice sees the first limit's update when the second is decided.
 -- Errors   a wrong argument count, a non-integer number or an unknown strategy.
 --
--- A BATCH (FCALL sluice_batch_<id>; sluice-gateway sends one per Redis round trip): several
--- calls in one, decided in order exactly as if they were sent one after another, each
--- all-or-nothing on its own. What it saves Redis is per call: command dispatch, the Lua
--- entry, TIME (one serves the batch) and a GET of a key an earlier call already read.
--- KEYS      every call's keys, call after call (one cluster slot on a Cluster).
--- ARGV      c, then n_1 m_1 ... n_c m_c (call j's key and argument counts), then every
---           call's arguments, call after call, each laid out as for one call.
--- Reply    {r_1, ..., r_c}: r_j is call j's reply as above, or its error (a key holding
---           another type is an error of the calls that name it, as for one call).
--- Errors   a layout that does not add up is an error of the whole batch, and nothing runs.
+-- The library's batch function (batch.lua) runs `decide` for several calls in one script call.
 local clock_override_allowed = false
 
 local function int_arg(v)
@@ -51,19 +43,32 @@ local function int_arg(v)
   return v
 end
 
--- Redis TIME in epoch µs, read at most once per script call: `clock.us` caches it.
-local function now_us_of(clock)
-  if clock.us == nil then
-    local t = redis.call('TIME')
-    clock.us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  end
-  return clock.us
+-- What one script call has seen and will write: Redis TIME in epoch µs once read (`us`), each
+-- key's state as the calls so far left it (`states`, false: none), and the keys to write
+-- (`order`, first write first) with the lifetime of their last write (`ttls`).
+local function script_call()
+  return {us = nil, states = {}, ttls = {}, order = {}}
 end
 
--- One call: keys KEYS[k0 + 1 .. k0 + n], arguments ARGV[a0 + 1 .. a0 + m]. `states` maps a
--- key to its state as this script call has left it (false: none), so that each key is read
--- from Redis once however many calls of a batch name it.
-local function decide(KEYS, ARGV, k0, n, a0, m, clock, states)
+local function now_us_of(ctx)
+  if ctx.us == nil then
+    local t = redis.call('TIME')
+    ctx.us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return ctx.us
+end
+
+-- Writes what the script call decided: each key once, with its last state.
+local function flush(ctx)
+  for i = 1, #ctx.order do
+    local key = ctx.order[i]
+    redis.call('SET', key, ctx.states[key], 'PX', num(ctx.ttls[key]))
+  end
+end
+
+-- One call: keys KEYS[k0 + 1 .. k0 + n], arguments ARGV[a0 + 1 .. a0 + m], in script call
+-- `ctx`. Reads a key from Redis only the first time the script call names it.
+local function decide(KEYS, ARGV, k0, n, a0, m, ctx)
   if m < 6 * n or m > 6 * n + 2 then
     return redis.error_reply('ERR sluice: expected 6 arguments per key (plus optional "dry" and now_us), got '
       .. m .. ' for ' .. n .. ' keys')
@@ -82,7 +87,7 @@ local function decide(KEYS, ARGV, k0, n, a0, m, clock, states)
   end
   local now_us = override
   if now_us == nil then
-    now_us = now_us_of(clock)
+    now_us = now_us_of(ctx)
   end
   local now = floor(now_us / 1000)
 
@@ -111,10 +116,10 @@ local function decide(KEYS, ARGV, k0, n, a0, m, clock, states)
     else
       local raw = pending[key]
       if raw == nil then
-        raw = states[key]
+        raw = ctx.states[key]
         if raw == nil then
           raw = redis.call('GET', key)
-          states[key] = raw
+          ctx.states[key] = raw
         end
       end
       d = fn(raw, now, limit, period, cost, p1, p2)
@@ -136,8 +141,12 @@ local function decide(KEYS, ARGV, k0, n, a0, m, clock, states)
     for i = 1, n do
       local d = results[i]
       if d[7] ~= nil then
-        redis.call('SET', KEYS[k0 + i], d[7], 'PX', num(max(d[6], 1) + pad))
-        states[KEYS[k0 + i]] = d[7]
+        local key = KEYS[k0 + i]
+        if ctx.ttls[key] == nil then
+          ctx.order[#ctx.order + 1] = key
+        end
+        ctx.states[key] = d[7]
+        ctx.ttls[key] = max(d[6], 1) + pad
       end
     end
   end
@@ -154,40 +163,8 @@ end
 
 local function one(KEYS, ARGV)
   bind()
-  return decide(KEYS, ARGV, 0, #KEYS, 0, #ARGV, {}, {})
-end
-
-local function batch(KEYS, ARGV)
-  bind()
-  local c = int_arg(ARGV[1])
-  if c == nil or c < 1 or #ARGV < 1 + 2 * c then
-    return redis.error_reply('ERR sluice: a batch starts with its call count and two counts per call')
-  end
-  local keys, args = 0, 1 + 2 * c
-  for j = 1, c do
-    local n, m = int_arg(ARGV[2 * j]), int_arg(ARGV[2 * j + 1])
-    if n == nil or m == nil or n < 1 then
-      return redis.error_reply('ERR sluice: call ' .. j .. ' of the batch has no keys or bad counts')
-    end
-    keys, args = keys + n, args + m
-  end
-  if keys ~= #KEYS or args ~= #ARGV then
-    return redis.error_reply('ERR sluice: the batch names ' .. keys .. ' keys and ' .. args
-      .. ' arguments; it has ' .. #KEYS .. ' and ' .. #ARGV)
-  end
-  local clock, states, out = {}, {}, {}
-  local k0, a0 = 0, 1 + 2 * c
-  for j = 1, c do
-    local n, m = int_arg(ARGV[2 * j]), int_arg(ARGV[2 * j + 1])
-    -- An error raised in one call (a key of another type) is that call's alone, as it would
-    -- be were it its own FCALL: a call raises before it writes anything.
-    local ok, r = pcall(decide, KEYS, ARGV, k0, n, a0, m, clock, states)
-    if ok or type(r) == 'table' then
-      out[j] = r
-    else
-      out[j] = redis.error_reply(tostring(r))
-    end
-    k0, a0 = k0 + n, a0 + m
-  end
-  return out
+  local ctx = script_call()
+  local reply = decide(KEYS, ARGV, 0, #KEYS, 0, #ARGV, ctx)
+  flush(ctx)
+  return reply
 end
