@@ -1,28 +1,80 @@
 //! Request headers as the host hands them over all at once, in the proxy-wasm pairs encoding.
 //! Values stay bytes: HTTP lets a value carry any byte above 0x7f and Envoy passes them on.
 
-/// Decodes the proxy-wasm encoding of a header map: the pair count (u32, little-endian), the
-/// name and value length of every pair (u32 each), then every name and value, each followed by
-/// a NUL byte. `None` if the bytes do not follow it. Names are tokens (Envoy refuses others);
-/// one that is not UTF-8 anyway is read lossily and then equals no configured name.
-pub fn parse_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-    let u32_at = |i: usize| bytes.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
-    if bytes.is_empty() {
-        return Some(Vec::new());
+/// A header map in the proxy-wasm encoding, checked once and then read in place: the pair
+/// count (u32, little-endian), the name and value length of every pair (u32 each), then every
+/// name and value, each followed by a NUL byte. Nothing is copied per header: a request asks
+/// for a few of them, and Envoy hands over all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pairs {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl Pairs {
+    /// `None` if the bytes do not follow the encoding (no bytes at all is an empty map).
+    pub fn parse(bytes: Vec<u8>) -> Option<Pairs> {
+        let count = if bytes.is_empty() { 0 } else { u32_at(&bytes, 0)? as usize };
+        let pairs = Pairs { bytes, count };
+        pairs.walk(|_, _| false)?;
+        Some(pairs)
     }
-    let count = u32_at(0)? as usize;
-    let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
-    for i in 0..count {
-        let name_len = u32_at(4 + i * 8)? as usize;
-        let value_len = u32_at(8 + i * 8)? as usize;
-        let name = bytes.get(data..data.checked_add(name_len)?)?;
-        data += name_len + 1;
-        let value = bytes.get(data..data.checked_add(value_len)?)?;
-        data += value_len + 1;
-        pairs.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+
+    /// The first value of header `name` (names are tokens, which Envoy keeps to; one that is
+    /// not UTF-8 anyway equals no configured name).
+    pub fn first(&self, name: &str) -> Option<&[u8]> {
+        let mut found = None;
+        self.walk(|k, v| {
+            let hit = k == name.as_bytes();
+            if hit {
+                found = Some(v);
+            }
+            hit
+        })?;
+        found
     }
-    (data <= bytes.len()).then_some(pairs)
+
+    /// Every pair in order, as (name, value) bytes.
+    pub fn to_vec(&self) -> Vec<(&[u8], &[u8])> {
+        let mut out = Vec::with_capacity(self.count);
+        // Checked when parsed: the walk completes.
+        let _ = self.walk(|k, v| {
+            out.push((k, v));
+            false
+        });
+        out
+    }
+
+    /// Visits the pairs in order until `visit` says stop; `None` if they run past the bytes.
+    fn walk<'a>(&'a self, mut visit: impl FnMut(&'a [u8], &'a [u8]) -> bool) -> Option<()> {
+        let bytes = &self.bytes;
+        if bytes.is_empty() {
+            return Some(());
+        }
+        let mut data = 4usize.checked_add(self.count.checked_mul(8)?)?;
+        if data > bytes.len() {
+            return None;
+        }
+        for i in 0..self.count {
+            let name_len = u32_at(bytes, 4 + i * 8)? as usize;
+            let value_len = u32_at(bytes, 8 + i * 8)? as usize;
+            let name = bytes.get(data..data.checked_add(name_len)?)?;
+            data = data.checked_add(name_len + 1)?;
+            let value = bytes.get(data..data.checked_add(value_len)?)?;
+            data = data.checked_add(value_len + 1)?;
+            if data > bytes.len() {
+                return None;
+            }
+            if visit(name, value) {
+                return Some(());
+            }
+        }
+        Some(())
+    }
+}
+
+fn u32_at(bytes: &[u8], i: usize) -> Option<u32> {
+    bytes.get(i..i.checked_add(4)?).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
 }
 
 #[cfg(test)]
@@ -47,14 +99,17 @@ mod tests {
     #[test]
     fn pairs_decode_in_order_and_malformed_input_is_refused() {
         let bytes = encode(&[(b":path", b"/a?b"), (b"x-key", b""), (b"x-bin", b"\xff"), (b"x-key", b"second")]);
-        let pairs = parse_pairs(&bytes).unwrap_or_default();
-        let want: [(&str, &[u8]); 4] = [(":path", b"/a?b"), ("x-key", b""), ("x-bin", b"\xff"), ("x-key", b"second")];
-        assert_eq!(pairs, want.map(|(k, v)| (k.to_string(), v.to_vec())));
-        assert_eq!(parse_pairs(&[]), Some(Vec::new()));
+        let pairs = Pairs::parse(bytes.clone()).unwrap_or_else(|| panic!("well-formed"));
+        let want: [(&[u8], &[u8]); 4] = [(b":path", b"/a?b"), (b"x-key", b""), (b"x-bin", b"\xff"), (b"x-key", b"second")];
+        assert_eq!(pairs.to_vec(), want);
+        assert_eq!(pairs.first("x-key"), Some(&b""[..]), "the first of a repeated name");
+        assert_eq!(pairs.first("x-bin"), Some(&b"\xff"[..]));
+        assert_eq!(pairs.first("x-none"), None);
+        assert_eq!(Pairs::parse(Vec::new()).map(|p| p.to_vec().len()), Some(0));
         for cut in 1..bytes.len() {
-            assert_eq!(parse_pairs(&bytes[..cut]), None, "truncated at {cut}");
+            assert_eq!(Pairs::parse(bytes[..cut].to_vec()), None, "truncated at {cut}");
         }
         // A count far beyond the bytes given is refused without allocating for it.
-        assert_eq!(parse_pairs(&u32::MAX.to_le_bytes()), None);
+        assert_eq!(Pairs::parse(u32::MAX.to_le_bytes().to_vec()), None);
     }
 }

@@ -15,22 +15,18 @@ use crate::identity::RequestInfo;
 /// The request as the core sees it: every value read from the host on demand, and each header
 /// at most once (several rules often ask for the same identity header).
 pub(super) struct HostRequest {
-    /// Values read so far (`None`: absent).
+    /// Values read one by one so far (`None`: absent).
     headers: RefCell<Vec<(String, Option<Vec<u8>>)>>,
     /// Read every header at the next ask (the config reads several per request); cleared once
     /// tried, so a failed read of them all is not repeated.
     all_at_once: Cell<bool>,
-    /// `headers` holds every request header: a name not in it is absent.
-    complete: Cell<bool>,
+    /// Every request header, when read at once: a name not in it is absent.
+    all: RefCell<Option<headers::Pairs>>,
 }
 
 impl HostRequest {
     pub fn new(limiter: &Limiter) -> Self {
-        HostRequest {
-            headers: RefCell::default(),
-            all_at_once: Cell::new(limiter.reads_many_headers()),
-            complete: Cell::new(false),
-        }
+        HostRequest { headers: RefCell::default(), all_at_once: Cell::new(limiter.reads_many_headers()), all: RefCell::new(None) }
     }
 
     fn cached(&self, name: &str) -> Option<Option<Vec<u8>>> {
@@ -41,17 +37,14 @@ impl HostRequest {
 impl RequestInfo for HostRequest {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         if self.all_at_once.replace(false) {
-            if let Some(all) = request_header_pairs() {
-                // In order, so a repeated name answers with its first value, as a single read does.
-                *self.headers.borrow_mut() = all.into_iter().map(|(k, v)| (k, Some(v))).collect();
-                self.complete.set(true);
-            }
+            *self.all.borrow_mut() = request_header_pairs();
+        }
+        if let Some(all) = self.all.borrow().as_ref() {
+            // The first value of a repeated name, as a single read answers.
+            return all.first(name).map(<[u8]>::to_vec);
         }
         if let Some(v) = self.cached(name) {
             return v;
-        }
-        if self.complete.get() {
-            return None;
         }
         let v = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten();
         self.headers.borrow_mut().push((name.to_string(), v.clone()));
@@ -71,8 +64,8 @@ extern "C" {
 }
 
 /// Every request header in one host call. Not the SDK's `get_map`: that one panics on a value
-/// that is not UTF-8, which a client can send.
-fn request_header_pairs() -> Option<Vec<(String, Vec<u8>)>> {
+/// that is not UTF-8, which a client can send (and copies every header).
+fn request_header_pairs() -> Option<headers::Pairs> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut len: usize = 0;
     // SAFETY: the host writes a buffer it allocated through the SDK's proxy_on_memory_allocate
@@ -82,11 +75,11 @@ fn request_header_pairs() -> Option<Vec<(String, Vec<u8>)>> {
         return None;
     }
     if data.is_null() {
-        return Some(Vec::new());
+        return headers::Pairs::parse(Vec::new());
     }
     // SAFETY: see above: `data` holds `len` initialized bytes with capacity `len`.
     let bytes = unsafe { Vec::from_raw_parts(data, len, len) };
-    headers::parse_pairs(&bytes)
+    headers::Pairs::parse(bytes)
 }
 
 fn property(path: &[&str]) -> Option<String> {
