@@ -19,12 +19,13 @@ local function batch(KEYS, ARGV)
   if c == nil or c < 1 or #ARGV < 1 + 2 * c then
     return redis.error_reply('ERR sluice: a batch starts with its call count and two counts per call')
   end
-  local keys, args = 0, 1 + 2 * c
+  local keys, args, ns, ms = 0, 1 + 2 * c, {}, {}
   for j = 1, c do
     local n, m = int_arg(ARGV[2 * j]), int_arg(ARGV[2 * j + 1])
     if n == nil or m == nil or n < 1 then
       return redis.error_reply('ERR sluice: call ' .. j .. ' of the batch has no keys or bad counts')
     end
+    ns[j], ms[j] = n, m
     keys, args = keys + n, args + m
   end
   if keys ~= #KEYS or args ~= #ARGV then
@@ -34,7 +35,7 @@ local function batch(KEYS, ARGV)
   local ctx, out = script_call(), {}
   local k0, a0 = 0, 1 + 2 * c
   for j = 1, c do
-    local n, m = int_arg(ARGV[2 * j]), int_arg(ARGV[2 * j + 1])
+    local n, m = ns[j], ms[j]
     -- An error raised in one call (a key of another type) is that call's alone, as it would
     -- be were it its own FCALL: a call raises before it records any write.
     local ok, r = pcall(decide, KEYS, ARGV, k0, n, a0, m, ctx)
