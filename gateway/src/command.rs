@@ -195,11 +195,14 @@ impl Command {
         cmd
     }
 
-    /// The call's keys, then its arguments.
-    fn keys_and_args(&self) -> (impl Iterator<Item = &[u8]>, impl Iterator<Item = &[u8]>) {
-        let first = 3;
-        let args = first + self.keys;
-        ((first..args).filter_map(|i| self.word(i)), (args..self.ends.len()).filter_map(|i| self.word(i)))
+    /// The call's keys: the words after the name, the target and the key count.
+    fn call_keys(&self) -> impl Iterator<Item = &[u8]> {
+        (3..3 + self.keys).filter_map(|i| self.word(i))
+    }
+
+    /// The call's arguments: the words after its keys.
+    fn call_args(&self) -> impl Iterator<Item = &[u8]> {
+        (3 + self.keys..self.ends.len()).filter_map(|i| self.word(i))
     }
 
     /// How many arguments follow the keys.
@@ -214,7 +217,6 @@ impl Command {
     }
 }
 
-/// Parses `POST /` bodies: one JSON array.
 /// One `FCALL` of the library's batch function that decides `cmds` in their order, each
 /// all-or-nothing on its own, exactly as if each ran as its own `FCALL` one after another, and
 /// answers an array of their replies. On a Cluster all their keys must be in one slot.
@@ -226,7 +228,7 @@ pub fn batch_call(cmds: &[&Command]) -> redis::Cmd {
     let mut call = redis::Cmd::with_capacity(words, BATCH_FUNCTION.len() + bytes + 8 * words);
     call.arg(RunAs::Fcall.name()).arg(BATCH_FUNCTION.as_str()).arg(keys);
     for c in cmds {
-        for key in c.keys_and_args().0 {
+        for key in c.call_keys() {
             call.arg(key);
         }
     }
@@ -234,13 +236,14 @@ pub fn batch_call(cmds: &[&Command]) -> redis::Cmd {
         call.arg(n);
     }
     for c in cmds {
-        for arg in c.keys_and_args().1 {
+        for arg in c.call_args() {
             call.arg(arg);
         }
     }
     call
 }
 
+/// Parses `POST /` bodies: one JSON array.
 pub fn parse_command(body: &[u8]) -> Result<Command, RequestError> {
     match parse_whole(body, CommandSeed)? {
         Parsed::Words(words) => command_from_words(words),
