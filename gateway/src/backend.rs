@@ -506,7 +506,17 @@ impl Backend {
         let groups = slots.iter().map(|(slot, members)| async move {
             let group: Vec<&Command> = members.iter().filter_map(|&i| cmds.get(i)).collect();
             if !self.batches(group.len()) {
-                return join_all(group.iter().map(|cmd| self.run(cmd, metrics))).await;
+                let mut out = join_all(group.iter().map(|cmd| self.run(cmd, metrics))).await;
+                // Calls of one slot redirected with ASK at once (a migration) can come back with
+                // the redirect itself as their answer: the client lost it. Redis ran nothing for
+                // such a call, so it runs again, alone, in order.
+                for (cmd, outcome) in group.iter().zip(out.iter_mut()) {
+                    if redirected(outcome) {
+                        metrics.redirect_retry();
+                        *outcome = self.run(cmd, metrics).await;
+                    }
+                }
+                return out;
             }
             if let Some(out) = self.try_batch(&group, *slot, metrics).await {
                 return out;
@@ -597,6 +607,11 @@ fn lost(outcome: &Outcome, run_as: RunAs) -> Option<Lost> {
         RunAs::Fcall if is_unknown_command(text) => Some(Lost::NoFunctions),
         _ => None,
     }
+}
+
+/// Whether Redis answered a redirect (the call ran nowhere) that the client did not follow.
+fn redirected(outcome: &Outcome) -> bool {
+    matches!(outcome, Err(Failure::Reply(text)) if text.starts_with("ASK ") || text.starts_with("MOVED "))
 }
 
 fn is_unknown_command(text: &str) -> bool {

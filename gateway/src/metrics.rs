@@ -191,6 +191,8 @@ pub struct Metrics {
     /// FCALLs of the batch function sent, and the calls they carried.
     batches: AtomicU64,
     batched_calls: AtomicU64,
+    /// Calls run again, alone, after their answer was a redirect the client did not follow.
+    redirect_retries: AtomicU64,
 }
 
 /// Decrements the open-connections gauge when a connection's task ends, however it ends.
@@ -287,6 +289,11 @@ impl Metrics {
         self.batched_calls.fetch_add(calls, Ordering::Relaxed);
     }
 
+    /// A call run again because its answer was a redirect (see `Backend::cluster_pipeline`).
+    pub fn redirect_retry(&self) {
+        self.redirect_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A call sent as `EVAL` of the gateway's own script (see `Backend::run`).
     pub fn eval_call(&self) {
         self.eval_calls.fetch_add(1, Ordering::Relaxed);
@@ -376,6 +383,9 @@ impl Metrics {
         writeln!(out, "# HELP sluice_gateway_batched_calls_total Calls of sluice's script sent to Redis inside a batch.")?;
         writeln!(out, "# TYPE sluice_gateway_batched_calls_total counter")?;
         writeln!(out, "sluice_gateway_batched_calls_total {}", self.batched_calls.load(Ordering::Relaxed))?;
+        writeln!(out, "# HELP sluice_gateway_redirect_retries_total Calls of one Cluster slot whose answer was a redirect the client lost (they ran nowhere), run again alone.")?;
+        writeln!(out, "# TYPE sluice_gateway_redirect_retries_total counter")?;
+        writeln!(out, "sluice_gateway_redirect_retries_total {}", self.redirect_retries.load(Ordering::Relaxed))?;
 
         writeln!(out, "# HELP sluice_gateway_redis_errors_total Commands or requests that got no result from Redis, by kind.")?;
         writeln!(out, "# TYPE sluice_gateway_redis_errors_total counter")?;
