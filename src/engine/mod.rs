@@ -11,7 +11,7 @@ mod rule;
 mod verdict;
 
 pub use applies::{path_only, Applied, Applies, Exemption, Mismatch, Missing};
-pub use remote::Pending;
+pub use remote::{Heard, Pending};
 pub use verdict::{RuleOutcome, Verdict};
 
 use applies::ReadPlan;

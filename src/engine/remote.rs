@@ -35,6 +35,14 @@ impl Pending {
     }
 }
 
+/// What the breaker has heard of one gathered call whose requests are carried on one after
+/// another, at one instant ([`Limiter::resume_gathered`]).
+#[derive(Debug, Default)]
+pub struct Heard {
+    /// An ordinary (not probe) request of the call has told the breaker of its success.
+    success: bool,
+}
+
 impl Limiter {
     pub(super) fn breaker(&self) -> Option<Breaker<'_>> {
         self.redis.as_ref().map(|r| Breaker { key: &self.breaker_key, spec: r.breaker, timeout_ms: r.timeout_ms })
@@ -162,7 +170,24 @@ impl Limiter {
     }
 
     /// Continues a request with Redis' replies (or the transport's failure).
-    pub fn resume(&self, mut p: Pending, replies: Result<Vec<Reply>, String>, store: &impl SharedStore, now_us: u64) -> Resumed {
+    pub fn resume(&self, p: Pending, replies: Result<Vec<Reply>, String>, store: &impl SharedStore, now_us: u64) -> Resumed {
+        self.resume_gathered(p, replies, store, now_us, &mut Heard::default())
+    }
+
+    /// [`Limiter::resume`] for one of the requests of a gathered call that answered, carried
+    /// on in turn at `now_us` with `heard` shared among them. The breaker hears of the call's
+    /// success from its first ordinary request only: the others, at the same instant, would
+    /// set the state it set (a failure another worker records meanwhile is then simply
+    /// ordered after all of them), and each read of shared data is a host call per request.
+    /// Probes still speak one by one: each holds a place in a half-open breaker.
+    pub fn resume_gathered(
+        &self,
+        mut p: Pending,
+        replies: Result<Vec<Reply>, String>,
+        store: &impl SharedStore,
+        now_us: u64,
+        heard: &mut Heard,
+    ) -> Resumed {
         let parsed = match replies {
             Ok(r) if !p.eval && r.iter().any(Reply::is_noscript) => {
                 // The script is not cached on (some node of) Redis: send it whole once, which
@@ -192,7 +217,11 @@ impl Limiter {
                     return Resumed::Retry(p);
                 }
                 if let Some(b) = breaker {
-                    b.record(store, p.permit, true, now_us);
+                    let ordinary = p.permit == Permit::Call;
+                    if !(ordinary && heard.success) {
+                        b.record(store, p.permit, true, now_us);
+                    }
+                    heard.success |= ordinary;
                 }
                 Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us))
             }

@@ -629,6 +629,34 @@ fn a_call_that_failed_together_follows_on_error_and_counts_once() {
 }
 
 #[test]
+fn a_gathered_call_that_answered_tells_the_breaker_once() {
+    let l = limiter(serde_json::json!({"namespace": "ns",
+        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}},
+        "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]}));
+    let mem = MemStore::default();
+    let s = Racing::new(&mem);
+    let b = l.breaker().unwrap();
+    done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("reset".into()), &s, T0));
+    // Four requests in one call that answered: the first one's success is the call's, and the
+    // others do not read the breaker again.
+    let calls: Vec<Pending> = (0..4).map(|_| pending(l.start(&Req::new("GET", "/"), &s, T0))).collect();
+    let (reads, heard) = (s.reads.get(), &mut Heard::default());
+    for p in calls.iter().cloned() {
+        assert_eq!(status(&done(l.resume_gathered(p, Ok(vec![reply(true, 5)]), &s, T0, heard))), 200);
+    }
+    assert_eq!(s.reads.get() - reads, 1, "one read of the breaker for the call");
+    // The success was heard: the failure before it no longer counts towards opening.
+    done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("reset".into()), &s, T0));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Closed);
+    // Carried on as separate calls, each success reads it.
+    let reads = s.reads.get();
+    for p in calls {
+        done(l.resume(p, Ok(vec![reply(true, 5)]), &s, T0));
+    }
+    assert_eq!(s.reads.get() - reads, 4);
+}
+
+#[test]
 fn a_delay_from_redis_never_exceeds_the_rules_max_delay() {
     let l = redis_limiter(serde_json::json!([
         {"name": "q", "limit": "10/s", "backend": "redis", "strategy": {"type": "leaky_bucket_queue", "max_delay": "200ms"}},

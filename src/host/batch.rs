@@ -15,7 +15,7 @@ use proxy_wasm::hostcalls;
 
 use crate::clock;
 use crate::config::Transport;
-use crate::engine::Pending;
+use crate::engine::{Heard, Pending};
 use crate::redis::wire::{Reply, GATHERED_COMMANDS};
 use crate::store::{SharedStore, CREATE_TOKEN};
 
@@ -190,7 +190,7 @@ fn expire_lost(now: u64) {
         lost
     });
     for (_, call) in lost {
-        failed(call, "no answer from the Redis endpoint".into());
+        failed(call, "no answer from the Redis endpoint".into(), now);
     }
 }
 
@@ -208,7 +208,7 @@ pub(super) fn flush() {
         let now = now_us();
         let (late, mut ready): (Vec<Entry>, Vec<Entry>) =
             waiting.into_iter().partition(|e| deadline(e).and_then(|d| clock::call_timeout_ms(now, d)).is_none());
-        failed(late, "less than 1 ms left of redis.timeout_ms".into());
+        failed(late, "less than 1 ms left of redis.timeout_ms".into(), now);
         ready.sort_by_key(|e| (Rc::as_ptr(&e.shared) as usize, std::cmp::Reverse(deadline(e))));
         let mut calls: Vec<Vec<Entry>> = Vec::new();
         for e in ready {
@@ -220,7 +220,7 @@ pub(super) fn flush() {
         for call in calls {
             match dispatch(&call, now) {
                 Ok(token) => GATHER.with(|g| g.borrow_mut().out.push((token, call))),
-                Err(why) => failed(call, why),
+                Err(why) => failed(call, why, now),
             }
         }
         // Retries (a NOSCRIPT answered at once) may have gathered again: send them too.
@@ -260,15 +260,19 @@ pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) -> bool {
         return false;
     };
     let expected = call.iter().map(|e| e.commands).sum();
+    // Its requests are carried on at one instant: one clock reading, and the breaker hears of
+    // the call's success once (see `Limiter::resume_gathered`).
+    let now = now_us();
     match transport::replies(num_headers, body_size, expected) {
         Ok(replies) => {
             let mut replies = replies.into_iter();
+            let heard = &mut Heard::default();
             for e in call {
                 let own: Vec<Reply> = replies.by_ref().take(e.commands).collect();
-                finish(e, Answer::Replies(Ok(own)));
+                finish(e, Answer::Replies(Ok(own)), now, heard);
             }
         }
-        Err(why) => failed(call, why),
+        Err(why) => failed(call, why, now),
     }
     flush();
     true
@@ -276,19 +280,19 @@ pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) -> bool {
 
 /// A gathered call failed: its requests follow their rules' `on_error`, and the breaker hears
 /// of one failed call, not of one per request it carried.
-fn failed(call: Vec<Entry>, why: String) {
+fn failed(call: Vec<Entry>, why: String, now: u64) {
     let live: Vec<Entry> = call.into_iter().filter(|e| e.job.is_some()).collect();
     // Through a probe when the call carries one: a half-open breaker counts only its probes.
     let teller = live.iter().position(|e| e.job.as_ref().is_some_and(|(p, _)| p.is_probe())).unwrap_or(0);
     for (i, e) in live.into_iter().enumerate() {
         let answer = if i == teller { Answer::Replies(Err(why.clone())) } else { Answer::FailedTogether };
-        finish(e, answer);
+        finish(e, answer, now, &mut Heard::default());
     }
 }
 
-/// Carries request `e` on at the root, unless it went away.
-fn finish(e: Entry, answer: Answer) {
-    if let Some((pending, deadline)) = e.job {
-        http::answered_at_root(&e.shared, e.ctx, pending, deadline, answer);
+/// Carries request `e` on at the root at `now`, unless it went away.
+fn finish(e: Entry, answer: Answer, now: u64, heard: &mut Heard) {
+    if let Some(job) = e.job {
+        http::answered_at_root(&e.shared, e.ctx, job, answer, now, heard);
     }
 }

@@ -9,7 +9,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
-use crate::engine::{Pending, Resumed, Step, Verdict};
+use crate::engine::{Heard, Pending, Resumed, Step, Verdict};
 use crate::redis::wire::Reply;
 
 use super::batch;
@@ -102,22 +102,29 @@ pub(super) enum Answer {
     FailedTogether,
 }
 
-/// Carries request `ctx` on at the root after its Redis call came back (a gathered call, or a
-/// Higress Redis callout), as its own context would: a retry is gathered again, the verdict is
-/// carried out, and its fields wait for the response. A context that is gone lets go of the
-/// decision (a probe gives its place back).
-pub(super) fn answered_at_root(shared: &Rc<Shared>, ctx: u32, pending: Pending, deadline_us: u64, answer: Answer) {
+/// Carries request `ctx` on at the root at `now` after its Redis call came back (a gathered
+/// call, whose requests share `heard`, or a Higress Redis callout), as its own context would:
+/// a retry is gathered again, the verdict is carried out, and its fields wait for the
+/// response. A context that is gone lets go of the decision (a probe gives its place back).
+pub(super) fn answered_at_root(
+    shared: &Rc<Shared>,
+    ctx: u32,
+    (pending, deadline_us): (Pending, u64),
+    answer: Answer,
+    now: u64,
+    heard: &mut Heard,
+) {
     if hostcalls::set_effective_context(ctx).is_err() {
         shared.limiter.abandon(&pending, &EnvoyShared);
         return;
     }
     let settled = match answer {
         Answer::Replies(replies) => {
-            let step = shared.limiter.resume(pending, replies, &EnvoyShared, now_us());
+            let step = shared.limiter.resume_gathered(pending, replies, &EnvoyShared, now, heard);
             settle(shared, ctx, step, deadline_us, At::Root)
         }
         Answer::FailedTogether => {
-            let (flow, fields) = apply(shared, ctx, shared.limiter.resume_failed_together(pending, &EnvoyShared, now_us()));
+            let (flow, fields) = apply(shared, ctx, shared.limiter.resume_failed_together(pending, &EnvoyShared, now));
             Settled::Done(flow, fields)
         }
     };

@@ -153,5 +153,6 @@ impl RootContext for Root {
 pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, size: usize) {
     let Some((ctx, pending, deadline, replies)) = callout::file(token, status, size) else { return };
     let Some(shared) = current() else { return };
-    http::answered_at_root(&shared, ctx, pending, deadline, http::Answer::Replies(replies));
+    let heard = &mut crate::engine::Heard::default();
+    http::answered_at_root(&shared, ctx, (pending, deadline), http::Answer::Replies(replies), time::now_us(), heard);
 }

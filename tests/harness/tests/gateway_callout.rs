@@ -286,3 +286,31 @@ fn gathered_requests_that_ran_out_of_time_count_once_for_the_breaker() {
     assert_eq!(host.callouts().len(), 2);
     assert!(host.traps().is_empty());
 }
+
+/// The Redis path's deterministic costs per request, held at or below the figures reached (as
+/// `costs.rs` holds the local path's): seven requests at once on one worker, the first alone and
+/// six gathered into one call, answered by the real gateway. Each request pays for its arrival
+/// (the clock, the breaker's and the deny cache's shared data), its resumption (the effective
+/// context, the stream's continuation) and two response headers; the call's own host calls are
+/// shared. A gathered call's answer reads the clock and the breaker once, not once per request.
+#[test]
+fn a_gathered_request_costs_no_more_vm_entries_host_calls_or_guest_work() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let mut host = host_on(&redis_rule("1000000000/hour"), forward::http_to(addr));
+    let burst = || (0..7).map(|_| Request::get("/")).collect::<Vec<_>>();
+    host.run(burst(), Schedule::InOrder);
+    let before = (host.crossings(), host.callouts().len());
+    let responses = host.run(burst(), Schedule::InOrder);
+    let after = (host.crossings(), host.callouts().len());
+    assert!(responses.iter().all(Response::admitted), "{responses:?}");
+    assert_eq!(after.1 - before.1, 2, "one call alone, one for the six gathered");
+    let per = |a: u64, b: u64| (a - b) as f64 / 7.0;
+    let entries = per(after.0.vm_entries, before.0.vm_entries);
+    let calls = per(after.0.host_calls, before.0.host_calls);
+    let fuel = per(after.0.guest_fuel, before.0.guest_fuel);
+    eprintln!("per gathered request: {entries:.2} VM entries, {calls:.2} host calls, {fuel:.0} fuel");
+    assert!(entries <= 8.2, "{entries} VM entries per request, at most 8.2 reached before");
+    assert!(calls <= 9.3, "{calls} host calls per request, at most 9.3 reached before");
+    assert!(fuel <= 40_600.0, "{fuel} guest fuel per request, at most 40,600 reached before");
+    assert!(host.traps().is_empty());
+}
