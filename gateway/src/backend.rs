@@ -283,7 +283,7 @@ impl Backend {
             return after_reload(again, run_as);
         }
         metrics.eval_call();
-        self.request(&cmd.to_eval()).await
+        self.following(&cmd.to_eval(), metrics).await
     }
 
     /// Runs a pipeline; the result has one outcome per command, in request order.
@@ -344,9 +344,26 @@ impl Backend {
         Ok(())
     }
 
+    /// Sends one call. On a Cluster whose slot is migrating, calls of that slot sent at once
+    /// were seen to come back with the ASK redirect itself as their answer: the client lost
+    /// it. Redis ran nothing for such a call, so it goes again, a few times at most (callers
+    /// bound the wait with their own timeout).
     async fn send(&self, cmd: &redis::Cmd, run_as: RunAs, metrics: &Metrics) -> Outcome {
         metrics.redis_calls(run_as, 1);
-        self.request(cmd).await
+        self.following(cmd, metrics).await
+    }
+
+    /// [`Backend::request`], sent again while its answer is a lost redirect (see `send`).
+    async fn following(&self, cmd: &redis::Cmd, metrics: &Metrics) -> Outcome {
+        let mut outcome = self.request(cmd).await;
+        for _ in 0..REDIRECT_RETRIES {
+            if !redirected(&outcome) {
+                break;
+            }
+            metrics.redirect_retry();
+            outcome = self.request(cmd).await;
+        }
+        outcome
     }
 
     async fn request(&self, cmd: &redis::Cmd) -> Outcome {
@@ -506,17 +523,7 @@ impl Backend {
         let groups = slots.iter().map(|(slot, members)| async move {
             let group: Vec<&Command> = members.iter().filter_map(|&i| cmds.get(i)).collect();
             if !self.batches(group.len()) {
-                let mut out = join_all(group.iter().map(|cmd| self.run(cmd, metrics))).await;
-                // Calls of one slot redirected with ASK at once (a migration) can come back with
-                // the redirect itself as their answer: the client lost it. Redis ran nothing for
-                // such a call, so it runs again, alone, in order.
-                for (cmd, outcome) in group.iter().zip(out.iter_mut()) {
-                    if redirected(outcome) {
-                        metrics.redirect_retry();
-                        *outcome = self.run(cmd, metrics).await;
-                    }
-                }
-                return out;
+                return join_all(group.iter().map(|cmd| self.run(cmd, metrics))).await;
             }
             if let Some(out) = self.try_batch(&group, *slot, metrics).await {
                 return out;
@@ -608,6 +615,9 @@ fn lost(outcome: &Outcome, run_as: RunAs) -> Option<Lost> {
         _ => None,
     }
 }
+
+/// How many times a call answered with a lost redirect goes again (see `Backend::send`).
+const REDIRECT_RETRIES: usize = 3;
 
 /// Whether Redis answered a redirect (the call ran nowhere) that the client did not follow.
 fn redirected(outcome: &Outcome) -> bool {

@@ -52,11 +52,10 @@
 //!   in one is that call's alone). Redis pays dispatch, the Lua entry and `TIME` once per
 //!   batch (`--batch-calls false`: one `FCALL` per call). Counted in
 //!   `sluice_gateway_redis_batches_total` and `sluice_gateway_batched_calls_total`.
-//!   Without batches (`EVALSHA`, or batching off) a Cluster slot's calls run at once; during a
-//!   slot migration the client was seen to lose one of two concurrent ASK redirects and answer
-//!   with the redirect. Such a call ran nowhere, so it runs again, alone, in order (counted in
-//!   `sluice_gateway_redirect_retries_total`); a batch that must fall back runs its calls one
-//!   by one from the start.
+//!   During a Cluster slot migration, calls of that slot sent at once (from one pipeline or
+//!   from several callouts) were seen to come back with the ASK redirect itself as their
+//!   answer: the client lost it. Such a call ran nowhere, so it is sent again, up to three
+//!   times within the request's timeout (counted in `sluice_gateway_redirect_retries_total`).
 //! * **The gateway loads what it calls** (`FUNCTION LOAD REPLACE`, or `SCRIPT LOAD`): at
 //!   start, best effort (Redis may be down; with `auto`, a health probe that finds Redis up, or
 //!   the first call that meets NOSCRIPT, then tries again), on a Cluster on every primary; and

@@ -191,7 +191,7 @@ pub struct Metrics {
     /// FCALLs of the batch function sent, and the calls they carried.
     batches: AtomicU64,
     batched_calls: AtomicU64,
-    /// Calls run again, alone, after their answer was a redirect the client did not follow.
+    /// Calls sent again after their answer was a redirect the client did not follow.
     redirect_retries: AtomicU64,
 }
 
@@ -289,7 +289,7 @@ impl Metrics {
         self.batched_calls.fetch_add(calls, Ordering::Relaxed);
     }
 
-    /// A call run again because its answer was a redirect (see `Backend::cluster_pipeline`).
+    /// A call sent again because its answer was a redirect (see `Backend::send`).
     pub fn redirect_retry(&self) {
         self.redirect_retries.fetch_add(1, Ordering::Relaxed);
     }
@@ -383,7 +383,7 @@ impl Metrics {
         writeln!(out, "# HELP sluice_gateway_batched_calls_total Calls of sluice's script sent to Redis inside a batch.")?;
         writeln!(out, "# TYPE sluice_gateway_batched_calls_total counter")?;
         writeln!(out, "sluice_gateway_batched_calls_total {}", self.batched_calls.load(Ordering::Relaxed))?;
-        writeln!(out, "# HELP sluice_gateway_redirect_retries_total Calls of one Cluster slot whose answer was a redirect the client lost (they ran nowhere), run again alone.")?;
+        writeln!(out, "# HELP sluice_gateway_redirect_retries_total Calls whose answer was a Cluster redirect the client lost (they ran nowhere), sent again.")?;
         writeln!(out, "# TYPE sluice_gateway_redirect_retries_total counter")?;
         writeln!(out, "sluice_gateway_redirect_retries_total {}", self.redirect_retries.load(Ordering::Relaxed))?;
 
