@@ -49,6 +49,8 @@ def parse_args():
     ap.add_argument("--quick", action="store_true", help="one repetition, shorter runs, smaller memory steps (~4 min)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
     ap.add_argument("--configs", default="", help="throughput configurations to run (default all), e.g. a,b,c")
+    ap.add_argument("--dist-configs", default="",
+                    help="distributed configurations to run (default all), e.g. A,L,R1,R2")
     ap.add_argument("--reps", type=int, help="repetitions per configuration (default 5, quick 1)")
     ap.add_argument("--seconds", type=int, help="length of one throughput run (default 5, quick 3)")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections for throughput (default 32)")
@@ -137,7 +139,8 @@ def main():
             if "distributed" in sections:
                 if stack:
                     report["distributed"] = distributed.run(wasm, work, stack, reps, seconds, args.connections,
-                                                            envoy_cpus, load_cpus, args.max_others, quick)
+                                                            envoy_cpus, load_cpus, args.max_others, quick,
+                                                            [k for k in args.dist_configs.split(",") if k])
                 else:
                     report["distributed"] = {"not_measured": redis_reason or "Redis stack unavailable"}
             if "hostcalls" in sections and noop:

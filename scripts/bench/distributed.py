@@ -221,8 +221,12 @@ def open_loop(envoys, rate, reps, seconds, load_cpus, max_others):
     return rows
 
 
-def run(wasm, work, stack, reps, seconds, connections, envoy_cpus, load_cpus, max_others, quick):
-    keys = list(CONFIGS)
+def run(wasm, work, stack, reps, seconds, connections, envoy_cpus, load_cpus, max_others, quick, only=()):
+    """Runs every configuration, or those in `only` (keys of CONFIGS)."""
+    unknown = [k for k in only if k not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown distributed configurations: {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
+    keys = [k for k in CONFIGS if not only or k in only]
     upstream, envoys, skipped, gateways = start(wasm, work, envoy_cpus, load_cpus, stack, keys)
     try:
         rows = full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, max_others)

@@ -227,7 +227,8 @@ def markdown(report, chart_name):
     if hc:
         lines += ["", f"Host call prices in this Envoy (probe filter making N calls of one kind per request vs none; "
                       f"base {hc['base_rps']:.0f} req/s): " + ", ".join(f"{k} {v:.2f} µs"
-                                                                       for k, v in hc["per_call_us"].items()) + "."]
+                                                                       for k, v in hc["per_call_us"].items()) + " (pause: a request held and carried on; callout: that "
+                  "and one HTTP callout over h2c, each once per request)."]
     if prof.get("breakdown"):
         lines += ["", "Per-request cost in Envoy, from the throughput runs (µs of Envoy CPU per request):", ""]
         lines += [f"- {b}" for b in prof["breakdown"]]

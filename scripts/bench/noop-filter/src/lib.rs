@@ -6,9 +6,17 @@
 //! Kinds: `time` (get_current_time), `property` (source.address), `header` (get :path),
 //! `shared_get` / `shared_set` (a 64-byte value), `add_header` (one response header each),
 //! `alloc` (a 48-byte heap allocation in the guest, for comparison).
+//!
+//! Two kinds price what a Redis rule adds to a request in Envoy, apart from sluice: `pause`
+//! holds each request (headers answered `Pause`) until the root context's next tick (1 ms)
+//! carries it on, as sluice carries on the requests a callout answered (effective context,
+//! then continue); `callout` makes one HTTP callout per request to the cluster `probe_upstream`
+//! and carries the request on when it answers (N is ignored: one callout).
 
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -31,6 +39,8 @@ struct Calls {
     shared_set: u32,
     add_header: u32,
     alloc: u32,
+    pause: u32,
+    callout: u32,
 }
 
 /// Reads `name: number` pairs from any text (the JSON object the benchmark passes, or
@@ -56,6 +66,8 @@ fn parse(text: &str) -> Calls {
                 "shared_set" => calls.shared_set = n,
                 "add_header" => calls.add_header = n,
                 "alloc" => calls.alloc = n,
+                "pause" => calls.pause = n,
+                "callout" => calls.callout = n,
                 _ => {}
             }
         }
@@ -67,6 +79,8 @@ fn parse(text: &str) -> Calls {
 #[derive(Default)]
 struct Root {
     calls: Rc<Calls>,
+    /// Requests held by `pause`, carried on at the next tick.
+    paused: Rc<RefCell<Vec<u32>>>,
 }
 
 impl Context for Root {}
@@ -82,11 +96,22 @@ impl RootContext for Root {
         if self.calls.shared_get > 0 || self.calls.shared_set > 0 {
             let _ = hostcalls::set_shared_data(KEY, Some(&VALUE), None);
         }
+        if self.calls.pause > 0 {
+            let _ = hostcalls::set_tick_period(Duration::from_millis(1));
+        }
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Pass { calls: self.calls.clone() }))
+    fn on_tick(&mut self) {
+        for id in self.paused.borrow_mut().drain(..) {
+            if hostcalls::set_effective_context(id).is_ok() {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Pass { calls: self.calls.clone(), id: context_id, paused: self.paused.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -97,9 +122,15 @@ impl RootContext for Root {
 /// Same callbacks as a filter that inspects request headers, plus the configured calls.
 struct Pass {
     calls: Rc<Calls>,
+    id: u32,
+    paused: Rc<RefCell<Vec<u32>>>,
 }
 
-impl Context for Pass {}
+impl Context for Pass {
+    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, _body_size: usize, _num_trailers: usize) {
+        let _ = hostcalls::resume_http_request();
+    }
+}
 
 impl HttpContext for Pass {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -121,6 +152,17 @@ impl HttpContext for Pass {
         }
         for i in 0..c.alloc {
             black_box(vec![i as u8; 48]);
+        }
+        if c.callout > 0 {
+            let headers = vec![(":method", "GET"), (":path", "/probe"), (":authority", "probe_upstream")];
+            // Through the SDK's context method, which routes the answer back to this context.
+            if self.dispatch_http_call("probe_upstream", headers, None, vec![], Duration::from_secs(5)).is_ok() {
+                return Action::Pause;
+            }
+        }
+        if c.pause > 0 {
+            self.paused.borrow_mut().push(self.id);
+            return Action::Pause;
         }
         Action::Continue
     }
