@@ -6,7 +6,9 @@ decision, six pipelined per round trip (--batch-calls false); `batch` is one FCA
 batch function deciding six. Each round trip decides six new identities' fixed-window rules
 (never reached), as a busy worker's gathered callout does; `per-call-one` and `batch-one` decide six requests of
 one identity (one client sending fast, as in the bench's rows), whose key a batch reads and
-writes once.
+writes once. `get-set` is no script at all: a GET and a `SET ... PX` per decision, pipelined,
+the store work any decision needs (what a native Redis module command would pay at least,
+less the dispatch of one command per key).
 
     python3 scripts/bench/redis_cost.py [--decisions 2400] [--reps 3]
 
@@ -159,7 +161,14 @@ def main():
         def batch_one():
             return batch([keys()[0]] * PER_TRIP)
 
-        modes = (("per-call", per_call), ("batch", batch), ("per-call-one", per_call_one), ("batch-one", batch_one))
+        def get_set():
+            cmds = []
+            for k in keys():
+                cmds += [["GET", k], ["SET", k, "fw 1764763200000 1", "PX", "60000"]]
+            return encode_pipeline(cmds), 2 * PER_TRIP
+
+        modes = (("per-call", per_call), ("batch", batch), ("per-call-one", per_call_one), ("batch-one", batch_one),
+                 ("get-set", get_set))
         results = {name: [] for name, _ in modes}
         for _ in range(args.reps):
             for name, make in modes:
