@@ -11,7 +11,8 @@ Sections (all by default; pick with --sections):
   distributed the routed distributed path: Envoy alone, sluice local, sluice redis (HTTP/1.1 and
               h2c to the gateway, within and over the limit, deny cache on and off): whole-system
               CPU per request split over Envoy, gateway and Redis, and added latency at 30% load
-  hostcalls   (not in the default set) µs per proxy-wasm host call of each kind in this Envoy
+  hostcalls   (not in the default set) µs per proxy-wasm host call of each kind in this Envoy,
+              and of holding a request and carrying it on, without and with an HTTP callout
 
 Writes bench/results.json, bench/results.md and bench/results.png; a full run (all sections,
 not --quick) also refreshes the README's benchmark block. Run through scripts/bench.sh, which
