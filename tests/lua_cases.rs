@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use sluice::rate::Rate;
 use sluice::redis::script as lua;
+use sluice::redis::state as redis_state;
 use sluice::redis::wire::{self, Reply};
 use sluice::strategy::{cases, decide, Decision, Strategy};
 
@@ -305,12 +306,14 @@ fn random_strategy(rng: &mut Rng, kind: usize) -> Strategy {
 }
 
 /// Random rules and request sequences (including clock steps back, sub-ms times, peeks and
-/// costs above the capacity), decided by Lua and natively: every field must agree.
+/// costs above the capacity), decided by Lua and natively: every field must agree, and the
+/// state Redis holds after each step is the native state in the scripts' text
+/// (`sluice::redis::state`).
 #[test]
 fn random_sequences_match_native() {
     let redis = Redis::start();
     let mut conn = redis.connect();
-    let mut steps_run = 0;
+    let (mut steps_run, mut states_compared) = (0, 0);
     for script in Script::both(&mut conn) {
         let mut rng = Rng(0x5EED_1234_ABCD_0001);
         let rates = [
@@ -358,11 +361,23 @@ fn random_sequences_match_native() {
                     if let Some(s) = native.state {
                         state = s;
                     }
+                    // The text Redis holds and the native state are one state in two forms.
+                    let text = get(&mut conn, &key);
+                    assert_eq!(
+                        text.as_deref(),
+                        redis_state::to_text(&state).as_deref(),
+                        "{strategy:?} {rate:?} key {key} step {i}: Redis' text against the native state"
+                    );
+                    if let Some(text) = text {
+                        assert_eq!(redis_state::from_text(text.as_bytes()), state, "{strategy:?} key {key} step {i}: {text:?}");
+                        states_compared += 1;
+                    }
                 }
             }
         }
     }
     assert_eq!(steps_run, 2 * 8 * 30 * 40);
+    assert!(states_compared > steps_run / 2, "only {states_compared} of {steps_run} steps left a state to compare");
 }
 
 #[test]
@@ -589,6 +604,9 @@ fn a_state_that_does_not_decode_is_never_seen() {
                 assert_eq!(conn.cmd(&["SET", key.as_str(), state.as_str()]), Reply::Str("OK".into()));
                 let got = script.one(&mut conn, &key, strategy, rate, 3, now);
                 assert_eq!(got, fresh, "{} {strategy:?} with state {state:?}", script.call[0]);
+                // Read for a native decision, the same text is a state never seen too.
+                let native = decide(strategy, &rate, &redis_state::from_text(state.as_bytes()), now, 3);
+                assert_eq!((native.decision, native.ttl_us / 1000), fresh, "native, {strategy:?} with state {state:?}");
             }
         }
     }

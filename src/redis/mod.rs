@@ -5,6 +5,7 @@
 
 pub mod keys;
 pub mod script;
+pub mod state;
 pub mod wire;
 
 pub use keys::{key, key_prefix};

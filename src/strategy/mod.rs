@@ -45,7 +45,7 @@
 use crate::rate::Rate;
 
 mod catalogue;
-mod codec;
+pub(crate) mod codec;
 mod fluid;
 
 #[cfg(any(test, feature = "testing"))]

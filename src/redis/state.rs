@@ -1,0 +1,190 @@
+//! The decision script's states as Redis holds them (`"fw 1700000000000 3"`: the strategy's tag
+//! and decimal numbers, written by the Lua files in `src/redis/scripts/`) and the strategies'
+//! own (a tag byte and 64-bit fields, `src/strategy/codec.rs`), one into the other. Anything
+//! that decides on Redis' keys without the scripts (a native Redis module command) reads and
+//! writes the same text through these two functions, so proxies of either kind share one key.
+//!
+//! A text reads exactly as the scripts read it (`parse2`, `parse` and the sliding-window
+//! counter's own pattern): a state they would treat as never seen becomes the empty state,
+//! which the strategies treat the same way. One difference is kept on purpose: the scripts
+//! accept a negative time in `tbd` (token bucket with debt), which a 64-bit field cannot hold;
+//! it reads as never seen here. The scripts never write one, and a bucket whose last update
+//! lies before the epoch is refilled in full by either (the case the tests check).
+
+use crate::strategy::codec::{
+    self, FIXED_WINDOW, GCRA, LEAKY_BUCKET, LEAKY_BUCKET_QUEUE, SLIDING_WINDOW_COUNTER, SLIDING_WINDOW_LOG, TOKEN_BUCKET,
+    TOKEN_BUCKET_DEBT,
+};
+
+/// 2^53: the scripts' numbers are doubles, exact below it; a state holding more is not one of
+/// theirs.
+const EXACT: u64 = 1 << 53;
+
+/// How a tag's numbers are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Two numbers, each `-?digits` (the scripts' `parse2`); a negative one (not `-0`) is
+    /// refused.
+    Two,
+    /// Two numbers, the second of them may be negative (`tbd`'s tokens, in debt).
+    TwoSigned,
+    /// Three numbers, digits only (`swc`).
+    Three,
+    /// Any count of numbers, digits only, single spaces (`swl`).
+    Many,
+}
+
+const TAGS: [(&str, u8, Shape); 8] = [
+    ("fw", FIXED_WINDOW, Shape::Two),
+    ("swc", SLIDING_WINDOW_COUNTER, Shape::Three),
+    ("swl", SLIDING_WINDOW_LOG, Shape::Many),
+    ("tb", TOKEN_BUCKET, Shape::Two),
+    ("tbd", TOKEN_BUCKET_DEBT, Shape::TwoSigned),
+    ("lb", LEAKY_BUCKET, Shape::Two),
+    ("lbq", LEAKY_BUCKET_QUEUE, Shape::Two),
+    ("gcra", GCRA, Shape::Two),
+];
+
+/// The strategies' state for a text the scripts wrote; empty (never seen) for anything they
+/// would not read.
+pub fn from_text(text: &[u8]) -> Vec<u8> {
+    parse(text).unwrap_or_default()
+}
+
+fn parse(text: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(text).ok()?;
+    let (name, numbers) = text.split_once(' ')?;
+    let &(_, tag, shape) = TAGS.iter().find(|(n, _, _)| *n == name)?;
+    let words: Vec<&str> = numbers.split(' ').collect();
+    let fields = match shape {
+        Shape::Two | Shape::TwoSigned => {
+            let [a, b] = words[..] else { return None };
+            let time = signed(a)?;
+            let second = signed(b)?;
+            if time < 0 || (shape == Shape::Two && second < 0) || second <= -(EXACT as i64) {
+                return None;
+            }
+            // Two's complement for a negative second field, as the strategy stores it.
+            vec![time as u64, second as u64]
+        }
+        Shape::Three => {
+            let [a, b, c] = words[..] else { return None };
+            vec![digits(a)?, digits(b)?, digits(c)?]
+        }
+        Shape::Many => words.iter().map(|w| digits(w)).collect::<Option<Vec<u64>>>()?,
+    };
+    Some(codec::encode_vec(tag, &fields))
+}
+
+/// Decimal digits only, below 2^53.
+fn digits(word: &str) -> Option<u64> {
+    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    word.parse::<u64>().ok().filter(|v| *v < EXACT)
+}
+
+/// `-?digits`, its magnitude below 2^53 (`-0` is 0).
+fn signed(word: &str) -> Option<i64> {
+    match word.strip_prefix('-') {
+        Some(rest) => digits(rest).map(|v| -(v as i64)),
+        None => digits(word).map(|v| v as i64),
+    }
+}
+
+/// The text the scripts write for a strategy's state; `None` for a state that is not one of
+/// the eight tags' with their count of fields.
+pub fn to_text(state: &[u8]) -> Option<String> {
+    let (&tag, _) = state.split_first()?;
+    let &(name, _, shape) = TAGS.iter().find(|(_, t, _)| *t == tag)?;
+    let fields = codec::decode_vec(tag, state)?;
+    let count_ok = match shape {
+        Shape::Two | Shape::TwoSigned => fields.len() == 2,
+        Shape::Three => fields.len() == 3,
+        Shape::Many => !fields.is_empty(),
+    };
+    if !count_ok {
+        return None;
+    }
+    let mut out = String::with_capacity(name.len() + 20 * fields.len());
+    out.push_str(name);
+    for (i, f) in fields.iter().enumerate() {
+        out.push(' ');
+        if shape == Shape::TwoSigned && i == 1 {
+            out.push_str(itoa::Buffer::new().format(*f as i64));
+        } else {
+            out.push_str(itoa::Buffer::new().format(*f));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_the_scripts_write_round_trip() {
+        for text in [
+            "fw 1700000000000 3",
+            "swc 1700000000000 4 9",
+            "swl 1700000000000 1 1700000000005 2",
+            "tb 17 0",
+            "tbd 1700000000000 -4000",
+            "lb 1 2",
+            "lbq 1 2",
+            "gcra 1700000000001 2",
+        ] {
+            let state = from_text(text.as_bytes());
+            assert!(!state.is_empty(), "{text}");
+            assert_eq!(to_text(&state).as_deref(), Some(text));
+        }
+        assert_eq!(from_text(b"tbd 5 -4"), codec::encode_vec(TOKEN_BUCKET_DEBT, &[5, (-4i64) as u64]));
+        // `-0` reads as 0, as the scripts' tonumber has it.
+        assert_eq!(from_text(b"fw -0 3"), from_text(b"fw 0 3"));
+        assert_eq!(from_text(b"fw 007 3"), from_text(b"fw 7 3"));
+    }
+
+    #[test]
+    fn what_the_scripts_would_not_read_is_never_seen() {
+        let max = (EXACT - 1).to_string();
+        assert!(!from_text(format!("fw {max} {max}").as_bytes()).is_empty());
+        for text in [
+            "",
+            "fw",
+            "fw 1",
+            "fw 1 2 3",
+            "fw  1 2",
+            "fw 1 2 ",
+            "fw -1 2",
+            "fw 1 -2",
+            "fw 1e3 2",
+            "fw 0x10 2",
+            "fw 9007199254740992 1",
+            "tbd -1 2",
+            "tbd 1 -9007199254740992",
+            "swc 1 2",
+            "swc 1 -2 3",
+            "swl",
+            "swl ",
+            "swl 1  2",
+            "swl 1 2 ",
+            "zz 1 2",
+            "FW 1 2",
+            "fw 1 2\n",
+            "fw 99999999999999999999999999 1",
+        ] {
+            assert_eq!(from_text(text.as_bytes()), Vec::<u8>::new(), "{text:?}");
+        }
+        assert_eq!(from_text(&[0xff, b' ', b'1']), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn states_of_another_shape_have_no_text() {
+        assert_eq!(to_text(&[]), None);
+        assert_eq!(to_text(&codec::encode_vec(FIXED_WINDOW, &[1])), None);
+        assert_eq!(to_text(&codec::encode_vec(SLIDING_WINDOW_COUNTER, &[1, 2])), None);
+        assert_eq!(to_text(&codec::encode_vec(SLIDING_WINDOW_LOG, &[])), None);
+        assert_eq!(to_text(&[0x7f, 0, 0]), None);
+    }
+}
