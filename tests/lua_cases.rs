@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sluice::rate::Rate;
+use sluice::redis::native;
 use sluice::redis::script as lua;
 use sluice::redis::state as redis_state;
 use sluice::redis::wire::{self, Reply};
@@ -619,6 +620,37 @@ struct BatchCall {
     args: Vec<String>,
 }
 
+/// A batch of random calls at about `now_us` (each names its own time), on the keys of `pool`
+/// (the last one holds a list, named one time in thirty). `odd` adds what the filter never
+/// sends: one-call batches, three keys, zero limits and periods, a cost of 0.
+fn random_batch(rng: &mut Rng, pool: &[&str; 5], now_us: u64, odd: bool) -> Vec<BatchCall> {
+    let (fewest, most_keys) = if odd { (1, 3) } else { (2, 2) };
+    (0..fewest + rng.below(7))
+        .map(|_| {
+            let n = 1 + rng.below(most_keys) as usize;
+            let keys: Vec<String> =
+                (0..n).map(|_| if rng.below(30) == 0 { pool[4] } else { pool[rng.below(4) as usize] }.to_string()).collect();
+            let mut args = Vec::new();
+            for _ in 0..n {
+                let kind = rng.below(8) as usize;
+                let strategy = random_strategy(rng, kind);
+                let rate = if odd {
+                    Rate { limit: rng.below(5), period_ms: rng.pick(&[0, 500, 1000, 5000]) }
+                } else {
+                    Rate { limit: 1 + rng.below(4), period_ms: rng.pick(&[500, 1000, 5000]) }
+                };
+                let cost = if odd && rng.below(40) == 0 { 0 } else { 1 + rng.below(2) };
+                args.extend(lua::rule_args(&strategy, &rate, cost));
+            }
+            if rng.below(5) == 0 {
+                args.push("dry".into());
+            }
+            args.push((now_us + rng.below(3_000)).to_string());
+            BatchCall { keys, args }
+        })
+        .collect()
+}
+
 /// The batch function decides its calls exactly as the same calls sent one after another:
 /// the same replies and the same states left in Redis, whatever keys they share, "dry" and
 /// denied calls included; a call naming a key of another type fails alone. The calls run one
@@ -639,25 +671,7 @@ fn a_batch_is_its_calls_one_after_another() {
     let (mut calls_run, mut errors, mut denials) = (0, 0, 0);
     for round in 0..120 {
         now_us += rng.below(400_000);
-        let calls: Vec<BatchCall> = (0..2 + rng.below(7))
-            .map(|_| {
-                let n = 1 + rng.below(2) as usize;
-                let keys: Vec<String> =
-                    (0..n).map(|_| if rng.below(30) == 0 { pool[4] } else { pool[rng.below(4) as usize] }.to_string()).collect();
-                let mut args = Vec::new();
-                for _ in 0..n {
-                    let kind = rng.below(8) as usize;
-                    let strategy = random_strategy(&mut rng, kind);
-                    let rate = Rate { limit: 1 + rng.below(4), period_ms: rng.pick(&[500, 1000, 5000]) };
-                    args.extend(lua::rule_args(&strategy, &rate, 1 + rng.below(2)));
-                }
-                if rng.below(5) == 0 {
-                    args.push("dry".into());
-                }
-                args.push((now_us + rng.below(3_000)).to_string());
-                BatchCall { keys, args }
-            })
-            .collect();
+        let calls = random_batch(&mut rng, &pool, now_us, false);
 
         conn.cmd(&["SELECT", "0"]);
         let alone: Vec<Reply> = calls
@@ -703,6 +717,86 @@ fn a_batch_is_its_calls_one_after_another() {
     assert!(calls_run > 500 && errors > 5 && denials > 50, "{calls_run} calls, {errors} errors, {denials} denials");
 }
 
+/// Redis' keys as `sluice::redis::native` sees them: texts, and one key of another type.
+struct Texts(std::collections::HashMap<Vec<u8>, String>);
+
+impl native::Keys for Texts {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        if key.ends_with(b":list") {
+            return Err("WRONGTYPE Operation against a key holding the wrong kind of value".into());
+        }
+        Ok(self.0.get(key).map(|t| t.clone().into_bytes()))
+    }
+}
+
+/// The Rust decision for a native module command (`sluice::redis::native`) answers random
+/// batches exactly as the library's batch function does in Redis: the same replies, the same
+/// states written with the same lifetimes; errors where it errs.
+#[test]
+fn the_native_batch_decides_as_the_library_batch() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    Script::both(&mut conn);
+    let batch = lua::batch_function_name();
+    let pool = ["{n}:a", "{n}:b", "{n}:c", "{n}:d", "{n}:list"];
+    conn.cmd(&["LPUSH", "{n}:list", "x"]);
+    let mut texts = Texts(std::collections::HashMap::new());
+    let mut rng = Rng(0xBA7C_4000_0000_0002);
+    let mut now_us = 1_700_006_400_000_000u64;
+    let (mut calls_run, mut errors, mut denials, mut writes_seen) = (0, 0, 0, 0);
+    for round in 0..150 {
+        now_us += rng.below(400_000);
+        let calls = random_batch(&mut rng, &pool, now_us, true);
+
+        let counts: Vec<(usize, usize)> = calls.iter().map(|c| (c.keys.len(), c.args.len())).collect();
+        let keys: Vec<String> = calls.iter().flat_map(|c| c.keys.iter().cloned()).collect();
+        let args: Vec<String> =
+            lua::batch_counts(&counts).map(|n| n.to_string()).chain(calls.iter().flat_map(|c| c.args.iter().cloned())).collect();
+        let mut words = vec!["FCALL".to_string(), batch.clone(), keys.len().to_string()];
+        words.extend(keys.iter().cloned());
+        words.extend(args.iter().cloned());
+        let Reply::Array(in_redis) = conn.cmd(&words) else { panic!("round {round}: the batch failed") };
+
+        let key_words: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+        let arg_words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let (in_rust, writes) = native::batch(&key_words, &arg_words, &mut texts, 0).expect("a batch that adds up");
+
+        assert_eq!(in_rust.len(), in_redis.len(), "round {round}");
+        for (i, (lua_reply, rust_reply)) in in_redis.iter().zip(&in_rust).enumerate() {
+            match (lua_reply, rust_reply) {
+                (Reply::Error(a), Reply::Error(b)) => {
+                    assert_eq!(a.contains("WRONGTYPE"), b.contains("WRONGTYPE"), "round {round} call {i}: {a} / {b}");
+                    errors += 1;
+                }
+                _ => assert_eq!(lua_reply, rust_reply, "round {round} call {i}: Lua, then Rust"),
+            }
+            if matches!(lua_reply, Reply::Array(items) if items.first() == Some(&Reply::Int(0))) {
+                denials += 1;
+            }
+            calls_run += 1;
+        }
+        for w in &writes {
+            let key = String::from_utf8(w.key.clone()).unwrap();
+            assert_eq!(get(&mut conn, &key).as_deref(), Some(w.state.as_str()), "round {round}: state of {key}");
+            let ttl = pttl(&mut conn, &key);
+            assert!(
+                ttl <= w.ttl_ms as i64 && ttl + 1_000 > w.ttl_ms as i64,
+                "round {round}: {key} lives {ttl} ms, not {}",
+                w.ttl_ms
+            );
+            texts.0.insert(w.key.clone(), w.state.clone());
+            writes_seen += 1;
+        }
+        for key in &pool[..4] {
+            assert_eq!(get(&mut conn, key), texts.0.get(key.as_bytes()).cloned(), "round {round}: {key}, Redis then Rust");
+        }
+    }
+    assert!(
+        calls_run > 400 && errors > 10 && denials > 50 && writes_seen > 100,
+        "{calls_run} calls, {errors} errors, {denials} denials, {writes_seen} writes"
+    );
+}
+
 /// A batch whose counts do not add up to its keys and arguments is refused whole, and nothing
 /// in it runs.
 #[test]
@@ -729,5 +823,11 @@ fn a_batch_that_does_not_add_up_runs_nothing() {
             other => panic!("{case:?}: accepted: {other:?}"),
         }
         assert_eq!(get(&mut conn, "{p}:a"), None, "{case:?}");
+        // The native decision refuses the same layouts, and reads nothing.
+        let n: usize = case[0].parse().unwrap();
+        let words: Vec<&[u8]> = case[1..].iter().map(|w| w.as_bytes()).collect();
+        let mut texts = Texts(std::collections::HashMap::new());
+        let refused = native::batch(&words[..n], &words[n..], &mut texts, 1_700_006_400_000_000);
+        assert!(refused.as_ref().is_err_and(|e| e.contains("sluice")), "{case:?}: native {refused:?}");
     }
 }

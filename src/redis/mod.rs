@@ -4,6 +4,7 @@
 //! strategy-level values and gets decisions back; the host only moves the bytes.
 
 pub mod keys;
+pub mod native;
 pub mod script;
 pub mod state;
 pub mod wire;

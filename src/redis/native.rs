@@ -1,0 +1,245 @@
+//! The decision script's calls decided in Rust, for a native Redis module command: the same
+//! arguments, replies and writes as `decide.lua` (one call) and `batch.lua` (several), over the
+//! same text states (`super::state`), so that Redis keys are shared with proxies whose gateway
+//! runs the scripts. The caller reads keys and applies the writes; this decides.
+//!
+//! Where the two differ, on purpose: arguments must be decimal integers (what sluice-gateway
+//! lets through; the scripts' `tonumber` would also take `1e3` or `0x10`), and an error's text
+//! is this module's own (the scripts' carry Lua's position).
+
+use std::collections::HashMap;
+
+use super::state;
+use super::wire::Reply;
+use crate::rate::Rate;
+use crate::strategy::{self, Param, Strategy, CATALOGUE};
+
+/// 2^53: the scripts' numbers are doubles, exact below it.
+const EXACT: u64 = 1 << 53;
+const ARGS_PER_KEY: usize = 6;
+
+/// What a batch writes, once per key, with its last state and lifetime, in the order keys were
+/// first written: `SET key state PX ttl_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub key: Vec<u8>,
+    pub state: String,
+    pub ttl_ms: u64,
+}
+
+/// The keys a call reads, once each per batch. An error (a key holding another type) is the
+/// error of the call that read it.
+pub trait Keys {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// What one command (a call, or a batch of calls) has read and will write.
+struct Batch<'k, K> {
+    keys: &'k mut K,
+    /// Each key's state as the calls so far left it (`None`: no state).
+    states: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: Vec<Write>,
+}
+
+/// One call, as `FCALL sluice_decide_<id>` runs it: the reply, or the call's error.
+pub fn one(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -> (Result<Reply, String>, Vec<Write>) {
+    let mut b = Batch::new(store);
+    let reply = b.decide(keys, args, now_us);
+    (reply, b.writes)
+}
+
+/// A batch, as `FCALL sluice_batch_<id>` runs it: `args` starts with the call count and two
+/// counts per call. Each call's reply or error in place; a layout that does not add up is the
+/// batch's error, and nothing is decided.
+pub fn batch(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -> Result<(Vec<Reply>, Vec<Write>), String> {
+    let calls = args.first().and_then(|a| int(a)).filter(|c| *c >= 1).ok_or_else(layout)?;
+    let calls = usize::try_from(calls).map_err(|_| layout())?;
+    let counts_end = calls.checked_mul(2).and_then(|n| n.checked_add(1)).filter(|end| *end <= args.len()).ok_or_else(layout)?;
+    let mut counts = Vec::with_capacity(calls);
+    let (mut n_keys, mut n_args) = (0usize, counts_end);
+    for j in 0..calls {
+        let n = int(args[1 + 2 * j]).and_then(|n| usize::try_from(n).ok()).filter(|n| *n >= 1);
+        let m = int(args[2 + 2 * j]).and_then(|m| usize::try_from(m).ok());
+        let (Some(n), Some(m)) = (n, m) else {
+            return Err(format!("ERR sluice: call {} of the batch has no keys or bad counts", j + 1));
+        };
+        counts.push((n, m));
+        n_keys = n_keys.saturating_add(n);
+        n_args = n_args.saturating_add(m);
+    }
+    if n_keys != keys.len() || n_args != args.len() {
+        return Err(format!(
+            "ERR sluice: the batch names {n_keys} keys and {n_args} arguments; it has {} and {}",
+            keys.len(),
+            args.len()
+        ));
+    }
+    let mut b = Batch::new(store);
+    let (mut k0, mut a0) = (0, counts_end);
+    let mut replies = Vec::with_capacity(calls);
+    for (n, m) in counts {
+        replies.push(b.decide(&keys[k0..k0 + n], &args[a0..a0 + m], now_us).unwrap_or_else(Reply::Error));
+        k0 += n;
+        a0 += m;
+    }
+    Ok((replies, b.writes))
+}
+
+fn layout() -> String {
+    "ERR sluice: a batch starts with its call count and two counts per call".to_string()
+}
+
+/// A non-negative decimal integer below 2^53.
+fn int(arg: &[u8]) -> Option<u64> {
+    if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(arg).ok()?.parse::<u64>().ok().filter(|v| *v < EXACT)
+}
+
+/// The strategy a call names, with its two parameters as the catalogue passes them.
+fn strategy_of(name: &[u8], p1: u64, p2: u64) -> Option<Strategy> {
+    let name = std::str::from_utf8(name).ok()?;
+    let entry = CATALOGUE.iter().find(|e| e.name == name)?;
+    let lua = entry.lua;
+    Strategy::build(name, |p: Param| {
+        if lua[0] == Some(p) {
+            Some(p1)
+        } else if lua[1] == Some(p) {
+            Some(p2)
+        } else {
+            None
+        }
+    })
+}
+
+impl<'k, K: Keys> Batch<'k, K> {
+    fn new(keys: &'k mut K) -> Self {
+        Batch { keys, states: HashMap::new(), writes: Vec::new() }
+    }
+
+    /// A key's state as this command left it, read from Redis the first time.
+    fn state(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        if let Some(s) = self.states.get(key) {
+            return Ok(s.clone());
+        }
+        let s = self.keys.get(key)?.map(|text| state::from_text(&text));
+        self.states.insert(key.to_vec(), s.clone());
+        Ok(s)
+    }
+
+    /// One call: `decide` of `decide.lua`.
+    fn decide(&mut self, keys: &[&[u8]], args: &[&[u8]], now_us: u64) -> Result<Reply, String> {
+        let n = keys.len();
+        let m = args.len();
+        if m < ARGS_PER_KEY * n || m > ARGS_PER_KEY * n + 2 {
+            return Err(format!(
+                "ERR sluice: expected 6 arguments per key (plus optional \"dry\" and now_us), got {m} for {n} keys"
+            ));
+        }
+        let Options { dry, now_us, pad_ms } = options(&args[ARGS_PER_KEY * n..], now_us)?;
+        // Within a call, a key named twice sees the first limit's new state.
+        let mut pending: HashMap<&[u8], Vec<u8>> = HashMap::new();
+        let mut decided = Vec::with_capacity(n);
+        let mut all = true;
+        for (i, key) in keys.iter().enumerate() {
+            let a = &args[ARGS_PER_KEY * i..ARGS_PER_KEY * (i + 1)];
+            let [limit, period, cost, p1, p2] = [a[1], a[2], a[3], a[4], a[5]].map(int);
+            let (Some(limit), Some(period), Some(cost), Some(p1), Some(p2)) = (limit, period, cost, p1, p2) else {
+                if strategy_of(a[0], 0, 0).is_none() {
+                    return Err(unknown(a[0], i));
+                }
+                return Err(format!("ERR sluice: arguments of key {} must be non-negative integers", i + 1));
+            };
+            let strategy = strategy_of(a[0], p1, p2).ok_or_else(|| unknown(a[0], i))?;
+            if cost < 1 {
+                return Err(format!("ERR sluice: cost of key {} must be at least 1", i + 1));
+            }
+            let outcome = if limit == 0 || period == 0 {
+                // An invalid (or unlimited) rate: admit, store nothing, as the scripts do.
+                None
+            } else {
+                let current = match pending.get(key) {
+                    Some(s) => Some(s.clone()),
+                    None => self.state(key)?,
+                };
+                let rate = Rate { limit, period_ms: period };
+                Some(strategy::decide(&strategy, &rate, current.as_deref().unwrap_or_default(), now_us, cost))
+            };
+            let fields = match &outcome {
+                None => [1, limit, 0, 0, 0, 0],
+                Some(o) => {
+                    let d = &o.decision;
+                    [u64::from(d.allowed), d.remaining, d.reset_ms, d.retry_after_ms, d.delay_ms, o.ttl_us / 1000]
+                }
+            };
+            all &= fields[0] == 1;
+            let new_state = outcome.and_then(|o| o.state);
+            if let Some(s) = &new_state {
+                pending.insert(key, s.clone());
+            }
+            decided.push((fields, new_state));
+        }
+        if all && !dry {
+            for (key, (fields, new_state)) in keys.iter().zip(&decided) {
+                if let Some(s) = new_state {
+                    self.write(key, s, fields[5].max(1) + pad_ms);
+                }
+            }
+        }
+        let mut reply = Vec::with_capacity(n + 1);
+        reply.push(Reply::Int(i64::from(all)));
+        for (fields, _) in decided {
+            reply.push(Reply::Array(fields.iter().map(|f| Reply::Int(i64::try_from(*f).unwrap_or(i64::MAX))).collect()));
+        }
+        Ok(Reply::Array(reply))
+    }
+
+    /// Records a write (the last one of a key wins; its place is its first).
+    fn write(&mut self, key: &[u8], new_state: &[u8], ttl_ms: u64) {
+        self.states.insert(key.to_vec(), Some(new_state.to_vec()));
+        let text = state::to_text(new_state).unwrap_or_default();
+        match self.writes.iter_mut().find(|w| w.key == key) {
+            Some(w) => {
+                w.state = text;
+                w.ttl_ms = ttl_ms;
+            }
+            None => self.writes.push(Write { key: key.to_vec(), state: text, ttl_ms }),
+        }
+    }
+}
+
+/// A call's options.
+struct Options {
+    dry: bool,
+    now_us: u64,
+    /// Added to what a call writes: 60 s of real time when it ran at a simulated time.
+    pad_ms: u64,
+}
+
+/// The options after a call's limits: `dry`, and in the test build a time (epoch µs), as the
+/// scripts' test build takes it.
+fn options(words: &[&[u8]], now_us: u64) -> Result<Options, String> {
+    let mut out = Options { dry: false, now_us, pad_ms: 0 };
+    #[cfg(any(test, feature = "testing"))]
+    let mut simulated = false;
+    for word in words {
+        if *word == b"dry" && !out.dry {
+            out.dry = true;
+            continue;
+        }
+        #[cfg(any(test, feature = "testing"))]
+        if !simulated {
+            if let Some(t) = int(word) {
+                (simulated, out.now_us, out.pad_ms) = (true, t, 60_000);
+                continue;
+            }
+        }
+        return Err(format!("ERR sluice: unexpected option {}; expected \"dry\"", String::from_utf8_lossy(word)));
+    }
+    Ok(out)
+}
+
+fn unknown(name: &[u8], i: usize) -> String {
+    format!("ERR sluice: unknown strategy {} for key {}", String::from_utf8_lossy(name), i + 1)
+}
