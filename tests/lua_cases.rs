@@ -797,6 +797,36 @@ fn the_native_batch_decides_as_the_library_batch() {
     );
 }
 
+/// One call decided natively (`native::one`) answers as `FCALL` of the library's decide
+/// function, also where a new state holds a number the scripts cannot keep (2^53 or more): they
+/// keep states as text, so a later limit on the same key reads it as never seen, and so must
+/// the native decision.
+#[test]
+fn a_native_call_decides_as_the_script_even_past_exact_numbers() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    Script::both(&mut conn);
+    let now_us = "1700006400000000";
+    let cases: [(&str, Vec<&str>); 3] = [
+        ("{x}:lb", ["leaky_bucket", "4", "4503599627370496", "2", "0", "0"].repeat(3)),
+        ("{x}:tb", ["token_bucket", "4", "4503599627370496", "3", "0", "0"].repeat(3)),
+        ("{x}:fw", ["fixed_window", "3", "60000", "1", "0", "0"].repeat(3)),
+    ];
+    for (key, mut args) in cases {
+        args.push(now_us);
+        let mut words = vec!["FCALL".to_string(), lua::function_name(), "3".into(), key.into(), key.into(), key.into()];
+        words.extend(args.iter().map(|a| a.to_string()));
+        let in_redis = conn.cmd(&words);
+        let mut texts = Texts(std::collections::HashMap::new());
+        let arg_words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let (in_rust, writes) = native::one(&[key.as_bytes(); 3], &arg_words, &mut texts, 0);
+        assert_eq!(in_rust.as_ref(), Ok(&in_redis), "{key}: Rust, then Lua");
+        let written: Vec<(String, String)> =
+            writes.iter().map(|w| (String::from_utf8(w.key.clone()).unwrap(), w.state.clone())).collect();
+        assert_eq!(written, get(&mut conn, key).map(|t| (key.to_string(), t)).into_iter().collect::<Vec<_>>(), "{key}");
+    }
+}
+
 /// A batch whose counts do not add up to its keys and arguments is refused whole, and nothing
 /// in it runs.
 #[test]

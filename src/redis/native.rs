@@ -5,7 +5,9 @@
 //!
 //! Where the two differ, on purpose: arguments must be decimal integers (what sluice-gateway
 //! lets through; the scripts' `tonumber` would also take `1e3` or `0x10`), and an error's text
-//! is this module's own (the scripts' carry Lua's position).
+//! is this module's own (the scripts' carry Lua's position). Where the scripts' doubles round
+//! (a sum or product past 2^53, a lifetime past 2^63 ms: rates far beyond what the config
+//! compiler allows), this stays exact, and a lifetime stops at `u64::MAX` µs.
 
 use std::collections::HashMap;
 
@@ -39,6 +41,8 @@ struct Batch<'k, K> {
     /// Each key's state as the calls so far left it (`None`: no state).
     states: HashMap<Vec<u8>, Option<Vec<u8>>>,
     writes: Vec<Write>,
+    /// Where each written key is in `writes`.
+    written: HashMap<Vec<u8>, usize>,
 }
 
 /// One call, as `FCALL sluice_decide_<id>` runs it: the reply, or the call's error.
@@ -115,7 +119,7 @@ fn strategy_of(name: &[u8], p1: u64, p2: u64) -> Option<Strategy> {
 
 impl<'k, K: Keys> Batch<'k, K> {
     fn new(keys: &'k mut K) -> Self {
-        Batch { keys, states: HashMap::new(), writes: Vec::new() }
+        Batch { keys, states: HashMap::new(), writes: Vec::new(), written: HashMap::new() }
     }
 
     /// A key's state as this command left it, read from Redis the first time.
@@ -176,7 +180,7 @@ impl<'k, K: Keys> Batch<'k, K> {
             all &= fields[0] == 1;
             let new_state = outcome.and_then(|o| o.state);
             if let Some(s) = &new_state {
-                pending.insert(key, s.clone());
+                pending.insert(key, reread(s));
             }
             decided.push((fields, new_state));
         }
@@ -197,16 +201,27 @@ impl<'k, K: Keys> Batch<'k, K> {
 
     /// Records a write (the last one of a key wins; its place is its first).
     fn write(&mut self, key: &[u8], new_state: &[u8], ttl_ms: u64) {
-        self.states.insert(key.to_vec(), Some(new_state.to_vec()));
         let text = state::to_text(new_state).unwrap_or_default();
-        match self.writes.iter_mut().find(|w| w.key == key) {
-            Some(w) => {
-                w.state = text;
-                w.ttl_ms = ttl_ms;
+        self.states.insert(key.to_vec(), Some(state::from_text(text.as_bytes())));
+        match self.written.get(key) {
+            Some(&at) => {
+                if let Some(w) = self.writes.get_mut(at) {
+                    w.state = text;
+                    w.ttl_ms = ttl_ms;
+                }
             }
-            None => self.writes.push(Write { key: key.to_vec(), state: text, ttl_ms }),
+            None => {
+                self.written.insert(key.to_vec(), self.writes.len());
+                self.writes.push(Write { key: key.to_vec(), state: text, ttl_ms });
+            }
         }
     }
+}
+
+/// A new state as a later limit or call sees it: the scripts keep states as text and read them
+/// again, so one with a field they cannot hold (2^53 or more) is never seen from then on.
+fn reread(new_state: &[u8]) -> Vec<u8> {
+    state::from_text(state::to_text(new_state).unwrap_or_default().as_bytes())
 }
 
 /// A call's options.
