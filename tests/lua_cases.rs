@@ -651,6 +651,16 @@ fn random_batch(rng: &mut Rng, pool: &[&str; 5], now_us: u64, odd: bool) -> Vec<
         .collect()
 }
 
+/// A batch's keys (every call's, call after call) and arguments (the counts, then every
+/// call's), as `FCALL sluice_batch_<id>` takes them after its key count.
+fn batch_layout(calls: &[BatchCall]) -> (Vec<String>, Vec<String>) {
+    let counts: Vec<(usize, usize)> = calls.iter().map(|c| (c.keys.len(), c.args.len())).collect();
+    let keys = calls.iter().flat_map(|c| c.keys.iter().cloned()).collect();
+    let args =
+        lua::batch_counts(&counts).map(|n| n.to_string()).chain(calls.iter().flat_map(|c| c.args.iter().cloned())).collect();
+    (keys, args)
+}
+
 /// The batch function decides its calls exactly as the same calls sent one after another:
 /// the same replies and the same states left in Redis, whatever keys they share, "dry" and
 /// denied calls included; a call naming a key of another type fails alone. The calls run one
@@ -684,11 +694,9 @@ fn a_batch_is_its_calls_one_after_another() {
             .collect();
 
         conn.cmd(&["SELECT", "1"]);
-        let counts: Vec<(usize, usize)> = calls.iter().map(|c| (c.keys.len(), c.args.len())).collect();
-        let mut words = vec!["FCALL".to_string(), batch.clone(), counts.iter().map(|c| c.0).sum::<usize>().to_string()];
-        words.extend(calls.iter().flat_map(|c| c.keys.iter().cloned()));
-        words.extend(lua::batch_counts(&counts).map(|n| n.to_string()));
-        words.extend(calls.iter().flat_map(|c| c.args.iter().cloned()));
+        let (keys, args) = batch_layout(&calls);
+        let mut words = vec!["FCALL".to_string(), batch.clone(), keys.len().to_string()];
+        words.extend(keys.into_iter().chain(args));
         let Reply::Array(together) = conn.cmd(&words) else { panic!("round {round}: the batch failed") };
 
         assert_eq!(together.len(), alone.len(), "round {round}");
@@ -748,10 +756,7 @@ fn the_native_batch_decides_as_the_library_batch() {
         now_us += rng.below(400_000);
         let calls = random_batch(&mut rng, &pool, now_us, true);
 
-        let counts: Vec<(usize, usize)> = calls.iter().map(|c| (c.keys.len(), c.args.len())).collect();
-        let keys: Vec<String> = calls.iter().flat_map(|c| c.keys.iter().cloned()).collect();
-        let args: Vec<String> =
-            lua::batch_counts(&counts).map(|n| n.to_string()).chain(calls.iter().flat_map(|c| c.args.iter().cloned())).collect();
+        let (keys, args) = batch_layout(&calls);
         let mut words = vec!["FCALL".to_string(), batch.clone(), keys.len().to_string()];
         words.extend(keys.iter().cloned());
         words.extend(args.iter().cloned());

@@ -225,10 +225,10 @@ def markdown(report, chart_name):
                          f"({p['core_host_calls_total']:.1f} + {p['glue_host_calls']:.1f}) | "
                          f"{c['shared_get']:.1f} / {c['shared_set']:.1f} |")
     if hc:
+        prices = ", ".join(f"{k} {v:.2f} µs" for k, v in hc["per_call_us"].items())
         lines += ["", f"Host call prices in this Envoy (probe filter making N calls of one kind per request vs none; "
-                      f"base {hc['base_rps']:.0f} req/s): " + ", ".join(f"{k} {v:.2f} µs"
-                                                                       for k, v in hc["per_call_us"].items()) + " (pause: a request held and carried on; callout: that "
-                  "and one HTTP callout over h2c, each once per request)."]
+                      f"base {hc['base_rps']:.0f} req/s): {prices} (pause: a request held and carried on; callout: "
+                      "that and one HTTP callout over h2c, each once per request)."]
     if prof.get("breakdown"):
         lines += ["", "Per-request cost in Envoy, from the throughput runs (µs of Envoy CPU per request):", ""]
         lines += [f"- {b}" for b in prof["breakdown"]]

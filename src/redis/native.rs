@@ -11,14 +11,11 @@
 
 use std::collections::HashMap;
 
-use super::state;
+use super::script::ARGS_PER_RULE;
+use super::state::{self, decimal};
 use super::wire::Reply;
 use crate::rate::Rate;
-use crate::strategy::{self, Param, Strategy, CATALOGUE};
-
-/// 2^53: the scripts' numbers are doubles, exact below it.
-const EXACT: u64 = 1 << 53;
-const ARGS_PER_KEY: usize = 6;
+use crate::strategy::{self, Strategy, NAMES};
 
 /// What a batch writes, once per key, with its last state and lifetime, in the order keys were
 /// first written: `SET key state PX ttl_ms`.
@@ -56,14 +53,14 @@ pub fn one(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -
 /// counts per call. Each call's reply or error in place; a layout that does not add up is the
 /// batch's error, and nothing is decided.
 pub fn batch(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -> Result<(Vec<Reply>, Vec<Write>), String> {
-    let calls = args.first().and_then(|a| int(a)).filter(|c| *c >= 1).ok_or_else(layout)?;
+    let calls = args.first().and_then(|a| decimal(a)).filter(|c| *c >= 1).ok_or_else(layout)?;
     let calls = usize::try_from(calls).map_err(|_| layout())?;
     let counts_end = calls.checked_mul(2).and_then(|n| n.checked_add(1)).filter(|end| *end <= args.len()).ok_or_else(layout)?;
     let mut counts = Vec::with_capacity(calls);
     let (mut n_keys, mut n_args) = (0usize, counts_end);
     for j in 0..calls {
-        let n = int(args[1 + 2 * j]).and_then(|n| usize::try_from(n).ok()).filter(|n| *n >= 1);
-        let m = int(args[2 + 2 * j]).and_then(|m| usize::try_from(m).ok());
+        let n = decimal(args[1 + 2 * j]).and_then(|n| usize::try_from(n).ok()).filter(|n| *n >= 1);
+        let m = decimal(args[2 + 2 * j]).and_then(|m| usize::try_from(m).ok());
         let (Some(n), Some(m)) = (n, m) else {
             return Err(format!("ERR sluice: call {} of the batch has no keys or bad counts", j + 1));
         };
@@ -93,30 +90,6 @@ fn layout() -> String {
     "ERR sluice: a batch starts with its call count and two counts per call".to_string()
 }
 
-/// A non-negative decimal integer below 2^53.
-fn int(arg: &[u8]) -> Option<u64> {
-    if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(arg).ok()?.parse::<u64>().ok().filter(|v| *v < EXACT)
-}
-
-/// The strategy a call names, with its two parameters as the catalogue passes them.
-fn strategy_of(name: &[u8], p1: u64, p2: u64) -> Option<Strategy> {
-    let name = std::str::from_utf8(name).ok()?;
-    let entry = CATALOGUE.iter().find(|e| e.name == name)?;
-    let lua = entry.lua;
-    Strategy::build(name, |p: Param| {
-        if lua[0] == Some(p) {
-            Some(p1)
-        } else if lua[1] == Some(p) {
-            Some(p2)
-        } else {
-            None
-        }
-    })
-}
-
 impl<'k, K: Keys> Batch<'k, K> {
     fn new(keys: &'k mut K) -> Self {
         Batch { keys, states: HashMap::new(), writes: Vec::new(), written: HashMap::new() }
@@ -136,26 +109,25 @@ impl<'k, K: Keys> Batch<'k, K> {
     fn decide(&mut self, keys: &[&[u8]], args: &[&[u8]], now_us: u64) -> Result<Reply, String> {
         let n = keys.len();
         let m = args.len();
-        if m < ARGS_PER_KEY * n || m > ARGS_PER_KEY * n + 2 {
+        if m < ARGS_PER_RULE * n || m > ARGS_PER_RULE * n + 2 {
             return Err(format!(
                 "ERR sluice: expected 6 arguments per key (plus optional \"dry\" and now_us), got {m} for {n} keys"
             ));
         }
-        let Options { dry, now_us, pad_ms } = options(&args[ARGS_PER_KEY * n..], now_us)?;
+        let Options { dry, now_us, pad_ms } = options(&args[ARGS_PER_RULE * n..], now_us)?;
         // Within a call, a key named twice sees the first limit's new state.
         let mut pending: HashMap<&[u8], Vec<u8>> = HashMap::new();
         let mut decided = Vec::with_capacity(n);
         let mut all = true;
         for (i, key) in keys.iter().enumerate() {
-            let a = &args[ARGS_PER_KEY * i..ARGS_PER_KEY * (i + 1)];
-            let [limit, period, cost, p1, p2] = [a[1], a[2], a[3], a[4], a[5]].map(int);
+            let a = &args[ARGS_PER_RULE * i..ARGS_PER_RULE * (i + 1)];
+            // The scripts look the strategy up before they read its numbers.
+            let name = std::str::from_utf8(a[0]).ok().filter(|n| NAMES.contains(n)).ok_or_else(|| unknown(a[0], i))?;
+            let [limit, period, cost, p1, p2] = [a[1], a[2], a[3], a[4], a[5]].map(decimal);
             let (Some(limit), Some(period), Some(cost), Some(p1), Some(p2)) = (limit, period, cost, p1, p2) else {
-                if strategy_of(a[0], 0, 0).is_none() {
-                    return Err(unknown(a[0], i));
-                }
                 return Err(format!("ERR sluice: arguments of key {} must be non-negative integers", i + 1));
             };
-            let strategy = strategy_of(a[0], p1, p2).ok_or_else(|| unknown(a[0], i))?;
+            let strategy = Strategy::from_lua_params(name, [p1, p2]).ok_or_else(|| unknown(a[0], i))?;
             if cost < 1 {
                 return Err(format!("ERR sluice: cost of key {} must be at least 1", i + 1));
             }
@@ -178,31 +150,31 @@ impl<'k, K: Keys> Batch<'k, K> {
                 }
             };
             all &= fields[0] == 1;
-            let new_state = outcome.and_then(|o| o.state);
-            if let Some(s) = &new_state {
-                pending.insert(key, reread(s));
+            let new_state = outcome.and_then(|o| o.state).map(|s| Kept::of(&s));
+            if let Some(kept) = &new_state {
+                pending.insert(key, kept.seen.clone());
             }
             decided.push((fields, new_state));
         }
-        if all && !dry {
-            for (key, (fields, new_state)) in keys.iter().zip(&decided) {
-                if let Some(s) = new_state {
-                    self.write(key, s, fields[5].max(1) + pad_ms);
-                }
-            }
-        }
         let mut reply = Vec::with_capacity(n + 1);
         reply.push(Reply::Int(i64::from(all)));
-        for (fields, _) in decided {
+        for (fields, _) in &decided {
             reply.push(Reply::Array(fields.iter().map(|f| Reply::Int(i64::try_from(*f).unwrap_or(i64::MAX))).collect()));
+        }
+        if all && !dry {
+            for (key, (fields, new_state)) in keys.iter().zip(decided) {
+                if let Some(kept) = new_state {
+                    self.write(key, kept, fields[5].max(1) + pad_ms);
+                }
+            }
         }
         Ok(Reply::Array(reply))
     }
 
     /// Records a write (the last one of a key wins; its place is its first).
-    fn write(&mut self, key: &[u8], new_state: &[u8], ttl_ms: u64) {
-        let text = state::to_text(new_state).unwrap_or_default();
-        self.states.insert(key.to_vec(), Some(state::from_text(text.as_bytes())));
+    fn write(&mut self, key: &[u8], kept: Kept, ttl_ms: u64) {
+        let Kept { text, seen } = kept;
+        self.states.insert(key.to_vec(), Some(seen));
         match self.written.get(key) {
             Some(&at) => {
                 if let Some(w) = self.writes.get_mut(at) {
@@ -218,10 +190,19 @@ impl<'k, K: Keys> Batch<'k, K> {
     }
 }
 
-/// A new state as a later limit or call sees it: the scripts keep states as text and read them
-/// again, so one with a field they cannot hold (2^53 or more) is never seen from then on.
-fn reread(new_state: &[u8]) -> Vec<u8> {
-    state::from_text(state::to_text(new_state).unwrap_or_default().as_bytes())
+/// A new state as the scripts keep it: its text, and that text read back, which is what a later
+/// limit or call sees (one with a field they cannot hold, 2^53 or more, is never seen again).
+struct Kept {
+    text: String,
+    seen: Vec<u8>,
+}
+
+impl Kept {
+    fn of(new_state: &[u8]) -> Self {
+        let text = state::to_text(new_state).unwrap_or_default();
+        let seen = state::from_text(text.as_bytes());
+        Kept { text, seen }
+    }
 }
 
 /// A call's options.
@@ -245,7 +226,7 @@ fn options(words: &[&[u8]], now_us: u64) -> Result<Options, String> {
         }
         #[cfg(any(test, feature = "testing"))]
         if !simulated {
-            if let Some(t) = int(word) {
+            if let Some(t) = decimal(word) {
                 (simulated, out.now_us, out.pad_ms) = (true, t, 60_000);
                 continue;
             }

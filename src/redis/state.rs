@@ -69,26 +69,27 @@ fn parse(text: &[u8]) -> Option<Vec<u8>> {
         }
         Shape::Three => {
             let [a, b, c] = words[..] else { return None };
-            vec![digits(a)?, digits(b)?, digits(c)?]
+            vec![decimal(a.as_bytes())?, decimal(b.as_bytes())?, decimal(c.as_bytes())?]
         }
-        Shape::Many => words.iter().map(|w| digits(w)).collect::<Option<Vec<u64>>>()?,
+        Shape::Many => words.iter().map(|w| decimal(w.as_bytes())).collect::<Option<Vec<u64>>>()?,
     };
     Some(codec::encode_vec(tag, &fields))
 }
 
-/// Decimal digits only, below 2^53.
-fn digits(word: &str) -> Option<u64> {
-    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
+/// Decimal digits only, below 2^53: a number of a state, or of a script call's arguments
+/// (`super::native`).
+pub(super) fn decimal(word: &[u8]) -> Option<u64> {
+    if word.is_empty() || !word.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    word.parse::<u64>().ok().filter(|v| *v < EXACT)
+    std::str::from_utf8(word).ok()?.parse::<u64>().ok().filter(|v| *v < EXACT)
 }
 
 /// `-?digits`, its magnitude below 2^53 (`-0` is 0).
 fn signed(word: &str) -> Option<i64> {
     match word.strip_prefix('-') {
-        Some(rest) => digits(rest).map(|v| -(v as i64)),
-        None => digits(word).map(|v| v as i64),
+        Some(rest) => decimal(rest.as_bytes()).map(|v| -(v as i64)),
+        None => decimal(word.as_bytes()).map(|v| v as i64),
     }
 }
 

@@ -172,6 +172,13 @@ impl Strategy {
         self.entry().lua.map(|p| p.and_then(|p| self.param(p)).unwrap_or(0))
     }
 
+    /// The strategy `name` with the decision script's two parameters, as the catalogue passes
+    /// them: the inverse of [`Strategy::lua_params`] (`None` for an unknown name).
+    pub fn from_lua_params(name: &str, params: [u64; 2]) -> Option<Strategy> {
+        let lua = CATALOGUE.iter().find(|e| e.name == name)?.lua;
+        Strategy::build(name, |p| lua.iter().position(|l| *l == Some(p)).and_then(|i| params.get(i).copied()))
+    }
+
     /// How long it may hold a request before forwarding it (0: it never queues).
     pub fn max_delay_ms(&self) -> u64 {
         self.param(MaxDelayMs).unwrap_or(0)
@@ -197,8 +204,10 @@ mod tests {
                 assert_eq!(s.param(*p), Some(7 + *p as u64), "{name} {p:?}");
             }
             assert_eq!(Strategy::build(name, |p| s.param(p)).as_ref(), Some(s));
+            assert_eq!(Strategy::from_lua_params(name, s.lua_params()).as_ref(), Some(s));
         }
         assert_eq!(Strategy::build("fortnightly", |_| None), None);
+        assert_eq!(Strategy::from_lua_params("fortnightly", [0, 0]), None);
     }
 
     #[test]
