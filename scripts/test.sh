@@ -13,14 +13,23 @@ echo "== build: sluice.wasm and sluice-redis-callout.wasm (release, wasm32-wasip
 echo "== build: sluice-gateway (release; the end-to-end tests run this binary)"
 cargo build --release -p sluice-gateway
 
+# Built on its own, so that no test-only feature of the workspace reaches it: this is the module
+# users load, and gateway/tests/module.rs checks that it refuses a caller's clock. The test
+# build (with a clock) goes to a profile of its own.
+echo "== build: sluice's Redis module, libsluice_redis.so (release; and its test build)"
+cargo build --release -p sluice-redis-module
+cargo build -p sluice-redis-module --features testing --profile redis-module-testing
+
 echo "== format: cargo fmt --all -- --check (rustfmt.toml)"
 cargo fmt --all -- --check || { echo "run cargo fmt --all" >&2; exit 1; }
 
-echo "== lints: clippy on the filter, native and both wasm builds (src/ must not unwrap, expect or panic)"
+echo "== lints: clippy on the filter (native and both wasm builds), the Redis module and the gateway (none may unwrap, expect or panic)"
 if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy -q -p sluice -- -D warnings
   cargo clippy -q -p sluice --target wasm32-wasip1 -- -D warnings
   cargo clippy -q -p sluice --target wasm32-wasip1 --features redis-callout -- -D warnings
+  # The Redis module runs inside redis-server: a panic there would abort Redis itself.
+  cargo clippy -q -p sluice-redis-module -p sluice-gateway -- -D warnings
 else
   echo "clippy is not installed with this toolchain (rustup component add clippy): lints skipped"
 fi

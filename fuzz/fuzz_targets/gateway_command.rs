@@ -26,6 +26,7 @@ fn to_json(cmd: &Command) -> Option<Vec<u8>> {
 fn check(cmd: &Command) {
     let _ = cmd.to_redis(command::RunAs::EvalSha);
     let _ = cmd.to_redis(command::RunAs::Fcall);
+    let _ = cmd.to_redis(command::RunAs::Module);
     assert!(cmd.slot().is_none_or(|s| s < 16384));
     for arg in cmd.args() {
         assert!(key_slot(arg) < 16384);

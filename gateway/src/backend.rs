@@ -1,15 +1,20 @@
 //! Redis side: one shared connection to a standalone server or a Redis Cluster, how calls and
 //! pipelines are run on it, and how sluice's decision script gets into Redis.
 //!
-//! **How calls run** (`--redis-calls`): as `FCALL` of sluice's function library where Redis
-//! has functions (Redis 7 and later; on a Cluster, every primary), else as `EVALSHA` of its
-//! script. `auto` (the default) finds out with the first load that reaches Redis: `FUNCTION
-//! LOAD` answered means `FCALL` from then on; an error reply (an unknown command, before Redis
-//! 7) means `EVALSHA`. Until a load reaches Redis (it may be down at start), calls run as
-//! `EVALSHA`, which every Redis runs.
+//! **How calls run** (`--redis-calls`): as the native command of sluice's Redis module where
+//! every primary has it loaded (`redis-module/`; the operator loads it, the gateway cannot),
+//! else as `FCALL` of sluice's function library where Redis has functions (Redis 7 and later;
+//! on a Cluster, every primary), else as `EVALSHA` of its script. `auto` (the default) finds
+//! out with the first probe that reaches Redis: `COMMAND INFO` of the module's command on
+//! every primary, then `FUNCTION LOAD`: answered means `FCALL` from then on; an error reply
+//! (an unknown command, before Redis 7) means `EVALSHA`. Until a load reaches Redis (it may be
+//! down at start), calls run as `EVALSHA`, which every Redis runs. A module call answered
+//! "unknown command" (a restart without the module, a failover to a node without it) did not
+//! run: `auto` finds out again and runs it the way found, so all three share Redis' keys.
 //!
-//! **A pipeline is one batch** where calls run as `FCALL` (`--batch-calls`, on by default): its
-//! calls, on a Cluster those of one slot, go as one `FCALL` of the library's batch function,
+//! **A pipeline is one batch** where calls run as `FCALL` or as the module's (`--batch-calls`,
+//! on by default): its calls, on a Cluster those of one slot, go as one `FCALL` of the
+//! library's batch function (or one call of the module's batch command),
 //! decided in order as if one after another. A batch that finds the library missing is handled
 //! as one call: it did not run, so it runs again after the load; missing again, its calls run
 //! one by one as below.
@@ -39,7 +44,7 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, Route, Rou
 use redis::{RedisError, Value};
 use tokio::sync::OnceCell;
 
-use crate::command::{batch_call, library, library_name, sha, Command, RunAs};
+use crate::command::{batch_call, library, library_name, module_command, sha, Command, RunAs};
 use crate::config::RedisCalls;
 use crate::metrics::{LoadTrigger, Metrics};
 use crate::reply::server_error_text;
@@ -89,6 +94,7 @@ struct Calls {
 const NOT_YET: u8 = 0;
 const FOUND_FUNCTIONS: u8 = 1;
 const FOUND_NO_FUNCTIONS: u8 = 2;
+const FOUND_MODULE: u8 = 3;
 
 impl Calls {
     fn new(mode: RedisCalls) -> Self {
@@ -99,8 +105,12 @@ impl Calls {
         match self.mode {
             RedisCalls::Evalsha => RunAs::EvalSha,
             RedisCalls::Fcall => RunAs::Fcall,
-            RedisCalls::Auto if self.found.load(Ordering::Acquire) == FOUND_FUNCTIONS => RunAs::Fcall,
-            RedisCalls::Auto => RunAs::EvalSha,
+            RedisCalls::Module => RunAs::Module,
+            RedisCalls::Auto => match self.found.load(Ordering::Acquire) {
+                FOUND_FUNCTIONS => RunAs::Fcall,
+                FOUND_MODULE => RunAs::Module,
+                _ => RunAs::EvalSha,
+            },
         }
     }
 
@@ -109,8 +119,13 @@ impl Calls {
         self.mode == RedisCalls::Auto && self.found.load(Ordering::Acquire) == NOT_YET
     }
 
-    fn found(&self, functions: bool) {
-        self.found.store(if functions { FOUND_FUNCTIONS } else { FOUND_NO_FUNCTIONS }, Ordering::Release);
+    fn found(&self, run_as: RunAs) {
+        let found = match run_as {
+            RunAs::Module => FOUND_MODULE,
+            RunAs::Fcall => FOUND_FUNCTIONS,
+            RunAs::EvalSha => FOUND_NO_FUNCTIONS,
+        };
+        self.found.store(found, Ordering::Release);
     }
 }
 
@@ -122,6 +137,9 @@ enum Lost {
     Missing(RunAs),
     /// `FCALL` is an unknown command: the server has no functions (replaced by an older one).
     NoFunctions,
+    /// The module's command is an unknown command: the node has no sluice module (of this
+    /// version).
+    NoModule,
 }
 
 #[derive(Clone)]
@@ -221,6 +239,10 @@ impl Backend {
     pub async fn load_at_start(&self, metrics: &Metrics) -> Result<RunAs, Failure> {
         match self.calls.mode {
             RedisCalls::Auto => self.detect(LoadTrigger::Start, metrics).await,
+            RedisCalls::Module => match self.module_everywhere().await? {
+                true => Ok(RunAs::Module),
+                false => Err(no_module()),
+            },
             mode => {
                 let run_as = if mode == RedisCalls::Fcall { RunAs::Fcall } else { RunAs::EvalSha };
                 let loaded = self.load(run_as, every_primary()).await;
@@ -230,14 +252,27 @@ impl Backend {
         }
     }
 
-    /// `auto`: tries the library on every primary. Loaded: calls run as `FCALL`. Refused with
-    /// an error reply (no functions before Redis 7, or a server that will not take it): calls
-    /// run as `EVALSHA`, and the script is loaded instead. No answer: still undecided.
+    /// `auto`: asks every primary for the module's command. All have it: calls run as the
+    /// module's. Else tries the library on every primary. Loaded: calls run as `FCALL`.
+    /// Refused with an error reply (no functions before Redis 7, or a server that will not take
+    /// it): calls run as `EVALSHA`, and the script is loaded instead. No answer: still
+    /// undecided.
     async fn detect(&self, trigger: LoadTrigger, metrics: &Metrics) -> Result<RunAs, Failure> {
+        match self.module_everywhere().await {
+            Ok(true) => {
+                self.calls.found(RunAs::Module);
+                return Ok(RunAs::Module);
+            }
+            Ok(false) => {}
+            // No answer: the library's load below finds the same and is counted as failed.
+            Err(Failure::Transport(_)) => {}
+            // A server that will not say (COMMAND refused by an ACL): try the library.
+            Err(Failure::Reply(text)) => log::warn!("cannot ask Redis for sluice's module ({text})"),
+        }
         match self.load(RunAs::Fcall, every_primary()).await {
             Ok(()) => {
                 metrics.load(RunAs::Fcall, trigger, true);
-                self.calls.found(true);
+                self.calls.found(RunAs::Fcall);
                 Ok(RunAs::Fcall)
             }
             Err(Failure::Reply(text)) => {
@@ -247,7 +282,7 @@ impl Backend {
                     metrics.load(RunAs::Fcall, trigger, false);
                     log::warn!("Redis refused sluice's function library ({text}): calls run as EVALSHA");
                 }
-                self.calls.found(false);
+                self.calls.found(RunAs::EvalSha);
                 let loaded = self.load(RunAs::EvalSha, every_primary()).await;
                 metrics.load(RunAs::EvalSha, trigger, loaded.is_ok());
                 loaded.map(|()| RunAs::EvalSha)
@@ -256,6 +291,30 @@ impl Backend {
                 metrics.load(RunAs::Fcall, trigger, false);
                 Err(transport)
             }
+        }
+    }
+
+    /// Whether every primary knows the module's command (`COMMAND INFO` answers it, not nil).
+    /// Bounded by the timeout.
+    async fn module_everywhere(&self) -> Result<bool, Failure> {
+        let mut cmd = redis::cmd("COMMAND");
+        cmd.arg("INFO").arg(module_command());
+        let asked = async {
+            match &self.conn {
+                Conn::Standalone(manager) => settle(manager.clone().req_packed_command(&cmd).await),
+                Conn::Cluster(cluster) => {
+                    let mut conn = cluster.connection().await?;
+                    let routing =
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::CombineArrays)));
+                    settle(conn.route_command(cmd, routing).await)
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, asked).await {
+            Ok(Ok(Value::Array(infos))) => Ok(!infos.is_empty() && infos.iter().all(|info| *info != Value::Nil)),
+            Ok(Ok(other)) => Err(Failure::Reply(format!("ERR sluice-gateway: COMMAND INFO answered {other:?}"))),
+            Ok(Err(failure)) => Err(failure),
+            Err(_) => Err(Failure::Transport(format!("no answer within {} ms", self.timeout.as_millis()))),
         }
     }
 
@@ -272,18 +331,18 @@ impl Backend {
     pub async fn run(&self, cmd: &Command, metrics: &Metrics) -> Outcome {
         let seen = self.loads.generation.load(Ordering::Acquire);
         let run_as = self.calls.run_as();
-        let first = self.send(&cmd.to_redis(run_as), run_as, metrics).await;
+        let target = if self.is_cluster() { cmd.slot() } else { None };
+        let first = self.send(&cmd.to_redis(run_as), run_as, target, metrics).await;
         let Some(missing) = lost(&first, run_as) else {
             return first;
         };
-        let target = if self.is_cluster() { cmd.slot() } else { None };
         let run_as = self.recover(missing, target, seen, metrics).await?;
-        let again = self.send(&cmd.to_redis(run_as), run_as, metrics).await;
+        let again = self.send(&cmd.to_redis(run_as), run_as, target, metrics).await;
         if target.is_none() || lost(&again, run_as).is_none() {
             return after_reload(again, run_as);
         }
         metrics.eval_call();
-        self.following(&cmd.to_eval(), metrics).await
+        self.following(&cmd.to_eval(), None, metrics).await
     }
 
     /// Runs a pipeline; the result has one outcome per command, in request order.
@@ -302,30 +361,30 @@ impl Backend {
     }
 
     /// Whether `calls` calls (on a Cluster, of one slot) go as one batch: batching on, two or
-    /// more calls, and calls running as FCALL.
+    /// more calls, and calls running as FCALL or as the module's.
     fn batches(&self, calls: usize) -> bool {
-        self.batch && calls >= 2 && self.calls.run_as() == RunAs::Fcall
+        self.batch && calls >= 2 && self.calls.run_as().batches()
     }
 
-    /// Runs `cmds` (on a Cluster all of slot `target`) as one FCALL of the batch function.
-    /// `None` when the batch did not run and its calls must run one by one: the library was
-    /// found missing and, after a reload, missing again (so nothing is counted twice), or calls
-    /// now run as EVALSHA.
+    /// Runs `cmds` (on a Cluster all of slot `target`) as one FCALL of the batch function, or
+    /// one call of the module's batch command. `None` when the batch did not run and its calls
+    /// must run one by one: what it called was found missing and, after a reload (or finding
+    /// out anew), missing again (so nothing is counted twice), or calls now run as EVALSHA.
     async fn try_batch(&self, cmds: &[&Command], target: Target, metrics: &Metrics) -> Option<Vec<Outcome>> {
         let seen = self.loads.generation.load(Ordering::Acquire);
-        let call = batch_call(cmds);
+        let run_as = self.calls.run_as();
         metrics.batch(cmds.len() as u64);
-        let mut outcome = self.send(&call, RunAs::Fcall, metrics).await;
-        if let Some(missing) = lost(&outcome, RunAs::Fcall) {
+        let mut outcome = self.send(&batch_call(cmds, run_as), run_as, target, metrics).await;
+        if let Some(missing) = lost(&outcome, run_as) {
             match self.recover(missing, target, seen, metrics).await {
-                Ok(RunAs::Fcall) => {
+                Ok(again) if again.batches() => {
                     metrics.batch(cmds.len() as u64);
-                    outcome = self.send(&call, RunAs::Fcall, metrics).await;
-                    if lost(&outcome, RunAs::Fcall).is_some() {
+                    outcome = self.send(&batch_call(cmds, again), again, target, metrics).await;
+                    if lost(&outcome, again).is_some() {
                         return None;
                     }
                 }
-                Ok(RunAs::EvalSha) => return None,
+                Ok(_) => return None,
                 Err(failure) => return Some(vec![Err(failure); cmds.len()]),
             }
         }
@@ -336,7 +395,7 @@ impl Backend {
     /// never a client's. With `auto` still undecided (no load reached Redis yet), an answered
     /// PING is the moment to find out how calls should run.
     pub async fn ping(&self, metrics: &Metrics) -> Result<(), Failure> {
-        self.request(&redis::cmd("PING")).await?;
+        self.request(&redis::cmd("PING"), None).await?;
         if self.calls.undecided() {
             // Best effort: a failure is counted and logged, and the next probe tries again.
             let _ = self.detect(LoadTrigger::Start, metrics).await;
@@ -348,25 +407,30 @@ impl Backend {
     /// were seen to come back with the ASK redirect itself as their answer: the client lost
     /// it. Redis ran nothing for such a call, so it goes again, a few times at most (callers
     /// bound the wait with their own timeout).
-    async fn send(&self, cmd: &redis::Cmd, run_as: RunAs, metrics: &Metrics) -> Outcome {
+    /// The module's commands are unknown to the cluster client, which would route them by
+    /// their first argument: they go to the primary of their keys' slot (`target`) instead.
+    async fn send(&self, cmd: &redis::Cmd, run_as: RunAs, target: Target, metrics: &Metrics) -> Outcome {
         metrics.redis_calls(run_as, 1);
-        self.following(cmd, metrics).await
+        let slot = if run_as == RunAs::Module { target } else { None };
+        self.following(cmd, slot, metrics).await
     }
 
     /// [`Backend::request`], sent again while its answer is a lost redirect (see `send`).
-    async fn following(&self, cmd: &redis::Cmd, metrics: &Metrics) -> Outcome {
-        let mut outcome = self.request(cmd).await;
+    async fn following(&self, cmd: &redis::Cmd, slot: Target, metrics: &Metrics) -> Outcome {
+        let mut outcome = self.request(cmd, slot).await;
         for _ in 0..REDIRECT_RETRIES {
             if !redirected(&outcome) {
                 break;
             }
             metrics.redirect_retry();
-            outcome = self.request(cmd).await;
+            outcome = self.request(cmd, slot).await;
         }
         outcome
     }
 
-    async fn request(&self, cmd: &redis::Cmd) -> Outcome {
+    /// On a Cluster, to the primary of `slot` when given (redirects still followed), else where
+    /// the client routes the command by its keys.
+    async fn request(&self, cmd: &redis::Cmd, slot: Target) -> Outcome {
         match &self.conn {
             Conn::Standalone(manager) => {
                 let mut conn = manager.clone();
@@ -374,7 +438,10 @@ impl Backend {
             }
             Conn::Cluster(cluster) => {
                 let mut conn = cluster.connection().await?;
-                settle(conn.req_packed_command(cmd).await)
+                match slot {
+                    Some(slot) => settle(conn.route_command(cmd.clone(), slot_primary(slot)).await),
+                    None => settle(conn.req_packed_command(cmd).await),
+                }
             }
         }
     }
@@ -392,6 +459,8 @@ impl Backend {
         let (cmd, expected) = match what {
             RunAs::EvalSha => (redis::cmd("SCRIPT").arg("LOAD").arg(sluice::redis::script::SCRIPT).clone(), sha()),
             RunAs::Fcall => (redis::cmd("FUNCTION").arg("LOAD").arg("REPLACE").arg(library()).clone(), library_name()),
+            // Only Redis' operator can load a module; whether it is there is asked instead.
+            RunAs::Module => return Err(no_module()),
         };
         let value = match &self.conn {
             Conn::Standalone(manager) => {
@@ -422,6 +491,16 @@ impl Backend {
     async fn recover(&self, lost: Lost, target: Target, seen: u64, metrics: &Metrics) -> Result<RunAs, Failure> {
         let mut last = self.loads.last.lock().await;
         let (run_as, trigger) = match lost {
+            Lost::NoModule if self.calls.mode == RedisCalls::Auto => {
+                log::warn!("Redis no longer knows sluice's module command {}: finding out how calls run", module_command());
+                let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
+                let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                last.insert((target, run_as), generation);
+                return Ok(run_as);
+            }
+            Lost::NoModule => return Err(no_module()),
+            // Never sent: a module call is lost only as `NoModule`.
+            Lost::Missing(RunAs::Module) => return Err(no_module()),
             Lost::Missing(RunAs::EvalSha) if self.calls.undecided() => {
                 let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
                 let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -435,7 +514,7 @@ impl Backend {
             Lost::NoFunctions if self.calls.mode == RedisCalls::Auto => {
                 if self.calls.run_as() == RunAs::Fcall {
                     log::warn!("Redis no longer knows FCALL (an older server?): calls run as EVALSHA");
-                    self.calls.found(false);
+                    self.calls.found(RunAs::EvalSha);
                 }
                 (RunAs::EvalSha, LoadTrigger::NoScript)
             }
@@ -449,7 +528,7 @@ impl Backend {
         }
         let routing = match target {
             // The node serving the slot is the one that answered.
-            Some(slot) => RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master))),
+            Some(slot) => slot_primary(slot),
             None => every_primary(),
         };
         let loaded = self.load(run_as, routing).await;
@@ -597,6 +676,19 @@ fn split(outcome: Outcome, calls: usize) -> Vec<Outcome> {
     }
 }
 
+/// The primary serving `slot`.
+fn slot_primary(slot: u16) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)))
+}
+
+/// `--redis-calls module`, and a primary lacks the module.
+fn no_module() -> Failure {
+    Failure::Reply(format!(
+        "ERR sluice-gateway: Redis does not know {} (load sluice's module, libsluice_redis.so of this version, into every primary, or run the gateway with --redis-calls auto)",
+        module_command()
+    ))
+}
+
 /// Every primary, each of which must succeed. A primary that fails does not keep the others
 /// from getting the command: all are sent before any answer is awaited.
 fn every_primary() -> RoutingInfo {
@@ -612,6 +704,7 @@ fn lost(outcome: &Outcome, run_as: RunAs) -> Option<Lost> {
         RunAs::EvalSha if text.starts_with("NOSCRIPT") => Some(Lost::Missing(RunAs::EvalSha)),
         RunAs::Fcall if text.starts_with("ERR Function not found") => Some(Lost::Missing(RunAs::Fcall)),
         RunAs::Fcall if is_unknown_command(text) => Some(Lost::NoFunctions),
+        RunAs::Module if is_unknown_command(text) => Some(Lost::NoModule),
         _ => None,
     }
 }
@@ -632,7 +725,11 @@ fn is_unknown_command(text: &str) -> bool {
 /// call; the client must not read a NOSCRIPT as its cue to send the script's text.
 fn after_reload(outcome: Outcome, run_as: RunAs) -> Outcome {
     if lost(&outcome, run_as).is_some() {
-        let what = if run_as == RunAs::Fcall { "function library" } else { "script" };
+        let what = match run_as {
+            RunAs::Fcall => "function library",
+            RunAs::EvalSha => "script",
+            RunAs::Module => "module",
+        };
         return Err(Failure::Reply(format!("ERR sluice-gateway: Redis lost sluice's {what} again right after it was loaded")));
     }
     outcome

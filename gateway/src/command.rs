@@ -21,6 +21,8 @@ static SHA: LazyLock<String> = LazyLock::new(script::sha);
 static FUNCTION: LazyLock<String> = LazyLock::new(script::function_name);
 static BATCH_FUNCTION: LazyLock<String> = LazyLock::new(script::batch_function_name);
 static LIBRARY: LazyLock<String> = LazyLock::new(script::library);
+static MODULE_COMMAND: LazyLock<String> = LazyLock::new(script::module_command_name);
+static MODULE_BATCH_COMMAND: LazyLock<String> = LazyLock::new(script::module_batch_command_name);
 
 /// SHA-1 of the decision script: what the gateway loads and calls, and what an `EVALSHA` must
 /// name to be accepted.
@@ -38,6 +40,11 @@ pub fn function() -> &'static str {
     &FUNCTION
 }
 
+/// The native module's command for one call (`redis-module/`, loaded by Redis' operator).
+pub fn module_command() -> &'static str {
+    &MODULE_COMMAND
+}
+
 /// The library's name, as `FUNCTION LOAD` answers it (its first line names it).
 pub fn library_name() -> &'static str {
     library().lines().next().and_then(|l| l.strip_prefix("#!lua name=")).unwrap_or_default()
@@ -51,17 +58,27 @@ pub enum RunAs {
     /// `FCALL <function>`: the library, loaded by `FUNCTION LOAD` (Redis 7 and later). Redis
     /// defines the strategies once, when it loads the library, not on every call.
     Fcall,
+    /// `sluice.decide.<id>`: the native module (`redis-module/`), which Redis' operator loads
+    /// (the gateway cannot); the library's decision without Lua, on the same keys.
+    Module,
 }
 
 impl RunAs {
-    pub const ALL: [RunAs; 2] = [RunAs::EvalSha, RunAs::Fcall];
+    pub const ALL: [RunAs; 3] = [RunAs::EvalSha, RunAs::Fcall, RunAs::Module];
 
-    /// The command's name as Redis spells it (also the `command` label in metrics).
+    /// The `command` label in metrics; for the script and the library also the command's name
+    /// as Redis spells it.
     pub fn name(self) -> &'static str {
         match self {
             RunAs::EvalSha => "EVALSHA",
             RunAs::Fcall => "FCALL",
+            RunAs::Module => "MODULE",
         }
+    }
+
+    /// Whether calls running so can go as one batch command.
+    pub fn batches(self) -> bool {
+        matches!(self, RunAs::Fcall | RunAs::Module)
     }
 }
 
@@ -163,16 +180,17 @@ impl Command {
         (1..self.ends.len()).filter_map(|i| self.word(i)).collect()
     }
 
-    /// The call as Redis runs it: `EVALSHA` of the gateway's SHA or `FCALL` of its function,
-    /// then the client's numkeys, keys and arguments (checked to be sluice's), written once
-    /// into a buffer of the right size. The name is in capitals so that the cluster client
-    /// recognises it for routing by key.
+    /// The call as Redis runs it: `EVALSHA` of the gateway's SHA, `FCALL` of its function or
+    /// the module's command, then the client's numkeys, keys and arguments (checked to be
+    /// sluice's), written once into a buffer of the right size. The names are in capitals so
+    /// that the cluster client recognises them for routing by key; it does not know the
+    /// module's command, which is routed by [`Command::slot`].
     pub fn to_redis(&self, form: RunAs) -> redis::Cmd {
-        let target = match form {
-            RunAs::EvalSha => sha(),
-            RunAs::Fcall => function(),
-        };
-        self.written(form.name(), target)
+        match form {
+            RunAs::EvalSha => self.written(&[form.name(), sha()]),
+            RunAs::Fcall => self.written(&[form.name(), function()]),
+            RunAs::Module => self.written(&[module_command()]),
+        }
     }
 
     /// The call as `EVAL` of the gateway's own script text ([`script::SCRIPT`], never a
@@ -180,13 +198,17 @@ impl Command {
     /// [`Command::to_redis`], for a node that lacks the script and the library. Routed by its
     /// keys like the call, it runs wherever Redis sends it, and leaves the script cached there.
     pub fn to_eval(&self) -> redis::Cmd {
-        self.written("EVAL", script::SCRIPT)
+        self.written(&["EVAL", script::SCRIPT])
     }
 
-    fn written(&self, name: &str, target: &str) -> redis::Cmd {
+    /// `head` (the command's name, and what it runs), then numkeys, the keys and arguments.
+    fn written(&self, head: &[&str]) -> redis::Cmd {
         let rest = self.bytes.len().saturating_sub(self.ends.get(1).copied().unwrap_or_default());
-        let mut cmd = redis::Cmd::with_capacity(self.ends.len(), name.len() + target.len() + rest);
-        cmd.arg(name).arg(target);
+        let head_len: usize = head.iter().map(|w| w.len()).sum();
+        let mut cmd = redis::Cmd::with_capacity(head.len() + self.ends.len().saturating_sub(2), head_len + rest);
+        for word in head {
+            cmd.arg(*word);
+        }
         for i in 2..self.ends.len() {
             if let Some(w) = self.word(i) {
                 cmd.arg(w);
@@ -217,16 +239,21 @@ impl Command {
     }
 }
 
-/// One `FCALL` of the library's batch function that decides `cmds` in their order, each
-/// all-or-nothing on its own, exactly as if each ran as its own `FCALL` one after another, and
-/// answers an array of their replies. On a Cluster all their keys must be in one slot.
-pub fn batch_call(cmds: &[&Command]) -> redis::Cmd {
+/// One `FCALL` of the library's batch function (or the module's batch command, as `form`
+/// says) that decides `cmds` in their order, each all-or-nothing on its own, exactly as if
+/// each ran as its own call one after another, and answers an array of their replies. On a
+/// Cluster all their keys must be in one slot.
+pub fn batch_call(cmds: &[&Command], form: RunAs) -> redis::Cmd {
     let counts: Vec<(usize, usize)> = cmds.iter().map(|c| (c.keys, c.arg_count())).collect();
     let keys: usize = counts.iter().map(|(k, _)| k).sum();
     let words = 3 + keys + 1 + 2 * cmds.len() + counts.iter().map(|(_, a)| a).sum::<usize>();
     let bytes: usize = cmds.iter().map(|c| c.bytes.len()).sum();
     let mut call = redis::Cmd::with_capacity(words, BATCH_FUNCTION.len() + bytes + 8 * words);
-    call.arg(RunAs::Fcall.name()).arg(BATCH_FUNCTION.as_str()).arg(keys);
+    match form {
+        RunAs::Module => call.arg(MODULE_BATCH_COMMAND.as_str()),
+        _ => call.arg(RunAs::Fcall.name()).arg(BATCH_FUNCTION.as_str()),
+    };
+    call.arg(keys);
     for c in cmds {
         for key in c.call_keys() {
             call.arg(key);

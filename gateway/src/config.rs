@@ -147,8 +147,12 @@ pub struct Config {
     /// How calls run on Redis: `fcall` loads sluice's function library (FUNCTION LOAD, Redis 7
     /// and later) and runs each call as FCALL, which spares Redis defining the strategies on
     /// every call; `evalsha` loads the script (SCRIPT LOAD) and runs each call as EVALSHA;
-    /// `auto` uses FCALL where every primary has functions, else EVALSHA. Same keys, same
-    /// arguments, same decisions.
+    /// `module` runs each call as the native command of sluice's Redis module
+    /// (libsluice_redis.so, which Redis' operator loads: `loadmodule` in redis.conf), which
+    /// spares Redis Lua altogether; `auto` uses the module where every primary has it, else
+    /// FCALL where every primary has functions, else EVALSHA, and falls back the same way when
+    /// Redis stops knowing one. Same keys, same arguments, same decisions: proxies whose
+    /// gateways run calls differently share one Redis.
     #[arg(long, env = "SLUICE_GATEWAY_REDIS_CALLS", value_enum, default_value_t = RedisCalls::Auto)]
     pub redis_calls: RedisCalls,
 
@@ -171,9 +175,12 @@ pub struct Config {
 /// `--redis-calls`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RedisCalls {
-    /// FCALL where Redis has functions (every primary of a Cluster), else EVALSHA; decided by
-    /// the first load that reaches Redis.
+    /// The module where every primary has it, else FCALL where Redis has functions (every
+    /// primary of a Cluster), else EVALSHA; decided by the first probe or load that reaches
+    /// Redis, and again when Redis no longer knows the module.
     Auto,
+    /// Always the module's commands (`sluice.decide.<id>`, `sluice.batch.<id>`).
+    Module,
     /// Always FCALL of the library (Redis 7 and later).
     Fcall,
     /// Always EVALSHA of the script.
@@ -263,6 +270,8 @@ mod tests {
         assert_eq!(c.redis_calls, RedisCalls::Auto);
         let c = Config::try_parse_from(["sluice-gateway", "--redis-calls", "evalsha"]).unwrap();
         assert_eq!(c.redis_calls, RedisCalls::Evalsha);
+        let c = Config::try_parse_from(["sluice-gateway", "--redis-calls", "module"]).unwrap();
+        assert_eq!(c.redis_calls, RedisCalls::Module);
     }
 
     #[test]

@@ -366,7 +366,7 @@ impl Metrics {
             }
         }
 
-        writeln!(out, "# HELP sluice_gateway_redis_calls_total Commands running sluice's script sent to Redis, by how they ran (reruns after a load included; a batch is one FCALL).")?;
+        writeln!(out, "# HELP sluice_gateway_redis_calls_total Calls of sluice's decision sent to Redis, by how they ran: EVALSHA, FCALL, MODULE (the native module's command) or EVAL (reruns after a load included; a batch is one call).")?;
         writeln!(out, "# TYPE sluice_gateway_redis_calls_total counter")?;
         for run_as in RunAs::ALL {
             writeln!(

@@ -142,6 +142,9 @@ impl Gateway {
             Ok(RunAs::Fcall) => {
                 log::info!("loaded sluice's function library into Redis: calls run as FCALL {}", command::function())
             }
+            Ok(RunAs::Module) => {
+                log::info!("Redis has sluice's module: calls run as {}", command::module_command())
+            }
             Ok(RunAs::EvalSha) => {
                 log::info!("loaded sluice's decision script into Redis: calls run as EVALSHA {}", command::sha())
             }
@@ -384,6 +387,7 @@ async fn healthz_handler(State(gw): State<Arc<Gateway>>) -> Response {
                 "redis": if gw.backend.is_cluster() { "cluster" } else { "standalone" },
                 "script": command::sha(),
                 "function": command::function(),
+                "module_command": command::module_command(),
                 "calls": gw.backend.runs_as().name(),
                 "latency_ms": latency_ms,
                 "age_ms": age_ms,

@@ -68,6 +68,18 @@ pub fn batch_function_name() -> String {
     format!("sluice_batch_{}", library_id())
 }
 
+/// The native module command (`redis-module/`) that decides one call as [`function_name`]
+/// does: `sluice.decide.<id> numkeys key… arg…`, the library's id, so that a gateway calls only
+/// a module that decides exactly as the library it would otherwise load.
+pub fn module_command_name() -> String {
+    format!("sluice.decide.{}", library_id())
+}
+
+/// The native module command that decides a batch as [`batch_function_name`] does.
+pub fn module_batch_command_name() -> String {
+    format!("sluice.batch.{}", library_id())
+}
+
 /// The first 16 hex digits of the SHA-1 of the production library's text (named with no id):
 /// it changes with any of that text.
 fn library_id() -> String {

@@ -90,7 +90,7 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + READY_DEADLINE;
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -149,6 +149,14 @@ impl RedisServer {
         let mut server = RedisServer { port, child: None, args, _dir: Some(dir) };
         server.restart();
         server
+    }
+
+    /// Starts again on the same port with only its directory and `args` (what was added
+    /// before is dropped: a module no longer loaded, say).
+    pub fn restart_replacing_args(&mut self, args: &[&str]) {
+        let dir = self.args.iter().position(|a| a == "--dir").and_then(|i| self.args.get(i..i + 2)).map(<[String]>::to_vec);
+        self.args = dir.unwrap_or_default();
+        self.restart_with_args(args);
     }
 
     /// Starts again on the same port, with `extra` added to its arguments from now on.
@@ -219,6 +227,11 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// [`RedisCluster::start`], every node with more `redis-server` arguments.
+    pub fn start_with_args(extra: &[&str]) -> Self {
         // Data ports and cluster-bus ports are both chosen free, instead of Redis' default
         // port+10000, which may be taken or out of range.
         let ports = free_ports(12);
@@ -228,7 +241,7 @@ impl RedisCluster {
             let (port, bus) = (ports[i], ports[i + 6]);
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let args = vec![
+            let args: Vec<String> = [
                 "--cluster-enabled".into(),
                 "yes".into(),
                 "--cluster-port".into(),
@@ -239,7 +252,10 @@ impl RedisCluster {
                 "2000".into(),
                 "--dir".into(),
                 node_dir.display().to_string(),
-            ];
+            ]
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
             nodes.push(RedisServer::start_with(port, args));
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
@@ -318,6 +334,27 @@ impl RedisCluster {
             node.stop();
         }
     }
+}
+
+/// sluice's Redis module as `scripts/test.sh` builds it: the production build
+/// (`cargo build --release -p sluice-redis-module`), or with `testing` the build whose commands
+/// take a clock (`--features testing --profile redis-module-testing`). Override with
+/// SLUICE_REDIS_MODULE / SLUICE_REDIS_MODULE_TESTING.
+pub fn redis_module(testing: bool) -> String {
+    let (var, dir) =
+        if testing { ("SLUICE_REDIS_MODULE_TESTING", "redis-module-testing") } else { ("SLUICE_REDIS_MODULE", "release") };
+    let path = std::env::var(var).unwrap_or_else(|_| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+        target.join(dir).join("libsluice_redis.so").display().to_string()
+    });
+    let build = if testing {
+        "cargo build -p sluice-redis-module --features testing --profile redis-module-testing"
+    } else {
+        "cargo build --release -p sluice-redis-module"
+    };
+    assert!(Path::new(&path).is_file(), "no Redis module at {path}: build it first ({build}; scripts/test.sh does)");
+    path
 }
 
 /// A gateway served in-process on a free loopback port.

@@ -1,0 +1,206 @@
+//! sluice's decision as two native Redis commands, `sluice.decide.<id>` and
+//! `sluice.batch.<id>`: the same keys, arguments, replies and writes as `FCALL` of the function
+//! library's `sluice_decide_<id>` and `sluice_batch_<id>` (same `<id>`), decided in Rust
+//! (`sluice::redis::native`) instead of Lua. Keys are shared with proxies whose gateway runs
+//! the library: both read and write the same text states.
+//!
+//! This file is only the shell: it reads the keys a call names, asks `native` to decide, writes
+//! what it says and answers. Why each choice (see also `docs/redis-module.md`):
+//! - **Keys** are declared by `getkeys-api`, `numkeys` first as for `FCALL`, so a Cluster
+//!   checks that they are all of the node's slots (MOVED, CROSSSLOT) before anything runs, and
+//!   ACLs and `COMMAND GETKEYS` see them.
+//! - **Writes replicate as their effects**, `SET key state PXAT when`, never as the command: a
+//!   replica or an AOF replay needs no module and cannot decide again at another time.
+//! - **Time** is the wall clock read once per command in µs, as the scripts read `TIME`.
+//! - **Nothing a client sends can stop Redis**: no text is turned into a C string without
+//!   being cleaned first, and every failure is an error reply (a panic here would abort the
+//!   server).
+
+use std::ffi::{c_int, c_long, CString};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis_module::{raw, redis_module, Context, RedisString, Status};
+use sluice::redis::native::{self, Keys, Write};
+use sluice::redis::script;
+use sluice::redis::wire::Reply;
+
+redis_module! {
+    name: "sluice",
+    version: 1,
+    allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
+    data_types: [],
+    init: register,
+}
+
+/// Writes, keys read through `getkeys-api` (first, last and step unused), refused when Redis is
+/// over `maxmemory` as `SET` would be.
+const FLAGS: &str = "write deny-oom getkeys-api";
+
+/// A lifetime is capped here (about 146 million years): Redis adds its clock to it, and an
+/// expiry past `i64::MAX` ms would wrap into the past.
+const MAX_TTL_MS: u64 = 1 << 62;
+
+type Handler = extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
+
+fn register(ctx: &Context, _args: &[RedisString]) -> Status {
+    let commands: [(String, Handler); 2] =
+        [(script::module_command_name(), decide_command), (script::module_batch_command_name(), batch_command)];
+    for (name, handler) in commands {
+        let (Ok(c_name), Ok(flags)) = (CString::new(name.as_str()), CString::new(FLAGS)) else {
+            return Status::Err;
+        };
+        let Some(create) = (unsafe { raw::RedisModule_CreateCommand }) else {
+            return Status::Err;
+        };
+        // SAFETY: `ctx` is the load context Redis passed in; the strings outlive the call
+        // (Redis copies the name and parses the flags).
+        let created = unsafe { create(ctx.ctx, c_name.as_ptr(), Some(handler), flags.as_ptr(), 0, 0, 0) };
+        if created != raw::Status::Ok as c_int {
+            ctx.log_warning(&format!("sluice: cannot create command {name}"));
+            return Status::Err;
+        }
+    }
+    Status::Ok
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    One,
+    Batch,
+}
+
+extern "C" fn decide_command(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int) -> c_int {
+    serve(ctx, argv, argc, Kind::One)
+}
+
+extern "C" fn batch_command(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int) -> c_int {
+    serve(ctx, argv, argc, Kind::Batch)
+}
+
+fn serve(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int, kind: Kind) -> c_int {
+    let context = Context::new(ctx);
+    let args = redis_module::decode_args(ctx, argv, argc);
+    let words: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
+    let layout = split(&words);
+    if context.is_keys_position_request() {
+        // Redis asks where the keys are (a Cluster's slot check, ACLs, COMMAND GETKEYS).
+        let Ok((keys, _)) = layout else {
+            return raw::Status::Err as c_int;
+        };
+        for pos in 2..2 + keys.len() {
+            context.key_at_pos(c_int::try_from(pos).unwrap_or(c_int::MAX));
+        }
+        return raw::Status::Ok as c_int;
+    }
+    let (keys, rest) = match layout {
+        Ok(split) => split,
+        Err(text) => return reply_error(&context, &text),
+    };
+    let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let mut store = Store { ctx: &context };
+    let reply = match kind {
+        Kind::One => {
+            let (reply, writes) = native::one(keys, rest, &mut store, now_us);
+            write_all(&context, &writes, now_us);
+            reply
+        }
+        Kind::Batch => native::batch(keys, rest, &mut store, now_us).map(|(replies, writes)| {
+            write_all(&context, &writes, now_us);
+            Reply::Array(replies)
+        }),
+    };
+    match reply {
+        Ok(reply) => {
+            send(&context, &reply);
+            raw::Status::Ok as c_int
+        }
+        Err(text) => reply_error(&context, &text),
+    }
+}
+
+/// Some of a command's words.
+type Words<'w, 'a> = &'w [&'a [u8]];
+
+/// `name numkeys key… arg…`: the keys and the arguments.
+fn split<'w, 'a>(words: Words<'w, 'a>) -> Result<(Words<'w, 'a>, Words<'w, 'a>), String> {
+    let numkeys = words.get(1).and_then(|w| std::str::from_utf8(w).ok()).and_then(|w| w.parse::<usize>().ok());
+    let Some(numkeys) = numkeys.filter(|n| *n >= 1) else {
+        return Err("ERR sluice: numkeys must be a positive integer".into());
+    };
+    match (words.get(2..2 + numkeys), words.get(2 + numkeys..)) {
+        (Some(keys), Some(rest)) => Ok((keys, rest)),
+        _ => Err("ERR sluice: numkeys is greater than the number of arguments".into()),
+    }
+}
+
+/// The keys a command reads, through Redis' key API (no command is run for them).
+struct Store<'c> {
+    ctx: &'c Context,
+}
+
+impl Keys for Store<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let name = RedisString::create_from_slice(self.ctx.ctx, key);
+        let key = self.ctx.open_key(&name);
+        match key.key_type() {
+            raw::KeyType::Empty => Ok(None),
+            raw::KeyType::String => match key.read() {
+                Ok(text) => Ok(text.map(<[u8]>::to_vec)),
+                Err(e) => Err(format!("ERR sluice: cannot read a key: {e}")),
+            },
+            _ => Err("WRONGTYPE Operation against a key holding the wrong kind of value".into()),
+        }
+    }
+}
+
+/// Stores each write and replicates it as `SET key state PXAT when`. A key was read as a
+/// string (or missing) by the same command, so setting it cannot fail but for memory, which
+/// Redis itself reports.
+fn write_all(ctx: &Context, writes: &[Write], now_us: u64) {
+    let now_ms = now_us / 1000;
+    for write in writes {
+        let ttl_ms = write.ttl_ms.clamp(1, MAX_TTL_MS);
+        let name = RedisString::create_from_slice(ctx.ctx, &write.key);
+        let key = ctx.open_key_writable(&name);
+        let stored = key.write(&write.state).and_then(|_| key.set_expire(Duration::from_millis(ttl_ms)));
+        if let Err(e) = stored {
+            ctx.log_warning(&format!("sluice: cannot store a state: {e}"));
+            continue;
+        }
+        let when = (now_ms + ttl_ms).to_string();
+        let args: [&[u8]; 4] = [&write.key, write.state.as_bytes(), b"PXAT", when.as_bytes()];
+        ctx.replicate("SET", &args);
+    }
+}
+
+fn send(ctx: &Context, reply: &Reply) {
+    match reply {
+        Reply::Int(i) => {
+            raw::reply_with_long_long(ctx.ctx, *i);
+        }
+        Reply::Array(items) => {
+            raw::reply_with_array(ctx.ctx, c_long::try_from(items.len()).unwrap_or(c_long::MAX));
+            for item in items {
+                send(ctx, item);
+            }
+        }
+        Reply::Error(text) => {
+            reply_error(ctx, text);
+        }
+        Reply::Nil => {
+            raw::reply_with_null(ctx.ctx);
+        }
+        Reply::Str(text) => {
+            raw::reply_with_string_buffer(ctx.ctx, text.as_ptr().cast(), text.len());
+        }
+    }
+}
+
+/// An error reply whose text holds only printable ASCII: it may quote what a client sent, and
+/// the module API's own cleaning keeps one byte of each character (a character such as U+0100
+/// would become a NUL, and the C string it builds would fail).
+fn reply_error(ctx: &Context, text: &str) -> c_int {
+    let clean: String = text.chars().map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' }).collect();
+    ctx.reply_error_string(&clean);
+    raw::Status::Ok as c_int
+}
