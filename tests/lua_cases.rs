@@ -725,11 +725,13 @@ fn a_batch_is_its_calls_one_after_another() {
     assert!(calls_run > 500 && errors > 5 && denials > 50, "{calls_run} calls, {errors} errors, {denials} denials");
 }
 
-/// Redis' keys as `sluice::redis::native` sees them: texts, and one key of another type.
-struct Texts(std::collections::HashMap<Vec<u8>, String>);
+/// Redis' keys as `sluice::redis::native` sees them: texts, and one key of another type. The
+/// command's keys, as last given, check that each read names its key's place.
+struct Texts(std::collections::HashMap<Vec<u8>, String>, Vec<Vec<u8>>);
 
 impl native::Keys for Texts {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn get(&mut self, key: &[u8], at: usize) -> Result<Option<Vec<u8>>, String> {
+        assert_eq!(self.1.get(at).map(Vec::as_slice), Some(key), "a read names its key's place");
         if key.ends_with(b":list") {
             return Err("WRONGTYPE Operation against a key holding the wrong kind of value".into());
         }
@@ -748,7 +750,7 @@ fn the_native_batch_decides_as_the_library_batch() {
     let batch = lua::batch_function_name();
     let pool = ["{n}:a", "{n}:b", "{n}:c", "{n}:d", "{n}:list"];
     conn.cmd(&["LPUSH", "{n}:list", "x"]);
-    let mut texts = Texts(std::collections::HashMap::new());
+    let mut texts = Texts(std::collections::HashMap::new(), Vec::new());
     let mut rng = Rng(0xBA7C_4000_0000_0002);
     let mut now_us = 1_700_006_400_000_000u64;
     let (mut calls_run, mut errors, mut denials, mut writes_seen) = (0, 0, 0, 0);
@@ -764,6 +766,7 @@ fn the_native_batch_decides_as_the_library_batch() {
 
         let key_words: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
         let arg_words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        texts.1 = keys.iter().map(|k| k.clone().into_bytes()).collect();
         let (in_rust, writes) = native::batch(&key_words, &arg_words, &mut texts, 0).expect("a batch that adds up");
 
         assert_eq!(in_rust.len(), in_redis.len(), "round {round}");
@@ -781,6 +784,7 @@ fn the_native_batch_decides_as_the_library_batch() {
             calls_run += 1;
         }
         for w in &writes {
+            assert_eq!(key_words[w.at], w.key.as_slice(), "round {round}: a write names its key's place");
             let key = String::from_utf8(w.key.clone()).unwrap();
             assert_eq!(get(&mut conn, &key).as_deref(), Some(w.state.as_str()), "round {round}: state of {key}");
             let ttl = pttl(&mut conn, &key);
@@ -822,7 +826,7 @@ fn a_native_call_decides_as_the_script_even_past_exact_numbers() {
         let mut words = vec!["FCALL".to_string(), lua::function_name(), "3".into(), key.into(), key.into(), key.into()];
         words.extend(args.iter().map(|a| a.to_string()));
         let in_redis = conn.cmd(&words);
-        let mut texts = Texts(std::collections::HashMap::new());
+        let mut texts = Texts(std::collections::HashMap::new(), vec![key.as_bytes().to_vec(); 3]);
         let arg_words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         let (in_rust, writes) = native::one(&[key.as_bytes(); 3], &arg_words, &mut texts, 0);
         assert_eq!(in_rust.as_ref(), Ok(&in_redis), "{key}: Rust, then Lua");
@@ -861,7 +865,7 @@ fn a_batch_that_does_not_add_up_runs_nothing() {
         // The native decision refuses the same layouts, and reads nothing.
         let n: usize = case[0].parse().unwrap();
         let words: Vec<&[u8]> = case[1..].iter().map(|w| w.as_bytes()).collect();
-        let mut texts = Texts(std::collections::HashMap::new());
+        let mut texts = Texts(std::collections::HashMap::new(), Vec::new());
         let refused = native::batch(&words[..n], &words[n..], &mut texts, 1_700_006_400_000_000);
         assert!(refused.as_ref().is_err_and(|e| e.contains("sluice")), "{case:?}: native {refused:?}");
     }

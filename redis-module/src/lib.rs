@@ -16,7 +16,8 @@
 //!   being cleaned first, and every failure is an error reply (a panic here would abort the
 //!   server).
 
-use std::ffi::{c_int, c_long, CString};
+use std::ffi::{c_int, c_long, c_longlong, CString};
+use std::ptr::NonNull;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis_module::{raw, redis_module, Context, RedisString, Status};
@@ -79,8 +80,13 @@ extern "C" fn batch_command(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::
 
 fn serve(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int, kind: Kind) -> c_int {
     let context = Context::new(ctx);
-    let args = redis_module::decode_args(ctx, argv, argc);
-    let words: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
+    let argv: &[*mut raw::RedisModuleString] = match usize::try_from(argc) {
+        // SAFETY: Redis passes `argc` strings at `argv`, alive for the whole call.
+        Ok(n) if !argv.is_null() => unsafe { std::slice::from_raw_parts(argv, n) },
+        _ => &[],
+    };
+    // Read in place: no string is retained or copied.
+    let words: Vec<&[u8]> = argv.iter().map(|&arg| RedisString::string_as_slice(arg)).collect();
     let layout = split(&words);
     if context.is_keys_position_request() {
         // Redis asks where the keys are (a Cluster's slot check, ACLs, COMMAND GETKEYS).
@@ -97,15 +103,17 @@ fn serve(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, 
         Err(text) => return reply_error(&context, &text),
     };
     let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let mut store = Store { ctx: &context };
+    // The keys' own strings, after the name and numkeys.
+    let names = argv.get(2..2 + keys.len()).unwrap_or_default();
+    let mut store = Store { ctx: &context, names };
     let reply = match kind {
         Kind::One => {
             let (reply, writes) = native::one(keys, rest, &mut store, now_us);
-            write_all(&context, &writes, now_us);
+            write_all(&store, &writes, now_us);
             reply
         }
         Kind::Batch => native::batch(keys, rest, &mut store, now_us).map(|(replies, writes)| {
-            write_all(&context, &writes, now_us);
+            write_all(&store, &writes, now_us);
             Reply::Array(replies)
         }),
     };
@@ -136,11 +144,24 @@ fn split<'w, 'a>(words: Words<'w, 'a>) -> Result<(Words<'w, 'a>, Words<'w, 'a>),
 /// The keys a command reads, through Redis' key API (no command is run for them).
 struct Store<'c> {
     ctx: &'c Context,
+    /// The command's key names, as Redis passed them.
+    names: &'c [*mut raw::RedisModuleString],
+}
+
+impl Store<'_> {
+    /// Key `at`'s name, or a new string holding `key` (never needed: `native` names the place
+    /// of every key it reads or writes).
+    fn name(&self, key: &[u8], at: usize) -> RedisString {
+        match self.names.get(at) {
+            Some(&name) if RedisString::string_as_slice(name) == key => RedisString::new(NonNull::new(self.ctx.ctx), name),
+            _ => RedisString::create_from_slice(self.ctx.ctx, key),
+        }
+    }
 }
 
 impl Keys for Store<'_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let name = RedisString::create_from_slice(self.ctx.ctx, key);
+    fn get(&mut self, key: &[u8], at: usize) -> Result<Option<Vec<u8>>, String> {
+        let name = self.name(key, at);
         let key = self.ctx.open_key(&name);
         match key.key_type() {
             raw::KeyType::Empty => Ok(None),
@@ -153,23 +174,39 @@ impl Keys for Store<'_> {
     }
 }
 
-/// Stores each write and replicates it as `SET key state PXAT when`. A key was read as a
-/// string (or missing) by the same command, so setting it cannot fail but for memory, which
-/// Redis itself reports.
-fn write_all(ctx: &Context, writes: &[Write], now_us: u64) {
+/// Stores each write in place (the key's own string, resized) and replicates it as `SET key
+/// state PXAT when`. A key was read as a string (or missing) by the same command, so storing it
+/// cannot fail but for memory, which Redis itself reports.
+fn write_all(store: &Store<'_>, writes: &[Write], now_us: u64) {
+    let ctx = store.ctx;
     let now_ms = now_us / 1000;
     for write in writes {
         let ttl_ms = write.ttl_ms.clamp(1, MAX_TTL_MS);
-        let name = RedisString::create_from_slice(ctx.ctx, &write.key);
+        let name = store.name(&write.key, write.at);
         let key = ctx.open_key_writable(&name);
-        let stored = key.write(&write.state).and_then(|_| key.set_expire(Duration::from_millis(ttl_ms)));
+        let stored = key
+            .as_string_dma()
+            .and_then(|mut dma| dma.write(write.state.as_bytes()).map(|_| ()))
+            .and_then(|()| key.set_expire(Duration::from_millis(ttl_ms)));
         if let Err(e) = stored {
             ctx.log_warning(&format!("sluice: cannot store a state: {e}"));
             continue;
         }
-        let when = (now_ms + ttl_ms).to_string();
-        let args: [&[u8]; 4] = [&write.key, write.state.as_bytes(), b"PXAT", when.as_bytes()];
-        ctx.replicate("SET", &args);
+        replicate_set(ctx, &name, write.state.as_bytes(), now_ms + ttl_ms);
+    }
+}
+
+/// `SET key state PXAT when` to replicas and the AOF, its arguments handed over as they are
+/// (the module API's own formats), not as new strings.
+fn replicate_set(ctx: &Context, key: &RedisString, state: &[u8], when_ms: u64) {
+    let Some(replicate) = (unsafe { raw::RedisModule_Replicate }) else {
+        return;
+    };
+    let when = c_longlong::try_from(when_ms).unwrap_or(c_longlong::MAX);
+    // SAFETY: the format names a RedisModuleString ("s"), a buffer and its length ("b"), a C
+    // string ("c") and a long long ("l"), in that order, which are the arguments that follow.
+    unsafe {
+        replicate(ctx.ctx, c"SET".as_ptr(), c"sbcl".as_ptr(), key.inner, state.as_ptr(), state.len(), c"PXAT".as_ptr(), when);
     }
 }
 

@@ -9,7 +9,7 @@
 //! (a sum or product past 2^53, a lifetime past 2^63 ms: rates far beyond what the config
 //! compiler allows), this stays exact, and a lifetime stops at `u64::MAX` µs.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::script::ARGS_PER_RULE;
 use super::state::{self, decimal};
@@ -22,37 +22,47 @@ use crate::strategy::{self, Strategy, NAMES};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     pub key: Vec<u8>,
+    /// Where the key is among the command's keys (its first place where named twice), so a
+    /// caller can reach it without looking it up.
+    pub at: usize,
     pub state: String,
     pub ttl_ms: u64,
 }
 
 /// The keys a call reads, once each per batch. An error (a key holding another type) is the
-/// error of the call that read it.
+/// error of the call that read it. `at` is the key's place among the command's keys.
 pub trait Keys {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    fn get(&mut self, key: &[u8], at: usize) -> Result<Option<Vec<u8>>, String>;
 }
 
-/// What one command (a call, or a batch of calls) has read and will write.
-struct Batch<'k, K> {
+/// What one command (a call, or a batch of calls) has read and will write. The maps are
+/// ordered, not hashed: a command names a few keys, and comparing them costs less than
+/// hashing them (Redis runs this on every decision).
+struct Batch<'k, 'w, K> {
     keys: &'k mut K,
     /// Each key's state as the calls so far left it (`None`: no state).
-    states: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    states: BTreeMap<&'w [u8], Option<Vec<u8>>>,
     writes: Vec<Write>,
     /// Where each written key is in `writes`.
-    written: HashMap<Vec<u8>, usize>,
+    written: BTreeMap<&'w [u8], usize>,
 }
 
 /// One call, as `FCALL sluice_decide_<id>` runs it: the reply, or the call's error.
 pub fn one(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -> (Result<Reply, String>, Vec<Write>) {
     let mut b = Batch::new(store);
-    let reply = b.decide(keys, args, now_us);
+    let reply = b.decide(keys, 0, args, now_us);
     (reply, b.writes)
 }
 
 /// A batch, as `FCALL sluice_batch_<id>` runs it: `args` starts with the call count and two
 /// counts per call. Each call's reply or error in place; a layout that does not add up is the
 /// batch's error, and nothing is decided.
-pub fn batch(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -> Result<(Vec<Reply>, Vec<Write>), String> {
+pub fn batch(
+    keys: &[&[u8]],
+    args: &[&[u8]],
+    store: &mut impl Keys,
+    now_us: u64,
+) -> Result<(Vec<Reply>, Vec<Write>), String> {
     let calls = args.first().and_then(|a| decimal(a)).filter(|c| *c >= 1).ok_or_else(layout)?;
     let calls = usize::try_from(calls).map_err(|_| layout())?;
     let counts_end = calls.checked_mul(2).and_then(|n| n.checked_add(1)).filter(|end| *end <= args.len()).ok_or_else(layout)?;
@@ -79,7 +89,7 @@ pub fn batch(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64)
     let (mut k0, mut a0) = (0, counts_end);
     let mut replies = Vec::with_capacity(calls);
     for (n, m) in counts {
-        replies.push(b.decide(&keys[k0..k0 + n], &args[a0..a0 + m], now_us).unwrap_or_else(Reply::Error));
+        replies.push(b.decide(&keys[k0..k0 + n], k0, &args[a0..a0 + m], now_us).unwrap_or_else(Reply::Error));
         k0 += n;
         a0 += m;
     }
@@ -90,23 +100,23 @@ fn layout() -> String {
     "ERR sluice: a batch starts with its call count and two counts per call".to_string()
 }
 
-impl<'k, K: Keys> Batch<'k, K> {
+impl<'k, 'w, K: Keys> Batch<'k, 'w, K> {
     fn new(keys: &'k mut K) -> Self {
-        Batch { keys, states: HashMap::new(), writes: Vec::new(), written: HashMap::new() }
+        Batch { keys, states: BTreeMap::new(), writes: Vec::new(), written: BTreeMap::new() }
     }
 
     /// A key's state as this command left it, read from Redis the first time.
-    fn state(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn state(&mut self, key: &'w [u8], at: usize) -> Result<Option<Vec<u8>>, String> {
         if let Some(s) = self.states.get(key) {
             return Ok(s.clone());
         }
-        let s = self.keys.get(key)?.map(|text| state::from_text(&text));
-        self.states.insert(key.to_vec(), s.clone());
+        let s = self.keys.get(key, at)?.map(|text| state::from_text(&text));
+        self.states.insert(key, s.clone());
         Ok(s)
     }
 
-    /// One call: `decide` of `decide.lua`.
-    fn decide(&mut self, keys: &[&[u8]], args: &[&[u8]], now_us: u64) -> Result<Reply, String> {
+    /// One call: `decide` of `decide.lua`. Its keys start at `base` among the command's.
+    fn decide(&mut self, keys: &[&'w [u8]], base: usize, args: &[&[u8]], now_us: u64) -> Result<Reply, String> {
         let n = keys.len();
         let m = args.len();
         if m < ARGS_PER_RULE * n || m > ARGS_PER_RULE * n + 2 {
@@ -116,7 +126,7 @@ impl<'k, K: Keys> Batch<'k, K> {
         }
         let Options { dry, now_us, pad_ms } = options(&args[ARGS_PER_RULE * n..], now_us)?;
         // Within a call, a key named twice sees the first limit's new state.
-        let mut pending: HashMap<&[u8], Vec<u8>> = HashMap::new();
+        let mut pending: BTreeMap<&[u8], Vec<u8>> = BTreeMap::new();
         let mut decided = Vec::with_capacity(n);
         let mut all = true;
         for (i, key) in keys.iter().enumerate() {
@@ -137,7 +147,7 @@ impl<'k, K: Keys> Batch<'k, K> {
             } else {
                 let current = match pending.get(key) {
                     Some(s) => Some(s.clone()),
-                    None => self.state(key)?,
+                    None => self.state(key, base + i)?,
                 };
                 let rate = Rate { limit, period_ms: period };
                 Some(strategy::decide(&strategy, &rate, current.as_deref().unwrap_or_default(), now_us, cost))
@@ -162,9 +172,9 @@ impl<'k, K: Keys> Batch<'k, K> {
             reply.push(Reply::Array(fields.iter().map(|f| Reply::Int(i64::try_from(*f).unwrap_or(i64::MAX))).collect()));
         }
         if all && !dry {
-            for (key, (fields, new_state)) in keys.iter().zip(decided) {
+            for (i, (key, (fields, new_state))) in keys.iter().zip(decided).enumerate() {
                 if let Some(kept) = new_state {
-                    self.write(key, kept, fields[5].max(1) + pad_ms);
+                    self.write(key, base + i, kept, fields[5].max(1) + pad_ms);
                 }
             }
         }
@@ -172,9 +182,9 @@ impl<'k, K: Keys> Batch<'k, K> {
     }
 
     /// Records a write (the last one of a key wins; its place is its first).
-    fn write(&mut self, key: &[u8], kept: Kept, ttl_ms: u64) {
+    fn write(&mut self, key: &'w [u8], at: usize, kept: Kept, ttl_ms: u64) {
         let Kept { text, seen } = kept;
-        self.states.insert(key.to_vec(), Some(seen));
+        self.states.insert(key, Some(seen));
         match self.written.get(key) {
             Some(&at) => {
                 if let Some(w) = self.writes.get_mut(at) {
@@ -183,8 +193,8 @@ impl<'k, K: Keys> Batch<'k, K> {
                 }
             }
             None => {
-                self.written.insert(key.to_vec(), self.writes.len());
-                self.writes.push(Write { key: key.to_vec(), state: text, ttl_ms });
+                self.written.insert(key, self.writes.len());
+                self.writes.push(Write { key: key.to_vec(), at, state: text, ttl_ms });
             }
         }
     }
