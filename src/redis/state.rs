@@ -79,10 +79,24 @@ fn parse(text: &[u8]) -> Option<Vec<u8>> {
 /// Decimal digits only, below 2^53: a number of a state, or of a script call's arguments
 /// (`super::native`).
 pub(super) fn decimal(word: &[u8]) -> Option<u64> {
-    if word.is_empty() || !word.iter().all(u8::is_ascii_digit) {
+    if word.is_empty() {
         return None;
     }
-    std::str::from_utf8(word).ok()?.parse::<u64>().ok().filter(|v| *v < EXACT)
+    // One pass (Redis runs this for every number of every decision): leading zeros skipped,
+    // then at most 16 digits, which cannot overflow (2^53 has 16).
+    let start = word.iter().position(|b| *b != b'0').unwrap_or(word.len());
+    let digits = &word[start..];
+    if digits.len() > 16 {
+        return None;
+    }
+    let mut value = 0u64;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + u64::from(b - b'0');
+    }
+    (value < EXACT).then_some(value)
 }
 
 /// `-?digits`, its magnitude below 2^53 (`-0` is 0).
@@ -123,6 +137,29 @@ pub fn to_text(state: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_reads_digits_below_two_to_the_53() {
+        let cases: [(&[u8], Option<u64>); 14] = [
+            (b"0", Some(0)),
+            (b"000", Some(0)),
+            (b"7", Some(7)),
+            (b"0042", Some(42)),
+            (b"9007199254740991", Some(EXACT - 1)),
+            (b"00000009007199254740991", Some(EXACT - 1)),
+            (b"9007199254740992", None),
+            (b"99999999999999999", None),
+            (b"18446744073709551616", None),
+            (b"", None),
+            (b"-1", None),
+            (b"1e3", None),
+            (b" 1", None),
+            (b"0x10", None),
+        ];
+        for (word, expected) in cases {
+            assert_eq!(decimal(word), expected, "{}", String::from_utf8_lossy(word));
+        }
+    }
 
     #[test]
     fn texts_the_scripts_write_round_trip() {
