@@ -72,6 +72,9 @@ ready() {
   wait_for 60 curl -fs http://127.0.0.1:7379/healthz || { say "sluice-gateway never reported Redis healthy"; return 1; }
 }
 
+# The gateway runs calls through sluice's Redis module (native topology).
+module_calls() { curl -fs http://127.0.0.1:7379/healthz | grep -q '"calls":"MODULE"'; }
+
 run_deployed_tests() {
   say "tests/e2e/tests/deployed.rs against $TARGET"
   SLUICE_E2E_TARGET=$TARGET SLUICE_E2E_ADMIN=$ADMIN cargo test -p sluice-e2e --test deployed
@@ -216,9 +219,13 @@ fi
 
 check_ports
 ./scripts/setup.sh
-say "building sluice.wasm and sluice-gateway"
+say "building sluice.wasm, sluice-gateway and sluice's Redis module"
 cargo build --release --target wasm32-wasip1
 cargo build --release -p sluice-gateway
+cargo build --release -p sluice-redis-module
+# Every node of the topology loads the module, so the gateway (--redis-calls auto) runs calls
+# through it. (Only this topology's: the other end-to-end tests start their own Redis.)
+module=$PWD/target/release/libsluice_redis.so
 
 run_dir=$(mktemp -d)
 pids=()
@@ -232,7 +239,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "starting the topology natively (files in $run_dir)"
-seeds=$(./scripts/redis-cluster.sh start "$run_dir/redis" 7000)
+seeds=$(SLUICE_REDIS_MODULE=$module ./scripts/redis-cluster.sh start "$run_dir/redis" 7000)
 SLUICE_GATEWAY_LISTEN=127.0.0.1:7379 SLUICE_GATEWAY_CLUSTER_NODES=$seeds SLUICE_GATEWAY_TOKEN=$TOKEN \
   target/release/sluice-gateway >"$run_dir/gateway.log" 2>&1 &
 pids+=($!)
@@ -240,7 +247,8 @@ envoy -c envoy/upstream.yaml --disable-hot-restart --log-path "$run_dir/upstream
 pids+=($!)
 envoy -c envoy/redis.yaml --concurrency 2 --disable-hot-restart --log-path "$run_dir/envoy.log" >/dev/null 2>&1 &
 pids+=($!)
-if ! ready; then
+if ! ready || ! wait_for 30 module_calls; then
+  say "gateway health: $(curl -s http://127.0.0.1:7379/healthz)"
   for log in "$run_dir"/*.log; do say "--- $log"; tail -n 30 "$log" >&2; done
   exit 1
 fi

@@ -14,7 +14,8 @@
 # `restart` starts node PORT again with the files `start` gave it: its nodes.conf keeps its
 # identity, so it rejoins the cluster (a primary that was failed over comes back as a replica of
 # the node that took its slots) without losing any; it returns when the node answers PING and
-# sees cluster_state:ok. REDIS_SERVER and REDIS_CLI override the binaries.
+# sees cluster_state:ok. REDIS_SERVER and REDIS_CLI override the binaries. With
+# SLUICE_REDIS_MODULE (the path of libsluice_redis.so) every node loads sluice's Redis module.
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop|status DIR BASEPORT, or $0 restart DIR BASEPORT PORT" >&2; exit 2; }
@@ -56,7 +57,8 @@ start_node() {
   "$REDIS_SERVER" --port "$1" --bind 127.0.0.1 --protected-mode yes \
     --cluster-enabled yes --cluster-config-file "$dir/$1/nodes.conf" \
     --cluster-node-timeout 2000 --dir "$dir/$1" --save '' --appendonly no \
-    --daemonize yes --pidfile "$dir/$1/redis.pid" --logfile "$dir/$1/redis.log"
+    --daemonize yes --pidfile "$dir/$1/redis.pid" --logfile "$dir/$1/redis.log" \
+    ${SLUICE_REDIS_MODULE:+--loadmodule "$SLUICE_REDIS_MODULE"}
 }
 
 stop_nodes() {

@@ -246,18 +246,37 @@ pub fn burst(n: usize, url: &str, headers: &[(&str, &str)]) -> Vec<Response> {
     burst_over(n, &[url.to_string()], headers)
 }
 
+/// sluice's Redis module, release build (`cargo build --release -p sluice-redis-module`;
+/// scripts/test.sh builds it first).
+pub fn redis_module() -> PathBuf {
+    let path = repo().join("target/release/libsluice_redis.so");
+    assert!(path.is_file(), "{} is missing: cargo build --release -p sluice-redis-module", path.display());
+    path
+}
+
 /// A `redis-server` on a free loopback port, no persistence; killed on drop.
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// `--loadmodule` and its path, or nothing.
+    module: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Self::start_loading(Vec::new())
+    }
+
+    /// [`Redis::start`] with sluice's Redis module loaded.
+    pub fn start_with_module() -> Redis {
+        Self::start_loading(vec!["--loadmodule".into(), redis_module().display().to_string()])
+    }
+
+    fn start_loading(module: Vec<String>) -> Redis {
         let dir = TempDir::new("redis");
         let port = free_port();
-        let mut r = Redis { child: None, port, dir };
+        let mut r = Redis { child: None, port, dir, module };
         r.spawn();
         r
     }
@@ -265,6 +284,7 @@ impl Redis {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.module)
             .arg("--dir")
             .arg(&self.dir.0)
             .stdin(Stdio::null())
@@ -399,17 +419,25 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        Self::start_loading(None)
+    }
+
+    /// [`RedisCluster::start`], every node with sluice's Redis module loaded.
+    pub fn start_with_module() -> RedisCluster {
+        Self::start_loading(Some(redis_module()))
+    }
+
+    fn start_loading(module: Option<PathBuf>) -> RedisCluster {
         let mut last_error = String::new();
         // The ports were free when chosen; another process may take one before the nodes bind.
         for _ in 0..5 {
             let dir = TempDir::new("cluster");
             let base = cluster_base_port();
-            let out = Command::new(repo().join("scripts/redis-cluster.sh"))
-                .arg("start")
-                .arg(&dir.0)
-                .arg(base.to_string())
-                .output()
-                .expect("run scripts/redis-cluster.sh");
+            let mut start = Command::new(repo().join("scripts/redis-cluster.sh"));
+            if let Some(module) = &module {
+                start.env("SLUICE_REDIS_MODULE", module);
+            }
+            let out = start.arg("start").arg(&dir.0).arg(base.to_string()).output().expect("run scripts/redis-cluster.sh");
             if out.status.success() {
                 let seeds = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 return RedisCluster { dir, base, seeds };

@@ -89,6 +89,24 @@ fn every_strategy_is_exact_across_two_proxies_on_standalone_redis() {
     exact_across_proxies(&gateway, "standalone");
 }
 
+/// The same through sluice's Redis module instead of the function library.
+#[test]
+fn every_strategy_is_exact_across_two_proxies_through_the_redis_module() {
+    let redis = Redis::start_with_module();
+    let gateway = Gateway::start(&["--redis-url", &redis.url(), "--redis-calls", "module"]);
+    exact_across_proxies(&gateway, "module");
+    assert_eq!(gateway.metric("sluice_gateway_redis_calls_total{command=\"FCALL\"}"), 0.0);
+    assert!(gateway.metric("sluice_gateway_redis_calls_total{command=\"MODULE\"}") > 0.0);
+}
+
+#[test]
+fn every_strategy_is_exact_across_two_proxies_on_a_redis_cluster_through_the_module() {
+    let cluster = RedisCluster::start_with_module();
+    let gateway = Gateway::start(&["--cluster-nodes", &cluster.seeds, "--redis-calls", "module"]);
+    exact_across_proxies(&gateway, "cluster-module");
+    assert!(gateway.metric("sluice_gateway_redis_calls_total{command=\"MODULE\"}") > 0.0);
+}
+
 #[test]
 fn every_strategy_is_exact_across_two_proxies_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
