@@ -57,12 +57,7 @@ pub fn one(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -
 /// A batch, as `FCALL sluice_batch_<id>` runs it: `args` starts with the call count and two
 /// counts per call. Each call's reply or error in place; a layout that does not add up is the
 /// batch's error, and nothing is decided.
-pub fn batch(
-    keys: &[&[u8]],
-    args: &[&[u8]],
-    store: &mut impl Keys,
-    now_us: u64,
-) -> Result<(Vec<Reply>, Vec<Write>), String> {
+pub fn batch(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -> Result<(Vec<Reply>, Vec<Write>), String> {
     let calls = args.first().and_then(|a| decimal(a)).filter(|c| *c >= 1).ok_or_else(layout)?;
     let calls = usize::try_from(calls).map_err(|_| layout())?;
     let counts_end = calls.checked_mul(2).and_then(|n| n.checked_add(1)).filter(|end| *end <= args.len()).ok_or_else(layout)?;
