@@ -59,6 +59,9 @@ def parse_args():
                     help="repeat a run if other processes used more cores than this during it (default 0.25)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench"), help="output directory (default bench/)")
     ap.add_argument("--no-readme", action="store_true", help="do not refresh the README block")
+    ap.add_argument("--stack-on-envoy-core", action="store_true",
+                    help="pin sluice-gateway and Redis to the Envoy under test's core instead of the load "
+                         "generator's (a diagnostic of where the Redis path's latency comes from)")
     ap.add_argument("--keep", help="copy the accuracy runs' access logs to this directory")
     return ap.parse_args()
 
@@ -107,7 +110,7 @@ def main():
         stack, redis_reason = None, None
         if {"throughput", "accuracy", "gateway", "distributed"} & set(sections):
             try:
-                stack = redisenv.RedisStack(work, cpus=load_cpus)
+                stack = redisenv.RedisStack(work, cpus=envoy_cpus if args.stack_on_envoy_core else load_cpus)
                 ok, redis_reason = redisenv.probe(
                     lambda plugin: envoyctl.Envoy("probe", envoyctl.bootstrap(
                         [envoyctl.wasm_filter(wasm, plugin)],

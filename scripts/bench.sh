@@ -28,9 +28,10 @@ fi
 
 TGT="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TARGET_DIR="$TGT"
-say "building sluice.wasm, sluice-gateway and the benchmark helpers (target dir $TGT)"
+say "building sluice.wasm, sluice-gateway, the Redis module and the benchmark helpers (target dir $TGT)"
 cargo build --quiet --release --target wasm32-wasip1
 cargo build --quiet --release -p sluice-gateway || say "sluice-gateway did not build: Redis figures will be skipped"
+cargo build --quiet --release -p sluice-redis-module || say "sluice's Redis module did not build: its row will be skipped"
 cargo build --quiet --release --target wasm32-wasip1 --manifest-path scripts/bench/noop-filter/Cargo.toml \
   --target-dir "$TGT/bench-noop"
 cargo build --quiet --release --manifest-path scripts/bench/corebench/Cargo.toml --target-dir "$TGT/bench-corebench"

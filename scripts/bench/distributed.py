@@ -27,7 +27,8 @@ SHIPPED = H2
 LABEL = {H1: "HTTP/1.1", H2: "h2c"}
 # Which gateway a configuration calls: None is the stack's default one (its default flags: on
 # Redis 7 calls run as FCALL); others are started on the same Redis with these flags.
-GATEWAYS = {"evalsha": ["--redis-calls", "evalsha"], "unbatched": ["--batch-calls", "false"]}
+GATEWAYS = {"evalsha": ["--redis-calls", "evalsha"], "unbatched": ["--batch-calls", "false"],
+            "module": ["--redis-calls", "module"]}
 
 # key -> (description, plugin config or None for no filter, transport to the gateway or None,
 # gateway).
@@ -42,6 +43,8 @@ CONFIGS = {
            "evalsha"),
     "RU": (f"sluice redis, never reached, {LABEL[SHIPPED]} to a gateway sending each call as its own FCALL, not one "
            "batch per callout", "never", SHIPPED, "unbatched"),
+    "RM": (f"sluice redis, never reached, {LABEL[SHIPPED]} to a gateway running sluice's Redis module, not FCALL",
+           "never", SHIPPED, "module"),
     "O": (f"sluice redis, client over the limit, deny cache on, {LABEL[SHIPPED]}", "over", SHIPPED, None),
     "ON": (f"sluice redis, client over the limit, deny cache off, {LABEL[SHIPPED]}", "over-nocache", SHIPPED, None),
 }
@@ -67,14 +70,16 @@ def _plugin(kind):
 
 
 def redis_stats(port):
-    """Script calls Redis has served so far (EVALSHA, EVAL and FCALL), and the microseconds it
-    spent running them by its own count (INFO commandstats: execution only, no I/O)."""
+    """Decision calls Redis has served so far (EVALSHA, EVAL, FCALL and the module's commands),
+    and the microseconds it spent running them by its own count (INFO commandstats: execution
+    only, no I/O)."""
     out = subprocess.run(["redis-cli", "-h", LOOPBACK, "-p", str(port), "INFO", "commandstats"], capture_output=True,
                          text=True, timeout=10).stdout
     calls = usec = 0
     for line in out.splitlines():
         name, _, rest = line.partition(":")
-        if name in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall", "cmdstat_fcall_ro"):
+        if name in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall", "cmdstat_fcall_ro") or \
+                name.startswith("cmdstat_sluice."):
             fields = dict(f.split("=", 1) for f in rest.split(",") if "=" in f)
             calls += int(fields.get("calls", 0))
             usec += int(fields.get("usec", 0))
@@ -113,6 +118,9 @@ def start(wasm, work, envoy_cpus, load_cpus, stack, keys):
         if transport:
             if stack is None:
                 skipped[k] = "Redis stack unavailable"
+                continue
+            if gw == "module" and not stack.module:
+                skipped[k] = "sluice's Redis module is not built (cargo build --release -p sluice-redis-module)"
                 continue
             if gw is not None and gw not in stack.extra:
                 stack.add_gateway(gw, GATEWAYS[gw])
@@ -192,7 +200,7 @@ def full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, ma
 
 
 def open_loop(envoys, rate, reps, seconds, load_cpus, max_others):
-    keys = [k for k in ("A", LOCAL_BASE, "R1", "R2", "RE") if k in envoys]
+    keys = [k for k in ("A", LOCAL_BASE, "R1", "R2", "RE", "RM") if k in envoys]
     results = {k: [] for k in keys}
     for k in keys:
         loadgen.oha(envoys[k].url(), rate, 2, OPEN_LOOP_CONNECTIONS, cpus=load_cpus, watch=[envoys[k].pid])
@@ -230,7 +238,7 @@ def run(wasm, work, stack, reps, seconds, connections, envoy_cpus, load_cpus, ma
     upstream, envoys, skipped, gateways = start(wasm, work, envoy_cpus, load_cpus, stack, keys)
     try:
         rows = full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, max_others)
-        for k in ("R1", "R2", "RE", "RU", "ON"):
+        for k in ("R1", "R2", "RE", "RU", "RM", "ON"):
             decisions = rows.get(k, {}).get("decisions_per_request")
             if decisions is not None and decisions < 0.9:
                 # The filter fell back to on_error: this row does not measure the distributed path.
@@ -264,7 +272,7 @@ def targets(dist):
                       "detail": detail})
 
     a = cpu("A")
-    for k in ("R1", "R2"):
+    for k in ("R1", "R2", "RM"):
         v = cpu(k) / a if cpu(k) and a else None
         target(f"({k}) whole-system CPU per request ≤ 2.2 × (A)", v, 2.2,
                f"({k}) {cpu(k) or 0:.1f} µs / (A) {a or 0:.1f} µs")
@@ -276,7 +284,7 @@ def targets(dist):
     v = cpu("O") / ld if cpu("O") and ld else None
     target("(O) whole-system CPU per request ≤ 1.2 × (LD)", v, 1.2, f"(O) {cpu('O') or 0:.1f} µs / (LD) {ld or 0:.1f} µs")
     ol = dist.get("open_loop", {}).get("rows", {})
-    for k in ("R1", "R2"):
+    for k in ("R1", "R2", "RM"):
         p50, p99 = ol.get(k, {}).get("added_p50_ms"), ol.get(k, {}).get("added_p99_ms")
         target(f"({k}) added p50 over (L) at 30% load ≤ 0.5 ms", p50, 0.5, f"{(p50 or 0) * 1e3:.0f} µs")
         target(f"({k}) added p99 over (L) at 30% load ≤ 2 ms", p99, 2.0, f"{(p99 or 0) * 1e3:.0f} µs")

@@ -7,12 +7,14 @@ batch function deciding six. Each round trip decides six new identities' fixed-w
 (never reached), as a busy worker's gathered callout does; `per-call-one` and `batch-one` decide six requests of
 one identity (one client sending fast, as in the bench's rows), whose key a batch reads and
 writes once. `get-set` is no script at all: a GET and a `SET ... PX` per decision, pipelined,
-the store work any decision needs (what a native Redis module command would pay at least,
-less the dispatch of one command per key).
+the store work any decision needs. `module`, `module-batch` and `module-batch-one` are
+`per-call`, `batch` and `batch-one` through sluice's native Redis module (`redis-module/`,
+loaded into the same server) instead of the function library.
 
     python3 scripts/bench/redis_cost.py [--decisions 2400] [--reps 3]
 
-Needs valgrind and a release sluice-gateway (cargo build --release -p sluice-gateway). What
+Needs valgrind, a release sluice-gateway (cargo build --release -p sluice-gateway) and the
+release module (cargo build --release -p sluice-redis-module). What
 remains is Redis's background work (its cron runs by wall time, slowed here by valgrind):
 kept small with `hz 1`, and reported as the spread over repetitions."""
 import argparse
@@ -29,7 +31,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import LOOPBACK, free_port, port_open, wait_until  # noqa: E402
-from redisenv import gateway_binary  # noqa: E402
+from redisenv import gateway_binary, redis_module  # noqa: E402
 
 PER_TRIP = 6
 RULE = ["fixed_window", "1000000000", "60000", "1", "0", "0"]
@@ -110,7 +112,7 @@ def main():
     port, gw_port = free_port(), free_port()
     redis = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.out.%p",
                               "redis-server", "--bind", LOOPBACK, "--port", str(port), "--save", "", "--appendonly",
-                              "no", "--hz", "1", "--dir", work],
+                              "no", "--hz", "1", "--dir", work, "--loadmodule", redis_module()],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gateway = None
     try:
@@ -131,6 +133,9 @@ def main():
         wait_until(lambda: loaded() is not None, 120, "the gateway's library load")
         decide = loaded()
         functions = {"decide": decide, "batch": decide.replace("sluice_decide_", "sluice_batch_", 1)}
+        # The module's commands carry the library's id.
+        commands = {"decide": decide.replace("sluice_decide_", "sluice.decide.", 1),
+                    "batch": decide.replace("sluice_decide_", "sluice.batch.", 1)}
         gateway.terminate()
         gateway.wait(timeout=10)
         gateway = None
@@ -141,15 +146,17 @@ def main():
             ident[0] += PER_TRIP
             return [f"bench:{{cost:{ident[0] + i:016x}}}:0.0000beef" for i in range(PER_TRIP)]
 
-        def per_call(ks=None):
-            return encode_pipeline([["FCALL", functions["decide"], 1, k] + RULE for k in ks or keys()]), PER_TRIP
+        def per_call(ks=None, head=None):
+            head = head or ["FCALL", functions["decide"]]
+            return encode_pipeline([head + [1, k] + RULE for k in ks or keys()]), PER_TRIP
 
         def per_call_one():
             return per_call([keys()[0]] * PER_TRIP)
 
-        def batch(ks=None):
+        def batch(ks=None, head=None):
             ks = ks or keys()
-            words = ["FCALL", functions["batch"], len(ks)] + ks + [PER_TRIP] + [1, len(RULE)] * PER_TRIP
+            head = head or ["FCALL", functions["batch"]]
+            words = head + [len(ks)] + ks + [PER_TRIP] + [1, len(RULE)] * PER_TRIP
             for _ in ks:
                 words += RULE
             return encode(words), 1
@@ -167,8 +174,18 @@ def main():
                 cmds += [["GET", k], ["SET", k, "fw 1764763200000 1", "PX", "60000"]]
             return encode_pipeline(cmds), 2 * PER_TRIP
 
+        def module():
+            return per_call(head=[commands["decide"]])
+
+        def module_batch():
+            return batch(head=[commands["batch"]])
+
+        def module_batch_one():
+            return batch([keys()[0]] * PER_TRIP, head=[commands["batch"]])
+
         modes = (("per-call", per_call), ("batch", batch), ("per-call-one", per_call_one), ("batch-one", batch_one),
-                 ("get-set", get_set))
+                 ("get-set", get_set), ("module", module), ("module-batch", module_batch),
+                 ("module-batch-one", module_batch_one))
         results = {name: [] for name, _ in modes}
         for _ in range(args.reps):
             for name, make in modes:
@@ -178,11 +195,13 @@ def main():
                 results[name].append(callgrind_total(work) / (trips * PER_TRIP))
         for name, values in results.items():
             lo, hi = min(values), max(values)
-            print(f"{name:9} {sorted(values)[len(values) // 2]:9.0f} instructions per decision "
+            print(f"{name:16} {sorted(values)[len(values) // 2]:9.0f} instructions per decision "
                   f"(min {lo:.0f}, max {hi:.0f}, spread {(hi - lo) / lo:.1%}, {PER_TRIP} decisions per round trip)")
         med = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
         print(f"batch / per-call: {med['batch'] / med['per-call']:.3f}; "
-              f"batch-one / per-call-one: {med['batch-one'] / med['per-call-one']:.3f}")
+              f"batch-one / per-call-one: {med['batch-one'] / med['per-call-one']:.3f}; "
+              f"module-batch / batch: {med['module-batch'] / med['batch']:.3f}; "
+              f"module-batch-one / batch-one: {med['module-batch-one'] / med['batch-one']:.3f}")
     finally:
         if gateway:
             gateway.kill()

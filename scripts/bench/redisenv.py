@@ -17,10 +17,18 @@ def gateway_binary():
     return os.path.join(target_dir(), "release", "sluice-gateway")
 
 
+def redis_module():
+    """sluice's Redis module, release build (cargo build --release -p sluice-redis-module)."""
+    path = os.path.join(target_dir(), "release", "libsluice_redis.so")
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} is missing (cargo build --release -p sluice-redis-module)")
+    return path
+
+
 class RedisStack:
-    """redis-server (no persistence) and sluice-gateway in front of it (with its default flags:
-    on Redis 7, calls run as FCALL); `add_gateway` starts more gateways on the same Redis with
-    other flags, for A/B comparisons."""
+    """redis-server (no persistence, sluice's module loaded when it is built) and sluice-gateway
+    in front of it (calls run as FCALL); `add_gateway` starts more gateways on the same Redis with
+    other flags, for A/B comparisons (`--redis-calls module` needs the module)."""
 
     def __init__(self, workdir, cpus=None):
         if not shutil.which("redis-server"):
@@ -32,13 +40,18 @@ class RedisStack:
         self.extra = {}  # name -> (port, process)
         self.redis_port, self.port = free_port(), free_port()
         self.dir = tempfile.mkdtemp(dir=workdir, prefix="redis-")
+        try:
+            self.module = ["--loadmodule", redis_module()]
+        except RuntimeError:
+            self.module = []
         self.procs.append(subprocess.Popen(
             pin(cpus) + ["redis-server", "--bind", LOOPBACK, "--port", str(self.redis_port), "--save", "",
-                         "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes"],
+                         "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes"] + self.module,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_until(lambda: port_open(self.redis_port), 20, "redis-server")
         self.gateway_log = open(os.path.join(self.dir, "gateway.log"), "w")
-        self.procs.append(self._gateway(self.port, []))
+        # FCALL, as before the module existed: `auto` would pick the module when it is loaded.
+        self.procs.append(self._gateway(self.port, ["--redis-calls", "fcall"]))
         try:
             wait_until(lambda: port_open(self.port), 30, "sluice-gateway")
         except RuntimeError:
