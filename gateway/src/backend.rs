@@ -491,6 +491,10 @@ impl Backend {
     async fn recover(&self, lost: Lost, target: Target, seen: u64, metrics: &Metrics) -> Result<RunAs, Failure> {
         let mut last = self.loads.last.lock().await;
         let (run_as, trigger) = match lost {
+            // Another call found it gone first and found out how calls run now (everywhere).
+            Lost::NoModule if self.calls.mode == RedisCalls::Auto && self.calls.run_as() != RunAs::Module => {
+                return Ok(self.calls.run_as());
+            }
             Lost::NoModule if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis no longer knows sluice's module command {}: finding out how calls run", module_command());
                 let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_gateway::command::key_slot;
 use support::calls::{call, entry_verdict, eval_call, hash_tag, key, sha, verdict, LIMIT};
-use support::{redis_cli, Http, RedisCluster, TestGateway};
+use support::{failover, redis_cli, Http, RedisCluster, TestGateway};
 
 /// Slot ranges `redis-cli --cluster create` gives 3 primaries.
 fn third(slot: u16) -> usize {
@@ -33,28 +33,6 @@ fn identities_on_three_primaries() -> Vec<u64> {
         }
     }
     chosen.into_iter().flatten().collect()
-}
-
-/// Promotes `replica` in place of `primary` (a manual failover), waiting for both to agree.
-/// A manual failover gives up silently when the replica is not in step in time, so it is asked
-/// again until it happens.
-async fn failover(replica: u16, primary: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let swapped = || redis_cli(replica, &["ROLE"]).starts_with("master") && redis_cli(primary, &["ROLE"]).starts_with("slave");
-    'ask: loop {
-        if redis_cli(replica, &["INFO", "replication"]).contains("master_link_status:up") {
-            assert_eq!(redis_cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
-            let asked = Instant::now();
-            while asked.elapsed() < Duration::from_secs(10) {
-                if swapped() {
-                    break 'ask;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        assert!(Instant::now() < deadline, "the failover did not happen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn script_exists(port: u16) -> String {

@@ -353,15 +353,21 @@ async fn the_gateway_prefers_the_module_and_falls_back_when_redis_loses_it() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+    // Eight calls at once find the module gone: one finds out how calls run now (one library
+    // load), and every call is decided once.
+    let first = futures_util::future::join_all((1..=8).map(|i| http.post("/", call(identity + i)))).await;
+    for (status, body) in &first {
+        assert_eq!((*status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+    }
+    let text = metrics(&http).await;
+    assert_eq!(metric_value(&text, r#"sluice_gateway_library_loads_total{trigger="noscript",outcome="loaded"}"#), 1.0, "{text}");
     let (status, body) = http.post("/", call(identity)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(verdict(&body["result"]), (false, 0), "the library sees the module's count");
     let text = metrics(&http).await;
-    assert!(metric_value(&text, FCALLS) >= 1.0, "{text}");
+    assert!(metric_value(&text, FCALLS) >= 9.0, "{text}");
     let health: serde_json::Value = serde_json::from_str(&http.get("/healthz").await.1).unwrap();
     assert_eq!(health["calls"].as_str(), Some("FCALL"));
-    let (status, body) = http.post("/", call(identity + 1)).await;
-    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
     let (status, body) = strict.post("/", call(identity)).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("load sluice's module"), "{body}");
@@ -458,4 +464,27 @@ async fn on_a_cluster_the_module_keeps_to_its_slots() {
     assert_eq!(metric_value(&text, MODULE_CALLS), 6.0, "{text}");
     assert_eq!(metric_value(&text, FCALLS), 0.0, "{text}");
     assert_eq!(metric_value(&text, "sluice_gateway_redirect_retries_total"), 0.0, "{text}");
+
+    // A coordinated failover of the primary serving an identity midway through its limit: the
+    // replica, promoted, has the module's writes (replicated as SET PXAT), so the count goes on
+    // exactly where it was, through the module on the new primary.
+    let identity = 0x13u64;
+    let slot: u16 = redis_cli(owner, &["CLUSTER", "KEYSLOT", &support::calls::key(identity)]).trim().parse().unwrap();
+    let before = cluster.primary_for(slot);
+    for expected in [LIMIT - 1, LIMIT - 2] {
+        let (status, body) = http.post("/", call(identity)).await;
+        assert_eq!((status, verdict(&body["result"])), (200, (true, expected)), "{body}");
+    }
+    support::failover(cluster.replica_of(before), before).await;
+    assert_ne!(cluster.primary_for(slot), before);
+    let mut seen = Vec::new();
+    for _ in 0..LIMIT {
+        let (status, body) = http.post("/", call(identity)).await;
+        assert_eq!(status, 200, "{body}");
+        seen.push(verdict(&body["result"]));
+    }
+    let expected: Vec<(bool, u64)> = (0..LIMIT).map(|i| if i < LIMIT - 2 { (true, LIMIT - 3 - i) } else { (false, 0) }).collect();
+    assert_eq!(seen, expected);
+    let text = metrics(&http).await;
+    assert_eq!(metric_value(&text, FCALLS), 0.0, "{text}");
 }

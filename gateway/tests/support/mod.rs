@@ -336,6 +336,28 @@ impl RedisCluster {
     }
 }
 
+/// Promotes `replica` in place of `primary` (a manual failover), waiting for both to agree.
+/// A manual failover gives up silently when the replica is not in step in time, so it is asked
+/// again until it happens.
+pub async fn failover(replica: u16, primary: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let swapped = || redis_cli(replica, &["ROLE"]).starts_with("master") && redis_cli(primary, &["ROLE"]).starts_with("slave");
+    'ask: loop {
+        if redis_cli(replica, &["INFO", "replication"]).contains("master_link_status:up") {
+            assert_eq!(redis_cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(10) {
+                if swapped() {
+                    break 'ask;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert!(Instant::now() < deadline, "the failover did not happen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// sluice's Redis module as `scripts/test.sh` builds it: the production build
 /// (`cargo build --release -p sluice-redis-module`), or with `testing` the build whose commands
 /// take a clock (`--features testing --profile redis-module-testing`). Override with
