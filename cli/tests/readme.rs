@@ -180,6 +180,13 @@ fn coverage() -> Vec<(&'static str, Cover)> {
          Script(&[("scripts/integration.sh", "scripts/redis-cluster.sh start"), ("tests/e2e/src/lib.rs", "scripts/redis-cluster.sh")])),
         ("SLUICE_GATEWAY_TOKEN=sluice-dev-token target/release/sluice-gateway --cluster-nodes 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002",
          Test("tests/e2e/tests/deployed.rs", "--cluster-nodes")),
+        ("cargo build --release -p sluice-redis-module      # needs libclang (scripts/setup.sh installs it)",
+         Script(&[("scripts/test.sh", "cargo build --release -p sluice-redis-module"), ("scripts/setup.sh", "missing+=(libclang-dev)")])),
+        ("redis-server --loadmodule \"$PWD/target/release/libsluice_redis.so\"    # or `loadmodule` in redis.conf",
+         Script(&[
+             ("scripts/redis-cluster.sh", "--loadmodule \"$SLUICE_REDIS_MODULE\""),
+             ("gateway/tests/module.rs", "RedisServer::start_with_args(&[\"--loadmodule\""),
+         ])),
         ("envoy -c envoy/upstream.yaml --disable-hot-restart &    # a stand-in application on :8080",
          Script(&[("scripts/integration.sh", "envoy -c envoy/upstream.yaml --disable-hot-restart"), ("tests/e2e/tests/deployed.rs", "bootstrap(\"upstream.yaml\")")])),
         ("envoy -c envoy/redis.yaml --concurrency 2 --disable-hot-restart",
