@@ -10,7 +10,9 @@
 //! (an unknown command, before Redis 7) means `EVALSHA`. Until a load reaches Redis (it may be
 //! down at start), calls run as `EVALSHA`, which every Redis runs. A module call answered
 //! "unknown command" (a restart without the module, a failover to a node without it) did not
-//! run: `auto` finds out again and runs it the way found, so all three share Redis' keys.
+//! run: `auto` finds out again and runs it the way found, so all three share Redis' keys. One
+//! answered `NOPERM` (the gateway's Redis user may not run it) did not run either: `auto` then
+//! runs calls on the library without asking about the module again.
 //!
 //! **A pipeline is one batch** where calls run as `FCALL` or as the module's (`--batch-calls`,
 //! on by default): its calls, on a Cluster those of one slot, go as one `FCALL` of the
@@ -140,6 +142,10 @@ enum Lost {
     /// The module's command is an unknown command: the node has no sluice module (of this
     /// version).
     NoModule,
+    /// The module's command is refused to the gateway's Redis user (`NOPERM`: Redis 7.0 gives
+    /// module commands no ACL category, so a user allowed `@scripting` or `FCALL` is not
+    /// allowed them).
+    ModuleRefused,
 }
 
 #[derive(Clone)]
@@ -269,6 +275,11 @@ impl Backend {
             // A server that will not say (COMMAND refused by an ACL): try the library.
             Err(Failure::Reply(text)) => log::warn!("cannot ask Redis for sluice's module ({text})"),
         }
+        self.detect_library(trigger, metrics).await
+    }
+
+    /// The library part of [`Backend::detect`]: `FCALL` where it loads, else `EVALSHA`.
+    async fn detect_library(&self, trigger: LoadTrigger, metrics: &Metrics) -> Result<RunAs, Failure> {
         match self.load(RunAs::Fcall, every_primary()).await {
             Ok(()) => {
                 metrics.load(RunAs::Fcall, trigger, true);
@@ -373,6 +384,10 @@ impl Backend {
     async fn try_batch(&self, cmds: &[&Command], target: Target, metrics: &Metrics) -> Option<Vec<Outcome>> {
         let seen = self.loads.generation.load(Ordering::Acquire);
         let run_as = self.calls.run_as();
+        // Calls may have turned to EVALSHA since the caller asked.
+        if !run_as.batches() {
+            return None;
+        }
         metrics.batch(cmds.len() as u64);
         let mut outcome = self.send(&batch_call(cmds, run_as), run_as, target, metrics).await;
         if let Some(missing) = lost(&outcome, run_as) {
@@ -491,18 +506,39 @@ impl Backend {
     async fn recover(&self, lost: Lost, target: Target, seen: u64, metrics: &Metrics) -> Result<RunAs, Failure> {
         let mut last = self.loads.last.lock().await;
         let (run_as, trigger) = match lost {
-            // Another call found it gone first and found out how calls run now (everywhere).
-            Lost::NoModule if self.calls.mode == RedisCalls::Auto && self.calls.run_as() != RunAs::Module => {
+            // Another call found it gone (or refused) first, after this one was sent, and found
+            // out how calls run now.
+            Lost::NoModule | Lost::ModuleRefused
+                if self.calls.mode == RedisCalls::Auto
+                    && (self.calls.run_as() != RunAs::Module
+                        || last.get(&(target, RunAs::Module)).is_some_and(|&done| done > seen)) =>
+            {
                 return Ok(self.calls.run_as());
             }
             Lost::NoModule if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis no longer knows sluice's module command {}: finding out how calls run", module_command());
                 let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
                 let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                last.insert((target, RunAs::Module), generation);
+                last.insert((target, run_as), generation);
+                return Ok(run_as);
+            }
+            // The module is there, but not for this user: the library, without asking again.
+            Lost::ModuleRefused if self.calls.mode == RedisCalls::Auto => {
+                log::warn!("Redis refuses sluice's module command {} to this user (NOPERM): calls run on the library", module_command());
+                let run_as = self.detect_library(LoadTrigger::NoScript, metrics).await?;
+                let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                last.insert((target, RunAs::Module), generation);
                 last.insert((target, run_as), generation);
                 return Ok(run_as);
             }
             Lost::NoModule => return Err(no_module()),
+            Lost::ModuleRefused => {
+                return Err(Failure::Reply(format!(
+                    "NOPERM sluice-gateway: Redis refuses {} to the gateway's user; allow it (and sluice.batch.*) in its ACL, or run the gateway with --redis-calls auto",
+                    module_command()
+                )))
+            }
             // Never sent: a module call is lost only as `NoModule`.
             Lost::Missing(RunAs::Module) => return Err(no_module()),
             Lost::Missing(RunAs::EvalSha) if self.calls.undecided() => {
@@ -709,6 +745,7 @@ fn lost(outcome: &Outcome, run_as: RunAs) -> Option<Lost> {
         RunAs::Fcall if text.starts_with("ERR Function not found") => Some(Lost::Missing(RunAs::Fcall)),
         RunAs::Fcall if is_unknown_command(text) => Some(Lost::NoFunctions),
         RunAs::Module if is_unknown_command(text) => Some(Lost::NoModule),
+        RunAs::Module if text.starts_with("NOPERM") => Some(Lost::ModuleRefused),
         _ => None,
     }
 }

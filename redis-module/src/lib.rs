@@ -18,7 +18,7 @@
 
 use std::ffi::{c_int, c_long, c_longlong, CString};
 use std::ptr::NonNull;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis_module::{raw, redis_module, Context, RedisString, Status};
 use sluice::redis::native::{self, Keys, Write};
@@ -129,13 +129,18 @@ fn serve(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, 
 /// Some of a command's words.
 type Words<'w, 'a> = &'w [&'a [u8]];
 
-/// `name numkeys key… arg…`: the keys and the arguments.
+/// `name numkeys key… arg…`: the keys and the arguments. `numkeys` is digits only, as `FCALL`
+/// reads it (0 is allowed there too: a call of no limits admits).
 fn split<'w, 'a>(words: Words<'w, 'a>) -> Result<(Words<'w, 'a>, Words<'w, 'a>), String> {
-    let numkeys = words.get(1).and_then(|w| std::str::from_utf8(w).ok()).and_then(|w| w.parse::<usize>().ok());
-    let Some(numkeys) = numkeys.filter(|n| *n >= 1) else {
-        return Err("ERR sluice: numkeys must be a positive integer".into());
+    let numkeys = words
+        .get(1)
+        .filter(|w| !w.is_empty() && w.iter().all(u8::is_ascii_digit))
+        .and_then(|w| std::str::from_utf8(w).ok())
+        .and_then(|w| w.parse::<usize>().ok());
+    let Some(first_arg) = numkeys.and_then(|n| n.checked_add(2)) else {
+        return Err("ERR sluice: numkeys must be a non-negative integer".into());
     };
-    match (words.get(2..2 + numkeys), words.get(2 + numkeys..)) {
+    match (words.get(2..first_arg), words.get(first_arg..)) {
         (Some(keys), Some(rest)) => Ok((keys, rest)),
         _ => Err("ERR sluice: numkeys is greater than the number of arguments".into()),
     }
@@ -174,25 +179,53 @@ impl Keys for Store<'_> {
     }
 }
 
-/// Stores each write in place (the key's own string, resized) and replicates it as `SET key
-/// state PXAT when`. A key was read as a string (or missing) by the same command, so storing it
-/// cannot fail but for memory, which Redis itself reports.
+/// Stores each write and replicates it as `SET key state PXAT when`, with the very expiry the
+/// key got here, so a replica or an AOF replay holds exactly what the primary holds. The state
+/// is set as a new string, as `SET` does: a short one is then stored in one allocation (writing
+/// into the key's own string would keep it apart from its object, and over-allocated when it
+/// grows). A key was read as a string (or missing) by the same command, so storing it cannot
+/// fail but for memory, which Redis itself reports.
 fn write_all(store: &Store<'_>, writes: &[Write], now_us: u64) {
     let ctx = store.ctx;
     let now_ms = now_us / 1000;
     for write in writes {
-        let ttl_ms = write.ttl_ms.clamp(1, MAX_TTL_MS);
+        let when_ms = now_ms + write.ttl_ms.clamp(1, MAX_TTL_MS);
         let name = store.name(&write.key, write.at);
-        let key = ctx.open_key_writable(&name);
-        let stored = key
-            .as_string_dma()
-            .and_then(|mut dma| dma.write(write.state.as_bytes()).map(|_| ()))
-            .and_then(|()| key.set_expire(Duration::from_millis(ttl_ms)));
-        if let Err(e) = stored {
-            ctx.log_warning(&format!("sluice: cannot store a state: {e}"));
+        let key = Writable::open(ctx, &name);
+        let state = RedisString::create_from_slice(ctx.ctx, write.state.as_bytes());
+        let stored = raw::string_set(key.0, state.inner) == raw::Status::Ok && key.expire_at(when_ms);
+        drop(key);
+        if !stored {
+            ctx.log_warning("sluice: cannot store a state");
             continue;
         }
-        replicate_set(ctx, &name, write.state.as_bytes(), now_ms + ttl_ms);
+        replicate_set(ctx, &name, write.state.as_bytes(), when_ms);
+    }
+}
+
+/// A key open for writing, closed when dropped. (The crate's own handle hides the raw key, which
+/// `RedisModule_SetAbsExpire` needs.)
+struct Writable(*mut raw::RedisModuleKey);
+
+impl Writable {
+    fn open(ctx: &Context, name: &RedisString) -> Self {
+        Writable(raw::open_key(ctx.ctx, name.inner, raw::KeyMode::WRITE))
+    }
+
+    /// Sets the expiry to `when_ms` (epoch ms), an absolute time like the `PXAT` replicated.
+    fn expire_at(&self, when_ms: u64) -> bool {
+        let Some(set_abs_expire) = (unsafe { raw::RedisModule_SetAbsExpire }) else {
+            return false;
+        };
+        let when = c_longlong::try_from(when_ms).unwrap_or(c_longlong::MAX);
+        // SAFETY: the key is open for writing and holds a value (just set).
+        unsafe { set_abs_expire(self.0, when) == raw::Status::Ok as c_int }
+    }
+}
+
+impl Drop for Writable {
+    fn drop(&mut self) {
+        raw::close_key(self.0);
     }
 }
 
