@@ -518,19 +518,13 @@ impl Backend {
             Lost::NoModule if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis no longer knows sluice's module command {}: finding out how calls run", module_command());
                 let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
-                let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                last.insert((target, RunAs::Module), generation);
-                last.insert((target, run_as), generation);
-                return Ok(run_as);
+                return Ok(self.module_lost(&mut last, target, run_as));
             }
             // The module is there, but not for this user: the library, without asking again.
             Lost::ModuleRefused if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis refuses sluice's module command {} to this user (NOPERM): calls run on the library", module_command());
                 let run_as = self.detect_library(LoadTrigger::NoScript, metrics).await?;
-                let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                last.insert((target, RunAs::Module), generation);
-                last.insert((target, run_as), generation);
-                return Ok(run_as);
+                return Ok(self.module_lost(&mut last, target, run_as));
             }
             Lost::NoModule => return Err(no_module()),
             Lost::ModuleRefused => {
@@ -586,6 +580,15 @@ impl Backend {
                 Err(Failure::Reply(format!("ERR sluice-gateway: cannot load sluice's {what}: {text}")))
             }
         }
+    }
+
+    /// Notes that calls on `target` lost the module and now run as `run_as`, so that calls sent
+    /// before this take that answer instead of finding out again.
+    fn module_lost(&self, last: &mut HashMap<(Target, RunAs), u64>, target: Target, run_as: RunAs) -> RunAs {
+        let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        last.insert((target, RunAs::Module), generation);
+        last.insert((target, run_as), generation);
+        run_as
     }
 
     /// One batch, one round trip: Redis runs the calls in order on one connection and answers
