@@ -34,6 +34,7 @@
 //! own script, which goes wherever Redis sends the call.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -310,22 +311,27 @@ impl Backend {
     async fn module_everywhere(&self) -> Result<bool, Failure> {
         let mut cmd = redis::cmd("COMMAND");
         cmd.arg("INFO").arg(module_command());
-        let asked = async {
-            match &self.conn {
-                Conn::Standalone(manager) => settle(manager.clone().req_packed_command(&cmd).await),
-                Conn::Cluster(cluster) => {
-                    let mut conn = cluster.connection().await?;
-                    let routing =
-                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::CombineArrays)));
-                    settle(conn.route_command(cmd, routing).await)
-                }
-            }
-        };
-        match tokio::time::timeout(self.timeout, asked).await {
-            Ok(Ok(Value::Array(infos))) => Ok(!infos.is_empty() && infos.iter().all(|info| *info != Value::Nil)),
-            Ok(Ok(other)) => Err(Failure::Reply(format!("ERR sluice-gateway: COMMAND INFO answered {other:?}"))),
-            Ok(Err(failure)) => Err(failure),
+        let every = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::CombineArrays)));
+        match self.bounded(self.routed(cmd, every)).await? {
+            Value::Array(infos) => Ok(!infos.is_empty() && infos.iter().all(|info| *info != Value::Nil)),
+            other => Err(Failure::Reply(format!("ERR sluice-gateway: COMMAND INFO answered {other:?}"))),
+        }
+    }
+
+    /// `work`, bounded by the timeout: past it, a transport failure.
+    async fn bounded<T>(&self, work: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(done) => done,
             Err(_) => Err(Failure::Transport(format!("no answer within {} ms", self.timeout.as_millis()))),
+        }
+    }
+
+    /// The gateway's own command, where `routing` says on a Cluster (the standalone server
+    /// otherwise).
+    async fn routed(&self, cmd: redis::Cmd, routing: RoutingInfo) -> Outcome {
+        match &self.conn {
+            Conn::Standalone(manager) => settle(manager.clone().req_packed_command(&cmd).await),
+            Conn::Cluster(cluster) => settle(cluster.connection().await?.route_command(cmd, routing).await),
         }
     }
 
@@ -451,23 +457,17 @@ impl Backend {
                 let mut conn = manager.clone();
                 settle(conn.req_packed_command(cmd).await)
             }
-            Conn::Cluster(cluster) => {
-                let mut conn = cluster.connection().await?;
-                match slot {
-                    Some(slot) => settle(conn.route_command(cmd.clone(), slot_primary(slot)).await),
-                    None => settle(conn.req_packed_command(cmd).await),
-                }
-            }
+            Conn::Cluster(cluster) => match slot {
+                Some(slot) => self.routed(cmd.clone(), slot_primary(slot)).await,
+                None => settle(cluster.connection().await?.req_packed_command(cmd).await),
+            },
         }
     }
 
     /// `SCRIPT LOAD` or `FUNCTION LOAD REPLACE`, where `routing` says on a Cluster; checks that
     /// Redis names what it loaded as the gateway calls it. Bounded by the timeout.
     async fn load(&self, what: RunAs, routing: RoutingInfo) -> Result<(), Failure> {
-        match tokio::time::timeout(self.timeout, self.load_unbounded(what, routing)).await {
-            Ok(loaded) => loaded,
-            Err(_) => Err(Failure::Transport(format!("no answer within {} ms", self.timeout.as_millis()))),
-        }
+        self.bounded(self.load_unbounded(what, routing)).await
     }
 
     async fn load_unbounded(&self, what: RunAs, routing: RoutingInfo) -> Result<(), Failure> {
@@ -477,16 +477,7 @@ impl Backend {
             // Only Redis' operator can load a module; whether it is there is asked instead.
             RunAs::Module => return Err(no_module()),
         };
-        let value = match &self.conn {
-            Conn::Standalone(manager) => {
-                let mut conn = manager.clone();
-                settle(conn.req_packed_command(&cmd).await)?
-            }
-            Conn::Cluster(cluster) => {
-                let mut conn = cluster.connection().await?;
-                settle(conn.route_command(cmd, routing).await)?
-            }
-        };
+        let value = self.routed(cmd, routing).await?;
         let named = match &value {
             Value::BulkString(b) => b.eq_ignore_ascii_case(expected.as_bytes()),
             Value::SimpleString(s) => s.eq_ignore_ascii_case(expected),
@@ -526,15 +517,14 @@ impl Backend {
                 let run_as = self.detect_library(LoadTrigger::NoScript, metrics).await?;
                 return Ok(self.module_lost(&mut last, target, run_as));
             }
-            Lost::NoModule => return Err(no_module()),
+            // (A module call is never lost as `Missing`: Redis cannot lack a module's script.)
+            Lost::NoModule | Lost::Missing(RunAs::Module) => return Err(no_module()),
             Lost::ModuleRefused => {
                 return Err(Failure::Reply(format!(
                     "NOPERM sluice-gateway: Redis refuses {} to the gateway's user; allow it (and sluice.batch.*) in its ACL, or run the gateway with --redis-calls auto",
                     module_command()
                 )))
             }
-            // Never sent: a module call is lost only as `NoModule`.
-            Lost::Missing(RunAs::Module) => return Err(no_module()),
             Lost::Missing(RunAs::EvalSha) if self.calls.undecided() => {
                 let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
                 let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
