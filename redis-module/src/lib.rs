@@ -5,7 +5,8 @@
 //! the library: both read and write the same text states.
 //!
 //! This file is only the shell: it reads the keys a call names, asks `native` to decide, writes
-//! what it says and answers. Why each choice (see also `docs/redis-module.md`):
+//! what it says and answers. Why each choice (the contract: `docs/architecture.md`, "Contracts:
+//! the Redis module"):
 //! - **Keys** are declared by `getkeys-api`, `numkeys` first as for `FCALL`, so a Cluster
 //!   checks that they are all of the node's slots (MOVED, CROSSSLOT) before anything runs, and
 //!   ACLs and `COMMAND GETKEYS` see them.
@@ -189,7 +190,8 @@ fn write_all(store: &Store<'_>, writes: &[Write], now_us: u64) {
     let ctx = store.ctx;
     let now_ms = now_us / 1000;
     for write in writes {
-        let when_ms = now_ms + write.ttl_ms.clamp(1, MAX_TTL_MS);
+        // Below 2^63 (the lifetime's cap plus today's clock): it fits a long long.
+        let when_ms = c_longlong::try_from(now_ms + write.ttl_ms.clamp(1, MAX_TTL_MS)).unwrap_or(c_longlong::MAX);
         let name = store.name(&write.key, write.at);
         let key = Writable::open(ctx, &name);
         let state = RedisString::create_from_slice(ctx.ctx, write.state.as_bytes());
@@ -213,13 +215,12 @@ impl Writable {
     }
 
     /// Sets the expiry to `when_ms` (epoch ms), an absolute time like the `PXAT` replicated.
-    fn expire_at(&self, when_ms: u64) -> bool {
+    fn expire_at(&self, when_ms: c_longlong) -> bool {
         let Some(set_abs_expire) = (unsafe { raw::RedisModule_SetAbsExpire }) else {
             return false;
         };
-        let when = c_longlong::try_from(when_ms).unwrap_or(c_longlong::MAX);
         // SAFETY: the key is open for writing and holds a value (just set).
-        unsafe { set_abs_expire(self.0, when) == raw::Status::Ok as c_int }
+        unsafe { set_abs_expire(self.0, when_ms) == raw::Status::Ok as c_int }
     }
 }
 
@@ -231,15 +232,14 @@ impl Drop for Writable {
 
 /// `SET key state PXAT when` to replicas and the AOF, its arguments handed over as they are
 /// (the module API's own formats), not as new strings.
-fn replicate_set(ctx: &Context, key: &RedisString, state: &[u8], when_ms: u64) {
+fn replicate_set(ctx: &Context, key: &RedisString, state: &[u8], when_ms: c_longlong) {
     let Some(replicate) = (unsafe { raw::RedisModule_Replicate }) else {
         return;
     };
-    let when = c_longlong::try_from(when_ms).unwrap_or(c_longlong::MAX);
     // SAFETY: the format names a RedisModuleString ("s"), a buffer and its length ("b"), a C
     // string ("c") and a long long ("l"), in that order, which are the arguments that follow.
     unsafe {
-        replicate(ctx.ctx, c"SET".as_ptr(), c"sbcl".as_ptr(), key.inner, state.as_ptr(), state.len(), c"PXAT".as_ptr(), when);
+        replicate(ctx.ctx, c"SET".as_ptr(), c"sbcl".as_ptr(), key.inner, state.as_ptr(), state.len(), c"PXAT".as_ptr(), when_ms);
     }
 }
 
