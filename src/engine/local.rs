@@ -72,7 +72,8 @@ impl Limiter {
 
     /// Decides the rules of `group` on the store's current state without writing, adding their
     /// outcomes to `into` and returning what [`crate::store::Table::commit`] needs to store
-    /// it (`None` after a store failure).
+    /// it (`None` when there is nothing to store: a store failure, or a denial the worker
+    /// remembered, see [`super::memo`]).
     fn prepare_group(
         &self,
         group: &[&Applied],
@@ -81,12 +82,20 @@ impl Limiter {
         into: &mut Vec<RuleOutcome>,
     ) -> Option<Prepared> {
         let first = group.first()?;
+        if let Some(outcomes) = self.memo.recall(&self.rules, group, now_us, |held| self.decide_group(group, held, now_us).0) {
+            self.group_outcomes(group, Ok(Updated { outcomes, created: false }), into);
+            return None;
+        }
         let table = &self.compiled(first).table;
         match table.prepare_entries(store, first.identity.hash, now_us, |held| self.decide_group(group, held, now_us)) {
             Ok(mut p) => {
                 // The outcomes become the decisions in place; committing needs only the write.
                 let updated = Updated { outcomes: std::mem::take(&mut p.outcomes), created: p.created() };
+                let before = into.len();
                 self.group_outcomes(group, Ok(updated), into);
+                if let Some(mine) = into.get(before..).filter(|o| o.iter().any(|o| !o.allowed)) {
+                    self.memo.remember(&self.rules, group, mine, p.take_read(), now_us);
+                }
                 Some(p)
             }
             Err(e) => {

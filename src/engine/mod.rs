@@ -1,11 +1,13 @@
 //! The request path, around one compiled rule each ([`rule`]): which rules apply and why not
-//! ([`applies`]), local decisions in shared data ([`local`]), remote decisions in Redis
-//! ([`remote`]), and the verdict ([`verdict`]). Pure: the host hands in the request view, the
+//! ([`applies`]), local decisions in shared data ([`local`]) and the worker's memo of the
+//! denials among them ([`memo`]), remote decisions in Redis ([`remote`]), and the verdict
+//! ([`verdict`]). Pure: the host hands in the request view, the
 //! store and the time.
 
 mod applies;
 mod deny;
 mod local;
+mod memo;
 mod remote;
 mod rule;
 mod verdict;
@@ -37,6 +39,8 @@ pub struct Limiter {
     /// Turns identities into keyed hashes.
     hasher: IdentityHasher,
     plan: ReadPlan,
+    /// The worker's memo of local denials.
+    memo: memo::Memo,
 }
 
 /// The first step of a decision.
@@ -73,6 +77,7 @@ impl Limiter {
             sha: crate::redis::script::sha(),
             hasher,
             plan,
+            memo: memo::Memo::default(),
         }
     }
 

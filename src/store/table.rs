@@ -153,6 +153,11 @@ pub struct Held<'a> {
 }
 
 impl<'a> Held<'a> {
+    /// The live entries at `now_us` of a slot read earlier (`None`: there was none).
+    pub fn of(value: Option<&'a [u8]>, now_us: u64) -> Self {
+        Table::held(value, now_us)
+    }
+
     fn live(&self) -> impl Iterator<Item = Entry<'a>> + '_ {
         self.slot.iter().flat_map(|s| s.entries()).filter(|e| e.expires_us > self.now_us)
     }
@@ -200,6 +205,8 @@ pub struct Prepared {
     /// Each rule decided (its fingerprint) and one outcome per limit, in the order decided.
     pub outcomes: Vec<(u32, Outcomes)>,
     write: Option<Write>,
+    /// The slot as read, when nothing is to be written (a denial): see [`Prepared::take_read`].
+    read: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -214,6 +221,12 @@ impl Prepared {
     /// Committing it creates a slot that had never been written (the table grows by one key).
     pub fn created(&self) -> bool {
         self.write.as_ref().is_some_and(|w| w.cas.is_none())
+    }
+
+    /// The slot the decision was taken on, when nothing is to be written (`None` if the
+    /// identity had no slot): what a worker remembers of a denial.
+    pub fn take_read(&mut self) -> Option<Vec<u8>> {
+        self.read.take()
     }
 }
 
@@ -305,7 +318,7 @@ impl Table {
         let held = Self::held(value.as_deref(), now_us);
         let (decided, write) = decide(&held);
         if !write {
-            return Ok(Prepared { outcomes: decided, write: None });
+            return Ok(Prepared { outcomes: decided, write: None, read: value });
         }
         let mut bytes = Vec::with_capacity(value.as_ref().map_or(64, |v| v.len() + 16));
         bytes.push(VERSION);
@@ -336,7 +349,7 @@ impl Table {
         }
         bytes[9..17].copy_from_slice(&expires_us.to_le_bytes());
         bytes[17] = count.min(u8::MAX as usize) as u8;
-        Ok(Prepared { outcomes: decided, write: Some(Write { key, cas, bytes }) })
+        Ok(Prepared { outcomes: decided, write: Some(Write { key, cas, bytes }), read: None })
     }
 
     /// A decision of this table's own rule as a decision on the slot's entries: `decide`

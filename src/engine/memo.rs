@@ -1,0 +1,277 @@
+//! The worker's memo of local denials: when an identity's slot denies a request, the worker
+//! keeps the slot as it read it and answers the identity's next requests for those rules from
+//! that copy until the denial's retry-after, without reading shared data again (a host call and
+//! a copy into the guest: most of what a 429 costs).
+//!
+//! Exact, and every field as a read would give it: a denied rule's entry in the slot is written
+//! only by a request that rule admits, and with a fixed cost none is admitted before its
+//! retry-after (the strategies' contract, `crate::strategy`), so until then the entry in shared
+//! data is byte for byte the copy. Each answer is decided again on the copy at the request's
+//! time by the same code as a read; a copy that would admit is dropped and shared data is read,
+//! so the memo never admits anything and never outlives the strategy's own view. Rules whose
+//! cost a request chooses (a header, a message's size) are never remembered: a cheaper request
+//! could be admitted meanwhile and change the entry.
+//!
+//! Bounded: a fixed number of places per worker, each holding at most one slot of at most
+//! [`MAX_SLOT_BYTES`]; a new denial takes its identity's place. Per worker, not shared: the
+//! other workers learn the same denial from shared data when they meet it.
+
+use std::cell::RefCell;
+
+use super::{Applied, CompiledRule, RuleOutcome};
+use crate::config::Cost;
+use crate::store::{Held, Outcomes};
+
+/// Places in the memo: identities denied at once that each worker answers without a read.
+const PLACES: usize = 128;
+/// A slot larger than this (long sliding logs) is not remembered: the memo stays under
+/// `PLACES` × this many bytes however the requests look.
+const MAX_SLOT_BYTES: usize = 1024;
+
+#[derive(Debug, Clone)]
+struct Remembered {
+    /// The table (its holder rule) and the identity.
+    holder: usize,
+    identity: u64,
+    /// The rules the slot denied, in rule order: only their entries are known not to change.
+    rules: Vec<usize>,
+    /// When it was read, and until when every one of `rules` denies whatever other workers do.
+    at_us: u64,
+    until_us: u64,
+    /// The slot as read (`None`: the identity had none).
+    slot: Option<Vec<u8>>,
+}
+
+/// A worker's memo of local denials (one per config, shared by the worker's requests).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Memo {
+    places: RefCell<Vec<Option<Remembered>>>,
+}
+
+fn place(holder: usize, identity: u64) -> usize {
+    (identity ^ (holder as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % PLACES
+}
+
+/// Until when a rule's denial holds: its denying limits' longest retry-after, less the
+/// millisecond it is rounded up by.
+fn denied_until(o: &RuleOutcome, now_us: u64) -> u64 {
+    let retry_ms = o.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0);
+    now_us.saturating_add(retry_ms.saturating_sub(1).saturating_mul(1000))
+}
+
+impl Memo {
+    /// Remembers `slot` (as read at `now_us`) for `group`, whose `outcomes` were just decided on
+    /// it, if some of them deny and all of those have a fixed cost.
+    pub(super) fn remember(
+        &self,
+        rules: &[CompiledRule],
+        group: &[&Applied],
+        outcomes: &[RuleOutcome],
+        slot: Option<Vec<u8>>,
+        now_us: u64,
+    ) {
+        let Some(first) = group.first() else { return };
+        let denied: Vec<&RuleOutcome> = outcomes.iter().filter(|o| !o.allowed && !o.store_error).collect();
+        let fixed = denied.iter().all(|o| rules.get(o.rule).is_some_and(|c| matches!(c.rule.cost, Cost::Fixed(_))));
+        let until_us = denied.iter().map(|o| denied_until(o, now_us)).min().unwrap_or(0);
+        if denied.is_empty() || !fixed || until_us <= now_us || slot.as_ref().is_some_and(|s| s.len() > MAX_SLOT_BYTES) {
+            return;
+        }
+        let Some(holder) = rules.get(first.rule).map(|c| c.holder) else { return };
+        let Ok(mut places) = self.places.try_borrow_mut() else { return };
+        if places.is_empty() {
+            places.resize(PLACES, None);
+        }
+        let identity = first.identity.hash;
+        if let Some(p) = places.get_mut(place(holder, identity)) {
+            let rules = denied.iter().map(|o| o.rule).collect();
+            *p = Some(Remembered { holder, identity, rules, at_us: now_us, until_us, slot });
+        }
+    }
+
+    /// The outcomes of `group` (rules of one table, one identity) decided by `decide` on the
+    /// remembered slot, if it is remembered for every rule of `group` and still denies all of
+    /// them at `now_us`; `None` means: read shared data.
+    pub(super) fn recall(
+        &self,
+        rules: &[CompiledRule],
+        group: &[&Applied],
+        now_us: u64,
+        decide: impl FnOnce(&Held<'_>) -> Vec<(u32, Outcomes)>,
+    ) -> Option<Vec<(u32, Outcomes)>> {
+        let first = group.first()?;
+        let holder = rules.get(first.rule)?.holder;
+        let identity = first.identity.hash;
+        let at = place(holder, identity);
+        let decided = {
+            let places = self.places.try_borrow().ok()?;
+            let r = places.get(at)?.as_ref()?;
+            let known = r.holder == holder && r.identity == identity && group.iter().all(|a| r.rules.contains(&a.rule));
+            if !known || now_us < r.at_us {
+                return None;
+            }
+            (now_us < r.until_us).then(|| decide(&Held::of(r.slot.as_deref(), now_us)))
+        };
+        let denies =
+            |d: &Vec<(u32, Outcomes)>| d.len() == group.len() && d.iter().all(|(_, o)| o.iter().any(|o| !o.decision.allowed));
+        match decided {
+            Some(d) if denies(&d) => Some(d),
+            // Past its time: the place is free for the next denial.
+            _ => {
+                if let Ok(mut places) = self.places.try_borrow_mut() {
+                    if let Some(p) = places.get_mut(at) {
+                        *p = None;
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::super::{Limiter, Verdict};
+    use crate::identity::tests::Req;
+    use crate::store::{MemStore, SharedStore, StoreError};
+
+    const T0: u64 = 1_700_000_040_000_000;
+    const STRATEGIES: [&str; 8] = [
+        "fixed_window",
+        "sliding_window_counter",
+        "sliding_window_log",
+        "token_bucket",
+        "token_bucket_debt",
+        "leaky_bucket",
+        "leaky_bucket_queue",
+        "gcra",
+    ];
+
+    fn limiter(config: serde_json::Value) -> Limiter {
+        Limiter::new(crate::config::compile(&config).unwrap())
+    }
+
+    /// A store that counts its reads.
+    #[derive(Default)]
+    struct Counted {
+        inner: MemStore,
+        reads: std::cell::Cell<u32>,
+    }
+
+    impl SharedStore for Counted {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_denial_is_answered_without_a_read_until_its_retry_after_as_a_read_would_answer_it() {
+        let config = json!({"rules": [{"name": "api", "limit": "2/s", "strategy": "token_bucket", "identifier": "global"}]});
+        let l = limiter(config.clone());
+        let s = Counted::default();
+        let req = Req::new("GET", "/");
+        assert!(matches!(l.check(&req, &s, T0), Verdict::Admit { .. }));
+        assert!(matches!(l.check(&req, &s, T0), Verdict::Admit { .. }));
+        assert!(matches!(l.check(&req, &s, T0), Verdict::Deny { .. }), "the bucket is empty");
+        let reads = s.reads.get();
+        // One token comes back after 500 ms: until then the worker answers from its memo, with
+        // the fields a worker without one reads from shared data (retry-after counting down).
+        for ms in [1, 120, 250, 498] {
+            let now = T0 + ms * 1000;
+            let remembered = l.check(&req, &s, now);
+            assert_eq!(s.reads.get(), reads, "no read {ms} ms after the denial");
+            assert_eq!(remembered, limiter(config.clone()).check(&req, &s.inner, now), "{ms} ms after");
+        }
+        assert!(matches!(l.check(&req, &s, T0 + 500_000), Verdict::Admit { .. }), "the token is back");
+        assert!(s.reads.get() > reads);
+    }
+
+    #[test]
+    fn a_cost_the_request_chooses_is_never_remembered() {
+        let l = limiter(json!({"rules": [{"name": "api", "limit": "2/s", "identifier": "global",
+            "cost": {"header": "x-cost", "default": 1, "max": 2}}]}));
+        let s = Counted::default();
+        let heavy = Req::new("GET", "/").header("x-cost", "2");
+        assert!(matches!(l.check(&heavy, &s, T0), Verdict::Admit { .. }));
+        assert!(matches!(l.check(&heavy, &s, T0), Verdict::Deny { .. }));
+        let reads = s.reads.get();
+        assert!(matches!(l.check(&heavy, &s, T0 + 1000), Verdict::Deny { .. }));
+        assert!(s.reads.get() > reads, "read again: a cheaper request could have been admitted meanwhile");
+    }
+
+    #[test]
+    fn the_memo_holds_at_most_its_places_of_bounded_slots() {
+        let l = limiter(json!({"rules": [{"name": "api", "limit": "1/min", "identifier": {"header": "x-user"}}]}));
+        let s = MemStore::default();
+        for i in 0..(super::PLACES * 4) {
+            let req = Req::new("GET", "/").header("x-user", &format!("u{i}"));
+            l.check(&req, &s, T0);
+            l.check(&req, &s, T0);
+        }
+        let places = l.memo.places.borrow();
+        assert_eq!(places.len(), super::PLACES);
+        assert!(places.iter().flatten().all(|r| r.slot.as_ref().is_some_and(|s| s.len() <= super::MAX_SLOT_BYTES)));
+        assert!(places.iter().flatten().count() > super::PLACES / 2, "denials are remembered");
+    }
+
+    /// One request of a random run: which worker, which user, which path, how long after the
+    /// previous one.
+    #[derive(Debug, Clone)]
+    struct Step {
+        worker: usize,
+        user: u8,
+        path: &'static str,
+        heavy: bool,
+        after_ms: u64,
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        let step = (0..2usize, 0..3u8, prop::sample::select(vec!["/a/x", "/b", "/a/b"]), any::<bool>(), 0..400u64)
+            .prop_map(|(worker, user, path, heavy, after_ms)| Step { worker, user, path, heavy, after_ms });
+        prop::collection::vec(step, 1..120)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Two workers with memos on one store answer every request exactly as workers that
+        /// read shared data every time (a fresh limiter per request, on a store of its own):
+        /// every status, header, body and outcome, for every strategy, with rules sharing a
+        /// slot, rules of fixed costs and one whose cost a header chooses.
+        #[test]
+        fn workers_with_memos_answer_exactly_as_workers_without(
+            strategy in prop::sample::select(STRATEGIES.to_vec()),
+            steps in steps(),
+        ) {
+            let config = json!({"rules": [
+                {"name": "a", "match": {"path": "/a/**"}, "limit": "3/s", "strategy": strategy,
+                 "identifier": {"header": "x-user"}},
+                {"name": "b", "match": {"path": "/a/b"}, "limit": "5/2s", "strategy": strategy, "cost": 2,
+                 "identifier": {"header": "x-user"}},
+                {"name": "c", "match": {"path": "/b"}, "limit": "4/s", "strategy": strategy, "identifier": "global",
+                 "cost": {"header": "x-cost", "default": 1, "max": 3}},
+            ]});
+            let workers = [limiter(config.clone()), limiter(config.clone())];
+            let (shared, reference) = (MemStore::default(), MemStore::default());
+            let mut now = T0;
+            for (i, s) in steps.iter().enumerate() {
+                now += s.after_ms * 1000;
+                let mut req = Req::new("GET", s.path).header("x-user", &format!("u{}", s.user));
+                if s.heavy {
+                    req = req.header("x-cost", "3");
+                }
+                let remembered = workers[s.worker].check(&req, &shared, now);
+                let read = limiter(config.clone()).check(&req, &reference, now);
+                prop_assert_eq!(remembered, read, "request {}: {:?}", i, s);
+            }
+        }
+    }
+}
