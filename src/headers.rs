@@ -1,5 +1,6 @@
-//! Request headers as the host hands them over all at once, in the proxy-wasm pairs encoding.
-//! Values stay bytes: HTTP lets a value carry any byte above 0x7f and Envoy passes them on.
+//! Header maps in the proxy-wasm pairs encoding: request headers as the host hands them over
+//! all at once, and the headers of a response the filter sends. Values stay bytes: HTTP lets a
+//! value carry any byte above 0x7f and Envoy passes them on.
 
 /// A header map in the proxy-wasm encoding, checked once and then read in place: the pair
 /// count (u32, little-endian), the name and value length of every pair (u32 each), then every
@@ -73,6 +74,25 @@ impl Pairs {
     }
 }
 
+/// `pairs` in the encoding [`Pairs`] reads, written into one buffer sized up front.
+pub fn encode<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
+    let (count, data) = pairs.clone().fold((0usize, 0usize), |(n, len), (k, v)| (n + 1, len + k.len() + v.len() + 2));
+    let mut out = Vec::with_capacity(4 + count * 8 + data);
+    // Lengths are of header names and values Envoy accepted, far below 4 GiB.
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    for (k, v) in pairs.clone() {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
 fn u32_at(bytes: &[u8], i: usize) -> Option<u32> {
     bytes.get(i..i.checked_add(4)?).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
 }
@@ -81,24 +101,12 @@ fn u32_at(bytes: &[u8], i: usize) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (k, v) in pairs {
-            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        }
-        for (k, v) in pairs {
-            for part in [k, v] {
-                out.extend_from_slice(part);
-                out.push(0);
-            }
-        }
-        out
-    }
-
     #[test]
     fn pairs_decode_in_order_and_malformed_input_is_refused() {
-        let bytes = encode(&[(b":path", b"/a?b"), (b"x-key", b""), (b"x-bin", b"\xff"), (b"x-key", b"second")]);
+        let written: [(&[u8], &[u8]); 4] = [(b":path", b"/a?b"), (b"x-key", b""), (b"x-bin", b"\xff"), (b"x-key", b"second")];
+        let bytes = encode(written.iter().copied());
+        assert_eq!(bytes.len(), 4 + 4 * 8 + written.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>());
+        assert_eq!(encode(std::iter::empty()), 0u32.to_le_bytes(), "no pairs: a count of 0");
         let pairs = Pairs::parse(bytes.clone()).unwrap_or_else(|| panic!("well-formed"));
         let want: [(&[u8], &[u8]); 4] = [(b":path", b"/a?b"), (b"x-key", b""), (b"x-bin", b"\xff"), (b"x-key", b"second")];
         assert_eq!(pairs.to_vec(), want);

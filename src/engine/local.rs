@@ -163,7 +163,7 @@ impl Limiter {
     pub(super) fn local_phase(
         &self,
         applied: &[Applied],
-        mut outcomes: Vec<RuleOutcome>,
+        outcomes: Vec<RuleOutcome>,
         store: &impl SharedStore,
         now_us: u64,
     ) -> Verdict {
@@ -176,8 +176,7 @@ impl Limiter {
         let mut decided = Vec::with_capacity(enforced.len());
         let prepared: Vec<Option<Prepared>> = groups.iter().map(|g| self.prepare_group(g, store, now_us, &mut decided)).collect();
         if decided.iter().any(|o| !o.allowed) {
-            outcomes.extend(in_order(&enforced, decided));
-            return self.verdict(outcomes, true);
+            return self.verdict(after(outcomes, in_order(&enforced, decided)), true);
         }
         let mut stored = Vec::with_capacity(enforced.len());
         let mut prepared_outcomes = decided.into_iter();
@@ -192,11 +191,10 @@ impl Limiter {
                 }
             }
             if stored.iter().any(|o| !o.allowed) {
-                outcomes.extend(in_order(&enforced, stored));
-                return self.verdict(outcomes, true);
+                return self.verdict(after(outcomes, in_order(&enforced, stored)), true);
             }
         }
-        outcomes.extend(in_order(&enforced, stored));
+        let mut outcomes = after(outcomes, in_order(&enforced, stored));
         for a in &shadow {
             let o = self.decide_local(a, store, now_us, true);
             if !o.allowed {
@@ -206,6 +204,15 @@ impl Limiter {
         }
         self.verdict(outcomes, false)
     }
+}
+
+/// The local outcomes after the Redis rules' (most requests have none: no copy then).
+fn after(mut redis: Vec<RuleOutcome>, local: Vec<RuleOutcome>) -> Vec<RuleOutcome> {
+    if redis.is_empty() {
+        return local;
+    }
+    redis.extend(local);
+    redis
 }
 
 /// `decided` (outcomes of some of `rules`, group by group) in the order of `rules`, as a

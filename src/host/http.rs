@@ -10,6 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use crate::engine::{Heard, Pending, Resumed, Step, Verdict};
+use crate::headers;
 use crate::redis::wire::Reply;
 
 use super::batch;
@@ -49,13 +50,39 @@ pub(super) fn apply(shared: &Shared, ctx: u32, verdict: Verdict) -> (Flow, Field
             (Flow::Hold, headers)
         }
         Verdict::Deny { response, .. } => {
-            let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
-            if let Err(status) = hostcalls::send_http_response(u32::from(response.status), headers, Some(&response.body)) {
-                log::warn!("sluice: cannot send the limited response: {status:?}");
+            let headers = headers::encode(response.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+            let status = send_local_response(u32::from(response.status), &headers, &response.body);
+            if status != 0 {
+                log::warn!("sluice: cannot send the limited response: status {status}");
                 return (Flow::Continue, Vec::new());
             }
             (Flow::Hold, Vec::new())
         }
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_send_local_response(
+        status_code: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+}
+
+/// Answers the request with `status`, `headers` (encoded, [`headers::encode`]) and `body`; the
+/// host's status (0: sent). Not the SDK's `send_http_response`: that one takes the headers as a
+/// vector to encode them again, and panics (a trap) on any status but Ok.
+fn send_local_response(status: u32, headers: &[u8], body: &[u8]) -> u32 {
+    // SAFETY: every pointer is valid for its length for the duration of the call, which only
+    // reads them; a null details pointer with size 0 means no details, as the ABI allows.
+    unsafe {
+        proxy_send_local_response(status, std::ptr::null(), 0, body.as_ptr(), body.len(), headers.as_ptr(), headers.len(), -1)
     }
 }
 
