@@ -242,8 +242,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-        /// Two workers with memos on one store answer every request exactly as workers that
-        /// read shared data every time (a fresh limiter per request, on a store of its own):
+        /// Two workers with memos (and their last limited response) on one store answer every
+        /// request exactly as workers that read shared data every time and build every
+        /// response (a fresh limiter per request, on a store of its own):
         /// every status, header, body and outcome, for every strategy, with rules sharing a
         /// slot, rules of fixed costs and one whose cost a header chooses.
         #[test]

@@ -21,6 +21,8 @@ use rule::CompiledRule;
 
 use crate::config::{ClientIpSpec, Config, HeaderMode, RedisSpec, ResponseSpec, Rule};
 use crate::identity::IdentityHasher;
+use crate::response::LocalResponse;
+use std::sync::Arc;
 
 /// A compiled config as requests read it: every rule with what it needs precomputed, and the
 /// settings around them. Built once in `on_configure`.
@@ -41,6 +43,9 @@ pub struct Limiter {
     plan: ReadPlan,
     /// The worker's memo of local denials.
     memo: memo::Memo,
+    /// The worker's last limited response, and the one every denied message shares.
+    last_limited: verdict::LastLimited,
+    message_denied: Arc<LocalResponse>,
 }
 
 /// The first step of a decision.
@@ -66,6 +71,7 @@ impl Limiter {
         let hasher = IdentityHasher::new(config.identity_secret.as_deref(), &config.client_ip);
         let Config { namespace, rate_limit_headers, response, client_ip, local, redis, rules, .. } = config;
         let rules = CompiledRule::all(rules, &namespace, local.max_clients);
+        let message_denied = Arc::new(LocalResponse { status: response.status, headers: Vec::new(), body: Vec::new() });
         Limiter {
             rules,
             breaker_key: format!("{namespace}:breaker"),
@@ -78,6 +84,8 @@ impl Limiter {
             hasher,
             plan,
             memo: memo::Memo::default(),
+            last_limited: verdict::LastLimited::default(),
+            message_denied,
         }
     }
 

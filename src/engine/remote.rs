@@ -89,7 +89,7 @@ impl Limiter {
 
     fn decide_applied(&self, applied: Vec<Applied>, store: &impl SharedStore, now: impl Fn() -> u64) -> Step {
         if applied.is_empty() {
-            return Step::Done(self.verdict(Vec::new(), false));
+            return Step::Done(Verdict::Admit { headers: Vec::new(), delay_ms: 0, outcomes: Vec::new() });
         }
         let now_us = now();
         let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();

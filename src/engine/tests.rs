@@ -741,3 +741,33 @@ fn only_a_get_that_asks_for_a_websocket_opens_one_for_message_rules() {
     assert!(!opens(&Req::new("GET", "/ws").header("upgrade", "h2c")));
     assert!(!opens(&Req::new("GET", "/ws")));
 }
+
+#[test]
+fn a_flood_shares_one_limited_response_while_it_shows_the_same() {
+    let config = serde_json::json!({"rules": [{"name": "api", "limit": "1/10s", "strategy": "fixed_window",
+        "identifier": "global"}]});
+    let l = limiter(config.clone());
+    let s = MemStore::default();
+    let req = Req::new("GET", "/");
+    // Windows are aligned to the epoch: start at one's beginning.
+    let t = T0 - T0 % 10_000_000;
+    assert_eq!(status(&l.check(&req, &s, t)), 200);
+    let response = |now: u64| match l.check(&req, &s, now) {
+        Verdict::Deny { response, .. } => response,
+        v => panic!("{v:?}"),
+    };
+    let retry_after =
+        |r: &crate::response::LocalResponse| r.headers.iter().find(|(k, _)| k == "retry-after").map(|(_, v)| v.clone());
+    let first = response(t + 1_000);
+    assert_eq!(retry_after(&first).as_deref(), Some("10"));
+    assert!(std::sync::Arc::ptr_eq(&first, &response(t + 900_000)), "the same fields: the same response, not built again");
+    // A second later Retry-After counts down: a new response, which the flood then shares.
+    let later = response(t + 1_000_001);
+    assert_eq!(retry_after(&later).as_deref(), Some("9"));
+    assert!(std::sync::Arc::ptr_eq(&later, &response(t + 1_500_000)));
+    // What is shared is what a worker that never answered before builds.
+    match limiter(config).check(&req, &s, t + 1_500_000) {
+        Verdict::Deny { response, .. } => assert_eq!(*response, *later),
+        v => panic!("{v:?}"),
+    }
+}

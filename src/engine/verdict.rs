@@ -1,5 +1,10 @@
 //! The verdict: every applying rule's outcome turned into the limited response, or into the
-//! rate limit fields and the queueing delay of an admitted request.
+//! rate limit fields and the queueing delay of an admitted request. A limited response that
+//! shows what the worker's previous one showed is that one again, not built anew: a flood is
+//! made of identical 429s, and building one is most of a denial's own work.
+
+use std::cell::RefCell;
+use std::sync::Arc;
 
 use super::{Applied, Limiter};
 use crate::config::Per;
@@ -44,8 +49,8 @@ pub enum Verdict {
     /// Forward the request (after `delay_ms`, for queued requests), adding `headers` to the
     /// response.
     Admit { headers: Vec<Field>, delay_ms: u64, outcomes: Vec<RuleOutcome> },
-    /// Answer with `response`.
-    Deny { response: LocalResponse, outcomes: Vec<RuleOutcome> },
+    /// Answer with `response` (shared with earlier verdicts that showed the same; `Arc` keeps the limiter `Send` for tools).
+    Deny { response: Arc<LocalResponse>, outcomes: Vec<RuleOutcome> },
 }
 
 impl Verdict {
@@ -56,7 +61,73 @@ impl Verdict {
     }
 }
 
+/// What a limited response shows: each reported limit's numbers, in order, then the rules it
+/// names as violated. Everything else in it comes from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Limit { rule: usize, limit: usize, allowed: bool, remaining: u64, reset_s: u64 },
+    Violated { rule: usize },
+}
+
+/// The worker's last limited response and what it showed (one per config).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LastLimited(RefCell<Option<Last>>);
+
+#[derive(Debug, Clone)]
+struct Last {
+    shown: Vec<Shown>,
+    retry_s: u64,
+    response: Arc<LocalResponse>,
+}
+
 impl Limiter {
+    /// Each limit of each outcome as the response reports it, with its text.
+    fn reported<'a>(&'a self, outcomes: &'a [RuleOutcome]) -> impl Iterator<Item = (usize, usize, Reported<'a>)> + 'a {
+        outcomes.iter().flat_map(move |o| {
+            let c = &self.rules[o.rule];
+            c.rates()
+                .iter()
+                .zip(&c.texts)
+                .zip(&o.decisions)
+                .enumerate()
+                .map(move |(i, ((rate, text), decision))| (o.rule, i, Reported { text, rate: *rate, decision: *decision }))
+        })
+    }
+
+    fn violated<'a>(&'a self, outcomes: &'a [RuleOutcome]) -> impl Iterator<Item = &'a RuleOutcome> + 'a {
+        outcomes.iter().filter(|o| !o.allowed && !self.rules[o.rule].is_shadow())
+    }
+
+    fn shown<'a>(&'a self, outcomes: &'a [RuleOutcome]) -> impl Iterator<Item = Shown> + 'a {
+        let limits = self.reported(outcomes).map(|(rule, limit, r)| Shown::Limit {
+            rule,
+            limit,
+            allowed: r.decision.allowed,
+            remaining: r.decision.remaining,
+            reset_s: response::reset_secs(&r.decision),
+        });
+        limits.chain(self.violated(outcomes).map(|o| Shown::Violated { rule: o.rule }))
+    }
+
+    /// The limited response for `outcomes`: the last one again when it showed the same.
+    fn limited(&self, outcomes: &[RuleOutcome]) -> Arc<LocalResponse> {
+        let retry_ms = outcomes.iter().flat_map(|o| &o.decisions).filter(|d| !d.allowed).map(|d| d.retry_after_ms).max();
+        let retry_s = response::retry_after_secs(retry_ms.unwrap_or(0));
+        if let Ok(last) = self.last_limited.0.try_borrow() {
+            if let Some(last) = last.as_ref().filter(|l| l.retry_s == retry_s && l.shown.iter().copied().eq(self.shown(outcomes)))
+            {
+                return Arc::clone(&last.response);
+            }
+        }
+        let reported: Vec<Reported<'_>> = self.reported(outcomes).map(|(_, _, r)| r).collect();
+        let violated: Vec<&str> = self.violated(outcomes).map(|o| self.rules[o.rule].rule.name.as_str()).collect();
+        let response = Arc::new(response::limited(&self.response, self.headers_mode, &reported, &violated));
+        if let Ok(mut last) = self.last_limited.0.try_borrow_mut() {
+            *last = Some(Last { shown: self.shown(outcomes).collect(), retry_s, response: Arc::clone(&response) });
+        }
+        response
+    }
+
     pub(super) fn verdict(&self, outcomes: Vec<RuleOutcome>, denied: bool) -> Verdict {
         // Message rules never apply to a request, so these outcomes are a WebSocket message's:
         // nothing of a response is sent for it, and writing the fields for every message of a
@@ -65,23 +136,11 @@ impl Limiter {
         if message {
             return self.message_verdict(outcomes, denied);
         }
-        let mut reported = Vec::new();
-        for o in &outcomes {
-            let c = &self.rules[o.rule];
-            let rates = c.rates();
-            for ((rate, text), decision) in rates.iter().zip(&c.texts).zip(&o.decisions) {
-                reported.push(Reported { text, rate: *rate, decision: *decision });
-            }
-        }
         if denied {
-            let violated: Vec<&str> = outcomes
-                .iter()
-                .filter(|o| !o.allowed && !self.rules[o.rule].is_shadow())
-                .map(|o| self.rules[o.rule].rule.name.as_str())
-                .collect();
-            let response = response::limited(&self.response, self.headers_mode, &reported, &violated);
-            return Verdict::Deny { response, outcomes };
+            return Verdict::Deny { response: self.limited(&outcomes), outcomes };
         }
+        let mut reported = Vec::with_capacity(outcomes.len());
+        reported.extend(self.reported(&outcomes).map(|(_, _, r)| r));
         let delay_ms = self.delay_ms(&outcomes);
         let headers = response::rate_limit_headers(self.headers_mode, &reported);
         Verdict::Admit { headers, delay_ms, outcomes }
@@ -100,8 +159,7 @@ impl Limiter {
     /// A message's verdict: the outcomes and the queueing delay, and no response.
     fn message_verdict(&self, outcomes: Vec<RuleOutcome>, denied: bool) -> Verdict {
         if denied {
-            let response = LocalResponse { status: self.response.status, headers: Vec::new(), body: Vec::new() };
-            return Verdict::Deny { response, outcomes };
+            return Verdict::Deny { response: Arc::clone(&self.message_denied), outcomes };
         }
         let delay_ms = self.delay_ms(&outcomes);
         Verdict::Admit { headers: Vec::new(), delay_ms, outcomes }

@@ -3,7 +3,9 @@
 //! alone waits on the context itself; a gathered call ([`super::batch`]) and a Higress Redis
 //! callout answer at the root.
 
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -12,6 +14,7 @@ use proxy_wasm::types::{Action, MapType};
 use crate::engine::{Heard, Pending, Resumed, Step, Verdict};
 use crate::headers;
 use crate::redis::wire::Reply;
+use crate::response::LocalResponse;
 
 use super::batch;
 use super::queue;
@@ -50,8 +53,7 @@ pub(super) fn apply(shared: &Shared, ctx: u32, verdict: Verdict) -> (Flow, Field
             (Flow::Hold, headers)
         }
         Verdict::Deny { response, .. } => {
-            let headers = headers::encode(response.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
-            let status = send_local_response(u32::from(response.status), &headers, &response.body);
+            let status = send_limited(&response);
             if status != 0 {
                 log::warn!("sluice: cannot send the limited response: status {status}");
                 return (Flow::Continue, Vec::new());
@@ -84,6 +86,30 @@ fn send_local_response(status: u32, headers: &[u8], body: &[u8]) -> u32 {
     unsafe {
         proxy_send_local_response(status, std::ptr::null(), 0, body.as_ptr(), body.len(), headers.as_ptr(), headers.len(), -1)
     }
+}
+
+thread_local! {
+    /// The last limited response sent and its encoded headers: a flood sends the same one
+    /// (the core hands out the same response while it shows the same).
+    static SENT: RefCell<Option<(Arc<LocalResponse>, Vec<u8>)>> = const { RefCell::new(None) };
+}
+
+/// Sends a limited response, encoding its headers only when it is not the last one sent.
+fn send_limited(response: &Arc<LocalResponse>) -> u32 {
+    let encode = || headers::encode(response.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+    let send = |headers: &[u8]| send_local_response(u32::from(response.status), headers, &response.body);
+    SENT.with(|sent| match sent.try_borrow_mut() {
+        Ok(mut sent) => {
+            let headers = match sent.take() {
+                Some((last, headers)) if Arc::ptr_eq(&last, response) => headers,
+                _ => encode(),
+            };
+            let status = send(&headers);
+            *sent = Some((Arc::clone(response), headers));
+            status
+        }
+        Err(_) => send(&encode()),
+    })
 }
 
 /// Where a callback runs: on the request's own context, or at the root (a gathered call's or

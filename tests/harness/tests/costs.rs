@@ -18,7 +18,7 @@ const MEASURED: u64 = 50;
 // compiler's code generation).
 const CEILING_C: f64 = 17_500.0;
 const CEILING_D: f64 = 100_000.0;
-const CEILING_E: f64 = 14_100.0;
+const CEILING_E: f64 = 9_400.0;
 const CEILING_X: f64 = 5_800.0;
 
 fn configs() -> Vec<(&'static str, Value)> {
