@@ -23,7 +23,7 @@
 //! assert!(g.matches("/api/edit") && g.matches("/api/a/b/edit") && !g.matches("/api/a/b"));
 //! ```
 
-use super::{Glob, GlobSegment};
+use super::{Glob, GlobSegment, Literal};
 use crate::rate::quote;
 
 /// A glob that does not parse: the text as given and what was wrong with it.
@@ -84,7 +84,8 @@ impl Glob {
                 }
             }
         }
-        Ok(Glob { source: text.to_string(), segments })
+        let literal = literal(&segments);
+        Ok(Glob { source: text.to_string(), segments, literal })
     }
 
     /// Whether `path` (the URL path; anything from `?` or `#` is ignored) matches.
@@ -94,8 +95,37 @@ impl Glob {
             return false;
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        match_segments(&self.segments, rest)
+        match &self.literal {
+            // Most globs are a path or a path and everything under it: two comparisons.
+            Some(Literal { text, prefix }) => match rest.strip_prefix(text.as_str()) {
+                Some("") => true,
+                Some(after) => *prefix && (text.is_empty() || after.starts_with('/')),
+                None => false,
+            },
+            None => match_segments(&self.segments, rest),
+        }
     }
+}
+
+/// The glob as text to compare, if it has no `*` and `**` only at its end.
+fn literal(segments: &[GlobSegment]) -> Option<Literal> {
+    let (prefix, fixed) = match segments.split_last() {
+        Some((GlobSegment::AnySegments, fixed)) => (true, fixed),
+        _ => (false, segments),
+    };
+    let mut text = String::new();
+    for (i, segment) in fixed.iter().enumerate() {
+        match segment {
+            GlobSegment::Pattern(p) if !p.contains('*') => {
+                if i > 0 {
+                    text.push('/');
+                }
+                text.push_str(p);
+            }
+            _ => return None,
+        }
+    }
+    Some(Literal { text, prefix })
 }
 
 impl std::fmt::Display for Glob {
@@ -311,5 +341,31 @@ mod tests {
     #[test]
     fn display_is_the_source() {
         assert_eq!(g("/api/").to_string(), "/api/");
+    }
+
+    #[test]
+    fn plain_globs_are_compared_as_text() {
+        for (glob, text, prefix) in [("/", "", false), ("/**", "", true), ("/api/v1/**", "api/v1", true), ("/a/b/", "a/b", false)]
+        {
+            assert_eq!(g(glob).literal, Some(Literal { text: text.into(), prefix }), "{glob}");
+        }
+        for glob in ["/api/*", "/a/**/b", "/**/a", "/x*/**"] {
+            assert_eq!(g(glob).literal, None, "{glob}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The text comparison of a plain glob answers as the segment matcher does.
+        #[test]
+        fn plain_globs_match_as_the_segment_matcher_does(
+            glob in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "ab", "**", "*"]), 0..4),
+            path in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "ab", "", "a?x"]), 0..5),
+            trailing in proptest::bool::ANY,
+        ) {
+            let Ok(glob) = Glob::parse(&format!("/{}", glob.join("/"))) else { return Ok(()) };
+            let path = format!("/{}{}", path.join("/"), if trailing { "/" } else { "" });
+            let general = Glob { literal: None, ..glob.clone() };
+            proptest::prop_assert_eq!(glob.matches(&path), general.matches(&path), "{} on {}", glob, path);
+        }
     }
 }

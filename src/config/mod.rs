@@ -158,6 +158,16 @@ pub struct Glob {
     /// The text as written by the user.
     pub source: String,
     pub(crate) segments: Vec<GlobSegment>,
+    /// The same glob as a plain comparison, when it has no `*` but a final `**`.
+    pub(crate) literal: Option<Literal>,
+}
+
+/// A glob without wildcards but a final `**`, matched by comparing text: the path (without its
+/// leading and trailing `/`) equals `text`, or, with `prefix`, also continues with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Literal {
+    pub text: String,
+    pub prefix: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
