@@ -140,16 +140,6 @@ mod tests {
     use crate::store::{MemStore, SharedStore, StoreError};
 
     const T0: u64 = 1_700_000_040_000_000;
-    const STRATEGIES: [&str; 8] = [
-        "fixed_window",
-        "sliding_window_counter",
-        "sliding_window_log",
-        "token_bucket",
-        "token_bucket_debt",
-        "leaky_bucket",
-        "leaky_bucket_queue",
-        "gcra",
-    ];
 
     fn limiter(config: serde_json::Value) -> Limiter {
         Limiter::new(crate::config::compile(&config).unwrap())
@@ -249,7 +239,7 @@ mod tests {
         /// slot, rules of fixed costs and one whose cost a header chooses.
         #[test]
         fn workers_with_memos_answer_exactly_as_workers_without(
-            strategy in prop::sample::select(STRATEGIES.to_vec()),
+            strategy in prop::sample::select(crate::strategy::NAMES.to_vec()),
             steps in steps(),
         ) {
             let config = json!({"rules": [
