@@ -10,6 +10,10 @@
 //! every tick (see [`Clock::catch_up`]), so they agree within one tick period and a restarted
 //! VM resumes from the mark, never reading the state it wrote as coming from the future.
 
+/// How far apart two workers' clocks may be: they agree within one tick period, and the host's
+/// longest is this (its metrics flush; rules that queue tick faster).
+pub const WORKER_SKEW_US: u64 = 100_000;
+
 /// A monotonic clock over host readings, in epoch microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Clock {

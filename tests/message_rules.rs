@@ -152,15 +152,17 @@ fn messages_are_counted_exactly_and_two_connections_of_one_identity_share() {
 
 #[test]
 fn payload_bytes_are_the_cost() {
-    let l = limiter(
-        json!([{"name": "bytes", "per": "message", "limit": "100/min", "cost": "payload_bytes", "strategy": "fixed_window"}]),
-    );
+    let config =
+        json!([{"name": "bytes", "per": "message", "limit": "100/min", "cost": "payload_bytes", "strategy": "fixed_window"}]);
+    let l = limiter(config.clone());
     let store = MemStore::default();
     let a = l.message_rules(&upgrade("10.0.0.1"));
     let now = 1_700_000_000_000_000;
     // 60 + 40 fill the window; 1 more does not fit; an empty message costs 1; a huge one never fits.
     assert_eq!(admitted(&l, &a, &[60, 40, 1], &store, now), vec![true, true, false]);
-    let fresh = MemStore::default();
+    // A proxy of its own (a limiter decides against one store, and remembers its denials).
+    let (l, fresh) = (limiter(config), MemStore::default());
+    let a = l.message_rules(&upgrade("10.0.0.1"));
     assert_eq!(admitted(&l, &a, &[u64::MAX, 0, 99], &fresh, now), vec![false, true, true]);
 }
 

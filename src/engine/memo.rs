@@ -3,14 +3,18 @@
 //! that copy until the denial's retry-after, without reading shared data again (a host call and
 //! a copy into the guest: most of what a 429 costs).
 //!
-//! Exact, and every field as a read would give it: a denied rule's entry in the slot is written
-//! only by a request that rule admits, and with a fixed cost none is admitted before its
-//! retry-after (the strategies' contract, `crate::strategy`), so until then the entry in shared
-//! data is byte for byte the copy. Each answer is decided again on the copy at the request's
-//! time by the same code as a read; a copy that would admit is dropped and shared data is read,
-//! so the memo never admits anything and never outlives the strategy's own view. Rules whose
-//! cost a request chooses (a header, a message's size) are never remembered: a cheaper request
-//! could be admitted meanwhile and change the entry.
+//! Exact, and every field as a read would give it: a rule's entry in the slot is written only by
+//! a request the rule admits, and a denial at cost 1 means no request of any cost can be
+//! admitted before its retry-after (the strategies' contract, `crate::strategy`), whichever
+//! worker or config sends it (the entry is named by the rule's name, strategy and limits, not its
+//! cost). So until then the entry in shared data is byte for byte the copy, and each later
+//! request, whatever its own cost, is decided on it by the same code as a read at its own time.
+//! The retry-after is shortened by how far workers' clocks may disagree. A copy that would admit
+//! is dropped and shared data read, so the memo never admits anything. Denials at a higher cost
+//! are not remembered: a cheaper request could be admitted meanwhile and change the entry.
+//!
+//! A limiter decides against one store (the worker's shared data), so a copy is always of the
+//! slot the next read would find.
 //!
 //! Bounded: a fixed number of places per worker, each holding at most one slot of at most
 //! [`MAX_SLOT_BYTES`]; a new denial takes its identity's place. Per worker, not shared: the
@@ -19,7 +23,7 @@
 use std::cell::RefCell;
 
 use super::{Applied, CompiledRule, RuleOutcome};
-use crate::config::Cost;
+use crate::clock::WORKER_SKEW_US;
 use crate::store::{Held, Outcomes};
 
 /// Places in the memo: identities denied at once that each worker answers without a read.
@@ -52,16 +56,16 @@ fn place(holder: usize, identity: u64) -> usize {
     (identity ^ (holder as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % PLACES
 }
 
-/// Until when a rule's denial holds: its denying limits' longest retry-after, less the
-/// millisecond it is rounded up by.
+/// Until when a rule's denial holds on every worker's clock: its denying limits' longest
+/// retry-after, less the millisecond it is rounded up by and the workers' clock skew.
 fn denied_until(o: &RuleOutcome, now_us: u64) -> u64 {
     let retry_ms = o.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0);
-    now_us.saturating_add(retry_ms.saturating_sub(1).saturating_mul(1000))
+    now_us.saturating_add(retry_ms.saturating_sub(1).saturating_mul(1000)).saturating_sub(WORKER_SKEW_US)
 }
 
 impl Memo {
     /// Remembers `slot` (as read at `now_us`) for `group`, whose `outcomes` were just decided on
-    /// it, if some of them deny and all of those have a fixed cost.
+    /// it, if some of them deny and all of those denied a request of cost 1.
     pub(super) fn remember(
         &self,
         rules: &[CompiledRule],
@@ -72,9 +76,9 @@ impl Memo {
     ) {
         let Some(first) = group.first() else { return };
         let denied: Vec<&RuleOutcome> = outcomes.iter().filter(|o| !o.allowed && !o.store_error).collect();
-        let fixed = denied.iter().all(|o| rules.get(o.rule).is_some_and(|c| matches!(c.rule.cost, Cost::Fixed(_))));
+        let cheapest = denied.iter().all(|o| o.cost == 1);
         let until_us = denied.iter().map(|o| denied_until(o, now_us)).min().unwrap_or(0);
-        if denied.is_empty() || !fixed || until_us <= now_us || slot.as_ref().is_some_and(|s| s.len() > MAX_SLOT_BYTES) {
+        if denied.is_empty() || !cheapest || until_us <= now_us || slot.as_ref().is_some_and(|s| s.len() > MAX_SLOT_BYTES) {
             return;
         }
         let Some(holder) = rules.get(first.rule).map(|c| c.holder) else { return };
@@ -172,9 +176,10 @@ mod tests {
         assert!(matches!(l.check(&req, &s, T0), Verdict::Admit { .. }));
         assert!(matches!(l.check(&req, &s, T0), Verdict::Deny { .. }), "the bucket is empty");
         let reads = s.reads.get();
-        // One token comes back after 500 ms: until then the worker answers from its memo, with
-        // the fields a worker without one reads from shared data (retry-after counting down).
-        for ms in [1, 120, 250, 498] {
+        // One token comes back after 500 ms: until then, less the workers' clock skew (100 ms),
+        // the worker answers from its memo, with the fields a worker without one reads from
+        // shared data (retry-after counting down).
+        for ms in [1, 120, 250, 398] {
             let now = T0 + ms * 1000;
             let remembered = l.check(&req, &s, now);
             assert_eq!(s.reads.get(), reads, "no read {ms} ms after the denial");
@@ -185,16 +190,58 @@ mod tests {
     }
 
     #[test]
-    fn a_cost_the_request_chooses_is_never_remembered() {
-        let l = limiter(json!({"rules": [{"name": "api", "limit": "2/s", "identifier": "global",
-            "cost": {"header": "x-cost", "default": 1, "max": 2}}]}));
+    fn only_a_denial_at_cost_1_is_remembered_and_it_answers_every_cost() {
+        let config = json!({"rules": [{"name": "api", "limit": "2/s", "identifier": "global",
+            "cost": {"header": "x-cost", "default": 1, "max": 2}}]});
+        let l = limiter(config.clone());
         let s = Counted::default();
         let heavy = Req::new("GET", "/").header("x-cost", "2");
+        let light = Req::new("GET", "/");
         assert!(matches!(l.check(&heavy, &s, T0), Verdict::Admit { .. }));
         assert!(matches!(l.check(&heavy, &s, T0), Verdict::Deny { .. }));
         let reads = s.reads.get();
         assert!(matches!(l.check(&heavy, &s, T0 + 1000), Verdict::Deny { .. }));
         assert!(s.reads.get() > reads, "read again: a cheaper request could have been admitted meanwhile");
+        assert!(matches!(l.check(&light, &s, T0 + 2000), Verdict::Deny { .. }));
+        let reads = s.reads.get();
+        for req in [&heavy, &light] {
+            let remembered = l.check(req, &s, T0 + 3000);
+            assert_eq!(remembered, limiter(config.clone()).check(req, &s.inner, T0 + 3000));
+        }
+        assert_eq!(s.reads.get(), reads, "denied at cost 1: nothing is admitted before its retry-after");
+    }
+
+    #[test]
+    fn another_config_counting_in_the_same_entry_at_a_lower_cost_is_seen() {
+        // Two configs share a namespace and a rule (name, strategy, limits), at costs 2 and 1:
+        // a denial at cost 2 must not hide the cost-1 admissions of the other.
+        let rule = |cost: u64| {
+            json!({"rules": [{"name": "api", "limit": "2/min", "strategy": "token_bucket",
+            "identifier": "global", "cost": cost}]})
+        };
+        let (two, one) = (limiter(rule(2)), limiter(rule(1)));
+        let s = MemStore::default();
+        let req = Req::new("GET", "/");
+        assert!(matches!(two.check(&req, &s, T0), Verdict::Admit { .. }));
+        assert!(matches!(two.check(&req, &s, T0 + 1_000_000), Verdict::Deny { .. }));
+        assert!(matches!(one.check(&req, &s, T0 + 30_000_000), Verdict::Admit { .. }));
+        let at = T0 + 40_000_000;
+        assert_eq!(two.check(&req, &s, at), limiter(rule(2)).check(&req, &s, at));
+    }
+
+    #[test]
+    fn a_worker_whose_clock_is_ahead_is_seen() {
+        // After the host's clock steps back, workers agree within one tick: here W2 runs 50 ms
+        // ahead of W1 and admits on its own clock at the retry-after, before W1's.
+        let config = json!({"rules": [{"name": "api", "limit": "1/min", "strategy": "token_bucket", "identifier": "global"}]});
+        let (w1, w2) = (limiter(config.clone()), limiter(config.clone()));
+        let s = MemStore::default();
+        let req = Req::new("GET", "/");
+        assert!(matches!(w1.check(&req, &s, T0), Verdict::Admit { .. }));
+        assert!(matches!(w1.check(&req, &s, T0 + 10_000_000), Verdict::Deny { .. }));
+        assert!(matches!(w2.check(&req, &s, T0 + 60_000_000), Verdict::Admit { .. }));
+        let at = T0 + 59_960_000;
+        assert_eq!(w1.check(&req, &s, at), limiter(config).check(&req, &s, at));
     }
 
     #[test]

@@ -45,7 +45,7 @@ proxy_wasm::main! {{
 const QUEUE_TICK: Duration = Duration::from_millis(5);
 /// How often counted metrics reach Envoy otherwise. Batching saves a host call per request;
 /// Envoy's stats lag by at most this much.
-const FLUSH_TICK: Duration = Duration::from_millis(100);
+const FLUSH_TICK: Duration = Duration::from_micros(crate::clock::WORKER_SKEW_US);
 
 #[derive(Default)]
 struct Root {
