@@ -108,8 +108,7 @@ mod tests {
         assert_eq!(bytes.len(), 4 + 4 * 8 + written.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>());
         assert_eq!(encode(std::iter::empty()), 0u32.to_le_bytes(), "no pairs: a count of 0");
         let pairs = Pairs::parse(bytes.clone()).unwrap_or_else(|| panic!("well-formed"));
-        let want: [(&[u8], &[u8]); 4] = [(b":path", b"/a?b"), (b"x-key", b""), (b"x-bin", b"\xff"), (b"x-key", b"second")];
-        assert_eq!(pairs.to_vec(), want);
+        assert_eq!(pairs.to_vec(), written);
         assert_eq!(pairs.first("x-key"), Some(&b""[..]), "the first of a repeated name");
         assert_eq!(pairs.first("x-bin"), Some(&b"\xff"[..]));
         assert_eq!(pairs.first("x-none"), None);

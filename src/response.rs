@@ -125,7 +125,7 @@ pub struct LocalResponse {
 /// sized up front.
 pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>], violated: &[&str]) -> LocalResponse {
     let retry_ms = reported.iter().filter(|r| !r.decision.allowed).map(|r| r.decision.retry_after_ms).max().unwrap_or(0);
-    let retry_after = retry_after_secs(retry_ms);
+    let retry_after = ceil_secs(retry_ms).max(1);
     let mut headers = Vec::with_capacity(4 + spec.headers.len());
     headers.push((Cow::Borrowed("retry-after"), number(retry_after)));
     write_rate_limit_headers(mode, reported, &mut headers);
@@ -142,11 +142,6 @@ pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>],
     };
     headers.extend(spec.headers.iter().map(|(k, v)| (Cow::Owned(k.clone()), v.clone())));
     LocalResponse { status: spec.status, headers, body }
-}
-
-/// `Retry-After` of a denial whose longest retry-after is `retry_ms`: whole seconds, at least 1.
-pub fn retry_after_secs(retry_ms: u64) -> u64 {
-    ceil_secs(retry_ms).max(1)
 }
 
 /// The RFC 9457 problem document. Rule names are `[A-Za-z0-9_.-]` (the config compiler's

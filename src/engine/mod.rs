@@ -1,8 +1,7 @@
 //! The request path, around one compiled rule each ([`rule`]): which rules apply and why not
 //! ([`applies`]), local decisions in shared data ([`local`]) and the worker's memo of the
 //! denials among them ([`memo`]), remote decisions in Redis ([`remote`]), and the verdict
-//! ([`verdict`]). Pure: the host hands in the request view, the
-//! store and the time.
+//! ([`verdict`]). Pure: the host hands in the request view, the store and the time.
 
 mod applies;
 mod deny;
@@ -16,13 +15,14 @@ pub use applies::{path_only, Applied, Applies, Exemption, Mismatch, Missing};
 pub use remote::{Heard, Pending};
 pub use verdict::{RuleOutcome, Verdict};
 
+use std::sync::Arc;
+
 use applies::ReadPlan;
 use rule::CompiledRule;
 
 use crate::config::{ClientIpSpec, Config, HeaderMode, RedisSpec, ResponseSpec, Rule};
 use crate::identity::IdentityHasher;
 use crate::response::LocalResponse;
-use std::sync::Arc;
 
 /// A compiled config as requests read it: every rule with what it needs precomputed, and the
 /// settings around them. Built once in `on_configure`.

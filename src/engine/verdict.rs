@@ -49,7 +49,8 @@ pub enum Verdict {
     /// Forward the request (after `delay_ms`, for queued requests), adding `headers` to the
     /// response.
     Admit { headers: Vec<Field>, delay_ms: u64, outcomes: Vec<RuleOutcome> },
-    /// Answer with `response` (shared with earlier verdicts that showed the same; `Arc` keeps the limiter `Send` for tools).
+    /// Answer with `response` (shared with earlier verdicts that showed the same; `Arc` keeps
+    /// the limiter `Send` for tools).
     Deny { response: Arc<LocalResponse>, outcomes: Vec<RuleOutcome> },
 }
 
@@ -75,8 +76,8 @@ pub(crate) struct LastLimited(RefCell<Option<Last>>);
 
 #[derive(Debug, Clone)]
 struct Last {
+    /// What it showed (its `Retry-After` is the longest of the denied limits' seconds shown).
     shown: Vec<Shown>,
-    retry_s: u64,
     response: Arc<LocalResponse>,
 }
 
@@ -111,11 +112,8 @@ impl Limiter {
 
     /// The limited response for `outcomes`: the last one again when it showed the same.
     fn limited(&self, outcomes: &[RuleOutcome]) -> Arc<LocalResponse> {
-        let retry_ms = outcomes.iter().flat_map(|o| &o.decisions).filter(|d| !d.allowed).map(|d| d.retry_after_ms).max();
-        let retry_s = response::retry_after_secs(retry_ms.unwrap_or(0));
         if let Ok(last) = self.last_limited.0.try_borrow() {
-            if let Some(last) = last.as_ref().filter(|l| l.retry_s == retry_s && l.shown.iter().copied().eq(self.shown(outcomes)))
-            {
+            if let Some(last) = last.as_ref().filter(|l| l.shown.iter().copied().eq(self.shown(outcomes))) {
                 return Arc::clone(&last.response);
             }
         }
@@ -123,7 +121,7 @@ impl Limiter {
         let violated: Vec<&str> = self.violated(outcomes).map(|o| self.rules[o.rule].rule.name.as_str()).collect();
         let response = Arc::new(response::limited(&self.response, self.headers_mode, &reported, &violated));
         if let Ok(mut last) = self.last_limited.0.try_borrow_mut() {
-            *last = Some(Last { shown: self.shown(outcomes).collect(), retry_s, response: Arc::clone(&response) });
+            *last = Some(Last { shown: self.shown(outcomes).collect(), response: Arc::clone(&response) });
         }
         response
     }
