@@ -509,13 +509,15 @@ impl Backend {
             Lost::NoModule if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis no longer knows sluice's module command {}: finding out how calls run", module_command());
                 let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
-                return Ok(self.module_lost(&mut last, target, run_as));
+                self.note(&mut last, target, &[RunAs::Module, run_as]);
+                return Ok(run_as);
             }
             // The module is there, but not for this user: the library, without asking again.
             Lost::ModuleRefused if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis refuses sluice's module command {} to this user (NOPERM): calls run on the library", module_command());
                 let run_as = self.detect_library(LoadTrigger::NoScript, metrics).await?;
-                return Ok(self.module_lost(&mut last, target, run_as));
+                self.note(&mut last, target, &[RunAs::Module, run_as]);
+                return Ok(run_as);
             }
             // (A module call is never lost as `Missing`: Redis cannot lack a module's script.)
             Lost::NoModule | Lost::Missing(RunAs::Module) => return Err(no_module()),
@@ -527,8 +529,7 @@ impl Backend {
             }
             Lost::Missing(RunAs::EvalSha) if self.calls.undecided() => {
                 let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
-                let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                last.insert((target, run_as), generation);
+                self.note(&mut last, target, &[run_as]);
                 return Ok(run_as);
             }
             // Another call found functions meanwhile, and loaded the library everywhere.
@@ -560,8 +561,7 @@ impl Backend {
         let what = if run_as == RunAs::Fcall { "function library" } else { "script" };
         match loaded {
             Ok(()) => {
-                let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                last.insert((target, run_as), generation);
+                self.note(&mut last, target, &[run_as]);
                 Ok(run_as)
             }
             Err(Failure::Transport(text)) => Err(Failure::Transport(text)),
@@ -572,13 +572,14 @@ impl Backend {
         }
     }
 
-    /// Notes that calls on `target` lost the module and now run as `run_as`, so that calls sent
-    /// before this take that answer instead of finding out again.
-    fn module_lost(&self, last: &mut HashMap<(Target, RunAs), u64>, target: Target, run_as: RunAs) -> RunAs {
+    /// Notes what calls on `target` found out (`found`: how they run now, and what they lost),
+    /// under one new generation, so that calls sent before this take that answer instead of
+    /// finding out again.
+    fn note(&self, last: &mut HashMap<(Target, RunAs), u64>, target: Target, found: &[RunAs]) {
         let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        last.insert((target, RunAs::Module), generation);
-        last.insert((target, run_as), generation);
-        run_as
+        for &run_as in found {
+            last.insert((target, run_as), generation);
+        }
     }
 
     /// One batch, one round trip: Redis runs the calls in order on one connection and answers
