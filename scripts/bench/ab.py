@@ -90,7 +90,7 @@ def distributed_ab(args, envoy_cpus, load_cpus):
         (_, env_a, gw_a), (_, env_b, gw_b) = started
         envoys = {"A": env_a["A"], "R2-A": env_a["R2"], "R2-B": env_b["R2"]}
         gateways = {"R2-A": gw_a["R2"], "R2-B": gw_b["R2"]}
-        rows = distributed.full_load(envoys, stack, gateways, args.reps, args.seconds, args.connections, load_cpus,
+        rows = distributed.full_load(envoys, [u for u, _, _ in started], stack, gateways, args.reps, args.seconds, args.connections, load_cpus,
                                      args.max_others)
     finally:
         for upstream, envoys, _ in started:

@@ -3,6 +3,7 @@ import hashlib
 import os
 import platform
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -57,13 +58,20 @@ def _busy_jiffies():
 
 
 def _proc_jiffies(pid):
+    """A live process's CPU time, or None once it is gone (reaped)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             rest = f.read().rsplit(")", 1)[1].split()
         # utime, stime, cutime, cstime (fields 14-17; here offset by the two leading fields).
         return sum(int(x) for x in rest[11:15])
     except (OSError, IndexError, ValueError):
-        return 0
+        return None
+
+
+def _reaped_cpu_s():
+    """CPU seconds of this process's children that have ended and been waited for."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 class CpuWatch:
@@ -75,16 +83,23 @@ class CpuWatch:
         self.pids = list(pids)
         self.t0 = time.monotonic()
         self.busy0 = _busy_jiffies()
-        self.ours0 = {p: _proc_jiffies(p) for p in self.pids}
+        self.ours0 = {p: _proc_jiffies(p) or 0 for p in self.pids}
+        # The load generator has ended and been reaped by the time of `stop`: its CPU is only
+        # in this process's children's account (without it, it counted as other people's work).
+        self.reaped0 = _reaped_cpu_s()
 
     def add(self, pid):
         self.pids.append(pid)
-        self.ours0[pid] = _proc_jiffies(pid)
+        self.ours0[pid] = _proc_jiffies(pid) or 0
 
     def stop(self):
         elapsed = max(time.monotonic() - self.t0, 1e-6)
         busy = (_busy_jiffies() - self.busy0) / CLK_TCK
-        per_pid = {p: max(_proc_jiffies(p) - j, 0) / CLK_TCK for p, j in self.ours0.items()}
+        now = {p: _proc_jiffies(p) for p in self.pids}
+        gone = [p for p, j in now.items() if j is None]
+        reaped = max(_reaped_cpu_s() - self.reaped0, 0.0)
+        per_pid = {p: reaped / len(gone) if now[p] is None else max(now[p] - j, 0) / CLK_TCK
+                   for p, j in self.ours0.items()}
         ours = sum(per_pid.values())
         return {"others_cores": round(max(busy - ours, 0.0) / elapsed, 3),
                 "ours_cores": round(ours / elapsed, 3),

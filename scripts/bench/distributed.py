@@ -152,14 +152,23 @@ def _row(runs, reps):
     return row
 
 
-def full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, max_others):
+def _helpers(k, stack, gateways):
+    """The processes a configuration's requests run through besides the Envoy under test: its
+    gateway, then Redis (the default gateway, then Redis, where none is called)."""
+    if k in gateways:
+        return [gateways[k][1], stack.pids[0]]
+    return [stack.pids[1], stack.pids[0]] if stack else []
+
+
+def full_load(envoys, upstreams, stack, gateways, reps, seconds, connections, load_cpus, max_others):
     for k, e in envoys.items():  # warm-up: V8 tiers up, pools fill, the gateway connects
         loadgen.wrk(e.url(), 2, connections, cpus=load_cpus, watch=[e.pid])
     results = {k: [] for k in envoys}
     for rep in range(reps):
         for k, e in envoys.items():
-            # The gateway this configuration calls, then Redis.
-            extra = [gateways[k][1], stack.pids[0]] if k in gateways else ([stack.pids[1], stack.pids[0]] if stack else [])
+            # The gateway this configuration calls, then Redis, then the upstreams: watched so that
+            # none of them counts as other people's work (only the first three are in CPU/request).
+            extra = _helpers(k, stack, gateways) + [u.pid for u in upstreams]
 
             def run():
                 # Read before each attempt: a disturbed run is repeated, and only the last counts.
@@ -199,16 +208,16 @@ def full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, ma
     return {k: _row(runs, reps) for k, runs in results.items()}
 
 
-def open_loop(envoys, rate, reps, seconds, load_cpus, max_others):
+def open_loop(envoys, upstream, stack, gateways, rate, reps, seconds, load_cpus, max_others):
     keys = [k for k in ("A", LOCAL_BASE, "R1", "R2", "RE", "RM") if k in envoys]
     results = {k: [] for k in keys}
     for k in keys:
         loadgen.oha(envoys[k].url(), rate, 2, OPEN_LOOP_CONNECTIONS, cpus=load_cpus, watch=[envoys[k].pid])
     for rep in range(reps):
         for k in keys:
-            e = envoys[k]
+            e, ours = envoys[k], [envoys[k].pid] + _helpers(k, stack, gateways) + [upstream.pid]
             runs = throughput.measure(lambda: loadgen.oha(e.url(), rate, seconds, OPEN_LOOP_CONNECTIONS, cpus=load_cpus,
-                                                          watch=[e.pid]),
+                                                          watch=ours),
                                       max_others, f"distributed open loop ({k}) rep {rep + 1}")
             for r in runs:
                 r["rep"] = rep + 1
@@ -237,7 +246,7 @@ def run(wasm, work, stack, reps, seconds, connections, envoy_cpus, load_cpus, ma
     keys = [k for k in CONFIGS if not only or k in only]
     upstream, envoys, skipped, gateways = start(wasm, work, envoy_cpus, load_cpus, stack, keys)
     try:
-        rows = full_load(envoys, stack, gateways, reps, seconds, connections, load_cpus, max_others)
+        rows = full_load(envoys, [upstream], stack, gateways, reps, seconds, connections, load_cpus, max_others)
         for k in ("R1", "R2", "RE", "RU", "RM", "ON"):
             decisions = rows.get(k, {}).get("decisions_per_request")
             if decisions is not None and decisions < 0.9:
@@ -249,7 +258,7 @@ def run(wasm, work, stack, reps, seconds, connections, envoy_cpus, load_cpus, ma
         if base and loadgen.oha_available():
             rate = int(base * 0.3)
             out["open_loop"] = {"rate": rate, "seconds": 5 if quick else 10,
-                                "rows": open_loop(envoys, rate, reps, 5 if quick else 10, load_cpus, max_others)}
+                                "rows": open_loop(envoys, upstream, stack, gateways, rate, reps, 5 if quick else 10, load_cpus, max_others)}
         return out
     finally:
         for e in envoys.values():
