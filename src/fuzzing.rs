@@ -6,8 +6,8 @@
 
 use crate::breaker::{Breaker, BreakerSpec, Permit, Phase};
 use crate::rate::Rate;
-use crate::store::{MemStore, SharedStore, Table};
-use crate::strategy::{decide, Outcome, Strategy};
+use crate::store::{MemStore, Outcomes, SharedStore, Table};
+use crate::strategy::{decide, Strategy};
 
 /// The latest clock the store target uses, in epoch µs (about the year 4250). Strategies take
 /// the proxy's wall clock; a fuzzer-made expiry past this is judged at a plain `now` instead.
@@ -135,7 +135,7 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     // What the requester's decision reads: nothing of a slot another identity owns.
     let ours: Vec<&EntryRef> = if requester == identity { held.clone() } else { Vec::new() };
     let (strategy, rate, cost) = (strategy(control >> 1), RATES[usize::from((control >> 4) & 3)], u64::from(control >> 6));
-    let mut decided: Vec<(u32, Vec<Outcome>)> = Vec::new();
+    let mut decided: Vec<(u32, Outcomes)> = Vec::new();
     let updated = table
         .update_entries(&store, requester, now_us, |h| {
             decided = ids
@@ -161,7 +161,7 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
         let states = outcomes
             .iter()
             .enumerate()
-            .map(|(i, o)| o.state.clone().unwrap_or_else(|| current.get(i).cloned().unwrap_or_default()))
+            .map(|(i, o)| o.state.as_ref().map(|s| s.to_vec()).unwrap_or_else(|| current.get(i).cloned().unwrap_or_default()))
             .collect();
         let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
         EntryRef { fingerprint: *id, expires_us: now_us.saturating_add(ttl), states }

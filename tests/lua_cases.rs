@@ -264,7 +264,7 @@ fn case_table_through_lua() {
                         continue 'offsets;
                     }
                     if let Some(s) = native.state {
-                        native_state = s;
+                        native_state = s.into_vec();
                     }
                 }
             }
@@ -360,7 +360,7 @@ fn random_sequences_match_native() {
                         "{strategy:?} {rate:?} key {key} step {i}: now_us {now_us} cost {cost} (lua, native)"
                     );
                     if let Some(s) = native.state {
-                        state = s;
+                        state = s.into_vec();
                     }
                     // The text Redis holds and the native state are one state in two forms.
                     let text = get(&mut conn, &key);

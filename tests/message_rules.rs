@@ -233,7 +233,7 @@ proptest! {
         for (dt, cost) in steps {
             now += dt * 1000;
             let o = decide(&s, &rate, &state, now, cost);
-            if let Some(next) = o.state { state = next; }
+            if let Some(next) = o.state { state = next.into_vec(); }
             prop_assert!(!decide(&s, &rate, &state, now, top + over).decision.allowed);
             prop_assert!(!decide(&s, &rate, &state, now, top + 1).decision.allowed);
         }

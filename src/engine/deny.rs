@@ -14,7 +14,7 @@
 
 use super::{Applied, CompiledRule, RuleOutcome};
 use crate::store::{SharedStore, Table};
-use crate::strategy::{Decision, Outcome};
+use crate::strategy::{Decision, Outcome, State};
 
 /// What Redis said when it denied: when, until when, at which cost, and each limit's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl CompiledRule {
         let denial = Denial { at_us: sent_us, until_us, cost: o.cost, decisions: o.decisions.clone() };
         let ttl_us = until_us - now_us;
         let record = |_: &[&[u8]]| {
-            let outcome = Outcome { decision: Decision::default(), state: Some(denial.encode()), ttl_us };
+            let outcome = Outcome { decision: Decision::default(), state: Some(State::from_vec(denial.encode())), ttl_us };
             (vec![outcome], true)
         };
         let _ = self.deny_table().update(store, o.identity.hash, now_us, record);

@@ -73,7 +73,7 @@ fn parse(text: &[u8]) -> Option<Vec<u8>> {
         }
         Shape::Many => words.iter().map(|w| decimal(w.as_bytes())).collect::<Option<Vec<u64>>>()?,
     };
-    Some(codec::encode_vec(tag, &fields))
+    Some(codec::encode_vec(tag, &fields).into_vec())
 }
 
 /// Decimal digits only, below 2^53: a number of a state, or of a script call's arguments
@@ -177,7 +177,7 @@ mod tests {
             assert!(!state.is_empty(), "{text}");
             assert_eq!(to_text(&state).as_deref(), Some(text));
         }
-        assert_eq!(from_text(b"tbd 5 -4"), codec::encode_vec(TOKEN_BUCKET_DEBT, &[5, (-4i64) as u64]));
+        assert_eq!(from_text(b"tbd 5 -4"), codec::encode_vec(TOKEN_BUCKET_DEBT, &[5, (-4i64) as u64]).into_vec());
         // `-0` reads as 0, as the scripts' tonumber has it.
         assert_eq!(from_text(b"fw -0 3"), from_text(b"fw 0 3"));
         assert_eq!(from_text(b"fw 007 3"), from_text(b"fw 7 3"));

@@ -433,7 +433,7 @@ mod tests {
         move |states: &[&[u8]]| {
             let n = states.first().and_then(|s| <[u8; 8]>::try_from(*s).ok()).map(u64::from_le_bytes).unwrap_or(0);
             let allowed = n < limit;
-            let state = allowed.then(|| (n + 1).to_le_bytes().to_vec());
+            let state = allowed.then(|| (n + 1).to_le_bytes().into_iter().collect());
             let decision = Decision { allowed, limit, remaining: limit - n.min(limit), ..Default::default() };
             (vec![Outcome { decision, state, ttl_us: 1_000_000 }], allowed)
         }

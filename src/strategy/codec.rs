@@ -11,9 +11,13 @@ pub(crate) const LEAKY_BUCKET: u8 = 6;
 pub(crate) const LEAKY_BUCKET_QUEUE: u8 = 7;
 pub(crate) const GCRA: u8 = 8;
 
+/// An encoded state. The fixed-size ones (a tag and at most three fields) live inline, so
+/// deciding a rule allocates nothing; a sliding log's longer state spills to the heap.
+pub type State = smallvec::SmallVec<[u8; 1 + 8 * 3]>;
+
 /// Encodes `tag` followed by `fields`.
-pub(crate) fn encode<const N: usize>(tag: u8, fields: [u64; N]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 8 * N);
+pub(crate) fn encode<const N: usize>(tag: u8, fields: [u64; N]) -> State {
+    let mut out = State::with_capacity(1 + 8 * N);
     out.push(tag);
     for f in fields {
         out.extend_from_slice(&f.to_le_bytes());
@@ -54,8 +58,8 @@ pub(crate) fn decode_vec(tag: u8, bytes: &[u8]) -> Option<Vec<u64>> {
 }
 
 /// Encodes `tag` followed by a variable number of fields.
-pub(crate) fn encode_vec(tag: u8, fields: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 8 * fields.len());
+pub(crate) fn encode_vec(tag: u8, fields: &[u64]) -> State {
+    let mut out = State::with_capacity(1 + 8 * fields.len());
     out.push(tag);
     for f in fields {
         out.extend_from_slice(&f.to_le_bytes());

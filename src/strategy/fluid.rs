@@ -91,7 +91,7 @@ impl Fluid {
 
 /// Turns a [`Step`] into an [`Outcome`](super::Outcome), encoding the new level with `encode`
 /// when it must be stored. The state lives until the level has drained: `ttl = reset`.
-pub(crate) fn outcome(rate: &crate::rate::Rate, s: Step, encode: impl FnOnce(u128) -> Vec<u8>) -> super::Outcome {
+pub(crate) fn outcome(rate: &crate::rate::Rate, s: Step, encode: impl FnOnce(u128) -> super::State) -> super::Outcome {
     if s.allowed {
         let state = if s.write { Some(encode(s.level)) } else { None };
         super::admit(rate, s.remaining, s.reset_ms, s.delay_ms, state, s.reset_ms)

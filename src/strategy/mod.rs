@@ -63,6 +63,7 @@ pub mod token_bucket_debt;
 mod tests;
 
 pub use catalogue::{Entry, Param, Strategy, CATALOGUE, NAMES};
+pub use codec::State;
 
 /// The answer for one rule and one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,7 +86,7 @@ pub struct Decision {
 pub struct Outcome {
     pub decision: Decision,
     /// The state to write back; `None` when the state is unchanged (e.g. a plain denial).
-    pub state: Option<Vec<u8>>,
+    pub state: Option<State>,
     /// Microseconds from `now` after which the stored state (the new one, or the unchanged one
     /// when `state` is `None`) is equivalent to "never seen" (so its slot may be reused).
     /// Always > 0 when `state` is `Some`; 0 when the state is already equivalent to fresh.
@@ -128,7 +129,7 @@ fn capacity(rate: &Rate, burst: Option<u64>) -> u64 {
 }
 
 /// An admission: `state` is what to store (`None` for a peek), `ttl_ms` its lifetime.
-fn admit(rate: &Rate, remaining: u64, reset_ms: u64, delay_ms: u64, state: Option<Vec<u8>>, ttl_ms: u64) -> Outcome {
+fn admit(rate: &Rate, remaining: u64, reset_ms: u64, delay_ms: u64, state: Option<State>, ttl_ms: u64) -> Outcome {
     Outcome {
         decision: Decision { allowed: true, limit: rate.limit, remaining, reset_ms, retry_after_ms: 0, delay_ms },
         state,

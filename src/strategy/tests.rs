@@ -41,7 +41,7 @@ fn case_table() {
                     break;
                 }
                 if let Some(s) = out.state {
-                    state = s;
+                    state = s.into_vec();
                 }
             }
         }
@@ -126,7 +126,7 @@ fn state_sizes() {
     let mut state = Vec::new();
     for i in 0..5u64 {
         let out = decide(&s, &rate, &state, now + i * 1000, 1);
-        state = out.state.expect("admitted");
+        state = out.state.expect("admitted").into_vec();
         assert_eq!(state.len(), 1 + 16 * (i as usize + 1).min(3));
     }
 }
@@ -240,7 +240,7 @@ fn run(s: &St, rate: &Rate, steps: &[(i64, u64, u32)]) -> Vec<Event> {
         }
         events.push(Event { t_ms: t, eff_ms: eff.max(t), cost, out: out.clone(), state_before: state.clone(), now_us });
         if let Some(new) = out.state {
-            state = new;
+            state = new.into_vec();
         }
     }
     events
@@ -382,7 +382,7 @@ proptest! {
         let cap = capacity_of(&s, &rate);
         let events = run(&s, &rate, &steps);
         if let Some(last) = events.last() {
-            let state = last.out.state.clone().unwrap_or_else(|| last.state_before.clone());
+            let state = last.out.state.clone().map(|s| s.into_vec()).unwrap_or_else(|| last.state_before.clone());
             let at = last.now_us + last.out.ttl_us;
             let cost = cap * cost_pct / 100;
             prop_assert_eq!(decide(&s, &rate, &state, at, cost).decision, decide(&s, &rate, &[], at, cost).decision);
