@@ -2,18 +2,24 @@
 second Envoy answering direct_response); a Redis rule goes through sluice-gateway to one
 redis-server. Reported per configuration: req/s and latency at full load (wrk, closed loop), CPU
 per request of the whole system (Envoy under test + gateway + Redis) and its split, Redis calls
-per request, and the latency added over the local path at 30% of the routed baseline's rate (oha,
-open loop).
+per request, and the latency added over the local path at 30% of the routed baseline's rate and
+at rest (oha, open loop), with each hop of a Redis decision timed alone at rest (the floor under
+that added latency).
 
 Placement: the Envoy under test has one core; wrk, the upstream Envoy, the gateway and Redis
 share the other. req/s is therefore what this machine gives, not a limit of the proxy; CPU per
 request is what to compare. Runs are interleaved round-robin, so a noisy neighbour hurts every
 configuration alike."""
+import json
+import os
+import socket
 import subprocess
+import time
 import urllib.request
 
 from common import LOOPBACK, log, median
 from envoyctl import Envoy, bootstrap, gateway_cluster, routed, wasm_filter
+import gateway
 import loadgen
 import redisenv
 import throughput
@@ -53,6 +59,11 @@ LOCAL_BASE, LOCAL_429 = "L", "LD"
 # a few thousand req/s and no more, so a slow moment queued requests behind the load
 # generator's own connections and reported that wait as the proxy's.
 OPEN_LOOP_CONNECTIONS = 64
+# At rest: a rate low enough that requests seldom meet, so the latency added over (L) is the
+# round trip itself, not queueing on this machine's two shared cores.
+REST_RATE = 200
+# Sequential round trips per hop measured at rest (one connection, one request at a time).
+ROUND_TRIPS = 2000
 
 
 def _plugin(kind):
@@ -238,6 +249,70 @@ def open_loop(envoys, upstream, stack, gateways, rate, reps, seconds, load_cpus,
     return rows
 
 
+def _sequential(port, request, n):
+    """Round-trip times (s) of `n` sequential `request`s on one loopback connection, each read
+    until its reply's first bytes, and the last reply."""
+    times, reply = [], b""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(n):
+            t = time.perf_counter()
+            s.sendall(request)
+            reply = s.recv(65536)
+            times.append(time.perf_counter() - t)
+    return times, reply
+
+
+def _resp(*args):
+    """A Redis command in RESP."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a.encode()) for a in args)
+
+
+def round_trips(stack, gateways, n, client_cpus=None):
+    """The hops of a Redis rule's decision, each alone and at rest: a client's PING to Redis,
+    sluice's decision in Redis (its module's command when loaded, else FCALL), and one call
+    POSTed to the gateway (to Redis and back), as the filter sends it. The client runs on
+    `client_cpus` (the Envoy under test's core, so each hop crosses cores as Envoy's does), in
+    four interleaved rounds. p50 and p99 in µs."""
+    h = gateway.health(stack.port)
+    args = ("1", "bench:{rest:0000000000000001}:0.00000000", "fixed_window", "1000000000000", "60000", "1", "0", "0")
+    call = json.dumps([["EVALSHA", h["script"], *args]]).encode()
+    post = (b"POST /pipeline HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+            + redisenv.TOKEN.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(call) + call)
+    hops = [("Redis PING", stack.redis_port, _resp("PING"), b"+PONG"),
+            ("Redis, sluice's decision (FCALL)", stack.redis_port, _resp("FCALL", h["function"], *args), b"*2")
+            if h.get("function") else
+            ("Redis, sluice's decision (EVALSHA)", stack.redis_port, _resp("EVALSHA", h["script"], *args), b"*2")]
+    if stack.module and h.get("module_command"):
+        hops.append(("Redis, sluice's decision (module command)", stack.redis_port, _resp(h["module_command"], *args),
+                     b"*2"))
+    hops.append((f"gateway, one call POSTed ({h.get('calls', '?')})", stack.port, post, b"HTTP/1.1 200"))
+    for k, (port, _) in gateways.items():
+        if config_of(k)[3] == "module":
+            hops.append(("gateway, one call POSTed (module)", port, post, b"HTTP/1.1 200"))
+            break
+    # A client on the server's own core is woken without crossing cores: faster than any proxy.
+    before = os.sched_getaffinity(0)
+    times = {name: [] for name, _, _, _ in hops}
+    try:
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)
+        for _ in range(4):
+            for name, port, request, ok in hops:
+                t, reply = _sequential(port, request, max(n // 4, 1))
+                if not reply.startswith(ok):
+                    raise RuntimeError(f"round trip to {name}: unexpected reply {reply[:120]!r}")
+                times[name] += t
+    finally:
+        os.sched_setaffinity(0, before)
+    rows = {}
+    for name, t in times.items():
+        t.sort()
+        rows[name] = {"p50_us": t[len(t) // 2] * 1e6, "p99_us": t[int(len(t) * 0.99)] * 1e6}
+        log(f"distributed at rest: {name}: p50 {rows[name]['p50_us']:.0f} µs p99 {rows[name]['p99_us']:.0f} µs")
+    return {"n": n, "client_cpus": list(client_cpus or []), "rows": rows}
+
+
 def run(wasm, work, stack, reps, seconds, connections, envoy_cpus, load_cpus, max_others, quick, only=()):
     """Runs every configuration, or those in `only` (keys of CONFIGS)."""
     unknown = [k for k in only if k not in CONFIGS]
@@ -259,6 +334,10 @@ def run(wasm, work, stack, reps, seconds, connections, envoy_cpus, load_cpus, ma
             rate = int(base * 0.3)
             out["open_loop"] = {"rate": rate, "seconds": 5 if quick else 10,
                                 "rows": open_loop(envoys, upstream, stack, gateways, rate, reps, 5 if quick else 10, load_cpus, max_others)}
+            out["at_rest"] = {"rate": REST_RATE, "seconds": 5,
+                              "rows": open_loop(envoys, upstream, stack, gateways, REST_RATE, reps, 5, load_cpus, max_others)}
+        if stack is not None:
+            out["round_trips"] = round_trips(stack, gateways, ROUND_TRIPS // 4 if quick else ROUND_TRIPS, envoy_cpus)
         return out
     finally:
         for e in envoys.values():
@@ -332,9 +411,11 @@ def markdown(dist):
                      f"{num(r.get('redis_us_per_decision'), '{:.1f}')} | "
                      f"{num(r.get('redis_exec_us_per_decision'), '{:.1f}')} | "
                      f"{num(r.get('total_us_spread'), '{:.0%}')} |")
-    ol = dist.get("open_loop")
-    if ol:
-        lines += ["", f"Open loop at {ol['rate']} req/s (30% of (A)'s closed-loop rate), oha, {ol['seconds']} s, "
+    for key, title in (("open_loop", "30% of (A)'s closed-loop rate"), ("at_rest", "at rest")):
+        ol = dist.get(key)
+        if not ol:
+            continue
+        lines += ["", f"Open loop at {ol['rate']} req/s ({title}), oha, {ol['seconds']} s, "
                       "latency from each request's scheduled time:", "",
                   "| config | achieved req/s | p50 µs | p99 µs | added p50 over (L) µs | added p99 over (L) µs |",
                   "|---|---|---|---|---|---|"]
@@ -342,4 +423,11 @@ def markdown(dist):
             lines.append(f"| ({k}) | {r['rps']:.0f} | {r['p50_ms'] * 1e3:.0f} | {r['p99_ms'] * 1e3:.0f} | "
                          f"{(r['added_p50_ms'] * 1e3) if 'added_p50_ms' in r else 0:.0f} | "
                          f"{(r['added_p99_ms'] * 1e3) if 'added_p99_ms' in r else 0:.0f} |")
+    rt = dist.get("round_trips")
+    if rt:
+        lines += ["", f"Each hop of a Redis decision alone, at rest: {rt['n']} sequential round trips on one loopback "
+                      f"connection, the client on cpu {rt.get('client_cpus') or 'any'} (the Envoy under test's), "
+                      "Redis and the gateway where they ran above (the floor under the added latency above):", "",
+                  "| hop | p50 µs | p99 µs |", "|---|---|---|"]
+        lines += [f"| {name} | {r['p50_us']:.0f} | {r['p99_us']:.0f} |" for name, r in rt["rows"].items()]
     return lines

@@ -81,7 +81,7 @@ def routed(boot, upstream_port):
     return boot
 
 
-def bootstrap(filters, access_log=None, clusters=()):
+def bootstrap(filters, access_log=None, clusters=(), access_format=ACCESS_FORMAT):
     boot = demo_bootstrap()
     hcm = _hcm(boot)
     router = hcm["http_filters"][-1]
@@ -92,7 +92,7 @@ def bootstrap(filters, access_log=None, clusters=()):
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                 "path": access_log,
-                "log_format": {"text_format_source": {"inline_string": ACCESS_FORMAT}},
+                "log_format": {"text_format_source": {"inline_string": access_format}},
             },
         }]
     if clusters:
