@@ -6,7 +6,9 @@ access log splits each request: from its first byte to the upstream request's st
 the filter holds it: the local decision, or the whole Redis round trip), the upstream's part,
 and the total; the client's own round trip is timed too. Then each hop of the Redis path alone,
 from Envoy's core (distributed.round_trips): the part of the hold that is the gateway and Redis,
-the rest being Envoy's callout and the filter.
+the rest being Envoy's callout and the filter. (P) is Envoy's callout without sluice: the probe
+filter (scripts/bench/noop-filter) making one callout per request to the upstream Envoy, which
+answers at once; its hold is the floor of any filter that asks another process.
 
     python3 scripts/bench/at_rest.py [--requests 3000] [--wasm target/wasm32-wasip1/release/sluice.wasm]
 
@@ -22,8 +24,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import target_dir  # noqa: E402
+import ab  # noqa: E402
 import distributed  # noqa: E402
 from envoyctl import Envoy, bootstrap, gateway_cluster, routed, wasm_filter  # noqa: E402
+import hostcalls  # noqa: E402
 import redisenv  # noqa: E402
 
 # Per request, µs: first byte in → upstream request starts, upstream request starts → its
@@ -55,6 +59,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=3000, help="per configuration, in three interleaved rounds")
     ap.add_argument("--wasm", default=os.path.join(target_dir(), "wasm32-wasip1", "release", "sluice.wasm"))
+    ap.add_argument("--noop", default=ab.NOOP, help="the probe filter (scripts/bench/noop-filter), for (P)")
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     envoy_cpus, load_cpus = ([cpus[0]], [cpus[1]]) if len(cpus) >= 2 else (None, None)
@@ -66,15 +71,22 @@ def main():
         configs = [("L", None, None), ("R1", distributed.H1, None), ("R2", distributed.H2, None)]
         if stack.module:
             configs.append(("RM", distributed.H2, "module"))
+        if os.path.exists(args.noop):
+            configs.append(("P", None, None))
         for k, transport, gw in configs:
-            plugin, clusters = distributed.CONFIGS[k][1], []
+            plugin, clusters = (distributed.CONFIGS[k][1] if k in distributed.CONFIGS else None), []
+            wasm = args.wasm
+            if k == "P":
+                # The probe filter's one callout per request to the upstream, no sluice at all.
+                wasm, plugin = args.noop, {"callout": 1}
+                clusters = [gateway_cluster(hostcalls.PROBE_UPSTREAM, upstream.port, h2=True)]
             if transport:
                 port = stack.add_gateway(gw, distributed.GATEWAYS[gw]) if gw else stack.port
                 gateways[k] = (port, None)
                 plugin = distributed._plugin(plugin)
                 clusters = [gateway_cluster(redisenv.CLUSTER, port, h2=transport == distributed.H2)]
             log = os.path.join(work, f"{k}.log")
-            boot = bootstrap([wasm_filter(os.path.abspath(args.wasm), plugin)], access_log=log, clusters=clusters,
+            boot = bootstrap([wasm_filter(os.path.abspath(wasm), plugin)], access_log=log, clusters=clusters,
                              access_format=SPLIT)
             envoys[k] = (Envoy(f"rest-{k}", routed(boot, upstream.port), work, concurrency=1, cpus=envoy_cpus), log)
         before = os.sched_getaffinity(0)
@@ -93,6 +105,14 @@ def main():
         finally:
             os.sched_setaffinity(0, before)
         hops = distributed.round_trips(stack, gateways, 2000, envoy_cpus)
+        try:
+            if envoy_cpus:
+                os.sched_setaffinity(0, envoy_cpus)
+            up, _ = distributed._sequential(upstream.port, REQUEST, 2000)
+        finally:
+            os.sched_setaffinity(0, before)
+        hops["rows"]["upstream Envoy, one GET (what (P) calls out to)"] = {"p50_us": pct(up, 0.5) * 1e6,
+                                                                         "p99_us": pct(up, 0.99) * 1e6}
         print(f"{'config':6} {'client p50':>10} {'p90':>6} | {'hold p50':>8} {'p90':>6} {'added':>6} | "
               f"{'upstream p50':>12} | {'in Envoy p50':>12}   (µs; hold: first byte in → upstream request)")
         base = None
