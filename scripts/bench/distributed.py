@@ -32,8 +32,9 @@ H1, H2 = "h1", "h2"
 SHIPPED = H2
 LABEL = {H1: "HTTP/1.1", H2: "h2c"}
 # Which gateway a configuration calls: None is the stack's default one (its default flags: on
-# Redis 7 calls run as FCALL); others are started on the same Redis with these flags.
-GATEWAYS = {"evalsha": ["--redis-calls", "evalsha"], "unbatched": ["--batch-calls", "false"],
+# Redis 7 calls run as FCALL); others are started on the same Redis with these flags, each
+# naming how its calls run (`auto`, the gateway's default, picks the module wherever it is loaded).
+GATEWAYS = {"evalsha": ["--redis-calls", "evalsha"], "unbatched": ["--batch-calls", "false", "--redis-calls", "fcall"],
             "module": ["--redis-calls", "module"]}
 
 # key -> (description, plugin config or None for no filter, transport to the gateway or None,
