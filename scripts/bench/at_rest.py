@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import target_dir  # noqa: E402
+from common import pinned, target_dir  # noqa: E402
 import ab  # noqa: E402
 import distributed  # noqa: E402
 from envoyctl import Envoy, bootstrap, gateway_cluster, routed, wasm_filter  # noqa: E402
@@ -35,6 +35,9 @@ import redisenv  # noqa: E402
 SPLIT = ("%COMMON_DURATION(DS_RX_BEG:US_TX_BEG:us)% %COMMON_DURATION(US_TX_BEG:US_RX_END:us)% "
          "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)% %RESPONSE_CODE%\n")
 ROUNDS = 3
+# Requests per configuration before the measured ones: pools connect, the gateway loads its
+# scripts. Envoy logs them too; they are skipped.
+WARM_UP = 100
 REQUEST = b"GET /bench/x HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
@@ -89,35 +92,23 @@ def main():
             boot = bootstrap([wasm_filter(os.path.abspath(wasm), plugin)], access_log=log, clusters=clusters,
                              access_format=SPLIT)
             envoys[k] = (Envoy(f"rest-{k}", routed(boot, upstream.port), work, concurrency=1, cpus=envoy_cpus), log)
-        before = os.sched_getaffinity(0)
         client = {k: [] for k in envoys}
-        try:
-            if load_cpus:
-                os.sched_setaffinity(0, load_cpus)
-            for k, (e, _) in envoys.items():  # warm-up: pools connect, the gateway loads its scripts
-                distributed._sequential(e.port, REQUEST, 100)
+        with pinned(load_cpus):
+            for k, (e, _) in envoys.items():
+                distributed.sequential(e.port, REQUEST, WARM_UP)
             for _ in range(ROUNDS):
                 for k, (e, _) in envoys.items():
-                    times, reply = distributed._sequential(e.port, REQUEST, max(args.requests // ROUNDS, 1))
+                    times, reply = distributed.sequential(e.port, REQUEST, max(args.requests // ROUNDS, 1))
                     if not reply.startswith(b"HTTP/1.1 200"):
                         raise RuntimeError(f"({k}): {reply[:120]!r}")
                     client[k] += times
-        finally:
-            os.sched_setaffinity(0, before)
-        hops = distributed.round_trips(stack, gateways, 2000, envoy_cpus)
-        try:
-            if envoy_cpus:
-                os.sched_setaffinity(0, envoy_cpus)
-            up, _ = distributed._sequential(upstream.port, REQUEST, 2000)
-        finally:
-            os.sched_setaffinity(0, before)
-        hops["rows"]["upstream Envoy, one GET (what (P) calls out to)"] = {"p50_us": pct(up, 0.5) * 1e6,
-                                                                         "p99_us": pct(up, 0.99) * 1e6}
+        upstream_get = ("upstream Envoy, one GET (what (P) calls out to)", upstream.port, REQUEST, b"HTTP/1.1 200")
+        hops = distributed.round_trips(stack, gateways, 2000, envoy_cpus, more=[upstream_get])
         print(f"{'config':6} {'client p50':>10} {'p90':>6} | {'hold p50':>8} {'p90':>6} {'added':>6} | "
               f"{'upstream p50':>12} | {'in Envoy p50':>12}   (µs; hold: first byte in → upstream request)")
         base = None
         for k, (e, log) in envoys.items():
-            split = access_log(log, 100 + len(client[k]))[100:]
+            split = access_log(log, WARM_UP + len(client[k]))[WARM_UP:]
             hold = [s[0] for s in split]
             base = pct(hold, 0.5) if base is None else base
             print(f"({k}){'':<{4 - len(k)}} {pct(client[k], 0.5) * 1e6:10.0f} {pct(client[k], 0.9) * 1e6:6.0f} | "

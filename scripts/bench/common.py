@@ -1,4 +1,5 @@
 """Shared helpers of the benchmark: paths, ports, processes, CPU accounting, machine facts."""
+import contextlib
 import hashlib
 import os
 import platform
@@ -43,6 +44,19 @@ def target_dir():
 def pin(cpus):
     """A taskset prefix, or nothing when no cpus are given."""
     return ["taskset", "-c", ",".join(str(c) for c in cpus)] if cpus else []
+
+
+@contextlib.contextmanager
+def pinned(cpus):
+    """This process on `cpus` for the block (as `pin` places the ones it starts), then back
+    where it was; nothing when no cpus are given."""
+    before = os.sched_getaffinity(0)
+    try:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def loadavg():

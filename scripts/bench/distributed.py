@@ -11,13 +11,12 @@ share the other. req/s is therefore what this machine gives, not a limit of the 
 request is what to compare. Runs are interleaved round-robin, so a noisy neighbour hurts every
 configuration alike."""
 import json
-import os
 import socket
 import subprocess
 import time
 import urllib.request
 
-from common import LOOPBACK, log, median
+from common import LOOPBACK, log, median, pinned
 from envoyctl import Envoy, bootstrap, gateway_cluster, routed, wasm_filter
 import gateway
 import loadgen
@@ -250,7 +249,7 @@ def open_loop(envoys, upstream, stack, gateways, rate, reps, seconds, load_cpus,
     return rows
 
 
-def _sequential(port, request, n):
+def sequential(port, request, n):
     """Round-trip times (s) of `n` sequential `request`s on one loopback connection, each read
     until its reply's first bytes, and the last reply."""
     times, reply = [], b""
@@ -269,12 +268,13 @@ def _resp(*args):
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a.encode()) for a in args)
 
 
-def round_trips(stack, gateways, n, client_cpus=None):
+def round_trips(stack, gateways, n, client_cpus=None, more=()):
     """The hops of a Redis rule's decision, each alone and at rest: a client's PING to Redis,
     sluice's decision in Redis (its module's command when loaded, else FCALL), and one call
-    POSTed to the gateway (to Redis and back), as the filter sends it. The client runs on
-    `client_cpus` (the Envoy under test's core, so each hop crosses cores as Envoy's does), in
-    four interleaved rounds. p50 and p99 in µs."""
+    POSTed to the gateway (to Redis and back), as the filter sends it; then `more` hops, each
+    (name, port, request, the reply's start). The client runs on `client_cpus` (the Envoy under
+    test's core, so each hop crosses cores as Envoy's does), in four interleaved rounds. p50
+    and p99 in µs."""
     h = gateway.health(stack.port)
     args = ("1", "bench:{rest:0000000000000001}:0.00000000", "fixed_window", "1000000000000", "60000", "1", "0", "0")
     call = json.dumps([["EVALSHA", h["script"], *args]]).encode()
@@ -292,20 +292,16 @@ def round_trips(stack, gateways, n, client_cpus=None):
         if config_of(k)[3] == "module":
             hops.append(("gateway, one call POSTed (module)", port, post, b"HTTP/1.1 200"))
             break
-    # A client on the server's own core is woken without crossing cores: faster than any proxy.
-    before = os.sched_getaffinity(0)
+    hops += list(more)
     times = {name: [] for name, _, _, _ in hops}
-    try:
-        if client_cpus:
-            os.sched_setaffinity(0, client_cpus)
+    # A client on the server's own core is woken without crossing cores: faster than any proxy.
+    with pinned(client_cpus):
         for _ in range(4):
             for name, port, request, ok in hops:
-                t, reply = _sequential(port, request, max(n // 4, 1))
+                t, reply = sequential(port, request, max(n // 4, 1))
                 if not reply.startswith(ok):
                     raise RuntimeError(f"round trip to {name}: unexpected reply {reply[:120]!r}")
                 times[name] += t
-    finally:
-        os.sched_setaffinity(0, before)
     rows = {}
     for name, t in times.items():
         t.sort()
