@@ -166,7 +166,9 @@ fn add_wasi(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Runs `wasm` with `args` (args[0] is the program name) and returns its exit code.
+/// Runs `wasm` with `args` (args[0] is the program name) and returns its exit code. With
+/// `SLUICE_RUNNER_FUEL` set, prints the fuel the guest burned (about one unit per wasm
+/// instruction, the same on any machine) to stderr: how `scripts/bench/wire_cost.sh` weighs code.
 pub fn run_command(wasm: &std::path::Path, args: Vec<String>) -> Result<i32, HarnessError> {
     let engine = crate::engine()?;
     let module: Module = crate::load_module(wasm)?;
@@ -206,7 +208,11 @@ pub fn run_command(wasm: &std::path::Path, args: Vec<String>) -> Result<i32, Har
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
         .map_err(|e| HarnessError::MissingExport(format!("_start: {e}")))?;
-    match start.call(&mut store, ()) {
+    let result = start.call(&mut store, ());
+    if std::env::var_os("SLUICE_RUNNER_FUEL").is_some() {
+        eprintln!("sluice-wasm-runner: guest fuel {}", u64::MAX - store.get_fuel().unwrap_or(u64::MAX));
+    }
+    match result {
         Ok(()) => Ok(0),
         Err(e) => match e.downcast_ref::<Exit>() {
             Some(Exit(code)) => Ok(*code),

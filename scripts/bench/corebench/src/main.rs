@@ -10,6 +10,7 @@
 //!
 //! Input (argument 1: a file, or the JSON itself): a JSON object `{name: {"config": {...}, "path": "...", "headers": {...},
 //! "distinct_header": "x-client" | null, "requests": N}}`. Output: JSON on stdout.
+//! `--wire FORM N K` weighs the Redis wire forms instead (`wire.rs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
@@ -21,6 +22,8 @@ use serde_json::{json, Value};
 use sluice::engine::{Limiter, Verdict};
 use sluice::identity::RequestInfo;
 use sluice::store::{MemStore, SharedStore, StoreError};
+
+mod wire;
 
 /// Counts allocations so the per-request figure is measured, not guessed.
 struct Counting;
@@ -248,8 +251,22 @@ fn run(spec: &Value) -> Result<Value, String> {
 }
 
 fn main() {
-    let Some(path) = std::env::args().nth(1) else {
-        eprintln!("usage: sluice-corebench SPEC.json");
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, form, n, k] = args.as_slice() {
+        if flag == "--wire" {
+            let parsed = n.parse().ok().zip(k.parse().ok()).ok_or(format!("N and K must be numbers, not {n:?} and {k:?}"));
+            match parsed.and_then(|(n, k)| wire::run(form, n, k)) {
+                Ok(line) => println!("{line}"),
+                Err(e) => {
+                    eprintln!("sluice-corebench --wire: {e}");
+                    std::process::exit(2);
+                }
+            }
+            return;
+        }
+    }
+    let Some(path) = args.get(1).cloned() else {
+        eprintln!("usage: sluice-corebench SPEC.json | sluice-corebench --wire upstash|resp|none N K");
         std::process::exit(2);
     };
     // Inline JSON is accepted too: compiled to wasm32-wasip1, this runs in a host with no files.
