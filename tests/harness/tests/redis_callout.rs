@@ -1,9 +1,9 @@
 //! The Higress build (`sluice-redis-callout.wasm`, feature `redis-callout`) in the harness,
 //! talking RESP over `proxy_redis_call` to a real `redis-server` on loopback: every strategy
 //! exact across two proxies sharing one Redis, a multi-rule request (one call per rule) denied
-//! by one rule consuming nothing from the other, NOSCRIPT recovery, and `on_error` when Redis is
-//! gone. Stock Envoy cannot load this module (it lacks the Redis imports), so this is where the
-//! build's Redis path runs against a real server.
+//! by one rule consuming nothing from the other, NOSCRIPT recovery, `on_error` when Redis is
+//! gone, and the deterministic costs of a request. Stock Envoy cannot load this module (it lacks
+//! the Redis imports), so this is where the build's Redis path runs against a real server.
 
 mod common;
 
@@ -163,5 +163,33 @@ fn without_redis_each_rule_follows_its_on_error() {
     }
     let fallback: Vec<u16> = (0..4).map(|_| host.request("GET", "/fallback/x").send().status).collect();
     assert_eq!(fallback, vec![200, 200, 429, 429], "fallback decides locally at half the limit");
+    assert!(host.traps().is_empty(), "{:?}", host.traps());
+}
+
+/// This build's Redis path per request, held at or below the figures reached (as
+/// `gateway_callout.rs` holds the HTTP path's): a request alone on one worker, its rule's call
+/// encoded as RESP, sent, answered by a real Redis and parsed. Guest fuel counts the encode and
+/// parse among the rest of the filter's work, so a costlier RESP writer or reader fails here.
+#[test]
+fn a_redis_callout_request_costs_no_more_vm_entries_host_calls_or_guest_work() {
+    let redis = Redis::start();
+    let config =
+        plugin("costs", json!([{"name": "api", "limit": "1000000000/hour", "identifier": "global", "backend": "redis"}]));
+    let mut host = proxy(&config, 1, &redis);
+    // The first requests load the script (NOSCRIPT, then EVAL) and warm the worker.
+    host.run((0..3).map(|_| Request::get("/api/x")).collect(), Schedule::InOrder);
+    let before = host.crossings();
+    let responses = host.run((0..5).map(|_| Request::get("/api/x")).collect(), Schedule::InOrder);
+    let after = host.crossings();
+    assert!(responses.iter().all(Response::admitted), "{responses:?}");
+    let per = |a: u64, b: u64| (a - b) as f64 / 5.0;
+    let entries = per(after.vm_entries, before.vm_entries);
+    let calls = per(after.host_calls, before.host_calls);
+    let fuel = per(after.guest_fuel, before.guest_fuel);
+    eprintln!("per request: {entries:.2} VM entries, {calls:.2} host calls, {fuel:.0} fuel");
+    assert!(entries <= 9.0, "{entries} VM entries per request, at most 9 reached before");
+    assert!(calls <= 12.0, "{calls} host calls per request, at most 12 reached before");
+    // 42,888 while each RESP word was written with `format!`.
+    assert!(fuel <= 35_100.0, "{fuel} guest fuel per request, at most 35,100 reached before");
     assert!(host.traps().is_empty(), "{:?}", host.traps());
 }
