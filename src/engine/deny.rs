@@ -11,10 +11,55 @@
 //! Kept in a slot table per rule in shared data (`<namespace>:<rule>:deny:<slot>`, as many slots
 //! as `local.max_clients`): every worker of the proxy learns from one denial, memory is bounded by
 //! the table, and a slot frees itself when its denial expires.
+//!
+//! Each worker also keeps a copy of the denials it wrote or read ([`Copies`], a fixed number of
+//! places), and answers from the copy while it holds, so a flood's 429s make no shared-data read
+//! (a host call and a copy into the guest: what a cached denial cost beyond a local 429). A copy
+//! is as exact as the entry it came from: a denial is a fact about Redis until its time, whatever
+//! is written after it. Only the Retry-After may differ from a read's: a later denial written
+//! meanwhile by another worker (two asked Redis at once) may name a later time, and the copy
+//! gives its own, which is still true.
+
+use std::cell::RefCell;
 
 use super::{Applied, CompiledRule, RuleOutcome};
+use crate::rate::Rate;
 use crate::store::{SharedStore, Table};
 use crate::strategy::{Decision, Outcome, State};
+
+/// Places in a worker's copies: identities and rules denied at once that it answers without a
+/// read. A new denial takes the place of whatever was there.
+const PLACES: usize = 128;
+
+/// A worker's copies of the denials it wrote or read (one per config).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Copies {
+    /// (rule, identity hash, denial).
+    places: RefCell<Vec<Option<(usize, u64, Denial)>>>,
+}
+
+impl Copies {
+    fn place(rule: usize, identity: u64) -> usize {
+        (identity ^ (rule as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % PLACES
+    }
+
+    fn keep(&self, rule: usize, identity: u64, denial: &Denial) {
+        let Ok(mut places) = self.places.try_borrow_mut() else { return };
+        if places.is_empty() {
+            places.resize(PLACES, None);
+        }
+        if let Some(p) = places.get_mut(Self::place(rule, identity)) {
+            *p = Some((rule, identity, denial.clone()));
+        }
+    }
+
+    /// The copy for `rule` and `identity`, if one holds at `now_us` for a request of `cost`.
+    fn holding(&self, rule: usize, identity: u64, cost: u64, now_us: u64) -> Option<Denial> {
+        let places = self.places.try_borrow().ok()?;
+        let (r, i, denial) = places.get(Self::place(rule, identity))?.as_ref()?;
+        (*r == rule && *i == identity && denial.holds(cost, now_us)).then(|| denial.clone())
+    }
+}
 
 /// What Redis said when it denied: when, until when, at which cost, and each limit's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,16 +88,16 @@ impl Denial {
         out
     }
 
-    /// `None` for anything that is not a denial of `limits` limits (a slot of another shape).
-    fn decode(bytes: &[u8], limits: &[u64]) -> Option<Denial> {
+    /// `None` for anything that is not a denial of `rates`' limits (a slot of another shape).
+    fn decode(bytes: &[u8], rates: &[Rate]) -> Option<Denial> {
         let word = |at: usize| bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-        if bytes.len() != 24 + limits.len() * PER_LIMIT {
+        if bytes.len() != 24 + rates.len() * PER_LIMIT {
             return None;
         }
-        let decisions = limits
+        let decisions = rates
             .iter()
             .enumerate()
-            .map(|(i, &limit)| {
+            .map(|(i, &Rate { limit, .. })| {
                 let at = 24 + i * PER_LIMIT;
                 Some(Decision {
                     allowed: *bytes.get(at)? == 1,
@@ -66,27 +111,42 @@ impl Denial {
             .collect::<Option<Vec<_>>>()?;
         Some(Denial { at_us: word(0)?, until_us: word(8)?, cost: word(16)?, decisions })
     }
+
+    /// Whether it still denies a request of `cost` at `now_us`.
+    fn holds(&self, cost: u64, now_us: u64) -> bool {
+        now_us < self.until_us && cost >= self.cost
+    }
+}
+
+/// A rule's deny cache table, beside its own (`<its prefix>deny:`).
+pub(super) fn table(of: &Table) -> Table {
+    Table { prefix: format!("{}deny:", of.prefix), slots: of.slots, fingerprint: of.fingerprint }
 }
 
 impl CompiledRule {
-    /// The rule's deny cache table.
-    pub(super) fn deny_table(&self) -> Table {
-        Table { prefix: format!("{}deny:", self.table.prefix), slots: self.table.slots, fingerprint: self.table.fingerprint }
-    }
-
-    fn limit_counts(&self) -> Vec<u64> {
-        self.rates().iter().map(|r| r.limit).collect()
-    }
-
-    /// A denial Redis gave `a` for this rule, if one still holds for it at `now_us`: its
-    /// outcome, with each limit's retry-after and reset counted down to now.
-    pub(super) fn cached_denial(&self, a: &Applied, store: &impl SharedStore, now_us: u64) -> Option<RuleOutcome> {
-        let limits = self.limit_counts();
-        let read = |states: &[&[u8]]| states.first().and_then(|s| Denial::decode(s, &limits));
-        let denial = self.deny_table().peek(store, a.identity.hash, now_us, read).ok().flatten()?;
-        if now_us >= denial.until_us || a.cost < denial.cost {
-            return None;
-        }
+    /// A denial Redis gave `a` for this rule, if one still holds for it at `now_us` (the
+    /// worker's copy, else shared data): its outcome, with each limit's retry-after and reset
+    /// counted down to now.
+    pub(super) fn cached_denial(
+        &self,
+        a: &Applied,
+        store: &impl SharedStore,
+        copies: &Copies,
+        now_us: u64,
+    ) -> Option<RuleOutcome> {
+        let identity = a.identity.hash;
+        let denial = match copies.holding(a.rule, identity, a.cost, now_us) {
+            Some(d) => d,
+            None => {
+                let read = |states: &[&[u8]]| states.first().and_then(|s| Denial::decode(s, self.rates()));
+                let denial = self.deny.peek(store, identity, now_us, read).ok().flatten()?;
+                if !denial.holds(a.cost, now_us) {
+                    return None;
+                }
+                copies.keep(a.rule, identity, &denial);
+                denial
+            }
+        };
         let elapsed_ms = now_us.saturating_sub(denial.at_us) / 1000;
         let decisions = denial
             .decisions
@@ -103,19 +163,20 @@ impl CompiledRule {
 
     /// Remembers that Redis denied `o` (a call sent at `sent_us`) until its retry-after. Best
     /// effort: a lost race or a full table only means the next request asks Redis.
-    pub(super) fn remember_denial(&self, o: &RuleOutcome, store: &impl SharedStore, sent_us: u64, now_us: u64) {
+    pub(super) fn remember_denial(&self, o: &RuleOutcome, store: &impl SharedStore, copies: &Copies, sent_us: u64, now_us: u64) {
         let retry_ms = o.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0);
         let until_us = sent_us.saturating_add(retry_ms.saturating_mul(1000));
         if o.allowed || self.is_shadow() || until_us <= now_us {
             return;
         }
         let denial = Denial { at_us: sent_us, until_us, cost: o.cost, decisions: o.decisions.clone() };
+        copies.keep(o.rule, o.identity.hash, &denial);
         let ttl_us = until_us - now_us;
         let record = |_: &[&[u8]]| {
             let outcome = Outcome { decision: Decision::default(), state: Some(State::from_vec(denial.encode())), ttl_us };
             (vec![outcome], true)
         };
-        let _ = self.deny_table().update(store, o.identity.hash, now_us, record);
+        let _ = self.deny.update(store, o.identity.hash, now_us, record);
     }
 }
 
@@ -128,8 +189,9 @@ mod tests {
         let d = Decision { allowed: false, limit: 5, remaining: 0, reset_ms: 900, retry_after_ms: 700, delay_ms: 0 };
         let a = Decision { allowed: true, limit: 100, remaining: 40, reset_ms: 50_000, ..Decision::default() };
         let denial = Denial { at_us: 10, until_us: 700_010, cost: 2, decisions: vec![d, a] };
-        assert_eq!(Denial::decode(&denial.encode(), &[5, 100]), Some(denial.clone()));
-        assert_eq!(Denial::decode(&denial.encode(), &[5]), None);
-        assert_eq!(Denial::decode(b"short", &[5, 100]), None);
+        let rates = [Rate { limit: 5, period_ms: 1000 }, Rate { limit: 100, period_ms: 60_000 }];
+        assert_eq!(Denial::decode(&denial.encode(), &rates), Some(denial.clone()));
+        assert_eq!(Denial::decode(&denial.encode(), &rates[..1]), None);
+        assert_eq!(Denial::decode(b"short", &rates), None);
     }
 }

@@ -111,7 +111,7 @@ impl Limiter {
             .iter()
             .map(|&i| &applied[i])
             .filter(|a| deny_cache && !self.rules[a.rule].is_shadow())
-            .filter_map(|a| self.rules[a.rule].cached_denial(a, store, now_us))
+            .filter_map(|a| self.rules[a.rule].cached_denial(a, store, &self.denials, now_us))
             .collect();
         if !cached.is_empty() {
             let mut outcomes = dry;
@@ -205,7 +205,7 @@ impl Limiter {
             Ok(outcomes) => {
                 let deny_cache = self.redis().is_some_and(|r| r.deny_cache);
                 for o in outcomes.iter().filter(|o| deny_cache && !o.allowed) {
-                    self.rules[o.rule].remember_denial(o, store, p.sent_us, now_us);
+                    self.rules[o.rule].remember_denial(o, store, &self.denials, p.sent_us, now_us);
                 }
                 let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
                 if p.dry && !denied {

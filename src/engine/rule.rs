@@ -25,6 +25,8 @@ pub(crate) struct CompiledRule {
     pub fingerprint: u32,
     /// Each limit's text in responses, written once here rather than on every request.
     pub texts: Vec<LimitText>,
+    /// Its deny cache's table (Redis rules; `super::deny`).
+    pub deny: Table,
 }
 
 impl CompiledRule {
@@ -70,7 +72,8 @@ impl CompiledRule {
         let table = Table { prefix: format!("{namespace}:{}:", rule.name), slots, fingerprint: entry_id(&rule) };
         let rates = rule.limits.rates();
         let texts = rates.iter().enumerate().map(|(i, r)| LimitText::new(&rule.name, i, rates.len(), r)).collect();
-        CompiledRule { holder: index, same_identity_as: None, fingerprint: fingerprint(&rule), rule, table, texts }
+        let deny = super::deny::table(&table);
+        CompiledRule { holder: index, same_identity_as: None, fingerprint: fingerprint(&rule), rule, table, texts, deny }
     }
 
     /// Whether the rule's table may be shared with other rules of its identity.

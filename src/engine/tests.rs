@@ -771,3 +771,40 @@ fn a_flood_shares_one_limited_response_while_it_shows_the_same() {
         v => panic!("{v:?}"),
     }
 }
+
+#[test]
+fn a_worker_answers_a_redis_denial_from_its_copy_without_reading_shared_data() {
+    let config = serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw"}, "rules": [{"name": "remote",
+        "limit": "10/min", "backend": "redis", "identifier": {"header": "x-k"}, "cost": {"header": "x-cost", "max": 10}}]});
+    let (a, b, fresh) = (limiter(config.clone()), limiter(config.clone()), limiter(config));
+    let mem = MemStore::default();
+    let s = Racing::new(&mem);
+    let req = |cost: &str| Req::new("GET", "/").header("x-k", "k1").header("x-cost", cost);
+    let d = Reply::Array([0, 0, 1000, 800, 0, 1000].map(Reply::Int).to_vec());
+    // Worker a asks Redis at cost 2 and is denied for 800 ms.
+    let v = done(a.resume(pending(a.start(&req("2"), &s, T0)), Ok(vec![Reply::Array(vec![Reply::Int(0), d])]), &s, T0 + 3_000));
+    assert_eq!(status(&v), 429);
+    let cached = |l: &Limiter, cost: &str, at: u64| match l.start(&req(cost), &s, at) {
+        Step::Done(v) => Some(v),
+        Step::Redis(_) => None,
+    };
+    // a answers from the denial it wrote; b from the one it read once; both as a fresh read does.
+    let reads = s.reads.get();
+    let from_a = cached(&a, "2", T0 + 100_000).expect("denied from a's copy");
+    assert_eq!(s.reads.get(), reads, "a read nothing");
+    let from_b = cached(&b, "2", T0 + 100_000).expect("denied from shared data");
+    assert_eq!(s.reads.get(), reads + 1, "b read the entry once");
+    for at in [T0 + 200_000, T0 + 799_000] {
+        assert!(cached(&b, "2", at).is_some() && cached(&a, "9", at).is_some());
+    }
+    assert_eq!(s.reads.get(), reads + 1, "then answered from its copy");
+    let read = cached(&fresh, "2", T0 + 100_000).expect("denied from shared data");
+    assert_eq!((status(&from_a), header(&from_a, "retry-after")), (429, Some("1")));
+    assert_eq!(from_a.outcomes(), read.outcomes(), "a copy decides as the entry it holds");
+    assert_eq!(from_b.outcomes(), read.outcomes());
+    // A cheaper request than the denial's, or one past its time, asks Redis: the copy never
+    // denies what Redis might admit.
+    assert!(cached(&a, "1", T0 + 100_000).is_none());
+    assert!(cached(&b, "2", T0 + 800_000).is_none());
+    assert!(cached(&a, "2", T0 + 800_000).is_none());
+}

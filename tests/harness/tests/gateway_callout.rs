@@ -304,13 +304,34 @@ fn a_gathered_request_costs_no_more_vm_entries_host_calls_or_guest_work() {
     let after = (host.crossings(), host.callouts().len());
     assert!(responses.iter().all(Response::admitted), "{responses:?}");
     assert_eq!(after.1 - before.1, 2, "one call alone, one for the six gathered");
-    let per = |a: u64, b: u64| (a - b) as f64 / 7.0;
-    let entries = per(after.0.vm_entries, before.0.vm_entries);
-    let calls = per(after.0.host_calls, before.0.host_calls);
-    let fuel = per(after.0.guest_fuel, before.0.guest_fuel);
+    let (entries, calls, fuel) = common::per_request(before.0, after.0, 7);
     eprintln!("per gathered request: {entries:.2} VM entries, {calls:.2} host calls, {fuel:.0} fuel");
     assert!(entries <= 8.2, "{entries} VM entries per request, at most 8.2 reached before");
     assert!(calls <= 9.3, "{calls} host calls per request, at most 9.3 reached before");
     assert!(fuel <= 40_600.0, "{fuel} guest fuel per request, at most 40,600 reached before");
+    assert!(host.traps().is_empty());
+}
+
+/// A request the deny cache answers, held at or below the figures reached: no call, and no more
+/// than the local path's 429 pays (the clock and the response): the worker answers from its copy
+/// of the denial, without reading shared data.
+#[test]
+fn a_cached_denial_costs_no_more_vm_entries_host_calls_or_guest_work() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let mut host = host_on(&redis_rule("1/hour"), forward::http_to(addr));
+    let first = host.run((0..3).map(|_| Request::get("/")).collect(), Schedule::InOrder);
+    assert_eq!(first.iter().map(|r| r.status).collect::<Vec<_>>(), vec![200, 429, 429]);
+    let (before, calls_before) = (host.crossings(), host.callouts().len());
+    let responses = host.run((0..5).map(|_| Request::get("/")).collect(), Schedule::InOrder);
+    let after = host.crossings();
+    assert!(responses.iter().all(|r| r.status == 429 && r.header("retry-after").is_some()), "{responses:?}");
+    assert_eq!(host.callouts().len(), calls_before, "no call for a cached denial");
+    let (entries, calls, fuel) = common::per_request(before, after, 5);
+    eprintln!("per cached denial: {entries:.2} VM entries, {calls:.2} host calls, {fuel:.0} fuel");
+    // 8, 3 and 10,518 while each cached denial read shared data: as many as the local 429's
+    // now (costs.rs (e): 7 and 2), and less guest work.
+    assert!(entries <= 7.0, "{entries} VM entries per request, at most 7 reached before");
+    assert!(calls <= 2.0, "{calls} host calls per request, at most 2 reached before");
+    assert!(fuel <= 7_800.0, "{fuel} guest fuel per request, at most 7,800 reached before");
     assert!(host.traps().is_empty());
 }

@@ -182,10 +182,7 @@ fn a_redis_callout_request_costs_no_more_vm_entries_host_calls_or_guest_work() {
     let responses = host.run((0..5).map(|_| Request::get("/api/x")).collect(), Schedule::InOrder);
     let after = host.crossings();
     assert!(responses.iter().all(Response::admitted), "{responses:?}");
-    let per = |a: u64, b: u64| (a - b) as f64 / 5.0;
-    let entries = per(after.vm_entries, before.vm_entries);
-    let calls = per(after.host_calls, before.host_calls);
-    let fuel = per(after.guest_fuel, before.guest_fuel);
+    let (entries, calls, fuel) = common::per_request(before, after, 5);
     eprintln!("per request: {entries:.2} VM entries, {calls:.2} host calls, {fuel:.0} fuel");
     assert!(entries <= 9.0, "{entries} VM entries per request, at most 9 reached before");
     assert!(calls <= 12.0, "{calls} host calls per request, at most 12 reached before");

@@ -146,3 +146,10 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+/// VM entries, host calls and guest fuel per request between two readings of a host's
+/// crossings, `requests` apart: the deterministic costs tests hold.
+pub fn per_request(before: sluice_harness::Crossings, after: sluice_harness::Crossings, requests: u64) -> (f64, f64, f64) {
+    let per = |a: u64, b: u64| (a - b) as f64 / requests as f64;
+    (per(after.vm_entries, before.vm_entries), per(after.host_calls, before.host_calls), per(after.guest_fuel, before.guest_fuel))
+}
