@@ -5,12 +5,14 @@ alike. Prints µs of Envoy CPU per request, the ratio to (w) and the spread of e
 
     python3 scripts/bench/ab.py A.wasm B.wasm --configs c,e,x --reps 5
     python3 scripts/bench/ab.py A.wasm B.wasm --distributed --reps 5
+    python3 scripts/bench/ab.py A.wasm B.wasm --distributed --dist-configs O --reps 7
 
 With --distributed it compares the two builds on the routed Redis path instead ((R2): a redis rule
 never reached, h2c to sluice-gateway, one redis-server), beside routed Envoy alone (A): CPU per
 request of the whole system and its split over Envoy, gateway and Redis, req/s, latency and
-requests per callout. Both builds must carry the gateway's decision script (the gateway runs only
-its own release's), or their rows measure on_error.
+requests per callout; `--dist-configs O` compares them on a client over a Redis rule's limit
+(deny cache on) beside the local 429 (LD) instead. Both builds must carry the gateway's
+decision script (the gateway runs only its own release's), or their rows measure on_error.
 
 (build the empty filter first: scripts/bench.sh does, or `cargo build --release --target
 wasm32-wasip1 --manifest-path scripts/bench/noop-filter/Cargo.toml --target-dir target/bench-noop`).
@@ -41,6 +43,9 @@ def main():
     ap.add_argument("--noop", default=NOOP, help="the empty filter's .wasm, the floor (w)")
     ap.add_argument("--max-others", type=float, default=0.25, help="repeat a run when others used more cores")
     ap.add_argument("--distributed", action="store_true", help="compare on the routed Redis path (R2), not --configs")
+    ap.add_argument("--dist-configs", default="R2",
+                    help="with --distributed: the rows both builds run (from scripts/bench/distributed.py, e.g. R2 or O); "
+                         "routed Envoy alone (A) and the local 429 (LD, when O is among them) run beside them once")
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     envoy_cpus, load_cpus = ([cpus[0]], [cpus[1]]) if len(cpus) >= 2 else (None, None)
@@ -81,15 +86,25 @@ def distributed_ab(args, envoy_cpus, load_cpus):
     stack = redisenv.RedisStack(work, cpus=load_cpus)
     started = []
     try:
-        for build, keys in ((args.a, ["A", "R2"]), (args.b, ["R2"])):
+        rows = [k for k in args.dist_configs.split(",") if k]
+        unknown = [k for k in rows if k not in distributed.CONFIGS]
+        if unknown:
+            sys.exit(f"unknown distributed configs: {', '.join(unknown)} (known: {', '.join(distributed.CONFIGS)})")
+        beside = ["A"] + (["LD"] if "O" in rows else [])
+        for build, keys in ((args.a, beside + rows), (args.b, rows)):
             upstream, envoys, skipped, gateways = distributed.start(os.path.abspath(build), work, envoy_cpus, load_cpus,
                                                                     stack, keys)
             started.append((upstream, envoys, gateways))
             if skipped:
                 sys.exit(f"{build}: not started: {skipped}")
         (_, env_a, gw_a), (_, env_b, gw_b) = started
-        envoys = {"A": env_a["A"], "R2-A": env_a["R2"], "R2-B": env_b["R2"]}
-        gateways = {"R2-A": gw_a["R2"], "R2-B": gw_b["R2"]}
+        envoys = {k: env_a[k] for k in beside}
+        gateways = {}
+        for k in rows:
+            envoys[f"{k}-A"], envoys[f"{k}-B"] = env_a[k], env_b[k]
+            for side, gws in (("A", gw_a), ("B", gw_b)):
+                if k in gws:
+                    gateways[f"{k}-{side}"] = gws[k]
         rows = distributed.full_load(envoys, [u for u, _, _ in started], stack, gateways, args.reps, args.seconds, args.connections, load_cpus,
                                      args.max_others)
     finally:
@@ -109,10 +124,17 @@ def distributed_ab(args, envoy_cpus, load_cpus):
               f"{num('redis_us', '6.1f')} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
               f"{num('requests_per_callout', '11.1f')} {num('total_us_spread', '7.0%')}")
         calls = r.get("decisions_per_request")
-        if calls is not None and calls < 0.9:
+        # A deny cache's rows call the gateway for a handful of requests only, as they should.
+        if calls is not None and calls < 0.9 and distributed.config_of(name)[1] != "over":
             print(f"  ({name}: only {calls:.2f} gateway calls per request: the gateway did not decide; does this "
                   "build carry the gateway's decision script?)")
-    print(f"B / A, whole-system CPU per request: {rows['R2-B']['total_us'] / rows['R2-A']['total_us']:.3f}")
+    for k in args.dist_configs.split(","):
+        if k:
+            print(f"({k}) B / A, whole-system CPU per request: {rows[f'{k}-B']['total_us'] / rows[f'{k}-A']['total_us']:.3f}")
+    if "LD" in rows:
+        ld = rows["LD"]["total_us"]
+        for k in ("O-A", "O-B"):
+            print(f"({k}) / (LD), whole-system CPU per request: {rows[k]['total_us'] / ld:.3f}")
 
 
 if __name__ == "__main__":
