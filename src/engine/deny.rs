@@ -5,8 +5,10 @@
 //! Exact: a strategy's retry-after is the earliest time the same request could be admitted with
 //! no other traffic (docs/architecture.md, "Contracts: the decision script"), and other traffic
 //! only consumes more, so no request of that cost or more is admitted before then; the deadline
-//! is counted from when the call was sent, before Redis decided, so it never runs past Redis'
-//! own. Admissions always go to Redis.
+//! is counted from when the call was sent, before Redis decided, and ends a millisecond early (a
+//! retry-after is rounded up), so it never runs past Redis' own. A denial read from shared data
+//! ends `WORKER_SKEW_US` earlier still: it may have been written on another worker, whose clock
+//! may be that far ahead. Admissions always go to Redis.
 //!
 //! Kept in a slot table per rule in shared data (`<namespace>:<rule>:deny:<slot>`, as many slots
 //! as `local.max_clients`): every worker of the proxy learns from one denial, memory is bounded by
@@ -23,6 +25,7 @@
 use std::cell::RefCell;
 
 use super::{Applied, CompiledRule, RuleOutcome};
+use crate::clock::WORKER_SKEW_US;
 use crate::rate::Rate;
 use crate::store::{SharedStore, Table};
 use crate::strategy::{Decision, Outcome, State};
@@ -43,21 +46,22 @@ impl Copies {
         (identity ^ (rule as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % PLACES
     }
 
-    fn keep(&self, rule: usize, identity: u64, denial: &Denial) {
+    fn keep(&self, rule: usize, identity: u64, denial: Denial) {
         let Ok(mut places) = self.places.try_borrow_mut() else { return };
         if places.is_empty() {
             places.resize(PLACES, None);
         }
         if let Some(p) = places.get_mut(Self::place(rule, identity)) {
-            *p = Some((rule, identity, denial.clone()));
+            *p = Some((rule, identity, denial));
         }
     }
 
-    /// The copy for `rule` and `identity`, if one holds at `now_us` for a request of `cost`.
-    fn holding(&self, rule: usize, identity: u64, cost: u64, now_us: u64) -> Option<Denial> {
+    /// `answer` of the copy for `rule` and `identity`, if one holds at `now_us` for a request
+    /// of `cost`.
+    fn answer<R>(&self, rule: usize, identity: u64, cost: u64, now_us: u64, answer: impl FnOnce(&Denial) -> R) -> Option<R> {
         let places = self.places.try_borrow().ok()?;
         let (r, i, denial) = places.get(Self::place(rule, identity))?.as_ref()?;
-        (*r == rule && *i == identity && denial.holds(cost, now_us)).then(|| denial.clone())
+        (*r == rule && *i == identity && denial.holds(cost, now_us)).then(|| answer(denial))
     }
 }
 
@@ -135,52 +139,59 @@ impl CompiledRule {
         now_us: u64,
     ) -> Option<RuleOutcome> {
         let identity = a.identity.hash;
-        let denial = match copies.holding(a.rule, identity, a.cost, now_us) {
-            Some(d) => d,
-            None => {
-                let read = |states: &[&[u8]]| states.first().and_then(|s| Denial::decode(s, self.rates()));
-                let denial = self.deny.peek(store, identity, now_us, read).ok().flatten()?;
-                if !denial.holds(a.cost, now_us) {
-                    return None;
-                }
-                copies.keep(a.rule, identity, &denial);
-                denial
-            }
+        let outcome = |denial: &Denial| {
+            let elapsed_ms = now_us.saturating_sub(denial.at_us) / 1000;
+            let decisions = denial
+                .decisions
+                .iter()
+                .map(|d| Decision {
+                    // Never below 1 ms while the denial holds: the client must still wait.
+                    retry_after_ms: if d.allowed { 0 } else { d.retry_after_ms.saturating_sub(elapsed_ms).max(1) },
+                    reset_ms: d.reset_ms.saturating_sub(elapsed_ms),
+                    ..*d
+                })
+                .collect();
+            RuleOutcome { from_cache: true, ..RuleOutcome::new(a, decisions, false) }
         };
-        let elapsed_ms = now_us.saturating_sub(denial.at_us) / 1000;
-        let decisions = denial
-            .decisions
-            .iter()
-            .map(|d| Decision {
-                // Never below 1 ms while the denial holds: the client must still wait.
-                retry_after_ms: if d.allowed { 0 } else { d.retry_after_ms.saturating_sub(elapsed_ms).max(1) },
-                reset_ms: d.reset_ms.saturating_sub(elapsed_ms),
-                ..*d
-            })
-            .collect();
-        Some(RuleOutcome { from_cache: true, ..RuleOutcome::new(a, decisions, false) })
+        if let Some(o) = copies.answer(a.rule, identity, a.cost, now_us, outcome) {
+            return Some(o);
+        }
+        let read = |states: &[&[u8]]| states.first().and_then(|s| Denial::decode(s, self.rates()));
+        let mut denial = self.deny.peek(store, identity, now_us, read).ok().flatten()?;
+        // Maybe written on another worker, whose clock may be ahead of this one's by this much.
+        denial.until_us = denial.until_us.saturating_sub(WORKER_SKEW_US);
+        if !denial.holds(a.cost, now_us) {
+            return None;
+        }
+        let o = outcome(&denial);
+        copies.keep(a.rule, identity, denial);
+        Some(o)
     }
 
     /// Remembers that Redis denied `o` (a call sent at `sent_us`) until its retry-after. Best
     /// effort: a lost race or a full table only means the next request asks Redis.
     pub(super) fn remember_denial(&self, o: &RuleOutcome, store: &impl SharedStore, copies: &Copies, sent_us: u64, now_us: u64) {
         let retry_ms = o.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0);
-        let until_us = sent_us.saturating_add(retry_ms.saturating_mul(1000));
+        // Less the millisecond a retry-after is rounded up by.
+        let until_us = sent_us.saturating_add(retry_ms.saturating_sub(1).saturating_mul(1000));
         if o.allowed || self.is_shadow() || until_us <= now_us {
             return;
         }
-        let denial = Denial { at_us: sent_us, until_us, cost: o.cost, decisions: o.decisions.clone() };
-        copies.keep(o.rule, o.identity.hash, &denial);
+        // A delay is not stored, so a copy holds what a read gives.
+        let decisions = o.decisions.iter().map(|d| Decision { delay_ms: 0, ..*d }).collect();
+        let denial = Denial { at_us: sent_us, until_us, cost: o.cost, decisions };
         let ttl_us = until_us - now_us;
         let record = |_: &[&[u8]]| {
             let outcome = Outcome { decision: Decision::default(), state: Some(State::from_vec(denial.encode())), ttl_us };
             (vec![outcome], true)
         };
         let _ = self.deny.update(store, o.identity.hash, now_us, record);
+        copies.keep(o.rule, o.identity.hash, denial);
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -193,5 +204,38 @@ mod tests {
         assert_eq!(Denial::decode(&denial.encode(), &rates), Some(denial.clone()));
         assert_eq!(Denial::decode(&denial.encode(), &rates[..1]), None);
         assert_eq!(Denial::decode(b"short", &rates), None);
+    }
+
+    fn denial(cost: u64, until_us: u64) -> Denial {
+        Denial { at_us: 0, until_us, cost, decisions: Vec::new() }
+    }
+
+    #[test]
+    fn a_copy_answers_only_its_rule_and_identity_and_a_new_denial_takes_its_place() {
+        let copies = Copies::default();
+        let held = |rule, identity| copies.answer(rule, identity, 5, 10, |d| d.cost);
+        copies.keep(0, 7, denial(3, 100));
+        assert_eq!(held(0, 7), Some(3));
+        // Another identity or rule in the same place is not answered from it.
+        let same_place = (8..).find(|&i| Copies::place(0, i) == Copies::place(0, 7)).unwrap();
+        let other_rule = (1..).find(|&r| Copies::place(r, 7) == Copies::place(0, 7)).unwrap();
+        assert_eq!((held(0, same_place), held(other_rule, 7)), (None, None));
+        // Taking the place, it ends the first one's copy (that request reads shared data).
+        copies.keep(0, same_place, denial(1, 100));
+        assert_eq!((held(0, 7), held(0, same_place)), (None, Some(1)));
+        // Past its time, or for a cheaper request, a copy answers nothing.
+        assert_eq!(copies.answer(0, same_place, 5, 100, |d| d.cost), None);
+        assert_eq!(copies.answer(0, same_place, 0, 10, |d| d.cost), None);
+    }
+
+    #[test]
+    fn copies_stay_within_their_places_however_many_identities_are_denied() {
+        let copies = Copies::default();
+        for identity in 0..10_000u64 {
+            copies.keep((identity % 3) as usize, identity.wrapping_mul(0x2545_f491_4f6c_dd1d), denial(1, 100));
+        }
+        let places = copies.places.borrow();
+        assert_eq!(places.len(), PLACES);
+        assert!(places.iter().flatten().count() <= PLACES);
     }
 }

@@ -280,6 +280,9 @@ mod tests {
               $1\r\nd\r\n$1\r\ne\r\n$1\r\nf\r\n$1\r\ng\r\n$1\r\nh\r\n$1\r\ni\r\n$1\r\nj\r\n"
         );
         assert_eq!(resp_commands(&[]), b"");
+        assert_eq!(resp_commands(&[vec![]]), b"*0\r\n");
+        let long = "y".repeat(1234);
+        assert_eq!(resp_commands(&[vec![long.clone()]]), format!("*1\r\n$1234\r\n{long}\r\n").into_bytes());
         let buf = b"*3\r\n:1\r\n$2\r\nok\r\n$-1\r\n-NOSCRIPT x\r\n+OK\r\n";
         let r = resp_replies(buf, 3).unwrap();
         assert_eq!(r[0], Reply::Array(vec![Reply::Int(1), Reply::Str("ok".into()), Reply::Nil]));
