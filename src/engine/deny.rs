@@ -24,17 +24,15 @@
 
 use std::cell::RefCell;
 
+use super::memo::{place, PLACES};
 use super::{Applied, CompiledRule, RuleOutcome};
 use crate::clock::WORKER_SKEW_US;
 use crate::rate::Rate;
 use crate::store::{SharedStore, Table};
 use crate::strategy::{Decision, Outcome, State};
 
-/// Places in a worker's copies: identities and rules denied at once that it answers without a
-/// read. A new denial takes the place of whatever was there.
-const PLACES: usize = 128;
-
-/// A worker's copies of the denials it wrote or read (one per config).
+/// A worker's copies of the denials it wrote or read (one per config), in as many places as the
+/// local memo, placed the same way. A new denial takes the place of whatever was there.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Copies {
     /// (rule, identity hash, denial).
@@ -42,16 +40,12 @@ pub(super) struct Copies {
 }
 
 impl Copies {
-    fn place(rule: usize, identity: u64) -> usize {
-        (identity ^ (rule as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % PLACES
-    }
-
     fn keep(&self, rule: usize, identity: u64, denial: Denial) {
         let Ok(mut places) = self.places.try_borrow_mut() else { return };
         if places.is_empty() {
             places.resize(PLACES, None);
         }
-        if let Some(p) = places.get_mut(Self::place(rule, identity)) {
+        if let Some(p) = places.get_mut(place(rule, identity)) {
             *p = Some((rule, identity, denial));
         }
     }
@@ -60,7 +54,7 @@ impl Copies {
     /// of `cost`.
     fn answer<R>(&self, rule: usize, identity: u64, cost: u64, now_us: u64, answer: impl FnOnce(&Denial) -> R) -> Option<R> {
         let places = self.places.try_borrow().ok()?;
-        let (r, i, denial) = places.get(Self::place(rule, identity))?.as_ref()?;
+        let (r, i, denial) = places.get(place(rule, identity))?.as_ref()?;
         (*r == rule && *i == identity && denial.holds(cost, now_us)).then(|| answer(denial))
     }
 }
@@ -217,8 +211,8 @@ mod tests {
         copies.keep(0, 7, denial(3, 100));
         assert_eq!(held(0, 7), Some(3));
         // Another identity or rule in the same place is not answered from it.
-        let same_place = (8..).find(|&i| Copies::place(0, i) == Copies::place(0, 7)).unwrap();
-        let other_rule = (1..).find(|&r| Copies::place(r, 7) == Copies::place(0, 7)).unwrap();
+        let same_place = (8..).find(|&i| place(0, i) == place(0, 7)).unwrap();
+        let other_rule = (1..).find(|&r| place(r, 7) == place(0, 7)).unwrap();
         assert_eq!((held(0, same_place), held(other_rule, 7)), (None, None));
         // Taking the place, it ends the first one's copy (that request reads shared data).
         copies.keep(0, same_place, denial(1, 100));

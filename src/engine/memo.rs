@@ -26,8 +26,9 @@ use super::{Applied, CompiledRule, RuleOutcome};
 use crate::clock::WORKER_SKEW_US;
 use crate::store::{Held, Outcomes};
 
-/// Places in the memo: identities denied at once that each worker answers without a read.
-const PLACES: usize = 128;
+/// Places in the memo (and in the deny cache's copies, `super::deny`): identities denied at once
+/// that each worker answers without a read.
+pub(super) const PLACES: usize = 128;
 /// A slot larger than this (long sliding logs) is not remembered: the memo stays under
 /// `PLACES` × this many bytes however the requests look.
 const MAX_SLOT_BYTES: usize = 1024;
@@ -52,8 +53,10 @@ pub(crate) struct Memo {
     places: RefCell<Vec<Option<Remembered>>>,
 }
 
-fn place(holder: usize, identity: u64) -> usize {
-    (identity ^ (holder as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % PLACES
+/// The place of `identity` under the rule `index` (a table's holder, or a Redis rule): spread by
+/// the keyed identity hash, so no client can aim at another's place.
+pub(super) fn place(index: usize, identity: u64) -> usize {
+    (identity ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % PLACES
 }
 
 /// Until when a rule's denial holds on every worker's clock: its denying limits' longest
