@@ -86,12 +86,12 @@ def distributed_ab(args, envoy_cpus, load_cpus):
     stack = redisenv.RedisStack(work, cpus=load_cpus)
     started = []
     try:
-        rows = [k for k in args.dist_configs.split(",") if k]
-        unknown = [k for k in rows if k not in distributed.CONFIGS]
+        configs = [k for k in args.dist_configs.split(",") if k]
+        unknown = [k for k in configs if k not in distributed.CONFIGS]
         if unknown:
             sys.exit(f"unknown distributed configs: {', '.join(unknown)} (known: {', '.join(distributed.CONFIGS)})")
-        beside = ["A"] + (["LD"] if "O" in rows else [])
-        for build, keys in ((args.a, beside + rows), (args.b, rows)):
+        beside = ["A"] + (["LD"] if "O" in configs else [])
+        for build, keys in ((args.a, beside + configs), (args.b, configs)):
             upstream, envoys, skipped, gateways = distributed.start(os.path.abspath(build), work, envoy_cpus, load_cpus,
                                                                     stack, keys)
             started.append((upstream, envoys, gateways))
@@ -100,7 +100,7 @@ def distributed_ab(args, envoy_cpus, load_cpus):
         (_, env_a, gw_a), (_, env_b, gw_b) = started
         envoys = {k: env_a[k] for k in beside}
         gateways = {}
-        for k in rows:
+        for k in configs:
             envoys[f"{k}-A"], envoys[f"{k}-B"] = env_a[k], env_b[k]
             for side, gws in (("A", gw_a), ("B", gw_b)):
                 if k in gws:
@@ -128,9 +128,8 @@ def distributed_ab(args, envoy_cpus, load_cpus):
         if calls is not None and calls < 0.9 and distributed.config_of(name)[1] != "over":
             print(f"  ({name}: only {calls:.2f} gateway calls per request: the gateway did not decide; does this "
                   "build carry the gateway's decision script?)")
-    for k in args.dist_configs.split(","):
-        if k:
-            print(f"({k}) B / A, whole-system CPU per request: {rows[f'{k}-B']['total_us'] / rows[f'{k}-A']['total_us']:.3f}")
+    for k in configs:
+        print(f"({k}) B / A, whole-system CPU per request: {rows[f'{k}-B']['total_us'] / rows[f'{k}-A']['total_us']:.3f}")
     if "LD" in rows:
         ld = rows["LD"]["total_us"]
         for k in ("O-A", "O-B"):
