@@ -13,7 +13,7 @@ use sluice::rate::Rate;
 use sluice::redis::script::{self, batch_counts, rule_args, ARGS_PER_RULE};
 use sluice::strategy::Strategy;
 use support::calls::{call, entry_verdict, hash_tag, verdict, LIMIT};
-use support::{metric_value, redis_cli, redis_module, Http, RedisCluster, RedisServer, TestGateway};
+use support::{metric, metric_value, redis_cli, redis_module, Http, RedisCluster, RedisServer, TestGateway};
 
 const TOKEN: &str = "m0dule-t0ken";
 const MODULE_CALLS: &str = r#"sluice_gateway_redis_calls_total{command="MODULE"}"#;
@@ -302,19 +302,39 @@ async fn metrics(http: &Http) -> String {
     http.get("/metrics").await.1
 }
 
-/// Waits (bounded) until the gateway says its calls run as `how` (`auto` finds out at start, in
-/// the background; calls run as EVALSHA until then).
-async fn wait_calls(http: &Http, how: &str) {
+/// Waits (bounded) until `ready` answers true; it also answers what it saw, for the failure.
+async fn wait_until<F: std::future::Future<Output = (bool, String)>>(what: &str, mut ready: impl FnMut() -> F) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let (_, body) = http.get("/healthz").await;
-        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if health["calls"].as_str() == Some(how) {
+        let (done, seen) = ready().await;
+        if done {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "calls never ran as {how}: {body}");
+        assert!(std::time::Instant::now() < deadline, "never {what}: {seen}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the gateway says its calls run as `how` (`auto` finds out at start, in the
+/// background; calls run as EVALSHA until then).
+async fn wait_calls(http: &Http, how: &str) {
+    wait_until(&format!("ran calls as {how}"), || async {
+        let (_, body) = http.get("/healthz").await;
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        (health["calls"].as_str() == Some(how), body)
+    })
+    .await
+}
+
+/// Waits until the gateway's load at start (in the background, while it already serves) has
+/// loaded the function library: a call sent before finds it missing and runs twice.
+async fn wait_library_loaded(http: &Http) {
+    const LOADED: &str = r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#;
+    wait_until("loaded the library at start", || async {
+        let text = metrics(http).await;
+        (metric(&text, LOADED) == Some(1.0), text)
+    })
+    .await
 }
 
 /// `auto` runs calls through the module where Redis has it. When Redis comes back without it,
@@ -388,6 +408,8 @@ async fn module_and_library_proxies_admit_exactly_the_limit_together() {
     let url = redis.url();
     let (_m, by_module) = gateway(&["--redis-url", &url, "--redis-calls", "module"]).await;
     let (_f, by_library) = gateway(&["--redis-url", &url, "--redis-calls", "fcall"]).await;
+    // Each call runs once, as counted below, only once the library is there.
+    wait_library_loaded(&by_library).await;
     let rates = [Rate { limit: 20, period_ms: support::calls::WINDOW_MS }];
     let strategies = [
         Strategy::FixedWindow,
