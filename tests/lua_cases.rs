@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sluice::rate::Rate;
+use sluice::redis::command::Command as RedisCommand;
 use sluice::redis::native;
 use sluice::redis::script as lua;
 use sluice::redis::state as redis_state;
@@ -92,8 +93,7 @@ struct Conn {
 
 impl Conn {
     fn cmd<S: AsRef<str>>(&mut self, args: &[S]) -> Reply {
-        let words: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
-        self.stream.write_all(&wire::resp_commands(&[words])).expect("write to redis");
+        self.stream.write_all(&wire::resp_commands(&[RedisCommand::of(args)])).expect("write to redis");
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         while wire::resp_len(&buf).is_none() {

@@ -599,7 +599,7 @@ mod tests {
             rates: &RATES,
             cost: 1,
         };
-        command(&call, form, dry)
+        command(&call, form, dry).to_vec()
     }
 
     fn body(words: &[String]) -> Vec<u8> {

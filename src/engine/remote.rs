@@ -6,6 +6,7 @@ use super::{Applied, Limiter, Resumed, RuleOutcome, Step, Verdict};
 use crate::breaker::{Breaker, Permit};
 use crate::config::{Cost, OnError};
 use crate::identity::RequestInfo;
+use crate::redis::command::Command;
 use crate::redis::script::{self, Form, RuleCall};
 use crate::redis::wire::Reply;
 use crate::store::SharedStore;
@@ -17,7 +18,7 @@ pub struct Pending {
     /// Indexes into `applied` of the Redis rules, in command order.
     redis: Vec<usize>,
     /// One command per Redis rule.
-    pub commands: Vec<Vec<String>>,
+    pub commands: Vec<Command>,
     permit: Permit,
     /// The commands carry the script itself (after a NOSCRIPT).
     eval: bool,

@@ -16,6 +16,7 @@ use proxy_wasm::hostcalls;
 use crate::clock;
 use crate::config::Transport;
 use crate::engine::{Heard, Pending};
+use crate::redis::command::Command;
 use crate::redis::wire::{Reply, GATHERED_COMMANDS};
 use crate::store::{SharedStore, CREATE_TOKEN};
 
@@ -245,7 +246,7 @@ fn dispatch(call: &[Entry], now: u64) -> Result<u32, String> {
     let Some(spec) = first.shared.limiter.redis() else { return Err("no redis block".into()) };
     let soonest = call.iter().filter_map(deadline).min().unwrap_or(now);
     let timeout_ms = clock::call_timeout_ms(now, soonest).unwrap_or(1);
-    let commands: Vec<&Vec<String>> = call.iter().filter_map(|e| e.job.as_ref()).flat_map(|(p, _)| p.commands.iter()).collect();
+    let commands: Vec<&Command> = call.iter().filter_map(|e| e.job.as_ref()).flat_map(|(p, _)| p.commands.iter()).collect();
     transport::dispatch(spec, &commands, Duration::from_millis(timeout_ms))
 }
 

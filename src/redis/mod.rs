@@ -3,6 +3,7 @@
 //! Higress' Redis callout, the Upstash REST dialect over an HTTP callout). The engine hands it
 //! strategy-level values and gets decisions back; the host only moves the bytes.
 
+pub mod command;
 pub mod keys;
 pub mod native;
 pub mod script;

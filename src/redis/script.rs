@@ -10,7 +10,8 @@
 //! the Rust strategies exactly, and the shared case table is run through both
 //! (`tests/lua_cases.rs`).
 
-use super::keys::key;
+use super::command::Command;
+use super::keys::push_key;
 use super::wire::Reply;
 use crate::config::{MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
 use crate::rate::{Rate, MAX_LIMIT, MAX_PERIOD_MS};
@@ -271,15 +272,14 @@ pub const ARGS_PER_RULE: usize = 6;
 
 /// The `ARGV` entries of one limit: strategy name, limit, period_ms, cost, p1, p2.
 pub fn rule_args(strategy: &Strategy, rate: &Rate, cost: u64) -> [String; ARGS_PER_RULE] {
+    let [limit, period_ms, cost, p1, p2] = rule_numbers(strategy, rate, cost).map(|n| itoa::Buffer::new().format(n).to_owned());
+    [strategy.name().to_string(), limit, period_ms, cost, p1, p2]
+}
+
+/// [`rule_args`] after the strategy's name.
+fn rule_numbers(strategy: &Strategy, rate: &Rate, cost: u64) -> [u64; ARGS_PER_RULE - 1] {
     let [p1, p2] = strategy.lua_params();
-    [
-        strategy.name().to_string(),
-        rate.limit.to_string(),
-        rate.period_ms.to_string(),
-        cost.to_string(),
-        p1.to_string(),
-        p2.to_string(),
-    ]
+    [rate.limit, rate.period_ms, cost, p1, p2]
 }
 
 /// What the script needs to decide one rule for one request.
@@ -309,20 +309,36 @@ pub enum Form<'a> {
 
 /// The command deciding `call`; with `dry`, deciding without writing (the first pass over
 /// several rules that live in different cluster slots).
-pub fn command(call: &RuleCall<'_>, form: Form<'_>, dry: bool) -> Vec<String> {
+pub fn command(call: &RuleCall<'_>, form: Form<'_>, dry: bool) -> Command {
     let n = call.rates.len();
-    let mut cmd = Vec::with_capacity(4 + n * (1 + ARGS_PER_RULE));
+    let named = match form {
+        Form::Sha(sha) => sha.len(),
+        Form::Eval => SCRIPT.len(),
+    };
+    // The script's name or text, then per limit a key (its parts and 37 more bytes) and six
+    // arguments (a strategy's name and five numbers, 120 bytes at most).
+    let per_limit = call.namespace.len() + call.rule.len() + 37 + 120;
+    let mut cmd = Command::with_capacity(named + 16 + n * per_limit);
     match form {
-        Form::Sha(sha) => cmd.extend(["EVALSHA".to_string(), sha.to_string()]),
-        Form::Eval => cmd.extend(["EVAL".to_string(), SCRIPT.to_string()]),
+        Form::Sha(sha) => {
+            cmd.push("EVALSHA");
+            cmd.push(sha);
+        }
+        Form::Eval => {
+            cmd.push("EVAL");
+            cmd.push(SCRIPT);
+        }
     }
-    cmd.push(n.to_string());
-    cmd.extend((0..n).map(|i| key(call.namespace, call.rule, call.identity, i, call.fingerprint)));
+    cmd.push_number(n as u64);
+    for i in 0..n {
+        cmd.push_with(|k| push_key(k, call.namespace, call.rule, call.identity, i, call.fingerprint));
+    }
     for rate in call.rates {
-        cmd.extend(rule_args(call.strategy, rate, call.cost));
+        cmd.push(call.strategy.name());
+        rule_numbers(call.strategy, rate, call.cost).into_iter().for_each(|a| cmd.push_number(a));
     }
     if dry {
-        cmd.push("dry".to_string());
+        cmd.push("dry");
     }
     cmd
 }
@@ -351,8 +367,8 @@ pub fn read(reply: &Reply, rates: &[Rate], max_delay_ms: u64) -> Result<RuleRepl
         .iter()
         .zip(&items[1..])
         .map(|(rate, item)| {
-            let fields: Option<Vec<i64>> = match item {
-                Reply::Array(f) => f.iter().map(Reply::as_int).collect(),
+            let fields = match item {
+                Reply::Array(f) => ints(f),
                 _ => None,
             };
             fields
@@ -362,6 +378,18 @@ pub fn read(reply: &Reply, rates: &[Rate], max_delay_ms: u64) -> Result<RuleRepl
         })
         .collect::<Result<Vec<Decision>, String>>()?;
     Ok(RuleReply { allowed: all == 1 && decisions.iter().all(|d| d.allowed), decisions })
+}
+
+/// A limit's six fields as integers, without collecting them anywhere else first.
+fn ints(fields: &[Reply]) -> Option<[i64; 6]> {
+    let mut out = [0; 6];
+    if fields.len() != out.len() {
+        return None;
+    }
+    for (o, f) in out.iter_mut().zip(fields) {
+        *o = f.as_int()?;
+    }
+    Some(out)
 }
 
 /// One limit's part of the reply (`{allowed, remaining, reset_ms, retry_after_ms, delay_ms,
@@ -395,7 +423,7 @@ mod tests {
     fn a_command_carries_one_key_and_six_arguments_per_limit() {
         let s = Strategy::Gcra { burst: Some(3) };
         let rates = [Rate { limit: 5, period_ms: 1000 }, Rate { limit: 100, period_ms: 60_000 }];
-        let cmd = command(&call(&s, &rates), Form::Sha("abc"), false);
+        let cmd = command(&call(&s, &rates), Form::Sha("abc"), false).to_vec();
         assert_eq!(
             &cmd[..5],
             ["EVALSHA", "abc", "2", "ns:{api:00000000000000ab}:0.0000dead", "ns:{api:00000000000000ab}:1.0000dead"]
@@ -403,7 +431,7 @@ mod tests {
         assert_eq!(&cmd[5..11], ["gcra", "5", "1000", "2", "3", "0"]);
         assert_eq!(cmd.len(), 3 + 2 + 2 * ARGS_PER_RULE);
         let dry = command(&call(&s, &rates), Form::Eval, true);
-        assert_eq!((dry[0].as_str(), dry[1].as_str(), dry.last().map(String::as_str)), ("EVAL", SCRIPT, Some("dry")));
+        assert_eq!((dry.get(0), dry.get(1), dry.last()), (Some("EVAL"), Some(SCRIPT), Some("dry")));
     }
 
     #[test]
@@ -442,7 +470,7 @@ mod tests {
         let rates = [Rate { limit: 5, period_ms: 1000 }, Rate { limit: 100, period_ms: 60_000 }];
         let sha = sha();
         for (form, dry) in [(Form::Sha(&sha), false), (Form::Sha(&sha), true), (Form::Eval, false)] {
-            let cmd = command(&call(&s, &rates), form, dry);
+            let cmd = command(&call(&s, &rates), form, dry).to_vec();
             let inv = check(&words(&cmd), &sha).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(inv.keys.len(), 2);
             assert_eq!(inv.args.len(), 12 + usize::from(dry));
@@ -462,14 +490,14 @@ mod tests {
         let rate = [Rate { limit: MAX_LIMIT, period_ms: MAX_PERIOD_MS }];
         for s in &at_max {
             let call = RuleCall { cost: MAX_COST, ..call(s, &rate) };
-            check(&words(&command(&call, Form::Sha(&sha), false)), &sha).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+            check(&words(&command(&call, Form::Sha(&sha), false).to_vec()), &sha).unwrap_or_else(|e| panic!("{s:?}: {e}"));
         }
     }
 
     #[test]
     fn anything_else_is_refused() {
         let sha = sha();
-        let good = command(&call(&Strategy::FixedWindow, &[Rate { limit: 5, period_ms: 1000 }]), Form::Sha(&sha), false);
+        let good = command(&call(&Strategy::FixedWindow, &[Rate { limit: 5, period_ms: 1000 }]), Form::Sha(&sha), false).to_vec();
         let with = |i: usize, v: &str| {
             let mut c = good.clone();
             c[i] = v.to_string();

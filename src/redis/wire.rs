@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use super::command::Command;
+
 /// A Redis reply, as far as the filter needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -114,16 +116,16 @@ pub fn upstash_replies(body: &[u8], expected: usize) -> Result<Vec<Reply>, WireE
 }
 
 /// RESP encoding of several commands, sent as one buffer (a pipeline).
-pub fn resp_commands(commands: &[Vec<String>]) -> Vec<u8> {
+pub fn resp_commands(commands: &[Command]) -> Vec<u8> {
     // Sized once (a length header is at most 24 bytes); `format!` per word had been two thirds
     // of a call's encode-and-parse work in the guest (`scripts/bench/wire_cost.sh`).
-    let size: usize = commands.iter().flatten().map(|a| a.len() + 24).sum::<usize>() + commands.len() * 24;
+    let size: usize = commands.iter().map(|c| c.text_len() + (c.len() + 1) * 24).sum();
     let mut out = Vec::with_capacity(size);
     for c in commands {
         resp_header(&mut out, b'*', c.len());
-        for a in c {
+        for a in c.word_bytes() {
             resp_header(&mut out, b'$', a.len());
-            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(a);
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -269,20 +271,47 @@ mod tests {
         assert!(matches!(upstash_replies(b"<html>", 1), Err(WireError::Json(_))));
     }
 
+    /// Every JSON value a result may hold: what is not a Redis reply keeps its text, and a reply
+    /// of the wrong shape is a shape error, not a JSON one.
+    #[test]
+    fn upstash_results_of_every_json_kind() {
+        let body = br#"[{"result":[true,false,-7,18446744073709551615,1.5,{"a":[1]},"\u00e9",[[]]]},
+                        {"error":{"code":1},"result":1},{"result":null,"other":[1,{"x":2}]}]"#;
+        let replies = upstash_replies(body, 3).unwrap();
+        let want = vec![
+            Reply::Int(1),
+            Reply::Int(0),
+            Reply::Int(-7),
+            Reply::Str("18446744073709551615".into()),
+            Reply::Str("1.5".into()),
+            Reply::Str(r#"{"a":[1]}"#.into()),
+            Reply::Str("\u{e9}".into()),
+            Reply::Array(vec![Reply::Array(vec![])]),
+        ];
+        assert_eq!(replies, vec![Reply::Array(want), Reply::Error(r#"{"code":1}"#.into()), Reply::Nil]);
+        assert_eq!(upstash_replies(br#"{"error":7}"#, 1), Err(WireError::Service("unexpected object".into())));
+        assert_eq!(upstash_replies(br#"{"other":7}"#, 1), Err(WireError::Service("unexpected object".into())));
+        for shape in [&br#"5"#[..], br#""x""#, br#"[{"other":1}]"#, br#"[[1]]"#, br#"[1]"#] {
+            assert!(matches!(upstash_replies(shape, 1), Err(WireError::Shape(_))), "{}", String::from_utf8_lossy(shape));
+        }
+        for broken in [&br#"[{"result":1}"#[..], br#"[{"result":1},]"#, b""] {
+            assert!(matches!(upstash_replies(broken, 1), Err(WireError::Json(_))), "{}", String::from_utf8_lossy(broken));
+        }
+    }
+
     #[test]
     fn resp_round_trip_and_garbage() {
-        assert_eq!(resp_commands(&[vec!["PING".into()]]), b"*1\r\n$4\r\nPING\r\n");
-        let words = |w: &[&str]| w.iter().map(|w| w.to_string()).collect::<Vec<_>>();
-        let ten = words(&["a", "", "xxxxxxxxxxxx", "d", "e", "f", "g", "h", "i", "j"]);
+        assert_eq!(resp_commands(&[Command::of(&["PING"])]), b"*1\r\n$4\r\nPING\r\n");
+        let ten = Command::of(&["a", "", "xxxxxxxxxxxx", "d", "e", "f", "g", "h", "i", "j"]);
         assert_eq!(
-            resp_commands(&[words(&["GET", "k"]), ten]),
+            resp_commands(&[Command::of(&["GET", "k"]), ten]),
             b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*10\r\n$1\r\na\r\n$0\r\n\r\n$12\r\nxxxxxxxxxxxx\r\n\
               $1\r\nd\r\n$1\r\ne\r\n$1\r\nf\r\n$1\r\ng\r\n$1\r\nh\r\n$1\r\ni\r\n$1\r\nj\r\n"
         );
         assert_eq!(resp_commands(&[]), b"");
-        assert_eq!(resp_commands(&[vec![]]), b"*0\r\n");
+        assert_eq!(resp_commands(&[Command::default()]), b"*0\r\n");
         let long = "y".repeat(1234);
-        assert_eq!(resp_commands(&[vec![long.clone()]]), format!("*1\r\n$1234\r\n{long}\r\n").into_bytes());
+        assert_eq!(resp_commands(&[Command::of(&[&long])]), format!("*1\r\n$1234\r\n{long}\r\n").into_bytes());
         let buf = b"*3\r\n:1\r\n$2\r\nok\r\n$-1\r\n-NOSCRIPT x\r\n+OK\r\n";
         let r = resp_replies(buf, 3).unwrap();
         assert_eq!(r[0], Reply::Array(vec![Reply::Int(1), Reply::Str("ok".into()), Reply::Nil]));
@@ -313,7 +342,7 @@ mod tests {
 
     #[test]
     fn commands_and_replies_round_trip_and_are_measured() {
-        let q = resp_commands(&[vec!["EVALSHA".into(), "abc".into(), "1".into(), "k".into()]]);
+        let q = resp_commands(&[Command::of(&["EVALSHA", "abc", "1", "k"])]);
         let words = ["EVALSHA", "abc", "1", "k"].map(|w| Reply::Str(w.into())).to_vec();
         assert_eq!(resp_replies(&q, 1), Ok(vec![Reply::Array(words)]));
         assert_eq!(resp_len(&q), Some(q.len()));

@@ -37,7 +37,7 @@ impl Call<'_> {
             rates: self.rates,
             cost: self.cost,
         };
-        command(&call, self.form, self.dry)
+        command(&call, self.form, self.dry).to_vec()
     }
 }
 

@@ -308,7 +308,9 @@ fn a_gathered_request_costs_no_more_vm_entries_host_calls_or_guest_work() {
     eprintln!("per gathered request: {entries:.2} VM entries, {calls:.2} host calls, {fuel:.0} fuel");
     assert!(entries <= 8.2, "{entries} VM entries per request, at most 8.2 reached before");
     assert!(calls <= 9.3, "{calls} host calls per request, at most 9.3 reached before");
-    assert!(fuel <= 40_600.0, "{fuel} guest fuel per request, at most 40,600 reached before");
+    // 38,387 while each word of a command was a `String` of its own and keys were written
+    // with `format!`.
+    assert!(fuel <= 33_500.0, "{fuel} guest fuel per request, at most 33,500 reached before");
     assert!(host.traps().is_empty());
 }
 

@@ -7,6 +7,7 @@
 use std::hint::black_box;
 
 use sluice::rate::Rate;
+use sluice::redis::command::Command;
 use sluice::redis::script::{self, Form, RuleCall};
 use sluice::redis::wire;
 use sluice::strategy::Strategy;
@@ -20,7 +21,7 @@ pub fn run(form: &str, n: usize, k: usize) -> Result<String, String> {
     let rate = Rate::parse("1000000/minute").map_err(|e| e.to_string())?;
     let rates = [rate];
     let sha = script::sha();
-    let commands: Vec<Vec<String>> = (0..k as u64)
+    let commands: Vec<Command> = (0..k as u64)
         .map(|i| {
             let call = RuleCall {
                 namespace: "sluice",
