@@ -8,7 +8,7 @@
 //! stay below `(burst + max_debt) × period_ms + max_delay_ms × limit`, under 2^53 for realistic
 //! rules, which keeps the Lua mirror exact.
 
-use super::{ceil_div, sat};
+use super::{ceil_div, div, sat};
 
 /// One rule's fluid parameters, in scaled units (cost × ms).
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +54,7 @@ impl Fluid {
         let lag = u128::from(lag_ms);
         let need_units = u128::from(cost) * self.period;
         let reset = |lvl: u128| if lvl == 0 { 0 } else { sat(ceil_div(lvl, self.limit).saturating_add(lag)) };
-        let remaining = |lvl: u128| sat(self.cap.saturating_sub(lvl) / self.period);
+        let remaining = |lvl: u128| sat(div(self.cap.saturating_sub(lvl), self.period));
         let base = Step {
             allowed: true,
             level,

@@ -15,7 +15,7 @@
 
 use super::codec::{self, GCRA};
 use super::fluid::{self, Fluid};
-use super::{sat, Outcome};
+use super::{div_rem, sat, Outcome};
 use crate::rate::Rate;
 
 pub(crate) fn decide(rate: &Rate, burst: u64, state: &[u8], now_ms: u64, cost: u64) -> Outcome {
@@ -32,7 +32,7 @@ pub(crate) fn decide(rate: &Rate, burst: u64, state: &[u8], now_ms: u64, cost: u
     };
     let step = f.step(level, cost, 0);
     fluid::outcome(rate, step, |lvl| {
-        let tat_ms = u128::from(now_ms) + lvl / limit;
-        codec::encode(GCRA, [sat(tat_ms), sat(lvl % limit)])
+        let (ahead_ms, frac) = div_rem(lvl, limit);
+        codec::encode(GCRA, [sat(u128::from(now_ms) + ahead_ms), sat(frac)])
     })
 }

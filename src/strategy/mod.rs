@@ -151,10 +151,23 @@ fn sat(v: u128) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
-/// ⌈a / b⌉ for b > 0.
+/// ⌈a / b⌉ for b > 0 (0 for b = 0).
 fn ceil_div(a: u128, b: u128) -> u128 {
-    if b == 0 {
-        return 0;
+    let (q, r) = div_rem(a, b);
+    q + u128::from(r != 0)
+}
+
+/// `a / b` for b > 0 (0 for b = 0).
+fn div(a: u128, b: u128) -> u128 {
+    div_rem(a, b).0
+}
+
+/// `a / b` and `a % b` for b > 0 (0 and 0 for b = 0), in 64-bit arithmetic whenever both
+/// fit, as they do for any realistic rule: on wasm32 a 128-bit division is a call into a
+/// software routine, a twentieth of ten rules' guest work before this.
+fn div_rem(a: u128, b: u128) -> (u128, u128) {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) => (a.checked_div(b).map_or(0, u128::from), a.checked_rem(b).map_or(0, u128::from)),
+        _ => (a.checked_div(b).unwrap_or(0), a.checked_rem(b).unwrap_or(0)),
     }
-    a / b + u128::from(!a.is_multiple_of(b))
 }

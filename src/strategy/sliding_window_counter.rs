@@ -17,7 +17,7 @@
 //! State (25 bytes): tag 2, current window start (epoch ms), current count, previous count.
 
 use super::codec::{self, SLIDING_WINDOW_COUNTER};
-use super::{admit, deny, sat, Outcome};
+use super::{admit, deny, div, sat, Outcome};
 use crate::rate::Rate;
 
 pub(crate) fn decide(rate: &Rate, state: &[u8], now_ms: u64, cost: u64) -> Outcome {
@@ -41,7 +41,7 @@ pub(crate) fn decide(rate: &Rate, state: &[u8], now_ms: u64, cost: u64) -> Outco
     let weight = p - u128::from(eff - start);
     // Everything below is in units of 1/period of a request.
     let used = |cur: u64| (u128::from(prev) * weight).saturating_add(u128::from(cur) * p);
-    let remaining = |cur: u64| sat((l * p).saturating_sub(used(cur)) / p);
+    let remaining = |cur: u64| sat(div((l * p).saturating_sub(used(cur)), p));
     // The estimate is 0 once the current count has slid out of the next window.
     let until_empty = |cur: u64| {
         let end = if cur > 0 {
@@ -86,5 +86,5 @@ fn first_fit(p: u128, l: u128, prev: u64, cur: u64, cost: u64) -> u64 {
     if prev == 0 {
         return 0;
     }
-    sat(p - (room / u128::from(prev)).min(p))
+    sat(p - div(room, u128::from(prev)).min(p))
 }

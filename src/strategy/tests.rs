@@ -331,6 +331,36 @@ fn check_bound(s: &St, rate: &Rate, events: &[Event]) -> Result<(), TestCaseErro
     Ok(())
 }
 
+/// The strategies' division takes 64-bit arithmetic when it can: the same quotients and
+/// remainders as 128-bit division on both sides of the boundary, and 0 (not a trap) for a
+/// divisor of 0.
+#[test]
+fn division_is_128_bit_division_on_both_sides_of_64_bits() {
+    let edge = u128::from(u64::MAX);
+    let values = [1, 2, 3, 7, 1000, edge - 1, edge, edge + 1, edge * 3 + 5, u128::MAX - 1, u128::MAX];
+    for a in values.iter().copied().chain([0]) {
+        for b in values {
+            assert_eq!(super::div_rem(a, b), (a / b, a % b), "{a} / {b}");
+            assert_eq!(super::div(a, b), a / b);
+            assert_eq!(super::ceil_div(a, b), a.div_ceil(b), "{a} / {b}");
+        }
+        assert_eq!((super::div_rem(a, 0), super::ceil_div(a, 0)), ((0, 0), 0));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    /// 64-bit and 128-bit division agree anywhere.
+    #[test]
+    fn division_agrees_with_128_bit_division(a in any::<u128>(), small in any::<u64>(), b in 1..u128::MAX) {
+        for a in [a, u128::from(small)] {
+            prop_assert_eq!(super::div_rem(a, b), (a / b, a % b));
+            prop_assert_eq!(super::div_rem(a, u128::from(small).max(1)), (a / u128::from(small).max(1), a % u128::from(small).max(1)));
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
 
