@@ -2,6 +2,8 @@
 //! ends. A rule's call has ten words or more; one `String` each had been about a third of the
 //! allocations a Redis rule makes per request in the guest.
 
+use std::ops::Range;
+
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use smallvec::SmallVec;
 
@@ -65,22 +67,22 @@ impl Command {
 
     /// The words, in order.
     pub fn words(&self) -> impl Iterator<Item = &str> + '_ {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            // Every end is where a pushed `&str` ended: a char boundary, so `get` always finds it.
-            let word = self.text.get(start..end).unwrap_or_default();
-            start = end;
-            word
-        })
+        // Every end is where a pushed `&str` ended: a char boundary, so `get` always finds it.
+        self.spans().map(|span| self.text.get(span).unwrap_or_default())
     }
 
     /// The words' bytes, in order (RESP carries bytes, and needs no char boundary found).
     pub fn word_bytes(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans().map(|span| self.text.as_bytes().get(span).unwrap_or_default())
+    }
+
+    /// Where each word lies in `text`, in order.
+    fn spans(&self) -> impl Iterator<Item = Range<usize>> + '_ {
         let mut start = 0;
         self.ends.iter().map(move |&end| {
-            let word = self.text.as_bytes().get(start..end).unwrap_or_default();
+            let span = start..end;
             start = end;
-            word
+            span
         })
     }
 
