@@ -6,7 +6,7 @@
 
 use crate::breaker::{Breaker, BreakerSpec, Permit, Phase};
 use crate::rate::Rate;
-use crate::store::{MemStore, Outcomes, SharedStore, Table};
+use crate::store::{Decided, MemStore, SharedStore, Table};
 use crate::strategy::{decide, Strategy};
 
 /// The latest clock the store target uses, in epoch µs (about the year 4250). Strategies take
@@ -135,7 +135,7 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     // What the requester's decision reads: nothing of a slot another identity owns.
     let ours: Vec<&EntryRef> = if requester == identity { held.clone() } else { Vec::new() };
     let (strategy, rate, cost) = (strategy(control >> 1), RATES[usize::from((control >> 4) & 3)], u64::from(control >> 6));
-    let mut decided: Vec<(u32, Outcomes)> = Vec::new();
+    let mut decided = Decided::new();
     let updated = table
         .update_entries(&store, requester, now_us, |h| {
             decided = ids

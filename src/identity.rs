@@ -30,7 +30,8 @@ pub trait RequestInfo {
     fn method(&self) -> Option<Vec<u8>> {
         self.header(":method")
     }
-    /// The `:path` pseudo-header, query string included.
+    /// The `:path` pseudo-header, query string included. The core asks for it once per
+    /// request (`engine::applies`), so an implementation need not keep a copy for later.
     fn path(&self) -> Option<Vec<u8>> {
         self.header(":path")
     }
@@ -285,7 +286,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     /// A request made of plain values.
-    #[derive(Default, Clone)]
+    #[derive(Default, Clone, Debug)]
     pub struct Req {
         pub method: String,
         pub path: Vec<u8>,

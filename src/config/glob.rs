@@ -90,7 +90,9 @@ impl Glob {
 
     /// Whether `path` (the URL path; anything from `?` or `#` is ignored) matches.
     pub fn matches(&self, path: &str) -> bool {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
+        // By byte: `?` and `#` are ASCII, so the cut falls between characters.
+        let end = path.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(path.len());
+        let path = path.get(..end).unwrap_or(path);
         let Some(rest) = path.strip_prefix('/') else {
             return false;
         };

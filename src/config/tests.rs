@@ -571,6 +571,11 @@ fn compiled_globs_match() {
     let c = compile(&with_rules(vec![rule(json!({"match": {"path": "/api/**"}}))])).unwrap();
     let g = &c.rules[0].matcher.paths[0];
     assert!(g.matches("/api") && g.matches("/api/") && g.matches("/api/x/y") && !g.matches("/apix"));
+    // Nothing from the first `?` or `#` is matched, after any character.
+    assert!(g.matches("/api/é?x=/other") && g.matches("/api#/x") && !g.matches("/ap?i/x") && !g.matches("/é#/api"));
+    let exact = compile(&with_rules(vec![rule(json!({"match": {"path": "/a/*/c"}}))])).unwrap();
+    let g = &exact.rules[0].matcher.paths[0];
+    assert!(g.matches("/a/b/c?d/e") && !g.matches("/a/b?/c") && g.matches("/a/ü/c#x"));
 }
 
 #[test]

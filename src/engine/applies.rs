@@ -274,13 +274,17 @@ impl Limiter {
     /// A message rule applies to an upgrade request's messages.
     pub fn explain(&self, req: &impl RequestInfo) -> Vec<Applies> {
         let upgrade = crate::websocket::is_upgrade_request(req);
-        self.applies(req, true, if upgrade { None } else { Some(Per::Request) })
+        let mut out = Vec::with_capacity(self.rules.len());
+        self.applies(req, true, if upgrade { None } else { Some(Per::Request) }, &mut out);
+        out
     }
 
     /// The message rules that apply to the WebSocket upgrade `req`, each with the identity its
     /// messages are counted against.
     pub fn message_rules(&self, req: &impl RequestInfo) -> Vec<Applied> {
-        self.yes(self.applies(req, false, Some(Per::Message)))
+        let mut out = Applying::new(self.rules.len());
+        self.applies(req, false, Some(Per::Message), &mut out);
+        out.list
     }
 
     /// Whether any rule counts WebSocket messages.
@@ -290,76 +294,163 @@ impl Limiter {
 
     /// The rules that apply to `req`, with identity and cost.
     pub(super) fn applicable(&self, req: &impl RequestInfo) -> Vec<Applied> {
-        self.yes(self.applies(req, false, Some(Per::Request)))
-    }
-
-    fn yes(&self, applies: Vec<Applies>) -> Vec<Applied> {
-        applies
-            .into_iter()
-            .filter_map(|a| match a {
-                Applies::Yes(applied) => Some(applied),
-                _ => None,
-            })
-            .collect()
+        let mut out = Applying::new(self.rules.len());
+        self.applies(req, false, Some(Per::Request), &mut out);
+        out.list
     }
 
     /// [`Limiter::explain`], with reasons and identity text only when `describe` (identities
     /// of shadow rules always carry their text: their would-be limits are logged). With `only`,
     /// rules of the other kind are passed over ([`Applies::NotUpgrade`] stands in for a message
-    /// rule, [`Applies::NoMatch`] without reasons for a request rule).
-    fn applies(&self, req: &impl RequestInfo, describe: bool, only: Option<Per>) -> Vec<Applies> {
+    /// rule, [`Applies::NoMatch`] without reasons for a request rule). Each rule's answer goes
+    /// to `out`, in rule order.
+    fn applies(&self, req: &impl RequestInfo, describe: bool, only: Option<Per>, out: &mut impl Answers) {
         let (needs_method, needs_path) = match only {
             Some(Per::Request) => (self.plan.request_method, self.plan.request_path),
             _ => (self.plan.method, self.plan.path),
         };
+        let req = &PathOnce { req, path: std::cell::OnceCell::new() };
         let method = if needs_method { req.method().unwrap_or_default() } else { Vec::new() };
-        let full_path = if needs_path { req.path().unwrap_or_default() } else { Vec::new() };
+        let full_path = if needs_path { req.full_path().unwrap_or_default() } else { &[] };
         // Globs see the path as text; bytes that are not UTF-8 become U+FFFD, which no glob
         // that can match a path contains.
-        let path = String::from_utf8_lossy(path_only(&full_path));
+        let path = match std::str::from_utf8(path_only(full_path)) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            // Checked first the fast way: almost every path is ASCII.
+            Err(_) => String::from_utf8_lossy(path_only(full_path)),
+        };
         let view = View { req, method: &method, path: &path, ip: std::cell::OnceCell::new(), client_ip: &self.client_ip };
-        let mut out = Vec::with_capacity(self.rules.len());
         for (i, compiled) in self.rules.iter().enumerate() {
             let rule = &compiled.rule;
             if only.is_some_and(|per| per != rule.per) {
-                out.push(if rule.per == Per::Message { Applies::NotUpgrade } else { Applies::NoMatch(Vec::new()) });
+                out.push(i, if rule.per == Per::Message { Applies::NotUpgrade } else { Applies::NoMatch(Vec::new()) });
                 continue;
             }
             let mut mismatches = Vec::new();
             if !view.matches(rule, describe.then_some(&mut mismatches)) {
-                out.push(Applies::NoMatch(mismatches));
+                out.push(i, Applies::NoMatch(mismatches));
                 continue;
             }
             if rule.limits.is_unlimited() {
-                out.push(Applies::Unlimited);
+                out.push(i, Applies::Unlimited);
                 continue;
             }
             let mut exemptions = Vec::new();
             if view.exempt(rule, describe.then_some(&mut exemptions)) {
-                out.push(Applies::Exempt(exemptions));
+                out.push(i, Applies::Exempt(exemptions));
                 continue;
             }
             // Resolved already under an earlier rule with the same identifier (when no text is
             // wanted: that rule may have been resolved without it).
-            let earlier = compiled.same_identity_as.and_then(|j| out.get(j)).filter(|_| !describe && !rule.shadow);
+            let earlier = compiled.same_identity_as.filter(|_| !describe && !rule.shadow).and_then(|j| out.resolved(j));
             match earlier {
-                Some(Applies::Yes(a)) => {
-                    out.push(Applies::Yes(Applied { rule: i, identity: a.identity.clone(), cost: view.cost(rule) }));
+                Some(Some(identity)) => {
+                    out.push(i, Applies::Yes(Applied { rule: i, identity, cost: view.cost(rule) }));
                     continue;
                 }
-                Some(Applies::NoIdentity(_)) => {
-                    out.push(Applies::NoIdentity(Vec::new()));
+                Some(None) => {
+                    out.push(i, Applies::NoIdentity(Vec::new()));
                     continue;
                 }
-                _ => {}
+                None => {}
             }
             let ip = || view.ip();
-            out.push(match self.hasher.resolve(&rule.identifier, ip, req, describe || rule.shadow) {
-                Some(identity) => Applies::Yes(Applied { rule: i, identity, cost: view.cost(rule) }),
-                None if describe => Applies::NoIdentity(view.missing(rule)),
-                None => Applies::NoIdentity(Vec::new()),
-            });
+            out.push(
+                i,
+                match self.hasher.resolve(&rule.identifier, ip, req, describe || rule.shadow) {
+                    Some(identity) => Applies::Yes(Applied { rule: i, identity, cost: view.cost(rule) }),
+                    None if describe => Applies::NoIdentity(view.missing(rule)),
+                    None => Applies::NoIdentity(Vec::new()),
+                },
+            );
         }
-        out
+    }
+}
+
+/// The request with its path read once for all that ask (globs, query identities): the
+/// host's request view need not keep a copy of it ([`RequestInfo::path`]).
+struct PathOnce<'r, R> {
+    req: &'r R,
+    path: std::cell::OnceCell<Option<Vec<u8>>>,
+}
+
+impl<R: RequestInfo> PathOnce<'_, R> {
+    fn full_path(&self) -> Option<&[u8]> {
+        self.path.get_or_init(|| self.req.path()).as_deref()
+    }
+}
+
+impl<R: RequestInfo> RequestInfo for PathOnce<'_, R> {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.req.header(name)
+    }
+    fn source_address(&self) -> Option<String> {
+        self.req.source_address()
+    }
+    fn route_name(&self) -> Option<String> {
+        self.req.route_name()
+    }
+    fn path(&self) -> Option<Vec<u8>> {
+        self.full_path().map(<[u8]>::to_vec)
+    }
+}
+
+/// Where [`Limiter::applies`] puts each rule's answer: every answer (what `sluice explain`
+/// shows), or only the rules that apply (the request path, which then allocates one list).
+trait Answers {
+    /// Rule `rule`'s answer (rules come in order).
+    fn push(&mut self, rule: usize, answer: Applies);
+    /// The identity rule `j` (an earlier rule) was resolved to, if it is known here: `Some(None)`
+    /// when the request lacks it.
+    fn resolved(&self, j: usize) -> Option<Option<Identity>>;
+}
+
+impl Answers for Vec<Applies> {
+    fn push(&mut self, _rule: usize, answer: Applies) {
+        Vec::push(self, answer);
+    }
+    fn resolved(&self, j: usize) -> Option<Option<Identity>> {
+        match self.get(j)? {
+            Applies::Yes(a) => Some(Some(a.identity.clone())),
+            Applies::NoIdentity(_) => Some(None),
+            _ => None,
+        }
+    }
+}
+
+/// The rules that apply, out of `rules`: nothing is allocated until one does, and then room
+/// for every rule left.
+struct Applying {
+    rules: usize,
+    list: Vec<Applied>,
+    /// Rules the request lacks the identity of, so that a later rule with the same identifier
+    /// does not look for it again.
+    lacking: Vec<usize>,
+}
+
+impl Applying {
+    fn new(rules: usize) -> Self {
+        Applying { rules, list: Vec::new(), lacking: Vec::new() }
+    }
+}
+
+impl Answers for Applying {
+    fn push(&mut self, rule: usize, answer: Applies) {
+        match answer {
+            Applies::Yes(a) => {
+                if self.list.capacity() == 0 {
+                    self.list.reserve_exact(self.rules.saturating_sub(a.rule));
+                }
+                self.list.push(a);
+            }
+            Applies::NoIdentity(_) => self.lacking.push(rule),
+            _ => {}
+        }
+    }
+    fn resolved(&self, j: usize) -> Option<Option<Identity>> {
+        if self.lacking.contains(&j) {
+            return Some(None);
+        }
+        self.list.iter().find(|a| a.rule == j).map(|a| Some(a.identity.clone()))
     }
 }

@@ -3,15 +3,21 @@
 //! Rules that share a table (they count the same identity) are decided on one read of the
 //! identity's slot and stored in one write.
 
+use smallvec::SmallVec;
+
 use super::{Applied, CompiledRule, Limiter, RuleOutcome, Verdict};
 use crate::config::OnError;
-use crate::store::{Held, Outcomes, Prepared, SharedStore, StoreError, Updated};
+use crate::store::{Decided, Held, Outcomes, Prepared, SharedStore, StoreError, Updated};
 use crate::strategy::{self, Decision, Outcome};
 
 /// The decisions of a rule's outcomes (what is reported; the states were stored).
 fn decisions(outcomes: Vec<Outcome>) -> Vec<Decision> {
     outcomes.into_iter().map(|o| o.decision).collect()
 }
+
+/// Rules of one request, by reference: most requests meet a few rules, so these lists live on
+/// the stack (an allocation costs the guest more than deciding a limit).
+type Refs<'a> = SmallVec<[&'a Applied; 4]>;
 
 /// A decision is stored only if every limit of every rule decided admits, and one changed.
 fn worth_writing<'a>(outcomes: impl Iterator<Item = &'a Outcome> + Clone) -> bool {
@@ -25,14 +31,42 @@ impl Limiter {
 
     /// Every limit of `a`'s rule decided on its states (`state(i)`: limit i's).
     fn decide_rule<'s>(&self, a: &Applied, state: impl Fn(usize) -> &'s [u8], now_us: u64) -> Outcomes {
+        self.decide_limits(a, state, now_us, |o| o)
+    }
+
+    /// [`Limiter::decide_rule`], keeping `keep` of each limit's outcome.
+    fn decide_limits<'s, T, C: FromIterator<T>>(
+        &self,
+        a: &Applied,
+        state: impl Fn(usize) -> &'s [u8],
+        now_us: u64,
+        keep: impl Fn(Outcome) -> T,
+    ) -> C {
         let c = self.compiled(a);
         let rates = c.local_rates();
-        rates.iter().enumerate().map(|(i, rate)| strategy::decide(&c.rule.strategy, rate, state(i), now_us, a.cost)).collect()
+        rates
+            .iter()
+            .enumerate()
+            .map(|(i, rate)| keep(strategy::decide(&c.rule.strategy, rate, state(i), now_us, a.cost)))
+            .collect()
+    }
+
+    /// Decides the rules of `group` on a slot the worker remembers ([`super::memo`]), adding
+    /// their outcomes to `into`: whether every one denies. Only the decisions are kept: nothing
+    /// is written.
+    fn decide_remembered(&self, group: &[&Applied], held: &Held<'_>, now_us: u64, into: &mut Vec<RuleOutcome>) -> bool {
+        let before = into.len();
+        for a in group {
+            let id = self.compiled(a).table.fingerprint;
+            let decisions = self.decide_limits(a, |i| held.state(id, i), now_us, |o| o.decision);
+            into.push(self.local_outcome(a, Ok((decisions, false))));
+        }
+        into.get(before..).is_some_and(|mine| mine.iter().all(|o| !o.allowed))
     }
 
     /// Every limit of each rule in `group` decided on its states in the slot as read.
-    fn decide_group(&self, group: &[&Applied], held: &Held<'_>, now_us: u64) -> (Vec<(u32, Outcomes)>, bool) {
-        let decided: Vec<(u32, Outcomes)> = group
+    fn decide_group(&self, group: &[&Applied], held: &Held<'_>, now_us: u64) -> (Decided, bool) {
+        let decided: Decided = group
             .iter()
             .map(|a| {
                 let id = self.compiled(a).table.fingerprint;
@@ -45,12 +79,7 @@ impl Limiter {
 
     /// Adds the outcomes of `group` to `into`, from what its table returned (the slot's
     /// creation told once).
-    fn group_outcomes(
-        &self,
-        group: &[&Applied],
-        result: Result<Updated<Vec<(u32, Outcomes)>>, StoreError>,
-        into: &mut Vec<RuleOutcome>,
-    ) {
+    fn group_outcomes(&self, group: &[&Applied], result: Result<Updated<Decided>, StoreError>, into: &mut Vec<RuleOutcome>) {
         match result {
             Ok(u) => {
                 for (i, (a, (_, o))) in group.iter().zip(u.outcomes).enumerate() {
@@ -82,10 +111,11 @@ impl Limiter {
         into: &mut Vec<RuleOutcome>,
     ) -> Option<Prepared> {
         let first = group.first()?;
-        if let Some(outcomes) = self.memo.recall(&self.rules, group, now_us, |held| self.decide_group(group, held, now_us).0) {
-            self.group_outcomes(group, Ok(Updated { outcomes, created: false }), into);
+        let before = into.len();
+        if self.memo.recall(&self.rules, group, now_us, |held| self.decide_remembered(group, held, now_us, into)) {
             return None;
         }
+        into.truncate(before);
         let table = &self.compiled(first).table;
         match table.prepare_entries(store, first.identity.hash, now_us, |held| self.decide_group(group, held, now_us)) {
             Ok(mut p) => {
@@ -139,16 +169,16 @@ impl Limiter {
 
     /// `rules` in groups that count in one slot (one table, one identity), in order of their
     /// first rule, each in rule order.
-    fn by_slot<'a>(&self, rules: &[&'a Applied]) -> Vec<Vec<&'a Applied>> {
-        let mut groups: Vec<Vec<&Applied>> = Vec::new();
+    fn by_slot<'a>(&self, rules: &[&'a Applied]) -> SmallVec<[Refs<'a>; 2]> {
+        let mut groups: SmallVec<[Refs<'a>; 2]> = SmallVec::new();
         for &a in rules {
             let holder = self.compiled(a).holder;
-            let same = |g: &&mut Vec<&Applied>| {
+            let same = |g: &&mut Refs<'a>| {
                 g.first().is_some_and(|f| self.compiled(f).holder == holder && f.identity.hash == a.identity.hash)
             };
             match groups.iter_mut().find(same) {
                 Some(g) => g.push(a),
-                None => groups.push(vec![a]),
+                None => groups.push(smallvec::smallvec![a]),
             }
         }
         groups
@@ -170,11 +200,12 @@ impl Limiter {
         if outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow()) {
             return self.verdict(outcomes, true);
         }
-        let (enforced, shadow): (Vec<&Applied>, Vec<&Applied>) =
+        let (enforced, shadow): (Refs<'_>, Refs<'_>) =
             applied.iter().filter(|a| !self.compiled(a).is_redis()).partition(|a| !self.compiled(a).is_shadow());
         let groups = self.by_slot(&enforced);
         let mut decided = Vec::with_capacity(enforced.len());
-        let prepared: Vec<Option<Prepared>> = groups.iter().map(|g| self.prepare_group(g, store, now_us, &mut decided)).collect();
+        let prepared: SmallVec<[Option<Prepared>; 2]> =
+            groups.iter().map(|g| self.prepare_group(g, store, now_us, &mut decided)).collect();
         if decided.iter().any(|o| !o.allowed) {
             return self.verdict(after(outcomes, in_order(&enforced, decided)), true);
         }

@@ -24,7 +24,7 @@ use std::cell::RefCell;
 
 use super::{Applied, CompiledRule, RuleOutcome};
 use crate::clock::WORKER_SKEW_US;
-use crate::store::{Held, Outcomes};
+use crate::store::Held;
 
 /// Places in the memo (and in the deny cache's copies, `super::deny`): identities denied at once
 /// that each worker answers without a read.
@@ -96,43 +96,38 @@ impl Memo {
         }
     }
 
-    /// The outcomes of `group` (rules of one table, one identity) decided by `decide` on the
-    /// remembered slot, if it is remembered for every rule of `group` and still denies all of
-    /// them at `now_us`; `None` means: read shared data.
+    /// Whether `group` (rules of one table, one identity) is remembered for every one of its
+    /// rules and `decide`, deciding them on the remembered slot at `now_us`, finds every one
+    /// still denied (it keeps what it decided); `false` means: read shared data.
     pub(super) fn recall(
         &self,
         rules: &[CompiledRule],
         group: &[&Applied],
         now_us: u64,
-        decide: impl FnOnce(&Held<'_>) -> Vec<(u32, Outcomes)>,
-    ) -> Option<Vec<(u32, Outcomes)>> {
-        let first = group.first()?;
-        let holder = rules.get(first.rule)?.holder;
+        decide: impl FnOnce(&Held<'_>) -> bool,
+    ) -> bool {
+        let Some(first) = group.first() else { return false };
+        let Some(holder) = rules.get(first.rule).map(|c| c.holder) else { return false };
         let identity = first.identity.hash;
         let at = place(holder, identity);
-        let decided = {
-            let places = self.places.try_borrow().ok()?;
-            let r = places.get(at)?.as_ref()?;
+        let denied = {
+            let Ok(places) = self.places.try_borrow() else { return false };
+            let Some(r) = places.get(at).and_then(Option::as_ref) else { return false };
             let known = r.holder == holder && r.identity == identity && group.iter().all(|a| r.rules.contains(&a.rule));
             if !known || now_us < r.at_us {
-                return None;
+                return false;
             }
-            (now_us < r.until_us).then(|| decide(&Held::of(r.slot.as_deref(), now_us)))
+            now_us < r.until_us && decide(&Held::of(r.slot.as_deref(), now_us))
         };
-        let denies =
-            |d: &Vec<(u32, Outcomes)>| d.len() == group.len() && d.iter().all(|(_, o)| o.iter().any(|o| !o.decision.allowed));
-        match decided {
-            Some(d) if denies(&d) => Some(d),
+        if !denied {
             // Past its time: the place is free for the next denial.
-            _ => {
-                if let Ok(mut places) = self.places.try_borrow_mut() {
-                    if let Some(p) = places.get_mut(at) {
-                        *p = None;
-                    }
+            if let Ok(mut places) = self.places.try_borrow_mut() {
+                if let Some(p) = places.get_mut(at) {
+                    *p = None;
                 }
-                None
             }
         }
+        denied
     }
 }
 

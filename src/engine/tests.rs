@@ -816,3 +816,64 @@ fn a_worker_answers_a_redis_denial_from_its_copy_without_reading_shared_data() {
     assert!(cached(&a, "1", T0 + 100_000).is_none());
     assert!(cached(&a, "2", T0 + 799_000).is_none());
 }
+
+mod applicable {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Rules that exercise every way a rule can be passed over, and identities shared between
+    /// rules (resolved once on the request path).
+    fn config() -> serde_json::Value {
+        let skip = |name: &str| serde_json::json!({"parts": [{"header": name}], "fallback": "skip"});
+        serde_json::json!({"rules": [
+            {"name": "api", "match": {"path": "/api/**", "methods": ["GET"]}, "limit": "5/min", "identifier": skip("x-key")},
+            {"name": "api-too", "limit": "9/min", "identifier": skip("x-key"), "cost": {"header": "x-cost", "default": 1, "max": 4}},
+            {"name": "tenant", "match": {"headers": {"x-tenant": "acme"}}, "limit": "5/min", "exempt": {"headers": {"x-vip": "1"}}},
+            {"name": "office", "limit": "5/min", "exempt": {"cidrs": ["10.0.0.0/24"]}},
+            {"name": "off", "limit": "0/0"},
+            {"name": "watch", "limit": "1/min", "identifier": skip("x-key"), "shadow": true},
+            {"name": "other", "match": {"path": "/other"}, "limit": "5/min", "identifier": skip("x-other")},
+            {"name": "other-too", "limit": "5/min", "identifier": skip("x-other")},
+            {"name": "messages", "per": "message", "limit": "5/s"}
+        ]})
+    }
+
+    fn request() -> impl Strategy<Value = Req> {
+        let path = prop::sample::select(vec!["/api/x", "/api", "/other?q=1", "/"]);
+        let method = prop::sample::select(vec!["GET", "POST"]);
+        let source = prop::sample::select(vec!["10.0.0.9:1", "10.0.1.9:1", "[2001:db8::1]:1"]);
+        let header = |name: &'static str, values: Vec<&'static str>| {
+            prop::option::of(prop::sample::select(values)).prop_map(move |v| v.map(|v| (name, v)))
+        };
+        let headers = (
+            header("x-key", vec!["k1", "k2"]),
+            header("x-cost", vec!["0", "3", "99", "x"]),
+            header("x-tenant", vec!["acme", "other"]),
+            header("x-vip", vec!["1", "0"]),
+            header("x-other", vec!["o1"]),
+        );
+        (method, path, source, headers).prop_map(|(method, path, source, (a, b, c, d, e))| {
+            [a, b, c, d, e].into_iter().flatten().fold(Req::new(method, path).source(source), |r, (k, v)| r.header(k, v))
+        })
+    }
+
+    proptest! {
+        /// The request path's list of the rules that apply (no reasons, identities shared
+        /// between rules resolved once) is exactly what `sluice explain` says applies.
+        #[test]
+        fn the_request_path_applies_what_explain_says(req in request()) {
+            let l = limiter(config());
+            let lean: Vec<(usize, u64, u64)> = l.applicable(&req).iter().map(|a| (a.rule, a.identity.hash, a.cost)).collect();
+            let explained: Vec<(usize, u64, u64)> = l
+                .explain(&req)
+                .into_iter()
+                .filter_map(|a| match a {
+                    Applies::Yes(a) => Some((a.rule, a.identity.hash, a.cost)),
+                    _ => None,
+                })
+                .collect();
+            prop_assert_eq!(lean, explained);
+        }
+    }
+}

@@ -11,7 +11,7 @@ pub mod table;
 
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemStore;
-pub use table::{Held, Outcomes, Prepared, Table, Updated, PROBES};
+pub use table::{Decided, Held, Outcomes, Prepared, Table, Updated, PROBES};
 
 /// A compare-and-swap key-value map with Envoy's shared-data semantics.
 pub trait SharedStore {

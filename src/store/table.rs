@@ -178,7 +178,7 @@ impl<'a> Held<'a> {
 }
 
 /// A decision on a slot's entries (see [`Table::prepare_entries`]).
-type Decide<'d> = &'d mut dyn FnMut(&Held<'_>) -> (Vec<(u32, Outcomes)>, bool);
+type Decide<'d> = &'d mut dyn FnMut(&Held<'_>) -> (Decided, bool);
 
 /// What a slot holds for the caller.
 enum Found {
@@ -190,6 +190,9 @@ enum Found {
 
 /// The outcome of every limit of a rule, in order.
 pub type Outcomes = Vec<Outcome>;
+
+/// Each rule decided on one slot (its fingerprint) and its outcomes, in the order decided.
+pub type Decided = Vec<(u32, Outcomes)>;
 
 /// What [`Table::update`] did: the outcomes (of one rule, or one list per rule decided).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +206,7 @@ pub struct Updated<T = Outcomes> {
 #[derive(Debug)]
 pub struct Prepared {
     /// Each rule decided (its fingerprint) and one outcome per limit, in the order decided.
-    pub outcomes: Vec<(u32, Outcomes)>,
+    pub outcomes: Decided,
     write: Option<Write>,
     /// The slot as read, when nothing is to be written (a denial): see [`Prepared::take_read`].
     read: Option<Vec<u8>>,
@@ -298,7 +301,7 @@ impl Table {
         mut decide: F,
     ) -> Result<Prepared, StoreError>
     where
-        F: FnMut(&Held<'_>) -> (Vec<(u32, Outcomes)>, bool),
+        F: FnMut(&Held<'_>) -> (Decided, bool),
     {
         self.prepare_dyn(store, identity, now_us, &mut decide)
     }
@@ -355,7 +358,7 @@ impl Table {
     /// A decision of this table's own rule as a decision on the slot's entries: `decide`
     /// receives the rule's current states (empty slices for a fresh identity) and returns one
     /// outcome per limit plus whether to write at all.
-    fn own<'t, F>(&'t self, mut decide: F) -> impl FnMut(&Held<'_>) -> (Vec<(u32, Outcomes)>, bool) + 't
+    fn own<'t, F>(&'t self, mut decide: F) -> impl FnMut(&Held<'_>) -> (Decided, bool) + 't
     where
         F: FnMut(&[&[u8]]) -> (Outcomes, bool) + 't,
     {
@@ -383,9 +386,9 @@ impl Table {
         identity: u64,
         now_us: u64,
         mut decide: F,
-    ) -> Result<Updated<Vec<(u32, Outcomes)>>, StoreError>
+    ) -> Result<Updated<Decided>, StoreError>
     where
-        F: FnMut(&Held<'_>) -> (Vec<(u32, Outcomes)>, bool),
+        F: FnMut(&Held<'_>) -> (Decided, bool),
     {
         with_retries(&self.prefix, || {
             let prepared = self.prepare_entries(store, identity, now_us, &mut decide)?;
@@ -568,7 +571,7 @@ mod tests {
     }
 
     /// Both rules decided on one read: each counts, and the write is all or nothing.
-    fn both(held: &Held<'_>) -> (Vec<(u32, Outcomes)>, bool) {
+    fn both(held: &Held<'_>) -> (Decided, bool) {
         let (a, wa) = count_to(5)(&held.states(7));
         let (b, wb) = count_to(2)(&held.states(9));
         (vec![(7, a), (9, b)], wa && wb)
