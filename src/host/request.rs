@@ -7,16 +7,21 @@ use std::cell::{Cell, RefCell};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
+use smallvec::SmallVec;
 
 use crate::engine::Limiter;
 use crate::headers;
 use crate::identity::RequestInfo;
 
+/// A header read one by one: its name as the config spells it (short, so kept inline rather
+/// than allocated) and its value (`None`: absent).
+type Read = (SmallVec<[u8; 24]>, Option<Vec<u8>>);
+
 /// The request as the core sees it: every value read from the host on demand, and each header
 /// at most once (several rules often ask for the same identity header).
 pub(super) struct HostRequest {
-    /// Values read one by one so far (`None`: absent).
-    headers: RefCell<Vec<(String, Option<Vec<u8>>)>>,
+    /// Headers read one by one so far: a config reads few, so they are kept inline.
+    headers: RefCell<SmallVec<[Read; 2]>>,
     /// Read every header at the next ask (the config reads several per request); cleared once
     /// tried, so a failed read of them all is not repeated.
     all_at_once: Cell<bool>,
@@ -30,7 +35,7 @@ impl HostRequest {
     }
 
     fn cached(&self, name: &str) -> Option<Option<Vec<u8>>> {
-        self.headers.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        self.headers.borrow().iter().find(|(k, _)| k.as_slice() == name.as_bytes()).map(|(_, v)| v.clone())
     }
 }
 
@@ -47,42 +52,61 @@ impl RequestInfo for HostRequest {
             return v;
         }
         let v = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten();
-        self.headers.borrow_mut().push((name.to_string(), v.clone()));
+        self.headers.borrow_mut().push((SmallVec::from_slice(name.as_bytes()), v.clone()));
         v
     }
+    /// From every header when they are read at once; else straight from the host: the core
+    /// asks once per request, so a cached copy would be an allocation for nothing.
+    fn path(&self) -> Option<Vec<u8>> {
+        if self.all_at_once.get() || self.all.borrow().is_some() {
+            return self.header(":path");
+        }
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path").ok().flatten()
+    }
     fn source_address(&self) -> Option<String> {
-        property(&["source", "address"])
+        property(b"source\0address")
     }
     fn route_name(&self) -> Option<String> {
-        property(&["xds", "route_name"])
+        property(b"xds\0route_name")
     }
 }
 
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+}
+
+/// The bytes a host call hands back through its two out-parameters: `Err` with the host's
+/// status, `Ok(None)` for no buffer.
+fn host_bytes(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec<u8>>, u32> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut len: usize = 0;
+    let status = call(&mut data, &mut len);
+    if status != 0 {
+        return Err(status);
+    }
+    if data.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: the host wrote a buffer of `len` initialized bytes that it allocated through the
+    // SDK's proxy_on_memory_allocate (Rust's global allocator, align 1), which we now own.
+    Ok(Some(unsafe { Vec::from_raw_parts(data, len, len) }))
 }
 
 /// Every request header in one host call. Not the SDK's `get_map`: that one panics on a value
 /// that is not UTF-8, which a client can send (and copies every header).
 fn request_header_pairs() -> Option<headers::Pairs> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut len: usize = 0;
-    // SAFETY: the host writes a buffer it allocated through the SDK's proxy_on_memory_allocate
-    // (Rust's global allocator, align 1), which we then own.
-    let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut len) };
-    if status != 0 {
-        return None;
-    }
-    if data.is_null() {
-        return headers::Pairs::parse(Vec::new());
-    }
-    // SAFETY: see above: `data` holds `len` initialized bytes with capacity `len`.
-    let bytes = unsafe { Vec::from_raw_parts(data, len, len) };
-    headers::Pairs::parse(bytes)
+    // SAFETY: both out-pointers are valid for the call, which writes them.
+    let bytes = host_bytes(|data, len| unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, data, len) });
+    headers::Pairs::parse(bytes.ok()?.unwrap_or_default())
 }
 
-fn property(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
-    String::from_utf8(bytes).ok()
+/// A property, by its path as the ABI spells it (segments joined by NUL). Not the SDK's
+/// `get_property`: that one builds the path anew in two allocations per call, and panics (a
+/// trap) on a status it does not expect.
+fn property(path: &[u8]) -> Option<String> {
+    // SAFETY: `path` is valid for its length and both out-pointers for the call.
+    let bytes = host_bytes(|data, len| unsafe { proxy_get_property(path.as_ptr(), path.len(), data, len) });
+    String::from_utf8(bytes.ok()??).ok()
 }

@@ -2,7 +2,6 @@
 //! [`crate::clock`]), and the high-water mark the workers of one proxy meet at.
 
 use std::cell::Cell;
-use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
 
@@ -14,8 +13,23 @@ thread_local! {
     static CLOCK: Cell<Clock> = Cell::new(Clock::default());
 }
 
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+}
+
+/// The host's wall clock in epoch microseconds (0 if it fails). Not the SDK's
+/// `get_current_time`: that one goes through `SystemTime` in 128 bits and panics (a trap) on a
+/// status it does not expect; this runs on every request a rule applies to.
 fn host_us() -> u64 {
-    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_micros() as u64).unwrap_or(0)
+    let mut ns: u64 = 0;
+    // SAFETY: the out-pointer is valid for the call, which writes it.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut ns) };
+    if status == 0 {
+        ns / 1000
+    } else {
+        0
+    }
 }
 
 /// The time in epoch microseconds: never earlier than a time already returned on this worker,

@@ -271,6 +271,11 @@ impl VmState {
     /// Envoy's properties: per-request values set by the harness, the plugin's own, then
     /// request headers under `request.headers.<name>`.
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
+        // Envoy names a property by its segments (NUL-separated on the wire): `source.address`
+        // as one segment is no property, as in Envoy.
+        if path.iter().any(|segment| segment.contains('.')) {
+            return None;
+        }
         let dotted = path.join(".");
         if let Some(v) = self.ctx().and_then(|c| c.properties.get(&dotted)) {
             return Some(v.clone());

@@ -276,3 +276,18 @@ fn metrics_and_rate_limit_headers_reach_the_client() {
     let allowed = host.metrics().into_iter().find(|(k, _)| k.contains("api") && k.ends_with("allowed")).map(|(_, v)| v.1);
     assert_eq!(allowed, Some(2), "{:?}", host.metrics());
 }
+
+#[test]
+fn clients_are_told_apart_by_address_and_rules_matched_by_route_name() {
+    // The two properties the filter reads: `source.address` (the default identity) and
+    // `xds.route_name` (a rule's `match.routes`).
+    let by_client = json!({"name": "per-client", "limit": "1/min"});
+    let on_route = json!({"name": "on-api", "limit": "2/min", "identifier": "global", "match": {"routes": ["api"]}});
+    let mut host = host(&json!({"rules": [by_client, on_route]}), 1);
+    let mut send = |source: &str, route: &str| host.request("GET", "/").source(source).route(route).send().status;
+    assert_eq!(send("10.0.0.1:5555", "api"), 200);
+    assert_eq!(send("10.0.0.1:6666", "api"), 429, "the same client, another port");
+    assert_eq!(send("10.0.0.2:5555", "api"), 200, "another client; the route's second request");
+    assert_eq!(send("[2001:db8::1]:443", "api"), 429, "a new client, but the route's limit is reached");
+    assert_eq!(send("10.0.0.4:5555", "other"), 200, "another route: only the client's rule applies");
+}
