@@ -89,6 +89,8 @@ pub(crate) struct ReadPlan {
     pub request_path: bool,
     /// Distinct request headers (pseudo-headers included) the rules may read for one request.
     pub headers: usize,
+    /// Whether a rule counts WebSocket messages: only then is a request looked at as an upgrade.
+    pub messages: bool,
 }
 
 impl ReadPlan {
@@ -103,6 +105,7 @@ impl ReadPlan {
             request_method: methods(Some(Per::Request)),
             request_path: paths(Some(Per::Request)),
             headers: header_names(config, method, path),
+            messages: config.rules.iter().any(|r| r.per == Per::Message),
         }
     }
 
@@ -289,7 +292,7 @@ impl Limiter {
 
     /// Whether any rule counts WebSocket messages.
     pub fn has_message_rules(&self) -> bool {
-        self.rules.iter().any(|c| c.rule.per == Per::Message)
+        self.plan.messages
     }
 
     /// The rules that apply to `req`, with identity and cost.

@@ -250,6 +250,10 @@ impl Context for Http {
 
 impl Drop for Http {
     fn drop(&mut self) {
+        // Most requests leave nothing anywhere: decided at once, no WebSocket.
+        if self.waiting.is_none() && !self.at_root && self.ws.is_none() {
+            return;
+        }
         // A request that ended early (client gone) leaves nothing behind, and a probe it was
         // making frees its place in the breaker.
         if self.waiting.is_some() {
@@ -312,9 +316,10 @@ impl HttpContext for Http {
         if self.at_root {
             self.fields.extend(state::take_fields(self.id).unwrap_or_default());
         }
-        for (name, value) in std::mem::take(&mut self.fields) {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &name, &value);
+        for (name, value) in &self.fields {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
         }
+        self.fields.clear();
         if let (Some(shared), Some(ws)) = (&self.shared, &self.ws) {
             websocket::at_response(shared, ws);
         }
