@@ -272,7 +272,8 @@ impl VmState {
     /// request headers under `request.headers.<name>`.
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
         // Envoy names a property by its segments (NUL-separated on the wire): `source.address`
-        // as one segment is no property, as in Envoy.
+        // as one segment is not the source address (docs/architecture.md, "Host facts:
+        // properties").
         if path.iter().any(|segment| segment.contains('.')) {
             return None;
         }
