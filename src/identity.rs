@@ -30,8 +30,9 @@ pub trait RequestInfo {
     fn method(&self) -> Option<Vec<u8>> {
         self.header(":method")
     }
-    /// The `:path` pseudo-header, query string included. The core asks for it once per
-    /// request (`engine::applies`), so an implementation need not keep a copy for later.
+    /// The `:path` pseudo-header, query string included. The core asks for it once per walk
+    /// over the rules (`engine::applies`): once per request, twice for a WebSocket upgrade when
+    /// message rules exist, so an implementation need keep a copy only then.
     fn path(&self) -> Option<Vec<u8>> {
         self.header(":path")
     }

@@ -384,8 +384,15 @@ impl<R: RequestInfo> PathOnce<'_, R> {
 }
 
 impl<R: RequestInfo> RequestInfo for PathOnce<'_, R> {
+    /// `:path` named as a header (a config may name pseudo-headers) is the path read once.
     fn header(&self, name: &str) -> Option<Vec<u8>> {
+        if name == ":path" {
+            return self.path();
+        }
         self.req.header(name)
+    }
+    fn method(&self) -> Option<Vec<u8>> {
+        self.req.method()
     }
     fn source_address(&self) -> Option<String> {
         self.req.source_address()

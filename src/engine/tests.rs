@@ -77,6 +77,23 @@ impl RequestInfo for CountingHeaders<'_> {
 }
 
 #[test]
+fn the_path_is_asked_for_once_however_many_rules_read_it() {
+    // Globs, a query identity and `:path` named as a header all read one path
+    // (`RequestInfo::path`: the host's view keeps no copy of it).
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "a", "match": {"path": "/api/**"}, "limit": "5/min", "identifier": {"parts": [{"query": "user"}]}},
+        {"name": "b", "match": {"path": "/api/x", "headers": {":path": "/api/x?user=u1"}}, "limit": "5/min"},
+        {"name": "c", "limit": "5/min", "identifier": {"parts": [{"header": ":path"}]}}
+    ]}));
+    let req = Req::new("GET", "/api/x?user=u1");
+    let counting = CountingHeaders(&req, Default::default());
+    assert_eq!(status(&l.check(&counting, &MemStore::default(), T0)), 200);
+    assert_eq!(l.check(&counting, &MemStore::default(), T0).outcomes().len(), 3, "all three apply");
+    let paths = counting.1.borrow().iter().filter(|n| *n == ":path").count();
+    assert_eq!(paths, 2, "once per request: {:?}", counting.1.borrow());
+}
+
+#[test]
 fn a_config_without_a_rule_leaves_that_rules_count_in_a_shared_slot() {
     // Two configs on one shared data (a connection keeps the config it was opened with; two
     // filter configs may share a namespace): the one without login must not wipe login's count.

@@ -27,11 +27,19 @@ pub(super) struct HostRequest {
     all_at_once: Cell<bool>,
     /// Every request header, when read at once: a name not in it is absent.
     all: RefCell<Option<headers::Pairs>>,
+    /// Whether the core may ask for the path twice (a WebSocket upgrade's message rules are
+    /// found on a walk of their own): only then is a copy kept.
+    path_twice: bool,
 }
 
 impl HostRequest {
     pub fn new(limiter: &Limiter) -> Self {
-        HostRequest { headers: RefCell::default(), all_at_once: Cell::new(limiter.reads_many_headers()), all: RefCell::new(None) }
+        HostRequest {
+            headers: RefCell::default(),
+            all_at_once: Cell::new(limiter.reads_many_headers()),
+            all: RefCell::new(None),
+            path_twice: limiter.has_message_rules(),
+        }
     }
 
     fn cached(&self, name: &str) -> Option<Option<Vec<u8>>> {
@@ -55,10 +63,11 @@ impl RequestInfo for HostRequest {
         self.headers.borrow_mut().push((SmallVec::from_slice(name.as_bytes()), v.clone()));
         v
     }
-    /// From every header when they are read at once; else straight from the host: the core
-    /// asks once per request, so a cached copy would be an allocation for nothing.
+    /// From every header when they are read at once, or kept when the core may ask twice;
+    /// else straight from the host: the core asks once per walk over the rules
+    /// ([`RequestInfo::path`]), so a copy would be an allocation for nothing.
     fn path(&self) -> Option<Vec<u8>> {
-        if self.all_at_once.get() || self.all.borrow().is_some() {
+        if self.path_twice || self.all_at_once.get() || self.all.borrow().is_some() {
             return self.header(":path");
         }
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path").ok().flatten()
