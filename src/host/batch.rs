@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
+use super::abi;
 
 use crate::clock;
 use crate::config::Transport;
@@ -74,7 +74,7 @@ pub(super) fn register() {
         log::warn!("sluice: cannot number this worker's gathering queue; each request sends its own Redis call");
         return;
     };
-    match hostcalls::register_shared_queue(&format!("sluice:gather:{n}")) {
+    match abi::register_shared_queue(&format!("sluice:gather:{n}")) {
         Ok(id) => GATHER.with(|g| {
             let mut g = g.borrow_mut();
             g.number = Some(n);
@@ -123,7 +123,7 @@ pub(super) fn add(shared: &Rc<Shared>, ctx: u32, pending: Pending, deadline_us: 
         g.waiting.push(Entry { shared: shared.clone(), ctx, commands, job: Some((pending, deadline_us)) });
         if at == At::Request && !g.woken {
             if let Some(queue) = g.queue {
-                g.woken = hostcalls::enqueue_shared_queue(queue, Some(&[1])).is_ok();
+                g.woken = abi::enqueue_shared_queue(queue, &[1]).is_ok();
             }
         }
     });
@@ -165,7 +165,7 @@ pub(super) fn forget(ctx: u32) -> Vec<(Rc<Shared>, Pending)> {
 
 /// The root's wake-up: the queue is drained and what was gathered is sent.
 pub(super) fn on_queue_ready(queue: u32) {
-    while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
+    while let Ok(Some(_)) = abi::dequeue_shared_queue(queue) {}
     GATHER.with(|g| g.borrow_mut().woken = false);
     flush();
 }

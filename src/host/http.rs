@@ -7,9 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use super::abi::{self, Action, Headers};
 
 use crate::engine::{Heard, Pending, Resumed, Step, Verdict};
 use crate::headers;
@@ -167,7 +165,7 @@ pub(super) fn answered_at_root(
     now: u64,
     heard: &mut Heard,
 ) {
-    if hostcalls::set_effective_context(ctx).is_err() {
+    if abi::set_effective_context(ctx).is_err() {
         shared.limiter.abandon(&pending, &EnvoyShared);
         return;
     }
@@ -190,7 +188,7 @@ pub(super) fn answered_at_root(
 /// Resumes a paused request after a callback that is not a filter callback.
 pub(super) fn continue_if(flow: Flow) {
     if let Flow::Continue = flow {
-        let _ = hostcalls::resume_http_request();
+        let _ = abi::resume_http_request();
     }
 }
 
@@ -233,8 +231,9 @@ impl Http {
     }
 }
 
-impl Context for Http {
-    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+impl Http {
+    /// A callout this request sent alone (or a WebSocket message's) is answered.
+    pub(super) fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         if let (Some(shared), Some(ws)) = (&self.shared, self.ws.as_ref().filter(|ws| websocket::is_waiting(ws))) {
             websocket::on_call_response(shared, self.id, ws, token_id, num_headers, body_size);
             return;
@@ -280,8 +279,8 @@ impl Drop for Http {
     }
 }
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl Http {
+    pub(super) fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
         let clock = std::cell::OnceCell::new();
         let now = || *clock.get_or_init(now_us);
@@ -312,12 +311,12 @@ impl HttpContext for Http {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    pub(super) fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.at_root {
             self.fields.extend(state::take_fields(self.id).unwrap_or_default());
         }
         for (name, value) in &self.fields {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+            let _ = abi::add_map_value(Headers::Response, name, value);
         }
         self.fields.clear();
         if let (Some(shared), Some(ws)) = (&self.shared, &self.ws) {
@@ -326,7 +325,7 @@ impl HttpContext for Http {
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+    pub(super) fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
         let (Some(shared), Some(ws)) = (&self.shared, &self.ws) else { return Action::Continue };
         match websocket::on_request_body(shared, self.id, ws, end_of_stream) {
             websocket::Flow::Continue => Action::Continue,
@@ -334,7 +333,7 @@ impl HttpContext for Http {
         }
     }
 
-    fn on_http_response_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+    pub(super) fn on_http_response_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
         if let Some(ws) = &self.ws {
             websocket::on_response_body(ws, end_of_stream);
         }

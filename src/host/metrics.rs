@@ -6,8 +6,7 @@
 
 use std::cell::RefCell;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use super::abi;
 
 use crate::config::Per;
 use crate::engine::{Limiter, Verdict};
@@ -31,7 +30,7 @@ fn add(id: u32) {
 pub(super) fn flush() {
     UNFLUSHED.with(|u| {
         for (id, n) in u.borrow_mut().iter_mut() {
-            if *n > 0 && hostcalls::increment_metric(*id, *n).is_ok() {
+            if *n > 0 && abi::increment_metric(*id, *n).is_ok() {
                 *n = 0;
             }
         }
@@ -56,8 +55,7 @@ impl Metrics {
         let per_rule = limiter
             .rules()
             .map(|rule| {
-                let def =
-                    |what: &str| hostcalls::define_metric(MetricType::Counter, &format!("sluice.rule.{}.{what}", rule.name)).ok();
+                let def = |what: &str| abi::define_counter(&format!("sluice.rule.{}.{what}", rule.name)).ok();
                 let [admitted, denied, shadow] = match rule.per {
                     Per::Request => ["allowed", "limited", "shadow_limited"],
                     Per::Message => ["messages_admitted", "messages_dropped", "messages_shadow_limited"],
@@ -70,10 +68,10 @@ impl Metrics {
             .rules()
             .map(|rule| {
                 let name = format!("sluice.rule.{}.connections_closed", rule.name);
-                (rule.per == Per::Message).then(|| hostcalls::define_metric(MetricType::Counter, &name).ok()).flatten()
+                (rule.per == Per::Message).then(|| abi::define_counter(&name).ok()).flatten()
             })
             .collect();
-        let slots_created = hostcalls::define_metric(MetricType::Counter, "sluice.local.slots_created").ok();
+        let slots_created = abi::define_counter("sluice.local.slots_created").ok();
         Metrics { per_rule, closed, slots_created }
     }
 

@@ -1,18 +1,21 @@
-//! Host glue: the only code that names `proxy_wasm`. It turns Envoy callbacks into calls on the
-//! pure core ([`crate::engine::Limiter`]) and the core's verdicts into host calls, one duty per
-//! module: the root context (here), a request's context ([`http`]), the request view
+//! Host glue: the only code that speaks the proxy-wasm ABI. It turns Envoy callbacks into calls
+//! on the pure core ([`crate::engine::Limiter`]) and the core's verdicts into host calls, one
+//! duty per module: the ABI's host calls ([`abi`]) and callbacks ([`dispatch`]), the logger
+//! ([`logger`]), the root context (here), a request's context ([`http`]), the request view
 //! ([`request`]), shared data ([`shared`]), the clock ([`time`]), metrics ([`metrics`]),
 //! queued requests ([`queue`]), moving Redis commands ([`transport`]), gathering several
 //! requests' commands into one call ([`batch`]), Higress' Redis callout ([`callout`]) and the
 //! frames of upgraded WebSocket connections ([`websocket`]).
 //!
-//! Every host call goes through `hostcalls` and its `Result`: the SDK's trait helpers panic on a
-//! host error, and a panic traps the VM.
+//! Every host call answers a `Result`: a host error is handled where it happens, never a trap.
 
+mod abi;
 mod batch;
 #[cfg(feature = "redis-callout")]
 mod callout;
+mod dispatch;
 mod http;
+mod logger;
 mod metrics;
 mod queue;
 mod request;
@@ -25,9 +28,7 @@ mod websocket;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel};
+use abi::BufferType;
 
 use crate::config::Transport;
 use crate::engine::Limiter;
@@ -35,11 +36,6 @@ use metrics::Metrics;
 #[cfg(feature = "redis-callout")]
 use state::current;
 use state::{Shared, SHARED};
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
 
 /// How often queued requests are looked at, when a rule queues. Releases are at most this late.
 const QUEUE_TICK: Duration = Duration::from_millis(5);
@@ -52,7 +48,7 @@ struct Root {
     shared: Option<Rc<Shared>>,
 }
 
-impl Context for Root {
+impl Root {
     /// Calls sent from the root: gathered ones, and a WebSocket message's sent while the tick
     /// released its stream.
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
@@ -62,11 +58,9 @@ impl Context for Root {
             }
         }
     }
-}
 
-impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
+        let bytes = match abi::get_buffer(BufferType::PluginConfiguration, 0, size) {
             Ok(Some(b)) => b,
             Ok(None) => Vec::new(),
             Err(status) => {
@@ -95,7 +89,7 @@ impl RootContext for Root {
         }
         let limiter = Limiter::new(config);
         let tick = if limiter.queues() { QUEUE_TICK } else { FLUSH_TICK };
-        if hostcalls::set_tick_period(tick).is_err() {
+        if abi::set_tick_period(tick).is_err() {
             log::error!("sluice: cannot set the tick period (queued requests, metrics)");
             return false;
         }
@@ -137,12 +131,8 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(http::Http::new(self.shared.clone(), context_id)))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn create_http_context(&self, context_id: u32) -> http::Http {
+        http::Http::new(self.shared.clone(), context_id)
     }
 }
 

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use proxy_wasm::hostcalls;
+use super::abi;
 
 thread_local! {
     /// Paused requests by release time, then arrival (FIFO among equals): (at µs, seq, context).
@@ -35,8 +35,8 @@ pub(super) fn release_due(now_us: u64) {
         });
         let Some(ctx) = due else { break };
         // The request may be gone (client hung up): then there is nothing to resume.
-        if hostcalls::set_effective_context(ctx).is_ok() {
-            let _ = hostcalls::resume_http_request();
+        if abi::set_effective_context(ctx).is_ok() {
+            let _ = abi::resume_http_request();
         }
     }
 }

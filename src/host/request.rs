@@ -5,10 +5,9 @@
 
 use std::cell::{Cell, RefCell};
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
 use smallvec::SmallVec;
 
+use super::abi::{self, Headers};
 use crate::engine::Limiter;
 use crate::headers;
 use crate::identity::RequestInfo;
@@ -59,7 +58,7 @@ impl RequestInfo for HostRequest {
         if let Some(v) = self.cached(name) {
             return v;
         }
-        let v = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten();
+        let v = abi::get_map_value_bytes(Headers::Request, name).ok().flatten();
         self.headers.borrow_mut().push((SmallVec::from_slice(name.as_bytes()), v.clone()));
         v
     }
@@ -70,7 +69,7 @@ impl RequestInfo for HostRequest {
         if self.path_twice || self.all_at_once.get() || self.all.borrow().is_some() {
             return self.header(":path");
         }
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path").ok().flatten()
+        abi::get_map_value_bytes(Headers::Request, ":path").ok().flatten()
     }
     fn source_address(&self) -> Option<String> {
         property(b"source\0address")
@@ -80,42 +79,16 @@ impl RequestInfo for HostRequest {
     }
 }
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
-    fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
-}
-
-/// The bytes a host call hands back through its two out-parameters: `Err` with the host's
-/// status, `Ok(None)` for no buffer.
-fn host_bytes(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec<u8>>, u32> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut len: usize = 0;
-    let status = call(&mut data, &mut len);
-    if status != 0 {
-        return Err(status);
-    }
-    if data.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: the host wrote a buffer of `len` initialized bytes that it allocated through the
-    // SDK's proxy_on_memory_allocate (Rust's global allocator, align 1), which we now own.
-    Ok(Some(unsafe { Vec::from_raw_parts(data, len, len) }))
-}
-
 /// Every request header in one host call. Not the SDK's `get_map`: that one panics on a value
 /// that is not UTF-8, which a client can send (and copies every header).
 fn request_header_pairs() -> Option<headers::Pairs> {
     // SAFETY: both out-pointers are valid for the call, which writes them.
-    let bytes = host_bytes(|data, len| unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, data, len) });
-    headers::Pairs::parse(bytes.ok()?.unwrap_or_default())
+    headers::Pairs::parse(abi::get_header_map_pairs(Headers::Request).ok()?.unwrap_or_default())
 }
 
 /// A property, by its path as the ABI spells it (segments joined by NUL). Not the SDK's
 /// `get_property`: that one builds the path anew in two allocations per call, and panics (a
 /// trap) on a status it does not expect.
 fn property(path: &[u8]) -> Option<String> {
-    // SAFETY: `path` is valid for its length and both out-pointers for the call.
-    let bytes = host_bytes(|data, len| unsafe { proxy_get_property(path.as_ptr(), path.len(), data, len) });
-    String::from_utf8(bytes.ok()??).ok()
+    String::from_utf8(abi::get_property(path).ok()??).ok()
 }

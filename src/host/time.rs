@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 
-use proxy_wasm::hostcalls;
+use super::abi;
 
 use crate::clock::{self, Clock};
 use crate::store::CREATE_TOKEN;
@@ -13,23 +13,10 @@ thread_local! {
     static CLOCK: Cell<Clock> = Cell::new(Clock::default());
 }
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
-}
-
-/// The host's wall clock in epoch microseconds (0 if it fails). Not the SDK's
-/// `get_current_time`: that one goes through `SystemTime` in 128 bits and panics (a trap) on a
-/// status it does not expect; this runs on every request a rule applies to.
+/// The host's wall clock in epoch microseconds (0 if it fails): this runs on every request a
+/// rule applies to (docs/architecture.md, "Host facts: time").
 fn host_us() -> u64 {
-    let mut ns: u64 = 0;
-    // SAFETY: the out-pointer is valid for the call, which writes it.
-    let status = unsafe { proxy_get_current_time_nanoseconds(&mut ns) };
-    if status == 0 {
-        ns / 1000
-    } else {
-        0
-    }
+    abi::now_ns().map_or(0, |ns| ns / 1000)
 }
 
 /// The time in epoch microseconds: never earlier than a time already returned on this worker,
@@ -48,8 +35,8 @@ pub(super) fn now_us() -> u64 {
 /// mark to it: workers then agree within one tick, and a new VM resumes where the last left.
 /// Best effort: a lost race only means another worker wrote a mark at least as late.
 pub(super) fn sync(key: &str) {
-    let (mark, cas) = match hostcalls::get_shared_data(key) {
-        Ok((Some(v), Some(cas))) => (clock::decode_mark(&v).unwrap_or(0), cas),
+    let (mark, cas) = match abi::get_shared_data(key) {
+        Ok(Some((v, cas))) => (clock::decode_mark(&v).unwrap_or(0), cas),
         _ => (0, CREATE_TOKEN),
     };
     let host = host_us();
@@ -60,6 +47,6 @@ pub(super) fn sync(key: &str) {
         t
     });
     if now > mark {
-        let _ = hostcalls::set_shared_data(key, Some(&clock::encode_mark(now)), Some(cas));
+        let _ = abi::set_shared_data(key, &clock::encode_mark(now), cas);
     }
 }

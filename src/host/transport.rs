@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
+use super::abi::{self, BufferType, Headers};
 
 use serde::Serialize;
 
@@ -56,7 +55,7 @@ pub(super) fn send(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64
 pub(super) fn dispatch<C: Serialize>(spec: &RedisSpec, commands: &[C], timeout: Duration) -> Result<u32, String> {
     let request = wire::upstash_request(commands, spec.authority.as_deref().unwrap_or(&spec.cluster), spec.token.as_deref());
     let headers: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    hostcalls::dispatch_http_call(&spec.cluster, headers, Some(&request.body), Vec::new(), timeout)
+    abi::dispatch_http_call(&spec.cluster, &headers, &request.body, timeout)
         .map_err(|status| format!("dispatch_http_call to cluster {:?}: {status:?}", spec.cluster))
 }
 
@@ -66,12 +65,12 @@ pub(super) fn replies(num_headers: usize, body_size: usize, expected: usize) -> 
         // Envoy's way of saying the call failed: timeout, reset, or no healthy host.
         return Err("no response from the Redis endpoint (timeout or connection failure)".into());
     }
-    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten().unwrap_or_default();
+    let status = abi::get_map_value_bytes(Headers::CallResponse, ":status").ok().flatten().unwrap_or_default();
     // A body of size 0 must not be read: the SDK fails on that status.
     let body = if body_size == 0 {
         Vec::new()
     } else {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+        abi::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
     };
     if status != b"200" {
         let status = String::from_utf8_lossy(&status);

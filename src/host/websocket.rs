@@ -12,8 +12,7 @@
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
+use super::abi::{self, BufferType, Headers};
 
 use crate::config::{Cost, Rule};
 use crate::engine::{Applied, Pending, Resumed, Step, Verdict};
@@ -179,20 +178,14 @@ fn rule(shared: &Shared, index: usize) -> Option<&Rule> {
 fn response_header(name: &str) -> Option<String> {
     // One value is all servers send; a second would be read by the client too, so it must be
     // seen here: the SDK reads pairs only as UTF-8, and a single read gives the first value.
-    let first = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()?;
+    let first = abi::get_map_value_bytes(Headers::Response, name).ok().flatten()?;
     Some(String::from_utf8_lossy(&first).into_owned())
 }
 
 fn replace_response_header(name: &str, value: &str) -> bool {
     // SAFETY: both slices are live for the duration of the call.
     let status = unsafe {
-        proxy_replace_header_map_value(
-            MapType::HttpResponseHeaders as u32,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
+        proxy_replace_header_map_value(Headers::Response as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len())
     };
     status == 0
 }
@@ -201,7 +194,7 @@ fn replace_response_header(name: &str, value: &str) -> bool {
 /// When a message may be dropped, a client that would compress with context takeover is told
 /// not to (see [`crate::websocket::extensions`]).
 pub(super) fn at_response(shared: &Shared, ws: &WsRef) {
-    let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok().flatten();
+    let status = abi::get_map_value_bytes(Headers::Response, ":status").ok().flatten();
     if status.as_deref() != Some(b"101") {
         return;
     }
@@ -412,7 +405,7 @@ pub(super) fn answer_at_root(shared: &Shared, token: u32, num_headers: usize, bo
     let Some((ctx, weak)) = call_in(token) else { return false };
     // The connection may be gone (client hung up): its drop has let go of the decision.
     if let Some(ws) = weak.upgrade() {
-        if hostcalls::set_effective_context(ctx).is_ok() {
+        if abi::set_effective_context(ctx).is_ok() {
             on_call_response(shared, ctx, &ws, token, num_headers, body_size);
         }
     }
@@ -438,7 +431,7 @@ pub(super) fn release_due(shared: &Shared, now: u64) {
     for (ctx, weak) in due {
         // The connection may be gone (client hung up): then there is nothing to release.
         let Some(ws) = weak.upgrade() else { continue };
-        if hostcalls::set_effective_context(ctx).is_err() {
+        if abi::set_effective_context(ctx).is_err() {
             continue;
         }
         ws.borrow_mut().registered_until = 0;
