@@ -125,9 +125,13 @@ pub(super) fn set_tick_period(period: Duration) -> Result<(), Status> {
     status(unsafe { proxy_set_tick_period_milliseconds(ms) })
 }
 
+/// A buffer's bytes from `start`, at most `max`; `None` when there is no such buffer.
 pub(super) fn get_buffer(kind: BufferType, start: usize, max: usize) -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: both out-pointers are valid for the call.
-    host_bytes(|data, len| unsafe { proxy_get_buffer_bytes(kind as u32, start, max, data, len) })
+    match host_bytes(|data, len| unsafe { proxy_get_buffer_bytes(kind as u32, start, max, data, len) }) {
+        Err(NOT_FOUND) => Ok(None),
+        other => other,
+    }
 }
 
 pub(super) fn get_map_value_bytes(map: Headers, key: &str) -> Result<Option<Vec<u8>>, Status> {

@@ -104,16 +104,8 @@ fn response(size: usize) -> Option<Vec<u8>> {
     if size == 0 {
         return None;
     }
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut len: usize = 0;
-    // SAFETY: the host writes a buffer it allocated through the SDK's
-    // proxy_on_memory_allocate (Rust's global allocator, align 1), which we then own.
-    let status = unsafe { proxy_get_buffer_bytes(REDIS_CALL_RESPONSE, 0, size, &mut data, &mut len) };
-    if status != 0 || data.is_null() {
-        return None;
-    }
-    // SAFETY: see above: `data` holds `len` initialized bytes with capacity `len`.
-    Some(unsafe { Vec::from_raw_parts(data, len, len) })
+    // SAFETY: both out-pointers are valid for the call.
+    super::abi::host_bytes(|data, len| unsafe { proxy_get_buffer_bytes(REDIS_CALL_RESPONSE, 0, size, data, len) }).ok().flatten()
 }
 
 /// A request whose answers are all in (or one failed): its context, the decision that waited,

@@ -102,6 +102,17 @@ fn on_http<T>(id: u32, f: impl FnOnce(&mut Http) -> T) -> Option<T> {
     Some(out)
 }
 
+/// Runs `f` as root context `root_id` (the active context, so a callout sent meanwhile is
+/// answered at the root) for a callback this module does not dispatch (Higress' Redis
+/// callout's answer).
+#[cfg(feature = "redis-callout")]
+pub(super) fn as_root<T>(root_id: u32, f: impl FnOnce() -> T) -> T {
+    let outer = ACTIVE.with(|a| a.replace(root_id));
+    let out = f();
+    ACTIVE.with(|a| a.set(outer));
+    out
+}
+
 /// A stream callback of request context `id`: `f`'s action, or going on if there is none.
 fn stream(id: u32, f: impl FnOnce(&mut Http) -> Action) -> u32 {
     on_http(id, f).unwrap_or(Action::Continue) as u32
@@ -163,8 +174,10 @@ pub extern "C" fn proxy_on_context_create(id: u32, root_id: u32) {
         let roots = r.try_borrow().ok()?;
         roots.iter().find(|(at, _)| *at == root_id).map(|(_, root)| root.create_http_context(id))
     });
-    if let Some(http) = http {
-        put(id, Box::new(http));
+    match http {
+        Some(http) => put(id, Box::new(http)),
+        // Not during a root's own callback, nor without its root, as Envoy calls.
+        None => log::warn!("sluice: no root context {root_id} for request context {id}: its requests go unlimited"),
     }
 }
 

@@ -140,9 +140,11 @@ impl Root {
 /// its own context would after an HTTP callout.
 #[cfg(feature = "redis-callout")]
 #[no_mangle]
-pub extern "C" fn proxy_on_redis_call_response(_root_context_id: u32, token: u32, status: u32, size: usize) {
+pub extern "C" fn proxy_on_redis_call_response(root_context_id: u32, token: u32, status: u32, size: usize) {
     let Some((ctx, pending, deadline, replies)) = callout::file(token, status, size) else { return };
     let Some(shared) = current() else { return };
     let heard = &mut crate::engine::Heard::default();
-    http::answered_at_root(&shared, ctx, (pending, deadline), http::Answer::Replies(replies), time::now_us(), heard);
+    dispatch::as_root(root_context_id, || {
+        http::answered_at_root(&shared, ctx, (pending, deadline), http::Answer::Replies(replies), time::now_us(), heard);
+    });
 }

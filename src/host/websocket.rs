@@ -116,18 +116,9 @@ impl Body for EnvoyBody {
         if max == 0 {
             return Some(Vec::new());
         }
-        let (mut data, mut size): (*mut u8, usize) = (std::ptr::null_mut(), 0);
-        // SAFETY: the host writes a buffer it allocated through the SDK's allocator, which we
-        // then own, as in the SDK's own get_buffer.
-        let status = unsafe { proxy_get_buffer_bytes(self.kind as u32, start, max, &mut data, &mut size) };
-        if status != 0 {
-            return None;
-        }
-        if data.is_null() {
-            return Some(Vec::new());
-        }
-        // SAFETY: see above; `data` holds `size` initialized bytes with capacity `size`.
-        Some(unsafe { Vec::from_raw_parts(data, size, size) })
+        // SAFETY: both out-pointers are valid for the call.
+        let bytes = abi::host_bytes(|data, size| unsafe { proxy_get_buffer_bytes(self.kind as u32, start, max, data, size) });
+        bytes.ok().map(Option::unwrap_or_default)
     }
 
     fn replace_prefix(&mut self, n: usize, with: &[u8]) -> bool {
