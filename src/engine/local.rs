@@ -51,9 +51,9 @@ impl Limiter {
             .collect()
     }
 
-    /// Decides the rules of `group` on a slot the worker remembers ([`super::memo`]), adding
-    /// their outcomes to `into`: whether every one denies. Only the decisions are kept: nothing
-    /// is written.
+    /// Decides the rules of `group` on a slot the worker remembers ([`super::memo`]): whether
+    /// every one denies, their outcomes then added to `into` (only the decisions: nothing is
+    /// written); otherwise `into` is left as it was.
     fn decide_remembered(&self, group: &[&Applied], held: &Held<'_>, now_us: u64, into: &mut Vec<RuleOutcome>) -> bool {
         let before = into.len();
         for a in group {
@@ -61,7 +61,11 @@ impl Limiter {
             let decisions = self.decide_limits(a, |i| held.state(id, i), now_us, |o| o.decision);
             into.push(self.local_outcome(a, Ok((decisions, false))));
         }
-        into.get(before..).is_some_and(|mine| mine.iter().all(|o| !o.allowed))
+        let denied = into.get(before..).is_some_and(|mine| mine.iter().all(|o| !o.allowed));
+        if !denied {
+            into.truncate(before);
+        }
+        denied
     }
 
     /// Every limit of each rule in `group` decided on its states in the slot as read.
@@ -111,11 +115,9 @@ impl Limiter {
         into: &mut Vec<RuleOutcome>,
     ) -> Option<Prepared> {
         let first = group.first()?;
-        let before = into.len();
         if self.memo.recall(&self.rules, group, now_us, |held| self.decide_remembered(group, held, now_us, into)) {
             return None;
         }
-        into.truncate(before);
         let table = &self.compiled(first).table;
         match table.prepare_entries(store, first.identity.hash, now_us, |held| self.decide_group(group, held, now_us)) {
             Ok(mut p) => {

@@ -87,12 +87,19 @@ fn put(id: u32, http: Box<Http>) {
     }
 }
 
+/// Runs `f` as context `id`: a callout sent meanwhile is answered to it. Also for a callback
+/// this module does not dispatch (Higress' Redis callout's answer, at the root).
+pub(super) fn as_active<T>(id: u32, f: impl FnOnce() -> T) -> T {
+    let outer = ACTIVE.with(|a| a.replace(id));
+    let out = f();
+    ACTIVE.with(|a| a.set(outer));
+    out
+}
+
 /// Runs `f` on request context `id`, as the active context; `None` if there is none.
 fn on_http<T>(id: u32, f: impl FnOnce(&mut Http) -> T) -> Option<T> {
     let mut http = take(id)?;
-    let outer = ACTIVE.with(|a| a.replace(id));
-    let out = f(&mut http);
-    ACTIVE.with(|a| a.set(outer));
+    let out = as_active(id, || f(&mut http));
     if DOOMED.with(|d| d.get()) == id {
         DOOMED.with(|d| d.set(0));
         drop(http);
@@ -100,17 +107,6 @@ fn on_http<T>(id: u32, f: impl FnOnce(&mut Http) -> T) -> Option<T> {
         put(id, http);
     }
     Some(out)
-}
-
-/// Runs `f` as root context `root_id` (the active context, so a callout sent meanwhile is
-/// answered at the root) for a callback this module does not dispatch (Higress' Redis
-/// callout's answer).
-#[cfg(feature = "redis-callout")]
-pub(super) fn as_root<T>(root_id: u32, f: impl FnOnce() -> T) -> T {
-    let outer = ACTIVE.with(|a| a.replace(root_id));
-    let out = f();
-    ACTIVE.with(|a| a.set(outer));
-    out
 }
 
 /// A stream callback of request context `id`: `f`'s action, or going on if there is none.
@@ -123,10 +119,7 @@ fn on_root<T>(id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
     ROOTS.with(|r| {
         let mut roots = r.try_borrow_mut().ok()?;
         let root = roots.iter_mut().find(|(at, _)| *at == id).map(|(_, root)| root)?;
-        let outer = ACTIVE.with(|a| a.replace(id));
-        let out = f(root);
-        ACTIVE.with(|a| a.set(outer));
-        Some(out)
+        Some(as_active(id, || f(root)))
     })
 }
 

@@ -144,7 +144,7 @@ pub extern "C" fn proxy_on_redis_call_response(root_context_id: u32, token: u32,
     let Some((ctx, pending, deadline, replies)) = callout::file(token, status, size) else { return };
     let Some(shared) = current() else { return };
     let heard = &mut crate::engine::Heard::default();
-    dispatch::as_root(root_context_id, || {
+    dispatch::as_active(root_context_id, || {
         http::answered_at_root(&shared, ctx, (pending, deadline), http::Answer::Replies(replies), time::now_us(), heard);
     });
 }

@@ -79,16 +79,14 @@ impl RequestInfo for HostRequest {
     }
 }
 
-/// Every request header in one host call. Not the SDK's `get_map`: that one panics on a value
-/// that is not UTF-8, which a client can send (and copies every header).
+/// Every request header in one host call, as bytes: a client may send a value that is not
+/// UTF-8.
 fn request_header_pairs() -> Option<headers::Pairs> {
-    // SAFETY: both out-pointers are valid for the call, which writes them.
     headers::Pairs::parse(abi::get_header_map_pairs(Headers::Request).ok()?.unwrap_or_default())
 }
 
-/// A property, by its path as the ABI spells it (segments joined by NUL). Not the SDK's
-/// `get_property`: that one builds the path anew in two allocations per call, and panics (a
-/// trap) on a status it does not expect.
+/// A property as text, by its path as the ABI spells it (segments joined by NUL, a constant:
+/// docs/architecture.md, "Host facts: properties").
 fn property(path: &[u8]) -> Option<String> {
     String::from_utf8(abi::get_property(path).ok()??).ok()
 }
