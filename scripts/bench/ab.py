@@ -32,6 +32,27 @@ import throughput  # noqa: E402
 NOOP = os.path.join(ROOT, "target", "bench-noop", "wasm32-wasip1", "release", "sluice_bench_noop.wasm")
 
 
+def pinning():
+    """The proxy's core and the load generator's: the first two this process may run on (none
+    pinned with fewer)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ([cpus[0]], [cpus[1]]) if len(cpus) >= 2 else (None, None)
+
+
+def paired_filters(a, b, keys, noop=NOOP):
+    """Each Envoy's filters by row name: the empty filter (w), then every configuration of
+    `keys` (scripts/bench/throughput.py's) with build A and with build B."""
+    plugins = throughput.plugin_configs()
+    unknown = [k for k in keys if k not in plugins]
+    if unknown:
+        sys.exit(f"unknown configs: {', '.join(unknown)} (known: {', '.join(plugins)})")
+    confs = {"w": [wasm_filter(noop, {}, vm_id="noop")]}
+    for k in keys:
+        confs[f"{k}-A"] = [wasm_filter(os.path.abspath(a), plugins[k], vm_id="a")]
+        confs[f"{k}-B"] = [wasm_filter(os.path.abspath(b), plugins[k], vm_id="b")]
+    return confs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("a", help="build A (the baseline), a sluice.wasm")
@@ -47,20 +68,12 @@ def main():
                     help="with --distributed: the rows both builds run (from scripts/bench/distributed.py, e.g. R2 or O); "
                          "routed Envoy alone (A) and the local 429 (LD, when O is among them) run beside them once")
     args = ap.parse_args()
-    cpus = sorted(os.sched_getaffinity(0))
-    envoy_cpus, load_cpus = ([cpus[0]], [cpus[1]]) if len(cpus) >= 2 else (None, None)
+    envoy_cpus, load_cpus = pinning()
     if args.distributed:
         distributed_ab(args, envoy_cpus, load_cpus)
         return
-    plugins = throughput.plugin_configs()
     keys = [k for k in args.configs.split(",") if k]
-    unknown = [k for k in keys if k not in plugins]
-    if unknown:
-        sys.exit(f"unknown configs: {', '.join(unknown)} (known: {', '.join(plugins)})")
-    confs = {"w": [wasm_filter(args.noop, {}, vm_id="noop")]}
-    for k in keys:
-        confs[f"{k}-A"] = [wasm_filter(os.path.abspath(args.a), plugins[k], vm_id="a")]
-        confs[f"{k}-B"] = [wasm_filter(os.path.abspath(args.b), plugins[k], vm_id="b")]
+    confs = paired_filters(args.a, args.b, keys, args.noop)
     work = tempfile.mkdtemp(prefix="sluice-ab-")
     envoys = {}
     try:

@@ -17,10 +17,10 @@ import tempfile
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from envoyctl import Envoy, bootstrap, wasm_filter  # noqa: E402
+from envoyctl import Envoy, bootstrap  # noqa: E402
 import loadgen  # noqa: E402
 import throughput  # noqa: E402
-from ab import NOOP  # noqa: E402
+from ab import paired_filters, pinning  # noqa: E402
 
 
 def shares(data):
@@ -42,13 +42,8 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=8)
     args = ap.parse_args()
-    plugins = throughput.plugin_configs()
-    cpus = sorted(os.sched_getaffinity(0))
-    envoy_cpus, load_cpus = ([cpus[0]], [cpus[1]]) if len(cpus) >= 2 else (None, None)
-    confs = {"w": [wasm_filter(NOOP, {}, vm_id="noop")]}
-    for k in [k for k in args.configs.split(",") if k]:
-        confs[f"{k}-A"] = [wasm_filter(os.path.abspath(args.a), plugins[k], vm_id="a")]
-        confs[f"{k}-B"] = [wasm_filter(os.path.abspath(args.b), plugins[k], vm_id="b")]
+    envoy_cpus, load_cpus = pinning()
+    confs = paired_filters(args.a, args.b, [k for k in args.configs.split(",") if k])
     work = tempfile.mkdtemp(prefix="sluice-guest-share-")
     envoys = {}
     try:
