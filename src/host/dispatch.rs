@@ -4,6 +4,11 @@
 //! fuel per callback (a hash map per kind of context behind a thread-local), most of what an
 //! empty filter costs; a request's context here is found by its id in a direct-mapped table.
 //!
+//! Only the callbacks sluice acts on are exported: the host enters the VM for an export and
+//! skips a missing one with the ABI's default answer, so `proxy_on_log`, `proxy_on_done` and the
+//! trailers' callbacks would be a VM entry each per request for nothing (docs/architecture.md,
+//! "Host facts: callbacks").
+//!
 //! A callout is answered to the context whose callback sent it (a request's, or the root's),
 //! made the effective context first; the answer to a request that is gone is dropped
 //! (docs/architecture.md, "Host facts: callouts").
@@ -205,11 +210,6 @@ pub extern "C" fn proxy_on_request_body(id: u32, size: usize, end_of_stream: u32
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_request_trailers(_id: u32, _num_trailers: usize) -> u32 {
-    Action::Continue as u32
-}
-
-#[no_mangle]
 pub extern "C" fn proxy_on_response_headers(id: u32, num_headers: usize, end_of_stream: u32) -> u32 {
     stream(id, |h| h.on_http_response_headers(num_headers, end_of_stream != 0))
 }
@@ -217,11 +217,6 @@ pub extern "C" fn proxy_on_response_headers(id: u32, num_headers: usize, end_of_
 #[no_mangle]
 pub extern "C" fn proxy_on_response_body(id: u32, size: usize, end_of_stream: u32) -> u32 {
     stream(id, |h| h.on_http_response_body(size, end_of_stream != 0))
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_response_trailers(_id: u32, _num_trailers: usize) -> u32 {
-    Action::Continue as u32
 }
 
 #[no_mangle]
@@ -240,14 +235,6 @@ pub extern "C" fn proxy_on_http_call_response(
     if answered.is_none() {
         on_root(sender, |root| root.on_http_call_response(token, num_headers, body_size, num_trailers));
     }
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_log(_id: u32) {}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_done(_id: u32) -> u32 {
-    1
 }
 
 #[no_mangle]

@@ -63,11 +63,11 @@ fn vm_entries_host_calls_and_guest_work_per_request_do_not_grow() {
     // Fuel is about one unit per wasm instruction the guest runs: its own work, measured the same
     // on any machine (`SLUICE_WASM=other.wasm` measures another build).
     let ceilings: &[(&str, u16, f64, f64, f64)] = &[
-        ("c", 200, 9.0, 6.0, CEILING_C),
-        ("d", 200, 11.0, 10.0, CEILING_D),
+        ("c", 200, 7.0, 6.0, CEILING_C),
+        ("d", 200, 9.0, 10.0, CEILING_D),
         // A 429 reads nothing: the worker remembers the denial (`engine::memo`).
-        ("e", 429, 7.0, 2.0, CEILING_E),
-        ("x", 200, 8.0, 1.0, CEILING_X),
+        ("e", 429, 5.0, 2.0, CEILING_E),
+        ("x", 200, 6.0, 1.0, CEILING_X),
     ];
     let mut report = Vec::new();
     for (name, config) in configs() {
