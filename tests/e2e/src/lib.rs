@@ -898,21 +898,36 @@ pub fn get_with_raw_header(url: &str, line: &[u8]) -> Result<Response, String> {
     send_and_read(&mut conn, &head)
 }
 
-/// Writes a request on `conn` and reads the whole response (the server closes after it).
-fn send_and_read(conn: &mut std::net::TcpStream, head: &[u8]) -> Result<Response, String> {
-    use std::io::Write;
-    conn.write_all(head).map_err(|e| e.to_string())?;
-    // Read until the response is complete, not until the server closes: Envoy may hold a
-    // closing connection open for its delayed-close timeout.
+/// Sends `request` (a whole HTTP/1.1 request, byte for byte) to 127.0.0.1:`port` and reads the
+/// response, within 10 s. Its body is as sent: a chunked one keeps its framing and trailers.
+pub fn send_raw(port: u16, request: &[u8]) -> Result<Response, String> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    send_and_read(&mut conn, request)
+}
+
+/// Reads one whole HTTP/1.1 message from `conn` (see [`message_complete`]), or what came before
+/// the peer closed; errors on the connection's read timeout.
+pub fn read_message(conn: &mut std::net::TcpStream) -> Result<Vec<u8>, String> {
+    // Read until the message is complete, not until the peer closes: Envoy may hold a closing
+    // connection open for its delayed-close timeout.
     let mut raw = Vec::new();
     let mut chunk = [0u8; 8192];
-    while !response_complete(&raw) {
+    while !message_complete(&raw) {
         let n = conn.read(&mut chunk).map_err(|e| e.to_string())?;
         if n == 0 {
             break;
         }
         raw.extend_from_slice(&chunk[..n]);
     }
+    Ok(raw)
+}
+
+/// Writes a request on `conn` and reads the whole response (the server closes after it).
+fn send_and_read(conn: &mut std::net::TcpStream, head: &[u8]) -> Result<Response, String> {
+    use std::io::Write;
+    conn.write_all(head).map_err(|e| e.to_string())?;
+    let raw = read_message(conn)?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("malformed response: {text:?}"))?;
     let mut lines = head.split("\r\n");
@@ -926,8 +941,9 @@ fn send_and_read(conn: &mut std::net::TcpStream, head: &[u8]) -> Result<Response
     Ok(Response { status, headers, body: body.to_string() })
 }
 
-/// Whether `raw` holds a whole HTTP/1.1 response (by content-length, or a chunked body's end).
-fn response_complete(raw: &[u8]) -> bool {
+/// Whether `raw` holds a whole HTTP/1.1 message with a body (by content-length, or a chunked
+/// body's end).
+fn message_complete(raw: &[u8]) -> bool {
     let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
     let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
     let body = &raw[end + 4..];
@@ -936,9 +952,28 @@ fn response_complete(raw: &[u8]) -> bool {
         return body.len() >= len;
     }
     if field("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
-        return body.ends_with(b"0\r\n\r\n");
+        return chunked_complete(body);
     }
     false
+}
+
+/// Whether a chunked body is whole: its chunks, the last one (size 0), its trailer fields if
+/// any, and the blank line that ends them.
+fn chunked_complete(mut body: &[u8]) -> bool {
+    loop {
+        let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else { return false };
+        let line = String::from_utf8_lossy(&body[..eol]);
+        // A chunk's size is hex, maybe followed by extensions after ';'.
+        let Ok(size) = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16) else { return false };
+        body = &body[eol + 2..];
+        if size == 0 {
+            return body.starts_with(b"\r\n") || body.windows(4).any(|w| w == b"\r\n\r\n");
+        }
+        match body.get(size + 2..) {
+            Some(rest) => body = rest,
+            None => return false,
+        }
+    }
 }
 
 /// [`burst_over`], with the epoch ms at which the requests were released and at which the last

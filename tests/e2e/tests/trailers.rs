@@ -3,38 +3,15 @@
 //! passes them on without entering the VM, docs/architecture.md "Host facts: callbacks"), and
 //! both directions' trailers still reach the other side, beside sluice's own response fields.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_e2e::{adapt, add_cluster, bootstrap, Envoy};
+use sluice_e2e::{adapt, add_cluster, bootstrap, read_message, send_raw, Envoy};
 
 const LIMIT: Duration = Duration::from_secs(5);
-
-/// Reads an HTTP/1.1 message with a chunked body up to the end of its trailers (or until the
-/// peer stops sending or `LIMIT` passes).
-fn read_chunked(stream: &mut TcpStream) -> String {
-    stream.set_read_timeout(Some(LIMIT)).expect("read timeout");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&got);
-        if let Some(at) = text.find("\r\n0\r\n") {
-            if text[at + 5..].contains("\r\n\r\n") || text[at + 5..].starts_with("\r\n") {
-                return text.into_owned();
-            }
-        }
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return String::from_utf8_lossy(&got).into_owned(),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-        if got.len() > 1 << 16 {
-            return String::from_utf8_lossy(&got).into_owned();
-        }
-    }
-}
 
 /// An upstream that answers one request with a chunked body and a trailer, and hands over
 /// the request it read.
@@ -44,7 +21,10 @@ fn upstream() -> (u16, mpsc::Receiver<String>) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let Ok((mut conn, _)) = listener.accept() else { return };
-        let request = read_chunked(&mut conn);
+        if conn.set_read_timeout(Some(LIMIT)).is_err() {
+            return;
+        }
+        let request = String::from_utf8_lossy(&read_message(&mut conn).unwrap_or_default()).into_owned();
         let _ = conn.write_all(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n\
               5\r\nhello\r\n0\r\nx-answer-trailer: t2\r\n\r\n",
@@ -76,20 +56,20 @@ fn trailers_pass_both_ways_through_a_limited_route() {
     enable_trailers(&mut boot);
     let envoy = Envoy::running(&boot, 1);
 
-    let mut client = TcpStream::connect(("127.0.0.1", envoy.port)).expect("connect to Envoy");
-    client
-        .write_all(
-            b"POST /api/x HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\ntrailer: x-ask-trailer\r\n\r\n\
-              4\r\nping\r\n0\r\nx-ask-trailer: t1\r\n\r\n",
-        )
-        .expect("send");
-    let answer = read_chunked(&mut client).to_ascii_lowercase();
+    let answer = send_raw(
+        envoy.port,
+        b"POST /api/x HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\ntrailer: x-ask-trailer\r\n\r\n\
+          4\r\nping\r\n0\r\nx-ask-trailer: t1\r\n\r\n",
+    )
+    .expect("an answer from Envoy");
     let request = seen.recv_timeout(LIMIT).expect("the upstream got the request").to_ascii_lowercase();
 
     assert!(request.contains("x-ask-trailer: t1"), "the request's trailer reached the upstream:\n{request}");
-    assert!(answer.starts_with("http/1.1 200"), "{answer}");
-    assert!(answer.contains("ratelimit: \"api\";r=99;"), "sluice decided the request:\n{answer}");
-    assert!(answer.contains("hello"), "{answer}");
-    assert!(answer.contains("x-answer-trailer: t2"), "the response's trailer reached the client:\n{answer}");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let field = answer.header("ratelimit").unwrap_or_default();
+    assert!(field.starts_with("\"api\";r=99;"), "sluice decided the request: {answer:?}");
+    let body = answer.body.to_ascii_lowercase();
+    assert!(body.contains("hello"), "{answer:?}");
+    assert!(body.contains("x-answer-trailer: t2"), "the response's trailer reached the client: {answer:?}");
     assert!(!envoy.log_text().contains("panicked"));
 }
