@@ -54,8 +54,12 @@ impl Redis {
                 if let Ok(Some(_)) = server.child.try_wait() {
                     break; // exited: probably lost the port race; try another port
                 }
+                // A reset or a stranger on the port is "not yet", not a failure: the probe reads
+                // its own way instead of `cmd`, which panics on a read error.
                 if let Ok(mut c) = server.try_connect() {
-                    if c.cmd(&["PING"]) == Reply::Str("PONG".into()) {
+                    let ping = wire::resp_commands(&[RedisCommand::of(&["PING"])]);
+                    let mut reply = [0u8; 7];
+                    if c.stream.write_all(&ping).and_then(|_| c.stream.read_exact(&mut reply)).is_ok() && &reply == b"+PONG\r\n" {
                         return server;
                     }
                 }
