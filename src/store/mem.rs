@@ -2,8 +2,9 @@
 
 use super::{SharedStore, StoreError};
 
-/// An in-memory [`SharedStore`] that behaves exactly like Envoy's shared data: one token counter for the whole map, starting at 1 and skipping 0; token 0
-/// writes unconditionally; a missing key accepts any token.
+/// An in-memory [`SharedStore`] that behaves exactly like Envoy's shared data: one token
+/// counter for the whole map, starting at 1, skipping 0, advanced by each write that lands;
+/// token 0 writes unconditionally; a missing key accepts any token.
 #[derive(Debug)]
 pub struct MemStore {
     inner: std::cell::RefCell<MemInner>,
@@ -42,22 +43,16 @@ impl SharedStore for MemStore {
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         let mut inner = self.inner.borrow_mut();
+        if inner.map.get(key).is_some_and(|(_, held)| cas != 0 && cas != *held) {
+            // A write that misses takes no token.
+            return Err(StoreError::CasMismatch);
+        }
         let token = inner.next_cas;
         inner.next_cas = match token.wrapping_add(1) {
             0 => 1,
             n => n,
         };
-        match inner.map.get_mut(key) {
-            Some(entry) => {
-                if cas != 0 && cas != entry.1 {
-                    return Err(StoreError::CasMismatch);
-                }
-                *entry = (value.to_vec(), token);
-            }
-            None => {
-                inner.map.insert(key.to_string(), (value.to_vec(), token));
-            }
-        }
+        inner.map.insert(key.to_string(), (value.to_vec(), token));
         Ok(())
     }
 }
@@ -73,6 +68,7 @@ mod tests {
         let (_, cas) = s.get("k").unwrap().unwrap();
         assert_eq!(s.set("k", b"b", cas + 1), Err(StoreError::CasMismatch));
         s.set("k", b"b", cas).unwrap();
+        assert_eq!(s.get("k").unwrap().unwrap().1, cas + 1, "the miss took no token");
         s.set("k", b"c", 0).unwrap(); // token 0: unconditional
         s.set_next_cas(u32::MAX);
         s.set("k", b"d", 0).unwrap();
