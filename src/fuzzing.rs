@@ -14,14 +14,15 @@ use crate::strategy::{decide, Strategy};
 const MAX_NOW_US: u64 = 1 << 56;
 const PLAIN_NOW_US: u64 = 1_700_000_000_000_000;
 
-/// A slot as the store's layout is documented: version 2, identity hash (u64), expiry in µs
-/// (u64), entry count (u8), then each entry: rule fingerprint (u32), its expiry in µs (u64),
+/// A slot as the store's layout is documented: version 3, identity hash (u64), expiry in µs
+/// (u64), the writer's tag (u64), entry count (u8), then each entry: rule fingerprint (u32), its expiry in µs (u64),
 /// state count (u8) and each state as a u16 length and its bytes, all little-endian. Bytes
 /// after the last entry are ignored.
 #[derive(Debug, PartialEq, Eq)]
 struct SlotRef {
     identity: u64,
     expires_us: u64,
+    tag: u64,
     entries: Vec<EntryRef>,
 }
 
@@ -46,11 +47,12 @@ fn le<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
 }
 
 fn slot_ref(mut b: &[u8]) -> Option<SlotRef> {
-    if le::<1>(&mut b)? != [2] {
+    if le::<1>(&mut b)? != [3] {
         return None;
     }
     let identity = u64::from_le_bytes(le(&mut b)?);
     let expires_us = u64::from_le_bytes(le(&mut b)?);
+    let tag = u64::from_le_bytes(le(&mut b)?);
     let [count] = le::<1>(&mut b)?;
     let mut entries = Vec::new();
     for _ in 0..count {
@@ -64,7 +66,7 @@ fn slot_ref(mut b: &[u8]) -> Option<SlotRef> {
         }
         entries.push(EntryRef { fingerprint, expires_us: entry_expires, states });
     }
-    Some(SlotRef { identity, expires_us, entries })
+    Some(SlotRef { identity, expires_us, tag, entries })
 }
 
 fn strategy(pick: u8) -> Strategy {
@@ -171,7 +173,8 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     let kept = ours.iter().filter(|e| !ids.contains(&e.fingerprint)).take(255 - ids.len()).map(|e| (*e).clone());
     let all: Vec<EntryRef> = new_entries.chain(kept).collect();
     let slot_expires = all.iter().map(|e| e.expires_us).max().unwrap_or(0);
-    let expected = SlotRef { identity: requester, expires_us: slot_expires, entries: all };
+    // A writer that keeps no copies (as this update) tags its slot 0.
+    let expected = SlotRef { identity: requester, expires_us: slot_expires, tag: 0, entries: all };
     if slot != expected {
         return Err(format!("update wrote {slot:?}, expected {expected:?}"));
     }

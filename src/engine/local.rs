@@ -1,13 +1,14 @@
 //! Local decisions: each rule's limits decided against its slot table in the proxy's shared
 //! data, the enforced rules checked together before any is written, shadow rules counted after.
 //! Rules that share a table (they count the same identity) are decided on one read of the
-//! identity's slot and stored in one write.
+//! identity's slot (or the worker's copy of its own last write of it, `crate::store::own`) and
+//! stored in one write.
 
 use smallvec::SmallVec;
 
 use super::{Applied, CompiledRule, Limiter, RuleOutcome, Verdict};
 use crate::config::OnError;
-use crate::store::{Decided, Held, Outcomes, Prepared, SharedStore, StoreError, Updated};
+use crate::store::{with_retries, Decided, Held, Outcomes, Prepared, SharedStore, StoreError, Updated};
 use crate::strategy::{self, Decision, Outcome};
 
 /// The decisions of a rule's outcomes (what is reported; the states were stored).
@@ -94,13 +95,53 @@ impl Limiter {
         }
     }
 
-    /// Decides the rules of `group` (one table, one identity) and stores the decision (CAS,
-    /// deciding again after a lost race), adding their outcomes to `into`.
+    /// Decides the rules of `group` (one table, one identity) on a read of the slot and stores
+    /// the decision (CAS, deciding again after a lost race), adding their outcomes to `into`.
     fn update_group(&self, group: &[&Applied], store: &impl SharedStore, now_us: u64, into: &mut Vec<RuleOutcome>) {
         let Some(first) = group.first() else { return };
-        let table = &self.compiled(first).table;
-        let result = table.update_entries(store, first.identity.hash, now_us, |held| self.decide_group(group, held, now_us));
+        let c = self.compiled(first);
+        let identity = first.identity.hash;
+        let mine =
+            self.own.take(c.holder, identity, now_us).map(|copy| copy.mine).or_else(|| self.own.missed(c.holder, identity));
+        let result = with_retries(&c.table.prefix, || {
+            let p = c
+                .table
+                .prepare_entries(store, identity, now_us, self.own.tag(), |held| self.decide_group(group, held, now_us))?;
+            if let Some(mine) = mine {
+                self.own.saw(mine, p.seen());
+            }
+            let created = p.created();
+            let outcomes = self.commit(first, store, p, now_us)?;
+            Ok(Updated { outcomes, created })
+        });
         self.group_outcomes(group, result, into);
+    }
+
+    /// Stores a decision of `first`'s group, telling the worker's copies
+    /// ([`crate::store::own`]) what landed or missed; the outcomes decided.
+    fn commit(&self, first: &Applied, store: &impl SharedStore, mut p: Prepared, now_us: u64) -> Result<Decided, StoreError> {
+        let c = self.compiled(first);
+        let identity = first.identity.hash;
+        let guessed = p.guessed();
+        match c.table.commit(store, &p) {
+            Ok(()) => {
+                if let Some((mine, token)) = guessed {
+                    self.own.hit(mine, token);
+                }
+                let outcomes = std::mem::take(&mut p.outcomes);
+                if let Some((key, bytes, tag)) = p.into_written() {
+                    self.own.wrote(c.holder, identity, key, bytes, tag, now_us);
+                }
+                Ok(outcomes)
+            }
+            Err(e) => {
+                if let Some((mine, _)) = guessed {
+                    // The slot is read instead, and tells the write's token.
+                    self.own.miss(c.holder, identity, mine);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Decides the rules of `group` on the store's current state without writing, adding their
@@ -118,8 +159,43 @@ impl Limiter {
         if self.memo.recall(&self.rules, group, now_us, |held| self.decide_remembered(group, held, now_us, into)) {
             return None;
         }
-        let table = &self.compiled(first).table;
-        match table.prepare_entries(store, first.identity.hash, now_us, |held| self.decide_group(group, held, now_us)) {
+        let c = self.compiled(first);
+        let identity = first.identity.hash;
+        let decide = |held: &Held<'_>| self.decide_group(group, held, now_us);
+        // The worker's copy of its own last write of the slot decides without a read, if it
+        // knows that write's token, and admits (a denial may be stale: the slot is read).
+        let copy = match self.own.take(c.holder, identity, now_us) {
+            Some(known) if known.token.is_some() && self.own.may_try() => {
+                match c.table.prepare_on_copy(known, identity, now_us, self.own.tag(), decide) {
+                    Ok(p) => return self.prepared(group, Ok(p), into, now_us),
+                    Err(known) => Some(known),
+                }
+            }
+            other => other,
+        };
+        let read = c.table.prepare_entries(store, identity, now_us, self.own.tag(), decide);
+        if let (Some(mut known), Ok(p)) = (copy, &read) {
+            self.own.saw(known.mine, p.seen());
+            // A denial wrote nothing: the slot is still the copy if it carries the copy's tag,
+            // and the token read is that write's.
+            if let Some((_, token)) = p.seen().filter(|(tag, _)| !p.writes() && *tag == known.mine.tag) {
+                known.token = Some(token);
+                self.own.put_back(c.holder, identity, known);
+            }
+        }
+        self.prepared(group, read, into, now_us)
+    }
+
+    /// Adds the outcomes of a decision prepared for `group` to `into` (remembering a denial,
+    /// [`super::memo`]) and returns it, if there is something to store.
+    fn prepared(
+        &self,
+        group: &[&Applied],
+        prepared: Result<Prepared, StoreError>,
+        into: &mut Vec<RuleOutcome>,
+        now_us: u64,
+    ) -> Option<Prepared> {
+        match prepared {
             Ok(mut p) => {
                 // The outcomes become the decisions in place; committing needs only the write.
                 let updated = Updated { outcomes: std::mem::take(&mut p.outcomes), created: p.created() };
@@ -215,9 +291,9 @@ impl Limiter {
         let mut prepared_outcomes = decided.into_iter();
         for (group, p) in groups.iter().zip(prepared) {
             let mine = prepared_outcomes.by_ref().take(group.len());
-            match p.zip(group.first()).map(|(p, first)| self.compiled(first).table.commit(store, &p)) {
+            match p.zip(group.first()).map(|(p, first)| self.commit(first, store, p, now_us)) {
                 // Stored, or a store failure that `on_error` admitted.
-                Some(Ok(())) | None => stored.extend(mine),
+                Some(Ok(_)) | None => stored.extend(mine),
                 Some(Err(_)) => {
                     mine.for_each(drop);
                     self.update_group(group, store, now_us, &mut stored);

@@ -43,6 +43,8 @@ pub struct Limiter {
     plan: ReadPlan,
     /// The worker's memo of local denials.
     memo: memo::Memo,
+    /// The worker's copies of its own writes (`crate::store::own`).
+    own: crate::store::Own,
     /// The worker's copies of Redis denials (the deny cache's).
     denials: deny::Copies,
     /// The worker's last limited response, and the one every denied message shares.
@@ -86,6 +88,7 @@ impl Limiter {
             hasher,
             plan,
             memo: memo::Memo::default(),
+            own: crate::store::Own::default(),
             denials: deny::Copies::default(),
             last_limited: verdict::LastLimited::default(),
             message_denied,

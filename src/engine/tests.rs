@@ -894,3 +894,54 @@ mod applicable {
         }
     }
 }
+
+/// `n` requests of one client, 1 ms apart from `at`: their statuses.
+fn statuses(l: &Limiter, store: &impl SharedStore, at: u64, n: u64) -> Vec<u16> {
+    (0..n).map(|i| status(&l.check(&Req::new("GET", "/"), store, at + i * 1000))).collect()
+}
+
+#[test]
+fn a_worker_alone_decides_on_its_own_last_write_without_reading_and_counts_exactly() {
+    let l = limiter(serde_json::json!({"rules": [{"name": "api", "limit": "50/min", "strategy": "sliding_window_counter"}]}));
+    let mem = MemStore::default();
+    let store = Racing::new(&mem);
+    let s = statuses(&l, &store, T0, 60);
+    assert_eq!(s.iter().filter(|s| **s == 200).count(), 50);
+    assert!(s[..50].iter().all(|s| *s == 200));
+    // Reads: the first request's (the home slot unwritten), the second's (which learns the
+    // token of the first write), the first denial's (a copy never denies); the memo answers
+    // the rest. Every write landed.
+    assert_eq!((store.reads.get(), store.writes.get()), (3, 50));
+}
+
+#[test]
+fn a_write_by_another_worker_in_between_makes_the_copy_miss_and_the_slot_read() {
+    let config = serde_json::json!({"rules": [{"name": "api", "limit": "10/min", "identifier": "global"}]});
+    let (w1, w2) = (limiter(config.clone()), limiter(config));
+    let mem = MemStore::default();
+    let store = Racing::new(&mem);
+    assert_eq!(statuses(&w1, &store, T0, 3), [200; 3]);
+    assert_eq!((store.reads.get(), store.writes.get()), (2, 3));
+    assert_eq!(status(&w2.check(&Req::new("GET", "/"), &mem, T0 + 3000)), 200);
+    // W1's write with its copy's token misses (it takes no token), the slot is read and the
+    // request decided on what W2 wrote.
+    let v = w1.check(&Req::new("GET", "/"), &store, T0 + 4000);
+    assert_eq!(v.outcomes().first().and_then(|o| o.decisions.first()).map(|d| d.remaining), Some(5));
+    assert_eq!((store.reads.get(), store.writes.get()), (3, 5));
+    // After a miss, one decision reads (and learns the token again); the next is a hit.
+    assert_eq!(statuses(&w1, &store, T0 + 5000, 2), [200; 2]);
+    assert_eq!((store.reads.get(), store.writes.get()), (4, 7));
+}
+
+#[test]
+fn predictions_follow_envoy_tokens_round_past_0_and_trust_no_old_copy() {
+    let l = limiter(serde_json::json!({"rules": [{"name": "api", "limit": "100/min"}]}));
+    let mem = MemStore::default();
+    mem.set_next_cas(u32::MAX - 3);
+    let store = Racing::new(&mem);
+    assert_eq!(statuses(&l, &store, T0, 10), [200; 10]);
+    assert_eq!((store.reads.get(), store.writes.get()), (2, 10), "no miss across the round");
+    // A copy is trusted for a second only: a request later than that reads.
+    assert_eq!(statuses(&l, &store, T0 + 10_000 + crate::store::own::TRUSTED_US, 1), [200]);
+    assert_eq!((store.reads.get(), store.writes.get()), (3, 11));
+}

@@ -1,5 +1,6 @@
 //! The per-proxy store: Envoy's shared data seen as a compare-and-swap key-value map, the one
-//! loop that retries a lost race, and the bounded slot tables the local rules count in.
+//! loop that retries a lost race, the bounded slot tables the local rules count in, and what a
+//! worker knows of its own writes to them.
 //!
 //! Shared data never deletes a key, has no TTL, and accepts a write to a key that does not exist
 //! whatever CAS token it carries (docs/architecture.md, "Host facts: shared data"): the slot
@@ -7,10 +8,12 @@
 
 #[cfg(any(test, feature = "testing"))]
 mod mem;
+pub mod own;
 pub mod table;
 
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemStore;
+pub use own::Own;
 pub use table::{Decided, Held, Outcomes, Prepared, Table, Updated, PROBES};
 
 /// A compare-and-swap key-value map with Envoy's shared-data semantics.

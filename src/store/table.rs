@@ -17,6 +17,7 @@
 //!   Envoy never hands out for a fresh key: if another worker created it meanwhile, our write
 //!   fails as a CAS mismatch instead of silently replacing theirs, and we decide again.
 
+use super::own::{Copy, Mine};
 use super::{with_retries, SharedStore, StoreError, CREATE_TOKEN};
 use crate::strategy::Outcome;
 
@@ -24,9 +25,9 @@ use crate::strategy::Outcome;
 /// is nearly full, at one shared-data read each for new identities.
 pub const PROBES: u32 = 4;
 
-const VERSION: u8 = 2;
-/// version (1) + identity hash (8) + expiry in µs (8) + entry count (1).
-const HEADER_LEN: usize = 18;
+const VERSION: u8 = 3;
+/// version (1) + identity hash (8) + expiry in µs (8) + the writer's tag (8) + entry count (1).
+const HEADER_LEN: usize = 26;
 /// An entry: rule fingerprint (4) + expiry in µs (8) + state count (1), then each state as a
 /// u16 length and its bytes.
 const ENTRY_HEADER_LEN: usize = 13;
@@ -92,6 +93,8 @@ impl<'a> Entry<'a> {
 struct Slot<'a> {
     identity: u64,
     expires_us: u64,
+    /// The write that made it ([`super::own`]; 0: a writer that keeps no copies).
+    tag: u64,
     count: usize,
     entries: &'a [u8],
 }
@@ -126,7 +129,8 @@ fn decode(bytes: &[u8]) -> Option<Slot<'_>> {
     let slot = Slot {
         identity: u64_at(bytes, 1)?,
         expires_us: u64_at(bytes, 9)?,
-        count: bytes[17] as usize,
+        tag: u64_at(bytes, 17)?,
+        count: bytes[25] as usize,
         entries: &bytes[HEADER_LEN..],
     };
     // A slot whose entries run past its end is no slot: nothing of it is read.
@@ -183,7 +187,7 @@ type Decide<'d> = &'d mut dyn FnMut(&Held<'_>) -> (Decided, bool);
 /// What a slot holds for the caller.
 enum Found {
     /// The identity's own live slot.
-    Own { key: String, cas: u32, value: Vec<u8> },
+    Own { key: String, cas: u32, value: Vec<u8>, tag: u64 },
     /// A slot that may be taken: never written (`cas` None), expired, or evicted.
     Free { key: String, cas: Option<u32> },
 }
@@ -202,7 +206,8 @@ pub struct Updated<T = Outcomes> {
     pub created: bool,
 }
 
-/// A decision taken on a slot's content as read, not yet stored (see [`Table::prepare_entries`]).
+/// A decision taken on a slot's content as read (or as the worker wrote it), not yet stored
+/// (see [`Table::prepare_entries`]).
 #[derive(Debug)]
 pub struct Prepared {
     /// Each rule decided (its fingerprint) and one outcome per limit, in the order decided.
@@ -210,6 +215,20 @@ pub struct Prepared {
     write: Option<Write>,
     /// The slot as read, when nothing is to be written (a denial): see [`Prepared::take_read`].
     read: Option<Vec<u8>>,
+    /// What the decision stood on.
+    basis: Basis,
+}
+
+/// What a prepared decision stood on, as the worker's copies need it ([`super::own`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    /// A read that found no slot of the identity's.
+    Nothing,
+    /// A read of the identity's slot: its tag and token.
+    Read { tag: u64, token: u32 },
+    /// The worker's copy of its own write instead of a read ([`Table::prepare_on_copy`]), and
+    /// the token predicted for that write.
+    Copy { mine: Mine, token: u32 },
 }
 
 #[derive(Debug)]
@@ -230,6 +249,34 @@ impl Prepared {
     /// identity had no slot): what a worker remembers of a denial.
     pub fn take_read(&mut self) -> Option<Vec<u8>> {
         self.read.take()
+    }
+
+    /// What was written once committed: key, bytes and their tag.
+    pub fn into_written(self) -> Option<(String, Vec<u8>, u64)> {
+        let w = self.write?;
+        let tag = u64_at(&w.bytes, 17)?;
+        Some((w.key, w.bytes, tag))
+    }
+
+    /// The tag and token of the identity's slot, as read.
+    pub fn seen(&self) -> Option<(u64, u32)> {
+        match self.basis {
+            Basis::Read { tag, token } => Some((tag, token)),
+            _ => None,
+        }
+    }
+
+    /// The worker's write a decision on its copy stood on, and the token predicted for it.
+    pub fn guessed(&self) -> Option<(Mine, u32)> {
+        match self.basis {
+            Basis::Copy { mine, token } => Some((mine, token)),
+            _ => None,
+        }
+    }
+
+    /// Whether committing it writes the slot.
+    pub fn writes(&self) -> bool {
+        self.write.is_some()
     }
 }
 
@@ -267,7 +314,8 @@ impl Table {
             let rank = match decode(&value) {
                 Some(s) if Self::live(&s, now_us) => {
                     if s.identity == identity {
-                        return Ok(Found::Own { key, cas, value });
+                        let tag = s.tag;
+                        return Ok(Found::Own { key, cas, value, tag });
                     }
                     s.expires_us
                 }
@@ -293,41 +341,67 @@ impl Table {
     /// each rule's states from the [`Held`] entries and returns, for each rule it decided (by
     /// fingerprint), one outcome per limit, plus whether to write at all. The entries of rules
     /// it did not decide are kept as they are.
+    /// The slot written carries `tag` (see [`super::own`]).
     pub fn prepare_entries<F>(
         &self,
         store: &impl SharedStore,
         identity: u64,
         now_us: u64,
+        tag: u64,
         mut decide: F,
     ) -> Result<Prepared, StoreError>
     where
         F: FnMut(&Held<'_>) -> (Decided, bool),
     {
-        self.prepare_dyn(store, identity, now_us, &mut decide)
+        let (key, cas, value, basis) = match self.locate(store, identity, now_us)? {
+            Found::Own { key, cas, value, tag } => (key, Some(cas), Some(value), Basis::Read { tag, token: cas }),
+            Found::Free { key, cas } => (key, cas, None, Basis::Nothing),
+        };
+        let (outcomes, bytes) = self.build(value.as_deref(), identity, now_us, tag, &mut decide);
+        let write = bytes.map(|bytes| Write { key, cas, bytes });
+        let read = if write.is_none() { value } else { None };
+        Ok(Prepared { outcomes, write, read, basis })
     }
 
-    /// [`Table::prepare_entries`], compiled once whatever the store and the decision.
-    fn prepare_dyn(
+    /// [`Table::prepare_entries`] on the worker's copy of the identity's slot instead of a read:
+    /// committed with the copy's predicted token, it lands only if the slot is still the copy.
+    /// A decision that writes nothing (a denial) is no decision on a copy, which may be stale:
+    /// the copy comes back, to read the slot instead.
+    pub fn prepare_on_copy<F>(&self, copy: Copy, identity: u64, now_us: u64, tag: u64, mut decide: F) -> Result<Prepared, Copy>
+    where
+        F: FnMut(&Held<'_>) -> (Decided, bool),
+    {
+        let Some(token) = copy.token else { return Err(copy) };
+        let (outcomes, Some(bytes)) = self.build(Some(&copy.bytes), identity, now_us, tag, &mut decide) else {
+            return Err(copy);
+        };
+        let write = Write { key: copy.key, cas: Some(token), bytes };
+        Ok(Prepared { outcomes, write: Some(write), read: None, basis: Basis::Copy { mine: copy.mine, token } })
+    }
+
+    /// The decision on `value` (the slot as read or copied), and the slot to write carrying
+    /// `tag`, if `decide` writes.
+    fn build(
         &self,
-        store: &dyn SharedStore,
+        value: Option<&[u8]>,
         identity: u64,
         now_us: u64,
+        tag: u64,
         decide: Decide<'_>,
-    ) -> Result<Prepared, StoreError> {
-        let (key, cas, value) = match self.locate(store, identity, now_us)? {
-            Found::Own { key, cas, value } => (key, Some(cas), Some(value)),
-            Found::Free { key, cas } => (key, cas, None),
-        };
-        let held = Self::held(value.as_deref(), now_us);
+    ) -> (Decided, Option<Vec<u8>>) {
+        let held = Self::held(value, now_us);
         let (decided, write) = decide(&held);
         if !write {
-            return Ok(Prepared { outcomes: decided, write: None, read: value });
+            return (decided, None);
         }
         let mut bytes = Vec::with_capacity(value.as_ref().map_or(64, |v| v.len() + 16));
         bytes.push(VERSION);
         bytes.extend_from_slice(&identity.to_le_bytes());
-        // The slot's expiry and entry count are known once every entry is written.
-        bytes.extend_from_slice(&[0; 9]);
+        // The slot's expiry is known once every entry is written.
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&tag.to_le_bytes());
+        // And its entry count.
+        bytes.push(0);
         let mut expires_us = 0;
         let mut count = 0usize;
         for (id, outcomes) in &decided {
@@ -351,8 +425,8 @@ impl Table {
             count += 1;
         }
         bytes[9..17].copy_from_slice(&expires_us.to_le_bytes());
-        bytes[17] = count.min(u8::MAX as usize) as u8;
-        Ok(Prepared { outcomes: decided, write: Some(Write { key, cas, bytes }), read: None })
+        bytes[25] = count.min(u8::MAX as usize) as u8;
+        (decided, Some(bytes))
     }
 
     /// A decision of this table's own rule as a decision on the slot's entries: `decide`
@@ -391,7 +465,7 @@ impl Table {
         F: FnMut(&Held<'_>) -> (Decided, bool),
     {
         with_retries(&self.prefix, || {
-            let prepared = self.prepare_entries(store, identity, now_us, &mut decide)?;
+            let prepared = self.prepare_entries(store, identity, now_us, 0, &mut decide)?;
             self.commit(store, &prepared)?;
             let created = prepared.created();
             Ok(Updated { outcomes: prepared.outcomes, created })
@@ -547,19 +621,19 @@ mod tests {
         let store = MemStore::default();
         let t = table(8);
         t.update(&store, 3, 0, count_to(5)).unwrap();
-        let prepared = t.prepare_entries(&store, 3, 0, t.own(count_to(5))).unwrap();
+        let prepared = t.prepare_entries(&store, 3, 0, 0, t.own(count_to(5))).unwrap();
         // Another worker counts the identity after our read.
         t.update(&store, 3, 0, count_to(5)).unwrap();
         assert_eq!(t.commit(&store, &prepared), Err(StoreError::CasMismatch));
         assert_eq!(count(&store, &t, 3, 0), 2, "the stale decision wrote nothing");
         // The same for a slot that did not exist when we read it.
-        let prepared = t.prepare_entries(&store, 4, 0, t.own(count_to(5))).unwrap();
+        let prepared = t.prepare_entries(&store, 4, 0, 0, t.own(count_to(5))).unwrap();
         assert!(prepared.created());
         t.update(&store, 4, 0, count_to(5)).unwrap();
         assert_eq!(t.commit(&store, &prepared), Err(StoreError::CasMismatch));
         assert_eq!(count(&store, &t, 4, 0), 1);
         // Uncontended, it is stored as decided.
-        let prepared = t.prepare_entries(&store, 4, 0, t.own(count_to(5))).unwrap();
+        let prepared = t.prepare_entries(&store, 4, 0, 0, t.own(count_to(5))).unwrap();
         assert!(!prepared.created());
         t.commit(&store, &prepared).unwrap();
         assert_eq!(count(&store, &t, 4, 0), 2);

@@ -17,7 +17,7 @@ const MEASURED: u64 = 50;
 // Guest fuel per request reached, with about 3% to spare (fuel moves a little with the
 // compiler's code generation).
 const CEILING_C: f64 = 14_200.0;
-const CEILING_D: f64 = 82_500.0;
+const CEILING_D: f64 = 80_600.0;
 const CEILING_E: f64 = 6_420.0;
 const CEILING_X: f64 = 2_520.0;
 
@@ -63,8 +63,9 @@ fn vm_entries_host_calls_and_guest_work_per_request_do_not_grow() {
     // Fuel is about one unit per wasm instruction the guest runs: its own work, measured the same
     // on any machine (`SLUICE_WASM=other.wasm` measures another build).
     let ceilings: &[(&str, u16, f64, f64, f64)] = &[
-        ("c", 200, 7.0, 6.0, CEILING_C),
-        ("d", 200, 9.0, 10.0, CEILING_D),
+        // A slot the worker wrote last is decided on its copy, not read (`store::own`).
+        ("c", 200, 6.0, 5.0, CEILING_C),
+        ("d", 200, 6.0, 7.0, CEILING_D),
         // A 429 reads nothing: the worker remembers the denial (`engine::memo`).
         ("e", 429, 5.0, 2.0, CEILING_E),
         ("x", 200, 6.0, 1.0, CEILING_X),
