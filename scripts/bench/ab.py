@@ -4,6 +4,7 @@ every Envoy pinned to one core and measured interleaved, so a noisy neighbour hu
 alike. Prints µs of Envoy CPU per request, the ratio to (w) and the spread of each row.
 
     python3 scripts/bench/ab.py A.wasm B.wasm --configs c,e,x --reps 5
+    python3 scripts/bench/ab.py A.wasm B.wasm --configs c,d --workers 2   # two workers, one core
     python3 scripts/bench/ab.py A.wasm B.wasm --distributed --reps 5
     python3 scripts/bench/ab.py A.wasm B.wasm --distributed --dist-configs O --reps 7
 
@@ -61,6 +62,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="Envoy's worker threads (--concurrency), all on the proxy's one core: workers sharing slots")
     ap.add_argument("--noop", default=NOOP, help="the empty filter's .wasm, the floor (w)")
     ap.add_argument("--max-others", type=float, default=0.25, help="repeat a run when others used more cores")
     ap.add_argument("--distributed", action="store_true", help="compare on the routed Redis path (R2), not --configs")
@@ -78,7 +81,7 @@ def main():
     envoys = {}
     try:
         for name, filters in confs.items():
-            envoys[name] = Envoy(name, bootstrap(filters), work, concurrency=1, cpus=envoy_cpus)
+            envoys[name] = Envoy(name, bootstrap(filters), work, concurrency=args.workers, cpus=envoy_cpus)
         rows = throughput.throughput(envoys, args.reps, args.seconds, args.connections, load_cpus, args.max_others)
     finally:
         for e in envoys.values():
