@@ -129,8 +129,8 @@ impl Limiter {
                     self.own.hit(mine, token);
                 }
                 let outcomes = std::mem::take(&mut p.outcomes);
-                if let Some((key, bytes, tag)) = p.into_written() {
-                    self.own.wrote(c.holder, identity, key, bytes, tag, now_us);
+                if let Some(w) = p.into_written() {
+                    self.own.wrote(c.holder, identity, w.key, w.bytes, w.tag, w.home, now_us);
                 }
                 Ok(outcomes)
             }
@@ -144,7 +144,8 @@ impl Limiter {
         }
     }
 
-    /// Decides the rules of `group` on the store's current state without writing, adding their
+    /// Decides the rules of `group` on the store's current state without writing (on the
+    /// worker's copy of its own last write of the slot if `copies` and it can), adding their
     /// outcomes to `into` and returning what [`crate::store::Table::commit`] needs to store
     /// it (`None` when there is nothing to store: a store failure, or a denial the worker
     /// remembered, see [`super::memo`]).
@@ -154,6 +155,7 @@ impl Limiter {
         store: &impl SharedStore,
         now_us: u64,
         into: &mut Vec<RuleOutcome>,
+        copies: bool,
     ) -> Option<Prepared> {
         let first = group.first()?;
         if self.memo.recall(&self.rules, group, now_us, |held| self.decide_remembered(group, held, now_us, into)) {
@@ -165,7 +167,7 @@ impl Limiter {
         // The worker's copy of its own last write of the slot decides without a read, if it
         // knows that write's token, and admits (a denial may be stale: the slot is read).
         let copy = match self.own.take(c.holder, identity, now_us) {
-            Some(known) if known.token.is_some() && self.own.may_try() => {
+            Some(known) if copies && known.token.is_some() && self.own.may_try() => {
                 match c.table.prepare_on_copy(known, identity, now_us, self.own.tag(), decide) {
                     Ok(p) => return self.prepared(group, Ok(p), into, now_us),
                     Err(known) => Some(known),
@@ -174,8 +176,11 @@ impl Limiter {
             other => other,
         };
         let read = c.table.prepare_entries(store, identity, now_us, self.own.tag(), decide);
+        let mine = copy.as_ref().map(|known| known.mine).or_else(|| self.own.missed(c.holder, identity));
+        if let (Some(mine), Ok(p)) = (mine, &read) {
+            self.own.saw(mine, p.seen());
+        }
         if let (Some(mut known), Ok(p)) = (copy, &read) {
-            self.own.saw(known.mine, p.seen());
             // A denial wrote nothing: the slot is still the copy if it carries the copy's tag,
             // and the token read is that write's.
             if let Some((_, token)) = p.seen().filter(|(tag, _)| !p.writes() && *tag == known.mine.tag) {
@@ -262,6 +267,52 @@ impl Limiter {
         groups
     }
 
+    /// Decides the enforced rules' `groups` and stores the decision: their outcomes, and
+    /// whether the request is denied. With `copies`, the first slot may be decided on the
+    /// worker's copy of its own last write (`crate::store::own`), and is written first: `None`
+    /// when that copy was stale (its write missed, or a denial elsewhere would show its fields
+    /// as the copy has them), with nothing written, to decide again on reads. Only the first:
+    /// a stale copy found out after another slot was written would count the request there.
+    fn enforce(
+        &self,
+        groups: &[Refs<'_>],
+        store: &impl SharedStore,
+        now_us: u64,
+        copies: bool,
+    ) -> Option<(Vec<RuleOutcome>, bool)> {
+        let rules = groups.iter().map(|g| g.len()).sum();
+        let mut decided = Vec::with_capacity(rules);
+        let prepared: SmallVec<[Option<Prepared>; 2]> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| self.prepare_group(g, store, now_us, &mut decided, copies && i == 0))
+            .collect();
+        let on_copy = |p: &Option<Prepared>| p.as_ref().is_some_and(|p| p.guessed().is_some());
+        if decided.iter().any(|o| !o.allowed) {
+            return if prepared.first().is_some_and(on_copy) { None } else { Some((decided, true)) };
+        }
+        let mut stored = Vec::with_capacity(rules);
+        let mut prepared_outcomes = decided.into_iter();
+        for (group, p) in groups.iter().zip(prepared) {
+            let mine = prepared_outcomes.by_ref().take(group.len());
+            let guessed = on_copy(&p);
+            match p.zip(group.first()).map(|(p, first)| self.commit(first, store, p, now_us)) {
+                // Stored, or a store failure that `on_error` admitted.
+                Some(Ok(_)) | None => stored.extend(mine),
+                // The first slot's copy was stale; nothing is written yet.
+                Some(Err(_)) if guessed => return None,
+                Some(Err(_)) => {
+                    mine.for_each(drop);
+                    self.update_group(group, store, now_us, &mut stored);
+                }
+            }
+            if stored.iter().any(|o| !o.allowed) {
+                return Some((stored, true));
+            }
+        }
+        Some((stored, false))
+    }
+
     /// Decides the local rules of `applied`, after the Redis rules' `outcomes` (if any).
     /// Enforced rules are decided before shadow rules, and shadow rules only count requests
     /// that are admitted. Every enforced rule is decided on what the store holds now before any
@@ -281,27 +332,14 @@ impl Limiter {
         let (enforced, shadow): (Refs<'_>, Refs<'_>) =
             applied.iter().filter(|a| !self.compiled(a).is_redis()).partition(|a| !self.compiled(a).is_shadow());
         let groups = self.by_slot(&enforced);
-        let mut decided = Vec::with_capacity(enforced.len());
-        let prepared: SmallVec<[Option<Prepared>; 2]> =
-            groups.iter().map(|g| self.prepare_group(g, store, now_us, &mut decided)).collect();
-        if decided.iter().any(|o| !o.allowed) {
-            return self.verdict(after(outcomes, in_order(&enforced, decided)), true);
-        }
-        let mut stored = Vec::with_capacity(enforced.len());
-        let mut prepared_outcomes = decided.into_iter();
-        for (group, p) in groups.iter().zip(prepared) {
-            let mine = prepared_outcomes.by_ref().take(group.len());
-            match p.zip(group.first()).map(|(p, first)| self.commit(first, store, p, now_us)) {
-                // Stored, or a store failure that `on_error` admitted.
-                Some(Ok(_)) | None => stored.extend(mine),
-                Some(Err(_)) => {
-                    mine.for_each(drop);
-                    self.update_group(group, store, now_us, &mut stored);
-                }
-            }
-            if stored.iter().any(|o| !o.allowed) {
-                return self.verdict(after(outcomes, in_order(&enforced, stored)), true);
-            }
+        let (stored, denied) = match self.enforce(&groups, store, now_us, true) {
+            Some(done) => done,
+            // Reads never go stale, so this always decides; were it not so, deny rather than
+            // admit uncounted.
+            None => self.enforce(&groups, store, now_us, false).unwrap_or_else(|| (Vec::new(), true)),
+        };
+        if denied {
+            return self.verdict(after(outcomes, in_order(&enforced, stored)), true);
         }
         let mut outcomes = after(outcomes, in_order(&enforced, stored));
         for a in &shadow {

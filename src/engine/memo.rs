@@ -283,7 +283,8 @@ mod tests {
         /// request exactly as workers that read shared data every time and build every
         /// response (a fresh limiter per request, on a store of its own):
         /// every status, header, body and outcome, for every strategy, with rules sharing a
-        /// slot, rules of fixed costs and one whose cost a header chooses.
+        /// slot, requests counted in two slots, rules of fixed costs and one whose cost a
+        /// header chooses.
         #[test]
         fn workers_with_memos_answer_exactly_as_workers_without(
             strategy in prop::sample::select(crate::strategy::NAMES.to_vec()),
@@ -296,6 +297,7 @@ mod tests {
                  "identifier": {"header": "x-user"}},
                 {"name": "c", "match": {"path": "/b"}, "limit": "4/s", "strategy": strategy, "identifier": "global",
                  "cost": {"header": "x-cost", "default": 1, "max": 3}},
+                {"name": "d", "match": {"path": "/a/**"}, "limit": "7/2s", "strategy": strategy, "identifier": "global"},
             ]});
             let workers = [limiter(config.clone()), limiter(config.clone())];
             let (shared, reference) = (MemStore::default(), MemStore::default());

@@ -945,3 +945,26 @@ fn predictions_follow_envoy_tokens_round_past_0_and_trust_no_old_copy() {
     assert_eq!(statuses(&l, &store, T0 + 10_000 + crate::store::own::TRUSTED_US, 1), [200]);
     assert_eq!((store.reads.get(), store.writes.get()), (3, 11));
 }
+
+#[test]
+fn a_denial_shows_a_rule_decided_on_a_stale_copy_as_a_read_gives_it() {
+    // `wide` counts the user, `narrow` the key; W1's copy of the user's slot goes stale when W2
+    // counts the user, then `narrow` denies W1's request: the denial shows `wide` as read.
+    let config = serde_json::json!({"rules": [
+        {"name": "wide", "limit": "10/min", "identifier": {"header": "x-user"}},
+        {"name": "narrow", "limit": "1/min", "identifier": {"header": "x-key"}}]});
+    let (w1, w2) = (limiter(config.clone()), limiter(config.clone()));
+    let mem = MemStore::default();
+    let req = |key: &str| Req::new("GET", "/").header("x-user", "u").header("x-key", key);
+    for (i, key) in ["k1", "k2", "k3"].into_iter().enumerate() {
+        assert_eq!(status(&w1.check(&req(key), &mem, T0 + i as u64 * 1000)), 200);
+    }
+    assert_eq!(status(&w2.check(&req("k9"), &mem, T0 + 3000)), 200);
+    let at = T0 + 4000;
+    let denied = w1.check(&req("k1"), &mem, at);
+    assert_eq!(status(&denied), 429);
+    // A denial writes nothing: a worker reading everything now sees what W1 saw.
+    assert_eq!(denied, limiter(config).check(&req("k1"), &mem, at));
+    // Four requests counted on the user (a stale copy would show r=6).
+    assert_eq!(header(&denied, "ratelimit"), Some("\"wide\";r=5;t=120, \"narrow\";r=0;t=120"));
+}

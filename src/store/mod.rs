@@ -14,7 +14,7 @@ pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemStore;
 pub use own::Own;
-pub use table::{Decided, Held, Outcomes, Prepared, Table, Updated, PROBES};
+pub use table::{Decided, Held, Outcomes, Prepared, Table, Updated, Written, PROBES};
 
 /// A compare-and-swap key-value map with Envoy's shared-data semantics.
 pub trait SharedStore {

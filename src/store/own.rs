@@ -25,6 +25,11 @@
 //! before it tries again, twice as long (in decisions) after each miss in a row, up to
 //! [`MAX_WAIT`] decisions.
 //!
+//! Which copies may decide is the table's call and the engine's: a copy of the identity's home
+//! slot, live on every worker's clock ([`super::Table::prepare_on_copy`]), for the first slot a
+//! request writes (`crate::engine`'s local phase), so a stale copy is found out before any
+//! slot has counted the request.
+//!
 //! Bounded: [`PLACES`] copies per worker and config, each at most [`MAX_SLOT_BYTES`].
 
 use std::cell::RefCell;
@@ -37,8 +42,10 @@ pub const TRUSTED_US: u64 = 1_000_000;
 pub const PLACES: usize = 128;
 /// A slot larger than this (long sliding logs) is not kept.
 pub const MAX_SLOT_BYTES: usize = 1024;
-/// Most decisions a worker lets pass without trying a copy after misses in a row.
-pub const MAX_WAIT: u32 = 63;
+/// Misses in a row that double the wait, up to [`MAX_WAIT`] decisions a worker lets pass
+/// without trying a copy.
+const MAX_MISSES: u32 = 6;
+pub const MAX_WAIT: u32 = (1 << MAX_MISSES) - 1;
 
 /// A write of the worker's own: which one, its tag and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +59,7 @@ pub struct Mine {
 
 /// A slot as the worker wrote it.
 #[derive(Debug)]
-pub struct Copy {
+pub struct SlotCopy {
     pub key: String,
     pub bytes: Vec<u8>,
     pub mine: Mine,
@@ -69,7 +76,7 @@ struct Anchor {
 
 #[derive(Debug, Default)]
 struct Inner {
-    places: Vec<Option<(usize, u64, Copy)>>,
+    places: Vec<Option<(usize, u64, SlotCopy)>>,
     /// Writes that landed.
     writes: u32,
     /// Tags handed out.
@@ -92,8 +99,10 @@ pub struct Own {
 
 impl Default for Own {
     fn default() -> Self {
-        // A random number per worker and config (the host's randomness through std): tags of
-        // different writers never meet but by a chance of one in 2^64.
+        // A random number per worker and config (the host's randomness through std: WASI's
+        // `random_get`, which Envoy serves): tags of different writers never meet but by a
+        // chance of one in 2^64. Everything rests on it: a worker that took another's write for
+        // its own could predict a token ahead of the counter.
         let writer = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
         Own { writer, inner: RefCell::default() }
     }
@@ -107,6 +116,7 @@ impl Clone for Own {
     }
 }
 
+/// Times are the worker's clock, which never runs backwards (`crate::clock`).
 fn fresh(at_us: u64, now_us: u64) -> bool {
     now_us >= at_us && now_us - at_us < TRUSTED_US
 }
@@ -134,7 +144,7 @@ impl Own {
 
     /// The copy of the identity's slot in `table` (a table's index), taken out, if the worker
     /// wrote it less than [`TRUSTED_US`] ago.
-    pub fn take(&self, table: usize, identity: u64, now_us: u64) -> Option<Copy> {
+    pub fn take(&self, table: usize, identity: u64, now_us: u64) -> Option<SlotCopy> {
         let mut inner = self.inner.try_borrow_mut().ok()?;
         let at = inner.places.get_mut(place(table, identity))?;
         match at {
@@ -144,7 +154,7 @@ impl Own {
     }
 
     /// Puts back a copy taken and not written over.
-    pub fn put_back(&self, table: usize, identity: u64, copy: Copy) {
+    pub fn put_back(&self, table: usize, identity: u64, copy: SlotCopy) {
         let Ok(mut inner) = self.inner.try_borrow_mut() else { return };
         if inner.places.is_empty() {
             inner.places.resize_with(PLACES, || None);
@@ -176,7 +186,7 @@ impl Own {
     /// write came in between.
     pub fn miss(&self, table: usize, identity: u64, mine: Mine) {
         let Ok(mut inner) = self.inner.try_borrow_mut() else { return };
-        inner.misses = (inner.misses + 1).min(MAX_WAIT.trailing_ones());
+        inner.misses = (inner.misses + 1).min(MAX_MISSES);
         inner.wait = (1 << inner.misses) - 1;
         inner.missed = Some((table, identity, mine));
     }
@@ -208,19 +218,21 @@ impl Own {
         }
     }
 
-    /// Counts a write of the worker's that landed just now (`key`, `bytes`, carrying `tag`) and
-    /// keeps it as the identity's copy in `table`. Every slot-table write of the worker is
-    /// told here, in order: a write not told makes predictions behind (they miss), never ahead.
-    pub fn wrote(&self, table: usize, identity: u64, key: String, bytes: Vec<u8>, tag: u64, now_us: u64) {
+    /// Counts a write of the worker's that landed just now (`key`, `bytes`, carrying `tag`) and,
+    /// with `keep`, keeps it as the identity's copy in `table`. The engine tells every write of its local
+    /// rules here, in order; a write not told (the deny cache's, the breaker's, another
+    /// config's) makes predictions behind, so they miss, never ahead.
+    #[allow(clippy::too_many_arguments)]
+    pub fn wrote(&self, table: usize, identity: u64, key: String, bytes: Vec<u8>, tag: u64, keep: bool, now_us: u64) {
         let copy = {
             let Ok(mut inner) = self.inner.try_borrow_mut() else { return };
             let write = inner.writes;
             inner.writes = inner.writes.wrapping_add(1);
-            if bytes.len() > MAX_SLOT_BYTES || tag == 0 {
+            if !keep || bytes.len() > MAX_SLOT_BYTES || tag == 0 {
                 return;
             }
             let token = inner.anchor.filter(|a| fresh(a.at_us, now_us)).map(|a| after(a.token, write.wrapping_sub(a.write)));
-            Copy { key, bytes, mine: Mine { tag, write, at_us: now_us }, token }
+            SlotCopy { key, bytes, mine: Mine { tag, write, at_us: now_us }, token }
         };
         self.put_back(table, identity, copy);
     }
@@ -249,7 +261,7 @@ mod tests {
     fn write(own: &Own, store: &MemStore, key: &str, cas: u32, now: u64) -> Result<u64, StoreError> {
         let tag = own.tag();
         store.set(key, &tag.to_le_bytes(), cas)?;
-        own.wrote(0, 7, key.into(), tag.to_le_bytes().to_vec(), tag, now);
+        own.wrote(0, 7, key.into(), tag.to_le_bytes().to_vec(), tag, true, now);
         Ok(tag)
     }
 
@@ -336,9 +348,9 @@ mod tests {
         for i in 0..(PLACES as u64 * 4) {
             let tag = own.tag();
             store.set("k", b"v", 0).unwrap();
-            own.wrote(0, i, "k".into(), vec![0; 16], tag, 1);
+            own.wrote(0, i, "k".into(), vec![0; 16], tag, true, 1);
         }
-        own.wrote(0, 1, "k".into(), vec![0; MAX_SLOT_BYTES + 1], own.tag(), 1);
+        own.wrote(0, 1, "k".into(), vec![0; MAX_SLOT_BYTES + 1], own.tag(), true, 1);
         assert!(own.copies() <= PLACES);
         assert!(own.take(0, 1, 1).is_none_or(|c| c.bytes.len() <= MAX_SLOT_BYTES));
     }

@@ -17,8 +17,9 @@
 //!   Envoy never hands out for a fresh key: if another worker created it meanwhile, our write
 //!   fails as a CAS mismatch instead of silently replacing theirs, and we decide again.
 
-use super::own::{Copy, Mine};
+use super::own::{Mine, SlotCopy};
 use super::{with_retries, SharedStore, StoreError, CREATE_TOKEN};
+use crate::clock::WORKER_SKEW_US;
 use crate::strategy::Outcome;
 
 /// Neighbouring slots an identity may live in. More probes mean fewer evictions when the table
@@ -187,9 +188,9 @@ type Decide<'d> = &'d mut dyn FnMut(&Held<'_>) -> (Decided, bool);
 /// What a slot holds for the caller.
 enum Found {
     /// The identity's own live slot.
-    Own { key: String, cas: u32, value: Vec<u8>, tag: u64 },
+    Own { key: String, cas: u32, value: Vec<u8>, tag: u64, home: bool },
     /// A slot that may be taken: never written (`cas` None), expired, or evicted.
-    Free { key: String, cas: Option<u32> },
+    Free { key: String, cas: Option<u32>, home: bool },
 }
 
 /// The outcome of every limit of a rule, in order.
@@ -219,6 +220,18 @@ pub struct Prepared {
     basis: Basis,
 }
 
+/// A slot written by a decision committed.
+#[derive(Debug)]
+pub struct Written {
+    pub key: String,
+    pub bytes: Vec<u8>,
+    /// The tag the slot carries.
+    pub tag: u64,
+    /// The key is the identity's home slot, the first a read probes: only such a slot's copy
+    /// decides ([`Table::prepare_on_copy`]).
+    pub home: bool,
+}
+
 /// What a prepared decision stood on, as the worker's copies need it ([`super::own`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Basis {
@@ -237,6 +250,8 @@ struct Write {
     /// The token read; `None` for a slot never written.
     cas: Option<u32>,
     bytes: Vec<u8>,
+    /// The key is the identity's home slot, the first a read probes.
+    home: bool,
 }
 
 impl Prepared {
@@ -251,11 +266,11 @@ impl Prepared {
         self.read.take()
     }
 
-    /// What was written once committed: key, bytes and their tag.
-    pub fn into_written(self) -> Option<(String, Vec<u8>, u64)> {
+    /// What was written, once committed.
+    pub fn into_written(self) -> Option<Written> {
         let w = self.write?;
         let tag = u64_at(&w.bytes, 17)?;
-        Some((w.key, w.bytes, tag))
+        Some(Written { key: w.key, bytes: w.bytes, tag, home: w.home })
     }
 
     /// The tag and token of the identity's slot, as read.
@@ -300,33 +315,33 @@ impl Table {
         // owner expires first (evicting it forgets that owner's count, which only the table's
         // size can prevent; `max_clients` is that size).
         // Rank 0 = free (expired, foreign or unreadable); otherwise the owner's expiry.
-        let mut take: Option<(u64, String, u32)> = None;
+        let mut take: Option<(u64, String, u32, bool)> = None;
         for probe in 0..PROBES.min(slots) {
             let key = self.key((home + probe) % slots);
             let Some((value, cas)) = store.get(&key)? else {
                 // Slots are taken first-free in probe order and never deleted, so the identity
                 // cannot live beyond a slot that was never written.
                 return Ok(match take {
-                    Some((0, key, cas)) => Found::Free { key, cas: Some(cas) },
-                    _ => Found::Free { key, cas: None },
+                    Some((0, key, cas, home)) => Found::Free { key, cas: Some(cas), home },
+                    _ => Found::Free { key, cas: None, home: probe == 0 },
                 });
             };
             let rank = match decode(&value) {
                 Some(s) if Self::live(&s, now_us) => {
                     if s.identity == identity {
                         let tag = s.tag;
-                        return Ok(Found::Own { key, cas, value, tag });
+                        return Ok(Found::Own { key, cas, value, tag, home: probe == 0 });
                     }
                     s.expires_us
                 }
                 _ => 0,
             };
-            if take.as_ref().is_none_or(|(best, _, _)| rank < *best) {
-                take = Some((rank, key, cas));
+            if take.as_ref().is_none_or(|(best, ..)| rank < *best) {
+                take = Some((rank, key, cas, probe == 0));
             }
         }
         match take {
-            Some((_, key, cas)) => Ok(Found::Free { key, cas: Some(cas) }),
+            Some((_, key, cas, home)) => Ok(Found::Free { key, cas: Some(cas), home }),
             None => Err(StoreError::Unavailable("empty slot table".into())),
         }
     }
@@ -353,29 +368,49 @@ impl Table {
     where
         F: FnMut(&Held<'_>) -> (Decided, bool),
     {
-        let (key, cas, value, basis) = match self.locate(store, identity, now_us)? {
-            Found::Own { key, cas, value, tag } => (key, Some(cas), Some(value), Basis::Read { tag, token: cas }),
-            Found::Free { key, cas } => (key, cas, None, Basis::Nothing),
+        let (key, cas, value, basis, home) = match self.locate(store, identity, now_us)? {
+            Found::Own { key, cas, value, tag, home } => (key, Some(cas), Some(value), Basis::Read { tag, token: cas }, home),
+            Found::Free { key, cas, home } => (key, cas, None, Basis::Nothing, home),
         };
         let (outcomes, bytes) = self.build(value.as_deref(), identity, now_us, tag, &mut decide);
-        let write = bytes.map(|bytes| Write { key, cas, bytes });
+        let write = bytes.map(|bytes| Write { key, cas, bytes, home });
         let read = if write.is_none() { value } else { None };
         Ok(Prepared { outcomes, write, read, basis })
     }
 
     /// [`Table::prepare_entries`] on the worker's copy of the identity's slot instead of a read:
     /// committed with the copy's predicted token, it lands only if the slot is still the copy.
-    /// A decision that writes nothing (a denial) is no decision on a copy, which may be stale:
-    /// the copy comes back, to read the slot instead.
-    pub fn prepare_on_copy<F>(&self, copy: Copy, identity: u64, now_us: u64, tag: u64, mut decide: F) -> Result<Prepared, Copy>
+    /// The copy comes back, to read the slot instead, when the decision writes nothing (a
+    /// denial on a copy, which may be stale) and when a read might find another slot: a copy
+    /// is used only of the identity's home slot, live on every worker's clock. A read returns
+    /// the identity's first live slot in probe order, and the home comes first, so no other
+    /// slot of the identity counts beside it; a worker that found it expired would take that
+    /// same key, and the write would miss.
+    pub fn prepare_on_copy<F>(
+        &self,
+        copy: SlotCopy,
+        identity: u64,
+        now_us: u64,
+        tag: u64,
+        mut decide: F,
+    ) -> Result<Prepared, SlotCopy>
     where
         F: FnMut(&Held<'_>) -> (Decided, bool),
     {
         let Some(token) = copy.token else { return Err(copy) };
+        // The worker keeps copies of home slots only ([`Written::home`]); its own slot's
+        // expiry is its latest entry's.
+        let t = now_us.saturating_add(WORKER_SKEW_US);
+        let live = copy.bytes.first() == Some(&VERSION)
+            && u64_at(&copy.bytes, 1) == Some(identity)
+            && u64_at(&copy.bytes, 9).is_some_and(|expires_us| expires_us > t);
+        if !live {
+            return Err(copy);
+        }
         let (outcomes, Some(bytes)) = self.build(Some(&copy.bytes), identity, now_us, tag, &mut decide) else {
             return Err(copy);
         };
-        let write = Write { key: copy.key, cas: Some(token), bytes };
+        let write = Write { key: copy.key, cas: Some(token), bytes, home: true };
         Ok(Prepared { outcomes, write: Some(write), read: None, basis: Basis::Copy { mine: copy.mine, token } })
     }
 
@@ -498,7 +533,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemStore;
+    use crate::store::{MemStore, Own};
     use crate::strategy::Decision;
 
     fn table(slots: u32) -> Table {
@@ -724,5 +759,39 @@ mod tests {
             self.writes.set(self.writes.get() + 1);
             self.inner.set(key, value, cas)
         }
+    }
+
+    /// Writes the identity's slot at `now` as a worker keeping copies does, and returns the
+    /// worker's copy with the token the write got (as a worker learns it), if it kept one.
+    fn written(t: &Table, store: &MemStore, own: &Own, identity: u64, now: u64) -> Option<SlotCopy> {
+        let p = t.prepare_entries(store, identity, now, own.tag(), t.own(count_to(5))).unwrap();
+        t.commit(store, &p).unwrap();
+        let w = p.into_written().unwrap();
+        let key = w.key.clone();
+        own.wrote(0, identity, w.key, w.bytes, w.tag, w.home, now);
+        let mut copy = own.take(0, identity, now)?;
+        copy.token = store.get(&key).unwrap().map(|(_, token)| token);
+        Some(copy)
+    }
+
+    #[test]
+    fn a_copy_decides_only_for_the_identitys_home_slot_while_it_lives_on_every_clock() {
+        let (store, own, t) = (MemStore::default(), Own::default(), table(8));
+        let decide = || t.own(count_to(5));
+        // Identity 5 lives in its home slot 5: its copy decides.
+        let copy = written(&t, &store, &own, 5, 0).unwrap();
+        let p = t.prepare_on_copy(copy, 5, 1_000, own.tag(), decide()).unwrap();
+        t.commit(&store, &p).unwrap();
+        assert_eq!(count(&store, &t, 5, 1_000), 2, "landed");
+        // Its slot expires at 1 s (a second after the write): a copy within a worker's clock
+        // skew of that is not used, since a worker ahead may have taken the key as free.
+        let copy = written(&t, &store, &own, 5, 2_000).unwrap();
+        let near = 2_000 + 1_000_000 - WORKER_SKEW_US;
+        assert!(t.prepare_on_copy(copy, 5, near, own.tag(), decide()).is_err());
+        // Identity 11 holds home slot 3, so identity 3 lives in slot 4: a read probes slot 3
+        // first, and a worker that saw 11's slot expire would place 3 there; no copy is kept.
+        t.update(&store, 11, 0, count_to(5)).unwrap();
+        assert!(written(&t, &store, &own, 3, 0).is_none());
+        assert_eq!(store.get("t:r:4").unwrap().map(|(v, _)| v.len() > 0), Some(true), "written in slot 4");
     }
 }

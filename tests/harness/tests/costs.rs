@@ -17,8 +17,10 @@ const MEASURED: u64 = 50;
 // Guest fuel per request reached, with about 3% to spare (fuel moves a little with the
 // compiler's code generation).
 const CEILING_C: f64 = 14_200.0;
-const CEILING_D: f64 = 80_600.0;
-const CEILING_E: f64 = 6_420.0;
+const CEILING_D: f64 = 82_500.0;
+// (e) 6,230 before the worker's copies of its writes, 6,478 since: the 429 path runs none of
+// their code, but moves the larger decisions prepared (about 15 ns at the guest's pace).
+const CEILING_E: f64 = 6_680.0;
 const CEILING_X: f64 = 2_520.0;
 
 fn configs() -> Vec<(&'static str, Value)> {
@@ -63,9 +65,10 @@ fn vm_entries_host_calls_and_guest_work_per_request_do_not_grow() {
     // Fuel is about one unit per wasm instruction the guest runs: its own work, measured the same
     // on any machine (`SLUICE_WASM=other.wasm` measures another build).
     let ceilings: &[(&str, u16, f64, f64, f64)] = &[
-        // A slot the worker wrote last is decided on its copy, not read (`store::own`).
+        // The first slot of a request, when the worker wrote it last, is decided on its copy,
+        // not read (`store::own`).
         ("c", 200, 6.0, 5.0, CEILING_C),
-        ("d", 200, 6.0, 7.0, CEILING_D),
+        ("d", 200, 8.0, 9.0, CEILING_D),
         // A 429 reads nothing: the worker remembers the denial (`engine::memo`).
         ("e", 429, 5.0, 2.0, CEILING_E),
         ("x", 200, 6.0, 1.0, CEILING_X),
