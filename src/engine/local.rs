@@ -164,8 +164,9 @@ impl Limiter {
         let c = self.compiled(first);
         let identity = first.identity.hash;
         let decide = |held: &Held<'_>| self.decide_group(group, held, now_us);
-        // The worker's copy of its own last write of the slot decides without a read, if it
-        // knows that write's token, and admits (a denial may be stale: the slot is read).
+        // With `copies`, the worker's copy of its own last write of the slot decides without a
+        // read, if it knows that write's token, and admits (a denial may be stale: the slot is
+        // read).
         let copy = match self.own.take(c.holder, identity, now_us) {
             Some(known) if copies && known.token.is_some() && self.own.may_try() => {
                 match c.table.prepare_on_copy(known, identity, now_us, self.own.tag(), decide) {
@@ -299,7 +300,8 @@ impl Limiter {
             match p.zip(group.first()).map(|(p, first)| self.commit(first, store, p, now_us)) {
                 // Stored, or a store failure that `on_error` admitted.
                 Some(Ok(_)) | None => stored.extend(mine),
-                // The first slot's copy was stale; nothing is written yet.
+                // The first slot's write with its copy's token missed (the copy was stale) or
+                // failed; nothing is written yet.
                 Some(Err(_)) if guessed => return None,
                 Some(Err(_)) => {
                     mine.for_each(drop);

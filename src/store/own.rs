@@ -6,7 +6,7 @@
 //! Exact, because the write is a compare-and-swap: it lands only if the slot still holds the
 //! token of the worker's own write, that is, only if nobody wrote the slot since, so the copy
 //! the decision was taken on is what shared data holds. A write that misses stores nothing,
-//! and the slot is read and decided again as if there had been no copy.
+//! and the request is decided again on reads as if there had been no copy.
 //!
 //! Envoy does not say which token a write got; this module predicts it. Tokens come from one
 //! counter for the whole process, starting at 1, counting every write that lands, skipping 0
@@ -26,9 +26,9 @@
 //! [`MAX_WAIT`] decisions.
 //!
 //! Which copies may decide is the table's call and the engine's: a copy of the identity's home
-//! slot, live on every worker's clock ([`super::Table::prepare_on_copy`]), for the first slot a
-//! request writes (`crate::engine`'s local phase), so a stale copy is found out before any
-//! slot has counted the request.
+//! slot while it lives ([`super::Table::prepare_on_copy`]), for the first slot a request
+//! writes (its first rules' in config order, `crate::engine`'s local phase), so a stale copy
+//! is found out before any slot has counted the request.
 //!
 //! Bounded: [`PLACES`] copies per worker and config, each at most [`MAX_SLOT_BYTES`].
 

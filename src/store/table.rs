@@ -19,7 +19,6 @@
 
 use super::own::{Mine, SlotCopy};
 use super::{with_retries, SharedStore, StoreError, CREATE_TOKEN};
-use crate::clock::WORKER_SKEW_US;
 use crate::strategy::Outcome;
 
 /// Neighbouring slots an identity may live in. More probes mean fewer evictions when the table
@@ -381,11 +380,10 @@ impl Table {
     /// [`Table::prepare_entries`] on the worker's copy of the identity's slot instead of a read:
     /// committed with the copy's predicted token, it lands only if the slot is still the copy.
     /// The copy comes back, to read the slot instead, when the decision writes nothing (a
-    /// denial on a copy, which may be stale) and when a read might find another slot: a copy
-    /// is used only of the identity's home slot, live on every worker's clock. A read returns
-    /// the identity's first live slot in probe order, and the home comes first, so no other
-    /// slot of the identity counts beside it; a worker that found it expired would take that
-    /// same key, and the write would miss.
+    /// denial on a copy, which may be stale) and when this worker's read would not find the
+    /// copy's slot: a copy is used only of the identity's home slot (the first a read probes)
+    /// while it lives. A worker that found it expired would take that same key (the first free
+    /// place), and the write would miss.
     pub fn prepare_on_copy<F>(
         &self,
         copy: SlotCopy,
@@ -399,11 +397,10 @@ impl Table {
     {
         let Some(token) = copy.token else { return Err(copy) };
         // The worker keeps copies of home slots only ([`Written::home`]); its own slot's
-        // expiry is its latest entry's.
-        let t = now_us.saturating_add(WORKER_SKEW_US);
+        // expiry is its latest entry's, so this is a read's liveness test.
         let live = copy.bytes.first() == Some(&VERSION)
             && u64_at(&copy.bytes, 1) == Some(identity)
-            && u64_at(&copy.bytes, 9).is_some_and(|expires_us| expires_us > t);
+            && u64_at(&copy.bytes, 9).is_some_and(|expires_us| expires_us > now_us);
         if !live {
             return Err(copy);
         }
@@ -775,7 +772,7 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_decides_only_for_the_identitys_home_slot_while_it_lives_on_every_clock() {
+    fn a_copy_decides_only_for_the_identitys_home_slot_while_it_lives() {
         let (store, own, t) = (MemStore::default(), Own::default(), table(8));
         let decide = || t.own(count_to(5));
         // Identity 5 lives in its home slot 5: its copy decides.
@@ -783,11 +780,13 @@ mod tests {
         let p = t.prepare_on_copy(copy, 5, 1_000, own.tag(), decide()).unwrap();
         t.commit(&store, &p).unwrap();
         assert_eq!(count(&store, &t, 5, 1_000), 2, "landed");
-        // Its slot expires at 1 s (a second after the write): a copy within a worker's clock
-        // skew of that is not used, since a worker ahead may have taken the key as free.
+        // Written again at 2 ms, its slot expires a second later: an expired copy is not used
+        // (a read would take the place as free), one about to expire is.
         let copy = written(&t, &store, &own, 5, 2_000).unwrap();
-        let near = 2_000 + 1_000_000 - WORKER_SKEW_US;
-        assert!(t.prepare_on_copy(copy, 5, near, own.tag(), decide()).is_err());
+        let copy = t.prepare_on_copy(copy, 5, 1_002_000, own.tag(), decide()).unwrap_err();
+        let p = t.prepare_on_copy(copy, 5, 1_001_999, own.tag(), decide()).unwrap();
+        t.commit(&store, &p).unwrap();
+        assert_eq!(count(&store, &t, 5, 1_001_999), 4, "landed");
         // Identity 11 holds home slot 3, so identity 3 lives in slot 4: a read probes slot 3
         // first, and a worker that saw 11's slot expire would place 3 there; no copy is kept.
         t.update(&store, 11, 0, count_to(5)).unwrap();
