@@ -15,9 +15,9 @@ const MAX_NOW_US: u64 = 1 << 56;
 const PLAIN_NOW_US: u64 = 1_700_000_000_000_000;
 
 /// A slot as the store's layout is documented: version 3, identity hash (u64), expiry in µs
-/// (u64), the writer's tag (u64), entry count (u8), then each entry: rule fingerprint (u32), its expiry in µs (u64),
-/// state count (u8) and each state as a u16 length and its bytes, all little-endian. Bytes
-/// after the last entry are ignored.
+/// (u64), the writer's tag (u64), entry count (u8), then each entry: rule fingerprint (u32),
+/// its expiry in µs (u64), state count (u8) and each state as a u16 length and its bytes, all
+/// little-endian. Bytes after the last entry are ignored.
 #[derive(Debug, PartialEq, Eq)]
 struct SlotRef {
     identity: u64,

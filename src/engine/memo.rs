@@ -53,10 +53,10 @@ pub(crate) struct Memo {
     places: RefCell<Vec<Option<Remembered>>>,
 }
 
-/// The place of `identity` under the rule `index` (a table's holder, or a Redis rule): spread by
-/// the keyed identity hash, so no client can aim at another's place.
+/// The place of `identity` under the rule `index` (a table's holder, or a Redis rule) in the
+/// memo and the deny cache's copies ([`crate::store::place`]).
 pub(super) fn place(index: usize, identity: u64) -> usize {
-    (identity ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % PLACES
+    crate::store::place(index, identity, PLACES)
 }
 
 /// Until when a rule's denial holds on every worker's clock: its denying limits' longest

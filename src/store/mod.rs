@@ -16,6 +16,12 @@ pub use mem::MemStore;
 pub use own::Own;
 pub use table::{Decided, Held, Outcomes, Prepared, Table, Updated, Written, PROBES};
 
+/// The place of `identity` (a keyed hash) under `index` (a table's or rule's) in a worker's
+/// table of `places`: spread by the identity, so no client can aim at another's place.
+pub fn place(index: usize, identity: u64, places: usize) -> usize {
+    (identity ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize % places.max(1)
+}
+
 /// A compare-and-swap key-value map with Envoy's shared-data semantics.
 pub trait SharedStore {
     /// The value and its CAS token, or `None` when the key was never written.

@@ -128,7 +128,7 @@ fn after(token: u32, n: u32) -> u32 {
 }
 
 fn place(table: usize, identity: u64) -> usize {
-    (identity ^ (table as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left(17) as usize % PLACES
+    super::place(table, identity, PLACES)
 }
 
 impl Own {

@@ -26,7 +26,12 @@ use crate::strategy::Outcome;
 pub const PROBES: u32 = 4;
 
 const VERSION: u8 = 3;
-/// version (1) + identity hash (8) + expiry in µs (8) + the writer's tag (8) + entry count (1).
+/// A slot's header: version (1) + identity hash (8) + expiry in µs (8) + the writer's tag (8)
+/// + entry count (1); where each field starts.
+const IDENTITY_AT: usize = 1;
+const EXPIRES_AT: usize = 9;
+const TAG_AT: usize = 17;
+const COUNT_AT: usize = 25;
 const HEADER_LEN: usize = 26;
 /// An entry: rule fingerprint (4) + expiry in µs (8) + state count (1), then each state as a
 /// u16 length and its bytes.
@@ -127,10 +132,10 @@ fn decode(bytes: &[u8]) -> Option<Slot<'_>> {
         return None;
     }
     let slot = Slot {
-        identity: u64_at(bytes, 1)?,
-        expires_us: u64_at(bytes, 9)?,
-        tag: u64_at(bytes, 17)?,
-        count: bytes[25] as usize,
+        identity: u64_at(bytes, IDENTITY_AT)?,
+        expires_us: u64_at(bytes, EXPIRES_AT)?,
+        tag: u64_at(bytes, TAG_AT)?,
+        count: bytes[COUNT_AT] as usize,
         entries: &bytes[HEADER_LEN..],
     };
     // A slot whose entries run past its end is no slot: nothing of it is read.
@@ -268,7 +273,7 @@ impl Prepared {
     /// What was written, once committed.
     pub fn into_written(self) -> Option<Written> {
         let w = self.write?;
-        let tag = u64_at(&w.bytes, 17)?;
+        let tag = u64_at(&w.bytes, TAG_AT)?;
         Some(Written { key: w.key, bytes: w.bytes, tag, home: w.home })
     }
 
@@ -399,8 +404,8 @@ impl Table {
         // The worker keeps copies of home slots only ([`Written::home`]); its own slot's
         // expiry is its latest entry's, so this is a read's liveness test.
         let live = copy.bytes.first() == Some(&VERSION)
-            && u64_at(&copy.bytes, 1) == Some(identity)
-            && u64_at(&copy.bytes, 9).is_some_and(|expires_us| expires_us > now_us);
+            && u64_at(&copy.bytes, IDENTITY_AT) == Some(identity)
+            && u64_at(&copy.bytes, EXPIRES_AT).is_some_and(|expires_us| expires_us > now_us);
         if !live {
             return Err(copy);
         }
@@ -456,8 +461,8 @@ impl Table {
             expires_us = expires_us.max(e.expires_us);
             count += 1;
         }
-        bytes[9..17].copy_from_slice(&expires_us.to_le_bytes());
-        bytes[25] = count.min(u8::MAX as usize) as u8;
+        bytes[EXPIRES_AT..TAG_AT].copy_from_slice(&expires_us.to_le_bytes());
+        bytes[COUNT_AT] = count.min(u8::MAX as usize) as u8;
         (decided, Some(bytes))
     }
 
