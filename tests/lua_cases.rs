@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -35,7 +35,7 @@ struct Redis {
 impl Redis {
     fn start() -> Redis {
         for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+            let port = sluice_test_ports::free_port();
             let dir = std::env::temp_dir().join(format!("sluice-lua-{}-{port}-{attempt}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("temp dir");
             let child = Command::new("redis-server")

@@ -11,7 +11,7 @@ pub mod calls;
 pub mod h2;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -56,13 +56,7 @@ impl Drop for TempDir {
     }
 }
 
-/// `n` distinct loopback ports that were free a moment ago (all held open together while
-/// chosen, so they differ from each other).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
-}
+pub use sluice_test_ports::free_ports;
 
 /// Sends one command in RESP and returns the raw reply (enough for readiness checks).
 fn raw_command(port: u16, args: &[&str]) -> std::io::Result<String> {
@@ -232,7 +226,7 @@ impl RedisCluster {
 
     /// [`RedisCluster::start`], every node with more `redis-server` arguments.
     pub fn start_with_args(extra: &[&str]) -> Self {
-        // Data ports and cluster-bus ports are both chosen free, instead of Redis' default
+        // Data ports and cluster-bus ports are both chosen, instead of Redis' default
         // port+10000, which may be taken or out of range.
         let ports = free_ports(12);
         let dir = TempDir::new("cluster");

@@ -3,7 +3,6 @@
 //! dropped. Also a small real HTTP client for sending bursts.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
@@ -23,10 +22,8 @@ pub fn wasm() -> PathBuf {
     p
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+use sluice_test_ports::free_base;
+pub use sluice_test_ports::free_port;
 
 /// Reads a shipped bootstrap (YAML) as JSON.
 pub fn bootstrap(name: &str) -> Value {
@@ -356,58 +353,11 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
     }
 }
 
-/// The kernel's ephemeral port range (`ip_local_port_range`): where outgoing connections get
-/// their local ports.
-fn ephemeral_ports() -> (u16, u16) {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
-    match (it.next(), it.next()) {
-        (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
-        _ => (32768, 60999),
-    }
-}
-
 /// A base port for `scripts/redis-cluster.sh`, whose nodes take BASE..BASE+5 and whose cluster
-/// buses take BASE+10000..BASE+10005. All twelve are free now and lie outside the ephemeral
-/// range: tests running beside this one open thousands of client connections, and a client
-/// socket holding a node's port makes that node fail to bind (seen in CI, five attempts running).
+/// buses take BASE+10000..BASE+10005, all twelve chosen as [`free_port`] chooses.
 pub fn cluster_base_port() -> u16 {
-    let (lo, hi) = ephemeral_ports();
-    let outside = |p: u32| p < u32::from(lo) || p > u32::from(hi);
-    let candidates: Vec<u16> =
-        (10000u16..=55529).filter(|b| (0..6).all(|i| outside(u32::from(*b) + i) && outside(u32::from(*b) + 10000 + i))).collect();
-    assert!(!candidates.is_empty(), "no room for a cluster outside the ephemeral ports {lo}-{hi}");
-    // Spread concurrent test processes over the candidates.
-    let mut pick = (std::process::id() as usize).wrapping_mul(7919) ^ usize::from(free_port());
-    for _ in 0..200 {
-        pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let base = candidates[(pick >> 16) % candidates.len()];
-        let free = (0..6u16).all(|i| {
-            TcpListener::bind(("127.0.0.1", base + i)).is_ok() && TcpListener::bind(("127.0.0.1", base + 10000 + i)).is_ok()
-        });
-        if free {
-            return base;
-        }
-    }
-    panic!("no free base port for a Redis Cluster outside {lo}-{hi}");
-}
-
-/// A port that is free now and outside the ephemeral range, for a server that is restarted on
-/// the same port: while it is down, no outgoing connection of another process can take it.
-pub fn stable_port() -> u16 {
-    let (lo, hi) = ephemeral_ports();
-    let mut pick = (std::process::id() as usize).wrapping_mul(104729) ^ usize::from(free_port());
-    for _ in 0..500 {
-        pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let port = 10000 + ((pick >> 16) % 55000) as u16;
-        if (lo..=hi).contains(&port) || (7000..=7005).contains(&port) || (17000..=17005).contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port outside the ephemeral ports {lo}-{hi}");
+    let offsets: Vec<u16> = (0..6).chain(10_000..10_006).collect();
+    free_base(&offsets)
 }
 
 /// A 6-node Redis Cluster (3 primaries, 3 replicas) on loopback, via scripts/redis-cluster.sh.
@@ -686,7 +636,7 @@ impl Gateway {
         Gateway::launch(free_port(), backend, None)
     }
 
-    /// As [`Gateway::start`], on `port` (see [`stable_port`] for one that can be restarted on),
+    /// As [`Gateway::start`], on `port` (any [`free_port`] can be restarted on),
     /// its log (stderr) kept in a file for [`Gateway::log_text`].
     pub fn start_on(port: u16, backend: &[&str]) -> Gateway {
         let dir = TempDir::new("gateway");

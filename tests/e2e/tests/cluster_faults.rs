@@ -696,7 +696,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn cluster_faults_under_load_follow_on_error_within_the_timeout_and_admit_nothing_twice() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = RedisCluster::start();
-    let gateway = Gateway::start_on(stable_port(), &["--cluster-nodes", &cluster.seeds]);
+    let gateway = Gateway::start_on(free_port(), &["--cluster-nodes", &cluster.seeds]);
     let config = config();
     let mut boot = bootstrap("demo.yaml");
     adapt(&mut boot, Some(&config));
@@ -1099,7 +1099,7 @@ fn report_and_check(run: &Run, samples: &[Sample], envoy: &Envoy, baseline: std:
 fn a_coordinated_failover_costs_no_decision() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = RedisCluster::start();
-    let gateway = Gateway::start_on(stable_port(), &["--cluster-nodes", &cluster.seeds]);
+    let gateway = Gateway::start_on(free_port(), &["--cluster-nodes", &cluster.seeds]);
     let config = config_with_timeout(1000);
     let mut boot = bootstrap("demo.yaml");
     adapt(&mut boot, Some(&config));

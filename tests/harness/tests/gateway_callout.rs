@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ fn gateway_and_redis() -> (SocketAddr, Gateway, Redis) {
     let redis = Redis::start();
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/sluice-gateway");
     assert!(bin.exists(), "{} is missing: run `cargo build --release -p sluice-gateway` first", bin.display());
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+    let port = sluice_test_ports::free_port();
     let gateway = Gateway(
         Command::new(bin)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--redis-url", &format!("redis://{}", redis.addr)])
