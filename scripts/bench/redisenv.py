@@ -58,17 +58,17 @@ class RedisStack:
             self.stop()
             raise
 
-    def _gateway(self, port, args):
+    def _gateway(self, port, args, binary=None):
         return subprocess.Popen(
-            pin(self.cpus) + [gateway_binary(), "--listen", f"{LOOPBACK}:{port}",
+            pin(self.cpus) + [binary or gateway_binary(), "--listen", f"{LOOPBACK}:{port}",
                               "--redis-url", f"redis://{LOOPBACK}:{self.redis_port}", "--token", TOKEN] + list(args),
             stdout=self.gateway_log, stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="warn"))
 
-    def add_gateway(self, name, args):
+    def add_gateway(self, name, args, binary=None):
         """Another sluice-gateway on the same Redis, with `args` added to its flags (e.g.
-        `--redis-calls evalsha`); returns its port."""
+        `--redis-calls evalsha`), of another build if `binary` is given; returns its port."""
         port = free_port()
-        proc = self._gateway(port, args)
+        proc = self._gateway(port, args, binary)
         self.extra[name] = (port, proc)
         wait_until(lambda: port_open(port), 30, f"sluice-gateway ({name})")
         return port
