@@ -6,7 +6,9 @@ Redis' and req/s, and B / A per pair.
 
     python3 scripts/bench/gateway_ab.py A/sluice-gateway B/sluice-gateway --reps 10
 
-The gateways and Redis share one core, wrk has the other (as in `--sections gateway`)."""
+The gateways and Redis share one core, wrk has the other (as in `--sections gateway`); the
+stack's own gateway (target/release/sluice-gateway, which must be built) idles beside them. A
+run with a failed request, or one of status other than 2xx, stops the comparison."""
 import argparse
 import os
 import statistics
@@ -31,7 +33,7 @@ def main():
     ap.add_argument("b", help="build B (the change)")
     ap.add_argument("--reps", type=int, default=8, help="pairs of runs")
     ap.add_argument("--seconds", type=int, default=4)
-    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--connections", type=int, default=64, help="as the gateway section's")
     args = ap.parse_args()
     load_cpus, stack_cpus = pinning()
     with tempfile.TemporaryDirectory(prefix="sluice-gateway-ab-") as work:
@@ -42,14 +44,21 @@ def main():
             sha = gateway.health(ports["A"])["script"]
             if gateway.health(ports["B"])["script"] != sha:
                 sys.exit("the two builds run different decision scripts: their figures would not compare")
+            url = {name: f"http://{LOOPBACK}:{port}/pipeline" for name, port in ports.items()}
+            for name in ("A", "B"):  # warm-up: connections, Redis' first calls
+                loadgen.wrk(url[name], 2, args.connections, cpus=load_cpus, script=gateway.SCRIPT,
+                            script_args=(sha, redisenv.TOKEN))
             runs = {"A": [], "B": []}
             for rep in range(args.reps):
                 for name in ("A", "B") if rep % 2 == 0 else ("B", "A"):
                     _, pid = stack.gateway(name)
-                    r = loadgen.wrk(f"http://{LOOPBACK}:{ports[name]}/pipeline", args.seconds, args.connections,
+                    r = loadgen.wrk(url[name], args.seconds, args.connections,
                                     cpus=load_cpus, script=gateway.SCRIPT, script_args=(sha, redisenv.TOKEN),
                                     watch=[pid, stack.pids[0]])
-                    n = max(r["requests"], 1)
+                    if r["non_2xx"] or r["socket_errors"] or not r["requests"]:
+                        sys.exit(f"build {name}: {r['non_2xx']} responses not 2xx, {r['socket_errors']} socket "
+                                 f"errors in {r['requests']} requests: its figures would not compare")
+                    n = r["requests"]
                     row = {"gateway_us": r["cpu_s"][0] / n * 1e6, "redis_us": r["cpu_s"][1] / n * 1e6,
                            "rps": r["rps"], "others": r["others_cores"]}
                     runs[name].append(row)
