@@ -33,9 +33,9 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want" ]; then
   ulimit -n "$want" 2>/dev/null || { say "need $want open files (ulimit -n), have $(ulimit -n)"; exit 1; }
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-REDIS_PORT=$(free_port)
-PORT=$(free_port)
+# Two ports outside the ephemeral range, as the benchmark picks them (scripts/bench/common.py):
+# the run opens thousands of client connections, any of which could take a port from it.
+read -r REDIS_PORT PORT < <(python3 -c 'import sys; sys.path.insert(0, "scripts/bench"); import common; print(common.free_port(), common.free_port())')
 RUN_DIR=$(mktemp -d)
 pids=()
 cleanup() {

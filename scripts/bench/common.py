@@ -3,6 +3,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -21,8 +22,43 @@ def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port():
+# Ports handed out by this process (a port is chosen, released, then bound by a server).
+_HANDED_OUT = set()
+# Fixed ports of the shipped bootstraps and scripts/integration.sh.
+_RESERVED = {10000, *range(17000, 17006)}
+
+
+def _ephemeral_ports():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split()[:2])
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port):
     with socket.socket() as s:
+        try:
+            s.bind((LOOPBACK, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port():
+    """A loopback port free now, outside the kernel's ephemeral range (whose ports any client
+    connection may take between this choice and the server's bind: a run opens millions), and
+    never handed out before by this process (tests/ports does the same for the test suites)."""
+    lo, hi = _ephemeral_ports()
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(2000):
+        port = rng.randrange(10001, 65536)
+        if lo <= port <= hi or port in _RESERVED or port in _HANDED_OUT or not _bindable(port):
+            continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # no room outside the range: any port free now
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
 
