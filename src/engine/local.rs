@@ -130,7 +130,7 @@ impl Limiter {
                 }
                 let outcomes = std::mem::take(&mut p.outcomes);
                 if let Some(w) = p.into_written() {
-                    self.own.wrote(c.holder, identity, w.key, w.bytes, w.tag, w.home, now_us);
+                    self.own.wrote(c.holder, identity, w, now_us);
                 }
                 Ok(outcomes)
             }

@@ -35,6 +35,8 @@
 use std::cell::RefCell;
 use std::hash::BuildHasher;
 
+use super::table::Written;
+
 /// How long a copy, and an anchor, is trusted: Envoy makes nowhere near 2^31 shared-data writes
 /// in this time (each takes one process-wide lock).
 pub const TRUSTED_US: u64 = 1_000_000;
@@ -218,17 +220,17 @@ impl Own {
         }
     }
 
-    /// Counts a write of the worker's that landed just now (`key`, `bytes`, carrying `tag`) and,
-    /// with `keep`, keeps it as the identity's copy in `table`. The engine tells every write of its local
-    /// rules here, in order; a write not told (the deny cache's, the breaker's, another
-    /// config's) makes predictions behind, so they miss, never ahead.
-    #[allow(clippy::too_many_arguments)]
-    pub fn wrote(&self, table: usize, identity: u64, key: String, bytes: Vec<u8>, tag: u64, keep: bool, now_us: u64) {
+    /// Counts a write of the worker's that landed just now and, if it is of the identity's
+    /// home slot ([`Written::home`]), keeps it as the identity's copy in `table`. The engine
+    /// tells every write of its local rules here, in order; a write not told (the deny cache's,
+    /// the breaker's, another config's) makes predictions behind, so they miss, never ahead.
+    pub fn wrote(&self, table: usize, identity: u64, written: Written, now_us: u64) {
+        let Written { key, bytes, tag, home } = written;
         let copy = {
             let Ok(mut inner) = self.inner.try_borrow_mut() else { return };
             let write = inner.writes;
             inner.writes = inner.writes.wrapping_add(1);
-            if !keep || bytes.len() > MAX_SLOT_BYTES || tag == 0 {
+            if !home || bytes.len() > MAX_SLOT_BYTES || tag == 0 {
                 return;
             }
             let token = inner.anchor.filter(|a| fresh(a.at_us, now_us)).map(|a| after(a.token, write.wrapping_sub(a.write)));
@@ -257,11 +259,16 @@ mod tests {
         assert_eq!(after(u32::MAX - 1, 3), 2);
     }
 
+    /// A write of an identity's home slot, as the tables report one.
+    fn home(key: &str, bytes: Vec<u8>, tag: u64) -> Written {
+        Written { key: key.into(), bytes, tag, home: true }
+    }
+
     /// Writes a slot to `key` and tells the worker, as the tables do.
     fn write(own: &Own, store: &MemStore, key: &str, cas: u32, now: u64) -> Result<u64, StoreError> {
         let tag = own.tag();
         store.set(key, &tag.to_le_bytes(), cas)?;
-        own.wrote(0, 7, key.into(), tag.to_le_bytes().to_vec(), tag, true, now);
+        own.wrote(0, 7, home(key, tag.to_le_bytes().to_vec(), tag), now);
         Ok(tag)
     }
 
@@ -348,9 +355,9 @@ mod tests {
         for i in 0..(PLACES as u64 * 4) {
             let tag = own.tag();
             store.set("k", b"v", 0).unwrap();
-            own.wrote(0, i, "k".into(), vec![0; 16], tag, true, 1);
+            own.wrote(0, i, home("k", vec![0; 16], tag), 1);
         }
-        own.wrote(0, 1, "k".into(), vec![0; MAX_SLOT_BYTES + 1], own.tag(), true, 1);
+        own.wrote(0, 1, home("k", vec![0; MAX_SLOT_BYTES + 1], own.tag()), 1);
         assert!(own.copies() <= PLACES);
         assert!(own.take(0, 1, 1).is_none_or(|c| c.bytes.len() <= MAX_SLOT_BYTES));
     }

@@ -770,7 +770,7 @@ mod tests {
         t.commit(store, &p).unwrap();
         let w = p.into_written().unwrap();
         let key = w.key.clone();
-        own.wrote(0, identity, w.key, w.bytes, w.tag, w.home, now);
+        own.wrote(0, identity, w, now);
         let mut copy = own.take(0, identity, now)?;
         copy.token = store.get(&key).unwrap().map(|(_, token)| token);
         Some(copy)
