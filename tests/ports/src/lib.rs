@@ -8,7 +8,7 @@
 //! exit at start for exactly that. Ports outside the range are taken only by a `bind` to them,
 //! and this process never hands the same one out twice.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,7 +23,7 @@ const TRIES: usize = 2_000;
 
 /// Ports this process has handed out: tests run on parallel threads, and two of them drawing
 /// the same free port would both start a server on it.
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// The kernel's ephemeral range, `lo..=hi` (Linux' default when it cannot be read).
 pub fn ephemeral_ports() -> (u16, u16) {
@@ -56,7 +56,6 @@ pub fn free_base(offsets: &[u16]) -> u16 {
     let top = u16::MAX - span;
     let reserved = |p: u16| RESERVED.iter().any(|(a, b)| (*a..=*b).contains(&p));
     let mut handed = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
-    let handed = handed.get_or_insert_with(HashSet::new);
     let mut draw = seed();
     // Outside the ephemeral range first; a machine whose range covers (nearly) every port gets
     // ports inside it rather than none.
@@ -93,7 +92,7 @@ mod tests {
         // Only a machine whose ephemeral range leaves room is given ports outside it.
         let room = (LOWEST..=u16::MAX).filter(|p| !(lo..=hi).contains(p)).count() > 5_000;
         let ports = free_ports(200);
-        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
         for p in ports {
             assert!(p >= LOWEST && !(room && (lo..=hi).contains(&p)), "{p} lies in {lo}-{hi} or below {LOWEST}");
@@ -110,7 +109,7 @@ mod tests {
             let p = base + o;
             assert!(!(room && (lo..=hi).contains(&p)), "{p} lies in {lo}-{hi}");
             let handed = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
-            assert!(handed.as_ref().is_some_and(|h| h.contains(&p)), "{p} was not recorded as handed out");
+            assert!(handed.contains(&p), "{p} was not recorded as handed out");
         }
     }
 }
