@@ -68,6 +68,13 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def spread(xs):
+    """How far repetitions of one measurement disagree: (max - min) / median; None for fewer than
+    two. Two configurations closer than this apart are not told apart by the run."""
+    xs = [x for x in xs if x]
+    return (max(xs) - min(xs)) / statistics.median(xs) if len(xs) > 1 else None
+
+
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()

@@ -16,7 +16,7 @@ import subprocess
 import time
 import urllib.request
 
-from common import LOOPBACK, log, median, pinned
+from common import LOOPBACK, log, median, pinned, spread
 from envoyctl import Envoy, bootstrap, gateway_cluster, routed, wasm_filter
 import gateway
 import loadgen
@@ -156,8 +156,7 @@ def _row(runs, reps):
     for m in ("envoy_us", "gateway_us", "redis_us", "total_us", "redis_calls_per_request", "decisions_per_request",
               "redis_us_per_decision", "redis_exec_us_per_decision", "requests_per_callout"):
         row[m] = median(r.get(m) for r in kept)
-    totals = [r["total_us"] for r in kept if r.get("total_us")]
-    row["total_us_spread"] = (max(totals) - min(totals)) / median(totals) if len(totals) > 1 else None
+    row["total_us_spread"] = spread(r.get("total_us") for r in kept)
     row["non_2xx_share"] = median(r["non_2xx"] / r["requests"] if r["requests"] else None for r in kept)
     row["runs"] = runs
     return row

@@ -16,15 +16,11 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LOOPBACK  # noqa: E402
+from common import LOOPBACK, spread  # noqa: E402
 from ab import pinning  # noqa: E402
 import gateway  # noqa: E402
 import loadgen  # noqa: E402
 import redisenv  # noqa: E402
-
-
-def spread(xs):
-    return (max(xs) - min(xs)) / statistics.median(xs)
 
 
 def main():
@@ -68,7 +64,8 @@ def main():
             stack.stop()
     for name in ("A", "B"):
         g = [r["gateway_us"] for r in runs[name]]
-        print(f"{name}: gateway {statistics.median(g):.2f} µs/req (spread {spread(g):.0%}), "
+        s = spread(g)
+        print(f"{name}: gateway {statistics.median(g):.2f} µs/req (spread {'–' if s is None else f'{s:.0%}'}), "
               f"Redis {statistics.median([r['redis_us'] for r in runs[name]]):.2f}, "
               f"{statistics.median([r['rps'] for r in runs[name]]):.0f} req/s")
     ratios = [b["gateway_us"] / a["gateway_us"] for a, b in zip(runs["A"], runs["B"])]

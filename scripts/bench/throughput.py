@@ -6,7 +6,7 @@ direct_response route; the load generator is pinned to the other core. Runs are 
 round-robin, so a noisy neighbour hurts every configuration alike, and a run during which other
 processes used more than `max_others` of a core is repeated (at most twice; every run is kept in
 the JSON with its CPU accounting)."""
-from common import log, median, wait_quiet
+from common import log, median, spread, wait_quiet
 
 # Waiting for a quiet moment before each run: at most this long per run, and this long overall.
 QUIET_WAIT_S = 20
@@ -126,10 +126,7 @@ def throughput(envoys, reps, seconds, connections, load_cpus, max_others, extra_
         kept = [runs_last(runs, rep + 1) for rep in range(reps)]
         rows[k] = {m: median(r.get(m) for r in kept) for m in ("rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms",
                                                                 "others_cores", "target_cores", "rps_per_cpu")}
-        per_cpu = [r["rps_per_cpu"] for r in kept if r.get("rps_per_cpu")]
-        # How far the repetitions of one configuration disagree: (max - min) / median. Two
-        # configurations closer than this apart are not told apart by this run.
-        rows[k]["rps_per_cpu_spread"] = ((max(per_cpu) - min(per_cpu)) / median(per_cpu)) if len(per_cpu) > 1 else None
+        rows[k]["rps_per_cpu_spread"] = spread(r.get("rps_per_cpu") for r in kept)
         rows[k]["non_2xx_share"] = median(r["non_2xx"] / r["requests"] if r["requests"] else None for r in kept)
         rows[k]["socket_errors"] = sum(r["socket_errors"] for r in kept)
         rows[k]["rss_mib"] = round(envoys[k].rss_kib() / 1024, 1)
