@@ -6,7 +6,7 @@
 
 use crate::breaker::{Breaker, BreakerSpec, Permit, Phase};
 use crate::rate::Rate;
-use crate::store::{Decided, MemStore, SharedStore, Table};
+use crate::store::{Decided, MemStore, SharedStore, Table, MARK_ID};
 use crate::strategy::{decide, Strategy};
 
 /// The latest clock the store target uses, in epoch µs (about the year 4250). Strategies take
@@ -105,11 +105,13 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     let reference = slot_ref(value);
     let (identity, expires_us) = reference.as_ref().map_or((0, 0), |s| (s.identity, s.expires_us));
     let entries: &[EntryRef] = reference.as_ref().map_or(&[], |s| s.entries.as_slice());
-    // The rule deciding is the first entry's; any other entry is another rule's.
-    let own = entries.first().map_or(0, |e| e.fingerprint);
+    // The rule deciding is the first rule entry's (a mark, id 0, is no rule's: no rule's entry
+    // carries that id); any other rule entry is another rule's.
+    let rules: Vec<u32> = entries.iter().map(|e| e.fingerprint).filter(|&f| f != MARK_ID).collect();
+    let own = rules.first().copied().unwrap_or(1);
     let mode = value.len() % 3;
     let requester = if mode == 2 { identity ^ 1 } else { identity };
-    let other = entries.get(1).map(|e| e.fingerprint).filter(|&f| mode == 1 && f != own);
+    let other = rules.get(1).copied().filter(|&f| mode == 1 && f != own);
     let ids: Vec<u32> = std::iter::once(own).chain(other).collect();
     let expired = control & 1 == 1;
     let now_us = match expires_us {
@@ -124,8 +126,11 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     store.set(key, value, 0).map_err(|e| e.to_string())?;
 
     let live_entry = |e: &&EntryRef| e.expires_us > now_us;
-    let live = expires_us > now_us && entries.iter().any(|e| live_entry(&e));
-    let held: Vec<&EntryRef> = if live { entries.iter().filter(live_entry).collect() } else { Vec::new() };
+    // Held: by a live count, or by a mark (its owner's still, for its owner).
+    let held_by =
+        |mark: bool| expires_us > now_us && entries.iter().any(|e| (e.fingerprint == MARK_ID) == mark && live_entry(&e));
+    let held: Vec<&EntryRef> =
+        if held_by(false) || held_by(true) { entries.iter().filter(live_entry).collect() } else { Vec::new() };
     let states_in =
         |held: &[&EntryRef], id: u32| held.iter().find(|e| e.fingerprint == id).map(|e| e.states.clone()).unwrap_or_default();
     let want = states_in(&held, own);
@@ -134,8 +139,14 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
         return Err(format!("peek at {now_us} read {seen:?}, the layout says {want:?} ({reference:?})"));
     }
 
-    // What the requester's decision reads: nothing of a slot another identity owns.
+    // What the requester's decision reads: nothing of a slot another identity owns, which it
+    // evicts, keeping its marks.
     let ours: Vec<&EntryRef> = if requester == identity { held.clone() } else { Vec::new() };
+    let evicted_marks: Vec<EntryRef> = if requester == identity {
+        Vec::new()
+    } else {
+        held.iter().filter(|e| e.fingerprint == MARK_ID).map(|e| (*e).clone()).collect()
+    };
     let (strategy, rate, cost) = (strategy(control >> 1), RATES[usize::from((control >> 4) & 3)], u64::from(control >> 6));
     let mut decided = Decided::new();
     let updated = table
@@ -168,10 +179,10 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
         let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
         EntryRef { fingerprint: *id, expires_us: now_us.saturating_add(ttl), states }
     });
-    // Every other live entry of the requester's slot is kept as it was (up to 255 entries in
-    // all); expired ones go.
-    let kept = ours.iter().filter(|e| !ids.contains(&e.fingerprint)).take(255 - ids.len()).map(|e| (*e).clone());
-    let all: Vec<EntryRef> = new_entries.chain(kept).collect();
+    // Every other live entry of the requester's slot is kept as it was, and an evicted slot's
+    // marks (up to 255 entries in all); expired ones go.
+    let kept = ours.iter().filter(|e| !ids.contains(&e.fingerprint)).map(|e| (*e).clone());
+    let all: Vec<EntryRef> = new_entries.chain(kept).chain(evicted_marks).take(255).collect();
     let slot_expires = all.iter().map(|e| e.expires_us).max().unwrap_or(0);
     // A writer that keeps no copies (as this update) tags its slot 0.
     let expected = SlotRef { identity: requester, expires_us: slot_expires, tag: 0, entries: all };

@@ -129,6 +129,7 @@ impl Limiter {
                     self.own.hit(mine, token);
                 }
                 let outcomes = std::mem::take(&mut p.outcomes);
+                self.own.landed(p.marks());
                 if let Some(w) = p.into_written() {
                     self.own.wrote(c.holder, identity, w, now_us);
                 }

@@ -8,7 +8,7 @@ use crate::config::{Backend, OnError, Rule};
 use crate::identity::IdentityHasher;
 use crate::rate::Rate;
 use crate::response::LimitText;
-use crate::store::Table;
+use crate::store::{Table, MARK_ID};
 
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledRule {
@@ -131,7 +131,10 @@ fn fingerprint(rule: &Rule) -> u32 {
 /// Names a rule's entry in a slot it may share with other rules: its name, strategy and limits,
 /// so two rules never read each other's states and a changed rule starts fresh. Two rules of
 /// one table with the same id (one in 2^32) cannot happen: [`CompiledRule::all`] then gives the
-/// second a table of its own.
+/// second a table of its own. Never a mark's id, which no rule's entry may carry.
 fn entry_id(rule: &Rule) -> u32 {
-    public_hash(&format!("{}|{:?}|{:?}", rule.name, rule.strategy, rule.limits.rates()))
+    match public_hash(&format!("{}|{:?}|{:?}", rule.name, rule.strategy, rule.limits.rates())) {
+        MARK_ID => !MARK_ID,
+        id => id,
+    }
 }

@@ -57,6 +57,25 @@ impl SharedStore for MemStore {
     }
 }
 
+/// A [`MemStore`] that runs `before` ahead of each of its calls: another worker's whole
+/// requests, say, between two of one request's calls.
+pub struct Meddled<'a, F: Fn()> {
+    pub inner: &'a MemStore,
+    pub before: F,
+}
+
+impl<F: Fn()> SharedStore for Meddled<'_, F> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        (self.before)();
+        self.inner.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        (self.before)();
+        self.inner.set(key, value, cas)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

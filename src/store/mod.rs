@@ -12,9 +12,9 @@ pub mod own;
 pub mod table;
 
 #[cfg(any(test, feature = "testing"))]
-pub use mem::MemStore;
+pub use mem::{Meddled, MemStore};
 pub use own::Own;
-pub use table::{Decided, Held, Outcomes, Prepared, Table, Updated, Written, PROBES};
+pub use table::{Decided, Held, Outcomes, Prepared, Table, Updated, Written, MARK_ID, PROBES};
 
 /// The place of `identity` (a keyed hash) under `index` (a table's or rule's) in a worker's
 /// table of `places`: spread by the identity, so no client can aim at another's place.

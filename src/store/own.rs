@@ -220,6 +220,14 @@ impl Own {
         }
     }
 
+    /// Counts `n` writes of the worker's that landed just now and keep no copy (the marks a
+    /// write makes first, `super::table`), so that its predictions stay exact.
+    pub fn landed(&self, n: usize) {
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            inner.writes = inner.writes.wrapping_add(n as u32);
+        }
+    }
+
     /// Counts a write of the worker's that landed just now and, if it is of the identity's
     /// home slot ([`Written::home`]), keeps it as the identity's copy in `table`. The engine
     /// tells every write of its local rules here, in order; a write not told (the deny cache's,
@@ -286,6 +294,22 @@ mod tests {
         let copy = own.take(0, 7, 14).unwrap();
         assert_eq!(copy.token, Some(store.get("k").unwrap().unwrap().1), "predicted exactly");
         assert!(own.take(0, 7, 14).is_none(), "taken out");
+    }
+
+    #[test]
+    fn marks_a_worker_wrote_first_are_counted_so_its_next_prediction_lands() {
+        let (own, store) = (Own::default(), MemStore::default());
+        write(&own, &store, "k", 0, 10).unwrap();
+        let first = own.take(0, 7, 11).unwrap();
+        let (_, token) = store.get("k").unwrap().unwrap();
+        own.saw(first.mine, Some((first.mine.tag, token)));
+        // Its next write of the slot is preceded by two marks of its own.
+        store.set("m1", b"mark", 0).unwrap();
+        store.set("m2", b"mark", 0).unwrap();
+        own.landed(2);
+        write(&own, &store, "k", token, 12).unwrap();
+        let copy = own.take(0, 7, 13).unwrap();
+        assert_eq!(copy.token, Some(store.get("k").unwrap().unwrap().1), "predicted exactly");
     }
 
     #[test]

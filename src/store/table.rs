@@ -16,14 +16,33 @@
 //! - A slot that does not exist yet is created by a write carrying [`CREATE_TOKEN`], a token
 //!   Envoy never hands out for a fresh key: if another worker created it meanwhile, our write
 //!   fails as a CAS mismatch instead of silently replacing theirs, and we decide again.
+//! - An identity lives in one slot, however workers interleave and whatever their clocks say.
+//!   A write to a slot beyond the identity's home relies on each slot before it staying
+//!   untaken: a worker that saw one of them free (its owner expired on a clock running ahead)
+//!   would place the identity there too, and one of the two counts would be lost. So such a
+//!   write first marks each of them (an entry of [`MARK_ID`] living [`GUARD_US`]), a write like
+//!   any other, which misses if the slot was taken meanwhile; a marked slot is never taken as
+//!   free, and one bearing the identity's hash stays its own while marked (a mark names the
+//!   owner only while its count lives). Only when every probe is held, by a count or a mark,
+//!   is that given up: eviction takes a slot only marked first, keeps the marks it finds and
+//!   makes none.
 
 use super::own::{Mine, SlotCopy};
 use super::{with_retries, SharedStore, StoreError, CREATE_TOKEN};
+use crate::clock::WORKER_SKEW_US;
 use crate::strategy::Outcome;
 
 /// Neighbouring slots an identity may live in. More probes mean fewer evictions when the table
 /// is nearly full, at one shared-data read each for new identities.
 pub const PROBES: u32 = 4;
+
+/// The id of a mark's entry (rules' entry ids are never 0: `engine::rule`).
+pub const MARK_ID: u32 = 0;
+/// How long a mark keeps a slot from being taken; one younger than half of it is not renewed.
+/// Far longer than workers' clocks may disagree ([`WORKER_SKEW_US`]) plus the time between a
+/// worker's read of a slot and its write of the next, so a slot a write relies on is never
+/// seen free before that write has landed.
+pub const GUARD_US: u64 = 20 * WORKER_SKEW_US;
 
 const VERSION: u8 = 3;
 /// A slot's header: version (1) + identity hash (8) + expiry in µs (8) + the writer's tag (8)
@@ -106,13 +125,18 @@ struct Slot<'a> {
 
 impl<'a> Slot<'a> {
     fn entries(&self) -> impl Iterator<Item = Entry<'a>> {
-        let mut rest = self.entries;
-        (0..self.count).map_while(move |_| {
-            let e = Entry::at(rest)?;
-            rest = rest.get(e.raw.len()..).unwrap_or(&[]);
-            Some(e)
-        })
+        entries_in(self.entries).take(self.count)
     }
+}
+
+/// The entries laid end to end in `bytes`, up to the first that runs past their end.
+fn entries_in(bytes: &[u8]) -> impl Iterator<Item = Entry<'_>> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let e = Entry::at(rest)?;
+        rest = rest.get(e.raw.len()..).unwrap_or(&[]);
+        Some(e)
+    })
 }
 
 fn u16_at(bytes: &[u8], i: usize) -> Option<u16> {
@@ -154,6 +178,48 @@ fn encode_entry<'s>(out: &mut Vec<u8>, id: u32, expires_us: u64, states: impl Ex
     }
 }
 
+/// Adds `entries` (laid end to end, as stored) to the slot `bytes`.
+fn append(bytes: &mut Vec<u8>, entries: &[u8]) {
+    let (Some(mut expires_us), Some(&count)) = (u64_at(bytes, EXPIRES_AT), bytes.get(COUNT_AT)) else { return };
+    let mut count = usize::from(count);
+    for e in entries_in(entries).take(usize::from(u8::MAX).saturating_sub(count)) {
+        bytes.extend_from_slice(e.raw);
+        expires_us = expires_us.max(e.expires_us);
+        count += 1;
+    }
+    bytes[EXPIRES_AT..TAG_AT].copy_from_slice(&expires_us.to_le_bytes());
+    bytes[COUNT_AT] = count as u8;
+}
+
+/// `value` (a slot as read) marked until [`GUARD_US`] from `now_us`: its owner and live
+/// entries kept, a mark it carried renewed, and no writer's tag (its owner's worker must not
+/// take this write for one of its own: `super::own`).
+fn marked(value: &[u8], now_us: u64) -> Vec<u8> {
+    let slot = decode(value);
+    let until = now_us.saturating_add(GUARD_US);
+    let mut bytes = Vec::with_capacity(value.len() + ENTRY_HEADER_LEN);
+    bytes.push(VERSION);
+    // The owner stays only with a live count: a mark must not hand back a slot its owner left
+    // (it may count elsewhere now).
+    let owner = slot.filter(|s| Table::live(s, now_us)).map_or(0, |s| s.identity);
+    bytes.extend_from_slice(&owner.to_le_bytes());
+    bytes.extend_from_slice(&[0; 8]);
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    bytes.push(0);
+    encode_entry(&mut bytes, MARK_ID, until, std::iter::empty());
+    let (mut expires_us, mut count) = (until, 1usize);
+    // As a write keeps them: at most 255 entries in all.
+    let kept = slot.iter().flat_map(|s| s.entries()).filter(|e| e.id != MARK_ID && e.expires_us > now_us);
+    for e in kept.take(u8::MAX as usize - 1) {
+        bytes.extend_from_slice(e.raw);
+        expires_us = expires_us.max(e.expires_us);
+        count += 1;
+    }
+    bytes[EXPIRES_AT..TAG_AT].copy_from_slice(&expires_us.to_le_bytes());
+    bytes[COUNT_AT] = count as u8;
+    bytes
+}
+
 /// The live entries of the identity's slot, as a decision reads them.
 #[derive(Debug)]
 pub struct Held<'a> {
@@ -189,12 +255,29 @@ impl<'a> Held<'a> {
 /// A decision on a slot's entries (see [`Table::prepare_entries`]).
 type Decide<'d> = &'d mut dyn FnMut(&Held<'_>) -> (Decided, bool);
 
-/// What a slot holds for the caller.
+/// What a slot holds for the caller, and the marks a write there must make first (on the
+/// slots before it).
 enum Found {
     /// The identity's own live slot.
-    Own { key: String, cas: u32, value: Vec<u8>, tag: u64, home: bool },
-    /// A slot that may be taken: never written (`cas` None), expired, or evicted.
-    Free { key: String, cas: Option<u32>, home: bool },
+    Own { key: String, cas: u32, value: Vec<u8>, tag: u64, home: bool, marks: Vec<Write> },
+    /// A slot that may be taken: never written (`cas` None), expired, or evicted; `kept`: the
+    /// evicted slot's live marks, as stored.
+    Free { key: String, cas: Option<u32>, home: bool, marks: Vec<Write>, kept: Vec<u8> },
+}
+
+/// The rank of a free slot ([`Probed::rank`]).
+const FREE: (u8, u64) = (0, 0);
+
+/// A slot read while looking for the identity's.
+struct Probed {
+    key: String,
+    cas: u32,
+    value: Vec<u8>,
+    /// Which to take first: a free slot (neither counted in nor marked), else one only marked,
+    /// else the live count that expires first.
+    rank: (u8, u64),
+    /// Its mark lives long enough that a write relying on it need not renew it.
+    guarded: bool,
 }
 
 /// The outcome of every limit of a rule, in order.
@@ -218,6 +301,8 @@ pub struct Prepared {
     /// Each rule decided (its fingerprint) and one outcome per limit, in the order decided.
     pub outcomes: Decided,
     write: Option<Write>,
+    /// Marks written before `write` (see the module's doc).
+    marks: Vec<Write>,
     /// The slot as read, when nothing is to be written (a denial): see [`Prepared::take_read`].
     read: Option<Vec<u8>>,
     /// What the decision stood on.
@@ -297,6 +382,15 @@ impl Prepared {
     pub fn writes(&self) -> bool {
         self.write.is_some()
     }
+
+    /// The marks committing it writes before the slot.
+    pub fn marks(&self) -> usize {
+        if self.write.is_some() {
+            self.marks.len()
+        } else {
+            0
+        }
+    }
 }
 
 impl Table {
@@ -307,47 +401,96 @@ impl Table {
         key
     }
 
-    /// Whether a decoded slot is someone's live slot: not expired, and holding a live entry.
+    /// Whether a decoded slot is its owner's live slot: not expired, and holding a live entry
+    /// of a rule (a mark alone makes nobody's slot).
     fn live(s: &Slot<'_>, now_us: u64) -> bool {
-        s.expires_us > now_us && s.entries().any(|e| e.expires_us > now_us)
+        s.expires_us > now_us && s.entries().any(|e| e.id != MARK_ID && e.expires_us > now_us)
     }
 
+    /// The expiry of the slot's live mark, if it carries one.
+    fn mark(s: &Slot<'_>, now_us: u64) -> Option<u64> {
+        if s.expires_us <= now_us {
+            return None;
+        }
+        s.entries().find(|e| e.id == MARK_ID && e.expires_us > now_us).map(|e| e.expires_us)
+    }
+
+    /// Finds the identity's slot, or the slot it is to take, reading its probes in order.
     fn locate(&self, store: &dyn SharedStore, identity: u64, now_us: u64) -> Result<Found, StoreError> {
         let slots = self.slots.max(1);
         let home = (identity % u64::from(slots)) as u32;
-        // The slot to take if the identity has none: the first free one, else the one whose
-        // owner expires first (evicting it forgets that owner's count, which only the table's
-        // size can prevent; `max_clients` is that size).
-        // Rank 0 = free (expired, foreign or unreadable); otherwise the owner's expiry.
-        let mut take: Option<(u64, String, u32, bool)> = None;
+        let guards = |until: u64| until >= now_us.saturating_add(GUARD_US / 2);
+        let mut read: Vec<Probed> = Vec::new();
         for probe in 0..PROBES.min(slots) {
             let key = self.key((home + probe) % slots);
             let Some((value, cas)) = store.get(&key)? else {
                 // Slots are taken first-free in probe order and never deleted, so the identity
                 // cannot live beyond a slot that was never written.
-                return Ok(match take {
-                    Some((0, key, cas, home)) => Found::Free { key, cas: Some(cas), home },
-                    _ => Found::Free { key, cas: None, home: probe == 0 },
+                return Ok(match read.iter().position(|p| p.rank == FREE) {
+                    Some(at) => Self::take(read, at, now_us),
+                    None => Found::Free { key, cas: None, home: probe == 0, marks: Self::marks(read, now_us), kept: Vec::new() },
                 });
             };
-            let rank = match decode(&value) {
-                Some(s) if Self::live(&s, now_us) => {
-                    if s.identity == identity {
-                        let tag = s.tag;
-                        return Ok(Found::Own { key, cas, value, tag, home: probe == 0 });
-                    }
-                    s.expires_us
+            let (rank, guarded) = match decode(&value) {
+                // Its own slot, even if only marked now: a worker whose clock runs behind may
+                // still count in it, so the identity must not go on beyond it.
+                Some(s) if s.identity == identity && (Self::live(&s, now_us) || Self::mark(&s, now_us).is_some()) => {
+                    let tag = s.tag;
+                    let marks = Self::marks(read, now_us);
+                    return Ok(Found::Own { key, cas, value, tag, home: probe == 0, marks });
                 }
-                _ => 0,
+                Some(s) => match (Self::live(&s, now_us), Self::mark(&s, now_us)) {
+                    (true, mark) => ((2, s.expires_us), mark.is_some_and(guards)),
+                    (false, Some(until)) => ((1, until), guards(until)),
+                    (false, None) => (FREE, false),
+                },
+                None => (FREE, false),
             };
-            if take.as_ref().is_none_or(|(best, ..)| rank < *best) {
-                take = Some((rank, key, cas, probe == 0));
-            }
+            read.push(Probed { key, cas, value, rank, guarded });
         }
-        match take {
-            Some((_, key, cas, home)) => Ok(Found::Free { key, cas: Some(cas), home }),
+        // The first free slot, else one only marked, else the one whose owner expires first
+        // (evicting it forgets that owner's count, which only the table's size can prevent;
+        // `max_clients` is that size).
+        match read.iter().enumerate().map(|(i, p)| (p.rank, i)).min() {
+            Some((FREE, at)) => Ok(Self::take(read, at, now_us)),
+            Some((_, at)) => Ok(Self::evict(read, at, now_us)),
             None => Err(StoreError::Unavailable("empty slot table".into())),
         }
+    }
+
+    /// Taking the free slot `read[at]`, after marking the slots before it.
+    fn take(mut read: Vec<Probed>, at: usize, now_us: u64) -> Found {
+        let taken = read.remove(at);
+        read.truncate(at);
+        Found::Free { key: taken.key, cas: Some(taken.cas), home: at == 0, marks: Self::marks(read, now_us), kept: Vec::new() }
+    }
+
+    /// Evicting `read[at]`, every probe held: its marks go on (others' writes beyond rely on
+    /// them), and none is made. A full table already forgets counts; marking there would only
+    /// leave it without a slot to give.
+    fn evict(mut read: Vec<Probed>, at: usize, now_us: u64) -> Found {
+        #[cfg(test)]
+        tests::EVICTIONS.with(|n| n.set(n.get() + 1));
+        let victim = read.swap_remove(at);
+        let kept = decode(&victim.value)
+            .map(|s| {
+                s.entries().filter(|e| e.id == MARK_ID && e.expires_us > now_us).flat_map(|e| e.raw.iter().copied()).collect()
+            })
+            .unwrap_or_default();
+        Found::Free { key: victim.key, cas: Some(victim.cas), home: at == 0, marks: Vec::new(), kept }
+    }
+
+    /// The marks a write beyond the slots `passed` must make first: on each, unless its mark
+    /// lives long enough.
+    fn marks(passed: Vec<Probed>, now_us: u64) -> Vec<Write> {
+        if passed.is_empty() {
+            return Vec::new();
+        }
+        passed
+            .into_iter()
+            .filter(|p| !p.guarded)
+            .map(|p| Write { bytes: marked(&p.value, now_us), key: p.key, cas: Some(p.cas), home: false })
+            .collect()
     }
 
     /// The live entries in `value`.
@@ -372,14 +515,19 @@ impl Table {
     where
         F: FnMut(&Held<'_>) -> (Decided, bool),
     {
-        let (key, cas, value, basis, home) = match self.locate(store, identity, now_us)? {
-            Found::Own { key, cas, value, tag, home } => (key, Some(cas), Some(value), Basis::Read { tag, token: cas }, home),
-            Found::Free { key, cas, home } => (key, cas, None, Basis::Nothing, home),
+        let (key, cas, value, basis, home, marks, kept) = match self.locate(store, identity, now_us)? {
+            Found::Own { key, cas, value, tag, home, marks } => {
+                (key, Some(cas), Some(value), Basis::Read { tag, token: cas }, home, marks, Vec::new())
+            }
+            Found::Free { key, cas, home, marks, kept } => (key, cas, None, Basis::Nothing, home, marks, kept),
         };
         let (outcomes, bytes) = self.build(value.as_deref(), identity, now_us, tag, &mut decide);
-        let write = bytes.map(|bytes| Write { key, cas, bytes, home });
+        let write = bytes.map(|mut bytes| {
+            append(&mut bytes, &kept);
+            Write { key, cas, bytes, home }
+        });
         let read = if write.is_none() { value } else { None };
-        Ok(Prepared { outcomes, write, read, basis })
+        Ok(Prepared { outcomes, write, marks, read, basis })
     }
 
     /// [`Table::prepare_entries`] on the worker's copy of the identity's slot instead of a read:
@@ -401,8 +549,8 @@ impl Table {
         F: FnMut(&Held<'_>) -> (Decided, bool),
     {
         let Some(token) = copy.token else { return Err(copy) };
-        // The worker keeps copies of home slots only ([`Written::home`]); its own slot's
-        // expiry is its latest entry's, so this is a read's liveness test.
+        // The worker keeps copies of home slots only ([`Written::home`]); a slot's expiry is its
+        // latest entry's, its owner's or a mark's, so this is a read's test of its own slot.
         let live = copy.bytes.first() == Some(&VERSION)
             && u64_at(&copy.bytes, IDENTITY_AT) == Some(identity)
             && u64_at(&copy.bytes, EXPIRES_AT).is_some_and(|expires_us| expires_us > now_us);
@@ -413,7 +561,8 @@ impl Table {
             return Err(copy);
         };
         let write = Write { key: copy.key, cas: Some(token), bytes, home: true };
-        Ok(Prepared { outcomes, write: Some(write), read: None, basis: Basis::Copy { mine: copy.mine, token } })
+        let basis = Basis::Copy { mine: copy.mine, token };
+        Ok(Prepared { outcomes, write: Some(write), marks: Vec::new(), read: None, basis })
     }
 
     /// The decision on `value` (the slot as read or copied), and the slot to write carrying
@@ -483,10 +632,11 @@ impl Table {
     /// worker wrote the slot after it was read (the decision may no longer hold): nothing was
     /// written, and the caller decides again on what is there now.
     pub fn commit(&self, store: &impl SharedStore, prepared: &Prepared) -> Result<(), StoreError> {
-        match &prepared.write {
-            Some(w) => store.set(&w.key, &w.bytes, w.cas.unwrap_or(CREATE_TOKEN)),
-            None => Ok(()),
+        let Some(w) = &prepared.write else { return Ok(()) };
+        for m in &prepared.marks {
+            store.set(&m.key, &m.bytes, m.cas.unwrap_or(CREATE_TOKEN))?;
         }
+        store.set(&w.key, &w.bytes, w.cas.unwrap_or(CREATE_TOKEN))
     }
 
     /// [`Table::prepare_entries`] then [`Table::commit`], deciding again after a lost race:
@@ -535,7 +685,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemStore, Own};
+    use crate::store::{Meddled, MemStore, Own};
     use crate::strategy::Decision;
 
     fn table(slots: u32) -> Table {
@@ -797,5 +947,163 @@ mod tests {
         t.update(&store, 11, 0, count_to(5)).unwrap();
         assert!(written(&t, &store, &own, 3, 0).is_none());
         assert_eq!(store.get("t:r:4").unwrap().map(|(v, _)| v.len() > 0), Some(true), "written in slot 4");
+    }
+
+    #[test]
+    fn a_copy_of_a_marked_home_slot_decides_as_a_read_would() {
+        let (store, own, t) = (MemStore::default(), Own::default(), table(8));
+        t.update(&store, 5, 0, count_to(5)).unwrap();
+        // 13 (home 5) goes on to slot 6, marking slot 5 until 2 s; 5's next write keeps the mark.
+        t.update(&store, 13, 0, count_to(5)).unwrap();
+        let copy = written(&t, &store, &own, 5, 500_000).unwrap();
+        // At 1.6 s 5's count has expired and the mark has not: the slot is still its own, for
+        // a read as for the copy.
+        let read = t.prepare_entries(&store, 5, 1_600_000, 0, t.own(count_to(5))).unwrap();
+        assert!(read.seen().is_some(), "a read finds its own slot");
+        let p = t.prepare_on_copy(copy, 5, 1_600_000, own.tag(), t.own(count_to(5))).unwrap();
+        assert_eq!(p.outcomes, read.outcomes);
+        t.commit(&store, &p).unwrap();
+        assert_eq!(count(&store, &t, 5, 1_600_000), 1, "counted afresh in its home slot");
+        assert_eq!((live_slots(&store, &t, 5, 1_600_000), live_slots(&store, &t, 13, 0)), (1, 1));
+    }
+
+    #[test]
+    fn a_mark_does_not_hand_an_old_owner_back_a_slot_it_left() {
+        let (store, t) = (MemStore::default(), table(8));
+        // 2 holds slot 2; 10 (home 2) goes on to slot 3, marking slot 2; 3 (home 3) goes on to
+        // slot 4, marking slot 3, and counts for 100 s.
+        t.update(&store, 2, 0, count_to(5)).unwrap();
+        t.update(&store, 10, 0, count_to(5)).unwrap();
+        t.update(&store, 3, 0, count_for(100_000_000)).unwrap();
+        // At 3 s every mark and every other count has expired: 10 comes back to its home slot,
+        // and 3 passes slot 3 (still naming 10), marking it again.
+        t.update(&store, 10, 3_000_000, count_to(5)).unwrap();
+        t.update(&store, 3, 3_000_000, count_for(100_000_000)).unwrap();
+        // 10's count expires at 4 s: it counts again in its home slot, not in slot 3.
+        t.update(&store, 10, 4_100_000, count_to(5)).unwrap();
+        t.update(&store, 10, 4_200_000, count_to(5)).unwrap();
+        assert_eq!(live_slots(&store, &t, 10, 4_200_000), 1);
+        assert_eq!(count(&store, &t, 10, 4_200_000), 2);
+    }
+
+    #[test]
+    fn a_new_identity_is_placed_once_though_two_workers_disagree_on_its_homes_owner() {
+        // Identities 11 and 3 share home slot 3; 11's slot expires at 1 s. Worker A (clock
+        // before that) must go on to slot 4, worker B (clock after) may take slot 3: each
+        // prepares identity 3's first request before the other writes.
+        for a_first in [true, false] {
+            let (store, t) = (MemStore::default(), table(8));
+            t.update(&store, 11, 0, count_to(5)).unwrap();
+            let a = t.prepare_entries(&store, 3, 999_999, 0, t.own(count_to(5))).unwrap();
+            let b = t.prepare_entries(&store, 3, 1_000_001, 0, t.own(count_to(5))).unwrap();
+            let (first, second, at) = if a_first { (&a, &b, 1_000_001) } else { (&b, &a, 999_999) };
+            t.commit(&store, first).unwrap();
+            assert_eq!(t.commit(&store, second), Err(StoreError::CasMismatch), "A's mark and B's take meet on slot 3");
+            // The loser decides again, and counts where the winner did.
+            t.update(&store, 3, at, count_to(5)).unwrap();
+            assert_eq!(live_slots(&store, &t, 3, 1_000_001), 1);
+            assert_eq!(count(&store, &t, 3, 1_000_001), 2);
+        }
+    }
+
+    #[test]
+    fn a_marked_slot_is_not_taken_until_its_mark_expires_and_an_eviction_keeps_its_mark() {
+        let (store, t) = (MemStore::default(), table(2));
+        let slot = |i: u32| store.get(&t.key(i)).unwrap().and_then(|(v, _)| decode(&v).map(|s| (s.identity, Table::mark(&s, 0))));
+        // 11 holds slot 1 (its home) for a second; 1 goes on to slot 0, marking slot 1.
+        t.update(&store, 11, 0, count_to(5)).unwrap();
+        t.update(&store, 1, 0, count_to(5)).unwrap();
+        assert_eq!((slot(0), slot(1)), (Some((1, None)), Some((11, Some(GUARD_US)))));
+        // At 1.5 s both counts have expired; 5 (home 1) passes the marked slot, takes slot 0
+        // and renews the mark it relied on (less than half of it was left), which no longer
+        // names 11: its count is gone, and the slot must not become its own again.
+        t.update(&store, 5, 1_500_000, count_for(10_000_000)).unwrap();
+        assert_eq!((slot(0), slot(1)), (Some((5, None)), Some((0, Some(1_500_000 + GUARD_US)))));
+        // 7 (home 1) finds both held and evicts the slot only marked (no count is lost), not
+        // 5's; the mark stays on it.
+        t.update(&store, 7, 1_600_000, count_to(5)).unwrap();
+        assert_eq!((slot(0), slot(1)), (Some((5, None)), Some((7, Some(1_500_000 + GUARD_US)))));
+        assert_eq!((count(&store, &t, 5, 1_600_000), count(&store, &t, 7, 1_600_000)), (1, 1));
+        // Once 7's count and the mark have expired, the slot is free again.
+        t.update(&store, 9, 3_500_001, count_to(5)).unwrap();
+        assert_eq!(slot(1), Some((9, None)));
+    }
+
+    /// A counter that always admits, whose entry lives `ttl_us`.
+    fn count_for(ttl_us: u64) -> impl FnMut(&[&[u8]]) -> (Outcomes, bool) {
+        move |states: &[&[u8]]| {
+            let (mut outcomes, write) = count_to(u64::MAX)(states);
+            outcomes.iter_mut().for_each(|o| o.ttl_us = ttl_us);
+            (outcomes, write)
+        }
+    }
+
+    const T0: u64 = 1_700_000_040_000_000;
+
+    thread_local! {
+        /// Evictions so far on this thread: where a full table gives exactness up.
+        pub(super) static EVICTIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Identities (and how long each count lives) of two home slots of 16 whose probes
+    /// overlap: 3 and 19 of slot 3, 5 and 21 of slot 5; the first counts for longer than any
+    /// run.
+    const IDENTITIES: [(u64, u64); 4] = [(3, 1_000_000_000), (19, 150_000), (5, 1_200_000), (21, 600_000)];
+
+    /// Slots holding `identity` live at `now_us`.
+    fn live_slots(store: &MemStore, t: &Table, identity: u64, now_us: u64) -> usize {
+        (0..t.slots)
+            .filter_map(|i| store.get(&t.key(i)).unwrap())
+            .filter(|(v, _)| decode(v).is_some_and(|s| s.identity == identity && Table::live(&s, now_us)))
+            .count()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Workers whose clocks differ by up to the skew they may have, deciding identities
+        /// whose probes overlap and whose slots expire at any moment (and marks with them),
+        /// interleaved at every read and write: while no slot is evicted, an identity never
+        /// lives in two slots, and the long-lived one's count is every admission.
+        #[test]
+        fn an_identity_lives_in_one_slot_however_workers_interleave(
+            clocks in proptest::collection::vec(0..=crate::clock::WORKER_SKEW_US, 3),
+            steps in proptest::collection::vec(
+                (0..IDENTITIES.len(), 0..3usize, proptest::prop_oneof![0..2_000u64, 0..1_500_000u64, 0..4_000_000u64],
+                 proptest::collection::vec(proptest::option::weighted(0.3, (0..IDENTITIES.len(), 0..3usize)), 0..12)),
+                1..60),
+        ) {
+            EVICTIONS.with(|n| n.set(0));
+            let (store, t) = (MemStore::default(), table(16));
+            let admitted = std::cell::Cell::new(0);
+            let mut now = T0;
+            // Identity `who` decided by `worker` on `store`, its admissions counted.
+            let decide = |store: &dyn SharedStore, now: u64, who: usize, worker: usize| {
+                let (identity, ttl) = IDENTITIES[who];
+                if t.update(&store, identity, now + clocks[worker], count_for(ttl)).is_ok() && who == 0 {
+                    admitted.set(admitted.get() + 1);
+                }
+            };
+            for (who, worker, after_us, plan) in steps {
+                now += after_us;
+                // Before each of this decision's calls, another worker's whole decision, or none.
+                let plan = std::cell::RefCell::new(std::collections::VecDeque::from(plan));
+                let others = || {
+                    let next = plan.borrow_mut().pop_front().flatten();
+                    if let Some((who, worker)) = next {
+                        decide(&store, now, who, worker);
+                    }
+                };
+                decide(&Meddled { inner: &store, before: others }, now, who, worker);
+                if EVICTIONS.with(|n| n.get()) > 0 {
+                    break;
+                }
+                let latest = now + crate::clock::WORKER_SKEW_US;
+                for (i, (identity, _)) in IDENTITIES.iter().enumerate() {
+                    proptest::prop_assert!(live_slots(&store, &t, *identity, latest) <= 1, "identity {} in two slots", i);
+                }
+                proptest::prop_assert_eq!(count(&store, &t, IDENTITIES[0].0, latest), admitted.get());
+            }
+        }
     }
 }
