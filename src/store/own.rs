@@ -230,8 +230,10 @@ impl Own {
 
     /// Counts a write of the worker's that landed just now and, if it is of the identity's
     /// home slot ([`Written::home`]), keeps it as the identity's copy in `table`. The engine
-    /// tells every write of its local rules here, in order; a write not told (the deny cache's,
-    /// the breaker's, another config's) makes predictions behind, so they miss, never ahead.
+    /// tells every write of its local rules here (the marks before it through [`Own::landed`]),
+    /// in order; a write not told (the deny cache's, the breaker's, another config's, marks
+    /// that landed before a write that missed) makes predictions behind, so they miss, never
+    /// ahead.
     pub fn wrote(&self, table: usize, identity: u64, written: Written, now_us: u64) {
         let Written { key, bytes, tag, home } = written;
         let copy = {

@@ -38,6 +38,9 @@ pub const PROBES: u32 = 4;
 
 /// The id of a mark's entry (rules' entry ids are never 0: `engine::rule`).
 pub const MARK_ID: u32 = 0;
+/// The owner a slot only marked names. An identity hashing to it (one in 2^64) is not given
+/// such a slot as its own.
+const NOBODY: u64 = 0;
 /// How long a mark keeps a slot from being taken; one younger than half of it is not renewed.
 /// Far longer than workers' clocks may disagree ([`WORKER_SKEW_US`]) plus the time between a
 /// worker's read of a slot and its write of the next, so a slot a write relies on is never
@@ -201,7 +204,7 @@ fn marked(value: &[u8], now_us: u64) -> Vec<u8> {
     bytes.push(VERSION);
     // The owner stays only with a live count: a mark must not hand back a slot its owner left
     // (it may count elsewhere now).
-    let owner = slot.filter(|s| Table::live(s, now_us)).map_or(0, |s| s.identity);
+    let owner = slot.filter(|s| Table::live(s, now_us)).map_or(NOBODY, |s| s.identity);
     bytes.extend_from_slice(&owner.to_le_bytes());
     bytes.extend_from_slice(&[0; 8]);
     bytes.extend_from_slice(&0u64.to_le_bytes());
@@ -434,7 +437,10 @@ impl Table {
             let (rank, guarded) = match decode(&value) {
                 // Its own slot, even if only marked now: a worker whose clock runs behind may
                 // still count in it, so the identity must not go on beyond it.
-                Some(s) if s.identity == identity && (Self::live(&s, now_us) || Self::mark(&s, now_us).is_some()) => {
+                Some(s)
+                    if s.identity == identity
+                        && (Self::live(&s, now_us) || (identity != NOBODY && Self::mark(&s, now_us).is_some())) =>
+                {
                     let tag = s.tag;
                     let marks = Self::marks(read, now_us);
                     return Ok(Found::Own { key, cas, value, tag, home: probe == 0, marks });
