@@ -126,11 +126,9 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
     store.set(key, value, 0).map_err(|e| e.to_string())?;
 
     let live_entry = |e: &&EntryRef| e.expires_us > now_us;
-    // Held: by a live count, or by a mark (its owner's still, for its owner).
-    let held_by =
-        |mark: bool| expires_us > now_us && entries.iter().any(|e| (e.fingerprint == MARK_ID) == mark && live_entry(&e));
-    let held: Vec<&EntryRef> =
-        if held_by(false) || held_by(true) { entries.iter().filter(live_entry).collect() } else { Vec::new() };
+    // Held by a live count or by a mark (its owner's still, for its owner).
+    let held_slot = expires_us > now_us && entries.iter().any(|e| live_entry(&e));
+    let held: Vec<&EntryRef> = if held_slot { entries.iter().filter(live_entry).collect() } else { Vec::new() };
     let states_in =
         |held: &[&EntryRef], id: u32| held.iter().find(|e| e.fingerprint == id).map(|e| e.states.clone()).unwrap_or_default();
     let want = states_in(&held, own);

@@ -223,6 +223,9 @@ impl Own {
     /// Counts `n` writes of the worker's that landed just now and keep no copy (the marks a
     /// write makes first, `super::table`), so that its predictions stay exact.
     pub fn landed(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
             inner.writes = inner.writes.wrapping_add(n as u32);
         }

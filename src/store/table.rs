@@ -128,18 +128,23 @@ struct Slot<'a> {
 
 impl<'a> Slot<'a> {
     fn entries(&self) -> impl Iterator<Item = Entry<'a>> {
-        entries_in(self.entries).take(self.count)
+        let mut rest = self.entries;
+        (0..self.count).map_while(move |_| {
+            let e = Entry::at(rest)?;
+            rest = rest.get(e.raw.len()..).unwrap_or(&[]);
+            Some(e)
+        })
     }
-}
 
-/// The entries laid end to end in `bytes`, up to the first that runs past their end.
-fn entries_in(bytes: &[u8]) -> impl Iterator<Item = Entry<'_>> {
-    let mut rest = bytes;
-    std::iter::from_fn(move || {
-        let e = Entry::at(rest)?;
-        rest = rest.get(e.raw.len()..).unwrap_or(&[]);
-        Some(e)
-    })
+    /// Its rules' entries live at `now_us`: its owner's counts.
+    fn counts(&self, now_us: u64) -> impl Iterator<Item = Entry<'a>> {
+        self.entries().filter(move |e| e.id != MARK_ID && e.expires_us > now_us)
+    }
+
+    /// Its marks live at `now_us` (a slot carries one at most).
+    fn marks(&self, now_us: u64) -> impl Iterator<Item = Entry<'a>> {
+        self.entries().filter(move |e| e.id == MARK_ID && e.expires_us > now_us)
+    }
 }
 
 fn u16_at(bytes: &[u8], i: usize) -> Option<u16> {
@@ -181,17 +186,51 @@ fn encode_entry<'s>(out: &mut Vec<u8>, id: u32, expires_us: u64, states: impl Ex
     }
 }
 
-/// Adds `entries` (laid end to end, as stored) to the slot `bytes`.
-fn append(bytes: &mut Vec<u8>, entries: &[u8]) {
-    let (Some(mut expires_us), Some(&count)) = (u64_at(bytes, EXPIRES_AT), bytes.get(COUNT_AT)) else { return };
-    let mut count = usize::from(count);
-    for e in entries_in(entries).take(usize::from(u8::MAX).saturating_sub(count)) {
-        bytes.extend_from_slice(e.raw);
-        expires_us = expires_us.max(e.expires_us);
-        count += 1;
+/// A slot being written: its header, then its entries, the header's expiry and entry count
+/// following them.
+struct Writing {
+    bytes: Vec<u8>,
+    expires_us: u64,
+    count: usize,
+}
+
+impl Writing {
+    /// A slot of `identity`, made by the write tagged `tag`, with no entry yet.
+    fn new(identity: u64, tag: u64, capacity: usize) -> Self {
+        let mut bytes = Vec::with_capacity(capacity);
+        bytes.push(VERSION);
+        bytes.extend_from_slice(&identity.to_le_bytes());
+        // The expiry and the entry count are set once every entry is written.
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&tag.to_le_bytes());
+        bytes.push(0);
+        Writing { bytes, expires_us: 0, count: 0 }
     }
-    bytes[EXPIRES_AT..TAG_AT].copy_from_slice(&expires_us.to_le_bytes());
-    bytes[COUNT_AT] = count as u8;
+
+    /// An entry made of rule `id`'s states, living until `expires_us`.
+    fn entry<'s>(&mut self, id: u32, expires_us: u64, states: impl ExactSizeIterator<Item = &'s [u8]>) {
+        encode_entry(&mut self.bytes, id, expires_us, states);
+        self.expires_us = self.expires_us.max(expires_us);
+        self.count += 1;
+    }
+
+    /// Entries as stored, up to 255 entries in all.
+    fn keep<'e>(&mut self, entries: impl IntoIterator<Item = Entry<'e>>) {
+        for e in entries {
+            if self.count >= u8::MAX as usize {
+                break;
+            }
+            self.bytes.extend_from_slice(e.raw);
+            self.expires_us = self.expires_us.max(e.expires_us);
+            self.count += 1;
+        }
+    }
+
+    fn done(mut self) -> Vec<u8> {
+        self.bytes[EXPIRES_AT..TAG_AT].copy_from_slice(&self.expires_us.to_le_bytes());
+        self.bytes[COUNT_AT] = self.count.min(u8::MAX as usize) as u8;
+        self.bytes
+    }
 }
 
 /// `value` (a slot as read) marked until [`GUARD_US`] from `now_us`: its owner and live
@@ -199,28 +238,13 @@ fn append(bytes: &mut Vec<u8>, entries: &[u8]) {
 /// take this write for one of its own: `super::own`).
 fn marked(value: &[u8], now_us: u64) -> Vec<u8> {
     let slot = decode(value);
-    let until = now_us.saturating_add(GUARD_US);
-    let mut bytes = Vec::with_capacity(value.len() + ENTRY_HEADER_LEN);
-    bytes.push(VERSION);
     // The owner stays only with a live count: a mark must not hand back a slot its owner left
     // (it may count elsewhere now).
     let owner = slot.filter(|s| Table::live(s, now_us)).map_or(NOBODY, |s| s.identity);
-    bytes.extend_from_slice(&owner.to_le_bytes());
-    bytes.extend_from_slice(&[0; 8]);
-    bytes.extend_from_slice(&0u64.to_le_bytes());
-    bytes.push(0);
-    encode_entry(&mut bytes, MARK_ID, until, std::iter::empty());
-    let (mut expires_us, mut count) = (until, 1usize);
-    // As a write keeps them: at most 255 entries in all.
-    let kept = slot.iter().flat_map(|s| s.entries()).filter(|e| e.id != MARK_ID && e.expires_us > now_us);
-    for e in kept.take(u8::MAX as usize - 1) {
-        bytes.extend_from_slice(e.raw);
-        expires_us = expires_us.max(e.expires_us);
-        count += 1;
-    }
-    bytes[EXPIRES_AT..TAG_AT].copy_from_slice(&expires_us.to_le_bytes());
-    bytes[COUNT_AT] = count as u8;
-    bytes
+    let mut w = Writing::new(owner, 0, value.len() + ENTRY_HEADER_LEN);
+    w.entry(MARK_ID, now_us.saturating_add(GUARD_US), std::iter::empty());
+    w.keep(slot.iter().flat_map(|s| s.counts(now_us)));
+    w.done()
 }
 
 /// The live entries of the identity's slot, as a decision reads them.
@@ -258,14 +282,14 @@ impl<'a> Held<'a> {
 /// A decision on a slot's entries (see [`Table::prepare_entries`]).
 type Decide<'d> = &'d mut dyn FnMut(&Held<'_>) -> (Decided, bool);
 
-/// What a slot holds for the caller, and the marks a write there must make first (on the
-/// slots before it).
+/// What a slot holds for the caller, and the slots probed before it, which a write there must
+/// mark first.
 enum Found {
     /// The identity's own live slot.
-    Own { key: String, cas: u32, value: Vec<u8>, tag: u64, home: bool, marks: Vec<Write> },
-    /// A slot that may be taken: never written (`cas` None), expired, or evicted; `kept`: the
-    /// evicted slot's live marks, as stored.
-    Free { key: String, cas: Option<u32>, home: bool, marks: Vec<Write>, kept: Vec<u8> },
+    Own { key: String, cas: u32, value: Vec<u8>, tag: u64, home: bool, passed: Vec<Probed> },
+    /// A slot that may be taken: never written (`cas` None), expired, or evicted (`evicted`:
+    /// the slot as read, whose marks the write keeps).
+    Free { key: String, cas: Option<u32>, home: bool, passed: Vec<Probed>, evicted: Option<Vec<u8>> },
 }
 
 /// The rank of a free slot ([`Probed::rank`]).
@@ -388,11 +412,7 @@ impl Prepared {
 
     /// The marks committing it writes before the slot.
     pub fn marks(&self) -> usize {
-        if self.write.is_some() {
-            self.marks.len()
-        } else {
-            0
-        }
+        self.marks.len()
     }
 }
 
@@ -407,7 +427,7 @@ impl Table {
     /// Whether a decoded slot is its owner's live slot: not expired, and holding a live entry
     /// of a rule (a mark alone makes nobody's slot).
     fn live(s: &Slot<'_>, now_us: u64) -> bool {
-        s.expires_us > now_us && s.entries().any(|e| e.id != MARK_ID && e.expires_us > now_us)
+        s.expires_us > now_us && s.counts(now_us).next().is_some()
     }
 
     /// The expiry of the slot's live mark, if it carries one.
@@ -415,7 +435,7 @@ impl Table {
         if s.expires_us <= now_us {
             return None;
         }
-        s.entries().find(|e| e.id == MARK_ID && e.expires_us > now_us).map(|e| e.expires_us)
+        s.marks(now_us).next().map(|e| e.expires_us)
     }
 
     /// Finds the identity's slot, or the slot it is to take, reading its probes in order.
@@ -430,8 +450,8 @@ impl Table {
                 // Slots are taken first-free in probe order and never deleted, so the identity
                 // cannot live beyond a slot that was never written.
                 return Ok(match read.iter().position(|p| p.rank == FREE) {
-                    Some(at) => Self::take(read, at, now_us),
-                    None => Found::Free { key, cas: None, home: probe == 0, marks: Self::marks(read, now_us), kept: Vec::new() },
+                    Some(at) => Self::take(read, at),
+                    None => Found::Free { key, cas: None, home: probe == 0, passed: read, evicted: None },
                 });
             };
             let (rank, guarded) = match decode(&value) {
@@ -442,8 +462,7 @@ impl Table {
                         && (Self::live(&s, now_us) || (identity != NOBODY && Self::mark(&s, now_us).is_some())) =>
                 {
                     let tag = s.tag;
-                    let marks = Self::marks(read, now_us);
-                    return Ok(Found::Own { key, cas, value, tag, home: probe == 0, marks });
+                    return Ok(Found::Own { key, cas, value, tag, home: probe == 0, passed: read });
                 }
                 Some(s) => match (Self::live(&s, now_us), Self::mark(&s, now_us)) {
                     (true, mark) => ((2, s.expires_us), mark.is_some_and(guards)),
@@ -458,32 +477,27 @@ impl Table {
         // (evicting it forgets that owner's count, which only the table's size can prevent;
         // `max_clients` is that size).
         match read.iter().enumerate().map(|(i, p)| (p.rank, i)).min() {
-            Some((FREE, at)) => Ok(Self::take(read, at, now_us)),
-            Some((_, at)) => Ok(Self::evict(read, at, now_us)),
+            Some((FREE, at)) => Ok(Self::take(read, at)),
+            Some((_, at)) => Ok(Self::evict(read, at)),
             None => Err(StoreError::Unavailable("empty slot table".into())),
         }
     }
 
     /// Taking the free slot `read[at]`, after marking the slots before it.
-    fn take(mut read: Vec<Probed>, at: usize, now_us: u64) -> Found {
+    fn take(mut read: Vec<Probed>, at: usize) -> Found {
         let taken = read.remove(at);
         read.truncate(at);
-        Found::Free { key: taken.key, cas: Some(taken.cas), home: at == 0, marks: Self::marks(read, now_us), kept: Vec::new() }
+        Found::Free { key: taken.key, cas: Some(taken.cas), home: at == 0, passed: read, evicted: None }
     }
 
     /// Evicting `read[at]`, every probe held: its marks go on (others' writes beyond rely on
     /// them), and none is made. A full table already forgets counts; marking there would only
     /// leave it without a slot to give.
-    fn evict(mut read: Vec<Probed>, at: usize, now_us: u64) -> Found {
+    fn evict(mut read: Vec<Probed>, at: usize) -> Found {
         #[cfg(test)]
         tests::EVICTIONS.with(|n| n.set(n.get() + 1));
         let victim = read.swap_remove(at);
-        let kept = decode(&victim.value)
-            .map(|s| {
-                s.entries().filter(|e| e.id == MARK_ID && e.expires_us > now_us).flat_map(|e| e.raw.iter().copied()).collect()
-            })
-            .unwrap_or_default();
-        Found::Free { key: victim.key, cas: Some(victim.cas), home: at == 0, marks: Vec::new(), kept }
+        Found::Free { key: victim.key, cas: Some(victim.cas), home: at == 0, passed: Vec::new(), evicted: Some(victim.value) }
     }
 
     /// The marks a write beyond the slots `passed` must make first: on each, unless its mark
@@ -521,19 +535,21 @@ impl Table {
     where
         F: FnMut(&Held<'_>) -> (Decided, bool),
     {
-        let (key, cas, value, basis, home, marks, kept) = match self.locate(store, identity, now_us)? {
-            Found::Own { key, cas, value, tag, home, marks } => {
-                (key, Some(cas), Some(value), Basis::Read { tag, token: cas }, home, marks, Vec::new())
+        let (key, cas, value, basis, home, passed, evicted) = match self.locate(store, identity, now_us)? {
+            Found::Own { key, cas, value, tag, home, passed } => {
+                (key, Some(cas), Some(value), Basis::Read { tag, token: cas }, home, passed, None)
             }
-            Found::Free { key, cas, home, marks, kept } => (key, cas, None, Basis::Nothing, home, marks, kept),
+            Found::Free { key, cas, home, passed, evicted } => (key, cas, None, Basis::Nothing, home, passed, evicted),
         };
-        let (outcomes, bytes) = self.build(value.as_deref(), identity, now_us, tag, &mut decide);
-        let write = bytes.map(|mut bytes| {
-            append(&mut bytes, &kept);
-            Write { key, cas, bytes, home }
-        });
-        let read = if write.is_none() { value } else { None };
-        Ok(Prepared { outcomes, write, marks, read, basis })
+        let (outcomes, writing) = self.build(value.as_deref(), identity, now_us, tag, &mut decide);
+        let Some(mut writing) = writing else {
+            return Ok(Prepared { outcomes, write: None, marks: Vec::new(), read: value, basis });
+        };
+        if let Some(victim) = evicted.as_deref().and_then(decode) {
+            writing.keep(victim.marks(now_us));
+        }
+        let write = Write { key, cas, bytes: writing.done(), home };
+        Ok(Prepared { outcomes, write: Some(write), marks: Self::marks(passed, now_us), read: None, basis })
     }
 
     /// [`Table::prepare_entries`] on the worker's copy of the identity's slot instead of a read:
@@ -563,16 +579,16 @@ impl Table {
         if !live {
             return Err(copy);
         }
-        let (outcomes, Some(bytes)) = self.build(Some(&copy.bytes), identity, now_us, tag, &mut decide) else {
+        let (outcomes, Some(writing)) = self.build(Some(&copy.bytes), identity, now_us, tag, &mut decide) else {
             return Err(copy);
         };
-        let write = Write { key: copy.key, cas: Some(token), bytes, home: true };
+        let write = Write { key: copy.key, cas: Some(token), bytes: writing.done(), home: true };
         let basis = Basis::Copy { mine: copy.mine, token };
         Ok(Prepared { outcomes, write: Some(write), marks: Vec::new(), read: None, basis })
     }
 
     /// The decision on `value` (the slot as read or copied), and the slot to write carrying
-    /// `tag`, if `decide` writes.
+    /// `tag`, if `decide` writes (more entries may follow before it is done).
     fn build(
         &self,
         value: Option<&[u8]>,
@@ -580,45 +596,24 @@ impl Table {
         now_us: u64,
         tag: u64,
         decide: Decide<'_>,
-    ) -> (Decided, Option<Vec<u8>>) {
+    ) -> (Decided, Option<Writing>) {
         let held = Self::held(value, now_us);
         let (decided, write) = decide(&held);
         if !write {
             return (decided, None);
         }
-        let mut bytes = Vec::with_capacity(value.as_ref().map_or(64, |v| v.len() + 16));
-        bytes.push(VERSION);
-        bytes.extend_from_slice(&identity.to_le_bytes());
-        // The slot's expiry is known once every entry is written.
-        bytes.extend_from_slice(&[0; 8]);
-        bytes.extend_from_slice(&tag.to_le_bytes());
-        // And its entry count.
-        bytes.push(0);
-        let mut expires_us = 0;
-        let mut count = 0usize;
+        let mut writing = Writing::new(identity, tag, value.as_ref().map_or(64, |v| v.len() + 16));
         for (id, outcomes) in &decided {
             let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
-            let entry_expires = now_us.saturating_add(ttl);
             let current = held.entry(*id);
             let states = outcomes.iter().enumerate().map(|(i, o)| match &o.state {
                 Some(s) => s.as_slice(),
                 None => current.map_or(&[][..], |e| e.state(i)),
             });
-            encode_entry(&mut bytes, *id, entry_expires, states);
-            expires_us = expires_us.max(entry_expires);
-            count += 1;
+            writing.entry(*id, now_us.saturating_add(ttl), states);
         }
-        for e in held.live().filter(|e| !decided.iter().any(|(id, _)| *id == e.id)) {
-            if count >= u8::MAX as usize {
-                break;
-            }
-            bytes.extend_from_slice(e.raw);
-            expires_us = expires_us.max(e.expires_us);
-            count += 1;
-        }
-        bytes[EXPIRES_AT..TAG_AT].copy_from_slice(&expires_us.to_le_bytes());
-        bytes[COUNT_AT] = count.min(u8::MAX as usize) as u8;
-        (decided, Some(bytes))
+        writing.keep(held.live().filter(|e| !decided.iter().any(|(id, _)| *id == e.id)));
+        (decided, Some(writing))
     }
 
     /// A decision of this table's own rule as a decision on the slot's entries: `decide`

@@ -16,11 +16,11 @@ const NEVER: &str = "1000000000/s";
 const MEASURED: u64 = 50;
 // Guest fuel per request reached, with about 3% to spare (fuel moves a little with the
 // compiler's code generation).
-// (c) 13,890 and (d) 81,343 before a request's slot could carry marks (`store/table.rs`), 14,142
-// and 82,084 since: (c) moves larger prepared decisions, (d) probes through a vector.
+// (c) 13,890 and (d) 81,343 before a request's slot could carry marks (`store/table.rs`), 14,186
+// and 82,337 since: (c) moves larger prepared decisions, (d) probes through a vector.
 const CEILING_C: f64 = 14_550.0;
 const CEILING_D: f64 = 84_500.0;
-// (e) 6,230 before the worker's copies of its writes, 6,478 since (6,501 with marks): the 429
+// (e) 6,230 before the worker's copies of its writes, 6,478 since (6,505 with marks): the 429
 // path runs none of their code, but moves the larger decisions prepared (about 15 ns at the
 // guest's pace).
 const CEILING_E: f64 = 6_680.0;
