@@ -1,0 +1,343 @@
+//! Redis rules: the calls sent, replies and failures (`on_error`, the breaker), gathered calls
+//! and the deny cache.
+
+use super::*;
+
+pub(super) fn redis_limiter(rules: serde_json::Value) -> Limiter {
+    limiter(
+        serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}}, "rules": rules}),
+    )
+}
+
+/// A Redis reply for one rule: `{all, {allowed, remaining, reset, retry, delay, ttl}...}`.
+fn reply(allowed: bool, remaining: i64) -> Reply {
+    let d = Reply::Array([i64::from(allowed), remaining, 1000, if allowed { 0 } else { 500 }, 0, 1000].map(Reply::Int).to_vec());
+    Reply::Array(vec![Reply::Int(i64::from(allowed)), d])
+}
+
+pub(super) fn pending(step: Step) -> Pending {
+    match step {
+        Step::Redis(p) => p,
+        Step::Done(v) => panic!("expected a Redis call, got {v:?}"),
+    }
+}
+
+pub(super) fn done(r: Resumed) -> Verdict {
+    match r {
+        Resumed::Done(v) => v,
+        Resumed::Retry(p) => panic!("unexpected retry {p:?}"),
+    }
+}
+
+#[test]
+fn redis_rules_send_one_evalsha_per_rule_with_hashed_keys() {
+    let l = redis_limiter(
+        serde_json::json!([{"name": "api", "limits": ["5/s", "100/min"], "backend": "redis", "identifier": {"header": "x-k"}}]),
+    );
+    let s = MemStore::default();
+    let p = pending(l.start(&Req::new("GET", "/").header("x-k", "a b{c}"), &s, T0));
+    assert_eq!(p.commands.len(), 1);
+    let cmd = p.commands[0].to_vec();
+    assert_eq!(cmd[0], "EVALSHA");
+    assert_eq!(cmd[1], crate::redis::script::sha());
+    assert_eq!(cmd[2], "2");
+    for key in &cmd[3..5] {
+        assert!(key.starts_with("ns:{api:") && !key.contains(' ') && key.matches('{').count() == 1, "{key}");
+    }
+    assert_eq!(cmd.len(), 3 + 2 + 2 * crate::redis::script::ARGS_PER_RULE);
+    // NOSCRIPT: once more with the script itself.
+    let retry = match l.resume(p, Ok(vec![Reply::Error("NOSCRIPT No matching script".into())]), &s, T0) {
+        Resumed::Retry(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(retry.commands[0].get(0), Some("EVAL"));
+    assert_eq!(retry.commands[0].get(1), Some(crate::redis::script::SCRIPT));
+    // A second NOSCRIPT is a failure, not a loop.
+    let v = done(l.resume(retry, Ok(vec![Reply::Error("NOSCRIPT again".into())]), &s, T0));
+    assert!(v.outcomes()[0].store_error);
+}
+
+#[test]
+fn redis_denial_consumes_nothing_locally_and_local_denial_skips_redis() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "remote", "limit": "10/min", "backend": "redis"},
+        {"name": "local", "limit": "1/min", "strategy": "fixed_window"}
+    ]));
+    let s = MemStore::default();
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    let v = done(l.resume(p, Ok(vec![reply(false, 0)]), &s, T0));
+    assert_eq!(status(&v), 429);
+    // The local rule still has its one request (asked once the denial's 500 ms are over).
+    let later = T0 + 500_000;
+    let p = pending(l.start(&Req::new("GET", "/"), &s, later));
+    let v = done(l.resume(p, Ok(vec![reply(true, 9)]), &s, later));
+    assert_eq!(status(&v), 200);
+    assert_eq!(header(&v, "ratelimit"), Some("\"remote\";r=9;t=1, \"local\";r=0;t=60"));
+    // Now the local rule denies before any Redis call.
+    assert!(matches!(l.start(&Req::new("GET", "/"), &s, later), Step::Done(Verdict::Deny { .. })));
+}
+
+#[test]
+fn redis_failures_follow_on_error_and_open_the_breaker() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "a", "match": {"path": "/allow"}, "limit": "10/min", "backend": "redis", "on_error": "allow"},
+        {"name": "d", "match": {"path": "/deny"}, "limit": "10/min", "backend": "redis", "on_error": "deny"},
+        {"name": "f", "match": {"path": "/fb"}, "limit": "4/min", "strategy": "fixed_window", "backend": "redis",
+         "on_error": {"fallback": {"share": 0.5}}}
+    ]));
+    let s = MemStore::default();
+    let fail =
+        |path: &str, now: u64| done(l.resume(pending(l.start(&Req::new("GET", path), &s, now)), Err("down".into()), &s, now));
+    assert_eq!(status(&fail("/allow", T0)), 200);
+    let denied = fail("/deny", T0);
+    assert_eq!(status(&denied), 429);
+    assert!(header(&denied, "retry-after").is_some());
+    // Two failures: the breaker is open, so no Redis call is even attempted.
+    for (path, want) in [("/allow", 200), ("/deny", 429), ("/fb", 200), ("/fb", 200), ("/fb", 429)] {
+        match l.start(&Req::new("GET", path), &s, T0 + 1) {
+            Step::Done(v) => assert_eq!(status(&v), want, "{path}"),
+            Step::Redis(_) => panic!("called Redis with the breaker open"),
+        }
+    }
+    // After open_ms a probe goes out; its success (and a second) closes the breaker.
+    let later = T0 + 1_000_002;
+    for _ in 0..2 {
+        let p = pending(l.start(&Req::new("GET", "/allow"), &s, later));
+        assert_eq!(status(&done(l.resume(p, Ok(vec![reply(true, 5)]), &s, later))), 200);
+    }
+    assert!(matches!(l.start(&Req::new("GET", "/allow"), &s, later), Step::Redis(_)));
+}
+
+#[test]
+fn malformed_redis_replies_are_failures() {
+    let l = redis_limiter(serde_json::json!([{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]));
+    for bad in [
+        vec![],
+        vec![Reply::Int(1)],
+        vec![Reply::Array(vec![Reply::Int(1)])],
+        vec![Reply::Array(vec![Reply::Int(1), Reply::Str("x".into())])],
+    ] {
+        let s = MemStore::default(); // a fresh breaker each time
+        let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+        let v = done(l.resume(p, Ok(bad.clone()), &s, T0));
+        assert_eq!(status(&v), 429, "{bad:?}");
+    }
+}
+
+#[test]
+fn several_redis_rules_are_checked_dry_first_so_a_denial_consumes_nothing() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "a", "limit": "10/min", "backend": "redis"},
+        {"name": "b", "limit": "10/min", "backend": "redis"}
+    ]));
+    let s = MemStore::default();
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    assert!(p.commands.iter().all(|c| c.last() == Some("dry")));
+    // One denies: answered without a second pass, so nothing was written anywhere.
+    let v = done(l.resume(p.clone(), Ok(vec![reply(true, 5), reply(false, 0)]), &s, T0));
+    assert_eq!(status(&v), 429);
+    // Both admit: the same commands for real, then the verdict.
+    let real = match l.resume(p, Ok(vec![reply(true, 5), reply(true, 5)]), &s, T0) {
+        Resumed::Retry(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert!(real.commands.iter().all(|c| c.last() != Some("dry")));
+    assert_eq!(status(&done(l.resume(real, Ok(vec![reply(true, 4), reply(true, 4)]), &s, T0))), 200);
+    // One rule: a single pass.
+    let one = redis_limiter(serde_json::json!([{"name": "a", "limit": "10/min", "backend": "redis"}]));
+    let p = pending(one.start(&Req::new("GET", "/"), &s, T0));
+    assert_ne!(p.commands[0].last(), Some("dry"));
+}
+
+#[test]
+fn a_probe_is_one_success_however_many_passes_it_takes() {
+    // Two Redis rules: a dry pass, then the write pass. success_threshold 2 needs two probes.
+    let l = limiter(serde_json::json!({"namespace": "ns",
+        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 1, "open_ms": 1000, "success_threshold": 2}},
+        "rules": [{"name": "a", "limit": "10/min", "backend": "redis"}, {"name": "b", "limit": "10/min", "backend": "redis"}]}));
+    let s = MemStore::default();
+    let b = l.breaker().unwrap();
+    done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("down".into()), &s, T0));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
+    let later = T0 + 1_000_001;
+    let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
+    let write = match l.resume(probe, Ok(vec![reply(true, 5), reply(true, 5)]), &s, later) {
+        Resumed::Retry(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen, "the dry pass is not a result yet");
+    assert!(matches!(l.start(&Req::new("GET", "/"), &s, later), Step::Done(_)), "one probe at a time, across its passes");
+    done(l.resume(write, Ok(vec![reply(true, 4), reply(true, 4)]), &s, later));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen, "one probe, one success: not closed by two passes");
+    let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
+    // Its client hangs up: the place is freed, nothing counted.
+    l.abandon(&probe, &s);
+    assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen);
+    let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
+    let write = match l.resume(probe, Ok(vec![reply(true, 3), reply(true, 3)]), &s, later) {
+        Resumed::Retry(p) => p,
+        other => panic!("{other:?}"),
+    };
+    done(l.resume(write, Ok(vec![reply(true, 2), reply(true, 2)]), &s, later));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Closed);
+}
+
+#[test]
+fn a_call_that_failed_together_follows_on_error_and_counts_once() {
+    let l = limiter(serde_json::json!({"namespace": "ns",
+        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}},
+        "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]}));
+    let s = MemStore::default();
+    let b = l.breaker().unwrap();
+    // Four requests in one failed call: the first counts the failure, the others follow on_error.
+    let calls: Vec<Pending> = (0..4).map(|_| pending(l.start(&Req::new("GET", "/"), &s, T0))).collect();
+    let mut calls = calls.into_iter();
+    assert_eq!(status(&done(l.resume(calls.next().unwrap(), Err("reset".into()), &s, T0))), 429);
+    for p in calls {
+        assert_eq!(status(&l.resume_failed_together(p, &s, T0)), 429);
+    }
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Closed, "one failure of two");
+    done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("reset".into()), &s, T0));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
+}
+
+#[test]
+fn a_gathered_call_that_answered_tells_the_breaker_once() {
+    let l = limiter(serde_json::json!({"namespace": "ns",
+        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}},
+        "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]}));
+    let mem = MemStore::default();
+    let s = Racing::new(&mem);
+    let b = l.breaker().unwrap();
+    done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("reset".into()), &s, T0));
+    // Four requests in one call that answered: the first one's success is the call's, and the
+    // others do not read the breaker again.
+    let calls: Vec<Pending> = (0..4).map(|_| pending(l.start(&Req::new("GET", "/"), &s, T0))).collect();
+    let (reads, heard) = (s.reads.get(), &mut Heard::default());
+    for p in calls.iter().cloned() {
+        assert_eq!(status(&done(l.resume_gathered(p, Ok(vec![reply(true, 5)]), &s, T0, heard))), 200);
+    }
+    assert_eq!(s.reads.get() - reads, 1, "one read of the breaker for the call");
+    // The success was heard: the failure before it no longer counts towards opening.
+    done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("reset".into()), &s, T0));
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Closed);
+    // Carried on as separate calls, each success reads it.
+    let reads = s.reads.get();
+    for p in calls {
+        done(l.resume(p, Ok(vec![reply(true, 5)]), &s, T0));
+    }
+    assert_eq!(s.reads.get() - reads, 4);
+}
+
+#[test]
+fn a_delay_from_redis_never_exceeds_the_rules_max_delay() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "q", "limit": "10/s", "backend": "redis", "strategy": {"type": "leaky_bucket_queue", "max_delay": "200ms"}},
+    ]));
+    let s = MemStore::default();
+    let long = Reply::Array(vec![Reply::Int(1), Reply::Array([1, 5, 1000, 0, 86_400_000, 1000].map(Reply::Int).to_vec())]);
+    match done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![long.clone()]), &s, T0)) {
+        Verdict::Admit { delay_ms, .. } => assert_eq!(delay_ms, 200),
+        v => panic!("{v:?}"),
+    }
+    // A strategy that never queues is never held, whatever the reply says.
+    let l = redis_limiter(serde_json::json!([{"name": "t", "limit": "10/s", "backend": "redis", "strategy": "token_bucket"}]));
+    match done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![long]), &s, T0)) {
+        Verdict::Admit { delay_ms, .. } => assert_eq!(delay_ms, 0),
+        v => panic!("{v:?}"),
+    }
+}
+
+#[test]
+fn a_redis_denial_answers_the_same_identity_until_its_retry_after_without_a_call() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "remote", "limits": ["10/min", "100/hour"], "backend": "redis", "identifier": {"header": "x-k"},
+         "cost": {"header": "x-cost", "max": 10}},
+        {"name": "local", "limit": "100/min", "strategy": "fixed_window"}
+    ]));
+    let s = MemStore::default();
+    let req = |k: &str, cost: &str| Req::new("GET", "/").header("x-k", k).header("x-cost", cost);
+    let d = |allowed: bool, retry: i64| Reply::Array([i64::from(allowed), 0, 1000, retry, 0, 1000].map(Reply::Int).to_vec());
+    // Redis denies k1 at cost 2: the first limit for 800 ms, the second admits.
+    let p = pending(l.start(&req("k1", "2"), &s, T0));
+    let denied = Reply::Array(vec![Reply::Int(0), d(false, 800), d(true, 0)]);
+    let v = done(l.resume(p, Ok(vec![denied]), &s, T0 + 3_000));
+    assert_eq!(status(&v), 429);
+    let local_before = l.check(&Req::new("GET", "/x"), &s, T0).outcomes().last().map(|o| o.decisions[0].remaining);
+    // Within the 800 ms (counted from when the call was sent), cost 2 or more: no call.
+    // It ends a millisecond early: a retry-after is rounded up.
+    for (cost, at) in [("2", T0 + 100_000), ("5", T0 + 798_999)] {
+        match l.start(&req("k1", cost), &s, at) {
+            Step::Done(v) => {
+                assert_eq!(status(&v), 429);
+                let o = v.outcomes().iter().find(|o| o.rule == 0).unwrap();
+                assert!(o.from_cache && !o.allowed);
+                let wait = o.decisions[0].retry_after_ms;
+                assert!(wait >= 1 && wait <= 800 - (at - T0) / 1000, "retry-after counts down: {wait}");
+                assert_eq!(header(&v, "retry-after"), Some("1"));
+            }
+            Step::Redis(_) => panic!("cost {cost} at {at}: asked Redis although it denied"),
+        }
+    }
+    // A cheaper request, another identity, or the denial over: Redis decides.
+    assert!(matches!(l.start(&req("k1", "1"), &s, T0 + 100_000), Step::Redis(_)));
+    assert!(matches!(l.start(&req("k2", "2"), &s, T0 + 100_000), Step::Redis(_)));
+    assert!(matches!(l.start(&req("k1", "2"), &s, T0 + 799_000), Step::Redis(_)));
+    // Cached denials consumed nothing locally.
+    let local_after = l.check(&Req::new("GET", "/x"), &s, T0).outcomes().last().map(|o| o.decisions[0].remaining);
+    assert_eq!(local_after, local_before.map(|r| r - 1), "only the two probes of the local rule counted");
+}
+
+#[test]
+fn with_the_deny_cache_off_every_request_asks_redis() {
+    let l = limiter(serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw", "deny_cache": false},
+        "rules": [{"name": "remote", "limit": "10/min", "backend": "redis"}]}));
+    let s = MemStore::default();
+    let v = done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![reply(false, 0)]), &s, T0));
+    assert_eq!(status(&v), 429);
+    assert!(matches!(l.start(&Req::new("GET", "/"), &s, T0 + 1_000), Step::Redis(_)), "denial not remembered");
+}
+
+#[test]
+fn a_worker_answers_a_redis_denial_from_its_copy_without_reading_shared_data() {
+    let config = serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw"}, "rules": [{"name": "remote",
+        "limits": ["10/min", "100/hour"], "strategy": {"type": "leaky_bucket_queue", "max_delay": "200ms"},
+        "backend": "redis", "identifier": {"header": "x-k"}, "cost": {"header": "x-cost", "max": 10}}]});
+    let (a, b, fresh) = (limiter(config.clone()), limiter(config.clone()), limiter(config));
+    let mem = MemStore::default();
+    let s = Racing::new(&mem);
+    let req = |cost: &str| Req::new("GET", "/").header("x-k", "k1").header("x-cost", cost);
+    let denied = Reply::Array([0, 0, 1000, 800, 0, 1000].map(Reply::Int).to_vec());
+    // The other limit would have queued the request: a delay no read gives back.
+    let queued = Reply::Array([1, 50, 60_000, 0, 120, 60_000].map(Reply::Int).to_vec());
+    // Worker a asks Redis at cost 2 and is denied for 800 ms.
+    let reply = Reply::Array(vec![Reply::Int(0), denied, queued]);
+    let v = done(a.resume(pending(a.start(&req("2"), &s, T0)), Ok(vec![reply]), &s, T0 + 3_000));
+    assert_eq!(status(&v), 429);
+    let cached = |l: &Limiter, cost: &str, at: u64| match l.start(&req(cost), &s, at) {
+        Step::Done(v) => Some(v),
+        Step::Redis(_) => None,
+    };
+    // a answers from the denial it wrote; b from the one it read once; both as a fresh read does.
+    let reads = s.reads.get();
+    let from_a = cached(&a, "2", T0 + 100_000).expect("denied from a's copy");
+    assert_eq!(s.reads.get(), reads, "a read nothing");
+    let from_b = cached(&b, "2", T0 + 100_000).expect("denied from shared data");
+    assert_eq!(s.reads.get(), reads + 1, "b read the entry once");
+    // a's own denial ends a millisecond early (a retry-after is rounded up); one b read ends
+    // WORKER_SKEW_US earlier still, as a's clock may be that far ahead of b's.
+    for at in [T0 + 200_000, T0 + 698_999] {
+        assert!(cached(&b, "2", at).is_some() && cached(&a, "9", at).is_some());
+    }
+    assert!(cached(&a, "2", T0 + 798_999).is_some());
+    assert_eq!(s.reads.get(), reads + 1, "then answered from its copy");
+    assert!(cached(&b, "2", T0 + 699_000).is_none());
+    let read = cached(&fresh, "2", T0 + 100_000).expect("denied from shared data");
+    assert_eq!((status(&from_a), header(&from_a, "retry-after")), (429, Some("1")));
+    assert_eq!(from_a.outcomes(), read.outcomes(), "a copy decides as the entry it holds");
+    assert_eq!(from_b.outcomes(), read.outcomes());
+    // A cheaper request than the denial's, or one past its time, asks Redis: the copy never
+    // denies what Redis might admit.
+    assert!(cached(&a, "1", T0 + 100_000).is_none());
+    assert!(cached(&a, "2", T0 + 799_000).is_none());
+}
