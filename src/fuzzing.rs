@@ -1,10 +1,13 @@
 //! Fuzzing entry points (feature `fuzzing`, used only by `fuzz/`) into the decoders the crate
 //! keeps private: store slots and breaker state. They go through the same public calls the
 //! filter makes, on a store that holds the fuzzer's bytes, and compare what comes out with a
-//! reference decoder written here from the documented layouts. Each returns `Err` describing
-//! a disagreement; the fuzz target turns that into a crash.
+//! reference decoder written here from the documented layouts; and racing workers, played
+//! through the engine's model of them. Each returns `Err` describing a disagreement; the fuzz
+//! target turns that into a crash.
 
 use crate::breaker::{Breaker, BreakerSpec, Permit, Phase};
+use crate::clock::WORKER_SKEW_US;
+use crate::engine::skew::{self, Run, Step, USER_COUNT, WORKERS};
 use crate::rate::Rate;
 use crate::store::{Decided, MemStore, SharedStore, Table, MARK_ID};
 use crate::strategy::{decide, Strategy};
@@ -196,6 +199,43 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
         return Err("the evicted owner still reads its states".into());
     }
     Ok(())
+}
+
+/// Steps a run of [`engine_workers`] may have: enough for counts to expire and slots to be
+/// taken again many times, few enough for a run to take well under a millisecond.
+const MAX_STEPS: usize = 200;
+
+/// Racing workers played through [`skew::play`]. The first byte sizes the table (2 to 9
+/// slots), the next three set the workers' clocks (0 to the skew they may have); then each
+/// step is a byte (bits 0-1: user; bits 2-3: worker, modulo 3; bits 4-5: how far time moves,
+/// from microseconds to seconds; bits 6-7: how many other requests may run inside this one),
+/// a byte for the time, and a byte per other request (bit 7: none; bits 0-1 its user, 2-3
+/// its worker).
+pub fn engine_workers(bytes: &[u8]) -> Result<(), String> {
+    let Some((&size, rest)) = bytes.split_first() else { return Ok(()) };
+    let Some((clocks, mut rest)) = rest.split_first_chunk::<WORKERS>() else { return Ok(()) };
+    let clocks = clocks.map(|c| u64::from(c) * WORKER_SKEW_US / 255);
+    let mut steps = Vec::new();
+    while let [control, time, tail @ ..] = rest {
+        let others = usize::from(control >> 6);
+        let (meddlers, tail) = tail.split_at(others.min(tail.len()));
+        let step_us = [10, 2_000, 16_000, 0][usize::from((control >> 4) & 3)];
+        let meddlers = meddlers
+            .iter()
+            .map(|&m| (m & 0x80 == 0).then_some((usize::from(m & 3) % USER_COUNT, usize::from((m >> 2) & 3) % WORKERS)))
+            .collect();
+        steps.push(Step {
+            user: usize::from(control & 3) % USER_COUNT,
+            worker: usize::from((control >> 2) & 3) % WORKERS,
+            after_us: u64::from(*time) * step_us,
+            meddlers,
+        });
+        if steps.len() == MAX_STEPS {
+            break;
+        }
+        rest = tail;
+    }
+    skew::play(&Run { max_clients: 2 + u32::from(size % 8), clocks, steps })
 }
 
 /// The breaker state layout: phase (u8: 1 open, 2 half-open, anything else closed), count

@@ -9,6 +9,8 @@ mod local;
 mod memo;
 mod remote;
 mod rule;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod skew;
 mod verdict;
 
 pub use applies::{path_only, Applied, Applies, Exemption, Mismatch, Missing};

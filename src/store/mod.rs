@@ -14,6 +14,8 @@ pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub use mem::{Meddled, MemStore};
 pub use own::Own;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use table::evictions;
 pub use table::{Decided, Held, Outcomes, Prepared, Table, Updated, Written, MARK_ID, PROBES};
 
 /// The place of `identity` (a keyed hash) under `index` (a table's or rule's) in a worker's

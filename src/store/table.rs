@@ -494,8 +494,8 @@ impl Table {
     /// them), and none is made. A full table already forgets counts; marking there would only
     /// leave it without a slot to give.
     fn evict(mut read: Vec<Probed>, at: usize) -> Found {
-        #[cfg(test)]
-        tests::EVICTIONS.with(|n| n.set(n.get() + 1));
+        #[cfg(any(test, feature = "fuzzing"))]
+        EVICTIONS.with(|n| n.set(n.get() + 1));
         let victim = read.swap_remove(at);
         Found::Free { key: victim.key, cas: Some(victim.cas), home: at == 0, passed: Vec::new(), evicted: Some(victim.value) }
     }
@@ -681,6 +681,19 @@ impl Table {
             Found::Free { .. } => Ok(f(&[])),
         }
     }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+thread_local! {
+    /// Evictions so far on this thread: where a full table gives exactness up, so models of
+    /// racing workers stop checking there.
+    static EVICTIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Evictions made on this thread so far (tests and fuzzing only).
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn evictions() -> u64 {
+    EVICTIONS.with(std::cell::Cell::get)
 }
 
 #[cfg(test)]
@@ -1041,11 +1054,6 @@ mod tests {
 
     const T0: u64 = 1_700_000_040_000_000;
 
-    thread_local! {
-        /// Evictions so far on this thread: where a full table gives exactness up.
-        pub(super) static EVICTIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    }
-
     /// Identities (and how long each count lives) of two home slots of 16 whose probes
     /// overlap: 3 and 19 of slot 3, 5 and 21 of slot 5; the first counts for longer than any
     /// run.
@@ -1074,7 +1082,7 @@ mod tests {
                  proptest::collection::vec(proptest::option::weighted(0.3, (0..IDENTITIES.len(), 0..3usize)), 0..12)),
                 1..60),
         ) {
-            EVICTIONS.with(|n| n.set(0));
+            let evicted = evictions();
             let (store, t) = (MemStore::default(), table(16));
             let admitted = std::cell::Cell::new(0);
             let mut now = T0;
@@ -1096,7 +1104,7 @@ mod tests {
                     }
                 };
                 decide(&Meddled { inner: &store, before: others }, now, who, worker);
-                if EVICTIONS.with(|n| n.get()) > 0 {
+                if evictions() > evicted {
                     break;
                 }
                 let latest = now + crate::clock::WORKER_SKEW_US;

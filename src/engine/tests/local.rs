@@ -237,24 +237,17 @@ fn a_denial_shows_a_rule_decided_on_a_stale_copy_as_a_read_gives_it() {
     assert_eq!(header(&denied, "ratelimit"), Some("\"wide\";r=5;t=120, \"narrow\";r=0;t=120"));
 }
 
-/// The users of [`an_identity_counts_in_one_slot_whatever_the_workers_clocks`]: one counted on
-/// a rule of an hour, one on a rule of 100 ms, in a table of two slots (both have home slot 0:
-/// the long-lived one is placed beyond the other's slot whenever it is held).
-fn skew_request(user: usize) -> Req {
-    let (name, path) = [("long", "/l"), ("short", "/s")][user];
-    Req::new("GET", path).header("x-user", name)
-}
-
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
 
     /// Workers (each with its memo and its copies of its writes) whose clocks differ by up to
     /// the skew they may have, interleaved at every shared-data call, two users sharing a
     /// table of two slots, one of whose counts keeps expiring: the other's count never loses
-    /// an admission (each reports one fewer remaining than the one before).
+    /// an admission (each reports one fewer remaining than the one before). The fuzz target
+    /// `engine_workers` plays the same model with more users and tables.
     #[test]
     fn an_identity_counts_in_one_slot_whatever_the_workers_clocks(
-        clocks in proptest::collection::vec(0..=crate::clock::WORKER_SKEW_US, 3),
+        clocks in proptest::array::uniform3(0..=crate::clock::WORKER_SKEW_US),
         // The long-lived user's first request after the other's, and on another worker its
         // second, before the first's `k`th shared-data call: where a placement may race.
         (first, second, k, after_us) in (0..3usize, 0..3usize, 0..4usize, 0..100_000u64),
@@ -263,40 +256,15 @@ proptest::proptest! {
              proptest::collection::vec(proptest::option::weighted(0.3, (0..2usize, 0..3usize)), 0..10)),
             1..80),
     ) {
-        let config = serde_json::json!({"local": {"max_clients": 2}, "rules": [
-            {"name": "long", "match": {"path": "/l"}, "limit": "100000/hour", "strategy": "fixed_window",
-             "identifier": {"header": "x-user"}},
-            {"name": "short", "match": {"path": "/s"}, "limit": "100000/100ms", "strategy": "fixed_window",
-             "identifier": {"header": "x-user"}},
-        ]});
-        let workers = [limiter(config.clone()), limiter(config.clone()), limiter(config)];
-        let store = MemStore::default();
-        // What the long-lived user's admissions reported remaining, in the order they ended.
-        let long = std::cell::RefCell::new(Vec::new());
-        let decide = |store: &dyn SharedStore, now: u64, user: usize, worker: usize| {
-            let verdict = workers[worker].check(&skew_request(user), &store, now + clocks[worker]);
-            if let (0, Verdict::Admit { outcomes, .. }) = (user, &verdict) {
-                long.borrow_mut().extend(outcomes.iter().flat_map(|o| o.decisions.iter().map(|d| d.remaining)));
-            }
-        };
-        let mut now = T0;
+        use crate::engine::skew::{play, Run, Step};
         let race = std::iter::repeat_n(None, k).chain([Some((0, (first + 1 + second % 2) % 3))]).collect();
         let start = [(1, second, 0, Vec::new()), (0, first, after_us, race)];
-        for (user, worker, after_us, plan) in start.into_iter().chain(steps) {
-            now += after_us;
-            // Before each of this request's calls, another worker's whole request, or none (a
-            // worker runs one request at a time).
-            let plan = std::cell::RefCell::new(std::collections::VecDeque::from(plan));
-            let others = || {
-                let next = plan.borrow_mut().pop_front().flatten();
-                if let Some((user, other)) = next.filter(|(_, w)| *w != worker) {
-                    decide(&store, now, user, other);
-                }
-            };
-            decide(&Meddled { inner: &store, before: others }, now, user, worker);
-        }
-        let long = long.into_inner();
-        let expected: Vec<u64> = (1..=long.len() as u64).map(|n| 100_000 - n).collect();
-        proptest::prop_assert_eq!(long, expected);
+        let steps = start
+            .into_iter()
+            .chain(steps)
+            .map(|(user, worker, after_us, meddlers)| Step { user, worker, after_us, meddlers })
+            .collect();
+        let played = play(&Run { max_clients: 2, clocks, steps });
+        proptest::prop_assert!(played.is_ok(), "{:?}", played);
     }
 }

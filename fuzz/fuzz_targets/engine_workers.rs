@@ -1,0 +1,11 @@
+//! Workers of one proxy whose clocks disagree, racing on a small slot table: the long-lived
+//! user never loses an admission (see `sluice::fuzzing::engine_workers`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(e) = sluice::fuzzing::engine_workers(data) {
+        panic!("{e}");
+    }
+});
