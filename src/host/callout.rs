@@ -4,7 +4,9 @@
 //! carries the request on, is in [`super`].
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
+use super::state::Shared;
 use crate::engine::Pending;
 use crate::redis::wire::{self, Reply};
 
@@ -29,6 +31,9 @@ const REDIS_CALL_RESPONSE: u32 = 9;
 /// One request's Redis calls in flight: a reply slot per command, filled as answers arrive,
 /// and the decision waiting for them (the answers arrive at the root, not at the request).
 struct InFlight {
+    /// The config that made the decision: its answer is carried on under it, whatever config
+    /// the worker has taken since (its rule numbers are the decision's).
+    shared: Rc<Shared>,
     ctx: u32,
     /// Call token per command, in command order.
     tokens: Vec<u32>,
@@ -77,7 +82,10 @@ fn call(cluster: &str, query: &[u8]) -> Result<u32, String> {
 /// with one reply, so a request's rules go out side by side and are resumed when the last
 /// answer is in. Calls already sent when a later one cannot be are forgotten: their answers
 /// find no request and are dropped.
-pub(super) fn call_all(cluster: &str, pending: Pending, deadline_us: u64, ctx: u32) -> Result<(), (Pending, String)> {
+pub(super) fn call_all(shared: &Rc<Shared>, pending: Pending, deadline_us: u64, ctx: u32) -> Result<(), (Pending, String)> {
+    let Some(cluster) = shared.limiter.redis().map(|r| r.cluster.as_str()) else {
+        return Err((pending, "no redis block".into()));
+    };
     let _ = forget(ctx);
     let mut tokens = Vec::with_capacity(pending.commands.len());
     for c in &pending.commands {
@@ -87,7 +95,7 @@ pub(super) fn call_all(cluster: &str, pending: Pending, deadline_us: u64, ctx: u
         }
     }
     let replies = vec![None; tokens.len()];
-    IN_FLIGHT.with(|f| f.borrow_mut().push(InFlight { ctx, tokens, replies, pending, deadline_us }));
+    IN_FLIGHT.with(|f| f.borrow_mut().push(InFlight { shared: shared.clone(), ctx, tokens, replies, pending, deadline_us }));
     Ok(())
 }
 
@@ -108,9 +116,9 @@ fn response(size: usize) -> Option<Vec<u8>> {
     super::abi::host_bytes(|data, len| unsafe { proxy_get_buffer_bytes(REDIS_CALL_RESPONSE, 0, size, data, len) }).ok().flatten()
 }
 
-/// A request whose answers are all in (or one failed): its context, the decision that waited,
-/// its deadline, and the replies or the failure.
-pub(super) type Answered = (u32, Pending, u64, Result<Vec<Reply>, String>);
+/// A request whose answers are all in (or one failed): its config, its context, the decision
+/// that waited, its deadline, and the replies or the failure.
+pub(super) type Answered = (Rc<Shared>, u32, Pending, u64, Result<Vec<Reply>, String>);
 
 /// Files one answer. Returns the request once all its answers are in, or at its failure.
 pub(super) fn file(token: u32, status: u32, size: usize) -> Option<Answered> {
@@ -132,7 +140,7 @@ pub(super) fn file(token: u32, status: u32, size: usize) -> Option<Answered> {
         match reply {
             Err(why) => {
                 let done = f.swap_remove(i);
-                Some((done.ctx, done.pending, done.deadline_us, Err(why)))
+                Some((done.shared, done.ctx, done.pending, done.deadline_us, Err(why)))
             }
             Ok(r) => {
                 f[i].replies[k] = Some(r);
@@ -140,7 +148,7 @@ pub(super) fn file(token: u32, status: u32, size: usize) -> Option<Answered> {
                     return None;
                 }
                 let done = f.swap_remove(i);
-                Some((done.ctx, done.pending, done.deadline_us, Ok(done.replies.into_iter().flatten().collect())))
+                Some((done.shared, done.ctx, done.pending, done.deadline_us, Ok(done.replies.into_iter().flatten().collect())))
             }
         }
     })

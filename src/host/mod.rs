@@ -33,9 +33,7 @@ use abi::BufferType;
 use crate::config::Transport;
 use crate::engine::Limiter;
 use metrics::Metrics;
-#[cfg(feature = "redis-callout")]
-use state::current;
-use state::{Shared, SHARED};
+use state::Shared;
 
 /// How often queued requests are looked at, when a rule queues. Releases are at most this late.
 const QUEUE_TICK: Duration = Duration::from_millis(5);
@@ -53,9 +51,7 @@ impl Root {
     /// released its stream.
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         if !batch::answer(token_id, num_headers, body_size) {
-            if let Some(shared) = &self.shared {
-                websocket::answer_at_root(shared, token_id, num_headers, body_size);
-            }
+            websocket::answer_at_root(token_id, num_headers, body_size);
         }
     }
 
@@ -108,7 +104,6 @@ impl Root {
         let clock_key = format!("{}:clock", limiter.namespace());
         time::sync(&clock_key);
         let shared = Rc::new(Shared { limiter, metrics, clock_key });
-        SHARED.with(|s| *s.borrow_mut() = Some(shared.clone()));
         self.shared = Some(shared);
         true
     }
@@ -126,9 +121,7 @@ impl Root {
         }
         let now = time::now_us();
         queue::release_due(now);
-        if let Some(shared) = &self.shared {
-            websocket::release_due(shared, now);
-        }
+        websocket::release_due(now);
     }
 
     fn create_http_context(&self, context_id: u32) -> http::Http {
@@ -141,8 +134,7 @@ impl Root {
 #[cfg(feature = "redis-callout")]
 #[no_mangle]
 pub extern "C" fn proxy_on_redis_call_response(root_context_id: u32, token: u32, status: u32, size: usize) {
-    let Some((ctx, pending, deadline, replies)) = callout::file(token, status, size) else { return };
-    let Some(shared) = current() else { return };
+    let Some((shared, ctx, pending, deadline, replies)) = callout::file(token, status, size) else { return };
     let heard = &mut crate::engine::Heard::default();
     dispatch::as_active(root_context_id, || {
         http::answered_at_root(&shared, ctx, (pending, deadline), http::Answer::Replies(replies), time::now_us(), heard);

@@ -1,8 +1,7 @@
-//! The worker's current configuration, shared by its root and request contexts (and found by
-//! callbacks that arrive at the root), and the fields of verdicts reached at the root.
+//! A configuration, shared by its root and the request contexts made under it (and kept by
+//! whatever is in flight for them), and the fields of verdicts reached at the root.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 
 use super::metrics::Metrics;
 use crate::engine::Limiter;
@@ -19,18 +18,9 @@ pub(super) struct Shared {
 }
 
 thread_local! {
-    /// The worker's current config, for callbacks that arrive at the root (Higress' Redis
-    /// callout answers there).
-    pub(super) static SHARED: RefCell<Option<Rc<Shared>>> = const { RefCell::new(None) };
     /// Rate limit fields of verdicts reached at the root (a gathered or Redis callout answers
     /// there), until their request's response.
     static FIELDS: RefCell<Vec<(u32, Fields)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The worker's current config.
-#[cfg(feature = "redis-callout")]
-pub(super) fn current() -> Option<Rc<Shared>> {
-    SHARED.with(|s| s.borrow().clone())
 }
 
 /// Keeps the rate limit fields of request `ctx`'s verdict, reached at the root, until its

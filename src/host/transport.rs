@@ -4,6 +4,7 @@
 //! come from [`crate::redis::wire`]; this module only hands them to the host within the time
 //! the request has left (docs/architecture.md, "Host facts: callouts").
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use super::abi::{self, BufferType, Headers};
@@ -32,7 +33,7 @@ pub(super) enum Sent {
 
 /// Sends `pending`'s commands for request `ctx`, giving them only the time left before
 /// `deadline_us`. On failure the caller decides without Redis.
-pub(super) fn send(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64) -> Result<Sent, (Pending, String)> {
+pub(super) fn send(shared: &Rc<Shared>, ctx: u32, pending: Pending, deadline_us: u64) -> Result<Sent, (Pending, String)> {
     let Some(spec) = shared.limiter.redis() else {
         return Err((pending, "no redis block".into()));
     };
@@ -41,7 +42,7 @@ pub(super) fn send(shared: &Shared, ctx: u32, pending: Pending, deadline_us: u64
     };
     #[cfg(feature = "redis-callout")]
     if spec.transport == Transport::RedisCallout {
-        return super::callout::call_all(&spec.cluster, pending, deadline_us, ctx).map(|()| Sent::Root);
+        return super::callout::call_all(shared, pending, deadline_us, ctx).map(|()| Sent::Root);
     }
     let _ = ctx;
     match dispatch(spec, &pending.commands, Duration::from_millis(timeout_ms)) {

@@ -26,6 +26,10 @@ use super::transport::{self, Sent};
 
 /// One upgrade's message limiting, shared by its context and the tick that releases it.
 pub(super) struct Ws {
+    /// The config the upgrade was decided under: its rule numbers are what `rules` holds, so
+    /// the connection is judged by it to the end, whichever config a root that ticks or
+    /// answers for it has (a config update, or two filter configs in one VM).
+    shared: Rc<Shared>,
     /// The message rules the upgrade met, with the identity each counts against.
     rules: Vec<Applied>,
     /// Follows the frames: the client's from its first byte (a client may send frames before
@@ -139,7 +143,7 @@ fn resume_request() {
 }
 
 /// The message rules upgrade request `req` meets, or none (not an upgrade, or no rule).
-pub(super) fn at_upgrade(shared: &Shared, ctx: u32, req: &impl crate::identity::RequestInfo) -> Option<WsRef> {
+pub(super) fn at_upgrade(shared: &Rc<Shared>, ctx: u32, req: &impl crate::identity::RequestInfo) -> Option<WsRef> {
     if !shared.limiter.has_message_rules() || !crate::websocket::is_upgrade_request(req) {
         return None;
     }
@@ -156,8 +160,16 @@ pub(super) fn at_upgrade(shared: &Shared, ctx: u32, req: &impl crate::identity::
     }
     // Until the 101 says which extensions hold, a compressed message is not dropped.
     let conn = Connection::new(policies, bytes, false, ctx);
-    let ws =
-        Ws { rules, conn: Some(conn), upgraded: false, waiting: None, end_of_stream: false, registered_until: 0, broken: false };
+    let ws = Ws {
+        shared: shared.clone(),
+        rules,
+        conn: Some(conn),
+        upgraded: false,
+        waiting: None,
+        end_of_stream: false,
+        registered_until: 0,
+        broken: false,
+    };
     Some(Rc::new(RefCell::new(ws)))
 }
 
@@ -253,7 +265,7 @@ enum Decided {
 }
 
 /// Sends `pending` (and retries) until there is a verdict or a call is out.
-fn settle(shared: &Shared, ctx: u32, mut pending: Pending, deadline: u64) -> Decided {
+fn settle(shared: &Rc<Shared>, ctx: u32, mut pending: Pending, deadline: u64) -> Decided {
     loop {
         let step = match transport::send(shared, ctx, pending, deadline) {
             Ok(Sent::Here(p, d, token)) => return Decided::Waiting(p, d, token),
@@ -277,7 +289,7 @@ fn lost(conn: &mut Connection, ask: Ask, now: u64) {
 
 /// Walks the client's buffer, judging every message it holds, until it may go on, must wait
 /// for Redis, or is held for a queued message.
-pub(super) fn pump(shared: &Shared, ctx: u32, ws: &WsRef) -> Flow {
+pub(super) fn pump(shared: &Rc<Shared>, ctx: u32, ws: &WsRef) -> Flow {
     let mut guard = ws.borrow_mut();
     let w = &mut *guard;
     let Some(conn) = w.conn.as_mut() else { return Flow::Continue };
@@ -333,7 +345,7 @@ pub(super) fn pump(shared: &Shared, ctx: u32, ws: &WsRef) -> Flow {
 }
 
 /// A client body chunk arrived.
-pub(super) fn on_request_body(shared: &Shared, ctx: u32, ws: &WsRef, end_of_stream: bool) -> Flow {
+pub(super) fn on_request_body(shared: &Rc<Shared>, ctx: u32, ws: &WsRef, end_of_stream: bool) -> Flow {
     ws.borrow_mut().end_of_stream |= end_of_stream;
     pump(shared, ctx, ws)
 }
@@ -359,7 +371,7 @@ pub(super) fn is_waiting(ws: &WsRef) -> bool {
 
 /// Redis answered (or failed) for the waiting message: it is judged, and the held buffer is
 /// walked on; the stream resumes when nothing more holds it.
-pub(super) fn on_call_response(shared: &Shared, ctx: u32, ws: &WsRef, token: u32, num_headers: usize, body_size: usize) {
+pub(super) fn on_call_response(shared: &Rc<Shared>, ctx: u32, ws: &WsRef, token: u32, num_headers: usize, body_size: usize) {
     let _ = call_in(token);
     let Some((pending, deadline, ask)) = ws.borrow_mut().waiting.take() else { return };
     let replies = transport::replies(num_headers, body_size, pending.commands.len());
@@ -391,13 +403,15 @@ pub(super) fn on_call_response(shared: &Shared, ctx: u32, ws: &WsRef, token: u32
 }
 
 /// The answer to a message's call that arrived at the root (sent while the root's tick released
-/// its stream): carried on as on the connection's own context. False if the call is not one.
-pub(super) fn answer_at_root(shared: &Shared, token: u32, num_headers: usize, body_size: usize) -> bool {
+/// its stream): carried on as on the connection's own context, under its own config. False if
+/// the call is not one.
+pub(super) fn answer_at_root(token: u32, num_headers: usize, body_size: usize) -> bool {
     let Some((ctx, weak)) = call_in(token) else { return false };
     // The connection may be gone (client hung up): its drop has let go of the decision.
     if let Some(ws) = weak.upgrade() {
         if abi::set_effective_context(ctx).is_ok() {
-            on_call_response(shared, ctx, &ws, token, num_headers, body_size);
+            let shared = ws.borrow().shared.clone();
+            on_call_response(&shared, ctx, &ws, token, num_headers, body_size);
         }
     }
     true
@@ -411,8 +425,9 @@ pub(super) fn abandon(shared: &Shared, ws: &WsRef) {
     }
 }
 
-/// Lets go of the client streams whose queued message is due (from the root's tick).
-pub(super) fn release_due(shared: &Shared, now: u64) {
+/// Lets go of the client streams whose queued message is due (from a root's tick: each under
+/// its own config).
+pub(super) fn release_due(now: u64) {
     let due: Vec<(u32, Weak<RefCell<Ws>>)> = HOLDS.with(|h| {
         let mut h = h.borrow_mut();
         let (due, later): (Vec<_>, Vec<_>) = h.drain(..).partition(|(at, _, _)| *at <= now);
@@ -425,8 +440,12 @@ pub(super) fn release_due(shared: &Shared, now: u64) {
         if abi::set_effective_context(ctx).is_err() {
             continue;
         }
-        ws.borrow_mut().registered_until = 0;
-        if pump(shared, ctx, &ws) == Flow::Continue {
+        let shared = {
+            let mut w = ws.borrow_mut();
+            w.registered_until = 0;
+            w.shared.clone()
+        };
+        if pump(&shared, ctx, &ws) == Flow::Continue {
             resume_request();
         }
     }

@@ -354,3 +354,46 @@ fn messages_released_by_the_tick_are_still_decided_in_redis() {
     assert_eq!(r["close"], json!({"code": 1000, "reason": "done"}), "the close passed: {r}");
     assert_eq!(echo.received("/ws/paced"), vec!["m1", "m2", "m3", "m4"]);
 }
+
+/// Two filter configs in one VM (two listeners here; a config update leaves the old one with
+/// the connections opened under it): each root's tick may release any held connection of the
+/// worker, and a connection must be judged by the config it was opened under. Judged by the
+/// other, its rule numbers named rules that config lacks, and the VM trapped.
+#[test]
+fn a_connection_is_judged_by_its_own_config_whichever_root_ticks() {
+    let echo = Echo::start(false);
+    let unmatched = |name: &str| json!({"name": name, "match": {"path": "/nowhere"}, "limit": "1/h"});
+    let config = json!({"namespace": "ws-own", "rules": [unmatched("a"), unmatched("b"),
+        {"name": "pace", "per": "message", "match": {"path": "/ws/own"}, "limit": "50/s",
+         "strategy": {"type": "leaky_bucket_queue", "burst": 1, "max_delay": "5s"}}]});
+    let other = json!({"namespace": "ws-other", "rules": [
+        {"name": "other", "per": "message", "limit": "1000/s", "strategy": {"type": "leaky_bucket_queue", "max_delay": "1s"}}]});
+    let (second, own) = (free_port(), std::cell::Cell::new(0));
+    let envoy = envoy_for(&config, echo.port, |boot| {
+        let mut listener = boot["static_resources"]["listeners"][0].clone();
+        own.set(listener["address"]["socket_address"]["port_value"].as_u64().unwrap_or(0));
+        listener["name"] = "second".into();
+        listener["address"]["socket_address"]["port_value"] = second.into();
+        let filter = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
+        filter["stat_prefix"] = "second".into();
+        filter["http_filters"][0]["typed_config"]["config"]["configuration"]["value"] = other.to_string().into();
+        // The other config's listener first: its root is made first, so on each worker its
+        // tick, of the same period, comes first and finds the held connection.
+        if let Value::Array(listeners) = &mut boot["static_resources"]["listeners"] {
+            listeners.insert(0, listener);
+        }
+    });
+    // Connections one after another, each with messages paced 20 ms apart: each hold is
+    // released by whichever root ticks first, which moves as the two roots' ticks drift.
+    let url = format!("ws://127.0.0.1:{}/ws/own", own.get());
+    for c in 0..6 {
+        let prefix = format!("c{c}m");
+        let r = client(&json!({"url": url, "messages": texts(6, &prefix), "quiet_ms": 300, "timeout": 10}));
+        let sent: Vec<String> = (1..=6).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(split_received(&r).0, sent, "connection {c}: {r}");
+        assert_eq!(r["close"], json!({"code": 1000, "reason": "done"}), "connection {c}: the close passed: {r}");
+    }
+    assert_eq!(echo.received("/ws/own").len(), 36);
+    let log = envoy.log_text();
+    assert!(!log.contains("panicked") && !log.contains("Function: proxy_on_tick failed"), "the VM trapped:\n{log}");
+}
