@@ -617,6 +617,34 @@ fn a_state_that_does_not_decode_is_never_seen() {
     }
 }
 
+/// A log stored under a larger cap than the call names (a call the gateway accepts: each
+/// number within its bounds) folds its oldest entries in one pass, as natively: the same
+/// decision and the same log written. Folding them one at a time cost Redis the log's length
+/// squared, in one script that nothing can interrupt.
+#[test]
+fn a_long_log_under_a_smaller_cap_folds_as_natively() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let t0 = 1_700_006_400_000u64;
+    let entries = (0..20_000u64).flat_map(|i| [(t0 + i).to_string(), "1".to_string()]);
+    let text = std::iter::once("swl".to_string()).chain(entries).collect::<Vec<_>>().join(" ");
+    let rate = Rate { limit: 1_000_000, period_ms: 3_600_000 };
+    let now_us = (t0 + 20_000) * 1000;
+    for script in Script::both(&mut conn) {
+        for cap in [1u32, 3] {
+            let key = format!("{}:swl:cap{cap}", script.call[0]);
+            assert_eq!(conn.cmd(&["SET", key.as_str(), text.as_str()]), Reply::Str("OK".into()));
+            let strategy = Strategy::SlidingWindowLog { max_entries: cap };
+            let (decision, _) = script.one(&mut conn, &key, &strategy, rate, 1, now_us);
+            let native = decide(&strategy, &rate, &redis_state::from_text(text.as_bytes()), now_us, 1);
+            assert_eq!(decision, native.decision, "{} cap {cap}", script.call[0]);
+            let written = get(&mut conn, &key).expect("the admission wrote the log");
+            let want = native.state.map(|s| s.to_vec());
+            assert_eq!(Some(redis_state::from_text(written.as_bytes())), want, "{} cap {cap}: {written}", script.call[0]);
+        }
+    }
+}
+
 /// One call of a batch, as the words that follow `FCALL <function> <numkeys>` when it runs
 /// alone: its keys, then its arguments.
 struct BatchCall {

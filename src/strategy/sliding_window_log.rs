@@ -39,11 +39,15 @@ pub(crate) fn decide(rate: &Rate, max_entries: u32, state: &[u8], now_ms: u64, c
             Some((t, c)) if *t == eff => *c = c.saturating_add(cost),
             _ => log.push((eff, cost)),
         }
+        // Over the cap, the oldest entries fold into the first one kept, in one pass: a log
+        // stored under a larger cap (or longer than any the filter writes) costs its length,
+        // not its length squared.
         let cap = usize::try_from(max_entries.max(1)).unwrap_or(usize::MAX);
-        while log.len() > cap {
-            let (_, oldest) = log.remove(0);
+        if let Some(over) = log.len().checked_sub(cap).filter(|&n| n > 0) {
+            let folded = log.iter().take(over + 1).fold(0u64, |sum, &(_, c)| sum.saturating_add(c));
+            log.drain(..over);
             if let Some((_, c)) = log.first_mut() {
-                *c = c.saturating_add(oldest);
+                *c = folded;
             }
         }
         let reset = eff.saturating_add(period) - now_ms;

@@ -104,6 +104,24 @@ fn first_decisions() {
     }
 }
 
+/// A log longer than its cap (stored under a larger one: a call naming a smaller cap than the
+/// rule's, or a rule whose cap went down) folds its oldest entries into the first one kept,
+/// which carries their costs at its own time: the same as folding them one at a time.
+#[test]
+fn a_log_over_its_cap_folds_its_oldest_entries_into_the_first_kept() {
+    let rate = Rate { limit: 1_000_000, period_ms: 3_600_000 };
+    let t0 = 1_700_000_000_000u64;
+    let fields: Vec<u64> = (0..2_000).flat_map(|i| [t0 + i, 1]).collect();
+    let state = codec::encode_vec(codec::SLIDING_WINDOW_LOG, &fields);
+    let now = t0 + 2_000;
+    for (cap, want) in [(1, vec![now, 2_001]), (3, vec![t0 + 1_998, 1_999, t0 + 1_999, 1, now, 1])] {
+        let out = decide(&St::SlidingWindowLog { max_entries: cap }, &rate, &state, now * 1000, 1);
+        assert!(out.decision.allowed);
+        let written = out.state.expect("an admission writes the log");
+        assert_eq!(codec::decode_vec(codec::SLIDING_WINDOW_LOG, &written), Some(want), "cap {cap}");
+    }
+}
+
 #[test]
 fn state_sizes() {
     let rate = Rate { limit: 5, period_ms: 1000 };

@@ -46,10 +46,21 @@ S.sliding_window_log = function(raw, now, limit, period, cost, max_entries)
     else
       log[#log + 1] = {eff, cost}
     end
+    -- Over the cap, the oldest entries fold into the first one kept, in one pass (a log
+    -- stored under a larger cap costs its length, not its length squared).
     local cap = max(max_entries, 1)
-    while #log > cap do
-      local oldest = table.remove(log, 1)
-      log[1][2] = log[1][2] + oldest[2]
+    if #log > cap then
+      local over = #log - cap
+      local folded = 0
+      for i = 1, over + 1 do
+        folded = folded + log[i][2]
+      end
+      local kept = {}
+      for i = over + 1, #log do
+        kept[#kept + 1] = log[i]
+      end
+      kept[1][2] = folded
+      log = kept
     end
     local parts = {'swl'}
     for _, e in ipairs(log) do
