@@ -9,7 +9,7 @@ mod serialize;
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
 
-pub use compile::{compile, compile_json, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
+pub use compile::{compile, compile_json, lua_largest, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
 pub use error::{ConfigError, ConfigErrors, Problem};
 pub use glob::{GlobError, GlobErrorKind};
 

@@ -13,7 +13,7 @@
 use super::command::Command;
 use super::keys::push_key;
 use super::wire::Reply;
-use crate::config::{MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
+use crate::config::{lua_largest, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
 use crate::rate::{Rate, MAX_LIMIT, MAX_PERIOD_MS};
 use crate::strategy::{Decision, Param, Strategy, CATALOGUE};
 
@@ -263,6 +263,13 @@ fn check_args(args: &[&[u8]], n: usize) -> Result<(), Refusal> {
                 return bad(format!("limit {k}: p{} of {} must be {expected}", i + 1, entry.name));
             }
         }
+        // And the compiler's bound on the numbers the script computes: past 2^53 a Lua number
+        // is no longer exact, and the script and the Redis module would decide apart.
+        let [limit, period, cost, p1, p2] = [limit, period, cost, p1, p2].map(|w| number(w).unwrap_or(0));
+        let strategy = Strategy::from_lua_params(entry.name, [p1, p2]);
+        if strategy.is_none_or(|s| lua_largest(&s, &Rate { limit, period_ms: period }, cost) > LUA_EXACT) {
+            return bad(format!("limit {k}: its numbers reach past 2^53, where Lua's are no longer exact"));
+        }
     }
     Ok(())
 }
@@ -487,11 +494,23 @@ mod tests {
             Strategy::Gcra { burst: Some(1) },
         ];
         assert_eq!(at_max.len(), CATALOGUE.len());
-        let rate = [Rate { limit: MAX_LIMIT, period_ms: MAX_PERIOD_MS }];
+        // Accepted exactly when the compiler would accept such a Redis rule: while the numbers
+        // the script computes stay exact in Lua (at the largest rate, only the counters' do).
+        let mut refused = 0;
         for s in &at_max {
-            let call = RuleCall { cost: MAX_COST, ..call(s, &rate) };
-            check(&words(&command(&call, Form::Sha(&sha), false).to_vec()), &sha).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+            for rate in [Rate { limit: MAX_LIMIT, period_ms: MAX_PERIOD_MS }, Rate { limit: 1_000, period_ms: 1_000 }] {
+                let rates = [rate];
+                let call = RuleCall { cost: MAX_COST, ..call(s, &rates) };
+                let cmd = command(&call, Form::Sha(&sha), false).to_vec();
+                let got = check(&words(&cmd), &sha);
+                match (got, lua_largest(s, &rate, MAX_COST) <= LUA_EXACT) {
+                    (Ok(_), true) => {}
+                    (Err(e), false) if e.kind() == "arguments" => refused += 1,
+                    (got, exact) => panic!("{s:?} at {rate:?}: {:?}, exact in Lua: {exact}", got.map(|_| ())),
+                }
+            }
         }
+        assert_eq!(refused, 6, "the six strategies whose numbers grow with the period");
     }
 
     #[test]

@@ -24,6 +24,8 @@ use crate::rate::quote;
 
 mod parts;
 mod rules;
+
+pub use rules::lua_largest;
 mod strategy;
 mod top;
 

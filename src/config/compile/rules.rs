@@ -252,7 +252,7 @@ impl Compiler {
 /// (`(capacity + max_debt + cost) × period`, plus `max_delay × limit` for a queue), the sliding
 /// window counter weighs up to two windows in the same units, and the counters of the others
 /// stay below `limit + cost`. A conservative bound: each term is counted at its largest.
-fn lua_largest(strategy: &Strategy, rate: &Rate, max_cost: u64) -> u128 {
+pub fn lua_largest(strategy: &Strategy, rate: &Rate, max_cost: u64) -> u128 {
     let (limit, period, cost) = (u128::from(rate.limit), u128::from(rate.period_ms), u128::from(max_cost));
     let cap = |burst: Option<u64>| u128::from(burst.filter(|b| *b > 0).unwrap_or(rate.limit)).max(limit);
     match strategy {

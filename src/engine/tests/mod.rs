@@ -5,7 +5,7 @@ use super::*;
 use crate::identity::tests::Req;
 use crate::identity::RequestInfo;
 use crate::redis::wire::Reply;
-use crate::store::{Meddled, MemStore, SharedStore, StoreError};
+use crate::store::{MemStore, SharedStore, StoreError};
 
 mod applies;
 mod local;
