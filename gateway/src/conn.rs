@@ -413,8 +413,10 @@ impl Clock {
         }
     }
 
-    /// A byte of an answer left: the client is taking it, so the idle deadline restarts. (Only
-    /// ever later: the task's timer finds it moved when it fires, and sleeps on.)
+    /// A byte of an HTTP/1.1 answer left: the client is taking it, so the idle deadline
+    /// restarts. (Only ever later: the task's timer finds it moved when it fires, and sleeps
+    /// on.) Not on h2c, where the server writes on its own too (PING and SETTINGS
+    /// acknowledgements): a client pinging an idle connection would keep it open for ever.
     fn bytes_written(&self) {
         if self.idle() {
             self.since_ms.store(self.now_ms(), Ordering::Relaxed);
@@ -484,7 +486,7 @@ impl AsyncWrite for Guarded {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+        if this.protocol == Protocol::Http1 && matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             this.clock.bytes_written();
         }
         polled
@@ -493,7 +495,7 @@ impl AsyncWrite for Guarded {
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+        if this.protocol == Protocol::Http1 && matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             this.clock.bytes_written();
         }
         polled

@@ -527,3 +527,40 @@ async fn h2c_huge_and_unfinished_header_blocks_are_refused() {
     assert_eq!(value(&m, r#"sluice_gateway_requests_total{endpoint="/",status="200"}"#), 1.0);
     assert_eq!(value(&m, r#"sluice_gateway_connections_protocol_total{protocol="h2c"}"#), 3.0);
 }
+
+/// h2c: a connection that only pings after its last request is idle: the server's PING
+/// acknowledgements are not answers a client is taking, so they do not put its close off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_connection_that_only_pings_is_closed_after_the_idle_timeout() {
+    let redis = RedisServer::start();
+    let idle = Duration::from_millis(1000);
+    let (_gw, addr) = gateway(&redis, &["--idle-timeout-ms", "1000"]).await;
+    let (mut conn, _) = h2::connect(&addr).await;
+    // One request (a health check needs no token), answered.
+    let fields = [(":method", "GET"), (":scheme", "http"), (":path", "/healthz"), (":authority", "gateway")];
+    conn.write_all(&h2::header_frames(1, &h2::block(&fields), true, true)).await.unwrap();
+    assert_eq!(h2::outcomes(&mut conn, &[1]).await[0].status, Some(200));
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    // Then a ping every 200 ms (bounded by the test's bound), until the close.
+    let closed = loop {
+        assert!(started.elapsed() < BOUND, "still open after {:?} of pings", started.elapsed());
+        if conn.write_all(&h2::frame(h2::PING, 0, 0, &[7; 8])).await.is_err() {
+            break started.elapsed();
+        }
+        let read = tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+        });
+        if read.await.unwrap_or(false) {
+            break started.elapsed();
+        }
+    };
+    closed_by_deadline("h2c connection that only pings", closed, idle);
+    let m = raw::scrape(&addr).await;
+    assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="idle"}"#), 1.0);
+}
