@@ -27,6 +27,10 @@ pub struct Pending {
     dry: bool,
     /// When the current pass was sent (epoch µs): a denial's retry-after counts from here.
     sent_us: u64,
+    /// The replies of a pass that wrote, kept where a command ran (in `redis` order) when
+    /// others answered NOSCRIPT: only those are sent again, since the ones that ran have
+    /// counted. Empty otherwise.
+    kept: Vec<Option<Reply>>,
 }
 
 impl Pending {
@@ -127,17 +131,20 @@ impl Limiter {
         // denies consumes nothing from the others. A race between the passes can only make a
         // request denied after an earlier rule counted it, never admit one past a limit.
         let dry = redis.len() > 1;
-        let mut p = Pending { applied, redis, commands: Vec::new(), permit, eval: false, dry, sent_us: now_us };
+        let mut p = Pending { applied, redis, commands: Vec::new(), permit, eval: false, dry, sent_us: now_us, kept: Vec::new() };
         self.set_commands(&mut p);
         Step::Redis(p)
     }
 
+    /// The commands of the pass: one per Redis rule, but for those whose reply is kept.
     fn set_commands(&self, p: &mut Pending) {
         let form = if p.eval { Form::Eval } else { Form::Sha(&self.sha) };
         p.commands = p
             .redis
             .iter()
-            .map(|&i| {
+            .enumerate()
+            .filter(|(k, _)| !matches!(p.kept.get(*k), Some(Some(_))))
+            .map(|(_, &i)| {
                 let a = &p.applied[i];
                 let c = &self.rules[a.rule];
                 let call = RuleCall {
@@ -155,6 +162,18 @@ impl Limiter {
     }
 
     fn read_replies(&self, p: &Pending, replies: &[Reply]) -> Result<Vec<RuleOutcome>, String> {
+        // The kept replies in their places, this pass's in the others.
+        let merged: Vec<Reply>;
+        let replies = if p.kept.is_empty() {
+            replies
+        } else {
+            let mut fresh = replies.iter();
+            merged = p.kept.iter().filter_map(|k| k.as_ref().or_else(|| fresh.next()).cloned()).collect();
+            if fresh.next().is_some() {
+                return Err(format!("{} replies for {} commands", replies.len(), p.commands.len()));
+            }
+            &merged
+        };
         if replies.len() != p.redis.len() {
             return Err(format!("{} replies for {} commands", replies.len(), p.redis.len()));
         }
@@ -192,9 +211,15 @@ impl Limiter {
         let parsed = match replies {
             Ok(r) if !p.eval && r.iter().any(Reply::is_noscript) => {
                 // The script is not cached on (some node of) Redis: send it whole once, which
-                // caches it for every later EVALSHA.
+                // caches it for every later EVALSHA. A pass that writes sends again only the
+                // commands that did not run (the others counted), and its retry-afters count
+                // from its first sending, the earlier time (a denial then ends no later).
                 p.eval = true;
-                p.sent_us = now_us;
+                if !p.dry && r.len() == p.redis.len() && !r.iter().all(Reply::is_noscript) {
+                    p.kept = r.into_iter().map(|reply| (!reply.is_noscript()).then_some(reply)).collect();
+                } else {
+                    p.sent_us = now_us;
+                }
                 self.set_commands(&mut p);
                 return Resumed::Retry(p);
             }

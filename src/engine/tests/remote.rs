@@ -341,3 +341,34 @@ fn a_worker_answers_a_redis_denial_from_its_copy_without_reading_shared_data() {
     assert!(cached(&a, "1", T0 + 100_000).is_none());
     assert!(cached(&a, "2", T0 + 799_000).is_none());
 }
+
+#[test]
+fn a_noscript_in_the_pass_that_writes_sends_again_only_what_did_not_run() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "a", "limit": "10/min", "backend": "redis"},
+        {"name": "b", "limit": "10/min", "backend": "redis"}
+    ]));
+    let s = MemStore::default();
+    let retry = |r: Resumed| match r {
+        Resumed::Retry(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let noscript = || Reply::Error("NOSCRIPT No matching script".into());
+    let dry = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    let real = retry(l.resume(dry, Ok(vec![reply(true, 5), reply(true, 5)]), &s, T0));
+    assert_eq!(real.commands.len(), 2);
+    // a's call ran (and counted); b's node had lost the script: only b's goes again.
+    let again = retry(l.resume(real.clone(), Ok(vec![reply(true, 4), noscript()]), &s, T0));
+    assert_eq!(again.commands.len(), 1, "only b's command goes again");
+    let words = again.commands[0].to_vec();
+    assert_eq!(words[0], "EVAL");
+    assert!(words.iter().any(|w| w.starts_with("ns:{b:")), "{words:?}");
+    let v = done(l.resume(again, Ok(vec![reply(true, 3)]), &s, T0));
+    assert_eq!(status(&v), 200);
+    let remaining: Vec<u64> = v.outcomes().iter().map(|o| o.decisions[0].remaining).collect();
+    assert_eq!(remaining, [4, 3], "a's reply from its one run, b's from the second");
+    // When nothing ran, everything goes again.
+    let again = retry(l.resume(real, Ok(vec![noscript(), noscript()]), &s, T0));
+    assert_eq!(again.commands.len(), 2);
+    assert_eq!(status(&done(l.resume(again, Ok(vec![reply(true, 4), reply(true, 4)]), &s, T0))), 200);
+}
