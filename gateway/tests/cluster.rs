@@ -336,3 +336,36 @@ async fn a_coordinated_failover_answers_every_call_with_a_decision() {
     assert!(failed.is_empty(), "{} of {total} calls got no decision, e.g. {:?}", failed.len(), &failed[..failed.len().min(3)]);
     assert_eq!(cluster.primary_for(0), replica);
 }
+
+/// A batch naming keys on both sides of a migrating slot (one identity's keys still on the
+/// owner, another's not yet written) is answered TRYAGAIN as a whole: nothing ran. Its calls
+/// then run one by one, each where its keys are, and each is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_across_a_migrating_slot_runs_its_calls_one_by_one() {
+    let cluster = RedisCluster::start();
+    let seeds = cluster.seed_nodes();
+    let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000", "--redis-calls", "fcall"]).await;
+    let http = Http::new(&gw.base, None);
+    http.wait_metric(r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#, 1.0).await;
+
+    // Two identities whose keys share a slot; the first has counted once already.
+    let old = 9001u64;
+    let slot = key_slot(key(old).as_bytes());
+    let new = (old + 1..).find(|&i| key_slot(key(i).as_bytes()) == slot).expect("another identity in the slot");
+    let (status, body) = http.post("/", call(old)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+
+    let owner = cluster.primary_for(slot);
+    let importer = cluster.primaries().into_iter().find(|&p| p != owner).expect("another primary");
+    let id_of = |port: u16| redis_cli(port, &["CLUSTER", "MYID"]).trim().to_string();
+    let slot_arg = slot.to_string();
+    assert_eq!(redis_cli(importer, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &id_of(owner)]).trim(), "OK");
+    assert_eq!(redis_cli(owner, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &id_of(importer)]).trim(), "OK");
+
+    let (status, body) = http.post("/pipeline", json!([call(old), call(new)])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!([entry_verdict(&body[0]), entry_verdict(&body[1])], [(true, LIMIT - 2), (true, LIMIT - 1)], "{body}");
+    let keys_in = |port: u16| redis_cli(port, &["CLUSTER", "COUNTKEYSINSLOT", &slot_arg]).trim().to_string();
+    assert_ne!(keys_in(owner), "0", "the old identity counted where its keys are");
+    assert_ne!(keys_in(importer), "0", "the new one where Redis sent it");
+}
