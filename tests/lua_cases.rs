@@ -645,6 +645,38 @@ fn a_long_log_under_a_smaller_cap_folds_as_natively() {
     }
 }
 
+/// A state longer than any the scripts write (anyone may write a key) is never seen, by the
+/// scripts and natively alike, so reading one costs no more than reading the longest real one:
+/// a sliding log of one entry too many, and a counter padded with zeros past the longest text.
+#[test]
+fn a_state_longer_than_any_written_is_never_seen() {
+    use sluice::redis::state::{MAX_STATE_BYTES, MAX_STATE_NUMBERS};
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let t0 = 1_700_006_400_000u64;
+    let now_us = (t0 + 1_000) * 1000;
+    let log = |entries: usize| {
+        std::iter::once("swl".to_string()).chain((0..entries).map(|_| format!("{t0} 1"))).collect::<Vec<_>>().join(" ")
+    };
+    let swl = Strategy::SlidingWindowLog { max_entries: (MAX_STATE_NUMBERS / 2) as u32 };
+    let fw = Strategy::FixedWindow;
+    let rate = Rate { limit: 1_000_000, period_ms: 3_600_000 };
+    let window = t0 - t0 % rate.period_ms;
+    let padded = format!("fw {}{window} 5", "0".repeat(MAX_STATE_BYTES));
+    let cases = [(&swl, log(MAX_STATE_NUMBERS / 2), true), (&swl, log(MAX_STATE_NUMBERS / 2 + 1), false), (&fw, padded, false)];
+    for script in Script::both(&mut conn) {
+        for (i, (strategy, state, seen)) in cases.iter().enumerate() {
+            let key = format!("{}:long:{i}", script.call[0]);
+            let fresh = script.one(&mut conn, &format!("{key}:fresh"), strategy, rate, 1, now_us);
+            assert_eq!(conn.cmd(&["SET", key.as_str(), state.as_str()]), Reply::Str("OK".into()));
+            let got = script.one(&mut conn, &key, strategy, rate, 1, now_us);
+            assert_eq!(got != fresh, *seen, "{} case {i}: {got:?} against a fresh {fresh:?}", script.call[0]);
+            let native = decide(strategy, &rate, &redis_state::from_text(state.as_bytes()), now_us, 1);
+            assert_eq!((native.decision, native.ttl_us / 1000), got, "native, case {i}");
+        }
+    }
+}
+
 /// One call of a batch, as the words that follow `FCALL <function> <numkeys>` when it runs
 /// alone: its keys, then its arguments.
 struct BatchCall {

@@ -561,6 +561,13 @@ mod tests {
     }
 
     #[test]
+    fn the_scripts_read_no_longer_states_than_the_native_reader() {
+        use crate::redis::state::{MAX_STATE_BYTES, MAX_STATE_NUMBERS};
+        assert!(SCRIPT.contains(&format!("local MAX_STATE_BYTES = {MAX_STATE_BYTES}\n")));
+        assert!(SCRIPT.contains(&format!("local MAX_STATE_NUMBERS = {MAX_STATE_NUMBERS}\n")));
+    }
+
+    #[test]
     fn only_the_test_build_has_a_clock_override() {
         assert!(SCRIPT.contains("local clock_override_allowed = false"));
         assert!(script_with_clock_override().contains("local clock_override_allowed = true"));

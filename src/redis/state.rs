@@ -20,6 +20,16 @@ use crate::strategy::codec::{
 /// theirs.
 const EXACT: u64 = 1 << 53;
 
+/// The most numbers a state holds: a sliding log's two per entry, at most
+/// [`crate::config::MAX_LOG_ENTRIES`] entries (it folds its oldest over the cap before it is
+/// written). The scripts' `MAX_STATE_NUMBERS`.
+pub const MAX_STATE_NUMBERS: usize = 2 * crate::config::MAX_LOG_ENTRIES as usize;
+
+/// The longest state text the scripts write: that many numbers below 2^53 (16 digits each),
+/// a space before each, after the tag. A longer text (anyone may write a key) is not read: it
+/// would cost memory and time out of all proportion. The scripts' `MAX_STATE_BYTES`.
+pub const MAX_STATE_BYTES: usize = 4 + 17 * MAX_STATE_NUMBERS;
+
 /// How a tag's numbers are written.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -52,6 +62,9 @@ pub fn from_text(text: &[u8]) -> Vec<u8> {
 }
 
 fn parse(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() > MAX_STATE_BYTES {
+        return None;
+    }
     let text = std::str::from_utf8(text).ok()?;
     let (name, numbers) = text.split_once(' ')?;
     let &(_, tag, shape) = TAGS.iter().find(|(n, _, _)| *n == name)?;
@@ -71,6 +84,7 @@ fn parse(text: &[u8]) -> Option<Vec<u8>> {
             let [a, b, c] = words[..] else { return None };
             vec![decimal(a.as_bytes())?, decimal(b.as_bytes())?, decimal(c.as_bytes())?]
         }
+        Shape::Many if words.len() > MAX_STATE_NUMBERS => return None,
         Shape::Many => words.iter().map(|w| decimal(w.as_bytes())).collect::<Option<Vec<u64>>>()?,
     };
     Some(codec::encode_vec(tag, &fields).into_vec())

@@ -21,6 +21,10 @@ local function bind()
 end
 -- 2^53: integers from here on are no longer exact doubles; no state holds one.
 local EXACT = 9007199254740992
+-- A longer state, or one of more numbers, is none the scripts write (anyone may write a key):
+-- reading it would cost memory and time out of all proportion (src/redis/state.rs).
+local MAX_STATE_BYTES = 3400004
+local MAX_STATE_NUMBERS = 200000
 
 -- Strategy name -> function(raw_state, now_ms, limit, period_ms, cost, p1, p2) returning a
 -- decision: {allowed (1/0), remaining, reset_ms, retry_after_ms, delay_ms, ttl_ms, new_state}.
@@ -50,7 +54,7 @@ end
 -- or is not exactly that (another strategy's tag, another count, not decimal digits, negative
 -- unless `signed`): such a state is treated as never seen, like the Rust side does.
 local function parse2(raw, tag, signed)
-  if type(raw) ~= 'string' then
+  if type(raw) ~= 'string' or #raw > MAX_STATE_BYTES then
     return nil
   end
   local t, a, b = match(raw, '^(%l+) (%-?%d+) (%-?%d+)$')
@@ -66,13 +70,14 @@ end
 
 -- The numbers of a state "tag n1 n2 ..." of any length (`count` when given), or nil, as parse2.
 local function parse(raw, tag, count)
-  if type(raw) ~= 'string' or match(raw, '^(%l+) [ %d]*%d$') ~= tag or find(raw, '  ', 1, true) then
+  if type(raw) ~= 'string' or #raw > MAX_STATE_BYTES or match(raw, '^(%l+) [ %d]*%d$') ~= tag
+      or find(raw, '  ', 1, true) then
     return nil
   end
   local out = {}
   for tok in gmatch(raw, '%d+') do
     local v = tonumber(tok)
-    if v >= EXACT then
+    if v >= EXACT or #out == MAX_STATE_NUMBERS then
       return nil
     end
     out[#out + 1] = v

@@ -41,7 +41,7 @@ local swc_state = '^swc (%d+) (%d+) (%d+)$'
 
 S.sliding_window_counter = function(raw, now, limit, period, cost)
   local stored, cur, prev = now - now % period, 0, 0
-  if type(raw) == 'string' then
+  if type(raw) == 'string' and #raw <= MAX_STATE_BYTES then
     local a, b, c = match(raw, swc_state)
     a, b, c = tonumber(a), tonumber(b), tonumber(c)
     if a and a < EXACT and b < EXACT and c < EXACT then
