@@ -29,6 +29,21 @@ pub(super) fn done(r: Resumed) -> Verdict {
     }
 }
 
+/// The next pass of a decision that Redis' replies did not end.
+fn retried(r: Resumed) -> Pending {
+    match r {
+        Resumed::Retry(p) => p,
+        other => panic!("expected another pass, got {other:?}"),
+    }
+}
+
+/// Redis rules behind a breaker that opens after two failures, denying on error.
+fn deny_limiter() -> Limiter {
+    limiter(serde_json::json!({"namespace": "ns",
+        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}},
+        "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]}))
+}
+
 #[test]
 fn redis_rules_send_one_evalsha_per_rule_with_hashed_keys() {
     let l = redis_limiter(
@@ -46,10 +61,7 @@ fn redis_rules_send_one_evalsha_per_rule_with_hashed_keys() {
     }
     assert_eq!(cmd.len(), 3 + 2 + 2 * crate::redis::script::ARGS_PER_RULE);
     // NOSCRIPT: once more with the script itself.
-    let retry = match l.resume(p, Ok(vec![Reply::Error("NOSCRIPT No matching script".into())]), &s, T0) {
-        Resumed::Retry(p) => p,
-        other => panic!("{other:?}"),
-    };
+    let retry = retried(l.resume(p, Ok(vec![Reply::Error("NOSCRIPT No matching script".into())]), &s, T0));
     assert_eq!(retry.commands[0].get(0), Some("EVAL"));
     assert_eq!(retry.commands[0].get(1), Some(crate::redis::script::SCRIPT));
     // A second NOSCRIPT is a failure, not a loop.
@@ -137,10 +149,7 @@ fn several_redis_rules_are_checked_dry_first_so_a_denial_consumes_nothing() {
     let v = done(l.resume(p.clone(), Ok(vec![reply(true, 5), reply(false, 0)]), &s, T0));
     assert_eq!(status(&v), 429);
     // Both admit: the same commands for real, then the verdict.
-    let real = match l.resume(p, Ok(vec![reply(true, 5), reply(true, 5)]), &s, T0) {
-        Resumed::Retry(p) => p,
-        other => panic!("{other:?}"),
-    };
+    let real = retried(l.resume(p, Ok(vec![reply(true, 5), reply(true, 5)]), &s, T0));
     assert!(real.commands.iter().all(|c| c.last() != Some("dry")));
     assert_eq!(status(&done(l.resume(real, Ok(vec![reply(true, 4), reply(true, 4)]), &s, T0))), 200);
     // One rule: a single pass.
@@ -161,10 +170,7 @@ fn a_probe_is_one_success_however_many_passes_it_takes() {
     assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
     let later = T0 + 1_000_001;
     let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
-    let write = match l.resume(probe, Ok(vec![reply(true, 5), reply(true, 5)]), &s, later) {
-        Resumed::Retry(p) => p,
-        other => panic!("{other:?}"),
-    };
+    let write = retried(l.resume(probe, Ok(vec![reply(true, 5), reply(true, 5)]), &s, later));
     assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen, "the dry pass is not a result yet");
     assert!(matches!(l.start(&Req::new("GET", "/"), &s, later), Step::Done(_)), "one probe at a time, across its passes");
     done(l.resume(write, Ok(vec![reply(true, 4), reply(true, 4)]), &s, later));
@@ -174,19 +180,14 @@ fn a_probe_is_one_success_however_many_passes_it_takes() {
     l.abandon(&probe, &s);
     assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen);
     let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
-    let write = match l.resume(probe, Ok(vec![reply(true, 3), reply(true, 3)]), &s, later) {
-        Resumed::Retry(p) => p,
-        other => panic!("{other:?}"),
-    };
+    let write = retried(l.resume(probe, Ok(vec![reply(true, 3), reply(true, 3)]), &s, later));
     done(l.resume(write, Ok(vec![reply(true, 2), reply(true, 2)]), &s, later));
     assert_eq!(b.phase(&s), crate::breaker::Phase::Closed);
 }
 
 #[test]
 fn a_call_that_failed_together_follows_on_error_and_counts_once() {
-    let l = limiter(serde_json::json!({"namespace": "ns",
-        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}},
-        "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]}));
+    let l = deny_limiter();
     let s = MemStore::default();
     let b = l.breaker().unwrap();
     // Four requests in one failed call: the first counts the failure, the others follow on_error.
@@ -203,9 +204,7 @@ fn a_call_that_failed_together_follows_on_error_and_counts_once() {
 
 #[test]
 fn a_gathered_call_that_answered_tells_the_breaker_once() {
-    let l = limiter(serde_json::json!({"namespace": "ns",
-        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 1000}},
-        "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]}));
+    let l = deny_limiter();
     let mem = MemStore::default();
     let s = Racing::new(&mem);
     let b = l.breaker().unwrap();
@@ -349,16 +348,12 @@ fn a_noscript_in_the_pass_that_writes_sends_again_only_what_did_not_run() {
         {"name": "b", "limit": "10/min", "backend": "redis"}
     ]));
     let s = MemStore::default();
-    let retry = |r: Resumed| match r {
-        Resumed::Retry(p) => p,
-        other => panic!("{other:?}"),
-    };
     let noscript = || Reply::Error("NOSCRIPT No matching script".into());
     let dry = pending(l.start(&Req::new("GET", "/"), &s, T0));
-    let real = retry(l.resume(dry, Ok(vec![reply(true, 5), reply(true, 5)]), &s, T0));
+    let real = retried(l.resume(dry, Ok(vec![reply(true, 5), reply(true, 5)]), &s, T0));
     assert_eq!(real.commands.len(), 2);
     // a's call ran (and counted); b's node had lost the script: only b's goes again.
-    let again = retry(l.resume(real.clone(), Ok(vec![reply(true, 4), noscript()]), &s, T0));
+    let again = retried(l.resume(real.clone(), Ok(vec![reply(true, 4), noscript()]), &s, T0));
     assert_eq!(again.commands.len(), 1, "only b's command goes again");
     let words = again.commands[0].to_vec();
     assert_eq!(words[0], "EVAL");
@@ -368,7 +363,7 @@ fn a_noscript_in_the_pass_that_writes_sends_again_only_what_did_not_run() {
     let remaining: Vec<u64> = v.outcomes().iter().map(|o| o.decisions[0].remaining).collect();
     assert_eq!(remaining, [4, 3], "a's reply from its one run, b's from the second");
     // When nothing ran, everything goes again.
-    let again = retry(l.resume(real, Ok(vec![noscript(), noscript()]), &s, T0));
+    let again = retried(l.resume(real, Ok(vec![noscript(), noscript()]), &s, T0));
     assert_eq!(again.commands.len(), 2);
     assert_eq!(status(&done(l.resume(again, Ok(vec![reply(true, 4), reply(true, 4)]), &s, T0))), 200);
 }
