@@ -43,6 +43,10 @@ pub(super) struct Ws {
     end_of_stream: bool,
     /// The hold the tick knows about (epoch µs), so it is registered once.
     registered_until: u64,
+    /// The client's stream is stopped here: the last body callback answered Pause and nothing
+    /// has continued it since. Only then may the tick or a callout's answer carry it on: a
+    /// stream its own next bytes let go meanwhile holds no buffer to rewrite.
+    held: bool,
     /// The host refused a buffer: the connection is passed through from then on.
     broken: bool,
 }
@@ -168,6 +172,7 @@ pub(super) fn at_upgrade(shared: &Rc<Shared>, ctx: u32, req: &impl crate::identi
         waiting: None,
         end_of_stream: false,
         registered_until: 0,
+        held: false,
         broken: false,
     };
     Some(Rc::new(RefCell::new(ws)))
@@ -326,7 +331,10 @@ pub(super) fn pump(shared: &Rc<Shared>, ctx: u32, ws: &WsRef) -> Flow {
     }
     let now = now_us();
     match conn.client_finish(&mut body, w.end_of_stream, now) {
-        Ok(false) => Flow::Continue,
+        Ok(false) => {
+            w.registered_until = 0;
+            Flow::Continue
+        }
         Ok(true) => {
             let until = conn.hold_until_us();
             if w.waiting.is_none() && until > now && until != w.registered_until {
@@ -347,7 +355,18 @@ pub(super) fn pump(shared: &Rc<Shared>, ctx: u32, ws: &WsRef) -> Flow {
 /// A client body chunk arrived.
 pub(super) fn on_request_body(shared: &Rc<Shared>, ctx: u32, ws: &WsRef, end_of_stream: bool) -> Flow {
     ws.borrow_mut().end_of_stream |= end_of_stream;
-    pump(shared, ctx, ws)
+    let flow = pump(shared, ctx, ws);
+    ws.borrow_mut().held = flow == Flow::Hold;
+    flow
+}
+
+/// Walks the held stream on after a callback that is not its body's (a callout's answer, the
+/// tick), and continues it when nothing holds it any more.
+fn carry_on(shared: &Rc<Shared>, ctx: u32, ws: &WsRef) {
+    if pump(shared, ctx, ws) == Flow::Continue {
+        ws.borrow_mut().held = false;
+        resume_request();
+    }
 }
 
 /// A server body chunk arrived: never held.
@@ -397,8 +416,8 @@ pub(super) fn on_call_response(shared: &Rc<Shared>, ctx: u32, ws: &WsRef, token:
             }
         }
     }
-    if pump(shared, ctx, ws) == Flow::Continue {
-        resume_request();
+    if ws.borrow().held {
+        carry_on(shared, ctx, ws);
     }
 }
 
@@ -435,9 +454,10 @@ pub(super) fn release_due(now: u64) {
         due.into_iter().map(|(_, ctx, w)| (ctx, w)).collect()
     });
     for (ctx, weak) in due {
-        // The connection may be gone (client hung up): then there is nothing to release.
+        // The connection may be gone (client hung up), or its own bytes let it go since: then
+        // there is nothing to release.
         let Some(ws) = weak.upgrade() else { continue };
-        if abi::set_effective_context(ctx).is_err() {
+        if !ws.borrow().held || abi::set_effective_context(ctx).is_err() {
             continue;
         }
         let shared = {
@@ -445,8 +465,6 @@ pub(super) fn release_due(now: u64) {
             w.registered_until = 0;
             w.shared.clone()
         };
-        if pump(&shared, ctx, &ws) == Flow::Continue {
-            resume_request();
-        }
+        carry_on(&shared, ctx, &ws);
     }
 }

@@ -397,3 +397,26 @@ fn a_connection_is_judged_by_its_own_config_whichever_root_ticks() {
     let log = envoy.log_text();
     assert!(!log.contains("panicked") && !log.contains("Function: proxy_on_tick failed"), "the VM trapped:\n{log}");
 }
+
+/// A queued message holds the client's stream until its time. When the client's next bytes
+/// arrive after that time but before the root's tick, the stream goes on from their callback,
+/// and the tick must then leave it alone: it found the connection still registered as held,
+/// rewrote a buffer the stream no longer held, and gave the connection up as broken, passing
+/// every later message unjudged. Bytes a few milliseconds apart (one per write) meet that
+/// window at almost every hold.
+#[test]
+fn a_stream_released_by_its_own_bytes_is_left_alone_by_the_tick() {
+    let echo = Echo::start(false);
+    let config = json!({"namespace": "ws-trickle", "rules": [
+        {"name": "trickle", "per": "message", "match": {"path": "/ws/trickle"}, "limit": "50/s",
+         "strategy": {"type": "leaky_bucket_queue", "burst": 1, "max_delay": "5s"}}]});
+    let envoy = envoy_for(&config, echo.port, |_| {});
+    let r = client(&json!({"url": url(&envoy, "/ws/trickle"), "messages": texts(12, "t"), "split": 1,
+                           "quiet_ms": 500, "timeout": 20}));
+    let sent: Vec<String> = (1..=12).map(|i| format!("t{i}")).collect();
+    assert_eq!(split_received(&r).0, sent, "{r}");
+    assert_eq!(r["close"], json!({"code": 1000, "reason": "done"}), "{r}");
+    assert_eq!(echo.received("/ws/trickle"), sent);
+    let log = envoy.log_text();
+    assert!(!log.contains("passing the connection through"), "sluice gave the connection up:\n{log}");
+}
