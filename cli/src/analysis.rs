@@ -32,6 +32,11 @@
 //!   only the later one is reported.
 //! - `redundant_limit`: two limits of one rule share a period; the larger (or, if equal, the
 //!   later) one can never be the one that denies.
+//! - `burst_caps_limit`: a rule of several limits whose strategy sets a `burst` below the count
+//!   of a limit other than its shortest-period one. One `burst` sizes every limit's bucket, so
+//!   that limit never admits more than `burst` at once, then only its own steady rate (a daily
+//!   quota of 1000000 with `burst: 200` admits about 11.6 a second, whatever the per-second
+//!   limit says). A burst meant for one limit needs a rule of its own.
 
 use std::fmt;
 
@@ -39,7 +44,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::Value;
 use sluice::config::{Config, Cost, Glob, Match, OnError, Rule};
-use sluice::strategy::Strategy;
+use sluice::strategy::{Param, Strategy};
 
 /// Headers Envoy (1.40, HTTP/1.1) removes before any HTTP filter sees the request; verified
 /// against a real Envoy in tests/e2e/tests/per_route.rs.
@@ -53,6 +58,7 @@ pub enum Kind {
     NeverLimits,
     Shadowed,
     RedundantLimit,
+    BurstCapsLimit,
 }
 
 impl fmt::Display for Kind {
@@ -63,6 +69,7 @@ impl fmt::Display for Kind {
             Kind::NeverLimits => "never limits",
             Kind::Shadowed => "shadowed",
             Kind::RedundantLimit => "redundant limit",
+            Kind::BurstCapsLimit => "burst caps a limit",
         })
     }
 }
@@ -89,6 +96,7 @@ pub fn analyze(config: &Config, routes: Routes<'_>) -> Vec<Finding> {
             never_limits(rule, &mut out);
         }
         redundant_limits(rule, &mut out);
+        burst_caps(rule, &mut out);
         live.push(!never);
     }
     // A rule that never matches is reported as such, not also as shadowed.
@@ -196,6 +204,23 @@ fn redundant_limits(rule: &Rule, out: &mut Vec<Finding>) {
                 format!("limits[{i}] {a} never denies first: limits[{j}] {b} has the same period and a count no larger"),
             ));
         }
+    }
+}
+
+fn burst_caps(rule: &Rule, out: &mut Vec<Finding>) {
+    let (Some(burst), limits) = (rule.strategy.param(Param::Burst), rule.limits.rates()) else { return };
+    let Some(shortest) = limits.iter().map(|r| r.period_ms).min() else { return };
+    if limits.len() < 2 {
+        return;
+    }
+    for (i, r) in limits.iter().enumerate().filter(|(_, r)| r.period_ms > shortest && r.limit > burst) {
+        out.push(finding(
+            Kind::BurstCapsLimit,
+            rule,
+            format!(
+                "burst {burst} sizes every limit's bucket: limits[{i}] {r} never admits more than {burst} at once, then its own steady rate; a burst meant for a shorter limit alone needs a rule of its own"
+            ),
+        ));
     }
 }
 
@@ -599,6 +624,20 @@ mod tests {
                 want(Kind::RedundantLimit, "limits"),
             ]
         );
+    }
+
+    #[test]
+    fn a_burst_below_a_longer_limit_is_reported() {
+        let found = kinds(json!([
+            {"name": "pro", "match": {"path": "/p"}, "limits": ["100/s", "1000000/day"],
+             "strategy": {"type": "token_bucket", "burst": 200}},
+            {"name": "smooth", "match": {"path": "/s"}, "limits": ["10/s", "100/min"], "strategy": {"type": "gcra", "burst": 1}},
+            {"name": "roomy", "match": {"path": "/r"}, "limits": ["10/s", "100/min"], "strategy": {"type": "token_bucket", "burst": 100}},
+            {"name": "alone", "match": {"path": "/a"}, "limit": "100/min", "strategy": {"type": "gcra", "burst": 1}},
+            {"name": "default", "match": {"path": "/d"}, "limits": ["10/s", "100/min"], "strategy": "token_bucket"}
+        ]));
+        let want = |r: &str| (Kind::BurstCapsLimit, r.to_string(), None);
+        assert_eq!(found, vec![want("pro"), want("smooth")]);
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn rules_that_apply_show_identity_hash_cost_and_shared_data_slots() {
     assert_eq!(c["hash"], want, "the hash the filter uses");
     assert_eq!((c["cost"].as_u64(), c["backend"].as_str()), (Some(1), Some("local")));
     assert_eq!(c["limits"], json!(["20/s", "10000/h"]));
-    assert_eq!(c["strategy"], "token_bucket (burst 40)");
+    assert_eq!(c["strategy"], "token_bucket");
     // Local rules count in the table of their identifier, shared with any rule counting the same.
     let prefix = c["shared_data_prefix"].as_str().unwrap_or_default();
     assert!(prefix.starts_with("shop:identity#") && prefix.len() == "shop:identity#".len() + 9, "{prefix}");
