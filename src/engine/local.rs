@@ -44,12 +44,8 @@ impl Limiter {
         keep: impl Fn(Outcome) -> T,
     ) -> C {
         let c = self.compiled(a);
-        let rates = c.local_rates();
-        rates
-            .iter()
-            .enumerate()
-            .map(|(i, rate)| keep(strategy::decide(&c.rule.strategy, rate, state(i), now_us, a.cost)))
-            .collect()
+        let (rates, how) = (c.local_rates(), c.local_strategy());
+        rates.iter().enumerate().map(|(i, rate)| keep(strategy::decide(&how, rate, state(i), now_us, a.cost))).collect()
     }
 
     /// Decides the rules of `group` on a slot the worker remembers ([`super::memo`]): whether

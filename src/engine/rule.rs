@@ -9,6 +9,7 @@ use crate::identity::IdentityHasher;
 use crate::rate::Rate;
 use crate::response::LimitText;
 use crate::store::{Table, MARK_ID};
+use crate::strategy::Strategy;
 
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledRule {
@@ -97,13 +98,28 @@ impl CompiledRule {
     /// The limits when this proxy decides alone: a Redis rule falling back locally (`on_error:
     /// fallback`) gets its share of each.
     pub fn local_rates(&self) -> Cow<'_, [Rate]> {
+        match self.fallback_share() {
+            Some(share) => {
+                self.rates().iter().map(|r| Rate { limit: share_of(r.limit, share), period_ms: r.period_ms }).collect()
+            }
+            None => Cow::Borrowed(self.rates()),
+        }
+    }
+
+    /// The strategy when this proxy decides alone: a fallback's `burst` and `max_debt` are its
+    /// share too, so that proxies whose shares add up to 1 never hold more at once than the
+    /// rule does (a burst of 100 kept whole would let 4 proxies at `share: 0.25` admit 400).
+    pub fn local_strategy(&self) -> Cow<'_, Strategy> {
+        match self.fallback_share() {
+            Some(share) => Cow::Owned(self.rule.strategy.scaled(|v| if v == 0 { 0 } else { share_of(v, share) })),
+            None => Cow::Borrowed(&self.rule.strategy),
+        }
+    }
+
+    fn fallback_share(&self) -> Option<f64> {
         match (self.rule.backend, self.rule.on_error) {
-            (Backend::Redis, OnError::Fallback { share }) => self
-                .rates()
-                .iter()
-                .map(|r| Rate { limit: ((r.limit as f64 * share).floor() as u64).max(1), period_ms: r.period_ms })
-                .collect(),
-            _ => Cow::Borrowed(self.rates()),
+            (Backend::Redis, OnError::Fallback { share }) => Some(share),
+            _ => None,
         }
     }
 }
@@ -137,4 +153,9 @@ fn entry_id(rule: &Rule) -> u32 {
         MARK_ID => !MARK_ID,
         id => id,
     }
+}
+
+/// `share` of `n`, rounded down, at least 1.
+fn share_of(n: u64, share: f64) -> u64 {
+    ((n as f64 * share).floor() as u64).max(1)
 }

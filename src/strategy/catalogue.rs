@@ -179,6 +179,24 @@ impl Strategy {
         Strategy::build(name, |p| lua.iter().position(|l| *l == Some(p)).and_then(|i| params.get(i).copied()))
     }
 
+    /// This strategy with its sizes (`burst`, `max_debt`) scaled by `scale`, as a share of a
+    /// limit is: what one proxy of several may hold when it decides alone.
+    pub fn scaled(&self, scale: impl Fn(u64) -> u64) -> Strategy {
+        let burst = |b: &Option<u64>| b.map(&scale);
+        match self {
+            Strategy::TokenBucket { burst: b } => Strategy::TokenBucket { burst: burst(b) },
+            Strategy::TokenBucketDebt { burst: b, max_debt } => {
+                Strategy::TokenBucketDebt { burst: burst(b), max_debt: scale(*max_debt) }
+            }
+            Strategy::LeakyBucket { burst: b } => Strategy::LeakyBucket { burst: burst(b) },
+            Strategy::LeakyBucketQueue { burst: b, max_delay_ms } => {
+                Strategy::LeakyBucketQueue { burst: burst(b), max_delay_ms: *max_delay_ms }
+            }
+            Strategy::Gcra { burst: b } => Strategy::Gcra { burst: burst(b) },
+            other => other.clone(),
+        }
+    }
+
     /// How long it may hold a request before forwarding it (0: it never queues).
     pub fn max_delay_ms(&self) -> u64 {
         self.param(MaxDelayMs).unwrap_or(0)

@@ -367,3 +367,25 @@ fn a_noscript_in_the_pass_that_writes_sends_again_only_what_did_not_run() {
     assert_eq!(again.commands.len(), 2);
     assert_eq!(status(&done(l.resume(again, Ok(vec![reply(true, 4), reply(true, 4)]), &s, T0))), 200);
 }
+
+#[test]
+fn a_fallback_holds_its_share_of_a_burst_and_a_debt() {
+    // A quarter each for four proxies: a burst or a debt kept whole would let each admit it all.
+    for (strategy, want) in [
+        (serde_json::json!({"type": "token_bucket", "burst": 100}), 25),
+        (serde_json::json!({"type": "token_bucket_debt", "max_debt": 40}), 25 + 10),
+        (serde_json::json!({"type": "gcra", "burst": 3}), 1),
+    ] {
+        let l = redis_limiter(serde_json::json!([{"name": "f", "limit": "100/min", "backend": "redis",
+            "strategy": strategy, "on_error": {"fallback": {"share": 0.25}}}]));
+        let s = MemStore::default();
+        let admitted = (0..200)
+            .map(|_| match l.start(&Req::new("GET", "/"), &s, T0) {
+                Step::Done(v) => v,
+                Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, T0)),
+            })
+            .filter(|v| status(v) == 200)
+            .count();
+        assert_eq!(admitted, want, "{strategy}");
+    }
+}
