@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use sluice::config::{compile, compile_json, Config, ConfigErrors};
+use sluice::config::{compile, compile_json, parse_json, Config, ConfigErrors, Unique};
 
 /// How a file's text is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub fn lint_bytes(bytes: &[u8], format: Format) -> Result<Config, LintError> {
         // The exact path Envoy's bytes take in `on_configure`.
         Format::Json => compile_json(bytes).map_err(|e| json_or_config(bytes, e)),
         Format::Yaml => compile(&yaml(bytes)?).map_err(LintError::Config),
-        Format::Guess => match serde_json::from_slice::<Value>(bytes) {
+        Format::Guess => match parse_json(bytes) {
             Ok(value) => compile(&value).map_err(LintError::Config),
             Err(_) => compile(&yaml(bytes)?).map_err(LintError::Config),
         },
@@ -63,12 +63,12 @@ pub fn lint_bytes(bytes: &[u8], format: Format) -> Result<Config, LintError> {
 
 fn yaml(bytes: &[u8]) -> Result<Value, LintError> {
     let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
-    serde_yaml_ng::from_str::<Value>(text).map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })
+    serde_yaml_ng::from_str::<Unique>(text).map(|u| u.0).map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })
 }
 
 /// `compile_json` reports a JSON syntax error as a config error; say it plainly instead.
 fn json_or_config(bytes: &[u8], errors: ConfigErrors) -> LintError {
-    match serde_json::from_slice::<Value>(bytes) {
+    match parse_json(bytes) {
         Err(e) if !bytes.iter().all(u8::is_ascii_whitespace) => LintError::Syntax { format: "JSON", message: e.to_string() },
         _ => LintError::Config(errors),
     }
@@ -96,12 +96,11 @@ fn documents(bytes: &[u8], format: Format) -> Result<Vec<Value>, LintError> {
     }
     match format {
         Format::Json => {
-            let v = serde_json::from_slice::<Value>(bytes)
-                .map_err(|e| LintError::Syntax { format: "JSON", message: e.to_string() })?;
+            let v = parse_json(bytes).map_err(|e| LintError::Syntax { format: "JSON", message: e.to_string() })?;
             return Ok(vec![v]);
         }
         Format::Guess => {
-            if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            if let Ok(v) = parse_json(bytes) {
                 return Ok(vec![v]);
             }
         }
@@ -110,7 +109,7 @@ fn documents(bytes: &[u8], format: Format) -> Result<Vec<Value>, LintError> {
     let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        let v = <Value as serde::Deserialize>::deserialize(doc)
+        let Unique(v) = <Unique as serde::Deserialize>::deserialize(doc)
             .map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })?;
         if !v.is_null() {
             out.push(v);

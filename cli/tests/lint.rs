@@ -88,6 +88,15 @@ fn json_file_uses_the_filter_json_path() {
 }
 
 #[test]
+fn a_key_written_twice_is_refused_not_overwritten() {
+    // YAML keeps the last value, as JSON does: the rule would count every path, silently.
+    let out = lint("duplicate-key.yaml");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("rules[0]: duplicate key \"match\"") && err.contains("line 2"), "{err}");
+}
+
+#[test]
 fn empty_file_is_no_configuration() {
     let out = lint("empty.yaml");
     assert_eq!(out.status.code(), Some(1));

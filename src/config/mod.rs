@@ -8,10 +8,12 @@ mod serialize;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
+mod unique;
 
 pub use compile::{compile, compile_json, lua_largest, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
 pub use error::{ConfigError, ConfigErrors, Problem};
 pub use glob::{GlobError, GlobErrorKind};
+pub use unique::{parse_json, Unique};
 
 use crate::rate::Limits;
 use crate::strategy::Strategy;

@@ -77,6 +77,16 @@ fn invalid_json_is_one_error_with_position() {
 }
 
 #[test]
+fn a_key_written_twice_is_refused_not_overwritten() {
+    let e = compile_json(
+        br#"{"rules": [{"name": "login", "limit": "5/min", "match": {"path": "/login"}, "match": {"path": "/**"}}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert!(e.to_string().contains("duplicate key \"match\""), "{e}");
+}
+
+#[test]
 fn top_level_must_be_an_object() {
     assert_one(json!([1, 2]), "", "expected an object at the top level, found a list");
 }

@@ -133,7 +133,7 @@ pub fn compile_json(bytes: &[u8]) -> Result<Config, ConfigErrors> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(one(Problem::NoConfiguration));
     }
-    match serde_json::from_slice::<Value>(bytes) {
+    match super::parse_json(bytes) {
         Ok(value) => compile(&value),
         Err(e) => Err(one(Problem::InvalidJson(e.to_string()))),
     }
