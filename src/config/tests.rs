@@ -252,6 +252,22 @@ fn exempt_errors() {
 }
 
 #[test]
+fn an_ipv4_mapped_exemption_is_its_ipv4_network() {
+    // Client addresses are compared as IPv4 when mapped: a mapped CIDR kept as IPv6 never matched.
+    let cidrs = ["::ffff:192.0.2.0/120", "::ffff:10.0.0.1", "::ffff:0:0/96", "2001:db8::/32", "::/0"];
+    let c = compile(&with_rules(vec![rule(json!({"exempt": {"cidrs": cidrs}}))])).unwrap();
+    let got: Vec<String> = c.rules[0].exempt.cidrs.iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["192.0.2.0/24", "10.0.0.1/32", "0.0.0.0/0", "2001:db8::/32", "::/0"]);
+    let only_mapped = compile(&with_rules(vec![rule(json!({"exempt": {"cidrs": ["::ffff:192.0.2.0/120"]}}))])).unwrap();
+    let l = crate::engine::Limiter::new(only_mapped);
+    let exempt = |ip: &str| {
+        let req = crate::identity::tests::Req::new("GET", "/").source(ip);
+        l.check(&req, &crate::store::MemStore::default(), 1).outcomes().is_empty()
+    };
+    assert!(exempt("192.0.2.7:1") && exempt("[::ffff:192.0.2.7]:1") && !exempt("198.51.100.1:1"));
+}
+
+#[test]
 fn backend_and_on_error() {
     assert_one(
         with_rules(vec![rule(json!({"backend": "redis"}))]),

@@ -244,18 +244,20 @@ impl Compiler {
         Some(Exempt { cidrs: cidrs?, headers: headers? })
     }
 
-    /// A CIDR, or a plain address meaning just that host (/32 or /128).
+    /// A CIDR, or a plain address meaning just that host (/32 or /128); an IPv4-mapped one
+    /// (`::ffff:192.0.2.0/120`) as the IPv4 network it names, the form client addresses are
+    /// compared in (`identity::parse_address`): kept mapped, it would never match.
     pub(super) fn cidr(&mut self, path: &str, v: &Value) -> Option<IpNet> {
         let s = self.string(path, v)?.trim();
         if let Ok(addr) = IpAddr::from_str(s) {
-            return Some(IpNet::from(addr));
+            return Some(unmapped(IpNet::from(addr)));
         }
         match IpNet::from_str(s) {
             Ok(net) if net.addr() != net.network() => {
                 self.report(path, Some(v), Problem::HostBitsSet { network: net.trunc().to_string() });
                 None
             }
-            Ok(net) => Some(net),
+            Ok(net) => Some(unmapped(net)),
             Err(e) => {
                 self.report(path, Some(v), Problem::BadCidr { reason: e.to_string() });
                 None
@@ -403,5 +405,15 @@ impl Compiler {
             }
         }
         ok.then_some(out)
+    }
+}
+
+/// An IPv6 network inside `::ffff:0:0/96` as the IPv4 network it maps; any other unchanged.
+fn unmapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => {
+            n.addr().to_ipv4_mapped().and_then(|v4| ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).ok()).map_or(net, IpNet::V4)
+        }
+        _ => net,
     }
 }
