@@ -23,6 +23,9 @@ pub struct ServerStream {
     in_message: bool,
     /// A close went to the client: nothing of the server's reaches it any more.
     closed: bool,
+    /// The server sent its own close (or answered the client's): it passes, and no frame of
+    /// sluice's may follow it (RFC 6455, 5.5.1).
+    server_closed: bool,
     /// The notice frame waiting for a message boundary.
     pub(super) notice: Option<Vec<u8>>,
     /// The close frame that replaces the server's answer to sluice's close.
@@ -80,6 +83,10 @@ impl ServerStream {
                 self.notice = None;
                 continue;
             }
+            if h.opcode == CLOSE {
+                self.server_closed = true;
+                self.notice = None;
+            }
             if self.is_our_pong(&h) {
                 let whole = h.frame_len() as usize;
                 let Some(bytes) = reader.at(body, pos, whole).ok_or(HostError)?.get(..whole) else { break };
@@ -113,7 +120,7 @@ impl ServerStream {
 
     /// At a frame boundary between messages, the notice goes in.
     fn boundary(&mut self, edits: &mut Edits, pos: usize) {
-        if !self.in_message {
+        if !self.in_message && !self.server_closed {
             if let Some(notice) = self.notice.take() {
                 edits.insert(pos, notice);
             }

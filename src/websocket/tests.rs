@@ -292,6 +292,24 @@ fn the_notice_waits_for_the_end_of_a_server_message() {
 }
 
 #[test]
+fn no_notice_follows_the_servers_close() {
+    let mut c = conn(true, None, false);
+    // The server is inside a fragmented message when a notice comes due, so the notice waits
+    // for its end; the server closes instead. The notice would have gone in after the close.
+    let mut down = encode(&RefFrame { fin: false, rsv1: false, opcode: 1, payload: b"par".into(), mask: None, wide: false });
+    c.server_chunk(&mut down, false).unwrap();
+    c.server.notice = Some(notice("chat", 10));
+    let mut close = frame::frame(frame::CLOSE, &1000u16.to_be_bytes(), None);
+    let sent = close.clone();
+    c.server_chunk(&mut close, false).unwrap();
+    assert_eq!(close, sent, "the server's close passes whole");
+    let mut after = frame::frame(frame::TEXT, b"late", None);
+    let late = after.clone();
+    c.server_chunk(&mut after, true).unwrap();
+    assert_eq!(after, late, "and nothing of sluice's follows it");
+}
+
+#[test]
 fn close_after_n_closes_both_ways_with_1008() {
     let mut sim = Sim::new(conn(true, Some(2), false), vec![false, false, true]);
     sim.chunk(&wire(&[msg("a"), msg("b"), msg("c")]), false, false);
