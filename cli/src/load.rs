@@ -154,9 +154,17 @@ pub fn source_of(bytes: &[u8], format: Format) -> Source {
 pub fn load_any(bytes: &[u8], format: Format) -> Result<(Config, Source, Option<Vec<String>>), LintError> {
     let docs = documents(bytes, format)?;
     let syntax = |message: String| LintError::Syntax { format: "sluice input", message };
-    if let Some(plugin) = docs.iter().find(|d| d["kind"] == "WasmPlugin") {
-        let cfg = &plugin["spec"]["pluginConfig"];
-        return compile(cfg).map(|c| (c, Source::WasmPlugin, None)).map_err(LintError::Config);
+    let plugins: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "WasmPlugin").collect();
+    match plugins.as_slice() {
+        [plugin] => {
+            let cfg = &plugin["spec"]["pluginConfig"];
+            return compile(cfg).map(|c| (c, Source::WasmPlugin, None)).map_err(LintError::Config);
+        }
+        // Checking only the first would pass the others unread.
+        [_, _, ..] => {
+            return Err(syntax(format!("this file has {} WasmPlugins; give each its own file", plugins.len())));
+        }
+        [] => {}
     }
     if let Some(boot) = docs.iter().find(|d| d.get("static_resources").is_some()) {
         let mut found = sluice_configs(boot);

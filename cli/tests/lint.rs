@@ -159,6 +159,10 @@ fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
     let out = sluice(&["lint", &at("envoy/upstream.yaml")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no Wasm filter"), "{}", text(&out.stderr));
+    // Two WasmPlugins in one file (the second's config invalid): not the first alone, passed.
+    let out = lint("two-wasmplugins.yaml");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("this file has 2 WasmPlugins"), "{}", text(&out.stderr));
 }
 
 /// Found by fuzzing (fuzz/ config_yaml): a Wasm filter object without `config` made both
