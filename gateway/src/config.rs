@@ -212,15 +212,18 @@ impl Config {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
-    /// Whether `--listen` may be used as given: without a token, only a loopback address
-    /// (only local processes can reach it), so a gateway on a shared network always checks
-    /// who runs scripts on its Redis.
+    /// Whether `--listen` may be used as given: without a token, or with the token every
+    /// shipped example carries ([`DEV_TOKEN`]), only a loopback address (only local processes
+    /// can reach it), so a gateway on a shared network always checks who runs scripts on its
+    /// Redis with a secret of its operator's.
     pub fn check_listen(&self) -> Result<(), ListenError> {
-        let token_set = self.token.as_deref().is_some_and(|t| !t.is_empty());
-        if token_set || self.listen.ip().to_canonical().is_loopback() {
-            Ok(())
-        } else {
-            Err(ListenError::OpenWithoutToken(self.listen))
+        if self.listen.ip().to_canonical().is_loopback() {
+            return Ok(());
+        }
+        match self.token.as_deref().filter(|t| !t.is_empty()) {
+            None => Err(ListenError::OpenWithoutToken(self.listen)),
+            Some(DEV_TOKEN) => Err(ListenError::OpenWithDevToken(self.listen)),
+            Some(_) => Ok(()),
         }
     }
 
@@ -243,7 +246,16 @@ pub enum ListenError {
          with --listen (or SLUICE_GATEWAY_LISTEN), e.g. 127.0.0.1:7379"
     )]
     OpenWithoutToken(SocketAddr),
+    #[error(
+        "refusing to listen on {0} with the token of sluice's examples ({DEV_TOKEN:?}), which \
+         anyone can read: set a token of your own with --token (or SLUICE_GATEWAY_TOKEN), the \
+         same as the filter's redis.token, or listen on a loopback address"
+    )]
+    OpenWithDevToken(SocketAddr),
 }
+
+/// The token of the shipped examples and bootstraps: public, so good on loopback only.
+pub const DEV_TOKEN: &str = "sluice-dev-token";
 
 #[cfg(test)]
 mod tests {
@@ -290,7 +302,10 @@ mod tests {
             assert!(err.contains("--token") && err.contains("SLUICE_GATEWAY_TOKEN"), "{err}");
             assert!(err.contains(open.trim_start_matches('[').split(']').next().unwrap()), "{err}");
             assert!(check(&["--listen", open, "--token", "t"]).is_ok());
+            let err = check(&["--listen", open, "--token", DEV_TOKEN]).unwrap_err().to_string();
+            assert!(err.contains("token of sluice's examples"), "{err}");
         }
+        assert!(check(&["--listen", "127.0.0.1:7379", "--token", DEV_TOKEN]).is_ok(), "loopback: the examples' own setup");
     }
 
     #[test]
