@@ -178,6 +178,10 @@ fn lint(file: &Path) -> ExitCode {
                 for w in trust::warnings(&config) {
                     let _ = writeln!(err, "warning: {w}");
                 }
+                // What explain proves about the config alone (no request, no bootstrap routes).
+                for f in analysis::analyze(&config, None) {
+                    let _ = writeln!(err, "warning: rule {:?}: {}: {}", f.rule, f.kind, f.message);
+                }
                 let mut out = std::io::stdout().lock();
                 // A closed pipe (`sluice lint f | head`) is not a lint failure.
                 let _ = writeln!(out, "{json}");

@@ -97,6 +97,15 @@ fn a_key_written_twice_is_refused_not_overwritten() {
 }
 
 #[test]
+fn what_explain_proves_of_a_config_is_a_warning() {
+    // A valid config (exit 0) whose burst caps its daily limit: lint says so, as explain does.
+    let out = lint("burst-caps.yaml");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("warning: rule \"pro\": burst caps a limit: burst 200"), "{err}");
+}
+
+#[test]
 fn empty_file_is_no_configuration() {
     let out = lint("empty.yaml");
     assert_eq!(out.status.code(), Some(1));
