@@ -10,6 +10,7 @@
 //! compiler allows), this stays exact, and a lifetime stops at `u64::MAX` µs.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use super::script::ARGS_PER_RULE;
 use super::state::{self, decimal};
@@ -41,7 +42,8 @@ pub trait Keys {
 struct Batch<'k, 'w, K> {
     keys: &'k mut K,
     /// Each key's state as the calls so far left it (`None`: no state).
-    states: BTreeMap<&'w [u8], Option<Vec<u8>>>,
+    /// Shared, not copied, with each call that reads it: a batch may name one key many times.
+    states: BTreeMap<&'w [u8], Option<Rc<[u8]>>>,
     writes: Vec<Write>,
     /// Where each written key is in `writes`.
     written: BTreeMap<&'w [u8], usize>,
@@ -101,11 +103,11 @@ impl<'k, 'w, K: Keys> Batch<'k, 'w, K> {
     }
 
     /// A key's state as this command left it, read from Redis the first time.
-    fn state(&mut self, key: &'w [u8], at: usize) -> Result<Option<Vec<u8>>, String> {
+    fn state(&mut self, key: &'w [u8], at: usize) -> Result<Option<Rc<[u8]>>, String> {
         if let Some(s) = self.states.get(key) {
             return Ok(s.clone());
         }
-        let s = self.keys.get(key, at)?.map(|text| state::from_text(&text));
+        let s: Option<Rc<[u8]>> = self.keys.get(key, at)?.map(|text| state::from_text(&text).into());
         self.states.insert(key, s.clone());
         Ok(s)
     }
@@ -121,7 +123,7 @@ impl<'k, 'w, K: Keys> Batch<'k, 'w, K> {
         }
         let Options { dry, now_us, pad_ms } = options(&args[ARGS_PER_RULE * n..], now_us)?;
         // Within a call, a key named twice sees the first limit's new state.
-        let mut pending: BTreeMap<&[u8], Vec<u8>> = BTreeMap::new();
+        let mut pending: BTreeMap<&[u8], Rc<[u8]>> = BTreeMap::new();
         let mut decided = Vec::with_capacity(n);
         let mut all = true;
         for (i, key) in keys.iter().enumerate() {
@@ -157,7 +159,7 @@ impl<'k, 'w, K: Keys> Batch<'k, 'w, K> {
             all &= fields[0] == 1;
             let new_state = outcome.and_then(|o| o.state).map(|s| Kept::of(&s));
             if let Some(kept) = &new_state {
-                pending.insert(key, kept.seen.clone());
+                pending.insert(key, Rc::clone(&kept.seen));
             }
             decided.push((fields, new_state));
         }
@@ -199,13 +201,13 @@ impl<'k, 'w, K: Keys> Batch<'k, 'w, K> {
 /// limit or call sees (one with a field they cannot hold, 2^53 or more, is never seen again).
 struct Kept {
     text: String,
-    seen: Vec<u8>,
+    seen: Rc<[u8]>,
 }
 
 impl Kept {
     fn of(new_state: &[u8]) -> Self {
         let text = state::to_text(new_state).unwrap_or_default();
-        let seen = state::from_text(text.as_bytes());
+        let seen = state::from_text(text.as_bytes()).into();
         Kept { text, seen }
     }
 }
