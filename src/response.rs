@@ -34,6 +34,8 @@ pub struct Reported<'a> {
     pub text: &'a LimitText,
     pub rate: Rate,
     pub decision: Decision,
+    /// The limit's rule may deny (it is not a shadow rule, which only reports).
+    pub enforced: bool,
 }
 
 fn ceil_div(a: u64, b: u64) -> u64 {
@@ -101,8 +103,12 @@ fn write_rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>], out: &m
         out.push((Cow::Borrowed("ratelimit"), current));
     }
     if matches!(mode, HeaderMode::Legacy | HeaderMode::Both) {
-        // Legacy fields carry one limit: the one closest to running out (a denial first).
-        let tightest = reported.iter().min_by_key(|r| (r.decision.allowed, r.decision.remaining));
+        // Legacy fields carry one limit: an enforced one before a shadow rule's, a denial
+        // first (the one that blocks longest), else the one closest to running out.
+        let tightest = reported.iter().min_by_key(|r| {
+            let d = &r.decision;
+            (!r.enforced, d.allowed, std::cmp::Reverse(d.retry_after_ms), d.remaining, std::cmp::Reverse(d.reset_ms))
+        });
         if let Some(r) = tightest {
             out.push((Cow::Borrowed("x-ratelimit-limit"), number(r.rate.limit)));
             out.push((Cow::Borrowed("x-ratelimit-remaining"), number(r.decision.remaining)));
@@ -124,7 +130,9 @@ pub struct LocalResponse {
 /// the `violated` rules. A flood is made of these, so each is written in one pass into buffers
 /// sized up front.
 pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>], violated: &[&str]) -> LocalResponse {
-    let retry_ms = reported.iter().filter(|r| !r.decision.allowed).map(|r| r.decision.retry_after_ms).max().unwrap_or(0);
+    // A shadow rule's denial blocks nothing, so its wait is not the client's.
+    let retry_ms =
+        reported.iter().filter(|r| r.enforced && !r.decision.allowed).map(|r| r.decision.retry_after_ms).max().unwrap_or(0);
     let retry_after = ceil_secs(retry_ms).max(1);
     let mut headers = Vec::with_capacity(4 + spec.headers.len());
     headers.push((Cow::Borrowed("retry-after"), number(retry_after)));
@@ -210,7 +218,29 @@ mod tests {
         } else {
             Decision { allowed, limit, remaining, reset_ms: ms, retry_after_ms: ms, ..Default::default() }
         };
-        Reported { text, rate: Rate { limit, period_ms }, decision }
+        Reported { text, rate: Rate { limit, period_ms }, decision, enforced: true }
+    }
+
+    #[test]
+    fn a_shadow_rules_denial_neither_lengthens_retry_after_nor_fills_legacy_fields() {
+        let spec = ResponseSpec { status: 429, headers: Vec::new(), body: None, content_type: None };
+        let (burst, trial) = (text("burst", 5, 1000), text("trial", 100, 3_600_000));
+        let shadow = Reported { enforced: false, ..rep(&trial, 100, 3_600_000, false, 0, 3_000_000) };
+        let r = [rep(&burst, 5, 1000, false, 0, 800), shadow.clone()];
+        let resp = limited(&spec, HeaderMode::Both, &r, &["burst"]);
+        let get = |k: &str| resp.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("retry-after").as_deref(), Some("1"), "the enforced denial's wait");
+        assert_eq!(get("x-ratelimit-limit").as_deref(), Some("5"));
+        // Admitted, with a shadow rule spent: the legacy fields show the enforced limit.
+        let api = text("api", 100, 60_000);
+        let admitted = [rep(&api, 100, 60_000, true, 99, 60_000), shadow.clone()];
+        let h = rate_limit_headers(HeaderMode::Legacy, &admitted);
+        assert!(h.contains(&(Cow::Borrowed("x-ratelimit-remaining"), "99".to_string())), "{h:?}");
+        // Two limits of one rule denying: the one that blocks longest.
+        let (second, hour) = (text("api", 10, 1000), text("api", 1000, 3_600_000));
+        let both = [rep(&second, 10, 1000, false, 0, 1000), rep(&hour, 1000, 3_600_000, false, 0, 3_000_000)];
+        let h = rate_limit_headers(HeaderMode::Legacy, &both);
+        assert!(h.contains(&(Cow::Borrowed("x-ratelimit-reset"), "3000".to_string())), "{h:?}");
     }
 
     #[test]

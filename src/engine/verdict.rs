@@ -86,12 +86,9 @@ impl Limiter {
     fn reported<'a>(&'a self, outcomes: &'a [RuleOutcome]) -> impl Iterator<Item = (usize, usize, Reported<'a>)> + 'a {
         outcomes.iter().flat_map(move |o| {
             let c = &self.rules[o.rule];
-            c.rates()
-                .iter()
-                .zip(&c.texts)
-                .zip(&o.decisions)
-                .enumerate()
-                .map(move |(i, ((rate, text), decision))| (o.rule, i, Reported { text, rate: *rate, decision: *decision }))
+            c.rates().iter().zip(&c.texts).zip(&o.decisions).enumerate().map(move |(i, ((rate, text), decision))| {
+                (o.rule, i, Reported { text, rate: *rate, decision: *decision, enforced: !c.is_shadow() })
+            })
         })
     }
 
