@@ -52,8 +52,10 @@ impl RequestInfo for HostRequest {
             *self.all.borrow_mut() = request_header_pairs();
         }
         if let Some(all) = self.all.borrow().as_ref() {
-            // The first value of a repeated name, as a single read answers.
-            return all.first(name).map(<[u8]>::to_vec);
+            // The first value of a repeated name, as a single read answers. Envoy keeps Host as
+            // `:authority`, where a single read of `host` finds it; all the pairs list only that.
+            let authority = || if name == "host" { all.first(":authority") } else { None };
+            return all.first(name).or_else(authority).map(<[u8]>::to_vec);
         }
         if let Some(v) = self.cached(name) {
             return v;

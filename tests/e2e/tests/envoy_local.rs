@@ -177,3 +177,24 @@ fn a_bad_config_is_rejected_by_envoy_with_every_error_named() {
         }
     }
 }
+
+#[test]
+fn host_is_the_authority_however_headers_are_read() {
+    // Envoy keeps Host as :authority. A read of `host` alone finds it; a config reading three or
+    // more header names reads them all at once, where only `:authority` is listed.
+    let rule = |name: &str, methods: bool| {
+        let mut r = json!({"name": name, "match": {"path": "/h/**", "headers": {"host": "api.example.com"}},
+                           "limit": "2/hour", "strategy": "fixed_window", "identifier": "global"});
+        if methods {
+            r["match"]["methods"] = json!(["GET"]);
+        }
+        r
+    };
+    for (name, methods) in [("alone", false), ("at-once", true)] {
+        let envoy = envoy_with(json!({"rules": [rule(name, methods)]}));
+        let url = envoy.url("/h/x");
+        let statuses: Vec<u16> = (0..3).map(|_| get(&url, &[("host", "api.example.com")]).map_or(0, |r| r.status)).collect();
+        assert_eq!(statuses, [200, 200, 429], "{name}: the rule matched the Host header");
+        assert_eq!(get(&url, &[("host", "other.example.com")]).map_or(0, |r| r.status), 200, "{name}: another host");
+    }
+}
