@@ -257,11 +257,22 @@ impl Shown {
         self.0.is_some()
     }
 
-    /// Appends `bytes` for a reader: UTF-8 as it is, anything else escaped (`\xff`).
+    /// Appends `bytes` for a reader: UTF-8 as it is but for control characters, anything else
+    /// escaped (`\xff`, `\n`): the text goes into logs (a shadow rule's), where a decoded
+    /// `%0A` in a query must not start a line of its own.
     fn bytes(&mut self, bytes: &[u8]) {
         if let Some(text) = &mut self.0 {
             match std::str::from_utf8(bytes) {
-                Ok(s) => text.push_str(s),
+                Ok(s) if !s.chars().any(char::is_control) => text.push_str(s),
+                Ok(s) => {
+                    for c in s.chars() {
+                        if c.is_control() {
+                            let _ = write!(text, "{}", c.escape_default());
+                        } else {
+                            text.push(c);
+                        }
+                    }
+                }
                 Err(_) => {
                     let _ = write!(text, "{}", bytes.escape_ascii());
                 }
@@ -401,6 +412,12 @@ pub(crate) mod tests {
         let spoof = Req::new("GET", "/").header("x-api-key", "10.0.0.1");
         let by_header = resolve(vec![IdentPart::Header("x-api-key".into())], &spoof).unwrap();
         assert_ne!(by_ip.hash, by_header.hash);
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        let id = resolve(vec![IdentPart::Query("user".into())], &Req::new("GET", "/?user=a%0Afake%09x")).unwrap();
+        assert_eq!(id.text, "query:user=a\\nfake\\tx", "one line, whatever the value");
     }
 
     #[test]
