@@ -97,6 +97,8 @@ pub enum Problem {
     TooMany { found: usize, max: usize },
     #[error("duplicate rule name; rules[{first}] already uses it")]
     DuplicateRule { first: usize },
+    #[error("the rate limit fields call limit {limit} of rules[{rule}] by this name; pick another")]
+    PolicyNameTaken { rule: usize, limit: usize },
     #[error("duplicate {what}")]
     Duplicate { what: &'static str },
     #[error("{0}")]

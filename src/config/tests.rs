@@ -87,6 +87,16 @@ fn a_key_written_twice_is_refused_not_overwritten() {
 }
 
 #[test]
+fn a_rule_may_not_take_the_name_another_rules_limit_is_reported_by() {
+    let config = with_rules(vec![
+        json!({"name": "api", "limits": ["10/s", "100/min"]}),
+        rule(json!({"name": "api.1", "limit": "5/s"})),
+        rule(json!({"name": "api.2", "limit": "5/s"})),
+    ]);
+    assert_one(config, "rules[1].name", "the rate limit fields call limit 1 of rules[0] by this name");
+}
+
+#[test]
 fn top_level_must_be_an_object() {
     assert_one(json!([1, 2]), "", "expected an object at the top level, found a list");
 }

@@ -39,6 +39,18 @@ impl Compiler {
                 None => ok = false,
             }
         }
+        // A rule of several limits names them `<rule>.<i>` in RateLimit-Policy: no other rule
+        // may be called so, or one name would stand for two policies.
+        for (j, rule) in rules.iter().enumerate().filter(|(_, r)| r.limits.rates().len() > 1) {
+            for i in 0..rule.limits.rates().len() {
+                if let Some(&k) = seen.get(format!("{}.{i}", rule.name).as_str()) {
+                    let item = items.get(k);
+                    let name = item.and_then(|v| v.get("name"));
+                    self.report(join(&index(path, k), "name"), name, Problem::PolicyNameTaken { rule: j, limit: i });
+                    ok = false;
+                }
+            }
+        }
         ok.then_some(rules)
     }
 
