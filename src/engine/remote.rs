@@ -138,27 +138,31 @@ impl Limiter {
 
     /// The commands of the pass: one per Redis rule, but for those whose reply is kept.
     fn set_commands(&self, p: &mut Pending) {
-        let form = if p.eval { Form::Eval } else { Form::Sha(&self.sha) };
-        p.commands = p
-            .redis
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| !matches!(p.kept.get(*k), Some(Some(_))))
-            .map(|(_, &i)| {
-                let a = &p.applied[i];
-                let c = &self.rules[a.rule];
-                let call = RuleCall {
-                    namespace: &self.namespace,
-                    rule: &c.rule.name,
-                    identity: a.identity.hash,
-                    fingerprint: c.fingerprint,
-                    strategy: &c.rule.strategy,
-                    rates: c.rates(),
-                    cost: a.cost,
-                };
-                script::command(&call, form, p.dry)
-            })
-            .collect();
+        p.commands =
+            if p.kept.is_empty() { p.redis.iter().map(|&i| self.command(p, i)).collect() } else { self.commands_not_kept(p) };
+    }
+
+    /// After a NOSCRIPT in a pass that wrote (rare): the commands whose reply is not kept.
+    #[cold]
+    #[inline(never)]
+    fn commands_not_kept(&self, p: &Pending) -> Vec<Command> {
+        p.redis.iter().zip(&p.kept).filter(|(_, k)| k.is_none()).map(|(&i, _)| self.command(p, i)).collect()
+    }
+
+    /// The command of the Redis rule `p.applied[i]`, for this pass.
+    fn command(&self, p: &Pending, i: usize) -> Command {
+        let a = &p.applied[i];
+        let c = &self.rules[a.rule];
+        let call = RuleCall {
+            namespace: &self.namespace,
+            rule: &c.rule.name,
+            identity: a.identity.hash,
+            fingerprint: c.fingerprint,
+            strategy: &c.rule.strategy,
+            rates: c.rates(),
+            cost: a.cost,
+        };
+        script::command(&call, if p.eval { Form::Eval } else { Form::Sha(&self.sha) }, p.dry)
     }
 
     fn read_replies(&self, p: &Pending, replies: &[Reply]) -> Result<Vec<RuleOutcome>, String> {
