@@ -26,6 +26,9 @@ pub(crate) struct CompiledRule {
     pub fingerprint: u32,
     /// Each limit's text in responses, written once here rather than on every request.
     pub texts: Vec<LimitText>,
+    /// The texts of a Redis rule's fallback limits, its share of each (empty without one):
+    /// what a response decided in the proxy reports.
+    pub fallback_texts: Vec<LimitText>,
     /// Its deny cache's table (Redis rules; `super::deny`).
     pub deny: Table,
 }
@@ -74,7 +77,40 @@ impl CompiledRule {
         let rates = rule.limits.rates();
         let texts = rates.iter().enumerate().map(|(i, r)| LimitText::new(&rule.name, i, rates.len(), r)).collect();
         let deny = super::deny::table(&table);
-        CompiledRule { holder: index, same_identity_as: None, fingerprint: fingerprint(&rule), rule, table, texts, deny }
+        let mut c = CompiledRule {
+            holder: index,
+            same_identity_as: None,
+            fingerprint: fingerprint(&rule),
+            rule,
+            table,
+            texts,
+            fallback_texts: Vec::new(),
+            deny,
+        };
+        if c.fallback_share().is_some() {
+            let local = c.local_rates();
+            let n = local.len();
+            let texts = local.iter().enumerate().map(|(i, r)| LimitText::new(&c.rule.name, i, n, r)).collect();
+            c.fallback_texts = texts;
+        }
+        c
+    }
+
+    /// The texts of the limits an outcome of this rule was decided on, and whether those are
+    /// its fallback's share (Redis failed and the proxy decided alone) rather than its own.
+    pub fn texts_of(&self, store_error: bool) -> (&[LimitText], bool) {
+        match store_error && !self.fallback_texts.is_empty() {
+            true => (&self.fallback_texts, true),
+            false => (&self.texts, false),
+        }
+    }
+
+    /// `rate` as this proxy's share of it, when the rule falls back with one.
+    pub fn shared(&self, rate: &Rate) -> Rate {
+        match self.fallback_share() {
+            Some(share) => Rate { limit: share_of(rate.limit, share), period_ms: rate.period_ms },
+            None => *rate,
+        }
     }
 
     /// Whether the rule's table may be shared with other rules of its identity.
@@ -99,9 +135,7 @@ impl CompiledRule {
     /// fallback`) gets its share of each.
     pub fn local_rates(&self) -> Cow<'_, [Rate]> {
         match self.fallback_share() {
-            Some(share) => {
-                self.rates().iter().map(|r| Rate { limit: share_of(r.limit, share), period_ms: r.period_ms }).collect()
-            }
+            Some(_) => self.rates().iter().map(|r| self.shared(r)).collect(),
             None => Cow::Borrowed(self.rates()),
         }
     }

@@ -86,8 +86,10 @@ impl Limiter {
     fn reported<'a>(&'a self, outcomes: &'a [RuleOutcome]) -> impl Iterator<Item = (usize, usize, Reported<'a>)> + 'a {
         outcomes.iter().flat_map(move |o| {
             let c = &self.rules[o.rule];
-            c.rates().iter().zip(&c.texts).zip(&o.decisions).enumerate().map(move |(i, ((rate, text), decision))| {
-                (o.rule, i, Reported { text, rate: *rate, decision: *decision, enforced: !c.is_shadow() })
+            let (texts, shared) = c.texts_of(o.store_error);
+            c.rates().iter().zip(texts).zip(&o.decisions).enumerate().map(move |(i, ((rate, text), decision))| {
+                let rate = if shared { c.shared(rate) } else { *rate };
+                (o.rule, i, Reported { text, rate, decision: *decision, enforced: !c.is_shadow() })
             })
         })
     }

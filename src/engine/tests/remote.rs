@@ -389,3 +389,24 @@ fn a_fallback_holds_its_share_of_a_burst_and_a_debt() {
         assert_eq!(admitted, want, "{strategy}");
     }
 }
+
+#[test]
+fn a_fallback_reports_its_share_as_the_quota() {
+    let l = limiter(serde_json::json!({"namespace": "ns", "rate_limit_headers": "both", "redis": {"cluster": "gw"},
+        "rules": [{"name": "f", "limit": "100/min", "strategy": "fixed_window", "backend": "redis",
+                   "on_error": {"fallback": {"share": 0.25}}}]}));
+    let s = MemStore::default();
+    let v = match l.start(&Req::new("GET", "/"), &s, T0) {
+        Step::Done(v) => v,
+        Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, T0)),
+    };
+    assert_eq!(status(&v), 200);
+    // Decided on 25 of the 100: the fields say so, and the remaining counts down from 25.
+    assert_eq!(header(&v, "ratelimit-policy"), Some("\"f\";q=25;w=60"));
+    assert_eq!(header(&v, "ratelimit").map(|r| r.starts_with("\"f\";r=24;")), Some(true), "{:?}", header(&v, "ratelimit"));
+    assert_eq!(header(&v, "x-ratelimit-limit"), Some("25"));
+    // Redis answering again: the rule's own quota.
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0 + 1));
+    let v = done(l.resume(p, Ok(vec![reply(true, 98)]), &s, T0 + 1));
+    assert_eq!(header(&v, "ratelimit-policy"), Some("\"f\";q=100;w=60"));
+}
