@@ -234,8 +234,8 @@ impl Http {
 impl Http {
     /// A callout this request sent alone (or a WebSocket message's) is answered.
     pub(super) fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
-        if let (Some(shared), Some(ws)) = (&self.shared, self.ws.as_ref().filter(|ws| websocket::is_waiting(ws))) {
-            websocket::on_call_response(shared, self.id, ws, token_id, num_headers, body_size);
+        if let Some(ws) = self.ws.as_ref().filter(|ws| websocket::is_waiting(ws)) {
+            websocket::on_call_response(self.id, ws, token_id, num_headers, body_size);
             return;
         }
         let (Some(shared), Some((pending, deadline))) = (self.shared.clone(), self.waiting.take()) else { return };
@@ -267,8 +267,8 @@ impl Drop for Http {
                 gone.push((shared.clone(), p));
             }
         }
-        if let (Some(shared), Some(ws)) = (&self.shared, &self.ws) {
-            websocket::abandon(shared, ws);
+        if let Some(ws) = &self.ws {
+            websocket::abandon(ws);
         }
         if let (Some(shared), Some((p, _))) = (&self.shared, self.waiting.take()) {
             gone.push((shared.clone(), p));
@@ -319,15 +319,15 @@ impl Http {
             let _ = abi::add_map_value(Headers::Response, name, value);
         }
         self.fields.clear();
-        if let (Some(shared), Some(ws)) = (&self.shared, &self.ws) {
-            websocket::at_response(shared, ws);
+        if let Some(ws) = &self.ws {
+            websocket::at_response(ws);
         }
         Action::Continue
     }
 
     pub(super) fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(shared), Some(ws)) = (&self.shared, &self.ws) else { return Action::Continue };
-        match websocket::on_request_body(shared, self.id, ws, end_of_stream) {
+        let Some(ws) = &self.ws else { return Action::Continue };
+        match websocket::on_request_body(self.id, ws, end_of_stream) {
             websocket::Flow::Continue => Action::Continue,
             websocket::Flow::Hold => Action::Pause,
         }

@@ -201,14 +201,14 @@ fn replace_response_header(name: &str, value: &str) -> bool {
 /// The server answered the upgrade: with 101 the connection's frames are followed from here.
 /// When a message may be dropped, a client that would compress with context takeover is told
 /// not to (see [`crate::websocket::extensions`]).
-pub(super) fn at_response(shared: &Shared, ws: &WsRef) {
+pub(super) fn at_response(ws: &WsRef) {
     let status = abi::get_map_value_bytes(Headers::Response, ":status").ok().flatten();
     if status.as_deref() != Some(b"101") {
         return;
     }
     let mut w = ws.borrow_mut();
     w.upgraded = true;
-    let enforced = w.rules.iter().any(|a| rule(shared, a.rule).is_some_and(|r| !r.shadow));
+    let enforced = w.rules.iter().any(|a| rule(&w.shared, a.rule).is_some_and(|r| !r.shadow));
     let header = "sec-websocket-extensions";
     let accepted = response_header(header).map(|v| (extensions::accepted(&v), v));
     let may_drop = match &accepted {
@@ -294,9 +294,10 @@ fn lost(conn: &mut Connection, ask: Ask, now: u64) {
 
 /// Walks the client's buffer, judging every message it holds, until it may go on, must wait
 /// for Redis, or is held for a queued message.
-pub(super) fn pump(shared: &Rc<Shared>, ctx: u32, ws: &WsRef) -> Flow {
+fn pump(ctx: u32, ws: &WsRef) -> Flow {
     let mut guard = ws.borrow_mut();
     let w = &mut *guard;
+    let shared = &Rc::clone(&w.shared);
     let Some(conn) = w.conn.as_mut() else { return Flow::Continue };
     if w.broken || w.waiting.is_some() {
         return if w.broken { Flow::Continue } else { Flow::Hold };
@@ -353,17 +354,17 @@ pub(super) fn pump(shared: &Rc<Shared>, ctx: u32, ws: &WsRef) -> Flow {
 }
 
 /// A client body chunk arrived.
-pub(super) fn on_request_body(shared: &Rc<Shared>, ctx: u32, ws: &WsRef, end_of_stream: bool) -> Flow {
+pub(super) fn on_request_body(ctx: u32, ws: &WsRef, end_of_stream: bool) -> Flow {
     ws.borrow_mut().end_of_stream |= end_of_stream;
-    let flow = pump(shared, ctx, ws);
+    let flow = pump(ctx, ws);
     ws.borrow_mut().held = flow == Flow::Hold;
     flow
 }
 
 /// Walks the held stream on after a callback that is not its body's (a callout's answer, the
 /// tick), and continues it when nothing holds it any more.
-fn carry_on(shared: &Rc<Shared>, ctx: u32, ws: &WsRef) {
-    if pump(shared, ctx, ws) == Flow::Continue {
+fn carry_on(ctx: u32, ws: &WsRef) {
+    if pump(ctx, ws) == Flow::Continue {
         ws.borrow_mut().held = false;
         resume_request();
     }
@@ -390,8 +391,9 @@ pub(super) fn is_waiting(ws: &WsRef) -> bool {
 
 /// Redis answered (or failed) for the waiting message: it is judged, and the held buffer is
 /// walked on; the stream resumes when nothing more holds it.
-pub(super) fn on_call_response(shared: &Rc<Shared>, ctx: u32, ws: &WsRef, token: u32, num_headers: usize, body_size: usize) {
+pub(super) fn on_call_response(ctx: u32, ws: &WsRef, token: u32, num_headers: usize, body_size: usize) {
     let _ = call_in(token);
+    let shared = &Rc::clone(&ws.borrow().shared);
     let Some((pending, deadline, ask)) = ws.borrow_mut().waiting.take() else { return };
     let replies = transport::replies(num_headers, body_size, pending.commands.len());
     let decided = match shared.limiter.resume(pending, replies, &EnvoyShared, now_us()) {
@@ -417,7 +419,7 @@ pub(super) fn on_call_response(shared: &Rc<Shared>, ctx: u32, ws: &WsRef, token:
         }
     }
     if ws.borrow().held {
-        carry_on(shared, ctx, ws);
+        carry_on(ctx, ws);
     }
 }
 
@@ -429,18 +431,18 @@ pub(super) fn answer_at_root(token: u32, num_headers: usize, body_size: usize) -
     // The connection may be gone (client hung up): its drop has let go of the decision.
     if let Some(ws) = weak.upgrade() {
         if abi::set_effective_context(ctx).is_ok() {
-            let shared = ws.borrow().shared.clone();
-            on_call_response(&shared, ctx, &ws, token, num_headers, body_size);
+            on_call_response(ctx, &ws, token, num_headers, body_size);
         }
     }
     true
 }
 
 /// The request waiting on Redis went away: a breaker probe gives its place back.
-pub(super) fn abandon(shared: &Shared, ws: &WsRef) {
+pub(super) fn abandon(ws: &WsRef) {
     CALLS.with(|c| c.borrow_mut().retain(|(_, _, w)| w.upgrade().is_some_and(|w| !Rc::ptr_eq(&w, ws))));
-    if let Some((p, _, _)) = ws.borrow_mut().waiting.take() {
-        shared.limiter.abandon(&p, &EnvoyShared);
+    let mut w = ws.borrow_mut();
+    if let Some((p, _, _)) = w.waiting.take() {
+        w.shared.limiter.abandon(&p, &EnvoyShared);
     }
 }
 
@@ -460,11 +462,7 @@ pub(super) fn release_due(now: u64) {
         if !ws.borrow().held || abi::set_effective_context(ctx).is_err() {
             continue;
         }
-        let shared = {
-            let mut w = ws.borrow_mut();
-            w.registered_until = 0;
-            w.shared.clone()
-        };
-        carry_on(&shared, ctx, &ws);
+        ws.borrow_mut().registered_until = 0;
+        carry_on(ctx, &ws);
     }
 }
