@@ -75,7 +75,7 @@ impl CompiledRule {
     fn new(rule: Rule, index: usize, namespace: &str, slots: u32) -> Self {
         let table = Table { prefix: format!("{namespace}:{}:", rule.name), slots, fingerprint: entry_id(&rule) };
         let rates = rule.limits.rates();
-        let texts = rates.iter().enumerate().map(|(i, r)| LimitText::new(&rule.name, i, rates.len(), r)).collect();
+        let texts = limit_texts(&rule.name, rates);
         let deny = super::deny::table(&table);
         let mut c = CompiledRule {
             holder: index,
@@ -88,10 +88,7 @@ impl CompiledRule {
             deny,
         };
         if c.fallback_share().is_some() {
-            let local = c.local_rates();
-            let n = local.len();
-            let texts = local.iter().enumerate().map(|(i, r)| LimitText::new(&c.rule.name, i, n, r)).collect();
-            c.fallback_texts = texts;
+            c.fallback_texts = limit_texts(&c.rule.name, &c.local_rates());
         }
         c
     }
@@ -187,6 +184,11 @@ fn entry_id(rule: &Rule) -> u32 {
         MARK_ID => !MARK_ID,
         id => id,
     }
+}
+
+/// Each limit's text in responses.
+fn limit_texts(rule: &str, rates: &[Rate]) -> Vec<LimitText> {
+    rates.iter().enumerate().map(|(i, r)| LimitText::new(rule, i, rates.len(), r)).collect()
 }
 
 /// `share` of `n`, rounded down, at least 1.

@@ -182,19 +182,8 @@ impl Strategy {
     /// This strategy with its sizes (`burst`, `max_debt`) scaled by `scale`, as a share of a
     /// limit is: what one proxy of several may hold when it decides alone.
     pub fn scaled(&self, scale: impl Fn(u64) -> u64) -> Strategy {
-        let burst = |b: &Option<u64>| b.map(&scale);
-        match self {
-            Strategy::TokenBucket { burst: b } => Strategy::TokenBucket { burst: burst(b) },
-            Strategy::TokenBucketDebt { burst: b, max_debt } => {
-                Strategy::TokenBucketDebt { burst: burst(b), max_debt: scale(*max_debt) }
-            }
-            Strategy::LeakyBucket { burst: b } => Strategy::LeakyBucket { burst: burst(b) },
-            Strategy::LeakyBucketQueue { burst: b, max_delay_ms } => {
-                Strategy::LeakyBucketQueue { burst: burst(b), max_delay_ms: *max_delay_ms }
-            }
-            Strategy::Gcra { burst: b } => Strategy::Gcra { burst: burst(b) },
-            other => other.clone(),
-        }
+        let param = |p: Param| self.param(p).map(|v| if matches!(p, Burst | MaxDebt) { scale(v) } else { v });
+        Strategy::build(self.name(), param).unwrap_or_else(|| self.clone())
     }
 
     /// How long it may hold a request before forwarding it (0: it never queues).
