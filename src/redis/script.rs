@@ -233,6 +233,13 @@ fn check_keys(keys: &[&[u8]]) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The largest cost the filter sends. A request costs at most [`MAX_COST`]; a message's
+/// payload-byte cost is held at one past its rule's capacity (`Rule::message_cost`), and a
+/// capacity is at most a burst and a debt of [`MAX_LIMIT`] each. The bound on what the script
+/// computes from it is the check on 2^53 below.
+pub const MAX_CALL_COST: u64 = 2 * MAX_LIMIT + 1;
+const _: () = assert!(MAX_CALL_COST >= MAX_COST);
+
 /// Six arguments per key as [`rule_args`] forms them, then at most `dry`.
 fn check_args(args: &[&[u8]], n: usize) -> Result<(), Refusal> {
     let bad = |what: String| Err(Refusal::Arguments(what));
@@ -248,9 +255,9 @@ fn check_args(args: &[&[u8]], n: usize) -> Result<(), Refusal> {
         // The bounds the config compiler enforces: a call outside them is not one the filter
         // makes, and could write state that lives for centuries or grows without end.
         let within = |w: &[u8], lo: u64, hi: u64| number(w).is_some_and(|v| (lo..=hi).contains(&v));
-        if !(within(limit, 1, MAX_LIMIT) && within(period, 1, MAX_PERIOD_MS) && within(cost, 1, MAX_COST)) {
+        if !(within(limit, 1, MAX_LIMIT) && within(period, 1, MAX_PERIOD_MS) && within(cost, 1, MAX_CALL_COST)) {
             return bad(format!(
-                "limit {k}: limit must be 1..={MAX_LIMIT}, period 1..={MAX_PERIOD_MS} ms and cost 1..={MAX_COST}"
+                "limit {k}: limit must be 1..={MAX_LIMIT}, period 1..={MAX_PERIOD_MS} ms and cost 1..={MAX_CALL_COST}"
             ));
         }
         for (i, (w, param)) in [p1, p2].into_iter().zip(entry.lua).enumerate() {
@@ -514,6 +521,24 @@ mod tests {
     }
 
     #[test]
+    fn a_large_message_s_cost_is_accepted() {
+        // A message rule counts payload bytes: a frame far above a request's cost bound is a
+        // call the filter makes, and refusing it would fail the call into on_error (allow).
+        let config = serde_json::json!({"redis": {"cluster": "gw", "transport": "http"}, "rules": [
+            {"name": "bytes", "per": "message", "limit": "100000000/min", "cost": "payload_bytes", "backend": "redis"}]});
+        let config = crate::config::compile(&config).unwrap_or_else(|e| panic!("{e:?}"));
+        let rule = &config.rules[0];
+        let cost = rule.message_cost(2_000_000);
+        assert!(cost > MAX_COST, "the frame's cost is its payload: {cost}");
+        let sha = sha();
+        for cost in [cost, rule.message_cost(u64::MAX)] {
+            let call = RuleCall { cost, ..call(&rule.strategy, rule.limits.rates()) };
+            let cmd = command(&call, Form::Sha(&sha), false).to_vec();
+            check(&words(&cmd), &sha).unwrap_or_else(|e| panic!("cost {cost}: {e}"));
+        }
+    }
+
+    #[test]
     fn anything_else_is_refused() {
         let sha = sha();
         let good = command(&call(&Strategy::FixedWindow, &[Rate { limit: 5, period_ms: 1000 }]), Form::Sha(&sha), false).to_vec();
@@ -545,7 +570,7 @@ mod tests {
             (with(5, "05"), "arguments"),
             (with(5, "1000000000001"), "arguments"),
             (with(6, &(366 * 86_400_000u64 + 1).to_string()), "arguments"),
-            (with(7, "1000001"), "arguments"),
+            (with(7, &(MAX_CALL_COST + 1).to_string()), "arguments"),
             // fixed_window takes no parameters: p1 and p2 are 0.
             (with(8, "1"), "arguments"),
             (with(9, "7"), "arguments"),
