@@ -155,6 +155,8 @@ pub enum Problem {
     LogTooLong { max: u64 },
     #[error("with backend: redis the decision script forms numbers up to {largest}, above 2^53 (9007199254740992), which Lua cannot hold exactly; expected a smaller limit, period, burst, max_debt or cost max")]
     NotExactInLua { largest: u128 },
+    #[error("a bucket decided in the proxy keeps its level × period in 64 bits, and this rule's reaches {largest}, above 2^63 - 1 (9223372036854775807); expected a smaller limit, period, burst, max_debt, max_delay or cost max")]
+    LevelTooLarge { largest: u128 },
     #[error("content_type is set without a body; the default problem+json body has its own type")]
     ContentTypeWithoutBody,
     #[error("method looks misspelled; did you mean {0}?")]

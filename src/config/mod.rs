@@ -10,7 +10,7 @@ mod serialize;
 mod tests;
 mod unique;
 
-pub use compile::{compile, compile_json, lua_largest, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
+pub use compile::{compile, compile_json, lua_largest, LOCAL_EXACT, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
 pub use error::{ConfigError, ConfigErrors, Problem};
 pub use glob::{GlobError, GlobErrorKind};
 pub use unique::{parse_json, Unique};

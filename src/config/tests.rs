@@ -730,6 +730,26 @@ fn redis_rules_keep_their_numbers_exact_in_lua() {
 }
 
 #[test]
+fn local_buckets_keep_their_level_in_64_bits() {
+    // 5 x 10^10 a month: the level (units x period_ms) reaches 1.3e20, past what a local
+    // bucket's state holds; the same rate counted by a window keeps counts, which fit.
+    let bucket = |strategy: &str| rule(json!({"limit": "50000000000/30d", "strategy": strategy}));
+    for strategy in ["token_bucket", "token_bucket_debt", "leaky_bucket", "leaky_bucket_queue", "gcra"] {
+        let errs = errors(&with_rules(vec![bucket(strategy)]));
+        assert_eq!(errs.len(), 1, "{strategy}: {errs:?}");
+        assert_eq!(errs[0].0, "rules[0].limit", "{strategy}");
+        assert!(errs[0].1.contains("\"50000000000/30d\"") && errs[0].1.contains("2^63"), "{}", errs[0].1);
+    }
+    for strategy in ["fixed_window", "sliding_window_counter"] {
+        assert!(compile(&with_rules(vec![bucket(strategy)])).is_ok(), "{strategy}");
+    }
+    // A debt counts towards the level.
+    let debt = json!({"limit": "3000000000/30d", "strategy": {"type": "token_bucket_debt", "max_debt": 1000000000}});
+    assert_eq!(errors(&with_rules(vec![rule(debt)]))[0].0, "rules[0].limit");
+    assert!(compile(&with_rules(vec![rule(json!({"limit": "3000000000/30d", "strategy": "token_bucket"}))])).is_ok());
+}
+
+#[test]
 fn client_ip_and_identity_secret() {
     let c = compile(&json!({"client_ip": {"ipv6_prefix": 48}, "rules": [rule(json!({}))]})).unwrap();
     assert_eq!(c.client_ip.ipv6_prefix, 48);

@@ -500,3 +500,40 @@ fn tag_of(s: &St) -> usize {
         St::Gcra { .. } => codec::GCRA,
     })
 }
+
+/// The compiler lets a bucket decided in the proxy grow its level × period up to
+/// `LOCAL_EXACT`: at that bound every bucket still fills to exactly its capacity and then
+/// denies (a level that saturated in its state would never read as full again).
+#[test]
+fn a_bucket_at_the_compilers_largest_level_still_fills_and_denies() {
+    use crate::config::{largest_admissible, lua_largest, LOCAL_EXACT};
+    const LIMIT: u64 = 1_000_000_000;
+    let buckets = [
+        St::TokenBucket { burst: None },
+        St::TokenBucketDebt { burst: None, max_debt: LIMIT },
+        St::LeakyBucket { burst: None },
+        St::LeakyBucketQueue { burst: None, max_delay_ms: 0 },
+        St::Gcra { burst: None },
+    ];
+    for s in buckets {
+        let cost = LIMIT / 4;
+        let unit = lua_largest(&s, &Rate { limit: LIMIT, period_ms: 1 }, cost);
+        let period_ms = u64::try_from(LOCAL_EXACT / unit).unwrap();
+        let rate = Rate { limit: LIMIT, period_ms };
+        assert!(
+            lua_largest(&s, &rate, cost) <= LOCAL_EXACT
+                && lua_largest(&s, &Rate { period_ms: period_ms + 1, ..rate }, cost) > LOCAL_EXACT
+        );
+        let now_us = 1_700_000_000_000_000;
+        let (mut state, mut admitted) = (Vec::new(), 0);
+        for _ in 0..32 {
+            let out = decide(&s, &rate, &state, now_us, cost);
+            if !out.decision.allowed {
+                break;
+            }
+            admitted += cost;
+            state = out.state.expect("an admission writes").into_vec();
+        }
+        assert_eq!(admitted, largest_admissible(&s, &rate), "{s:?} over {period_ms} ms");
+    }
+}

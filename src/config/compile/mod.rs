@@ -57,6 +57,8 @@ pub const MAX_CLOSE_AFTER: u64 = 1_000_000;
 pub const MAX_LOCAL_LOG_ENTRIES: u64 = ((u16::MAX as u64) - 1) / 16;
 /// Lua numbers are doubles: integers above this lose their exactness.
 pub const LUA_EXACT: u128 = 1 << 53;
+/// A level decided in the proxy is kept as a signed 64-bit number (the debt's sign).
+pub const LOCAL_EXACT: u128 = i64::MAX as u128;
 /// Size caps of what a config may list (each rule is looked at for every request).
 pub const MAX_RULES: usize = 128;
 pub const MAX_PATHS: usize = 64;

@@ -181,22 +181,30 @@ impl Compiler {
                 ok = false;
             }
         }
-        if rule.backend == Backend::Redis {
-            let max_cost = match rule.cost {
-                Cost::Fixed(n) => n,
-                Cost::Header { max, .. } => max,
-                Cost::PayloadBytes => rule.message_cost(u64::MAX),
+        let max_cost = match rule.cost {
+            Cost::Fixed(n) => n,
+            Cost::Header { max, .. } => max,
+            Cost::PayloadBytes => rule.message_cost(u64::MAX),
+        };
+        for (i, rate) in rule.limits.rates().iter().enumerate() {
+            let largest = lua_largest(&rule.strategy, rate, max_cost);
+            // Lua's doubles bound a Redis rule; a rule decided here keeps a bucket's level (its
+            // units × period) in a 64-bit state, signed for the debt: beyond it the level would
+            // saturate below the capacity, and a full bucket would never read as full.
+            let problem = if rule.backend == Backend::Redis && largest > LUA_EXACT {
+                Some(Problem::NotExactInLua { largest })
+            } else if decided_locally && keeps_a_level(&rule.strategy) && largest > LOCAL_EXACT {
+                Some(Problem::LevelTooLarge { largest })
+            } else {
+                None
             };
-            for (i, rate) in rule.limits.rates().iter().enumerate() {
-                let largest = lua_largest(&rule.strategy, rate, max_cost);
-                if largest > LUA_EXACT {
-                    let (p, found) = match field(m, "limits") {
-                        Some(list) => (index(&join(path, "limits"), i), list.get(i)),
-                        None => (join(path, "limit"), field(m, "limit")),
-                    };
-                    self.report(p, found, Problem::NotExactInLua { largest });
-                    ok = false;
-                }
+            if let Some(problem) = problem {
+                let (p, found) = match field(m, "limits") {
+                    Some(list) => (index(&join(path, "limits"), i), list.get(i)),
+                    None => (join(path, "limit"), field(m, "limit")),
+                };
+                self.report(p, found, problem);
+                ok = false;
             }
         }
         ok
@@ -276,6 +284,12 @@ pub fn lua_largest(strategy: &Strategy, rate: &Rate, max_cost: u64) -> u128 {
         Strategy::TokenBucketDebt { burst, max_debt } => (cap(*burst) + u128::from(*max_debt) + cost) * period,
         Strategy::LeakyBucketQueue { burst, max_delay_ms } => (cap(*burst) + cost) * period + u128::from(*max_delay_ms) * limit,
     }
+}
+
+/// Whether `strategy`'s state holds a level scaled by the period (the fluid strategies) rather
+/// than counts and times.
+fn keeps_a_level(strategy: &Strategy) -> bool {
+    !matches!(strategy, Strategy::FixedWindow | Strategy::SlidingWindowCounter | Strategy::SlidingWindowLog { .. })
 }
 
 /// Rates that passed the checks: `0/0` alone (or only `0/0`s) is no limit at all.
