@@ -17,10 +17,13 @@ const HOUR_MS: u64 = 3_600_000;
 use common::{sluice_host as host, strategy_config};
 
 /// A rule's counter, once the filter has handed its metrics over (it does so from its tick).
+/// The filter defines every rule's counters when it is configured, so a missing one is a failure,
+/// not a zero.
 fn metric(host: &mut Host, rule: &str, what: &str) -> i64 {
     host.advance(Duration::from_millis(200));
     let suffix = format!("{rule}.{what}");
-    host.metrics().into_iter().find(|(k, _)| k.ends_with(&suffix)).map_or(0, |(_, v)| v.1)
+    let found = host.metrics().into_iter().find(|(k, _)| k.ends_with(&suffix)).map(|(_, v)| v.1);
+    found.unwrap_or_else(|| panic!("no metric ending in {suffix}: {:?}", host.metrics().keys().collect::<Vec<_>>()))
 }
 
 fn step_back(host: &Host, ms: u64) {
@@ -105,13 +108,20 @@ fn sixteen_workers_on_one_global_key_never_admit_an_uncounted_request() {
         let limited = resps.iter().filter(|r| r.status == 429).count() as i64;
         let admitted = resps.iter().filter(|r| r.admitted()).count() as i64;
         assert_eq!(admitted + limited, N as i64);
+        // Every admission was counted: the next request sees all of them taken.
+        let next = host.request("GET", "/").send();
+        let remaining = next.header("ratelimit").and_then(|f| f.split(';').find_map(|p| p.strip_prefix("r=")));
+        let want = (LIMIT as i64 - admitted - 1).to_string();
+        assert_eq!(remaining, Some(&*want), "seed {seed}: an admitted request was not counted: {next:?}");
         let store_errors = metric(&mut host, "g", "store_errors");
         assert_eq!(limited, store_errors, "seed {seed}: every denial here is a write that never landed");
         exhausted += store_errors;
         // Every write that did not land was a lost race (the clock's mark, written at ticks,
         // is not this rule's key: count the rule's writes only through the admissions).
         let (_, writes) = host.shared_ops();
-        lost_races += writes.saturating_sub(admitted as u64);
+        let counted = admitted as u64 + 1;
+        assert!(writes >= counted, "seed {seed}: {writes} writes for {counted} admissions");
+        lost_races += writes - counted;
         assert!(host.traps().is_empty());
     }
     eprintln!(
