@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every fuzz target in fuzz/ and runs each for SECONDS (default 60), one after another,
 # starting from the seeds in fuzz/corpus/<target>/. Prints the executions of each target; exits
-# non-zero if any target crashed (its input is kept in fuzz/artifacts/<target>/).
+# non-zero if any target crashed (its input is kept in fuzz/artifacts/<target>/), ran no input,
+# or is missing from the listing.
 #
 #   ./scripts/fuzz.sh [SECONDS]
 #
@@ -27,10 +28,19 @@ build=(-s none --dev)
 cd fuzz
 cargo fuzz build "${build[@]}"
 
+# Every [[bin]] in fuzz/Cargo.toml is a target: a listing that finds fewer fuzzed less than asked.
+targets=$(cargo fuzz list)
+want=$(grep -c '^\[\[bin\]\]' Cargo.toml)
+have=$(printf '%s\n' "$targets" | grep -c . || true)
+if [ "$have" -ne "$want" ] || [ "$have" -eq 0 ]; then
+  echo "fuzz: cargo fuzz list named $have targets, fuzz/Cargo.toml declares $want" >&2
+  exit 1
+fi
+
 mkdir -p target/logs
 failed=()
 total=0
-for target in $(cargo fuzz list); do
+for target in $targets; do
   grown=target/grown/$target
   log=target/logs/$target.log
   mkdir -p "$grown" "corpus/$target"
@@ -44,6 +54,11 @@ for target in $(cargo fuzz list); do
     failed+=("$target")
   fi
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  # A target that ran no input found nothing because it tried nothing: that is a failure too.
+  if [ "$status" = ok ] && [ "${execs:-0}" -eq 0 ]; then
+    status="RAN NOTHING"
+    failed+=("$target")
+  fi
   total=$((total + ${execs:-0}))
   printf 'fuzz: %-16s %12s executions in %ss  %s\n' "$target" "${execs:-?}" "$secs" "$status"
   if [ "$status" != ok ]; then
@@ -53,7 +68,7 @@ done
 printf 'fuzz: %d executions in all\n' "$total"
 
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "fuzz: crashes in ${failed[*]}; inputs in fuzz/artifacts/, logs in fuzz/target/logs/" >&2
+  echo "fuzz: crashes or empty runs in ${failed[*]}; inputs in fuzz/artifacts/, logs in fuzz/target/logs/" >&2
   echo "fuzz: replay one with: (cd fuzz && cargo fuzz run ${build[*]} TARGET artifacts/TARGET/FILE)" >&2
   exit 1
 fi

@@ -23,25 +23,22 @@ cargo build -p sluice-redis-module --features testing --profile redis-module-tes
 echo "== format: cargo fmt --all -- --check (rustfmt.toml)"
 cargo fmt --all -- --check || { echo "run cargo fmt --all" >&2; exit 1; }
 
-echo "== lints: clippy on the filter (native and both wasm builds), the Redis module and the gateway (none may unwrap, expect or panic)"
-if cargo clippy --version >/dev/null 2>&1; then
-  cargo clippy -q -p sluice -- -D warnings
-  cargo clippy -q -p sluice --target wasm32-wasip1 -- -D warnings
-  cargo clippy -q -p sluice --target wasm32-wasip1 --features redis-callout -- -D warnings
-  # The Redis module runs inside redis-server: a panic there would abort Redis itself.
-  cargo clippy -q -p sluice-redis-module -p sluice-gateway -- -D warnings
-else
-  echo "clippy is not installed with this toolchain (rustup component add clippy): lints skipped"
-fi
+echo "== lints: clippy on the filter (native, fuzzing and both wasm builds), the Redis module, the gateway and the CLI (none may unwrap, expect or panic)"
+# setup.sh installs clippy: without it the lints did not run, and the run must not pass.
+cargo clippy --version >/dev/null 2>&1 || { echo "clippy is missing: run scripts/setup.sh" >&2; exit 1; }
+cargo clippy -q -p sluice -- -D warnings
+cargo clippy -q -p sluice --features fuzzing -- -D warnings
+cargo clippy -q -p sluice --target wasm32-wasip1 -- -D warnings
+cargo clippy -q -p sluice --target wasm32-wasip1 --features redis-callout -- -D warnings
+# The Redis module runs inside redis-server: a panic there would abort Redis itself.
+cargo clippy -q -p sluice-redis-module -p sluice-gateway -p sluice-cli -- -D warnings
 
 echo "== tests: workspace (native)"
 cargo test --workspace --no-fail-fast
 
-if [ -f tests/harness/src/bin/sluice-wasm-runner.rs ]; then
-  echo "== tests: pure core compiled to wasm32-wasip1"
-  cargo build -p sluice-harness --bin sluice-wasm-runner
-  cargo test --target wasm32-wasip1 -p sluice --lib
-fi
+echo "== tests: pure core compiled to wasm32-wasip1"
+cargo build -p sluice-harness --bin sluice-wasm-runner
+cargo test --target wasm32-wasip1 -p sluice --lib
 
 echo "== the shipped Redis topology on its fixed ports: scripts/integration.sh --deployed-only"
 ./scripts/integration.sh --deployed-only
