@@ -64,6 +64,19 @@ pub enum Failure {
 
 pub type Outcome = Result<Value, Failure>;
 
+/// A Redis address as it may be logged: without the credentials it can carry, in its user
+/// part (`redis://user:pass@host`) or in its query (`redis+unix:///sock?pass=...`).
+pub fn redact(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((before, _)) => (before, "?***"),
+        None => (url, ""),
+    };
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}{query}", &url[..scheme_end], &url[at + 1..]),
+        _ => format!("{url}{query}"),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("invalid Redis address {url:?}: {source}")]
@@ -202,7 +215,7 @@ impl Backend {
     /// Builds the client without connecting: a Redis that is down at start is reported by
     /// requests and /healthz, not by a crash loop.
     pub fn standalone(url: &str, timeout: Duration, calls: RedisCalls) -> Result<Self, BackendError> {
-        let bad_url = |source| BackendError::Url { url: url.to_string(), source };
+        let bad_url = |source| BackendError::Url { url: redact(url), source };
         let info = url.into_connection_info().map_err(bad_url)?.set_tcp_settings(tcp_settings());
         let client = redis::Client::open(info).map_err(bad_url)?;
         let config = ConnectionManagerConfig::new()
@@ -214,7 +227,7 @@ impl Backend {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(timeout);
         let manager = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|source| BackendError::Url { url: url.to_string(), source })?;
+            .map_err(|source| BackendError::Url { url: redact(url), source })?;
         Ok(Backend {
             conn: Conn::Standalone(manager),
             loads: Arc::default(),

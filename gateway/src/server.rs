@@ -18,7 +18,7 @@ use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::backend::{Backend, BackendError, Failure, Outcome};
+use crate::backend::{redact, Backend, BackendError, Failure, Outcome};
 use crate::command::{self, parse_command, parse_pipeline, Command, RequestError, RunAs};
 use crate::config::{Config, ListenError};
 use crate::conn::{self, Limits, Stop};
@@ -32,6 +32,8 @@ pub enum GatewayError {
     Backend(#[from] BackendError),
     #[error("--token is set but empty; unset it to run without authentication")]
     EmptyToken,
+    #[error("--token has leading or trailing whitespace or a control character (a secret file's newline?); no client could ever present it")]
+    UnmatchableToken,
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error("cannot listen on {addr}: {source}")]
@@ -62,6 +64,12 @@ impl Gateway {
         };
         let token = match &config.token {
             Some(t) if t.is_empty() => return Err(GatewayError::EmptyToken),
+            // A token is compared as the client's header carries it, trimmed and without
+            // control bytes: one with them (a secret file's trailing newline) could never
+            // match, and every call would fail into on_error with nothing said.
+            Some(t) if t.trim_ascii() != t || t.bytes().any(|b| b.is_ascii_control()) => {
+                return Err(GatewayError::UnmatchableToken)
+            }
             Some(t) => Some(t.as_bytes().to_vec()),
             None => None,
         };
@@ -164,7 +172,8 @@ impl Gateway {
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let target = if gateway.backend.is_cluster() {
-            format!("Redis Cluster {:?}", config.cluster_urls())
+            let nodes: Vec<String> = config.cluster_urls().iter().map(|u| redact(u)).collect();
+            format!("Redis Cluster {nodes:?}")
         } else {
             format!("Redis {}", redact(&config.redis_url))
         };
@@ -490,15 +499,6 @@ fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
 }
 
 /// Hides a password in a Redis URL before it is logged.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +520,11 @@ mod tests {
         assert_eq!(redact("redis://:pw@h:6379/0"), "redis://***@h:6379/0");
         assert_eq!(redact("redis://u:p@w@h:1"), "redis://***@h:1");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("redis+unix:///run/redis.sock?pass=S3cret"), "redis+unix:///run/redis.sock?***");
+        assert_eq!(redact("rediss://:pw@h:1/0?protocol=resp3"), "rediss://***@h:1/0?***");
+        let bad = Backend::standalone("redis://:S3cret@h:notaport", Duration::from_millis(10), crate::config::RedisCalls::Auto);
+        let shown = bad.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(shown.contains("redis://***@h:notaport") && !shown.contains("S3cret"), "{shown}");
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -560,5 +565,10 @@ mod tests {
             assert!(!gw.authorized(&headers(&[("authorization", bad)])), "{bad}");
         }
         assert!(!gw.authorized(&HeaderMap::new()));
+        // A token no header can carry is refused at start, not by every request.
+        for unmatchable in ["t0k\n", " t0k", "t0k\t", "t0\u{7f}k"] {
+            let config = crate::config::Config { token: Some(unmatchable.into()), ..config.clone() };
+            assert!(matches!(Gateway::from_config(&config), Err(GatewayError::UnmatchableToken)), "{unmatchable:?}");
+        }
     }
 }
