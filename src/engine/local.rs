@@ -230,6 +230,11 @@ impl Limiter {
         self.local_outcome(a, self.compiled(a).table.peek(store, a.identity.hash, now_us, dry))
     }
 
+    /// A Redis rule's outcome decided here is its fallback's: it says Redis failed.
+    fn mark_fallback(&self, o: &mut RuleOutcome) {
+        o.store_error |= self.rules[o.rule].is_redis();
+    }
+
     fn local_outcome(&self, a: &Applied, result: Result<(Vec<Decision>, bool), StoreError>) -> RuleOutcome {
         let rule = &self.compiled(a).rule;
         match result {
@@ -312,8 +317,9 @@ impl Limiter {
         Some((stored, false))
     }
 
-    /// Decides the local rules of `applied`, after the Redis rules' `outcomes` (if any).
-    /// Enforced rules are decided before shadow rules, and shadow rules only count requests
+    /// Decides the local rules of `applied`, after the Redis rules' `outcomes` (if any), and
+    /// with `fallen_back` (Redis could not decide) the Redis rules that fall back, as local
+    /// rules on their share. Enforced rules are decided before shadow rules, and shadow rules only count requests
     /// that are admitted. Every enforced rule is decided on what the store holds now before any
     /// is written, so a request one rule denies consumes nothing from the others; a slot
     /// another worker wrote in between is decided again on what it holds, which can only deny
@@ -324,12 +330,14 @@ impl Limiter {
         outcomes: Vec<RuleOutcome>,
         store: &impl SharedStore,
         now_us: u64,
+        fallen_back: bool,
     ) -> Verdict {
         if outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow()) {
             return self.verdict(outcomes, true);
         }
+        let decided_here = |a: &&Applied| !self.compiled(a).is_redis() || (fallen_back && self.compiled(a).falls_back());
         let (enforced, shadow): (Refs<'_>, Refs<'_>) =
-            applied.iter().filter(|a| !self.compiled(a).is_redis()).partition(|a| !self.compiled(a).is_shadow());
+            applied.iter().filter(decided_here).partition(|a| !self.compiled(a).is_shadow());
         let groups = self.by_slot(&enforced);
         let (stored, denied) = match self.enforce(&groups, store, now_us, true) {
             Some(done) => done,
@@ -337,12 +345,17 @@ impl Limiter {
             // admit uncounted.
             None => self.enforce(&groups, store, now_us, false).unwrap_or_else(|| (Vec::new(), true)),
         };
-        if denied {
-            return self.verdict(after(outcomes, in_order(&enforced, stored)), true);
+        let mut stored = in_order(&enforced, stored);
+        if fallen_back {
+            stored.iter_mut().for_each(|o| self.mark_fallback(o));
         }
-        let mut outcomes = after(outcomes, in_order(&enforced, stored));
+        if denied {
+            return self.verdict(after(outcomes, stored), true);
+        }
+        let mut outcomes = after(outcomes, stored);
         for a in &shadow {
-            let o = self.decide_local(a, store, now_us, true);
+            let mut o = self.decide_local(a, store, now_us, true);
+            self.mark_fallback(&mut o);
             if !o.allowed {
                 log::info!("sluice: shadow rule {:?} would limit {}", self.compiled(a).rule.name, a.identity.text);
             }

@@ -99,7 +99,7 @@ impl Limiter {
         let now_us = now();
         let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();
         if redis.is_empty() {
-            return Step::Done(self.local_phase(&applied, Vec::new(), store, now_us));
+            return Step::Done(self.local_phase(&applied, Vec::new(), store, now_us, false));
         }
         let dry: Vec<RuleOutcome> = applied
             .iter()
@@ -253,7 +253,7 @@ impl Limiter {
                     }
                     heard.success |= ordinary;
                 }
-                Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us))
+                Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us, false))
             }
             Err(e) => {
                 let rules: Vec<String> = p
@@ -303,20 +303,18 @@ impl Limiter {
     }
 
     /// Redis could not decide (failure, timeout, open breaker): each Redis rule follows its
-    /// `on_error`, then the local rules decide as usual.
+    /// `on_error`; those that fall back are decided in the proxy with the local rules, so that
+    /// a request another rule denies consumes none of their share either.
     fn redis_failed(&self, applied: &[Applied], store: &impl SharedStore, now_us: u64) -> Verdict {
         let outcomes = applied
             .iter()
-            .filter(|a| self.rules[a.rule].is_redis())
+            .filter(|a| self.rules[a.rule].is_redis() && !self.rules[a.rule].falls_back())
             .map(|a| {
                 let c = &self.rules[a.rule];
-                let outcome = match c.rule.on_error {
-                    OnError::Fallback { .. } => self.decide_local(a, store, now_us, true),
-                    on_error => RuleOutcome::new(a, Vec::new(), on_error == OnError::Allow || c.is_shadow()),
-                };
-                RuleOutcome { store_error: true, ..outcome }
+                let allowed = c.rule.on_error == OnError::Allow || c.is_shadow();
+                RuleOutcome { store_error: true, ..RuleOutcome::new(a, Vec::new(), allowed) }
             })
             .collect();
-        self.local_phase(applied, outcomes, store, now_us)
+        self.local_phase(applied, outcomes, store, now_us, true)
     }
 }

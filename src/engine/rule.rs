@@ -128,6 +128,11 @@ impl CompiledRule {
         self.rule.shadow
     }
 
+    /// A Redis rule whose `on_error` decides in the proxy on its share.
+    pub fn falls_back(&self) -> bool {
+        self.fallback_share().is_some()
+    }
+
     /// The limits when this proxy decides alone: a Redis rule falling back locally (`on_error:
     /// fallback`) gets its share of each.
     pub fn local_rates(&self) -> Cow<'_, [Rate]> {
