@@ -104,10 +104,13 @@ fn write_rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>], out: &m
     }
     if matches!(mode, HeaderMode::Legacy | HeaderMode::Both) {
         // Legacy fields carry one limit: an enforced one before a shadow rule's, a denial
-        // first (the one that blocks longest), else the one closest to running out.
+        // first (the one that blocks longest), else the one closest to running out. Compared
+        // in the whole seconds the fields show, so the pick follows from what they show (a
+        // worker sends its last limited response again when it would show the same).
         let tightest = reported.iter().min_by_key(|r| {
-            let d = &r.decision;
-            (!r.enforced, d.allowed, std::cmp::Reverse(d.retry_after_ms), d.remaining, std::cmp::Reverse(d.reset_ms))
+            let (d, secs) = (&r.decision, reset_secs(&r.decision));
+            let blocks = if d.allowed { 0 } else { secs };
+            (!r.enforced, d.allowed, std::cmp::Reverse(blocks), d.remaining, std::cmp::Reverse(secs))
         });
         if let Some(r) = tightest {
             out.push((Cow::Borrowed("x-ratelimit-limit"), number(r.rate.limit)));
@@ -241,6 +244,18 @@ mod tests {
         let both = [rep(&second, 10, 1000, false, 0, 1000), rep(&hour, 1000, 3_600_000, false, 0, 3_000_000)];
         let h = rate_limit_headers(HeaderMode::Legacy, &both);
         assert!(h.contains(&(Cow::Borrowed("x-ratelimit-reset"), "3000".to_string())), "{h:?}");
+    }
+
+    #[test]
+    fn the_legacy_pick_follows_from_the_seconds_shown() {
+        // Two denials that both wait 2 s show the same whatever their milliseconds, so they pick
+        // the same limit (a worker's repeated 429 relies on it): the first in order.
+        let (a, b) = (text("a", 10, 60_000), text("b", 100, 60_000));
+        for (ms_a, ms_b) in [(1_200, 1_500), (1_600, 1_500)] {
+            let r = [rep(&a, 10, 60_000, false, 0, ms_a), rep(&b, 100, 60_000, false, 0, ms_b)];
+            let h = rate_limit_headers(HeaderMode::Legacy, &r);
+            assert!(h.contains(&(Cow::Borrowed("x-ratelimit-limit"), "10".to_string())), "{ms_a} / {ms_b}: {h:?}");
+        }
     }
 
     #[test]

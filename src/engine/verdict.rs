@@ -62,11 +62,12 @@ impl Verdict {
     }
 }
 
-/// What a limited response shows: each reported limit's numbers, in order, then the rules it
-/// names as violated. Everything else in it comes from the config.
+/// What a limited response shows: each reported limit's numbers (its quota too: a fallback
+/// shows its share), in order, then the rules it names as violated. Everything else in it
+/// comes from the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shown {
-    Limit { rule: usize, limit: usize, allowed: bool, remaining: u64, reset_s: u64 },
+    Limit { rule: usize, limit: usize, quota: u64, allowed: bool, remaining: u64, reset_s: u64 },
     Violated { rule: usize },
 }
 
@@ -102,6 +103,7 @@ impl Limiter {
         let limits = self.reported(outcomes).map(|(rule, limit, r)| Shown::Limit {
             rule,
             limit,
+            quota: r.rate.limit,
             allowed: r.decision.allowed,
             remaining: r.decision.remaining,
             reset_s: response::reset_secs(&r.decision),

@@ -410,3 +410,61 @@ fn a_fallback_reports_its_share_as_the_quota() {
     let v = done(l.resume(p, Ok(vec![reply(true, 98)]), &s, T0 + 1));
     assert_eq!(header(&v, "ratelimit-policy"), Some("\"f\";q=100;w=60"));
 }
+
+#[test]
+fn a_request_denied_while_redis_is_down_consumes_no_fallback_share() {
+    // u1's fallback admits it twice an hour; a second Redis rule (its own fallback, spent after
+    // one request, or on_error: deny) denies every request that carries the closed gate.
+    for gate in [serde_json::json!({"fallback": {"share": 1}}), serde_json::json!("deny")] {
+        let l = redis_limiter(serde_json::json!([
+            {"name": "per-user", "limit": "4/hour", "strategy": "fixed_window", "identifier": {"header": "x-user"},
+             "backend": "redis", "on_error": {"fallback": {"share": 0.5}}},
+            {"name": "shadowed", "limit": "1/hour", "strategy": "fixed_window", "identifier": {"header": "x-user"},
+             "backend": "redis", "shadow": true, "on_error": {"fallback": {"share": 1}}},
+            {"name": "gate", "match": {"headers": {"x-gate": "closed"}}, "limit": "1/hour", "identifier": "global",
+             "backend": "redis", "on_error": gate},
+        ]));
+        let s = MemStore::default();
+        let send = |gate: &str, now: u64| {
+            let req = Req::new("GET", "/").header("x-user", "u1").header("x-gate", gate);
+            match l.start(&req, &s, now) {
+                Step::Done(v) => v,
+                Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, now)),
+            }
+        };
+        let first = if gate == "deny" { 429 } else { 200 };
+        assert_eq!(status(&send("closed", T0)), first, "{gate}: the gate's first request");
+        for i in 1..=5 {
+            assert_eq!(status(&send("closed", T0 + i)), 429, "{gate}: the gate denies");
+        }
+        // However often it was denied, u1 has its share less what was admitted.
+        let left = if gate == "deny" { 2 } else { 1 };
+        for i in 0..left {
+            assert_eq!(status(&send("open", T0 + 10 + i)), 200, "{gate}: admission {i} of the share left");
+        }
+        assert_eq!(status(&send("open", T0 + 20)), 429, "{gate}: the share is spent");
+    }
+}
+
+#[test]
+fn a_fallback_denial_never_reuses_a_redis_denial_s_response() {
+    // A worker sends its last limited response again when it shows the same numbers; a
+    // fallback's shows its share as the quota, so the two differ though every number agrees.
+    let l = limiter(serde_json::json!({"namespace": "ns", "rate_limit_headers": "both", "redis": {"cluster": "gw"},
+        "rules": [{"name": "f", "limit": "4/min", "strategy": "fixed_window", "identifier": {"header": "x-user"},
+                   "backend": "redis", "on_error": {"fallback": {"share": 0.25}}}]}));
+    let s = MemStore::default();
+    let now = T0 + 59_500_000; // half a second before the window ends: both wait 1 s
+    let send = |user: &str, answer: Result<Vec<Reply>, String>| {
+        let p = pending(l.start(&Req::new("GET", "/").header("x-user", user), &s, now));
+        done(l.resume(p, answer, &s, now))
+    };
+    assert_eq!(status(&send("u2", Err("down".into()))), 200, "the fallback's one of u2");
+    let redis = send("u1", Ok(vec![reply(false, 0)]));
+    assert_eq!((status(&redis), header(&redis, "ratelimit-policy")), (429, Some("\"f\";q=4;w=60")));
+    let fallback = send("u2", Err("down".into()));
+    assert_eq!(status(&fallback), 429);
+    assert_eq!(header(&fallback, "ratelimit"), header(&redis, "ratelimit"), "the same numbers");
+    assert_eq!(header(&fallback, "ratelimit-policy"), Some("\"f\";q=1;w=60"));
+    assert_eq!(header(&fallback, "x-ratelimit-limit"), Some("1"));
+}
