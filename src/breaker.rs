@@ -133,12 +133,12 @@ impl Breaker<'_> {
             Phase::Open => (State { phase: Phase::HalfOpen, count: 0, probes: 1, since_us: now_us }, Permit::Probe),
             Phase::HalfOpen => {
                 // Probes whose answer never came back (a worker restarted) must not wedge the
-                // breaker half-open: once none of them can still be in flight, probe afresh.
+                // breaker half-open: once none of them can still be in flight (the newest was
+                // granted longer ago than any call lasts), probe afresh.
                 let stale = now_us >= s.since_us.saturating_add(stale_us);
                 let probes = if stale { 0 } else { s.probes };
                 if probes < self.spec.half_open_probes.max(1) {
-                    let since_us = if stale { now_us } else { s.since_us };
-                    (State { probes: probes.saturating_add(1), since_us, ..s }, Permit::Probe)
+                    (State { probes: probes.saturating_add(1), since_us: now_us, ..s }, Permit::Probe)
                 } else {
                     (s, Permit::Skip)
                 }
@@ -299,5 +299,20 @@ mod tests {
         assert!(store.set("k", &half, 0).is_ok());
         b.record(&store, Permit::Probe, true, 2_000);
         assert_eq!(b.phase(&store), Phase::Closed);
+    }
+
+    #[test]
+    fn a_probe_granted_late_is_not_taken_for_lost() {
+        // The lost-probe wait runs from the newest probe granted: a probe granted long after the
+        // breaker went half-open may still be in flight, and no second one joins it.
+        let store = MemStore::default();
+        let b = Breaker { key: "k", spec: BreakerSpec { failure_threshold: 1, ..SPEC }, timeout_ms: 2_000 };
+        b.record(&store, Permit::Call, false, 0);
+        let ms = |t: u64| t * 1000;
+        assert_eq!(b.permit(&store, ms(1_000)), Permit::Probe);
+        b.record(&store, Permit::Probe, true, ms(1_050));
+        assert_eq!(b.permit(&store, ms(3_500)), Permit::Probe, "the second probe, after a quiet spell");
+        assert_eq!(b.permit(&store, ms(4_100)), Permit::Skip, "the second may still be in flight");
+        assert_eq!(b.permit(&store, ms(3_500 + 2_000 + LATE_ANSWER_MS)), Permit::Probe, "now it cannot be");
     }
 }
