@@ -9,6 +9,7 @@
 //! When a header, parameter or cookie repeats, its first occurrence counts (Envoy's single
 //! header read answers the first value too).
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::hash::Hasher as _;
 use std::net::IpAddr;
@@ -74,31 +75,76 @@ pub fn client_ip(spec: &ClientIpSpec, req: &impl RequestInfo) -> Option<IpAddr> 
 /// percent-decoded as a form would be (`+` is a space), so `?user=%61lice` is `alice`, as the
 /// application behind the proxy reads it. A `%` not followed by two hex digits stays as it is.
 pub fn query_param(path: &[u8], name: &str) -> Option<Vec<u8>> {
+    query_values(path, name).map(|f| f.value)
+}
+
+/// A value a request names its client by, and whether the request also carries another value
+/// under the same name: applications differ in which one they read (the first, the last, all),
+/// so such a request has no one identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub value: Vec<u8>,
+    pub conflict: bool,
+}
+
+/// Every occurrence of `name` among `pairs` (each read by `read` into a decoded name and value):
+/// the first value, and whether a later one differs.
+fn first_of<'a>(
+    pairs: impl Iterator<Item = &'a [u8]>,
+    name: &str,
+    read: impl Fn(&'a [u8]) -> Option<(Cow<'a, [u8]>, Cow<'a, [u8]>)>,
+) -> Option<Found> {
+    let mut found: Option<Found> = None;
+    for (k, v) in pairs.filter_map(read) {
+        if *k != *name.as_bytes() {
+            continue;
+        }
+        match &mut found {
+            None => found = Some(Found { value: v.into_owned(), conflict: false }),
+            Some(f) => f.conflict |= *f.value != *v,
+        }
+    }
+    found
+}
+
+/// [`query_param`], telling whether the parameter repeats with another value.
+pub fn query_values(path: &[u8], name: &str) -> Option<Found> {
     let start = path.iter().position(|b| *b == b'?')? + 1;
     let query = &path[start..];
     let query = query.split(|b| *b == b'#').next().unwrap_or(query);
-    query.split(|b| *b == b'&').find_map(|pair| {
+    first_of(query.split(|b| *b == b'&'), name, |pair| {
         let (k, v) = match pair.iter().position(|b| *b == b'=') {
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, &pair[pair.len()..]),
         };
-        (form_decode(k) == name.as_bytes()).then(|| form_decode(v))
+        Some((form_decode(k), form_decode(v)))
     })
 }
 
-fn form_decode(bytes: &[u8]) -> Vec<u8> {
+/// Percent-decoded, `+` read as a space; borrowed when there is nothing to decode.
+fn form_decode(bytes: &[u8]) -> Cow<'_, [u8]> {
+    if !bytes.iter().any(|b| matches!(b, b'%' | b'+')) {
+        return Cow::Borrowed(bytes);
+    }
     let spaced: Vec<u8> = bytes.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
-    percent_encoding::percent_decode(&spaced).collect()
+    Cow::Owned(percent_encoding::percent_decode(&spaced).collect())
 }
 
 /// Value of cookie `name` in a `cookie` header: its first occurrence, surrounding double
-/// quotes removed (RFC 6265 allows them around a value).
+/// quotes removed (RFC 6265 allows them around a value), name and value decoded as the query's
+/// are (frameworks percent-decode cookies, some reading `+` as a space), so `session=%61bc` is
+/// the session `abc`.
 pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
-    header.split(|b| *b == b';').find_map(|pair| {
+    cookie_values(header, name).map(|f| f.value)
+}
+
+/// [`cookie`], telling whether the cookie repeats with another value.
+pub fn cookie_values(header: &[u8], name: &str) -> Option<Found> {
+    first_of(header.split(|b| *b == b';'), name, |pair| {
         let i = pair.iter().position(|b| *b == b'=')?;
         let (k, v) = (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii());
         let v = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v);
-        (k == name.as_bytes()).then(|| v.to_vec())
+        Some((form_decode(k), form_decode(v)))
     })
 }
 
@@ -111,6 +157,9 @@ pub struct Identity {
     pub text: String,
     /// Keyed fixed-length hash used in keys: request data never reaches key syntax.
     pub hash: u64,
+    /// A query parameter or cookie it is made of repeats with another value ([`Found`]): an
+    /// enforced rule denies such a request rather than count it against one of them.
+    pub conflict: bool,
 }
 
 /// The public key of configs without `identity_secret`. Documented, so anyone can compute
@@ -161,6 +210,7 @@ impl IdentityHasher {
     ) -> Option<Identity> {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         let mut text = Shown(describe.then(|| String::with_capacity(48)));
+        let mut conflict = false;
         for (i, part) in id.parts.iter().enumerate() {
             if i > 0 {
                 // Display only; the hashed encoding is self-delimiting.
@@ -176,10 +226,14 @@ impl IdentityHasher {
                     continue;
                 }
                 IdentPart::Header(name) => req.header(name).map(|v| (tag::HEADER, "header", name, v)),
-                IdentPart::Query(name) => req.path().and_then(|p| query_param(&p, name)).map(|v| (tag::QUERY, "query", name, v)),
-                IdentPart::Cookie(name) => {
-                    req.header("cookie").and_then(|c| cookie(&c, name)).map(|v| (tag::COOKIE, "cookie", name, v))
-                }
+                IdentPart::Query(name) => req.path().and_then(|p| query_values(&p, name)).map(|f| {
+                    conflict |= f.conflict;
+                    (tag::QUERY, "query", name, f.value)
+                }),
+                IdentPart::Cookie(name) => req.header("cookie").and_then(|c| cookie_values(&c, name)).map(|f| {
+                    conflict |= f.conflict;
+                    (tag::COOKIE, "cookie", name, f.value)
+                }),
             };
             match value {
                 Some((t, kind, name, v)) => {
@@ -199,7 +253,10 @@ impl IdentityHasher {
                 },
             }
         }
-        Some(Identity { hash: h.finish(), text: text.0.unwrap_or_default() })
+        if conflict && text.on() {
+            let _ = text.write_str(" (repeated with another value)");
+        }
+        Some(Identity { hash: h.finish(), text: text.0.unwrap_or_default(), conflict })
     }
 
     fn global(&self, h: &mut SipHasher13, text: &mut Shown) {
@@ -392,10 +449,31 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn cookie_values() {
+    fn cookies_read() {
         assert_eq!(cookie(b"a=1; session=\"s1\"; b=2", "session").as_deref(), Some(&b"s1"[..]));
         assert_eq!(cookie(b"a=1", "session"), None);
         assert_eq!(cookie(b"session=x; session=y", "session").as_deref(), Some(&b"x"[..]));
+        // Decoded as frameworks read them: one session however it is spelled.
+        assert_eq!(cookie(b"session=%61b%63", "session").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(cookie(b"%73ession=abc", "session").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(cookie(b"session=\"a%2Bb\"", "session").as_deref(), Some(&b"a+b"[..]));
+        assert_eq!(cookie(b"session=a+b", "session"), cookie(b"session=a%20b", "session"), "a space either way");
+    }
+
+    #[test]
+    fn a_value_repeated_with_another_is_a_conflict() {
+        let found = |value: &str, conflict| Some(Found { value: value.as_bytes().to_vec(), conflict });
+        assert_eq!(query_values(b"/login?user=zz1&user=alice", "user"), found("zz1", true));
+        assert_eq!(query_values(b"/login?user=alice&x=1&user=%61lice", "user"), found("alice", false), "the same value twice");
+        assert_eq!(query_values(b"/login?user=alice&users=bob", "user"), found("alice", false));
+        assert_eq!(cookie_values(b"session=decoy; a=1; session=real", "session"), found("decoy", true));
+        assert_eq!(cookie_values(b"session=real; %73ession=real", "session"), found("real", false));
+        let req = Req::new("GET", "/login?user=zz1&user=alice");
+        let parts = vec![IdentPart::Query("user".into())];
+        let shown = hasher().resolve(&id(parts.clone(), IdentFallback::Skip), || None, &req, true).unwrap();
+        assert!(shown.conflict && shown.text.ends_with("(repeated with another value)"), "{shown:?}");
+        let one = Req::new("GET", "/login?user=zz1");
+        assert!(!hasher().resolve(&id(parts, IdentFallback::Skip), || None, &one, false).unwrap().conflict);
     }
 
     #[test]

@@ -96,6 +96,12 @@ impl Limiter {
         if applied.is_empty() {
             return Step::Done(Verdict::Admit { headers: Vec::new(), delay_ms: 0, outcomes: Vec::new() });
         }
+        // A request that names its client twice, by different values, is counted against
+        // neither: the application may read either one.
+        if let Some(a) = applied.iter().find(|a| a.identity.conflict && !self.rules[a.rule].is_shadow()) {
+            log::debug!("sluice: rule {:?}: the request names its client by two values", self.rules[a.rule].rule.name);
+            return Step::Done(self.verdict(vec![RuleOutcome::new(a, Vec::new(), false)], true));
+        }
         let now_us = now();
         let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();
         if redis.is_empty() {

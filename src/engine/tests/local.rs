@@ -268,3 +268,32 @@ proptest::proptest! {
         proptest::prop_assert!(played.is_ok(), "{:?}", played);
     }
 }
+
+#[test]
+fn a_request_naming_its_client_by_two_values_is_denied() {
+    // `?user=zz1&user=alice`: counting zz1 while the application logs alice in would give every
+    // decoy a fresh budget against alice. Shadow rules only report, and one value twice is one.
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "per-account", "limit": "5/min", "identifier": {"query": "user", "fallback": "skip"}},
+        {"name": "watch", "limit": "5/min", "identifier": {"cookie": "session"}, "shadow": true},
+    ]}));
+    let s = MemStore::default();
+    let send = |path: &str, cookie: &str| {
+        let req = Req::new("POST", path).header("cookie", cookie);
+        match l.start(&req, &s, T0) {
+            Step::Done(v) => v,
+            Step::Redis(p) => panic!("no Redis rule: {p:?}"),
+        }
+    };
+    let denied = send("/login?user=zz1&user=alice", "session=s1");
+    assert_eq!(status(&denied), 429);
+    let Verdict::Deny { response, .. } = &denied else { unreachable!() };
+    assert!(String::from_utf8_lossy(&response.body).contains("per-account"), "the rule is named");
+    assert_eq!(status(&send("/login?user=alice&user=%61lice", "session=s1")), 200, "one value, spelled twice");
+    assert_eq!(status(&send("/login?user=alice", "session=a; session=b")), 200, "a shadow rule's conflict blocks nothing");
+    // Nothing was counted for the denied request: alice has three of five left.
+    for _ in 0..3 {
+        assert_eq!(status(&send("/login?user=alice", "")), 200);
+    }
+    assert_eq!(status(&send("/login?user=alice", "")), 429);
+}

@@ -35,7 +35,8 @@ fn one_client_has_one_identity_however_it_is_spelled() {
         "rules": [
             {"name": "by-ip", "match": {"path": "/ip"}, "limit": "2/hour", "strategy": "fixed_window"},
             {"name": "by-user", "match": {"path": "/login"}, "limit": "2/hour", "strategy": "fixed_window", "identifier": {"query": "user"}},
-            {"name": "exempt", "match": {"path": "/x"}, "limit": "1/hour", "strategy": "fixed_window", "exempt": {"cidrs": ["192.0.2.0/24"]}}
+            {"name": "exempt", "match": {"path": "/x"}, "limit": "1/hour", "strategy": "fixed_window", "exempt": {"cidrs": ["192.0.2.0/24"]}},
+            {"name": "by-session", "match": {"path": "/s"}, "limit": "1/hour", "strategy": "fixed_window", "identifier": {"cookie": "session"}}
         ]
     }));
     let xff = |v: &'static str| -> Vec<(&'static str, &'static str)> { vec![("x-forwarded-for", v)] };
@@ -51,8 +52,13 @@ fn one_client_has_one_identity_however_it_is_spelled() {
     let got: Vec<u16> =
         ["user=alice", "user=%61lice", "user=ali%63e"].iter().map(|q| get(&login(q), &[]).map_or(0, |r| r.status)).collect();
     assert_eq!(got, [200, 200, 429]);
-    // The first occurrence counts: a second user= does not pick a fresh budget.
-    assert_eq!(get(&login("user=alice&user=bob"), &[]).map_or(0, |r| r.status), 429);
+    // Two values of user= name no one user (applications differ in which they read): denied,
+    // even with a fresh first value; one value twice is that user.
+    assert_eq!(get(&login("user=bob&user=alice"), &[]).map_or(0, |r| r.status), 429);
+    assert_eq!(statuses(&login("user=carol&user=%63arol"), &[&[], &[], &[]]), [200, 200, 429]);
+    // A cookie and its percent-encoded spelling are one session.
+    let s = envoy.url("/s");
+    assert_eq!(statuses(&s, &[&[("cookie", "session=abc")], &[("cookie", "session=%61bc")]]), [200, 429]);
     // Exemptions see the canonical address too.
     let x = envoy.url("/x");
     assert_eq!(statuses(&x, &[&xff("::ffff:192.0.2.9"), &xff("::ffff:192.0.2.9"), &xff("192.0.2.9")]), [200, 200, 200]);
