@@ -156,11 +156,18 @@ pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>],
 }
 
 /// The RFC 9457 problem document. Rule names are `[A-Za-z0-9_.-]` (the config compiler's
-/// rule), so they are written between quotes as they are.
+/// rule), so they are written between quotes as they are. With `about:blank` as its type, its
+/// title is the status' reason phrase (RFC 9457 4.2.1); a status without one has no title.
 fn problem(status: u16, violated: &[&str], retry_after: u64) -> String {
     let names: usize = violated.iter().map(|n| n.len() + 8).sum();
     let mut out = String::with_capacity(160 + 2 * names);
-    out.push_str("{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":");
+    out.push_str("{\"type\":\"about:blank\",");
+    if let Some(title) = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()) {
+        out.push_str("\"title\":\"");
+        out.push_str(title);
+        out.push_str("\",");
+    }
+    out.push_str("\"status\":");
     push_number(&mut out, u64::from(status));
     out.push_str(",\"detail\":\"");
     match violated {
@@ -309,6 +316,11 @@ mod tests {
             assert_eq!((body["status"].as_u64(), body["retry_after"].as_u64()), (Some(429), Some(7)));
             assert_eq!(body["title"], "Too Many Requests");
         }
+        // Another status: its own phrase as the title, or none where it has no phrase.
+        let body: serde_json::Value = serde_json::from_str(&problem(503, &["api"], 7)).unwrap();
+        assert_eq!((body["title"].as_str(), body["status"].as_u64()), (Some("Service Unavailable"), Some(503)));
+        let body: serde_json::Value = serde_json::from_str(&problem(499, &["api"], 7)).unwrap();
+        assert_eq!((body.get("title"), body["status"].as_u64()), (None, Some(499)));
     }
 
     #[test]
