@@ -134,12 +134,15 @@ pub(super) fn get_buffer(kind: BufferType, start: usize, max: usize) -> Result<O
     }
 }
 
+/// The first value of header `key` in `map`: `None` when it is not there.
 pub(super) fn get_map_value_bytes(map: Headers, key: &str) -> Result<Option<Vec<u8>>, Status> {
     match host_bytes(|data, len| {
         // SAFETY: the key is valid for its length and both out-pointers for the call.
         unsafe { proxy_get_header_map_value(map as u32, key.as_ptr(), key.len(), data, len) }
     }) {
         Err(NOT_FOUND) => Ok(None),
+        // Found, and empty: the host hands an empty value over as no buffer.
+        Ok(None) => Ok(Some(Vec::new())),
         other => other,
     }
 }

@@ -291,3 +291,20 @@ fn clients_are_told_apart_by_address_and_rules_matched_by_route_name() {
     assert_eq!(send("[2001:db8::1]:443", "api"), 429, "a new client, but the route's limit is reached");
     assert_eq!(send("10.0.0.4:5555", "other"), 200, "another route: only the client's rule applies");
 }
+
+#[test]
+fn an_empty_header_is_a_value_whether_headers_are_read_one_by_one_or_all_at_once() {
+    // Envoy hands an empty value over as no buffer at all: it is still a header that is there,
+    // as the list of every header says. A config naming three headers reads them all at once.
+    let keyed = json!({"name": "keyed", "limit": "1/min", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}});
+    let matched = json!({"name": "flagged", "limit": "1/min", "identifier": "global",
+                         "match": {"headers": {"x-flag": "", "x-other": "1", "x-third": "1"}}});
+    for rules in [json!([keyed]), json!([keyed, matched])] {
+        let mut host = host(&json!({"rules": rules}), 1);
+        let statuses: Vec<u16> = ["10.0.0.1:1", "10.0.0.2:1"]
+            .iter()
+            .map(|source| host.request("GET", "/").header("x-api-key", "").source(source).send().status)
+            .collect();
+        assert_eq!(statuses, [200, 429], "{rules}: one empty key, counted once for both clients");
+    }
+}
