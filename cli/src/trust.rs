@@ -3,7 +3,7 @@
 //! query and cookies, so each of these holds only if that value is stripped at the edge or set
 //! by a trusted step (an authenticating filter, an internal listener) before sluice runs.
 
-use sluice::config::{Config, IdentFallback, IdentPart, Rule};
+use sluice::config::{Config, IdentFallback, IdentPart, Match, Per, Rule};
 
 /// One warning: where in the config, and what a client can do there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,13 +30,19 @@ pub fn warnings(config: &Config) -> Vec<Warning> {
                 .into(),
         });
     }
+    // A rule that counts every request by address alone caps what any one address gets, however
+    // it varies the values other rules count by.
+    let capped = config.rules.iter().any(|r| {
+        let by_address = matches!(r.identifier.parts.as_slice(), [IdentPart::ClientIp] | [IdentPart::Global]);
+        by_address && !r.shadow && r.per == Per::Request && r.matcher == Match::default()
+    });
     for (i, rule) in config.rules.iter().enumerate() {
-        rule_warnings(&format!("rules[{i}]"), rule, &mut out);
+        rule_warnings(&format!("rules[{i}]"), rule, capped, &mut out);
     }
     out
 }
 
-fn rule_warnings(path: &str, rule: &Rule, out: &mut Vec<Warning>) {
+fn rule_warnings(path: &str, rule: &Rule, capped: bool, out: &mut Vec<Warning>) {
     let mut warn = |p: String, message: String| out.push(Warning { path: p, message });
     for (name, value) in &rule.matcher.headers {
         warn(
@@ -77,12 +83,15 @@ fn rule_warnings(path: &str, rule: &Rule, out: &mut Vec<Warning>) {
             format!("skip: a request without {parts} is not limited by this rule at all; {STRIP}"),
         );
     }
-    if !rule.identifier.parts.contains(&IdentPart::ClientIp) {
+    if !capped {
+        // client_ip as a part too only makes the budget per value and address: one address
+        // still gets a fresh budget with every value it makes up.
         warn(
             format!("{path}.identifier"),
             format!(
                 "counted per value of {parts}, which the client chooses: unless a trusted step verifies it (an API key, a \
-                 session), a client that changes it gets a fresh budget; add client_ip as a part or limit by address in another rule"
+                 session), a client that changes it gets a fresh budget (client_ip as a part too: one per value from each \
+                 address); cap each address with a rule that counts every request by client_ip alone"
             ),
         );
     }
@@ -130,5 +139,21 @@ mod tests {
             {"name": "k", "limit": "5/min", "identifier": [{"header": "x-api-key"}, "client_ip"]}
         ]}));
         assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    }
+
+    #[test]
+    fn client_ip_as_a_part_caps_nothing_by_itself() {
+        // Per (x-account, address): one address still gets 10/min for every account it names.
+        let composite = serde_json::json!({"name": "k", "limit": "10/min", "identifier": [{"header": "x-account"}, "client_ip"]});
+        let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [composite]}));
+        assert_eq!(paths(&c), ["rules[0].identifier"]);
+        // A per-address rule on a path or in shadow caps only some requests, or none.
+        for cap in [
+            serde_json::json!({"name": "ip", "limit": "100/min", "match": {"path": "/other/**"}}),
+            serde_json::json!({"name": "ip", "limit": "100/min", "shadow": true}),
+        ] {
+            let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [composite, cap]}));
+            assert_eq!(paths(&c), ["rules[0].identifier"], "{cap}");
+        }
     }
 }
