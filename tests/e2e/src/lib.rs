@@ -172,12 +172,14 @@ impl Envoy {
     }
 
     /// A stat once sluice's batched metrics have reached Envoy (they are flushed every 100 ms
-    /// from each worker's tick): the value read after it stayed the same over 300 ms.
+    /// from each worker's tick): the value read after it stayed the same over three flushes.
+    /// One still moving after 5 s fails the test rather than answer a value in passing.
     pub fn settled_stat(&self, name: &str) -> u64 {
         let mut last = self.stat(name);
         let mut same = 0;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while same < 3 && Instant::now() < deadline {
+        while same < 3 {
+            assert!(Instant::now() < deadline, "{name} kept changing for 5 s (last {last})");
             std::thread::sleep(Duration::from_millis(100));
             let now = self.stat(name);
             same = if now == last { same + 1 } else { 0 };

@@ -449,7 +449,8 @@ impl Run {
     }
 
     /// Holds a fault until the proxy has answered `FAULT_SEEN` requests of the `affected`
-    /// slots by `on_error`, or `max` has passed; returns how many it saw.
+    /// slots by `on_error`, or `max` has passed; returns how many it saw (the caller ends the
+    /// fault, then asserts that it was seen at all).
     fn hold_until_seen(&self, affected: &Affected, since: Duration, max: Duration) -> usize {
         let mut seen = 0;
         let _ = wait_until(max, || {
@@ -791,6 +792,7 @@ fn cluster_faults_under_load_follow_on_error_within_the_timeout_and_admit_nothin
         let paused = Instant::now();
         let seen = run.hold_until_seen(&c_affected, since, PAUSE_MAX);
         run.cluster.pause(c.port, false);
+        assert!(seen > 0, "the pause was never seen: no request on its slots answered by on_error in {PAUSE_MAX:?}");
         format!("{} paused {:.0} ms ({seen} on_error answers on its slots by then)", c.port, ms(paused.elapsed()))
     });
     assert_eq!(run.gateway.pid(), gateway_pid, "the gateway followed the topology without a restart");
@@ -804,6 +806,7 @@ fn cluster_faults_under_load_follow_on_error_within_the_timeout_and_admit_nothin
         let down = Instant::now();
         let seen = run.hold_until_seen(&Affected::All, since, GATEWAY_DOWN_MAX);
         run.gateway.restart();
+        assert!(seen > 0, "the gateway's death was never seen: no request answered by on_error in {GATEWAY_DOWN_MAX:?}");
         format!("down {:.0} ms until it served again ({seen} on_error answers before the restart)", ms(down.elapsed()))
     });
 
