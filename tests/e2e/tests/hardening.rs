@@ -11,6 +11,29 @@ fn envoy_with(config: Value) -> Envoy {
     Envoy::running(&boot, 2)
 }
 
+/// As `envoy/local.yaml` runs: behind one load balancer that appends the client's address to
+/// x-forwarded-for (`client_ip.xff_trusted_hops: 1`), so Envoy does not use its peer's.
+fn envoy_behind_a_load_balancer(config: Value) -> Envoy {
+    let mut boot = bootstrap("demo.yaml");
+    adapt(&mut boot, Some(&config));
+    boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["use_remote_address"] =
+        json!(false);
+    Envoy::running(&boot, 2)
+}
+
+#[test]
+fn at_the_edge_a_client_cannot_name_its_own_address() {
+    // The shipped edge bootstraps count the connection's peer: an x-forwarded-for the client
+    // writes is no fresh budget, and no way into an exempt network.
+    let envoy = envoy_with(json!({"rules": [
+        {"name": "by-ip", "limit": "2/hour", "strategy": "fixed_window", "exempt": {"cidrs": ["10.0.0.0/8"]}}]}));
+    let url = envoy.url("/ip");
+    let spoofed: Vec<u16> =
+        (1..=4).map(|i| get(&url, &[("x-forwarded-for", &format!("203.0.113.{i}"))]).map_or(0, |r| r.status)).collect();
+    assert_eq!(spoofed, [200, 200, 429, 429]);
+    assert_eq!(statuses(&url, &[&[("x-forwarded-for", "10.1.2.3")]]), [429], "not exempt by saying so");
+}
+
 fn statuses(url: &str, requests: &[&[(&str, &str)]]) -> Vec<u16> {
     requests.iter().map(|h| get(url, h).map_or(0, |r| r.status)).collect()
 }
@@ -30,7 +53,7 @@ fn a_cost_header_of_zero_costs_the_default() {
 
 #[test]
 fn one_client_has_one_identity_however_it_is_spelled() {
-    let envoy = envoy_with(json!({
+    let envoy = envoy_behind_a_load_balancer(json!({
         "client_ip": {"xff_trusted_hops": 1},
         "rules": [
             {"name": "by-ip", "match": {"path": "/ip"}, "limit": "2/hour", "strategy": "fixed_window"},
