@@ -33,8 +33,8 @@ pub fn warnings(config: &Config) -> Vec<Warning> {
     // A rule that counts every request by address alone caps what any one address gets, however
     // it varies the values other rules count by.
     let capped = config.rules.iter().any(|r| {
-        let by_address = matches!(r.identifier.parts.as_slice(), [IdentPart::ClientIp] | [IdentPart::Global]);
-        by_address && !r.shadow && r.per == Per::Request && r.matcher == Match::default()
+        let by_address = r.identifier.parts.as_slice() == [IdentPart::ClientIp];
+        by_address && !r.shadow && r.per == Per::Request && r.matcher == Match::default() && !r.limits.rates().is_empty()
     });
     for (i, rule) in config.rules.iter().enumerate() {
         rule_warnings(&format!("rules[{i}]"), rule, capped, &mut out);
@@ -147,10 +147,13 @@ mod tests {
         let composite = serde_json::json!({"name": "k", "limit": "10/min", "identifier": [{"header": "x-account"}, "client_ip"]});
         let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [composite]}));
         assert_eq!(paths(&c), ["rules[0].identifier"]);
-        // A per-address rule on a path or in shadow caps only some requests, or none.
+        // A per-address rule on a path, in shadow or without a limit caps only some requests, or
+        // none; nor does a global rule cap any one address.
         for cap in [
             serde_json::json!({"name": "ip", "limit": "100/min", "match": {"path": "/other/**"}}),
             serde_json::json!({"name": "ip", "limit": "100/min", "shadow": true}),
+            serde_json::json!({"name": "ip", "limit": "0/0"}),
+            serde_json::json!({"name": "ip", "limit": "10000/s", "identifier": "global"}),
         ] {
             let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [composite, cap]}));
             assert_eq!(paths(&c), ["rules[0].identifier"], "{cap}");
