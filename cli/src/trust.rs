@@ -30,16 +30,21 @@ pub fn warnings(config: &Config) -> Vec<Warning> {
                 .into(),
         });
     }
-    // A rule that counts every request by address alone caps what any one address gets, however
-    // it varies the values other rules count by.
-    let capped = config.rules.iter().any(|r| {
-        let by_address = r.identifier.parts.as_slice() == [IdentPart::ClientIp];
-        by_address && !r.shadow && r.per == Per::Request && r.matcher == Match::default() && !r.limits.rates().is_empty()
-    });
     for (i, rule) in config.rules.iter().enumerate() {
-        rule_warnings(&format!("rules[{i}]"), rule, capped, &mut out);
+        rule_warnings(&format!("rules[{i}]"), rule, capped(config, rule), &mut out);
     }
     out
+}
+
+/// Whether a rule that counts by address alone applies to every request `rule` does (it
+/// matches every request, or exactly what `rule` matches): it caps what any one address gets,
+/// however it varies the values `rule` counts by.
+fn capped(config: &Config, rule: &Rule) -> bool {
+    config.rules.iter().any(|r| {
+        let by_address = r.identifier.parts.as_slice() == [IdentPart::ClientIp];
+        let covers = r.matcher == Match::default() || r.matcher == rule.matcher;
+        by_address && covers && !r.shadow && r.per == Per::Request && !r.limits.rates().is_empty()
+    })
 }
 
 fn rule_warnings(path: &str, rule: &Rule, capped: bool, out: &mut Vec<Warning>) {
@@ -147,8 +152,8 @@ mod tests {
         let composite = serde_json::json!({"name": "k", "limit": "10/min", "identifier": [{"header": "x-account"}, "client_ip"]});
         let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [composite]}));
         assert_eq!(paths(&c), ["rules[0].identifier"]);
-        // A per-address rule on a path, in shadow or without a limit caps only some requests, or
-        // none; nor does a global rule cap any one address.
+        // A per-address rule on another path, in shadow or without a limit caps only some
+        // requests, or none; nor does a global rule cap any one address.
         for cap in [
             serde_json::json!({"name": "ip", "limit": "100/min", "match": {"path": "/other/**"}}),
             serde_json::json!({"name": "ip", "limit": "100/min", "shadow": true}),
@@ -158,5 +163,15 @@ mod tests {
             let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [composite, cap]}));
             assert_eq!(paths(&c), ["rules[0].identifier"], "{cap}");
         }
+        // One on the same requests does.
+        let on_login = |extra: serde_json::Value| {
+            let mut r = serde_json::json!({"limit": "10/min", "match": {"path": "/login", "methods": ["POST"]}});
+            r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            r
+        };
+        let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [
+            on_login(serde_json::json!({"name": "per-user", "identifier": {"query": "user"}})),
+            on_login(serde_json::json!({"name": "per-ip"}))]}));
+        assert!(paths(&c).is_empty(), "{:?}", warnings(&c));
     }
 }
