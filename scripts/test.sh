@@ -13,11 +13,12 @@ echo "== build: sluice.wasm and sluice-redis-callout.wasm (release, wasm32-wasip
 echo "== build: sluice-gateway (release; the end-to-end tests run this binary)"
 cargo build --release -p sluice-gateway
 
-# Built on its own, so that no test-only feature of the workspace reaches it: this is the module
-# users load, and gateway/tests/module.rs checks that it refuses a caller's clock. The test
-# build (with a clock) goes to a profile of its own.
+# Built together with the harness, whose `sluice/testing` the build unifies into the module:
+# the clock stays out all the same (it takes `module-clock`, which only the module's own test
+# build asks for), and gateway/tests/module.rs checks that this module, the one users load,
+# refuses a caller's clock. The test build (with a clock) goes to a profile of its own.
 echo "== build: sluice's Redis module, libsluice_redis.so (release; and its test build)"
-cargo build --release -p sluice-redis-module
+cargo build --release -p sluice-redis-module -p sluice-harness
 cargo build -p sluice-redis-module --features testing --profile redis-module-testing
 
 echo "== format: cargo fmt --all -- --check (rustfmt.toml)"

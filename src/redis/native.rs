@@ -224,14 +224,14 @@ struct Options {
 /// scripts' test build takes it.
 fn options(words: &[&[u8]], now_us: u64) -> Result<Options, String> {
     let mut out = Options { dry: false, now_us, pad_ms: 0 };
-    #[cfg(any(test, feature = "testing"))]
+    #[cfg(any(test, feature = "module-clock"))]
     let mut simulated = false;
     for word in words {
         if *word == b"dry" && !out.dry {
             out.dry = true;
             continue;
         }
-        #[cfg(any(test, feature = "testing"))]
+        #[cfg(any(test, feature = "module-clock"))]
         if !simulated {
             if let Some(t) = decimal(word) {
                 (simulated, out.now_us, out.pad_ms) = (true, t, 60_000);
