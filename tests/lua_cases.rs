@@ -617,6 +617,25 @@ fn a_state_that_does_not_decode_is_never_seen() {
     }
 }
 
+/// A debt bucket's time before the epoch is never seen either, however long its refill (the
+/// scripts once read it as a time, and refilled a bucket that takes years to fill only in part).
+#[test]
+fn a_debt_bucket_dated_before_the_epoch_is_never_seen() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    let now = 1_750_000_000_000_000u64;
+    let rate = Rate { limit: 1, period_ms: 366 * 86_400_000 };
+    let strategy = Strategy::TokenBucketDebt { burst: Some(100), max_debt: 0 };
+    for script in Script::both(&mut conn) {
+        let fresh = script.one(&mut conn, &format!("{}:tbd:fresh", script.call[0]), &strategy, rate, 60, now);
+        let key = format!("{}:tbd:before-epoch", script.call[0]);
+        assert_eq!(conn.cmd(&["SET", key.as_str(), "tbd -1 0"]), Reply::Str("OK".into()));
+        assert_eq!(script.one(&mut conn, &key, &strategy, rate, 60, now), fresh, "{}", script.call[0]);
+        let native = decide(&strategy, &rate, &redis_state::from_text(b"tbd -1 0"), now, 60);
+        assert_eq!((native.decision, native.ttl_us / 1000), fresh, "native");
+    }
+}
+
 /// A log stored under a larger cap than the call names (a call the gateway accepts: each
 /// number within its bounds) folds its oldest entries in one pass, as natively: the same
 /// decision and the same log written. Folding them one at a time cost Redis the log's length

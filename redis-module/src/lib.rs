@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redis_module::{raw, redis_module, Context, RedisString, Status};
 use sluice::redis::native::{self, Keys, Write};
 use sluice::redis::script;
+use sluice::redis::state::MAX_STATE_BYTES;
 use sluice::redis::wire::Reply;
 
 redis_module! {
@@ -171,8 +172,10 @@ impl Keys for Store<'_> {
         let key = self.ctx.open_key(&name);
         match key.key_type() {
             raw::KeyType::Empty => Ok(None),
+            // A state past the readers' bound is refused by its length alone: copy no more of
+            // it than shows that (a foreign value may be of any size).
             raw::KeyType::String => match key.read() {
-                Ok(text) => Ok(text.map(<[u8]>::to_vec)),
+                Ok(text) => Ok(text.map(|t| t[..t.len().min(MAX_STATE_BYTES + 1)].to_vec())),
                 Err(e) => Err(format!("ERR sluice: cannot read a key: {e}")),
             },
             _ => Err("WRONGTYPE Operation against a key holding the wrong kind of value".into()),

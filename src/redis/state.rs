@@ -6,10 +6,7 @@
 //!
 //! A text reads exactly as the scripts read it (`parse2`, `parse` and the sliding-window
 //! counter's own pattern): a state they would treat as never seen becomes the empty state,
-//! which the strategies treat the same way. One difference is kept on purpose: the scripts
-//! accept a negative time in `tbd` (token bucket with debt), which a 64-bit field cannot hold;
-//! it reads as never seen here. The scripts never write one, and a bucket whose last update
-//! lies before the epoch is refilled in full by either (the case the tests check).
+//! which the strategies treat the same way (a time before the epoch included).
 
 use crate::strategy::codec::{
     self, FIXED_WINDOW, GCRA, LEAKY_BUCKET, LEAKY_BUCKET_QUEUE, SLIDING_WINDOW_COUNTER, SLIDING_WINDOW_LOG, TOKEN_BUCKET,
@@ -68,10 +65,15 @@ fn parse(text: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(text).ok()?;
     let (name, numbers) = text.split_once(' ')?;
     let &(_, tag, shape) = TAGS.iter().find(|(n, _, _)| *n == name)?;
-    let words: Vec<&str> = numbers.split(' ').collect();
+    // Read word by word: a foreign value of a few MB must cost no list of all its words.
+    let mut words = numbers.split(' ');
+    let mut exactly = |n: usize| -> Option<Vec<&str>> {
+        let taken: Vec<&str> = words.by_ref().take(n).collect();
+        (taken.len() == n && words.next().is_none()).then_some(taken)
+    };
     let fields = match shape {
         Shape::Two | Shape::TwoSigned => {
-            let [a, b] = words[..] else { return None };
+            let [a, b] = exactly(2)?[..] else { return None };
             let time = signed(a)?;
             let second = signed(b)?;
             if time < 0 || (shape == Shape::Two && second < 0) || second <= -(EXACT as i64) {
@@ -81,11 +83,17 @@ fn parse(text: &[u8]) -> Option<Vec<u8>> {
             vec![time as u64, second as u64]
         }
         Shape::Three => {
-            let [a, b, c] = words[..] else { return None };
+            let [a, b, c] = exactly(3)?[..] else { return None };
             vec![decimal(a.as_bytes())?, decimal(b.as_bytes())?, decimal(c.as_bytes())?]
         }
-        Shape::Many if words.len() > MAX_STATE_NUMBERS => return None,
-        Shape::Many => words.iter().map(|w| decimal(w.as_bytes())).collect::<Option<Vec<u64>>>()?,
+        Shape::Many => {
+            let numbers: Vec<u64> =
+                words.by_ref().take(MAX_STATE_NUMBERS).map(|w| decimal(w.as_bytes())).collect::<Option<_>>()?;
+            if words.next().is_some() {
+                return None;
+            }
+            numbers
+        }
     };
     Some(codec::encode_vec(tag, &fields).into_vec())
 }

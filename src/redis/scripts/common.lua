@@ -51,8 +51,9 @@ local function num(x)
 end
 
 -- The two numbers of a state "tag n1 n2" as written by num(), or nil when the state is missing
--- or is not exactly that (another strategy's tag, another count, not decimal digits, negative
--- unless `signed`): such a state is treated as never seen, like the Rust side does.
+-- or is not exactly that (another strategy's tag, another count, not decimal digits, a negative
+-- time, a negative second number unless `signed`): such a state is treated as never seen, like
+-- the Rust side does.
 local function parse2(raw, tag, signed)
   if type(raw) ~= 'string' or #raw > MAX_STATE_BYTES then
     return nil
@@ -62,7 +63,7 @@ local function parse2(raw, tag, signed)
     return nil
   end
   a, b = tonumber(a), tonumber(b)
-  if a >= EXACT or b >= EXACT or b <= -EXACT or (not signed and (a < 0 or b < 0)) then
+  if a < 0 or a >= EXACT or b >= EXACT or b <= -EXACT or (not signed and b < 0) then
     return nil
   end
   return a, b
