@@ -46,6 +46,17 @@ const MAX_TTL_MS: u64 = 1 << 62;
 type Handler = extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
 
 fn register(ctx: &Context, _args: &[RedisString]) -> Status {
+    // A write is its state, its absolute expiry and its replication together: a server without
+    // one of these (before Redis 6.2) would keep states that never expire and that its replicas
+    // never see. Such a server refuses the module at load, not at its first write.
+    // SAFETY: copies of function pointers the module API filled in before calling `register`.
+    let (expire, replicate) = unsafe { (raw::RedisModule_SetAbsExpire, raw::RedisModule_Replicate) };
+    if expire.is_none() || replicate.is_none() {
+        ctx.log_warning(
+            "sluice: this Redis lacks RedisModule_SetAbsExpire or RedisModule_Replicate (Redis 7.0 or later is needed)",
+        );
+        return Status::Err;
+    }
     let commands: [(String, Handler); 2] =
         [(script::module_command_name(), decide_command), (script::module_batch_command_name(), batch_command)];
     for (name, handler) in commands {
