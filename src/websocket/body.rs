@@ -80,6 +80,14 @@ pub struct Edits {
 /// client interleaves.
 pub const MAX_EDITS: usize = 32;
 
+/// How many edits a rewrite waits for once `pos` bytes are behind: [`MAX_EDITS`], or one per
+/// 512 bytes past that. A rewrite copies the whole prefix (the host replaces only a prefix), so
+/// a fixed count made a buffer of small dropped frames cost its length squared to clean; this
+/// keeps the copying linear, for a list of at most 16 bytes of edits per 512 of buffer.
+pub fn edits_before_rewrite(pos: usize) -> usize {
+    MAX_EDITS.max(pos / 512)
+}
+
 impl Edits {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()

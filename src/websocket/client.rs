@@ -8,7 +8,7 @@
 //! header has that partial header cut off and carried to the next chunk (the header decides
 //! what happens to its frame, and a forwarded byte cannot be taken back).
 
-use super::body::{Body, Edits, Reader, MAX_EDITS};
+use super::body::{edits_before_rewrite, Body, Edits, Reader};
 use super::frame::{Header, Parsed, CONTINUATION, MAX_HEADER, RSV1};
 use super::Carry;
 
@@ -118,7 +118,7 @@ impl ClientStream {
             if self.pos >= len {
                 return Ok(Advance::End);
             }
-            if self.edits.len() >= MAX_EDITS {
+            if self.edits.len() >= edits_before_rewrite(self.pos) {
                 self.pos = self.edits.apply(body, self.pos).ok_or(HostError)?;
                 reader.reset();
                 continue;

@@ -441,6 +441,49 @@ fn memory_per_connection_is_small_and_fixed() {
     assert!(most < 1024, "{most}");
 }
 
+/// A host buffer that counts the bytes each rewrite copies.
+struct Counting {
+    bytes: Vec<u8>,
+    copied: usize,
+}
+
+impl body::Body for Counting {
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+    fn read(&self, start: usize, max: usize) -> Option<Vec<u8>> {
+        self.bytes.read(start, max)
+    }
+    fn replace_prefix(&mut self, n: usize, with: &[u8]) -> bool {
+        self.copied += n + with.len();
+        self.bytes.replace_prefix(n, with)
+    }
+}
+
+#[test]
+fn cleaning_a_buffer_of_small_denied_messages_copies_it_a_bounded_number_of_times() {
+    // 1 MiB of empty denied messages, each kept apart by a ping that stays: one edit per 12
+    // bytes. A rewrite every 32 edits copied the prefix each time: 1,370 times the buffer, 84
+    // now.
+    let denied = encode(&RefFrame { fin: true, rsv1: false, opcode: 1, payload: vec![], mask: Some([1, 2, 3, 4]), wide: false });
+    let ping = encode(&RefFrame { fin: true, rsv1: false, opcode: 9, payload: vec![], mask: Some([1, 2, 3, 4]), wide: false });
+    let pairs = (1 << 20) / (denied.len() + ping.len());
+    let mut body = Counting { bytes: [denied, ping].concat().repeat(pairs), copied: 0 };
+    let len = body.bytes.len();
+    let mut c = conn(false, None, false);
+    loop {
+        match c.client_advance(&mut body).unwrap() {
+            Advance::End => break,
+            Advance::Ask(a) => {
+                c.judge(a, Judgement::Deny { violated: vec![0], retry_after_ms: 1_000 }, 0);
+            }
+        }
+    }
+    c.client_finish(&mut body, false, 0).unwrap();
+    assert_eq!(body.bytes.len(), len / 2, "only the pings are left");
+    assert!(body.copied <= 128 * len, "{} bytes copied to clean {len}", body.copied);
+}
+
 fn arb_msg() -> impl Strategy<Value = Msg> {
     (
         any::<bool>(),
