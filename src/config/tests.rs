@@ -750,6 +750,23 @@ fn local_buckets_keep_their_level_in_64_bits() {
 }
 
 #[test]
+fn secrets_are_never_echoed_in_errors() {
+    // Errors reach Envoy's log: a wrong token or secret is named by its path, never shown.
+    let gw = |token: Value| json!({"redis": {"cluster": "gw", "token": token}, "rules": [rule(json!({}))]});
+    for (config, path, secret) in [
+        (gw(json!("Bearer s3cr3t")), "redis.token", "s3cr3t"),
+        (gw(json!("s3cr3t\n")), "redis.token", "s3cr3t"),
+        (gw(json!(987654321)), "redis.token", "987654321"),
+        (json!({"identity_secret": 1234567890123456u64, "rules": [rule(json!({}))]}), "identity_secret", "1234567890123456"),
+    ] {
+        let errs = errors(&config);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, path);
+        assert!(!errs[0].1.contains(secret), "{}", errs[0].1);
+    }
+}
+
+#[test]
 fn client_ip_and_identity_secret() {
     let c = compile(&json!({"client_ip": {"ipv6_prefix": 48}, "rules": [rule(json!({}))]})).unwrap();
     assert_eq!(c.client_ip.ipv6_prefix, 48);

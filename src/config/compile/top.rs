@@ -161,7 +161,7 @@ impl Compiler {
             None => Some(Transport::Http),
         };
         let token = match field(m, "token") {
-            Some(v) => self.opt_header_text(&join(path, "token"), v, "token", "expected the bearer token for the endpoint"),
+            Some(v) => self.token(&join(path, "token"), v).map(Some),
             None => Some(None),
         };
         let authority = match field(m, "authority") {
@@ -226,16 +226,42 @@ impl Compiler {
         }
     }
 
+    /// A secret's text: its errors never echo the value (they reach Envoy's log), whatever was
+    /// wrong with it, its type included.
+    fn secret_string<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v str> {
+        match v {
+            Value::String(s) => Some(s),
+            _ => {
+                self.report(path, None, Problem::WrongType { expected: "a string", found: kind(v) });
+                None
+            }
+        }
+    }
+
     /// A secret of printable ASCII, long enough not to be guessed.
     pub(super) fn secret(&mut self, path: &str, v: &Value) -> Option<String> {
-        let s = self.string(path, v)?;
+        let s = self.secret_string(path, v)?;
         let printable = s.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
         if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&s.len()) || !printable {
-            // The value is a secret: never echo it into logs.
             self.report(path, None, Problem::BadSecret { min: MIN_SECRET_LEN, max: MAX_SECRET_LEN });
             return None;
         }
         Some(s.to_string())
+    }
+
+    /// The gateway's bearer token: a header value's text, non-empty, without spaces or control
+    /// characters, and never echoed.
+    fn token(&mut self, path: &str, v: &Value) -> Option<String> {
+        let s = self.secret_string(path, v)?;
+        if s.is_empty() {
+            self.report(path, None, Problem::Empty { what: "token", expected: "expected the bearer token for the endpoint" });
+            None
+        } else if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            self.report(path, None, Problem::BadText { what: "token", expected: "no spaces or control characters" });
+            None
+        } else {
+            Some(s.to_string())
+        }
     }
 
     pub(super) fn opt_header_text(
