@@ -126,6 +126,10 @@ pub struct Report {
     /// is admitted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<String>,
+    /// Enforced rules whose identity the request names by two values (a query parameter or
+    /// cookie repeated with another value): the filter denies it at once, counting nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
     pub findings: Vec<Finding>,
 }
 
@@ -200,7 +204,15 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
     let findings = analysis::analyze(&config, routes);
     let namespace = config.namespace.clone();
     let Some(req) = req else {
-        return Report { namespace, request: None, rules: Vec::new(), applies: None, messages: Vec::new(), findings };
+        return Report {
+            namespace,
+            request: None,
+            rules: Vec::new(),
+            applies: None,
+            messages: Vec::new(),
+            conflicts: Vec::new(),
+            findings,
+        };
     };
     let limiter = Limiter::new(config.clone());
     let config = &config;
@@ -208,9 +220,13 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
     let mut rules = Vec::with_capacity(config.rules.len());
     let mut applies = Vec::new();
     let mut messages = Vec::new();
+    let mut conflicts = Vec::new();
     for (i, (rule, result)) in config.rules.iter().zip(limiter.explain(req)).enumerate() {
         let (outcome, reasons, counted) = match result {
             Applies::Yes(a) => {
+                if a.identity.conflict && !rule.shadow {
+                    conflicts.push(rule.name.clone());
+                }
                 if rule.per == Per::Message {
                     messages.push(rule.name.clone());
                 } else {
@@ -255,7 +271,7 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
         route: req.route.clone(),
         client_ip: ip.map(|i| i.to_string()),
     };
-    Report { namespace, request: Some(request), rules, applies: Some(applies), messages, findings }
+    Report { namespace, request: Some(request), rules, applies: Some(applies), messages, conflicts, findings }
 }
 
 /// What a message over the limit brings about: it is always dropped (or, when it cannot be
@@ -314,6 +330,13 @@ pub fn render(report: &Report) -> String {
         }
         let _ = writeln!(s);
         match report.applies.as_deref() {
+            _ if !report.conflicts.is_empty() => {
+                let _ = writeln!(
+                    s,
+                    "denied at once, counted nowhere: the request names its client by two values of one query parameter or cookie ({}).",
+                    report.conflicts.join(", ")
+                );
+            }
             Some([]) | None => {
                 let _ = writeln!(s, "no rule applies: the request is not limited.");
             }

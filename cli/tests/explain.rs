@@ -133,6 +133,11 @@ fn exempt_unlimited_and_missing_identities_say_why() {
     let r = explain(&["filter-config/tenants.yaml", "--path", "/x", "-H", "x-tenant-tier: enterprise", "-H", "x-tenant: t1"]);
     assert_eq!(rule(&r, "enterprise")["outcome"], "unlimited");
     assert_eq!(r["applies"], json!([]));
+    // Two values of the user: the filter denies at once, and explain says so.
+    let r = explain(&["filter-config/login.yaml", "-X", "POST", "--path", "/login?user=zz1&user=alice"]);
+    assert_eq!(r["conflicts"], json!(["login-per-account"]));
+    let r = explain(&["filter-config/login.yaml", "-X", "POST", "--path", "/login?user=alice&user=alice"]);
+    assert_eq!(r.get("conflicts"), None, "one value twice is that value");
 }
 
 #[test]
