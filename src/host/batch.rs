@@ -247,6 +247,7 @@ fn dispatch(call: &[Entry], now: u64) -> Result<u32, String> {
     let soonest = call.iter().filter_map(deadline).min().unwrap_or(now);
     let timeout_ms = clock::call_timeout_ms(now, soonest).unwrap_or(1);
     let commands: Vec<&Command> = call.iter().filter_map(|e| e.job.as_ref()).flat_map(|(p, _)| p.commands.iter()).collect();
+    super::dispatch::effective_as_active();
     transport::dispatch(spec, &commands, Duration::from_millis(timeout_ms))
 }
 

@@ -40,6 +40,15 @@ thread_local! {
     static CALLOUTS: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
 }
 
+/// Makes the context whose callback runs the host's effective one again, before a callout:
+/// Envoy keeps a call's answer with the root of the context effective when it was sent, and
+/// reads it through the root of the context effective when it is read, which is the one filed
+/// here. A callback that carried other requests on has left one of theirs effective, whose
+/// root may be another config's.
+pub(super) fn effective_as_active() {
+    let _ = abi::set_effective_context(ACTIVE.with(Cell::get));
+}
+
 /// Files callout `token`, just sent, under the context whose callback sent it.
 pub(super) fn called_out(token: u32) {
     let active = ACTIVE.with(Cell::get);

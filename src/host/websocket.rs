@@ -463,6 +463,9 @@ pub(super) fn release_due(now: u64) {
             continue;
         }
         ws.borrow_mut().registered_until = 0;
-        carry_on(ctx, &ws);
+        // As the connection's own context: a message call sent now is answered to it, whatever
+        // becomes of the root whose tick this is (Envoy keeps the answer with the connection's
+        // root, and a root of a config being replaced may be gone by then).
+        super::dispatch::as_active(ctx, || carry_on(ctx, &ws));
     }
 }

@@ -244,3 +244,47 @@ fn cached_denials_make_no_redis_call() {
     // Another client is unaffected.
     assert_eq!(get(&url, &[("x-client", "c2")]).map_or(0, |r| r.status), 200);
 }
+
+/// Two filter configs in one VM (two listeners here; a config update leaves the old one
+/// draining beside the new): a worker's gathered calls are sent and answered at whichever root
+/// runs them, and Envoy keeps each call's answer with the root of the context that was
+/// effective when it was sent. Reading it from another root found no answer, and every request
+/// of that call followed on_error. Under load on both listeners at once, no call may fail.
+#[test]
+fn gathered_calls_of_two_configs_in_one_vm_are_all_answered() {
+    let redis = Redis::start();
+    let gateway = Gateway::start(&["--redis-url", &redis.url()]);
+    let config = |ns: &str| {
+        json!({"namespace": ns, "redis": redis_block(2000, 1000),
+               "rules": [{"name": "api", "limit": "1000000/min", "backend": "redis", "on_error": "allow"}]})
+    };
+    let mut boot = bootstrap("demo.yaml");
+    adapt(&mut boot, Some(&config("first")));
+    add_cluster(&mut boot, "sluice_gateway", gateway.port);
+    let second = free_port();
+    let mut listener = boot["static_resources"]["listeners"][0].clone();
+    listener["name"] = "second".into();
+    listener["address"]["socket_address"]["port_value"] = second.into();
+    let filter = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
+    filter["stat_prefix"] = "second".into();
+    filter["http_filters"][0]["typed_config"]["config"]["configuration"]["value"] = config("second").to_string().into();
+    if let Value::Array(listeners) = &mut boot["static_resources"]["listeners"] {
+        listeners.push(listener);
+    }
+    let envoy = Envoy::running(&boot, 1);
+    let urls = [envoy.url("/a"), format!("http://127.0.0.1:{second}/b")];
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let load: Vec<_> = (0..6)
+            .map(|i| {
+                let url = &urls[i % 2];
+                s.spawn(move || (0..150).map(|_| get(url, &[]).map_or(0, |r| r.status)).collect::<Vec<u16>>())
+            })
+            .collect();
+        load.into_iter().flat_map(|h| h.join().expect("load thread")).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{:?}", statuses.iter().filter(|s| **s != 200).count());
+    let errors = envoy.settled_stat("wasmcustom.sluice.rule.api.store_errors");
+    let calls = envoy.stat("cluster.sluice_gateway.upstream_rq_total");
+    assert!(calls < 900, "calls were gathered: {calls} for 900 requests");
+    assert_eq!(errors, 0, "{errors} decisions followed on_error ({calls} calls)");
+}
