@@ -94,9 +94,11 @@ fn first_of<'a>(
     name: &str,
     read: impl Fn(&'a [u8]) -> Option<(Cow<'a, [u8]>, Cow<'a, [u8]>)>,
 ) -> Option<Found> {
+    // The configured name is read as the request's are: `a+b` is the name `a b` either way.
+    let name = form_decode(name.as_bytes());
     let mut found: Option<Found> = None;
     for (k, v) in pairs.filter_map(read) {
-        if *k != *name.as_bytes() {
+        if *k != *name {
             continue;
         }
         match &mut found {
@@ -468,6 +470,9 @@ pub(crate) mod tests {
         assert_eq!(query_values(b"/login?user=alice&users=bob", "user"), found("alice", false));
         assert_eq!(cookie_values(b"session=decoy; a=1; session=real", "session"), found("decoy", true));
         assert_eq!(cookie_values(b"session=real; %73ession=real", "session"), found("real", false));
+        // A configured name with a `+` or an escape is read as the request's names are.
+        assert_eq!(cookie_values(b"a+b=1", "a+b"), found("1", false));
+        assert_eq!(query_values(b"/?x%41=1", "x%41"), found("1", false));
         let req = Req::new("GET", "/login?user=zz1&user=alice");
         let parts = vec![IdentPart::Query("user".into())];
         let shown = hasher().resolve(&id(parts.clone(), IdentFallback::Skip), || None, &req, true).unwrap();

@@ -750,6 +750,18 @@ fn local_buckets_keep_their_level_in_64_bits() {
 }
 
 #[test]
+fn a_name_taken_by_a_limit_names_the_rule_by_its_place_in_the_file() {
+    let errs = errors(&with_rules(vec![
+        rule(json!({"name": "broken", "limit": "5/fortnight"})),
+        rule(json!({"name": "a", "limit": null, "limits": ["1/s", "10/min"]})),
+        rule(json!({"name": "a.0"})),
+    ]));
+    let taken = errs.iter().find(|e| e.0 == "rules[2].name").unwrap_or_else(|| panic!("{errs:?}"));
+    assert!(taken.1.contains("limit 0 of rules[1]"), "{}", taken.1);
+    assert!(errs.iter().any(|e| e.0 == "rules[0].limit"), "every error at once: {errs:?}");
+}
+
+#[test]
 fn secrets_are_never_echoed_in_errors() {
     // Errors reach Envoy's log: a wrong token or secret is named by its path, never shown.
     let gw = |token: Value| json!({"redis": {"cluster": "gw", "token": token}, "rules": [rule(json!({}))]});

@@ -41,7 +41,9 @@ impl Compiler {
         }
         // A rule of several limits names them `<rule>.<i>` in RateLimit-Policy: no other rule
         // may be called so, or one name would stand for two policies.
-        for (j, rule) in rules.iter().enumerate().filter(|(_, r)| r.limits.rates().len() > 1) {
+        for rule in rules.iter().filter(|r| r.limits.rates().len() > 1) {
+            // Its place in the file (rules that did not compile are not in `rules`).
+            let Some(&j) = seen.get(rule.name.as_str()) else { continue };
             for i in 0..rule.limits.rates().len() {
                 if let Some(&k) = seen.get(format!("{}.{i}", rule.name).as_str()) {
                     let item = items.get(k);
