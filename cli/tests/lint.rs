@@ -115,19 +115,33 @@ fn empty_file_is_no_configuration() {
 #[test]
 fn stdin_is_guessed_json_or_yaml() {
     for input in ["{\"rules\": [{\"name\": \"a\", \"limit\": \"1/s\"}]}", "rules:\n  - {name: a, limit: 1/s}\n"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["lint", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = lint_stdin(input);
         assert_eq!(out.status.code(), Some(0), "{input}: {}", text(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["rules"][0]["limits"][0]["period_ms"], 1000);
     }
+}
+
+/// `sluice lint -` on `input`.
+fn lint_stdin(input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["lint", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn yaml_infinities_are_refused_by_path_not_read_as_unset() {
+    // As null, `.inf` read as a field never set: share 1, a status of 429.
+    let out = lint_stdin("redis: {cluster: gw}\nresponse: {status: .nan}\nrules:\n  - {name: a, limit: 1/s, backend: redis, on_error: {fallback: {share: .inf}}}\n");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("response.status") && err.contains("rules[0].on_error.fallback.share"), "{err}");
 }
 
 #[test]
@@ -179,15 +193,7 @@ fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
 #[test]
 fn a_wasm_filter_without_config_is_an_error_not_a_panic() {
     let doc = "static_resources:\n  listeners:\n  - \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["lint", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(doc.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = lint_stdin(doc);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
 }
