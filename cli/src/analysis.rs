@@ -419,10 +419,13 @@ fn pattern_includes(a: &[char], b: &[char]) -> bool {
     dp[0][0]
 }
 
-/// Route names of an Envoy bootstrap's static route configurations.
-pub fn bootstrap_routes(boot: &Value) -> Vec<String> {
+/// Route names of an Envoy bootstrap's static route configurations; `None` when a connection
+/// manager takes its routes from elsewhere (RDS, scoped routes), which this file does not show.
+pub fn bootstrap_routes(boot: &Value) -> Option<Vec<String>> {
     let mut out = Vec::new();
+    let mut dynamic = false;
     walk(boot, &mut |map| {
+        dynamic |= map.contains_key("rds") || map.contains_key("scoped_routes");
         if let Some(Value::Array(vhosts)) = map.get("virtual_hosts") {
             for vh in vhosts {
                 if let Some(Value::Array(routes)) = vh.get("routes") {
@@ -437,7 +440,7 @@ pub fn bootstrap_routes(boot: &Value) -> Vec<String> {
             }
         }
     });
-    out
+    (!dynamic).then_some(out)
 }
 
 /// Calls `f` on every object of `v`, depth first.
@@ -711,6 +714,10 @@ mod tests {
         let boot = json!({"static_resources": {"listeners": [{"filter_chains": [{"filters": [{"typed_config": {"route_config": {"virtual_hosts": [
             {"routes": [{"name": "a"}, {"match": {}}]}, {"routes": [{"name": "b"}, {"name": "a"}]}
         ]}}}]}]}]}});
-        assert_eq!(bootstrap_routes(&boot), vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(bootstrap_routes(&boot), Some(vec!["a".to_string(), "b".to_string()]));
+        // Routes from RDS are not in the file: no route name can be said to be missing.
+        let rds = json!({"static_resources": {"listeners": [{"filter_chains": [{"filters": [{"typed_config":
+            {"rds": {"route_config_name": "r"}}}]}]}]}});
+        assert_eq!(bootstrap_routes(&rds), None);
     }
 }

@@ -171,7 +171,7 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<(Config, Source, Option<
         return match (found.len(), found.pop()) {
             (1, Some(Ok(json))) => {
                 let routes = crate::analysis::bootstrap_routes(boot);
-                compile_json(&json).map(|c| (c, Source::EnvoyBootstrap, Some(routes))).map_err(LintError::Config)
+                compile_json(&json).map(|c| (c, Source::EnvoyBootstrap, routes)).map_err(LintError::Config)
             }
             (1, Some(Err(_))) => Err(syntax("the Wasm filter's configuration is not a google.protobuf.StringValue".into())),
             (0, _) => Err(syntax("this Envoy bootstrap has no Wasm filter".into())),
