@@ -17,15 +17,15 @@ envoy_pid=$!
 trap 'kill "$envoy_pid" 2>/dev/null; wait "$envoy_pid" 2>/dev/null; rm -rf "$run_dir"' EXIT
 
 for _ in $(seq 1 200); do
-  curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
+  curl -fs --max-time 2 http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
   kill -0 "$envoy_pid" 2>/dev/null || { echo "envoy exited:"; cat "$log"; exit 1; }
   sleep 0.1
 done
-curl -fs http://127.0.0.1:9901/ready >/dev/null || { echo "envoy did not become ready:"; cat "$log"; exit 1; }
+curl -fs --max-time 2 http://127.0.0.1:9901/ready >/dev/null || { echo "envoy did not become ready:"; cat "$log"; exit 1; }
 
 show() { # method path [curl args...]
   local method=$1 path=$2; shift 2
-  curl -s -o "$run_dir/body" -D "$run_dir/headers" -X "$method" "$@" "http://127.0.0.1:10000$path"
+  curl -s --max-time 10 -o "$run_dir/body" -D "$run_dir/headers" -X "$method" "$@" "http://127.0.0.1:10000$path"
   local status
   status=$(head -n 1 "$run_dir/headers" | tr -d '\r')
   printf '  %-6s %-14s -> %s' "$method" "$path" "${status#HTTP/1.1 }"
@@ -48,4 +48,4 @@ for _ in 1 2 3; do show POST /login; done
 printf '  [internal, exempt: no rate limit fields]'; show POST /login -H "x-internal: yes"
 echo
 echo "== stats (admin :9901)"
-curl -s "http://127.0.0.1:9901/stats?filter=sluice" | sed 's/^/  /'
+curl -s --max-time 10 "http://127.0.0.1:9901/stats?filter=sluice" | sed 's/^/  /'

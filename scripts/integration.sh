@@ -67,13 +67,13 @@ wait_for() {
 }
 
 ready() {
-  wait_for 60 curl -fs "$ADMIN/ready" || { say "envoy (envoy/redis.yaml) never became ready"; return 1; }
-  wait_for 60 curl -fs http://127.0.0.1:9911/ready || { say "upstream (envoy/upstream.yaml) never became ready"; return 1; }
-  wait_for 60 curl -fs http://127.0.0.1:7379/healthz || { say "sluice-gateway never reported Redis healthy"; return 1; }
+  wait_for 60 curl -fs --max-time 2 "$ADMIN/ready" || { say "envoy (envoy/redis.yaml) never became ready"; return 1; }
+  wait_for 60 curl -fs --max-time 2 http://127.0.0.1:9911/ready || { say "upstream (envoy/upstream.yaml) never became ready"; return 1; }
+  wait_for 60 curl -fs --max-time 2 http://127.0.0.1:7379/healthz || { say "sluice-gateway never reported Redis healthy"; return 1; }
 }
 
 # The gateway runs calls through sluice's Redis module (native topology).
-module_calls() { curl -fs http://127.0.0.1:7379/healthz | grep -q '"calls":"MODULE"'; }
+module_calls() { curl -fs --max-time 2 http://127.0.0.1:7379/healthz | grep -q '"calls":"MODULE"'; }
 
 run_deployed_tests() {
   say "tests/e2e/tests/deployed.rs against $TARGET"
@@ -248,7 +248,7 @@ pids+=($!)
 envoy -c envoy/redis.yaml --concurrency 2 --disable-hot-restart --log-path "$run_dir/envoy.log" >/dev/null 2>&1 &
 pids+=($!)
 if ! ready || ! wait_for 30 module_calls; then
-  say "gateway health: $(curl -s http://127.0.0.1:7379/healthz)"
+  say "gateway health: $(curl -s --max-time 2 http://127.0.0.1:7379/healthz)"
   for log in "$run_dir"/*.log; do say "--- $log"; tail -n 30 "$log" >&2; done
   exit 1
 fi

@@ -18,7 +18,7 @@ cargo build --release -p sluice-gateway
 # build asks for), and gateway/tests/module.rs checks that this module, the one users load,
 # refuses a caller's clock. The test build (with a clock) goes to a profile of its own.
 echo "== build: sluice's Redis module, libsluice_redis.so (release; and its test build)"
-cargo build --release -p sluice-redis-module -p sluice-harness
+cargo build --release -p sluice-redis-module -p sluice-harness --lib
 cargo build -p sluice-redis-module --features testing --profile redis-module-testing
 
 echo "== format: cargo fmt --all -- --check (rustfmt.toml)"
