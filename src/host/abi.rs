@@ -231,10 +231,30 @@ pub(super) fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
     status(unsafe { proxy_increment_metric(id, offset) })
 }
 
+thread_local! {
+    /// The context the host's calls act on now, as far as this module knows: the one the host
+    /// entered the module for, or the last one made effective since.
+    static EFFECTIVE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// Makes `context` the one the next host calls act on (a request carried on from elsewhere).
 pub(super) fn set_effective_context(context: u32) -> Result<(), Status> {
     // SAFETY: no pointers.
-    status(unsafe { proxy_set_effective_context(context) })
+    let set = status(unsafe { proxy_set_effective_context(context) });
+    if set.is_ok() {
+        EFFECTIVE.with(|e| e.set(context));
+    }
+    set
+}
+
+/// The host entered the module for `context`, which is effective now.
+pub(super) fn entered(context: u32) {
+    EFFECTIVE.with(|e| e.set(context));
+}
+
+/// The context the host's calls act on now (see [`EFFECTIVE`]).
+pub(super) fn effective() -> u32 {
+    EFFECTIVE.with(std::cell::Cell::get)
 }
 
 /// Lets the effective context's request go on.

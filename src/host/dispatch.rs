@@ -46,7 +46,10 @@ thread_local! {
 /// here. A callback that carried other requests on has left one of theirs effective, whose
 /// root may be another config's.
 pub(super) fn effective_as_active() {
-    let _ = abi::set_effective_context(ACTIVE.with(Cell::get));
+    let active = ACTIVE.with(Cell::get);
+    if abi::effective() != active {
+        let _ = abi::set_effective_context(active);
+    }
 }
 
 /// Files callout `token`, just sent, under the context whose callback sent it.
@@ -104,6 +107,8 @@ fn put(id: u32, http: Box<Http>) {
 /// Runs `f` as context `id`: a callout sent meanwhile is answered to it. Also for a callback
 /// this module does not dispatch (Higress' Redis callout's answer, at the root).
 pub(super) fn as_active<T>(id: u32, f: impl FnOnce() -> T) -> T {
+    // Every caller runs with `id` effective: the host entered for it, or it was just made so.
+    abi::entered(id);
     let outer = ACTIVE.with(|a| a.replace(id));
     let out = f();
     ACTIVE.with(|a| a.set(outer));
