@@ -226,7 +226,8 @@ impl Connection {
         self.ping_sent_us = now_us;
         let token = format!("sluice:{:08x}", self.ping_seq).into_bytes();
         let ping = frame::frame(frame::PING, &token, Some(self.mask()));
-        self.server.pong = Some(token);
+        // The ping before this one may still be answered: its pong is taken out too.
+        self.server.stale_pong = self.server.pong.replace(token);
         Some(ping)
     }
 

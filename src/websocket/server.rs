@@ -32,6 +32,9 @@ pub struct ServerStream {
     pub(super) close: Option<Vec<u8>>,
     /// The payload of the pong sluice expects for its ping, if one is out.
     pub(super) pong: Option<Vec<u8>>,
+    /// The pong of the ping before it, sent again when a second passed without an answer: a
+    /// server that answers late answers both, and neither is the client's.
+    pub(super) stale_pong: Option<Vec<u8>>,
     carry: Carry<MAX_CARRY>,
 }
 
@@ -94,8 +97,10 @@ impl ServerStream {
                 if let Some(key) = h.mask {
                     frame::apply_mask(&mut payload, key, 0);
                 }
-                if self.pong.as_deref() == Some(payload.as_slice()) {
-                    self.pong = None;
+                let awaited =
+                    [&mut self.pong, &mut self.stale_pong].into_iter().find(|p| p.as_deref() == Some(payload.as_slice()));
+                if let Some(token) = awaited {
+                    *token = None;
                     edits.drop_range(pos, pos + whole);
                     pos += whole;
                     continue;
@@ -128,11 +133,12 @@ impl ServerStream {
     }
 
     fn is_our_pong(&self, h: &Header) -> bool {
-        h.opcode == PONG && h.is_valid_control() && self.pong.as_ref().is_some_and(|p| p.len() as u64 == h.payload_len)
+        let ours = |p: &Option<Vec<u8>>| p.as_ref().is_some_and(|p| p.len() as u64 == h.payload_len);
+        h.opcode == PONG && h.is_valid_control() && (ours(&self.pong) || ours(&self.stale_pong))
     }
 
     /// Bytes this stream keeps between callbacks, beyond its own size.
     pub fn heap_bytes(&self) -> usize {
-        [&self.notice, &self.close, &self.pong].iter().map(|b| b.as_ref().map_or(0, Vec::capacity)).sum()
+        [&self.notice, &self.close, &self.pong, &self.stale_pong].iter().map(|b| b.as_ref().map_or(0, Vec::capacity)).sum()
     }
 }

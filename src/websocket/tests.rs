@@ -277,6 +277,29 @@ fn notify_sends_a_ping_and_its_pong_brings_the_notice() {
 }
 
 #[test]
+fn a_late_pong_to_an_earlier_ping_never_reaches_the_client() {
+    // A second denial more than a second after the first, its ping still unanswered: sluice
+    // pings again, and a server that then answers both sends two pongs of sluice's.
+    let mut c = conn(true, None, false);
+    let mut pings = Vec::new();
+    for (i, now) in [0u64, 1_100_000].into_iter().enumerate() {
+        let mut up = wire(&[msg(&format!("spam{i}"))]);
+        while let Advance::Ask(a) = c.client_advance(&mut up).unwrap() {
+            c.judge(a, Judgement::Deny { violated: vec![0], retry_after_ms: 1_500 }, now);
+        }
+        c.client_finish(&mut up, false, now).unwrap();
+        let (_, control) = messages(&decode(&up).unwrap());
+        pings.extend(control.into_iter().filter(|(op, _)| *op == 9).map(|(_, token)| token));
+    }
+    assert_eq!(pings.len(), 2, "a second ping after a second without a pong");
+    let mut down: Vec<u8> = pings.iter().flat_map(|token| frame::frame(frame::PONG, token, None)).collect();
+    c.server_chunk(&mut down, false).unwrap();
+    let frames = decode(&down).unwrap();
+    assert!(frames.iter().all(|f| f.2 != 10), "no pong of sluice's reaches the client: {frames:?}");
+    assert!(frames.iter().any(|f| f.2 == 1), "the notice did: {frames:?}");
+}
+
+#[test]
 fn the_notice_waits_for_the_end_of_a_server_message() {
     let mut sim = Sim::new(conn(true, None, false), vec![false]);
     // The server is in the middle of a fragmented message when the client's is dropped.
