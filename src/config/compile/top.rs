@@ -215,11 +215,23 @@ impl Compiler {
     /// A non-empty string without control characters or spaces.
     pub(super) fn non_empty_text(&mut self, path: &str, v: &Value, what: &'static str, expected: &'static str) -> Option<String> {
         let s = self.string(path, v)?;
+        self.plain_text(path, s, Some(v), what, expected)
+    }
+
+    /// `s` if it is non-empty and has no control characters or spaces; its errors show `shown`.
+    fn plain_text(
+        &mut self,
+        path: &str,
+        s: &str,
+        shown: Option<&Value>,
+        what: &'static str,
+        expected: &'static str,
+    ) -> Option<String> {
         if s.is_empty() {
-            self.report(path, Some(v), Problem::Empty { what, expected });
+            self.report(path, shown, Problem::Empty { what, expected });
             None
         } else if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            self.report(path, Some(v), Problem::BadText { what, expected: "no spaces or control characters" });
+            self.report(path, shown, Problem::BadText { what, expected: "no spaces or control characters" });
             None
         } else {
             Some(s.to_string())
@@ -253,15 +265,7 @@ impl Compiler {
     /// characters, and never echoed.
     fn token(&mut self, path: &str, v: &Value) -> Option<String> {
         let s = self.secret_string(path, v)?;
-        if s.is_empty() {
-            self.report(path, None, Problem::Empty { what: "token", expected: "expected the bearer token for the endpoint" });
-            None
-        } else if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            self.report(path, None, Problem::BadText { what: "token", expected: "no spaces or control characters" });
-            None
-        } else {
-            Some(s.to_string())
-        }
+        self.plain_text(path, s, None, "token", "expected the bearer token for the endpoint")
     }
 
     pub(super) fn opt_header_text(
