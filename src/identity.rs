@@ -3,11 +3,12 @@
 //! fixed-length hash that stands for them in every key.
 //!
 //! One client, one identity: an IPv4-mapped IPv6 address is its IPv4 address, an IPv6 client is
-//! its network of `client_ip.ipv6_prefix` bits, and a query value is percent-decoded. Distinct
-//! values never merge: the hash is taken over the raw bytes, each part tagged and
+//! its network of `client_ip.ipv6_prefix` bits, and a query or cookie value is percent-decoded.
+//! Distinct values never merge: the hash is taken over the value's bytes, each part tagged and
 //! length-prefixed, so no spelling of one value (an escape, a separator) stands for another.
-//! When a header, parameter or cookie repeats, its first occurrence counts (Envoy's single
-//! header read answers the first value too).
+//! When a header repeats, its first occurrence counts (Envoy's single header read answers the
+//! first value too); a parameter or cookie repeated with another value is a conflict
+//! ([`Found`]), which enforced rules deny.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};

@@ -498,7 +498,6 @@ fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
     diff == 0
 }
 
-/// Hides a password in a Redis URL before it is logged.
 #[cfg(test)]
 mod tests {
     use super::*;

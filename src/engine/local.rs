@@ -319,8 +319,8 @@ impl Limiter {
 
     /// Decides the local rules of `applied`, after the Redis rules' `outcomes` (if any), and
     /// with `fallen_back` (Redis could not decide) the Redis rules that fall back, as local
-    /// rules on their share. Enforced rules are decided before shadow rules, and shadow rules only count requests
-    /// that are admitted. Every enforced rule is decided on what the store holds now before any
+    /// rules on their share. Enforced rules are decided before shadow rules, and shadow rules
+    /// only count requests that are admitted. Every enforced rule is decided on what the store holds now before any
     /// is written, so a request one rule denies consumes nothing from the others; a slot
     /// another worker wrote in between is decided again on what it holds, which can only deny
     /// the request after an earlier table counted it, never admit it past a limit.
