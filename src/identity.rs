@@ -2,8 +2,9 @@
 //! `x-forwarded-for` hops, canonicalised), header / query / cookie values, and the keyed,
 //! fixed-length hash that stands for them in every key.
 //!
-//! One client, one identity: an IPv4-mapped IPv6 address is its IPv4 address, an IPv6 client is
-//! its network of `client_ip.ipv6_prefix` bits, and a query or cookie value is percent-decoded.
+//! One client, one identity: an IPv4-mapped IPv6 address is its IPv4 address, and so is one
+//! built from an IPv4 address (6to4, NAT64, Teredo); any other IPv6 client is its network of
+//! `client_ip.ipv6_prefix` bits, and a query or cookie value is percent-decoded.
 //! Distinct values never merge: the hash is taken over the value's bytes, each part tagged and
 //! length-prefixed, so no spelling of one value (an escape, a separator) stands for another.
 //! When a header repeats, its first occurrence counts (Envoy's single header read answers the
@@ -51,6 +52,24 @@ pub fn parse_address(addr: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
+/// The IPv4 address that owns an IPv6 address built from it, for counting: a 6to4 address
+/// (`2002:V4::/48`: whoever holds the IPv4 address holds 65,536 /64s), a NAT64 translation
+/// (`64:ff9b::V4`: every IPv4 client would otherwise share one /64), a Teredo client (`2001:0::/32`,
+/// the client's public IPv4 address stored inverted in the last 32 bits) and the deprecated
+/// IPv4-compatible form (`::V4`, not `::` or `::1`). Exemptions do not use it: a relayed address
+/// is not the IPv4 network it names.
+pub fn ipv4_behind(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let bits = u128::from(v6);
+    let low32 = bits as u32;
+    match v6.segments() {
+        [0x2002, ..] => Some(std::net::Ipv4Addr::from((bits >> 80) as u32)),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(std::net::Ipv4Addr::from(low32)),
+        [0x2001, 0, ..] => Some(std::net::Ipv4Addr::from(!low32)),
+        [0, 0, 0, 0, 0, 0, _, _] if low32 > 1 => Some(std::net::Ipv4Addr::from(low32)),
+        _ => None,
+    }
+}
+
 /// The client IP per `client_ip`: Envoy's view by default; with `xff_trusted_hops = N`, the
 /// N-th entry from the right of `x-forwarded-for` (each trusted proxy appends the address it
 /// saw, so the entries right of it were written by proxies we trust). Falls back to Envoy's
@@ -60,12 +79,10 @@ pub fn client_ip(spec: &ClientIpSpec, req: &impl RequestInfo) -> Option<IpAddr> 
     let hops = spec.xff_trusted_hops as usize;
     if hops > 0 {
         if let Some(xff) = req.header("x-forwarded-for") {
-            let entries: Vec<&[u8]> = xff.split(|b| *b == b',').collect();
-            if entries.len() >= hops {
-                let entry = entries.get(entries.len() - hops).and_then(|e| std::str::from_utf8(e).ok());
-                if let Some(ip) = entry.and_then(parse_address) {
-                    return Some(ip);
-                }
+            // From the right, so a header of many entries costs no more than `hops` of them.
+            let entry = xff.rsplit(|b| *b == b',').nth(hops - 1).and_then(|e| std::str::from_utf8(e).ok());
+            if let Some(ip) = entry.and_then(parse_address) {
+                return Some(ip);
             }
         }
     }
@@ -267,8 +284,13 @@ impl IdentityHasher {
         let _ = text.write_str("global");
     }
 
-    /// An IPv4 client as its address; an IPv6 client as its network of `ipv6_prefix` bits.
+    /// An IPv4 client as its address; an IPv6 client as its network of `ipv6_prefix` bits,
+    /// unless its address is one an IPv4 address owns ([`ipv4_behind`]).
     fn ip(&self, h: &mut SipHasher13, text: &mut Shown, ip: Option<IpAddr>) {
+        let ip = match ip {
+            Some(IpAddr::V6(v6)) => Some(ipv4_behind(v6).map_or(IpAddr::V6(v6), IpAddr::V4)),
+            other => other,
+        };
         match ip {
             Some(IpAddr::V4(v4)) => {
                 h.write_u8(tag::IPV4);
@@ -534,6 +556,26 @@ pub(crate) mod tests {
                 .hash
         };
         assert_ne!(at("2001:db8::1"), at("2001:db8::2"));
+    }
+
+    #[test]
+    fn an_ipv6_address_built_from_an_ipv4_one_is_that_ipv4_client() {
+        let by_ip = |src: &str| resolve(vec![IdentPart::ClientIp], &Req::new("GET", "/").source(src)).unwrap();
+        let v4 = by_ip("192.0.2.1:1");
+        // 6to4: the /48 of 192.0.2.1 is 65,536 /64s, one client.
+        for six_to_four in ["[2002:c000:201::1]:1", "[2002:c000:201:ffff:1:2:3:4]:2"] {
+            assert_eq!(by_ip(six_to_four).hash, v4.hash, "{six_to_four}");
+        }
+        assert_eq!(by_ip("[2002:c000:201::1]:1").text, "ip=192.0.2.1");
+        // NAT64: IPv4 clients translated into one /64 stay apart.
+        assert_eq!(by_ip("[64:ff9b::c000:201]:1").hash, v4.hash);
+        assert_ne!(by_ip("[64:ff9b::c000:202]:1").hash, v4.hash);
+        // Teredo keeps the client's public address inverted in its last 32 bits.
+        assert_eq!(by_ip("[2001:0:4136:e378:8000:63bf:3fff:fdfe]:1").hash, by_ip("192.0.2.1:3").hash);
+        // IPv4-compatible, but not the unspecified or loopback address.
+        assert_eq!(by_ip("[::c000:201]:1").hash, v4.hash);
+        assert_eq!(by_ip("[::1]:1").text, "ip=::/64");
+        assert_eq!(ipv4_behind("2001:db8::c000:201".parse().unwrap()), None, "not an embedding prefix");
     }
 
     #[test]

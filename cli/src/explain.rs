@@ -40,25 +40,37 @@ impl CliRequest {
 }
 
 impl CliRequest {
-    /// A header as the filter reads it in Envoy: its first occurrence.
-    fn first(&self, name: &str) -> Option<&str> {
+    /// A header as the filter reads it in Envoy: its first occurrence, or every occurrence
+    /// joined with `,` for the names Envoy joins as they arrive (docs/architecture.md, "Host
+    /// facts: headers"), so `x-forwarded-for` given twice is read as the proxy reads it.
+    fn read(&self, name: &str) -> Option<String> {
         match name {
-            ":method" => return Some(&self.method),
-            ":path" => return Some(&self.path),
+            ":method" => return Some(self.method.clone()),
+            ":path" => return Some(self.path.clone()),
             _ => {}
         }
         // Envoy answers `host` and `:authority` alike.
         let authority = matches!(name, ":authority" | "host");
-        self.headers
+        let values: Vec<&str> = self
+            .headers
             .iter()
-            .find(|(k, _)| k == name || (authority && matches!(k.as_str(), ":authority" | "host")))
+            .filter(|(k, _)| k == name || (authority && matches!(k.as_str(), ":authority" | "host")))
             .map(|(_, v)| v.as_str())
+            .collect();
+        match values.first() {
+            None => None,
+            Some(_) if ENVOY_JOINS.contains(&name) => Some(values.join(",")),
+            Some(first) => Some((*first).to_string()),
+        }
     }
 }
 
+/// Request headers whose repeats Envoy joins into one value with `,` before any filter runs.
+const ENVOY_JOINS: [&str; 3] = ["x-forwarded-for", "user-agent", "authorization"];
+
 impl RequestInfo for CliRequest {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.first(name).map(|v| v.as_bytes().to_vec())
+        self.read(name).map(String::into_bytes)
     }
     fn source_address(&self) -> Option<String> {
         self.ip.map(|ip| ip.to_string())

@@ -123,6 +123,15 @@ fn exempt_unlimited_and_missing_identities_say_why() {
     let r = explain(&["filter-config/local.yaml", "--path", "/api/x", "-H", "x-internal: yes", "--ip", "192.0.2.1"]);
     assert_eq!(rule(&r, "api")["reasons"], json!(["exempt header x-internal: \"yes\""]));
 
+    // Envoy joins repeated x-forwarded-for lines; the hop the balancer appended is the last.
+    let xff = |a: &str, b: &str| {
+        let (a, b) = (format!("x-forwarded-for: {a}"), format!("x-forwarded-for: {b}"));
+        explain(&["filter-config/local.yaml", "--path", "/api/x", "-H", &a, "-H", &b, "--ip", "10.0.0.2"])
+    };
+    let r = xff("10.1.2.3", "203.0.113.5");
+    assert_eq!(rule(&r, "api")["outcome"], "applies", "{r}");
+    assert_eq!(rule(&r, "api")["counted"]["identity"], "ip=203.0.113.5");
+    assert_eq!(rule(&xff("203.0.113.5", "10.1.2.3"), "api")["outcome"], "exempt");
     let r = explain(&["filter-config/local.yaml", "-X", "put", "--path", "/upload/a", "--ip", "192.0.2.1"]);
     assert_eq!(r["request"]["method"], "PUT");
     assert_eq!(rule(&r, "uploads")["outcome"], "no_identity");
