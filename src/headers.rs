@@ -35,6 +35,24 @@ impl Pairs {
         found
     }
 
+    /// Every value of header `name`, in order, joined by `sep`; `None` when there is none.
+    pub fn joined(&self, name: &str, sep: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        let _ = self.walk(|k, v| {
+            if k == name.as_bytes() {
+                match &mut out {
+                    Some(o) => {
+                        o.extend_from_slice(sep);
+                        o.extend_from_slice(v);
+                    }
+                    None => out = Some(v.to_vec()),
+                }
+            }
+            false
+        });
+        out
+    }
+
     /// Every pair in order, as (name, value) bytes.
     pub fn to_vec(&self) -> Vec<(&[u8], &[u8])> {
         let mut out = Vec::with_capacity(self.count);

@@ -26,6 +26,11 @@ pub trait RequestInfo {
     /// A request header by lower-case name (pseudo-headers included), as the bytes Envoy
     /// holds: HTTP lets a value carry bytes that are not UTF-8. The first one when it repeats.
     fn header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Every `cookie` line of the request joined with `; `, as the application reads them:
+    /// Envoy passes repeated lines on as they came (HTTP/1.1), and a server joins them, so a
+    /// cookie repeated on a second line is a repeat like one on the same line. No default: a
+    /// wrapper that forgot it would read the first line alone.
+    fn cookies(&self) -> Option<Vec<u8>>;
     /// Envoy's `source.address` property, e.g. `10.0.0.1:5555` or `[::1]:5555`.
     fn source_address(&self) -> Option<String>;
     /// Envoy's `xds.route_name` property.
@@ -250,7 +255,7 @@ impl IdentityHasher {
                     conflict |= f.conflict;
                     (tag::QUERY, "query", name, f.value)
                 }),
-                IdentPart::Cookie(name) => req.header("cookie").and_then(|c| cookie_values(&c, name)).map(|f| {
+                IdentPart::Cookie(name) => req.cookies().and_then(|c| cookie_values(&c, name)).map(|f| {
                     conflict |= f.conflict;
                     (tag::COOKIE, "cookie", name, f.value)
                 }),
@@ -413,6 +418,9 @@ pub(crate) mod tests {
                 ":path" => Some(self.path.clone()),
                 _ => self.headers.get(name).cloned(),
             }
+        }
+        fn cookies(&self) -> Option<Vec<u8>> {
+            self.header("cookie")
         }
         fn source_address(&self) -> Option<String> {
             self.source.clone()

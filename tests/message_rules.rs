@@ -22,6 +22,9 @@ impl RequestInfo for Req {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes().to_vec())
     }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        self.header("cookie")
+    }
     fn source_address(&self) -> Option<String> {
         Some(format!("{}:5555", self.ip))
     }

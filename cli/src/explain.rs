@@ -72,6 +72,10 @@ impl RequestInfo for CliRequest {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.read(name).map(String::into_bytes)
     }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        let lines: Vec<&str> = self.headers.iter().filter(|(k, _)| k == "cookie").map(|(_, v)| v.as_str()).collect();
+        (!lines.is_empty()).then(|| lines.join("; ").into_bytes())
+    }
     fn source_address(&self) -> Option<String> {
         self.ip.map(|ip| ip.to_string())
     }

@@ -43,6 +43,9 @@ impl sluice::identity::RequestInfo for Plain<'_> {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes().to_vec())
     }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        self.header("cookie")
+    }
     fn source_address(&self) -> Option<String> {
         self.1.map(str::to_string)
     }
@@ -138,6 +141,18 @@ fn exempt_unlimited_and_missing_identities_say_why() {
     assert_eq!(rule(&r, "uploads")["reasons"], json!(["cookie session is absent and the identifier says fallback: skip"]));
     let r = explain(&["filter-config/local.yaml", "-X", "PUT", "--path", "/upload/a", "-H", "cookie: a=1; session=s9"]);
     assert_eq!(rule(&r, "uploads")["counted"]["identity"], "cookie:session=s9");
+    let r = explain(&[
+        "filter-config/local.yaml",
+        "-X",
+        "PUT",
+        "--path",
+        "/upload/a",
+        "-H",
+        "cookie: session=zz",
+        "-H",
+        "cookie: session=s9",
+    ]);
+    assert_eq!(r["conflicts"], json!(["uploads"]), "a second Cookie line is read too");
 
     let r = explain(&["filter-config/tenants.yaml", "--path", "/x", "-H", "x-tenant-tier: enterprise", "-H", "x-tenant: t1"]);
     assert_eq!(rule(&r, "enterprise")["outcome"], "unlimited");

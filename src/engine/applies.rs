@@ -262,7 +262,7 @@ impl<R: RequestInfo> View<'_, R> {
             .filter_map(|p| match p {
                 IdentPart::Header(h) if self.req.header(h).is_none() => Some(Missing::Header(h.clone())),
                 IdentPart::Query(q) if identity::query_param(&path(), q).is_none() => Some(Missing::Query(q.clone())),
-                IdentPart::Cookie(c) if self.req.header("cookie").and_then(|h| identity::cookie(&h, c)).is_none() => {
+                IdentPart::Cookie(c) if self.req.cookies().and_then(|h| identity::cookie(&h, c)).is_none() => {
                     Some(Missing::Cookie(c.clone()))
                 }
                 _ => None,
@@ -393,6 +393,9 @@ impl<R: RequestInfo> RequestInfo for PathOnce<'_, R> {
     }
     fn method(&self) -> Option<Vec<u8>> {
         self.req.method()
+    }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        self.req.cookies()
     }
     fn source_address(&self) -> Option<String> {
         self.req.source_address()

@@ -65,6 +65,9 @@ impl RequestInfo for Request {
             _ => None,
         }
     }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        self.header("cookie")
+    }
     fn source_address(&self) -> Option<String> {
         Some("10.0.0.1:1".into())
     }

@@ -1,7 +1,7 @@
 //! The request as the core sees it ([`RequestInfo`]): headers and properties read from the host
 //! on demand, each at most once, and all headers in one host call when the config reads several.
 //! Either way a repeated header answers its first value (docs/architecture.md, "Host facts:
-//! headers").
+//! headers"), but for the `cookie` lines, which are read all together.
 
 use std::cell::{Cell, RefCell};
 
@@ -72,6 +72,18 @@ impl RequestInfo for HostRequest {
             return self.header(":path");
         }
         abi::get_map_value_bytes(Headers::Request, ":path").ok().flatten()
+    }
+    /// From every header, read at once if they were not yet: a single read answers only the
+    /// first line.
+    fn cookies(&self) -> Option<Vec<u8>> {
+        if self.all.borrow().is_none() {
+            self.all_at_once.set(false);
+            *self.all.borrow_mut() = request_header_pairs();
+        }
+        match self.all.borrow().as_ref() {
+            Some(all) => all.joined("cookie", b"; "),
+            None => self.header("cookie"),
+        }
     }
     fn source_address(&self) -> Option<String> {
         property(b"source\0address")

@@ -25,6 +25,9 @@ impl RequestInfo for CountingSource<'_> {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.0.header(name)
     }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        self.0.cookies()
+    }
     fn source_address(&self) -> Option<String> {
         self.1.set(self.1.get() + 1);
         self.0.source_address()
@@ -41,6 +44,9 @@ impl RequestInfo for CountingHeaders<'_> {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.1.borrow_mut().push(name.to_string());
         self.0.header(name)
+    }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        self.0.cookies()
     }
     fn source_address(&self) -> Option<String> {
         self.0.source_address()

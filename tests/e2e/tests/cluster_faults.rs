@@ -161,6 +161,9 @@ impl RequestInfo for Req<'_> {
             _ => None,
         }
     }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        self.header("cookie")
+    }
     fn source_address(&self) -> Option<String> {
         Some("127.0.0.1:1".into())
     }

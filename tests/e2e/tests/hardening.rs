@@ -82,6 +82,11 @@ fn one_client_has_one_identity_however_it_is_spelled() {
     // A cookie and its percent-encoded spelling are one session.
     let s = envoy.url("/s");
     assert_eq!(statuses(&s, &[&[("cookie", "session=abc")], &[("cookie", "session=%61bc")]]), [200, 429]);
+    // A decoy on a Cookie line of its own is a repeat too: Envoy passes both lines on over
+    // HTTP/1.1, and the application joins them and may read the spent session.
+    let two_lines = |decoy: &'static str| vec![("cookie", decoy), ("cookie", "session=abc")];
+    assert_eq!(statuses(&s, &[&two_lines("session=decoy1"), &two_lines("session=decoy2")]), [429, 429]);
+    assert_eq!(statuses(&s, &[&[("cookie", "a=1"), ("cookie", "session=fresh")], &[("cookie", "session=fresh")]]), [200, 429]);
     // Exemptions see the canonical address too.
     let x = envoy.url("/x");
     assert_eq!(statuses(&x, &[&xff("::ffff:192.0.2.9"), &xff("::ffff:192.0.2.9"), &xff("192.0.2.9")]), [200, 200, 200]);

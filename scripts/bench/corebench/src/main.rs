@@ -112,6 +112,9 @@ impl RequestInfo for Req<'_> {
             }
         }
     }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        self.header("cookie")
+    }
     fn source_address(&self) -> Option<String> {
         bump(&self.calls.source_address);
         Some(self.source.clone())
