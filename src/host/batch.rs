@@ -190,7 +190,8 @@ fn expire_lost(now: u64) {
         g.out = kept;
         lost
     });
-    for (_, call) in lost {
+    for (token, call) in lost {
+        super::dispatch::forget_callout(token);
         failed(call, "no answer from the Redis endpoint".into(), now);
     }
 }

@@ -52,6 +52,15 @@ pub(super) fn effective_as_active() {
     }
 }
 
+/// Forgets callout `token`, whose answer will never come (the host dropped it).
+pub(super) fn forget_callout(token: u32) {
+    CALLOUTS.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.remove(&token);
+        }
+    });
+}
+
 /// Files callout `token`, just sent, under the context whose callback sent it.
 pub(super) fn called_out(token: u32) {
     let active = ACTIVE.with(Cell::get);
@@ -260,6 +269,15 @@ pub extern "C" fn proxy_on_delete(id: u32) {
         None if ACTIVE.with(Cell::get) == id => DOOMED.with(|d| d.set(id)),
         None => {}
     }
+    // The host cancels a deleted context's callouts: their answers never come, and a client
+    // that hangs up on each request would otherwise leave an entry behind each time.
+    CALLOUTS.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            if !c.is_empty() {
+                c.retain(|_, sender| *sender != id);
+            }
+        }
+    });
     ROOTS.with(|r| {
         if let Ok(mut roots) = r.try_borrow_mut() {
             roots.retain(|(at, _)| *at != id);

@@ -197,6 +197,33 @@ fn no_retry_is_sent_with_less_than_a_millisecond_left() {
     }
 }
 
+/// Envoy cancels the callouts of a request whose client went away; a guest that kept each
+/// call's entry would grow by one per hung-up request until the VM ran out of memory.
+#[test]
+fn clients_that_hang_up_during_their_redis_call_leave_nothing_behind() {
+    let config = json!({
+        "redis": {"cluster": "sluice_gateway", "timeout_ms": 20},
+        "rules": [{"name": "r", "limit": "100/min", "identifier": {"header": "x-user"}, "backend": "redis"}],
+    });
+    let mut host = common::sluice()
+        .config(config.to_string())
+        .on_http_call(|_| CalloutReply::Hold)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    let hang_up = |host: &mut Host, users: std::ops::Range<u32>| {
+        for user in users {
+            let id = host.request("GET", "/").header("x-user", &user.to_string()).start();
+            assert!(host.reset(id), "the call is out when the client hangs up");
+        }
+        host.guest_memory_bytes(0).expect("worker 0 at rest")
+    };
+    let warm = hang_up(&mut host, 0..2_000);
+    let after = hang_up(&mut host, 2_000..40_000);
+    assert_eq!(host.callouts().len(), 40_000, "every request sent its own call");
+    assert_eq!(after, warm, "38,000 more hung-up calls grew the guest's memory");
+    assert!(host.traps().is_empty());
+}
+
 #[test]
 fn half_open_probes_are_never_exceeded_and_a_hung_up_probe_frees_its_place() {
     let config = json!({

@@ -386,4 +386,11 @@ impl Host {
     pub fn traps(&self) -> &[Trap] {
         &self.traps
     }
+
+    /// The size of worker `w`'s linear memory in bytes (it only grows): what the guest has kept
+    /// at its peak. `None` while a step of that worker is suspended.
+    pub fn guest_memory_bytes(&self, w: usize) -> Option<usize> {
+        let store = self.workers.get(w)?.store.as_ref()?;
+        Some(store.data().memory?.data_size(store))
+    }
 }
