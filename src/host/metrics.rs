@@ -26,14 +26,11 @@ fn add(id: u32) {
     });
 }
 
-/// Hands this worker's counts to Envoy (from the tick).
+/// Hands this worker's counts to Envoy (from the tick). Entries handed over go: a config
+/// update defines new ids, and the old ones would otherwise stay to be searched on every count.
 pub(super) fn flush() {
     UNFLUSHED.with(|u| {
-        for (id, n) in u.borrow_mut().iter_mut() {
-            if *n > 0 && abi::increment_metric(*id, *n).is_ok() {
-                *n = 0;
-            }
-        }
+        u.borrow_mut().retain(|&(id, n)| n > 0 && abi::increment_metric(id, n).is_err());
     });
 }
 
@@ -76,31 +73,32 @@ impl Metrics {
     }
 
     pub fn count(&self, verdict: &Verdict) {
-        self.count_outcomes(verdict, true);
+        self.count_outcomes(verdict, matches!(verdict, Verdict::Admit { .. }));
     }
 
-    /// One WebSocket message's verdict. An undelivered message counts only against the rules
-    /// that denied it: the others' admission was a dry run that consumed nothing.
+    /// One WebSocket message's verdict.
     pub fn count_message(&self, verdict: &Verdict, delivered: bool) {
         self.count_outcomes(verdict, delivered);
     }
 
-    fn count_outcomes(&self, verdict: &Verdict, admitted_too: bool) {
-        for o in verdict.outcomes().iter().filter(|o| admitted_too || !o.allowed) {
+    /// A request or message that was not let through counts only against the rules that
+    /// denied it: the others' admission was a dry run that consumed nothing and created no slot.
+    fn count_outcomes(&self, verdict: &Verdict, through: bool) {
+        for o in verdict.outcomes() {
             let Some(Some((ids, shadow))) = self.per_rule.get(o.rule) else { continue };
-            let id = match (o.allowed, shadow) {
-                (true, _) => ids[0],
-                (false, false) => ids[1],
-                (false, true) => ids[2],
-            };
-            add(id);
+            match (o.allowed, shadow) {
+                (true, _) if through => add(ids[0]),
+                (true, _) => {}
+                (false, false) => add(ids[1]),
+                (false, true) => add(ids[2]),
+            }
             if o.store_error {
                 add(ids[3]);
             }
             if o.from_cache {
                 add(ids[4]);
             }
-            if let (true, Some(id)) = (o.created_slot, self.slots_created) {
+            if let (true, true, Some(id)) = (through, o.created_slot, self.slots_created) {
                 add(id);
             }
         }

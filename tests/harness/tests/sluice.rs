@@ -277,6 +277,24 @@ fn metrics_and_rate_limit_headers_reach_the_client() {
     assert_eq!(allowed, Some(2), "{:?}", host.metrics());
 }
 
+/// A request another rule limits was counted by no rule: the stats say so, and no slot was
+/// created for it.
+#[test]
+fn a_limited_request_counts_as_allowed_nowhere() {
+    let global = json!({"name": "global", "limit": "1000/s", "identifier": "global"});
+    let per_ip = json!({"name": "per-ip", "limit": "1/min", "strategy": "fixed_window"});
+    let per_key = json!({"name": "per-key", "limit": "1000/s", "identifier": {"header": "x-key"}});
+    let mut host = host(&json!({"rules": [global, per_ip, per_key]}), 1);
+    let statuses: Vec<u16> =
+        (0..10).map(|i| host.request("GET", "/").source("10.0.0.1:1").header("x-key", &format!("k{i}")).send().status).collect();
+    assert_eq!(statuses, [200, 429, 429, 429, 429, 429, 429, 429, 429, 429]);
+    host.advance(Duration::from_secs(1));
+    let metric = |name: &str| host.metric(&format!("sluice.rule.{name}")).unwrap_or(0);
+    assert_eq!([metric("global.allowed"), metric("per-ip.allowed"), metric("per-key.allowed")], [1, 1, 1]);
+    assert_eq!(metric("per-ip.limited"), 9);
+    assert_eq!(host.metric("sluice.local.slots_created"), Some(3), "one slot per rule's identity, for the request let through");
+}
+
 #[test]
 fn clients_are_told_apart_by_address_and_rules_matched_by_route_name() {
     // The two properties the filter reads: `source.address` (the default identity) and
