@@ -339,6 +339,9 @@ fn write_len_prefixed(h: &mut SipHasher13, bytes: &[u8]) {
 /// logs): the hash does not depend on it, and every request would pay for it.
 struct Shown(Option<String>);
 
+/// How much of one value an identity's readable text shows.
+const SHOWN_BYTES: usize = 64;
+
 impl Shown {
     fn on(&self) -> bool {
         self.0.is_some()
@@ -346,8 +349,21 @@ impl Shown {
 
     /// Appends `bytes` for a reader: UTF-8 as it is but for control characters, anything else
     /// escaped (`\xff`, `\n`): the text goes into logs (a shadow rule's), where a decoded
-    /// `%0A` in a query must not start a line of its own.
+    /// `%0A` in a query must not start a line of its own. At most [`SHOWN_BYTES`] of a value,
+    /// then `…`: a shadow rule keeps its text with a WebSocket connection and logs it at every
+    /// limited message, and a header may hold 60 KiB.
     fn bytes(&mut self, bytes: &[u8]) {
+        if bytes.len() > SHOWN_BYTES {
+            let head = &bytes[..SHOWN_BYTES];
+            // Cut before a character the cut would split; bytes that are not UTF-8 anyway stay.
+            let cut = match std::str::from_utf8(head) {
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                _ => SHOWN_BYTES,
+            };
+            self.bytes(&bytes[..cut]);
+            let _ = self.write_str("…");
+            return;
+        }
         if let Some(text) = &mut self.0 {
             match std::str::from_utf8(bytes) {
                 Ok(s) if !s.chars().any(char::is_control) => text.push_str(s),
@@ -532,6 +548,18 @@ pub(crate) mod tests {
     fn control_characters_are_shown_escaped() {
         let id = resolve(vec![IdentPart::Query("user".into())], &Req::new("GET", "/?user=a%0Afake%09x")).unwrap();
         assert_eq!(id.text, "query:user=a\\nfake\\tx", "one line, whatever the value");
+    }
+
+    #[test]
+    fn a_long_value_is_shown_cut_and_counted_whole() {
+        let part = || vec![IdentPart::Header("x-user".into())];
+        let long = |tail: &str| Req::new("GET", "/").header("x-user", &format!("{}{tail}", "é".repeat(40_000)));
+        let (a, b) = (resolve(part(), &long("a")).unwrap(), resolve(part(), &long("b")).unwrap());
+        assert_eq!(a.text, format!("header:x-user={}…", "é".repeat(32)), "cut at a character, not inside one");
+        assert_eq!(a.text, b.text);
+        assert_ne!(a.hash, b.hash, "the whole value is counted");
+        let raw = resolve(part(), &Req::new("GET", "/").header_bytes("x-user", &[0xff; 10_000])).unwrap();
+        assert_eq!(raw.text, format!("header:x-user={}…", "\\xff".repeat(64)));
     }
 
     #[test]
