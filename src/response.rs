@@ -124,6 +124,8 @@ fn write_rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>], out: &m
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalResponse {
     pub status: u16,
+    /// For a gRPC request, which Envoy answers with a gRPC error instead.
+    pub grpc_status: u8,
     pub headers: Vec<Field>,
     pub body: Vec<u8>,
 }
@@ -152,7 +154,7 @@ pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>],
         }
     };
     headers.extend(spec.headers.iter().map(|(k, v)| (Cow::Owned(k.clone()), v.clone())));
-    LocalResponse { status: spec.status, headers, body }
+    LocalResponse { status: spec.status, grpc_status: spec.grpc_status, headers, body }
 }
 
 /// The RFC 9457 problem document. Rule names are `[A-Za-z0-9_.-]` (the config compiler's
@@ -233,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_shadow_rules_denial_neither_lengthens_retry_after_nor_fills_legacy_fields() {
-        let spec = ResponseSpec { status: 429, headers: Vec::new(), body: None, content_type: None };
+        let spec = ResponseSpec { status: 429, headers: Vec::new(), body: None, content_type: None, grpc_status: 8 };
         let (burst, trial) = (text("burst", 5, 1000), text("trial", 100, 3_600_000));
         let shadow = Reported { enforced: false, ..rep(&trial, 100, 3_600_000, false, 0, 3_000_000) };
         let r = [rep(&burst, 5, 1000, false, 0, 800), shadow.clone()];
@@ -287,8 +289,13 @@ mod tests {
 
     #[test]
     fn limited_response_has_retry_after_and_problem_body() {
-        let spec =
-            ResponseSpec { status: 429, headers: vec![("x-reason".into(), "throttled".into())], body: None, content_type: None };
+        let spec = ResponseSpec {
+            status: 429,
+            headers: vec![("x-reason".into(), "throttled".into())],
+            body: None,
+            content_type: None,
+            grpc_status: 8,
+        };
         let api = text("api", 50, 60_000);
         let r = [rep(&api, 50, 60_000, false, 0, 1_200)];
         let resp = limited(&spec, HeaderMode::Draft10, &r, &["api"]);
@@ -325,7 +332,8 @@ mod tests {
 
     #[test]
     fn retry_after_is_at_least_one_second() {
-        let spec = ResponseSpec { status: 503, headers: vec![], body: Some("slow down".into()), content_type: None };
+        let spec =
+            ResponseSpec { status: 503, headers: vec![], body: Some("slow down".into()), content_type: None, grpc_status: 8 };
         let a = text("a", 5, 1000);
         let resp = limited(&spec, HeaderMode::None, &[rep(&a, 5, 1000, false, 0, 1)], &["a"]);
         assert_eq!(resp.status, 503);

@@ -54,6 +54,9 @@ pub struct ResponseSpec {
     pub body: Option<String>,
     /// Content type of a custom body (default "text/plain").
     pub content_type: Option<String>,
+    /// The gRPC status a gRPC request is answered with (Envoy turns the response into a gRPC
+    /// error for those): default 8, RESOURCE_EXHAUSTED, which clients and meshes do not retry.
+    pub grpc_status: u8,
 }
 
 /// How the client IP is derived.

@@ -65,11 +65,12 @@ impl Serialize for HeaderMode {
 
 impl Serialize for ResponseSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("ResponseSpec", 4)?;
+        let mut st = s.serialize_struct("ResponseSpec", 5)?;
         st.serialize_field("status", &self.status)?;
         st.serialize_field("headers", &Headers(&self.headers))?;
         st.serialize_field("body", &self.body)?;
         st.serialize_field("content_type", &self.content_type)?;
+        st.serialize_field("grpc_status", &self.grpc_status)?;
         st.end()
     }
 }

@@ -340,6 +340,8 @@ fn top_level_field_errors() {
         "(did you mean \"draft10\"?); expected one of draft10, legacy, both, none",
     );
     assert_one(top("response", json!({"status": 200})), "response.status", "200: expected an integer from 400 to 599");
+    assert_one(top("response", json!({"grpc_status": 0})), "response.grpc_status", "0: expected an integer from 1 to 16");
+    assert_one(top("response", json!({"grpc_status": 17})), "response.grpc_status", "17: expected an integer from 1 to 16");
     assert_one(top("response", json!({"headers": {"Retry-After": "1"}})), "response.headers.Retry-After", "set by sluice itself");
     assert_one(
         top("response", json!({"headers": {"content-type": "x"}})),
@@ -408,7 +410,7 @@ fn good_config_compiles_to_the_expected_structure() {
     let v = json!({
         "namespace": "shop",
         "rate_limit_headers": "both",
-        "response": {"status": 503, "headers": {"X-Reason": "throttled"}, "body": "slow down"},
+        "response": {"status": 503, "headers": {"X-Reason": "throttled"}, "body": "slow down", "grpc_status": 14},
         "client_ip": {"xff_trusted_hops": 2},
         "local": {"max_clients": 500},
         "redis": {"cluster": "sluice_gateway", "token": "s3cret", "timeout_ms": 25},
@@ -444,6 +446,7 @@ fn good_config_compiles_to_the_expected_structure() {
             headers: vec![("x-reason".into(), "throttled".into())],
             body: Some("slow down".into()),
             content_type: Some("text/plain".into()),
+            grpc_status: 14,
         }
     );
     assert_eq!(c.client_ip.xff_trusted_hops, 2);
@@ -545,7 +548,7 @@ fn normalized_output_of_defaults() {
     let want = json!({
         "namespace": "sluice",
         "rate_limit_headers": "draft10",
-        "response": {"status": 429, "headers": {}, "body": null, "content_type": null},
+        "response": {"status": 429, "headers": {}, "body": null, "content_type": null, "grpc_status": 8},
         "client_ip": {"xff_trusted_hops": 0, "ipv6_prefix": 64},
         "local": {"max_clients": 10000},
         "redis": null,

@@ -77,7 +77,12 @@ impl Limiter {
         let hasher = IdentityHasher::new(config.identity_secret.as_deref(), &config.client_ip);
         let Config { namespace, rate_limit_headers, response, client_ip, local, redis, rules, .. } = config;
         let rules = CompiledRule::all(rules, &namespace, local.max_clients);
-        let message_denied = Arc::new(LocalResponse { status: response.status, headers: Vec::new(), body: Vec::new() });
+        let message_denied = Arc::new(LocalResponse {
+            status: response.status,
+            grpc_status: response.grpc_status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        });
         Limiter {
             rules,
             breaker_key: format!("{namespace}:breaker"),

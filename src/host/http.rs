@@ -75,14 +75,18 @@ extern "C" {
     ) -> u32;
 }
 
-/// Answers the request with `status`, `headers` (encoded, [`headers::encode`]) and `body`; the
-/// host's status (0: sent). Not the SDK's `send_http_response`: that one takes the headers as a
-/// vector to encode them again, and panics (a trap) on any status but Ok.
-fn send_local_response(status: u32, headers: &[u8], body: &[u8]) -> u32 {
+/// Answers the request with `status`, `headers` (encoded, [`headers::encode`]) and `body`, or
+/// a gRPC request with `grpc_status` (Envoy turns the reply into a gRPC error for those and
+/// ignores it otherwise); the host's status (0: sent). Not the SDK's `send_http_response`: that
+/// one takes the headers as a vector to encode them again, and panics (a trap) on any status
+/// but Ok.
+fn send_local_response(status: u32, headers: &[u8], body: &[u8], grpc_status: u8) -> u32 {
     // SAFETY: every pointer is valid for its length for the duration of the call, which only
     // reads them; a null details pointer with size 0 means no details, as the ABI allows.
     unsafe {
-        proxy_send_local_response(status, std::ptr::null(), 0, body.as_ptr(), body.len(), headers.as_ptr(), headers.len(), -1)
+        let (body_ptr, headers_ptr) = (body.as_ptr(), headers.as_ptr());
+        let grpc = i32::from(grpc_status);
+        proxy_send_local_response(status, std::ptr::null(), 0, body_ptr, body.len(), headers_ptr, headers.len(), grpc)
     }
 }
 
@@ -95,7 +99,7 @@ thread_local! {
 /// Sends a limited response, encoding its headers only when it is not the last one sent.
 fn send_limited(response: &Arc<LocalResponse>) -> u32 {
     let encode = || headers::encode(response.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
-    let send = |headers: &[u8]| send_local_response(u32::from(response.status), headers, &response.body);
+    let send = |headers: &[u8]| send_local_response(u32::from(response.status), headers, &response.body, response.grpc_status);
     SENT.with(|sent| match sent.try_borrow_mut() {
         Ok(mut sent) => {
             let headers = match sent.take() {

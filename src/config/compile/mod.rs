@@ -32,6 +32,9 @@ mod top;
 /// Default key prefix.
 pub const DEFAULT_NAMESPACE: &str = "sluice";
 pub const DEFAULT_STATUS: u16 = 429;
+/// RESOURCE_EXHAUSTED, gRPC's status for a spent quota. Envoy would otherwise map 429 to
+/// UNAVAILABLE, which Istio's default retry policy retries, on another pod.
+pub const DEFAULT_GRPC_STATUS: u8 = 8;
 pub const DEFAULT_MAX_CLIENTS: u32 = 10_000;
 pub const MAX_MAX_CLIENTS: u64 = 10_000_000;
 pub const MAX_XFF_TRUSTED_HOPS: u64 = 16;
@@ -76,7 +79,7 @@ pub const DEFAULT_LOG_ENTRIES_CAP: u64 = 1_024;
 
 const TOP_FIELDS: &[&str] =
     &["namespace", "rate_limit_headers", "response", "client_ip", "local", "redis", "identity_secret", "rules"];
-const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body", "content_type"];
+const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body", "content_type", "grpc_status"];
 const CLIENT_IP_FIELDS: &[&str] = &["xff_trusted_hops", "ipv6_prefix"];
 const LOCAL_FIELDS: &[&str] = &["max_clients"];
 const REDIS_FIELDS: &[&str] = &["cluster", "transport", "token", "authority", "timeout_ms", "breaker", "deny_cache"];
@@ -442,5 +445,5 @@ impl Compiler {
 }
 
 fn default_response() -> ResponseSpec {
-    ResponseSpec { status: DEFAULT_STATUS, headers: Vec::new(), body: None, content_type: None }
+    ResponseSpec { status: DEFAULT_STATUS, headers: Vec::new(), body: None, content_type: None, grpc_status: DEFAULT_GRPC_STATUS }
 }

@@ -101,6 +101,11 @@ impl Compiler {
             Some(v) => self.uint(&join(path, "status"), v, 400, 599).and_then(|s| u16::try_from(s).ok()),
             None => Some(DEFAULT_STATUS),
         };
+        // 1-16: every gRPC status but OK, which would tell the client its call succeeded.
+        let grpc_status = match field(m, "grpc_status") {
+            Some(v) => self.uint(&join(path, "grpc_status"), v, 1, 16).and_then(|s| u8::try_from(s).ok()),
+            None => Some(DEFAULT_GRPC_STATUS),
+        };
         let headers = match field(m, "headers") {
             Some(v) => self.header_map(&join(path, "headers"), v, HeaderUse::Response),
             None => Some(Vec::new()),
@@ -141,7 +146,7 @@ impl Compiler {
             None if body.is_some() => Some(DEFAULT_CONTENT_TYPE.to_string()),
             ct => ct,
         };
-        Some(ResponseSpec { status: status?, headers: headers?, body, content_type })
+        Some(ResponseSpec { status: status?, headers: headers?, body, content_type, grpc_status: grpc_status? })
     }
 
     pub(super) fn redis(&mut self, path: &str, v: &Value) -> Option<RedisSpec> {

@@ -158,6 +158,13 @@ fn limited_response_carries_retry_after_rate_limit_fields_and_a_problem_body() {
     assert_eq!(body["status"], 429);
     assert_eq!(body["title"], "Too Many Requests");
     assert_eq!(body["violated_rules"], json!(["api"]));
+    // A gRPC call gets a gRPC error Envoy makes of the same response: RESOURCE_EXHAUSTED, which
+    // a gRPC client or a mesh does not retry (UNAVAILABLE, Envoy's own mapping of 429, they do).
+    let grpc = get(&url, &[("content-type", "application/grpc")]).unwrap();
+    assert_eq!((grpc.status, grpc.header("grpc-status")), (200, Some("8")), "{:?}", grpc.headers);
+    assert_eq!(grpc.header("content-type"), Some("application/grpc"));
+    assert!(grpc.header("retry-after").is_some() && grpc.header("ratelimit").is_some(), "{:?}", grpc.headers);
+    assert!(grpc.header("grpc-message").is_some_and(|m| m.contains("violated_rules")), "{:?}", grpc.headers);
 }
 
 #[test]
