@@ -53,14 +53,17 @@ pub fn ceil_secs(ms: u64) -> u64 {
 
 /// `(q, w)` for `RateLimit-Policy`: `w` must be whole seconds, so a period that is not a whole
 /// number of seconds is advertised over the next whole second with the quota scaled down
-/// (floor: never promise more than the rule allows). `1000/500ms` → `q=2000;w=1`.
+/// (floor: never promise more than the rule allows). `1000/500ms` → `q=2000;w=1`. A structured
+/// field's integer has at most 15 digits, so a quota scaled past that is shown as the most one
+/// holds (`10^12/1ms` would be 10^15 a second).
 pub fn policy_quota(rate: &Rate) -> (u64, u64) {
+    const MOST: u128 = 999_999_999_999_999;
     if rate.period_ms.is_multiple_of(1000) {
         return (rate.limit, rate.period_ms / 1000);
     }
     let w = ceil_secs(rate.period_ms).max(1);
-    let q = (u128::from(rate.limit) * u128::from(w) * 1000 / u128::from(rate.period_ms.max(1))) as u64;
-    (q, w)
+    let q = u128::from(rate.limit) * u128::from(w) * 1000 / u128::from(rate.period_ms.max(1));
+    (u64::try_from(q.min(MOST)).unwrap_or(u64::MAX), w)
 }
 
 /// Seconds until the client may rely on quota again: the retry-after of a denial, else the reset.
@@ -272,6 +275,7 @@ mod tests {
         assert_eq!(policy_quota(&Rate { limit: 1000, period_ms: 500 }), (2000, 1));
         assert_eq!(policy_quota(&Rate { limit: 100, period_ms: 60_000 }), (100, 60));
         assert_eq!(policy_quota(&Rate { limit: 10, period_ms: 1500 }), (13, 2));
+        assert_eq!(policy_quota(&Rate { limit: 1_000_000_000_000, period_ms: 1 }), (999_999_999_999_999, 1), "15 digits at most");
     }
 
     #[test]
