@@ -181,11 +181,18 @@ fn fingerprint(rule: &Rule) -> u32 {
 }
 
 /// Names a rule's entry in a slot it may share with other rules: its name, strategy and limits,
-/// so two rules never read each other's states and a changed rule starts fresh. Two rules of
-/// one table with the same id (one in 2^32) cannot happen: [`CompiledRule::all`] then gives the
-/// second a table of its own. Never a mark's id, which no rule's entry may carry.
+/// so two rules never read each other's states and a changed rule starts fresh; a fallback's
+/// share too, since it decides on its share of those (two configs with other shares would read
+/// each other's state against other capacities). Two rules of one table with the same id (one
+/// in 2^32) cannot happen: [`CompiledRule::all`] then gives the second a table of its own.
+/// Never a mark's id, which no rule's entry may carry.
 fn entry_id(rule: &Rule) -> u32 {
-    match public_hash(&format!("{}|{:?}|{:?}", rule.name, rule.strategy, rule.limits.rates())) {
+    let mut named = format!("{}|{:?}|{:?}", rule.name, rule.strategy, rule.limits.rates());
+    if let (Backend::Redis, OnError::Fallback { share }) = (rule.backend, rule.on_error) {
+        // Its bits: formatting a float would link core's float printing into the module.
+        named = format!("{named}|{:x}", share.to_bits());
+    }
+    match public_hash(&named) {
         MARK_ID => !MARK_ID,
         id => id,
     }

@@ -390,6 +390,33 @@ fn a_fallback_holds_its_share_of_a_burst_and_a_debt() {
     }
 }
 
+/// A config update that changes a fallback's share changes the capacity it decides on: its
+/// count starts afresh, as any changed limit's does, instead of reading the old share's state
+/// against the new capacity (and a worker's memo of the old one's denials going stale).
+#[test]
+fn a_fallback_of_another_share_counts_apart() {
+    let config = |share: f64| {
+        limiter(serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw"},
+            "rules": [{"name": "f", "limit": "100/min", "strategy": "fixed_window", "backend": "redis",
+                       "on_error": {"fallback": {"share": share}}}]}))
+    };
+    let (quarter, half) = (config(0.25), config(0.5));
+    let s = MemStore::default();
+    let down = |l: &Limiter| match l.start(&Req::new("GET", "/"), &s, T0) {
+        Step::Done(v) => v,
+        Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, T0)),
+    };
+    assert_eq!((0..30).filter(|_| status(&down(&quarter)) == 200).count(), 25);
+    let first = down(&half);
+    assert_eq!(
+        header(&first, "ratelimit").map(|r| r.starts_with("\"f\";r=49;")),
+        Some(true),
+        "{:?}",
+        header(&first, "ratelimit")
+    );
+    assert_eq!(status(&down(&quarter)), 429, "the quarter's own count is still spent");
+}
+
 #[test]
 fn a_fallback_reports_its_share_as_the_quota() {
     let l = limiter(serde_json::json!({"namespace": "ns", "rate_limit_headers": "both", "redis": {"cluster": "gw"},
