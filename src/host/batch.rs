@@ -50,6 +50,8 @@ struct Gather {
     number: Option<u64>,
     /// This worker's queue: a byte enqueued on it wakes the root later in this turn.
     queue: Option<u32>,
+    /// The root the host wakes (the last to register the queue).
+    woken_root: u32,
     /// A wake-up is enqueued and not yet seen.
     woken: bool,
     /// Decisions waiting to be sent.
@@ -62,12 +64,13 @@ struct Gather {
 
 thread_local! {
     static GATHER: RefCell<Gather> =
-        const { RefCell::new(Gather { number: None, queue: None, woken: false, waiting: Vec::new(), out: Vec::new(), alone: 0 }) };
+        const { RefCell::new(Gather { number: None, queue: None, woken_root: 0, woken: false, waiting: Vec::new(), out: Vec::new(), alone: 0 }) };
 }
 
 /// Registers this worker's gathering queue, at every configure: registering a name again moves
 /// its wake-ups to the root configured last, so a config update's new root gets them. Without
-/// a queue, every request sends its own call.
+/// a queue, every request sends its own call. Called from a root's callback: that root is the
+/// one woken.
 pub(super) fn register() {
     let number = GATHER.with(|g| g.borrow().number).or_else(next_queue_number);
     let Some(n) = number else {
@@ -79,11 +82,37 @@ pub(super) fn register() {
             let mut g = g.borrow_mut();
             g.number = Some(n);
             g.queue = Some(id);
+            g.woken_root = super::dispatch::active();
         }),
         Err(status) => {
             log::warn!("sluice: cannot register a gathering queue ({status:?}); each request sends its own Redis call")
         }
     }
+}
+
+/// Root `id` went away, and with it the `cancelled` calls it had sent: their requests follow
+/// `on_error` at the next tick instead of a second past their deadline. If the host woke that
+/// root, its wake-ups would now be dropped, and requests gathered meanwhile would wait for a
+/// tick: until another root registers again (at its next tick, [`registered`]), requests send
+/// their own calls.
+pub(super) fn root_gone(id: u32, cancelled: &[u32]) {
+    GATHER.with(|g| {
+        let mut g = g.borrow_mut();
+        if g.woken_root == id && g.queue.is_some() {
+            g.queue = None;
+            g.woken = false;
+        }
+        for (_, call) in g.out.iter_mut().filter(|(token, _)| cancelled.contains(token)) {
+            for (_, deadline) in call.iter_mut().filter_map(|e| e.job.as_mut()) {
+                *deadline = 0;
+            }
+        }
+    });
+}
+
+/// Whether this worker's queue wakes a root that is there.
+pub(super) fn registered() -> bool {
+    GATHER.with(|g| g.borrow().queue.is_some())
 }
 
 /// A number no other worker of this VM got: a counter in shared data, raised by CAS.

@@ -52,6 +52,11 @@ pub(super) fn effective_as_active() {
     }
 }
 
+/// The context whose callback runs now.
+pub(super) fn active() -> u32 {
+    ACTIVE.with(Cell::get)
+}
+
 /// Forgets callout `token`, whose answer will never come (the host dropped it).
 pub(super) fn forget_callout(token: u32) {
     CALLOUTS.with(|c| {
@@ -271,16 +276,17 @@ pub extern "C" fn proxy_on_delete(id: u32) {
     }
     // The host cancels a deleted context's callouts: their answers never come, and a client
     // that hangs up on each request would otherwise leave an entry behind each time.
-    CALLOUTS.with(|c| {
-        if let Ok(mut c) = c.try_borrow_mut() {
-            if !c.is_empty() {
-                c.retain(|_, sender| *sender != id);
-            }
-        }
+    let cancelled: Vec<u32> = CALLOUTS.with(|c| match c.try_borrow_mut() {
+        Ok(mut c) if !c.is_empty() => c.extract_if(|_, sender| *sender == id).map(|(token, _)| token).collect(),
+        _ => Vec::new(),
     });
-    ROOTS.with(|r| {
-        if let Ok(mut roots) = r.try_borrow_mut() {
-            roots.retain(|(at, _)| *at != id);
-        }
+    let root_gone = ROOTS.with(|r| {
+        let mut roots = r.try_borrow_mut().ok()?;
+        let i = roots.iter().position(|(at, _)| *at == id)?;
+        roots.remove(i);
+        Some(())
     });
+    if root_gone.is_some() {
+        super::batch::root_gone(id, &cancelled);
+    }
 }
