@@ -61,10 +61,13 @@ fn rule_warnings(path: &str, rule: &Rule, capped: bool, out: &mut Vec<Warning>) 
             format!("any client that sends {name}: {value:?} is never limited by this rule; {STRIP}"),
         );
     }
-    if let sluice::config::Cost::Header { name, min, .. } = &rule.cost {
+    if let sluice::config::Cost::Header { name, min, max, .. } = &rule.cost {
         warn(
             format!("{path}.cost.header"),
-            format!("the client states its own cost in {name}: one that sends {min} always pays the least; {STRIP}"),
+            format!(
+                "the client states its own cost in {name}: one that sends {min} always pays the least, and one \
+                 that sends {max} spends that much of a budget it may share with others at once; {STRIP}"
+            ),
         );
     }
     let request_parts: Vec<String> = rule
