@@ -146,6 +146,10 @@ pub struct Report {
     /// cookie repeated with another value): the filter denies it at once, counting nothing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+    /// Enforced message rules in that case: the upgrade is judged by the request rules, and
+    /// then every message is dropped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub message_conflicts: Vec<String>,
     pub findings: Vec<Finding>,
 }
 
@@ -227,6 +231,7 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
             applies: None,
             messages: Vec::new(),
             conflicts: Vec::new(),
+            message_conflicts: Vec::new(),
             findings,
         };
     };
@@ -237,11 +242,15 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
     let mut applies = Vec::new();
     let mut messages = Vec::new();
     let mut conflicts = Vec::new();
+    let mut message_conflicts = Vec::new();
     for (i, (rule, result)) in config.rules.iter().zip(limiter.explain(req)).enumerate() {
         let (outcome, reasons, counted) = match result {
             Applies::Yes(a) => {
                 if a.identity.conflict && !rule.shadow {
-                    conflicts.push(rule.name.clone());
+                    match rule.per {
+                        Per::Request => conflicts.push(rule.name.clone()),
+                        Per::Message => message_conflicts.push(rule.name.clone()),
+                    }
                 }
                 if rule.per == Per::Message {
                     messages.push(rule.name.clone());
@@ -287,7 +296,7 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
         route: req.route.clone(),
         client_ip: ip.map(|i| i.to_string()),
     };
-    Report { namespace, request: Some(request), rules, applies: Some(applies), messages, conflicts, findings }
+    Report { namespace, request: Some(request), rules, applies: Some(applies), messages, conflicts, message_conflicts, findings }
 }
 
 /// What a message over the limit brings about: it is always dropped (or, when it cannot be
@@ -357,14 +366,32 @@ pub fn render(report: &Report) -> String {
                 let _ = writeln!(s, "no rule applies: the request is not limited.");
             }
             Some(names) => {
-                let _ = writeln!(
-                    s,
-                    "{} of {} rules apply ({}); the request is admitted only if every one admits.",
-                    names.len(),
-                    report.rules.len(),
-                    names.join(", ")
-                );
+                // Shadow rules count and report but never deny: they are named apart.
+                let shadow =
+                    |n: &String| report.rules.iter().any(|r| &r.rule == n && r.counted.as_ref().is_some_and(|c| c.shadow));
+                let (shadows, enforced): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| shadow(n));
+                let join = |v: &[&String]| v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ");
+                let _ = match enforced.as_slice() {
+                    [] => writeln!(s, "no enforced rule applies: the request is not limited."),
+                    _ => writeln!(
+                        s,
+                        "{} of {} rules apply ({}); the request is admitted only if every one admits.",
+                        enforced.len(),
+                        report.rules.len(),
+                        join(&enforced)
+                    ),
+                };
+                if !shadows.is_empty() {
+                    let _ = writeln!(s, "Shadow rules count it too, without denying: {}.", join(&shadows));
+                }
             }
+        }
+        if !report.message_conflicts.is_empty() {
+            let _ = writeln!(
+                s,
+                "Every message would be dropped by {}: the request names its client by two values of one query parameter or cookie.",
+                report.message_conflicts.join(", ")
+            );
         }
         if !report.messages.is_empty() {
             let _ = writeln!(

@@ -3,7 +3,7 @@
 //! query and cookies, so each of these holds only if that value is stripped at the edge or set
 //! by a trusted step (an authenticating filter, an internal listener) before sluice runs.
 
-use sluice::config::{Config, IdentFallback, IdentPart, Match, Per, Rule};
+use sluice::config::{Config, IdentFallback, IdentPart, Match, Rule};
 
 /// One warning: where in the config, and what a client can do there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +37,15 @@ pub fn warnings(config: &Config) -> Vec<Warning> {
 }
 
 /// Whether a rule that counts by address alone applies to every request `rule` does (it
-/// matches every request, or exactly what `rule` matches): it caps what any one address gets,
-/// however it varies the values `rule` counts by.
+/// matches every request, or exactly what `rule` matches), and counts what `rule` counts
+/// (requests, or messages): it caps what any one address gets, however it varies the values
+/// `rule` counts by. A request rule caps no messages: each connection it lets open brings a
+/// message rule's fresh budget.
 fn capped(config: &Config, rule: &Rule) -> bool {
     config.rules.iter().any(|r| {
         let by_address = r.identifier.parts.as_slice() == [IdentPart::ClientIp];
         let covers = r.matcher == Match::default() || r.matcher == rule.matcher;
-        by_address && covers && !r.shadow && r.per == Per::Request && !r.limits.rates().is_empty()
+        by_address && covers && !r.shadow && r.per == rule.per && !r.limits.rates().is_empty()
     })
 }
 
@@ -175,6 +177,17 @@ mod tests {
         let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [
             on_login(serde_json::json!({"name": "per-user", "identifier": {"query": "user"}})),
             on_login(serde_json::json!({"name": "per-ip"}))]}));
+        assert!(paths(&c).is_empty(), "{:?}", warnings(&c));
+    }
+
+    #[test]
+    fn only_a_message_rule_caps_messages() {
+        // Each connection the per-address request rule lets open brings x-user's fresh budget.
+        let messages = serde_json::json!({"name": "msgs", "per": "message", "limit": "10/s", "identifier": {"header": "x-user"}});
+        let per_ip = |per: &str| serde_json::json!({"name": "per-ip", "per": per, "limit": "100/min"});
+        let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [per_ip("request"), messages]}));
+        assert_eq!(paths(&c), ["rules[1].identifier"]);
+        let c = config(serde_json::json!({"identity_secret": "0123456789abcdef-secret", "rules": [per_ip("message"), messages]}));
         assert!(paths(&c).is_empty(), "{:?}", warnings(&c));
     }
 }

@@ -359,6 +359,20 @@ fn text_output_reads_per_rule() {
         "{t}"
     );
     assert!(t.ends_with("static analysis: no findings\n"), "{t}");
+    // A shadow rule counts the request but cannot deny it: it is named apart.
+    let out = sluice(&["explain", "envoy/local.yaml", "--path", "/admin/x", "--ip", "203.0.113.7"]);
+    let t = text(&out.stdout);
+    assert!(t.contains("1 of 8 rules apply (site); the request is admitted only if every one admits.\n"), "{t}");
+    assert!(t.contains("Shadow rules count it too, without denying: admin-trial.\n"), "{t}");
+}
+
+#[test]
+fn a_message_rules_repeated_identity_drops_messages_but_not_the_upgrade() {
+    let cfg = temp_file("chat.yaml", "rules:\n  - name: chat\n    per: message\n    limit: 5/s\n    identifier: {query: room}\n");
+    let r =
+        explain(&[cfg.to_str().unwrap(), "--path", "/ws?room=a&room=b", "-H", "upgrade: websocket", "-H", "connection: upgrade"]);
+    assert_eq!(r.get("conflicts"), None, "the upgrade is not denied for it");
+    assert_eq!(r["message_conflicts"], json!(["chat"]));
 }
 
 #[test]

@@ -187,8 +187,10 @@ impl<R: RequestInfo> View<'_, R> {
                 None => false,
             }
         };
+        // In any case: HTTP/2 lets a client send `:method: post`, and an application that
+        // upper-cases the method (Django does) would take it for the POST the rule limits.
         if !m.methods.is_empty()
-            && !m.methods.iter().any(|x| x.as_bytes() == self.method)
+            && !m.methods.iter().any(|x| x.as_bytes().eq_ignore_ascii_case(self.method))
             && !fail(&|| Mismatch::Method { got: String::from_utf8_lossy(self.method).into_owned() })
         {
             return false;

@@ -155,7 +155,7 @@ pub fn is_upgrade(value: &[u8]) -> bool {
 /// Another method with the header is an ordinary request: its body is never read as frames.
 /// The method is read only when the header asks, so other requests pay no host call for it.
 pub fn is_upgrade_request(req: &impl crate::identity::RequestInfo) -> bool {
-    req.header("upgrade").is_some_and(|v| is_upgrade(&v)) && req.header(":method").is_some_and(|m| m == b"GET")
+    req.header("upgrade").is_some_and(|v| is_upgrade(&v)) && req.header(":method").is_some_and(|m| m.eq_ignore_ascii_case(b"GET"))
 }
 
 impl Connection {

@@ -12,6 +12,7 @@ fn only_matching_rules_apply() {
     assert_eq!(status(&l.check(&Req::new("GET", "/api/a?x=1"), &s, T0)), 200);
     assert_eq!(status(&l.check(&Req::new("GET", "/api/b"), &s, T0)), 429);
     assert_eq!(status(&l.check(&Req::new("POST", "/api/b"), &s, T0)), 200, "method does not match");
+    assert_eq!(status(&l.check(&Req::new("get", "/api/b"), &s, T0)), 429, "a method in lower case is that method");
     assert_eq!(status(&l.check(&Req::new("GET", "/other"), &s, T0)), 200, "path does not match");
     let acme = Req::new("POST", "/x").header("x-tenant", "acme");
     assert_eq!(status(&l.check(&acme, &s, T0)), 200);
