@@ -8,7 +8,7 @@
 //! stay below `(burst + max_debt) × period_ms + max_delay_ms × limit`, under 2^53 for realistic
 //! rules, which keeps the Lua mirror exact.
 
-use super::{ceil_div, div, sat};
+use super::{ceil_div, div_rem, sat};
 
 /// One rule's fluid parameters, in scaled units (cost × ms).
 #[derive(Debug, Clone, Copy)]
@@ -32,9 +32,12 @@ pub(crate) struct Step {
     /// Whether `level` must be stored.
     pub write: bool,
     pub remaining: u64,
+    /// Until one more unit of cost is free (the rate limit fields' `t`).
     pub reset_ms: u64,
     pub retry_after_ms: u64,
     pub delay_ms: u64,
+    /// Until the level is empty: how long the state matters.
+    pub ttl_ms: u64,
 }
 
 impl Fluid {
@@ -53,49 +56,59 @@ impl Fluid {
     pub fn step(&self, level: u128, cost: u64, lag_ms: u64) -> Step {
         let lag = u128::from(lag_ms);
         let need_units = u128::from(cost) * self.period;
-        let reset = |lvl: u128| if lvl == 0 { 0 } else { sat(ceil_div(lvl, self.limit).saturating_add(lag)) };
-        let remaining = |lvl: u128| sat(div(self.cap.saturating_sub(lvl), self.period));
-        let base = Step {
-            allowed: true,
-            level,
-            write: false,
-            remaining: remaining(level),
-            reset_ms: reset(level),
-            retry_after_ms: 0,
-            delay_ms: 0,
+        let empty = |lvl: u128| if lvl == 0 { 0 } else { sat(ceil_div(lvl, self.limit).saturating_add(lag)) };
+        // What may still be taken, and when one unit more may: once the level is down to
+        // `cap − (remaining + 1) × period`, which is `period − (cap − level) mod period` of
+        // draining away (the whole of what is over `cap`, and a unit, for a queued level). An
+        // empty level has all there is.
+        let left = |lvl: u128| {
+            let (units, part) = div_rem(self.cap.saturating_sub(lvl), self.period);
+            let over = lvl.saturating_sub(self.cap);
+            let next = match lvl {
+                0 => 0,
+                _ => sat(ceil_div(over.saturating_add(self.period - part), self.limit).saturating_add(lag)),
+            };
+            (sat(units), next)
+        };
+        // The level as it is, for a peek or a denial (an admission answers for its new level).
+        let base = || {
+            let (remaining, reset_ms) = left(level);
+            Step { allowed: true, level, write: false, remaining, reset_ms, retry_after_ms: 0, delay_ms: 0, ttl_ms: empty(level) }
         };
         if cost == 0 {
-            return base;
+            return base();
         }
         if need_units > self.cap {
-            return Step { allowed: false, retry_after_ms: sat(self.period), ..base };
+            return Step { allowed: false, retry_after_ms: sat(self.period), ..base() };
         }
         let need = level.saturating_add(need_units);
         let bound = self.cap.saturating_add(self.queue);
         if need <= bound {
             let delay_ms = if need > self.cap { sat(ceil_div(need - self.cap, self.limit).saturating_add(lag)) } else { 0 };
+            let (remaining, reset_ms) = left(need);
             return Step {
                 allowed: true,
                 level: need,
                 write: true,
-                remaining: remaining(need),
-                reset_ms: reset(need),
+                remaining,
+                reset_ms,
                 retry_after_ms: 0,
                 delay_ms,
+                ttl_ms: empty(need),
             };
         }
         let retry = ceil_div(need - bound, self.limit).saturating_add(lag);
-        Step { allowed: false, retry_after_ms: sat(retry), ..base }
+        Step { allowed: false, retry_after_ms: sat(retry), ..base() }
     }
 }
 
 /// Turns a [`Step`] into an [`Outcome`](super::Outcome), encoding the new level with `encode`
-/// when it must be stored. The state lives until the level has drained: `ttl = reset`.
+/// when it must be stored. The state lives until the level has drained.
 pub(crate) fn outcome(rate: &crate::rate::Rate, s: Step, encode: impl FnOnce(u128) -> super::State) -> super::Outcome {
     if s.allowed {
         let state = if s.write { Some(encode(s.level)) } else { None };
-        super::admit(rate, s.remaining, s.reset_ms, s.delay_ms, state, s.reset_ms)
+        super::admit(rate, s.remaining, s.reset_ms, s.delay_ms, state, s.ttl_ms)
     } else {
-        super::deny(rate, s.remaining, s.reset_ms, s.retry_after_ms, s.reset_ms)
+        super::deny(rate, s.remaining, s.reset_ms, s.retry_after_ms, s.ttl_ms)
     }
 }

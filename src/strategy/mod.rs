@@ -73,7 +73,9 @@ pub struct Decision {
     pub limit: u64,
     /// Units of cost still available right after this decision.
     pub remaining: u64,
-    /// Milliseconds until the quota is fully restored (or the window resets).
+    /// Milliseconds until more quota is available than `remaining` (the rate limit fields' `t`,
+    /// draft -10: a token frees, the oldest logged request expires, the window resets); 0 when
+    /// nothing is taken.
     pub reset_ms: u64,
     /// When denied: milliseconds after which the same request would be admitted. 0 when allowed.
     pub retry_after_ms: u64,
@@ -155,11 +157,6 @@ fn sat(v: u128) -> u64 {
 fn ceil_div(a: u128, b: u128) -> u128 {
     let (q, r) = div_rem(a, b);
     q + u128::from(r != 0)
-}
-
-/// `a / b` for b > 0 (0 for b = 0).
-fn div(a: u128, b: u128) -> u128 {
-    div_rem(a, b).0
 }
 
 /// `a / b` and `a % b` for b > 0 (0 and 0 for b = 0), in 64-bit arithmetic whenever both

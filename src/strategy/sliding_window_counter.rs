@@ -10,14 +10,15 @@
 //! from the history, is ≤ limit. (The estimate assumes the previous window's requests were
 //! spread evenly; that is the approximation this strategy trades for its 25-byte state.)
 //!
-//! `reset_ms` is the time until the estimate falls to 0 (up to two periods: the current
-//! window's count is weighted through the next window). `remaining` is
-//! `floor(limit − estimate)`.
+//! `remaining` is `floor(limit − estimate)`; `reset_ms` is the time until one more fits (the
+//! estimate falls as the previous window's weight shrinks, and the current count becomes the
+//! weighted one in the next window). The state matters until the estimate falls to 0, up to
+//! two periods.
 //!
 //! State (25 bytes): tag 2, current window start (epoch ms), current count, previous count.
 
 use super::codec::{self, SLIDING_WINDOW_COUNTER};
-use super::{admit, deny, div, sat, Outcome};
+use super::{admit, ceil_div, deny, sat, Outcome};
 use crate::rate::Rate;
 
 pub(crate) fn decide(rate: &Rate, state: &[u8], now_ms: u64, cost: u64) -> Outcome {
@@ -36,12 +37,16 @@ pub(crate) fn decide(rate: &Rate, state: &[u8], now_ms: u64, cost: u64) -> Outco
     } else {
         (0, 0)
     };
-    let p = u128::from(period);
-    let l = u128::from(limit);
-    let weight = p - u128::from(eff - start);
-    // Everything below is in units of 1/period of a request.
-    let used = |cur: u64| (u128::from(prev) * weight).saturating_add(u128::from(cur) * p);
-    let remaining = |cur: u64| sat(div((l * p).saturating_sub(used(cur)), p));
+    // The previous window's weighted count, `prev × weight / period`, rounded up: with whole
+    // counts, `estimate + cost ≤ limit` is `cur + cost + weighted ≤ limit`, and the remaining
+    // `floor(limit − estimate)` is `limit − cur − weighted`. One product, in 64 bits when it
+    // fits (any realistic rule), for what every request asks.
+    let weight = period - (eff - start);
+    let weighted = match prev.checked_mul(weight) {
+        Some(units) => units.div_ceil(period),
+        None => sat(ceil_div(u128::from(prev) * u128::from(weight), u128::from(period))),
+    };
+    let remaining = |cur: u64| limit.saturating_sub(cur).saturating_sub(weighted);
     // The estimate is 0 once the current count has slid out of the next window.
     let until_empty = |cur: u64| {
         let end = if cur > 0 {
@@ -53,38 +58,59 @@ pub(crate) fn decide(rate: &Rate, state: &[u8], now_ms: u64, cost: u64) -> Outco
         };
         end - now_ms
     };
-    let reset = until_empty(cur);
+    // When `cost` (at most the limit) fits on `cur`: later in this window, once the previous
+    // window's weight has shrunk enough, or in the next, where `cur` becomes the weighted one.
+    let fits_at = |cur: u64, cost: u64| {
+        if cur.checked_add(cost).is_some_and(|a| a <= limit) {
+            start.saturating_add(first_fit(period, limit, prev, cur, cost))
+        } else {
+            start.saturating_add(period).saturating_add(first_fit(period, limit, cur, 0, cost))
+        }
+    };
+    // One more than `rem`, what `cur` leaves, fits (nothing counted: all of it is there). The
+    // weight is never 0 inside a window, so nothing is counted only when both counts are 0.
+    let next = |cur: u64, rem: u64| match (cur, prev) {
+        (0, 0) => 0,
+        _ => fits_at(cur, rem.saturating_add(1)).saturating_sub(now_ms),
+    };
+    // As things stand, for a peek or a denial (an admission answers for what it leaves).
+    let ttl = until_empty(cur);
+    let as_is = || {
+        let left = remaining(cur);
+        (left, next(cur, left))
+    };
     if cost == 0 {
-        return admit(rate, remaining(cur), reset, 0, None, reset);
+        let (left, reset) = as_is();
+        return admit(rate, left, reset, 0, None, ttl);
     }
     if cost > limit {
-        return deny(rate, remaining(cur), reset, period, reset);
+        let (left, reset) = as_is();
+        return deny(rate, left, reset, period, ttl);
     }
     let after = cur.checked_add(cost).filter(|&a| a <= limit);
     if let Some(after) = after {
-        if used(after) <= l * p {
+        if weighted <= limit - after {
             let state = codec::encode(SLIDING_WINDOW_COUNTER, [start, after, prev]);
-            let reset = until_empty(after);
-            return admit(rate, remaining(after), reset, 0, Some(state), reset);
+            let left = remaining(after);
+            return admit(rate, left, next(after, left), 0, Some(state), until_empty(after));
         }
     }
-    let at = if after.is_some() {
-        // Admitted later in this window, once the previous window's weight has shrunk enough.
-        start.saturating_add(first_fit(p, l, prev, cur, cost))
-    } else {
-        // Not before the next window, where the current count becomes the weighted one.
-        start.saturating_add(period).saturating_add(first_fit(p, l, cur, 0, cost))
-    };
-    deny(rate, remaining(cur), reset, at.saturating_sub(now_ms), reset)
+    let (left, reset) = as_is();
+    deny(rate, left, reset, fits_at(cur, cost).saturating_sub(now_ms), ttl)
 }
 
 /// The first elapsed time `e` (ms into a window with `prev` weighted and `cur` current) at
 /// which `prev × (period − e) + (cur + cost) × period ≤ limit × period`, given
-/// `cur + cost ≤ limit`. At most `period` (where the weight is 0).
-fn first_fit(p: u128, l: u128, prev: u64, cur: u64, cost: u64) -> u64 {
-    let room = (l - u128::from(cur) - u128::from(cost)) * p;
+/// `cur + cost ≤ limit`. At most `period` (where the weight is 0). In 64 bits when the product
+/// fits, as for any realistic rule: every admission asks (its `reset_ms`).
+fn first_fit(period: u64, limit: u64, prev: u64, cur: u64, cost: u64) -> u64 {
     if prev == 0 {
         return 0;
     }
-    sat(p - div(room, u128::from(prev)).min(p))
+    let spare = limit.saturating_sub(cur).saturating_sub(cost);
+    let k = match spare.checked_mul(period) {
+        Some(room) => room / prev,
+        None => sat(u128::from(spare) * u128::from(period) / u128::from(prev)),
+    };
+    period - k.min(period)
 }

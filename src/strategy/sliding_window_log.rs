@@ -9,8 +9,9 @@
 //!
 //! Bound: admitted cost ≤ limit in every interval of `period` ms (effective clock).
 //!
-//! `reset_ms` is the time until the newest entry expires (the log is then empty);
-//! `retry_after_ms` is when enough of the oldest entries have expired for the same request.
+//! `reset_ms` is the time until the oldest entry expires, freeing its cost; the state matters
+//! until the newest one does (the log is then empty). `retry_after_ms` is when enough of the
+//! oldest entries have expired for the same request.
 //!
 //! State (1 + 16 × entries bytes): tag 3, then per entry, oldest first: time (epoch ms), cost.
 
@@ -26,12 +27,14 @@ pub(crate) fn decide(rate: &Rate, max_entries: u32, state: &[u8], now_ms: u64, c
     log.retain(|&(t, _)| t.saturating_add(period) > eff);
     let used: u128 = log.iter().map(|&(_, c)| u128::from(c)).sum();
     let remaining = sat(u128::from(limit).saturating_sub(used));
-    let reset = log.last().map_or(0, |&(t, _)| t.saturating_add(period) - now_ms);
+    // Until an entry expires, from now: the oldest frees quota, the newest empties the log.
+    let expiry = |e: Option<&(u64, u64)>| e.map_or(0, |&(t, _)| t.saturating_add(period).saturating_sub(now_ms));
+    let (reset, ttl) = (expiry(log.first()), expiry(log.last()));
     if cost == 0 {
-        return admit(rate, remaining, reset, 0, None, reset);
+        return admit(rate, remaining, reset, 0, None, ttl);
     }
     if cost > limit {
-        return deny(rate, remaining, reset, period, reset);
+        return deny(rate, remaining, reset, period, ttl);
     }
     let excess = used + u128::from(cost);
     if excess <= u128::from(limit) {
@@ -50,10 +53,10 @@ pub(crate) fn decide(rate: &Rate, max_entries: u32, state: &[u8], now_ms: u64, c
                 *c = folded;
             }
         }
-        let reset = eff.saturating_add(period) - now_ms;
+        let (reset, ttl) = (expiry(log.first()), expiry(log.last()));
         let fields: Vec<u64> = log.iter().flat_map(|&(t, c)| [t, c]).collect();
         let state = codec::encode_vec(SLIDING_WINDOW_LOG, &fields);
-        return admit(rate, remaining_after(limit, excess), reset, 0, Some(state), reset);
+        return admit(rate, remaining_after(limit, excess), reset, 0, Some(state), ttl);
     }
     // Expire the oldest entries until the request fits; the last one to go sets the time.
     let mut need = excess - u128::from(limit);
@@ -65,7 +68,7 @@ pub(crate) fn decide(rate: &Rate, max_entries: u32, state: &[u8], now_ms: u64, c
             break;
         }
     }
-    deny(rate, remaining, reset, at.saturating_sub(now_ms), reset)
+    deny(rate, remaining, reset, at.saturating_sub(now_ms), ttl)
 }
 
 fn remaining_after(limit: u64, used: u128) -> u64 {

@@ -6,7 +6,7 @@
 //! In admissions this equals a token bucket of capacity `burst + max_debt` whose refill stops at
 //! `burst + max_debt`; what differs is the accounting a user reasons about (tokens may be
 //! negative). `remaining` counts what may still be taken, debt included
-//! (`tokens + max_debt`), and `reset_ms` is the time until tokens are back at `burst`.
+//! (`tokens + max_debt`), and `reset_ms` is the time until one more token comes back.
 //!
 //! Bound: over any interval of `d` ms (effective clock), admitted cost ≤ burst + max_debt +
 //! d × limit / period.

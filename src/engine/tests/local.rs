@@ -234,7 +234,7 @@ fn a_denial_shows_a_rule_decided_on_a_stale_copy_as_a_read_gives_it() {
     // A denial writes nothing: a worker reading everything now sees what W1 saw.
     assert_eq!(denied, limiter(config).check(&req("k1"), &mem, at));
     // Four requests counted on the user (a stale copy would show r=6).
-    assert_eq!(header(&denied, "ratelimit"), Some("\"wide\";r=5;t=120, \"narrow\";r=0;t=120"));
+    assert_eq!(header(&denied, "ratelimit"), Some("\"wide\";r=5;t=72, \"narrow\";r=0;t=120"));
 }
 
 proptest::proptest! {

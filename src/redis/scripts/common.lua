@@ -115,7 +115,7 @@ local function drain(level, elapsed, limit)
   return level - elapsed * limit
 end
 
--- When a fluid level is empty again, `lag` ms after the real now.
+-- When a fluid level is empty again, `lag` ms after the real now: how long its state matters.
 local function fluid_reset(l, limit, lag)
   if l == 0 then
     return 0
@@ -130,17 +130,29 @@ local function fluid_remaining(l, cap, period)
   return 0
 end
 
+-- When one unit more than the remaining fits, `lag` ms after the real now: once the level is
+-- down to cap - (remaining + 1) x period. 0 for an empty level.
+local function fluid_next(l, cap, period, limit, lag)
+  if l == 0 then
+    return 0
+  end
+  local fits = cap - (fluid_remaining(l, cap, period) + 1) * period
+  if fits < 0 then
+    fits = 0
+  end
+  return cdiv(l - fits, limit) + lag
+end
+
 -- Decides `cost` on `level` (drained to the effective time, `lag` ms after the real now). An
 -- admission carries the new level in place of the state; the strategy encodes it.
 local function fluid_step(level, cost, lag, period, limit, cap, queue)
+  local r, ttl = fluid_next(level, cap, period, limit, lag), fluid_reset(level, limit, lag)
   if cost == 0 then
-    local r = fluid_reset(level, limit, lag)
-    return admit(fluid_remaining(level, cap, period), r, 0, nil, r)
+    return admit(fluid_remaining(level, cap, period), r, 0, nil, ttl)
   end
   local need_units = cost * period
   if need_units > cap then
-    local r = fluid_reset(level, limit, lag)
-    return deny(fluid_remaining(level, cap, period), r, period, r)
+    return deny(fluid_remaining(level, cap, period), r, period, ttl)
   end
   local need = level + need_units
   local bound = cap + queue
@@ -149,9 +161,8 @@ local function fluid_step(level, cost, lag, period, limit, cap, queue)
     if need > cap then
       delay = cdiv(need - cap, limit) + lag
     end
-    local r = fluid_reset(need, limit, lag)
-    return admit(fluid_remaining(need, cap, period), r, delay, need, r)
+    return admit(fluid_remaining(need, cap, period), fluid_next(need, cap, period, limit, lag), delay, need,
+      fluid_reset(need, limit, lag))
   end
-  local r = fluid_reset(level, limit, lag)
-  return deny(fluid_remaining(level, cap, period), r, cdiv(need - bound, limit) + lag, r)
+  return deny(fluid_remaining(level, cap, period), r, cdiv(need - bound, limit) + lag, ttl)
 end

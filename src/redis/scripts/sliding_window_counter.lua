@@ -37,6 +37,24 @@ local function swc_until_empty(start, period, now, prev, c)
   return 0
 end
 
+-- When `cost` (at most the limit) fits on `c`: later in this window once the previous window's
+-- weight has shrunk enough, or in the next, where `c` becomes the weighted count.
+local function swc_fits_at(start, period, limit, prev, c, cost)
+  if c + cost <= limit then
+    return start + swc_first_fit(period, limit, prev, c, cost)
+  end
+  return start + period + swc_first_fit(period, limit, c, 0, cost)
+end
+
+-- How long until one more than the remaining fits, from `now`; 0 when nothing is counted.
+local function swc_next(start, period, now, limit, weighted, prev, c)
+  if weighted + c * period == 0 then
+    return 0
+  end
+  local at = swc_fits_at(start, period, limit, prev, c, swc_remaining(limit, period, weighted, c) + 1)
+  return max(at - now, 0)
+end
+
 local swc_state = '^swc (%d+) (%d+) (%d+)$'
 
 S.sliding_window_counter = function(raw, now, limit, period, cost)
@@ -58,24 +76,21 @@ S.sliding_window_counter = function(raw, now, limit, period, cost)
     cur, prev = 0, 0
   end
   local weighted = prev * (period - (eff - start))
-  local reset = swc_until_empty(start, period, now, prev, cur)
+  local reset = swc_next(start, period, now, limit, weighted, prev, cur)
+  local ttl = swc_until_empty(start, period, now, prev, cur)
   if cost == 0 then
-    return admit(swc_remaining(limit, period, weighted, cur), reset, 0, nil, reset)
+    return admit(swc_remaining(limit, period, weighted, cur), reset, 0, nil, ttl)
   end
   if cost > limit then
-    return deny(swc_remaining(limit, period, weighted, cur), reset, period, reset)
+    return deny(swc_remaining(limit, period, weighted, cur), reset, period, ttl)
   end
-  local at
   if cur + cost <= limit then
     local after = cur + cost
     if weighted + after * period <= limit * period then
-      local r = swc_until_empty(start, period, now, prev, after)
-      return admit(swc_remaining(limit, period, weighted, after), r, 0,
-        'swc ' .. num(start) .. ' ' .. num(after) .. ' ' .. num(prev), r)
+      return admit(swc_remaining(limit, period, weighted, after), swc_next(start, period, now, limit, weighted, prev, after),
+        0, 'swc ' .. num(start) .. ' ' .. num(after) .. ' ' .. num(prev), swc_until_empty(start, period, now, prev, after))
     end
-    at = start + swc_first_fit(period, limit, prev, cur, cost)
-  else
-    at = start + period + swc_first_fit(period, limit, cur, 0, cost)
   end
-  return deny(swc_remaining(limit, period, weighted, cur), reset, at - now, reset)
+  return deny(swc_remaining(limit, period, weighted, cur), reset, swc_fits_at(start, period, limit, prev, cur, cost) - now,
+    ttl)
 end

@@ -30,15 +30,19 @@ S.sliding_window_log = function(raw, now, limit, period, cost, max_entries)
     end
   end
   local remaining = max(limit - used, 0)
-  local reset = 0
-  if #log > 0 then
-    reset = log[#log][1] + period - now
+  -- Until the oldest entry expires (freeing its cost) and the newest (emptying the log).
+  local function expiry(e)
+    if e then
+      return max(e[1] + period - now, 0)
+    end
+    return 0
   end
+  local reset, ttl = expiry(log[1]), expiry(log[#log])
   if cost == 0 then
-    return admit(remaining, reset, 0, nil, reset)
+    return admit(remaining, reset, 0, nil, ttl)
   end
   if cost > limit then
-    return deny(remaining, reset, period, reset)
+    return deny(remaining, reset, period, ttl)
   end
   if used + cost <= limit then
     if #log > 0 and log[#log][1] == eff then
@@ -67,8 +71,7 @@ S.sliding_window_log = function(raw, now, limit, period, cost, max_entries)
       parts[#parts + 1] = num(e[1])
       parts[#parts + 1] = num(e[2])
     end
-    local r = eff + period - now
-    return admit(limit - used - cost, r, 0, table.concat(parts, ' '), r)
+    return admit(limit - used - cost, expiry(log[1]), 0, table.concat(parts, ' '), expiry(log[#log]))
   end
   -- Expire the oldest entries until the request fits; the last one to go sets the time.
   local need = used + cost - limit
@@ -80,5 +83,5 @@ S.sliding_window_log = function(raw, now, limit, period, cost, max_entries)
       break
     end
   end
-  return deny(remaining, reset, at - now, reset)
+  return deny(remaining, reset, at - now, ttl)
 end
