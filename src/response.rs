@@ -244,6 +244,17 @@ mod tests {
     }
 
     #[test]
+    fn remaining_never_shows_more_than_the_quota() {
+        // A bucket of 150 on 100/min has 149 left after one request: shown as the 100 it
+        // advertises, in both kinds of fields.
+        let api = text("api", 100, 60_000);
+        let h = rate_limit_headers(HeaderMode::Both, &[rep(&api, 100, 60_000, true, 149, 600)]);
+        let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("ratelimit").as_deref(), Some("\"api\";r=100;t=1"));
+        assert_eq!(get("x-ratelimit-remaining").as_deref(), Some("100"));
+    }
+
+    #[test]
     fn a_shadow_rules_denial_neither_lengthens_retry_after_nor_fills_legacy_fields() {
         let spec = ResponseSpec { status: 429, headers: Vec::new(), body: None, content_type: None, grpc_status: 8 };
         let (burst, trial) = (text("burst", 5, 1000), text("trial", 100, 3_600_000));
