@@ -60,11 +60,25 @@ struct Gather {
     out: Vec<(u32, Vec<Entry>)>,
     /// Callouts out from request contexts (a request alone sends its own).
     alone: u32,
+    /// Calls the host cancelled with the root that sent them, for the next tick to fail.
+    cancelled: Vec<Vec<Entry>>,
+    /// The root the host woke went away: the next root to tick registers the queue.
+    orphaned: bool,
 }
 
 thread_local! {
     static GATHER: RefCell<Gather> =
-        const { RefCell::new(Gather { number: None, queue: None, woken_root: 0, woken: false, waiting: Vec::new(), out: Vec::new(), alone: 0 }) };
+        const { RefCell::new(Gather {
+        number: None,
+        queue: None,
+        woken_root: 0,
+        woken: false,
+        waiting: Vec::new(),
+        out: Vec::new(),
+        alone: 0,
+        cancelled: Vec::new(),
+        orphaned: false,
+    }) };
 }
 
 /// Registers this worker's gathering queue, at every configure: registering a name again moves
@@ -90,29 +104,30 @@ pub(super) fn register() {
     }
 }
 
-/// Root `id` went away, and with it the `cancelled` calls it had sent: their requests follow
-/// `on_error` at the next tick instead of a second past their deadline. If the host woke that
-/// root, its wake-ups would now be dropped, and requests gathered meanwhile would wait for a
-/// tick: until another root registers again (at its next tick, [`registered`]), requests send
-/// their own calls.
+/// Root `id` went away, and with it the `cancelled` calls it had sent, which may carry another
+/// config's requests: they follow `on_error` at the next tick (not a second past their
+/// deadline), and the breaker hears nothing of it, since Redis did not fail. If the host woke
+/// that root, its wake-ups would now be dropped, and requests gathered meanwhile would wait
+/// for a tick: until another root registers again (at its next tick, [`take_orphaned`]),
+/// requests send their own calls.
 pub(super) fn root_gone(id: u32, cancelled: &[u32]) {
     GATHER.with(|g| {
         let mut g = g.borrow_mut();
         if g.woken_root == id && g.queue.is_some() {
             g.queue = None;
             g.woken = false;
+            g.orphaned = true;
         }
-        for (_, call) in g.out.iter_mut().filter(|(token, _)| cancelled.contains(token)) {
-            for (_, deadline) in call.iter_mut().filter_map(|e| e.job.as_mut()) {
-                *deadline = 0;
-            }
-        }
+        let (gone, kept) = std::mem::take(&mut g.out).into_iter().partition(|(token, _)| cancelled.contains(token));
+        g.out = kept;
+        g.cancelled.extend(gone.into_iter().map(|(_, call)| call));
     });
 }
 
-/// Whether this worker's queue wakes a root that is there.
-pub(super) fn registered() -> bool {
-    GATHER.with(|g| g.borrow().queue.is_some())
+/// Whether the root the host woke went away since this was last asked (once: a root that then
+/// fails to register is not retried at every tick).
+pub(super) fn take_orphaned() -> bool {
+    GATHER.with(|g| std::mem::take(&mut g.borrow_mut().orphaned))
 }
 
 /// A number no other worker of this VM got: a counter in shared data, raised by CAS.
@@ -202,8 +217,16 @@ pub(super) fn on_queue_ready(queue: u32) {
 /// The root's tick: sends what a lost wake-up left behind, and lets the next request wake the
 /// root again (one whose wake-up is merely late costs an extra, empty wake-up).
 pub(super) fn on_tick() {
-    GATHER.with(|g| g.borrow_mut().woken = false);
-    expire_lost(now_us());
+    let cancelled = GATHER.with(|g| {
+        let mut g = g.borrow_mut();
+        g.woken = false;
+        std::mem::take(&mut g.cancelled)
+    });
+    let now = now_us();
+    for e in cancelled.into_iter().flatten() {
+        finish(e, Answer::FailedTogether, now, &mut Heard::default());
+    }
+    expire_lost(now);
     flush();
 }
 

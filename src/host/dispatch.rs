@@ -274,12 +274,6 @@ pub extern "C" fn proxy_on_delete(id: u32) {
         None if ACTIVE.with(Cell::get) == id => DOOMED.with(|d| d.set(id)),
         None => {}
     }
-    // The host cancels a deleted context's callouts: their answers never come, and a client
-    // that hangs up on each request would otherwise leave an entry behind each time.
-    let cancelled: Vec<u32> = CALLOUTS.with(|c| match c.try_borrow_mut() {
-        Ok(mut c) if !c.is_empty() => c.extract_if(|_, sender| *sender == id).map(|(token, _)| token).collect(),
-        _ => Vec::new(),
-    });
     let root_gone = ROOTS.with(|r| {
         let mut roots = r.try_borrow_mut().ok()?;
         let i = roots.iter().position(|(at, _)| *at == id)?;
@@ -287,6 +281,13 @@ pub extern "C" fn proxy_on_delete(id: u32) {
         Some(())
     });
     if root_gone.is_some() {
+        // A callout belongs to a root (the host files it there whichever context sent it): a
+        // request's still comes when its client has gone, and takes its entry out; a deleted
+        // root's are cancelled, and their answers never come.
+        let cancelled: Vec<u32> = CALLOUTS.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) => c.extract_if(|_, sender| *sender == id).map(|(token, _)| token).collect(),
+            Err(_) => Vec::new(),
+        });
         super::batch::root_gone(id, &cancelled);
     }
 }

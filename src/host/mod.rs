@@ -115,7 +115,7 @@ impl Root {
     fn on_tick(&mut self) {
         // The root the queue woke went away (its listener removed): this one takes it over.
         let gathers = self.shared.as_ref().and_then(|s| s.limiter.redis()).is_some_and(|r| r.transport == Transport::Http);
-        if gathers && !batch::registered() {
+        if gathers && batch::take_orphaned() {
             batch::register();
         }
         // A gathered call whose wake-up the host lost goes now, at most one tick late.

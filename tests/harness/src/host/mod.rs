@@ -210,9 +210,9 @@ impl Host {
     }
 
     /// The client of a request goes away (a downstream reset) before it has its response:
-    /// Envoy ends the stream at once (`proxy_on_done`, `proxy_on_log`, `proxy_on_delete`) and
-    /// cancels its callouts, whose answers then never reach the guest. Returns false if the
-    /// request already has its response.
+    /// Envoy ends the stream at once (`proxy_on_done`, `proxy_on_log`, `proxy_on_delete`). Its
+    /// HTTP callouts belong to the root and are still answered; its Redis callouts are
+    /// dropped. Returns false if the request already has its response.
     pub fn reset(&mut self, id: RequestId) -> bool {
         let Some(r) = self.requests.get(id.0) else { return false };
         if r.response.is_some() {

@@ -74,9 +74,9 @@ impl Host {
                 if let Some(s) = self.workers[w].store.as_mut() {
                     s.data_mut().contexts.remove(&ctx);
                 }
-                // Envoy cancels a deleted context's callouts: their answers never arrive.
-                let calls = &self.callouts;
-                self.pending_calls.retain(|(cw, _), idx| !(*cw == w && calls[*idx].context_id == ctx));
+                // An HTTP callout belongs to the root in Envoy (the host's `http_call` files it
+                // under the root of the context that sent it), so a request's goes on after the
+                // request is gone and is answered. A Redis callout is dropped with its request.
                 let redis = &self.redis_calls;
                 self.pending_redis.retain(|(cw, _), idx| !(*cw == w && redis[*idx].context_id == ctx));
                 self.by_ctx.remove(&(w, ctx));
