@@ -610,7 +610,10 @@ impl Table {
                 Some(s) => s.as_slice(),
                 None => current.map_or(&[][..], |e| e.state(i)),
             });
-            writing.entry(*id, now_us.saturating_add(ttl), states);
+            // Kept past its expiry by the most workers' clocks disagree: to a worker behind
+            // this one, the state may still decide (a write that keeps the slot's other entries,
+            // or takes the slot, would otherwise drop a count that worker still denies on).
+            writing.entry(*id, now_us.saturating_add(ttl).saturating_add(WORKER_SKEW_US), states);
         }
         writing.keep(held.live().filter(|e| !decided.iter().any(|(id, _)| *id == e.id)));
         (decided, Some(writing))
@@ -733,8 +736,9 @@ mod tests {
         t.update(&store, 2, 0, count_to(5)).unwrap();
         assert_eq!(count(&store, &t, 1, 0), 3);
         assert_eq!(count(&store, &t, 2, 0), 1);
-        // After the TTL the slot is reused as fresh.
-        assert_eq!(count(&store, &t, 1, 1_000_001), 0);
+        // After the TTL (and the workers' clock skew) the slot is reused as fresh.
+        assert_eq!(count(&store, &t, 1, 1_000_001), 3, "kept for a worker up to WORKER_SKEW_US behind");
+        assert_eq!(count(&store, &t, 1, 1_000_001 + WORKER_SKEW_US), 0);
     }
 
     #[test]
@@ -878,9 +882,11 @@ mod tests {
         // Rule 9 alone, later: rule 7's count stays, and lives as long as its own entry.
         b.update(&store, 1, 500_000, count_to(2)).unwrap();
         assert_eq!((count(&store, &a, 1, 500_000), count(&store, &b, 1, 500_000)), (1, 2));
-        // Rule 7's entry expired at 1 s, rule 9's lives until 1.5 s.
+        // Rule 7's entry expired at 1 s, rule 9's lives until 1.5 s (each kept 0.1 s longer for
+        // workers whose clocks are behind).
         assert_eq!((count(&store, &a, 1, 1_200_000), count(&store, &b, 1, 1_200_000)), (0, 2));
-        assert_eq!((count(&store, &a, 1, 1_500_001), count(&store, &b, 1, 1_500_001)), (0, 0));
+        let gone = 1_500_001 + WORKER_SKEW_US;
+        assert_eq!((count(&store, &a, 1, gone), count(&store, &b, 1, gone)), (0, 0));
     }
 
     #[test]
@@ -949,13 +955,14 @@ mod tests {
         let p = t.prepare_on_copy(copy, 5, 1_000, own.tag(), decide()).unwrap();
         t.commit(&store, &p).unwrap();
         assert_eq!(count(&store, &t, 5, 1_000), 2, "landed");
-        // Written again at 2 ms, its slot expires a second later: an expired copy is not used
-        // (a read would take the place as free), one about to expire is.
+        // Written again at 2 ms, its slot expires a second (and the workers' skew) later: an
+        // expired copy is not used (a read would take the place as free), one about to expire is.
         let copy = written(&t, &store, &own, 5, 2_000).unwrap();
-        let copy = t.prepare_on_copy(copy, 5, 1_002_000, own.tag(), decide()).unwrap_err();
-        let p = t.prepare_on_copy(copy, 5, 1_001_999, own.tag(), decide()).unwrap();
+        let expiry = 1_002_000 + WORKER_SKEW_US;
+        let copy = t.prepare_on_copy(copy, 5, expiry, own.tag(), decide()).unwrap_err();
+        let p = t.prepare_on_copy(copy, 5, expiry - 1, own.tag(), decide()).unwrap();
         t.commit(&store, &p).unwrap();
-        assert_eq!(count(&store, &t, 5, 1_001_999), 4, "landed");
+        assert_eq!(count(&store, &t, 5, expiry - 1), 4, "landed");
         // Identity 11 holds home slot 3, so identity 3 lives in slot 4: a read probes slot 3
         // first, and a worker that saw 11's slot expire would place 3 there; no copy is kept.
         t.update(&store, 11, 0, count_to(5)).unwrap();

@@ -214,6 +214,28 @@ fn predictions_follow_envoy_tokens_round_past_0_and_trust_no_old_copy() {
     assert_eq!((store.reads.get(), store.writes.get()), (3, 11));
 }
 
+/// Workers' clocks may disagree by up to `WORKER_SKEW_US`: an entry one worker sees expired
+/// may still decide on another, so a write that keeps the slot's other entries keeps it too.
+#[test]
+fn a_worker_ahead_keeps_a_count_a_worker_behind_still_decides_on() {
+    let config = serde_json::json!({"rules": [
+        {"name": "api", "match": {"path": "/api"}, "limit": "10/s", "strategy": "fixed_window", "identifier": {"header": "x-user"}},
+        {"name": "login", "match": {"path": "/login"}, "limit": "5/min", "identifier": {"header": "x-user"}}]});
+    let (ahead, behind) = (limiter(config.clone()), limiter(config));
+    let mem = MemStore::default();
+    let req = |path: &str| Req::new("GET", path).header("x-user", "u");
+    let window = T0 - T0 % 1_000_000 + 1_000_000;
+    let skew = crate::clock::WORKER_SKEW_US;
+    // Real time 0.8 s into the window; the worker ahead reads 0.9 s and spends the limit.
+    for _ in 0..10 {
+        assert_eq!(status(&ahead.check(&req("/api"), &mem, window + 800_000 + skew)), 200);
+    }
+    // Real 0.9 s: to the worker ahead the window is over; it writes the slot for a login.
+    assert_eq!(status(&ahead.check(&req("/login"), &mem, window + 900_000 + skew)), 200);
+    // Real 0.95 s: the worker behind is still in the window, whose count is spent.
+    assert_eq!(status(&behind.check(&req("/api"), &mem, window + 950_000)), 429);
+}
+
 #[test]
 fn a_denial_shows_a_rule_decided_on_a_stale_copy_as_a_read_gives_it() {
     // `wide` counts the user, `narrow` the key; W1's copy of the user's slot goes stale when W2
