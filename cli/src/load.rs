@@ -135,6 +135,30 @@ fn sluice_configs(doc: &Value) -> Vec<Result<Vec<u8>, Value>> {
     out
 }
 
+/// How the connection manager that runs the Wasm filter of a bootstrap sets the client's
+/// address (`source.address`): `use_remote_address` and `xff_num_trusted_hops`. `None` when
+/// the file is no bootstrap with one such manager.
+pub fn address_settings(bytes: &[u8], format: Format) -> Option<(bool, u64)> {
+    let docs = documents(bytes, format).ok()?;
+    let boot = docs.iter().find(|d| d.get("static_resources").is_some())?;
+    let mut found = Vec::new();
+    crate::analysis::walk(boot, &mut |map| {
+        let Some(Value::Array(filters)) = map.get("http_filters") else { return };
+        let wasm = filters.iter().any(|f| f["typed_config"]["@type"].as_str() == Some(WASM_FILTER));
+        if wasm {
+            // A BoolValue: a bare boolean in YAML or `{value: true}`.
+            let remote = &map.get("use_remote_address").cloned().unwrap_or(Value::Null);
+            let remote = remote.as_bool().or_else(|| remote["value"].as_bool()).unwrap_or(false);
+            let hops = map.get("xff_num_trusted_hops").and_then(Value::as_u64).unwrap_or(0);
+            found.push((remote, hops));
+        }
+    });
+    match found.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
 /// What a file holds, if it parses: a bootstrap or WasmPlugin is read for its plugin config;
 /// anything else (including what does not parse) is linted as a plugin config itself.
 pub fn source_of(bytes: &[u8], format: Format) -> Source {

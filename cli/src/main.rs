@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use explain::CliRequest;
-use load::{lint_bytes, load_any, source_of, Format, Source};
+use load::{address_settings, lint_bytes, load_any, source_of, Format, Source};
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "Check sluice rate-limit plugin configs with the filter's own compiler")]
@@ -171,11 +171,13 @@ fn lint(file: &Path) -> ExitCode {
         Source::PluginConfig => lint_bytes(&bytes, format),
         _ => load_any(&bytes, format).map(|(config, _, _)| config),
     };
+    let address = address_settings(&bytes, format);
     match result {
         Ok(config) => match serde_json::to_string_pretty(&config) {
             Ok(json) => {
                 let mut err = std::io::stderr().lock();
-                for w in trust::warnings(&config) {
+                let from_bootstrap = address.map(|(remote, hops)| trust::address_warnings(&config, remote, hops));
+                for w in trust::warnings(&config).into_iter().chain(from_bootstrap.into_iter().flatten()) {
                     let _ = writeln!(err, "warning: {w}");
                 }
                 // What explain proves about the config alone (no request, no bootstrap routes).

@@ -36,6 +36,43 @@ pub fn warnings(config: &Config) -> Vec<Warning> {
     out
 }
 
+/// What the bootstrap's connection manager makes of the client's address, for a config that
+/// counts or exempts by it (`remote`: `use_remote_address`, `hops`: its `xff_num_trusted_hops`).
+pub fn address_warnings(config: &Config, remote: bool, hops: u64) -> Vec<Warning> {
+    let by_address = config.rules.iter().any(|r| {
+        r.identifier.parts.contains(&IdentPart::ClientIp)
+            || r.identifier.fallback == IdentFallback::ClientIp
+            || !r.exempt.cidrs.is_empty()
+    });
+    let mut out = Vec::new();
+    if !by_address {
+        return out;
+    }
+    let own = config.client_ip.xff_trusted_hops;
+    if own == 0 && !remote && hops == 0 {
+        out.push(Warning {
+            path: "use_remote_address".into(),
+            message: "off in the connection manager, so Envoy takes source.address from the last x-forwarded-for \
+                      entry: a client that reaches this proxy directly names its own address and gets a fresh \
+                      budget (or an exemption) per name; at the edge set use_remote_address: true, behind a \
+                      trusted load balancer that appends the client's address this is right"
+                .into(),
+        });
+    }
+    if own > 0 && remote {
+        out.push(Warning {
+            path: "client_ip.xff_trusted_hops".into(),
+            message: format!(
+                "{own} with use_remote_address: true: Envoy appends the address of its own peer to x-forwarded-for \
+                 before sluice reads it, so hop {own} from the right is one hop nearer than meant (hop 1 is the \
+                 peer itself: every client behind it is one); count that hop too, or leave xff_trusted_hops at 0 \
+                 and let Envoy's xff_num_trusted_hops decide source.address"
+            ),
+        });
+    }
+    out
+}
+
 /// Whether a rule that counts by address alone applies to every request `rule` does (it
 /// matches every request, or exactly what `rule` matches), and counts what `rule` counts
 /// (requests, or messages): it caps what any one address gets, however it varies the values
@@ -178,6 +215,21 @@ mod tests {
             on_login(serde_json::json!({"name": "per-user", "identifier": {"query": "user"}})),
             on_login(serde_json::json!({"name": "per-ip"}))]}));
         assert!(paths(&c).is_empty(), "{:?}", warnings(&c));
+    }
+
+    #[test]
+    fn the_connection_managers_address_settings_are_checked_against_the_config() {
+        let by_ip = config(serde_json::json!({"rules": [{"name": "r", "limit": "5/min"}]}));
+        let paths = |c: &Config, remote, hops| address_warnings(c, remote, hops).into_iter().map(|w| w.path).collect::<Vec<_>>();
+        assert_eq!(paths(&by_ip, false, 0), ["use_remote_address"], "the client's x-forwarded-for decides");
+        assert!(paths(&by_ip, true, 0).is_empty() && paths(&by_ip, false, 1).is_empty());
+        let hops = config(serde_json::json!({"client_ip": {"xff_trusted_hops": 1}, "rules": [{"name": "r", "limit": "5/min"}]}));
+        assert_eq!(paths(&hops, true, 0), ["client_ip.xff_trusted_hops"], "hop 1 is Envoy's own peer");
+        assert!(paths(&hops, false, 0).is_empty());
+        let by_key = config(
+            serde_json::json!({"rules": [{"name": "r", "limit": "5/min", "identifier": {"header": "x-key", "fallback": "skip"}}]}),
+        );
+        assert!(paths(&by_key, false, 0).is_empty(), "no rule reads the address");
     }
 
     #[test]

@@ -182,6 +182,17 @@ fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
     let out = sluice(&["lint", &at("envoy/upstream.yaml")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no Wasm filter"), "{}", text(&out.stderr));
+    // The shipped edge bootstrap sets use_remote_address; without it a client names its own
+    // address, and lint says so.
+    let edge = std::fs::read_to_string(at("envoy/demo.yaml")).unwrap();
+    assert!(!text(&sluice(&["lint", &at("envoy/demo.yaml")]).stderr).contains("warning: use_remote_address"));
+    let dir = std::env::temp_dir().join(format!("sluice-lint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = dir.join("open-edge.yaml");
+    std::fs::write(&open, edge.replace("use_remote_address: true", "use_remote_address: false")).unwrap();
+    let out = sluice(&["lint", &open.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("warning: use_remote_address: off in the connection manager"), "{}", text(&out.stderr));
     // Two WasmPlugins in one file (the second's config invalid): not the first alone, passed.
     let out = lint("two-wasmplugins.yaml");
     assert_eq!(out.status.code(), Some(1));
