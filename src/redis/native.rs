@@ -222,8 +222,13 @@ struct Options {
 
 /// The options after a call's limits: `dry`, and in the test build a time (epoch µs), as the
 /// scripts' test build takes it.
+/// How much longer than its state a written key lives, as `decide.lua` pads it: a key that
+/// moves to a node whose clock is behind (a slot migrated, a failover that replicates a
+/// relative expiry) must not expire there while its state still decides.
+pub const TTL_PAD_MS: u64 = 1000;
+
 fn options(words: &[&[u8]], now_us: u64) -> Result<Options, String> {
-    let mut out = Options { dry: false, now_us, pad_ms: 0 };
+    let mut out = Options { dry: false, now_us, pad_ms: TTL_PAD_MS };
     #[cfg(any(test, feature = "module-clock"))]
     let mut simulated = false;
     for word in words {

@@ -26,8 +26,8 @@
 --           retry_after_ms, delay_ms, ttl_ms} for limit i as if it were alone (1/0 for
 --           allowed; ttl_ms = how long its state lives). When all_allowed is 0 nothing was
 --           written, so a limit whose di says allowed was not charged.
--- Writes   only when every limit admits (and not "dry"): SET key state PX ttl_ms for each
---           limit that changed, when the script call ends (Redis runs it atomically, so no one
+-- Writes   only when every limit admits (and not "dry"): SET key state PX ttl_ms + 1000 for
+--           each limit that changed, when the script call ends (Redis runs it atomically, so no one
 --           sees the difference).
 --           A key given twice sees the first limit's update when the second is decided.
 -- Errors   a wrong argument count, a non-integer number or an unknown strategy.
@@ -134,7 +134,10 @@ local function decide(KEYS, ARGV, k0, n, a0, m, ctx)
   end
 
   if all == 1 and not dry then
-    local pad = 0
+    -- Keys outlive their state by 1 s (native.rs' TTL_PAD_MS): a key that moves to a node whose
+    -- clock is behind (a Cluster slot migrated, a failover replicating a relative expiry) must
+    -- not expire while its state still decides there.
+    local pad = 1000
     if override ~= nil then
       pad = 60000
     end
