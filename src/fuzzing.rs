@@ -178,7 +178,9 @@ pub fn store_slot(bytes: &[u8]) -> Result<(), String> {
             .map(|(i, o)| o.state.as_ref().map(|s| s.to_vec()).unwrap_or_else(|| current.get(i).cloned().unwrap_or_default()))
             .collect();
         let ttl = outcomes.iter().map(|o| o.ttl_us).max().unwrap_or(0).max(1);
-        EntryRef { fingerprint: *id, expires_us: now_us.saturating_add(ttl), states }
+        // Kept past its expiry by the workers' clock skew, as the table writes it.
+        let expires_us = now_us.saturating_add(ttl).saturating_add(crate::clock::WORKER_SKEW_US);
+        EntryRef { fingerprint: *id, expires_us, states }
     });
     // Every other live entry of the requester's slot is kept as it was, and an evicted slot's
     // marks (up to 255 entries in all); expired ones go.

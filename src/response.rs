@@ -73,12 +73,14 @@ pub fn shown_remaining(r: &Reported<'_>) -> u64 {
     r.decision.remaining.min(r.rate.limit)
 }
 
-/// Seconds until the client may rely on quota again: the retry-after of a denial, else the reset.
+/// Seconds until the client may rely on quota again: the retry-after of a denial, else until
+/// more than the remaining shown is free, which is now when more than the quota is left (a
+/// burst above it: [`shown_remaining`]).
 pub fn reset_secs(d: &Decision) -> u64 {
-    if d.allowed {
-        ceil_secs(d.reset_ms)
-    } else {
-        ceil_secs(d.retry_after_ms).max(1)
+    match (d.allowed, d.remaining > d.limit) {
+        (true, true) => 0,
+        (true, false) => ceil_secs(d.reset_ms),
+        (false, _) => ceil_secs(d.retry_after_ms).max(1),
     }
 }
 
@@ -250,7 +252,7 @@ mod tests {
         let api = text("api", 100, 60_000);
         let h = rate_limit_headers(HeaderMode::Both, &[rep(&api, 100, 60_000, true, 149, 600)]);
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        assert_eq!(get("ratelimit").as_deref(), Some("\"api\";r=100;t=1"));
+        assert_eq!(get("ratelimit").as_deref(), Some("\"api\";r=100;t=0"), "more than r is free now");
         assert_eq!(get("x-ratelimit-remaining").as_deref(), Some("100"));
     }
 

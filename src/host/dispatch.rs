@@ -283,11 +283,26 @@ pub extern "C" fn proxy_on_delete(id: u32) {
     if root_gone.is_some() {
         // A callout belongs to a root (the host files it there whichever context sent it): a
         // request's still comes when its client has gone, and takes its entry out; a deleted
-        // root's are cancelled, and their answers never come.
+        // root's are cancelled, and their answers never come. Which root a gone request's call
+        // was filed under is not known here, so those go too: their answers find no one either.
         let cancelled: Vec<u32> = CALLOUTS.with(|c| match c.try_borrow_mut() {
-            Ok(mut c) => c.extract_if(|_, sender| *sender == id).map(|(token, _)| token).collect(),
+            Ok(mut c) => c.extract_if(|_, sender| *sender == id || !lives(*sender)).map(|(token, _)| token).collect(),
             Err(_) => Vec::new(),
         });
         super::batch::root_gone(id, &cancelled);
     }
+}
+
+/// Whether context `id` is there: a root, a request in the table, or the one whose callback runs
+/// (taken out of the table meanwhile). A table in use counts as holding it: an entry kept too
+/// long costs bytes, one dropped too soon a request its answer.
+fn lives(id: u32) -> bool {
+    let placed = || {
+        PLACED.with(|p| {
+            p.try_borrow().map_or(true, |p| p.get(place(id)).is_some_and(|s| s.as_ref().is_some_and(|(at, _)| *at == id)))
+        })
+    };
+    let overflow = || OVERFLOW.with(|o| o.try_borrow().map_or(true, |o| o.contains_key(&id)));
+    let root = || ROOTS.with(|r| r.try_borrow().map_or(true, |r| r.iter().any(|(at, _)| *at == id)));
+    ACTIVE.with(Cell::get) == id || placed() || overflow() || root()
 }

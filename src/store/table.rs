@@ -1000,30 +1000,33 @@ mod tests {
         // and 3 passes slot 3 (still naming 10), marking it again.
         t.update(&store, 10, 3_000_000, count_to(5)).unwrap();
         t.update(&store, 3, 3_000_000, count_for(100_000_000)).unwrap();
-        // 10's count expires at 4 s: it counts again in its home slot, not in slot 3.
-        t.update(&store, 10, 4_100_000, count_to(5)).unwrap();
-        t.update(&store, 10, 4_200_000, count_to(5)).unwrap();
-        assert_eq!(live_slots(&store, &t, 10, 4_200_000), 1);
-        assert_eq!(count(&store, &t, 10, 4_200_000), 2);
+        // 10's count expires at 4 s (and the workers' skew): it counts again in its home slot,
+        // not in slot 3.
+        let later = 4_000_001 + WORKER_SKEW_US;
+        t.update(&store, 10, later, count_to(5)).unwrap();
+        t.update(&store, 10, later + 100_000, count_to(5)).unwrap();
+        assert_eq!(live_slots(&store, &t, 10, later + 100_000), 1);
+        assert_eq!(count(&store, &t, 10, later + 100_000), 2);
     }
 
     #[test]
     fn a_new_identity_is_placed_once_though_two_workers_disagree_on_its_homes_owner() {
-        // Identities 11 and 3 share home slot 3; 11's slot expires at 1 s. Worker A (clock
-        // before that) must go on to slot 4, worker B (clock after) may take slot 3: each
-        // prepares identity 3's first request before the other writes.
+        // Identities 11 and 3 share home slot 3; 11's slot expires at 1 s (and the workers'
+        // skew). Worker A (clock before that) must go on to slot 4, worker B (clock after) may
+        // take slot 3: each prepares identity 3's first request before the other writes.
+        let expiry = 1_000_000 + WORKER_SKEW_US;
         for a_first in [true, false] {
             let (store, t) = (MemStore::default(), table(8));
             t.update(&store, 11, 0, count_to(5)).unwrap();
-            let a = t.prepare_entries(&store, 3, 999_999, 0, t.own(count_to(5))).unwrap();
-            let b = t.prepare_entries(&store, 3, 1_000_001, 0, t.own(count_to(5))).unwrap();
-            let (first, second, at) = if a_first { (&a, &b, 1_000_001) } else { (&b, &a, 999_999) };
+            let a = t.prepare_entries(&store, 3, expiry - 1, 0, t.own(count_to(5))).unwrap();
+            let b = t.prepare_entries(&store, 3, expiry + 1, 0, t.own(count_to(5))).unwrap();
+            let (first, second, at) = if a_first { (&a, &b, expiry + 1) } else { (&b, &a, expiry - 1) };
             t.commit(&store, first).unwrap();
             assert_eq!(t.commit(&store, second), Err(StoreError::CasMismatch), "A's mark and B's take meet on slot 3");
             // The loser decides again, and counts where the winner did.
             t.update(&store, 3, at, count_to(5)).unwrap();
-            assert_eq!(live_slots(&store, &t, 3, 1_000_001), 1);
-            assert_eq!(count(&store, &t, 3, 1_000_001), 2);
+            assert_eq!(live_slots(&store, &t, 3, expiry + 1), 1);
+            assert_eq!(count(&store, &t, 3, expiry + 1), 2);
         }
     }
 
