@@ -137,7 +137,10 @@ fn sluice_configs(doc: &Value) -> Vec<Result<Vec<u8>, Value>> {
 
 /// How the connection manager that runs the Wasm filter of a bootstrap sets the client's
 /// address (`source.address`): `use_remote_address` and `xff_num_trusted_hops`. `None` when
-/// the file is no bootstrap with one such manager.
+/// the file is no bootstrap with one such manager, or when that manager finds the address
+/// another way (`original_ip_detection_extensions`, which Envoy allows only without those two)
+/// or appends nothing to `x-forwarded-for` (`skip_xff_append`): the warnings below assume
+/// neither.
 pub fn address_settings(bytes: &[u8], format: Format) -> Option<(bool, u64)> {
     let docs = documents(bytes, format).ok()?;
     let boot = docs.iter().find(|d| d.get("static_resources").is_some())?;
@@ -146,15 +149,19 @@ pub fn address_settings(bytes: &[u8], format: Format) -> Option<(bool, u64)> {
         let Some(Value::Array(filters)) = map.get("http_filters") else { return };
         let wasm = filters.iter().any(|f| f["typed_config"]["@type"].as_str() == Some(WASM_FILTER));
         if wasm {
-            // A BoolValue: a bare boolean in YAML or `{value: true}`.
+            let other_way =
+                map.get("original_ip_detection_extensions").is_some_and(|e| e.as_array().is_some_and(|e| !e.is_empty()))
+                    || map.get("skip_xff_append").and_then(Value::as_bool) == Some(true);
+            // A BoolValue: a bare boolean in YAML or `{value: true}`; a uint32, which proto3 JSON
+            // may also quote.
             let remote = &map.get("use_remote_address").cloned().unwrap_or(Value::Null);
             let remote = remote.as_bool().or_else(|| remote["value"].as_bool()).unwrap_or(false);
-            let hops = map.get("xff_num_trusted_hops").and_then(Value::as_u64).unwrap_or(0);
-            found.push((remote, hops));
+            let hops = map.get("xff_num_trusted_hops").map_or(Some(0), |h| h.as_u64().or_else(|| h.as_str()?.parse().ok()));
+            found.push((!other_way).then_some(()).and(hops.map(|h| (remote, h))));
         }
     });
     match found.as_slice() {
-        [one] => Some(*one),
+        [one] => *one,
         _ => None,
     }
 }

@@ -193,6 +193,15 @@ fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
     let out = sluice(&["lint", &open.display().to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("warning: use_remote_address: off in the connection manager"), "{}", text(&out.stderr));
+    // A manager that finds the client's address another way is left to the operator.
+    let detected = dir.join("detected-edge.yaml");
+    let with_extension = edge.replace(
+        "use_remote_address: true",
+        "original_ip_detection_extensions: [{name: xff, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.http.original_ip_detection.xff.v3.XffConfig, xff_num_trusted_hops: 1}}]",
+    );
+    std::fs::write(&detected, with_extension).unwrap();
+    let out = sluice(&["lint", &detected.display().to_string()]);
+    assert!(!text(&out.stderr).contains("warning: use_remote_address"), "{}", text(&out.stderr));
     // Two WasmPlugins in one file (the second's config invalid): not the first alone, passed.
     let out = lint("two-wasmplugins.yaml");
     assert_eq!(out.status.code(), Some(1));
