@@ -91,6 +91,9 @@ pub(crate) struct ReadPlan {
     pub headers: usize,
     /// Whether a rule counts WebSocket messages: only then is a request looked at as an upgrade.
     pub messages: bool,
+    /// Whether an identity reads a cookie: every `cookie` line is read, which takes every
+    /// header at once anyway.
+    pub cookies: bool,
 }
 
 impl ReadPlan {
@@ -106,11 +109,14 @@ impl ReadPlan {
             request_path: paths(Some(Per::Request)),
             headers: header_names(config, method, path),
             messages: config.rules.iter().any(|r| r.per == Per::Message),
+            cookies: config.rules.iter().any(|r| r.identifier.parts.iter().any(|p| matches!(p, IdentPart::Cookie(_)))),
         }
     }
 
+    /// Whether the first header asked for reads them all: several are read, or the cookie
+    /// lines all are (a single read answers the first line only).
     pub fn reads_many_headers(&self) -> bool {
-        self.headers >= MANY_HEADERS
+        self.headers >= MANY_HEADERS || self.cookies
     }
 }
 

@@ -21,8 +21,8 @@ type Read = (SmallVec<[u8; 24]>, Option<Vec<u8>>);
 pub(super) struct HostRequest {
     /// Headers read one by one so far: a config reads few, so they are kept inline.
     headers: RefCell<SmallVec<[Read; 2]>>,
-    /// Read every header at the next ask (the config reads several per request); cleared once
-    /// tried, so a failed read of them all is not repeated.
+    /// Read every header at the next ask (the config reads several per request, or every cookie
+    /// line); cleared once tried, so a failed read of them all is not repeated.
     all_at_once: Cell<bool>,
     /// Every request header, when read at once: a name not in it is absent.
     all: RefCell<Option<headers::Pairs>>,
@@ -41,6 +41,13 @@ impl HostRequest {
         }
     }
 
+    /// Reads every header at the first ask, when [`Self::all_at_once`] says so.
+    fn read_all_if_planned(&self) {
+        if self.all_at_once.replace(false) {
+            *self.all.borrow_mut() = request_header_pairs();
+        }
+    }
+
     fn cached(&self, name: &str) -> Option<Option<Vec<u8>>> {
         self.headers.borrow().iter().find(|(k, _)| k.as_slice() == name.as_bytes()).map(|(_, v)| v.clone())
     }
@@ -48,9 +55,7 @@ impl HostRequest {
 
 impl RequestInfo for HostRequest {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
-        if self.all_at_once.replace(false) {
-            *self.all.borrow_mut() = request_header_pairs();
-        }
+        self.read_all_if_planned();
         if let Some(all) = self.all.borrow().as_ref() {
             // The first value of a repeated name, as a single read answers. Envoy keeps Host as
             // `:authority`, where a single read of `host` finds it; all the pairs list only that.
@@ -73,13 +78,10 @@ impl RequestInfo for HostRequest {
         }
         abi::get_map_value_bytes(Headers::Request, ":path").ok().flatten()
     }
-    /// From every header, read at once if they were not yet: a single read answers only the
-    /// first line.
+    /// From every header: a config with a cookie identity reads them all at once (a single
+    /// read answers only the first line); the first line alone if that read failed.
     fn cookies(&self) -> Option<Vec<u8>> {
-        if self.all.borrow().is_none() {
-            self.all_at_once.set(false);
-            *self.all.borrow_mut() = request_header_pairs();
-        }
+        self.read_all_if_planned();
         match self.all.borrow().as_ref() {
             Some(all) => all.joined("cookie", b"; "),
             None => self.header("cookie"),

@@ -131,6 +131,8 @@ fn configs_reading_several_headers_are_told_apart() {
     // :path (for the query part), a cookie and a cost header.
     assert!(many(serde_json::json!([{"name": "q", "limit": "5/min", "cost": {"header": "x-cost"},
         "identifier": {"parts": [{"query": "tenant"}, {"cookie": "session"}]}}])));
+    // A cookie alone: every cookie line is read, so every header is, at the first ask.
+    assert!(many(serde_json::json!([{"name": "s", "limit": "5/min", "identifier": {"cookie": "session"}}])));
 }
 
 #[test]
