@@ -69,8 +69,8 @@ pub fn policy_quota(rate: &Rate) -> (u64, u64) {
 /// The remaining units a response shows: at most the quota it advertises (`q`, or
 /// `X-RateLimit-Limit`), which a bucket's `burst` or a debt can exceed. Fewer than are left is
 /// a promise kept; more than the quota would read as more than the policy gives.
-pub fn shown_remaining(r: &Reported<'_>) -> u64 {
-    r.decision.remaining.min(r.rate.limit)
+pub fn shown_remaining(d: &Decision) -> u64 {
+    d.remaining.min(d.limit)
 }
 
 /// Seconds until the client may rely on quota again: the retry-after of a denial, else until
@@ -107,7 +107,7 @@ fn write_rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>], out: &m
             policy.push_str(&r.text.policy);
             current.push_str(&r.text.label);
             current.push_str(";r=");
-            push_number(&mut current, shown_remaining(r));
+            push_number(&mut current, shown_remaining(&r.decision));
             current.push_str(";t=");
             push_number(&mut current, reset_secs(&r.decision));
         }
@@ -122,11 +122,11 @@ fn write_rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>], out: &m
         let tightest = reported.iter().min_by_key(|r| {
             let (d, secs) = (&r.decision, reset_secs(&r.decision));
             let blocks = if d.allowed { 0 } else { secs };
-            (!r.enforced, d.allowed, std::cmp::Reverse(blocks), shown_remaining(r), std::cmp::Reverse(secs))
+            (!r.enforced, d.allowed, std::cmp::Reverse(blocks), shown_remaining(d), std::cmp::Reverse(secs))
         });
         if let Some(r) = tightest {
             out.push((Cow::Borrowed("x-ratelimit-limit"), number(r.rate.limit)));
-            out.push((Cow::Borrowed("x-ratelimit-remaining"), number(shown_remaining(r))));
+            out.push((Cow::Borrowed("x-ratelimit-remaining"), number(shown_remaining(&r.decision))));
             out.push((Cow::Borrowed("x-ratelimit-reset"), number(reset_secs(&r.decision))));
         }
     }

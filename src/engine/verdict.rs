@@ -105,7 +105,7 @@ impl Limiter {
             limit,
             quota: r.rate.limit,
             allowed: r.decision.allowed,
-            remaining: response::shown_remaining(&r),
+            remaining: response::shown_remaining(&r.decision),
             reset_s: response::reset_secs(&r.decision),
         });
         limits.chain(self.violated(outcomes).map(|o| Shown::Violated { rule: o.rule }))
