@@ -159,6 +159,20 @@ fn ceil_div(a: u128, b: u128) -> u128 {
     q + u128::from(r != 0)
 }
 
+/// `a × b / d` for d > 0, rounded up when `up`, saturating: one 64-bit multiply and divide
+/// when the product fits, as it does for any realistic rule, and 128 bits (a software routine
+/// on wasm32) only when it does not.
+fn mul_div(a: u64, b: u64, d: u64, up: bool) -> u64 {
+    match a.checked_mul(b) {
+        Some(p) if up => p.div_ceil(d),
+        Some(p) => p / d,
+        None => {
+            let p = u128::from(a) * u128::from(b);
+            sat(if up { ceil_div(p, u128::from(d)) } else { div_rem(p, u128::from(d)).0 })
+        }
+    }
+}
+
 /// `a / b` and `a % b` for b > 0 (0 and 0 for b = 0), in 64-bit arithmetic whenever both
 /// fit, as they do for any realistic rule: on wasm32 a 128-bit division is a call into a
 /// software routine, a twentieth of ten rules' guest work before this.

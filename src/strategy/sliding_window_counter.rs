@@ -18,7 +18,7 @@
 //! State (25 bytes): tag 2, current window start (epoch ms), current count, previous count.
 
 use super::codec::{self, SLIDING_WINDOW_COUNTER};
-use super::{admit, ceil_div, deny, sat, Outcome};
+use super::{admit, deny, mul_div, Outcome};
 use crate::rate::Rate;
 
 pub(crate) fn decide(rate: &Rate, state: &[u8], now_ms: u64, cost: u64) -> Outcome {
@@ -39,13 +39,9 @@ pub(crate) fn decide(rate: &Rate, state: &[u8], now_ms: u64, cost: u64) -> Outco
     };
     // The previous window's weighted count, `prev × weight / period`, rounded up: with whole
     // counts, `estimate + cost ≤ limit` is `cur + cost + weighted ≤ limit`, and the remaining
-    // `floor(limit − estimate)` is `limit − cur − weighted`. One product, in 64 bits when it
-    // fits (any realistic rule), for what every request asks.
+    // `floor(limit − estimate)` is `limit − cur − weighted`.
     let weight = period - (eff - start);
-    let weighted = match prev.checked_mul(weight) {
-        Some(units) => units.div_ceil(period),
-        None => sat(ceil_div(u128::from(prev) * u128::from(weight), u128::from(period))),
-    };
+    let weighted = mul_div(prev, weight, period, true);
     let remaining = |cur: u64| limit.saturating_sub(cur).saturating_sub(weighted);
     // The estimate is 0 once the current count has slid out of the next window.
     let until_empty = |cur: u64| {
@@ -101,16 +97,11 @@ pub(crate) fn decide(rate: &Rate, state: &[u8], now_ms: u64, cost: u64) -> Outco
 
 /// The first elapsed time `e` (ms into a window with `prev` weighted and `cur` current) at
 /// which `prev × (period − e) + (cur + cost) × period ≤ limit × period`, given
-/// `cur + cost ≤ limit`. At most `period` (where the weight is 0). In 64 bits when the product
-/// fits, as for any realistic rule: every admission asks (its `reset_ms`).
+/// `cur + cost ≤ limit`. At most `period` (where the weight is 0).
 fn first_fit(period: u64, limit: u64, prev: u64, cur: u64, cost: u64) -> u64 {
     if prev == 0 {
         return 0;
     }
     let spare = limit.saturating_sub(cur).saturating_sub(cost);
-    let k = match spare.checked_mul(period) {
-        Some(room) => room / prev,
-        None => sat(u128::from(spare) * u128::from(period) / u128::from(prev)),
-    };
-    period - k.min(period)
+    period - mul_div(spare, period, prev, false).min(period)
 }
