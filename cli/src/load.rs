@@ -49,7 +49,7 @@ impl LintError {
 }
 
 /// Parses `bytes` as `format` and compiles the result with the filter's own compiler.
-pub fn lint_bytes(bytes: &[u8], format: Format) -> Result<Config, LintError> {
+fn lint_bytes(bytes: &[u8], format: Format) -> Result<Config, LintError> {
     match format {
         // The exact path Envoy's bytes take in `on_configure`.
         Format::Json => compile_json(bytes).map_err(|e| json_or_config(bytes, e)),
@@ -72,17 +72,6 @@ fn json_or_config(bytes: &[u8], errors: ConfigErrors) -> LintError {
         Err(e) if !bytes.iter().all(u8::is_ascii_whitespace) => LintError::Syntax { format: "JSON", message: e.to_string() },
         _ => LintError::Config(errors),
     }
-}
-
-/// What a file given to `sluice explain` turned out to hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// A plugin config itself.
-    PluginConfig,
-    /// An Envoy bootstrap whose Wasm filter carries the config as a `StringValue`.
-    EnvoyBootstrap,
-    /// An Istio `WasmPlugin` whose `spec.pluginConfig` is the config.
-    WasmPlugin,
 }
 
 const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
@@ -137,13 +126,10 @@ fn sluice_configs(doc: &Value) -> Vec<Result<Vec<u8>, Value>> {
 
 /// How the connection manager that runs the Wasm filter of a bootstrap sets the client's
 /// address (`source.address`): `use_remote_address` and `xff_num_trusted_hops`. `None` when
-/// the file is no bootstrap with one such manager, or when that manager finds the address
-/// another way (`original_ip_detection_extensions`, which Envoy allows only without those two)
-/// or appends nothing to `x-forwarded-for` (`skip_xff_append`): the warnings below assume
-/// neither.
-pub fn address_settings(bytes: &[u8], format: Format) -> Option<(bool, u64)> {
-    let docs = documents(bytes, format).ok()?;
-    let boot = docs.iter().find(|d| d.get("static_resources").is_some())?;
+/// the bootstrap has no one such manager, or when that manager finds the address another way
+/// (`original_ip_detection_extensions`, which Envoy allows only without those two) or appends
+/// nothing to `x-forwarded-for` (`skip_xff_append`): the warnings assume neither.
+fn address_settings(boot: &Value) -> Option<(bool, u64)> {
     let mut found = Vec::new();
     crate::analysis::walk(boot, &mut |map| {
         let Some(Value::Array(filters)) = map.get("http_filters") else { return };
@@ -166,30 +152,28 @@ pub fn address_settings(bytes: &[u8], format: Format) -> Option<(bool, u64)> {
     }
 }
 
-/// What a file holds, if it parses: a bootstrap or WasmPlugin is read for its plugin config;
-/// anything else (including what does not parse) is linted as a plugin config itself.
-pub fn source_of(bytes: &[u8], format: Format) -> Source {
-    let docs = documents(bytes, format).unwrap_or_default();
-    if docs.iter().any(|d| d["kind"] == "WasmPlugin") {
-        Source::WasmPlugin
-    } else if docs.iter().any(|d| d.get("static_resources").is_some()) {
-        Source::EnvoyBootstrap
-    } else {
-        Source::PluginConfig
-    }
+/// A compiled config and what the file around it says.
+pub struct Loaded {
+    pub config: Config,
+    /// A bootstrap's route names.
+    pub routes: Option<Vec<String>>,
+    /// A bootstrap's connection manager's address settings (see [`address_settings`]).
+    pub address: Option<(bool, u64)>,
 }
 
 /// Reads a plugin config, an Envoy bootstrap (the config of its one Wasm filter, plus its
 /// route names) or an Istio WasmPlugin (its `pluginConfig`), and compiles the config with the
 /// filter's own compiler, on the bytes Envoy would pass where there are such bytes.
-pub fn load_any(bytes: &[u8], format: Format) -> Result<(Config, Source, Option<Vec<String>>), LintError> {
-    let docs = documents(bytes, format)?;
+pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
+    let plain = |config| Loaded { config, routes: None, address: None };
+    // What does not parse is reported as a plugin config's syntax error would be.
+    let Ok(docs) = documents(bytes, format) else { return lint_bytes(bytes, format).map(plain) };
     let syntax = |message: String| LintError::Syntax { format: "sluice input", message };
     let plugins: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "WasmPlugin").collect();
     match plugins.as_slice() {
         [plugin] => {
             let cfg = &plugin["spec"]["pluginConfig"];
-            return compile(cfg).map(|c| (c, Source::WasmPlugin, None)).map_err(LintError::Config);
+            return compile(cfg).map(plain).map_err(LintError::Config);
         }
         // Checking only the first would pass the others unread.
         [_, _, ..] => {
@@ -201,8 +185,9 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<(Config, Source, Option<
         let mut found = sluice_configs(boot);
         return match (found.len(), found.pop()) {
             (1, Some(Ok(json))) => {
-                let routes = crate::analysis::bootstrap_routes(boot);
-                compile_json(&json).map(|c| (c, Source::EnvoyBootstrap, routes)).map_err(LintError::Config)
+                let config = compile_json(&json).map_err(LintError::Config)?;
+                let (routes, address) = (crate::analysis::bootstrap_routes(boot), address_settings(boot));
+                Ok(Loaded { config, routes, address })
             }
             (1, Some(Err(_))) => Err(syntax("the Wasm filter's configuration is not a google.protobuf.StringValue".into())),
             (0, _) => Err(syntax("this Envoy bootstrap has no Wasm filter".into())),
@@ -210,9 +195,9 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<(Config, Source, Option<
         };
     }
     match docs.as_slice() {
-        [one] => compile(one).map(|c| (c, Source::PluginConfig, None)).map_err(LintError::Config),
-        // Nothing at all: the compiler's own "no configuration" error.
-        [] => compile(&Value::Null).map(|c| (c, Source::PluginConfig, None)).map_err(LintError::Config),
+        // The bytes themselves, as Envoy would take them (nothing at all: the compiler's own
+        // "no configuration" error).
+        [] | [_] => lint_bytes(bytes, format).map(plain),
         _ => Err(syntax(format!("{} YAML documents, none of them an Envoy bootstrap or a WasmPlugin", docs.len()))),
     }
 }

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use explain::CliRequest;
-use load::{address_settings, lint_bytes, load_any, source_of, Format, Source};
+use load::{load_any, Format, Loaded};
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "Check sluice rate-limit plugin configs with the filter's own compiler")]
@@ -126,11 +126,11 @@ fn explain_file(file: &Path, request: Option<&CliRequest>, json: bool) -> ExitCo
         }
     };
     let format = if file.as_os_str() == "-" { Format::Guess } else { Format::of(file) };
-    let (config, _source, routes) = match load_any(&bytes, format) {
+    let loaded = match load_any(&bytes, format) {
         Ok(loaded) => loaded,
         Err(err) => return print_errors(&shown, &err.lines()),
     };
-    let report = explain::explain(config, request, routes.as_deref());
+    let report = explain::explain(loaded.config, request, loaded.routes.as_deref());
     let text = if json {
         match serde_json::to_string_pretty(&report) {
             Ok(j) => j + "\n",
@@ -167,13 +167,8 @@ fn lint(file: &Path) -> ExitCode {
     };
     let format = if file.as_os_str() == "-" { Format::Guess } else { Format::of(file) };
     // A bootstrap or WasmPlugin is linted for the plugin config it carries.
-    let result = match source_of(&bytes, format) {
-        Source::PluginConfig => lint_bytes(&bytes, format),
-        _ => load_any(&bytes, format).map(|(config, _, _)| config),
-    };
-    let address = address_settings(&bytes, format);
-    match result {
-        Ok(config) => match serde_json::to_string_pretty(&config) {
+    match load_any(&bytes, format) {
+        Ok(Loaded { config, address, .. }) => match serde_json::to_string_pretty(&config) {
             Ok(json) => {
                 let mut err = std::io::stderr().lock();
                 let from_bootstrap = address.map(|(remote, hops)| trust::address_warnings(&config, remote, hops));
