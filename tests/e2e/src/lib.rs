@@ -744,6 +744,18 @@ pub fn add_cluster(boot: &mut Value, name: &str, port: u16) {
     }
 }
 
+/// A copy of an adapted bootstrap's first listener named `name` on `port`, whose sluice filter
+/// runs `plugin_config` in the same VM (same `vm_config`), with stats of its own.
+pub fn listener_copy(boot: &Value, name: &str, port: u16, plugin_config: &Value) -> Value {
+    let mut listener = boot["static_resources"]["listeners"][0].clone();
+    listener["name"] = name.into();
+    listener["address"]["socket_address"]["port_value"] = port.into();
+    let manager = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
+    manager["stat_prefix"] = name.into();
+    manager["http_filters"][0]["typed_config"]["config"]["configuration"]["value"] = plugin_config.to_string().into();
+    listener
+}
+
 /// Sends `n` requests at once spread round-robin over `urls` (one thread and connection each).
 pub fn burst_over(n: usize, urls: &[String], headers: &[(&str, &str)]) -> Vec<Response> {
     timed_burst_over(n, urls, headers).0

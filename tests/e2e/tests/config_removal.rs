@@ -64,12 +64,7 @@ fn removing_the_config_that_owns_the_wake_ups_fails_no_gathered_request() {
     add_cluster(&mut boot, "sluice_gateway", gateway.port);
     let a = boot["static_resources"]["listeners"][0].clone();
     let port_b = free_port();
-    let mut b = a.clone();
-    b["name"] = "second".into();
-    b["address"]["socket_address"]["port_value"] = port_b.into();
-    let filter = &mut b["filter_chains"][0]["filters"][0]["typed_config"];
-    filter["stat_prefix"] = "second".into();
-    filter["http_filters"][0]["typed_config"]["config"]["configuration"]["value"] = config("second").to_string().into();
+    let b = listener_copy(&boot, "second", port_b, &config("second"));
     if let Value::Object(resources) = &mut boot["static_resources"] {
         resources.remove("listeners");
     }

@@ -262,12 +262,7 @@ fn gathered_calls_of_two_configs_in_one_vm_are_all_answered() {
     adapt(&mut boot, Some(&config("first")));
     add_cluster(&mut boot, "sluice_gateway", gateway.port);
     let second = free_port();
-    let mut listener = boot["static_resources"]["listeners"][0].clone();
-    listener["name"] = "second".into();
-    listener["address"]["socket_address"]["port_value"] = second.into();
-    let filter = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
-    filter["stat_prefix"] = "second".into();
-    filter["http_filters"][0]["typed_config"]["config"]["configuration"]["value"] = config("second").to_string().into();
+    let listener = listener_copy(&boot, "second", second, &config("second"));
     if let Value::Array(listeners) = &mut boot["static_resources"]["listeners"] {
         listeners.push(listener);
     }
