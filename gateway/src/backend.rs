@@ -48,7 +48,7 @@ use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::{IntoConnectionInfo, RedisError, Value};
 use tokio::sync::OnceCell;
 
-use crate::command::{batch_call, library, library_name, module_command, sha, Command, RunAs};
+use crate::command::{batch_call, library, library_name, module_command, sha, work_runs, Command, RunAs};
 use crate::config::RedisCalls;
 use crate::metrics::{LoadTrigger, Metrics};
 use crate::reply::server_error_text;
@@ -402,12 +402,18 @@ impl Backend {
     pub async fn run_pipeline(&self, cmds: &[Command], metrics: &Metrics) -> Vec<Outcome> {
         match &self.conn {
             Conn::Standalone(manager) => {
-                if self.batches(cmds.len()) {
-                    if let Some(out) = self.try_batch(&cmds.iter().collect::<Vec<_>>(), None, metrics).await {
-                        return out;
+                let mut out = Vec::with_capacity(cmds.len());
+                for run in work_runs(cmds) {
+                    let part = &cmds[run];
+                    if self.batches(part.len()) {
+                        if let Some(done) = self.try_batch(&part.iter().collect::<Vec<_>>(), None, metrics).await {
+                            out.extend(done);
+                            continue;
+                        }
                     }
+                    out.extend(self.standalone_pipeline(manager, part, metrics).await);
                 }
-                self.standalone_pipeline(manager, cmds, metrics).await
+                out
             }
             Conn::Cluster(_) => self.cluster_pipeline(cmds, metrics).await,
         }
@@ -680,15 +686,22 @@ impl Backend {
             if !self.batches(group.len()) {
                 return join_all(group.iter().map(|cmd| self.run(cmd, metrics))).await;
             }
-            if let Some(out) = self.try_batch(&group, *slot, metrics).await {
-                return out;
-            }
-            // The slot's node lacked the library even after a load: it is being migrated or
-            // has just failed over. One at a time, in order: concurrent calls redirected with
-            // ASK on one connection were seen to lose their redirect (an ASK error came back).
             let mut out = Vec::with_capacity(group.len());
-            for cmd in group {
-                out.push(self.run(cmd, metrics).await);
+            for run in work_runs(&group) {
+                let part = &group[run];
+                if self.batches(part.len()) {
+                    if let Some(done) = self.try_batch(part, *slot, metrics).await {
+                        out.extend(done);
+                        continue;
+                    }
+                }
+                // The slot's node lacked the library even after a load: it is being migrated
+                // or has just failed over. One at a time, in order: concurrent calls redirected
+                // with ASK on one connection were seen to lose their redirect (an ASK error came
+                // back).
+                for cmd in part {
+                    out.push(self.run(cmd, metrics).await);
+                }
             }
             out
         });

@@ -161,11 +161,17 @@ pub struct Command {
     bytes: Vec<u8>,
     /// Where each word ends in `bytes`.
     ends: Vec<usize>,
+    /// Its sliding-log entries ([`script::Invocation::log_work`]): how long it holds Redis.
+    log_work: u64,
 }
 
 impl Command {
     pub fn kind(&self) -> CommandKind {
         self.kind
+    }
+
+    pub fn log_work(&self) -> u64 {
+        self.log_work
     }
 
     /// Word `i` (0 is the command name).
@@ -320,15 +326,38 @@ fn command_from_words(words: Words) -> Result<Command, RequestError> {
     if words.ends.is_empty() {
         return Err(RequestError::Empty);
     }
-    let mut cmd = Command { kind: CommandKind::EvalSha, keys: 0, bytes: words.bytes, ends: words.ends };
+    let mut cmd = Command { kind: CommandKind::EvalSha, keys: 0, bytes: words.bytes, ends: words.ends, log_work: 0 };
     let all: Vec<&[u8]> = (0..cmd.ends.len()).filter_map(|i| cmd.word(i)).collect();
-    let keys = script::check(&all, sha()).map_err(RequestError::Refused)?.keys.len();
+    let call = script::check(&all, sha()).map_err(RequestError::Refused)?;
+    let (keys, log_work) = (call.keys.len(), call.log_work());
     let eval = all.first().is_some_and(|name| name.eq_ignore_ascii_case(b"EVAL"));
     cmd.keys = keys;
+    cmd.log_work = log_work;
     if eval {
         cmd.kind = CommandKind::Eval;
     }
     Ok(cmd)
+}
+
+/// `cmds` cut into consecutive runs, each run as one script in Redis, whose sliding-log work
+/// together stays within [`script::MAX_LOG_WORK`] (one call alone always does): a pipeline of the
+/// longest logs then holds Redis for a run at a time, with other clients served in between,
+/// instead of for one script long enough to make Redis answer everyone else BUSY.
+pub fn work_runs<C: std::borrow::Borrow<Command>>(cmds: &[C]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut work) = (0, 0u64);
+    for (i, cmd) in cmds.iter().enumerate() {
+        let w = cmd.borrow().log_work();
+        if i > start && work.saturating_add(w) > script::MAX_LOG_WORK {
+            runs.push(start..i);
+            (start, work) = (i, 0);
+        }
+        work = work.saturating_add(w);
+    }
+    if start < cmds.len() {
+        runs.push(start..cmds.len());
+    }
+    runs
 }
 
 /// A command's words as they are read, back to back (see [`Command`]).
@@ -604,6 +633,38 @@ mod tests {
 
     fn body(words: &[String]) -> Vec<u8> {
         json!(words).to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_pipeline_runs_in_scripts_of_bounded_log_work() {
+        let log = |entries: u32, limits: usize| {
+            let strategy = Strategy::SlidingWindowLog { max_entries: entries };
+            let rates = vec![Rate { limit: 5, period_ms: 1000 }; limits];
+            let call = RuleCall {
+                namespace: "shop",
+                rule: "api",
+                identity: 0xab,
+                fingerprint: 0xdead,
+                strategy: &strategy,
+                rates: &rates,
+                cost: 1,
+            };
+            json!(command(&call, Form::Sha(sha()), false).to_vec())
+        };
+        let most = script::MAX_LOG_WORK / 8;
+        let other = json!(call(Form::Sha(sha()), false));
+        let pipeline =
+            json!([log(most as u32, 8), other, log(10, 1), log(most as u32, 8), log(most as u32, 4), log(most as u32, 4), other]);
+        let cmds = parse_pipeline(pipeline.to_string().as_bytes(), 64).unwrap();
+        assert_eq!(
+            cmds.iter().map(Command::log_work).collect::<Vec<_>>(),
+            [script::MAX_LOG_WORK, 0, 10, script::MAX_LOG_WORK, 4 * most, 4 * most, 0]
+        );
+        // A maximal call with the cheap ones after it, as long as they fit; one more maximal
+        // call alone; the two halves together, with the cheap one after them.
+        assert_eq!(work_runs(&cmds), [0..2, 2..3, 3..4, 4..7]);
+        assert_eq!((work_runs(&cmds[1..2]).len(), work_runs(&cmds[1..2]).first()), (1, Some(&(0..1))));
+        assert!(work_runs::<Command>(&[]).is_empty());
     }
 
     #[test]

@@ -151,8 +151,6 @@ pub enum Problem {
     MinAboveMax { min: u64, max: u64 },
     #[error("invalid secret (value not shown); expected {min} to {max} printable ASCII characters, the same on every proxy")]
     BadSecret { min: usize, max: usize },
-    #[error("a sliding_window_log decided in the proxy's shared data keeps at most {max} entries (its log travels in one shared-data value); expected at most {max}, or backend: redis without on_error: fallback")]
-    LogTooLong { max: u64 },
     #[error("with backend: redis the decision script forms numbers up to {largest}, above 2^53 (9007199254740992), which Lua cannot hold exactly; expected a smaller limit, period, burst, max_debt or cost max")]
     NotExactInLua { largest: u128 },
     #[error("a bucket decided in the proxy keeps its level × period in 64 bits, and this rule's reaches {largest}, above 2^63 - 1 (9223372036854775807); expected a smaller limit, period, burst, max_debt, max_delay or cost max")]

@@ -155,6 +155,24 @@ pub struct Invocation<'a> {
     pub args: Vec<&'a [u8]>,
 }
 
+impl Invocation<'_> {
+    /// The most sliding-log entries this call reads and rewrites: a log's decision parses and
+    /// writes the whole log, so its time in Redis grows with `max_entries`, where every other
+    /// strategy's is a few numbers. At most [`MAX_LOG_WORK`].
+    pub fn log_work(&self) -> u64 {
+        let log = |g: &[&[u8]]| g.first().is_some_and(|s| *s == SLIDING_WINDOW_LOG.as_bytes());
+        self.args.chunks_exact(ARGS_PER_RULE).take(self.keys.len()).filter(|g| log(g)).filter_map(|g| number(g[4])).sum()
+    }
+}
+
+/// The most sliding-log entries one script run may read and rewrite: one call of a rule with
+/// the most limits, each keeping the most entries. Calls run together (a batch) are split so
+/// that no run exceeds it: tens of milliseconds of Redis at most, far from the seconds after
+/// which Redis answers every other client BUSY.
+pub const MAX_LOG_WORK: u64 = MAX_KEYS as u64 * MAX_LOG_ENTRIES;
+
+const SLIDING_WINDOW_LOG: &str = "sliding_window_log";
+
 /// Checks that `words` (the command name, then its arguments) call [`SCRIPT`] by its SHA
 /// `sha` (or as `EVAL` with its exact text) with sluice's key shape and argument layout, and
 /// nothing else: no other script, command or key, no clock override, numbers Lua holds exactly.
@@ -249,6 +267,11 @@ fn check_args(args: &[&[u8]], n: usize) -> Result<(), Refusal> {
     }
     for (k, group) in args.chunks(ARGS_PER_RULE).take(n).enumerate() {
         let [strategy, limit, period, cost, p1, p2] = group else { return bad(format!("limit {k}: too few")) };
+        // One rule's limits: one strategy with one set of parameters, one cost for all.
+        let first = &args[..ARGS_PER_RULE];
+        if k > 0 && [strategy, cost, p1, p2] != [&first[0], &first[3], &first[4], &first[5]] {
+            return bad(format!("limit {k}: strategy, cost and parameters differ from limit 0's (one rule's limits share them)"));
+        }
         let Some(entry) = CATALOGUE.iter().find(|e| e.name.as_bytes() == *strategy) else {
             return bad(format!("limit {k}: unknown strategy"));
         };
@@ -583,6 +606,32 @@ mod tests {
                 Ok(_) => panic!("accepted {cmd:?}"),
             }
         }
+    }
+
+    #[test]
+    fn one_rules_limits_share_strategy_cost_and_parameters() {
+        let sha = sha();
+        let rates = [Rate { limit: 5, period_ms: 1000 }, Rate { limit: 100, period_ms: 60_000 }];
+        let log = Strategy::SlidingWindowLog { max_entries: 100 };
+        let good = command(&call(&log, &rates), Form::Sha(&sha), false).to_vec();
+        let checked = check(&words(&good), &sha).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(checked.log_work(), 200, "two limits of 100 entries each");
+        // Limit 1's strategy, cost, p1 or p2 unlike limit 0's: not a call the filter makes.
+        let (second, name, cost, p1, p2) = (3 + rates.len() + ARGS_PER_RULE, 0, 3, 4, 5);
+        for (at, v) in [(name, "fixed_window"), (cost, "3"), (p1, "99"), (p2, "1")] {
+            let mut c = good.clone();
+            c[second + at] = v.to_string();
+            match check(&words(&c), &sha) {
+                Err(e) => assert_eq!(e.kind(), "arguments", "{e}"),
+                Ok(_) => panic!("accepted {c:?}"),
+            }
+        }
+        // Another strategy reads a few numbers: no log work.
+        let fixed = command(&call(&Strategy::FixedWindow, &rates), Form::Sha(&sha), false).to_vec();
+        assert_eq!(check(&words(&fixed), &sha).map(|c| c.log_work()).ok(), Some(0));
+        let most = Strategy::SlidingWindowLog { max_entries: MAX_LOG_ENTRIES as u32 };
+        let most = command(&call(&most, &[Rate { limit: 5, period_ms: 1000 }; 8]), Form::Sha(&sha), false).to_vec();
+        assert_eq!(check(&words(&most), &sha).map(|c| c.log_work()).ok(), Some(MAX_LOG_WORK));
     }
 
     #[test]

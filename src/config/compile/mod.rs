@@ -52,12 +52,13 @@ pub const DEFAULT_HEADER_COST_MAX: u64 = 1_000;
 /// (route timeout 15 s by default) would fail them anyway.
 pub const MAX_DELAY_MS: u64 = 60_000;
 pub const DEFAULT_MAX_DELAY_MS: u64 = 1_000;
-pub const MAX_LOG_ENTRIES: u64 = 100_000;
+/// The most entries a `sliding_window_log` keeps. Decided in shared data, its state (1 + 16
+/// bytes per entry) travels in a slot value with a 16-bit length per state; decided in Redis,
+/// each decision reads and rewrites the whole log, so a longer one would hold Redis for tens
+/// of milliseconds per call (see [`crate::redis::script::MAX_LOG_WORK`]).
+pub const MAX_LOG_ENTRIES: u64 = ((u16::MAX as u64) - 1) / 16;
 /// `over_limit.close_after`: at most this many messages over the limit before the close.
 pub const MAX_CLOSE_AFTER: u64 = 1_000_000;
-/// The most entries a `sliding_window_log` decided in shared data can keep: its state
-/// (1 + 16 bytes per entry) travels in a slot value with a 16-bit length per state.
-pub const MAX_LOCAL_LOG_ENTRIES: u64 = ((u16::MAX as u64) - 1) / 16;
 /// Lua numbers are doubles: integers above this lose their exactness.
 pub const LUA_EXACT: u128 = 1 << 53;
 /// A level decided in the proxy is kept as a signed 64-bit number (the debt's sign).

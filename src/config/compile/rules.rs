@@ -175,14 +175,6 @@ impl Compiler {
     pub(super) fn bounds(&mut self, path: &str, m: &Map<String, Value>, rule: &Rule) -> bool {
         let mut ok = true;
         let decided_locally = rule.backend == Backend::Local || matches!(rule.on_error, OnError::Fallback { .. });
-        if let Strategy::SlidingWindowLog { max_entries } = rule.strategy {
-            if decided_locally && u64::from(max_entries) > MAX_LOCAL_LOG_ENTRIES {
-                let p = join(&join(path, "strategy"), "max_entries");
-                let found = field(m, "strategy").and_then(|s| s.get("max_entries"));
-                self.report(p, found, Problem::LogTooLong { max: MAX_LOCAL_LOG_ENTRIES });
-                ok = false;
-            }
-        }
         let max_cost = match rule.cost {
             Cost::Fixed(n) => n,
             Cost::Header { max, .. } => max,

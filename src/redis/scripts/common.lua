@@ -23,8 +23,8 @@ end
 local EXACT = 9007199254740992
 -- A longer state, or one of more numbers, is none the scripts write (anyone may write a key):
 -- reading it would cost memory and time out of all proportion (src/redis/state.rs).
-local MAX_STATE_BYTES = 3400004
-local MAX_STATE_NUMBERS = 200000
+local MAX_STATE_BYTES = 139234
+local MAX_STATE_NUMBERS = 8190
 
 -- Strategy name -> function(raw_state, now_ms, limit, period_ms, cost, p1, p2) returning a
 -- decision: {allowed (1/0), remaining, reset_ms, retry_after_ms, delay_ms, ttl_ms, new_state}.
