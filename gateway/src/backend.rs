@@ -6,9 +6,11 @@
 //! else as `FCALL` of sluice's function library where Redis has functions (Redis 7 and later;
 //! on a Cluster, every primary), else as `EVALSHA` of its script. `auto` (the default) finds
 //! out with the first probe that reaches Redis: `COMMAND INFO` of the module's command on
-//! every primary, then `FUNCTION LOAD`: answered means `FCALL` from then on; an error reply
-//! (an unknown command, before Redis 7) means `EVALSHA`. Until a load reaches Redis (it may be
-//! down at start), calls run as `EVALSHA`, which every Redis runs. A module call answered
+//! every primary, then `FUNCTION LOAD`: answered means `FCALL` from then on; an unknown command
+//! (before Redis 7), or another refusal that asking again cannot change, means `EVALSHA` (see
+//! `refused_for_good`). Until then (Redis down at start, or not able to take the library
+//! yet: loading its data, busy, out of memory), calls run as `EVALSHA`, which every Redis runs,
+//! and the next health probe or NOSCRIPT asks again. A module call answered
 //! "unknown command" (a restart without the module, a failover to a node without it) did not
 //! run: `auto` finds out again and runs it the way found, so all three share Redis' keys. One
 //! answered `NOPERM` (the gateway's Redis user may not run it) did not run either: `auto` then
@@ -155,6 +157,12 @@ impl Calls {
         self.mode == RedisCalls::Auto && self.found.load(Ordering::Acquire) == NOT_YET
     }
 
+    /// `auto` found the module, which no longer holds (gone, or refused): undecided again.
+    /// Only the module: a concurrent finding out may have just found something else.
+    fn forget_module(&self) {
+        let _ = self.found.compare_exchange(FOUND_MODULE, NOT_YET, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     fn found(&self, run_as: RunAs) {
         let found = match run_as {
             RunAs::Module => FOUND_MODULE,
@@ -297,9 +305,10 @@ impl Backend {
 
     /// `auto`: asks every primary for the module's command. All have it: calls run as the
     /// module's. Else tries the library on every primary. Loaded: calls run as `FCALL`.
-    /// Refused with an error reply (no functions before Redis 7, or a server that will not take
-    /// it): calls run as `EVALSHA`, and the script is loaded instead. No answer: still
-    /// undecided.
+    /// Refused for good (no functions before Redis 7, or a server that will not take it; see
+    /// [`refused_for_good`]): calls run as `EVALSHA`, and the script is loaded instead. No
+    /// answer, or an error reply that may not hold for long (`LOADING`, `BUSY`, `OOM`...):
+    /// still undecided, the failure returned.
     async fn detect(&self, trigger: LoadTrigger, metrics: &Metrics) -> Result<RunAs, Failure> {
         match self.module_everywhere().await {
             Ok(true) => {
@@ -315,13 +324,21 @@ impl Backend {
         self.detect_library(trigger, metrics).await
     }
 
-    /// The library part of [`Backend::detect`]: `FCALL` where it loads, else `EVALSHA`.
+    /// The library part of [`Backend::detect`]: `FCALL` where it loads, `EVALSHA` where Redis
+    /// refuses it for good. Not able to take it now: undecided again (a module found before,
+    /// now gone or refused, no longer holds), so that calls run as `EVALSHA` meanwhile.
     async fn detect_library(&self, trigger: LoadTrigger, metrics: &Metrics) -> Result<RunAs, Failure> {
         match self.load(RunAs::Fcall, every_primary()).await {
             Ok(()) => {
                 metrics.load(RunAs::Fcall, trigger, true);
                 self.calls.found(RunAs::Fcall);
                 Ok(RunAs::Fcall)
+            }
+            Err(Failure::Reply(text)) if !refused_for_good(&text) => {
+                metrics.load(RunAs::Fcall, trigger, false);
+                log::warn!("Redis cannot take sluice's function library now ({text}): calls run as EVALSHA until it can");
+                self.calls.forget_module();
+                Err(Failure::Reply(text))
             }
             Err(Failure::Reply(text)) => {
                 if is_unknown_command(&text) {
@@ -542,6 +559,8 @@ impl Backend {
     /// After a call did not run (`lost`) on `target`: loads what it needs there, unless another
     /// call did so after this one was sent (`seen`), and says how to run it again. With `auto`
     /// still undecided, a NOSCRIPT is when Redis is first seen up: the library is tried first.
+    /// Where finding out leaves `auto` undecided (Redis cannot take the library now), the call
+    /// runs on the script meanwhile.
     async fn recover(&self, lost: Lost, target: Target, seen: u64, metrics: &Metrics) -> Result<RunAs, Failure> {
         let mut last = self.loads.last.lock().await;
         let (run_as, trigger) = match lost {
@@ -556,16 +575,24 @@ impl Backend {
             }
             Lost::NoModule if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis no longer knows sluice's module command {}: finding out how calls run", module_command());
-                let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
-                self.note(&mut last, target, &[RunAs::Module, run_as]);
-                return Ok(run_as);
+                match self.detect(LoadTrigger::NoScript, metrics).await {
+                    Ok(run_as) => {
+                        self.note(&mut last, target, &[RunAs::Module, run_as]);
+                        return Ok(run_as);
+                    }
+                    Err(failure) => self.meanwhile(failure)?,
+                }
             }
             // The module is there, but not for this user: the library, without asking again.
             Lost::ModuleRefused if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis refuses sluice's module command {} to this user (NOPERM): calls run on the library", module_command());
-                let run_as = self.detect_library(LoadTrigger::NoScript, metrics).await?;
-                self.note(&mut last, target, &[RunAs::Module, run_as]);
-                return Ok(run_as);
+                match self.detect_library(LoadTrigger::NoScript, metrics).await {
+                    Ok(run_as) => {
+                        self.note(&mut last, target, &[RunAs::Module, run_as]);
+                        return Ok(run_as);
+                    }
+                    Err(failure) => self.meanwhile(failure)?,
+                }
             }
             // (A module call is never lost as `Missing`: Redis cannot lack a module's script.)
             Lost::NoModule | Lost::Missing(RunAs::Module) => return Err(no_module()),
@@ -575,10 +602,17 @@ impl Backend {
                     module_command()
                 )))
             }
-            Lost::Missing(RunAs::EvalSha) if self.calls.undecided() => {
-                let run_as = self.detect(LoadTrigger::NoScript, metrics).await?;
-                self.note(&mut last, target, &[run_as]);
-                return Ok(run_as);
+            // (Unless another call, still undecided, loaded the script after this one was sent.)
+            Lost::Missing(RunAs::EvalSha)
+                if self.calls.undecided() && last.get(&(target, RunAs::EvalSha)).is_none_or(|&done| done <= seen) =>
+            {
+                match self.detect(LoadTrigger::NoScript, metrics).await {
+                    Ok(run_as) => {
+                        self.note(&mut last, target, &[run_as]);
+                        return Ok(run_as);
+                    }
+                    Err(failure) => self.meanwhile(failure)?,
+                }
             }
             // Another call found functions meanwhile, and loaded the library everywhere.
             Lost::Missing(RunAs::EvalSha) if self.calls.run_as() == RunAs::Fcall => return Ok(RunAs::Fcall),
@@ -617,6 +651,16 @@ impl Backend {
                 log::warn!("cannot load sluice's {what} after a call found it missing: {text}");
                 Err(Failure::Reply(format!("ERR sluice-gateway: cannot load sluice's {what}: {text}")))
             }
+        }
+    }
+
+    /// How a call runs again after finding out how calls run failed: an error reply that left
+    /// `auto` undecided (Redis cannot take the library now) lets it run on the script, loaded
+    /// like any other NOSCRIPT's; no answer fails it.
+    fn meanwhile(&self, failure: Failure) -> Result<(RunAs, LoadTrigger), Failure> {
+        match failure {
+            Failure::Reply(_) if self.calls.undecided() => Ok((RunAs::EvalSha, LoadTrigger::NoScript)),
+            failure => Err(failure),
         }
     }
 
@@ -811,6 +855,31 @@ fn is_unknown_command(text: &str) -> bool {
     text.starts_with("ERR unknown command")
 }
 
+/// Whether Redis' error reply to `FUNCTION LOAD` of sluice's library (`text`, code first) will
+/// not change however often it is asked, so that `auto` runs calls as `EVALSHA` from then on:
+///
+/// - `ERR`, Redis' code for a command it will not run as given: `FUNCTION` unknown (no functions,
+///   before Redis 7), or this library refused (it does not compile there, a function of the same
+///   name is in another library, no Lua engine; or an answer the gateway cannot read). The
+///   library is the gateway's own, so asking again gets the same answer. Except `ERR max number
+///   of clients reached`: a full server, which takes the next connection once one closes.
+/// - `NOPERM`: the gateway's Redis user may not load functions. Only an operator changes that,
+///   and the same user may well run the script.
+///
+/// Every other code names a state that passes or that an operator clears while the gateway
+/// runs: `LOADING` (Redis reads its data, and answers `COMMAND INFO` meanwhile), `BUSY` (a
+/// script runs long), `OOM` (`FUNCTION LOAD` is refused past `maxmemory`), `MISCONF`,
+/// `NOREPLICAS`, `READONLY` and `MASTERDOWN` (a replica, or one cut off from its primary, as
+/// during a failover), `CLUSTERDOWN`, `TRYAGAIN`, `NOAUTH` and `WRONGPASS`; so does any code not
+/// known here. Those leave `auto` undecided, to ask again.
+fn refused_for_good(text: &str) -> bool {
+    match text.split(' ').next() {
+        Some("ERR") => !text.starts_with("ERR max number of clients reached"),
+        Some("NOPERM") => true,
+        _ => false,
+    }
+}
+
 /// The second try's outcome. Missing again means Redis dropped it between the load and the
 /// call; the client must not read a NOSCRIPT as its cue to send the script's text.
 fn after_reload(outcome: Outcome, run_as: RunAs) -> Outcome {
@@ -842,4 +911,40 @@ fn failure(e: RedisError) -> Failure {
         }
     }
     Failure::Transport(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[rustfmt::skip]
+    const LIBRARY_REPLIES: &[(&str, bool)] = &[
+        // No functions: before Redis 7, or FUNCTION renamed away.
+        ("ERR unknown command 'FUNCTION', with args beginning with: 'LOAD' 'REPLACE' ", true),
+        ("ERR Error compiling function: user_function:1: '=' expected near 'x'", true),
+        ("ERR Function sluice already exists", true),
+        ("ERR sluice-gateway: FUNCTION LOAD answered Int(1), not sluice_x", true),
+        ("NOPERM User gw has no permissions to run the 'function|load' command", true),
+        ("LOADING Redis is loading the dataset in memory", false),
+        ("BUSY Redis is busy running a script. You can only call FUNCTION KILL or SHUTDOWN NOSAVE.", false),
+        ("OOM command not allowed when used memory > 'maxmemory'.", false),
+        ("CLUSTERDOWN The cluster is down", false),
+        ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", false),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", false),
+        ("READONLY You can't write against a read only replica.", false),
+        ("NOREPLICAS Not enough good replicas to write.", false),
+        ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.", false),
+        ("NOAUTH Authentication required.", false),
+        ("ERR max number of clients reached", false),
+        // A code not known here: asked again.
+        ("SOMEDAY not now", false),
+        ("ERRATIC not the ERR code", false),
+    ];
+
+    #[test]
+    fn only_replies_that_cannot_change_pin_evalsha() {
+        for &(text, for_good) in LIBRARY_REPLIES {
+            assert_eq!(refused_for_good(text), for_good, "{text}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use redis::Value;
 use sluice::rate::Rate;
 use sluice::redis::script::{self, batch_counts, rule_args, ARGS_PER_RULE};
 use sluice::strategy::Strategy;
-use support::calls::{call, entry_verdict, hash_tag, verdict, LIMIT};
+use support::calls::{call, dry_call, entry_verdict, hash_tag, verdict, LIMIT};
 use support::{metric, metric_value, redis_cli, redis_module, Http, RedisCluster, RedisServer, TestGateway};
 
 const TOKEN: &str = "m0dule-t0ken";
@@ -545,4 +545,42 @@ async fn a_user_refused_the_module_runs_on_the_library() {
     let (status, body) = strict.post("/", call(identity)).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("NOPERM sluice-gateway"), "{body}");
+}
+
+/// The same user on a Redis out of memory, which refuses FUNCTION LOAD for now: the call refused
+/// the module runs on the script meanwhile, `auto` not pinned to EVALSHA; once Redis takes the
+/// library, calls run on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_refused_the_module_runs_on_the_script_until_redis_takes_the_library() {
+    const LIBRARY_FAILED: &str = r#"sluice_gateway_library_loads_total{trigger="noscript",outcome="failed"}"#;
+    const SCRIPT_LOADED: &str = r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="loaded"}"#;
+    const EVALSHAS: &str = r#"sluice_gateway_redis_calls_total{command="EVALSHA"}"#;
+    let module = redis_module(false);
+    let redis = RedisServer::start_with_args(&["--loadmodule", &module]);
+    let (mcall, mbatch) = (script::module_command_name(), script::module_batch_command_name());
+    let (no_call, no_batch) = (format!("-{mcall}"), format!("-{mbatch}"));
+    let set = redis_cli(redis.port, &["ACL", "SETUSER", "gw", "on", ">gw-pass", "~*", "&*", "+@all", &no_call, &no_batch]);
+    assert_eq!(set.trim(), "OK");
+    redis_cli(redis.port, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis_cli(redis.port, &["CONFIG", "SET", "maxmemory", "1"]);
+    let url = format!("redis://gw:gw-pass@127.0.0.1:{}", redis.port);
+    let (_gw, http) = gateway(&["--redis-url", &url, "--health-cache-ms", "0"]).await;
+    wait_calls(&http, "MODULE").await;
+    // A dry call writes nothing, which Redis allows past maxmemory.
+    let identity = 0x0e02;
+    let (status, body) = http.post("/", dry_call(identity)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+    let text = metrics(&http).await;
+    let seen = [MODULE_CALLS, LIBRARY_FAILED, SCRIPT_LOADED, EVALSHAS, FCALLS].map(|series| metric_value(&text, series));
+    assert_eq!(seen, [1.0, 1.0, 1.0, 1.0, 0.0], "{text}");
+
+    redis_cli(redis.port, &["CONFIG", "SET", "maxmemory", "0"]);
+    // A probe finds out again (the module, for it is there), and the next refused call loads
+    // the library.
+    wait_calls(&http, "MODULE").await;
+    let (status, body) = http.post("/", call(identity)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+    wait_calls(&http, "FCALL").await;
+    let text = metrics(&http).await;
+    assert_eq!(metric_value(&text, FCALLS), 1.0, "{text}");
 }

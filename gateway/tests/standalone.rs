@@ -442,6 +442,60 @@ async fn redis_down_at_start_gets_what_it_calls_when_it_comes_up() {
     assert!(!library_loaded(redis.port));
 }
 
+/// A Redis that cannot take the library now (here out of memory, which refuses FUNCTION LOAD;
+/// as well loading its data, busy, a replica) does not pin EVALSHA: `auto` stays undecided,
+/// calls run on the script meanwhile, and once Redis takes the library the next health probe,
+/// or the next call that meets NOSCRIPT, moves calls to FCALL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_cannot_take_the_library_yet_is_asked_again() {
+    const LIBRARY_NOSCRIPT_FAILED: &str = r#"sluice_gateway_library_loads_total{trigger="noscript",outcome="failed"}"#;
+    let redis = RedisServer::start();
+    redis_cli(redis.port, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis_cli(redis.port, &["CONFIG", "SET", "maxmemory", "1"]);
+    let quick = ["--health-cache-ms", "0"];
+    let (_by_call, by_call) = gateway_for(&redis, &quick).await;
+    let (_by_probe, by_probe) = gateway_for(&redis, &quick).await;
+    by_call.wait_metric(LIBRARY_START_FAILED, 1.0).await;
+    let text = by_probe.wait_metric(LIBRARY_START_FAILED, 1.0).await;
+    assert_eq!(metric_value(&text, START_LOADED), 0.0, "EVALSHA not chosen, so the script not loaded: {text}");
+    assert_eq!(script_exists(redis.port), "0");
+
+    // Still out of memory: a probe asks again (and is refused again); calls run as EVALSHA.
+    let (status, health) = by_probe.get("/healthz").await;
+    assert_eq!(status, 200, "{health}");
+    assert!(health.contains(r#""calls":"EVALSHA""#), "{health}");
+    by_probe.wait_metric(LIBRARY_START_FAILED, 2.0).await;
+    // A call meets NOSCRIPT: the library is refused again, so it runs on the script (a dry
+    // call writes nothing, which Redis allows past maxmemory).
+    let (status, body) = by_call.post("/", dry_call(1)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+    let text = by_call.wait_metric(NOSCRIPT_LOADED, 1.0).await;
+    assert_eq!(metric_value(&text, LIBRARY_NOSCRIPT_FAILED), 1.0, "{text}");
+    assert!(!library_loaded(redis.port));
+
+    redis_cli(redis.port, &["CONFIG", "SET", "maxmemory", "0"]);
+    // The script is there: calls go on as EVALSHA until something asks again.
+    let (status, body) = by_call.post("/", call(1)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+    // A health probe finds Redis taking the library.
+    let (_, health) = by_probe.get("/healthz").await;
+    assert!(health.contains(r#""calls":"FCALL""#), "{health}");
+    by_probe.wait_metric(LIBRARY_START_LOADED, 1.0).await;
+    let (status, body) = by_probe.post("/", call(2)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+    let (_, text) = by_probe.get("/metrics").await;
+    assert_eq!((metric_value(&text, EVALSHAS), metric_value(&text, FCALLS)), (0.0, 1.0), "{text}");
+    // A NOSCRIPT finds out too.
+    redis_cli(redis.port, &["SCRIPT", "FLUSH"]);
+    let (status, body) = by_call.post("/", call(1)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 2)), "{body}");
+    let text = by_call.wait_metric(LIBRARY_NOSCRIPT_LOADED, 1.0).await;
+    // EVALSHA: the dry call twice (NOSCRIPT, then on the loaded script), the first write once,
+    // the second once (NOSCRIPT); then that one ran as FCALL.
+    assert_eq!((metric_value(&text, EVALSHAS), metric_value(&text, FCALLS)), (4.0, 1.0), "{text}");
+    assert_eq!(script_exists(redis.port), "0", "not loaded again: FCALL needs none");
+}
+
 /// A pipeline's calls run in order with an answer each, errors in place, whether they go to
 /// Redis as one FCALL of the batch function (the default) or one FCALL each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
