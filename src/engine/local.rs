@@ -330,12 +330,15 @@ impl Limiter {
         outcomes: Vec<RuleOutcome>,
         store: &impl SharedStore,
         now_us: u64,
-        fallen_back: bool,
+        fell: &[usize],
     ) -> Verdict {
         if outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow()) {
             return self.verdict(outcomes, true);
         }
-        let decided_here = |a: &&Applied| !self.compiled(a).is_redis() || (fallen_back && self.compiled(a).falls_back());
+        // Local rules, and the Redis rules (by rule index) that Redis did not decide and that
+        // fall back.
+        let decided_here =
+            |a: &&Applied| !self.compiled(a).is_redis() || (fell.contains(&a.rule) && self.compiled(a).falls_back());
         let (enforced, shadow): (Refs<'_>, Refs<'_>) =
             applied.iter().filter(decided_here).partition(|a| !self.compiled(a).is_shadow());
         let groups = self.by_slot(&enforced);
@@ -346,7 +349,7 @@ impl Limiter {
             None => self.enforce(&groups, store, now_us, false).unwrap_or_else(|| (Vec::new(), true)),
         };
         let mut stored = in_order(&enforced, stored);
-        if fallen_back {
+        if !fell.is_empty() {
             stored.iter_mut().for_each(|o| self.mark_fallback(o));
         }
         if denied {

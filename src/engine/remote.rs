@@ -15,7 +15,10 @@ use crate::store::SharedStore;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     applied: Vec<Applied>,
-    /// Indexes into `applied` of the Redis rules, in command order.
+    /// Indexes into `applied` of the Redis rules: those asked, in command order, then the
+    /// last `fell` of them, whose reply in the dry pass was an error (left out of the pass that
+    /// writes, they follow their `on_error`). One list and a count, not two lists: every
+    /// request's step carries a `Pending`'s size.
     redis: Vec<usize>,
     /// One command per Redis rule.
     pub commands: Vec<Command>,
@@ -31,9 +34,20 @@ pub struct Pending {
     /// others answered NOSCRIPT: only those are sent again, since the ones that ran have
     /// counted. Empty otherwise.
     kept: Vec<Option<Reply>>,
+    fell: u8,
 }
 
 impl Pending {
+    /// The Redis rules asked in this pass, in command order.
+    fn asked(&self) -> &[usize] {
+        &self.redis[..self.redis.len() - usize::from(self.fell)]
+    }
+
+    /// The Redis rules whose reply was an error.
+    fn fell(&self) -> &[usize] {
+        &self.redis[self.redis.len() - usize::from(self.fell)..]
+    }
+
     /// This call is a half-open breaker's probe: its result is what the breaker waits for.
     pub fn is_probe(&self) -> bool {
         self.permit == Permit::Probe
@@ -44,8 +58,10 @@ impl Pending {
 /// another, at one instant ([`Limiter::resume_gathered`]).
 #[derive(Debug, Default)]
 pub struct Heard {
-    /// An ordinary (not probe) request of the call has told the breaker of its success.
-    success: bool,
+    /// What the call's ordinary (not probe) requests found: `Some(false)` once one of them
+    /// failed. Told to the breaker once, after all of them ([`Limiter::tell`]), so a call is
+    /// one success or one failure whatever the order of its requests.
+    ordinary: Option<bool>,
 }
 
 impl Limiter {
@@ -105,7 +121,7 @@ impl Limiter {
         let now_us = now();
         let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();
         if redis.is_empty() {
-            return Step::Done(self.local_phase(&applied, Vec::new(), store, now_us, false));
+            return Step::Done(self.local_phase(&applied, Vec::new(), store, now_us, &[]));
         }
         let dry: Vec<RuleOutcome> = applied
             .iter()
@@ -133,11 +149,23 @@ impl Limiter {
         if permit == Permit::Skip {
             return Step::Done(self.redis_failed(&applied, store, now_us));
         }
-        // Several Redis rules: check them all without writing first, so a request one of them
-        // denies consumes nothing from the others. A race between the passes can only make a
-        // request denied after an earlier rule counted it, never admit one past a limit.
-        let dry = redis.len() > 1;
-        let mut p = Pending { applied, redis, commands: Vec::new(), permit, eval: false, dry, sent_us: now_us, kept: Vec::new() };
+        // Several enforced Redis rules: check them all without writing first, so a request one
+        // of them denies consumes nothing from the others. A race between the passes can only
+        // make a request denied after an earlier rule counted it, never admit one past a limit.
+        // Shadow rules go in the one pass with the rule they trial: trying a limit must not
+        // double the round trips of the limit in force.
+        let dry = redis.iter().filter(|&&i| !self.rules[applied[i].rule].is_shadow()).nth(1).is_some();
+        let mut p = Pending {
+            applied,
+            redis,
+            commands: Vec::new(),
+            permit,
+            eval: false,
+            dry,
+            sent_us: now_us,
+            kept: Vec::new(),
+            fell: 0,
+        };
         self.set_commands(&mut p);
         Step::Redis(p)
     }
@@ -145,14 +173,14 @@ impl Limiter {
     /// The commands of the pass: one per Redis rule, but for those whose reply is kept.
     fn set_commands(&self, p: &mut Pending) {
         p.commands =
-            if p.kept.is_empty() { p.redis.iter().map(|&i| self.command(p, i)).collect() } else { self.commands_not_kept(p) };
+            if p.kept.is_empty() { p.asked().iter().map(|&i| self.command(p, i)).collect() } else { self.commands_not_kept(p) };
     }
 
     /// After a NOSCRIPT in a pass that wrote (rare): the commands whose reply is not kept.
     #[cold]
     #[inline(never)]
     fn commands_not_kept(&self, p: &Pending) -> Vec<Command> {
-        p.redis.iter().zip(&p.kept).filter(|(_, k)| k.is_none()).map(|(&i, _)| self.command(p, i)).collect()
+        p.asked().iter().zip(&p.kept).filter(|(_, k)| k.is_none()).map(|(&i, _)| self.command(p, i)).collect()
     }
 
     /// The command of the Redis rule `p.applied[i]`, for this pass.
@@ -171,7 +199,11 @@ impl Limiter {
         script::command(&call, if p.eval { Form::Eval } else { Form::Sha(&self.sha) }, p.dry)
     }
 
-    fn read_replies(&self, p: &Pending, replies: &[Reply]) -> Result<Vec<RuleOutcome>, String> {
+    /// The outcomes of the Redis rules that answered, and the rules (indexes into `applied`)
+    /// whose reply decides nothing, with why: an error reply (in a Cluster, its node may be down
+    /// while the others answer). `Err` when the replies are not one per command.
+    #[allow(clippy::type_complexity)]
+    fn read_replies(&self, p: &Pending, replies: &[Reply]) -> Result<(Vec<RuleOutcome>, Vec<(usize, String)>), String> {
         // The kept replies in their places, this pass's in the others.
         let merged: Vec<Reply>;
         let replies = if p.kept.is_empty() {
@@ -184,32 +216,43 @@ impl Limiter {
             }
             &merged
         };
-        if replies.len() != p.redis.len() {
-            return Err(format!("{} replies for {} commands", replies.len(), p.redis.len()));
+        if replies.len() != p.asked().len() {
+            return Err(format!("{} replies for {} commands", replies.len(), p.asked().len()));
         }
-        p.redis
-            .iter()
-            .zip(replies)
-            .map(|(&i, reply)| {
-                let a = &p.applied[i];
-                let c = &self.rules[a.rule];
-                let r = script::read(reply, c.rates(), c.rule.strategy.max_delay_ms())?;
-                Ok(RuleOutcome::new(a, r.decisions, r.allowed))
-            })
-            .collect()
+        let mut outcomes = Vec::with_capacity(replies.len());
+        let mut failed = Vec::new();
+        for (&i, reply) in p.asked().iter().zip(replies) {
+            let a = &p.applied[i];
+            let c = &self.rules[a.rule];
+            match script::read(reply, c.rates(), c.rule.strategy.max_delay_ms()) {
+                Ok(r) => outcomes.push(RuleOutcome::new(a, r.decisions, r.allowed)),
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        Ok((outcomes, failed))
     }
 
     /// Continues a request with Redis' replies (or the transport's failure).
     pub fn resume(&self, p: Pending, replies: Result<Vec<Reply>, String>, store: &impl SharedStore, now_us: u64) -> Resumed {
-        self.resume_gathered(p, replies, store, now_us, &mut Heard::default())
+        let mut heard = Heard::default();
+        let resumed = self.resume_gathered(p, replies, store, now_us, &mut heard);
+        self.tell(&heard, store, now_us);
+        resumed
+    }
+
+    /// Tells the breaker what the ordinary requests of one call found, once.
+    pub fn tell(&self, heard: &Heard, store: &impl SharedStore, now_us: u64) {
+        if let (Some(b), Some(ok)) = (self.breaker(), heard.ordinary) {
+            b.record(store, Permit::Call, ok, now_us);
+        }
     }
 
     /// [`Limiter::resume`] for one of the requests of a gathered call that answered, carried
-    /// on in turn at `now_us` with `heard` shared among them. The breaker hears of the call's
-    /// success from its first ordinary request only: the others, at the same instant, would
-    /// set the state it set (a failure another worker records meanwhile is then simply
-    /// ordered after all of them), and each read of shared data is a host call per request.
-    /// Probes still speak one by one: each holds a place in a half-open breaker.
+    /// on in turn at `now_us` with `heard` shared among them: an ordinary request's success or
+    /// failure goes into `heard`, which the caller tells the breaker after the last of them
+    /// ([`Limiter::tell`]), so the breaker hears of the call once and each request costs no read
+    /// of shared data for it. Probes still speak one by one: each holds a place in a half-open
+    /// breaker.
     pub fn resume_gathered(
         &self,
         mut p: Pending,
@@ -225,7 +268,7 @@ impl Limiter {
                 // commands that did not run (the others counted), and its retry-afters count
                 // from its first sending, the earlier time (a denial then ends no later).
                 p.eval = true;
-                if !p.dry && r.len() == p.redis.len() && !r.iter().all(Reply::is_noscript) {
+                if !p.dry && r.len() == p.asked().len() && !r.iter().all(Reply::is_noscript) {
                     p.kept = r.into_iter().map(|reply| (!reply.is_noscript()).then_some(reply)).collect();
                 } else {
                     p.sent_us = now_us;
@@ -236,47 +279,75 @@ impl Limiter {
             Ok(r) => self.read_replies(&p, &r),
             Err(e) => Err(e),
         };
-        let breaker = self.breaker();
-        match parsed {
-            Ok(outcomes) => {
-                let deny_cache = self.redis().is_some_and(|r| r.deny_cache);
-                for o in outcomes.iter().filter(|o| deny_cache && !o.allowed) {
-                    self.rules[o.rule].remember_denial(o, store, &self.denials, p.sent_us, now_us);
-                }
-                let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
-                if p.dry && !denied {
-                    // Every rule admits: now decide for real. The breaker hears of this call
-                    // once, when that pass ends.
-                    p.dry = false;
-                    p.sent_us = now_us;
-                    self.set_commands(&mut p);
-                    return Resumed::Retry(p);
-                }
-                if let Some(b) = breaker {
-                    let ordinary = p.permit == Permit::Call;
-                    if !(ordinary && heard.success) {
-                        b.record(store, p.permit, true, now_us);
-                    }
-                    heard.success |= ordinary;
-                }
-                Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us, false))
+        // Some rules answered: they decide, and only those that did not follow `on_error`.
+        // Nothing answered: the call failed.
+        let (mut outcomes, failed) = match parsed {
+            Ok((outcomes, failed)) if !outcomes.is_empty() => (outcomes, failed),
+            other => {
+                let why = match other {
+                    Ok((_, failed)) => failed.into_iter().next().map(|(_, e)| e).unwrap_or_default(),
+                    Err(e) => e,
+                };
+                self.warn_failed(&p, p.redis.iter(), &why);
+                self.hear(&p, false, heard, store, now_us);
+                return Resumed::Done(self.redis_failed(&p.applied, store, now_us));
             }
-            Err(e) => {
-                let rules: Vec<String> = p
-                    .redis
-                    .iter()
-                    .map(|&i| {
-                        let rule = &self.rules[p.applied[i].rule].rule;
-                        format!("{:?} (on_error: {})", rule.name, rule.on_error.name())
-                    })
-                    .collect();
-                log::warn!("sluice: redis call failed: {e}; decided by on_error for rule(s) {}", rules.join(", "));
-                if let Some(b) = breaker {
-                    b.record(store, p.permit, false, now_us);
-                }
-                Resumed::Done(self.redis_failed(&p.applied, store, now_us))
-            }
+        };
+        if let Some((_, e)) = failed.first() {
+            self.fell_apart(&mut p, &failed, e);
         }
+        let deny_cache = self.redis().is_some_and(|r| r.deny_cache);
+        for o in outcomes.iter().filter(|o| deny_cache && !o.allowed) {
+            self.rules[o.rule].remember_denial(o, store, &self.denials, p.sent_us, now_us);
+        }
+        // A shadow rule's failure says nothing of the limits in force.
+        let ok = !p.fell().iter().any(|&i| !self.rules[p.applied[i].rule].is_shadow());
+        outcomes.extend(self.on_error_outcomes(&p.applied, p.fell()));
+        let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
+        if p.dry && !denied {
+            // Every rule that answered admits: now decide for real, without those that did
+            // not. The breaker hears of this call once, when that pass ends.
+            p.dry = false;
+            p.sent_us = now_us;
+            self.set_commands(&mut p);
+            return Resumed::Retry(p);
+        }
+        self.hear(&p, ok, heard, store, now_us);
+        let fell: Vec<usize> = p.fell().iter().map(|&i| p.applied[i].rule).collect();
+        Resumed::Done(self.local_phase(&p.applied, outcomes, store, now_us, &fell))
+    }
+
+    /// Some of `p`'s rules went unanswered (`failed`, all of them asked): they go to the end of
+    /// its rules, after those that fell before, to follow their `on_error`.
+    #[cold]
+    #[inline(never)]
+    fn fell_apart(&self, p: &mut Pending, failed: &[(usize, String)], why: &str) {
+        self.warn_failed(p, failed.iter().map(|(i, _)| i), why);
+        let answered = p.asked().iter().copied().filter(|i| failed.iter().all(|(f, _)| f != i));
+        let redis: Vec<usize> = answered.chain(p.fell().iter().copied()).chain(failed.iter().map(|(i, _)| *i)).collect();
+        p.redis = redis;
+        // The rules are at most 128, so the count fits.
+        p.fell = p.fell.saturating_add(u8::try_from(failed.len()).unwrap_or(u8::MAX));
+    }
+
+    /// What one call of `p` found, for the breaker: a probe tells it now, an ordinary request
+    /// through `heard`.
+    fn hear(&self, p: &Pending, ok: bool, heard: &mut Heard, store: &impl SharedStore, now_us: u64) {
+        match (self.breaker(), p.permit) {
+            (Some(_), Permit::Call) => heard.ordinary = Some(heard.ordinary.unwrap_or(true) && ok),
+            (Some(b), permit) => b.record(store, permit, ok, now_us),
+            (None, _) => {}
+        }
+    }
+
+    fn warn_failed<'a>(&self, p: &Pending, redis: impl Iterator<Item = &'a usize>, why: &str) {
+        let rules: Vec<String> = redis
+            .map(|&i| {
+                let rule = &self.rules[p.applied[i].rule].rule;
+                format!("{:?} (on_error: {})", rule.name, rule.on_error.name())
+            })
+            .collect();
+        log::warn!("sluice: redis call failed: {why}; decided by on_error for rule(s) {}", rules.join(", "));
     }
 
     /// Decides `req` at `now_us` (epoch microseconds) with no Redis transport: Redis rules
@@ -312,15 +383,23 @@ impl Limiter {
     /// `on_error`; those that fall back are decided in the proxy with the local rules, so that
     /// a request another rule denies consumes none of their share either.
     fn redis_failed(&self, applied: &[Applied], store: &impl SharedStore, now_us: u64) -> Verdict {
-        let outcomes = applied
-            .iter()
-            .filter(|a| self.rules[a.rule].is_redis() && !self.rules[a.rule].falls_back())
+        let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();
+        let outcomes = self.on_error_outcomes(applied, &redis);
+        let fell: Vec<usize> = redis.iter().map(|&i| applied[i].rule).collect();
+        self.local_phase(applied, outcomes, store, now_us, &fell)
+    }
+
+    /// The outcomes of the Redis rules `applied[i]` for `i` in `fell` that Redis did not
+    /// decide, but for those that fall back (decided in the proxy with the local rules).
+    fn on_error_outcomes(&self, applied: &[Applied], fell: &[usize]) -> Vec<RuleOutcome> {
+        fell.iter()
+            .map(|&i| &applied[i])
+            .filter(|a| !self.rules[a.rule].falls_back())
             .map(|a| {
                 let c = &self.rules[a.rule];
                 let allowed = c.rule.on_error == OnError::Allow || c.is_shadow();
                 RuleOutcome { store_error: true, ..RuleOutcome::new(a, Vec::new(), allowed) }
             })
-            .collect();
-        self.local_phase(applied, outcomes, store, now_us, true)
+            .collect()
     }
 }

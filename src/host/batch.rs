@@ -322,9 +322,14 @@ pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) -> bool {
         Ok(replies) => {
             let mut replies = replies.into_iter();
             let heard = &mut Heard::default();
+            // One configuration's requests (see `joins`): one breaker hears of the call.
+            let shared = call.first().map(|e| e.shared.clone());
             for e in call {
                 let own: Vec<Reply> = replies.by_ref().take(e.commands).collect();
                 finish(e, Answer::Replies(Ok(own)), now, heard);
+            }
+            if let Some(shared) = shared {
+                shared.limiter.tell(heard, &EnvoyShared, now);
             }
         }
         Err(why) => failed(call, why, now),

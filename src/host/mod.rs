@@ -141,7 +141,9 @@ impl Root {
 pub extern "C" fn proxy_on_redis_call_response(root_context_id: u32, token: u32, status: u32, size: usize) {
     let Some((shared, ctx, pending, deadline, replies)) = callout::file(token, status, size) else { return };
     let heard = &mut crate::engine::Heard::default();
+    let now = time::now_us();
     dispatch::as_active(root_context_id, || {
-        http::answered_at_root(&shared, ctx, (pending, deadline), http::Answer::Replies(replies), time::now_us(), heard);
+        http::answered_at_root(&shared, ctx, (pending, deadline), http::Answer::Replies(replies), now, heard);
     });
+    shared.limiter.tell(heard, &shared::EnvoyShared, now);
 }

@@ -216,6 +216,8 @@ fn a_gathered_call_that_answered_tells_the_breaker_once() {
     for p in calls.iter().cloned() {
         assert_eq!(status(&done(l.resume_gathered(p, Ok(vec![reply(true, 5)]), &s, T0, heard))), 200);
     }
+    assert_eq!(s.reads.get() - reads, 0, "the breaker is told after the call's requests");
+    l.tell(heard, &s, T0);
     assert_eq!(s.reads.get() - reads, 1, "one read of the breaker for the call");
     // The success was heard: the failure before it no longer counts towards opening.
     done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("reset".into()), &s, T0));
@@ -494,4 +496,77 @@ fn a_fallback_denial_never_reuses_a_redis_denial_s_response() {
     assert_eq!(header(&fallback, "ratelimit"), header(&redis, "ratelimit"), "the same numbers");
     assert_eq!(header(&fallback, "ratelimit-policy"), Some("\"f\";q=1;w=60"));
     assert_eq!(header(&fallback, "x-ratelimit-limit"), Some("1"));
+}
+
+#[test]
+fn a_gathered_call_is_one_failure_whatever_the_order_of_its_requests() {
+    // One failure heard already: a call in which any request's rule went unanswered is the
+    // second, and opens the breaker, whether its answered requests came first or last.
+    for order in [[true, false], [false, true]] {
+        let l = deny_limiter();
+        let s = MemStore::default();
+        let b = l.breaker().unwrap();
+        done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("reset".into()), &s, T0));
+        let heard = &mut Heard::default();
+        for answered in order {
+            let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+            let r = if answered { reply(true, 5) } else { Reply::Error("CLUSTERDOWN the cluster is down".into()) };
+            let want = if answered { 200 } else { 429 };
+            assert_eq!(status(&done(l.resume_gathered(p, Ok(vec![r]), &s, T0, heard))), want);
+        }
+        l.tell(heard, &s, T0);
+        assert_eq!(b.phase(&s), crate::breaker::Phase::Open, "{order:?}");
+    }
+}
+
+#[test]
+fn one_rules_error_reply_leaves_the_others_answers_standing() {
+    // An enforced rule and the shadow rule that trials a stricter one: one pass, since the
+    // shadow rule adds no round trip to the limit in force.
+    let l = redis_limiter(serde_json::json!([
+        {"name": "per-ip", "limit": "10/min", "backend": "redis", "on_error": "deny"},
+        {"name": "trial", "limit": "5/min", "backend": "redis", "shadow": true}
+    ]));
+    let s = MemStore::default();
+    let b = l.breaker().unwrap();
+    let down = || Reply::Error("CLUSTERDOWN the cluster is down".into());
+    for _ in 0..3 {
+        let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+        assert!(p.commands.iter().all(|c| c.last() != Some("dry")), "no dry pass for one enforced rule");
+        // The trial rule's node is down: the enforced rule's admission stands, and a shadow
+        // rule's failure tells the breaker nothing of the limits in force.
+        assert_eq!(status(&done(l.resume(p, Ok(vec![reply(true, 5), down()]), &s, T0))), 200);
+    }
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Closed);
+    // The enforced rule's denial stands too (and is remembered), not its on_error.
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    let v = done(l.resume(p, Ok(vec![reply(false, 0), down()]), &s, T0));
+    assert_eq!(status(&v), 429);
+    assert!(!v.outcomes().iter().any(|o| o.store_error && o.rule == 0), "{v:?}");
+    assert!(matches!(l.start(&Req::new("GET", "/"), &s, T0 + 1), Step::Done(_)), "the denial is cached");
+}
+
+#[test]
+fn a_rule_without_an_answer_in_the_dry_pass_follows_on_error_and_is_not_written() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "a", "limit": "10/min", "backend": "redis", "on_error": "allow"},
+        {"name": "b", "limit": "10/min", "backend": "redis", "on_error": "deny"}
+    ]));
+    let s = MemStore::default();
+    let b = l.breaker().unwrap();
+    let down = || Reply::Error("CLUSTERDOWN the cluster is down".into());
+    // b unanswered: its on_error denies at once, and nothing was written anywhere.
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    assert_eq!(status(&done(l.resume(p, Ok(vec![reply(true, 5), down()]), &s, T0))), 429);
+    // a unanswered: it admits by its on_error, and only b is written.
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    let write = retried(l.resume(p, Ok(vec![down(), reply(true, 5)]), &s, T0));
+    assert_eq!(write.commands.len(), 1);
+    assert!(write.commands[0].words().any(|w| w.contains("{b:")) && write.commands[0].last() != Some("dry"));
+    let v = done(l.resume(write, Ok(vec![reply(true, 4)]), &s, T0));
+    assert_eq!(status(&v), 200);
+    let errors: Vec<usize> = v.outcomes().iter().filter(|o| o.store_error).map(|o| o.rule).collect();
+    assert_eq!(errors, [0], "{v:?}");
+    // Each was a call in which a rule in force went unanswered: two failures open the breaker.
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
 }
