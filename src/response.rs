@@ -151,8 +151,11 @@ pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>],
     let retry_ms =
         reported.iter().filter(|r| r.enforced && !r.decision.allowed).map(|r| r.decision.retry_after_ms).max().unwrap_or(0);
     let retry_after = ceil_secs(retry_ms).max(1);
-    let mut headers = Vec::with_capacity(4 + spec.headers.len());
+    let mut headers = Vec::with_capacity(5 + spec.headers.len());
     headers.push((Cow::Borrowed("retry-after"), number(retry_after)));
+    // Envoy's router retries no response that carries it: without it, a mesh that retries 5xx
+    // (Istio retries 503 twice, on other pods) or 429 asks again where another proxy may admit.
+    headers.push((Cow::Borrowed("x-envoy-ratelimited"), "true".to_string()));
     write_rate_limit_headers(mode, reported, &mut headers);
     let body = match &spec.body {
         Some(body) => {

@@ -179,6 +179,17 @@ fn strategy_errors() {
     assert_one(s(json!({"type": "fixed_window", "burst": 3})), "rules[0].strategy.burst", "this strategy takes no parameters");
     assert_one(s(json!({"type": "token_bucket", "burst": 0})), "rules[0].strategy.burst", "0: expected an integer from 1 to");
     assert_one(s(json!({"type": "token_bucket", "burst": 1.5})), "rules[0].strategy.burst", "found a fractional number");
+    // Whole numbers written as floats are integers, as JSON Schema counts them.
+    let burst = |v: Value| match compile(
+        &json!({"rules": [{"name": "r", "limit": "5/s", "strategy": {"type": "token_bucket", "burst": v}}]}),
+    ) {
+        Ok(c) => Ok(c.rules[0].strategy.clone()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert_eq!(burst(json!(2e3)), Ok(Strategy::TokenBucket { burst: Some(2000) }));
+    assert_eq!(burst(json!(7.0)), Ok(Strategy::TokenBucket { burst: Some(7) }));
+    assert_one(s(json!({"type": "token_bucket", "burst": 1e20})), "rules[0].strategy.burst", "expected an integer from 1 to");
+    assert_one(s(json!({"type": "token_bucket", "burst": -3.0})), "rules[0].strategy.burst", "expected an integer from 1 to");
     assert_one(s(json!({"type": "token_bucket", "brust": 5})), "rules[0].strategy.brust", "did you mean \"burst\"?");
     assert_one(s(json!({"burst": 5})), "rules[0].strategy.type", "missing required field");
     assert_one(s(json!(7)), "rules[0].strategy", "expected a strategy name or an object with \"type\"");
@@ -339,6 +350,13 @@ fn top_level_field_errors() {
     assert_one(top("response", json!({"grpc_status": 0})), "response.grpc_status", "0: expected an integer from 1 to 16");
     assert_one(top("response", json!({"grpc_status": 17})), "response.grpc_status", "17: expected an integer from 1 to 16");
     assert_one(top("response", json!({"headers": {"Retry-After": "1"}})), "response.headers.Retry-After", "set by sluice itself");
+    // Envoy keeps a local reply's own grpc-status: 0 would tell a gRPC client it succeeded.
+    assert_one(top("response", json!({"headers": {"grpc-status": "0"}})), "response.headers.grpc-status", "response.grpc_status");
+    assert_one(
+        top("response", json!({"headers": {"x-envoy-ratelimited": "no"}})),
+        "response.headers.x-envoy-ratelimited",
+        "retries",
+    );
     assert_one(
         top("response", json!({"headers": {"content-type": "x"}})),
         "response.headers.content-type",

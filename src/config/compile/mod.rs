@@ -130,6 +130,11 @@ const RESERVED_RESPONSE_HEADERS: &[(&str, &str)] = &[
     ("x-ratelimit-limit", "x-ratelimit-limit is set by sluice itself (see rate_limit_headers)"),
     ("x-ratelimit-remaining", "x-ratelimit-remaining is set by sluice itself (see rate_limit_headers)"),
     ("x-ratelimit-reset", "x-ratelimit-reset is set by sluice itself (see rate_limit_headers)"),
+    ("x-envoy-ratelimited", "x-envoy-ratelimited is set by sluice itself (it stops Envoy's retries)"),
+    // Envoy keeps a local reply's own grpc-status, so one here would replace response.grpc_status
+    // (0 would tell a gRPC client its call succeeded).
+    ("grpc-status", "set the gRPC status with response.grpc_status"),
+    ("grpc-message", "grpc-message is the body Envoy sends a gRPC client"),
 ];
 
 /// Compiles plugin configuration bytes (JSON, as Envoy delivers it). Empty or blank input is an
@@ -320,13 +325,16 @@ impl Compiler {
             self.wrong_type(path, v, "an integer");
             return None;
         };
-        match n.as_u64() {
+        // `1e6` and `429.0` are integers to JSON Schema (and to YAML writers that print floats):
+        // serde_json keeps them as floats, whole ones within the range are taken as written.
+        let whole = n.as_f64().filter(|f| f.fract() == 0.0);
+        match n.as_u64().or(whole.filter(|f| *f >= min as f64 && *f <= max as f64).map(|f| f as u64)) {
             Some(x) if (min..=max).contains(&x) => Some(x),
             Some(_) => {
                 self.report(path, Some(v), Problem::OutOfRange { min, max });
                 None
             }
-            None if n.is_i64() => {
+            None if n.is_i64() || whole.is_some() => {
                 self.report(path, Some(v), Problem::OutOfRange { min, max });
                 None
             }

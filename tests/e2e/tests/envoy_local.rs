@@ -153,6 +153,7 @@ fn limited_response_carries_retry_after_rate_limit_fields_and_a_problem_body() {
     assert_eq!(limited.header("ratelimit-policy"), Some("\"api\";q=2;w=60"));
     assert_eq!(limited.header("ratelimit"), Some(format!("\"api\";r=0;t={retry}").as_str()));
     assert_eq!(limited.header("x-reason"), Some("throttled"));
+    assert_eq!(limited.header("x-envoy-ratelimited"), Some("true"), "Envoy's routers retry no response with it");
     assert_eq!(limited.header("content-type"), Some("application/problem+json"));
     let body: Value = serde_json::from_str(&limited.body).expect("problem+json body");
     assert_eq!(body["status"], 429);
