@@ -13,12 +13,14 @@
 //!   - the only method is `CONNECT` and a path is required (a CONNECT target is `host:port`), or
 //!   - `match.headers` names a hop-by-hop header Envoy removes before filters run
 //!     (`keep-alive`, `proxy-connection`, `transfer-encoding`), or a value with leading or
-//!     trailing whitespace (HTTP strips it), or a `:method` outside `methods`, or a `:path`
+//!     trailing whitespace (HTTP strips it), or an `upgrade` or `:protocol` value with a comma
+//!     (each token of the list is compared alone), or a `:method` outside `methods`, or a `:path`
 //!     none of the path globs match, or
 //!   - with a bootstrap at hand, every name in `match.routes` is missing from its routes.
 //! - `glob_never_matches`: one glob of a path list is dead as above, the others are not.
 //! - `never_limits`: the rule matches but every matching request is exempt (its `exempt.cidrs`
-//!   cover all of IPv4 and IPv6, or an `exempt.headers` pair is also a `match.headers` pair).
+//!   cover all of IPv4 and IPv6, or an `exempt.headers` pair is also a `match.headers` pair,
+//!   unless it is an `upgrade` or `:protocol` pair: its match takes any case, its exemption not).
 //! - `shadowed`: rule B never denies a request that another rule A admits, because every request
 //!   B applies to is also counted by A, against the same identity, at no lower cost, with limits
 //!   at least as strict. Conditions, all required: B's match implies A's (methods, headers,
@@ -45,6 +47,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sluice::config::{Config, Cost, Glob, Match, OnError, Rule};
 use sluice::strategy::{Param, Strategy};
+use sluice::websocket::PROTOCOL_HEADERS;
 
 /// Headers Envoy (1.40, HTTP/1.1) removes before any HTTP filter sees the request; verified
 /// against a real Envoy in tests/e2e/tests/per_route.rs.
@@ -145,6 +148,9 @@ fn never_matches(rule: &Rule, routes: Routes<'_>, out: &mut Vec<Finding>) -> boo
         if value.trim() != value {
             reasons.push(format!("header {name:?} must equal {value:?}, but HTTP strips whitespace around header values"));
         }
+        if PROTOCOL_HEADERS.contains(&name.as_str()) && value.contains(',') {
+            reasons.push(format!("header {name:?} matches one token of its list, and {value:?} has a comma, which none has"));
+        }
         if name == ":method" && !m.methods.is_empty() && !m.methods.iter().any(|x| x == value) {
             reasons.push(format!("header :method must be {value:?} but methods are {}", m.methods.join(", ")));
         }
@@ -180,7 +186,10 @@ fn never_limits(rule: &Rule, out: &mut Vec<Finding>) {
         out.push(finding(Kind::NeverLimits, rule, "exempt.cidrs cover every IPv4 and IPv6 address".into()));
         return;
     }
-    if let Some((name, value)) = rule.exempt.headers.iter().find(|pair| rule.matcher.headers.contains(pair)) {
+    // An upgrade header's match holds for any case of its token, its exemption only for the
+    // exact value: `Upgrade: WebSocket` matches without being exempt.
+    let exact = |(name, _): &&(String, String)| !PROTOCOL_HEADERS.contains(&name.as_str());
+    if let Some((name, value)) = rule.exempt.headers.iter().filter(exact).find(|pair| rule.matcher.headers.contains(pair)) {
         out.push(finding(
             Kind::NeverLimits,
             rule,
@@ -579,7 +588,9 @@ mod tests {
             {"name": "ws", "match": {"headers": {"x-a": " v"}}, "limit": "1/s"},
             {"name": "method", "match": {"methods": ["GET"], "headers": {":method": "POST"}}, "limit": "1/s"},
             {"name": "path", "match": {"path": "/api/**", "headers": {":path": "/other"}}, "limit": "1/s"},
-            {"name": "fine", "match": {"path": "/api/**", "methods": ["GET", "CONNECT"], "headers": {":method": "GET"}}, "limit": "1/s"}
+            {"name": "fine", "match": {"path": "/api/**", "methods": ["GET", "CONNECT"], "headers": {":method": "GET"}}, "limit": "1/s"},
+            {"name": "upgrade-list", "match": {"headers": {"upgrade": "websocket, h2c"}}, "limit": "1/s"},
+            {"name": "upgrade-case", "match": {"headers": {"upgrade": "WebSocket", "x-list": "a, b"}}, "limit": "1/s"}
         ]));
         let want = |k: Kind, r: &str| (k, r.to_string(), None);
         assert_eq!(
@@ -592,6 +603,7 @@ mod tests {
                 want(Kind::NeverMatches, "ws"),
                 want(Kind::NeverMatches, "method"),
                 want(Kind::NeverMatches, "path"),
+                want(Kind::NeverMatches, "upgrade-list"),
             ]
         );
     }
@@ -615,6 +627,9 @@ mod tests {
             {"name": "all-exempt", "limit": "1/s", "exempt": {"cidrs": ["0.0.0.0/0", "::/0"]}},
             {"name": "v4-only", "limit": "1/s", "exempt": {"cidrs": ["0.0.0.0/0"]}, "match": {"path": "/v4"}},
             {"name": "same-header", "match": {"headers": {"x-int": "1"}}, "limit": "1/s", "exempt": {"headers": {"x-int": "1"}}},
+            // `Upgrade: WebSocket` matches and is not exempt.
+            {"name": "same-upgrade", "match": {"headers": {"upgrade": "websocket"}}, "limit": "1/s",
+             "exempt": {"headers": {"upgrade": "websocket"}}},
             {"name": "limits", "match": {"path": "/l"}, "limits": ["10/s", "5/s", "100/min", "100/min"]}
         ]));
         let want = |k: Kind, r: &str| (k, r.to_string(), None);

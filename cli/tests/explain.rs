@@ -170,6 +170,11 @@ fn message_rules_show_what_they_count_and_what_over_the_limit_does() {
     let r = explain(&[&up[..], &["--ip", "192.0.2.1"]].concat());
     assert_eq!(r["applies"], json!(["ws-upgrades", "ws-upgrades-per-session", "ws-upgrades-total"]));
     assert_eq!(r["messages"], json!(["ws-messages", "ws-bytes-per-session"]));
+    // Envoy upgrades `Upgrade: WebSocket` too: the upgrade rules count it.
+    let capitalised =
+        ["filter-config/websocket.yaml", "--path", "/ws/chat", "-H", "Upgrade: WebSocket", "-H", "cookie: session=s1"];
+    let c = explain(&[&capitalised[..], &["--ip", "192.0.2.1"]].concat());
+    assert_eq!((&c["applies"], &c["messages"]), (&r["applies"], &r["messages"]));
     let m = &rule(&r, "ws-messages")["counted"];
     assert_eq!((m["per"].as_str(), m["identity"].as_str()), (Some("message"), Some("ip=192.0.2.1")));
     assert_eq!(

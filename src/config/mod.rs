@@ -97,7 +97,8 @@ pub struct RedisSpec {
     pub transport: Transport,
     /// Bearer token for the HTTP endpoint.
     pub token: Option<String>,
-    /// Authority header sent with HTTP callouts (default: the cluster name).
+    /// `:authority` of HTTP callouts, a valid URI authority: as given, else the cluster name
+    /// (its host, for an Istio `outbound|port||host` name). Unset, Redis callouts send none.
     pub authority: Option<String>,
     pub timeout_ms: u64,
     /// When to stop calling Redis after failures, and how to come back.

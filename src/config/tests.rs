@@ -379,6 +379,36 @@ fn top_level_field_errors() {
     assert_one(top("redis", json!({"cluster": "gw", "token": "a\nb"})), "redis.token", "invalid token");
 }
 
+#[test]
+fn the_redis_authority_is_a_uri_authority_taken_from_the_cluster_when_absent() {
+    let authority =
+        |redis: Value| compile(&json!({"redis": redis, "rules": [rule(json!({}))]})).map(|c| c.redis.and_then(|r| r.authority));
+    // Istio's name for a cluster holds `|`, which an h2 server refuses in `:authority`.
+    let istio = "outbound|7379||sluice-gateway.sluice.svc.cluster.local";
+    assert_eq!(authority(json!({"cluster": istio})), Ok(Some("sluice-gateway.sluice.svc.cluster.local".into())));
+    assert_eq!(authority(json!({"cluster": "sluice_gateway"})), Ok(Some("sluice_gateway".into())));
+    assert_eq!(authority(json!({"cluster": istio, "authority": "gw.local:7379"})), Ok(Some("gw.local:7379".into())));
+    for good in ["10.0.0.7:80", "[2001:db8::7]:7379", "[::1]", "gw-1.example", "a%2Db"] {
+        assert_eq!(authority(json!({"cluster": "gw", "authority": good})), Ok(Some(good.into())));
+    }
+    // A Redis callout sends none, whatever its cluster is called.
+    assert_eq!(authority(json!({"cluster": "outbound|6379||redis", "transport": "redis_callout"})), Ok(None));
+    assert_eq!(authority(json!({"cluster": "a/b", "transport": "redis_callout"})), Ok(None));
+
+    let top = |redis: Value| json!({"redis": redis, "rules": [rule(json!({}))]});
+    for bad in ["gw|7379", "gw/x", "user@gw", "gw:", "gw:http", "gw:70000", "[::1", "[gw]", "::1"] {
+        assert_one(
+            top(json!({"cluster": "gw", "authority": bad})),
+            "redis.authority",
+            &format!("{bad:?}: invalid authority; expected host[:port]"),
+        );
+    }
+    assert_one(top(json!({"cluster": "gw", "authority": "gw local"})), "redis.authority", "no spaces or control characters");
+    // A cluster name that is no authority, and no Istio name either, needs one set.
+    assert_one(top(json!({"cluster": "gw|x"})), "redis.authority", "\"gw|x\": invalid authority; expected host[:port]");
+    assert_one(top(json!({"cluster": "inbound|7379||"})), "redis.authority", "set redis.authority");
+}
+
 /// A config with many independent mistakes reports every one of them, in one pass.
 #[test]
 fn all_errors_are_reported_at_once() {
@@ -471,7 +501,7 @@ fn good_config_compiles_to_the_expected_structure() {
             cluster: "sluice_gateway".into(),
             transport: Transport::Http,
             token: Some("s3cret".into()),
-            authority: None,
+            authority: Some("sluice_gateway".into()),
             timeout_ms: 25,
             breaker: Default::default(),
             deny_cache: true

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use super::Limiter;
 use crate::config::{ClientIpSpec, Config, Cost, IdentPart, Per, Rule};
 use crate::identity::{self, Identity, RequestInfo};
+use crate::websocket::{self, PROTOCOL_HEADERS};
 
 /// A rule that applies to a request, before deciding: its index among the rules, the identity
 /// the request is counted against, and its cost (at least 1).
@@ -158,6 +159,15 @@ pub fn path_only(path: &[u8]) -> &[u8] {
     &path[..end]
 }
 
+/// Whether a request header's value satisfies a `match.headers` value: exactly, except for the
+/// headers that name an upgrade's protocol, where Envoy upgrades on any token of the list in any
+/// case (`Upgrade: WebSocket`, `h2c, websocket`): there the value need only be one of them.
+fn header_holds(name: &str, want: &str, got: &[u8]) -> bool {
+    // The exact value first: what nearly every request of a matching rule sends, at no more
+    // than the comparison every other header costs.
+    got == want.as_bytes() || (PROTOCOL_HEADERS.contains(&name) && websocket::names_protocol(got, want.as_bytes()))
+}
+
 fn text(bytes: Option<Vec<u8>>) -> Option<String> {
     bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
 }
@@ -209,7 +219,7 @@ impl<R: RequestInfo> View<'_, R> {
         }
         for (name, want) in &m.headers {
             let got = self.req.header(name);
-            if got.as_deref() != Some(want.as_bytes())
+            if !got.as_deref().is_some_and(|got| header_holds(name, want, got))
                 && !fail(&|| Mismatch::Header { name: name.clone(), want: want.clone(), got: text(got.clone()) })
             {
                 return false;

@@ -147,7 +147,18 @@ fn close_reason(rule: &str) -> String {
 /// Whether an `Upgrade` header value asks for a WebSocket (a token of a comma-separated list,
 /// any case, as RFC 6455 §4.2.1 and RFC 9110 §7.8 allow).
 pub fn is_upgrade(value: &[u8]) -> bool {
-    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    names_protocol(value, b"websocket")
+}
+
+/// The request headers that name the protocol a request upgrades to (`:protocol` is HTTP/2's
+/// and HTTP/3's extended CONNECT): a `match.headers` value is one of their tokens, in any case.
+pub const PROTOCOL_HEADERS: &[&str] = &["upgrade", ":protocol"];
+
+/// Whether an `Upgrade` (or `:protocol`) value names `protocol`: one of its comma-separated
+/// tokens is it, in any case. Envoy reads them this way when it decides to upgrade; a rule that
+/// matched them byte for byte would let `WebSocket` upgrade unlimited.
+pub fn names_protocol(value: &[u8], protocol: &[u8]) -> bool {
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(protocol))
 }
 
 /// Whether `req` opens a WebSocket: a GET (RFC 6455 §4.1; Envoy's codecs present an HTTP/2 or

@@ -170,10 +170,12 @@ impl Compiler {
             None => Some(None),
         };
         let authority = match field(m, "authority") {
-            Some(v) => {
-                self.opt_header_text(&join(path, "authority"), v, "authority", "expected a host name such as \"gateway.local\"")
-            }
-            None => Some(None),
+            Some(v) => self.authority(&join(path, "authority"), v).map(Some),
+            // A Redis callout sends no authority: its cluster may be named anyhow.
+            None => match (&cluster, transport) {
+                (Some(cluster), Some(Transport::Http)) => self.default_authority(&join(path, "authority"), cluster).map(Some),
+                _ => Some(None),
+            },
         };
         let timeout_ms = match field(m, "timeout_ms") {
             Some(v) => self.uint(&join(path, "timeout_ms"), v, 1, MAX_REDIS_TIMEOUT_MS),
@@ -273,13 +275,81 @@ impl Compiler {
         self.plain_text(path, s, None, "token", "expected the bearer token for the endpoint")
     }
 
-    pub(super) fn opt_header_text(
-        &mut self,
-        path: &str,
-        v: &Value,
-        what: &'static str,
-        expected: &'static str,
-    ) -> Option<Option<String>> {
-        self.non_empty_text(path, v, what, expected).map(Some)
+    /// An explicit `redis.authority`: it becomes the callouts' `:authority` as written.
+    fn authority(&mut self, path: &str, v: &Value) -> Option<String> {
+        let s = self.non_empty_text(path, v, "authority", "expected host[:port], such as \"gateway.local\"")?;
+        if is_authority(&s) {
+            Some(s)
+        } else {
+            self.report(path, Some(v), Problem::BadText { what: "authority", expected: AUTHORITY });
+            None
+        }
     }
+
+    /// The `:authority` of HTTP callouts when the config names none: the cluster's name, or the
+    /// host of an Istio cluster name (`outbound|7379||gw.ns.svc.cluster.local`), whose `|` an h2
+    /// server refuses, resetting every callout.
+    fn default_authority(&mut self, path: &str, cluster: &str) -> Option<String> {
+        let mut parts = cluster.split('|');
+        let authority = match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("outbound"), Some(port), Some(_subset), Some(host), None)
+                if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() =>
+            {
+                host
+            }
+            _ => cluster,
+        };
+        if is_authority(authority) {
+            Some(authority.to_string())
+        } else {
+            self.report_text(path, authority, Problem::BadText { what: "authority", expected: AUTHORITY_FROM_CLUSTER });
+            None
+        }
+    }
+}
+
+const AUTHORITY: &str =
+    "host[:port] of a URI (a host name, an IPv4 address or an [IPv6] one; no spaces, |, /, @ or control characters)";
+const AUTHORITY_FROM_CLUSTER: &str = "host[:port] of a URI; redis.authority is not set, and redis.cluster (or the host of \
+     an Istio outbound|port||host name) is not one: set redis.authority to the gateway's host name";
+
+/// Whether `s` is a URI authority without user info (RFC 3986 §3.2): a reg-name or IPv4
+/// address, or an IPv6 address in brackets, then an optional port. h2 servers check
+/// `:authority` so, and reset the stream of one that is not.
+fn is_authority(s: &str) -> bool {
+    let (host_ok, rest) = match s.strip_prefix('[') {
+        Some(inner) => match inner.split_once(']') {
+            Some((ip, rest)) => (ip.parse::<std::net::Ipv6Addr>().is_ok(), rest),
+            None => return false,
+        },
+        None => {
+            let end = s.find(':').unwrap_or(s.len());
+            (is_reg_name(&s[..end]), &s[end..])
+        }
+    };
+    let port_ok = match rest.strip_prefix(':') {
+        Some(port) => !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok(),
+        None => rest.is_empty(),
+    };
+    host_ok && port_ok
+}
+
+/// RFC 3986's reg-name (which IPv4 addresses are written in), not empty: unreserved
+/// characters, sub-delims and percent-encoded octets.
+fn is_reg_name(host: &str) -> bool {
+    let b = host.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c) => i += 1,
+            _ => return false,
+        }
+    }
+    !b.is_empty()
 }

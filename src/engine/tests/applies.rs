@@ -187,6 +187,46 @@ fn only_a_get_that_asks_for_a_websocket_opens_one_for_message_rules() {
     assert!(!opens(&Req::new("GET", "/ws")));
 }
 
+#[test]
+fn an_upgrade_match_holds_for_its_protocol_among_others_and_in_any_case() {
+    // Envoy upgrades `Upgrade: WebSocket` (its upgrade_configs compare without case) and a
+    // list naming websocket: a rule on `upgrade: websocket` limits them too. Other headers
+    // stay exact.
+    let l = limiter(serde_json::json!({"rules": [
+        {"name": "upgrades", "match": {"headers": {"upgrade": "websocket"}}, "limit": "1/min", "identifier": "global"},
+        {"name": "h2-upgrades", "match": {"headers": {":protocol": "websocket"}}, "limit": "1/min", "identifier": "global"},
+        {"name": "tenant", "match": {"headers": {"x-tenant": "acme"}}, "limit": "1/min", "identifier": "global"}
+    ]}));
+    let applies = |req: &Req| {
+        let explained: Vec<usize> =
+            l.explain(req).iter().enumerate().filter(|(_, a)| matches!(a, Applies::Yes(_))).map(|(i, _)| i).collect();
+        let lean: Vec<usize> = l.applicable(req).iter().map(|a| a.rule).collect();
+        assert_eq!(explained, lean, "explain agrees with the request path");
+        lean
+    };
+    let with = |name: &str, value: &str| Req::new("GET", "/ws").header(name, value);
+    assert_eq!(applies(&with("upgrade", "websocket")), [0]);
+    assert_eq!(applies(&with("upgrade", "WebSocket")), [0]);
+    assert_eq!(applies(&with("upgrade", "websocket, foo")), [0]);
+    assert_eq!(applies(&with("upgrade", "h2c ,WEBSOCKET ")), [0]);
+    assert_eq!(applies(&with(":protocol", "WebSocket")), [1]);
+    assert_eq!(applies(&with("upgrade", "websockets")), Vec::<usize>::new());
+    assert_eq!(applies(&with("upgrade", "websocket2, foo")), Vec::<usize>::new());
+    assert_eq!(applies(&with("x-tenant", "ACME")), Vec::<usize>::new(), "other headers match exactly");
+    assert_eq!(applies(&with("x-tenant", "acme, b")), Vec::<usize>::new());
+    assert_eq!(
+        l.explain(&with("upgrade", "websockets"))[0],
+        Applies::NoMatch(vec![Mismatch::Header {
+            name: "upgrade".into(),
+            want: "websocket".into(),
+            got: Some("websockets".into())
+        }])
+    );
+    let s = MemStore::default();
+    assert_eq!(status(&l.check(&with("upgrade", "websocket"), &s, T0)), 200);
+    assert_eq!(status(&l.check(&with("upgrade", "WebSocket"), &s, T0)), 429, "one budget, whatever the case");
+}
+
 mod applicable {
     use proptest::prelude::*;
 

@@ -340,3 +340,23 @@ fn a_cached_denial_costs_no_more_vm_entries_host_calls_or_guest_work() {
     assert!(fuel <= 6_200.0, "{fuel} guest fuel per request, at most 6,200 reached before");
     assert!(host.traps().is_empty());
 }
+
+#[test]
+fn an_istio_cluster_is_called_by_its_host_name() {
+    // Istio names the gateway's cluster `outbound|7379||<host>`; the gateway's h2 server resets
+    // a stream whose `:authority` holds `|`, so the callouts name the host.
+    let istio = "outbound|7379||sluice-gateway.sluice.svc.cluster.local";
+    let mut config = redis_rule("5/hour");
+    config["redis"]["cluster"] = json!(istio);
+    let mut host = common::sluice()
+        .cluster(istio)
+        .config(config.to_string())
+        .on_http_call(|_| CalloutReply::Fail)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    host.request("GET", "/").send();
+    let calls = host.callouts();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0].request;
+    assert_eq!((call.cluster.as_str(), call.header(":authority")), (istio, Some("sluice-gateway.sluice.svc.cluster.local")));
+}

@@ -326,3 +326,17 @@ fn an_empty_header_is_a_value_whether_headers_are_read_one_by_one_or_all_at_once
         assert_eq!(statuses, [200, 429], "{rules}: one empty key, counted once for both clients");
     }
 }
+
+#[test]
+fn an_upgrade_rule_counts_every_spelling_envoy_upgrades() {
+    // Envoy upgrades `Upgrade: WebSocket` and a list naming websocket as it does `websocket`:
+    // the shipped rules on `upgrade: websocket` count them all against one budget.
+    let upgrades = json!({"name": "upgrades", "limit": "2/min", "strategy": "fixed_window", "identifier": "global",
+                          "match": {"headers": {"upgrade": "websocket"}}});
+    let mut host = host(&json!({"rules": [upgrades]}), 1);
+    let mut send = |value: &str| host.request("GET", "/ws").header("upgrade", value).send().status;
+    assert_eq!(send("WebSocket"), 200);
+    assert_eq!(send("h2c, WEBSOCKET"), 200);
+    assert_eq!(send("websocket"), 429);
+    assert_eq!(send("websockets"), 200, "another protocol: the rule does not apply");
+}
