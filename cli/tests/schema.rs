@@ -194,6 +194,10 @@ fn schema_and_compiler_agree() {
         (json!({"redis": {"cluster": "gw", "breaker": {"failures": 3}}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
         (json!({"redis": {"cluster": "gw", "breaker": 5}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
         (json!({"redis": {"cluster": "gw a"}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+        (json!({"redis": {"cluster": "gw", "authority": "gw|7379"}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+        (json!({"redis": {"cluster": "gw", "authority": "user@gw"}, "rules": [{"name": "a", "limit": "1/s"}]}), false),
+        (json!({"redis": {"cluster": "gw", "authority": "[2001:db8::7]:7379"}, "rules": [{"name": "a", "limit": "1/s"}]}), true),
+        (json!({"redis": {"cluster": "gw", "authority": "gw-1.example:80"}, "rules": [{"name": "a", "limit": "1/s"}]}), true),
         (with_rule(json!({"match": {"routes": []}})), false),
         (with_rule(json!({"match": {"routes": "catalog"}})), false),
         (with_rule(json!({"match": {"headers": {"upgrade": 1}}})), false),
@@ -226,6 +230,9 @@ fn compiler_only_checks() {
         json!({"rules": [{"name": "a", "limit": "1/s", "identifier": {"parts": ["client_ip"], "fallback": "skip"}}]}),
         json!({"rules": [{"name": "a", "limit": "1/s", "strategy": {"type": "leaky_bucket_queue", "max_delay": "2m"}}]}),
         json!({"response": {"headers": {"retry-after": "1"}}, "rules": [{"name": "a", "limit": "1/s"}]}),
+        // No authority by itself, and the schema cannot see the default the compiler takes.
+        json!({"redis": {"cluster": "gw|x"}, "rules": [{"name": "a", "limit": "1/s"}]}),
+        json!({"redis": {"cluster": "gw", "authority": "gw:70000"}, "rules": [{"name": "a", "limit": "1/s"}]}),
     ];
     for doc in cases {
         assert!(v.is_valid(&doc), "schema rejects {doc}: {:#?}", schema_errors(&v, &doc));
