@@ -73,7 +73,12 @@
 //!   sluice's shape with any strategy and rate, that is, spend any identity's limits in any
 //!   namespace (push an identity into 429s), start its counts over (a call with another
 //!   strategy or period overwrites the state the rule's own calls then read as fresh), read
-//!   them (a `dry` call), and make Redis hold such keys for as long as the periods it names.
+//!   them (a `dry` call), and make Redis hold such keys for as long as a strategy's state
+//!   lasts. For the window and log strategies that is at most two of the periods it names
+//!   (each at most 366 days); for the bucket strategies it is their level (in requests) over
+//!   the limit, times the period. [`sluice::redis::script::check`] bounds level × period by
+//!   2^53, not the lifetime: a call with a limit of 1 and a large `burst` or `max_debt` makes a
+//!   key live up to 2^53 ms, some 285,000 years.
 //!   It cannot touch a key of any other shape, run other code, or change the script. Keep the
 //!   token as secret as the limits matter. Reset and introspection, when they come, will be
 //!   narrow operations of their own, never a general `EVAL`.
