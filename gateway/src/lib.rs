@@ -142,7 +142,11 @@
 //! at most `--max-header-bytes` (431 on the stream; far over it, h2 ends the connection), the
 //! body limit and deadline per stream (408 ends the stream, not the connection), the head
 //! deadline until the first request, the idle deadline while no stream is in progress.
-//! `/healthz` costs Redis at most one PING per `--health-cache-ms` (module [`health`]).
+//! `/healthz` costs Redis at most one PING per `--health-cache-ms` (module [`health`]). In
+//! Redis, a pipeline runs as scripts that each read and rewrite at most
+//! [`sluice::redis::script::MAX_LOG_WORK`] sliding-log entries ([`command::work_runs`]): the
+//! longest logs hold Redis tens of milliseconds a script, with other clients served between
+//! them, never the seconds after which Redis answers everyone BUSY.
 //!
 //! # Load
 //!
