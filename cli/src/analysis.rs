@@ -39,7 +39,11 @@
 //!   that limit never admits more than `burst` at once, then only its own steady rate (a daily
 //!   quota of 1000000 with `burst: 200` admits about 11.6 a second, whatever the per-second
 //!   limit says). A burst meant for one limit needs a rule of its own.
+//! - `stats_collide`: two rules' stats are one series in Prometheus, which turns the `.` and `-`
+//!   of `sluice.rule.<name>.<what>` into `_` (rules `a.b` and `a_b`, or `x.shadow`'s `limited`
+//!   and `x`'s `shadow_limited`): one is summed into or dropped for the other.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use ipnet::IpNet;
@@ -62,6 +66,7 @@ pub enum Kind {
     Shadowed,
     RedundantLimit,
     BurstCapsLimit,
+    StatsCollide,
 }
 
 impl fmt::Display for Kind {
@@ -73,6 +78,7 @@ impl fmt::Display for Kind {
             Kind::Shadowed => "shadowed",
             Kind::RedundantLimit => "redundant limit",
             Kind::BurstCapsLimit => "burst caps a limit",
+            Kind::StatsCollide => "stats collide",
         })
     }
 }
@@ -104,7 +110,39 @@ pub fn analyze(config: &Config, routes: Routes<'_>) -> Vec<Finding> {
     }
     // A rule that never matches is reported as such, not also as shadowed.
     shadowed(config, &live, &mut out);
+    stats_collide(config, &mut out);
     out
+}
+
+/// Rules whose stats are one series once exported: Envoy keeps `sluice.rule.<name>.<what>` apart,
+/// but its Prometheus output turns `.` and `-` into `_`, so rules `a.b`, `a-b` and `a_b` (or a
+/// rule `x.shadow`'s `limited` and rule `x`'s `shadow_limited`) are summed or dropped there.
+fn stats_collide(config: &Config, out: &mut Vec<Finding>) {
+    let exported = |name: &str, what: &str| format!("sluice_rule_{name}_{what}").replace(['.', '-'], "_");
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for rule in &config.rules {
+        let mut by: Option<&str> = None;
+        for what in rule.stats() {
+            let series = exported(&rule.name, what);
+            match seen.get(&series) {
+                Some(other) if by.is_none() => by = Some(other),
+                Some(_) => {}
+                None => {
+                    seen.insert(series, &rule.name);
+                }
+            }
+        }
+        if let Some(other) = by {
+            out.push(Finding {
+                by: Some(other.to_string()),
+                ..finding(
+                    Kind::StatsCollide,
+                    rule,
+                    format!("its stats and rule {other:?}'s have one name in Prometheus (which turns '.' and '-' into '_'); rename one"),
+                )
+            });
+        }
+    }
 }
 
 fn finding(kind: Kind, rule: &Rule, message: String) -> Finding {
@@ -722,6 +760,21 @@ mod tests {
             rule("a", "10/s", json!({"type": "gcra", "burst": 1})),
             rule("b", "10/s", json!({"type": "gcra", "burst": 2}))
         ));
+    }
+
+    #[test]
+    fn rules_whose_stats_prometheus_names_alike() {
+        // Different paths and identities: nothing else to report between them.
+        let found = kinds(json!([
+            {"name": "a.b", "match": {"path": "/1"}, "limit": "1/s"},
+            {"name": "a-b", "match": {"path": "/2"}, "limit": "1/s"},
+            {"name": "x", "match": {"path": "/3"}, "limit": "1/s"},
+            {"name": "x.shadow", "match": {"path": "/4"}, "limit": "1/s"},
+            {"name": "ab", "match": {"path": "/5"}, "limit": "1/s"},
+            {"name": "x.shadows", "match": {"path": "/6"}, "limit": "1/s"}
+        ]));
+        let collide = |r: &str, by: &str| (Kind::StatsCollide, r.to_string(), Some(by.to_string()));
+        assert_eq!(found, vec![collide("a-b", "a.b"), collide("x.shadow", "x")]);
     }
 
     #[test]

@@ -262,6 +262,23 @@ impl Rule {
     pub fn largest_admissible(&self) -> u64 {
         self.limits.rates().iter().map(|r| largest_admissible(&self.strategy, r)).max().unwrap_or(0)
     }
+
+    /// The last part of each of the rule's stats (`sluice.rule.<name>.<what>`): admitted,
+    /// denied, denied by a shadow rule, store errors, cached denials, then for a message rule
+    /// the connections it closed.
+    pub fn stats(&self) -> &'static [&'static str] {
+        match self.per {
+            Per::Request => &["allowed", "limited", "shadow_limited", "store_errors", "cached_denials"],
+            Per::Message => &[
+                "messages_admitted",
+                "messages_dropped",
+                "messages_shadow_limited",
+                "store_errors",
+                "cached_denials",
+                "connections_closed",
+            ],
+        }
+    }
 }
 
 /// The largest cost `strategy` can ever admit at once for `rate`: the window's limit, or the

@@ -8,7 +8,6 @@ use std::cell::RefCell;
 
 use super::abi;
 
-use crate::config::Per;
 use crate::engine::{Limiter, Verdict};
 
 thread_local! {
@@ -53,19 +52,16 @@ impl Metrics {
             .rules()
             .map(|rule| {
                 let def = |what: &str| abi::define_counter(&format!("sluice.rule.{}.{what}", rule.name)).ok();
-                let [admitted, denied, shadow] = match rule.per {
-                    Per::Request => ["allowed", "limited", "shadow_limited"],
-                    Per::Message => ["messages_admitted", "messages_dropped", "messages_shadow_limited"],
-                };
-                let ids = [def(admitted)?, def(denied)?, def(shadow)?, def("store_errors")?, def("cached_denials")?];
+                let [admitted, denied, shadow, errors, cached, ..] = rule.stats() else { return None };
+                let ids = [def(admitted)?, def(denied)?, def(shadow)?, def(errors)?, def(cached)?];
                 Some((ids, rule.shadow))
             })
             .collect();
         let closed = limiter
             .rules()
             .map(|rule| {
-                let name = format!("sluice.rule.{}.connections_closed", rule.name);
-                (rule.per == Per::Message).then(|| abi::define_counter(&name).ok()).flatten()
+                let name = rule.stats().get(5).map(|what| format!("sluice.rule.{}.{what}", rule.name));
+                name.and_then(|name| abi::define_counter(&name).ok())
             })
             .collect();
         let slots_created = abi::define_counter("sluice.local.slots_created").ok();
