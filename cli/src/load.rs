@@ -6,6 +6,8 @@ use std::path::Path;
 use serde_json::Value;
 use sluice::config::{compile, compile_json, parse_json, Config, ConfigErrors, Unique};
 
+use crate::trust::Warning;
+
 /// How a file's text is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -159,13 +161,41 @@ pub struct Loaded {
     pub routes: Option<Vec<String>>,
     /// A bootstrap's connection manager's address settings (see [`address_settings`]).
     pub address: Option<(bool, u64)>,
+    /// A WasmPlugin's string values that Kubernetes reads as booleans (see [`yaml_1_1_booleans`]).
+    pub booleans: Vec<Warning>,
+}
+
+/// Strings of a WasmPlugin's `pluginConfig` that are booleans to Kubernetes: `kubectl` reads
+/// YAML 1.1, where an unquoted `yes`, `no`, `on`, `off`, `y` or `n` is `true` or `false`, while
+/// this reader (YAML 1.2) keeps them as text. Envoy would then get `true` where the config
+/// wants a string (an `exempt.headers` value, say) and refuse the config that lint passed.
+fn yaml_1_1_booleans(v: &Value, path: &str, out: &mut Vec<Warning>) {
+    const WORDS: &[&str] = &["y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF"];
+    match v {
+        Value::String(text) if WORDS.contains(&text.as_str()) => out.push(Warning {
+            path: path.to_string(),
+            message: format!(
+                "{text:?}: if not quoted, Kubernetes reads it as a boolean (YAML 1.1) and the filter refuses it; quote it"
+            ),
+        }),
+        Value::Array(items) => {
+            items.iter().enumerate().for_each(|(i, item)| yaml_1_1_booleans(item, &format!("{path}[{i}]"), out))
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                yaml_1_1_booleans(item, &at, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Reads a plugin config, an Envoy bootstrap (the config of its one Wasm filter, plus its
 /// route names) or an Istio WasmPlugin (its `pluginConfig`), and compiles the config with the
 /// filter's own compiler, on the bytes Envoy would pass where there are such bytes.
 pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
-    let plain = |config| Loaded { config, routes: None, address: None };
+    let plain = |config| Loaded { config, routes: None, address: None, booleans: Vec::new() };
     // What does not parse is reported as a plugin config's syntax error would be.
     let Ok(docs) = documents(bytes, format) else { return lint_bytes(bytes, format).map(plain) };
     let syntax = |message: String| LintError::Syntax { format: "sluice input", message };
@@ -173,7 +203,9 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
     match plugins.as_slice() {
         [plugin] => {
             let cfg = &plugin["spec"]["pluginConfig"];
-            return compile(cfg).map(plain).map_err(LintError::Config);
+            let mut booleans = Vec::new();
+            yaml_1_1_booleans(cfg, "", &mut booleans);
+            return compile(cfg).map(|config| Loaded { booleans, ..plain(config) }).map_err(LintError::Config);
         }
         // Checking only the first would pass the others unread.
         [_, _, ..] => {
@@ -187,7 +219,7 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
             (1, Some(Ok(json))) => {
                 let config = compile_json(&json).map_err(LintError::Config)?;
                 let (routes, address) = (crate::analysis::bootstrap_routes(boot), address_settings(boot));
-                Ok(Loaded { config, routes, address })
+                Ok(Loaded { config, routes, address, booleans: Vec::new() })
             }
             (1, Some(Err(_))) => Err(syntax("the Wasm filter's configuration is not a google.protobuf.StringValue".into())),
             (0, _) => Err(syntax("this Envoy bootstrap has no Wasm filter".into())),

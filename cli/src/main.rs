@@ -168,11 +168,12 @@ fn lint(file: &Path) -> ExitCode {
     let format = if file.as_os_str() == "-" { Format::Guess } else { Format::of(file) };
     // A bootstrap or WasmPlugin is linted for the plugin config it carries.
     match load_any(&bytes, format) {
-        Ok(Loaded { config, address, .. }) => match serde_json::to_string_pretty(&config) {
+        Ok(Loaded { config, address, booleans, .. }) => match serde_json::to_string_pretty(&config) {
             Ok(json) => {
                 let mut err = std::io::stderr().lock();
                 let from_bootstrap = address.map(|(remote, hops)| trust::address_warnings(&config, remote, hops));
-                for w in trust::warnings(&config).into_iter().chain(from_bootstrap.into_iter().flatten()) {
+                let warnings = booleans.into_iter().chain(trust::warnings(&config)).chain(from_bootstrap.into_iter().flatten());
+                for w in warnings {
                     let _ = writeln!(err, "warning: {w}");
                 }
                 // What explain proves about the config alone (no request, no bootstrap routes).

@@ -202,6 +202,16 @@ fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
     std::fs::write(&detected, with_extension).unwrap();
     let out = sluice(&["lint", &detected.display().to_string()]);
     assert!(!text(&out.stderr).contains("warning: use_remote_address"), "{}", text(&out.stderr));
+    // kubectl reads YAML 1.1: an unquoted `yes` in a pluginConfig reaches Envoy as `true`.
+    let plugin = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: s}\nspec:\n  url: oci://x\n  pluginConfig:\n    rules:\n    - name: r\n      limit: 5/s\n      exempt: {headers: {x-internal: yes}}\n";
+    let out = lint_stdin(plugin);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("warning: rules[0].exempt.headers.x-internal: \"yes\": if not quoted, Kubernetes reads it as a boolean"),
+        "{err}"
+    );
+    assert!(!text(&lint_stdin(&plugin.replace("yes}", "\"on-call\"}")).stderr).contains("Kubernetes"));
     // Two WasmPlugins in one file (the second's config invalid): not the first alone, passed.
     let out = lint("two-wasmplugins.yaml");
     assert_eq!(out.status.code(), Some(1));
