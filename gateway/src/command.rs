@@ -616,19 +616,14 @@ mod tests {
 
     const RATES: [Rate; 2] = [Rate { limit: 5, period_ms: 1000 }, Rate { limit: 100, period_ms: 60_000 }];
 
+    /// Rule `api` of namespace `shop`, one identity, cost 1.
+    fn rule_call<'a>(strategy: &'a Strategy, rates: &'a [Rate]) -> RuleCall<'a> {
+        RuleCall { namespace: "shop", rule: "api", identity: 0xab, fingerprint: 0xdead, strategy, rates, cost: 1 }
+    }
+
     /// What the filter sends for one rule with two limits.
     fn call(form: Form<'_>, dry: bool) -> Vec<String> {
-        let strategy = Strategy::Gcra { burst: Some(3) };
-        let call = RuleCall {
-            namespace: "shop",
-            rule: "api",
-            identity: 0xab,
-            fingerprint: 0xdead,
-            strategy: &strategy,
-            rates: &RATES,
-            cost: 1,
-        };
-        command(&call, form, dry).to_vec()
+        command(&rule_call(&Strategy::Gcra { burst: Some(3) }, &RATES), form, dry).to_vec()
     }
 
     fn body(words: &[String]) -> Vec<u8> {
@@ -639,17 +634,8 @@ mod tests {
     fn a_pipeline_runs_in_scripts_of_bounded_log_work() {
         let log = |entries: u32, limits: usize| {
             let strategy = Strategy::SlidingWindowLog { max_entries: entries };
-            let rates = vec![Rate { limit: 5, period_ms: 1000 }; limits];
-            let call = RuleCall {
-                namespace: "shop",
-                rule: "api",
-                identity: 0xab,
-                fingerprint: 0xdead,
-                strategy: &strategy,
-                rates: &rates,
-                cost: 1,
-            };
-            json!(command(&call, Form::Sha(sha()), false).to_vec())
+            json!(command(&rule_call(&strategy, &vec![Rate { limit: 5, period_ms: 1000 }; limits]), Form::Sha(sha()), false)
+                .to_vec())
         };
         let most = script::MAX_LOG_WORK / 8;
         let other = json!(call(Form::Sha(sha()), false));

@@ -517,17 +517,24 @@ async fn on_a_cluster_the_module_keeps_to_its_slots() {
     assert_eq!(metric_value(&text, FCALLS), 0.0, "{text}");
 }
 
-/// Redis 7.0 gives module commands no ACL category: a gateway user allowed everything but the
-/// module's commands gets NOPERM from them. `auto` then runs calls on the library (the refused
-/// call did not run, so it runs once); `--redis-calls module` says what to allow.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_refused_the_module_runs_on_the_library() {
+/// A Redis with sluice's module whose user `gw` (password `gw-pass`) may run everything but
+/// the module's commands.
+fn redis_refusing_the_module_to_gw() -> RedisServer {
     let module = redis_module(false);
     let redis = RedisServer::start_with_args(&["--loadmodule", &module]);
     let (mcall, mbatch) = (script::module_command_name(), script::module_batch_command_name());
     let (no_call, no_batch) = (format!("-{mcall}"), format!("-{mbatch}"));
     let set = redis_cli(redis.port, &["ACL", "SETUSER", "gw", "on", ">gw-pass", "~*", "&*", "+@all", &no_call, &no_batch]);
     assert_eq!(set.trim(), "OK");
+    redis
+}
+
+/// Redis 7.0 gives module commands no ACL category: a gateway user allowed everything but the
+/// module's commands gets NOPERM from them. `auto` then runs calls on the library (the refused
+/// call did not run, so it runs once); `--redis-calls module` says what to allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_refused_the_module_runs_on_the_library() {
+    let redis = redis_refusing_the_module_to_gw();
     let url = format!("redis://gw:gw-pass@127.0.0.1:{}", redis.port);
     let (_gw, http) = gateway(&["--redis-url", &url]).await;
     let (_strict, strict) = gateway(&["--redis-url", &url, "--redis-calls", "module"]).await;
@@ -555,12 +562,7 @@ async fn a_user_refused_the_module_runs_on_the_script_until_redis_takes_the_libr
     const LIBRARY_FAILED: &str = r#"sluice_gateway_library_loads_total{trigger="noscript",outcome="failed"}"#;
     const SCRIPT_LOADED: &str = r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="loaded"}"#;
     const EVALSHAS: &str = r#"sluice_gateway_redis_calls_total{command="EVALSHA"}"#;
-    let module = redis_module(false);
-    let redis = RedisServer::start_with_args(&["--loadmodule", &module]);
-    let (mcall, mbatch) = (script::module_command_name(), script::module_batch_command_name());
-    let (no_call, no_batch) = (format!("-{mcall}"), format!("-{mbatch}"));
-    let set = redis_cli(redis.port, &["ACL", "SETUSER", "gw", "on", ">gw-pass", "~*", "&*", "+@all", &no_call, &no_batch]);
-    assert_eq!(set.trim(), "OK");
+    let redis = redis_refusing_the_module_to_gw();
     redis_cli(redis.port, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     redis_cli(redis.port, &["CONFIG", "SET", "maxmemory", "1"]);
     let url = format!("redis://gw:gw-pass@127.0.0.1:{}", redis.port);
