@@ -231,7 +231,7 @@ impl Limiter {
     }
 
     /// A Redis rule's outcome decided here is its fallback's: it says Redis failed.
-    fn mark_fallback(&self, o: &mut RuleOutcome) {
+    pub(super) fn mark_fallback(&self, o: &mut RuleOutcome) {
         o.store_error |= self.rules[o.rule].is_redis();
     }
 

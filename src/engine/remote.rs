@@ -284,12 +284,15 @@ impl Limiter {
         let (mut outcomes, failed) = match parsed {
             Ok((outcomes, failed)) if !outcomes.is_empty() => (outcomes, failed),
             other => {
-                let why = match other {
-                    Ok((_, failed)) => failed.into_iter().next().map(|(_, e)| e).unwrap_or_default(),
-                    Err(e) => e,
+                // Replies that were all errors say nothing of the limits in force when every
+                // rule asked was a shadow rule; a failed call does.
+                let shadows = p.redis.iter().all(|&i| self.rules[p.applied[i].rule].is_shadow());
+                let (why, ok) = match other {
+                    Ok((_, failed)) => (failed.into_iter().next().map(|(_, e)| e).unwrap_or_default(), shadows),
+                    Err(e) => (e, false),
                 };
                 self.warn_failed(&p, p.redis.iter(), &why);
-                self.hear(&p, false, heard, store, now_us);
+                self.hear(&p, ok, heard, store, now_us);
                 return Resumed::Done(self.redis_failed(&p.applied, store, now_us));
             }
         };
@@ -305,6 +308,24 @@ impl Limiter {
         outcomes.extend(self.on_error_outcomes(&p.applied, p.fell()));
         let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
         if p.dry && !denied {
+            // Those that fell back are decided here, with the local rules, after the pass that
+            // writes: checked now without writing, so that a request their share denies is
+            // not counted in Redis first.
+            let here: Vec<RuleOutcome> = p
+                .fell()
+                .iter()
+                .map(|&i| &p.applied[i])
+                .filter(|a| self.rules[a.rule].falls_back() && !self.rules[a.rule].is_shadow())
+                .map(|a| self.decide_local(a, store, now_us, false))
+                .collect();
+            if here.iter().any(|o| !o.allowed) {
+                self.hear(&p, ok, heard, store, now_us);
+                outcomes.extend(here.into_iter().map(|mut o| {
+                    self.mark_fallback(&mut o);
+                    o
+                }));
+                return Resumed::Done(self.verdict(outcomes, true));
+            }
             // Every rule that answered admits: now decide for real, without those that did
             // not. The breaker hears of this call once, when that pass ends.
             p.dry = false;

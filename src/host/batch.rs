@@ -344,9 +344,13 @@ fn failed(call: Vec<Entry>, why: String, now: u64) {
     let live: Vec<Entry> = call.into_iter().filter(|e| e.job.is_some()).collect();
     // Through a probe when the call carries one: a half-open breaker counts only its probes.
     let teller = live.iter().position(|e| e.job.as_ref().is_some_and(|(p, _)| p.is_probe())).unwrap_or(0);
+    let (heard, shared) = (&mut Heard::default(), live.first().map(|e| e.shared.clone()));
     for (i, e) in live.into_iter().enumerate() {
         let answer = if i == teller { Answer::Replies(Err(why.clone())) } else { Answer::FailedTogether };
-        finish(e, answer, now, &mut Heard::default());
+        finish(e, answer, now, heard);
+    }
+    if let Some(shared) = shared {
+        shared.limiter.tell(heard, &EnvoyShared, now);
     }
 }
 

@@ -570,3 +570,38 @@ fn a_rule_without_an_answer_in_the_dry_pass_follows_on_error_and_is_not_written(
     // Each was a call in which a rule in force went unanswered: two failures open the breaker.
     assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
 }
+
+#[test]
+fn a_fallback_that_fell_in_the_dry_pass_is_checked_before_the_others_are_written() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "a", "limit": "2/min", "strategy": "fixed_window", "backend": "redis", "on_error": {"fallback": {"share": 0.5}}},
+        {"name": "b", "limit": "10/min", "backend": "redis"}
+    ]));
+    let s = MemStore::default();
+    let down = || Reply::Error("CLUSTERDOWN the cluster is down".into());
+    // a's node is down: a decides on its share (1 of 2), b in Redis.
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    let write = retried(l.resume(p, Ok(vec![down(), reply(true, 5)]), &s, T0));
+    assert_eq!(status(&done(l.resume(write, Ok(vec![reply(true, 4)]), &s, T0))), 200);
+    // Its share is spent: denied after the dry pass, without writing b.
+    let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+    let v = done(l.resume(p, Ok(vec![down(), reply(true, 4)]), &s, T0));
+    assert_eq!(status(&v), 429);
+    assert!(v.outcomes().iter().any(|o| o.rule == 0 && o.store_error && !o.allowed), "{v:?}");
+}
+
+#[test]
+fn a_shadow_rule_whose_reply_fails_alone_tells_the_breaker_nothing() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "enforced", "match": {"path": "/e"}, "limit": "10/min", "backend": "redis", "on_error": "deny"},
+        {"name": "trial", "match": {"path": "/t"}, "limit": "5/min", "backend": "redis", "shadow": true}
+    ]));
+    let s = MemStore::default();
+    for _ in 0..3 {
+        let p = pending(l.start(&Req::new("GET", "/t"), &s, T0));
+        let v = done(l.resume(p, Ok(vec![Reply::Error("CLUSTERDOWN the cluster is down".into())]), &s, T0));
+        assert_eq!(status(&v), 200);
+    }
+    assert_eq!(l.breaker().unwrap().phase(&s), crate::breaker::Phase::Closed);
+    assert!(matches!(l.start(&Req::new("GET", "/e"), &s, T0), Step::Redis(_)), "the enforced rule still asks Redis");
+}

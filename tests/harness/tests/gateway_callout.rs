@@ -193,11 +193,13 @@ fn a_gathered_call_that_fails_makes_each_of_its_requests_follow_on_error_and_cou
     assert_eq!(statuses, vec![200, 429, 429, 429, 429], "on_error deny for each request of the failed call");
     assert_eq!(host.callouts().iter().map(commands).collect::<Vec<_>>(), vec![1, 4]);
     assert!(host.logged(sluice_harness::LogLevel::Warn, "redis call failed"));
-    // One failed call is one failure: the breaker is still closed, and Redis decides the next.
-    let r = host.request("GET", "/").send();
-    assert!(r.admitted(), "{r:?}");
-    assert_eq!(remaining(&r), Some(98));
-    assert_eq!(host.callouts().len(), 3);
+    // One failed call is one failure: the breaker is still closed, so the next request is sent;
+    // its call fails too, the second failure, and the breaker opens: the one after is not sent.
+    host.faults().next_callouts(1, CalloutFault::Fail);
+    assert_eq!(host.request("GET", "/").send().status, 429);
+    assert_eq!(host.callouts().len(), 3, "closed after one failed call");
+    assert_eq!(host.request("GET", "/").send().status, 429);
+    assert_eq!(host.callouts().len(), 3, "open after two");
     assert!(host.traps().is_empty());
 }
 
@@ -280,10 +282,13 @@ fn gathered_requests_that_ran_out_of_time_count_once_for_the_breaker() {
     let responses = host.run((0..4).map(|_| Request::get("/")).collect(), Schedule::InOrder);
     assert_eq!(responses.iter().map(|r| r.status).collect::<Vec<_>>(), vec![200, 429, 429, 429]);
     assert_eq!(host.callouts().len(), 1, "the late ones were never sent");
-    // Three late requests are one failure: the breaker is still closed.
-    let r = host.request("GET", "/").send();
-    assert!(r.admitted(), "{r:?}");
-    assert_eq!(host.callouts().len(), 2);
+    // Three late requests are one failure: the breaker is still closed, so the next request is
+    // sent; its call fails, the second failure, and the breaker opens: the one after is not sent.
+    host.faults().next_callouts(1, CalloutFault::Fail);
+    assert_eq!(host.request("GET", "/").send().status, 429);
+    assert_eq!(host.callouts().len(), 2, "closed after one failure");
+    assert_eq!(host.request("GET", "/").send().status, 429);
+    assert_eq!(host.callouts().len(), 2, "open after two");
     assert!(host.traps().is_empty());
 }
 
