@@ -644,10 +644,11 @@ mod tests {
         let cmds = parse_pipeline(pipeline.to_string().as_bytes(), 64).unwrap();
         assert_eq!(
             cmds.iter().map(Command::log_work).collect::<Vec<_>>(),
-            [script::MAX_LOG_WORK, 0, 10, script::MAX_LOG_WORK, 4 * most, 4 * most, 0]
+            [script::MAX_LOG_WORK, 0, most, script::MAX_LOG_WORK, 4 * most, 4 * most, 0]
         );
-        // A maximal call with the cheap ones after it, as long as they fit; one more maximal
-        // call alone; the two halves together, with the cheap one after them.
+        // A maximal call with the cheap ones after it, as long as they fit; a log of 10 entries
+        // (its key may hold one as long as any: a whole log's work) and one more maximal call
+        // alone each; the two halves together, with the cheap one after them.
         assert_eq!(work_runs(&cmds), [0..2, 2..3, 3..4, 4..7]);
         assert_eq!((work_runs(&cmds[1..2]).len(), work_runs(&cmds[1..2]).first()), (1, Some(&(0..1))));
         assert!(work_runs::<Command>(&[]).is_empty());

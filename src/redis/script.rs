@@ -157,11 +157,17 @@ pub struct Invocation<'a> {
 
 impl Invocation<'_> {
     /// The most sliding-log entries this call reads and rewrites: a log's decision parses and
-    /// writes the whole log, so its time in Redis grows with `max_entries`, where every other
-    /// strategy's is a few numbers. At most [`MAX_LOG_WORK`].
+    /// writes the whole log, so its time in Redis grows with its length, where every other
+    /// strategy's is a few numbers. The log a key holds may be as long as any call made it,
+    /// whatever this call's `max_entries`, so each key of a log counts [`MAX_LOG_ENTRIES`]. At
+    /// most [`MAX_LOG_WORK`].
     pub fn log_work(&self) -> u64 {
-        let log = |g: &[&[u8]]| g.first().is_some_and(|s| *s == SLIDING_WINDOW_LOG.as_bytes());
-        self.args.chunks_exact(ARGS_PER_RULE).take(self.keys.len()).filter(|g| log(g)).filter_map(|g| number(g[4])).sum()
+        let log = self.args.first().is_some_and(|s| *s == SLIDING_WINDOW_LOG.as_bytes());
+        if log {
+            self.keys.len() as u64 * MAX_LOG_ENTRIES
+        } else {
+            0
+        }
     }
 }
 
@@ -615,7 +621,7 @@ mod tests {
         let log = Strategy::SlidingWindowLog { max_entries: 100 };
         let good = command(&call(&log, &rates), Form::Sha(&sha), false).to_vec();
         let checked = check(&words(&good), &sha).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(checked.log_work(), 200, "two limits of 100 entries each");
+        assert_eq!(checked.log_work(), 2 * MAX_LOG_ENTRIES, "two logs, each as long as any call may have made it");
         // Limit 1's strategy, cost, p1 or p2 unlike limit 0's: not a call the filter makes.
         let (second, name, cost, p1, p2) = (3 + rates.len() + ARGS_PER_RULE, 0, 3, 4, 5);
         for (at, v) in [(name, "fixed_window"), (cost, "3"), (p1, "99"), (p2, "1")] {
