@@ -13,9 +13,8 @@
 //!   - the only method is `CONNECT` and a path is required (a CONNECT target is `host:port`), or
 //!   - `match.headers` names a hop-by-hop header Envoy removes before filters run
 //!     (`keep-alive`, `proxy-connection`, `transfer-encoding`), or a value with leading or
-//!     trailing whitespace (HTTP strips it), or an `upgrade` or `:protocol` value with a comma
-//!     (each token of the list is compared alone), or a `:method` outside `methods`, or a `:path`
-//!     none of the path globs match, or
+//!     trailing whitespace (HTTP strips it), or a `:method` outside `methods`, or a `:path` none
+//!     of the path globs match, or
 //!   - with a bootstrap at hand, every name in `match.routes` is missing from its routes.
 //! - `glob_never_matches`: one glob of a path list is dead as above, the others are not.
 //! - `never_limits`: the rule matches but every matching request is exempt (its `exempt.cidrs`
@@ -185,9 +184,6 @@ fn never_matches(rule: &Rule, routes: Routes<'_>, out: &mut Vec<Finding>) -> boo
         }
         if value.trim() != value {
             reasons.push(format!("header {name:?} must equal {value:?}, but HTTP strips whitespace around header values"));
-        }
-        if PROTOCOL_HEADERS.contains(&name.as_str()) && value.contains(',') {
-            reasons.push(format!("header {name:?} matches one token of its list, and {value:?} has a comma, which none has"));
         }
         if name == ":method" && !m.methods.is_empty() && !m.methods.iter().any(|x| x == value) {
             reasons.push(format!("header :method must be {value:?} but methods are {}", m.methods.join(", ")));
@@ -627,6 +623,7 @@ mod tests {
             {"name": "method", "match": {"methods": ["GET"], "headers": {":method": "POST"}}, "limit": "1/s"},
             {"name": "path", "match": {"path": "/api/**", "headers": {":path": "/other"}}, "limit": "1/s"},
             {"name": "fine", "match": {"path": "/api/**", "methods": ["GET", "CONNECT"], "headers": {":method": "GET"}}, "limit": "1/s"},
+            // A list matches a request that sends exactly it.
             {"name": "upgrade-list", "match": {"headers": {"upgrade": "websocket, h2c"}}, "limit": "1/s"},
             {"name": "upgrade-case", "match": {"headers": {"upgrade": "WebSocket", "x-list": "a, b"}}, "limit": "1/s"}
         ]));
@@ -641,7 +638,6 @@ mod tests {
                 want(Kind::NeverMatches, "ws"),
                 want(Kind::NeverMatches, "method"),
                 want(Kind::NeverMatches, "path"),
-                want(Kind::NeverMatches, "upgrade-list"),
             ]
         );
     }
