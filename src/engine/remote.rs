@@ -284,15 +284,12 @@ impl Limiter {
         let (mut outcomes, failed) = match parsed {
             Ok((outcomes, failed)) if !outcomes.is_empty() => (outcomes, failed),
             other => {
-                // Replies that were all errors say nothing of the limits in force when every
-                // rule asked was a shadow rule; a failed call does.
-                let shadows = p.redis.iter().all(|&i| self.rules[p.applied[i].rule].is_shadow());
-                let (why, ok) = match other {
-                    Ok((_, failed)) => (failed.into_iter().next().map(|(_, e)| e).unwrap_or_default(), shadows),
-                    Err(e) => (e, false),
+                let why = match other {
+                    Ok((_, failed)) => failed.into_iter().next().map(|(_, e)| e).unwrap_or_default(),
+                    Err(e) => e,
                 };
                 self.warn_failed(&p, p.redis.iter(), &why);
-                self.hear(&p, ok, heard, store, now_us);
+                self.hear(&p, false, heard, store, now_us);
                 return Resumed::Done(self.redis_failed(&p.applied, store, now_us));
             }
         };
@@ -354,10 +351,16 @@ impl Limiter {
     /// What one call of `p` found, for the breaker: a probe tells it now, an ordinary request
     /// through `heard`.
     fn hear(&self, p: &Pending, ok: bool, heard: &mut Heard, store: &impl SharedStore, now_us: u64) {
-        match (self.breaker(), p.permit) {
-            (Some(_), Permit::Call) => heard.ordinary = Some(heard.ordinary.unwrap_or(true) && ok),
-            (Some(b), permit) => b.record(store, permit, ok, now_us),
-            (None, _) => {}
+        let Some(b) = self.breaker() else { return };
+        // A call of shadow rules alone says nothing of the limits in force, either way: a
+        // probe gives its place back.
+        if p.redis.iter().all(|&i| self.rules[p.applied[i].rule].is_shadow()) {
+            b.abandon(store, p.permit);
+            return;
+        }
+        match p.permit {
+            Permit::Call => heard.ordinary = Some(heard.ordinary.unwrap_or(true) && ok),
+            permit => b.record(store, permit, ok, now_us),
         }
     }
 

@@ -133,6 +133,8 @@ fn malformed_redis_replies_are_failures() {
         let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
         let v = done(l.resume(p, Ok(bad.clone()), &s, T0));
         assert_eq!(status(&v), 429, "{bad:?}");
+        // on_error's denial, not one read from the reply (which the deny cache would keep).
+        assert!(v.outcomes().iter().all(|o| o.store_error), "{bad:?}: {v:?}");
     }
 }
 
@@ -597,11 +599,21 @@ fn a_shadow_rule_whose_reply_fails_alone_tells_the_breaker_nothing() {
         {"name": "trial", "match": {"path": "/t"}, "limit": "5/min", "backend": "redis", "shadow": true}
     ]));
     let s = MemStore::default();
-    for _ in 0..3 {
+    let down = || vec![Reply::Error("CLUSTERDOWN the cluster is down".into())];
+    let trial = |ok: bool| {
         let p = pending(l.start(&Req::new("GET", "/t"), &s, T0));
-        let v = done(l.resume(p, Ok(vec![Reply::Error("CLUSTERDOWN the cluster is down".into())]), &s, T0));
+        let v = done(l.resume(p, if ok { Ok(vec![reply(true, 4)]) } else { Ok(down()) }, &s, T0));
         assert_eq!(status(&v), 200);
+    };
+    for _ in 0..3 {
+        trial(false);
     }
-    assert_eq!(l.breaker().unwrap().phase(&s), crate::breaker::Phase::Closed);
-    assert!(matches!(l.start(&Req::new("GET", "/e"), &s, T0), Step::Redis(_)), "the enforced rule still asks Redis");
+    assert_eq!(l.breaker().unwrap().phase(&s), crate::breaker::Phase::Closed, "no failure");
+    // Nor a success: the enforced rule's failures still add up between trial calls.
+    let enforced = || done(l.resume(pending(l.start(&Req::new("GET", "/e"), &s, T0)), Ok(down()), &s, T0));
+    assert_eq!(status(&enforced()), 429);
+    trial(false);
+    trial(true);
+    assert_eq!(status(&enforced()), 429);
+    assert_eq!(l.breaker().unwrap().phase(&s), crate::breaker::Phase::Open, "two failures in force in a row");
 }

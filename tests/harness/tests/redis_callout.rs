@@ -187,7 +187,8 @@ fn a_redis_callout_request_costs_no_more_vm_entries_host_calls_or_guest_work() {
     assert!(entries <= 9.0, "{entries} VM entries per request, at most 9 reached before");
     assert!(calls <= 12.0, "{calls} host calls per request, at most 12 reached before");
     // 42,888 while each RESP word was written with `format!`; 34,060 while each word of a
-    // command was a `String` of its own.
-    assert!(fuel <= 25_800.0, "{fuel} guest fuel per request, at most 25,800 reached before");
+    // command was a `String` of its own; 25,682 before each rule's reply stood on its own and
+    // the breaker was told after the call (25,850 since).
+    assert!(fuel <= 25_900.0, "{fuel} guest fuel per request, at most 25,900 reached before");
     assert!(host.traps().is_empty(), "{:?}", host.traps());
 }
