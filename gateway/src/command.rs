@@ -340,19 +340,22 @@ fn command_from_words(words: Words) -> Result<Command, RequestError> {
 }
 
 /// `cmds` cut into consecutive runs, each run as one script in Redis, whose sliding-log work
-/// together stays within [`script::MAX_LOG_WORK`] (one call alone always does): a pipeline of the
-/// longest logs then holds Redis for a run at a time, with other clients served in between,
-/// instead of for one script long enough to make Redis answer everyone else BUSY.
+/// together stays within [`script::MAX_LOG_WORK`] (one call alone always does) and whose keys
+/// number at most [`script::MAX_RUN_KEYS`]: a key may hold the longest log whatever a call's
+/// strategy, and reading it costs its length (the module parses it, Lua copies it). A pipeline
+/// then holds Redis for a run at a time, with other clients served in between, instead of for
+/// one script long enough to make Redis answer everyone else BUSY.
 pub fn work_runs<C: std::borrow::Borrow<Command>>(cmds: &[C]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
-    let (mut start, mut work) = (0, 0u64);
+    let (mut start, mut work, mut keys) = (0, 0u64, 0usize);
     for (i, cmd) in cmds.iter().enumerate() {
-        let w = cmd.borrow().log_work();
-        if i > start && work.saturating_add(w) > script::MAX_LOG_WORK {
+        let (w, k) = (cmd.borrow().log_work(), cmd.borrow().keys);
+        if i > start && (work.saturating_add(w) > script::MAX_LOG_WORK || keys.saturating_add(k) > script::MAX_RUN_KEYS) {
             runs.push(start..i);
-            (start, work) = (i, 0);
+            (start, work, keys) = (i, 0, 0);
         }
         work = work.saturating_add(w);
+        keys = keys.saturating_add(k);
     }
     if start < cmds.len() {
         runs.push(start..cmds.len());
@@ -651,6 +654,11 @@ mod tests {
         // alone each; the two halves together, with the cheap one after them.
         assert_eq!(work_runs(&cmds), [0..2, 2..3, 3..4, 4..7]);
         assert_eq!((work_runs(&cmds[1..2]).len(), work_runs(&cmds[1..2]).first()), (1, Some(&(0..1))));
+        // Calls of other strategies read any key's log too: at most MAX_RUN_KEYS keys a run.
+        let cheap: Vec<Json> = (0..70).map(|_| other.clone()).collect();
+        let cmds = parse_pipeline(json!(cheap).to_string().as_bytes(), 128).unwrap();
+        let per_run = script::MAX_RUN_KEYS / RATES.len();
+        assert_eq!(work_runs(&cmds), [0..per_run, per_run..2 * per_run, 2 * per_run..70]);
         assert!(work_runs::<Command>(&[]).is_empty());
     }
 

@@ -177,6 +177,11 @@ impl Invocation<'_> {
 /// which Redis answers every other client BUSY.
 pub const MAX_LOG_WORK: u64 = MAX_KEYS as u64 * MAX_LOG_ENTRIES;
 
+/// The most keys one script run may read: a key may hold the longest log whatever the strategy
+/// of the call that names it, and reading one costs its length. As many as the filter gathers
+/// into one callout for rules of one limit ([`super::wire::GATHERED_COMMANDS`]).
+pub const MAX_RUN_KEYS: usize = super::wire::GATHERED_COMMANDS;
+
 const SLIDING_WINDOW_LOG: &str = "sliding_window_log";
 
 /// Checks that `words` (the command name, then its arguments) call [`SCRIPT`] by its SHA
