@@ -144,9 +144,10 @@
 //! deadline until the first request, the idle deadline while no stream is in progress.
 //! `/healthz` costs Redis at most one PING per `--health-cache-ms` (module [`health`]). In
 //! Redis, a pipeline runs as scripts that each read and rewrite at most
-//! [`sluice::redis::script::MAX_LOG_WORK`] sliding-log entries ([`command::work_runs`]): the
-//! longest logs hold Redis tens of milliseconds a script, with other clients served between
-//! them, never the seconds after which Redis answers everyone BUSY.
+//! [`sluice::redis::script::MAX_LOG_WORK`] sliding-log entries and read at most
+//! [`sluice::redis::script::MAX_RUN_KEYS`] keys ([`command::work_runs`]): the longest logs hold
+//! Redis tens of milliseconds a script, with other clients served between them, never the
+//! seconds after which Redis answers everyone BUSY.
 //!
 //! # Load
 //!
