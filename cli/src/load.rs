@@ -51,7 +51,7 @@ impl LintError {
 }
 
 /// Parses `bytes` as `format` and compiles the result with the filter's own compiler.
-fn lint_bytes(bytes: &[u8], format: Format) -> Result<Config, LintError> {
+pub fn lint_bytes(bytes: &[u8], format: Format) -> Result<Config, LintError> {
     match format {
         // The exact path Envoy's bytes take in `on_configure`.
         Format::Json => compile_json(bytes).map_err(|e| json_or_config(bytes, e)),
