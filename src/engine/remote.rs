@@ -38,6 +38,11 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Only shadow rules are asked of Redis: the call says nothing of the limits in force.
+    fn shadows_only(&self, limiter: &Limiter) -> bool {
+        self.redis.iter().all(|&i| limiter.rules[self.applied[i].rule].is_shadow())
+    }
+
     /// The Redis rules asked in this pass, in command order.
     fn asked(&self) -> &[usize] {
         &self.redis[..self.redis.len() - usize::from(self.fell)]
@@ -354,7 +359,7 @@ impl Limiter {
         let Some(b) = self.breaker() else { return };
         // A call of shadow rules alone says nothing of the limits in force, either way: a
         // probe gives its place back.
-        if p.redis.iter().all(|&i| self.rules[p.applied[i].rule].is_shadow()) {
+        if p.shadows_only(self) {
             b.abandon(store, p.permit);
             return;
         }
@@ -384,6 +389,12 @@ impl Limiter {
                 Resumed::Retry(p) => self.redis_failed(&p.applied, store, now_us),
             },
         }
+    }
+
+    /// Whether the breaker hears of `p`'s call: it asks a rule in force of Redis. A failed call
+    /// that carried several requests is told through one of those.
+    pub fn tells_breaker(&self, p: &Pending) -> bool {
+        !p.shadows_only(self)
     }
 
     /// Redis failed for a call that carried other requests' decisions too, and the breaker has

@@ -342,8 +342,12 @@ pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) -> bool {
 /// of one failed call, not of one per request it carried.
 fn failed(call: Vec<Entry>, why: String, now: u64) {
     let live: Vec<Entry> = call.into_iter().filter(|e| e.job.is_some()).collect();
-    // Through a probe when the call carries one: a half-open breaker counts only its probes.
-    let teller = live.iter().position(|e| e.job.as_ref().is_some_and(|(p, _)| p.is_probe())).unwrap_or(0);
+    // Through a request that asks a rule in force (a shadow rule's call tells the breaker
+    // nothing), a probe when the call carries one: a half-open breaker counts only its probes.
+    let tells = |e: &Entry, probe: bool| {
+        e.job.as_ref().is_some_and(|(p, _)| e.shared.limiter.tells_breaker(p) && (!probe || p.is_probe()))
+    };
+    let teller = live.iter().position(|e| tells(e, true)).or_else(|| live.iter().position(|e| tells(e, false))).unwrap_or(0);
     let (heard, shared) = (&mut Heard::default(), live.first().map(|e| e.shared.clone()));
     for (i, e) in live.into_iter().enumerate() {
         let answer = if i == teller { Answer::Replies(Err(why.clone())) } else { Answer::FailedTogether };

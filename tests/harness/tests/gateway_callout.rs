@@ -270,6 +270,31 @@ fn a_breaker_probe_that_hangs_up_inside_a_gathered_call_gives_its_place_back() {
 }
 
 #[test]
+fn a_failed_gathered_call_is_told_through_a_request_of_a_rule_in_force() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let config = json!({
+        "redis": {"cluster": "sluice_gateway", "token": TOKEN, "timeout_ms": 100,
+                  "breaker": {"failure_threshold": 1, "open_ms": 60_000}},
+        "rules": [
+            {"name": "trial", "limit": "100/hour", "identifier": "global", "backend": "redis", "shadow": true},
+            {"name": "login", "match": {"path": "/login"}, "limit": "100/hour", "identifier": "global", "backend": "redis", "on_error": "deny"}
+        ],
+    });
+    let mut host = host_on(&config, forward::http_to(addr));
+    // The first request goes alone; the other four are gathered, the first of them carrying only
+    // the shadow rule, which tells the breaker nothing.
+    host.faults().nth_callout(2, CalloutFault::Fail);
+    let paths = ["/x", "/x", "/login", "/x", "/x"];
+    let responses = host.run(paths.iter().map(|p| Request::get(p)).collect(), Schedule::InOrder);
+    assert_eq!(responses.iter().map(|r| r.status).collect::<Vec<_>>(), vec![200, 200, 429, 200, 200]);
+    assert_eq!(host.callouts().len(), 2);
+    // The failure was told through the /login request: the breaker opened, nothing is sent.
+    assert_eq!(host.request("GET", "/login").send().status, 429);
+    assert_eq!(host.callouts().len(), 2, "the breaker is open");
+    assert!(host.traps().is_empty());
+}
+
+#[test]
 fn gathered_requests_that_ran_out_of_time_count_once_for_the_breaker() {
     let (addr, _gateway, _redis) = gateway_and_redis();
     let mut config = redis_rule("100/hour");
