@@ -259,6 +259,26 @@ mod tests {
         assert!(places.iter().flatten().count() > super::PLACES / 2, "denials are remembered");
     }
 
+    #[test]
+    fn a_denial_on_a_slot_larger_than_a_place_holds_is_not_remembered() {
+        // A sliding log of 100 entries: 1,601 bytes of state, past MAX_SLOT_BYTES.
+        let log = |limit: &str| {
+            limiter(json!({"rules": [{"name": "api", "limit": limit, "strategy": "sliding_window_log", "identifier": "global"}]}))
+        };
+        let (big, small) = (log("100/min"), log("10/min"));
+        let req = Req::new("GET", "/");
+        for (l, limit) in [(&big, 100), (&small, 10)] {
+            let s = MemStore::default();
+            // One entry per millisecond: entries of one millisecond merge.
+            for i in 0..limit {
+                assert!(matches!(l.check(&req, &s, T0 + i * 1000), Verdict::Admit { .. }));
+            }
+            assert!(matches!(l.check(&req, &s, T0 + 200_000), Verdict::Deny { .. }));
+        }
+        assert_eq!(big.memo.places.borrow().iter().flatten().count(), 0, "a 1.6 KiB slot is not kept");
+        assert_eq!(small.memo.places.borrow().iter().flatten().count(), 1, "a small one is");
+    }
+
     /// One request of a random run: which worker, which user, which path, how long after the
     /// previous one.
     #[derive(Debug, Clone)]

@@ -174,14 +174,17 @@ impl Envoy {
     /// A stat once sluice's batched metrics have reached Envoy (they are flushed every 100 ms
     /// from each worker's tick): the value read after it stayed the same over three flushes.
     /// One still moving after 5 s fails the test rather than answer a value in passing.
+    /// A stat that is not there (a misspelt name, an admin port that does not answer) fails the
+    /// test: read as 0 it would pass every `== 0`.
     pub fn settled_stat(&self, name: &str) -> u64 {
-        let mut last = self.stat(name);
+        let read = || self.stat_if_present(name).unwrap_or_else(|| panic!("no stat {name} on the admin port"));
+        let mut last = read();
         let mut same = 0;
         let deadline = Instant::now() + Duration::from_secs(5);
         while same < 3 {
             assert!(Instant::now() < deadline, "{name} kept changing for 5 s (last {last})");
             std::thread::sleep(Duration::from_millis(100));
-            let now = self.stat(name);
+            let now = read();
             same = if now == last { same + 1 } else { 0 };
             last = now;
         }
@@ -190,8 +193,13 @@ impl Envoy {
 
     /// A counter or gauge from the admin stats, 0 when absent.
     pub fn stat(&self, name: &str) -> u64 {
-        let Ok(r) = get(&format!("http://127.0.0.1:{}/stats?filter={name}", self.admin), &[]) else { return 0 };
-        r.body.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+        self.stat_if_present(name).unwrap_or(0)
+    }
+
+    /// A counter or gauge from the admin stats, if the admin port answers and has it.
+    pub fn stat_if_present(&self, name: &str) -> Option<u64> {
+        let r = get(&format!("http://127.0.0.1:{}/stats?filter={name}", self.admin), &[]).ok()?;
+        r.body.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
     }
 }
 

@@ -1113,7 +1113,8 @@ fn a_coordinated_failover_costs_no_decision() {
     let envoy = Envoy::running_with(&boot, WORKERS as u32, &["--file-flush-interval-msec", "200"]);
     let limiter = Limiter::new(sluice::config::compile(&config).expect("the test's config compiles"));
     const CLIENTS: usize = 8;
-    const IDS_PER_CLIENT: usize = 25;
+    // Enough for several seconds of load on each side of a failover: 9,600 requests a round.
+    const IDS_PER_CLIENT: usize = 150;
     // `clients` threads, each calling `/fb/x` for its identities (FB_PER_ID requests each at most,
     // so Redis never denies and every answer says who decided) until `stop` or they are used up.
     // `answered` counts their answers.
@@ -1163,6 +1164,11 @@ fn a_coordinated_failover_costs_no_decision() {
             .filter(|id| primary.serves(key_slot(&key_prefix(&limiter, Rule::Fb, id))))
             .take(CLIENTS * IDS_PER_CLIENT)
             .collect();
+        // The replica in step first: waiting for it under load let the clients run out before
+        // the failover, and the round then asserted nothing of it.
+        let nodes = cluster.nodes(&cluster.ports());
+        let replica = nodes.iter().find(|n| n.primary_id.as_deref() == Some(&primary.id)).expect("a replica");
+        wait_in_step(replica.port);
         let stop = Arc::new(AtomicBool::new(false));
         let clients = run_clients(ids, stop.clone());
         // The clients' load before the failover and after it: this many answers each (or all
@@ -1173,12 +1179,12 @@ fn a_coordinated_failover_costs_no_decision() {
             wait_until(STEP_LIMIT, done).expect("the clients answered");
         };
         load_for(AROUND);
-        let nodes = cluster.nodes(&cluster.ports());
-        let replica = nodes.iter().find(|n| n.primary_id.as_deref() == Some(&primary.id)).expect("a replica");
-        wait_in_step(replica.port);
         assert_eq!(resp(replica.port, &["CLUSTER", "FAILOVER"], Duration::from_secs(2)), Ok(Resp::Simple("OK".into())));
+        let at_failover = answered.load(Ordering::Relaxed);
         let new = wait_new_primary(&cluster, primary.port, &primary.slots, &cluster.ports());
         load_for(AROUND);
+        let after = answered.load(Ordering::Relaxed) - at_failover;
+        assert!(after >= AROUND, "round {round}: only {after} answers after the failover: the load ended before it");
         stop.store(true, Ordering::Relaxed);
         let answers: Vec<Result<Decided, String>> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
         let unexplained: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
