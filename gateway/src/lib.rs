@@ -32,22 +32,26 @@
 //!   `EVALSHA <sha>` (or `EVAL` with the script's exact text), 1 to 8 keys of the shape
 //!   `<namespace>:{<rule>:<16 hex>}:<i>.<8 hex>`, all of one rule, identity and fingerprint,
 //!   six arguments per key (a strategy of the catalogue, limit, period, cost ≥ 1, two
-//!   parameters; decimal integers a Lua number holds exactly), optionally `dry`. Every other
+//!   parameters; decimal integers within the config compiler's bounds that a Lua number holds
+//!   exactly; one strategy, cost and pair of parameters for all of a call's limits), optionally
+//!   `dry`. Every other
 //!   script text or SHA, command (`PING`, `SCRIPT …`, `FLUSHALL`, …), key or argument layout,
 //!   and the trailing clock override only the test build of the script knows, is refused with
 //!   400 naming what is wrong; in a pipeline the whole request is refused (naming the command's
 //!   index) and nothing runs. Refusals are counted in `sluice_gateway_refused_total{reason}`
 //!   (`command`, `script`, `keys`, `arguments`, and `json`, `shape`, `pipeline` for bodies
 //!   that are not a command or pipeline at all).
-//! * **Always the gateway's own code**: an accepted call runs as `FCALL` of the gateway's
-//!   function library ([`sluice::redis::script::library`], the same script registered as a
-//!   Redis 7 function, so Redis defines the strategies once instead of on every call) where
-//!   Redis has functions, else as `EVALSHA` of the gateway's own SHA, whichever form it came
-//!   in (`--redis-calls auto|fcall|evalsha`; `auto` tries the library with the first load that
-//!   reaches Redis, on a Cluster on every primary). No script text a client sends reaches
+//! * **Always the gateway's own code**: an accepted call runs as the command of sluice's Redis
+//!   module where every primary has it, else as `FCALL` of the gateway's function library
+//!   ([`sluice::redis::script::library`], the same script registered as a Redis 7 function, so
+//!   Redis defines the strategies once instead of on every call) where Redis has functions,
+//!   else as `EVALSHA` of the gateway's own SHA, whichever form it came in
+//!   (`--redis-calls auto|module|fcall|evalsha`; `auto` asks for the module, then tries the
+//!   library with the first load that reaches Redis, on a Cluster on every primary). No script text a client sends reaches
 //!   Redis. Counted in `sluice_gateway_redis_calls_total{command}`.
 //! * **One batch per round trip**: with `FCALL`, the calls of one pipeline (on a Cluster,
-//!   those of one slot) run as one `FCALL` of the library's batch function, which decides them
+//!   those of one slot), cut into runs of bounded work ([`command::work_runs`]: most pipelines
+//!   are one run), run as one `FCALL` of the library's batch function per run, which decides them
 //!   in order exactly as if each were its own call, and answers each in place (an error raised
 //!   in one is that call's alone). Redis pays dispatch, the Lua entry and `TIME` once per
 //!   batch (`--batch-calls false`: one `FCALL` per call). Counted in
@@ -108,8 +112,8 @@
 //!   `POST /pipeline` per-command failures are entries in a 200 answer; 502 only when no
 //!   command reached Redis; 504 when the pipeline did not finish within the timeout (some
 //!   commands may have run).
-//! * **Pipelines on a standalone Redis** go as one batch on the shared multiplexed connection:
-//!   one round trip, run in order. **On a Cluster** calls may live on different nodes, so they
+//! * **Pipelines on a standalone Redis** go as one batch per run on the shared multiplexed
+//!   connection: one round trip per run, run in order. **On a Cluster** calls may live on different nodes, so they
 //!   are run per call through the cluster client: calls on the same slot one after another, in
 //!   order, calls on different slots concurrently. Replies are always returned in request
 //!   order. The gateway's own `PING` (for `/healthz`) reaches every primary, so /healthz is 200
@@ -145,9 +149,9 @@
 //! `/healthz` costs Redis at most one PING per `--health-cache-ms` (module [`health`]). In
 //! Redis, a pipeline runs as scripts that each read and rewrite at most
 //! [`sluice::redis::script::MAX_LOG_WORK`] sliding-log entries and read at most
-//! [`sluice::redis::script::MAX_RUN_KEYS`] keys ([`command::work_runs`]): the longest logs hold
-//! Redis tens of milliseconds a script, with other clients served between them, never the
-//! seconds after which Redis answers everyone BUSY.
+//! [`sluice::redis::script::MAX_RUN_KEYS`] keys ([`command::work_runs`]): however long the logs
+//! the keys hold, a script's work is bounded, with other clients served between scripts, where
+//! before one request could hold Redis for the seconds after which it answers everyone BUSY.
 //!
 //! # Load
 //!

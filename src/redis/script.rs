@@ -173,8 +173,8 @@ impl Invocation<'_> {
 
 /// The most sliding-log entries one script run may read and rewrite: one call of a rule with
 /// the most limits, each keeping the most entries. Calls run together (a batch) are split so
-/// that no run exceeds it: tens of milliseconds of Redis at most, far from the seconds after
-/// which Redis answers every other client BUSY.
+/// that no run exceeds it, where one request could hold Redis for the seconds after which it
+/// answers every other client BUSY.
 pub const MAX_LOG_WORK: u64 = MAX_KEYS as u64 * MAX_LOG_ENTRIES;
 
 /// The most keys one script run may read: a key may hold the longest log whatever the strategy

@@ -54,8 +54,8 @@ pub const MAX_DELAY_MS: u64 = 60_000;
 pub const DEFAULT_MAX_DELAY_MS: u64 = 1_000;
 /// The most entries a `sliding_window_log` keeps. Decided in shared data, its state (1 + 16
 /// bytes per entry) travels in a slot value with a 16-bit length per state; decided in Redis,
-/// each decision reads and rewrites the whole log, so a longer one would hold Redis for tens
-/// of milliseconds per call (see [`crate::redis::script::MAX_LOG_WORK`]).
+/// each decision reads and rewrites the whole log, so its length bounds the time one call holds
+/// Redis (see [`crate::redis::script::MAX_LOG_WORK`]).
 pub const MAX_LOG_ENTRIES: u64 = ((u16::MAX as u64) - 1) / 16;
 /// `over_limit.close_after`: at most this many messages over the limit before the close.
 pub const MAX_CLOSE_AFTER: u64 = 1_000_000;
