@@ -17,7 +17,7 @@ use crate::clock;
 use crate::config::Transport;
 use crate::engine::{Heard, Pending};
 use crate::redis::command::Command;
-use crate::redis::wire::{Reply, GATHERED_COMMANDS};
+use crate::redis::wire::GATHERED_COMMANDS;
 use crate::store::{SharedStore, CREATE_TOKEN};
 
 use super::http::{self, Answer, At};
@@ -321,16 +321,8 @@ pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) -> bool {
     match transport::replies(num_headers, body_size, expected) {
         Ok(replies) => {
             let mut replies = replies.into_iter();
-            let heard = &mut Heard::default();
             // One configuration's requests (see `joins`): one breaker hears of the call.
-            let shared = call.first().map(|e| e.shared.clone());
-            for e in call {
-                let own: Vec<Reply> = replies.by_ref().take(e.commands).collect();
-                finish(e, Answer::Replies(Ok(own)), now, heard);
-            }
-            if let Some(shared) = shared {
-                shared.limiter.tell(heard, &EnvoyShared, now);
-            }
+            carry_on(call, now, |_, e| Answer::Replies(Ok(replies.by_ref().take(e.commands).collect())));
         }
         Err(why) => failed(call, why, now),
     }
@@ -338,20 +330,33 @@ pub(super) fn answer(token: u32, num_headers: usize, body_size: usize) -> bool {
     true
 }
 
-/// A gathered call failed: its requests follow their rules' `on_error`, and the breaker hears
-/// of one failed call, not of one per request it carried.
+/// A gathered call failed: its requests follow their rules' `on_error`, and each configuration's
+/// breaker hears of one failed call, not of one per request it carried (the requests a flush
+/// found late may be of several configurations).
 fn failed(call: Vec<Entry>, why: String, now: u64) {
-    let live: Vec<Entry> = call.into_iter().filter(|e| e.job.is_some()).collect();
-    // Through a request that asks a rule in force (a shadow rule's call tells the breaker
-    // nothing), a probe when the call carries one: a half-open breaker counts only its probes.
-    let tells = |e: &Entry, probe: bool| {
-        e.job.as_ref().is_some_and(|(p, _)| e.shared.limiter.tells_breaker(p) && (!probe || p.is_probe()))
-    };
-    let teller = live.iter().position(|e| tells(e, true)).or_else(|| live.iter().position(|e| tells(e, false))).unwrap_or(0);
-    let (heard, shared) = (&mut Heard::default(), live.first().map(|e| e.shared.clone()));
-    for (i, e) in live.into_iter().enumerate() {
-        let answer = if i == teller { Answer::Replies(Err(why.clone())) } else { Answer::FailedTogether };
-        finish(e, answer, now, heard);
+    let mut live: Vec<Entry> = call.into_iter().filter(|e| e.job.is_some()).collect();
+    while let Some(shared) = live.first().map(|e| e.shared.clone()) {
+        let (mine, rest): (Vec<Entry>, Vec<Entry>) = live.into_iter().partition(|e| Rc::ptr_eq(&e.shared, &shared));
+        live = rest;
+        // Through a request that asks a rule in force (a shadow rule's call tells the breaker
+        // nothing), a probe when the call carries one: a half-open breaker counts only its
+        // probes.
+        let tells = |e: &Entry, probe: bool| {
+            e.job.as_ref().is_some_and(|(p, _)| shared.limiter.tells_breaker(p) && (!probe || p.is_probe()))
+        };
+        let teller = mine.iter().position(|e| tells(e, true)).or_else(|| mine.iter().position(|e| tells(e, false))).unwrap_or(0);
+        carry_on(mine, now, |i, _| if i == teller { Answer::Replies(Err(why.clone())) } else { Answer::FailedTogether });
+    }
+}
+
+/// Carries on the requests of one configuration's call at `now`, each with its answer, then
+/// tells that configuration's breaker once what they found.
+fn carry_on(call: Vec<Entry>, now: u64, mut answer: impl FnMut(usize, &Entry) -> Answer) {
+    let heard = &mut Heard::default();
+    let shared = call.first().map(|e| e.shared.clone());
+    for (i, e) in call.into_iter().enumerate() {
+        let a = answer(i, &e);
+        finish(e, a, now, heard);
     }
     if let Some(shared) = shared {
         shared.limiter.tell(heard, &EnvoyShared, now);
