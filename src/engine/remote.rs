@@ -53,6 +53,12 @@ impl Pending {
         &self.redis[self.redis.len() - usize::from(self.fell)..]
     }
 
+    /// A rule in force went unanswered in an earlier pass: a failure the breaker hears of when
+    /// the request's last pass ends, or when the request ends first.
+    fn fell_in_force(&self, limiter: &Limiter) -> bool {
+        self.fell().iter().any(|&i| !limiter.rules[self.applied[i].rule].is_shadow())
+    }
+
     /// This call is a half-open breaker's probe: its result is what the breaker waits for.
     pub fn is_probe(&self) -> bool {
         self.permit == Permit::Probe
@@ -306,7 +312,7 @@ impl Limiter {
             self.rules[o.rule].remember_denial(o, store, &self.denials, p.sent_us, now_us);
         }
         // A shadow rule's failure says nothing of the limits in force.
-        let ok = !p.fell().iter().any(|&i| !self.rules[p.applied[i].rule].is_shadow());
+        let ok = !p.fell_in_force(self);
         outcomes.extend(self.on_error_outcomes(&p.applied, p.fell()));
         let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
         if p.dry && !denied {
@@ -402,14 +408,19 @@ impl Limiter {
     /// rules' `on_error` without counting again, and a probe gives its place back. One failed
     /// call is one failure, however many requests it carried.
     pub fn resume_failed_together(&self, p: Pending, store: &impl SharedStore, now_us: u64) -> Verdict {
-        self.abandon(&p, store);
+        self.abandon(&p, store, now_us);
         self.redis_failed(&p.applied, store, now_us)
     }
 
     /// The request waiting on `p` ended before Redis answered (the client went away): a probe
-    /// gives its place back to the breaker, counting neither way.
-    pub fn abandon(&self, p: &Pending, store: &impl SharedStore) {
-        if let Some(b) = self.breaker() {
+    /// gives its place back to the breaker, counting neither way, unless an earlier pass of the
+    /// request found a rule in force unanswered: that failure, which would have been told when
+    /// the request's last pass ended, is told now.
+    pub fn abandon(&self, p: &Pending, store: &impl SharedStore, now_us: u64) {
+        let Some(b) = self.breaker() else { return };
+        if p.fell_in_force(self) {
+            b.record(store, p.permit, false, now_us);
+        } else {
             b.abandon(store, p.permit);
         }
     }

@@ -179,7 +179,7 @@ fn a_probe_is_one_success_however_many_passes_it_takes() {
     assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen, "one probe, one success: not closed by two passes");
     let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
     // Its client hangs up: the place is freed, nothing counted.
-    l.abandon(&probe, &s);
+    l.abandon(&probe, &s, later);
     assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen);
     let probe = pending(l.start(&Req::new("GET", "/"), &s, later));
     let write = retried(l.resume(probe, Ok(vec![reply(true, 3), reply(true, 3)]), &s, later));
@@ -571,6 +571,31 @@ fn a_rule_without_an_answer_in_the_dry_pass_follows_on_error_and_is_not_written(
     assert_eq!(errors, [0], "{v:?}");
     // Each was a call in which a rule in force went unanswered: two failures open the breaker.
     assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
+}
+
+#[test]
+fn a_failure_found_in_the_dry_pass_is_told_when_the_client_leaves_before_the_write() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "a", "limit": "10/min", "backend": "redis", "on_error": "allow"},
+        {"name": "b", "limit": "10/min", "backend": "redis"}
+    ]));
+    let s = MemStore::default();
+    let b = l.breaker().unwrap();
+    let down = || Reply::Error("CLUSTERDOWN the cluster is down".into());
+    // Twice: a's node is down in the dry pass, and the client hangs up while b is written.
+    for _ in 0..2 {
+        let p = pending(l.start(&Req::new("GET", "/"), &s, T0));
+        let write = retried(l.resume(p, Ok(vec![down(), reply(true, 5)]), &s, T0));
+        assert_eq!(b.phase(&s), crate::breaker::Phase::Closed, "told when the request ends");
+        l.abandon(&write, &s, T0);
+    }
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Open, "two calls that found a rule in force unanswered");
+    // A request that left before anything failed tells nothing.
+    let l = redis_limiter(serde_json::json!([{"name": "a", "limit": "10/min", "backend": "redis"}]));
+    let s = MemStore::default();
+    l.breaker().unwrap().record(&s, crate::breaker::Permit::Call, false, T0);
+    l.abandon(&pending(l.start(&Req::new("GET", "/"), &s, T0)), &s, T0);
+    assert_eq!(l.breaker().unwrap().phase(&s), crate::breaker::Phase::Closed, "one failure of two");
 }
 
 #[test]
