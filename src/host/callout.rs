@@ -120,7 +120,9 @@ fn response(size: usize) -> Option<Vec<u8>> {
 /// that waited, its deadline, and the replies or the failure.
 pub(super) type Answered = (Rc<Shared>, u32, Pending, u64, Result<Vec<Reply>, String>);
 
-/// Files one answer. Returns the request once all its answers are in, or at its failure.
+/// Files one answer. Returns the request once all its answers are in. A command the callout
+/// could not carry (a timeout, a connection lost) is an error reply for its rule alone, as an
+/// error from Redis is: the rules that were answered still decide.
 pub(super) fn file(token: u32, status: u32, size: usize) -> Option<Answered> {
     IN_FLIGHT.with(|f| {
         let mut f = f.borrow_mut();
@@ -137,19 +139,11 @@ pub(super) fn file(token: u32, status: u32, size: usize) -> Option<Answered> {
                 None => Err("empty Redis callout response".into()),
             }
         };
-        match reply {
-            Err(why) => {
-                let done = f.swap_remove(i);
-                Some((done.shared, done.ctx, done.pending, done.deadline_us, Err(why)))
-            }
-            Ok(r) => {
-                f[i].replies[k] = Some(r);
-                if f[i].replies.iter().any(Option::is_none) {
-                    return None;
-                }
-                let done = f.swap_remove(i);
-                Some((done.shared, done.ctx, done.pending, done.deadline_us, Ok(done.replies.into_iter().flatten().collect())))
-            }
+        f[i].replies[k] = Some(reply.unwrap_or_else(Reply::Error));
+        if f[i].replies.iter().any(Option::is_none) {
+            return None;
         }
+        let done = f.swap_remove(i);
+        Some((done.shared, done.ctx, done.pending, done.deadline_us, Ok(done.replies.into_iter().flatten().collect())))
     })
 }

@@ -124,6 +124,42 @@ fn a_request_one_rule_denies_consumes_nothing_from_the_other() {
 }
 
 #[test]
+fn a_callout_that_fails_for_one_rule_leaves_the_others_answers_standing() {
+    let redis = Redis::start();
+    let config = plugin(
+        "part",
+        json!([
+            {"name": "flaky", "limit": "5/hour", "identifier": "global", "backend": "redis", "on_error": "allow"},
+            {"name": "steady", "limit": "5/hour", "identifier": "global", "backend": "redis", "on_error": "deny"},
+        ]),
+    );
+    // Every call for "flaky" fails in transport (its node unreachable); "steady"'s reach Redis.
+    let mut to_redis = forward::redis_to(redis.addr);
+    let handler = move |call: &sluice_harness::RedisCall| {
+        if call.query.windows(b"flaky".len()).any(|w| w == b"flaky") {
+            sluice_harness::RedisReply::Fail(1)
+        } else {
+            to_redis(call)
+        }
+    };
+    let mut host = Host::builder()
+        .wasm(common::redis_callout_wasm())
+        .cluster("redis")
+        .config(config.to_string())
+        .on_redis_call(handler)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    // "steady" decides in Redis, "flaky" by its on_error; before, one failed command failed the
+    // request, and "steady"'s on_error denied it.
+    for left in [4, 3] {
+        let r = host.request("GET", "/").send();
+        assert!(r.admitted(), "{r:?}");
+        assert_eq!(remaining(&r, "steady"), Some(left), "counted in Redis: {r:?}");
+    }
+    assert!(host.traps().is_empty(), "{:?}", host.traps());
+}
+
+#[test]
 fn scripts_flushed_from_redis_are_loaded_again() {
     let redis = Redis::start();
     let config = plugin(
