@@ -37,6 +37,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -563,7 +564,7 @@ impl Backend {
     /// runs on the script meanwhile.
     async fn recover(&self, lost: Lost, target: Target, seen: u64, metrics: &Metrics) -> Result<RunAs, Failure> {
         let mut last = self.loads.last.lock().await;
-        let (run_as, trigger) = match lost {
+        let how = match lost {
             // Another call found it gone (or refused) first, after this one was sent, and found
             // out how calls run now.
             Lost::NoModule | Lost::ModuleRefused
@@ -575,24 +576,14 @@ impl Backend {
             }
             Lost::NoModule if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis no longer knows sluice's module command {}: finding out how calls run", module_command());
-                match self.detect(LoadTrigger::NoScript, metrics).await {
-                    Ok(run_as) => {
-                        self.note(&mut last, target, &[RunAs::Module, run_as]);
-                        return Ok(run_as);
-                    }
-                    Err(failure) => self.meanwhile(failure)?,
-                }
+                let found = self.detect(LoadTrigger::NoScript, metrics).await;
+                self.found_out(found, &mut last, target, Some(RunAs::Module))?
             }
             // The module is there, but not for this user: the library, without asking again.
             Lost::ModuleRefused if self.calls.mode == RedisCalls::Auto => {
                 log::warn!("Redis refuses sluice's module command {} to this user (NOPERM): calls run on the library", module_command());
-                match self.detect_library(LoadTrigger::NoScript, metrics).await {
-                    Ok(run_as) => {
-                        self.note(&mut last, target, &[RunAs::Module, run_as]);
-                        return Ok(run_as);
-                    }
-                    Err(failure) => self.meanwhile(failure)?,
-                }
+                let found = self.detect_library(LoadTrigger::NoScript, metrics).await;
+                self.found_out(found, &mut last, target, Some(RunAs::Module))?
             }
             // (A module call is never lost as `Missing`: Redis cannot lack a module's script.)
             Lost::NoModule | Lost::Missing(RunAs::Module) => return Err(no_module()),
@@ -606,29 +597,28 @@ impl Backend {
             Lost::Missing(RunAs::EvalSha)
                 if self.calls.undecided() && last.get(&(target, RunAs::EvalSha)).is_none_or(|&done| done <= seen) =>
             {
-                match self.detect(LoadTrigger::NoScript, metrics).await {
-                    Ok(run_as) => {
-                        self.note(&mut last, target, &[run_as]);
-                        return Ok(run_as);
-                    }
-                    Err(failure) => self.meanwhile(failure)?,
-                }
+                let found = self.detect(LoadTrigger::NoScript, metrics).await;
+                self.found_out(found, &mut last, target, None)?
             }
             // Another call found functions meanwhile, and loaded the library everywhere.
             Lost::Missing(RunAs::EvalSha) if self.calls.run_as() == RunAs::Fcall => return Ok(RunAs::Fcall),
-            Lost::Missing(RunAs::EvalSha) => (RunAs::EvalSha, LoadTrigger::NoScript),
-            Lost::Missing(RunAs::Fcall) => (RunAs::Fcall, LoadTrigger::NotFound),
+            Lost::Missing(RunAs::EvalSha) => ControlFlow::Continue((RunAs::EvalSha, LoadTrigger::NoScript)),
+            Lost::Missing(RunAs::Fcall) => ControlFlow::Continue((RunAs::Fcall, LoadTrigger::NotFound)),
             Lost::NoFunctions if self.calls.mode == RedisCalls::Auto => {
                 if self.calls.run_as() == RunAs::Fcall {
                     log::warn!("Redis no longer knows FCALL (an older server?): calls run as EVALSHA");
                     self.calls.found(RunAs::EvalSha);
                 }
-                (RunAs::EvalSha, LoadTrigger::NoScript)
+                ControlFlow::Continue((RunAs::EvalSha, LoadTrigger::NoScript))
             }
             Lost::NoFunctions => return Err(Failure::Reply(
                 "ERR sluice-gateway: Redis has no functions (before Redis 7); run the gateway with --redis-calls auto or evalsha"
                     .into(),
             )),
+        };
+        let (run_as, trigger) = match how {
+            ControlFlow::Break(run_as) => return Ok(run_as),
+            ControlFlow::Continue(load) => load,
         };
         if last.get(&(target, run_as)).is_some_and(|&done| done > seen) {
             return Ok(run_as);
@@ -643,7 +633,7 @@ impl Backend {
         let what = if run_as == RunAs::Fcall { "function library" } else { "script" };
         match loaded {
             Ok(()) => {
-                self.note(&mut last, target, &[run_as]);
+                self.note(&mut last, target, [run_as]);
                 Ok(run_as)
             }
             Err(Failure::Transport(text)) => Err(Failure::Transport(text)),
@@ -654,22 +644,36 @@ impl Backend {
         }
     }
 
-    /// How a call runs again after finding out how calls run failed: an error reply that left
-    /// `auto` undecided (Redis cannot take the library now) lets it run on the script, loaded
-    /// like any other NOSCRIPT's; no answer fails it.
-    fn meanwhile(&self, failure: Failure) -> Result<(RunAs, LoadTrigger), Failure> {
-        match failure {
-            Failure::Reply(_) if self.calls.undecided() => Ok((RunAs::EvalSha, LoadTrigger::NoScript)),
-            failure => Err(failure),
+    /// What a lost call does once the gateway has found out again how calls run (`found`): run
+    /// that way (`Break`), noted for `target` with what was `lost`, so calls sent before take
+    /// the answer. If finding out failed with an error reply that left `auto` undecided (Redis
+    /// cannot take the library now), it runs on the script meanwhile (`Continue`), loaded like
+    /// any other NOSCRIPT's; no answer fails it.
+    fn found_out(
+        &self,
+        found: Result<RunAs, Failure>,
+        last: &mut HashMap<(Target, RunAs), u64>,
+        target: Target,
+        lost: Option<RunAs>,
+    ) -> Result<ControlFlow<RunAs, (RunAs, LoadTrigger)>, Failure> {
+        match found {
+            Ok(run_as) => {
+                self.note(last, target, lost.into_iter().chain([run_as]));
+                Ok(ControlFlow::Break(run_as))
+            }
+            Err(Failure::Reply(_)) if self.calls.undecided() => {
+                Ok(ControlFlow::Continue((RunAs::EvalSha, LoadTrigger::NoScript)))
+            }
+            Err(failure) => Err(failure),
         }
     }
 
     /// Notes what calls on `target` found out (`found`: how they run now, and what they lost),
     /// under one new generation, so that calls sent before this take that answer instead of
     /// finding out again.
-    fn note(&self, last: &mut HashMap<(Target, RunAs), u64>, target: Target, found: &[RunAs]) {
+    fn note(&self, last: &mut HashMap<(Target, RunAs), u64>, target: Target, found: impl IntoIterator<Item = RunAs>) {
         let generation = self.loads.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        for &run_as in found {
+        for run_as in found {
             last.insert((target, run_as), generation);
         }
     }
