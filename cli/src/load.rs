@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use sluice::config::{compile, compile_json, parse_json, Config, ConfigErrors, Unique};
+use sluice::config::{compile_json, compile_read, parse_json, read, Config, ConfigError, ConfigErrors, Parsed};
 
 use crate::trust::Warning;
 
@@ -38,6 +38,14 @@ pub enum LintError {
     /// The document parsed; the compiler rejected it.
     #[error("{0}")]
     Config(ConfigErrors),
+    /// Keys written twice in a bootstrap or a WasmPlugin, outside the plugin config it carries
+    /// (whose own repeats are errors of that config), at their paths in the file.
+    #[error("{}", outside(.0).join("\n"))]
+    Outside(Vec<ConfigError>),
+}
+
+fn outside(repeats: &[ConfigError]) -> Vec<String> {
+    repeats.iter().map(|r| format!("outside the plugin config: {r}")).collect()
 }
 
 impl LintError {
@@ -45,6 +53,7 @@ impl LintError {
     pub fn lines(&self) -> Vec<String> {
         match self {
             LintError::Config(errors) => errors.iter().map(ToString::to_string).collect(),
+            LintError::Outside(repeats) => outside(repeats),
             other => vec![other.to_string()],
         }
     }
@@ -55,17 +64,21 @@ pub fn lint_bytes(bytes: &[u8], format: Format) -> Result<Config, LintError> {
     match format {
         // The exact path Envoy's bytes take in `on_configure`.
         Format::Json => compile_json(bytes).map_err(|e| json_or_config(bytes, e)),
-        Format::Yaml => compile(&yaml(bytes)?).map_err(LintError::Config),
+        Format::Yaml => compile_parsed(yaml(bytes)?),
         Format::Guess => match parse_json(bytes) {
-            Ok(value) => compile(&value).map_err(LintError::Config),
-            Err(_) => compile(&yaml(bytes)?).map_err(LintError::Config),
+            Ok(parsed) => compile_parsed(parsed),
+            Err(_) => compile_parsed(yaml(bytes)?),
         },
     }
 }
 
-fn yaml(bytes: &[u8]) -> Result<Value, LintError> {
+fn compile_parsed(parsed: Parsed) -> Result<Config, LintError> {
+    compile_read(&parsed.value, parsed.repeats).map_err(LintError::Config)
+}
+
+fn yaml(bytes: &[u8]) -> Result<Parsed, LintError> {
     let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
-    serde_yaml_ng::from_str::<Unique>(text).map(|u| u.0).map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })
+    read(serde_yaml_ng::Deserializer::from_str(text)).map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })
 }
 
 /// `compile_json` reports a JSON syntax error as a config error; say it plainly instead.
@@ -79,8 +92,30 @@ fn json_or_config(bytes: &[u8], errors: ConfigErrors) -> LintError {
 const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 
-/// Every document of a YAML or JSON file.
-fn documents(bytes: &[u8], format: Format) -> Result<Vec<Value>, LintError> {
+/// One document of a file, with the keys written twice in it.
+struct Doc {
+    value: Value,
+    repeats: Vec<ConfigError>,
+    /// Its number in the file (from 1, empty ones counted), when the file has several.
+    number: Option<usize>,
+}
+
+impl Doc {
+    fn new(parsed: Parsed, number: Option<usize>) -> Doc {
+        Doc { value: parsed.value, repeats: parsed.repeats, number }
+    }
+
+    /// Its repeat `r`, at its path in the file.
+    fn in_file(&self, r: &ConfigError) -> ConfigError {
+        match self.number {
+            Some(n) => ConfigError { path: format!("document {n}: {}", r.path), ..r.clone() },
+            None => r.clone(),
+        }
+    }
+}
+
+/// Every document of a YAML or JSON file, the empty ones left out.
+fn documents(bytes: &[u8], format: Format) -> Result<Vec<Doc>, LintError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
@@ -88,25 +123,38 @@ fn documents(bytes: &[u8], format: Format) -> Result<Vec<Value>, LintError> {
     match format {
         Format::Json => {
             let v = parse_json(bytes).map_err(|e| LintError::Syntax { format: "JSON", message: e.to_string() })?;
-            return Ok(vec![v]);
+            return Ok(vec![Doc::new(v, None)]);
         }
         Format::Guess => {
             if let Ok(v) = parse_json(bytes) {
-                return Ok(vec![v]);
+                return Ok(vec![Doc::new(v, None)]);
             }
         }
         Format::Yaml => {}
     }
     let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
     let mut out = Vec::new();
+    let mut count = 0;
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        let Unique(v) = <Unique as serde::Deserialize>::deserialize(doc)
-            .map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })?;
-        if !v.is_null() {
-            out.push(v);
+        count += 1;
+        let parsed = read(doc).map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })?;
+        if !parsed.value.is_null() {
+            out.push(Doc::new(parsed, Some(count)));
         }
     }
+    if count == 1 {
+        out.iter_mut().for_each(|d| d.number = None);
+    }
     Ok(out)
+}
+
+/// `path` (of a value in a document) as a path in the plugin config at `config`, if it is in it.
+fn within(path: &str, config: &str) -> Option<String> {
+    let rest = path.strip_prefix(config)?;
+    match rest.strip_prefix('.') {
+        Some(field) => Some(field.to_string()),
+        None => rest.starts_with('[').then(|| rest.to_string()),
+    }
 }
 
 /// The plugin configurations (as JSON text for bootstraps, as values otherwise) in `doc`.
@@ -199,13 +247,29 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
     // What does not parse is reported as a plugin config's syntax error would be.
     let Ok(docs) = documents(bytes, format) else { return lint_bytes(bytes, format).map(plain) };
     let syntax = |message: String| LintError::Syntax { format: "sluice input", message };
-    let plugins: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "WasmPlugin").collect();
+    let plugins: Vec<&Doc> = docs.iter().filter(|d| d.value["kind"] == "WasmPlugin").collect();
     match plugins.as_slice() {
         [plugin] => {
-            let cfg = &plugin["spec"]["pluginConfig"];
+            // A key written twice in the plugin config is an error of that config, beside its
+            // others; anywhere else in the file it is refused on its own.
+            let mut inside = Vec::new();
+            let mut elsewhere = Vec::new();
+            for doc in &docs {
+                let mine = std::ptr::eq(doc, *plugin);
+                for r in &doc.repeats {
+                    match within(&r.path, "spec.pluginConfig").filter(|_| mine) {
+                        Some(path) => inside.push(ConfigError { path, ..r.clone() }),
+                        None => elsewhere.push(doc.in_file(r)),
+                    }
+                }
+            }
+            if !elsewhere.is_empty() {
+                return Err(LintError::Outside(elsewhere));
+            }
+            let cfg = &plugin.value["spec"]["pluginConfig"];
             let mut booleans = Vec::new();
             yaml_1_1_booleans(cfg, "", &mut booleans);
-            return compile(cfg).map(|config| Loaded { booleans, ..plain(config) }).map_err(LintError::Config);
+            return compile_read(cfg, inside).map(|config| Loaded { booleans, ..plain(config) }).map_err(LintError::Config);
         }
         // Checking only the first would pass the others unread.
         [_, _, ..] => {
@@ -213,7 +277,13 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
         }
         [] => {}
     }
-    if let Some(boot) = docs.iter().find(|d| d.get("static_resources").is_some()) {
+    if let Some(boot) = docs.iter().find(|d| d.value.get("static_resources").is_some()) {
+        // The plugin config is JSON text in it, read (with its repeats) by `compile_json`.
+        let repeats: Vec<ConfigError> = docs.iter().flat_map(|d| d.repeats.iter().map(|r| d.in_file(r))).collect();
+        if !repeats.is_empty() {
+            return Err(LintError::Outside(repeats));
+        }
+        let boot = &boot.value;
         let mut found = sluice_configs(boot);
         return match (found.len(), found.pop()) {
             (1, Some(Ok(json))) => {

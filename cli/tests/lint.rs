@@ -87,13 +87,80 @@ fn json_file_uses_the_filter_json_path() {
     assert!(text(&out.stderr).starts_with("not valid JSON: "), "{}", text(&out.stderr));
 }
 
-#[test]
-fn a_key_written_twice_is_refused_not_overwritten() {
-    // YAML keeps the last value, as JSON does: the rule would count every path, silently.
-    let out = lint("duplicate-key.yaml");
+const DUPLICATE: &str = "duplicate key; each key may appear once in an object";
+
+/// `sluice lint`'s error lines (without the count), of an input it refused.
+#[track_caller]
+fn refused(out: &Output) -> Vec<String> {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let err = text(&out.stderr);
-    assert!(err.contains("rules[0]: duplicate key \"match\"") && err.contains("line 2"), "{err}");
+    let mut lines: Vec<String> = err.lines().map(str::to_string).collect();
+    assert!(lines.pop().is_some_and(|l| l.starts_with("sluice: ")), "{err}");
+    lines
+}
+
+#[test]
+fn a_key_written_twice_is_refused_at_its_path_beside_the_other_errors() {
+    // YAML keeps the last value, as JSON does: the rule would count every path, silently.
+    let want = [format!("rules[1].match: \"match\": {DUPLICATE}"), "rules[0].limit: \"100/fortnight\": unknown unit".into()];
+    for name in ["duplicate-key.yaml", "duplicate-key.json"] {
+        let lines = refused(&lint(name));
+        assert_eq!(lines.len(), 2, "{name}: {lines:#?}");
+        assert_eq!(lines[0], want[0], "{name}");
+        assert!(lines[1].starts_with(&want[1]), "{name}: {lines:#?}");
+        let fixture = std::fs::read_to_string(fixture(name)).unwrap();
+        assert_eq!(refused(&lint_stdin(&fixture)), lines, "{name} from stdin");
+    }
+}
+
+const PLUGIN: &str = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: s}\nspec:\n  url: oci://x\n  pluginConfig:\n    rules:\n    - name: r\n      limit: 5/s\n      match: {path: /a}\n      match: {path: /b}\n    - {name: r, limit: 1/s}\n";
+
+#[test]
+fn a_key_written_twice_in_a_wasm_plugins_config_is_an_error_of_that_config() {
+    let lines = refused(&lint_stdin(PLUGIN));
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(lines[0], format!("rules[0].match: \"match\": {DUPLICATE}"));
+    assert!(lines[1].starts_with("rules[1].name: \"r\": duplicate rule name"), "{lines:#?}");
+    // Around the config, a key written twice is refused on its own, at its path in the file
+    // (and its document's, in a file of several).
+    let around = PLUGIN.replace("{name: s}", "{name: s, name: t}");
+    assert_eq!(refused(&lint_stdin(&around)), [format!("outside the plugin config: metadata.name: \"name\": {DUPLICATE}")]);
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {type: ClusterIP, type: NodePort}\n---\n";
+    assert_eq!(
+        refused(&lint_stdin(&format!("{service}{PLUGIN}"))),
+        [format!("outside the plugin config: document 1: spec.type: \"type\": {DUPLICATE}")]
+    );
+    let twice = PLUGIN.replace("  pluginConfig:\n", "  pluginConfig: {}\n  pluginConfig:\n");
+    assert_eq!(
+        refused(&lint_stdin(&format!("{service}{twice}").replace("type: NodePort", "port: 80"))),
+        [format!("outside the plugin config: document 2: spec.pluginConfig: \"pluginConfig\": {DUPLICATE}")]
+    );
+}
+
+const BOOTSTRAP: &str = r#"static_resources:
+  listeners:
+  - name: l
+    filter_chains:
+    - filters:
+      - typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+          config:
+            configuration:
+              "@type": type.googleapis.com/google.protobuf.StringValue
+              value: '{"rules": [{"name": "a", "limit": "1/s", "limit": "2/s", "backend": "redis"}]}'
+"#;
+
+#[test]
+fn a_key_written_twice_in_a_bootstraps_config_is_an_error_of_that_config() {
+    let lines = refused(&lint_stdin(BOOTSTRAP));
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(lines[0], format!("rules[0].limit: \"limit\": {DUPLICATE}"));
+    assert!(lines[1].starts_with("rules[0].backend: \"redis\": backend redis needs"), "{lines:#?}");
+    let around = BOOTSTRAP.replace("  - name: l\n", "  - name: l\n    name: m\n");
+    assert_eq!(
+        refused(&lint_stdin(&around)),
+        [format!("outside the plugin config: static_resources.listeners[0].name: \"name\": {DUPLICATE}")]
+    );
 }
 
 #[test]

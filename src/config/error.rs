@@ -6,7 +6,8 @@ use std::fmt;
 use super::glob::GlobErrorKind;
 use crate::rate::{DurationErrorKind, RateErrorKind};
 
-/// Every error found in one config, in document order. Never empty.
+/// Every error found in one config: keys written twice first, then the rest in document order.
+/// Never empty.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub struct ConfigErrors {
     pub errors: Vec<ConfigError>,
@@ -101,6 +102,9 @@ pub enum Problem {
     PolicyNameTaken { rule: usize, limit: usize },
     #[error("duplicate {what}")]
     Duplicate { what: &'static str },
+    /// Found by the reader, which keeps the first value: the other errors are of that one.
+    #[error("duplicate key; each key may appear once in an object")]
+    DuplicateKey,
     #[error("{0}")]
     Rate(RateErrorKind),
     #[error("{0}")]

@@ -10,10 +10,12 @@ mod serialize;
 mod tests;
 mod unique;
 
-pub use compile::{compile, compile_json, lua_largest, LOCAL_EXACT, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES};
+pub use compile::{
+    compile, compile_json, compile_read, lua_largest, LOCAL_EXACT, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES,
+};
 pub use error::{ConfigError, ConfigErrors, Problem};
 pub use glob::{GlobError, GlobErrorKind};
-pub use unique::{parse_json, Unique};
+pub use unique::{parse_json, read, Parsed};
 
 use crate::rate::Limits;
 use crate::strategy::Strategy;

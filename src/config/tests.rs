@@ -82,8 +82,41 @@ fn a_key_written_twice_is_refused_not_overwritten() {
         br#"{"rules": [{"name": "login", "limit": "5/min", "match": {"path": "/login"}, "match": {"path": "/**"}}]}"#,
     )
     .unwrap_err();
-    assert_eq!(e.len(), 1);
-    assert!(e.to_string().contains("duplicate key \"match\""), "{e}");
+    assert_eq!(e.to_string(), "rules[0].match: \"match\": duplicate key; each key may appear once in an object");
+    assert_eq!(e.errors[0].problem, Problem::DuplicateKey);
+}
+
+#[test]
+fn a_key_written_twice_is_reported_at_its_path_beside_every_other_error() {
+    // The first `limit` is the one judged (the second, valid, is only the repeat); the repeat
+    // in the second rule's match gets that rule's index; a header name is quoted as elsewhere.
+    let text = br#"{
+        "namespace": "shop", "namespace": "other",
+        "response": {"headers": {"x y": "1", "x y": "2"}},
+        "rules": [
+            {"name": "api", "limit": "100/fortnight", "limit": "100/min"},
+            {"name": "login", "limit": "5/min", "match": {"path": "/login", "methods": ["GET"], "methods": ["POST"]}, "strategy": "bucket"}
+        ]
+    }"#;
+    let e = compile_json(text).unwrap_err();
+    let got: Vec<String> = e.iter().map(ToString::to_string).collect();
+    let duplicate = "duplicate key; each key may appear once in an object";
+    assert_eq!(
+        got[..4],
+        [
+            format!("namespace: \"namespace\": {duplicate}"),
+            format!("response.headers[\"x y\"]: \"x y\": {duplicate}"),
+            format!("rules[0].limit: \"limit\": {duplicate}"),
+            format!("rules[1].match.methods: \"methods\": {duplicate}"),
+        ],
+        "{e}"
+    );
+    let rest: Vec<&str> = e.iter().skip(4).map(|e| e.path.as_str()).collect();
+    assert_eq!(rest, ["response.headers[\"x y\"]", "rules[0].limit", "rules[1].strategy"], "{e}");
+    assert!(got[5].contains("\"100/fortnight\": unknown unit"), "{e}");
+    // Repeats alone, in a config that is otherwise valid, are still refused.
+    let e = compile_json(br#"{"rules": [{"name": "a", "limit": "1/s", "name": "a"}]}"#).unwrap_err();
+    assert_eq!(e.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["rules[0].name"]);
 }
 
 #[test]

@@ -1,30 +1,75 @@
-//! Configuration text into a `serde_json::Value` that refuses an object naming a key twice.
+//! Configuration text into a `serde_json::Value` that tells of every object naming a key twice.
 //! serde_json (and serde_yaml_ng) keep the last value, so a rule that wrote `match` twice
 //! would silently count what its second `match` says; the filter's JSON and the CLI's YAML
-//! both go through [`Unique`] instead.
+//! both go through [`read`] instead, which keeps the first value and records each repeat as an
+//! error at its path, so that the config is refused with the repeat beside its other errors.
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-/// A value in which no object names a key twice.
-pub struct Unique(pub Value);
+use super::compile::{index, join};
+use super::error::{ConfigError, Problem};
+use crate::rate::quote;
 
-impl<'de> Deserialize<'de> for Unique {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueVisitor).map(Unique)
+/// A document as read: the value (a repeated key holds its first value) and every repeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub value: Value,
+    /// One [`Problem::DuplicateKey`] per key written again, at its path, in document order.
+    pub repeats: Vec<ConfigError>,
+}
+
+/// Reads one value from `deserializer` (JSON, YAML, ...), as [`Parsed`].
+pub fn read<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Parsed, D::Error> {
+    let mut repeats = Vec::new();
+    let value = Seed { at: At::Root, repeats: &mut repeats }.deserialize(deserializer)?;
+    Ok(Parsed { value, repeats })
+}
+
+/// Parses JSON as [`read`] does.
+pub fn parse_json(bytes: &[u8]) -> Result<Parsed, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = read(&mut de)?;
+    de.end()?;
+    Ok(parsed)
+}
+
+/// Where a value is, as links up to the root: a path is spelled out only for a repeat, so
+/// reading a config that has none allocates nothing for paths.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Root,
+    Key(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl At<'_> {
+    /// The path as the compiler's errors spell it (`rules[0].match`).
+    fn path(&self) -> String {
+        match *self {
+            At::Root => String::new(),
+            At::Key(up, key) => join(&up.path(), key),
+            At::Index(up, i) => index(&up.path(), i),
+        }
     }
 }
 
-/// Parses JSON as [`Unique`] does.
-pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
-    serde_json::from_slice::<Unique>(bytes).map(|u| u.0)
+struct Seed<'a, 'r> {
+    at: At<'a>,
+    repeats: &'r mut Vec<ConfigError>,
 }
 
-struct UniqueVisitor;
+impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
+    type Value = Value;
 
-impl<'de> Visitor<'de> for UniqueVisitor {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_, '_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -77,12 +122,12 @@ impl<'de> Visitor<'de> for UniqueVisitor {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        Unique::deserialize(deserializer).map(|u| u.0)
+        self.deserialize(deserializer)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(Unique(item)) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(Seed { at: At::Index(&self.at, items.len()), repeats: self.repeats })? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -91,10 +136,15 @@ impl<'de> Visitor<'de> for UniqueVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            let at = At::Key(&self.at, &key);
             if out.contains_key(&key) {
-                return Err(de::Error::custom(format!("duplicate key {key:?}: each key may appear once in an object")));
+                self.repeats.push(ConfigError { path: at.path(), found: Some(quote(&key)), problem: Problem::DuplicateKey });
+                // Read (it must still be valid text) and dropped, with any repeat inside it:
+                // its paths would name the first value's fields.
+                map.next_value_seed(Seed { at, repeats: &mut Vec::new() })?;
+                continue;
             }
-            let Unique(value) = map.next_value()?;
+            let value = map.next_value_seed(Seed { at, repeats: self.repeats })?;
             out.insert(key, value);
         }
         Ok(Value::Object(out))
@@ -105,14 +155,32 @@ impl<'de> Visitor<'de> for UniqueVisitor {
 mod tests {
     use super::*;
 
+    fn paths(p: &Parsed) -> Vec<(&str, Option<&str>)> {
+        p.repeats.iter().map(|r| (r.path.as_str(), r.found.as_deref())).collect()
+    }
+
     #[test]
-    fn a_key_twice_is_refused_wherever_it_is_and_the_rest_reads_as_serde_json_reads_it() {
-        let text = br#"{"rules": [{"name": "login", "limit": "5/min", "match": {"path": "/login"}, "match": {"path": "/**"}}]}"#;
-        let err = parse_json(text).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("duplicate key \"match\"") && err.contains("column"), "{err}");
-        assert!(parse_json(br#"{"a": {"b": 1, "b": 2}}"#).is_err());
+    fn a_key_twice_keeps_its_first_value_and_is_recorded_at_its_path() {
+        let text = br#"{"rules": [{"name": "a", "limit": "1/s"}, {"name": "login", "limit": "5/min", "match": {"path": "/login"}, "match": {"path": "/**"}}]}"#;
+        let p = parse_json(text).unwrap();
+        assert_eq!(paths(&p), [("rules[1].match", Some("\"match\""))]);
+        assert_eq!(p.repeats[0].problem, Problem::DuplicateKey);
+        assert_eq!(p.value["rules"][1]["match"]["path"], "/login");
+        // At the top, in a key that is not plain, three times, and inside a repeat's own value
+        // (dropped: its path would name the first value's field).
+        let p = parse_json(br#"{"a": 1, "a": {"b": 1, "b": 2}, "h": {"x y": 1, "x y": 2, "x y": 3}}"#).unwrap();
+        assert_eq!(paths(&p), [("a", Some("\"a\"")), ("h[\"x y\"]", Some("\"x y\"")), ("h[\"x y\"]", Some("\"x y\""))]);
+        assert_eq!(p.value, serde_json::json!({"a": 1, "h": {"x y": 1}}));
+        assert_eq!(paths(&parse_json(br#"[{"k": 1, "k": 1}]"#).unwrap()), [("[0].k", Some("\"k\""))]);
+    }
+
+    #[test]
+    fn without_repeats_it_reads_as_serde_json_reads_it() {
         let same = br#"{"a": [1, -2, 3.5, "x", null, true, {"b": {}}], "c": 18446744073709551615}"#;
-        assert_eq!(parse_json(same).ok(), serde_json::from_slice::<Value>(same).ok());
+        let p = parse_json(same).unwrap();
+        assert!(p.repeats.is_empty());
+        assert_eq!(Some(p.value), serde_json::from_slice::<Value>(same).ok());
         assert!(parse_json(br#"{"a": 1} x"#).is_err(), "trailing text");
+        assert!(parse_json(br#"{"a": 1, "a": [}"#).is_err(), "a repeat's value is still read");
     }
 }

@@ -145,9 +145,22 @@ pub fn compile_json(bytes: &[u8]) -> Result<Config, ConfigErrors> {
         return Err(one(Problem::NoConfiguration));
     }
     match super::parse_json(bytes) {
-        Ok(value) => compile(&value),
+        Ok(parsed) => compile_read(&parsed.value, parsed.repeats),
         Err(e) => Err(one(Problem::InvalidJson(e.to_string()))),
     }
+}
+
+/// Compiles a value as [`super::read`] gave it: each key it found written twice (`repeats`) is
+/// an error, reported before every error of the value, which holds each key's first value.
+pub fn compile_read(value: &Value, mut repeats: Vec<ConfigError>) -> Result<Config, ConfigErrors> {
+    let compiled = compile(value);
+    if repeats.is_empty() {
+        return compiled;
+    }
+    if let Err(errors) = compiled {
+        repeats.extend(errors.errors);
+    }
+    Err(ConfigErrors { errors: repeats })
 }
 
 /// Compiles a parsed configuration, reporting every error at once.
@@ -165,7 +178,8 @@ fn one(problem: Problem) -> ConfigErrors {
     ConfigErrors { errors: vec![ConfigError { path: String::new(), found: None, problem }] }
 }
 
-fn join(path: &str, key: &str) -> String {
+/// `path`'s field `key`; a key other than `[A-Za-z0-9_-]+` is quoted: `headers["x y"]`.
+pub(super) fn join(path: &str, key: &str) -> String {
     let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     match (path.is_empty(), plain) {
         (true, true) => key.to_string(),
@@ -174,7 +188,7 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn index(path: &str, i: usize) -> String {
+pub(super) fn index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
