@@ -2,10 +2,13 @@
 //! anywhere, with any judgements, fed as Envoy feeds a body filter (a held buffer grows, a
 //! released one goes on). It must never trap, must keep a small fixed state whatever lengths
 //! the frames claim, and must pass every byte through unchanged when it has nothing to do:
-//! every message admitted (client side) or nothing to tell the client (server side).
+//! every message admitted (client side) or nothing to tell the client (server side). The one
+//! exception is a client frame whose length RFC 6455 forbids: what came before it passes, then
+//! sluice's close (1002) and nothing more.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use sluice::websocket::frame::{Header, Parsed};
 use sluice::websocket::{Advance, Connection, Judgement, Policy};
 
 /// More than a connection ever keeps between callbacks (the unit test measures ~700 bytes).
@@ -46,6 +49,10 @@ fn chunks<'a>(stream: &'a [u8], cuts: &[u8]) -> Vec<&'a [u8]> {
     out.push(rest);
     out
 }
+
+/// sluice's close for a frame length RFC 6455 forbids, as it reaches the server: a masked close
+/// frame with 1002 and the reason (2 + 4 + 2 + 20 bytes).
+const PROTOCOL_CLOSE: usize = 28;
 
 /// Feeds the client's stream; returns what reached the server.
 fn client(conn: &mut Connection, chunks: &[&[u8]], mut admit: impl FnMut() -> bool) -> Vec<u8> {
@@ -96,9 +103,20 @@ fuzz_target!(|data: &[u8]| {
     let chunks = chunks(inp.stream, inp.cuts);
     let policy = || vec![Policy::new(0, "chat", inp.notify, inp.close_after)];
 
-    // Every message admitted: the server gets the client's bytes exactly, however they are cut.
+    // Every message admitted: the server gets the client's bytes exactly, however they are cut,
+    // up to a frame whose length RFC 6455 forbids, which only a close takes the place of.
     let mut conn = Connection::new(policy(), inp.bytes_cost, true, 7);
-    assert_eq!(client(&mut conn, &chunks, || true), inp.stream);
+    let to_server = client(&mut conn, &chunks, || true);
+    if conn.is_closed() {
+        let cut = to_server.len().checked_sub(PROTOCOL_CLOSE).expect("a close went out");
+        assert_eq!(&to_server[..cut], &inp.stream[..cut]);
+        assert!(matches!(Header::parse(&inp.stream[cut..]), Parsed::Header(h) if !h.has_valid_length()));
+        assert_eq!(to_server[cut..cut + 2], [0x88, 0x80 | 22]);
+        // The server's direction now waits for the close's answer: it starts afresh.
+        conn = Connection::new(policy(), inp.bytes_cost, true, 7);
+    } else {
+        assert_eq!(to_server, inp.stream);
+    }
     // Nothing to tell the client: the server's bytes reach it exactly.
     assert_eq!(server(&mut conn, &chunks), inp.stream);
 

@@ -2,7 +2,8 @@
 //! is stopped at its first frame until the limiter has judged it, and a message judged over the
 //! limit is removed whole, frame by frame, at frame boundaries. Control frames (ping, pong,
 //! close) pass uncounted; anything else that is not the next part of an admitted message is
-//! judged as a message of its own, so no byte reaches the server unjudged.
+//! judged as a message of its own, so no byte reaches the server unjudged. A frame whose length
+//! RFC 6455 forbids is reported, never passed: the server may not agree where it ends.
 //!
 //! State across chunks is a few numbers and at most 13 bytes: a chunk that ends inside a frame
 //! header has that partial header cut off and carried to the next chunk (the header decides
@@ -19,6 +20,16 @@ pub enum Advance {
     Ask(Ask),
     /// Every complete header of the buffer has been dealt with.
     End,
+}
+
+/// Where [`ClientStream::advance`] stopped: an [`Advance`], or a frame that fails the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    Ask(Ask),
+    End,
+    /// The frame at hand claims a length over [`super::frame::MAX_PAYLOAD`]: it is held as if
+    /// asked, for [`ClientStream::close`] to take its place.
+    Invalid,
 }
 
 /// A frame waiting for judgement.
@@ -92,21 +103,21 @@ impl ClientStream {
     }
 
     /// Walks the buffer from where it stopped to the next frame needing judgement, or to its end.
-    pub fn advance(&mut self, body: &mut impl Body, reader: &mut Reader) -> Result<Advance, HostError> {
+    pub fn advance(&mut self, body: &mut impl Body, reader: &mut Reader) -> Result<Walk, HostError> {
         if let Some(h) = self.asked {
-            return Ok(Advance::Ask(self.ask_of(&h)));
+            return Ok(if h.has_valid_length() { Walk::Ask(self.ask_of(&h)) } else { Walk::Invalid });
         }
         loop {
             let len = body.len();
             if self.closed {
                 self.edits.drop_range(self.pos, len);
                 self.pos = len;
-                return Ok(Advance::End);
+                return Ok(Walk::End);
             }
             if self.frame_left > 0 {
                 let n = self.frame_left.min((len - self.pos) as u64) as usize;
                 if n == 0 {
-                    return Ok(Advance::End);
+                    return Ok(Walk::End);
                 }
                 if self.frame_drop {
                     self.edits.drop_range(self.pos, self.pos + n);
@@ -116,7 +127,7 @@ impl ClientStream {
                 continue;
             }
             if self.pos >= len {
-                return Ok(Advance::End);
+                return Ok(Walk::End);
             }
             if self.edits.len() >= edits_before_rewrite(self.pos) {
                 self.pos = self.edits.apply(body, self.pos).ok_or(HostError)?;
@@ -124,8 +135,12 @@ impl ClientStream {
                 continue;
             }
             let Parsed::Header(h) = Header::parse(reader.at(body, self.pos, MAX_HEADER).ok_or(HostError)?) else {
-                return Ok(Advance::End);
+                return Ok(Walk::End);
             };
+            if !h.has_valid_length() {
+                self.asked = Some(h);
+                return Ok(Walk::Invalid);
+            }
             match (self.open, h.opcode) {
                 _ if h.is_valid_control() => self.pass(&h, false),
                 (Some(true), CONTINUATION) => {
@@ -143,7 +158,7 @@ impl ClientStream {
                 }
                 _ => {
                     self.asked = Some(h);
-                    return Ok(Advance::Ask(self.ask_of(&h)));
+                    return Ok(Walk::Ask(self.ask_of(&h)));
                 }
             }
         }
@@ -193,7 +208,8 @@ impl ClientStream {
         }
     }
 
-    /// `close` (a close frame) replaces the asked frame, and nothing after it reaches the server.
+    /// `close` (a close frame) replaces the asked (or invalid) frame, and nothing after it
+    /// reaches the server.
     pub fn close(&mut self, close: Vec<u8>) {
         if self.asked.take().is_some() {
             self.edits.insert(self.pos, close);

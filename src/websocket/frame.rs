@@ -1,6 +1,6 @@
 //! RFC 6455 frame headers: reading one from the bytes at hand (or learning that more are needed),
 //! and writing the frames sluice injects. Payloads are never read here: a frame's length is a
-//! number to count down, never a size to allocate, so a header announcing 2^63 bytes costs
+//! number to count down, never a size to allocate, so a header announcing 2^63 - 1 bytes costs
 //! nothing until the bytes arrive.
 
 /// Continuation of a fragmented data message.
@@ -15,11 +15,15 @@ pub const PONG: u8 = 0xA;
 pub const MAX_HEADER: usize = 14;
 /// RFC 6455 §5.5: a control frame carries at most 125 payload bytes.
 pub const MAX_CONTROL_PAYLOAD: u64 = 125;
+/// RFC 6455 §5.2: the most significant bit of a 64-bit payload length must be 0.
+pub const MAX_PAYLOAD: u64 = u64::MAX >> 1;
 /// RSV1: set on the first frame of a message compressed by permessage-deflate (RFC 7692).
 pub const RSV1: u8 = 0b100;
 
 /// Status code of a close for a policy violation (RFC 6455 §7.4.1).
 pub const POLICY_VIOLATION: u16 = 1008;
+/// Status code of a close for a protocol error (RFC 6455 §7.4.1).
+pub const PROTOCOL_ERROR: u16 = 1002;
 
 /// One frame's header, as it was on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +49,8 @@ pub enum Parsed {
 
 impl Header {
     /// Reads the header at the start of `bytes`. Any bytes form some header: validity is the
-    /// endpoints' business; what the proxy needs is where each frame ends.
+    /// endpoints' business; what the proxy needs is where each frame ends. A length over
+    /// [`MAX_PAYLOAD`] is read as the number it spells; the caller decides ([`Header::has_valid_length`]).
     pub fn parse(bytes: &[u8]) -> Parsed {
         let (Some(&b0), Some(&b1)) = (bytes.first(), bytes.get(1)) else { return Parsed::Need(2) };
         let masked = b1 & 0x80 != 0;
@@ -82,6 +87,13 @@ impl Header {
     /// bytes. Anything else that claims to be control is not let past uncounted.
     pub fn is_valid_control(&self) -> bool {
         matches!(self.opcode, CLOSE | PING | PONG) && self.fin && self.payload_len <= MAX_CONTROL_PAYLOAD
+    }
+
+    /// Whether endpoints agree on where the frame ends: a length with its top bit set may be
+    /// read as negative or as 63 bits, so a server could see a short frame and then frames the
+    /// proxy never counts.
+    pub fn has_valid_length(&self) -> bool {
+        self.payload_len <= MAX_PAYLOAD
     }
 
     /// Header and payload: the frame's whole length on the wire (saturating).
@@ -190,9 +202,23 @@ mod tests {
 
     #[test]
     fn a_huge_claimed_length_is_only_a_number() {
-        let h = parsed(&[0x82, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(h.payload_len, u64::MAX);
-        assert_eq!(h.frame_len(), u64::MAX);
+        let h = parsed(&[0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]);
+        assert_eq!(h.payload_len, MAX_PAYLOAD);
+        assert_eq!(h.frame_len(), MAX_PAYLOAD + 14);
+        assert!(h.has_valid_length());
+    }
+
+    #[test]
+    fn a_length_with_its_top_bit_set_is_parsed_and_invalid() {
+        for (b1, lead) in [(0x7f, 0x80), (0xff, 0x80), (0x7f, 0xff)] {
+            let mut bytes = vec![0x82, b1, lead, 0, 0, 0, 0, 0, 0, 0];
+            bytes.extend_from_slice(&[1, 2, 3, 4][..usize::from(b1 >> 7) * 4]);
+            let h = parsed(&bytes);
+            assert_eq!(h.payload_len >> 56, u64::from(lead));
+            assert!(!h.has_valid_length(), "{bytes:?}");
+        }
+        // The shorter forms cannot reach the top bit.
+        assert!(parsed(&[0x82, 0x7e, 0xff, 0xff]).has_valid_length());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! chunks. A [`Connection`] follows both directions frame by frame ([`client`], [`server`]),
 //! stops each client message at its first frame until the limiter has judged it, and carries
 //! out the judgement: the message goes on, is removed whole (optionally replaced by a ping whose
-//! pong brings the client a notice), or the connection is closed with 1008 on both sides.
+//! pong brings the client a notice), or the connection is closed with 1008 on both sides. A
+//! client frame whose length RFC 6455 forbids closes it with 1002.
 //!
 //! Pure: the host lends the buffers ([`Body`]) and the time, and asks the limiter.
 //!
@@ -30,7 +31,7 @@ pub use body::Body;
 pub use client::{Advance, Ask, HostError};
 
 use body::Reader;
-use client::ClientStream;
+use client::{ClientStream, Walk};
 use server::ServerStream;
 
 /// A few bytes kept between chunks (a partial header, a partial control frame).
@@ -209,7 +210,14 @@ impl Connection {
     /// Call [`Connection::judge`] on an ask, and again until [`Advance::End`].
     pub fn client_advance(&mut self, body: &mut impl Body) -> Result<Advance, HostError> {
         self.client.begin(body)?;
-        self.client.advance(body, &mut self.reader)
+        loop {
+            match self.client.advance(body, &mut self.reader)? {
+                Walk::Ask(ask) => return Ok(Advance::Ask(ask)),
+                Walk::End => return Ok(Advance::End),
+                // Once closed, the walk drops the rest and ends.
+                Walk::Invalid => self.close(frame::PROTOCOL_ERROR, "invalid frame length"),
+            }
+        }
     }
 
     /// Ends a client body callback: `Ok(true)` when the stream must stay held (the host
@@ -265,9 +273,7 @@ impl Connection {
         }
         let name = name.unwrap_or_default();
         if close {
-            let reason = close_reason(&name);
-            self.client.close(frame::close_frame(frame::POLICY_VIOLATION, &reason, Some(self.mask())));
-            self.server.close = Some(frame::close_frame(frame::POLICY_VIOLATION, &reason, None));
+            self.close(frame::POLICY_VIOLATION, &close_reason(&name));
             return Fate::Closed;
         }
         let ping = if notify {
@@ -278,6 +284,13 @@ impl Connection {
         };
         self.client.drop_message(ping);
         Fate::Dropped
+    }
+
+    /// Closes both ways in place of the asked frame: the server gets a close now, the client
+    /// gets one in place of the server's answer.
+    fn close(&mut self, code: u16, reason: &str) {
+        self.client.close(frame::close_frame(code, reason, Some(self.mask())));
+        self.server.close = Some(frame::close_frame(code, reason, None));
     }
 
     /// Deals with a chunk of the server's bytes (never held).

@@ -416,6 +416,72 @@ fn protocol_breakers_are_judged_not_let_through() {
     assert!(sim.to_server.is_empty());
 }
 
+/// A header claiming a 64-bit length with its top bit set (`lead`: the length's first byte),
+/// then bytes a server reading the length as 63 bits or signed would take for frames.
+fn top_bit_frame(b0: u8, masked: bool, lead: u8) -> Vec<u8> {
+    let mut out = vec![b0, if masked { 0xff } else { 0x7f }, lead, 0, 0, 0, 0, 0, 0, 2];
+    if masked {
+        out.extend_from_slice(&[5, 6, 7, 8]);
+    }
+    out.extend_from_slice(&[0x81, 0x00]);
+    out
+}
+
+#[test]
+fn a_length_with_its_top_bit_set_closes_both_ways_with_1002() {
+    let part = |fin, payload: &[u8]| {
+        encode(&RefFrame { fin, rsv1: false, opcode: 1, payload: payload.into(), mask: Some([9, 8, 7, 6]), wide: false })
+    };
+    // What comes before, whether its message is admitted, payload-byte costs, the frame's byte 0.
+    let cases = [
+        (vec![], true, false, 0x81),
+        (part(true, b"one"), true, false, 0x82),
+        (part(true, b"one"), true, false, 0x89),
+        (part(true, b"one"), true, false, 0x88),
+        (part(true, b"one"), true, false, 0x8b),
+        (part(false, b"par"), true, false, 0x80),
+        (part(false, b"par"), false, false, 0x80),
+        (part(false, b"par"), true, true, 0x00),
+        (part(false, b"par"), true, false, 0x89),
+    ];
+    let mut reason = 1002u16.to_be_bytes().to_vec();
+    reason.extend_from_slice(b"invalid frame length");
+    for (before, admit, bytes, b0) in &cases {
+        for (masked, lead) in [(true, 0x80), (false, 0xff)] {
+            for (bytewise, defer) in [(false, false), (true, false), (false, true), (true, true)] {
+                let what =
+                    format!("{b0:#x} after {before:?} (admitted {admit}), masked {masked}, bytewise {bytewise}, defer {defer}");
+                let mut rest = top_bit_frame(*b0, masked, lead);
+                rest.extend(wire(&[msg("after")]));
+                let mut sim = Sim::new(conn(false, None, *bytes), vec![*admit]);
+                // Deferred, the frame arrives while its stream is held for the judgement before it.
+                sim.chunk(before, false, defer);
+                if bytewise {
+                    for b in &rest {
+                        sim.chunk(std::slice::from_ref(b), false, false);
+                    }
+                } else {
+                    sim.chunk(&rest, false, false);
+                }
+                sim.answer();
+                assert_eq!(sim.asks.len(), usize::from(!before.is_empty()), "never judged: {what}");
+                let mut want = if *admit { decode(before).unwrap() } else { Vec::new() };
+                want.push((true, false, 8, reason.clone()));
+                assert_eq!(decode(&sim.to_server).unwrap(), want, "{what}");
+                assert!(!sim.held && sim.conn.is_closed(), "{what}");
+                let sent = sim.to_server.len();
+                sim.chunk(&wire(&[msg("late")]), false, false);
+                assert_eq!(sim.to_server.len(), sent, "nothing more reaches the server: {what}");
+                // The server answers the close; the client gets sluice's in its place.
+                let mut down = frame::close_frame(1002, "bye", None);
+                down.extend(frame::frame(frame::TEXT, b"late", None));
+                sim.conn.server_chunk(&mut down, false).unwrap();
+                assert_eq!(decode(&down).unwrap(), vec![(true, false, 8, reason.clone())], "{what}");
+            }
+        }
+    }
+}
+
 /// The figure for the note: what one connection keeps between callbacks, whatever its
 /// frames claim. Deterministic (no clock, no randomness): `cargo test -p sluice --lib
 /// memory_per_connection -- --nocapture` prints it, natively and (with `--target

@@ -1,0 +1,57 @@
+//! The real filter (sluice.wasm) on a WebSocket connection's frames, through the body callbacks
+//! as Envoy hands them over after an upgrade.
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde_json::json;
+use sluice::websocket::frame;
+use sluice_harness::HttpResponse;
+
+use common::sluice;
+
+#[test]
+fn a_frame_length_with_its_top_bit_set_closes_the_connection_with_1002() {
+    // RFC 6455 forbids the top bit of a 64-bit length. A server reading the length as 63 bits
+    // would see an empty frame and then a text frame the filter never counted.
+    let mut bad = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3, 4];
+    bad.extend(frame::frame(frame::TEXT, b"", Some([1, 2, 3, 4])));
+    let mut client = frame::frame(frame::TEXT, b"one", Some([5, 6, 7, 8]));
+    client.extend(&bad);
+    client.extend(frame::frame(frame::TEXT, b"after", Some([5, 6, 7, 8])));
+
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let upstream = Rc::clone(&seen);
+    let rule = json!({"name": "chat", "per": "message", "match": {"path": "/ws/**"}, "limit": "100/min",
+                      "strategy": "fixed_window", "identifier": "global"});
+    let mut host = sluice()
+        .config(json!({"rules": [rule]}).to_string())
+        .upstream(move |req| {
+            *upstream.borrow_mut() = req.body.clone();
+            // The server answers the close it gets with its own.
+            HttpResponse::new(101)
+                .header("upgrade", "websocket")
+                .header("connection", "Upgrade")
+                .body(frame::close_frame(1002, "", None))
+        })
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    let resp = host.request("GET", "/ws/chat").header("upgrade", "websocket").body(client).send();
+
+    let mut reason = 1002u16.to_be_bytes().to_vec();
+    reason.extend_from_slice(b"invalid frame length");
+    let mut want = frame::frame(frame::TEXT, b"one", Some([5, 6, 7, 8]));
+    let close_at = want.len();
+    let to_server = seen.borrow().clone();
+    assert_eq!(&to_server[..close_at], &want[..], "the message before it passes");
+    // Sluice's close, masked with its own key: unmask to compare.
+    let (head, payload) = to_server[close_at..].split_at(6);
+    assert_eq!(&head[..2], &[0x88, 0x80 | reason.len() as u8], "then a close, and nothing else: {to_server:?}");
+    let mut payload = payload.to_vec();
+    frame::apply_mask(&mut payload, [head[2], head[3], head[4], head[5]], 0);
+    assert_eq!(payload, reason);
+    want = frame::close_frame(1002, "invalid frame length", None);
+    assert_eq!((resp.status, resp.body), (101, want), "the client gets sluice's close in place of the server's");
+}
