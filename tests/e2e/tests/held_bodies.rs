@@ -6,12 +6,23 @@
 use std::io::Write;
 use std::net::TcpListener;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice_e2e::{adapt, add_cluster, bootstrap, free_port, read_message, send_raw, Envoy};
+use sluice_e2e::{adapt, add_cluster, bootstrap, free_port, read_message, send_raw, wait_until, Envoy};
 
 const LIMIT: Duration = Duration::from_secs(5);
+
+/// Requests Envoy's router handed to the cluster `upstream`: each one is counted when the router
+/// takes it, in the callback that let it through, before it is written to the upstream.
+fn routed(envoy: &Envoy) -> u64 {
+    // Pending (no connection yet) and attached (on a connection) are counted apart; a request
+    // counted pending is counted again when it attaches, so the sum only says whether any came.
+    ["cluster.upstream.upstream_rq_total", "cluster.upstream.upstream_rq_pending_total"]
+        .iter()
+        .map(|name| envoy.stat_if_present(name).unwrap_or_else(|| panic!("no stat {name} on the admin port")))
+        .sum()
+}
 
 /// An upstream that answers 200 to every request and hands over each request line it read.
 fn upstream() -> (u16, mpsc::Receiver<String>) {
@@ -55,7 +66,7 @@ fn black_hole() -> u16 {
 
 #[test]
 fn a_body_arriving_while_redis_decides_does_not_carry_the_request_on() {
-    let (up_port, seen) = upstream();
+    let (up_port, _seen) = upstream();
     let gateway = black_hole();
     let config = json!({"namespace": "held", "redis": {"cluster": "sluice_gateway", "timeout_ms": 400},
         "rules": [{"name": "api", "limit": "100/minute", "backend": "redis", "on_error": "deny"}]});
@@ -69,15 +80,21 @@ fn a_body_arriving_while_redis_decides_does_not_carry_the_request_on() {
     let answer = send_raw(envoy.port, b"POST /api/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5\r\n\r\nhello")
         .expect("an answer from Envoy");
     assert_eq!(answer.status, 429, "Redis never answered and on_error is deny: {answer:?}");
-    assert_eq!(seen.recv_timeout(Duration::from_millis(500)).ok(), None, "the request must not reach the upstream");
+    // Had the body carried it on, the router would have counted it before the denial was sent.
+    assert_eq!(routed(&envoy), 0, "the request must not reach the upstream");
     assert!(!envoy.log_text().contains("panicked"));
 }
+
+/// How long the queued request waits: one request per `PERIOD` (bucket of one), so the second
+/// goes on a `PERIOD` after the first was admitted. Long, so that the test sees it held even
+/// when a busy machine is slow to look.
+const PERIOD: Duration = Duration::from_secs(2);
 
 #[test]
 fn a_queued_request_keeps_its_body_until_its_turn() {
     let (up_port, seen) = upstream();
-    let config = json!({"rules": [{"name": "api", "limit": "1/s", "identifier": "global",
-        "strategy": {"type": "leaky_bucket_queue", "burst": 1, "max_delay": "3s"}}]});
+    let config = json!({"rules": [{"name": "api", "limit": format!("1/{}s", PERIOD.as_secs()), "identifier": "global",
+        "strategy": {"type": "leaky_bucket_queue", "burst": 1, "max_delay": "5s"}}]});
     let mut boot = bootstrap("local.yaml");
     adapt(&mut boot, Some(&config));
     add_cluster(&mut boot, "upstream", up_port);
@@ -88,12 +105,23 @@ fn a_queued_request_keeps_its_body_until_its_turn() {
         let body = format!("POST /api/{n} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5\r\n\r\nhello");
         std::thread::spawn(move || send_raw(port, body.as_bytes()))
     };
+    // The first is admitted after this, so the second's turn is at least a PERIOD after it.
+    let sent_first = Instant::now();
     let first = post(1).join().expect("first").expect("an answer");
     assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(seen.recv_timeout(LIMIT).ok().as_deref(), Some("POST /api/1 HTTP/1.1"));
-    // The second is queued for about a second; its body, sent with it, must wait with it.
+    let before = routed(&envoy);
+
+    // The second is queued; its body, sent with it, must wait with it. The filter counts it
+    // allowed when it decides, and hands the count to Envoy at its next tick: a request let
+    // through then (on its headers or its body) would have reached the router already, in the
+    // callback that decided it. So once the count shows it, the router must not have it.
     let second = post(2);
-    assert_eq!(seen.recv_timeout(Duration::from_millis(300)).ok(), None, "the queued request went on at once");
-    assert_eq!(seen.recv_timeout(LIMIT).ok().as_deref(), Some("POST /api/2 HTTP/1.1"));
+    wait_until(LIMIT, || envoy.stat("wasmcustom.sluice.rule.api.allowed") == 2).expect("the second request was never decided");
+    assert_eq!(routed(&envoy), before, "the queued request went on at once");
+    assert_eq!(seen.recv_timeout(LIMIT).ok().as_deref(), Some("POST /api/2 HTTP/1.1"), "the queued request never went on");
+    // Its delay is rounded up to the ms, on the filter's clock: a few ms of slack.
+    let waited = sent_first.elapsed();
+    assert!(waited + Duration::from_millis(10) >= PERIOD, "the queued request went on after {waited:?}, before its turn");
     assert_eq!(second.join().expect("second").expect("an answer").status, 200);
 }
