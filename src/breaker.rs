@@ -1,17 +1,20 @@
 //! The Redis circuit breaker: one state per proxy, shared by all its workers through the
-//! shared-data store, so that when Redis fails every worker stops calling it at once and one
-//! probe at a time finds out when it is back.
+//! shared-data store, so that when Redis fails every worker stops calling it at once and a few
+//! probes (`half_open_probes` at a time, 1 by default) find out when it is back.
 //!
 //! closed --(failure_threshold consecutive failures)--> open
 //! open --(open_ms elapsed)--> half-open: up to `half_open_probes` calls in flight
 //! half-open --(success_threshold successes)--> closed; --(any failure)--> open
 //!
 //! A request is one call, whatever passes it takes (a dry pass then a write pass, a retry after
-//! NOSCRIPT): it is recorded once, when its last pass ends. A gathered callout that fails is one
-//! failure, however many requests it carried. A probe whose request went away
-//! before its answer (the client hung up) gives its place back without counting. A probe lost
-//! with its VM is replaced once it cannot still be in flight: `max(open_ms, timeout_ms)` plus
-//! [`LATE_ANSWER_MS`] after it started, so `half_open_probes` is never exceeded.
+//! NOSCRIPT): it is recorded once, when its last pass ends (or when it ends first, if an earlier
+//! pass found a failure). A gathered callout is one call too: its ordinary requests are recorded
+//! as one success or one failure, however many it carried, and each probe among them on its
+//! own; one that fails is one failure in all (its other probes give their places back). A probe
+//! whose request went away before its answer (the client hung up) gives its place back without
+//! counting. A probe lost with its VM is replaced once it cannot still be in flight:
+//! `max(open_ms, timeout_ms)` plus [`LATE_ANSWER_MS`] after it started, so `half_open_probes`
+//! is never exceeded.
 
 use crate::store::{with_retries, SharedStore, StoreError, CREATE_TOKEN};
 

@@ -88,10 +88,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(2..=1024 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
-    /// Most commands accepted in one POST /pipeline; longer pipelines get 400. At least 64: a
-    /// busy filter gathers up to that many requests' commands into one call.
+    /// Most commands accepted in one POST /pipeline; longer pipelines get 400. At least 128,
+    /// the most rules a filter config may have: a request sends all its Redis rules' commands
+    /// in one call.
     #[arg(long, env = "SLUICE_GATEWAY_MAX_PIPELINE", default_value_t = 128,
-          value_parser = clap::value_parser!(u64).range(sluice::redis::wire::GATHERED_COMMANDS as u64..=100_000))]
+          value_parser = clap::value_parser!(u64).range(MIN_PIPELINE..=100_000))]
     pub max_pipeline: u64,
 
     /// On SIGTERM/SIGINT the gateway stops accepting connections and lets requests in flight
@@ -254,6 +255,12 @@ pub enum ListenError {
     OpenWithDevToken(SocketAddr),
 }
 
+/// The least `--max-pipeline`: the most rules a filter config may have. A busy filter gathers at most
+/// [`sluice::redis::wire::GATHERED_COMMANDS`] commands into one call, but a request that meets
+/// more Redis rules than that sends them all in a call of its own; a smaller cap would answer
+/// that call with 400 every time, and the request would follow `on_error`.
+pub const MIN_PIPELINE: u64 = sluice::config::MAX_RULES as u64;
+
 /// The token of the shipped examples and bootstraps: public, so good on loopback only.
 pub const DEV_TOKEN: &str = "sluice-dev-token";
 
@@ -320,14 +327,36 @@ mod tests {
         assert!(Config::try_parse_from(["sluice-gateway", "--timeout-ms", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--listen", "nowhere"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--max-pipeline", "0"]).is_err());
-        // Below what the filter gathers into one call, a busy proxy's calls would get 400.
-        assert!(Config::try_parse_from(["sluice-gateway", "--max-pipeline", "63"]).is_err());
-        let at_least = Config::try_parse_from(["sluice-gateway", "--max-pipeline", "64"]);
-        assert_eq!(at_least.map(|c| c.max_pipeline).ok(), Some(64));
         assert!(Config::try_parse_from(["sluice-gateway", "--max-connections", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--header-read-timeout-ms", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--max-header-bytes", "100"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--max-concurrent-streams", "0"]).is_err());
         assert!(Config::try_parse_from(["sluice-gateway", "--redis-calls", "eval"]).is_err());
+    }
+
+    /// Below the most rules a config may have, a request meeting that many Redis rules (one
+    /// call, never split) would be refused with 400 every time.
+    #[test]
+    fn max_pipeline_fits_a_request_of_every_rule() {
+        let pipeline = |n: u64| Config::try_parse_from(["sluice-gateway", "--max-pipeline", &n.to_string()]);
+        for refused in [63, 64, 127] {
+            assert!(pipeline(refused).is_err(), "--max-pipeline {refused}");
+        }
+        assert_eq!(pipeline(128).map(|c| c.max_pipeline).ok(), Some(128));
+        assert_eq!(pipeline(MIN_PIPELINE).map(|c| c.max_pipeline).ok(), Some(MIN_PIPELINE));
+    }
+
+    /// [`MIN_PIPELINE`] is the filter's own bound: a config of that many Redis rules compiles,
+    /// one more does not.
+    #[test]
+    fn min_pipeline_is_the_filters_most_rules() {
+        let config = |n: u64| {
+            let rules: Vec<String> = (0..n).map(|i| format!(r#"{{"name":"r{i}","limit":"1/s","backend":"redis"}}"#)).collect();
+            let json = format!(r#"{{"redis":{{"cluster":"gw"}},"rules":[{}]}}"#, rules.join(","));
+            sluice::config::compile_json(json.as_bytes())
+        };
+        assert!(config(MIN_PIPELINE).is_ok());
+        let too_many = config(MIN_PIPELINE + 1).unwrap_err().to_string();
+        assert!(too_many.contains(&format!("at most {MIN_PIPELINE}")), "{too_many}");
     }
 }

@@ -616,19 +616,19 @@ async fn bearer_token_is_required() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_limits_and_wrong_paths() {
     let redis = RedisServer::start();
-    // 64 is the least --max-pipeline allowed: what a busy filter gathers into one call.
-    let (_gw, http) = gateway_for(&redis, &["--max-body-bytes", "16384", "--max-pipeline", "64"]).await;
+    // 128 is the least --max-pipeline allowed: the most rules one request may send.
+    let (_gw, http) = gateway_for(&redis, &["--max-body-bytes", "32768", "--max-pipeline", "128"]).await;
 
-    let big = json!((1..=200).map(call).collect::<Vec<_>>()).to_string();
-    assert!(big.len() > 16384);
+    let big = json!((1..=400).map(call).collect::<Vec<_>>()).to_string();
+    assert!(big.len() > 32768);
     let (status, body) = http.post_raw("/pipeline", big, &[]).await;
     assert_eq!(status, 413, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("16384 bytes")));
-    let long = json!((1..=65).map(call).collect::<Vec<_>>());
-    assert!(long.to_string().len() < 16384);
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("32768 bytes")));
+    let long = json!((1..=129).map(call).collect::<Vec<_>>());
+    assert!(long.to_string().len() < 32768);
     let (status, body) = http.post("/pipeline", long).await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("at most 64")), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("at most 128")), "{body}");
     assert_eq!(dbsize(redis.port), "0");
 
     assert_eq!(http.post("/nowhere", call(1)).await.0, 404);

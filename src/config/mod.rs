@@ -11,7 +11,7 @@ mod tests;
 mod unique;
 
 pub use compile::{
-    compile, compile_json, compile_read, lua_largest, LOCAL_EXACT, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES,
+    compile, compile_json, compile_read, lua_largest, LOCAL_EXACT, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES, MAX_RULES,
 };
 pub use error::{ConfigError, ConfigErrors, Problem};
 pub use glob::{GlobError, GlobErrorKind};

@@ -1,7 +1,8 @@
 //! The request path, around one compiled rule each ([`rule`]): which rules apply and why not
 //! ([`applies`]), local decisions in shared data ([`local`]) and the worker's memo of the
-//! denials among them ([`memo`]), remote decisions in Redis ([`remote`]), and the verdict
-//! ([`verdict`]). Pure: the host hands in the request view, the store and the time.
+//! denials among them ([`memo`]), remote decisions in Redis ([`remote`]) and the cache of the
+//! denials Redis gave ([`deny`]), and the verdict ([`verdict`]). Pure: the host hands in the
+//! request view, the store and the time.
 
 mod applies;
 mod deny;
@@ -129,8 +130,9 @@ impl Limiter {
         self.plan.reads_many_headers()
     }
 
-    /// The shared-data key prefix of a rule's slot table (`<namespace>:<rule>:`, the rule that
-    /// holds the table it shares).
+    /// The shared-data key prefix of a rule's slot table: `<namespace>:identity#<hash>:` for
+    /// the table the enforced local rules of one identifier share, else `<namespace>:<rule>:`
+    /// (docs/architecture.md, "Contracts: keys").
     pub fn table_prefix(&self, rule: usize) -> Option<&str> {
         self.rules.get(rule).map(|c| c.table.prefix.as_str())
     }

@@ -47,8 +47,10 @@ struct Root {
 }
 
 impl Root {
-    /// Calls sent from the root: gathered ones, and a WebSocket message's sent while the tick
-    /// released its stream.
+    /// Calls sent from the root: gathered ones. A WebSocket message's call is sent as its
+    /// connection's own context, even when a root's tick released its stream
+    /// (`websocket::release_due`), and is answered there, never here; one that came here
+    /// anyway would still find its connection.
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         if !batch::answer(token_id, num_headers, body_size) {
             websocket::answer_at_root(token_id, num_headers, body_size);

@@ -51,10 +51,11 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
 }
 
-/// The most commands sluice puts in one `/pipeline` call: the requests a busy worker gathers
-/// into one callout are split at this size, and sluice-gateway refuses a `--max-pipeline` below
-/// it (a smaller one would answer a gathered call with 400, and every request in it would fall
-/// to `on_error`).
+/// The most commands a busy worker gathers into one `/pipeline` call: the requests it gathers
+/// are split at this size. Not the most one call carries: a request that meets more Redis rules
+/// than this (a config may have 128) sends all their commands in a call of its own, so
+/// sluice-gateway refuses a `--max-pipeline` below the most rules a config may have (a smaller
+/// one would answer that request's every call with 400, and it would fall to `on_error`).
 pub const GATHERED_COMMANDS: usize = 64;
 
 /// `POST /pipeline` of `commands` to `authority`, with `Authorization: Bearer <token>` when one

@@ -1,7 +1,9 @@
 //! The one list of strategies: each one's config name, the parameters it takes and what the Lua
 //! script receives of them. The config compiler, the normalized output, the shared case table,
 //! the Redis calling convention and the tests all read it here; adding a strategy is a variant
-//! and an entry in this file, its module (the pure decision) and its Lua mirror.
+//! and an entry in this file, its module (the pure decision), its Lua mirror and its text tag
+//! in `src/redis/state.rs` (without which the Redis module would read its keys as never seen;
+//! docs/architecture.md, "Adding a strategy", lists the rest).
 
 /// Which algorithm a rule uses, with its parameters (already validated by the config compiler).
 #[derive(Debug, Clone, PartialEq, Eq)]
