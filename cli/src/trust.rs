@@ -25,8 +25,9 @@ pub fn warnings(config: &Config) -> Vec<Warning> {
     if config.identity_secret.is_none() {
         out.push(Warning {
             path: "identity_secret".into(),
-            message: "not set: identities are hashed with the public default key, so a client can compute values whose hash \
-                      lands on another client's counter; set a secret of your own, the same on every proxy"
+            message: "not set: identities are hashed with the public default key, so a client can compute values whose \
+                      slots crowd another client's and, with a few requests, evict its count (it starts afresh); set a secret \
+                      of your own, the same on every proxy"
                 .into(),
         });
     }

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use crate::command::{CommandKind, RunAs, REASONS};
 
+/// The reason a request whose body could not be read (a broken chunked encoding, a client gone
+/// half-way) is refused for, beside the body's own (`command::REASONS`).
+pub const BODY_UNREADABLE: &str = "body";
+
 /// The endpoints, as they appear in the `endpoint` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Endpoint {
@@ -267,7 +271,8 @@ impl Metrics {
         self.redis_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request refused before anything reached Redis (400), for `reason`.
+    /// A request refused before anything reached Redis (400), for `reason`: one of
+    /// `command::REASONS`, or [`BODY_UNREADABLE`].
     pub fn refused(&self, reason: &'static str) {
         let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         *refused.entry(reason).or_insert(0) += 1;
@@ -331,7 +336,7 @@ impl Metrics {
         writeln!(out, "# HELP sluice_gateway_refused_total Requests refused with 400 before anything reached Redis, by reason.")?;
         writeln!(out, "# TYPE sluice_gateway_refused_total counter")?;
         let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for reason in REASONS {
+        for reason in REASONS.into_iter().chain([BODY_UNREADABLE]) {
             refused.entry(reason).or_insert(0);
         }
         for (reason, n) in refused {
@@ -417,7 +422,7 @@ impl Metrics {
             ),
             (
                 "sluice_gateway_malformed_requests_total",
-                "Requests refused before routing: bad HTTP syntax, or headers over --max-header-bytes (431).",
+                "HTTP/1.1 requests refused before routing: bad syntax, or headers over --max-header-bytes (431). An h2c header block over it is answered 431 by the HTTP/2 library and not counted.",
                 &self.malformed,
             ),
             ("sluice_gateway_health_probes_total", "PINGs sent to Redis to answer GET /healthz.", &self.health_probes),
@@ -511,6 +516,7 @@ mod tests {
         assert_eq!(get(r#"sluice_gateway_redis_errors_total{kind="timeout"}"#), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_refused_total{reason="script"}"#), Some(2.0));
         assert_eq!(get(r#"sluice_gateway_refused_total{reason="command"}"#), Some(0.0), "every reason is shown from the start");
+        assert_eq!(get(r#"sluice_gateway_refused_total{reason="body"}"#), Some(0.0));
         assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="noscript",outcome="loaded"}"#), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="start",outcome="failed"}"#), Some(1.0));
         assert_eq!(get(r#"sluice_gateway_script_loads_total{trigger="start",outcome="loaded"}"#), Some(0.0));

@@ -23,7 +23,7 @@ use crate::command::{self, parse_command, parse_pipeline, Command, RequestError,
 use crate::config::{Config, ListenError};
 use crate::conn::{self, Limits, Stop};
 use crate::health::{Finding, Health};
-use crate::metrics::{ClientTimeout, Endpoint, Metrics, RedisErrorKind};
+use crate::metrics::{ClientTimeout, Endpoint, Metrics, RedisErrorKind, BODY_UNREADABLE};
 use crate::reply::{to_json, Encoding, ReplyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +212,10 @@ impl Gateway {
         match tokio::time::timeout(self.body_timeout, read_limited(body, headers, self.max_body)).await {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(BodyError::TooLarge)) => Err(Rejection::TooLarge(self.max_body)),
-            Ok(Err(BodyError::Read(msg))) => Err(Rejection::Unreadable(msg)),
+            Ok(Err(BodyError::Read(msg))) => {
+                self.metrics.refused(BODY_UNREADABLE);
+                Err(Rejection::Unreadable(msg))
+            }
             Err(_) => {
                 self.metrics.client_timeout(ClientTimeout::Body);
                 Err(Rejection::BodyTimeout(self.body_timeout))

@@ -162,9 +162,17 @@ impl CompiledRule {
         Some(o)
     }
 
-    /// Remembers that Redis denied `o` (a call sent at `sent_us`) until its retry-after. Best
-    /// effort: a lost race or a full table only means the next request asks Redis.
-    pub(super) fn remember_denial(&self, o: &RuleOutcome, store: &impl SharedStore, copies: &Copies, sent_us: u64, now_us: u64) {
+    /// Remembers that Redis denied `o` (a call sent at `sent_us`) until its retry-after, and
+    /// tells `o` whether that created or took over a slot (the table's keys are counted with the
+    /// rules'). Best effort: a lost race or a full table only means the next request asks Redis.
+    pub(super) fn remember_denial(
+        &self,
+        o: &mut RuleOutcome,
+        store: &impl SharedStore,
+        copies: &Copies,
+        sent_us: u64,
+        now_us: u64,
+    ) {
         let retry_ms = o.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0);
         // Less the millisecond a retry-after is rounded up by.
         let until_us = sent_us.saturating_add(retry_ms.saturating_sub(1).saturating_mul(1000));
@@ -179,7 +187,9 @@ impl CompiledRule {
             let outcome = Outcome { decision: Decision::default(), state: Some(State::from_vec(denial.encode())), ttl_us };
             (vec![outcome], true)
         };
-        let _ = self.deny.update(store, o.identity.hash, now_us, record);
+        if let Ok(u) = self.deny.update(store, o.identity.hash, now_us, record) {
+            (o.created_slot, o.evicted_slot) = (u.created, u.evicted);
+        }
         copies.keep(o.rule, o.identity.hash, denial);
     }
 }

@@ -79,12 +79,16 @@ impl Limiter {
     }
 
     /// Adds the outcomes of `group` to `into`, from what its table returned (the slot's
-    /// creation told once).
+    /// creation or eviction told once).
     fn group_outcomes(&self, group: &[&Applied], result: Result<Updated<Decided>, StoreError>, into: &mut Vec<RuleOutcome>) {
         match result {
             Ok(u) => {
+                let first = into.len();
                 for (i, (a, (_, o))) in group.iter().zip(u.outcomes).enumerate() {
                     into.push(self.local_outcome(a, Ok((decisions(o), u.created && i == 0))));
+                }
+                if let (true, Some(o)) = (u.evicted, into.get_mut(first)) {
+                    o.evicted_slot = true;
                 }
             }
             Err(e) => into.extend(group.iter().map(|a| self.local_outcome(a, Err(e.clone())))),
@@ -106,9 +110,9 @@ impl Limiter {
             if let Some(mine) = mine {
                 self.own.saw(mine, p.seen());
             }
-            let created = p.created();
+            let (created, evicted) = (p.created(), p.evicts());
             let outcomes = self.commit(first, store, p, now_us)?;
-            Ok(Updated { outcomes, created })
+            Ok(Updated { outcomes, created, evicted })
         });
         self.group_outcomes(group, result, into);
     }
@@ -201,7 +205,7 @@ impl Limiter {
         match prepared {
             Ok(mut p) => {
                 // The outcomes become the decisions in place; committing needs only the write.
-                let updated = Updated { outcomes: std::mem::take(&mut p.outcomes), created: p.created() };
+                let updated = Updated { outcomes: std::mem::take(&mut p.outcomes), created: p.created(), evicted: p.evicts() };
                 let before = into.len();
                 self.group_outcomes(group, Ok(updated), into);
                 if let Some(mine) = into.get(before..).filter(|o| o.iter().any(|o| !o.allowed)) {
@@ -292,6 +296,11 @@ impl Limiter {
             .collect();
         let on_copy = |p: &Option<Prepared>| p.as_ref().is_some_and(|p| p.guessed().is_some());
         if decided.iter().any(|o| !o.allowed) {
+            // Nothing is written: a slot another group would have created or taken was not (a
+            // group alone that denies writes nothing).
+            if groups.len() > 1 {
+                decided.iter_mut().for_each(|o| (o.created_slot, o.evicted_slot) = (false, false));
+            }
             return if prepared.first().is_some_and(on_copy) { None } else { Some((decided, true)) };
         }
         let mut stored = Vec::with_capacity(rules);

@@ -308,7 +308,7 @@ impl Limiter {
             self.fell_apart(&mut p, &failed, e);
         }
         let deny_cache = self.redis().is_some_and(|r| r.deny_cache);
-        for o in outcomes.iter().filter(|o| deny_cache && !o.allowed) {
+        for o in outcomes.iter_mut().filter(|o| deny_cache && !o.allowed) {
             self.rules[o.rule].remember_denial(o, store, &self.denials, p.sent_us, now_us);
         }
         // A shadow rule's failure says nothing of the limits in force.

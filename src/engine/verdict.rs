@@ -23,8 +23,12 @@ pub struct RuleOutcome {
     pub allowed: bool,
     /// The store failed and `on_error` decided.
     pub store_error: bool,
-    /// This request created the identity's slot in shared data.
+    /// This request created the identity's slot in shared data (its count's, or the deny
+    /// cache's): set only for a slot actually written, whether or not the request went through.
     pub created_slot: bool,
+    /// This request's write took another identity's slot, forgetting its live count (every
+    /// slot the identity may take was held).
+    pub evicted_slot: bool,
     /// Denied by the deny cache: Redis denied the identity earlier and the denial still holds.
     pub from_cache: bool,
 }
@@ -39,6 +43,7 @@ impl RuleOutcome {
             allowed,
             store_error: false,
             created_slot: false,
+            evicted_slot: false,
             from_cache: false,
         }
     }

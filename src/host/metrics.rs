@@ -1,5 +1,6 @@
-//! The filter's counters in Envoy's stats (`wasmcustom.sluice.rule.<name>.<what>` and
-//! `wasmcustom.sluice.local.slots_created`), batched per worker and handed over at each tick:
+//! The filter's counters in Envoy's stats (`wasmcustom.sluice.rule.<name>.<what>`,
+//! `wasmcustom.sluice.local.slots_created` and `.evictions`), batched per worker and handed
+//! over at each tick:
 //! a host call per request saved, stats at most one flush period late. A message rule counts
 //! `messages_admitted`, `messages_dropped` and `messages_shadow_limited` where a request rule
 //! counts `allowed`, `limited` and `shadow_limited`, and `connections_closed` besides.
@@ -8,7 +9,7 @@ use std::cell::RefCell;
 
 use super::abi;
 
-use crate::engine::{Limiter, Verdict};
+use crate::engine::{Limiter, RuleOutcome, Verdict};
 
 thread_local! {
     /// Increments not yet handed to Envoy: (metric id, count).
@@ -41,9 +42,12 @@ pub(super) struct Metrics {
     per_rule: Vec<Option<([u32; 5], bool)>>,
     /// connections_closed per message rule.
     closed: Vec<Option<u32>>,
-    /// Shared-data slots created, all rules: the store's key count (each key is a few dozen
-    /// bytes; the cap is rules × `local.max_clients`).
+    /// Shared-data slots created, all rules and their deny caches: the store's key count (each
+    /// key is a few dozen bytes; the cap is `local.max_clients` per table).
     slots_created: Option<u32>,
+    /// Slots taken from an identity whose count still lived, every slot the newcomer could take
+    /// being held: that count is forgotten, a sign of a table too small for its identities.
+    evictions: Option<u32>,
 }
 
 impl Metrics {
@@ -65,36 +69,53 @@ impl Metrics {
             })
             .collect();
         let slots_created = abi::define_counter("sluice.local.slots_created").ok();
-        Metrics { per_rule, closed, slots_created }
+        let evictions = abi::define_counter("sluice.local.evictions").ok();
+        Metrics { per_rule, closed, slots_created, evictions }
     }
 
     pub fn count(&self, verdict: &Verdict) {
         self.count_outcomes(verdict, matches!(verdict, Verdict::Admit { .. }));
     }
 
-    /// One WebSocket message's verdict.
-    pub fn count_message(&self, verdict: &Verdict, delivered: bool) {
-        self.count_outcomes(verdict, delivered);
+    /// One WebSocket message's verdict, or with payload-byte costs one frame's: a later frame
+    /// of a message (`continuation`) is part of one already counted as admitted, and counts
+    /// everything else (store errors, shadow limits, slots).
+    pub fn count_message(&self, verdict: &Verdict, delivered: bool, continuation: bool) {
+        self.count_outcomes(verdict, delivered && !continuation);
     }
 
-    /// A request or message that was not let through counts only against the rules that
-    /// denied it: the others' admission was a dry run that consumed nothing and created no slot.
-    fn count_outcomes(&self, verdict: &Verdict, through: bool) {
+    /// Counts as allowed only what is `admitted`: a request or message that was not let through
+    /// counts only against the rules that denied it, the others' admission being a dry run that
+    /// consumed nothing. A slot counts whenever the outcome says one was written, let through
+    /// or not: a denied request may have made some (the deny cache's, or a table's written
+    /// before another table's second look denied the request).
+    fn count_outcomes(&self, verdict: &Verdict, admitted: bool) {
         for o in verdict.outcomes() {
             let Some(Some((ids, shadow))) = self.per_rule.get(o.rule) else { continue };
             match (o.allowed, shadow) {
-                (true, _) if through => add(ids[0]),
+                (true, _) if admitted => add(ids[0]),
                 (true, _) => {}
                 (false, false) => add(ids[1]),
                 (false, true) => add(ids[2]),
             }
-            if o.store_error {
-                add(ids[3]);
+            // Most outcomes have none of these: one test for all of them.
+            if o.store_error | o.from_cache | o.created_slot | o.evicted_slot {
+                self.count_rare(o, ids);
             }
-            if o.from_cache {
-                add(ids[4]);
-            }
-            if let (true, true, Some(id)) = (through, o.created_slot, self.slots_created) {
+        }
+    }
+
+    /// What an outcome says besides its decision: a store error, a cached denial, a slot
+    /// created or taken from another identity.
+    #[cold]
+    fn count_rare(&self, o: &RuleOutcome, ids: &[u32; 5]) {
+        for (happened, id) in [
+            (o.store_error, Some(ids[3])),
+            (o.from_cache, Some(ids[4])),
+            (o.created_slot, self.slots_created),
+            (o.evicted_slot, self.evictions),
+        ] {
+            if let (true, Some(id)) = (happened, id) {
                 add(id);
             }
         }

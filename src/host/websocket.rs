@@ -62,8 +62,9 @@ type Call = (u32, u32, Weak<RefCell<Ws>>);
 thread_local! {
     /// The held client streams; the tick arrives at the root, so this is the worker's table.
     static HOLDS: RefCell<Vec<Hold>> = const { RefCell::new(Vec::new()) };
-    /// Every message call out, by token: one sent while the root's tick released a held stream
-    /// is answered at the root, which finds its connection here.
+    /// Every message call out, by token. Each is sent as its connection's own context (its own
+    /// callbacks, or the tick's release run as it: [`release_due`]) and answered there; only
+    /// [`answer_at_root`] looks a call up here, and no path sends one from a root.
     static CALLS: RefCell<Vec<Call>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -249,10 +250,7 @@ fn judge(shared: &Shared, conn: &mut Connection, ask: Ask, verdict: Verdict, now
         Judgement::Admit { .. } => Vec::new(),
     };
     let fate = conn.judge(ask, j, now);
-    // A continuation frame (payload-byte costs) is part of a message already counted.
-    if !ask.continuation || fate != Fate::Admitted {
-        shared.metrics.count_message(&verdict, fate == Fate::Admitted);
-    }
+    shared.metrics.count_message(&verdict, fate == Fate::Admitted, ask.continuation);
     if fate == Fate::Closed {
         for r in violated {
             shared.metrics.count_closed(r);
@@ -423,9 +421,10 @@ pub(super) fn on_call_response(ctx: u32, ws: &WsRef, token: u32, num_headers: us
     }
 }
 
-/// The answer to a message's call that arrived at the root (sent while the root's tick released
-/// its stream): carried on as on the connection's own context, under its own config. False if
-/// the call is not one.
+/// The answer to a message's call that arrived at the root: carried on as on the connection's
+/// own context, under its own config. False if the call is not one, which is always so today:
+/// a tick releases a held stream as the connection's own context ([`release_due`]), so every
+/// message's call is answered to the connection, never at a root.
 pub(super) fn answer_at_root(token: u32, num_headers: usize, body_size: usize) -> bool {
     let Some((ctx, weak)) = call_in(token) else { return false };
     // The connection may be gone (client hung up): its drop has let go of the decision.

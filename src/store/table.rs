@@ -288,12 +288,14 @@ enum Found {
     /// The identity's own live slot.
     Own { key: String, cas: u32, value: Vec<u8>, tag: u64, home: bool, passed: Vec<Probed> },
     /// A slot that may be taken: never written (`cas` None), expired, or evicted (`evicted`:
-    /// the slot as read, whose marks the write keeps).
-    Free { key: String, cas: Option<u32>, home: bool, passed: Vec<Probed>, evicted: Option<Vec<u8>> },
+    /// the slot as read, whose marks the write keeps, and whether it held a live count).
+    Free { key: String, cas: Option<u32>, home: bool, passed: Vec<Probed>, evicted: Option<(Vec<u8>, bool)> },
 }
 
 /// The rank of a free slot ([`Probed::rank`]).
 const FREE: (u8, u64) = (0, 0);
+/// The first part of the rank of a slot holding a live count.
+const COUNTED: u8 = 2;
 
 /// A slot read while looking for the identity's.
 struct Probed {
@@ -319,6 +321,9 @@ pub struct Updated<T = Outcomes> {
     pub outcomes: T,
     /// A slot that had never been written was created (the table grew by one key).
     pub created: bool,
+    /// The slot was taken from another identity whose count still lived (every probe held):
+    /// that count is forgotten.
+    pub evicted: bool,
 }
 
 /// A decision taken on a slot's content as read (or as the worker wrote it), not yet stored
@@ -368,12 +373,20 @@ struct Write {
     bytes: Vec<u8>,
     /// The key is the identity's home slot, the first a read probes.
     home: bool,
+    /// The slot is another identity's, whose live count this write forgets.
+    evicts: bool,
 }
 
 impl Prepared {
     /// Committing it creates a slot that had never been written (the table grows by one key).
     pub fn created(&self) -> bool {
         self.write.as_ref().is_some_and(|w| w.cas.is_none())
+    }
+
+    /// Committing it forgets another identity's live count, its slot taken because every probe
+    /// was held (a slot only marked holds no count: taking it forgets nothing).
+    pub fn evicts(&self) -> bool {
+        self.write.as_ref().is_some_and(|w| w.evicts)
     }
 
     /// The slot the decision was taken on, when nothing is to be written (`None` if the
@@ -465,7 +478,7 @@ impl Table {
                     return Ok(Found::Own { key, cas, value, tag, home: probe == 0, passed: read });
                 }
                 Some(s) => match (Self::live(&s, now_us), Self::mark(&s, now_us)) {
-                    (true, mark) => ((2, s.expires_us), mark.is_some_and(guards)),
+                    (true, mark) => ((COUNTED, s.expires_us), mark.is_some_and(guards)),
                     (false, Some(until)) => ((1, until), guards(until)),
                     (false, None) => (FREE, false),
                 },
@@ -497,7 +510,8 @@ impl Table {
         #[cfg(any(test, feature = "fuzzing"))]
         EVICTIONS.with(|n| n.set(n.get() + 1));
         let victim = read.swap_remove(at);
-        Found::Free { key: victim.key, cas: Some(victim.cas), home: at == 0, passed: Vec::new(), evicted: Some(victim.value) }
+        let evicted = Some((victim.value, victim.rank.0 == COUNTED));
+        Found::Free { key: victim.key, cas: Some(victim.cas), home: at == 0, passed: Vec::new(), evicted }
     }
 
     /// The marks a write beyond the slots `passed` must make first: on each, unless its mark
@@ -509,7 +523,7 @@ impl Table {
         passed
             .into_iter()
             .filter(|p| !p.guarded)
-            .map(|p| Write { bytes: marked(&p.value, now_us), key: p.key, cas: Some(p.cas), home: false })
+            .map(|p| Write { bytes: marked(&p.value, now_us), key: p.key, cas: Some(p.cas), home: false, evicts: false })
             .collect()
     }
 
@@ -545,10 +559,11 @@ impl Table {
         let Some(mut writing) = writing else {
             return Ok(Prepared { outcomes, write: None, marks: Vec::new(), read: value, basis });
         };
-        if let Some(victim) = evicted.as_deref().and_then(decode) {
+        if let Some(victim) = evicted.as_ref().and_then(|(value, _)| decode(value)) {
             writing.keep(victim.marks(now_us));
         }
-        let write = Write { key, cas, bytes: writing.done(), home };
+        let evicts = evicted.is_some_and(|(_, counted)| counted);
+        let write = Write { key, cas, bytes: writing.done(), home, evicts };
         Ok(Prepared { outcomes, write: Some(write), marks: Self::marks(passed, now_us), read: None, basis })
     }
 
@@ -582,7 +597,7 @@ impl Table {
         let (outcomes, Some(writing)) = self.build(Some(&copy.bytes), identity, now_us, tag, &mut decide) else {
             return Err(copy);
         };
-        let write = Write { key: copy.key, cas: Some(token), bytes: writing.done(), home: true };
+        let write = Write { key: copy.key, cas: Some(token), bytes: writing.done(), home: true, evicts: false };
         let basis = Basis::Copy { mine: copy.mine, token };
         Ok(Prepared { outcomes, write: Some(write), marks: Vec::new(), read: None, basis })
     }
@@ -658,8 +673,8 @@ impl Table {
         with_retries(&self.prefix, || {
             let prepared = self.prepare_entries(store, identity, now_us, 0, &mut decide)?;
             self.commit(store, &prepared)?;
-            let created = prepared.created();
-            Ok(Updated { outcomes: prepared.outcomes, created })
+            let (created, evicted) = (prepared.created(), prepared.evicts());
+            Ok(Updated { outcomes: prepared.outcomes, created, evicted })
         })
     }
 
@@ -669,7 +684,8 @@ impl Table {
         F: FnMut(&[&[u8]]) -> (Outcomes, bool),
     {
         let u = self.update_entries(store, identity, now_us, self.own(decide))?;
-        Ok(Updated { outcomes: u.outcomes.into_iter().next().map(|(_, o)| o).unwrap_or_default(), created: u.created })
+        let outcomes = u.outcomes.into_iter().next().map(|(_, o)| o).unwrap_or_default();
+        Ok(Updated { outcomes, created: u.created, evicted: u.evicted })
     }
 
     /// Reads this rule's current states for the identity without writing (used to pre-check
@@ -814,11 +830,14 @@ mod tests {
         let store = MemStore::default();
         let t = table(2);
         t.update(&store, 0, 0, count_to(5)).unwrap(); // slot 0, expires at 1s
-        t.update(&store, 1, 500_000, count_to(5)).unwrap(); // slot 1, expires at 1.5s
-        t.update(&store, 2, 600_000, count_to(5)).unwrap(); // evicts identity 0
+        let second = t.update(&store, 1, 500_000, count_to(5)).unwrap(); // slot 1, expires at 1.5s
+        assert!(second.created && !second.evicted);
+        let third = t.update(&store, 2, 600_000, count_to(5)).unwrap(); // evicts identity 0
+        assert!(third.evicted && !third.created, "the write says it forgot a live count");
         assert_eq!(count(&store, &t, 0, 600_000), 0);
         assert_eq!(count(&store, &t, 1, 600_000), 1);
         assert_eq!(count(&store, &t, 2, 600_000), 1);
+        assert!(!t.update(&store, 2, 600_000, count_to(5)).unwrap().evicted, "its own slot now");
     }
 
     #[test]
@@ -1043,9 +1062,9 @@ mod tests {
         // names 11: its count is gone, and the slot must not become its own again.
         t.update(&store, 5, 1_500_000, count_for(10_000_000)).unwrap();
         assert_eq!((slot(0), slot(1)), (Some((5, None)), Some((0, Some(1_500_000 + GUARD_US)))));
-        // 7 (home 1) finds both held and evicts the slot only marked (no count is lost), not
-        // 5's; the mark stays on it.
-        t.update(&store, 7, 1_600_000, count_to(5)).unwrap();
+        // 7 (home 1) finds both held and evicts the slot only marked (no count is lost, so the
+        // write says it evicted none), not 5's; the mark stays on it.
+        assert!(!t.update(&store, 7, 1_600_000, count_to(5)).unwrap().evicted);
         assert_eq!((slot(0), slot(1)), (Some((5, None)), Some((7, Some(1_500_000 + GUARD_US)))));
         assert_eq!((count(&store, &t, 5, 1_600_000), count(&store, &t, 7, 1_600_000)), (1, 1));
         // Once 7's count and the mark have expired, the slot is free again.

@@ -295,6 +295,83 @@ fn a_limited_request_counts_as_allowed_nowhere() {
     assert_eq!(host.metric("sluice.local.slots_created"), Some(3), "one slot per rule's identity, for the request let through");
 }
 
+/// Shared-data keys holding slots (every key but the clock's and the breaker's).
+fn slot_keys(host: &sluice_harness::Host) -> i64 {
+    host.shared_keys().iter().filter(|k| k.rsplit(':').next().is_some_and(|slot| slot.parse::<u32>().is_ok())).count() as i64
+}
+
+/// A request whose first table was written before its second, looked at again after another
+/// worker wrote it, denies: the request is limited, but the slot it created in the first table
+/// is there, and counted.
+#[test]
+fn a_slot_created_by_a_request_denied_afterwards_is_counted() {
+    let wide = json!({"name": "wide", "limit": "5/min", "strategy": "fixed_window", "identifier": "global"});
+    let narrow = json!({"name": "narrow", "limit": "1/min", "strategy": "fixed_window"});
+    let mut host = host(&json!({"rules": [wide, narrow]}), 2);
+    // Worker 0 runs until it is about to write its second table (narrow's); worker 1's request
+    // then goes whole, taking narrow's only unit, and worker 0's write misses.
+    let mut first_write: Option<String> = None;
+    let schedule = Schedule::Custom(Box::new(move |ready| {
+        let Some(ours) = ready.iter().position(|r| r.worker == 0) else { return 0 };
+        if let sluice_harness::Point::SharedSet { key, .. } = &ready[ours].at {
+            if first_write.get_or_insert_with(|| key.clone()) != key {
+                return ready.iter().position(|r| r.worker == 1).unwrap_or(ours);
+            }
+        }
+        ours
+    }));
+    let reqs = vec![Request::get("/").source("10.0.0.1:1").on_worker(0), Request::get("/").source("10.0.0.1:2").on_worker(1)];
+    let statuses: Vec<u16> = host.run(reqs, schedule).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 200], "the race was not forced");
+    host.advance(Duration::from_secs(1));
+    assert_eq!(slot_keys(&host), 2, "{:?}", host.shared_keys());
+    assert_eq!(host.metric("sluice.local.slots_created"), Some(2), "wide's by the limited request, narrow's by the other");
+}
+
+/// The deny cache keeps Redis' denials in a slot table of its own: its keys count too.
+#[test]
+fn a_denial_the_deny_cache_keeps_counts_its_slot() {
+    let config = json!({
+        "redis": {"cluster": "sluice_gateway", "timeout_ms": 100},
+        "rules": [{"name": "r", "limit": "5/min", "identifier": "global", "backend": "redis"}],
+    });
+    let mut host = common::sluice()
+        .config(config.to_string())
+        .on_http_call(|_| {
+            let body = r#"[{"result":[0,[0,0,1000,1000,0,1000]]}]"#;
+            sluice_harness::CalloutReply::Respond(sluice_harness::HttpResponse::ok().body(body))
+        })
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    assert_eq!(host.request("GET", "/").send().status, 429);
+    assert_eq!(host.request("GET", "/").send().status, 429, "answered from the deny cache");
+    assert_eq!(host.callouts().len(), 1);
+    host.advance(Duration::from_millis(200));
+    assert_eq!(host.metric("sluice.rule.r.cached_denials"), Some(1));
+    assert_eq!(slot_keys(&host), 1, "{:?}", host.shared_keys());
+    assert_eq!(host.metric("sluice.local.slots_created"), Some(1));
+}
+
+/// A table of 4 slots: each identity may take any of them, so the fifth client finds all held
+/// and takes the one expiring first, forgetting that client's count.
+#[test]
+fn a_full_table_counts_its_evictions() {
+    let rule = json!({"name": "api", "limit": "1/min", "strategy": "fixed_window"});
+    let mut host = host(&json!({"local": {"max_clients": 4}, "rules": [rule]}), 1);
+    for client in 1..=4 {
+        assert!(host.request("GET", "/").source(&format!("10.0.0.{client}:1")).send().admitted());
+    }
+    host.advance(Duration::from_secs(1));
+    assert_eq!(host.metric("sluice.local.evictions"), Some(0), "{:?}", host.metrics());
+    assert!(host.request("GET", "/").source("10.0.0.5:1").send().admitted());
+    host.advance(Duration::from_secs(1));
+    assert_eq!(host.metric("sluice.local.evictions"), Some(1));
+    assert_eq!(host.metric("sluice.local.slots_created"), Some(4));
+    // The evicted client counts afresh: a second request of its in the minute is admitted.
+    let again: Vec<bool> = (1..=4).map(|c| host.request("GET", "/").source(&format!("10.0.0.{c}:1")).send().admitted()).collect();
+    assert!(again.contains(&true), "{again:?}");
+}
+
 #[test]
 fn clients_are_told_apart_by_address_and_rules_matched_by_route_name() {
     // The two properties the filter reads: `source.address` (the default identity) and

@@ -5,6 +5,7 @@ mod common;
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use serde_json::json;
 use sluice::websocket::frame;
@@ -54,4 +55,29 @@ fn a_frame_length_with_its_top_bit_set_closes_the_connection_with_1002() {
     assert_eq!(payload, reason);
     want = frame::close_frame(1002, "invalid frame length", None);
     assert_eq!((resp.status, resp.body), (101, want), "the client gets sluice's close in place of the server's");
+}
+
+/// With payload-byte costs each later frame of a message is judged on its own: it is not a new
+/// message to count as admitted, but what else it does counts (here a shadow rule it takes over
+/// its limit).
+#[test]
+fn a_later_frame_over_a_shadow_byte_limit_counts_as_shadow_limited_not_as_another_message() {
+    let mut first = frame::frame(frame::TEXT, b"123456", Some([1, 2, 3, 4]));
+    first[0] &= 0x7f; // no FIN: a continuation follows
+    let mut client = first;
+    client.extend(frame::frame(frame::CONTINUATION, b"789012", Some([1, 2, 3, 4])));
+    let rule = json!({"name": "bytes", "per": "message", "match": {"path": "/ws/**"}, "limit": "10/min",
+                      "cost": "payload_bytes", "shadow": true, "strategy": "fixed_window", "identifier": "global"});
+    let mut host = sluice()
+        .config(json!({"rules": [rule]}).to_string())
+        .upstream(|_| HttpResponse::new(101).header("upgrade", "websocket").header("connection", "Upgrade"))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    let resp = host.request("GET", "/ws/chat").header("upgrade", "websocket").body(client).send();
+    assert_eq!(resp.status, 101);
+    // Counts reach the host from the filter's tick.
+    host.advance(Duration::from_secs(1));
+    let stat = |what: &str| host.metric(&format!("sluice.rule.bytes.{what}")).unwrap_or(0);
+    assert_eq!((stat("messages_admitted"), stat("messages_shadow_limited")), (1, 1), "{:?}", host.metrics());
+    assert_eq!(stat("messages_dropped"), 0);
 }
