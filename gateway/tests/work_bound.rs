@@ -5,9 +5,10 @@
 //! clock is given (the test builds of both), so each case is the same on every run: a call that
 //! reads eight full logs whose oldest entry has just expired and writes them back full, and a
 //! batch of eight fixed-window calls naming 64 full logs, sent dry (as the filter's first pass).
-//! Run it with (the module's test build first: `cargo build -p sluice-redis-module --features
-//! testing --profile redis-module-testing`)
-//! `cargo test -p sluice-gateway --test work_bound -- --ignored --nocapture`.
+//! Run it against an optimized test build of the module (the test profile is unoptimized):
+//! `cargo build --release -p sluice-redis-module --features testing --target-dir target/work-bound`,
+//! then, from the repository, `SLUICE_REDIS_MODULE_TESTING=$PWD/target/work-bound/release/libsluice_redis.so cargo test -p
+//! sluice-gateway --test work_bound -- --ignored --nocapture`.
 // A measurement may fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
