@@ -35,6 +35,9 @@ pub struct Pending {
     /// counted. Empty otherwise.
     kept: Vec<Option<Reply>>,
     fell: u8,
+    /// The breaker has heard of this request already: a rule in force went unanswered in its
+    /// dry pass, told with that pass's call, so the pass that writes tells nothing more.
+    told: bool,
 }
 
 impl Pending {
@@ -51,12 +54,6 @@ impl Pending {
     /// The Redis rules whose reply was an error.
     fn fell(&self) -> &[usize] {
         &self.redis[self.redis.len() - usize::from(self.fell)..]
-    }
-
-    /// A rule in force went unanswered in an earlier pass: a failure the breaker hears of when
-    /// the request's last pass ends, or when the request ends first.
-    fn fell_in_force(&self, limiter: &Limiter) -> bool {
-        self.fell().iter().any(|&i| !limiter.rules[self.applied[i].rule].is_shadow())
     }
 
     /// This call is a half-open breaker's probe: its result is what the breaker waits for.
@@ -176,6 +173,7 @@ impl Limiter {
             sent_us: now_us,
             kept: Vec::new(),
             fell: 0,
+            told: false,
         };
         self.set_commands(&mut p);
         Step::Redis(p)
@@ -312,7 +310,8 @@ impl Limiter {
             self.rules[o.rule].remember_denial(o, store, &self.denials, p.sent_us, now_us);
         }
         // A shadow rule's failure says nothing of the limits in force.
-        let ok = !p.fell_in_force(self);
+        // A shadow rule's failure says nothing of the limits in force.
+        let ok = !p.fell().iter().any(|&i| !self.rules[p.applied[i].rule].is_shadow());
         outcomes.extend(self.on_error_outcomes(&p.applied, p.fell()));
         let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
         if p.dry && !denied {
@@ -335,7 +334,14 @@ impl Limiter {
                 return Resumed::Done(self.verdict(outcomes, true));
             }
             // Every rule that answered admits: now decide for real, without those that did
-            // not. The breaker hears of this call once, when that pass ends.
+            // not. A rule in force that went unanswered is a failure of this call, told with it
+            // now (a client that leaves before the write takes nothing away, and the requests of
+            // one call are one failure); otherwise the breaker hears of the request when the
+            // pass that writes ends.
+            if !ok {
+                self.hear(&p, false, heard, store, now_us);
+                p.told = true;
+            }
             p.dry = false;
             p.sent_us = now_us;
             self.set_commands(&mut p);
@@ -363,6 +369,9 @@ impl Limiter {
     /// through `heard`.
     fn hear(&self, p: &Pending, ok: bool, heard: &mut Heard, store: &impl SharedStore, now_us: u64) {
         let Some(b) = self.breaker() else { return };
+        if p.told {
+            return;
+        }
         // A call of shadow rules alone says nothing of the limits in force, either way: a
         // probe gives its place back.
         if p.shadows_only(self) {
@@ -408,20 +417,18 @@ impl Limiter {
     /// rules' `on_error` without counting again, and a probe gives its place back. One failed
     /// call is one failure, however many requests it carried.
     pub fn resume_failed_together(&self, p: Pending, store: &impl SharedStore, now_us: u64) -> Verdict {
-        self.abandon(&p, store, now_us);
+        self.abandon(&p, store);
         self.redis_failed(&p.applied, store, now_us)
     }
 
     /// The request waiting on `p` ended before Redis answered (the client went away): a probe
-    /// gives its place back to the breaker, counting neither way, unless an earlier pass of the
-    /// request found a rule in force unanswered: that failure, which would have been told when
-    /// the request's last pass ended, is told now.
-    pub fn abandon(&self, p: &Pending, store: &impl SharedStore, now_us: u64) {
-        let Some(b) = self.breaker() else { return };
-        if p.fell_in_force(self) {
-            b.record(store, p.permit, false, now_us);
-        } else {
-            b.abandon(store, p.permit);
+    /// gives its place back to the breaker, counting neither way (a failure its dry pass found
+    /// was told then).
+    pub fn abandon(&self, p: &Pending, store: &impl SharedStore) {
+        if let Some(b) = self.breaker() {
+            if !p.told {
+                b.abandon(store, p.permit);
+            }
         }
     }
 

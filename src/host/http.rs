@@ -170,7 +170,7 @@ pub(super) fn answered_at_root(
     heard: &mut Heard,
 ) {
     if abi::set_effective_context(ctx).is_err() {
-        shared.limiter.abandon(&pending, &EnvoyShared, now);
+        shared.limiter.abandon(&pending, &EnvoyShared);
         return;
     }
     let settled = match answer {
@@ -278,7 +278,7 @@ impl Drop for Http {
             gone.push((shared.clone(), p));
         }
         for (shared, pending) in gone {
-            shared.limiter.abandon(&pending, &EnvoyShared, now_us());
+            shared.limiter.abandon(&pending, &EnvoyShared);
         }
     }
 }

@@ -441,7 +441,7 @@ pub(super) fn abandon(ws: &WsRef) {
     CALLS.with(|c| c.borrow_mut().retain(|(_, _, w)| w.upgrade().is_some_and(|w| !Rc::ptr_eq(&w, ws))));
     let mut w = ws.borrow_mut();
     if let Some((p, _, _)) = w.waiting.take() {
-        w.shared.limiter.abandon(&p, &EnvoyShared, now_us());
+        w.shared.limiter.abandon(&p, &EnvoyShared);
     }
 }
 
