@@ -6,12 +6,17 @@
 
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use super::compile::{index, join};
 use super::error::{ConfigError, Problem};
 use crate::rate::quote;
+
+/// The repeats recorded: the config is refused with the first 16 named, however many it has, so that a config of repeats costs its reader no more than its own size.
+const MAX_REPEATS: usize = 16;
+/// A key's length in a path before it is cut (as [`quote`] cuts the found text).
+const MAX_KEY_IN_PATH: usize = 60;
 
 /// A document as read: the value (a repeated key holds its first value) and every repeat.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +55,9 @@ impl At<'_> {
     fn path(&self) -> String {
         match *self {
             At::Root => String::new(),
+            // A key past a readable length is cut, as the found text is: a config of long keys
+            // repeated must not make every repeat's path as long as the config.
+            At::Key(up, key) if key.len() > MAX_KEY_IN_PATH => format!("{}[{}]", up.path(), quote(key)),
             At::Key(up, key) => join(&up.path(), key),
             At::Index(up, i) => index(&up.path(), i),
         }
@@ -138,10 +146,12 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
         while let Some(key) = map.next_key::<String>()? {
             let at = At::Key(&self.at, &key);
             if out.contains_key(&key) {
-                self.repeats.push(ConfigError { path: at.path(), found: Some(quote(&key)), problem: Problem::DuplicateKey });
+                if self.repeats.len() < MAX_REPEATS {
+                    self.repeats.push(ConfigError { path: at.path(), found: Some(quote(&key)), problem: Problem::DuplicateKey });
+                }
                 // Read (it must still be valid text) and dropped, with any repeat inside it:
                 // its paths would name the first value's fields.
-                map.next_value_seed(Seed { at, repeats: &mut Vec::new() })?;
+                map.next_value::<IgnoredAny>()?;
                 continue;
             }
             let value = map.next_value_seed(Seed { at, repeats: self.repeats })?;
@@ -172,6 +182,19 @@ mod tests {
         assert_eq!(paths(&p), [("a", Some("\"a\"")), ("h[\"x y\"]", Some("\"x y\"")), ("h[\"x y\"]", Some("\"x y\""))]);
         assert_eq!(p.value, serde_json::json!({"a": 1, "h": {"x y": 1}}));
         assert_eq!(paths(&parse_json(br#"[{"k": 1, "k": 1}]"#).unwrap()), [("[0].k", Some("\"k\""))]);
+    }
+
+    /// A config of repeats costs no more than its size: at most [`MAX_REPEATS`] are recorded,
+    /// a long key is cut in their paths, and a repeat's own value is only read.
+    #[test]
+    fn a_config_of_repeats_is_refused_at_the_cost_of_its_size() {
+        let long = "k".repeat(100_000);
+        let inner: String = (0..1000).map(|_| r#""a": {"b": 0, "b": 0}"#).collect::<Vec<_>>().join(",");
+        let text = format!(r#"{{"{long}": {{{inner}}}, "{long}": {{{inner}}}}}"#);
+        let p = parse_json(text.as_bytes()).unwrap();
+        assert_eq!(p.repeats.len(), MAX_REPEATS);
+        assert!(p.repeats.iter().all(|r| r.path.len() < 200), "{:?}", p.repeats[0].path);
+        assert!(p.repeats[0].path.starts_with("[\"kkk") && p.repeats[0].path.contains('…'), "{}", p.repeats[0].path);
     }
 
     #[test]
