@@ -7,8 +7,8 @@
 //! half-open --(success_threshold successes)--> closed; --(any failure)--> open
 //!
 //! A request is one call, whatever passes it takes (a dry pass then a write pass, a retry after
-//! NOSCRIPT): it is recorded once, when its last pass ends (or when it ends first, if an earlier
-//! pass found a failure). A gathered callout is one call too: its ordinary requests are recorded
+//! NOSCRIPT): it is recorded once, with its dry pass's call if that found a rule in force
+//! unanswered, else when its last pass ends. A gathered callout is one call too: its ordinary requests are recorded
 //! as one success or one failure, however many it carried, and each probe among them on its
 //! own; one that fails is one failure in all (its other probes give their places back). A probe
 //! whose request went away before its answer (the client hung up) gives its place back without
