@@ -28,7 +28,8 @@ impl LimitText {
     }
 }
 
-/// One limit of one rule, as decided for this request.
+/// One limit of one rule, as decided for this request: only the limits of rules whose
+/// `advertise` shows them are reported (a rule kept out has no texts to report them with).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reported<'a> {
     pub text: &'a LimitText,
@@ -84,7 +85,7 @@ pub fn reset_secs(d: &Decision) -> u64 {
     }
 }
 
-/// The rate limit header fields for the given limits.
+/// The rate limit header fields for the given limits; none without any.
 pub fn rate_limit_headers(mode: HeaderMode, reported: &[Reported<'_>]) -> Vec<Field> {
     let mut out = Vec::new();
     write_rate_limit_headers(mode, reported, &mut out);
@@ -144,12 +145,23 @@ pub struct LocalResponse {
 
 /// The limited response: `Retry-After` (whole seconds, ceil, ≥ 1), rate limit fields, the
 /// configured extra headers, and the configured body or an RFC 9457 problem document naming
-/// the `violated` rules. A flood is made of these, so each is written in one pass into buffers
-/// sized up front.
-pub fn limited(spec: &ResponseSpec, mode: HeaderMode, reported: &[Reported<'_>], violated: &[&str]) -> LocalResponse {
+/// the `violated` rules. `hidden_wait_ms` is the longest wait of the violated rules kept out of
+/// the fields (`advertise: false`), which `reported` leaves out: a client must still learn when
+/// to come back. A flood is made of these, so each is written in one pass into buffers sized
+/// up front.
+pub fn limited(
+    spec: &ResponseSpec,
+    mode: HeaderMode,
+    reported: &[Reported<'_>],
+    violated: &[&str],
+    hidden_wait_ms: u64,
+) -> LocalResponse {
     // A shadow rule's denial blocks nothing, so its wait is not the client's.
-    let retry_ms =
-        reported.iter().filter(|r| r.enforced && !r.decision.allowed).map(|r| r.decision.retry_after_ms).max().unwrap_or(0);
+    let retry_ms = reported
+        .iter()
+        .filter(|r| r.enforced && !r.decision.allowed)
+        .map(|r| r.decision.retry_after_ms)
+        .fold(hidden_wait_ms, u64::max);
     let retry_after = ceil_secs(retry_ms).max(1);
     let mut headers = Vec::with_capacity(5 + spec.headers.len());
     headers.push((Cow::Borrowed("retry-after"), number(retry_after)));
@@ -265,7 +277,7 @@ mod tests {
         let (burst, trial) = (text("burst", 5, 1000), text("trial", 100, 3_600_000));
         let shadow = Reported { enforced: false, ..rep(&trial, 100, 3_600_000, false, 0, 3_000_000) };
         let r = [rep(&burst, 5, 1000, false, 0, 800), shadow.clone()];
-        let resp = limited(&spec, HeaderMode::Both, &r, &["burst"]);
+        let resp = limited(&spec, HeaderMode::Both, &r, &["burst"], 0);
         let get = |k: &str| resp.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get("retry-after").as_deref(), Some("1"), "the enforced denial's wait");
         assert_eq!(get("x-ratelimit-limit").as_deref(), Some("5"));
@@ -279,6 +291,34 @@ mod tests {
         let both = [rep(&second, 10, 1000, false, 0, 1000), rep(&hour, 1000, 3_600_000, false, 0, 3_000_000)];
         let h = rate_limit_headers(HeaderMode::Legacy, &both);
         assert!(h.contains(&(Cow::Borrowed("x-ratelimit-reset"), "3000".to_string())), "{h:?}");
+    }
+
+    #[test]
+    fn a_denial_by_a_rule_kept_out_of_the_fields_sets_retry_after_and_names_it() {
+        // tenant (10/hour) denied for 900 s and is not advertised: only api is reported.
+        let spec = ResponseSpec { status: 429, headers: Vec::new(), body: None, content_type: None, grpc_status: 8 };
+        let api = text("api", 100, 60_000);
+        let get = |h: &[Field], k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        for mode in [HeaderMode::Draft10, HeaderMode::Legacy] {
+            let resp = limited(&spec, mode, &[rep(&api, 100, 60_000, true, 42, 29_001)], &["tenant"], 900_000);
+            let h = &resp.headers;
+            assert_eq!(get(h, "retry-after").as_deref(), Some("900"), "{mode:?}: the hidden rule's wait");
+            match mode {
+                HeaderMode::Draft10 => assert_eq!(get(h, "ratelimit").as_deref(), Some("\"api\";r=42;t=30")),
+                _ => assert_eq!(get(h, "x-ratelimit-reset").as_deref(), Some("30")),
+            }
+            let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+            assert_eq!((body["violated_rules"][0].as_str(), body["retry_after"].as_u64()), (Some("tenant"), Some(900)));
+        }
+        // No advertised limit: no rate limit field at all.
+        let resp = limited(&spec, HeaderMode::Both, &[], &["tenant"], 900_000);
+        let names: Vec<&str> = resp.headers.iter().map(|(n, _)| n.as_ref()).collect();
+        assert_eq!(names, ["retry-after", "x-envoy-ratelimited", "content-type"]);
+        assert_eq!(get(&resp.headers, "retry-after").as_deref(), Some("900"));
+        // The longer of the waits shown and hidden.
+        let burst = text("burst", 5, 1000);
+        let resp = limited(&spec, HeaderMode::Draft10, &[rep(&burst, 5, 1000, false, 0, 3_500)], &["burst", "tenant"], 2_000);
+        assert_eq!(get(&resp.headers, "retry-after").as_deref(), Some("4"));
     }
 
     #[test]
@@ -325,7 +365,7 @@ mod tests {
         };
         let api = text("api", 50, 60_000);
         let r = [rep(&api, 50, 60_000, false, 0, 1_200)];
-        let resp = limited(&spec, HeaderMode::Draft10, &r, &["api"]);
+        let resp = limited(&spec, HeaderMode::Draft10, &r, &["api"], 0);
         assert_eq!(resp.status, 429);
         let get = |k: &str| resp.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get("retry-after").as_deref(), Some("2"));
@@ -362,7 +402,7 @@ mod tests {
         let spec =
             ResponseSpec { status: 503, headers: vec![], body: Some("slow down".into()), content_type: None, grpc_status: 8 };
         let a = text("a", 5, 1000);
-        let resp = limited(&spec, HeaderMode::None, &[rep(&a, 5, 1000, false, 0, 1)], &["a"]);
+        let resp = limited(&spec, HeaderMode::None, &[rep(&a, 5, 1000, false, 0, 1)], &["a"], 0);
         assert_eq!(resp.status, 503);
         assert_eq!(resp.body, b"slow down");
         assert!(resp.headers.contains(&("retry-after".into(), "1".to_string())));

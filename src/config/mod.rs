@@ -123,6 +123,9 @@ pub struct Rule {
     pub backend: Backend,
     pub on_error: OnError,
     pub shadow: bool,
+    /// Whether its limits appear in the rate limit fields (default: unless `shadow`). A rule
+    /// kept out still denies, and its denial still sets `Retry-After` and names it in the body.
+    pub advertise: bool,
     /// What the rule counts: requests, or the messages of upgraded WebSocket connections.
     pub per: Per,
     /// What a message over the limit brings about (message rules).

@@ -124,7 +124,7 @@ impl Serialize for RedisSpec {
 
 impl Serialize for Rule {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Rule", 13)?;
+        let mut st = s.serialize_struct("Rule", 14)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("match", &self.matcher)?;
         st.serialize_field("limits", &self.limits)?;
@@ -141,6 +141,7 @@ impl Serialize for Rule {
         )?;
         st.serialize_field("on_error", &self.on_error)?;
         st.serialize_field("shadow", &self.shadow)?;
+        st.serialize_field("advertise", &self.advertise)?;
         st.serialize_field(
             "per",
             match self.per {

@@ -346,6 +346,19 @@ fn backend_and_on_error() {
 }
 
 #[test]
+fn a_rule_is_advertised_unless_it_is_a_shadow_rule_or_says_otherwise() {
+    let advertise = |extra: Value| compile(&with_rules(vec![rule(extra)])).unwrap().rules[0].advertise;
+    assert!(advertise(json!({})));
+    assert!(!advertise(json!({"shadow": true})), "a trial limit is not shown to clients by default");
+    assert!(advertise(json!({"shadow": false})));
+    assert!(advertise(json!({"shadow": true, "advertise": true})), "an explicit value wins");
+    assert!(!advertise(json!({"advertise": false})));
+    assert!(!advertise(json!({"shadow": false, "advertise": false})));
+    assert_one(with_rules(vec![rule(json!({"advertise": "no"}))]), "rules[0].advertise", "expected a boolean");
+    assert_one(with_rules(vec![rule(json!({"shadow": true, "advertise": 0}))]), "rules[0].advertise", "expected a boolean");
+}
+
+#[test]
 fn match_errors() {
     let m = |v: Value| with_rules(vec![rule(json!({ "match": v }))]);
     assert_one(m(json!({"path": "api/**"})), "rules[0].match.path", "\"api/**\": path glob must start with \"/\"");
@@ -611,7 +624,7 @@ fn nulls_are_absent_and_explicit_defaults_equal_omitted_ones() {
         "rules": [{
             "name": "api", "limit": "100/min", "match": {}, "strategy": "sliding_window_counter",
             "identifier": "client_ip", "cost": 1, "exempt": {}, "backend": "local", "shadow": false,
-            "on_error": null
+            "advertise": true, "on_error": null
         }]
     }))
     .unwrap();
@@ -641,6 +654,7 @@ fn normalized_output_of_defaults() {
             "backend": "local",
             "on_error": "allow",
             "shadow": false,
+            "advertise": true,
             "per": "request",
             "over_limit": null
         }]

@@ -24,10 +24,12 @@ pub(crate) struct CompiledRule {
     pub same_identity_as: Option<usize>,
     /// Names the strategy and limits in Redis keys.
     pub fingerprint: u32,
-    /// Each limit's text in responses, written once here rather than on every request.
+    /// Each limit's text in responses, written once here rather than on every request; none
+    /// for a rule kept out of the rate limit fields (`advertise: false`), so that responses
+    /// report its limits nowhere without a test on every request.
     pub texts: Vec<LimitText>,
-    /// The texts of a Redis rule's fallback limits, its share of each (empty without one):
-    /// what a response decided in the proxy reports.
+    /// The texts of a Redis rule's fallback limits, its share of each (empty without one, or
+    /// when not advertised): what a response decided in the proxy reports.
     pub fallback_texts: Vec<LimitText>,
     /// Its deny cache's table (Redis rules; `super::deny`).
     pub deny: Table,
@@ -75,7 +77,7 @@ impl CompiledRule {
     fn new(rule: Rule, index: usize, namespace: &str, slots: u32) -> Self {
         let table = Table { prefix: format!("{namespace}:{}:", rule.name), slots, fingerprint: entry_id(&rule) };
         let rates = rule.limits.rates();
-        let texts = limit_texts(&rule.name, rates);
+        let texts = if rule.advertise { limit_texts(&rule.name, rates) } else { Vec::new() };
         let deny = super::deny::table(&table);
         let mut c = CompiledRule {
             holder: index,
@@ -87,14 +89,15 @@ impl CompiledRule {
             fallback_texts: Vec::new(),
             deny,
         };
-        if c.fallback_share().is_some() {
+        if c.fallback_share().is_some() && c.is_advertised() {
             c.fallback_texts = limit_texts(&c.rule.name, &c.local_rates());
         }
         c
     }
 
-    /// The texts of the limits an outcome of this rule was decided on, and whether those are
-    /// its fallback's share (Redis failed and the proxy decided alone) rather than its own.
+    /// The texts of the limits an outcome of this rule was decided on (none when the rule is
+    /// not advertised), and whether those are its fallback's share (Redis failed and the proxy
+    /// decided alone) rather than its own.
     pub fn texts_of(&self, store_error: bool) -> (&[LimitText], bool) {
         match store_error && !self.fallback_texts.is_empty() {
             true => (&self.fallback_texts, true),
@@ -126,6 +129,11 @@ impl CompiledRule {
 
     pub fn is_shadow(&self) -> bool {
         self.rule.shadow
+    }
+
+    /// Whether its limits are shown in the rate limit fields.
+    pub fn is_advertised(&self) -> bool {
+        self.rule.advertise
     }
 
     /// A Redis rule whose `on_error` decides in the proxy on its share.

@@ -67,13 +67,16 @@ impl Verdict {
     }
 }
 
-/// What a limited response shows: each reported limit's numbers (its quota too: a fallback
-/// shows its share), in order, then the rules it names as violated. Everything else in it
-/// comes from the config.
+/// What a limited response shows: when a rule it names as violated is not advertised
+/// (`advertise: false`, so its limits are not reported), how long such rules make the client
+/// wait, which counts in its `Retry-After`; then each reported limit's numbers (its quota too:
+/// a fallback shows its share), in order, then the rules it names as violated. Everything else
+/// in it comes from the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shown {
     Limit { rule: usize, limit: usize, quota: u64, allowed: bool, remaining: u64, reset_s: u64 },
     Violated { rule: usize },
+    HiddenWait { secs: u64 },
 }
 
 /// The worker's last limited response and what it showed (one per config).
@@ -82,13 +85,15 @@ pub(crate) struct LastLimited(RefCell<Option<Last>>);
 
 #[derive(Debug, Clone)]
 struct Last {
-    /// What it showed (its `Retry-After` is the longest of the denied limits' seconds shown).
+    /// What it showed (its `Retry-After` is the longest of the denied limits' seconds shown
+    /// and of [`Shown::HiddenWait`], first when there is one).
     shown: Vec<Shown>,
     response: Arc<LocalResponse>,
 }
 
 impl Limiter {
-    /// Each limit of each outcome as the response reports it, with its text.
+    /// Each limit of each outcome as the response reports it, with its text: a rule kept out of
+    /// the rate limit fields has no texts, so none of its limits.
     fn reported<'a>(&'a self, outcomes: &'a [RuleOutcome]) -> impl Iterator<Item = (usize, usize, Reported<'a>)> + 'a {
         outcomes.iter().flat_map(move |o| {
             let c = &self.rules[o.rule];
@@ -102,6 +107,17 @@ impl Limiter {
 
     fn violated<'a>(&'a self, outcomes: &'a [RuleOutcome]) -> impl Iterator<Item = &'a RuleOutcome> + 'a {
         outcomes.iter().filter(|o| !o.allowed && !self.rules[o.rule].is_shadow())
+    }
+
+    /// The longest wait of the violated rules whose limits are not reported, if any is: it is
+    /// the client's all the same (`Retry-After`).
+    fn hidden_wait_ms(&self, outcomes: &[RuleOutcome]) -> Option<u64> {
+        let mut longest = None;
+        for o in self.violated(outcomes).filter(|o| !self.rules[o.rule].is_advertised()) {
+            let wait = o.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0);
+            longest = longest.max(Some(wait));
+        }
+        longest
     }
 
     fn shown<'a>(&'a self, outcomes: &'a [RuleOutcome]) -> impl Iterator<Item = Shown> + 'a {
@@ -118,16 +134,29 @@ impl Limiter {
 
     /// The limited response for `outcomes`: the last one again when it showed the same.
     fn limited(&self, outcomes: &[RuleOutcome]) -> Arc<LocalResponse> {
+        let hidden = |ms: u64| Shown::HiddenWait { secs: response::ceil_secs(ms) };
         if let Ok(last) = self.last_limited.0.try_borrow() {
-            if let Some(last) = last.as_ref().filter(|l| l.shown.iter().copied().eq(self.shown(outcomes))) {
+            // The wait of violated rules that are not advertised is looked up only when the last
+            // response had any: showing the same, this one names the same rules.
+            let same = |l: &&Last| match l.shown.split_first() {
+                _ if l.shown.iter().copied().eq(self.shown(outcomes)) => true,
+                Some((h @ Shown::HiddenWait { .. }, shown)) => {
+                    shown.iter().copied().eq(self.shown(outcomes)) && self.hidden_wait_ms(outcomes).map(hidden) == Some(*h)
+                }
+                _ => false,
+            };
+            if let Some(last) = last.as_ref().filter(same) {
                 return Arc::clone(&last.response);
             }
         }
+        let hidden_ms = self.hidden_wait_ms(outcomes);
         let reported: Vec<Reported<'_>> = self.reported(outcomes).map(|(_, _, r)| r).collect();
         let violated: Vec<&str> = self.violated(outcomes).map(|o| self.rules[o.rule].rule.name.as_str()).collect();
-        let response = Arc::new(response::limited(&self.response, self.headers_mode, &reported, &violated));
+        let response =
+            Arc::new(response::limited(&self.response, self.headers_mode, &reported, &violated, hidden_ms.unwrap_or(0)));
         if let Ok(mut last) = self.last_limited.0.try_borrow_mut() {
-            *last = Some(Last { shown: self.shown(outcomes).collect(), response: Arc::clone(&response) });
+            let shown = hidden_ms.map(hidden).into_iter().chain(self.shown(outcomes)).collect();
+            *last = Some(Last { shown, response: Arc::clone(&response) });
         }
         response
     }

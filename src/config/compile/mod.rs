@@ -97,6 +97,7 @@ const RULE_FIELDS: &[&str] = &[
     "backend",
     "on_error",
     "shadow",
+    "advertise",
     "per",
     "over_limit",
 ];

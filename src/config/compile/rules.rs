@@ -116,6 +116,11 @@ impl Compiler {
             Some(v) => self.boolean(&join(path, "shadow"), v),
             None => Some(false),
         };
+        // A trial limit must not change traffic, so clients are not shown it unless asked.
+        let advertise = match field(m, "advertise") {
+            Some(v) => self.boolean(&join(path, "advertise"), v),
+            None => shadow.map(|s| !s),
+        };
         let (per, over_limit) = self.per_message(path, m, cost.as_ref());
         let rule = Rule {
             name: name?,
@@ -128,6 +133,7 @@ impl Compiler {
             backend: backend?,
             on_error: on_error?,
             shadow: shadow?,
+            advertise: advertise?,
             per: per?,
             over_limit: over_limit?,
         };

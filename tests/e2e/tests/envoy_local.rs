@@ -127,13 +127,20 @@ fn exempt_clients_are_never_limited() {
 
 #[test]
 fn shadow_rules_count_and_report_but_never_block() {
-    let envoy = envoy_with(json!({"rules": [{"name": "trial", "limit": "5/min", "shadow": true}]}));
+    // A trial limit is kept out of the rate limit fields unless it asks to be shown.
+    let envoy = envoy_with(json!({"rules": [{"name": "trial", "limit": "5/min", "shadow": true},
+        {"name": "shown", "match": {"path": "/shown"}, "limit": "5/min", "shadow": true, "advertise": true}]}));
     let rs = burst(30, &envoy.url("/s"), &[]);
     assert!(rs.iter().all(|r| r.status == 200), "a shadow rule blocked a request");
     let last = get(&envoy.url("/s"), &[]).unwrap();
     assert_eq!(last.status, 200);
-    assert!(last.header("ratelimit").is_some_and(|v| v.contains("\"trial\";r=0")), "{:?}", last.headers);
+    assert_eq!((last.header("ratelimit"), last.header("ratelimit-policy")), (None, None), "{:?}", last.headers);
     assert!(envoy.settled_stat("wasmcustom.sluice.rule.trial.shadow_limited") >= 25);
+    let rs = burst(6, &envoy.url("/shown"), &[]);
+    assert!(rs.iter().all(|r| r.status == 200), "a shadow rule blocked a request");
+    let last = get(&envoy.url("/shown"), &[]).unwrap();
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("ratelimit").map(|v| v.starts_with("\"shown\";r=0;")), Some(true), "{:?}", last.headers);
 }
 
 #[test]

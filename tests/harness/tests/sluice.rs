@@ -277,6 +277,37 @@ fn metrics_and_rate_limit_headers_reach_the_client() {
     assert_eq!(allowed, Some(2), "{:?}", host.metrics());
 }
 
+/// A rule with `advertise: false`, and a shadow rule by default, stays out of the rate limit
+/// fields; a denial of the first still gets its `Retry-After` and names it in the body.
+#[test]
+fn rules_kept_out_of_the_rate_limit_fields_are_not_shown_to_clients() {
+    let api = json!({"name": "api", "limit": "100/min", "strategy": "fixed_window"});
+    let shared =
+        json!({"name": "shared", "limit": "2/min", "strategy": "fixed_window", "identifier": "global", "advertise": false});
+    let trial_alone = || json!({"name": "trial", "limit": "1/min", "strategy": "fixed_window", "shadow": true});
+    let trial = trial_alone();
+    let mut host = host(&json!({"rate_limit_headers": "both", "rules": [api, shared, trial]}), 1);
+    let r: Vec<_> = (0..4).map(|_| host.request("GET", "/").source("10.0.0.1:5555").send()).collect();
+    assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), vec![200, 200, 429, 429]);
+    for (i, resp) in r.iter().enumerate() {
+        assert_eq!(resp.header("ratelimit-policy"), Some("\"api\";q=100;w=60"), "{i}: {:?}", resp.headers);
+        assert!(resp.header("ratelimit").is_some_and(|v| v.starts_with("\"api\";r=") && !v.contains(',')), "{i}");
+        assert_eq!(resp.header("x-ratelimit-limit"), Some("100"), "{i}: the legacy pick is among advertised rules");
+        assert!(resp.headers.iter().all(|(_, v)| !v.contains("shared") && !v.contains("trial")), "{i}: {:?}", resp.headers);
+    }
+    for limited in &r[2..] {
+        // shared's wait, to the end of the minute: where api's window ends too.
+        assert_eq!(limited.header("retry-after"), limited.header("x-ratelimit-reset"), "{:?}", limited.headers);
+        let body: Value = serde_json::from_slice(&limited.body).unwrap();
+        assert_eq!(body["violated_rules"], json!(["shared"]));
+    }
+    // No advertised rule applies: no rate limit field at all.
+    let mut alone = common::sluice_host(&json!({"rate_limit_headers": "both", "rules": [trial_alone()]}), 1);
+    let r = alone.request("GET", "/").source("10.0.0.1:5555").send();
+    assert_eq!(r.status, 200);
+    assert!(r.headers.iter().all(|(k, _)| !k.contains("ratelimit")), "{:?}", r.headers);
+}
+
 /// A request another rule limits was counted by no rule: the stats say so, and no slot was
 /// created for it.
 #[test]
