@@ -310,7 +310,6 @@ impl Limiter {
             self.rules[o.rule].remember_denial(o, store, &self.denials, p.sent_us, now_us);
         }
         // A shadow rule's failure says nothing of the limits in force.
-        // A shadow rule's failure says nothing of the limits in force.
         let ok = !p.fell().iter().any(|&i| !self.rules[p.applied[i].rule].is_shadow());
         outcomes.extend(self.on_error_outcomes(&p.applied, p.fell()));
         let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
@@ -406,10 +405,11 @@ impl Limiter {
         }
     }
 
-    /// Whether the breaker hears of `p`'s call: it asks a rule in force of Redis. A failed call
-    /// that carried several requests is told through one of those.
+    /// Whether the breaker hears of `p`'s call: it asks a rule in force of Redis, and the
+    /// request has not been told already (by its dry pass). A failed call that carried several
+    /// requests is told through one of those.
     pub fn tells_breaker(&self, p: &Pending) -> bool {
-        !p.shadows_only(self)
+        !p.told && !p.shadows_only(self)
     }
 
     /// Redis failed for a call that carried other requests' decisions too, and the breaker has
