@@ -8,13 +8,13 @@
 //!
 //! A request is one call, whatever passes it takes (a dry pass then a write pass, a retry after
 //! NOSCRIPT): it is recorded once, with its dry pass's call if that found a rule in force
-//! unanswered, else when its last pass ends. A gathered callout is one call too: its ordinary requests are recorded
-//! as one success or one failure, however many it carried, and each probe among them on its
-//! own; one that fails is one failure in all (its other probes give their places back). A probe
-//! whose request went away before its answer (the client hung up) gives its place back without
-//! counting. A probe lost with its VM is replaced once it cannot still be in flight:
-//! `max(open_ms, timeout_ms)` plus [`LATE_ANSWER_MS`] after it started, so `half_open_probes`
-//! is never exceeded.
+//! unanswered, else when its last pass ends. A gathered callout is one call too: its ordinary
+//! requests are recorded as one success or one failure, however many it carried, and each
+//! probe among them on its own; one that fails is one failure in all (its other probes give
+//! their places back). A probe whose request went away before its answer (the client hung up)
+//! gives its place back without counting. A probe lost with its VM is replaced once it cannot
+//! still be in flight: `max(open_ms, timeout_ms)` plus [`LATE_ANSWER_MS`] after it started, so
+//! `half_open_probes` is never exceeded.
 
 use crate::store::{with_retries, SharedStore, StoreError, CREATE_TOKEN};
 

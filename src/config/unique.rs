@@ -13,7 +13,8 @@ use super::compile::{index, join};
 use super::error::{ConfigError, Problem};
 use crate::rate::quote;
 
-/// The repeats recorded: the config is refused with the first 16 named, however many it has, so that a config of repeats costs its reader no more than its own size.
+/// The repeats recorded: the config is refused with the first 16 named, however many it has,
+/// so that a config of repeats costs its reader no more than its own size.
 const MAX_REPEATS: usize = 16;
 /// A key's length in a path before it is cut (as [`quote`] cuts the found text).
 const MAX_KEY_IN_PATH: usize = 60;

@@ -173,7 +173,7 @@ impl CompiledRule {
         sent_us: u64,
         now_us: u64,
     ) {
-        let retry_ms = o.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0);
+        let retry_ms = o.retry_after_ms();
         // Less the millisecond a retry-after is rounded up by.
         let until_us = sent_us.saturating_add(retry_ms.saturating_sub(1).saturating_mul(1000));
         if o.allowed || self.is_shadow() || until_us <= now_us {

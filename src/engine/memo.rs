@@ -62,7 +62,7 @@ pub(super) fn place(index: usize, identity: u64) -> usize {
 /// Until when a rule's denial holds on every worker's clock: its denying limits' longest
 /// retry-after, less the millisecond it is rounded up by and the workers' clock skew.
 fn denied_until(o: &RuleOutcome, now_us: u64) -> u64 {
-    let retry_ms = o.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0);
+    let retry_ms = o.retry_after_ms();
     now_us.saturating_add(retry_ms.saturating_sub(1).saturating_mul(1000)).saturating_sub(WORKER_SKEW_US)
 }
 

@@ -47,6 +47,12 @@ impl RuleOutcome {
             from_cache: false,
         }
     }
+
+    /// The longest retry-after of its denying limits (0 when none denies).
+    #[inline]
+    pub(super) fn retry_after_ms(&self) -> u64 {
+        self.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +120,7 @@ impl Limiter {
     fn hidden_wait_ms(&self, outcomes: &[RuleOutcome]) -> Option<u64> {
         let mut longest = None;
         for o in self.violated(outcomes).filter(|o| !self.rules[o.rule].is_advertised()) {
-            let wait = o.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0);
-            longest = longest.max(Some(wait));
+            longest = longest.max(Some(o.retry_after_ms()));
         }
         longest
     }
