@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::Redis;
 use serde_json::{json, Value};
 use sluice::strategy::NAMES as STRATEGIES;
-use sluice_harness::{forward, Host, Origin, Request, Response, Schedule};
+use sluice_harness::{forward, Host, Origin, RedisCall, RedisReply, Request, Response, Schedule};
 
 fn plugin(namespace: &str, rules: Value) -> Value {
     json!({
@@ -24,12 +24,17 @@ fn plugin(namespace: &str, rules: Value) -> Value {
 
 /// One proxy (`workers` Envoy workers) whose Redis calls go to `redis`.
 fn proxy(config: &Value, workers: usize, redis: &Redis) -> Host {
+    proxy_calling(config, workers, forward::redis_to(redis.addr))
+}
+
+/// One proxy whose Redis calls `on_call` answers.
+fn proxy_calling(config: &Value, workers: usize, on_call: impl FnMut(&RedisCall) -> RedisReply + 'static) -> Host {
     Host::builder()
         .wasm(common::redis_callout_wasm())
         .cluster("redis")
         .config(config.to_string())
         .workers(workers)
-        .on_redis_call(forward::redis_to(redis.addr))
+        .on_redis_call(on_call)
         .build()
         .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()))
 }
@@ -135,20 +140,13 @@ fn a_callout_that_fails_for_one_rule_leaves_the_others_answers_standing() {
     );
     // Every call for "flaky" fails in transport (its node unreachable); "steady"'s reach Redis.
     let mut to_redis = forward::redis_to(redis.addr);
-    let handler = move |call: &sluice_harness::RedisCall| {
+    let mut host = proxy_calling(&config, 1, move |call: &RedisCall| {
         if call.query.windows(b"flaky".len()).any(|w| w == b"flaky") {
-            sluice_harness::RedisReply::Fail(1)
+            RedisReply::Fail(1)
         } else {
             to_redis(call)
         }
-    };
-    let mut host = Host::builder()
-        .wasm(common::redis_callout_wasm())
-        .cluster("redis")
-        .config(config.to_string())
-        .on_redis_call(handler)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    });
     // "steady" decides in Redis, "flaky" by its on_error; before, one failed command failed the
     // request, and "steady"'s on_error denied it.
     for left in [4, 3] {
