@@ -118,8 +118,10 @@ pub struct Counted {
     pub strategy: String,
     pub backend: &'static str,
     pub shadow: bool,
-    /// Whether the rule's limits appear in the response's rate limit fields (`advertise`).
-    pub advertise: bool,
+    /// Whether the rule's limits appear in the response's rate limit fields (`advertise`); none
+    /// for a message rule, whose verdicts send no such fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<bool>,
     /// Shared-data keys of the rule's slot table: this prefix and a slot number.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_data_prefix: Option<String>,
@@ -271,7 +273,7 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
                     strategy: strategy_text(config, i),
                     backend: if rule.backend == Backend::Redis { "redis" } else { "local" },
                     shadow: rule.shadow,
-                    advertise: rule.advertise,
+                    advertise: (rule.per == Per::Request).then_some(rule.advertise),
                     shared_data_prefix: if local { limiter.table_prefix(i).map(str::to_string) } else { None },
                     slots: local.then_some(config.local.max_clients),
                     redis_key: (rule.backend == Backend::Redis)
@@ -339,7 +341,7 @@ pub fn render(report: &Report) -> String {
                     let _ =
                         writeln!(s, "{:<width$}  {:<12}identity {} (hash {}), cost {cost}", r.rule, label, c.identity, c.hash);
                     let shadow = if c.shadow { ", shadow (counts, never denies)" } else { "" };
-                    let hidden = if c.advertise { "" } else { ", kept out of the rate limit fields" };
+                    let hidden = if c.advertise == Some(false) { ", kept out of the rate limit fields" } else { "" };
                     let _ = writeln!(s, "{pad}{} {}, backend {}{shadow}{hidden}", c.limits.join(" + "), c.strategy, c.backend);
                     if let Some(over) = &c.over_limit {
                         let _ = writeln!(s, "{pad}over the limit: {over}");

@@ -371,6 +371,29 @@ fn text_output_reads_per_rule() {
     assert!(t.contains("Shadow rules count it too, without denying: admin-trial.\n"), "{t}");
 }
 
+/// A message's verdict sends no rate limit fields: explain says nothing of them for a message
+/// rule, shadow or not (a shadow rule's `advertise` defaults to false).
+#[test]
+fn message_rules_are_not_said_to_be_kept_out_of_the_rate_limit_fields() {
+    let cfg = temp_file(
+        "fields.yaml",
+        "rules:\n  - {name: trial, limit: 5/s, shadow: true}\n  - {name: chat, per: message, limit: 20/s}\n  - {name: chat-trial, per: message, limit: 10/s, shadow: true}\n",
+    );
+    let args = [cfg.to_str().unwrap(), "--path", "/ws", "-H", "upgrade: websocket", "--ip", "192.0.2.1"];
+    let r = explain(&args);
+    assert_eq!(r["messages"], json!(["chat", "chat-trial"]));
+    assert_eq!(rule(&r, "trial")["counted"]["advertise"], false);
+    for name in ["chat", "chat-trial"] {
+        assert_eq!(rule(&r, name)["counted"].get("advertise"), None, "{name}: {r}");
+    }
+    let t = text(&sluice(&[&["explain"], &args[..]].concat()).stdout);
+    let line = |name: &str| t.lines().skip_while(|l| !l.starts_with(&format!("{name} "))).nth(1).unwrap_or_default().to_string();
+    assert!(line("trial").ends_with(", shadow (counts, never denies), kept out of the rate limit fields"), "{t}");
+    assert!(line("chat").ends_with("backend local"), "{t}");
+    assert!(line("chat-trial").ends_with("backend local, shadow (counts, never denies)"), "{t}");
+    assert_eq!(t.matches("rate limit fields").count(), 1, "{t}");
+}
+
 #[test]
 fn a_message_rules_repeated_identity_drops_messages_but_not_the_upgrade() {
     let cfg = temp_file("chat.yaml", "rules:\n  - name: chat\n    per: message\n    limit: 5/s\n    identifier: {query: room}\n");

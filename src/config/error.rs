@@ -169,6 +169,8 @@ pub enum Problem {
     HeaderCostPerMessage,
     #[error("over_limit says what a message over the limit brings about; expected per: message on the rule, or remove it")]
     OverLimitPerRequest,
+    #[error("advertise says whether a rule shows in the rate limit fields, which a message's verdict does not send; expected per: request on the rule, or remove it")]
+    AdvertisePerMessage,
     #[error("a message rule decided in Redis needs redis.transport: http (Higress' Redis callout answers at the root context, which cannot reach a connection's frames)")]
     MessageRedisCallout,
 }

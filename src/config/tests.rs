@@ -359,6 +359,25 @@ fn a_rule_is_advertised_unless_it_is_a_shadow_rule_or_says_otherwise() {
 }
 
 #[test]
+fn advertise_is_refused_on_a_message_rule_which_sends_no_rate_limit_fields() {
+    for value in [json!(true), json!(false), json!("no")] {
+        let chat = rule(json!({"name": "chat", "per": "message", "shadow": true, "advertise": value}));
+        let errs = errors(&with_rules(vec![rule(json!({})), chat]));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].0, "rules[1].advertise");
+        assert_eq!(
+            errs[0].1,
+            format!("rules[1].advertise: {value}: advertise says whether a rule shows in the rate limit fields, which a message's verdict does not send; expected per: request on the rule, or remove it")
+        );
+    }
+    // Beside the rule's other errors, and only when the rule counts messages.
+    let errs = errors(&with_rules(vec![rule(json!({"per": "message", "advertise": true, "limit": "5/fortnight"}))]));
+    assert_eq!(errs.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["rules[0].limit", "rules[0].advertise"], "{errs:#?}");
+    assert!(compile(&with_rules(vec![rule(json!({"per": "message", "shadow": true}))])).is_ok());
+    assert!(compile(&with_rules(vec![rule(json!({"per": "request", "advertise": false}))])).is_ok());
+}
+
+#[test]
 fn match_errors() {
     let m = |v: Value| with_rules(vec![rule(json!({ "match": v }))]);
     assert_one(m(json!({"path": "api/**"})), "rules[0].match.path", "\"api/**\": path glob must start with \"/\"");

@@ -116,12 +116,17 @@ impl Compiler {
             Some(v) => self.boolean(&join(path, "shadow"), v),
             None => Some(false),
         };
-        // A trial limit must not change traffic, so clients are not shown it unless asked.
-        let advertise = match field(m, "advertise") {
-            Some(v) => self.boolean(&join(path, "advertise"), v),
-            None => shadow.map(|s| !s),
-        };
         let (per, over_limit) = self.per_message(path, m, cost.as_ref());
+        // A trial limit must not change traffic, so clients are not shown it unless asked.
+        let advertise = match (field(m, "advertise"), per) {
+            // A message's verdict sends no rate limit fields: the field could only mislead.
+            (Some(v), Some(Per::Message)) => {
+                self.report(join(path, "advertise"), Some(v), Problem::AdvertisePerMessage);
+                None
+            }
+            (Some(v), _) => self.boolean(&join(path, "advertise"), v),
+            (None, _) => shadow.map(|s| !s),
+        };
         let rule = Rule {
             name: name?,
             matcher: matcher?,
