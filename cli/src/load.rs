@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use sluice::config::{compile_json, compile_read, parse_json, read, Config, ConfigError, ConfigErrors, Parsed};
+use sluice::config::{compile_json, compile_read, parse_json, read, Budget, Config, ConfigError, ConfigErrors, Parsed};
 
 use crate::trust::Warning;
 
@@ -35,17 +35,22 @@ pub enum LintError {
     Syntax { format: &'static str, message: String },
     #[error("not valid UTF-8 text")]
     NotUtf8,
+    /// Its aliases build more than a file of its size may (see [`Budget`]).
+    #[error("{0}")]
+    TooLarge(String),
     /// The document parsed; the compiler rejected it.
     #[error("{0}")]
     Config(ConfigErrors),
     /// Keys written twice in a bootstrap or a WasmPlugin, outside the plugin config it carries
-    /// (whose own repeats are errors of that config), at their paths in the file.
-    #[error("{}", outside(.0).join("\n"))]
-    Outside(Vec<ConfigError>),
+    /// (whose own repeats are errors of that config), at their paths in the file; then what is
+    /// wrong with the config itself, if anything, so that one run tells both.
+    #[error("{}", outside(.repeats, .then.as_deref()).join("\n"))]
+    Outside { repeats: Vec<ConfigError>, then: Option<Box<LintError>> },
 }
 
-fn outside(repeats: &[ConfigError]) -> Vec<String> {
-    repeats.iter().map(|r| format!("outside the plugin config: {r}")).collect()
+fn outside(repeats: &[ConfigError], then: Option<&LintError>) -> Vec<String> {
+    let around = repeats.iter().map(|r| format!("outside the plugin config: {r}"));
+    around.chain(then.map(LintError::lines).unwrap_or_default()).collect()
 }
 
 impl LintError {
@@ -53,10 +58,19 @@ impl LintError {
     pub fn lines(&self) -> Vec<String> {
         match self {
             LintError::Config(errors) => errors.iter().map(ToString::to_string).collect(),
-            LintError::Outside(repeats) => outside(repeats),
+            LintError::Outside { repeats, then } => outside(repeats, then.as_deref()),
             other => vec![other.to_string()],
         }
     }
+}
+
+/// `loaded`, unless keys were written twice around the plugin config (`repeats`): those are
+/// refused, with what `loaded` found wrong in the config after them.
+fn outside_first(repeats: Vec<ConfigError>, loaded: Result<Loaded, LintError>) -> Result<Loaded, LintError> {
+    if repeats.is_empty() {
+        return loaded;
+    }
+    Err(LintError::Outside { repeats, then: loaded.err().map(Box::new) })
 }
 
 /// Parses `bytes` as `format` and compiles the result with the filter's own compiler.
@@ -78,7 +92,16 @@ fn compile_parsed(parsed: Parsed) -> Result<Config, LintError> {
 
 fn yaml(bytes: &[u8]) -> Result<Parsed, LintError> {
     let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
-    read(serde_yaml_ng::Deserializer::from_str(text)).map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })
+    let mut budget = Budget::for_text(text.len());
+    read(serde_yaml_ng::Deserializer::from_str(text), &mut budget).map_err(|e| yaml_error(&e, &budget))
+}
+
+/// Why reading YAML failed, with what it took of `budget`.
+fn yaml_error(e: &serde_yaml_ng::Error, budget: &Budget) -> LintError {
+    if budget.spent() {
+        return LintError::TooLarge(e.to_string());
+    }
+    LintError::Syntax { format: "YAML", message: e.to_string() }
 }
 
 /// `compile_json` reports a JSON syntax error as a config error; say it plainly instead.
@@ -135,9 +158,11 @@ fn documents(bytes: &[u8], format: Format) -> Result<Vec<Doc>, LintError> {
     let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
     let mut out = Vec::new();
     let mut count = 0;
+    // One budget for the whole file: every document read is kept.
+    let mut budget = Budget::for_text(text.len());
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         count += 1;
-        let parsed = read(doc).map_err(|e| LintError::Syntax { format: "YAML", message: e.to_string() })?;
+        let parsed = read(doc, &mut budget).map_err(|e| yaml_error(&e, &budget))?;
         if !parsed.value.is_null() {
             out.push(Doc::new(parsed, Some(count)));
         }
@@ -244,14 +269,19 @@ fn yaml_1_1_booleans(v: &Value, path: &str, out: &mut Vec<Warning>) {
 /// filter's own compiler, on the bytes Envoy would pass where there are such bytes.
 pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
     let plain = |config| Loaded { config, routes: None, address: None, booleans: Vec::new() };
-    // What does not parse is reported as a plugin config's syntax error would be.
-    let Ok(docs) = documents(bytes, format) else { return lint_bytes(bytes, format).map(plain) };
+    // What does not parse is reported as a plugin config's syntax error would be; a file its
+    // aliases blow up is not read twice.
+    let docs = match documents(bytes, format) {
+        Ok(docs) => docs,
+        Err(e @ LintError::TooLarge(_)) => return Err(e),
+        Err(_) => return lint_bytes(bytes, format).map(plain),
+    };
     let syntax = |message: String| LintError::Syntax { format: "sluice input", message };
     let plugins: Vec<&Doc> = docs.iter().filter(|d| d.value["kind"] == "WasmPlugin").collect();
     match plugins.as_slice() {
         [plugin] => {
             // A key written twice in the plugin config is an error of that config, beside its
-            // others; anywhere else in the file it is refused on its own.
+            // others; anywhere else in the file it is refused before them.
             let mut inside = Vec::new();
             let mut elsewhere = Vec::new();
             for doc in &docs {
@@ -263,13 +293,11 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
                     }
                 }
             }
-            if !elsewhere.is_empty() {
-                return Err(LintError::Outside(elsewhere));
-            }
             let cfg = &plugin.value["spec"]["pluginConfig"];
             let mut booleans = Vec::new();
             yaml_1_1_booleans(cfg, "", &mut booleans);
-            return compile_read(cfg, inside).map(|config| Loaded { booleans, ..plain(config) }).map_err(LintError::Config);
+            let loaded = compile_read(cfg, inside).map(|config| Loaded { booleans, ..plain(config) }).map_err(LintError::Config);
+            return outside_first(elsewhere, loaded);
         }
         // Checking only the first would pass the others unread.
         [_, _, ..] => {
@@ -280,26 +308,99 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
     if let Some(boot) = docs.iter().find(|d| d.value.get("static_resources").is_some()) {
         // The plugin config is JSON text in it, read (with its repeats) by `compile_json`.
         let repeats: Vec<ConfigError> = docs.iter().flat_map(|d| d.repeats.iter().map(|r| d.in_file(r))).collect();
-        if !repeats.is_empty() {
-            return Err(LintError::Outside(repeats));
-        }
         let boot = &boot.value;
         let mut found = sluice_configs(boot);
-        return match (found.len(), found.pop()) {
-            (1, Some(Ok(json))) => {
-                let config = compile_json(&json).map_err(LintError::Config)?;
+        let loaded = match (found.len(), found.pop()) {
+            (1, Some(Ok(json))) => compile_json(&json).map_err(LintError::Config).map(|config| {
                 let (routes, address) = (crate::analysis::bootstrap_routes(boot), address_settings(boot));
-                Ok(Loaded { config, routes, address, booleans: Vec::new() })
-            }
+                Loaded { config, routes, address, booleans: Vec::new() }
+            }),
             (1, Some(Err(_))) => Err(syntax("the Wasm filter's configuration is not a google.protobuf.StringValue".into())),
             (0, _) => Err(syntax("this Envoy bootstrap has no Wasm filter".into())),
             (n, _) => Err(syntax(format!("this Envoy bootstrap has {n} Wasm filters; give the plugin config itself"))),
         };
+        return outside_first(repeats, loaded);
     }
     match docs.as_slice() {
         // The bytes themselves, as Envoy would take them (nothing at all: the compiler's own
         // "no configuration" error).
         [] | [_] => lint_bytes(bytes, format).map(plain),
         _ => Err(syntax(format!("{} YAML documents, none of them an Envoy bootstrap or a WasmPlugin", docs.len()))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "rules: [{name: a, limit: 1/s}]\n";
+
+    /// `anchor` (a YAML value) anchored, then `aliases` aliases of it: small text, much to build.
+    fn bomb(anchor: &str, aliases: usize) -> String {
+        format!("{CONFIG}x: &a {anchor}\ny: [{}*a]\n", "*a, ".repeat(aliases - 1))
+    }
+
+    /// Refused for what `yaml` builds, at the limit of its size.
+    #[track_caller]
+    fn too_large(yaml: &str, result: Result<Loaded, LintError>) {
+        let limit = (4 * yaml.len()).max(1_000_000);
+        match result {
+            Err(LintError::TooLarge(message)) => {
+                assert!(message.contains(&format!("over the limit of {limit} values and bytes of text built")), "{message}");
+                assert!(message.contains("(4 per byte, at least 1000000; each alias builds its anchor's values again)"));
+            }
+            Err(other) => panic!("not refused for its size: {:?}", other.lines()),
+            Ok(_) => panic!("read"),
+        }
+    }
+
+    /// serde_yaml_ng bounds the aliases it follows, not what they build: 270 KB asking for a
+    /// billion and a half values (tens of GB) is refused within its budget, in both loaders.
+    #[test]
+    fn aliases_that_build_more_than_the_file_may_are_refused_at_once() {
+        let list = bomb(&format!("[{}0]", "0, ".repeat(49_999)), 30_000);
+        assert!(list.len() < 300_000, "{}", list.len());
+        // One string, or one key, of 100 KB: few values, much text.
+        let text = "k".repeat(100_000);
+        let string = bomb(&text, 1_000);
+        let key = bomb(&format!("\n  ? {text}\n  : 1"), 1_000);
+        let plain = |config| Loaded { config, routes: None, address: None, booleans: Vec::new() };
+        for yaml in [&list, &string, &key] {
+            for format in [Format::Yaml, Format::Guess] {
+                too_large(yaml, lint_bytes(yaml.as_bytes(), format).map(plain));
+                too_large(yaml, load_any(yaml.as_bytes(), format));
+            }
+        }
+        // In one document of several, and in a WasmPlugin's config.
+        let second = format!("kind: Service\n---\n{list}");
+        too_large(&second, load_any(second.as_bytes(), Format::Yaml));
+        let plugin = format!(
+            "kind: WasmPlugin\nspec:\n  pluginConfig:\n    x: &a [{}0]\n    rules: [{}*a]\n",
+            "0, ".repeat(49_999),
+            "*a, ".repeat(29_999)
+        );
+        too_large(&plugin, load_any(plugin.as_bytes(), Format::Yaml));
+    }
+
+    /// A file's documents draw on one budget: each is kept, so each in its own would let a file
+    /// of many build many times as much.
+    #[test]
+    fn the_documents_of_a_file_share_its_budget() {
+        let doc = format!("a: &a [{}0]\nb: [{}*a]\n---\n", "0, ".repeat(999), "*a, ".repeat(199));
+        let few = doc.repeat(3);
+        assert!(matches!(load_any(few.as_bytes(), Format::Yaml), Err(LintError::Syntax { .. })), "three read");
+        let many = doc.repeat(10);
+        too_large(&many, load_any(many.as_bytes(), Format::Yaml));
+    }
+
+    #[test]
+    fn anchors_reused_as_configs_reuse_them_read() {
+        let config = "rules:\n  - name: a\n    limit: 5/s\n    match: &api {path: /api/**, methods: [GET, POST]}\n    exempt: &internal {cidrs: [10.0.0.0/8], headers: {x-internal: \"1\"}}\n  - {name: b, limit: 50/min, match: *api, exempt: *internal, identifier: {header: x-api-key}}\n  - {name: c, limit: 1/s, match: *api, exempt: *internal}\n";
+        let loaded = load_any(config.as_bytes(), Format::Yaml).unwrap();
+        assert_eq!(loaded.config.rules[2].matcher, loaded.config.rules[0].matcher);
+        assert_eq!(lint_bytes(config.as_bytes(), Format::Guess).unwrap(), loaded.config);
+        let plugin = format!("kind: WasmPlugin\nmetadata: {{name: s, labels: &labels {{app: shop}}}}\nspec:\n  selector: {{matchLabels: *labels}}\n  pluginConfig:\n{}", config.lines().map(|l| format!("    {l}\n")).collect::<String>());
+        assert_eq!(load_any(plugin.as_bytes(), Format::Yaml).unwrap().config, loaded.config);
     }
 }

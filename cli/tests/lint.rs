@@ -121,20 +121,28 @@ fn a_key_written_twice_in_a_wasm_plugins_config_is_an_error_of_that_config() {
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert_eq!(lines[0], format!("rules[0].match: \"match\": {DUPLICATE}"));
     assert!(lines[1].starts_with("rules[1].name: \"r\": duplicate rule name"), "{lines:#?}");
-    // Around the config, a key written twice is refused on its own, at its path in the file
-    // (and its document's, in a file of several).
+    // Around the config, a key written twice is refused at its path in the file (and its
+    // document's, in a file of several), before the config's own errors.
     let around = PLUGIN.replace("{name: s}", "{name: s, name: t}");
-    assert_eq!(refused(&lint_stdin(&around)), [format!("outside the plugin config: metadata.name: \"name\": {DUPLICATE}")]);
+    let outside = format!("outside the plugin config: metadata.name: \"name\": {DUPLICATE}");
+    assert_eq!(refused(&lint_stdin(&around)), [outside.as_str(), &lines[0], &lines[1]]);
     let service = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {type: ClusterIP, type: NodePort}\n---\n";
     assert_eq!(
         refused(&lint_stdin(&format!("{service}{PLUGIN}"))),
-        [format!("outside the plugin config: document 1: spec.type: \"type\": {DUPLICATE}")]
+        [format!("outside the plugin config: document 1: spec.type: \"type\": {DUPLICATE}").as_str(), &lines[0], &lines[1]]
     );
     let twice = PLUGIN.replace("  pluginConfig:\n", "  pluginConfig: {}\n  pluginConfig:\n");
     assert_eq!(
         refused(&lint_stdin(&format!("{service}{twice}").replace("type: NodePort", "port: 80"))),
-        [format!("outside the plugin config: document 2: spec.pluginConfig: \"pluginConfig\": {DUPLICATE}")]
+        [
+            format!("outside the plugin config: document 2: spec.pluginConfig: \"pluginConfig\": {DUPLICATE}"),
+            "rules: missing required field".into()
+        ],
+        "the first pluginConfig, empty, is the config"
     );
+    // A config that compiles adds nothing, and the file is still refused.
+    let valid = around.replace("      match: {path: /b}\n    - {name: r, limit: 1/s}\n", "");
+    assert_eq!(refused(&lint_stdin(&valid)), [outside]);
 }
 
 const BOOTSTRAP: &str = r#"static_resources:
@@ -156,11 +164,13 @@ fn a_key_written_twice_in_a_bootstraps_config_is_an_error_of_that_config() {
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert_eq!(lines[0], format!("rules[0].limit: \"limit\": {DUPLICATE}"));
     assert!(lines[1].starts_with("rules[0].backend: \"redis\": backend redis needs"), "{lines:#?}");
+    // Around it, a key written twice is refused before the config's own errors.
     let around = BOOTSTRAP.replace("  - name: l\n", "  - name: l\n    name: m\n");
-    assert_eq!(
-        refused(&lint_stdin(&around)),
-        [format!("outside the plugin config: static_resources.listeners[0].name: \"name\": {DUPLICATE}")]
-    );
+    let outside = format!("outside the plugin config: static_resources.listeners[0].name: \"name\": {DUPLICATE}");
+    assert_eq!(refused(&lint_stdin(&around)), [outside.as_str(), &lines[0], &lines[1]]);
+    // A config that compiles adds nothing, and the file is still refused.
+    let valid = around.replace(r#", "limit": "2/s", "backend": "redis""#, "");
+    assert_eq!(refused(&lint_stdin(&valid)), [outside]);
 }
 
 #[test]
@@ -283,6 +293,23 @@ fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
     let out = lint("two-wasmplugins.yaml");
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("this file has 2 WasmPlugins"), "{}", text(&out.stderr));
+}
+
+/// An anchor of 50,000 values aliased 30,000 times: 270 KB asking for a billion and a half
+/// values. Refused for its size; anchors reused as configs reuse them are read.
+#[test]
+fn a_yaml_whose_aliases_build_too_much_is_refused_and_ordinary_aliases_are_read() {
+    let bomb = format!("rules: [{{name: a, limit: 1/s}}]\nx: &a [{}0]\ny: [{}*a]\n", "0, ".repeat(49_999), "*a, ".repeat(29_999));
+    let limit = 4 * bomb.len();
+    let lines = refused(&lint_stdin(&bomb));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let want = format!("over the limit of {limit} values and bytes of text built for a file of this size (4 per byte, at least 1000000; each alias builds its anchor's values again)");
+    assert!(lines[0].starts_with("y[") && lines[0].contains(&want), "{lines:#?}");
+    let reused = "rules:\n  - name: a\n    limit: 5/s\n    match: &api {path: /api/**}\n  - {name: b, limit: 50/min, match: *api, identifier: {header: x-api-key}}\n";
+    let out = lint_stdin(reused);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rules"][1]["match"], v["rules"][0]["match"]);
 }
 
 /// Found by fuzzing (fuzz/ config_yaml): a Wasm filter object without `config` made both

@@ -15,7 +15,7 @@ pub use compile::{
 };
 pub use error::{ConfigError, ConfigErrors, Problem};
 pub use glob::{GlobError, GlobErrorKind};
-pub use unique::{parse_json, read, Parsed};
+pub use unique::{parse_json, read, Budget, Parsed};
 
 use crate::rate::Limits;
 use crate::strategy::Strategy;

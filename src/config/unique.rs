@@ -3,10 +3,11 @@
 //! would silently count what its second `match` says; the filter's JSON and the CLI's YAML
 //! both go through [`read`] instead, which keeps the first value and records each repeat as an
 //! error at its path, so that the config is refused with the repeat beside its other errors.
+//! It also keeps a [`Budget`] of what a reading may build, which YAML's aliases need.
 
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use super::compile::{index, join};
@@ -19,6 +20,59 @@ const MAX_REPEATS: usize = 16;
 /// A key's length in a path before it is cut (as [`quote`] cuts the found text).
 const MAX_KEY_IN_PATH: usize = 60;
 
+/// What the reading of a text may build, counted as values plus the bytes of every key and
+/// string: a YAML alias builds its anchor's values again wherever it stands, so a file of a few
+/// hundred KB can ask for billions of them (serde_yaml_ng bounds how many aliases it follows,
+/// not what they build). A reading past it fails, naming the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    left: usize,
+    limit: usize,
+    spent: bool,
+}
+
+/// [`Budget::for_text`]: a text without aliases builds at most one value per byte of it (each
+/// takes at least a byte) and at most 1.5 bytes of key or string per byte (the longest
+/// expansion is an escape such as YAML's 2-byte `\L` for a 3-byte character); counted
+/// together, about 1.5 per byte. 4 per byte leaves room for anchors reused as configs reuse
+/// them, while a budget spent costs a few times what a plain text of that size would.
+const PER_BYTE: usize = 4;
+/// However short the text: room for a small file to reuse an anchor many times. Spent on the
+/// costliest values (empty lists in a list, about 50 bytes each), it is some 50 MB.
+const FLOOR: usize = 1_000_000;
+
+impl Budget {
+    /// No bound: for JSON, which has no aliases, so that what it builds is bounded by its size.
+    pub const UNLIMITED: Budget = Budget { left: usize::MAX, limit: usize::MAX, spent: false };
+
+    /// The budget of reading a text of `len` bytes (all its documents together).
+    pub fn for_text(len: usize) -> Budget {
+        let limit = len.saturating_mul(PER_BYTE).max(FLOOR);
+        Budget { left: limit, limit, spent: false }
+    }
+
+    /// Whether a reading failed for want of it.
+    pub fn spent(&self) -> bool {
+        self.spent
+    }
+
+    fn take<E: Error>(&mut self, units: usize) -> Result<(), E> {
+        match self.left.checked_sub(units) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => {
+                self.spent = true;
+                Err(E::custom(format_args!(
+                    "over the limit of {} values and bytes of text built for a file of this size ({PER_BYTE} per byte, at least {FLOOR}; each alias builds its anchor's values again)",
+                    self.limit
+                )))
+            }
+        }
+    }
+}
+
 /// A document as read: the value (a repeated key holds its first value) and every repeat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed {
@@ -27,17 +81,19 @@ pub struct Parsed {
     pub repeats: Vec<ConfigError>,
 }
 
-/// Reads one value from `deserializer` (JSON, YAML, ...), as [`Parsed`].
-pub fn read<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Parsed, D::Error> {
+/// Reads one value from `deserializer` (JSON, YAML, ...), as [`Parsed`], taking what it builds
+/// from `budget`.
+pub fn read<'de, D: Deserializer<'de>>(deserializer: D, budget: &mut Budget) -> Result<Parsed, D::Error> {
     let mut repeats = Vec::new();
-    let value = Seed { at: At::Root, repeats: &mut repeats }.deserialize(deserializer)?;
+    let value = Seed { at: At::Root, repeats: &mut repeats, budget }.deserialize(deserializer)?;
     Ok(Parsed { value, repeats })
 }
 
 /// Parses JSON as [`read`] does.
 pub fn parse_json(bytes: &[u8]) -> Result<Parsed, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = read(&mut de)?;
+    let mut budget = Budget::UNLIMITED;
+    let parsed = read(&mut de, &mut budget)?;
     de.end()?;
     Ok(parsed)
 }
@@ -68,12 +124,14 @@ impl At<'_> {
 struct Seed<'a, 'r> {
     at: At<'a>,
     repeats: &'r mut Vec<ConfigError>,
+    budget: &'r mut Budget,
 }
 
 impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.budget.take(1)?;
         deserializer.deserialize_any(self)
     }
 }
@@ -114,11 +172,13 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
         Ok(Number::from_f64(v).map_or_else(|| Value::String(text().to_string()), Value::Number))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
+        self.budget.take(v.len())?;
         Ok(Value::String(v.to_owned()))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
+        self.budget.take(v.len())?;
         Ok(Value::String(v))
     }
 
@@ -136,7 +196,9 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(item) = seq.next_element_seed(Seed { at: At::Index(&self.at, items.len()), repeats: self.repeats })? {
+        while let Some(item) =
+            seq.next_element_seed(Seed { at: At::Index(&self.at, items.len()), repeats: self.repeats, budget: self.budget })?
+        {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -145,17 +207,19 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            self.budget.take(key.len())?;
             let at = At::Key(&self.at, &key);
             if out.contains_key(&key) {
                 if self.repeats.len() < MAX_REPEATS {
                     self.repeats.push(ConfigError { path: at.path(), found: Some(quote(&key)), problem: Problem::DuplicateKey });
                 }
                 // Read (it must still be valid text) and dropped, with any repeat inside it:
-                // its paths would name the first value's fields.
+                // its paths would name the first value's fields. (It builds nothing: an alias in
+                // it is skipped, not followed.)
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            let value = map.next_value_seed(Seed { at, repeats: self.repeats })?;
+            let value = map.next_value_seed(Seed { at, repeats: self.repeats, budget: self.budget })?;
             out.insert(key, value);
         }
         Ok(Value::Object(out))
