@@ -20,10 +20,27 @@ const MAX_REPEATS: usize = 16;
 /// A key's length in a path before it is cut (as [`quote`] cuts the found text).
 const MAX_KEY_IN_PATH: usize = 60;
 
-/// What the reading of a text may build, counted as values plus the bytes of every key and
-/// string: a YAML alias builds its anchor's values again wherever it stands, so a file of a few
-/// hundred KB can ask for billions of them (serde_yaml_ng bounds how many aliases it follows,
-/// not what they build). A reading past it fails, naming the limit.
+/// What a reading may still build. The filter's JSON reads [`Unbounded`]: JSON has no aliases,
+/// so what it builds is bounded by its size, and the check costs the module nothing.
+pub trait Allowance {
+    /// Takes `units` (see [`Budget`]), or fails the reading.
+    fn take<E: Error>(&mut self, units: usize) -> Result<(), E>;
+}
+
+/// No bound.
+pub struct Unbounded;
+
+impl Allowance for Unbounded {
+    fn take<E: Error>(&mut self, _: usize) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// What the reading of a text may build, in units of about a value's memory (32 bytes): a value
+/// is 1, an object [`OBJECT`] more once it has a key (its map's first node), a byte of key or
+/// string 1. A YAML alias builds its anchor's values again wherever it stands, so a file of a
+/// few hundred KB can ask for billions of them (serde_yaml_ng bounds how many aliases it
+/// follows, not what they build). A reading past it fails, naming the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     left: usize,
@@ -31,20 +48,17 @@ pub struct Budget {
     spent: bool,
 }
 
-/// [`Budget::for_text`]: a text without aliases builds at most one value per byte of it (each
-/// takes at least a byte) and at most 1.5 bytes of key or string per byte (the longest
-/// expansion is an escape such as YAML's 2-byte `\L` for a 3-byte character); counted
-/// together, about 1.5 per byte. 4 per byte leaves room for anchors reused as configs reuse
-/// them, while a budget spent costs a few times what a plain text of that size would.
-const PER_BYTE: usize = 4;
-/// However short the text: room for a small file to reuse an anchor many times. Spent on the
-/// costliest values (empty lists in a list, about 50 bytes each), it is some 50 MB.
+/// An object's map, beyond the value: its first node holds eleven entries, about 500 bytes.
+const OBJECT: usize = 16;
+/// [`Budget::for_text`]: a text without aliases builds at most 4.75 units per byte of it (YAML's
+/// `{a},`, an object of one key and no value, in 4 bytes; a string's escape such as `\L`, 2
+/// bytes for 3, is 1.5); 6 per byte reads any such text, and a budget spent builds no more than
+/// the costliest plain text of the same size.
+const PER_BYTE: usize = 6;
+/// However short the text: room for a small file to reuse an anchor many times, about 35 MB.
 const FLOOR: usize = 1_000_000;
 
 impl Budget {
-    /// No bound: for JSON, which has no aliases, so that what it builds is bounded by its size.
-    pub const UNLIMITED: Budget = Budget { left: usize::MAX, limit: usize::MAX, spent: false };
-
     /// The budget of reading a text of `len` bytes (all its documents together).
     pub fn for_text(len: usize) -> Budget {
         let limit = len.saturating_mul(PER_BYTE).max(FLOOR);
@@ -55,7 +69,9 @@ impl Budget {
     pub fn spent(&self) -> bool {
         self.spent
     }
+}
 
+impl Allowance for Budget {
     fn take<E: Error>(&mut self, units: usize) -> Result<(), E> {
         match self.left.checked_sub(units) {
             Some(left) => {
@@ -65,7 +81,7 @@ impl Budget {
             None => {
                 self.spent = true;
                 Err(E::custom(format_args!(
-                    "over the limit of {} values and bytes of text built for a file of this size ({PER_BYTE} per byte, at least {FLOOR}; each alias builds its anchor's values again)",
+                    "over the limit of {} units built for a file of this size (a value 1, an object {OBJECT} more, a byte of text 1; {PER_BYTE} per byte of the file, at least {FLOOR}; each alias builds its anchor's values again)",
                     self.limit
                 )))
             }
@@ -83,7 +99,7 @@ pub struct Parsed {
 
 /// Reads one value from `deserializer` (JSON, YAML, ...), as [`Parsed`], taking what it builds
 /// from `budget`.
-pub fn read<'de, D: Deserializer<'de>>(deserializer: D, budget: &mut Budget) -> Result<Parsed, D::Error> {
+pub fn read<'de, D: Deserializer<'de>, B: Allowance>(deserializer: D, budget: &mut B) -> Result<Parsed, D::Error> {
     let mut repeats = Vec::new();
     let value = Seed { at: At::Root, repeats: &mut repeats, budget }.deserialize(deserializer)?;
     Ok(Parsed { value, repeats })
@@ -92,8 +108,7 @@ pub fn read<'de, D: Deserializer<'de>>(deserializer: D, budget: &mut Budget) -> 
 /// Parses JSON as [`read`] does.
 pub fn parse_json(bytes: &[u8]) -> Result<Parsed, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let mut budget = Budget::UNLIMITED;
-    let parsed = read(&mut de, &mut budget)?;
+    let parsed = read(&mut de, &mut Unbounded)?;
     de.end()?;
     Ok(parsed)
 }
@@ -121,13 +136,13 @@ impl At<'_> {
     }
 }
 
-struct Seed<'a, 'r> {
+struct Seed<'a, 'r, B> {
     at: At<'a>,
     repeats: &'r mut Vec<ConfigError>,
-    budget: &'r mut Budget,
+    budget: &'r mut B,
 }
 
-impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
+impl<'de, B: Allowance> DeserializeSeed<'de> for Seed<'_, '_, B> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
@@ -136,7 +151,7 @@ impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for Seed<'_, '_> {
+impl<'de, B: Allowance> Visitor<'de> for Seed<'_, '_, B> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -207,7 +222,7 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            self.budget.take(key.len())?;
+            self.budget.take(key.len() + if out.is_empty() { OBJECT } else { 0 })?;
             let at = At::Key(&self.at, &key);
             if out.contains_key(&key) {
                 if self.repeats.len() < MAX_REPEATS {
