@@ -679,6 +679,11 @@ fn normalized_output_of_defaults() {
         }]
     });
     assert_eq!(got, want);
+    // A message rule sends no rate limit fields: it has no advertise, as a request rule has no
+    // over_limit.
+    let c = compile(&json!({"rules": [{"name": "chat", "limit": "5/s", "per": "message"}]})).unwrap();
+    let rule = &serde_json::to_value(&c).unwrap()["rules"][0];
+    assert_eq!((&rule["advertise"], &rule["over_limit"]["notify"]), (&Value::Null, &json!(false)), "{rule}");
 }
 
 #[test]
