@@ -144,7 +144,7 @@ def main():
                 if stack:
                     report["distributed"] = distributed.run(wasm, work, stack, reps, seconds, args.connections,
                                                             envoy_cpus, load_cpus, args.max_others, quick,
-                                                            [k for k in args.dist_configs.split(",") if k])
+                                                            [k for k in args.dist_configs.split(",") if k], noop)
                 else:
                     report["distributed"] = {"not_measured": redis_reason or "Redis stack unavailable"}
             if "hostcalls" in sections and noop:
@@ -187,7 +187,7 @@ def run_throughput(report, args, sections, reps, seconds, quick, wasm, noop, wor
     if "throughput" not in sections:
         keys = [k for k in keys if k in ("a", "b", "c", "w")]
     if not noop:
-        keys = [k for k in keys if k != "w"]
+        keys = [k for k in keys if k != "w" and k not in throughput.PROBE_CALLS]
     envoys, skipped = throughput.start_envoys(keys, wasm, noop, work, envoy_cpus, stack)
     if "f" in keys and "f" not in envoys and stack is None:
         skipped["f"] = redis_reason or "Redis stack unavailable"

@@ -50,6 +50,18 @@ CONFIGS = {
     "w": ("diagnostic: empty Rust proxy-wasm filter (Wasm floor)", "diagnostic"),
     "x": ("diagnostic: sluice, 1 rule that does not match (no store access)", "diagnostic"),
     "y": ("diagnostic: (c) with rate_limit_headers: none", "diagnostic"),
+    "p": ("diagnostic: the probe filter making (c)'s host calls, no decision", "diagnostic"),
+    "q": ("diagnostic: the probe filter making (d)'s host calls, no decision", "diagnostic"),
+}
+
+# The host calls sluice makes per request for (c) and (d), as the harness counts them
+# (tests/harness/tests/costs.rs): made by the probe filter (scripts/bench/noop-filter) with no
+# rule, decision or text, they are what any filter doing that work pays Envoy beyond (w). (c):
+# the client's address, the clock, one slot written, two RateLimit fields. (d): every header in
+# one call, the clock, three slots (one decided on the worker's copy, two read), both fields.
+PROBE_CALLS = {
+    "p": {"property": 1, "time": 1, "shared_set": 1, "add_header": 2},
+    "q": {"pairs": 1, "time": 1, "shared_get": 2, "shared_set": 3, "add_header": 2},
 }
 
 
@@ -62,6 +74,8 @@ def filters_for(key, wasm, noop_wasm, plugins):
         return [native_filter(1, 3600)]
     if key == "w":
         return [wasm_filter(noop_wasm, {}, vm_id="noop")]
+    if key in PROBE_CALLS:
+        return [wasm_filter(noop_wasm, PROBE_CALLS[key], vm_id=f"probe-{key}")]
     return [wasm_filter(wasm, plugins[key])]
 
 

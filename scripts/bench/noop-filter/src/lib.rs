@@ -4,7 +4,8 @@
 //! per request, so the benchmark can price each kind of host call in real Envoy.
 //!
 //! Kinds: `time` (get_current_time), `property` (source.address), `header` (get :path),
-//! `shared_get` / `shared_set` (a 64-byte value), `add_header` (one response header each),
+//! `pairs` (every request header in one call), `shared_get` / `shared_set` (a 64-byte value),
+//! `add_header` (one response header each, sized as sluice's fields),
 //! `alloc` (a 48-byte heap allocation in the guest, for comparison).
 //!
 //! Two kinds price what a Redis rule adds to a request in Envoy, apart from sluice: `pause`
@@ -35,6 +36,7 @@ struct Calls {
     time: u32,
     property: u32,
     header: u32,
+    pairs: u32,
     shared_get: u32,
     shared_set: u32,
     add_header: u32,
@@ -62,6 +64,7 @@ fn parse(text: &str) -> Calls {
                 "time" => calls.time = n,
                 "property" => calls.property = n,
                 "header" => calls.header = n,
+                "pairs" => calls.pairs = n,
                 "shared_get" => calls.shared_get = n,
                 "shared_set" => calls.shared_set = n,
                 "add_header" => calls.add_header = n,
@@ -144,6 +147,9 @@ impl HttpContext for Pass {
         for _ in 0..c.header {
             black_box(hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path").ok());
         }
+        for _ in 0..c.pairs {
+            black_box(hostcalls::get_map(MapType::HttpRequestHeaders).ok());
+        }
         for _ in 0..c.shared_get {
             black_box(hostcalls::get_shared_data(KEY).ok());
         }
@@ -168,8 +174,13 @@ impl HttpContext for Pass {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for i in 0..self.calls.add_header {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "x-bench", &i.to_string());
+        // Fields the size of sluice's RateLimit and RateLimit-Policy for one rule, so the
+        // response Envoy encodes is as long as sluice's.
+        const FIELDS: [(&str, &str); 2] =
+            [("ratelimit", "\"api\";r=999999999;t=1"), ("ratelimit-policy", "\"api\";q=1000000000;w=1")];
+        for i in 0..self.calls.add_header as usize {
+            let (name, value) = FIELDS[i % 2];
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
         }
         Action::Continue
     }
