@@ -373,6 +373,9 @@ fn advertise_is_refused_on_a_message_rule_which_sends_no_rate_limit_fields() {
     // Beside the rule's other errors, and only when the rule counts messages.
     let errs = errors(&with_rules(vec![rule(json!({"per": "message", "advertise": true, "limit": "5/fortnight"}))]));
     assert_eq!(errs.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["rules[0].limit", "rules[0].advertise"], "{errs:#?}");
+    // Also when another error leaves the rule's kind undecided (a message rule reads no header).
+    let errs = errors(&with_rules(vec![rule(json!({"per": "message", "advertise": true, "cost": {"header": "x-cost"}}))]));
+    assert_eq!(errs.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["rules[0].cost", "rules[0].advertise"], "{errs:#?}");
     assert!(compile(&with_rules(vec![rule(json!({"per": "message", "shadow": true}))])).is_ok());
     assert!(compile(&with_rules(vec![rule(json!({"per": "request", "advertise": false}))])).is_ok());
 }

@@ -48,14 +48,15 @@ pub struct Budget {
     spent: bool,
 }
 
-/// An object's map, beyond the value: its first node holds eleven entries, about 500 bytes.
-const OBJECT: usize = 16;
-/// [`Budget::for_text`]: a text without aliases builds at most 4.75 units per byte of it (YAML's
-/// `{a},`, an object of one key and no value, in 4 bytes; a string's escape such as `\L`, 2
-/// bytes for 3, is 1.5); 6 per byte reads any such text, and a budget spent builds no more than
-/// the costliest plain text of the same size.
-const PER_BYTE: usize = 6;
-/// However short the text: room for a small file to reuse an anchor many times, about 35 MB.
+/// An object's map, beyond the value: its first node holds eleven entries, about 630 bytes.
+const OBJECT: usize = 20;
+/// [`Budget::for_text`]: a text without aliases builds at most 7.7 units per byte of it (in a
+/// YAML flow sequence, `?a,` is an object of one key and no value in 3 bytes: 23 units; a
+/// string's escape such as `\L`, 2 bytes for 3, is 1.5; JSON's densest, `{"":{"":…}}`, about
+/// 4.4); 8 per byte reads any such text, and a budget spent builds no more than the costliest
+/// plain text of the same size.
+const PER_BYTE: usize = 8;
+/// However short the text: room for a small file to reuse an anchor many times, about 32 MB.
 const FLOOR: usize = 1_000_000;
 
 impl Budget {

@@ -117,15 +117,17 @@ impl Compiler {
             None => Some(false),
         };
         let (per, over_limit) = self.per_message(path, m, cost.as_ref());
+        // A message's verdict sends no rate limit fields: the field could only mislead. Judged
+        // on `per` as written, so a message rule with another error has this one named too.
+        let counts_messages = field(m, "per").and_then(Value::as_str) == Some("message");
         // A trial limit must not change traffic, so clients are not shown it unless asked.
-        let advertise = match (field(m, "advertise"), per) {
-            // A message's verdict sends no rate limit fields: the field could only mislead.
-            (Some(v), Some(Per::Message)) => {
+        let advertise = match field(m, "advertise") {
+            Some(v) if counts_messages => {
                 self.report(join(path, "advertise"), Some(v), Problem::AdvertisePerMessage);
                 None
             }
-            (Some(v), _) => self.boolean(&join(path, "advertise"), v),
-            (None, _) => shadow.map(|s| !s),
+            Some(v) => self.boolean(&join(path, "advertise"), v),
+            None => shadow.map(|s| !s),
         };
         let rule = Rule {
             name: name?,
