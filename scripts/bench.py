@@ -186,9 +186,12 @@ def run_throughput(report, args, sections, reps, seconds, quick, wasm, noop, wor
     keys = [k for k in throughput.CONFIGS if not args.configs or k in args.configs.split(",")]
     if "throughput" not in sections:
         keys = [k for k in keys if k in ("a", "b", "c", "w")]
+    probes = [k for k in keys if k == "w" or k in throughput.PROBE_CALLS]
     if not noop:
-        keys = [k for k in keys if k != "w" and k not in throughput.PROBE_CALLS]
+        keys = [k for k in keys if k not in probes]
     envoys, skipped = throughput.start_envoys(keys, wasm, noop, work, envoy_cpus, stack)
+    if not noop:
+        skipped.update({k: "the empty filter is not built" for k in probes})
     if "f" in keys and "f" not in envoys and stack is None:
         skipped["f"] = redis_reason or "Redis stack unavailable"
     try:

@@ -109,7 +109,7 @@ def distributed_ab(args, envoy_cpus, load_cpus):
         beside = ["A"] + (["LD"] if "O" in configs else [])
         for build, keys in ((args.a, beside + configs), (args.b, configs)):
             upstream, envoys, skipped, gateways = distributed.start(os.path.abspath(build), work, envoy_cpus, load_cpus,
-                                                                    stack, keys)
+                                                                    stack, keys, args.noop)
             started.append((upstream, envoys, gateways))
             if skipped:
                 sys.exit(f"{build}: not started: {skipped}")

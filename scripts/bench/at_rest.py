@@ -27,7 +27,6 @@ from common import pinned, target_dir  # noqa: E402
 import ab  # noqa: E402
 import distributed  # noqa: E402
 from envoyctl import Envoy, bootstrap, gateway_cluster, routed, wasm_filter  # noqa: E402
-import hostcalls  # noqa: E402
 import redisenv  # noqa: E402
 
 # Per request, µs: first byte in → upstream request starts, upstream request starts → its
@@ -81,8 +80,8 @@ def main():
             wasm = args.wasm
             if k == "P":
                 # The probe filter's one callout per request to the upstream, no sluice at all.
-                wasm, plugin = args.noop, {"callout": 1}
-                clusters = [gateway_cluster(hostcalls.PROBE_UPSTREAM, upstream.port, h2=True)]
+                wasm, plugin = args.noop, distributed.PROBE_CALLOUT
+                clusters = [distributed.probe_cluster(upstream.port)]
             if transport:
                 port = stack.add_gateway(gw, distributed.GATEWAYS[gw]) if gw else stack.port
                 gateways[k] = (port, None)

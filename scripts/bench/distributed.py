@@ -27,6 +27,13 @@ import throughput
 NEVER = "1000000000/s"
 # The plugin of (P): the probe filter's callout, not sluice.
 PROBE = "probe"
+# The probe filter's configuration for (P): one callout per request, to `probe_cluster`.
+PROBE_CALLOUT = {"callout": 1}
+
+
+def probe_cluster(upstream_port):
+    """The cluster (P)'s callouts go to: the upstream Envoy, over h2c."""
+    return gateway_cluster(hostcalls.PROBE_UPSTREAM, upstream_port, h2=True)
 OVER = "1/s"
 # How Envoy talks to sluice-gateway: HTTP/1.1 or h2c (HTTP/2 with prior knowledge). SHIPPED is
 # what the shipped bootstraps (envoy/redis.yaml, the Istio example) use.
@@ -138,8 +145,8 @@ def start(wasm, work, envoy_cpus, load_cpus, stack, keys, probe=None):
             if probe is None:
                 skipped[k] = "the probe filter is not built (scripts/bench.sh builds it)"
                 continue
-            filters = [wasm_filter(probe, {"callout": 1}, vm_id="probe-callout")]
-            clusters = [gateway_cluster(hostcalls.PROBE_UPSTREAM, upstream.port, h2=True)]
+            filters = [wasm_filter(probe, PROBE_CALLOUT, vm_id="probe-callout")]
+            clusters = [probe_cluster(upstream.port)]
             plugin = None
         elif transport:
             if stack is None:
