@@ -273,7 +273,7 @@ pub fn explain(config: Config, req: Option<&CliRequest>, routes: Option<&[String
                     strategy: strategy_text(config, i),
                     backend: if rule.backend == Backend::Redis { "redis" } else { "local" },
                     shadow: rule.shadow,
-                    advertise: (rule.per == Per::Request).then_some(rule.advertise),
+                    advertise: rule.advertise_if_request(),
                     shared_data_prefix: if local { limiter.table_prefix(i).map(str::to_string) } else { None },
                     slots: local.then_some(config.local.max_clients),
                     redis_key: (rule.backend == Backend::Redis)

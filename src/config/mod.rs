@@ -252,6 +252,12 @@ impl Cost {
 }
 
 impl Rule {
+    /// `advertise` where it means something: none for a message rule, whose verdicts send no
+    /// rate limit fields.
+    pub fn advertise_if_request(&self) -> Option<bool> {
+        (self.per == Per::Request).then_some(self.advertise)
+    }
+
     /// The cost of one message with `payload` bytes. A payload-byte cost above what any limit of
     /// the rule could ever admit is held at one more than that: denied just the same (a cost
     /// above a strategy's capacity never passes), and the numbers stay small enough for the Lua

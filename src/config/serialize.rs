@@ -141,8 +141,7 @@ impl Serialize for Rule {
         )?;
         st.serialize_field("on_error", &self.on_error)?;
         st.serialize_field("shadow", &self.shadow)?;
-        // A message rule's verdicts send no rate limit fields: it has no advertise.
-        st.serialize_field("advertise", &(self.per == Per::Request).then_some(self.advertise))?;
+        st.serialize_field("advertise", &self.advertise_if_request())?;
         st.serialize_field(
             "per",
             match self.per {
