@@ -25,16 +25,11 @@ import redisenv
 import throughput
 
 NEVER = "1000000000/s"
+OVER = "1/s"
 # The plugin of (P): the probe filter's callout, not sluice.
 PROBE = "probe"
 # The probe filter's configuration for (P): one callout per request, to `probe_cluster`.
 PROBE_CALLOUT = {"callout": 1}
-
-
-def probe_cluster(upstream_port):
-    """The cluster (P)'s callouts go to: the upstream Envoy, over h2c."""
-    return gateway_cluster(hostcalls.PROBE_UPSTREAM, upstream_port, h2=True)
-OVER = "1/s"
 # How Envoy talks to sluice-gateway: HTTP/1.1 or h2c (HTTP/2 with prior knowledge). SHIPPED is
 # what the shipped bootstraps (envoy/redis.yaml, the Istio example) use.
 H1, H2 = "h1", "h2"
@@ -61,8 +56,9 @@ CONFIGS = {
            "batch per callout", "never", SHIPPED, "unbatched"),
     "RM": (f"sluice redis, never reached, {LABEL[SHIPPED]} to a gateway running sluice's Redis module, not FCALL",
            "never", SHIPPED, "module"),
-    # The floor under every Redis row's added latency: Envoy's own callout to another process
-    # that answers at once, made by the probe filter (scripts/bench/noop-filter).
+    # What one wake-up of another process costs Envoy under the same load: its own callout to
+    # a process that answers at once, made by the probe filter (scripts/bench/noop-filter); not a
+    # floor under the Redis rows, whose callouts carry several requests.
     "P": ("diagnostic: the probe filter's one HTTP callout per request (h2c, to the upstream Envoy), "
           "no sluice, gateway or Redis", PROBE, None, None),
     "O": (f"sluice redis, client over the limit, deny cache on, {LABEL[SHIPPED]}", "over", SHIPPED, None),
@@ -127,6 +123,11 @@ def gateway_stats(port):
         elif line.startswith('sluice_gateway_requests_total{endpoint="/pipeline"'):
             posts += float(line.rsplit(" ", 1)[1])
     return calls, posts
+
+
+def probe_cluster(upstream_port):
+    """The cluster (P)'s callouts go to: the upstream Envoy, over h2c."""
+    return gateway_cluster(hostcalls.PROBE_UPSTREAM, upstream_port, h2=True)
 
 
 def config_of(key):
@@ -390,8 +391,8 @@ def targets(dist):
     v = cpu("O") / ld if cpu("O") and ld else None
     target("(O) whole-system CPU per request ≤ 1.2 × (LD)", v, 1.2, f"(O) {cpu('O') or 0:.1f} µs / (LD) {ld or 0:.1f} µs")
     ol = dist.get("open_loop", {}).get("rows", {})
-    # What Envoy's bare callout adds in the same run: as little as any design that asks another
-    # process can add.
+    # What Envoy's bare callout adds in the same run, beside each row: how much of the wait is the
+    # callout itself on this machine.
     bare = {m: ol.get("P", {}).get(f"added_{m}_ms") for m in ("p50", "p99")}
 
     def latency(v, m):

@@ -10,8 +10,8 @@ every request makes its own callout, without sluice, the gateway or Redis."""
 from envoyctl import Envoy, bootstrap, gateway_cluster, wasm_filter
 import throughput
 
-KINDS = {"time": 20, "property": 20, "header": 20, "pairs": 20, "shared_get": 20, "shared_set": 20, "add_header": 10, "alloc": 50,
-         "pause": 1, "callout": 1}
+KINDS = {"time": 20, "property": 20, "header": 20, "pairs": 20, "shared_get": 20, "shared_set": 20, "add_header": 10,
+         "alloc": 50, "pause": 1, "callout": 1}
 # The cluster the probe's callouts go to (scripts/bench/noop-filter).
 PROBE_UPSTREAM = "probe_upstream"
 
