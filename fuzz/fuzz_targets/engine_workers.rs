@@ -1,5 +1,6 @@
-//! Workers of one proxy whose clocks disagree, racing on a small slot table: the long-lived
-//! user never loses an admission (see `sluice::fuzzing::engine_workers`).
+//! Workers of one proxy whose clocks disagree, racing on a small slot table: neither the
+//! long-lived user's count nor everyone's loses or gains an admission (see
+//! `sluice::fuzzing::engine_workers`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -275,11 +275,11 @@ impl Limiter {
     }
 
     /// Decides the enforced rules' `groups` and stores the decision: their outcomes, and
-    /// whether the request is denied. With `copies`, the first slot may be decided on the
-    /// worker's copy of its own last write (`crate::store::own`), and is written first: `None`
-    /// when that copy was stale (its write missed, or a denial elsewhere would show its fields
-    /// as the copy has them), with nothing written, to decide again on reads. Only the first:
-    /// a stale copy found out after another slot was written would count the request there.
+    /// whether the request is denied. With `copies`, each slot may be decided on the worker's
+    /// copy of its own last write (`crate::store::own`) while every slot before it was, and
+    /// they are written in order: `None` when a copy was stale (its write missed, or a denial
+    /// elsewhere would show its fields as the copy has them), with nothing written (the writes
+    /// before a stale copy's are taken back), to decide again on reads.
     fn enforce(
         &self,
         groups: &[Refs<'_>],
@@ -289,31 +289,53 @@ impl Limiter {
     ) -> Option<(Vec<RuleOutcome>, bool)> {
         let rules = groups.iter().map(|g| g.len()).sum();
         let mut decided = Vec::with_capacity(rules);
-        let prepared: SmallVec<[Option<Prepared>; 2]> = groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| self.prepare_group(g, store, now_us, &mut decided, copies && i == 0))
-            .collect();
         let on_copy = |p: &Option<Prepared>| p.as_ref().is_some_and(|p| p.guessed().is_some());
+        let mut prepared: SmallVec<[Option<Prepared>; 2]> = SmallVec::with_capacity(groups.len());
+        for g in groups {
+            // A write on a copy is taken back only after writes on copies: one on a read
+            // cannot be (the read's slot may have been another identity's, or marked).
+            let copy = copies && prepared.iter().all(on_copy);
+            prepared.push(self.prepare_group(g, store, now_us, &mut decided, copy));
+        }
         if decided.iter().any(|o| !o.allowed) {
             // Nothing is written: a slot another group would have created or taken was not (a
             // group alone that denies writes nothing).
             if groups.len() > 1 {
                 decided.iter_mut().for_each(|o| (o.created_slot, o.evicted_slot) = (false, false));
             }
-            return if prepared.first().is_some_and(on_copy) { None } else { Some((decided, true)) };
+            return if prepared.iter().any(on_copy) { None } else { Some((decided, true)) };
         }
         let mut stored = Vec::with_capacity(rules);
         let mut prepared_outcomes = decided.into_iter();
-        for (group, p) in groups.iter().zip(prepared) {
+        // Each slot written on a copy so far (all the first ones), as its copy had it.
+        let mut on_copies: SmallVec<[Vec<u8>; 2]> = SmallVec::new();
+        for (i, (group, mut p)) in groups.iter().zip(prepared).enumerate() {
             let mine = prepared_outcomes.by_ref().take(group.len());
             let guessed = on_copy(&p);
+            // Only a later slot's write can be found stale after this one.
+            let copied = p.as_mut().filter(|_| i + 1 < groups.len()).and_then(Prepared::take_copied);
             match p.zip(group.first()).map(|(p, first)| self.commit(first, store, p, now_us)) {
                 // Stored, or a store failure that `on_error` admitted.
-                Some(Ok(_)) | None => stored.extend(mine),
-                // The first slot's write with its copy's token missed (the copy was stale) or
-                // failed; nothing is written yet.
-                Some(Err(_)) if guessed => return None,
+                Some(Ok(_)) | None => {
+                    stored.extend(mine);
+                    on_copies.extend(copied);
+                }
+                // A write with its copy's token missed (the copy was stale) or failed, after the
+                // writes on copies before it: taken back, nothing is written.
+                Some(Err(_)) if guessed && on_copies.len() == i => {
+                    mine.for_each(drop);
+                    let before = groups.get(..i)?;
+                    let kept = self.take_back(before, &mut on_copies, store, now_us);
+                    if kept == 0 {
+                        return None;
+                    }
+                    // One could not be taken back (written over since): it and those before it
+                    // stay counted, as after a race lost at a later slot; the rest count again.
+                    stored.truncate(groups.iter().take(kept).map(|g| g.len()).sum());
+                    for g in groups.get(kept..=i).unwrap_or_default() {
+                        self.update_group(g, store, now_us, &mut stored);
+                    }
+                }
                 Some(Err(_)) => {
                     mine.for_each(drop);
                     self.update_group(group, store, now_us, &mut stored);
@@ -324,6 +346,32 @@ impl Limiter {
             }
         }
         Some((stored, false))
+    }
+
+    /// Takes back the writes this request made on copies of `groups`' slots (`copies`: each
+    /// slot as its copy had it), the last first, while each is still the slot's latest write:
+    /// how many groups, from the first, stay counted.
+    fn take_back(
+        &self,
+        groups: &[Refs<'_>],
+        copies: &mut SmallVec<[Vec<u8>; 2]>,
+        store: &impl SharedStore,
+        now_us: u64,
+    ) -> usize {
+        let mut kept = groups.len().min(copies.len());
+        while let (Some(group), Some(before)) = (kept.checked_sub(1).and_then(|k| groups.get(k)), copies.pop()) {
+            let Some(first) = group.first() else { break };
+            let c = self.compiled(first);
+            let identity = first.identity.hash;
+            let Some(written) = self.own.take(c.holder, identity, now_us) else { break };
+            let mine = written.mine;
+            let Ok((restored, token)) = c.table.take_back(store, written, before, self.own.tag()) else { break };
+            // The slot read held the worker's write: that write's token is a fact.
+            self.own.saw(mine, Some((mine.tag, token)));
+            self.own.wrote(c.holder, identity, restored, now_us);
+            kept -= 1;
+        }
+        kept
     }
 
     /// Decides the local rules of `applied`, after the Redis rules' `outcomes` (if any), and

@@ -2,9 +2,12 @@
 //! and the `engine_workers` fuzz target (tests and feature `fuzzing` only): workers whose
 //! clocks disagree by up to [`WORKER_SKEW_US`], each with its memo and its copies of its own
 //! writes, interleaved at every shared-data call, several users in a small slot table whose
-//! counts keep expiring around a user whose count lives for the whole run. What must hold is
-//! that the long-lived user never loses an admission, until the table is so full that a slot
-//! is evicted (where exactness is given up by design: "Local counters" in the README).
+//! counts keep expiring around a user whose count lives for the whole run; every request also
+//! counts in a second table (one slot for everyone), so a request writes two slots, and a
+//! worker's copy of the second goes stale while its copy of the first holds. What must hold is
+//! that neither the long-lived user's count nor everyone's loses or gains an admission, until
+//! the table is so full that a slot is evicted (where exactness is given up by design: "Local
+//! counters" in the README).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -76,8 +79,9 @@ impl RequestInfo for Request {
     }
 }
 
-/// Plays `run`: `Err` names the first admission of the long-lived user that did not report one
-/// fewer remaining than the one before it. Steps after the first eviction are not checked.
+/// Plays `run`: `Err` names the first step after which the long-lived user's admissions (on its
+/// rule) or everyone's (on the rule for all) did not report each of `LONG_LIMIT - 1`,
+/// `LONG_LIMIT - 2`, … once. Steps after the first eviction are not checked.
 pub fn play(run: &Run) -> Result<(), String> {
     let rule = |name: &str, path: &str, limit: &str| {
         serde_json::json!({"name": name, "match": {"path": path}, "limit": limit, "strategy": "fixed_window",
@@ -87,25 +91,33 @@ pub fn play(run: &Run) -> Result<(), String> {
         rule("long", "/l", &format!("{LONG_LIMIT}/hour")),
         rule("short", "/s", &format!("{LONG_LIMIT}/100ms")),
         rule("mid", "/m", &format!("{LONG_LIMIT}/1200ms")),
+        {"name": "all", "limit": format!("{LONG_LIMIT}/hour"), "identifier": "global"},
     ]});
     let compiled = crate::config::compile(&config).map_err(|e| format!("the model's config: {e:?}"))?;
     let workers: Vec<Limiter> = (0..WORKERS).map(|_| Limiter::new(compiled.clone())).collect();
     let clock = |worker: usize| run.clocks.get(worker).copied().unwrap_or(0).min(WORKER_SKEW_US);
     let store = MemStore::default();
-    // What the long-lived user's admissions reported remaining, in the order they ended.
-    let long = RefCell::new(Vec::new());
+    // What admissions reported remaining: the long-lived user's on its rule (0), everyone's on
+    // the rule for all (3). A request counts at two slots and may end after another that
+    // counted between them, so each rule's reports are checked as a set, not in the order
+    // requests ended.
+    let reports = RefCell::new([Vec::new(), Vec::new()]);
     let decide = |store: &dyn SharedStore, now: u64, user: usize, worker: usize| {
         let Some(limiter) = workers.get(worker) else { return };
         let verdict = limiter.check(&Request(user), &store, now + clock(worker));
-        if let (0, Verdict::Admit { outcomes, .. }) = (user, &verdict) {
-            long.borrow_mut().extend(outcomes.iter().flat_map(|o| o.decisions.iter().map(|d| d.remaining)));
+        if let Verdict::Admit { outcomes, .. } = &verdict {
+            let mut reports = reports.borrow_mut();
+            for o in outcomes.iter().filter(|o| o.rule == 0 || o.rule == 3) {
+                if let Some(of) = reports.get_mut(usize::from(o.rule == 3)) {
+                    of.extend(o.decisions.iter().map(|d| d.remaining));
+                }
+            }
         }
     };
     let evicted = evictions();
     let mut now = 1_700_000_040_000_000u64;
     for (i, step) in run.steps.iter().enumerate() {
         now = now.saturating_add(step.after_us);
-        let admitted = long.borrow().len();
         let plan = RefCell::new(step.meddlers.iter().copied().collect::<VecDeque<_>>());
         let others = || {
             let next = plan.borrow_mut().pop_front().flatten();
@@ -116,16 +128,21 @@ pub fn play(run: &Run) -> Result<(), String> {
         decide(&Meddled { inner: &store, before: others }, now, step.user, step.worker);
         if evictions() > evicted {
             // This step may have evicted the long-lived user's count: what came before holds.
-            long.borrow_mut().truncate(admitted);
             break;
         }
-        let long = long.borrow();
-        if let Some((n, remaining)) = long.iter().enumerate().skip(admitted).find(|(n, r)| **r != LONG_LIMIT - 1 - *n as u64) {
-            return Err(format!(
-                "step {i} ({step:?}): admission {} of the long-lived user reported {remaining} remaining, not {}",
-                n + 1,
-                LONG_LIMIT - 1 - n as u64
-            ));
+        // Each rule reported each of `LONG_LIMIT - 1`, `LONG_LIMIT - 2`, … once: no admission
+        // lost or counted twice, in either table.
+        for (rule, reports) in ["long", "all"].iter().zip(reports.borrow().iter()) {
+            let mut sorted = reports.clone();
+            sorted.sort_unstable_by(|a, b| b.cmp(a));
+            let wrong = sorted.iter().enumerate().find(|(n, r)| **r != LONG_LIMIT - 1 - *n as u64);
+            if let Some((n, remaining)) = wrong {
+                return Err(format!(
+                    "step {i} ({step:?}): rule {rule:?}'s report number {} from the highest was {remaining} remaining, not {}",
+                    n + 1,
+                    LONG_LIMIT - 1 - n as u64
+                ));
+            }
         }
     }
     Ok(())

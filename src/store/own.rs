@@ -26,9 +26,11 @@
 //! [`MAX_WAIT`] decisions.
 //!
 //! Which copies may decide is the table's call and the engine's: a copy of the identity's home
-//! slot while it lives ([`super::Table::prepare_on_copy`]), for the first slot a request
-//! writes (its first rules' in config order, `crate::engine`'s local phase), so a stale copy
-//! is found out before any slot has counted the request.
+//! slot while it lives ([`super::Table::prepare_on_copy`]), for each slot a request writes
+//! while every slot before it was decided on a copy too (`crate::engine`'s local phase). A
+//! stale copy found out after earlier slots were written has those writes taken back
+//! ([`super::Table::take_back`]: each slot is its copy again, if nobody wrote it since), so
+//! the request counts nowhere before it is decided again on reads.
 //!
 //! Bounded: [`PLACES`] copies per worker and config, each at most [`MAX_SLOT_BYTES`].
 

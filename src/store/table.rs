@@ -335,7 +335,9 @@ pub struct Prepared {
     write: Option<Write>,
     /// Marks written before `write` (see the module's doc).
     marks: Vec<Write>,
-    /// The slot as read, when nothing is to be written (a denial): see [`Prepared::take_read`].
+    /// The slot the decision stood on, when the caller may want it: as read, when nothing is
+    /// to be written (a denial: see [`Prepared::take_read`]), or the worker's copy, which a
+    /// write on it would be taken back to ([`Prepared::take_copied`]).
     read: Option<Vec<u8>>,
     /// What the decision stood on.
     basis: Basis,
@@ -392,7 +394,12 @@ impl Prepared {
     /// The slot the decision was taken on, when nothing is to be written (`None` if the
     /// identity had no slot): what a worker remembers of a denial.
     pub fn take_read(&mut self) -> Option<Vec<u8>> {
-        self.read.take()
+        self.read.take().filter(|_| self.write.is_none())
+    }
+
+    /// The worker's copy the decision stood on (`None`: it stood on a read).
+    pub fn take_copied(&mut self) -> Option<Vec<u8>> {
+        self.read.take().filter(|_| matches!(self.basis, Basis::Copy { .. }))
     }
 
     /// What was written, once committed.
@@ -599,7 +606,30 @@ impl Table {
         };
         let write = Write { key: copy.key, cas: Some(token), bytes: writing.done(), home: true, evicts: false };
         let basis = Basis::Copy { mine: copy.mine, token };
-        Ok(Prepared { outcomes, write: Some(write), marks: Vec::new(), read: None, basis })
+        Ok(Prepared { outcomes, write: Some(write), marks: Vec::new(), read: Some(copy.bytes), basis })
+    }
+
+    /// Takes back a write of the worker's made on its copy (`written`, the copy as it is now),
+    /// if nothing was written over it: the slot holds `before` again (the copy the write was
+    /// decided on, every count as it was), tagged `tag` as a new write of the worker's. What
+    /// was written and the token the taken-back write had; [`StoreError::CasMismatch`] if
+    /// another write came after it (its count stays, as a race lost after the write would
+    /// leave it).
+    pub fn take_back(
+        &self,
+        store: &impl SharedStore,
+        written: SlotCopy,
+        mut before: Vec<u8>,
+        tag: u64,
+    ) -> Result<(Written, u32), StoreError> {
+        // The slot is read for its token: Envoy does not say which token a write got, and
+        // other workers' writes elsewhere may have moved the counter since.
+        let Some((value, token)) = store.get(&written.key)? else { return Err(StoreError::CasMismatch) };
+        let still = value.first() == Some(&VERSION) && u64_at(&value, TAG_AT) == Some(written.mine.tag);
+        let Some(at) = before.get_mut(TAG_AT..COUNT_AT).filter(|_| still) else { return Err(StoreError::CasMismatch) };
+        at.copy_from_slice(&tag.to_le_bytes());
+        store.set(&written.key, &before, token)?;
+        Ok((Written { key: written.key, bytes: before, tag, home: true }, token))
     }
 
     /// The decision on `value` (the slot as read or copied), and the slot to write carrying

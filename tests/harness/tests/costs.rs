@@ -21,14 +21,16 @@ const MEASURED: u64 = 50;
 // and 84,431 before each Redis rule's reply stood on its own (`engine/remote.rs`), 14,550 and
 // 84,516 since: no local request runs that code; the rest is code generation. 14,585 and 84,579
 // since a write that evicts a live count is counted (`local.evictions`): its flag travels with
-// each group's outcomes, and metrics test an outcome's rare flags at once.
-const CEILING_C: f64 = 14_600.0;
-const CEILING_D: f64 = 84_600.0;
+// each group's outcomes, and metrics test an outcome's rare flags at once. 14,689 and 82,464
+// since every slot of a request may be decided on the worker's copy (`engine/local.rs`): (c)
+// keeps its prepared decisions in a loop, (d) reads no slot (less host-call glue).
+const CEILING_C: f64 = 14_700.0;
+const CEILING_D: f64 = 82_500.0;
 // (e) 6,230 before the worker's copies of its writes, 6,478 since (6,505 with marks): the 429
 // path runs none of their code, but moves the larger decisions prepared (about 15 ns at the
 // guest's pace). 6,539 before `x-envoy-ratelimited`, 6,692 with it and per-rule Redis replies,
-// 6,701 with `local.evictions`.
-const CEILING_E: f64 = 6_720.0;
+// 6,701 with `local.evictions`, 6,538 since every slot may be decided on a copy (code layout).
+const CEILING_E: f64 = 6_560.0;
 const CEILING_X: f64 = 2_520.0;
 
 fn configs() -> Vec<(&'static str, Value)> {
@@ -76,7 +78,8 @@ fn vm_entries_host_calls_and_guest_work_per_request_do_not_grow() {
         // The first slot of a request, when the worker wrote it last, is decided on its copy,
         // not read (`store::own`).
         ("c", 200, 6.0, 5.0, CEILING_C),
-        ("d", 200, 8.0, 9.0, CEILING_D),
+        // Every slot of a request, when the worker wrote each last, is decided on its copies.
+        ("d", 200, 6.0, 7.0, CEILING_D),
         // A 429 reads nothing: the worker remembers the denial (`engine::memo`).
         ("e", 429, 5.0, 2.0, CEILING_E),
         ("x", 200, 6.0, 1.0, CEILING_X),
