@@ -324,7 +324,7 @@ impl Limiter {
                 // writes on copies before it: taken back, nothing is written.
                 Some(Err(_)) if guessed && on_copies.len() == i => {
                     mine.for_each(drop);
-                    let before = groups.get(..i)?;
+                    let (before, _) = groups.split_at(i.min(groups.len()));
                     let kept = self.take_back(before, &mut on_copies, store, now_us);
                     if kept == 0 {
                         return None;

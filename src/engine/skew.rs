@@ -128,7 +128,7 @@ pub fn play(run: &Run) -> Result<(), String> {
         decide(&Meddled { inner: &store, before: others }, now, step.user, step.worker);
         if evictions() > evicted {
             // This step may have evicted the long-lived user's count: what came before holds.
-            break;
+            return Ok(());
         }
         // Each rule reported each of `LONG_LIMIT - 1`, `LONG_LIMIT - 2`, … once: no admission
         // lost or counted twice, in either table.
@@ -144,6 +144,16 @@ pub fn play(run: &Run) -> Result<(), String> {
                 ));
             }
         }
+    }
+    // And the store holds those counts, the last request's too: a worker that reads both
+    // slots counts the long-lived user's next request after all of them.
+    let reader = Limiter::new(compiled);
+    let next = reader.check(&Request(0), &store, now + clock(0));
+    let counted = reports.borrow().iter().map(Vec::len).collect::<Vec<_>>();
+    let reported: Vec<u64> = next.outcomes().iter().flat_map(|o| o.decisions.iter().map(|d| d.remaining)).collect();
+    let expected: Vec<u64> = counted.iter().map(|n| LONG_LIMIT - 1 - *n as u64).collect();
+    if reported != expected {
+        return Err(format!("after the run: a reader's request reported {reported:?} remaining, not {expected:?}"));
     }
     Ok(())
 }

@@ -30,7 +30,8 @@
 //! while every slot before it was decided on a copy too (`crate::engine`'s local phase). A
 //! stale copy found out after earlier slots were written has those writes taken back
 //! ([`super::Table::take_back`]: each slot is its copy again, if nobody wrote it since), so
-//! the request counts nowhere before it is decided again on reads.
+//! the request counts nowhere before it is decided again on reads; a slot written over since
+//! keeps the request's count, and the slots after it up to the stale one are decided on reads.
 //!
 //! Bounded: [`PLACES`] copies per worker and config, each at most [`MAX_SLOT_BYTES`].
 

@@ -394,12 +394,18 @@ impl Prepared {
     /// The slot the decision was taken on, when nothing is to be written (`None` if the
     /// identity had no slot): what a worker remembers of a denial.
     pub fn take_read(&mut self) -> Option<Vec<u8>> {
-        self.read.take().filter(|_| self.write.is_none())
+        if self.write.is_some() {
+            return None;
+        }
+        self.read.take()
     }
 
     /// The worker's copy the decision stood on (`None`: it stood on a read).
     pub fn take_copied(&mut self) -> Option<Vec<u8>> {
-        self.read.take().filter(|_| matches!(self.basis, Basis::Copy { .. }))
+        if !matches!(self.basis, Basis::Copy { .. }) {
+            return None;
+        }
+        self.read.take()
     }
 
     /// What was written, once committed.

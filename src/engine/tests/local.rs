@@ -332,10 +332,43 @@ fn a_write_taken_over_since_stays_counted_and_the_later_slot_is_decided_on_a_rea
     let everyone = w1.table_prefix(1).map(str::to_string).unwrap_or_default();
     *store.before_write.borrow_mut() =
         Some((everyone, Box::new(move |mem: &MemStore| assert_eq!(remaining(&w2.check(&of("u"), mem, T0 + 3500)), [5, 96]))));
+    let (reads, writes) = (store.reads.get(), store.writes.get());
     let v = w1.check(&of("u"), &store, T0 + 4000);
     // W1's count in u's slot stays (W2 counted on it); everyone's is decided on a read.
     assert_eq!(remaining(&v), [6, 95]);
+    // u's slot written on its copy, everyone's missed; u's read (W2's write: not taken back);
+    // everyone's read and written.
+    assert_eq!((store.reads.get() - reads, store.writes.get() - writes), (2, 3));
     assert_eq!(remaining(&limiter(user_and_all()).check(&of("u"), &mem, T0 + 5000)), [4, 94]);
+}
+
+#[test]
+fn a_take_back_stops_at_a_slot_written_over_and_counts_the_slots_after_it_again() {
+    // Three slots: u's, key k's and everyone's. Between W1's write of k's slot and its write
+    // of everyone's, W2 counts u (with another key) in u's slot and everyone's.
+    let config = serde_json::json!({"rules": [
+        {"name": "user", "limit": "10/min", "identifier": {"header": "x-user"}},
+        {"name": "key", "limit": "10/min", "identifier": {"header": "x-key"}},
+        {"name": "all", "limit": "100/min", "identifier": "global"}]});
+    let (w1, w2) = (limiter(config.clone()), limiter(config.clone()));
+    let mem = MemStore::default();
+    let store = Racing::new(&mem);
+    let req = |key: &str| of("u").header("x-key", key);
+    for i in 0..3 {
+        assert_eq!(status(&w1.check(&req("k"), &store, T0 + i * 1000)), 200);
+    }
+    let everyone = w1.table_prefix(2).map(str::to_string).unwrap_or_default();
+    *store.before_write.borrow_mut() = Some((
+        everyone,
+        Box::new(move |mem: &MemStore| assert_eq!(remaining(&w2.check(&req("k2"), mem, T0 + 3500)), [5, 9, 96])),
+    ));
+    let (reads, writes) = (store.reads.get(), store.writes.get());
+    assert_eq!(remaining(&w1.check(&req("k"), &store, T0 + 4000)), [6, 6, 95]);
+    // Three writes on copies, everyone's missing; k's slot read and taken back, u's read and
+    // left (W2 wrote it); k's and everyone's read and written.
+    assert_eq!((store.reads.get() - reads, store.writes.get() - writes), (4, 6));
+    // Every request counted once in each slot: u 5, k 4, everyone 5.
+    assert_eq!(remaining(&limiter(config).check(&req("k"), &mem, T0 + 5000)), [4, 5, 94]);
 }
 
 proptest::proptest! {

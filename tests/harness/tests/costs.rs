@@ -75,10 +75,9 @@ fn vm_entries_host_calls_and_guest_work_per_request_do_not_grow() {
     // Fuel is about one unit per wasm instruction the guest runs: its own work, measured the same
     // on any machine (`SLUICE_WASM=other.wasm` measures another build).
     let ceilings: &[(&str, u16, f64, f64, f64)] = &[
-        // The first slot of a request, when the worker wrote it last, is decided on its copy,
-        // not read (`store::own`).
+        // A slot the worker wrote last is decided on its copy, not read (`store::own`); (d)'s
+        // three are, each in turn.
         ("c", 200, 6.0, 5.0, CEILING_C),
-        // Every slot of a request, when the worker wrote each last, is decided on its copies.
         ("d", 200, 6.0, 7.0, CEILING_D),
         // A 429 reads nothing: the worker remembers the denial (`engine::memo`).
         ("e", 429, 5.0, 2.0, CEILING_E),
