@@ -58,10 +58,10 @@ CONFIGS = {
 # (tests/harness/tests/costs.rs): made by the probe filter (scripts/bench/noop-filter) with no
 # rule, decision or text, they are what any filter doing that work pays Envoy beyond (w). (c):
 # the client's address, the clock, one slot written, two RateLimit fields. (d): every header in
-# one call, the clock, three slots (one decided on the worker's copy, two read), both fields.
+# one call, the clock, three slots written (each decided on the worker's copy), both fields.
 PROBE_CALLS = {
     "p": {"property": 1, "time": 1, "shared_set": 1, "add_header": 2},
-    "q": {"pairs": 1, "time": 1, "shared_get": 2, "shared_set": 3, "add_header": 2},
+    "q": {"pairs": 1, "time": 1, "shared_set": 3, "add_header": 2},
 }
 
 
