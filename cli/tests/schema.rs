@@ -37,15 +37,16 @@ fn schema_is_valid_draft_2020_12() {
     jsonschema::meta::validate(&s).unwrap();
 }
 
-/// Every object in the schema is closed and every property is described (an `if` is a
-/// condition on some fields of an object, closed where it is described).
+/// Every object in the schema is closed and every property is described (an `if` or a `not`
+/// is a condition on some fields of an object, closed where it is described).
 #[test]
 fn schema_objects_are_closed_and_described() {
     fn walk(node: &Value, path: &str, problems: &mut Vec<String>) {
         match node {
             Value::Object(m) => {
                 if let Some(Value::Object(props)) = m.get("properties") {
-                    if m.get("additionalProperties") != Some(&Value::Bool(false)) && !path.ends_with("/if") {
+                    let condition = path.ends_with("/if") || path.ends_with("/not");
+                    if m.get("additionalProperties") != Some(&Value::Bool(false)) && !condition {
                         problems.push(format!("{path}: additionalProperties is not false"));
                     }
                     for (k, v) in props {
@@ -210,6 +211,15 @@ fn schema_and_compiler_agree() {
         (with_rule(json!({"advertise": true})), true),
         (with_rule(json!({"per": "message", "advertise": false})), false),
         (with_rule(json!({"per": "message", "shadow": true, "advertise": true})), false),
+        // over_limit and payload_bytes are about messages; a message's cost reads no header.
+        (with_rule(json!({"per": "message", "over_limit": {"notify": true}, "cost": "payload_bytes"})), true),
+        (with_rule(json!({"over_limit": {"notify": true}})), false),
+        (with_rule(json!({"per": "request", "over_limit": {"close_after": 3}})), false),
+        (with_rule(json!({"cost": "payload_bytes"})), false),
+        (with_rule(json!({"per": "request", "cost": "payload_bytes"})), false),
+        (with_rule(json!({"cost": {"header": "x-cost"}})), true),
+        (with_rule(json!({"per": "message", "cost": {"header": "x-cost"}})), false),
+        (with_rule(json!({"per": "message", "cost": 3})), true),
     ];
     let v = validator();
     for (doc, want) in cases {
