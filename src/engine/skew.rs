@@ -149,9 +149,8 @@ pub fn play(run: &Run) -> Result<(), String> {
     // slots counts the long-lived user's next request after all of them.
     let reader = Limiter::new(compiled);
     let next = reader.check(&Request(0), &store, now + clock(0));
-    let counted = reports.borrow().iter().map(Vec::len).collect::<Vec<_>>();
     let reported: Vec<u64> = next.outcomes().iter().flat_map(|o| o.decisions.iter().map(|d| d.remaining)).collect();
-    let expected: Vec<u64> = counted.iter().map(|n| LONG_LIMIT - 1 - *n as u64).collect();
+    let expected: Vec<u64> = reports.borrow().iter().map(|r| LONG_LIMIT - 1 - r.len() as u64).collect();
     if reported != expected {
         return Err(format!("after the run: a reader's request reported {reported:?} remaining, not {expected:?}"));
     }
