@@ -502,17 +502,26 @@ impl Backend {
         self.following(cmd, slot, metrics).await
     }
 
-    /// [`Backend::request`], sent again while its answer is a lost redirect (see `send`).
+    /// [`Backend::request`], sent again while its answer is a lost redirect (see `send`), or
+    /// while the node that has the call's slot says the cluster cannot serve it (see
+    /// [`cluster_down`]).
     async fn following(&self, cmd: &redis::Cmd, slot: Target, metrics: &Metrics) -> Outcome {
-        let mut outcome = self.request(cmd, slot).await;
-        for _ in 0..REDIRECT_RETRIES {
-            if !redirected(&outcome) {
-                break;
+        let give_up = tokio::time::Instant::now() + self.timeout / 2;
+        let mut pause = CLUSTER_DOWN_FIRST_PAUSE;
+        let mut redirects = 0;
+        loop {
+            let outcome = self.request(cmd, slot).await;
+            if redirected(&outcome) && redirects < REDIRECT_RETRIES {
+                redirects += 1;
+                metrics.redirect_retry();
+            } else if cluster_down(&outcome) && tokio::time::Instant::now() + pause < give_up {
+                metrics.cluster_down_retry();
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(CLUSTER_DOWN_LAST_PAUSE);
+            } else {
+                return outcome;
             }
-            metrics.redirect_retry();
-            outcome = self.request(cmd, slot).await;
         }
-        outcome
     }
 
     /// On a Cluster, to the primary of `slot` when given (redirects still followed), else where
@@ -853,6 +862,22 @@ const REDIRECT_RETRIES: usize = 3;
 /// Whether Redis answered a redirect (the call ran nowhere) that the client did not follow.
 fn redirected(outcome: &Outcome) -> bool {
     matches!(outcome, Err(Failure::Reply(text)) if text.starts_with("ASK ") || text.starts_with("MOVED "))
+}
+
+/// The first and the longest wait before a call answered `CLUSTERDOWN` goes again.
+const CLUSTER_DOWN_FIRST_PAUSE: Duration = Duration::from_millis(10);
+const CLUSTER_DOWN_LAST_PAUSE: Duration = Duration::from_millis(80);
+
+/// Whether Redis answered `CLUSTERDOWN`: the node that got the call holds no owner for its slot
+/// (`Hash slot not served`) or finds the cluster failed. Redis checks that before it runs a
+/// command (a script's own calls report it as `ERR`, never as this code), so the call ran
+/// nowhere and may go again. During a coordinated failover a node was seen to answer it for a
+/// few tens of milliseconds, longer than the cluster client's own two short waits; a call sent
+/// again then still gets a decision. The gateway gives up after half its timeout, so that a cluster
+/// that stays down is answered with Redis' reason, not a timeout, and the filter follows
+/// `on_error` in time.
+fn cluster_down(outcome: &Outcome) -> bool {
+    matches!(outcome, Err(Failure::Reply(text)) if text.starts_with("CLUSTERDOWN"))
 }
 
 fn is_unknown_command(text: &str) -> bool {

@@ -197,6 +197,8 @@ pub struct Metrics {
     batched_calls: AtomicU64,
     /// Calls sent again after their answer was a redirect the client did not follow.
     redirect_retries: AtomicU64,
+    /// Calls sent again after Redis answered `CLUSTERDOWN` (they ran nowhere).
+    cluster_down_retries: AtomicU64,
 }
 
 /// Decrements the open-connections gauge when a connection's task ends, however it ends.
@@ -299,6 +301,11 @@ impl Metrics {
         self.redirect_retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A call sent again because Redis answered `CLUSTERDOWN` (see `Backend::following`).
+    pub fn cluster_down_retry(&self) {
+        self.cluster_down_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A call sent as `EVAL` of the gateway's own script (see `Backend::run`).
     pub fn eval_call(&self) {
         self.eval_calls.fetch_add(1, Ordering::Relaxed);
@@ -391,6 +398,9 @@ impl Metrics {
         writeln!(out, "# HELP sluice_gateway_redirect_retries_total Calls whose answer was a Cluster redirect the client lost (they ran nowhere), sent again.")?;
         writeln!(out, "# TYPE sluice_gateway_redirect_retries_total counter")?;
         writeln!(out, "sluice_gateway_redirect_retries_total {}", self.redirect_retries.load(Ordering::Relaxed))?;
+        writeln!(out, "# HELP sluice_gateway_cluster_down_retries_total Calls Redis answered CLUSTERDOWN (they ran nowhere), sent again within half the timeout.")?;
+        writeln!(out, "# TYPE sluice_gateway_cluster_down_retries_total counter")?;
+        writeln!(out, "sluice_gateway_cluster_down_retries_total {}", self.cluster_down_retries.load(Ordering::Relaxed))?;
 
         writeln!(out, "# HELP sluice_gateway_redis_errors_total Commands or requests that got no result from Redis, by kind.")?;
         writeln!(out, "# TYPE sluice_gateway_redis_errors_total counter")?;

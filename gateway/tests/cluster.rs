@@ -369,3 +369,55 @@ async fn a_batch_across_a_migrating_slot_runs_its_calls_one_by_one() {
     assert_ne!(keys_in(owner), "0", "the old identity counted where its keys are");
     assert_ne!(keys_in(importer), "0", "the new one where Redis sent it");
 }
+
+/// A call whose slot its owner does not serve for a while (`CLUSTER DELSLOTS` there: the node
+/// answers `CLUSTERDOWN`, as one did during a coordinated failover) ran nowhere: it goes again
+/// until the slot is served, and counts once. A slot that stays unserved is answered with
+/// Redis' reason within half the timeout, not with the gateway's timeout, so the filter
+/// follows `on_error` in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_answered_clusterdown_goes_again_until_its_slot_is_served() {
+    let cluster = RedisCluster::start();
+    let seeds = cluster.seed_nodes();
+    let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000", "--redis-calls", "fcall"]).await;
+    let http = Http::new(&gw.base, None);
+    http.wait_metric(r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#, 1.0).await;
+    let identity = 9101u64;
+    let slot = key_slot(key(identity).as_bytes());
+    let owner = cluster.primary_for(slot);
+    let (status, body) = http.post("/", call(identity)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 1)), "{body}");
+    let retries = || async {
+        let (_, text) = http.get("/metrics").await;
+        support::metric_value(&text, "sluice_gateway_cluster_down_retries_total")
+    };
+    assert_eq!(retries().await, 0.0);
+
+    let slot_arg = slot.to_string();
+    assert_eq!(redis_cli(owner, &["CLUSTER", "DELSLOTS", &slot_arg]).trim(), "OK");
+    let pending = tokio::spawn({
+        let http = Http::new(&gw.base, None);
+        async move { http.post("/", call(identity)).await }
+    });
+    // Served again once the call has been answered CLUSTERDOWN at least once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while retries().await < 1.0 {
+        assert!(Instant::now() < deadline, "the call was never answered CLUSTERDOWN");
+        assert!(!pending.is_finished(), "the call ended before its slot was served again");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(redis_cli(owner, &["CLUSTER", "ADDSLOTS", &slot_arg]).trim(), "OK");
+    let (status, body) = pending.await.expect("the call");
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 2)), "counted once: {body}");
+
+    // Unserved for good: Redis' reason, and nothing counted.
+    assert_eq!(redis_cli(owner, &["CLUSTER", "DELSLOTS", &slot_arg]).trim(), "OK");
+    let before = retries().await;
+    let (status, body) = http.post("/", call(identity)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.starts_with("CLUSTERDOWN")), "{body}");
+    assert!(retries().await > before, "sent again before giving up");
+    assert_eq!(redis_cli(owner, &["CLUSTER", "ADDSLOTS", &slot_arg]).trim(), "OK");
+    let (status, body) = http.post("/", call(identity)).await;
+    assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 3)), "{body}");
+}
