@@ -507,20 +507,24 @@ impl Backend {
     /// [`cluster_down`]).
     async fn following(&self, cmd: &redis::Cmd, slot: Target, metrics: &Metrics) -> Outcome {
         let give_up = tokio::time::Instant::now() + self.timeout / 2;
-        let mut pause = CLUSTER_DOWN_FIRST_PAUSE;
-        let mut redirects = 0;
+        let (mut redirects, mut resends) = (0, 0);
         loop {
             let outcome = self.request(cmd, slot).await;
             if redirected(&outcome) && redirects < REDIRECT_RETRIES {
                 redirects += 1;
                 metrics.redirect_retry();
-            } else if cluster_down(&outcome) && tokio::time::Instant::now() + pause < give_up {
-                metrics.cluster_down_retry();
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(CLUSTER_DOWN_LAST_PAUSE);
-            } else {
+                continue;
+            }
+            if !cluster_down(&outcome) || resends == CLUSTER_DOWN_PAUSES.len() {
                 return outcome;
             }
+            let pause = jittered(CLUSTER_DOWN_PAUSES[resends]);
+            if tokio::time::Instant::now() + pause >= give_up {
+                return outcome;
+            }
+            resends += 1;
+            metrics.cluster_down_retry();
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -864,18 +868,29 @@ fn redirected(outcome: &Outcome) -> bool {
     matches!(outcome, Err(Failure::Reply(text)) if text.starts_with("ASK ") || text.starts_with("MOVED "))
 }
 
-/// The first and the longest wait before a call answered `CLUSTERDOWN` goes again.
-const CLUSTER_DOWN_FIRST_PAUSE: Duration = Duration::from_millis(10);
-const CLUSTER_DOWN_LAST_PAUSE: Duration = Duration::from_millis(80);
+/// The waits before a call answered `CLUSTERDOWN` goes again, each shortened by up to half at
+/// random ([`jittered`]), so that calls refused together do not come back together. Three
+/// sends more at most: each is itself sent up to three times by the cluster client, so a call
+/// costs Redis at most twelve cheap refusals.
+const CLUSTER_DOWN_PAUSES: [Duration; 3] = [Duration::from_millis(20), Duration::from_millis(40), Duration::from_millis(80)];
+
+/// `pause` shortened by up to half at random. The standard library's hasher keys are drawn
+/// afresh for each `RandomState`, which is all the randomness a spread of retries needs.
+fn jittered(pause: Duration) -> Duration {
+    use std::hash::BuildHasher as _;
+    let draw = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    let half = pause / 2;
+    half + Duration::from_micros(draw % u64::try_from(half.as_micros()).unwrap_or(u64::MAX).saturating_add(1))
+}
 
 /// Whether Redis answered `CLUSTERDOWN`: the node that got the call holds no owner for its slot
 /// (`Hash slot not served`) or finds the cluster failed. Redis checks that before it runs a
 /// command (a script's own calls report it as `ERR`, never as this code), so the call ran
-/// nowhere and may go again. During a coordinated failover a node was seen to answer it for a
-/// few tens of milliseconds, longer than the cluster client's own two short waits; a call sent
-/// again then still gets a decision. The gateway gives up after half its timeout, so that a cluster
-/// that stays down is answered with Redis' reason, not a timeout, and the filter follows
-/// `on_error` in time.
+/// nowhere and may go again. During a coordinated failover a node was seen to answer it for
+/// longer than the cluster client's own two short waits; a call sent again then still gets a
+/// decision. The gateway gives up after [`CLUSTER_DOWN_PAUSES`], or sooner at half its timeout,
+/// so that a cluster that stays down is answered with Redis' reason, not a timeout, and the
+/// filter follows `on_error` in time.
 fn cluster_down(outcome: &Outcome) -> bool {
     matches!(outcome, Err(Failure::Reply(text)) if text.starts_with("CLUSTERDOWN"))
 }

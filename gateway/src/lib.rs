@@ -61,8 +61,8 @@
 //!   answer: the client lost it. Such a call ran nowhere, so it is sent again, up to three
 //!   times within the request's timeout (counted in `sluice_gateway_redirect_retries_total`).
 //!   A call answered `CLUSTERDOWN` (a node holding no owner for its slot, as during a
-//!   failover) ran nowhere either: it is sent again, with growing pauses, for at most half
-//!   the timeout (`sluice_gateway_cluster_down_retries_total`).
+//!   failover) ran nowhere either: it is sent again up to three times, after growing pauses
+//!   and within half the timeout (`sluice_gateway_cluster_down_retries_total`).
 //! * **The gateway loads what it calls** (`FUNCTION LOAD REPLACE`, or `SCRIPT LOAD`): at
 //!   start, best effort (Redis may be down; with `auto`, a health probe that finds Redis up, or
 //!   the first call that meets NOSCRIPT, then tries again), on a Cluster on every primary; and
