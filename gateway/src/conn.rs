@@ -21,7 +21,11 @@
 //! |---|---|---|
 //! | head | the connection's opening, or the first byte of a later request (HTTP/1.1) | `--header-read-timeout-ms` |
 //! | busy | headers parsed, until the handler returns (h2c: while any stream's handler runs) | none: the handler bounds itself (body and Redis timeouts) |
-//! | idle | the last handler returned; restarted by every byte of the answer written | `--idle-timeout-ms` |
+//! | idle | the last handler returned; restarted by every byte of the answer written | `--idle-timeout-ms` once a request showed the token, else `--header-read-timeout-ms` |
+//!
+//! A connection none of whose requests showed the token is also closed after its answers (see
+//! `Clock::trust`), so that requests that need no token (health, metrics) or are refused 401
+//! cannot keep connections open and fill the cap: proxies' connections would be refused.
 //!
 //! The socket wrapper only records bytes moving (on HTTP/1.1 a request's first byte starts its
 //! head phase; an answer's bytes restart the idle clock). On h2c a byte read says nothing (it
@@ -39,12 +43,14 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::header::CONNECTION;
+use axum::http::HeaderValue;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -192,12 +198,26 @@ impl Server {
         let io = TokioIo::new(Guarded { stream, clock: clock.clone(), first, protocol });
         let router = self.router.clone();
         let service_clock = clock.clone();
+        let gateway = self.gateway.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let busy = Busy::enter(service_clock.clone());
+            if !service_clock.trusted() && gateway.authorized(request.headers()) {
+                service_clock.trust();
+            }
             let router = router.clone();
+            let clock = service_clock.clone();
             async move {
                 let _busy = busy;
-                router.oneshot(request.map(Body::new)).await
+                let mut answer = router.oneshot(request.map(Body::new)).await;
+                if !clock.trusted() {
+                    match (protocol, &mut answer) {
+                        (Protocol::Http1, Ok(response)) => {
+                            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        _ => clock.close_after_answers(),
+                    }
+                }
+                answer
             }
         });
         match protocol {
@@ -240,11 +260,16 @@ impl Server {
     where
         C: std::future::Future<Output = Result<(), hyper::Error>>,
     {
+        let mut shutting = false;
         loop {
             // Registered before the deadline is read, so that no phase change is missed.
             let changed = clock.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            if !shutting && clock.closing.load(Ordering::Relaxed) {
+                graceful_shutdown(conn.as_mut());
+                shutting = true;
+            }
             let deadline = clock.deadline(&self.limits);
             tokio::select! {
                 result = conn.as_mut() => return Ended::Served(result),
@@ -263,7 +288,11 @@ impl Server {
                     let order = *stop.borrow_and_update();
                     match (changed, order) {
                         (Ok(()), Stop::Serve) => {}
-                        (Ok(()), Stop::Drain) => graceful_shutdown(conn.as_mut()),
+                        (Ok(()), Stop::Drain) if !shutting => {
+                            graceful_shutdown(conn.as_mut());
+                            shutting = true;
+                        }
+                        (Ok(()), Stop::Drain) => {}
                         // Aborted, or the server is gone: nothing will wait for this any more.
                         _ => return Ended::Aborted,
                     }
@@ -365,6 +394,10 @@ struct Clock {
     since_ms: AtomicU64,
     /// The deadline that closed the connection: 0 none, else 1 + `ClientTimeout as u8`.
     missed: AtomicU8,
+    /// A request on it carried the token (or none is required): see [`Clock::trust`].
+    trusted: AtomicBool,
+    /// An h2c connection not trusted has had an answer: it takes no more streams.
+    closing: AtomicBool,
     /// Told when the phase changes, so that the connection's task re-reads the deadline.
     changed: Notify,
 }
@@ -377,7 +410,30 @@ impl Clock {
             active: AtomicU32::new(0),
             since_ms: AtomicU64::new(0),
             missed: AtomicU8::new(0),
+            trusted: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             changed: Notify::new(),
+        }
+    }
+
+    fn trusted(&self) -> bool {
+        self.trusted.load(Ordering::Relaxed)
+    }
+
+    /// A request carried the token: the connection is a proxy's, and may stay open between
+    /// requests up to the idle deadline. Until then a connection holds its place only while it
+    /// is being answered: a client without the token (a health probe, a scraper, or someone
+    /// filling the connection cap with cheap requests) is closed after each answer (HTTP/1.1:
+    /// `Connection: close`; h2c: `GOAWAY` once its first answer is made, streams already
+    /// begun still answered), and idle, it has the header deadline instead of the idle one.
+    fn trust(&self) {
+        self.trusted.store(true, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    fn close_after_answers(&self) {
+        if !self.closing.swap(true, Ordering::Relaxed) {
+            self.changed.notify_one();
         }
     }
 
@@ -429,7 +485,8 @@ impl Clock {
         }
         let (allowed, phase) = match self.phase.load(Ordering::Relaxed) {
             HEAD => (limits.header_read, ClientTimeout::Header),
-            _ => (limits.idle, ClientTimeout::Idle),
+            _ if self.trusted() => (limits.idle, ClientTimeout::Idle),
+            _ => (limits.header_read, ClientTimeout::Idle),
         };
         let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
         Some((self.opened + since + allowed, phase))

@@ -189,7 +189,7 @@ impl Gateway {
 
     /// `Authorization: Bearer <token>`, compared in constant time. The scheme is
     /// case-insensitive (RFC 9110); the token is not.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(expected) = &self.token else {
             return true;
         };

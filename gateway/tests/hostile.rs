@@ -556,8 +556,11 @@ async fn an_h2c_connection_that_only_pings_is_closed_after_the_idle_timeout() {
     let idle = Duration::from_millis(1000);
     let (_gw, addr) = gateway(&redis, &["--idle-timeout-ms", "1000"]).await;
     let (mut conn, _) = h2::connect(&addr).await;
-    // One request (a health check needs no token), answered.
-    let fields = [(":method", "GET"), (":scheme", "http"), (":path", "/healthz"), (":authority", "gateway")];
+    // One request, answered: a health check, with the token, as a proxy's connection (one
+    // without it is closed after its answer).
+    let bearer = format!("Bearer {TOKEN}");
+    let fields =
+        [(":method", "GET"), (":scheme", "http"), (":path", "/healthz"), (":authority", "gateway"), ("authorization", &bearer)];
     conn.write_all(&h2::header_frames(1, &h2::block(&fields), true, true)).await.unwrap();
     assert_eq!(h2::outcomes(&mut conn, &[1]).await[0].status, Some(200));
     let started = Instant::now();
@@ -583,4 +586,73 @@ async fn an_h2c_connection_that_only_pings_is_closed_after_the_idle_timeout() {
     closed_by_deadline("h2c connection that only pings", closed, idle);
     let m = raw::scrape(&addr).await;
     assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="idle"}"#), 1.0);
+}
+
+/// A connection none of whose requests showed the token cannot hold a place under the cap: it
+/// is closed after its answers, on HTTP/1.1 (`Connection: close`) and on h2c (`GOAWAY`), long
+/// before the idle deadline. Otherwise anyone who reaches the port could fill the cap with a
+/// cheap request per connection every idle period, and the proxies' connections would be
+/// refused. A request with the token makes a connection a proxy's: it stays open between
+/// requests past the header deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_the_token_are_closed_after_their_answers() {
+    let redis = RedisServer::start();
+    // An idle deadline no test reaches; a header deadline the trusted connection outlives.
+    let header_timeout = Duration::from_millis(300);
+    let (_gw, addr) = gateway(&redis, &["--idle-timeout-ms", "600000", "--header-read-timeout-ms", "300"]).await;
+
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    for (what, request) in [
+        ("a health probe", raw::head("GET", "/healthz", "")),
+        ("a scrape", raw::head("GET", "/metrics", "")),
+        ("a call without the token", raw::post("/", None, &decision())),
+        ("a call with a wrong token", raw::post("/", Some("not-the-token"), &decision())),
+        // The token shown on the wrong endpoint still proves the client: this one stays open.
+        ("an unknown path with the token", raw::head("GET", "/nowhere", &auth)),
+    ] {
+        let mut conn = raw::connect(&addr).await;
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let trusted = request.contains(TOKEN);
+        if trusted {
+            assert_eq!(raw::read_response(&mut conn).await.unwrap().0, 404);
+            tokio::time::sleep(header_timeout * 3).await;
+            conn.write_all(raw::post("/", Some(TOKEN), &decision()).as_bytes()).await.unwrap();
+            let (status, body) = raw::read_response(&mut conn).await.unwrap();
+            assert_eq!(status, 200, "{what}: the connection stayed open past the header deadline: {body}");
+            continue;
+        }
+        let got = raw::until_closed(&mut conn).await;
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 "), "{what}: answered before the close: {text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{what}: {text}");
+    }
+
+    // h2c: a health probe's connection goes away after its answer; one that showed the token
+    // is still open after three header deadlines, and serves another request.
+    let health = [(":method", "GET"), (":scheme", "http"), (":path", "/healthz"), (":authority", "gateway")];
+    let bearer = format!("Bearer {TOKEN}");
+    for token in [None, Some(bearer.as_str())] {
+        let (mut conn, _) = h2::connect(&addr).await;
+        let mut fields = health.to_vec();
+        fields.extend(token.map(|t| ("authorization", t)));
+        conn.write_all(&h2::header_frames(1, &h2::block(&fields), true, true)).await.unwrap();
+        assert_eq!(h2::outcomes(&mut conn, &[1]).await[0].status, Some(200));
+        if token.is_none() {
+            h2::until_closed(&mut conn).await;
+            continue;
+        }
+        tokio::time::sleep(header_timeout * 3).await;
+        conn.write_all(&h2::header_frames(3, &h2::block(&fields), true, true)).await.unwrap();
+        assert_eq!(h2::outcomes(&mut conn, &[3]).await[0].status, Some(200), "the trusted h2c connection stayed open");
+    }
+    // The trusted connections, dropped by the test, close too: none is left but the scrape's.
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let m = raw::scrape(&addr).await;
+        if value(&m, "sluice_gateway_connections_open") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections left open:\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

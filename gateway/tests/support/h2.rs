@@ -188,7 +188,8 @@ pub struct Outcome {
 
 /// Reads frames until every stream in `streams` is done (answered whole, or reset), acking
 /// SETTINGS and PINGs on the way; returns each stream's outcome in `streams`' order. A GOAWAY
-/// or a closed connection ends the wait early, with the streams not done as they are.
+/// that leaves none of the streams still to come (they are done, or past its last stream), or
+/// a closed connection, ends the wait early, with the streams not done as they are.
 pub async fn outcomes(stream: &mut TcpStream, streams: &[u32]) -> Vec<Outcome> {
     let mut got: Vec<Outcome> = vec![Outcome::default(); streams.len()];
     while got.iter().any(|o| !o.done) {
@@ -200,7 +201,12 @@ pub async fn outcomes(stream: &mut TcpStream, streams: &[u32]) -> Vec<Outcome> {
             PING if f.flags & ACK == 0 => {
                 let _ = stream.write_all(&frame(PING, ACK, 0, &f.payload)).await;
             }
-            GOAWAY => break,
+            GOAWAY => {
+                let last = f.payload.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff);
+                if streams.iter().zip(&got).all(|(&s, o)| o.done || s > last) {
+                    break;
+                }
+            }
             _ => {}
         }
         let Some(i) = streams.iter().position(|&s| s == f.stream && s != 0) else { continue };
