@@ -155,19 +155,24 @@ pub fn is_upgrade(value: &[u8]) -> bool {
 /// and HTTP/3's extended CONNECT): a `match.headers` value is one of their tokens, in any case.
 pub const PROTOCOL_HEADERS: &[&str] = &["upgrade", ":protocol"];
 
-/// Whether an `Upgrade` (or `:protocol`) value names `protocol`: one of its comma-separated
-/// tokens is it, in any case. Envoy reads them this way when it decides to upgrade; a rule that
+/// Whether an `Upgrade` (or `:protocol`, or `Connection`) value names `protocol`: one of its
+/// comma-separated tokens is it, in any case. Envoy reads them this way when it decides to upgrade; a rule that
 /// matched them byte for byte would let `WebSocket` upgrade unlimited.
 pub fn names_protocol(value: &[u8], protocol: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(protocol))
 }
 
-/// Whether `req` opens a WebSocket: a GET (RFC 6455 §4.1; Envoy's codecs present an HTTP/2 or
-/// HTTP/3 extended CONNECT to filters as this same HTTP/1.1 form) whose `Upgrade` asks for one.
-/// Another method with the header is an ordinary request: its body is never read as frames.
-/// The method is read only when the header asks, so other requests pay no host call for it.
+/// Whether `req` opens a WebSocket: its `Upgrade` asks for one, and it is a GET (RFC 6455 §4.1;
+/// Envoy's codecs present an HTTP/2 or HTTP/3 extended CONNECT to filters as this same HTTP/1.1
+/// form) or its `Connection` names `upgrade`. Envoy upgrades on those two headers whatever the
+/// method, so a backend that accepts a handshake made with POST would otherwise carry messages
+/// no rule counts. Another method without `Connection: upgrade` is an ordinary request to Envoy
+/// too: its body is never read as frames. The method and `Connection` are read only when the
+/// `Upgrade` header asks, so other requests pay no host call for them.
 pub fn is_upgrade_request(req: &impl crate::identity::RequestInfo) -> bool {
-    req.header("upgrade").is_some_and(|v| is_upgrade(&v)) && req.header(":method").is_some_and(|m| m.eq_ignore_ascii_case(b"GET"))
+    req.header("upgrade").is_some_and(|v| is_upgrade(&v))
+        && (req.header(":method").is_some_and(|m| m.eq_ignore_ascii_case(b"GET"))
+            || req.header("connection").is_some_and(|c| names_protocol(&c, b"upgrade")))
 }
 
 impl Connection {

@@ -170,7 +170,7 @@ fn no_request_reaches_a_peek() {
 }
 
 #[test]
-fn only_a_get_that_asks_for_a_websocket_opens_one_for_message_rules() {
+fn a_request_envoy_would_upgrade_to_a_websocket_opens_one_for_message_rules() {
     let l = limiter(serde_json::json!({"rules": [{"name": "msgs", "per": "message", "limit": "5/min"}]}));
     let opens = |req: &Req| {
         let upgrade = crate::websocket::is_upgrade_request(req);
@@ -180,9 +180,15 @@ fn only_a_get_that_asks_for_a_websocket_opens_one_for_message_rules() {
     };
     assert!(opens(&Req::new("GET", "/ws").header("upgrade", "websocket")));
     assert!(opens(&Req::new("GET", "/ws").header("upgrade", "h2c, WebSocket")));
-    // Another method with the header is an ordinary request: its body is never read as frames.
+    // Another method with `Connection: upgrade` is upgraded by Envoy all the same: a backend
+    // that accepts it must not carry uncounted messages.
+    assert!(opens(&Req::new("POST", "/ws").header("upgrade", "websocket").header("connection", "Upgrade")));
+    assert!(opens(&Req::new("PUT", "/ws").header("upgrade", "websocket").header("connection", "keep-alive, upgrade")));
+    // Without it, an ordinary request (to Envoy too): its body is never read as frames.
     assert!(!opens(&Req::new("POST", "/ws").header("upgrade", "websocket")));
+    assert!(!opens(&Req::new("POST", "/ws").header("upgrade", "websocket").header("connection", "keep-alive")));
     assert!(!opens(&Req::new("CONNECT", "/ws").header("upgrade", "websocket")));
+    assert!(!opens(&Req::new("POST", "/ws").header("upgrade", "h2c").header("connection", "upgrade")));
     assert!(!opens(&Req::new("GET", "/ws").header("upgrade", "h2c")));
     assert!(!opens(&Req::new("GET", "/ws")));
 }

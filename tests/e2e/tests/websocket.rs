@@ -420,3 +420,82 @@ fn a_stream_released_by_its_own_bytes_is_left_alone_by_the_tick() {
     let log = envoy.log_text();
     assert!(!log.contains("passing the connection through"), "sluice gave the connection up:\n{log}");
 }
+
+/// Envoy upgrades on `Upgrade: websocket` and `Connection: upgrade` whatever the method: a POST
+/// handshake that a backend accepts (here a bare socket answering 101 to anything) reaches it,
+/// and its messages are counted as a GET's are. Before, sluice read only a GET as an upgrade,
+/// and every message of such a connection passed uncounted.
+#[test]
+fn a_post_handshake_envoy_upgrades_has_its_messages_counted() {
+    use sluice::websocket::frame;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    // Answers the first connection's handshake with 101 and keeps what follows it.
+    let backend = std::thread::spawn(move || -> (String, Vec<u8>) {
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => panic!("Envoy never connected: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).expect("blocking");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => panic!("no request head: {}", String::from_utf8_lossy(&got)),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        };
+        let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                      Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        conn.write_all(answer.as_bytes()).expect("answer");
+        // What follows, until Envoy closes the connection (or a quiet 5 s).
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        (String::from_utf8_lossy(&got[..head_end]).into_owned(), got[head_end..].to_vec())
+    });
+
+    let config = json!({"namespace": "ws-post", "rules": [rule("post", "2/h", json!({"identifier": "global"}))]});
+    let envoy = envoy_for(&config, port, |_| {});
+    let mut client = TcpStream::connect(("127.0.0.1", envoy.port)).expect("connect to Envoy");
+    client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let handshake = "POST /ws/post HTTP/1.1\r\nHost: ws\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    client.write_all(handshake.as_bytes()).expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(matches!(client.read(&mut byte), Ok(1)), "no answer to the handshake: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mask = Some([9, 8, 7, 6]);
+    let sent: Vec<Vec<u8>> = ["one", "two", "three"].iter().map(|m| frame::frame(frame::TEXT, m.as_bytes(), mask)).collect();
+    client.write_all(&sent.concat()).expect("messages");
+    // Once the first two have reached the backend, the client hangs up and Envoy closes it.
+    let admitted = "wasmcustom.sluice.rule.post.messages_admitted";
+    let counted = wait_until(Duration::from_secs(10), || envoy.stat_if_present(admitted) == Some(2));
+    assert!(counted.is_some(), "two messages counted: {:?}", envoy.stat_if_present(admitted));
+    assert_eq!(envoy.settled_stat(admitted), 2);
+    drop(client);
+    let (request, to_backend) = backend.join().expect("backend");
+    assert!(request.starts_with("POST /ws/post "), "{request}");
+    assert!(to_backend.starts_with(&sent[..2].concat()), "the first two messages pass: {to_backend:?}");
+    assert!(!to_backend.windows(sent[2].len()).any(|w| w == sent[2]), "the third, over the limit, does not");
+}

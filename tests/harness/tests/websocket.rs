@@ -81,3 +81,48 @@ fn a_later_frame_over_a_shadow_byte_limit_counts_as_shadow_limited_not_as_anothe
     assert_eq!((stat("messages_admitted"), stat("messages_shadow_limited")), (1, 1), "{:?}", host.metrics());
     assert_eq!(stat("messages_dropped"), 0);
 }
+
+/// Envoy upgrades a request on `Upgrade: websocket` and `Connection: upgrade` whatever its
+/// method: a backend that accepts a POST handshake gets its messages counted like a GET's. A
+/// POST without `Connection: upgrade` is an ordinary request, to Envoy and to sluice: its body
+/// passes as it is, never read as frames.
+#[test]
+fn a_post_handshake_that_envoy_upgrades_has_its_messages_counted() {
+    let rule = json!({"name": "chat", "per": "message", "match": {"path": "/ws/**"}, "limit": "2/min",
+                      "strategy": "fixed_window", "identifier": "global"});
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let upstream = Rc::clone(&seen);
+    let mut host = sluice()
+        .config(json!({"rules": [rule]}).to_string())
+        .upstream(move |req| {
+            *upstream.borrow_mut() = req.body.clone();
+            HttpResponse::new(101).header("upgrade", "websocket").header("connection", "Upgrade")
+        })
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    let messages: Vec<u8> =
+        ["one", "two", "three"].iter().flat_map(|m| frame::frame(frame::TEXT, m.as_bytes(), Some([1, 2, 3, 4]))).collect();
+    let two =
+        frame::frame(frame::TEXT, b"one", Some([1, 2, 3, 4])).len() + frame::frame(frame::TEXT, b"two", Some([1, 2, 3, 4])).len();
+
+    let resp = host
+        .request("POST", "/ws/chat")
+        .header("upgrade", "websocket")
+        .header("connection", "keep-alive, Upgrade")
+        .body(messages.clone())
+        .send();
+    assert_eq!(resp.status, 101);
+    let to_server = seen.borrow().clone();
+    assert_eq!(&to_server[..two], &messages[..two], "the first two messages pass");
+    assert!(!to_server[two..].starts_with(&messages[two..]), "the third, over the limit, does not: {to_server:?}");
+    host.advance(Duration::from_secs(1));
+    let stat = |host: &sluice_harness::Host, what: &str| host.metric(&format!("sluice.rule.chat.{what}")).unwrap_or(0);
+    assert_eq!(stat(&host, "messages_admitted"), 2, "{:?}", host.metrics());
+
+    // The same bytes as an ordinary POST's body: passed whole, nothing counted.
+    let resp = host.request("POST", "/ws/chat").header("upgrade", "websocket").body(messages.clone()).send();
+    assert_eq!(resp.status, 101);
+    assert_eq!(*seen.borrow(), messages);
+    host.advance(Duration::from_secs(1));
+    assert_eq!(stat(&host, "messages_admitted"), 2, "{:?}", host.metrics());
+}
