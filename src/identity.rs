@@ -110,15 +110,14 @@ pub struct Found {
     pub conflict: bool,
 }
 
-/// Every occurrence of `name` among `pairs` (each read by `read` into a decoded name and value):
-/// the first value, and whether a later one differs.
+/// Every occurrence of `name` among `pairs` (each read by `read` into the name it is compared
+/// by and its decoded value): the first value, and whether a later one differs. `name` is the
+/// configured name, compared by as the request's are.
 fn first_of<'a>(
     pairs: impl Iterator<Item = &'a [u8]>,
-    name: &str,
+    name: &[u8],
     read: impl Fn(&'a [u8]) -> Option<(Cow<'a, [u8]>, Cow<'a, [u8]>)>,
 ) -> Option<Found> {
-    // The configured name is read as the request's are: `a+b` is the name `a b` either way.
-    let name = form_decode(name.as_bytes());
     let mut found: Option<Found> = None;
     for (k, v) in pairs.filter_map(read) {
         if *k != *name {
@@ -133,17 +132,34 @@ fn first_of<'a>(
 }
 
 /// [`query_param`], telling whether the parameter repeats with another value.
+///
+/// Read so that no spelling an application reads as the same parameter escapes the repeat
+/// check: pairs end at `&` and at `;` (Rack before 3, Go before 1.17 and Python before 3.9.2
+/// split on both), and names are compared by [`query_name`]. A value with a raw `;` is cut
+/// there, which can only join clients, never split one.
 pub fn query_values(path: &[u8], name: &str) -> Option<Found> {
     let start = path.iter().position(|b| *b == b'?')? + 1;
     let query = &path[start..];
     let query = query.split(|b| *b == b'#').next().unwrap_or(query);
-    first_of(query.split(|b| *b == b'&'), name, |pair| {
+    let wanted = query_name(form_decode(name.as_bytes()));
+    first_of(query.split(|b| matches!(b, b'&' | b';')), &wanted, |pair| {
         let (k, v) = match pair.iter().position(|b| *b == b'=') {
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, &pair[pair.len()..]),
         };
-        Some((form_decode(k), form_decode(v)))
+        Some((query_name(form_decode(k)), form_decode(v)))
     })
+}
+
+/// A decoded parameter name as the least strict application reads it: leading whitespace
+/// dropped and `.` and spaces read as `_` (PHP), letters in either case alike (ASP.NET).
+fn query_name(name: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    let plain = |b: &u8| !b.is_ascii_uppercase() && !matches!(b, b'.' | b' ');
+    if name.first().is_none_or(|b| !b.is_ascii_whitespace()) && name.iter().all(plain) {
+        return name;
+    }
+    let trimmed = name.trim_ascii_start();
+    Cow::Owned(trimmed.iter().map(|&b| if matches!(b, b'.' | b' ') { b'_' } else { b.to_ascii_lowercase() }).collect())
 }
 
 /// Percent-decoded, `+` read as a space; borrowed when there is nothing to decode.
@@ -163,14 +179,58 @@ pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
     cookie_values(header, name).map(|f| f.value)
 }
 
-/// [`cookie`], telling whether the cookie repeats with another value.
+/// [`cookie`], telling whether the cookie repeats with another value. A name is compared once
+/// decoded and trimmed (PHP decodes `%20session` and drops the space), and a quoted value has
+/// its backslash escapes read as Python's cookie parser reads them (`\141` and `\a` are both
+/// `a`), so that neither spelling of a session is a fresh client.
 pub fn cookie_values(header: &[u8], name: &str) -> Option<Found> {
-    first_of(header.split(|b| *b == b';'), name, |pair| {
+    let wanted = cookie_name(form_decode(name.as_bytes()));
+    first_of(header.split(|b| *b == b';'), &wanted, |pair| {
         let i = pair.iter().position(|b| *b == b'=')?;
         let (k, v) = (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii());
-        let v = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v);
-        Some((form_decode(k), form_decode(v)))
+        let v = match v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")) {
+            Some(quoted) if quoted.contains(&b'\\') => Cow::Owned(form_decode(&unescape(quoted)).into_owned()),
+            Some(quoted) => form_decode(quoted),
+            None => form_decode(v),
+        };
+        Some((cookie_name(form_decode(k)), v))
     })
+}
+
+/// A decoded cookie name, trimmed.
+fn cookie_name(name: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    match name {
+        Cow::Borrowed(k) => Cow::Borrowed(k.trim_ascii()),
+        Cow::Owned(k) => Cow::Owned(k.trim_ascii().to_vec()),
+    }
+}
+
+/// A quoted cookie value's backslash escapes: three octal digits are that byte, any other
+/// escaped byte is itself.
+fn unescape(quoted: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(quoted.len());
+    let mut rest = quoted;
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let octal = rest.get(..3).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (octal, rest.split_first()) {
+            (Some(d), _) => {
+                let value = d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(value).unwrap_or(u8::MAX));
+                rest = rest.get(3..).unwrap_or_default();
+            }
+            (None, Some((&escaped, tail))) => {
+                out.push(escaped);
+                rest = tail;
+            }
+            (None, None) => out.push(b),
+        }
+    }
+    out
 }
 
 /// The identity of a request under one rule, or `None` when the rule does not apply
@@ -526,6 +586,40 @@ pub(crate) mod tests {
         assert!(shown.conflict && shown.text.ends_with("(repeated with another value)"), "{shown:?}");
         let one = Req::new("GET", "/login?user=zz1");
         assert!(!hasher().resolve(&id(parts, IdentFallback::Skip), || None, &one, false).unwrap().conflict);
+    }
+
+    /// Spellings some application reads as the parameter or cookie: each is a repeat (so a
+    /// request carrying a fresh value beside the real one is no fresh client), or, alone, the
+    /// value itself.
+    #[test]
+    fn every_spelling_an_application_reads_as_the_name_is_that_name() {
+        let found = |value: &str, conflict| Some(Found { value: value.as_bytes().to_vec(), conflict });
+        let q = |path: &str| query_values(path.as_bytes(), "user");
+        // Split on `;` too (Rack 2, old Go and Python).
+        assert_eq!(q("/login?user=zz1;user=alice"), found("zz1", true));
+        assert_eq!(q("/login?user=alice;x=1"), found("alice", false));
+        // PHP drops a name's leading spaces; ASP.NET ignores its case.
+        assert_eq!(q("/login?user=zz1&+user=alice"), found("zz1", true));
+        assert_eq!(q("/login?user=zz1&%20user=alice"), found("zz1", true));
+        assert_eq!(q("/login?User=alice&user=zz1"), found("alice", true));
+        assert_eq!(q("/login?USER=alice"), found("alice", false));
+        // PHP reads `.` and spaces in a name as `_`.
+        assert_eq!(query_values(b"/login?user_name=zz1&user.name=alice", "user_name"), found("zz1", true));
+        assert_eq!(query_values(b"/login?user+name=alice", "user_name"), found("alice", false));
+        assert_eq!(q("/login?users=alice&username=bob"), None);
+
+        let c = |header: &str| cookie_values(header.as_bytes(), "session");
+        // Python's cookie parser reads a quoted value's escapes: `\a` and `\141` are `a`.
+        assert_eq!(c("session=\"\\a\\b\\c\""), found("abc", false));
+        assert_eq!(c("session=\"\\141bc\""), found("abc", false));
+        assert_eq!(c("session=abc; session=\"\\a\\bc\""), found("abc", false), "one session, however escaped");
+        assert_eq!(c("session=\"a\\\\b\""), found("a\\b", false), "an escaped backslash is one");
+        assert_eq!(c("session=\"ab\\\"\""), found("ab\"", false), "an escaped quote is the quote");
+        // PHP decodes a name and then drops its spaces.
+        assert_eq!(c("%20session=real; session=zz1"), found("real", true));
+        assert_eq!(c("session%20=real"), found("real", false));
+        // Cookie names keep their case: `Session` is another cookie.
+        assert_eq!(c("Session=zz1; session=real"), found("real", false));
     }
 
     #[test]
