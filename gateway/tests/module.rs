@@ -217,7 +217,32 @@ fn the_production_module_refuses_a_clock_and_outlives_hostile_calls() {
     assert!((1..=60_000 + sluice::redis::native::TTL_PAD_MS as i64).contains(&pttl), "{pttl}");
 
     redis_cli(redis.port, &["RPUSH", "list", "1"]);
+    // More keys than one rule's limits in a call, or than the gateway runs at once in a batch:
+    // each key may hold the longest log, and nothing stops a module command that runs long.
+    let many = |n: usize| -> (Vec<String>, Vec<&[u8]>) { ((0..n).map(|i| format!("many:{i}")).collect(), rule_words.repeat(n)) };
+    let (nine_keys, nine_args) = many(9);
+    let mut nine = words(&[&mcall, "9"]);
+    nine.extend(nine_keys.iter().map(|k| k.as_bytes().to_vec()));
+    nine.extend(nine_args.iter().map(|a| a.to_vec()));
+    let (keys65, _) = many(65);
+    let mut batch65 = words(&[&mbatch, "65"]);
+    batch65.extend(keys65.iter().map(|k| k.as_bytes().to_vec()));
+    batch65.push(b"65".to_vec());
+    for _ in 0..65 {
+        batch65.extend([b"1".to_vec(), b"6".to_vec()]);
+    }
+    for _ in 0..65 {
+        batch65.extend(rule_words.iter().map(|w| w.to_vec()));
+    }
+    let (keys9, args9) = many(9);
+    let mut batch_of_nine = words(&[&mbatch, "9"]);
+    batch_of_nine.extend(keys9.iter().map(|k| k.as_bytes().to_vec()));
+    batch_of_nine.extend([b"1".to_vec(), b"9".to_vec(), b"54".to_vec()]);
+    batch_of_nine.extend(args9.iter().map(|a| a.to_vec()));
     let hostile: Vec<(Vec<Vec<u8>>, &str)> = vec![
+        (nine, "a call names 9 keys; at most 8"),
+        (batch65, "a batch names 65 keys; at most 64"),
+        (batch_of_nine, "call 1 of the batch has no keys or bad counts"),
         (words(&[&mcall]), "numkeys must be a non-negative integer"),
         (with(&[&mcall, "0"], &rule_words), "got 6 for 0 keys"),
         (with(&[&mcall, "-1", "k"], &rule_words), "numkeys must be a non-negative integer"),

@@ -7,12 +7,16 @@
 //! lets through; the scripts' `tonumber` would also take `1e3` or `0x10`), and an error's text
 //! is this module's own (the scripts' carry Lua's position). Where the scripts' doubles round
 //! (a sum or product past 2^53, a lifetime past 2^63 ms: rates far beyond what the config
-//! compiler allows), this stays exact, and a lifetime stops at `u64::MAX` µs.
+//! compiler allows), this stays exact, and a lifetime stops at `u64::MAX` µs. And a command
+//! names at most as many keys as the gateway lets one script run read ([`MAX_KEYS`] per call,
+//! [`MAX_RUN_KEYS`] per batch): the module runs inside Redis, where no busy-script timeout
+//! stops it, and a client that may call it directly (its ACL allows the command) must not
+//! hold Redis for seconds or make it allocate gigabytes by naming one long log many times.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use super::script::ARGS_PER_RULE;
+use super::script::{ARGS_PER_RULE, MAX_KEYS, MAX_RUN_KEYS};
 use super::state::{self, decimal};
 use super::wire::Reply;
 use crate::rate::Rate;
@@ -51,6 +55,9 @@ struct Batch<'k, 'w, K> {
 
 /// One call, as `FCALL sluice_decide_<id>` runs it: the reply, or the call's error.
 pub fn one(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -> (Result<Reply, String>, Vec<Write>) {
+    if keys.len() > MAX_KEYS {
+        return (Err(too_many_keys("a call", keys.len(), MAX_KEYS)), Vec::new());
+    }
     let mut b = Batch::new(store);
     let reply = b.decide(keys, 0, args, now_us);
     (reply, b.writes)
@@ -60,13 +67,16 @@ pub fn one(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -
 /// counts per call. Each call's reply or error in place; a layout that does not add up is the
 /// batch's error, and nothing is decided.
 pub fn batch(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64) -> Result<(Vec<Reply>, Vec<Write>), String> {
+    if keys.len() > MAX_RUN_KEYS {
+        return Err(too_many_keys("a batch", keys.len(), MAX_RUN_KEYS));
+    }
     let calls = args.first().and_then(|a| decimal(a)).filter(|c| *c >= 1).ok_or_else(layout)?;
     let calls = usize::try_from(calls).map_err(|_| layout())?;
     let counts_end = calls.checked_mul(2).and_then(|n| n.checked_add(1)).filter(|end| *end <= args.len()).ok_or_else(layout)?;
     let mut counts = Vec::with_capacity(calls);
     let (mut n_keys, mut n_args) = (0usize, counts_end);
     for j in 0..calls {
-        let n = decimal(args[1 + 2 * j]).and_then(|n| usize::try_from(n).ok()).filter(|n| *n >= 1);
+        let n = decimal(args[1 + 2 * j]).and_then(|n| usize::try_from(n).ok()).filter(|n| (1..=MAX_KEYS).contains(n));
         let m = decimal(args[2 + 2 * j]).and_then(|m| usize::try_from(m).ok());
         let (Some(n), Some(m)) = (n, m) else {
             return Err(format!("ERR sluice: call {} of the batch has no keys or bad counts", j + 1));
@@ -91,6 +101,10 @@ pub fn batch(keys: &[&[u8]], args: &[&[u8]], store: &mut impl Keys, now_us: u64)
         a0 += m;
     }
     Ok((replies, b.writes))
+}
+
+fn too_many_keys(what: &str, n: usize, most: usize) -> String {
+    format!("ERR sluice: {what} names {n} keys; at most {most} (one rule's limits, or what the gateway runs at once)")
 }
 
 fn layout() -> String {

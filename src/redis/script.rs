@@ -210,7 +210,7 @@ pub fn check<'a>(words: &[&'a [u8]], sha: &str) -> Result<Invocation<'a>, Refusa
 }
 
 /// The most limits one rule has (`rules[].limits`), hence keys per call.
-const MAX_KEYS: usize = 8;
+pub const MAX_KEYS: usize = 8;
 
 /// A plain decimal integer that a Lua number holds exactly.
 fn number(w: &[u8]) -> Option<u64> {
