@@ -204,10 +204,21 @@ impl Server {
             if !service_clock.trusted() && gateway.authorized(request.headers()) {
                 service_clock.trust();
             }
+            // On h2c a client without the token gets one stream answered; the rest of its
+            // streams get an empty 503. Answers a client does not take stay in memory (one
+            // /metrics is some 12 KB), and one connection could open a hundred streams at once.
+            let one_too_many = protocol == Protocol::H2c
+                && !service_clock.trusted()
+                && service_clock.untrusted_streams.fetch_add(1, Ordering::Relaxed) > 0;
             let router = router.clone();
             let clock = service_clock.clone();
             async move {
                 let _busy = busy;
+                if one_too_many {
+                    let mut refused = axum::response::Response::new(Body::empty());
+                    *refused.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    return Ok(refused);
+                }
                 let mut answer = router.oneshot(request.map(Body::new)).await;
                 if !clock.trusted() {
                     match (protocol, &mut answer) {
@@ -398,6 +409,8 @@ struct Clock {
     trusted: AtomicBool,
     /// An h2c connection not trusted has had an answer: it takes no more streams.
     closing: AtomicBool,
+    /// Streams begun on an h2c connection while it was not trusted.
+    untrusted_streams: AtomicU32,
     /// Told when the phase changes, so that the connection's task re-reads the deadline.
     changed: Notify,
 }
@@ -412,6 +425,7 @@ impl Clock {
             missed: AtomicU8::new(0),
             trusted: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            untrusted_streams: AtomicU32::new(0),
             changed: Notify::new(),
         }
     }
@@ -425,7 +439,8 @@ impl Clock {
     /// is being answered: a client without the token (a health probe, a scraper, or someone
     /// filling the connection cap with cheap requests) is closed after each answer (HTTP/1.1:
     /// `Connection: close`; h2c: `GOAWAY` once its first answer is made, streams already
-    /// begun still answered), and idle, it has the header deadline instead of the idle one.
+    /// begun still answered, the first in full, the others with an empty 503), and idle, it
+    /// has the header deadline instead of the idle one.
     fn trust(&self) {
         self.trusted.store(true, Ordering::Relaxed);
         self.changed.notify_one();

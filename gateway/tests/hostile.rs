@@ -627,23 +627,29 @@ async fn connections_without_the_token_are_closed_after_their_answers() {
         assert!(text.contains("\r\nconnection: close\r\n"), "{what}: {text}");
     }
 
-    // h2c: a health probe's connection goes away after its answer; one that showed the token
-    // is still open after three header deadlines, and serves another request.
-    let health = [(":method", "GET"), (":scheme", "http"), (":path", "/healthz"), (":authority", "gateway")];
+    // h2c: a probe's connection gets one of its streams answered (answers not taken are held
+    // in memory), the others an empty 503, and goes away; one that showed the token has every
+    // stream answered, is still open after three header deadlines, and serves another request.
+    let scrape = [(":method", "GET"), (":scheme", "http"), (":path", "/metrics"), (":authority", "gateway")];
     let bearer = format!("Bearer {TOKEN}");
     for token in [None, Some(bearer.as_str())] {
         let (mut conn, _) = h2::connect(&addr).await;
-        let mut fields = health.to_vec();
+        let mut fields = scrape.to_vec();
         fields.extend(token.map(|t| ("authorization", t)));
-        conn.write_all(&h2::header_frames(1, &h2::block(&fields), true, true)).await.unwrap();
-        assert_eq!(h2::outcomes(&mut conn, &[1]).await[0].status, Some(200));
+        let block = h2::block(&fields);
+        let streams = [1, 3, 5];
+        let opened: Vec<u8> = streams.iter().flat_map(|&s| h2::header_frames(s, &block, true, true)).collect();
+        conn.write_all(&opened).await.unwrap();
+        let statuses: Vec<Option<u16>> = h2::outcomes(&mut conn, &streams).await.iter().map(|o| o.status).collect();
         if token.is_none() {
+            assert_eq!(statuses, [Some(200), Some(503), Some(503)]);
             h2::until_closed(&mut conn).await;
             continue;
         }
+        assert_eq!(statuses, [Some(200); 3]);
         tokio::time::sleep(header_timeout * 3).await;
-        conn.write_all(&h2::header_frames(3, &h2::block(&fields), true, true)).await.unwrap();
-        assert_eq!(h2::outcomes(&mut conn, &[3]).await[0].status, Some(200), "the trusted h2c connection stayed open");
+        conn.write_all(&h2::header_frames(7, &block, true, true)).await.unwrap();
+        assert_eq!(h2::outcomes(&mut conn, &[7]).await[0].status, Some(200), "the trusted h2c connection stayed open");
     }
     // The trusted connections, dropped by the test, close too: none is left but the scrape's.
     let deadline = Instant::now() + BOUND;
