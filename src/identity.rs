@@ -133,10 +133,12 @@ fn first_of<'a>(
 
 /// [`query_param`], telling whether the parameter repeats with another value.
 ///
-/// Read so that no spelling an application reads as the same parameter escapes the repeat
-/// check: pairs end at `&` and at `;` (Rack before 3, Go before 1.17 and Python before 3.9.2
-/// split on both), and names are compared by [`query_name`]. A value with a raw `;` is cut
-/// there, which can only join clients, never split one.
+/// Read so that the spellings common applications read as the same parameter do not escape
+/// the repeat check: pairs end at `&` and at `;` (Rack before 3, Go before 1.17 and Python
+/// before 3.9.2 split on both), and names are compared by [`query_name`]. A value with a raw
+/// `;` is read up to it, as those parsers read it; to an application that does not split
+/// there, a value that truly holds a `;` then has two spellings (raw, and `%3B`), which is
+/// the price of not letting `?user=alice;x=<fresh>` be a fresh client to the others.
 pub fn query_values(path: &[u8], name: &str) -> Option<Found> {
     let start = path.iter().position(|b| *b == b'?')? + 1;
     let query = &path[start..];
@@ -151,15 +153,22 @@ pub fn query_values(path: &[u8], name: &str) -> Option<Found> {
     })
 }
 
-/// A decoded parameter name as the least strict application reads it: leading whitespace
-/// dropped and `.` and spaces read as `_` (PHP), letters in either case alike (ASP.NET).
+/// A decoded parameter name as the least strict application reads it: cut at a NUL, leading
+/// whitespace dropped and `.` and spaces read as `_` (PHP), letters in either case alike
+/// (ASP.NET).
 fn query_name(name: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
-    let plain = |b: &u8| !b.is_ascii_uppercase() && !matches!(b, b'.' | b' ');
+    let plain = |b: &u8| !b.is_ascii_uppercase() && !matches!(b, b'.' | b' ' | 0);
     if name.first().is_none_or(|b| !b.is_ascii_whitespace()) && name.iter().all(plain) {
         return name;
     }
-    let trimmed = name.trim_ascii_start();
-    Cow::Owned(trimmed.iter().map(|&b| if matches!(b, b'.' | b' ') { b'_' } else { b.to_ascii_lowercase() }).collect())
+    Cow::Owned(php_name(&name).iter().map(u8::to_ascii_lowercase).collect())
+}
+
+/// A name as PHP reads it into `$_GET` and `$_COOKIE`: cut at a NUL, leading whitespace
+/// dropped, `.` and spaces read as `_`.
+fn php_name(name: &[u8]) -> Vec<u8> {
+    let cut = name.split(|b| *b == 0).next().unwrap_or_default();
+    cut.trim_ascii_start().iter().map(|&b| if matches!(b, b'.' | b' ') { b'_' } else { b }).collect()
 }
 
 /// Percent-decoded, `+` read as a space; borrowed when there is nothing to decode.
@@ -180,9 +189,10 @@ pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
 }
 
 /// [`cookie`], telling whether the cookie repeats with another value. A name is compared once
-/// decoded and trimmed (PHP decodes `%20session` and drops the space), and a quoted value has
-/// its backslash escapes read as Python's cookie parser reads them (`\141` and `\a` are both
-/// `a`), so that neither spelling of a session is a fresh client.
+/// decoded and trimmed, with `.` and spaces read as `_` as PHP reads them (`laravel.session`
+/// is Laravel's `laravel_session`), and a quoted value has its backslash escapes read as
+/// Python's cookie parser reads them (`\141` and `\a` are both `a`), so that no spelling of a
+/// session is a fresh client. Names keep their case.
 pub fn cookie_values(header: &[u8], name: &str) -> Option<Found> {
     let wanted = cookie_name(form_decode(name.as_bytes()));
     first_of(header.split(|b| *b == b';'), &wanted, |pair| {
@@ -197,16 +207,21 @@ pub fn cookie_values(header: &[u8], name: &str) -> Option<Found> {
     })
 }
 
-/// A decoded cookie name, trimmed.
+/// A decoded cookie name, trimmed and read as PHP reads it ([`php_name`]).
 fn cookie_name(name: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
-    match name {
+    let trimmed = match name {
         Cow::Borrowed(k) => Cow::Borrowed(k.trim_ascii()),
         Cow::Owned(k) => Cow::Owned(k.trim_ascii().to_vec()),
+    };
+    if trimmed.iter().any(|b| matches!(b, b'.' | b' ' | 0)) {
+        Cow::Owned(php_name(&trimmed))
+    } else {
+        trimmed
     }
 }
 
-/// A quoted cookie value's backslash escapes: three octal digits are that byte, any other
-/// escaped byte is itself.
+/// A quoted cookie value's backslash escapes as Python's parser reads them: `\` and three
+/// octal digits up to `\377` are that byte, any other escaped byte is itself.
 fn unescape(quoted: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(quoted.len());
     let mut rest = quoted;
@@ -216,11 +231,14 @@ fn unescape(quoted: &[u8]) -> Vec<u8> {
             out.push(b);
             continue;
         }
-        let octal = rest.get(..3).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let octal = rest
+            .get(..3)
+            .filter(|d| d.first().is_some_and(|c| (b'0'..=b'3').contains(c)) && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (octal, rest.split_first()) {
             (Some(d), _) => {
-                let value = d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0'));
-                out.push(u8::try_from(value).unwrap_or(u8::MAX));
+                // At most 0o377: the first digit is 0 to 3.
+                let value = d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0'));
+                out.push(value);
                 rest = rest.get(3..).unwrap_or_default();
             }
             (None, Some((&escaped, tail))) => {
@@ -609,15 +627,20 @@ pub(crate) mod tests {
         assert_eq!(q("/login?users=alice&username=bob"), None);
 
         let c = |header: &str| cookie_values(header.as_bytes(), "session");
-        // Python's cookie parser reads a quoted value's escapes: `\a` and `\141` are `a`.
+        // Python's cookie parser reads a quoted value's escapes: `\a` and `\141` are `a`, and
+        // `\477` (past `\377`) is `477`, as unescaped.
         assert_eq!(c("session=\"\\a\\b\\c\""), found("abc", false));
         assert_eq!(c("session=\"\\141bc\""), found("abc", false));
+        assert_eq!(c("session=477; session=\"\\477\""), found("477", false), "one session, escaped or not");
         assert_eq!(c("session=abc; session=\"\\a\\bc\""), found("abc", false), "one session, however escaped");
         assert_eq!(c("session=\"a\\\\b\""), found("a\\b", false), "an escaped backslash is one");
         assert_eq!(c("session=\"ab\\\"\""), found("ab\"", false), "an escaped quote is the quote");
-        // PHP decodes a name and then drops its spaces.
+        // A name is compared decoded and trimmed, `.` and spaces read as `_` (PHP).
         assert_eq!(c("%20session=real; session=zz1"), found("real", true));
         assert_eq!(c("session%20=real"), found("real", false));
+        assert_eq!(cookie_values(b"laravel.session=real; laravel_session=zz1", "laravel_session"), found("real", true));
+        // PHP cuts a query name at a NUL.
+        assert_eq!(q("/login?user%00=alice"), found("alice", false));
         // Cookie names keep their case: `Session` is another cookie.
         assert_eq!(c("Session=zz1; session=real"), found("real", false));
     }

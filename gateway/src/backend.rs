@@ -874,8 +874,8 @@ fn redirected(outcome: &Outcome) -> bool {
 /// costs Redis at most twelve cheap refusals.
 const CLUSTER_DOWN_PAUSES: [Duration; 3] = [Duration::from_millis(20), Duration::from_millis(40), Duration::from_millis(80)];
 
-/// `pause` shortened by up to half at random. The standard library's hasher keys are drawn
-/// afresh for each `RandomState`, which is all the randomness a spread of retries needs.
+/// `pause` shortened by up to half at random. Each `RandomState` hashes with other keys (drawn
+/// once per thread, then stepped), which is all the randomness a spread of retries needs.
 fn jittered(pause: Duration) -> Duration {
     use std::hash::BuildHasher as _;
     let draw = std::collections::hash_map::RandomState::new().hash_one(0u8);

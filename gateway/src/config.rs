@@ -41,8 +41,9 @@ stream is one request under the same limits, at most --max-concurrent-streams at
 connection; a header block over --max-header-bytes is answered 431 on its stream.
 
 Slow or greedy clients: headers not in within --header-read-timeout-ms, or a connection idle
-for --idle-timeout-ms, are closed without an answer; connections past --max-connections are
-closed at once (503 when it can be sent). Each is counted in /metrics
+for --idle-timeout-ms, are closed without an answer (a connection that never showed the token
+is closed after its answers, and idle after --header-read-timeout-ms); connections past
+--max-connections are closed at once (503 when it can be sent). Each is counted in /metrics
 (sluice_gateway_client_timeouts_total, sluice_gateway_connections_refused_total).
 
 Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level (default info).";
@@ -125,7 +126,9 @@ pub struct Config {
     /// without a byte of its answer being taken by a client that stopped reading. Keep it
     /// above the idle timeout of the client's connection pool (Envoy: the cluster's
     /// common_http_protocol_options.idle_timeout) so that the client closes idle connections
-    /// first and never sends a request on one the gateway is closing.
+    /// first and never sends a request on one the gateway is closing. Only for a connection
+    /// one of whose requests showed the token: any other is closed after its answers, and
+    /// idle after --header-read-timeout-ms.
     #[arg(long, env = "SLUICE_GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 90_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub idle_timeout_ms: u64,

@@ -30,7 +30,7 @@
 //! The socket wrapper only records bytes moving (on HTTP/1.1 a request's first byte starts its
 //! head phase; an answer's bytes restart the idle clock). On h2c a byte read says nothing (it
 //! may be a `WINDOW_UPDATE` or a `PING`), so after the first request an h2c connection
-//! without a request in progress lives until the idle deadline, whatever else it sends. The
+//! without a request in progress lives until its idle deadline, whatever else it sends. The
 //! deadline itself is kept by the connection's task, which races the hyper connection against
 //! a timer: hyper polls the socket on no schedule a timer could rely on (after an answer it may
 //! wait for the socket to wake it without reading, so a timer armed in a read would never be).
@@ -277,7 +277,8 @@ impl Server {
             let changed = clock.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if !shutting && clock.closing.load(Ordering::Relaxed) {
+            // A proxy's request may have shown the token since: its connection stays.
+            if !shutting && clock.closing.load(Ordering::Relaxed) && !clock.trusted() {
                 graceful_shutdown(conn.as_mut());
                 shutting = true;
             }

@@ -143,7 +143,9 @@
 //! counted from the connection's opening, or from the first byte of a later request; closed
 //! without an answer), `--body-read-timeout-ms` (10 s for the whole body; 408 and closed),
 //! `--idle-timeout-ms` (90 s without a request, or without the client taking a byte of its
-//! answer; closed: keep it above the client pool's own idle timeout), `--max-header-bytes`
+//! answer; closed: keep it above the client pool's own idle timeout; a connection none of
+//! whose requests showed the token is closed after its answers instead, and idle after the
+//! header deadline, and on h2c has only its first stream routed), `--max-header-bytes`
 //! (16 KiB; 431). A declared body length reserves at most 16 KiB before bytes arrive. On h2c:
 //! `--max-concurrent-streams` (100; more are refused with `REFUSED_STREAM`), a header list of
 //! at most `--max-header-bytes` (431 on the stream; far over it, h2 ends the connection), the

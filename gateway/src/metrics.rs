@@ -110,7 +110,8 @@ pub enum ClientTimeout {
     Header,
     /// Body not in within `--body-read-timeout-ms`; answered 408, connection closed.
     Body,
-    /// No request, or an answer not taken, within `--idle-timeout-ms`; connection closed.
+    /// No request, or an answer not taken, within `--idle-timeout-ms` (within
+    /// `--header-read-timeout-ms` on a connection that never showed the token); closed.
     Idle,
 }
 
