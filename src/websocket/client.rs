@@ -115,7 +115,8 @@ impl ClientStream {
                 return Ok(Walk::End);
             }
             if self.frame_left > 0 {
-                let n = self.frame_left.min((len - self.pos) as u64) as usize;
+                // Saturating: a host that fails to report a held buffer's size answers 0.
+                let n = self.frame_left.min(len.saturating_sub(self.pos) as u64) as usize;
                 if n == 0 {
                     return Ok(Walk::End);
                 }
@@ -246,5 +247,27 @@ impl ClientStream {
     /// Bytes this stream keeps between callbacks, beyond its own size: the pending changes.
     pub fn heap_bytes(&self) -> usize {
         self.edits.heap_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::websocket::frame;
+
+    /// A body reported shorter than the walk has read (the host answers 0 when it cannot tell a
+    /// held buffer's size) ends the walk: it never subtracts past zero.
+    #[test]
+    fn a_body_that_shrinks_under_the_walk_ends_it() {
+        let mut stream = ClientStream::new(false);
+        let mut reader = Reader::default();
+        let mut body = frame::frame(frame::TEXT, &[7u8; 100], Some([1, 2, 3, 4]));
+        body.truncate(30);
+        assert!(stream.begin(&mut body).is_ok());
+        assert!(matches!(stream.advance(&mut body, &mut reader), Ok(Walk::Ask(_))));
+        stream.admit();
+        assert!(matches!(stream.advance(&mut body, &mut reader), Ok(Walk::End)));
+        body.clear();
+        assert!(matches!(stream.advance(&mut body, &mut reader), Ok(Walk::End)));
     }
 }
