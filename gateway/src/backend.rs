@@ -515,10 +515,10 @@ impl Backend {
                 metrics.redirect_retry();
                 continue;
             }
-            if !cluster_down(&outcome) || resends == CLUSTER_DOWN_PAUSES.len() {
+            let Some(&pause) = CLUSTER_DOWN_PAUSES.get(resends).filter(|_| cluster_down(&outcome)) else {
                 return outcome;
-            }
-            let pause = jittered(CLUSTER_DOWN_PAUSES[resends]);
+            };
+            let pause = jittered(pause);
             if tokio::time::Instant::now() + pause >= give_up {
                 return outcome;
             }

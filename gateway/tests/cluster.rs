@@ -35,6 +35,15 @@ fn identities_on_three_primaries() -> Vec<u64> {
     chosen.into_iter().flatten().collect()
 }
 
+/// A gateway running calls as FCALL on `cluster`, once it has loaded the library at start.
+async fn fcall_gateway(cluster: &RedisCluster) -> (TestGateway, Http) {
+    let seeds = cluster.seed_nodes();
+    let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000", "--redis-calls", "fcall"]).await;
+    let http = Http::new(&gw.base, None);
+    http.wait_metric(r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#, 1.0).await;
+    (gw, http)
+}
+
 fn script_exists(port: u16) -> String {
     redis_cli(port, &["SCRIPT", "EXISTS", &sha()]).trim().to_string()
 }
@@ -343,10 +352,7 @@ async fn a_coordinated_failover_answers_every_call_with_a_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_across_a_migrating_slot_runs_its_calls_one_by_one() {
     let cluster = RedisCluster::start();
-    let seeds = cluster.seed_nodes();
-    let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000", "--redis-calls", "fcall"]).await;
-    let http = Http::new(&gw.base, None);
-    http.wait_metric(r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#, 1.0).await;
+    let (_gw, http) = fcall_gateway(&cluster).await;
 
     // Two identities whose keys share a slot; the first has counted once already.
     let old = 9001u64;
@@ -378,10 +384,7 @@ async fn a_batch_across_a_migrating_slot_runs_its_calls_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_answered_clusterdown_goes_again_until_its_slot_is_served() {
     let cluster = RedisCluster::start();
-    let seeds = cluster.seed_nodes();
-    let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "1000", "--redis-calls", "fcall"]).await;
-    let http = Http::new(&gw.base, None);
-    http.wait_metric(r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#, 1.0).await;
+    let (gw, http) = fcall_gateway(&cluster).await;
     let identity = 9101u64;
     let slot = key_slot(key(identity).as_bytes());
     let owner = cluster.primary_for(slot);

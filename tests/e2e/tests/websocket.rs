@@ -435,6 +435,20 @@ fn a_post_handshake_envoy_upgrades_has_its_messages_counted() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     listener.set_nonblocking(true).expect("nonblocking");
+    /// Reads up to the blank line that ends a message head: the head, and the bytes past it.
+    fn read_head(conn: &mut TcpStream, what: &str) -> (String, Vec<u8>) {
+        let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+        loop {
+            if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let rest = got.split_off(at + 4);
+                return (String::from_utf8_lossy(&got).into_owned(), rest);
+            }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => panic!("no {what}: {}", String::from_utf8_lossy(&got)),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
     // Answers the first connection's handshake with 101 and keeps what follows it.
     let backend = std::thread::spawn(move || -> (String, Vec<u8>) {
         let until = Instant::now() + Duration::from_secs(20);
@@ -447,28 +461,19 @@ fn a_post_handshake_envoy_upgrades_has_its_messages_counted() {
         };
         conn.set_nonblocking(false).expect("blocking");
         conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        let head_end = loop {
-            if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => panic!("no request head: {}", String::from_utf8_lossy(&got)),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        };
+        let (request, mut got) = read_head(&mut conn, "request head");
         let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                       Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
         conn.write_all(answer.as_bytes()).expect("answer");
         // What follows, until Envoy closes the connection (or a quiet 5 s).
+        let mut buf = [0u8; 4096];
         loop {
             match conn.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
-        (String::from_utf8_lossy(&got[..head_end]).into_owned(), got[head_end..].to_vec())
+        (request, got)
     });
 
     let config = json!({"namespace": "ws-post", "rules": [rule("post", "2/h", json!({"identifier": "global"}))]});
@@ -478,13 +483,8 @@ fn a_post_handshake_envoy_upgrades_has_its_messages_counted() {
     let handshake = "POST /ws/post HTTP/1.1\r\nHost: ws\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     client.write_all(handshake.as_bytes()).expect("handshake");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert!(matches!(client.read(&mut byte), Ok(1)), "no answer to the handshake: {}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let (head, _) = read_head(&mut client, "answer to the handshake");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mask = Some([9, 8, 7, 6]);
     let sent: Vec<Vec<u8>> = ["one", "two", "three"].iter().map(|m| frame::frame(frame::TEXT, m.as_bytes(), mask)).collect();
     client.write_all(&sent.concat()).expect("messages");
