@@ -89,6 +89,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(2..=1024 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
+    /// Most bytes of request bodies held at once, across all connections and streams (those
+    /// being read, and those whose calls are running); a body that would pass it gets 503 at
+    /// once (the filter then follows its rule's on_error) and is counted in
+    /// sluice_gateway_body_budget_refusals_total. At least --max-body-bytes. The filter's
+    /// calls are a few hundred bytes each, so only a client holding many large bodies meets it.
+    #[arg(long, env = "SLUICE_GATEWAY_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(2..=64 * 1024 * 1024 * 1024))]
+    pub max_body_bytes_in_flight: u64,
+
     /// Most commands accepted in one POST /pipeline; longer pipelines get 400. At least 128,
     /// the most rules a filter config may have: a request sends all its Redis rules' commands
     /// in one call.
@@ -279,6 +288,7 @@ mod tests {
         assert!(c.cluster_nodes.is_empty());
         assert_eq!(c.timeout(), Duration::from_secs(1));
         assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.max_body_bytes_in_flight, 64 << 20);
         assert_eq!(c.max_pipeline, 128);
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.header_read_timeout_ms, 5_000);

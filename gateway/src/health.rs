@@ -123,7 +123,11 @@ mod tests {
     }
 
     fn probes(m: &Metrics) -> String {
-        m.render().lines().find(|l| l.starts_with("sluice_gateway_health_probes_total ")).unwrap().to_string()
+        m.render(&crate::body::Budget::new(0))
+            .lines()
+            .find(|l| l.starts_with("sluice_gateway_health_probes_total "))
+            .unwrap()
+            .to_string()
     }
 
     #[tokio::test]

@@ -111,7 +111,8 @@
 //! * **Errors the gateway makes** start with `ERR sluice-gateway:`, so they cannot be mistaken
 //!   for Redis' own. Status codes on `POST /`: 400 for a refused request or a command that
 //!   failed in Redis (as Upstash), 401 without the right token, 413 for a body over
-//!   `--max-body-bytes`, 502 when Redis cannot be reached, 504 past `--timeout-ms`. On
+//!   `--max-body-bytes`, 503 when bodies in flight hold `--max-body-bytes-in-flight`, 502 when
+//!   Redis cannot be reached, 504 past `--timeout-ms`. On
 //!   `POST /pipeline` per-command failures are entries in a 200 answer; 502 only when no
 //!   command reached Redis; 504 when the pipeline did not finish within the timeout (some
 //!   commands may have run).
@@ -134,7 +135,8 @@
 //! # Limits
 //!
 //! `--max-body-bytes` (413, checked on Content-Length and while a chunked body streams),
-//! `--max-pipeline` (400), `--timeout-ms` (504; also bounds connecting to Redis), and on
+//! `--max-body-bytes-in-flight` (64 MiB held by all bodies at once, whatever the connections
+//! and streams; 503 at once past it: module [`body`]), `--max-pipeline` (400), `--timeout-ms` (504; also bounds connecting to Redis), and on
 //! SIGTERM/SIGINT a drain of requests in flight bounded by `--shutdown-grace-ms`.
 //!
 //! Against slow or greedy clients (module [`conn`]): `--max-connections` (10,000; past it a
@@ -177,6 +179,7 @@
 //! ```
 
 pub mod backend;
+pub mod body;
 pub mod command;
 pub mod config;
 pub mod conn;

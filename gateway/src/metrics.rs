@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::body::Budget;
 use crate::command::{CommandKind, RunAs, REASONS};
 
 /// The reason a request whose body could not be read (a broken chunked encoding, a client gone
@@ -200,6 +201,8 @@ pub struct Metrics {
     redirect_retries: AtomicU64,
     /// Calls sent again after Redis answered `CLUSTERDOWN` (they ran nowhere).
     cluster_down_retries: AtomicU64,
+    /// Requests answered 503 because bodies in flight held the whole budget.
+    body_budget_refusals: AtomicU64,
 }
 
 /// Decrements the open-connections gauge when a connection's task ends, however it ends.
@@ -307,19 +310,25 @@ impl Metrics {
         self.cluster_down_retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A body refused because the others in flight hold `--max-body-bytes-in-flight`.
+    pub fn body_budget_refusal(&self) {
+        self.body_budget_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A call sent as `EVAL` of the gateway's own script (see `Backend::run`).
     pub fn eval_call(&self) {
         self.eval_calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self) -> String {
+    /// The text of `/metrics`; `bodies` is the gateway's body budget, whose gauge it reads.
+    pub fn render(&self, bodies: &Budget) -> String {
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail; the results are ignored for that reason.
-        let _ = self.write_to(&mut out);
+        let _ = self.write_to(&mut out, bodies);
         out
     }
 
-    fn write_to(&self, out: &mut String) -> std::fmt::Result {
+    fn write_to(&self, out: &mut String, bodies: &Budget) -> std::fmt::Result {
         writeln!(out, "# HELP sluice_gateway_requests_total HTTP requests answered, by endpoint and status code.")?;
         writeln!(out, "# TYPE sluice_gateway_requests_total counter")?;
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -417,6 +426,21 @@ impl Metrics {
         writeln!(out, "# HELP sluice_gateway_requests_in_flight HTTP requests being handled now.")?;
         writeln!(out, "# TYPE sluice_gateway_requests_in_flight gauge")?;
         writeln!(out, "sluice_gateway_requests_in_flight {}", self.in_flight.load(Ordering::Relaxed))?;
+        writeln!(
+            out,
+            "# HELP sluice_gateway_body_bytes_held Bytes of request bodies held now (being read, or their calls running)."
+        )?;
+        writeln!(out, "# TYPE sluice_gateway_body_bytes_held gauge")?;
+        writeln!(out, "sluice_gateway_body_bytes_held {}", bodies.held())?;
+        writeln!(
+            out,
+            "# HELP sluice_gateway_body_bytes_max Most bytes of request bodies held at once (--max-body-bytes-in-flight)."
+        )?;
+        writeln!(out, "# TYPE sluice_gateway_body_bytes_max gauge")?;
+        writeln!(out, "sluice_gateway_body_bytes_max {}", bodies.total())?;
+        writeln!(out, "# HELP sluice_gateway_body_budget_refusals_total Requests answered 503 because the bodies in flight held --max-body-bytes-in-flight.")?;
+        writeln!(out, "# TYPE sluice_gateway_body_budget_refusals_total counter")?;
+        writeln!(out, "sluice_gateway_body_budget_refusals_total {}", self.body_budget_refusals.load(Ordering::Relaxed))?;
 
         writeln!(out, "# HELP sluice_gateway_connections_open Client connections open now.")?;
         writeln!(out, "# TYPE sluice_gateway_connections_open gauge")?;
@@ -504,7 +528,7 @@ mod tests {
         let m = Metrics::default();
         {
             let _g = m.start_request();
-            assert!(m.render().contains("sluice_gateway_requests_in_flight 1\n"));
+            assert!(m.render(&Budget::new(0)).contains("sluice_gateway_requests_in_flight 1\n"));
         }
         m.finish_request(Endpoint::Pipeline, 200, Duration::from_micros(300));
         m.finish_request(Endpoint::Pipeline, 200, Duration::from_millis(30));
@@ -517,7 +541,7 @@ mod tests {
         m.load(RunAs::EvalSha, LoadTrigger::Start, false);
         m.load(RunAs::Fcall, LoadTrigger::NotFound, true);
         m.redis_calls(RunAs::Fcall, 3);
-        let text = m.render();
+        let text = m.render(&Budget::new(0));
         let get = |p: &str| line_value(&text, p);
         assert_eq!(get("sluice_gateway_requests_in_flight"), Some(0.0));
         assert_eq!(get(r#"sluice_gateway_requests_total{endpoint="/pipeline",status="200"}"#), Some(2.0));
@@ -538,7 +562,7 @@ mod tests {
         assert_eq!(get(r#"sluice_gateway_redis_calls_total{command="EVALSHA"}"#), Some(0.0));
         assert_eq!(get(r#"sluice_gateway_redis_calls_total{command="EVAL"}"#), Some(0.0));
         m.eval_call();
-        assert_eq!(line_value(&m.render(), r#"sluice_gateway_redis_calls_total{command="EVAL"}"#), Some(1.0));
+        assert_eq!(line_value(&m.render(&Budget::new(0)), r#"sluice_gateway_redis_calls_total{command="EVAL"}"#), Some(1.0));
         let b = |le: &str| get(&format!(r#"sluice_gateway_request_duration_seconds_bucket{{endpoint="/pipeline",le="{le}"}}"#));
         assert_eq!(b("0.00025"), Some(0.0));
         assert_eq!(b("0.0005"), Some(1.0));
@@ -558,13 +582,13 @@ mod tests {
             let _a = m.connection_opened();
             let _b = m.connection_opened();
             m.connection_refused();
-            assert_eq!(line_value(&m.render(), "sluice_gateway_connections_open"), Some(2.0));
+            assert_eq!(line_value(&m.render(&Budget::new(0)), "sluice_gateway_connections_open"), Some(2.0));
         }
         m.client_timeout(ClientTimeout::Body);
         m.connection_protocol(Protocol::H2c);
         m.malformed_request();
         m.health_probe();
-        let text = m.render();
+        let text = m.render(&Budget::new(0));
         let get = |p: &str| line_value(&text, p);
         assert_eq!(get("sluice_gateway_connections_open"), Some(0.0));
         assert_eq!(get("sluice_gateway_connections_max"), Some(3.0));

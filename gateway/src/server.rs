@@ -7,18 +7,18 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures_util::StreamExt as _;
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::backend::{redact, Backend, BackendError, Failure, Outcome};
+use crate::body::{self, BodyError, Budget, Claim};
 use crate::command::{self, parse_command, parse_pipeline, Command, RequestError, RunAs};
 use crate::config::{Config, ListenError};
 use crate::conn::{self, Limits, Stop};
@@ -36,6 +36,11 @@ pub enum GatewayError {
     UnmatchableToken,
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(
+        "--max-body-bytes-in-flight ({in_flight}) is below --max-body-bytes ({body}): a body of the largest size \
+         accepted could never be read"
+    )]
+    BudgetBelowBody { in_flight: u64, body: u64 },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -46,6 +51,7 @@ pub struct Gateway {
     token: Option<Vec<u8>>,
     timeout: Duration,
     max_body: usize,
+    bodies: Budget,
     max_pipeline: usize,
     body_timeout: Duration,
     limits: Limits,
@@ -73,11 +79,18 @@ impl Gateway {
             Some(t) => Some(t.as_bytes().to_vec()),
             None => None,
         };
+        if config.max_body_bytes_in_flight < config.max_body_bytes {
+            return Err(GatewayError::BudgetBelowBody {
+                in_flight: config.max_body_bytes_in_flight,
+                body: config.max_body_bytes,
+            });
+        }
         Ok(Arc::new(Gateway {
             backend,
             token,
             timeout,
             max_body: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+            bodies: Budget::new(usize::try_from(config.max_body_bytes_in_flight).unwrap_or(usize::MAX)),
             max_pipeline: usize::try_from(config.max_pipeline).unwrap_or(usize::MAX),
             body_timeout: config.body_read_timeout(),
             limits: Limits {
@@ -203,15 +216,20 @@ impl Gateway {
             .is_some_and(|token| constant_time_eq(token, expected))
     }
 
-    /// The common front of both command endpoints: auth, then the bounded body.
-    async fn admit(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+    /// The common front of both command endpoints: auth, then the bounded body, which holds
+    /// its share of the gateway's body budget until the claim is dropped.
+    async fn admit(&self, headers: &HeaderMap, body: Body) -> Result<(Bytes, Claim<'_>), Rejection> {
         if !self.authorized(headers) {
             return Err(Rejection::Unauthorized);
         }
         // One deadline for the whole body, so a client cannot hold a handler by trickling it.
-        match tokio::time::timeout(self.body_timeout, read_limited(body, headers, self.max_body)).await {
-            Ok(Ok(bytes)) => Ok(bytes),
+        match tokio::time::timeout(self.body_timeout, body::read(body, headers, self.max_body, &self.bodies)).await {
+            Ok(Ok(read)) => Ok(read),
             Ok(Err(BodyError::TooLarge)) => Err(Rejection::TooLarge(self.max_body)),
+            Ok(Err(BodyError::Busy)) => {
+                self.metrics.body_budget_refusal();
+                Err(Rejection::Busy(self.bodies.total()))
+            }
             Ok(Err(BodyError::Read(msg))) => {
                 self.metrics.refused(BODY_UNREADABLE);
                 Err(Rejection::Unreadable(msg))
@@ -271,6 +289,7 @@ impl Gateway {
 enum Rejection {
     Unauthorized,
     TooLarge(usize),
+    Busy(usize),
     Unreadable(String),
     BodyTimeout(Duration),
 }
@@ -285,6 +304,18 @@ impl IntoResponse for Rejection {
             }
             Rejection::TooLarge(max) => {
                 error_response(StatusCode::PAYLOAD_TOO_LARGE, &format!("ERR sluice-gateway: request body exceeds {max} bytes"))
+            }
+            Rejection::Busy(total) => {
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "ERR sluice-gateway: request bodies in flight already hold {total} bytes (--max-body-bytes-in-flight)"
+                    ),
+                );
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                // The rest of the body may still come; the connection cannot be reused.
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                response
             }
             Rejection::Unreadable(msg) => {
                 error_response(StatusCode::BAD_REQUEST, &format!("ERR sluice-gateway: cannot read request body: {msg}"))
@@ -324,8 +355,8 @@ async fn command_handler(State(gw): State<Arc<Gateway>>, request: Request) -> Re
     // The request taken apart, not its headers extracted: that extractor copies them.
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let bytes = match gw.admit(headers, body).await {
-        Ok(b) => b,
+    let (bytes, _claim) = match gw.admit(headers, body).await {
+        Ok(read) => read,
         Err(rejection) => return rejection.into_response(),
     };
     let cmd = match parse_command(&bytes) {
@@ -350,8 +381,8 @@ async fn pipeline_handler(State(gw): State<Arc<Gateway>>, request: Request) -> R
     // The request taken apart, not its headers extracted: that extractor copies them.
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let bytes = match gw.admit(headers, body).await {
-        Ok(b) => b,
+    let (bytes, _claim) = match gw.admit(headers, body).await {
+        Ok(read) => read,
         Err(rejection) => return rejection.into_response(),
     };
     let cmds = match parse_pipeline(&bytes, gw.max_pipeline) {
@@ -413,7 +444,11 @@ async fn healthz_handler(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 async fn metrics_handler(State(gw): State<Arc<Gateway>>) -> Response {
-    (StatusCode::OK, [(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], gw.metrics.render())
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
+        gw.metrics.render(&gw.bodies),
+    )
         .into_response()
 }
 
@@ -444,50 +479,6 @@ fn error_response(status: StatusCode, text: &str) -> Response {
 
 fn json_response(status: StatusCode, body: &Json) -> Response {
     (status, [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
-}
-
-/// Most bytes reserved for a body before they arrive.
-const PREALLOCATE_MAX: usize = 16 * 1024;
-
-#[derive(Debug, PartialEq, Eq)]
-enum BodyError {
-    TooLarge,
-    Read(String),
-}
-
-/// Reads at most `max` bytes. A declared Content-Length over the limit is refused before any
-/// byte is read; a chunked body is cut off as soon as it passes the limit.
-async fn read_limited(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, BodyError> {
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(BodyError::TooLarge);
-    }
-    let mut stream = body.into_data_stream();
-    // A body that arrives in one piece (the usual case: a call is some 200 bytes) is kept as
-    // it came, without a copy; only a body in several pieces is gathered into one buffer.
-    let mut whole = Bytes::new();
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
-        let held = whole.len() + buf.len();
-        if held + chunk.len() > max {
-            return Err(BodyError::TooLarge);
-        }
-        if held == 0 {
-            whole = chunk;
-            continue;
-        }
-        if buf.is_empty() {
-            // A declared length is a promise, not bytes: reserving all of it up front would let
-            // clients that never send their bodies make the gateway hold memory for them.
-            let reserve = declared.map_or(0, |l| usize::try_from(l).unwrap_or(usize::MAX));
-            buf.reserve(reserve.min(max).min(PREALLOCATE_MAX).max(held + chunk.len()));
-            buf.extend_from_slice(&whole);
-            whole = Bytes::new();
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(if buf.is_empty() { whole } else { Bytes::from(buf) })
 }
 
 /// Compares in time that depends only on the expected token's length, never on where the
@@ -538,20 +529,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn body_limits_declared_and_chunked() {
-        let ok = read_limited(Body::from("1234"), &HeaderMap::new(), 4).await;
-        assert_eq!(ok, Ok(Bytes::from_static(b"1234")));
-        let declared = read_limited(Body::empty(), &headers(&[("content-length", "5")]), 4).await;
-        assert_eq!(declared, Err(BodyError::TooLarge));
-        // No Content-Length: the stream itself is cut at the limit.
-        let chunks =
-            futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"123")), Ok(Bytes::from_static(b"45"))]);
-        let chunked = read_limited(Body::from_stream(chunks), &HeaderMap::new(), 4).await;
-        assert_eq!(chunked, Err(BodyError::TooLarge));
-        // Several pieces within the limit are gathered in order, empty ones included.
-        let pieces = ["", "12", "", "3", "45"].map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p.as_bytes())));
-        let gathered = read_limited(Body::from_stream(futures_util::stream::iter(pieces)), &HeaderMap::new(), 5).await;
-        assert_eq!(gathered, Ok(Bytes::from_static(b"12345")));
+    async fn a_body_budget_below_one_body_is_refused_at_start() {
+        let parse = |args: &[&str]| <crate::config::Config as clap::Parser>::parse_from(["sluice-gateway"].iter().chain(args));
+        let low = parse(&["--max-body-bytes", "4096", "--max-body-bytes-in-flight", "4095"]);
+        let shown = Gateway::from_config(&low).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(shown.contains("--max-body-bytes-in-flight (4095) is below --max-body-bytes (4096)"), "{shown}");
+        assert!(Gateway::from_config(&parse(&["--max-body-bytes", "4096", "--max-body-bytes-in-flight", "4096"])).is_ok());
     }
 
     #[tokio::test]

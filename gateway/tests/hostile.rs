@@ -212,6 +212,65 @@ async fn a_declared_body_that_never_arrives_is_dropped_on_time() {
     assert_eq!(value(&m, "sluice_gateway_requests_in_flight"), 1.0);
 }
 
+/// Scrapes until `series` satisfies `ready`, within the test's bound; returns its value.
+async fn metric_until(addr: &str, series: &str, ready: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let v = value(&raw::scrape(addr).await, series);
+        if ready(v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{series} stayed at {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Bodies each within --max-body-bytes, but together over --max-body-bytes-in-flight: the one
+/// that would pass the budget is answered 503 at once (not held until its deadline), and the
+/// budget comes back as bodies are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_flight_share_one_budget() {
+    let redis = RedisServer::start();
+    let flags = ["--max-body-bytes", "2048", "--max-body-bytes-in-flight", "4096", "--body-read-timeout-ms", "600000"];
+    let (_gw, addr) = gateway(&redis, &flags).await;
+    const HELD: &str = "sluice_gateway_body_bytes_held";
+    // A real call padded to 2,000 bytes, of which 1,500 are sent now and the rest later.
+    let body = format!("{:<2000}", decision());
+    let head = raw::head("POST", "/", &format!("Authorization: Bearer {TOKEN}\r\nContent-Length: 2000\r\n"));
+    let mut held = Vec::new();
+    for i in 1..=2 {
+        let mut conn = raw::connect(&addr).await;
+        conn.write_all(format!("{head}{}", &body[..1500]).as_bytes()).await.unwrap();
+        held.push(conn);
+        metric_until(&addr, HELD, |v| v >= 1500.0 * f64::from(i)).await;
+    }
+
+    // A third would pass 4,096 bytes: refused now, with the reason, and it holds nothing.
+    let mut third = raw::connect(&addr).await;
+    third.write_all(format!("{head}{}", &body[..1500]).as_bytes()).await.unwrap();
+    let answer = String::from_utf8_lossy(&raw::until_closed(&mut third).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1\r\n"), "{answer}");
+    assert!(answer.contains("request bodies in flight already hold 4096 bytes (--max-body-bytes-in-flight)"), "{answer}");
+    let m = raw::scrape(&addr).await;
+    assert_eq!(value(&m, "sluice_gateway_body_budget_refusals_total"), 1.0);
+    assert_eq!(value(&m, "sluice_gateway_body_bytes_max"), 4096.0);
+    let both = value(&m, HELD);
+    assert!((3000.0..=4000.0).contains(&both), "{both}");
+
+    // The first body ends: its call is answered and its bytes go back.
+    let mut first = held.remove(0);
+    first.write_all(&body.as_bytes()[1500..]).await.unwrap();
+    let (status, answer) = raw::read_response(&mut first).await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    metric_until(&addr, HELD, |v| v <= both - 1500.0).await;
+    // Now another such body fits beside the second, and is served.
+    let mut next = raw::connect(&addr).await;
+    next.write_all(format!("{head}{body}").as_bytes()).await.unwrap();
+    let (status, answer) = raw::read_response(&mut next).await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_are_refused() {
     let redis = RedisServer::start();
