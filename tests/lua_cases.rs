@@ -955,3 +955,69 @@ fn a_batch_that_does_not_add_up_runs_nothing() {
         assert!(refused.as_ref().is_err_and(|e| e.contains("sluice")), "{case:?}: native {refused:?}");
     }
 }
+
+/// A call names at most [`lua::MAX_KEYS`] keys and a batch at most [`lua::MAX_RUN_KEYS`], as the
+/// gateway sends them: a direct caller naming thousands would hold Redis for as long. The
+/// library refuses past them with the module's words, and decides up to them.
+#[test]
+fn calls_and_batches_past_the_gateways_bounds_are_refused_as_natively() {
+    let redis = Redis::start();
+    let mut conn = redis.connect();
+    assert!(matches!(conn.cmd(&["FUNCTION", "LOAD", "REPLACE", lua::library().as_str()]), Reply::Str(_)));
+    let (one, batch) = (lua::function_name(), lua::batch_function_name());
+    let rule = ["fixed_window", "5", "60000", "1", "0", "0"];
+    let keys: Vec<String> = (0..=lua::MAX_RUN_KEYS).map(|i| format!("{{b}}:{i}")).collect();
+    // `n` keys, in calls of `per_call` (one call when `per_call` is 0): the words after FCALL's
+    // name, and the native decision's refusal or its replies.
+    let layout = |n: usize, per_call: usize| -> (Vec<String>, Result<usize, String>) {
+        let calls: Vec<&[String]> = if per_call == 0 { vec![&keys[..n]] } else { keys[..n].chunks(per_call).collect() };
+        let args: Vec<String> = calls.iter().flat_map(|c| c.iter().flat_map(|_| rule.map(String::from))).collect();
+        let mut words = vec![(if per_call == 0 { &one } else { &batch }).clone(), n.to_string()];
+        words.extend(keys[..n].iter().cloned());
+        let mut counts = Vec::new();
+        if per_call != 0 {
+            counts.push(calls.len().to_string());
+            counts.extend(calls.iter().flat_map(|c| [c.len().to_string(), (6 * c.len()).to_string()]));
+        }
+        let all_args: Vec<String> = counts.iter().chain(&args).cloned().collect();
+        words.extend(all_args.iter().cloned());
+        let k: Vec<&[u8]> = keys[..n].iter().map(|w| w.as_bytes()).collect();
+        let a: Vec<&[u8]> = all_args.iter().map(|w| w.as_bytes()).collect();
+        let mut texts = Texts(std::collections::HashMap::new(), keys[..n].iter().map(|k| k.as_bytes().to_vec()).collect());
+        let now = 1_700_006_400_000_000;
+        let native = if per_call == 0 {
+            native::one(&k, &a, &mut texts, now).0.map(|_| 1)
+        } else {
+            native::batch(&k, &a, &mut texts, now).map(|(replies, _)| replies.len())
+        };
+        (words, native)
+    };
+    let cases = [
+        (lua::MAX_KEYS, 0, None),
+        (lua::MAX_KEYS + 1, 0, Some(format!("a call names {} keys; at most {}", lua::MAX_KEYS + 1, lua::MAX_KEYS))),
+        (lua::MAX_RUN_KEYS, lua::MAX_KEYS, None),
+        (
+            lua::MAX_RUN_KEYS + 1,
+            lua::MAX_KEYS,
+            Some(format!("a batch names {} keys; at most {}", lua::MAX_RUN_KEYS + 1, lua::MAX_RUN_KEYS)),
+        ),
+        (lua::MAX_KEYS + 1, lua::MAX_KEYS + 1, Some("call 1 of the batch has no keys or bad counts".to_string())),
+    ];
+    for (n, per_call, refused) in cases {
+        let (words, native) = layout(n, per_call);
+        let mut command = vec!["FCALL"];
+        command.extend(words.iter().map(String::as_str));
+        let reply = conn.cmd(&command);
+        match (&refused, reply) {
+            (None, Reply::Array(replies)) => {
+                assert_eq!(native.as_ref().ok(), Some(&if per_call == 0 { 1 } else { n.div_ceil(per_call) }), "{n}");
+                assert!(!replies.is_empty(), "{n} keys");
+            }
+            (Some(text), Reply::Error(e)) => {
+                assert!(e.contains(text.as_str()), "{n} keys in calls of {per_call}: {e}");
+                assert_eq!(native.as_ref().err(), Some(&e), "{n} keys in calls of {per_call}: the module's words");
+            }
+            (_, other) => panic!("{n} keys in calls of {per_call}: {other:?}"),
+        }
+    }
+}

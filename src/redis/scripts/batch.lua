@@ -14,6 +14,11 @@
 --           another type is an error of the calls that name it, as for one call).
 -- Errors   a layout that does not add up is an error of the whole batch, and nothing runs.
 local function batch(KEYS, ARGV)
+  -- As many keys as the gateway runs at once (src/redis/script.rs, MAX_RUN_KEYS).
+  if #KEYS > 64 then
+    return redis.error_reply('ERR sluice: a batch names ' .. #KEYS
+      .. " keys; at most 64 (one rule's limits, or what the gateway runs at once)")
+  end
   bind()
   local c = int_arg(ARGV[1])
   if c == nil or c < 1 or #ARGV < 1 + 2 * c then
@@ -22,7 +27,7 @@ local function batch(KEYS, ARGV)
   local keys, args, ns, ms = 0, 1 + 2 * c, {}, {}
   for j = 1, c do
     local n, m = int_arg(ARGV[2 * j]), int_arg(ARGV[2 * j + 1])
-    if n == nil or m == nil or n < 1 then
+    if n == nil or m == nil or n < 1 or n > 8 then
       return redis.error_reply('ERR sluice: call ' .. j .. ' of the batch has no keys or bad counts')
     end
     ns[j], ms[j] = n, m

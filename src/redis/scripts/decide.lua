@@ -164,7 +164,12 @@ local function decide(KEYS, ARGV, k0, n, a0, m, ctx)
   return reply
 end
 
+-- As many keys as one rule has limits: a call naming thousands would hold Redis for as long.
 local function one(KEYS, ARGV)
+  if #KEYS > 8 then
+    return redis.error_reply('ERR sluice: a call names ' .. #KEYS
+      .. " keys; at most 8 (one rule's limits, or what the gateway runs at once)")
+  end
   bind()
   local ctx = script_call()
   local reply = decide(KEYS, ARGV, 0, #KEYS, 0, #ARGV, ctx)
