@@ -14,8 +14,9 @@ Sections (all by default; pick with --sections):
   hostcalls   (not in the default set) µs per proxy-wasm host call of each kind in this Envoy,
               and of holding a request and carrying it on, without and with an HTTP callout
 
-Writes bench/results.json, bench/results.md and bench/results.png; a full run (all sections,
-not --quick) also refreshes the README's benchmark block. Run through scripts/bench.sh, which
+A full run (all sections, not --quick, no --configs) writes bench/results.json, results.md and
+results.png and refreshes the README's benchmark block; any other run writes them to
+target/bench-partial/, so it never replaces the full results the README links to. Run through scripts/bench.sh, which
 installs and builds what this needs. Every load targets 127.0.0.1 and is bounded in time.
 """
 import argparse
@@ -57,7 +58,9 @@ def parse_args():
     ap.add_argument("--connections", type=int, default=32, help="wrk connections for throughput (default 32)")
     ap.add_argument("--max-others", type=float, default=0.25,
                     help="repeat a run if other processes used more cores than this during it (default 0.25)")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench"), help="output directory (default bench/)")
+    ap.add_argument("--out", default=None,
+                    help="output directory (default bench/ for a full run; target/bench-partial/ for any other, "
+                         "so a partial run never replaces the full results the README links to)")
     ap.add_argument("--no-readme", action="store_true", help="do not refresh the README block")
     ap.add_argument("--stack-on-envoy-core", action="store_true",
                     help="pin sluice-gateway and Redis to the Envoy under test's core instead of the load "
@@ -242,17 +245,19 @@ def run_memory(report, quick, wasm, work, envoy_cpus, load_cpus, corebench):
 
 
 def write(report, args, sections, quick):
-    os.makedirs(args.out, exist_ok=True)
+    full = not quick and set(sections) == set(SECTIONS) and not args.configs
+    out = args.out or (os.path.join(ROOT, "bench") if full else os.path.join(target_dir(), "bench-partial"))
+    os.makedirs(out, exist_ok=True)
     chart_name = "results.png"
-    has_chart = rep.chart(report, os.path.join(args.out, chart_name))
+    has_chart = rep.chart(report, os.path.join(out, chart_name))
     md = rep.markdown(report, chart_name if has_chart else "")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
+    with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     print(md)
-    full = not quick and set(sections) == set(SECTIONS) and not args.configs
-    if full and not args.no_readme and os.path.abspath(args.out) == os.path.join(ROOT, "bench"):
+    log(f"results written to {out}")
+    if full and not args.no_readme and os.path.abspath(out) == os.path.join(ROOT, "bench"):
         if rep.update_readme(os.path.join(ROOT, "README.md"), report, "bench/results.md", "bench/results.png"):
             log("README benchmark block refreshed")
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks sluice: overhead against Envoy with no limiter and with Envoy's native
 # local_ratelimit, latency at a fixed rate, accuracy of every strategy (local and Redis), and
-# memory per client identity. Writes bench/results.{json,md,png}; see scripts/bench.py --help.
+# memory per client identity. A full run writes bench/results.{json,md,png}, a partial one
+# target/bench-partial/; see scripts/bench.py --help.
 #
 #   ./scripts/bench.sh            # full run, ~30 minutes on 2 cores
 #   ./scripts/bench.sh --quick    # one repetition, shorter runs (~5 minutes)
