@@ -77,7 +77,7 @@ fn batch(module: bool, now_us: u64) -> Cmd {
     for g in 0..KEYS {
         c.arg((0..KEYS).map(|i| key(module, g, i)).collect::<Vec<_>>());
     }
-    c.arg(batch_counts(&vec![(KEYS, args.len()); KEYS]).collect::<Vec<_>>());
+    c.arg(batch_counts(&[(KEYS, args.len()); KEYS]).collect::<Vec<_>>());
     for _ in 0..KEYS {
         c.arg(&args);
     }
