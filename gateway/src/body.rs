@@ -1,26 +1,35 @@
-//! Request bodies: read whole within `--max-body-bytes`, and held, across every connection,
-//! within `--max-body-bytes-in-flight`.
+//! Request bodies: read whole within `--max-body-bytes`, and held, with their requests'
+//! headers, across every connection within `--max-body-bytes-in-flight`.
 //!
 //! The per-body cap alone bounds one request, not the gateway: each h2c stream of each
 //! connection may hold a body of the largest size, so a token holder (a proxy's config is
 //! enough) could make the gateway hold connections × streams × the cap. The budget is a byte
-//! semaphore every body draws from before it keeps a byte; a body that finds it spent is
-//! answered 503 at once (a proxy then follows its rule's `on_error`), and what it held goes
-//! back. Bodies of the size the filter sends (a few hundred bytes a call) never come near it.
+//! semaphore every request draws from before it keeps a byte: its headers' size, then each
+//! piece of its body (a gathered body's buffer before it grows). A request that finds it spent
+//! is answered 503 at once (a proxy then follows its rule's `on_error`), and what it held goes
+//! back. Requests of the size the filter sends (a few hundred bytes a call, some 20 KB for a
+//! gathered callout) never come near it.
+//!
+//! A body is charged for about what it was sent: nothing is reserved ahead of its bytes, so a
+//! client cannot hold the budget with bodies it promises but does not send; and a piece of a
+//! body still arriving is copied out of the transport's buffer rather than kept in it, so a
+//! one-byte piece cannot keep a whole frame buffer alive.
 
-use axum::body::{Body, Bytes};
+use std::pin::Pin;
+
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::HeaderMap;
-use futures_util::StreamExt as _;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// Most bytes reserved for a body before they arrive.
-const PREALLOCATE_MAX: usize = 16 * 1024;
+/// What a header field costs beside its name and value, as HTTP/2 counts a header list
+/// (RFC 9113, section 6.5.2).
+const FIELD_OVERHEAD: usize = 32;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyError {
     TooLarge,
-    /// The gateway already holds `--max-body-bytes-in-flight` bytes of bodies.
+    /// The request would pass `--max-body-bytes-in-flight`, with what the others hold.
     Busy,
     Read(String),
 }
@@ -41,13 +50,13 @@ impl Budget {
         self.total
     }
 
-    /// Bytes held by bodies being read or whose calls are running.
+    /// Bytes held by requests (headers and bodies) being read or whose calls are running.
     pub fn held(&self) -> usize {
         self.total.saturating_sub(self.free.available_permits())
     }
 }
 
-/// What one body holds of the budget; given back when dropped (its request answered).
+/// What one request holds of the budget; given back when dropped (its request answered).
 pub struct Claim<'a> {
     budget: &'a Budget,
     permit: Option<SemaphorePermit<'a>>,
@@ -75,49 +84,46 @@ impl<'a> Claim<'a> {
     }
 }
 
-/// Reads at most `max` bytes, each covered by `budget` before it is kept. A declared
-/// Content-Length over the limit is refused before any byte is read; a chunked body is cut off
-/// as soon as it passes the limit.
-pub async fn read<'a>(body: Body, headers: &HeaderMap, max: usize, budget: &'a Budget) -> Result<(Bytes, Claim<'a>), BodyError> {
+/// Reads at most `max` bytes, each covered by `budget` before it is kept, after the request's
+/// headers. A declared Content-Length over the limit is refused before any byte is read; a
+/// chunked body is cut off as soon as it passes the limit.
+pub async fn read<'a>(
+    mut body: Body,
+    headers: &HeaderMap,
+    max: usize,
+    budget: &'a Budget,
+) -> Result<(Bytes, Claim<'a>), BodyError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max as u64) {
         return Err(BodyError::TooLarge);
     }
     let mut claim = Claim::new(budget);
-    let mut stream = body.into_data_stream();
-    // A body that arrives in one piece (the usual case: a call is some 200 bytes) is kept as
-    // it came, without a copy; only a body in several pieces is gathered into one buffer.
-    let mut whole = Bytes::new();
+    let head: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD).sum();
+    claim.cover(head)?;
     let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
-        let held = whole.len() + buf.len();
-        if held + chunk.len() > max {
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        // Trailers carry nothing a call needs.
+        let Ok(chunk) = frame.map_err(|e| BodyError::Read(e.to_string()))?.into_data() else {
+            continue;
+        };
+        let need = buf.len() + chunk.len();
+        if need > max {
             return Err(BodyError::TooLarge);
         }
-        if held == 0 {
-            claim.cover(chunk.len())?;
-            whole = chunk;
-            continue;
+        if buf.is_empty() && body.is_end_stream() {
+            // The whole body in one piece (a call as the filter sends it): kept as it came.
+            claim.cover(head + chunk.len())?;
+            return Ok((chunk, claim));
         }
-        if buf.is_empty() {
-            // A declared length is a promise, not bytes: reserving all of it up front would let
-            // clients that never send their bodies make the gateway hold memory for them.
-            let reserve = declared.map_or(0, |l| usize::try_from(l).unwrap_or(usize::MAX));
-            let capacity = reserve.min(max).min(PREALLOCATE_MAX).max(held + chunk.len());
-            claim.cover(capacity)?;
-            buf.reserve_exact(capacity);
-            buf.extend_from_slice(&whole);
-            whole = Bytes::new();
-        } else if buf.len() + chunk.len() > buf.capacity() {
+        if need > buf.capacity() {
             // Grown as a Vec would grow itself, but covered first.
-            let capacity = buf.capacity().saturating_mul(2).max(buf.len() + chunk.len()).min(max);
-            claim.cover(capacity)?;
+            let capacity = buf.capacity().saturating_mul(2).max(need).min(max);
+            claim.cover(head + capacity)?;
             buf.reserve_exact(capacity - buf.len());
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok((if buf.is_empty() { whole } else { Bytes::from(buf) }, claim))
+    Ok((Bytes::from(buf), claim))
 }
 
 #[cfg(test)]
@@ -171,19 +177,33 @@ mod tests {
 
     #[tokio::test]
     async fn a_gathered_body_covers_its_buffer_before_it_grows() {
-        let budget = Budget::new(64);
-        // Pieces gathered into one buffer: it holds what the declared length reserved.
+        let budget = Budget::new(128);
+        // A declared length reserves nothing: pieces are charged as they come, with the headers.
         let declared = headers(&[("content-length", "40")]);
+        let head = "content-length".len() + 2 + FIELD_OVERHEAD;
         let (body, claim) = read(pieces(&["12", "34"]), &declared, 64, &budget).await.unwrap();
-        assert_eq!((&body[..], budget.held()), (&b"1234"[..], 40));
+        assert_eq!((&body[..], budget.held()), (&b"1234"[..], head + 4));
         drop(claim);
-        // Without a declared length the buffer doubles, each growth covered first.
+        // The buffer doubles, each growth covered first.
         let (body, claim) = read(pieces(&["1234", "5678", "9", "0123456789"]), &HeaderMap::new(), 64, &budget).await.unwrap();
         assert_eq!((body.len(), budget.held()), (19, 32));
         // A growth the budget cannot cover refuses the body, whatever fits the per-body cap.
-        let eights = ["12345678"; 5];
-        let refused = read(pieces(&eights), &HeaderMap::new(), 64, &budget).await;
+        let eights = ["12345678"; 9];
+        let refused = read(pieces(&eights), &HeaderMap::new(), 128, &budget).await;
         assert_eq!(refused.err(), Some(BodyError::Busy));
+        assert_eq!(budget.held(), 32);
+        drop(claim);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn headers_are_charged_before_the_body() {
+        let budget = Budget::new(40);
+        let one = headers(&[("x-a", "bb")]);
+        let (_, claim) = read(Body::from("1"), &one, 10, &budget).await.unwrap();
+        assert_eq!(budget.held(), 3 + 2 + FIELD_OVERHEAD + 1);
+        // Headers alone past what is left: refused before the body is read.
+        assert_eq!(read(Body::from(""), &one, 10, &budget).await.err(), Some(BodyError::Busy));
         drop(claim);
         assert_eq!(budget.held(), 0);
     }

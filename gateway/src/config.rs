@@ -89,9 +89,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(2..=1024 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
-    /// Most bytes of request bodies held at once, across all connections and streams (those
-    /// being read, and those whose calls are running); a body that would pass it gets 503 at
-    /// once (the filter then follows its rule's on_error) and is counted in
+    /// Most bytes of request headers and bodies held at once, across all connections and
+    /// streams (requests being read, and those whose calls are running); a request that would
+    /// pass it gets 503 at once (the filter then follows its rule's on_error) and is counted in
     /// sluice_gateway_body_budget_refusals_total. At least --max-body-bytes. The filter's
     /// calls are a few hundred bytes each, so only a client holding many large bodies meets it.
     #[arg(long, env = "SLUICE_GATEWAY_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024,
@@ -152,7 +152,8 @@ pub struct Config {
     /// Most requests in progress at once on one h2c (HTTP/2) connection: the
     /// SETTINGS_MAX_CONCURRENT_STREAMS the gateway announces; streams past it are refused with
     /// REFUSED_STREAM (a client such as Envoy then opens another connection, under
-    /// --max-connections). Each stream may hold a body of up to --max-body-bytes.
+    /// --max-connections). Each stream may hold a body of up to --max-body-bytes, all of them
+    /// together at most --max-body-bytes-in-flight.
     #[arg(long, env = "SLUICE_GATEWAY_MAX_CONCURRENT_STREAMS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_concurrent_streams: u32,

@@ -111,7 +111,7 @@
 //! * **Errors the gateway makes** start with `ERR sluice-gateway:`, so they cannot be mistaken
 //!   for Redis' own. Status codes on `POST /`: 400 for a refused request or a command that
 //!   failed in Redis (as Upstash), 401 without the right token, 413 for a body over
-//!   `--max-body-bytes`, 503 when bodies in flight hold `--max-body-bytes-in-flight`, 502 when
+//!   `--max-body-bytes`, 503 past `--max-body-bytes-in-flight`, 502 when
 //!   Redis cannot be reached, 504 past `--timeout-ms`. On
 //!   `POST /pipeline` per-command failures are entries in a 200 answer; 502 only when no
 //!   command reached Redis; 504 when the pipeline did not finish within the timeout (some
@@ -135,8 +135,9 @@
 //! # Limits
 //!
 //! `--max-body-bytes` (413, checked on Content-Length and while a chunked body streams),
-//! `--max-body-bytes-in-flight` (64 MiB held by all bodies at once, whatever the connections
-//! and streams; 503 at once past it: module [`body`]), `--max-pipeline` (400), `--timeout-ms` (504; also bounds connecting to Redis), and on
+//! `--max-body-bytes-in-flight` (64 MiB held by all requests' headers and bodies at once,
+//! whatever the connections and streams; 503 at once past it: module [`body`]),
+//! `--max-pipeline` (400), `--timeout-ms` (504; also bounds connecting to Redis), and on
 //! SIGTERM/SIGINT a drain of requests in flight bounded by `--shutdown-grace-ms`.
 //!
 //! Against slow or greedy clients (module [`conn`]): `--max-connections` (10,000; past it a
@@ -148,7 +149,7 @@
 //! answer; closed: keep it above the client pool's own idle timeout; a connection none of
 //! whose requests showed the token is closed after its answers instead, and idle after the
 //! header deadline, and on h2c has only its first stream routed), `--max-header-bytes`
-//! (16 KiB; 431). A declared body length reserves at most 16 KiB before bytes arrive. On h2c:
+//! (16 KiB; 431). A declared body length reserves nothing before bytes arrive. On h2c:
 //! `--max-concurrent-streams` (100; more are refused with `REFUSED_STREAM`), a header list of
 //! at most `--max-header-bytes` (431 on the stream; far over it, h2 ends the connection), the
 //! body limit and deadline per stream (408 ends the stream, not the connection), the head

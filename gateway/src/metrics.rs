@@ -310,7 +310,7 @@ impl Metrics {
         self.cluster_down_retries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A body refused because the others in flight hold `--max-body-bytes-in-flight`.
+    /// A request refused because it would pass `--max-body-bytes-in-flight`.
     pub fn body_budget_refusal(&self) {
         self.body_budget_refusals.fetch_add(1, Ordering::Relaxed);
     }
@@ -428,17 +428,17 @@ impl Metrics {
         writeln!(out, "sluice_gateway_requests_in_flight {}", self.in_flight.load(Ordering::Relaxed))?;
         writeln!(
             out,
-            "# HELP sluice_gateway_body_bytes_held Bytes of request bodies held now (being read, or their calls running)."
+            "# HELP sluice_gateway_body_bytes_held Bytes of request headers and bodies held now (being read, or their calls running)."
         )?;
         writeln!(out, "# TYPE sluice_gateway_body_bytes_held gauge")?;
         writeln!(out, "sluice_gateway_body_bytes_held {}", bodies.held())?;
         writeln!(
             out,
-            "# HELP sluice_gateway_body_bytes_max Most bytes of request bodies held at once (--max-body-bytes-in-flight)."
+            "# HELP sluice_gateway_body_bytes_max Most bytes of request headers and bodies held at once (--max-body-bytes-in-flight)."
         )?;
         writeln!(out, "# TYPE sluice_gateway_body_bytes_max gauge")?;
         writeln!(out, "sluice_gateway_body_bytes_max {}", bodies.total())?;
-        writeln!(out, "# HELP sluice_gateway_body_budget_refusals_total Requests answered 503 because the bodies in flight held --max-body-bytes-in-flight.")?;
+        writeln!(out, "# HELP sluice_gateway_body_budget_refusals_total Requests answered 503 because they would pass --max-body-bytes-in-flight.")?;
         writeln!(out, "# TYPE sluice_gateway_body_budget_refusals_total counter")?;
         writeln!(out, "sluice_gateway_body_budget_refusals_total {}", self.body_budget_refusals.load(Ordering::Relaxed))?;
 

@@ -79,18 +79,17 @@ impl Gateway {
             Some(t) => Some(t.as_bytes().to_vec()),
             None => None,
         };
-        if config.max_body_bytes_in_flight < config.max_body_bytes {
-            return Err(GatewayError::BudgetBelowBody {
-                in_flight: config.max_body_bytes_in_flight,
-                body: config.max_body_bytes,
-            });
+        let bodies = Budget::new(usize::try_from(config.max_body_bytes_in_flight).unwrap_or(usize::MAX));
+        // Compared as the budget holds it (a 32-bit target caps a semaphore lower).
+        if (bodies.total() as u64) < config.max_body_bytes {
+            return Err(GatewayError::BudgetBelowBody { in_flight: bodies.total() as u64, body: config.max_body_bytes });
         }
         Ok(Arc::new(Gateway {
             backend,
             token,
             timeout,
             max_body: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
-            bodies: Budget::new(usize::try_from(config.max_body_bytes_in_flight).unwrap_or(usize::MAX)),
+            bodies,
             max_pipeline: usize::try_from(config.max_pipeline).unwrap_or(usize::MAX),
             body_timeout: config.body_read_timeout(),
             limits: Limits {
@@ -309,11 +308,12 @@ impl IntoResponse for Rejection {
                 let mut response = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!(
-                        "ERR sluice-gateway: request bodies in flight already hold {total} bytes (--max-body-bytes-in-flight)"
+                        "ERR sluice-gateway: this request would pass the {total} bytes that requests in flight may hold (--max-body-bytes-in-flight)"
                     ),
                 );
                 response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                // The rest of the body may still come; the connection cannot be reused.
+                // The rest of the body may still come: an HTTP/1.1 connection cannot be reused
+                // (on h2c the field is dropped and only the stream ends).
                 response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
                 response
             }

@@ -17,7 +17,7 @@ use sluice::redis::script::Form;
 use sluice::strategy::Strategy;
 use support::calls::{call, sha, verdict, Call};
 use support::raw::{self, BOUND};
-use support::{free_ports, h2, metric_value as value, Http, Reaped, RedisServer, TestGateway};
+use support::{free_ports, h2, metric_value as value, redis_cli, Http, Reaped, RedisServer, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "h0stile-t0ken";
@@ -226,15 +226,18 @@ async fn metric_until(addr: &str, series: &str, ready: impl Fn(f64) -> bool) -> 
 }
 
 /// Bodies each within --max-body-bytes, but together over --max-body-bytes-in-flight: the one
-/// that would pass the budget is answered 503 at once (not held until its deadline), and the
-/// budget comes back as bodies are answered.
+/// that would pass the budget is answered 503 at once (not held until its deadline), over
+/// HTTP/1.1 and on an h2c stream alike; a body holds its share while its call runs, and the
+/// budget comes back as requests are answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_in_flight_share_one_budget() {
     let redis = RedisServer::start();
-    let flags = ["--max-body-bytes", "2048", "--max-body-bytes-in-flight", "4096", "--body-read-timeout-ms", "600000"];
+    let flags = ["--max-body-bytes", "2048", "--max-body-bytes-in-flight", "4500", "--body-read-timeout-ms", "600000"];
     let (_gw, addr) = gateway(&redis, &flags).await;
     const HELD: &str = "sluice_gateway_body_bytes_held";
-    // A real call padded to 2,000 bytes, of which 1,500 are sent now and the rest later.
+    const REFUSED: &str = "this request would pass the 4500 bytes that requests in flight may hold (--max-body-bytes-in-flight)";
+    // A real call padded to 2,000 bytes, of which 1,500 are sent now and the rest later. Each
+    // such request holds its headers (some 160 bytes) and 1,500 to 2,000 bytes of buffer.
     let body = format!("{:<2000}", decision());
     let head = raw::head("POST", "/", &format!("Authorization: Bearer {TOKEN}\r\nContent-Length: 2000\r\n"));
     let mut held = Vec::new();
@@ -244,31 +247,46 @@ async fn bodies_in_flight_share_one_budget() {
         held.push(conn);
         metric_until(&addr, HELD, |v| v >= 1500.0 * f64::from(i)).await;
     }
+    let both = value(&raw::scrape(&addr).await, HELD);
+    assert!((3000.0..=4500.0).contains(&both), "{both}");
 
-    // A third would pass 4,096 bytes: refused now, with the reason, and it holds nothing.
+    // A third would pass 4,500 bytes: refused now, with the reason, and it holds nothing.
     let mut third = raw::connect(&addr).await;
     third.write_all(format!("{head}{}", &body[..1500]).as_bytes()).await.unwrap();
     let answer = String::from_utf8_lossy(&raw::until_closed(&mut third).await).into_owned();
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("retry-after: 1\r\n"), "{answer}");
-    assert!(answer.contains("request bodies in flight already hold 4096 bytes (--max-body-bytes-in-flight)"), "{answer}");
+    assert!(answer.contains(REFUSED), "{answer}");
+    // The same on an h2c stream, which ends alone: the connection serves the next one.
+    let (mut h2c, _) = h2::connect(&addr).await;
+    let fields = h2::block_of(&h2::post_fields("/", TOKEN, Some(2000)));
+    let partial = [h2::header_frames(1, &fields, false, true), h2::frame(h2::DATA, 0, 1, &body.as_bytes()[..1500])].concat();
+    h2c.write_all(&partial).await.unwrap();
+    let got = h2::outcomes(&mut h2c, &[1]).await;
+    assert_eq!(got[0].status, Some(503), "{got:?}");
+    assert!(got[0].body.contains(REFUSED), "{got:?}");
     let m = raw::scrape(&addr).await;
-    assert_eq!(value(&m, "sluice_gateway_body_budget_refusals_total"), 1.0);
-    assert_eq!(value(&m, "sluice_gateway_body_bytes_max"), 4096.0);
-    let both = value(&m, HELD);
-    assert!((3000.0..=4000.0).contains(&both), "{both}");
+    assert_eq!(value(&m, "sluice_gateway_body_budget_refusals_total"), 2.0);
+    assert_eq!(value(&m, "sluice_gateway_body_bytes_max"), 4500.0);
+    assert_eq!(value(&m, HELD), both);
 
-    // The first body ends: its call is answered and its bytes go back.
+    // The first body ends while Redis holds writes: its call waits, holding its share.
+    redis_cli(redis.port, &["CLIENT", "PAUSE", "30000", "WRITE"]);
     let mut first = held.remove(0);
     first.write_all(&body.as_bytes()[1500..]).await.unwrap();
+    metric_until(&addr, r#"sluice_gateway_commands_total{command="EVALSHA"}"#, |v| v >= 1.0).await;
+    let during = value(&raw::scrape(&addr).await, HELD);
+    assert!(during >= both, "a body let go of its share before its call ended: {during} of {both}");
+    redis_cli(redis.port, &["CLIENT", "UNPAUSE"]);
     let (status, answer) = raw::read_response(&mut first).await.unwrap();
     assert_eq!(status, 200, "{answer}");
-    metric_until(&addr, HELD, |v| v <= both - 1500.0).await;
-    // Now another such body fits beside the second, and is served.
-    let mut next = raw::connect(&addr).await;
-    next.write_all(format!("{head}{body}").as_bytes()).await.unwrap();
-    let (status, answer) = raw::read_response(&mut next).await.unwrap();
-    assert_eq!(status, 200, "{answer}");
+    metric_until(&addr, HELD, |v| v <= during - 1500.0).await;
+
+    // Now another such request fits beside the second, and is served, on h2c too.
+    let whole = [h2::header_frames(3, &fields, false, true), h2::frame(h2::DATA, h2::END_STREAM, 3, body.as_bytes())].concat();
+    h2c.write_all(&whole).await.unwrap();
+    let got = h2::outcomes(&mut h2c, &[3]).await;
+    assert_eq!(got[0].status, Some(200), "{got:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
