@@ -97,6 +97,9 @@ connection: close\r\n\
 /// Cluster node and then some), the listener, stdio, the runtime's own.
 const RESERVED_FDS: u64 = 128;
 
+/// The most an HTTP/1.1 connection's read buffer grows to, unless a head may be larger.
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// What a client sends first on an h2c connection (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -122,7 +125,11 @@ enum Ended {
 impl Server {
     pub fn new(gateway: Arc<crate::Gateway>, router: Router, limits: Limits) -> Self {
         let mut http1 = http1::Builder::new();
-        http1.header_read_timeout(None).max_header_size(limits.max_header_bytes).keep_alive(true);
+        // hyper's read buffer grows to some 400 KB by default while a large body streams in, and
+        // keeps that allocation for the connection's life: a body needs no more than a few
+        // reads' worth, a head must fit whole.
+        let read_buffer = (limits.max_header_bytes + 8 * 1024).max(MAX_READ_BUFFER);
+        http1.header_read_timeout(None).max_header_size(limits.max_header_bytes).max_buf_size(read_buffer).keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .max_concurrent_streams(limits.max_streams)

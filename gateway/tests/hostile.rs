@@ -289,6 +289,32 @@ async fn bodies_in_flight_share_one_budget() {
     assert_eq!(got[0].status, Some(200), "{got:?}");
 }
 
+/// A body of the largest size accepted streams through the connection's bounded read buffer
+/// whole, over HTTP/1.1 and h2c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_the_largest_size_is_read_whole() {
+    let redis = RedisServer::start();
+    let (_gw, addr) = gateway(&redis, &[]).await;
+    let call = decision();
+    let body = format!("{call}{}", " ".repeat((1 << 20) - call.len()));
+    let mut conn = raw::connect(&addr).await;
+    conn.write_all(raw::post("/", Some(TOKEN), &body).as_bytes()).await.unwrap();
+    let (status, answer) = raw::read_response(&mut conn).await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let (mut h2c, _) = h2::connect(&addr).await;
+    let fields = h2::block_of(&h2::post_fields("/", TOKEN, Some(body.len())));
+    h2c.write_all(&h2::header_frames(1, &fields, false, true)).await.unwrap();
+    // In frames of the default largest size, within the default windows (1 MiB).
+    let pieces: Vec<&[u8]> = body.as_bytes().chunks(16_384).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let flags = if i + 1 == pieces.len() { h2::END_STREAM } else { 0 };
+        h2c.write_all(&h2::frame(h2::DATA, flags, 1, piece)).await.unwrap();
+    }
+    let got = h2::outcomes(&mut h2c, &[1]).await;
+    assert_eq!(got[0].status, Some(200), "{got:?}");
+    assert_eq!(value(&raw::scrape(&addr).await, "sluice_gateway_body_budget_refusals_total"), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_are_refused() {
     let redis = RedisServer::start();
@@ -303,6 +329,12 @@ async fn oversized_heads_are_refused() {
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
     let m = raw::scrape(&addr).await;
     assert_eq!(value(&m, "sluice_gateway_malformed_requests_total"), 1.0);
+
+    // A head just within a larger limit is read whole: the connection's read buffer fits it.
+    let (_gw, addr) = gateway(&redis, &["--max-header-bytes", "131072"]).await;
+    let padding = format!("X-Pad: {}\r\n", "p".repeat(128_000));
+    let answer = raw::once(&addr, &raw::head("GET", "/healthz", &padding)).await;
+    assert_eq!(answer.map(|(status, _)| status), Some(200));
 }
 
 /// A body that cannot be read (a chunked encoding broken at its first size line) is answered 400
