@@ -10,10 +10,12 @@
 //! back. Requests of the size the filter sends (a few hundred bytes a call, some 20 KB for a
 //! gathered callout) never come near it.
 //!
-//! A body is charged for about what it was sent: nothing is reserved ahead of its bytes, so a
-//! client cannot hold the budget with bodies it promises but does not send; and a piece of a
-//! body still arriving is copied out of the transport's buffer rather than kept in it, so a
-//! one-byte piece cannot keep a whole frame buffer alive.
+//! A body is charged for what it was sent, at most twice over as its buffer doubles (never past
+//! its declared length): nothing is reserved ahead of its bytes, so a client cannot hold the
+//! budget with bodies it promises but does not send. A piece of a body still arriving is
+//! copied out of the transport's buffer rather than kept in it, so a stalled stream's one-byte
+//! piece keeps no frame buffer alive; a body complete in one piece, and the headers, may keep
+//! theirs until the request is answered, which the transport's own bounds cover.
 
 use std::pin::Pin;
 
@@ -113,17 +115,29 @@ pub async fn read<'a>(
         if buf.is_empty() && body.is_end_stream() {
             // The whole body in one piece (a call as the filter sends it): kept as it came.
             claim.cover(head + chunk.len())?;
+            complete(chunk.len(), declared)?;
             return Ok((chunk, claim));
         }
         if need > buf.capacity() {
-            // Grown as a Vec would grow itself, but covered first.
-            let capacity = buf.capacity().saturating_mul(2).max(need).min(max);
+            // Grown as a Vec would grow itself, never past the declared length, covered first.
+            let most = declared.map_or(max, |d| usize::try_from(d).unwrap_or(max).min(max));
+            let capacity = buf.capacity().saturating_mul(2).min(most).max(need);
             claim.cover(head + capacity)?;
             buf.reserve_exact(capacity - buf.len());
         }
         buf.extend_from_slice(&chunk);
     }
+    complete(buf.len(), declared)?;
     Ok((Bytes::from(buf), claim))
+}
+
+/// A body that ended short of its declared length (an h2 stream its client reset without an
+/// error code reads as ended) is no request at all, not a shorter one.
+fn complete(len: usize, declared: Option<u64>) -> Result<(), BodyError> {
+    match declared {
+        Some(n) if n != len as u64 => Err(BodyError::Read(format!("the body ended after {len} of its declared {n} bytes"))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -179,10 +193,10 @@ mod tests {
     async fn a_gathered_body_covers_its_buffer_before_it_grows() {
         let budget = Budget::new(128);
         // A declared length reserves nothing: pieces are charged as they come, with the headers.
-        let declared = headers(&[("content-length", "40")]);
-        let head = "content-length".len() + 2 + FIELD_OVERHEAD;
-        let (body, claim) = read(pieces(&["12", "34"]), &declared, 64, &budget).await.unwrap();
-        assert_eq!((&body[..], budget.held()), (&b"1234"[..], head + 4));
+        let head = "content-length".len() + 1 + FIELD_OVERHEAD;
+        let (body, claim) = read(pieces(&["12", "34", "5"]), &headers(&[("content-length", "5")]), 64, &budget).await.unwrap();
+        // Doubling would make 8; the declared length is all the buffer ever needs.
+        assert_eq!((&body[..], budget.held()), (&b"12345"[..], head + 5));
         drop(claim);
         // The buffer doubles, each growth covered first.
         let (body, claim) = read(pieces(&["1234", "5678", "9", "0123456789"]), &HeaderMap::new(), 64, &budget).await.unwrap();
@@ -194,6 +208,16 @@ mod tests {
         assert_eq!(budget.held(), 32);
         drop(claim);
         assert_eq!(budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_short_of_its_declared_length_is_unreadable() {
+        let five = headers(&[("content-length", "5")]);
+        for body in [Body::from("123"), pieces(&["1", "23"])] {
+            let short = bytes(body, &five, 10).await;
+            assert_eq!(short, Err(BodyError::Read("the body ended after 3 of its declared 5 bytes".into())));
+        }
+        assert_eq!(bytes(pieces(&["12", "345"]), &five, 10).await, Ok(Bytes::from_static(b"12345")));
     }
 
     #[tokio::test]

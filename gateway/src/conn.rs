@@ -97,7 +97,8 @@ connection: close\r\n\
 /// Cluster node and then some), the listener, stdio, the runtime's own.
 const RESERVED_FDS: u64 = 128;
 
-/// The most an HTTP/1.1 connection's read buffer grows to, unless a head may be larger.
+/// The most an HTTP/1.1 connection reads into its buffer at once, unless a head may be larger
+/// (the allocation may be up to twice this).
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// What a client sends first on an h2c connection (RFC 9113, section 3.4).

@@ -149,8 +149,9 @@
 //! answer; closed: keep it above the client pool's own idle timeout; a connection none of
 //! whose requests showed the token is closed after its answers instead, and idle after the
 //! header deadline, and on h2c has only its first stream routed), `--max-header-bytes`
-//! (16 KiB; 431). A declared body length reserves nothing before bytes arrive; an HTTP/1.1
-//! connection's read buffer grows to at most 64 KiB (or the largest head). On h2c:
+//! (16 KiB; 431). A declared body length reserves nothing before bytes arrive, and a body
+//! short of it is refused (400); an HTTP/1.1 connection reads at most 64 KiB at once (or the
+//! largest head and 8 KiB). On h2c:
 //! `--max-concurrent-streams` (100; more are refused with `REFUSED_STREAM`), a header list of
 //! at most `--max-header-bytes` (431 on the stream; far over it, h2 ends the connection), the
 //! body limit and deadline per stream (408 ends the stream, not the connection), the head

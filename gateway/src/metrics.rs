@@ -201,7 +201,7 @@ pub struct Metrics {
     redirect_retries: AtomicU64,
     /// Calls sent again after Redis answered `CLUSTERDOWN` (they ran nowhere).
     cluster_down_retries: AtomicU64,
-    /// Requests answered 503 because bodies in flight held the whole budget.
+    /// Requests answered 503 because they would pass the body budget.
     body_budget_refusals: AtomicU64,
 }
 

@@ -232,20 +232,33 @@ async fn metric_until(addr: &str, series: &str, ready: impl Fn(f64) -> bool) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_in_flight_share_one_budget() {
     let redis = RedisServer::start();
-    let flags = ["--max-body-bytes", "2048", "--max-body-bytes-in-flight", "4500", "--body-read-timeout-ms", "600000"];
+    let flags = [
+        ["--max-body-bytes", "2048"],
+        ["--max-body-bytes-in-flight", "4500"],
+        ["--body-read-timeout-ms", "600000"],
+        // Redis is held for a while below.
+        ["--timeout-ms", "30000"],
+    ]
+    .concat();
     let (_gw, addr) = gateway(&redis, &flags).await;
     const HELD: &str = "sluice_gateway_body_bytes_held";
     const REFUSED: &str = "this request would pass the 4500 bytes that requests in flight may hold (--max-body-bytes-in-flight)";
-    // A real call padded to 2,000 bytes, of which 1,500 are sent now and the rest later. Each
-    // such request holds its headers (some 160 bytes) and 1,500 to 2,000 bytes of buffer.
-    let body = format!("{:<2000}", decision());
+    // A real call padded to 2,000 bytes (in front, so that only the whole body is the call), of
+    // which 1,500 are sent now and the rest later. Each such request holds its headers (some
+    // 160 bytes) and 1,500 to 2,000 bytes of buffer.
+    let body = format!("{:>2000}", decision());
     let head = raw::head("POST", "/", &format!("Authorization: Bearer {TOKEN}\r\nContent-Length: 2000\r\n"));
+    // Each header field is charged its name, its value and 32 bytes (as HTTP/2 counts them).
+    let fields =
+        [("host", "gateway".to_string()), ("authorization", format!("Bearer {TOKEN}")), ("content-length", "2000".into())];
+    let head_bytes = fields.iter().map(|(k, v)| k.len() + v.len() + 32).sum::<usize>() as f64;
     let mut held = Vec::new();
     for i in 1..=2 {
         let mut conn = raw::connect(&addr).await;
         conn.write_all(format!("{head}{}", &body[..1500]).as_bytes()).await.unwrap();
         held.push(conn);
-        metric_until(&addr, HELD, |v| v >= 1500.0 * f64::from(i)).await;
+        // Once its buffer holds all 1,500 bytes, the claim grows no more.
+        metric_until(&addr, HELD, |v| v >= (head_bytes + 1500.0) * f64::from(i)).await;
     }
     let both = value(&raw::scrape(&addr).await, HELD);
     assert!((3000.0..=4500.0).contains(&both), "{both}");
@@ -296,7 +309,8 @@ async fn a_body_of_the_largest_size_is_read_whole() {
     let redis = RedisServer::start();
     let (_gw, addr) = gateway(&redis, &[]).await;
     let call = decision();
-    let body = format!("{call}{}", " ".repeat((1 << 20) - call.len()));
+    // Padded in front: only the whole body is the call.
+    let body = format!("{}{call}", " ".repeat((1 << 20) - call.len()));
     let mut conn = raw::connect(&addr).await;
     conn.write_all(raw::post("/", Some(TOKEN), &body).as_bytes()).await.unwrap();
     let (status, answer) = raw::read_response(&mut conn).await.unwrap();
