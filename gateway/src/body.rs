@@ -36,7 +36,7 @@ pub enum BodyError {
     Read(String),
 }
 
-/// The bytes of bodies the gateway may hold at once.
+/// The bytes of requests' headers and bodies the gateway may hold at once.
 pub struct Budget {
     free: Semaphore,
     total: usize,
