@@ -16,8 +16,8 @@ Sections (all by default; pick with --sections):
 
 A full run (all sections, not --quick, no --configs) writes bench/results.json, results.md and
 results.png and refreshes the README's benchmark block; any other run writes them to
-target/bench-partial/, so it never replaces the full results the README links to. Run through scripts/bench.sh, which
-installs and builds what this needs. Every load targets 127.0.0.1 and is bounded in time.
+target/bench-partial/, so it never replaces the full results the README links to. Run through
+scripts/bench.sh, which installs and builds what this needs. Every load targets 127.0.0.1 and is bounded in time.
 """
 import argparse
 import json

@@ -212,17 +212,14 @@ async fn a_declared_body_that_never_arrives_is_dropped_on_time() {
     assert_eq!(value(&m, "sluice_gateway_requests_in_flight"), 1.0);
 }
 
-/// Scrapes until `series` satisfies `ready`, within the test's bound; returns its value.
-async fn metric_until(addr: &str, series: &str, ready: impl Fn(f64) -> bool) -> f64 {
-    let deadline = Instant::now() + BOUND;
-    loop {
+/// Scrapes until `series` satisfies `ready` (bounded).
+async fn metric_until(addr: &str, series: &str, ready: impl Fn(f64) -> bool) {
+    let ready = &ready;
+    support::wait_until_async(&format!("{series} as awaited"), || async move {
         let v = value(&raw::scrape(addr).await, series);
-        if ready(v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{series} stayed at {v}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (ready(v), format!("it stayed at {v}"))
+    })
+    .await;
 }
 
 /// Bodies each within --max-body-bytes, but together over --max-body-bytes-in-flight: the one

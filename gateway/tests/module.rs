@@ -328,23 +328,10 @@ async fn metrics(http: &Http) -> String {
     http.get("/metrics").await.1
 }
 
-/// Waits (bounded) until `ready` answers true; it also answers what it saw, for the failure.
-async fn wait_until<F: std::future::Future<Output = (bool, String)>>(what: &str, mut ready: impl FnMut() -> F) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let (done, seen) = ready().await;
-        if done {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "never {what}: {seen}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until the gateway says its calls run as `how` (`auto` finds out at start, in the
 /// background; calls run as EVALSHA until then).
 async fn wait_calls(http: &Http, how: &str) {
-    wait_until(&format!("ran calls as {how}"), || async {
+    support::wait_until_async(&format!("ran calls as {how}"), || async {
         let (_, body) = http.get("/healthz").await;
         let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         (health["calls"].as_str() == Some(how), body)
@@ -356,7 +343,7 @@ async fn wait_calls(http: &Http, how: &str) {
 /// loaded the function library: a call sent before finds it missing and runs twice.
 async fn wait_library_loaded(http: &Http) {
     const LOADED: &str = r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#;
-    wait_until("loaded the library at start", || async {
+    support::wait_until_async("loaded the library at start", || async {
         let text = metrics(http).await;
         (metric(&text, LOADED) == Some(1.0), text)
     })

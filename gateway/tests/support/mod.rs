@@ -92,6 +92,19 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// [`wait_until`] for an async check, which also answers what it saw, for the failure.
+pub async fn wait_until_async<F: std::future::Future<Output = (bool, String)>>(what: &str, mut ready: impl FnMut() -> F) {
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        let (done, seen) = ready().await;
+        if done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {seen}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// A child process, killed and reaped on drop: a test that fails half-way leaves none behind.
 pub struct Reaped(pub Child);
 
