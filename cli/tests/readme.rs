@@ -13,6 +13,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
+mod markdown;
+use markdown::code_blocks;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -23,25 +26,6 @@ fn read(p: &str) -> String {
 
 fn readme() -> String {
     read("README.md")
-}
-
-/// (first line number, language, body) of every fenced block.
-fn code_blocks(text: &str) -> Vec<(usize, String, String)> {
-    let mut out = Vec::new();
-    let mut open: Option<(usize, String, String)> = None;
-    for (i, line) in text.lines().enumerate() {
-        let fence = line.trim_start().strip_prefix("```");
-        match (&mut open, fence) {
-            (None, Some(lang)) => open = Some((i + 1, lang.trim().to_string(), String::new())),
-            (Some(_), Some(_)) => out.extend(open.take()),
-            (Some((_, _, body)), None) => {
-                body.push_str(line);
-                body.push('\n');
-            }
-            (None, None) => {}
-        }
-    }
-    out
 }
 
 /// The section from `title` to the next heading of the same or a higher level.

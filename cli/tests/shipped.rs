@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+mod markdown;
+use markdown::code_blocks;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -128,25 +131,6 @@ fn classify(doc: &Value, origin: &str, configs: &mut Vec<Found>, others: &mut Ve
     } else {
         panic!("{origin}: neither a plugin config nor a known kind of document; classify it in cli/tests/shipped.rs:\n{doc}");
     }
-}
-
-/// The ```yaml / ```json blocks of a Markdown file, with their first line number.
-pub fn code_blocks(text: &str) -> Vec<(usize, String, String)> {
-    let mut out = Vec::new();
-    let mut open: Option<(usize, String, String)> = None;
-    for (i, line) in text.lines().enumerate() {
-        let fence = line.trim_start().strip_prefix("```");
-        match (&mut open, fence) {
-            (None, Some(lang)) => open = Some((i + 1, lang.trim().to_string(), String::new())),
-            (Some(_), Some(_)) => out.extend(open.take()),
-            (Some((_, _, body)), None) => {
-                body.push_str(line);
-                body.push('\n');
-            }
-            (None, None) => {}
-        }
-    }
-    out
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
