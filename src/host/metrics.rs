@@ -1,5 +1,5 @@
 //! The filter's counters in Envoy's stats (`wasmcustom.sluice.rule.<name>.<what>`,
-//! `wasmcustom.sluice.local.slots_created` and `.evictions`), batched per worker and handed
+//! `wasmcustom.sluice.local.slots_created` and `.evictions`, `wasmcustom.sluice.websocket.host_errors`), batched per worker and handed
 //! over at each tick:
 //! a host call per request saved, stats at most one flush period late. A message rule counts
 //! `messages_admitted`, `messages_dropped` and `messages_shadow_limited` where a request rule
@@ -48,6 +48,9 @@ pub(super) struct Metrics {
     /// Slots taken from an identity whose count still lived, every slot the newcomer could take
     /// being held: that count is forgotten, a sign of a table too small for its identities.
     evictions: Option<u32>,
+    /// WebSocket connections whose body buffer Envoy would not lend or rewrite: reset under an
+    /// enforced message rule, passed through under shadow rules only.
+    websocket_host_errors: Option<u32>,
 }
 
 impl Metrics {
@@ -70,7 +73,8 @@ impl Metrics {
             .collect();
         let slots_created = abi::define_counter("sluice.local.slots_created").ok();
         let evictions = abi::define_counter("sluice.local.evictions").ok();
-        Metrics { per_rule, closed, slots_created, evictions }
+        let websocket_host_errors = abi::define_counter("sluice.websocket.host_errors").ok();
+        Metrics { per_rule, closed, slots_created, evictions, websocket_host_errors }
     }
 
     pub fn count(&self, verdict: &Verdict) {
@@ -122,6 +126,12 @@ impl Metrics {
     }
 
     /// A connection closed for going over message rule `rule`.
+    pub fn count_websocket_host_error(&self) {
+        if let Some(id) = self.websocket_host_errors {
+            add(id);
+        }
+    }
+
     pub fn count_closed(&self, rule: usize) {
         if let Some(Some(id)) = self.closed.get(rule) {
             add(*id);

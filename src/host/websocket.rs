@@ -16,8 +16,9 @@ use super::abi::{self, BufferType, Headers};
 
 use crate::config::{Cost, Rule};
 use crate::engine::{Applied, Pending, Resumed, Step, Verdict};
+use crate::headers;
 use crate::websocket::extensions;
-use crate::websocket::{Advance, Ask, Body, Connection, Fate, Judgement, MayDrop, Policy};
+use crate::websocket::{Advance, Ask, Body, Connection, Fate, HostError, Judgement, MayDrop, Policy};
 
 use super::shared::EnvoyShared;
 use super::state::Shared;
@@ -47,8 +48,17 @@ pub(super) struct Ws {
     /// has continued it since. Only then may the tick or a callout's answer carry it on: a
     /// stream its own next bytes let go meanwhile holds no buffer to rewrite.
     held: bool,
-    /// The host refused a buffer: the connection is passed through from then on.
-    broken: bool,
+    /// The host would not lend or rewrite a body buffer: the frames can no longer be followed.
+    failed: Option<Failed>,
+}
+
+/// What became of a connection whose frames can no longer be followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    /// An enforced rule applies: the stream is reset, so no byte goes on unjudged.
+    Reset,
+    /// Only shadow rules apply: the bytes go on, as they would without the filter.
+    PassedThrough,
 }
 
 pub(super) type WsRef = Rc<RefCell<Ws>>;
@@ -96,6 +106,7 @@ extern "C" {
     fn proxy_set_buffer_bytes(kind: u32, start: usize, size: usize, data: *const u8, len: usize) -> u32;
     fn proxy_get_buffer_status(kind: u32, len: *mut usize, flags: *mut u32) -> u32;
     fn proxy_continue_stream(kind: u32) -> u32;
+    fn proxy_close_stream(kind: u32) -> u32;
     fn proxy_replace_header_map_value(map: u32, key: *const u8, key_len: usize, value: *const u8, value_len: usize) -> u32;
 }
 
@@ -107,11 +118,16 @@ struct EnvoyBody {
 }
 
 impl EnvoyBody {
-    fn new(kind: BufferType) -> Self {
+    /// The callback's buffer, or the host's refusal to say how long it is.
+    fn new(kind: BufferType) -> Result<Self, HostError> {
         let (mut len, mut flags) = (0usize, 0u32);
         // SAFETY: both pointers are to locals that outlive the call.
         let status = unsafe { proxy_get_buffer_status(kind as u32, &mut len, &mut flags) };
-        EnvoyBody { kind, len: if status == 0 { len } else { 0 } }
+        if status == 0 {
+            Ok(EnvoyBody { kind, len })
+        } else {
+            Err(HostError)
+        }
     }
 }
 
@@ -147,6 +163,12 @@ fn resume_request() {
     let _ = unsafe { proxy_continue_stream(0) };
 }
 
+/// Resets the current context's stream, both directions (Envoy does it once the call returns).
+fn reset_stream() {
+    // SAFETY: a plain call with a constant.
+    let _ = unsafe { proxy_close_stream(0) };
+}
+
 /// The message rules upgrade request `req` meets, or none (not an upgrade, or no rule).
 pub(super) fn at_upgrade(shared: &Rc<Shared>, ctx: u32, req: &impl crate::identity::RequestInfo) -> Option<WsRef> {
     if !shared.limiter.has_message_rules() || !crate::websocket::is_upgrade_request(req) {
@@ -174,7 +196,7 @@ pub(super) fn at_upgrade(shared: &Rc<Shared>, ctx: u32, req: &impl crate::identi
         end_of_stream: false,
         registered_until: 0,
         held: false,
-        broken: false,
+        failed: None,
     };
     Some(Rc::new(RefCell::new(ws)))
 }
@@ -183,12 +205,33 @@ fn rule(shared: &Shared, index: usize) -> Option<&Rule> {
     shared.limiter.rules().nth(index)
 }
 
-/// Every response header value of `name`, joined as one list.
-fn response_header(name: &str) -> Option<String> {
-    // One value is all servers send; a second would be read by the client too, so it must be
-    // seen here: the SDK reads pairs only as UTF-8, and a single read gives the first value.
-    let first = abi::get_map_value_bytes(Headers::Response, name).ok().flatten()?;
-    Some(String::from_utf8_lossy(&first).into_owned())
+/// Whether a rule the upgrade met is enforced (not shadow).
+fn enforced(w: &Ws) -> bool {
+    w.rules.iter().any(|a| rule(&w.shared, a.rule).is_some_and(|r| !r.shadow))
+}
+
+/// The host would not lend or rewrite a body buffer (`direction`'s): the frames can no longer
+/// be followed, so no later message could be judged. With an enforced rule the connection is
+/// reset, as a limiter that cannot count must not let messages through uncounted; with shadow
+/// rules only it goes on untouched. Either way it is counted and logged.
+fn fail(w: &mut Ws, direction: &str) -> Flow {
+    w.shared.metrics.count_websocket_host_error();
+    if enforced(w) {
+        log::error!("sluice: Envoy would not lend or rewrite a WebSocket {direction} body; resetting the connection");
+        reset_stream();
+        w.failed = Some(Failed::Reset);
+        Flow::Hold
+    } else {
+        log::warn!("sluice: Envoy would not lend or rewrite a WebSocket {direction} body; passing the connection through (shadow rules only)");
+        w.failed = Some(Failed::PassedThrough);
+        Flow::Continue
+    }
+}
+
+/// The response's headers, every pair (Envoy's single-value read gives a name's first field
+/// only, and a client reads them all); `None` when Envoy would not hand them over.
+fn response_headers() -> Option<headers::Pairs> {
+    headers::Pairs::parse(abi::get_header_map_pairs(Headers::Response).ok()?.unwrap_or_default())
 }
 
 fn replace_response_header(name: &str, value: &str) -> bool {
@@ -209,18 +252,15 @@ pub(super) fn at_response(ws: &WsRef) {
     }
     let mut w = ws.borrow_mut();
     w.upgraded = true;
-    let enforced = w.rules.iter().any(|a| rule(&w.shared, a.rule).is_some_and(|r| !r.shadow));
+    let enforced = enforced(&w);
     let header = "sec-websocket-extensions";
-    let accepted = response_header(header).map(|v| (extensions::accepted(&v), v));
-    let may_drop = match &accepted {
-        None => MayDrop::All,
-        Some((a, _)) if a.other => MayDrop::Nothing,
-        Some((a, _)) if !a.deflate || a.client_no_context_takeover => MayDrop::All,
-        Some((_, value)) if enforced => match extensions::without_client_context_takeover(value) {
-            Some(v) if replace_response_header(header, &v) => MayDrop::All,
-            _ => MayDrop::Uncompressed,
-        },
-        Some(_) => MayDrop::Uncompressed,
+    let pairs = response_headers();
+    let fields = pairs
+        .as_ref()
+        .map(|p| p.to_vec().into_iter().filter(|(k, _)| *k == header.as_bytes()).map(|(_, v)| v).collect::<Vec<_>>());
+    let may_drop = match extensions::after_upgrade(fields.as_deref(), enforced) {
+        (_, Some(value)) if !replace_response_header(header, &value) => MayDrop::Uncompressed,
+        (may_drop, _) => may_drop,
     };
     if let Some(conn) = w.conn.as_mut() {
         conn.set_may_drop(may_drop);
@@ -297,19 +337,18 @@ fn pump(ctx: u32, ws: &WsRef) -> Flow {
     let w = &mut *guard;
     let shared = &Rc::clone(&w.shared);
     let Some(conn) = w.conn.as_mut() else { return Flow::Continue };
-    if w.broken || w.waiting.is_some() {
-        return if w.broken { Flow::Continue } else { Flow::Hold };
+    match w.failed {
+        Some(Failed::Reset) => return Flow::Hold,
+        Some(Failed::PassedThrough) => return Flow::Continue,
+        None if w.waiting.is_some() => return Flow::Hold,
+        None => {}
     }
-    let mut body = EnvoyBody::new(BufferType::HttpRequestBody);
+    let Ok(mut body) = EnvoyBody::new(BufferType::HttpRequestBody) else { return fail(w, "request") };
     loop {
         let ask = match conn.client_advance(&mut body) {
             Ok(Advance::Ask(ask)) => ask,
             Ok(Advance::End) => break,
-            Err(_) => {
-                log::warn!("sluice: cannot read or rewrite a WebSocket request body; passing the connection through");
-                w.broken = true;
-                return Flow::Continue;
-            }
+            Err(HostError) => return fail(w, "request"),
         };
         let now = now_us();
         match shared.limiter.start_message(&w.rules, ask.payload, ask.continuation, &EnvoyShared, now) {
@@ -343,11 +382,7 @@ fn pump(ctx: u32, ws: &WsRef) -> Flow {
             }
             Flow::Hold
         }
-        Err(_) => {
-            log::warn!("sluice: cannot rewrite a WebSocket request body; passing the connection through");
-            w.broken = true;
-            Flow::Continue
-        }
+        Err(HostError) => fail(w, "request"),
     }
 }
 
@@ -370,15 +405,15 @@ fn carry_on(ctx: u32, ws: &WsRef) {
 
 /// A server body chunk arrived: never held.
 pub(super) fn on_response_body(ws: &WsRef, end_of_stream: bool) {
-    let mut w = ws.borrow_mut();
-    if w.broken || !w.upgraded {
+    let mut guard = ws.borrow_mut();
+    let w = &mut *guard;
+    if w.failed.is_some() || !w.upgraded {
         return;
     }
     let Some(conn) = w.conn.as_mut() else { return };
-    let mut body = EnvoyBody::new(BufferType::HttpResponseBody);
-    if conn.server_chunk(&mut body, end_of_stream).is_err() {
-        log::warn!("sluice: cannot read or rewrite a WebSocket response body; passing the connection through");
-        w.broken = true;
+    let chunk = EnvoyBody::new(BufferType::HttpResponseBody).and_then(|mut body| conn.server_chunk(&mut body, end_of_stream));
+    if chunk.is_err() {
+        fail(w, "response");
     }
 }
 

@@ -74,6 +74,9 @@ enum Edit {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Edits {
     list: Vec<Edit>,
+    /// Bytes of kept frames moved in front of a drop ([`Edits::move_over_drop`]) since the last
+    /// rewrite: copies the guest holds until then.
+    moved: usize,
 }
 
 /// More edits than this are applied at once rather than kept: the list stays small whatever a
@@ -86,6 +89,14 @@ pub const MAX_EDITS: usize = 32;
 /// keeps the copying linear, for a list of at most 16 bytes of edits per 512 of buffer.
 pub fn edits_before_rewrite(pos: usize) -> usize {
     MAX_EDITS.max(pos / 512)
+}
+
+/// How many bytes of moved frames a rewrite waits for once `pos` bytes are behind: a window, or
+/// an eighth of the prefix. Each rewrite copies the prefix, so moving a client's control frames
+/// over a dropped message costs at most eight copies of what was moved, and the copies the
+/// guest keeps meanwhile stay within an eighth of the buffer Envoy lent.
+pub fn moved_before_rewrite(pos: usize) -> usize {
+    WINDOW.max(pos / 8)
 }
 
 impl Edits {
@@ -120,6 +131,39 @@ impl Edits {
     /// Inserts `bytes` before position `at`.
     pub fn insert(&mut self, at: usize, bytes: Vec<u8>) {
         self.list.push(Edit::Insert { at, bytes });
+    }
+
+    /// Whether the last change drops bytes up to `at` (a frame there may move over it).
+    pub fn drops_up_to(&self, at: usize) -> bool {
+        matches!(self.list.last(), Some(&Edit::Drop { end, .. }) if end == at)
+    }
+
+    /// Bytes of kept frames moved since the last rewrite.
+    pub fn moved(&self) -> usize {
+        self.moved
+    }
+
+    /// When the last change drops bytes up to `at`: `frame` (the body's bytes from `at`, kept)
+    /// goes in front of that drop instead, and the drop runs on over its place, so the server
+    /// reads the same bytes in the same order while the drop stays one change. Returns false,
+    /// changing nothing, otherwise.
+    ///
+    /// A client may put a control frame after each piece of a dropped message; kept in place,
+    /// each would split the drop, and a megabyte of such pairs cost hundreds of copies of the
+    /// buffer to clean.
+    pub fn move_over_drop(&mut self, at: usize, frame: &[u8]) -> bool {
+        let start = match self.list.last() {
+            Some(&Edit::Drop { start, end }) if end == at => start,
+            _ => return false,
+        };
+        self.list.pop();
+        match self.list.last_mut() {
+            Some(Edit::Insert { at: before, bytes }) if *before == start => bytes.extend_from_slice(frame),
+            _ => self.list.push(Edit::Insert { at: start, bytes: frame.to_vec() }),
+        }
+        self.list.push(Edit::Drop { start, end: at + frame.len() });
+        self.moved += frame.len();
+        true
     }
 
     /// `prefix` (the body's first bytes) with the edits applied.
@@ -157,6 +201,7 @@ impl Edits {
             return None;
         }
         self.list.clear();
+        self.moved = 0;
         // A frame can add a few edits past MAX_EDITS before they are applied, doubling the list;
         // what a connection keeps between callbacks stays within the bound all the same.
         self.list.shrink_to(MAX_EDITS);

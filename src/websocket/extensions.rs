@@ -8,6 +8,8 @@
 //! its own (RFC 7692 §7.1.1.2); the server still inflates them as before, since they refer to
 //! nothing earlier. Messages the server sends are not affected.
 
+use super::MayDrop;
+
 /// What the accepted extensions mean for dropping messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Accepted {
@@ -78,9 +80,57 @@ pub fn without_client_context_takeover(value: &str) -> Option<String> {
     changed.then(|| out.join(", "))
 }
 
+/// What a connection may drop once the server's 101 is in, from its `Sec-WebSocket-Extensions`
+/// fields (`None` when Envoy would not hand the headers over), and the value to give the one
+/// field so the client compresses each message on its own, when a rule is `enforced` and that
+/// is what allows dropping. A client reads every field as one list (RFC 9110 §5.3); a value
+/// can be put in place of one field only, so with more than one nothing is rewritten.
+pub fn after_upgrade(fields: Option<&[&[u8]]>, enforced: bool) -> (MayDrop, Option<String>) {
+    // What the client will decode is unknown: a message over the limit closes, never drops.
+    let Some(fields) = fields else { return (MayDrop::Nothing, None) };
+    if fields.is_empty() {
+        return (MayDrop::All, None);
+    }
+    let value = String::from_utf8_lossy(&fields.join(&b", "[..])).into_owned();
+    let a = accepted(&value);
+    if a.other {
+        (MayDrop::Nothing, None)
+    } else if !a.deflate || a.client_no_context_takeover {
+        (MayDrop::All, None)
+    } else if enforced && fields.len() == 1 {
+        match without_client_context_takeover(&value) {
+            Some(v) => (MayDrop::All, Some(v)),
+            None => (MayDrop::Uncompressed, None),
+        }
+    } else {
+        (MayDrop::Uncompressed, None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_field_of_the_101_counts() {
+        let deflate: &[u8] = b"permessage-deflate";
+        assert_eq!(after_upgrade(None, true), (MayDrop::Nothing, None), "headers unknown");
+        assert_eq!(after_upgrade(Some(&[]), true), (MayDrop::All, None));
+        assert_eq!(
+            after_upgrade(Some(&[deflate]), true),
+            (MayDrop::All, Some("permessage-deflate; client_no_context_takeover".to_string()))
+        );
+        assert_eq!(after_upgrade(Some(&[deflate]), false), (MayDrop::Uncompressed, None), "shadow rules change nothing");
+        // A second field is read by the client too.
+        assert_eq!(after_upgrade(Some(&[deflate, b"x-foo"]), true), (MayDrop::Nothing, None));
+        assert_eq!(after_upgrade(Some(&[b"x-foo", deflate]), true), (MayDrop::Nothing, None));
+        assert_eq!(
+            after_upgrade(Some(&[deflate, b"permessage-deflate; server_max_window_bits=10"]), true),
+            (MayDrop::Uncompressed, None),
+            "only one field can be rewritten"
+        );
+        assert_eq!(after_upgrade(Some(&[b"permessage-deflate; client_no_context_takeover"]), true), (MayDrop::All, None));
+    }
 
     #[test]
     fn reads_what_servers_answer() {

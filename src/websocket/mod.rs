@@ -54,10 +54,16 @@ impl<const N: usize> Carry<N> {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
-    /// Keeps `bytes` (at most N: the callers carry only what fits by construction).
-    pub fn set(&mut self, bytes: &[u8]) {
-        self.len = bytes.len().min(N);
-        self.bytes[..self.len].copy_from_slice(&bytes[..self.len]);
+    /// Keeps `bytes`, or nothing and false when they are more than N: the callers carry what
+    /// fits by construction, unless the host handed over less than it said it had.
+    pub fn set(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() > N {
+            self.len = 0;
+            return false;
+        }
+        self.len = bytes.len();
+        self.bytes[..self.len].copy_from_slice(bytes);
+        true
     }
     pub fn clear(&mut self) {
         self.len = 0;

@@ -116,7 +116,9 @@ impl ServerStream {
         let tail = len - pos.min(len);
         if tail > 0 && !end_of_stream {
             let bytes = body.read(pos, tail).ok_or(HostError)?;
-            self.carry.set(&bytes);
+            if bytes.len() != tail || !self.carry.set(&bytes) {
+                return Err(HostError);
+            }
             edits.drop_range(pos, len);
         }
         edits.apply(body, len).ok_or(HostError)?;

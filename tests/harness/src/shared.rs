@@ -113,6 +113,9 @@ pub(crate) struct Faults {
     pub callout_faults: VecDeque<CalloutFault>,
     pub nth_callout: HashMap<u64, CalloutFault>,
     pub redis_faults: VecDeque<CalloutFault>,
+    /// The next calls on a request or response body (its status, a read, a write), in order:
+    /// a status to answer instead of doing anything, or `None` to do as asked.
+    pub body_faults: VecDeque<Option<Status>>,
     /// "Queue ready" callbacks still to drop, as a host that loses them would.
     pub lost_queue_ready: usize,
 }

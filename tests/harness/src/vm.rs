@@ -391,6 +391,14 @@ async fn copy_out(caller: &mut Caller<'_, VmState>, bytes: &[u8], ptr_ptr: i32, 
     Ok(write_u32(caller, ptr_ptr, addr) && write_u32(caller, size_ptr, bytes.len() as u32))
 }
 
+/// A fault injected for this call on a body buffer, if `kind` is one.
+fn body_fault(caller: &Caller<'_, VmState>, kind: i32) -> Option<Status> {
+    if kind != buffer::REQUEST_BODY && kind != buffer::RESPONSE_BODY {
+        return None;
+    }
+    lock(&caller.data().process).faults.body_faults.pop_front().flatten()
+}
+
 fn st(s: Status) -> wasmtime::Result<i32> {
     Ok(s.code())
 }
@@ -508,6 +516,9 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_get_buffer_bytes",
         |mut caller: Caller<'_, VmState>, (kind, start, max, ptr_ptr, size_ptr): (i32, i32, i32, i32, i32)| -> BoxFut<'_, i32> {
             Box::new(async move {
+                if let Some(fault) = body_fault(&caller, kind) {
+                    return st(fault);
+                }
                 let data = match caller.data().buffer(kind) {
                     Ok(d) => d,
                     Err(s) => return st(s),
@@ -531,6 +542,9 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_status",
         |mut caller: Caller<'_, VmState>, kind: i32, len_ptr: i32, flags_ptr: i32| {
+            if let Some(fault) = body_fault(&caller, kind) {
+                return st(fault);
+            }
             let data = match caller.data().buffer(kind) {
                 Ok(d) => d,
                 Err(s) => return st(s),
@@ -546,6 +560,9 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_buffer_bytes",
         |mut caller: Caller<'_, VmState>, kind: i32, start: i32, len: i32, ptr: i32, size: i32| {
+            if let Some(fault) = body_fault(&caller, kind) {
+                return st(fault);
+            }
             let Some(value) = read(&caller, ptr, size) else { return st(Status::InvalidMemoryAccess) };
             let vm = caller.data_mut();
             let Some(ctx) = vm.ctx_mut() else { return st(Status::NotFound) };

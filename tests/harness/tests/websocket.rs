@@ -88,20 +88,8 @@ fn a_later_frame_over_a_shadow_byte_limit_counts_as_shadow_limited_not_as_anothe
 /// passes as it is, never read as frames.
 #[test]
 fn a_post_handshake_that_envoy_upgrades_has_its_messages_counted() {
-    let rule = json!({"name": "chat", "per": "message", "match": {"path": "/ws/**"}, "limit": "2/min",
-                      "strategy": "fixed_window", "identifier": "global"});
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let upstream = Rc::clone(&seen);
-    let mut host = sluice()
-        .config(json!({"rules": [rule]}).to_string())
-        .upstream(move |req| {
-            *upstream.borrow_mut() = req.body.clone();
-            HttpResponse::new(101).header("upgrade", "websocket").header("connection", "Upgrade")
-        })
-        .build()
-        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
-    let messages: Vec<u8> =
-        ["one", "two", "three"].iter().flat_map(|m| frame::frame(frame::TEXT, m.as_bytes(), Some([1, 2, 3, 4]))).collect();
+    let (mut host, seen) = upgrading_host(false);
+    let messages = three_messages();
     let two =
         frame::frame(frame::TEXT, b"one", Some([1, 2, 3, 4])).len() + frame::frame(frame::TEXT, b"two", Some([1, 2, 3, 4])).len();
 
@@ -112,7 +100,7 @@ fn a_post_handshake_that_envoy_upgrades_has_its_messages_counted() {
         .body(messages.clone())
         .send();
     assert_eq!(resp.status, 101);
-    let to_server = seen.borrow().clone();
+    let to_server = seen.borrow().clone().unwrap_or_default();
     assert_eq!(&to_server[..two], &messages[..two], "the first two messages pass");
     assert!(!to_server[two..].starts_with(&messages[two..]), "the third, over the limit, does not: {to_server:?}");
     host.advance(Duration::from_secs(1));
@@ -122,7 +110,56 @@ fn a_post_handshake_that_envoy_upgrades_has_its_messages_counted() {
     // The same bytes as an ordinary POST's body: passed whole, nothing counted.
     let resp = host.request("POST", "/ws/chat").header("upgrade", "websocket").body(messages.clone()).send();
     assert_eq!(resp.status, 101);
-    assert_eq!(*seen.borrow(), messages);
+    assert_eq!(seen.borrow().as_deref(), Some(&messages[..]));
     host.advance(Duration::from_secs(1));
     assert_eq!(stat(&host, "messages_admitted"), 2, "{:?}", host.metrics());
+}
+
+/// Envoy refusing a WebSocket body buffer (its size, a read or a rewrite) leaves the filter
+/// unable to follow the frames, so no later message could be judged. Under an enforced rule the
+/// connection is reset and nothing reaches the server; under shadow rules only it passes as it
+/// would without the filter. Both are counted.
+#[test]
+fn a_connection_whose_body_envoy_will_not_lend_is_reset_under_an_enforced_rule() {
+    let messages = three_messages();
+    for (shadow, call) in [(false, 0), (false, 1), (false, 2), (false, 3), (true, 0), (true, 1)] {
+        let (mut host, seen) = upgrading_host(shadow);
+        // The body's calls in order: its size, a read of its first window, then (the third
+        // message dropped, enforced rules only) a read and a rewrite of the prefix.
+        host.faults().fail_body_call_after(call, sluice_harness::Status::NotFound);
+        let resp = host.request("GET", "/ws/chat").header("upgrade", "websocket").body(messages.clone()).send();
+        host.advance(Duration::from_secs(1));
+        let errors = host.metric("sluice.websocket.host_errors").unwrap_or(0);
+        assert_eq!(errors, 1, "shadow {shadow}, call {call}: {:?}", host.metrics());
+        if shadow {
+            assert_eq!(resp.status, 101);
+            assert_eq!(seen.borrow().as_deref(), Some(&messages[..]), "passed through whole");
+        } else {
+            assert_eq!(resp.origin, sluice_harness::Origin::Reset, "call {call}: {resp:?}");
+            assert_eq!(*seen.borrow(), None, "call {call}: nothing reaches the server");
+        }
+    }
+}
+
+/// Three text messages, masked as a client sends them.
+fn three_messages() -> Vec<u8> {
+    ["one", "two", "three"].iter().flat_map(|m| frame::frame(frame::TEXT, m.as_bytes(), Some([1, 2, 3, 4]))).collect()
+}
+
+/// The filter with one message rule of two messages a minute on `/ws/**`, in front of a server
+/// that upgrades every request; the second value holds what the server last received.
+fn upgrading_host(shadow: bool) -> (sluice_harness::Host, Rc<RefCell<Option<Vec<u8>>>>) {
+    let rule = json!({"name": "chat", "per": "message", "match": {"path": "/ws/**"}, "limit": "2/min",
+                      "strategy": "fixed_window", "identifier": "global", "shadow": shadow});
+    let seen = Rc::new(RefCell::new(None));
+    let upstream = Rc::clone(&seen);
+    let host = sluice()
+        .config(json!({"rules": [rule]}).to_string())
+        .upstream(move |req| {
+            *upstream.borrow_mut() = Some(req.body.clone());
+            HttpResponse::new(101).header("upgrade", "websocket").header("connection", "Upgrade")
+        })
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    (host, seen)
 }

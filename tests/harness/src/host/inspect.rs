@@ -139,6 +139,15 @@ impl FaultInjector<'_> {
         self
     }
 
+    /// Of the next calls on a request or response body (its status, a read, a write), the
+    /// first `skip` are done as asked and the one after fails with `status`, changing nothing.
+    pub fn fail_body_call_after(&self, skip: usize, status: Status) -> &Self {
+        let mut p = lock(self.process);
+        p.faults.body_faults.extend(std::iter::repeat_n(None, skip));
+        p.faults.body_faults.push_back(Some(status));
+        self
+    }
+
     /// The next `k` Redis calls fail, time out, or are rejected.
     pub fn next_redis_calls(&self, k: usize, fault: CalloutFault) -> &Self {
         lock(self.process).faults.redis_faults.extend(std::iter::repeat_n(fault, k));
