@@ -270,6 +270,10 @@ fn identifier_errors() {
     assert_one(id(json!({"cookie": "a b"})), "rules[0].identifier.cookie", "invalid cookie name");
     assert_one(id(json!({"query": ""})), "rules[0].identifier.query", "invalid query parameter name");
     assert_one(id(json!(true)), "rules[0].identifier", "found a boolean");
+    // A bad fallback is named beside bad parts, not after they are fixed.
+    let errs = errors(&id(json!({"parts": [], "fallback": "sikp"})));
+    let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["rules[0].identifier.parts", "rules[0].identifier.fallback"], "{errs:#?}");
 }
 
 #[test]
@@ -295,7 +299,17 @@ fn exempt_errors() {
         "host bits are set; did you mean \"10.0.0.0/8\"?",
     );
     assert_one(e(json!({"cidrs": ["10.0.0.0/8", "nope"]})), "rules[0].exempt.cidrs[1]", "\"nope\": invalid CIDR or IP address");
-    assert_one(e(json!({"cidrs": ["10.0.0.0/33"]})), "rules[0].exempt.cidrs[0]", "invalid CIDR");
+    assert_one(e(json!({"cidrs": ["10.0.0.0/33"]})), "rules[0].exempt.cidrs[0]", "prefix length must be a number from 0 to 32");
+    assert_one(e(json!({"cidrs": ["::/129"]})), "rules[0].exempt.cidrs[0]", "from 0 to 128");
+    assert_one(e(json!({"cidrs": ["10.0.0.0/+8"]})), "rules[0].exempt.cidrs[0]", "from 0 to 32");
+    // 010 is 8 to a reader of octal: refused with a prefix as without one.
+    for octal in ["010.0.0.0/8", "010.000.000.001/32", "010.0.0.1"] {
+        assert_one(e(json!({"cidrs": [octal]})), "rules[0].exempt.cidrs[0]", "leading zero");
+    }
+    // Every problem of an exemption is named at once.
+    let errs = errors(&e(json!({"cidrs": [], "headers": {"bad name": "1"}})));
+    let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["rules[0].exempt.cidrs", "rules[0].exempt.headers[\"bad name\"]"], "{errs:#?}");
     assert_one(e(json!({"cidrs": []})), "rules[0].exempt.cidrs", "empty cidrs");
     assert_one(e(json!({"headers": {"x-internal": true}})), "rules[0].exempt.headers.x-internal", "quote numbers and booleans");
     assert_one(e(json!({"headers": {"x-internal": "a\nb"}})), "rules[0].exempt.headers.x-internal", "invalid header value");
@@ -847,6 +861,10 @@ fn redis_rules_keep_their_numbers_exact_in_lua() {
     // The same rule decided locally is exact (the Rust side works in 128 bits).
     assert!(compile(&with_rules(vec![rule(json!({"limit": "1000000000000/day"}))])).is_ok());
     assert!(compile(&redis(rule(json!({"limit": "1000000/day", "backend": "redis"})))).is_ok());
+    // Named beside another error of the rule, not after it is fixed.
+    let errs = errors(&redis(rule(json!({"name": "bad name", "limit": "1000000000000/day", "backend": "redis"}))));
+    let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["rules[0].name", "rules[0].limit"], "{errs:#?}");
 }
 
 #[test]

@@ -20,11 +20,18 @@ impl Compiler {
                 let pp = join(path, "parts");
                 let parts_value = field(m, "parts");
                 let items = match parts_value {
-                    Some(pv) => self.list(&pp, pv, "identifier parts", MAX_IDENTIFIER_PARTS)?,
+                    Some(pv) => self.list(&pp, pv, "identifier parts", MAX_IDENTIFIER_PARTS),
                     None => {
                         self.report(&pp, None, Problem::Missing);
-                        return None;
+                        None
                     }
+                };
+                let Some(items) = items else {
+                    // The fallback is still read, so that its own problem is named in this run.
+                    if let Some(fv) = field(m, "fallback") {
+                        let _ = self.keyword(&join(path, "fallback"), fv, FALLBACKS);
+                    }
+                    return None;
                 };
                 let items = items.iter().enumerate().map(|(i, x)| (index(&pp, i), x)).collect();
                 (items, field(m, "fallback"), join(path, "fallback"))
@@ -223,17 +230,19 @@ impl Compiler {
         let cidrs = match field(m, "cidrs") {
             Some(cv) => {
                 let p = join(path, "cidrs");
-                let items = self.list(&p, cv, "cidrs", MAX_CIDRS)?;
-                let mut out: Vec<IpNet> = Vec::with_capacity(items.len());
-                let mut ok = true;
-                for (i, item) in items.iter().enumerate() {
-                    match self.cidr(&index(&p, i), item) {
-                        Some(net) if out.contains(&net) => {}
-                        Some(net) => out.push(net),
-                        None => ok = false,
+                // Not `?`: the headers beside a bad list are still checked.
+                self.list(&p, cv, "cidrs", MAX_CIDRS).and_then(|items| {
+                    let mut out: Vec<IpNet> = Vec::with_capacity(items.len());
+                    let mut ok = true;
+                    for (i, item) in items.iter().enumerate() {
+                        match self.cidr(&index(&p, i), item) {
+                            Some(net) if out.contains(&net) => {}
+                            Some(net) => out.push(net),
+                            None => ok = false,
+                        }
                     }
-                }
-                ok.then_some(out)
+                    ok.then_some(out)
+                })
             }
             None => Some(Vec::new()),
         };
@@ -247,22 +256,39 @@ impl Compiler {
     /// A CIDR, or a plain address meaning just that host (/32 or /128); an IPv4-mapped one
     /// (`::ffff:192.0.2.0/120`) as the IPv4 network it names, the form client addresses are
     /// compared in (`identity::parse_address`): kept mapped, it would never match.
+    ///
+    /// The address is read by std's parser with or without a prefix: it refuses an octet with a
+    /// leading zero (`010.0.0.0/8` is 8.0.0.0/8 to a reader of octal, 10.0.0.0/8 to ipnet's
+    /// parser), which a network must not mean one thing here and another to its author.
     pub(super) fn cidr(&mut self, path: &str, v: &Value) -> Option<IpNet> {
         let s = self.string(path, v)?.trim();
-        if let Ok(addr) = IpAddr::from_str(s) {
-            return Some(unmapped(IpNet::from(addr)));
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let Ok(addr) = IpAddr::from_str(addr) else {
+            let reason = "not an IPv4 or IPv6 address (no octet may have a leading zero)".to_string();
+            self.report(path, Some(v), Problem::BadCidr { reason });
+            return None;
+        };
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => {
+                    let reason = format!("the prefix length must be a number from 0 to {max}");
+                    self.report(path, Some(v), Problem::BadCidr { reason });
+                    return None;
+                }
+            },
+        };
+        let net = IpNet::new(addr, prefix).ok()?;
+        if net.addr() != net.network() {
+            self.report(path, Some(v), Problem::HostBitsSet { network: net.trunc().to_string() });
+            return None;
         }
-        match IpNet::from_str(s) {
-            Ok(net) if net.addr() != net.network() => {
-                self.report(path, Some(v), Problem::HostBitsSet { network: net.trunc().to_string() });
-                None
-            }
-            Ok(net) => Some(unmapped(net)),
-            Err(e) => {
-                self.report(path, Some(v), Problem::BadCidr { reason: e.to_string() });
-                None
-            }
-        }
+        Some(unmapped(net))
     }
 
     pub(super) fn on_error(&mut self, path: &str, v: &Value) -> Option<OnError> {

@@ -129,6 +129,14 @@ impl Compiler {
             Some(v) => self.boolean(&join(path, "advertise"), v),
             None => shadow.map(|s| !s),
         };
+        // Checked as soon as its parts compiled: a rule with another error (its name, say) has
+        // these named in the same run.
+        let bounded = match (&limits, &strategy, &cost, backend, &on_error) {
+            (Some(limits), Some(strategy), Some(cost), Some(backend), Some(on_error)) => {
+                self.bounds(path, m, &Sized { limits, strategy, cost, backend, on_error })
+            }
+            _ => true,
+        };
         let rule = Rule {
             name: name?,
             matcher: matcher?,
@@ -144,7 +152,7 @@ impl Compiler {
             per: per?,
             over_limit: over_limit?,
         };
-        self.bounds(path, m, &rule).then_some(rule)
+        bounded.then_some(rule)
     }
 
     /// `per` and `over_limit`, and the costs each kind of rule can take.
@@ -185,22 +193,27 @@ impl Compiler {
 
     /// What only the whole rule tells: state that must fit where it is kept, and numbers the
     /// Lua mirror must hold exactly.
-    pub(super) fn bounds(&mut self, path: &str, m: &Map<String, Value>, rule: &Rule) -> bool {
+    fn bounds(&mut self, path: &str, m: &Map<String, Value>, rule: &Sized<'_>) -> bool {
         let mut ok = true;
         let decided_locally = rule.backend == Backend::Local || matches!(rule.on_error, OnError::Fallback { .. });
-        let max_cost = match rule.cost {
+        let max_cost = match *rule.cost {
             Cost::Fixed(n) => n,
             Cost::Header { max, .. } => max,
-            Cost::PayloadBytes => rule.message_cost(u64::MAX),
+            // A message's payload bytes are charged up to one past what any limit admits
+            // (`Rule::message_cost`).
+            Cost::PayloadBytes => {
+                let admissible = rule.limits.rates().iter().map(|r| largest_admissible(rule.strategy, r)).max();
+                admissible.unwrap_or(0).saturating_add(1)
+            }
         };
         for (i, rate) in rule.limits.rates().iter().enumerate() {
-            let largest = lua_largest(&rule.strategy, rate, max_cost);
+            let largest = lua_largest(rule.strategy, rate, max_cost);
             // Lua's doubles bound a Redis rule; a rule decided here keeps a bucket's level (its
             // units × period) in a 64-bit state, signed for the debt: beyond it the level would
             // saturate below the capacity, and a full bucket would never read as full.
             let problem = if rule.backend == Backend::Redis && largest > LUA_EXACT {
                 Some(Problem::NotExactInLua { largest })
-            } else if decided_locally && keeps_a_level(&rule.strategy) && largest > LOCAL_EXACT {
+            } else if decided_locally && keeps_a_level(rule.strategy) && largest > LOCAL_EXACT {
                 Some(Problem::LevelTooLarge { largest })
             } else {
                 None
@@ -272,6 +285,15 @@ impl Compiler {
             }
         }
     }
+}
+
+/// The parts of a rule its bounds depend on.
+struct Sized<'a> {
+    limits: &'a Limits,
+    strategy: &'a Strategy,
+    cost: &'a Cost,
+    backend: Backend,
+    on_error: &'a OnError,
 }
 
 /// The largest number the decision script forms for `rate` under `strategy` with costs up to
