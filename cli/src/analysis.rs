@@ -182,10 +182,13 @@ fn never_matches(rule: &Rule, routes: Routes<'_>, out: &mut Vec<Finding>) -> boo
         if INVISIBLE_HEADERS.contains(&name.as_str()) {
             reasons.push(format!("header {name:?} is hop-by-hop: Envoy removes it before any filter runs"));
         }
-        if value.trim() != value {
+        // HTTP strips spaces and tabs around a value (RFC 9110 §5.5), nothing else.
+        if value.trim_matches([' ', '\t']) != value {
             reasons.push(format!("header {name:?} must equal {value:?}, but HTTP strips whitespace around header values"));
         }
-        if name == ":method" && !m.methods.is_empty() && !m.methods.iter().any(|x| x == value) {
+        // The methods match in any case (as the filter does: `engine/applies.rs`), the header
+        // as written: `get` from an HTTP/2 client meets both `methods: [GET]` and `:method: get`.
+        if name == ":method" && !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(value)) {
             reasons.push(format!("header :method must be {value:?} but methods are {}", m.methods.join(", ")));
         }
         if name == ":path" && !m.paths.is_empty() && !m.paths.iter().any(|g| g.matches(value)) {
@@ -623,6 +626,9 @@ mod tests {
             {"name": "method", "match": {"methods": ["GET"], "headers": {":method": "POST"}}, "limit": "1/s"},
             {"name": "path", "match": {"path": "/api/**", "headers": {":path": "/other"}}, "limit": "1/s"},
             {"name": "fine", "match": {"path": "/api/**", "methods": ["GET", "CONNECT"], "headers": {":method": "GET"}}, "limit": "1/s"},
+            {"name": "method-case", "match": {"methods": ["GET"], "headers": {":method": "get"}}, "limit": "1/s"},
+            // Not whitespace to HTTP: sent and matched as it is.
+            {"name": "nbsp", "match": {"headers": {"x-team": "caf\u{e9}\u{a0}"}}, "limit": "1/s"},
             // A list matches a request that sends exactly it.
             {"name": "upgrade-list", "match": {"headers": {"upgrade": "websocket, h2c"}}, "limit": "1/s"},
             {"name": "upgrade-case", "match": {"headers": {"upgrade": "WebSocket", "x-list": "a, b"}}, "limit": "1/s"}

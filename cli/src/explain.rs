@@ -35,7 +35,8 @@ impl CliRequest {
         if name.is_empty() || name == ":" || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!("header {text:?} has no valid name; expected NAME: VALUE"));
         }
-        Ok((name, text[colon + 1..].trim().to_string()))
+        // Around the value only spaces and tabs, as HTTP strips them (RFC 9110 §5.5).
+        Ok((name, text[colon + 1..].trim_matches([' ', '\t']).to_string()))
     }
 }
 

@@ -88,7 +88,8 @@ fn main() -> ExitCode {
                             }
                         }
                     }
-                    let method = method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+                    // As sent: a method's case reaches the filter (HTTP/2 lets a client send `get`).
+                    let method = method.unwrap_or_else(|| "GET".into());
                     Some(CliRequest { method, path, headers: parsed, ip, route })
                 }
                 None => None,

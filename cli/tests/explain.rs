@@ -136,8 +136,8 @@ fn exempt_unlimited_and_missing_identities_say_why() {
     assert_eq!(rule(&r, "api")["counted"]["identity"], "ip=203.0.113.5");
     assert_eq!(rule(&xff("203.0.113.5", "10.1.2.3"), "api")["outcome"], "exempt");
     let r = explain(&["filter-config/local.yaml", "-X", "put", "--path", "/upload/a", "--ip", "192.0.2.1"]);
-    assert_eq!(r["request"]["method"], "PUT");
-    assert_eq!(rule(&r, "uploads")["outcome"], "no_identity");
+    assert_eq!(r["request"]["method"], "put", "as sent");
+    assert_eq!(rule(&r, "uploads")["outcome"], "no_identity", "methods match in any case");
     assert_eq!(rule(&r, "uploads")["reasons"], json!(["cookie session is absent and the identifier says fallback: skip"]));
     let r = explain(&["filter-config/local.yaml", "-X", "PUT", "--path", "/upload/a", "-H", "cookie: a=1; session=s9"]);
     assert_eq!(rule(&r, "uploads")["counted"]["identity"], "cookie:session=s9");
