@@ -76,6 +76,8 @@ impl fmt::Display for ConfigError {
 pub enum Problem {
     #[error("no configuration; expected a JSON object with at least \"rules\"")]
     NoConfiguration,
+    #[error("and {count} more problems, not listed; fix these and run again")]
+    Unlisted { count: usize },
     #[error("not valid JSON: {0}")]
     InvalidJson(String),
     #[error("expected {expected}, found {found}")]

@@ -290,6 +290,20 @@ fn cost_errors() {
     assert_one(c(json!("1")), "rules[0].cost", "expected a positive integer or an object");
 }
 
+/// A config of a great many errors lists the first hundred and counts the rest.
+#[test]
+fn errors_past_a_hundred_are_counted_not_listed() {
+    let mut v = with_rules(vec![rule(json!({}))]);
+    for i in 0..150 {
+        v[format!("extra{i}")] = json!(1);
+    }
+    let errs = errors(&v);
+    assert_eq!(errs.len(), 101, "{errs:#?}");
+    assert_eq!(errs[100], (String::new(), "and 50 more problems, not listed; fix these and run again".to_string()));
+    v["rules"] = json!([]);
+    assert_eq!(errors(&v).last().map(|e| e.1.as_str()), Some("and 51 more problems, not listed; fix these and run again"));
+}
+
 #[test]
 fn exempt_errors() {
     let e = |v: Value| with_rules(vec![rule(json!({ "exempt": v }))]);

@@ -166,8 +166,11 @@ pub fn compile_read(value: &Value, mut repeats: Vec<ConfigError>) -> Result<Conf
 
 /// Compiles a parsed configuration, reporting every error at once.
 pub fn compile(value: &Value) -> Result<Config, ConfigErrors> {
-    let mut c = Compiler { errors: Vec::new() };
+    let mut c = Compiler { errors: Vec::new(), unlisted: 0 };
     let config = c.config(value);
+    if c.unlisted > 0 {
+        c.errors.push(ConfigError { path: String::new(), found: None, problem: Problem::Unlisted { count: c.unlisted } });
+    }
     match config {
         Some(config) if c.errors.is_empty() => Ok(config),
         _ if c.errors.is_empty() => Err(one(Problem::NoConfiguration)),
@@ -278,7 +281,13 @@ fn valid_header_value(s: &str) -> bool {
 
 struct Compiler {
     errors: Vec<ConfigError>,
+    /// Errors found past [`MAX_ERRORS`], counted, not kept.
+    unlisted: usize,
 }
+
+/// The most errors one compile lists: a 50 MB file of unknown keys made millions of lines (each
+/// naming every allowed field), which the filter would log and lint print, and held them all.
+pub const MAX_ERRORS: usize = 100;
 
 /// Where a header map is used decides whether pseudo-headers and reserved names are allowed.
 #[derive(Clone, Copy, PartialEq)]
@@ -289,11 +298,24 @@ enum HeaderUse {
 
 impl Compiler {
     fn report(&mut self, path: impl Into<String>, found: Option<&Value>, problem: Problem) {
-        self.errors.push(ConfigError { path: path.into(), found: found.map(render), problem });
+        if self.listing() {
+            self.errors.push(ConfigError { path: path.into(), found: found.map(render), problem });
+        }
     }
 
     fn report_text(&mut self, path: impl Into<String>, text: &str, problem: Problem) {
-        self.errors.push(ConfigError { path: path.into(), found: Some(quote(text)), problem });
+        if self.listing() {
+            self.errors.push(ConfigError { path: path.into(), found: Some(quote(text)), problem });
+        }
+    }
+
+    /// Whether one more error is listed, or only counted.
+    fn listing(&mut self) -> bool {
+        if self.errors.len() < MAX_ERRORS {
+            return true;
+        }
+        self.unlisted += 1;
+        false
     }
 
     fn wrong_type(&mut self, path: &str, v: &Value, expected: &'static str) {
