@@ -153,7 +153,7 @@ pub enum RateErrorKind {
     Empty,
     #[error("limit {0} is negative; expected a whole number ≥ 0 before \"/\" or \"per\"")]
     NegativeLimit(String),
-    #[error("limit {0} is not a whole number; expected a rate like \"100/min\"")]
+    #[error("limit {0} is not a whole number; expected digits only (no separators, exponents or words), as in \"100/min\"")]
     BadLimit(String),
     #[error("missing \"/\" or \"per\" after the limit; expected a rate like \"100/min\"")]
     MissingSeparator,
@@ -246,7 +246,12 @@ fn parse_rate(text: &str) -> Result<Rate, RateErrorKind> {
     } else if let Some(r) = rest.strip_prefix("per") {
         ("per", r)
     } else {
-        return Err(RateErrorKind::MissingSeparator);
+        // `1e9/s`, `10k/min`, `100 requests/minute`: the separator comes later, so what stands
+        // before it is a limit that did not read as one.
+        return Err(match lower.find('/').or_else(|| lower.find("per")) {
+            Some(at) => RateErrorKind::BadLimit(quote(lower[..at].trim_end())),
+            None => RateErrorKind::MissingSeparator,
+        });
     };
     let rest = rest.trim_start();
     if rest.is_empty() {
@@ -339,15 +344,40 @@ fn first_word(s: &str) -> &str {
     s.split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or(s)
 }
 
-/// `text` as a JSON string literal (so control characters are visible), cut to a readable
-/// length.
+/// `text` as a JSON string literal, cut to a readable length, with every character that shows
+/// as nothing (controls, format characters such as a zero-width space or a right-to-left
+/// override, line separators, spaces other than ASCII's) escaped as `\uXXXX`: `"1/s"` with a
+/// zero-width space after it must not read as a valid rate in an error, nor reorder a log line.
 pub(crate) fn quote(text: &str) -> String {
     const MAX_CHARS: usize = 60;
     let mut shown: String = text.chars().take(MAX_CHARS).collect();
     if shown.len() < text.len() {
         shown.push('…');
     }
-    serde_json::to_string(&shown).unwrap_or_else(|_| format!("\"{shown}\""))
+    let json = serde_json::to_string(&shown).unwrap_or_else(|_| format!("\"{shown}\""));
+    if !json.chars().any(invisible) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 12);
+    for c in json.chars() {
+        if invisible(c) {
+            // All of them are in the Basic Multilingual Plane: one JSON escape each.
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Characters that show as nothing, or move the text around them (what serde_json leaves as
+/// they are: it escapes only ASCII's controls).
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{7f}'..='\u{a0}' | '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}'
+        | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}')
+        || (!c.is_ascii() && c.is_whitespace())
 }
 
 #[cfg(test)]
@@ -358,6 +388,15 @@ mod tests {
     const S: u64 = 1_000;
     const M: u64 = 60_000;
     const H: u64 = 3_600_000;
+
+    #[test]
+    fn quoted_text_shows_what_would_show_as_nothing() {
+        assert_eq!(quote("1/s\u{200b}"), r#""1/s\u200b""#);
+        assert_eq!(quote("a\u{202e}b\u{85}c\u{a0}d\u{3000}"), r#""a\u202eb\u0085c\u00a0d\u3000""#);
+        assert_eq!(quote("tab\t\"é"), r#""tab\t\"é""#, "serde_json's own escapes, and a visible accent, as they were");
+        // Still a JSON string: it reads back to the text.
+        assert_eq!(serde_json::from_str::<String>(&quote("x\u{feff}y")).unwrap(), "x\u{feff}y");
+    }
     const D: u64 = 86_400_000;
 
     #[rustfmt::skip]
@@ -411,7 +450,11 @@ mod tests {
         ("-5/m",             "limit \"-5\" is negative"),
         ("abc/m",            "limit \"abc\" is not a whole number"),
         ("1.5/m",            "limit \"1.5\" is not a whole number"),
-        ("1,000/m",          "limit \"1,000\" is not a whole number"),
+        ("1,000/m",          "limit \"1,000\" is not a whole number; expected digits only (no separators"),
+        ("1e9/second",       "limit \"1e9\" is not a whole number"),
+        ("10k/min",          "limit \"10k\" is not a whole number"),
+        ("100 requests/minute", "limit \"100 requests\" is not a whole number"),
+        ("100 requests per minute", "limit \"100 requests\" is not a whole number"),
         ("100",              "missing \"/\" or \"per\""),
         ("100 m",            "missing \"/\" or \"per\""),
         ("100/",             "missing period after \"/\""),
