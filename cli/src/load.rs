@@ -92,6 +92,7 @@ fn compile_parsed(parsed: Parsed) -> Result<Config, LintError> {
 
 fn yaml(bytes: &[u8]) -> Result<Parsed, LintError> {
     let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
+    shallow(text)?;
     let mut budget = Budget::for_text(text.len());
     read(serde_yaml_ng::Deserializer::from_str(text), &mut budget).map_err(|e| yaml_error(&e, &budget))
 }
@@ -156,6 +157,7 @@ fn documents(bytes: &[u8], format: Format) -> Result<Vec<Doc>, LintError> {
         Format::Yaml => {}
     }
     let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
+    shallow(text)?;
     let mut out = Vec::new();
     let mut count = 0;
     // One budget for the whole file: every document read is kept.
@@ -171,6 +173,53 @@ fn documents(bytes: &[u8], format: Format) -> Result<Vec<Doc>, LintError> {
         out.iter_mut().for_each(|d| d.number = None);
     }
     Ok(out)
+}
+
+/// How deep `[` and `{` may nest in YAML text: serde_yaml_ng refuses more than 128 levels, but
+/// only after libyaml's scanner has read them, which takes time in proportion to the depth for
+/// every token (a 200 KB file of 100,000 levels took minutes).
+const MAX_FLOW_DEPTH: usize = 128;
+
+/// Refuses YAML text whose flow collections nest deeper than [`MAX_FLOW_DEPTH`], before it is
+/// parsed. Brackets in quoted scalars and comments do not count; a plain scalar's do (no config
+/// has a hundred unclosed brackets in its text).
+fn shallow(text: &str) -> Result<(), LintError> {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut comment = false;
+    // Whether the character before could end a token, so a quote or `#` here starts one.
+    let mut at_start = true;
+    for c in text.chars() {
+        if c == '\n' {
+            comment = false;
+        }
+        if comment {
+            continue;
+        }
+        match quote {
+            Some('"') if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '"' | '\'' if at_start => quote = Some(c),
+                '#' if at_start => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        at_start = c.is_whitespace() || matches!(c, '[' | '{' | ',' | ':' | '-' | '?');
+    }
+    if deepest > MAX_FLOW_DEPTH {
+        let message = format!("[ and {{ nest {deepest} levels deep; at most {MAX_FLOW_DEPTH} are read");
+        return Err(LintError::Syntax { format: "YAML", message });
+    }
+    Ok(())
 }
 
 /// `path` (of a value in a document) as a path in the plugin config at `config`, if it is in it.
@@ -271,7 +320,7 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
     let plain = |config| Loaded { config, routes: None, address: None, booleans: Vec::new() };
     // What does not parse is reported as a plugin config's syntax error would be; a file its
     // aliases blow up is not read twice.
-    let docs = match documents(bytes, format) {
+    let mut docs = match documents(bytes, format) {
         Ok(docs) => docs,
         Err(e @ LintError::TooLarge(_)) => return Err(e),
         Err(_) => return lint_bytes(bytes, format).map(plain),
@@ -323,6 +372,12 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
     }
     if docs.len() > 1 {
         return Err(syntax(format!("{} YAML documents, none of them an Envoy bootstrap or a WasmPlugin", docs.len())));
+    }
+    // One config among empty documents (a `---` before or after it): the bytes read again
+    // would be refused by a reader of one document.
+    if let [Doc { number: Some(_), .. }] = docs.as_slice() {
+        let doc = docs.swap_remove(0);
+        return compile_read(&doc.value, doc.repeats).map(plain).map_err(LintError::Config);
     }
     // The bytes themselves, as Envoy would take them (nothing at all: the compiler's own "no
     // configuration" error), read again once the first reading is let go: the two together
@@ -407,6 +462,33 @@ mod tests {
         assert!(matches!(load_any(few.as_bytes(), Format::Yaml), Err(LintError::Syntax { .. })), "three read");
         let many = doc.repeat(10);
         too_large(&many, load_any(many.as_bytes(), Format::Yaml));
+    }
+
+    /// libyaml's scanner spends time in proportion to the depth on every token: 100,000 levels
+    /// took minutes to be refused; now before any parsing, in both loaders.
+    #[test]
+    fn flow_nesting_past_what_is_read_is_refused_before_parsing() {
+        let deep = format!("x: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        for lines in [load_any(deep.as_bytes(), Format::Yaml).err(), lint_bytes(deep.as_bytes(), Format::Yaml).err()]
+            .map(|e| e.map(|e| e.lines()).unwrap_or_default())
+        {
+            assert!(matches!(&lines[..], [one] if one.contains("nest 100000 levels deep; at most 128")), "{lines:?}");
+        }
+        let maps = format!("x: {}{}\n", "{a: ".repeat(200), "}".repeat(200));
+        assert!(load_any(maps.as_bytes(), Format::Yaml).err().unwrap().lines()[0].contains("nest 200 levels"));
+        // Brackets in quoted text and comments are text.
+        let text = format!("{CONFIG}# {}\nx: \"{}\"\ny: '{}'\n", "[".repeat(200), "[".repeat(200), "{".repeat(200));
+        let lines = load_any(text.as_bytes(), Format::Yaml).err().map(|e| e.lines()).unwrap_or_default();
+        assert!(lines.iter().all(|l| l.contains("unknown field")), "{lines:?}");
+    }
+
+    /// An empty document before or after the config (a `---` line) is no second config.
+    #[test]
+    fn a_config_beside_empty_documents_is_read() {
+        for text in [format!("{CONFIG}---\n"), format!("---\n---\n{CONFIG}"), format!("---\n{CONFIG}---\n")] {
+            let loaded = load_any(text.as_bytes(), Format::Yaml).unwrap_or_else(|e| panic!("{text:?}: {:?}", e.lines()));
+            assert_eq!(loaded.config, lint_bytes(CONFIG.as_bytes(), Format::Yaml).unwrap());
+        }
     }
 
     #[test]

@@ -157,6 +157,16 @@ fn read(file: &Path) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// The filter build a config needs when it is not `sluice.wasm`, which refuses it at start
+/// (`src/host/mod.rs`): lint compiles it as the Higress build would.
+fn build_warning(config: &sluice::config::Config) -> Option<trust::Warning> {
+    let callout = config.redis.as_ref().is_some_and(|r| r.transport == sluice::config::Transport::RedisCallout);
+    callout.then(|| trust::Warning {
+        path: "redis.transport".into(),
+        message: "\"redis_callout\" needs Higress and sluice-redis-callout.wasm; sluice.wasm refuses this config at start".into(),
+    })
+}
+
 fn lint(file: &Path) -> ExitCode {
     let shown = shown(file);
     let bytes = match read(file) {
@@ -173,7 +183,11 @@ fn lint(file: &Path) -> ExitCode {
             Ok(json) => {
                 let mut err = std::io::stderr().lock();
                 let from_bootstrap = address.map(|(remote, hops)| trust::address_warnings(&config, remote, hops));
-                let warnings = booleans.into_iter().chain(trust::warnings(&config)).chain(from_bootstrap.into_iter().flatten());
+                let warnings = booleans
+                    .into_iter()
+                    .chain(build_warning(&config))
+                    .chain(trust::warnings(&config))
+                    .chain(from_bootstrap.into_iter().flatten());
                 for w in warnings {
                     let _ = writeln!(err, "warning: {w}");
                 }

@@ -182,6 +182,17 @@ fn what_explain_proves_of_a_config_is_a_warning() {
     assert!(err.contains("warning: rule \"pro\": burst caps a limit: burst 200"), "{err}");
 }
 
+/// Valid for the Higress build only: sluice.wasm refuses it at start, so lint says so.
+#[test]
+fn a_redis_callout_config_is_linted_with_the_build_it_needs() {
+    let out = lint_stdin("redis: {cluster: redis, transport: redis_callout}\nrules: [{name: a, limit: 1/s, backend: redis}]\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let warnings = text(&out.stderr);
+    assert!(warnings.lines().any(|w| w.starts_with("warning: redis.transport: \"redis_callout\" needs Higress")), "{warnings}");
+    let out = lint_stdin("redis: {cluster: gw}\nrules: [{name: a, limit: 1/s, backend: redis}]\n");
+    assert!(!text(&out.stderr).contains("Higress"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn empty_file_is_no_configuration() {
     let out = lint("empty.yaml");
