@@ -33,8 +33,8 @@ pub enum LintError {
     /// The document is not YAML (or, for `.json` files, not JSON).
     #[error("not valid {format}: {message}")]
     Syntax { format: &'static str, message: String },
-    #[error("not valid UTF-8 text")]
-    NotUtf8,
+    #[error("not valid UTF-8 text: line {line}, byte {byte} of the file")]
+    NotUtf8 { line: usize, byte: usize },
     /// Its aliases build more than a file of its size may (see [`Budget`]).
     #[error("{0}")]
     TooLarge(String),
@@ -91,7 +91,7 @@ fn compile_parsed(parsed: Parsed) -> Result<Config, LintError> {
 }
 
 fn yaml(bytes: &[u8]) -> Result<Parsed, LintError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
+    let text = utf8(bytes)?;
     shallow(text)?;
     let mut budget = Budget::for_text(text.len());
     read(serde_yaml_ng::Deserializer::from_str(text), &mut budget).map_err(|e| yaml_error(&e, &budget))
@@ -156,7 +156,7 @@ fn documents(bytes: &[u8], format: Format) -> Result<Vec<Doc>, LintError> {
         }
         Format::Yaml => {}
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| LintError::NotUtf8)?;
+    let text = utf8(bytes)?;
     shallow(text)?;
     let mut out = Vec::new();
     let mut count = 0;
@@ -173,6 +173,14 @@ fn documents(bytes: &[u8], format: Format) -> Result<Vec<Doc>, LintError> {
         out.iter_mut().for_each(|d| d.number = None);
     }
     Ok(out)
+}
+
+/// `bytes` as text, or where they stop being UTF-8 (line and byte from 1).
+fn utf8(bytes: &[u8]) -> Result<&str, LintError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = &bytes[..e.valid_up_to()];
+        LintError::NotUtf8 { line: 1 + good.iter().filter(|b| **b == b'\n').count(), byte: e.valid_up_to() + 1 }
+    })
 }
 
 /// How deep `[` and `{` may nest in YAML text: serde_yaml_ng refuses more than 128 levels, but
@@ -480,6 +488,13 @@ mod tests {
         let text = format!("{CONFIG}# {}\nx: \"{}\"\ny: '{}'\n", "[".repeat(200), "[".repeat(200), "{".repeat(200));
         let lines = load_any(text.as_bytes(), Format::Yaml).err().map(|e| e.lines()).unwrap_or_default();
         assert!(lines.iter().all(|l| l.contains("unknown field")), "{lines:?}");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_refused_where_it_stops_being_so() {
+        let bytes = b"rules:\n  - name: caf\xe9\n";
+        let lines = load_any(bytes, Format::Yaml).err().map(|e| e.lines()).unwrap_or_default();
+        assert_eq!(lines, ["not valid UTF-8 text: line 2, byte 21 of the file"]);
     }
 
     /// An empty document before or after the config (a `---` line) is no second config.

@@ -6,7 +6,8 @@ use std::fmt;
 use super::glob::GlobErrorKind;
 use crate::rate::{DurationErrorKind, RateErrorKind};
 
-/// Every error found in one config: keys written twice first, then the rest in document order.
+/// Every error found in one config: keys written twice first, then the rest in the order of
+/// the config's fields (the compiler's walk, not the text's: an object's keys come sorted).
 /// Never empty.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub struct ConfigErrors {

@@ -187,7 +187,11 @@ fn limit_fields() {
         "rules[0].limits",
         "too many entries (9); expected at most 8",
     );
-    assert_one(with_rules(vec![rule(json!({"limit": null, "limits": []}))]), "rules[0].limits", "empty limits");
+    assert_one(
+        with_rules(vec![rule(json!({"limit": null, "limits": []}))]),
+        "rules[0].limits",
+        "empty limits; expected at least one rate",
+    );
     assert_one(
         with_rules(vec![rule(json!({"limit": null, "limits": "10/s"}))]),
         "rules[0].limits",

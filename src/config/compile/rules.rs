@@ -262,6 +262,16 @@ impl Compiler {
                     self.wrong_type(&p, v, "a list of rate strings (or use \"limit\" for one rate)");
                     return None;
                 }
+                if v.as_array().is_some_and(Vec::is_empty) {
+                    // Required (or "limit"): removing it, as an optional list's advice says,
+                    // only trades this error for another.
+                    self.report(
+                        &p,
+                        Some(v),
+                        Problem::Empty { what: "limits", expected: "expected at least one rate such as \"100/min\"" },
+                    );
+                    return None;
+                }
                 let items = self.list(&p, v, "limits", MAX_LIMITS)?;
                 let mut out = Vec::with_capacity(items.len());
                 let mut ok = true;
