@@ -151,7 +151,7 @@ impl ClientStream {
                     // drop just before it rather than splitting it.
                     let whole = usize::from(h.len) + h.payload_len as usize;
                     if self.edits.drops_up_to(self.pos) && whole <= len - self.pos {
-                        let frame = reader.at(body, self.pos, whole).ok_or(HostError)?;
+                        let frame = reader.at(body, self.pos, whole).filter(|f| f.len() == whole).ok_or(HostError)?;
                         if self.edits.move_over_drop(self.pos, frame) {
                             self.pos += whole;
                             continue;
