@@ -191,6 +191,19 @@ fn a_redis_callout_config_is_linted_with_the_build_it_needs() {
     assert!(warnings.lines().any(|w| w.starts_with("warning: redis.transport: \"redis_callout\" needs Higress")), "{warnings}");
     let out = lint_stdin("redis: {cluster: gw}\nrules: [{name: a, limit: 1/s, backend: redis}]\n");
     assert!(!text(&out.stderr).contains("Higress"), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("redis.token"), "{}", text(&out.stderr));
+}
+
+/// The examples' token works only with a gateway on loopback: a deployed gateway refuses it, so
+/// a config that kept it would have every call answered 401.
+#[test]
+fn the_examples_token_is_warned_of() {
+    let out = lint_stdin("redis: {cluster: gw, token: sluice-dev-token}\nrules: [{name: a, limit: 1/s, backend: redis}]\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let warnings = text(&out.stderr);
+    assert!(warnings.lines().any(|w| w.starts_with("warning: redis.token: the examples' public token")), "{warnings}");
+    let out = lint_stdin("redis: {cluster: gw, token: s3cret-of-mine}\nrules: [{name: a, limit: 1/s, backend: redis}]\n");
+    assert!(!text(&out.stderr).contains("redis.token"), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -275,7 +275,7 @@ pub enum ListenError {
 pub const MIN_PIPELINE: u64 = sluice::config::MAX_RULES as u64;
 
 /// The token of the shipped examples and bootstraps: public, so good on loopback only.
-pub const DEV_TOKEN: &str = "sluice-dev-token";
+pub const DEV_TOKEN: &str = sluice::config::EXAMPLE_TOKEN;
 
 #[cfg(test)]
 mod tests {

@@ -92,6 +92,10 @@ pub enum Transport {
     RedisCallout,
 }
 
+/// The token every shipped example and bootstrap carries, in `redis.token` and as the gateway's:
+/// public, so good on loopback only (the gateway refuses it on any other address).
+pub const EXAMPLE_TOKEN: &str = "sluice-dev-token";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSpec {
     /// Envoy cluster of the gateway (or of Redis on Higress).
