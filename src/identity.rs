@@ -143,21 +143,21 @@ pub fn query_values(path: &[u8], name: &str) -> Option<Found> {
     let start = path.iter().position(|b| *b == b'?')? + 1;
     let query = &path[start..];
     let query = query.split(|b| *b == b'#').next().unwrap_or(query);
-    let wanted = query_name(form_decode(name.as_bytes()));
+    let wanted = query_name(decode(name.as_bytes(), Plus::Space));
     first_of(query.split(|b| matches!(b, b'&' | b';')), &wanted, |pair| {
         let (k, v) = match pair.iter().position(|b| *b == b'=') {
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, &pair[pair.len()..]),
         };
-        Some((query_name(form_decode(k)), form_decode(v)))
+        Some((query_name(decode(k, Plus::Space)), decode(v, Plus::Space)))
     })
 }
 
-/// A decoded parameter name as the least strict application reads it: cut at a NUL, leading
-/// whitespace dropped and `.` and spaces read as `_` (PHP), letters in either case alike
-/// (ASP.NET).
+/// A decoded parameter or cookie name as the least strict application reads it: cut at a NUL,
+/// leading whitespace dropped, `.`, spaces and an unclosed `[` read as `_` (PHP), letters in
+/// either case alike (ASP.NET).
 fn query_name(name: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
-    let plain = |b: &u8| !b.is_ascii_uppercase() && !matches!(b, b'.' | b' ' | 0);
+    let plain = |b: &u8| !b.is_ascii_uppercase() && !matches!(b, b'.' | b' ' | b'[' | 0);
     if name.first().is_none_or(|b| !b.is_ascii_whitespace()) && name.iter().all(plain) {
         return name;
     }
@@ -165,59 +165,159 @@ fn query_name(name: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
 }
 
 /// A name as PHP reads it into `$_GET` and `$_COOKIE`: cut at a NUL, leading whitespace
-/// dropped, `.` and spaces read as `_`.
+/// dropped, `.` and spaces read as `_` up to the first `[`, and that `[` read as `_` too when
+/// no `]` closes it (`user[name` is `user_name`; a closed one makes an array, another name).
 fn php_name(name: &[u8]) -> Vec<u8> {
-    let cut = name.split(|b| *b == 0).next().unwrap_or_default();
-    cut.trim_ascii_start().iter().map(|&b| if matches!(b, b'.' | b' ') { b'_' } else { b }).collect()
+    let cut = name.split(|b| *b == 0).next().unwrap_or_default().trim_ascii_start();
+    let bracket = cut.iter().position(|b| *b == b'[');
+    let (head, tail) = cut.split_at(bracket.unwrap_or(cut.len()));
+    let mut out: Vec<u8> = head.iter().map(|&b| if matches!(b, b'.' | b' ') { b'_' } else { b }).collect();
+    match tail.split_first() {
+        Some((_, rest)) if !rest.contains(&b']') => {
+            out.push(b'_');
+            out.extend_from_slice(rest);
+        }
+        _ => out.extend_from_slice(tail),
+    }
+    out
 }
 
-/// Percent-decoded, `+` read as a space; borrowed when there is nothing to decode.
-fn form_decode(bytes: &[u8]) -> Cow<'_, [u8]> {
-    if !bytes.iter().any(|b| matches!(b, b'%' | b'+')) {
+/// How a decoder reads `+` and spaces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plus {
+    /// As a form does (queries): `+` is a space.
+    Space,
+    /// Cookies: some frameworks read `+` as a space (PHP), others keep it (Express, ASP.NET),
+    /// so `+`, `%2B`, a space and `%20` are one byte, `+`: a session token holding `+`s has
+    /// one identity however each is spelled.
+    Alike,
+}
+
+/// Percent-decoded in one pass (`%XX`, and `%uXXXX` as classic ASP.NET reads it, a surrogate
+/// pair as its one character), `+` and spaces read per `plus`; borrowed when there is nothing
+/// to decode. A `%` not followed by an escape stays as it is.
+fn decode(bytes: &[u8], plus: Plus) -> Cow<'_, [u8]> {
+    let special = |b: &u8| matches!(b, b'%' | b'+') || (plus == Plus::Alike && *b == b' ');
+    if !bytes.iter().any(special) {
         return Cow::Borrowed(bytes);
     }
-    let spaced: Vec<u8> = bytes.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
-    Cow::Owned(percent_encoding::percent_decode(&spaced).collect())
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            if let Some((byte, after)) = hex_escape(tail) {
+                out.push(byte);
+                rest = after;
+                continue;
+            }
+            if let Some((c, after)) = unicode_escape(tail) {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                rest = after;
+                continue;
+            }
+        }
+        out.push(b);
+        rest = tail;
+    }
+    for b in &mut out {
+        match (plus, *b) {
+            (Plus::Space, b'+') => *b = b' ',
+            (Plus::Alike, b' ') => *b = b'+',
+            _ => {}
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The byte of `XX` at the start of `after_percent`, and what follows it.
+fn hex_escape(after_percent: &[u8]) -> Option<(u8, &[u8])> {
+    let (digits, rest) = after_percent.split_at_checked(2)?;
+    let text = std::str::from_utf8(digits).ok()?;
+    let byte = u8::from_str_radix(text, 16).ok().filter(|_| digits.iter().all(u8::is_ascii_hexdigit))?;
+    Some((byte, rest))
+}
+
+/// The character of `uXXXX` at the start of `after_percent` (with a following `%uXXXX` when it
+/// is the high half of a surrogate pair; a lone half is U+FFFD), and what follows it.
+fn unicode_escape(after_percent: &[u8]) -> Option<(char, &[u8])> {
+    fn unit(s: &[u8]) -> Option<(u32, &[u8])> {
+        let s = s.strip_prefix(b"u").or_else(|| s.strip_prefix(b"U"))?;
+        let (digits, rest) = s.split_at_checked(4)?;
+        let text = std::str::from_utf8(digits).ok().filter(|_| digits.iter().all(u8::is_ascii_hexdigit))?;
+        Some((u32::from_str_radix(text, 16).ok()?, rest))
+    }
+    let (first, rest) = unit(after_percent)?;
+    if (0xd800..0xdc00).contains(&first) {
+        if let Some((second, after)) = rest.strip_prefix(b"%").and_then(unit).filter(|(u, _)| (0xdc00..0xe000).contains(u)) {
+            let c = char::from_u32(0x10000 + ((first - 0xd800) << 10) + (second - 0xdc00)).unwrap_or('\u{fffd}');
+            return Some((c, after));
+        }
+    }
+    Some((char::from_u32(first).unwrap_or('\u{fffd}'), rest))
 }
 
 /// Value of cookie `name` in a `cookie` header: its first occurrence, surrounding double
-/// quotes removed (RFC 6265 allows them around a value), name and value decoded as the query's
-/// are (frameworks percent-decode cookies, some reading `+` as a space), so `session=%61bc` is
-/// the session `abc`.
+/// quotes removed (RFC 6265 allows them around a value), name and value percent-decoded
+/// (frameworks decode cookies), so `session=%61bc` is the session `abc`.
 pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
     cookie_values(header, name).map(|f| f.value)
 }
 
-/// [`cookie`], telling whether the cookie repeats with another value. A name is compared once
-/// decoded and trimmed, with `.` and spaces read as `_` as PHP reads them (`laravel.session`
-/// is Laravel's `laravel_session`), and a quoted value has its backslash escapes read as
-/// Python's cookie parser reads them (`\141` and `\a` are both `a`), so that no spelling of a
-/// session is a fresh client. Names keep their case.
+/// [`cookie`], telling whether the cookie repeats with another value, read so that no
+/// spelling some application reads as the session is a fresh client:
+/// - pairs end at `;` and, outside quotes, at `,` (ASP.NET and old Rack split there too), and a
+///   value ends at whitespace outside quotes (Python reads `session=a x=1` as two cookies):
+///   RFC 6265 values hold neither;
+/// - a name is compared decoded and trimmed, in either case (ASP.NET's cookies are), with `.`,
+///   spaces and an unclosed `[` read as `_` as PHP reads them (`laravel.session` is Laravel's
+///   `laravel_session`);
+/// - a value's `+`, `%2B`, space and `%20` are alike ([`Plus::Alike`]), and a quoted value has
+///   its backslash escapes read as Python's cookie parser reads them (`\141` and `\a` are `a`).
 pub fn cookie_values(header: &[u8], name: &str) -> Option<Found> {
-    let wanted = cookie_name(form_decode(name.as_bytes()));
-    first_of(header.split(|b| *b == b';'), &wanted, |pair| {
+    let wanted = cookie_name(decode(name.as_bytes(), Plus::Alike));
+    first_of(cookie_pairs(header), &wanted, |pair| {
         let i = pair.iter().position(|b| *b == b'=')?;
         let (k, v) = (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii());
         let v = match v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")) {
-            Some(quoted) if quoted.contains(&b'\\') => Cow::Owned(form_decode(&unescape(quoted)).into_owned()),
-            Some(quoted) => form_decode(quoted),
-            None => form_decode(v),
+            Some(quoted) if quoted.contains(&b'\\') => Cow::Owned(decode(&unescape(quoted), Plus::Alike).into_owned()),
+            Some(quoted) => decode(quoted, Plus::Alike),
+            None => decode(v.split(u8::is_ascii_whitespace).next().unwrap_or_default(), Plus::Alike),
         };
-        Some((cookie_name(form_decode(k)), v))
+        Some((cookie_name(decode(k, Plus::Alike)), v))
     })
 }
 
-/// A decoded cookie name, trimmed and read as PHP reads it ([`php_name`]).
+/// A cookie header's pairs: split at `;`, and at `,` outside double quotes.
+fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut quoted = false;
+    let mut escaped = false;
+    header.split(move |&b| {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b';' => {
+                // A quote left open ends with its pair.
+                quoted = false;
+                return true;
+            }
+            b',' => return !quoted,
+            _ => {}
+        }
+        false
+    })
+}
+
+/// A decoded cookie name, trimmed, in lower case, and read as PHP reads it ([`php_name`]).
 fn cookie_name(name: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
-    let trimmed = match name {
-        Cow::Borrowed(k) => Cow::Borrowed(k.trim_ascii()),
-        Cow::Owned(k) => Cow::Owned(k.trim_ascii().to_vec()),
-    };
-    if trimmed.iter().any(|b| matches!(b, b'.' | b' ' | 0)) {
-        Cow::Owned(php_name(&trimmed))
-    } else {
-        trimmed
+    let special = |b: &u8| matches!(b, b'.' | b'+' | b'[' | 0) || b.is_ascii_uppercase() || b.is_ascii_whitespace();
+    if !name.iter().any(special) {
+        return name;
     }
+    // `+` is how a decoded name's space reads (`Plus::Alike`): a space, to trim and for PHP's `_`.
+    let spaced: Vec<u8> = name.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    Cow::Owned(php_name(spaced.trim_ascii()).iter().map(u8::to_ascii_lowercase).collect())
 }
 
 /// A quoted cookie value's backslash escapes as Python's parser reads them: `\` and three
@@ -641,8 +741,28 @@ pub(crate) mod tests {
         assert_eq!(cookie_values(b"laravel.session=real; laravel_session=zz1", "laravel_session"), found("real", true));
         // PHP cuts a query name at a NUL.
         assert_eq!(q("/login?user%00=alice"), found("alice", false));
-        // Cookie names keep their case: `Session` is another cookie.
-        assert_eq!(c("Session=zz1; session=real"), found("real", false));
+        // PHP reads an unclosed `[` in a name as `_`; a closed one makes an array.
+        assert_eq!(query_values(b"/login?user_name=zz1&user[name=alice", "user_name"), found("zz1", true));
+        assert_eq!(query_values(b"/login?user[name]=alice", "user_name"), None);
+        // Classic ASP.NET decodes `%uXXXX`, in names and values.
+        assert_eq!(q("/login?%u0075ser=alice"), found("alice", false));
+        assert_eq!(q("/login?user=%u0061lice&user=alice"), found("alice", false), "one spelling of alice");
+        let emoji = |path: &str| query_values(path.as_bytes(), "u").map(|f| f.value);
+        assert_eq!(emoji("/?u=%uD83D%uDE00"), emoji("/?u=%F0%9F%98%80"), "a surrogate pair is its character");
+        assert_eq!(emoji("/?u=%uD800x"), Some("\u{fffd}x".as_bytes().to_vec()), "a lone half is U+FFFD");
+        assert_eq!(emoji("/?u=%u00"), Some(b"%u00".to_vec()), "not an escape: as it is");
+        assert_eq!(emoji("/?u=%u0025%41"), Some(b"%A".to_vec()), "one pass: an escaped % starts nothing");
+        // Cookie pairs end at `,` outside quotes, and a value at whitespace (Python, ASP.NET).
+        assert_eq!(c("session=real,x=1"), found("real", false));
+        assert_eq!(c("session=real x=1"), found("real", false));
+        assert_eq!(c("session=zz1,session=real"), found("zz1", true));
+        assert_eq!(c("session=\"a,b\"; x=1"), found("a,b", false), "a quoted comma is the value's");
+        // `+`, `%2B`, a space and `%20` are one byte in a cookie (PHP reads `+` as a space,
+        // Express and ASP.NET keep it).
+        assert_eq!(c("session=a+b; session=a%2Bb; session=a%20b"), found("a+b", false));
+        // Cookie names in either case (ASP.NET's are): `Session` is the session too.
+        assert_eq!(c("Session=zz1; session=real"), found("zz1", true));
+        assert_eq!(c("SESSION=real"), found("real", false));
     }
 
     #[test]
