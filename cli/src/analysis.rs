@@ -7,16 +7,12 @@
 //!
 //! What is detected, precisely:
 //! - `never_matches`: the rule's `match` holds for no request, because
-//!   - every path glob needs a character a request path never carries unencoded (RFC 3986
-//!     allows only `A-Z a-z 0-9 - . _ ~ ! $ & ' ( ) * + , ; = : @ %` and `/`; globs are matched
-//!     against the raw path, without percent-decoding), or
 //!   - the only method is `CONNECT` and a path is required (a CONNECT target is `host:port`), or
 //!   - `match.headers` names a hop-by-hop header Envoy removes before filters run
 //!     (`keep-alive`, `proxy-connection`, `transfer-encoding`), or a value with leading or
 //!     trailing whitespace (HTTP strips it), or a `:method` outside `methods`, or a `:path` none
 //!     of the path globs match, or
 //!   - with a bootstrap at hand, every name in `match.routes` is missing from its routes.
-//! - `glob_never_matches`: one glob of a path list is dead as above, the others are not.
 //! - `never_limits`: the rule matches but every matching request is exempt (its `exempt.cidrs`
 //!   cover all of IPv4 and IPv6, or an `exempt.headers` pair is also a `match.headers` pair,
 //!   unless it is an `upgrade` or `:protocol` pair: its match takes any case, its exemption not).
@@ -48,7 +44,7 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::Value;
-use sluice::config::{Config, Cost, Glob, Match, OnError, Rule};
+use sluice::config::{Config, Cost, Match, OnError, Rule};
 use sluice::strategy::{Param, Strategy};
 use sluice::websocket::PROTOCOL_HEADERS;
 
@@ -60,7 +56,6 @@ pub const INVISIBLE_HEADERS: &[&str] = &["keep-alive", "proxy-connection", "tran
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     NeverMatches,
-    GlobNeverMatches,
     NeverLimits,
     Shadowed,
     RedundantLimit,
@@ -72,7 +67,6 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Kind::NeverMatches => "never matches",
-            Kind::GlobNeverMatches => "glob never matches",
             Kind::NeverLimits => "never limits",
             Kind::Shadowed => "shadowed",
             Kind::RedundantLimit => "redundant limit",
@@ -148,33 +142,10 @@ fn finding(kind: Kind, rule: &Rule, message: String) -> Finding {
     Finding { kind, rule: rule.name.clone(), by: None, message }
 }
 
-/// Characters RFC 3986 allows unencoded in a path (`pchar` and `/`), plus the glob's `*`.
-fn path_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@%/".contains(c)
-}
-
-/// Why no request path can match the glob, if none can.
-pub fn dead_glob(glob: &Glob) -> Option<String> {
-    glob.source.chars().find(|c| !path_char(*c)).map(|c| {
-        format!(
-            "path glob {:?} contains {c:?}, which a request path never carries unencoded (clients send it percent-encoded and globs match the raw path)",
-            glob.source
-        )
-    })
-}
-
 fn never_matches(rule: &Rule, routes: Routes<'_>, out: &mut Vec<Finding>) -> bool {
     let m = &rule.matcher;
     let mut reasons: Vec<String> = Vec::new();
 
-    let dead: Vec<(usize, String)> = m.paths.iter().enumerate().filter_map(|(i, g)| dead_glob(g).map(|w| (i, w))).collect();
-    if !m.paths.is_empty() && dead.len() == m.paths.len() {
-        reasons.extend(dead.iter().map(|(_, w)| w.clone()));
-    } else {
-        for (_, why) in &dead {
-            out.push(finding(Kind::GlobNeverMatches, rule, why.clone()));
-        }
-    }
     if !m.paths.is_empty() && m.methods.iter().all(|x| x == "CONNECT") && !m.methods.is_empty() {
         reasons.push("the only method is CONNECT, whose request target is host:port, never a path the globs could match".into());
     }
@@ -191,7 +162,9 @@ fn never_matches(rule: &Rule, routes: Routes<'_>, out: &mut Vec<Finding>) -> boo
         if name == ":method" && !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(value)) {
             reasons.push(format!("header :method must be {value:?} but methods are {}", m.methods.join(", ")));
         }
-        if name == ":path" && !m.paths.is_empty() && !m.paths.iter().any(|g| g.matches(value)) {
+        // Compared decoded, as the filter compares a request's path (`config::glob`).
+        let decoded = String::from_utf8_lossy(&sluice::config::decode_path(value.as_bytes())).into_owned();
+        if name == ":path" && !m.paths.is_empty() && !m.paths.iter().any(|g| g.matches(&decoded)) {
             let globs: Vec<&str> = m.paths.iter().map(|g| g.source.as_str()).collect();
             reasons.push(format!("header :path must be {value:?}, which none of the path globs {globs:?} match"));
         }
@@ -508,6 +481,7 @@ pub fn walk(v: &Value, f: &mut dyn FnMut(&serde_json::Map<String, Value>)) {
 mod tests {
     use super::*;
     use serde_json::json;
+    use sluice::config::Glob;
 
     fn config(rules: Value) -> Config {
         sluice::config::compile(&json!({ "rules": rules })).unwrap()
@@ -618,6 +592,7 @@ mod tests {
     #[test]
     fn dead_globs_and_contradictions() {
         let found = kinds(json!([
+            // Paths are matched decoded: a space or an accent arrives escaped and matches.
             {"name": "space", "match": {"path": "/a b/**"}, "limit": "1/s"},
             {"name": "accent", "match": {"path": ["/café", "/cafe"]}, "limit": "1/s"},
             {"name": "connect", "match": {"path": "/x", "methods": ["CONNECT"]}, "limit": "1/s"},
@@ -625,6 +600,8 @@ mod tests {
             {"name": "ws", "match": {"headers": {"x-a": " v"}}, "limit": "1/s"},
             {"name": "method", "match": {"methods": ["GET"], "headers": {":method": "POST"}}, "limit": "1/s"},
             {"name": "path", "match": {"path": "/api/**", "headers": {":path": "/other"}}, "limit": "1/s"},
+            // The request whose raw :path is the header value meets the glob decoded.
+            {"name": "path-escaped", "match": {"path": "/thé", "headers": {":path": "/th%C3%A9"}}, "limit": "1/s"},
             {"name": "fine", "match": {"path": "/api/**", "methods": ["GET", "CONNECT"], "headers": {":method": "GET"}}, "limit": "1/s"},
             {"name": "method-case", "match": {"methods": ["GET"], "headers": {":method": "get"}}, "limit": "1/s"},
             // Not whitespace to HTTP: sent and matched as it is.
@@ -637,8 +614,6 @@ mod tests {
         assert_eq!(
             found,
             vec![
-                want(Kind::NeverMatches, "space"),
-                want(Kind::GlobNeverMatches, "accent"),
                 want(Kind::NeverMatches, "connect"),
                 want(Kind::NeverMatches, "hop"),
                 want(Kind::NeverMatches, "ws"),

@@ -1,16 +1,50 @@
 //! A reference for path globs, written from the rules in `src/config/glob.rs`'s docs without
 //! looking at its algorithm: plain recursion over segments and bytes, memoized. Slow and
 //! obviously right is the point. Shared by the `glob` fuzz target and `tests/glob_props.rs`.
+//! The glob is decoded as the rules say; the path is taken as given (the filter decodes a
+//! request's path before it asks `Glob::matches`).
 
 use std::collections::HashMap;
 
 /// Whether `text` is a glob the rules accept.
 pub fn valid(text: &str) -> bool {
-    if text.is_empty() || text.chars().any(|c| c.is_control() || c == '?' || c == '#') {
+    if text.is_empty() || text.chars().any(|c| c.is_control() || c == '?' || c == '#') || !text.starts_with('/') {
         return false;
     }
-    let Some(rest) = text.strip_prefix('/') else { return false };
+    let text = decoded(text);
+    if text.chars().any(char::is_control) {
+        return false;
+    }
+    let rest = &text[1..];
     segments_of_glob(rest).iter().all(|s| !s.is_empty() && (s == "**" || !s.contains("**")))
+}
+
+/// The glob as it is compared: every `%XX` decoded, but those of `/`, `?`, `#` and `*`, which
+/// stay escaped with upper-case hex; bytes that are not UTF-8 read as U+FFFD.
+fn decoded(text: &str) -> String {
+    let b = text.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let escape = if b[i] == b'%' && i + 3 <= b.len() { hex(b[i + 1]).zip(hex(b[i + 2])) } else { None };
+        match escape {
+            Some((hi, lo)) => {
+                let v = (hi * 16 + lo) as u8;
+                if b"/?#*".contains(&v) {
+                    out.extend(format!("%{v:02X}").bytes());
+                } else {
+                    out.push(v);
+                }
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The segments of a glob without its leading `/`: one trailing `/` is dropped, except that
@@ -32,7 +66,8 @@ pub fn matches(glob: &str, path: &str) -> bool {
     let Some(path) = path.strip_prefix('/') else { return false };
     let path = path.strip_suffix('/').unwrap_or(path);
     let path: Vec<&[u8]> = if path.is_empty() { Vec::new() } else { path.split('/').map(str::as_bytes).collect() };
-    let glob = segments_of_glob(glob.strip_prefix('/').unwrap_or(glob));
+    let glob = decoded(glob);
+    let glob = segments_of_glob(glob.strip_prefix('/').unwrap_or(&glob));
     let glob: Vec<&[u8]> = glob.iter().map(|s| s.as_bytes()).collect();
     segments(&glob, &path, 0, 0, &mut HashMap::new())
 }

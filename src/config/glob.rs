@@ -10,8 +10,12 @@
 //!   `/api/` is matched as `/api`. Empty segments elsewhere (`/a//b`, `//`) are rejected in globs.
 //! - `?` and `#` are rejected in globs: query strings are never matched. `matches` ignores
 //!   anything from the first `?` or `#` of the path as a safety net (callers strip it already).
-//! - Matching is case-sensitive and byte-exact (no percent-decoding); a path that does not start
-//!   with `/` (such as `*` in `OPTIONS *`) matches no glob.
+//! - Globs and paths are compared decoded ([`decode_path`]): applications route on the decoded
+//!   path, and Envoy's `normalize_path` decodes only unreserved characters, so `/users%3Asearch`
+//!   reaches the handler of `/users:search` and must meet its rule; `/`, `?`, `#` and `*` stay
+//!   escaped on both sides (they give a path, or a glob, its structure). Otherwise matching is
+//!   case-sensitive and byte-exact; a path that does not start with `/` (such as `*` in
+//!   `OPTIONS *`) matches no glob.
 //!
 //! Matching never backtracks more than one `**` at a time (the classic "last star" method,
 //! applied once to segments and once to characters within a segment), so it is
@@ -23,8 +27,41 @@
 //! assert!(g.matches("/api/edit") && g.matches("/api/a/b/edit") && !g.matches("/api/a/b"));
 //! ```
 
+use std::borrow::Cow;
+
 use super::{Glob, GlobSegment, Literal};
 use crate::rate::quote;
+
+/// `path` with its percent-escapes decoded, but for those of `/`, `?`, `#` and `*`, which stay
+/// escaped with upper-case hex (`%2f` is `%2F`): decoded, they would change where a path's
+/// segments end (Envoy's `path_with_escaped_slashes_action` decides about `%2F`), or make a
+/// glob's literal a wildcard. Borrowed when there is nothing to change.
+pub fn decode_path(path: &[u8]) -> Cow<'_, [u8]> {
+    if !path.contains(&b'%') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = Vec::with_capacity(path.len());
+    let mut rest = path;
+    while let Some((&b, tail)) = rest.split_first() {
+        let escape = (b == b'%').then(|| tail.get(..2)).flatten().filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        match escape.and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(byte @ (b'/' | b'?' | b'#' | b'*')) => {
+                out.push(b'%');
+                out.extend_from_slice(format!("{byte:02X}").as_bytes());
+                rest = tail.get(2..).unwrap_or_default();
+            }
+            Some(byte) => {
+                out.push(byte);
+                rest = tail.get(2..).unwrap_or_default();
+            }
+            None => {
+                out.push(b);
+                rest = tail;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// A glob that does not parse: the text as given and what was wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,9 +100,15 @@ impl Glob {
         if let Some(c) = text.chars().find(|c| matches!(c, '?' | '#')) {
             return Err(err(GlobErrorKind::QueryOrFragment(c)));
         }
-        let Some(rest) = text.strip_prefix('/') else {
+        let Some(_) = text.strip_prefix('/') else {
             return Err(err(GlobErrorKind::NoLeadingSlash(text.to_string())));
         };
+        // Compared decoded, as paths are; an escape that decodes to a control character is one.
+        let decoded = String::from_utf8_lossy(&decode_path(text.as_bytes())).into_owned();
+        if decoded.chars().any(char::is_control) {
+            return Err(err(GlobErrorKind::ControlCharacter));
+        }
+        let rest = decoded.strip_prefix('/').unwrap_or(&decoded);
         let mut segments = Vec::new();
         if !rest.is_empty() {
             let rest = if rest.len() > 1 { rest.strip_suffix('/').unwrap_or(rest) } else { rest };
@@ -292,6 +335,31 @@ mod tests {
         for &(glob, path, want) in TABLE {
             assert_eq!(g(glob).matches(path), want, "{glob} vs {path}");
         }
+    }
+
+    /// Globs and request paths meet decoded: a client's escape of a character an application
+    /// decodes does not pass the rule, and a glob may be written either way.
+    #[test]
+    fn globs_and_paths_are_compared_decoded() {
+        let on = |glob: &str, raw_path: &str| g(glob).matches(&String::from_utf8_lossy(&decode_path(raw_path.as_bytes())));
+        for path in ["/v1/users:search", "/v1/users%3Asearch", "/v1/users%3asearch"] {
+            assert!(on("/v1/users:search", path) && on("/v1/users%3Asearch", path), "{path}");
+        }
+        for path in ["/caf%C3%A9/x", "/caf%c3%a9/x"] {
+            assert!(on("/café/*", path) && on("/caf%C3%A9/*", path), "{path}");
+        }
+        assert!(on("/@me/**", "/%40me/x"));
+        // `/`, `?`, `#` and `*` keep their escapes (in either case of hex) on both sides.
+        assert!(on("/a%2Fb", "/a%2fb") && !on("/a%2Fb", "/a/b") && !on("/a/b", "/a%2Fb"));
+        assert!(!on("/a/*", "/a%2Fb/c"));
+        assert!(on("/a%3Fb", "/a%3fb") && !on("/a", "/a%3Fb"));
+        assert!(on("/a%2Ab", "/a%2ab") && !on("/a%2Ab", "/axyzb"), "an escaped star is no wildcard");
+        // One pass: an escaped `%` starts no escape.
+        assert_eq!(decode_path(b"/a%2541"), Cow::<[u8]>::Owned(b"/a%41".to_vec()));
+        assert_eq!(decode_path(b"/a%zz%4"), Cow::Borrowed(&b"/a%zz%4"[..]).to_owned());
+        assert!(matches!(decode_path(b"/plain"), Cow::Borrowed(_)));
+        let err = Glob::parse("/a%00b").expect_err("a NUL");
+        assert_eq!(err.kind, GlobErrorKind::ControlCharacter);
     }
 
     #[test]

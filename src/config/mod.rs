@@ -14,7 +14,7 @@ pub use compile::{
     compile, compile_json, compile_read, lua_largest, LOCAL_EXACT, LUA_EXACT, MAX_COST, MAX_DELAY_MS, MAX_LOG_ENTRIES, MAX_RULES,
 };
 pub use error::{ConfigError, ConfigErrors, Problem};
-pub use glob::{GlobError, GlobErrorKind};
+pub use glob::{decode_path, GlobError, GlobErrorKind};
 pub use unique::{parse_json, read, Budget, Parsed};
 
 use crate::rate::Limits;

@@ -333,12 +333,14 @@ impl Limiter {
         let req = &PathOnce { req, path: std::cell::OnceCell::new() };
         let method = if needs_method { req.method().unwrap_or_default() } else { Vec::new() };
         let full_path = if needs_path { req.full_path().unwrap_or_default() } else { &[] };
-        // Globs see the path as text; bytes that are not UTF-8 become U+FFFD, which no glob
-        // that can match a path contains.
-        let path = match std::str::from_utf8(path_only(full_path)) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            // Checked first the fast way: almost every path is ASCII.
-            Err(_) => String::from_utf8_lossy(path_only(full_path)),
+        // Globs see the path decoded, as text (`config::glob`); bytes that are not UTF-8
+        // become U+FFFD.
+        let raw = path_only(full_path);
+        // Checked first the fast way: almost every path is ASCII, without an escape.
+        let plain = if raw.contains(&b'%') { None } else { std::str::from_utf8(raw).ok() };
+        let path = match plain {
+            Some(text) => std::borrow::Cow::Borrowed(text),
+            None => std::borrow::Cow::Owned(String::from_utf8_lossy(&crate::config::decode_path(raw)).into_owned()),
         };
         let view = View { req, method: &method, path: &path, ip: std::cell::OnceCell::new(), client_ip: &self.client_ip };
         for (i, compiled) in self.rules.iter().enumerate() {
