@@ -1,7 +1,7 @@
 # Stand-in for redis:7 where no registry can be reached: Debian's redis-server (7.0) on the
 # debootstrap base of scripts/images.sh. What the compose file needs of the image: redis-server
 # and redis-cli on PATH, bash (the cluster's one-shot create) and a writable working directory
-# for nodes-*.conf. Built by scripts/images.sh (needs network for apt: --network host).
+# for nodes-*.conf and the append-only files. Built by scripts/images.sh (needs network for apt: --network host).
 ARG BASE=sluice-local/debian:bookworm
 FROM ${BASE}
 RUN apt-get update \
