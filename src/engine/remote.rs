@@ -11,6 +11,10 @@ use crate::redis::script::{self, Form, RuleCall};
 use crate::redis::wire::Reply;
 use crate::store::SharedStore;
 
+/// What a request `on_error: deny` turned away is told to wait while the breaker is closed (one
+/// call failed; nothing says when Redis will answer again): `Retry-After`'s floor.
+const STORE_ERROR_WAIT_S: u16 = 1;
+
 /// A request waiting for Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
@@ -311,7 +315,7 @@ impl Limiter {
         }
         // A shadow rule's failure says nothing of the limits in force.
         let ok = !p.fell().iter().any(|&i| !self.rules[p.applied[i].rule].is_shadow());
-        outcomes.extend(self.on_error_outcomes(&p.applied, p.fell()));
+        outcomes.extend(self.on_error_outcomes(&p.applied, p.fell(), store, now_us));
         let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
         if p.dry && !denied {
             // Those that fell back are decided here, with the local rules, after the pass that
@@ -437,21 +441,33 @@ impl Limiter {
     /// a request another rule denies consumes none of their share either.
     fn redis_failed(&self, applied: &[Applied], store: &impl SharedStore, now_us: u64) -> Verdict {
         let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();
-        let outcomes = self.on_error_outcomes(applied, &redis);
+        let outcomes = self.on_error_outcomes(applied, &redis, store, now_us);
         let fell: Vec<usize> = redis.iter().map(|&i| applied[i].rule).collect();
         self.local_phase(applied, outcomes, store, now_us, &fell)
     }
 
     /// The outcomes of the Redis rules `applied[i]` for `i` in `fell` that Redis did not
-    /// decide, but for those that fall back (decided in the proxy with the local rules).
-    fn on_error_outcomes(&self, applied: &[Applied], fell: &[usize]) -> Vec<RuleOutcome> {
+    /// decide, but for those that fall back (decided in the proxy with the local rules). A
+    /// denial asks the client to wait a second, or while the breaker is open, until it probes
+    /// Redis again: told a second, an obedient client would be turned away several times.
+    fn on_error_outcomes(&self, applied: &[Applied], fell: &[usize], store: &impl SharedStore, now_us: u64) -> Vec<RuleOutcome> {
+        let mut wait_s: Option<u16> = None;
         fell.iter()
             .map(|&i| &applied[i])
             .filter(|a| !self.rules[a.rule].falls_back())
             .map(|a| {
                 let c = &self.rules[a.rule];
                 let allowed = c.rule.on_error == OnError::Allow || c.is_shadow();
-                RuleOutcome { store_error: true, ..RuleOutcome::new(a, Vec::new(), allowed) }
+                let store_wait_s = if allowed {
+                    0
+                } else {
+                    // Read once, and only for a denial.
+                    *wait_s.get_or_insert_with(|| {
+                        let open_ms = self.breaker().and_then(|b| b.open_for_ms(store, now_us)).unwrap_or(0);
+                        u16::try_from(open_ms.div_ceil(1000)).unwrap_or(u16::MAX).max(STORE_ERROR_WAIT_S)
+                    })
+                };
+                RuleOutcome { store_error: true, store_wait_s, ..RuleOutcome::new(a, Vec::new(), allowed) }
             })
             .collect()
     }

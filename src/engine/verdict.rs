@@ -31,6 +31,10 @@ pub struct RuleOutcome {
     pub evicted_slot: bool,
     /// Denied by the deny cache: Redis denied the identity earlier and the denial still holds.
     pub from_cache: bool,
+    /// How long, in seconds, a denial its `on_error` made (no limit decided it) asks the client
+    /// to wait: while the circuit breaker is open, until it probes Redis again. Whole seconds,
+    /// as `Retry-After` is (`open_ms` is at most 600,000): 16 bits keep the outcome its size.
+    pub store_wait_s: u16,
 }
 
 impl RuleOutcome {
@@ -45,13 +49,16 @@ impl RuleOutcome {
             created_slot: false,
             evicted_slot: false,
             from_cache: false,
+            store_wait_s: 0,
         }
     }
 
-    /// The longest retry-after of its denying limits (0 when none denies).
+    /// The longest retry-after of its denying limits, or of its `on_error` denial (0 when
+    /// none denies).
     #[inline]
     pub(super) fn retry_after_ms(&self) -> u64 {
-        self.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).max().unwrap_or(0)
+        let store_wait_ms = u64::from(self.store_wait_s) * 1000;
+        self.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).fold(store_wait_ms, u64::max)
     }
 }
 
@@ -116,10 +123,11 @@ impl Limiter {
     }
 
     /// The longest wait of the violated rules whose limits are not reported, if any is: it is
-    /// the client's all the same (`Retry-After`).
+    /// the client's all the same (`Retry-After`). A denial its `on_error` made reports no
+    /// limit, so its wait is one of these.
     fn hidden_wait_ms(&self, outcomes: &[RuleOutcome]) -> Option<u64> {
         let mut longest = None;
-        for o in self.violated(outcomes).filter(|o| !self.rules[o.rule].is_advertised()) {
+        for o in self.violated(outcomes).filter(|o| !self.rules[o.rule].is_advertised() || o.store_wait_s > 0) {
             longest = longest.max(Some(o.retry_after_ms()));
         }
         longest

@@ -120,6 +120,32 @@ fn redis_failures_follow_on_error_and_open_the_breaker() {
     assert!(matches!(l.start(&Req::new("GET", "/allow"), &s, later), Step::Redis(_)));
 }
 
+/// A request `on_error: deny` turns away is told to come back when Redis may decide again: a
+/// second after one failed call, and while the breaker is open, when it will probe (told a
+/// second, an obedient client was turned away again and again).
+#[test]
+fn an_on_error_denial_asks_for_the_breakers_wait() {
+    let l = limiter(serde_json::json!({"namespace": "ns",
+        "redis": {"cluster": "gw", "breaker": {"failure_threshold": 2, "open_ms": 7500}},
+        "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"},
+                  {"name": "h", "match": {"path": "/hidden"}, "limit": "10/min", "backend": "redis", "on_error": "deny", "advertise": false}]}));
+    let s = MemStore::default();
+    let fail = |now: u64| done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, now)), Err("down".into()), &s, now));
+    let first = fail(T0);
+    assert_eq!((status(&first), header(&first, "retry-after").as_deref()), (429, Some("1")), "one failure: a second");
+    // The second failure opens the breaker once its request is answered (a call is told to the
+    // breaker after all its requests); from then on, the wait is the breaker's, rounded up.
+    assert_eq!(header(&fail(T0), "retry-after").as_deref(), Some("1"));
+    for (now, want) in [(T0 + 1, "8"), (T0 + 2_000_000, "6"), (T0 + 7_000_000, "1"), (T0 + 7_499_000, "1")] {
+        for path in ["/", "/hidden"] {
+            match l.start(&Req::new("GET", path), &s, now) {
+                Step::Done(v) => assert_eq!(header(&v, "retry-after").as_deref(), Some(want), "{path} at {now}"),
+                Step::Redis(_) => panic!("called Redis with the breaker open"),
+            }
+        }
+    }
+}
+
 #[test]
 fn malformed_redis_replies_are_failures() {
     let l = redis_limiter(serde_json::json!([{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]));
