@@ -34,6 +34,12 @@
 //!   that limit never admits more than `burst` at once, then only its own steady rate (a daily
 //!   quota of 1000000 with `burst: 200` admits about 11.6 a second, whatever the per-second
 //!   limit says). A burst meant for one limit needs a rule of its own.
+//! - `cost_above_capacity`: a rule's largest cost (a header cost's `max`) is more than one of its
+//!   limits admits at once (its limit, or its bucket's `burst` and debt): a request stating
+//!   more is denied however long it waits, while its 429 asks it to retry after the window.
+//! - `share_rounds_up`: `on_error: fallback` gives each proxy `share` of a limit, rounded down
+//!   but never below 1; where `limit × share` is under 1, each proxy admits 1, so while Redis
+//!   is down the proxies together admit their number times the share they were meant to.
 //! - `stats_collide`: two rules' stats are one series in Prometheus, which turns the `.` and `-`
 //!   of `sluice.rule.<name>.<what>` into `_` (rules `a.b` and `a_b`, or `x.shadow`'s `limited`
 //!   and `x`'s `shadow_limited`): one is summed into or dropped for the other.
@@ -60,6 +66,8 @@ pub enum Kind {
     Shadowed,
     RedundantLimit,
     BurstCapsLimit,
+    CostAboveCapacity,
+    ShareRoundsUp,
     StatsCollide,
 }
 
@@ -71,6 +79,8 @@ impl fmt::Display for Kind {
             Kind::Shadowed => "shadowed",
             Kind::RedundantLimit => "redundant limit",
             Kind::BurstCapsLimit => "burst caps a limit",
+            Kind::CostAboveCapacity => "cost above capacity",
+            Kind::ShareRoundsUp => "share rounds up",
             Kind::StatsCollide => "stats collide",
         })
     }
@@ -99,12 +109,41 @@ pub fn analyze(config: &Config, routes: Routes<'_>) -> Vec<Finding> {
         }
         redundant_limits(rule, &mut out);
         burst_caps(rule, &mut out);
+        capacity_and_share(rule, &mut out);
         live.push(!never);
     }
     // A rule that never matches is reported as such, not also as shadowed.
     shadowed(config, &live, &mut out);
     stats_collide(config, &mut out);
     out
+}
+
+/// A header cost whose `max` no limit can admit at once, and a fallback share under one unit.
+fn capacity_and_share(rule: &Rule, out: &mut Vec<Finding>) {
+    for rate in rule.limits.rates() {
+        let capacity = sluice::config::largest_admissible(&rule.strategy, rate);
+        if let Cost::Header { name, max, .. } = &rule.cost {
+            if *max > capacity {
+                let message = format!(
+                    "cost.max {max} is more than the limit {rate} admits at once ({capacity}): a request whose {name} states more is \
+                     denied however long it waits, while its 429 asks it to come back after the window; lower cost.max to {capacity}"
+                );
+                out.push(finding(Kind::CostAboveCapacity, rule, message));
+                break;
+            }
+        }
+    }
+    if let OnError::Fallback { share } = rule.on_error {
+        if let Some(rate) = rule.limits.rates().iter().find(|r| (r.limit as f64 * share) < 1.0) {
+            let message = format!(
+                "on_error.fallback.share {share} of the limit {rate} is {}, under 1, and each proxy admits at least 1: while \
+                 Redis is down every proxy admits 1 per window, so together they admit more than the share was sized to \
+                 keep; raise the share, or use deny",
+                rate.limit as f64 * share
+            );
+            out.push(finding(Kind::ShareRoundsUp, rule, message));
+        }
+    }
 }
 
 /// Rules whose stats are one series once exported: Envoy keeps `sluice.rule.<name>.<what>` apart,
@@ -657,6 +696,22 @@ mod tests {
                 want(Kind::RedundantLimit, "limits"),
             ]
         );
+    }
+
+    #[test]
+    fn costs_no_limit_admits_and_shares_under_one_are_reported() {
+        let rules = json!([
+            {"name": "big-cost", "match": {"path": "/b"}, "limit": "10/min", "cost": {"header": "x-cost", "max": 50}},
+            {"name": "fits", "match": {"path": "/f"}, "limit": "10/min", "cost": {"header": "x-cost", "max": 10}},
+            {"name": "bucket", "match": {"path": "/k"}, "limit": "10/min", "strategy": {"type": "token_bucket", "burst": 50},
+             "cost": {"header": "x-cost", "max": 50}},
+            {"name": "tiny-share", "match": {"path": "/t"}, "limit": "1/min", "backend": "redis", "on_error": {"fallback": {"share": 0.1}}},
+            {"name": "whole-share", "match": {"path": "/w"}, "limit": "4/min", "backend": "redis", "on_error": {"fallback": {"share": 0.25}}}
+        ]);
+        let config = sluice::config::compile(&json!({"redis": {"cluster": "gw"}, "rules": rules})).unwrap();
+        let found: Vec<_> = analyze(&config, None).into_iter().map(|f| (f.kind, f.rule, f.by)).collect();
+        let want = |k: Kind, r: &str| (k, r.to_string(), None);
+        assert_eq!(found, vec![want(Kind::CostAboveCapacity, "big-cost"), want(Kind::ShareRoundsUp, "tiny-share")]);
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub enum Problem {
     BadSecret { min: usize, max: usize },
     #[error("with backend: redis the decision script forms numbers up to {largest}, above 2^53 (9007199254740992), which Lua cannot hold exactly; expected a smaller limit, period, burst, max_debt or cost max")]
     NotExactInLua { largest: u128 },
+    #[error("a cost of {cost} is more than the limit {rate} admits at once ({capacity}): no request would ever be admitted; expected a cost of at most {capacity}, or a larger limit or burst")]
+    CostAboveCapacity { cost: u64, capacity: u64, rate: crate::rate::Rate },
     #[error("a bucket decided in the proxy keeps its level × period in 64 bits, and this rule's reaches {largest}, above 2^63 - 1 (9223372036854775807); expected a smaller limit, period, burst, max_debt, max_delay or cost max")]
     LevelTooLarge { largest: u128 },
     #[error("content_type is set without a body; the default problem+json body has its own type")]

@@ -885,6 +885,22 @@ fn redis_rules_keep_their_numbers_exact_in_lua() {
     assert_eq!(paths, ["rules[0].name", "rules[0].limit"], "{errs:#?}");
 }
 
+/// A fixed cost no limit admits at once would deny every request forever: refused.
+#[test]
+fn a_fixed_cost_above_a_limits_capacity_is_refused() {
+    assert_one(
+        with_rules(vec![rule(json!({"limit": null, "limits": ["100/min", "10/s"], "cost": 20}))]),
+        "rules[0].cost",
+        "20: a cost of 20 is more than the limit 10/s admits at once (10): no request would ever be admitted",
+    );
+    // A bucket's burst is its capacity; a header cost may exceed it (lint warns).
+    assert!(compile(&with_rules(vec![rule(
+        json!({"limit": "10/s", "strategy": {"type": "token_bucket", "burst": 30}, "cost": 20})
+    )]))
+    .is_ok());
+    assert!(compile(&with_rules(vec![rule(json!({"limit": "10/s", "cost": {"header": "x-cost", "max": 1000}}))])).is_ok());
+}
+
 #[test]
 fn local_buckets_keep_their_level_in_64_bits() {
     // 5 x 10^10 a month: the level (units x period_ms) reaches 1.3e20, past what a local

@@ -207,6 +207,16 @@ impl Compiler {
             }
         };
         for (i, rate) in rule.limits.rates().iter().enumerate() {
+            // A fixed cost no limit admits at once would deny every request, each told to come
+            // back after a window that will not help.
+            if let Cost::Fixed(cost) = *rule.cost {
+                let capacity = largest_admissible(rule.strategy, rate);
+                if cost > capacity {
+                    self.report(join(path, "cost"), field(m, "cost"), Problem::CostAboveCapacity { cost, capacity, rate: *rate });
+                    ok = false;
+                    continue;
+                }
+            }
             let largest = lua_largest(rule.strategy, rate, max_cost);
             // Lua's doubles bound a Redis rule; a rule decided here keeps a bucket's level (its
             // units × period) in a 64-bit state, signed for the debt: beyond it the level would
