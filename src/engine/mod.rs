@@ -86,7 +86,12 @@ impl Limiter {
         });
         Limiter {
             rules,
-            breaker_key: format!("{namespace}:breaker"),
+            // One breaker per Redis: two configs of one namespace in a VM that reach different
+            // gateways must not open each other's.
+            breaker_key: match &redis {
+                Some(r) => format!("{namespace}:breaker:{}", r.cluster),
+                None => format!("{namespace}:breaker"),
+            },
             namespace,
             headers_mode: rate_limit_headers,
             response,

@@ -146,6 +146,21 @@ fn an_on_error_denial_asks_for_the_breakers_wait() {
     }
 }
 
+/// Two configs of one namespace in a VM (two listeners) that reach different gateways: one
+/// failing opens its own breaker, not the other's.
+#[test]
+fn each_redis_has_its_own_breaker() {
+    let config = |cluster: &str| {
+        limiter(serde_json::json!({"namespace": "ns", "redis": {"cluster": cluster, "breaker": {"failure_threshold": 1}},
+            "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]}))
+    };
+    let (down, up) = (config("gw-a"), config("gw-b"));
+    let s = MemStore::default();
+    let _ = done(down.resume(pending(down.start(&Req::new("GET", "/"), &s, T0)), Err("down".into()), &s, T0));
+    assert!(matches!(down.start(&Req::new("GET", "/"), &s, T0 + 1), Step::Done(_)), "its breaker is open");
+    assert!(matches!(up.start(&Req::new("GET", "/"), &s, T0 + 1), Step::Redis(_)), "the other gateway is still asked");
+}
+
 #[test]
 fn malformed_redis_replies_are_failures() {
     let l = redis_limiter(serde_json::json!([{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]));
