@@ -217,15 +217,13 @@ fn decode(bytes: &[u8], plus: Plus) -> Cow<'_, [u8]> {
                 continue;
             }
         }
-        out.push(b);
+        // A literal `+` only: an escaped one (`%2B`) is a plus to a form too.
+        out.push(if plus == Plus::Space && b == b'+' { b' ' } else { b });
         rest = tail;
     }
-    for b in &mut out {
-        match (plus, *b) {
-            (Plus::Space, b'+') => *b = b' ',
-            (Plus::Alike, b' ') => *b = b'+',
-            _ => {}
-        }
+    if plus == Plus::Alike {
+        // Every space, literal or escaped, reads as the `+` some frameworks keep.
+        out.iter_mut().filter(|b| **b == b' ').for_each(|b| *b = b'+');
     }
     Cow::Owned(out)
 }
@@ -294,14 +292,16 @@ fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut escaped = false;
     header.split(move |&b| {
         match b {
+            // Every `;` ends a pair, inside quotes or after a backslash too, as the frameworks
+            // that split only there read it: a quote left open ends with its pair.
+            b';' => {
+                quoted = false;
+                escaped = false;
+                return true;
+            }
             _ if escaped => escaped = false,
             b'\\' if quoted => escaped = true,
             b'"' => quoted = !quoted,
-            b';' => {
-                // A quote left open ends with its pair.
-                quoted = false;
-                return true;
-            }
             b',' => return !quoted,
             _ => {}
         }
@@ -670,6 +670,8 @@ pub(crate) mod tests {
         assert_eq!(q("/login?user=%61lice", "user"), q("/login?user=alice", "user"));
         assert_eq!(q("/login?%75ser=alice", "user").as_deref(), Some(&b"alice"[..]));
         assert_eq!(q("/s?q=a+b", "q"), q("/s?q=a%20b", "q"));
+        assert_eq!(q("/s?q=a%2Bb", "q").as_deref(), Some(&b"a+b"[..]), "an escaped plus is a plus");
+        assert_eq!(query_values(b"/s?q=a%2Bb&q=a+b", "q").map(|f| f.conflict), Some(true), "two values to a form");
         assert_eq!(q("/s?user=a&user=b", "user").as_deref(), Some(&b"a"[..]));
         assert_eq!(q("/s?user=%zz", "user").as_deref(), Some(&b"%zz"[..]));
         assert_eq!(q("/s?user=%FF", "user").as_deref(), Some(&[0xff][..]));
@@ -757,6 +759,10 @@ pub(crate) mod tests {
         assert_eq!(c("session=real x=1"), found("real", false));
         assert_eq!(c("session=zz1,session=real"), found("zz1", true));
         assert_eq!(c("session=\"a,b\"; x=1"), found("a,b", false), "a quoted comma is the value's");
+        // Every `;` ends a pair, after a backslash in an open quote too (Express and PHP split
+        // at each): no quoting hides the session.
+        assert_eq!(c("x=\"\\; session=real"), found("real", false));
+        assert_eq!(c("x=\"a; session=real"), found("real", false));
         // `+`, `%2B`, a space and `%20` are one byte in a cookie (PHP reads `+` as a space,
         // Express and ASP.NET keep it).
         assert_eq!(c("session=a+b; session=a%2Bb; session=a%20b"), found("a+b", false));
