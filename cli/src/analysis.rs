@@ -398,8 +398,10 @@ pub fn matcher_includes(a: &Match, b: &Match) -> bool {
     let methods = a.methods.is_empty() || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
     let routes = a.routes.is_empty() || (!b.routes.is_empty() && b.routes.iter().all(|r| a.routes.contains(r)));
     let headers = a.headers.iter().all(|pair| b.headers.contains(pair));
+    // Globs compared as the filter compares them: decoded.
+    let text = |g: &sluice::config::Glob| String::from_utf8_lossy(&sluice::config::decode_path(g.source.as_bytes())).into_owned();
     let paths = a.paths.is_empty()
-        || (!b.paths.is_empty() && b.paths.iter().all(|gb| a.paths.iter().any(|ga| glob_includes(&ga.source, &gb.source))));
+        || (!b.paths.is_empty() && b.paths.iter().all(|gb| a.paths.iter().any(|ga| glob_includes(&text(ga), &text(gb)))));
     methods && routes && headers && paths
 }
 
@@ -696,6 +698,19 @@ mod tests {
                 want(Kind::RedundantLimit, "limits"),
             ]
         );
+    }
+
+    /// Inclusion is judged on globs as the filter compares them, decoded: `/x/%41` is `/x/A`,
+    /// which `/x/*1` does not cover, and `/y/*` covers `/y/%41`.
+    #[test]
+    fn glob_inclusion_sees_globs_decoded() {
+        let found = kinds(json!([
+            {"name": "ones", "match": {"path": "/x/*1"}, "limit": "1/min"},
+            {"name": "a", "match": {"path": "/x/%41"}, "limit": "1/min"},
+            {"name": "any", "match": {"path": "/y/*"}, "limit": "1/min"},
+            {"name": "b", "match": {"path": "/y/%41"}, "limit": "1/min"}
+        ]));
+        assert_eq!(found, vec![(Kind::Shadowed, "b".to_string(), Some("any".to_string()))]);
     }
 
     #[test]

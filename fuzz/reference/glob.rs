@@ -11,17 +11,19 @@ pub fn valid(text: &str) -> bool {
     if text.is_empty() || text.chars().any(|c| c.is_control() || c == '?' || c == '#') || !text.starts_with('/') {
         return false;
     }
-    let text = decoded(text);
-    if text.chars().any(char::is_control) {
+    // Every `%` begins an escape, and the escapes make UTF-8 text.
+    let b = text.as_bytes();
+    if (0..b.len()).any(|i| b[i] == b'%' && !(i + 3 <= b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit())) {
         return false;
     }
+    let Some(text) = decoded(text) else { return false };
     let rest = &text[1..];
     segments_of_glob(rest).iter().all(|s| !s.is_empty() && (s == "**" || !s.contains("**")))
 }
 
 /// The glob as it is compared: every `%XX` decoded, but those of `/`, `?`, `#` and `*`, which
-/// stay escaped with upper-case hex; bytes that are not UTF-8 read as U+FFFD.
-fn decoded(text: &str) -> String {
+/// stay escaped with upper-case hex; `None` when that is not UTF-8.
+fn decoded(text: &str) -> Option<String> {
     let b = text.as_bytes();
     let hex = |c: u8| (c as char).to_digit(16);
     let mut out = Vec::new();
@@ -44,7 +46,7 @@ fn decoded(text: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 /// The segments of a glob without its leading `/`: one trailing `/` is dropped, except that
@@ -66,7 +68,7 @@ pub fn matches(glob: &str, path: &str) -> bool {
     let Some(path) = path.strip_prefix('/') else { return false };
     let path = path.strip_suffix('/').unwrap_or(path);
     let path: Vec<&[u8]> = if path.is_empty() { Vec::new() } else { path.split('/').map(str::as_bytes).collect() };
-    let glob = decoded(glob);
+    let glob = decoded(glob).unwrap_or_default();
     let glob = segments_of_glob(glob.strip_prefix('/').unwrap_or(&glob));
     let glob: Vec<&[u8]> = glob.iter().map(|s| s.as_bytes()).collect();
     segments(&glob, &path, 0, 0, &mut HashMap::new())

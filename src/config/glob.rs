@@ -85,6 +85,10 @@ pub enum GlobErrorKind {
     QueryOrFragment(char),
     #[error("path glob has a control character; expected printable characters")]
     ControlCharacter,
+    #[error("a \"%\" in a path glob begins an escape; expected two hex digits after it (%25 for a percent sign)")]
+    StrayPercent,
+    #[error("the path glob's escapes decode to bytes that are not UTF-8 text; expected whole characters (%C3%A9 for é)")]
+    NotUtf8,
 }
 
 impl Glob {
@@ -103,11 +107,18 @@ impl Glob {
         let Some(_) = text.strip_prefix('/') else {
             return Err(err(GlobErrorKind::NoLeadingSlash(text.to_string())));
         };
-        // Compared decoded, as paths are; an escape that decodes to a control character is one.
-        let decoded = String::from_utf8_lossy(&decode_path(text.as_bytes())).into_owned();
-        if decoded.chars().any(char::is_control) {
-            return Err(err(GlobErrorKind::ControlCharacter));
+        // Compared decoded, as paths are: so every `%` must begin an escape (a stray one would
+        // match a path that spells it only until the path is decoded), and the escapes must
+        // make whole characters.
+        let escapes_ok = text
+            .match_indices('%')
+            .all(|(i, _)| text.as_bytes().get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)));
+        if !escapes_ok {
+            return Err(err(GlobErrorKind::StrayPercent));
         }
+        let Ok(decoded) = String::from_utf8(decode_path(text.as_bytes()).into_owned()) else {
+            return Err(err(GlobErrorKind::NotUtf8));
+        };
         let rest = decoded.strip_prefix('/').unwrap_or(&decoded);
         let mut segments = Vec::new();
         if !rest.is_empty() {
@@ -358,8 +369,16 @@ mod tests {
         assert_eq!(decode_path(b"/a%2541"), Cow::<[u8]>::Owned(b"/a%41".to_vec()));
         assert_eq!(decode_path(b"/a%zz%4"), Cow::Borrowed(&b"/a%zz%4"[..]).to_owned());
         assert!(matches!(decode_path(b"/plain"), Cow::Borrowed(_)));
-        let err = Glob::parse("/a%00b").expect_err("a NUL");
-        assert_eq!(err.kind, GlobErrorKind::ControlCharacter);
+        // A glob is compared decoded, so each `%` must begin an escape, and the escapes must
+        // make whole characters; an escaped control character is a character like another.
+        for (glob, kind) in [
+            ("/a%4*", GlobErrorKind::StrayPercent),
+            ("/**/*%*", GlobErrorKind::StrayPercent),
+            ("/caf%C3*", GlobErrorKind::NotUtf8),
+        ] {
+            assert_eq!(Glob::parse(glob).expect_err(glob).kind, kind, "{glob}");
+        }
+        assert!(on("/x%0A", "/x%0a"));
     }
 
     #[test]
