@@ -87,9 +87,10 @@ impl Limiter {
         Limiter {
             rules,
             // One breaker per Redis: two configs of one namespace in a VM that reach different
-            // gateways must not open each other's.
+            // gateways must not open each other's. `#` is in no rule name, so no rule called
+            // `breaker` has a table key (`<namespace>:breaker:<slot>`) equal to it.
             breaker_key: match &redis {
-                Some(r) => format!("{namespace}:breaker:{}", r.cluster),
+                Some(r) => format!("{namespace}:breaker#{}", r.cluster),
                 None => format!("{namespace}:breaker"),
             },
             namespace,

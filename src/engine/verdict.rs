@@ -56,7 +56,7 @@ impl RuleOutcome {
     /// The longest retry-after of its denying limits, or of its `on_error` denial (0 when
     /// none denies).
     #[inline]
-    pub(super) fn retry_after_ms(&self) -> u64 {
+    pub fn retry_after_ms(&self) -> u64 {
         let store_wait_ms = u64::from(self.store_wait_s) * 1000;
         self.decisions.iter().filter(|d| !d.allowed).map(|d| d.retry_after_ms).fold(store_wait_ms, u64::max)
     }

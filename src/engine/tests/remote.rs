@@ -155,6 +155,9 @@ fn each_redis_has_its_own_breaker() {
             "rules": [{"name": "d", "limit": "10/min", "backend": "redis", "on_error": "deny"}]}))
     };
     let (down, up) = (config("gw-a"), config("gw-b"));
+    // A rule named `breaker` keeps its slots at `ns:breaker:<n>`: a cluster named with digits
+    // must not make the breaker's key one of them.
+    assert_eq!(config("6379").breaker().map(|b| b.key.to_string()).as_deref(), Some("ns:breaker#6379"));
     let s = MemStore::default();
     let _ = done(down.resume(pending(down.start(&Req::new("GET", "/"), &s, T0)), Err("down".into()), &s, T0));
     assert!(matches!(down.start(&Req::new("GET", "/"), &s, T0 + 1), Step::Done(_)), "its breaker is open");
