@@ -361,8 +361,12 @@ pub(crate) fn quote(text: &str) -> String {
     let mut out = String::with_capacity(json.len() + 12);
     for c in json.chars() {
         if invisible(c) {
-            // All of them are in the Basic Multilingual Plane: one JSON escape each.
-            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            // As JSON writes a character: one escape in the Basic Multilingual Plane, a
+            // surrogate pair past it (the tag characters).
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
         } else {
             out.push(c);
         }
@@ -376,7 +380,8 @@ fn invisible(c: char) -> bool {
     matches!(c,
         '\u{7f}'..='\u{a0}' | '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
         | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}'
-        | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}')
+        | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}'
+        | '\u{e0000}'..='\u{e007f}')
         || (!c.is_ascii() && c.is_whitespace())
 }
 
@@ -396,6 +401,8 @@ mod tests {
         assert_eq!(quote("tab\t\"é"), r#""tab\t\"é""#, "serde_json's own escapes, and a visible accent, as they were");
         // Still a JSON string: it reads back to the text.
         assert_eq!(serde_json::from_str::<String>(&quote("x\u{feff}y")).unwrap(), "x\u{feff}y");
+        assert_eq!(quote("a\u{e0041}"), r#""a\udb40\udc41""#, "a tag character, as a surrogate pair");
+        assert_eq!(serde_json::from_str::<String>(&quote("a\u{e0041}")).unwrap(), "a\u{e0041}");
     }
     const D: u64 = 86_400_000;
 
