@@ -122,11 +122,13 @@ impl Breaker<'_> {
     }
 
     /// How long, from `now_us`, an open breaker keeps calls from Redis (`None` when it is not
-    /// open): what a request `on_error: deny` turned away is told to wait.
+    /// open): what a request `on_error: deny` turned away is told to wait. At most `open_ms`:
+    /// the worker that opened it may be a little ahead of this one's clock, and the first
+    /// worker to reach the end probes for all.
     pub fn open_for_ms(&self, store: &impl SharedStore, now_us: u64) -> Option<u64> {
         let state = store.get(self.key).ok().flatten().map(|(b, _)| State::decode(&b))?;
         let until_us = state.since_us.saturating_add(self.spec.open_ms.saturating_mul(1000));
-        (state.phase == Phase::Open && now_us < until_us).then(|| (until_us - now_us).div_ceil(1000))
+        (state.phase == Phase::Open && now_us < until_us).then(|| (until_us - now_us).div_ceil(1000).min(self.spec.open_ms))
     }
 
     pub fn phase(&self, store: &impl SharedStore) -> Phase {

@@ -239,7 +239,8 @@ fn remaining(resp: &Response, rule: Rule) -> Option<u64> {
 ///   (or the deny cache repeating one). For `fb`, Redis' remaining count is far above the
 ///   local share's.
 /// - `on_error: allow`: 200 with no rate limit field at all (Redis gave no decision).
-/// - `on_error: deny`: 429, `Retry-After: 1`, no rate limit field, the body naming the rule.
+/// - `on_error: deny`: 429, `Retry-After: 1` (a failed call, or the open breaker's wait: at
+///   most its `open_ms`, 1 s here), no rate limit field, the body naming the rule.
 /// - `fallback`: the local share's decision: 200 with its remaining count, or 429 with `r=0`.
 fn classify(rule: Rule, resp: &Response) -> Result<Decided, String> {
     let r = remaining(resp, rule);
