@@ -274,10 +274,8 @@ fn judgement(shared: &Shared, verdict: &Verdict) -> Judgement {
         Verdict::Deny { outcomes, .. } => {
             let violated: Vec<_> =
                 outcomes.iter().filter(|o| !o.allowed && !rule(shared, o.rule).is_some_and(|r| r.shadow)).collect();
-            // As a limited response's Retry-After: the longest wait of the violated limits, or of
-            // an on_error denial (the breaker's), at least a second.
-            let retry = violated.iter().map(|o| o.retry_after_ms()).max().unwrap_or(0).max(1000);
-            Judgement::Deny { violated: violated.iter().map(|o| o.rule).collect(), retry_after_ms: retry.max(1) }
+            let retry = crate::websocket::denial_wait_ms(violated.iter().map(|o| o.retry_after_ms()));
+            Judgement::Deny { violated: violated.iter().map(|o| o.rule).collect(), retry_after_ms: retry }
         }
     }
 }

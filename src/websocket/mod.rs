@@ -120,6 +120,13 @@ pub enum MayDrop {
     Nothing,
 }
 
+/// The wait a denied message's notice names, from its violated rules' waits (each the longest
+/// of its limits', or of an `on_error` denial: the breaker's): the longest, to the millisecond;
+/// a second when none names one, as a limited response's `Retry-After` would.
+pub fn denial_wait_ms(waits: impl Iterator<Item = u64>) -> u64 {
+    waits.max().filter(|&ms| ms > 0).unwrap_or(1000)
+}
+
 /// A sluice ping goes out at most once per this long while its pong is awaited.
 const PING_PATIENCE_US: u64 = 1_000_000;
 

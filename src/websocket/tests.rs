@@ -692,3 +692,11 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_denials_wait_is_its_rules_longest_to_the_millisecond() {
+    assert_eq!(denial_wait_ms([250, 40].into_iter()), 250, "a limit's wait as it is, under a second too");
+    assert_eq!(denial_wait_ms([250, 7_000].into_iter()), 7_000, "an open breaker's");
+    assert_eq!(denial_wait_ms(std::iter::empty()), 1_000, "none named: a second");
+    assert_eq!(denial_wait_ms([0].into_iter()), 1_000);
+}
