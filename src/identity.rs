@@ -228,8 +228,9 @@ fn decode(bytes: &[u8], plus: Plus) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// The byte of `XX` at the start of `after_percent`, and what follows it.
-fn hex_escape(after_percent: &[u8]) -> Option<(u8, &[u8])> {
+/// The byte of `XX` at the start of `after_percent`, and what follows it (the one reader of a
+/// `%XX` escape: request paths and globs use it too, `config::glob`).
+pub(crate) fn hex_escape(after_percent: &[u8]) -> Option<(u8, &[u8])> {
     let (digits, rest) = after_percent.split_at_checked(2)?;
     let text = std::str::from_utf8(digits).ok()?;
     let byte = u8::from_str_radix(text, 16).ok().filter(|_| digits.iter().all(u8::is_ascii_hexdigit))?;

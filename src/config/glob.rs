@@ -30,6 +30,7 @@
 use std::borrow::Cow;
 
 use super::{Glob, GlobSegment, Literal};
+use crate::identity::hex_escape;
 use crate::rate::quote;
 
 /// `path` with its percent-escapes decoded, but for those of `/`, `?`, `#` and `*`, which stay
@@ -43,16 +44,15 @@ pub fn decode_path(path: &[u8]) -> Cow<'_, [u8]> {
     let mut out = Vec::with_capacity(path.len());
     let mut rest = path;
     while let Some((&b, tail)) = rest.split_first() {
-        let escape = (b == b'%').then(|| tail.get(..2)).flatten().filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-        match escape.and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-            Some(byte @ (b'/' | b'?' | b'#' | b'*')) => {
+        match (b == b'%').then(|| hex_escape(tail)).flatten() {
+            Some((byte @ (b'/' | b'?' | b'#' | b'*'), after)) => {
                 out.push(b'%');
                 out.extend_from_slice(format!("{byte:02X}").as_bytes());
-                rest = tail.get(2..).unwrap_or_default();
+                rest = after;
             }
-            Some(byte) => {
+            Some((byte, after)) => {
                 out.push(byte);
-                rest = tail.get(2..).unwrap_or_default();
+                rest = after;
             }
             None => {
                 out.push(b);
@@ -110,9 +110,7 @@ impl Glob {
         // Compared decoded, as paths are: so every `%` must begin an escape (a stray one would
         // match a path that spells it only until the path is decoded), and the escapes must
         // make whole characters.
-        let escapes_ok = text
-            .match_indices('%')
-            .all(|(i, _)| text.as_bytes().get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)));
+        let escapes_ok = text.match_indices('%').all(|(i, _)| text.as_bytes().get(i + 1..).and_then(hex_escape).is_some());
         if !escapes_ok {
             return Err(err(GlobErrorKind::StrayPercent));
         }
