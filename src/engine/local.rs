@@ -416,9 +416,6 @@ impl Limiter {
         for a in &shadow {
             let mut o = self.decide_local(a, store, now_us, true);
             self.mark_fallback(&mut o);
-            if !o.allowed {
-                log::info!("sluice: shadow rule {:?} would limit {}", self.compiled(a).rule.name, a.identity.text);
-            }
             outcomes.push(o);
         }
         self.verdict(outcomes, false)

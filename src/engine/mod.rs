@@ -53,6 +53,8 @@ pub struct Limiter {
     /// The worker's last limited response, and the one every denied message shares.
     last_limited: verdict::LastLimited,
     message_denied: Arc<LocalResponse>,
+    /// Some rule is a shadow rule, whose denials the verdict logs.
+    shadows: bool,
 }
 
 /// The first step of a decision.
@@ -78,6 +80,7 @@ impl Limiter {
         let hasher = IdentityHasher::new(config.identity_secret.as_deref(), &config.client_ip);
         let Config { namespace, rate_limit_headers, response, client_ip, local, redis, rules, .. } = config;
         let rules = CompiledRule::all(rules, &namespace, local.max_clients);
+        let shadows = rules.iter().any(CompiledRule::is_shadow);
         let message_denied = Arc::new(LocalResponse {
             status: response.status,
             grpc_status: response.grpc_status,
@@ -106,6 +109,7 @@ impl Limiter {
             denials: deny::Copies::default(),
             last_limited: verdict::LastLimited::default(),
             message_denied,
+            shadows,
         }
     }
 

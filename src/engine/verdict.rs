@@ -175,6 +175,9 @@ impl Limiter {
     }
 
     pub(super) fn verdict(&self, outcomes: Vec<RuleOutcome>, denied: bool) -> Verdict {
+        if self.shadows {
+            self.log_shadow_denials(&outcomes);
+        }
         // Message rules never apply to a request, so these outcomes are a WebSocket message's:
         // nothing of a response is sent for it, and writing the fields for every message of a
         // busy connection would cost more than deciding it.
@@ -190,6 +193,17 @@ impl Limiter {
         let delay_ms = self.delay_ms(&outcomes);
         let headers = response::rate_limit_headers(self.headers_mode, &reported);
         Verdict::Admit { headers, delay_ms, outcomes }
+    }
+
+    /// A shadow rule blocks nothing, so the log is where an operator trying a limit sees whom it
+    /// would have limited: every shadow denial of a request's verdict, decided in the proxy or in
+    /// Redis alike.
+    #[cold]
+    #[inline(never)]
+    fn log_shadow_denials(&self, outcomes: &[RuleOutcome]) {
+        for o in outcomes.iter().filter(|o| !o.allowed && self.rules[o.rule].is_shadow()) {
+            log::info!("sluice: shadow rule {:?} would limit {}", self.rules[o.rule].rule.name, o.identity.text);
+        }
     }
 
     /// How long an admission waits: the longest delay an enforced rule queued it for.

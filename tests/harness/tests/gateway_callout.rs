@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::Redis;
 use serde_json::json;
-use sluice_harness::{forward, CalloutFault, CalloutReply, Host, Request, Response, Schedule};
+use sluice_harness::{forward, CalloutFault, CalloutReply, Host, LogLevel, Request, Response, Schedule};
 
 const TOKEN: &str = "harness-secret";
 
@@ -266,6 +266,30 @@ fn a_breaker_probe_that_hangs_up_inside_a_gathered_call_gives_its_place_back() {
         let r = host.response(id).cloned().expect("answered");
         assert!(r.admitted(), "{r:?}");
     }
+    assert!(host.traps().is_empty());
+}
+
+#[test]
+fn a_shadow_rule_logs_whom_it_would_limit_whether_redis_or_the_proxy_decides() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let config = json!({
+        "redis": {"cluster": "sluice_gateway", "token": TOKEN, "timeout_ms": 100},
+        "rules": [
+            {"name": "trial", "limit": "2/hour", "identifier": "global", "backend": "redis", "shadow": true},
+            {"name": "near", "limit": "1/hour", "identifier": {"header": "x-user"}, "shadow": true}
+        ],
+    });
+    let mut host = host_on(&config, forward::http_to(addr));
+    let would = |host: &Host, rule: &str, who: &str| {
+        let line = format!("sluice: shadow rule \"{rule}\" would limit {who}");
+        host.logs().iter().filter(|l| l.level == LogLevel::Info && l.message == line).count()
+    };
+    for _ in 0..2 {
+        assert_eq!(host.request("GET", "/").header("x-user", "ann").send().status, 200);
+    }
+    assert_eq!((would(&host, "trial", "global"), would(&host, "near", "header:x-user=ann")), (0, 1));
+    assert_eq!(host.request("GET", "/").header("x-user", "bob").send().status, 200);
+    assert_eq!((would(&host, "trial", "global"), would(&host, "near", "header:x-user=bob")), (1, 0));
     assert!(host.traps().is_empty());
 }
 
