@@ -36,6 +36,11 @@ impl Clock {
         t
     }
 
+    /// The latest time returned.
+    pub fn last(&self) -> u64 {
+        self.last_us
+    }
+
     /// Moves this clock up to `mark`, a time another worker (or an earlier VM) has returned,
     /// if it is behind it. Returns the time now; the caller stores it as the new mark when it
     /// is later than `mark`.

@@ -13,19 +13,21 @@ thread_local! {
     static CLOCK: Cell<Clock> = Cell::new(Clock::default());
 }
 
-/// The host's wall clock in epoch microseconds (0 if it fails): this runs on every request a
-/// rule applies to (docs/architecture.md, "Host facts: time").
-fn host_us() -> u64 {
-    abi::now_ns().map_or(0, |ns| ns / 1000)
+/// The host's wall clock in epoch microseconds: this runs on every request a rule applies to
+/// (docs/architecture.md, "Host facts: time").
+fn host_us() -> Option<u64> {
+    abi::now_ns().ok().map(|ns| ns / 1000)
 }
 
 /// The time in epoch microseconds: never earlier than a time already returned on this worker,
-/// and running on after the host's clock steps back.
+/// and running on after the host's clock steps back. A reading the host failed to give is the
+/// latest time returned: taken as 0 it would be a step back to 1970, which the clock would
+/// absorb by running every later reading fifty years ahead, expiring every count at once.
 pub(super) fn now_us() -> u64 {
     let host = host_us();
     CLOCK.with(|c| {
         let mut clock = c.get();
-        let t = clock.now(host);
+        let t = host.map_or(clock.last(), |h| clock.now(h));
         c.set(clock);
         t
     })
@@ -39,7 +41,7 @@ pub(super) fn sync(key: &str) {
         Ok(Some((v, cas))) => (clock::decode_mark(&v).unwrap_or(0), cas),
         _ => (0, CREATE_TOKEN),
     };
-    let host = host_us();
+    let Some(host) = host_us() else { return };
     let now = CLOCK.with(|c| {
         let mut clock = c.get();
         let t = clock.catch_up(host, mark);

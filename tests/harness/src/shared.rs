@@ -118,6 +118,8 @@ pub(crate) struct Faults {
     pub body_faults: VecDeque<Option<Status>>,
     /// "Queue ready" callbacks still to drop, as a host that loses them would.
     pub lost_queue_ready: usize,
+    /// Clock readings still to fail (any worker).
+    pub clock_faults: usize,
 }
 
 /// One captured log line.

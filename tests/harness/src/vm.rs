@@ -498,6 +498,13 @@ pub(crate) fn add_env(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         }
     })?;
     linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut caller: Caller<'_, VmState>, ptr: i32| {
+        {
+            let mut p = lock(&caller.data().process);
+            if p.faults.clock_faults > 0 {
+                p.faults.clock_faults -= 1;
+                return st(Status::InternalFailure);
+            }
+        }
         let now = caller.data().clock.now_ns();
         if write_u64(&mut caller, ptr, now) {
             st(Status::Ok)

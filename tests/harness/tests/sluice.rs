@@ -184,6 +184,22 @@ fn time_stepping_back_admits_nothing_extra() {
 }
 
 #[test]
+fn a_clock_reading_the_host_fails_neither_stops_nor_jumps_time() {
+    let rule = json!({"name": "api", "limit": "2/min", "strategy": "fixed_window", "identifier": "global"});
+    let mut host = host(&json!({"rules": [rule]}), 1);
+    let statuses =
+        |host: &mut sluice_harness::Host, n: usize| (0..n).map(|_| host.request("GET", "/").send().status).collect::<Vec<_>>();
+    assert_eq!(statuses(&mut host, 2), [200, 200]);
+    // Read as time 0, a failed reading was a step back to 1970 that the clock absorbed by
+    // running on from there: every later reading was fifty years ahead, in a fresh window.
+    host.faults().fail_clock_reads(1);
+    assert_eq!(statuses(&mut host, 3), [429, 429, 429]);
+    host.clock().set_unix_ms(host.clock().now_ns() / 1_000_000 + 60_000);
+    assert_eq!(statuses(&mut host, 3), [200, 200, 429], "time runs on after the failure");
+    assert!(host.traps().is_empty(), "{:?}", host.traps());
+}
+
+#[test]
 fn every_bad_configuration_is_rejected_with_its_errors_logged() {
     // (config, what one error line must say: its path, the offending text, what was expected).
     let bad: &[(&str, &[&str])] = &[

@@ -148,6 +148,12 @@ impl FaultInjector<'_> {
         self
     }
 
+    /// The next `k` clock readings (any worker) fail with `InternalFailure`, writing nothing.
+    pub fn fail_clock_reads(&self, k: usize) -> &Self {
+        lock(self.process).faults.clock_faults += k;
+        self
+    }
+
     /// The next `k` Redis calls fail, time out, or are rejected.
     pub fn next_redis_calls(&self, k: usize, fault: CalloutFault) -> &Self {
         lock(self.process).faults.redis_faults.extend(std::iter::repeat_n(fault, k));
