@@ -160,6 +160,18 @@ impl Breaker<'_> {
         result.unwrap_or(Permit::Call)
     }
 
+    /// [`Breaker::permit`] for a call whose answer decides no request (shadow rules alone): it
+    /// goes only while the breaker is closed, and never takes a half-open probe's place, which
+    /// its answer could not fill; while shadow calls held the places, every request in force
+    /// would follow `on_error` unprobed.
+    pub fn permit_unprobed(&self, store: &impl SharedStore) -> Permit {
+        if self.phase(store) == Phase::Closed {
+            Permit::Call
+        } else {
+            Permit::Skip
+        }
+    }
+
     /// A call made under `permit` will never report (its request ended first): a probe frees its
     /// place without counting as a success or a failure.
     pub fn abandon(&self, store: &impl SharedStore, permit: Permit) {

@@ -157,7 +157,12 @@ impl Limiter {
             outcomes.extend(cached);
             return Step::Done(self.verdict(outcomes, true));
         }
-        let permit = self.breaker().map(|b| b.permit(store, now_us)).unwrap_or(Permit::Skip);
+        let shadows_only = redis.iter().all(|&i| self.rules[applied[i].rule].is_shadow());
+        let permit = match self.breaker() {
+            Some(b) if shadows_only => b.permit_unprobed(store),
+            Some(b) => b.permit(store, now_us),
+            None => Permit::Skip,
+        };
         if permit == Permit::Skip {
             return Step::Done(self.redis_failed(&applied, store, now_us));
         }

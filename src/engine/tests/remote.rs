@@ -700,3 +700,32 @@ fn a_shadow_rule_whose_reply_fails_alone_tells_the_breaker_nothing() {
     assert_eq!(status(&enforced()), 429);
     assert_eq!(l.breaker().unwrap().phase(&s), crate::breaker::Phase::Open, "two failures in force in a row");
 }
+
+#[test]
+fn shadow_calls_leave_a_half_open_breaker_s_probe_to_a_rule_in_force() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "enforced", "match": {"path": "/e"}, "limit": "10/min", "backend": "redis", "on_error": "deny"},
+        {"name": "trial", "match": {"path": "/t"}, "limit": "5/min", "backend": "redis", "shadow": true}
+    ]));
+    let s = MemStore::default();
+    let b = l.breaker().unwrap();
+    for _ in 0..b.spec.failure_threshold {
+        b.record(&s, crate::breaker::Permit::Call, false, T0);
+    }
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Open);
+    let later = T0 + b.spec.open_ms * 1000;
+    // Open, then past open_ms: a shadow-only request is not sent, and takes no probe place.
+    for at in [T0, later] {
+        let Step::Done(v) = l.start(&Req::new("GET", "/t"), &s, at) else { panic!("sent while open") };
+        assert_eq!((status(&v), v.outcomes()[0].store_error), (200, true), "{v:?}");
+    }
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Open, "no probe was granted");
+    // Requests in force probe, and their successes close the breaker for both.
+    for _ in 0..b.spec.success_threshold.max(1) {
+        let p = pending(l.start(&Req::new("GET", "/e"), &s, later));
+        assert_eq!(b.phase(&s), crate::breaker::Phase::HalfOpen, "it was granted a probe");
+        assert_eq!(status(&done(l.resume(p, Ok(vec![reply(true, 9)]), &s, later))), 200);
+    }
+    assert_eq!(b.phase(&s), crate::breaker::Phase::Closed);
+    pending(l.start(&Req::new("GET", "/t"), &s, later));
+}
