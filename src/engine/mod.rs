@@ -79,7 +79,7 @@ impl Limiter {
         let plan = ReadPlan::of(&config);
         let hasher = IdentityHasher::new(config.identity_secret.as_deref(), &config.client_ip);
         let Config { namespace, rate_limit_headers, response, client_ip, local, redis, rules, .. } = config;
-        let rules = CompiledRule::all(rules, &namespace, local.max_clients);
+        let rules = CompiledRule::all(rules, &namespace, local.max_clients, redis.as_ref().map(|r| r.cluster.as_str()));
         let shadows = rules.iter().any(CompiledRule::is_shadow);
         let message_denied = Arc::new(LocalResponse {
             status: response.status,

@@ -42,9 +42,10 @@ impl CompiledRule {
     /// cost). The table is named after the identifier, not after a rule, so adding, removing or
     /// reordering rules leaves the others' counts where they are. Shadow rules are written after
     /// the verdict and Redis rules only fall back locally, so each keeps a table of its own.
-    pub fn all(rules: Vec<Rule>, namespace: &str, slots: u32) -> Vec<Self> {
+    /// `cluster` is `redis.cluster`, when the config has Redis.
+    pub fn all(rules: Vec<Rule>, namespace: &str, slots: u32, cluster: Option<&str>) -> Vec<Self> {
         let mut compiled: Vec<CompiledRule> =
-            rules.into_iter().enumerate().map(|(i, r)| CompiledRule::new(r, i, namespace, slots)).collect();
+            rules.into_iter().enumerate().map(|(i, r)| CompiledRule::new(r, i, namespace, slots, cluster)).collect();
         // Each shared table: the first rule counting in it, and the entries of its rules.
         let mut tables: Vec<(usize, Vec<u32>)> = Vec::new();
         for i in 0..compiled.len() {
@@ -74,8 +75,8 @@ impl CompiledRule {
         compiled
     }
 
-    fn new(rule: Rule, index: usize, namespace: &str, slots: u32) -> Self {
-        let table = Table { prefix: format!("{namespace}:{}:", rule.name), slots, fingerprint: entry_id(&rule) };
+    fn new(rule: Rule, index: usize, namespace: &str, slots: u32, cluster: Option<&str>) -> Self {
+        let table = Table { prefix: format!("{namespace}:{}:", rule.name), slots, fingerprint: entry_id(&rule, cluster) };
         let rates = rule.limits.rates();
         let texts = if rule.advertise { limit_texts(&rule.name, rates) } else { Vec::new() };
         let deny = super::deny::table(&table);
@@ -193,9 +194,15 @@ fn fingerprint(rule: &Rule) -> u32 {
 /// share too, since it decides on its share of those (two configs with other shares would read
 /// each other's state against other capacities). Two rules of one table with the same id (one
 /// in 2^32) cannot happen: [`CompiledRule::all`] then gives the second a table of its own.
-/// Never a mark's id, which no rule's entry may carry.
-fn entry_id(rule: &Rule) -> u32 {
+/// Never a mark's id, which no rule's entry may carry. A Redis rule's entries (its fallback's
+/// count, its cached denials) are what one Redis decided: they name its `cluster` too, so two
+/// configs in one VM that reach different Redis never answer from each other's (as they never
+/// share a breaker).
+fn entry_id(rule: &Rule, cluster: Option<&str>) -> u32 {
     let mut named = format!("{}|{:?}|{:?}", rule.name, rule.strategy, rule.limits.rates());
+    if rule.backend == Backend::Redis {
+        named = format!("{named}|{}", cluster.unwrap_or_default());
+    }
     if let (Backend::Redis, OnError::Fallback { share }) = (rule.backend, rule.on_error) {
         // Its bits: formatting a float would link core's float printing into the module.
         named = format!("{named}|{:x}", share.to_bits());

@@ -729,3 +729,20 @@ fn shadow_calls_leave_a_half_open_breaker_s_probe_to_a_rule_in_force() {
     assert_eq!(b.phase(&s), crate::breaker::Phase::Closed);
     pending(l.start(&Req::new("GET", "/t"), &s, later));
 }
+
+#[test]
+fn a_denial_one_redis_gave_answers_only_configs_that_reach_that_redis() {
+    let on = |cluster: &str| {
+        limiter(serde_json::json!({"namespace": "ns", "redis": {"cluster": cluster},
+            "rules": [{"name": "api", "limit": "10/min", "backend": "redis", "identifier": {"header": "x-k"}}]}))
+    };
+    let (eu, eu_again, us) = (on("gw_eu"), on("gw_eu"), on("gw_us"));
+    let s = MemStore::default();
+    let req = Req::new("GET", "/").header("x-k", "k1");
+    let p = pending(eu.start(&req, &s, T0));
+    assert_eq!(status(&done(eu.resume(p, Ok(vec![reply(false, 0)]), &s, T0))), 429);
+    // Another config of the same Redis (a second listener) answers from the cache; one that
+    // reaches another Redis asks it.
+    assert!(matches!(eu_again.start(&req, &s, T0 + 1_000), Step::Done(ref v) if status(v) == 429));
+    assert!(matches!(us.start(&req, &s, T0 + 1_000), Step::Redis(_)), "answered from another Redis' denial");
+}
