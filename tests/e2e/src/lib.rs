@@ -90,6 +90,18 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // A failing test's processes logged here (Envoy's log): show their ends before they go,
+        // or the failure says what was counted but not why.
+        if std::thread::panicking() {
+            for path in std::fs::read_dir(&self.0).into_iter().flatten().flatten().map(|e| e.path()) {
+                if path.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!("--- last lines of {} ---", path.display());
+                    lines[lines.len().saturating_sub(40)..].iter().for_each(|l| eprintln!("{l}"));
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

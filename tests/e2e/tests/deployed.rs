@@ -236,10 +236,9 @@ fn the_shipped_redis_topology_limits_across_proxies() {
     let slack = (elapsed.as_secs() / 6) as usize;
     assert!(admitted <= 10 + slack, "over the limit: {report}");
     // Exactly the limit unless Redis calls failed (a call that timed out at the filter may still
-    // have counted in Redis, and payments refuses on errors): then fewer is right, not more.
-    if store_errors == 0 {
-        assert!(admitted >= 10, "under the limit without store errors: {report}");
-    }
+    // have counted in Redis, and payments refuses on errors): then fewer is right, not more, but
+    // Redis denied only once 10 had counted, each either admitted or one of the errors.
+    assert!(admitted + store_errors as usize >= 10, "under the limit, not for store errors: {report}");
 
     // Another account has its own budget. If Redis calls failed above, a proxy's breaker may
     // be open (payments then refuses, on_error: deny) until a probe succeeds there: wait for

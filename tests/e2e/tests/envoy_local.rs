@@ -52,7 +52,7 @@ fn every_strategy_admits_exactly_the_limit_under_a_concurrent_burst() {
 #[test]
 fn header_identities_are_counted_apart_and_fall_back_to_the_client_ip() {
     let envoy = envoy_with(json!({"rules": [{
-        "name": "per-key", "limit": "3/min", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}
+        "name": "per-key", "limit": "3/hour", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}
     }]}));
     let url = envoy.url("/k");
     let a = burst(10, &url, &[("x-api-key", "alice")]);
@@ -111,7 +111,7 @@ fn a_config_reading_several_headers_sees_each_as_if_read_alone() {
 #[test]
 fn exempt_clients_are_never_limited() {
     let envoy = envoy_with(json!({"rules": [{
-        "name": "api", "limit": "2/min",
+        "name": "api", "limit": "2/hour",
         "exempt": {"headers": {"x-internal": "yes"}, "cidrs": ["192.0.2.0/24"]}
     }]}));
     let url = envoy.url("/a");
@@ -145,19 +145,20 @@ fn shadow_rules_count_and_report_but_never_block() {
 
 #[test]
 fn limited_response_carries_retry_after_rate_limit_fields_and_a_problem_body() {
-    let envoy = envoy_with(json!({"rules": [{"name": "api", "limit": "2/min", "strategy": "fixed_window"}],
+    // An hour's window: a fixed window that rolled over between the requests would admit again.
+    let envoy = envoy_with(json!({"rules": [{"name": "api", "limit": "2/hour", "strategy": "fixed_window"}],
         "response": {"headers": {"x-reason": "throttled"}}}));
     let url = envoy.url("/p");
     let ok = get(&url, &[]).unwrap();
     assert_eq!(ok.status, 200);
-    assert_eq!(ok.header("ratelimit-policy"), Some("\"api\";q=2;w=60"));
+    assert_eq!(ok.header("ratelimit-policy"), Some("\"api\";q=2;w=3600"));
     assert!(ok.header("ratelimit").is_some_and(|v| v.starts_with("\"api\";r=1;t=")), "{:?}", ok.headers);
     get(&url, &[]).unwrap();
     let limited = get(&url, &[]).unwrap();
     assert_eq!(limited.status, 429);
     let retry: u64 = limited.header("retry-after").and_then(|v| v.parse().ok()).expect("retry-after");
-    assert!((1..=60).contains(&retry), "retry-after {retry}");
-    assert_eq!(limited.header("ratelimit-policy"), Some("\"api\";q=2;w=60"));
+    assert!((1..=3600).contains(&retry), "retry-after {retry}");
+    assert_eq!(limited.header("ratelimit-policy"), Some("\"api\";q=2;w=3600"));
     assert_eq!(limited.header("ratelimit"), Some(format!("\"api\";r=0;t={retry}").as_str()));
     assert_eq!(limited.header("x-reason"), Some("throttled"));
     assert_eq!(limited.header("x-envoy-ratelimited"), Some("true"), "Envoy's routers retry no response with it");

@@ -151,7 +151,7 @@ fn a_redis_outage_follows_on_error_within_the_timeout_and_the_breaker_recovers()
     let config = json!({"namespace": "outage", "redis": redis_block(timeout_ms, 3000), "rules": [
         {"name": "open", "match": {"path": "/allow"}, "limit": "1000/min", "backend": "redis", "on_error": "allow"},
         {"name": "closed", "match": {"path": "/deny"}, "limit": "1000/min", "backend": "redis", "on_error": "deny"},
-        {"name": "fb", "match": {"path": "/fallback"}, "limit": "20/min", "strategy": "fixed_window",
+        {"name": "fb", "match": {"path": "/fallback"}, "limit": "20/hour", "strategy": "fixed_window",
          "backend": "redis", "on_error": {"fallback": {"share": 0.5}}}
     ]});
     let (a, b) = two_proxies(&gateway, &config);
@@ -218,7 +218,7 @@ fn cached_denials_make_no_redis_call() {
     let redis = Redis::start();
     let gateway = Gateway::start(&["--redis-url", &redis.url()]);
     let config = json!({"namespace": "deny-cache", "redis": redis_block(3000, 1000), "rules": [
-        {"name": "api", "limit": "3/min", "strategy": "fixed_window", "identifier": {"header": "x-client"}, "backend": "redis"}
+        {"name": "api", "limit": "3/hour", "strategy": "fixed_window", "identifier": {"header": "x-client"}, "backend": "redis"}
     ]});
     let mut boot = bootstrap("demo.yaml");
     adapt(&mut boot, Some(&config));
@@ -238,8 +238,8 @@ fn cached_denials_make_no_redis_call() {
     let limited = get(&url, &[("x-client", "c1")]).unwrap();
     assert_eq!(limited.status, 429);
     let retry: u64 = limited.header("retry-after").and_then(|v| v.parse().ok()).expect("retry-after");
-    assert!((1..=60).contains(&retry), "{retry}");
-    assert_eq!(limited.header("ratelimit-policy"), Some("\"api\";q=3;w=60"));
+    assert!((1..=3600).contains(&retry), "{retry}");
+    assert_eq!(limited.header("ratelimit-policy"), Some("\"api\";q=3;w=3600"));
     assert!(limited.header("ratelimit").is_some_and(|v| v.starts_with("\"api\";r=0;t=")), "{:?}", limited.headers);
     // Another client is unaffected.
     assert_eq!(get(&url, &[("x-client", "c2")]).map_or(0, |r| r.status), 200);
@@ -280,6 +280,6 @@ fn gathered_calls_of_two_configs_in_one_vm_are_all_answered() {
     assert!(statuses.iter().all(|s| *s == 200), "{:?}", statuses.iter().filter(|s| **s != 200).count());
     let errors = envoy.settled_stat("wasmcustom.sluice.rule.api.store_errors");
     let calls = envoy.stat("cluster.sluice_gateway.upstream_rq_total");
-    assert!(calls < 900, "calls were gathered: {calls} for 900 requests");
+    assert!(calls > 0 && calls < 900, "calls were gathered: {calls} for 900 requests");
     assert_eq!(errors, 0, "{errors} decisions followed on_error ({calls} calls)");
 }
