@@ -40,7 +40,7 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -203,8 +203,33 @@ enum Conn {
 
 pub struct ClusterBackend {
     client: ClusterClient,
-    conn: OnceCell<ClusterConnection>,
+    /// The connection calls go on: made on first use, and made afresh when calls keep running
+    /// out of time ([`ClusterBackend::stalled`]).
+    conn: std::sync::Mutex<Arc<OnceCell<ClusterConnection>>>,
+    stalls: std::sync::Mutex<Stalls>,
+    /// Connections made afresh after stalls.
+    remade: AtomicU64,
 }
+
+/// Calls whose callers gave up on them (their deadline passed) lately.
+struct Stalls {
+    count: u32,
+    /// When the first of `count` stalled.
+    since: Instant,
+    /// When the connection was last made afresh (or the backend built).
+    remade_at: Instant,
+}
+
+/// A connection is made afresh after this many stalled calls within [`STALL_WINDOW`], at
+/// most once per [`REMAKE_EVERY`]. The cluster client learns a new topology from an error
+/// (MOVED, a refused or closed connection), and a hung primary gives none: it neither answers
+/// nor closes, so calls for its slots went on waiting on it after its replica had taken over,
+/// and a slot-map refresh begun meanwhile could wait on it for good, every slot's calls behind
+/// it. A fresh connection asks the nodes that answer. Sporadic timeouts on a loaded machine
+/// rarely come eight within seconds, and a remake costs a connection per node, once.
+const REMAKE_AFTER: u32 = 8;
+const STALL_WINDOW: Duration = Duration::from_secs(5);
+const REMAKE_EVERY: Duration = Duration::from_secs(2);
 
 /// Where a reload goes: the standalone server (`None`), or the primary serving a Cluster slot.
 type Target = Option<u16>;
@@ -259,7 +284,13 @@ impl Backend {
             .max_retry_wait(timeout.as_millis().try_into().unwrap_or(u64::MAX))
             .build()
             .map_err(BackendError::Cluster)?;
-        let cluster = Arc::new(ClusterBackend { client, conn: OnceCell::new() });
+        let now = Instant::now();
+        let cluster = Arc::new(ClusterBackend {
+            client,
+            conn: std::sync::Mutex::default(),
+            stalls: std::sync::Mutex::new(Stalls { count: 0, since: now, remade_at: now }),
+            remade: AtomicU64::new(0),
+        });
         Ok(Backend {
             conn: Conn::Cluster(cluster),
             loads: Arc::default(),
@@ -385,7 +416,16 @@ impl Backend {
     async fn routed(&self, cmd: redis::Cmd, routing: RoutingInfo) -> Outcome {
         match &self.conn {
             Conn::Standalone(manager) => settle(manager.clone().req_packed_command(&cmd).await),
-            Conn::Cluster(cluster) => settle(cluster.connection().await?.route_command(cmd, routing).await),
+            Conn::Cluster(cluster) => cluster.watched(|mut c| async move { c.route_command(cmd, routing).await }).await,
+        }
+    }
+
+    /// Cluster connections made afresh because calls kept running out of time (`None` for a
+    /// standalone Redis).
+    pub fn cluster_remakes(&self) -> Option<u64> {
+        match &self.conn {
+            Conn::Standalone(_) => None,
+            Conn::Cluster(cluster) => Some(cluster.remade.load(Ordering::Relaxed)),
         }
     }
 
@@ -538,7 +578,7 @@ impl Backend {
             }
             Conn::Cluster(cluster) => match slot {
                 Some(slot) => self.routed(cmd.clone(), slot_primary(slot)).await,
-                None => settle(cluster.connection().await?.req_packed_command(cmd).await),
+                None => cluster.watched(|mut c| async move { c.req_packed_command(cmd).await }).await,
             },
         }
     }
@@ -780,13 +820,76 @@ impl Backend {
 
 impl ClusterBackend {
     async fn connection(&self) -> Result<ClusterConnection, Failure> {
+        let cell = Arc::clone(&lock(&self.conn));
         // A failed attempt leaves the cell empty, so the next request tries again.
-        self.conn
-            .get_or_try_init(|| self.client.get_async_connection())
+        cell.get_or_try_init(|| self.client.get_async_connection())
             .await
             .cloned()
             .map_err(|e| Failure::Transport(format!("cannot reach the Redis Cluster: {e}")))
     }
+
+    /// `call` on the connection; a call dropped before it ended (its caller's deadline
+    /// passed) is a stall.
+    async fn watched<F, Fut>(&self, call: F) -> Outcome
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: Future<Output = Result<Value, RedisError>>,
+    {
+        let mut watch = Watch { cluster: self, ended: false };
+        let outcome = match self.connection().await {
+            Ok(conn) => settle(call(conn).await),
+            Err(failure) => Err(failure),
+        };
+        watch.ended = true;
+        outcome
+    }
+
+    /// A call stalled: after [`REMAKE_AFTER`] of them, the connection is made afresh.
+    fn stalled(&self) {
+        let now = Instant::now();
+        {
+            let mut s = lock(&self.stalls);
+            if now.duration_since(s.since) > STALL_WINDOW {
+                (s.count, s.since) = (0, now);
+            }
+            s.count += 1;
+            if s.count < REMAKE_AFTER || now.duration_since(s.remade_at) < REMAKE_EVERY {
+                return;
+            }
+            (s.count, s.since, s.remade_at) = (0, now, now);
+        }
+        let fresh: Arc<OnceCell<ClusterConnection>> = Arc::default();
+        *lock(&self.conn) = Arc::clone(&fresh);
+        self.remade.fetch_add(1, Ordering::Relaxed);
+        log::warn!("Redis Cluster calls keep running out of time: connecting afresh to learn its topology");
+        // Made by a task of its own: made by a call, it would be dropped with the call at its
+        // deadline, while a hung node may take longer to give up on than that. Calls in flight
+        // end on the old connection; calls from now on wait for this one.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                let _ = fresh.get_or_try_init(|| client.get_async_connection()).await;
+            });
+        }
+    }
+}
+
+/// Notes a call of `cluster` dropped before it ended.
+struct Watch<'a> {
+    cluster: &'a ClusterBackend,
+    ended: bool,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cluster.stalled();
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn batch<'a>(

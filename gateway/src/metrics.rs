@@ -322,13 +322,19 @@ impl Metrics {
 
     /// The text of `/metrics`; `bodies` is the gateway's body budget, whose gauge it reads.
     pub fn render(&self, bodies: &Budget) -> String {
+        self.render_with(bodies, None)
+    }
+
+    /// [`Metrics::render`], with the Cluster connections the backend made afresh (`None` on a
+    /// standalone Redis).
+    pub fn render_with(&self, bodies: &Budget, cluster_remakes: Option<u64>) -> String {
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail; the results are ignored for that reason.
-        let _ = self.write_to(&mut out, bodies);
+        let _ = self.write_to(&mut out, bodies, cluster_remakes);
         out
     }
 
-    fn write_to(&self, out: &mut String, bodies: &Budget) -> std::fmt::Result {
+    fn write_to(&self, out: &mut String, bodies: &Budget, cluster_remakes: Option<u64>) -> std::fmt::Result {
         writeln!(out, "# HELP sluice_gateway_requests_total HTTP requests answered, by endpoint and status code.")?;
         writeln!(out, "# TYPE sluice_gateway_requests_total counter")?;
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -411,6 +417,11 @@ impl Metrics {
         writeln!(out, "# HELP sluice_gateway_cluster_down_retries_total Calls Redis answered CLUSTERDOWN (they ran nowhere), sent again within half the timeout.")?;
         writeln!(out, "# TYPE sluice_gateway_cluster_down_retries_total counter")?;
         writeln!(out, "sluice_gateway_cluster_down_retries_total {}", self.cluster_down_retries.load(Ordering::Relaxed))?;
+        if let Some(n) = cluster_remakes {
+            writeln!(out, "# HELP sluice_gateway_cluster_reconnects_total Times calls kept running out of time and the Cluster connection was made afresh, to learn the topology from the nodes that answer.")?;
+            writeln!(out, "# TYPE sluice_gateway_cluster_reconnects_total counter")?;
+            writeln!(out, "sluice_gateway_cluster_reconnects_total {n}")?;
+        }
 
         writeln!(out, "# HELP sluice_gateway_redis_errors_total Commands or requests that got no result from Redis, by kind.")?;
         writeln!(out, "# TYPE sluice_gateway_redis_errors_total counter")?;

@@ -447,7 +447,7 @@ async fn metrics_handler(State(gw): State<Arc<Gateway>>) -> Response {
     (
         StatusCode::OK,
         [(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
-        gw.metrics.render(&gw.bodies),
+        gw.metrics.render_with(&gw.bodies, gw.backend.cluster_remakes()),
     )
         .into_response()
 }

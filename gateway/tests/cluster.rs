@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_gateway::command::key_slot;
 use support::calls::{call, entry_verdict, eval_call, hash_tag, key, sha, verdict, LIMIT};
-use support::{failover, redis_cli, Http, RedisCluster, TestGateway};
+use support::{failover, redis_cli, wait_until_async, Http, RedisCluster, TestGateway};
 
 /// Slot ranges `redis-cli --cluster create` gives 3 primaries.
 fn third(slot: u16) -> usize {
@@ -424,4 +424,48 @@ async fn a_call_answered_clusterdown_goes_again_until_its_slot_is_served() {
     assert_eq!(redis_cli(owner, &["CLUSTER", "ADDSLOTS", &slot_arg]).trim(), "OK");
     let (status, body) = http.post("/", call(identity)).await;
     assert_eq!((status, verdict(&body["result"])), (200, (true, LIMIT - 3)), "{body}");
+}
+
+/// A primary that hangs (it neither answers nor closes its connections) is failed over by the
+/// cluster within its node timeout, and the gateway must follow: calls for its slots are
+/// decided by the promoted replica while the old primary still hangs, and every slot is served
+/// once it resumes (as a replica). The cluster client alone waited on the hung node and never
+/// learned the new owner: its slots answered 504 for as long as the hang lasted, and after a
+/// hang under load, every slot until the gateway was restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_is_failed_over_and_followed_without_a_restart() {
+    let cluster = RedisCluster::start_with_args(&["--cluster-node-timeout", "1000"]);
+    let seeds = cluster.seed_nodes();
+    let gw = TestGateway::start(&["--cluster-nodes", &seeds, "--timeout-ms", "100", "--redis-calls", "fcall"]).await;
+    let http = Http::new(&gw.base, None);
+    http.wait_metric(r#"sluice_gateway_library_loads_total{trigger="start",outcome="loaded"}"#, 1.0).await;
+    let ids = identities_on_three_primaries();
+    let decided = |id: u64| {
+        let http = &http;
+        async move {
+            let (status, body) = http.post("/", call(id)).await;
+            (status == 200 && body.get("result").is_some(), format!("{status} {body}"))
+        }
+    };
+    for &id in &ids {
+        assert!(decided(id).await.0, "identity {id} before the hang");
+    }
+    let old = cluster.primary_for(0);
+    let replica = cluster.replica_of(old);
+    // A replica that has not copied its primary yet holds no data it could serve: it never
+    // takes over.
+    support::wait_until("the replica in step with its primary", || {
+        redis_cli(replica, &["INFO", "replication"]).contains("master_link_status:up")
+    });
+    let node = cluster.nodes.iter().find(|n| n.port == old).expect("the primary's node");
+    node.hang(true);
+    wait_until_async("the hung primary's slots decided by its promoted replica", || decided(ids[0])).await;
+    let (_, metrics) = http.get("/metrics").await;
+    assert!(support::metric_value(&metrics, "sluice_gateway_cluster_reconnects_total") >= 1.0, "{metrics}");
+    // Asked of the replica: redis-cli would wait on the hung node for good.
+    assert!(redis_cli(replica, &["ROLE"]).starts_with("master"), "the replica took over");
+    node.hang(false);
+    for &id in &ids {
+        wait_until_async(&format!("identity {id} decided after the old primary resumed"), || decided(id)).await;
+    }
 }

@@ -218,6 +218,15 @@ impl RedisServer {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// Stops the process where it stands (SIGSTOP: it neither answers nor closes a connection,
+    /// as a hung host does), or lets it go on (SIGCONT).
+    pub fn hang(&self, hung: bool) {
+        let Some(child) = &self.child else { return };
+        let signal = if hung { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill {signal} {}", child.id());
+    }
 }
 
 impl Drop for RedisServer {
