@@ -254,7 +254,9 @@ impl Backend {
         let client = redis::Client::open(info).map_err(bad_url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            // As on a Cluster, the caller gives up first: a Redis that stops answering is a
+            // timeout (504), not the client's own error racing the deadline (502).
+            .set_response_timeout(Some(timeout + CALLER_FIRST))
             // Requests carry their own deadline; long reconnect loops would only hide that
             // Redis is gone, so retry little and let the next request try again.
             .set_number_of_retries(1)
