@@ -291,6 +291,17 @@ fn cost_errors() {
         "default 50 is greater than max 10",
     );
     assert_one(c(json!({"default": 2})), "rules[0].cost.header", "missing required field");
+    // Left out, default and max follow a min above theirs.
+    let cost =
+        |v: Value| compile(&with_rules(vec![rule(json!({ "limit": "100000/min", "cost": v }))])).map(|c| c.rules[0].cost.clone());
+    assert_eq!(
+        cost(json!({"header": "x-cost", "min": 5})).map_err(|e| e.to_string()),
+        Ok(Cost::Header { name: "x-cost".into(), default: 5, min: 5, max: 1000 })
+    );
+    assert_eq!(
+        cost(json!({"header": "x-cost", "min": 5000})).map_err(|e| e.to_string()),
+        Ok(Cost::Header { name: "x-cost".into(), default: 5000, min: 5000, max: 5000 })
+    );
     assert_one(c(json!("1")), "rules[0].cost", "expected a positive integer or an object");
 }
 

@@ -172,18 +172,20 @@ impl Compiler {
                         None
                     }
                 };
-                let max = match field(m, "max") {
-                    Some(x) => self.uint(&join(path, "max"), x, 1, MAX_COST),
-                    None => Some(DEFAULT_HEADER_COST_MAX),
-                };
                 let min = match field(m, "min") {
                     Some(x) => self.uint(&join(path, "min"), x, 1, MAX_COST),
                     None => Some(1),
                 };
+                // Left out, `max` and `default` follow a `min` above theirs: `min: 5` means a
+                // request without the header costs 5, not an error about a default never written.
+                let max = match field(m, "max") {
+                    Some(x) => self.uint(&join(path, "max"), x, 1, MAX_COST),
+                    None => Some(min.unwrap_or(1).max(DEFAULT_HEADER_COST_MAX)),
+                };
                 // At least 1: a cost of 0 is the strategies' peek, which admits without counting.
                 let default = match field(m, "default") {
                     Some(x) => self.uint(&join(path, "default"), x, 1, MAX_COST),
-                    None => Some(1),
+                    None => Some(min.unwrap_or(1)),
                 };
                 let (name, default, min, max) = (name?, default?, min?, max?);
                 if min > max {
