@@ -1,5 +1,6 @@
 //! Request bodies: read whole within `--max-body-bytes`, and held, with their requests'
-//! headers, across every connection within `--max-body-bytes-in-flight`.
+//! headers and the answers not yet sent, across every connection within
+//! `--max-body-bytes-in-flight`.
 //!
 //! The per-body cap alone bounds one request, not the gateway: each h2c stream of each
 //! connection may hold a body of the largest size, so a token holder (a proxy's config is
@@ -18,10 +19,14 @@
 //! theirs until the request is answered, which the transport's own bounds cover.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody as _};
 use axum::http::header::CONTENT_LENGTH;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Response};
+use hyper::body::{Frame, SizeHint};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// What a header field costs beside its name and value, as HTTP/2 counts a header list
@@ -55,6 +60,79 @@ impl Budget {
     /// Bytes held by requests (headers and bodies) being read or whose calls are running.
     pub fn held(&self) -> usize {
         self.total.saturating_sub(self.free.available_permits())
+    }
+}
+
+impl Budget {
+    /// Takes `bytes` until [`Budget::give_back`]; never waits.
+    fn take(&self, bytes: usize) -> bool {
+        let Ok(n) = u32::try_from(bytes) else { return false };
+        self.free.try_acquire_many(n).map(SemaphorePermit::forget).is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.free.add_permits(bytes);
+    }
+}
+
+/// An answer, holding its bytes of the budget until it is gone (sent whole, or dropped with
+/// its stream or connection). On h2c a client can take no answer at all: it grants its streams
+/// no flow-control window and leaves each answer in the gateway until the connection's idle
+/// timeout, a hundred streams a connection (a token holder's /metrics, some 13 KB each, came
+/// to 1.8 MB a connection). Held within the budget, they stop at `--max-body-bytes-in-flight`
+/// with the requests' bodies. A connection's one answer out is not charged: HTTP/1.1 has no
+/// more, and an operator's scrape of /metrics is answered even when the budget is spent.
+pub struct HeldAnswer {
+    owner: Arc<crate::Gateway>,
+    bytes: usize,
+    /// The connection's answers out.
+    out: Arc<AtomicU32>,
+    body: Body,
+}
+
+impl HeldAnswer {
+    /// `response` holding its size of `owner`'s budget (but for the connection's one answer
+    /// out, counted in `out`), or `None` when the budget has no room for it.
+    pub fn hold(owner: &Arc<crate::Gateway>, out: &Arc<AtomicU32>, response: Response<Body>) -> Option<Response<Body>> {
+        let bytes = match out.fetch_add(1, Ordering::Relaxed) {
+            0 => 0,
+            _ => {
+                let body = response.body().size_hint();
+                let head: usize =
+                    response.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD).sum();
+                usize::try_from(body.exact().unwrap_or(body.lower())).unwrap_or(usize::MAX).saturating_add(head)
+            }
+        };
+        if bytes > 0 && !owner.budget().take(bytes) {
+            out.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let (owner, out) = (Arc::clone(owner), Arc::clone(out));
+        Some(response.map(|body| Body::new(HeldAnswer { owner, bytes, out, body })))
+    }
+}
+
+impl Drop for HeldAnswer {
+    fn drop(&mut self) {
+        self.owner.budget().give_back(self.bytes);
+        self.out.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl axum::body::HttpBody for HeldAnswer {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

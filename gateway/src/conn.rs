@@ -220,6 +220,7 @@ impl Server {
                 && service_clock.untrusted_streams.fetch_add(1, Ordering::Relaxed) > 0;
             let router = router.clone();
             let clock = service_clock.clone();
+            let gateway = gateway.clone();
             async move {
                 let _busy = busy;
                 if one_too_many {
@@ -236,7 +237,7 @@ impl Server {
                         _ => clock.close_after_answers(),
                     }
                 }
-                answer
+                answer.map(|response| gateway.held(&clock.answers_out, response))
             }
         });
         match protocol {
@@ -420,6 +421,8 @@ struct Clock {
     closing: AtomicBool,
     /// Streams begun on an h2c connection while it was not trusted.
     untrusted_streams: AtomicU32,
+    /// Answers made and not yet sent whole (`crate::body::HeldAnswer`).
+    answers_out: Arc<AtomicU32>,
     /// Told when the phase changes, so that the connection's task re-reads the deadline.
     changed: Notify,
 }
@@ -435,6 +438,7 @@ impl Clock {
             trusted: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             untrusted_streams: AtomicU32::new(0),
+            answers_out: Arc::default(),
             changed: Notify::new(),
         }
     }

@@ -139,7 +139,8 @@
 //!
 //! `--max-body-bytes` (413, checked on Content-Length and while a chunked body streams),
 //! `--max-body-bytes-in-flight` (64 MiB held by all requests' headers and bodies at once,
-//! whatever the connections and streams; 503 at once past it: module [`body`]),
+//! and by answers not yet sent beyond each connection's first, whatever the connections and
+//! streams; 503 at once past it: module [`body`]),
 //! `--max-pipeline` (400), `--timeout-ms` (504; also bounds connecting to Redis), and on
 //! SIGTERM/SIGINT a drain of requests in flight bounded by `--shutdown-grace-ms`.
 //!

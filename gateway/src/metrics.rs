@@ -439,7 +439,7 @@ impl Metrics {
         writeln!(out, "sluice_gateway_requests_in_flight {}", self.in_flight.load(Ordering::Relaxed))?;
         writeln!(
             out,
-            "# HELP sluice_gateway_body_bytes_held Bytes of request headers and bodies held now (being read, or their calls running)."
+            "# HELP sluice_gateway_body_bytes_held Bytes of request headers and bodies held now (being read, or their calls running), and of answers not yet sent (but each connection's first)."
         )?;
         writeln!(out, "# TYPE sluice_gateway_body_bytes_held gauge")?;
         writeln!(out, "sluice_gateway_body_bytes_held {}", bodies.held())?;

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::backend::{redact, Backend, BackendError, Failure, Outcome};
-use crate::body::{self, BodyError, Budget, Claim};
+use crate::body::{self, BodyError, Budget, Claim, HeldAnswer};
 use crate::command::{self, parse_command, parse_pipeline, Command, RequestError, RunAs};
 use crate::config::{Config, ListenError};
 use crate::conn::{self, Limits, Stop};
@@ -102,6 +102,32 @@ impl Gateway {
             health: Health::new(config.health_cache()),
             metrics: Metrics::default(),
         }))
+    }
+
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.bodies
+    }
+
+    /// `response` on a connection with `out` answers out, holding its bytes of the budget until
+    /// it is sent ([`HeldAnswer`]); when they
+    /// would pass it, a short 503 instead. Its work is done (a call ran, and counted): its
+    /// proxy follows `on_error`, as for any answer it does not get.
+    pub(crate) fn held(self: &Arc<Self>, out: &Arc<std::sync::atomic::AtomicU32>, response: Response) -> Response {
+        match HeldAnswer::hold(self, out, response) {
+            Some(held) => held,
+            None => {
+                self.metrics.body_budget_refusal();
+                let total = self.bodies.total();
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "ERR sluice-gateway: answers not yet taken and requests in flight hold the {total} bytes they may (--max-body-bytes-in-flight)"
+                    ),
+                );
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+        }
     }
 
     pub fn backend(&self) -> &Backend {

@@ -29,6 +29,7 @@ pub const END_HEADERS: u8 = 0x4;
 
 pub const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
 pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 pub const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
 
 pub const REFUSED_STREAM: u32 = 0x7;
@@ -144,11 +145,18 @@ pub fn header_frames(stream: u32, block: &[u8], end_stream: bool, end_headers: b
 /// A connection that has sent the preface and its SETTINGS (a header table of size 0), and
 /// has read the server's SETTINGS, which it returns.
 pub async fn connect(addr: &str) -> (TcpStream, Frame) {
+    connect_with(addr, &[]).await
+}
+
+/// [`connect`], with more SETTINGS of the client's.
+pub async fn connect_with(addr: &str, more: &[(u16, u32)]) -> (TcpStream, Frame) {
     let mut stream = TcpStream::connect(addr).await.expect("connect to the gateway");
     let mut hello = PREFACE.to_vec();
     let mut settings = Vec::new();
-    settings.extend_from_slice(&SETTINGS_HEADER_TABLE_SIZE.to_be_bytes());
-    settings.extend_from_slice(&0u32.to_be_bytes());
+    for (id, value) in [(SETTINGS_HEADER_TABLE_SIZE, 0)].iter().chain(more) {
+        settings.extend_from_slice(&id.to_be_bytes());
+        settings.extend_from_slice(&value.to_be_bytes());
+    }
     hello.extend(frame(SETTINGS, 0, 0, &settings));
     stream.write_all(&hello).await.expect("send the preface");
     loop {
@@ -233,6 +241,22 @@ pub async fn outcomes(stream: &mut TcpStream, streams: &[u32]) -> Vec<Outcome> {
                 o.done = true;
             }
             _ => {}
+        }
+    }
+    got
+}
+
+/// The `:status` of each of `streams`' answers, read (within the bound) as their header blocks
+/// come, whether or not their bodies ever do; other frames are skipped.
+pub async fn statuses(stream: &mut TcpStream, streams: &[u32]) -> Vec<Option<u16>> {
+    let mut got = vec![None; streams.len()];
+    while got.iter().any(Option::is_none) {
+        let Ok(f) = read_frame(stream).await else { break };
+        if f.kind == SETTINGS && f.flags & ACK == 0 {
+            let _ = stream.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
+        }
+        if let (HEADERS, Some(i)) = (f.kind, streams.iter().position(|&s| s == f.stream && s != 0)) {
+            got[i] = Some(status(&f.payload));
         }
     }
     got
