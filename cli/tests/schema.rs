@@ -220,6 +220,14 @@ fn schema_and_compiler_agree() {
         (with_rule(json!({"cost": {"header": "x-cost"}})), true),
         (with_rule(json!({"per": "message", "cost": {"header": "x-cost"}})), false),
         (with_rule(json!({"per": "message", "cost": 3})), true),
+        // Globs: whole segments, '**' alone in one, '%' only as an escape.
+        (with_rule(json!({"match": {"path": "/a//b"}})), false),
+        (with_rule(json!({"match": {"path": "/a/**b"}})), false),
+        (with_rule(json!({"match": {"path": "/a/50%"}})), false),
+        (with_rule(json!({"match": {"path": "/a/***"}})), false),
+        (with_rule(json!({"match": {"path": "/"}})), true),
+        (with_rule(json!({"match": {"path": "/caf%C3%A9/*.json"}})), true),
+        (with_rule(json!({"match": {"path": "/café/**/x*y*/"}})), true),
     ];
     let v = validator();
     for (doc, want) in cases {
@@ -240,7 +248,8 @@ fn compiler_only_checks() {
         json!({"rules": [{"name": "a", "limit": "1/s", "backend": "redis"}]}),
         json!({"rules": [{"name": "a", "limit": "1/s", "on_error": "deny"}]}),
         json!({"rules": [{"name": "a", "limit": "1/367d"}]}),
-        json!({"rules": [{"name": "a", "limit": "1/s", "match": {"path": "/a//b"}}]}),
+        // An escape of no whole UTF-8 character: a pattern cannot tell.
+        json!({"rules": [{"name": "a", "limit": "1/s", "match": {"path": "/a/%ff"}}]}),
         json!({"rules": [{"name": "a", "limit": "1/s", "match": {"methods": ["GTE"]}}]}),
         json!({"rules": [{"name": "a", "limit": "1/s", "exempt": {"cidrs": ["10.0.0.1/8"]}}]}),
         json!({"rules": [{"name": "a", "limit": "1/s", "cost": {"header": "x", "default": 9, "max": 5}}]}),

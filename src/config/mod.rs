@@ -82,7 +82,8 @@ impl Default for ClientIpSpec {
 /// Sizing of the per-proxy (shared-data) store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalSpec {
-    /// Slots per rule, i.e. the most distinct identities one rule tracks at once (default 10000).
+    /// Shared-data slots per table: a rule's, or one shared by the rules that count the same
+    /// identity (default 10000); about ten times the identities live at once.
     pub max_clients: u32,
 }
 
