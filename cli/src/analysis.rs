@@ -503,6 +503,16 @@ pub fn bootstrap_routes(boot: &Value) -> Option<Vec<String>> {
     (!dynamic).then_some(out)
 }
 
+/// Cluster names of an Envoy bootstrap's `static_resources`; `None` when it also takes clusters
+/// from CDS, which this file does not show.
+pub fn bootstrap_clusters(boot: &Value) -> Option<Vec<String>> {
+    if boot.pointer("/dynamic_resources/cds_config").is_some() {
+        return None;
+    }
+    let clusters = boot.pointer("/static_resources/clusters").and_then(Value::as_array)?;
+    Some(clusters.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).map(String::from).collect())
+}
+
 /// Calls `f` on every object of `v`, depth first.
 pub fn walk(v: &Value, f: &mut dyn FnMut(&serde_json::Map<String, Value>)) {
     match v {

@@ -270,6 +270,8 @@ pub struct Loaded {
     pub config: Config,
     /// A bootstrap's route names.
     pub routes: Option<Vec<String>>,
+    /// A bootstrap's cluster names.
+    pub clusters: Option<Vec<String>>,
     /// A bootstrap's connection manager's address settings (see [`address_settings`]).
     pub address: Option<(bool, u64)>,
     /// A WasmPlugin's string values that Kubernetes reads as booleans (see [`yaml_1_1_booleans`]).
@@ -306,7 +308,7 @@ fn yaml_1_1_booleans(v: &Value, path: &str, out: &mut Vec<Warning>) {
 /// route names) or an Istio WasmPlugin (its `pluginConfig`), and compiles the config with the
 /// filter's own compiler, on the bytes Envoy would pass where there are such bytes.
 pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
-    let plain = |config| Loaded { config, routes: None, address: None, booleans: Vec::new() };
+    let plain = |config| Loaded { config, routes: None, clusters: None, address: None, booleans: Vec::new() };
     // What does not parse is reported as a plugin config's syntax error would be; a file its
     // aliases blow up is not read twice.
     let mut docs = match documents(bytes, format) {
@@ -351,7 +353,8 @@ pub fn load_any(bytes: &[u8], format: Format) -> Result<Loaded, LintError> {
         let loaded = match (found.len(), found.pop()) {
             (1, Some(Ok(json))) => compile_json(&json).map_err(LintError::Config).map(|config| {
                 let (routes, address) = (crate::analysis::bootstrap_routes(boot), address_settings(boot));
-                Loaded { config, routes, address, booleans: Vec::new() }
+                let clusters = crate::analysis::bootstrap_clusters(boot);
+                Loaded { config, routes, clusters, address, booleans: Vec::new() }
             }),
             (1, Some(Err(_))) => Err(syntax("the Wasm filter's configuration is not a google.protobuf.StringValue".into())),
             (0, _) => Err(syntax("this Envoy bootstrap has no Wasm filter".into())),
@@ -411,7 +414,7 @@ mod tests {
         let text = "k".repeat(100_000);
         let string = bomb(&text, 1_000);
         let key = bomb(&format!("\n  ? {text}\n  : 1"), 1_000);
-        let plain = |config| Loaded { config, routes: None, address: None, booleans: Vec::new() };
+        let plain = |config| Loaded { config, routes: None, clusters: None, address: None, booleans: Vec::new() };
         for yaml in [&list, &string, &key] {
             for format in [Format::Yaml, Format::Guess] {
                 too_large(yaml, lint_bytes(yaml.as_bytes(), format).map(plain));

@@ -167,6 +167,20 @@ fn build_warning(config: &sluice::config::Config) -> Option<trust::Warning> {
     })
 }
 
+/// A `redis.cluster` the bootstrap carrying the config does not define: every Redis call would
+/// fail at once (Envoy knows no such cluster), and each rule follow its `on_error`, by default
+/// admitting everything, with nothing but `.store_errors` to show for it.
+fn cluster_warning(config: &sluice::config::Config, known: &[String]) -> Option<trust::Warning> {
+    let cluster = &config.redis.as_ref()?.cluster;
+    (!known.contains(cluster)).then(|| trust::Warning {
+        path: "redis.cluster".into(),
+        message: format!(
+            "{cluster:?}: no cluster of the Envoy bootstrap is named so (its clusters: {}); every Redis call would fail and follow on_error",
+            known.join(", ")
+        ),
+    })
+}
+
 fn lint(file: &Path) -> ExitCode {
     let shown = shown(file);
     let bytes = match read(file) {
@@ -179,13 +193,14 @@ fn lint(file: &Path) -> ExitCode {
     let format = if file.as_os_str() == "-" { Format::Guess } else { Format::of(file) };
     // A bootstrap or WasmPlugin is linted for the plugin config it carries.
     match load_any(&bytes, format) {
-        Ok(Loaded { config, address, booleans, .. }) => match serde_json::to_string_pretty(&config) {
+        Ok(Loaded { config, address, booleans, clusters, .. }) => match serde_json::to_string_pretty(&config) {
             Ok(json) => {
                 let mut err = std::io::stderr().lock();
                 let from_bootstrap = address.map(|(remote, hops)| trust::address_warnings(&config, remote, hops));
                 let warnings = booleans
                     .into_iter()
                     .chain(build_warning(&config))
+                    .chain(clusters.and_then(|known| cluster_warning(&config, &known)))
                     .chain(trust::warnings(&config))
                     .chain(from_bootstrap.into_iter().flatten());
                 for w in warnings {

@@ -303,6 +303,18 @@ fn bootstraps_and_wasm_plugins_are_linted_for_the_config_they_carry() {
     std::fs::write(&detected, with_extension).unwrap();
     let out = sluice(&["lint", &detected.display().to_string()]);
     assert!(!text(&out.stderr).contains("warning: use_remote_address"), "{}", text(&out.stderr));
+    // A redis.cluster the bootstrap does not define: every call would fail into on_error.
+    let redis = std::fs::read_to_string(at("envoy/redis.yaml")).unwrap();
+    assert!(!text(&sluice(&["lint", &at("envoy/redis.yaml")]).stderr).contains("warning: redis.cluster"));
+    let misspelt = dir.join("misspelt-cluster.yaml");
+    std::fs::write(&misspelt, redis.replace(r#""cluster": "sluice_gateway""#, r#""cluster": "sluice_gatway""#)).unwrap();
+    let out = sluice(&["lint", &misspelt.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("warning: redis.cluster: \"sluice_gatway\": no cluster of the Envoy bootstrap is named so"),
+        "{}",
+        text(&out.stderr)
+    );
     // kubectl reads YAML 1.1: an unquoted `yes` in a pluginConfig reaches Envoy as `true`.
     let plugin = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: s}\nspec:\n  url: oci://x\n  pluginConfig:\n    rules:\n    - name: r\n      limit: 5/s\n      exempt: {headers: {x-internal: yes}}\n";
     let out = lint_stdin(plugin);
