@@ -1,11 +1,13 @@
 //! The request path, around one compiled rule each ([`rule`]): which rules apply and why not
 //! ([`applies`]), local decisions in shared data ([`local`]) and the worker's memo of the
-//! denials among them ([`memo`]), remote decisions in Redis ([`remote`]) and the cache of the
-//! denials Redis gave ([`deny`]), and the verdict ([`verdict`]). Pure: the host hands in the
+//! denials among them ([`memo`]), remote decisions in Redis ([`remote`]), what the requests
+//! waiting on it hold ([`inflight`]) and the cache of the denials Redis gave ([`deny`]), and the
+//! verdict ([`verdict`]). Pure: the host hands in the
 //! request view, the store and the time.
 
 mod applies;
 mod deny;
+mod inflight;
 mod local;
 mod memo;
 mod remote;
@@ -55,6 +57,8 @@ pub struct Limiter {
     message_denied: Arc<LocalResponse>,
     /// Some rule is a shadow rule, whose denials the verdict logs.
     shadows: bool,
+    /// What the worker's requests waiting on Redis hold (`inflight`), made when first needed.
+    in_flight: inflight::Lazy,
 }
 
 /// The first step of a decision.
@@ -110,6 +114,7 @@ impl Limiter {
             last_limited: verdict::LastLimited::default(),
             message_denied,
             shadows,
+            in_flight: inflight::Lazy::default(),
         }
     }
 

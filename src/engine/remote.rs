@@ -42,6 +42,8 @@ pub struct Pending {
     /// The breaker has heard of this request already: a rule in force went unanswered in its
     /// dry pass, told with that pass's call, so the pass that writes tells nothing more.
     told: bool,
+    /// What it holds while it waits (`super::inflight`; 0: nothing).
+    ticket: super::inflight::Ticket,
 }
 
 impl Pending {
@@ -131,14 +133,24 @@ impl Limiter {
             return Step::Done(self.verdict(vec![RuleOutcome::new(a, Vec::new(), false)], true));
         }
         let now_us = now();
+        // A config without Redis has no Redis rule (the compiler sees to it): no need to look.
+        if self.redis.is_none() {
+            return Step::Done(self.local_phase(&applied, Vec::new(), store, now_us, &[]));
+        }
         let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();
         if redis.is_empty() {
             return Step::Done(self.local_phase(&applied, Vec::new(), store, now_us, &[]));
         }
+        // Checked before Redis decides: with what the requests ahead of it hold when it has
+        // other rules to pass (`super::inflight`).
+        let in_force = |a: &Applied| !self.rules[a.rule].is_shadow();
+        let redis_in_force = redis.iter().filter(|&&i| in_force(&applied[i])).count();
+        let local_in_force = applied.iter().any(|a| !self.rules[a.rule].is_redis() && in_force(a));
+        let holds = redis_in_force > 1 || (redis_in_force == 1 && local_in_force);
         let dry: Vec<RuleOutcome> = applied
             .iter()
-            .filter(|a| !self.rules[a.rule].is_redis() && !self.rules[a.rule].is_shadow())
-            .map(|a| self.decide_local(a, store, now_us, false))
+            .filter(|a| !self.rules[a.rule].is_redis() && in_force(a))
+            .map(|a| self.check_local(a, store, now_us, holds))
             .collect();
         if dry.iter().any(|o| !o.allowed) {
             return Step::Done(self.verdict(dry, true));
@@ -171,21 +183,49 @@ impl Limiter {
         // make a request denied after an earlier rule counted it, never admit one past a limit.
         // Shadow rules go in the one pass with the rule they trial: trying a limit must not
         // double the round trips of the limit in force.
-        let dry = redis.iter().filter(|&&i| !self.rules[applied[i].rule].is_shadow()).nth(1).is_some();
         let mut p = Pending {
             applied,
             redis,
             commands: Vec::new(),
             permit,
             eval: false,
-            dry,
+            dry: redis_in_force > 1,
             sent_us: now_us,
             kept: Vec::new(),
             fell: 0,
             told: false,
+            ticket: 0,
         };
         self.set_commands(&mut p);
+        if holds {
+            self.hold(&mut p, now_us);
+        }
         Step::Redis(p)
+    }
+
+    /// `p`'s rules in force hold its cost while it waits (`super::inflight`).
+    #[cold]
+    #[inline(never)]
+    fn hold(&self, p: &mut Pending, now_us: u64) {
+        let in_force = |a: &&Applied| !self.rules[a.rule].is_shadow();
+        let costs = p.applied.iter().filter(in_force).map(|a| (a.rule, a.identity.hash, a.cost)).collect();
+        // Every pass ends within the timeout: a dry one, one that writes, a resend after
+        // NOSCRIPT; a verdict ends the hold long before.
+        let timeout_us = self.redis().map_or(0, |r| r.timeout_ms).saturating_mul(1000);
+        p.ticket =
+            self.in_flight.hold(costs, now_us, now_us.saturating_add(timeout_us.saturating_mul(3)).saturating_add(1_000_000));
+    }
+
+    /// A local rule's check before Redis decides, without writing; with `holds`, as if the
+    /// requests ahead of it in flight had taken what they hold.
+    #[inline(never)]
+    fn check_local(&self, a: &Applied, store: &impl SharedStore, now_us: u64, holds: bool) -> RuleOutcome {
+        let held = if holds { self.in_flight.held(a.rule, a.identity.hash, 0) } else { 0 };
+        if held == 0 {
+            return self.decide_local(a, store, now_us, false);
+        }
+        let ahead = Applied { cost: with_held(&self.rules[a.rule].rule, a.cost, held), ..a.clone() };
+        RuleOutcome { cost: a.cost, ..self.decide_local(&ahead, store, now_us, false) }
     }
 
     /// The commands of the pass: one per Redis rule, but for those whose reply is kept.
@@ -212,7 +252,8 @@ impl Limiter {
             fingerprint: c.fingerprint,
             strategy: &c.rule.strategy,
             rates: c.rates(),
-            cost: a.cost,
+            // A dry pass asks with what the requests ahead of it hold (`super::inflight`).
+            cost: if p.dry { with_held(&c.rule, a.cost, self.in_flight.held(a.rule, a.identity.hash, p.ticket)) } else { a.cost },
         };
         script::command(&call, if p.eval { Form::Eval } else { Form::Sha(&self.sha) }, p.dry)
     }
@@ -272,6 +313,25 @@ impl Limiter {
     /// of shared data for it. Probes still speak one by one: each holds a place in a half-open
     /// breaker.
     pub fn resume_gathered(
+        &self,
+        p: Pending,
+        replies: Result<Vec<Reply>, String>,
+        store: &impl SharedStore,
+        now_us: u64,
+        heard: &mut Heard,
+    ) -> Resumed {
+        let ticket = p.ticket;
+        let resumed = self.carry_on(p, replies, store, now_us, heard);
+        // With its verdict the request has taken what it took: it holds nothing more.
+        if ticket != 0 && matches!(resumed, Resumed::Done(_)) {
+            self.in_flight.release(ticket);
+        }
+        resumed
+    }
+
+    /// [`Limiter::resume_gathered`] but for the request's holds.
+    #[inline(always)]
+    fn carry_on(
         &self,
         mut p: Pending,
         replies: Result<Vec<Reply>, String>,
@@ -434,6 +494,7 @@ impl Limiter {
     /// gives its place back to the breaker, counting neither way (a failure its dry pass found
     /// was told then).
     pub fn abandon(&self, p: &Pending, store: &impl SharedStore) {
+        self.in_flight.release(p.ticket);
         if let Some(b) = self.breaker() {
             if !p.told {
                 b.abandon(store, p.permit);
@@ -476,4 +537,13 @@ impl Limiter {
             })
             .collect()
     }
+}
+
+/// `cost` with `held` ahead of it: at most one past what the rule could ever admit, which is
+/// denied just the same and keeps a command within what the gateway and the Lua mirror take.
+fn with_held(rule: &crate::config::Rule, cost: u64, held: u64) -> u64 {
+    if held == 0 {
+        return cost;
+    }
+    cost.saturating_add(held).min(cost.max(rule.largest_admissible().saturating_add(1)))
 }

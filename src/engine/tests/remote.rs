@@ -746,3 +746,68 @@ fn a_denial_one_redis_gave_answers_only_configs_that_reach_that_redis() {
     assert!(matches!(eu_again.start(&req, &s, T0 + 1_000), Step::Done(ref v) if status(v) == 429));
     assert!(matches!(us.start(&req, &s, T0 + 1_000), Step::Redis(_)), "answered from another Redis' denial");
 }
+
+/// A user's local limit inside a tenant's Redis limit: a burst of the user's requests in
+/// flight at once (one connection, one worker) is checked with what those ahead of it hold,
+/// so the ones the user's limit will deny never reach Redis and take nothing of the tenant's.
+#[test]
+fn requests_in_flight_hold_their_cost_for_the_checks_of_those_behind_them() {
+    // Without the deny cache, which would answer the tenant's denial below by itself.
+    let l = limiter(serde_json::json!({"redis": {"cluster": "gw", "deny_cache": false}, "rules": [
+        {"name": "user", "limit": "2/min", "strategy": "fixed_window", "identifier": {"header": "x-user"}},
+        {"name": "tenant", "limit": "100/min", "backend": "redis", "identifier": {"header": "x-tenant"}}
+    ]}));
+    let s = MemStore::default();
+    let req = || Req::new("GET", "/").header("x-user", "u").header("x-tenant", "t");
+    let first = pending(l.start(&req(), &s, T0));
+    let second = pending(l.start(&req(), &s, T0));
+    // Two in flight hold the user's 2: the third is denied here, before Redis counts it.
+    match l.start(&req(), &s, T0) {
+        Step::Done(v) => assert_eq!((status(&v), v.outcomes()[0].rule), (429, 0), "{v:?}"),
+        Step::Redis(_) => panic!("sent to Redis past the user's limit"),
+    }
+    // Redis denies the first (the tenant's limit): its hold ends, and one more may go.
+    assert_eq!(status(&done(l.resume(first, Ok(vec![reply(false, 0)]), &s, T0))), 429);
+    let third = pending(l.start(&req(), &s, T0));
+    assert!(matches!(l.start(&req(), &s, T0), Step::Done(_)), "two in flight again");
+    for p in [second, third] {
+        assert_eq!(status(&done(l.resume(p, Ok(vec![reply(true, 90)]), &s, T0))), 200);
+    }
+    // Nothing held now: the user's two are counted, and its next is denied by its count.
+    assert_eq!(l.in_flight.held(0, l.check(&req(), &s, T0).outcomes()[0].identity.hash, 0), 0);
+    assert!(matches!(l.start(&req(), &s, T0), Step::Done(ref v) if status(v) == 429));
+    // A request whose client left gives its hold back too.
+    let other = || Req::new("GET", "/").header("x-user", "w").header("x-tenant", "t");
+    let (a, b) = (pending(l.start(&other(), &s, T0)), pending(l.start(&other(), &s, T0)));
+    assert!(matches!(l.start(&other(), &s, T0), Step::Done(_)));
+    l.abandon(&a, &s);
+    assert!(matches!(l.start(&other(), &s, T0), Step::Redis(_)));
+    l.abandon(&b, &s);
+}
+
+/// Two Redis rules: the dry pass of a request asks each with its cost and what the requests
+/// ahead of it in flight hold, at most one past what the rule could ever admit.
+#[test]
+fn a_dry_pass_asks_with_what_the_requests_ahead_hold() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "user", "limit": "3/min", "backend": "redis", "identifier": {"header": "x-user"}},
+        {"name": "tenant", "limit": "100/min", "backend": "redis", "identifier": {"header": "x-tenant"}}
+    ]));
+    let s = MemStore::default();
+    let req = || Req::new("GET", "/").header("x-user", "u").header("x-tenant", "t");
+    // The cost word of each dry command: the fourth of the rule's six arguments, then `dry`.
+    let costs = |p: &Pending| -> Vec<u64> {
+        p.commands
+            .iter()
+            .map(|c| {
+                assert_eq!(c.get(c.len() - 1), Some("dry"), "{:?}", c.words().collect::<Vec<_>>());
+                c.get(c.len() - 4).and_then(|w| w.parse().ok()).unwrap_or(0)
+            })
+            .collect()
+    };
+    let held: Vec<Pending> = (0..5).map(|_| pending(l.start(&req(), &s, T0))).collect();
+    let asked: Vec<Vec<u64>> = held.iter().map(costs).collect();
+    assert_eq!(asked, [[1, 1], [2, 2], [3, 3], [4, 4], [4, 5]], "the user's rule admits at most 3");
+    // Another user of the tenant holds nothing of the first user's limit.
+    assert_eq!(costs(&pending(l.start(&Req::new("GET", "/").header("x-user", "v").header("x-tenant", "t"), &s, T0))), [1, 6]);
+}

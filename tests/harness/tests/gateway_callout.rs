@@ -293,6 +293,30 @@ fn a_shadow_rule_logs_whom_it_would_limit_whether_redis_or_the_proxy_decides() {
     assert!(host.traps().is_empty());
 }
 
+/// A user's limit inside a tenant's, both in Redis (two cluster slots, so a dry pass first): a
+/// burst of the user's requests in flight at once on one worker is checked with what those
+/// ahead of it hold, so the tenant counts only what the user's limit admits (it had counted
+/// the whole burst: every dry pass came before any write).
+#[test]
+fn a_burst_over_a_narrow_limit_takes_nothing_of_the_wide_one() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let config = json!({
+        "redis": {"cluster": "sluice_gateway", "token": TOKEN, "timeout_ms": 100},
+        "rules": [
+            {"name": "user", "limit": "5/hour", "identifier": {"header": "x-user"}, "backend": "redis"},
+            {"name": "tenant", "limit": "100/hour", "identifier": {"header": "x-tenant"}, "backend": "redis"}
+        ],
+    });
+    let mut host = host_on(&config, forward::http_to(addr));
+    let of = |user: &str| Request::get("/").header("x-user", user).header("x-tenant", "acme");
+    let responses = host.run((0..40).map(|_| of("u")).collect(), Schedule::InOrder);
+    assert_eq!(responses.iter().filter(|r| r.admitted()).count(), 5, "{responses:?}");
+    let next = host.run(vec![of("v")], Schedule::InOrder).remove(0);
+    let tenant = next.header("ratelimit").and_then(|v| v.split(", ").find(|p| p.starts_with("\"tenant\";")).map(String::from));
+    assert_eq!(tenant.as_deref().and_then(|t| t.split(';').find_map(|p| p.strip_prefix("r="))), Some("94"), "{next:?}");
+    assert!(host.traps().is_empty());
+}
+
 #[test]
 fn a_failed_gathered_call_is_told_through_a_request_of_a_rule_in_force() {
     let (addr, _gateway, _redis) = gateway_and_redis();
