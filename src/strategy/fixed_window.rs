@@ -4,8 +4,8 @@
 //! Bound: admitted cost ≤ limit in every aligned window (effective clock: after the clock steps
 //! back, requests keep counting in the latest window seen until it ends).
 //!
-//! `reset_ms` is the time to the end of the current window; a denial's `retry_after_ms` is the
-//! same (the next window starts empty).
+//! `reset_ms` is the time to the end of the current window (0 while nothing is counted in it);
+//! a denial's `retry_after_ms` is the same (the next window starts empty).
 //!
 //! State (17 bytes): tag 1, window start (epoch ms), admitted cost in that window.
 
@@ -23,12 +23,13 @@ pub(crate) fn decide(rate: &Rate, state: &[u8], now_ms: u64, cost: u64) -> Outco
     };
     let reset = start.saturating_add(period) - now_ms;
     let remaining = limit.saturating_sub(count);
+    // Nothing counted in the window: nothing frees when it ends, so no reset to tell.
     let lived = if count > 0 { reset } else { 0 };
     if cost == 0 {
-        return admit(rate, remaining, reset, 0, None, lived);
+        return admit(rate, remaining, lived, 0, None, lived);
     }
     if cost > limit {
-        return deny(rate, remaining, reset, period, lived);
+        return deny(rate, remaining, lived, period, lived);
     }
     match count.checked_add(cost) {
         Some(after) if after <= limit => {

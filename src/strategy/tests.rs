@@ -80,7 +80,8 @@ fn first_decisions() {
     type Row = (St, Rate, u64, (bool, u64, u64, u64, u64));
     let rows: &[Row] = &[
         (FixedWindow,                                  r(10, 1000), 1,  (true,  9,  750,  0,    0)),
-        (FixedWindow,                                  r(10, 1000), 11, (false, 10, 750,  1000, 0)),
+        // Above the limit on a fresh window: nothing is counted, so nothing resets.
+        (FixedWindow,                                  r(10, 1000), 11, (false, 10, 0,    1000, 0)),
         (SlidingWindowCounter,                         r(10, 1000), 3,  (true,  7,  1084, 0,    0)),
         (SlidingWindowLog { max_entries: 4 },          r(10, 1000), 10, (true,  0,  1000, 0,    0)),
         (TokenBucket { burst: None },                  r(10, 1000), 4,  (true,  6,  100,  0,    0)),

@@ -18,10 +18,10 @@ S.fixed_window = function(raw, now, limit, period, cost)
     lived = reset
   end
   if cost == 0 then
-    return admit(remaining, reset, 0, nil, lived)
+    return admit(remaining, lived, 0, nil, lived)
   end
   if cost > limit then
-    return deny(remaining, reset, period, lived)
+    return deny(remaining, lived, period, lived)
   end
   if count + cost <= limit then
     return admit(limit - count - cost, reset, 0, 'fw ' .. num(start) .. ' ' .. num(count + cost), reset)
