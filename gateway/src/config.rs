@@ -46,7 +46,7 @@ is closed after its answers, and idle after --header-read-timeout-ms); connectio
 --max-connections are closed at once (503 when it can be sent). Each is counted in /metrics
 (sluice_gateway_client_timeouts_total, sluice_gateway_connections_refused_total).
 
-Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level (default info).";
+Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level (default info, and error for the Redis client, which warns once per call while a Cluster node is gone: RUST_LOG=info,redis=warn shows those).";
 
 /// HTTP service that runs sluice's decision script, and nothing else, on Redis or Redis Cluster
 /// for the sluice rate-limiting filter (Upstash REST dialect). It loads the script itself.
