@@ -65,13 +65,23 @@ impl Echo {
             .collect()
     }
 
-    /// The close frames the server received from its clients on `path`: (code, reason).
+    /// The close frames the server received from its clients on `path`: (code, reason). The
+    /// server logs a connection's close after it has answered it, so possibly after the client
+    /// is done: looked for until one is there (at most 5 s).
     fn closes(&self, path: &str) -> Vec<(Option<u64>, Option<String>)> {
-        self.events()
-            .iter()
-            .filter(|e| e["event"] == "closed" && e["path"] == path)
-            .map(|e| (e["code"].as_u64(), e["reason"].as_str().map(str::to_string)))
-            .collect()
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let found: Vec<(Option<u64>, Option<String>)> = self
+                .events()
+                .iter()
+                .filter(|e| e["event"] == "closed" && e["path"] == path)
+                .map(|e| (e["code"].as_u64(), e["reason"].as_str().map(str::to_string)))
+                .collect();
+            if !found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
@@ -155,7 +165,7 @@ fn message_limits_through_envoy() {
     let stat = |rule: &str, what: &str| envoy.settled_stat(&format!("wasmcustom.sluice.rule.{rule}.{what}"));
 
     // Exact counts: 12 sent, 5 reach the server and come back, the rest never leave Envoy.
-    let r = client(&json!({"url": url(&envoy, "/ws/count"), "messages": texts(12, "m")}));
+    let r = client(&json!({"url": url(&envoy, "/ws/count"), "messages": texts(12, "m"), "expect": 5}));
     assert_eq!(r["status"], 101);
     let (echoes, notices) = split_received(&r);
     assert_eq!(echoes, vec!["m1", "m2", "m3", "m4", "m5"]);
@@ -168,7 +178,7 @@ fn message_limits_through_envoy() {
     // and the server still reads every message after the ones removed.
     let long = |i: usize| format!("{}{i}", "compressible text ".repeat(20));
     let msgs: Vec<Value> = (1..=9).map(|i| json!({"text": long(i)})).collect();
-    let r = client(&json!({"url": url(&envoy, "/ws/deflate"), "deflate": true, "messages": msgs}));
+    let r = client(&json!({"url": url(&envoy, "/ws/deflate"), "deflate": true, "messages": msgs, "expect": 4}));
     let ext = r["extensions"].as_str().unwrap_or_default();
     assert!(ext.contains("permessage-deflate") && ext.contains("client_no_context_takeover"), "{ext}");
     let want: Vec<String> = (1..=4).map(long).collect();
@@ -177,7 +187,7 @@ fn message_limits_through_envoy() {
 
     // Fragmented messages, pings between the fragments: each message counts once, whole.
     let frag = |i: usize| json!({"fragments": [format!("f{i}a"), format!("f{i}b"), format!("f{i}c")], "pings": true});
-    let r = client(&json!({"url": url(&envoy, "/ws/fragments"), "messages": (1..=7).map(frag).collect::<Vec<_>>()}));
+    let r = client(&json!({"url": url(&envoy, "/ws/fragments"), "messages": (1..=7).map(frag).collect::<Vec<_>>(), "expect": 3}));
     assert_eq!(split_received(&r).0, vec!["f1af1bf1c", "f2af2bf2c", "f3af3bf3c"]);
     assert_eq!(echo.received("/ws/fragments"), vec!["f1af1bf1c", "f2af2bf2c", "f3af3bf3c"]);
 
@@ -186,12 +196,14 @@ fn message_limits_through_envoy() {
     let mut msgs = texts(3, "s");
     msgs.insert(1, json!({"fragments": ["x", "y", "z"], "pings": true}));
     msgs.extend(texts(3, "t"));
-    let r = client(&json!({"url": url(&envoy, "/ws/split"), "messages": msgs, "split": 1, "deflate": true, "timeout": 20}));
+    let r = client(
+        &json!({"url": url(&envoy, "/ws/split"), "messages": msgs, "split": 1, "deflate": true, "timeout": 20, "expect": 4}),
+    );
     assert_eq!(split_received(&r).0, vec!["s1", "xyz", "s2", "s3"]);
     assert_eq!(echo.received("/ws/split"), vec!["s1", "xyz", "s2", "s3"]);
 
     // Drop and notify: the client hears why, the server never sees the dropped messages.
-    let r = client(&json!({"url": url(&envoy, "/ws/notify"), "messages": texts(5, "n")}));
+    let r = client(&json!({"url": url(&envoy, "/ws/notify"), "messages": texts(5, "n"), "expect": 3}));
     let (echoes, notices) = split_received(&r);
     assert_eq!(echoes, vec!["n1", "n2"]);
     assert!((1..=3).contains(&notices.len()), "one notice per drop, fewer while one is on its way: {notices:?}");
@@ -203,7 +215,7 @@ fn message_limits_through_envoy() {
     assert_eq!(echo.closes("/ws/notify"), vec![(Some(1000), Some("done".to_string()))]);
 
     // Close after 2 violations: both sides get a close with 1008 naming the rule.
-    let r = client(&json!({"url": url(&envoy, "/ws/close"), "messages": texts(6, "c")}));
+    let r = client(&json!({"url": url(&envoy, "/ws/close"), "messages": texts(6, "c"), "expect": 2}));
     assert_eq!(split_received(&r).0, vec!["c1", "c2"]);
     assert_eq!(r["close"], json!({"code": 1008, "reason": "rate limit \"close\" exceeded"}));
     assert_eq!(echo.received("/ws/close"), vec!["c1", "c2"]);
@@ -222,13 +234,14 @@ fn message_limits_through_envoy() {
     let total: usize = handles.into_iter().map(|h| split_received(&h.join().unwrap()).0.len()).sum();
     assert_eq!(total, 5);
     assert_eq!(echo.received("/ws/shared").len(), 5);
-    let other = client(&json!({"url": url(&envoy, "/ws/shared"), "headers": {"x-user": "u2"}, "messages": texts(1, "o")}));
+    let other =
+        client(&json!({"url": url(&envoy, "/ws/shared"), "headers": {"x-user": "u2"}, "messages": texts(1, "o"), "expect": 1}));
     assert_eq!(split_received(&other).0, vec!["o1"], "another identity has its own budget");
 
     // Payload bytes: 40 + 40 fit in 100, the third 40 does not; a fragmented message whose
     // second fragment goes over closes the connection (a message cannot be cut).
     let b40 = |c: char| json!({"text": c.to_string().repeat(40)});
-    let r = client(&json!({"url": url(&envoy, "/ws/bytes"), "messages": [b40('a'), b40('b'), b40('c')]}));
+    let r = client(&json!({"url": url(&envoy, "/ws/bytes"), "messages": [b40('a'), b40('b'), b40('c')], "expect": 2}));
     assert_eq!(split_received(&r).0.len(), 2);
     let r = client(&json!({"url": url(&envoy, "/ws/bytes"), "messages": [{"fragments": ["d".repeat(10), "e".repeat(30)]}]}));
     assert_eq!(r["close"]["code"], 1008, "{r}");
@@ -237,7 +250,7 @@ fn message_limits_through_envoy() {
     // Compressed messages cost the bytes on the wire, never inflated: three messages of 400
     // bytes that deflate to a few bytes each fit in 100, and the same text uncompressed does not.
     let a400 = json!({"text": "a".repeat(400)});
-    let r = client(&json!({"url": url(&envoy, "/ws/zbytes"), "deflate": true, "messages": [a400, a400, a400]}));
+    let r = client(&json!({"url": url(&envoy, "/ws/zbytes"), "deflate": true, "messages": [a400, a400, a400], "expect": 3}));
     assert_eq!(split_received(&r).0.len(), 3, "{r}");
     let r = client(&json!({"url": url(&envoy, "/ws/zbytes"), "messages": [a400]}));
     assert!(split_received(&r).0.is_empty(), "{r}");

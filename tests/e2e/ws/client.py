@@ -10,6 +10,8 @@ SCRIPT_JSON: {"url": "ws://127.0.0.1:PORT/path", "headers": {...}, "deflate": fa
   "close": true,         # end with a close (1000) after the messages, once the server has
                          # been quiet for "quiet_ms" (200): a client that has sent its close
                          # ignores data frames, so the echoes must be in first
+  "expect": 0,           # messages to receive before the quiet period starts (the timeout
+                         # still bounds the wait)
   "timeout": 10}
 
 Prints one JSON object: the extensions the server's 101 accepted, every message received
@@ -125,6 +127,11 @@ def main():
                         proto.send_continuation(f.encode(), fin=fin)
             flush()
             pump(0.001)
+        # The messages the test knows must come: waited for whole, however slow the machine
+        # (a quiet period alone would close before a late one).
+        while close is None and len(received) < script.get("expect", 0) and time.monotonic() < deadline:
+            if not pump(min(0.02, max(deadline - time.monotonic(), 0))):
+                break
         quiet = script.get("quiet_ms", 200) / 1000
         last = time.monotonic()
         while close is None and time.monotonic() < min(deadline, last + quiet):
