@@ -129,9 +129,11 @@ async fn idle_connections_and_answers_not_taken_are_closed_after_the_idle_timeou
     let (_gw, addr) = gateway(&redis, &[&["--idle-timeout-ms", "400"][..], &big].concat()).await;
 
     let mut conn = raw::connect(&addr).await;
+    // Timed from before the request: the idle timer starts when the answer is sent, which the
+    // test cannot see, and a clock started after reading it could run short.
+    let started = Instant::now();
     conn.write_all(raw::post("/", Some(TOKEN), &decision()).as_bytes()).await.unwrap();
     assert_eq!(raw::read_response(&mut conn).await.unwrap().0, 200);
-    let started = Instant::now();
     assert!(raw::until_closed(&mut conn).await.is_empty());
     closed_by_deadline("idle keep-alive connection", started.elapsed(), idle);
 
@@ -619,15 +621,17 @@ async fn h2c_streams_are_bounded_and_bodies_that_never_come_are_dropped_on_time(
     let whole =
         [h2::header_frames(13, &h2::block_of(&fields), false, true), h2::frame(h2::DATA, h2::END_STREAM, 13, body.as_bytes())]
             .concat();
+    let asked = Instant::now();
     conn.write_all(&whole).await.unwrap();
     let got = h2::outcomes(&mut conn, &[13]).await;
     assert_eq!(got[0].status, Some(200), "{got:?}");
     let answer: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
     assert_eq!(verdict(&answer["result"]), (true, 4));
 
-    // Left idle, it is closed after the idle timeout, like an HTTP/1.1 one.
-    let idle = h2::until_closed(&mut conn).await;
-    closed_by_deadline("idle h2c connection", idle, Duration::from_millis(1000));
+    // Left idle, it is closed after the idle timeout, like an HTTP/1.1 one (timed from before
+    // its last request: the idle timer starts at the answer, unseen here).
+    h2::until_closed(&mut conn).await;
+    closed_by_deadline("idle h2c connection", asked.elapsed(), Duration::from_millis(1000));
 
     let m = raw::scrape(&addr).await;
     assert_eq!(value(&m, r#"sluice_gateway_client_timeouts_total{phase="body"}"#), 4.0);
@@ -712,9 +716,10 @@ async fn an_h2c_connection_that_only_pings_is_closed_after_the_idle_timeout() {
     let bearer = format!("Bearer {TOKEN}");
     let fields =
         [(":method", "GET"), (":scheme", "http"), (":path", "/healthz"), (":authority", "gateway"), ("authorization", &bearer)];
+    // Timed from before the request: the idle timer starts at its answer, unseen here.
+    let started = Instant::now();
     conn.write_all(&h2::header_frames(1, &h2::block(&fields), true, true)).await.unwrap();
     assert_eq!(h2::outcomes(&mut conn, &[1]).await[0].status, Some(200));
-    let started = Instant::now();
     let mut buf = [0u8; 4096];
     // Then a ping every 200 ms (bounded by the test's bound), until the close.
     let closed = loop {
