@@ -59,7 +59,9 @@ impl Drop for TempDir {
 pub use sluice_test_ports::free_ports;
 
 /// Sends one command in RESP and returns the raw reply (enough for readiness checks).
-fn raw_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+/// One command in RESP over a fresh connection, its raw reply: no process to start, for a test
+/// that must act within milliseconds of what it saw.
+pub fn raw_command(port: u16, args: &[&str]) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut request = format!("*{}\r\n", args.len());
