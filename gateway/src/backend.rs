@@ -203,15 +203,15 @@ enum Conn {
 
 pub struct ClusterBackend {
     client: ClusterClient,
-    /// The connection calls go on: made on first use, and made afresh when calls keep running
-    /// out of time ([`ClusterBackend::stalled`]).
-    conn: std::sync::Mutex<Arc<OnceCell<ClusterConnection>>>,
+    /// The connection calls go on: made on first use, and replaced by one made afresh when
+    /// calls keep running out of time ([`ClusterBackend::stalled`]).
+    conn: Arc<std::sync::Mutex<Arc<OnceCell<ClusterConnection>>>>,
     stalls: std::sync::Mutex<Stalls>,
     /// Connections made afresh after stalls.
     remade: AtomicU64,
 }
 
-/// Calls whose callers gave up on them (their deadline passed) lately.
+/// Requests that ran out of the gateway's timeout lately.
 struct Stalls {
     count: u32,
     /// When the first of `count` stalled.
@@ -220,8 +220,9 @@ struct Stalls {
     remade_at: Instant,
 }
 
-/// A connection is made afresh after this many stalled calls within [`STALL_WINDOW`], at
-/// most once per [`REMAKE_EVERY`]. The cluster client learns a new topology from an error
+/// A connection is made afresh after this many requests ran out of `--timeout-ms` within
+/// [`STALL_WINDOW`], at most once per [`REMAKE_EVERY`] (a client that gives up first, as the
+/// filter does at its own shorter timeout, is not counted: that says nothing of Redis). The cluster client learns a new topology from an error
 /// (MOVED, a refused or closed connection), and a hung primary gives none: it neither answers
 /// nor closes, so calls for its slots went on waiting on it after its replica had taken over,
 /// and a slot-map refresh begun meanwhile could wait on it for good, every slot's calls behind
@@ -289,7 +290,7 @@ impl Backend {
         let now = Instant::now();
         let cluster = Arc::new(ClusterBackend {
             client,
-            conn: std::sync::Mutex::default(),
+            conn: Arc::default(),
             stalls: std::sync::Mutex::new(Stalls { count: 0, since: now, remade_at: now }),
             remade: AtomicU64::new(0),
         });
@@ -419,6 +420,14 @@ impl Backend {
         match &self.conn {
             Conn::Standalone(manager) => settle(manager.clone().req_packed_command(&cmd).await),
             Conn::Cluster(cluster) => cluster.watched(|mut c| async move { c.route_command(cmd, routing).await }).await,
+        }
+    }
+
+    /// A request ran out of the gateway's timeout (on a Cluster, a sign that a node hangs:
+    /// [`ClusterBackend::stalled`]).
+    pub fn timed_out(&self) {
+        if let Conn::Cluster(cluster) = &self.conn {
+            cluster.stalled();
         }
     }
 
@@ -830,23 +839,23 @@ impl ClusterBackend {
             .map_err(|e| Failure::Transport(format!("cannot reach the Redis Cluster: {e}")))
     }
 
-    /// `call` on the connection; a call dropped before it ended (its caller's deadline
-    /// passed) is a stall.
+    /// `call` on the connection.
     async fn watched<F, Fut>(&self, call: F) -> Outcome
     where
         F: FnOnce(ClusterConnection) -> Fut,
         Fut: Future<Output = Result<Value, RedisError>>,
     {
-        let mut watch = Watch { cluster: self, ended: false };
-        let outcome = match self.connection().await {
+        match self.connection().await {
             Ok(conn) => settle(call(conn).await),
             Err(failure) => Err(failure),
-        };
-        watch.ended = true;
-        outcome
+        }
     }
 
-    /// A call stalled: after [`REMAKE_AFTER`] of them, the connection is made afresh.
+    /// A request ran out of the gateway's timeout: after [`REMAKE_AFTER`] of them, a connection
+    /// is made afresh, by a task of its own (made by a request, it would be dropped with the
+    /// request at its deadline, while a hung node may take longer to give up on), and replaces
+    /// the old one once it is up. Calls go on over the old one meanwhile: they would otherwise
+    /// all wait for the new one, which connects to every seed node, a hung one too.
     fn stalled(&self) {
         let now = Instant::now();
         {
@@ -860,33 +869,16 @@ impl ClusterBackend {
             }
             (s.count, s.since, s.remade_at) = (0, now, now);
         }
-        let fresh: Arc<OnceCell<ClusterConnection>> = Arc::default();
-        *lock(&self.conn) = Arc::clone(&fresh);
-        self.remade.fetch_add(1, Ordering::Relaxed);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         log::warn!("Redis Cluster calls keep running out of time: connecting afresh to learn its topology");
-        // Made by a task of its own: made by a call, it would be dropped with the call at its
-        // deadline, while a hung node may take longer to give up on than that. Calls in flight
-        // end on the old connection; calls from now on wait for this one.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let client = self.client.clone();
-            runtime.spawn(async move {
-                let _ = fresh.get_or_try_init(|| client.get_async_connection()).await;
-            });
-        }
-    }
-}
-
-/// Notes a call of `cluster` dropped before it ended.
-struct Watch<'a> {
-    cluster: &'a ClusterBackend,
-    ended: bool,
-}
-
-impl Drop for Watch<'_> {
-    fn drop(&mut self) {
-        if !self.ended {
-            self.cluster.stalled();
-        }
+        let (client, slot) = (self.client.clone(), Arc::clone(&self.conn));
+        self.remade.fetch_add(1, Ordering::Relaxed);
+        runtime.spawn(async move {
+            match client.get_async_connection().await {
+                Ok(fresh) => *lock(&slot) = Arc::new(OnceCell::new_with(Some(fresh))),
+                Err(e) => log::warn!("cannot connect afresh to the Redis Cluster: {e}"),
+            }
+        });
     }
 }
 

@@ -64,8 +64,9 @@
 //!   failover) ran nowhere either: it is sent again up to three times, after growing pauses
 //!   and within half the timeout (`sluice_gateway_cluster_down_retries_total`).
 //!   A primary that hangs gives the Cluster client no error to learn a failover from: after 8
-//!   calls within 5 s ran out of time (at most once every 2 s), the connection is made afresh
-//!   from the nodes that answer (`sluice_gateway_cluster_reconnects_total`).
+//!   requests within 5 s ran out of `--timeout-ms` (at most once every 2 s), a connection is
+//!   made afresh in the background from the nodes that answer, and replaces the old one once
+//!   up (`sluice_gateway_cluster_reconnects_total`).
 //! * **The gateway loads what it calls** (`FUNCTION LOAD REPLACE`, or `SCRIPT LOAD`): at
 //!   start, best effort (Redis may be down; with `auto`, a health probe that finds Redis up, or
 //!   the first call that meets NOSCRIPT, then tries again), on a Cluster on every primary; and

@@ -418,7 +418,7 @@ impl Metrics {
         writeln!(out, "# TYPE sluice_gateway_cluster_down_retries_total counter")?;
         writeln!(out, "sluice_gateway_cluster_down_retries_total {}", self.cluster_down_retries.load(Ordering::Relaxed))?;
         if let Some(n) = cluster_remakes {
-            writeln!(out, "# HELP sluice_gateway_cluster_reconnects_total Times calls kept running out of time and the Cluster connection was made afresh, to learn the topology from the nodes that answer.")?;
+            writeln!(out, "# HELP sluice_gateway_cluster_reconnects_total Times requests kept running out of --timeout-ms and a Cluster connection was made afresh, to learn the topology from the nodes that answer.")?;
             writeln!(out, "# TYPE sluice_gateway_cluster_reconnects_total counter")?;
             writeln!(out, "sluice_gateway_cluster_reconnects_total {n}")?;
         }

@@ -281,6 +281,7 @@ impl Gateway {
     fn timed_out(&self) -> Response {
         self.metrics.redis_error(RedisErrorKind::Timeout);
         self.health.invalidate();
+        self.backend.timed_out();
         error_response(
             StatusCode::GATEWAY_TIMEOUT,
             &format!("ERR sluice-gateway: Redis did not answer within {} ms", self.timeout.as_millis()),
