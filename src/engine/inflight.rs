@@ -25,7 +25,9 @@ const MAX_HOLDS: usize = 4096;
 /// their range ([`SPAN`]), so their order is that of their distance from the oldest.
 pub type Ticket = u16;
 
-/// The widest span of tickets alive at once: an older hold ends early, never a wrong one.
+/// The widest span of tickets alive at once: an older hold ends early. Its request may still
+/// release its number later, by then maybe another's (after 65,535 more): that hold then ends
+/// early too, which only makes checks as loose as they were without holds.
 const SPAN: u16 = 1 << 15;
 
 /// What one request holds: (rule, identity hash, cost).
@@ -54,6 +56,12 @@ impl Lazy {
     pub fn release(&self, ticket: Ticket) {
         if let Some(f) = self.0.get() {
             f.release(ticket);
+        }
+    }
+
+    pub fn keep(&self, ticket: Ticket, keep: impl Fn(usize) -> bool) {
+        if let Some(f) = self.0.get() {
+            f.keep(ticket, keep);
         }
     }
 }
@@ -117,6 +125,15 @@ impl InFlight {
         holds.last = ticket;
         holds.tickets.push_back((ticket, until_us, costs));
         ticket
+    }
+
+    /// The request of `ticket` holds only what `keep` says of each rule from now on.
+    pub fn keep(&self, ticket: Ticket, keep: impl Fn(usize) -> bool) {
+        let mut holds = self.inner.borrow_mut();
+        let Some(i) = holds.find(ticket) else { return };
+        let (kept, dropped): (Costs, Costs) = std::mem::take(&mut holds.tickets[i].2).into_iter().partition(|c| keep(c.0));
+        holds.tickets[i].2 = kept;
+        holds.forget(&dropped);
     }
 
     /// The request of `ticket` has its verdict (or is gone): its holds end.

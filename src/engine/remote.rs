@@ -44,6 +44,8 @@ pub struct Pending {
     told: bool,
     /// What it holds while it waits (`super::inflight`; 0: nothing).
     ticket: super::inflight::Ticket,
+    /// This dry pass asks with what requests ahead of it hold: a denial in it may be theirs.
+    ahead: bool,
 }
 
 impl Pending {
@@ -195,6 +197,7 @@ impl Limiter {
             fell: 0,
             told: false,
             ticket: 0,
+            ahead: false,
         };
         self.set_commands(&mut p);
         if holds {
@@ -225,11 +228,17 @@ impl Limiter {
             return self.decide_local(a, store, now_us, false);
         }
         let ahead = Applied { cost: with_held(&self.rules[a.rule].rule, a.cost, held), ..a.clone() };
-        RuleOutcome { cost: a.cost, ..self.decide_local(&ahead, store, now_us, false) }
+        let mut o = RuleOutcome { cost: a.cost, ..self.decide_local(&ahead, store, now_us, false) };
+        if !o.allowed {
+            soon(&mut o);
+        }
+        o
     }
 
     /// The commands of the pass: one per Redis rule, but for those whose reply is kept.
     fn set_commands(&self, p: &mut Pending) {
+        p.ahead =
+            p.dry && p.asked().iter().any(|&i| self.in_flight.held(p.applied[i].rule, p.applied[i].identity.hash, p.ticket) > 0);
         p.commands =
             if p.kept.is_empty() { p.asked().iter().map(|&i| self.command(p, i)).collect() } else { self.commands_not_kept(p) };
     }
@@ -374,9 +383,16 @@ impl Limiter {
         if let Some((_, e)) = failed.first() {
             self.fell_apart(&mut p, &failed, e);
         }
-        let deny_cache = self.redis().is_some_and(|r| r.deny_cache);
-        for o in outcomes.iter_mut().filter(|o| deny_cache && !o.allowed) {
-            self.rules[o.rule].remember_denial(o, store, &self.denials, p.sent_us, now_us);
+        if p.ahead {
+            // Denied counting what requests ahead of it hold: they end within a round trip, so
+            // the client hears to come back in a second at most (what the asked cost says may be
+            // a whole period), and nothing of it is cached as Redis' own denial.
+            outcomes.iter_mut().filter(|o| !o.allowed).for_each(soon);
+        } else {
+            let deny_cache = self.redis().is_some_and(|r| r.deny_cache);
+            for o in outcomes.iter_mut().filter(|o| deny_cache && !o.allowed) {
+                self.rules[o.rule].remember_denial(o, store, &self.denials, p.sent_us, now_us);
+            }
         }
         // A shadow rule's failure says nothing of the limits in force.
         let ok = !p.fell().iter().any(|&i| !self.rules[p.applied[i].rule].is_shadow());
@@ -412,6 +428,9 @@ impl Limiter {
             }
             p.dry = false;
             p.sent_us = now_us;
+            // Its writes count it in Redis from now on: held there as well, it would count twice
+            // for the requests behind it. Its local rules, written after Redis, stay held.
+            self.in_flight.keep(p.ticket, |rule| !self.rules[rule].is_redis());
             self.set_commands(&mut p);
             return Resumed::Retry(p);
         }
@@ -539,11 +558,37 @@ impl Limiter {
     }
 }
 
-/// `cost` with `held` ahead of it: at most one past what the rule could ever admit, which is
-/// denied just the same and keeps a command within what the gateway and the Lua mirror take.
+/// `cost` with `held` ahead of it: at most one past what the rule could ever admit (denied
+/// just the same), and at most what keeps every number of its limits exact in Lua, which the
+/// gateway checks (a call past it is refused, and with it every call sent with it). The rule's
+/// own cost always is: the compiler checked its largest.
 fn with_held(rule: &crate::config::Rule, cost: u64, held: u64) -> u64 {
     if held == 0 {
         return cost;
     }
-    cost.saturating_add(held).min(cost.max(rule.largest_admissible().saturating_add(1)))
+    let want = cost.saturating_add(held).min(cost.max(rule.largest_admissible().saturating_add(1)));
+    let exact =
+        |c: u64| rule.limits.rates().iter().all(|r| crate::config::lua_largest(&rule.strategy, r, c) <= crate::config::LUA_EXACT);
+    if exact(want) {
+        return want;
+    }
+    // The largest exact one, between the cost (exact) and `want` (not).
+    let (mut lo, mut hi) = (cost, want);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if exact(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// A denial counting what requests in flight hold: they end within a round trip, so the wait
+/// told is at most a second (the asked cost's own may be a whole period).
+fn soon(o: &mut RuleOutcome) {
+    for d in o.decisions.iter_mut().filter(|d| !d.allowed) {
+        d.retry_after_ms = d.retry_after_ms.min(1_000);
+    }
 }

@@ -811,3 +811,76 @@ fn a_dry_pass_asks_with_what_the_requests_ahead_hold() {
     // Another user of the tenant holds nothing of the first user's limit.
     assert_eq!(costs(&pending(l.start(&Req::new("GET", "/").header("x-user", "v").header("x-tenant", "t"), &s, T0))), [1, 6]);
 }
+
+/// Once a request's pass that writes is out, Redis counts it: it holds only its local rules'
+/// cost from then on, or the requests behind it would count it twice (a client under its limit
+/// denied).
+#[test]
+fn a_request_whose_writes_are_out_holds_nothing_in_redis() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "user", "limit": "3/min", "backend": "redis", "identifier": {"header": "x-user"}},
+        {"name": "tenant", "limit": "100/min", "backend": "redis", "identifier": {"header": "x-tenant"}}
+    ]));
+    let s = MemStore::default();
+    let req = || Req::new("GET", "/").header("x-user", "u").header("x-tenant", "t");
+    let asked = |p: &Pending| -> Vec<u64> {
+        p.commands.iter().map(|c| c.get(c.len() - 4).and_then(|w| w.parse().ok()).unwrap_or(0)).collect()
+    };
+    let a = pending(l.start(&req(), &s, T0));
+    assert_eq!(asked(&pending(l.start(&req(), &s, T0))), [2, 2], "a's dry pass is ahead");
+    // a's dry pass admits: its pass that writes goes out, and what it held in Redis ends there.
+    let a = retried(l.resume(a, Ok(vec![reply(true, 2), reply(true, 99)]), &s, T0));
+    let c = pending(l.start(&req(), &s, T0));
+    assert_eq!(asked(&c), [2, 2], "only the second request's hold is ahead of the third");
+    l.abandon(&a, &s);
+}
+
+/// A dry pass denied counting what requests ahead hold is not Redis' own denial: the client is
+/// told to come back within a second (the asked cost's wait may be a whole period), and the
+/// deny cache keeps nothing of it.
+#[test]
+fn a_denial_for_what_others_hold_is_short_and_not_cached() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "user", "limit": "2/min", "strategy": "fixed_window", "backend": "redis", "identifier": {"header": "x-user"}},
+        {"name": "tenant", "limit": "100/min", "backend": "redis", "identifier": {"header": "x-tenant"}}
+    ]));
+    let s = MemStore::default();
+    let req = || Req::new("GET", "/").header("x-user", "u").header("x-tenant", "t");
+    let held: Vec<Pending> = (0..2).map(|_| pending(l.start(&req(), &s, T0))).collect();
+    let third = pending(l.start(&req(), &s, T0));
+    // Redis answers the third's dry pass as a cost of 3 asks: above the limit, a whole window.
+    let over = Reply::Array(vec![Reply::Int(0), Reply::Array([0, 2, 60_000, 60_000, 0, 0].map(Reply::Int).to_vec())]);
+    let v = done(l.resume(third, Ok(vec![over, reply(true, 97)]), &s, T0));
+    assert_eq!(status(&v), 429);
+    assert_eq!(header(&v, "retry-after"), Some("1"), "{v:?}");
+    assert!(matches!(l.start(&req(), &s, T0 + 1_000), Step::Redis(_)), "a held denial was cached");
+    for p in held {
+        l.abandon(&p, &s);
+    }
+}
+
+/// What a dry pass asks with what others hold stays within what the gateway takes: every
+/// number of the rule's limits exact in Lua (a call past it is refused, with every call sent
+/// with it).
+#[test]
+fn a_held_ask_stays_within_luas_exact_numbers() {
+    let l = redis_limiter(serde_json::json!([
+        {"name": "user", "limit": "5/min", "backend": "redis", "identifier": {"header": "x-user"}},
+        {"name": "tenant", "limit": "3400000/30d", "strategy": "token_bucket", "backend": "redis",
+         "identifier": {"header": "x-tenant"}, "cost": {"header": "x-tokens", "max": 1000}}
+    ]));
+    let s = MemStore::default();
+    let req = |user: &str| Req::new("GET", "/").header("x-user", user).header("x-tenant", "t").header("x-tokens", "1000");
+    let ahead: Vec<Pending> = (0..100).map(|i| pending(l.start(&req(&format!("u{i}")), &s, T0))).collect();
+    let p = pending(l.start(&req("last"), &s, T0));
+    let cmd = &p.commands[1];
+    let cost: u64 = cmd.get(cmd.len() - 4).and_then(|w| w.parse().ok()).unwrap_or(0);
+    let rate = crate::rate::Rate { limit: 3_400_000, period_ms: 30 * 86_400_000 };
+    let strategy = crate::strategy::Strategy::TokenBucket { burst: None };
+    assert!(cost > 1000 && cost < 101_000, "asked {cost}");
+    assert!(crate::config::lua_largest(&strategy, &rate, cost) <= crate::config::LUA_EXACT, "asked {cost}");
+    assert!(crate::config::lua_largest(&strategy, &rate, cost + 1) > crate::config::LUA_EXACT, "asked {cost}: the largest exact");
+    for p in ahead {
+        l.abandon(&p, &s);
+    }
+}
