@@ -88,7 +88,16 @@ pub struct HeldAnswer {
     /// The connection's answers out.
     out: Arc<AtomicU32>,
     body: Body,
+    /// What is left of a piece of the body given out a frame at a time.
+    rest: Bytes,
 }
+
+/// The most an answer gives its transport at once. hyper hands h2 a whole piece of the body
+/// once a stream has a byte of window, and h2 keeps it all until it is sent: given whole, an
+/// answer left the budget as soon as its client granted one byte. In frames of this size, at
+/// most one leaves it early per stream; a call's answer (some 100 bytes, a gathered callout's
+/// some 600) is one frame.
+const FRAME: usize = 1024;
 
 impl HeldAnswer {
     /// `response` holding its size of `owner`'s budget (but for the connection's one answer
@@ -108,7 +117,7 @@ impl HeldAnswer {
             return None;
         }
         let (owner, out) = (Arc::clone(owner), Arc::clone(out));
-        Some(response.map(|body| Body::new(HeldAnswer { owner, bytes, out, body })))
+        Some(response.map(|body| Body::new(HeldAnswer { owner, bytes, out, body, rest: Bytes::new() })))
     }
 }
 
@@ -124,15 +133,34 @@ impl axum::body::HttpBody for HeldAnswer {
     type Error = axum::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                other => return other,
+            }
+        }
+        let piece = this.rest.split_to(this.rest.len().min(FRAME));
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let (inner, rest) = (self.body.size_hint(), self.rest.len() as u64);
+        match inner.exact() {
+            Some(n) => SizeHint::with_exact(n.saturating_add(rest)),
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower().saturating_add(rest));
+                hint
+            }
+        }
     }
 }
 

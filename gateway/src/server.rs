@@ -110,20 +110,16 @@ impl Gateway {
 
     /// `response` on a connection with `out` answers out, holding its bytes of the budget until
     /// it is sent ([`HeldAnswer`]); when they
-    /// would pass it, a short 503 instead. Its work is done (a call ran, and counted): its
+    /// would pass it, an empty 503 instead. Its work is done (a call ran, and counted): its
     /// proxy follows `on_error`, as for any answer it does not get.
     pub(crate) fn held(self: &Arc<Self>, out: &Arc<std::sync::atomic::AtomicU32>, response: Response) -> Response {
         match HeldAnswer::hold(self, out, response) {
             Some(held) => held,
             None => {
+                // No body: a client that takes no answer would leave one here too, uncharged.
                 self.metrics.body_budget_refusal();
-                let total = self.bodies.total();
-                let mut response = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "ERR sluice-gateway: answers not yet taken and requests in flight hold the {total} bytes they may (--max-body-bytes-in-flight)"
-                    ),
-                );
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
