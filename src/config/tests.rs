@@ -896,7 +896,8 @@ fn redis_rules_keep_their_numbers_exact_in_lua() {
     assert_eq!(paths, ["rules[0].name", "rules[0].limit"], "{errs:#?}");
 }
 
-/// A fixed cost no limit admits at once would deny every request forever: refused.
+/// A fixed cost (or a header cost's least) no limit admits at once would deny every request
+/// forever: refused.
 #[test]
 fn a_fixed_cost_above_a_limits_capacity_is_refused() {
     assert_one(
@@ -910,6 +911,12 @@ fn a_fixed_cost_above_a_limits_capacity_is_refused() {
     )]))
     .is_ok());
     assert!(compile(&with_rules(vec![rule(json!({"limit": "10/s", "cost": {"header": "x-cost", "max": 1000}}))])).is_ok());
+    // A header cost's least is paid by every request (and by default by one without the header).
+    assert_one(
+        with_rules(vec![rule(json!({"limit": "10/s", "cost": {"header": "x-cost", "min": 20}}))]),
+        "rules[0].cost.min",
+        "20: a cost of 20 is more than the limit 10/s admits at once (10)",
+    );
 }
 
 #[test]

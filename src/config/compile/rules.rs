@@ -208,11 +208,19 @@ impl Compiler {
         };
         for (i, rate) in rule.limits.rates().iter().enumerate() {
             // A fixed cost no limit admits at once would deny every request, each told to come
-            // back after a window that will not help.
-            if let Cost::Fixed(cost) = *rule.cost {
+            // back after a window that will not help; so would a header cost's least (`min`,
+            // which a request without the header pays too).
+            let least = match *rule.cost {
+                Cost::Fixed(cost) => Some(("cost", cost)),
+                Cost::Header { min, .. } => Some(("min", min)),
+                Cost::PayloadBytes => None,
+            };
+            if let Some((at, cost)) = least {
                 let capacity = largest_admissible(rule.strategy, rate);
                 if cost > capacity {
-                    self.report(join(path, "cost"), field(m, "cost"), Problem::CostAboveCapacity { cost, capacity, rate: *rate });
+                    let found = if at == "cost" { field(m, "cost") } else { field(m, "cost").and_then(|c| c.get("min")) };
+                    let at = if at == "cost" { join(path, "cost") } else { join(&join(path, "cost"), "min") };
+                    self.report(at, found, Problem::CostAboveCapacity { cost, capacity, rate: *rate });
                     ok = false;
                     continue;
                 }
