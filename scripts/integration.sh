@@ -230,7 +230,11 @@ module=$PWD/target/release/libsluice_redis.so
 run_dir=$(mktemp -d)
 pids=()
 cleanup() {
-  local pid
+  local rc=$? pid log
+  # A failed run's logs go with its directory: show their ends first.
+  if [ "$rc" != 0 ]; then
+    for log in "$run_dir"/*.log; do [ -f "$log" ] && { say "--- $log"; tail -n 30 "$log" >&2; }; done
+  fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   ./scripts/redis-cluster.sh stop "$run_dir/redis" 7000 >/dev/null 2>&1 || true
