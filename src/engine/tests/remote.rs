@@ -785,31 +785,37 @@ fn requests_in_flight_hold_their_cost_for_the_checks_of_those_behind_them() {
     l.abandon(&b, &s);
 }
 
-/// Two Redis rules: the dry pass of a request asks each with its cost and what the requests
-/// ahead of it in flight hold, at most one past what the rule could ever admit.
-#[test]
-fn a_dry_pass_asks_with_what_the_requests_ahead_hold() {
+/// A user's Redis limit of 3/min inside a tenant's of 100/min, and a request of user `u`.
+fn user_in_tenant() -> (Limiter, impl Fn() -> Req) {
     let l = redis_limiter(serde_json::json!([
         {"name": "user", "limit": "3/min", "backend": "redis", "identifier": {"header": "x-user"}},
         {"name": "tenant", "limit": "100/min", "backend": "redis", "identifier": {"header": "x-tenant"}}
     ]));
+    (l, || Req::new("GET", "/").header("x-user", "u").header("x-tenant", "t"))
+}
+
+/// The cost each dry command of `p` asks: the fourth of the rule's six arguments, then `dry`.
+fn asked(p: &Pending) -> Vec<u64> {
+    p.commands
+        .iter()
+        .map(|c| {
+            assert_eq!(c.get(c.len() - 1), Some("dry"), "{:?}", c.words().collect::<Vec<_>>());
+            c.get(c.len() - 4).and_then(|w| w.parse().ok()).unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Two Redis rules: the dry pass of a request asks each with its cost and what the requests
+/// ahead of it in flight hold, at most one past what the rule could ever admit.
+#[test]
+fn a_dry_pass_asks_with_what_the_requests_ahead_hold() {
+    let (l, req) = user_in_tenant();
     let s = MemStore::default();
-    let req = || Req::new("GET", "/").header("x-user", "u").header("x-tenant", "t");
-    // The cost word of each dry command: the fourth of the rule's six arguments, then `dry`.
-    let costs = |p: &Pending| -> Vec<u64> {
-        p.commands
-            .iter()
-            .map(|c| {
-                assert_eq!(c.get(c.len() - 1), Some("dry"), "{:?}", c.words().collect::<Vec<_>>());
-                c.get(c.len() - 4).and_then(|w| w.parse().ok()).unwrap_or(0)
-            })
-            .collect()
-    };
     let held: Vec<Pending> = (0..5).map(|_| pending(l.start(&req(), &s, T0))).collect();
-    let asked: Vec<Vec<u64>> = held.iter().map(costs).collect();
-    assert_eq!(asked, [[1, 1], [2, 2], [3, 3], [4, 4], [4, 5]], "the user's rule admits at most 3");
+    let costs: Vec<Vec<u64>> = held.iter().map(asked).collect();
+    assert_eq!(costs, [[1, 1], [2, 2], [3, 3], [4, 4], [4, 5]], "the user's rule admits at most 3");
     // Another user of the tenant holds nothing of the first user's limit.
-    assert_eq!(costs(&pending(l.start(&Req::new("GET", "/").header("x-user", "v").header("x-tenant", "t"), &s, T0))), [1, 6]);
+    assert_eq!(asked(&pending(l.start(&Req::new("GET", "/").header("x-user", "v").header("x-tenant", "t"), &s, T0))), [1, 6]);
 }
 
 /// Once a request's pass that writes is out, Redis counts it: it holds only its local rules'
@@ -817,15 +823,8 @@ fn a_dry_pass_asks_with_what_the_requests_ahead_hold() {
 /// denied).
 #[test]
 fn a_request_whose_writes_are_out_holds_nothing_in_redis() {
-    let l = redis_limiter(serde_json::json!([
-        {"name": "user", "limit": "3/min", "backend": "redis", "identifier": {"header": "x-user"}},
-        {"name": "tenant", "limit": "100/min", "backend": "redis", "identifier": {"header": "x-tenant"}}
-    ]));
+    let (l, req) = user_in_tenant();
     let s = MemStore::default();
-    let req = || Req::new("GET", "/").header("x-user", "u").header("x-tenant", "t");
-    let asked = |p: &Pending| -> Vec<u64> {
-        p.commands.iter().map(|c| c.get(c.len() - 4).and_then(|w| w.parse().ok()).unwrap_or(0)).collect()
-    };
     let a = pending(l.start(&req(), &s, T0));
     assert_eq!(asked(&pending(l.start(&req(), &s, T0))), [2, 2], "a's dry pass is ahead");
     // a's dry pass admits: its pass that writes goes out, and what it held in Redis ends there.
