@@ -419,7 +419,7 @@ impl Backend {
     async fn routed(&self, cmd: redis::Cmd, routing: RoutingInfo) -> Outcome {
         match &self.conn {
             Conn::Standalone(manager) => settle(manager.clone().req_packed_command(&cmd).await),
-            Conn::Cluster(cluster) => cluster.watched(|mut c| async move { c.route_command(cmd, routing).await }).await,
+            Conn::Cluster(cluster) => settle(cluster.connection().await?.route_command(cmd, routing).await),
         }
     }
 
@@ -589,7 +589,7 @@ impl Backend {
             }
             Conn::Cluster(cluster) => match slot {
                 Some(slot) => self.routed(cmd.clone(), slot_primary(slot)).await,
-                None => cluster.watched(|mut c| async move { c.req_packed_command(cmd).await }).await,
+                None => settle(cluster.connection().await?.req_packed_command(cmd).await),
             },
         }
     }
@@ -837,18 +837,6 @@ impl ClusterBackend {
             .await
             .cloned()
             .map_err(|e| Failure::Transport(format!("cannot reach the Redis Cluster: {e}")))
-    }
-
-    /// `call` on the connection.
-    async fn watched<F, Fut>(&self, call: F) -> Outcome
-    where
-        F: FnOnce(ClusterConnection) -> Fut,
-        Fut: Future<Output = Result<Value, RedisError>>,
-    {
-        match self.connection().await {
-            Ok(conn) => settle(call(conn).await),
-            Err(failure) => Err(failure),
-        }
     }
 
     /// A request ran out of the gateway's timeout: after [`REMAKE_AFTER`] of them, a connection

@@ -61,9 +61,7 @@ impl Budget {
     pub fn held(&self) -> usize {
         self.total.saturating_sub(self.free.available_permits())
     }
-}
 
-impl Budget {
     /// Takes `bytes` until [`Budget::give_back`]; never waits.
     fn take(&self, bytes: usize) -> bool {
         let Ok(n) = u32::try_from(bytes) else { return false };
