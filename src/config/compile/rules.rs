@@ -206,21 +206,21 @@ impl Compiler {
                 admissible.unwrap_or(0).saturating_add(1)
             }
         };
+        // A fixed cost no limit admits at once would deny every request, each told to come back
+        // after a window that will not help; so would a header cost's least (`min`, which a
+        // request without the header pays too). The cost, where it is written, and its text.
+        let least = match *rule.cost {
+            Cost::Fixed(cost) => Some((cost, join(path, "cost"), field(m, "cost"))),
+            Cost::Header { min, .. } => {
+                Some((min, join(&join(path, "cost"), "min"), field(m, "cost").and_then(|c| c.get("min"))))
+            }
+            Cost::PayloadBytes => None,
+        };
         for (i, rate) in rule.limits.rates().iter().enumerate() {
-            // A fixed cost no limit admits at once would deny every request, each told to come
-            // back after a window that will not help; so would a header cost's least (`min`,
-            // which a request without the header pays too).
-            let least = match *rule.cost {
-                Cost::Fixed(cost) => Some(("cost", cost)),
-                Cost::Header { min, .. } => Some(("min", min)),
-                Cost::PayloadBytes => None,
-            };
-            if let Some((at, cost)) = least {
+            if let Some((cost, at, found)) = &least {
                 let capacity = largest_admissible(rule.strategy, rate);
-                if cost > capacity {
-                    let found = if at == "cost" { field(m, "cost") } else { field(m, "cost").and_then(|c| c.get("min")) };
-                    let at = if at == "cost" { join(path, "cost") } else { join(&join(path, "cost"), "min") };
-                    self.report(at, found, Problem::CostAboveCapacity { cost, capacity, rate: *rate });
+                if *cost > capacity {
+                    self.report(at.clone(), *found, Problem::CostAboveCapacity { cost: *cost, capacity, rate: *rate });
                     ok = false;
                     continue;
                 }
