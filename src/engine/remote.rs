@@ -171,9 +171,9 @@ impl Limiter {
             outcomes.extend(cached);
             return Step::Done(self.verdict(outcomes, true));
         }
-        let shadows_only = redis.iter().all(|&i| self.rules[applied[i].rule].is_shadow());
         let permit = match self.breaker() {
-            Some(b) if shadows_only => b.permit_unprobed(store),
+            // Shadow rules alone.
+            Some(b) if redis_in_force == 0 => b.permit_unprobed(store),
             Some(b) => b.permit(store, now_us),
             None => Permit::Skip,
         };
@@ -237,21 +237,37 @@ impl Limiter {
 
     /// The commands of the pass: one per Redis rule, but for those whose reply is kept.
     fn set_commands(&self, p: &mut Pending) {
-        p.ahead =
-            p.dry && p.asked().iter().any(|&i| self.in_flight.held(p.applied[i].rule, p.applied[i].identity.hash, p.ticket) > 0);
-        p.commands =
-            if p.kept.is_empty() { p.asked().iter().map(|&i| self.command(p, i)).collect() } else { self.commands_not_kept(p) };
+        if !p.kept.is_empty() {
+            (p.commands, p.ahead) = (self.commands_not_kept(p), false);
+            return;
+        }
+        // A dry pass asks with what the requests ahead of it hold (`super::inflight`), and
+        // notes whether any did.
+        let mut ahead = false;
+        let commands = p
+            .asked()
+            .iter()
+            .map(|&i| {
+                let a = &p.applied[i];
+                let held = if p.dry { self.in_flight.held(a.rule, a.identity.hash, p.ticket) } else { 0 };
+                ahead |= held > 0;
+                self.command(p, i, held)
+            })
+            .collect();
+        (p.commands, p.ahead) = (commands, ahead);
     }
 
     /// After a NOSCRIPT in a pass that wrote (rare): the commands whose reply is not kept.
     #[cold]
     #[inline(never)]
     fn commands_not_kept(&self, p: &Pending) -> Vec<Command> {
-        p.asked().iter().zip(&p.kept).filter(|(_, k)| k.is_none()).map(|(&i, _)| self.command(p, i)).collect()
+        // Kept replies come of a pass that wrote, which asks with no hold.
+        p.asked().iter().zip(&p.kept).filter(|(_, k)| k.is_none()).map(|(&i, _)| self.command(p, i, 0)).collect()
     }
 
-    /// The command of the Redis rule `p.applied[i]`, for this pass.
-    fn command(&self, p: &Pending, i: usize) -> Command {
+    /// The command of the Redis rule `p.applied[i]`, for this pass, asking with `held` ahead of
+    /// its cost.
+    fn command(&self, p: &Pending, i: usize, held: u64) -> Command {
         let a = &p.applied[i];
         let c = &self.rules[a.rule];
         let call = RuleCall {
@@ -261,8 +277,7 @@ impl Limiter {
             fingerprint: c.fingerprint,
             strategy: &c.rule.strategy,
             rates: c.rates(),
-            // A dry pass asks with what the requests ahead of it hold (`super::inflight`).
-            cost: if p.dry { with_held(&c.rule, a.cost, self.in_flight.held(a.rule, a.identity.hash, p.ticket)) } else { a.cost },
+            cost: with_held(&c.rule, a.cost, held),
         };
         script::command(&call, if p.eval { Form::Eval } else { Form::Sha(&self.sha) }, p.dry)
     }
