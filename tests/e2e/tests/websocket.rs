@@ -69,19 +69,15 @@ impl Echo {
     /// server logs a connection's close after it has answered it, so possibly after the client
     /// is done: looked for until one is there (at most 5 s).
     fn closes(&self, path: &str) -> Vec<(Option<u64>, Option<String>)> {
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let found: Vec<(Option<u64>, Option<String>)> = self
-                .events()
+        let found = || -> Vec<(Option<u64>, Option<String>)> {
+            self.events()
                 .iter()
                 .filter(|e| e["event"] == "closed" && e["path"] == path)
                 .map(|e| (e["code"].as_u64(), e["reason"].as_str().map(str::to_string)))
-                .collect();
-            if !found.is_empty() || Instant::now() >= deadline {
-                return found;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+                .collect()
+        };
+        let _ = wait_until(std::time::Duration::from_secs(5), || !found().is_empty());
+        found()
     }
 }
 
