@@ -127,8 +127,17 @@ impl Breaker<'_> {
     /// worker to reach the end probes for all.
     pub fn open_for_ms(&self, store: &impl SharedStore, now_us: u64) -> Option<u64> {
         let state = store.get(self.key).ok().flatten().map(|(b, _)| State::decode(&b))?;
+        Some(self.open_wait_ms(state, now_us)).filter(|&ms| ms > 0)
+    }
+
+    /// [`Breaker::open_for_ms`] of `state`, 0 when it is not open.
+    fn open_wait_ms(&self, state: State, now_us: u64) -> u64 {
         let until_us = state.since_us.saturating_add(self.spec.open_ms.saturating_mul(1000));
-        (state.phase == Phase::Open && now_us < until_us).then(|| (until_us - now_us).div_ceil(1000).min(self.spec.open_ms))
+        if state.phase == Phase::Open && now_us < until_us {
+            (until_us - now_us).div_ceil(1000).min(self.spec.open_ms)
+        } else {
+            0
+        }
     }
 
     pub fn phase(&self, store: &impl SharedStore) -> Phase {
@@ -138,12 +147,18 @@ impl Breaker<'_> {
     /// Asks to call Redis at `now_us`. A store failure permits the call: the breaker protects
     /// Redis, it must not add an outage of its own.
     pub fn permit(&self, store: &impl SharedStore, now_us: u64) -> Permit {
+        self.permit_or_wait(store, now_us).0
+    }
+
+    /// [`Breaker::permit`], and with [`Permit::Skip`] what [`Breaker::open_for_ms`] would say
+    /// (0 otherwise): an outage's denials are a flood, and this spares each a second read.
+    pub fn permit_or_wait(&self, store: &impl SharedStore, now_us: u64) -> (Permit, u64) {
         let open_us = self.spec.open_ms.saturating_mul(1000);
         let stale_us = self.spec.open_ms.max(self.timeout_ms).saturating_add(LATE_ANSWER_MS).saturating_mul(1000);
         let result = self.modify(store, |s| match s.phase {
-            Phase::Closed => (s, Permit::Call),
-            Phase::Open if now_us < s.since_us.saturating_add(open_us) => (s, Permit::Skip),
-            Phase::Open => (State { phase: Phase::HalfOpen, count: 0, probes: 1, since_us: now_us }, Permit::Probe),
+            Phase::Closed => (s, (Permit::Call, 0)),
+            Phase::Open if now_us < s.since_us.saturating_add(open_us) => (s, (Permit::Skip, self.open_wait_ms(s, now_us))),
+            Phase::Open => (State { phase: Phase::HalfOpen, count: 0, probes: 1, since_us: now_us }, (Permit::Probe, 0)),
             Phase::HalfOpen => {
                 // Probes whose answer never came back (a worker restarted) must not wedge the
                 // breaker half-open: once none of them can still be in flight (the newest was
@@ -151,13 +166,13 @@ impl Breaker<'_> {
                 let stale = now_us >= s.since_us.saturating_add(stale_us);
                 let probes = if stale { 0 } else { s.probes };
                 if probes < self.spec.half_open_probes.max(1) {
-                    (State { probes: probes.saturating_add(1), since_us: now_us, ..s }, Permit::Probe)
+                    (State { probes: probes.saturating_add(1), since_us: now_us, ..s }, (Permit::Probe, 0))
                 } else {
-                    (s, Permit::Skip)
+                    (s, (Permit::Skip, 0))
                 }
             }
         });
-        result.unwrap_or(Permit::Call)
+        result.unwrap_or((Permit::Call, 0))
     }
 
     /// [`Breaker::permit`] for a call whose answer decides no request (shadow rules alone): it

@@ -28,6 +28,14 @@ impl LimitText {
     }
 }
 
+/// A rule a limited response names: denied by its limits, or `unchecked`, denied by its
+/// `on_error` because its store did not decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violated<'a> {
+    pub name: &'a str,
+    pub unchecked: bool,
+}
+
 /// One limit of one rule, as decided for this request: only the limits of rules whose
 /// `advertise` shows them are reported (a rule kept out has no texts to report them with).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +161,7 @@ pub fn limited(
     spec: &ResponseSpec,
     mode: HeaderMode,
     reported: &[Reported<'_>],
-    violated: &[&str],
+    violated: &[Violated<'_>],
     hidden_wait_ms: u64,
 ) -> LocalResponse {
     // A shadow rule's denial blocks nothing, so its wait is not the client's.
@@ -187,9 +195,9 @@ pub fn limited(
 /// The RFC 9457 problem document. Rule names are `[A-Za-z0-9_.-]` (the config compiler's
 /// rule), so they are written between quotes as they are. With `about:blank` as its type, its
 /// title is the status' reason phrase (RFC 9457 4.2.1); a status without one has no title.
-fn problem(status: u16, violated: &[&str], retry_after: u64) -> String {
-    let names: usize = violated.iter().map(|n| n.len() + 8).sum();
-    let mut out = String::with_capacity(160 + 2 * names);
+fn problem(status: u16, violated: &[Violated<'_>], retry_after: u64) -> String {
+    let names: usize = violated.iter().map(|v| v.name.len() + 8).sum();
+    let mut out = String::with_capacity(180 + 2 * names);
     out.push_str("{\"type\":\"about:blank\",");
     if let Some(title) = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()) {
         out.push_str("\"title\":\"");
@@ -199,38 +207,51 @@ fn problem(status: u16, violated: &[&str], retry_after: u64) -> String {
     out.push_str("\"status\":");
     push_number(&mut out, u64::from(status));
     out.push_str(",\"detail\":\"");
-    match violated {
-        [one] => {
-            out.push_str("rate limit \\\"");
-            out.push_str(one);
-            out.push_str("\\\" exceeded");
-        }
-        _ => {
-            out.push_str("rate limits ");
-            for (i, n) in violated.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(n);
-            }
-            out.push_str(" exceeded");
-        }
+    // A client (and whoever reads its logs) told a limit was exceeded while Redis was down would
+    // look for traffic that never was.
+    push_rules(&mut out, violated, false, " exceeded");
+    if violated.iter().any(|v| !v.unchecked) && violated.iter().any(|v| v.unchecked) {
+        out.push_str("; ");
     }
+    push_rules(&mut out, violated, true, " could not be checked");
     out.push_str("; retry in ");
     push_number(&mut out, retry_after);
     out.push_str(" s\",\"violated_rules\":[");
-    for (i, n) in violated.iter().enumerate() {
+    for (i, v) in violated.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push('"');
-        out.push_str(n);
+        out.push_str(v.name);
         out.push('"');
     }
     out.push_str("],\"retry_after\":");
     push_number(&mut out, retry_after);
     out.push('}');
     out
+}
+
+/// Writes the `violated` rules whose `unchecked` is `which`, as `rate limit "a"` or `rate limits
+/// a, b`, then `what`; nothing when there are none.
+fn push_rules(out: &mut String, violated: &[Violated<'_>], which: bool, what: &str) {
+    let mut names = violated.iter().filter(|v| v.unchecked == which).map(|v| v.name);
+    let Some(first) = names.next() else { return };
+    match names.next() {
+        None => {
+            out.push_str("rate limit \\\"");
+            out.push_str(first);
+            out.push_str("\\\"");
+        }
+        Some(second) => {
+            out.push_str("rate limits ");
+            out.push_str(first);
+            for n in std::iter::once(second).chain(names) {
+                out.push_str(", ");
+                out.push_str(n);
+            }
+        }
+    }
+    out.push_str(what);
 }
 
 /// Writes `n` in decimal. Numbers go into every response; `itoa` writes them without the
@@ -246,6 +267,11 @@ fn number(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rules denied by their limits.
+    fn named<'a>(names: &[&'a str]) -> Vec<Violated<'a>> {
+        names.iter().map(|&name| Violated { name, unchecked: false }).collect()
+    }
 
     fn text(rule: &str, limit: u64, period_ms: u64) -> LimitText {
         LimitText::new(rule, 0, 1, &Rate { limit, period_ms })
@@ -277,7 +303,7 @@ mod tests {
         let (burst, trial) = (text("burst", 5, 1000), text("trial", 100, 3_600_000));
         let shadow = Reported { enforced: false, ..rep(&trial, 100, 3_600_000, false, 0, 3_000_000) };
         let r = [rep(&burst, 5, 1000, false, 0, 800), shadow.clone()];
-        let resp = limited(&spec, HeaderMode::Both, &r, &["burst"], 0);
+        let resp = limited(&spec, HeaderMode::Both, &r, &named(&["burst"]), 0);
         let get = |k: &str| resp.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get("retry-after").as_deref(), Some("1"), "the enforced denial's wait");
         assert_eq!(get("x-ratelimit-limit").as_deref(), Some("5"));
@@ -300,7 +326,7 @@ mod tests {
         let api = text("api", 100, 60_000);
         let get = |h: &[Field], k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         for mode in [HeaderMode::Draft10, HeaderMode::Legacy] {
-            let resp = limited(&spec, mode, &[rep(&api, 100, 60_000, true, 42, 29_001)], &["tenant"], 900_000);
+            let resp = limited(&spec, mode, &[rep(&api, 100, 60_000, true, 42, 29_001)], &named(&["tenant"]), 900_000);
             let h = &resp.headers;
             assert_eq!(get(h, "retry-after").as_deref(), Some("900"), "{mode:?}: the hidden rule's wait");
             match mode {
@@ -311,13 +337,14 @@ mod tests {
             assert_eq!((body["violated_rules"][0].as_str(), body["retry_after"].as_u64()), (Some("tenant"), Some(900)));
         }
         // No advertised limit: no rate limit field at all.
-        let resp = limited(&spec, HeaderMode::Both, &[], &["tenant"], 900_000);
+        let resp = limited(&spec, HeaderMode::Both, &[], &named(&["tenant"]), 900_000);
         let names: Vec<&str> = resp.headers.iter().map(|(n, _)| n.as_ref()).collect();
         assert_eq!(names, ["retry-after", "x-envoy-ratelimited", "content-type"]);
         assert_eq!(get(&resp.headers, "retry-after").as_deref(), Some("900"));
         // The longer of the waits shown and hidden.
         let burst = text("burst", 5, 1000);
-        let resp = limited(&spec, HeaderMode::Draft10, &[rep(&burst, 5, 1000, false, 0, 3_500)], &["burst", "tenant"], 2_000);
+        let resp =
+            limited(&spec, HeaderMode::Draft10, &[rep(&burst, 5, 1000, false, 0, 3_500)], &named(&["burst", "tenant"]), 2_000);
         assert_eq!(get(&resp.headers, "retry-after").as_deref(), Some("4"));
     }
 
@@ -365,7 +392,7 @@ mod tests {
         };
         let api = text("api", 50, 60_000);
         let r = [rep(&api, 50, 60_000, false, 0, 1_200)];
-        let resp = limited(&spec, HeaderMode::Draft10, &r, &["api"], 0);
+        let resp = limited(&spec, HeaderMode::Draft10, &r, &named(&["api"]), 0);
         assert_eq!(resp.status, 429);
         let get = |k: &str| resp.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get("retry-after").as_deref(), Some("2"));
@@ -384,17 +411,37 @@ mod tests {
             (&["api"][..], "rate limit \"api\" exceeded; retry in 7 s"),
             (&["a.b", "c-d_9"][..], "rate limits a.b, c-d_9 exceeded; retry in 7 s"),
         ] {
-            let body: serde_json::Value = serde_json::from_str(&problem(429, violated, 7)).unwrap();
+            let body: serde_json::Value = serde_json::from_str(&problem(429, &named(violated), 7)).unwrap();
             assert_eq!(body["detail"], detail);
             assert_eq!(body["violated_rules"], serde_json::json!(violated));
             assert_eq!((body["status"].as_u64(), body["retry_after"].as_u64()), (Some(429), Some(7)));
             assert_eq!(body["title"], "Too Many Requests");
         }
         // Another status: its own phrase as the title, or none where it has no phrase.
-        let body: serde_json::Value = serde_json::from_str(&problem(503, &["api"], 7)).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&problem(503, &named(&["api"]), 7)).unwrap();
         assert_eq!((body["title"].as_str(), body["status"].as_u64()), (Some("Service Unavailable"), Some(503)));
-        let body: serde_json::Value = serde_json::from_str(&problem(499, &["api"], 7)).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&problem(499, &named(&["api"]), 7)).unwrap();
         assert_eq!((body.get("title"), body["status"].as_u64()), (None, Some(499)));
+    }
+
+    /// A rule its store could not decide (`on_error: deny`) is named as not checked, never as
+    /// exceeded, alone or beside rules that were; `violated_rules` keeps every one in order.
+    #[test]
+    fn rules_denied_unchecked_are_not_said_to_be_exceeded() {
+        let v = |name, unchecked| Violated { name, unchecked };
+        for (violated, detail) in [
+            (vec![v("api", true)], "rate limit \"api\" could not be checked; retry in 3 s"),
+            (vec![v("a", true), v("b", true)], "rate limits a, b could not be checked; retry in 3 s"),
+            (
+                vec![v("a", true), v("b", false), v("c", true)],
+                "rate limit \"b\" exceeded; rate limits a, c could not be checked; retry in 3 s",
+            ),
+        ] {
+            let body: serde_json::Value = serde_json::from_str(&problem(429, &violated, 3)).unwrap();
+            assert_eq!(body["detail"], detail);
+            let names: Vec<&str> = violated.iter().map(|v| v.name).collect();
+            assert_eq!(body["violated_rules"], serde_json::json!(names));
+        }
     }
 
     #[test]
@@ -402,7 +449,7 @@ mod tests {
         let spec =
             ResponseSpec { status: 503, headers: vec![], body: Some("slow down".into()), content_type: None, grpc_status: 8 };
         let a = text("a", 5, 1000);
-        let resp = limited(&spec, HeaderMode::None, &[rep(&a, 5, 1000, false, 0, 1)], &["a"], 0);
+        let resp = limited(&spec, HeaderMode::None, &[rep(&a, 5, 1000, false, 0, 1)], &named(&["a"]), 0);
         assert_eq!(resp.status, 503);
         assert_eq!(resp.body, b"slow down");
         assert!(resp.headers.contains(&("retry-after".into(), "1".to_string())));

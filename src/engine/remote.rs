@@ -171,14 +171,14 @@ impl Limiter {
             outcomes.extend(cached);
             return Step::Done(self.verdict(outcomes, true));
         }
-        let permit = match self.breaker() {
+        let (permit, open_ms) = match self.breaker() {
             // Shadow rules alone.
-            Some(b) if redis_in_force == 0 => b.permit_unprobed(store),
-            Some(b) => b.permit(store, now_us),
-            None => Permit::Skip,
+            Some(b) if redis_in_force == 0 => (b.permit_unprobed(store), 0),
+            Some(b) => b.permit_or_wait(store, now_us),
+            None => (Permit::Skip, 0),
         };
         if permit == Permit::Skip {
-            return Step::Done(self.redis_failed(&applied, store, now_us));
+            return Step::Done(self.redis_failed(&applied, store, now_us, Some(open_ms)));
         }
         // Several enforced Redis rules: check them all without writing first, so a request one
         // of them denies consumes nothing from the others. A race between the passes can only
@@ -392,7 +392,7 @@ impl Limiter {
                 };
                 self.warn_failed(&p, p.redis.iter(), &why);
                 self.hear(&p, false, heard, store, now_us);
-                return Resumed::Done(self.redis_failed(&p.applied, store, now_us));
+                return Resumed::Done(self.redis_failed(&p.applied, store, now_us, None));
             }
         };
         if let Some((_, e)) = failed.first() {
@@ -411,7 +411,7 @@ impl Limiter {
         }
         // A shadow rule's failure says nothing of the limits in force.
         let ok = !p.fell().iter().any(|&i| !self.rules[p.applied[i].rule].is_shadow());
-        outcomes.extend(self.on_error_outcomes(&p.applied, p.fell(), store, now_us));
+        outcomes.extend(self.on_error_outcomes(&p.applied, p.fell(), store, now_us, None));
         let denied = outcomes.iter().any(|o| !o.allowed && !self.rules[o.rule].is_shadow());
         if p.dry && !denied {
             // Those that fell back are decided here, with the local rules, after the pass that
@@ -503,7 +503,7 @@ impl Limiter {
             Step::Done(v) => v,
             Step::Redis(p) => match self.resume(p, Err("no Redis transport".into()), store, now_us) {
                 Resumed::Done(v) => v,
-                Resumed::Retry(p) => self.redis_failed(&p.applied, store, now_us),
+                Resumed::Retry(p) => self.redis_failed(&p.applied, store, now_us, None),
             },
         }
     }
@@ -521,7 +521,7 @@ impl Limiter {
     /// call is one failure, however many requests it carried.
     pub fn resume_failed_together(&self, p: Pending, store: &impl SharedStore, now_us: u64) -> Verdict {
         self.abandon(&p, store);
-        self.redis_failed(&p.applied, store, now_us)
+        self.redis_failed(&p.applied, store, now_us, None)
     }
 
     /// The request waiting on `p` ended before Redis answered (the client went away): a probe
@@ -538,10 +538,11 @@ impl Limiter {
 
     /// Redis could not decide (failure, timeout, open breaker): each Redis rule follows its
     /// `on_error`; those that fall back are decided in the proxy with the local rules, so that
-    /// a request another rule denies consumes none of their share either.
-    fn redis_failed(&self, applied: &[Applied], store: &impl SharedStore, now_us: u64) -> Verdict {
+    /// a request another rule denies consumes none of their share either. `open_ms`: how long
+    /// the breaker stays open, when its answer already said (else read for a denial).
+    fn redis_failed(&self, applied: &[Applied], store: &impl SharedStore, now_us: u64, open_ms: Option<u64>) -> Verdict {
         let redis: Vec<usize> = (0..applied.len()).filter(|&i| self.rules[applied[i].rule].is_redis()).collect();
-        let outcomes = self.on_error_outcomes(applied, &redis, store, now_us);
+        let outcomes = self.on_error_outcomes(applied, &redis, store, now_us, open_ms);
         let fell: Vec<usize> = redis.iter().map(|&i| applied[i].rule).collect();
         self.local_phase(applied, outcomes, store, now_us, &fell)
     }
@@ -550,7 +551,14 @@ impl Limiter {
     /// decide, but for those that fall back (decided in the proxy with the local rules). A
     /// denial asks the client to wait a second, or while the breaker is open, until it probes
     /// Redis again: told a second, an obedient client would be turned away several times.
-    fn on_error_outcomes(&self, applied: &[Applied], fell: &[usize], store: &impl SharedStore, now_us: u64) -> Vec<RuleOutcome> {
+    fn on_error_outcomes(
+        &self,
+        applied: &[Applied],
+        fell: &[usize],
+        store: &impl SharedStore,
+        now_us: u64,
+        open_ms: Option<u64>,
+    ) -> Vec<RuleOutcome> {
         let mut wait_s: Option<u16> = None;
         fell.iter()
             .map(|&i| &applied[i])
@@ -561,9 +569,9 @@ impl Limiter {
                 let store_wait_s = if allowed {
                     0
                 } else {
-                    // Read once, and only for a denial.
+                    // Read once, and only for a denial (not at all when the breaker's answer said).
                     *wait_s.get_or_insert_with(|| {
-                        let open_ms = self.breaker().and_then(|b| b.open_for_ms(store, now_us)).unwrap_or(0);
+                        let open_ms = open_ms.or_else(|| self.breaker().and_then(|b| b.open_for_ms(store, now_us))).unwrap_or(0);
                         u16::try_from(open_ms.div_ceil(1000)).unwrap_or(u16::MAX).max(STORE_ERROR_WAIT_S)
                     })
                 };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::{Applied, Limiter};
 use crate::config::Per;
 use crate::identity::Identity;
-use crate::response::{self, Field, LocalResponse, Reported};
+use crate::response::{self, Field, LocalResponse, Reported, Violated};
 use crate::strategy::Decision;
 
 /// What happened to one rule for one request.
@@ -53,6 +53,12 @@ impl RuleOutcome {
         }
     }
 
+    /// Denied without a decision of its limits: its store failed and its `on_error` denied.
+    #[inline]
+    pub fn unchecked(&self) -> bool {
+        self.store_error && self.decisions.is_empty()
+    }
+
     /// The longest retry-after of its denying limits, or of its `on_error` denial (0 when
     /// none denies).
     #[inline]
@@ -88,7 +94,7 @@ impl Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shown {
     Limit { rule: usize, limit: usize, quota: u64, allowed: bool, remaining: u64, reset_s: u64 },
-    Violated { rule: usize },
+    Violated { rule: usize, unchecked: bool },
     HiddenWait { secs: u64 },
 }
 
@@ -142,7 +148,7 @@ impl Limiter {
             remaining: response::shown_remaining(&r.decision),
             reset_s: response::reset_secs(&r.decision),
         });
-        limits.chain(self.violated(outcomes).map(|o| Shown::Violated { rule: o.rule }))
+        limits.chain(self.violated(outcomes).map(|o| Shown::Violated { rule: o.rule, unchecked: o.unchecked() }))
     }
 
     /// The limited response for `outcomes`: the last one again when it showed the same.
@@ -164,7 +170,10 @@ impl Limiter {
         }
         let hidden_ms = self.hidden_wait_ms(outcomes);
         let reported: Vec<Reported<'_>> = self.reported(outcomes).map(|(_, _, r)| r).collect();
-        let violated: Vec<&str> = self.violated(outcomes).map(|o| self.rules[o.rule].rule.name.as_str()).collect();
+        let violated: Vec<Violated<'_>> = self
+            .violated(outcomes)
+            .map(|o| Violated { name: self.rules[o.rule].rule.name.as_str(), unchecked: o.unchecked() })
+            .collect();
         let response =
             Arc::new(response::limited(&self.response, self.headers_mode, &reported, &violated, hidden_ms.unwrap_or(0)));
         if let Ok(mut last) = self.last_limited.0.try_borrow_mut() {

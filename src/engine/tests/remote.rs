@@ -137,14 +137,48 @@ fn an_on_error_denial_asks_for_the_breakers_wait() {
     // breaker after all its requests); from then on, the wait is the breaker's, rounded up.
     assert_eq!(header(&fail(T0), "retry-after").as_deref(), Some("1"));
     // A worker whose clock is behind the one that opened it is told no more than open_ms.
+    // An outage's denials are a flood: each reads the breaker once, for its permit and its wait.
     for (now, want) in [(T0 - 900_000, "8"), (T0 + 1, "8"), (T0 + 2_000_000, "6"), (T0 + 7_000_000, "1"), (T0 + 7_499_000, "1")] {
         for path in ["/", "/hidden"] {
-            match l.start(&Req::new("GET", path), &s, now) {
+            let counted = Racing::new(&s);
+            match l.start(&Req::new("GET", path), &counted, now) {
                 Step::Done(v) => assert_eq!(header(&v, "retry-after").as_deref(), Some(want), "{path} at {now}"),
                 Step::Redis(_) => panic!("called Redis with the breaker open"),
             }
+            // An outage's denials are a flood: each reads its rules' deny cache entries and the
+            // breaker's state, once for both the breaker's permit and its wait.
+            let rules = if path == "/" { 1 } else { 2 };
+            assert_eq!((counted.reads.get(), counted.writes.get()), (rules + 1, 0), "shared data of a denial, {path} at {now}");
         }
     }
+    // The client is not told a limit was exceeded: Redis never decided.
+    let Step::Done(Verdict::Deny { response, .. }) = l.start(&Req::new("GET", "/hidden"), &s, T0 + 1) else {
+        panic!("expected a denial with the breaker open")
+    };
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["detail"], "rate limits d, h could not be checked; retry in 8 s");
+    assert_eq!(body["violated_rules"], serde_json::json!(["d", "h"]));
+}
+
+/// A worker sends its last 429 again only when it would show the same: a rule kept out of the
+/// fields that Redis denied, and then could not decide, asks for the same wait under the same
+/// name, but was exceeded only the first time.
+#[test]
+fn an_unchecked_denial_is_not_the_last_exceeded_one_again() {
+    let l = limiter(serde_json::json!({"namespace": "ns", "redis": {"cluster": "gw", "deny_cache": false},
+        "rules": [{"name": "h", "limit": "10/min", "backend": "redis", "on_error": "deny", "advertise": false}]}));
+    let s = MemStore::default();
+    let detail = |v: &Verdict| match v {
+        Verdict::Deny { response, .. } => serde_json::from_slice::<serde_json::Value>(&response.body).unwrap()["detail"].clone(),
+        Verdict::Admit { .. } => panic!("admitted"),
+    };
+    let denied = done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Ok(vec![reply(false, 0)]), &s, T0));
+    assert_eq!((header(&denied, "retry-after"), detail(&denied)), (Some("1"), "rate limit \"h\" exceeded; retry in 1 s".into()));
+    let failed = done(l.resume(pending(l.start(&Req::new("GET", "/"), &s, T0)), Err("down".into()), &s, T0));
+    assert_eq!(
+        (header(&failed, "retry-after"), detail(&failed)),
+        (Some("1"), "rate limit \"h\" could not be checked; retry in 1 s".into())
+    );
 }
 
 /// Two configs of one namespace in a VM (two listeners) that reach different gateways: one
