@@ -53,6 +53,7 @@ use tokio::sync::OnceCell;
 
 use crate::command::{batch_call, library, library_name, module_command, sha, work_runs, Command, RunAs};
 use crate::config::RedisCalls;
+use crate::lock;
 use crate::metrics::{LoadTrigger, Metrics};
 use crate::reply::server_error_text;
 
@@ -868,10 +869,6 @@ impl ClusterBackend {
             }
         });
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn batch<'a>(

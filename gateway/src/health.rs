@@ -97,7 +97,7 @@ impl Health {
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.cache)
     }
 
     fn generation(&self) -> u64 {

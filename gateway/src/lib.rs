@@ -198,3 +198,10 @@ pub mod server;
 
 pub use config::Config;
 pub use server::{Gateway, GatewayError};
+
+/// Takes `m` even when a thread panicked holding it: what the gateway keeps behind a lock
+/// (counters, the health cache, a connection's handle) is whole after any panic, and a gateway
+/// that stopped answering over one would send every proxy to `on_error`.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -232,7 +232,7 @@ impl Metrics {
 
     pub fn finish_request(&self, endpoint: Endpoint, status: u16, elapsed: Duration) {
         {
-            let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let mut requests = crate::lock(&self.requests);
             *requests.entry((endpoint, status)).or_insert(0) += 1;
         }
         self.latency[endpoint.index()].observe(elapsed);
@@ -280,7 +280,7 @@ impl Metrics {
     /// A request refused before anything reached Redis (400), for `reason`: one of
     /// `command::REASONS`, or [`BODY_UNREADABLE`].
     pub fn refused(&self, reason: &'static str) {
-        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refused = crate::lock(&self.refused);
         *refused.entry(reason).or_insert(0) += 1;
     }
 
@@ -337,7 +337,7 @@ impl Metrics {
     fn write_to(&self, out: &mut String, bodies: &Budget, cluster_remakes: Option<u64>) -> std::fmt::Result {
         writeln!(out, "# HELP sluice_gateway_requests_total HTTP requests answered, by endpoint and status code.")?;
         writeln!(out, "# TYPE sluice_gateway_requests_total counter")?;
-        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let requests = crate::lock(&self.requests).clone();
         for ((endpoint, status), n) in requests {
             writeln!(out, "sluice_gateway_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}", endpoint.label())?;
         }
@@ -358,7 +358,7 @@ impl Metrics {
 
         writeln!(out, "# HELP sluice_gateway_refused_total Requests refused with 400 before anything reached Redis, by reason.")?;
         writeln!(out, "# TYPE sluice_gateway_refused_total counter")?;
-        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut refused = crate::lock(&self.refused).clone();
         for reason in REASONS.into_iter().chain([BODY_UNREADABLE]) {
             refused.entry(reason).or_insert(0);
         }
