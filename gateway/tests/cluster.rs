@@ -368,9 +368,16 @@ async fn a_batch_across_a_migrating_slot_runs_its_calls_one_by_one() {
     assert_eq!(redis_cli(importer, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &id_of(owner)]).trim(), "OK");
     assert_eq!(redis_cli(owner, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &id_of(importer)]).trim(), "OK");
 
+    let batches = || async {
+        let (_, text) = http.get("/metrics").await;
+        support::metric_value(&text, "sluice_gateway_redis_batches_total")
+    };
+    let batches_before = batches().await;
     let (status, body) = http.post("/pipeline", json!([call(old), call(new)])).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!([entry_verdict(&body[0]), entry_verdict(&body[1])], [(true, LIMIT - 2), (true, LIMIT - 1)], "{body}");
+    // The two went as one batch first (answered TRYAGAIN), not one by one from the start.
+    assert!(batches().await > batches_before, "no batch was sent");
     let keys_in = |port: u16| redis_cli(port, &["CLUSTER", "COUNTKEYSINSLOT", &slot_arg]).trim().to_string();
     assert_ne!(keys_in(owner), "0", "the old identity counted where its keys are");
     assert_ne!(keys_in(importer), "0", "the new one where Redis sent it");

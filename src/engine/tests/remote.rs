@@ -523,16 +523,26 @@ fn a_fallback_reports_its_share_as_the_quota() {
 
 #[test]
 fn a_request_denied_while_redis_is_down_consumes_no_fallback_share() {
-    // u1's fallback admits it twice an hour; a second Redis rule (its own fallback, spent after
-    // one request, or on_error: deny) denies every request that carries the closed gate.
-    for gate in [serde_json::json!({"fallback": {"share": 1}}), serde_json::json!("deny")] {
+    // u1's fallback admits it twice an hour; a gate (a second Redis rule with its own fallback,
+    // spent after one request, or on_error: deny; or a local rule spent after one request)
+    // denies every request that carries the closed gate.
+    let gate = |more: serde_json::Value| {
+        let mut rule = serde_json::json!({"name": "gate", "match": {"headers": {"x-gate": "closed"}}, "limit": "1/hour",
+            "identifier": "global"});
+        rule.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
+        rule
+    };
+    for (gate, first, left) in [
+        (gate(serde_json::json!({"backend": "redis", "on_error": {"fallback": {"share": 1}}})), 200, 1),
+        (gate(serde_json::json!({"backend": "redis", "on_error": "deny"})), 429, 2),
+        (gate(serde_json::json!({"strategy": "fixed_window"})), 200, 1),
+    ] {
         let l = redis_limiter(serde_json::json!([
             {"name": "per-user", "limit": "4/hour", "strategy": "fixed_window", "identifier": {"header": "x-user"},
              "backend": "redis", "on_error": {"fallback": {"share": 0.5}}},
             {"name": "shadowed", "limit": "1/hour", "strategy": "fixed_window", "identifier": {"header": "x-user"},
              "backend": "redis", "shadow": true, "on_error": {"fallback": {"share": 1}}},
-            {"name": "gate", "match": {"headers": {"x-gate": "closed"}}, "limit": "1/hour", "identifier": "global",
-             "backend": "redis", "on_error": gate},
+            gate.clone(),
         ]));
         let s = MemStore::default();
         let send = |gate: &str, now: u64| {
@@ -542,18 +552,33 @@ fn a_request_denied_while_redis_is_down_consumes_no_fallback_share() {
                 Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, now)),
             }
         };
-        let first = if gate == "deny" { 429 } else { 200 };
         assert_eq!(status(&send("closed", T0)), first, "{gate}: the gate's first request");
         for i in 1..=5 {
             assert_eq!(status(&send("closed", T0 + i)), 429, "{gate}: the gate denies");
         }
         // However often it was denied, u1 has its share less what was admitted.
-        let left = if gate == "deny" { 2 } else { 1 };
         for i in 0..left {
             assert_eq!(status(&send("open", T0 + 10 + i)), 200, "{gate}: admission {i} of the share left");
         }
         assert_eq!(status(&send("open", T0 + 20)), 429, "{gate}: the share is spent");
     }
+}
+
+/// A share is rounded down (never more than the share across proxies), at least 1: a quarter
+/// of 10/hour is 2 a proxy, and its responses say so.
+#[test]
+fn a_fallback_share_rounds_down() {
+    let l = redis_limiter(serde_json::json!([{"name": "f", "limit": "10/hour", "strategy": "fixed_window",
+        "backend": "redis", "on_error": {"fallback": {"share": 0.25}}}]));
+    let s = MemStore::default();
+    let send = |now: u64| match l.start(&Req::new("GET", "/"), &s, now) {
+        Step::Done(v) => v,
+        Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, now)),
+    };
+    let first = send(T0);
+    assert_eq!((status(&first), header(&first, "ratelimit-policy")), (200, Some("\"f\";q=2;w=3600")));
+    assert_eq!(status(&send(T0 + 1)), 200);
+    assert_eq!(status(&send(T0 + 2)), 429, "a quarter of 10 is 2, not 3");
 }
 
 #[test]

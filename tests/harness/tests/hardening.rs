@@ -197,6 +197,41 @@ fn no_retry_is_sent_with_less_than_a_millisecond_left() {
     }
 }
 
+/// `redis.cluster` naming no cluster Envoy has (a typo, a renamed cluster, Istio's long
+/// `outbound|…` names) makes the host refuse every callout at dispatch: each Redis rule follows
+/// its `on_error` on every request, at once, counted and logged, and the VM carries on.
+#[test]
+fn a_redis_cluster_envoy_does_not_have_follows_on_error_on_every_request() {
+    let config = json!({
+        "redis": {"cluster": "sluice_gatway", "timeout_ms": 20},
+        "rules": [{"name": "open", "limit": "5/min", "identifier": "global", "backend": "redis"},
+                  {"name": "shut", "match": {"path": "/shut"}, "limit": "5/min", "identifier": "global", "backend": "redis", "on_error": "deny"}],
+    });
+    // The host has only `sluice_gateway`; any call it were asked would be answered.
+    let mut host = common::sluice()
+        .config(config.to_string())
+        .on_http_call(|_| redis_reply(true))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    for _ in 0..3 {
+        let r = host.request("GET", "/").send();
+        assert_eq!(r.status, 200, "on_error: allow admits: {r:?}");
+        let r = host.request("GET", "/shut").send();
+        assert_eq!(r.status, 429, "on_error: deny denies: {r:?}");
+        let body: serde_json::Value = serde_json::from_str(&r.body_str()).unwrap_or_default();
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.starts_with("rate limit \"shut\" could not be checked; retry in "), "{detail}");
+    }
+    assert!(host.callouts().is_empty(), "no call reached any cluster: {:?}", host.callouts().len());
+    assert_eq!(metric(&mut host, "open", "store_errors"), 6, "both requests of each round asked for `open`");
+    assert_eq!(metric(&mut host, "shut", "store_errors"), 3);
+    // Each refused call is logged with the cluster's name, and is a failure to the breaker: the
+    // fifth (its default threshold) opens it, and the last request is not even tried.
+    let refused = host.logs().iter().filter(|l| l.message.contains("cluster \"sluice_gatway\"")).count();
+    assert_eq!(refused, 5, "{:#?}", host.logs());
+    assert!(host.traps().is_empty(), "{:?}", host.traps());
+}
+
 /// A callout belongs to the root in Envoy: a request whose client went away still has its
 /// call answered, at the latest by its timeout, to a context that is gone. A guest that kept
 /// anything per such call would grow by it per hung-up request.
