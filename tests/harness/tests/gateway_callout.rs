@@ -297,6 +297,41 @@ fn a_shadow_rule_logs_whom_it_would_limit_whether_redis_or_the_proxy_decides() {
 /// burst of the user's requests in flight at once on one worker is checked with what those
 /// ahead of it hold, so the tenant counts only what the user's limit admits (it had counted
 /// the whole burst: every dry pass came before any write).
+/// A call the filter gave up on (`redis.timeout_ms`) after the gateway had sent it still runs in
+/// Redis: its request follows `on_error` and is counted too, so the identity's count runs
+/// ahead. That can only deny more, never admit past the limit.
+#[test]
+fn a_call_answered_after_its_timeout_counts_and_can_only_deny_more() {
+    let (addr, _gateway, _redis) = gateway_and_redis();
+    let late = std::rc::Rc::new(std::cell::Cell::new(false));
+    let mut forward = forward::http_to(addr);
+    let mut host = host_on(&redis_rule("5/hour"), {
+        let late = std::rc::Rc::clone(&late);
+        move |call| {
+            let answer = forward(call);
+            // Redis has decided; the answer never comes back before the call's timeout.
+            if late.get() {
+                CalloutReply::Hold
+            } else {
+                answer
+            }
+        }
+    });
+    assert_eq!(remaining(&host.request("GET", "/").send()), Some(4));
+    late.set(true);
+    let id = host.request("GET", "/").start();
+    host.advance(Duration::from_millis(100));
+    let r = host.response(id).expect("on_error decided at the timeout");
+    assert_eq!(r.status, 429, "on_error: deny {r:?}");
+    late.set(false);
+    // Redis counted the late call: 2 left, not 3; then 2 more are admitted and no more.
+    let r = host.request("GET", "/").send();
+    assert_eq!((r.admitted(), remaining(&r)), (true, Some(2)), "{r:?}");
+    let admitted = (0..4).filter(|_| host.request("GET", "/").send().admitted()).count();
+    assert_eq!(admitted, 2, "never past the limit");
+    assert!(host.traps().is_empty());
+}
+
 #[test]
 fn a_burst_over_a_narrow_limit_takes_nothing_of_the_wide_one() {
     let (addr, _gateway, _redis) = gateway_and_redis();
