@@ -28,8 +28,8 @@ impl LimitText {
     }
 }
 
-/// A rule a limited response names: denied by its limits, or `unchecked`, denied by its
-/// `on_error` because its store did not decide.
+/// A rule a limited response names: denied by its limits, or `unchecked`, denied because its
+/// store did not decide (Redis' `on_error: deny`, a local write that kept losing its race).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Violated<'a> {
     pub name: &'a str,
@@ -214,6 +214,9 @@ fn problem(status: u16, violated: &[Violated<'_>], retry_after: u64) -> String {
         out.push_str("; ");
     }
     push_rules(&mut out, violated, true, " could not be checked");
+    if violated.is_empty() {
+        out.push_str("rate limited");
+    }
     out.push_str("; retry in ");
     push_number(&mut out, retry_after);
     out.push_str(" s\",\"violated_rules\":[");

@@ -73,7 +73,7 @@ fn client(conn: &mut Connection, chunks: &[&[u8]], mut admit: impl FnMut() -> bo
                     let judgement = if admit() {
                         Judgement::Admit { delay_ms: 0 }
                     } else {
-                        Judgement::Deny { violated: vec![0], retry_after_ms: 1500 }
+                        Judgement::Deny { violated: vec![0], unchecked: vec![], retry_after_ms: 1500 }
                     };
                     conn.judge(ask, judgement, 0);
                 }

@@ -53,7 +53,8 @@ impl RuleOutcome {
         }
     }
 
-    /// Denied without a decision of its limits: its store failed and its `on_error` denied.
+    /// Denied without a decision of its limits: its store (Redis, or a shared-data write that
+    /// kept losing its race) could not decide, and it was denied all the same.
     #[inline]
     pub fn unchecked(&self) -> bool {
         self.store_error && self.decisions.is_empty()

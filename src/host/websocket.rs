@@ -275,7 +275,11 @@ fn judgement(shared: &Shared, verdict: &Verdict) -> Judgement {
             let violated: Vec<_> =
                 outcomes.iter().filter(|o| !o.allowed && !rule(shared, o.rule).is_some_and(|r| r.shadow)).collect();
             let retry = crate::websocket::denial_wait_ms(violated.iter().map(|o| o.retry_after_ms()));
-            Judgement::Deny { violated: violated.iter().map(|o| o.rule).collect(), retry_after_ms: retry }
+            Judgement::Deny {
+                violated: violated.iter().map(|o| o.rule).collect(),
+                unchecked: violated.iter().filter(|o| o.unchecked()).map(|o| o.rule).collect(),
+                retry_after_ms: retry,
+            }
         }
     }
 }
@@ -325,7 +329,7 @@ fn settle(shared: &Rc<Shared>, ctx: u32, mut pending: Pending, deadline: u64) ->
 /// A message whose decision was lost is not let through unjudged.
 fn lost(conn: &mut Connection, ask: Ask, now: u64) {
     log::error!("sluice: a WebSocket message's Redis decision cannot come back to its connection; dropped");
-    conn.judge(ask, Judgement::Deny { violated: Vec::new(), retry_after_ms: 1000 }, now);
+    conn.judge(ask, Judgement::Deny { violated: Vec::new(), unchecked: Vec::new(), retry_after_ms: 1000 }, now);
 }
 
 /// Walks the client's buffer, judging every message it holds, until it may go on, must wait

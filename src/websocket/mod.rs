@@ -14,7 +14,7 @@
 //! let mut up = frame::frame(frame::TEXT, b"hi", Some([1, 2, 3, 4]));
 //! let ask = match conn.client_advance(&mut up).unwrap() { Advance::Ask(a) => a, Advance::End => unreachable!() };
 //! assert_eq!(ask.payload, 2);
-//! let deny = Judgement::Deny { violated: vec![0], retry_after_ms: 500 };
+//! let deny = Judgement::Deny { violated: vec![0], unchecked: vec![], retry_after_ms: 500 };
 //! assert_eq!(conn.judge(ask, deny, 0), Fate::Dropped);
 //! assert_eq!(conn.client_advance(&mut up).unwrap(), Advance::End);
 //! conn.client_finish(&mut up, false, 0).unwrap();
@@ -96,8 +96,9 @@ pub enum Judgement {
     /// Let it through, after `delay_ms` (`leaky_bucket_queue`): the stream is held until then.
     Admit { delay_ms: u64 },
     /// Over the limit of these rules (config indexes); the same message would be admitted in
-    /// `retry_after_ms`.
-    Deny { violated: Vec<usize>, retry_after_ms: u64 },
+    /// `retry_after_ms`. Those also in `unchecked` were denied because their store could not
+    /// decide (their `on_error`), not over any limit.
+    Deny { violated: Vec<usize>, unchecked: Vec<usize>, retry_after_ms: u64 },
 }
 
 /// What became of a judged message.
@@ -154,8 +155,14 @@ fn notice(rule: &str, retry_after_ms: u64) -> Vec<u8> {
     frame::frame(frame::TEXT, text.as_bytes(), None)
 }
 
-fn close_reason(rule: &str) -> String {
-    format!("rate limit \"{rule}\" exceeded")
+/// The close reason naming the first violated rule: over its limit, or not checked (its store
+/// could not decide); with no rule (a decision that was lost), not checked.
+fn close_reason(rule: Option<(&str, bool)>) -> String {
+    match rule {
+        Some((rule, false)) => format!("rate limit \"{rule}\" exceeded"),
+        Some((rule, true)) => format!("rate limit \"{rule}\" could not be checked"),
+        None => "rate limit could not be checked".to_string(),
+    }
 }
 
 /// Whether an `Upgrade` header value asks for a WebSocket (a token of a comma-separated list,
@@ -270,32 +277,32 @@ impl Connection {
 
     /// Carries out the limiter's judgement of the asked frame.
     pub fn judge(&mut self, ask: Ask, judgement: Judgement, now_us: u64) -> Fate {
-        let (violated, retry_after_ms) = match judgement {
+        let (violated, unchecked, retry_after_ms) = match judgement {
             Judgement::Admit { delay_ms } => {
                 self.hold_until_us = self.hold_until_us.max(now_us.saturating_add(delay_ms.saturating_mul(1000)));
                 self.client.admit();
                 return Fate::Admitted;
             }
-            Judgement::Deny { violated, retry_after_ms } => (violated, retry_after_ms),
+            Judgement::Deny { violated, unchecked, retry_after_ms } => (violated, unchecked, retry_after_ms),
         };
         // A frame of a message already under way cannot be taken out without cutting the
         // message, and a compressed message may be needed to read later ones.
         let mut close =
             ask.continuation || self.may_drop == MayDrop::Nothing || (ask.compressed && self.may_drop == MayDrop::Uncompressed);
-        let (mut notify, mut name) = (false, None);
+        let (mut notify, mut first) = (false, None);
         for p in self.policies.iter_mut().filter(|p| violated.contains(&p.rule)) {
             p.violations = p.violations.saturating_add(1);
             close |= p.close_after.is_some_and(|n| p.violations >= n);
             notify |= p.notify;
-            name.get_or_insert_with(|| p.name.clone());
+            first.get_or_insert((p.rule, p.name.clone()));
         }
-        let name = name.unwrap_or_default();
         if close {
-            self.close(frame::POLICY_VIOLATION, &close_reason(&name));
+            let rule = first.as_ref().map(|(rule, name)| (name.as_str(), unchecked.contains(rule)));
+            self.close(frame::POLICY_VIOLATION, &close_reason(rule));
             return Fate::Closed;
         }
         let ping = if notify {
-            self.server.notice = Some(notice(&name, retry_after_ms));
+            self.server.notice = Some(notice(first.as_ref().map_or("", |(_, name)| name), retry_after_ms));
             self.ping(now_us)
         } else {
             None

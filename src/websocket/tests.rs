@@ -124,6 +124,8 @@ struct Sim {
     to_server: Vec<u8>,
     /// Judgements to give, one per ask, in order; admit when they run out.
     plan: Vec<bool>,
+    /// The rules of a denial its store could not decide.
+    unchecked: Vec<usize>,
     asks: Vec<Ask>,
     fates: Vec<Fate>,
     eos: bool,
@@ -138,6 +140,7 @@ impl Sim {
             waiting: None,
             to_server: Vec::new(),
             plan,
+            unchecked: Vec::new(),
             asks: Vec::new(),
             fates: Vec::new(),
             eos: false,
@@ -149,7 +152,7 @@ impl Sim {
         if admit {
             Judgement::Admit { delay_ms: 0 }
         } else {
-            Judgement::Deny { violated: vec![0], retry_after_ms: 1_500 }
+            Judgement::Deny { violated: vec![0], unchecked: self.unchecked.clone(), retry_after_ms: 1_500 }
         }
     }
 
@@ -285,7 +288,7 @@ fn a_late_pong_to_an_earlier_ping_never_reaches_the_client() {
     for (i, now) in [0u64, 1_100_000].into_iter().enumerate() {
         let mut up = wire(&[msg(&format!("spam{i}"))]);
         while let Advance::Ask(a) = c.client_advance(&mut up).unwrap() {
-            c.judge(a, Judgement::Deny { violated: vec![0], retry_after_ms: 1_500 }, now);
+            c.judge(a, Judgement::Deny { violated: vec![0], unchecked: vec![], retry_after_ms: 1_500 }, now);
         }
         c.client_finish(&mut up, false, now).unwrap();
         let (_, control) = messages(&decode(&up).unwrap());
@@ -330,6 +333,19 @@ fn no_notice_follows_the_servers_close() {
     let late = after.clone();
     c.server_chunk(&mut after, true).unwrap();
     assert_eq!(after, late, "and nothing of sluice's follows it");
+}
+
+/// A close on a message its store could not decide (a Redis message rule's `on_error: deny`
+/// during an outage) does not claim a limit was exceeded; nor does one on a lost decision.
+#[test]
+fn a_close_no_limit_decided_says_the_rule_could_not_be_checked() {
+    let mut sim = Sim::new(conn(false, Some(1), false), vec![false]);
+    sim.unchecked = vec![0];
+    sim.chunk(&wire(&[msg("a")]), false, false);
+    assert_eq!(sim.fates, vec![Fate::Closed]);
+    let to_server = decode(&sim.to_server).unwrap();
+    assert_eq!(&to_server.last().unwrap().3[2..], b"rate limit \"chat\" could not be checked");
+    assert_eq!(super::close_reason(None), "rate limit could not be checked");
 }
 
 #[test]
@@ -564,7 +580,7 @@ fn cleaning_a_buffer_of_small_denied_messages_copies_it_a_bounded_number_of_time
         match c.client_advance(&mut body).unwrap() {
             Advance::End => break,
             Advance::Ask(a) => {
-                c.judge(a, Judgement::Deny { violated: vec![0], retry_after_ms: 1_000 }, 0);
+                c.judge(a, Judgement::Deny { violated: vec![0], unchecked: vec![], retry_after_ms: 1_000 }, 0);
             }
         }
     }
@@ -594,7 +610,7 @@ fn control_frames_between_the_pieces_of_a_dropped_message_cost_no_rewrites_of_th
         Advance::Ask(a) => a,
         Advance::End => panic!("the message's first frame is asked about"),
     };
-    assert_eq!(c.judge(ask, Judgement::Deny { violated: vec![0], retry_after_ms: 1_000 }, 0), Fate::Dropped);
+    assert_eq!(c.judge(ask, Judgement::Deny { violated: vec![0], unchecked: vec![], retry_after_ms: 1_000 }, 0), Fate::Dropped);
     assert_eq!(c.client_advance(&mut body).unwrap(), Advance::End, "no piece is asked about");
     c.client_finish(&mut body, false, 0).unwrap();
     assert!(body.bytes == ping.repeat(pairs), "every ping reaches the server, in order, and nothing of the message");

@@ -137,7 +137,6 @@ fn an_on_error_denial_asks_for_the_breakers_wait() {
     // breaker after all its requests); from then on, the wait is the breaker's, rounded up.
     assert_eq!(header(&fail(T0), "retry-after").as_deref(), Some("1"));
     // A worker whose clock is behind the one that opened it is told no more than open_ms.
-    // An outage's denials are a flood: each reads the breaker once, for its permit and its wait.
     for (now, want) in [(T0 - 900_000, "8"), (T0 + 1, "8"), (T0 + 2_000_000, "6"), (T0 + 7_000_000, "1"), (T0 + 7_499_000, "1")] {
         for path in ["/", "/hidden"] {
             let counted = Racing::new(&s);

@@ -141,6 +141,40 @@ fn a_connection_whose_body_envoy_will_not_lend_is_reset_under_an_enforced_rule()
     }
 }
 
+/// A Redis message rule whose calls fail, `on_error: deny` and `close_after: 1`: the connection
+/// is closed on the first message, and the close says the rule could not be checked (Redis
+/// decided nothing, so no limit was exceeded).
+#[test]
+fn a_message_rule_redis_cannot_decide_closes_saying_it_could_not_be_checked() {
+    let rule = json!({"name": "chat", "per": "message", "match": {"path": "/ws/**"}, "limit": "2/min", "identifier": "global",
+                      "backend": "redis", "on_error": "deny", "over_limit": {"close_after": 1}});
+    let seen = Rc::new(RefCell::new(None));
+    let upstream = Rc::clone(&seen);
+    let mut host = sluice()
+        .config(json!({"redis": {"cluster": "sluice_gateway", "timeout_ms": 20}, "rules": [rule]}).to_string())
+        .on_http_call(|_| sluice_harness::CalloutReply::Fail)
+        .upstream(move |req| {
+            *upstream.borrow_mut() = Some(req.body.clone());
+            HttpResponse::new(101).header("upgrade", "websocket").header("connection", "Upgrade")
+        })
+        .build()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", e.logs()));
+    let resp = host.request("GET", "/ws/chat").header("upgrade", "websocket").body(three_messages()).send();
+    assert_eq!(resp.status, 101);
+    // The server gets nothing but sluice's close: one short masked frame.
+    let to_server = seen.borrow().clone().unwrap_or_default();
+    assert!(
+        to_server.len() > 6 && to_server[0] == 0x88 && usize::from(to_server[1] & 0x7f) == to_server.len() - 6,
+        "{to_server:?}"
+    );
+    let mut payload = to_server[6..].to_vec();
+    frame::apply_mask(&mut payload, [to_server[2], to_server[3], to_server[4], to_server[5]], 0);
+    let mut close = 1008u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"rate limit \"chat\" could not be checked");
+    assert_eq!(String::from_utf8_lossy(&payload), String::from_utf8_lossy(&close));
+    assert!(host.traps().is_empty());
+}
+
 /// Three text messages, masked as a client sends them.
 fn three_messages() -> Vec<u8> {
     ["one", "two", "three"].iter().flat_map(|m| frame::frame(frame::TEXT, m.as_bytes(), Some([1, 2, 3, 4]))).collect()
