@@ -293,15 +293,12 @@ fn a_shadow_rule_logs_whom_it_would_limit_whether_redis_or_the_proxy_decides() {
     assert!(host.traps().is_empty());
 }
 
-/// A user's limit inside a tenant's, both in Redis (two cluster slots, so a dry pass first): a
-/// burst of the user's requests in flight at once on one worker is checked with what those
-/// ahead of it hold, so the tenant counts only what the user's limit admits (it had counted
-/// the whole burst: every dry pass came before any write).
 /// A call the filter gave up on (`redis.timeout_ms`) after the gateway had sent it still runs in
 /// Redis: its request follows `on_error` and is counted too, so the identity's count runs
-/// ahead. That can only deny more, never admit past the limit.
+/// ahead. That can only deny more, never admit past the limit. (Envoy hands the filter no
+/// answer after the call's timeout; neither does the harness.)
 #[test]
-fn a_call_answered_after_its_timeout_counts_and_can_only_deny_more() {
+fn a_call_the_filter_gave_up_on_counts_and_can_only_deny_more() {
     let (addr, _gateway, _redis) = gateway_and_redis();
     let late = std::rc::Rc::new(std::cell::Cell::new(false));
     let mut forward = forward::http_to(addr);
@@ -332,6 +329,10 @@ fn a_call_answered_after_its_timeout_counts_and_can_only_deny_more() {
     assert!(host.traps().is_empty());
 }
 
+/// A user's limit inside a tenant's, both in Redis (two cluster slots, so a dry pass first): a
+/// burst of the user's requests in flight at once on one worker is checked with what those
+/// ahead of it hold, so the tenant counts only what the user's limit admits (it had counted
+/// the whole burst: every dry pass came before any write).
 #[test]
 fn a_burst_over_a_narrow_limit_takes_nothing_of_the_wide_one() {
     let (addr, _gateway, _redis) = gateway_and_redis();
