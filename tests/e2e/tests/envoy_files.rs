@@ -94,7 +94,15 @@ fn shipped_envoy_files_follow_the_house_rules() {
         assert!(admin["port_value"].as_u64().is_some_and(|p| p > 0), "{name}: an admin port");
         let mut addresses = 0;
         let mut filters = 0;
+        let mut managers = 0;
         walk(&boot, &mut |m| {
+            // A connection manager in front of sluice compares paths as applications route on
+            // them: without these, `//login` or `/%6Cogin` would pass a rule on `/login`.
+            let wasm = |f: &Value| f["typed_config"]["@type"] == "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+            if m.get("http_filters").and_then(Value::as_array).is_some_and(|fs| fs.iter().any(wasm)) {
+                assert_eq!((&m["normalize_path"], &m["merge_slashes"]), (&Value::Bool(true), &Value::Bool(true)), "{name}");
+                managers += 1;
+            }
             if let Some(sa) = m.get("socket_address") {
                 addresses += 1;
                 assert_eq!(sa["address"], "127.0.0.1", "{name}: every address is loopback: {sa}");
@@ -111,7 +119,7 @@ fn shipped_envoy_files_follow_the_house_rules() {
         });
         assert!(addresses >= 2, "{name}: listener and admin addresses");
         if name != "upstream.yaml" {
-            assert_eq!(filters, 1, "{name}: one sluice filter");
+            assert_eq!((filters, managers), (1, 1), "{name}: one sluice filter, behind one connection manager");
         }
     }
 }

@@ -92,6 +92,30 @@ fn one_client_has_one_identity_however_it_is_spelled() {
     assert_eq!(statuses(&x, &[&xff("::ffff:192.0.2.9"), &xff("::ffff:192.0.2.9"), &xff("192.0.2.9")]), [200, 200, 200]);
 }
 
+/// A header read alone (one rule's `identifier: {header}`, Envoy's single-header read) that the
+/// client repeats counts its first occurrence: a decoy after it buys no fresh budget, nor does
+/// one before it a second chance at the spent key.
+#[test]
+fn a_repeated_header_counts_its_first_occurrence() {
+    let envoy = envoy_with(
+        json!({"rules": [{"name": "k", "limit": "1/hour", "strategy": "fixed_window", "identifier": {"header": "x-api-key"}}]}),
+    );
+    let url = envoy.url("/k");
+    assert_eq!(
+        statuses(
+            &url,
+            &[
+                &[("x-api-key", "spent")],
+                &[("x-api-key", "spent"), ("x-api-key", "decoy-1")],
+                &[("x-api-key", "spent"), ("x-api-key", "decoy-2")]
+            ]
+        ),
+        [200, 429, 429]
+    );
+    // The first occurrence is the client: a fresh one first is a fresh client, once.
+    assert_eq!(statuses(&url, &[&[("x-api-key", "fresh"), ("x-api-key", "spent")], &[("x-api-key", "fresh")]]), [200, 429]);
+}
+
 #[test]
 fn a_raw_byte_and_its_escaped_spelling_are_two_clients() {
     let envoy = envoy_with(
