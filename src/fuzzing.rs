@@ -314,3 +314,84 @@ pub fn breaker_state(bytes: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The rules the request target checks a fuzzer-made request against: every kind of value a
+/// request can carry into an identity (query, cookie, header, the forwarded address, several
+/// at once), a cost header, an exemption and globs on the path.
+const REQUEST_CONFIG: &str = r#"{"client_ip": {"xff_trusted_hops": 1}, "rules": [
+    {"name": "user", "match": {"path": "/api/**", "methods": ["GET", "POST"]}, "limit": "3/hour",
+     "identifier": {"query": "user"}, "cost": {"header": "x-cost", "max": 5}},
+    {"name": "session", "match": {"path": "/*/login"}, "limit": "2/hour", "strategy": "gcra", "identifier": {"cookie": "session"}},
+    {"name": "key", "limit": "4/hour", "strategy": "sliding_window_log", "identifier": {"header": "x-api-key"}},
+    {"name": "tenant", "limit": "5/hour", "identifier": [{"header": "x-tenant"}, {"query": "k"}, "client_ip"]},
+    {"name": "ip", "limit": "6/hour", "strategy": "token_bucket", "exempt": {"cidrs": ["10.0.0.0/8", "2001:db8::/32"]}}
+]}"#;
+
+/// A request made of the fuzzer's bytes.
+struct FuzzRequest<'a> {
+    method: &'a [u8],
+    path: &'a [u8],
+    headers: Vec<(&'static str, &'a [u8])>,
+    source: Option<String>,
+}
+
+impl crate::identity::RequestInfo for FuzzRequest<'_> {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        match name {
+            ":method" => Some(self.method.to_vec()),
+            ":path" => Some(self.path.to_vec()),
+            _ => self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_vec()),
+        }
+    }
+    fn cookies(&self) -> Option<Vec<u8>> {
+        let lines: Vec<&[u8]> = self.headers.iter().filter(|(n, _)| *n == "cookie").map(|(_, v)| *v).collect();
+        (!lines.is_empty()).then(|| lines.join(&b"; "[..]))
+    }
+    fn source_address(&self) -> Option<String> {
+        self.source.clone()
+    }
+    fn route_name(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A request whose values are the fuzzer's bytes (any bytes, as a client may send them),
+/// split at newlines: method, path (query included), then header lines `name:value` whose
+/// name is one the rules read (the first byte of the line picks it), and a last line as the
+/// source address. Checked twice against [`REQUEST_CONFIG`] on a fresh store: nothing may
+/// panic, every rule that applies costs at least 1, and the same request decides the same way.
+pub fn request(bytes: &[u8]) -> Result<(), String> {
+    const NAMES: [&str; 6] = ["cookie", "x-api-key", "x-forwarded-for", "x-cost", "x-tenant", "cookie"];
+    let mut lines = bytes.split(|&b| b == b'\n');
+    let method = lines.next().unwrap_or_default();
+    let path = lines.next().unwrap_or_default();
+    let mut headers = Vec::new();
+    let mut source = None;
+    for line in lines {
+        match line.split_first() {
+            Some((&pick, value)) if pick < 0x80 => headers.push((NAMES[usize::from(pick) % NAMES.len()], value)),
+            Some((_, value)) => source = Some(String::from_utf8_lossy(value).into_owned()),
+            None => {}
+        }
+    }
+    let req = FuzzRequest { method, path, headers, source };
+    thread_local! {
+        // Compiled once: compiling costs ten times a request's check.
+        static CONFIG: Result<crate::config::Config, String> = serde_json::from_str(REQUEST_CONFIG)
+            .map_err(|e: serde_json::Error| e.to_string())
+            .and_then(|v| crate::config::compile(&v).map_err(|e| e.to_string()));
+    }
+    let limiter = crate::engine::Limiter::new(CONFIG.with(Clone::clone)?);
+    let store = MemStore::default();
+    let first = limiter.check(&req, &store, PLAIN_NOW_US);
+    if let Some(free) = first.outcomes().iter().find(|o| o.cost == 0) {
+        return Err(format!("rule {} cost nothing: {free:?}", free.rule));
+    }
+    let again = limiter.check(&req, &MemStore::default(), PLAIN_NOW_US);
+    let identities =
+        |v: &crate::engine::Verdict| v.outcomes().iter().map(|o| (o.rule, o.identity.hash, o.cost)).collect::<Vec<_>>();
+    if identities(&first) != identities(&again) {
+        return Err(format!("one request decided two ways: {:?} then {:?}", identities(&first), identities(&again)));
+    }
+    Ok(())
+}
