@@ -840,6 +840,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_source_that_is_no_address_is_one_client() {
+        // A Unix socket or an internal listener: every client of it is the same one, whatever
+        // Envoy names it, and none is an IP's.
+        let by_ip = |src: Option<&str>| {
+            let mut req = Req::new("GET", "/");
+            req.source = src.map(String::from);
+            resolve(vec![IdentPart::ClientIp], &req).unwrap()
+        };
+        let unknown = by_ip(Some("/var/run/envoy.sock"));
+        assert_eq!(unknown.text, "ip=unknown");
+        for other in [Some("envoy://internal_client_address/"), Some("not:an:address"), Some(""), None] {
+            assert_eq!(by_ip(other).hash, unknown.hash, "{other:?}");
+        }
+        assert_ne!(by_ip(Some("0.0.0.0:0")).hash, unknown.hash);
+    }
+
+    #[test]
     fn an_ipv6_address_built_from_an_ipv4_one_is_that_ipv4_client() {
         let by_ip = |src: &str| resolve(vec![IdentPart::ClientIp], &Req::new("GET", "/").source(src)).unwrap();
         let v4 = by_ip("192.0.2.1:1");
