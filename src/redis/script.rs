@@ -619,6 +619,26 @@ mod tests {
         }
     }
 
+    /// Numbers each within its own bound whose product passes 2^53, where the script's
+    /// arithmetic stops being exact: refused, and just under it accepted. A sliding window
+    /// counter's state reaches 2 x (limit + cost) x period.
+    #[test]
+    fn numbers_that_together_pass_2_pow_53_are_refused() {
+        let sha = sha();
+        let call_of = |limit: &str| {
+            let mut c =
+                command(&call(&Strategy::SlidingWindowCounter, &[Rate { limit: 5, period_ms: 1000 }]), Form::Sha(&sha), false)
+                    .to_vec();
+            (c[5], c[6]) = (limit.to_string(), "5000000000".to_string());
+            c
+        };
+        check(&words(&call_of("100000")), &sha).unwrap_or_else(|e| panic!("2 x 100001 x 5e9 is exact: {e}"));
+        match check(&words(&call_of("1000000")), &sha) {
+            Err(e) => assert!(e.kind() == "arguments" && e.to_string().contains("2^53"), "{e}"),
+            Ok(_) => panic!("2 x 1000001 x 5e9 passes 2^53 and was accepted"),
+        }
+    }
+
     #[test]
     fn one_rules_limits_share_strategy_cost_and_parameters() {
         let sha = sha();
