@@ -5,6 +5,7 @@
 //! one per line); 2 bad usage or an unreadable file.
 
 mod analysis;
+mod deploy;
 mod explain;
 mod load;
 mod trust;
@@ -157,30 +158,6 @@ fn read(file: &Path) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// The filter build a config needs when it is not `sluice.wasm`, which refuses it at start
-/// (`src/host/mod.rs`): lint compiles it as the Higress build would.
-fn build_warning(config: &sluice::config::Config) -> Option<trust::Warning> {
-    let callout = config.redis.as_ref().is_some_and(|r| r.transport == sluice::config::Transport::RedisCallout);
-    callout.then(|| trust::Warning {
-        path: "redis.transport".into(),
-        message: "\"redis_callout\" needs Higress and sluice-redis-callout.wasm; sluice.wasm refuses this config at start".into(),
-    })
-}
-
-/// A `redis.cluster` the bootstrap carrying the config does not define: every Redis call would
-/// fail at once (Envoy knows no such cluster), and each rule follow its `on_error`, by default
-/// admitting everything, with nothing but `.store_errors` to show for it.
-fn cluster_warning(config: &sluice::config::Config, known: &[String]) -> Option<trust::Warning> {
-    let cluster = &config.redis.as_ref()?.cluster;
-    (!known.contains(cluster)).then(|| trust::Warning {
-        path: "redis.cluster".into(),
-        message: format!(
-            "{cluster:?}: no cluster of the Envoy bootstrap is named so (its clusters: {}); every Redis call would fail and follow on_error",
-            known.join(", ")
-        ),
-    })
-}
-
 fn lint(file: &Path) -> ExitCode {
     let shown = shown(file);
     let bytes = match read(file) {
@@ -199,8 +176,7 @@ fn lint(file: &Path) -> ExitCode {
                 let from_bootstrap = address.map(|(remote, hops)| trust::address_warnings(&config, remote, hops));
                 let warnings = booleans
                     .into_iter()
-                    .chain(build_warning(&config))
-                    .chain(clusters.and_then(|known| cluster_warning(&config, &known)))
+                    .chain(deploy::warnings(&config, clusters.as_deref()))
                     .chain(trust::warnings(&config))
                     .chain(from_bootstrap.into_iter().flatten());
                 for w in warnings {

@@ -31,15 +31,6 @@ pub fn warnings(config: &Config) -> Vec<Warning> {
                 .into(),
         });
     }
-    if config.redis.as_ref().and_then(|r| r.token.as_deref()) == Some(sluice::config::EXAMPLE_TOKEN) {
-        out.push(Warning {
-            path: "redis.token".into(),
-            message: "the examples' public token: a gateway listening beyond loopback refuses it, so one deployed \
-                      elsewhere has a token of its own and answers this one 401 (every Redis rule then follows \
-                      on_error); use a secret of your own, the same as the gateway's SLUICE_GATEWAY_TOKEN"
-                .into(),
-        });
-    }
     for (i, rule) in config.rules.iter().enumerate() {
         rule_warnings(&format!("rules[{i}]"), rule, capped(config, rule), &mut out);
     }
