@@ -1,7 +1,8 @@
 //! sluice-harness: a proxy-wasm host on wasmtime that loads a filter `.wasm` and drives it as
 //! Envoy does: several workers (one VM each) sharing one process's shared data, the HTTP
 //! request lifecycle, timers on a settable clock, HTTP and Redis callouts, fault injection,
-//! and a scheduler that interleaves workers at every shared-data call.
+//! a worker's VM started afresh (`Host::restart_worker`, as `FAIL_RELOAD` does), and a
+//! scheduler that interleaves workers at every shared-data call.
 //!
 //! ```no_run
 //! use sluice_harness::Host;

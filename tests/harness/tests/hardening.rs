@@ -58,6 +58,35 @@ fn after_the_clock_steps_back_an_hour_traffic_recovers_and_nothing_extra_is_admi
     }
 }
 
+/// A VM started afresh (Envoy's `FAIL_RELOAD` after a trap) while the host clock reads an hour
+/// earlier than before resumes from the time the workers shared, not the host's: what it finds
+/// counted is not from its future, it admits nothing extra, and its traffic recovers on time.
+#[test]
+fn a_vm_restarted_after_the_clock_stepped_back_resumes_from_the_shared_time() {
+    // The clock is what is tested: a window and a bucket stand for every strategy (the test
+    // above steps back through each).
+    for strategy in ["fixed_window", "gcra"] {
+        let rule = json!({"name": "api", "limit": "5/min", "strategy": strategy_config(strategy), "identifier": "global"});
+        let mut host = host(&json!({"rules": [rule]}), 2);
+        let mut admitted = 0;
+        while host.request("GET", "/").send().admitted() {
+            admitted += 1;
+            assert!(admitted <= 5, "{strategy}: more than the limit");
+        }
+        // The workers' ticks share the latest time they have seen.
+        host.advance(Duration::from_millis(200));
+        step_back(&host, HOUR_MS);
+        host.restart_worker(1).unwrap_or_else(|e| panic!("{strategy}: {e}"));
+        let r = host.request("GET", "/").on_worker(1).send();
+        assert!(!r.admitted(), "{strategy}: the restarted VM admitted past the limit");
+        // Two minutes later its window has rolled (its bucket refilled); an hour behind, it would not.
+        host.advance(Duration::from_secs(121));
+        let r = host.request("GET", "/").on_worker(1).send();
+        assert!(r.admitted(), "{strategy}: the restarted VM did not recover: {r:?}");
+        assert!(host.traps().is_empty(), "{strategy}: {:?}", host.traps());
+    }
+}
+
 #[test]
 fn a_queued_request_is_released_on_time_across_a_step_back() {
     let rule = json!({"name": "q", "limit": "2/s", "identifier": "global",

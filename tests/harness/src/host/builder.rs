@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::{CallHook, Store};
+use wasmtime::{CallHook, Module, Store};
 
 use super::engine::{block_on, check_imports, engine, linker, load_module};
 use super::guest::{run_call, typed, Exports, GuestCall};
@@ -184,61 +184,12 @@ impl HostBuilder {
         }
         let process = Arc::new(Mutex::new(Process { random_state: self.seed, ..Process::default() }));
         let plugin = Arc::new(self.plugin);
-        let linker = linker()?;
-        let engine = engine()?;
         let mut workers = Vec::with_capacity(self.workers);
         for w in 0..self.workers {
-            let mut store = Store::new(engine, VmState::new(w, plugin.clone(), process.clone(), self.clock.clone()));
-            store.set_fuel(u64::MAX).map_err(|e| HarnessError::Engine(e.to_string()))?;
-            store.call_hook(|mut s, hook| {
-                let c = &mut s.data_mut().crossings;
-                match hook {
-                    CallHook::CallingWasm => c.vm_entries += 1,
-                    CallHook::CallingHost => c.host_calls += 1,
-                    CallHook::ReturningFromWasm | CallHook::ReturningFromHost => {}
-                }
-                Ok(())
-            });
-            let instance = block_on(linker.instantiate_async(&mut store, &module))
-                .map_err(|e| HarnessError::Instantiate(format!("{e:#}")))?;
-            let memory = instance.get_memory(&mut store, "memory");
-            let malloc = match typed::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate")? {
-                Some(f) => Some(f),
-                None => typed::<i32, i32>(&mut store, &instance, "malloc")?,
-            };
-            store.data_mut().memory = memory;
-            store.data_mut().malloc = malloc;
-            let ex = Exports::resolve(&mut store, &instance)?;
-            // WASI reactor: `_initialize` (then `main` if present); a command: `_start`.
-            let init = if let Some(f) = typed::<(), ()>(&mut store, &instance, "_initialize")? {
-                let r = block_on(f.call_async(&mut store, ()));
-                match (r, typed::<(i32, i32), i32>(&mut store, &instance, "main")?) {
-                    (Ok(()), Some(main)) => block_on(main.call_async(&mut store, (0, 0))).map(|_| ()),
-                    (r, _) => r,
-                }
-            } else if let Some(f) = typed::<(), ()>(&mut store, &instance, "_start")? {
-                block_on(f.call_async(&mut store, ()))
-            } else {
-                Ok(())
-            };
-            init.map_err(|e| HarnessError::Trap { worker: w, message: format!("during start: {e:?}") })?;
-            let root = store.data_mut().alloc_context(true);
-            store.data_mut().root_id = root;
-            let park = store.data().park.clone();
-            workers.push(Worker {
-                store: Some(store),
-                ex,
-                root,
-                queue: VecDeque::new(),
-                inflight: None,
-                failed: None,
-                tick_ms: 0,
-                tick_gen: 0,
-                tick_queued: false,
-                park,
-            });
+            workers.push(new_worker(&module, w, &plugin, &process, &self.clock)?);
         }
         let mut host = Host {
+            module,
             workers,
             process,
             clock: self.clock,
@@ -269,6 +220,22 @@ impl HostBuilder {
 }
 
 impl Host {
+    /// Starts worker `w`'s VM afresh, as Envoy does after a trap under `FAIL_RELOAD`: a new
+    /// instance of the module, started and configured, beside the process's shared data as it
+    /// is. The worker must be idle (every request it served complete): a VM's streams end with it.
+    pub fn restart_worker(&mut self, w: usize) -> Result<(), HarnessError> {
+        let busy = self.requests.iter().any(|r| r.worker == w && !r.complete);
+        let Some(old) = self.workers.get(w).filter(|wk| !busy && wk.queue.is_empty() && wk.inflight.is_none()) else {
+            return Err(HarnessError::Internal(format!("worker {w} is not an idle worker")));
+        };
+        // The old VM's ticks must not wake the new one.
+        let gen = old.tick_gen + 1;
+        let worker = new_worker(&self.module, w, &self.plugin, &self.process, &self.clock)?;
+        self.workers[w] = Worker { tick_gen: gen, ..worker };
+        self.by_ctx.retain(|(worker, _), _| *worker != w);
+        self.start_root(w)
+    }
+
     fn start_root(&mut self, w: usize) -> Result<(), HarnessError> {
         let root = self.workers[w].root;
         let vm_size = self.plugin.vm_configuration.len() as u32;
@@ -301,4 +268,65 @@ impl Host {
             }
         }
     }
+}
+
+/// Worker `w`'s VM: the module instantiated in a store of its own, its start functions run and
+/// its root context made (not yet started: [`Host::start_root`]).
+fn new_worker(
+    module: &Module,
+    w: usize,
+    plugin: &Arc<Plugin>,
+    process: &Arc<Mutex<Process>>,
+    clock: &Clock,
+) -> Result<Worker, HarnessError> {
+    let (engine, linker) = (engine()?, linker()?);
+    let mut store = Store::new(engine, VmState::new(w, plugin.clone(), process.clone(), clock.clone()));
+    store.set_fuel(u64::MAX).map_err(|e| HarnessError::Engine(e.to_string()))?;
+    store.call_hook(|mut s, hook| {
+        let c = &mut s.data_mut().crossings;
+        match hook {
+            CallHook::CallingWasm => c.vm_entries += 1,
+            CallHook::CallingHost => c.host_calls += 1,
+            CallHook::ReturningFromWasm | CallHook::ReturningFromHost => {}
+        }
+        Ok(())
+    });
+    let instance =
+        block_on(linker.instantiate_async(&mut store, module)).map_err(|e| HarnessError::Instantiate(format!("{e:#}")))?;
+    let memory = instance.get_memory(&mut store, "memory");
+    let malloc = match typed::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate")? {
+        Some(f) => Some(f),
+        None => typed::<i32, i32>(&mut store, &instance, "malloc")?,
+    };
+    store.data_mut().memory = memory;
+    store.data_mut().malloc = malloc;
+    let ex = Exports::resolve(&mut store, &instance)?;
+    // WASI reactor: `_initialize` (then `main` if present); a command: `_start`.
+    let init = if let Some(f) = typed::<(), ()>(&mut store, &instance, "_initialize")? {
+        let r = block_on(f.call_async(&mut store, ()));
+        match (r, typed::<(i32, i32), i32>(&mut store, &instance, "main")?) {
+            (Ok(()), Some(main)) => block_on(main.call_async(&mut store, (0, 0))).map(|_| ()),
+            (r, _) => r,
+        }
+    } else if let Some(f) = typed::<(), ()>(&mut store, &instance, "_start")? {
+        block_on(f.call_async(&mut store, ()))
+    } else {
+        Ok(())
+    };
+    init.map_err(|e| HarnessError::Trap { worker: w, message: format!("during start: {e:?}") })?;
+    let root = store.data_mut().alloc_context(true);
+    store.data_mut().root_id = root;
+    let park = store.data().park.clone();
+    Ok(Worker {
+        store: Some(store),
+        ex,
+        root,
+        queue: VecDeque::new(),
+        inflight: None,
+        failed: None,
+        tick_ms: 0,
+        tick_gen: 0,
+        tick_queued: false,
+        park,
+    })
 }

@@ -96,6 +96,8 @@ type RedisFn = Box<dyn FnMut(&RedisCall) -> RedisReply>;
 /// A proxy-wasm host emulating Envoy: several workers each running the module, sharing one
 /// process (shared data, metrics, logs), driven by a settable clock.
 pub struct Host {
+    /// The module every worker runs, kept to start a worker's VM afresh.
+    module: wasmtime::Module,
     workers: Vec<Worker>,
     process: Arc<Mutex<Process>>,
     clock: Clock,
