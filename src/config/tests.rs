@@ -490,6 +490,119 @@ fn top_level_field_errors() {
     assert_one(top("redis", json!({"cluster": "gw", "token": "a\nb"})), "redis.token", "invalid token");
 }
 
+/// Every documented numeric bound (README's configuration reference): its edge accepted, one
+/// past it refused at its path with the range named. A widened or narrowed range fails here.
+#[test]
+fn every_numeric_bound_holds_at_its_edges() {
+    let redis = |extra: Value| {
+        let mut r = json!({"cluster": "gw"});
+        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        r
+    };
+    let rules = |extra: Value| vec![rule(extra)];
+    // (a config at the edge, the same one past it, the path of the error, a word of it)
+    let cases: Vec<(Value, Value, &str, &str)> = vec![
+        (
+            json!({"response": {"status": 599}, "rules": rules(json!({}))}),
+            json!({"response": {"status": 600}, "rules": rules(json!({}))}),
+            "response.status",
+            "599",
+        ),
+        (
+            json!({"local": {"max_clients": 10_000_000}, "rules": rules(json!({}))}),
+            json!({"local": {"max_clients": 10_000_001}, "rules": rules(json!({}))}),
+            "local.max_clients",
+            "10000000",
+        ),
+        (
+            json!({"redis": redis(json!({"timeout_ms": 60_000})), "rules": rules(json!({}))}),
+            json!({"redis": redis(json!({"timeout_ms": 60_001})), "rules": rules(json!({}))}),
+            "redis.timeout_ms",
+            "60000",
+        ),
+        (
+            json!({"redis": redis(json!({"breaker": {"failure_threshold": 1000}})), "rules": rules(json!({}))}),
+            json!({"redis": redis(json!({"breaker": {"failure_threshold": 1001}})), "rules": rules(json!({}))}),
+            "redis.breaker.failure_threshold",
+            "1000",
+        ),
+        (
+            json!({"redis": redis(json!({"breaker": {"half_open_probes": 1}})), "rules": rules(json!({}))}),
+            json!({"redis": redis(json!({"breaker": {"half_open_probes": 0}})), "rules": rules(json!({}))}),
+            "redis.breaker.half_open_probes",
+            "from 1",
+        ),
+        (
+            json!({"redis": redis(json!({"breaker": {"success_threshold": 100}})), "rules": rules(json!({}))}),
+            json!({"redis": redis(json!({"breaker": {"success_threshold": 101}})), "rules": rules(json!({}))}),
+            "redis.breaker.success_threshold",
+            "100",
+        ),
+        (
+            json!({"redis": redis(json!({"breaker": {"success_threshold": 1}})), "rules": rules(json!({}))}),
+            json!({"redis": redis(json!({"breaker": {"success_threshold": 0}})), "rules": rules(json!({}))}),
+            "redis.breaker.success_threshold",
+            "from 1",
+        ),
+        (
+            with_rules(rules(
+                json!({"limit": "1000000000000/h", "strategy": {"type": "token_bucket", "burst": 1_000_000_000_000u64}}),
+            )),
+            with_rules(rules(
+                json!({"limit": "1000000000000/h", "strategy": {"type": "token_bucket", "burst": 1_000_000_000_001u64}}),
+            )),
+            "rules[0].strategy.burst",
+            "1000000000000",
+        ),
+        (
+            with_rules(rules(json!({"strategy": {"type": "leaky_bucket_queue", "max_delay_ms": 60_000}}))),
+            with_rules(rules(json!({"strategy": {"type": "leaky_bucket_queue", "max_delay_ms": 60_001}}))),
+            "rules[0].strategy.max_delay_ms",
+            "60000",
+        ),
+        (
+            with_rules(rules(json!({"limit": "1000000/s", "cost": 1_000_000}))),
+            with_rules(rules(json!({"limit": "1000000/s", "cost": 1_000_001}))),
+            "rules[0].cost",
+            "1000000",
+        ),
+        (
+            with_rules(rules(json!({"limit": "1000000/s", "cost": {"header": "x-cost", "max": 1_000_000}}))),
+            with_rules(rules(json!({"limit": "1000000/s", "cost": {"header": "x-cost", "max": 1_000_001}}))),
+            "rules[0].cost.max",
+            "1000000",
+        ),
+        (
+            with_rules(rules(
+                json!({"limit": "1000000/s", "cost": {"header": "x-cost", "default": 1_000_000, "max": 1_000_000}}),
+            )),
+            with_rules(rules(
+                json!({"limit": "1000000/s", "cost": {"header": "x-cost", "default": 1_000_001, "max": 1_000_000}}),
+            )),
+            "rules[0].cost.default",
+            "1000000",
+        ),
+        (
+            with_rules(rules(json!({"per": "message", "over_limit": {"close_after": 1_000_000}}))),
+            with_rules(rules(json!({"per": "message", "over_limit": {"close_after": 1_000_001}}))),
+            "rules[0].over_limit.close_after",
+            "1000000",
+        ),
+        (
+            json!({"identity_secret": "s".repeat(256), "rules": rules(json!({}))}),
+            json!({"identity_secret": "s".repeat(257), "rules": rules(json!({}))}),
+            "identity_secret",
+            "256",
+        ),
+    ];
+    for (edge, past, path, word) in cases {
+        if let Err(e) = compile(&edge) {
+            panic!("{path}: the edge was refused: {e:?}");
+        }
+        assert_one(past, path, word);
+    }
+}
+
 #[test]
 fn the_redis_authority_is_a_uri_authority_taken_from_the_cluster_when_absent() {
     let authority =
@@ -911,6 +1024,11 @@ fn a_fixed_cost_above_a_limits_capacity_is_refused() {
     )]))
     .is_ok());
     assert!(compile(&with_rules(vec![rule(json!({"limit": "10/s", "cost": {"header": "x-cost", "max": 1000}}))])).is_ok());
+    // A bucket that may go into debt admits its burst and its debt at once (max_debt defaults to
+    // the limit): 20 of 10/s, not 21.
+    let debt = |cost: u64| with_rules(vec![rule(json!({"limit": "10/s", "strategy": "token_bucket_debt", "cost": cost}))]);
+    assert!(compile(&debt(20)).is_ok());
+    assert_one(debt(21), "rules[0].cost", "21: a cost of 21 is more than the limit 10/s admits at once (20)");
     // A header cost's least is paid by every request (and by default by one without the header).
     assert_one(
         with_rules(vec![rule(json!({"limit": "10/s", "cost": {"header": "x-cost", "min": 20}}))]),
