@@ -19,6 +19,13 @@ pub fn warnings(config: &Config, clusters: Option<&[String]>) -> Vec<Warning> {
             message: "\"redis_callout\" needs Higress and sluice-redis-callout.wasm; sluice.wasm refuses this config at start"
                 .into(),
         });
+        // Only HTTP callouts carry an authority (the compiler sets none by itself here).
+        if let Some(authority) = &redis.authority {
+            out.push(Warning {
+                path: "redis.authority".into(),
+                message: format!("{authority:?}: not used: Redis callouts carry no authority; remove it, or use transport: http"),
+            });
+        }
     }
     // Envoy knows no such cluster: every Redis call would fail at once, and each rule follow
     // its `on_error`, by default admitting everything, with nothing but `.store_errors` to show.

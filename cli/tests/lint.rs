@@ -189,6 +189,15 @@ fn a_redis_callout_config_is_linted_with_the_build_it_needs() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let warnings = text(&out.stderr);
     assert!(warnings.lines().any(|w| w.starts_with("warning: redis.transport: \"redis_callout\" needs Higress")), "{warnings}");
+    assert!(!warnings.contains("redis.authority"), "{warnings}");
+    // An authority there is validated and never sent.
+    let out = lint_stdin(
+        "redis: {cluster: redis, transport: redis_callout, authority: gw.local}\nrules: [{name: a, limit: 1/s, backend: redis}]\n",
+    );
+    let warnings = text(&out.stderr);
+    assert!(warnings.lines().any(|w| w.starts_with("warning: redis.authority: \"gw.local\": not used")), "{warnings}");
+    let out = lint_stdin("redis: {cluster: gw, authority: gw.local}\nrules: [{name: a, limit: 1/s, backend: redis}]\n");
+    assert!(!text(&out.stderr).contains("redis.authority"), "{}", text(&out.stderr));
     let out = lint_stdin("redis: {cluster: gw}\nrules: [{name: a, limit: 1/s, backend: redis}]\n");
     assert!(!text(&out.stderr).contains("Higress"), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("redis.token"), "{}", text(&out.stderr));
