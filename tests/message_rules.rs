@@ -78,7 +78,7 @@ fn every_mistake_is_named_with_its_path() {
             "rules[0].cost: \"payload_bytes\": payload_bytes is what a WebSocket message costs; expected per: message",
         ),
         (chat(json!({"cost": "payload_byte"})), "rules[0].cost: \"payload_byte\": unknown value (did you mean \"payload_bytes\"?)"),
-        (chat(json!({"cost": {"header": "x-cost"}})), "rules[0].cost: a message rule's cost is per message"),
+        (chat(json!({"cost": {"header": "x-cost"}})), "rules[0].cost: {\"header\":\"x-cost\"}: a message rule's cost is per message"),
         (
             json!({"rules": [{"name": "r", "limit": "1/s", "over_limit": {"notify": true}}]}),
             "rules[0].over_limit: {\"notify\":true}: over_limit says what a message over the limit brings about; expected per: message",
@@ -96,7 +96,13 @@ fn every_mistake_is_named_with_its_path() {
         "rules": [{"name": "m", "per": "message", "limit": "1/s", "backend": "redis"}]});
     let errs = errors(&callout);
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("rules[0].per: a message rule decided in Redis needs redis.transport: http"), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with(
+            "rules[0].per: \"message\": a message rule decided in Redis needs redis.transport: http, not redis_callout"
+        ),
+        "{}",
+        errs[0]
+    );
 }
 
 fn limiter(rules: Value) -> Limiter {

@@ -176,7 +176,7 @@ pub enum Problem {
     OverLimitPerRequest,
     #[error("advertise says whether a rule shows in the rate limit fields, which a message's verdict does not send; expected per: request on the rule, or remove it")]
     AdvertisePerMessage,
-    #[error("a message rule decided in Redis needs redis.transport: http (Higress' Redis callout answers at the root context, which cannot reach a connection's frames)")]
+    #[error("a message rule decided in Redis needs redis.transport: http, not redis_callout (Higress' Redis callout answers at the root context, which cannot reach a connection's frames); expected per: request, backend: local, or transport: http")]
     MessageRedisCallout,
 }
 

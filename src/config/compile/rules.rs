@@ -183,7 +183,7 @@ impl Compiler {
                 return (None, over_limit);
             }
             (Some(Per::Message), Some(Cost::Header { .. })) => {
-                self.report(&cost_path, None, Problem::HeaderCostPerMessage);
+                self.report(&cost_path, field(m, "cost"), Problem::HeaderCostPerMessage);
                 return (None, over_limit);
             }
             _ => {}

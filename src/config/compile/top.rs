@@ -79,7 +79,7 @@ impl Compiler {
             let in_redis = |rule: &&Rule| rule.per == Per::Message && rule.backend == Backend::Redis;
             if r.transport == Transport::RedisCallout {
                 for (i, _) in rules.iter().enumerate().filter(|(_, rule)| in_redis(rule)) {
-                    self.report(join(&index("rules", i), "per"), None, Problem::MessageRedisCallout);
+                    self.report_text(join(&index("rules", i), "per"), "message", Problem::MessageRedisCallout);
                 }
             }
         }
