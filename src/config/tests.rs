@@ -494,103 +494,75 @@ fn top_level_field_errors() {
 /// past it refused at its path with the range named. A widened or narrowed range fails here.
 #[test]
 fn every_numeric_bound_holds_at_its_edges() {
-    let redis = |extra: Value| {
-        let mut r = json!({"cluster": "gw"});
-        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        r
+    let top = |key: &str, v: Value| {
+        let mut t = with_rules(vec![rule(json!({}))]);
+        t[key] = v;
+        t
     };
-    let rules = |extra: Value| vec![rule(extra)];
+    let breaker = |v: Value| top("redis", json!({"cluster": "gw", "breaker": v}));
+    let one = |extra: Value| with_rules(vec![rule(extra)]);
+    let burst = |b: u64| one(json!({"limit": "1000000000000/h", "strategy": {"type": "token_bucket", "burst": b}}));
+    let queue = |ms: u64| one(json!({"strategy": {"type": "leaky_bucket_queue", "max_delay_ms": ms}}));
+    let cost = |c: Value| one(json!({"limit": "1000000/s", "cost": c}));
+    let close = |n: u64| one(json!({"per": "message", "over_limit": {"close_after": n}}));
     // (a config at the edge, the same one past it, the path of the error, a word of it)
     let cases: Vec<(Value, Value, &str, &str)> = vec![
+        (top("response", json!({"status": 599})), top("response", json!({"status": 600})), "response.status", "599"),
         (
-            json!({"response": {"status": 599}, "rules": rules(json!({}))}),
-            json!({"response": {"status": 600}, "rules": rules(json!({}))}),
-            "response.status",
-            "599",
-        ),
-        (
-            json!({"local": {"max_clients": 10_000_000}, "rules": rules(json!({}))}),
-            json!({"local": {"max_clients": 10_000_001}, "rules": rules(json!({}))}),
+            top("local", json!({"max_clients": 10_000_000})),
+            top("local", json!({"max_clients": 10_000_001})),
             "local.max_clients",
             "10000000",
         ),
         (
-            json!({"redis": redis(json!({"timeout_ms": 60_000})), "rules": rules(json!({}))}),
-            json!({"redis": redis(json!({"timeout_ms": 60_001})), "rules": rules(json!({}))}),
+            top("redis", json!({"cluster": "gw", "timeout_ms": 60_000})),
+            top("redis", json!({"cluster": "gw", "timeout_ms": 60_001})),
             "redis.timeout_ms",
             "60000",
         ),
         (
-            json!({"redis": redis(json!({"breaker": {"failure_threshold": 1000}})), "rules": rules(json!({}))}),
-            json!({"redis": redis(json!({"breaker": {"failure_threshold": 1001}})), "rules": rules(json!({}))}),
+            breaker(json!({"failure_threshold": 1000})),
+            breaker(json!({"failure_threshold": 1001})),
             "redis.breaker.failure_threshold",
             "1000",
         ),
         (
-            json!({"redis": redis(json!({"breaker": {"half_open_probes": 1}})), "rules": rules(json!({}))}),
-            json!({"redis": redis(json!({"breaker": {"half_open_probes": 0}})), "rules": rules(json!({}))}),
+            breaker(json!({"half_open_probes": 1})),
+            breaker(json!({"half_open_probes": 0})),
             "redis.breaker.half_open_probes",
             "from 1",
         ),
         (
-            json!({"redis": redis(json!({"breaker": {"success_threshold": 100}})), "rules": rules(json!({}))}),
-            json!({"redis": redis(json!({"breaker": {"success_threshold": 101}})), "rules": rules(json!({}))}),
+            breaker(json!({"success_threshold": 100})),
+            breaker(json!({"success_threshold": 101})),
             "redis.breaker.success_threshold",
             "100",
         ),
         (
-            json!({"redis": redis(json!({"breaker": {"success_threshold": 1}})), "rules": rules(json!({}))}),
-            json!({"redis": redis(json!({"breaker": {"success_threshold": 0}})), "rules": rules(json!({}))}),
+            breaker(json!({"success_threshold": 1})),
+            breaker(json!({"success_threshold": 0})),
             "redis.breaker.success_threshold",
             "from 1",
         ),
+        (burst(1_000_000_000_000), burst(1_000_000_000_001), "rules[0].strategy.burst", "1000000000000"),
+        (queue(60_000), queue(60_001), "rules[0].strategy.max_delay_ms", "60000"),
+        (cost(json!(1_000_000)), cost(json!(1_000_001)), "rules[0].cost", "1000000"),
         (
-            with_rules(rules(
-                json!({"limit": "1000000000000/h", "strategy": {"type": "token_bucket", "burst": 1_000_000_000_000u64}}),
-            )),
-            with_rules(rules(
-                json!({"limit": "1000000000000/h", "strategy": {"type": "token_bucket", "burst": 1_000_000_000_001u64}}),
-            )),
-            "rules[0].strategy.burst",
-            "1000000000000",
-        ),
-        (
-            with_rules(rules(json!({"strategy": {"type": "leaky_bucket_queue", "max_delay_ms": 60_000}}))),
-            with_rules(rules(json!({"strategy": {"type": "leaky_bucket_queue", "max_delay_ms": 60_001}}))),
-            "rules[0].strategy.max_delay_ms",
-            "60000",
-        ),
-        (
-            with_rules(rules(json!({"limit": "1000000/s", "cost": 1_000_000}))),
-            with_rules(rules(json!({"limit": "1000000/s", "cost": 1_000_001}))),
-            "rules[0].cost",
-            "1000000",
-        ),
-        (
-            with_rules(rules(json!({"limit": "1000000/s", "cost": {"header": "x-cost", "max": 1_000_000}}))),
-            with_rules(rules(json!({"limit": "1000000/s", "cost": {"header": "x-cost", "max": 1_000_001}}))),
+            cost(json!({"header": "x-cost", "max": 1_000_000})),
+            cost(json!({"header": "x-cost", "max": 1_000_001})),
             "rules[0].cost.max",
             "1000000",
         ),
         (
-            with_rules(rules(
-                json!({"limit": "1000000/s", "cost": {"header": "x-cost", "default": 1_000_000, "max": 1_000_000}}),
-            )),
-            with_rules(rules(
-                json!({"limit": "1000000/s", "cost": {"header": "x-cost", "default": 1_000_001, "max": 1_000_000}}),
-            )),
+            cost(json!({"header": "x-cost", "default": 1_000_000, "max": 1_000_000})),
+            cost(json!({"header": "x-cost", "default": 1_000_001, "max": 1_000_000})),
             "rules[0].cost.default",
             "1000000",
         ),
+        (close(1_000_000), close(1_000_001), "rules[0].over_limit.close_after", "1000000"),
         (
-            with_rules(rules(json!({"per": "message", "over_limit": {"close_after": 1_000_000}}))),
-            with_rules(rules(json!({"per": "message", "over_limit": {"close_after": 1_000_001}}))),
-            "rules[0].over_limit.close_after",
-            "1000000",
-        ),
-        (
-            json!({"identity_secret": "s".repeat(256), "rules": rules(json!({}))}),
-            json!({"identity_secret": "s".repeat(257), "rules": rules(json!({}))}),
+            top("identity_secret", json!("s".repeat(256))),
+            top("identity_secret", json!("s".repeat(257))),
             "identity_secret",
             "256",
         ),

@@ -37,16 +37,22 @@ fn redis_reply(allowed: bool) -> CalloutReply {
     CalloutReply::Respond(HttpResponse::ok().body(body))
 }
 
+/// Two workers with one global rule of 5/min under `strategy`, every one of the 5 spent.
+fn spent(strategy: &str) -> Host {
+    let rule = json!({"name": "api", "limit": "5/min", "strategy": strategy_config(strategy), "identifier": "global"});
+    let mut host = host(&json!({"rules": [rule]}), 2);
+    let mut admitted = 0;
+    while host.request("GET", "/").send().admitted() {
+        admitted += 1;
+        assert!(admitted <= 5, "{strategy}: more than the limit");
+    }
+    host
+}
+
 #[test]
 fn after_the_clock_steps_back_an_hour_traffic_recovers_and_nothing_extra_is_admitted() {
     for strategy in STRATEGIES {
-        let rule = json!({"name": "api", "limit": "5/min", "strategy": strategy_config(strategy), "identifier": "global"});
-        let mut host = host(&json!({"rules": [rule]}), 2);
-        let mut admitted = 0;
-        while host.request("GET", "/").send().admitted() {
-            admitted += 1;
-            assert!(admitted <= 5, "{strategy}: more than the limit");
-        }
+        let mut host = spent(strategy);
         step_back(&host, HOUR_MS);
         assert!(!host.request("GET", "/").send().admitted(), "{strategy}: the step back admitted one more");
         // Two minutes of real time later the windows have rolled (or the bucket refilled),
@@ -66,13 +72,7 @@ fn a_vm_restarted_after_the_clock_stepped_back_resumes_from_the_shared_time() {
     // The clock is what is tested: a window and a bucket stand for every strategy (the test
     // above steps back through each).
     for strategy in ["fixed_window", "gcra"] {
-        let rule = json!({"name": "api", "limit": "5/min", "strategy": strategy_config(strategy), "identifier": "global"});
-        let mut host = host(&json!({"rules": [rule]}), 2);
-        let mut admitted = 0;
-        while host.request("GET", "/").send().admitted() {
-            admitted += 1;
-            assert!(admitted <= 5, "{strategy}: more than the limit");
-        }
+        let mut host = spent(strategy);
         // The workers' ticks share the latest time they have seen.
         host.advance(Duration::from_millis(200));
         step_back(&host, HOUR_MS);
