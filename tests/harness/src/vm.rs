@@ -125,6 +125,17 @@ pub struct Crossings {
     pub guest_fuel: u64,
 }
 
+impl std::ops::Add for Crossings {
+    type Output = Crossings;
+    fn add(self, o: Crossings) -> Crossings {
+        Crossings {
+            vm_entries: self.vm_entries + o.vm_entries,
+            host_calls: self.host_calls + o.host_calls,
+            guest_fuel: self.guest_fuel + o.guest_fuel,
+        }
+    }
+}
+
 /// The data of one worker's wasmtime store.
 pub(crate) struct VmState {
     pub worker: usize,

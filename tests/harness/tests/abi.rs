@@ -423,6 +423,28 @@ fn a_panic_traps_the_vm_which_then_fails_closed() {
     assert_eq!(host.request("GET", "/").on_worker(1).send().status, 200, "other workers live on");
 }
 
+/// `FAIL_RELOAD`: a trapped worker's VM started afresh serves again, beside the shared data the
+/// process kept; the crossings counted so far stay counted. A busy worker is not restarted.
+#[test]
+fn a_trapped_worker_restarted_serves_again_with_the_shared_data_kept() {
+    let mut host = common::probe().config("tick=10").workers(2).build().unwrap();
+    let set = host.request("GET", "/").header("x-op", "set").header("x-key", "k").header("x-value", "kept").on_worker(1).send();
+    assert_eq!(set.status, 200);
+    assert_eq!(host.request("GET", "/").header("x-op", "panic").on_worker(0).send().status, 503);
+    assert_eq!(host.request("GET", "/").on_worker(0).send().status, 503, "a trapped VM fails closed");
+    let before = host.crossings();
+    host.restart_worker(0).unwrap();
+    assert!(host.crossings().vm_entries > before.vm_entries, "the new VM's start is counted on top");
+    let got = host.request("GET", "/").header("x-op", "get").header("x-key", "k").on_worker(0).send();
+    assert_eq!((got.status, got.body_str().as_str()), (200, "kept"));
+    assert_eq!(host.traps().len(), 1, "the trap stays on record");
+    let held = host.request("GET", "/").header("x-op", "pause").header("x-delay-ms", "10").on_worker(1).start();
+    assert!(host.restart_worker(1).is_err(), "worker 1 holds a request");
+    host.advance(Duration::from_millis(200));
+    assert_eq!(host.response(held).map(|r| r.status), Some(200));
+    host.restart_worker(1).unwrap();
+}
+
 #[test]
 fn a_rejected_configuration_fails_the_build_with_its_logs() {
     let err = common::probe().config("reject").build().err().unwrap();

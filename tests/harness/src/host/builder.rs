@@ -11,12 +11,13 @@ use wasmtime::{CallHook, Module, Store};
 use super::engine::{block_on, check_imports, engine, linker, load_module};
 use super::guest::{run_call, typed, Exports, GuestCall};
 use super::schedule::Sched;
+use super::time::Timer;
 use super::{CalloutFn, Host, RedisFn, UpstreamFn, Worker};
 use crate::abi::LogLevel;
 use crate::clock::Clock;
 use crate::http::{Callout, CalloutReply, HttpResponse, RedisCall, RedisReply, UpstreamRequest};
 use crate::shared::Process;
-use crate::vm::{Plugin, VmState};
+use crate::vm::{Crossings, Plugin, VmState};
 use crate::HarnessError;
 
 /// Builds a [`Host`]: the module, its plugin configuration, the number of workers, handlers.
@@ -190,6 +191,7 @@ impl HostBuilder {
         }
         let mut host = Host {
             module,
+            retired: Crossings::default(),
             workers,
             process,
             clock: self.clock,
@@ -222,18 +224,35 @@ impl HostBuilder {
 impl Host {
     /// Starts worker `w`'s VM afresh, as Envoy does after a trap under `FAIL_RELOAD`: a new
     /// instance of the module, started and configured, beside the process's shared data as it
-    /// is. The worker must be idle (every request it served complete): a VM's streams end with it.
+    /// is. The worker must have nothing outstanding (every request it served complete, no call
+    /// of its own waiting), unless it trapped: a VM's streams and calls end with it.
     pub fn restart_worker(&mut self, w: usize) -> Result<(), HarnessError> {
-        let busy = self.requests.iter().any(|r| r.worker == w && !r.complete);
-        let Some(old) = self.workers.get(w).filter(|wk| !busy && wk.queue.is_empty() && wk.inflight.is_none()) else {
-            return Err(HarnessError::Internal(format!("worker {w} is not an idle worker")));
+        let trapped = self.workers.get(w).is_some_and(|wk| wk.failed.is_some());
+        let busy = self.requests.iter().any(|r| r.worker == w && !r.complete)
+            || self.pending_calls.keys().chain(self.pending_redis.keys()).any(|(cw, _)| *cw == w);
+        let Some(old) = self.workers.get(w).filter(|wk| trapped || (!busy && wk.queue.is_empty() && wk.inflight.is_none()))
+        else {
+            return Err(HarnessError::Internal(format!("worker {w} has requests or calls outstanding")));
         };
-        // The old VM's ticks must not wake the new one.
+        // The old VM's ticks must not wake the new one, nor its calls' timers and held replies
+        // reach the new one's calls (tokens start again at 1).
         let gen = old.tick_gen + 1;
+        self.retired = self.retired + self.worker_crossings(w);
+        self.delayed.retain(|(cw, _), _| *cw != w);
+        self.timers.retain(|t| match t.0 .2 {
+            Timer::CallTimeout { worker, .. } | Timer::CallReplyDue { worker, .. } | Timer::RedisTimeout { worker, .. } => {
+                worker != w
+            }
+            Timer::Tick { .. } => true,
+        });
         let worker = new_worker(&self.module, w, &self.plugin, &self.process, &self.clock)?;
         self.workers[w] = Worker { tick_gen: gen, ..worker };
-        self.by_ctx.retain(|(worker, _), _| *worker != w);
-        self.start_root(w)
+        self.by_ctx.retain(|(cw, _), _| *cw != w);
+        let started = self.start_root(w);
+        if let Err(e) = &started {
+            self.fail_worker(w, e.to_string());
+        }
+        started
     }
 
     fn start_root(&mut self, w: usize) -> Result<(), HarnessError> {

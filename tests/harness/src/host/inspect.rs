@@ -85,15 +85,14 @@ impl Host {
 
     /// Every worker's boundary crossings so far, summed: calls into the guest and out of it.
     pub fn crossings(&self) -> Crossings {
-        let each = self.workers.iter().filter_map(|w| w.store.as_ref()).map(|s| {
-            let burned = u64::MAX - s.get_fuel().unwrap_or(u64::MAX);
-            Crossings { guest_fuel: burned, ..s.data().crossings }
-        });
-        each.fold(Crossings::default(), |a, c| Crossings {
-            vm_entries: a.vm_entries + c.vm_entries,
-            host_calls: a.host_calls + c.host_calls,
-            guest_fuel: a.guest_fuel + c.guest_fuel,
-        })
+        (0..self.workers.len()).map(|w| self.worker_crossings(w)).fold(self.retired, |a, c| a + c)
+    }
+
+    /// The crossings of worker `w`'s current VM (zero while a step of it is suspended).
+    pub(super) fn worker_crossings(&self, w: usize) -> Crossings {
+        let Some(s) = self.workers.get(w).and_then(|wk| wk.store.as_ref()) else { return Crossings::default() };
+        let burned = u64::MAX - s.get_fuel().unwrap_or(u64::MAX);
+        Crossings { guest_fuel: burned, ..s.data().crossings }
     }
 
     /// `proxy_redis_init` calls of a worker: (cluster, username, password, timeout ms).

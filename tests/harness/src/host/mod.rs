@@ -98,6 +98,8 @@ type RedisFn = Box<dyn FnMut(&RedisCall) -> RedisReply>;
 pub struct Host {
     /// The module every worker runs, kept to start a worker's VM afresh.
     module: wasmtime::Module,
+    /// The crossings of VMs started afresh since, which [`Host::crossings`] still counts.
+    retired: crate::vm::Crossings,
     workers: Vec<Worker>,
     process: Arc<Mutex<Process>>,
     clock: Clock,
