@@ -356,9 +356,9 @@ impl crate::identity::RequestInfo for FuzzRequest<'_> {
 }
 
 /// A request whose values are the fuzzer's bytes (any bytes, as a client may send them),
-/// split at newlines: method, path (query included), then header lines `name:value` whose
-/// name is one the rules read (the first byte of the line picks it), and a last line as the
-/// source address. Checked twice against [`REQUEST_CONFIG`] on a fresh store: nothing may
+/// split at newlines: method, path (query included), then lines whose first byte picks what
+/// the rest is: below 0x80, the value of a header the rules read (which one, by that byte);
+/// from 0x80, the source address (the last such line). Checked twice against [`REQUEST_CONFIG`] on a fresh store: nothing may
 /// panic, every rule that applies costs at least 1, and the same request decides the same way.
 pub fn request(bytes: &[u8]) -> Result<(), String> {
     const NAMES: [&str; 6] = ["cookie", "x-api-key", "x-forwarded-for", "x-cost", "x-tenant", "cookie"];
@@ -370,7 +370,8 @@ pub fn request(bytes: &[u8]) -> Result<(), String> {
     for line in lines {
         match line.split_first() {
             Some((&pick, value)) if pick < 0x80 => headers.push((NAMES[usize::from(pick) % NAMES.len()], value)),
-            Some((_, value)) => source = Some(String::from_utf8_lossy(value).into_owned()),
+            // The host hands no `source.address` that is not UTF-8.
+            Some((_, value)) => source = String::from_utf8(value.to_vec()).ok(),
             None => {}
         }
     }

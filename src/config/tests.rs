@@ -490,8 +490,9 @@ fn top_level_field_errors() {
     assert_one(top("redis", json!({"cluster": "gw", "token": "a\nb"})), "redis.token", "invalid token");
 }
 
-/// Every documented numeric bound (README's configuration reference): its edge accepted, one
-/// past it refused at its path with the range named. A widened or narrowed range fails here.
+/// The configuration reference's numeric bounds below (others have cases of their own above):
+/// the edge accepted, one past it refused at its path with the range named. A widened or
+/// narrowed range fails here.
 #[test]
 fn every_numeric_bound_holds_at_its_edges() {
     let top = |key: &str, v: Value| {

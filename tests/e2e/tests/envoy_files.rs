@@ -96,8 +96,8 @@ fn shipped_envoy_files_follow_the_house_rules() {
         let mut filters = 0;
         let mut managers = 0;
         walk(&boot, &mut |m| {
-            // A connection manager in front of sluice compares paths as applications route on
-            // them: without these, `//login` or `/%6Cogin` would pass a rule on `/login`.
+            // A connection manager in front of sluice hands it paths as applications route on
+            // them: without these, `//login` or `/x/../login` would pass a rule on `/login`.
             let wasm = |f: &Value| f["typed_config"]["@type"] == "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
             if m.get("http_filters").and_then(Value::as_array).is_some_and(|fs| fs.iter().any(wasm)) {
                 assert_eq!((&m["normalize_path"], &m["merge_slashes"]), (&Value::Bool(true), &Value::Bool(true)), "{name}");
