@@ -171,7 +171,7 @@ pub enum RateErrorKind {
     ZeroPeriod(u64),
     #[error("limit is zero, which would block everything; use \"0/0\" for unlimited, or a limit ≥ 1")]
     ZeroLimit,
-    #[error("number {0} is too large to represent")]
+    #[error("number {0} is too large to represent; expected a limit of at most {MAX_LIMIT} and a period of at most 366 days")]
     Overflow(String),
     #[error("limit {0} is too large; expected at most {MAX_LIMIT}")]
     LimitTooLarge(u64),
@@ -199,7 +199,7 @@ pub enum DurationErrorKind {
     MissingUnit,
     #[error("unknown unit {}; {UNITS_EXPECTED}", quote(.0))]
     UnknownUnit(String),
-    #[error("number {0} is too large to represent")]
+    #[error("number {0} is too large to represent; expected a shorter duration")]
     Overflow(String),
 }
 

@@ -103,7 +103,7 @@ pub enum Problem {
     DuplicateRule { first: usize },
     #[error("the rate limit fields call limit {limit} of rules[{rule}] by this name; pick another")]
     PolicyNameTaken { rule: usize, limit: usize },
-    #[error("duplicate {what}")]
+    #[error("duplicate {what}; expected each once")]
     Duplicate { what: &'static str },
     /// Found by the reader, which keeps the first value: the other errors are of that one.
     #[error("duplicate key; each key may appear once in an object")]
@@ -118,7 +118,7 @@ pub enum Problem {
     BadHeaderName { pseudo_ok: bool },
     #[error("invalid header value; expected visible characters, spaces or tabs (no line breaks or control characters)")]
     BadHeaderValue,
-    #[error("{0}")]
+    #[error("{0}; expected another header, or none")]
     ReservedHeader(&'static str),
     #[error("invalid {what}; expected {expected}")]
     BadText { what: &'static str, expected: &'static str },
@@ -132,13 +132,15 @@ pub enum Problem {
     NoLimit,
     #[error("\"0/0\" (unlimited) cannot be combined with other limits; remove it")]
     UnlimitedMixed,
-    #[error("cannot be combined with other identifier parts (global counts every request together)")]
+    #[error("cannot be combined with other identifier parts (global counts every request together); expected global alone, or the other parts without it")]
     GlobalMixed,
     #[error("an identifier object needs exactly one of header, query, cookie (or parts); found {found}")]
     IdentifierKind { found: usize },
     #[error("\"fallback\" applies to the whole identifier; put it next to \"parts\": {{parts: [...], fallback: ...}}")]
     FallbackInPart,
-    #[error("\"fallback\" has no effect: the identifier has no header, query or cookie part")]
+    #[error(
+        "\"fallback\" has no effect: the identifier has no header, query or cookie part; expected such a part, or no fallback"
+    )]
     FallbackUnused,
     #[error("backend redis needs a top-level \"redis\" block (with at least \"cluster\")")]
     RedisNotConfigured,
@@ -164,7 +166,7 @@ pub enum Problem {
     CostAboveCapacity { cost: u64, capacity: u64, rate: crate::rate::Rate },
     #[error("a bucket decided in the proxy keeps its level × period in 64 bits, and this rule's reaches {largest}, above 2^63 - 1 (9223372036854775807); expected a smaller limit, period, burst, max_debt, max_delay or cost max")]
     LevelTooLarge { largest: u128 },
-    #[error("content_type is set without a body; the default problem+json body has its own type")]
+    #[error("content_type is set without a body; the default problem+json body has its own type; expected a body with it, or no content_type")]
     ContentTypeWithoutBody,
     #[error("method looks misspelled; did you mean {0}?")]
     MethodTypo(&'static str),
