@@ -461,13 +461,7 @@ fn a_fallback_holds_its_share_of_a_burst_and_a_debt() {
         let l = redis_limiter(serde_json::json!([{"name": "f", "limit": "100/min", "backend": "redis",
             "strategy": strategy, "on_error": {"fallback": {"share": 0.25}}}]));
         let s = MemStore::default();
-        let admitted = (0..200)
-            .map(|_| match l.start(&Req::new("GET", "/"), &s, T0) {
-                Step::Done(v) => v,
-                Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, T0)),
-            })
-            .filter(|v| status(v) == 200)
-            .count();
+        let admitted = (0..200).map(|_| l.check(&Req::new("GET", "/"), &s, T0)).filter(|v| status(v) == 200).count();
         assert_eq!(admitted, want, "{strategy}");
     }
 }
@@ -484,10 +478,7 @@ fn a_fallback_of_another_share_counts_apart() {
     };
     let (quarter, half) = (config(0.25), config(0.5));
     let s = MemStore::default();
-    let down = |l: &Limiter| match l.start(&Req::new("GET", "/"), &s, T0) {
-        Step::Done(v) => v,
-        Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, T0)),
-    };
+    let down = |l: &Limiter| l.check(&Req::new("GET", "/"), &s, T0);
     assert_eq!((0..30).filter(|_| status(&down(&quarter)) == 200).count(), 25);
     let first = down(&half);
     assert_eq!(
@@ -505,10 +496,7 @@ fn a_fallback_reports_its_share_as_the_quota() {
         "rules": [{"name": "f", "limit": "100/min", "strategy": "fixed_window", "backend": "redis",
                    "on_error": {"fallback": {"share": 0.25}}}]}));
     let s = MemStore::default();
-    let v = match l.start(&Req::new("GET", "/"), &s, T0) {
-        Step::Done(v) => v,
-        Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, T0)),
-    };
+    let v = l.check(&Req::new("GET", "/"), &s, T0);
     assert_eq!(status(&v), 200);
     // Decided on 25 of the 100: the fields say so, and the remaining counts down from 25.
     assert_eq!(header(&v, "ratelimit-policy"), Some("\"f\";q=25;w=60"));
@@ -544,13 +532,7 @@ fn a_request_denied_while_redis_is_down_consumes_no_fallback_share() {
             gate.clone(),
         ]));
         let s = MemStore::default();
-        let send = |gate: &str, now: u64| {
-            let req = Req::new("GET", "/").header("x-user", "u1").header("x-gate", gate);
-            match l.start(&req, &s, now) {
-                Step::Done(v) => v,
-                Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, now)),
-            }
-        };
+        let send = |gate: &str, now: u64| l.check(&Req::new("GET", "/").header("x-user", "u1").header("x-gate", gate), &s, now);
         assert_eq!(status(&send("closed", T0)), first, "{gate}: the gate's first request");
         for i in 1..=5 {
             assert_eq!(status(&send("closed", T0 + i)), 429, "{gate}: the gate denies");
@@ -570,10 +552,7 @@ fn a_fallback_share_rounds_down() {
     let l = redis_limiter(serde_json::json!([{"name": "f", "limit": "10/hour", "strategy": "fixed_window",
         "backend": "redis", "on_error": {"fallback": {"share": 0.25}}}]));
     let s = MemStore::default();
-    let send = |now: u64| match l.start(&Req::new("GET", "/"), &s, now) {
-        Step::Done(v) => v,
-        Step::Redis(p) => done(l.resume(p, Err("down".into()), &s, now)),
-    };
+    let send = |now: u64| l.check(&Req::new("GET", "/"), &s, now);
     let first = send(T0);
     assert_eq!((status(&first), header(&first, "ratelimit-policy")), (200, Some("\"f\";q=2;w=3600")));
     assert_eq!(status(&send(T0 + 1)), 200);
