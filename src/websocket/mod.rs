@@ -290,19 +290,21 @@ impl Connection {
         let mut close =
             ask.continuation || self.may_drop == MayDrop::Nothing || (ask.compressed && self.may_drop == MayDrop::Uncompressed);
         let (mut notify, mut first) = (false, None);
-        for p in self.policies.iter_mut().filter(|p| violated.contains(&p.rule)) {
+        for (i, p) in self.policies.iter_mut().enumerate().filter(|(_, p)| violated.contains(&p.rule)) {
             p.violations = p.violations.saturating_add(1);
             close |= p.close_after.is_some_and(|n| p.violations >= n);
             notify |= p.notify;
-            first.get_or_insert((p.rule, p.name.clone()));
+            first.get_or_insert(i);
         }
+        // The policy the texts name.
+        let first = first.and_then(|i| self.policies.get(i));
         if close {
-            let rule = first.as_ref().map(|(rule, name)| (name.as_str(), unchecked.contains(rule)));
-            self.close(frame::POLICY_VIOLATION, &close_reason(rule));
+            let reason = close_reason(first.map(|p| (p.name.as_str(), unchecked.contains(&p.rule))));
+            self.close(frame::POLICY_VIOLATION, &reason);
             return Fate::Closed;
         }
         let ping = if notify {
-            self.server.notice = Some(notice(first.as_ref().map_or("", |(_, name)| name), retry_after_ms));
+            self.server.notice = Some(notice(first.map_or("", |p| &p.name), retry_after_ms));
             self.ping(now_us)
         } else {
             None
